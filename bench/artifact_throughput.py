@@ -1,0 +1,76 @@
+"""Artifact store throughput: put and get of a model-sized file through JetStream.
+
+    python bench/artifact_throughput.py [--mb 512] [--repeats 3]
+
+Starts its own nats-server on a free port. Prints a table with the median MB/s of
+modelpress' streaming put/get beside nats-py's stock object-store put/get.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from services.common import nats_conn
+from services.common.artifact_store import ArtifactStore
+from services.common.nats_server import start_nats_server
+from modelpress.v1 import common_pb2
+
+
+async def run(mb: int, repeats: int) -> list[tuple[str, float]]:
+    with tempfile.TemporaryDirectory(prefix="mp-bench-") as tmp:
+        tmp_path = Path(tmp)
+        src = tmp_path / "blob.bin"
+        with open(src, "wb") as f:
+            for _ in range(mb):
+                f.write(os.urandom(1024 * 1024))
+        proc, url = start_nats_server(tmp_path / "nats")
+        try:
+            nc = await nats_conn.connect(url, name="bench")
+            js = nats_conn.jetstream(nc)
+            store = await ArtifactStore(js, bucket="bench").ensure()
+            stock = await js.object_store("bench")
+            times: dict[str, list[float]] = {"put": [], "get": [], "stock put": [], "stock get": []}
+            for i in range(repeats):
+                t = time.perf_counter()
+                ref = await store.put_file(src, fmt=common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS)
+                times["put"].append(time.perf_counter() - t)
+                t = time.perf_counter()
+                await store.get_file(ref.id, tmp_path / "out.bin")
+                times["get"].append(time.perf_counter() - t)
+                await store.delete(ref.id)
+                t = time.perf_counter()
+                with open(src, "rb") as f:
+                    await stock.put(f"stock-{i}", f)
+                times["stock put"].append(time.perf_counter() - t)
+                t = time.perf_counter()
+                with open(tmp_path / "out2.bin", "wb") as f:
+                    await stock.get(f"stock-{i}", writeinto=f)
+                times["stock get"].append(time.perf_counter() - t)
+                await stock.delete(f"stock-{i}")
+            await nc.close()
+        finally:
+            proc.terminate()
+            proc.wait()
+    return [(name, mb * 1.048576 / statistics.median(ts)) for name, ts in times.items()]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--mb", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    rows = asyncio.run(run(args.mb, args.repeats))
+    print(f"artifact store throughput, {args.mb} MiB object, median of {args.repeats}")
+    print(f"{'path':<12} {'MB/s':>8}")
+    for name, rate in rows:
+        print(f"{name:<12} {rate:>8.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+from modelpress.v1 import common_pb2 as _common_pb2
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class EvaluatorServiceRunRequest(_message.Message):
+    __slots__ = ("stage",)
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    stage: _common_pb2.StageRequest
+    def __init__(self, stage: _Optional[_Union[_common_pb2.StageRequest, _Mapping]] = ...) -> None: ...
+
+class EvaluatorServiceRunResponse(_message.Message):
+    __slots__ = ("update",)
+    UPDATE_FIELD_NUMBER: _ClassVar[int]
+    update: _common_pb2.StageUpdate
+    def __init__(self, update: _Optional[_Union[_common_pb2.StageUpdate, _Mapping]] = ...) -> None: ...
+
+class EvaluatorServiceDescribeRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class EvaluatorServiceDescribeResponse(_message.Message):
+    __slots__ = ("description",)
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    description: _common_pb2.ServiceDescription
+    def __init__(self, description: _Optional[_Union[_common_pb2.ServiceDescription, _Mapping]] = ...) -> None: ...
+
+class EvaluatorServiceEvaluateRequest(_message.Message):
+    __slots__ = ("model", "spec")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    model: _common_pb2.ModelRef
+    spec: _common_pb2.EvaluationSpec
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., spec: _Optional[_Union[_common_pb2.EvaluationSpec, _Mapping]] = ...) -> None: ...
+
+class EvaluatorServiceEvaluateResponse(_message.Message):
+    __slots__ = ("metrics",)
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    metrics: _common_pb2.ModelMetrics
+    def __init__(self, metrics: _Optional[_Union[_common_pb2.ModelMetrics, _Mapping]] = ...) -> None: ...

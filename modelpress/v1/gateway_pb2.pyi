@@ -1,0 +1,414 @@
+from google.protobuf import struct_pb2 as _struct_pb2
+from modelpress.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class CreateJobRequest(_message.Message):
+    __slots__ = ("name", "model", "recipe", "overrides", "evaluation")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    RECIPE_FIELD_NUMBER: _ClassVar[int]
+    OVERRIDES_FIELD_NUMBER: _ClassVar[int]
+    EVALUATION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    model: _common_pb2.ModelRef
+    recipe: str
+    overrides: _struct_pb2.Struct
+    evaluation: _common_pb2.EvaluationSpec
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., recipe: _Optional[str] = ..., overrides: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., evaluation: _Optional[_Union[_common_pb2.EvaluationSpec, _Mapping]] = ...) -> None: ...
+
+class CreateJobResponse(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: _common_pb2.Job
+    def __init__(self, job: _Optional[_Union[_common_pb2.Job, _Mapping]] = ...) -> None: ...
+
+class ListJobsRequest(_message.Message):
+    __slots__ = ("state", "page_size")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    state: _common_pb2.JobState
+    page_size: int
+    def __init__(self, state: _Optional[_Union[_common_pb2.JobState, str]] = ..., page_size: _Optional[int] = ...) -> None: ...
+
+class ListJobsResponse(_message.Message):
+    __slots__ = ("jobs",)
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[_common_pb2.Job]
+    def __init__(self, jobs: _Optional[_Iterable[_Union[_common_pb2.Job, _Mapping]]] = ...) -> None: ...
+
+class GetJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class GetJobResponse(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: _common_pb2.Job
+    def __init__(self, job: _Optional[_Union[_common_pb2.Job, _Mapping]] = ...) -> None: ...
+
+class CancelJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class CancelJobResponse(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: _common_pb2.Job
+    def __init__(self, job: _Optional[_Union[_common_pb2.Job, _Mapping]] = ...) -> None: ...
+
+class DeleteJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class DeleteJobResponse(_message.Message):
+    __slots__ = ("deleted_artifacts",)
+    DELETED_ARTIFACTS_FIELD_NUMBER: _ClassVar[int]
+    deleted_artifacts: int
+    def __init__(self, deleted_artifacts: _Optional[int] = ...) -> None: ...
+
+class WatchJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class WatchJobResponse(_message.Message):
+    __slots__ = ("event",)
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    event: _common_pb2.JobEvent
+    def __init__(self, event: _Optional[_Union[_common_pb2.JobEvent, _Mapping]] = ...) -> None: ...
+
+class ListMethodsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListMethodsResponse(_message.Message):
+    __slots__ = ("methods", "unavailable")
+    class UnavailableEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    METHODS_FIELD_NUMBER: _ClassVar[int]
+    UNAVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    methods: _containers.RepeatedCompositeFieldContainer[_common_pb2.MethodDescription]
+    unavailable: _containers.ScalarMap[str, str]
+    def __init__(self, methods: _Optional[_Iterable[_Union[_common_pb2.MethodDescription, _Mapping]]] = ..., unavailable: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class Recipe(_message.Message):
+    __slots__ = ("name", "summary", "stages")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    STAGES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    summary: str
+    stages: _containers.RepeatedCompositeFieldContainer[_common_pb2.StageSpec]
+    def __init__(self, name: _Optional[str] = ..., summary: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[_common_pb2.StageSpec, _Mapping]]] = ...) -> None: ...
+
+class ListRecipesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListRecipesResponse(_message.Message):
+    __slots__ = ("recipes",)
+    RECIPES_FIELD_NUMBER: _ClassVar[int]
+    recipes: _containers.RepeatedCompositeFieldContainer[Recipe]
+    def __init__(self, recipes: _Optional[_Iterable[_Union[Recipe, _Mapping]]] = ...) -> None: ...
+
+class ValidateConfigRequest(_message.Message):
+    __slots__ = ("recipe", "overrides")
+    RECIPE_FIELD_NUMBER: _ClassVar[int]
+    OVERRIDES_FIELD_NUMBER: _ClassVar[int]
+    recipe: str
+    overrides: _struct_pb2.Struct
+    def __init__(self, recipe: _Optional[str] = ..., overrides: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class ValidateConfigResponse(_message.Message):
+    __slots__ = ("valid", "errors", "resolved_stages")
+    VALID_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    RESOLVED_STAGES_FIELD_NUMBER: _ClassVar[int]
+    valid: bool
+    errors: _containers.RepeatedScalarFieldContainer[str]
+    resolved_stages: _containers.RepeatedCompositeFieldContainer[_common_pb2.StageSpec]
+    def __init__(self, valid: _Optional[bool] = ..., errors: _Optional[_Iterable[str]] = ..., resolved_stages: _Optional[_Iterable[_Union[_common_pb2.StageSpec, _Mapping]]] = ...) -> None: ...
+
+class CompressionStrategy(_message.Message):
+    __slots__ = ("name", "description", "target_scenario", "techniques", "expected_compression_ratio", "expected_speedup", "expected_accuracy_retention", "hardware_compatibility", "recipe")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    TARGET_SCENARIO_FIELD_NUMBER: _ClassVar[int]
+    TECHNIQUES_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_COMPRESSION_RATIO_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_SPEEDUP_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_ACCURACY_RETENTION_FIELD_NUMBER: _ClassVar[int]
+    HARDWARE_COMPATIBILITY_FIELD_NUMBER: _ClassVar[int]
+    RECIPE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    description: str
+    target_scenario: str
+    techniques: _containers.RepeatedScalarFieldContainer[_common_pb2.Technique]
+    expected_compression_ratio: float
+    expected_speedup: float
+    expected_accuracy_retention: float
+    hardware_compatibility: _containers.RepeatedScalarFieldContainer[str]
+    recipe: str
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., target_scenario: _Optional[str] = ..., techniques: _Optional[_Iterable[_Union[_common_pb2.Technique, str]]] = ..., expected_compression_ratio: _Optional[float] = ..., expected_speedup: _Optional[float] = ..., expected_accuracy_retention: _Optional[float] = ..., hardware_compatibility: _Optional[_Iterable[str]] = ..., recipe: _Optional[str] = ...) -> None: ...
+
+class ListStrategiesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListStrategiesResponse(_message.Message):
+    __slots__ = ("strategies",)
+    STRATEGIES_FIELD_NUMBER: _ClassVar[int]
+    strategies: _containers.RepeatedCompositeFieldContainer[CompressionStrategy]
+    def __init__(self, strategies: _Optional[_Iterable[_Union[CompressionStrategy, _Mapping]]] = ...) -> None: ...
+
+class RecommendStrategyRequest(_message.Message):
+    __slots__ = ("model", "target", "max_size_mb", "max_latency_ms", "min_quality_retention", "hardware")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    MAX_SIZE_MB_FIELD_NUMBER: _ClassVar[int]
+    MAX_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    MIN_QUALITY_RETENTION_FIELD_NUMBER: _ClassVar[int]
+    HARDWARE_FIELD_NUMBER: _ClassVar[int]
+    model: _common_pb2.ModelRef
+    target: str
+    max_size_mb: float
+    max_latency_ms: float
+    min_quality_retention: float
+    hardware: str
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., target: _Optional[str] = ..., max_size_mb: _Optional[float] = ..., max_latency_ms: _Optional[float] = ..., min_quality_retention: _Optional[float] = ..., hardware: _Optional[str] = ...) -> None: ...
+
+class RecommendStrategyResponse(_message.Message):
+    __slots__ = ("strategies",)
+    STRATEGIES_FIELD_NUMBER: _ClassVar[int]
+    strategies: _containers.RepeatedCompositeFieldContainer[CompressionStrategy]
+    def __init__(self, strategies: _Optional[_Iterable[_Union[CompressionStrategy, _Mapping]]] = ...) -> None: ...
+
+class EvaluateRequest(_message.Message):
+    __slots__ = ("model", "spec")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    model: _common_pb2.ModelRef
+    spec: _common_pb2.EvaluationSpec
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., spec: _Optional[_Union[_common_pb2.EvaluationSpec, _Mapping]] = ...) -> None: ...
+
+class EvaluateResponse(_message.Message):
+    __slots__ = ("metrics",)
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    metrics: _common_pb2.ModelMetrics
+    def __init__(self, metrics: _Optional[_Union[_common_pb2.ModelMetrics, _Mapping]] = ...) -> None: ...
+
+class CompareRequest(_message.Message):
+    __slots__ = ("models", "baseline_index", "spec", "threshold_set")
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_SET_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[_common_pb2.ModelRef]
+    baseline_index: int
+    spec: _common_pb2.EvaluationSpec
+    threshold_set: str
+    def __init__(self, models: _Optional[_Iterable[_Union[_common_pb2.ModelRef, _Mapping]]] = ..., baseline_index: _Optional[int] = ..., spec: _Optional[_Union[_common_pb2.EvaluationSpec, _Mapping]] = ..., threshold_set: _Optional[str] = ...) -> None: ...
+
+class CompareResponse(_message.Message):
+    __slots__ = ("metrics",)
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    metrics: _containers.RepeatedCompositeFieldContainer[_common_pb2.ModelMetrics]
+    def __init__(self, metrics: _Optional[_Iterable[_Union[_common_pb2.ModelMetrics, _Mapping]]] = ...) -> None: ...
+
+class HardwareBenchmark(_message.Message):
+    __slots__ = ("device_name", "device_type", "batch_size", "sequence_length", "throughput", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "memory_usage_mb", "power_consumption_w", "model")
+    DEVICE_NAME_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    THROUGHPUT_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_P50_MS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_P95_MS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_P99_MS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_USAGE_MB_FIELD_NUMBER: _ClassVar[int]
+    POWER_CONSUMPTION_W_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    device_name: str
+    device_type: str
+    batch_size: int
+    sequence_length: int
+    throughput: float
+    latency_p50_ms: float
+    latency_p95_ms: float
+    latency_p99_ms: float
+    memory_usage_mb: float
+    power_consumption_w: float
+    model: str
+    def __init__(self, device_name: _Optional[str] = ..., device_type: _Optional[str] = ..., batch_size: _Optional[int] = ..., sequence_length: _Optional[int] = ..., throughput: _Optional[float] = ..., latency_p50_ms: _Optional[float] = ..., latency_p95_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., memory_usage_mb: _Optional[float] = ..., power_consumption_w: _Optional[float] = ..., model: _Optional[str] = ...) -> None: ...
+
+class ListBenchmarksRequest(_message.Message):
+    __slots__ = ("model", "device")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    device: str
+    def __init__(self, model: _Optional[str] = ..., device: _Optional[str] = ...) -> None: ...
+
+class ListBenchmarksResponse(_message.Message):
+    __slots__ = ("benchmarks",)
+    BENCHMARKS_FIELD_NUMBER: _ClassVar[int]
+    benchmarks: _containers.RepeatedCompositeFieldContainer[HardwareBenchmark]
+    def __init__(self, benchmarks: _Optional[_Iterable[_Union[HardwareBenchmark, _Mapping]]] = ...) -> None: ...
+
+class RunBenchmarkRequest(_message.Message):
+    __slots__ = ("model", "batch_sizes", "sequence_lengths")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZES_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_LENGTHS_FIELD_NUMBER: _ClassVar[int]
+    model: _common_pb2.ModelRef
+    batch_sizes: _containers.RepeatedScalarFieldContainer[int]
+    sequence_lengths: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., batch_sizes: _Optional[_Iterable[int]] = ..., sequence_lengths: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class RunBenchmarkResponse(_message.Message):
+    __slots__ = ("benchmarks",)
+    BENCHMARKS_FIELD_NUMBER: _ClassVar[int]
+    benchmarks: _containers.RepeatedCompositeFieldContainer[HardwareBenchmark]
+    def __init__(self, benchmarks: _Optional[_Iterable[_Union[HardwareBenchmark, _Mapping]]] = ...) -> None: ...
+
+class GetResultRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class GetResultResponse(_message.Message):
+    __slots__ = ("result", "artifact")
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_FIELD_NUMBER: _ClassVar[int]
+    result: _common_pb2.CompressionResult
+    artifact: _common_pb2.ArtifactRef
+    def __init__(self, result: _Optional[_Union[_common_pb2.CompressionResult, _Mapping]] = ..., artifact: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ...) -> None: ...
+
+class DownloadArtifactRequest(_message.Message):
+    __slots__ = ("artifact_id", "job_id")
+    ARTIFACT_ID_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    artifact_id: str
+    job_id: str
+    def __init__(self, artifact_id: _Optional[str] = ..., job_id: _Optional[str] = ...) -> None: ...
+
+class DownloadArtifactResponse(_message.Message):
+    __slots__ = ("artifact", "chunk")
+    ARTIFACT_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    artifact: _common_pb2.ArtifactRef
+    chunk: bytes
+    def __init__(self, artifact: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class DeployResultRequest(_message.Message):
+    __slots__ = ("job_id", "target")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    target: str
+    def __init__(self, job_id: _Optional[str] = ..., target: _Optional[str] = ...) -> None: ...
+
+class DeployResultResponse(_message.Message):
+    __slots__ = ("endpoint",)
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    endpoint: str
+    def __init__(self, endpoint: _Optional[str] = ...) -> None: ...
+
+class GetReportRequest(_message.Message):
+    __slots__ = ("job_id", "format")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    format: str
+    def __init__(self, job_id: _Optional[str] = ..., format: _Optional[str] = ...) -> None: ...
+
+class GetReportResponse(_message.Message):
+    __slots__ = ("content_type", "content")
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    content_type: str
+    content: bytes
+    def __init__(self, content_type: _Optional[str] = ..., content: _Optional[bytes] = ...) -> None: ...
+
+class OptimizeModelRequest(_message.Message):
+    __slots__ = ("model", "engine", "precision", "options")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    model: _common_pb2.ModelRef
+    engine: str
+    precision: str
+    options: _struct_pb2.Struct
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., engine: _Optional[str] = ..., precision: _Optional[str] = ..., options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class OptimizeModelResponse(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: _common_pb2.Job
+    def __init__(self, job: _Optional[_Union[_common_pb2.Job, _Mapping]] = ...) -> None: ...
+
+class EngineInfo(_message.Message):
+    __slots__ = ("name", "precisions", "available", "reason")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PRECISIONS_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    precisions: _containers.RepeatedScalarFieldContainer[str]
+    available: bool
+    reason: str
+    def __init__(self, name: _Optional[str] = ..., precisions: _Optional[_Iterable[str]] = ..., available: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ListEnginesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListEnginesResponse(_message.Message):
+    __slots__ = ("engines",)
+    ENGINES_FIELD_NUMBER: _ClassVar[int]
+    engines: _containers.RepeatedCompositeFieldContainer[EngineInfo]
+    def __init__(self, engines: _Optional[_Iterable[_Union[EngineInfo, _Mapping]]] = ...) -> None: ...
+
+class UploadHeader(_message.Message):
+    __slots__ = ("name", "format", "sha256")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    format: _common_pb2.ArtifactFormat
+    sha256: str
+    def __init__(self, name: _Optional[str] = ..., format: _Optional[_Union[_common_pb2.ArtifactFormat, str]] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class UploadModelRequest(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: UploadHeader
+    chunk: bytes
+    def __init__(self, header: _Optional[_Union[UploadHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class UploadModelResponse(_message.Message):
+    __slots__ = ("artifact",)
+    ARTIFACT_FIELD_NUMBER: _ClassVar[int]
+    artifact: _common_pb2.ArtifactRef
+    def __init__(self, artifact: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ...) -> None: ...

@@ -1,0 +1,99 @@
+"""One declaration per method config (a pydantic model) serves validation, defaults and Describe.
+
+Engines declare `class Int8WeightOnlyConfig(MethodConfig)`; servicers publish it through
+`describe_method`; the gateway validates a client's overrides against the published
+`MethodDescription` alone, so it needs neither the engine code nor torch.
+"""
+
+from __future__ import annotations
+
+import typing
+from typing import Any, Literal
+
+import annotated_types
+from google.protobuf import json_format, struct_pb2
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from modelpress.v1 import common_pb2
+
+
+class MethodConfig(BaseModel):
+    """Base of every method config: unknown fields are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ConfigError(ValueError):
+    """A config that does not fit its declaration; the message names the field."""
+
+
+_TYPE_OF = {bool: common_pb2.FIELD_TYPE_BOOL, int: common_pb2.FIELD_TYPE_INT, float: common_pb2.FIELD_TYPE_FLOAT,
+            str: common_pb2.FIELD_TYPE_STRING}
+
+
+def _describe_field(name: str, info) -> common_pb2.ConfigField:
+    annotation = info.annotation
+    field = common_pb2.ConfigField(name=name, help=info.description or "")
+    if typing.get_origin(annotation) is Literal:
+        choices = typing.get_args(annotation)
+        field.choices.extend(str(c) for c in choices)
+        annotation = type(choices[0])
+    if annotation not in _TYPE_OF:
+        raise TypeError(f"config field {name}: unsupported type {annotation!r}")
+    field.type = _TYPE_OF[annotation]
+    for meta in info.metadata:
+        if isinstance(meta, (annotated_types.Ge, annotated_types.Gt)):
+            field.minimum = float(getattr(meta, "ge", getattr(meta, "gt", 0)))
+        if isinstance(meta, (annotated_types.Le, annotated_types.Lt)):
+            field.maximum = float(getattr(meta, "le", getattr(meta, "lt", 0)))
+    field.default_value.CopyFrom(json_format.ParseDict(info.default, struct_pb2.Value()))
+    return field
+
+
+def describe_method(technique: int, name: str, summary: str, config_cls: type[MethodConfig]
+                    ) -> common_pb2.MethodDescription:
+    return common_pb2.MethodDescription(
+        technique=technique,
+        name=name,
+        summary=summary,
+        fields=[_describe_field(n, info) for n, info in config_cls.model_fields.items()],
+    )
+
+
+def parse_config(config_cls: type[MethodConfig], values: dict[str, Any]) -> MethodConfig:
+    """Builds the typed config on the service side; errors name each bad field."""
+    try:
+        return config_cls.model_validate(values)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "config"
+            problems.append(f"{where}: {err['msg']}")
+        raise ConfigError("; ".join(problems)) from None
+
+
+def check_value(field: common_pb2.ConfigField, value: Any) -> str | None:
+    """Why `value` does not fit `field`, or None. Mirrors what pydantic enforces in parse_config."""
+    ftype = field.type
+    if ftype == common_pb2.FIELD_TYPE_BOOL and not isinstance(value, bool):
+        return f"{field.name}: expected true or false, got {value!r}"
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ftype == common_pb2.FIELD_TYPE_INT and not (is_number and float(value).is_integer()):
+        return f"{field.name}: expected an integer, got {value!r}"
+    if ftype == common_pb2.FIELD_TYPE_FLOAT and not is_number:
+        return f"{field.name}: expected a number, got {value!r}"
+    if ftype == common_pb2.FIELD_TYPE_STRING and not isinstance(value, str):
+        return f"{field.name}: expected a string, got {value!r}"
+    if field.choices and str(value) not in field.choices:
+        return f"{field.name}: {value!r} is not allowed; allowed: {', '.join(field.choices)}"
+    if field.HasField("minimum") and value < field.minimum:
+        return f"{field.name}: {value!r} is below the minimum {field.minimum:g}"
+    if field.HasField("maximum") and value > field.maximum:
+        return f"{field.name}: {value!r} is above the maximum {field.maximum:g}"
+    return None
+
+
+def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
+    """Struct numbers are doubles; whole numbers come back as ints so int fields validate."""
+    values = json_format.MessageToDict(struct)
+    return {k: (int(v) if isinstance(v, float) and v.is_integer() else v) for k, v in values.items()}

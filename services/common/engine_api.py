@@ -1,0 +1,53 @@
+"""What an engine sees of the mesh: a progress reporter (where a cancel lands) and its result type.
+
+Nothing here knows about gRPC or NATS, so engines stay importable and testable alone.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class StageCancelled(Exception):
+    """Raised inside an engine at the next progress point after a cancel."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int
+    total_steps: int
+    message: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def fraction(self) -> float:
+        return self.step / self.total_steps if self.total_steps else 0.0
+
+
+@dataclass
+class ProgressReporter:
+    """Handed to an engine; `report` is the place a cancel takes effect."""
+
+    sink: Callable[[Progress], None] = lambda _p: None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def report(self, step: int, total_steps: int, message: str, **metrics: Any) -> None:
+        self.check_cancelled()
+        self.sink(Progress(step, total_steps, message, metrics))
+
+    def check_cancelled(self) -> None:
+        if self.cancelled.is_set():
+            raise StageCancelled("stage cancelled")
+
+
+@dataclass
+class StageResult:
+    """What an engine returns after writing its output folder."""
+
+    format: int
+    architecture: str = ""
+    compression: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)

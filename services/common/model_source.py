@@ -1,0 +1,65 @@
+"""Turns a ModelRef (builtin, stored artifact, or allowed local path) into a local folder."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from modelpress.v1 import common_pb2
+from services.common import registry
+from services.common.artifact_store import ArtifactStore
+
+
+class PathNotAllowed(PermissionError):
+    pass
+
+
+def allowed_roots() -> list[Path]:
+    raw = os.environ.get("MODELPRESS_ALLOWED_ROOTS", "")
+    return [Path(p).resolve() for p in raw.split(os.pathsep) if p]
+
+
+def check_allowed_path(path: str) -> Path:
+    """The resolved folder if it lies under an operator-allowed root; otherwise PathNotAllowed."""
+    roots = allowed_roots()
+    if not roots:
+        raise PathNotAllowed("model.path: local paths are disabled (the operator sets MODELPRESS_ALLOWED_ROOTS)")
+    resolved = Path(path).resolve()
+    if not any(resolved.is_relative_to(root) for root in roots):
+        raise PathNotAllowed(f"model.path: {path!r} is outside the allowed roots {', '.join(map(str, roots))}")
+    if not resolved.is_dir():
+        raise FileNotFoundError(f"model.path: {path!r} is not a folder")
+    return resolved
+
+
+def describe(ref: common_pb2.ModelRef) -> str:
+    source = ref.WhichOneof("source")
+    return f"{source}:{getattr(ref, source)}" if source else "<empty>"
+
+
+class ModelSource:
+    def __init__(self, store: ArtifactStore, cache_root: Path) -> None:
+        self._store = store
+        self._cache_root = cache_root
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def local_folder(self, ref: common_pb2.ModelRef) -> Path:
+        source = ref.WhichOneof("source")
+        if source == "builtin":
+            return await asyncio.to_thread(registry.builtin_folder, ref.builtin, self._cache_root)
+        if source == "path":
+            return check_allowed_path(ref.path)
+        if source == "artifact_id":
+            return await self._fetch(ref.artifact_id)
+        raise ValueError("model: one of artifact_id, builtin or path is required")
+
+    async def _fetch(self, artifact_id: str) -> Path:
+        """Artifacts are immutable, so a fetched copy is reused until the cache is cleared."""
+        dest = self._cache_root / "artifacts" / artifact_id
+        lock = self._locks.setdefault(artifact_id, asyncio.Lock())
+        async with lock:
+            if not dest.exists():
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                await self._store.get_dir(artifact_id, dest)
+        return dest

@@ -1,0 +1,72 @@
+"""Safe model loading: safetensors only, never pickle; one entry point for every format."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from services.common import packed
+
+# Files that are unpickled on load: loading one runs whatever code it carries.
+PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"})
+
+
+class UnsafeModelError(ValueError):
+    """The folder holds pickled weights."""
+
+
+class UnsupportedModelError(ValueError):
+    """The folder is not a model modelpress can load (no config, unknown architecture ...)."""
+
+
+def check_safe(folder: Path) -> None:
+    pickled = sorted(p.name for p in folder.rglob("*") if p.suffix.lower() in PICKLE_SUFFIXES)
+    if pickled:
+        raise UnsafeModelError(
+            f"refusing pickled weights {', '.join(pickled)}: modelpress loads safetensors only "
+            "(convert with `safetensors.torch.save_file` in a trusted environment)"
+        )
+
+
+def read_config(folder: Path) -> dict:
+    path = folder / "config.json"
+    if not path.exists():
+        raise UnsupportedModelError(f"{folder.name}: no config.json (an HF-style model folder is expected)")
+    return json.loads(path.read_text())
+
+
+def model_kind(config: dict) -> str:
+    """"causal-lm" for decoder LMs, "encoder" for everything AutoModel loads bare."""
+    architectures = config.get("architectures") or []
+    if any(a.endswith("ForCausalLM") for a in architectures):
+        return "causal-lm"
+    if config.get("model_type") in {"bert", "roberta", "distilbert", "xlm-roberta", "mpnet", "electra"}:
+        return "encoder"
+    raise UnsupportedModelError(
+        f"unsupported architecture {architectures or config.get('model_type')!r}: "
+        "modelpress handles *ForCausalLM models and BERT-style encoders"
+    )
+
+
+def load_model(folder: Path, *, dtype=None):
+    """Loads a float or packed model folder for inference on CPU, in eval mode."""
+    import torch
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    folder = Path(folder)
+    check_safe(folder)
+    config = read_config(folder)
+    kind = model_kind(config)
+    if packed.is_packed(folder):
+        return packed.load_packed(folder, kind)
+    if not any(folder.glob("*.safetensors")):
+        raise UnsupportedModelError(f"{folder.name}: no *.safetensors weights")
+    auto = AutoModelForCausalLM if kind == "causal-lm" else AutoModel
+    model = auto.from_pretrained(folder, use_safetensors=True, dtype=dtype or torch.float32)
+    return model.eval()
+
+
+def load_tokenizer(folder: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder)

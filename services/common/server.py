@@ -1,0 +1,99 @@
+"""Bootstrap shared by every service: NATS, stores, grpc.aio server, health, reflection, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from services.common import nats_conn
+from services.common.artifact_store import ArtifactStore
+from services.common.events import EventLog
+from services.common.model_source import ModelSource
+from services.common.settings import ServiceSettings
+
+# Artifacts travel over NATS, not gRPC; messages stay small except download chunks.
+GRPC_OPTIONS = [
+    ("grpc.max_send_message_length", 16 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+    ("grpc.so_reuseport", 0),
+]
+
+
+@dataclass
+class ServiceRuntime:
+    settings: ServiceSettings
+    nc: NATS
+    js: JetStreamContext
+    store: ArtifactStore
+    events: EventLog
+    models: ModelSource
+
+    @property
+    def worker_id(self) -> str:
+        return f"{self.settings.name}@{socket.gethostname()}:{self.settings.listen.rpartition(':')[2]}"
+
+
+# Adds the service's servicers to the server; returns the full service names for health/reflection.
+Register = Callable[[grpc.aio.Server, ServiceRuntime], Awaitable[list[str]]]
+
+
+async def open_runtime(settings: ServiceSettings) -> ServiceRuntime:
+    nc = await nats_conn.connect(settings.nats_url, name=f"modelpress-{settings.name}")
+    js = nats_conn.jetstream(nc)
+    store = await ArtifactStore(js).ensure()
+    events = await EventLog(js).ensure()
+    settings.work_dir.mkdir(parents=True, exist_ok=True)
+    models = ModelSource(store, settings.home / "cache")
+    return ServiceRuntime(settings, nc, js, store, events, models)
+
+
+async def serve(settings: ServiceSettings, register: Register) -> None:
+    runtime = await open_runtime(settings)
+    server = grpc.aio.server(options=GRPC_OPTIONS)
+    names = await register(server, runtime)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    server.add_insecure_port(settings.listen)
+    await server.start()
+    for name in ["", *names]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    logging.getLogger(settings.name).info("%s listening on %s", settings.name, settings.listen)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    # Stop taking new work first, so balancers move on, then let in-flight RPCs finish.
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(settings.grace_s)
+    await runtime.nc.drain()
+
+
+def run_service(name: str, register: Register, argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(message)s")
+    settings = ServiceSettings.from_args(name, argv)
+    asyncio.run(serve(settings, register))
+
+
+def to_jsonable(value: Any) -> Any:
+    """Struct-safe copy of engine metrics (numbers, strings, bools, lists, dicts)."""
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    return str(value)

@@ -1,0 +1,81 @@
+"""Typed runtime settings shared by every service, read from flags or MODELPRESS_* env vars."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, Field, field_validator
+
+from modelpress.v1 import common_pb2
+
+# Where each technique service listens by default under `modelpress up`.
+DEFAULT_PORTS: dict[str, int] = {
+    "gateway": 50051,
+    "quantizer": 50052,
+    "pruner": 50053,
+    "distiller": 50054,
+    "evaluator": 50055,
+    "optimizer": 50056,
+}
+
+TECHNIQUE_SERVICES: dict[int, str] = {
+    common_pb2.TECHNIQUE_QUANTIZER: "quantizer",
+    common_pb2.TECHNIQUE_PRUNER: "pruner",
+    common_pb2.TECHNIQUE_DISTILLER: "distiller",
+    common_pb2.TECHNIQUE_EVALUATOR: "evaluator",
+    common_pb2.TECHNIQUE_OPTIMIZER: "optimizer",
+}
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("MODELPRESS_HOME", Path.home() / ".modelpress"))
+
+
+class ServiceSettings(BaseModel):
+    """What a service process needs to start: where it listens and where NATS is."""
+
+    name: str
+    listen: str = Field(description="host:port the gRPC server binds")
+    nats_url: str = "nats://127.0.0.1:4222"
+    home: Path = Field(default_factory=default_home)
+    # Seconds a graceful shutdown waits for in-flight RPCs.
+    grace_s: float = 10.0
+    # Gateway only: gRPC target of each technique service.
+    targets: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("listen")
+    @classmethod
+    def _has_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ValueError(f"listen must be host:port, got {value!r}")
+        return value
+
+    @property
+    def work_dir(self) -> Path:
+        """Scratch space for artifacts this process fetched or produced."""
+        return self.home / "work" / self.name
+
+    @classmethod
+    def from_args(cls, name: str, argv: list[str] | None = None) -> "ServiceSettings":
+        env = os.environ
+        parser = argparse.ArgumentParser(prog=f"modelpress-{name}")
+        parser.add_argument("--listen", default=env.get("MODELPRESS_LISTEN", f"127.0.0.1:{DEFAULT_PORTS[name]}"))
+        parser.add_argument("--nats-url", default=env.get("MODELPRESS_NATS_URL", "nats://127.0.0.1:4222"))
+        parser.add_argument("--home", type=Path, default=default_home())
+        parser.add_argument("--grace-s", type=float, default=float(env.get("MODELPRESS_GRACE_S", "10")))
+        args = parser.parse_args(argv)
+        targets = {
+            svc: env.get(f"MODELPRESS_{svc.upper()}_TARGET", f"127.0.0.1:{DEFAULT_PORTS[svc]}")
+            for svc in TECHNIQUE_SERVICES.values()
+        }
+        return cls(
+            name=name,
+            listen=args.listen,
+            nats_url=args.nats_url,
+            home=args.home,
+            grace_s=args.grace_s,
+            targets=targets,
+        )

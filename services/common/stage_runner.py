@@ -1,0 +1,162 @@
+"""Runs one engine stage behind a technique service's streaming `Run`.
+
+The engine is a plain function executed in a worker thread; this module does the
+plumbing around it: fetch the input, relay progress (gRPC stream + NATS events),
+honour a cancel from the caller, package and store the output, and map failures onto
+gRPC status codes with a message a user can act on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import grpc
+
+from modelpress.v1 import common_pb2
+from services.common import events as ev
+from services.common import packaging
+from services.common.artifact_store import ArtifactCorrupt, ArtifactNotFound
+from services.common.configspec import ConfigError, struct_to_dict
+from services.common.model_source import PathNotAllowed, describe
+from services.common.modelio import UnsafeModelError, UnsupportedModelError
+from services.common.engine_api import Progress, ProgressReporter, StageCancelled, StageResult
+from services.common.registry import UnknownBuiltin
+from services.common.server import ServiceRuntime, to_jsonable
+
+log = logging.getLogger(__name__)
+
+
+# (input folder, output folder, reporter) -> result; runs in a worker thread.
+StageWork = Callable[[Path, Path, ProgressReporter], StageResult]
+
+_STATUS_OF: list[tuple[type[BaseException], grpc.StatusCode]] = [
+    (ConfigError, grpc.StatusCode.INVALID_ARGUMENT),
+    (UnknownBuiltin, grpc.StatusCode.INVALID_ARGUMENT),
+    (ArtifactNotFound, grpc.StatusCode.NOT_FOUND),
+    (FileNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (PathNotAllowed, grpc.StatusCode.PERMISSION_DENIED),
+    (UnsafeModelError, grpc.StatusCode.FAILED_PRECONDITION),
+    (UnsupportedModelError, grpc.StatusCode.FAILED_PRECONDITION),
+    (ArtifactCorrupt, grpc.StatusCode.DATA_LOSS),
+    (StageCancelled, grpc.StatusCode.CANCELLED),
+    (NotImplementedError, grpc.StatusCode.UNIMPLEMENTED),
+    (ValueError, grpc.StatusCode.FAILED_PRECONDITION),
+]
+
+
+def status_for(exc: BaseException) -> grpc.StatusCode:
+    for kind, code in _STATUS_OF:
+        if isinstance(exc, kind):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException, what: str) -> None:
+    code = status_for(exc)
+    if code == grpc.StatusCode.INTERNAL:
+        log.exception("%s failed", what)
+    await context.abort(code, f"{what}: {exc}")
+
+
+async def run_stage(
+    runtime: ServiceRuntime,
+    stage: common_pb2.StageRequest,
+    context: grpc.aio.ServicerContext,
+    work: StageWork,
+) -> AsyncIterator[common_pb2.StageUpdate]:
+    what = f"{stage.method} on {describe(stage.input)}"
+    try:
+        input_dir = await runtime.models.local_folder(stage.input)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a status
+        await abort_with(context, exc, what)
+        return
+
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Progress] = asyncio.Queue()
+    reporter = ProgressReporter(sink=lambda p: loop.call_soon_threadsafe(queue.put_nowait, p))
+    scratch = Path(tempfile.mkdtemp(prefix=f"{stage.method}-", dir=runtime.settings.work_dir))
+    output_dir = scratch / "model"
+    task = asyncio.ensure_future(asyncio.to_thread(work, input_dir, output_dir, reporter))
+    try:
+        while not task.done() or not queue.empty():
+            getter = asyncio.ensure_future(queue.get())
+            await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+            if not getter.done():
+                getter.cancel()
+                continue
+            progress = getter.result()
+            update = _progress_message(progress)
+            await _publish_progress(runtime, stage, progress)
+            yield common_pb2.StageUpdate(progress=update)
+        result: StageResult = task.result()
+        manifest = packaging.Manifest(
+            format=common_pb2.ArtifactFormat.Name(result.format),
+            architecture=result.architecture,
+            base_model=_base_model(input_dir, stage.input),
+            parent_artifact=stage.input.artifact_id,
+            stage=packaging.StageRecord(
+                technique=runtime.settings.name,
+                method=stage.method,
+                config=struct_to_dict(stage.config),
+                job_id=stage.job_id,
+                stage_index=stage.stage_index,
+            ),
+            compression=to_jsonable(result.compression),
+            metrics=to_jsonable(result.metrics),
+        )
+        packaging.write_manifest(output_dir, manifest)
+        ref = await runtime.store.put_dir(output_dir, fmt=result.format)
+        output = common_pb2.StageOutput(artifact=ref, worker=runtime.worker_id)
+        output.metrics.CopyFrom(ev.to_struct(to_jsonable(result.metrics)))
+        yield common_pb2.StageUpdate(output=output)
+    except asyncio.CancelledError:
+        # The caller went away or cancelled: stop the engine at its next progress point.
+        reporter.cancelled.set()
+        await asyncio.shield(asyncio.wait({task}, timeout=60))
+        raise
+    except Exception as exc:  # noqa: BLE001
+        reporter.cancelled.set()
+        await abort_with(context, exc, what)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _base_model(input_dir: Path, ref: common_pb2.ModelRef) -> str:
+    parent = packaging.read_manifest(input_dir)
+    if parent and parent.base_model:
+        return parent.base_model
+    return describe(ref)
+
+
+def _progress_message(progress: Progress) -> common_pb2.StageProgress:
+    message = common_pb2.StageProgress(
+        message=progress.message, progress=progress.fraction, step=progress.step, total_steps=progress.total_steps
+    )
+    if progress.metrics:
+        message.metrics.CopyFrom(ev.to_struct(to_jsonable(progress.metrics)))
+    return message
+
+
+async def _publish_progress(runtime: ServiceRuntime, stage: common_pb2.StageRequest, progress: Progress) -> None:
+    if not stage.job_id:
+        return
+    event = ev.make_event(
+        stage.job_id,
+        common_pb2.EVENT_KIND_STAGE_PROGRESS,
+        stage_index=stage.stage_index,
+        stage_name=stage.method,
+        message=progress.message,
+        stage_progress=progress.fraction,
+        step=progress.step,
+        total_steps=progress.total_steps,
+        metrics=to_jsonable(progress.metrics),
+    )
+    try:
+        await runtime.events.publish(event)
+    except Exception as exc:  # noqa: BLE001 - progress is best effort; the stage goes on
+        log.warning("could not publish progress for %s: %s", stage.job_id, exc)

@@ -1,0 +1,59 @@
+"""The servicer shape every technique service shares: Describe from a method registry, Run via the stage runner."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import grpc
+
+from modelpress.v1 import common_pb2
+from services.common.configspec import MethodConfig, describe_method, parse_config, struct_to_dict
+from services.common.engine_api import ProgressReporter, StageResult
+from services.common.server import ServiceRuntime
+from services.common.stage_runner import abort_with, run_stage
+
+
+class EngineMethod(Protocol):
+    name: str
+    summary: str
+    config_cls: type[MethodConfig]
+
+    def run(self, config: Any, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult: ...
+
+
+class TechniqueServicer:
+    def __init__(self, technique: int, methods: Mapping[str, EngineMethod], runtime: ServiceRuntime,
+                 version: str = "1") -> None:
+        self.technique = technique
+        self.methods = methods
+        self.runtime = runtime
+        self.version = version
+
+    def description(self) -> common_pb2.ServiceDescription:
+        return common_pb2.ServiceDescription(
+            technique=self.technique,
+            version=self.version,
+            methods=[describe_method(self.technique, m.name, m.summary, m.config_cls) for m in self.methods.values()],
+        )
+
+    async def run_stage(self, stage: common_pb2.StageRequest, context: grpc.aio.ServicerContext
+                        ) -> AsyncIterator[common_pb2.StageUpdate]:
+        method = self.methods.get(stage.method)
+        if method is None:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"method: unknown method {stage.method!r}; allowed: {', '.join(sorted(self.methods))}",
+            )
+        try:
+            config = parse_config(method.config_cls, struct_to_dict(stage.config))
+        except Exception as exc:  # noqa: BLE001
+            await abort_with(context, exc, f"{stage.method} config")
+            return
+
+        def work(src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
+            return method.run(config, src, dst, reporter)
+
+        async for update in run_stage(self.runtime, stage, context, work):
+            yield update

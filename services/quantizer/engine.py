@@ -1,0 +1,98 @@
+"""The quantizer's methods: one registry entry per method, each a typed config and a function.
+
+Engine code only: folders in, folder out, progress through a ProgressReporter.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from modelpress.v1 import common_pb2
+from services.common import modelio, packaging, packed
+from services.common.configspec import MethodConfig
+from services.common.engine_api import ProgressReporter, StageResult
+from services.quantizer.configs import CastConfig, Int8WeightOnlyConfig
+from services.quantizer.int8 import quantize_int8_weight_only
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+                   "tokenizer.model", "merges.txt", "vocab.json", "added_tokens.json", "chat_template.jinja",
+                   "generation_config.json")
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    summary: str
+    config_cls: type[MethodConfig]
+    run: Callable[[MethodConfig, Path, Path, ProgressReporter], StageResult]
+
+
+def copy_tokenizer(src: Path, dst: Path) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in TOKENIZER_FILES:
+        if (src / name).exists():
+            shutil.copy2(src / name, dst / name)
+
+
+def _architecture(model) -> str:
+    return (model.config.architectures or [type(model).__name__])[0]
+
+
+def _cast(dtype: torch.dtype) -> Callable[[MethodConfig, Path, Path, ProgressReporter], StageResult]:
+    def run(_config: MethodConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
+        reporter.report(0, 2, "loading model")
+        model = modelio.load_model(src)
+        reporter.report(1, 2, f"casting to {dtype}")
+        model = model.to(dtype)
+        model.config.dtype = dtype
+        model.save_pretrained(dst, safe_serialization=True)
+        copy_tokenizer(src, dst)
+        reporter.report(2, 2, "saved")
+        return StageResult(
+            format=common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS,
+            architecture=_architecture(model),
+            compression={"method": "cast", "dtype": str(dtype).removeprefix("torch.")},
+        )
+
+    return run
+
+
+def _int8_weight_only(config: Int8WeightOnlyConfig, src: Path, dst: Path, reporter: ProgressReporter
+                      ) -> StageResult:
+    reporter.report(0, 1, "loading model")
+    model = modelio.load_model(src)
+    if packed.is_packed(src):
+        raise ValueError("the input is already quantized; start from a float model")
+
+    def on_layer(i: int, n: int, name: str, error: float) -> None:
+        reporter.report(i, n + 1, f"quantized {name} ({i}/{n})", layer=name, relative_weight_error=error)
+
+    with torch.no_grad():
+        figures = quantize_int8_weight_only(model, config, on_layer)
+    packed.save_packed(model, dst, scheme="int8-weight-only")
+    copy_tokenizer(src, dst)
+    reporter.report(figures["quantized_modules"] + 1, figures["quantized_modules"] + 1, "saved packed int8 model")
+    return StageResult(
+        format=common_pb2.ARTIFACT_FORMAT_PACKED_SAFETENSORS,
+        architecture=_architecture(model),
+        compression={"method": "int8-weight-only", "bits": 8, "granularity": "per-output-channel",
+                     "symmetric": True, **config.model_dump()},
+        metrics=figures,
+    )
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("fp16", "Cast every floating tensor to float16", CastConfig, _cast(torch.float16)),
+        Method("bf16", "Cast every floating tensor to bfloat16", CastConfig, _cast(torch.bfloat16)),
+        Method("int8-weight-only",
+               "INT8 weights (symmetric, per output channel) with FP32 activations; embeddings too",
+               Int8WeightOnlyConfig, _int8_weight_only),
+    )
+}
