@@ -6,8 +6,9 @@ history in order, then follows live events until the job reaches a terminal stat
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import nats.errors
 
 from google.protobuf import struct_pb2, timestamp_pb2
 from nats.js import JetStreamContext, api
@@ -69,12 +70,20 @@ class EventLog:
     async def publish(self, event: common_pb2.JobEvent) -> None:
         await self._js.publish(subject(event.job_id), event.SerializeToString(), stream=STREAM)
 
-    async def replay(self, job_id: str, *, follow: bool = True, idle_timeout_s: float | None = None
-                     ) -> AsyncIterator[common_pb2.JobEvent]:
+    async def replay(
+        self,
+        job_id: str,
+        *,
+        follow: bool = True,
+        is_finished: Callable[[], Awaitable[bool]] | None = None,
+        poll_s: float = 1.0,
+    ) -> AsyncIterator[common_pb2.JobEvent]:
         """Yields the job's events from the first, numbering them 1..N.
 
-        With `follow`, keeps waiting for new events until a terminal job-state event;
-        without it, stops once the stored history is drained.
+        With `follow`, keeps waiting for new events until a terminal job-state event
+        (or, when the stream is idle, until `is_finished()` says the job is over, which
+        covers a job whose last event was never written). Without it, stops once the
+        stored history is drained.
         """
         sub = await self._js.subscribe(
             subject(job_id), stream=STREAM, ordered_consumer=True, deliver_policy=api.DeliverPolicy.ALL
@@ -82,13 +91,10 @@ class EventLog:
         sequence = 0
         try:
             while True:
-                timeout = idle_timeout_s if follow else 0.5
                 try:
-                    msg = await sub.next_msg(timeout=timeout if timeout is not None else 3600.0)
-                except Exception as exc:  # nats' TimeoutError
-                    if isinstance(exc, asyncio.CancelledError):
-                        raise
-                    if not follow or idle_timeout_s is not None:
+                    msg = await sub.next_msg(timeout=poll_s)
+                except nats.errors.TimeoutError:
+                    if not follow or (is_finished is not None and await is_finished()):
                         return
                     continue
                 event = common_pb2.JobEvent.FromString(msg.data)

@@ -7,7 +7,7 @@ import logging
 import signal
 import socket
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -38,6 +38,8 @@ class ServiceRuntime:
     store: ArtifactStore
     events: EventLog
     models: ModelSource
+    # Coroutines run on graceful shutdown, before NATS is drained.
+    on_shutdown: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     @property
     def worker_id(self) -> str:
@@ -79,6 +81,8 @@ async def serve(settings: ServiceSettings, register: Register) -> None:
     # Stop taking new work first, so balancers move on, then let in-flight RPCs finish.
     await health_servicer.enter_graceful_shutdown()
     await server.stop(settings.grace_s)
+    for hook in runtime.on_shutdown:
+        await hook()
     await runtime.nc.drain()
 
 

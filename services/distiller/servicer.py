@@ -1,0 +1,29 @@
+"""gRPC adapter of the distiller. Its engine has not landed yet: Describe lists no methods and
+Run answers UNIMPLEMENTED, so nothing pretends to succeed."""
+
+from __future__ import annotations
+
+import grpc
+
+from modelpress.v1 import common_pb2, distiller_pb2, distiller_pb2_grpc
+from services.common.server import ServiceRuntime
+from services.common.technique_servicer import TechniqueServicer
+
+NOT_YET = "the distiller has no methods yet; they arrive with the distiller issue"
+
+
+class DistillerServicer(distiller_pb2_grpc.DistillerServiceServicer):
+    def __init__(self, runtime: ServiceRuntime) -> None:
+        self._technique = TechniqueServicer(common_pb2.TECHNIQUE_DISTILLER, {}, runtime)
+
+    async def Describe(self, request, context):
+        return distiller_pb2.DistillerServiceDescribeResponse(description=self._technique.description())
+
+    async def Run(self, request, context):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, NOT_YET)
+        yield  # pragma: no cover - makes this an async generator
+
+
+async def register(server: grpc.aio.Server, runtime: ServiceRuntime) -> list[str]:
+    distiller_pb2_grpc.add_DistillerServiceServicer_to_server(DistillerServicer(runtime), server)
+    return [distiller_pb2.DESCRIPTOR.services_by_name["DistillerService"].full_name]

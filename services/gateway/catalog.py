@@ -1,0 +1,85 @@
+"""What the technique services can do, gathered from their Describe RPCs (cached briefly)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+
+from modelpress.v1 import (common_pb2, distiller_pb2, distiller_pb2_grpc, evaluator_pb2, evaluator_pb2_grpc,
+                           optimizer_pb2, optimizer_pb2_grpc, pruner_pb2, pruner_pb2_grpc, quantizer_pb2,
+                           quantizer_pb2_grpc)
+from services.common.settings import TECHNIQUE_SERVICES
+
+# Round-robin over every address a target resolves to, so `--scale quantizer=3` spreads stages.
+CHANNEL_OPTIONS = [
+    ("grpc.lb_policy_name", "round_robin"),
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+    ("grpc.enable_retries", 1),
+]
+
+_STUBS = {
+    common_pb2.TECHNIQUE_QUANTIZER: (quantizer_pb2_grpc.QuantizerServiceStub, quantizer_pb2),
+    common_pb2.TECHNIQUE_PRUNER: (pruner_pb2_grpc.PrunerServiceStub, pruner_pb2),
+    common_pb2.TECHNIQUE_DISTILLER: (distiller_pb2_grpc.DistillerServiceStub, distiller_pb2),
+    common_pb2.TECHNIQUE_EVALUATOR: (evaluator_pb2_grpc.EvaluatorServiceStub, evaluator_pb2),
+    common_pb2.TECHNIQUE_OPTIMIZER: (optimizer_pb2_grpc.OptimizerServiceStub, optimizer_pb2),
+}
+
+
+class ServiceUnavailable(RuntimeError):
+    pass
+
+
+class Mesh:
+    """Channels to the technique services and typed access to their Run/Describe."""
+
+    def __init__(self, targets: dict[str, str], describe_ttl_s: float = 30.0) -> None:
+        self._channels = {
+            technique: grpc.aio.insecure_channel(targets[name], options=CHANNEL_OPTIONS)
+            for technique, name in TECHNIQUE_SERVICES.items()
+        }
+        self._ttl = describe_ttl_s
+        self._described: dict[int, tuple[float, common_pb2.ServiceDescription]] = {}
+
+    def stub(self, technique: int):
+        stub_cls, _ = _STUBS[technique]
+        return stub_cls(self._channels[technique])
+
+    def run_request(self, technique: int, stage: common_pb2.StageRequest):
+        _, module = _STUBS[technique]
+        prefix = TECHNIQUE_SERVICES[technique].capitalize()
+        return getattr(module, f"{prefix}ServiceRunRequest")(stage=stage)
+
+    @property
+    def evaluator(self) -> evaluator_pb2_grpc.EvaluatorServiceStub:
+        return self.stub(common_pb2.TECHNIQUE_EVALUATOR)
+
+    async def describe(self, technique: int) -> common_pb2.ServiceDescription:
+        cached = self._described.get(technique)
+        if cached and time.monotonic() - cached[0] < self._ttl:
+            return cached[1]
+        _, module = _STUBS[technique]
+        prefix = TECHNIQUE_SERVICES[technique].capitalize()
+        request = getattr(module, f"{prefix}ServiceDescribeRequest")()
+        try:
+            response = await self.stub(technique).Describe(request, timeout=5.0, wait_for_ready=False)
+        except grpc.aio.AioRpcError as exc:
+            raise ServiceUnavailable(f"{TECHNIQUE_SERVICES[technique]}: {exc.code().name}: {exc.details()}") from exc
+        self._described[technique] = (time.monotonic(), response.description)
+        return response.description
+
+    async def describe_all(self) -> tuple[list[common_pb2.MethodDescription], dict[str, str]]:
+        techniques = list(TECHNIQUE_SERVICES)
+        results = await asyncio.gather(*(self.describe(t) for t in techniques), return_exceptions=True)
+        methods, unavailable = [], {}
+        for technique, result in zip(techniques, results):
+            if isinstance(result, BaseException):
+                unavailable[TECHNIQUE_SERVICES[technique]] = str(result)
+            else:
+                methods.extend(result.methods)
+        return methods, unavailable
+
+    async def close(self) -> None:
+        await asyncio.gather(*(ch.close() for ch in self._channels.values()))

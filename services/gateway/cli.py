@@ -1,0 +1,319 @@
+"""The `modelpress` command line: run the local mesh, submit and follow jobs, fetch results."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from google.protobuf import json_format
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from modelpress.v1 import common_pb2
+from services.common.settings import DEFAULT_PORTS, default_home
+from services.gateway import launcher
+from services.gateway.client import GatewayClient
+from services.gateway.results import seed_result
+
+err = Console(stderr=True)
+out = Console()
+
+
+def _gateway_target(args) -> str:
+    if args.gateway:
+        return args.gateway
+    if os.environ.get("MODELPRESS_GATEWAY"):
+        return os.environ["MODELPRESS_GATEWAY"]
+    state = launcher.read_state(default_home())
+    return state.gateway if state else f"127.0.0.1:{DEFAULT_PORTS['gateway']}"
+
+
+def _state_name(state: int) -> str:
+    return common_pb2.JobState.Name(state).removeprefix("JOB_STATE_").lower()
+
+
+def _parse_overrides(pairs: list[str]) -> dict:
+    overrides = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects key=value, got {pair!r}")
+        try:
+            overrides[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            overrides[key] = raw
+    return overrides
+
+
+# ---- mesh ------------------------------------------------------------------------
+
+
+def cmd_up(args) -> int:
+    home = default_home()
+    err.print(f"starting nats-server and {len(launcher.SERVICES)} services (home {home}) ...")
+    state = launcher.up(home, free_ports=args.free_ports)
+    err.print(f"mesh up: gateway {state.gateway}, NATS {state.nats_url}")
+    if args.detach:
+        return 0
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    try:
+        while not stop:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    err.print("stopping ...")
+    launcher.down(home)
+    return 0
+
+
+def cmd_down(args) -> int:
+    stopped = launcher.down(default_home())
+    err.print(f"stopped: {', '.join(stopped)}" if stopped else "no mesh running")
+    return 0
+
+
+def cmd_status(args) -> int:
+    report = launcher.status(default_home())
+    if not report:
+        err.print("no mesh running (modelpress up)")
+        return 1
+    table = Table("component", "status")
+    for name, line in report.items():
+        table.add_row(name, line)
+    out.print(table)
+    return 0 if all(line.startswith(("SERVING", "running")) for line in report.values()) else 1
+
+
+# ---- jobs --------------------------------------------------------------------------
+
+
+def follow(client: GatewayClient, job_id: str, quiet: bool) -> None:
+    """Renders WatchJob as progress bars (one per stage) until the job ends."""
+    if quiet:
+        for _ in client.watch(job_id):
+            pass
+        return
+    columns = [TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
+               TextColumn("{task.fields[note]}")]
+    with Progress(*columns, console=err, transient=False) as bars:
+        tasks: dict[int, int] = {}
+        for event in client.watch(job_id):
+            key = event.stage_index
+            if event.kind in (common_pb2.EVENT_KIND_STAGE_STARTED, common_pb2.EVENT_KIND_STAGE_PROGRESS,
+                              common_pb2.EVENT_KIND_STAGE_FINISHED):
+                if key not in tasks:
+                    tasks[key] = bars.add_task(f"stage {key}: {event.stage_name}", total=1.0, note="")
+                done = 1.0 if event.kind == common_pb2.EVENT_KIND_STAGE_FINISHED else event.stage_progress
+                bars.update(tasks[key], completed=done, note=event.message[:60])
+            elif event.kind == common_pb2.EVENT_KIND_JOB_STATE:
+                state = _state_name(event.job_state)
+                note = f" ({event.message})" if event.message and event.message != state else ""
+                bars.console.print(f"job {job_id}: {state}{note}")
+
+
+def print_result(result: common_pb2.CompressionResult) -> None:
+    o, c = result.original, result.compressed
+    table = Table("metric", "original", "compressed", "ratio", title=f"job {result.job_id}")
+
+    def row(name, before, after, fmt, ratio=None):
+        shown = f"{ratio:.3f}" if ratio is not None else (f"{after / before:.3f}" if before else "-")
+        table.add_row(name, fmt.format(before), fmt.format(after), shown)
+
+    row("size on disk (MB)", result.original_model_size_bytes / 1e6, result.compressed_model_size_bytes / 1e6,
+        "{:.1f}")
+    row("parameters (M)", result.original_params / 1e6, result.compressed_params / 1e6, "{:.2f}")
+    row(f"latency p50 (ms, b{o.latency.batch_size}×s{o.latency.sequence_length})", result.original_latency_ms,
+        result.compressed_latency_ms, "{:.1f}")
+    row("latency p95 (ms)", o.latency.p95_ms, c.latency.p95_ms, "{:.1f}")
+    row("latency p99 (ms)", o.latency.p99_ms, c.latency.p99_ms, "{:.1f}")
+    row("peak RSS (MB)", result.original_memory_mb, result.compressed_memory_mb, "{:.0f}")
+    if result.original_perplexity:
+        row(f"perplexity (held-out, {o.quality_tokens} tokens)", result.original_perplexity,
+            result.compressed_perplexity, "{:.3f}")
+        row("next-token top-1 accuracy", result.original_accuracy, result.compressed_accuracy, "{:.4f}")
+    out.print(table)
+    out.print(f"compression ratio {result.compression_ratio:.2f}x, perplexity "
+              f"{result.perplexity_increase:+.2%}, artifact {result.compressed_artifact_id}")
+
+
+def cmd_compress(args) -> int:
+    evaluation = common_pb2.EvaluationSpec(skip=args.no_eval, batch_size=args.batch_size,
+                                           sequence_length=args.sequence_length,
+                                           latency_iterations=args.iterations, quality_windows=args.quality_windows)
+    with GatewayClient(_gateway_target(args)) as client:
+        job = client.create_job(args.model, args.recipe, overrides=_parse_overrides(args.set), evaluation=evaluation,
+                                name=args.name)
+        if not args.wait:
+            if args.json:
+                print(json.dumps({"job_id": job.job_id, "status": _state_name(job.state)}))
+            else:
+                out.print(f"job {job.job_id} submitted ({args.recipe}); follow with `modelpress watch {job.job_id}`")
+            return 0
+        follow(client, job.job_id, quiet=args.json)
+        job = client.get_job(job.job_id)
+        if args.json:
+            print(json.dumps({
+                "job_id": job.job_id,
+                "status": _state_name(job.state),
+                "artifact_id": job.output.id,
+                "error": job.error,
+                "result": seed_result(job.result) if job.state == common_pb2.JOB_STATE_SUCCEEDED else None,
+            }, indent=2))
+        elif job.state == common_pb2.JOB_STATE_SUCCEEDED:
+            print_result(job.result)
+        else:
+            err.print(f"job {job.job_id} {_state_name(job.state)}: {job.error}")
+        return 0 if job.state == common_pb2.JOB_STATE_SUCCEEDED else 1
+
+
+def cmd_watch(args) -> int:
+    with GatewayClient(_gateway_target(args)) as client:
+        if args.json:
+            for event in client.watch(args.job_id):
+                print(json_format.MessageToJson(event, indent=None), flush=True)
+        else:
+            follow(client, args.job_id, quiet=False)
+    return 0
+
+
+def _job_row(job: common_pb2.Job) -> dict:
+    return {"job_id": job.job_id, "name": job.name, "recipe": job.recipe, "status": _state_name(job.state),
+            "progress": round(job.progress, 3), "artifact_id": job.output.id, "error": job.error}
+
+
+def cmd_jobs(args) -> int:
+    with GatewayClient(_gateway_target(args)) as client:
+        if args.action == "list":
+            rows = [_job_row(j) for j in client.list_jobs()]
+            if args.json:
+                print(json.dumps(rows, indent=2))
+            else:
+                table = Table("job", "recipe", "status", "progress", "artifact")
+                for r in rows:
+                    table.add_row(r["job_id"], r["recipe"], r["status"], f"{r['progress']:.0%}", r["artifact_id"])
+                out.print(table)
+            return 0
+        if not args.job_id:
+            raise SystemExit(f"jobs {args.action} needs a JOB id")
+        if args.action == "get":
+            print(json_format.MessageToJson(client.get_job(args.job_id)))
+        elif args.action == "cancel":
+            job = client.cancel_job(args.job_id)
+            out.print(f"job {job.job_id}: {_state_name(job.state)}")
+        elif args.action == "delete":
+            removed = client.delete_job(args.job_id)
+            out.print(f"deleted job {args.job_id} and {removed} artifact(s)")
+    return 0
+
+
+def cmd_download(args) -> int:
+    with GatewayClient(_gateway_target(args)) as client:
+        ref = client.download(Path(args.out), job_id=args.job_id)
+    out.print(f"artifact {ref.id} ({ref.size_bytes} bytes, sha256 {ref.sha256[:12]}…) -> {args.out}")
+    return 0
+
+
+def cmd_recipes(args) -> int:
+    with GatewayClient(_gateway_target(args)) as client:
+        for recipe in client.list_recipes():
+            out.print(f"[bold]{recipe.name}[/bold]: {recipe.summary}")
+    return 0
+
+
+def cmd_methods(args) -> int:
+    with GatewayClient(_gateway_target(args)) as client:
+        response = client.list_methods()
+    if args.json:
+        print(json_format.MessageToJson(response))
+        return 0
+    for method in response.methods:
+        technique = common_pb2.Technique.Name(method.technique).removeprefix("TECHNIQUE_").lower()
+        fields = ", ".join(f"{f.name}={json_format.MessageToJson(f.default_value)}" for f in method.fields)
+        out.print(f"{technique}/{method.name}: {method.summary} [{fields}]")
+    for name, why in response.unavailable.items():
+        err.print(f"{name} unavailable: {why}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    with GatewayClient(_gateway_target(args)) as client:
+        metrics = client.evaluate(args.model)
+    print(json_format.MessageToJson(metrics) if args.json else metrics)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="modelpress", description=__doc__)
+    parser.add_argument("--gateway", help="gateway host:port (default: the local mesh, or $MODELPRESS_GATEWAY)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("up", help="start nats-server and every service locally")
+    p.add_argument("--detach", action="store_true", help="return once healthy; stop later with `modelpress down`")
+    p.add_argument("--free-ports", action="store_true", help="pick free ports instead of 4222/50051-50056")
+    p.set_defaults(func=cmd_up)
+    sub.add_parser("down", help="stop the local mesh").set_defaults(func=cmd_down)
+    sub.add_parser("status", help="health of the local mesh").set_defaults(func=cmd_status)
+
+    p = sub.add_parser("compress", help="submit a compression job")
+    p.add_argument("model", help="builtin:NAME, artifact:ID or path:DIR")
+    p.add_argument("--recipe", required=True)
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a recipe config field")
+    p.add_argument("--name", default="")
+    p.add_argument("--wait", action="store_true", help="follow progress and print the result")
+    p.add_argument("--json", action="store_true", help="print one JSON object (with --wait: the result)")
+    p.add_argument("--no-eval", action="store_true", help="skip the before/after measurement")
+    p.add_argument("--batch-size", type=int, default=0)
+    p.add_argument("--sequence-length", type=int, default=0)
+    p.add_argument("--iterations", type=int, default=0, help="timed latency passes")
+    p.add_argument("--quality-windows", type=int, default=0, help="held-out 512-token windows for perplexity")
+    p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser("jobs", help="list, get, cancel or delete jobs")
+    p.add_argument("action", choices=["list", "get", "cancel", "delete"])
+    p.add_argument("job_id", nargs="?")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("watch", help="stream a job's events (history first)")
+    p.add_argument("job_id")
+    p.add_argument("--json", action="store_true", help="one JSON event per line")
+    p.set_defaults(func=cmd_watch)
+
+    p = sub.add_parser("download", help="download a job's compressed model")
+    p.add_argument("job_id")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_download)
+
+    sub.add_parser("recipes", help="list recipes").set_defaults(func=cmd_recipes)
+    p = sub.add_parser("methods", help="list the services' methods and config fields")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_methods)
+    p = sub.add_parser("evaluate", help="measure one model")
+    p.add_argument("model")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except grpc.RpcError as exc:
+        err.print(f"error: {exc.code().name}: {exc.details()}")
+        return 2
+    except (RuntimeError, TimeoutError, ValueError, FileExistsError) as exc:
+        err.print(f"error: {exc}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

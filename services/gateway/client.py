@@ -1,0 +1,146 @@
+"""A small typed client of the gateway, for the CLI and for other backend services.
+
+    from services.gateway.client import GatewayClient
+    with GatewayClient("127.0.0.1:50051") as mp:
+        job = mp.create_job("builtin:smollm2-135m", "int8-weight-only")
+        for event in mp.watch(job.job_id):
+            print(event.message)
+        print(mp.get_result(job.job_id).result.compression_ratio)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from modelpress.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+from services.common import packaging
+from services.common.events import to_struct
+
+UPLOAD_CHUNK = 1024 * 1024
+
+
+def parse_model_ref(text: str) -> common_pb2.ModelRef:
+    """`builtin:NAME`, `artifact:ID` (or a bare `a-…` id), `path:DIR` or an absolute folder path."""
+    scheme, sep, rest = text.partition(":")
+    if sep and scheme == "builtin":
+        return common_pb2.ModelRef(builtin=rest)
+    if sep and scheme == "artifact":
+        return common_pb2.ModelRef(artifact_id=rest)
+    if sep and scheme == "path":
+        return common_pb2.ModelRef(path=rest)
+    if text.startswith("a-"):
+        return common_pb2.ModelRef(artifact_id=text)
+    if text.startswith("/"):
+        return common_pb2.ModelRef(path=text)
+    raise ValueError(f"model: {text!r} is not builtin:NAME, artifact:ID, path:DIR or an absolute path")
+
+
+class GatewayClient:
+    def __init__(self, target: str = "127.0.0.1:50051", *, timeout_s: float = 60.0) -> None:
+        self._channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 16 << 20)])
+        self._stub = gateway_pb2_grpc.GatewayServiceStub(self._channel)
+        self._timeout = timeout_s
+
+    def __enter__(self) -> "GatewayClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    # ---- jobs ----------------------------------------------------------------
+
+    def create_job(self, model: str | common_pb2.ModelRef, recipe: str, *, overrides: dict[str, Any] | None = None,
+                   evaluation: common_pb2.EvaluationSpec | None = None, name: str = "") -> common_pb2.Job:
+        ref = parse_model_ref(model) if isinstance(model, str) else model
+        request = gateway_pb2.CreateJobRequest(name=name, model=ref, recipe=recipe,
+                                               overrides=to_struct(overrides or {}), evaluation=evaluation)
+        return self._stub.CreateJob(request, timeout=self._timeout).job
+
+    def get_job(self, job_id: str) -> common_pb2.Job:
+        return self._stub.GetJob(gateway_pb2.GetJobRequest(job_id=job_id), timeout=self._timeout).job
+
+    def list_jobs(self, state: int = 0, page_size: int = 0) -> list[common_pb2.Job]:
+        request = gateway_pb2.ListJobsRequest(state=state, page_size=page_size)
+        return list(self._stub.ListJobs(request, timeout=self._timeout).jobs)
+
+    def cancel_job(self, job_id: str) -> common_pb2.Job:
+        return self._stub.CancelJob(gateway_pb2.CancelJobRequest(job_id=job_id), timeout=120).job
+
+    def delete_job(self, job_id: str) -> int:
+        return self._stub.DeleteJob(gateway_pb2.DeleteJobRequest(job_id=job_id), timeout=120).deleted_artifacts
+
+    def watch(self, job_id: str) -> Iterator[common_pb2.JobEvent]:
+        for response in self._stub.WatchJob(gateway_pb2.WatchJobRequest(job_id=job_id)):
+            yield response.event
+
+    def get_result(self, job_id: str) -> gateway_pb2.GetResultResponse:
+        return self._stub.GetResult(gateway_pb2.GetResultRequest(job_id=job_id), timeout=self._timeout)
+
+    # ---- catalogue -------------------------------------------------------------
+
+    def list_methods(self) -> gateway_pb2.ListMethodsResponse:
+        return self._stub.ListMethods(gateway_pb2.ListMethodsRequest(), timeout=self._timeout)
+
+    def list_recipes(self) -> list[gateway_pb2.Recipe]:
+        return list(self._stub.ListRecipes(gateway_pb2.ListRecipesRequest(), timeout=self._timeout).recipes)
+
+    def validate(self, recipe: str, overrides: dict[str, Any] | None = None) -> gateway_pb2.ValidateConfigResponse:
+        request = gateway_pb2.ValidateConfigRequest(recipe=recipe, overrides=to_struct(overrides or {}))
+        return self._stub.ValidateConfig(request, timeout=self._timeout)
+
+    def evaluate(self, model: str, spec: common_pb2.EvaluationSpec | None = None) -> common_pb2.ModelMetrics:
+        request = gateway_pb2.EvaluateRequest(model=parse_model_ref(model), spec=spec)
+        return self._stub.Evaluate(request, timeout=1800).metrics
+
+    # ---- artifacts ---------------------------------------------------------------
+
+    def download(self, out_dir: Path, *, job_id: str = "", artifact_id: str = "") -> common_pb2.ArtifactRef:
+        """Streams the artifact into `out_dir` (created; must not exist), checking its sha256."""
+        request = (gateway_pb2.DownloadArtifactRequest(job_id=job_id) if job_id
+                   else gateway_pb2.DownloadArtifactRequest(artifact_id=artifact_id))
+        out_dir = Path(out_dir)
+        if out_dir.exists() and any(out_dir.iterdir()):
+            raise FileExistsError(f"--out {out_dir} exists and is not empty")
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        ref = None
+        digest = hashlib.sha256()
+        with tempfile.TemporaryDirectory(dir=out_dir.parent) as tmp:
+            tar_path = Path(tmp) / "artifact.tar"
+            with open(tar_path, "wb") as out:
+                for response in self._stub.DownloadArtifact(request):
+                    if response.WhichOneof("part") == "artifact":
+                        ref = response.artifact
+                    else:
+                        digest.update(response.chunk)
+                        out.write(response.chunk)
+            if ref is None or digest.hexdigest() != ref.sha256:
+                raise IOError("download incomplete or corrupt (sha256 mismatch)")
+            if out_dir.exists():
+                out_dir.rmdir()
+            packaging.untar_folder(tar_path, out_dir)
+        return ref
+
+    def upload(self, folder: Path, *, fmt: int = common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS, name: str = ""
+               ) -> common_pb2.ArtifactRef:
+        with tempfile.TemporaryDirectory() as tmp:
+            tar_path = Path(tmp) / "upload.tar"
+            packaging.tar_folder(Path(folder), tar_path)
+            sha = hashlib.sha256(tar_path.read_bytes()).hexdigest()
+
+            def messages():
+                yield gateway_pb2.UploadModelRequest(
+                    header=gateway_pb2.UploadHeader(name=name or Path(folder).name, format=fmt, sha256=sha))
+                with open(tar_path, "rb") as src:
+                    while chunk := src.read(UPLOAD_CHUNK):
+                        yield gateway_pb2.UploadModelRequest(chunk=chunk)
+
+            return self._stub.UploadModel(messages(), timeout=3600).artifact

@@ -1,0 +1,243 @@
+"""Job lifecycle: records in KV, stages dispatched over gRPC, events on JetStream.
+
+A job runs as one asyncio task in the gateway. Each stage goes to the owning service's
+round-robin channel; a stage whose replica dies (UNAVAILABLE) is retried on another.
+The record is saved after every transition, so a restarted gateway resumes unfinished
+jobs from their last finished stage. Cancelling the task cancels the in-flight RPC,
+which the service turns into a cancel of its engine at the next progress point.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+import uuid
+
+import grpc
+from nats.js import JetStreamContext, api
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
+
+from modelpress.v1 import common_pb2, evaluator_pb2
+from services.common import events as ev
+from services.common.artifact_store import ArtifactStore
+from services.common.events import EventLog
+from services.common.job_store import JobStore
+from services.common.model_source import describe
+from services.common.settings import TECHNIQUE_SERVICES
+from services.gateway.catalog import Mesh
+from services.gateway.results import compression_result
+
+log = logging.getLogger(__name__)
+
+STAGE_ATTEMPTS = 3
+METRICS_BUCKET = "modelpress_metrics"
+# Share of a job's progress bar given to the before/after evaluation.
+EVALUATION_WEIGHT = 0.3
+SAVE_EVERY_S = 0.5
+
+
+def new_job_id() -> str:
+    return "j-" + uuid.uuid4().hex[:16]
+
+
+def _now(ts) -> None:
+    ts.GetCurrentTime()
+
+
+class JobRunner:
+    def __init__(self, js: JetStreamContext, jobs: JobStore, store: ArtifactStore, events: EventLog,
+                 mesh: Mesh) -> None:
+        self._js = js
+        self.jobs = jobs
+        self.store = store
+        self.events = events
+        self.mesh = mesh
+        self._tasks: dict[str, asyncio.Task] = {}
+        self._metrics_kv = None
+
+    async def ensure(self) -> "JobRunner":
+        try:
+            self._metrics_kv = await self._js.key_value(METRICS_BUCKET)
+        except (BucketNotFoundError, NotFoundError):
+            self._metrics_kv = await self._js.create_key_value(
+                api.KeyValueConfig(bucket=METRICS_BUCKET, history=1, storage=api.StorageType.FILE))
+        return self
+
+    # ---- lifecycle ---------------------------------------------------------
+
+    def start(self, job_id: str) -> None:
+        task = asyncio.create_task(self._run(job_id), name=f"job-{job_id}")
+        self._tasks[job_id] = task
+        task.add_done_callback(lambda _t: self._tasks.pop(job_id, None))
+
+    def is_running_here(self, job_id: str) -> bool:
+        return job_id in self._tasks
+
+    async def resume_unfinished(self) -> list[str]:
+        resumed = []
+        for job in await self.jobs.list():
+            if job.state in (common_pb2.JOB_STATE_PENDING, common_pb2.JOB_STATE_RUNNING):
+                self.start(job.job_id)
+                resumed.append(job.job_id)
+        return resumed
+
+    async def cancel(self, job_id: str) -> common_pb2.Job:
+        task = self._tasks.get(job_id)
+        if task is not None:
+            task.cancel()
+            await asyncio.wait({task}, timeout=90)
+            return await self.jobs.get(job_id)
+        job = await self.jobs.get(job_id)
+        if job.state not in ev.TERMINAL_STATES:
+            await self._finish(job, common_pb2.JOB_STATE_CANCELLED, "cancelled")
+        return job
+
+    async def shutdown(self) -> None:
+        """Stops running jobs without marking them cancelled, so the next gateway resumes them."""
+        for task in list(self._tasks.values()):
+            task.cancel(msg="gateway shutdown")
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    # ---- one job -------------------------------------------------------------
+
+    async def _run(self, job_id: str) -> None:
+        job = await self.jobs.get(job_id)
+        try:
+            if job.state != common_pb2.JOB_STATE_RUNNING:
+                job.state = common_pb2.JOB_STATE_RUNNING
+                _now(job.started_at)
+                await self.jobs.put(job)
+                await self._publish(job, common_pb2.EVENT_KIND_JOB_STATE, job_state=job.state, message="running")
+            input_ref = job.model
+            for stage in job.stages:
+                if stage.state == common_pb2.JOB_STATE_SUCCEEDED:  # resumed job: skip finished stages
+                    input_ref = common_pb2.ModelRef(artifact_id=stage.output.id)
+                    continue
+                output = await self._run_stage(job, stage, input_ref)
+                input_ref = common_pb2.ModelRef(artifact_id=output.id)
+            job.output.CopyFrom(job.stages[-1].output)
+            if not job.evaluation.skip:
+                await self._evaluate(job)
+            else:
+                job.result.CopyFrom(common_pb2.CompressionResult(
+                    job_id=job.job_id, compressed_model_size_bytes=job.output.size_bytes,
+                    compressed_artifact_id=job.output.id))
+            await self._finish(job, common_pb2.JOB_STATE_SUCCEEDED, "succeeded")
+        except asyncio.CancelledError as exc:
+            if exc.args and exc.args[0] == "gateway shutdown":
+                raise
+            await asyncio.shield(self._finish(job, common_pb2.JOB_STATE_CANCELLED, "cancelled by request"))
+        except grpc.aio.AioRpcError as exc:
+            await self._finish(job, common_pb2.JOB_STATE_FAILED, f"{exc.code().name}: {exc.details()}")
+        except Exception as exc:  # noqa: BLE001 - a job failure is recorded, never raised into the loop
+            log.exception("job %s failed", job_id)
+            await self._finish(job, common_pb2.JOB_STATE_FAILED, f"{type(exc).__name__}: {exc}")
+
+    async def _run_stage(self, job: common_pb2.Job, stage: common_pb2.StageStatus,
+                         input_ref: common_pb2.ModelRef) -> common_pb2.ArtifactRef:
+        technique = stage.spec.technique
+        stage.state = common_pb2.JOB_STATE_RUNNING
+        _now(stage.started_at)
+        await self.jobs.put(job)
+        await self._publish(job, common_pb2.EVENT_KIND_STAGE_STARTED, stage_index=stage.index,
+                            stage_name=stage.spec.method,
+                            message=f"{TECHNIQUE_SERVICES[technique]}: {stage.spec.method} on {describe(input_ref)}")
+        request = self.mesh.run_request(technique, common_pb2.StageRequest(
+            job_id=job.job_id, stage_index=stage.index, input=input_ref, method=stage.spec.method,
+            config=stage.spec.config))
+        last_save = 0.0
+        for attempt in range(1, STAGE_ATTEMPTS + 1):
+            try:
+                call = self.mesh.stub(technique).Run(request, wait_for_ready=True)
+                async for response in call:
+                    update = response.update
+                    if update.HasField("progress"):
+                        job.progress = self._overall(job, stage.index, update.progress.progress)
+                        if time.monotonic() - last_save > SAVE_EVERY_S:
+                            last_save = time.monotonic()
+                            await self.jobs.put(job)
+                    elif update.HasField("output"):
+                        stage.output.CopyFrom(update.output.artifact)
+                        stage.metrics.CopyFrom(update.output.metrics)
+                        stage.worker = update.output.worker
+                break
+            except grpc.aio.AioRpcError as exc:
+                # A dead replica: the round-robin channel sends the retry elsewhere.
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == STAGE_ATTEMPTS:
+                    stage.state = common_pb2.JOB_STATE_FAILED
+                    stage.error = f"{exc.code().name}: {exc.details()}"
+                    _now(stage.finished_at)
+                    raise
+                log.warning("stage %s of %s: %s; retrying", stage.index, job.job_id, exc.details())
+        if not stage.output.id:
+            raise RuntimeError(f"{TECHNIQUE_SERVICES[technique]} ended stage {stage.index} without an output")
+        stage.state = common_pb2.JOB_STATE_SUCCEEDED
+        _now(stage.finished_at)
+        job.artifact_ids.append(stage.output.id)
+        job.progress = self._overall(job, stage.index, 1.0)
+        await self.jobs.put(job)
+        await self._publish(job, common_pb2.EVENT_KIND_STAGE_FINISHED, stage_index=stage.index,
+                            stage_name=stage.spec.method, stage_progress=1.0,
+                            message=f"artifact {stage.output.id} ({stage.output.size_bytes} bytes) by {stage.worker}")
+        return stage.output
+
+    async def _evaluate(self, job: common_pb2.Job) -> None:
+        index = len(job.stages)
+        await self._publish(job, common_pb2.EVENT_KIND_STAGE_STARTED, stage_index=index, stage_name="evaluate",
+                            message="measuring the original model", step=0, total_steps=2)
+        original = await self._measure(job.model, job.evaluation, cache=True)
+        job.progress = self._overall(job, index, 0.5)
+        await self.jobs.put(job)
+        await self._publish(job, common_pb2.EVENT_KIND_STAGE_PROGRESS, stage_index=index, stage_name="evaluate",
+                            message="measured the original; measuring the compressed model", stage_progress=0.5,
+                            step=1, total_steps=2)
+        compressed = await self._measure(common_pb2.ModelRef(artifact_id=job.output.id), job.evaluation, cache=False)
+        job.result.CopyFrom(compression_result(job.job_id, original, compressed, job.output.id))
+        await self._publish(job, common_pb2.EVENT_KIND_STAGE_FINISHED, stage_index=index, stage_name="evaluate",
+                            message="measured both models", stage_progress=1.0, step=2, total_steps=2)
+
+    async def _measure(self, model: common_pb2.ModelRef, spec: common_pb2.EvaluationSpec, *, cache: bool
+                       ) -> common_pb2.ModelMetrics:
+        """The original model's figures are reused across jobs with the same spec."""
+        key = hashlib.sha256(model.SerializeToString() + spec.SerializeToString()).hexdigest()[:32]
+        if cache:
+            try:
+                entry = await self._metrics_kv.get(key)
+                if entry.value:
+                    return common_pb2.ModelMetrics.FromString(entry.value)
+            except (KeyNotFoundError, NotFoundError):
+                pass
+        response = await self.mesh.evaluator.Evaluate(
+            evaluator_pb2.EvaluatorServiceEvaluateRequest(model=model, spec=spec), wait_for_ready=True)
+        if cache:
+            await self._metrics_kv.put(key, response.metrics.SerializeToString())
+        return response.metrics
+
+    def _overall(self, job: common_pb2.Job, stage_index: int, fraction: float) -> float:
+        evaluation = 0.0 if job.evaluation.skip else EVALUATION_WEIGHT
+        stages_share = (1 - evaluation) / max(len(job.stages), 1)
+        if stage_index >= len(job.stages):
+            return (1 - evaluation) + evaluation * fraction
+        return stages_share * (stage_index + fraction)
+
+    async def _finish(self, job: common_pb2.Job, state: int, message: str) -> None:
+        fresh = await self.jobs.get(job.job_id)
+        if fresh.state in ev.TERMINAL_STATES:  # already finished (e.g. cancelled twice)
+            return
+        job.state = state
+        if state == common_pb2.JOB_STATE_SUCCEEDED:
+            job.progress = 1.0
+        else:
+            job.error = message
+            for stage in job.stages:
+                if stage.state == common_pb2.JOB_STATE_RUNNING:
+                    stage.state = state
+                    _now(stage.finished_at)
+        _now(job.finished_at)
+        await self.jobs.put(job)
+        await self._publish(job, common_pb2.EVENT_KIND_JOB_STATE, job_state=state, message=message)
+
+    async def _publish(self, job: common_pb2.Job, kind: int, **fields) -> None:
+        await self.events.publish(ev.make_event(job.job_id, kind, **fields))

@@ -1,0 +1,60 @@
+"""Named recipes: a recipe is data, a list of stages (technique, method, default config).
+
+A client picks a name and may override config fields; an override applies to every
+stage whose method declares that field (validated against the services' Describe).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from modelpress.v1 import common_pb2, gateway_pb2
+from services.common.events import to_struct
+
+
+@dataclass(frozen=True)
+class RecipeStage:
+    technique: int
+    method: str
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RecipeDef:
+    name: str
+    summary: str
+    stages: tuple[RecipeStage, ...]
+
+    def message(self) -> gateway_pb2.Recipe:
+        return gateway_pb2.Recipe(
+            name=self.name,
+            summary=self.summary,
+            stages=[common_pb2.StageSpec(technique=s.technique, method=s.method, config=to_struct(s.config))
+                    for s in self.stages],
+        )
+
+
+Q = common_pb2.TECHNIQUE_QUANTIZER
+
+RECIPES: dict[str, RecipeDef] = {
+    r.name: r
+    for r in (
+        RecipeDef("fp16", "Half-precision weights (2x smaller than FP32)", (RecipeStage(Q, "fp16"),)),
+        RecipeDef("bf16", "bfloat16 weights (2x smaller than FP32, FP32's range)", (RecipeStage(Q, "bf16"),)),
+        RecipeDef("int8-weight-only",
+                  "INT8 weights per output channel, embeddings included (~4x smaller than FP32)",
+                  (RecipeStage(Q, "int8-weight-only"),)),
+    )
+}
+
+
+class UnknownRecipe(KeyError):
+    pass
+
+
+def get_recipe(name: str) -> RecipeDef:
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise UnknownRecipe(f"recipe: unknown recipe {name!r}; allowed: {', '.join(RECIPES)}") from None

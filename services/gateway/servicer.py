@@ -1,0 +1,292 @@
+"""The public GatewayService: validates, records and dispatches; never does model work itself."""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import grpc
+
+from modelpress.v1 import common_pb2, evaluator_pb2, gateway_pb2, gateway_pb2_grpc
+from services.common.artifact_store import ArtifactCorrupt, ArtifactNotFound
+from services.common.events import TERMINAL_STATES
+from services.common.job_store import JobNotFound
+from services.common.server import ServiceRuntime
+from services.gateway.catalog import Mesh, ServiceUnavailable
+from services.gateway.jobs import JobRunner, new_job_id
+from services.gateway.recipes import RECIPES
+from services.gateway.validation import InvalidArgument, check_model_ref, resolve_evaluation, validate_recipe
+
+log = logging.getLogger(__name__)
+
+DOWNLOAD_CHUNK = 1024 * 1024
+UPLOAD_FORMATS = (common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS, common_pb2.ARTIFACT_FORMAT_PACKED_SAFETENSORS,
+                  common_pb2.ARTIFACT_FORMAT_COMPRESSED_TENSORS, common_pb2.ARTIFACT_FORMAT_DATASET_JSONL)
+
+EVALUATOR_ISSUE = "arrives with the evaluator issue (#4)"
+OPTIMIZER_ISSUE = "arrives with the optimizer issue (#5)"
+
+_ERRORS = [
+    (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (JobNotFound, grpc.StatusCode.NOT_FOUND),
+    (ArtifactNotFound, grpc.StatusCode.NOT_FOUND),
+    (ArtifactCorrupt, grpc.StatusCode.DATA_LOSS),
+    (ServiceUnavailable, grpc.StatusCode.UNAVAILABLE),
+]
+
+
+def _maps_errors(handler):
+    """Turns the domain errors above into their status codes with the error's own message."""
+
+    @functools.wraps(handler)
+    async def wrapper(self, request, context):
+        try:
+            return await handler(self, request, context)
+        except grpc.aio.AioRpcError as exc:  # a downstream service's status passes through
+            await context.abort(exc.code(), exc.details())
+        except tuple(kind for kind, _ in _ERRORS) as exc:
+            code = next(code for kind, code in _ERRORS if isinstance(exc, kind))
+            await context.abort(code, str(exc.args[0] if exc.args else exc))
+
+    return wrapper
+
+
+class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
+    def __init__(self, runtime: ServiceRuntime, runner: JobRunner, mesh: Mesh) -> None:
+        self._runtime = runtime
+        self._runner = runner
+        self._mesh = mesh
+
+    async def _methods(self) -> dict[tuple[int, str], common_pb2.MethodDescription]:
+        techniques = {s.technique for r in RECIPES.values() for s in r.stages}
+        found = {}
+        for technique in techniques:
+            for method in (await self._mesh.describe(technique)).methods:
+                found[(technique, method.name)] = method
+        return found
+
+    async def _check_model(self, model: common_pb2.ModelRef, field: str = "model") -> None:
+        check_model_ref(model, field)
+        if model.WhichOneof("source") == "artifact_id":
+            try:
+                await self._runtime.store.stat(model.artifact_id)
+            except ArtifactNotFound:
+                raise ArtifactNotFound(f"{field}.artifact_id: artifact {model.artifact_id!r} not found") from None
+
+    # ---- jobs ----------------------------------------------------------------
+
+    @_maps_errors
+    async def CreateJob(self, request, context):
+        await self._check_model(request.model)
+        evaluation = resolve_evaluation(request.evaluation)
+        recipe, stages = validate_recipe(request.recipe, request.overrides, await self._methods())
+        job = common_pb2.Job(
+            job_id=new_job_id(),
+            name=request.name or f"{recipe.name} of {request.model.WhichOneof('source')}",
+            model=request.model,
+            recipe=recipe.name,
+            state=common_pb2.JOB_STATE_PENDING,
+            evaluation=evaluation,
+            stages=[common_pb2.StageStatus(index=i, spec=spec, state=common_pb2.JOB_STATE_PENDING)
+                    for i, spec in enumerate(stages)],
+        )
+        job.created_at.GetCurrentTime()
+        await self._runner.jobs.put(job)
+        self._runner.start(job.job_id)
+        return gateway_pb2.CreateJobResponse(job=job)
+
+    @_maps_errors
+    async def ListJobs(self, request, context):
+        if request.page_size < 0:
+            raise InvalidArgument("page_size: must be >= 0")
+        jobs = [j for j in await self._runner.jobs.list() if not request.state or j.state == request.state]
+        if request.page_size:
+            jobs = jobs[: request.page_size]
+        return gateway_pb2.ListJobsResponse(jobs=jobs)
+
+    @_maps_errors
+    async def GetJob(self, request, context):
+        return gateway_pb2.GetJobResponse(job=await self._runner.jobs.get(_job_id(request.job_id)))
+
+    @_maps_errors
+    async def CancelJob(self, request, context):
+        job = await self._runner.jobs.get(_job_id(request.job_id))
+        if job.state in TERMINAL_STATES:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"job {job.job_id} already ended ({common_pb2.JobState.Name(job.state)})")
+        return gateway_pb2.CancelJobResponse(job=await self._runner.cancel(job.job_id))
+
+    @_maps_errors
+    async def DeleteJob(self, request, context):
+        job = await self._runner.jobs.get(_job_id(request.job_id))
+        if job.state not in TERMINAL_STATES:
+            job = await self._runner.cancel(job.job_id)
+        deleted = 0
+        for artifact_id in job.artifact_ids:
+            deleted += await self._runtime.store.delete(artifact_id)
+        await self._runtime.events.purge(job.job_id)
+        await self._runner.jobs.delete(job.job_id)
+        return gateway_pb2.DeleteJobResponse(deleted_artifacts=deleted)
+
+    async def WatchJob(self, request, context):
+        try:
+            job_id = _job_id(request.job_id)
+            await self._runner.jobs.get(job_id)
+        except (InvalidArgument, JobNotFound) as exc:
+            code = grpc.StatusCode.INVALID_ARGUMENT if isinstance(exc, InvalidArgument) else grpc.StatusCode.NOT_FOUND
+            await context.abort(code, str(exc.args[0]))
+            return
+
+        async def finished() -> bool:
+            try:
+                return (await self._runner.jobs.get(job_id)).state in TERMINAL_STATES
+            except JobNotFound:
+                return True
+
+        async for event in self._runtime.events.replay(job_id, follow=True, is_finished=finished):
+            yield gateway_pb2.WatchJobResponse(event=event)
+
+    # ---- methods and recipes -----------------------------------------------------
+
+    @_maps_errors
+    async def ListMethods(self, request, context):
+        methods, unavailable = await self._mesh.describe_all()
+        return gateway_pb2.ListMethodsResponse(methods=methods, unavailable=unavailable)
+
+    async def ListRecipes(self, request, context):
+        return gateway_pb2.ListRecipesResponse(recipes=[r.message() for r in RECIPES.values()])
+
+    @_maps_errors
+    async def ValidateConfig(self, request, context):
+        try:
+            _, stages = validate_recipe(request.recipe, request.overrides, await self._methods())
+        except InvalidArgument as exc:
+            return gateway_pb2.ValidateConfigResponse(valid=False, errors=str(exc).split("; "))
+        return gateway_pb2.ValidateConfigResponse(valid=True, resolved_stages=stages)
+
+    async def ListStrategies(self, request, context):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"strategy templates backed by measurements {EVALUATOR_ISSUE}")
+
+    async def RecommendStrategy(self, request, context):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"measured strategy recommendation {EVALUATOR_ISSUE}")
+
+    # ---- evaluation ------------------------------------------------------------
+
+    @_maps_errors
+    async def Evaluate(self, request, context):
+        await self._check_model(request.model)
+        response = await self._mesh.evaluator.Evaluate(
+            evaluator_pb2.EvaluatorServiceEvaluateRequest(model=request.model,
+                                                          spec=resolve_evaluation(request.spec)),
+            wait_for_ready=True)
+        return gateway_pb2.EvaluateResponse(metrics=response.metrics)
+
+    async def Compare(self, request, context):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"interleaved comparison of N models {EVALUATOR_ISSUE}")
+
+    async def ListBenchmarks(self, request, context):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"stored hardware benchmarks {EVALUATOR_ISSUE}")
+
+    async def RunBenchmark(self, request, context):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"hardware benchmarks {EVALUATOR_ISSUE}")
+
+    # ---- results -----------------------------------------------------------------
+
+    @_maps_errors
+    async def GetResult(self, request, context):
+        job = await self._runner.jobs.get(_job_id(request.job_id))
+        if job.state != common_pb2.JOB_STATE_SUCCEEDED:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"job {job.job_id} has no result: it is {common_pb2.JobState.Name(job.state)}")
+        return gateway_pb2.GetResultResponse(result=job.result, artifact=job.output)
+
+    async def DownloadArtifact(self, request, context):
+        try:
+            artifact_id = await self._artifact_of(request)
+            stored = await self._runtime.store.stat(artifact_id)
+        except (InvalidArgument, JobNotFound, ArtifactNotFound) as exc:
+            code = grpc.StatusCode.INVALID_ARGUMENT if isinstance(exc, InvalidArgument) else grpc.StatusCode.NOT_FOUND
+            await context.abort(code, str(exc.args[0]))
+            return
+        yield gateway_pb2.DownloadArtifactResponse(artifact=stored.ref)
+        try:
+            async for data in self._runtime.store.iter_chunks(artifact_id):
+                for start in range(0, len(data), DOWNLOAD_CHUNK):
+                    yield gateway_pb2.DownloadArtifactResponse(chunk=data[start:start + DOWNLOAD_CHUNK])
+        except ArtifactCorrupt as exc:
+            await context.abort(grpc.StatusCode.DATA_LOSS, str(exc))
+
+    async def _artifact_of(self, request) -> str:
+        target = request.WhichOneof("target")
+        if target == "artifact_id" and request.artifact_id:
+            return request.artifact_id
+        if target == "job_id":
+            job = await self._runner.jobs.get(_job_id(request.job_id))
+            if not job.output.id:
+                raise InvalidArgument(f"job_id: job {job.job_id} has no output artifact yet "
+                                      f"({common_pb2.JobState.Name(job.state)})")
+            return job.output.id
+        raise InvalidArgument("target: set artifact_id or job_id")
+
+    async def DeployResult(self, request, context):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                            f"deploying a result to a serving engine {OPTIMIZER_ISSUE}; download it with DownloadArtifact")
+
+    async def GetReport(self, request, context):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"JSON/HTML reports {EVALUATOR_ISSUE}; GetResult has the figures")
+
+    # ---- engines -----------------------------------------------------------------
+
+    async def OptimizeModel(self, request, context):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"inference-engine optimization {OPTIMIZER_ISSUE}")
+
+    async def ListEngines(self, request, context):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"the engine list {OPTIMIZER_ISSUE}")
+
+    # ---- uploads -----------------------------------------------------------------
+
+    async def UploadModel(self, request_iterator, context):
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("part") != "header":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "header: the first message must be the upload header")
+        header = first.header
+        if header.format not in UPLOAD_FORMATS:
+            allowed = ", ".join(common_pb2.ArtifactFormat.Name(f) for f in UPLOAD_FORMATS)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"header.format: {common_pb2.ArtifactFormat.Name(header.format)} cannot be uploaded; "
+                                f"allowed: {allowed}")
+
+        async def chunks():
+            async for message in request_iterator:
+                if message.WhichOneof("part") != "chunk":
+                    raise InvalidArgument("chunk: only byte chunks may follow the header")
+                yield message.chunk
+
+        try:
+            ref = await self._runtime.store.put_stream(chunks(), fmt=header.format,
+                                                       expected_sha256=header.sha256 or None)
+        except InvalidArgument as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except ArtifactCorrupt as exc:
+            await context.abort(grpc.StatusCode.DATA_LOSS, str(exc))
+        return gateway_pb2.UploadModelResponse(artifact=ref)
+
+
+def _job_id(job_id: str) -> str:
+    if not job_id.strip():
+        raise InvalidArgument("job_id: required")
+    return job_id.strip()
+
+
+async def register(server: grpc.aio.Server, runtime: ServiceRuntime) -> list[str]:
+    from services.common.job_store import JobStore
+
+    mesh = Mesh(runtime.settings.targets)
+    jobs = await JobStore(runtime.js).ensure()
+    runner = await JobRunner(runtime.js, jobs, runtime.store, runtime.events, mesh).ensure()
+    resumed = await runner.resume_unfinished()
+    if resumed:
+        log.info("resumed %d unfinished job(s): %s", len(resumed), ", ".join(resumed))
+    gateway_pb2_grpc.add_GatewayServiceServicer_to_server(GatewayServicer(runtime, runner, mesh), server)
+    runtime.on_shutdown.append(runner.shutdown)
+    return [gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name]

@@ -1,0 +1,92 @@
+"""Up-front validation of what clients send; every error names the field and what is allowed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modelpress.v1 import common_pb2
+from services.common import registry
+from services.common.configspec import check_value, struct_to_dict
+from services.common.events import to_struct
+from services.common.model_source import check_allowed_path
+from services.gateway.recipes import RecipeDef, get_recipe
+
+# Bounds of EvaluationSpec fields; zero means "use the default".
+EVALUATION_DEFAULTS = {"batch_size": 1, "sequence_length": 128, "latency_iterations": 10, "quality_windows": 8,
+                       "threads": 2}
+EVALUATION_BOUNDS = {"batch_size": (1, 256), "sequence_length": (1, 8192), "latency_iterations": (1, 1000),
+                     "quality_windows": (0, 32), "threads": (1, 256)}
+
+
+class InvalidArgument(ValueError):
+    """Bad client input; the message starts with the offending field."""
+
+
+def check_model_ref(model: common_pb2.ModelRef, field: str = "model") -> None:
+    """Checks the shape of a model reference (existence of artifacts is checked by the caller)."""
+    source = model.WhichOneof("source")
+    if source is None:
+        raise InvalidArgument(f"{field}: set one of artifact_id, builtin or path")
+    if source == "builtin":
+        if model.builtin not in registry.BUILTINS:
+            raise InvalidArgument(
+                f"{field}.builtin: unknown builtin model {model.builtin!r}; allowed: {', '.join(registry.BUILTINS)}")
+    elif source == "artifact_id" and not model.artifact_id.strip():
+        raise InvalidArgument(f"{field}.artifact_id: must not be empty")
+    elif source == "path":
+        try:
+            check_allowed_path(model.path)
+        except (PermissionError, FileNotFoundError) as exc:
+            raise InvalidArgument(str(exc)) from None
+
+
+def resolve_evaluation(spec: common_pb2.EvaluationSpec) -> common_pb2.EvaluationSpec:
+    resolved = common_pb2.EvaluationSpec(skip=spec.skip)
+    for name, default in EVALUATION_DEFAULTS.items():
+        value = getattr(spec, name)
+        lo, hi = EVALUATION_BOUNDS[name]
+        if value and not lo <= value <= hi:
+            raise InvalidArgument(f"evaluation.{name}: {value} is outside [{lo}, {hi}]")
+        setattr(resolved, name, value or default)
+    return resolved
+
+
+def resolve_stages(recipe: RecipeDef, overrides: dict[str, Any],
+                   methods: dict[tuple[int, str], common_pb2.MethodDescription]) -> list[common_pb2.StageSpec]:
+    """The recipe's stages with defaults and overrides applied; raises InvalidArgument on any bad field."""
+    stages: list[common_pb2.StageSpec] = []
+    claimed: set[str] = set()
+    errors: list[str] = []
+    for stage in recipe.stages:
+        described = methods.get((stage.technique, stage.method))
+        if described is None:
+            raise InvalidArgument(f"recipe: {recipe.name} needs method {stage.method!r}, which no running service offers")
+        fields = {f.name: f for f in described.fields}
+        config = dict(stage.config)
+        for name, value in overrides.items():
+            if name in fields:
+                claimed.add(name)
+                problem = check_value(fields[name], value)
+                if problem:
+                    errors.append(f"overrides.{problem}")
+                config[name] = value
+        stages.append(common_pb2.StageSpec(technique=stage.technique, method=stage.method, config=to_struct(config)))
+    unknown = sorted(set(overrides) - claimed)
+    if unknown:
+        allowed = sorted({f.name for s in recipe.stages for f in methods[(s.technique, s.method)].fields})
+        errors.append(
+            f"overrides.{unknown[0]}: no stage of recipe {recipe.name!r} takes this field; "
+            f"allowed: {', '.join(allowed) or '(none)'}")
+    if errors:
+        raise InvalidArgument("; ".join(errors))
+    return stages
+
+
+def validate_recipe(name: str, overrides_struct, methods) -> tuple[RecipeDef, list[common_pb2.StageSpec]]:
+    if not name:
+        raise InvalidArgument("recipe: required")
+    try:
+        recipe = get_recipe(name)
+    except KeyError as exc:
+        raise InvalidArgument(exc.args[0]) from None
+    return recipe, resolve_stages(recipe, struct_to_dict(overrides_struct), methods)

@@ -1,0 +1,5 @@
+from services.common.server import run_service
+from services.pruner.servicer import register
+
+if __name__ == "__main__":
+    run_service("pruner", register)
