@@ -49,8 +49,11 @@ def model_kind(config: dict) -> str:
 
 
 def load_model(folder: Path, *, dtype=None):
-    """Loads a float or packed model folder for inference on CPU, in eval mode."""
-    import torch
+    """Loads a float or packed model folder for inference on CPU, in eval mode.
+
+    Float weights keep the dtype they were saved in unless `dtype` says otherwise, so an
+    FP16 artifact is measured as FP16, not silently widened.
+    """
     from transformers import AutoModel, AutoModelForCausalLM
 
     folder = Path(folder)
@@ -62,7 +65,7 @@ def load_model(folder: Path, *, dtype=None):
     if not any(folder.glob("*.safetensors")):
         raise UnsupportedModelError(f"{folder.name}: no *.safetensors weights")
     auto = AutoModelForCausalLM if kind == "causal-lm" else AutoModel
-    model = auto.from_pretrained(folder, use_safetensors=True, dtype=dtype or torch.float32)
+    model = auto.from_pretrained(folder, use_safetensors=True, dtype=dtype or "auto")
     return model.eval()
 
 

@@ -60,30 +60,45 @@ async def open_runtime(settings: ServiceSettings) -> ServiceRuntime:
     return ServiceRuntime(settings, nc, js, store, events, models)
 
 
-async def serve(settings: ServiceSettings, register: Register) -> None:
+@dataclass
+class RunningService:
+    server: grpc.aio.Server
+    runtime: ServiceRuntime
+    health: health.aio.HealthServicer
+    port: int
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        # Stop taking new work first, so balancers move on, then let in-flight RPCs finish.
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.runtime.settings.grace_s if grace_s is None else grace_s)
+        for hook in self.runtime.on_shutdown:
+            await hook()
+        await self.runtime.nc.drain()
+
+
+async def start_service(settings: ServiceSettings, register: Register) -> RunningService:
     runtime = await open_runtime(settings)
     server = grpc.aio.server(options=GRPC_OPTIONS)
     names = await register(server, runtime)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    server.add_insecure_port(settings.listen)
+    port = server.add_insecure_port(settings.listen)
     await server.start()
     for name in ["", *names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     logging.getLogger(settings.name).info("%s listening on %s", settings.name, settings.listen)
+    return RunningService(server, runtime, health_servicer, port)
 
+
+async def serve(settings: ServiceSettings, register: Register) -> None:
+    service = await start_service(settings, register)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    # Stop taking new work first, so balancers move on, then let in-flight RPCs finish.
-    await health_servicer.enter_graceful_shutdown()
-    await server.stop(settings.grace_s)
-    for hook in runtime.on_shutdown:
-        await hook()
-    await runtime.nc.drain()
+    await service.stop()
 
 
 def run_service(name: str, register: Register, argv: list[str] | None = None) -> None:

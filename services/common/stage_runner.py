@@ -21,7 +21,7 @@ from modelpress.v1 import common_pb2
 from services.common import events as ev
 from services.common import packaging
 from services.common.artifact_store import ArtifactCorrupt, ArtifactNotFound
-from services.common.configspec import ConfigError, struct_to_dict
+from services.common.configspec import ConfigError
 from services.common.model_source import PathNotAllowed, describe
 from services.common.modelio import UnsafeModelError, UnsupportedModelError
 from services.common.engine_api import Progress, ProgressReporter, StageCancelled, StageResult
@@ -68,7 +68,9 @@ async def run_stage(
     stage: common_pb2.StageRequest,
     context: grpc.aio.ServicerContext,
     work: StageWork,
+    effective_config: dict,
 ) -> AsyncIterator[common_pb2.StageUpdate]:
+    """`effective_config` is the parsed config with defaults, recorded in the manifest."""
     what = f"{stage.method} on {describe(stage.input)}"
     try:
         input_dir = await runtime.models.local_folder(stage.input)
@@ -102,7 +104,7 @@ async def run_stage(
             stage=packaging.StageRecord(
                 technique=runtime.settings.name,
                 method=stage.method,
-                config=struct_to_dict(stage.config),
+                config=to_jsonable(effective_config),
                 job_id=stage.job_id,
                 stage_index=stage.stage_index,
             ),

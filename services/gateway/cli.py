@@ -237,7 +237,7 @@ def cmd_methods(args) -> int:
     for method in response.methods:
         technique = common_pb2.Technique.Name(method.technique).removeprefix("TECHNIQUE_").lower()
         fields = ", ".join(f"{f.name}={json_format.MessageToJson(f.default_value)}" for f in method.fields)
-        out.print(f"{technique}/{method.name}: {method.summary} [{fields}]")
+        out.print(f"{technique}/{method.name}: {method.summary} [{fields}]", markup=False)
     for name, why in response.unavailable.items():
         err.print(f"{name} unavailable: {why}")
     return 0

@@ -1,0 +1,77 @@
+"""Shared fixtures: a real nats-server on a free port, and tiny random models that load in milliseconds."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from services.common.nats_server import start_nats_server
+
+
+def minilm_folder() -> Path:
+    from services.common.registry import get_builtin
+
+    model = get_builtin("minilm-l6")
+    return model.package_dir() / model.relative_path
+
+
+def _copy_tokenizer(dst: Path) -> None:
+    from services.quantizer.engine import copy_tokenizer
+
+    copy_tokenizer(minilm_folder(), dst)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    """A 2-layer Llama with tied embeddings and MiniLM's tokenizer (so perplexity runs on real text)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=30522, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         tie_word_embeddings=True)
+    model = LlamaForCausalLM(config).eval()
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(folder, safe_serialization=True)
+    _copy_tokenizer(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=2, max_position_embeddings=512)
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    BertModel(config).eval().save_pretrained(folder, safe_serialization=True)
+    _copy_tokenizer(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def nats_url(tmp_path_factory):
+    proc, url = start_nats_server(tmp_path_factory.mktemp("nats"))
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+async def js(nats_url):
+    from services.common import nats_conn
+
+    nc = await nats_conn.connect(nats_url, name="tests")
+    yield nats_conn.jetstream(nc)
+    await nc.close()
+
+
+@pytest.fixture
+def allowed_root(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("MODELPRESS_ALLOWED_ROOTS", os.pathsep.join([str(tmp_path), "/tmp"]))
+    return tmp_path

@@ -1,0 +1,79 @@
+"""The artifact store against a real nats-server."""
+
+import hashlib
+import os
+
+import pytest
+
+from modelpress.v1 import common_pb2
+from services.common.artifact_store import CHUNK_SIZE, ArtifactCorrupt, ArtifactNotFound, ArtifactStore
+
+FMT = common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS
+
+
+@pytest.fixture
+async def store(js):
+    return await ArtifactStore(js, bucket="test_artifacts").ensure()
+
+
+@pytest.mark.parametrize("size", [0, 1, CHUNK_SIZE, 3 * CHUNK_SIZE + 12345])
+async def test_file_round_trip_is_byte_exact(store, tmp_path, size):
+    data = os.urandom(size)
+    (tmp_path / "in.bin").write_bytes(data)
+    ref = await store.put_file(tmp_path / "in.bin", fmt=FMT)
+    assert ref.sha256 == hashlib.sha256(data).hexdigest() and ref.size_bytes == size
+    got = await store.get_file(ref.id, tmp_path / "out.bin")
+    assert got == ref
+    assert (tmp_path / "out.bin").read_bytes() == data
+    assert (await store.stat(ref.id)).ref.format == FMT
+
+
+async def test_stock_nats_client_reads_our_objects(store, js, tmp_path):
+    data = os.urandom(2 * CHUNK_SIZE + 7)
+    (tmp_path / "in.bin").write_bytes(data)
+    ref = await store.put_file(tmp_path / "in.bin", fmt=FMT)
+    stock = await js.object_store("test_artifacts")
+    assert (await stock.get(ref.id)).data == data
+
+
+async def test_folder_round_trip(store, tiny_llama_dir, tmp_path):
+    ref = await store.put_dir(tiny_llama_dir, fmt=FMT)
+    await store.get_dir(ref.id, tmp_path / "copy")
+    for path in tiny_llama_dir.iterdir():
+        assert (tmp_path / "copy" / path.name).read_bytes() == path.read_bytes()
+
+
+async def test_stream_upload_checks_the_client_digest(store):
+    async def chunks():
+        yield b"hello "
+        yield b"world"
+
+    with pytest.raises(ArtifactCorrupt, match="sha256 mismatch"):
+        await store.put_stream(chunks(), fmt=FMT, expected_sha256="0" * 64)
+    ref = await store.put_stream(chunks(), fmt=FMT, expected_sha256=hashlib.sha256(b"hello world").hexdigest())
+    assert b"".join([c async for c in store.iter_chunks(ref.id)]) == b"hello world"
+
+
+async def test_a_tampered_chunk_is_detected_and_leaves_no_file(store, js, tmp_path):
+    (tmp_path / "in.bin").write_bytes(os.urandom(2 * CHUNK_SIZE))
+    ref = await store.put_file(tmp_path / "in.bin", fmt=FMT)
+    stored = await store.stat(ref.id)
+    # Rewrite the object's chunks with other bytes of the same length behind the store's back.
+    subject = f"$O.test_artifacts.C.{stored.nuid}"
+    await js.purge_stream("OBJ_test_artifacts", subject=subject)
+    for _ in range(stored.chunks):
+        await js.publish(subject, os.urandom(CHUNK_SIZE))
+    with pytest.raises(ArtifactCorrupt):
+        await store.get_file(ref.id, tmp_path / "out.bin")
+    assert not (tmp_path / "out.bin").exists()
+
+
+async def test_delete_and_missing(store, tmp_path):
+    (tmp_path / "in.bin").write_bytes(b"x" * 100)
+    ref = await store.put_file(tmp_path / "in.bin", fmt=FMT)
+    assert await store.delete(ref.id) is True
+    with pytest.raises(ArtifactNotFound):
+        await store.stat(ref.id)
+    assert await store.delete(ref.id) is False
+    with pytest.raises(ArtifactNotFound):
+        await store.get_file("a-does-not-exist", tmp_path / "x")

@@ -1,0 +1,64 @@
+from typing import Literal
+
+import pytest
+from pydantic import Field
+
+from modelpress.v1 import common_pb2
+from services.common.configspec import (ConfigError, MethodConfig, check_value, describe_method, parse_config,
+                                        struct_to_dict)
+from services.common.events import to_struct
+
+
+class Example(MethodConfig):
+    bits: int = Field(8, ge=2, le=8, description="weight bits")
+    alpha: float = Field(0.5, ge=0.0, le=1.0)
+    scheme: Literal["symmetric", "asymmetric"] = "symmetric"
+    include_embeddings: bool = True
+
+
+def fields():
+    return {f.name: f for f in describe_method(common_pb2.TECHNIQUE_QUANTIZER, "x", "", Example).fields}
+
+
+def test_description_carries_types_defaults_choices_and_bounds():
+    f = fields()
+    assert f["bits"].type == common_pb2.FIELD_TYPE_INT and f["bits"].default_value.number_value == 8
+    assert (f["bits"].minimum, f["bits"].maximum) == (2, 8)
+    assert f["bits"].help == "weight bits"
+    assert list(f["scheme"].choices) == ["symmetric", "asymmetric"]
+    assert f["scheme"].type == common_pb2.FIELD_TYPE_STRING
+    assert f["include_embeddings"].type == common_pb2.FIELD_TYPE_BOOL
+    assert not f["include_embeddings"].HasField("minimum")
+
+
+@pytest.mark.parametrize("name,value,needle", [
+    ("bits", 9, "above the maximum 8"),
+    ("bits", 1, "below the minimum 2"),
+    ("bits", 4.5, "expected an integer"),
+    ("bits", True, "expected an integer"),
+    ("alpha", "high", "expected a number"),
+    ("scheme", "weird", "allowed: symmetric, asymmetric"),
+    ("include_embeddings", 1, "expected true or false"),
+])
+def test_check_value_names_the_field_and_the_problem(name, value, needle):
+    problem = check_value(fields()[name], value)
+    assert problem is not None and problem.startswith(name) and needle in problem
+
+
+@pytest.mark.parametrize("name,value", [("bits", 4), ("bits", 4.0), ("alpha", 1), ("scheme", "asymmetric"),
+                                        ("include_embeddings", False)])
+def test_check_value_accepts_valid_values(name, value):
+    assert check_value(fields()[name], value) is None
+
+
+def test_gateway_and_service_agree_on_struct_numbers():
+    values = struct_to_dict(to_struct({"bits": 4, "alpha": 0.25}))
+    assert values == {"bits": 4, "alpha": 0.25} and isinstance(values["bits"], int)
+    assert parse_config(Example, values).bits == 4
+
+
+def test_parse_config_rejects_unknown_and_bad_fields_by_name():
+    with pytest.raises(ConfigError, match="bogus"):
+        parse_config(Example, {"bogus": 1})
+    with pytest.raises(ConfigError, match="bits"):
+        parse_config(Example, {"bits": 99})

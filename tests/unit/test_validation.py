@@ -1,0 +1,62 @@
+import pytest
+
+from modelpress.v1 import common_pb2
+from services.common.configspec import describe_method
+from services.common.events import to_struct
+from services.gateway.recipes import RECIPES
+from services.gateway.validation import InvalidArgument, check_model_ref, resolve_evaluation, validate_recipe
+from services.quantizer.engine import METHODS as QUANT_METHODS
+
+
+def methods():
+    q = common_pb2.TECHNIQUE_QUANTIZER
+    return {(q, m.name): describe_method(q, m.name, m.summary, m.config_cls) for m in QUANT_METHODS.values()}
+
+
+def test_unknown_recipe_lists_the_allowed_ones():
+    with pytest.raises(InvalidArgument) as info:
+        validate_recipe("int9", to_struct({}), methods())
+    message = str(info.value)
+    assert message.startswith("recipe: unknown recipe 'int9'")
+    for name in RECIPES:
+        assert name in message
+
+
+def test_overrides_are_applied_and_checked():
+    _, stages = validate_recipe("int8-weight-only", to_struct({"include_embeddings": False}), methods())
+    assert stages[0].method == "int8-weight-only"
+    assert stages[0].config["include_embeddings"] is False
+    with pytest.raises(InvalidArgument, match=r"overrides\.group_size: no stage .* allowed: include_embeddings"):
+        validate_recipe("int8-weight-only", to_struct({"group_size": 64}), methods())
+    with pytest.raises(InvalidArgument, match=r"overrides\.include_lm_head: expected true or false"):
+        validate_recipe("int8-weight-only", to_struct({"include_lm_head": "yes"}), methods())
+
+
+def test_a_recipe_whose_service_is_missing_is_refused():
+    with pytest.raises(InvalidArgument, match="no running service offers"):
+        validate_recipe("int8-weight-only", to_struct({}), {})
+
+
+def test_model_refs():
+    check_model_ref(common_pb2.ModelRef(builtin="smollm2-135m"))
+    with pytest.raises(InvalidArgument, match="model.builtin: unknown builtin model 'gpt5'; allowed: smollm2-135m"):
+        check_model_ref(common_pb2.ModelRef(builtin="gpt5"))
+    with pytest.raises(InvalidArgument, match="model: set one of"):
+        check_model_ref(common_pb2.ModelRef())
+
+
+def test_paths_only_under_allowed_roots(allowed_root, monkeypatch):
+    (allowed_root / "m").mkdir()
+    check_model_ref(common_pb2.ModelRef(path=str(allowed_root / "m")))
+    with pytest.raises(InvalidArgument, match="outside the allowed roots"):
+        check_model_ref(common_pb2.ModelRef(path="/etc"))
+    monkeypatch.delenv("MODELPRESS_ALLOWED_ROOTS")
+    with pytest.raises(InvalidArgument, match="local paths are disabled"):
+        check_model_ref(common_pb2.ModelRef(path=str(allowed_root / "m")))
+
+
+def test_evaluation_defaults_and_bounds():
+    resolved = resolve_evaluation(common_pb2.EvaluationSpec(batch_size=4))
+    assert (resolved.batch_size, resolved.sequence_length, resolved.quality_windows) == (4, 128, 8)
+    with pytest.raises(InvalidArgument, match=r"evaluation.quality_windows: 99 is outside \[0, 32\]"):
+        resolve_evaluation(common_pb2.EvaluationSpec(quality_windows=99))
