@@ -56,7 +56,7 @@ async def open_runtime(settings: ServiceSettings) -> ServiceRuntime:
     store = await ArtifactStore(js).ensure()
     events = await EventLog(js).ensure()
     settings.work_dir.mkdir(parents=True, exist_ok=True)
-    models = ModelSource(store, settings.home / "cache")
+    models = ModelSource(store, settings.cache_dir)
     return ServiceRuntime(settings, nc, js, store, events, models)
 
 

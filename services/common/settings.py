@@ -58,6 +58,11 @@ class ServiceSettings(BaseModel):
         """Scratch space for artifacts this process fetched or produced."""
         return self.home / "work" / self.name
 
+    @property
+    def cache_dir(self) -> Path:
+        """Built-in models dequantized once and fetched artifacts; shareable between homes."""
+        return Path(os.environ.get("MODELPRESS_CACHE", self.home / "cache"))
+
     @classmethod
     def from_args(cls, name: str, argv: list[str] | None = None) -> "ServiceSettings":
         env = os.environ

@@ -1,0 +1,105 @@
+"""End to end on the real SmolLM2-135M: `modelpress up`, the CLI, `modelpress down`.
+
+Every process is real: nats-server from the wheel, six service processes, gRPC between them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from modelpress.v1 import common_pb2
+from services.gateway import launcher
+from services.gateway.client import GatewayClient
+
+pytestmark = pytest.mark.e2e
+
+MODELPRESS = [sys.executable, "-m", "services.gateway.cli"]
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory):
+    home = tmp_path_factory.mktemp("mp-home")
+    env = dict(os.environ, MODELPRESS_HOME=str(home))
+    # Reuse the dequantized SmolLM2 between runs on one machine (a fresh machine builds it once).
+    env.setdefault("MODELPRESS_CACHE", str(Path.home() / ".cache" / "modelpress"))
+    up = subprocess.run([*MODELPRESS, "up", "--detach", "--free-ports"], env=env, capture_output=True, text=True,
+                        timeout=300)
+    assert up.returncode == 0, up.stderr
+    try:
+        yield env, launcher.read_state(home).gateway
+    finally:
+        subprocess.run([*MODELPRESS, "down"], env=env, capture_output=True, timeout=120)
+        assert launcher.read_state(home) is None
+
+
+def cli(env, *args, timeout=900) -> subprocess.CompletedProcess:
+    return subprocess.run([*MODELPRESS, *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_int8_compression_of_smollm2(mesh):
+    env, _ = mesh
+    run = cli(env, "compress", "builtin:smollm2-135m", "--recipe", "int8-weight-only", "--wait", "--json",
+              "--iterations", "3")
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert report["status"] == "succeeded" and report["artifact_id"].startswith("a-")
+    result = report["result"]
+    # The original is the FP32 safetensors folder of the dequantized GGUF.
+    assert result["compressed_model_size"] <= 0.35 * result["original_model_size"], result
+    assert result["original_perplexity"] > 1
+    assert result["compressed_perplexity"] <= 1.01 * result["original_perplexity"], result
+    assert result["original_params"] == result["compressed_params"] == 134_515_008
+    assert result["compression_ratio"] > 2.8
+    for key in ("original_latency", "compressed_latency", "original_memory", "compressed_memory",
+                "original_accuracy", "compressed_accuracy", "accuracy_loss"):
+        assert key in result
+
+    # A watcher that arrives after the end replays every event, in order.
+    watch = cli(env, "watch", report["job_id"], "--json", timeout=120)
+    assert watch.returncode == 0, watch.stderr
+    events = [json.loads(line) for line in watch.stdout.splitlines()]
+    assert [int(e["sequence"]) for e in events] == list(range(1, len(events) + 1))
+    layer_steps = [e.get("step", 0) for e in events
+                   if e["kind"] == "EVENT_KIND_STAGE_PROGRESS" and e.get("stageIndex", 0) == 0]
+    assert len(layer_steps) >= 212 and layer_steps == sorted(layer_steps)  # one per quantized module
+    assert events[0]["kind"] == "EVENT_KIND_JOB_STATE" and events[-1]["jobState"] == "JOB_STATE_SUCCEEDED"
+
+
+def test_bad_recipe_is_invalid_argument_naming_it(mesh):
+    env, _ = mesh
+    run = cli(env, "compress", "builtin:smollm2-135m", "--recipe", "int3-magic", "--wait", timeout=60)
+    assert run.returncode == 2
+    assert "INVALID_ARGUMENT" in run.stderr and "int3-magic" in run.stderr
+
+
+def test_cancelling_a_running_job_stops_its_stage(mesh):
+    env, gateway = mesh
+    submit = cli(env, "compress", "builtin:smollm2-135m", "--recipe", "int8-weight-only", "--json", timeout=60)
+    job_id = json.loads(submit.stdout)["job_id"]
+    started = threading.Event()
+
+    def watch():
+        with GatewayClient(gateway) as client:
+            for event in client.watch(job_id):
+                if event.kind == common_pb2.EVENT_KIND_STAGE_STARTED:
+                    started.set()
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    assert started.wait(60), "the stage never started"
+    cancel = cli(env, "jobs", "cancel", job_id, timeout=120)
+    assert cancel.returncode == 0, cancel.stderr
+    watcher.join(60)
+    assert not watcher.is_alive(), "WatchJob must end when the job is cancelled"
+    with GatewayClient(gateway) as client:
+        job = client.get_job(job_id)
+    assert job.state == common_pb2.JOB_STATE_CANCELLED
+    assert job.stages[0].state == common_pb2.JOB_STATE_CANCELLED
+    assert not job.output.id and not job.artifact_ids

@@ -1,0 +1,174 @@
+"""The whole mesh in one process: six real grpc.aio servers, a real nats-server, a tiny model.
+
+Drives the gateway through the same typed client the CLI uses (sync gRPC, run in a thread
+so the servers keep serving on this loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import shutil
+
+import grpc
+import pytest
+
+from modelpress.v1 import common_pb2
+from services.common.server import start_service
+from services.common.settings import ServiceSettings
+from services.gateway.client import GatewayClient
+
+SERVICES = ["quantizer", "pruner", "distiller", "evaluator", "optimizer"]
+FAST_EVAL = common_pb2.EvaluationSpec(batch_size=1, sequence_length=16, latency_iterations=2, quality_windows=1)
+
+
+def _registrar(name: str):
+    module = __import__(f"services.{name}.servicer", fromlist=["register"])
+    return module.register
+
+
+@pytest.fixture(scope="module")
+async def gateway(nats_url, tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    running = {}
+    for name in SERVICES:
+        settings = ServiceSettings(name=name, listen="127.0.0.1:0", nats_url=nats_url, home=home, grace_s=1)
+        running[name] = await start_service(settings, _registrar(name))
+    targets = {name: f"127.0.0.1:{svc.port}" for name, svc in running.items()}
+    settings = ServiceSettings(name="gateway", listen="127.0.0.1:0", nats_url=nats_url, home=home, grace_s=1,
+                               targets=targets)
+    running["gateway"] = await start_service(settings, _registrar("gateway"))
+    yield f"127.0.0.1:{running['gateway'].port}"
+    for svc in running.values():
+        await svc.stop(grace_s=1)
+
+
+@pytest.fixture
+def model_dir(tiny_llama_dir, allowed_root):
+    folder = allowed_root / "tiny"
+    shutil.copytree(tiny_llama_dir, folder)
+    return folder
+
+
+def call(fn, *args, **kwargs):
+    return asyncio.to_thread(fn, *args, **kwargs)
+
+
+async def wait_for_end(client: GatewayClient, job_id: str) -> list[common_pb2.JobEvent]:
+    return await call(lambda: list(client.watch(job_id)))
+
+
+async def test_int8_job_runs_through_the_mesh(gateway, model_dir, tmp_path):
+    client = GatewayClient(gateway)
+    job = await call(client.create_job, f"path:{model_dir}", "int8-weight-only", evaluation=FAST_EVAL)
+    assert job.state == common_pb2.JOB_STATE_PENDING and len(job.stages) == 1
+    live = await wait_for_end(client, job.job_id)
+    job = await call(client.get_job, job.job_id)
+    assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job.error
+    assert job.progress == 1.0 and job.stages[0].worker.startswith("quantizer@")
+
+    result = (await call(client.get_result, job.job_id)).result
+    assert result.compressed_model_size_bytes < 0.5 * result.original_model_size_bytes
+    assert result.compression_ratio == pytest.approx(result.original_model_size_bytes
+                                                     / result.compressed_model_size_bytes)
+    assert result.original_params == result.compressed_params > 0
+    assert result.original_perplexity > 1 and result.compressed_perplexity > 1
+    assert result.original_latency_ms > 0 and result.compressed_memory_mb > 0
+    assert result.original.latency.sequence_length == 16
+
+    # Per-layer progress came from the quantizer, in order, before the job's terminal event.
+    progress = [e for e in live if e.kind == common_pb2.EVENT_KIND_STAGE_PROGRESS and e.stage_index == 0]
+    assert len(progress) >= 16 and [e.step for e in progress] == sorted(e.step for e in progress)
+    assert live[-1].job_state == common_pb2.JOB_STATE_SUCCEEDED
+    # A watcher arriving after the end replays the same history.
+    assert await wait_for_end(client, job.job_id) == live
+
+    ref = await call(client.download, tmp_path / "dl", job_id=job.job_id)
+    assert ref.id == job.output.id
+    assert (tmp_path / "dl" / "quantization.json").exists() and (tmp_path / "dl" / "modelpress.json").exists()
+
+    assert await call(client.delete_job, job.job_id) == 1
+    with pytest.raises(grpc.RpcError) as info:
+        await call(client.get_job, job.job_id)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as info:
+        await call(client.download, tmp_path / "dl2", artifact_id=ref.id)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_upload_then_compress_the_uploaded_model(gateway, tiny_llama_dir):
+    client = GatewayClient(gateway)
+    ref = await call(client.upload, tiny_llama_dir)
+    assert len(ref.sha256) == 64 and ref.size_bytes > 0
+    job = await call(client.create_job, f"artifact:{ref.id}", "fp16",
+                     evaluation=common_pb2.EvaluationSpec(skip=True))
+    await wait_for_end(client, job.job_id)
+    job = await call(client.get_job, job.job_id)
+    assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job.error
+    assert job.result.compressed_model_size_bytes == job.output.size_bytes
+
+
+async def test_bad_requests_are_refused_up_front(gateway, model_dir):
+    client = GatewayClient(gateway)
+    cases = [
+        (dict(model=f"path:{model_dir}", recipe="int9"), grpc.StatusCode.INVALID_ARGUMENT, "recipe: unknown recipe 'int9'"),
+        (dict(model=f"path:{model_dir}", recipe="int8-weight-only", overrides={"bits": 3}),
+         grpc.StatusCode.INVALID_ARGUMENT, "overrides.bits"),
+        (dict(model="builtin:gpt5", recipe="fp16"), grpc.StatusCode.INVALID_ARGUMENT, "model.builtin"),
+        (dict(model="artifact:a-missing", recipe="fp16"), grpc.StatusCode.NOT_FOUND, "a-missing"),
+        (dict(model="path:/etc", recipe="fp16"), grpc.StatusCode.INVALID_ARGUMENT, "outside the allowed roots"),
+    ]
+    before = len(await call(client.list_jobs))
+    for kwargs, code, needle in cases:
+        with pytest.raises(grpc.RpcError) as info:
+            await call(client.create_job, **kwargs)
+        assert info.value.code() == code and needle in info.value.details()
+    assert len(await call(client.list_jobs)) == before, "a refused request must not create a job"
+
+
+async def test_a_pickled_model_fails_the_job_with_a_clear_reason(gateway, allowed_root, tiny_llama_dir):
+    folder = allowed_root / "pickled"
+    shutil.copytree(tiny_llama_dir, folder)
+    (folder / "pytorch_model.bin").write_bytes(b"\x80\x04")
+    client = GatewayClient(gateway)
+    job = await call(client.create_job, f"path:{folder}", "int8-weight-only", evaluation=FAST_EVAL)
+    await wait_for_end(client, job.job_id)
+    job = await call(client.get_job, job.job_id)
+    assert job.state == common_pb2.JOB_STATE_FAILED
+    assert job.error.startswith("FAILED_PRECONDITION") and "pytorch_model.bin" in job.error
+
+
+async def test_methods_come_from_the_services_and_unlanded_rpcs_say_so(gateway):
+    client = GatewayClient(gateway)
+    response = await call(client.list_methods)
+    names = {(m.technique, m.name) for m in response.methods}
+    assert (common_pb2.TECHNIQUE_QUANTIZER, "int8-weight-only") in names
+    assert (common_pb2.TECHNIQUE_EVALUATOR, "evaluate") in names
+    assert not response.unavailable
+    validation = await call(client.validate, "int8-weight-only", {"include_embeddings": 3})
+    assert not validation.valid and "include_embeddings" in validation.errors[0]
+    from modelpress.v1 import gateway_pb2
+
+    stub = client._stub
+    for rpc, request in [(stub.Compare, gateway_pb2.CompareRequest()),
+                         (stub.ListEngines, gateway_pb2.ListEnginesRequest()),
+                         (stub.GetReport, gateway_pb2.GetReportRequest(job_id="x"))]:
+        with pytest.raises(grpc.RpcError) as info:
+            await call(rpc, request)
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED and "issue" in info.value.details()
+
+
+async def test_upload_with_a_wrong_digest_is_refused(gateway, tiny_llama_dir):
+    from modelpress.v1 import gateway_pb2
+
+    client = GatewayClient(gateway)
+
+    def send():
+        messages = [gateway_pb2.UploadModelRequest(header=gateway_pb2.UploadHeader(
+                        format=common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS, sha256=hashlib.sha256(b"x").hexdigest())),
+                    gateway_pb2.UploadModelRequest(chunk=b"not x")]
+        return client._stub.UploadModel(iter(messages))
+
+    with pytest.raises(grpc.RpcError) as info:
+        await call(send)
+    assert info.value.code() == grpc.StatusCode.DATA_LOSS
