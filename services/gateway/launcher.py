@@ -14,9 +14,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
+from services.common.healthcheck import health_status
 from services.common.nats_server import free_port, start_nats_server
 from services.common.settings import DEFAULT_PORTS, TECHNIQUE_SERVICES
 
@@ -53,16 +51,6 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-
-
-def health_status(target: str, timeout_s: float = 1.0) -> str:
-    try:
-        with grpc.insecure_channel(target) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            response = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
-            return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
-    except grpc.RpcError as exc:
-        return exc.code().name
 
 
 def up(home: Path, *, free_ports: bool = False, timeout_s: float = 120.0) -> MeshState:

