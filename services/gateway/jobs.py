@@ -56,6 +56,8 @@ class JobRunner:
         self.mesh = mesh
         self._tasks: dict[str, asyncio.Task] = {}
         self._metrics_kv = None
+        # Set on gateway shutdown: interrupted jobs stay RUNNING so the next gateway resumes them.
+        self._stopping = False
 
     async def ensure(self) -> "JobRunner":
         try:
@@ -96,8 +98,9 @@ class JobRunner:
 
     async def shutdown(self) -> None:
         """Stops running jobs without marking them cancelled, so the next gateway resumes them."""
+        self._stopping = True
         for task in list(self._tasks.values()):
-            task.cancel(msg="gateway shutdown")
+            task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
     # ---- one job -------------------------------------------------------------
@@ -125,8 +128,8 @@ class JobRunner:
                     job_id=job.job_id, compressed_model_size_bytes=job.output.size_bytes,
                     compressed_artifact_id=job.output.id))
             await self._finish(job, common_pb2.JOB_STATE_SUCCEEDED, "succeeded")
-        except asyncio.CancelledError as exc:
-            if exc.args and exc.args[0] == "gateway shutdown":
+        except asyncio.CancelledError:
+            if self._stopping:
                 raise
             await asyncio.shield(self._finish(job, common_pb2.JOB_STATE_CANCELLED, "cancelled by request"))
         except grpc.aio.AioRpcError as exc:

@@ -35,6 +35,10 @@ _ERRORS = [
 ]
 
 
+def _code_for(exc: BaseException) -> grpc.StatusCode:
+    return next(code for kind, code in _ERRORS if isinstance(exc, kind))
+
+
 def _maps_errors(handler):
     """Turns the domain errors above into their status codes with the error's own message."""
 
@@ -45,8 +49,7 @@ def _maps_errors(handler):
         except grpc.aio.AioRpcError as exc:  # a downstream service's status passes through
             await context.abort(exc.code(), exc.details())
         except tuple(kind for kind, _ in _ERRORS) as exc:
-            code = next(code for kind, code in _ERRORS if isinstance(exc, kind))
-            await context.abort(code, str(exc.args[0] if exc.args else exc))
+            await context.abort(_code_for(exc), str(exc.args[0] if exc.args else exc))
 
     return wrapper
 
@@ -133,8 +136,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             job_id = _job_id(request.job_id)
             await self._runner.jobs.get(job_id)
         except (InvalidArgument, JobNotFound) as exc:
-            code = grpc.StatusCode.INVALID_ARGUMENT if isinstance(exc, InvalidArgument) else grpc.StatusCode.NOT_FOUND
-            await context.abort(code, str(exc.args[0]))
+            await context.abort(_code_for(exc), str(exc.args[0]))
             return
 
         async def finished() -> bool:
@@ -205,8 +207,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             artifact_id = await self._artifact_of(request)
             stored = await self._runtime.store.stat(artifact_id)
         except (InvalidArgument, JobNotFound, ArtifactNotFound) as exc:
-            code = grpc.StatusCode.INVALID_ARGUMENT if isinstance(exc, InvalidArgument) else grpc.StatusCode.NOT_FOUND
-            await context.abort(code, str(exc.args[0]))
+            await context.abort(_code_for(exc), str(exc.args[0]))
             return
         yield gateway_pb2.DownloadArtifactResponse(artifact=stored.ref)
         try:

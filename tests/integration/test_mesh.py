@@ -28,19 +28,24 @@ def _registrar(name: str):
 
 
 @pytest.fixture(scope="module")
-async def gateway(nats_url, tmp_path_factory):
+async def workers(nats_url, tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
     running = {}
     for name in SERVICES:
         settings = ServiceSettings(name=name, listen="127.0.0.1:0", nats_url=nats_url, home=home, grace_s=1)
         running[name] = await start_service(settings, _registrar(name))
     targets = {name: f"127.0.0.1:{svc.port}" for name, svc in running.items()}
-    settings = ServiceSettings(name="gateway", listen="127.0.0.1:0", nats_url=nats_url, home=home, grace_s=1,
-                               targets=targets)
-    running["gateway"] = await start_service(settings, _registrar("gateway"))
-    yield f"127.0.0.1:{running['gateway'].port}"
+    yield ServiceSettings(name="gateway", listen="127.0.0.1:0", nats_url=nats_url, home=home, grace_s=1,
+                          targets=targets)
     for svc in running.values():
         await svc.stop(grace_s=1)
+
+
+@pytest.fixture(scope="module")
+async def gateway(workers):
+    service = await start_service(workers, _registrar("gateway"))
+    yield f"127.0.0.1:{service.port}"
+    await service.stop(grace_s=1)
 
 
 @pytest.fixture
@@ -172,3 +177,25 @@ async def test_upload_with_a_wrong_digest_is_refused(gateway, tiny_llama_dir):
     with pytest.raises(grpc.RpcError) as info:
         await call(send)
     assert info.value.code() == grpc.StatusCode.DATA_LOSS
+
+
+async def test_a_restarted_gateway_resumes_unfinished_jobs(workers, gateway, model_dir):
+    first = await start_service(workers, _registrar("gateway"))
+    client = GatewayClient(f"127.0.0.1:{first.port}")
+    slow_eval = common_pb2.EvaluationSpec(sequence_length=16, latency_iterations=1000, quality_windows=1)
+    job = await call(client.create_job, f"path:{model_dir}", "int8-weight-only", evaluation=slow_eval)
+    await asyncio.sleep(0.5)
+    await first.stop(grace_s=0)
+    other = GatewayClient(gateway)
+    interrupted = await call(other.get_job, job.job_id)
+    assert interrupted.state in (common_pb2.JOB_STATE_PENDING, common_pb2.JOB_STATE_RUNNING)
+
+    second = await start_service(workers, _registrar("gateway"))
+    try:
+        resumed = GatewayClient(f"127.0.0.1:{second.port}")
+        await wait_for_end(resumed, job.job_id)
+        done = await call(resumed.get_job, job.job_id)
+        assert done.state == common_pb2.JOB_STATE_SUCCEEDED, done.error
+        assert done.result.compressed_perplexity > 0
+    finally:
+        await second.stop(grace_s=1)
