@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from services.common.configspec import MethodConfig
@@ -16,3 +18,15 @@ class Int8WeightOnlyConfig(MethodConfig):
         True, description="Quantize token embeddings (and a tied LM head) too; they are a fifth of SmolLM2"
     )
     include_lm_head: bool = Field(True, description="Quantize an untied LM head")
+
+
+class WeightOnlyConfig(MethodConfig):
+    """Integer weights with float activations (W4A16, W8A16); embeddings and head at 8 bits."""
+
+    bits: Literal[4, 8] = Field(4, description="Bits of Linear weights")
+    group_size: Literal[0, 32, 64, 128] = Field(
+        64, description="Input features sharing one scale (0 = one per output channel); a layer it "
+                        "does not divide falls back to a smaller group and is reported")
+    symmetric: bool = Field(True, description="Symmetric grid (no zero-point)")
+    embedding_bits: Literal[0, 8] = Field(8, description="Bits of the token embeddings (0 = keep float)")
+    head_bits: Literal[0, 8] = Field(8, description="Bits of an untied LM head (0 = keep float)")

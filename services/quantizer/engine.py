@@ -16,8 +16,11 @@ from modelpress.v1 import common_pb2
 from services.common import modelio, packaging, packed
 from services.common.configspec import MethodConfig
 from services.common.engine_api import ProgressReporter, StageResult
-from services.quantizer.configs import CastConfig, Int8WeightOnlyConfig
+from services.quantizer.configs import CastConfig, Int8WeightOnlyConfig, WeightOnlyConfig
+from services.quantizer.ct_format import save_compressed_tensors
 from services.quantizer.int8 import quantize_int8_weight_only
+from services.quantizer.rtn import quantize_rtn
+from services.quantizer.targets import fallback_report, weight_targets
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
                    "tokenizer.model", "merges.txt", "vocab.json", "added_tokens.json", "chat_template.jinja",
@@ -86,6 +89,51 @@ def _int8_weight_only(config: Int8WeightOnlyConfig, src: Path, dst: Path, report
     )
 
 
+def _load_float(src: Path, reporter: ProgressReporter):
+    reporter.report(0, 1, "loading model")
+    if packed.is_packed(src) or (modelio.read_config(src).get("quantization_config")):
+        raise ValueError("the input is already quantized; start from a float model")
+    return modelio.load_model(src, dtype=torch.float32)
+
+
+def _rtn(config: WeightOnlyConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
+    model = _load_float(src, reporter)
+    targets = weight_targets(model, config)
+    n = len(targets)
+
+    def on_layer(i: int, total: int, name: str, error: float) -> None:
+        reporter.report(i, total + 1, f"quantized {name} ({i}/{total})", layer=name, relative_weight_error=error)
+
+    quantized = quantize_rtn(model, targets, on_layer)
+    # Before saving: compression replaces the weights.
+    bits = {"effective_bits": effective_bits(targets), "linear_effective_bits": effective_bits(targets, ("linear",))}
+    save_compressed_tensors(model, quantized, dst)
+    copy_tokenizer(src, dst)
+    reporter.report(n + 1, n + 1, "saved compressed-tensors model")
+    return StageResult(
+        format=common_pb2.ARTIFACT_FORMAT_COMPRESSED_TENSORS,
+        architecture=_architecture(model),
+        compression={"method": "rtn", **config.model_dump(), "group_fallbacks": fallback_report(targets)},
+        metrics={"quantized_modules": n, **bits},
+    )
+
+
+def effective_bits(targets, roles: tuple[str, ...] = ("linear", "embedding", "head")) -> float:
+    """Average stored bits per quantized weight of `roles`, scales and zero-points included."""
+    bits = weights = 0.0
+    seen: set[int] = set()
+    for t in (t for t in targets if t.role in roles):
+        if t.module.weight.data_ptr() in seen:
+            continue
+        seen.add(t.module.weight.data_ptr())
+        count = t.module.weight.numel()
+        width = t.scheme.group_width(t.module.weight.shape[1])
+        per_group = 16 + (0 if t.scheme.symmetric else t.scheme.bits)
+        bits += count * (t.scheme.bits + per_group / width)
+        weights += count
+    return bits / weights if weights else 0.0
+
+
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
@@ -94,5 +142,7 @@ METHODS: dict[str, Method] = {
         Method("int8-weight-only",
                "INT8 weights (symmetric, per output channel) with FP32 activations; embeddings too",
                Int8WeightOnlyConfig, _int8_weight_only),
+        Method("rtn", "Round-to-nearest integer weights (per channel or group), compressed-tensors output",
+               WeightOnlyConfig, _rtn),
     )
 }

@@ -1,0 +1,90 @@
+"""RTN on tiny models, saved as compressed-tensors and reloaded through plain transformers."""
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM
+
+from services.common import modelio
+from services.common.engine_api import ProgressReporter
+from services.quantizer.configs import WeightOnlyConfig
+from services.quantizer.ct_format import is_compressed_tensors, save_compressed_tensors
+from services.quantizer.engine import METHODS
+from services.quantizer.qscheme import WeightScheme, compute_qparams, dequantize, fake_quantize, quantize
+from services.quantizer.rtn import quantize_rtn
+from services.quantizer.targets import fallback_report, weight_targets
+
+
+@pytest.mark.parametrize("scheme", [WeightScheme(4, 64, True), WeightScheme(4, 32, False), WeightScheme(8, 0, True),
+                                    WeightScheme(3, 16, False)])
+def test_grid_codes_stay_in_range_and_errors_within_half_a_step(scheme):
+    torch.manual_seed(0)
+    w = torch.randn(16, 128)
+    params = compute_qparams(w, scheme)
+    codes = quantize(w, params, scheme)
+    assert int(codes.min()) >= scheme.qmin and int(codes.max()) <= scheme.qmax
+    back = dequantize(codes, params)
+    step = params.scale.repeat_interleave(scheme.group_width(128), dim=1)
+    assert bool(((back - w).abs() <= step / 2 + 1e-5).all())
+    # Quantizing a quantized weight again changes nothing (idempotent grid).
+    again, _ = fake_quantize(back, scheme)
+    assert torch.allclose(again, back, atol=1e-6)
+
+
+def test_group_that_does_not_divide_falls_back_per_layer():
+    scheme = WeightScheme(4, 128, True)
+    assert scheme.for_layer(1536).group_size == 128
+    assert scheme.for_layer(576).group_size == 64  # SmolLM2's hidden size
+    assert scheme.for_layer(100).group_size == 0  # no power-of-two divisor >= 16: per channel
+
+
+@pytest.mark.parametrize("config", [
+    WeightOnlyConfig(bits=4, group_size=64),
+    WeightOnlyConfig(bits=4, group_size=128, symmetric=False),
+    WeightOnlyConfig(bits=8, group_size=0),
+])
+def test_saved_model_reloads_through_transformers_bit_exact(config, tiny_llama_dir, tmp_path):
+    model = modelio.load_model(tiny_llama_dir, dtype=torch.float32)
+    quantized = quantize_rtn(model, weight_targets(model, config))
+    ids = torch.randint(0, 30522, (2, 12))
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+    save_compressed_tensors(model, quantized, tmp_path / "m")
+    assert is_compressed_tensors(tmp_path / "m")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+    with torch.no_grad():
+        got = reloaded(input_ids=ids).logits
+    assert torch.equal(got, expected)
+
+
+def test_tied_head_is_stored_once_and_int4_is_packed(tiny_llama_dir, tmp_path):
+    model = modelio.load_model(tiny_llama_dir, dtype=torch.float32)
+    save_compressed_tensors(model, quantize_rtn(model, weight_targets(model, WeightOnlyConfig())), tmp_path / "m")
+    with safe_open(str(tmp_path / "m" / "model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+        assert f.get_slice("model.layers.0.mlp.up_proj.weight_packed").get_dtype() == "I32"
+        assert f.get_slice("model.embed_tokens.weight").get_dtype() == "I8"
+    assert "lm_head.weight" not in keys and "model.embed_tokens.weight" in keys
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["tie_word_embeddings"] is True
+
+
+def test_rtn_method_reports_group_fallbacks_and_effective_bits(tiny_llama_dir, tmp_path):
+    result = METHODS["rtn"].run(WeightOnlyConfig(group_size=128), tiny_llama_dir, tmp_path / "m", ProgressReporter())
+    # hidden 64 is not divisible by 128: every layer reading it falls back; down_proj (128 in) keeps 128.
+    fallbacks = result.compression["group_fallbacks"]
+    assert fallbacks and "model.layers.0.mlp.down_proj" not in fallbacks
+    assert all(size == 64 for size in fallbacks.values())
+    # 4-bit codes plus one 16-bit scale per group of 64 (or 128) inputs.
+    assert 4 + 16 / 128 <= result.metrics["linear_effective_bits"] <= 4 + 16 / 64
+    assert result.metrics["effective_bits"] > result.metrics["linear_effective_bits"]  # 8-bit embeddings
+    assert (tmp_path / "m" / "tokenizer.json").exists()
+
+
+def test_targets_cover_every_linear_and_the_embedding(tiny_llama_dir):
+    model = modelio.load_model(tiny_llama_dir, dtype=torch.float32)
+    targets = weight_targets(model, WeightOnlyConfig(group_size=64))
+    roles = [t.role for t in targets]
+    assert roles[0] == "embedding" and roles[-1] == "head" and roles.count("linear") == 14
+    assert fallback_report(targets) == {}
