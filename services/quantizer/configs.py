@@ -30,3 +30,14 @@ class WeightOnlyConfig(MethodConfig):
     symmetric: bool = Field(True, description="Symmetric grid (no zero-point)")
     embedding_bits: Literal[0, 8] = Field(8, description="Bits of the token embeddings (0 = keep float)")
     head_bits: Literal[0, 8] = Field(8, description="Bits of an untied LM head (0 = keep float)")
+
+
+class CalibrationConfig(MethodConfig):
+    calibration_samples: int = Field(16, ge=1, le=1024, description="Calibration windows")
+    calibration_sequence_length: int = Field(512, ge=16, le=4096, description="Tokens per calibration window")
+
+
+class GptqConfig(WeightOnlyConfig, CalibrationConfig):
+    damping: float = Field(0.01, gt=0.0, le=1.0, description="Added to the Hessian diagonal, as a share of its mean")
+    act_order: bool = Field(True, description="Visit columns by decreasing activation energy (static groups)")
+    block_size: int = Field(128, ge=16, le=4096, description="Columns per lazy batch update")

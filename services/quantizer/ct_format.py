@@ -79,11 +79,13 @@ def save_compressed_tensors(model: nn.Module, quantized: dict[str, QuantizedWeig
     from safetensors.torch import load_file, save_file
 
     tied = _tied_head(model)
+    compute_dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     apply_quantization_config(model, build_config(model, quantized))
     with torch.no_grad():
         for name, qw in quantized.items():
             module = model.get_submodule(name)
-            module.weight_scale.data = qw.params.scale.to(module.weight_scale.dtype).reshape(module.weight_scale.shape)
+            # Stored in SCALE_DTYPE (the params were rounded to it), halving the scales' bytes.
+            module.weight_scale.data = qw.params.scale.to(SCALE_DTYPE).reshape(module.weight_scale.shape)
             if qw.params.zero_point is not None:
                 # compressed-tensors keeps asymmetric codes signed: shift our unsigned zero-point.
                 signed = qw.params.zero_point - 2 ** (qw.scheme.bits - 1)
@@ -93,6 +95,11 @@ def save_compressed_tensors(model: nn.Module, quantized: dict[str, QuantizedWeig
     compressor.compress_model(model)
     model.save_pretrained(folder, safe_serialization=True)
     compressor.update_config(str(folder))
+    config = json.loads((folder / "config.json").read_text())
+    # save_pretrained records the scales' float16 as the model dtype; loaders should compute
+    # in the dtype the model was quantized in.
+    config["dtype"] = compute_dtype
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     if tied:
         head, embedding = tied
         path = folder / WEIGHTS_FILE

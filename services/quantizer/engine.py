@@ -16,10 +16,12 @@ from modelpress.v1 import common_pb2
 from services.common import modelio, packaging, packed
 from services.common.configspec import MethodConfig
 from services.common.engine_api import ProgressReporter, StageResult
-from services.quantizer.configs import CastConfig, Int8WeightOnlyConfig, WeightOnlyConfig
+from services.quantizer.calibration import calibration_batches, calibration_text
+from services.quantizer.configs import CastConfig, GptqConfig, Int8WeightOnlyConfig, WeightOnlyConfig
 from services.quantizer.ct_format import save_compressed_tensors
 from services.quantizer.int8 import quantize_int8_weight_only
 from services.quantizer.rtn import quantize_rtn
+from services.quantizer.sequential import quantize_gptq
 from services.quantizer.targets import fallback_report, weight_targets
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
@@ -96,26 +98,49 @@ def _load_float(src: Path, reporter: ProgressReporter):
     return modelio.load_model(src, dtype=torch.float32)
 
 
+def _save_weight_only(model, quantized, targets, config, src: Path, dst: Path, reporter: ProgressReporter,
+                      method: str, extra_metrics: dict | None = None) -> StageResult:
+    # Before saving: compression replaces the weights.
+    bits = {"effective_bits": effective_bits(targets), "linear_effective_bits": effective_bits(targets, ("linear",))}
+    save_compressed_tensors(model, quantized, dst)
+    copy_tokenizer(src, dst)
+    n = len(targets)
+    reporter.report(n + 1, n + 1, "saved compressed-tensors model")
+    return StageResult(
+        format=common_pb2.ARTIFACT_FORMAT_COMPRESSED_TENSORS,
+        architecture=_architecture(model),
+        compression={"method": method, **config.model_dump(), "group_fallbacks": fallback_report(targets)},
+        metrics={"quantized_modules": n, **bits, **(extra_metrics or {})},
+    )
+
+
 def _rtn(config: WeightOnlyConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
     model = _load_float(src, reporter)
     targets = weight_targets(model, config)
-    n = len(targets)
 
     def on_layer(i: int, total: int, name: str, error: float) -> None:
         reporter.report(i, total + 1, f"quantized {name} ({i}/{total})", layer=name, relative_weight_error=error)
 
     quantized = quantize_rtn(model, targets, on_layer)
-    # Before saving: compression replaces the weights.
-    bits = {"effective_bits": effective_bits(targets), "linear_effective_bits": effective_bits(targets, ("linear",))}
-    save_compressed_tensors(model, quantized, dst)
-    copy_tokenizer(src, dst)
-    reporter.report(n + 1, n + 1, "saved compressed-tensors model")
-    return StageResult(
-        format=common_pb2.ARTIFACT_FORMAT_COMPRESSED_TENSORS,
-        architecture=_architecture(model),
-        compression={"method": "rtn", **config.model_dump(), "group_fallbacks": fallback_report(targets)},
-        metrics={"quantized_modules": n, **bits},
-    )
+    return _save_weight_only(model, quantized, targets, config, src, dst, reporter, "rtn")
+
+
+def _gptq(config: GptqConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
+    model = _load_float(src, reporter)
+    targets = weight_targets(model, config)
+    batches = calibration_batches(modelio.load_tokenizer(src), config.calibration_samples,
+                                  config.calibration_sequence_length, calibration_text())
+    losses: list[float] = []
+
+    def on_layer(i: int, total: int, name: str, figures: dict) -> None:
+        if "loss" in figures:
+            losses.append(figures["loss"])
+        reporter.report(i, total + 1, f"{figures['method']} {name} ({i}/{total})", layer=name, **figures)
+
+    quantized = quantize_gptq(model, targets, batches, config, on_layer)
+    extra = {"mean_gptq_loss": sum(losses) / len(losses) if losses else 0.0,
+             "calibration_tokens": int(batches.numel())}
+    return _save_weight_only(model, quantized, targets, config, src, dst, reporter, "gptq", extra)
 
 
 def effective_bits(targets, roles: tuple[str, ...] = ("linear", "embedding", "head")) -> float:
@@ -144,5 +169,7 @@ METHODS: dict[str, Method] = {
                Int8WeightOnlyConfig, _int8_weight_only),
         Method("rtn", "Round-to-nearest integer weights (per channel or group), compressed-tensors output",
                WeightOnlyConfig, _rtn),
+        Method("gptq", "GPTQ: Hessian-aware rounding from calibration text, block by block",
+               GptqConfig, _gptq),
     )
 }

@@ -62,6 +62,9 @@ class QuantParams:
     scale: torch.Tensor
     zero_point: torch.Tensor | None  # None when symmetric
 
+    def rows(self, start: int, end: int) -> "QuantParams":
+        return QuantParams(self.scale[start:end], None if self.zero_point is None else self.zero_point[start:end])
+
 
 def _grouped(weight: torch.Tensor, width: int) -> torch.Tensor:
     out, inp = weight.shape
@@ -97,11 +100,13 @@ def quantize(weight: torch.Tensor, params: QuantParams, scheme: WeightScheme) ->
 
 
 def dequantize(codes: torch.Tensor, params: QuantParams) -> torch.Tensor:
+    """Float32 weights as compressed-tensors rebuilds them when the model loads in float32
+    (scales are widened to the model dtype before the multiply)."""
     width = codes.shape[1] // params.scale.shape[1]
     groups = _grouped(codes.float(), width)
     if params.zero_point is not None:
         groups = groups - params.zero_point[..., None]
-    return (groups * params.scale[..., None]).reshape(codes.shape)
+    return (groups * params.scale.to(SCALE_DTYPE).float()[..., None]).reshape(codes.shape)
 
 
 def fake_quantize(weight: torch.Tensor, scheme: WeightScheme, params: QuantParams | None = None

@@ -23,11 +23,13 @@ def relative_error(before: torch.Tensor, after: torch.Tensor) -> float:
 def quantize_rtn(model: nn.Module, targets: list[Target],
                  on_layer: Callable[[int, int, str, float], None] = lambda *_: None) -> dict[str, QuantizedWeight]:
     done: dict[str, QuantizedWeight] = {}
+    shared: dict[int, QuantizedWeight] = {}  # a tied head reuses its embedding's grid
     for i, target in enumerate(targets):
         weight = target.module.weight
-        quantized, params = fake_quantize(weight.data, target.scheme)
+        prior = shared.get(weight.data_ptr())
+        quantized, params = fake_quantize(weight.data, target.scheme, prior.params if prior else None)
         error = relative_error(weight.data, quantized)
         weight.data.copy_(quantized)
-        done[target.name] = QuantizedWeight(target.scheme, params)
+        done[target.name] = shared[weight.data_ptr()] = QuantizedWeight(target.scheme, params)
         on_layer(i + 1, len(targets), target.name, error)
     return done

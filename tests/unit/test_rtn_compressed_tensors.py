@@ -27,10 +27,11 @@ def test_grid_codes_stay_in_range_and_errors_within_half_a_step(scheme):
     assert int(codes.min()) >= scheme.qmin and int(codes.max()) <= scheme.qmax
     back = dequantize(codes, params)
     step = params.scale.repeat_interleave(scheme.group_width(128), dim=1)
-    assert bool(((back - w).abs() <= step / 2 + 1e-5).all())
-    # Quantizing a quantized weight again changes nothing (idempotent grid).
-    again, _ = fake_quantize(back, scheme)
-    assert torch.allclose(again, back, atol=1e-6)
+    # Half a step, plus float16 rounding of the stored scale and of the dequantized value.
+    assert bool(((back - w).abs() <= step / 2 * 1.002 + w.abs() * 2**-10).all())
+    # Values on the grid stay exactly where they are.
+    again, _ = fake_quantize(back, scheme, params)
+    assert torch.equal(again, back)
 
 
 def test_group_that_does_not_divide_falls_back_per_layer():

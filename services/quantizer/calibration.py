@@ -1,0 +1,149 @@
+"""Calibration data and the layer-by-layer walk data-aware algorithms share.
+
+Only the current block's inputs are held in memory: the model's blocks are run one at a
+time on the calibration samples, each block's output becoming the next block's input,
+so peak memory is one block's activations for all samples, not the whole model's.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from services.common import corpus
+
+
+class _StopForward(Exception):
+    pass
+
+
+def calibration_text(dataset_dir: Path | None = None) -> str:
+    """The built-in calibration split of pydoc, or the texts of a JSON-lines dataset artifact."""
+    if dataset_dir is None:
+        return corpus.calibration_text()
+    files = sorted(Path(dataset_dir).glob("*.jsonl"))
+    if not files:
+        raise ValueError("calibration dataset: the artifact holds no *.jsonl file")
+    texts = []
+    for path in files:
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                texts.append(json.loads(line)["text"])
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise ValueError(f"calibration dataset: {path.name}:{number} is not a JSON object with a 'text' field") \
+                    from None
+    return "\n\n".join(texts)
+
+
+def calibration_batches(tokenizer, samples: int, sequence_length: int, text: str) -> torch.Tensor:
+    """`samples` windows of `sequence_length` tokens, spread evenly over the text: [samples, length]."""
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids[0]
+    available = ids.numel() // sequence_length
+    if samples > available:
+        raise ValueError(f"calibration_samples: {samples} windows of {sequence_length} tokens asked, "
+                         f"the calibration text has {available}")
+    windows = ids[: available * sequence_length].view(available, sequence_length)
+    picks = torch.linspace(0, available - 1, samples).round().long()
+    return windows[picks]
+
+
+def decoder_blocks(model: nn.Module) -> nn.ModuleList:
+    """The repeated blocks (Llama-style `model.layers`, BERT-style `encoder.layer`, ...)."""
+    best: nn.ModuleList | None = None
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 0:
+            if best is None or len(module) > len(best):
+                best = module
+    if best is None:
+        raise ValueError("unsupported architecture: no repeated blocks (nn.ModuleList) found")
+    return best
+
+
+@dataclass
+class BlockInputs:
+    """Hidden states entering the current block, one tensor per sample, and the shared kwargs."""
+
+    hidden: list[torch.Tensor]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@torch.no_grad()
+def capture_first_block_inputs(model: nn.Module, batches: torch.Tensor) -> BlockInputs:
+    blocks = decoder_blocks(model)
+    captured = BlockInputs(hidden=[])
+
+    def grab(_module, args, kwargs):
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        captured.hidden.append(hidden.detach())
+        if not captured.kwargs:
+            captured.kwargs = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+        raise _StopForward
+
+    # A decoder must not build a KV cache here; encoders take no such argument.
+    extra = {"use_cache": False} if type(model).__name__.endswith("ForCausalLM") else {}
+    handle = blocks[0].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        for sample in batches:
+            try:
+                model(input_ids=sample.unsqueeze(0), **extra)
+            except _StopForward:
+                pass
+    finally:
+        handle.remove()
+    return captured
+
+
+def run_block(block: nn.Module, inputs: BlockInputs) -> list[torch.Tensor]:
+    outputs = []
+    with torch.no_grad():
+        for hidden in inputs.hidden:
+            out = block(hidden, **inputs.kwargs)
+            outputs.append((out[0] if isinstance(out, tuple) else out).detach())
+    return outputs
+
+
+def linear_layers(block: nn.Module) -> dict[str, nn.Linear]:
+    return {name: m for name, m in block.named_modules() if isinstance(m, nn.Linear)}
+
+
+class HessianCollector:
+    """Accumulates H = 2/n · Σ xᵀx over the rows fed to each Linear of a block."""
+
+    def __init__(self, layers: dict[str, nn.Linear]) -> None:
+        self.hessians = {name: torch.zeros(m.in_features, m.in_features) for name, m in layers.items()}
+        self.rows = dict.fromkeys(layers, 0)
+        self._handles = [m.register_forward_hook(self._hook(name)) for name, m in layers.items()]
+
+    def _hook(self, name: str) -> Callable:
+        def accumulate(_module, args, _output):
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+            n_old, n_new = self.rows[name], x.shape[0]
+            h = self.hessians[name]
+            h.mul_(n_old / (n_old + n_new))
+            h.addmm_(x.T, x, alpha=2.0 / (n_old + n_new))
+            self.rows[name] = n_old + n_new
+
+        return accumulate
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+def walk_blocks(model: nn.Module, batches: torch.Tensor) -> Iterator[tuple[int, str, nn.Module, BlockInputs]]:
+    """Yields (index, name, block, inputs) for each block; after the caller quantizes the
+    block in place, its outputs on the same inputs become the next block's inputs."""
+    blocks = decoder_blocks(model)
+    prefix = next(name for name, m in model.named_modules() if m is blocks)
+    inputs = capture_first_block_inputs(model, batches)
+    for index, block in enumerate(blocks):
+        yield index, f"{prefix}.{index}", block, inputs
+        inputs = BlockInputs(hidden=run_block(block, inputs), kwargs=inputs.kwargs)

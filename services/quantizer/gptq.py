@@ -1,0 +1,118 @@
+"""GPTQ (Frantar et al., 2022): quantize a Linear's columns one by one, pushing each
+column's rounding error onto the columns not yet quantized, weighted by the inverse
+Hessian of the layer's inputs (H = 2XᵀX from calibration data).
+
+Lazy batch updates apply the error to the rest of the matrix once per block of columns.
+With activation ordering, columns are visited by decreasing Hessian diagonal, while the
+group scales stay those of the stored (original) column order ("static groups"), so the
+result is a plain grouped grid any compressed-tensors reader understands.
+A Hessian that is not positive definite gets more damping, and failing that the layer
+is rounded to nearest and reported, never a crash.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from services.quantizer.qscheme import QuantParams, WeightScheme, compute_qparams, dequantize, fake_quantize, quantize
+
+
+@dataclass
+class GptqOutcome:
+    weight: torch.Tensor  # fake-quantized, original column order
+    params: QuantParams
+    loss: float  # tr(ΔW H ΔWᵀ) / tr(W H Wᵀ): relative output error on the calibration inputs
+    damping: float
+    fell_back_to_rtn: bool = False
+
+
+def _inverse_cholesky(hessian: torch.Tensor, damping: float, attempts: int = 6) -> tuple[torch.Tensor, float] | None:
+    mean_diag = float(torch.diag(hessian).mean())
+    eye = torch.eye(hessian.shape[0], dtype=hessian.dtype)
+    for _ in range(attempts):
+        try:
+            lower = torch.linalg.cholesky(hessian + damping * mean_diag * eye)
+            inverse = torch.cholesky_inverse(lower)
+            return torch.linalg.cholesky(inverse, upper=True), damping
+        except torch.linalg.LinAlgError:
+            damping *= 10
+    return None
+
+
+def _quantize_column(column: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None,
+                     scheme: WeightScheme) -> torch.Tensor:
+    codes = column / scale
+    if zero_point is not None:
+        codes = codes + zero_point
+    codes = torch.round(codes).clamp_(scheme.qmin, scheme.qmax)
+    if zero_point is not None:
+        codes = codes - zero_point
+    return codes * scale
+
+
+def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, scheme: WeightScheme, *, damping: float = 0.01,
+                  block_size: int = 128, act_order: bool = True) -> GptqOutcome:
+    W = weight.detach().float().clone()
+    H = hessian.detach().float().clone()
+    rows, cols = W.shape
+    width = scheme.group_width(cols)
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+
+    if act_order:
+        # Static groups: scales from the original order, fixed before any column moves.
+        params = compute_qparams(W, scheme)
+        perm = torch.argsort(torch.diag(H), descending=True)
+    else:
+        params = QuantParams(scale=torch.zeros(rows, cols // width),
+                             zero_point=None if scheme.symmetric else torch.zeros(rows, cols // width))
+        perm = torch.arange(cols)
+    W, H = W[:, perm], H[perm][:, perm]
+    group_of = perm // width  # stored group of each visited column
+
+    factored = _inverse_cholesky(H, damping)
+    if factored is None:
+        rtn_weight, rtn_params = fake_quantize(weight.detach().float(), scheme)
+        return GptqOutcome(rtn_weight, rtn_params, _loss(weight, rtn_weight, hessian), damping, True)
+    Hinv, used_damping = factored
+
+    block_size = max(block_size, width) if act_order else max(width, (block_size // width) * width)
+    Q = torch.zeros_like(W)
+    for start in range(0, cols, block_size):
+        end = min(start + block_size, cols)
+        W1 = W[:, start:end].clone()
+        Q1 = torch.zeros_like(W1)
+        Err1 = torch.zeros_like(W1)
+        Hinv1 = Hinv[start:end, start:end]
+        for i in range(end - start):
+            col = start + i
+            group = int(group_of[col])
+            if not act_order and col % width == 0:
+                # Dynamic groups: scales from the weights as GPTQ has updated them so far.
+                fresh = compute_qparams(W1[:, i:i + width], WeightScheme(scheme.bits, 0, scheme.symmetric))
+                params.scale[:, group] = fresh.scale[:, 0]
+                if params.zero_point is not None:
+                    params.zero_point[:, group] = fresh.zero_point[:, 0]
+            zp = params.zero_point[:, group] if params.zero_point is not None else None
+            q = _quantize_column(W1[:, i], params.scale[:, group], zp, scheme)
+            Q1[:, i] = q
+            err = (W1[:, i] - q) / Hinv1[i, i]
+            W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
+            Err1[:, i] = err
+        Q[:, start:end] = Q1
+        W[:, end:] -= Err1 @ Hinv[start:end, end:]
+
+    Q = Q[:, torch.argsort(perm)]
+    # Snap to exactly what a reader reconstructs from the stored codes and scales.
+    Q = dequantize(quantize(Q, params, scheme), params).to(weight.dtype)
+    return GptqOutcome(Q, params, _loss(weight, Q, hessian), used_damping)
+
+
+def _loss(weight: torch.Tensor, quantized: torch.Tensor, hessian: torch.Tensor) -> float:
+    delta = (quantized.float() - weight.float())
+    num = torch.einsum("ij,jk,ik->", delta, hessian.float(), delta)
+    den = torch.einsum("ij,jk,ik->", weight.float(), hessian.float(), weight.float())
+    return float(num / den.clamp(min=1e-12))
