@@ -39,15 +39,24 @@ class QualityFigures:
     tokens: int
 
 
+# Quantization metadata that is not a model parameter (compressed-tensors names).
+_QUANT_METADATA = ("weight_scale", "weight_zero_point", "weight_shape", "weight_global_scale", "input_scale",
+                   "input_zero_point", "output_scale", "output_zero_point")
+
+
 def count_parameters(model: nn.Module) -> int:
-    """Logical parameters: a packed weight counts as the float weight it stands for; tied tensors once."""
+    """Logical parameters: a packed weight counts as the float weight it stands for; tied tensors
+    once; scales and zero-points not at all."""
     seen: set[int] = set()
     total = 0
     for module in model.modules():
-        tensors = list(module.named_parameters(recurse=False))
+        tensors = [(n, t) for n, t in module.named_parameters(recurse=False) if n not in _QUANT_METADATA]
         if isinstance(module, (Int8Linear, Int8Embedding)):
             tensors = [("weight", module.weight)] + [(n, t) for n, t in tensors if n != "weight"]
-        for _name, tensor in tensors:
+        for name, tensor in tensors:
+            if name == "weight_packed":  # compressed-tensors int4: count the unpacked shape
+                total += int(torch.Size(module.weight_shape.tolist()).numel())
+                continue
             key = tensor.untyped_storage().data_ptr()
             if key in seen:
                 continue

@@ -45,6 +45,13 @@ RECIPES: dict[str, RecipeDef] = {
         RecipeDef("int8-weight-only",
                   "INT8 weights per output channel, embeddings included (~4x smaller than FP32)",
                   (RecipeStage(Q, "int8-weight-only"),)),
+        RecipeDef("w4a16-rtn", "INT4 weights, group 64, round-to-nearest; INT8 embeddings (compressed-tensors)",
+                  (RecipeStage(Q, "rtn", {"bits": 4, "group_size": 64}),)),
+        RecipeDef("w4a16-gptq",
+                  "INT4 weights, group 64, GPTQ on calibration text; INT8 embeddings (compressed-tensors)",
+                  (RecipeStage(Q, "gptq", {"bits": 4, "group_size": 64}),)),
+        RecipeDef("w8a16-gptq", "INT8 weights per channel with GPTQ; INT8 embeddings (compressed-tensors)",
+                  (RecipeStage(Q, "gptq", {"bits": 8, "group_size": 0}),)),
     )
 }
 

@@ -89,3 +89,11 @@ def test_targets_cover_every_linear_and_the_embedding(tiny_llama_dir):
     roles = [t.role for t in targets]
     assert roles[0] == "embedding" and roles[-1] == "head" and roles.count("linear") == 14
     assert fallback_report(targets) == {}
+
+
+def test_reloaded_int4_model_counts_its_logical_parameters(tiny_llama_dir, tmp_path):
+    from services.evaluator.measure import count_parameters
+
+    original = count_parameters(modelio.load_model(tiny_llama_dir))
+    METHODS["rtn"].run(WeightOnlyConfig(), tiny_llama_dir, tmp_path / "m", ProgressReporter())
+    assert count_parameters(modelio.load_model(tmp_path / "m")) == original
