@@ -119,7 +119,7 @@ def load_packed(folder: Path, kind: str) -> nn.Module:
         state[alias] = state[source]
     model.load_state_dict(state, strict=False, assign=True)
     _tie_aliases(model, layout.get("tied", {}))
-    _materialise_meta_buffers(model)
+    materialise_meta_buffers(model)
     leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if leftover:
         raise ValueError(f"{folder.name}: tensors missing from the checkpoint: {', '.join(leftover[:5])}")
@@ -139,7 +139,7 @@ def _tie_aliases(model: nn.Module, tied: dict[str, str]) -> None:
             setattr(target, alias_attr, tensor)
 
 
-def _materialise_meta_buffers(model: nn.Module) -> None:
+def materialise_meta_buffers(model: nn.Module) -> None:
     """Recomputes the non-persistent buffers (rotary frequencies, position ids) meta init left empty."""
     for name, module in list(model.named_modules()):
         metas = [b for b, t in module.named_buffers(recurse=False) if t.is_meta]

@@ -120,3 +120,32 @@ def causal_lm_quality(model: nn.Module, windows: torch.Tensor) -> QualityFigures
             correct += int((logits.argmax(-1) == targets).sum())
             count += targets.numel()
     return QualityFigures(perplexity=math.exp(nll_sum / count), top1_accuracy=correct / count, tokens=count)
+
+
+def heldout_sentences(count: int, min_chars: int = 30, max_chars: int = 400) -> list[str]:
+    """The first `count` prose sentences of the held-out pydoc text (code lines skipped)."""
+    sentences = []
+    for paragraph in corpus.heldout_text().split("\n\n"):
+        if paragraph.startswith("   "):  # indented: code or grammar
+            continue
+        for sentence in paragraph.replace("\n", " ").split(". "):
+            sentence = sentence.strip()
+            if min_chars <= len(sentence) <= max_chars:
+                sentences.append(sentence)
+                if len(sentences) == count:
+                    return sentences
+    return sentences
+
+
+def sentence_embeddings(model: nn.Module, tokenizer, sentences: list[str], batch_size: int = 32) -> torch.Tensor:
+    """Mean-pooled, L2-normalised last hidden states (the sentence-transformers recipe for MiniLM)."""
+    chunks = []
+    with torch.inference_mode():
+        for start in range(0, len(sentences), batch_size):
+            batch = tokenizer(sentences[start:start + batch_size], padding=True, truncation=True, max_length=256,
+                              return_tensors="pt")
+            hidden = model(**batch).last_hidden_state.float()
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            chunks.append(nn.functional.normalize(pooled, dim=-1))
+    return torch.cat(chunks)

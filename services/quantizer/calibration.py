@@ -138,12 +138,7 @@ class HessianCollector:
             handle.remove()
 
 
-def walk_blocks(model: nn.Module, batches: torch.Tensor) -> Iterator[tuple[int, str, nn.Module, BlockInputs]]:
-    """Yields (index, name, block, inputs) for each block; after the caller quantizes the
-    block in place, its outputs on the same inputs become the next block's inputs."""
+def named_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     blocks = decoder_blocks(model)
     prefix = next(name for name, m in model.named_modules() if m is blocks)
-    inputs = capture_first_block_inputs(model, batches)
-    for index, block in enumerate(blocks):
-        yield index, f"{prefix}.{index}", block, inputs
-        inputs = BlockInputs(hidden=run_block(block, inputs), kwargs=inputs.kwargs)
+    return [(f"{prefix}.{i}", block) for i, block in enumerate(blocks)]

@@ -41,3 +41,5 @@ class GptqConfig(WeightOnlyConfig, CalibrationConfig):
     damping: float = Field(0.01, gt=0.0, le=1.0, description="Added to the Hessian diagonal, as a share of its mean")
     act_order: bool = Field(True, description="Visit columns by decreasing activation energy (static groups)")
     block_size: int = Field(128, ge=16, le=4096, description="Columns per lazy batch update")
+    propagate_quantized: bool = Field(
+        True, description="Feed each block the quantized previous block's outputs (one more forward per block)")

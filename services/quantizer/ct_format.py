@@ -1,11 +1,15 @@
 """Writes quantized models in the compressed-tensors format (transformers and vLLM load it).
 
-The algorithms leave each quantized module's weight on its integer grid (fake-quantized
-float) and hand over the scales/zero-points they chose; this module declares one
-compressed-tensors scheme per distinct (bits, group, symmetry, layer kind), lets the
-library pack the integers (int4 into int32 words: "pack-quantized"; int8 as is:
-"int-quantized"), and saves. A tied LM head is stored once: its int8 weight equals the
-embedding's, so the duplicate is dropped and transformers re-ties it on load.
+The writer streams: every tensor that is not a quantized weight is copied from the
+source checkpoint one at a time, and each quantized module contributes its integer codes
+and scales. Layout per scheme, as compressed-tensors 0.20 reads it:
+- symmetric < 8 bits ("pack-quantized"): `weight_packed` (int32 words), `weight_scale`,
+  `weight_shape`;
+- 8 bits or asymmetric ("int-quantized"): `weight` (int8 codes), `weight_scale` and, when
+  asymmetric, `weight_zero_point` (int8). Packed asymmetric zero-points do not reload in
+  transformers 5.24, so asymmetric codes stay unpacked.
+Scales are float16. A tied LM head keeps only its scales: its codes are the embedding's,
+and transformers re-ties the weight on load.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from services.quantizer.qscheme import SCALE_DTYPE, QuantParams, WeightScheme
 
@@ -28,20 +31,8 @@ WEIGHTS_FILE = "model.safetensors"
 class QuantizedWeight:
     scheme: WeightScheme
     params: QuantParams
-
-
-def _args(scheme: WeightScheme, kind: str):
-    from compressed_tensors.quantization import QuantizationArgs
-
-    grouped = scheme.group_size > 0
-    return QuantizationArgs(
-        num_bits=scheme.bits,
-        type="int",
-        symmetric=scheme.symmetric,
-        strategy="group" if grouped else "channel",
-        group_size=scheme.group_size if grouped else None,
-        scale_dtype=SCALE_DTYPE,
-    )
+    codes: torch.Tensor  # grid indices as produced by qscheme.quantize, [out, in]
+    kind: str = "Linear"  # or "Embedding"
 
 
 def _exact(module_name: str) -> str:
@@ -50,75 +41,79 @@ def _exact(module_name: str) -> str:
 
 
 def _format(scheme: WeightScheme) -> str:
-    # compressed-tensors 0.20 + transformers 5.24 cannot reload packed asymmetric
-    # zero-points (shape mismatch on load), so asymmetric codes are stored unpacked.
     return "pack-quantized" if scheme.bits < 8 and scheme.symmetric else "int-quantized"
 
 
-def build_config(model: nn.Module, quantized: dict[str, QuantizedWeight]):
-    from compressed_tensors.quantization import QuantizationConfig, QuantizationScheme
+def quantization_config(quantized: dict[str, QuantizedWeight]) -> dict:
+    """The `quantization_config` block of config.json."""
+    import compressed_tensors
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationConfig, QuantizationScheme
 
     by_scheme: dict[tuple, list[str]] = defaultdict(list)
     for name, qw in quantized.items():
-        kind = "Embedding" if isinstance(model.get_submodule(name), nn.Embedding) else "Linear"
-        by_scheme[(qw.scheme, kind)].append(name)
+        by_scheme[(qw.scheme, qw.kind)].append(name)
     groups = {}
-    for i, ((scheme, kind), names) in enumerate(sorted(by_scheme.items(), key=lambda kv: kv[1][0])):
+    for i, ((scheme, _kind), names) in enumerate(sorted(by_scheme.items(), key=lambda kv: sorted(kv[1])[0])):
+        grouped = scheme.group_size > 0
         groups[f"group_{i}"] = QuantizationScheme(
-            targets=[_exact(name) for name in sorted(names)],
-            weights=_args(scheme, kind),
+            targets=[_exact(n) for n in sorted(names)],
+            weights=QuantizationArgs(num_bits=scheme.bits, type="int", symmetric=scheme.symmetric,
+                                     strategy="group" if grouped else "channel",
+                                     group_size=scheme.group_size if grouped else None, scale_dtype=SCALE_DTYPE),
             format=_format(scheme),
         )
-    return QuantizationConfig(config_groups=groups)
+    formats = {_format(s) for s, _ in by_scheme}
+    config = QuantizationConfig(config_groups=groups, quantization_status="compressed",
+                                format=formats.pop() if len(formats) == 1 else "mixed-precision")
+    return {"version": compressed_tensors.__version__, "quant_method": "compressed-tensors", "sparsity_config": {},
+            "transform_config": {}, **config.model_dump(exclude=["quant_method"])}
 
 
-def save_compressed_tensors(model: nn.Module, quantized: dict[str, QuantizedWeight], folder: Path) -> None:
-    """Saves `model` (weights already on their grids) with `quantized`'s qparams."""
-    from compressed_tensors.compressors import ModelCompressor
-    from compressed_tensors.quantization import apply_quantization_config
-    from safetensors.torch import load_file, save_file
+def _signed(values: torch.Tensor, scheme: WeightScheme) -> torch.Tensor:
+    """compressed-tensors stores asymmetric codes and zero-points shifted into the signed range."""
+    return values if scheme.symmetric else values - 2 ** (scheme.bits - 1)
 
-    tied = _tied_head(model)
-    compute_dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    apply_quantization_config(model, build_config(model, quantized))
-    with torch.no_grad():
-        for name, qw in quantized.items():
-            module = model.get_submodule(name)
-            # Stored in SCALE_DTYPE (the params were rounded to it), halving the scales' bytes.
-            module.weight_scale.data = qw.params.scale.to(SCALE_DTYPE).reshape(module.weight_scale.shape)
-            if qw.params.zero_point is not None:
-                # compressed-tensors keeps asymmetric codes signed: shift our unsigned zero-point.
-                signed = qw.params.zero_point - 2 ** (qw.scheme.bits - 1)
-                module.weight_zero_point.data = signed.to(module.weight_zero_point.dtype).reshape(
-                    module.weight_zero_point.shape)
-    compressor = ModelCompressor.from_pretrained_model(model)
-    compressor.compress_model(model)
-    model.save_pretrained(folder, safe_serialization=True)
-    compressor.update_config(str(folder))
-    config = json.loads((folder / "config.json").read_text())
-    # save_pretrained records the scales' float16 as the model dtype; loaders should compute
-    # in the dtype the model was quantized in.
-    config["dtype"] = compute_dtype
+
+def module_tensors(name: str, qw: QuantizedWeight, *, codes: bool = True) -> dict[str, torch.Tensor]:
+    from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
+
+    out = {f"{name}.weight_scale": qw.params.scale.to(SCALE_DTYPE).contiguous()}
+    if qw.params.zero_point is not None:
+        out[f"{name}.weight_zero_point"] = _signed(qw.params.zero_point, qw.scheme).to(torch.int8).contiguous()
+    if not codes:
+        return out
+    signed = _signed(qw.codes, qw.scheme).to(torch.int8)
+    if _format(qw.scheme) == "pack-quantized":
+        out[f"{name}.weight_packed"] = pack_to_int32(signed, qw.scheme.bits).contiguous()
+        out[f"{name}.weight_shape"] = torch.tensor(list(signed.shape), dtype=torch.int64)
+    else:
+        out[f"{name}.weight"] = signed.contiguous()
+    return out
+
+
+def write_compressed_tensors(source, quantized: dict[str, QuantizedWeight], folder: Path,
+                             tied_head: tuple[str, str] | None = None) -> None:
+    """`source` is a StreamingModel of the float model the codes were computed from."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    quantized_keys = {source.key(f"{n}.weight") for n in quantized}
+    tensors: dict[str, torch.Tensor] = {}
+    for key in source.reader.keys():
+        if key not in quantized_keys:
+            tensors[key.removeprefix(source._strip)] = source.reader.get(key).contiguous()
+    head = tied_head[0] if tied_head else None
+    for name, qw in quantized.items():
+        tensors.update(module_tensors(name, qw, codes=name != head))
+    tensors.pop(f"{head}.weight", None)
+    save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
+
+    config = json.loads((source.reader.folder / "config.json").read_text())
+    config["quantization_config"] = quantization_config(quantized)
+    config["dtype"] = "float32"
+    if tied_head:
+        config["tie_word_embeddings"] = True
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-    if tied:
-        head, embedding = tied
-        path = folder / WEIGHTS_FILE
-        tensors = load_file(str(path))
-        if f"{head}.weight" in tensors and torch.equal(tensors[f"{head}.weight"], tensors[f"{embedding}.weight"]):
-            del tensors[f"{head}.weight"]
-            save_file(tensors, str(path), metadata={"format": "pt"})
-            config = json.loads((folder / "config.json").read_text())
-            config["tie_word_embeddings"] = True
-            (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-
-
-def _tied_head(model: nn.Module) -> tuple[str, str] | None:
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    if head is None or embedding is None or head.weight is not embedding.weight:
-        return None
-    names = {id(m): n for n, m in model.named_modules()}
-    return names[id(head)], names[id(embedding)]
 
 
 def is_compressed_tensors(folder: Path) -> bool:

@@ -18,11 +18,12 @@ from services.common.configspec import MethodConfig
 from services.common.engine_api import ProgressReporter, StageResult
 from services.quantizer.calibration import calibration_batches, calibration_text
 from services.quantizer.configs import CastConfig, GptqConfig, Int8WeightOnlyConfig, WeightOnlyConfig
-from services.quantizer.ct_format import save_compressed_tensors
+from services.quantizer.ct_format import write_compressed_tensors
 from services.quantizer.int8 import quantize_int8_weight_only
 from services.quantizer.rtn import quantize_rtn
 from services.quantizer.sequential import quantize_gptq
-from services.quantizer.targets import fallback_report, weight_targets
+from services.quantizer.streaming import StreamingModel
+from services.quantizer.targets import fallback_report, tied_head, weight_targets
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
                    "tokenizer.model", "merges.txt", "vocab.json", "added_tokens.json", "chat_template.jinja",
@@ -91,43 +92,43 @@ def _int8_weight_only(config: Int8WeightOnlyConfig, src: Path, dst: Path, report
     )
 
 
-def _load_float(src: Path, reporter: ProgressReporter):
-    reporter.report(0, 1, "loading model")
-    if packed.is_packed(src) or (modelio.read_config(src).get("quantization_config")):
+def _stream_float(src: Path, reporter: ProgressReporter) -> StreamingModel:
+    reporter.report(0, 1, "reading model layout")
+    if packed.is_packed(src) or modelio.read_config(src).get("quantization_config"):
         raise ValueError("the input is already quantized; start from a float model")
-    return modelio.load_model(src, dtype=torch.float32)
+    return StreamingModel(src)
 
 
-def _save_weight_only(model, quantized, targets, config, src: Path, dst: Path, reporter: ProgressReporter,
+def _save_weight_only(source: StreamingModel, quantized, targets, config, dst: Path, reporter: ProgressReporter,
                       method: str, extra_metrics: dict | None = None) -> StageResult:
-    # Before saving: compression replaces the weights.
-    bits = {"effective_bits": effective_bits(targets), "linear_effective_bits": effective_bits(targets, ("linear",))}
-    save_compressed_tensors(model, quantized, dst)
-    copy_tokenizer(src, dst)
+    reporter.report(len(targets), len(targets) + 1, "writing compressed-tensors model")
+    write_compressed_tensors(source, quantized, dst, tied_head(source.model))
+    copy_tokenizer(source.reader.folder, dst)
     n = len(targets)
     reporter.report(n + 1, n + 1, "saved compressed-tensors model")
     return StageResult(
         format=common_pb2.ARTIFACT_FORMAT_COMPRESSED_TENSORS,
-        architecture=_architecture(model),
+        architecture=_architecture(source.model),
         compression={"method": method, **config.model_dump(), "group_fallbacks": fallback_report(targets)},
-        metrics={"quantized_modules": n, **bits, **(extra_metrics or {})},
+        metrics={"quantized_modules": n, "effective_bits": effective_bits(targets),
+                 "linear_effective_bits": effective_bits(targets, ("linear",)), **(extra_metrics or {})},
     )
 
 
 def _rtn(config: WeightOnlyConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
-    model = _load_float(src, reporter)
-    targets = weight_targets(model, config)
+    source = _stream_float(src, reporter)
+    targets = weight_targets(source.model, config)
 
     def on_layer(i: int, total: int, name: str, error: float) -> None:
         reporter.report(i, total + 1, f"quantized {name} ({i}/{total})", layer=name, relative_weight_error=error)
 
-    quantized = quantize_rtn(model, targets, on_layer)
-    return _save_weight_only(model, quantized, targets, config, src, dst, reporter, "rtn")
+    quantized = quantize_rtn(lambda t: source.reader.get(source.key(f"{t.name}.weight")), targets, on_layer)
+    return _save_weight_only(source, quantized, targets, config, dst, reporter, "rtn")
 
 
 def _gptq(config: GptqConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
-    model = _load_float(src, reporter)
-    targets = weight_targets(model, config)
+    source = _stream_float(src, reporter)
+    targets = weight_targets(source.model, config)
     batches = calibration_batches(modelio.load_tokenizer(src), config.calibration_samples,
                                   config.calibration_sequence_length, calibration_text())
     losses: list[float] = []
@@ -137,10 +138,10 @@ def _gptq(config: GptqConfig, src: Path, dst: Path, reporter: ProgressReporter) 
             losses.append(figures["loss"])
         reporter.report(i, total + 1, f"{figures['method']} {name} ({i}/{total})", layer=name, **figures)
 
-    quantized = quantize_gptq(model, targets, batches, config, on_layer)
+    quantized = quantize_gptq(source, targets, batches, config, on_layer)
     extra = {"mean_gptq_loss": sum(losses) / len(losses) if losses else 0.0,
              "calibration_tokens": int(batches.numel())}
-    return _save_weight_only(model, quantized, targets, config, src, dst, reporter, "gptq", extra)
+    return _save_weight_only(source, quantized, targets, config, dst, reporter, "gptq", extra)
 
 
 def effective_bits(targets, roles: tuple[str, ...] = ("linear", "embedding", "head")) -> float:
@@ -148,9 +149,9 @@ def effective_bits(targets, roles: tuple[str, ...] = ("linear", "embedding", "he
     bits = weights = 0.0
     seen: set[int] = set()
     for t in (t for t in targets if t.role in roles):
-        if t.module.weight.data_ptr() in seen:
+        if id(t.module.weight) in seen:
             continue
-        seen.add(t.module.weight.data_ptr())
+        seen.add(id(t.module.weight))
         count = t.module.weight.numel()
         width = t.scheme.group_width(t.module.weight.shape[1])
         per_group = 16 + (0 if t.scheme.symmetric else t.scheme.bits)

@@ -8,10 +8,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch import nn
 
 from services.quantizer.ct_format import QuantizedWeight
-from services.quantizer.qscheme import fake_quantize
+from services.quantizer.qscheme import WeightScheme, compute_qparams, dequantize, quantize
 from services.quantizer.targets import Target
 
 
@@ -19,17 +18,29 @@ def relative_error(before: torch.Tensor, after: torch.Tensor) -> float:
     return float((after.float() - before.float()).norm() / before.float().norm().clamp(min=1e-12))
 
 
+def round_weight(weight: torch.Tensor, scheme: WeightScheme, kind: str) -> tuple[QuantizedWeight, float]:
+    params = compute_qparams(weight, scheme)
+    codes = quantize(weight, params, scheme)
+    return QuantizedWeight(scheme, params, codes, kind), relative_error(weight, dequantize(codes, params))
+
+
 @torch.no_grad()
-def quantize_rtn(model: nn.Module, targets: list[Target],
-                 on_layer: Callable[[int, int, str, float], None] = lambda *_: None) -> dict[str, QuantizedWeight]:
+def quantize_rtn(weight_of: Callable[[Target], torch.Tensor], targets: list[Target],
+                 on_layer: Callable[[int, int, str, float], None] = lambda *_: None,
+                 by_parameter: dict[int, QuantizedWeight] | None = None) -> dict[str, QuantizedWeight]:
+    """`weight_of(target)` supplies the float weight (from disk or from a loaded module).
+
+    A head tied to the embedding reuses the embedding's codes (looked up by parameter in
+    `by_parameter`, which callers may share across calls) instead of reading again.
+    """
     done: dict[str, QuantizedWeight] = {}
-    shared: dict[int, QuantizedWeight] = {}  # a tied head reuses its embedding's grid
+    by_parameter = {} if by_parameter is None else by_parameter
     for i, target in enumerate(targets):
-        weight = target.module.weight
-        prior = shared.get(weight.data_ptr())
-        quantized, params = fake_quantize(weight.data, target.scheme, prior.params if prior else None)
-        error = relative_error(weight.data, quantized)
-        weight.data.copy_(quantized)
-        done[target.name] = shared[weight.data_ptr()] = QuantizedWeight(target.scheme, params)
+        shared = by_parameter.get(id(target.module.weight))
+        if shared is not None:
+            qw, error = shared, 0.0
+        else:
+            qw, error = round_weight(weight_of(target).float(), target.scheme, target.kind)
+        done[target.name] = by_parameter[id(target.module.weight)] = qw
         on_layer(i + 1, len(targets), target.name, error)
     return done

@@ -1,9 +1,11 @@
 """Drives data-aware weight quantization block by block over calibration data.
 
-Embeddings are rounded first (so calibration sees them as the quantized model will), then
-each block's Linear layers get their Hessians from the block's current inputs and are
-quantized by the chosen algorithm; the quantized block's outputs feed the next block.
-Linears outside the blocks (an LM head, a pooler) are rounded to nearest at the end.
+Only the non-block modules (embeddings, final norm) and one block's weights are in
+memory at a time (see streaming.StreamingModel). The embedding is rounded first, so
+calibration sees it as the quantized model will; each block's Linear layers then get
+their Hessians from the block's current inputs and are quantized; the quantized block's
+outputs feed the next block. Linears outside the blocks (an untied LM head, a pooler)
+are rounded to nearest at the end.
 """
 
 from __future__ import annotations
@@ -11,13 +13,15 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch import nn
 
-from services.quantizer.calibration import HessianCollector, linear_layers, run_block, walk_blocks
+from services.quantizer.calibration import (BlockInputs, HessianCollector, capture_first_block_inputs,
+                                           linear_layers, named_blocks, run_block)
 from services.quantizer.configs import GptqConfig
 from services.quantizer.ct_format import QuantizedWeight
 from services.quantizer.gptq import gptq_quantize
+from services.quantizer.qscheme import dequantize, quantize
 from services.quantizer.rtn import quantize_rtn
+from services.quantizer.streaming import StreamingModel
 from services.quantizer.targets import Target
 
 # (done, total, module name, figures) after each module.
@@ -25,27 +29,35 @@ OnLayer = Callable[[int, int, str, dict], None]
 
 
 @torch.no_grad()
-def quantize_gptq(model: nn.Module, targets: list[Target], batches: torch.Tensor, config: GptqConfig,
+def quantize_gptq(source: StreamingModel, targets: list[Target], batches: torch.Tensor, config: GptqConfig,
                   on_layer: OnLayer) -> dict[str, QuantizedWeight]:
+    model = source.model
+    blocks = named_blocks(model)
+    source.load(exclude=[name for name, _ in blocks])
     by_name = {t.name: t for t in targets}
     total = len(targets)
     done = 0
     quantized: dict[str, QuantizedWeight] = {}
+    by_parameter: dict[int, QuantizedWeight] = {}
 
     def rounded(chosen: list[Target]) -> None:
         nonlocal done
-        for name, qw in quantize_rtn(model, chosen).items():
+        for name, qw in quantize_rtn(lambda t: t.module.weight.data, chosen, by_parameter=by_parameter).items():
             quantized[name] = qw
+            module = by_name[name].module
+            module.weight.data = dequantize(qw.codes, qw.params)
             done += 1
             on_layer(done, total, name, {"method": "rtn"})
 
     rounded([t for t in targets if t.role == "embedding"])
-    for index, block_name, block, inputs in walk_blocks(model, batches):
+    inputs = capture_first_block_inputs(model, batches)
+    for index, (block_name, block) in enumerate(blocks):
+        source.load([block_name])
         layers = {f"{block_name}.{sub}": m for sub, m in linear_layers(block).items()
                   if f"{block_name}.{sub}" in by_name}
         collector = HessianCollector(layers)
         try:
-            run_block(block, inputs)
+            float_outputs = run_block(block, inputs)
         finally:
             collector.close()
         for names in shared_input_groups(collector.hessians):
@@ -56,17 +68,21 @@ def quantize_gptq(model: nn.Module, targets: list[Target], batches: torch.Tensor
             stacked = torch.cat([m.weight for m in modules], dim=0)
             outcome = gptq_quantize(stacked, collector.hessians[names[0]], scheme,
                                     damping=config.damping, block_size=config.block_size, act_order=config.act_order)
+            codes = quantize(outcome.weight, outcome.params, scheme)
             row = 0
             for name, module in zip(names, modules):
-                rows = module.weight.shape[0]
-                module.weight.data.copy_(outcome.weight[row:row + rows])
-                quantized[name] = QuantizedWeight(scheme, outcome.params.rows(row, row + rows))
-                row += rows
+                rows = slice(row, row + module.weight.shape[0])
+                quantized[name] = QuantizedWeight(scheme, outcome.params.rows(rows.start, rows.stop), codes[rows])
+                module.weight.data = outcome.weight[rows].clone()
+                row = rows.stop
                 done += 1
                 on_layer(done, total, name, {"method": "gptq", "block": index, "loss": outcome.loss,
                                              "damping": outcome.damping,
                                              "fell_back_to_rtn": outcome.fell_back_to_rtn})
         del collector
+        next_hidden = run_block(block, inputs) if config.propagate_quantized else float_outputs
+        inputs = BlockInputs(hidden=next_hidden, kwargs=inputs.kwargs)
+        source.release(block_name)
     rounded([t for t in targets if t.name not in quantized])
     return quantized
 

@@ -10,11 +10,12 @@ from transformers import AutoModelForCausalLM
 from services.common import modelio
 from services.common.engine_api import ProgressReporter
 from services.quantizer.configs import WeightOnlyConfig
-from services.quantizer.ct_format import is_compressed_tensors, save_compressed_tensors
+from services.quantizer.ct_format import is_compressed_tensors, write_compressed_tensors
 from services.quantizer.engine import METHODS
 from services.quantizer.qscheme import WeightScheme, compute_qparams, dequantize, fake_quantize, quantize
 from services.quantizer.rtn import quantize_rtn
-from services.quantizer.targets import fallback_report, weight_targets
+from services.quantizer.streaming import StreamingModel
+from services.quantizer.targets import fallback_report, tied_head, weight_targets
 
 
 @pytest.mark.parametrize("scheme", [WeightScheme(4, 64, True), WeightScheme(4, 32, False), WeightScheme(8, 0, True),
@@ -41,32 +42,49 @@ def test_group_that_does_not_divide_falls_back_per_layer():
     assert scheme.for_layer(100).group_size == 0  # no power-of-two divisor >= 16: per channel
 
 
+def reference_model(folder, quantized):
+    """The FP32 model with every quantized weight replaced by what its codes and scales mean."""
+    model = modelio.load_model(folder, dtype=torch.float32)
+    with torch.no_grad():
+        for name, qw in quantized.items():
+            model.get_submodule(name).weight.data = dequantize(qw.codes, qw.params)
+    return model
+
+
+def quantize_to_disk(folder, config, out):
+    source = StreamingModel(folder)
+    targets = weight_targets(source.model, config)
+    quantized = quantize_rtn(lambda t: source.reader.get(source.key(f"{t.name}.weight")), targets)
+    write_compressed_tensors(source, quantized, out, tied_head(source.model))
+    return quantized
+
+
 @pytest.mark.parametrize("config", [
     WeightOnlyConfig(bits=4, group_size=64),
     WeightOnlyConfig(bits=4, group_size=128, symmetric=False),
     WeightOnlyConfig(bits=8, group_size=0),
 ])
 def test_saved_model_reloads_through_transformers_bit_exact(config, tiny_llama_dir, tmp_path):
-    model = modelio.load_model(tiny_llama_dir, dtype=torch.float32)
-    quantized = quantize_rtn(model, weight_targets(model, config))
+    quantized = quantize_to_disk(tiny_llama_dir, config, tmp_path / "m")
     ids = torch.randint(0, 30522, (2, 12))
     with torch.no_grad():
-        expected = model(input_ids=ids).logits
-    save_compressed_tensors(model, quantized, tmp_path / "m")
+        expected = reference_model(tiny_llama_dir, quantized)(input_ids=ids).logits
+        plain = modelio.load_model(tiny_llama_dir)(input_ids=ids).logits
     assert is_compressed_tensors(tmp_path / "m")
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
     with torch.no_grad():
         got = reloaded(input_ids=ids).logits
     assert torch.equal(got, expected)
+    assert not torch.equal(got, plain)  # the weights really moved to the grid
 
 
 def test_tied_head_is_stored_once_and_int4_is_packed(tiny_llama_dir, tmp_path):
-    model = modelio.load_model(tiny_llama_dir, dtype=torch.float32)
-    save_compressed_tensors(model, quantize_rtn(model, weight_targets(model, WeightOnlyConfig())), tmp_path / "m")
+    quantize_to_disk(tiny_llama_dir, WeightOnlyConfig(), tmp_path / "m")
     with safe_open(str(tmp_path / "m" / "model.safetensors"), "pt") as f:
         keys = set(f.keys())
         assert f.get_slice("model.layers.0.mlp.up_proj.weight_packed").get_dtype() == "I32"
         assert f.get_slice("model.embed_tokens.weight").get_dtype() == "I8"
+        assert f.get_slice("model.layers.0.mlp.up_proj.weight_scale").get_dtype() == "F16"
     assert "lm_head.weight" not in keys and "model.embed_tokens.weight" in keys
     assert json.loads((tmp_path / "m" / "config.json").read_text())["tie_word_embeddings"] is True
 

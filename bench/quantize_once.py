@@ -1,0 +1,34 @@
+"""Runs one quantizer method in this (fresh) process and prints wall time, peak RSS and figures.
+
+    python bench/quantize_once.py METHOD CONFIG_JSON SRC_DIR DST_DIR
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+from services.common.configspec import parse_config
+from services.common.engine_api import ProgressReporter
+from services.quantizer.engine import METHODS
+
+
+def main() -> None:
+    method, config_json, src, dst = sys.argv[1:5]
+    chosen = METHODS[method]
+    config = parse_config(chosen.config_cls, json.loads(config_json))
+    start = time.perf_counter()
+    result = chosen.run(config, Path(src), Path(dst), ProgressReporter())
+    json.dump({
+        "wall_s": time.perf_counter() - start,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "metrics": result.metrics,
+        "compression": result.compression,
+    }, sys.stdout, default=str)
+
+
+if __name__ == "__main__":
+    main()
