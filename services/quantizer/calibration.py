@@ -1,8 +1,6 @@
-"""Calibration data and the layer-by-layer walk data-aware algorithms share.
-
-Only the current block's inputs are held in memory: the model's blocks are run one at a
-time on the calibration samples, each block's output becoming the next block's input,
-so peak memory is one block's activations for all samples, not the whole model's.
+"""Calibration data and the block-level pieces data-aware algorithms share: the text
+windows, the inputs captured at the first block, running one block on them, and the
+per-Linear Hessians. Only the current block's inputs are ever held (see sequential.py).
 """
 
 from __future__ import annotations

@@ -101,10 +101,10 @@ def write_compressed_tensors(source, quantized: dict[str, QuantizedWeight], fold
     tensors: dict[str, torch.Tensor] = {}
     for key in source.reader.keys():
         if key not in quantized_keys:
-            tensors[key.removeprefix(source._strip)] = source.reader.get(key).contiguous()
+            tensors[key.removeprefix(source.checkpoint_prefix)] = source.reader.get(key).contiguous()
     head = tied_head[0] if tied_head else None
-    for name, qw in quantized.items():
-        tensors.update(module_tensors(name, qw, codes=name != head))
+    for name in list(quantized):
+        tensors.update(module_tensors(name, quantized[name], codes=name != head))
     tensors.pop(f"{head}.weight", None)
     save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
 

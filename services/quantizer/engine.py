@@ -23,7 +23,7 @@ from services.quantizer.int8 import quantize_int8_weight_only
 from services.quantizer.rtn import quantize_rtn
 from services.quantizer.sequential import quantize_gptq
 from services.quantizer.streaming import StreamingModel
-from services.quantizer.targets import fallback_report, tied_head, weight_targets
+from services.quantizer.targets import fallback_report, weight_targets
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
                    "tokenizer.model", "merges.txt", "vocab.json", "added_tokens.json", "chat_template.jinja",
@@ -102,7 +102,7 @@ def _stream_float(src: Path, reporter: ProgressReporter) -> StreamingModel:
 def _save_weight_only(source: StreamingModel, quantized, targets, config, dst: Path, reporter: ProgressReporter,
                       method: str, extra_metrics: dict | None = None) -> StageResult:
     reporter.report(len(targets), len(targets) + 1, "writing compressed-tensors model")
-    write_compressed_tensors(source, quantized, dst, tied_head(source.model))
+    write_compressed_tensors(source, quantized, dst, source.tied_head)
     copy_tokenizer(source.reader.folder, dst)
     n = len(targets)
     reporter.report(n + 1, n + 1, "saved compressed-tensors model")

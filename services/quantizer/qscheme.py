@@ -62,6 +62,9 @@ class QuantParams:
     scale: torch.Tensor
     zero_point: torch.Tensor | None  # None when symmetric
 
+    def clone(self) -> "QuantParams":
+        return QuantParams(self.scale.clone(), None if self.zero_point is None else self.zero_point.clone())
+
     def rows(self, start: int, end: int) -> "QuantParams":
         return QuantParams(self.scale[start:end], None if self.zero_point is None else self.zero_point[start:end])
 
@@ -90,13 +93,14 @@ def compute_qparams(weight: torch.Tensor, scheme: WeightScheme, clip_ratio: floa
 
 
 def quantize(weight: torch.Tensor, params: QuantParams, scheme: WeightScheme) -> torch.Tensor:
-    """Integer codes (as int8 values; unsigned 4-bit codes still fit) for `weight`."""
+    """Integer codes for `weight`: int8 whenever the grid fits (all but unsigned 8-bit), else int16."""
     width = weight.shape[1] // params.scale.shape[1]
     groups = _grouped(weight.float(), width)
     codes = groups / params.scale[..., None]
     if params.zero_point is not None:
         codes = codes + params.zero_point[..., None]
-    return torch.round(codes).clamp_(scheme.qmin, scheme.qmax).reshape(weight.shape).to(torch.int16)
+    dtype = torch.int8 if scheme.qmax <= 127 else torch.int16
+    return torch.round(codes).clamp_(scheme.qmin, scheme.qmax).reshape(weight.shape).to(dtype)
 
 
 def dequantize(codes: torch.Tensor, params: QuantParams) -> torch.Tensor:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import torch
 
 from services.quantizer.ct_format import QuantizedWeight
-from services.quantizer.qscheme import WeightScheme, compute_qparams, dequantize, quantize
+from services.quantizer.qscheme import QuantParams, WeightScheme, compute_qparams, dequantize, quantize
 from services.quantizer.targets import Target
 
 
@@ -18,10 +18,24 @@ def relative_error(before: torch.Tensor, after: torch.Tensor) -> float:
     return float((after.float() - before.float()).norm() / before.float().norm().clamp(min=1e-12))
 
 
-def round_weight(weight: torch.Tensor, scheme: WeightScheme, kind: str) -> tuple[QuantizedWeight, float]:
-    params = compute_qparams(weight, scheme)
-    codes = quantize(weight, params, scheme)
-    return QuantizedWeight(scheme, params, codes, kind), relative_error(weight, dequantize(codes, params))
+def round_weight(weight: torch.Tensor, scheme: WeightScheme, kind: str, rows_per_chunk: int = 4096
+                 ) -> tuple[QuantizedWeight, float]:
+    """Rows are independent (groups never cross a row), so a large matrix such as a 49k-row
+    embedding is rounded a slice at a time and its float temporaries stay small."""
+    scales, zero_points, codes = [], [], []
+    error_sq = norm_sq = 0.0
+    for start in range(0, weight.shape[0], rows_per_chunk):
+        rows = weight[start:start + rows_per_chunk].float()
+        params = compute_qparams(rows, scheme)
+        chunk_codes = quantize(rows, params, scheme)
+        error_sq += float((dequantize(chunk_codes, params) - rows).pow(2).sum())
+        norm_sq += float(rows.pow(2).sum())
+        scales.append(params.scale)
+        zero_points.append(params.zero_point)
+        codes.append(chunk_codes)
+    params = QuantParams(torch.cat(scales), None if zero_points[0] is None else torch.cat(zero_points))
+    error = (error_sq / max(norm_sq, 1e-24)) ** 0.5
+    return QuantizedWeight(scheme, params, torch.cat(codes), kind), error
 
 
 @torch.no_grad()
@@ -40,7 +54,7 @@ def quantize_rtn(weight_of: Callable[[Target], torch.Tensor], targets: list[Targ
         if shared is not None:
             qw, error = shared, 0.0
         else:
-            qw, error = round_weight(weight_of(target).float(), target.scheme, target.kind)
+            qw, error = round_weight(weight_of(target), target.scheme, target.kind)
         done[target.name] = by_parameter[id(target.module.weight)] = qw
         on_layer(i + 1, len(targets), target.name, error)
     return done

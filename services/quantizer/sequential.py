@@ -10,6 +10,7 @@ are rounded to nearest at the end.
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Callable
 
 import torch
@@ -19,7 +20,8 @@ from services.quantizer.calibration import (BlockInputs, HessianCollector, captu
 from services.quantizer.configs import GptqConfig
 from services.quantizer.ct_format import QuantizedWeight
 from services.quantizer.gptq import gptq_quantize
-from services.quantizer.qscheme import dequantize, quantize
+from services.common.packed import Int8Embedding
+from services.quantizer.qscheme import SCALE_DTYPE, quantize
 from services.quantizer.rtn import quantize_rtn
 from services.quantizer.streaming import StreamingModel
 from services.quantizer.targets import Target
@@ -44,13 +46,21 @@ def quantize_gptq(source: StreamingModel, targets: list[Target], batches: torch.
         nonlocal done
         for name, qw in quantize_rtn(lambda t: t.module.weight.data, chosen, by_parameter=by_parameter).items():
             quantized[name] = qw
-            module = by_name[name].module
-            module.weight.data = dequantize(qw.codes, qw.params)
             done += 1
             on_layer(done, total, name, {"method": "rtn"})
 
-    rounded([t for t in targets if t.role == "embedding"])
+    # The embedding is quantized first; the first block's inputs are computed from its int8
+    # codes (an Int8Embedding computes exactly the dequantized rows), never a float copy.
+    embedding_targets = [t for t in targets if t.role == "embedding"]
+    rounded(embedding_targets)
+    for target in embedding_targets:
+        source.model.set_submodule(target.name, int8_embedding(target.module, quantized[target.name]))
+    release_free_memory()
     inputs = capture_first_block_inputs(model, batches)
+    # A tied head needs no weights later: it reuses the embedding's codes (same parameter).
+    for target in embedding_targets:
+        source.model.set_submodule(target.name, target.module.to_empty(device="meta"))
+    release_free_memory()
     for index, (block_name, block) in enumerate(blocks):
         source.load([block_name])
         layers = {f"{block_name}.{sub}": m for sub, m in linear_layers(block).items()
@@ -72,7 +82,9 @@ def quantize_gptq(source: StreamingModel, targets: list[Target], batches: torch.
             row = 0
             for name, module in zip(names, modules):
                 rows = slice(row, row + module.weight.shape[0])
-                quantized[name] = QuantizedWeight(scheme, outcome.params.rows(rows.start, rows.stop), codes[rows])
+                # Own copies: row slices would keep the whole stacked tensor alive (and share storage).
+                quantized[name] = QuantizedWeight(scheme, outcome.params.rows(rows.start, rows.stop).clone(),
+                                                  codes[rows].clone())
                 module.weight.data = outcome.weight[rows].clone()
                 row = rows.stop
                 done += 1
@@ -83,8 +95,25 @@ def quantize_gptq(source: StreamingModel, targets: list[Target], batches: torch.
         next_hidden = run_block(block, inputs) if config.propagate_quantized else float_outputs
         inputs = BlockInputs(hidden=next_hidden, kwargs=inputs.kwargs)
         source.release(block_name)
+        release_free_memory()
     rounded([t for t in targets if t.name not in quantized])
     return quantized
+
+
+def int8_embedding(original: torch.nn.Embedding, qw: QuantizedWeight) -> Int8Embedding:
+    module = Int8Embedding(original.num_embeddings, original.embedding_dim, original.padding_idx)
+    module.weight = qw.codes.to(torch.int8)
+    module.weight_scale = qw.params.scale.to(SCALE_DTYPE).float().reshape(-1)
+    return module
+
+
+def release_free_memory() -> None:
+    """Hands freed heap pages back to the OS; glibc keeps them otherwise, and block-sized
+    allocations of the walk would pile up in RSS."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc
+        pass
 
 
 def shared_input_groups(hessians: dict[str, torch.Tensor]) -> list[list[str]]:

@@ -76,10 +76,14 @@ class StreamingModel:
         with torch.device("meta"):
             self.model = auto.from_config(config, dtype=torch.float32)
         self.model.eval()
-        # Checkpoints of bare encoders may carry a prefix (e.g. "bert.") the bare model lacks.
-        self._strip = self._checkpoint_prefix()
+        from services.quantizer.targets import tied_head
 
-    def _checkpoint_prefix(self) -> str:
+        # Read while the skeleton is intact: swapping modules later breaks the identity check.
+        self.tied_head = tied_head(self.model)
+        # Checkpoints of bare encoders may carry a prefix (e.g. "bert.") the bare model lacks.
+        self.checkpoint_prefix = self._find_checkpoint_prefix()
+
+    def _find_checkpoint_prefix(self) -> str:
         own = {n for n, _ in self.model.named_parameters()}
         for key in self.reader.keys():
             if key in own:
@@ -90,7 +94,7 @@ class StreamingModel:
         return ""
 
     def key(self, name: str) -> str:
-        return self._strip + name
+        return self.checkpoint_prefix + name
 
     def load(self, prefixes: list[str] | None = None, *, exclude: list[str] | None = None) -> None:
         """Reads the tensors under `prefixes` (all when None), skipping those under `exclude`."""

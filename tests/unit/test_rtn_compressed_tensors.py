@@ -15,7 +15,7 @@ from services.quantizer.engine import METHODS
 from services.quantizer.qscheme import WeightScheme, compute_qparams, dequantize, fake_quantize, quantize
 from services.quantizer.rtn import quantize_rtn
 from services.quantizer.streaming import StreamingModel
-from services.quantizer.targets import fallback_report, tied_head, weight_targets
+from services.quantizer.targets import fallback_report, weight_targets
 
 
 @pytest.mark.parametrize("scheme", [WeightScheme(4, 64, True), WeightScheme(4, 32, False), WeightScheme(8, 0, True),
@@ -55,7 +55,7 @@ def quantize_to_disk(folder, config, out):
     source = StreamingModel(folder)
     targets = weight_targets(source.model, config)
     quantized = quantize_rtn(lambda t: source.reader.get(source.key(f"{t.name}.weight")), targets)
-    write_compressed_tensors(source, quantized, out, tied_head(source.model))
+    write_compressed_tensors(source, quantized, out, source.tied_head)
     return quantized
 
 
