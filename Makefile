@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 MP := $(PY) -m services.gateway.cli
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-fast bench proto lint-proto clean
+.PHONY: install demo test test-fast bench bench-quant proto lint-proto clean
 
 install: $(STAMP)
 
@@ -36,6 +36,10 @@ test-fast: install
 
 bench: install
 	$(PY) bench/artifact_throughput.py
+
+# Every quantizer recipe on SmolLM2-135M and MiniLM-L6 -> bench/results/quantization.json (long).
+bench-quant: install
+	$(PY) bench/quantization.py
 
 proto: install
 	$(PY) proto/generate.py

@@ -119,8 +119,18 @@ def main() -> None:
                 "artifact_dir": str(out),
             })
             print_row(rows[-1], header=len(rows) == 1)
+            save(rows)
+    save(rows)
+
+
+def save(rows: list[dict]) -> None:
+    """Merges into the existing table: a (model, recipe) measured again replaces its old row."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "quantization.json").write_text(json.dumps({"cpus": torch.get_num_threads(), "rows": rows}, indent=2))
+    path = RESULTS / "quantization.json"
+    previous = json.loads(path.read_text())["rows"] if path.exists() else []
+    fresh = {(r["model"], r["recipe"]) for r in rows}
+    merged = [r for r in previous if (r["model"], r["recipe"]) not in fresh] + rows
+    path.write_text(json.dumps({"threads": torch.get_num_threads(), "rows": merged}, indent=2))
 
 
 def print_row(row: dict, header: bool) -> None:
