@@ -36,7 +36,9 @@ DEFAULT_RECIPES = {
     "minilm-l6": ["int8-weight-only", "w4a16-rtn", "w4a16-gptq"],
 }
 # Recipe variants: "name@N" runs the recipe with N calibration windows.
-ENCODER_CALIBRATION = {"calibration_sequence_length": 128}
+# Sentence encoders see short inputs: many short windows calibrate them best (measured:
+# MiniLM INT4 cosine 0.972 with 16 x 128 tokens, 0.981 with 256 x 128).
+ENCODER_CALIBRATION = {"calibration_sequence_length": 128, "calibration_samples": 256}
 
 
 def stage_of(recipe: str, model: str) -> tuple[str, dict]:
