@@ -49,9 +49,16 @@ def _architecture(model) -> str:
     return (model.config.architectures or [type(model).__name__])[0]
 
 
+def _refuse_quantized(src: Path) -> None:
+    """Every method starts from float weights; re-quantizing codes would compound errors silently."""
+    if packed.is_packed(src) or modelio.read_config(src).get("quantization_config"):
+        raise ValueError("the input is already quantized; start from a float model")
+
+
 def _cast(dtype: torch.dtype) -> Callable[[MethodConfig, Path, Path, ProgressReporter], StageResult]:
     def run(_config: MethodConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
         reporter.report(0, 2, "loading model")
+        _refuse_quantized(src)
         model = modelio.load_model(src)
         reporter.report(1, 2, f"casting to {dtype}")
         model = model.to(dtype)
@@ -71,9 +78,8 @@ def _cast(dtype: torch.dtype) -> Callable[[MethodConfig, Path, Path, ProgressRep
 def _int8_weight_only(config: Int8WeightOnlyConfig, src: Path, dst: Path, reporter: ProgressReporter
                       ) -> StageResult:
     reporter.report(0, 1, "loading model")
+    _refuse_quantized(src)
     model = modelio.load_model(src)
-    if packed.is_packed(src):
-        raise ValueError("the input is already quantized; start from a float model")
 
     def on_layer(i: int, n: int, name: str, error: float) -> None:
         reporter.report(i, n + 1, f"quantized {name} ({i}/{n})", layer=name, relative_weight_error=error)
@@ -94,8 +100,7 @@ def _int8_weight_only(config: Int8WeightOnlyConfig, src: Path, dst: Path, report
 
 def _stream_float(src: Path, reporter: ProgressReporter) -> StreamingModel:
     reporter.report(0, 1, "reading model layout")
-    if packed.is_packed(src) or modelio.read_config(src).get("quantization_config"):
-        raise ValueError("the input is already quantized; start from a float model")
+    _refuse_quantized(src)
     return StreamingModel(src)
 
 

@@ -115,3 +115,11 @@ def test_reloaded_int4_model_counts_its_logical_parameters(tiny_llama_dir, tmp_p
     original = count_parameters(modelio.load_model(tiny_llama_dir))
     METHODS["rtn"].run(WeightOnlyConfig(), tiny_llama_dir, tmp_path / "m", ProgressReporter())
     assert count_parameters(modelio.load_model(tmp_path / "m")) == original
+
+
+@pytest.mark.parametrize("method,config", [("rtn", WeightOnlyConfig()), ("int8-weight-only", None), ("fp16", None)])
+def test_an_already_quantized_input_is_refused_by_every_method(method, config, tiny_llama_dir, tmp_path):
+    METHODS["rtn"].run(WeightOnlyConfig(), tiny_llama_dir, tmp_path / "q", ProgressReporter())
+    chosen = METHODS[method]
+    with pytest.raises(ValueError, match="already quantized"):
+        chosen.run(config or chosen.config_cls(), tmp_path / "q", tmp_path / "again", ProgressReporter())
