@@ -112,22 +112,48 @@ def linear_layers(block: nn.Module) -> dict[str, nn.Linear]:
     return {name: m for name, m in block.named_modules() if isinstance(m, nn.Linear)}
 
 
-class HessianCollector:
-    """Accumulates H = 2/n · Σ xᵀx over the rows fed to each Linear of a block."""
+@dataclass
+class InputStats:
+    """What a block's calibration pass saw entering one Linear."""
 
-    def __init__(self, layers: dict[str, nn.Linear]) -> None:
-        self.hessians = {name: torch.zeros(m.in_features, m.in_features) for name, m in layers.items()}
-        self.rows = dict.fromkeys(layers, 0)
+    hessian: torch.Tensor  # H = 2/n · Σ xᵀx  [in, in]
+    abs_mean: torch.Tensor  # mean |x| per input channel (AWQ's activation salience)
+    abs_max: torch.Tensor  # max |x| per input channel (SmoothQuant, static activation ranges)
+    sample: list[torch.Tensor]  # every k-th row, for searches whose loss is not quadratic
+    rows: int = 0
+
+    def sample_rows(self) -> torch.Tensor:
+        return torch.cat(self.sample) if self.sample else torch.zeros(0, self.hessian.shape[0])
+
+
+class InputStatsCollector:
+    """Accumulates InputStats over the rows fed to each Linear of a block.
+
+    `sample_every` > 0 also keeps every k-th input row (a fixed stride, so reruns agree).
+    """
+
+    def __init__(self, layers: dict[str, nn.Linear], sample_every: int = 0) -> None:
+        self.stats = {name: InputStats(torch.zeros(m.in_features, m.in_features), torch.zeros(m.in_features),
+                                       torch.zeros(m.in_features), []) for name, m in layers.items()}
+        self.sample_every = sample_every
         self._handles = [m.register_forward_hook(self._hook(name)) for name, m in layers.items()]
+
+    @property
+    def hessians(self) -> dict[str, torch.Tensor]:
+        return {name: s.hessian for name, s in self.stats.items()}
 
     def _hook(self, name: str) -> Callable:
         def accumulate(_module, args, _output):
             x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
-            n_old, n_new = self.rows[name], x.shape[0]
-            h = self.hessians[name]
-            h.mul_(n_old / (n_old + n_new))
-            h.addmm_(x.T, x, alpha=2.0 / (n_old + n_new))
-            self.rows[name] = n_old + n_new
+            stats = self.stats[name]
+            n_old, n_new = stats.rows, x.shape[0]
+            keep = n_old / (n_old + n_new)
+            stats.hessian.mul_(keep).addmm_(x.T, x, alpha=2.0 / (n_old + n_new))
+            stats.abs_mean.mul_(keep).add_(x.abs().sum(dim=0), alpha=1.0 / (n_old + n_new))
+            torch.maximum(stats.abs_max, x.abs().amax(dim=0), out=stats.abs_max)
+            if self.sample_every:
+                stats.sample.append(x[:: self.sample_every].clone())
+            stats.rows = n_old + n_new
 
         return accumulate
 

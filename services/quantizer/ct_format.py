@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from services.quantizer.activations import ActivationScheme
 from services.quantizer.qscheme import SCALE_DTYPE, QuantParams, WeightScheme
 
 WEIGHTS_FILE = "model.safetensors"
@@ -33,6 +34,8 @@ class QuantizedWeight:
     params: QuantParams
     codes: torch.Tensor  # grid indices as produced by qscheme.quantize, [out, in]
     kind: str = "Linear"  # or "Embedding"
+    activations: ActivationScheme | None = None  # W8A8: how the layer's inputs are quantized
+    input_scale: torch.Tensor | None = None  # static activation scale, shape [1]
 
 
 def _exact(module_name: str) -> str:
@@ -51,18 +54,21 @@ def quantization_config(quantized: dict[str, QuantizedWeight]) -> dict:
 
     by_scheme: dict[tuple, list[str]] = defaultdict(list)
     for name, qw in quantized.items():
-        by_scheme[(qw.scheme, qw.kind)].append(name)
+        by_scheme[(qw.scheme, qw.kind, qw.activations)].append(name)
     groups = {}
-    for i, ((scheme, _kind), names) in enumerate(sorted(by_scheme.items(), key=lambda kv: sorted(kv[1])[0])):
+    for i, ((scheme, _kind, acts), names) in enumerate(sorted(by_scheme.items(), key=lambda kv: sorted(kv[1])[0])):
         grouped = scheme.group_size > 0
         groups[f"group_{i}"] = QuantizationScheme(
             targets=[_exact(n) for n in sorted(names)],
             weights=QuantizationArgs(num_bits=scheme.bits, type="int", symmetric=scheme.symmetric,
                                      strategy="group" if grouped else "channel",
                                      group_size=scheme.group_size if grouped else None, scale_dtype=SCALE_DTYPE),
+            input_activations=None if acts is None else QuantizationArgs(
+                num_bits=acts.bits, type="int", symmetric=True, dynamic=acts.dynamic,
+                strategy="token" if acts.dynamic else "tensor"),
             format=_format(scheme),
         )
-    formats = {_format(s) for s, _ in by_scheme}
+    formats = {_format(s) for s, _, _ in by_scheme}
     config = QuantizationConfig(config_groups=groups, quantization_status="compressed",
                                 format=formats.pop() if len(formats) == 1 else "mixed-precision")
     return {"version": compressed_tensors.__version__, "quant_method": "compressed-tensors", "sparsity_config": {},
@@ -80,6 +86,8 @@ def module_tensors(name: str, qw: QuantizedWeight, *, codes: bool = True) -> dic
     out = {f"{name}.weight_scale": qw.params.scale.to(SCALE_DTYPE).contiguous()}
     if qw.params.zero_point is not None:
         out[f"{name}.weight_zero_point"] = _signed(qw.params.zero_point, qw.scheme).to(torch.int8).contiguous()
+    if qw.input_scale is not None:
+        out[f"{name}.input_scale"] = qw.input_scale.float().reshape(1).contiguous()
     if not codes:
         return out
     signed = _signed(qw.codes, qw.scheme).to(torch.int8)
@@ -92,8 +100,10 @@ def module_tensors(name: str, qw: QuantizedWeight, *, codes: bool = True) -> dic
 
 
 def write_compressed_tensors(source, quantized: dict[str, QuantizedWeight], folder: Path,
-                             tied_head: tuple[str, str] | None = None) -> None:
-    """`source` is a StreamingModel of the float model the codes were computed from."""
+                             tied_head: tuple[str, str] | None = None,
+                             rewritten: dict[str, torch.Tensor] | None = None) -> None:
+    """`source` is a StreamingModel of the float model the codes were computed from;
+    `rewritten` holds float tensors the algorithm changed (e.g. norms smoothing folded into)."""
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -101,7 +111,9 @@ def write_compressed_tensors(source, quantized: dict[str, QuantizedWeight], fold
     tensors: dict[str, torch.Tensor] = {}
     for key in source.reader.keys():
         if key not in quantized_keys:
-            tensors[key.removeprefix(source.checkpoint_prefix)] = source.reader.get(key).contiguous()
+            name = key.removeprefix(source.checkpoint_prefix)
+            changed = (rewritten or {}).get(name)
+            tensors[name] = (source.reader.get(key) if changed is None else changed).contiguous()
     head = tied_head[0] if tied_head else None
     for name in list(quantized):
         tensors.update(module_tensors(name, quantized[name], codes=name != head))

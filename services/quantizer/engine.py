@@ -21,7 +21,8 @@ from services.quantizer.configs import CastConfig, GptqConfig, Int8WeightOnlyCon
 from services.quantizer.ct_format import write_compressed_tensors
 from services.quantizer.int8 import quantize_int8_weight_only
 from services.quantizer.rtn import quantize_rtn
-from services.quantizer.sequential import quantize_gptq
+from services.quantizer.gptq import gptq_block_step
+from services.quantizer.sequential import quantize_sequential
 from services.quantizer.streaming import StreamingModel
 from services.quantizer.targets import fallback_report, weight_targets
 
@@ -105,9 +106,10 @@ def _stream_float(src: Path, reporter: ProgressReporter) -> StreamingModel:
 
 
 def _save_weight_only(source: StreamingModel, quantized, targets, config, dst: Path, reporter: ProgressReporter,
-                      method: str, extra_metrics: dict | None = None) -> StageResult:
+                      method: str, extra_metrics: dict | None = None,
+                      rewritten: dict[str, torch.Tensor] | None = None) -> StageResult:
     reporter.report(len(targets), len(targets) + 1, "writing compressed-tensors model")
-    write_compressed_tensors(source, quantized, dst, source.tied_head)
+    write_compressed_tensors(source, quantized, dst, source.tied_head, rewritten)
     copy_tokenizer(source.reader.folder, dst)
     n = len(targets)
     reporter.report(n + 1, n + 1, "saved compressed-tensors model")
@@ -143,10 +145,12 @@ def _gptq(config: GptqConfig, src: Path, dst: Path, reporter: ProgressReporter) 
             losses.append(figures["loss"])
         reporter.report(i, total + 1, f"{figures['method']} {name} ({i}/{total})", layer=name, **figures)
 
-    quantized = quantize_gptq(source, targets, batches, config, on_layer)
+    step = gptq_block_step(config.damping, config.block_size, config.act_order)
+    result = quantize_sequential(source, targets, batches, step, on_layer,
+                                 propagate_quantized=config.propagate_quantized)
     extra = {"mean_gptq_loss": sum(losses) / len(losses) if losses else 0.0,
              "calibration_tokens": int(batches.numel())}
-    return _save_weight_only(source, quantized, targets, config, dst, reporter, "gptq", extra)
+    return _save_weight_only(source, result.quantized, targets, config, dst, reporter, "gptq", extra)
 
 
 def effective_bits(targets, roles: tuple[str, ...] = ("linear", "embedding", "head")) -> float:

@@ -12,9 +12,13 @@ is rounded to nearest and reported, never a crash.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
+
+from services.quantizer.ct_format import QuantizedWeight
+from services.quantizer.sequential import BlockStep, BlockWork, shared_input_groups, split_rows
 
 from services.quantizer.qscheme import QuantParams, WeightScheme, compute_qparams, dequantize, fake_quantize, quantize
 
@@ -116,3 +120,27 @@ def _loss(weight: torch.Tensor, quantized: torch.Tensor, hessian: torch.Tensor) 
     num = torch.einsum("ij,jk,ik->", delta, hessian.float(), delta)
     den = torch.einsum("ij,jk,ik->", weight.float(), hessian.float(), weight.float())
     return float(num / den.clamp(min=1e-12))
+
+
+def gptq_block_step(damping: float, block_size: int, act_order: bool,
+                    hessian_of: Callable[[BlockWork, str], torch.Tensor] | None = None) -> BlockStep:
+    """GPTQ over one block. Layers reading the same input (q/k/v, gate/up) share H; GPTQ
+    treats rows independently given H, so stacking their rows is exact and runs the column
+    loop once. `hessian_of` lets a caller supply H in a transformed basis (SmoothQuant)."""
+    def step(work: BlockWork) -> Iterator[tuple[str, QuantizedWeight, dict]]:
+        hessians = {n: (hessian_of(work, n) if hessian_of else work.stats[n].hessian) for n in work.layers}
+        for names in shared_input_groups(hessians, {n: work.targets[n].scheme for n in work.layers}):
+            modules = [(n, work.layers[n]) for n in names]
+            scheme = work.targets[names[0]].scheme
+            stacked = torch.cat([m.weight for _, m in modules], dim=0)
+            outcome = gptq_quantize(stacked, hessians[names[0]], scheme, damping=damping, block_size=block_size,
+                                    act_order=act_order)
+            codes = quantize(outcome.weight, outcome.params, scheme)
+            for name, rows in split_rows(modules):
+                # Own copies: row slices would keep the whole stacked tensor alive (and share storage).
+                work.layers[name].weight.data = outcome.weight[rows].clone()
+                yield name, QuantizedWeight(scheme, outcome.params.rows(rows.start, rows.stop).clone(),
+                                            codes[rows].clone()), \
+                    {"method": "gptq", "loss": outcome.loss, "damping": outcome.damping,
+                     "fell_back_to_rtn": outcome.fell_back_to_rtn}
+    return step
