@@ -32,9 +32,13 @@ from services.gateway.recipes import RECIPES
 RESULTS = Path(__file__).resolve().parent / "results"
 HERE = Path(__file__).resolve().parent
 DEFAULT_RECIPES = {
-    "smollm2-135m": ["fp16", "bf16", "int8-weight-only", "w4a16-rtn", "w4a16-gptq", "w4a16-gptq@128"],
-    "minilm-l6": ["int8-weight-only", "w4a16-rtn", "w4a16-gptq"],
+    "smollm2-135m": ["fp16", "bf16", "int8-weight-only", "w8a8-dynamic", "w8a8-static", "w8a8-smoothquant",
+                     "w4a16-rtn", "w4a16-gptq", "w4a16-gptq@128", "w4a16-awq", "w4a16-awq@128", "w4a16-qat",
+                     "w4a16-mixed"],
+    "minilm-l6": ["int8-weight-only", "w8a8-dynamic", "w8a8-smoothquant", "w4a16-rtn", "w4a16-gptq", "w4a16-awq",
+                  "w4a16-qat", "w4a16-mixed"],
 }
+CALIBRATED = ("gptq", "awq", "qat", "mixed-precision", "w8a8", "smoothquant")
 # Recipe variants: "name@N" runs the recipe with N calibration windows.
 # Sentence encoders see short inputs: many short windows calibrate them best (measured:
 # MiniLM INT4 cosine 0.972 with 16 x 128 tokens, 0.981 with 256 x 128).
@@ -45,7 +49,7 @@ def stage_of(recipe: str, model: str) -> tuple[str, dict]:
     name, _, samples = recipe.partition("@")
     (stage,) = RECIPES[name].stages
     config = dict(stage.config)
-    if stage.method in ("gptq",):
+    if stage.method in CALIBRATED:
         if model == "minilm-l6":
             config.update(ENCODER_CALIBRATION)
         if samples:
@@ -64,6 +68,8 @@ def quantize(method: str, config: dict, src: Path, dst: Path) -> dict:
 def bits_of(recipe: str, config: dict) -> tuple[int, int]:
     if recipe in ("fp16", "bf16"):
         return 16, 0
+    if recipe.startswith("w8a8"):
+        return 8, 0
     return int(config.get("bits", 8)), int(config.get("group_size", 0))
 
 

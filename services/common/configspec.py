@@ -8,11 +8,12 @@ Engines declare `class Int8WeightOnlyConfig(MethodConfig)`; servicers publish it
 from __future__ import annotations
 
 import typing
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 import annotated_types
 from google.protobuf import json_format, struct_pb2
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 
 from modelpress.v1 import common_pb2
 
@@ -21,6 +22,21 @@ class MethodConfig(BaseModel):
     """Base of every method config: unknown fields are errors, not silently ignored."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    # Fields naming an artifact (e.g. a calibration dataset) that the service fetches
+    # before the engine runs; the engine reads the local copy through `local_path`.
+    artifact_fields: ClassVar[tuple[str, ...]] = ()
+    _local_paths: dict[str, Path] = PrivateAttr(default_factory=dict)
+
+    def bind_local(self, field: str, path: Path) -> None:
+        self._local_paths[field] = Path(path)
+
+    def local_path(self, field: str) -> Path | None:
+        """The fetched copy of the artifact `field` names; None when the field is empty."""
+        if not getattr(self, field):
+            return None
+        if field not in self._local_paths:
+            raise ValueError(f"{field}: artifact {getattr(self, field)!r} was not fetched for this run")
+        return self._local_paths[field]
 
 
 class ConfigError(ValueError):

@@ -51,6 +51,14 @@ class TechniqueServicer:
         except Exception as exc:  # noqa: BLE001
             await abort_with(context, exc, f"{stage.method} config")
             return
+        for field in config.artifact_fields:
+            if artifact_id := getattr(config, field):
+                try:
+                    local = await self.runtime.models.local_folder(common_pb2.ModelRef(artifact_id=artifact_id))
+                except Exception as exc:  # noqa: BLE001
+                    await abort_with(context, exc, f"{stage.method} config: {field}")
+                    return
+                config.bind_local(field, local)
 
         def work(src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
             return method.run(config, src, dst, reporter)

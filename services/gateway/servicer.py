@@ -9,6 +9,7 @@ import grpc
 
 from modelpress.v1 import common_pb2, evaluator_pb2, gateway_pb2, gateway_pb2_grpc
 from services.common.artifact_store import ArtifactCorrupt, ArtifactNotFound
+from services.common.configspec import struct_to_dict
 from services.common.events import TERMINAL_STATES
 from services.common.job_store import JobNotFound
 from services.common.server import ServiceRuntime
@@ -23,6 +24,7 @@ DOWNLOAD_CHUNK = 1024 * 1024
 UPLOAD_FORMATS = (common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS, common_pb2.ARTIFACT_FORMAT_PACKED_SAFETENSORS,
                   common_pb2.ARTIFACT_FORMAT_COMPRESSED_TENSORS, common_pb2.ARTIFACT_FORMAT_DATASET_JSONL)
 
+DATASET_FIELD_SUFFIX = "_dataset"
 EVALUATOR_ISSUE = "arrives with the evaluator issue (#4)"
 OPTIMIZER_ISSUE = "arrives with the optimizer issue (#5)"
 
@@ -76,6 +78,21 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             except ArtifactNotFound:
                 raise ArtifactNotFound(f"{field}.artifact_id: artifact {model.artifact_id!r} not found") from None
 
+    async def _check_datasets(self, stages: list[common_pb2.StageSpec]) -> None:
+        """Config fields named `*_dataset` hold artifact ids: they must exist and be datasets."""
+        for spec in stages:
+            for field, value in struct_to_dict(spec.config).items():
+                if not field.endswith(DATASET_FIELD_SUFFIX) or not value:
+                    continue
+                try:
+                    stored = await self._runtime.store.stat(str(value))
+                except ArtifactNotFound:
+                    raise ArtifactNotFound(f"overrides.{field}: artifact {value!r} not found") from None
+                if stored.ref.format != common_pb2.ARTIFACT_FORMAT_DATASET_JSONL:
+                    raise InvalidArgument(f"overrides.{field}: artifact {value!r} is "
+                                          f"{common_pb2.ArtifactFormat.Name(stored.ref.format)}, "
+                                          f"not ARTIFACT_FORMAT_DATASET_JSONL")
+
     # ---- jobs ----------------------------------------------------------------
 
     @_maps_errors
@@ -83,6 +100,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         await self._check_model(request.model)
         evaluation = resolve_evaluation(request.evaluation)
         recipe, stages = validate_recipe(request.recipe, request.overrides, await self._methods())
+        await self._check_datasets(stages)
         job = common_pb2.Job(
             job_id=new_job_id(),
             name=request.name or f"{recipe.name} of {request.model.WhichOneof('source')}",

@@ -38,16 +38,22 @@ def fake_quantize_activations(x: torch.Tensor, scheme: ActivationScheme, scale: 
     return torch.round(x / scale).clamp_(-128, 127) * scale
 
 
-@contextmanager
-def simulated(layers: dict[str, nn.Linear], scheme: ActivationScheme,
-              scales: dict[str, torch.Tensor] | None = None) -> Iterator[None]:
-    """Inputs of `layers` are fake-quantized while the context is open."""
+def install(layers: dict[str, nn.Linear], scheme: ActivationScheme,
+            scales: dict[str, torch.Tensor] | None = None) -> list:
+    """Pre-hooks that fake-quantize the inputs of `layers`; the caller removes the handles."""
     def hook(name: str):
         def quantize_input(_module, args):
             return (fake_quantize_activations(args[0], scheme, (scales or {}).get(name)), *args[1:])
         return quantize_input
 
-    handles = [m.register_forward_pre_hook(hook(name)) for name, m in layers.items()]
+    return [m.register_forward_pre_hook(hook(name)) for name, m in layers.items()]
+
+
+@contextmanager
+def simulated(layers: dict[str, nn.Linear], scheme: ActivationScheme,
+              scales: dict[str, torch.Tensor] | None = None) -> Iterator[None]:
+    """Inputs of `layers` are fake-quantized while the context is open."""
+    handles = install(layers, scheme, scales)
     try:
         yield
     finally:

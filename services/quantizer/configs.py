@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -33,13 +33,57 @@ class WeightOnlyConfig(MethodConfig):
 
 
 class CalibrationConfig(MethodConfig):
+    artifact_fields: ClassVar[tuple[str, ...]] = ("calibration_dataset",)
+
     calibration_samples: int = Field(16, ge=1, le=1024, description="Calibration windows")
     calibration_sequence_length: int = Field(512, ge=16, le=4096, description="Tokens per calibration window")
+    calibration_dataset: str = Field(
+        "", description="Artifact id of an uploaded DATASET_JSONL artifact ({\"text\": ...} per line); "
+                        "empty = the built-in pydoc calibration split")
 
 
-class GptqConfig(WeightOnlyConfig, CalibrationConfig):
+class GptqSettings(MethodConfig):
     damping: float = Field(0.01, gt=0.0, le=1.0, description="Added to the Hessian diagonal, as a share of its mean")
     act_order: bool = Field(True, description="Visit columns by decreasing activation energy (static groups)")
     block_size: int = Field(128, ge=16, le=4096, description="Columns per lazy batch update")
+
+
+class GptqConfig(WeightOnlyConfig, CalibrationConfig, GptqSettings):
     propagate_quantized: bool = Field(
         True, description="Feed each block the quantized previous block's outputs (one more forward per block)")
+
+
+class AwqConfig(WeightOnlyConfig, CalibrationConfig):
+    scale_grid: int = Field(20, ge=1, le=100, description="Exponents tried by the per-channel scale search")
+    clip_search: bool = Field(True, description="Also search a per-group clipping of the weight range")
+    clip_grid: int = Field(20, ge=1, le=100, description="Clipping ratios tried, from 1 down to max_shrink")
+    max_shrink: float = Field(0.5, gt=0.0, lt=1.0, description="Smallest clipping ratio tried")
+
+
+class QatConfig(AwqConfig):
+    steps_per_block: int = Field(200, ge=0, le=10000, description="Optimizer steps per block (0 = AWQ only)")
+    learning_rate: float = Field(1e-4, gt=0.0, le=0.1, description="Adam learning rate of the float weights")
+    batch_windows: int = Field(2, ge=1, le=64, description="Calibration windows per optimizer step")
+
+
+class MixedPrecisionConfig(GptqConfig):
+    average_bits: float = Field(
+        4.5, ge=4.0, le=8.0, description="Budget: stored bits per Linear weight, scales included; the most "
+                                         "sensitive layers are kept at 8 bits until it is spent")
+
+
+class W8A8Config(CalibrationConfig, GptqSettings):
+    """INT8 weights per output channel with INT8 activations."""
+
+    activations: Literal["dynamic", "static"] = Field(
+        "dynamic", description="Per-token scales at run time, or one per-tensor scale fixed from calibration")
+    smoothing: bool = Field(False, description="SmoothQuant: move activation outliers into the weights first")
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="SmoothQuant migration strength (when not searched)")
+    alpha_search: bool = Field(True, description="Pick alpha per layer group from calibration (0, 0.1 … 1)")
+    weight_algorithm: Literal["gptq", "rtn"] = Field("gptq", description="How the INT8 weights are rounded")
+    embedding_bits: Literal[0, 8] = Field(8, description="Bits of the token embeddings (0 = keep float)")
+    head_bits: Literal[0, 8] = Field(8, description="Bits of an untied LM head (0 = keep float)")
+
+
+class SmoothQuantConfig(W8A8Config):
+    smoothing: bool = Field(True, description="SmoothQuant: move activation outliers into the weights first")

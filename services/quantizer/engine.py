@@ -5,6 +5,7 @@ Engine code only: folders in, folder out, progress through a ProgressReporter.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,14 +18,20 @@ from services.common import modelio, packaging, packed
 from services.common.configspec import MethodConfig
 from services.common.engine_api import ProgressReporter, StageResult
 from services.quantizer.calibration import calibration_batches, calibration_text
-from services.quantizer.configs import CastConfig, GptqConfig, Int8WeightOnlyConfig, WeightOnlyConfig
+from services.quantizer.awq import awq_block_step
+from services.quantizer.configs import (AwqConfig, CalibrationConfig, CastConfig, GptqConfig, Int8WeightOnlyConfig,
+                                        MixedPrecisionConfig, QatConfig, SmoothQuantConfig, W8A8Config,
+                                        WeightOnlyConfig)
 from services.quantizer.ct_format import write_compressed_tensors
 from services.quantizer.int8 import quantize_int8_weight_only
 from services.quantizer.rtn import quantize_rtn
 from services.quantizer.gptq import gptq_block_step
-from services.quantizer.sequential import quantize_sequential
+from services.quantizer.mixed import allocate, sensitivity_step
+from services.quantizer.qat import qat_block_step
+from services.quantizer.sequential import BlockStep, quantize_sequential
+from services.quantizer.smoothquant import w8a8_block_step
 from services.quantizer.streaming import StreamingModel
-from services.quantizer.targets import fallback_report, weight_targets
+from services.quantizer.targets import Target, fallback_report, weight_targets
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
                    "tokenizer.model", "merges.txt", "vocab.json", "added_tokens.json", "chat_template.jinja",
@@ -133,24 +140,93 @@ def _rtn(config: WeightOnlyConfig, src: Path, dst: Path, reporter: ProgressRepor
     return _save_weight_only(source, quantized, targets, config, dst, reporter, "rtn")
 
 
-def _gptq(config: GptqConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
-    source = _stream_float(src, reporter)
-    targets = weight_targets(source.model, config)
-    batches = calibration_batches(modelio.load_tokenizer(src), config.calibration_samples,
-                                  config.calibration_sequence_length, calibration_text())
-    losses: list[float] = []
+def _calibration(config: CalibrationConfig, src: Path) -> torch.Tensor:
+    text = calibration_text(config.local_path("calibration_dataset"))
+    return calibration_batches(modelio.load_tokenizer(src), config.calibration_samples,
+                               config.calibration_sequence_length, text)
 
+
+def _layer_reporter(reporter: ProgressReporter, losses: list[float]) -> Callable[[int, int, str, dict], None]:
     def on_layer(i: int, total: int, name: str, figures: dict) -> None:
         if "loss" in figures:
             losses.append(figures["loss"])
         reporter.report(i, total + 1, f"{figures['method']} {name} ({i}/{total})", layer=name, **figures)
 
+    return on_layer
+
+
+def _run_calibrated(config: CalibrationConfig, source: StreamingModel, targets: list[Target], dst: Path,
+                    reporter: ProgressReporter, method: str, step: BlockStep, *, propagate_quantized: bool = True,
+                    sample_every: int = 0, extra_metrics: dict | None = None) -> StageResult:
+    batches = _calibration(config, source.reader.folder)
+    losses: list[float] = []
+    result = quantize_sequential(source, targets, batches, step, _layer_reporter(reporter, losses),
+                                 propagate_quantized=propagate_quantized,
+                                 sample_every=sample_every)
+    extra = {"mean_layer_loss": sum(losses) / len(losses) if losses else 0.0,
+             "calibration_tokens": int(batches.numel()), **(extra_metrics or {})}
+    return _save_weight_only(source, result.quantized, targets, config, dst, reporter, method, extra,
+                             result.rewritten)
+
+
+def _gptq(config: GptqConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
+    source = _stream_float(src, reporter)
     step = gptq_block_step(config.damping, config.block_size, config.act_order)
-    result = quantize_sequential(source, targets, batches, step, on_layer,
-                                 propagate_quantized=config.propagate_quantized)
-    extra = {"mean_gptq_loss": sum(losses) / len(losses) if losses else 0.0,
-             "calibration_tokens": int(batches.numel())}
-    return _save_weight_only(source, result.quantized, targets, config, dst, reporter, "gptq", extra)
+    return _run_calibrated(config, source, weight_targets(source.model, config), dst, reporter, "gptq", step,
+                           propagate_quantized=config.propagate_quantized)
+
+
+def _awq(config: AwqConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
+    source = _stream_float(src, reporter)
+    return _run_calibrated(config, source, weight_targets(source.model, config), dst, reporter, "awq",
+                           awq_block_step(config))
+
+
+def _qat(config: QatConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
+    source = _stream_float(src, reporter)
+    return _run_calibrated(config, source, weight_targets(source.model, config), dst, reporter, "qat",
+                           qat_block_step(config))
+
+
+def _mixed(config: MixedPrecisionConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
+    source = _stream_float(src, reporter)
+    targets = weight_targets(source.model, config)
+    sensitivity: dict[str, float] = {}
+
+    def on_measured(i: int, total: int, name: str, _figures: dict) -> None:
+        reporter.report(0, 1, f"sensitivity pass: {name} ({i}/{total})", layer=name)
+
+    # The sensitivity pass needs only the float model's Hessians: no propagation, no rounding.
+    quantize_sequential(source, targets, _calibration(config, src), sensitivity_step(sensitivity), on_measured,
+                        propagate_quantized=False, finish_rest=False)
+    targets, promoted = allocate(targets, sensitivity, config.average_bits)
+    reporter.report(0, 1, f"kept {len(promoted)} layers at 8 bits: {', '.join(promoted)}")
+    source = StreamingModel(src)
+    targets = _retarget(targets, source.model)
+    step = gptq_block_step(config.damping, config.block_size, config.act_order)
+    return _run_calibrated(config, source, targets, dst, reporter, "mixed-precision", step,
+                           propagate_quantized=config.propagate_quantized,
+                           extra_metrics={"layers_at_8_bits": promoted,
+                                          "sensitivity": {n: sensitivity[n] for n in promoted}})
+
+
+def _retarget(targets: list[Target], model: torch.nn.Module) -> list[Target]:
+    """The same targets bound to the modules of a fresh model skeleton."""
+    return [dataclasses.replace(t, module=model.get_submodule(t.name)) for t in targets]
+
+
+def _w8a8(config: W8A8Config, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
+    source = _stream_float(src, reporter)
+    targets = weight_targets(source.model, WeightOnlyConfig(bits=8, group_size=0, embedding_bits=config.embedding_bits,
+                                                            head_bits=config.head_bits))
+    tokens = config.calibration_samples * config.calibration_sequence_length
+    # The alpha search scores candidates on about 2048 of each layer's real input rows.
+    sample_every = max(1, tokens // SMOOTHING_SAMPLE_ROWS) if config.smoothing else 0
+    return _run_calibrated(config, source, targets, dst, reporter, "smoothquant" if config.smoothing else "w8a8",
+                           w8a8_block_step(config), sample_every=sample_every)
+
+
+SMOOTHING_SAMPLE_ROWS = 2048
 
 
 def effective_bits(targets, roles: tuple[str, ...] = ("linear", "embedding", "head")) -> float:
@@ -181,5 +257,15 @@ METHODS: dict[str, Method] = {
                WeightOnlyConfig, _rtn),
         Method("gptq", "GPTQ: Hessian-aware rounding from calibration text, block by block",
                GptqConfig, _gptq),
+        Method("awq", "AWQ: activation-aware per-channel scales and clipping search, block by block",
+               AwqConfig, _awq),
+        Method("qat", "Quantization-aware training: AWQ grid, then STE fine-tuning of each block on calibration text",
+               QatConfig, _qat),
+        Method("mixed-precision", "GPTQ with the most sensitive Linears kept at 8 bits under an average-bits budget",
+               MixedPrecisionConfig, _mixed),
+        Method("w8a8", "INT8 weights (per channel) and INT8 activations, dynamic per token or static per tensor",
+               W8A8Config, _w8a8),
+        Method("smoothquant", "SmoothQuant (alpha searched per layer group), then W8A8",
+               SmoothQuantConfig, _w8a8),
     )
 }

@@ -62,7 +62,8 @@ class SequentialResult:
 @torch.no_grad()
 def quantize_sequential(source: StreamingModel, targets: list[Target], batches: torch.Tensor, step: BlockStep,
                         on_layer: OnLayer, *, propagate_quantized: bool = True, sample_every: int = 0,
-                        ) -> SequentialResult:
+                        finish_rest: bool = True) -> SequentialResult:
+    """`finish_rest` rounds the targets no block step quantized (head, pooler) at the end."""
     model = source.model
     blocks = named_blocks(model)
     source.load(exclude=[name for name, _ in blocks])
@@ -122,7 +123,8 @@ def quantize_sequential(source: StreamingModel, targets: list[Target], batches: 
         inputs = BlockInputs(hidden=next_hidden, kwargs=inputs.kwargs)
         source.release(block_name)
         release_free_memory()
-    rounded([t for t in targets if t.name not in quantized])
+    if finish_rest:
+        rounded([t for t in targets if t.name not in quantized])
     return SequentialResult(quantized, rewritten)
 
 

@@ -1,0 +1,141 @@
+"""AWQ (Lin et al., 2024): activation-aware weight quantization.
+
+Per smoothing group (a producer and the Linears it feeds, see smoothing.py), input
+channels that carry large activations get their weight columns scaled up before
+rounding (s = mean|x|^r / mean|ŵ|^(1-r), r searched on a grid), so their relative
+rounding error shrinks; the producer is divided by s, leaving the float function
+unchanged. Then each group of weights gets its own clipping ratio of the range,
+searched per (row, group). Both searches score candidates by the error of the layer's
+outputs on the calibration inputs, tr(ΔW H ΔWᵀ) with H = 2XᵀX — exact for the Linear's
+output and free of any stored activations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from services.quantizer.configs import AwqConfig
+from services.quantizer.ct_format import QuantizedWeight
+from services.quantizer.qscheme import QuantParams, WeightScheme, compute_qparams, dequantize, quantize
+from services.quantizer.sequential import BlockStep, BlockWork
+from services.quantizer.smoothing import fold, normalise, smoothing_groups
+
+# Query and key errors are reshaped by softmax; clipping them by output error misleads
+# (the AWQ authors skip them too).
+NO_CLIP = ("q_proj", "k_proj", "query", "key")
+
+
+def output_error(delta: torch.Tensor, hessian: torch.Tensor) -> torch.Tensor:
+    """tr(Δ H Δᵀ): squared output error summed over calibration rows (up to the factor 2/n)."""
+    return ((delta @ hessian) * delta).sum()
+
+
+def _fake(weight: torch.Tensor, scheme: WeightScheme, clip: torch.Tensor | float = 1.0) -> torch.Tensor:
+    params = compute_qparams(weight, scheme, clip)
+    return dequantize(quantize(weight, params, scheme), params)
+
+
+def search_scales(weight: torch.Tensor, hessian: torch.Tensor, x_abs_mean: torch.Tensor, scheme: WeightScheme,
+                  grid: int) -> tuple[torch.Tensor, float, float]:
+    """(scales, chosen exponent, relative output error). Exponent 0 is "no scaling"."""
+    width = scheme.group_width(weight.shape[1])
+    grouped = weight.abs().reshape(weight.shape[0], -1, width)
+    w_mean = (grouped / grouped.amax(dim=-1, keepdim=True).clamp(min=1e-8)).reshape(weight.shape).mean(dim=0)
+    reference = float(output_error(weight, hessian).clamp(min=1e-12))
+    best = (torch.ones_like(x_abs_mean), 0.0, float(output_error(_fake(weight, scheme) - weight, hessian)))
+    for step in range(1, grid):
+        ratio = step / grid
+        scales = normalise(x_abs_mean.pow(ratio) / w_mean.clamp(min=1e-8).pow(1 - ratio))
+        candidate = _fake(weight * scales, scheme) / scales
+        error = float(output_error(candidate - weight, hessian))
+        if error < best[2]:
+            best = (scales, ratio, error)
+    return best[0], best[1], best[2] / reference
+
+
+def search_clipping(weight: torch.Tensor, hessian: torch.Tensor, scheme: WeightScheme, grid: int,
+                    max_shrink: float) -> torch.Tensor:
+    """Per (row, group) ratio of the range to keep, minimising that group's output error
+    (cross-group terms of H ignored, as in AWQ)."""
+    rows, cols = weight.shape
+    width = scheme.group_width(cols)
+    groups = cols // width
+    blocks = torch.stack([hessian[g * width:(g + 1) * width, g * width:(g + 1) * width] for g in range(groups)])
+    best_error = torch.full((rows, groups), float("inf"))
+    best_ratio = torch.ones(rows, groups)
+    for step in range(grid):
+        ratio = 1.0 - max_shrink * step / grid
+        delta = (_fake(weight, scheme, ratio) - weight).reshape(rows, groups, width)
+        error = torch.einsum("rgi,gij,rgj->rg", delta, blocks, delta)
+        better = error < best_error
+        best_error = torch.where(better, error, best_error)
+        best_ratio = torch.where(better, torch.full_like(best_ratio, ratio), best_ratio)
+    return best_ratio
+
+
+@dataclass
+class AwqLayer:
+    params: QuantParams  # scales (and zero-points) of the searched, clipped grid
+    hessian: torch.Tensor  # of the layer's inputs in the scaled basis
+    figures: dict
+
+
+def awq_prepare(work: BlockWork, config: AwqConfig) -> dict[str, AwqLayer]:
+    """Searches and folds the block's scales, then searches each layer's clipping.
+    The block's Linear weights are left in float (scaled); QAT starts from here."""
+    hessians = {n: work.stats[n].hessian.clone() for n in work.layers}
+    figures: dict[str, dict] = {n: {} for n in work.layers}
+    # Scales first, for every group, on the float block: folding keeps the float function,
+    # so each later search sees the same inputs (in its own scaled basis).
+    for group in smoothing_groups(work.block):
+        names = [f"{work.name}.{c}" for c in group.consumers]
+        if not all(n in work.layers for n in names):
+            continue
+        schemes = {work.targets[n].scheme for n in names}
+        if len(schemes) != 1:
+            continue
+        weight = torch.cat([work.layers[n].weight for n in names], dim=0).detach()
+        scales, ratio, error = search_scales(weight, hessians[names[0]], work.stats[names[0]].abs_mean,
+                                             schemes.pop(), config.scale_grid)
+        if ratio == 0.0:
+            continue
+        fold(work.block.get_submodule(group.producer), [work.layers[n] for n in names], scales)
+        for n in names:
+            hessians[n] = hessians[n] / torch.outer(scales, scales)
+            figures[n] = {"scale_exponent": ratio, "scaled_error": error}
+    layers = {}
+    for name, module in work.layers.items():
+        scheme = work.targets[name].scheme
+        weight = module.weight.detach().float()
+        clip = (search_clipping(weight, hessians[name], scheme, config.clip_grid, config.max_shrink)
+                if config.clip_search and not name.endswith(NO_CLIP) else 1.0)
+        mean_clip = float(clip.mean()) if isinstance(clip, torch.Tensor) else clip
+        layers[name] = AwqLayer(compute_qparams(weight, scheme, clip), hessians[name],
+                                {**figures[name], "mean_clip": mean_clip})
+    return layers
+
+
+def relative_output_error(before: torch.Tensor, after: torch.Tensor, hessian: torch.Tensor) -> float:
+    return float(output_error(after - before, hessian) / output_error(before, hessian).clamp(min=1e-12))
+
+
+def round_in_place(work: BlockWork, prepared: dict[str, AwqLayer], method: str
+                   ) -> Iterator[tuple[str, QuantizedWeight, dict]]:
+    """Codes on each layer's prepared grid; the module keeps what they dequantize to."""
+    for name, module in work.layers.items():
+        scheme, layer = work.targets[name].scheme, prepared[name]
+        weight = module.weight.detach().float()
+        codes = quantize(weight, layer.params, scheme)
+        module.weight.data = dequantize(codes, layer.params)
+        yield name, QuantizedWeight(scheme, layer.params, codes), \
+            {"method": method, "loss": relative_output_error(weight, module.weight, layer.hessian), **layer.figures}
+
+
+def awq_block_step(config: AwqConfig) -> BlockStep:
+    def step(work: BlockWork) -> Iterator[tuple[str, QuantizedWeight, dict]]:
+        yield from round_in_place(work, awq_prepare(work, config), "awq")
+
+    return step

@@ -1,0 +1,95 @@
+"""Quantization-aware training, block by block.
+
+Each block starts from AWQ's grid (scales searched and folded, ranges clipped); its Linear
+weights are then fine-tuned through fake quantization with a straight-through estimator
+(the forward pass sees the rounded weights, the gradient passes the rounding unchanged)
+so the quantized block reproduces the float block's outputs on the calibration text.
+The grid stays fixed, so conversion afterwards is plain rounding onto it: the same
+compressed-tensors format as every PTQ method. Only one block trains at a time, which
+keeps memory to a block's weights, their Adam state and its calibration activations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from services.quantizer.awq import awq_prepare, round_in_place
+from services.quantizer.configs import QatConfig
+from services.quantizer.ct_format import QuantizedWeight
+from services.quantizer.qscheme import QuantParams, WeightScheme, dequantize, quantize
+from services.quantizer.sequential import BlockStep, BlockWork
+
+
+class StraightThroughQuantizer(nn.Module):
+    """weight ↦ its value on a fixed grid, with an identity gradient."""
+
+    def __init__(self, params: QuantParams, scheme: WeightScheme) -> None:
+        super().__init__()
+        self.params, self.scheme = params, scheme
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        rounded = dequantize(quantize(weight.detach(), self.params, self.scheme), self.params)
+        return weight + (rounded - weight).detach()
+
+
+def block_loss(block: nn.Module, work: BlockWork, windows: list[int]) -> torch.Tensor:
+    loss = torch.zeros(())
+    for i in windows:
+        out = block(work.inputs.hidden[i], **work.inputs.kwargs)
+        out = out[0] if isinstance(out, tuple) else out
+        loss = loss + nn.functional.mse_loss(out, work.float_outputs[i])
+    return loss / len(windows)
+
+
+def finetune_block(work: BlockWork, grids: dict[str, tuple[QuantParams, WeightScheme]], config: QatConfig,
+                   seed: int = 0) -> tuple[float, float]:
+    """Trains the block's Linear weights through their grids; (first, last) loss."""
+    generator = torch.Generator().manual_seed(seed + work.index)
+    frozen = [p for p in work.block.parameters()]
+    for p in frozen:
+        p.requires_grad_(False)
+    for name, module in work.layers.items():
+        parametrize.register_parametrization(module, "weight", StraightThroughQuantizer(*grids[name]))
+    trainable = [m.parametrizations.weight.original for m in work.layers.values()]
+    for p in trainable:
+        p.requires_grad_(True)
+    optimizer = torch.optim.Adam(trainable, lr=config.learning_rate)
+    first = last = 0.0
+    n = len(work.inputs.hidden)
+    try:
+        with torch.enable_grad():
+            for step in range(config.steps_per_block):
+                windows = torch.randperm(n, generator=generator)[:config.batch_windows].tolist()
+                loss = block_loss(work.block, work, windows)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                last = loss.item()
+                if step == 0:
+                    first = last
+    finally:
+        for module in work.layers.values():
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
+        for p in work.block.parameters():
+            p.requires_grad_(False)
+    return first, last
+
+
+def qat_block_step(config: QatConfig, on_progress: Callable[[str], None] = lambda _m: None) -> BlockStep:
+    def step(work: BlockWork) -> Iterator[tuple[str, QuantizedWeight, dict]]:
+        prepared = awq_prepare(work, config)
+        figures = {}
+        if config.steps_per_block:
+            grids = {name: (layer.params, work.targets[name].scheme) for name, layer in prepared.items()}
+            first, last = finetune_block(work, grids, config)
+            figures = {"block_loss_before": first, "block_loss_after": last}
+            on_progress(f"{work.name}: block output MSE {first:.3g} -> {last:.3g} "
+                        f"after {config.steps_per_block} steps")
+        for name, qw, layer_figures in round_in_place(work, prepared, "qat"):
+            yield name, qw, {**layer_figures, **figures}
+
+    return step

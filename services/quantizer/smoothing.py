@@ -1,0 +1,75 @@
+"""Per-channel scales folded into the operation that produces a Linear's input.
+
+For Y = X·Wᵀ and any positive per-input-channel s, Y = (X/s)·(W·s)ᵀ. When X comes from a
+norm with a weight (or from a Linear with nothing nonlinear in between), X/s is had for
+free by dividing that weight, so the float model computes exactly the same function
+while the quantizer sees easier inputs (SmoothQuant) or better-placed weights (AWQ).
+Only these producer → consumer pairs are exact; any other Linear is left unscaled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+# (producer, consumers) relative to a block. Llama-like decoders (Llama, SmolLM2, Mistral,
+# Qwen2) and BERT-like encoders. v → o holds only without grouped-query attention; the
+# shape check below drops it otherwise.
+PAIRS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+    ("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj")),
+    ("mlp.up_proj", ("mlp.down_proj",)),
+    ("self_attn.v_proj", ("self_attn.o_proj",)),
+    ("attention.self.value", ("attention.output.dense",)),
+)
+
+
+@dataclass(frozen=True)
+class SmoothingGroup:
+    producer: str  # module name relative to the block
+    consumers: tuple[str, ...]
+
+
+def _is_scalable_norm(module: nn.Module, width: int) -> bool:
+    # Gemma-style norms multiply by (1 + weight): dividing the weight would not divide the output.
+    name = type(module).__name__
+    weight = getattr(module, "weight", None)
+    return (("RMSNorm" in name or "LayerNorm" in name) and "Gemma" not in name
+            and isinstance(weight, torch.Tensor) and weight.shape == (width,))
+
+
+def smoothing_groups(block: nn.Module) -> list[SmoothingGroup]:
+    groups = []
+    modules = dict(block.named_modules())
+    for producer, consumers in PAIRS:
+        if producer not in modules or not all(c in modules for c in consumers):
+            continue
+        width = modules[consumers[0]].in_features
+        if any(modules[c].in_features != width for c in consumers):
+            continue
+        source = modules[producer]
+        ok = _is_scalable_norm(source, width) or (isinstance(source, nn.Linear) and source.out_features == width)
+        if ok:
+            groups.append(SmoothingGroup(producer, consumers))
+    return groups
+
+
+@torch.no_grad()
+def fold(producer: nn.Module, consumers: list[nn.Linear], scales: torch.Tensor) -> None:
+    """Divides the producer's output channels by `scales` and multiplies the consumers' input columns."""
+    if isinstance(producer, nn.Linear):
+        producer.weight.div_(scales[:, None])
+    else:
+        producer.weight.div_(scales)
+    if getattr(producer, "bias", None) is not None:
+        producer.bias.div_(scales)
+    for linear in consumers:
+        linear.weight.mul_(scales[None, :])
+
+
+def normalise(scales: torch.Tensor) -> torch.Tensor:
+    """Geometric-mean-centred scales, so neither side's magnitudes drift far from 1."""
+    scales = scales.clamp(min=1e-4)
+    return scales / (scales.max() * scales.min()).sqrt()
