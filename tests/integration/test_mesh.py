@@ -151,8 +151,8 @@ async def test_methods_come_from_the_services_and_unlanded_rpcs_say_so(gateway):
     assert (common_pb2.TECHNIQUE_QUANTIZER, "int8-weight-only") in names
     assert (common_pb2.TECHNIQUE_EVALUATOR, "evaluate") in names
     assert not response.unavailable
-    validation = await call(client.validate, "int8-weight-only", {"include_embeddings": 3})
-    assert not validation.valid and "include_embeddings" in validation.errors[0]
+    validation = await call(client.validate, "int8-weight-only", {"embedding_bits": 3})
+    assert not validation.valid and "embedding_bits" in validation.errors[0]
     from modelpress.v1 import gateway_pb2
 
     stub = client._stub

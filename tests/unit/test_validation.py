@@ -23,13 +23,17 @@ def test_unknown_recipe_lists_the_allowed_ones():
 
 
 def test_overrides_are_applied_and_checked():
-    _, stages = validate_recipe("int8-weight-only", to_struct({"include_embeddings": False}), methods())
-    assert stages[0].method == "int8-weight-only"
-    assert stages[0].config["include_embeddings"] is False
-    with pytest.raises(InvalidArgument, match=r"overrides\.group_size: no stage .* allowed: include_embeddings"):
-        validate_recipe("int8-weight-only", to_struct({"group_size": 64}), methods())
-    with pytest.raises(InvalidArgument, match=r"overrides\.include_lm_head: expected true or false"):
-        validate_recipe("int8-weight-only", to_struct({"include_lm_head": "yes"}), methods())
+    _, stages = validate_recipe("int8-weight-only", to_struct({"embedding_bits": 0}), methods())
+    assert stages[0].method == "rtn"
+    assert stages[0].config["embedding_bits"] == 0 and stages[0].config["bits"] == 8
+    with pytest.raises(InvalidArgument, match=r"overrides\.damping: no stage .* allowed: .*embedding_bits"):
+        validate_recipe("int8-weight-only", to_struct({"damping": 0.1}), methods())
+    with pytest.raises(InvalidArgument, match=r"overrides\.symmetric: expected true or false"):
+        validate_recipe("int8-weight-only", to_struct({"symmetric": "yes"}), methods())
+    with pytest.raises(InvalidArgument, match=r"overrides\.alpha: .*1"):
+        validate_recipe("w8a8-smoothquant", to_struct({"alpha": 1.5}), methods())
+    with pytest.raises(InvalidArgument, match=r"overrides\.activations: .*dynamic"):
+        validate_recipe("w8a8-static", to_struct({"activations": "per-channel"}), methods())
 
 
 def test_a_recipe_whose_service_is_missing_is_refused():
@@ -60,3 +64,9 @@ def test_evaluation_defaults_and_bounds():
     assert (resolved.batch_size, resolved.sequence_length, resolved.quality_windows) == (4, 128, 8)
     with pytest.raises(InvalidArgument, match=r"evaluation.quality_windows: 99 is outside \[0, 32\]"):
         resolve_evaluation(common_pb2.EvaluationSpec(quality_windows=99))
+
+
+def test_every_recipe_resolves_against_the_quantizer_methods():
+    for name, recipe in RECIPES.items():
+        _, stages = validate_recipe(name, to_struct({}), methods())
+        assert [s.method for s in stages] == [s.method for s in recipe.stages]
