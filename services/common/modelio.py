@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 from services.common import packed
 
+# transformers builds models under process-wide patches (weight init disabled, parameters
+# created on meta), so two threads building at once corrupt each other's models (seen:
+# a tied head left uninitialised, meta tensors in a cast). Every build in a worker holds this.
+CONSTRUCTION_LOCK = threading.RLock()
+
 # Files that are unpickled on load: loading one runs whatever code it carries.
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"})
+
+
+def preload_transformers() -> None:
+    """Resolves transformers' lazy attributes once, up front: its lazy module is not
+    thread-safe, and stages import it from worker threads (seen: ImportError for
+    AutoConfig when two stages started together)."""
+    import transformers
+
+    for name in ("AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoTokenizer"):
+        getattr(transformers, name)
 
 
 class UnsafeModelError(ValueError):
@@ -61,11 +77,13 @@ def load_model(folder: Path, *, dtype=None):
     config = read_config(folder)
     kind = model_kind(config)
     if packed.is_packed(folder):
-        return packed.load_packed(folder, kind)
+        with CONSTRUCTION_LOCK:
+            return packed.load_packed(folder, kind)
     if not any(folder.glob("*.safetensors")):
         raise UnsupportedModelError(f"{folder.name}: no *.safetensors weights")
     auto = AutoModelForCausalLM if kind == "causal-lm" else AutoModel
-    model = auto.from_pretrained(folder, use_safetensors=True, dtype=dtype or "auto")
+    with CONSTRUCTION_LOCK:
+        model = auto.from_pretrained(folder, use_safetensors=True, dtype=dtype or "auto")
     return model.eval()
 
 

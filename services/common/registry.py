@@ -77,17 +77,19 @@ def builtin_folder(name: str, cache_root: Path) -> Path:
 def _dequantize_gguf(gguf_path: Path, target: Path) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    from services.common.modelio import CONSTRUCTION_LOCK
     from services.common.packaging import Manifest, write_manifest
 
     work = target.with_name(target.name + f".tmp{os.getpid()}")
     shutil.rmtree(work, ignore_errors=True)
     kwargs = {"gguf_file": gguf_path.name}
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf_path.parent, **kwargs)
     config = AutoConfig.from_pretrained(gguf_path.parent, **kwargs)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    fresh = AutoModelForCausalLM.from_config(config)
+    with CONSTRUCTION_LOCK:
+        loaded = AutoModelForCausalLM.from_pretrained(gguf_path.parent, **kwargs)
+        fresh = AutoModelForCausalLM.from_config(config)
     fresh.load_state_dict(loaded.state_dict())
     fresh.save_pretrained(work, safe_serialization=True)
     tokenizer.save_pretrained(work)

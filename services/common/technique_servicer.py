@@ -9,6 +9,7 @@ from typing import Any, Protocol
 import grpc
 
 from modelpress.v1 import common_pb2
+from services.common import modelio
 from services.common.configspec import MethodConfig, describe_method, parse_config, struct_to_dict
 from services.common.engine_api import ProgressReporter, StageResult
 from services.common.server import ServiceRuntime
@@ -26,6 +27,7 @@ class EngineMethod(Protocol):
 class TechniqueServicer:
     def __init__(self, technique: int, methods: Mapping[str, EngineMethod], runtime: ServiceRuntime,
                  version: str = "1") -> None:
+        modelio.preload_transformers()
         self.technique = technique
         self.methods = methods
         self.runtime = runtime

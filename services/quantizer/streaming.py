@@ -73,7 +73,7 @@ class StreamingModel:
         self.reader = CheckpointReader(folder)
         config = AutoConfig.from_pretrained(folder)
         auto = AutoModelForCausalLM if kind == "causal-lm" else AutoModel
-        with torch.device("meta"):
+        with modelio.CONSTRUCTION_LOCK, torch.device("meta"):
             self.model = auto.from_config(config, dtype=torch.float32)
         self.model.eval()
         from services.quantizer.targets import tied_head

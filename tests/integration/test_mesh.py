@@ -235,3 +235,68 @@ async def test_calibration_larger_than_the_text_is_a_clear_failure(gateway, mode
     job = await call(client.get_job, job.job_id)
     assert job.state == common_pb2.JOB_STATE_FAILED
     assert job.error.startswith("FAILED_PRECONDITION") and "calibration_samples" in job.error
+
+
+CALIBRATED_RECIPES = {"w8a8-dynamic", "w8a8-static", "w8a8-smoothquant", "w4a16-gptq", "w4a16-awq", "w4a16-qat",
+                      "w4a16-mixed", "w8a16-gptq"}
+
+
+async def test_every_quantizer_recipe_runs_through_the_gateway(gateway, model_dir):
+    from services.gateway.recipes import RECIPES
+
+    client = GatewayClient(gateway)
+    jobs = {}
+    for name in RECIPES:
+        overrides = {"calibration_samples": 2, "calibration_sequence_length": 32} if name in CALIBRATED_RECIPES else {}
+        if name == "w4a16-qat":
+            overrides["steps_per_block"] = 2
+        job = await call(client.create_job, f"path:{model_dir}", name, overrides=overrides,
+                         evaluation=common_pb2.EvaluationSpec(skip=True))
+        jobs[name] = job.job_id
+    for name, job_id in jobs.items():
+        await wait_for_end(client, job_id)
+        job = await call(client.get_job, job_id)
+        assert job.state == common_pb2.JOB_STATE_SUCCEEDED, f"{name}: {job.error}"
+        expected = common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS if name in ("fp16", "bf16") \
+            else common_pb2.ARTIFACT_FORMAT_COMPRESSED_TENSORS
+        assert job.output.format == expected, name
+
+
+def _dataset_folder(root, lines):
+    folder = root / "dataset"
+    folder.mkdir(parents=True)
+    (folder / "calibration.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    return folder
+
+
+async def test_calibration_from_an_uploaded_jsonl_dataset(gateway, model_dir, tmp_path):
+    client = GatewayClient(gateway)
+    texts = [{"text": f"Customer ticket {i}: the invoice total does not match the order, please refund. " * 8}
+             for i in range(40)]
+    dataset = await call(client.upload, _dataset_folder(tmp_path, texts), fmt=common_pb2.ARTIFACT_FORMAT_DATASET_JSONL)
+    overrides = {"calibration_dataset": dataset.id, "calibration_samples": 4, "calibration_sequence_length": 64}
+    job = await call(client.create_job, f"path:{model_dir}", "w4a16-gptq", overrides=overrides,
+                     evaluation=common_pb2.EvaluationSpec(skip=True))
+    await wait_for_end(client, job.job_id)
+    job = await call(client.get_job, job.job_id)
+    assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job.error
+    assert job.stages[0].spec.config["calibration_dataset"] == dataset.id
+
+    # A dataset too short for the asked windows fails the job, naming the field.
+    short = await call(client.upload, _dataset_folder(tmp_path / "s", [{"text": "too short"}]),
+                       fmt=common_pb2.ARTIFACT_FORMAT_DATASET_JSONL)
+    job = await call(client.create_job, f"path:{model_dir}", "w4a16-gptq",
+                     overrides={**overrides, "calibration_dataset": short.id},
+                     evaluation=common_pb2.EvaluationSpec(skip=True))
+    await wait_for_end(client, job.job_id)
+    job = await call(client.get_job, job.job_id)
+    assert job.state == common_pb2.JOB_STATE_FAILED and "calibration_samples" in job.error
+
+    # A missing artifact, or one that is not a dataset, is refused before any job exists.
+    model = await call(client.upload, model_dir)
+    for artifact_id, code in [("no-such-dataset", grpc.StatusCode.NOT_FOUND),
+                              (model.id, grpc.StatusCode.INVALID_ARGUMENT)]:
+        with pytest.raises(grpc.RpcError) as info:
+            await call(client.create_job, f"path:{model_dir}", "w4a16-gptq",
+                       overrides={"calibration_dataset": artifact_id})
+        assert info.value.code() == code and "overrides.calibration_dataset" in info.value.details()
