@@ -24,7 +24,7 @@ import torch
 
 from services.common import modelio, packaging
 from services.common.registry import builtin_folder
-from services.common.settings import default_home
+from services.common.settings import default_cache
 from services.evaluator import measure
 from services.evaluator.engine import EvaluationConfig, evaluate_folder
 from services.gateway.recipes import RECIPES
@@ -82,7 +82,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="keep artifacts here (default: a temp dir)")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="mp-bench-quant-"))
-    cache = default_home() / "cache"
+    cache = default_cache()
     rows = []
     eval_config = EvaluationConfig(latency_iterations=5, quality_windows=args.quality_windows)
     for model in args.models.split(","):

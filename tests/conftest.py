@@ -9,6 +9,10 @@ import pytest
 
 from services.common.nats_server import start_nats_server
 
+# One cache of the dequantized built-in models for every test (unit and e2e): a fresh
+# machine builds SmolLM2's FP32 copy once, not once per test module.
+os.environ.setdefault("MODELPRESS_CACHE", str(Path.home() / ".cache" / "modelpress"))
+
 
 def minilm_folder() -> Path:
     from services.common.registry import get_builtin
@@ -18,7 +22,7 @@ def minilm_folder() -> Path:
 
 
 def _copy_tokenizer(dst: Path) -> None:
-    from services.quantizer.engine import copy_tokenizer
+    from services.common.tokenizer_files import copy_tokenizer
 
     copy_tokenizer(minilm_folder(), dst)
 

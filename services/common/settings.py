@@ -33,6 +33,11 @@ def default_home() -> Path:
     return Path(os.environ.get("MODELPRESS_HOME", Path.home() / ".modelpress"))
 
 
+def default_cache(home: Path | None = None) -> Path:
+    """Built-in models dequantized once and fetched artifacts; shareable between homes."""
+    return Path(os.environ.get("MODELPRESS_CACHE", (home or default_home()) / "cache"))
+
+
 class ServiceSettings(BaseModel):
     """What a service process needs to start: where it listens and where NATS is."""
 
@@ -60,8 +65,7 @@ class ServiceSettings(BaseModel):
 
     @property
     def cache_dir(self) -> Path:
-        """Built-in models dequantized once and fetched artifacts; shareable between homes."""
-        return Path(os.environ.get("MODELPRESS_CACHE", self.home / "cache"))
+        return default_cache(self.home)
 
     @classmethod
     def from_args(cls, name: str, argv: list[str] | None = None) -> "ServiceSettings":

@@ -221,6 +221,25 @@ def cmd_download(args) -> int:
     return 0
 
 
+UPLOAD_FORMATS = {"hf": common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS,
+                  "compressed-tensors": common_pb2.ARTIFACT_FORMAT_COMPRESSED_TENSORS,
+                  "dataset-jsonl": common_pb2.ARTIFACT_FORMAT_DATASET_JSONL}
+
+
+def cmd_upload(args) -> int:
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        out.print(f"[red]{folder}: not a folder[/red]")
+        return 2
+    with GatewayClient(_gateway_target(args)) as client:
+        ref = client.upload(folder, fmt=UPLOAD_FORMATS[args.format])
+    if args.json:
+        print(json_format.MessageToJson(ref))
+    else:
+        out.print(f"artifact {ref.id} ({ref.size_bytes} bytes, sha256 {ref.sha256[:12]}…)")
+    return 0
+
+
 def cmd_recipes(args) -> int:
     with GatewayClient(_gateway_target(args)) as client:
         for recipe in client.list_recipes():
@@ -292,6 +311,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_download)
 
+    p = sub.add_parser("upload", help="upload a model folder or a JSON-lines dataset folder; prints its artifact id")
+    p.add_argument("folder")
+    p.add_argument("--format", choices=sorted(UPLOAD_FORMATS), default="hf")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_upload)
     sub.add_parser("recipes", help="list recipes").set_defaults(func=cmd_recipes)
     p = sub.add_parser("methods", help="list the services' methods and config fields")
     p.add_argument("--json", action="store_true")

@@ -12,10 +12,11 @@ output and free of any stored activations.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from services.quantizer.configs import AwqConfig
 from services.quantizer.ct_format import QuantizedWeight
@@ -38,22 +39,55 @@ def _fake(weight: torch.Tensor, scheme: WeightScheme, clip: torch.Tensor | float
     return dequantize(quantize(weight, params, scheme), params)
 
 
-def search_scales(weight: torch.Tensor, hessian: torch.Tensor, x_abs_mean: torch.Tensor, scheme: WeightScheme,
-                  grid: int) -> tuple[torch.Tensor, float, float]:
-    """(scales, chosen exponent, relative output error). Exponent 0 is "no scaling"."""
+def search_scales(weight: torch.Tensor, x_abs_mean: torch.Tensor, scheme: WeightScheme, grid: int,
+                  loss: Callable[[torch.Tensor], float]) -> tuple[torch.Tensor, str, float, float]:
+    """(scales, form, exponent, loss relative to round-to-nearest without scales).
+
+    Candidates are both forms in use: s = mean|x|^r (the AWQ paper) and
+    s = mean|x|^r / mean|ŵ|^(1-r) ("duo" scaling), r on a grid; `loss` scores the weights
+    the folded model would compute with, Q(W·s)/s. Exponent 0 is "no scaling".
+    """
     width = scheme.group_width(weight.shape[1])
     grouped = weight.abs().reshape(weight.shape[0], -1, width)
     w_mean = (grouped / grouped.amax(dim=-1, keepdim=True).clamp(min=1e-8)).reshape(weight.shape).mean(dim=0)
-    reference = float(output_error(weight, hessian).clamp(min=1e-12))
-    best = (torch.ones_like(x_abs_mean), 0.0, float(output_error(_fake(weight, scheme) - weight, hessian)))
+    unscaled = loss(_fake(weight, scheme))
+    best = (torch.ones_like(x_abs_mean), "none", 0.0, unscaled)
     for step in range(1, grid):
         ratio = step / grid
-        scales = normalise(x_abs_mean.pow(ratio) / w_mean.clamp(min=1e-8).pow(1 - ratio))
-        candidate = _fake(weight * scales, scheme) / scales
-        error = float(output_error(candidate - weight, hessian))
-        if error < best[2]:
-            best = (scales, ratio, error)
-    return best[0], best[1], best[2] / reference
+        for form, raw in (("activation", x_abs_mean.pow(ratio)),
+                          ("duo", x_abs_mean.pow(ratio) / w_mean.clamp(min=1e-8).pow(1 - ratio))):
+            scales = normalise(raw)
+            error = loss(_fake(weight * scales, scheme) / scales)
+            if error < best[3]:
+                best = (scales, form, ratio, error)
+    return best[0], best[1], best[2], best[3] / max(unscaled, 1e-30)
+
+
+def hessian_loss(weight: torch.Tensor, hessian: torch.Tensor) -> Callable[[torch.Tensor], float]:
+    """Output error of the Linear(s) themselves, from their inputs' Hessian."""
+    return lambda candidate: float(output_error(candidate - weight, hessian))
+
+
+def module_loss(module: nn.Module, layers: list[nn.Linear], sample: torch.Tensor) -> Callable[[torch.Tensor], float]:
+    """Error of `module`'s output on `sample` rows with the stacked candidate weights in
+    `layers` — through the module's nonlinearity (AWQ scores the MLP this way)."""
+    with torch.no_grad():
+        reference = module(sample)
+    originals = [layer.weight.data for layer in layers]
+
+    def loss(candidate: torch.Tensor) -> float:
+        row = 0
+        try:
+            for layer in layers:
+                layer.weight.data = candidate[row:row + layer.weight.shape[0]]
+                row += layer.weight.shape[0]
+            with torch.no_grad():
+                return float((module(sample) - reference).pow(2).sum())
+        finally:
+            for layer, original in zip(layers, originals):
+                layer.weight.data = original
+
+    return loss
 
 
 def search_clipping(weight: torch.Tensor, hessian: torch.Tensor, scheme: WeightScheme, grid: int,
@@ -98,14 +132,20 @@ def awq_prepare(work: BlockWork, config: AwqConfig) -> dict[str, AwqLayer]:
         if len(schemes) != 1:
             continue
         weight = torch.cat([work.layers[n].weight for n in names], dim=0).detach()
-        scales, ratio, error = search_scales(weight, hessians[names[0]], work.stats[names[0]].abs_mean,
-                                             schemes.pop(), config.scale_grid)
-        if ratio == 0.0:
+        consumers = [work.layers[n] for n in names]
+        sample = work.stats[names[0]].sample_rows()
+        if config.loss == "module" and group.module and len(sample):
+            loss = module_loss(work.block.get_submodule(group.module), consumers, sample)
+        else:
+            loss = hessian_loss(weight, hessians[names[0]])
+        scales, form, ratio, error = search_scales(weight, work.stats[names[0]].abs_mean, schemes.pop(),
+                                                   config.scale_grid, loss)
+        if form == "none":
             continue
-        fold(work.block.get_submodule(group.producer), [work.layers[n] for n in names], scales)
+        fold(work.block.get_submodule(group.producer), consumers, scales)
         for n in names:
             hessians[n] = hessians[n] / torch.outer(scales, scales)
-            figures[n] = {"scale_exponent": ratio, "scaled_error": error}
+            figures[n] = {"scale_form": form, "scale_exponent": ratio, "loss_vs_unscaled": error}
     layers = {}
     for name, module in work.layers.items():
         scheme = work.targets[name].scheme

@@ -6,7 +6,7 @@ per-Linear Hessians. Only the current block's inputs are ever held (see sequenti
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

@@ -58,12 +58,15 @@ class AwqConfig(WeightOnlyConfig, CalibrationConfig):
     clip_search: bool = Field(True, description="Also search a per-group clipping of the weight range")
     clip_grid: int = Field(20, ge=1, le=100, description="Clipping ratios tried, from 1 down to max_shrink")
     max_shrink: float = Field(0.5, gt=0.0, lt=1.0, description="Smallest clipping ratio tried")
+    loss: Literal["module", "layer"] = Field(
+        "module", description="Score scale candidates by the output of the MLP they feed (through its "
+                              "nonlinearity) or by each Linear's own output")
 
 
 class QatConfig(AwqConfig):
-    steps_per_block: int = Field(200, ge=0, le=10000, description="Optimizer steps per block (0 = AWQ only)")
+    steps_per_block: int = Field(50, ge=0, le=10000, description="Optimizer steps per block (0 = AWQ only)")
     learning_rate: float = Field(1e-4, gt=0.0, le=0.1, description="Adam learning rate of the float weights")
-    batch_windows: int = Field(2, ge=1, le=64, description="Calibration windows per optimizer step")
+    batch_windows: int = Field(1, ge=1, le=64, description="Calibration windows per optimizer step")
 
 
 class MixedPrecisionConfig(GptqConfig):

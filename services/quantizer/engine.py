@@ -6,7 +6,6 @@ Engine code only: folders in, folder out, progress through a ProgressReporter.
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,9 +13,10 @@ from pathlib import Path
 import torch
 
 from modelpress.v1 import common_pb2
-from services.common import modelio, packaging, packed
+from services.common import modelio, packed
 from services.common.configspec import MethodConfig
 from services.common.engine_api import ProgressReporter, StageResult
+from services.common.tokenizer_files import copy_tokenizer
 from services.quantizer.calibration import calibration_batches, calibration_text
 from services.quantizer.awq import awq_block_step
 from services.quantizer.configs import (AwqConfig, CalibrationConfig, CastConfig, GptqConfig, Int8WeightOnlyConfig,
@@ -33,10 +33,6 @@ from services.quantizer.smoothquant import w8a8_block_step
 from services.quantizer.streaming import StreamingModel
 from services.quantizer.targets import Target, fallback_report, weight_targets
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
-                   "tokenizer.model", "merges.txt", "vocab.json", "added_tokens.json", "chat_template.jinja",
-                   "generation_config.json")
-
 
 @dataclass(frozen=True)
 class Method:
@@ -44,13 +40,6 @@ class Method:
     summary: str
     config_cls: type[MethodConfig]
     run: Callable[[MethodConfig, Path, Path, ProgressReporter], StageResult]
-
-
-def copy_tokenizer(src: Path, dst: Path) -> None:
-    dst.mkdir(parents=True, exist_ok=True)
-    for name in TOKENIZER_FILES:
-        if (src / name).exists():
-            shutil.copy2(src / name, dst / name)
 
 
 def _architecture(model) -> str:
@@ -179,13 +168,13 @@ def _gptq(config: GptqConfig, src: Path, dst: Path, reporter: ProgressReporter) 
 def _awq(config: AwqConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
     source = _stream_float(src, reporter)
     return _run_calibrated(config, source, weight_targets(source.model, config), dst, reporter, "awq",
-                           awq_block_step(config))
+                           awq_block_step(config), sample_every=_every(config, AWQ_SAMPLE_ROWS))
 
 
 def _qat(config: QatConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
     source = _stream_float(src, reporter)
     return _run_calibrated(config, source, weight_targets(source.model, config), dst, reporter, "qat",
-                           qat_block_step(config))
+                           qat_block_step(config), sample_every=_every(config, AWQ_SAMPLE_ROWS))
 
 
 def _mixed(config: MixedPrecisionConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
@@ -219,14 +208,19 @@ def _w8a8(config: W8A8Config, src: Path, dst: Path, reporter: ProgressReporter) 
     source = _stream_float(src, reporter)
     targets = weight_targets(source.model, WeightOnlyConfig(bits=8, group_size=0, embedding_bits=config.embedding_bits,
                                                             head_bits=config.head_bits))
-    tokens = config.calibration_samples * config.calibration_sequence_length
-    # The alpha search scores candidates on about 2048 of each layer's real input rows.
-    sample_every = max(1, tokens // SMOOTHING_SAMPLE_ROWS) if config.smoothing else 0
+    sample_every = _every(config, SMOOTHING_SAMPLE_ROWS) if config.smoothing else 0
     return _run_calibrated(config, source, targets, dst, reporter, "smoothquant" if config.smoothing else "w8a8",
                            w8a8_block_step(config), sample_every=sample_every)
 
 
+# Searches whose loss is not quadratic score candidates on a sample of each layer's real
+# input rows: SmoothQuant's alpha (W8A8 error), AWQ's scales (the MLP's output).
 SMOOTHING_SAMPLE_ROWS = 2048
+AWQ_SAMPLE_ROWS = 512
+
+
+def _every(config: CalibrationConfig, rows: int) -> int:
+    return max(1, config.calibration_samples * config.calibration_sequence_length // rows)
 
 
 def effective_bits(targets, roles: tuple[str, ...] = ("linear", "embedding", "head")) -> float:

@@ -66,14 +66,15 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, scheme: WeightSch
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
 
-    if act_order:
-        # Static groups: scales from the original order, fixed before any column moves.
+    # Static scales: from the original weights, fixed before any column moves. Needed with
+    # act_order (groups are visited out of order); per-channel grids are always static.
+    static = act_order or width == cols
+    if static:
         params = compute_qparams(W, scheme)
-        perm = torch.argsort(torch.diag(H), descending=True)
     else:
         params = QuantParams(scale=torch.zeros(rows, cols // width),
                              zero_point=None if scheme.symmetric else torch.zeros(rows, cols // width))
-        perm = torch.arange(cols)
+    perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(cols)
     W, H = W[:, perm], H[perm][:, perm]
     group_of = perm // width  # stored group of each visited column
 
@@ -83,7 +84,10 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, scheme: WeightSch
         return GptqOutcome(rtn_weight, rtn_params, _loss(weight, rtn_weight, hessian), damping, True)
     Hinv, used_damping = factored
 
-    block_size = max(block_size, width) if act_order else max(width, (block_size // width) * width)
+    # Dynamic groups must lie inside one lazy batch; static ones need no alignment (a
+    # per-channel "group" is the whole row, and a block that wide would make the
+    # in-block updates quadratic in the row length).
+    block_size = block_size if static else max(width, (block_size // width) * width)
     Q = torch.zeros_like(W)
     for start in range(0, cols, block_size):
         end = min(start + block_size, cols)
@@ -94,7 +98,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, scheme: WeightSch
         for i in range(end - start):
             col = start + i
             group = int(group_of[col])
-            if not act_order and col % width == 0:
+            if not static and col % width == 0:
                 # Dynamic groups: scales from the weights as GPTQ has updated them so far.
                 fresh = compute_qparams(W1[:, i:i + width], WeightScheme(scheme.bits, 0, scheme.symmetric))
                 params.scale[:, group] = fresh.scale[:, 0]

@@ -17,12 +17,14 @@ from torch import nn
 # (producer, consumers) relative to a block. Llama-like decoders (Llama, SmolLM2, Mistral,
 # Qwen2) and BERT-like encoders. v → o holds only without grouped-query attention; the
 # shape check below drops it otherwise.
-PAIRS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
-    ("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj")),
-    ("mlp.up_proj", ("mlp.down_proj",)),
-    ("self_attn.v_proj", ("self_attn.o_proj",)),
-    ("attention.self.value", ("attention.output.dense",)),
+# The third item names a token-wise module whose output scores the consumers' candidate
+# weights through its nonlinearity (AWQ); empty means the consumers' own outputs.
+PAIRS: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ""),
+    ("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj"), "mlp"),
+    ("mlp.up_proj", ("mlp.down_proj",), ""),
+    ("self_attn.v_proj", ("self_attn.o_proj",), ""),
+    ("attention.self.value", ("attention.output.dense",), ""),
 )
 
 
@@ -30,6 +32,7 @@ PAIRS: tuple[tuple[str, tuple[str, ...]], ...] = (
 class SmoothingGroup:
     producer: str  # module name relative to the block
     consumers: tuple[str, ...]
+    module: str = ""  # token-wise module that scores candidates; "" = the consumers' outputs
 
 
 def _is_scalable_norm(module: nn.Module, width: int) -> bool:
@@ -43,7 +46,7 @@ def _is_scalable_norm(module: nn.Module, width: int) -> bool:
 def smoothing_groups(block: nn.Module) -> list[SmoothingGroup]:
     groups = []
     modules = dict(block.named_modules())
-    for producer, consumers in PAIRS:
+    for producer, consumers, scoring in PAIRS:
         if producer not in modules or not all(c in modules for c in consumers):
             continue
         width = modules[consumers[0]].in_features
@@ -52,7 +55,7 @@ def smoothing_groups(block: nn.Module) -> list[SmoothingGroup]:
         source = modules[producer]
         ok = _is_scalable_norm(source, width) or (isinstance(source, nn.Linear) and source.out_features == width)
         if ok:
-            groups.append(SmoothingGroup(producer, consumers))
+            groups.append(SmoothingGroup(producer, consumers, scoring if scoring in modules else ""))
     return groups
 
 
