@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 MP := $(PY) -m services.gateway.cli
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-fast bench bench-quant proto lint-proto clean
+.PHONY: install demo test test-fast bench bench-quant bench-anchors anchors-venv proto lint-proto clean
 
 install: $(STAMP)
 
@@ -40,6 +40,20 @@ bench: install
 # Every quantizer recipe on SmolLM2-135M and MiniLM-L6 -> bench/results/quantization.json (long).
 bench-quant: install
 	$(PY) bench/quantization.py
+
+# llm-compressor, the anchor of bench/anchors.py, in its own venv: it pins an older
+# transformers. torch is pinned to the CPU build so no install pulls CUDA wheels.
+ANCHORS := .venv-anchors
+$(ANCHORS)/.stamp:
+	python3 -m venv $(ANCHORS)
+	$(ANCHORS)/bin/pip install -q torch==2.13.0 llmcompressor==0.14.0.1 transformers==5.17.0
+	touch $@
+
+anchors-venv: $(ANCHORS)/.stamp
+
+# modelpress vs llm-compressor, same model, tokens and machine -> bench/results/anchors.json (long).
+bench-anchors: install anchors-venv
+	$(PY) bench/anchors.py
 
 proto: install
 	$(PY) proto/generate.py

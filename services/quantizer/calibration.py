@@ -99,12 +99,14 @@ def capture_first_block_inputs(model: nn.Module, batches: torch.Tensor) -> Block
     return captured
 
 
-def run_block(block: nn.Module, inputs: BlockInputs) -> list[torch.Tensor]:
+def run_block(block: nn.Module, inputs: BlockInputs, keep: bool = True) -> list[torch.Tensor]:
+    """The block's outputs for every sample; with `keep=False` only run it (for its hooks)."""
     outputs = []
     with torch.no_grad():
         for hidden in inputs.hidden:
             out = block(hidden, **inputs.kwargs)
-            outputs.append((out[0] if isinstance(out, tuple) else out).detach())
+            if keep:
+                outputs.append((out[0] if isinstance(out, tuple) else out).detach())
     return outputs
 
 

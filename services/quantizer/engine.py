@@ -146,12 +146,13 @@ def _layer_reporter(reporter: ProgressReporter, losses: list[float]) -> Callable
 
 def _run_calibrated(config: CalibrationConfig, source: StreamingModel, targets: list[Target], dst: Path,
                     reporter: ProgressReporter, method: str, step: BlockStep, *, propagate_quantized: bool = True,
-                    sample_every: int = 0, extra_metrics: dict | None = None) -> StageResult:
+                    sample_every: int = 0, keep_float_outputs: bool = False,
+                    extra_metrics: dict | None = None) -> StageResult:
     batches = _calibration(config, source.reader.folder)
     losses: list[float] = []
     result = quantize_sequential(source, targets, batches, step, _layer_reporter(reporter, losses),
-                                 propagate_quantized=propagate_quantized,
-                                 sample_every=sample_every)
+                                 propagate_quantized=propagate_quantized, sample_every=sample_every,
+                                 keep_float_outputs=keep_float_outputs)
     extra = {"mean_layer_loss": sum(losses) / len(losses) if losses else 0.0,
              "calibration_tokens": int(batches.numel()), **(extra_metrics or {})}
     return _save_weight_only(source, result.quantized, targets, config, dst, reporter, method, extra,
@@ -174,7 +175,8 @@ def _awq(config: AwqConfig, src: Path, dst: Path, reporter: ProgressReporter) ->
 def _qat(config: QatConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
     source = _stream_float(src, reporter)
     return _run_calibrated(config, source, weight_targets(source.model, config), dst, reporter, "qat",
-                           qat_block_step(config), sample_every=_every(config, AWQ_SAMPLE_ROWS))
+                           qat_block_step(config), sample_every=_every(config, AWQ_SAMPLE_ROWS),
+                           keep_float_outputs=config.steps_per_block > 0)
 
 
 def _mixed(config: MixedPrecisionConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:

@@ -48,6 +48,8 @@ def block_loss(block: nn.Module, work: BlockWork, windows: list[int]) -> torch.T
 def finetune_block(work: BlockWork, grids: dict[str, tuple[QuantParams, WeightScheme]], config: QatConfig,
                    seed: int = 0) -> tuple[float, float]:
     """Trains the block's Linear weights through their grids; (first, last) loss."""
+    if len(work.float_outputs) != len(work.inputs.hidden):
+        raise ValueError("QAT trains towards the float block's outputs: walk with keep_float_outputs=True")
     generator = torch.Generator().manual_seed(seed + work.index)
     frozen = [p for p in work.block.parameters()]
     for p in frozen:

@@ -62,8 +62,10 @@ class SequentialResult:
 @torch.no_grad()
 def quantize_sequential(source: StreamingModel, targets: list[Target], batches: torch.Tensor, step: BlockStep,
                         on_layer: OnLayer, *, propagate_quantized: bool = True, sample_every: int = 0,
-                        finish_rest: bool = True) -> SequentialResult:
-    """`finish_rest` rounds the targets no block step quantized (head, pooler) at the end."""
+                        finish_rest: bool = True, keep_float_outputs: bool = False) -> SequentialResult:
+    """`finish_rest` rounds the targets no block step quantized (head, pooler) at the end.
+    The float block's outputs are kept for the step only when it asks (`keep_float_outputs`,
+    QAT's targets) or when they feed the next block: they are as large as the inputs."""
     model = source.model
     blocks = named_blocks(model)
     source.load(exclude=[name for name, _ in blocks])
@@ -103,7 +105,7 @@ def quantize_sequential(source: StreamingModel, targets: list[Target], batches: 
         floats_before = _float_tensors(block, block_name, skip=set(layers))
         collector = InputStatsCollector(layers, sample_every)
         try:
-            float_outputs = run_block(block, inputs)
+            float_outputs = run_block(block, inputs, keep=keep_float_outputs or not propagate_quantized)
         finally:
             collector.close()
         work = BlockWork(index, block_name, block, layers, {n: by_name[n] for n in layers}, collector.stats,

@@ -65,7 +65,9 @@ def test_saved_model_reloads_and_matches_the_in_memory_quantized_model(which, ti
     targets = weight_targets(source.model, targets_config or config)
     batches = calibration_batches(modelio.load_tokenizer(tiny_llama_dir), config.calibration_samples,
                                   config.calibration_sequence_length, calibration_text())
-    kwargs = {"sample_every": 4} if which.startswith("smoothquant") else {}
+    kwargs = {"sample_every": 4} if which.startswith("smoothquant") or which in ("awq", "qat") else {}
+    if which == "qat":
+        kwargs["keep_float_outputs"] = True
     result = quantize_sequential(source, targets, batches, make_step(config), lambda *_: None, **kwargs)
     write_compressed_tensors(source, result.quantized, tmp_path / "m", source.tied_head, result.rewritten)
 

@@ -1,0 +1,94 @@
+"""modelpress against llm-compressor, side by side on the same model, tokens and machine.
+
+    python bench/anchors.py [--methods gptq,awq,smoothquant-w8a8] [--samples 16] [--anchor-python PATH]
+
+For each method, llm-compressor (in its own venv, `make anchors-venv`) and the matching
+modelpress recipe run one after the other in fresh processes, calibrated on the same
+token windows (the calibration split of pydoc). Both artifacts are then measured by the
+modelpress evaluator: perplexity on held-out pydoc windows of 512 tokens, size on disk.
+Writes bench/results/anchors.json and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from quantization import quantize  # bench/quantization.py (this folder is on sys.path)
+from services.common import modelio, packaging
+from services.common.registry import builtin_folder
+from services.common.settings import default_cache
+from services.evaluator.engine import EvaluationConfig, evaluate_folder
+from services.quantizer.calibration import calibration_batches, calibration_text
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+# llm-compressor's method → the modelpress quantizer method and config it is compared with.
+OURS = {
+    "gptq": ("gptq", {"bits": 4, "group_size": 64}),
+    "awq": ("awq", {"bits": 4, "group_size": 64}),
+    "smoothquant-w8a8": ("smoothquant", {"activations": "dynamic"}),
+}
+
+
+def run_anchor(python: Path, method: str, src: Path, windows: Path, dst: Path) -> dict:
+    run = subprocess.run([str(python), str(HERE / "anchors" / "llmcompressor_once.py"), method, str(src),
+                          str(windows), str(dst)], capture_output=True, text=True)
+    if run.returncode != 0:
+        raise RuntimeError(f"llm-compressor {method} failed:\n{run.stderr[-3000:]}")
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--methods", default="gptq,awq,smoothquant-w8a8")
+    parser.add_argument("--samples", type=int, default=16)
+    parser.add_argument("--sequence-length", type=int, default=512)
+    parser.add_argument("--quality-windows", type=int, default=16)
+    parser.add_argument("--anchor-python", type=Path, default=ROOT / ".venv-anchors" / "bin" / "python")
+    parser.add_argument("--work", type=Path, default=None)
+    args = parser.parse_args()
+    if not args.anchor_python.exists():
+        raise SystemExit(f"{args.anchor_python} not found: run `make anchors-venv` first")
+    work = args.work or Path(tempfile.mkdtemp(prefix="mp-anchors-"))
+    work.mkdir(parents=True, exist_ok=True)
+    src = builtin_folder("smollm2-135m", default_cache())
+    windows = calibration_batches(modelio.load_tokenizer(src), args.samples, args.sequence_length,
+                                  calibration_text())
+    windows_path = work / "windows.safetensors"
+    save_file({"input_ids": windows.contiguous()}, str(windows_path))
+    evaluation = EvaluationConfig(latency_iterations=3, quality_windows=args.quality_windows)
+    base = evaluate_folder(src, evaluation)["perplexity"]
+    rows = []
+    for method in args.methods.split(","):
+        for tool in ("llm-compressor", "modelpress"):
+            out = work / f"{tool}-{method}"
+            shutil.rmtree(out, ignore_errors=True)
+            if tool == "llm-compressor":
+                run = run_anchor(args.anchor_python, method, src, windows_path, out)
+            else:
+                ours, config = OURS[method]
+                run = quantize(ours, {**config, "calibration_samples": args.samples,
+                                      "calibration_sequence_length": args.sequence_length}, src, out)
+            ppl = evaluate_folder(out, evaluation)["perplexity"]
+            rows.append({"method": method, "tool": tool, "calibration": f"{args.samples}x{args.sequence_length}",
+                         "ppl": round(ppl, 4), "base_ppl": round(base, 4), "delta": round((ppl - base) / base, 4),
+                         "size_bytes": packaging.folder_size_bytes(out), "wall_s": round(run["wall_s"], 1),
+                         "peak_rss_mb": round(run["peak_rss_mb"])})
+            print(" | ".join(str(v) for v in rows[-1].values()), flush=True)
+    results = HERE / "results" / "anchors.json"
+    previous = json.loads(results.read_text())["rows"] if results.exists() else []
+    fresh = {(r["method"], r["tool"], r["calibration"]) for r in rows}
+    merged = [r for r in previous if (r["method"], r["tool"], r["calibration"]) not in fresh] + rows
+    results.write_text(json.dumps({"python": sys.version.split()[0], "rows": merged}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""One llm-compressor run, in the anchors' own venv (it pins an older transformers).
+
+    .venv-anchors/bin/python bench/anchors/llmcompressor_once.py {gptq|awq|smoothquant-w8a8} SRC WINDOWS DST
+
+WINDOWS is a safetensors file holding `input_ids` [samples, length]: the very windows
+modelpress calibrates on, so both tools see the same tokens. Prints JSON: wall_s,
+peak_rss_mb. Only imports llm-compressor, compressed-tensors, transformers and torch.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+
+
+def group64_w4a16():
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+
+    return {"group_0": QuantizationScheme(targets=["Linear"], weights=QuantizationArgs(
+        num_bits=4, type="int", symmetric=True, strategy="group", group_size=64))}
+
+
+def recipe(method: str):
+    from llmcompressor.modifiers.awq import AWQModifier
+    from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
+    from llmcompressor.modifiers.smoothquant import SmoothQuantModifier
+
+    if method == "gptq":
+        return [GPTQModifier(config_groups=group64_w4a16(), ignore=["lm_head"], dampening_frac=0.01)]
+    if method == "awq":
+        return [AWQModifier(duo_scaling=True), QuantizationModifier(config_groups=group64_w4a16(), ignore=["lm_head"])]
+    if method == "smoothquant-w8a8":
+        return [SmoothQuantModifier(smoothing_strength=0.5),
+                GPTQModifier(scheme="W8A8", targets=["Linear"], ignore=["lm_head"], dampening_frac=0.01)]
+    raise SystemExit(f"unknown method {method}")
+
+
+def main() -> None:
+    method, src, windows_path, dst = sys.argv[1:5]
+    import torch
+    from datasets import Dataset
+    from llmcompressor import oneshot
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not torch.accelerator.is_available():
+        # llm-compressor's AWQ pins cached activations for host-to-device copies;
+        # pinning needs an accelerator, and on CPU there is nothing to copy.
+        from llmcompressor.pipelines.cache import IntermediatesCache
+
+        IntermediatesCache.pin_memory = lambda self, *args, **kwargs: None
+    ids = load_file(windows_path)["input_ids"]
+    dataset = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist()})
+    start = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    oneshot(model=model, dataset=dataset, recipe=recipe(method), max_seq_length=ids.shape[1],
+            num_calibration_samples=ids.shape[0])
+    model.save_pretrained(dst, save_compressed=True)
+    AutoTokenizer.from_pretrained(src).save_pretrained(dst)
+    json.dump({"wall_s": time.perf_counter() - start,
+               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
