@@ -152,7 +152,7 @@ def _run_calibrated(config: CalibrationConfig, source: StreamingModel, targets: 
     losses: list[float] = []
     result = quantize_sequential(source, targets, batches, step, _layer_reporter(reporter, losses),
                                  propagate_quantized=propagate_quantized, sample_every=sample_every,
-                                 keep_float_outputs=keep_float_outputs)
+                                 keep_float_outputs=keep_float_outputs, check_cancelled=reporter.check_cancelled)
     extra = {"mean_layer_loss": sum(losses) / len(losses) if losses else 0.0,
              "calibration_tokens": int(batches.numel()), **(extra_metrics or {})}
     return _save_weight_only(source, result.quantized, targets, config, dst, reporter, method, extra,

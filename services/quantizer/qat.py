@@ -65,6 +65,8 @@ def finetune_block(work: BlockWork, grids: dict[str, tuple[QuantParams, WeightSc
     try:
         with torch.enable_grad():
             for step in range(config.steps_per_block):
+                if step % 10 == 0:
+                    work.check_cancelled()
                 windows = torch.randperm(n, generator=generator)[:config.batch_windows].tolist()
                 loss = block_loss(work.block, work, windows)
                 optimizer.zero_grad(set_to_none=True)

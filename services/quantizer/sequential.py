@@ -46,6 +46,9 @@ class BlockWork:
     # Hooks an algorithm installs for the propagation pass (e.g. simulated activation
     # quantization); removed once the block's outputs are computed.
     propagation_hooks: list = field(default_factory=list)
+    # Long steps (QAT's training loop) call this now and then: it raises when the stage
+    # was cancelled, so cancel need not wait for the block to finish.
+    check_cancelled: Callable[[], None] = lambda: None
 
 
 # Yields (module name, its codes, figures for the progress event) for every layer it quantizes.
@@ -62,7 +65,8 @@ class SequentialResult:
 @torch.no_grad()
 def quantize_sequential(source: StreamingModel, targets: list[Target], batches: torch.Tensor, step: BlockStep,
                         on_layer: OnLayer, *, propagate_quantized: bool = True, sample_every: int = 0,
-                        finish_rest: bool = True, keep_float_outputs: bool = False) -> SequentialResult:
+                        finish_rest: bool = True, keep_float_outputs: bool = False,
+                        check_cancelled: Callable[[], None] = lambda: None) -> SequentialResult:
     """`finish_rest` rounds the targets no block step quantized (head, pooler) at the end.
     The float block's outputs are kept for the step only when it asks (`keep_float_outputs`,
     QAT's targets) or when they feed the next block: they are as large as the inputs."""
@@ -109,7 +113,7 @@ def quantize_sequential(source: StreamingModel, targets: list[Target], batches: 
         finally:
             collector.close()
         work = BlockWork(index, block_name, block, layers, {n: by_name[n] for n in layers}, collector.stats,
-                         inputs, float_outputs)
+                         inputs, float_outputs, check_cancelled=check_cancelled)
         for name, qw, figures in step(work):
             record(name, qw, {"block": index, **figures})
         del collector, work.stats

@@ -103,3 +103,25 @@ def test_cancelling_a_running_job_stops_its_stage(mesh):
     assert job.state == common_pb2.JOB_STATE_CANCELLED
     assert job.stages[0].state == common_pb2.JOB_STATE_CANCELLED
     assert not job.output.id and not job.artifact_ids
+
+
+def test_gptq_calibrated_on_an_uploaded_dataset(mesh, tmp_path):
+    env, _ = mesh
+    data = tmp_path / "tickets"
+    data.mkdir()
+    lines = [json.dumps({"text": f"Ticket {i}: the invoice does not match the order; please check the refund. "
+                                 "The customer wrote twice and waits for an answer."}) for i in range(60)]
+    (data / "part-0.jsonl").write_text("\n".join(lines) + "\n")
+    upload = cli(env, "upload", str(data), "--format", "dataset-jsonl", "--json", timeout=120)
+    assert upload.returncode == 0, upload.stderr
+    dataset_id = json.loads(upload.stdout)["id"]
+    run = cli(env, "compress", "builtin:smollm2-135m", "--recipe", "w4a16-gptq", "--set",
+              f"calibration_dataset={dataset_id}", "--set", "calibration_samples=2", "--set",
+              "calibration_sequence_length=64", "--no-eval", "--wait", "--json")
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert report["status"] == "succeeded", report
+    with GatewayClient(mesh[1]) as client:
+        job = client.get_job(report["job_id"])
+    assert job.output.format == common_pb2.ARTIFACT_FORMAT_COMPRESSED_TENSORS
+    assert job.stages[0].spec.config["calibration_dataset"] == dataset_id

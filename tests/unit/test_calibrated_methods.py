@@ -106,3 +106,23 @@ def test_every_calibrated_method_reports_each_layer_and_saves_compressed_tensors
     assert quant["quant_method"] == "compressed-tensors"
     has_activations = any(g.get("input_activations") for g in quant["config_groups"].values())
     assert has_activations == (method in ("w8a8", "smoothquant"))
+
+
+def test_qat_cancel_takes_effect_inside_a_block_training_loop(tiny_llama_dir, tmp_path):
+    from services.common.engine_api import StageCancelled
+
+    reporter = ProgressReporter()
+    seen = []
+
+    def sink(progress):
+        seen.append(progress)
+        if progress.message.startswith("sensitivity") or len(seen) == 2:
+            reporter.cancelled.set()  # right after the embedding: block 0 has not trained yet
+
+    reporter.sink = sink
+    config = QatConfig(steps_per_block=1000, **CALIBRATION)
+    with pytest.raises(StageCancelled) as info:
+        METHODS["qat"].run(config, tiny_llama_dir, tmp_path / "m", reporter)
+    assert not any(p.metrics.get("method") == "qat" for p in seen)  # no layer of block 0 finished
+    # Raised from inside the training loop, not at the next per-layer report.
+    assert "finetune_block" in {entry.name for entry in info.traceback}
