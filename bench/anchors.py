@@ -83,6 +83,11 @@ def main() -> None:
                          "size_bytes": packaging.folder_size_bytes(out), "wall_s": round(run["wall_s"], 1),
                          "peak_rss_mb": round(run["peak_rss_mb"])})
             print(" | ".join(str(v) for v in rows[-1].values()), flush=True)
+            save(rows)
+
+
+def save(rows: list[dict]) -> None:
+    """Merges into the existing table: a (method, tool, calibration) measured again replaces its row."""
     results = HERE / "results" / "anchors.json"
     previous = json.loads(results.read_text())["rows"] if results.exists() else []
     fresh = {(r["method"], r["tool"], r["calibration"]) for r in rows}

@@ -23,9 +23,9 @@ def group64_w4a16():
 
 
 def recipe(method: str):
-    from llmcompressor.modifiers.awq import AWQModifier
     from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
     from llmcompressor.modifiers.smoothquant import SmoothQuantModifier
+    from llmcompressor.modifiers.transform.awq import AWQModifier
 
     if method == "gptq":
         return [GPTQModifier(config_groups=group64_w4a16(), ignore=["lm_head"], dampening_frac=0.01)]

@@ -15,6 +15,8 @@ import json
 from pathlib import Path
 
 import torch
+
+from services.common.safetensors_writer import write_safetensors
 from torch import nn
 from torch.nn import functional as F
 
@@ -73,7 +75,6 @@ def packed_modules(model: nn.Module) -> dict[str, dict]:
 
 def save_packed(model: nn.Module, folder: Path, *, scheme: str) -> None:
     """Writes config, weights and quantization.json; tied tensors are stored once."""
-    from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
     model.config.save_pretrained(folder)
@@ -87,7 +88,7 @@ def save_packed(model: nn.Module, folder: Path, *, scheme: str) -> None:
             continue
         seen[key] = name
         tensors[name] = tensor.contiguous()
-    save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "pt", "modelpress": scheme})
+    write_safetensors(folder / WEIGHTS_FILE, tensors, metadata={"format": "pt", "modelpress": scheme})
     (folder / QUANT_FILE).write_text(json.dumps(
         {"scheme": scheme, "modules": packed_modules(model), "tied": tied}, indent=2))
 

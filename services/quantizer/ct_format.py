@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from services.common.safetensors_writer import write_safetensors
+
 from services.quantizer.activations import ActivationScheme
 from services.quantizer.qscheme import SCALE_DTYPE, QuantParams, WeightScheme
 
@@ -104,7 +106,6 @@ def write_compressed_tensors(source, quantized: dict[str, QuantizedWeight], fold
                              rewritten: dict[str, torch.Tensor] | None = None) -> None:
     """`source` is a StreamingModel of the float model the codes were computed from;
     `rewritten` holds float tensors the algorithm changed (e.g. norms smoothing folded into)."""
-    from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
     quantized_keys = {source.key(f"{n}.weight") for n in quantized}
@@ -118,7 +119,7 @@ def write_compressed_tensors(source, quantized: dict[str, QuantizedWeight], fold
     for name in list(quantized):
         tensors.update(module_tensors(name, quantized[name], codes=name != head))
     tensors.pop(f"{head}.weight", None)
-    save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
+    write_safetensors(folder / WEIGHTS_FILE, tensors, metadata={"format": "pt"})
 
     config = json.loads((source.reader.folder / "config.json").read_text())
     config["quantization_config"] = quantization_config(quantized)
