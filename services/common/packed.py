@@ -15,10 +15,10 @@ import json
 from pathlib import Path
 
 import torch
-
-from services.common.safetensors_writer import write_safetensors
 from torch import nn
 from torch.nn import functional as F
+
+from services.common.safetensors_writer import write_safetensors
 
 QUANT_FILE = "quantization.json"
 WEIGHTS_FILE = "model.safetensors"
