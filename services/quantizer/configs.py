@@ -58,9 +58,10 @@ class AwqConfig(WeightOnlyConfig, CalibrationConfig):
     clip_search: bool = Field(True, description="Also search a per-group clipping of the weight range")
     clip_grid: int = Field(20, ge=1, le=100, description="Clipping ratios tried, from 1 down to max_shrink")
     max_shrink: float = Field(0.5, gt=0.0, lt=1.0, description="Smallest clipping ratio tried")
-    loss: Literal["module", "layer"] = Field(
-        "module", description="Score scale candidates by the output of the MLP they feed (through its "
-                              "nonlinearity) or by each Linear's own output")
+    loss: Literal["layer", "module"] = Field(
+        "layer", description="Score scale candidates by each Linear's own output error, or by the output of "
+                             "the MLP they feed (through its nonlinearity; on SmolLM2 W4 g64: +15.8 % ppl "
+                             "against +15.4 % for 'layer')")
 
 
 class QatConfig(AwqConfig):
