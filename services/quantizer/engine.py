@@ -169,13 +169,13 @@ def _gptq(config: GptqConfig, src: Path, dst: Path, reporter: ProgressReporter) 
 def _awq(config: AwqConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
     source = _stream_float(src, reporter)
     return _run_calibrated(config, source, weight_targets(source.model, config), dst, reporter, "awq",
-                           awq_block_step(config), sample_every=_every(config, AWQ_SAMPLE_ROWS))
+                           awq_block_step(config), sample_every=_awq_sampling(config))
 
 
 def _qat(config: QatConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
     source = _stream_float(src, reporter)
     return _run_calibrated(config, source, weight_targets(source.model, config), dst, reporter, "qat",
-                           qat_block_step(config), sample_every=_every(config, AWQ_SAMPLE_ROWS),
+                           qat_block_step(config), sample_every=_awq_sampling(config),
                            keep_float_outputs=config.steps_per_block > 0)
 
 
@@ -223,6 +223,10 @@ AWQ_SAMPLE_ROWS = 512
 
 def _every(config: CalibrationConfig, rows: int) -> int:
     return max(1, config.calibration_samples * config.calibration_sequence_length // rows)
+
+
+def _awq_sampling(config: AwqConfig) -> int:
+    return _every(config, AWQ_SAMPLE_ROWS) if config.loss == "module" else 0
 
 
 def effective_bits(targets, roles: tuple[str, ...] = ("linear", "embedding", "head")) -> float:
