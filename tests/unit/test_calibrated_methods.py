@@ -33,6 +33,7 @@ def steps():
         "gptq": (GptqConfig(group_size=32, **CALIBRATION), None,
                  lambda c: gptq_block_step(c.damping, c.block_size, c.act_order)),
         "awq": (AwqConfig(group_size=32, **CALIBRATION), None, awq_block_step),
+        "awq-mlp-scored": (AwqConfig(group_size=32, loss="module", **CALIBRATION), None, awq_block_step),
         "qat": (QatConfig(group_size=32, steps_per_block=3, **CALIBRATION), None, qat_block_step),
         "w8a8-static": (W8A8Config(activations="static", **CALIBRATION), INT8, w8a8_block_step),
         "smoothquant-dynamic": (SmoothQuantConfig(**CALIBRATION), INT8, w8a8_block_step),
@@ -65,13 +66,13 @@ def test_saved_model_reloads_and_matches_the_in_memory_quantized_model(which, ti
     targets = weight_targets(source.model, targets_config or config)
     batches = calibration_batches(modelio.load_tokenizer(tiny_llama_dir), config.calibration_samples,
                                   config.calibration_sequence_length, calibration_text())
-    kwargs = {"sample_every": 4} if which.startswith("smoothquant") or which in ("awq", "qat") else {}
+    kwargs = {"sample_every": 4} if which.startswith(("smoothquant", "awq", "qat")) else {}
     if which == "qat":
         kwargs["keep_float_outputs"] = True
     result = quantize_sequential(source, targets, batches, make_step(config), lambda *_: None, **kwargs)
     write_compressed_tensors(source, result.quantized, tmp_path / "m", source.tied_head, result.rewritten)
 
-    if which.startswith("smoothquant") or which in ("awq", "qat"):
+    if which.startswith(("smoothquant", "awq", "qat")):
         # Scales were folded into norms: the saved norms differ from the float model's.
         assert any("layernorm" in name for name in result.rewritten)
     ids = torch.randint(0, 30522, (2, 24), generator=torch.Generator().manual_seed(1))
