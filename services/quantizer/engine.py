@@ -16,6 +16,7 @@ from modelpress.v1 import common_pb2
 from services.common import modelio, packed
 from services.common.configspec import MethodConfig
 from services.common.engine_api import ProgressReporter, StageResult
+from services.common.memory import return_large_frees_to_os
 from services.common.tokenizer_files import copy_tokenizer
 from services.quantizer.calibration import calibration_batches, calibration_text
 from services.quantizer.awq import awq_block_step
@@ -98,6 +99,7 @@ def _int8_weight_only(config: Int8WeightOnlyConfig, src: Path, dst: Path, report
 def _stream_float(src: Path, reporter: ProgressReporter) -> StreamingModel:
     reporter.report(0, 1, "reading model layout")
     _refuse_quantized(src)
+    return_large_frees_to_os()
     return StreamingModel(src)
 
 

@@ -11,13 +11,13 @@ blocks (an untied LM head, a pooler) are rounded to nearest at the end.
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from services.common.memory import release_free_memory
 from services.common.packed import Int8Embedding
 from services.quantizer.calibration import (BlockInputs, InputStats, InputStatsCollector,
                                            capture_first_block_inputs, linear_layers, named_blocks, run_block)
@@ -150,15 +150,6 @@ def int8_embedding(original: torch.nn.Embedding, qw: QuantizedWeight) -> Int8Emb
     module.weight = qw.codes.to(torch.int8)
     module.weight_scale = qw.params.scale.to(SCALE_DTYPE).float().reshape(-1)
     return module
-
-
-def release_free_memory() -> None:
-    """Hands freed heap pages back to the OS; glibc keeps them otherwise, and block-sized
-    allocations of the walk would pile up in RSS."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:  # not glibc
-        pass
 
 
 def shared_input_groups(hessians: dict[str, torch.Tensor], schemes: dict[str, object] | None = None
