@@ -91,7 +91,9 @@ async def test_int8_job_runs_through_the_mesh(gateway, model_dir, tmp_path):
 
     ref = await call(client.download, tmp_path / "dl", job_id=job.job_id)
     assert ref.id == job.output.id
-    assert (tmp_path / "dl" / "quantization.json").exists() and (tmp_path / "dl" / "modelpress.json").exists()
+    config = json.loads((tmp_path / "dl" / "config.json").read_text())
+    assert config["quantization_config"]["quant_method"] == "compressed-tensors"
+    assert (tmp_path / "dl" / "modelpress.json").exists()
 
     assert await call(client.delete_job, job.job_id) == 1
     with pytest.raises(grpc.RpcError) as info:
