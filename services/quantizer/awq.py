@@ -120,7 +120,8 @@ class AwqLayer:
 def awq_prepare(work: BlockWork, config: AwqConfig) -> dict[str, AwqLayer]:
     """Searches and folds the block's scales, then searches each layer's clipping.
     The block's Linear weights are left in float (scaled); QAT starts from here."""
-    hessians = {n: work.stats[n].hessian.clone() for n in work.layers}
+    # Scaling replaces an entry with a new tensor; the collected Hessians are never changed in place.
+    hessians = {n: work.stats[n].hessian for n in work.layers}
     figures: dict[str, dict] = {n: {} for n in work.layers}
     # Scales first, for every group, on the float block: folding keeps the float function,
     # so each later search sees the same inputs (in its own scaled basis).

@@ -151,8 +151,9 @@ class InputStatsCollector:
             n_old, n_new = stats.rows, x.shape[0]
             keep = n_old / (n_old + n_new)
             stats.hessian.mul_(keep).addmm_(x.T, x, alpha=2.0 / (n_old + n_new))
-            stats.abs_mean.mul_(keep).add_(x.abs().sum(dim=0), alpha=1.0 / (n_old + n_new))
-            torch.maximum(stats.abs_max, x.abs().amax(dim=0), out=stats.abs_max)
+            magnitude = x.abs()
+            stats.abs_mean.mul_(keep).add_(magnitude.sum(dim=0), alpha=1.0 / (n_old + n_new))
+            torch.maximum(stats.abs_max, magnitude.amax(dim=0), out=stats.abs_max)
             if self.sample_every:
                 stats.sample.append(x[:: self.sample_every].clone())
             stats.rows = n_old + n_new

@@ -149,8 +149,8 @@ def _layer_reporter(reporter: ProgressReporter, losses: list[float]) -> Callable
 def _run_calibrated(config: CalibrationConfig, source: StreamingModel, targets: list[Target], dst: Path,
                     reporter: ProgressReporter, method: str, step: BlockStep, *, propagate_quantized: bool = True,
                     sample_every: int = 0, keep_float_outputs: bool = False,
-                    extra_metrics: dict | None = None) -> StageResult:
-    batches = _calibration(config, source.reader.folder)
+                    extra_metrics: dict | None = None, batches: torch.Tensor | None = None) -> StageResult:
+    batches = _calibration(config, source.reader.folder) if batches is None else batches
     losses: list[float] = []
     result = quantize_sequential(source, targets, batches, step, _layer_reporter(reporter, losses),
                                  propagate_quantized=propagate_quantized, sample_every=sample_every,
@@ -190,7 +190,8 @@ def _mixed(config: MixedPrecisionConfig, src: Path, dst: Path, reporter: Progres
         reporter.report(0, 1, f"sensitivity pass: {name} ({i}/{total})", layer=name)
 
     # The sensitivity pass needs only the float model's Hessians: no propagation, no rounding.
-    quantize_sequential(source, targets, _calibration(config, src), sensitivity_step(sensitivity), on_measured,
+    batches = _calibration(config, src)
+    quantize_sequential(source, targets, batches, sensitivity_step(sensitivity), on_measured,
                         propagate_quantized=False, finish_rest=False)
     targets, promoted = allocate(targets, sensitivity, config.average_bits)
     reporter.report(0, 1, f"kept {len(promoted)} layers at 8 bits: {', '.join(promoted)}")
@@ -198,7 +199,7 @@ def _mixed(config: MixedPrecisionConfig, src: Path, dst: Path, reporter: Progres
     targets = _retarget(targets, source.model)
     step = gptq_block_step(config.damping, config.block_size, config.act_order)
     return _run_calibrated(config, source, targets, dst, reporter, "mixed-precision", step,
-                           propagate_quantized=config.propagate_quantized,
+                           propagate_quantized=config.propagate_quantized, batches=batches,
                            extra_metrics={"layers_at_8_bits": promoted,
                                           "sensitivity": {n: sensitivity[n] for n in promoted}})
 

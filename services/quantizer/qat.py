@@ -51,9 +51,7 @@ def finetune_block(work: BlockWork, grids: dict[str, tuple[QuantParams, WeightSc
     if len(work.float_outputs) != len(work.inputs.hidden):
         raise ValueError("QAT trains towards the float block's outputs: walk with keep_float_outputs=True")
     generator = torch.Generator().manual_seed(seed + work.index)
-    frozen = [p for p in work.block.parameters()]
-    for p in frozen:
-        p.requires_grad_(False)
+    work.block.requires_grad_(False)
     for name, module in work.layers.items():
         parametrize.register_parametrization(module, "weight", StraightThroughQuantizer(*grids[name]))
     trainable = [m.parametrizations.weight.original for m in work.layers.values()]
@@ -78,8 +76,7 @@ def finetune_block(work: BlockWork, grids: dict[str, tuple[QuantParams, WeightSc
     finally:
         for module in work.layers.values():
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
-        for p in work.block.parameters():
-            p.requires_grad_(False)
+        work.block.requires_grad_(False)
     return first, last
 
 
