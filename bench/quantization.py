@@ -25,7 +25,7 @@ import torch
 from services.common import modelio, packaging
 from services.common.registry import builtin_folder
 from services.common.settings import default_cache
-from services.evaluator import measure
+from services.evaluator import quality
 from services.evaluator.engine import EvaluationConfig, evaluate_folder
 from services.gateway.recipes import RECIPES
 
@@ -96,8 +96,8 @@ def main() -> None:
         base = evaluate_folder(src, eval_config if not encoder else eval_config.model_copy(update={"quality_windows": 0}))
         if encoder:
             tokenizer = modelio.load_tokenizer(src)
-            sentences = measure.heldout_sentences(args.sentences)
-            reference = measure.sentence_embeddings(modelio.load_model(src), tokenizer, sentences)
+            sentences = quality.heldout_sentences(args.sentences)
+            reference = quality.sentence_embeddings(modelio.load_model(src), tokenizer, sentences)
         recipes = args.recipes.split(",") if args.recipes else DEFAULT_RECIPES[model]
         for recipe in recipes:
             method, config = stage_of(recipe, model)
@@ -107,7 +107,7 @@ def main() -> None:
             figures = evaluate_folder(out, eval_config if not encoder else eval_config.model_copy(
                 update={"quality_windows": 0}))
             if encoder:
-                got = measure.sentence_embeddings(modelio.load_model(out), tokenizer, sentences)
+                got = quality.sentence_embeddings(modelio.load_model(out), tokenizer, sentences)
                 value, base_value, metric = float((got * reference).sum(-1).mean()), 1.0, "cosine"
             else:
                 value, base_value, metric = figures["perplexity"], base["perplexity"], "ppl"

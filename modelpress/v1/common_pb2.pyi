@@ -22,6 +22,7 @@ class ArtifactFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ARTIFACT_FORMAT_GGUF: _ClassVar[ArtifactFormat]
     ARTIFACT_FORMAT_TENSORRT: _ClassVar[ArtifactFormat]
     ARTIFACT_FORMAT_DATASET_JSONL: _ClassVar[ArtifactFormat]
+    ARTIFACT_FORMAT_REPORT: _ClassVar[ArtifactFormat]
 
 class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -66,6 +67,7 @@ ARTIFACT_FORMAT_OPENVINO_IR: ArtifactFormat
 ARTIFACT_FORMAT_GGUF: ArtifactFormat
 ARTIFACT_FORMAT_TENSORRT: ArtifactFormat
 ARTIFACT_FORMAT_DATASET_JSONL: ArtifactFormat
+ARTIFACT_FORMAT_REPORT: ArtifactFormat
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_PENDING: JobState
 JOB_STATE_RUNNING: JobState
@@ -145,23 +147,33 @@ class StageStatus(_message.Message):
     def __init__(self, index: _Optional[int] = ..., spec: _Optional[_Union[StageSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., output: _Optional[_Union[ArtifactRef, _Mapping]] = ..., error: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metrics: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., worker: _Optional[str] = ...) -> None: ...
 
 class EvaluationSpec(_message.Message):
-    __slots__ = ("skip", "batch_size", "sequence_length", "latency_iterations", "quality_windows", "threads")
+    __slots__ = ("skip", "batch_size", "sequence_length", "latency_iterations", "quality_windows", "threads", "batch_sizes", "sequence_lengths", "decode_tokens", "quality_sentences", "reference")
     SKIP_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_LENGTH_FIELD_NUMBER: _ClassVar[int]
     LATENCY_ITERATIONS_FIELD_NUMBER: _ClassVar[int]
     QUALITY_WINDOWS_FIELD_NUMBER: _ClassVar[int]
     THREADS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZES_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_LENGTHS_FIELD_NUMBER: _ClassVar[int]
+    DECODE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_SENTENCES_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
     skip: bool
     batch_size: int
     sequence_length: int
     latency_iterations: int
     quality_windows: int
     threads: int
-    def __init__(self, skip: _Optional[bool] = ..., batch_size: _Optional[int] = ..., sequence_length: _Optional[int] = ..., latency_iterations: _Optional[int] = ..., quality_windows: _Optional[int] = ..., threads: _Optional[int] = ...) -> None: ...
+    batch_sizes: _containers.RepeatedScalarFieldContainer[int]
+    sequence_lengths: _containers.RepeatedScalarFieldContainer[int]
+    decode_tokens: int
+    quality_sentences: int
+    reference: ModelRef
+    def __init__(self, skip: _Optional[bool] = ..., batch_size: _Optional[int] = ..., sequence_length: _Optional[int] = ..., latency_iterations: _Optional[int] = ..., quality_windows: _Optional[int] = ..., threads: _Optional[int] = ..., batch_sizes: _Optional[_Iterable[int]] = ..., sequence_lengths: _Optional[_Iterable[int]] = ..., decode_tokens: _Optional[int] = ..., quality_sentences: _Optional[int] = ..., reference: _Optional[_Union[ModelRef, _Mapping]] = ...) -> None: ...
 
 class LatencyStats(_message.Message):
-    __slots__ = ("p50_ms", "p95_ms", "p99_ms", "mean_ms", "iterations", "batch_size", "sequence_length", "threads")
+    __slots__ = ("p50_ms", "p95_ms", "p99_ms", "mean_ms", "iterations", "batch_size", "sequence_length", "threads", "stdev_ms", "min_ms", "max_ms", "tokens_per_s", "samples_per_s", "phase", "warmup", "samples_ms")
     P50_MS_FIELD_NUMBER: _ClassVar[int]
     P95_MS_FIELD_NUMBER: _ClassVar[int]
     P99_MS_FIELD_NUMBER: _ClassVar[int]
@@ -170,6 +182,14 @@ class LatencyStats(_message.Message):
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_LENGTH_FIELD_NUMBER: _ClassVar[int]
     THREADS_FIELD_NUMBER: _ClassVar[int]
+    STDEV_MS_FIELD_NUMBER: _ClassVar[int]
+    MIN_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_MS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_PER_S_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    WARMUP_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_MS_FIELD_NUMBER: _ClassVar[int]
     p50_ms: float
     p95_ms: float
     p99_ms: float
@@ -178,10 +198,62 @@ class LatencyStats(_message.Message):
     batch_size: int
     sequence_length: int
     threads: int
-    def __init__(self, p50_ms: _Optional[float] = ..., p95_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ..., mean_ms: _Optional[float] = ..., iterations: _Optional[int] = ..., batch_size: _Optional[int] = ..., sequence_length: _Optional[int] = ..., threads: _Optional[int] = ...) -> None: ...
+    stdev_ms: float
+    min_ms: float
+    max_ms: float
+    tokens_per_s: float
+    samples_per_s: float
+    phase: str
+    warmup: int
+    samples_ms: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, p50_ms: _Optional[float] = ..., p95_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ..., mean_ms: _Optional[float] = ..., iterations: _Optional[int] = ..., batch_size: _Optional[int] = ..., sequence_length: _Optional[int] = ..., threads: _Optional[int] = ..., stdev_ms: _Optional[float] = ..., min_ms: _Optional[float] = ..., max_ms: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., samples_per_s: _Optional[float] = ..., phase: _Optional[str] = ..., warmup: _Optional[int] = ..., samples_ms: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class EncoderQuality(_message.Message):
+    __slots__ = ("sentences", "topics", "knn_topic_accuracy", "knn_k", "mean_reference_cosine", "min_reference_cosine", "neighbour_agreement", "has_reference")
+    SENTENCES_FIELD_NUMBER: _ClassVar[int]
+    TOPICS_FIELD_NUMBER: _ClassVar[int]
+    KNN_TOPIC_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    KNN_K_FIELD_NUMBER: _ClassVar[int]
+    MEAN_REFERENCE_COSINE_FIELD_NUMBER: _ClassVar[int]
+    MIN_REFERENCE_COSINE_FIELD_NUMBER: _ClassVar[int]
+    NEIGHBOUR_AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    HAS_REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    sentences: int
+    topics: int
+    knn_topic_accuracy: float
+    knn_k: int
+    mean_reference_cosine: float
+    min_reference_cosine: float
+    neighbour_agreement: float
+    has_reference: bool
+    def __init__(self, sentences: _Optional[int] = ..., topics: _Optional[int] = ..., knn_topic_accuracy: _Optional[float] = ..., knn_k: _Optional[int] = ..., mean_reference_cosine: _Optional[float] = ..., min_reference_cosine: _Optional[float] = ..., neighbour_agreement: _Optional[float] = ..., has_reference: _Optional[bool] = ...) -> None: ...
+
+class MachineInfo(_message.Message):
+    __slots__ = ("cpu_model", "logical_cores", "physical_cores", "isa_features", "memory_mb", "gpu_name", "gpu_memory_mb", "torch_version", "hostname", "device_type")
+    CPU_MODEL_FIELD_NUMBER: _ClassVar[int]
+    LOGICAL_CORES_FIELD_NUMBER: _ClassVar[int]
+    PHYSICAL_CORES_FIELD_NUMBER: _ClassVar[int]
+    ISA_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
+    GPU_NAME_FIELD_NUMBER: _ClassVar[int]
+    GPU_MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
+    TORCH_VERSION_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    cpu_model: str
+    logical_cores: int
+    physical_cores: int
+    isa_features: _containers.RepeatedScalarFieldContainer[str]
+    memory_mb: float
+    gpu_name: str
+    gpu_memory_mb: float
+    torch_version: str
+    hostname: str
+    device_type: str
+    def __init__(self, cpu_model: _Optional[str] = ..., logical_cores: _Optional[int] = ..., physical_cores: _Optional[int] = ..., isa_features: _Optional[_Iterable[str]] = ..., memory_mb: _Optional[float] = ..., gpu_name: _Optional[str] = ..., gpu_memory_mb: _Optional[float] = ..., torch_version: _Optional[str] = ..., hostname: _Optional[str] = ..., device_type: _Optional[str] = ...) -> None: ...
 
 class ModelMetrics(_message.Message):
-    __slots__ = ("size_on_disk_bytes", "parameters", "latency", "peak_rss_mb", "perplexity", "top1_accuracy", "quality_tokens", "architecture", "device")
+    __slots__ = ("size_on_disk_bytes", "parameters", "latency", "peak_rss_mb", "perplexity", "top1_accuracy", "quality_tokens", "architecture", "device", "parameter_bytes", "flops", "kind", "latency_grid", "decode", "encoder", "cuda_max_memory_mb", "machine")
     SIZE_ON_DISK_BYTES_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     LATENCY_FIELD_NUMBER: _ClassVar[int]
@@ -191,6 +263,14 @@ class ModelMetrics(_message.Message):
     QUALITY_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    PARAMETER_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FLOPS_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_GRID_FIELD_NUMBER: _ClassVar[int]
+    DECODE_FIELD_NUMBER: _ClassVar[int]
+    ENCODER_FIELD_NUMBER: _ClassVar[int]
+    CUDA_MAX_MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
+    MACHINE_FIELD_NUMBER: _ClassVar[int]
     size_on_disk_bytes: int
     parameters: int
     latency: LatencyStats
@@ -200,7 +280,135 @@ class ModelMetrics(_message.Message):
     quality_tokens: int
     architecture: str
     device: str
-    def __init__(self, size_on_disk_bytes: _Optional[int] = ..., parameters: _Optional[int] = ..., latency: _Optional[_Union[LatencyStats, _Mapping]] = ..., peak_rss_mb: _Optional[float] = ..., perplexity: _Optional[float] = ..., top1_accuracy: _Optional[float] = ..., quality_tokens: _Optional[int] = ..., architecture: _Optional[str] = ..., device: _Optional[str] = ...) -> None: ...
+    parameter_bytes: int
+    flops: int
+    kind: str
+    latency_grid: _containers.RepeatedCompositeFieldContainer[LatencyStats]
+    decode: LatencyStats
+    encoder: EncoderQuality
+    cuda_max_memory_mb: float
+    machine: MachineInfo
+    def __init__(self, size_on_disk_bytes: _Optional[int] = ..., parameters: _Optional[int] = ..., latency: _Optional[_Union[LatencyStats, _Mapping]] = ..., peak_rss_mb: _Optional[float] = ..., perplexity: _Optional[float] = ..., top1_accuracy: _Optional[float] = ..., quality_tokens: _Optional[int] = ..., architecture: _Optional[str] = ..., device: _Optional[str] = ..., parameter_bytes: _Optional[int] = ..., flops: _Optional[int] = ..., kind: _Optional[str] = ..., latency_grid: _Optional[_Iterable[_Union[LatencyStats, _Mapping]]] = ..., decode: _Optional[_Union[LatencyStats, _Mapping]] = ..., encoder: _Optional[_Union[EncoderQuality, _Mapping]] = ..., cuda_max_memory_mb: _Optional[float] = ..., machine: _Optional[_Union[MachineInfo, _Mapping]] = ...) -> None: ...
+
+class HardwareBenchmark(_message.Message):
+    __slots__ = ("device_name", "device_type", "batch_size", "sequence_length", "throughput", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "memory_usage_mb", "power_consumption_w", "model", "benchmark_id", "recorded_at", "machine", "threads", "phase", "samples_per_s", "latency_stdev_ms", "iterations")
+    DEVICE_NAME_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    THROUGHPUT_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_P50_MS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_P95_MS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_P99_MS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_USAGE_MB_FIELD_NUMBER: _ClassVar[int]
+    POWER_CONSUMPTION_W_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    BENCHMARK_ID_FIELD_NUMBER: _ClassVar[int]
+    RECORDED_AT_FIELD_NUMBER: _ClassVar[int]
+    MACHINE_FIELD_NUMBER: _ClassVar[int]
+    THREADS_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_PER_S_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_STDEV_MS_FIELD_NUMBER: _ClassVar[int]
+    ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    device_name: str
+    device_type: str
+    batch_size: int
+    sequence_length: int
+    throughput: float
+    latency_p50_ms: float
+    latency_p95_ms: float
+    latency_p99_ms: float
+    memory_usage_mb: float
+    power_consumption_w: float
+    model: str
+    benchmark_id: str
+    recorded_at: _timestamp_pb2.Timestamp
+    machine: MachineInfo
+    threads: int
+    phase: str
+    samples_per_s: float
+    latency_stdev_ms: float
+    iterations: int
+    def __init__(self, device_name: _Optional[str] = ..., device_type: _Optional[str] = ..., batch_size: _Optional[int] = ..., sequence_length: _Optional[int] = ..., throughput: _Optional[float] = ..., latency_p50_ms: _Optional[float] = ..., latency_p95_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., memory_usage_mb: _Optional[float] = ..., power_consumption_w: _Optional[float] = ..., model: _Optional[str] = ..., benchmark_id: _Optional[str] = ..., recorded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., machine: _Optional[_Union[MachineInfo, _Mapping]] = ..., threads: _Optional[int] = ..., phase: _Optional[str] = ..., samples_per_s: _Optional[float] = ..., latency_stdev_ms: _Optional[float] = ..., iterations: _Optional[int] = ...) -> None: ...
+
+class ThresholdCheck(_message.Message):
+    __slots__ = ("metric", "description", "value", "threshold", "comparison", "passed")
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    COMPARISON_FIELD_NUMBER: _ClassVar[int]
+    PASSED_FIELD_NUMBER: _ClassVar[int]
+    metric: str
+    description: str
+    value: float
+    threshold: float
+    comparison: str
+    passed: bool
+    def __init__(self, metric: _Optional[str] = ..., description: _Optional[str] = ..., value: _Optional[float] = ..., threshold: _Optional[float] = ..., comparison: _Optional[str] = ..., passed: _Optional[bool] = ...) -> None: ...
+
+class ThresholdSet(_message.Message):
+    __slots__ = ("name", "description", "checks")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    CHECKS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    description: str
+    checks: _containers.RepeatedCompositeFieldContainer[ThresholdCheck]
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., checks: _Optional[_Iterable[_Union[ThresholdCheck, _Mapping]]] = ...) -> None: ...
+
+class ComparisonRow(_message.Message):
+    __slots__ = ("index", "model", "baseline", "metrics", "size_ratio", "parameter_ratio", "flops_ratio", "latency_ratio", "speedup", "memory_ratio", "quality_retention", "quality_metric", "checks", "passed")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    SIZE_RATIO_FIELD_NUMBER: _ClassVar[int]
+    PARAMETER_RATIO_FIELD_NUMBER: _ClassVar[int]
+    FLOPS_RATIO_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_RATIO_FIELD_NUMBER: _ClassVar[int]
+    SPEEDUP_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_RATIO_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_RETENTION_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_METRIC_FIELD_NUMBER: _ClassVar[int]
+    CHECKS_FIELD_NUMBER: _ClassVar[int]
+    PASSED_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    model: str
+    baseline: bool
+    metrics: ModelMetrics
+    size_ratio: float
+    parameter_ratio: float
+    flops_ratio: float
+    latency_ratio: float
+    speedup: float
+    memory_ratio: float
+    quality_retention: float
+    quality_metric: str
+    checks: _containers.RepeatedCompositeFieldContainer[ThresholdCheck]
+    passed: bool
+    def __init__(self, index: _Optional[int] = ..., model: _Optional[str] = ..., baseline: _Optional[bool] = ..., metrics: _Optional[_Union[ModelMetrics, _Mapping]] = ..., size_ratio: _Optional[float] = ..., parameter_ratio: _Optional[float] = ..., flops_ratio: _Optional[float] = ..., latency_ratio: _Optional[float] = ..., speedup: _Optional[float] = ..., memory_ratio: _Optional[float] = ..., quality_retention: _Optional[float] = ..., quality_metric: _Optional[str] = ..., checks: _Optional[_Iterable[_Union[ThresholdCheck, _Mapping]]] = ..., passed: _Optional[bool] = ...) -> None: ...
+
+class Comparison(_message.Message):
+    __slots__ = ("comparison_id", "baseline_index", "threshold_set", "rows", "interleaved_rounds", "machine", "report", "created_at")
+    COMPARISON_ID_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_SET_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    INTERLEAVED_ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    MACHINE_FIELD_NUMBER: _ClassVar[int]
+    REPORT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    comparison_id: str
+    baseline_index: int
+    threshold_set: str
+    rows: _containers.RepeatedCompositeFieldContainer[ComparisonRow]
+    interleaved_rounds: int
+    machine: MachineInfo
+    report: ArtifactRef
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, comparison_id: _Optional[str] = ..., baseline_index: _Optional[int] = ..., threshold_set: _Optional[str] = ..., rows: _Optional[_Iterable[_Union[ComparisonRow, _Mapping]]] = ..., interleaved_rounds: _Optional[int] = ..., machine: _Optional[_Union[MachineInfo, _Mapping]] = ..., report: _Optional[_Union[ArtifactRef, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CompressionResult(_message.Message):
     __slots__ = ("job_id", "original_model_size_bytes", "compressed_model_size_bytes", "compression_ratio", "original_params", "compressed_params", "param_reduction_ratio", "original_latency_ms", "compressed_latency_ms", "latency_improvement", "original_memory_mb", "compressed_memory_mb", "memory_reduction", "original_accuracy", "compressed_accuracy", "accuracy_loss", "original_perplexity", "compressed_perplexity", "perplexity_increase", "compressed_artifact_id", "evaluation_report_path", "original", "compressed")

@@ -50,6 +50,31 @@ class EvaluatorServiceStub:
                 request_serializer=modelpress_dot_v1_dot_evaluator__pb2.EvaluatorServiceEvaluateRequest.SerializeToString,
                 response_deserializer=modelpress_dot_v1_dot_evaluator__pb2.EvaluatorServiceEvaluateResponse.FromString,
                 _registered_method=True)
+        self.Compare = channel.unary_unary(
+                '/modelpress.v1.EvaluatorService/Compare',
+                request_serializer=modelpress_dot_v1_dot_evaluator__pb2.EvaluatorServiceCompareRequest.SerializeToString,
+                response_deserializer=modelpress_dot_v1_dot_evaluator__pb2.EvaluatorServiceCompareResponse.FromString,
+                _registered_method=True)
+        self.ListThresholdSets = channel.unary_unary(
+                '/modelpress.v1.EvaluatorService/ListThresholdSets',
+                request_serializer=modelpress_dot_v1_dot_evaluator__pb2.EvaluatorServiceListThresholdSetsRequest.SerializeToString,
+                response_deserializer=modelpress_dot_v1_dot_evaluator__pb2.EvaluatorServiceListThresholdSetsResponse.FromString,
+                _registered_method=True)
+        self.Benchmark = channel.unary_unary(
+                '/modelpress.v1.EvaluatorService/Benchmark',
+                request_serializer=modelpress_dot_v1_dot_evaluator__pb2.EvaluatorServiceBenchmarkRequest.SerializeToString,
+                response_deserializer=modelpress_dot_v1_dot_evaluator__pb2.EvaluatorServiceBenchmarkResponse.FromString,
+                _registered_method=True)
+        self.ListBenchmarks = channel.unary_unary(
+                '/modelpress.v1.EvaluatorService/ListBenchmarks',
+                request_serializer=modelpress_dot_v1_dot_evaluator__pb2.EvaluatorServiceListBenchmarksRequest.SerializeToString,
+                response_deserializer=modelpress_dot_v1_dot_evaluator__pb2.EvaluatorServiceListBenchmarksResponse.FromString,
+                _registered_method=True)
+        self.RenderReport = channel.unary_unary(
+                '/modelpress.v1.EvaluatorService/RenderReport',
+                request_serializer=modelpress_dot_v1_dot_evaluator__pb2.EvaluatorServiceRenderReportRequest.SerializeToString,
+                response_deserializer=modelpress_dot_v1_dot_evaluator__pb2.EvaluatorServiceRenderReportResponse.FromString,
+                _registered_method=True)
 
 
 class EvaluatorServiceServicer:
@@ -76,6 +101,39 @@ class EvaluatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Compare(self, request, context):
+        """Measures N models on the same inputs, latency interleaved; ratios against a baseline.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListThresholdSets(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Benchmark(self, request, context):
+        """Measures a model over a grid of shapes on this machine and stores the rows.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListBenchmarks(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RenderReport(self, request, context):
+        """Renders a job's JSON and HTML report and stores them as one artifact.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EvaluatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -93,6 +151,31 @@ def add_EvaluatorServiceServicer_to_server(servicer, server):
                     servicer.Evaluate,
                     request_deserializer=modelpress_dot_v1_dot_evaluator__pb2.EvaluatorServiceEvaluateRequest.FromString,
                     response_serializer=modelpress_dot_v1_dot_evaluator__pb2.EvaluatorServiceEvaluateResponse.SerializeToString,
+            ),
+            'Compare': grpc.unary_unary_rpc_method_handler(
+                    servicer.Compare,
+                    request_deserializer=modelpress_dot_v1_dot_evaluator__pb2.EvaluatorServiceCompareRequest.FromString,
+                    response_serializer=modelpress_dot_v1_dot_evaluator__pb2.EvaluatorServiceCompareResponse.SerializeToString,
+            ),
+            'ListThresholdSets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListThresholdSets,
+                    request_deserializer=modelpress_dot_v1_dot_evaluator__pb2.EvaluatorServiceListThresholdSetsRequest.FromString,
+                    response_serializer=modelpress_dot_v1_dot_evaluator__pb2.EvaluatorServiceListThresholdSetsResponse.SerializeToString,
+            ),
+            'Benchmark': grpc.unary_unary_rpc_method_handler(
+                    servicer.Benchmark,
+                    request_deserializer=modelpress_dot_v1_dot_evaluator__pb2.EvaluatorServiceBenchmarkRequest.FromString,
+                    response_serializer=modelpress_dot_v1_dot_evaluator__pb2.EvaluatorServiceBenchmarkResponse.SerializeToString,
+            ),
+            'ListBenchmarks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBenchmarks,
+                    request_deserializer=modelpress_dot_v1_dot_evaluator__pb2.EvaluatorServiceListBenchmarksRequest.FromString,
+                    response_serializer=modelpress_dot_v1_dot_evaluator__pb2.EvaluatorServiceListBenchmarksResponse.SerializeToString,
+            ),
+            'RenderReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenderReport,
+                    request_deserializer=modelpress_dot_v1_dot_evaluator__pb2.EvaluatorServiceRenderReportRequest.FromString,
+                    response_serializer=modelpress_dot_v1_dot_evaluator__pb2.EvaluatorServiceRenderReportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -177,6 +260,141 @@ class EvaluatorService:
             '/modelpress.v1.EvaluatorService/Evaluate',
             modelpress_dot_v1_dot_evaluator__pb2.EvaluatorServiceEvaluateRequest.SerializeToString,
             modelpress_dot_v1_dot_evaluator__pb2.EvaluatorServiceEvaluateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Compare(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelpress.v1.EvaluatorService/Compare',
+            modelpress_dot_v1_dot_evaluator__pb2.EvaluatorServiceCompareRequest.SerializeToString,
+            modelpress_dot_v1_dot_evaluator__pb2.EvaluatorServiceCompareResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListThresholdSets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelpress.v1.EvaluatorService/ListThresholdSets',
+            modelpress_dot_v1_dot_evaluator__pb2.EvaluatorServiceListThresholdSetsRequest.SerializeToString,
+            modelpress_dot_v1_dot_evaluator__pb2.EvaluatorServiceListThresholdSetsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Benchmark(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelpress.v1.EvaluatorService/Benchmark',
+            modelpress_dot_v1_dot_evaluator__pb2.EvaluatorServiceBenchmarkRequest.SerializeToString,
+            modelpress_dot_v1_dot_evaluator__pb2.EvaluatorServiceBenchmarkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBenchmarks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelpress.v1.EvaluatorService/ListBenchmarks',
+            modelpress_dot_v1_dot_evaluator__pb2.EvaluatorServiceListBenchmarksRequest.SerializeToString,
+            modelpress_dot_v1_dot_evaluator__pb2.EvaluatorServiceListBenchmarksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenderReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelpress.v1.EvaluatorService/RenderReport',
+            modelpress_dot_v1_dot_evaluator__pb2.EvaluatorServiceRenderReportRequest.SerializeToString,
+            modelpress_dot_v1_dot_evaluator__pb2.EvaluatorServiceRenderReportResponse.FromString,
             options,
             channel_credentials,
             insecure,

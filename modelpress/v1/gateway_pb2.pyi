@@ -148,7 +148,7 @@ class ValidateConfigResponse(_message.Message):
     def __init__(self, valid: _Optional[bool] = ..., errors: _Optional[_Iterable[str]] = ..., resolved_stages: _Optional[_Iterable[_Union[_common_pb2.StageSpec, _Mapping]]] = ...) -> None: ...
 
 class CompressionStrategy(_message.Message):
-    __slots__ = ("name", "description", "target_scenario", "techniques", "expected_compression_ratio", "expected_speedup", "expected_accuracy_retention", "hardware_compatibility", "recipe")
+    __slots__ = ("name", "description", "target_scenario", "techniques", "expected_compression_ratio", "expected_speedup", "expected_accuracy_retention", "hardware_compatibility", "recipe", "evidence")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     TARGET_SCENARIO_FIELD_NUMBER: _ClassVar[int]
@@ -158,6 +158,7 @@ class CompressionStrategy(_message.Message):
     EXPECTED_ACCURACY_RETENTION_FIELD_NUMBER: _ClassVar[int]
     HARDWARE_COMPATIBILITY_FIELD_NUMBER: _ClassVar[int]
     RECIPE_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     target_scenario: str
@@ -167,7 +168,8 @@ class CompressionStrategy(_message.Message):
     expected_accuracy_retention: float
     hardware_compatibility: _containers.RepeatedScalarFieldContainer[str]
     recipe: str
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., target_scenario: _Optional[str] = ..., techniques: _Optional[_Iterable[_Union[_common_pb2.Technique, str]]] = ..., expected_compression_ratio: _Optional[float] = ..., expected_speedup: _Optional[float] = ..., expected_accuracy_retention: _Optional[float] = ..., hardware_compatibility: _Optional[_Iterable[str]] = ..., recipe: _Optional[str] = ...) -> None: ...
+    evidence: str
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., target_scenario: _Optional[str] = ..., techniques: _Optional[_Iterable[_Union[_common_pb2.Technique, str]]] = ..., expected_compression_ratio: _Optional[float] = ..., expected_speedup: _Optional[float] = ..., expected_accuracy_retention: _Optional[float] = ..., hardware_compatibility: _Optional[_Iterable[str]] = ..., recipe: _Optional[str] = ..., evidence: _Optional[str] = ...) -> None: ...
 
 class ListStrategiesRequest(_message.Message):
     __slots__ = ()
@@ -180,26 +182,72 @@ class ListStrategiesResponse(_message.Message):
     def __init__(self, strategies: _Optional[_Iterable[_Union[CompressionStrategy, _Mapping]]] = ...) -> None: ...
 
 class RecommendStrategyRequest(_message.Message):
-    __slots__ = ("model", "target", "max_size_mb", "max_latency_ms", "min_quality_retention", "hardware")
+    __slots__ = ("model", "target", "max_size_mb", "max_latency_ms", "min_quality_retention", "hardware", "candidate_recipes", "stored_only", "evaluation")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     MAX_SIZE_MB_FIELD_NUMBER: _ClassVar[int]
     MAX_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     MIN_QUALITY_RETENTION_FIELD_NUMBER: _ClassVar[int]
     HARDWARE_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_RECIPES_FIELD_NUMBER: _ClassVar[int]
+    STORED_ONLY_FIELD_NUMBER: _ClassVar[int]
+    EVALUATION_FIELD_NUMBER: _ClassVar[int]
     model: _common_pb2.ModelRef
     target: str
     max_size_mb: float
     max_latency_ms: float
     min_quality_retention: float
     hardware: str
-    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., target: _Optional[str] = ..., max_size_mb: _Optional[float] = ..., max_latency_ms: _Optional[float] = ..., min_quality_retention: _Optional[float] = ..., hardware: _Optional[str] = ...) -> None: ...
+    candidate_recipes: _containers.RepeatedScalarFieldContainer[str]
+    stored_only: bool
+    evaluation: _common_pb2.EvaluationSpec
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., target: _Optional[str] = ..., max_size_mb: _Optional[float] = ..., max_latency_ms: _Optional[float] = ..., min_quality_retention: _Optional[float] = ..., hardware: _Optional[str] = ..., candidate_recipes: _Optional[_Iterable[str]] = ..., stored_only: _Optional[bool] = ..., evaluation: _Optional[_Union[_common_pb2.EvaluationSpec, _Mapping]] = ...) -> None: ...
+
+class Recommendation(_message.Message):
+    __slots__ = ("rank", "strategy", "feasible", "pareto_optimal", "reason", "violated_constraints", "size_mb", "latency_p50_ms", "quality_retention", "quality_metric", "compression_ratio", "speedup", "job_id", "measured_now")
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    FEASIBLE_FIELD_NUMBER: _ClassVar[int]
+    PARETO_OPTIMAL_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    VIOLATED_CONSTRAINTS_FIELD_NUMBER: _ClassVar[int]
+    SIZE_MB_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_P50_MS_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_RETENTION_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_METRIC_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSION_RATIO_FIELD_NUMBER: _ClassVar[int]
+    SPEEDUP_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_NOW_FIELD_NUMBER: _ClassVar[int]
+    rank: int
+    strategy: CompressionStrategy
+    feasible: bool
+    pareto_optimal: bool
+    reason: str
+    violated_constraints: _containers.RepeatedScalarFieldContainer[str]
+    size_mb: float
+    latency_p50_ms: float
+    quality_retention: float
+    quality_metric: str
+    compression_ratio: float
+    speedup: float
+    job_id: str
+    measured_now: bool
+    def __init__(self, rank: _Optional[int] = ..., strategy: _Optional[_Union[CompressionStrategy, _Mapping]] = ..., feasible: _Optional[bool] = ..., pareto_optimal: _Optional[bool] = ..., reason: _Optional[str] = ..., violated_constraints: _Optional[_Iterable[str]] = ..., size_mb: _Optional[float] = ..., latency_p50_ms: _Optional[float] = ..., quality_retention: _Optional[float] = ..., quality_metric: _Optional[str] = ..., compression_ratio: _Optional[float] = ..., speedup: _Optional[float] = ..., job_id: _Optional[str] = ..., measured_now: _Optional[bool] = ...) -> None: ...
 
 class RecommendStrategyResponse(_message.Message):
-    __slots__ = ("strategies",)
+    __slots__ = ("strategies", "recommendations", "baseline_size_mb", "baseline_latency_p50_ms", "device_name")
     STRATEGIES_FIELD_NUMBER: _ClassVar[int]
+    RECOMMENDATIONS_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_SIZE_MB_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_LATENCY_P50_MS_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_NAME_FIELD_NUMBER: _ClassVar[int]
     strategies: _containers.RepeatedCompositeFieldContainer[CompressionStrategy]
-    def __init__(self, strategies: _Optional[_Iterable[_Union[CompressionStrategy, _Mapping]]] = ...) -> None: ...
+    recommendations: _containers.RepeatedCompositeFieldContainer[Recommendation]
+    baseline_size_mb: float
+    baseline_latency_p50_ms: float
+    device_name: str
+    def __init__(self, strategies: _Optional[_Iterable[_Union[CompressionStrategy, _Mapping]]] = ..., recommendations: _Optional[_Iterable[_Union[Recommendation, _Mapping]]] = ..., baseline_size_mb: _Optional[float] = ..., baseline_latency_p50_ms: _Optional[float] = ..., device_name: _Optional[str] = ...) -> None: ...
 
 class EvaluateRequest(_message.Message):
     __slots__ = ("model", "spec")
@@ -228,36 +276,22 @@ class CompareRequest(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[_common_pb2.ModelRef, _Mapping]]] = ..., baseline_index: _Optional[int] = ..., spec: _Optional[_Union[_common_pb2.EvaluationSpec, _Mapping]] = ..., threshold_set: _Optional[str] = ...) -> None: ...
 
 class CompareResponse(_message.Message):
-    __slots__ = ("metrics",)
+    __slots__ = ("metrics", "comparison")
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    COMPARISON_FIELD_NUMBER: _ClassVar[int]
     metrics: _containers.RepeatedCompositeFieldContainer[_common_pb2.ModelMetrics]
-    def __init__(self, metrics: _Optional[_Iterable[_Union[_common_pb2.ModelMetrics, _Mapping]]] = ...) -> None: ...
+    comparison: _common_pb2.Comparison
+    def __init__(self, metrics: _Optional[_Iterable[_Union[_common_pb2.ModelMetrics, _Mapping]]] = ..., comparison: _Optional[_Union[_common_pb2.Comparison, _Mapping]] = ...) -> None: ...
 
-class HardwareBenchmark(_message.Message):
-    __slots__ = ("device_name", "device_type", "batch_size", "sequence_length", "throughput", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "memory_usage_mb", "power_consumption_w", "model")
-    DEVICE_NAME_FIELD_NUMBER: _ClassVar[int]
-    DEVICE_TYPE_FIELD_NUMBER: _ClassVar[int]
-    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
-    SEQUENCE_LENGTH_FIELD_NUMBER: _ClassVar[int]
-    THROUGHPUT_FIELD_NUMBER: _ClassVar[int]
-    LATENCY_P50_MS_FIELD_NUMBER: _ClassVar[int]
-    LATENCY_P95_MS_FIELD_NUMBER: _ClassVar[int]
-    LATENCY_P99_MS_FIELD_NUMBER: _ClassVar[int]
-    MEMORY_USAGE_MB_FIELD_NUMBER: _ClassVar[int]
-    POWER_CONSUMPTION_W_FIELD_NUMBER: _ClassVar[int]
-    MODEL_FIELD_NUMBER: _ClassVar[int]
-    device_name: str
-    device_type: str
-    batch_size: int
-    sequence_length: int
-    throughput: float
-    latency_p50_ms: float
-    latency_p95_ms: float
-    latency_p99_ms: float
-    memory_usage_mb: float
-    power_consumption_w: float
-    model: str
-    def __init__(self, device_name: _Optional[str] = ..., device_type: _Optional[str] = ..., batch_size: _Optional[int] = ..., sequence_length: _Optional[int] = ..., throughput: _Optional[float] = ..., latency_p50_ms: _Optional[float] = ..., latency_p95_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., memory_usage_mb: _Optional[float] = ..., power_consumption_w: _Optional[float] = ..., model: _Optional[str] = ...) -> None: ...
+class ListThresholdSetsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListThresholdSetsResponse(_message.Message):
+    __slots__ = ("threshold_sets",)
+    THRESHOLD_SETS_FIELD_NUMBER: _ClassVar[int]
+    threshold_sets: _containers.RepeatedCompositeFieldContainer[_common_pb2.ThresholdSet]
+    def __init__(self, threshold_sets: _Optional[_Iterable[_Union[_common_pb2.ThresholdSet, _Mapping]]] = ...) -> None: ...
 
 class ListBenchmarksRequest(_message.Message):
     __slots__ = ("model", "device")
@@ -270,24 +304,28 @@ class ListBenchmarksRequest(_message.Message):
 class ListBenchmarksResponse(_message.Message):
     __slots__ = ("benchmarks",)
     BENCHMARKS_FIELD_NUMBER: _ClassVar[int]
-    benchmarks: _containers.RepeatedCompositeFieldContainer[HardwareBenchmark]
-    def __init__(self, benchmarks: _Optional[_Iterable[_Union[HardwareBenchmark, _Mapping]]] = ...) -> None: ...
+    benchmarks: _containers.RepeatedCompositeFieldContainer[_common_pb2.HardwareBenchmark]
+    def __init__(self, benchmarks: _Optional[_Iterable[_Union[_common_pb2.HardwareBenchmark, _Mapping]]] = ...) -> None: ...
 
 class RunBenchmarkRequest(_message.Message):
-    __slots__ = ("model", "batch_sizes", "sequence_lengths")
+    __slots__ = ("model", "batch_sizes", "sequence_lengths", "iterations", "threads")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZES_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_LENGTHS_FIELD_NUMBER: _ClassVar[int]
+    ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    THREADS_FIELD_NUMBER: _ClassVar[int]
     model: _common_pb2.ModelRef
     batch_sizes: _containers.RepeatedScalarFieldContainer[int]
     sequence_lengths: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., batch_sizes: _Optional[_Iterable[int]] = ..., sequence_lengths: _Optional[_Iterable[int]] = ...) -> None: ...
+    iterations: int
+    threads: int
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., batch_sizes: _Optional[_Iterable[int]] = ..., sequence_lengths: _Optional[_Iterable[int]] = ..., iterations: _Optional[int] = ..., threads: _Optional[int] = ...) -> None: ...
 
 class RunBenchmarkResponse(_message.Message):
     __slots__ = ("benchmarks",)
     BENCHMARKS_FIELD_NUMBER: _ClassVar[int]
-    benchmarks: _containers.RepeatedCompositeFieldContainer[HardwareBenchmark]
-    def __init__(self, benchmarks: _Optional[_Iterable[_Union[HardwareBenchmark, _Mapping]]] = ...) -> None: ...
+    benchmarks: _containers.RepeatedCompositeFieldContainer[_common_pb2.HardwareBenchmark]
+    def __init__(self, benchmarks: _Optional[_Iterable[_Union[_common_pb2.HardwareBenchmark, _Mapping]]] = ...) -> None: ...
 
 class GetResultRequest(_message.Message):
     __slots__ = ("job_id",)
@@ -334,12 +372,14 @@ class DeployResultResponse(_message.Message):
     def __init__(self, endpoint: _Optional[str] = ...) -> None: ...
 
 class GetReportRequest(_message.Message):
-    __slots__ = ("job_id", "format")
+    __slots__ = ("job_id", "format", "comparison_id")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
+    COMPARISON_ID_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     format: str
-    def __init__(self, job_id: _Optional[str] = ..., format: _Optional[str] = ...) -> None: ...
+    comparison_id: str
+    def __init__(self, job_id: _Optional[str] = ..., format: _Optional[str] = ..., comparison_id: _Optional[str] = ...) -> None: ...
 
 class GetReportResponse(_message.Message):
     __slots__ = ("content_type", "content")

@@ -100,6 +100,11 @@ class GatewayServiceStub:
                 request_serializer=modelpress_dot_v1_dot_gateway__pb2.CompareRequest.SerializeToString,
                 response_deserializer=modelpress_dot_v1_dot_gateway__pb2.CompareResponse.FromString,
                 _registered_method=True)
+        self.ListThresholdSets = channel.unary_unary(
+                '/modelpress.v1.GatewayService/ListThresholdSets',
+                request_serializer=modelpress_dot_v1_dot_gateway__pb2.ListThresholdSetsRequest.SerializeToString,
+                response_deserializer=modelpress_dot_v1_dot_gateway__pb2.ListThresholdSetsResponse.FromString,
+                _registered_method=True)
         self.ListBenchmarks = channel.unary_unary(
                 '/modelpress.v1.GatewayService/ListBenchmarks',
                 request_serializer=modelpress_dot_v1_dot_gateway__pb2.ListBenchmarksRequest.SerializeToString,
@@ -233,6 +238,12 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListThresholdSets(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListBenchmarks(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -358,6 +369,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.Compare,
                     request_deserializer=modelpress_dot_v1_dot_gateway__pb2.CompareRequest.FromString,
                     response_serializer=modelpress_dot_v1_dot_gateway__pb2.CompareResponse.SerializeToString,
+            ),
+            'ListThresholdSets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListThresholdSets,
+                    request_deserializer=modelpress_dot_v1_dot_gateway__pb2.ListThresholdSetsRequest.FromString,
+                    response_serializer=modelpress_dot_v1_dot_gateway__pb2.ListThresholdSetsResponse.SerializeToString,
             ),
             'ListBenchmarks': grpc.unary_unary_rpc_method_handler(
                     servicer.ListBenchmarks,
@@ -757,6 +773,33 @@ class GatewayService:
             '/modelpress.v1.GatewayService/Compare',
             modelpress_dot_v1_dot_gateway__pb2.CompareRequest.SerializeToString,
             modelpress_dot_v1_dot_gateway__pb2.CompareResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListThresholdSets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelpress.v1.GatewayService/ListThresholdSets',
+            modelpress_dot_v1_dot_gateway__pb2.ListThresholdSetsRequest.SerializeToString,
+            modelpress_dot_v1_dot_gateway__pb2.ListThresholdSetsResponse.FromString,
             options,
             channel_credentials,
             insecure,

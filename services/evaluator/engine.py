@@ -1,45 +1,141 @@
-"""Evaluation of a model folder: size on disk here, the rest in a fresh probe process."""
+"""Evaluation of model folders: one fresh probe process per model (figures, peak RSS), one shared
+process for interleaved latency when comparing, and the reference-based encoder figures here."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from services.common import packaging
 from services.common.configspec import MethodConfig
+from services.evaluator import quality
+from services.evaluator.measure import stored_parameter_bytes
+from services.evaluator.probe import ProbePlan
+
+
+def _int_list(text: str, field: str, lo: int, hi: int) -> list[int]:
+    values = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        if not part.isdigit() or not lo <= int(part) <= hi:
+            raise ValueError(f"{field}: {part!r} is not an integer in [{lo}, {hi}]")
+        values.append(int(part))
+    return values
 
 
 class EvaluationConfig(MethodConfig):
-    batch_size: int = Field(1, ge=1, le=256, description="Batch size of the timed forward passes")
-    sequence_length: int = Field(128, ge=1, le=8192, description="Tokens per sequence of the timed passes")
-    latency_iterations: int = Field(10, ge=1, le=1000, description="Timed passes after 3 warm-up passes")
-    quality_windows: int = Field(8, ge=0, le=32, description="Held-out 512-token windows for perplexity (0: skip)")
-    threads: int = Field(2, ge=1, le=256, description="torch intra-op threads")
+    batch_size: int = Field(1, ge=1, le=256, description="Batch size of the main timed shape")
+    sequence_length: int = Field(128, ge=1, le=8192, description="Tokens per sequence of the main timed shape")
+    latency_iterations: int = Field(10, ge=1, le=1000, description="Timed passes per shape, after warm-up")
+    warmup: int = Field(3, ge=0, le=100, description="Untimed passes before timing each shape")
+    quality_windows: int = Field(8, ge=0, le=32, description="Causal LMs: held-out 512-token windows (0: skip)")
+    quality_sentences: int = Field(200, ge=0, le=222,
+                                   description="Encoders: held-out topic sentences for k-NN and cosine (0: skip)")
+    decode_tokens: int = Field(16, ge=0, le=512, description="Causal LMs: timed per-token decode steps (0: skip)")
+    threads: int = Field(2, ge=1, le=256, description="torch intra-op threads (fixed for every pass)")
+    batch_sizes: str = Field("", description="Extra latency grid: comma-separated batch sizes")
+    sequence_lengths: str = Field("", description="Extra latency grid: comma-separated sequence lengths")
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$", description="cpu, or cuda where a GPU is present")
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _batches(cls, value: str) -> str:
+        _int_list(value, "batch_sizes", 1, 256)
+        return value
+
+    @field_validator("sequence_lengths")
+    @classmethod
+    def _lengths(cls, value: str) -> str:
+        _int_list(value, "sequence_lengths", 1, 8192)
+        return value
+
+    def grid(self) -> list[tuple[int, int]]:
+        """Every extra batch size with every extra sequence length; a missing axis takes the main value."""
+        batches = _int_list(self.batch_sizes, "batch_sizes", 1, 256) or [self.batch_size]
+        lengths = _int_list(self.sequence_lengths, "sequence_lengths", 1, 8192) or [self.sequence_length]
+        shapes = [(b, s) for b in batches for s in lengths]
+        return [shape for shape in shapes if shape != (self.batch_size, self.sequence_length)] \
+            if self.batch_sizes or self.sequence_lengths else []
+
+    def plan(self, folders: list[Path], **changes) -> ProbePlan:
+        plan = ProbePlan(models=[str(f) for f in folders], batch_size=self.batch_size,
+                         sequence_length=self.sequence_length, iterations=self.latency_iterations, warmup=self.warmup,
+                         threads=self.threads, grid=self.grid(), decode_tokens=self.decode_tokens,
+                         quality_windows=self.quality_windows, quality_sentences=self.quality_sentences,
+                         device=self.device)
+        for name, value in changes.items():
+            setattr(plan, name, value)
+        return plan
 
 
 class ProbeFailed(RuntimeError):
     pass
 
 
-def evaluate_folder(folder: Path, config: EvaluationConfig, timeout_s: float = 1800) -> dict:
-    """All figures for one model folder, as a flat dict matching ModelMetrics' fields."""
-    cmd = [
-        sys.executable, "-m", "services.evaluator.probe",
-        "--model", str(folder),
-        "--batch-size", str(config.batch_size),
-        "--sequence-length", str(config.sequence_length),
-        "--iterations", str(config.latency_iterations),
-        "--quality-windows", str(config.quality_windows),
-        "--threads", str(config.threads),
-    ]
+def run_probe(mode: str, plan: ProbePlan, timeout_s: float = 3600) -> dict:
+    cmd = [sys.executable, "-m", "services.evaluator.probe", mode, plan.to_json()]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ProbeFailed(f"measuring {folder.name} failed: {last}")
-    figures = json.loads(proc.stdout)
+        names = ", ".join(Path(m).name for m in plan.models)
+        raise ProbeFailed(f"measuring {names} failed: {last}")
+    return json.loads(proc.stdout)
+
+
+def _load_embeddings(path: Path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path))["embeddings"]
+
+
+def evaluate_folder(folder: Path, config: EvaluationConfig, reference: Path | None = None, *,
+                    time_latency: bool = True, keep_embeddings: Path | None = None) -> dict:
+    """All figures for one model folder, as a dict shaped like ModelMetrics.
+
+    With `reference` (encoders), the reference model embeds the same sentences in its own probe
+    and the figures gain cosine and nearest-neighbour agreement against it."""
+    with tempfile.TemporaryDirectory(prefix="mp-eval-") as tmp:
+        embeddings = keep_embeddings or Path(tmp) / "embeddings.safetensors"
+        figures = run_probe("measure", config.plan([folder], embeddings_out=str(embeddings),
+                                                   time_latency=time_latency))
+        if reference is not None and figures["kind"] == "encoder" and config.quality_sentences:
+            reference_embeddings = Path(tmp) / "reference.safetensors"
+            run_probe("measure", config.plan([reference], embeddings_out=str(reference_embeddings),
+                                             time_latency=False, quality_windows=0))
+            figures["encoder"] = add_reference(figures, _load_embeddings(embeddings),
+                                               _load_embeddings(reference_embeddings))
     figures["size_on_disk_bytes"] = packaging.folder_size_bytes(folder)
+    figures["parameter_bytes"] = stored_parameter_bytes(folder)
     return figures
+
+
+def add_reference(figures: dict, embeddings, reference) -> dict:
+    _, labels = quality.topic_sentences(figures["encoder"]["sentences"])
+    return asdict(quality.encoder_quality(embeddings, labels, reference))
+
+
+def compare_folders(folders: list[Path], baseline_index: int, config: EvaluationConfig) -> tuple[list[dict], int]:
+    """Figures of N models on the same inputs: each model's own probe (parameters, FLOPs, peak RSS,
+    quality, decode), then one process timing all of them in interleaved rounds. Encoders are
+    scored against the baseline's embeddings. Returns the figures and the number of rounds."""
+    results = []
+    with tempfile.TemporaryDirectory(prefix="mp-compare-") as tmp:
+        paths = [Path(tmp) / f"embeddings-{i}.safetensors" for i in range(len(folders))]
+        for folder, path in zip(folders, paths):
+            figures = run_probe("measure", config.plan([folder], embeddings_out=str(path), time_latency=False))
+            figures["size_on_disk_bytes"] = packaging.folder_size_bytes(folder)
+            figures["parameter_bytes"] = stored_parameter_bytes(folder)
+            results.append(figures)
+        if results[baseline_index]["kind"] == "encoder" and config.quality_sentences:
+            reference = _load_embeddings(paths[baseline_index])
+            for figures, path in zip(results, paths):
+                figures["encoder"] = add_reference(figures, _load_embeddings(path), reference)
+    timed = run_probe("interleave", config.plan(folders))
+    for figures, latency in zip(results, timed["latency"]):
+        figures["latency"] = latency
+    return results, timed["rounds"]

@@ -1,60 +1,150 @@
-"""Measures one model folder in a fresh process and prints the figures as JSON.
+"""Measures model folders in a fresh process and prints the figures as JSON on stdout.
 
-Run as a subprocess by the evaluator so that peak RSS is this model's alone, not
-whatever the long-lived service loaded before:
+The evaluator runs this as a subprocess so that peak RSS is the measured model's alone,
+not whatever the long-lived service loaded before, and so that a crash in a model's
+code cannot take the service down:
 
-    python -m services.evaluator.probe --model DIR --batch-size 1 --sequence-length 128 ...
+    python -m services.evaluator.probe measure PLAN_JSON      one model, every figure
+    python -m services.evaluator.probe interleave PLAN_JSON   N models, latency interleaved
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import sys
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", type=Path, required=True)
-    parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--sequence-length", type=int, default=128)
-    parser.add_argument("--iterations", type=int, default=10)
-    parser.add_argument("--quality-windows", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args(argv)
+@dataclass
+class ProbePlan:
+    models: list[str]
+    batch_size: int = 1
+    sequence_length: int = 128
+    iterations: int = 10
+    warmup: int = 3
+    threads: int = 2
+    # Extra (batch, sequence) shapes timed after the main one.
+    grid: list[tuple[int, int]] = field(default_factory=list)
+    # Causal LMs: decode steps timed after a prefill of sequence_length (0: none).
+    decode_tokens: int = 0
+    quality_windows: int = 0
+    # Encoders: held-out topic sentences; their embeddings go to embeddings_out when set.
+    quality_sentences: int = 0
+    embeddings_out: str = ""
+    # False: one untimed pass at the main shape (FLOPs and RSS still measured), no timing.
+    time_latency: bool = True
+    device: str = "cpu"
 
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "ProbePlan":
+        data = json.loads(text)
+        data["grid"] = [tuple(shape) for shape in data.get("grid", [])]
+        return cls(**data)
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _load(folder: Path, device: str):
+    from services.common import modelio
+
+    config = modelio.read_config(folder)
+    kind = modelio.model_kind(config)
+    model = modelio.load_model(folder)
+    if device != "cpu":
+        model = model.to(device)
+    vocab = int(config.get("vocab_size", 1000))
+    return config, kind, model, vocab
+
+
+def measure(plan: ProbePlan) -> dict:
     import torch
 
-    torch.set_num_threads(args.threads)
     from services.common import modelio
-    from services.evaluator import measure
+    from services.evaluator import latency, quality
+    from services.evaluator.machine import PowerMeter, describe_machine
+    from services.evaluator.measure import count_flops, count_parameters
 
-    config = modelio.read_config(args.model)
-    kind = modelio.model_kind(config)
-    model = modelio.load_model(args.model)
+    folder = Path(plan.models[0])
+    config, kind, model, vocab = _load(folder, plan.device)
+    causal = kind == "causal-lm"
+    ids = latency.fixed_token_ids(plan.batch_size, plan.sequence_length, vocab).to(latency.model_device(model))
     figures: dict = {
         "architecture": (config.get("architectures") or [config.get("model_type", "")])[0],
         "kind": kind,
-        "parameters": measure.count_parameters(model),
+        "parameters": count_parameters(model),
+        "flops": count_flops(model, ids),
+        "machine": describe_machine(use_gpu=plan.device != "cpu").as_dict(),
     }
-    latency = measure.measure_latency(
-        model,
-        batch_size=args.batch_size,
-        sequence_length=args.sequence_length,
-        iterations=args.iterations,
-        vocab_size=min(int(config.get("vocab_size", 1000)), 32000),
-    )
-    figures["latency"] = latency.as_dict()
-    # Peak RSS while loaded and running at the stated shape (ru_maxrss is in KiB on Linux).
-    figures["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    if kind == "causal-lm" and args.quality_windows > 0:
-        tokenizer = modelio.load_tokenizer(args.model)
-        quality = measure.causal_lm_quality(model, measure.heldout_windows(tokenizer, args.quality_windows))
-        figures.update(perplexity=quality.perplexity, top1_accuracy=quality.top1_accuracy,
-                       quality_tokens=quality.tokens)
-    json.dump(figures, sys.stdout)
+    if plan.time_latency:
+        power = PowerMeter()
+        power.start()
+        main = latency.measure_forward(model, batch_size=plan.batch_size, sequence_length=plan.sequence_length,
+                                       iterations=plan.iterations, warmup=plan.warmup, vocab_size=vocab,
+                                       causal=causal)
+        watts = power.stop()
+        figures["latency"] = main.as_dict()
+        if watts is not None:
+            figures["power_w"] = watts
+        grid = [latency.measure_forward(model, batch_size=b, sequence_length=s, iterations=plan.iterations,
+                                        warmup=plan.warmup, vocab_size=vocab, causal=causal).as_dict()
+                for b, s in plan.grid]
+        figures["latency_grid"] = grid
+        if causal and plan.decode_tokens:
+            figures["decode"] = latency.measure_decode(model, batch_size=plan.batch_size,
+                                                       prompt_length=plan.sequence_length, tokens=plan.decode_tokens,
+                                                       vocab_size=vocab).as_dict()
+    else:
+        latency.forward_pass(model, ids, causal=causal)()
+    # Peak while loaded and run at the stated shapes, before the quality passes' own shapes.
+    figures["peak_rss_mb"] = _peak_rss_mb()
+    if plan.device.startswith("cuda"):
+        figures["cuda_max_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    if causal and plan.quality_windows:
+        tokenizer = modelio.load_tokenizer(folder)
+        found = quality.causal_lm_quality(model, quality.heldout_windows(tokenizer, plan.quality_windows))
+        figures.update(perplexity=found.perplexity, top1_accuracy=found.top1_accuracy, quality_tokens=found.tokens)
+    if kind == "encoder" and plan.quality_sentences:
+        sentences, labels = quality.topic_sentences(plan.quality_sentences)
+        embeddings = quality.sentence_embeddings(model, modelio.load_tokenizer(folder), sentences)
+        figures["encoder"] = asdict(quality.encoder_quality(embeddings, labels))
+        if plan.embeddings_out:
+            from safetensors.torch import save_file
+
+            save_file({"embeddings": embeddings.contiguous()}, plan.embeddings_out)
+    return figures
+
+
+def interleave(plan: ProbePlan) -> dict:
+    from services.evaluator import latency
+
+    loaded = [_load(Path(folder), plan.device) for folder in plan.models]
+    kinds = {kind for _, kind, _, _ in loaded}
+    if len(kinds) != 1:
+        raise SystemExit(f"cannot compare latency across model kinds {sorted(kinds)}")
+    figures = latency.interleaved_forward([model for _, _, model, _ in loaded], batch_size=plan.batch_size,
+                                          sequence_length=plan.sequence_length, rounds=plan.iterations,
+                                          warmup=plan.warmup, vocab_size=min(v for *_, v in loaded),
+                                          causal=kinds == {"causal-lm"})
+    return {"latency": [f.as_dict() for f in figures], "rounds": plan.iterations}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2 or argv[0] not in ("measure", "interleave"):
+        raise SystemExit(__doc__)
+    plan = ProbePlan.from_json(argv[1])
+    import torch
+
+    torch.set_num_threads(plan.threads)
+    result = measure(plan) if argv[0] == "measure" else interleave(plan)
+    json.dump(result, sys.stdout)
 
 
 if __name__ == "__main__":

@@ -1,24 +1,33 @@
-"""gRPC adapter of the evaluator engine."""
+"""gRPC adapter of the evaluator: measurement, comparison, hardware benchmarks, reports."""
 
 from __future__ import annotations
 
 import asyncio
-import platform
+import tempfile
+import uuid
 from pathlib import Path
 
 import grpc
+from google.protobuf import json_format
 
 from modelpress.v1 import common_pb2, evaluator_pb2, evaluator_pb2_grpc
 from services.common import modelio
-from services.common.configspec import describe_method, parse_config
+from services.common.configspec import ConfigError, describe_method, parse_config
+from services.common.model_source import describe
 from services.common.server import ServiceRuntime
 from services.common.stage_runner import abort_with
-from services.evaluator.engine import EvaluationConfig, evaluate_folder
+from services.evaluator import report as reports
+from services.evaluator.benchmark_store import BenchmarkStore
+from services.evaluator.comparison import comparison_row, threshold_set_message
+from services.evaluator.engine import EvaluationConfig, compare_folders, evaluate_folder
+from services.evaluator.machine import describe_machine
+from services.evaluator.thresholds import THRESHOLD_SETS, UnknownThresholdSet, threshold_set
 
 EVALUATE_METHOD = "evaluate"
+MAX_COMPARED = 8
 
 
-def spec_to_config(spec: common_pb2.EvaluationSpec) -> EvaluationConfig:
+def spec_to_config(spec: common_pb2.EvaluationSpec, **extra) -> EvaluationConfig:
     """Unset (zero) fields of the spec take the declared defaults."""
     given = {
         "batch_size": spec.batch_size,
@@ -26,23 +35,73 @@ def spec_to_config(spec: common_pb2.EvaluationSpec) -> EvaluationConfig:
         "latency_iterations": spec.latency_iterations,
         "quality_windows": spec.quality_windows,
         "threads": spec.threads,
+        "decode_tokens": spec.decode_tokens,
+        "quality_sentences": spec.quality_sentences,
+        "batch_sizes": ",".join(str(b) for b in spec.batch_sizes),
+        "sequence_lengths": ",".join(str(s) for s in spec.sequence_lengths),
     }
-    return parse_config(EvaluationConfig, {k: v for k, v in given.items() if v})
+    return parse_config(EvaluationConfig, {**{k: v for k, v in given.items() if v}, **extra})
+
+
+def latency_message(figures: dict) -> common_pb2.LatencyStats:
+    return common_pb2.LatencyStats(**{k: v for k, v in figures.items()
+                                      if k in common_pb2.LatencyStats.DESCRIPTOR.fields_by_name})
 
 
 def metrics_message(figures: dict) -> common_pb2.ModelMetrics:
-    latency = figures.get("latency", {})
-    return common_pb2.ModelMetrics(
+    machine = figures.get("machine", {})
+    metrics = common_pb2.ModelMetrics(
         size_on_disk_bytes=figures["size_on_disk_bytes"],
         parameters=figures.get("parameters", 0),
-        latency=common_pb2.LatencyStats(**latency),
+        parameter_bytes=figures.get("parameter_bytes", 0),
+        flops=figures.get("flops", 0),
         peak_rss_mb=figures.get("peak_rss_mb", 0.0),
         perplexity=figures.get("perplexity", 0.0),
         top1_accuracy=figures.get("top1_accuracy", 0.0),
         quality_tokens=figures.get("quality_tokens", 0),
         architecture=figures.get("architecture", ""),
-        device=f"cpu:{platform.processor() or platform.machine()}",
+        kind=figures.get("kind", ""),
+        cuda_max_memory_mb=figures.get("cuda_max_memory_mb", 0.0),
+        machine=common_pb2.MachineInfo(**machine) if machine else None,
+        device=_device_name(machine),
     )
+    if "latency" in figures:
+        metrics.latency.CopyFrom(latency_message(figures["latency"]))
+    metrics.latency_grid.extend(latency_message(f) for f in figures.get("latency_grid", []))
+    if "decode" in figures:
+        metrics.decode.CopyFrom(latency_message(figures["decode"]))
+    if "encoder" in figures:
+        metrics.encoder.CopyFrom(common_pb2.EncoderQuality(**figures["encoder"]))
+    return metrics
+
+
+def _device_name(machine: dict) -> str:
+    if not machine:
+        return ""
+    if machine.get("device_type") == "gpu" and machine.get("gpu_name"):
+        return machine["gpu_name"]
+    return f"{machine.get('cpu_model', '')} ({machine.get('logical_cores', 0)} threads)"
+
+
+def benchmark_rows(model_label: str, metrics: common_pb2.ModelMetrics, power_w: float | None
+                   ) -> list[common_pb2.HardwareBenchmark]:
+    """One HardwareBenchmark per timed shape and phase, in the seed's shape."""
+    rows = []
+    memory = metrics.cuda_max_memory_mb or metrics.peak_rss_mb
+    for latency in [metrics.latency, *metrics.latency_grid, *([metrics.decode] if metrics.HasField("decode") else [])]:
+        row = common_pb2.HardwareBenchmark(
+            benchmark_id="b-" + uuid.uuid4().hex[:16], model=model_label, device_name=metrics.device,
+            device_type=metrics.machine.device_type or "cpu", batch_size=latency.batch_size,
+            sequence_length=latency.sequence_length, throughput=latency.tokens_per_s,
+            samples_per_s=latency.samples_per_s, latency_p50_ms=latency.p50_ms, latency_p95_ms=latency.p95_ms,
+            latency_p99_ms=latency.p99_ms, latency_stdev_ms=latency.stdev_ms, iterations=latency.iterations,
+            memory_usage_mb=memory, threads=latency.threads, phase=latency.phase)
+        row.machine.CopyFrom(metrics.machine)
+        row.recorded_at.GetCurrentTime()
+        if power_w is not None and latency is metrics.latency:
+            row.power_consumption_w = power_w
+        rows.append(row)
+    return rows
 
 
 def _check_loadable(folder: Path) -> None:
@@ -51,40 +110,145 @@ def _check_loadable(folder: Path) -> None:
 
 
 class EvaluatorServicer(evaluator_pb2_grpc.EvaluatorServiceServicer):
-    def __init__(self, runtime: ServiceRuntime) -> None:
+    def __init__(self, runtime: ServiceRuntime, benchmarks: BenchmarkStore) -> None:
         self._runtime = runtime
+        self._benchmarks = benchmarks
         # One measurement at a time per replica: concurrent probes would time each other.
         self._measuring = asyncio.Lock()
 
     async def Describe(self, request, context):
         method = describe_method(common_pb2.TECHNIQUE_EVALUATOR, EVALUATE_METHOD,
-                                 "Size on disk, parameters, latency p50/p95/p99, peak RSS, held-out perplexity",
-                                 EvaluationConfig)
+                                 "Measures the model passing through (size, FLOPs, latency grid, peak RSS, quality) "
+                                 "and hands it on unchanged", EvaluationConfig)
         return evaluator_pb2.EvaluatorServiceDescribeResponse(
             description=common_pb2.ServiceDescription(technique=common_pb2.TECHNIQUE_EVALUATOR, methods=[method],
-                                                      version="1"))
+                                                      version="2"))
 
-    async def Run(self, request, context):
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED,
-            "evaluation stages inside recipes arrive with the evaluator issue (#4); "
-            "jobs are measured before/after through Evaluate",
-        )
-        yield  # pragma: no cover - makes this an async generator
+    async def _folder(self, ref: common_pb2.ModelRef) -> Path:
+        folder = await self._runtime.models.local_folder(ref)
+        _check_loadable(folder)
+        return folder
+
+    async def _measure(self, fn, *args, **kwargs):
+        async with self._measuring:
+            return await asyncio.to_thread(fn, *args, **kwargs)
 
     async def Evaluate(self, request, context):
         try:
             config = spec_to_config(request.spec)
-            folder = await self._runtime.models.local_folder(request.model)
-            _check_loadable(folder)
-            async with self._measuring:
-                figures = await asyncio.to_thread(evaluate_folder, folder, config)
+            folder = await self._folder(request.model)
+            reference = await self._folder(request.spec.reference) if request.spec.HasField("reference") else None
+            figures = await self._measure(evaluate_folder, folder, config, reference)
         except Exception as exc:  # noqa: BLE001
             await abort_with(context, exc, "evaluate")
             return
         return evaluator_pb2.EvaluatorServiceEvaluateResponse(metrics=metrics_message(figures))
 
+    async def Run(self, request, context):
+        """An evaluation stage inside a recipe: measures its input and passes the same artifact on."""
+        stage = request.stage
+        try:
+            config = parse_config(EvaluationConfig, json_format.MessageToDict(stage.config))
+            folder = await self._folder(stage.input)
+            figures = await self._measure(evaluate_folder, folder, config)
+            if stage.input.WhichOneof("source") == "artifact_id":
+                artifact = (await self._runtime.store.stat(stage.input.artifact_id)).ref
+            else:
+                fmt = common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS
+                artifact = await self._runtime.store.put_dir(folder, fmt=fmt)
+        except Exception as exc:  # noqa: BLE001
+            await abort_with(context, exc, f"evaluate {describe(stage.input)}")
+            return
+        metrics = metrics_message(figures)
+        flat = {"size_on_disk_bytes": metrics.size_on_disk_bytes, "parameters": metrics.parameters,
+                "flops": metrics.flops, "latency_p50_ms": metrics.latency.p50_ms,
+                "peak_rss_mb": metrics.peak_rss_mb, "perplexity": metrics.perplexity,
+                "top1_accuracy": metrics.top1_accuracy}
+        if metrics.HasField("encoder"):
+            flat["knn_topic_accuracy"] = metrics.encoder.knn_topic_accuracy
+        output = common_pb2.StageOutput(artifact=artifact, worker=self._runtime.worker_id)
+        output.metrics.update(flat)
+        yield evaluator_pb2.EvaluatorServiceRunResponse(update=common_pb2.StageUpdate(output=output))
+
+    async def Compare(self, request, context):
+        try:
+            if not 2 <= len(request.models) <= MAX_COMPARED:
+                raise ConfigError(f"models: give 2 to {MAX_COMPARED} models, got {len(request.models)}")
+            if not 0 <= request.baseline_index < len(request.models):
+                raise ConfigError(f"baseline_index: {request.baseline_index} is not an index of the "
+                                  f"{len(request.models)} models")
+            thresholds = threshold_set(request.threshold_set)
+            config = spec_to_config(request.spec)
+            folders = [await self._folder(ref) for ref in request.models]
+            figures, rounds = await self._measure(compare_folders, folders, request.baseline_index, config)
+        except UnknownThresholdSet as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc.args[0]))
+            return
+        except Exception as exc:  # noqa: BLE001
+            await abort_with(context, exc, "compare")
+            return
+        measured = [metrics_message(f) for f in figures]
+        baseline = measured[request.baseline_index]
+        comparison = common_pb2.Comparison(
+            comparison_id="c-" + uuid.uuid4().hex[:16], baseline_index=request.baseline_index,
+            threshold_set=request.threshold_set, interleaved_rounds=rounds, machine=baseline.machine,
+            rows=[comparison_row(i, describe(ref), m, baseline, i == request.baseline_index, thresholds)
+                  for i, (ref, m) in enumerate(zip(request.models, measured))])
+        comparison.created_at.GetCurrentTime()
+        comparison.report.CopyFrom(await self._store_report(reports.comparison_report(reports.to_plain(comparison))))
+        return evaluator_pb2.EvaluatorServiceCompareResponse(comparison=comparison)
+
+    async def ListThresholdSets(self, request, context):
+        return evaluator_pb2.EvaluatorServiceListThresholdSetsResponse(
+            threshold_sets=[threshold_set_message(s) for s in THRESHOLD_SETS.values()])
+
+    async def Benchmark(self, request, context):
+        try:
+            batches = list(request.batch_sizes) or [1]
+            lengths = list(request.sequence_lengths) or [128]
+            config = parse_config(EvaluationConfig, {
+                "batch_size": batches[0], "sequence_length": lengths[0],
+                "batch_sizes": ",".join(map(str, batches)), "sequence_lengths": ",".join(map(str, lengths)),
+                "latency_iterations": request.iterations or 10, "threads": request.threads or 2,
+                "quality_windows": 0, "quality_sentences": 0, **_cuda_if_present()})
+            folder = await self._folder(request.model)
+            figures = await self._measure(evaluate_folder, folder, config)
+        except Exception as exc:  # noqa: BLE001
+            await abort_with(context, exc, "benchmark")
+            return
+        rows = benchmark_rows(describe(request.model), metrics_message(figures), figures.get("power_w"))
+        for row in rows:
+            await self._benchmarks.put(row)
+        return evaluator_pb2.EvaluatorServiceBenchmarkResponse(benchmarks=rows)
+
+    async def ListBenchmarks(self, request, context):
+        rows = await self._benchmarks.list(model=request.model, device=request.device)
+        return evaluator_pb2.EvaluatorServiceListBenchmarksResponse(benchmarks=rows)
+
+    async def RenderReport(self, request, context):
+        try:
+            events = [reports.to_plain(e) for e in request.events]
+            made = await asyncio.to_thread(reports.job_report, reports.to_plain(request.job), events)
+            ref = await self._store_report(made)
+        except Exception as exc:  # noqa: BLE001
+            await abort_with(context, exc, f"report of {request.job.job_id}")
+            return
+        return evaluator_pb2.EvaluatorServiceRenderReportResponse(report=ref)
+
+    async def _store_report(self, made: reports.Report) -> common_pb2.ArtifactRef:
+        with tempfile.TemporaryDirectory(prefix="mp-report-", dir=self._runtime.settings.work_dir) as tmp:
+            folder = Path(tmp)
+            (folder / "report.json").write_text(made.json())
+            (folder / "report.html").write_text(made.html())
+            return await self._runtime.store.put_dir(folder, fmt=common_pb2.ARTIFACT_FORMAT_REPORT)
+
+
+def _cuda_if_present() -> dict:
+    """Benchmarks run on the GPU where this replica has one (the CPU otherwise)."""
+    return {"device": "cuda"} if describe_machine().device_type == "gpu" else {}
+
 
 async def register(server: grpc.aio.Server, runtime: ServiceRuntime) -> list[str]:
-    evaluator_pb2_grpc.add_EvaluatorServiceServicer_to_server(EvaluatorServicer(runtime), server)
+    benchmarks = await BenchmarkStore(runtime.js).ensure()
+    evaluator_pb2_grpc.add_EvaluatorServiceServicer_to_server(EvaluatorServicer(runtime, benchmarks), server)
     return [evaluator_pb2.DESCRIPTOR.services_by_name["EvaluatorService"].full_name]

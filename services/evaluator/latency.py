@@ -1,0 +1,166 @@
+"""Wall-clock latency of forward passes: warm-up, fixed inputs, every pass kept, spread reported.
+
+Plain PyTorch. The caller fixes the thread count (torch.set_num_threads) before timing;
+the figures record it so two runs are only compared at the same setting.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class LatencyFigures:
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    mean_ms: float
+    stdev_ms: float
+    min_ms: float
+    max_ms: float
+    iterations: int
+    warmup: int
+    batch_size: int
+    sequence_length: int
+    threads: int
+    phase: str
+    # Tokens and sequences per second at the median pass.
+    tokens_per_s: float
+    samples_per_s: float
+    samples_ms: list[float] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    if not sorted_values:
+        return 0.0
+    pos = (len(sorted_values) - 1) * q
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def summarize(samples_ms: list[float], *, batch_size: int, sequence_length: int, phase: str, warmup: int,
+              tokens_per_pass: int) -> LatencyFigures:
+    """Percentiles and spread of timed passes; throughput from the median pass."""
+    ordered = sorted(samples_ms)
+    p50 = percentile(ordered, 0.50)
+    return LatencyFigures(
+        p50_ms=p50, p95_ms=percentile(ordered, 0.95), p99_ms=percentile(ordered, 0.99),
+        mean_ms=statistics.fmean(samples_ms),
+        stdev_ms=statistics.stdev(samples_ms) if len(samples_ms) > 1 else 0.0,
+        min_ms=ordered[0], max_ms=ordered[-1],
+        iterations=len(samples_ms), warmup=warmup, batch_size=batch_size, sequence_length=sequence_length,
+        threads=torch.get_num_threads(), phase=phase,
+        tokens_per_s=tokens_per_pass / (p50 / 1000) if p50 else 0.0,
+        samples_per_s=batch_size / (p50 / 1000) if p50 else 0.0,
+        samples_ms=list(samples_ms),
+    )
+
+
+def fixed_token_ids(batch_size: int, sequence_length: int, vocab_size: int, seed: int = 0) -> torch.Tensor:
+    """The same token ids for every model and run (latency does not depend on their values,
+    but identical inputs remove one question)."""
+    generator = torch.Generator().manual_seed(seed)
+    # The lowest ids are special tokens in most vocabularies: kept out of the way.
+    return torch.randint(5, max(6, min(vocab_size, 32000)), (batch_size, sequence_length), generator=generator)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def forward_pass(model: nn.Module, ids: torch.Tensor, *, causal: bool) -> Callable[[], None]:
+    ids = ids.to(model_device(model))
+    mask = torch.ones_like(ids)
+    # A causal LM's timed pass is a prefill that does not keep its KV cache.
+    extra = {"use_cache": False} if causal else {}
+
+    def run() -> None:
+        with torch.inference_mode():
+            model(input_ids=ids, attention_mask=mask, **extra)
+
+    return run
+
+
+def _synchronize() -> None:
+    """GPU kernels run asynchronously: a pass has ended only when the device says so."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def time_passes(run: Callable[[], None], *, iterations: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        run()
+    samples = []
+    for _ in range(iterations):
+        _synchronize()
+        start = time.perf_counter()
+        run()
+        _synchronize()
+        samples.append((time.perf_counter() - start) * 1000)
+    return samples
+
+
+def measure_forward(model: nn.Module, *, batch_size: int, sequence_length: int, iterations: int, warmup: int = 3,
+                    vocab_size: int = 1000, causal: bool = False) -> LatencyFigures:
+    """One pass over batch_size x sequence_length tokens (for a causal LM: its prefill)."""
+    ids = fixed_token_ids(batch_size, sequence_length, vocab_size)
+    samples = time_passes(forward_pass(model, ids, causal=causal), iterations=iterations, warmup=warmup)
+    phase = "prefill" if causal else "forward"
+    return summarize(samples, batch_size=batch_size, sequence_length=sequence_length, phase=phase, warmup=warmup,
+                     tokens_per_pass=batch_size * sequence_length)
+
+
+def measure_decode(model: nn.Module, *, batch_size: int, prompt_length: int, tokens: int, warmup: int = 2,
+                   vocab_size: int = 1000) -> LatencyFigures:
+    """Per-token decode: after an untimed prefill of prompt_length tokens, each timed pass feeds
+    one new token per sequence through the KV cache (greedy, as a server decodes)."""
+    ids = fixed_token_ids(batch_size, prompt_length, vocab_size).to(model_device(model))
+    samples = []
+    with torch.inference_mode():
+        out = model(input_ids=ids, use_cache=True)
+        cache, next_ids = out.cache, out.logits[:, -1:].argmax(-1)
+        for step in range(warmup + tokens):
+            _synchronize()
+            start = time.perf_counter()
+            out = model(input_ids=next_ids, cache=cache, use_cache=True)
+            _synchronize()
+            elapsed = (time.perf_counter() - start) * 1000
+            cache, next_ids = out.cache, out.logits[:, -1:].argmax(-1)
+            if step >= warmup:
+                samples.append(elapsed)
+    return summarize(samples, batch_size=batch_size, sequence_length=prompt_length, phase="decode", warmup=warmup,
+                     tokens_per_pass=batch_size)
+
+
+def interleaved_forward(models: Sequence[nn.Module], *, batch_size: int, sequence_length: int, rounds: int,
+                        warmup: int = 3, vocab_size: int = 1000, causal: bool = False) -> list[LatencyFigures]:
+    """Times N models on the same ids in rounds of one pass each, the order rotating every round,
+    so slow drift of the machine (other load, thermals) falls on every model alike."""
+    ids = fixed_token_ids(batch_size, sequence_length, vocab_size)
+    runs = [forward_pass(m, ids, causal=causal) for m in models]
+    phase = "prefill" if causal else "forward"
+    for run in runs:
+        for _ in range(warmup):
+            run()
+    samples: list[list[float]] = [[] for _ in models]
+    for r in range(rounds):
+        for k in range(len(runs)):
+            i = (r + k) % len(runs)
+            _synchronize()
+            start = time.perf_counter()
+            runs[i]()
+            _synchronize()
+            samples[i].append((time.perf_counter() - start) * 1000)
+    return [summarize(s, batch_size=batch_size, sequence_length=sequence_length, phase=phase, warmup=warmup,
+                      tokens_per_pass=batch_size * sequence_length) for s in samples]

@@ -1,0 +1,355 @@
+"""JSON and self-contained HTML reports of a job or a comparison, plots embedded as PNG.
+
+Input is plain data (dicts made from the Job / Comparison messages and the job's events);
+output is two strings. A reader should get the outcome from the headline in ten seconds,
+then find the evidence below it: figures with their spread, the plots, every stage.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display: render straight to PNG
+import matplotlib.pyplot as plt  # noqa: E402
+
+# Per-layer figures the quantizer reports in its progress events, best first.
+LAYER_ERROR_KEYS = ("loss", "relative_weight_error", "relative_output_error", "sample_error")
+LOSS_CURVE_KEYS = ("block_loss_before", "block_loss_after", "train_loss", "distill_loss")
+MB = 1024 * 1024
+
+
+@dataclass
+class Report:
+    title: str
+    headline: str
+    verdict: str  # "pass", "fail" or "info"
+    data: dict[str, Any]
+    plots: dict[str, str] = field(default_factory=dict)  # caption -> base64 PNG
+    tables: list[tuple[str, list[str], list[list[str]]]] = field(default_factory=list)
+
+    def json(self) -> str:
+        return json.dumps({"title": self.title, "headline": self.headline, "verdict": self.verdict,
+                           "plots": list(self.plots), **self.data}, indent=2, sort_keys=False)
+
+    def html(self) -> str:
+        parts = [f"<h1>{html.escape(self.title)}</h1>",
+                 f'<p class="headline {self.verdict}">{html.escape(self.headline)}</p>']
+        for caption, rows_header, rows in self.tables:
+            parts.append(f"<h2>{html.escape(caption)}</h2>" + _table(rows_header, rows))
+        for caption, png in self.plots.items():
+            parts.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{png}">'
+                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+        body = "\n".join(parts)
+        return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(self.title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #1d1d1f; }}
+.headline {{ font-size: 1.35rem; padding: .8rem 1rem; border-radius: 6px; background: #eef2f7; }}
+.headline.pass {{ background: #e3f5e8; border-left: 6px solid #2e9d4f; }}
+.headline.fail {{ background: #fbe7e6; border-left: 6px solid #c9372c; }}
+table {{ border-collapse: collapse; margin: .5rem 0 1.5rem; font-size: .9rem; }}
+th, td {{ border: 1px solid #d0d4da; padding: .3rem .6rem; text-align: right; }}
+th:first-child, td:first-child {{ text-align: left; }}
+th {{ background: #f4f5f7; }}
+td.ok {{ color: #1f7a3a; font-weight: 600; }} td.bad {{ color: #b3261e; font-weight: 600; }}
+figure {{ display: inline-block; margin: 0 1rem 1rem 0; }} img {{ max-width: 520px; }}
+figcaption {{ font-size: .85rem; color: #555; }}
+</style></head><body>
+{body}
+</body></html>
+"""
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = []
+    for row in rows:
+        cells = []
+        for cell in row:
+            css = ' class="ok"' if cell == "pass" else ' class="bad"' if cell == "FAIL" else ""
+            cells.append(f"<td{css}>{html.escape(cell)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def _png(fig) -> str:
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _num(value: float, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:,.0f}"
+
+
+def _quality_of(metrics: dict) -> tuple[str, float]:
+    """The headline quality number of one model: perplexity (LMs) or topic k-NN accuracy (encoders)."""
+    if metrics.get("kind") == "encoder":
+        return "topic k-NN accuracy", metrics.get("encoder", {}).get("knnTopicAccuracy", 0.0)
+    return "perplexity", metrics.get("perplexity", 0.0)
+
+
+def to_plain(message) -> dict:
+    """A message as JSON-ready data (camelCase keys) with int64 fields as numbers, not the
+    strings protobuf's JSON mapping gives them."""
+    from google.protobuf import json_format
+
+    def fix(value):
+        if isinstance(value, dict):
+            return {k: (int(v) if isinstance(v, str) and k in _INT64_KEYS else fix(v)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [fix(v) for v in value]
+        return value
+
+    return fix(json_format.MessageToDict(message))
+
+
+_INT64_KEYS = {"sizeOnDiskBytes", "parameters", "parameterBytes", "flops", "qualityTokens", "sizeBytes",
+               "originalModelSizeBytes", "compressedModelSizeBytes", "originalParams", "compressedParams",
+               "sequence"}
+
+
+# ---- plots --------------------------------------------------------------------------------
+
+def size_quality_plot(points: list[tuple[str, float, float, bool]], quality_name: str, front: list[int]) -> str:
+    """Size (MB) against quality, one point per model; the Pareto front joined by a line."""
+    fig, ax = plt.subplots(figsize=(5.6, 4))
+    for label, size_mb, value, passed in points:
+        ax.scatter(size_mb, value, s=60, color="#2e9d4f" if passed else "#c9372c", zorder=3)
+        ax.annotate(label, (size_mb, value), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    if len(front) > 1:
+        ordered = sorted(front, key=lambda i: points[i][1])
+        ax.plot([points[i][1] for i in ordered], [points[i][2] for i in ordered], "--", color="#888", zorder=2,
+                label="Pareto front")
+        ax.legend(fontsize=8)
+    ax.set_xlabel("size on disk (MB)")
+    ax.set_ylabel(quality_name + (" (lower is better)" if quality_name == "perplexity" else ""))
+    ax.grid(alpha=.3)
+    return _png(fig)
+
+
+def latency_plot(samples: list[tuple[str, list[float]]], shape: str) -> str:
+    fig, ax = plt.subplots(figsize=(5.6, 4))
+    ax.boxplot([s for _, s in samples], showfliers=True)
+    ax.set_xticks(range(1, len(samples) + 1), [label for label, _ in samples], rotation=20, fontsize=8)
+    ax.set_ylabel("ms per pass")
+    ax.set_title(f"latency per pass, {shape}", fontsize=10)
+    ax.grid(alpha=.3, axis="y")
+    return _png(fig)
+
+
+def layer_error_plot(layers: list[tuple[str, float]], key: str) -> str:
+    fig, ax = plt.subplots(figsize=(10, 3.6))
+    ax.bar(range(len(layers)), [v for _, v in layers], color="#4a78b5")
+    ax.set_xlabel("layer (in quantization order)")
+    ax.set_ylabel(key)
+    worst = sorted(range(len(layers)), key=lambda i: layers[i][1], reverse=True)[:3]
+    for i in worst:
+        ax.annotate(layers[i][0].replace("model.layers.", "L"), (i, layers[i][1]), fontsize=7, rotation=30)
+    ax.grid(alpha=.3, axis="y")
+    return _png(fig)
+
+
+def loss_curve_plot(curves: dict[str, list[float]]) -> str:
+    fig, ax = plt.subplots(figsize=(5.6, 4))
+    for name, values in curves.items():
+        ax.plot(range(1, len(values) + 1), values, marker="o", markersize=3, label=name)
+    ax.set_xlabel("block / step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=.3)
+    return _png(fig)
+
+
+# ---- job reports ---------------------------------------------------------------------------
+
+def layer_errors(events: list[dict]) -> tuple[str, list[tuple[str, float]]]:
+    """Per-layer error of the first key the stage reported, in the order layers were done."""
+    for key in LAYER_ERROR_KEYS:
+        layers = [(e["metrics"]["layer"], float(e["metrics"][key])) for e in events
+                  if isinstance(e.get("metrics"), dict) and "layer" in e["metrics"]
+                  and isinstance(e["metrics"].get(key), (int, float))]
+        if layers:
+            return key, layers
+    return "", []
+
+
+def loss_curves(events: list[dict]) -> dict[str, list[float]]:
+    """Loss series from progress events, one point per distinct layer/block that reported it."""
+    curves: dict[str, list[float]] = {}
+    seen: dict[str, set] = {}
+    for event in events:
+        metrics = event.get("metrics") or {}
+        block = event.get("message", "").split(":")[0]
+        for key in LOSS_CURVE_KEYS:
+            if isinstance(metrics.get(key), (int, float)):
+                # QAT repeats its block loss on every layer of the block: one point per block.
+                marker = metrics.get("step", block)
+                if marker in seen.setdefault(key, set()):
+                    continue
+                seen[key].add(marker)
+                curves.setdefault(key, []).append(float(metrics[key]))
+    return curves
+
+
+def job_report(job: dict, events: list[dict]) -> Report:
+    result = job.get("result", {})
+    original, compressed = result.get("original", {}), result.get("compressed", {})
+    name = job.get("name") or job.get("jobId", "")
+    quality_name, before_q = _quality_of(original)
+    _, after_q = _quality_of(compressed)
+    size_ratio = (compressed.get("sizeOnDiskBytes", 0) / original["sizeOnDiskBytes"]
+                  if original.get("sizeOnDiskBytes") else 0.0)
+    speedup = result.get("latencyImprovement", 0.0)
+    state = job.get("state", "")
+    if not original:
+        headline = f"{job.get('recipe')}: {state}; no before/after measurement was made"
+        verdict = "info"
+    else:
+        quality_text = (f"perplexity {before_q:.3f} → {after_q:.3f} ({result.get('perplexityIncrease', 0):+.2%})"
+                        if quality_name == "perplexity" else
+                        f"topic k-NN accuracy {before_q:.3f} → {after_q:.3f}")
+        headline = (f"{job.get('recipe')}: {size_ratio:.1%} of the original size "
+                    f"({result.get('compressionRatio', 0):.2f}× smaller), {quality_text}, "
+                    f"p50 latency {speedup:.2f}× the original's speed")
+        verdict = "pass" if state == "JOB_STATE_SUCCEEDED" else "fail"
+    report = Report(title=f"modelpress report: {name}", headline=headline, verdict=verdict,
+                    data={"kind": "job", "job": job})
+    if original:
+        rows = []
+        for label, key, scale, digits in (("size on disk (MB)", "sizeOnDiskBytes", 1 / MB, 4),
+                                          ("parameters", "parameters", 1, 6),
+                                          ("stored parameter bytes (MB)", "parameterBytes", 1 / MB, 4),
+                                          ("FLOPs per pass (G)", "flops", 1e-9, 4),
+                                          ("peak RSS (MB)", "peakRssMb", 1, 4),
+                                          ("perplexity", "perplexity", 1, 5),
+                                          ("top-1 accuracy", "top1Accuracy", 1, 4)):
+            a, b = float(original.get(key, 0) or 0) * scale, float(compressed.get(key, 0) or 0) * scale
+            if a or b:
+                rows.append([label, _num(a, digits), _num(b, digits), _num(b / a, 4) if a else "-"])
+        for label, section in (("forward p50 / p95 / p99 (ms)", "latency"), ("decode p50 / p95 / p99 (ms)", "decode")):
+            a, b = original.get(section), compressed.get(section)
+            if a and b:
+                rows.append([label] + [f"{_num(x.get('p50Ms', 0))} / {_num(x.get('p95Ms', 0))} / "
+                                       f"{_num(x.get('p99Ms', 0))} ± {_num(x.get('stdevMs', 0), 2)}" for x in (a, b)]
+                            + [_num(b.get("p50Ms", 0) / a["p50Ms"], 4) if a.get("p50Ms") else "-"])
+        if original.get("encoder"):
+            for label, key in (("topic k-NN accuracy", "knnTopicAccuracy"),
+                               ("mean cosine to the original", "meanReferenceCosine"),
+                               ("nearest-neighbour agreement", "neighbourAgreement")):
+                a = original["encoder"].get(key, 0.0)
+                b = compressed.get("encoder", {}).get(key, 0.0)
+                rows.append([label, _num(a, 4), _num(b, 4), _num(b / a, 4) if a else "-"])
+        report.tables.append(("Before and after", ["figure", "original", "compressed", "ratio"], rows))
+        report.plots["size against quality"] = size_quality_plot(
+            [("original", original.get("sizeOnDiskBytes", 0) / MB, before_q, True),
+             ("compressed", compressed.get("sizeOnDiskBytes", 0) / MB, after_q, verdict == "pass")],
+            quality_name, front=[])
+        lat_a, lat_b = original.get("latency", {}), compressed.get("latency", {})
+        if lat_a.get("samplesMs") and lat_b.get("samplesMs"):
+            report.plots["latency distribution (forward, same inputs)"] = latency_plot(
+                [("original", lat_a["samplesMs"]), ("compressed", lat_b["samplesMs"])],
+                f"batch {lat_a.get('batchSize', 1)} × {lat_a.get('sequenceLength', 0)} tokens, "
+                f"{lat_a.get('threads', 0)} threads")
+    stage_rows = []
+    for stage in job.get("stages", []):
+        metrics = stage.get("metrics", {})
+        shown = ", ".join(f"{k}={_num(v) if isinstance(v, float) else v}" for k, v in list(metrics.items())[:6])
+        stage_rows.append([str(stage.get("index", 0)), stage.get("spec", {}).get("method", ""),
+                           stage.get("state", "").replace("JOB_STATE_", "").lower(), stage.get("worker", ""),
+                           shown])
+    report.tables.append(("Stages", ["#", "method", "state", "worker", "figures"], stage_rows))
+    key, layers = layer_errors(events)
+    if layers:
+        report.plots[f"per-layer {key}"] = layer_error_plot(layers, key)
+        report.data["layers"] = [{"layer": n, key: v} for n, v in layers]
+    curves = loss_curves(events)
+    if curves:
+        report.plots["training loss"] = loss_curve_plot(curves)
+        report.data["loss_curves"] = curves
+    return report
+
+
+# ---- comparison reports ------------------------------------------------------------------------
+
+def pareto_front(points: list[tuple[float, float]], lower_quality_is_better: bool) -> list[int]:
+    """Indices of points no other point beats on size and quality at once (smaller size is better)."""
+    def better_or_equal(a, b):
+        quality_ok = a[1] <= b[1] if lower_quality_is_better else a[1] >= b[1]
+        return a[0] <= b[0] and quality_ok
+
+    front = []
+    for i, p in enumerate(points):
+        if not any(better_or_equal(q, p) and q != p for j, q in enumerate(points) if j != i):
+            front.append(i)
+    return front
+
+
+def comparison_report(comparison: dict) -> Report:
+    rows = comparison.get("rows", [])
+    baseline = next((r for r in rows if r.get("baseline")), rows[0] if rows else {})
+    threshold_set = comparison.get("thresholdSet", "")
+    others = [r for r in rows if not r.get("baseline")]
+    passing = [r for r in others if r.get("passed")]
+    if threshold_set:
+        verdict = "pass" if others and len(passing) == len(others) else "fail"
+        best = max(passing, key=lambda r: r.get("qualityRetention", 0), default=None)
+        headline = (f"{len(passing)} of {len(others)} models pass {threshold_set} against {baseline.get('model')}"
+                    + (f"; best quality kept: {best['model']} ({best.get('qualityRetention', 0):.1%}, "
+                       f"{best.get('sizeRatio', 0):.1%} of the size, {best.get('speedup', 0):.2f}× speed)"
+                       if best else ""))
+    else:
+        verdict = "info"
+        smallest = min(others, key=lambda r: r.get("sizeRatio", 1), default=None)
+        headline = (f"{len(rows)} models against {baseline.get('model')}"
+                    + (f"; smallest: {smallest['model']} ({smallest.get('sizeRatio', 0):.1%} of the size, "
+                       f"quality kept {smallest.get('qualityRetention', 0):.1%}, "
+                       f"{smallest.get('speedup', 0):.2f}× speed)" if smallest else ""))
+    report = Report(title="modelpress comparison", headline=headline, verdict=verdict,
+                    data={"kind": "comparison", "comparison": comparison})
+    header = ["model", "size (MB)", "size ratio", "params ratio", "FLOPs ratio", "p50 (ms)", "speedup",
+              "RSS ratio", "quality kept"]
+    checks = [c.get("metric", "") for c in (others[0].get("checks", []) if others else [])]
+    header += checks + (["verdict"] if checks else [])
+    table = []
+    for r in rows:
+        m = r.get("metrics", {})
+        line = [r.get("model", "") + (" (baseline)" if r.get("baseline") else ""),
+                _num(m.get("sizeOnDiskBytes", 0) / MB, 4), _num(r.get("sizeRatio", 0), 3),
+                _num(r.get("parameterRatio", 0), 3), _num(r.get("flopsRatio", 0), 3),
+                _num(m.get("latency", {}).get("p50Ms", 0), 4), _num(r.get("speedup", 0), 3),
+                _num(r.get("memoryRatio", 0), 3), f"{r.get('qualityRetention', 0):.2%}"]
+        if checks:
+            by_metric = {c.get("metric"): c for c in r.get("checks", [])}
+            line += ["pass" if by_metric.get(c, {}).get("passed") else "FAIL" for c in checks]
+            line.append("-" if r.get("baseline") else ("pass" if r.get("passed") else "FAIL"))
+        table.append(line)
+    report.tables.append(("Against the baseline", header, table))
+    if rows:
+        quality_name, _ = _quality_of(baseline.get("metrics", {}))
+        points = [(r.get("model", ""), r.get("metrics", {}).get("sizeOnDiskBytes", 0) / MB,
+                   _quality_of(r.get("metrics", {}))[1], bool(r.get("passed") or r.get("baseline")))
+                  for r in rows]
+        front = pareto_front([(p[1], p[2]) for p in points], lower_quality_is_better=quality_name == "perplexity")
+        report.plots["size against quality (Pareto front dashed)"] = size_quality_plot(points, quality_name, front)
+        report.data["pareto_front"] = [rows[i].get("model") for i in front]
+        samples = [(r.get("model", ""), r.get("metrics", {}).get("latency", {}).get("samplesMs", [])) for r in rows]
+        if all(s for _, s in samples):
+            lat = baseline.get("metrics", {}).get("latency", {})
+            report.plots["latency distribution (interleaved rounds)"] = latency_plot(
+                samples, f"batch {lat.get('batchSize', 1)} × {lat.get('sequenceLength', 0)} tokens, "
+                         f"{lat.get('threads', 0)} threads")
+    return report

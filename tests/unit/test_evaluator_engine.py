@@ -1,0 +1,57 @@
+"""The evaluator engine on tiny models: real probe subprocesses, real figures."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from services.common import modelio
+from services.evaluator.engine import EvaluationConfig, compare_folders, evaluate_folder
+from services.evaluator.measure import stored_parameter_bytes
+
+FAST = dict(latency_iterations=4, warmup=1, quality_windows=1, quality_sentences=60, decode_tokens=3)
+
+
+def test_causal_lm_figures_cover_the_grid_decode_and_quality(tiny_llama_dir):
+    config = EvaluationConfig(batch_size=1, sequence_length=16, batch_sizes="1,2", sequence_lengths="16,32", **FAST)
+    figures = evaluate_folder(tiny_llama_dir, config)
+    assert figures["kind"] == "causal-lm" and figures["parameters"] > 0
+    assert figures["parameter_bytes"] == stored_parameter_bytes(tiny_llama_dir) > 0
+    assert figures["size_on_disk_bytes"] > figures["parameter_bytes"]  # tokenizer and config too
+    assert figures["flops"] > 2 * figures["parameters"] * 16 * 0.5  # roughly 2 FLOPs per weight per token
+    assert figures["latency"]["phase"] == "prefill" and figures["latency"]["iterations"] == 4
+    shapes = {(g["batch_size"], g["sequence_length"]) for g in figures["latency_grid"]}
+    assert shapes == {(1, 32), (2, 16), (2, 32)}  # the main shape (1, 16) is not timed twice
+    assert figures["decode"]["phase"] == "decode" and figures["decode"]["iterations"] == 3
+    assert figures["peak_rss_mb"] > 100 and figures["perplexity"] > 1 and 0 <= figures["top1_accuracy"] <= 1
+    assert figures["machine"]["logical_cores"] >= 1 and figures["machine"]["cpu_model"]
+
+
+def test_encoder_against_itself_and_a_perturbed_copy(tiny_bert_dir, tmp_path):
+    config = EvaluationConfig(**FAST)
+    same = evaluate_folder(tiny_bert_dir, config, reference=tiny_bert_dir)
+    assert same["kind"] == "encoder" and "decode" not in same
+    assert same["encoder"]["has_reference"] and same["encoder"]["mean_reference_cosine"] == pytest.approx(1.0, abs=1e-5)
+    assert same["encoder"]["neighbour_agreement"] == 1.0 and same["encoder"]["sentences"] == 60
+
+    noisy = tmp_path / "noisy"
+    shutil.copytree(tiny_bert_dir, noisy)
+    model = modelio.load_model(noisy)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    model.save_pretrained(noisy, safe_serialization=True)
+    drifted = evaluate_folder(noisy, config, reference=tiny_bert_dir)
+    assert drifted["encoder"]["mean_reference_cosine"] < 0.99
+    assert drifted["encoder"]["neighbour_agreement"] < 1.0
+
+
+def test_compare_times_every_model_in_the_same_rounds(tiny_llama_dir):
+    config = EvaluationConfig(batch_size=1, sequence_length=16, **FAST)
+    figures, rounds = compare_folders([tiny_llama_dir, tiny_llama_dir], 0, config)
+    assert rounds == 4 and len(figures) == 2
+    assert all(len(f["latency"]["samples_ms"]) == 4 for f in figures)
+    assert figures[0]["perplexity"] == pytest.approx(figures[1]["perplexity"])
+    assert figures[0]["flops"] == figures[1]["flops"]
