@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from nats.js import JetStreamContext, api
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError, NotFoundError
-from nats.js.kv import KeyValue
+from nats.js import JetStreamContext
 
 from modelpress.v1 import common_pb2
+from services.common.kv_records import RecordBucket
 
 BUCKET = "modelpress_jobs"
 
@@ -17,49 +16,29 @@ class JobNotFound(LookupError):
 
 class JobStore:
     def __init__(self, js: JetStreamContext, bucket: str = BUCKET) -> None:
-        self._js = js
-        self._bucket = bucket
-        self._kv: KeyValue | None = None
+        self._records = RecordBucket(js, bucket, common_pb2.Job)
 
     async def ensure(self) -> "JobStore":
-        try:
-            self._kv = await self._js.key_value(self._bucket)
-        except (BucketNotFoundError, NotFoundError):
-            self._kv = await self._js.create_key_value(
-                api.KeyValueConfig(bucket=self._bucket, history=1, storage=api.StorageType.FILE)
-            )
+        await self._records.ensure()
         return self
 
     @property
-    def kv(self) -> KeyValue:
-        assert self._kv is not None, "call ensure() first"
-        return self._kv
+    def kv(self):
+        return self._records.kv
 
     async def put(self, job: common_pb2.Job) -> None:
-        await self.kv.put(job.job_id, job.SerializeToString())
+        await self._records.put(job.job_id, job)
 
     async def get(self, job_id: str) -> common_pb2.Job:
-        try:
-            entry = await self.kv.get(job_id)
-        except (KeyNotFoundError, NotFoundError) as exc:
-            raise JobNotFound(f"job {job_id!r} not found") from exc
-        if entry.value is None:
+        job = await self._records.get(job_id)
+        if job is None:
             raise JobNotFound(f"job {job_id!r} not found")
-        return common_pb2.Job.FromString(entry.value)
+        return job
 
     async def list(self) -> list[common_pb2.Job]:
-        try:
-            keys = await self.kv.keys()
-        except NoKeysError:
-            return []
-        jobs = []
-        for key in keys:
-            try:
-                jobs.append(await self.get(key))
-            except JobNotFound:  # deleted between keys() and get()
-                continue
+        jobs = await self._records.values()
         return sorted(jobs, key=lambda j: j.created_at.ToNanoseconds(), reverse=True)
 
     async def delete(self, job_id: str) -> None:
         await self.get(job_id)
-        await self.kv.purge(job_id)
+        await self._records.purge(job_id)

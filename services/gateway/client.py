@@ -101,6 +101,38 @@ class GatewayClient:
         request = gateway_pb2.EvaluateRequest(model=parse_model_ref(model), spec=spec)
         return self._stub.Evaluate(request, timeout=1800).metrics
 
+    def compare(self, models: list[str], *, baseline_index: int = 0, spec: common_pb2.EvaluationSpec | None = None,
+                threshold_set: str = "") -> common_pb2.Comparison:
+        request = gateway_pb2.CompareRequest(models=[parse_model_ref(m) for m in models],
+                                             baseline_index=baseline_index, spec=spec, threshold_set=threshold_set)
+        return self._stub.Compare(request, timeout=3600).comparison
+
+    def list_threshold_sets(self) -> list[common_pb2.ThresholdSet]:
+        response = self._stub.ListThresholdSets(gateway_pb2.ListThresholdSetsRequest(), timeout=self._timeout)
+        return list(response.threshold_sets)
+
+    def run_benchmark(self, model: str, *, batch_sizes: list[int] = (), sequence_lengths: list[int] = (),
+                      iterations: int = 0, threads: int = 0) -> list[common_pb2.HardwareBenchmark]:
+        request = gateway_pb2.RunBenchmarkRequest(model=parse_model_ref(model), batch_sizes=batch_sizes,
+                                                  sequence_lengths=sequence_lengths, iterations=iterations,
+                                                  threads=threads)
+        return list(self._stub.RunBenchmark(request, timeout=3600).benchmarks)
+
+    def list_benchmarks(self, model: str = "", device: str = "") -> list[common_pb2.HardwareBenchmark]:
+        request = gateway_pb2.ListBenchmarksRequest(model=model, device=device)
+        return list(self._stub.ListBenchmarks(request, timeout=self._timeout).benchmarks)
+
+    def report(self, *, job_id: str = "", comparison_id: str = "", fmt: str = "html") -> bytes:
+        request = gateway_pb2.GetReportRequest(job_id=job_id, comparison_id=comparison_id, format=fmt)
+        return self._stub.GetReport(request, timeout=self._timeout).content
+
+    def list_strategies(self) -> list[gateway_pb2.CompressionStrategy]:
+        return list(self._stub.ListStrategies(gateway_pb2.ListStrategiesRequest(), timeout=self._timeout).strategies)
+
+    def recommend(self, model: str, **constraints) -> gateway_pb2.RecommendStrategyResponse:
+        request = gateway_pb2.RecommendStrategyRequest(model=parse_model_ref(model), **constraints)
+        return self._stub.RecommendStrategy(request, timeout=7200)
+
     # ---- artifacts ---------------------------------------------------------------
 
     def download(self, out_dir: Path, *, job_id: str = "", artifact_id: str = "") -> common_pb2.ArtifactRef:

@@ -16,17 +16,18 @@ import time
 import uuid
 
 import grpc
-from nats.js import JetStreamContext, api
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
+from nats.js import JetStreamContext
 
 from modelpress.v1 import common_pb2, evaluator_pb2
 from services.common import events as ev
 from services.common.artifact_store import ArtifactStore
 from services.common.events import EventLog
 from services.common.job_store import JobStore
+from services.common.kv_records import RecordBucket
 from services.common.model_source import describe
 from services.common.settings import TECHNIQUE_SERVICES
 from services.gateway.catalog import Mesh
+from services.gateway.outcomes import OutcomeStore
 from services.gateway.results import compression_result
 
 log = logging.getLogger(__name__)
@@ -54,17 +55,15 @@ class JobRunner:
         self.store = store
         self.events = events
         self.mesh = mesh
+        self.outcomes = OutcomeStore(js)
         self._tasks: dict[str, asyncio.Task] = {}
-        self._metrics_kv = None
+        self._metrics = RecordBucket(js, METRICS_BUCKET, common_pb2.ModelMetrics)
         # Set on gateway shutdown: interrupted jobs stay RUNNING so the next gateway resumes them.
         self._stopping = False
 
     async def ensure(self) -> "JobRunner":
-        try:
-            self._metrics_kv = await self._js.key_value(METRICS_BUCKET)
-        except (BucketNotFoundError, NotFoundError):
-            self._metrics_kv = await self._js.create_key_value(
-                api.KeyValueConfig(bucket=METRICS_BUCKET, history=1, storage=api.StorageType.FILE))
+        await self._metrics.ensure()
+        await self.outcomes.ensure()
         return self
 
     # ---- lifecycle ---------------------------------------------------------
@@ -127,7 +126,10 @@ class JobRunner:
                 job.result.CopyFrom(common_pb2.CompressionResult(
                     job_id=job.job_id, compressed_model_size_bytes=job.output.size_bytes,
                     compressed_artifact_id=job.output.id))
+            job.state = common_pb2.JOB_STATE_SUCCEEDED
+            await self._report(job)
             await self._finish(job, common_pb2.JOB_STATE_SUCCEEDED, "succeeded")
+            await self.outcomes.record(job)
         except asyncio.CancelledError:
             if self._stopping:
                 raise
@@ -196,26 +198,40 @@ class JobRunner:
         await self._publish(job, common_pb2.EVENT_KIND_STAGE_PROGRESS, stage_index=index, stage_name="evaluate",
                             message="measured the original; measuring the compressed model", stage_progress=0.5,
                             step=1, total_steps=2)
-        compressed = await self._measure(common_pb2.ModelRef(artifact_id=job.output.id), job.evaluation, cache=False)
+        # Encoders are scored against the input model's embeddings of the same sentences.
+        spec = common_pb2.EvaluationSpec()
+        spec.CopyFrom(job.evaluation)
+        spec.reference.CopyFrom(job.model)
+        compressed = await self._measure(common_pb2.ModelRef(artifact_id=job.output.id), spec, cache=False)
         job.result.CopyFrom(compression_result(job.job_id, original, compressed, job.output.id))
         await self._publish(job, common_pb2.EVENT_KIND_STAGE_FINISHED, stage_index=index, stage_name="evaluate",
                             message="measured both models", stage_progress=1.0, step=2, total_steps=2)
+
+    async def _report(self, job: common_pb2.Job) -> None:
+        """Renders the job's JSON and HTML report beside its artifact; a report that cannot be made
+        is logged on the job's stream and never costs the user the compressed model."""
+        try:
+            events = [e async for e in self.events.replay(job.job_id, follow=False, poll_s=0.2)]
+            response = await self.mesh.evaluator.RenderReport(
+                evaluator_pb2.EvaluatorServiceRenderReportRequest(job=job, events=events), wait_for_ready=True,
+                timeout=120)
+        except grpc.aio.AioRpcError as exc:
+            await self._publish(job, common_pb2.EVENT_KIND_LOG,
+                                message=f"report not rendered: {exc.code().name}: {exc.details()}")
+            return
+        job.result.evaluation_report_path = response.report.id
+        job.artifact_ids.append(response.report.id)
 
     async def _measure(self, model: common_pb2.ModelRef, spec: common_pb2.EvaluationSpec, *, cache: bool
                        ) -> common_pb2.ModelMetrics:
         """The original model's figures are reused across jobs with the same spec."""
         key = hashlib.sha256(model.SerializeToString() + spec.SerializeToString()).hexdigest()[:32]
-        if cache:
-            try:
-                entry = await self._metrics_kv.get(key)
-                if entry.value:
-                    return common_pb2.ModelMetrics.FromString(entry.value)
-            except (KeyNotFoundError, NotFoundError):
-                pass
+        if cache and (cached := await self._metrics.get(key)) is not None:
+            return cached
         response = await self.mesh.evaluator.Evaluate(
             evaluator_pb2.EvaluatorServiceEvaluateRequest(model=model, spec=spec), wait_for_ready=True)
         if cache:
-            await self._metrics_kv.put(key, response.metrics.SerializeToString())
+            await self._metrics.put(key, response.metrics)
         return response.metrics
 
     def _overall(self, job: common_pb2.Job, stage_index: int, fraction: float) -> float:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import io
 import logging
+import tarfile
 
 import grpc
 
@@ -12,11 +14,13 @@ from services.common.artifact_store import ArtifactCorrupt, ArtifactNotFound
 from services.common.configspec import struct_to_dict
 from services.common.events import TERMINAL_STATES
 from services.common.job_store import JobNotFound
+from services.common.kv_records import RecordBucket
 from services.common.server import ServiceRuntime
 from services.gateway.catalog import Mesh, ServiceUnavailable
 from services.gateway.jobs import JobRunner, new_job_id
 from services.gateway.recipes import RECIPES
-from services.gateway.validation import InvalidArgument, check_model_ref, resolve_evaluation, validate_recipe
+from services.gateway.validation import (GRID_BOUNDS, InvalidArgument, check_model_ref, resolve_evaluation,
+                                        validate_recipe)
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +29,10 @@ UPLOAD_FORMATS = (common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS, common_pb2.ARTIFACT
                   common_pb2.ARTIFACT_FORMAT_COMPRESSED_TENSORS, common_pb2.ARTIFACT_FORMAT_DATASET_JSONL)
 
 DATASET_FIELD_SUFFIX = "_dataset"
-EVALUATOR_ISSUE = "arrives with the evaluator issue (#4)"
+COMPARISONS_BUCKET = "modelpress_comparisons"
+REPORT_FORMATS = {"": ("report.json", "application/json"), "json": ("report.json", "application/json"),
+                  "html": ("report.html", "text/html; charset=utf-8")}
+MAX_BENCHMARK_SHAPES = 8
 OPTIMIZER_ISSUE = "arrives with the optimizer issue (#5)"
 
 _ERRORS = [
@@ -57,10 +64,12 @@ def _maps_errors(handler):
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
-    def __init__(self, runtime: ServiceRuntime, runner: JobRunner, mesh: Mesh) -> None:
+    def __init__(self, runtime: ServiceRuntime, runner: JobRunner, mesh: Mesh,
+                 comparisons: RecordBucket[common_pb2.Comparison]) -> None:
         self._runtime = runtime
         self._runner = runner
         self._mesh = mesh
+        self._comparisons = comparisons
 
     async def _methods(self) -> dict[tuple[int, str], common_pb2.MethodDescription]:
         techniques = {s.technique for r in RECIPES.values() for s in r.stages}
@@ -185,10 +194,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         return gateway_pb2.ValidateConfigResponse(valid=True, resolved_stages=stages)
 
     async def ListStrategies(self, request, context):
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"strategy templates backed by measurements {EVALUATOR_ISSUE}")
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "strategy templates: next commit")
 
     async def RecommendStrategy(self, request, context):
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"measured strategy recommendation {EVALUATOR_ISSUE}")
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "recommendation: next commit")
 
     # ---- evaluation ------------------------------------------------------------
 
@@ -201,14 +210,55 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             wait_for_ready=True)
         return gateway_pb2.EvaluateResponse(metrics=response.metrics)
 
+    @_maps_errors
     async def Compare(self, request, context):
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"interleaved comparison of N models {EVALUATOR_ISSUE}")
+        if len(request.models) < 2:
+            raise InvalidArgument(f"models: give at least 2 models to compare, got {len(request.models)}")
+        if not 0 <= request.baseline_index < len(request.models):
+            raise InvalidArgument(f"baseline_index: {request.baseline_index} is not an index of the "
+                                  f"{len(request.models)} models")
+        for i, model in enumerate(request.models):
+            await self._check_model(model, f"models[{i}]")
+        response = await self._mesh.evaluator.Compare(
+            evaluator_pb2.EvaluatorServiceCompareRequest(models=request.models, baseline_index=request.baseline_index,
+                                                         spec=resolve_evaluation(request.spec),
+                                                         threshold_set=request.threshold_set),
+            wait_for_ready=True)
+        comparison = response.comparison
+        await self._comparisons.put(comparison.comparison_id, comparison)
+        return gateway_pb2.CompareResponse(metrics=[row.metrics for row in comparison.rows], comparison=comparison)
 
-    async def ListBenchmarks(self, request, context):
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"stored hardware benchmarks {EVALUATOR_ISSUE}")
+    @_maps_errors
+    async def ListThresholdSets(self, request, context):
+        response = await self._mesh.evaluator.ListThresholdSets(
+            evaluator_pb2.EvaluatorServiceListThresholdSetsRequest(), wait_for_ready=True)
+        return gateway_pb2.ListThresholdSetsResponse(threshold_sets=response.threshold_sets)
 
+    @_maps_errors
     async def RunBenchmark(self, request, context):
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"hardware benchmarks {EVALUATOR_ISSUE}")
+        await self._check_model(request.model)
+        for name, (lo, hi) in GRID_BOUNDS.items():
+            values = list(getattr(request, name))
+            if len(values) > MAX_BENCHMARK_SHAPES:
+                raise InvalidArgument(f"{name}: at most {MAX_BENCHMARK_SHAPES} values, got {len(values)}")
+            if any(not lo <= v <= hi for v in values):
+                raise InvalidArgument(f"{name}: every value must be in [{lo}, {hi}], got {values}")
+        if not 0 <= request.iterations <= 1000:
+            raise InvalidArgument(f"iterations: {request.iterations} is outside [1, 1000] (0: default 10)")
+        if not 0 <= request.threads <= 256:
+            raise InvalidArgument(f"threads: {request.threads} is outside [1, 256] (0: default 2)")
+        response = await self._mesh.evaluator.Benchmark(
+            evaluator_pb2.EvaluatorServiceBenchmarkRequest(
+                model=request.model, batch_sizes=request.batch_sizes, sequence_lengths=request.sequence_lengths,
+                iterations=request.iterations, threads=request.threads), wait_for_ready=True)
+        return gateway_pb2.RunBenchmarkResponse(benchmarks=response.benchmarks)
+
+    @_maps_errors
+    async def ListBenchmarks(self, request, context):
+        response = await self._mesh.evaluator.ListBenchmarks(
+            evaluator_pb2.EvaluatorServiceListBenchmarksRequest(model=request.model, device=request.device),
+            wait_for_ready=True)
+        return gateway_pb2.ListBenchmarksResponse(benchmarks=response.benchmarks)
 
     # ---- results -----------------------------------------------------------------
 
@@ -251,8 +301,29 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED,
                             f"deploying a result to a serving engine {OPTIMIZER_ISSUE}; download it with DownloadArtifact")
 
+    @_maps_errors
     async def GetReport(self, request, context):
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"JSON/HTML reports {EVALUATOR_ISSUE}; GetResult has the figures")
+        if request.format not in REPORT_FORMATS:
+            raise InvalidArgument(f"format: {request.format!r} is not json or html")
+        if request.job_id and request.comparison_id:
+            raise InvalidArgument("job_id, comparison_id: set one, not both")
+        if request.comparison_id:
+            comparison = await self._comparisons.get(request.comparison_id.strip())
+            if comparison is None:
+                raise ArtifactNotFound(f"comparison_id: comparison {request.comparison_id!r} not found")
+            report_id = comparison.report.id
+        else:
+            job = await self._runner.jobs.get(_job_id(request.job_id))
+            report_id = job.result.evaluation_report_path
+            if not report_id:
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                    f"job {job.job_id} has no report: it is {common_pb2.JobState.Name(job.state)} "
+                                    "(reports are made when a job succeeds)")
+        name, content_type = REPORT_FORMATS[request.format]
+        tar_bytes = b"".join([chunk async for chunk in self._runtime.store.iter_chunks(report_id)])
+        with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tar:
+            content = tar.extractfile(name).read()
+        return gateway_pb2.GetReportResponse(content_type=content_type, content=content)
 
     # ---- engines -----------------------------------------------------------------
 
@@ -306,6 +377,7 @@ async def register(server: grpc.aio.Server, runtime: ServiceRuntime) -> list[str
     resumed = await runner.resume_unfinished()
     if resumed:
         log.info("resumed %d unfinished job(s): %s", len(resumed), ", ".join(resumed))
-    gateway_pb2_grpc.add_GatewayServiceServicer_to_server(GatewayServicer(runtime, runner, mesh), server)
+    comparisons = await RecordBucket(runtime.js, COMPARISONS_BUCKET, common_pb2.Comparison).ensure()
+    gateway_pb2_grpc.add_GatewayServiceServicer_to_server(GatewayServicer(runtime, runner, mesh, comparisons), server)
     runtime.on_shutdown.append(runner.shutdown)
     return [gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name]

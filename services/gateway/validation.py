@@ -13,9 +13,12 @@ from services.gateway.recipes import RecipeDef, get_recipe
 
 # Bounds of EvaluationSpec fields; zero means "use the default".
 EVALUATION_DEFAULTS = {"batch_size": 1, "sequence_length": 128, "latency_iterations": 10, "quality_windows": 8,
-                       "threads": 2}
+                       "threads": 2, "decode_tokens": 16, "quality_sentences": 200}
 EVALUATION_BOUNDS = {"batch_size": (1, 256), "sequence_length": (1, 8192), "latency_iterations": (1, 1000),
-                     "quality_windows": (0, 32), "threads": (1, 256)}
+                     "quality_windows": (0, 32), "threads": (1, 256), "decode_tokens": (0, 512),
+                     "quality_sentences": (0, 222)}
+GRID_BOUNDS = {"batch_sizes": (1, 256), "sequence_lengths": (1, 8192)}
+MAX_GRID_VALUES = 8
 
 
 class InvalidArgument(ValueError):
@@ -48,6 +51,17 @@ def resolve_evaluation(spec: common_pb2.EvaluationSpec) -> common_pb2.Evaluation
         if value and not lo <= value <= hi:
             raise InvalidArgument(f"evaluation.{name}: {value} is outside [{lo}, {hi}]")
         setattr(resolved, name, value or default)
+    for name, (lo, hi) in GRID_BOUNDS.items():
+        values = list(getattr(spec, name))
+        if len(values) > MAX_GRID_VALUES:
+            raise InvalidArgument(f"evaluation.{name}: at most {MAX_GRID_VALUES} values, got {len(values)}")
+        bad = [v for v in values if not lo <= v <= hi]
+        if bad:
+            raise InvalidArgument(f"evaluation.{name}: {bad[0]} is outside [{lo}, {hi}]")
+        getattr(resolved, name).extend(values)
+    if spec.HasField("reference"):
+        check_model_ref(spec.reference, "evaluation.reference")
+        resolved.reference.CopyFrom(spec.reference)
     return resolved
 
 

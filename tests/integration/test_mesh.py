@@ -15,45 +15,9 @@ import grpc
 import pytest
 
 from modelpress.v1 import common_pb2
-from services.common.server import start_service
-from services.common.settings import ServiceSettings
 from services.gateway.client import GatewayClient
 
-SERVICES = ["quantizer", "pruner", "distiller", "evaluator", "optimizer"]
 FAST_EVAL = common_pb2.EvaluationSpec(batch_size=1, sequence_length=16, latency_iterations=2, quality_windows=1)
-
-
-def _registrar(name: str):
-    module = __import__(f"services.{name}.servicer", fromlist=["register"])
-    return module.register
-
-
-@pytest.fixture(scope="module")
-async def workers(nats_url, tmp_path_factory):
-    home = tmp_path_factory.mktemp("home")
-    running = {}
-    for name in SERVICES:
-        settings = ServiceSettings(name=name, listen="127.0.0.1:0", nats_url=nats_url, home=home, grace_s=1)
-        running[name] = await start_service(settings, _registrar(name))
-    targets = {name: f"127.0.0.1:{svc.port}" for name, svc in running.items()}
-    yield ServiceSettings(name="gateway", listen="127.0.0.1:0", nats_url=nats_url, home=home, grace_s=1,
-                          targets=targets)
-    for svc in running.values():
-        await svc.stop(grace_s=1)
-
-
-@pytest.fixture(scope="module")
-async def gateway(workers):
-    service = await start_service(workers, _registrar("gateway"))
-    yield f"127.0.0.1:{service.port}"
-    await service.stop(grace_s=1)
-
-
-@pytest.fixture
-def model_dir(tiny_llama_dir, allowed_root):
-    folder = allowed_root / "tiny"
-    shutil.copytree(tiny_llama_dir, folder)
-    return folder
 
 
 def call(fn, *args, **kwargs):
@@ -95,7 +59,18 @@ async def test_int8_job_runs_through_the_mesh(gateway, model_dir, tmp_path):
     assert config["quantization_config"]["quant_method"] == "compressed-tensors"
     assert (tmp_path / "dl" / "modelpress.json").exists()
 
-    assert await call(client.delete_job, job.job_id) == 1
+    # The report sits beside the artifact: JSON with the figures, HTML with the plots embedded.
+    assert job.result.evaluation_report_path in job.artifact_ids
+    report = json.loads(await call(client.report, job_id=job.job_id, fmt="json"))
+    assert report["kind"] == "job" and report["verdict"] == "pass"
+    assert report["job"]["result"]["compressedPerplexity"] == pytest.approx(result.compressed_perplexity)
+    assert len(report["layers"]) >= 14 and {"size against quality", "per-layer relative_weight_error"} <= set(
+        report["plots"])
+    page = (await call(client.report, job_id=job.job_id, fmt="html")).decode()
+    assert page.count('src="data:image/png;base64,') == len(report["plots"]) >= 3
+    assert f"{result.compressed_perplexity:.3f}" in page and "int8-weight-only" in page
+
+    assert await call(client.delete_job, job.job_id) == 2  # the model and its report
     with pytest.raises(grpc.RpcError) as info:
         await call(client.get_job, job.job_id)
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
@@ -158,9 +133,8 @@ async def test_methods_come_from_the_services_and_unlanded_rpcs_say_so(gateway):
     from modelpress.v1 import gateway_pb2
 
     stub = client._stub
-    for rpc, request in [(stub.Compare, gateway_pb2.CompareRequest()),
-                         (stub.ListEngines, gateway_pb2.ListEnginesRequest()),
-                         (stub.GetReport, gateway_pb2.GetReportRequest(job_id="x"))]:
+    for rpc, request in [(stub.ListEngines, gateway_pb2.ListEnginesRequest()),
+                         (stub.OptimizeModel, gateway_pb2.OptimizeModelRequest())]:
         with pytest.raises(grpc.RpcError) as info:
             await call(rpc, request)
         assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED and "issue" in info.value.details()
@@ -182,8 +156,8 @@ async def test_upload_with_a_wrong_digest_is_refused(gateway, tiny_llama_dir):
     assert info.value.code() == grpc.StatusCode.DATA_LOSS
 
 
-async def test_a_restarted_gateway_resumes_unfinished_jobs(workers, gateway, model_dir):
-    first = await start_service(workers, _registrar("gateway"))
+async def test_a_restarted_gateway_resumes_unfinished_jobs(start_gateway, gateway, model_dir):
+    first = await start_gateway()
     client = GatewayClient(f"127.0.0.1:{first.port}")
     slow_eval = common_pb2.EvaluationSpec(sequence_length=16, latency_iterations=1000, quality_windows=1)
     job = await call(client.create_job, f"path:{model_dir}", "int8-weight-only", evaluation=slow_eval)
@@ -193,7 +167,7 @@ async def test_a_restarted_gateway_resumes_unfinished_jobs(workers, gateway, mod
     interrupted = await call(other.get_job, job.job_id)
     assert interrupted.state in (common_pb2.JOB_STATE_PENDING, common_pb2.JOB_STATE_RUNNING)
 
-    second = await start_service(workers, _registrar("gateway"))
+    second = await start_gateway()
     try:
         resumed = GatewayClient(f"127.0.0.1:{second.port}")
         await wait_for_end(resumed, job.job_id)

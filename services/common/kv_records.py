@@ -1,0 +1,60 @@
+"""A JetStream KV bucket of protobuf records: one key per record, the serialized message as value."""
+
+from __future__ import annotations
+
+from typing import Generic, TypeVar
+
+from nats.js import JetStreamContext, api
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError, NotFoundError
+from nats.js.kv import KeyValue
+
+M = TypeVar("M")
+
+
+class RecordBucket(Generic[M]):
+    def __init__(self, js: JetStreamContext, bucket: str, message_cls: type[M]) -> None:
+        self._js = js
+        self._bucket = bucket
+        self._cls = message_cls
+        self._kv: KeyValue | None = None
+
+    async def ensure(self) -> "RecordBucket[M]":
+        try:
+            self._kv = await self._js.key_value(self._bucket)
+        except (BucketNotFoundError, NotFoundError):
+            self._kv = await self._js.create_key_value(
+                api.KeyValueConfig(bucket=self._bucket, history=1, storage=api.StorageType.FILE))
+        return self
+
+    @property
+    def kv(self) -> KeyValue:
+        assert self._kv is not None, "call ensure() first"
+        return self._kv
+
+    async def put(self, key: str, record: M) -> None:
+        await self.kv.put(key, record.SerializeToString())
+
+    async def get(self, key: str) -> M | None:
+        try:
+            entry = await self.kv.get(key)
+        except (KeyNotFoundError, NotFoundError):
+            return None
+        return self._cls.FromString(entry.value) if entry.value else None
+
+    async def keys(self) -> list[str]:
+        try:
+            return await self.kv.keys()
+        except NoKeysError:
+            return []
+
+    async def values(self) -> list[M]:
+        """Every record; one deleted between listing and reading is skipped."""
+        found = []
+        for key in await self.keys():
+            record = await self.get(key)
+            if record is not None:
+                found.append(record)
+        return found
+
+    async def purge(self, key: str) -> None:
+        await self.kv.purge(key)
