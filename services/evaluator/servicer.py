@@ -209,7 +209,8 @@ class EvaluatorServicer(evaluator_pb2_grpc.EvaluatorServiceServicer):
             config = parse_config(EvaluationConfig, {
                 "batch_size": batches[0], "sequence_length": lengths[0],
                 "batch_sizes": ",".join(map(str, batches)), "sequence_lengths": ",".join(map(str, lengths)),
-                "latency_iterations": request.iterations or 10, "threads": request.threads or 2,
+                "latency_iterations": request.iterations or 10, "decode_tokens": request.iterations or 10,
+                "threads": request.threads or 2,
                 "quality_windows": 0, "quality_sentences": 0, **_cuda_if_present()})
             folder = await self._folder(request.model)
             figures = await self._measure(evaluate_folder, folder, config)

@@ -1,0 +1,126 @@
+"""Evaluation, comparison, hardware benchmarks and reports through the gateway (real gRPC, real NATS)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+
+import grpc
+import pytest
+import torch
+
+from modelpress.v1 import common_pb2
+from services.common import modelio
+from services.gateway.client import GatewayClient
+
+FAST = common_pb2.EvaluationSpec(batch_size=1, sequence_length=16, latency_iterations=3, quality_windows=1,
+                                 decode_tokens=2, quality_sentences=60)
+
+
+def call(fn, *args, **kwargs):
+    return asyncio.to_thread(fn, *args, **kwargs)
+
+
+@pytest.fixture
+def bert_pair(tiny_bert_dir, allowed_root):
+    """The tiny encoder and a copy with noise on every weight."""
+    same = allowed_root / "bert"
+    shutil.copytree(tiny_bert_dir, same)
+    noisy = allowed_root / "bert-noisy"
+    shutil.copytree(tiny_bert_dir, noisy)
+    model = modelio.load_model(noisy)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    model.save_pretrained(noisy, safe_serialization=True)
+    return same, noisy
+
+
+async def test_compare_checks_a_threshold_set_and_keeps_a_report(gateway, model_dir):
+    client = GatewayClient(gateway)
+    job = await call(client.create_job, f"path:{model_dir}", "int8-weight-only",
+                     evaluation=common_pb2.EvaluationSpec(skip=True))
+    await call(lambda: list(client.watch(job.job_id)))
+    job = await call(client.get_job, job.job_id)
+    assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job.error
+
+    comparison = await call(client.compare, [f"path:{model_dir}", f"artifact:{job.output.id}"], spec=FAST,
+                            threshold_set="seed-int8")
+    assert comparison.interleaved_rounds == 3 and comparison.machine.logical_cores >= 1
+    base, int8 = comparison.rows
+    assert base.baseline and not int8.baseline and base.size_ratio == 1.0
+    assert int8.size_ratio == pytest.approx(int8.metrics.size_on_disk_bytes / base.metrics.size_on_disk_bytes)
+    assert int8.size_ratio < 0.5 and int8.parameter_ratio == 1.0 and int8.flops_ratio > 0
+    assert int8.speedup == pytest.approx(base.metrics.latency.p50_ms / int8.metrics.latency.p50_ms)
+    assert len(int8.metrics.latency.samples_ms) == 3 and int8.metrics.latency.phase == "prefill"
+    assert [c.metric for c in int8.checks] == ["size_ratio", "quality_retention"]
+    size_check = int8.checks[0]
+    assert size_check.passed and size_check.value == int8.size_ratio and size_check.threshold == 0.5
+    assert int8.passed == all(c.passed for c in int8.checks)
+
+    page = (await call(client.report, comparison_id=comparison.comparison_id, fmt="html")).decode()
+    assert page.count("data:image/png;base64,") >= 2 and "seed-int8" in page
+    data = json.loads(await call(client.report, comparison_id=comparison.comparison_id, fmt="json"))
+    assert data["kind"] == "comparison" and len(data["comparison"]["rows"]) == 2
+
+
+async def test_encoders_are_scored_on_task_quality_against_the_baseline(gateway, bert_pair):
+    client = GatewayClient(gateway)
+    same, noisy = bert_pair
+    comparison = await call(client.compare, [f"path:{same}", f"path:{same}", f"path:{noisy}"], spec=FAST,
+                            threshold_set="recovery-99")
+    base, twin, drifted = comparison.rows
+    assert base.metrics.kind == "encoder" and base.metrics.encoder.sentences == 60
+    assert twin.metrics.encoder.mean_reference_cosine == pytest.approx(1.0, abs=1e-5)
+    assert twin.quality_retention == pytest.approx(1.0, abs=1e-5) and twin.passed
+    assert drifted.metrics.encoder.mean_reference_cosine < 0.99 and not drifted.passed
+    assert drifted.quality_retention == pytest.approx(min(
+        drifted.metrics.encoder.knn_topic_accuracy / base.metrics.encoder.knn_topic_accuracy,
+        drifted.metrics.encoder.mean_reference_cosine))
+
+
+async def test_benchmarks_persist_and_filter(gateway, model_dir):
+    client = GatewayClient(gateway)
+    rows = await call(client.run_benchmark, f"path:{model_dir}", batch_sizes=[1, 2], sequence_lengths=[8],
+                      iterations=3)
+    shapes = sorted((r.phase, r.batch_size, r.sequence_length) for r in rows)
+    assert shapes == [("decode", 1, 8), ("prefill", 1, 8), ("prefill", 2, 8)]
+    for row in rows:
+        assert row.device_type == "cpu" and row.device_name and row.machine.isa_features is not None
+        assert 0 < row.latency_p50_ms <= row.latency_p95_ms <= row.latency_p99_ms
+        assert row.throughput > 0 and row.memory_usage_mb > 0 and row.iterations == 3
+    stored = await call(client.list_benchmarks, model=str(model_dir))
+    assert {r.benchmark_id for r in rows} <= {r.benchmark_id for r in stored}
+    assert await call(client.list_benchmarks, model=str(model_dir), device="no-such-device") == []
+
+
+async def test_bad_evaluation_requests_are_refused(gateway, model_dir):
+    client = GatewayClient(gateway)
+    cases = [
+        (lambda: client.compare([f"path:{model_dir}"]), grpc.StatusCode.INVALID_ARGUMENT, "at least 2"),
+        (lambda: client.compare([f"path:{model_dir}"] * 2, baseline_index=2), grpc.StatusCode.INVALID_ARGUMENT,
+         "baseline_index"),
+        (lambda: client.compare([f"path:{model_dir}", "artifact:a-gone"]), grpc.StatusCode.NOT_FOUND,
+         "models[1].artifact_id"),
+        (lambda: client.compare([f"path:{model_dir}"] * 2, threshold_set="nope", spec=FAST),
+         grpc.StatusCode.INVALID_ARGUMENT, "threshold_set: unknown 'nope'"),
+        (lambda: client.run_benchmark(f"path:{model_dir}", batch_sizes=[0]), grpc.StatusCode.INVALID_ARGUMENT,
+         "batch_sizes"),
+        (lambda: client.evaluate(f"path:{model_dir}", common_pb2.EvaluationSpec(sequence_lengths=[9999])),
+         grpc.StatusCode.INVALID_ARGUMENT, "evaluation.sequence_lengths"),
+        (lambda: client.report(job_id="j-none"), grpc.StatusCode.NOT_FOUND, "j-none"),
+        (lambda: client.report(comparison_id="c-none"), grpc.StatusCode.NOT_FOUND, "c-none"),
+        (lambda: client.report(job_id="j-x", fmt="pdf"), grpc.StatusCode.INVALID_ARGUMENT, "format"),
+    ]
+    for fn, code, needle in cases:
+        with pytest.raises(grpc.RpcError) as info:
+            await call(fn)
+        assert info.value.code() == code and needle in info.value.details(), info.value.details()
+
+
+async def test_threshold_sets_carry_the_seed_criteria(gateway):
+    sets = {s.name: s for s in await call(GatewayClient(gateway).list_threshold_sets)}
+    assert {"seed-int8", "seed-int4", "seed-distillation", "seed-pruning", "seed-deployment", "recovery-99"} <= set(sets)
+    assert [(c.metric, c.comparison, c.threshold) for c in sets["seed-int4"].checks] == [
+        ("size_ratio", "<=", 0.25), ("quality_retention", ">=", 0.95)]
