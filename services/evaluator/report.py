@@ -12,6 +12,7 @@ import html
 import io
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 # Per-layer figures the quantizer reports in its progress events, best first.
 LAYER_ERROR_KEYS = ("loss", "relative_weight_error", "relative_output_error", "sample_error")
 LOSS_CURVE_KEYS = ("block_loss_before", "block_loss_after", "train_loss", "distill_loss")
-MB = 1024 * 1024
+MB = 1e6  # sizes on disk in SI megabytes, as the CLI prints them
 
 
 @dataclass
@@ -193,11 +194,11 @@ def loss_curves(events: list[dict]) -> dict[str, list[float]]:
     seen: dict[str, set] = {}
     for event in events:
         metrics = event.get("metrics") or {}
-        block = event.get("message", "").split(":")[0]
+        # QAT repeats its block loss on every Linear of the block: one point per block.
+        block = re.match(r"(.*?\.(?:layers|layer|h)\.\d+)", str(metrics.get("layer", "")))
+        marker = block.group(1) if block else (metrics.get("layer") or event.get("sequence"))
         for key in LOSS_CURVE_KEYS:
             if isinstance(metrics.get(key), (int, float)):
-                # QAT repeats its block loss on every layer of the block: one point per block.
-                marker = metrics.get("step", block)
                 if marker in seen.setdefault(key, set()):
                     continue
                 seen[key].add(marker)

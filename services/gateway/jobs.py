@@ -68,6 +68,28 @@ class JobRunner:
 
     # ---- lifecycle ---------------------------------------------------------
 
+    async def submit(self, *, name: str, model: common_pb2.ModelRef, recipe: str,
+                     stages: list[common_pb2.StageSpec], evaluation: common_pb2.EvaluationSpec) -> common_pb2.Job:
+        """Records a new job (stages already validated) and starts it."""
+        job = common_pb2.Job(
+            job_id=new_job_id(), name=name, model=model, recipe=recipe, state=common_pb2.JOB_STATE_PENDING,
+            evaluation=evaluation,
+            stages=[common_pb2.StageStatus(index=i, spec=spec, state=common_pb2.JOB_STATE_PENDING)
+                    for i, spec in enumerate(stages)])
+        job.created_at.GetCurrentTime()
+        await self.jobs.put(job)
+        self.start(job.job_id)
+        return job
+
+    async def wait(self, job_id: str, poll_s: float = 0.5) -> common_pb2.Job:
+        """The job's record once it ended (run by this gateway)."""
+        task = self._tasks.get(job_id)
+        if task is not None:
+            await asyncio.wait({task})
+        while (job := await self.jobs.get(job_id)).state not in ev.TERMINAL_STATES:
+            await asyncio.sleep(poll_s)
+        return job
+
     def start(self, job_id: str) -> None:
         task = asyncio.create_task(self._run(job_id), name=f"job-{job_id}")
         self._tasks[job_id] = task

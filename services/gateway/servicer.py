@@ -8,6 +8,7 @@ import logging
 import tarfile
 
 import grpc
+from google.protobuf import struct_pb2
 
 from modelpress.v1 import common_pb2, evaluator_pb2, gateway_pb2, gateway_pb2_grpc
 from services.common.artifact_store import ArtifactCorrupt, ArtifactNotFound
@@ -17,8 +18,10 @@ from services.common.job_store import JobNotFound
 from services.common.kv_records import RecordBucket
 from services.common.server import ServiceRuntime
 from services.gateway.catalog import Mesh, ServiceUnavailable
-from services.gateway.jobs import JobRunner, new_job_id
-from services.gateway.recipes import RECIPES
+from services.gateway.jobs import JobRunner
+from services.gateway.recipes import RECIPES, UnknownRecipe
+from services.gateway.recommender import NoCandidateMeasured, NothingStored, recommend
+from services.gateway.strategies import all_strategies
 from services.gateway.validation import (GRID_BOUNDS, InvalidArgument, check_model_ref, resolve_evaluation,
                                         validate_recipe)
 
@@ -110,19 +113,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         evaluation = resolve_evaluation(request.evaluation)
         recipe, stages = validate_recipe(request.recipe, request.overrides, await self._methods())
         await self._check_datasets(stages)
-        job = common_pb2.Job(
-            job_id=new_job_id(),
-            name=request.name or f"{recipe.name} of {request.model.WhichOneof('source')}",
-            model=request.model,
-            recipe=recipe.name,
-            state=common_pb2.JOB_STATE_PENDING,
-            evaluation=evaluation,
-            stages=[common_pb2.StageStatus(index=i, spec=spec, state=common_pb2.JOB_STATE_PENDING)
-                    for i, spec in enumerate(stages)],
-        )
-        job.created_at.GetCurrentTime()
-        await self._runner.jobs.put(job)
-        self._runner.start(job.job_id)
+        job = await self._runner.submit(
+            name=request.name or f"{recipe.name} of {request.model.WhichOneof('source')}", model=request.model,
+            recipe=recipe.name, stages=stages, evaluation=evaluation)
         return gateway_pb2.CreateJobResponse(job=job)
 
     @_maps_errors
@@ -193,11 +186,24 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             return gateway_pb2.ValidateConfigResponse(valid=False, errors=str(exc).split("; "))
         return gateway_pb2.ValidateConfigResponse(valid=True, resolved_stages=stages)
 
+    @_maps_errors
     async def ListStrategies(self, request, context):
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "strategy templates: next commit")
+        outcomes = await self._runner.outcomes.list()
+        return gateway_pb2.ListStrategiesResponse(strategies=all_strategies(outcomes))
 
+    @_maps_errors
     async def RecommendStrategy(self, request, context):
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "recommendation: next commit")
+        await self._check_model(request.model)
+
+        async def stages_of(recipe: str) -> list[common_pb2.StageSpec]:
+            return validate_recipe(recipe, struct_pb2.Struct(), await self._methods())[1]
+
+        try:
+            return await recommend(request, self._runner, stages_of)
+        except UnknownRecipe as exc:
+            raise InvalidArgument(f"candidate_recipes: {exc.args[0].removeprefix('recipe: ')}") from None
+        except (NothingStored, NoCandidateMeasured) as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
 
     # ---- evaluation ------------------------------------------------------------
 

@@ -1,0 +1,64 @@
+"""Strategy templates (the seed's CompressionStrategy): one per recipe, with what it suits and
+where it runs; the expected figures are filled in from measured job outcomes, never typed in."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+from modelpress.v1 import common_pb2, gateway_pb2
+from services.evaluator.comparison import quality_retention
+from services.gateway.recipes import RECIPES
+
+
+@dataclass(frozen=True)
+class StrategyTemplate:
+    recipe: str
+    target_scenario: str
+    hardware: tuple[str, ...]
+
+
+TEMPLATES = {t.recipe: t for t in (
+    StrategyTemplate("fp16", "cloud", ("cuda", "cpu with avx512_fp16 or amx", "apple mps")),
+    StrategyTemplate("bf16", "cloud", ("cuda (ampere and newer)", "cpu with avx512_bf16 or amx")),
+    StrategyTemplate("int8-weight-only", "edge", ("cpu", "cuda", "vllm (compressed-tensors)")),
+    StrategyTemplate("w8a8-dynamic", "cloud", ("cuda with int8 tensor cores (vllm)", "cpu with vnni via onnx/openvino")),
+    StrategyTemplate("w8a8-static", "edge", ("cuda with int8 tensor cores (vllm)", "npu / int8 accelerators")),
+    StrategyTemplate("w8a8-smoothquant", "cloud", ("cuda with int8 tensor cores (vllm)",)),
+    StrategyTemplate("w4a16-rtn", "mobile", ("cuda (marlin kernels in vllm)", "cpu after export (gguf, openvino)")),
+    StrategyTemplate("w4a16-gptq", "edge", ("cuda (marlin kernels in vllm)", "cpu after export (gguf, openvino)")),
+    StrategyTemplate("w4a16-awq", "edge", ("cuda (marlin kernels in vllm)", "cpu after export (gguf, openvino)")),
+    StrategyTemplate("w4a16-qat", "mobile", ("cuda (marlin kernels in vllm)", "cpu after export (gguf, openvino)")),
+    StrategyTemplate("w4a16-mixed", "edge", ("cuda (vllm)", "cpu after export")),
+    StrategyTemplate("w8a16-gptq", "cloud", ("cuda (vllm)", "cpu")),
+)}
+
+
+def techniques_of(recipe: str) -> list[int]:
+    return sorted({s.technique for s in RECIPES[recipe].stages})
+
+
+def strategy(recipe: str, outcomes: list[common_pb2.Job]) -> gateway_pb2.CompressionStrategy:
+    """The template of `recipe` with expected figures as medians over its measured outcomes."""
+    template = TEMPLATES.get(recipe, StrategyTemplate(recipe, "cloud", ()))
+    message = gateway_pb2.CompressionStrategy(
+        name=recipe, description=RECIPES[recipe].summary, target_scenario=template.target_scenario,
+        techniques=techniques_of(recipe), hardware_compatibility=template.hardware, recipe=recipe)
+    mine = [j for j in outcomes if j.recipe == recipe and j.result.compressed_model_size_bytes]
+    if not mine:
+        message.evidence = ("no measurement yet: run a job with this recipe or `modelpress recommend` "
+                            "and the figures appear here")
+        return message
+    message.expected_compression_ratio = statistics.median(j.result.compression_ratio for j in mine)
+    message.expected_speedup = statistics.median(j.result.latency_improvement for j in mine)
+    message.expected_accuracy_retention = statistics.median(
+        quality_retention(j.result.compressed, j.result.original)[0] for j in mine)
+    models = sorted({j.result.original.architecture or j.model.WhichOneof("source") for j in mine})
+    devices = sorted({j.result.compressed.device for j in mine})
+    message.evidence = (f"median of {len(mine)} measured job(s) ({', '.join(j.job_id for j in mine[:5])}"
+                        f"{', ...' if len(mine) > 5 else ''}) on {', '.join(models)}; device {', '.join(devices)}")
+    return message
+
+
+def all_strategies(outcomes: list[common_pb2.Job]) -> list[gateway_pb2.CompressionStrategy]:
+    return [strategy(name, outcomes) for name in RECIPES]

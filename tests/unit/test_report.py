@@ -1,0 +1,72 @@
+import json
+
+from modelpress.v1 import common_pb2
+from services.evaluator import report
+from services.evaluator.comparison import comparison_row
+from services.evaluator.thresholds import THRESHOLD_SETS
+
+
+def _metrics(size, ppl, samples):
+    return common_pb2.ModelMetrics(kind="causal-lm", size_on_disk_bytes=size, perplexity=ppl, top1_accuracy=0.4,
+                                   parameters=135_000_000, flops=10**10, peak_rss_mb=700,
+                                   latency=common_pb2.LatencyStats(p50_ms=sorted(samples)[len(samples) // 2],
+                                                                   samples_ms=samples, batch_size=1,
+                                                                   sequence_length=128, threads=2))
+
+
+def _job():
+    job = common_pb2.Job(job_id="j-1", name="int8 of builtin", recipe="int8-weight-only",
+                         state=common_pb2.JOB_STATE_SUCCEEDED)
+    job.result.original.CopyFrom(_metrics(538_000_000, 13.487, [40.0, 41.0, 45.0]))
+    job.result.compressed.CopyFrom(_metrics(270_000_000, 13.500, [38.0, 39.0, 50.0]))
+    job.result.compression_ratio = 538 / 270
+    job.result.perplexity_increase = 13.5 / 13.487 - 1
+    job.result.latency_improvement = 41 / 39
+    job.stages.add(index=0, state=common_pb2.JOB_STATE_SUCCEEDED, spec=common_pb2.StageSpec(method="rtn"))
+    return job
+
+
+def _events():
+    events = []
+    for i, name in enumerate(["model.layers.0.q_proj", "model.layers.0.k_proj", "model.layers.1.q_proj"]):
+        event = common_pb2.JobEvent(kind=common_pb2.EVENT_KIND_STAGE_PROGRESS, message=f"block{i}: x")
+        event.metrics.update({"layer": name, "loss": 0.01 * (i + 1), "block_loss_before": 1.0 / (i + 1),
+                              "block_loss_after": 0.5 / (i + 1)})
+        events.append(report.to_plain(event))
+    return events
+
+
+def test_job_report_leads_with_the_outcome_and_embeds_every_plot():
+    made = report.job_report(report.to_plain(_job()), _events())
+    assert made.verdict == "pass" and "50.2% of the original size" in made.headline
+    assert "perplexity 13.487 → 13.500" in made.headline
+    assert set(made.plots) == {"size against quality", "latency distribution (forward, same inputs)",
+                               "per-layer loss", "training loss"}
+    page = made.html()
+    assert page.count('src="data:image/png;base64,') == 4
+    assert "538" in page and "270" in page and "int8-weight-only" in page
+    data = json.loads(made.json())
+    assert [layer["layer"] for layer in data["layers"]] == ["model.layers.0.q_proj", "model.layers.0.k_proj",
+                                                            "model.layers.1.q_proj"]
+    assert data["loss_curves"]["block_loss_after"] == [0.5, 0.5 / 3]  # one point per block
+    assert data["job"]["result"]["original"]["sizeOnDiskBytes"] == 538_000_000  # a number, not a string
+
+
+def test_comparison_report_marks_failures_and_the_pareto_front():
+    base = _metrics(538_000_000, 13.487, [40.0, 41.0, 42.0])
+    rows = [comparison_row(0, "fp32", base, base, True, THRESHOLD_SETS["seed-int4"]),
+            comparison_row(1, "int8", _metrics(270_000_000, 13.5, [39.0, 40.0, 41.0]), base, False,
+                           THRESHOLD_SETS["seed-int4"]),
+            comparison_row(2, "w4", _metrics(110_000_000, 15.3, [38.0, 39.0, 40.0]), base, False,
+                           THRESHOLD_SETS["seed-int4"])]
+    comparison = common_pb2.Comparison(comparison_id="c-1", threshold_set="seed-int4", rows=rows)
+    made = report.comparison_report(report.to_plain(comparison))
+    assert made.verdict == "fail" and made.headline.startswith("0 of 2 models pass seed-int4")
+    page = made.html()
+    assert page.count('class="bad">FAIL') >= 2 and page.count("data:image/png;base64,") == 2
+    assert json.loads(made.json())["pareto_front"] == ["fp32", "int8", "w4"]
+
+
+def test_pareto_front_drops_dominated_points():
+    points = [(100.0, 13.0), (50.0, 13.5), (60.0, 14.0), (20.0, 20.0)]
+    assert report.pareto_front(points, lower_quality_is_better=True) == [0, 1, 3]
