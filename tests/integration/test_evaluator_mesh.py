@@ -124,3 +124,44 @@ async def test_threshold_sets_carry_the_seed_criteria(gateway):
     assert {"seed-int8", "seed-int4", "seed-distillation", "seed-pruning", "seed-deployment", "recovery-99"} <= set(sets)
     assert [(c.metric, c.comparison, c.threshold) for c in sets["seed-int4"].checks] == [
         ("size_ratio", "<=", 0.25), ("quality_retention", ">=", 0.95)]
+
+
+async def test_recommendation_measures_missing_candidates_then_reuses_them(gateway, model_dir):
+    client = GatewayClient(gateway)
+    quick = common_pb2.EvaluationSpec(batch_size=1, sequence_length=16, latency_iterations=3, quality_windows=1,
+                                      decode_tokens=2)
+    constraints = dict(target="edge", max_size_mb=1000, min_quality_retention=0.9,
+                       candidate_recipes=["fp16", "int8-weight-only"], evaluation=quick)
+    with pytest.raises(grpc.RpcError) as info:
+        await call(client.recommend, f"path:{model_dir}", stored_only=True, **constraints)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "fp16" in info.value.details()
+
+    first = await call(client.recommend, f"path:{model_dir}", **constraints)
+    by_recipe = {r.strategy.recipe: r for r in first.recommendations}
+    assert set(by_recipe) == {"fp16", "int8-weight-only"} and all(r.measured_now for r in by_recipe.values())
+    int8 = by_recipe["int8-weight-only"]
+    assert int8.rank == 1 and int8.feasible and "best for edge" in int8.reason  # smaller than fp16, quality kept
+    assert int8.size_mb < by_recipe["fp16"].size_mb and int8.quality_retention > 0.9
+    job = await call(client.get_job, int8.job_id)
+    assert job.state == common_pb2.JOB_STATE_SUCCEEDED and job.recipe == "int8-weight-only"
+    assert int8.size_mb == pytest.approx(job.result.compressed_model_size_bytes / 1e6)
+    assert [s.recipe for s in first.strategies] == ["int8-weight-only", "fp16"]
+    assert first.baseline_size_mb > int8.size_mb and first.device_name
+
+    again = await call(client.recommend, f"path:{model_dir}", stored_only=True,
+                       **{**constraints, "max_size_mb": int8.size_mb * 0.5})
+    assert not any(r.measured_now for r in again.recommendations)
+    assert {r.job_id for r in again.recommendations} == {r.job_id for r in first.recommendations}
+    assert not again.strategies and all("max_size_mb" in r.violated_constraints for r in again.recommendations)
+
+    strategies = {s.recipe: s for s in await call(client.list_strategies)}
+    assert strategies["int8-weight-only"].expected_compression_ratio == pytest.approx(
+        job.result.compression_ratio)
+    assert int8.job_id in strategies["int8-weight-only"].evidence
+
+    with pytest.raises(grpc.RpcError) as info:
+        await call(client.recommend, f"path:{model_dir}", target="desktop")
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "target" in info.value.details()
+    with pytest.raises(grpc.RpcError) as info:
+        await call(client.recommend, f"path:{model_dir}", candidate_recipes=["int3"])
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "candidate_recipes" in info.value.details()
