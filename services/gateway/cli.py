@@ -18,7 +18,7 @@ from rich.table import Table
 
 from modelpress.v1 import common_pb2
 from services.common.settings import DEFAULT_PORTS, default_home
-from services.gateway import launcher
+from services.gateway import cli_evaluation, launcher
 from services.gateway.client import GatewayClient
 from services.gateway.results import seed_result
 
@@ -145,9 +145,7 @@ def print_result(result: common_pb2.CompressionResult) -> None:
 
 
 def cmd_compress(args) -> int:
-    evaluation = common_pb2.EvaluationSpec(skip=args.no_eval, batch_size=args.batch_size,
-                                           sequence_length=args.sequence_length,
-                                           latency_iterations=args.iterations, quality_windows=args.quality_windows)
+    evaluation = cli_evaluation.spec_from(args, skip=args.no_eval)
     with GatewayClient(_gateway_target(args)) as client:
         job = client.create_job(args.model, args.recipe, overrides=_parse_overrides(args.set), evaluation=evaluation,
                                 name=args.name)
@@ -262,11 +260,12 @@ def cmd_methods(args) -> int:
     return 0
 
 
-def cmd_evaluate(args) -> int:
-    with GatewayClient(_gateway_target(args)) as client:
-        metrics = client.evaluate(args.model)
-    print(json_format.MessageToJson(metrics) if args.json else metrics)
-    return 0
+def _with_client(command):
+    def run(args) -> int:
+        with GatewayClient(_gateway_target(args)) as client:
+            return command(args, client)
+
+    return run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -289,10 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="follow progress and print the result")
     p.add_argument("--json", action="store_true", help="print one JSON object (with --wait: the result)")
     p.add_argument("--no-eval", action="store_true", help="skip the before/after measurement")
-    p.add_argument("--batch-size", type=int, default=0)
-    p.add_argument("--sequence-length", type=int, default=0)
-    p.add_argument("--iterations", type=int, default=0, help="timed latency passes")
-    p.add_argument("--quality-windows", type=int, default=0, help="held-out 512-token windows for perplexity")
+    cli_evaluation.add_spec_arguments(p)
     p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("jobs", help="list, get, cancel or delete jobs")
@@ -320,10 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("methods", help="list the services' methods and config fields")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_methods)
-    p = sub.add_parser("evaluate", help="measure one model")
-    p.add_argument("model")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_evaluate)
+    cli_evaluation.add_parsers(sub, _with_client)
     return parser
 
 
