@@ -33,9 +33,14 @@ def check_allowed_path(path: str) -> Path:
     return resolved
 
 
+# The scheme a person types for each source (`modelpress compress artifact:ID ...`).
+_SCHEMES = {"artifact_id": "artifact", "builtin": "builtin", "path": "path"}
+
+
 def describe(ref: common_pb2.ModelRef) -> str:
+    """The reference as the CLI writes it (builtin:NAME, artifact:ID, path:DIR)."""
     source = ref.WhichOneof("source")
-    return f"{source}:{getattr(ref, source)}" if source else "<empty>"
+    return f"{_SCHEMES[source]}:{getattr(ref, source)}" if source else "<empty>"
 
 
 class ModelSource:

@@ -48,7 +48,8 @@ def comparison_row(index: int, label: str, model: common_pb2.ModelMetrics, basel
         quality_retention=retention, quality_metric=metric,
     )
     row.metrics.CopyFrom(model)
-    for check in (thresholds.checks if thresholds else ()):
+    # The baseline is what the others are held against, not a candidate: no checks of its own.
+    for check in (thresholds.checks if thresholds and not is_baseline else ()):
         value = getattr(row, check.metric)
         row.checks.add(metric=check.metric, description=check.description, value=value, threshold=check.threshold,
                        comparison=check.comparison, passed=check.passes(value))

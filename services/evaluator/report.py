@@ -35,6 +35,8 @@ class Report:
     data: dict[str, Any]
     plots: dict[str, str] = field(default_factory=dict)  # caption -> base64 PNG
     tables: list[tuple[str, list[str], list[list[str]]]] = field(default_factory=list)
+    # Captions of plots shown at the page's full width (per-layer bars).
+    wide_plots: set[str] = field(default_factory=set)
 
     def json(self) -> str:
         return json.dumps({"title": self.title, "headline": self.headline, "verdict": self.verdict,
@@ -46,7 +48,8 @@ class Report:
         for caption, rows_header, rows in self.tables:
             parts.append(f"<h2>{html.escape(caption)}</h2>" + _table(rows_header, rows))
         for caption, png in self.plots.items():
-            parts.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{png}">'
+            wide = ' class="wide"' if caption in self.wide_plots else ""
+            parts.append(f'<figure{wide}><img alt="{html.escape(caption)}" src="data:image/png;base64,{png}">'
                          f"<figcaption>{html.escape(caption)}</figcaption></figure>")
         body = "\n".join(parts)
         return f"""<!doctype html>
@@ -62,6 +65,7 @@ th:first-child, td:first-child {{ text-align: left; }}
 th {{ background: #f4f5f7; }}
 td.ok {{ color: #1f7a3a; font-weight: 600; }} td.bad {{ color: #b3261e; font-weight: 600; }}
 figure {{ display: inline-block; margin: 0 1rem 1rem 0; }} img {{ max-width: 520px; }}
+figure.wide {{ display: block; }} figure.wide img {{ max-width: 100%; }}
 figcaption {{ font-size: .85rem; color: #555; }}
 </style></head><body>
 {body}
@@ -137,6 +141,14 @@ def size_quality_plot(points: list[tuple[str, float, float, bool]], quality_name
         ax.legend(fontsize=8)
     ax.set_xlabel("size on disk (MB)")
     ax.set_ylabel(quality_name + (" (lower is better)" if quality_name == "perplexity" else ""))
+    # Show the quality axis at a human scale: a band of at least ±2 % around the values, so
+    # equal-looking models look equal instead of being stretched over the whole plot.
+    values = [p[2] for p in points]
+    centre, spread = (max(values) + min(values)) / 2, max(values) - min(values)
+    half = max(spread * 0.6, abs(centre) * 0.02, 1e-6)
+    ax.set_ylim(centre - half, centre + half)
+    ax.set_xlim(0, max(p[1] for p in points) * 1.15)
+    ax.ticklabel_format(axis="y", useOffset=False)
     ax.grid(alpha=.3)
     return _png(fig)
 
@@ -152,7 +164,7 @@ def latency_plot(samples: list[tuple[str, list[float]]], shape: str) -> str:
 
 
 def layer_error_plot(layers: list[tuple[str, float]], key: str) -> str:
-    fig, ax = plt.subplots(figsize=(10, 3.6))
+    fig, ax = plt.subplots(figsize=(12, 3.4))
     ax.bar(range(len(layers)), [v for _, v in layers], color="#4a78b5")
     ax.set_xlabel("layer (in quantization order)")
     ax.set_ylabel(key)
@@ -276,6 +288,7 @@ def job_report(job: dict, events: list[dict]) -> Report:
     key, layers = layer_errors(events)
     if layers:
         report.plots[f"per-layer {key}"] = layer_error_plot(layers, key)
+        report.wide_plots.add(f"per-layer {key}")
         report.data["layers"] = [{"layer": n, key: v} for n, v in layers]
     curves = loss_curves(events)
     if curves:

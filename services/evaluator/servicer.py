@@ -11,7 +11,7 @@ import grpc
 from google.protobuf import json_format
 
 from modelpress.v1 import common_pb2, evaluator_pb2, evaluator_pb2_grpc
-from services.common import modelio
+from services.common import modelio, packaging
 from services.common.configspec import ConfigError, describe_method, parse_config
 from services.common.model_source import describe
 from services.common.server import ServiceRuntime
@@ -104,6 +104,24 @@ def benchmark_rows(model_label: str, metrics: common_pb2.ModelMetrics, power_w: 
     return rows
 
 
+def model_label(ref: common_pb2.ModelRef, folder: Path) -> str:
+    """How a person recognises the model in a table: where it came from and, for an artifact,
+    which method made it (read from its manifest)."""
+    label = describe(ref)
+    manifest = packaging.read_manifest(folder)
+    if manifest and manifest.stage:
+        config = manifest.stage.config
+        detail = [manifest.stage.method]
+        if "bits" in config:
+            detail.append(f"w{config['bits']}")
+        if config.get("group_size"):
+            detail.append(f"g{config['group_size']}")
+        if config.get("activations"):
+            detail.append(f"a8 {config['activations']}")
+        label += f" ({' '.join(detail)})"
+    return label
+
+
 def _check_loadable(folder: Path) -> None:
     modelio.check_safe(folder)
     modelio.model_kind(modelio.read_config(folder))
@@ -180,6 +198,11 @@ class EvaluatorServicer(evaluator_pb2_grpc.EvaluatorServiceServicer):
             thresholds = threshold_set(request.threshold_set)
             config = spec_to_config(request.spec)
             folders = [await self._folder(ref) for ref in request.models]
+            kinds = {describe(ref): modelio.model_kind(modelio.read_config(f))
+                     for ref, f in zip(request.models, folders)}
+            if len(set(kinds.values())) > 1:
+                raise ConfigError("models: a comparison needs models of one kind, got "
+                                  + ", ".join(f"{name} ({kind})" for name, kind in kinds.items()))
             figures, rounds = await self._measure(compare_folders, folders, request.baseline_index, config)
         except UnknownThresholdSet as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc.args[0]))
@@ -192,8 +215,8 @@ class EvaluatorServicer(evaluator_pb2_grpc.EvaluatorServiceServicer):
         comparison = common_pb2.Comparison(
             comparison_id="c-" + uuid.uuid4().hex[:16], baseline_index=request.baseline_index,
             threshold_set=request.threshold_set, interleaved_rounds=rounds, machine=baseline.machine,
-            rows=[comparison_row(i, describe(ref), m, baseline, i == request.baseline_index, thresholds)
-                  for i, (ref, m) in enumerate(zip(request.models, measured))])
+            rows=[comparison_row(i, model_label(ref, folder), m, baseline, i == request.baseline_index, thresholds)
+                  for i, (ref, folder, m) in enumerate(zip(request.models, folders, measured))])
         comparison.created_at.GetCurrentTime()
         comparison.report.CopyFrom(await self._store_report(reports.comparison_report(reports.to_plain(comparison))))
         return evaluator_pb2.EvaluatorServiceCompareResponse(comparison=comparison)

@@ -165,14 +165,16 @@ def cmd_recommend(args, client: GatewayClient) -> int:
     if args.json:
         print(json_format.MessageToJson(response))
         return 0
-    table = Table("#", "recipe", "feasible", "size MB", "p50 ms", "quality kept", "Pareto", "job", "why",
+    table = Table("#", "recipe", "feasible", "size MB", "p50 ms", "quality kept", "Pareto", "job",
                   title=f"{args.model} for {args.target} (baseline {response.baseline_size_mb:.1f} MB, "
                         f"p50 {response.baseline_latency_p50_ms:.1f} ms on {response.device_name})")
     for r in response.recommendations:
         table.add_row(str(r.rank), r.strategy.recipe, "yes" if r.feasible else "[red]no[/red]", f"{r.size_mb:.1f}",
                       f"{r.latency_p50_ms:.1f}", f"{r.quality_retention:.2%}", "yes" if r.pareto_optimal else "",
-                      r.job_id + (" (new)" if r.measured_now else ""), r.reason)
+                      r.job_id + (" (new)" if r.measured_now else ""))
     out.print(table)
+    for r in response.recommendations:
+        out.print(f"{r.rank}. {r.strategy.recipe}: {r.reason}", markup=False)
     return 0 if response.strategies else 1
 
 

@@ -72,6 +72,30 @@ def test_int8_compression_of_smollm2(mesh):
     assert events[0]["kind"] == "EVENT_KIND_JOB_STATE" and events[-1]["jobState"] == "JOB_STATE_SUCCEEDED"
 
 
+def test_compare_and_report_on_the_real_model(mesh, tmp_path):
+    env, gateway = mesh
+    with GatewayClient(gateway) as client:
+        int8 = next(j for j in client.list_jobs() if j.recipe == "int8-weight-only"
+                    and j.state == common_pb2.JOB_STATE_SUCCEEDED)
+    run = cli(env, "compare", "builtin:smollm2-135m", f"artifact:{int8.output.id}", "--threshold-set", "seed-int8",
+              "--json", "--iterations", "3", "--quality-windows", "2", "--sequence-length", "64")
+    assert run.returncode == 0, run.stderr + run.stdout  # exit 0: every model passed the set
+    comparison = json.loads(run.stdout)
+    base, quantized = comparison["rows"]
+    assert quantized["sizeRatio"] < 0.3 and quantized["qualityRetention"] > 0.98, quantized
+    assert [c["passed"] for c in quantized["checks"]] == [True, True]
+    assert base["metrics"]["flops"] == quantized["metrics"]["flops"]  # same matmuls, int8 storage
+    assert int(base["metrics"]["flops"]) > 2 * 134_515_008 * 64 * 0.5
+    assert len(quantized["metrics"]["latency"]["samplesMs"]) == 3 == comparison["interleavedRounds"]
+
+    out = tmp_path / "job.html"
+    report = cli(env, "report", int8.job_id, "--out", str(out), timeout=120)
+    assert report.returncode == 0, report.stderr
+    page = out.read_text()
+    assert page.count("data:image/png;base64,") >= 3 and "int8-weight-only" in page
+    assert f"{int8.result.compressed_perplexity:.3f}" in page
+
+
 def test_bad_recipe_is_invalid_argument_naming_it(mesh):
     env, _ = mesh
     run = cli(env, "compress", "builtin:smollm2-135m", "--recipe", "int3-magic", "--wait", timeout=60)
