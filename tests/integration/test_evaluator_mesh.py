@@ -188,7 +188,7 @@ async def test_an_evaluation_stage_measures_its_input_and_passes_it_on(workers, 
         stage.input.CopyFrom(common_pb2.ModelRef(artifact_id=output.artifact.id))
         again = [u async for u in stub.Run(evaluator_pb2.EvaluatorServiceRunRequest(stage=stage))]
         assert again[-1].update.output.artifact.id == output.artifact.id
-        config.update({"batch_sizes": "1,x"})
+        stage.config.update({"batch_sizes": "1,x"})
         with pytest.raises(grpc.aio.AioRpcError) as info:
             [u async for u in stub.Run(evaluator_pb2.EvaluatorServiceRunRequest(stage=stage))]
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "batch_sizes" in info.value.details()
