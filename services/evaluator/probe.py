@@ -51,18 +51,6 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def _load(folder: Path, device: str):
-    from services.common import modelio
-
-    config = modelio.read_config(folder)
-    kind = modelio.model_kind(config)
-    model = modelio.load_model(folder)
-    if device != "cpu":
-        model = model.to(device)
-    vocab = int(config.get("vocab_size", 1000))
-    return config, kind, model, vocab
-
-
 def measure(plan: ProbePlan) -> dict:
     import torch
 
@@ -71,13 +59,17 @@ def measure(plan: ProbePlan) -> dict:
     from services.evaluator.machine import PowerMeter, describe_machine
     from services.evaluator.measure import count_flops, count_parameters
 
+    from services.evaluator.formats import load_for_measurement
+
     folder = Path(plan.models[0])
-    config, kind, model, vocab = _load(folder, plan.device)
+    loaded = load_for_measurement(folder, plan.device)
+    config, kind, model, vocab = loaded.config, loaded.kind, loaded.model, loaded.vocab_size
     causal = kind == "causal-lm"
     ids = latency.fixed_token_ids(plan.batch_size, plan.sequence_length, vocab).to(latency.model_device(model))
     figures: dict = {
         "architecture": (config.get("architectures") or [config.get("model_type", "")])[0],
         "kind": kind,
+        "format": loaded.format,
         "parameters": count_parameters(model),
         "flops": count_flops(model, ids),
         "machine": describe_machine(use_gpu=plan.device != "cpu").as_dict(),
@@ -123,14 +115,15 @@ def measure(plan: ProbePlan) -> dict:
 
 def interleave(plan: ProbePlan) -> dict:
     from services.evaluator import latency
+    from services.evaluator.formats import load_for_measurement
 
-    loaded = [_load(Path(folder), plan.device) for folder in plan.models]
-    kinds = {kind for _, kind, _, _ in loaded}
+    loaded = [load_for_measurement(Path(folder), plan.device) for folder in plan.models]
+    kinds = {m.kind for m in loaded}
     if len(kinds) != 1:
         raise SystemExit(f"cannot compare latency across model kinds {sorted(kinds)}")
-    figures = latency.interleaved_forward([model for _, _, model, _ in loaded], batch_size=plan.batch_size,
+    figures = latency.interleaved_forward([m.model for m in loaded], batch_size=plan.batch_size,
                                           sequence_length=plan.sequence_length, rounds=plan.iterations,
-                                          warmup=plan.warmup, vocab_size=min(v for *_, v in loaded),
+                                          warmup=plan.warmup, vocab_size=min(m.vocab_size for m in loaded),
                                           causal=kinds == {"causal-lm"})
     return {"latency": [f.as_dict() for f in figures], "rounds": plan.iterations}
 

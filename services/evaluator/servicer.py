@@ -20,6 +20,7 @@ from services.evaluator import report as reports
 from services.evaluator.benchmark_store import BenchmarkStore
 from services.evaluator.comparison import comparison_row, threshold_set_message
 from services.evaluator.engine import EvaluationConfig, compare_folders, evaluate_folder
+from services.evaluator.formats import check_measurable
 from services.evaluator.machine import describe_machine
 from services.evaluator.thresholds import THRESHOLD_SETS, UnknownThresholdSet, threshold_set
 
@@ -122,11 +123,6 @@ def model_label(ref: common_pb2.ModelRef, folder: Path) -> str:
     return label
 
 
-def _check_loadable(folder: Path) -> None:
-    modelio.check_safe(folder)
-    modelio.model_kind(modelio.read_config(folder))
-
-
 class EvaluatorServicer(evaluator_pb2_grpc.EvaluatorServiceServicer):
     def __init__(self, runtime: ServiceRuntime, benchmarks: BenchmarkStore) -> None:
         self._runtime = runtime
@@ -144,7 +140,7 @@ class EvaluatorServicer(evaluator_pb2_grpc.EvaluatorServiceServicer):
 
     async def _folder(self, ref: common_pb2.ModelRef) -> Path:
         folder = await self._runtime.models.local_folder(ref)
-        _check_loadable(folder)
+        check_measurable(folder)
         return folder
 
     async def _measure(self, fn, *args, **kwargs):

@@ -55,3 +55,15 @@ def test_compare_times_every_model_in_the_same_rounds(tiny_llama_dir):
     assert all(len(f["latency"]["samples_ms"]) == 4 for f in figures)
     assert figures[0]["perplexity"] == pytest.approx(figures[1]["perplexity"])
     assert figures[0]["flops"] == figures[1]["flops"]
+
+
+def test_formats_are_recognised_and_engine_formats_refused_with_the_reason(tiny_llama_dir, tmp_path):
+    from services.evaluator.formats import FormatNotMeasurable, check_measurable, detect_format
+
+    assert check_measurable(tiny_llama_dir) == "hf-safetensors"
+    onnx = tmp_path / "onnx"
+    shutil.copytree(tiny_llama_dir, onnx)
+    (onnx / "model.onnx").write_bytes(b"\x08\x01")
+    assert detect_format(onnx) == "ONNX"
+    with pytest.raises(FormatNotMeasurable, match="ONNX models are measured once"):
+        check_measurable(onnx)

@@ -1,0 +1,67 @@
+"""Which loader measures a model folder: one entry per artifact format.
+
+The probe asks here, never guesses: a folder is recognised by its files, and a format whose
+runtime is not part of modelpress yet is refused with the reason, before any timing starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.common import modelio, packed
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: object
+    kind: str
+    config: dict
+    vocab_size: int
+    format: str
+
+
+class FormatNotMeasurable(modelio.UnsupportedModelError):
+    pass
+
+
+# Engine formats the optimizer (issue #5) produces; each needs its own runtime to be measured.
+_ENGINE_FILES = {"*.onnx": "ONNX", "openvino_model.xml": "OpenVINO IR", "*.gguf": "GGUF", "*.engine": "TensorRT",
+                 "*.plan": "TensorRT"}
+
+
+def detect_format(folder: Path) -> str:
+    folder = Path(folder)
+    for pattern, name in _ENGINE_FILES.items():
+        if any(folder.glob(pattern)):
+            return name
+    if packed.is_packed(folder):
+        return "packed-safetensors"
+    config = modelio.read_config(folder)
+    if (config.get("quantization_config") or {}).get("quant_method") == "compressed-tensors":
+        return "compressed-tensors"
+    return "hf-safetensors"
+
+
+def check_measurable(folder: Path) -> str:
+    """The folder's format, or FormatNotMeasurable / UnsafeModelError / UnsupportedModelError saying
+    why it cannot be measured; cheap (no weights are read)."""
+    modelio.check_safe(folder)
+    fmt = detect_format(folder)
+    if fmt in _ENGINE_FILES.values():
+        raise FormatNotMeasurable(f"{Path(folder).name}: {fmt} models are measured once their runtime lands "
+                                  "with the optimizer (issue #5); measure the PyTorch artifact instead")
+    modelio.model_kind(modelio.read_config(folder))
+    return fmt
+
+
+def load_for_measurement(folder: Path, device: str = "cpu") -> LoadedModel:
+    """The model ready to run on `device`, whatever format the folder holds."""
+    fmt = check_measurable(folder)
+    config = modelio.read_config(folder)
+    kind = modelio.model_kind(config)
+    model = modelio.load_model(folder)
+    if device != "cpu":
+        model = model.to(device)
+    return LoadedModel(model=model, kind=kind, config=config, vocab_size=int(config.get("vocab_size", 1000)),
+                       format=fmt)
