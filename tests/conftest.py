@@ -79,3 +79,23 @@ async def js(nats_url):
 def allowed_root(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("MODELPRESS_ALLOWED_ROOTS", os.pathsep.join([str(tmp_path), "/tmp"]))
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def noisy_bert_dir(tiny_bert_dir, tmp_path_factory) -> Path:
+    """The tiny encoder with Gaussian noise (std 0.3) on every weight: embeddings drift from the original's."""
+    import shutil
+
+    import torch
+
+    from services.common import modelio
+
+    folder = tmp_path_factory.mktemp("tiny-bert-noisy")
+    shutil.copytree(tiny_bert_dir, folder, dirs_exist_ok=True)
+    model = modelio.load_model(folder)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=generator) * 0.3)
+    model.save_pretrained(folder, safe_serialization=True)
+    return folder

@@ -232,9 +232,12 @@ def job_report(job: dict, events: list[dict]) -> Report:
         headline = f"{job.get('recipe')}: {state}; no before/after measurement was made"
         verdict = "info"
     else:
-        quality_text = (f"perplexity {before_q:.3f} → {after_q:.3f} ({result.get('perplexityIncrease', 0):+.2%})"
-                        if quality_name == "perplexity" else
-                        f"topic k-NN accuracy {before_q:.3f} → {after_q:.3f}")
+        if quality_name == "perplexity":
+            quality_text = f"perplexity {before_q:.3f} → {after_q:.3f} ({result.get('perplexityIncrease', 0):+.2%})"
+        else:
+            cosine = compressed.get("encoder", {}).get("meanReferenceCosine")
+            quality_text = f"topic k-NN accuracy {before_q:.3f} → {after_q:.3f}" + (
+                f", mean cosine to the original {cosine:.4f}" if cosine else "")
         headline = (f"{job.get('recipe')}: {size_ratio:.1%} of the original size "
                     f"({result.get('compressionRatio', 0):.2f}× smaller), {quality_text}, "
                     f"p50 latency {speedup:.2f}× the original's speed")
@@ -260,12 +263,13 @@ def job_report(job: dict, events: list[dict]) -> Report:
                                        f"{_num(x.get('p99Ms', 0))} ± {_num(x.get('stdevMs', 0), 2)}" for x in (a, b)]
                             + [_num(b.get("p50Ms", 0) / a["p50Ms"], 4) if a.get("p50Ms") else "-"])
         if original.get("encoder"):
-            for label, key in (("topic k-NN accuracy", "knnTopicAccuracy"),
-                               ("mean cosine to the original", "meanReferenceCosine"),
+            a = original["encoder"].get("knnTopicAccuracy", 0.0)
+            b = compressed.get("encoder", {}).get("knnTopicAccuracy", 0.0)
+            rows.append(["topic k-NN accuracy", _num(a, 4), _num(b, 4), _num(b / a, 4) if a else "-"])
+            # The original is the reference of these two: shown as such, not as a zero.
+            for label, key in (("mean cosine to the original", "meanReferenceCosine"),
                                ("nearest-neighbour agreement", "neighbourAgreement")):
-                a = original["encoder"].get(key, 0.0)
-                b = compressed.get("encoder", {}).get(key, 0.0)
-                rows.append([label, _num(a, 4), _num(b, 4), _num(b / a, 4) if a else "-"])
+                rows.append([label, "reference", _num(compressed.get("encoder", {}).get(key, 0.0), 4), "-"])
         report.tables.append(("Before and after", ["figure", "original", "compressed", "ratio"], rows))
         report.plots["size against quality"] = size_quality_plot(
             [("original", original.get("sizeOnDiskBytes", 0) / MB, before_q, True),

@@ -9,8 +9,15 @@ def _ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator else 0.0
 
 
+def task_accuracy(metrics: common_pb2.ModelMetrics) -> float:
+    """The seed's `accuracy`: next-token top-1 for causal LMs, held-out topic k-NN accuracy of the
+    sentence embeddings for encoders."""
+    return metrics.encoder.knn_topic_accuracy if metrics.kind == "encoder" else metrics.top1_accuracy
+
+
 def compression_result(job_id: str, original: common_pb2.ModelMetrics, compressed: common_pb2.ModelMetrics,
                        artifact_id: str) -> common_pb2.CompressionResult:
+    accuracy_before, accuracy_after = task_accuracy(original), task_accuracy(compressed)
     result = common_pb2.CompressionResult(
         job_id=job_id,
         original_model_size_bytes=original.size_on_disk_bytes,
@@ -25,9 +32,9 @@ def compression_result(job_id: str, original: common_pb2.ModelMetrics, compresse
         original_memory_mb=original.peak_rss_mb,
         compressed_memory_mb=compressed.peak_rss_mb,
         memory_reduction=1 - _ratio(compressed.peak_rss_mb, original.peak_rss_mb) if original.peak_rss_mb else 0.0,
-        original_accuracy=original.top1_accuracy,
-        compressed_accuracy=compressed.top1_accuracy,
-        accuracy_loss=_ratio(original.top1_accuracy - compressed.top1_accuracy, original.top1_accuracy),
+        original_accuracy=accuracy_before,
+        compressed_accuracy=accuracy_after,
+        accuracy_loss=_ratio(accuracy_before - accuracy_after, accuracy_before),
         original_perplexity=original.perplexity,
         compressed_perplexity=compressed.perplexity,
         perplexity_increase=_ratio(compressed.perplexity - original.perplexity, original.perplexity),

@@ -210,6 +210,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     @_maps_errors
     async def Evaluate(self, request, context):
         await self._check_model(request.model)
+        if request.spec.HasField("reference"):
+            await self._check_model(request.spec.reference, "spec.reference")
         response = await self._mesh.evaluator.Evaluate(
             evaluator_pb2.EvaluatorServiceEvaluateRequest(model=request.model,
                                                           spec=resolve_evaluation(request.spec)),

@@ -8,10 +8,8 @@ import shutil
 
 import grpc
 import pytest
-import torch
 
 from modelpress.v1 import common_pb2
-from services.common import modelio
 from services.gateway.client import GatewayClient
 
 FAST = common_pb2.EvaluationSpec(batch_size=1, sequence_length=16, latency_iterations=3, quality_windows=1,
@@ -23,17 +21,11 @@ def call(fn, *args, **kwargs):
 
 
 @pytest.fixture
-def bert_pair(tiny_bert_dir, allowed_root):
-    """The tiny encoder and a copy with noise on every weight."""
-    same = allowed_root / "bert"
+def bert_pair(tiny_bert_dir, noisy_bert_dir, allowed_root):
+    """The tiny encoder and a copy with noise on every weight, under the allowed root."""
+    same, noisy = allowed_root / "bert", allowed_root / "bert-noisy"
     shutil.copytree(tiny_bert_dir, same)
-    noisy = allowed_root / "bert-noisy"
-    shutil.copytree(tiny_bert_dir, noisy)
-    model = modelio.load_model(noisy)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
-    model.save_pretrained(noisy, safe_serialization=True)
+    shutil.copytree(noisy_bert_dir, noisy)
     return same, noisy
 
 

@@ -154,3 +154,13 @@ def test_compression_result_ratios():
     seed = seed_result(result)
     assert seed["original_model_size"] == 400 and seed["compressed_latency"] == 40
     assert seed["compressed_model_path"] == "a-1"
+
+
+def test_encoder_accuracy_in_the_result_is_topic_knn_accuracy():
+    def encoder(knn):
+        return common_pb2.ModelMetrics(kind="encoder", size_on_disk_bytes=10,
+                                       encoder=common_pb2.EncoderQuality(knn_topic_accuracy=knn))
+
+    result = compression_result("j-2", encoder(0.8), encoder(0.76), "a-2")
+    assert (result.original_accuracy, result.compressed_accuracy) == (0.8, 0.76)
+    assert result.accuracy_loss == pytest.approx(0.05)

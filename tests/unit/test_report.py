@@ -70,3 +70,16 @@ def test_comparison_report_marks_failures_and_the_pareto_front():
 def test_pareto_front_drops_dominated_points():
     points = [(100.0, 13.0), (50.0, 13.5), (60.0, 14.0), (20.0, 20.0)]
     assert report.pareto_front(points, lower_quality_is_better=True) == [0, 1, 3]
+
+
+def test_encoder_job_report_states_task_accuracy_and_drift_from_the_original():
+    job = common_pb2.Job(job_id="j-3", recipe="int8-weight-only", state=common_pb2.JOB_STATE_SUCCEEDED)
+    job.result.original.CopyFrom(common_pb2.ModelMetrics(
+        kind="encoder", size_on_disk_bytes=91_600_000, encoder=common_pb2.EncoderQuality(knn_topic_accuracy=0.845)))
+    job.result.compressed.CopyFrom(common_pb2.ModelMetrics(
+        kind="encoder", size_on_disk_bytes=24_200_000, encoder=common_pb2.EncoderQuality(
+            knn_topic_accuracy=0.84, has_reference=True, mean_reference_cosine=0.9996, neighbour_agreement=0.98)))
+    made = report.job_report(report.to_plain(job), [])
+    assert "topic k-NN accuracy 0.845 → 0.840, mean cosine to the original 0.9996" in made.headline
+    page = made.html()
+    assert "<td>reference</td><td>0.9996</td>" in page and "<td>0.98</td>" in page
