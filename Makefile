@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 MP := $(PY) -m services.gateway.cli
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-fast bench bench-quant bench-anchors anchors-venv proto lint-proto clean
+.PHONY: install demo test test-fast bench bench-quant bench-eval bench-anchors anchors-venv proto lint-proto clean
 
 install: $(STAMP)
 
@@ -40,6 +40,11 @@ bench: install
 # Every quantizer recipe on SmolLM2-135M and MiniLM-L6 -> bench/results/quantization.json (long).
 bench-quant: install
 	$(PY) bench/quantization.py
+
+# Jobs, interleaved comparisons, recommendations and hardware benchmarks through the real mesh
+# on SmolLM2-135M and MiniLM-L6 -> bench/results/evaluation.json (long).
+bench-eval: install
+	$(PY) bench/evaluation.py
 
 # llm-compressor, the anchor of bench/anchors.py, in its own venv: it pins an older
 # transformers. torch is pinned to the CPU build so no install pulls CUDA wheels.

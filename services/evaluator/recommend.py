@@ -7,6 +7,7 @@ candidate sits where it does, so the answer can be checked by a person.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 TARGETS = ("cloud", "edge", "mobile")
@@ -77,14 +78,25 @@ def _dominates(a: Candidate, b: Candidate) -> bool:
     return no_worse and better
 
 
+# Differences smaller than these are ties: a few bytes of metadata are not a smaller model, and
+# latencies measured in separate jobs scatter by several percent on a shared machine.
+SIZE_TIE = 0.01
+LATENCY_TIE = 0.10
+
+
+def _bucket(value: float, tie: float) -> int:
+    return math.floor(math.log(max(value, 1e-9)) / math.log1p(tie))
+
+
 def _objective(c: Candidate, target: str) -> tuple:
     """What each target favours: cloud serves many requests (speed first); edge and mobile ship the
-    model to small devices (size first). Quality breaks ties."""
+    model to small devices (size first). Ties go to the next figure, quality last but for mobile."""
+    size, latency = _bucket(c.size_mb, SIZE_TIE), _bucket(c.latency_p50_ms, LATENCY_TIE)
     if target == "cloud":
-        return (c.latency_p50_ms, -c.quality_retention, c.size_mb)
+        return (latency, -c.quality_retention, c.size_mb)
     if target == "edge":
-        return (c.size_mb, c.latency_p50_ms, -c.quality_retention)
-    return (c.size_mb, -c.quality_retention, c.latency_p50_ms)
+        return (size, latency, -c.quality_retention)
+    return (size, -c.quality_retention, c.latency_p50_ms)
 
 
 FAVOURS = {"cloud": "lowest p50 latency", "edge": "smallest size, then latency", "mobile": "smallest size, then quality"}

@@ -74,3 +74,11 @@ def test_unknown_threshold_set_lists_the_known_ones():
     assert threshold_set("") is None
     with pytest.raises(UnknownThresholdSet, match="seed-int8"):
         threshold_set("seed-int3")
+
+
+def test_a_few_bytes_are_no_smaller_and_a_few_percent_no_faster():
+    rtn = Candidate("rtn", size_mb=19.10, latency_p50_ms=255.0, quality_retention=0.947)
+    gptq = Candidate("gptq", size_mb=19.11, latency_p50_ms=229.0, quality_retention=0.968)
+    assert rank([rtn, gptq], Constraints("edge"))[0].candidate is gptq  # same size: 11 % faster wins
+    noisy = Candidate("gptq", size_mb=19.11, latency_p50_ms=256.0, quality_retention=0.968)
+    assert rank([rtn, noisy], Constraints("edge"))[0].candidate is noisy  # 0.4 % slower is a tie: quality wins
