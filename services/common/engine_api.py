@@ -15,6 +15,11 @@ class StageCancelled(Exception):
     """Raised inside an engine at the next progress point after a cancel."""
 
 
+class NotPossibleHere(RuntimeError):
+    """The request is well formed but this worker cannot do it (a runtime or device is missing);
+    the message names what is missing. Becomes FAILED_PRECONDITION."""
+
+
 @dataclass(frozen=True)
 class Progress:
     step: int

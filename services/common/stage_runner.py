@@ -24,7 +24,7 @@ from services.common.artifact_store import ArtifactCorrupt, ArtifactNotFound
 from services.common.configspec import ConfigError
 from services.common.model_source import PathNotAllowed, describe
 from services.common.modelio import UnsafeModelError, UnsupportedModelError
-from services.common.engine_api import Progress, ProgressReporter, StageCancelled, StageResult
+from services.common.engine_api import NotPossibleHere, Progress, ProgressReporter, StageCancelled, StageResult
 from services.common.registry import UnknownBuiltin
 from services.common.server import ServiceRuntime, to_jsonable
 
@@ -44,6 +44,7 @@ _STATUS_OF: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (UnsupportedModelError, grpc.StatusCode.FAILED_PRECONDITION),
     (ArtifactCorrupt, grpc.StatusCode.DATA_LOSS),
     (StageCancelled, grpc.StatusCode.CANCELLED),
+    (NotPossibleHere, grpc.StatusCode.FAILED_PRECONDITION),
     (NotImplementedError, grpc.StatusCode.UNIMPLEMENTED),
     (ValueError, grpc.StatusCode.FAILED_PRECONDITION),
 ]
