@@ -25,9 +25,11 @@ class FormatNotMeasurable(modelio.UnsupportedModelError):
     pass
 
 
-# Engine formats the optimizer (issue #5) produces; each needs its own runtime to be measured.
+# Engine formats the optimizer produces; each needs its own runtime to be measured.
 _ENGINE_FILES = {"*.onnx": "ONNX", "openvino_model.xml": "OpenVINO IR", "*.gguf": "GGUF", "*.engine": "TensorRT",
                  "*.plan": "TensorRT"}
+# Those the evaluator has a runner for.
+MEASURABLE_ENGINES = {"ONNX"}
 
 
 def detect_format(folder: Path) -> str:
@@ -48,18 +50,25 @@ def check_measurable(folder: Path) -> str:
     why it cannot be measured; cheap (no weights are read)."""
     modelio.check_safe(folder)
     fmt = detect_format(folder)
-    if fmt in _ENGINE_FILES.values():
+    if fmt in _ENGINE_FILES.values() and fmt not in MEASURABLE_ENGINES:
         raise FormatNotMeasurable(f"{Path(folder).name}: {fmt} models are measured once their runtime lands "
                                   "with the optimizer (issue #5); measure the PyTorch artifact instead")
     modelio.model_kind(modelio.read_config(folder))
     return fmt
 
 
-def load_for_measurement(folder: Path, device: str = "cpu") -> LoadedModel:
+def load_for_measurement(folder: Path, device: str = "cpu", threads: int = 2) -> LoadedModel:
     """The model ready to run on `device`, whatever format the folder holds."""
     fmt = check_measurable(folder)
     config = modelio.read_config(folder)
     kind = modelio.model_kind(config)
+    if fmt == "ONNX":
+        from services.evaluator.onnx_model import OnnxModel
+
+        if device != "cpu":
+            raise FormatNotMeasurable("ONNX models are measured on the CPU execution provider only")
+        return LoadedModel(model=OnnxModel(folder, kind, threads), kind=kind, config=config,
+                           vocab_size=int(config.get("vocab_size", 1000)), format=fmt)
     model = modelio.load_model(folder)
     if device != "cpu":
         model = model.to(device)

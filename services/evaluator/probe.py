@@ -58,20 +58,23 @@ def measure(plan: ProbePlan) -> dict:
     from services.evaluator import latency, quality
     from services.evaluator.machine import PowerMeter, describe_machine
     from services.evaluator.measure import count_flops, count_parameters
+    from services.evaluator.onnx_model import onnx_parameters
 
     from services.evaluator.formats import load_for_measurement
 
     folder = Path(plan.models[0])
-    loaded = load_for_measurement(folder, plan.device)
+    loaded = load_for_measurement(folder, plan.device, plan.threads)
     config, kind, model, vocab = loaded.config, loaded.kind, loaded.model, loaded.vocab_size
     causal = kind == "causal-lm"
+    is_onnx = loaded.format == "ONNX"
     ids = latency.fixed_token_ids(plan.batch_size, plan.sequence_length, vocab).to(latency.model_device(model))
     figures: dict = {
         "architecture": (config.get("architectures") or [config.get("model_type", "")])[0],
         "kind": kind,
         "format": loaded.format,
-        "parameters": count_parameters(model),
-        "flops": count_flops(model, ids),
+        "parameters": onnx_parameters(folder) if is_onnx else count_parameters(model),
+        # torch's flop counter sees PyTorch ops only; an ONNX graph's FLOPs are not counted (0).
+        "flops": 0 if is_onnx else count_flops(model, ids),
         "machine": describe_machine(use_gpu=plan.device != "cpu").as_dict(),
     }
     if plan.time_latency:
@@ -88,7 +91,8 @@ def measure(plan: ProbePlan) -> dict:
                                         warmup=plan.warmup, vocab_size=vocab, causal=causal).as_dict()
                 for b, s in plan.grid]
         figures["latency_grid"] = grid
-        if causal and plan.decode_tokens:
+        # Exported graphs have no KV cache input: no per-token decode to time.
+        if causal and plan.decode_tokens and not is_onnx:
             figures["decode"] = latency.measure_decode(model, batch_size=plan.batch_size,
                                                        prompt_length=plan.sequence_length, tokens=plan.decode_tokens,
                                                        vocab_size=vocab).as_dict()
@@ -117,7 +121,7 @@ def interleave(plan: ProbePlan) -> dict:
     from services.evaluator import latency
     from services.evaluator.formats import load_for_measurement
 
-    loaded = [load_for_measurement(Path(folder), plan.device) for folder in plan.models]
+    loaded = [load_for_measurement(Path(folder), plan.device, plan.threads) for folder in plan.models]
     kinds = {m.kind for m in loaded}
     if len(kinds) != 1:
         raise SystemExit(f"cannot compare latency across model kinds {sorted(kinds)}")

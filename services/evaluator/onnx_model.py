@@ -1,0 +1,55 @@
+"""An ONNX Runtime session behind the call shape of a transformers model, so the evaluator's
+latency and quality code measures an ONNX artifact exactly as it measures a PyTorch one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from torch import nn
+
+ONNX_FILE = "model.onnx"
+
+
+class OnnxModel(nn.Module):
+    def __init__(self, folder: Path, kind: str, threads: int) -> None:
+        super().__init__()
+        from services.optimizer.onnx_runtime import open_session
+
+        self.kind = kind
+        self.session = open_session(Path(folder) / ONNX_FILE, threads=threads)
+        self.input_names = {i.name for i in self.session.get_inputs()}
+        # Callers find the device from the first parameter; the weights live in the session.
+        self._device_anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **_ignored):
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        feeds = {"input_ids": input_ids.numpy().astype(np.int64),
+                 "attention_mask": attention_mask.numpy().astype(np.int64)}
+        output = torch.from_numpy(self.session.run(None, {k: v for k, v in feeds.items() if k in self.input_names})[0])
+        return SimpleNamespace(logits=output) if self.kind == "causal-lm" else SimpleNamespace(last_hidden_state=output)
+
+
+def onnx_parameters(folder: Path) -> int:
+    """Weights in the graph's initializers; a 4-bit MatMulNBits weight counts two per stored byte,
+    scales and zero-points not at all."""
+    import onnx
+
+    model = onnx.load(str(Path(folder) / ONNX_FILE), load_external_data=False)
+    nbits_weights = {node.input[1] for node in model.graph.node if node.op_type == "MatMulNBits"}
+    total = 0
+    for init in model.graph.initializer:
+        if "scale" in init.name or "zero_point" in init.name:
+            continue
+        numel = int(np.prod(init.dims)) if init.dims else 1
+        total += numel * 2 if init.name in nbits_weights else numel
+    return total
+
+
+def describe_onnx(folder: Path) -> dict:
+    path = Path(folder) / "onnx_model.json"
+    return json.loads(path.read_text()) if path.exists() else {}

@@ -1,0 +1,62 @@
+"""The inference engines this worker can target, their precisions, and whether each is usable here.
+
+Availability is found by trying to import the engine's runtime, never assumed: a worker image
+without OpenVINO says so, and a TensorRT request on a CPU worker is refused naming what is
+missing (see `require`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from services.common.engine_api import NotPossibleHere
+
+
+@dataclass(frozen=True)
+class Engine:
+    name: str
+    precisions: tuple[str, ...]
+    modules: tuple[str, ...]  # what must import for the engine to work
+    needs_gpu: bool = False
+    install_hint: str = ""
+
+
+ENGINES = {e.name: e for e in (
+    Engine("onnxruntime", ("fp32", "int8", "int4"), ("onnx", "onnxruntime", "onnxscript"),
+           install_hint="pip install onnx onnxruntime onnxscript"),
+    Engine("openvino", ("fp32", "int8", "int4"), ("openvino", "nncf"), install_hint="pip install openvino nncf"),
+    Engine("gguf", ("f16", "q8_0", "q4_0"), ("gguf",), install_hint="pip install gguf"),
+    Engine("tensorrt", ("fp16", "int8"), ("tensorrt",), needs_gpu=True,
+           install_hint="a GPU worker with CUDA and `pip install tensorrt` (NVIDIA's index)"),
+)}
+
+
+class EngineUnavailable(NotPossibleHere):
+    """The engine cannot run on this worker; the message says what is missing."""
+
+
+def availability(engine: Engine) -> tuple[bool, str]:
+    """(usable here, why not)."""
+    for module in engine.modules:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # noqa: BLE001 - a broken install is as unavailable as a missing one
+            return False, f"{module} cannot be imported ({type(exc).__name__}: {exc}); {engine.install_hint}"
+    if engine.needs_gpu:
+        try:
+            import torch
+
+            if not torch.cuda.is_available():
+                return False, "needs an NVIDIA GPU with CUDA; this worker has none"
+        except ImportError:
+            return False, "needs torch with CUDA"
+    return True, ""
+
+
+def require(name: str) -> Engine:
+    engine = ENGINES[name]
+    usable, why = availability(engine)
+    if not usable:
+        raise EngineUnavailable(f"engine {name} is not available on this worker: {why}")
+    return engine

@@ -1,0 +1,74 @@
+"""PyTorch → ONNX for the two model kinds modelpress serves, with dynamic batch and sequence axes.
+
+Encoders are exported from eager attention with the TorchScript exporter: that is the graph
+ONNX Runtime's BERT fusions (EmbedLayerNormalization, Attention, BiasGelu, SkipLayerNorm) were
+written for — measured on MiniLM here, SDPA or the dynamo exporter leave attention unfused.
+Causal LMs go through the dynamo exporter, which keeps the tied embedding and head as one
+tensor (the TorchScript exporter duplicates it). Causal LMs are exported without a KV cache:
+(input_ids, attention_mask) → logits, the prefill a server runs; encoders map them to the last
+hidden state, which the caller pools.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ONNX_FILE = "model.onnx"
+INPUT_NAMES = ["input_ids", "attention_mask"]
+
+
+class _Logits(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+
+class _Hidden(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def output_name(kind: str) -> str:
+    return "logits" if kind == "causal-lm" else "last_hidden_state"
+
+
+def _sample_inputs(model: nn.Module, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    vocab = int(getattr(model.config, "vocab_size", 1000))
+    ids = torch.randint(5, max(6, min(vocab, 32000)), (2, length), generator=torch.Generator().manual_seed(0))
+    return ids, torch.ones_like(ids)
+
+
+def export(model: nn.Module, kind: str, out_dir: Path, *, opset: int = 17, sample_length: int = 16) -> Path:
+    """Writes out_dir/model.onnx; returns its path. An encoder should be loaded with
+    attn_implementation="eager" (see the module docstring)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / ONNX_FILE
+    ids, mask = _sample_inputs(model, sample_length)
+    output = output_name(kind)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes
+        if kind == "causal-lm":
+            batch, sequence = torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("sequence", min=2, max=8192)
+            program = torch.onnx.export(
+                _Logits(model).eval(), (ids, mask), dynamo=True, opset_version=max(opset, 18),
+                # No constant folding: it would store the tied head a second time, transposed.
+                input_names=INPUT_NAMES, output_names=[output], optimize=False, verbose=False,
+                dynamic_shapes={"input_ids": {0: batch, 1: sequence}, "attention_mask": {0: batch, 1: sequence}})
+            program.save(str(path), external_data=False)
+        else:
+            axes = {0: "batch", 1: "sequence"}
+            torch.onnx.export(_Hidden(model).eval(), (ids, mask), str(path), dynamo=False, opset_version=opset,
+                              input_names=INPUT_NAMES, output_names=[output],
+                              dynamic_axes={"input_ids": axes, "attention_mask": axes, output: axes})
+    return path
