@@ -410,6 +410,27 @@ class Comparison(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     def __init__(self, comparison_id: _Optional[str] = ..., baseline_index: _Optional[int] = ..., threshold_set: _Optional[str] = ..., rows: _Optional[_Iterable[_Union[ComparisonRow, _Mapping]]] = ..., interleaved_rounds: _Optional[int] = ..., machine: _Optional[_Union[MachineInfo, _Mapping]] = ..., report: _Optional[_Union[ArtifactRef, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
+class EngineInfo(_message.Message):
+    __slots__ = ("name", "precisions", "available", "reason", "methods")
+    class MethodsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PRECISIONS_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    METHODS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    precisions: _containers.RepeatedScalarFieldContainer[str]
+    available: bool
+    reason: str
+    methods: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., precisions: _Optional[_Iterable[str]] = ..., available: _Optional[bool] = ..., reason: _Optional[str] = ..., methods: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
 class CompressionResult(_message.Message):
     __slots__ = ("job_id", "original_model_size_bytes", "compressed_model_size_bytes", "compression_ratio", "original_params", "compressed_params", "param_reduction_ratio", "original_latency_ms", "compressed_latency_ms", "latency_improvement", "original_memory_mb", "compressed_memory_mb", "memory_reduction", "original_accuracy", "compressed_accuracy", "accuracy_loss", "original_perplexity", "compressed_perplexity", "perplexity_increase", "compressed_artifact_id", "evaluation_report_path", "original", "compressed")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]

@@ -390,34 +390,26 @@ class GetReportResponse(_message.Message):
     def __init__(self, content_type: _Optional[str] = ..., content: _Optional[bytes] = ...) -> None: ...
 
 class OptimizeModelRequest(_message.Message):
-    __slots__ = ("model", "engine", "precision", "options")
+    __slots__ = ("model", "engine", "precision", "options", "evaluation", "name")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ENGINE_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    EVALUATION_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
     model: _common_pb2.ModelRef
     engine: str
     precision: str
     options: _struct_pb2.Struct
-    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., engine: _Optional[str] = ..., precision: _Optional[str] = ..., options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    evaluation: _common_pb2.EvaluationSpec
+    name: str
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., engine: _Optional[str] = ..., precision: _Optional[str] = ..., options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., evaluation: _Optional[_Union[_common_pb2.EvaluationSpec, _Mapping]] = ..., name: _Optional[str] = ...) -> None: ...
 
 class OptimizeModelResponse(_message.Message):
     __slots__ = ("job",)
     JOB_FIELD_NUMBER: _ClassVar[int]
     job: _common_pb2.Job
     def __init__(self, job: _Optional[_Union[_common_pb2.Job, _Mapping]] = ...) -> None: ...
-
-class EngineInfo(_message.Message):
-    __slots__ = ("name", "precisions", "available", "reason")
-    NAME_FIELD_NUMBER: _ClassVar[int]
-    PRECISIONS_FIELD_NUMBER: _ClassVar[int]
-    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
-    REASON_FIELD_NUMBER: _ClassVar[int]
-    name: str
-    precisions: _containers.RepeatedScalarFieldContainer[str]
-    available: bool
-    reason: str
-    def __init__(self, name: _Optional[str] = ..., precisions: _Optional[_Iterable[str]] = ..., available: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ListEnginesRequest(_message.Message):
     __slots__ = ()
@@ -426,8 +418,8 @@ class ListEnginesRequest(_message.Message):
 class ListEnginesResponse(_message.Message):
     __slots__ = ("engines",)
     ENGINES_FIELD_NUMBER: _ClassVar[int]
-    engines: _containers.RepeatedCompositeFieldContainer[EngineInfo]
-    def __init__(self, engines: _Optional[_Iterable[_Union[EngineInfo, _Mapping]]] = ...) -> None: ...
+    engines: _containers.RepeatedCompositeFieldContainer[_common_pb2.EngineInfo]
+    def __init__(self, engines: _Optional[_Iterable[_Union[_common_pb2.EngineInfo, _Mapping]]] = ...) -> None: ...
 
 class UploadHeader(_message.Message):
     __slots__ = ("name", "format", "sha256")

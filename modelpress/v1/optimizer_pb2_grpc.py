@@ -45,6 +45,11 @@ class OptimizerServiceStub:
                 request_serializer=modelpress_dot_v1_dot_optimizer__pb2.OptimizerServiceDescribeRequest.SerializeToString,
                 response_deserializer=modelpress_dot_v1_dot_optimizer__pb2.OptimizerServiceDescribeResponse.FromString,
                 _registered_method=True)
+        self.ListEngines = channel.unary_unary(
+                '/modelpress.v1.OptimizerService/ListEngines',
+                request_serializer=modelpress_dot_v1_dot_optimizer__pb2.OptimizerServiceListEnginesRequest.SerializeToString,
+                response_deserializer=modelpress_dot_v1_dot_optimizer__pb2.OptimizerServiceListEnginesResponse.FromString,
+                _registered_method=True)
 
 
 class OptimizerServiceServicer:
@@ -65,6 +70,13 @@ class OptimizerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListEngines(self, request, context):
+        """The engines, their precisions and whether each works on this worker.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OptimizerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -77,6 +89,11 @@ def add_OptimizerServiceServicer_to_server(servicer, server):
                     servicer.Describe,
                     request_deserializer=modelpress_dot_v1_dot_optimizer__pb2.OptimizerServiceDescribeRequest.FromString,
                     response_serializer=modelpress_dot_v1_dot_optimizer__pb2.OptimizerServiceDescribeResponse.SerializeToString,
+            ),
+            'ListEngines': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEngines,
+                    request_deserializer=modelpress_dot_v1_dot_optimizer__pb2.OptimizerServiceListEnginesRequest.FromString,
+                    response_serializer=modelpress_dot_v1_dot_optimizer__pb2.OptimizerServiceListEnginesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -134,6 +151,33 @@ class OptimizerService:
             '/modelpress.v1.OptimizerService/Describe',
             modelpress_dot_v1_dot_optimizer__pb2.OptimizerServiceDescribeRequest.SerializeToString,
             modelpress_dot_v1_dot_optimizer__pb2.OptimizerServiceDescribeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEngines(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelpress.v1.OptimizerService/ListEngines',
+            modelpress_dot_v1_dot_optimizer__pb2.OptimizerServiceListEnginesRequest.SerializeToString,
+            modelpress_dot_v1_dot_optimizer__pb2.OptimizerServiceListEnginesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,6 +56,10 @@ class Mesh:
     def evaluator(self) -> evaluator_pb2_grpc.EvaluatorServiceStub:
         return self.stub(common_pb2.TECHNIQUE_EVALUATOR)
 
+    @property
+    def optimizer(self) -> optimizer_pb2_grpc.OptimizerServiceStub:
+        return self.stub(common_pb2.TECHNIQUE_OPTIMIZER)
+
     async def describe(self, technique: int) -> common_pb2.ServiceDescription:
         cached = self._described.get(technique)
         if cached and time.monotonic() - cached[0] < self._ttl:

@@ -149,27 +149,53 @@ def cmd_compress(args) -> int:
     with GatewayClient(_gateway_target(args)) as client:
         job = client.create_job(args.model, args.recipe, overrides=_parse_overrides(args.set), evaluation=evaluation,
                                 name=args.name)
-        if not args.wait:
-            if args.json:
-                print(json.dumps({"job_id": job.job_id, "status": _state_name(job.state)}))
-            else:
-                out.print(f"job {job.job_id} submitted ({args.recipe}); follow with `modelpress watch {job.job_id}`")
-            return 0
-        follow(client, job.job_id, quiet=args.json)
-        job = client.get_job(job.job_id)
+        return _finish_job(client, job, args)
+
+
+def _finish_job(client: GatewayClient, job: common_pb2.Job, args) -> int:
+    """Follows a submitted job when asked (--wait) and prints its outcome; the exit code says it."""
+    if not args.wait:
         if args.json:
-            print(json.dumps({
-                "job_id": job.job_id,
-                "status": _state_name(job.state),
-                "artifact_id": job.output.id,
-                "error": job.error,
-                "result": seed_result(job.result) if job.state == common_pb2.JOB_STATE_SUCCEEDED else None,
-            }, indent=2))
-        elif job.state == common_pb2.JOB_STATE_SUCCEEDED:
-            print_result(job.result)
+            print(json.dumps({"job_id": job.job_id, "status": _state_name(job.state)}))
         else:
-            err.print(f"job {job.job_id} {_state_name(job.state)}: {job.error}")
-        return 0 if job.state == common_pb2.JOB_STATE_SUCCEEDED else 1
+            out.print(f"job {job.job_id} submitted ({job.recipe}); follow with `modelpress watch {job.job_id}`")
+        return 0
+    follow(client, job.job_id, quiet=args.json)
+    job = client.get_job(job.job_id)
+    if args.json:
+        print(json.dumps({
+            "job_id": job.job_id,
+            "status": _state_name(job.state),
+            "artifact_id": job.output.id,
+            "error": job.error,
+            "result": seed_result(job.result) if job.state == common_pb2.JOB_STATE_SUCCEEDED else None,
+        }, indent=2))
+    elif job.state == common_pb2.JOB_STATE_SUCCEEDED:
+        print_result(job.result)
+    else:
+        err.print(f"job {job.job_id} {_state_name(job.state)}: {job.error}")
+    return 0 if job.state == common_pb2.JOB_STATE_SUCCEEDED else 1
+
+
+def cmd_optimize(args) -> int:
+    with GatewayClient(_gateway_target(args)) as client:
+        job = client.optimize(args.model, args.engine, precision=args.precision,
+                              options=_parse_overrides(args.set),
+                              evaluation=cli_evaluation.spec_from(args, skip=args.no_eval), name=args.name)
+        return _finish_job(client, job, args)
+
+
+def cmd_engines(args) -> int:
+    with GatewayClient(_gateway_target(args)) as client:
+        engines = client.list_engines()
+    if args.json:
+        print(json.dumps([json_format.MessageToDict(e) for e in engines], indent=2))
+        return 0
+    table = Table("engine", "precisions", "available", "why not")
+    for e in engines:
+        table.add_row(e.name, ", ".join(e.precisions), "yes" if e.available else "[red]no[/red]", e.reason)
+    out.print(table)
+    return 0
 
 
 def cmd_watch(args) -> int:
@@ -290,6 +316,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-eval", action="store_true", help="skip the before/after measurement")
     cli_evaluation.add_spec_arguments(p)
     p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser("optimize", help="convert a model for an inference engine (a job)")
+    p.add_argument("model", help="builtin:NAME, artifact:ID or path:DIR")
+    p.add_argument("--engine", required=True, help="onnxruntime, openvino, gguf or tensorrt (see `engines`)")
+    p.add_argument("--precision", default="", help="one of the engine's precisions (default: its first)")
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="an option of the engine's method")
+    p.add_argument("--name", default="")
+    p.add_argument("--wait", action="store_true", help="follow progress and print the result")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--no-eval", action="store_true", help="skip the before/after measurement")
+    cli_evaluation.add_spec_arguments(p)
+    p.set_defaults(func=cmd_optimize)
+    p = sub.add_parser("engines", help="inference engines, precisions and availability on the optimizer")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_engines)
 
     p = sub.add_parser("jobs", help="list, get, cancel or delete jobs")
     p.add_argument("action", choices=["list", "get", "cancel", "delete"])

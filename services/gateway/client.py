@@ -126,6 +126,15 @@ class GatewayClient:
         request = gateway_pb2.GetReportRequest(job_id=job_id, comparison_id=comparison_id, format=fmt)
         return self._stub.GetReport(request, timeout=self._timeout).content
 
+    def optimize(self, model: str, engine: str, *, precision: str = "", options: dict[str, Any] | None = None,
+                 evaluation: common_pb2.EvaluationSpec | None = None, name: str = "") -> common_pb2.Job:
+        request = gateway_pb2.OptimizeModelRequest(model=parse_model_ref(model), engine=engine, precision=precision,
+                                                   options=to_struct(options or {}), evaluation=evaluation, name=name)
+        return self._stub.OptimizeModel(request, timeout=self._timeout).job
+
+    def list_engines(self) -> list[common_pb2.EngineInfo]:
+        return list(self._stub.ListEngines(gateway_pb2.ListEnginesRequest(), timeout=self._timeout).engines)
+
     def list_strategies(self) -> list[gateway_pb2.CompressionStrategy]:
         return list(self._stub.ListStrategies(gateway_pb2.ListStrategiesRequest(), timeout=self._timeout).strategies)
 

@@ -36,6 +36,7 @@ class RecipeDef:
 
 
 Q = common_pb2.TECHNIQUE_QUANTIZER
+O = common_pb2.TECHNIQUE_OPTIMIZER
 
 RECIPES: dict[str, RecipeDef] = {
     r.name: r
@@ -69,6 +70,11 @@ RECIPES: dict[str, RecipeDef] = {
                   (RecipeStage(Q, "mixed-precision", {"bits": 4, "group_size": 64, "average_bits": 4.5}),)),
         RecipeDef("w8a16-gptq", "INT8 weights per channel with GPTQ; INT8 embeddings (compressed-tensors)",
                   (RecipeStage(Q, "gptq", {"bits": 8, "group_size": 0}),)),
+        RecipeDef("onnx", "ONNX export with ONNX Runtime's transformer fusions (FP32)", (RecipeStage(O, "onnx"),)),
+        RecipeDef("onnx-int8", "ONNX export, fusions, INT8 weights per channel and dynamic INT8 activations "
+                  "(ONNX Runtime)", (RecipeStage(O, "onnx-int8"),)),
+        RecipeDef("onnx-int4", "ONNX export, fusions, 4-bit blockwise weights (MatMulNBits, ONNX Runtime)",
+                  (RecipeStage(O, "onnx-int4"),)),
     )
 }
 

@@ -10,7 +10,7 @@ import tarfile
 import grpc
 from google.protobuf import struct_pb2
 
-from modelpress.v1 import common_pb2, evaluator_pb2, gateway_pb2, gateway_pb2_grpc
+from modelpress.v1 import common_pb2, evaluator_pb2, gateway_pb2, gateway_pb2_grpc, optimizer_pb2
 from services.common.artifact_store import ArtifactCorrupt, ArtifactNotFound
 from services.common.configspec import struct_to_dict
 from services.common.events import TERMINAL_STATES
@@ -335,11 +335,36 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
 
     # ---- engines -----------------------------------------------------------------
 
-    async def OptimizeModel(self, request, context):
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"inference-engine optimization {OPTIMIZER_ISSUE}")
+    async def _engines(self) -> dict[str, common_pb2.EngineInfo]:
+        response = await self._mesh.optimizer.ListEngines(optimizer_pb2.OptimizerServiceListEnginesRequest(),
+                                                          wait_for_ready=True, timeout=30)
+        return {e.name: e for e in response.engines}
 
+    @_maps_errors
     async def ListEngines(self, request, context):
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"the engine list {OPTIMIZER_ISSUE}")
+        return gateway_pb2.ListEnginesResponse(engines=list((await self._engines()).values()))
+
+    @_maps_errors
+    async def OptimizeModel(self, request, context):
+        """A job whose one stage converts the model for the engine (recipe of that method)."""
+        await self._check_model(request.model)
+        engines = await self._engines()
+        engine = engines.get(request.engine)
+        if engine is None:
+            raise InvalidArgument(f"engine: unknown engine {request.engine!r}; known: {', '.join(engines)}")
+        precision = request.precision or engine.precisions[0]
+        if precision not in engine.precisions:
+            raise InvalidArgument(f"precision: {precision!r} is not one of {engine.name}'s: "
+                                  f"{', '.join(engine.precisions)}")
+        if not engine.available:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"engine {engine.name} is not available: {engine.reason}")
+        recipe, stages = validate_recipe(engine.methods[precision], request.options, await self._methods())
+        job = await self._runner.submit(
+            name=request.name or f"{engine.name} {precision} of {request.model.WhichOneof('source')}",
+            model=request.model, recipe=recipe.name, stages=stages,
+            evaluation=resolve_evaluation(request.evaluation))
+        return gateway_pb2.OptimizeModelResponse(job=job)
 
     # ---- uploads -----------------------------------------------------------------
 

@@ -8,7 +8,7 @@ missing (see `require`).
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from services.common.engine_api import NotPossibleHere
 
@@ -18,12 +18,15 @@ class Engine:
     name: str
     precisions: tuple[str, ...]
     modules: tuple[str, ...]  # what must import for the engine to work
+    # precision -> the optimizer method that produces it; empty: no converter in this build.
+    methods: dict[str, str] = field(default_factory=dict)
     needs_gpu: bool = False
     install_hint: str = ""
 
 
 ENGINES = {e.name: e for e in (
     Engine("onnxruntime", ("fp32", "int8", "int4"), ("onnx", "onnxruntime", "onnxscript"),
+           {"fp32": "onnx", "int8": "onnx-int8", "int4": "onnx-int4"},
            install_hint="pip install onnx onnxruntime onnxscript"),
     Engine("openvino", ("fp32", "int8", "int4"), ("openvino", "nncf"), install_hint="pip install openvino nncf"),
     Engine("gguf", ("f16", "q8_0", "q4_0"), ("gguf",), install_hint="pip install gguf"),
@@ -38,6 +41,9 @@ class EngineUnavailable(NotPossibleHere):
 
 def availability(engine: Engine) -> tuple[bool, str]:
     """(usable here, why not)."""
+    if not engine.methods:
+        return False, (f"modelpress has no {engine.name} converter in this build yet (the optimizer issue, #5, "
+                       "adds it)")
     for module in engine.modules:
         try:
             importlib.import_module(module)
@@ -60,3 +66,15 @@ def require(name: str) -> Engine:
     if not usable:
         raise EngineUnavailable(f"engine {name} is not available on this worker: {why}")
     return engine
+
+
+def method_for(name: str, precision: str) -> str:
+    """The optimizer method for (engine, precision); raises KeyError / ValueError naming the allowed ones."""
+    if name not in ENGINES:
+        raise KeyError(f"engine: unknown engine {name!r}; known: {', '.join(ENGINES)}")
+    engine = ENGINES[name]
+    precision = precision or engine.precisions[0]
+    if precision not in engine.precisions:
+        raise ValueError(f"precision: {precision!r} is not one of {name}'s: {', '.join(engine.precisions)}")
+    require(name)
+    return engine.methods[precision]

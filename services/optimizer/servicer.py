@@ -1,5 +1,4 @@
-"""gRPC adapter of the optimizer. Its engine has not landed yet: Describe lists no methods and
-Run answers UNIMPLEMENTED, so nothing pretends to succeed."""
+"""gRPC adapter of the optimizer engine."""
 
 from __future__ import annotations
 
@@ -8,20 +7,32 @@ import grpc
 from modelpress.v1 import common_pb2, optimizer_pb2, optimizer_pb2_grpc
 from services.common.server import ServiceRuntime
 from services.common.technique_servicer import TechniqueServicer
+from services.optimizer.engine import METHODS
+from services.optimizer.engines import ENGINES, availability
 
-NOT_YET = "the optimizer has no methods yet; they arrive with the optimizer issue (#5)"
+
+def engine_infos() -> list[common_pb2.EngineInfo]:
+    infos = []
+    for engine in ENGINES.values():
+        usable, why = availability(engine)
+        infos.append(common_pb2.EngineInfo(name=engine.name, precisions=engine.precisions, available=usable,
+                                           reason=why, methods=engine.methods))
+    return infos
 
 
 class OptimizerServicer(optimizer_pb2_grpc.OptimizerServiceServicer):
     def __init__(self, runtime: ServiceRuntime) -> None:
-        self._technique = TechniqueServicer(common_pb2.TECHNIQUE_OPTIMIZER, {}, runtime)
+        self._technique = TechniqueServicer(common_pb2.TECHNIQUE_OPTIMIZER, METHODS, runtime)
 
     async def Describe(self, request, context):
         return optimizer_pb2.OptimizerServiceDescribeResponse(description=self._technique.description())
 
     async def Run(self, request, context):
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, NOT_YET)
-        yield  # pragma: no cover - makes this an async generator
+        async for update in self._technique.run_stage(request.stage, context):
+            yield optimizer_pb2.OptimizerServiceRunResponse(update=update)
+
+    async def ListEngines(self, request, context):
+        return optimizer_pb2.OptimizerServiceListEnginesResponse(engines=engine_infos())
 
 
 async def register(server: grpc.aio.Server, runtime: ServiceRuntime) -> list[str]:

@@ -133,8 +133,7 @@ async def test_methods_come_from_the_services_and_unlanded_rpcs_say_so(gateway):
     from modelpress.v1 import gateway_pb2
 
     stub = client._stub
-    for rpc, request in [(stub.ListEngines, gateway_pb2.ListEnginesRequest()),
-                         (stub.OptimizeModel, gateway_pb2.OptimizeModelRequest())]:
+    for rpc, request in [(stub.DeployResult, gateway_pb2.DeployResultRequest(job_id="x"))]:
         with pytest.raises(grpc.RpcError) as info:
             await call(rpc, request)
         assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED and "issue" in info.value.details()

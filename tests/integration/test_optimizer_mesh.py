@@ -1,0 +1,57 @@
+"""The optimizer through the gateway: engines and their availability, an ONNX job measured by the evaluator."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+
+import grpc
+import pytest
+
+from modelpress.v1 import common_pb2
+from services.gateway.client import GatewayClient
+
+FAST = common_pb2.EvaluationSpec(batch_size=2, sequence_length=16, latency_iterations=3, quality_sentences=60,
+                                 quality_windows=1)
+
+
+def call(fn, *args, **kwargs):
+    return asyncio.to_thread(fn, *args, **kwargs)
+
+
+async def test_engines_say_what_works_here(gateway):
+    engines = {e.name: e for e in await call(GatewayClient(gateway).list_engines)}
+    assert set(engines) >= {"onnxruntime", "openvino", "gguf", "tensorrt"}
+    onnx = engines["onnxruntime"]
+    assert onnx.available and not onnx.reason and onnx.methods["int8"] == "onnx-int8"
+    assert not engines["tensorrt"].available and engines["tensorrt"].reason
+
+
+async def test_an_onnx_int8_job_is_measured_against_its_pytorch_original(gateway, tiny_bert_dir, allowed_root):
+    folder = allowed_root / "bert"
+    shutil.copytree(tiny_bert_dir, folder)
+    client = GatewayClient(gateway)
+    job = await call(client.optimize, f"path:{folder}", "onnxruntime", precision="int8", evaluation=FAST)
+    assert job.recipe == "onnx-int8" and job.stages[0].spec.technique == common_pb2.TECHNIQUE_OPTIMIZER
+    await call(lambda: list(client.watch(job.job_id)))
+    job = await call(client.get_job, job.job_id)
+    assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job.error
+    assert job.output.format == common_pb2.ARTIFACT_FORMAT_ONNX
+    assert job.stages[0].metrics["int8_ops"]["QAttention"] == 2
+    compressed = job.result.compressed
+    assert compressed.kind == "encoder" and compressed.latency.p50_ms > 0
+    assert compressed.encoder.has_reference and compressed.encoder.mean_reference_cosine > 0.95
+
+
+async def test_unavailable_or_unknown_engines_are_refused_up_front(gateway, model_dir):
+    client = GatewayClient(gateway)
+    before = len(await call(client.list_jobs))
+    cases = [(dict(engine="tensorrt"), grpc.StatusCode.FAILED_PRECONDITION, "tensorrt is not available"),
+             (dict(engine="tvm"), grpc.StatusCode.INVALID_ARGUMENT, "engine: unknown engine 'tvm'"),
+             (dict(engine="onnxruntime", precision="int3"), grpc.StatusCode.INVALID_ARGUMENT, "precision"),
+             (dict(engine="onnxruntime", options={"block_size": 7}), grpc.StatusCode.INVALID_ARGUMENT, "block_size")]
+    for kwargs, code, needle in cases:
+        with pytest.raises(grpc.RpcError) as info:
+            await call(client.optimize, f"path:{model_dir}", **kwargs)
+        assert info.value.code() == code and needle in info.value.details(), info.value.details()
+    assert len(await call(client.list_jobs)) == before
