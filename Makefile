@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 MP := $(PY) -m services.gateway.cli
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-fast bench bench-quant bench-eval bench-anchors anchors-venv proto lint-proto clean
+.PHONY: install demo test test-fast bench bench-quant bench-eval bench-opt bench-anchors anchors-venv proto lint-proto clean
 
 install: $(STAMP)
 
@@ -45,6 +45,11 @@ bench-quant: install
 # on SmolLM2-135M and MiniLM-L6 -> bench/results/evaluation.json (long).
 bench-eval: install
 	$(PY) bench/evaluation.py
+
+# ONNX Runtime FP32 / INT8 / INT4 against PyTorch FP32 eager on MiniLM and SmolLM2 (interleaved)
+# -> bench/results/optimizer.json (long).
+bench-opt: install
+	$(PY) bench/optimizer.py
 
 # llm-compressor, the anchor of bench/anchors.py, in its own venv: it pins an older
 # transformers. torch is pinned to the CPU build so no install pulls CUDA wheels.

@@ -48,6 +48,15 @@ class ProbePlan:
 
 
 def _peak_rss_mb() -> float:
+    """This process's own peak RSS. Linux's ru_maxrss is not that: exec carries over the high-water
+    mark of the address space it replaces, which for a child of a large parent (the evaluator
+    service, a benchmark driver) is the parent's. VmHWM belongs to the new address space alone."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 

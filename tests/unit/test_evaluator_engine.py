@@ -58,3 +58,15 @@ def test_formats_are_recognised_and_engine_formats_refused_with_the_reason(tiny_
     assert detect_format(onnx) == "ONNX"
     with pytest.raises(FormatNotMeasurable, match="ONNX models are measured once"):
         check_measurable(onnx)
+
+
+def test_peak_rss_is_the_probe_own_not_its_parent(tiny_llama_dir):
+    # Linux carries the high-water mark of a big parent across exec into ru_maxrss.
+    ballast = bytearray(1200 * 2**20)
+    for i in range(0, len(ballast), 4096):
+        ballast[i] = 1
+    config = EvaluationConfig(batch_size=1, sequence_length=8, latency_iterations=1, warmup=0, quality_windows=0,
+                              decode_tokens=0)
+    figures = evaluate_folder(tiny_llama_dir, config)
+    assert 50 < figures["peak_rss_mb"] < 1000, figures["peak_rss_mb"]
+    del ballast

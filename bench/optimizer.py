@@ -1,0 +1,84 @@
+"""Inference engines against PyTorch FP32 eager on the real models, every ratio from one run.
+
+    python bench/optimizer.py [--models minilm-l6,smollm2-135m] [--precisions fp32,int8,int4]
+
+For each model the optimizer's methods write ONNX artifacts; then the evaluator compares them
+with the PyTorch original at each shape: per-model probes (peak RSS, quality on held-out text)
+and one process timing all of them in interleaved rounds. Writes bench/results/optimizer.json
+and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from services.common.engine_api import ProgressReporter
+from services.common.registry import builtin_folder
+from services.common.settings import default_cache
+from services.evaluator.engine import EvaluationConfig, compare_folders
+from services.optimizer.engine import METHODS
+
+ROOT = Path(__file__).resolve().parent.parent
+SHAPES = {"minilm-l6": [(1, 128), (32, 128)], "smollm2-135m": [(1, 128)]}
+METHOD_OF = {"fp32": "onnx", "int8": "onnx-int8", "int4": "onnx-int4"}
+COSINE_BAR, PPL_BAR = 0.99, 0.01
+
+
+def quality(figures: dict, base: dict) -> tuple[str, float, bool]:
+    if figures["kind"] == "encoder":
+        cosine = figures["encoder"]["mean_reference_cosine"]
+        return "cosine", cosine, cosine >= COSINE_BAR
+    delta = figures["perplexity"] / base["perplexity"] - 1
+    return "delta_ppl", delta, delta <= PPL_BAR
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--models", default="minilm-l6,smollm2-135m")
+    parser.add_argument("--precisions", default="fp32,int8,int4")
+    parser.add_argument("--iterations", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "optimizer.json")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="mp-bench-opt-"))
+    rows, exports = [], {}
+    for name in args.models.split(","):
+        src = builtin_folder(name, default_cache())
+        folders = {}
+        for precision in args.precisions.split(","):
+            method = METHODS[METHOD_OF[precision]]
+            dst = work / f"{name}-{precision}"
+            start = time.perf_counter()
+            result = method.run(method.config_cls(), src, dst, ProgressReporter())
+            exports[f"{name}/{precision}"] = {"seconds": round(time.perf_counter() - start, 1), **result.metrics}
+            folders[precision] = dst
+        for batch, length in SHAPES[name]:
+            config = EvaluationConfig(batch_size=batch, sequence_length=length, latency_iterations=args.iterations,
+                                      quality_windows=8, quality_sentences=200, decode_tokens=0)
+            figures, rounds = compare_folders([src, *folders.values()], 0, config)
+            base = figures[0]
+            for (engine, precision), f in zip([("pytorch", "fp32"), *(("onnxruntime", p) for p in folders)], figures):
+                metric, value, ok = quality(f, base) if engine != "pytorch" else ("-", 0.0, True)
+                rows.append({"model": name, "engine": engine, "precision": precision, "batch": batch, "seq": length,
+                             "size_bytes": f["size_on_disk_bytes"], "latency_p50_ms": f["latency"]["p50_ms"],
+                             "latency_stdev_ms": f["latency"]["stdev_ms"],
+                             "speedup": base["latency"]["p50_ms"] / f["latency"]["p50_ms"],
+                             "peak_rss_mb": f["peak_rss_mb"], "memory_ratio": f["peak_rss_mb"] / base["peak_rss_mb"],
+                             "metric": metric, "value": value, "quality_ok": ok, "rounds": rounds})
+    args.out.write_text(json.dumps({"rows": rows, "exports": exports}, indent=1))
+    header = ["model", "engine", "precision", "batch", "seq", "size MB", "p50 ms", "speedup", "RSS MB", "mem ×",
+              "metric", "value", "ok"]
+    print(" | ".join(header))
+    for r in rows:
+        print(" | ".join([r["model"], r["engine"], r["precision"], str(r["batch"]), str(r["seq"]),
+                          f"{r['size_bytes'] / 1e6:.1f}", f"{r['latency_p50_ms']:.1f} ± {r['latency_stdev_ms']:.1f}",
+                          f"{r['speedup']:.2f}", f"{r['peak_rss_mb']:.0f}", f"{r['memory_ratio']:.2f}", r["metric"],
+                          f"{r['value']:.5f}", "yes" if r["quality_ok"] else "NO"]))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
