@@ -68,6 +68,11 @@ def main() -> None:
                              "speedup": base["latency"]["p50_ms"] / f["latency"]["p50_ms"],
                              "peak_rss_mb": f["peak_rss_mb"], "memory_ratio": f["peak_rss_mb"] / base["peak_rss_mb"],
                              "metric": metric, "value": value, "quality_ok": ok, "rounds": rounds})
+    # Rows of models not run this time are kept (each model's ratios come from its own run).
+    previous = json.loads(args.out.read_text()) if args.out.exists() else {"rows": [], "exports": {}}
+    ran = {r["model"] for r in rows}
+    rows = [r for r in previous["rows"] if r["model"] not in ran] + rows
+    exports = {**{k: v for k, v in previous["exports"].items() if k.split("/")[0] not in ran}, **exports}
     args.out.write_text(json.dumps({"rows": rows, "exports": exports}, indent=1))
     header = ["model", "engine", "precision", "batch", "seq", "size MB", "p50 ms", "speedup", "RSS MB", "mem ×",
               "metric", "value", "ok"]

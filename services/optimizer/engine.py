@@ -95,8 +95,9 @@ def run_onnx(config: OnnxConfig, src: Path, dst: Path, reporter: ProgressReporte
 def run_onnx_int8(config: OnnxInt8Config, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
     current, figures = _export(config, src, dst, reporter, steps=4)
     reporter.report(3, 4, "INT8 weights per channel, dynamic INT8 activations")
+    folded = onnx_runtime.fold_constants(current, current.parent / "folded.onnx", threads=config.threads)
     quantized = current.parent / "int8.onnx"
-    figures.update(onnx_runtime.quantize_int8(current, quantized, reduce_range=config.reduce_range))
+    figures.update(onnx_runtime.quantize_int8(folded, quantized, reduce_range=config.reduce_range))
     reporter.report(4, 4, "saved")
     return _finish(quantized, src, dst, figures, "int8")
 
@@ -104,8 +105,9 @@ def run_onnx_int8(config: OnnxInt8Config, src: Path, dst: Path, reporter: Progre
 def run_onnx_int4(config: OnnxInt4Config, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
     current, figures = _export(config, src, dst, reporter, steps=4)
     reporter.report(3, 4, f"4-bit weights (MatMulNBits, block {config.block_size})")
+    folded = onnx_runtime.fold_constants(current, current.parent / "folded.onnx", threads=config.threads)
     quantized = current.parent / "int4.onnx"
-    figures.update(onnx_runtime.quantize_int4(current, quantized, block_size=config.block_size,
+    figures.update(onnx_runtime.quantize_int4(folded, quantized, block_size=config.block_size,
                                               accuracy_level=config.accuracy_level))
     reporter.report(4, 4, "saved")
     return _finish(quantized, src, dst, figures, "int4")

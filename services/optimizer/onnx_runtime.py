@@ -61,6 +61,16 @@ def optimize_graph(src: Path, dst: Path, threads: int = 2) -> dict:
             "removed_operators": removed}
 
 
+def fold_constants(src: Path, dst: Path, threads: int = 2) -> Path:
+    """Constant folding (ORT's basic level): turns weight transposes into initializers, which the
+    quantizers need (they quantize a MatMul only when its weight is an initializer)."""
+    import onnxruntime as ort
+
+    ort.InferenceSession(str(src), sess_options=session_options(threads, optimized_path=dst, level="basic"),
+                         providers=["CPUExecutionProvider"])
+    return dst
+
+
 def fuse_transformer(src: Path, dst: Path, *, num_heads: int, hidden_size: int) -> dict:
     """ONNX Runtime's BERT fusions (embedding + LayerNorm, multi-head attention, bias + GELU,
     residual + LayerNorm) on an encoder graph; returns the count of each fused operator."""

@@ -103,3 +103,20 @@ def test_the_evaluator_measures_an_onnx_artifact_like_any_other(tiny_bert_dir, b
     assert figures["parameter_bytes"] == (dst / "model.onnx").stat().st_size
     torch_params = sum(p.numel() for p in modelio.load_model(tiny_bert_dir).parameters())
     assert figures["parameters"] == pytest.approx(torch_params, rel=0.05)
+
+
+@pytest.mark.parametrize("method, op", [("onnx-int8", "MatMulInteger"), ("onnx-int4", "MatMulNBits")])
+def test_causal_lm_weights_are_quantized_too(tiny_llama_dir, tmp_path, method, op):
+    from services.optimizer.onnx_runtime import op_counts
+
+    _run(method, tiny_llama_dir, tmp_path)
+    counts = op_counts(tmp_path / "model.onnx")
+    # 2 layers x 7 Linears, plus the head: every projection runs on quantized weights.
+    assert counts.get(op, 0) + counts.get("DynamicQuantizeMatMul", 0) >= 14, counts
+    model = modelio.load_model(tiny_llama_dir)
+    ids, mask = _feeds(30522, 1, 24)
+    got = open_session(tmp_path / "model.onnx").run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+    with torch.no_grad():
+        want = model(input_ids=ids, attention_mask=mask).logits.numpy()
+    agree = (got.argmax(-1) == want.argmax(-1)).mean()
+    assert agree > 0.8, agree
