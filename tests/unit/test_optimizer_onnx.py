@@ -105,11 +105,12 @@ def test_the_evaluator_measures_an_onnx_artifact_like_any_other(tiny_bert_dir, b
     assert figures["parameters"] == pytest.approx(torch_params, rel=0.05)
 
 
-@pytest.mark.parametrize("method, op", [("onnx-int8", "MatMulInteger"), ("onnx-int4", "MatMulNBits")])
-def test_causal_lm_weights_are_quantized_too(tiny_llama_dir, tmp_path, method, op):
+@pytest.mark.parametrize("method, op, extra", [("onnx-int8", "MatMulInteger", {"allow_causal_lm": True}),
+                                               ("onnx-int4", "MatMulNBits", {})])
+def test_causal_lm_weights_are_quantized_too(tiny_llama_dir, tmp_path, method, op, extra):
     from services.optimizer.onnx_runtime import op_counts
 
-    _run(method, tiny_llama_dir, tmp_path)
+    _run(method, tiny_llama_dir, tmp_path, **extra)
     counts = op_counts(tmp_path / "model.onnx")
     # 2 layers x 7 Linears, plus the head: every projection runs on quantized weights.
     assert counts.get(op, 0) + counts.get("DynamicQuantizeMatMul", 0) >= 14, counts
@@ -120,3 +121,10 @@ def test_causal_lm_weights_are_quantized_too(tiny_llama_dir, tmp_path, method, o
         want = model(input_ids=ids, attention_mask=mask).logits.numpy()
     agree = (got.argmax(-1) == want.argmax(-1)).mean()
     assert agree > 0.8, agree
+
+
+def test_int8_activations_on_a_causal_lm_are_refused_unless_asked(tiny_llama_dir, tmp_path):
+    from services.common.engine_api import NotPossibleHere
+
+    with pytest.raises(NotPossibleHere, match="allow_causal_lm"):
+        _run("onnx-int8", tiny_llama_dir, tmp_path)
