@@ -11,6 +11,7 @@ hidden state, which the caller pools.
 
 from __future__ import annotations
 
+import threading
 import warnings
 from pathlib import Path
 
@@ -19,6 +20,9 @@ from torch import nn
 
 ONNX_FILE = "model.onnx"
 INPUT_NAMES = ["input_ids", "attention_mask"]
+# torch.export and the TorchScript tracer keep process-wide state: two exports in two stage
+# threads of one worker failed (KeyError sym_numel_default). One export at a time per process.
+EXPORT_LOCK = threading.Lock()
 
 
 class _Logits(nn.Module):
@@ -56,7 +60,7 @@ def export(model: nn.Module, kind: str, out_dir: Path, *, opset: int = 17, sampl
     path = out_dir / ONNX_FILE
     ids, mask = _sample_inputs(model, sample_length)
     output = output_name(kind)
-    with torch.no_grad(), warnings.catch_warnings():
+    with EXPORT_LOCK, torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes
         if kind == "causal-lm":
             batch, sequence = torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("sequence", min=2, max=8192)

@@ -55,3 +55,20 @@ async def test_unavailable_or_unknown_engines_are_refused_up_front(gateway, mode
             await call(client.optimize, f"path:{model_dir}", **kwargs)
         assert info.value.code() == code and needle in info.value.details(), info.value.details()
     assert len(await call(client.list_jobs)) == before
+
+
+async def test_concurrent_causal_lm_exports_in_one_worker_both_succeed(gateway, model_dir):
+    client = GatewayClient(gateway)
+    skip = common_pb2.EvaluationSpec(skip=True)
+    jobs = [await call(client.create_job, f"path:{model_dir}", recipe, evaluation=skip)
+            for recipe in ("onnx", "onnx-int4")]
+    for job in jobs:
+        await call(lambda j=job: list(client.watch(j.job_id)))
+    done = [await call(client.get_job, j.job_id) for j in jobs]
+    assert [j.state for j in done] == [common_pb2.JOB_STATE_SUCCEEDED] * 2, [j.error for j in done]
+    assert done[1].stages[0].metrics["matmul_nbits"] >= 14
+    refused = await call(client.create_job, f"path:{model_dir}", "onnx-int8", evaluation=skip)
+    await call(lambda: list(client.watch(refused.job_id)))
+    refused = await call(client.get_job, refused.job_id)
+    assert refused.state == common_pb2.JOB_STATE_FAILED and refused.error.startswith("FAILED_PRECONDITION")
+    assert "allow_causal_lm" in refused.error

@@ -9,8 +9,14 @@ from services.quantizer.engine import METHODS as QUANT_METHODS
 
 
 def methods():
-    q = common_pb2.TECHNIQUE_QUANTIZER
-    return {(q, m.name): describe_method(q, m.name, m.summary, m.config_cls) for m in QUANT_METHODS.values()}
+    from services.optimizer.engine import METHODS as OPT_METHODS
+
+    described = {}
+    for technique, registry in ((common_pb2.TECHNIQUE_QUANTIZER, QUANT_METHODS),
+                                (common_pb2.TECHNIQUE_OPTIMIZER, OPT_METHODS)):
+        for m in registry.values():
+            described[(technique, m.name)] = describe_method(technique, m.name, m.summary, m.config_cls)
+    return described
 
 
 def test_unknown_recipe_lists_the_allowed_ones():
@@ -66,7 +72,7 @@ def test_evaluation_defaults_and_bounds():
         resolve_evaluation(common_pb2.EvaluationSpec(quality_windows=99))
 
 
-def test_every_recipe_resolves_against_the_quantizer_methods():
+def test_every_recipe_resolves_against_the_services_methods():
     for name, recipe in RECIPES.items():
         _, stages = validate_recipe(name, to_struct({}), methods())
         assert [s.method for s in stages] == [s.method for s in recipe.stages]
