@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -56,3 +57,14 @@ class StageResult:
     architecture: str = ""
     compression: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One entry of a service's method registry: a typed config and the function that runs it
+    (config, input folder, output folder, reporter) -> result, in a worker thread."""
+
+    name: str
+    summary: str
+    config_cls: type
+    run: Callable[[Any, Path, Path, ProgressReporter], StageResult]

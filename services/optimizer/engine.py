@@ -7,26 +7,15 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from modelpress.v1 import common_pb2
 from services.common import modelio, packed
-from services.common.configspec import MethodConfig
-from services.common.engine_api import NotPossibleHere, ProgressReporter, StageResult
+from services.common.engine_api import Method, NotPossibleHere, ProgressReporter, StageResult
 from services.common.tokenizer_files import copy_tokenizer
 from services.optimizer import onnx_export, onnx_runtime
 from services.optimizer.configs import OnnxConfig, OnnxInt4Config, OnnxInt8Config
 from services.optimizer.engines import require
-
-
-@dataclass(frozen=True)
-class Method:
-    name: str
-    summary: str
-    config_cls: type[MethodConfig]
-    run: Callable[[MethodConfig, Path, Path, ProgressReporter], StageResult]
 
 
 def _load_float(src: Path):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,7 +14,7 @@ import torch
 from modelpress.v1 import common_pb2
 from services.common import modelio, packed
 from services.common.configspec import MethodConfig
-from services.common.engine_api import ProgressReporter, StageResult
+from services.common.engine_api import Method, ProgressReporter, StageResult
 from services.common.memory import return_large_frees_to_os
 from services.common.tokenizer_files import copy_tokenizer
 from services.quantizer.calibration import calibration_batches, calibration_text
@@ -33,14 +32,6 @@ from services.quantizer.sequential import BlockStep, quantize_sequential
 from services.quantizer.smoothquant import w8a8_block_step
 from services.quantizer.streaming import StreamingModel
 from services.quantizer.targets import Target, fallback_report, weight_targets
-
-
-@dataclass(frozen=True)
-class Method:
-    name: str
-    summary: str
-    config_cls: type[MethodConfig]
-    run: Callable[[MethodConfig, Path, Path, ProgressReporter], StageResult]
 
 
 def _architecture(model) -> str:
