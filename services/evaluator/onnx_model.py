@@ -17,7 +17,7 @@ ONNX_FILE = "model.onnx"
 class OnnxModel(nn.Module):
     def __init__(self, folder: Path, kind: str, threads: int) -> None:
         super().__init__()
-        from services.optimizer.onnx_runtime import open_session
+        from services.common.onnx_session import open_session
 
         self.kind = kind
         self.session = open_session(Path(folder) / ONNX_FILE, threads=threads)

@@ -12,7 +12,7 @@ from services.common import modelio
 from services.common.engine_api import ProgressReporter
 from services.evaluator.engine import EvaluationConfig, evaluate_folder
 from services.optimizer.engine import METHODS
-from services.optimizer.onnx_runtime import open_session
+from services.common.onnx_session import open_session
 
 
 def _run(method: str, src, dst, **config):
