@@ -109,6 +109,11 @@ def evaluate_folder(folder: Path, config: EvaluationConfig, reference: Path | No
                                              time_latency=False, quality_windows=0))
             figures["encoder"] = add_reference(figures, _load_embeddings(embeddings),
                                                _load_embeddings(reference_embeddings))
+    return _with_file_figures(figures, folder)
+
+
+def _with_file_figures(figures: dict, folder: Path) -> dict:
+    """The figures read from the folder's files rather than from a running model."""
     figures["size_on_disk_bytes"] = packaging.folder_size_bytes(folder)
     figures["parameter_bytes"] = stored_parameter_bytes(folder)
     return figures
@@ -128,9 +133,7 @@ def compare_folders(folders: list[Path], baseline_index: int, config: Evaluation
         paths = [Path(tmp) / f"embeddings-{i}.safetensors" for i in range(len(folders))]
         for folder, path in zip(folders, paths):
             figures = run_probe("measure", config.plan([folder], embeddings_out=str(path), time_latency=False))
-            figures["size_on_disk_bytes"] = packaging.folder_size_bytes(folder)
-            figures["parameter_bytes"] = stored_parameter_bytes(folder)
-            results.append(figures)
+            results.append(_with_file_figures(figures, folder))
         if results[baseline_index]["kind"] == "encoder" and config.quality_sentences:
             reference = _load_embeddings(paths[baseline_index])
             for figures, path in zip(results, paths):

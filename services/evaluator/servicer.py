@@ -8,11 +8,10 @@ import uuid
 from pathlib import Path
 
 import grpc
-from google.protobuf import json_format
 
 from modelpress.v1 import common_pb2, evaluator_pb2, evaluator_pb2_grpc
 from services.common import modelio, packaging
-from services.common.configspec import ConfigError, describe_method, parse_config
+from services.common.configspec import ConfigError, describe_method, parse_config, struct_to_dict
 from services.common.model_source import describe
 from services.common.server import ServiceRuntime
 from services.common.stage_runner import abort_with
@@ -162,7 +161,7 @@ class EvaluatorServicer(evaluator_pb2_grpc.EvaluatorServiceServicer):
         """An evaluation stage inside a recipe: measures its input and passes the same artifact on."""
         stage = request.stage
         try:
-            config = parse_config(EvaluationConfig, json_format.MessageToDict(stage.config))
+            config = parse_config(EvaluationConfig, struct_to_dict(stage.config))
             folder = await self._folder(stage.input)
             figures = await self._measure(evaluate_folder, folder, config)
             if stage.input.WhichOneof("source") == "artifact_id":
