@@ -35,8 +35,19 @@ class UnsupportedModelError(ValueError):
     """The folder is not a model modelpress can load (no config, unknown architecture ...)."""
 
 
+def _is_openvino_weights(path: Path) -> bool:
+    """An OpenVINO IR's .bin is raw constant data the .xml beside it indexes. One that starts like
+    a pickle (protocol byte 0x80) or a torch.save zip ("PK") is still refused."""
+    if path.suffix.lower() != ".bin" or not path.with_suffix(".xml").is_file():
+        return False
+    with path.open("rb") as handle:
+        head = handle.read(2)
+    return not (head[:1] == b"\x80" or head == b"PK")
+
+
 def check_safe(folder: Path) -> None:
-    pickled = sorted(p.name for p in folder.rglob("*") if p.suffix.lower() in PICKLE_SUFFIXES)
+    pickled = sorted(p.name for p in Path(folder).rglob("*")
+                     if p.suffix.lower() in PICKLE_SUFFIXES and not _is_openvino_weights(p))
     if pickled:
         raise UnsafeModelError(
             f"refusing pickled weights {', '.join(pickled)}: modelpress loads safetensors only "

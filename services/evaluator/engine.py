@@ -73,12 +73,20 @@ class EvaluationConfig(MethodConfig):
         return plan
 
 
+# Formats whose runtime serves them without PyTorch (see serving_probe.py).
+SERVED_WITHOUT_TORCH = frozenset({"ONNX", "OpenVINO IR"})
+
+
 class ProbeFailed(RuntimeError):
     pass
 
 
 def run_probe(mode: str, plan: ProbePlan, timeout_s: float = 3600) -> dict:
-    cmd = [sys.executable, "-m", "services.evaluator.probe", mode, plan.to_json()]
+    """mode: `measure` / `interleave` (probe.py), or `serving` (serving_probe.py, engine formats)."""
+    if mode == "serving":
+        cmd = [sys.executable, "-m", "services.evaluator.serving_probe", plan.to_json()]
+    else:
+        cmd = [sys.executable, "-m", "services.evaluator.probe", mode, plan.to_json()]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -109,7 +117,18 @@ def evaluate_folder(folder: Path, config: EvaluationConfig, reference: Path | No
                                              time_latency=False, quality_windows=0))
             figures["encoder"] = add_reference(figures, _load_embeddings(embeddings),
                                                _load_embeddings(reference_embeddings))
-    return _with_file_figures(figures, folder)
+    return _with_file_figures(_with_serving_memory(figures, folder, config), folder)
+
+
+def _with_serving_memory(figures: dict, folder: Path, config: EvaluationConfig) -> dict:
+    """An engine artifact's peak RSS is its runtime's alone (serving_probe.py), not that of the
+    probe that hosts it beside torch; the hosting probe's figure is kept as host_peak_rss_mb."""
+    if figures.get("format") in SERVED_WITHOUT_TORCH:
+        served = run_probe("serving", config.plan([folder]))
+        figures["host_peak_rss_mb"] = figures["peak_rss_mb"]
+        figures["peak_rss_mb"] = served["peak_rss_mb"]
+        figures["serving_runtime"] = served["runtime"]
+    return figures
 
 
 def _with_file_figures(figures: dict, folder: Path) -> dict:
@@ -133,7 +152,7 @@ def compare_folders(folders: list[Path], baseline_index: int, config: Evaluation
         paths = [Path(tmp) / f"embeddings-{i}.safetensors" for i in range(len(folders))]
         for folder, path in zip(folders, paths):
             figures = run_probe("measure", config.plan([folder], embeddings_out=str(path), time_latency=False))
-            results.append(_with_file_figures(figures, folder))
+            results.append(_with_file_figures(_with_serving_memory(figures, folder, config), folder))
         if results[baseline_index]["kind"] == "encoder" and config.quality_sentences:
             reference = _load_embeddings(paths[baseline_index])
             for figures, path in zip(results, paths):
@@ -141,4 +160,7 @@ def compare_folders(folders: list[Path], baseline_index: int, config: Evaluation
     timed = run_probe("interleave", config.plan(folders))
     for figures, latency in zip(results, timed["latency"]):
         figures["latency"] = latency
+    for figures, decode in zip(results, timed.get("decode") or []):
+        if decode is not None:
+            figures["decode"] = decode
     return results, timed["rounds"]

@@ -29,7 +29,7 @@ class FormatNotMeasurable(modelio.UnsupportedModelError):
 _ENGINE_FILES = {"*.onnx": "ONNX", "openvino_model.xml": "OpenVINO IR", "*.gguf": "GGUF", "*.engine": "TensorRT",
                  "*.plan": "TensorRT"}
 # Those the evaluator has a runner for.
-MEASURABLE_ENGINES = {"ONNX"}
+MEASURABLE_ENGINES = {"ONNX", "OpenVINO IR"}
 
 
 def detect_format(folder: Path) -> str:
@@ -68,6 +68,14 @@ def load_for_measurement(folder: Path, device: str = "cpu", threads: int = 2) ->
         if device != "cpu":
             raise FormatNotMeasurable("ONNX models are measured on the CPU execution provider only")
         return LoadedModel(model=OnnxModel(folder, kind, threads), kind=kind, config=config,
+                           vocab_size=int(config.get("vocab_size", 1000)), format=fmt)
+    if fmt == "OpenVINO IR":
+        from services.evaluator.openvino_model import OpenVinoModel, describe_openvino
+
+        if device != "cpu":
+            raise FormatNotMeasurable("OpenVINO IR models are measured on the CPU plugin only")
+        precision = describe_openvino(folder).get("inference_precision", "f32")
+        return LoadedModel(model=OpenVinoModel(folder, kind, threads, precision), kind=kind, config=config,
                            vocab_size=int(config.get("vocab_size", 1000)), format=fmt)
     model = modelio.load_model(folder)
     if device != "cpu":

@@ -143,6 +143,34 @@ def measure_decode(model: nn.Module, *, batch_size: int, prompt_length: int, tok
                      tokens_per_pass=batch_size)
 
 
+def interleaved_decode(models: Sequence[nn.Module], *, batch_size: int, prompt_length: int, tokens: int,
+                       warmup: int = 2, vocab_size: int = 1000) -> list[LatencyFigures]:
+    """Per-token decode of N models in rounds: each holds its own KV cache after one untimed
+    prefill of the same prompt, then every round each decodes one greedy token, the order
+    rotating, so machine drift falls on every model alike."""
+    ids = fixed_token_ids(batch_size, prompt_length, vocab_size)
+    states = []
+    with torch.inference_mode():
+        for model in models:
+            out = model(input_ids=ids.to(model_device(model)), use_cache=True)
+            states.append((out.cache, out.logits[:, -1:].argmax(-1)))
+        samples: list[list[float]] = [[] for _ in models]
+        for step in range(warmup + tokens):
+            for k in range(len(models)):
+                i = (step + k) % len(models)
+                cache, next_ids = states[i]
+                _synchronize()
+                start = time.perf_counter()
+                out = models[i](input_ids=next_ids, cache=cache, use_cache=True)
+                _synchronize()
+                elapsed = (time.perf_counter() - start) * 1000
+                states[i] = (out.cache, out.logits[:, -1:].argmax(-1))
+                if step >= warmup:
+                    samples[i].append(elapsed)
+    return [summarize(s, batch_size=batch_size, sequence_length=prompt_length, phase="decode", warmup=warmup,
+                      tokens_per_pass=batch_size) for s in samples]
+
+
 def interleaved_forward(models: Sequence[nn.Module], *, batch_size: int, sequence_length: int, rounds: int,
                         warmup: int = 3, vocab_size: int = 1000, causal: bool = False) -> list[LatencyFigures]:
     """Times N models on the same ids in rounds of one pass each, the order rotating every round,

@@ -41,10 +41,11 @@ def count_parameters(model: nn.Module) -> int:
 def stored_parameter_bytes(folder: Path) -> int:
     """Bytes of every tensor in the folder's safetensors files, read from their headers: packed
     codes, scales and zero-points as stored, whatever the loader later does with them."""
-    onnx_files = sorted(Path(folder).glob("*.onnx*"))  # the graph and any external data
-    if onnx_files and not any(Path(folder).glob("*.safetensors")):
-        # An ONNX file is its initializers plus a small graph: its size is the stored weights.
-        return sum(path.stat().st_size for path in onnx_files)
+    # An ONNX file (with any external data) or an OpenVINO .bin is the stored weights plus a
+    # small graph: its size is what the weights take.
+    engine_files = sorted(Path(folder).glob("*.onnx*")) + sorted(Path(folder).glob("openvino_model.bin"))
+    if engine_files and not any(Path(folder).glob("*.safetensors")):
+        return sum(path.stat().st_size for path in engine_files)
     total = 0
     for path in sorted(Path(folder).glob("*.safetensors")):
         with path.open("rb") as handle:

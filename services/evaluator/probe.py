@@ -47,7 +47,7 @@ class ProbePlan:
         return cls(**data)
 
 
-def _peak_rss_mb() -> float:
+def peak_rss_mb() -> float:
     """This process's own peak RSS. Linux's ru_maxrss is not that: exec carries over the high-water
     mark of the address space it replaces, which for a child of a large parent (the evaluator
     service, a benchmark driver) is the parent's. VmHWM belongs to the new address space alone."""
@@ -60,6 +60,16 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def _engine_parameters(folder: Path, fmt: str) -> int:
+    if fmt == "ONNX":
+        from services.evaluator.onnx_model import onnx_parameters
+
+        return onnx_parameters(folder)
+    from services.evaluator.openvino_model import openvino_parameters
+
+    return openvino_parameters(folder)
+
+
 def measure(plan: ProbePlan) -> dict:
     import torch
 
@@ -67,8 +77,6 @@ def measure(plan: ProbePlan) -> dict:
     from services.evaluator import latency, quality
     from services.evaluator.machine import PowerMeter, describe_machine
     from services.evaluator.measure import count_flops, count_parameters
-    from services.evaluator.onnx_model import onnx_parameters
-
     from services.evaluator.formats import load_for_measurement
 
     folder = Path(plan.models[0])
@@ -76,14 +84,15 @@ def measure(plan: ProbePlan) -> dict:
     config, kind, model, vocab = loaded.config, loaded.kind, loaded.model, loaded.vocab_size
     causal = kind == "causal-lm"
     is_onnx = loaded.format == "ONNX"
+    engine_format = loaded.format in ("ONNX", "OpenVINO IR")
     ids = latency.fixed_token_ids(plan.batch_size, plan.sequence_length, vocab).to(latency.model_device(model))
     figures: dict = {
         "architecture": (config.get("architectures") or [config.get("model_type", "")])[0],
         "kind": kind,
         "format": loaded.format,
-        "parameters": onnx_parameters(folder) if is_onnx else count_parameters(model),
-        # torch's flop counter sees PyTorch ops only; an ONNX graph's FLOPs are not counted (0).
-        "flops": 0 if is_onnx else count_flops(model, ids),
+        "parameters": _engine_parameters(folder, loaded.format) if engine_format else count_parameters(model),
+        # torch's flop counter sees PyTorch ops only; an engine graph's FLOPs are not counted (0).
+        "flops": 0 if engine_format else count_flops(model, ids),
         "machine": describe_machine(use_gpu=plan.device != "cpu").as_dict(),
     }
     if plan.time_latency:
@@ -100,7 +109,7 @@ def measure(plan: ProbePlan) -> dict:
                                         warmup=plan.warmup, vocab_size=vocab, causal=causal).as_dict()
                 for b, s in plan.grid]
         figures["latency_grid"] = grid
-        # Exported graphs have no KV cache input: no per-token decode to time.
+        # The ONNX graph has no KV cache input: no per-token decode to time (OpenVINO's is stateful).
         if causal and plan.decode_tokens and not is_onnx:
             figures["decode"] = latency.measure_decode(model, batch_size=plan.batch_size,
                                                        prompt_length=plan.sequence_length, tokens=plan.decode_tokens,
@@ -108,7 +117,7 @@ def measure(plan: ProbePlan) -> dict:
     else:
         latency.forward_pass(model, ids, causal=causal)()
     # Peak while loaded and run at the stated shapes, before the quality passes' own shapes.
-    figures["peak_rss_mb"] = _peak_rss_mb()
+    figures["peak_rss_mb"] = peak_rss_mb()
     if plan.device.startswith("cuda"):
         figures["cuda_max_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
     if causal and plan.quality_windows:
@@ -138,7 +147,15 @@ def interleave(plan: ProbePlan) -> dict:
                                           sequence_length=plan.sequence_length, rounds=plan.iterations,
                                           warmup=plan.warmup, vocab_size=min(m.vocab_size for m in loaded),
                                           causal=kinds == {"causal-lm"})
-    return {"latency": [f.as_dict() for f in figures], "rounds": plan.iterations}
+    result = {"latency": [f.as_dict() for f in figures], "rounds": plan.iterations}
+    if kinds == {"causal-lm"} and plan.decode_tokens:
+        decodable = [m.format != "ONNX" for m in loaded]  # the ONNX graph has no KV cache input
+        decoded = iter(latency.interleaved_decode([m.model for m, ok in zip(loaded, decodable) if ok],
+                                                  batch_size=plan.batch_size, prompt_length=plan.sequence_length,
+                                                  tokens=plan.decode_tokens,
+                                                  vocab_size=min(m.vocab_size for m in loaded)))
+        result["decode"] = [next(decoded).as_dict() if ok else None for ok in decodable]
+    return result
 
 
 def main(argv: list[str] | None = None) -> None:

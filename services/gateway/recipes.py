@@ -75,6 +75,13 @@ RECIPES: dict[str, RecipeDef] = {
                   "(ONNX Runtime)", (RecipeStage(O, "onnx-int8"),)),
         RecipeDef("onnx-int4", "ONNX export, fusions, 4-bit blockwise weights (MatMulNBits, ONNX Runtime)",
                   (RecipeStage(O, "onnx-int4"),)),
+        RecipeDef("openvino", "OpenVINO IR, FP32 with the precision hint pinned; causal LMs keep their KV cache "
+                  "in the request (stateful)", (RecipeStage(O, "openvino"),)),
+        RecipeDef("openvino-int8", "OpenVINO IR with NNCF INT8 weights per channel",
+                  (RecipeStage(O, "openvino-int8"),)),
+        RecipeDef("openvino-int4", "OpenVINO IR with NNCF INT4 weights (group 128, shrunk where it does not "
+                  "divide), AWQ and scale estimation on 32 calibration windows",
+                  (RecipeStage(O, "openvino-int4", {"calibration_samples": 32}),)),
     )
 }
 

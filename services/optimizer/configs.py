@@ -24,3 +24,22 @@ class OnnxInt8Config(OnnxConfig):
 class OnnxInt4Config(OnnxConfig):
     block_size: int = Field(32, ge=16, le=256, description="Weights per 4-bit block (a power of two)")
     accuracy_level: Literal[0, 1, 2, 3, 4] = Field(4, description="MatMulNBits compute type: 4 = int8 activations")
+
+
+class OpenVinoConfig(MethodConfig):
+    inference_precision: Literal["f32", "bf16", "f16"] = Field(
+        "f32", description="INFERENCE_PRECISION_HINT every runtime of this IR is compiled with (pinned: OpenVINO "
+                           "picks bf16 by itself on CPUs that have it)")
+
+
+class OpenVinoInt8Config(OpenVinoConfig):
+    symmetric: bool = Field(False, description="Symmetric INT8 weights (no zero-point); asymmetric keeps more range")
+
+
+class OpenVinoInt4Config(OpenVinoConfig):
+    group_size: int = Field(128, ge=16, le=1024, description="Weights per 4-bit group; where it does not divide a "
+                                                              "layer's input size the group shrinks to one that does")
+    symmetric: bool = Field(True, description="Symmetric INT4 weights")
+    ratio: float = Field(1.0, ge=0.0, le=1.0, description="Share of weights in 4 bits; the rest stays INT8")
+    calibration_samples: int = Field(0, ge=0, le=256, description="128-token windows of calibration text; > 0 makes "
+                                                                   "it data-aware (AWQ and scale estimation)")

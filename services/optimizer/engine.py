@@ -13,12 +13,13 @@ from modelpress.v1 import common_pb2
 from services.common import modelio, packed
 from services.common.engine_api import Method, NotPossibleHere, ProgressReporter, StageResult
 from services.common.tokenizer_files import copy_tokenizer
-from services.optimizer import onnx_export, onnx_runtime
-from services.optimizer.configs import OnnxConfig, OnnxInt4Config, OnnxInt8Config
+from services.optimizer import onnx_export, onnx_runtime, openvino_convert
+from services.optimizer.configs import (OnnxConfig, OnnxInt4Config, OnnxInt8Config, OpenVinoConfig,
+                                        OpenVinoInt4Config, OpenVinoInt8Config)
 from services.optimizer.engines import require
 
 
-def _load_float(src: Path):
+def _load_float(src: Path, attention: str = "eager"):
     """The model as PyTorch float weights, with the attention the exporter's fusions expect."""
     from transformers import AutoModel, AutoModelForCausalLM
 
@@ -30,7 +31,7 @@ def _load_float(src: Path):
     modelio.check_safe(src)
     auto = AutoModelForCausalLM if kind == "causal-lm" else AutoModel
     with modelio.CONSTRUCTION_LOCK:
-        model = auto.from_pretrained(src, use_safetensors=True, dtype="float32", attn_implementation="eager")
+        model = auto.from_pretrained(src, use_safetensors=True, dtype="float32", attn_implementation=attention)
     return model.eval(), kind, config
 
 
@@ -107,6 +108,69 @@ def run_onnx_int4(config: OnnxInt4Config, src: Path, dst: Path, reporter: Progre
     return _finish(quantized, src, dst, figures, "int4")
 
 
+def _openvino(config: OpenVinoConfig, src: Path, dst: Path, reporter: ProgressReporter, *, bits: int = 0,
+              symmetric: bool = False, group_size: int = 128, ratio: float = 1.0,
+              calibration_samples: int = 0) -> StageResult:
+    """IR conversion, optional NNCF weight compression, and (causal LMs) the stateful KV cache."""
+    require("openvino")
+    from services.common.openvino_runtime import applied_precision, compile_model, weight_counts
+
+    steps = 4 if bits else 3
+    reporter.report(0, steps, "loading the float model")
+    model, kind, model_config = _load_float(src, attention="sdpa")
+    reporter.report(1, steps, f"converting {kind} to OpenVINO IR")
+    ov_model = openvino_convert.convert(model, kind)
+    geometry = openvino_convert.CacheGeometry.of(model.config) if kind == "causal-lm" else None
+    del model
+    figures: dict = {"kind": kind}
+    precision = "fp32"
+    if bits:
+        calibration = None
+        if calibration_samples:
+            from services.quantizer.calibration import calibration_batches, calibration_text
+
+            windows = calibration_batches(modelio.load_tokenizer(src), calibration_samples, 128, calibration_text())
+            calibration = openvino_convert.calibration_inputs(windows.tolist(), kind, geometry)
+        reporter.report(2, steps, f"NNCF INT{bits} weights" + (" (data-aware)" if calibration else ""))
+        ov_model, figures["compression"] = openvino_convert.compress_weights(
+            ov_model, bits=bits, symmetric=symmetric, group_size=group_size, ratio=ratio, calibration=calibration)
+        precision = f"int{bits}"
+    if geometry is not None:
+        openvino_convert.make_stateful(ov_model, geometry)
+        figures["kv_cache"] = "stateful"
+    figures["weights_by_type"] = weight_counts(ov_model)
+    reporter.report(steps - 1, steps, "saving the IR")
+    path = openvino_convert.save(ov_model, dst)
+    # Compiled once here: the IR must load, and the precision the plugin applies is read back.
+    figures["inference_precision"] = applied_precision(compile_model(path, precision=config.inference_precision))
+    (dst / "config.json").write_text(json.dumps(model_config, indent=2))
+    copy_tokenizer(src, dst)
+    inputs = openvino_convert.CAUSAL_INPUTS if geometry else openvino_convert.ENCODER_INPUTS
+    (dst / "openvino_model.json").write_text(json.dumps({
+        "engine": "openvino", "precision": precision, "kind": kind, "inputs": inputs,
+        "output": onnx_export.output_name(kind), "stateful": geometry is not None,
+        "inference_precision": config.inference_precision}, indent=2))
+    reporter.report(steps, steps, "saved")
+    architecture = (model_config.get("architectures") or [model_config.get("model_type", "")])[0]
+    ir_bytes = sum(f.stat().st_size for f in dst.glob("openvino_model.*"))
+    return StageResult(format=common_pb2.ARTIFACT_FORMAT_OPENVINO_IR, architecture=architecture,
+                       compression={"engine": "openvino", "precision": precision},
+                       metrics={**figures, "ir_bytes": ir_bytes})
+
+
+def run_openvino(config: OpenVinoConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
+    return _openvino(config, src, dst, reporter)
+
+
+def run_openvino_int8(config: OpenVinoInt8Config, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
+    return _openvino(config, src, dst, reporter, bits=8, symmetric=config.symmetric)
+
+
+def run_openvino_int4(config: OpenVinoInt4Config, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
+    return _openvino(config, src, dst, reporter, bits=4, symmetric=config.symmetric, group_size=config.group_size,
+                     ratio=config.ratio, calibration_samples=config.calibration_samples)
+
+
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("onnx", "Export to ONNX (dynamic batch and sequence) and apply ONNX Runtime's fusions and graph "
            "optimizations", OnnxConfig, run_onnx),
@@ -114,4 +178,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            OnnxInt8Config, run_onnx_int8),
     Method("onnx-int4", "ONNX export, fusions, then 4-bit blockwise weights (MatMulNBits)", OnnxInt4Config,
            run_onnx_int4),
+    Method("openvino", "OpenVINO IR (causal LMs stateful, KV cache in the request), FP32, precision hint pinned",
+           OpenVinoConfig, run_openvino),
+    Method("openvino-int8", "OpenVINO IR with NNCF INT8 weights per channel", OpenVinoInt8Config, run_openvino_int8),
+    Method("openvino-int4", "OpenVINO IR with NNCF INT4 group weights (data-aware AWQ + scale estimation when "
+           "calibration_samples > 0)", OpenVinoInt4Config, run_openvino_int4),
 )}

@@ -25,6 +25,7 @@ async def test_engines_say_what_works_here(gateway):
     onnx = engines["onnxruntime"]
     assert onnx.available and not onnx.reason and onnx.methods["int8"] == "onnx-int8"
     assert not engines["tensorrt"].available and engines["tensorrt"].reason
+    assert engines["openvino"].available and engines["openvino"].methods["int4"] == "openvino-int4"
 
 
 async def test_an_onnx_int8_job_is_measured_against_its_pytorch_original(gateway, tiny_bert_dir, allowed_root):
@@ -72,3 +73,21 @@ async def test_concurrent_causal_lm_exports_in_one_worker_both_succeed(gateway, 
     refused = await call(client.get_job, refused.job_id)
     assert refused.state == common_pb2.JOB_STATE_FAILED and refused.error.startswith("FAILED_PRECONDITION")
     assert "allow_causal_lm" in refused.error
+
+
+async def test_an_openvino_int8_job_on_a_causal_lm_is_measured_with_its_kv_cache(gateway, model_dir):
+    client = GatewayClient(gateway)
+    spec = common_pb2.EvaluationSpec(batch_size=1, sequence_length=16, latency_iterations=3, quality_windows=1,
+                                     decode_tokens=4)
+    job = await call(client.optimize, f"path:{model_dir}", "openvino", precision="int8", evaluation=spec)
+    assert job.recipe == "openvino-int8"
+    await call(lambda: list(client.watch(job.job_id)))
+    job = await call(client.get_job, job.job_id)
+    assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job.error
+    assert job.output.format == common_pb2.ARTIFACT_FORMAT_OPENVINO_IR
+    assert job.stages[0].metrics["kv_cache"] == "stateful"
+    assert job.stages[0].metrics["inference_precision"] == "f32"
+    original, compressed = job.result.original, job.result.compressed
+    assert compressed.decode.p50_ms > 0 and compressed.perplexity > 0
+    assert abs(compressed.perplexity / original.perplexity - 1) < 0.05
+    assert compressed.size_on_disk_bytes < 0.5 * original.size_on_disk_bytes
