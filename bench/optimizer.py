@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +24,8 @@ from services.common.registry import builtin_folder
 from services.common.settings import default_cache
 from services.evaluator.engine import EvaluationConfig, compare_folders
 from services.optimizer.engine import METHODS
+
+from serving import run as run_serving  # bench/serving.py, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAPES = {"minilm-l6": [(1, 128), (32, 128)], "smollm2-135m": [(1, 128)]}
@@ -45,11 +48,12 @@ def main() -> None:
     parser.add_argument("--models", default="minilm-l6,smollm2-135m")
     parser.add_argument("--methods", default=METHODS_RUN)
     parser.add_argument("--decode-tokens", type=int, default=32)
+    parser.add_argument("--skip-serving", action="store_true", help="no batching / KV-cache measurements")
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "optimizer.json")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mp-bench-opt-"))
-    rows, exports = [], {}
+    rows, exports, serving_sources = [], {}, {}
     for name in args.models.split(","):
         src = builtin_folder(name, default_cache())
         kind = modelio.model_kind(modelio.read_config(src))
@@ -63,6 +67,10 @@ def main() -> None:
             result = method.run(method.config_cls(), src, dst, ProgressReporter())
             exports[f"{name}/{method_name}"] = {"seconds": round(time.perf_counter() - start, 1), **result.metrics}
             folders[(result.compression["engine"], result.compression["precision"])] = dst
+        if kind == "encoder":
+            serving_sources["encoder"] = folders.get(("onnxruntime", "int8"))
+        else:
+            serving_sources["causal"] = src
         for batch, length in SHAPES[name]:
             config = EvaluationConfig(batch_size=batch, sequence_length=length, latency_iterations=args.iterations,
                                       quality_windows=8, quality_sentences=200,
@@ -87,7 +95,6 @@ def main() -> None:
     ran = {r["model"] for r in rows}
     rows = [r for r in previous["rows"] if r["model"] not in ran] + rows
     exports = {**{k: v for k, v in previous["exports"].items() if k.split("/")[0] not in ran}, **exports}
-    args.out.write_text(json.dumps({"rows": rows, "exports": exports}, indent=1))
     header = ["model", "engine", "precision", "phase", "batch", "seq", "size MB", "p50 ms", "speedup", "RSS MB", "mem ×",
               "metric", "value", "ok"]
     print(" | ".join(header))
@@ -96,6 +103,12 @@ def main() -> None:
                           f"{r['size_bytes'] / 1e6:.1f}", f"{r['latency_p50_ms']:.1f} ± {r['latency_stdev_ms']:.1f}",
                           f"{r['speedup']:.2f}", f"{r['peak_rss_mb']:.0f}", f"{r['memory_ratio']:.2f}", r["metric"],
                           f"{r['value']:.5f}", "yes" if r["quality_ok"] else "NO"]))
+    serving = {key: previous.get(key, []) for key in ("batching", "kv_cache")}
+    if not args.skip_serving:
+        fresh = run_serving(serving_sources.get("encoder"), serving_sources.get("causal"))
+        serving.update({key: value for key, value in fresh.items() if value})
+    args.out.write_text(json.dumps({"rows": rows, "exports": exports, **serving}, indent=1))
+    shutil.rmtree(work, ignore_errors=True)
     print(f"wrote {args.out}")
 
 

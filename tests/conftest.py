@@ -99,3 +99,33 @@ def noisy_bert_dir(tiny_bert_dir, tmp_path_factory) -> Path:
             p.add_(torch.randn(p.shape, generator=generator) * 0.3)
     model.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bpe_llama_dir(tmp_path_factory) -> Path:
+    """A 2-layer Llama with a byte-level BPE tokenizer trained here on pydoc text (the tokenizer
+    family GGUF files carry), untied head, 4 heads over 2 KV heads."""
+    import json
+
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from services.common import corpus
+
+    folder = tmp_path_factory.mktemp("tiny-bpe-llama")
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator([corpus.calibration_text()[:200_000]], trainer)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"}))
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=512, tie_word_embeddings=False, bos_token_id=0, eos_token_id=0)
+    LlamaForCausalLM(config).eval().save_pretrained(folder, safe_serialization=True)
+    return folder

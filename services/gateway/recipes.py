@@ -82,6 +82,9 @@ RECIPES: dict[str, RecipeDef] = {
         RecipeDef("openvino-int4", "OpenVINO IR with NNCF INT4 weights (group 128, shrunk where it does not "
                   "divide), AWQ and scale estimation on 32 calibration windows",
                   (RecipeStage(O, "openvino-int4", {"calibration_samples": 32}),)),
+        RecipeDef("gguf-f16", "GGUF for llama.cpp with F16 weights", (RecipeStage(O, "gguf-f16"),)),
+        RecipeDef("gguf-q8_0", "GGUF for llama.cpp with Q8_0 weights", (RecipeStage(O, "gguf-q8_0"),)),
+        RecipeDef("gguf-q4", "GGUF for llama.cpp with Q4_0 weights", (RecipeStage(O, "gguf-q4"),)),
     )
 }
 

@@ -43,3 +43,13 @@ class OpenVinoInt4Config(OpenVinoConfig):
     ratio: float = Field(1.0, ge=0.0, le=1.0, description="Share of weights in 4 bits; the rest stays INT8")
     calibration_samples: int = Field(0, ge=0, le=256, description="128-token windows of calibration text; > 0 makes "
                                                                    "it data-aware (AWQ and scale estimation)")
+
+
+class GgufConfig(MethodConfig):
+    verify_reload: bool = Field(True, description="Load the written file back in transformers (gguf_file=) and "
+                                                  "compare its logits with the float model's on held-out text")
+
+
+class GgufQ4Config(GgufConfig):
+    type: Literal["q4_0", "q4_1"] = Field("q4_0", description="ggml 4-bit type: q4_0 (scale per 32) or q4_1 "
+                                                              "(scale and minimum per 32)")

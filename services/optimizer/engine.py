@@ -13,9 +13,9 @@ from modelpress.v1 import common_pb2
 from services.common import modelio, packed
 from services.common.engine_api import Method, NotPossibleHere, ProgressReporter, StageResult
 from services.common.tokenizer_files import copy_tokenizer
-from services.optimizer import onnx_export, onnx_runtime, openvino_convert
-from services.optimizer.configs import (OnnxConfig, OnnxInt4Config, OnnxInt8Config, OpenVinoConfig,
-                                        OpenVinoInt4Config, OpenVinoInt8Config)
+from services.optimizer import gguf_export, onnx_export, onnx_runtime, openvino_convert
+from services.optimizer.configs import (GgufConfig, GgufQ4Config, OnnxConfig, OnnxInt4Config, OnnxInt8Config,
+                                        OpenVinoConfig, OpenVinoInt4Config, OpenVinoInt8Config)
 from services.optimizer.engines import require
 
 
@@ -171,6 +171,86 @@ def run_openvino_int4(config: OpenVinoInt4Config, src: Path, dst: Path, reporter
                      ratio=config.ratio, calibration_samples=config.calibration_samples)
 
 
+def _float_state(src: Path) -> tuple[dict, dict]:
+    """The float checkpoint's tensors (safetensors only) and its config."""
+    from safetensors.torch import load_file
+
+    config = modelio.read_config(src)
+    if packed.is_packed(src) or config.get("quantization_config"):
+        raise ValueError("the input is already quantized for PyTorch; convert the float model and let the engine "
+                         "quantize")
+    modelio.check_safe(src)
+    state: dict = {}
+    for path in sorted(Path(src).glob("*.safetensors")):
+        state.update(load_file(str(path)))
+    return state, config
+
+
+def _reload_agreement(src: Path, dst: Path, gguf_file: str) -> dict:
+    """The GGUF as transformers loads it against the float model, on one held-out window."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from services.common import corpus
+
+    tokenizer = modelio.load_tokenizer(src)
+    ids = tokenizer(corpus.heldout_text()[:4000], return_tensors="pt").input_ids[:, :128]
+    with modelio.CONSTRUCTION_LOCK:
+        reloaded = AutoModelForCausalLM.from_pretrained(dst, gguf_file=gguf_file, dtype=torch.float32).eval()
+    original = modelio.load_model(src).eval()
+    with torch.inference_mode():
+        got, want = reloaded(input_ids=ids).logits, original(input_ids=ids).logits
+    targets = ids[:, 1:]
+    nll = lambda logits: torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten())  # noqa: E731
+    return {"tokens": int(ids.numel()), "top1_agreement": float((got.argmax(-1) == want.argmax(-1)).float().mean()),
+            "nll_float": float(nll(want)), "nll_gguf": float(nll(got)),
+            "max_abs_logit_diff": float((got - want).abs().max())}
+
+
+def _gguf(config: GgufConfig, src: Path, dst: Path, reporter: ProgressReporter, kind: str) -> StageResult:
+    require("gguf")
+    steps = 3 if config.verify_reload else 2
+    reporter.report(0, steps, "reading the float checkpoint")
+    state, model_config = _float_state(src)
+    if modelio.model_kind(model_config) != "causal-lm":
+        raise NotPossibleHere("GGUF holds decoder LLMs for llama.cpp; this model is an encoder (use onnx or openvino)")
+    try:
+        tokenizer = gguf_export.read_tokenizer(src)
+        dst.mkdir(parents=True, exist_ok=True)
+        file_name = f"model-{kind}.gguf"
+        reporter.report(1, steps, f"writing GGUF ({kind})")
+        written = gguf_export.write(state, model_config, tokenizer, dst / file_name, kind, name=Path(src).name)
+    except gguf_export.NotConvertible as exc:
+        raise NotPossibleHere(str(exc)) from None
+    del state
+    figures: dict = {"kind": "causal-lm", "gguf_type": kind, "written_types": written,
+                     "read_back": gguf_export.read_back(dst / file_name)}
+    if config.verify_reload:
+        reporter.report(2, steps, "loading the file in transformers and comparing logits")
+        figures["transformers_reload"] = _reload_agreement(src, dst, file_name)
+    (dst / "config.json").write_text(json.dumps(model_config, indent=2))
+    copy_tokenizer(src, dst)
+    (dst / "gguf_model.json").write_text(json.dumps({"engine": "gguf", "precision": kind, "kind": "causal-lm",
+                                                     "file": file_name}, indent=2))
+    reporter.report(steps, steps, "saved")
+    architecture = (model_config.get("architectures") or [""])[0]
+    return StageResult(format=common_pb2.ARTIFACT_FORMAT_GGUF, architecture=architecture,
+                       compression={"engine": "gguf", "precision": kind},
+                       metrics={**figures, "gguf_bytes": (dst / file_name).stat().st_size})
+
+
+def run_gguf_f16(config: GgufConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
+    return _gguf(config, src, dst, reporter, "f16")
+
+
+def run_gguf_q8_0(config: GgufConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
+    return _gguf(config, src, dst, reporter, "q8_0")
+
+
+def run_gguf_q4(config: GgufQ4Config, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
+    return _gguf(config, src, dst, reporter, config.type)
+
+
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("onnx", "Export to ONNX (dynamic batch and sequence) and apply ONNX Runtime's fusions and graph "
            "optimizations", OnnxConfig, run_onnx),
@@ -183,4 +263,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("openvino-int8", "OpenVINO IR with NNCF INT8 weights per channel", OpenVinoInt8Config, run_openvino_int8),
     Method("openvino-int4", "OpenVINO IR with NNCF INT4 group weights (data-aware AWQ + scale estimation when "
            "calibration_samples > 0)", OpenVinoInt4Config, run_openvino_int4),
+    Method("gguf-f16", "GGUF for llama.cpp, F16 weights (norms F32)", GgufConfig, run_gguf_f16),
+    Method("gguf-q8_0", "GGUF for llama.cpp, Q8_0 weights (blocks of 32, f16 scale)", GgufConfig, run_gguf_q8_0),
+    Method("gguf-q4", "GGUF for llama.cpp, Q4_0 or Q4_1 weights (blocks of 32)", GgufQ4Config, run_gguf_q4),
 )}

@@ -31,7 +31,8 @@ ENGINES = {e.name: e for e in (
     Engine("openvino", ("fp32", "int8", "int4"), ("openvino", "nncf"),
            {"fp32": "openvino", "int8": "openvino-int8", "int4": "openvino-int4"},
            install_hint="pip install openvino nncf"),
-    Engine("gguf", ("f16", "q8_0", "q4_0"), ("gguf",), install_hint="pip install gguf"),
+    Engine("gguf", ("q8_0", "f16", "q4"), ("gguf",), {"f16": "gguf-f16", "q8_0": "gguf-q8_0", "q4": "gguf-q4"},
+           install_hint="pip install gguf"),
     Engine("tensorrt", ("fp16", "int8"), ("tensorrt",), needs_gpu=True,
            install_hint="a GPU worker with CUDA and `pip install tensorrt` (NVIDIA's index)"),
 )}
