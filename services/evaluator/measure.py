@@ -41,9 +41,10 @@ def count_parameters(model: nn.Module) -> int:
 def stored_parameter_bytes(folder: Path) -> int:
     """Bytes of every tensor in the folder's safetensors files, read from their headers: packed
     codes, scales and zero-points as stored, whatever the loader later does with them."""
-    # An ONNX file (with any external data) or an OpenVINO .bin is the stored weights plus a
-    # small graph: its size is what the weights take.
-    engine_files = sorted(Path(folder).glob("*.onnx*")) + sorted(Path(folder).glob("openvino_model.bin"))
+    # An ONNX file (with any external data), an OpenVINO .bin or a GGUF is the stored weights
+    # plus a small graph or header: its size is what the weights take.
+    engine_files = [path for pattern in ("*.onnx*", "openvino_model.bin", "*.gguf")
+                    for path in sorted(Path(folder).glob(pattern))]
     if engine_files and not any(Path(folder).glob("*.safetensors")):
         return sum(path.stat().st_size for path in engine_files)
     total = 0

@@ -85,6 +85,8 @@ RECIPES: dict[str, RecipeDef] = {
         RecipeDef("gguf-f16", "GGUF for llama.cpp with F16 weights", (RecipeStage(O, "gguf-f16"),)),
         RecipeDef("gguf-q8_0", "GGUF for llama.cpp with Q8_0 weights", (RecipeStage(O, "gguf-q8_0"),)),
         RecipeDef("gguf-q4", "GGUF for llama.cpp with Q4_0 weights", (RecipeStage(O, "gguf-q4"),)),
+        RecipeDef("tensorrt-fp16", "TensorRT FP16 engine from the ONNX export (NVIDIA GPU workers only)",
+                  (RecipeStage(O, "tensorrt-fp16"),)),
     )
 }
 

@@ -53,3 +53,11 @@ class GgufConfig(MethodConfig):
 class GgufQ4Config(GgufConfig):
     type: Literal["q4_0", "q4_1"] = Field("q4_0", description="ggml 4-bit type: q4_0 (scale per 32) or q4_1 "
                                                               "(scale and minimum per 32)")
+
+
+class TensorRtConfig(MethodConfig):
+    opt_batch: int = Field(8, ge=1, le=1024, description="Batch size the engine is tuned for")
+    max_batch: int = Field(32, ge=1, le=1024, description="Largest batch the engine accepts")
+    opt_sequence: int = Field(128, ge=1, le=8192, description="Sequence length the engine is tuned for")
+    max_sequence: int = Field(512, ge=1, le=8192, description="Longest sequence the engine accepts")
+    workspace_mb: int = Field(2048, ge=64, le=65536, description="Builder workspace memory")

@@ -15,7 +15,7 @@ from services.common.engine_api import Method, NotPossibleHere, ProgressReporter
 from services.common.tokenizer_files import copy_tokenizer
 from services.optimizer import gguf_export, onnx_export, onnx_runtime, openvino_convert
 from services.optimizer.configs import (GgufConfig, GgufQ4Config, OnnxConfig, OnnxInt4Config, OnnxInt8Config,
-                                        OpenVinoConfig, OpenVinoInt4Config, OpenVinoInt8Config)
+                                        OpenVinoConfig, OpenVinoInt4Config, OpenVinoInt8Config, TensorRtConfig)
 from services.optimizer.engines import require
 
 
@@ -251,6 +251,27 @@ def run_gguf_q4(config: GgufQ4Config, src: Path, dst: Path, reporter: ProgressRe
     return _gguf(config, src, dst, reporter, config.type)
 
 
+def run_tensorrt_fp16(config: TensorRtConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
+    require("tensorrt")  # FAILED_PRECONDITION on a worker without an NVIDIA GPU and tensorrt
+    from services.optimizer import tensorrt_build
+
+    # Plain ONNX: TensorRT parses standard operators, not ONNX Runtime's fused contrib ones.
+    current, figures = _export(OnnxConfig(fuse=False), src, dst, reporter, steps=3)
+    reporter.report(2, 3, "building the TensorRT engine (FP16)")
+    dst.mkdir(parents=True, exist_ok=True)
+    figures["tensorrt"] = tensorrt_build.build_engine(
+        current, dst / tensorrt_build.ENGINE_FILE, fp16=True, opt_batch=config.opt_batch, max_batch=config.max_batch,
+        opt_sequence=config.opt_sequence, max_sequence=config.max_sequence, workspace_mb=config.workspace_mb)
+    shutil.rmtree(dst / "_work", ignore_errors=True)
+    model_config = modelio.read_config(src)
+    (dst / "config.json").write_text(json.dumps(model_config, indent=2))
+    copy_tokenizer(src, dst)
+    reporter.report(3, 3, "saved")
+    architecture = (model_config.get("architectures") or [model_config.get("model_type", "")])[0]
+    return StageResult(format=common_pb2.ARTIFACT_FORMAT_TENSORRT, architecture=architecture,
+                       compression={"engine": "tensorrt", "precision": "fp16"}, metrics=figures)
+
+
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("onnx", "Export to ONNX (dynamic batch and sequence) and apply ONNX Runtime's fusions and graph "
            "optimizations", OnnxConfig, run_onnx),
@@ -266,4 +287,6 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("gguf-f16", "GGUF for llama.cpp, F16 weights (norms F32)", GgufConfig, run_gguf_f16),
     Method("gguf-q8_0", "GGUF for llama.cpp, Q8_0 weights (blocks of 32, f16 scale)", GgufConfig, run_gguf_q8_0),
     Method("gguf-q4", "GGUF for llama.cpp, Q4_0 or Q4_1 weights (blocks of 32)", GgufQ4Config, run_gguf_q4),
+    Method("tensorrt-fp16", "ONNX export built into a TensorRT FP16 engine (NVIDIA GPU workers only)",
+           TensorRtConfig, run_tensorrt_fp16),
 )}

@@ -33,7 +33,8 @@ ENGINES = {e.name: e for e in (
            install_hint="pip install openvino nncf"),
     Engine("gguf", ("q8_0", "f16", "q4"), ("gguf",), {"f16": "gguf-f16", "q8_0": "gguf-q8_0", "q4": "gguf-q4"},
            install_hint="pip install gguf"),
-    Engine("tensorrt", ("fp16", "int8"), ("tensorrt",), needs_gpu=True,
+    # INT8 needs a Q/DQ ONNX graph (explicit quantization), which modelpress does not write yet.
+    Engine("tensorrt", ("fp16",), ("tensorrt",), {"fp16": "tensorrt-fp16"}, needs_gpu=True,
            install_hint="a GPU worker with CUDA and `pip install tensorrt` (NVIDIA's index)"),
 )}
 

@@ -91,3 +91,26 @@ async def test_an_openvino_int8_job_on_a_causal_lm_is_measured_with_its_kv_cache
     assert compressed.decode.p50_ms > 0 and compressed.perplexity > 0
     assert abs(compressed.perplexity / original.perplexity - 1) < 0.05
     assert compressed.size_on_disk_bytes < 0.5 * original.size_on_disk_bytes
+
+
+async def test_gguf_job_through_the_mesh_and_tensorrt_recipe_refused_on_a_cpu_worker(gateway, tiny_bpe_llama_dir,
+                                                                                      allowed_root, model_dir):
+    folder = allowed_root / "bpe"
+    shutil.copytree(tiny_bpe_llama_dir, folder)
+    client = GatewayClient(gateway)
+    spec = common_pb2.EvaluationSpec(batch_size=1, sequence_length=16, latency_iterations=2, quality_windows=1,
+                                     decode_tokens=2)
+    job = await call(client.optimize, f"path:{folder}", "gguf", precision="q4", evaluation=spec)
+    assert job.recipe == "gguf-q4"
+    await call(lambda: list(client.watch(job.job_id)))
+    job = await call(client.get_job, job.job_id)
+    assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job.error
+    assert job.output.format == common_pb2.ARTIFACT_FORMAT_GGUF
+    assert job.stages[0].metrics["read_back"]["types"]["Q4_0"] == 2 * 7 + 2  # projections, embedding, head
+    assert job.result.compressed.perplexity > 0
+    trt = await call(client.create_job, f"path:{model_dir}", "tensorrt-fp16",
+                     evaluation=common_pb2.EvaluationSpec(skip=True))
+    await call(lambda: list(client.watch(trt.job_id)))
+    trt = await call(client.get_job, trt.job_id)
+    assert trt.state == common_pb2.JOB_STATE_FAILED and trt.error.startswith("FAILED_PRECONDITION")
+    assert "tensorrt" in trt.error

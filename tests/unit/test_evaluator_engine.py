@@ -56,12 +56,12 @@ def test_formats_are_recognised_and_engine_formats_refused_with_the_reason(tiny_
     shutil.copytree(tiny_llama_dir, onnx)
     (onnx / "model.onnx").write_bytes(b"\x08\x01")
     assert detect_format(onnx) == check_measurable(onnx) == "ONNX"  # ONNX Runtime measures it
-    gguf = tmp_path / "gguf"
-    shutil.copytree(tiny_llama_dir, gguf)
-    (gguf / "model-q8_0.gguf").write_bytes(b"GGUF")
-    assert detect_format(gguf) == "GGUF"
-    with pytest.raises(FormatNotMeasurable, match="GGUF models are measured once"):
-        check_measurable(gguf)
+    trt = tmp_path / "trt"
+    shutil.copytree(tiny_llama_dir, trt)
+    (trt / "model.engine").write_bytes(b"\0")
+    assert detect_format(trt) == "TensorRT"
+    with pytest.raises(FormatNotMeasurable, match="TensorRT models run only on an NVIDIA GPU"):
+        check_measurable(trt)
 
 
 def test_peak_rss_is_the_probe_own_not_its_parent(tiny_llama_dir):

@@ -61,3 +61,15 @@ def test_encoders_and_wordpiece_tokenizers_are_refused(tiny_bert_dir, tiny_llama
         _run("gguf-q8_0", tiny_bert_dir, tmp_path / "a")
     with pytest.raises(NotPossibleHere, match="byte-level BPE"):
         _run("gguf-q8_0", tiny_llama_dir, tmp_path / "b")  # MiniLM's WordPiece vocabulary
+
+
+def test_the_evaluator_measures_a_gguf_as_transformers_loads_it(tiny_bpe_llama_dir, tmp_path):
+    from services.evaluator.engine import EvaluationConfig, evaluate_folder
+
+    _run("gguf-q8_0", tiny_bpe_llama_dir, tmp_path, verify_reload=False)
+    config = EvaluationConfig(batch_size=1, sequence_length=16, latency_iterations=2, warmup=1, quality_windows=1,
+                              decode_tokens=2)
+    figures, base = evaluate_folder(tmp_path, config), evaluate_folder(tiny_bpe_llama_dir, config)
+    assert figures["format"] == "GGUF" and figures["parameters"] == base["parameters"]
+    assert figures["perplexity"] == pytest.approx(base["perplexity"], rel=0.02)
+    assert figures["parameter_bytes"] == next(tmp_path.glob("*.gguf")).stat().st_size
