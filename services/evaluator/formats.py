@@ -88,8 +88,9 @@ def load_for_measurement(folder: Path, device: str = "cpu", threads: int = 2) ->
 
         if device != "cpu":
             raise FormatNotMeasurable("OpenVINO IR models are measured on the CPU plugin only")
-        precision = describe_openvino(folder).get("inference_precision", "f32")
-        return LoadedModel(model=OpenVinoModel(folder, kind, threads, precision), kind=kind, config=config,
+        manifest = describe_openvino(folder)
+        model = OpenVinoModel(folder, kind, threads, manifest.get("inference_precision", "f32"))
+        return LoadedModel(model=model, kind=kind, config=config,
                            vocab_size=int(config.get("vocab_size", 1000)), format=fmt)
     if fmt == "GGUF":
         model = _load_gguf(folder)

@@ -35,10 +35,12 @@ def _onnx_runner(folder: Path, threads: int):
     return run, None
 
 
-def _openvino_runner(folder: Path, threads: int, precision: str, causal: bool):
+def _openvino_runner(folder: Path, threads: int, manifest: dict):
     from services.common.openvino_runtime import compile_model
 
-    request = compile_model(folder / "openvino_model.xml", threads=threads, precision=precision).create_infer_request()
+    causal = manifest.get("kind") == "causal-lm"
+    request = compile_model(folder / "openvino_model.xml", threads=threads,
+                            precision=manifest.get("inference_precision", "f32")).create_infer_request()
 
     def run(ids: np.ndarray, start: int = 0) -> np.ndarray:
         if not causal:
@@ -59,8 +61,7 @@ def footprint(folder: Path, batch_size: int, sequence_length: int, iterations: i
                                             dtype=np.int64)
     if (folder / "openvino_model.xml").exists():
         manifest = json.loads((folder / "openvino_model.json").read_text())
-        run, decode = _openvino_runner(folder, threads, manifest.get("inference_precision", "f32"),
-                                       manifest.get("kind") == "causal-lm")
+        run, decode = _openvino_runner(folder, threads, manifest)
         runtime = "openvino"
     elif (folder / "model.onnx").exists():
         run, decode = _onnx_runner(folder, threads)

@@ -128,3 +128,4 @@ def test_an_ir_bin_is_allowed_but_a_pickle_beside_an_xml_is_not(llama_ir, tmp_pa
     (tmp_path / "weights.bin").write_bytes(b"\x80\x04" + b"\0" * 16)
     with pytest.raises(modelio.UnsafeModelError, match="weights.bin"):
         modelio.check_safe(tmp_path)
+
