@@ -1,5 +1,9 @@
 """An ONNX Runtime session behind the call shape of a transformers model, so the evaluator's
-latency and quality code measures an ONNX artifact exactly as it measures a PyTorch one."""
+latency and quality code measures an ONNX artifact exactly as it measures a PyTorch one.
+
+A causal LM exported with its KV cache takes past_key_values.N.key/value inputs: a call without
+`cache` feeds an empty past (a new sequence), a call with the previous output's `cache` feeds
+its presents back (one decode step)."""
 
 from __future__ import annotations
 
@@ -22,16 +26,34 @@ class OnnxModel(nn.Module):
         self.kind = kind
         self.session = open_session(Path(folder) / ONNX_FILE, threads=threads)
         self.input_names = {i.name for i in self.session.get_inputs()}
+        self.past = [i for i in self.session.get_inputs() if i.name.startswith("past_key_values.")]
+        self.supports_decode = bool(self.past)
         # Callers find the device from the first parameter; the weights live in the session.
         self._device_anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **_ignored):
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        feeds = {"input_ids": input_ids.numpy().astype(np.int64),
-                 "attention_mask": attention_mask.numpy().astype(np.int64)}
-        output = torch.from_numpy(self.session.run(None, {k: v for k, v in feeds.items() if k in self.input_names})[0])
-        return SimpleNamespace(logits=output) if self.kind == "causal-lm" else SimpleNamespace(last_hidden_state=output)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                cache: list | None = None, **_ignored):
+        ids = input_ids.numpy().astype(np.int64)
+        if not self.past:
+            mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+            feeds = {"input_ids": ids, "attention_mask": mask.numpy().astype(np.int64)}
+            output = torch.from_numpy(self.session.run(None, {k: v for k, v in feeds.items()
+                                                              if k in self.input_names})[0])
+            return SimpleNamespace(logits=output) if self.kind == "causal-lm" else \
+                SimpleNamespace(last_hidden_state=output)
+        batch, length = ids.shape
+        if cache is None:
+            heads, dim = self.past[0].shape[1], self.past[0].shape[3]
+            cache = [np.zeros((batch, heads, 0, dim), np.float32)] * len(self.past)
+        start = cache[0].shape[2]
+        mask = np.ones((batch, start + length), np.int64)
+        if attention_mask is not None and start == 0:
+            mask = attention_mask.numpy().astype(np.int64)
+        feeds = {"input_ids": ids, "attention_mask": mask,
+                 "position_ids": np.broadcast_to(np.arange(start, start + length, dtype=np.int64), (batch, length)),
+                 **{p.name: past for p, past in zip(self.past, cache)}}
+        logits, *present = self.session.run(None, feeds)
+        return SimpleNamespace(logits=torch.from_numpy(logits), cache=present)
 
 
 def onnx_parameters(folder: Path) -> int:

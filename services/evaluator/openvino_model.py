@@ -31,6 +31,7 @@ class OpenVinoModel(nn.Module):
         from services.common.openvino_runtime import applied_precision, compile_model
 
         self.kind = kind
+        self.supports_decode = kind == "causal-lm"
         self.compiled = compile_model(Path(folder) / IR_FILE, threads=threads, precision=precision)
         self.precision = applied_precision(self.compiled)
         self.request = self.compiled.create_infer_request()

@@ -83,7 +83,6 @@ def measure(plan: ProbePlan) -> dict:
     loaded = load_for_measurement(folder, plan.device, plan.threads)
     config, kind, model, vocab = loaded.config, loaded.kind, loaded.model, loaded.vocab_size
     causal = kind == "causal-lm"
-    is_onnx = loaded.format == "ONNX"
     engine_format = loaded.format in ("ONNX", "OpenVINO IR")
     ids = latency.fixed_token_ids(plan.batch_size, plan.sequence_length, vocab).to(latency.model_device(model))
     figures: dict = {
@@ -109,8 +108,8 @@ def measure(plan: ProbePlan) -> dict:
                                         warmup=plan.warmup, vocab_size=vocab, causal=causal).as_dict()
                 for b, s in plan.grid]
         figures["latency_grid"] = grid
-        # The ONNX graph has no KV cache input: no per-token decode to time (OpenVINO's is stateful).
-        if causal and plan.decode_tokens and not is_onnx:
+        # An ONNX graph exported without its KV cache has no per-token decode to time.
+        if causal and plan.decode_tokens and getattr(model, "supports_decode", True):
             figures["decode"] = latency.measure_decode(model, batch_size=plan.batch_size,
                                                        prompt_length=plan.sequence_length, tokens=plan.decode_tokens,
                                                        vocab_size=vocab).as_dict()
@@ -149,7 +148,7 @@ def interleave(plan: ProbePlan) -> dict:
                                           causal=kinds == {"causal-lm"})
     result = {"latency": [f.as_dict() for f in figures], "rounds": plan.iterations}
     if kinds == {"causal-lm"} and plan.decode_tokens:
-        decodable = [m.format != "ONNX" for m in loaded]  # the ONNX graph has no KV cache input
+        decodable = [getattr(m.model, "supports_decode", True) for m in loaded]
         decoded = iter(latency.interleaved_decode([m.model for m, ok in zip(loaded, decodable) if ok],
                                                   batch_size=plan.batch_size, prompt_length=plan.sequence_length,
                                                   tokens=plan.decode_tokens,

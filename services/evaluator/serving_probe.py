@@ -27,12 +27,27 @@ def _onnx_runner(folder: Path, threads: int):
 
     session = open_session(folder / "model.onnx", threads=threads)
     names = {i.name for i in session.get_inputs()}
+    past = [i for i in session.get_inputs() if i.name.startswith("past_key_values.")]
+    if not past:
+        def run(ids: np.ndarray) -> np.ndarray:
+            feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+            return session.run(None, {k: v for k, v in feeds.items() if k in names})[0]
 
-    def run(ids: np.ndarray) -> np.ndarray:
-        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
-        return session.run(None, {k: v for k, v in feeds.items() if k in names})[0]
+        return run, None
+    cache: list = []
 
-    return run, None
+    def run_cached(ids: np.ndarray, start: int = 0) -> np.ndarray:
+        batch, length = ids.shape
+        if start == 0:
+            cache[:] = [np.zeros((batch, p.shape[1], 0, p.shape[3]), np.float32) for p in past]
+        logits, *present = session.run(None, {
+            "input_ids": ids, "attention_mask": np.ones((batch, start + length), np.int64),
+            "position_ids": np.broadcast_to(np.arange(start, start + length), (batch, length)),
+            **{p.name: value for p, value in zip(past, cache)}})
+        cache[:] = present
+        return logits
+
+    return run_cached, run_cached
 
 
 def _openvino_runner(folder: Path, threads: int, manifest: dict):

@@ -13,16 +13,20 @@ class OnnxConfig(MethodConfig):
     opset: int = Field(17, ge=14, le=21, description="ONNX opset of the export (causal LMs use at least 18)")
     fuse: bool = Field(True, description="Apply ONNX Runtime's transformer fusions (encoders) and graph optimizations")
     threads: int = Field(2, ge=1, le=256, description="Threads of the session that optimizes the graph")
+    kv_cache: bool = Field(True, description="Causal LMs: export past/present key-value inputs and outputs, so one "
+                                             "graph serves prefill and per-token decode")
 
 
 class OnnxInt8Config(OnnxConfig):
     reduce_range: bool = Field(False, description="7-bit weights: avoids u8*s8 saturation on CPUs without VNNI")
-    allow_causal_lm: bool = Field(False, description="Quantize a causal LM's activations per tensor anyway "
-                                                     "(measured: SmolLM2 perplexity 13.5 -> millions)")
+    causal_lm_activations: Literal["float", "dynamic-int8"] = Field(
+        "float", description="Causal LMs: float activations with INT8 blockwise weights (MatMulNBits, 8 bits), or "
+                             "dynamic per-tensor INT8 activations (measured: SmolLM2 perplexity 13.5 -> millions)")
 
 
 class OnnxInt4Config(OnnxConfig):
     block_size: int = Field(32, ge=16, le=256, description="Weights per 4-bit block (a power of two)")
+    symmetric: bool = Field(True, description="Symmetric blocks (no zero-point)")
     accuracy_level: Literal[0, 1, 2, 3, 4] = Field(4, description="MatMulNBits compute type: 4 = int8 activations")
 
 

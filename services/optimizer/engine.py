@@ -42,8 +42,9 @@ def _export(config: OnnxConfig, src: Path, dst: Path, reporter: ProgressReporter
     model, kind, model_config = _load_float(src)
     work = dst / "_work"
     reporter.report(1, steps, f"exporting {kind} to ONNX (opset {config.opset})")
-    exported = onnx_export.export(model, kind, work, opset=config.opset)
-    figures: dict = {"kind": kind, "exported_nodes": sum(onnx_runtime.op_counts(exported).values())}
+    exported = onnx_export.export(model, kind, work, opset=config.opset, with_past=config.kv_cache)
+    figures: dict = {"kind": kind, "exported_nodes": sum(onnx_runtime.op_counts(exported).values()),
+                     "kv_cache": kind == "causal-lm" and config.kv_cache}
     current = exported
     if config.fuse:
         reporter.report(2, steps, "optimizing the graph")
@@ -68,8 +69,8 @@ def _finish(model_path: Path, src: Path, dst: Path, figures: dict, precision: st
     (dst / "config.json").write_text(json.dumps(config, indent=2))
     copy_tokenizer(src, dst)
     (dst / "onnx_model.json").write_text(json.dumps({
-        "engine": "onnxruntime", "precision": precision, "kind": figures["kind"],
-        "inputs": onnx_export.INPUT_NAMES, "output": onnx_export.output_name(figures["kind"])}, indent=2))
+        "engine": "onnxruntime", "precision": precision, "kind": figures["kind"], "kv_cache": figures["kv_cache"],
+        "output": onnx_export.output_name(figures["kind"])}, indent=2))
     architecture = (config.get("architectures") or [config.get("model_type", "")])[0]
     return StageResult(format=common_pb2.ARTIFACT_FORMAT_ONNX, architecture=architecture,
                        compression={"engine": "onnxruntime", "precision": precision},
@@ -83,16 +84,20 @@ def run_onnx(config: OnnxConfig, src: Path, dst: Path, reporter: ProgressReporte
 
 
 def run_onnx_int8(config: OnnxInt8Config, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
-    if modelio.model_kind(modelio.read_config(src)) == "causal-lm" and not config.allow_causal_lm:
-        # Per-tensor dynamic INT8 activations cannot hold an LLM's outlier channels.
-        raise NotPossibleHere("onnx-int8 quantizes activations per tensor, which wrecks a causal LM (SmolLM2 "
-                              "perplexity 13.5 -> over 10^6 measured here); use onnx-int4 or the quantizer's "
-                              "int8-weight-only, or set allow_causal_lm=true to get it anyway")
+    causal = modelio.model_kind(modelio.read_config(src)) == "causal-lm"
     current, figures = _export(config, src, dst, reporter, steps=4)
-    reporter.report(3, 4, "INT8 weights per channel, dynamic INT8 activations")
     folded = onnx_runtime.fold_constants(current, current.parent / "folded.onnx", threads=config.threads)
     quantized = current.parent / "int8.onnx"
-    figures.update(onnx_runtime.quantize_int8(folded, quantized, reduce_range=config.reduce_range))
+    if causal and config.causal_lm_activations == "float":
+        # Per-tensor dynamic INT8 activations cannot hold an LLM's outlier channels (SmolLM2
+        # perplexity 13.5 -> over 10^6 measured here): weights only, 8-bit blocks of 32.
+        reporter.report(3, 4, "INT8 blockwise weights (MatMulNBits, 8 bits), float activations")
+        figures.update(onnx_runtime.quantize_nbits(folded, quantized, bits=8, block_size=32))
+        figures["scheme"] = "weight-only int8 (MatMulNBits)"
+    else:
+        reporter.report(3, 4, "INT8 weights per channel, dynamic INT8 activations")
+        figures.update(onnx_runtime.quantize_int8(folded, quantized, reduce_range=config.reduce_range))
+        figures["scheme"] = "dynamic int8 (weights per channel, activations per tensor)"
     reporter.report(4, 4, "saved")
     return _finish(quantized, src, dst, figures, "int8")
 
@@ -102,8 +107,8 @@ def run_onnx_int4(config: OnnxInt4Config, src: Path, dst: Path, reporter: Progre
     reporter.report(3, 4, f"4-bit weights (MatMulNBits, block {config.block_size})")
     folded = onnx_runtime.fold_constants(current, current.parent / "folded.onnx", threads=config.threads)
     quantized = current.parent / "int4.onnx"
-    figures.update(onnx_runtime.quantize_int4(folded, quantized, block_size=config.block_size,
-                                              accuracy_level=config.accuracy_level))
+    figures.update(onnx_runtime.quantize_nbits(folded, quantized, bits=4, block_size=config.block_size,
+                                               accuracy_level=config.accuracy_level, symmetric=config.symmetric))
     reporter.report(4, 4, "saved")
     return _finish(quantized, src, dst, figures, "int4")
 
@@ -275,8 +280,8 @@ def run_tensorrt_fp16(config: TensorRtConfig, src: Path, dst: Path, reporter: Pr
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("onnx", "Export to ONNX (dynamic batch and sequence) and apply ONNX Runtime's fusions and graph "
            "optimizations", OnnxConfig, run_onnx),
-    Method("onnx-int8", "ONNX export, fusions, then INT8 weights per channel with dynamic INT8 activations",
-           OnnxInt8Config, run_onnx_int8),
+    Method("onnx-int8", "ONNX export, fusions, then INT8 weights per channel with dynamic INT8 activations "
+           "(causal LMs: INT8 blockwise weights, float activations)", OnnxInt8Config, run_onnx_int8),
     Method("onnx-int4", "ONNX export, fusions, then 4-bit blockwise weights (MatMulNBits)", OnnxInt4Config,
            run_onnx_int4),
     Method("openvino", "OpenVINO IR (causal LMs stateful, KV cache in the request), FP32, precision hint pinned",

@@ -4,9 +4,11 @@ Encoders are exported from eager attention with the TorchScript exporter: that i
 ONNX Runtime's BERT fusions (EmbedLayerNormalization, Attention, BiasGelu, SkipLayerNorm) were
 written for — measured on MiniLM here, SDPA or the dynamo exporter leave attention unfused.
 Causal LMs go through the dynamo exporter, which keeps the tied embedding and head as one
-tensor (the TorchScript exporter duplicates it). Causal LMs are exported without a KV cache:
-(input_ids, attention_mask) → logits, the prefill a server runs; encoders map them to the last
-hidden state, which the caller pools.
+tensor (the TorchScript exporter duplicates it). With a KV cache (the default) the graph is
+(input_ids, attention_mask, position_ids, past_key_values.N.key/value) → (logits,
+present.N.key/value): one graph for prefill (an empty past) and decode (the presents fed back).
+Without, it is (input_ids, attention_mask) → logits. Encoders map (input_ids, attention_mask) to
+the last hidden state, which the caller pools.
 """
 
 from __future__ import annotations
@@ -53,16 +55,37 @@ def _sample_inputs(model: nn.Module, length: int) -> tuple[torch.Tensor, torch.T
     return ids, torch.ones_like(ids)
 
 
-def export(model: nn.Module, kind: str, out_dir: Path, *, opset: int = 17, sample_length: int = 16) -> Path:
+def _export_with_past(model: nn.Module, path: Path, opset: int) -> None:
+    from services.optimizer.cache_graph import INPUTS, CacheGeometry, LogitsWithCache, sample_inputs
+
+    geometry = CacheGeometry.of(model.config)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    sequence = torch.export.Dim("sequence", min=1, max=8192)
+    # Exported with a past of at least 1; ONNX Runtime then runs it with an empty past as well.
+    past = torch.export.Dim("past", min=1, max=8192)
+    total = torch.export.Dim("total", min=2, max=16384)
+    cache_axes = tuple({0: batch, 2: past} for _ in range(2 * geometry.layers))
+    program = torch.onnx.export(
+        LogitsWithCache(model).eval(), sample_inputs(model), dynamo=True, opset_version=max(opset, 18),
+        optimize=False, verbose=False,
+        input_names=INPUTS + geometry.names("past_key_values"), output_names=["logits"] + geometry.names("present"),
+        dynamic_shapes=({0: batch, 1: sequence}, {0: batch, 1: total}, {0: batch, 1: sequence}, cache_axes))
+    program.save(str(path), external_data=False)
+
+
+def export(model: nn.Module, kind: str, out_dir: Path, *, opset: int = 17, sample_length: int = 16,
+           with_past: bool = True) -> Path:
     """Writes out_dir/model.onnx; returns its path. An encoder should be loaded with
-    attn_implementation="eager" (see the module docstring)."""
+    attn_implementation="eager" (see the module docstring); `with_past` applies to causal LMs."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / ONNX_FILE
     ids, mask = _sample_inputs(model, sample_length)
     output = output_name(kind)
     with EXPORT_LOCK, torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes
-        if kind == "causal-lm":
+        if kind == "causal-lm" and with_past:
+            _export_with_past(model, path, opset)
+        elif kind == "causal-lm":
             batch, sequence = torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("sequence", min=2, max=8192)
             program = torch.onnx.export(
                 _Logits(model).eval(), (ids, mask), dynamo=True, opset_version=max(opset, 18),

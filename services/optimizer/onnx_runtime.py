@@ -77,15 +77,17 @@ def quantize_int8(src: Path, dst: Path, *, reduce_range: bool = False) -> dict:
                          if counts.get(op)}}
 
 
-def quantize_int4(src: Path, dst: Path, *, block_size: int = 32, accuracy_level: int = 4) -> dict:
-    """4-bit weights in MatMulNBits (blockwise, symmetric); accuracy_level 4 lets the CPU kernel compute
-    in int8 after quantizing activations per block."""
+def quantize_nbits(src: Path, dst: Path, *, bits: int = 4, block_size: int = 32, accuracy_level: int = 4,
+                   symmetric: bool = True) -> dict:
+    """4- or 8-bit blockwise weights in MatMulNBits, activations float; accuracy_level 4 lets the CPU
+    kernel compute in int8 after quantizing activations per block."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     model = onnx.load(str(src))
-    quantizer = MatMulNBitsQuantizer(model, block_size=block_size, is_symmetric=True, accuracy_level=accuracy_level)
+    quantizer = MatMulNBitsQuantizer(model, block_size=block_size, is_symmetric=symmetric,
+                                     accuracy_level=accuracy_level, bits=bits)
     quantizer.process()
     quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)
-    return {"matmul_nbits": op_counts(dst).get("MatMulNBits", 0), "block_size": block_size,
-            "accuracy_level": accuracy_level}
+    return {"matmul_nbits": op_counts(dst).get("MatMulNBits", 0), "bits": bits, "block_size": block_size,
+            "accuracy_level": accuracy_level, "symmetric": symmetric}

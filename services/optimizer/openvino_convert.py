@@ -10,17 +10,16 @@ same graph serves prefill (empty state) and decode; `reset_state()` starts a new
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from services.optimizer.cache_graph import INPUTS as CAUSAL_INPUTS, CacheGeometry, LogitsWithCache, sample_inputs
 from services.optimizer.onnx_export import EXPORT_LOCK
 
 IR_FILE = "openvino_model.xml"
 ENCODER_INPUTS = ["input_ids", "attention_mask"]
-CAUSAL_INPUTS = ["input_ids", "attention_mask", "position_ids"]
 
 
 class _Hidden(nn.Module):
@@ -30,52 +29,6 @@ class _Hidden(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
-
-class _LogitsWithCache(nn.Module):
-    """Flat past keys/values in, logits and flat present keys/values out: the shape the stateful
-    transformation turns into variables."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.layers = int(model.config.num_hidden_layers)
-
-    def forward(self, input_ids, attention_mask, position_ids, *past):
-        from transformers.cache_utils import DynamicCache
-
-        cache = DynamicCache(config=self.model.config)
-        # Filled directly: DynamicLayer.update would concatenate onto a 1-D empty tensor, which
-        # the converter rejects (rank mismatch), and the past would be traced as a constant.
-        for i, layer in enumerate(cache.layers):
-            layer.keys, layer.values = past[2 * i], past[2 * i + 1]
-            layer.dtype, layer.device, layer.is_initialized = past[0].dtype, past[0].device, True
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         past_key_values=cache, use_cache=True)
-        flat = []
-        for layer in out.past_key_values.layers:
-            flat += [layer.keys, layer.values]
-        return (out.logits, *flat)
-
-
-@dataclass(frozen=True)
-class CacheGeometry:
-    layers: int
-    kv_heads: int
-    head_dim: int
-
-    @classmethod
-    def of(cls, config) -> "CacheGeometry":
-        heads = int(config.num_attention_heads)
-        return cls(layers=int(config.num_hidden_layers),
-                   kv_heads=int(getattr(config, "num_key_value_heads", None) or heads),
-                   head_dim=int(getattr(config, "head_dim", None) or config.hidden_size // heads))
-
-    def names(self, prefix: str) -> list[str]:
-        return [f"{prefix}.{i}.{kind}" for i in range(self.layers) for kind in ("key", "value")]
-
-    def bytes_per_token(self, element_bytes: int) -> int:
-        return 2 * self.layers * self.kv_heads * self.head_dim * element_bytes
 
 
 def _name_ports(ports, names: list[str]) -> None:
@@ -118,11 +71,8 @@ def convert(model: nn.Module, kind: str, sample_length: int = 8):
             _name_ports(ov_model.outputs, ["last_hidden_state"])
             return ov_model
         geometry = CacheGeometry.of(model.config)
-        past_length = 4  # a non-empty past, so the traced graph concatenates onto it
-        past = [torch.zeros(1, geometry.kv_heads, past_length, geometry.head_dim)] * (2 * geometry.layers)
-        mask = torch.ones(1, past_length + sample_length, dtype=torch.long)
-        positions = torch.arange(past_length, past_length + sample_length)[None]
-        ov_model = ov.convert_model(_LogitsWithCache(model).eval(), example_input=(ids, mask, positions, *past))
+        ov_model = ov.convert_model(LogitsWithCache(model).eval(),
+                                    example_input=sample_inputs(model, sample_length))
     _name_ports(ov_model.inputs, CAUSAL_INPUTS + geometry.names("past_key_values"))
     _name_ports(ov_model.outputs, ["logits"] + geometry.names("present"))
     ov_model.reshape({name: ov.PartialShape([-1, geometry.kv_heads, -1, geometry.head_dim])

@@ -48,20 +48,48 @@ def test_encoder_export_is_fused_and_agrees_with_pytorch(tiny_bert_dir, bert_onn
         assert got.shape == want.shape and np.abs(got - want).max() < 1e-4
 
 
-def test_causal_lm_export_keeps_the_tied_head_once_and_agrees(tiny_llama_dir, tmp_path):
+def _causal_feeds(session, ids, past=None, start=0):
+    names = [i.name for i in session.get_inputs() if i.name.startswith("past_key_values.")]
+    batch, length = ids.shape
+    if past is None:
+        shape = session.get_inputs()[3].shape
+        past = [np.zeros((batch, shape[1], 0, shape[3]), np.float32)] * len(names)
+    return {"input_ids": ids.numpy(), "attention_mask": np.ones((batch, start + length), np.int64),
+            "position_ids": np.broadcast_to(np.arange(start, start + length), (batch, length)), **dict(zip(names, past))}
+
+
+def test_causal_lm_export_keeps_the_tied_head_once_and_decodes_through_its_kv_cache(tiny_llama_dir, tmp_path):
     result = _run("onnx", tiny_llama_dir, tmp_path)
     import onnx
 
     graph = onnx.load(str(tmp_path / "model.onnx")).graph
     vocab_sized = [i for i in graph.initializer if 30522 in i.dims]
     assert len(vocab_sized) == 1, [i.name for i in vocab_sized]  # embedding and head share one tensor
-    assert result.metrics["kind"] == "causal-lm"
+    assert result.metrics["kind"] == "causal-lm" and result.metrics["kv_cache"]
+    assert len([i for i in graph.input if i.name.startswith("past_key_values.")]) == 2 * 2  # layers x (k, v)
     session = open_session(tmp_path / "model.onnx")
     model = modelio.load_model(tiny_llama_dir)
+    ids, _ = _feeds(30522, 2, 19)
+    logits, *present = session.run(None, _causal_feeds(session, ids))  # an empty past: prefill
+    with torch.no_grad():
+        out = model(input_ids=ids, use_cache=True)
+        assert np.abs(logits - out.logits.numpy()).max() < 1e-3
+        cache, next_ids = out.cache, torch.from_numpy(logits[:, -1:].argmax(-1))
+        for step in range(3):
+            out = model(input_ids=next_ids, cache=cache, use_cache=True)
+            logits, *present = session.run(None, _causal_feeds(session, next_ids, present, 19 + step))
+            assert logits.shape == (2, 1, 30522) and np.abs(logits - out.logits.numpy()).max() < 1e-3
+            cache, next_ids = out.cache, torch.from_numpy(logits[:, -1:].argmax(-1))
+
+
+def test_causal_lm_export_without_kv_cache(tiny_llama_dir, tmp_path):
+    result = _run("onnx", tiny_llama_dir, tmp_path, kv_cache=False)
+    session = open_session(tmp_path / "model.onnx")
+    assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask"] and not result.metrics["kv_cache"]
     ids, mask = _feeds(30522, 2, 19)
     got = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
     with torch.no_grad():
-        want = model(input_ids=ids, attention_mask=mask).logits.numpy()
+        want = modelio.load_model(tiny_llama_dir)(input_ids=ids, attention_mask=mask).logits.numpy()
     assert np.abs(got - want).max() < 1e-3
 
 
@@ -105,26 +133,37 @@ def test_the_evaluator_measures_an_onnx_artifact_like_any_other(tiny_bert_dir, b
     assert figures["parameters"] == pytest.approx(torch_params, rel=0.05)
 
 
-@pytest.mark.parametrize("method, op, extra", [("onnx-int8", "MatMulInteger", {"allow_causal_lm": True}),
-                                               ("onnx-int4", "MatMulNBits", {})])
-def test_causal_lm_weights_are_quantized_too(tiny_llama_dir, tmp_path, method, op, extra):
+@pytest.mark.parametrize("method, op, extra, bits", [
+    ("onnx-int8", "MatMulNBits", {}, 8),  # a causal LM's default INT8: weights only, float activations
+    ("onnx-int8", "MatMulInteger", {"causal_lm_activations": "dynamic-int8"}, None),
+    ("onnx-int4", "MatMulNBits", {}, 4)])
+def test_causal_lm_weights_are_quantized_too(tiny_llama_dir, tmp_path, method, op, extra, bits):
     from services.optimizer.onnx_runtime import op_counts
 
-    _run(method, tiny_llama_dir, tmp_path, **extra)
+    result = _run(method, tiny_llama_dir, tmp_path, **extra)
+    assert result.metrics.get("bits") == bits
     counts = op_counts(tmp_path / "model.onnx")
     # 2 layers x 7 Linears, plus the head: every projection runs on quantized weights.
     assert counts.get(op, 0) + counts.get("DynamicQuantizeMatMul", 0) >= 14, counts
     model = modelio.load_model(tiny_llama_dir)
-    ids, mask = _feeds(30522, 1, 24)
-    got = open_session(tmp_path / "model.onnx").run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+    ids, _ = _feeds(30522, 1, 24)
+    session = open_session(tmp_path / "model.onnx")
+    got = session.run(None, _causal_feeds(session, ids))[0]
     with torch.no_grad():
-        want = model(input_ids=ids, attention_mask=mask).logits.numpy()
+        want = model(input_ids=ids).logits.numpy()
     agree = (got.argmax(-1) == want.argmax(-1)).mean()
-    assert agree > 0.8, agree
+    assert agree > (0.95 if bits == 8 else 0.8), agree
 
 
-def test_int8_activations_on_a_causal_lm_are_refused_unless_asked(tiny_llama_dir, tmp_path):
-    from services.common.engine_api import NotPossibleHere
+def test_the_evaluator_decodes_an_onnx_causal_lm_and_serves_it_without_torch(tiny_llama_dir, tmp_path):
+    from services.evaluator.engine import run_probe
+    from services.evaluator.probe import ProbePlan
 
-    with pytest.raises(NotPossibleHere, match="allow_causal_lm"):
-        _run("onnx-int8", tiny_llama_dir, tmp_path)
+    _run("onnx-int8", tiny_llama_dir, tmp_path)
+    config = EvaluationConfig(batch_size=1, sequence_length=16, latency_iterations=2, warmup=1, decode_tokens=3,
+                              quality_windows=1)
+    figures, base = evaluate_folder(tmp_path, config), evaluate_folder(tiny_llama_dir, config)
+    assert figures["decode"]["iterations"] == 3 and figures["serving_runtime"] == "onnxruntime"
+    assert figures["perplexity"] == pytest.approx(base["perplexity"], rel=0.01)
+    served = run_probe("serving", ProbePlan(models=[str(tmp_path)]))
+    assert served["decode_steps"] > 0 and served["torch_loaded"] is False
