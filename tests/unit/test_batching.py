@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from services.optimizer.batching import BatchingConfig, DynamicBatcher, compare_batching
+from services.optimizer.batching import BatchingConfig, DynamicBatcher, compare_batching, length_groups
 
 
 def _echo_engine(calls: list):
@@ -23,7 +23,8 @@ def _echo_engine(calls: list):
 
 def test_concurrent_requests_are_grouped_and_answered_with_their_own_rows():
     calls: list = []
-    batcher = DynamicBatcher(_echo_engine(calls), BatchingConfig(max_batch_size=4, max_wait_ms=200))
+    batcher = DynamicBatcher(_echo_engine(calls), BatchingConfig(max_batch_size=4, max_wait_ms=200,
+                                                                 max_padding=float("inf")))
     requests = [list(range(1, n + 1)) for n in (3, 5, 2, 4)]
     barrier = threading.Barrier(4)
     results = [None] * 4
@@ -74,3 +75,16 @@ def test_dynamic_batching_beats_batch_1_when_each_call_has_a_fixed_cost():
     assert batch1.mean_batch_size == 1 and dynamic.mean_batch_size > 3
     assert dynamic.requests_per_s > 2.5 * batch1.requests_per_s
     assert dynamic.latency_p95_ms < batch1.latency_p95_ms
+
+
+def test_a_window_is_cut_into_calls_that_bound_padding():
+    lengths = [40, 3, 5, 42, 4, 38, 90]
+    groups = length_groups(lengths, max_padding=0.25)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    assert [[lengths[i] for i in g] for g in groups] == [[3, 4, 5], [38, 40, 42], [90]]
+    for group in groups:
+        real = sum(lengths[i] for i in group)
+        assert len(group) * max(lengths[i] for i in group) <= 1.25 * real
+    assert length_groups(lengths, max_padding=float("inf")) == [sorted(range(7), key=lambda i: lengths[i])]
+    with pytest.raises(ValueError, match="max_padding"):
+        BatchingConfig(max_padding=-1)
