@@ -46,7 +46,8 @@ bench-quant: install
 bench-eval: install
 	$(PY) bench/evaluation.py
 
-# ONNX Runtime FP32 / INT8 / INT4 against PyTorch FP32 eager on MiniLM and SmolLM2 (interleaved)
+# ONNX Runtime and OpenVINO FP32 / INT8 / INT4 against PyTorch FP32 eager on MiniLM and SmolLM2
+# (interleaved; prefill and decode), then dynamic batching and KV caches
 # -> bench/results/optimizer.json (long).
 bench-opt: install
 	$(PY) bench/optimizer.py

@@ -10,6 +10,18 @@ from pathlib import Path
 PRECISIONS = ("f32", "bf16", "f16")
 
 
+def disable_telemetry() -> None:
+    """OpenVINO's converter and NNCF send usage telemetry by default (no consent file means
+    consent when no dialog is shown). modelpress runs offline, and the sender forks a process from
+    a worker thread, which aborted a test process here (Fatal Python error). Sending is made a
+    no-op in this process; nothing on disk is changed."""
+    try:
+        from openvino_telemetry.utils.sender import TelemetrySender
+    except ImportError:
+        return
+    TelemetrySender.send = lambda self, backend, message: None
+
+
 def compile_config(threads: int = 2, precision: str = "f32") -> dict:
     if precision not in PRECISIONS:
         raise ValueError(f"inference precision {precision!r} is not one of {', '.join(PRECISIONS)}")
@@ -22,6 +34,7 @@ def compile_config(threads: int = 2, precision: str = "f32") -> dict:
 
 def compile_model(model, threads: int = 2, precision: str = "f32"):
     """model: an ov.Model or the path of an IR .xml."""
+    disable_telemetry()
     import openvino as ov
 
     core = ov.Core()
@@ -36,6 +49,7 @@ def applied_precision(compiled, key: str = "INFERENCE_PRECISION_HINT") -> str:
 
 
 def read_model(path: Path):
+    disable_telemetry()
     import openvino as ov
 
     return ov.Core().read_model(str(path))

@@ -84,7 +84,7 @@ RECIPES: dict[str, RecipeDef] = {
                   (RecipeStage(O, "openvino-int4", {"calibration_samples": 32}),)),
         RecipeDef("gguf-f16", "GGUF for llama.cpp with F16 weights", (RecipeStage(O, "gguf-f16"),)),
         RecipeDef("gguf-q8_0", "GGUF for llama.cpp with Q8_0 weights", (RecipeStage(O, "gguf-q8_0"),)),
-        RecipeDef("gguf-q4", "GGUF for llama.cpp with Q4_0 weights", (RecipeStage(O, "gguf-q4"),)),
+        RecipeDef("gguf-q4", "GGUF for llama.cpp with Q4_1 weights", (RecipeStage(O, "gguf-q4"),)),
         RecipeDef("tensorrt-fp16", "TensorRT FP16 engine from the ONNX export (NVIDIA GPU workers only)",
                   (RecipeStage(O, "tensorrt-fp16"),)),
     )

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from services.optimizer.cache_graph import INPUTS as CAUSAL_INPUTS, CacheGeometry, LogitsWithCache, sample_inputs
+from services.common.openvino_runtime import disable_telemetry
 from services.optimizer.onnx_export import EXPORT_LOCK
 
 IR_FILE = "openvino_model.xml"
@@ -58,6 +59,7 @@ def _batch_sized_initial_state(ov_model) -> None:
 def convert(model: nn.Module, kind: str, sample_length: int = 8):
     """The ov.Model of a float transformers model. A causal LM's comes back with explicit
     past/present ports: `make_stateful` turns them into the request's cache."""
+    disable_telemetry()
     import openvino as ov
 
     vocab = int(getattr(model.config, "vocab_size", 1000))
@@ -121,6 +123,7 @@ def compress_weights(ov_model, *, bits: int, symmetric: bool, group_size: int = 
     """NNCF weight compression; returns the model and what was done. INT4 groups that do not divide
     a layer's input size (SmolLM2's 576 with 128) shrink to one that does instead of failing;
     with calibration inputs INT4 is data-aware (AWQ and scale estimation)."""
+    disable_telemetry()
     import nncf
 
     if bits == 8:

@@ -96,6 +96,24 @@ def test_compare_and_report_on_the_real_model(mesh, tmp_path):
     assert f"{int8.result.compressed_perplexity:.3f}" in page
 
 
+def test_onnx_int8_of_the_real_encoder_keeps_its_embeddings(mesh):
+    env, gateway = mesh
+    run = cli(env, "optimize", "builtin:minilm-l6", "--engine", "onnxruntime", "--precision", "int8", "--wait",
+              "--json", "--iterations", "3", "--sentences", "80", "--batch-size", "4")
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert report["status"] == "succeeded", report
+    with GatewayClient(gateway) as client:
+        job = client.get_job(report["job_id"])
+    fused = job.stages[0].metrics["fused_operators"]
+    assert fused["Attention"] == 6 and fused["SkipLayerNormalization"] == 12  # ORT's BERT fusions applied
+    compressed, original = job.result.compressed, job.result.original
+    assert compressed.encoder.mean_reference_cosine >= 0.99, compressed.encoder  # the quality bar
+    assert compressed.size_on_disk_bytes < 0.7 * original.size_on_disk_bytes
+    # Served by ONNX Runtime alone: well under the PyTorch process's peak.
+    assert 0 < compressed.peak_rss_mb < 0.7 * original.peak_rss_mb
+
+
 def test_bad_recipe_is_invalid_argument_naming_it(mesh):
     env, _ = mesh
     run = cli(env, "compress", "builtin:smollm2-135m", "--recipe", "int3-magic", "--wait", timeout=60)

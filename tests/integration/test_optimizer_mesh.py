@@ -102,7 +102,7 @@ async def test_gguf_job_through_the_mesh_and_tensorrt_recipe_refused_on_a_cpu_wo
     job = await call(client.get_job, job.job_id)
     assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job.error
     assert job.output.format == common_pb2.ARTIFACT_FORMAT_GGUF
-    assert job.stages[0].metrics["read_back"]["types"]["Q4_0"] == 2 * 7 + 2  # projections, embedding, head
+    assert job.stages[0].metrics["read_back"]["types"]["Q4_1"] == 2 * 7 + 2  # projections, embedding, head
     assert job.result.compressed.perplexity > 0
     trt = await call(client.create_job, f"path:{model_dir}", "tensorrt-fp16",
                      evaluation=common_pb2.EvaluationSpec(skip=True))
