@@ -57,18 +57,22 @@ class OnnxModel(nn.Module):
 
 
 def onnx_parameters(folder: Path) -> int:
-    """Weights in the graph's initializers; a 4-bit MatMulNBits weight counts two per stored byte,
+    """Weights in the graph's initializers; a MatMulNBits weight counts 8 // bits per stored byte,
     scales and zero-points not at all."""
     import onnx
 
     model = onnx.load(str(Path(folder) / ONNX_FILE), load_external_data=False)
-    nbits_weights = {node.input[1] for node in model.graph.node if node.op_type == "MatMulNBits"}
+    per_byte = {}
+    for node in model.graph.node:
+        if node.op_type == "MatMulNBits":
+            bits = next((a.i for a in node.attribute if a.name == "bits"), 4)
+            per_byte[node.input[1]] = 8 // bits
     total = 0
     for init in model.graph.initializer:
         if "scale" in init.name or "zero_point" in init.name:
             continue
         numel = int(np.prod(init.dims)) if init.dims else 1
-        total += numel * 2 if init.name in nbits_weights else numel
+        total += numel * per_byte.get(init.name, 1)
     return total
 
 

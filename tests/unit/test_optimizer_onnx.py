@@ -167,3 +167,12 @@ def test_the_evaluator_decodes_an_onnx_causal_lm_and_serves_it_without_torch(tin
     assert figures["perplexity"] == pytest.approx(base["perplexity"], rel=0.01)
     served = run_probe("serving", ProbePlan(models=[str(tmp_path)]))
     assert served["decode_steps"] > 0 and served["torch_loaded"] is False
+
+
+@pytest.mark.parametrize("method", ["onnx-int8", "onnx-int4"])
+def test_parameters_of_a_blockwise_graph_count_each_weight_once(tiny_bpe_llama_dir, tmp_path, method):
+    from services.evaluator.onnx_model import onnx_parameters
+
+    _run(method, tiny_bpe_llama_dir, tmp_path)  # untied head: every weight stored once
+    torch_params = sum(p.numel() for p in modelio.load_model(tiny_bpe_llama_dir).parameters())
+    assert onnx_parameters(tmp_path) == pytest.approx(torch_params, rel=0.01)
