@@ -19,16 +19,36 @@ from services.optimizer.configs import (GgufConfig, GgufQ4Config, OnnxConfig, On
 from services.optimizer.engines import require
 
 
+def _float_config(src: Path) -> dict:
+    """The input's config, refusing a model already quantized for PyTorch: engines take float
+    weights and quantize in their own formats."""
+    config = modelio.read_config(src)
+    if packed.is_packed(src) or config.get("quantization_config"):
+        raise ValueError("the input is already quantized for PyTorch; convert the float model and let the engine "
+                         "quantize (onnx-int8, openvino-int4, gguf-q8_0 ...)")
+    modelio.check_safe(src)
+    return config
+
+
+def _result(src: Path, dst: Path, manifest_file: str, manifest: dict, fmt: int, metrics: dict) -> StageResult:
+    """Writes what every engine artifact carries beside its graph (the source's config and tokenizer,
+    the engine's manifest) and the stage's result."""
+    config = modelio.read_config(src)
+    (dst / "config.json").write_text(json.dumps(config, indent=2))
+    copy_tokenizer(src, dst)
+    (dst / manifest_file).write_text(json.dumps(manifest, indent=2))
+    architecture = (config.get("architectures") or [config.get("model_type", "")])[0]
+    return StageResult(format=fmt, architecture=architecture,
+                       compression={"engine": manifest["engine"], "precision": manifest["precision"]},
+                       metrics=metrics)
+
+
 def _load_float(src: Path, attention: str = "eager"):
     """The model as PyTorch float weights, with the attention the exporter's fusions expect."""
     from transformers import AutoModel, AutoModelForCausalLM
 
-    config = modelio.read_config(src)
-    if packed.is_packed(src) or config.get("quantization_config"):
-        raise ValueError("the input is already quantized for PyTorch; export the float model and quantize in the "
-                         "engine (onnx-int8 / onnx-int4)")
+    config = _float_config(src)
     kind = modelio.model_kind(config)
-    modelio.check_safe(src)
     auto = AutoModelForCausalLM if kind == "causal-lm" else AutoModel
     with modelio.CONSTRUCTION_LOCK:
         model = auto.from_pretrained(src, use_safetensors=True, dtype="float32", attn_implementation=attention)
@@ -65,16 +85,10 @@ def _export(config: OnnxConfig, src: Path, dst: Path, reporter: ProgressReporter
 def _finish(model_path: Path, src: Path, dst: Path, figures: dict, precision: str) -> StageResult:
     shutil.move(str(model_path), dst / onnx_export.ONNX_FILE)
     shutil.rmtree(dst / "_work", ignore_errors=True)
-    config = modelio.read_config(src)
-    (dst / "config.json").write_text(json.dumps(config, indent=2))
-    copy_tokenizer(src, dst)
-    (dst / "onnx_model.json").write_text(json.dumps({
-        "engine": "onnxruntime", "precision": precision, "kind": figures["kind"], "kv_cache": figures["kv_cache"],
-        "output": onnx_export.output_name(figures["kind"])}, indent=2))
-    architecture = (config.get("architectures") or [config.get("model_type", "")])[0]
-    return StageResult(format=common_pb2.ARTIFACT_FORMAT_ONNX, architecture=architecture,
-                       compression={"engine": "onnxruntime", "precision": precision},
-                       metrics={**figures, "onnx_bytes": (dst / onnx_export.ONNX_FILE).stat().st_size})
+    manifest = {"engine": "onnxruntime", "precision": precision, "kind": figures["kind"],
+                "kv_cache": figures["kv_cache"], "output": onnx_export.output_name(figures["kind"])}
+    return _result(src, dst, "onnx_model.json", manifest, common_pb2.ARTIFACT_FORMAT_ONNX,
+                   {**figures, "onnx_bytes": (dst / onnx_export.ONNX_FILE).stat().st_size})
 
 
 def run_onnx(config: OnnxConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
@@ -148,19 +162,14 @@ def _openvino(config: OpenVinoConfig, src: Path, dst: Path, reporter: ProgressRe
     path = openvino_convert.save(ov_model, dst)
     # Compiled once here: the IR must load, and the precision the plugin applies is read back.
     figures["inference_precision"] = applied_precision(compile_model(path, precision=config.inference_precision))
-    (dst / "config.json").write_text(json.dumps(model_config, indent=2))
-    copy_tokenizer(src, dst)
-    inputs = openvino_convert.CAUSAL_INPUTS if geometry else openvino_convert.ENCODER_INPUTS
-    (dst / "openvino_model.json").write_text(json.dumps({
-        "engine": "openvino", "precision": precision, "kind": kind, "inputs": inputs,
-        "output": onnx_export.output_name(kind), "stateful": geometry is not None,
-        "inference_precision": config.inference_precision}, indent=2))
     reporter.report(steps, steps, "saved")
-    architecture = (model_config.get("architectures") or [model_config.get("model_type", "")])[0]
+    manifest = {"engine": "openvino", "precision": precision, "kind": kind,
+                "inputs": openvino_convert.CAUSAL_INPUTS if geometry else openvino_convert.ENCODER_INPUTS,
+                "output": onnx_export.output_name(kind), "stateful": geometry is not None,
+                "inference_precision": config.inference_precision}
     ir_bytes = sum(f.stat().st_size for f in dst.glob("openvino_model.*"))
-    return StageResult(format=common_pb2.ARTIFACT_FORMAT_OPENVINO_IR, architecture=architecture,
-                       compression={"engine": "openvino", "precision": precision},
-                       metrics={**figures, "ir_bytes": ir_bytes})
+    return _result(src, dst, "openvino_model.json", manifest, common_pb2.ARTIFACT_FORMAT_OPENVINO_IR,
+                   {**figures, "ir_bytes": ir_bytes})
 
 
 def run_openvino(config: OpenVinoConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
@@ -180,11 +189,7 @@ def _float_state(src: Path) -> tuple[dict, dict]:
     """The float checkpoint's tensors (safetensors only) and its config."""
     from safetensors.torch import load_file
 
-    config = modelio.read_config(src)
-    if packed.is_packed(src) or config.get("quantization_config"):
-        raise ValueError("the input is already quantized for PyTorch; convert the float model and let the engine "
-                         "quantize")
-    modelio.check_safe(src)
+    config = _float_config(src)
     state: dict = {}
     for path in sorted(Path(src).glob("*.safetensors")):
         state.update(load_file(str(path)))
@@ -233,15 +238,10 @@ def _gguf(config: GgufConfig, src: Path, dst: Path, reporter: ProgressReporter, 
     if config.verify_reload:
         reporter.report(2, steps, "loading the file in transformers and comparing logits")
         figures["transformers_reload"] = _reload_agreement(src, dst, file_name)
-    (dst / "config.json").write_text(json.dumps(model_config, indent=2))
-    copy_tokenizer(src, dst)
-    (dst / "gguf_model.json").write_text(json.dumps({"engine": "gguf", "precision": kind, "kind": "causal-lm",
-                                                     "file": file_name}, indent=2))
     reporter.report(steps, steps, "saved")
-    architecture = (model_config.get("architectures") or [""])[0]
-    return StageResult(format=common_pb2.ARTIFACT_FORMAT_GGUF, architecture=architecture,
-                       compression={"engine": "gguf", "precision": kind},
-                       metrics={**figures, "gguf_bytes": (dst / file_name).stat().st_size})
+    manifest = {"engine": "gguf", "precision": kind, "kind": "causal-lm", "file": file_name}
+    return _result(src, dst, "gguf_model.json", manifest, common_pb2.ARTIFACT_FORMAT_GGUF,
+                   {**figures, "gguf_bytes": (dst / file_name).stat().st_size})
 
 
 def run_gguf_f16(config: GgufConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
@@ -268,13 +268,10 @@ def run_tensorrt_fp16(config: TensorRtConfig, src: Path, dst: Path, reporter: Pr
         current, dst / tensorrt_build.ENGINE_FILE, fp16=True, opt_batch=config.opt_batch, max_batch=config.max_batch,
         opt_sequence=config.opt_sequence, max_sequence=config.max_sequence, workspace_mb=config.workspace_mb)
     shutil.rmtree(dst / "_work", ignore_errors=True)
-    model_config = modelio.read_config(src)
-    (dst / "config.json").write_text(json.dumps(model_config, indent=2))
-    copy_tokenizer(src, dst)
     reporter.report(3, 3, "saved")
-    architecture = (model_config.get("architectures") or [model_config.get("model_type", "")])[0]
-    return StageResult(format=common_pb2.ARTIFACT_FORMAT_TENSORRT, architecture=architecture,
-                       compression={"engine": "tensorrt", "precision": "fp16"}, metrics=figures)
+    manifest = {"engine": "tensorrt", "precision": "fp16", "kind": figures["kind"],
+                "file": tensorrt_build.ENGINE_FILE}
+    return _result(src, dst, "tensorrt_model.json", manifest, common_pb2.ARTIFACT_FORMAT_TENSORRT, figures)
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
