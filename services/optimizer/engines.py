@@ -35,7 +35,7 @@ ENGINES = {e.name: e for e in (
            install_hint="pip install gguf"),
     # INT8 needs a Q/DQ ONNX graph (explicit quantization), which modelpress does not write yet.
     Engine("tensorrt", ("fp16",), ("tensorrt",), {"fp16": "tensorrt-fp16"}, needs_gpu=True,
-           install_hint="a GPU worker with CUDA and `pip install tensorrt` (NVIDIA's index)"),
+           install_hint="a GPU worker with an NVIDIA driver, CUDA and `pip install '.[gpu]'` (tensorrt)"),
 )}
 
 
