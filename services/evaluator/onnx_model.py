@@ -41,17 +41,12 @@ class OnnxModel(nn.Module):
                                                               if k in self.input_names})[0])
             return SimpleNamespace(logits=output) if self.kind == "causal-lm" else \
                 SimpleNamespace(last_hidden_state=output)
-        batch, length = ids.shape
-        if cache is None:
-            heads, dim = self.past[0].shape[1], self.past[0].shape[3]
-            cache = [np.zeros((batch, heads, 0, dim), np.float32)] * len(self.past)
-        start = cache[0].shape[2]
-        mask = np.ones((batch, start + length), np.int64)
-        if attention_mask is not None and start == 0:
-            mask = attention_mask.numpy().astype(np.int64)
-        feeds = {"input_ids": ids, "attention_mask": mask,
-                 "position_ids": np.broadcast_to(np.arange(start, start + length, dtype=np.int64), (batch, length)),
-                 **{p.name: past for p, past in zip(self.past, cache)}}
+        from services.common.causal_feeds import empty_past, step_inputs
+
+        cache = empty_past(self.past, ids.shape[0]) if cache is None else cache
+        feeds = {**step_inputs(ids, cache[0].shape[2]), **{p.name: past for p, past in zip(self.past, cache)}}
+        if attention_mask is not None and cache[0].shape[2] == 0:
+            feeds["attention_mask"] = attention_mask.numpy().astype(np.int64)
         logits, *present = self.session.run(None, feeds)
         return SimpleNamespace(logits=torch.from_numpy(logits), cache=present)
 

@@ -40,22 +40,20 @@ class OpenVinoModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 cache: _SequenceState | None = None, **_ignored):
         ids = input_ids.numpy().astype(np.int64)
-        batch, length = ids.shape
         if self.kind != "causal-lm":
             mask = (torch.ones_like(input_ids) if attention_mask is None else attention_mask).numpy().astype(np.int64)
             hidden = self.request.infer({"input_ids": ids, "attention_mask": mask})[0]
             return SimpleNamespace(last_hidden_state=torch.from_numpy(hidden.copy()))
+        from services.common.causal_feeds import step_inputs
+
         if cache is None:
             self.request.reset_state()
-            start = 0
-        else:
-            start = cache.length
-        total = start + length
-        mask = np.ones((batch, total), np.int64)
+        start = 0 if cache is None else cache.length
+        feeds = step_inputs(ids, start)
         if attention_mask is not None and cache is None:
-            mask = attention_mask.numpy().astype(np.int64)
-        positions = np.broadcast_to(np.arange(start, total, dtype=np.int64), (batch, length))
-        logits = self.request.infer({"input_ids": ids, "attention_mask": mask, "position_ids": positions})[0]
+            feeds["attention_mask"] = attention_mask.numpy().astype(np.int64)
+        logits = self.request.infer(feeds)[0]
+        total = start + ids.shape[1]
         return SimpleNamespace(logits=torch.from_numpy(logits.copy()), cache=_SequenceState(total))
 
 

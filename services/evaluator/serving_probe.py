@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from services.common.causal_feeds import empty_past, step_inputs
 from services.evaluator.probe import ProbePlan, peak_rss_mb
 
 DECODE_STEPS = 8
@@ -37,13 +38,10 @@ def _onnx_runner(folder: Path, threads: int):
     cache: list = []
 
     def run_cached(ids: np.ndarray, start: int = 0) -> np.ndarray:
-        batch, length = ids.shape
         if start == 0:
-            cache[:] = [np.zeros((batch, p.shape[1], 0, p.shape[3]), np.float32) for p in past]
-        logits, *present = session.run(None, {
-            "input_ids": ids, "attention_mask": np.ones((batch, start + length), np.int64),
-            "position_ids": np.broadcast_to(np.arange(start, start + length), (batch, length)),
-            **{p.name: value for p, value in zip(past, cache)}})
+            cache[:] = empty_past(past, ids.shape[0])
+        logits, *present = session.run(None, {**step_inputs(ids, start),
+                                              **{p.name: value for p, value in zip(past, cache)}})
         cache[:] = present
         return logits
 
@@ -62,9 +60,7 @@ def _openvino_runner(folder: Path, threads: int, manifest: dict):
             return request.infer({"input_ids": ids, "attention_mask": np.ones_like(ids)})[0]
         if start == 0:
             request.reset_state()
-        batch, length = ids.shape
-        return request.infer({"input_ids": ids, "attention_mask": np.ones((batch, start + length), np.int64),
-                              "position_ids": np.broadcast_to(np.arange(start, start + length), (batch, length))})[0]
+        return request.infer(step_inputs(ids, start))[0]
 
     return run, run if causal else None
 

@@ -36,7 +36,9 @@ class _Logits(nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
 
-class _Hidden(nn.Module):
+class HiddenStates(nn.Module):
+    """An encoder as (input_ids, attention_mask) -> last_hidden_state, for every exporter."""
+
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
@@ -95,7 +97,7 @@ def export(model: nn.Module, kind: str, out_dir: Path, *, opset: int = 17, sampl
             program.save(str(path), external_data=False)
         else:
             axes = {0: "batch", 1: "sequence"}
-            torch.onnx.export(_Hidden(model).eval(), (ids, mask), str(path), dynamo=False, opset_version=opset,
+            torch.onnx.export(HiddenStates(model).eval(), (ids, mask), str(path), dynamo=False, opset_version=opset,
                               input_names=INPUT_NAMES, output_names=[output],
                               dynamic_axes={"input_ids": axes, "attention_mask": axes, output: axes})
     return path

@@ -17,19 +17,9 @@ from torch import nn
 
 from services.optimizer.cache_graph import INPUTS as CAUSAL_INPUTS, CacheGeometry, LogitsWithCache, sample_inputs
 from services.common.openvino_runtime import disable_telemetry
-from services.optimizer.onnx_export import EXPORT_LOCK
+from services.optimizer.onnx_export import EXPORT_LOCK, INPUT_NAMES as ENCODER_INPUTS, HiddenStates
 
 IR_FILE = "openvino_model.xml"
-ENCODER_INPUTS = ["input_ids", "attention_mask"]
-
-
-class _Hidden(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
 
 def _name_ports(ports, names: list[str]) -> None:
@@ -67,7 +57,7 @@ def convert(model: nn.Module, kind: str, sample_length: int = 8):
     with EXPORT_LOCK, torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes
         if kind != "causal-lm":
-            ov_model = ov.convert_model(_Hidden(model).eval(),
+            ov_model = ov.convert_model(HiddenStates(model).eval(),
                                         example_input={"input_ids": ids, "attention_mask": torch.ones_like(ids)})
             _name_ports(ov_model.inputs, ENCODER_INPUTS)
             _name_ports(ov_model.outputs, ["last_hidden_state"])

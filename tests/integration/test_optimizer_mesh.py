@@ -19,6 +19,17 @@ def call(fn, *args, **kwargs):
     return asyncio.to_thread(fn, *args, **kwargs)
 
 
+async def optimize_and_wait(client, model: str, engine: str, precision: str, recipe: str,
+                            evaluation: common_pb2.EvaluationSpec):
+    """Submits OptimizeModel, checks the recipe it maps to, follows it to the end; the finished job."""
+    job = await call(client.optimize, model, engine, precision=precision, evaluation=evaluation)
+    assert job.recipe == recipe
+    await call(lambda: list(client.watch(job.job_id)))
+    job = await call(client.get_job, job.job_id)
+    assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job.error
+    return job
+
+
 async def test_engines_say_what_works_here(gateway):
     engines = {e.name: e for e in await call(GatewayClient(gateway).list_engines)}
     assert set(engines) >= {"onnxruntime", "openvino", "gguf", "tensorrt"}
@@ -32,11 +43,8 @@ async def test_an_onnx_int8_job_is_measured_against_its_pytorch_original(gateway
     folder = allowed_root / "bert"
     shutil.copytree(tiny_bert_dir, folder)
     client = GatewayClient(gateway)
-    job = await call(client.optimize, f"path:{folder}", "onnxruntime", precision="int8", evaluation=FAST)
-    assert job.recipe == "onnx-int8" and job.stages[0].spec.technique == common_pb2.TECHNIQUE_OPTIMIZER
-    await call(lambda: list(client.watch(job.job_id)))
-    job = await call(client.get_job, job.job_id)
-    assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job.error
+    job = await optimize_and_wait(client, f"path:{folder}", "onnxruntime", "int8", "onnx-int8", FAST)
+    assert job.stages[0].spec.technique == common_pb2.TECHNIQUE_OPTIMIZER
     assert job.output.format == common_pb2.ARTIFACT_FORMAT_ONNX
     assert job.stages[0].metrics["int8_ops"]["QAttention"] == 2
     compressed = job.result.compressed
@@ -75,11 +83,7 @@ async def test_an_openvino_int8_job_on_a_causal_lm_is_measured_with_its_kv_cache
     client = GatewayClient(gateway)
     spec = common_pb2.EvaluationSpec(batch_size=1, sequence_length=16, latency_iterations=3, quality_windows=1,
                                      decode_tokens=4)
-    job = await call(client.optimize, f"path:{model_dir}", "openvino", precision="int8", evaluation=spec)
-    assert job.recipe == "openvino-int8"
-    await call(lambda: list(client.watch(job.job_id)))
-    job = await call(client.get_job, job.job_id)
-    assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job.error
+    job = await optimize_and_wait(client, f"path:{model_dir}", "openvino", "int8", "openvino-int8", spec)
     assert job.output.format == common_pb2.ARTIFACT_FORMAT_OPENVINO_IR
     assert job.stages[0].metrics["kv_cache"] == "stateful"
     assert job.stages[0].metrics["inference_precision"] == "f32"
@@ -96,11 +100,7 @@ async def test_gguf_job_through_the_mesh_and_tensorrt_recipe_refused_on_a_cpu_wo
     client = GatewayClient(gateway)
     spec = common_pb2.EvaluationSpec(batch_size=1, sequence_length=16, latency_iterations=2, quality_windows=1,
                                      decode_tokens=2)
-    job = await call(client.optimize, f"path:{folder}", "gguf", precision="q4", evaluation=spec)
-    assert job.recipe == "gguf-q4"
-    await call(lambda: list(client.watch(job.job_id)))
-    job = await call(client.get_job, job.job_id)
-    assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job.error
+    job = await optimize_and_wait(client, f"path:{folder}", "gguf", "q4", "gguf-q4", spec)
     assert job.output.format == common_pb2.ARTIFACT_FORMAT_GGUF
     assert job.stages[0].metrics["read_back"]["types"]["Q4_1"] == 2 * 7 + 2  # projections, embedding, head
     assert job.result.compressed.perplexity > 0
