@@ -5,8 +5,10 @@ meta on `$O.<bucket>.M.<name>`) so the `nats` CLI and other clients can read the
 The transfer loops are our own: nats-py's stock `put` waits for one ack per chunk and
 its `get` throttles its flow control, which capped them at ~160 / ~60 MB/s here.
 Writes pipeline chunks with `publish_async`; reads drain a pull consumer in large
-batches. Both hash while streaming; a read whose sha256 differs from the one recorded
-at write time fails and leaves no file behind.
+batches, every read on a connection drawing its batches from one budget of chunks in
+flight, so any number of concurrent reads stays under the server's per-connection
+pending limit. Both hash while streaming; a read whose sha256 differs from the one
+recorded at write time fails and leaves no file behind.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import json
 import os
 import tempfile
 import uuid
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -35,7 +38,11 @@ BUCKET = "modelpress_artifacts"
 CHUNK_SIZE = 1024 * 1024 - 16 * 1024
 # Chunks in flight before a writer waits for acks (bounds memory to ~64 MiB).
 WRITE_WINDOW = 64
-READ_BATCH = 64
+READ_BATCH = 32
+# Chunks in flight over one connection, summed over its concurrent reads. nats-server drops a
+# client whose unread bytes pass max_pending (64 MiB by default) as a slow consumer, and with it
+# every transfer on that connection; 48 chunks (~47 MiB) leave room for the connection's other traffic.
+CONNECTION_READ_CHUNKS = 48
 
 
 class ArtifactNotFound(LookupError):
@@ -51,6 +58,36 @@ class StoredArtifact:
     ref: common_pb2.ArtifactRef
     nuid: str
     chunks: int
+
+
+class ChunkBudget:
+    """Chunks a connection's reads may have in flight; each read takes what it can get, first come first served."""
+
+    def __init__(self, chunks: int) -> None:
+        self.free = chunks
+        self._changed = asyncio.Condition()
+
+    async def take(self, wanted: int) -> int:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.free > 0)
+            granted = min(wanted, self.free)
+            self.free -= granted
+            return granted
+
+    async def give(self, chunks: int) -> None:
+        async with self._changed:
+            self.free += chunks
+            self._changed.notify_all()
+
+
+_budgets: "weakref.WeakKeyDictionary[object, ChunkBudget]" = weakref.WeakKeyDictionary()
+
+
+def read_budget(connection: object) -> ChunkBudget:
+    """The one budget of a NATS connection, shared by every store and read on it."""
+    if connection not in _budgets:
+        _budgets[connection] = ChunkBudget(CONNECTION_READ_CHUNKS)
+    return _budgets[connection]
 
 
 def new_artifact_id() -> str:
@@ -179,15 +216,22 @@ class ArtifactStore:
             config=api.ConsumerConfig(
                 ack_policy=api.AckPolicy.NONE,
                 deliver_policy=api.DeliverPolicy.ALL,
-                inactive_threshold=60.0,
+                # A read may wait its turn for the connection's budget between batches.
+                inactive_threshold=300.0,
             ),
         )
+        budget = read_budget(self._js._nc)
         received = 0
         try:
             while received < stored.chunks:
-                msgs = await sub.fetch(batch=min(READ_BATCH, stored.chunks - received), timeout=30.0)
-                received += len(msgs)
-                yield [m.data for m in msgs]
+                granted = await budget.take(min(READ_BATCH, stored.chunks - received))
+                try:
+                    msgs = await sub.fetch(batch=granted, timeout=30.0)
+                    received += len(msgs)
+                    # The credit comes back once the consumer has taken the batch off our hands.
+                    yield [m.data for m in msgs]
+                finally:
+                    await budget.give(granted)
         finally:
             await sub.unsubscribe()
 

@@ -77,3 +77,20 @@ async def test_delete_and_missing(store, tmp_path):
     assert await store.delete(ref.id) is False
     with pytest.raises(ArtifactNotFound):
         await store.get_file("a-does-not-exist", tmp_path / "x")
+
+
+async def test_concurrent_fetches_on_one_connection_all_succeed(store, tmp_path):
+    """Eight fetches of ~46 MB at once on one connection: together they must stay under the server's
+    per-connection pending limit (64 MiB), or it drops the connection as a slow consumer."""
+    import asyncio
+
+    datas, refs = [], []
+    for i in range(8):
+        data = os.urandom(46 * 2**20)
+        (tmp_path / f"in{i}.bin").write_bytes(data)
+        refs.append(await store.put_file(tmp_path / f"in{i}.bin", fmt=FMT))
+        datas.append(hashlib.sha256(data).hexdigest())
+    got = await asyncio.gather(*(store.get_file(ref.id, tmp_path / f"out{i}.bin") for i, ref in enumerate(refs)))
+    assert [g.sha256 for g in got] == datas
+    for i in range(8):
+        assert hashlib.sha256((tmp_path / f"out{i}.bin").read_bytes()).hexdigest() == datas[i]
