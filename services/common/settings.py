@@ -49,6 +49,9 @@ class ServiceSettings(BaseModel):
     grace_s: float = 10.0
     # Gateway only: gRPC target of each technique service.
     targets: dict[str, str] = Field(default_factory=dict)
+    # Gateway only: how long a job waits for a live replica of a stage's service before it
+    # fails with UNAVAILABLE (it says every few seconds that it is waiting).
+    replica_wait_s: float = Field(120.0, gt=0)
 
     @field_validator("listen")
     @classmethod
@@ -75,6 +78,8 @@ class ServiceSettings(BaseModel):
         parser.add_argument("--nats-url", default=env.get("MODELPRESS_NATS_URL", "nats://127.0.0.1:4222"))
         parser.add_argument("--home", type=Path, default=default_home())
         parser.add_argument("--grace-s", type=float, default=float(env.get("MODELPRESS_GRACE_S", "10")))
+        parser.add_argument("--replica-wait-s", type=float,
+                            default=float(env.get("MODELPRESS_REPLICA_WAIT_S", "120")))
         args = parser.parse_args(argv)
         targets = {
             svc: env.get(f"MODELPRESS_{svc.upper()}_TARGET", f"127.0.0.1:{DEFAULT_PORTS[svc]}")
@@ -87,4 +92,5 @@ class ServiceSettings(BaseModel):
             home=args.home,
             grace_s=args.grace_s,
             targets=targets,
+            replica_wait_s=args.replica_wait_s,
         )

@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from modelpress.v1 import (common_pb2, distiller_pb2, distiller_pb2_grpc, evaluator_pb2, evaluator_pb2_grpc,
                            optimizer_pb2, optimizer_pb2_grpc, pruner_pb2, pruner_pb2_grpc, quantizer_pb2,
@@ -17,7 +18,17 @@ CHANNEL_OPTIONS = [
     ("grpc.lb_policy_name", "round_robin"),
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
     ("grpc.enable_retries", 1),
+    # A replica that vanishes without closing its connections (a killed VM, a cut network) is
+    # noticed within ~30 s by keepalive pings instead of hanging its stage forever.
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    # A restarted replica is found within seconds (gRPC's default backoff grows to 120 s).
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.min_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 3000),
 ]
+HEALTH_TIMEOUT_S = 2.0
 
 _STUBS = {
     common_pb2.TECHNIQUE_QUANTIZER: (quantizer_pb2_grpc.QuantizerServiceStub, quantizer_pb2),
@@ -51,6 +62,25 @@ class Mesh:
         _, module = _STUBS[technique]
         prefix = TECHNIQUE_SERVICES[technique].capitalize()
         return getattr(module, f"{prefix}ServiceRunRequest")(stage=stage)
+
+    async def is_live(self, technique: int) -> bool:
+        """Whether some replica of the service answers its health check as SERVING now."""
+        stub = health_pb2_grpc.HealthStub(self._channels[technique])
+        try:
+            # wait_for_ready: a channel between reconnect attempts gets the whole timeout to connect.
+            response = await stub.Check(health_pb2.HealthCheckRequest(), timeout=HEALTH_TIMEOUT_S,
+                                        wait_for_ready=True)
+        except grpc.aio.AioRpcError:
+            return False
+        return response.status == health_pb2.HealthCheckResponse.SERVING
+
+    async def require_live(self, techniques) -> None:
+        """Raises ServiceUnavailable naming every service with no live replica."""
+        techniques = sorted(set(techniques))
+        live = await asyncio.gather(*(self.is_live(t) for t in techniques))
+        dead = [TECHNIQUE_SERVICES[t] for t, ok in zip(techniques, live) if not ok]
+        if dead:
+            raise ServiceUnavailable(f"no live replica of {', '.join(dead)}: nothing answers its health check")
 
     @property
     def evaluator(self) -> evaluator_pb2_grpc.EvaluatorServiceStub:

@@ -3,7 +3,9 @@
 A job runs as one asyncio task in the gateway. Each stage goes to the owning service's
 round-robin channel; a stage whose replica dies (UNAVAILABLE) is retried on another.
 The record is saved after every transition, so a restarted gateway resumes unfinished
-jobs from their last finished stage. Cancelling the task cancels the in-flight RPC,
+jobs from their last finished stage. When no replica of a stage's service answers, the
+job waits visibly (an event every few seconds naming the service and since when) and
+fails with UNAVAILABLE once the operator's bound (`replica_wait_s`) has passed. Cancelling the task cancels the in-flight RPC,
 which the service turns into a cancel of its engine at the next progress point.
 """
 
@@ -26,7 +28,7 @@ from services.common.job_store import JobStore
 from services.common.kv_records import RecordBucket
 from services.common.model_source import describe
 from services.common.settings import TECHNIQUE_SERVICES
-from services.gateway.catalog import Mesh
+from services.gateway.catalog import Mesh, ServiceUnavailable
 from services.gateway.outcomes import OutcomeStore
 from services.gateway.results import compression_result
 
@@ -37,6 +39,9 @@ METRICS_BUCKET = "modelpress_metrics"
 # Share of a job's progress bar given to the before/after evaluation.
 EVALUATION_WEIGHT = 0.3
 SAVE_EVERY_S = 0.5
+# While no replica answers: how often the job says it is still waiting, and how often it looks.
+WAIT_EVENT_EVERY_S = 5.0
+WAIT_POLL_S = 1.0
 
 
 def new_job_id() -> str:
@@ -49,12 +54,13 @@ def _now(ts) -> None:
 
 class JobRunner:
     def __init__(self, js: JetStreamContext, jobs: JobStore, store: ArtifactStore, events: EventLog,
-                 mesh: Mesh) -> None:
+                 mesh: Mesh, replica_wait_s: float = 120.0) -> None:
         self._js = js
         self.jobs = jobs
         self.store = store
         self.events = events
         self.mesh = mesh
+        self.replica_wait_s = replica_wait_s
         self.outcomes = OutcomeStore(js)
         self._tasks: dict[str, asyncio.Task] = {}
         self._metrics = RecordBucket(js, METRICS_BUCKET, common_pb2.ModelMetrics)
@@ -158,6 +164,8 @@ class JobRunner:
             await asyncio.shield(self._finish(job, common_pb2.JOB_STATE_CANCELLED, "cancelled by request"))
         except grpc.aio.AioRpcError as exc:
             await self._finish(job, common_pb2.JOB_STATE_FAILED, f"{exc.code().name}: {exc.details()}")
+        except ServiceUnavailable as exc:
+            await self._finish(job, common_pb2.JOB_STATE_FAILED, f"UNAVAILABLE: {exc}")
         except Exception as exc:  # noqa: BLE001 - a job failure is recorded, never raised into the loop
             log.exception("job %s failed", job_id)
             await self._finish(job, common_pb2.JOB_STATE_FAILED, f"{type(exc).__name__}: {exc}")
@@ -175,9 +183,13 @@ class JobRunner:
             job_id=job.job_id, stage_index=stage.index, input=input_ref, method=stage.spec.method,
             config=stage.spec.config))
         last_save = 0.0
-        for attempt in range(1, STAGE_ATTEMPTS + 1):
+        attempt = 0
+        while True:
+            await self.wait_for_replica(job, technique, stage.index, stage.spec.method)
             try:
-                call = self.mesh.stub(technique).Run(request, wait_for_ready=True)
+                # Not wait_for_ready: with every replica gone the call fails at once and the wait
+                # above, which the watcher sees, takes over.
+                call = self.mesh.stub(technique).Run(request, wait_for_ready=False)
                 async for response in call:
                     update = response.update
                     if update.HasField("progress"):
@@ -191,13 +203,19 @@ class JobRunner:
                         stage.worker = update.output.worker
                 break
             except grpc.aio.AioRpcError as exc:
-                # A dead replica: the round-robin channel sends the retry elsewhere.
+                attempt += 1
+                # A dead replica: the round-robin channel sends the retry to a live one, or the
+                # wait above holds it until one comes back.
                 if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == STAGE_ATTEMPTS:
                     stage.state = common_pb2.JOB_STATE_FAILED
                     stage.error = f"{exc.code().name}: {exc.details()}"
                     _now(stage.finished_at)
                     raise
                 log.warning("stage %s of %s: %s; retrying", stage.index, job.job_id, exc.details())
+                await self._publish(job, common_pb2.EVENT_KIND_LOG, stage_index=stage.index,
+                                    stage_name=stage.spec.method,
+                                    message=f"{TECHNIQUE_SERVICES[technique]} replica lost ({exc.details()}); "
+                                            f"retrying the stage (attempt {attempt + 1} of {STAGE_ATTEMPTS})")
         if not stage.output.id:
             raise RuntimeError(f"{TECHNIQUE_SERVICES[technique]} ended stage {stage.index} without an output")
         stage.state = common_pb2.JOB_STATE_SUCCEEDED
@@ -210,10 +228,35 @@ class JobRunner:
                             message=f"artifact {stage.output.id} ({stage.output.size_bytes} bytes) by {stage.worker}")
         return stage.output
 
+    async def wait_for_replica(self, job: common_pb2.Job, technique: int, stage_index: int, stage_name: str) -> None:
+        """Returns once some replica of the service answers; meanwhile says every few seconds that
+        the job waits and for what; raises ServiceUnavailable when `replica_wait_s` has passed."""
+        if await self.mesh.is_live(technique):
+            return
+        service = TECHNIQUE_SERVICES[technique]
+        since, since_wall = time.monotonic(), time.strftime("%H:%M:%S")
+        last_event = -WAIT_EVENT_EVERY_S
+        while not await self.mesh.is_live(technique):
+            waited = time.monotonic() - since
+            if waited >= self.replica_wait_s:
+                raise ServiceUnavailable(f"no live replica of {service} for {waited:.0f} s "
+                                         f"(since {since_wall}; the bound is {self.replica_wait_s:.0f} s)")
+            if waited - last_event >= WAIT_EVENT_EVERY_S:
+                last_event = waited
+                await self._publish(job, common_pb2.EVENT_KIND_LOG, stage_index=stage_index, stage_name=stage_name,
+                                    message=f"waiting for a live {service} replica since {since_wall} "
+                                            f"({waited:.0f} s of {self.replica_wait_s:.0f} s)",
+                                    metrics={"waiting_for": service, "waited_s": round(waited, 1),
+                                             "replica_wait_s": self.replica_wait_s})
+            await asyncio.sleep(WAIT_POLL_S)
+        await self._publish(job, common_pb2.EVENT_KIND_LOG, stage_index=stage_index, stage_name=stage_name,
+                            message=f"{service} is back after {time.monotonic() - since:.0f} s")
+
     async def _evaluate(self, job: common_pb2.Job) -> None:
         index = len(job.stages)
         await self._publish(job, common_pb2.EVENT_KIND_STAGE_STARTED, stage_index=index, stage_name="evaluate",
                             message="measuring the original model", step=0, total_steps=2)
+        await self.wait_for_replica(job, common_pb2.TECHNIQUE_EVALUATOR, index, "evaluate")
         original = await self._measure(job.model, job.evaluation, cache=True)
         job.progress = self._overall(job, index, 0.5)
         await self.jobs.put(job)
@@ -224,6 +267,7 @@ class JobRunner:
         spec = common_pb2.EvaluationSpec()
         spec.CopyFrom(job.evaluation)
         spec.reference.CopyFrom(job.model)
+        await self.wait_for_replica(job, common_pb2.TECHNIQUE_EVALUATOR, index, "evaluate")
         compressed = await self._measure(common_pb2.ModelRef(artifact_id=job.output.id), spec, cache=False)
         job.result.CopyFrom(compression_result(job.job_id, original, compressed, job.output.id))
         await self._publish(job, common_pb2.EVENT_KIND_STAGE_FINISHED, stage_index=index, stage_name="evaluate",
@@ -251,7 +295,7 @@ class JobRunner:
         if cache and (cached := await self._metrics.get(key)) is not None:
             return cached
         response = await self.mesh.evaluator.Evaluate(
-            evaluator_pb2.EvaluatorServiceEvaluateRequest(model=model, spec=spec), wait_for_ready=True)
+            evaluator_pb2.EvaluatorServiceEvaluateRequest(model=model, spec=spec), wait_for_ready=False)
         if cache:
             await self._metrics.put(key, response.metrics)
         return response.metrics

@@ -113,6 +113,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         evaluation = resolve_evaluation(request.evaluation)
         recipe, stages = validate_recipe(request.recipe, request.overrides, await self._methods())
         await self._check_datasets(stages)
+        # Described methods are cached for a while: whether a replica is alive is asked now.
+        needed = {s.technique for s in stages} | ({common_pb2.TECHNIQUE_EVALUATOR} if not evaluation.skip else set())
+        await self._mesh.require_live(needed)
         job = await self._runner.submit(
             name=request.name or f"{recipe.name} of {request.model.WhichOneof('source')}", model=request.model,
             recipe=recipe.name, stages=stages, evaluation=evaluation)
@@ -406,7 +409,8 @@ async def register(server: grpc.aio.Server, runtime: ServiceRuntime) -> list[str
 
     mesh = Mesh(runtime.settings.targets)
     jobs = await JobStore(runtime.js).ensure()
-    runner = await JobRunner(runtime.js, jobs, runtime.store, runtime.events, mesh).ensure()
+    runner = await JobRunner(runtime.js, jobs, runtime.store, runtime.events, mesh,
+                             replica_wait_s=runtime.settings.replica_wait_s).ensure()
     resumed = await runner.resume_unfinished()
     if resumed:
         log.info("resumed %d unfinished job(s): %s", len(resumed), ", ".join(resumed))

@@ -1,0 +1,128 @@
+"""A quantizer killed with SIGKILL mid-stage, as a real process: the job never hangs silently.
+
+The quantizer runs as its own process (so it can be killed for real); the other services and
+a gateway with a short replica wait run in this process over the same nats-server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import grpc
+import pytest
+
+from modelpress.v1 import common_pb2
+from services.common.healthcheck import health_status
+from services.common.nats_server import free_port
+from services.common.server import start_service
+from services.gateway.client import GatewayClient
+from tests.integration.conftest import _registrar
+
+REPLICA_WAIT_S = 20.0
+# Long enough that the stage is still running when the kill lands.
+SLOW_STAGE = {"steps_per_block": 400, "calibration_samples": 2, "calibration_sequence_length": 32}
+NO_EVAL = common_pb2.EvaluationSpec(skip=True)
+
+
+def call(fn, *args, **kwargs):
+    return asyncio.to_thread(fn, *args, **kwargs)
+
+
+class QuantizerProcess:
+    def __init__(self, nats_url: str, home, port: int) -> None:
+        self.listen = f"127.0.0.1:{port}"
+        self._cmd = [sys.executable, "-m", "services.quantizer", "--listen", self.listen, "--nats-url", nats_url,
+                     "--home", str(home)]
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 60) -> None:
+        self.proc = subprocess.Popen(self._cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout_s
+        while health_status(self.listen, timeout_s=0.5) != "SERVING":
+            assert self.proc.poll() is None, "the quantizer exited during start-up"
+            assert time.monotonic() < deadline, "the quantizer did not become healthy"
+            time.sleep(0.2)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+async def quantizer(nats_url, workers):
+    process = QuantizerProcess(nats_url, workers.home, free_port())
+    await call(process.start)
+    yield process
+    if process.proc and process.proc.poll() is None:
+        process.proc.terminate()
+        process.proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+async def gateway_of_process(workers, quantizer):
+    settings = workers.model_copy(update={"targets": {**workers.targets, "quantizer": quantizer.listen},
+                                          "replica_wait_s": REPLICA_WAIT_S})
+    service = await start_service(settings, _registrar("gateway"))
+    yield GatewayClient(f"127.0.0.1:{service.port}")
+    await service.stop(grace_s=1)
+
+
+async def _kill_once_running(client: GatewayClient, job_id: str, quantizer: QuantizerProcess) -> None:
+    def first_progress():
+        for event in client.watch(job_id):
+            if event.kind == common_pb2.EVENT_KIND_STAGE_PROGRESS and event.stage_index == 0:
+                return
+        raise AssertionError("the job ended before its stage reported progress")
+
+    await call(first_progress)
+    quantizer.kill()
+
+
+async def test_a_killed_worker_without_replica_fails_the_job_visibly_within_the_bound(
+        gateway_of_process, quantizer, tiny_llama_dir):
+    client = gateway_of_process
+    model = await call(client.upload, tiny_llama_dir)
+    job = await call(client.create_job, f"artifact:{model.id}", "w4a16-qat", overrides=SLOW_STAGE,
+                     evaluation=NO_EVAL)
+    await _kill_once_running(client, job.job_id, quantizer)
+    killed_at = time.monotonic()
+
+    # No replica: a new job is refused at once, naming the service.
+    with pytest.raises(grpc.RpcError) as info:
+        await call(client.create_job, f"artifact:{model.id}", "int8-weight-only", evaluation=NO_EVAL)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "quantizer" in info.value.details()
+
+    events = await call(lambda: list(client.watch(job.job_id)))
+    ended_after = time.monotonic() - killed_at
+    done = await call(client.get_job, job.job_id)
+    assert done.state == common_pb2.JOB_STATE_FAILED
+    assert done.error.startswith("UNAVAILABLE") and "quantizer" in done.error
+    assert REPLICA_WAIT_S <= ended_after < REPLICA_WAIT_S + 15
+    waits = [e for e in events if e.kind == common_pb2.EVENT_KIND_LOG and "waiting for a live quantizer" in e.message]
+    # One every few seconds while it waited, each saying for how long.
+    assert len(waits) >= REPLICA_WAIT_S // 5 - 1
+    assert [e.metrics["waited_s"] for e in waits] == sorted(e.metrics["waited_s"] for e in waits)
+
+
+async def test_a_worker_restarted_within_the_bound_completes_the_job(gateway_of_process, quantizer, tiny_llama_dir):
+    client = gateway_of_process
+    if quantizer.proc.poll() is not None:
+        await call(quantizer.start)
+    model = await call(client.upload, tiny_llama_dir)
+    job = await call(client.create_job, f"artifact:{model.id}", "w4a16-qat", overrides=SLOW_STAGE,
+                     evaluation=NO_EVAL)
+    await _kill_once_running(client, job.job_id, quantizer)
+    await asyncio.sleep(6)
+    await call(quantizer.start)
+    events = await call(lambda: list(client.watch(job.job_id)))
+    done = await call(client.get_job, job.job_id)
+    assert done.state == common_pb2.JOB_STATE_SUCCEEDED, done.error
+    messages = [e.message for e in events if e.kind == common_pb2.EVENT_KIND_LOG]
+    assert any("waiting for a live quantizer" in m for m in messages)
+    assert any(m.startswith("quantizer is back") for m in messages)
