@@ -44,8 +44,13 @@ RECIPES: dict[str, RecipeDef] = {
         RecipeDef("fp16", "Half-precision weights (2x smaller than FP32)", (RecipeStage(Q, "fp16"),)),
         RecipeDef("bf16", "bfloat16 weights (2x smaller than FP32, FP32's range)", (RecipeStage(Q, "bf16"),)),
         RecipeDef("int8-weight-only",
-                  "INT8 weights per output channel, embeddings included (~4x smaller than FP32; compressed-tensors)",
+                  "INT8 Linear weights per output channel; embeddings and LM head stay float "
+                  "(compressed-tensors as llm-compressor writes it: vLLM and transformers load it)",
                   (RecipeStage(Q, "rtn", {"bits": 8, "group_size": 0}),)),
+        RecipeDef("int8-compact",
+                  "INT8 weights per output channel, embeddings and LM head included (smaller than "
+                  "int8-weight-only; per-module targets: loads in transformers, not vLLM)",
+                  (RecipeStage(Q, "rtn", {"bits": 8, "group_size": 0, "embedding_bits": 8, "head_bits": 8}),)),
         RecipeDef("w8a8-dynamic", "INT8 weights (GPTQ) and INT8 activations with per-token scales at run time",
                   (RecipeStage(Q, "w8a8", {"activations": "dynamic"}),)),
         RecipeDef("w8a8-static", "SmoothQuant, then INT8 weights (GPTQ) and INT8 activations with per-tensor scales "
@@ -54,21 +59,26 @@ RECIPES: dict[str, RecipeDef] = {
         RecipeDef("w8a8-smoothquant",
                   "SmoothQuant (alpha searched per layer group), then INT8 weights and per-token INT8 activations",
                   (RecipeStage(Q, "smoothquant", {"activations": "dynamic"}),)),
-        RecipeDef("w4a16-rtn", "INT4 weights, group 64, round-to-nearest; INT8 embeddings (compressed-tensors)",
-                  (RecipeStage(Q, "rtn", {"bits": 4, "group_size": 64}),)),
+        RecipeDef("w4a16-rtn", "INT4 Linear weights, group 64, round-to-nearest; embeddings and head float "
+                  "(vLLM layout)", (RecipeStage(Q, "rtn", {"bits": 4, "group_size": 64}),)),
         RecipeDef("w4a16-gptq",
-                  "INT4 weights, group 64, GPTQ on calibration text; INT8 embeddings (compressed-tensors)",
+                  "INT4 Linear weights, group 64, GPTQ on calibration text; embeddings and head float (vLLM layout)",
                   (RecipeStage(Q, "gptq", {"bits": 4, "group_size": 64}),)),
+        RecipeDef("w4a16-gptq-compact",
+                  "INT4 GPTQ Linear weights, group 64, with INT8 embeddings and head (smaller than w4a16-gptq; "
+                  "per-module targets: loads in transformers, not vLLM)",
+                  (RecipeStage(Q, "gptq", {"bits": 4, "group_size": 64, "embedding_bits": 8, "head_bits": 8}),)),
         RecipeDef("w4a16-awq",
-                  "INT4 weights, group 64, AWQ scale and clipping search; INT8 embeddings (compressed-tensors)",
-                  (RecipeStage(Q, "awq", {"bits": 4, "group_size": 64}),)),
+                  "INT4 Linear weights, group 64, AWQ scale and clipping search; embeddings and head float "
+                  "(vLLM layout)", (RecipeStage(Q, "awq", {"bits": 4, "group_size": 64}),)),
         RecipeDef("w4a16-qat",
-                  "INT4 weights, group 64: AWQ grid, then quantization-aware fine-tuning of each block",
+                  "INT4 Linear weights, group 64: AWQ grid, then quantization-aware fine-tuning of each block",
                   (RecipeStage(Q, "qat", {"bits": 4, "group_size": 64}),)),
         RecipeDef("w4a16-mixed",
-                  "INT4 GPTQ with the most sensitive Linears at INT8, 4.5 bits per Linear weight on average",
+                  "INT4 GPTQ with the most sensitive Linears at INT8, 4.5 bits per Linear weight on average "
+                  "(per-module targets, one group per width)",
                   (RecipeStage(Q, "mixed-precision", {"bits": 4, "group_size": 64, "average_bits": 4.5}),)),
-        RecipeDef("w8a16-gptq", "INT8 weights per channel with GPTQ; INT8 embeddings (compressed-tensors)",
+        RecipeDef("w8a16-gptq", "INT8 Linear weights per channel with GPTQ; embeddings and head float (vLLM layout)",
                   (RecipeStage(Q, "gptq", {"bits": 8, "group_size": 0}),)),
         RecipeDef("onnx", "ONNX export with ONNX Runtime's transformer fusions (FP32)", (RecipeStage(O, "onnx"),)),
         RecipeDef("onnx-int8", "ONNX export, fusions, INT8 weights per channel and dynamic INT8 activations "

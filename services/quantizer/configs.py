@@ -21,15 +21,18 @@ class Int8WeightOnlyConfig(MethodConfig):
 
 
 class WeightOnlyConfig(MethodConfig):
-    """Integer weights with float activations (W4A16, W8A16); embeddings and head at 8 bits."""
+    """Integer weights with float activations (W4A16, W8A16). Embeddings and head stay float by
+    default, as vLLM loads them; 8 bits there make the smaller, transformers-only variant."""
 
     bits: Literal[4, 8] = Field(4, description="Bits of Linear weights")
     group_size: Literal[0, 32, 64, 128] = Field(
         64, description="Input features sharing one scale (0 = one per output channel); a layer it "
                         "does not divide falls back to a smaller group and is reported")
     symmetric: bool = Field(True, description="Symmetric grid (no zero-point)")
-    embedding_bits: Literal[0, 8] = Field(8, description="Bits of the token embeddings (0 = keep float)")
-    head_bits: Literal[0, 8] = Field(8, description="Bits of an untied LM head (0 = keep float)")
+    embedding_bits: Literal[0, 8] = Field(
+        0, description="Bits of the token embeddings (0 = keep float; 8 loads in transformers, not vLLM)")
+    head_bits: Literal[0, 8] = Field(
+        0, description="Bits of an untied LM head (0 = keep float; 8 loads in transformers, not vLLM)")
 
 
 class CalibrationConfig(MethodConfig):
@@ -85,8 +88,10 @@ class W8A8Config(CalibrationConfig, GptqSettings):
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="SmoothQuant migration strength (when not searched)")
     alpha_search: bool = Field(True, description="Pick alpha per layer group from calibration (0, 0.1 … 1)")
     weight_algorithm: Literal["gptq", "rtn"] = Field("gptq", description="How the INT8 weights are rounded")
-    embedding_bits: Literal[0, 8] = Field(8, description="Bits of the token embeddings (0 = keep float)")
-    head_bits: Literal[0, 8] = Field(8, description="Bits of an untied LM head (0 = keep float)")
+    embedding_bits: Literal[0, 8] = Field(
+        0, description="Bits of the token embeddings (0 = keep float; 8 loads in transformers, not vLLM)")
+    head_bits: Literal[0, 8] = Field(
+        0, description="Bits of an untied LM head (0 = keep float; 8 loads in transformers, not vLLM)")
 
 
 class SmoothQuantConfig(W8A8Config):

@@ -2,14 +2,20 @@
 
 The writer streams: every tensor that is not a quantized weight is copied from the
 source checkpoint one at a time, and each quantized module contributes its integer codes
-and scales. Layout per scheme, as compressed-tensors 0.20 reads it:
-- symmetric < 8 bits ("pack-quantized"): `weight_packed` (int32 words), `weight_scale`,
-  `weight_shape`;
-- 8 bits or asymmetric ("int-quantized"): `weight` (int8 codes), `weight_scale` and, when
-  asymmetric, `weight_zero_point` (int8). Packed asymmetric zero-points do not reload in
-  transformers 5.24, so asymmetric codes stay unpacked.
-Scales are float16. A tied LM head keeps only its scales: its codes are the embedding's,
-and transformers re-ties the weight on load.
+and scales. Layout per scheme, as compressed-tensors 0.20 reads it and llm-compressor 0.14 writes it:
+- symmetric weight-only ("pack-quantized", 4 or 8 bits): `weight_packed` (int32 words),
+  `weight_scale`, `weight_shape`;
+- with quantized activations (W8A8) or asymmetric ("int-quantized"): `weight` (int8 codes),
+  `weight_scale` and, when asymmetric, `weight_zero_point` (int8). Packed asymmetric
+  zero-points do not reload in transformers 5.24, so asymmetric codes stay unpacked.
+Scales are float16.
+
+When only Linear layers are quantized, all with one scheme (the default recipes), the
+config is the one vLLM and llm-compressor users expect: one group targeting "Linear" and
+the Linears left float (the LM head) under `ignore`. Quantized embeddings or a mixed
+allocation need per-module targets, which vLLM does not load: those checkpoints are for
+transformers. A tied LM head then keeps only its scales: its codes are the embedding's, and
+transformers re-ties the weight on load.
 """
 
 from __future__ import annotations
@@ -44,34 +50,40 @@ def _exact(module_name: str) -> str:
     return "re:^" + re.escape(module_name) + "$"
 
 
-def _format(scheme: WeightScheme) -> str:
-    return "pack-quantized" if scheme.bits < 8 and scheme.symmetric else "int-quantized"
+def _format(scheme: WeightScheme, activations: ActivationScheme | None = None, kind: str = "Linear") -> str:
+    # 8-bit embeddings stay unpacked, the layout transformers reloads them from.
+    packed = scheme.symmetric and activations is None and (kind == "Linear" or scheme.bits < 8)
+    return "pack-quantized" if packed else "int-quantized"
 
 
-def quantization_config(quantized: dict[str, QuantizedWeight]) -> dict:
-    """The `quantization_config` block of config.json."""
+def quantization_config(quantized: dict[str, QuantizedWeight], float_linears: list[str] | None = None) -> dict:
+    """The `quantization_config` block of config.json. `float_linears`: the Linear modules left
+    in float; given, and when every quantized module is a Linear of one scheme, the config
+    targets "Linear" and ignores those."""
     import compressed_tensors
     from compressed_tensors.quantization import QuantizationArgs, QuantizationConfig, QuantizationScheme
 
     by_scheme: dict[tuple, list[str]] = defaultdict(list)
     for name, qw in quantized.items():
         by_scheme[(qw.scheme, qw.kind, qw.activations)].append(name)
+    standard = float_linears is not None and len(by_scheme) == 1 and next(iter(by_scheme))[1] == "Linear"
     groups = {}
-    for i, ((scheme, _kind, acts), names) in enumerate(sorted(by_scheme.items(), key=lambda kv: sorted(kv[1])[0])):
+    for i, ((scheme, kind, acts), names) in enumerate(sorted(by_scheme.items(), key=lambda kv: sorted(kv[1])[0])):
         grouped = scheme.group_size > 0
         groups[f"group_{i}"] = QuantizationScheme(
-            targets=[_exact(n) for n in sorted(names)],
+            targets=["Linear"] if standard else [_exact(n) for n in sorted(names)],
             weights=QuantizationArgs(num_bits=scheme.bits, type="int", symmetric=scheme.symmetric,
                                      strategy="group" if grouped else "channel",
                                      group_size=scheme.group_size if grouped else None, scale_dtype=SCALE_DTYPE),
             input_activations=None if acts is None else QuantizationArgs(
                 num_bits=acts.bits, type="int", symmetric=True, dynamic=acts.dynamic,
                 strategy="token" if acts.dynamic else "tensor"),
-            format=_format(scheme),
+            format=_format(scheme, acts, kind),
         )
-    formats = {_format(s) for s, _, _ in by_scheme}
+    formats = {_format(s, a, k) for s, k, a in by_scheme}
     config = QuantizationConfig(config_groups=groups, quantization_status="compressed",
-                                format=formats.pop() if len(formats) == 1 else "mixed-precision")
+                                format=formats.pop() if len(formats) == 1 else "mixed-precision",
+                                ignore=sorted(float_linears) if standard else [])
     return {"version": compressed_tensors.__version__, "quant_method": "compressed-tensors", "sparsity_config": {},
             "transform_config": {}, **config.model_dump(exclude=["quant_method"])}
 
@@ -92,7 +104,7 @@ def module_tensors(name: str, qw: QuantizedWeight, *, codes: bool = True) -> dic
     if not codes:
         return out
     signed = _signed(qw.codes, qw.scheme).to(torch.int8)
-    if _format(qw.scheme) == "pack-quantized":
+    if _format(qw.scheme, qw.activations, qw.kind) == "pack-quantized":
         out[f"{name}.weight_packed"] = pack_to_int32(signed, qw.scheme.bits).contiguous()
         out[f"{name}.weight_shape"] = torch.tensor(list(signed.shape), dtype=torch.int64)
     else:
@@ -120,8 +132,9 @@ def write_compressed_tensors(source, quantized: dict[str, QuantizedWeight], fold
     tensors.pop(f"{head}.weight", None)
     write_safetensors(folder / WEIGHTS_FILE, tensors, metadata={"format": "pt"})
 
+    float_linears = [n for n, m in source.model.named_modules() if isinstance(m, torch.nn.Linear) and n not in quantized]
     config = json.loads((source.reader.folder / "config.json").read_text())
-    config["quantization_config"] = quantization_config(quantized)
+    config["quantization_config"] = quantization_config(quantized, float_linears)
     config["dtype"] = "float32"
     if tied_head:
         config["tie_word_embeddings"] = True
@@ -134,3 +147,10 @@ def is_compressed_tensors(folder: Path) -> bool:
         return False
     quant = json.loads(config_path.read_text()).get("quantization_config") or {}
     return quant.get("quant_method") == "compressed-tensors"
+
+
+def is_standard_layout(folder: Path) -> bool:
+    """One group targeting "Linear": the layout vLLM's compressed-tensors integration loads."""
+    quant = json.loads((Path(folder) / "config.json").read_text()).get("quantization_config") or {}
+    groups = list((quant.get("config_groups") or {}).values())
+    return len(groups) == 1 and groups[0].get("targets") == ["Linear"]

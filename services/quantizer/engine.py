@@ -22,7 +22,7 @@ from services.quantizer.awq import awq_block_step
 from services.quantizer.configs import (AwqConfig, CalibrationConfig, CastConfig, GptqConfig, Int8WeightOnlyConfig,
                                         MixedPrecisionConfig, QatConfig, SmoothQuantConfig, W8A8Config,
                                         WeightOnlyConfig)
-from services.quantizer.ct_format import write_compressed_tensors
+from services.quantizer.ct_format import is_standard_layout, write_compressed_tensors
 from services.quantizer.int8 import quantize_int8_weight_only
 from services.quantizer.rtn import quantize_rtn
 from services.quantizer.gptq import gptq_block_step
@@ -101,11 +101,13 @@ def _save_weight_only(source: StreamingModel, quantized, targets, config, dst: P
     write_compressed_tensors(source, quantized, dst, source.tied_head, rewritten)
     copy_tokenizer(source.reader.folder, dst)
     n = len(targets)
+    layout = "vllm" if is_standard_layout(dst) else "transformers-only"
     reporter.report(n + 1, n + 1, "saved compressed-tensors model")
     return StageResult(
         format=common_pb2.ARTIFACT_FORMAT_COMPRESSED_TENSORS,
         architecture=_architecture(source.model),
-        compression={"method": method, **config.model_dump(), "group_fallbacks": fallback_report(targets)},
+        compression={"method": method, **config.model_dump(), "group_fallbacks": fallback_report(targets),
+                     "layout": layout},
         metrics={"quantized_modules": n, "effective_bits": effective_bits(targets),
                  "linear_effective_bits": effective_bits(targets, ("linear",)), **(extra_metrics or {})},
     )

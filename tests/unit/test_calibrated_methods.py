@@ -121,7 +121,7 @@ def test_qat_cancel_takes_effect_inside_a_block_training_loop(tiny_llama_dir, tm
             reporter.cancelled.set()  # right after the embedding: block 0 has not trained yet
 
     reporter.sink = sink
-    config = QatConfig(steps_per_block=1000, **CALIBRATION)
+    config = QatConfig(steps_per_block=1000, embedding_bits=8, **CALIBRATION)
     with pytest.raises(StageCancelled) as info:
         METHODS["qat"].run(config, tiny_llama_dir, tmp_path / "m", reporter)
     assert not any(p.metrics.get("method") == "qat" for p in seen)  # no layer of block 0 finished

@@ -78,8 +78,8 @@ def test_saved_model_reloads_through_transformers_bit_exact(config, tiny_llama_d
     assert not torch.equal(got, plain)  # the weights really moved to the grid
 
 
-def test_tied_head_is_stored_once_and_int4_is_packed(tiny_llama_dir, tmp_path):
-    quantize_to_disk(tiny_llama_dir, WeightOnlyConfig(), tmp_path / "m")
+def test_compact_tied_head_is_stored_once_and_int4_is_packed(tiny_llama_dir, tmp_path):
+    quantize_to_disk(tiny_llama_dir, WeightOnlyConfig(embedding_bits=8), tmp_path / "m")
     with safe_open(str(tmp_path / "m" / "model.safetensors"), "pt") as f:
         keys = set(f.keys())
         assert f.get_slice("model.layers.0.mlp.up_proj.weight_packed").get_dtype() == "I32"
@@ -90,7 +90,8 @@ def test_tied_head_is_stored_once_and_int4_is_packed(tiny_llama_dir, tmp_path):
 
 
 def test_rtn_method_reports_group_fallbacks_and_effective_bits(tiny_llama_dir, tmp_path):
-    result = METHODS["rtn"].run(WeightOnlyConfig(group_size=128), tiny_llama_dir, tmp_path / "m", ProgressReporter())
+    result = METHODS["rtn"].run(WeightOnlyConfig(group_size=128, embedding_bits=8), tiny_llama_dir, tmp_path / "m",
+                                ProgressReporter())
     # hidden 64 is not divisible by 128: every layer reading it falls back; down_proj (128 in) keeps 128.
     fallbacks = result.compression["group_fallbacks"]
     assert fallbacks and "model.layers.0.mlp.down_proj" not in fallbacks
@@ -101,9 +102,9 @@ def test_rtn_method_reports_group_fallbacks_and_effective_bits(tiny_llama_dir, t
     assert (tmp_path / "m" / "tokenizer.json").exists()
 
 
-def test_targets_cover_every_linear_and_the_embedding(tiny_llama_dir):
+def test_compact_targets_cover_every_linear_and_the_embedding(tiny_llama_dir):
     model = modelio.load_model(tiny_llama_dir, dtype=torch.float32)
-    targets = weight_targets(model, WeightOnlyConfig(group_size=64))
+    targets = weight_targets(model, WeightOnlyConfig(group_size=64, embedding_bits=8))
     roles = [t.role for t in targets]
     assert roles[0] == "embedding" and roles[-1] == "head" and roles.count("linear") == 14
     assert fallback_report(targets) == {}
