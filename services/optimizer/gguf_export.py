@@ -56,6 +56,36 @@ class Tokenizer:
     token_types: list[int]
     merges: list[str]
     special_ids: dict[str, int]
+    # llama.cpp's name of the pre-tokenizer (tokenizer.ggml.pre) and the chat template, if any.
+    pre: str = "default"
+    chat_template: str = ""
+
+
+def pre_tokenizer_name(pre_tokenizer: dict | None) -> str:
+    """llama.cpp's name for the split before BPE, read from tokenizer.json: "gpt-2" for plain
+    byte-level, "smollm" for byte-level after single digits (SmolLM's, Qwen-like), "llama-bpe"
+    for Llama 3's regex; "default" (llama.cpp's fallback) for anything else."""
+    if not pre_tokenizer:
+        return "default"
+    steps = pre_tokenizer.get("pretokenizers") if pre_tokenizer.get("type") == "Sequence" else [pre_tokenizer]
+    kinds = [step.get("type") for step in steps]
+    if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
+        return "gpt-2"
+    if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits"):
+        return "smollm"
+    if kinds[:1] == ["Split"] and "p{N}{1,3}" in json.dumps(steps[0].get("pattern", {})):
+        return "llama-bpe"
+    return "default"
+
+
+def chat_template(folder: Path) -> str:
+    """The template transformers applies: chat_template.jinja, else tokenizer_config.json's."""
+    jinja = Path(folder) / "chat_template.jinja"
+    if jinja.exists():
+        return jinja.read_text()
+    config_path = Path(folder) / "tokenizer_config.json"
+    template = json.loads(config_path.read_text()).get("chat_template") if config_path.exists() else None
+    return template if isinstance(template, str) else ""
 
 
 def read_tokenizer(folder: Path) -> Tokenizer:
@@ -87,7 +117,7 @@ def read_tokenizer(folder: Path) -> Tokenizer:
         token = token.get("content") if isinstance(token, dict) else token
         if token in vocab:
             ids[key] = vocab[token]
-    return Tokenizer(tokens, types, merges, ids)
+    return Tokenizer(tokens, types, merges, ids, pre_tokenizer_name(spec.get("pre_tokenizer")), chat_template(folder))
 
 
 def quantize(weight: np.ndarray, kind: str):
@@ -131,7 +161,11 @@ def write(state: dict, config: dict, tokenizer: Tokenizer, path: Path, kind: str
         "rope_theta", 10000.0)))
     writer.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
     writer.add_vocab_size(int(config["vocab_size"]))
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(tokenizer.pre)
+    if tokenizer.chat_template:
+        writer.add_chat_template(tokenizer.chat_template)
     writer.add_token_list(tokenizer.tokens)
     writer.add_token_types(tokenizer.token_types)
     writer.add_token_merges(tokenizer.merges)
@@ -161,12 +195,20 @@ def write(state: dict, config: dict, tokenizer: Tokenizer, path: Path, kind: str
 
 def read_back(path: Path) -> dict:
     """What a GGUF reader finds in the file: architecture, tensor count, tensors per type."""
-    from gguf import GGUFReader
+    import gguf
 
-    reader = GGUFReader(str(path))
-    field = reader.fields["general.architecture"]
+    reader = gguf.GGUFReader(str(path))
     types: dict[str, int] = {}
     for tensor in reader.tensors:
         types[tensor.tensor_type.name] = types.get(tensor.tensor_type.name, 0) + 1
-    return {"architecture": bytes(field.parts[field.data[0]]).decode(), "tensors": len(reader.tensors),
-            "types": types}
+    def value(key: str):
+        found = reader.fields.get(key)
+        if found is None:
+            return None
+        part = found.parts[found.data[0]]
+        return bytes(part).decode() if found.types and found.types[0] == gguf.GGUFValueType.STRING else int(part[0])
+
+    return {"architecture": value("general.architecture"), "tensors": len(reader.tensors), "types": types,
+            "tokenizer_pre": value("tokenizer.ggml.pre"),
+            "quantization_version": value("general.quantization_version"),
+            "chat_template_chars": len(value("tokenizer.chat_template") or "")}

@@ -38,6 +38,9 @@ def test_gguf_reads_back_and_loads_in_transformers(tiny_bpe_llama_dir, tmp_path,
     # 2 layers x (7 projections + 2 norms) + embedding + output norm + untied head.
     assert read_back["architecture"] == "llama" and read_back["tensors"] == 2 * 9 + 3
     assert read_back["types"][gguf_type] == 2 * 7 + 2 and read_back["types"]["F32"] == 2 * 2 + 1
+    # What llama.cpp needs to treat the file as its own: the pre-tokenizer (plain byte-level BPE
+    # here) and the quantization version of ggml's block formats.
+    assert read_back["tokenizer_pre"] == "gpt-2" and read_back["quantization_version"] == 2
     reload = result.metrics["transformers_reload"]
     assert reload["top1_agreement"] >= min_agree and reload["max_abs_logit_diff"] < max_diff, reload
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -73,3 +76,27 @@ def test_the_evaluator_measures_a_gguf_as_transformers_loads_it(tiny_bpe_llama_d
     assert figures["format"] == "GGUF" and figures["parameters"] == base["parameters"]
     assert figures["perplexity"] == pytest.approx(base["perplexity"], rel=0.02)
     assert figures["parameter_bytes"] == next(tmp_path.glob("*.gguf")).stat().st_size
+
+
+def test_the_chat_template_travels_into_the_gguf(tiny_bpe_llama_dir, tmp_path):
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(tiny_bpe_llama_dir, src)
+    template = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    (src / "chat_template.jinja").write_text(template)
+    result = _run("gguf-q8_0", src, tmp_path / "out", verify_reload=False)
+    assert result.metrics["read_back"]["chat_template_chars"] == len(template)
+
+
+@pytest.mark.parametrize("pre_tokenizer, name", [
+    ({"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}, "gpt-2"),
+    ({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True},
+                                            {"type": "ByteLevel", "use_regex": True}]}, "smollm"),
+    ({"type": "Sequence", "pretokenizers": [{"type": "Split", "pattern": {"Regex": "\\p{N}{1,3}"}},
+                                            {"type": "ByteLevel", "use_regex": False}]}, "llama-bpe"),
+    ({"type": "Metaspace"}, "default"),
+    (None, "default"),
+])
+def test_pre_tokenizer_names_follow_llama_cpp(pre_tokenizer, name):
+    assert gguf_export.pre_tokenizer_name(pre_tokenizer) == name
