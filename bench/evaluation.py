@@ -21,7 +21,7 @@ from google.protobuf import json_format
 from modelpress.v1 import common_pb2
 from services.gateway import launcher
 from services.gateway.cli_evaluation import print_comparison
-from services.gateway.client import GatewayClient
+from modelpress import Client
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELPRESS = [sys.executable, "-m", "services.gateway.cli"]
@@ -50,7 +50,7 @@ def main() -> None:
     subprocess.run([*MODELPRESS, "up", "--detach", "--free-ports"], env=env, check=True, cwd=ROOT)
     results: dict = {"models": {}}
     try:
-        with GatewayClient(launcher.read_state(home).gateway, timeout_s=60) as client:
+        with Client(launcher.read_state(home).gateway, timeout_s=60) as client:
             for name in args.models.split(","):
                 batch, length = SHAPES.get(name, (1, 128))
                 spec = common_pb2.EvaluationSpec(batch_size=batch, sequence_length=length)

@@ -173,7 +173,7 @@ class EvaluationSpec(_message.Message):
     def __init__(self, skip: _Optional[bool] = ..., batch_size: _Optional[int] = ..., sequence_length: _Optional[int] = ..., latency_iterations: _Optional[int] = ..., quality_windows: _Optional[int] = ..., threads: _Optional[int] = ..., batch_sizes: _Optional[_Iterable[int]] = ..., sequence_lengths: _Optional[_Iterable[int]] = ..., decode_tokens: _Optional[int] = ..., quality_sentences: _Optional[int] = ..., reference: _Optional[_Union[ModelRef, _Mapping]] = ...) -> None: ...
 
 class LatencyStats(_message.Message):
-    __slots__ = ("p50_ms", "p95_ms", "p99_ms", "mean_ms", "iterations", "batch_size", "sequence_length", "threads", "stdev_ms", "min_ms", "max_ms", "tokens_per_s", "samples_per_s", "phase", "warmup", "samples_ms")
+    __slots__ = ("p50_ms", "p95_ms", "p99_ms", "mean_ms", "iterations", "batch_size", "sequence_length", "threads", "stdev_ms", "min_ms", "max_ms", "tokens_per_s", "samples_per_s", "phase", "warmup", "samples_ms", "p50_ci95_low_ms", "p50_ci95_high_ms", "unreliable", "unreliable_reason")
     P50_MS_FIELD_NUMBER: _ClassVar[int]
     P95_MS_FIELD_NUMBER: _ClassVar[int]
     P99_MS_FIELD_NUMBER: _ClassVar[int]
@@ -190,6 +190,10 @@ class LatencyStats(_message.Message):
     PHASE_FIELD_NUMBER: _ClassVar[int]
     WARMUP_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_MS_FIELD_NUMBER: _ClassVar[int]
+    P50_CI95_LOW_MS_FIELD_NUMBER: _ClassVar[int]
+    P50_CI95_HIGH_MS_FIELD_NUMBER: _ClassVar[int]
+    UNRELIABLE_FIELD_NUMBER: _ClassVar[int]
+    UNRELIABLE_REASON_FIELD_NUMBER: _ClassVar[int]
     p50_ms: float
     p95_ms: float
     p99_ms: float
@@ -206,7 +210,43 @@ class LatencyStats(_message.Message):
     phase: str
     warmup: int
     samples_ms: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, p50_ms: _Optional[float] = ..., p95_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ..., mean_ms: _Optional[float] = ..., iterations: _Optional[int] = ..., batch_size: _Optional[int] = ..., sequence_length: _Optional[int] = ..., threads: _Optional[int] = ..., stdev_ms: _Optional[float] = ..., min_ms: _Optional[float] = ..., max_ms: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., samples_per_s: _Optional[float] = ..., phase: _Optional[str] = ..., warmup: _Optional[int] = ..., samples_ms: _Optional[_Iterable[float]] = ...) -> None: ...
+    p50_ci95_low_ms: float
+    p50_ci95_high_ms: float
+    unreliable: bool
+    unreliable_reason: str
+    def __init__(self, p50_ms: _Optional[float] = ..., p95_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ..., mean_ms: _Optional[float] = ..., iterations: _Optional[int] = ..., batch_size: _Optional[int] = ..., sequence_length: _Optional[int] = ..., threads: _Optional[int] = ..., stdev_ms: _Optional[float] = ..., min_ms: _Optional[float] = ..., max_ms: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., samples_per_s: _Optional[float] = ..., phase: _Optional[str] = ..., warmup: _Optional[int] = ..., samples_ms: _Optional[_Iterable[float]] = ..., p50_ci95_low_ms: _Optional[float] = ..., p50_ci95_high_ms: _Optional[float] = ..., unreliable: _Optional[bool] = ..., unreliable_reason: _Optional[str] = ...) -> None: ...
+
+class MachineLoad(_message.Message):
+    __slots__ = ("load_average_1m", "others_cpu_share", "steal_share", "seconds", "logical_cores")
+    LOAD_AVERAGE_1M_FIELD_NUMBER: _ClassVar[int]
+    OTHERS_CPU_SHARE_FIELD_NUMBER: _ClassVar[int]
+    STEAL_SHARE_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    LOGICAL_CORES_FIELD_NUMBER: _ClassVar[int]
+    load_average_1m: float
+    others_cpu_share: float
+    steal_share: float
+    seconds: float
+    logical_cores: int
+    def __init__(self, load_average_1m: _Optional[float] = ..., others_cpu_share: _Optional[float] = ..., steal_share: _Optional[float] = ..., seconds: _Optional[float] = ..., logical_cores: _Optional[int] = ...) -> None: ...
+
+class SpeedRatio(_message.Message):
+    __slots__ = ("phase", "speedup", "ci95_low", "ci95_high", "rounds", "unreliable", "unreliable_reason")
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    SPEEDUP_FIELD_NUMBER: _ClassVar[int]
+    CI95_LOW_FIELD_NUMBER: _ClassVar[int]
+    CI95_HIGH_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    UNRELIABLE_FIELD_NUMBER: _ClassVar[int]
+    UNRELIABLE_REASON_FIELD_NUMBER: _ClassVar[int]
+    phase: str
+    speedup: float
+    ci95_low: float
+    ci95_high: float
+    rounds: int
+    unreliable: bool
+    unreliable_reason: str
+    def __init__(self, phase: _Optional[str] = ..., speedup: _Optional[float] = ..., ci95_low: _Optional[float] = ..., ci95_high: _Optional[float] = ..., rounds: _Optional[int] = ..., unreliable: _Optional[bool] = ..., unreliable_reason: _Optional[str] = ...) -> None: ...
 
 class EncoderQuality(_message.Message):
     __slots__ = ("sentences", "topics", "knn_topic_accuracy", "knn_k", "mean_reference_cosine", "min_reference_cosine", "neighbour_agreement", "has_reference")
@@ -253,7 +293,7 @@ class MachineInfo(_message.Message):
     def __init__(self, cpu_model: _Optional[str] = ..., logical_cores: _Optional[int] = ..., physical_cores: _Optional[int] = ..., isa_features: _Optional[_Iterable[str]] = ..., memory_mb: _Optional[float] = ..., gpu_name: _Optional[str] = ..., gpu_memory_mb: _Optional[float] = ..., torch_version: _Optional[str] = ..., hostname: _Optional[str] = ..., device_type: _Optional[str] = ...) -> None: ...
 
 class ModelMetrics(_message.Message):
-    __slots__ = ("size_on_disk_bytes", "parameters", "latency", "peak_rss_mb", "perplexity", "top1_accuracy", "quality_tokens", "architecture", "device", "parameter_bytes", "flops", "kind", "latency_grid", "decode", "encoder", "cuda_max_memory_mb", "machine")
+    __slots__ = ("size_on_disk_bytes", "parameters", "latency", "peak_rss_mb", "perplexity", "top1_accuracy", "quality_tokens", "architecture", "device", "parameter_bytes", "flops", "kind", "latency_grid", "decode", "encoder", "cuda_max_memory_mb", "machine", "timing_load")
     SIZE_ON_DISK_BYTES_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     LATENCY_FIELD_NUMBER: _ClassVar[int]
@@ -271,6 +311,7 @@ class ModelMetrics(_message.Message):
     ENCODER_FIELD_NUMBER: _ClassVar[int]
     CUDA_MAX_MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
     MACHINE_FIELD_NUMBER: _ClassVar[int]
+    TIMING_LOAD_FIELD_NUMBER: _ClassVar[int]
     size_on_disk_bytes: int
     parameters: int
     latency: LatencyStats
@@ -288,7 +329,8 @@ class ModelMetrics(_message.Message):
     encoder: EncoderQuality
     cuda_max_memory_mb: float
     machine: MachineInfo
-    def __init__(self, size_on_disk_bytes: _Optional[int] = ..., parameters: _Optional[int] = ..., latency: _Optional[_Union[LatencyStats, _Mapping]] = ..., peak_rss_mb: _Optional[float] = ..., perplexity: _Optional[float] = ..., top1_accuracy: _Optional[float] = ..., quality_tokens: _Optional[int] = ..., architecture: _Optional[str] = ..., device: _Optional[str] = ..., parameter_bytes: _Optional[int] = ..., flops: _Optional[int] = ..., kind: _Optional[str] = ..., latency_grid: _Optional[_Iterable[_Union[LatencyStats, _Mapping]]] = ..., decode: _Optional[_Union[LatencyStats, _Mapping]] = ..., encoder: _Optional[_Union[EncoderQuality, _Mapping]] = ..., cuda_max_memory_mb: _Optional[float] = ..., machine: _Optional[_Union[MachineInfo, _Mapping]] = ...) -> None: ...
+    timing_load: MachineLoad
+    def __init__(self, size_on_disk_bytes: _Optional[int] = ..., parameters: _Optional[int] = ..., latency: _Optional[_Union[LatencyStats, _Mapping]] = ..., peak_rss_mb: _Optional[float] = ..., perplexity: _Optional[float] = ..., top1_accuracy: _Optional[float] = ..., quality_tokens: _Optional[int] = ..., architecture: _Optional[str] = ..., device: _Optional[str] = ..., parameter_bytes: _Optional[int] = ..., flops: _Optional[int] = ..., kind: _Optional[str] = ..., latency_grid: _Optional[_Iterable[_Union[LatencyStats, _Mapping]]] = ..., decode: _Optional[_Union[LatencyStats, _Mapping]] = ..., encoder: _Optional[_Union[EncoderQuality, _Mapping]] = ..., cuda_max_memory_mb: _Optional[float] = ..., machine: _Optional[_Union[MachineInfo, _Mapping]] = ..., timing_load: _Optional[_Union[MachineLoad, _Mapping]] = ...) -> None: ...
 
 class HardwareBenchmark(_message.Message):
     __slots__ = ("device_name", "device_type", "batch_size", "sequence_length", "throughput", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "memory_usage_mb", "power_consumption_w", "model", "benchmark_id", "recorded_at", "machine", "threads", "phase", "samples_per_s", "latency_stdev_ms", "iterations")
@@ -359,7 +401,7 @@ class ThresholdSet(_message.Message):
     def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., checks: _Optional[_Iterable[_Union[ThresholdCheck, _Mapping]]] = ...) -> None: ...
 
 class ComparisonRow(_message.Message):
-    __slots__ = ("index", "model", "baseline", "metrics", "size_ratio", "parameter_ratio", "flops_ratio", "latency_ratio", "speedup", "memory_ratio", "quality_retention", "quality_metric", "checks", "passed")
+    __slots__ = ("index", "model", "baseline", "metrics", "size_ratio", "parameter_ratio", "flops_ratio", "latency_ratio", "speedup", "memory_ratio", "quality_retention", "quality_metric", "checks", "passed", "speed")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BASELINE_FIELD_NUMBER: _ClassVar[int]
@@ -374,6 +416,7 @@ class ComparisonRow(_message.Message):
     QUALITY_METRIC_FIELD_NUMBER: _ClassVar[int]
     CHECKS_FIELD_NUMBER: _ClassVar[int]
     PASSED_FIELD_NUMBER: _ClassVar[int]
+    SPEED_FIELD_NUMBER: _ClassVar[int]
     index: int
     model: str
     baseline: bool
@@ -388,10 +431,11 @@ class ComparisonRow(_message.Message):
     quality_metric: str
     checks: _containers.RepeatedCompositeFieldContainer[ThresholdCheck]
     passed: bool
-    def __init__(self, index: _Optional[int] = ..., model: _Optional[str] = ..., baseline: _Optional[bool] = ..., metrics: _Optional[_Union[ModelMetrics, _Mapping]] = ..., size_ratio: _Optional[float] = ..., parameter_ratio: _Optional[float] = ..., flops_ratio: _Optional[float] = ..., latency_ratio: _Optional[float] = ..., speedup: _Optional[float] = ..., memory_ratio: _Optional[float] = ..., quality_retention: _Optional[float] = ..., quality_metric: _Optional[str] = ..., checks: _Optional[_Iterable[_Union[ThresholdCheck, _Mapping]]] = ..., passed: _Optional[bool] = ...) -> None: ...
+    speed: _containers.RepeatedCompositeFieldContainer[SpeedRatio]
+    def __init__(self, index: _Optional[int] = ..., model: _Optional[str] = ..., baseline: _Optional[bool] = ..., metrics: _Optional[_Union[ModelMetrics, _Mapping]] = ..., size_ratio: _Optional[float] = ..., parameter_ratio: _Optional[float] = ..., flops_ratio: _Optional[float] = ..., latency_ratio: _Optional[float] = ..., speedup: _Optional[float] = ..., memory_ratio: _Optional[float] = ..., quality_retention: _Optional[float] = ..., quality_metric: _Optional[str] = ..., checks: _Optional[_Iterable[_Union[ThresholdCheck, _Mapping]]] = ..., passed: _Optional[bool] = ..., speed: _Optional[_Iterable[_Union[SpeedRatio, _Mapping]]] = ...) -> None: ...
 
 class Comparison(_message.Message):
-    __slots__ = ("comparison_id", "baseline_index", "threshold_set", "rows", "interleaved_rounds", "machine", "report", "created_at")
+    __slots__ = ("comparison_id", "baseline_index", "threshold_set", "rows", "interleaved_rounds", "machine", "report", "created_at", "load")
     COMPARISON_ID_FIELD_NUMBER: _ClassVar[int]
     BASELINE_INDEX_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_SET_FIELD_NUMBER: _ClassVar[int]
@@ -400,6 +444,7 @@ class Comparison(_message.Message):
     MACHINE_FIELD_NUMBER: _ClassVar[int]
     REPORT_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    LOAD_FIELD_NUMBER: _ClassVar[int]
     comparison_id: str
     baseline_index: int
     threshold_set: str
@@ -408,7 +453,8 @@ class Comparison(_message.Message):
     machine: MachineInfo
     report: ArtifactRef
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, comparison_id: _Optional[str] = ..., baseline_index: _Optional[int] = ..., threshold_set: _Optional[str] = ..., rows: _Optional[_Iterable[_Union[ComparisonRow, _Mapping]]] = ..., interleaved_rounds: _Optional[int] = ..., machine: _Optional[_Union[MachineInfo, _Mapping]] = ..., report: _Optional[_Union[ArtifactRef, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    load: MachineLoad
+    def __init__(self, comparison_id: _Optional[str] = ..., baseline_index: _Optional[int] = ..., threshold_set: _Optional[str] = ..., rows: _Optional[_Iterable[_Union[ComparisonRow, _Mapping]]] = ..., interleaved_rounds: _Optional[int] = ..., machine: _Optional[_Union[MachineInfo, _Mapping]] = ..., report: _Optional[_Union[ArtifactRef, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., load: _Optional[_Union[MachineLoad, _Mapping]] = ...) -> None: ...
 
 class EngineInfo(_message.Message):
     __slots__ = ("name", "precisions", "available", "reason", "methods")
@@ -432,7 +478,7 @@ class EngineInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., precisions: _Optional[_Iterable[str]] = ..., available: _Optional[bool] = ..., reason: _Optional[str] = ..., methods: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class CompressionResult(_message.Message):
-    __slots__ = ("job_id", "original_model_size_bytes", "compressed_model_size_bytes", "compression_ratio", "original_params", "compressed_params", "param_reduction_ratio", "original_latency_ms", "compressed_latency_ms", "latency_improvement", "original_memory_mb", "compressed_memory_mb", "memory_reduction", "original_accuracy", "compressed_accuracy", "accuracy_loss", "original_perplexity", "compressed_perplexity", "perplexity_increase", "compressed_artifact_id", "evaluation_report_path", "original", "compressed")
+    __slots__ = ("job_id", "original_model_size_bytes", "compressed_model_size_bytes", "compression_ratio", "original_params", "compressed_params", "param_reduction_ratio", "original_latency_ms", "compressed_latency_ms", "latency_improvement", "original_memory_mb", "compressed_memory_mb", "memory_reduction", "original_accuracy", "compressed_accuracy", "accuracy_loss", "original_perplexity", "compressed_perplexity", "perplexity_increase", "compressed_artifact_id", "evaluation_report_path", "original", "compressed", "prefill_speedup", "decode_speedup", "original_decode_ms", "compressed_decode_ms", "timing_load")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ORIGINAL_MODEL_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     COMPRESSED_MODEL_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -456,6 +502,11 @@ class CompressionResult(_message.Message):
     EVALUATION_REPORT_PATH_FIELD_NUMBER: _ClassVar[int]
     ORIGINAL_FIELD_NUMBER: _ClassVar[int]
     COMPRESSED_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_SPEEDUP_FIELD_NUMBER: _ClassVar[int]
+    DECODE_SPEEDUP_FIELD_NUMBER: _ClassVar[int]
+    ORIGINAL_DECODE_MS_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSED_DECODE_MS_FIELD_NUMBER: _ClassVar[int]
+    TIMING_LOAD_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     original_model_size_bytes: int
     compressed_model_size_bytes: int
@@ -479,7 +530,12 @@ class CompressionResult(_message.Message):
     evaluation_report_path: str
     original: ModelMetrics
     compressed: ModelMetrics
-    def __init__(self, job_id: _Optional[str] = ..., original_model_size_bytes: _Optional[int] = ..., compressed_model_size_bytes: _Optional[int] = ..., compression_ratio: _Optional[float] = ..., original_params: _Optional[int] = ..., compressed_params: _Optional[int] = ..., param_reduction_ratio: _Optional[float] = ..., original_latency_ms: _Optional[float] = ..., compressed_latency_ms: _Optional[float] = ..., latency_improvement: _Optional[float] = ..., original_memory_mb: _Optional[float] = ..., compressed_memory_mb: _Optional[float] = ..., memory_reduction: _Optional[float] = ..., original_accuracy: _Optional[float] = ..., compressed_accuracy: _Optional[float] = ..., accuracy_loss: _Optional[float] = ..., original_perplexity: _Optional[float] = ..., compressed_perplexity: _Optional[float] = ..., perplexity_increase: _Optional[float] = ..., compressed_artifact_id: _Optional[str] = ..., evaluation_report_path: _Optional[str] = ..., original: _Optional[_Union[ModelMetrics, _Mapping]] = ..., compressed: _Optional[_Union[ModelMetrics, _Mapping]] = ...) -> None: ...
+    prefill_speedup: SpeedRatio
+    decode_speedup: SpeedRatio
+    original_decode_ms: float
+    compressed_decode_ms: float
+    timing_load: MachineLoad
+    def __init__(self, job_id: _Optional[str] = ..., original_model_size_bytes: _Optional[int] = ..., compressed_model_size_bytes: _Optional[int] = ..., compression_ratio: _Optional[float] = ..., original_params: _Optional[int] = ..., compressed_params: _Optional[int] = ..., param_reduction_ratio: _Optional[float] = ..., original_latency_ms: _Optional[float] = ..., compressed_latency_ms: _Optional[float] = ..., latency_improvement: _Optional[float] = ..., original_memory_mb: _Optional[float] = ..., compressed_memory_mb: _Optional[float] = ..., memory_reduction: _Optional[float] = ..., original_accuracy: _Optional[float] = ..., compressed_accuracy: _Optional[float] = ..., accuracy_loss: _Optional[float] = ..., original_perplexity: _Optional[float] = ..., compressed_perplexity: _Optional[float] = ..., perplexity_increase: _Optional[float] = ..., compressed_artifact_id: _Optional[str] = ..., evaluation_report_path: _Optional[str] = ..., original: _Optional[_Union[ModelMetrics, _Mapping]] = ..., compressed: _Optional[_Union[ModelMetrics, _Mapping]] = ..., prefill_speedup: _Optional[_Union[SpeedRatio, _Mapping]] = ..., decode_speedup: _Optional[_Union[SpeedRatio, _Mapping]] = ..., original_decode_ms: _Optional[float] = ..., compressed_decode_ms: _Optional[float] = ..., timing_load: _Optional[_Union[MachineLoad, _Mapping]] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("job_id", "name", "model", "recipe", "stages", "state", "progress", "output", "result", "error", "evaluation", "created_at", "started_at", "finished_at", "artifact_ids")

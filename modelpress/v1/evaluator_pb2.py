@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from modelpress.v1 import common_pb2 as modelpress_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmodelpress/v1/evaluator.proto\x12\rmodelpress.v1\x1a\x1amodelpress/v1/common.proto\"H\n\x1a\x45valuatorServiceRunRequest\x12*\n\x05stage\x18\x01 \x01(\x0b\x32\x1b.modelpress.v1.StageRequest\"I\n\x1b\x45valuatorServiceRunResponse\x12*\n\x06update\x18\x01 \x01(\x0b\x32\x1a.modelpress.v1.StageUpdate\"!\n\x1f\x45valuatorServiceDescribeRequest\"Z\n EvaluatorServiceDescribeResponse\x12\x36\n\x0b\x64\x65scription\x18\x01 \x01(\x0b\x32!.modelpress.v1.ServiceDescription\"v\n\x1f\x45valuatorServiceEvaluateRequest\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.modelpress.v1.ModelRef\x12+\n\x04spec\x18\x02 \x01(\x0b\x32\x1d.modelpress.v1.EvaluationSpec\"P\n EvaluatorServiceEvaluateResponse\x12,\n\x07metrics\x18\x01 \x01(\x0b\x32\x1b.modelpress.v1.ModelMetrics\"\xa5\x01\n\x1e\x45valuatorServiceCompareRequest\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.modelpress.v1.ModelRef\x12\x16\n\x0e\x62\x61seline_index\x18\x02 \x01(\x05\x12+\n\x04spec\x18\x03 \x01(\x0b\x32\x1d.modelpress.v1.EvaluationSpec\x12\x15\n\rthreshold_set\x18\x04 \x01(\t\"P\n\x1f\x45valuatorServiceCompareResponse\x12-\n\ncomparison\x18\x01 \x01(\x0b\x32\x19.modelpress.v1.Comparison\"*\n(EvaluatorServiceListThresholdSetsRequest\"`\n)EvaluatorServiceListThresholdSetsResponse\x12\x33\n\x0ethreshold_sets\x18\x01 \x03(\x0b\x32\x1b.modelpress.v1.ThresholdSet\"\x9e\x01\n EvaluatorServiceBenchmarkRequest\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.modelpress.v1.ModelRef\x12\x13\n\x0b\x62\x61tch_sizes\x18\x02 \x03(\x05\x12\x18\n\x10sequence_lengths\x18\x03 \x03(\x05\x12\x12\n\niterations\x18\x04 \x01(\x05\x12\x0f\n\x07threads\x18\x05 \x01(\x05\"Y\n!EvaluatorServiceBenchmarkResponse\x12\x34\n\nbenchmarks\x18\x01 \x03(\x0b\x32 .modelpress.v1.HardwareBenchmark\"F\n%EvaluatorServiceListBenchmarksRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\"^\n&EvaluatorServiceListBenchmarksResponse\x12\x34\n\nbenchmarks\x18\x01 \x03(\x0b\x32 .modelpress.v1.HardwareBenchmark\"o\n#EvaluatorServiceRenderReportRequest\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.modelpress.v1.Job\x12\'\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x17.modelpress.v1.JobEvent\"R\n$EvaluatorServiceRenderReportResponse\x12*\n\x06report\x18\x01 \x01(\x0b\x32\x1a.modelpress.v1.ArtifactRef2\xa7\x07\n\x10\x45valuatorService\x12^\n\x03Run\x12).modelpress.v1.EvaluatorServiceRunRequest\x1a*.modelpress.v1.EvaluatorServiceRunResponse0\x01\x12k\n\x08\x44\x65scribe\x12..modelpress.v1.EvaluatorServiceDescribeRequest\x1a/.modelpress.v1.EvaluatorServiceDescribeResponse\x12k\n\x08\x45valuate\x12..modelpress.v1.EvaluatorServiceEvaluateRequest\x1a/.modelpress.v1.EvaluatorServiceEvaluateResponse\x12h\n\x07\x43ompare\x12-.modelpress.v1.EvaluatorServiceCompareRequest\x1a..modelpress.v1.EvaluatorServiceCompareResponse\x12\x86\x01\n\x11ListThresholdSets\x12\x37.modelpress.v1.EvaluatorServiceListThresholdSetsRequest\x1a\x38.modelpress.v1.EvaluatorServiceListThresholdSetsResponse\x12n\n\tBenchmark\x12/.modelpress.v1.EvaluatorServiceBenchmarkRequest\x1a\x30.modelpress.v1.EvaluatorServiceBenchmarkResponse\x12}\n\x0eListBenchmarks\x12\x34.modelpress.v1.EvaluatorServiceListBenchmarksRequest\x1a\x35.modelpress.v1.EvaluatorServiceListBenchmarksResponse\x12w\n\x0cRenderReport\x12\x32.modelpress.v1.EvaluatorServiceRenderReportRequest\x1a\x33.modelpress.v1.EvaluatorServiceRenderReportResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmodelpress/v1/evaluator.proto\x12\rmodelpress.v1\x1a\x1amodelpress/v1/common.proto\"H\n\x1a\x45valuatorServiceRunRequest\x12*\n\x05stage\x18\x01 \x01(\x0b\x32\x1b.modelpress.v1.StageRequest\"I\n\x1b\x45valuatorServiceRunResponse\x12*\n\x06update\x18\x01 \x01(\x0b\x32\x1a.modelpress.v1.StageUpdate\"!\n\x1f\x45valuatorServiceDescribeRequest\"Z\n EvaluatorServiceDescribeResponse\x12\x36\n\x0b\x64\x65scription\x18\x01 \x01(\x0b\x32!.modelpress.v1.ServiceDescription\"v\n\x1f\x45valuatorServiceEvaluateRequest\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.modelpress.v1.ModelRef\x12+\n\x04spec\x18\x02 \x01(\x0b\x32\x1d.modelpress.v1.EvaluationSpec\"P\n EvaluatorServiceEvaluateResponse\x12,\n\x07metrics\x18\x01 \x01(\x0b\x32\x1b.modelpress.v1.ModelMetrics\"\xba\x01\n\x1e\x45valuatorServiceCompareRequest\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.modelpress.v1.ModelRef\x12\x16\n\x0e\x62\x61seline_index\x18\x02 \x01(\x05\x12+\n\x04spec\x18\x03 \x01(\x0b\x32\x1d.modelpress.v1.EvaluationSpec\x12\x15\n\rthreshold_set\x18\x04 \x01(\t\x12\x13\n\x0bskip_report\x18\x05 \x01(\x08\"P\n\x1f\x45valuatorServiceCompareResponse\x12-\n\ncomparison\x18\x01 \x01(\x0b\x32\x19.modelpress.v1.Comparison\"*\n(EvaluatorServiceListThresholdSetsRequest\"`\n)EvaluatorServiceListThresholdSetsResponse\x12\x33\n\x0ethreshold_sets\x18\x01 \x03(\x0b\x32\x1b.modelpress.v1.ThresholdSet\"\x9e\x01\n EvaluatorServiceBenchmarkRequest\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.modelpress.v1.ModelRef\x12\x13\n\x0b\x62\x61tch_sizes\x18\x02 \x03(\x05\x12\x18\n\x10sequence_lengths\x18\x03 \x03(\x05\x12\x12\n\niterations\x18\x04 \x01(\x05\x12\x0f\n\x07threads\x18\x05 \x01(\x05\"Y\n!EvaluatorServiceBenchmarkResponse\x12\x34\n\nbenchmarks\x18\x01 \x03(\x0b\x32 .modelpress.v1.HardwareBenchmark\"F\n%EvaluatorServiceListBenchmarksRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\"^\n&EvaluatorServiceListBenchmarksResponse\x12\x34\n\nbenchmarks\x18\x01 \x03(\x0b\x32 .modelpress.v1.HardwareBenchmark\"o\n#EvaluatorServiceRenderReportRequest\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.modelpress.v1.Job\x12\'\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x17.modelpress.v1.JobEvent\"R\n$EvaluatorServiceRenderReportResponse\x12*\n\x06report\x18\x01 \x01(\x0b\x32\x1a.modelpress.v1.ArtifactRef2\xa7\x07\n\x10\x45valuatorService\x12^\n\x03Run\x12).modelpress.v1.EvaluatorServiceRunRequest\x1a*.modelpress.v1.EvaluatorServiceRunResponse0\x01\x12k\n\x08\x44\x65scribe\x12..modelpress.v1.EvaluatorServiceDescribeRequest\x1a/.modelpress.v1.EvaluatorServiceDescribeResponse\x12k\n\x08\x45valuate\x12..modelpress.v1.EvaluatorServiceEvaluateRequest\x1a/.modelpress.v1.EvaluatorServiceEvaluateResponse\x12h\n\x07\x43ompare\x12-.modelpress.v1.EvaluatorServiceCompareRequest\x1a..modelpress.v1.EvaluatorServiceCompareResponse\x12\x86\x01\n\x11ListThresholdSets\x12\x37.modelpress.v1.EvaluatorServiceListThresholdSetsRequest\x1a\x38.modelpress.v1.EvaluatorServiceListThresholdSetsResponse\x12n\n\tBenchmark\x12/.modelpress.v1.EvaluatorServiceBenchmarkRequest\x1a\x30.modelpress.v1.EvaluatorServiceBenchmarkResponse\x12}\n\x0eListBenchmarks\x12\x34.modelpress.v1.EvaluatorServiceListBenchmarksRequest\x1a\x35.modelpress.v1.EvaluatorServiceListBenchmarksResponse\x12w\n\x0cRenderReport\x12\x32.modelpress.v1.EvaluatorServiceRenderReportRequest\x1a\x33.modelpress.v1.EvaluatorServiceRenderReportResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,25 +45,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EVALUATORSERVICEEVALUATERESPONSE']._serialized_start=472
   _globals['_EVALUATORSERVICEEVALUATERESPONSE']._serialized_end=552
   _globals['_EVALUATORSERVICECOMPAREREQUEST']._serialized_start=555
-  _globals['_EVALUATORSERVICECOMPAREREQUEST']._serialized_end=720
-  _globals['_EVALUATORSERVICECOMPARERESPONSE']._serialized_start=722
-  _globals['_EVALUATORSERVICECOMPARERESPONSE']._serialized_end=802
-  _globals['_EVALUATORSERVICELISTTHRESHOLDSETSREQUEST']._serialized_start=804
-  _globals['_EVALUATORSERVICELISTTHRESHOLDSETSREQUEST']._serialized_end=846
-  _globals['_EVALUATORSERVICELISTTHRESHOLDSETSRESPONSE']._serialized_start=848
-  _globals['_EVALUATORSERVICELISTTHRESHOLDSETSRESPONSE']._serialized_end=944
-  _globals['_EVALUATORSERVICEBENCHMARKREQUEST']._serialized_start=947
-  _globals['_EVALUATORSERVICEBENCHMARKREQUEST']._serialized_end=1105
-  _globals['_EVALUATORSERVICEBENCHMARKRESPONSE']._serialized_start=1107
-  _globals['_EVALUATORSERVICEBENCHMARKRESPONSE']._serialized_end=1196
-  _globals['_EVALUATORSERVICELISTBENCHMARKSREQUEST']._serialized_start=1198
-  _globals['_EVALUATORSERVICELISTBENCHMARKSREQUEST']._serialized_end=1268
-  _globals['_EVALUATORSERVICELISTBENCHMARKSRESPONSE']._serialized_start=1270
-  _globals['_EVALUATORSERVICELISTBENCHMARKSRESPONSE']._serialized_end=1364
-  _globals['_EVALUATORSERVICERENDERREPORTREQUEST']._serialized_start=1366
-  _globals['_EVALUATORSERVICERENDERREPORTREQUEST']._serialized_end=1477
-  _globals['_EVALUATORSERVICERENDERREPORTRESPONSE']._serialized_start=1479
-  _globals['_EVALUATORSERVICERENDERREPORTRESPONSE']._serialized_end=1561
-  _globals['_EVALUATORSERVICE']._serialized_start=1564
-  _globals['_EVALUATORSERVICE']._serialized_end=2499
+  _globals['_EVALUATORSERVICECOMPAREREQUEST']._serialized_end=741
+  _globals['_EVALUATORSERVICECOMPARERESPONSE']._serialized_start=743
+  _globals['_EVALUATORSERVICECOMPARERESPONSE']._serialized_end=823
+  _globals['_EVALUATORSERVICELISTTHRESHOLDSETSREQUEST']._serialized_start=825
+  _globals['_EVALUATORSERVICELISTTHRESHOLDSETSREQUEST']._serialized_end=867
+  _globals['_EVALUATORSERVICELISTTHRESHOLDSETSRESPONSE']._serialized_start=869
+  _globals['_EVALUATORSERVICELISTTHRESHOLDSETSRESPONSE']._serialized_end=965
+  _globals['_EVALUATORSERVICEBENCHMARKREQUEST']._serialized_start=968
+  _globals['_EVALUATORSERVICEBENCHMARKREQUEST']._serialized_end=1126
+  _globals['_EVALUATORSERVICEBENCHMARKRESPONSE']._serialized_start=1128
+  _globals['_EVALUATORSERVICEBENCHMARKRESPONSE']._serialized_end=1217
+  _globals['_EVALUATORSERVICELISTBENCHMARKSREQUEST']._serialized_start=1219
+  _globals['_EVALUATORSERVICELISTBENCHMARKSREQUEST']._serialized_end=1289
+  _globals['_EVALUATORSERVICELISTBENCHMARKSRESPONSE']._serialized_start=1291
+  _globals['_EVALUATORSERVICELISTBENCHMARKSRESPONSE']._serialized_end=1385
+  _globals['_EVALUATORSERVICERENDERREPORTREQUEST']._serialized_start=1387
+  _globals['_EVALUATORSERVICERENDERREPORTREQUEST']._serialized_end=1498
+  _globals['_EVALUATORSERVICERENDERREPORTRESPONSE']._serialized_start=1500
+  _globals['_EVALUATORSERVICERENDERREPORTRESPONSE']._serialized_end=1582
+  _globals['_EVALUATORSERVICE']._serialized_start=1585
+  _globals['_EVALUATORSERVICE']._serialized_end=2520
 # @@protoc_insertion_point(module_scope)

@@ -44,16 +44,18 @@ class EvaluatorServiceEvaluateResponse(_message.Message):
     def __init__(self, metrics: _Optional[_Union[_common_pb2.ModelMetrics, _Mapping]] = ...) -> None: ...
 
 class EvaluatorServiceCompareRequest(_message.Message):
-    __slots__ = ("models", "baseline_index", "spec", "threshold_set")
+    __slots__ = ("models", "baseline_index", "spec", "threshold_set", "skip_report")
     MODELS_FIELD_NUMBER: _ClassVar[int]
     BASELINE_INDEX_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_SET_FIELD_NUMBER: _ClassVar[int]
+    SKIP_REPORT_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[_common_pb2.ModelRef]
     baseline_index: int
     spec: _common_pb2.EvaluationSpec
     threshold_set: str
-    def __init__(self, models: _Optional[_Iterable[_Union[_common_pb2.ModelRef, _Mapping]]] = ..., baseline_index: _Optional[int] = ..., spec: _Optional[_Union[_common_pb2.EvaluationSpec, _Mapping]] = ..., threshold_set: _Optional[str] = ...) -> None: ...
+    skip_report: bool
+    def __init__(self, models: _Optional[_Iterable[_Union[_common_pb2.ModelRef, _Mapping]]] = ..., baseline_index: _Optional[int] = ..., spec: _Optional[_Union[_common_pb2.EvaluationSpec, _Mapping]] = ..., threshold_set: _Optional[str] = ..., skip_report: _Optional[bool] = ...) -> None: ...
 
 class EvaluatorServiceCompareResponse(_message.Message):
     __slots__ = ("comparison",)

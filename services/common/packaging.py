@@ -7,14 +7,14 @@ was applied and the figures measured, so an artifact explains itself without the
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tarfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
+
+# The tar form is shared with the client, which installs without the server's dependencies.
+from modelpress.folders import tar_folder, untar_folder  # noqa: F401
 
 MANIFEST_NAME = "modelpress.json"
 MANIFEST_SCHEMA = 1
@@ -56,39 +56,3 @@ def read_manifest(folder: Path) -> Manifest | None:
 def folder_size_bytes(folder: Path) -> int:
     """Bytes on disk of every regular file under `folder` (what a user would download)."""
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-
-
-def tar_folder(folder: Path, tar_path: Path) -> None:
-    """Writes `folder`'s files into an uncompressed tar with stable order and metadata.
-
-    Weights do not compress, and a plain tar streams at disk speed.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"not a folder: {folder}")
-
-    def normalise(info: tarfile.TarInfo) -> tarfile.TarInfo:
-        info.uid = info.gid = 0
-        info.uname = info.gname = ""
-        info.mtime = 0
-        return info
-
-    with tarfile.open(tar_path, "w", format=tarfile.PAX_FORMAT) as tar:
-        for path in sorted(folder.rglob("*")):
-            if path.is_symlink():
-                raise ValueError(f"artifact folders may not hold symlinks: {path}")
-            if path.is_file():
-                tar.add(path, arcname=path.relative_to(folder).as_posix(), recursive=False, filter=normalise)
-
-
-def untar_folder(tar_path: Path, dest: Path) -> None:
-    """Unpacks into `dest`, refusing absolute paths, `..`, links and devices (tar's "data" filter)."""
-    tmp = dest.with_name(dest.name + ".unpacking")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        with tarfile.open(tar_path, "r:") as tar:
-            tar.extractall(tmp, filter="data")
-        os.replace(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

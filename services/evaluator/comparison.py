@@ -6,44 +6,27 @@ Works on ModelMetrics messages (the evaluator's data model) and nothing else: no
 from __future__ import annotations
 
 from modelpress.v1 import common_pb2
+from services.common.quality_kept import quality_retention
 from services.evaluator.thresholds import ThresholdSetDef
-
-CAUSAL_QUALITY = "min(top-1 accuracy ratio, perplexity ratio baseline/model)"
-ENCODER_QUALITY = "min(topic k-NN accuracy ratio, mean cosine to the baseline's embeddings)"
 
 
 def _ratio(value: float, base: float) -> float:
     return value / base if base else 0.0
 
-
-def quality_retention(model: common_pb2.ModelMetrics, baseline: common_pb2.ModelMetrics) -> tuple[float, str]:
-    """How much of the baseline's quality a model keeps, in [0, ~1], and what that number is.
-
-    Conservative by design: the worse of two views, so a model cannot pass on perplexity while
-    its top-1 falls, or on topic accuracy while its embeddings drift away from the baseline's."""
-    if baseline.kind == "encoder":
-        if not baseline.encoder.knn_topic_accuracy:
-            return 0.0, ENCODER_QUALITY
-        views = [_ratio(model.encoder.knn_topic_accuracy, baseline.encoder.knn_topic_accuracy)]
-        if model.encoder.has_reference:
-            views.append(model.encoder.mean_reference_cosine)
-        return min(views), ENCODER_QUALITY
-    if not (baseline.perplexity and model.perplexity and baseline.top1_accuracy):
-        return 0.0, CAUSAL_QUALITY
-    return min(_ratio(model.top1_accuracy, baseline.top1_accuracy),
-               _ratio(baseline.perplexity, model.perplexity)), CAUSAL_QUALITY
-
-
 def comparison_row(index: int, label: str, model: common_pb2.ModelMetrics, baseline: common_pb2.ModelMetrics,
-                   is_baseline: bool, thresholds: ThresholdSetDef | None) -> common_pb2.ComparisonRow:
+                   is_baseline: bool, thresholds: ThresholdSetDef | None,
+                   speed: list[common_pb2.SpeedRatio] = ()) -> common_pb2.ComparisonRow:
+    """`speed`: the model's paired ratios to the baseline from the interleaved run (main phase
+    first); the row's speedup is that ratio when given, else the ratio of the two p50s."""
     retention, metric = quality_retention(model, baseline)
+    main_speedup = speed[0].speedup if speed else _ratio(baseline.latency.p50_ms, model.latency.p50_ms)
     row = common_pb2.ComparisonRow(
-        index=index, model=label, baseline=is_baseline,
+        index=index, model=label, baseline=is_baseline, speed=speed,
         size_ratio=_ratio(model.size_on_disk_bytes, baseline.size_on_disk_bytes),
         parameter_ratio=_ratio(model.parameters, baseline.parameters),
         flops_ratio=_ratio(model.flops, baseline.flops),
-        latency_ratio=_ratio(model.latency.p50_ms, baseline.latency.p50_ms),
-        speedup=_ratio(baseline.latency.p50_ms, model.latency.p50_ms),
+        latency_ratio=_ratio(1.0, main_speedup),
+        speedup=main_speedup,
         memory_ratio=_ratio(model.peak_rss_mb, baseline.peak_rss_mb),
         quality_retention=retention, quality_metric=metric,
     )

@@ -143,10 +143,11 @@ def add_reference(figures: dict, embeddings, reference) -> dict:
     return asdict(quality.encoder_quality(embeddings, labels, reference))
 
 
-def compare_folders(folders: list[Path], baseline_index: int, config: EvaluationConfig) -> tuple[list[dict], int]:
+def compare_folders(folders: list[Path], baseline_index: int, config: EvaluationConfig) -> tuple[list[dict], dict]:
     """Figures of N models on the same inputs: each model's own probe (parameters, FLOPs, peak RSS,
-    quality, decode), then one process timing all of them in interleaved rounds. Encoders are
-    scored against the baseline's embeddings. Returns the figures and the number of rounds."""
+    quality), then one process timing all of them in interleaved rounds, prefill (or forward) and
+    decode. Encoders are scored against the baseline's embeddings. Returns the figures (each with
+    its `speed` against the baseline) and the interleaved run's `rounds` and machine `load`."""
     results = []
     with tempfile.TemporaryDirectory(prefix="mp-compare-") as tmp:
         paths = [Path(tmp) / f"embeddings-{i}.safetensors" for i in range(len(folders))]
@@ -157,10 +158,13 @@ def compare_folders(folders: list[Path], baseline_index: int, config: Evaluation
             reference = _load_embeddings(paths[baseline_index])
             for figures, path in zip(results, paths):
                 figures["encoder"] = add_reference(figures, _load_embeddings(path), reference)
-    timed = run_probe("interleave", config.plan(folders))
-    for figures, latency in zip(results, timed["latency"]):
+    timed = run_probe("interleave", config.plan(folders, baseline_index=baseline_index))
+    for figures, latency, speed in zip(results, timed["latency"], timed["speed"]):
         figures["latency"] = latency
+        figures["speed"] = speed
+        figures["timing_load"] = timed["load"]
+        figures.pop("decode", None)
     for figures, decode in zip(results, timed.get("decode") or []):
         if decode is not None:
             figures["decode"] = decode
-    return results, timed["rounds"]
+    return results, {"rounds": timed["rounds"], "load": timed["load"]}

@@ -1,7 +1,9 @@
 """Wall-clock latency of forward passes: warm-up, fixed inputs, every pass kept, spread reported.
 
 Plain PyTorch. The caller fixes the thread count (torch.set_num_threads) before timing;
-the figures record it so two runs are only compared at the same setting.
+the figures record it so two runs are only compared at the same setting. A figure whose
+95 % interval is too wide (noise.RELATIVE_BOUND) gets more passes, up to EXTRA_ROUNDS
+times the asked number, and is marked unreliable if it stays too wide.
 """
 
 from __future__ import annotations
@@ -14,6 +16,11 @@ from typing import Callable, Sequence
 
 import torch
 from torch import nn
+
+from services.evaluator.noise import Ratio, bootstrap_median_interval, interval_reason, paired_speedup, too_wide
+
+# A noisy figure is timed again, up to this many times the passes asked for in all.
+EXTRA_ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,10 @@ class LatencyFigures:
     tokens_per_s: float
     samples_per_s: float
     samples_ms: list[float] = field(default_factory=list)
+    p50_ci95_low_ms: float = 0.0
+    p50_ci95_high_ms: float = 0.0
+    unreliable: bool = False
+    unreliable_reason: str = ""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -54,7 +65,11 @@ def summarize(samples_ms: list[float], *, batch_size: int, sequence_length: int,
     """Percentiles and spread of timed passes; throughput from the median pass."""
     ordered = sorted(samples_ms)
     p50 = percentile(ordered, 0.50)
+    low, high = bootstrap_median_interval(samples_ms)
+    wide = too_wide(p50, low, high)
     return LatencyFigures(
+        p50_ci95_low_ms=low, p50_ci95_high_ms=high, unreliable=wide,
+        unreliable_reason=interval_reason(f"{phase} p50", p50, low, high, len(samples_ms), " ms") if wide else "",
         p50_ms=p50, p95_ms=percentile(ordered, 0.95), p99_ms=percentile(ordered, 0.99),
         mean_ms=statistics.fmean(samples_ms),
         stdev_ms=statistics.stdev(samples_ms) if len(samples_ms) > 1 else 0.0,
@@ -115,10 +130,18 @@ def measure_forward(model: nn.Module, *, batch_size: int, sequence_length: int, 
                     vocab_size: int = 1000, causal: bool = False) -> LatencyFigures:
     """One pass over batch_size x sequence_length tokens (for a causal LM: its prefill)."""
     ids = fixed_token_ids(batch_size, sequence_length, vocab_size)
-    samples = time_passes(forward_pass(model, ids, causal=causal), iterations=iterations, warmup=warmup)
+    run = forward_pass(model, ids, causal=causal)
+    samples = time_passes(run, iterations=iterations, warmup=warmup)
+    while _wide(samples) and len(samples) < EXTRA_ROUNDS * iterations:
+        samples += time_passes(run, iterations=iterations, warmup=0)
     phase = "prefill" if causal else "forward"
     return summarize(samples, batch_size=batch_size, sequence_length=sequence_length, phase=phase, warmup=warmup,
                      tokens_per_pass=batch_size * sequence_length)
+
+
+def _wide(samples: list[float]) -> bool:
+    low, high = bootstrap_median_interval(samples)
+    return too_wide(statistics.median(samples), low, high) if samples else False
 
 
 def measure_decode(model: nn.Module, *, batch_size: int, prompt_length: int, tokens: int, warmup: int = 2,
@@ -145,6 +168,14 @@ def measure_decode(model: nn.Module, *, batch_size: int, prompt_length: int, tok
 
 def interleaved_decode(models: Sequence[nn.Module], *, batch_size: int, prompt_length: int, tokens: int,
                        warmup: int = 2, vocab_size: int = 1000) -> list[LatencyFigures]:
+    samples = _interleaved_decode_samples(models, batch_size=batch_size, prompt_length=prompt_length, tokens=tokens,
+                                          warmup=warmup, vocab_size=vocab_size)
+    return [summarize(s, batch_size=batch_size, sequence_length=prompt_length, phase="decode", warmup=warmup,
+                      tokens_per_pass=batch_size) for s in samples]
+
+
+def _interleaved_decode_samples(models: Sequence[nn.Module], *, batch_size: int, prompt_length: int, tokens: int,
+                                warmup: int = 2, vocab_size: int = 1000) -> list[list[float]]:
     """Per-token decode of N models in rounds: each holds its own KV cache after one untimed
     prefill of the same prompt, then every round each decodes one greedy token, the order
     rotating, so machine drift falls on every model alike."""
@@ -167,22 +198,22 @@ def interleaved_decode(models: Sequence[nn.Module], *, batch_size: int, prompt_l
                 states[i] = (out.cache, out.logits[:, -1:].argmax(-1))
                 if step >= warmup:
                     samples[i].append(elapsed)
-    return [summarize(s, batch_size=batch_size, sequence_length=prompt_length, phase="decode", warmup=warmup,
-                      tokens_per_pass=batch_size) for s in samples]
+    return samples
 
 
 def interleaved_forward(models: Sequence[nn.Module], *, batch_size: int, sequence_length: int, rounds: int,
                         warmup: int = 3, vocab_size: int = 1000, causal: bool = False) -> list[LatencyFigures]:
     """Times N models on the same ids in rounds of one pass each, the order rotating every round,
     so slow drift of the machine (other load, thermals) falls on every model alike."""
-    ids = fixed_token_ids(batch_size, sequence_length, vocab_size)
-    runs = [forward_pass(m, ids, causal=causal) for m in models]
-    phase = "prefill" if causal else "forward"
-    for run in runs:
-        for _ in range(warmup):
-            run()
-    samples: list[list[float]] = [[] for _ in models]
-    for r in range(rounds):
+    figures, _ = steady_interleaved_forward(models, baseline_index=0, batch_size=batch_size,
+                                            sequence_length=sequence_length, rounds=rounds, max_rounds=rounds,
+                                            warmup=warmup, vocab_size=vocab_size, causal=causal)
+    return figures
+
+
+def _rounds(runs: list[Callable[[], None]], samples: list[list[float]], count: int) -> None:
+    first = len(samples[0])
+    for r in range(first, first + count):
         for k in range(len(runs)):
             i = (r + k) % len(runs)
             _synchronize()
@@ -190,5 +221,45 @@ def interleaved_forward(models: Sequence[nn.Module], *, batch_size: int, sequenc
             runs[i]()
             _synchronize()
             samples[i].append((time.perf_counter() - start) * 1000)
-    return [summarize(s, batch_size=batch_size, sequence_length=sequence_length, phase=phase, warmup=warmup,
-                      tokens_per_pass=batch_size * sequence_length) for s in samples]
+
+
+def _ratios(samples: list[list[float]], baseline_index: int, phase: str) -> list[Ratio]:
+    return [paired_speedup(samples[baseline_index], s, phase) for s in samples]
+
+
+def steady_interleaved_forward(models: Sequence[nn.Module], *, baseline_index: int, batch_size: int,
+                               sequence_length: int, rounds: int, max_rounds: int, warmup: int = 3,
+                               vocab_size: int = 1000, causal: bool = False
+                               ) -> tuple[list[LatencyFigures], list[Ratio]]:
+    """Interleaved rounds until every model's speedup over the baseline has a narrow enough
+    interval, or max_rounds; returns each model's figures and its ratio to the baseline."""
+    ids = fixed_token_ids(batch_size, sequence_length, vocab_size)
+    runs = [forward_pass(m, ids, causal=causal) for m in models]
+    phase = "prefill" if causal else "forward"
+    for run in runs:
+        for _ in range(warmup):
+            run()
+    samples: list[list[float]] = [[] for _ in models]
+    _rounds(runs, samples, rounds)
+    while len(samples[0]) < max_rounds and any(r.unreliable for r in _ratios(samples, baseline_index, phase)):
+        _rounds(runs, samples, min(rounds, max_rounds - len(samples[0])))
+    figures = [summarize(s, batch_size=batch_size, sequence_length=sequence_length, phase=phase, warmup=warmup,
+                         tokens_per_pass=batch_size * sequence_length) for s in samples]
+    return figures, _ratios(samples, baseline_index, phase)
+
+
+def steady_interleaved_decode(models: Sequence[nn.Module], *, baseline_index: int, batch_size: int,
+                              prompt_length: int, tokens: int, max_tokens: int, warmup: int = 2,
+                              vocab_size: int = 1000) -> tuple[list[LatencyFigures], list[Ratio]]:
+    """Interleaved decode; while a ratio is too noisy, decoded again with twice the tokens (a
+    fresh prefill each time), up to max_tokens."""
+    while True:
+        samples = _interleaved_decode_samples(models, batch_size=batch_size, prompt_length=prompt_length,
+                                              tokens=tokens, warmup=warmup, vocab_size=vocab_size)
+        ratios = _ratios(samples, baseline_index, "decode")
+        if tokens >= max_tokens or not any(r.unreliable for r in ratios):
+            break
+        tokens = min(max_tokens, tokens * 2)
+    figures = [summarize(s, batch_size=batch_size, sequence_length=prompt_length, phase="decode", warmup=warmup,
+                         tokens_per_pass=batch_size) for s in samples]
+    return figures, ratios

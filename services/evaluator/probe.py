@@ -36,6 +36,8 @@ class ProbePlan:
     # False: one untimed pass at the main shape (FLOPs and RSS still measured), no timing.
     time_latency: bool = True
     device: str = "cpu"
+    # interleave: the model every other model's speedup is measured against.
+    baseline_index: int = 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -76,6 +78,7 @@ def measure(plan: ProbePlan) -> dict:
     from services.common import modelio
     from services.evaluator import latency, quality
     from services.evaluator.machine import PowerMeter, describe_machine
+    from services.evaluator.machine_load import LoadWatch
     from services.evaluator.measure import count_flops, count_parameters
     from services.evaluator.formats import load_for_measurement
 
@@ -95,6 +98,7 @@ def measure(plan: ProbePlan) -> dict:
         "machine": describe_machine(use_gpu=plan.device != "cpu").as_dict(),
     }
     if plan.time_latency:
+        watch = LoadWatch().start()
         power = PowerMeter()
         power.start()
         main = latency.measure_forward(model, batch_size=plan.batch_size, sequence_length=plan.sequence_length,
@@ -113,6 +117,7 @@ def measure(plan: ProbePlan) -> dict:
             figures["decode"] = latency.measure_decode(model, batch_size=plan.batch_size,
                                                        prompt_length=plan.sequence_length, tokens=plan.decode_tokens,
                                                        vocab_size=vocab).as_dict()
+        figures["timing_load"] = watch.stop().as_dict()
     else:
         latency.forward_pass(model, ids, causal=causal)()
     # Peak while loaded and run at the stated shapes, before the quality passes' own shapes.
@@ -135,25 +140,37 @@ def measure(plan: ProbePlan) -> dict:
 
 
 def interleave(plan: ProbePlan) -> dict:
+    """Latency of N models in one process, interleaved, with each one's speedup over the
+    baseline; rounds are added while a speedup is too noisy to read (latency.EXTRA_ROUNDS)."""
     from services.evaluator import latency
     from services.evaluator.formats import load_for_measurement
+    from services.evaluator.machine_load import LoadWatch
 
     loaded = [load_for_measurement(Path(folder), plan.device, plan.threads) for folder in plan.models]
     kinds = {m.kind for m in loaded}
     if len(kinds) != 1:
         raise SystemExit(f"cannot compare latency across model kinds {sorted(kinds)}")
-    figures = latency.interleaved_forward([m.model for m in loaded], batch_size=plan.batch_size,
-                                          sequence_length=plan.sequence_length, rounds=plan.iterations,
-                                          warmup=plan.warmup, vocab_size=min(m.vocab_size for m in loaded),
-                                          causal=kinds == {"causal-lm"})
-    result = {"latency": [f.as_dict() for f in figures], "rounds": plan.iterations}
-    if kinds == {"causal-lm"} and plan.decode_tokens:
-        decodable = [getattr(m.model, "supports_decode", True) for m in loaded]
-        decoded = iter(latency.interleaved_decode([m.model for m, ok in zip(loaded, decodable) if ok],
-                                                  batch_size=plan.batch_size, prompt_length=plan.sequence_length,
-                                                  tokens=plan.decode_tokens,
-                                                  vocab_size=min(m.vocab_size for m in loaded)))
-        result["decode"] = [next(decoded).as_dict() if ok else None for ok in decodable]
+    watch = LoadWatch().start()
+    figures, ratios = latency.steady_interleaved_forward(
+        [m.model for m in loaded], baseline_index=plan.baseline_index, batch_size=plan.batch_size,
+        sequence_length=plan.sequence_length, rounds=plan.iterations,
+        max_rounds=latency.EXTRA_ROUNDS * plan.iterations, warmup=plan.warmup,
+        vocab_size=min(m.vocab_size for m in loaded), causal=kinds == {"causal-lm"})
+    result = {"latency": [f.as_dict() for f in figures], "rounds": figures[0].iterations,
+              "speed": [[r.as_dict()] for r in ratios]}
+    decodable = [getattr(m.model, "supports_decode", True) for m in loaded]
+    if kinds == {"causal-lm"} and plan.decode_tokens and decodable[plan.baseline_index]:
+        chosen = [i for i, ok in enumerate(decodable) if ok]
+        decoded, decode_ratios = latency.steady_interleaved_decode(
+            [loaded[i].model for i in chosen], baseline_index=chosen.index(plan.baseline_index),
+            batch_size=plan.batch_size, prompt_length=plan.sequence_length, tokens=plan.decode_tokens,
+            max_tokens=min(512, latency.EXTRA_ROUNDS * plan.decode_tokens),
+            vocab_size=min(m.vocab_size for m in loaded))
+        result["decode"] = [None] * len(loaded)
+        for i, figure, ratio in zip(chosen, decoded, decode_ratios):
+            result["decode"][i] = figure.as_dict()
+            result["speed"][i].append(ratio.as_dict())
+    result["load"] = watch.stop().as_dict()
     return result
 
 

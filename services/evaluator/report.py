@@ -31,20 +31,25 @@ MB = 1e6  # sizes on disk in SI megabytes, as the CLI prints them
 class Report:
     title: str
     headline: str
-    verdict: str  # "pass", "fail" or "info"
+    verdict: str  # "pass" (green), "warn" (amber: something got worse or is unreliable), "fail" or "info"
     data: dict[str, Any]
     plots: dict[str, str] = field(default_factory=dict)  # caption -> base64 PNG
     tables: list[tuple[str, list[str], list[list[str]]]] = field(default_factory=list)
     # Captions of plots shown at the page's full width (per-layer bars).
     wide_plots: set[str] = field(default_factory=set)
+    # Under the headline: what was measured, when, on which machine.
+    context: str = ""
 
     def json(self) -> str:
         return json.dumps({"title": self.title, "headline": self.headline, "verdict": self.verdict,
+                           "context": self.context,
                            "plots": list(self.plots), **self.data}, indent=2, sort_keys=False)
 
     def html(self) -> str:
         parts = [f"<h1>{html.escape(self.title)}</h1>",
                  f'<p class="headline {self.verdict}">{html.escape(self.headline)}</p>']
+        if self.context:
+            parts.append(f'<p class="context">{html.escape(self.context)}</p>')
         for caption, rows_header, rows in self.tables:
             parts.append(f"<h2>{html.escape(caption)}</h2>" + _table(rows_header, rows))
         for caption, png in self.plots.items():
@@ -59,6 +64,8 @@ body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px
 .headline {{ font-size: 1.35rem; padding: .8rem 1rem; border-radius: 6px; background: #eef2f7; }}
 .headline.pass {{ background: #e3f5e8; border-left: 6px solid #2e9d4f; }}
 .headline.fail {{ background: #fbe7e6; border-left: 6px solid #c9372c; }}
+.headline.warn {{ background: #fdf3dc; border-left: 6px solid #d89a14; }}
+.context {{ color: #555; font-size: .9rem; }}
 table {{ border-collapse: collapse; margin: .5rem 0 1.5rem; font-size: .9rem; }}
 th, td {{ border: 1px solid #d0d4da; padding: .3rem .6rem; text-align: right; }}
 th:first-child, td:first-child {{ text-align: left; }}
@@ -200,6 +207,21 @@ def layer_errors(events: list[dict]) -> tuple[str, list[tuple[str, float]]]:
     return "", []
 
 
+def _latency_cell(figures: dict) -> str:
+    cell = (f"{_num(figures.get('p50Ms', 0))} / {_num(figures.get('p95Ms', 0))} / {_num(figures.get('p99Ms', 0))}"
+            f" ± {_num(figures.get('stdevMs', 0), 2)}")
+    return cell + (" (unreliable)" if figures.get("unreliable") else "")
+
+
+def _ratio_cell(speed: dict | None) -> str:
+    """compressed ÷ original time, with the interval from the interleaved rounds (< 1 is faster)."""
+    if not speed or not speed.get("speedup"):
+        return "-"
+    cell = (f"{1 / speed['speedup']:.3f} [{1 / speed['ci95High']:.3f}–{1 / speed['ci95Low']:.3f}]"
+            if speed.get("ci95Low") and speed.get("ci95High") else f"{1 / speed['speedup']:.3f}")
+    return cell + (" unreliable" if speed.get("unreliable") else "")
+
+
 def loss_curves(events: list[dict]) -> dict[str, list[float]]:
     """Loss series from progress events, one point per distinct layer/block that reported it."""
     curves: dict[str, list[float]] = {}
@@ -218,59 +240,90 @@ def loss_curves(events: list[dict]) -> dict[str, list[float]]:
     return curves
 
 
+VERDICT_OF_COLOUR = {"green": "pass", "amber": "warn", "red": "fail"}
+
+
+def machine_text(machine: dict, load: dict | None = None) -> str:
+    """CPU model, ISA and threads (and the load while timing) as one line."""
+    if not machine:
+        return ""
+    isa = ", ".join(machine.get("isaFeatures", [])[-4:]) or "unknown ISA"
+    text = f"{machine.get('cpuModel', '?')} ({machine.get('logicalCores', 0)} threads; {isa})"
+    if load:
+        text += (f", load while timing: other processes {load.get('othersCpuShare', 0.0):.0%} of the CPU, "
+                 f"load average {load.get('loadAverage1m', 0.0):.2f}")
+    return text
+
+
+def _result_message(result: dict):
+    from google.protobuf import json_format
+
+    from modelpress.v1 import common_pb2
+
+    return json_format.ParseDict(result, common_pb2.CompressionResult(), ignore_unknown_fields=True)
+
+
+def _model_name(job: dict) -> str:
+    model = job.get("model", {})
+    if model.get("builtin"):
+        return model["builtin"]
+    if model.get("path"):
+        return model["path"].rstrip("/").rsplit("/", 1)[-1]
+    return f"artifact {model.get('artifactId', '?')}"
+
+
 def job_report(job: dict, events: list[dict]) -> Report:
+    from services.common.headline import job_headline
+
     result = job.get("result", {})
     original, compressed = result.get("original", {}), result.get("compressed", {})
-    name = job.get("name") or job.get("jobId", "")
+    model_name = _model_name(job)
     quality_name, before_q = _quality_of(original)
     _, after_q = _quality_of(compressed)
-    size_ratio = (compressed.get("sizeOnDiskBytes", 0) / original["sizeOnDiskBytes"]
-                  if original.get("sizeOnDiskBytes") else 0.0)
-    speedup = result.get("latencyImprovement", 0.0)
     state = job.get("state", "")
     if not original:
         headline = f"{job.get('recipe')}: {state}; no before/after measurement was made"
         verdict = "info"
     else:
-        if quality_name == "perplexity":
-            quality_text = f"perplexity {before_q:.3f} → {after_q:.3f} ({result.get('perplexityIncrease', 0):+.2%})"
-        else:
-            cosine = compressed.get("encoder", {}).get("meanReferenceCosine")
-            quality_text = f"topic k-NN accuracy {before_q:.3f} → {after_q:.3f}" + (
-                f", mean cosine to the original {cosine:.4f}" if cosine else "")
-        headline = (f"{job.get('recipe')}: {size_ratio:.1%} of the original size "
-                    f"({result.get('compressionRatio', 0):.2f}× smaller), {quality_text}, "
-                    f"p50 latency {speedup:.2f}× the original's speed")
-        verdict = "pass" if state == "JOB_STATE_SUCCEEDED" else "fail"
-    report = Report(title=f"modelpress report: {name}", headline=headline, verdict=verdict,
-                    data={"kind": "job", "job": job})
+        told = job_headline(job.get("recipe", ""), _result_message(result), state == "JOB_STATE_SUCCEEDED")
+        headline, verdict = told.text, VERDICT_OF_COLOUR[told.colour]
+    finished = job.get("finishedAt") or job.get("createdAt", "")
+    context = f"job {job.get('jobId', '')} on {model_name}"
+    if finished:
+        context += f", {str(finished)[:19].replace('T', ' ')} UTC"
+    if original.get("machine"):
+        context += f"; measured on {machine_text(original['machine'], result.get('timingLoad'))}"
+    report = Report(title=f"modelpress report: {job.get('recipe', '')} of {model_name}", headline=headline,
+                    verdict=verdict, data={"kind": "job", "job": job}, context=context)
     if original:
         rows = []
-        for label, key, scale, digits in (("size on disk (MB)", "sizeOnDiskBytes", 1 / MB, 4),
-                                          ("parameters", "parameters", 1, 6),
-                                          ("stored parameter bytes (MB)", "parameterBytes", 1 / MB, 4),
-                                          ("FLOPs per pass (G)", "flops", 1e-9, 4),
-                                          ("peak RSS (MB)", "peakRssMb", 1, 4),
-                                          ("perplexity", "perplexity", 1, 5),
-                                          ("top-1 accuracy", "top1Accuracy", 1, 4)):
+        for label, key, scale, digits, better in (("size on disk (MB)", "sizeOnDiskBytes", 1 / MB, 4, "lower"),
+                                                  ("parameters", "parameters", 1, 6, "lower"),
+                                                  ("stored parameter bytes (MB)", "parameterBytes", 1 / MB, 4, "lower"),
+                                                  ("FLOPs per pass (G)", "flops", 1e-9, 4, "lower"),
+                                                  ("peak RSS (MB)", "peakRssMb", 1, 4, "lower"),
+                                                  ("perplexity", "perplexity", 1, 5, "lower"),
+                                                  ("top-1 accuracy", "top1Accuracy", 1, 4, "higher")):
             a, b = float(original.get(key, 0) or 0) * scale, float(compressed.get(key, 0) or 0) * scale
             if a or b:
-                rows.append([label, _num(a, digits), _num(b, digits), _num(b / a, 4) if a else "-"])
-        for label, section in (("forward p50 / p95 / p99 (ms)", "latency"), ("decode p50 / p95 / p99 (ms)", "decode")):
+                rows.append([label, _num(a, digits), _num(b, digits), _num(b / a, 4) if a else "-", better])
+        phase = original.get("latency", {}).get("phase", "forward")
+        for label, section, ratio_key in ((f"{phase} p50 / p95 / p99 (ms)", "latency", "prefillSpeedup"),
+                                          ("decode p50 / p95 / p99 (ms)", "decode", "decodeSpeedup")):
             a, b = original.get(section), compressed.get(section)
             if a and b:
-                rows.append([label] + [f"{_num(x.get('p50Ms', 0))} / {_num(x.get('p95Ms', 0))} / "
-                                       f"{_num(x.get('p99Ms', 0))} ± {_num(x.get('stdevMs', 0), 2)}" for x in (a, b)]
-                            + [_num(b.get("p50Ms", 0) / a["p50Ms"], 4) if a.get("p50Ms") else "-"])
+                rows.append([label] + [_latency_cell(x) for x in (a, b)] + [_ratio_cell(result.get(ratio_key)),
+                                                                            "lower"])
         if original.get("encoder"):
             a = original["encoder"].get("knnTopicAccuracy", 0.0)
             b = compressed.get("encoder", {}).get("knnTopicAccuracy", 0.0)
-            rows.append(["topic k-NN accuracy", _num(a, 4), _num(b, 4), _num(b / a, 4) if a else "-"])
+            rows.append(["topic k-NN accuracy", _num(a, 4), _num(b, 4), _num(b / a, 4) if a else "-", "higher"])
             # The original is the reference of these two: shown as such, not as a zero.
             for label, key in (("mean cosine to the original", "meanReferenceCosine"),
                                ("nearest-neighbour agreement", "neighbourAgreement")):
-                rows.append([label, "reference", _num(compressed.get("encoder", {}).get(key, 0.0), 4), "-"])
-        report.tables.append(("Before and after", ["figure", "original", "compressed", "ratio"], rows))
+                rows.append([label, "reference", _num(compressed.get("encoder", {}).get(key, 0.0), 4), "-", "higher"])
+        report.tables.append(("Before and after", ["figure", "original", "compressed", "compressed ÷ original",
+                                                   "better"], rows))
         report.plots["size against quality"] = size_quality_plot(
             [("original", original.get("sizeOnDiskBytes", 0) / MB, before_q, True),
              ("compressed", compressed.get("sizeOnDiskBytes", 0) / MB, after_q, verdict == "pass")],

@@ -72,6 +72,8 @@ def metrics_message(figures: dict) -> common_pb2.ModelMetrics:
         metrics.decode.CopyFrom(latency_message(figures["decode"]))
     if "encoder" in figures:
         metrics.encoder.CopyFrom(common_pb2.EncoderQuality(**figures["encoder"]))
+    if "timing_load" in figures:
+        metrics.timing_load.CopyFrom(common_pb2.MachineLoad(**figures["timing_load"]))
     return metrics
 
 
@@ -198,7 +200,7 @@ class EvaluatorServicer(evaluator_pb2_grpc.EvaluatorServiceServicer):
             if len(set(kinds.values())) > 1:
                 raise ConfigError("models: a comparison needs models of one kind, got "
                                   + ", ".join(f"{name} ({kind})" for name, kind in kinds.items()))
-            figures, rounds = await self._measure(compare_folders, folders, request.baseline_index, config)
+            figures, run = await self._measure(compare_folders, folders, request.baseline_index, config)
         except UnknownThresholdSet as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc.args[0]))
             return
@@ -209,11 +211,15 @@ class EvaluatorServicer(evaluator_pb2_grpc.EvaluatorServiceServicer):
         baseline = measured[request.baseline_index]
         comparison = common_pb2.Comparison(
             comparison_id="c-" + uuid.uuid4().hex[:16], baseline_index=request.baseline_index,
-            threshold_set=request.threshold_set, interleaved_rounds=rounds, machine=baseline.machine,
-            rows=[comparison_row(i, model_label(ref, folder), m, baseline, i == request.baseline_index, thresholds)
-                  for i, (ref, folder, m) in enumerate(zip(request.models, folders, measured))])
+            threshold_set=request.threshold_set, interleaved_rounds=run["rounds"], machine=baseline.machine,
+            load=common_pb2.MachineLoad(**run["load"]),
+            rows=[comparison_row(i, model_label(ref, folder), m, baseline, i == request.baseline_index, thresholds,
+                                 [common_pb2.SpeedRatio(**r) for r in f["speed"]])
+                  for i, (ref, folder, m, f) in enumerate(zip(request.models, folders, measured, figures))])
         comparison.created_at.GetCurrentTime()
-        comparison.report.CopyFrom(await self._store_report(reports.comparison_report(reports.to_plain(comparison))))
+        if not request.skip_report:
+            comparison.report.CopyFrom(
+                await self._store_report(reports.comparison_report(reports.to_plain(comparison))))
         return evaluator_pb2.EvaluatorServiceCompareResponse(comparison=comparison)
 
     async def ListThresholdSets(self, request, context):

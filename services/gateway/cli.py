@@ -13,17 +13,20 @@ from pathlib import Path
 import grpc
 from google.protobuf import json_format
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from modelpress.v1 import common_pb2
+from services.common.headline import job_headline
 from services.common.settings import DEFAULT_PORTS, default_home
 from services.gateway import cli_evaluation, launcher
-from services.gateway.client import GatewayClient
-from services.gateway.results import seed_result
+from modelpress import Client
+from services.gateway.results import result_fields
 
 err = Console(stderr=True)
 out = Console()
+HEADLINE_STYLE = {"green": "bold green", "amber": "bold yellow", "red": "bold red"}
 
 
 def _gateway_target(args) -> str:
@@ -95,7 +98,7 @@ def cmd_status(args) -> int:
 # ---- jobs --------------------------------------------------------------------------
 
 
-def follow(client: GatewayClient, job_id: str, quiet: bool) -> None:
+def follow(client: Client, job_id: str, quiet: bool) -> None:
     """Renders WatchJob as progress bars (one per stage) until the job ends."""
     if quiet:
         for _ in client.watch(job_id):
@@ -119,40 +122,72 @@ def follow(client: GatewayClient, job_id: str, quiet: bool) -> None:
                 bars.console.print(f"job {job_id}: {state}{note}")
 
 
-def print_result(result: common_pb2.CompressionResult) -> None:
+def _latency_cell(stats: common_pb2.LatencyStats) -> str:
+    return f"{stats.p50_ms:.1f} ± {stats.stdev_ms:.1f}" + (" (unreliable)" if stats.unreliable else "")
+
+
+def _speed_cell(ratio: common_pb2.SpeedRatio) -> str:
+    """compressed ÷ original time with its interval (the inverse of the speedup)."""
+    if not ratio.speedup:
+        return "-"
+    cell = f"{1 / ratio.speedup:.3f}"
+    if ratio.ci95_low and ratio.ci95_high:
+        cell += f" [{1 / ratio.ci95_high:.3f}–{1 / ratio.ci95_low:.3f}]"
+    return cell + (" unreliable" if ratio.unreliable else "")
+
+
+def print_result(job: common_pb2.Job) -> None:
+    """The before/after table (every ratio compressed ÷ original, with which way is better) and
+    the one-line outcome; a job measured without evaluation shows its size alone."""
+    result = job.result
     o, c = result.original, result.compressed
-    table = Table("metric", "original", "compressed", "ratio", title=f"job {result.job_id}")
+    if not o.size_on_disk_bytes:
+        out.print(f"job {job.job_id}: {result.compressed_model_size_bytes / 1e6:.1f} MB, artifact "
+                  f"{result.compressed_artifact_id} (not evaluated)")
+        return
+    table = Table("metric", "original", "compressed", "compressed ÷ original", "better",
+                  title=f"job {job.job_id} ({job.recipe})")
 
-    def row(name, before, after, fmt, ratio=None):
-        shown = f"{ratio:.3f}" if ratio is not None else (f"{after / before:.3f}" if before else "-")
-        table.add_row(name, fmt.format(before), fmt.format(after), shown)
+    def row(name, before, after, fmt, better="lower"):
+        table.add_row(name, fmt.format(before), fmt.format(after), f"{after / before:.3f}" if before else "-", better)
 
-    row("size on disk (MB)", result.original_model_size_bytes / 1e6, result.compressed_model_size_bytes / 1e6,
-        "{:.1f}")
-    row("parameters (M)", result.original_params / 1e6, result.compressed_params / 1e6, "{:.2f}")
-    row(f"latency p50 (ms, b{o.latency.batch_size}×s{o.latency.sequence_length})", result.original_latency_ms,
-        result.compressed_latency_ms, "{:.1f}")
-    row("latency p95 (ms)", o.latency.p95_ms, c.latency.p95_ms, "{:.1f}")
-    row("latency p99 (ms)", o.latency.p99_ms, c.latency.p99_ms, "{:.1f}")
-    row("peak RSS (MB)", result.original_memory_mb, result.compressed_memory_mb, "{:.0f}")
-    if result.original_perplexity:
-        row(f"perplexity (held-out, {o.quality_tokens} tokens)", result.original_perplexity,
-            result.compressed_perplexity, "{:.3f}")
-        row("next-token top-1 accuracy", result.original_accuracy, result.compressed_accuracy, "{:.4f}")
+    row("size on disk (MB)", o.size_on_disk_bytes / 1e6, c.size_on_disk_bytes / 1e6, "{:.1f}")
+    row("parameters (M)", o.parameters / 1e6, c.parameters / 1e6, "{:.2f}")
+    shape = f"b{o.latency.batch_size}×s{o.latency.sequence_length}"
+    table.add_row(f"{o.latency.phase or 'forward'} p50 ± sd (ms, {shape})", _latency_cell(o.latency),
+                  _latency_cell(c.latency), _speed_cell(result.prefill_speedup), "lower")
+    if result.decode_speedup.phase:
+        table.add_row("decode p50 ± sd (ms/token)", _latency_cell(o.decode), _latency_cell(c.decode),
+                      _speed_cell(result.decode_speedup), "lower")
+    row("peak RSS (MB)", o.peak_rss_mb, c.peak_rss_mb, "{:.0f}")
+    if o.kind == "encoder":
+        row("topic k-NN accuracy", o.encoder.knn_topic_accuracy, c.encoder.knn_topic_accuracy, "{:.4f}", "higher")
+        if c.encoder.has_reference:
+            table.add_row("mean cosine to the original", "reference", f"{c.encoder.mean_reference_cosine:.4f}", "-",
+                          "higher")
+    elif o.perplexity:
+        row(f"perplexity (held-out, {o.quality_tokens} tokens)", o.perplexity, c.perplexity, "{:.3f}")
+        row("next-token top-1 accuracy", o.top1_accuracy, c.top1_accuracy, "{:.4f}", "higher")
     out.print(table)
-    out.print(f"compression ratio {result.compression_ratio:.2f}x, perplexity "
-              f"{result.perplexity_increase:+.2%}, artifact {result.compressed_artifact_id}")
+    load = result.timing_load
+    if o.machine.cpu_model:
+        out.print(f"measured on {o.machine.cpu_model} ({o.machine.logical_cores} threads), latency interleaved in "
+                  f"one process; other processes used {load.others_cpu_share:.0%} of the CPU meanwhile "
+                  f"(load average {load.load_average_1m:.2f})", markup=False)
+    told = job_headline(job.recipe, result)
+    out.print(f"[{HEADLINE_STYLE[told.colour]}]{escape(told.text)}[/]")
+    out.print(f"artifact {result.compressed_artifact_id}", markup=False)
 
 
 def cmd_compress(args) -> int:
     evaluation = cli_evaluation.spec_from(args, skip=args.no_eval)
-    with GatewayClient(_gateway_target(args)) as client:
+    with Client(_gateway_target(args)) as client:
         job = client.create_job(args.model, args.recipe, overrides=_parse_overrides(args.set), evaluation=evaluation,
                                 name=args.name)
         return _finish_job(client, job, args)
 
 
-def _finish_job(client: GatewayClient, job: common_pb2.Job, args) -> int:
+def _finish_job(client: Client, job: common_pb2.Job, args) -> int:
     """Follows a submitted job when asked (--wait) and prints its outcome; the exit code says it."""
     if not args.wait:
         if args.json:
@@ -168,17 +203,17 @@ def _finish_job(client: GatewayClient, job: common_pb2.Job, args) -> int:
             "status": _state_name(job.state),
             "artifact_id": job.output.id,
             "error": job.error,
-            "result": seed_result(job.result) if job.state == common_pb2.JOB_STATE_SUCCEEDED else None,
+            "result": result_fields(job.result, job.recipe) if job.state == common_pb2.JOB_STATE_SUCCEEDED else None,
         }, indent=2))
     elif job.state == common_pb2.JOB_STATE_SUCCEEDED:
-        print_result(job.result)
+        print_result(job)
     else:
         err.print(f"job {job.job_id} {_state_name(job.state)}: {job.error}")
     return 0 if job.state == common_pb2.JOB_STATE_SUCCEEDED else 1
 
 
 def cmd_optimize(args) -> int:
-    with GatewayClient(_gateway_target(args)) as client:
+    with Client(_gateway_target(args)) as client:
         job = client.optimize(args.model, args.engine, precision=args.precision,
                               options=_parse_overrides(args.set),
                               evaluation=cli_evaluation.spec_from(args, skip=args.no_eval), name=args.name)
@@ -186,7 +221,7 @@ def cmd_optimize(args) -> int:
 
 
 def cmd_engines(args) -> int:
-    with GatewayClient(_gateway_target(args)) as client:
+    with Client(_gateway_target(args)) as client:
         engines = client.list_engines()
     if args.json:
         print(json.dumps([json_format.MessageToDict(e) for e in engines], indent=2))
@@ -199,7 +234,7 @@ def cmd_engines(args) -> int:
 
 
 def cmd_watch(args) -> int:
-    with GatewayClient(_gateway_target(args)) as client:
+    with Client(_gateway_target(args)) as client:
         if args.json:
             for event in client.watch(args.job_id):
                 print(json_format.MessageToJson(event, indent=None), flush=True)
@@ -214,7 +249,7 @@ def _job_row(job: common_pb2.Job) -> dict:
 
 
 def cmd_jobs(args) -> int:
-    with GatewayClient(_gateway_target(args)) as client:
+    with Client(_gateway_target(args)) as client:
         if args.action == "list":
             rows = [_job_row(j) for j in client.list_jobs()]
             if args.json:
@@ -239,7 +274,7 @@ def cmd_jobs(args) -> int:
 
 
 def cmd_download(args) -> int:
-    with GatewayClient(_gateway_target(args)) as client:
+    with Client(_gateway_target(args)) as client:
         ref = client.download(Path(args.out), job_id=args.job_id)
     out.print(f"artifact {ref.id} ({ref.size_bytes} bytes, sha256 {ref.sha256[:12]}…) -> {args.out}")
     return 0
@@ -255,7 +290,7 @@ def cmd_upload(args) -> int:
     if not folder.is_dir():
         out.print(f"[red]{folder}: not a folder[/red]")
         return 2
-    with GatewayClient(_gateway_target(args)) as client:
+    with Client(_gateway_target(args)) as client:
         ref = client.upload(folder, fmt=UPLOAD_FORMATS[args.format])
     if args.json:
         print(json_format.MessageToJson(ref))
@@ -265,14 +300,14 @@ def cmd_upload(args) -> int:
 
 
 def cmd_recipes(args) -> int:
-    with GatewayClient(_gateway_target(args)) as client:
+    with Client(_gateway_target(args)) as client:
         for recipe in client.list_recipes():
             out.print(f"[bold]{recipe.name}[/bold]: {recipe.summary}")
     return 0
 
 
 def cmd_methods(args) -> int:
-    with GatewayClient(_gateway_target(args)) as client:
+    with Client(_gateway_target(args)) as client:
         response = client.list_methods()
     if args.json:
         print(json_format.MessageToJson(response))
@@ -288,7 +323,7 @@ def cmd_methods(args) -> int:
 
 def _with_client(command):
     def run(args) -> int:
-        with GatewayClient(_gateway_target(args)) as client:
+        with Client(_gateway_target(args)) as client:
             return command(args, client)
 
     return run

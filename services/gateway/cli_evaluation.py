@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from modelpress.v1 import common_pb2
-from services.gateway.client import GatewayClient
+from modelpress import Client
 
 err = Console(stderr=True)
 out = Console()
@@ -78,7 +78,7 @@ def print_metrics(name: str, m: common_pb2.ModelMetrics) -> None:
     out.print(table)
 
 
-def cmd_evaluate(args, client: GatewayClient) -> int:
+def cmd_evaluate(args, client: Client) -> int:
     extra = {"reference": _ref(args.reference)} if args.reference else {}
     metrics = client.evaluate(args.model, spec_from(args, **extra))
     if args.json:
@@ -89,7 +89,7 @@ def cmd_evaluate(args, client: GatewayClient) -> int:
 
 
 def _ref(text: str) -> common_pb2.ModelRef:
-    from services.gateway.client import parse_model_ref
+    from modelpress import parse_model_ref
 
     return parse_model_ref(text)
 
@@ -119,7 +119,7 @@ def _verdict(passed: bool) -> str:
     return "[green]pass[/green]" if passed else "[red]FAIL[/red]"
 
 
-def cmd_compare(args, client: GatewayClient) -> int:
+def cmd_compare(args, client: Client) -> int:
     comparison = client.compare(args.models, baseline_index=args.baseline, spec=spec_from(args),
                                 threshold_set=args.threshold_set)
     if args.json:
@@ -129,7 +129,7 @@ def cmd_compare(args, client: GatewayClient) -> int:
     return 0 if all(r.passed for r in comparison.rows) else 1
 
 
-def cmd_bench_hw(args, client: GatewayClient) -> int:
+def cmd_bench_hw(args, client: Client) -> int:
     if args.list:
         rows = client.list_benchmarks(model=args.model or "", device=args.device)
     else:
@@ -155,7 +155,7 @@ def cmd_bench_hw(args, client: GatewayClient) -> int:
     return 0
 
 
-def cmd_recommend(args, client: GatewayClient) -> int:
+def cmd_recommend(args, client: Client) -> int:
     spec = spec_from(args)
     # No measurement flag given: the gateway's quick spec, which stored results are matched against.
     evaluation = {"evaluation": spec} if spec != common_pb2.EvaluationSpec() else {}
@@ -178,7 +178,7 @@ def cmd_recommend(args, client: GatewayClient) -> int:
     return 0 if response.strategies else 1
 
 
-def cmd_report(args, client: GatewayClient) -> int:
+def cmd_report(args, client: Client) -> int:
     fmt = "json" if (args.out and args.out.endswith(".json")) or args.json else "html"
     key = {"comparison_id": args.id} if args.id.startswith("c-") else {"job_id": args.id}
     content = client.report(fmt=fmt, **key)
@@ -195,7 +195,7 @@ def cmd_report(args, client: GatewayClient) -> int:
     return 0
 
 
-def cmd_strategies(args, client: GatewayClient) -> int:
+def cmd_strategies(args, client: Client) -> int:
     strategies = client.list_strategies()
     if args.json:
         print(json.dumps([json_format.MessageToDict(s) for s in strategies], indent=2))

@@ -12,7 +12,6 @@ which the service turns into a cancel of its engine at the next progress point.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 import uuid
@@ -25,7 +24,6 @@ from services.common import events as ev
 from services.common.artifact_store import ArtifactStore
 from services.common.events import EventLog
 from services.common.job_store import JobStore
-from services.common.kv_records import RecordBucket
 from services.common.model_source import describe
 from services.common.settings import TECHNIQUE_SERVICES
 from services.gateway.catalog import Mesh, ServiceUnavailable
@@ -35,7 +33,6 @@ from services.gateway.results import compression_result
 log = logging.getLogger(__name__)
 
 STAGE_ATTEMPTS = 3
-METRICS_BUCKET = "modelpress_metrics"
 # Share of a job's progress bar given to the before/after evaluation.
 EVALUATION_WEIGHT = 0.3
 SAVE_EVERY_S = 0.5
@@ -63,12 +60,10 @@ class JobRunner:
         self.replica_wait_s = replica_wait_s
         self.outcomes = OutcomeStore(js)
         self._tasks: dict[str, asyncio.Task] = {}
-        self._metrics = RecordBucket(js, METRICS_BUCKET, common_pb2.ModelMetrics)
         # Set on gateway shutdown: interrupted jobs stay RUNNING so the next gateway resumes them.
         self._stopping = False
 
     async def ensure(self) -> "JobRunner":
-        await self._metrics.ensure()
         await self.outcomes.ensure()
         return self
 
@@ -253,25 +248,24 @@ class JobRunner:
                             message=f"{service} is back after {time.monotonic() - since:.0f} s")
 
     async def _evaluate(self, job: common_pb2.Job) -> None:
+        """Both models measured by one evaluator call, as `Compare` does: size, quality and memory
+        each in its own probe, latency (prefill or forward, and decode) in one process in
+        interleaved rounds on the same inputs. A speed ratio never comes from two separate probes."""
         index = len(job.stages)
         await self._publish(job, common_pb2.EVENT_KIND_STAGE_STARTED, stage_index=index, stage_name="evaluate",
-                            message="measuring the original model", step=0, total_steps=2)
+                            message="measuring the original and the compressed model (latency interleaved)",
+                            step=0, total_steps=1)
         await self.wait_for_replica(job, common_pb2.TECHNIQUE_EVALUATOR, index, "evaluate")
-        original = await self._measure(job.model, job.evaluation, cache=True)
-        job.progress = self._overall(job, index, 0.5)
-        await self.jobs.put(job)
-        await self._publish(job, common_pb2.EVENT_KIND_STAGE_PROGRESS, stage_index=index, stage_name="evaluate",
-                            message="measured the original; measuring the compressed model", stage_progress=0.5,
-                            step=1, total_steps=2)
-        # Encoders are scored against the input model's embeddings of the same sentences.
-        spec = common_pb2.EvaluationSpec()
-        spec.CopyFrom(job.evaluation)
-        spec.reference.CopyFrom(job.model)
-        await self.wait_for_replica(job, common_pb2.TECHNIQUE_EVALUATOR, index, "evaluate")
-        compressed = await self._measure(common_pb2.ModelRef(artifact_id=job.output.id), spec, cache=False)
-        job.result.CopyFrom(compression_result(job.job_id, original, compressed, job.output.id))
+        request = evaluator_pb2.EvaluatorServiceCompareRequest(
+            models=[job.model, common_pb2.ModelRef(artifact_id=job.output.id)], baseline_index=0,
+            spec=job.evaluation, skip_report=True)
+        comparison = (await self.mesh.evaluator.Compare(request, wait_for_ready=False)).comparison
+        original, compressed = comparison.rows
+        job.result.CopyFrom(compression_result(job.job_id, original.metrics, compressed.metrics, job.output.id,
+                                               speed=list(compressed.speed), load=comparison.load))
         await self._publish(job, common_pb2.EVENT_KIND_STAGE_FINISHED, stage_index=index, stage_name="evaluate",
-                            message="measured both models", stage_progress=1.0, step=2, total_steps=2)
+                            message=f"measured both models in {comparison.interleaved_rounds} interleaved rounds",
+                            stage_progress=1.0, step=1, total_steps=1)
 
     async def _report(self, job: common_pb2.Job) -> None:
         """Renders the job's JSON and HTML report beside its artifact; a report that cannot be made
@@ -287,18 +281,6 @@ class JobRunner:
             return
         job.result.evaluation_report_path = response.report.id
         job.artifact_ids.append(response.report.id)
-
-    async def _measure(self, model: common_pb2.ModelRef, spec: common_pb2.EvaluationSpec, *, cache: bool
-                       ) -> common_pb2.ModelMetrics:
-        """The original model's figures are reused across jobs with the same spec."""
-        key = hashlib.sha256(model.SerializeToString() + spec.SerializeToString()).hexdigest()[:32]
-        if cache and (cached := await self._metrics.get(key)) is not None:
-            return cached
-        response = await self.mesh.evaluator.Evaluate(
-            evaluator_pb2.EvaluatorServiceEvaluateRequest(model=model, spec=spec), wait_for_ready=False)
-        if cache:
-            await self._metrics.put(key, response.metrics)
-        return response.metrics
 
     def _overall(self, job: common_pb2.Job, stage_index: int, fraction: float) -> float:
         evaluation = 0.0 if job.evaluation.skip else EVALUATION_WEIGHT

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from modelpress.v1 import common_pb2, gateway_pb2
-from services.evaluator.comparison import quality_retention
+from services.common.quality_kept import quality_retention
 from services.evaluator.recommend import Candidate, Constraints, rank
 from services.gateway.jobs import JobRunner
 from services.gateway.recipes import get_recipe

@@ -7,7 +7,7 @@ import statistics
 from dataclasses import dataclass
 
 from modelpress.v1 import common_pb2, gateway_pb2
-from services.evaluator.comparison import quality_retention
+from services.common.quality_kept import quality_retention
 from services.gateway.recipes import RECIPES
 
 

@@ -20,7 +20,7 @@ from modelpress.v1 import common_pb2
 from services.common.healthcheck import health_status
 from services.common.nats_server import free_port
 from services.common.server import start_service
-from services.gateway.client import GatewayClient
+from modelpress import Client
 from tests.integration.conftest import _registrar
 
 REPLICA_WAIT_S = 20.0
@@ -69,11 +69,11 @@ async def gateway_of_process(workers, quantizer):
     settings = workers.model_copy(update={"targets": {**workers.targets, "quantizer": quantizer.listen},
                                           "replica_wait_s": REPLICA_WAIT_S})
     service = await start_service(settings, _registrar("gateway"))
-    yield GatewayClient(f"127.0.0.1:{service.port}")
+    yield Client(f"127.0.0.1:{service.port}")
     await service.stop(grace_s=1)
 
 
-async def _kill_once_running(client: GatewayClient, job_id: str, quantizer: QuantizerProcess) -> None:
+async def _kill_once_running(client: Client, job_id: str, quantizer: QuantizerProcess) -> None:
     def first_progress():
         for event in client.watch(job_id):
             if event.kind == common_pb2.EVENT_KIND_STAGE_PROGRESS and event.stage_index == 0:

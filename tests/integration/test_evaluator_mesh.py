@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import statistics
 import shutil
 
 import grpc
 import pytest
 
 from modelpress.v1 import common_pb2
-from services.gateway.client import GatewayClient
+from modelpress import Client
 
 FAST = common_pb2.EvaluationSpec(batch_size=1, sequence_length=16, latency_iterations=3, quality_windows=1,
                                  decode_tokens=2, quality_sentences=60)
@@ -30,8 +31,8 @@ def bert_pair(tiny_bert_dir, noisy_bert_dir, allowed_root):
 
 
 async def test_compare_checks_a_threshold_set_and_keeps_a_report(gateway, model_dir):
-    client = GatewayClient(gateway)
-    job = await call(client.create_job, f"path:{model_dir}", "int8-weight-only",
+    client = Client(gateway)
+    job = await call(client.create_job, f"path:{model_dir}", "int8-compact",
                      evaluation=common_pb2.EvaluationSpec(skip=True))
     await call(lambda: list(client.watch(job.job_id)))
     job = await call(client.get_job, job.job_id)
@@ -39,13 +40,20 @@ async def test_compare_checks_a_threshold_set_and_keeps_a_report(gateway, model_
 
     comparison = await call(client.compare, [f"path:{model_dir}", f"artifact:{job.output.id}"], spec=FAST,
                             threshold_set="seed-int8")
-    assert comparison.interleaved_rounds == 3 and comparison.machine.logical_cores >= 1
+    # Three rounds asked; up to three times as many while the ratio is too noisy to read.
+    assert 3 <= comparison.interleaved_rounds <= 9 and comparison.machine.logical_cores >= 1
     base, int8 = comparison.rows
     assert base.baseline and not int8.baseline and base.size_ratio == 1.0
     assert int8.size_ratio == pytest.approx(int8.metrics.size_on_disk_bytes / base.metrics.size_on_disk_bytes)
     assert int8.size_ratio < 0.5 and int8.parameter_ratio == 1.0 and int8.flops_ratio > 0
-    assert int8.speedup == pytest.approx(base.metrics.latency.p50_ms / int8.metrics.latency.p50_ms)
-    assert len(int8.metrics.latency.samples_ms) == 3 and int8.metrics.latency.phase == "prefill"
+    # The speedup is the median of per-round ratios of the same interleaved rounds, with its interval.
+    per_round = sorted(b / m for b, m in zip(base.metrics.latency.samples_ms, int8.metrics.latency.samples_ms))
+    main = int8.speed[0]
+    assert main.phase == "prefill" and int8.speedup == main.speedup == pytest.approx(statistics.median(per_round))
+    assert main.ci95_low <= main.speedup <= main.ci95_high and main.rounds == comparison.interleaved_rounds
+    assert [r.phase for r in int8.speed] == ["prefill", "decode"]
+    assert len(int8.metrics.latency.samples_ms) == comparison.interleaved_rounds
+    assert comparison.load.logical_cores >= 1
     assert [c.metric for c in int8.checks] == ["size_ratio", "quality_retention"]
     size_check = int8.checks[0]
     assert size_check.passed and size_check.value == int8.size_ratio and size_check.threshold == 0.5
@@ -58,7 +66,7 @@ async def test_compare_checks_a_threshold_set_and_keeps_a_report(gateway, model_
 
 
 async def test_encoders_are_scored_on_task_quality_against_the_baseline(gateway, bert_pair):
-    client = GatewayClient(gateway)
+    client = Client(gateway)
     same, noisy = bert_pair
     comparison = await call(client.compare, [f"path:{same}", f"path:{same}", f"path:{noisy}"], spec=FAST,
                             threshold_set="recovery-99")
@@ -73,7 +81,7 @@ async def test_encoders_are_scored_on_task_quality_against_the_baseline(gateway,
 
 
 async def test_benchmarks_persist_and_filter(gateway, model_dir):
-    client = GatewayClient(gateway)
+    client = Client(gateway)
     rows = await call(client.run_benchmark, f"path:{model_dir}", batch_sizes=[1, 2], sequence_lengths=[8],
                       iterations=3)
     shapes = sorted((r.phase, r.batch_size, r.sequence_length) for r in rows)
@@ -88,7 +96,7 @@ async def test_benchmarks_persist_and_filter(gateway, model_dir):
 
 
 async def test_bad_evaluation_requests_are_refused(gateway, model_dir, bert_pair):
-    client = GatewayClient(gateway)
+    client = Client(gateway)
     cases = [
         (lambda: client.compare([f"path:{model_dir}", f"path:{bert_pair[0]}"], spec=FAST),
          grpc.StatusCode.INVALID_ARGUMENT, "one kind"),
@@ -114,32 +122,32 @@ async def test_bad_evaluation_requests_are_refused(gateway, model_dir, bert_pair
 
 
 async def test_threshold_sets_carry_the_seed_criteria(gateway):
-    sets = {s.name: s for s in await call(GatewayClient(gateway).list_threshold_sets)}
+    sets = {s.name: s for s in await call(Client(gateway).list_threshold_sets)}
     assert {"seed-int8", "seed-int4", "seed-distillation", "seed-pruning", "seed-deployment", "recovery-99"} <= set(sets)
     assert [(c.metric, c.comparison, c.threshold) for c in sets["seed-int4"].checks] == [
         ("size_ratio", "<=", 0.25), ("quality_retention", ">=", 0.95)]
 
 
 async def test_recommendation_measures_missing_candidates_then_reuses_them(gateway, model_dir):
-    client = GatewayClient(gateway)
+    client = Client(gateway)
     quick = common_pb2.EvaluationSpec(batch_size=1, sequence_length=16, latency_iterations=3, quality_windows=1,
                                       decode_tokens=2)
     constraints = dict(target="edge", max_size_mb=1000, min_quality_retention=0.9,
-                       candidate_recipes=["fp16", "int8-weight-only"], evaluation=quick)
+                       candidate_recipes=["fp16", "int8-compact"], evaluation=quick)
     with pytest.raises(grpc.RpcError) as info:
         await call(client.recommend, f"path:{model_dir}", stored_only=True, **constraints)
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "fp16" in info.value.details()
 
     first = await call(client.recommend, f"path:{model_dir}", **constraints)
     by_recipe = {r.strategy.recipe: r for r in first.recommendations}
-    assert set(by_recipe) == {"fp16", "int8-weight-only"} and all(r.measured_now for r in by_recipe.values())
-    int8 = by_recipe["int8-weight-only"]
+    assert set(by_recipe) == {"fp16", "int8-compact"} and all(r.measured_now for r in by_recipe.values())
+    int8 = by_recipe["int8-compact"]
     assert int8.rank == 1 and int8.feasible and "best for edge" in int8.reason  # smaller than fp16, quality kept
     assert int8.size_mb < by_recipe["fp16"].size_mb and int8.quality_retention > 0.9
     job = await call(client.get_job, int8.job_id)
-    assert job.state == common_pb2.JOB_STATE_SUCCEEDED and job.recipe == "int8-weight-only"
+    assert job.state == common_pb2.JOB_STATE_SUCCEEDED and job.recipe == "int8-compact"
     assert int8.size_mb == pytest.approx(job.result.compressed_model_size_bytes / 1e6)
-    assert [s.recipe for s in first.strategies] == ["int8-weight-only", "fp16"]
+    assert [s.recipe for s in first.strategies] == ["int8-compact", "fp16"]
     assert first.baseline_size_mb > int8.size_mb and first.device_name
 
     again = await call(client.recommend, f"path:{model_dir}", stored_only=True,
@@ -149,9 +157,9 @@ async def test_recommendation_measures_missing_candidates_then_reuses_them(gatew
     assert not again.strategies and all("max_size_mb" in r.violated_constraints for r in again.recommendations)
 
     strategies = {s.recipe: s for s in await call(client.list_strategies)}
-    assert strategies["int8-weight-only"].expected_compression_ratio == pytest.approx(
+    assert strategies["int8-compact"].expected_compression_ratio == pytest.approx(
         job.result.compression_ratio)
-    assert int8.job_id in strategies["int8-weight-only"].evidence
+    assert int8.job_id in strategies["int8-compact"].evidence
 
     with pytest.raises(grpc.RpcError) as info:
         await call(client.recommend, f"path:{model_dir}", target="desktop")

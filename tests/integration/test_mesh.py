@@ -15,7 +15,8 @@ import grpc
 import pytest
 
 from modelpress.v1 import common_pb2
-from services.gateway.client import GatewayClient
+from services.common.headline import job_headline
+from modelpress import Client
 
 FAST_EVAL = common_pb2.EvaluationSpec(batch_size=1, sequence_length=16, latency_iterations=2, quality_windows=1)
 
@@ -24,13 +25,13 @@ def call(fn, *args, **kwargs):
     return asyncio.to_thread(fn, *args, **kwargs)
 
 
-async def wait_for_end(client: GatewayClient, job_id: str) -> list[common_pb2.JobEvent]:
+async def wait_for_end(client: Client, job_id: str) -> list[common_pb2.JobEvent]:
     return await call(lambda: list(client.watch(job_id)))
 
 
 async def test_int8_job_runs_through_the_mesh(gateway, model_dir, tmp_path):
-    client = GatewayClient(gateway)
-    job = await call(client.create_job, f"path:{model_dir}", "int8-weight-only", evaluation=FAST_EVAL)
+    client = Client(gateway)
+    job = await call(client.create_job, f"path:{model_dir}", "int8-compact", evaluation=FAST_EVAL)
     assert job.state == common_pb2.JOB_STATE_PENDING and len(job.stages) == 1
     live = await wait_for_end(client, job.job_id)
     job = await call(client.get_job, job.job_id)
@@ -62,13 +63,17 @@ async def test_int8_job_runs_through_the_mesh(gateway, model_dir, tmp_path):
     # The report sits beside the artifact: JSON with the figures, HTML with the plots embedded.
     assert job.result.evaluation_report_path in job.artifact_ids
     report = json.loads(await call(client.report, job_id=job.job_id, fmt="json"))
-    assert report["kind"] == "job" and report["verdict"] == "pass"
+    told = job_headline(job.recipe, result)
+    # A tiny model timed twice is often too noisy to read: the banner then says so instead of passing.
+    assert report["kind"] == "job" and report["headline"] == told.text
+    assert report["verdict"] == {"green": "pass", "amber": "warn", "red": "fail"}[told.colour]
+    assert (report["verdict"] == "warn") == bool(told.regressions or told.unreliable)
     assert report["job"]["result"]["compressedPerplexity"] == pytest.approx(result.compressed_perplexity)
     assert len(report["layers"]) >= 14 and {"size against quality", "per-layer relative_weight_error"} <= set(
         report["plots"])
     page = (await call(client.report, job_id=job.job_id, fmt="html")).decode()
     assert page.count('src="data:image/png;base64,') == len(report["plots"]) >= 3
-    assert f"{result.compressed_perplexity:.3f}" in page and "int8-weight-only" in page
+    assert f"{result.compressed_perplexity:.3f}" in page and "int8-compact" in page
 
     assert await call(client.delete_job, job.job_id) == 2  # the model and its report
     with pytest.raises(grpc.RpcError) as info:
@@ -80,7 +85,7 @@ async def test_int8_job_runs_through_the_mesh(gateway, model_dir, tmp_path):
 
 
 async def test_upload_then_compress_the_uploaded_model(gateway, tiny_llama_dir):
-    client = GatewayClient(gateway)
+    client = Client(gateway)
     ref = await call(client.upload, tiny_llama_dir)
     assert len(ref.sha256) == 64 and ref.size_bytes > 0
     job = await call(client.create_job, f"artifact:{ref.id}", "fp16",
@@ -92,7 +97,7 @@ async def test_upload_then_compress_the_uploaded_model(gateway, tiny_llama_dir):
 
 
 async def test_bad_requests_are_refused_up_front(gateway, model_dir):
-    client = GatewayClient(gateway)
+    client = Client(gateway)
     cases = [
         (dict(model=f"path:{model_dir}", recipe="int9"), grpc.StatusCode.INVALID_ARGUMENT, "recipe: unknown recipe 'int9'"),
         (dict(model=f"path:{model_dir}", recipe="int8-weight-only", overrides={"bits": 3}),
@@ -113,7 +118,7 @@ async def test_a_pickled_model_fails_the_job_with_a_clear_reason(gateway, allowe
     folder = allowed_root / "pickled"
     shutil.copytree(tiny_llama_dir, folder)
     (folder / "pytorch_model.bin").write_bytes(b"\x80\x04")
-    client = GatewayClient(gateway)
+    client = Client(gateway)
     job = await call(client.create_job, f"path:{folder}", "int8-weight-only", evaluation=FAST_EVAL)
     await wait_for_end(client, job.job_id)
     job = await call(client.get_job, job.job_id)
@@ -122,7 +127,7 @@ async def test_a_pickled_model_fails_the_job_with_a_clear_reason(gateway, allowe
 
 
 async def test_methods_come_from_the_services_and_unlanded_rpcs_say_so(gateway):
-    client = GatewayClient(gateway)
+    client = Client(gateway)
     response = await call(client.list_methods)
     names = {(m.technique, m.name) for m in response.methods}
     assert (common_pb2.TECHNIQUE_QUANTIZER, "int8-weight-only") in names
@@ -142,7 +147,7 @@ async def test_methods_come_from_the_services_and_unlanded_rpcs_say_so(gateway):
 async def test_upload_with_a_wrong_digest_is_refused(gateway, tiny_llama_dir):
     from modelpress.v1 import gateway_pb2
 
-    client = GatewayClient(gateway)
+    client = Client(gateway)
 
     def send():
         messages = [gateway_pb2.UploadModelRequest(header=gateway_pb2.UploadHeader(
@@ -157,19 +162,19 @@ async def test_upload_with_a_wrong_digest_is_refused(gateway, tiny_llama_dir):
 
 async def test_a_restarted_gateway_resumes_unfinished_jobs(start_gateway, gateway, model_dir):
     first = await start_gateway()
-    client = GatewayClient(f"127.0.0.1:{first.port}")
+    client = Client(f"127.0.0.1:{first.port}")
     # Still running 0.5 s in: each probe process alone takes seconds to start (torch import).
     slow_eval = common_pb2.EvaluationSpec(sequence_length=16, latency_iterations=100, quality_windows=1)
     job = await call(client.create_job, f"path:{model_dir}", "int8-weight-only", evaluation=slow_eval)
     await asyncio.sleep(0.5)
     await first.stop(grace_s=0)
-    other = GatewayClient(gateway)
+    other = Client(gateway)
     interrupted = await call(other.get_job, job.job_id)
     assert interrupted.state in (common_pb2.JOB_STATE_PENDING, common_pb2.JOB_STATE_RUNNING)
 
     second = await start_gateway()
     try:
-        resumed = GatewayClient(f"127.0.0.1:{second.port}")
+        resumed = Client(f"127.0.0.1:{second.port}")
         await wait_for_end(resumed, job.job_id)
         done = await call(resumed.get_job, job.job_id)
         assert done.state == common_pb2.JOB_STATE_SUCCEEDED, done.error
@@ -179,11 +184,12 @@ async def test_a_restarted_gateway_resumes_unfinished_jobs(start_gateway, gatewa
 
 
 @pytest.mark.parametrize("recipe,overrides", [
-    ("w4a16-rtn", {"group_size": 32}),
-    ("w4a16-gptq", {"calibration_samples": 4, "calibration_sequence_length": 64, "group_size": 128}),
+    # The tiny model is mostly embedding: INT8 embeddings (compact) make its size fall.
+    ("w4a16-rtn", {"group_size": 32, "embedding_bits": 8}),
+    ("w4a16-gptq-compact", {"calibration_samples": 4, "calibration_sequence_length": 64, "group_size": 128}),
 ])
 async def test_int4_recipes_write_compressed_tensors(gateway, model_dir, tmp_path, recipe, overrides):
-    client = GatewayClient(gateway)
+    client = Client(gateway)
     job = await call(client.create_job, f"path:{model_dir}", recipe, overrides=overrides, evaluation=FAST_EVAL)
     events = await wait_for_end(client, job.job_id)
     job = await call(client.get_job, job.job_id)
@@ -203,7 +209,7 @@ async def test_int4_recipes_write_compressed_tensors(gateway, model_dir, tmp_pat
 
 
 async def test_calibration_larger_than_the_text_is_a_clear_failure(gateway, model_dir):
-    client = GatewayClient(gateway)
+    client = Client(gateway)
     job = await call(client.create_job, f"path:{model_dir}", "w4a16-gptq",
                      overrides={"calibration_samples": 1024, "calibration_sequence_length": 4096},
                      evaluation=FAST_EVAL)
@@ -220,7 +226,7 @@ CALIBRATED_RECIPES = {"w8a8-dynamic", "w8a8-static", "w8a8-smoothquant", "w4a16-
 async def test_every_quantizer_recipe_runs_through_the_gateway(gateway, model_dir):
     from services.gateway.recipes import RECIPES
 
-    client = GatewayClient(gateway)
+    client = Client(gateway)
     jobs = {}
     quantizer_recipes = [n for n, r in RECIPES.items()
                          if all(s.technique == common_pb2.TECHNIQUE_QUANTIZER for s in r.stages)]
@@ -248,7 +254,7 @@ def _dataset_folder(root, lines):
 
 
 async def test_calibration_from_an_uploaded_jsonl_dataset(gateway, model_dir, tmp_path):
-    client = GatewayClient(gateway)
+    client = Client(gateway)
     texts = [{"text": f"Customer ticket {i}: the invoice total does not match the order, please refund. " * 8}
              for i in range(40)]
     dataset = await call(client.upload, _dataset_folder(tmp_path, texts), fmt=common_pb2.ARTIFACT_FORMAT_DATASET_JSONL)

@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from modelpress.v1 import common_pb2
-from services.gateway.client import GatewayClient
+from modelpress import Client
 
 FAST = common_pb2.EvaluationSpec(batch_size=2, sequence_length=16, latency_iterations=3, quality_sentences=60,
                                  quality_windows=1)
@@ -31,7 +31,7 @@ async def optimize_and_wait(client, model: str, engine: str, precision: str, rec
 
 
 async def test_engines_say_what_works_here(gateway):
-    engines = {e.name: e for e in await call(GatewayClient(gateway).list_engines)}
+    engines = {e.name: e for e in await call(Client(gateway).list_engines)}
     assert set(engines) >= {"onnxruntime", "openvino", "gguf", "tensorrt"}
     onnx = engines["onnxruntime"]
     assert onnx.available and not onnx.reason and onnx.methods["int8"] == "onnx-int8"
@@ -42,7 +42,7 @@ async def test_engines_say_what_works_here(gateway):
 async def test_an_onnx_int8_job_is_measured_against_its_pytorch_original(gateway, tiny_bert_dir, allowed_root):
     folder = allowed_root / "bert"
     shutil.copytree(tiny_bert_dir, folder)
-    client = GatewayClient(gateway)
+    client = Client(gateway)
     job = await optimize_and_wait(client, f"path:{folder}", "onnxruntime", "int8", "onnx-int8", FAST)
     assert job.stages[0].spec.technique == common_pb2.TECHNIQUE_OPTIMIZER
     assert job.output.format == common_pb2.ARTIFACT_FORMAT_ONNX
@@ -53,7 +53,7 @@ async def test_an_onnx_int8_job_is_measured_against_its_pytorch_original(gateway
 
 
 async def test_unavailable_or_unknown_engines_are_refused_up_front(gateway, model_dir):
-    client = GatewayClient(gateway)
+    client = Client(gateway)
     before = len(await call(client.list_jobs))
     cases = [(dict(engine="tensorrt"), grpc.StatusCode.FAILED_PRECONDITION, "tensorrt is not available"),
              (dict(engine="tvm"), grpc.StatusCode.INVALID_ARGUMENT, "engine: unknown engine 'tvm'"),
@@ -67,7 +67,7 @@ async def test_unavailable_or_unknown_engines_are_refused_up_front(gateway, mode
 
 
 async def test_concurrent_causal_lm_exports_in_one_worker_both_succeed(gateway, model_dir):
-    client = GatewayClient(gateway)
+    client = Client(gateway)
     skip = common_pb2.EvaluationSpec(skip=True)
     jobs = [await call(client.create_job, f"path:{model_dir}", recipe, evaluation=skip)
             for recipe in ("onnx", "onnx-int4")]
@@ -80,7 +80,7 @@ async def test_concurrent_causal_lm_exports_in_one_worker_both_succeed(gateway, 
 
 
 async def test_an_openvino_int8_job_on_a_causal_lm_is_measured_with_its_kv_cache(gateway, model_dir):
-    client = GatewayClient(gateway)
+    client = Client(gateway)
     spec = common_pb2.EvaluationSpec(batch_size=1, sequence_length=16, latency_iterations=3, quality_windows=1,
                                      decode_tokens=4)
     job = await optimize_and_wait(client, f"path:{model_dir}", "openvino", "int8", "openvino-int8", spec)
@@ -97,7 +97,7 @@ async def test_gguf_job_through_the_mesh_and_tensorrt_recipe_refused_on_a_cpu_wo
                                                                                       allowed_root, model_dir):
     folder = allowed_root / "bpe"
     shutil.copytree(tiny_bpe_llama_dir, folder)
-    client = GatewayClient(gateway)
+    client = Client(gateway)
     spec = common_pb2.EvaluationSpec(batch_size=1, sequence_length=16, latency_iterations=2, quality_windows=1,
                                      decode_tokens=2)
     job = await optimize_and_wait(client, f"path:{folder}", "gguf", "q4", "gguf-q4", spec)

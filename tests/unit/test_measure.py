@@ -7,7 +7,7 @@ import torch
 from modelpress.v1 import common_pb2
 from services.common import corpus, modelio
 from services.evaluator import latency, measure, quality
-from services.gateway.results import compression_result, seed_result
+from services.gateway.results import compression_result, result_fields
 from services.quantizer.configs import Int8WeightOnlyConfig
 from services.quantizer.int8 import quantize_int8_weight_only
 
@@ -151,9 +151,10 @@ def test_compression_result_ratios():
     assert result.memory_reduction == pytest.approx(0.25)
     assert result.perplexity_increase == pytest.approx(0.05)
     assert result.accuracy_loss == pytest.approx(0.1)
-    seed = seed_result(result)
-    assert seed["original_model_size"] == 400 and seed["compressed_latency"] == 40
-    assert seed["compressed_model_path"] == "a-1"
+    fields = result_fields(result, "rtn")
+    # The proto's names, units in them, as the client sees them.
+    assert fields["original_model_size_bytes"] == 400 and fields["compressed_latency_ms"] == 40
+    assert fields["compressed_artifact_id"] == "a-1" and fields["headline"]["text"].startswith("rtn: size 25.0%")
 
 
 def test_encoder_accuracy_in_the_result_is_topic_knn_accuracy():

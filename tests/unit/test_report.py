@@ -22,6 +22,8 @@ def _job():
     job.result.compression_ratio = 538 / 270
     job.result.perplexity_increase = 13.5 / 13.487 - 1
     job.result.latency_improvement = 41 / 39
+    job.result.prefill_speedup.CopyFrom(common_pb2.SpeedRatio(phase="prefill", speedup=41 / 39, ci95_low=1.02,
+                                                              ci95_high=1.08, rounds=3))
     job.stages.add(index=0, state=common_pb2.JOB_STATE_SUCCEEDED, spec=common_pb2.StageSpec(method="rtn"))
     return job
 
@@ -38,8 +40,9 @@ def _events():
 
 def test_job_report_leads_with_the_outcome_and_embeds_every_plot():
     made = report.job_report(report.to_plain(_job()), _events())
-    assert made.verdict == "pass" and "50.2% of the original size" in made.headline
-    assert "perplexity 13.487 → 13.500" in made.headline
+    assert made.verdict == "pass" and "size 50.2% of the original" in made.headline
+    assert "perplexity 13.487 → 13.500" in made.headline and "prefill 1.05× [1.02–1.08] (faster)" in made.headline
+    assert made.context.startswith("job j-1 on ")
     assert set(made.plots) == {"size against quality", "latency distribution (forward, same inputs)",
                                "per-layer loss", "training loss"}
     page = made.html()

@@ -1,0 +1,240 @@
+"""The typed gRPC client of the gateway, for other backend services and the CLI.
+
+    from modelpress import Client
+    with Client("127.0.0.1:50051") as mp:
+        job = mp.create_job("builtin:smollm2-135m", "int8-weight-only")
+        for event in mp.watch(job.job_id):
+            print(event.message)
+        print(mp.get_result(job.job_id).result.compression_ratio)
+
+It needs grpcio and protobuf only (never torch, never the `services` package). Every
+failed call raises a modelpress.errors type (InvalidArgument, NotFound, Unavailable ...).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import tempfile
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import struct_pb2
+
+from modelpress.errors import from_rpc_error
+from modelpress.folders import stamp_modification_times, tar_folder, untar_folder
+from modelpress.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+
+UPLOAD_CHUNK = 1024 * 1024
+
+
+def to_struct(values: dict[str, Any]) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    struct.update(values)
+    return struct
+
+
+def _typed_errors(method):
+    """grpc.RpcError becomes the modelpress.errors type of its status (still a grpc.RpcError)."""
+
+    @functools.wraps(method)
+    def call(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+
+    return call
+
+
+def _typed_stream_errors(method):
+    @functools.wraps(method)
+    def call(*args, **kwargs):
+        try:
+            yield from method(*args, **kwargs)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+
+    return call
+
+
+def parse_model_ref(text: str) -> common_pb2.ModelRef:
+    """`builtin:NAME`, `artifact:ID` (or a bare `a-…` id), `path:DIR` or an absolute folder path."""
+    scheme, sep, rest = text.partition(":")
+    if sep and scheme == "builtin":
+        return common_pb2.ModelRef(builtin=rest)
+    if sep and scheme == "artifact":
+        return common_pb2.ModelRef(artifact_id=rest)
+    if sep and scheme == "path":
+        return common_pb2.ModelRef(path=rest)
+    if text.startswith("a-"):
+        return common_pb2.ModelRef(artifact_id=text)
+    if text.startswith("/"):
+        return common_pb2.ModelRef(path=text)
+    raise ValueError(f"model: {text!r} is not builtin:NAME, artifact:ID, path:DIR or an absolute path")
+
+
+class Client:
+    def __init__(self, target: str = "127.0.0.1:50051", *, timeout_s: float = 60.0) -> None:
+        self._channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 16 << 20)])
+        self._stub = gateway_pb2_grpc.GatewayServiceStub(self._channel)
+        self._timeout = timeout_s
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    # ---- jobs ----------------------------------------------------------------
+
+    def create_job(self, model: str | common_pb2.ModelRef, recipe: str, *, overrides: dict[str, Any] | None = None,
+                   evaluation: common_pb2.EvaluationSpec | None = None, name: str = "") -> common_pb2.Job:
+        ref = parse_model_ref(model) if isinstance(model, str) else model
+        request = gateway_pb2.CreateJobRequest(name=name, model=ref, recipe=recipe,
+                                               overrides=to_struct(overrides or {}), evaluation=evaluation)
+        return self._stub.CreateJob(request, timeout=self._timeout).job
+
+    def get_job(self, job_id: str) -> common_pb2.Job:
+        return self._stub.GetJob(gateway_pb2.GetJobRequest(job_id=job_id), timeout=self._timeout).job
+
+    def list_jobs(self, state: int = 0, page_size: int = 0) -> list[common_pb2.Job]:
+        request = gateway_pb2.ListJobsRequest(state=state, page_size=page_size)
+        return list(self._stub.ListJobs(request, timeout=self._timeout).jobs)
+
+    def cancel_job(self, job_id: str) -> common_pb2.Job:
+        return self._stub.CancelJob(gateway_pb2.CancelJobRequest(job_id=job_id), timeout=120).job
+
+    def delete_job(self, job_id: str) -> int:
+        return self._stub.DeleteJob(gateway_pb2.DeleteJobRequest(job_id=job_id), timeout=120).deleted_artifacts
+
+    def watch(self, job_id: str) -> Iterator[common_pb2.JobEvent]:
+        for response in self._stub.WatchJob(gateway_pb2.WatchJobRequest(job_id=job_id)):
+            yield response.event
+
+    def get_result(self, job_id: str) -> gateway_pb2.GetResultResponse:
+        return self._stub.GetResult(gateway_pb2.GetResultRequest(job_id=job_id), timeout=self._timeout)
+
+    # ---- catalogue -------------------------------------------------------------
+
+    def list_methods(self) -> gateway_pb2.ListMethodsResponse:
+        return self._stub.ListMethods(gateway_pb2.ListMethodsRequest(), timeout=self._timeout)
+
+    def list_recipes(self) -> list[gateway_pb2.Recipe]:
+        return list(self._stub.ListRecipes(gateway_pb2.ListRecipesRequest(), timeout=self._timeout).recipes)
+
+    def validate(self, recipe: str, overrides: dict[str, Any] | None = None) -> gateway_pb2.ValidateConfigResponse:
+        request = gateway_pb2.ValidateConfigRequest(recipe=recipe, overrides=to_struct(overrides or {}))
+        return self._stub.ValidateConfig(request, timeout=self._timeout)
+
+    def evaluate(self, model: str, spec: common_pb2.EvaluationSpec | None = None) -> common_pb2.ModelMetrics:
+        request = gateway_pb2.EvaluateRequest(model=parse_model_ref(model), spec=spec)
+        return self._stub.Evaluate(request, timeout=1800).metrics
+
+    def compare(self, models: list[str], *, baseline_index: int = 0, spec: common_pb2.EvaluationSpec | None = None,
+                threshold_set: str = "") -> common_pb2.Comparison:
+        request = gateway_pb2.CompareRequest(models=[parse_model_ref(m) for m in models],
+                                             baseline_index=baseline_index, spec=spec, threshold_set=threshold_set)
+        return self._stub.Compare(request, timeout=3600).comparison
+
+    def list_threshold_sets(self) -> list[common_pb2.ThresholdSet]:
+        response = self._stub.ListThresholdSets(gateway_pb2.ListThresholdSetsRequest(), timeout=self._timeout)
+        return list(response.threshold_sets)
+
+    def run_benchmark(self, model: str, *, batch_sizes: list[int] = (), sequence_lengths: list[int] = (),
+                      iterations: int = 0, threads: int = 0) -> list[common_pb2.HardwareBenchmark]:
+        request = gateway_pb2.RunBenchmarkRequest(model=parse_model_ref(model), batch_sizes=batch_sizes,
+                                                  sequence_lengths=sequence_lengths, iterations=iterations,
+                                                  threads=threads)
+        return list(self._stub.RunBenchmark(request, timeout=3600).benchmarks)
+
+    def list_benchmarks(self, model: str = "", device: str = "") -> list[common_pb2.HardwareBenchmark]:
+        request = gateway_pb2.ListBenchmarksRequest(model=model, device=device)
+        return list(self._stub.ListBenchmarks(request, timeout=self._timeout).benchmarks)
+
+    def report(self, *, job_id: str = "", comparison_id: str = "", fmt: str = "html") -> bytes:
+        request = gateway_pb2.GetReportRequest(job_id=job_id, comparison_id=comparison_id, format=fmt)
+        return self._stub.GetReport(request, timeout=self._timeout).content
+
+    def optimize(self, model: str, engine: str, *, precision: str = "", options: dict[str, Any] | None = None,
+                 evaluation: common_pb2.EvaluationSpec | None = None, name: str = "") -> common_pb2.Job:
+        request = gateway_pb2.OptimizeModelRequest(model=parse_model_ref(model), engine=engine, precision=precision,
+                                                   options=to_struct(options or {}), evaluation=evaluation, name=name)
+        return self._stub.OptimizeModel(request, timeout=self._timeout).job
+
+    def list_engines(self) -> list[common_pb2.EngineInfo]:
+        return list(self._stub.ListEngines(gateway_pb2.ListEnginesRequest(), timeout=self._timeout).engines)
+
+    def list_strategies(self) -> list[gateway_pb2.CompressionStrategy]:
+        return list(self._stub.ListStrategies(gateway_pb2.ListStrategiesRequest(), timeout=self._timeout).strategies)
+
+    def recommend(self, model: str, **constraints) -> gateway_pb2.RecommendStrategyResponse:
+        request = gateway_pb2.RecommendStrategyRequest(model=parse_model_ref(model), **constraints)
+        return self._stub.RecommendStrategy(request, timeout=7200)
+
+    # ---- artifacts ---------------------------------------------------------------
+
+    def download(self, out_dir: Path, *, job_id: str = "", artifact_id: str = "") -> common_pb2.ArtifactRef:
+        """Streams the artifact into `out_dir` (created; must not exist), checking its sha256."""
+        request = (gateway_pb2.DownloadArtifactRequest(job_id=job_id) if job_id
+                   else gateway_pb2.DownloadArtifactRequest(artifact_id=artifact_id))
+        out_dir = Path(out_dir)
+        if out_dir.exists() and any(out_dir.iterdir()):
+            raise FileExistsError(f"--out {out_dir} exists and is not empty")
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        ref = None
+        digest = hashlib.sha256()
+        with tempfile.TemporaryDirectory(dir=out_dir.parent) as tmp:
+            tar_path = Path(tmp) / "artifact.tar"
+            with open(tar_path, "wb") as out:
+                for response in self._stub.DownloadArtifact(request):
+                    if response.WhichOneof("part") == "artifact":
+                        ref = response.artifact
+                    else:
+                        digest.update(response.chunk)
+                        out.write(response.chunk)
+            if ref is None or digest.hexdigest() != ref.sha256:
+                raise IOError("download incomplete or corrupt (sha256 mismatch)")
+            if out_dir.exists():
+                out_dir.rmdir()
+            untar_folder(tar_path, out_dir)
+        stamp_modification_times(out_dir, _made_at(out_dir))
+        return ref
+
+    def upload(self, folder: Path, *, fmt: int = common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS, name: str = ""
+               ) -> common_pb2.ArtifactRef:
+        with tempfile.TemporaryDirectory() as tmp:
+            tar_path = Path(tmp) / "upload.tar"
+            tar_folder(Path(folder), tar_path)
+            sha = hashlib.sha256(tar_path.read_bytes()).hexdigest()
+
+            def messages():
+                yield gateway_pb2.UploadModelRequest(
+                    header=gateway_pb2.UploadHeader(name=name or Path(folder).name, format=fmt, sha256=sha))
+                with open(tar_path, "rb") as src:
+                    while chunk := src.read(UPLOAD_CHUNK):
+                        yield gateway_pb2.UploadModelRequest(chunk=chunk)
+
+            return self._stub.UploadModel(messages(), timeout=3600).artifact
+
+
+def _made_at(folder: Path) -> float:
+    """When the artifact was made (its manifest says), else now."""
+    try:
+        return datetime.fromisoformat(json.loads((folder / "modelpress.json").read_text())["created_at"]).timestamp()
+    except (OSError, KeyError, ValueError, TypeError):
+        return datetime.now().timestamp()
+
+
+# Every call of the client raises typed errors.
+for _name, _member in list(vars(Client).items()):
+    if _name.startswith("_") or not callable(_member) or _name == "close":
+        continue
+    setattr(Client, _name, (_typed_stream_errors if _name == "watch" else _typed_errors)(_member))
