@@ -21,7 +21,8 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from quantization import quantize  # bench/quantization.py (this folder is on sys.path)
+from machine_record import machine_record  # bench/ (this folder is on sys.path)
+from quantization import quantize
 from services.common import modelio, packaging
 from services.common.registry import builtin_folder
 from services.common.settings import default_cache
@@ -92,7 +93,8 @@ def save(rows: list[dict]) -> None:
     previous = json.loads(results.read_text())["rows"] if results.exists() else []
     fresh = {(r["method"], r["tool"], r["calibration"]) for r in rows}
     merged = [r for r in previous if (r["method"], r["tool"], r["calibration"]) not in fresh] + rows
-    results.write_text(json.dumps({"python": sys.version.split()[0], "rows": merged}, indent=2))
+    results.write_text(json.dumps({"machine": machine_record(), "python": sys.version.split()[0], "rows": merged},
+                                       indent=2))
 
 
 if __name__ == "__main__":

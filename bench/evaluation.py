@@ -18,6 +18,7 @@ from pathlib import Path
 
 from google.protobuf import json_format
 
+from machine_record import machine_record  # bench/ (this folder is on sys.path)
 from modelpress.v1 import common_pb2
 from services.gateway import launcher
 from services.gateway.cli_evaluation import print_comparison
@@ -80,7 +81,7 @@ def main() -> None:
                 }
     finally:
         subprocess.run([*MODELPRESS, "down"], env=env, cwd=ROOT)
-    text = json.dumps(_without_samples(results), indent=1)
+    text = json.dumps({"machine": machine_record(), **_without_samples(results)}, indent=1)
     args.out.write_text(text)
     print(f"wrote {args.out} ({len(text) // 1024} KiB)")
 

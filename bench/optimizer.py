@@ -25,6 +25,7 @@ from services.common.settings import default_cache
 from services.evaluator.engine import EvaluationConfig, compare_folders
 from services.optimizer.engine import METHODS
 
+from machine_record import machine_record  # bench/, beside this script
 from serving import run as run_serving  # bench/serving.py, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,20 +76,23 @@ def main() -> None:
             config = EvaluationConfig(batch_size=batch, sequence_length=length, latency_iterations=args.iterations,
                                       quality_windows=8, quality_sentences=200,
                                       decode_tokens=args.decode_tokens if kind == "causal-lm" else 0)
-            figures, rounds = compare_folders([src, *folders.values()], 0, config)
+            figures, run = compare_folders([src, *folders.values()], 0, config)
             base = figures[0]
             for (engine, precision), f in zip([("pytorch", "fp32"), *folders], figures):
                 metric, value, ok = quality(f, base) if engine != "pytorch" else ("-", 0.0, True)
                 phases = [("prefill" if kind == "causal-lm" else "forward", "latency")]
                 if "decode" in f and "decode" in base:
                     phases.append(("decode", "decode"))
-                for phase, key in phases:
+                for (phase, key), speed in zip(phases, f["speed"]):
                     rows.append({"model": name, "engine": engine, "precision": precision, "phase": phase,
                                  "batch": batch, "seq": length, "size_bytes": f["size_on_disk_bytes"],
                                  "latency_p50_ms": f[key]["p50_ms"], "latency_stdev_ms": f[key]["stdev_ms"],
-                                 "speedup": base[key]["p50_ms"] / f[key]["p50_ms"],
+                                 # Median of per-round ratios, with its 95 % interval and reliability.
+                                 "speedup": speed["speedup"], "speedup_ci95": [speed["ci95_low"], speed["ci95_high"]],
+                                 "unreliable": speed["unreliable"],
                                  "peak_rss_mb": f["peak_rss_mb"], "memory_ratio": f["peak_rss_mb"] / base["peak_rss_mb"],
-                                 "metric": metric, "value": value, "quality_ok": ok, "rounds": rounds,
+                                 "metric": metric, "value": value, "quality_ok": ok, "rounds": speed["rounds"],
+                                 "load": run["load"],
                                  "serving_runtime": f.get("serving_runtime", "torch")})
     # Rows of models not run this time are kept (each model's ratios come from its own run).
     previous = json.loads(args.out.read_text()) if args.out.exists() else {"rows": [], "exports": {}}
@@ -107,7 +111,7 @@ def main() -> None:
     if not args.skip_serving:
         fresh = run_serving(serving_sources.get("encoder"), serving_sources.get("causal"))
         serving.update({key: value for key, value in fresh.items() if value})
-    args.out.write_text(json.dumps({"rows": rows, "exports": exports, **serving}, indent=1))
+    args.out.write_text(json.dumps({"machine": machine_record(), "rows": rows, "exports": exports, **serving}, indent=1))
     shutil.rmtree(work, ignore_errors=True)
     print(f"wrote {args.out}")
 

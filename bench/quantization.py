@@ -22,11 +22,12 @@ from pathlib import Path
 
 import torch
 
+from machine_record import machine_record  # bench/ (this folder is on sys.path)
 from services.common import modelio, packaging
 from services.common.registry import builtin_folder
 from services.common.settings import default_cache
 from services.evaluator import quality
-from services.evaluator.engine import EvaluationConfig, evaluate_folder
+from services.evaluator.engine import EvaluationConfig, compare_folders, evaluate_folder
 from services.gateway.recipes import RECIPES
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -39,7 +40,9 @@ DEFAULT_RECIPES = {
                   "w4a16-qat", "w4a16-mixed"],
 }
 CALIBRATED = ("gptq", "awq", "qat", "mixed-precision", "w8a8", "smoothquant")
-# Recipe variants: "name@N" runs the recipe with N calibration windows.
+# Recipe variants: "name@N" runs the recipe with N calibration windows; "name+compact" with INT8
+# embeddings and head (the smaller layout transformers loads and vLLM does not).
+COMPACT = {"embedding_bits": 8, "head_bits": 8}
 # Sentence encoders see short inputs: many short windows calibrate them best (measured:
 # MiniLM INT4 cosine 0.972 with 16 x 128 tokens, 0.981 with 256 x 128).
 ENCODER_CALIBRATION = {"calibration_sequence_length": 128, "calibration_samples": 256}
@@ -47,8 +50,9 @@ ENCODER_CALIBRATION = {"calibration_sequence_length": 128, "calibration_samples"
 
 def stage_of(recipe: str, model: str) -> tuple[str, dict]:
     name, _, samples = recipe.partition("@")
+    name, compact, _ = name.partition("+compact")
     (stage,) = RECIPES[name].stages
-    config = dict(stage.config)
+    config = {**stage.config, **(COMPACT if compact else {})}
     if stage.method in CALIBRATED:
         if model == "minilm-l6":
             config.update(ENCODER_CALIBRATION)
@@ -84,7 +88,7 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="mp-bench-quant-"))
     cache = default_cache()
     rows = []
-    eval_config = EvaluationConfig(latency_iterations=5, quality_windows=args.quality_windows)
+    eval_config = EvaluationConfig(latency_iterations=5, quality_windows=args.quality_windows, decode_tokens=0)
     for model in args.models.split(","):
         src = builtin_folder(model, cache)
         fp16_dir = work / model / "fp16-reference"
@@ -104,8 +108,10 @@ def main() -> None:
             out = work / model / recipe
             shutil.rmtree(out, ignore_errors=True)
             run = quantize(method, config, src, out)
-            figures = evaluate_folder(out, eval_config if not encoder else eval_config.model_copy(
+            # Latency of the FP32 model and this one in one process, interleaved (never two probes).
+            both, _ = compare_folders([src, out], 0, eval_config if not encoder else eval_config.model_copy(
                 update={"quality_windows": 0}))
+            figures, speed = both[1], both[1]["speed"][0]
             if encoder:
                 got = quality.sentence_embeddings(modelio.load_model(out), tokenizer, sentences)
                 value, base_value, metric = float((got * reference).sum(-1).mean()), 1.0, "cosine"
@@ -121,8 +127,12 @@ def main() -> None:
                 "metric": metric, "value": round(value, 5), "base_value": round(base_value, 5),
                 "delta": round((value - base_value) / base_value, 5),
                 "wall_s": round(run["wall_s"], 1), "peak_rss_mb": round(run["peak_rss_mb"]),
+                "layout": run["compression"].get("layout", ""),
                 "latency_p50_ms": round(figures["latency"]["p50_ms"], 1),
-                "fp32_latency_p50_ms": round(base["latency"]["p50_ms"], 1),
+                "fp32_latency_p50_ms": round(both[0]["latency"]["p50_ms"], 1),
+                "speedup": round(speed["speedup"], 3), "speedup_ci95": [round(speed["ci95_low"], 3),
+                                                                        round(speed["ci95_high"], 3)],
+                "speedup_unreliable": speed["unreliable"],
                 "group_fallbacks": len(run["compression"].get("group_fallbacks", {}) or {}),
                 "artifact_dir": str(out),
             })
@@ -138,12 +148,13 @@ def save(rows: list[dict]) -> None:
     previous = json.loads(path.read_text())["rows"] if path.exists() else []
     fresh = {(r["model"], r["recipe"]) for r in rows}
     merged = [r for r in previous if (r["model"], r["recipe"]) not in fresh] + rows
-    path.write_text(json.dumps({"threads": torch.get_num_threads(), "rows": merged}, indent=2))
+    path.write_text(json.dumps({"machine": machine_record(), "threads": torch.get_num_threads(), "rows": merged},
+                                     indent=2))
 
 
 def print_row(row: dict, header: bool) -> None:
-    columns = ["model", "recipe", "effective_bits", "size_vs_fp16", "size_vs_fp32", "metric", "value", "base_value",
-               "delta", "wall_s", "peak_rss_mb", "latency_p50_ms", "fp32_latency_p50_ms"]
+    columns = ["model", "recipe", "layout", "effective_bits", "size_vs_fp16", "size_vs_fp32", "metric", "value",
+               "base_value", "delta", "wall_s", "peak_rss_mb", "latency_p50_ms", "fp32_latency_p50_ms", "speedup"]
     if header:
         print(" | ".join(columns))
     print(" | ".join(str(row[c]) for c in columns), flush=True)

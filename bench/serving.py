@@ -101,7 +101,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serving.json")
     args = parser.parse_args()
     figures = run(args.onnx_folder, builtin_folder("smollm2-135m", default_cache()))
-    args.out.write_text(json.dumps(figures, indent=1))
+    from machine_record import machine_record
+
+    args.out.write_text(json.dumps({"machine": machine_record(), **figures}, indent=1))
 
 
 if __name__ == "__main__":

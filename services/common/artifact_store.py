@@ -38,11 +38,12 @@ BUCKET = "modelpress_artifacts"
 CHUNK_SIZE = 1024 * 1024 - 16 * 1024
 # Chunks in flight before a writer waits for acks (bounds memory to ~64 MiB).
 WRITE_WINDOW = 64
-READ_BATCH = 32
+READ_BATCH = 16
 # Chunks in flight over one connection, summed over its concurrent reads. nats-server drops a
 # client whose unread bytes pass max_pending (64 MiB by default) as a slow consumer, and with it
-# every transfer on that connection; 48 chunks (~47 MiB) leave room for the connection's other traffic.
-CONNECTION_READ_CHUNKS = 48
+# every transfer on that connection. Measured with 8 concurrent 46 MB reads on a loaded 2-core
+# machine: 48 chunks in flight tripped it, 32 and 24 did not; one read still runs at disk speed.
+CONNECTION_READ_CHUNKS = 24
 
 
 class ArtifactNotFound(LookupError):

@@ -176,8 +176,12 @@ def layer_error_plot(layers: list[tuple[str, float]], key: str) -> str:
     ax.set_xlabel("layer (in quantization order)")
     ax.set_ylabel(key)
     worst = sorted(range(len(layers)), key=lambda i: layers[i][1], reverse=True)[:3]
-    for i in worst:
-        ax.annotate(layers[i][0].replace("model.layers.", "L"), (i, layers[i][1]), fontsize=7, rotation=30)
+    # Neighbouring bars are often the worst together: each label sits at its own height.
+    for rank, i in enumerate(sorted(worst)):
+        ax.annotate(layers[i][0].replace("model.layers.", "L"), (i, layers[i][1]), textcoords="offset points",
+                    xytext=(0, 4 + 11 * rank), ha="center", fontsize=7,
+                    arrowprops={"arrowstyle": "-", "color": "#999", "lw": 0.6})
+    ax.set_ylim(0, max(v for _, v in layers) * 1.35 if layers else 1)
     ax.grid(alpha=.3, axis="y")
     return _png(fig)
 
@@ -326,7 +330,7 @@ def job_report(job: dict, events: list[dict]) -> Report:
                                                    "better"], rows))
         report.plots["size against quality"] = size_quality_plot(
             [("original", original.get("sizeOnDiskBytes", 0) / MB, before_q, True),
-             ("compressed", compressed.get("sizeOnDiskBytes", 0) / MB, after_q, verdict == "pass")],
+             ("compressed", compressed.get("sizeOnDiskBytes", 0) / MB, after_q, verdict != "fail")],
             quality_name, front=[])
         lat_a, lat_b = original.get("latency", {}), compressed.get("latency", {})
         if lat_a.get("samplesMs") and lat_b.get("samplesMs"):
@@ -369,6 +373,15 @@ def pareto_front(points: list[tuple[float, float]], lower_quality_is_better: boo
     return front
 
 
+def _speedup_cell(row: dict) -> str:
+    """Speedup over the baseline with its interval; 'unreliable' when the rounds disagreed."""
+    speed = (row.get("speed") or [{}])[0]
+    cell = _num(row.get("speedup", 0), 3)
+    if speed.get("ci95Low") and speed.get("ci95High") and not row.get("baseline"):
+        cell += f" [{speed['ci95Low']:.2f}–{speed['ci95High']:.2f}]"
+    return cell + (" unreliable" if speed.get("unreliable") else "")
+
+
 def comparison_report(comparison: dict) -> Report:
     rows = comparison.get("rows", [])
     baseline = next((r for r in rows if r.get("baseline")), rows[0] if rows else {})
@@ -401,7 +414,7 @@ def comparison_report(comparison: dict) -> Report:
         line = [r.get("model", "") + (" (baseline)" if r.get("baseline") else ""),
                 _num(m.get("sizeOnDiskBytes", 0) / MB, 4), _num(r.get("sizeRatio", 0), 3),
                 _num(r.get("parameterRatio", 0), 3), _num(r.get("flopsRatio", 0), 3),
-                _num(m.get("latency", {}).get("p50Ms", 0), 4), _num(r.get("speedup", 0), 3),
+                _num(m.get("latency", {}).get("p50Ms", 0), 4), _speedup_cell(r),
                 _num(r.get("memoryRatio", 0), 3), f"{r.get('qualityRetention', 0):.2%}"]
         if checks:
             by_metric = {c.get("metric"): c for c in r.get("checks", [])}
@@ -410,12 +423,16 @@ def comparison_report(comparison: dict) -> Report:
         table.append(line)
     report.tables.append(("Against the baseline", header, table))
     if rows:
-        quality_name, _ = _quality_of(baseline.get("metrics", {}))
+        # The verdict's own measure (quality kept), and a front through models that passed only.
+        quality_name = "quality kept"
         points = [(r.get("model", ""), r.get("metrics", {}).get("sizeOnDiskBytes", 0) / MB,
-                   _quality_of(r.get("metrics", {}))[1], bool(r.get("passed") or r.get("baseline")))
-                  for r in rows]
-        front = pareto_front([(p[1], p[2]) for p in points], lower_quality_is_better=quality_name == "perplexity")
-        report.plots["size against quality (Pareto front dashed)"] = size_quality_plot(points, quality_name, front)
+                   1.0 if r.get("baseline") else r.get("qualityRetention", 0.0),
+                   bool(r.get("passed") or r.get("baseline"))) for r in rows]
+        eligible = [i for i, p in enumerate(points) if p[3]]
+        front = [eligible[k] for k in pareto_front([(points[i][1], points[i][2]) for i in eligible],
+                                                   lower_quality_is_better=False)]
+        report.plots["size against quality kept (Pareto front of passing models dashed)"] = size_quality_plot(
+            points, quality_name, front)
         report.data["pareto_front"] = [rows[i].get("model") for i in front]
         samples = [(r.get("model", ""), r.get("metrics", {}).get("latency", {}).get("samplesMs", [])) for r in rows]
         if all(s for _, s in samples):

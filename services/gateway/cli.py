@@ -14,7 +14,8 @@ import grpc
 from google.protobuf import json_format
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 from rich.table import Table
 
 from modelpress.v1 import common_pb2
@@ -99,13 +100,17 @@ def cmd_status(args) -> int:
 
 
 def follow(client: Client, job_id: str, quiet: bool) -> None:
-    """Renders WatchJob as progress bars (one per stage) until the job ends."""
+    """Renders WatchJob until the job ends: progress bars with an ETA on a terminal, one line per
+    stage step otherwise (logs, CI, pipes)."""
     if quiet:
         for _ in client.watch(job_id):
             pass
         return
+    if not err.is_terminal:
+        _follow_lines(client, job_id)
+        return
     columns = [TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
-               TextColumn("{task.fields[note]}")]
+               TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[note]}")]
     with Progress(*columns, console=err, transient=False) as bars:
         tasks: dict[int, int] = {}
         for event in client.watch(job_id):
@@ -116,10 +121,30 @@ def follow(client: Client, job_id: str, quiet: bool) -> None:
                     tasks[key] = bars.add_task(f"stage {key}: {event.stage_name}", total=1.0, note="")
                 done = 1.0 if event.kind == common_pb2.EVENT_KIND_STAGE_FINISHED else event.stage_progress
                 bars.update(tasks[key], completed=done, note=event.message[:60])
+            elif event.kind == common_pb2.EVENT_KIND_LOG:
+                bars.console.print(event.message, markup=False)
             elif event.kind == common_pb2.EVENT_KIND_JOB_STATE:
                 state = _state_name(event.job_state)
                 note = f" ({event.message})" if event.message and event.message != state else ""
                 bars.console.print(f"job {job_id}: {state}{note}")
+
+
+def _follow_lines(client: Client, job_id: str) -> None:
+    started: dict[int, float] = {}
+    for event in client.watch(job_id):
+        stage = f"stage {event.stage_index} {event.stage_name}"
+        if event.kind == common_pb2.EVENT_KIND_JOB_STATE:
+            err.print(f"job {job_id}: {_state_name(event.job_state)} ({event.message})", markup=False)
+            continue
+        if event.kind == common_pb2.EVENT_KIND_LOG:
+            err.print(f"{stage}: {event.message}", markup=False)
+            continue
+        started.setdefault(event.stage_index, time.monotonic())
+        elapsed = time.monotonic() - started[event.stage_index]
+        fraction = 1.0 if event.kind == common_pb2.EVENT_KIND_STAGE_FINISHED else event.stage_progress
+        eta = f", eta {elapsed * (1 - fraction) / fraction:.0f} s" if 0 < fraction < 1 else ""
+        step = f" {event.step}/{event.total_steps}" if event.total_steps else ""
+        err.print(f"{stage}{step} ({fraction:.0%}{eta}): {event.message}", markup=False)
 
 
 def _latency_cell(stats: common_pb2.LatencyStats) -> str:
@@ -243,9 +268,20 @@ def cmd_watch(args) -> int:
     return 0
 
 
+def _model_text(model: common_pb2.ModelRef) -> str:
+    source = model.WhichOneof("source")
+    return {"builtin": f"builtin:{model.builtin}", "artifact_id": f"artifact:{model.artifact_id}",
+            "path": f"path:{model.path}"}.get(source, "")
+
+
 def _job_row(job: common_pb2.Job) -> dict:
-    return {"job_id": job.job_id, "name": job.name, "recipe": job.recipe, "status": _state_name(job.state),
-            "progress": round(job.progress, 3), "artifact_id": job.output.id, "error": job.error}
+    return {"job_id": job.job_id, "name": job.name, "model": _model_text(job.model), "recipe": job.recipe,
+            "status": _state_name(job.state), "progress": round(job.progress, 3), "artifact_id": job.output.id,
+            "error": job.error}
+
+
+def _middle(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width // 2 - 1] + "…" + text[-(width - width // 2):]
 
 
 def cmd_jobs(args) -> int:
@@ -255,9 +291,11 @@ def cmd_jobs(args) -> int:
             if args.json:
                 print(json.dumps(rows, indent=2))
             else:
-                table = Table("job", "recipe", "status", "progress", "artifact")
+                # Fits 100 columns: long model paths and artifact ids are cut in the middle.
+                table = Table("job", "model", "recipe", "status", "done", "artifact", width=100)
                 for r in rows:
-                    table.add_row(r["job_id"], r["recipe"], r["status"], f"{r['progress']:.0%}", r["artifact_id"])
+                    table.add_row(r["job_id"], _middle(r["model"], 28), r["recipe"], r["status"],
+                                  f"{r['progress']:.0%}", _middle(r["artifact_id"], 14))
                 out.print(table)
             return 0
         if not args.job_id:
@@ -306,6 +344,25 @@ def cmd_recipes(args) -> int:
     return 0
 
 
+def _value_text(value) -> str:
+    """A default as a person writes it: 16, not 16.0; true; "text"."""
+    plain = json_format.MessageToDict(value)
+    if isinstance(plain, float) and plain.is_integer():
+        return str(int(plain))
+    return json.dumps(plain)
+
+
+def _field_text(field: common_pb2.ConfigField) -> str:
+    text = f"{field.name}={_value_text(field.default_value)}"
+    if field.choices:
+        text += f" ({'|'.join(field.choices)})"
+    elif field.HasField("minimum") or field.HasField("maximum"):
+        bound = lambda v: str(int(v)) if float(v).is_integer() else f"{v:g}"  # noqa: E731
+        text += (f" [{bound(field.minimum) if field.HasField('minimum') else ''}.."
+                 f"{bound(field.maximum) if field.HasField('maximum') else ''}]")
+    return text
+
+
 def cmd_methods(args) -> int:
     with Client(_gateway_target(args)) as client:
         response = client.list_methods()
@@ -314,7 +371,7 @@ def cmd_methods(args) -> int:
         return 0
     for method in response.methods:
         technique = common_pb2.Technique.Name(method.technique).removeprefix("TECHNIQUE_").lower()
-        fields = ", ".join(f"{f.name}={json_format.MessageToJson(f.default_value)}" for f in method.fields)
+        fields = ", ".join(_field_text(f) for f in method.fields)
         out.print(f"{technique}/{method.name}: {method.summary} [{fields}]", markup=False)
     for name, why in response.unavailable.items():
         err.print(f"{name} unavailable: {why}")

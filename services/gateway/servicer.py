@@ -38,12 +38,17 @@ REPORT_FORMATS = {"": ("report.json", "application/json"), "json": ("report.json
 MAX_BENCHMARK_SHAPES = 8
 OPTIMIZER_ISSUE = "arrives with the optimizer issue (#5)"
 
+class NoOutput(RuntimeError):
+    """The job exists but has no artifact to download (yet, or ever: it failed)."""
+
+
 _ERRORS = [
     (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
     (JobNotFound, grpc.StatusCode.NOT_FOUND),
     (ArtifactNotFound, grpc.StatusCode.NOT_FOUND),
     (ArtifactCorrupt, grpc.StatusCode.DATA_LOSS),
     (ServiceUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (NoOutput, grpc.StatusCode.FAILED_PRECONDITION),
 ]
 
 
@@ -285,7 +290,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         try:
             artifact_id = await self._artifact_of(request)
             stored = await self._runtime.store.stat(artifact_id)
-        except (InvalidArgument, JobNotFound, ArtifactNotFound) as exc:
+        except (InvalidArgument, JobNotFound, ArtifactNotFound, NoOutput) as exc:
             await context.abort(_code_for(exc), str(exc.args[0]))
             return
         yield gateway_pb2.DownloadArtifactResponse(artifact=stored.ref)
@@ -303,8 +308,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         if target == "job_id":
             job = await self._runner.jobs.get(_job_id(request.job_id))
             if not job.output.id:
-                raise InvalidArgument(f"job_id: job {job.job_id} has no output artifact yet "
-                                      f"({common_pb2.JobState.Name(job.state)})")
+                state = common_pb2.JobState.Name(job.state)
+                if job.state in TERMINAL_STATES:
+                    raise NoOutput(f"job_id: job {job.job_id} ended {state} without an output artifact: {job.error}")
+                raise NoOutput(f"job_id: job {job.job_id} has no output artifact yet ({state})")
             return job.output.id
         raise InvalidArgument("target: set artifact_id or job_id")
 

@@ -22,6 +22,8 @@ TEMPLATES = {t.recipe: t for t in (
     StrategyTemplate("fp16", "cloud", ("cuda", "cpu with avx512_fp16 or amx", "apple mps")),
     StrategyTemplate("bf16", "cloud", ("cuda (ampere and newer)", "cpu with avx512_bf16 or amx")),
     StrategyTemplate("int8-weight-only", "edge", ("cpu", "cuda", "vllm (compressed-tensors)")),
+    StrategyTemplate("int8-compact", "edge", ("cpu", "transformers (compressed-tensors)")),
+    StrategyTemplate("w4a16-gptq-compact", "mobile", ("transformers (compressed-tensors)", "cpu after export")),
     StrategyTemplate("w8a8-dynamic", "cloud", ("cuda with int8 tensor cores (vllm)", "cpu with vnni via onnx/openvino")),
     StrategyTemplate("w8a8-static", "edge", ("cuda with int8 tensor cores (vllm)", "npu / int8 accelerators")),
     StrategyTemplate("w8a8-smoothquant", "cloud", ("cuda with int8 tensor cores (vllm)",)),
@@ -49,14 +51,25 @@ def strategy(recipe: str, outcomes: list[common_pb2.Job]) -> gateway_pb2.Compres
         message.evidence = ("no measurement yet: run a job with this recipe or `modelpress recommend` "
                             "and the figures appear here")
         return message
-    message.expected_compression_ratio = statistics.median(j.result.compression_ratio for j in mine)
-    message.expected_speedup = statistics.median(j.result.latency_improvement for j in mine)
+    by_kind: dict[str, list[common_pb2.Job]] = {}
+    for job in mine:
+        by_kind.setdefault(job.result.original.kind or "unknown", []).append(job)
+    # A median across model kinds (an LM's speedup with an encoder's) describes neither: the
+    # expected figures are the most-measured kind's, the others are named in the evidence.
+    kind, chosen = max(by_kind.items(), key=lambda item: (len(item[1]), item[0]))
+    message.expected_compression_ratio = statistics.median(j.result.compression_ratio for j in chosen)
+    message.expected_speedup = statistics.median(j.result.latency_improvement for j in chosen)
     message.expected_accuracy_retention = statistics.median(
-        quality_retention(j.result.compressed, j.result.original)[0] for j in mine)
-    models = sorted({j.result.original.architecture or j.model.WhichOneof("source") for j in mine})
-    devices = sorted({j.result.compressed.device for j in mine})
-    message.evidence = (f"median of {len(mine)} measured job(s) ({', '.join(j.job_id for j in mine[:5])}"
-                        f"{', ...' if len(mine) > 5 else ''}) on {', '.join(models)}; device {', '.join(devices)}")
+        quality_retention(j.result.compressed, j.result.original)[0] for j in chosen)
+    models = sorted({j.result.original.architecture or j.model.WhichOneof("source") for j in chosen})
+    devices = sorted({j.result.compressed.device for j in chosen})
+    message.evidence = (f"{kind}: median of {len(chosen)} measured job(s) ({', '.join(j.job_id for j in chosen[:5])}"
+                        f"{', ...' if len(chosen) > 5 else ''}) on {', '.join(models)}; device {', '.join(devices)}")
+    for other, jobs in sorted(by_kind.items()):
+        if other != kind:
+            message.evidence += (f"; {other} ({len(jobs)} job(s), not in these figures): compression "
+                                 f"{statistics.median(j.result.compression_ratio for j in jobs):.2f}x, speedup "
+                                 f"{statistics.median(j.result.latency_improvement for j in jobs):.2f}x")
     return message
 
 

@@ -59,6 +59,9 @@ async def test_int8_job_runs_through_the_mesh(gateway, model_dir, tmp_path):
     config = json.loads((tmp_path / "dl" / "config.json").read_text())
     assert config["quantization_config"]["quant_method"] == "compressed-tensors"
     assert (tmp_path / "dl" / "modelpress.json").exists()
+    # The tar keeps no times; a download gets the artifact's creation time, not 1970.
+    made = (tmp_path / "dl" / "config.json").stat().st_mtime
+    assert abs(made - job.finished_at.seconds) < 600
 
     # The report sits beside the artifact: JSON with the figures, HTML with the plots embedded.
     assert job.result.evaluation_report_path in job.artifact_ids
@@ -208,7 +211,7 @@ async def test_int4_recipes_write_compressed_tensors(gateway, model_dir, tmp_pat
         assert manifest["compression"]["group_fallbacks"]
 
 
-async def test_calibration_larger_than_the_text_is_a_clear_failure(gateway, model_dir):
+async def test_calibration_larger_than_the_text_is_a_clear_failure(gateway, model_dir, tmp_path):
     client = Client(gateway)
     job = await call(client.create_job, f"path:{model_dir}", "w4a16-gptq",
                      overrides={"calibration_samples": 1024, "calibration_sequence_length": 4096},
@@ -217,6 +220,10 @@ async def test_calibration_larger_than_the_text_is_a_clear_failure(gateway, mode
     job = await call(client.get_job, job.job_id)
     assert job.state == common_pb2.JOB_STATE_FAILED
     assert job.error.startswith("FAILED_PRECONDITION") and "calibration_samples" in job.error
+    # Asking for its model repeats why there is none.
+    with pytest.raises(grpc.RpcError) as info:
+        await call(client.download, tmp_path / "none", job_id=job.job_id)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and job.error in info.value.details()
 
 
 CALIBRATED_RECIPES = {"w8a8-dynamic", "w8a8-static", "w8a8-smoothquant", "w4a16-gptq", "w4a16-awq", "w4a16-qat",

@@ -19,12 +19,14 @@ def test_causal_lm_figures_cover_the_grid_decode_and_quality(tiny_llama_dir):
     assert figures["parameter_bytes"] == stored_parameter_bytes(tiny_llama_dir) > 0
     assert figures["size_on_disk_bytes"] > figures["parameter_bytes"]  # tokenizer and config too
     assert figures["flops"] > 2 * figures["parameters"] * 16 * 0.5  # roughly 2 FLOPs per weight per token
-    assert figures["latency"]["phase"] == "prefill" and figures["latency"]["iterations"] == 4
+    assert figures["latency"]["phase"] == "prefill" and 4 <= figures["latency"]["iterations"] <= 12
     shapes = {(g["batch_size"], g["sequence_length"]) for g in figures["latency_grid"]}
     assert shapes == {(1, 32), (2, 16), (2, 32)}  # the main shape (1, 16) is not timed twice
     assert figures["decode"]["phase"] == "decode" and figures["decode"]["iterations"] == 3
     assert figures["peak_rss_mb"] > 100 and figures["perplexity"] > 1 and 0 <= figures["top1_accuracy"] <= 1
     assert figures["machine"]["logical_cores"] >= 1 and figures["machine"]["cpu_model"]
+    assert figures["timing_load"]["logical_cores"] == figures["machine"]["logical_cores"]
+    assert 0 <= figures["timing_load"]["others_cpu_share"] <= 1
 
 
 def test_encoder_against_itself_and_a_perturbed_copy(tiny_bert_dir, noisy_bert_dir):

@@ -48,8 +48,11 @@ def test_latency_figures_are_ordered(tiny_llama_dir):
     figures = latency.measure_forward(modelio.load_model(tiny_llama_dir), batch_size=2, sequence_length=8,
                                       iterations=12, warmup=1, causal=True)
     assert 0 < figures.min_ms <= figures.p50_ms <= figures.p95_ms <= figures.p99_ms <= figures.max_ms
-    assert (figures.batch_size, figures.sequence_length, figures.iterations, figures.phase) == (2, 8, 12, "prefill")
-    assert len(figures.samples_ms) == 12 and figures.stdev_ms >= 0
+    assert (figures.batch_size, figures.sequence_length, figures.phase) == (2, 8, "prefill")
+    # 12 passes asked; more (up to 36) while the p50's interval is too wide to read.
+    assert 12 <= figures.iterations <= 36 and len(figures.samples_ms) == figures.iterations
+    assert figures.stdev_ms >= 0 and figures.p50_ci95_low_ms <= figures.p50_ms <= figures.p50_ci95_high_ms
+    assert figures.unreliable == bool(figures.unreliable_reason)
     assert figures.tokens_per_s == pytest.approx(16 / (figures.p50_ms / 1000))
     assert figures.samples_per_s == pytest.approx(2 / (figures.p50_ms / 1000))
 

@@ -67,7 +67,20 @@ def test_comparison_report_marks_failures_and_the_pareto_front():
     assert made.verdict == "fail" and made.headline.startswith("0 of 2 models pass seed-int4")
     page = made.html()
     assert page.count('class="bad">FAIL') >= 2 and page.count("data:image/png;base64,") == 2
-    assert json.loads(made.json())["pareto_front"] == ["fp32", "int8", "w4"]
+    # Both fail seed-int4 (int8 on size, w4 on quality): no front is drawn through a failing model.
+    assert json.loads(made.json())["pareto_front"] == ["fp32"]
+    assert "size against quality kept (Pareto front of passing models dashed)" in made.plots
+
+
+def test_comparison_front_joins_passing_models_on_quality_kept():
+    base = _metrics(538_000_000, 13.487, [40.0, 41.0, 42.0])
+    rows = [comparison_row(0, "fp32", base, base, True, THRESHOLD_SETS["seed-int8"]),
+            comparison_row(1, "int8", _metrics(260_000_000, 13.5, [39.0, 40.0, 41.0]), base, False,
+                           THRESHOLD_SETS["seed-int8"]),
+            comparison_row(2, "w4", _metrics(110_000_000, 15.3, [38.0, 39.0, 40.0]), base, False,
+                           THRESHOLD_SETS["seed-int8"])]
+    made = report.comparison_report(report.to_plain(common_pb2.Comparison(threshold_set="seed-int8", rows=rows)))
+    assert json.loads(made.json())["pareto_front"] == ["fp32", "int8"]
 
 
 def test_pareto_front_drops_dominated_points():
