@@ -27,9 +27,11 @@ GRPC_OPTIONS = [
     ("grpc.max_send_message_length", 16 * 1024 * 1024),
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
     ("grpc.so_reuseport", 0),
-    # The gateway's keepalive pings (every 20 s, with or without data) are welcome.
+    # The gateway's keepalive pings (every 20 s, with or without data) are welcome: without these
+    # a stage streaming nothing for minutes got GOAWAY "too many pings" and failed UNAVAILABLE.
     ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_ping_strikes", 0),
 ]
 
 

@@ -291,3 +291,36 @@ async def test_calibration_from_an_uploaded_jsonl_dataset(gateway, model_dir, tm
             await call(client.create_job, f"path:{model_dir}", "w4a16-gptq",
                        overrides={"calibration_dataset": artifact_id})
         assert info.value.code() == code and "overrides.calibration_dataset" in info.value.details()
+
+
+@pytest.fixture(scope="module")
+def wide_llama_dir(tmp_path_factory):
+    """A 1-layer Llama whose embedding makes it ~47 MB on disk, the size that once tripped NATS."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tests.conftest import _copy_tokenizer
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=30522, hidden_size=384, intermediate_size=512, num_hidden_layers=1,
+                         num_attention_heads=6, num_key_value_heads=2, tie_word_embeddings=True)
+    folder = tmp_path_factory.mktemp("wide-llama")
+    LlamaForCausalLM(config).eval().save_pretrained(folder)
+    _copy_tokenizer(folder)
+    return folder
+
+
+async def test_eight_jobs_on_eight_uploaded_artifacts_all_succeed(gateway, wide_llama_dir):
+    """One quantizer fetches eight ~47 MB artifacts at once over its one NATS connection."""
+    client = Client(gateway)
+    uploads = [await call(client.upload, wide_llama_dir, name=f"wide-{i}") for i in range(8)]
+    assert len({u.id for u in uploads}) == 8 and all(u.size_bytes > 40e6 for u in uploads)
+    jobs = await asyncio.gather(*(call(client.create_job, f"artifact:{u.id}", "fp16",
+                                       evaluation=common_pb2.EvaluationSpec(skip=True)) for u in uploads))
+    # Watched one after another: the mesh shares this process's thread pool, which eight blocking
+    # watches at once would fill.
+    for job in jobs:
+        await wait_for_end(client, job.job_id)
+    done = [await call(client.get_job, j.job_id) for j in jobs]
+    assert [j.state for j in done] == [common_pb2.JOB_STATE_SUCCEEDED] * 8, [j.error for j in done]
+    assert all(j.output.size_bytes < 0.6 * u.size_bytes for j, u in zip(done, uploads))
