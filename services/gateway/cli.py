@@ -12,6 +12,7 @@ from pathlib import Path
 
 import grpc
 from google.protobuf import json_format
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn,
@@ -292,11 +293,11 @@ def cmd_jobs(args) -> int:
                 print(json.dumps(rows, indent=2))
             else:
                 # Fits 100 columns: long model paths and artifact ids are cut in the middle.
-                table = Table("job", "model", "recipe", "status", "done", "artifact", width=100)
+                table = Table("job", "model", "recipe", "status", "done", "artifact", box=box.SIMPLE)
                 for r in rows:
-                    table.add_row(r["job_id"], _middle(r["model"], 28), r["recipe"], r["status"],
-                                  f"{r['progress']:.0%}", _middle(r["artifact_id"], 14))
-                out.print(table)
+                    table.add_row(r["job_id"], _middle(r["model"], 24), _middle(r["recipe"], 18), r["status"],
+                                  f"{r['progress']:.0%}", _middle(r["artifact_id"], 12))
+                out.print(table, width=100)
             return 0
         if not args.job_id:
             raise SystemExit(f"jobs {args.action} needs a JOB id")
