@@ -12,7 +12,6 @@ from pathlib import Path
 
 import grpc
 from google.protobuf import json_format
-from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn,
@@ -28,6 +27,7 @@ from services.gateway.results import result_fields
 
 err = Console(stderr=True)
 out = Console()
+JOB_LINE = "{:<18}  {:<22}  {:<18}  {:<9}  {:>4}  {:<12}"
 HEADLINE_STYLE = {"green": "bold green", "amber": "bold yellow", "red": "bold red"}
 
 
@@ -292,12 +292,11 @@ def cmd_jobs(args) -> int:
             if args.json:
                 print(json.dumps(rows, indent=2))
             else:
-                # Fits 100 columns: long model paths and artifact ids are cut in the middle.
-                table = Table("job", "model", "recipe", "status", "done", "artifact", box=box.SIMPLE)
+                # Plain fixed-width lines, 93 columns: long model paths and ids are cut in the middle.
+                print(JOB_LINE.format("job", "model", "recipe", "status", "done", "artifact"))
                 for r in rows:
-                    table.add_row(r["job_id"], _middle(r["model"], 24), _middle(r["recipe"], 18), r["status"],
-                                  f"{r['progress']:.0%}", _middle(r["artifact_id"], 12))
-                out.print(table, width=100)
+                    print(JOB_LINE.format(r["job_id"], _middle(r["model"], 22), _middle(r["recipe"], 18),
+                                          r["status"], f"{r['progress']:.0%}", _middle(r["artifact_id"], 12)))
             return 0
         if not args.job_id:
             raise SystemExit(f"jobs {args.action} needs a JOB id")
