@@ -6,7 +6,8 @@ PIP := $(VENV)/bin/pip
 MP := $(PY) -m services.gateway.cli
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-fast bench bench-quant bench-eval bench-opt bench-anchors anchors-venv proto lint-proto clean
+.PHONY: install demo test test-fast bench bench-quant bench-eval bench-opt bench-anchors anchors-venv bench-llamacpp \
+	llamacpp-venv proto lint-proto clean
 
 install: $(STAMP)
 
@@ -65,6 +66,19 @@ anchors-venv: $(ANCHORS)/.stamp
 # modelpress vs llm-compressor, same model, tokens and machine -> bench/results/anchors.json (long).
 bench-anchors: install anchors-venv
 	$(PY) bench/anchors.py
+
+# llama-cpp-python built from its sdist (compiles llama.cpp: 10 minutes or more on 2 cores), in its own venv.
+LLAMACPP := .venv-llamacpp
+$(LLAMACPP)/.stamp:
+	python3 -m venv $(LLAMACPP)
+	$(LLAMACPP)/bin/pip install -q llama-cpp-python==0.3.36
+	touch $@
+
+llamacpp-venv: $(LLAMACPP)/.stamp
+
+# The GGUF exports loaded, tokenized and run by llama.cpp itself -> bench/results/gguf_llamacpp.json.
+bench-llamacpp: install llamacpp-venv
+	$(PY) bench/gguf_llamacpp.py
 
 proto: install
 	$(PY) proto/generate.py

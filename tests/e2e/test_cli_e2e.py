@@ -89,11 +89,14 @@ def test_compare_and_report_on_the_real_model(mesh, tmp_path):
     assert run.returncode == 0, run.stderr + run.stdout  # exit 0: every model passed the set
     comparison = json.loads(run.stdout)
     base, quantized = comparison["rows"]
-    assert quantized["sizeRatio"] < 0.3 and quantized["qualityRetention"] > 0.98, quantized
+    # int8-weight-only keeps the embedding float (the vLLM layout): 0.41 of the FP32 folder.
+    assert quantized["sizeRatio"] < 0.45 and quantized["qualityRetention"] > 0.98, quantized
     assert [c["passed"] for c in quantized["checks"]] == [True, True]
     assert base["metrics"]["flops"] == quantized["metrics"]["flops"]  # same matmuls, int8 storage
     assert int(base["metrics"]["flops"]) > 2 * 134_515_008 * 64 * 0.5
-    assert len(quantized["metrics"]["latency"]["samplesMs"]) == 3 == comparison["interleavedRounds"]
+    # Three rounds asked; up to nine while the speedup's interval is too wide.
+    assert len(quantized["metrics"]["latency"]["samplesMs"]) == comparison["interleavedRounds"]
+    assert 3 <= comparison["interleavedRounds"] <= 9 and quantized["speed"][0]["rounds"] == comparison["interleavedRounds"]
 
     out = tmp_path / "job.html"
     report = cli(env, "report", int8.job_id, "--out", str(out), timeout=120)

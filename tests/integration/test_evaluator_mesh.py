@@ -89,7 +89,8 @@ async def test_benchmarks_persist_and_filter(gateway, model_dir):
     for row in rows:
         assert row.device_type == "cpu" and row.device_name and row.machine.isa_features is not None
         assert 0 < row.latency_p50_ms <= row.latency_p95_ms <= row.latency_p99_ms
-        assert row.throughput > 0 and row.memory_usage_mb > 0 and row.iterations == 3
+        # Three passes asked; more (up to nine) while the p50 is too noisy to read.
+        assert row.throughput > 0 and row.memory_usage_mb > 0 and 3 <= row.iterations <= 9
     stored = await call(client.list_benchmarks, model=str(model_dir))
     assert {r.benchmark_id for r in rows} <= {r.benchmark_id for r in stored}
     assert await call(client.list_benchmarks, model=str(model_dir), device="no-such-device") == []

@@ -17,8 +17,10 @@ def _job(job_id: str, kind: str, ratio: float, speedup: float) -> common_pb2.Job
 
 
 def test_the_most_measured_kind_sets_the_figures_and_the_other_is_named():
-    jobs = [_job("j-1", "causal-lm", 2.4, 0.9), _job("j-2", "causal-lm", 2.6, 1.1), _job("j-3", "encoder", 3.9, 1.8)]
+    jobs = [_job("j-1", "causal-lm", 2.4, 0.9), _job("j-2", "causal-lm", 2.6, 1.1),
+            _job("j-3", "encoder", 3.9, 1.8)]
     made = strategy("int8-weight-only", jobs)
-    assert made.expected_compression_ratio == pytest.approx(2.5) and made.expected_speedup == pytest.approx(1.0)
-    assert made.evidence.startswith("causal-lm: median of 2") and "encoder (1 job(s), not in these figures)" in \
-        made.evidence and "3.90x" in made.evidence
+    assert made.expected_compression_ratio == pytest.approx(2.5)
+    assert made.expected_speedup == pytest.approx(1.0)
+    assert made.evidence.startswith("causal-lm: median of 2")
+    assert "encoder (1 job(s), not in these figures)" in made.evidence and "3.90x" in made.evidence
