@@ -215,15 +215,20 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
 
     # ---- evaluation ------------------------------------------------------------
 
+    async def _live_evaluator(self):
+        """The evaluator's stub once a replica answers its health check (UNAVAILABLE at once if none)."""
+        await self._mesh.require_live({common_pb2.TECHNIQUE_EVALUATOR})
+        return self._mesh.evaluator
+
     @_maps_errors
     async def Evaluate(self, request, context):
         await self._check_model(request.model)
         if request.spec.HasField("reference"):
             await self._check_model(request.spec.reference, "spec.reference")
-        response = await self._mesh.evaluator.Evaluate(
+        response = await (await self._live_evaluator()).Evaluate(
             evaluator_pb2.EvaluatorServiceEvaluateRequest(model=request.model,
                                                           spec=resolve_evaluation(request.spec)),
-            wait_for_ready=True)
+            wait_for_ready=False)
         return gateway_pb2.EvaluateResponse(metrics=response.metrics)
 
     @_maps_errors
@@ -235,19 +240,19 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                                   f"{len(request.models)} models")
         for i, model in enumerate(request.models):
             await self._check_model(model, f"models[{i}]")
-        response = await self._mesh.evaluator.Compare(
+        response = await (await self._live_evaluator()).Compare(
             evaluator_pb2.EvaluatorServiceCompareRequest(models=request.models, baseline_index=request.baseline_index,
                                                          spec=resolve_evaluation(request.spec),
                                                          threshold_set=request.threshold_set),
-            wait_for_ready=True)
+            wait_for_ready=False)
         comparison = response.comparison
         await self._comparisons.put(comparison.comparison_id, comparison)
         return gateway_pb2.CompareResponse(metrics=[row.metrics for row in comparison.rows], comparison=comparison)
 
     @_maps_errors
     async def ListThresholdSets(self, request, context):
-        response = await self._mesh.evaluator.ListThresholdSets(
-            evaluator_pb2.EvaluatorServiceListThresholdSetsRequest(), wait_for_ready=True)
+        response = await (await self._live_evaluator()).ListThresholdSets(
+            evaluator_pb2.EvaluatorServiceListThresholdSetsRequest(), wait_for_ready=False)
         return gateway_pb2.ListThresholdSetsResponse(threshold_sets=response.threshold_sets)
 
     @_maps_errors
@@ -263,17 +268,17 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             raise InvalidArgument(f"iterations: {request.iterations} is outside [1, 1000] (0: default 10)")
         if not 0 <= request.threads <= 256:
             raise InvalidArgument(f"threads: {request.threads} is outside [1, 256] (0: default 2)")
-        response = await self._mesh.evaluator.Benchmark(
+        response = await (await self._live_evaluator()).Benchmark(
             evaluator_pb2.EvaluatorServiceBenchmarkRequest(
                 model=request.model, batch_sizes=request.batch_sizes, sequence_lengths=request.sequence_lengths,
-                iterations=request.iterations, threads=request.threads), wait_for_ready=True)
+                iterations=request.iterations, threads=request.threads), wait_for_ready=False)
         return gateway_pb2.RunBenchmarkResponse(benchmarks=response.benchmarks)
 
     @_maps_errors
     async def ListBenchmarks(self, request, context):
-        response = await self._mesh.evaluator.ListBenchmarks(
+        response = await (await self._live_evaluator()).ListBenchmarks(
             evaluator_pb2.EvaluatorServiceListBenchmarksRequest(model=request.model, device=request.device),
-            wait_for_ready=True)
+            wait_for_ready=False)
         return gateway_pb2.ListBenchmarksResponse(benchmarks=response.benchmarks)
 
     # ---- results -----------------------------------------------------------------
