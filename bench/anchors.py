@@ -27,7 +27,7 @@ from services.common import modelio, packaging
 from services.common.registry import builtin_folder
 from services.common.settings import default_cache
 from services.evaluator.engine import EvaluationConfig, evaluate_folder
-from services.quantizer.calibration import calibration_batches, calibration_text
+from services.common.calibration_data import calibration_batches, calibration_text
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

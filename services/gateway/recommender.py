@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 from modelpress.v1 import common_pb2, gateway_pb2
 from services.common.quality_kept import quality_retention
-from services.evaluator.recommend import Candidate, Constraints, rank
+from services.common.recommend import Candidate, Constraints, rank
 from services.gateway.jobs import JobRunner
 from services.gateway.recipes import get_recipe
 from services.gateway.strategies import strategy

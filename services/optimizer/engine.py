@@ -146,7 +146,7 @@ def _openvino(config: OpenVinoConfig, src: Path, dst: Path, reporter: ProgressRe
     if bits:
         calibration = None
         if calibration_samples:
-            from services.quantizer.calibration import calibration_batches, calibration_text
+            from services.common.calibration_data import calibration_batches, calibration_text
 
             windows = calibration_batches(modelio.load_tokenizer(src), calibration_samples, 128, calibration_text())
             calibration = openvino_convert.calibration_inputs(windows.tolist(), kind, geometry)

@@ -1,56 +1,20 @@
-"""Calibration data and the block-level pieces data-aware algorithms share: the text
-windows, the inputs captured at the first block, running one block on them, and the
-per-Linear Hessians. Only the current block's inputs are ever held (see sequential.py).
+"""The block-level pieces data-aware algorithms share: the inputs captured at the first
+block, running one block on them, and the per-Linear Hessians (the text windows are in
+services/common/calibration_data.py). Only the current block's inputs are ever held (see sequential.py).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from services.common import corpus
-
 
 class _StopForward(Exception):
     pass
-
-
-def calibration_text(dataset_dir: Path | None = None) -> str:
-    """The built-in calibration split of pydoc, or the texts of a JSON-lines dataset artifact."""
-    if dataset_dir is None:
-        return corpus.calibration_text()
-    files = sorted(Path(dataset_dir).glob("*.jsonl"))
-    if not files:
-        raise ValueError("calibration dataset: the artifact holds no *.jsonl file")
-    texts = []
-    for path in files:
-        for number, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                texts.append(json.loads(line)["text"])
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise ValueError(f"calibration dataset: {path.name}:{number} is not a JSON object with a 'text' field") \
-                    from None
-    return "\n\n".join(texts)
-
-
-def calibration_batches(tokenizer, samples: int, sequence_length: int, text: str) -> torch.Tensor:
-    """`samples` windows of `sequence_length` tokens, spread evenly over the text: [samples, length]."""
-    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids[0]
-    available = ids.numel() // sequence_length
-    if samples > available:
-        raise ValueError(f"calibration_samples: {samples} windows of {sequence_length} tokens asked, "
-                         f"the calibration text has {available}")
-    windows = ids[: available * sequence_length].view(available, sequence_length)
-    picks = torch.linspace(0, available - 1, samples).round().long()
-    return windows[picks]
 
 
 def decoder_blocks(model: nn.Module) -> nn.ModuleList:

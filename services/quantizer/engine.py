@@ -17,7 +17,7 @@ from services.common.configspec import MethodConfig
 from services.common.engine_api import Method, ProgressReporter, StageResult
 from services.common.memory import return_large_frees_to_os
 from services.common.tokenizer_files import copy_tokenizer
-from services.quantizer.calibration import calibration_batches, calibration_text
+from services.common.calibration_data import calibration_batches, calibration_text
 from services.quantizer.awq import awq_block_step
 from services.quantizer.configs import (AwqConfig, CalibrationConfig, CastConfig, GptqConfig, Int8WeightOnlyConfig,
                                         MixedPrecisionConfig, QatConfig, SmoothQuantConfig, W8A8Config,

@@ -11,7 +11,7 @@ from services.common import modelio
 from services.common.engine_api import ProgressReporter
 from services.quantizer import activations as acts
 from services.quantizer.awq import awq_block_step
-from services.quantizer.calibration import calibration_batches, calibration_text
+from services.common.calibration_data import calibration_batches, calibration_text
 from services.quantizer.configs import (AwqConfig, GptqConfig, MixedPrecisionConfig, QatConfig, SmoothQuantConfig,
                                         W8A8Config, WeightOnlyConfig)
 from services.quantizer.ct_format import write_compressed_tensors

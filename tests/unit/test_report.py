@@ -55,13 +55,17 @@ def test_job_report_leads_with_the_outcome_and_embeds_every_plot():
     assert data["job"]["result"]["original"]["sizeOnDiskBytes"] == 538_000_000  # a number, not a string
 
 
-def test_comparison_report_marks_failures_and_the_pareto_front():
+def _three_rows(threshold_set: str, int8_size: int) -> list:
+    """fp32 (baseline), int8 of `int8_size` bytes at +0.1 % ppl, w4 at +13 % ppl."""
     base = _metrics(538_000_000, 13.487, [40.0, 41.0, 42.0])
-    rows = [comparison_row(0, "fp32", base, base, True, THRESHOLD_SETS["seed-int4"]),
-            comparison_row(1, "int8", _metrics(270_000_000, 13.5, [39.0, 40.0, 41.0]), base, False,
-                           THRESHOLD_SETS["seed-int4"]),
-            comparison_row(2, "w4", _metrics(110_000_000, 15.3, [38.0, 39.0, 40.0]), base, False,
-                           THRESHOLD_SETS["seed-int4"])]
+    checks = THRESHOLD_SETS[threshold_set]
+    return [comparison_row(0, "fp32", base, base, True, checks),
+            comparison_row(1, "int8", _metrics(int8_size, 13.5, [39.0, 40.0, 41.0]), base, False, checks),
+            comparison_row(2, "w4", _metrics(110_000_000, 15.3, [38.0, 39.0, 40.0]), base, False, checks)]
+
+
+def test_comparison_report_marks_failures_and_the_pareto_front():
+    rows = _three_rows("seed-int4", 270_000_000)
     comparison = common_pb2.Comparison(comparison_id="c-1", threshold_set="seed-int4", rows=rows)
     made = report.comparison_report(report.to_plain(comparison))
     assert made.verdict == "fail" and made.headline.startswith("0 of 2 models pass seed-int4")
@@ -73,12 +77,7 @@ def test_comparison_report_marks_failures_and_the_pareto_front():
 
 
 def test_comparison_front_joins_passing_models_on_quality_kept():
-    base = _metrics(538_000_000, 13.487, [40.0, 41.0, 42.0])
-    rows = [comparison_row(0, "fp32", base, base, True, THRESHOLD_SETS["seed-int8"]),
-            comparison_row(1, "int8", _metrics(260_000_000, 13.5, [39.0, 40.0, 41.0]), base, False,
-                           THRESHOLD_SETS["seed-int8"]),
-            comparison_row(2, "w4", _metrics(110_000_000, 15.3, [38.0, 39.0, 40.0]), base, False,
-                           THRESHOLD_SETS["seed-int8"])]
+    rows = _three_rows("seed-int8", 260_000_000)
     made = report.comparison_report(report.to_plain(common_pb2.Comparison(threshold_set="seed-int8", rows=rows)))
     assert json.loads(made.json())["pareto_front"] == ["fp32", "int8"]
 
