@@ -170,10 +170,16 @@ class Client:
         return self._stub.OptimizeModel(request, timeout=self._timeout).job
 
     def list_engines(self) -> list[common_pb2.EngineInfo]:
-        return list(self._stub.ListEngines(gateway_pb2.ListEnginesRequest(), timeout=self._timeout).engines)
+        return list(self.engines().engines)
 
-    def list_strategies(self) -> list[gateway_pb2.CompressionStrategy]:
-        return list(self._stub.ListStrategies(gateway_pb2.ListStrategiesRequest(), timeout=self._timeout).strategies)
+    def engines(self) -> gateway_pb2.ListEnginesResponse:
+        """The engines and, per optimizer replica, its CPU and which compute precisions its ISA accelerates."""
+        return self._stub.ListEngines(gateway_pb2.ListEnginesRequest(), timeout=self._timeout)
+
+    def list_strategies(self, isa_class: str = "") -> list[gateway_pb2.CompressionStrategy]:
+        """isa_class: expected figures from outcomes measured on CPUs of this class (default: the evaluator's)."""
+        request = gateway_pb2.ListStrategiesRequest(isa_class=isa_class)
+        return list(self._stub.ListStrategies(request, timeout=self._timeout).strategies)
 
     def recommend(self, model: str, **constraints) -> gateway_pb2.RecommendStrategyResponse:
         request = gateway_pb2.RecommendStrategyRequest(model=parse_model_ref(model), **constraints)

@@ -125,7 +125,7 @@ class StageSpec(_message.Message):
     def __init__(self, technique: _Optional[_Union[Technique, str]] = ..., method: _Optional[str] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class StageStatus(_message.Message):
-    __slots__ = ("index", "spec", "state", "output", "error", "started_at", "finished_at", "metrics", "worker")
+    __slots__ = ("index", "spec", "state", "output", "error", "started_at", "finished_at", "metrics", "worker", "notes")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -135,6 +135,7 @@ class StageStatus(_message.Message):
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     WORKER_FIELD_NUMBER: _ClassVar[int]
+    NOTES_FIELD_NUMBER: _ClassVar[int]
     index: int
     spec: StageSpec
     state: JobState
@@ -144,7 +145,8 @@ class StageStatus(_message.Message):
     finished_at: _timestamp_pb2.Timestamp
     metrics: _struct_pb2.Struct
     worker: str
-    def __init__(self, index: _Optional[int] = ..., spec: _Optional[_Union[StageSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., output: _Optional[_Union[ArtifactRef, _Mapping]] = ..., error: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metrics: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., worker: _Optional[str] = ...) -> None: ...
+    notes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, index: _Optional[int] = ..., spec: _Optional[_Union[StageSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., output: _Optional[_Union[ArtifactRef, _Mapping]] = ..., error: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metrics: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., worker: _Optional[str] = ..., notes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EvaluationSpec(_message.Message):
     __slots__ = ("skip", "batch_size", "sequence_length", "latency_iterations", "quality_windows", "threads", "batch_sizes", "sequence_lengths", "decode_tokens", "quality_sentences", "reference")
@@ -269,7 +271,7 @@ class EncoderQuality(_message.Message):
     def __init__(self, sentences: _Optional[int] = ..., topics: _Optional[int] = ..., knn_topic_accuracy: _Optional[float] = ..., knn_k: _Optional[int] = ..., mean_reference_cosine: _Optional[float] = ..., min_reference_cosine: _Optional[float] = ..., neighbour_agreement: _Optional[float] = ..., has_reference: _Optional[bool] = ...) -> None: ...
 
 class MachineInfo(_message.Message):
-    __slots__ = ("cpu_model", "logical_cores", "physical_cores", "isa_features", "memory_mb", "gpu_name", "gpu_memory_mb", "torch_version", "hostname", "device_type")
+    __slots__ = ("cpu_model", "logical_cores", "physical_cores", "isa_features", "memory_mb", "gpu_name", "gpu_memory_mb", "torch_version", "hostname", "device_type", "isa_class")
     CPU_MODEL_FIELD_NUMBER: _ClassVar[int]
     LOGICAL_CORES_FIELD_NUMBER: _ClassVar[int]
     PHYSICAL_CORES_FIELD_NUMBER: _ClassVar[int]
@@ -280,6 +282,7 @@ class MachineInfo(_message.Message):
     TORCH_VERSION_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     DEVICE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    ISA_CLASS_FIELD_NUMBER: _ClassVar[int]
     cpu_model: str
     logical_cores: int
     physical_cores: int
@@ -290,7 +293,8 @@ class MachineInfo(_message.Message):
     torch_version: str
     hostname: str
     device_type: str
-    def __init__(self, cpu_model: _Optional[str] = ..., logical_cores: _Optional[int] = ..., physical_cores: _Optional[int] = ..., isa_features: _Optional[_Iterable[str]] = ..., memory_mb: _Optional[float] = ..., gpu_name: _Optional[str] = ..., gpu_memory_mb: _Optional[float] = ..., torch_version: _Optional[str] = ..., hostname: _Optional[str] = ..., device_type: _Optional[str] = ...) -> None: ...
+    isa_class: str
+    def __init__(self, cpu_model: _Optional[str] = ..., logical_cores: _Optional[int] = ..., physical_cores: _Optional[int] = ..., isa_features: _Optional[_Iterable[str]] = ..., memory_mb: _Optional[float] = ..., gpu_name: _Optional[str] = ..., gpu_memory_mb: _Optional[float] = ..., torch_version: _Optional[str] = ..., hostname: _Optional[str] = ..., device_type: _Optional[str] = ..., isa_class: _Optional[str] = ...) -> None: ...
 
 class ModelMetrics(_message.Message):
     __slots__ = ("size_on_disk_bytes", "parameters", "latency", "peak_rss_mb", "perplexity", "top1_accuracy", "quality_tokens", "architecture", "device", "parameter_bytes", "flops", "kind", "latency_grid", "decode", "encoder", "cuda_max_memory_mb", "machine", "timing_load")
@@ -457,8 +461,15 @@ class Comparison(_message.Message):
     def __init__(self, comparison_id: _Optional[str] = ..., baseline_index: _Optional[int] = ..., threshold_set: _Optional[str] = ..., rows: _Optional[_Iterable[_Union[ComparisonRow, _Mapping]]] = ..., interleaved_rounds: _Optional[int] = ..., machine: _Optional[_Union[MachineInfo, _Mapping]] = ..., report: _Optional[_Union[ArtifactRef, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., load: _Optional[_Union[MachineLoad, _Mapping]] = ...) -> None: ...
 
 class EngineInfo(_message.Message):
-    __slots__ = ("name", "precisions", "available", "reason", "methods")
+    __slots__ = ("name", "precisions", "available", "reason", "methods", "compute", "emulated")
     class MethodsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class ComputeEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -470,12 +481,42 @@ class EngineInfo(_message.Message):
     AVAILABLE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     METHODS_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_FIELD_NUMBER: _ClassVar[int]
+    EMULATED_FIELD_NUMBER: _ClassVar[int]
     name: str
     precisions: _containers.RepeatedScalarFieldContainer[str]
     available: bool
     reason: str
     methods: _containers.ScalarMap[str, str]
-    def __init__(self, name: _Optional[str] = ..., precisions: _Optional[_Iterable[str]] = ..., available: _Optional[bool] = ..., reason: _Optional[str] = ..., methods: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    compute: _containers.ScalarMap[str, str]
+    emulated: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., precisions: _Optional[_Iterable[str]] = ..., available: _Optional[bool] = ..., reason: _Optional[str] = ..., methods: _Optional[_Mapping[str, str]] = ..., compute: _Optional[_Mapping[str, str]] = ..., emulated: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PrecisionSupport(_message.Message):
+    __slots__ = ("precision", "accelerated", "emulated", "by", "note")
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    ACCELERATED_FIELD_NUMBER: _ClassVar[int]
+    EMULATED_FIELD_NUMBER: _ClassVar[int]
+    BY_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    precision: str
+    accelerated: bool
+    emulated: bool
+    by: _containers.RepeatedScalarFieldContainer[str]
+    note: str
+    def __init__(self, precision: _Optional[str] = ..., accelerated: _Optional[bool] = ..., emulated: _Optional[bool] = ..., by: _Optional[_Iterable[str]] = ..., note: _Optional[str] = ...) -> None: ...
+
+class WorkerHardware(_message.Message):
+    __slots__ = ("worker", "machine", "isa_class", "compute")
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    MACHINE_FIELD_NUMBER: _ClassVar[int]
+    ISA_CLASS_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_FIELD_NUMBER: _ClassVar[int]
+    worker: str
+    machine: MachineInfo
+    isa_class: str
+    compute: _containers.RepeatedCompositeFieldContainer[PrecisionSupport]
+    def __init__(self, worker: _Optional[str] = ..., machine: _Optional[_Union[MachineInfo, _Mapping]] = ..., isa_class: _Optional[str] = ..., compute: _Optional[_Iterable[_Union[PrecisionSupport, _Mapping]]] = ...) -> None: ...
 
 class CompressionResult(_message.Message):
     __slots__ = ("job_id", "original_model_size_bytes", "compressed_model_size_bytes", "compression_ratio", "original_params", "compressed_params", "param_reduction_ratio", "original_latency_ms", "compressed_latency_ms", "latency_improvement", "original_memory_mb", "compressed_memory_mb", "memory_reduction", "original_accuracy", "compressed_accuracy", "accuracy_loss", "original_perplexity", "compressed_perplexity", "perplexity_increase", "compressed_artifact_id", "evaluation_report_path", "original", "compressed", "prefill_speedup", "decode_speedup", "original_decode_ms", "compressed_decode_ms", "timing_load")
@@ -628,14 +669,16 @@ class StageProgress(_message.Message):
     def __init__(self, message: _Optional[str] = ..., progress: _Optional[float] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., metrics: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class StageOutput(_message.Message):
-    __slots__ = ("artifact", "metrics", "worker")
+    __slots__ = ("artifact", "metrics", "worker", "notes")
     ARTIFACT_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     WORKER_FIELD_NUMBER: _ClassVar[int]
+    NOTES_FIELD_NUMBER: _ClassVar[int]
     artifact: ArtifactRef
     metrics: _struct_pb2.Struct
     worker: str
-    def __init__(self, artifact: _Optional[_Union[ArtifactRef, _Mapping]] = ..., metrics: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., worker: _Optional[str] = ...) -> None: ...
+    notes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, artifact: _Optional[_Union[ArtifactRef, _Mapping]] = ..., metrics: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., worker: _Optional[str] = ..., notes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class StageUpdate(_message.Message):
     __slots__ = ("progress", "output")
@@ -676,11 +719,13 @@ class MethodDescription(_message.Message):
     def __init__(self, technique: _Optional[_Union[Technique, str]] = ..., name: _Optional[str] = ..., summary: _Optional[str] = ..., fields: _Optional[_Iterable[_Union[ConfigField, _Mapping]]] = ...) -> None: ...
 
 class ServiceDescription(_message.Message):
-    __slots__ = ("technique", "methods", "version")
+    __slots__ = ("technique", "methods", "version", "hardware")
     TECHNIQUE_FIELD_NUMBER: _ClassVar[int]
     METHODS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    HARDWARE_FIELD_NUMBER: _ClassVar[int]
     technique: Technique
     methods: _containers.RepeatedCompositeFieldContainer[MethodDescription]
     version: str
-    def __init__(self, technique: _Optional[_Union[Technique, str]] = ..., methods: _Optional[_Iterable[_Union[MethodDescription, _Mapping]]] = ..., version: _Optional[str] = ...) -> None: ...
+    hardware: WorkerHardware
+    def __init__(self, technique: _Optional[_Union[Technique, str]] = ..., methods: _Optional[_Iterable[_Union[MethodDescription, _Mapping]]] = ..., version: _Optional[str] = ..., hardware: _Optional[_Union[WorkerHardware, _Mapping]] = ...) -> None: ...

@@ -148,7 +148,7 @@ class ValidateConfigResponse(_message.Message):
     def __init__(self, valid: _Optional[bool] = ..., errors: _Optional[_Iterable[str]] = ..., resolved_stages: _Optional[_Iterable[_Union[_common_pb2.StageSpec, _Mapping]]] = ...) -> None: ...
 
 class CompressionStrategy(_message.Message):
-    __slots__ = ("name", "description", "target_scenario", "techniques", "expected_compression_ratio", "expected_speedup", "expected_accuracy_retention", "hardware_compatibility", "recipe", "evidence")
+    __slots__ = ("name", "description", "target_scenario", "techniques", "expected_compression_ratio", "expected_speedup", "expected_accuracy_retention", "hardware_compatibility", "recipe", "evidence", "measured_isa_class", "compute_precision", "emulated_on_isa")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     TARGET_SCENARIO_FIELD_NUMBER: _ClassVar[int]
@@ -159,6 +159,9 @@ class CompressionStrategy(_message.Message):
     HARDWARE_COMPATIBILITY_FIELD_NUMBER: _ClassVar[int]
     RECIPE_FIELD_NUMBER: _ClassVar[int]
     EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_ISA_CLASS_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_PRECISION_FIELD_NUMBER: _ClassVar[int]
+    EMULATED_ON_ISA_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     target_scenario: str
@@ -169,11 +172,16 @@ class CompressionStrategy(_message.Message):
     hardware_compatibility: _containers.RepeatedScalarFieldContainer[str]
     recipe: str
     evidence: str
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., target_scenario: _Optional[str] = ..., techniques: _Optional[_Iterable[_Union[_common_pb2.Technique, str]]] = ..., expected_compression_ratio: _Optional[float] = ..., expected_speedup: _Optional[float] = ..., expected_accuracy_retention: _Optional[float] = ..., hardware_compatibility: _Optional[_Iterable[str]] = ..., recipe: _Optional[str] = ..., evidence: _Optional[str] = ...) -> None: ...
+    measured_isa_class: str
+    compute_precision: str
+    emulated_on_isa: str
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., target_scenario: _Optional[str] = ..., techniques: _Optional[_Iterable[_Union[_common_pb2.Technique, str]]] = ..., expected_compression_ratio: _Optional[float] = ..., expected_speedup: _Optional[float] = ..., expected_accuracy_retention: _Optional[float] = ..., hardware_compatibility: _Optional[_Iterable[str]] = ..., recipe: _Optional[str] = ..., evidence: _Optional[str] = ..., measured_isa_class: _Optional[str] = ..., compute_precision: _Optional[str] = ..., emulated_on_isa: _Optional[str] = ...) -> None: ...
 
 class ListStrategiesRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("isa_class",)
+    ISA_CLASS_FIELD_NUMBER: _ClassVar[int]
+    isa_class: str
+    def __init__(self, isa_class: _Optional[str] = ...) -> None: ...
 
 class ListStrategiesResponse(_message.Message):
     __slots__ = ("strategies",)
@@ -182,7 +190,7 @@ class ListStrategiesResponse(_message.Message):
     def __init__(self, strategies: _Optional[_Iterable[_Union[CompressionStrategy, _Mapping]]] = ...) -> None: ...
 
 class RecommendStrategyRequest(_message.Message):
-    __slots__ = ("model", "target", "max_size_mb", "max_latency_ms", "min_quality_retention", "hardware", "candidate_recipes", "stored_only", "evaluation")
+    __slots__ = ("model", "target", "max_size_mb", "max_latency_ms", "min_quality_retention", "hardware", "candidate_recipes", "stored_only", "evaluation", "isa_class")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     MAX_SIZE_MB_FIELD_NUMBER: _ClassVar[int]
@@ -192,6 +200,7 @@ class RecommendStrategyRequest(_message.Message):
     CANDIDATE_RECIPES_FIELD_NUMBER: _ClassVar[int]
     STORED_ONLY_FIELD_NUMBER: _ClassVar[int]
     EVALUATION_FIELD_NUMBER: _ClassVar[int]
+    ISA_CLASS_FIELD_NUMBER: _ClassVar[int]
     model: _common_pb2.ModelRef
     target: str
     max_size_mb: float
@@ -201,10 +210,11 @@ class RecommendStrategyRequest(_message.Message):
     candidate_recipes: _containers.RepeatedScalarFieldContainer[str]
     stored_only: bool
     evaluation: _common_pb2.EvaluationSpec
-    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., target: _Optional[str] = ..., max_size_mb: _Optional[float] = ..., max_latency_ms: _Optional[float] = ..., min_quality_retention: _Optional[float] = ..., hardware: _Optional[str] = ..., candidate_recipes: _Optional[_Iterable[str]] = ..., stored_only: _Optional[bool] = ..., evaluation: _Optional[_Union[_common_pb2.EvaluationSpec, _Mapping]] = ...) -> None: ...
+    isa_class: str
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., target: _Optional[str] = ..., max_size_mb: _Optional[float] = ..., max_latency_ms: _Optional[float] = ..., min_quality_retention: _Optional[float] = ..., hardware: _Optional[str] = ..., candidate_recipes: _Optional[_Iterable[str]] = ..., stored_only: _Optional[bool] = ..., evaluation: _Optional[_Union[_common_pb2.EvaluationSpec, _Mapping]] = ..., isa_class: _Optional[str] = ...) -> None: ...
 
 class Recommendation(_message.Message):
-    __slots__ = ("rank", "strategy", "feasible", "pareto_optimal", "reason", "violated_constraints", "size_mb", "latency_p50_ms", "quality_retention", "quality_metric", "compression_ratio", "speedup", "job_id", "measured_now")
+    __slots__ = ("rank", "strategy", "feasible", "pareto_optimal", "reason", "violated_constraints", "size_mb", "latency_p50_ms", "quality_retention", "quality_metric", "compression_ratio", "speedup", "job_id", "measured_now", "isa_class", "compute_precision")
     RANK_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     FEASIBLE_FIELD_NUMBER: _ClassVar[int]
@@ -219,6 +229,8 @@ class Recommendation(_message.Message):
     SPEEDUP_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     MEASURED_NOW_FIELD_NUMBER: _ClassVar[int]
+    ISA_CLASS_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_PRECISION_FIELD_NUMBER: _ClassVar[int]
     rank: int
     strategy: CompressionStrategy
     feasible: bool
@@ -233,21 +245,27 @@ class Recommendation(_message.Message):
     speedup: float
     job_id: str
     measured_now: bool
-    def __init__(self, rank: _Optional[int] = ..., strategy: _Optional[_Union[CompressionStrategy, _Mapping]] = ..., feasible: _Optional[bool] = ..., pareto_optimal: _Optional[bool] = ..., reason: _Optional[str] = ..., violated_constraints: _Optional[_Iterable[str]] = ..., size_mb: _Optional[float] = ..., latency_p50_ms: _Optional[float] = ..., quality_retention: _Optional[float] = ..., quality_metric: _Optional[str] = ..., compression_ratio: _Optional[float] = ..., speedup: _Optional[float] = ..., job_id: _Optional[str] = ..., measured_now: _Optional[bool] = ...) -> None: ...
+    isa_class: str
+    compute_precision: str
+    def __init__(self, rank: _Optional[int] = ..., strategy: _Optional[_Union[CompressionStrategy, _Mapping]] = ..., feasible: _Optional[bool] = ..., pareto_optimal: _Optional[bool] = ..., reason: _Optional[str] = ..., violated_constraints: _Optional[_Iterable[str]] = ..., size_mb: _Optional[float] = ..., latency_p50_ms: _Optional[float] = ..., quality_retention: _Optional[float] = ..., quality_metric: _Optional[str] = ..., compression_ratio: _Optional[float] = ..., speedup: _Optional[float] = ..., job_id: _Optional[str] = ..., measured_now: _Optional[bool] = ..., isa_class: _Optional[str] = ..., compute_precision: _Optional[str] = ...) -> None: ...
 
 class RecommendStrategyResponse(_message.Message):
-    __slots__ = ("strategies", "recommendations", "baseline_size_mb", "baseline_latency_p50_ms", "device_name")
+    __slots__ = ("strategies", "recommendations", "baseline_size_mb", "baseline_latency_p50_ms", "device_name", "isa_class", "note")
     STRATEGIES_FIELD_NUMBER: _ClassVar[int]
     RECOMMENDATIONS_FIELD_NUMBER: _ClassVar[int]
     BASELINE_SIZE_MB_FIELD_NUMBER: _ClassVar[int]
     BASELINE_LATENCY_P50_MS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_NAME_FIELD_NUMBER: _ClassVar[int]
+    ISA_CLASS_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
     strategies: _containers.RepeatedCompositeFieldContainer[CompressionStrategy]
     recommendations: _containers.RepeatedCompositeFieldContainer[Recommendation]
     baseline_size_mb: float
     baseline_latency_p50_ms: float
     device_name: str
-    def __init__(self, strategies: _Optional[_Iterable[_Union[CompressionStrategy, _Mapping]]] = ..., recommendations: _Optional[_Iterable[_Union[Recommendation, _Mapping]]] = ..., baseline_size_mb: _Optional[float] = ..., baseline_latency_p50_ms: _Optional[float] = ..., device_name: _Optional[str] = ...) -> None: ...
+    isa_class: str
+    note: str
+    def __init__(self, strategies: _Optional[_Iterable[_Union[CompressionStrategy, _Mapping]]] = ..., recommendations: _Optional[_Iterable[_Union[Recommendation, _Mapping]]] = ..., baseline_size_mb: _Optional[float] = ..., baseline_latency_p50_ms: _Optional[float] = ..., device_name: _Optional[str] = ..., isa_class: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
 
 class EvaluateRequest(_message.Message):
     __slots__ = ("model", "spec")
@@ -416,10 +434,12 @@ class ListEnginesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ListEnginesResponse(_message.Message):
-    __slots__ = ("engines",)
+    __slots__ = ("engines", "workers")
     ENGINES_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
     engines: _containers.RepeatedCompositeFieldContainer[_common_pb2.EngineInfo]
-    def __init__(self, engines: _Optional[_Iterable[_Union[_common_pb2.EngineInfo, _Mapping]]] = ...) -> None: ...
+    workers: _containers.RepeatedCompositeFieldContainer[_common_pb2.WorkerHardware]
+    def __init__(self, engines: _Optional[_Iterable[_Union[_common_pb2.EngineInfo, _Mapping]]] = ..., workers: _Optional[_Iterable[_Union[_common_pb2.WorkerHardware, _Mapping]]] = ...) -> None: ...
 
 class UploadHeader(_message.Message):
     __slots__ = ("name", "format", "sha256")

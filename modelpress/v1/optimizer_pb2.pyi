@@ -34,7 +34,9 @@ class OptimizerServiceListEnginesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class OptimizerServiceListEnginesResponse(_message.Message):
-    __slots__ = ("engines",)
+    __slots__ = ("engines", "hardware")
     ENGINES_FIELD_NUMBER: _ClassVar[int]
+    HARDWARE_FIELD_NUMBER: _ClassVar[int]
     engines: _containers.RepeatedCompositeFieldContainer[_common_pb2.EngineInfo]
-    def __init__(self, engines: _Optional[_Iterable[_Union[_common_pb2.EngineInfo, _Mapping]]] = ...) -> None: ...
+    hardware: _common_pb2.WorkerHardware
+    def __init__(self, engines: _Optional[_Iterable[_Union[_common_pb2.EngineInfo, _Mapping]]] = ..., hardware: _Optional[_Union[_common_pb2.WorkerHardware, _Mapping]] = ...) -> None: ...

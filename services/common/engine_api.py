@@ -57,6 +57,8 @@ class StageResult:
     architecture: str = ""
     compression: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    # What a person should know about how the stage ran on this worker (an emulated precision).
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,8 @@ class Candidate:
     speedup: float = 0.0
     job_id: str = ""
     measured_now: bool = False
+    # Non-empty: the target CPU would emulate this candidate's compute (why); never recommended.
+    unsupported: str = ""
 
 
 @dataclass
@@ -117,12 +119,14 @@ def rank(candidates: list[Candidate], constraints: Constraints) -> list[Ranked]:
         r.pareto_optimal = not any(_dominates(o, r.candidate) for o in candidates if o is not r.candidate)
         limits = _limits(r.candidate, constraints)
         r.violated = [name for name, value, limit, d in limits if _slack(value, limit, d) < 0]
+        if r.candidate.unsupported:
+            r.violated.append("isa_class")
         r.feasible = not r.violated
 
     def order(r: Ranked):
         if r.feasible:
             return (0, _objective(r.candidate, constraints.target))
-        worst = min(_slack(v, lim, d) for _, v, lim, d in _limits(r.candidate, constraints))
+        worst = min((_slack(v, lim, d) for _, v, lim, d in _limits(r.candidate, constraints)), default=0.0)
         return (1, len(r.violated), -worst)
 
     ranked.sort(key=order)
@@ -139,9 +143,11 @@ def rank(candidates: list[Candidate], constraints: Constraints) -> list[Ranked]:
                 name, value, limit, d = min(limits, key=lambda t: _slack(t[1], t[2], t[3]))
                 reason += f"; binding: {_describe(name, value, limit, d)} ({_slack(value, limit, d):.0%} slack)"
         else:
-            broken = [_describe(n, v, lim, d) for n, v, lim, d in limits if n in r.violated]
-            reason = f"violates {', '.join(r.violated)}: " + "; ".join(
-                b.replace(" <= ", " > ").replace(" >= ", " < ") for b in broken) + f" ({figures})"
+            broken = [_describe(n, v, lim, d).replace(" <= ", " > ").replace(" >= ", " < ")
+                      for n, v, lim, d in limits if n in r.violated]
+            if c.unsupported:
+                broken.append(c.unsupported)
+            reason = f"violates {', '.join(r.violated)}: " + "; ".join(broken) + f" ({figures})"
         if r.pareto_optimal:
             reason += "; on the size/latency/quality Pareto front"
         else:

@@ -114,7 +114,7 @@ async def run_stage(
         )
         packaging.write_manifest(output_dir, manifest)
         ref = await runtime.store.put_dir(output_dir, fmt=result.format)
-        output = common_pb2.StageOutput(artifact=ref, worker=runtime.worker_id)
+        output = common_pb2.StageOutput(artifact=ref, worker=runtime.worker_id, notes=result.notes)
         output.metrics.CopyFrom(ev.to_struct(to_jsonable(result.metrics)))
         yield common_pb2.StageUpdate(output=output)
     except asyncio.CancelledError:

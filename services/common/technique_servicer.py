@@ -14,6 +14,7 @@ from services.common.configspec import MethodConfig, describe_method, parse_conf
 from services.common.engine_api import ProgressReporter, StageResult
 from services.common.server import ServiceRuntime
 from services.common.stage_runner import abort_with, run_stage
+from services.common.worker_hardware import worker_hardware
 
 
 class EngineMethod(Protocol):
@@ -38,6 +39,7 @@ class TechniqueServicer:
             technique=self.technique,
             version=self.version,
             methods=[describe_method(self.technique, m.name, m.summary, m.config_cls) for m in self.methods.values()],
+            hardware=worker_hardware(self.runtime.worker_id),
         )
 
     async def run_stage(self, stage: common_pb2.StageRequest, context: grpc.aio.ServicerContext

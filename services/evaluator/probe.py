@@ -77,7 +77,7 @@ def measure(plan: ProbePlan) -> dict:
 
     from services.common import modelio
     from services.evaluator import latency, quality
-    from services.evaluator.machine import PowerMeter, describe_machine
+    from services.common.machine import PowerMeter, describe_machine
     from services.evaluator.machine_load import LoadWatch
     from services.evaluator.measure import count_flops, count_parameters
     from services.evaluator.formats import load_for_measurement

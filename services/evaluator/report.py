@@ -252,6 +252,8 @@ def machine_text(machine: dict, load: dict | None = None) -> str:
     if not machine:
         return ""
     isa = ", ".join(machine.get("isaFeatures", [])[-4:]) or "unknown ISA"
+    if machine.get("isaClass"):
+        isa = f"ISA class {machine['isaClass']}: {isa}"
     text = f"{machine.get('cpuModel', '?')} ({machine.get('logicalCores', 0)} threads; {isa})"
     if load:
         text += (f", load while timing: other processes {load.get('othersCpuShare', 0.0):.0%} of the CPU, "

@@ -12,15 +12,16 @@ import grpc
 from modelpress.v1 import common_pb2, evaluator_pb2, evaluator_pb2_grpc
 from services.common import modelio, packaging
 from services.common.configspec import ConfigError, describe_method, parse_config, struct_to_dict
+from services.common.machine import describe_machine
 from services.common.model_source import describe
 from services.common.server import ServiceRuntime
 from services.common.stage_runner import abort_with
+from services.common.worker_hardware import worker_hardware
 from services.evaluator import report as reports
 from services.evaluator.benchmark_store import BenchmarkStore
 from services.evaluator.comparison import comparison_row, threshold_set_message
 from services.evaluator.engine import EvaluationConfig, compare_folders, evaluate_folder
 from services.evaluator.formats import check_measurable
-from services.evaluator.machine import describe_machine
 from services.evaluator.thresholds import THRESHOLD_SETS, UnknownThresholdSet, threshold_set
 
 EVALUATE_METHOD = "evaluate"
@@ -137,7 +138,8 @@ class EvaluatorServicer(evaluator_pb2_grpc.EvaluatorServiceServicer):
                                  "and hands it on unchanged", EvaluationConfig)
         return evaluator_pb2.EvaluatorServiceDescribeResponse(
             description=common_pb2.ServiceDescription(technique=common_pb2.TECHNIQUE_EVALUATOR, methods=[method],
-                                                      version="2"))
+                                                      version="2",
+                                                      hardware=worker_hardware(self._runtime.worker_id)))
 
     async def _folder(self, ref: common_pb2.ModelRef) -> Path:
         folder = await self._runtime.models.local_folder(ref)

@@ -197,9 +197,13 @@ def print_result(job: common_pb2.Job) -> None:
     out.print(table)
     load = result.timing_load
     if o.machine.cpu_model:
-        out.print(f"measured on {o.machine.cpu_model} ({o.machine.logical_cores} threads), latency interleaved in "
+        out.print(f"measured on {o.machine.cpu_model} ({o.machine.logical_cores} threads, ISA class "
+                  f"{o.machine.isa_class or 'not recorded'}), latency interleaved in "
                   f"one process; other processes used {load.others_cpu_share:.0%} of the CPU meanwhile "
                   f"(load average {load.load_average_1m:.2f})", markup=False)
+    for stage in job.stages:
+        for note in stage.notes:
+            out.print(f"[yellow]stage {stage.index} ({stage.spec.method}): {escape(note)}[/]")
     told = job_headline(job.recipe, result)
     out.print(f"[{HEADLINE_STYLE[told.colour]}]{escape(told.text)}[/]")
     out.print(f"artifact {result.compressed_artifact_id}", markup=False)
@@ -248,14 +252,21 @@ def cmd_optimize(args) -> int:
 
 def cmd_engines(args) -> int:
     with Client(_gateway_target(args)) as client:
-        engines = client.list_engines()
+        response = client.engines()
     if args.json:
-        print(json.dumps([json_format.MessageToDict(e) for e in engines], indent=2))
+        print(json.dumps(json_format.MessageToDict(response, preserving_proto_field_name=True), indent=2))
         return 0
-    table = Table("engine", "precisions", "available", "why not")
-    for e in engines:
-        table.add_row(e.name, ", ".join(e.precisions), "yes" if e.available else "[red]no[/red]", e.reason)
+    table = Table("engine", "precisions (compute)", "available", "why not")
+    for e in response.engines:
+        precisions = [f"{p} ({e.compute[p]}{', emulated here' if p in e.emulated else ''})"
+                      if e.compute.get(p, "fp32") != "fp32" else p for p in e.precisions]
+        table.add_row(e.name, ", ".join(precisions), "yes" if e.available else "[red]no[/red]", e.reason)
     out.print(table)
+    for worker in response.workers:
+        out.print(f"{worker.worker}: {worker.machine.cpu_model}, ISA class {worker.isa_class}")
+        for s in worker.compute:
+            state = "native" if s.accelerated else ("[red]emulated[/red]" if s.emulated else "not accelerated")
+            out.print(f"  {s.precision:<5} {state}: {s.note}")
     return 0
 
 

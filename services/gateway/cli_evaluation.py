@@ -161,13 +161,15 @@ def cmd_recommend(args, client: Client) -> int:
     evaluation = {"evaluation": spec} if spec != common_pb2.EvaluationSpec() else {}
     response = client.recommend(args.model, target=args.target, max_size_mb=args.max_size_mb,
                                 max_latency_ms=args.max_latency_ms, min_quality_retention=args.min_quality,
-                                candidate_recipes=args.candidates, stored_only=args.stored_only, **evaluation)
+                                candidate_recipes=args.candidates, stored_only=args.stored_only,
+                                isa_class=args.isa_class, **evaluation)
     if args.json:
         print(json_format.MessageToJson(response))
         return 0
     table = Table("#", "recipe", "feasible", "size MB", "p50 ms", "quality kept", "Pareto", "job",
-                  title=f"{args.model} for {args.target} (baseline {response.baseline_size_mb:.1f} MB, "
-                        f"p50 {response.baseline_latency_p50_ms:.1f} ms on {response.device_name})")
+                  title=f"{args.model} for {args.target} on {response.isa_class} CPUs (baseline "
+                        f"{response.baseline_size_mb:.1f} MB, p50 {response.baseline_latency_p50_ms:.1f} ms on "
+                        f"{response.device_name})")
     for r in response.recommendations:
         table.add_row(str(r.rank), r.strategy.recipe, "yes" if r.feasible else "[red]no[/red]", f"{r.size_mb:.1f}",
                       f"{r.latency_p50_ms:.1f}", f"{r.quality_retention:.2%}", "yes" if r.pareto_optimal else "",
@@ -175,6 +177,7 @@ def cmd_recommend(args, client: Client) -> int:
     out.print(table)
     for r in response.recommendations:
         out.print(f"{r.rank}. {r.strategy.recipe}: {r.reason}", markup=False)
+    out.print(f"hardware: {response.note}", markup=False)
     return 0 if response.strategies else 1
 
 
@@ -196,7 +199,7 @@ def cmd_report(args, client: Client) -> int:
 
 
 def cmd_strategies(args, client: Client) -> int:
-    strategies = client.list_strategies()
+    strategies = client.list_strategies(isa_class=args.isa_class)
     if args.json:
         print(json.dumps([json_format.MessageToDict(s) for s in strategies], indent=2))
         return 0
@@ -205,7 +208,8 @@ def cmd_strategies(args, client: Client) -> int:
         measured = s.expected_compression_ratio > 0
         table.add_row(s.name, s.target_scenario, f"{s.expected_compression_ratio:.2f}" if measured else "-",
                       f"{s.expected_speedup:.2f}" if measured else "-",
-                      f"{s.expected_accuracy_retention:.2%}" if measured else "-", s.evidence)
+                      f"{s.expected_accuracy_retention:.2%}" if measured else "-",
+                      s.evidence + (f" [red]({s.emulated_on_isa})[/red]" if s.emulated_on_isa else ""))
     out.print(table)
     return 0
 
@@ -249,6 +253,8 @@ def add_parsers(sub, with_client) -> None:
     p.add_argument("--candidates", type=lambda t: [x for x in t.split(",") if x], default=[],
                    help="comma-separated recipes (default: the quick set)")
     p.add_argument("--stored-only", action="store_true", help="only stored results; never run jobs")
+    p.add_argument("--isa-class", default="", help="recommend for CPUs of this class: amx, avx512-bf16, "
+                                                   "avx512-vnni, avx2-vnni, avx2, baseline (default: the evaluator's)")
     p.add_argument("--json", action="store_true")
     add_spec_arguments(p)
     p.set_defaults(func=with_client(cmd_recommend))
@@ -261,5 +267,7 @@ def add_parsers(sub, with_client) -> None:
     p.set_defaults(func=with_client(cmd_report))
 
     p = sub.add_parser("strategies", help="strategy templates with their measured expected figures")
+    p.add_argument("--isa-class", default="", help="figures measured on CPUs of this class (default: the "
+                                                   "evaluator's; `modelpress engines` shows a worker's)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=with_client(cmd_strategies))

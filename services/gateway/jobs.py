@@ -196,6 +196,7 @@ class JobRunner:
                         stage.output.CopyFrom(update.output.artifact)
                         stage.metrics.CopyFrom(update.output.metrics)
                         stage.worker = update.output.worker
+                        stage.notes[:] = update.output.notes
                 break
             except grpc.aio.AioRpcError as exc:
                 attempt += 1
@@ -218,6 +219,9 @@ class JobRunner:
         job.artifact_ids.append(stage.output.id)
         job.progress = self._overall(job, stage.index, 1.0)
         await self.jobs.put(job)
+        for note in stage.notes:
+            await self._publish(job, common_pb2.EVENT_KIND_LOG, stage_index=stage.index,
+                                stage_name=stage.spec.method, message=f"{stage.worker}: {note}")
         await self._publish(job, common_pb2.EVENT_KIND_STAGE_FINISHED, stage_index=stage.index,
                             stage_name=stage.spec.method, stage_progress=1.0,
                             message=f"artifact {stage.output.id} ({stage.output.size_bytes} bytes) by {stage.worker}")

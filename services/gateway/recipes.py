@@ -25,6 +25,9 @@ class RecipeDef:
     name: str
     summary: str
     stages: tuple[RecipeStage, ...]
+    # The arithmetic the result runs in (fp32, bf16, f16, int8; "auto": chosen on the worker for its
+    # CPU): a recipe whose compute a CPU would emulate is never recommended for it.
+    compute: str = "fp32"
 
     def message(self) -> gateway_pb2.Recipe:
         return gateway_pb2.Recipe(
@@ -41,8 +44,8 @@ O = common_pb2.TECHNIQUE_OPTIMIZER
 RECIPES: dict[str, RecipeDef] = {
     r.name: r
     for r in (
-        RecipeDef("fp16", "Half-precision weights (2x smaller than FP32)", (RecipeStage(Q, "fp16"),)),
-        RecipeDef("bf16", "bfloat16 weights (2x smaller than FP32, FP32's range)", (RecipeStage(Q, "bf16"),)),
+        RecipeDef("fp16", "Half-precision weights (2x smaller than FP32)", (RecipeStage(Q, "fp16"),), compute="f16"),
+        RecipeDef("bf16", "bfloat16 weights (2x smaller than FP32, FP32's range)", (RecipeStage(Q, "bf16"),), compute="bf16"),
         RecipeDef("int8-weight-only",
                   "INT8 Linear weights per output channel; embeddings and LM head stay float "
                   "(compressed-tensors as llm-compressor writes it: vLLM and transformers load it)",
@@ -52,13 +55,13 @@ RECIPES: dict[str, RecipeDef] = {
                   "int8-weight-only; per-module targets: loads in transformers, not vLLM)",
                   (RecipeStage(Q, "rtn", {"bits": 8, "group_size": 0, "embedding_bits": 8, "head_bits": 8}),)),
         RecipeDef("w8a8-dynamic", "INT8 weights (GPTQ) and INT8 activations with per-token scales at run time",
-                  (RecipeStage(Q, "w8a8", {"activations": "dynamic"}),)),
+                  (RecipeStage(Q, "w8a8", {"activations": "dynamic"}),), compute="int8"),
         RecipeDef("w8a8-static", "SmoothQuant, then INT8 weights (GPTQ) and INT8 activations with per-tensor scales "
                   "fixed from calibration (without smoothing, static scales cost +147 % ppl on SmolLM2)",
-                  (RecipeStage(Q, "smoothquant", {"activations": "static"}),)),
+                  (RecipeStage(Q, "smoothquant", {"activations": "static"}),), compute="int8"),
         RecipeDef("w8a8-smoothquant",
                   "SmoothQuant (alpha searched per layer group), then INT8 weights and per-token INT8 activations",
-                  (RecipeStage(Q, "smoothquant", {"activations": "dynamic"}),)),
+                  (RecipeStage(Q, "smoothquant", {"activations": "dynamic"}),), compute="int8"),
         RecipeDef("w4a16-rtn", "INT4 Linear weights, group 64, round-to-nearest; embeddings and head float "
                   "(vLLM layout)", (RecipeStage(Q, "rtn", {"bits": 4, "group_size": 64}),)),
         RecipeDef("w4a16-gptq",
@@ -82,7 +85,7 @@ RECIPES: dict[str, RecipeDef] = {
                   (RecipeStage(Q, "gptq", {"bits": 8, "group_size": 0}),)),
         RecipeDef("onnx", "ONNX export with ONNX Runtime's transformer fusions (FP32)", (RecipeStage(O, "onnx"),)),
         RecipeDef("onnx-int8", "ONNX export, fusions, INT8 weights per channel and dynamic INT8 activations "
-                  "(ONNX Runtime)", (RecipeStage(O, "onnx-int8"),)),
+                  "(ONNX Runtime)", (RecipeStage(O, "onnx-int8"),), compute="int8"),
         RecipeDef("onnx-int4", "ONNX export, fusions, 4-bit blockwise weights (MatMulNBits, ONNX Runtime)",
                   (RecipeStage(O, "onnx-int4"),)),
         RecipeDef("openvino", "OpenVINO IR, FP32 with the precision hint pinned; causal LMs keep their KV cache "
@@ -92,11 +95,21 @@ RECIPES: dict[str, RecipeDef] = {
         RecipeDef("openvino-int4", "OpenVINO IR with NNCF INT4 weights (group 128, shrunk where it does not "
                   "divide), AWQ and scale estimation on 32 calibration windows",
                   (RecipeStage(O, "openvino-int4", {"calibration_samples": 32}),)),
+        RecipeDef("openvino-bf16", "OpenVINO IR computing in bf16 (native with AVX512-BF16 or AMX-BF16; other CPUs "
+                  "run it in f32, and the stage says so)", (RecipeStage(O, "openvino", {"inference_precision": "bf16"}),), compute="bf16"),
+        RecipeDef("openvino-int8-bf16", "OpenVINO IR with NNCF INT8 weights per channel, computing in bf16",
+                  (RecipeStage(O, "openvino-int8", {"inference_precision": "bf16"}),), compute="bf16"),
+        RecipeDef("openvino-f16", "OpenVINO IR computing in f16 (native with AVX512-FP16 or AMX-FP16; the plugin runs "
+                  "bf16 or f32 elsewhere, and the stage says which)",
+                  (RecipeStage(O, "openvino", {"inference_precision": "f16"}),), compute="f16"),
+        RecipeDef("fastest-cpu", "The engine precision measured fastest at kept quality on the optimizer worker's "
+                  "CPU class: bf16 compute (OpenVINO) where the CPU has bf16 instructions, INT8 (ONNX Runtime) where "
+                  "not; the stage says what it chose", (RecipeStage(O, "fastest-cpu"),), compute="auto"),
         RecipeDef("gguf-f16", "GGUF for llama.cpp with F16 weights", (RecipeStage(O, "gguf-f16"),)),
-        RecipeDef("gguf-q8_0", "GGUF for llama.cpp with Q8_0 weights", (RecipeStage(O, "gguf-q8_0"),)),
-        RecipeDef("gguf-q4", "GGUF for llama.cpp with Q4_1 weights", (RecipeStage(O, "gguf-q4"),)),
+        RecipeDef("gguf-q8_0", "GGUF for llama.cpp with Q8_0 weights", (RecipeStage(O, "gguf-q8_0"),), compute="int8"),
+        RecipeDef("gguf-q4", "GGUF for llama.cpp with Q4_1 weights", (RecipeStage(O, "gguf-q4"),), compute="int8"),
         RecipeDef("tensorrt-fp16", "TensorRT FP16 engine from the ONNX export (NVIDIA GPU workers only)",
-                  (RecipeStage(O, "tensorrt-fp16"),)),
+                  (RecipeStage(O, "tensorrt-fp16"),), compute="f16"),
     )
 }
 

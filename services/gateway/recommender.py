@@ -7,11 +7,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from modelpress.v1 import common_pb2, gateway_pb2
+from services.common.isa import class_flags, isa_class, support
 from services.common.quality_kept import quality_retention
 from services.common.recommend import Candidate, Constraints, rank
 from services.gateway.jobs import JobRunner
-from services.gateway.recipes import get_recipe
-from services.gateway.strategies import strategy
+from services.gateway.recipes import RECIPES, get_recipe
+from services.gateway.strategies import measured_on, strategy
 from services.gateway.validation import InvalidArgument, resolve_evaluation
 
 # Cheap enough to measure while a client waits (minutes on 2 CPU cores for a 135M model).
@@ -50,37 +51,87 @@ def _same_shape(job: common_pb2.Job, spec: common_pb2.EvaluationSpec) -> bool:
     return (e.batch_size, e.sequence_length, e.threads) == (spec.batch_size, spec.sequence_length, spec.threads)
 
 
-def candidate_of(job: common_pb2.Job, measured_now: bool) -> Candidate:
+def unsupported_on(recipe: str, features) -> str:
+    """Why a CPU with these features would emulate the recipe's compute ("" when it would not)."""
+    compute = RECIPES[recipe].compute if recipe in RECIPES else "fp32"
+    if compute == "auto":  # resolved on the worker to a precision its CPU accelerates
+        return ""
+    here = support(compute, features)
+    return f"{here.precision} compute on an {isa_class(features)} CPU: {here.note}" if here.emulated else ""
+
+
+def candidate_of(job: common_pb2.Job, measured_now: bool, features=()) -> Candidate:
     result = job.result
     retention, metric = quality_retention(result.compressed, result.original)
     return Candidate(recipe=job.recipe, size_mb=result.compressed_model_size_bytes / MB,
                      latency_p50_ms=result.compressed_latency_ms, quality_retention=retention,
                      quality_metric=metric, compression_ratio=result.compression_ratio,
-                     speedup=result.latency_improvement, job_id=job.job_id, measured_now=measured_now)
+                     speedup=result.latency_improvement, job_id=job.job_id, measured_now=measured_now,
+                     unsupported=unsupported_on(job.recipe, features))
+
+
+def target_hardware(request: gateway_pb2.RecommendStrategyRequest, evaluator: common_pb2.WorkerHardware
+                    ) -> tuple[str, tuple[str, ...]]:
+    """(ISA class, its flags) recommended for: the request's class, else the evaluator's CPU."""
+    if not request.isa_class or request.isa_class == evaluator.isa_class:
+        return evaluator.isa_class, tuple(evaluator.machine.isa_features)
+    try:
+        return request.isa_class, class_flags(request.isa_class)
+    except ValueError as exc:
+        raise InvalidArgument(str(exc)) from None
 
 
 StagesOf = Callable[[str], Awaitable[list[common_pb2.StageSpec]]]
 
 
-async def recommend(request: gateway_pb2.RecommendStrategyRequest, runner: JobRunner, stages_of: StagesOf
-                    ) -> gateway_pb2.RecommendStrategyResponse:
-    """`stages_of(recipe)` gives the recipe's validated stages, as CreateJob would run them."""
+def _hardware_note(target: str, evaluator: str, stored: list[common_pb2.Job], same: list[common_pb2.Job],
+                   missing: list[str]) -> str:
+    others: dict[str, int] = {}
+    for job in stored:
+        if job not in same:
+            others[measured_on(job)] = others.get(measured_on(job), 0) + 1
+    parts = [f"ranked from outcomes measured on {target} CPUs" if same
+             else f"no stored outcome of this model was measured on an {target} CPU"]
+    if others:
+        parts.append("outcomes from other machines not used (" + ", ".join(f"{n} on {c}" for c, n in
+                                                                         sorted(others.items())) + ")")
+    if missing:
+        parts.append(f"measured now on this mesh's evaluator ({evaluator}): {', '.join(missing)}" if target == evaluator
+                     else f"this mesh's evaluator is {evaluator}, so {', '.join(missing)} could not be measured for "
+                          f"{target}")
+    return "; ".join(parts)
+
+
+async def recommend(request: gateway_pb2.RecommendStrategyRequest, runner: JobRunner, stages_of: StagesOf,
+                    evaluator: common_pb2.WorkerHardware) -> gateway_pb2.RecommendStrategyResponse:
+    """`stages_of(recipe)` gives the recipe's validated stages, as CreateJob would run them;
+    `evaluator` is the hardware of the evaluator replica that measures jobs run now."""
     constraints = constraints_of(request)
     names = candidate_recipes(request)
+    target, features = target_hardware(request, evaluator)
     spec = resolve_evaluation(request.evaluation if request.HasField("evaluation") else QUICK_EVALUATION)
     stored = [j for j in await runner.outcomes.for_model(request.model, request.hardware) if _same_shape(j, spec)]
+    same = [j for j in stored if measured_on(j) == target]
     latest: dict[str, common_pb2.Job] = {}
-    for job in sorted(stored, key=lambda j: j.finished_at.ToNanoseconds()):
+    for job in sorted(same, key=lambda j: j.finished_at.ToNanoseconds()):
         latest[job.recipe] = job
     missing = [n for n in names if n not in latest]
+    failed = {name: f"not measured: {unsupported_on(name, features)}" for name in missing
+              if unsupported_on(name, features)}
+    missing = [n for n in missing if n not in failed]
     if missing and request.stored_only:
         raise NothingStored(f"stored_only: no stored measurement of {', '.join(missing)} for this model at "
-                            f"batch {spec.batch_size} x {spec.sequence_length} tokens; run without stored_only "
-                            "to measure them now")
+                            f"batch {spec.batch_size} x {spec.sequence_length} tokens on an {target} CPU; run "
+                            "without stored_only to measure them now")
     measured: list[tuple[common_pb2.Job, bool]] = [(latest[n], False) for n in names if n in latest]
     # Stored outcomes of recipes the client did not list still inform the ranking.
     measured += [(job, False) for recipe, job in latest.items() if recipe not in names]
-    failed = {}
+    note = _hardware_note(target, evaluator.isa_class, stored, same, missing)
+    if target != evaluator.isa_class:
+        # Measuring here would time this mesh's CPU, not the one asked about.
+        failed.update({name: f"not measured on an {target} CPU (this mesh's evaluator is {evaluator.isa_class})"
+                       for name in missing})
+        missing = []
     for name in missing:
         submitted = await runner.submit(name=f"recommend: {name}", model=request.model, recipe=name,
                                         stages=await stages_of(name), evaluation=spec)
@@ -88,27 +139,30 @@ async def recommend(request: gateway_pb2.RecommendStrategyRequest, runner: JobRu
         if job.state == common_pb2.JOB_STATE_SUCCEEDED:
             measured.append((job, True))
         else:
-            failed[name] = job.error
+            failed[name] = f"the measuring job failed: {job.error}"
     if not measured:
         raise NoCandidateMeasured("no candidate could be measured: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
-    ranked = rank([candidate_of(job, now) for job, now in measured], constraints)
+    ranked = rank([candidate_of(job, now, features) for job, now in measured], constraints)
     outcomes = [job for job, _ in measured]
     response = gateway_pb2.RecommendStrategyResponse(
         baseline_size_mb=outcomes[0].result.original_model_size_bytes / MB,
         baseline_latency_p50_ms=outcomes[0].result.original_latency_ms,
-        device_name=outcomes[0].result.compressed.device)
+        device_name=outcomes[0].result.compressed.device, isa_class=target, note=note)
+    jobs_by_id = {job.job_id: job for job in outcomes}
     for r in ranked:
         c = r.candidate
         message = response.recommendations.add(
             rank=r.rank, feasible=r.feasible, pareto_optimal=r.pareto_optimal, reason=r.reason,
             violated_constraints=r.violated, size_mb=c.size_mb, latency_p50_ms=c.latency_p50_ms,
             quality_retention=c.quality_retention, quality_metric=c.quality_metric,
-            compression_ratio=c.compression_ratio, speedup=c.speedup, job_id=c.job_id, measured_now=c.measured_now)
-        message.strategy.CopyFrom(strategy(c.recipe, [j for j in outcomes if j.job_id == c.job_id]))
+            compression_ratio=c.compression_ratio, speedup=c.speedup, job_id=c.job_id, measured_now=c.measured_now,
+            isa_class=measured_on(jobs_by_id[c.job_id]),
+            compute_precision=RECIPES[c.recipe].compute if c.recipe in RECIPES else "")
+        message.strategy.CopyFrom(strategy(c.recipe, [j for j in outcomes if j.job_id == c.job_id], target))
         if r.feasible:
             response.strategies.append(message.strategy)
     for name, error in failed.items():
         response.recommendations.add(rank=len(response.recommendations) + 1, feasible=False,
-                                     reason=f"{name}: the measuring job failed: {error}",
+                                     reason=f"{name}: {error}",
                                      strategy=strategy(name, []))
     return response

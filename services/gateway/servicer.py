@@ -14,6 +14,7 @@ from modelpress.v1 import common_pb2, evaluator_pb2, gateway_pb2, gateway_pb2_gr
 from services.common.artifact_store import ArtifactCorrupt, ArtifactNotFound
 from services.common.configspec import struct_to_dict
 from services.common.events import TERMINAL_STATES
+from services.common.isa import CLASS_NAMES
 from services.common.job_store import JobNotFound
 from services.common.kv_records import RecordBucket
 from services.common.server import ServiceRuntime
@@ -36,6 +37,8 @@ COMPARISONS_BUCKET = "modelpress_comparisons"
 REPORT_FORMATS = {"": ("report.json", "application/json"), "json": ("report.json", "application/json"),
                   "html": ("report.html", "text/html; charset=utf-8")}
 MAX_BENCHMARK_SHAPES = 8
+# ListEngines calls per request over the round-robin channel: every replica of a mesh of up to this many.
+ENGINE_WORKER_CALLS = 4
 OPTIMIZER_ISSUE = "arrives with the optimizer issue (#5)"
 
 class NoOutput(RuntimeError):
@@ -196,8 +199,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
 
     @_maps_errors
     async def ListStrategies(self, request, context):
+        isa = request.isa_class or (await self._mesh.describe(common_pb2.TECHNIQUE_EVALUATOR)).hardware.isa_class
+        if isa not in CLASS_NAMES:
+            raise InvalidArgument(f"isa_class: {isa!r} is not one of {', '.join(CLASS_NAMES)}")
         outcomes = await self._runner.outcomes.list()
-        return gateway_pb2.ListStrategiesResponse(strategies=all_strategies(outcomes))
+        return gateway_pb2.ListStrategiesResponse(strategies=all_strategies(outcomes, isa))
 
     @_maps_errors
     async def RecommendStrategy(self, request, context):
@@ -206,8 +212,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         async def stages_of(recipe: str) -> list[common_pb2.StageSpec]:
             return validate_recipe(recipe, struct_pb2.Struct(), await self._methods())[1]
 
+        evaluator = await self._mesh.describe(common_pb2.TECHNIQUE_EVALUATOR)
         try:
-            return await recommend(request, self._runner, stages_of)
+            return await recommend(request, self._runner, stages_of, evaluator.hardware)
         except UnknownRecipe as exc:
             raise InvalidArgument(f"candidate_recipes: {exc.args[0].removeprefix('recipe: ')}") from None
         except (NothingStored, NoCandidateMeasured) as exc:
@@ -350,14 +357,22 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
 
     # ---- engines -----------------------------------------------------------------
 
+    async def _list_engines(self) -> optimizer_pb2.OptimizerServiceListEnginesResponse:
+        return await self._mesh.optimizer.ListEngines(optimizer_pb2.OptimizerServiceListEnginesRequest(),
+                                                      wait_for_ready=True, timeout=30)
+
     async def _engines(self) -> dict[str, common_pb2.EngineInfo]:
-        response = await self._mesh.optimizer.ListEngines(optimizer_pb2.OptimizerServiceListEnginesRequest(),
-                                                          wait_for_ready=True, timeout=30)
-        return {e.name: e for e in response.engines}
+        return {e.name: e for e in (await self._list_engines()).engines}
 
     @_maps_errors
     async def ListEngines(self, request, context):
-        return gateway_pb2.ListEnginesResponse(engines=list((await self._engines()).values()))
+        first = await self._list_engines()
+        workers = {first.hardware.worker: first.hardware}
+        # The channel sends each call to the next replica: a few more calls reach the others.
+        for _ in range(ENGINE_WORKER_CALLS - 1):
+            answer = await self._list_engines()
+            workers.setdefault(answer.hardware.worker, answer.hardware)
+        return gateway_pb2.ListEnginesResponse(engines=first.engines, workers=list(workers.values()))
 
     @_maps_errors
     async def OptimizeModel(self, request, context):

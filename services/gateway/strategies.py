@@ -7,6 +7,7 @@ import statistics
 from dataclasses import dataclass
 
 from modelpress.v1 import common_pb2, gateway_pb2
+from services.common.isa import class_flags, isa_class, support
 from services.common.quality_kept import quality_retention
 from services.gateway.recipes import RECIPES
 
@@ -33,6 +34,11 @@ TEMPLATES = {t.recipe: t for t in (
     StrategyTemplate("w4a16-qat", "mobile", ("cuda (marlin kernels in vllm)", "cpu after export (gguf, openvino)")),
     StrategyTemplate("w4a16-mixed", "edge", ("cuda (vllm)", "cpu after export")),
     StrategyTemplate("w8a16-gptq", "cloud", ("cuda (vllm)", "cpu")),
+    StrategyTemplate("openvino-bf16", "cloud", ("cpu with amx_bf16 or avx512_bf16 (openvino)",)),
+    StrategyTemplate("openvino-int8-bf16", "edge", ("cpu with amx_bf16 or avx512_bf16 (openvino)",)),
+    StrategyTemplate("openvino-f16", "cloud", ("cpu with avx512_fp16 or amx_fp16 (openvino)",)),
+    StrategyTemplate("onnx-int8", "edge", ("cpu, fastest with vnni (onnxruntime)",)),
+    StrategyTemplate("openvino-int8", "edge", ("cpu (openvino)",)),
 )}
 
 
@@ -40,17 +46,37 @@ def techniques_of(recipe: str) -> list[int]:
     return sorted({s.technique for s in RECIPES[recipe].stages})
 
 
-def strategy(recipe: str, outcomes: list[common_pb2.Job]) -> gateway_pb2.CompressionStrategy:
-    """The template of `recipe` with expected figures as medians over its measured outcomes."""
+def measured_on(job: common_pb2.Job) -> str:
+    """The ISA class of the machine a job's figures were measured on ("unknown": not recorded)."""
+    features = job.result.compressed.machine.isa_features
+    return isa_class(features) if features else "unknown"
+
+
+def strategy(recipe: str, outcomes: list[common_pb2.Job], isa: str = "") -> gateway_pb2.CompressionStrategy:
+    """The template of `recipe` with expected figures as medians over its measured outcomes, those
+    measured on an `isa`-class CPU where there are any."""
     template = TEMPLATES.get(recipe, StrategyTemplate(recipe, "cloud", ()))
+    compute = RECIPES[recipe].compute
     message = gateway_pb2.CompressionStrategy(
         name=recipe, description=RECIPES[recipe].summary, target_scenario=template.target_scenario,
-        techniques=techniques_of(recipe), hardware_compatibility=template.hardware, recipe=recipe)
+        techniques=techniques_of(recipe), hardware_compatibility=template.hardware, recipe=recipe,
+        compute_precision=compute)
+    if isa and compute != "auto":
+        here = support(compute, class_flags(isa))
+        message.emulated_on_isa = f"{compute} on {isa}: {here.note}" if here.emulated else ""
     mine = [j for j in outcomes if j.recipe == recipe and j.result.compressed_model_size_bytes]
     if not mine:
         message.evidence = ("no measurement yet: run a job with this recipe or `modelpress recommend` "
                             "and the figures appear here")
         return message
+    preface = ""
+    if isa:
+        same = [j for j in mine if measured_on(j) == isa]
+        if not same:
+            preface = (f"no measurement on an {isa} CPU; figures from "
+                       f"{', '.join(sorted({measured_on(j) for j in mine}))}: ")
+        mine = same or mine
+    message.measured_isa_class = ", ".join(sorted({measured_on(j) for j in mine}))
     by_kind: dict[str, list[common_pb2.Job]] = {}
     for job in mine:
         by_kind.setdefault(job.result.original.kind or "unknown", []).append(job)
@@ -63,7 +89,7 @@ def strategy(recipe: str, outcomes: list[common_pb2.Job]) -> gateway_pb2.Compres
         quality_retention(j.result.compressed, j.result.original)[0] for j in chosen)
     models = sorted({j.result.original.architecture or j.model.WhichOneof("source") for j in chosen})
     devices = sorted({j.result.compressed.device for j in chosen})
-    message.evidence = (f"{kind}: median of {len(chosen)} measured job(s) ({', '.join(j.job_id for j in chosen[:5])}"
+    message.evidence = preface + (f"{kind}: median of {len(chosen)} measured job(s) ({', '.join(j.job_id for j in chosen[:5])}"
                         f"{', ...' if len(chosen) > 5 else ''}) on {', '.join(models)}; device {', '.join(devices)}")
     for other, jobs in sorted(by_kind.items()):
         if other != kind:
@@ -73,5 +99,5 @@ def strategy(recipe: str, outcomes: list[common_pb2.Job]) -> gateway_pb2.Compres
     return message
 
 
-def all_strategies(outcomes: list[common_pb2.Job]) -> list[gateway_pb2.CompressionStrategy]:
-    return [strategy(name, outcomes) for name in RECIPES]
+def all_strategies(outcomes: list[common_pb2.Job], isa: str = "") -> list[gateway_pb2.CompressionStrategy]:
+    return [strategy(name, outcomes, isa) for name in RECIPES]

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from services.common.configspec import MethodConfig
+from services.common.isa import CLASS_NAMES
 
 
 class OnnxConfig(MethodConfig):
@@ -32,8 +33,9 @@ class OnnxInt4Config(OnnxConfig):
 
 class OpenVinoConfig(MethodConfig):
     inference_precision: Literal["f32", "bf16", "f16"] = Field(
-        "f32", description="INFERENCE_PRECISION_HINT every runtime of this IR is compiled with (pinned: OpenVINO "
-                           "picks bf16 by itself on CPUs that have it)")
+        "f32", description="Compute precision every runtime of this IR is compiled with (INFERENCE_PRECISION_HINT, "
+                           "pinned: left alone OpenVINO picks bf16 by itself on CPUs that have it); bf16 and f16 "
+                           "are native only where the CPU has their instructions (ListEngines says which)")
 
 
 class OpenVinoInt8Config(OpenVinoConfig):
@@ -66,3 +68,9 @@ class TensorRtConfig(MethodConfig):
     opt_sequence: int = Field(128, ge=1, le=8192, description="Sequence length the engine is tuned for")
     max_sequence: int = Field(512, ge=1, le=8192, description="Longest sequence the engine accepts")
     workspace_mb: int = Field(2048, ge=64, le=65536, description="Builder workspace memory")
+
+
+class FastestCpuConfig(MethodConfig):
+    isa_class: Literal[("auto",) + CLASS_NAMES] = Field(  # type: ignore[valid-type]
+        "auto", description="Resolve for CPUs of this ISA class instead of this worker's (auto): a build worker "
+                            "preparing a model for other machines")

@@ -12,10 +12,13 @@ from pathlib import Path
 from modelpress.v1 import common_pb2
 from services.common import modelio, packed
 from services.common.engine_api import Method, NotPossibleHere, ProgressReporter, StageResult
+from services.common.isa import ALIASES, support
+from services.common.machine import this_cpu
 from services.common.tokenizer_files import copy_tokenizer
-from services.optimizer import gguf_export, onnx_export, onnx_runtime, openvino_convert
-from services.optimizer.configs import (GgufConfig, GgufQ4Config, OnnxConfig, OnnxInt4Config, OnnxInt8Config,
-                                        OpenVinoConfig, OpenVinoInt4Config, OpenVinoInt8Config, TensorRtConfig)
+from services.optimizer import fastest, gguf_export, onnx_export, onnx_runtime, openvino_convert
+from services.optimizer.configs import (FastestCpuConfig, GgufConfig, GgufQ4Config, OnnxConfig, OnnxInt4Config,
+                                        OnnxInt8Config, OpenVinoConfig, OpenVinoInt4Config, OpenVinoInt8Config,
+                                        TensorRtConfig)
 from services.optimizer.engines import require
 
 
@@ -127,6 +130,21 @@ def run_onnx_int4(config: OnnxInt4Config, src: Path, dst: Path, reporter: Progre
     return _finish(quantized, src, dst, figures, "int4")
 
 
+def compute_here(requested: str, applied: str) -> tuple[dict, list[str]]:
+    """What this worker's CPU makes of a compute precision: the figures for the stage's metrics
+    and the notes a person must see (emulated here, or replaced by the engine)."""
+    cpu = this_cpu()
+    asked = support(requested, cpu.isa_features)
+    figures = {"requested": asked.precision, "applied": applied, "isa_class": cpu.isa_class, **asked.as_dict()}
+    notes = []
+    if asked.emulated:
+        notes.append(f"{asked.precision} compute asked on an {cpu.isa_class} CPU ({cpu.cpu_model}): {asked.note}")
+    if applied and ALIASES.get(applied, applied) != asked.precision:
+        notes.append(f"OpenVINO runs {applied}, not the {asked.precision} asked, on this CPU ({cpu.isa_class}); the "
+                     "evaluator measures what it runs")
+    return figures, notes
+
+
 def _openvino(config: OpenVinoConfig, src: Path, dst: Path, reporter: ProgressReporter, *, bits: int = 0,
               symmetric: bool = False, group_size: int = 128, ratio: float = 1.0,
               calibration_samples: int = 0) -> StageResult:
@@ -159,17 +177,23 @@ def _openvino(config: OpenVinoConfig, src: Path, dst: Path, reporter: ProgressRe
         figures["kv_cache"] = "stateful"
     figures["weights_by_type"] = weight_counts(ov_model)
     reporter.report(steps - 1, steps, "saving the IR")
-    path = openvino_convert.save(ov_model, dst)
+    path = openvino_convert.save(ov_model, dst, float_weights_f16=config.inference_precision != "f32")
     # Compiled once here: the IR must load, and the precision the plugin applies is read back.
-    figures["inference_precision"] = applied_precision(compile_model(path, precision=config.inference_precision))
+    applied = applied_precision(compile_model(path, precision=config.inference_precision))
+    figures["inference_precision"] = applied
+    figures["compute_precision"], notes = compute_here(config.inference_precision, applied)
+    if config.inference_precision != "f32":
+        precision = config.inference_precision if precision == "fp32" else f"{precision}-{config.inference_precision}"
     reporter.report(steps, steps, "saved")
     manifest = {"engine": "openvino", "precision": precision, "kind": kind,
                 "inputs": openvino_convert.CAUSAL_INPUTS if geometry else openvino_convert.ENCODER_INPUTS,
                 "output": onnx_export.output_name(kind), "stateful": geometry is not None,
                 "inference_precision": config.inference_precision}
     ir_bytes = sum(f.stat().st_size for f in dst.glob("openvino_model.*"))
-    return _result(src, dst, "openvino_model.json", manifest, common_pb2.ARTIFACT_FORMAT_OPENVINO_IR,
-                   {**figures, "ir_bytes": ir_bytes})
+    result = _result(src, dst, "openvino_model.json", manifest, common_pb2.ARTIFACT_FORMAT_OPENVINO_IR,
+                     {**figures, "ir_bytes": ir_bytes})
+    result.notes.extend(notes)
+    return result
 
 
 def run_openvino(config: OpenVinoConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
@@ -274,6 +298,19 @@ def run_tensorrt_fp16(config: TensorRtConfig, src: Path, dst: Path, reporter: Pr
     return _result(src, dst, "tensorrt_model.json", manifest, common_pb2.ARTIFACT_FORMAT_TENSORRT, figures)
 
 
+def run_fastest_cpu(config: FastestCpuConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
+    isa = this_cpu().isa_class if config.isa_class == "auto" else config.isa_class
+    kind = modelio.model_kind(_float_config(src))
+    choice, note = fastest.resolve(isa, kind)
+    method = METHODS[choice.method]
+    reporter.report(0, 1, note)
+    result = method.run(method.config_cls(**choice.config), src, dst, reporter)
+    result.compression["resolved"] = {"from": "fastest-cpu", "recipe": choice.recipe, "method": choice.method,
+                                      "config": choice.config, "isa_class": isa}
+    result.notes.insert(0, note)
+    return result
+
+
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("onnx", "Export to ONNX (dynamic batch and sequence) and apply ONNX Runtime's fusions and graph "
            "optimizations", OnnxConfig, run_onnx),
@@ -289,6 +326,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("gguf-f16", "GGUF for llama.cpp, F16 weights (norms F32)", GgufConfig, run_gguf_f16),
     Method("gguf-q8_0", "GGUF for llama.cpp, Q8_0 weights (blocks of 32, f16 scale)", GgufConfig, run_gguf_q8_0),
     Method("gguf-q4", "GGUF for llama.cpp, Q4_0 or Q4_1 weights (blocks of 32)", GgufQ4Config, run_gguf_q4),
+    Method("fastest-cpu", "The engine precision measured fastest at kept quality on this worker's ISA class "
+           "(bf16 compute where the CPU has it, INT8 where it does not)", FastestCpuConfig, run_fastest_cpu),
     Method("tensorrt-fp16", "ONNX export built into a TensorRT FP16 engine (NVIDIA GPU workers only)",
            TensorRtConfig, run_tensorrt_fp16),
 )}

@@ -98,13 +98,16 @@ def calibration_inputs(windows, kind: str, geometry: CacheGeometry | None) -> li
     return items
 
 
-def save(ov_model, out_dir: Path) -> Path:
+def save(ov_model, out_dir: Path, float_weights_f16: bool = False) -> Path:
+    """float_weights_f16: store float weights as f16 (half the file, and the runtime then holds
+    half the bytes); only for IRs that compute in bf16/f16, whose arithmetic already rounds
+    further than f16 storage does. An f32-compute IR keeps f32 weights, so its numbers stay the
+    float model's."""
     import openvino as ov
 
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / IR_FILE
-    # FP32 stays FP32 on disk: compress_to_fp16 would change the numbers the bench compares.
-    ov.save_model(ov_model, str(path), compress_to_fp16=False)
+    ov.save_model(ov_model, str(path), compress_to_fp16=float_weights_f16)
     return path
 
 

@@ -7,21 +7,25 @@ import grpc
 from modelpress.v1 import common_pb2, optimizer_pb2, optimizer_pb2_grpc
 from services.common.server import ServiceRuntime
 from services.common.technique_servicer import TechniqueServicer
+from services.common.worker_hardware import worker_hardware
 from services.optimizer.engine import METHODS
 from services.optimizer.engines import ENGINES, availability
 
 
-def engine_infos() -> list[common_pb2.EngineInfo]:
+def engine_infos(features: list[str]) -> list[common_pb2.EngineInfo]:
     infos = []
     for engine in ENGINES.values():
         usable, why = availability(engine)
         infos.append(common_pb2.EngineInfo(name=engine.name, precisions=engine.precisions, available=usable,
-                                           reason=why, methods=engine.methods))
+                                           reason=why, methods=engine.methods,
+                                           compute={p: engine.compute_of(p) for p in engine.precisions},
+                                           emulated=engine.emulated_on(features)))
     return infos
 
 
 class OptimizerServicer(optimizer_pb2_grpc.OptimizerServiceServicer):
     def __init__(self, runtime: ServiceRuntime) -> None:
+        self._worker = runtime.worker_id
         self._technique = TechniqueServicer(common_pb2.TECHNIQUE_OPTIMIZER, METHODS, runtime)
 
     async def Describe(self, request, context):
@@ -32,7 +36,9 @@ class OptimizerServicer(optimizer_pb2_grpc.OptimizerServiceServicer):
             yield optimizer_pb2.OptimizerServiceRunResponse(update=update)
 
     async def ListEngines(self, request, context):
-        return optimizer_pb2.OptimizerServiceListEnginesResponse(engines=engine_infos())
+        hardware = worker_hardware(self._worker)
+        return optimizer_pb2.OptimizerServiceListEnginesResponse(
+            engines=engine_infos(list(hardware.machine.isa_features)), hardware=hardware)
 
 
 async def register(server: grpc.aio.Server, runtime: ServiceRuntime) -> list[str]:

@@ -15,6 +15,8 @@ from modelpress.v1 import common_pb2
 from services.common import modelio, packed
 from services.common.configspec import MethodConfig
 from services.common.engine_api import Method, ProgressReporter, StageResult
+from services.common.isa import support
+from services.common.machine import this_cpu
 from services.common.memory import return_large_frees_to_os
 from services.common.tokenizer_files import copy_tokenizer
 from services.common.calibration_data import calibration_batches, calibration_text
@@ -55,10 +57,19 @@ def _cast(dtype: torch.dtype) -> Callable[[MethodConfig, Path, Path, ProgressRep
         model.save_pretrained(dst, safe_serialization=True)
         copy_tokenizer(src, dst)
         reporter.report(2, 2, "saved")
+        name = str(dtype).removeprefix("torch.")
+        # PyTorch computes in the weights' dtype on the CPU that loads them: say so where this
+        # worker's CPU would emulate it (the evaluator, timing it, may run elsewhere).
+        cpu = this_cpu()
+        here = support(name, cpu.isa_features)
+        note = f"PyTorch computes these weights in {here.precision}; on this worker's {cpu.isa_class} CPU: {here.note}"
+        notes = [note] if here.emulated else []
         return StageResult(
             format=common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS,
             architecture=_architecture(model),
-            compression={"method": "cast", "dtype": str(dtype).removeprefix("torch.")},
+            compression={"method": "cast", "dtype": name},
+            metrics={"compute_precision": {"isa_class": cpu.isa_class, **here.as_dict()}},
+            notes=notes,
         )
 
     return run

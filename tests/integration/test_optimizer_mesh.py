@@ -10,6 +10,7 @@ import pytest
 
 from modelpress.v1 import common_pb2
 from modelpress import Client
+from services.common.isa import isa_class, support
 
 FAST = common_pb2.EvaluationSpec(batch_size=2, sequence_length=16, latency_iterations=3, quality_sentences=60,
                                  quality_windows=1)
@@ -30,13 +31,24 @@ async def optimize_and_wait(client, model: str, engine: str, precision: str, rec
     return job
 
 
-async def test_engines_say_what_works_here(gateway):
-    engines = {e.name: e for e in await call(Client(gateway).list_engines)}
+async def test_engines_say_what_works_here_and_what_this_cpu_accelerates(gateway):
+    response = await call(Client(gateway).engines)
+    engines = {e.name: e for e in response.engines}
     assert set(engines) >= {"onnxruntime", "openvino", "gguf", "tensorrt"}
     onnx = engines["onnxruntime"]
     assert onnx.available and not onnx.reason and onnx.methods["int8"] == "onnx-int8"
     assert not engines["tensorrt"].available and engines["tensorrt"].reason
-    assert engines["openvino"].available and engines["openvino"].methods["int4"] == "openvino-int4"
+    openvino = engines["openvino"]
+    assert openvino.available and openvino.methods["int4"] == "openvino-int4"
+    assert openvino.methods["int8-bf16"] == "openvino-int8-bf16" and openvino.compute["int8-bf16"] == "bf16"
+    (worker,) = response.workers  # one optimizer replica in this mesh
+    flags = list(worker.machine.isa_features)
+    assert worker.isa_class == isa_class(flags) == worker.machine.isa_class and worker.worker
+    by_precision = {s.precision: s for s in worker.compute}
+    assert set(by_precision) == {"fp32", "bf16", "f16", "int8"}
+    assert by_precision["bf16"].accelerated == support("bf16", flags).accelerated
+    assert ("bf16" in openvino.emulated) == by_precision["bf16"].emulated
+    assert "fp32" not in openvino.emulated and not engines["tensorrt"].emulated
 
 
 async def test_an_onnx_int8_job_is_measured_against_its_pytorch_original(gateway, tiny_bert_dir, allowed_root):
@@ -79,14 +91,20 @@ async def test_concurrent_causal_lm_exports_in_one_worker_both_succeed(gateway, 
     assert done[0].stages[0].metrics["kv_cache"] is True
 
 
-async def test_an_openvino_int8_job_on_a_causal_lm_is_measured_with_its_kv_cache(gateway, model_dir):
+async def test_an_openvino_int8_bf16_job_on_a_causal_lm_is_measured_with_its_kv_cache(gateway, model_dir):
+    """INT8 weights composed with bf16 compute; the stage says how this CPU runs bf16."""
     client = Client(gateway)
     spec = common_pb2.EvaluationSpec(batch_size=1, sequence_length=16, latency_iterations=3, quality_windows=1,
                                      decode_tokens=4)
-    job = await optimize_and_wait(client, f"path:{model_dir}", "openvino", "int8", "openvino-int8", spec)
+    job = await optimize_and_wait(client, f"path:{model_dir}", "openvino", "int8-bf16", "openvino-int8-bf16", spec)
     assert job.output.format == common_pb2.ARTIFACT_FORMAT_OPENVINO_IR
-    assert job.stages[0].metrics["kv_cache"] == "stateful"
-    assert job.stages[0].metrics["inference_precision"] == "f32"
+    stage = job.stages[0]
+    assert stage.metrics["kv_cache"] == "stateful"
+    bf16 = support("bf16", job.result.compressed.machine.isa_features)
+    # The plugin runs bf16 where the CPU has it and f32 where not; an emulated request is said.
+    assert stage.metrics["inference_precision"] == ("bf16" if bf16.accelerated else "f32")
+    assert stage.metrics["compute_precision"]["requested"] == "bf16"
+    assert bool(stage.notes) == (not bf16.accelerated), list(stage.notes)
     original, compressed = job.result.original, job.result.compressed
     assert compressed.decode.p50_ms > 0 and compressed.perplexity > 0
     assert abs(compressed.perplexity / original.perplexity - 1) < 0.05

@@ -129,3 +129,24 @@ def test_an_ir_bin_is_allowed_but_a_pickle_beside_an_xml_is_not(llama_ir, tmp_pa
     with pytest.raises(modelio.UnsafeModelError, match="weights.bin"):
         modelio.check_safe(tmp_path)
 
+
+
+def test_a_precision_this_cpu_emulates_or_the_plugin_replaces_is_said_in_the_stage_result(tiny_bert_dir, tmp_path,
+                                                                                          monkeypatch):
+    from services.common.machine import Machine
+    from services.optimizer import engine
+
+    avx2 = Machine(cpu_model="AMD EPYC (AVX2 only)", logical_cores=2, physical_cores=2,
+                   isa_features=["avx", "avx2", "fma", "f16c"], isa_class="avx2")
+    monkeypatch.setattr(engine, "this_cpu", lambda: avx2)
+    result = _run("openvino", tiny_bert_dir, tmp_path / "bf16", inference_precision="bf16")
+    assert result.compression["precision"] == "bf16"
+    assert result.metrics["compute_precision"]["emulated"] and result.metrics["compute_precision"]["isa_class"] == "avx2"
+    assert any("bf16 compute asked on an avx2 CPU" in note for note in result.notes), result.notes
+    monkeypatch.undo()
+    f16 = _run("openvino", tiny_bert_dir, tmp_path / "f16", inference_precision="f16")
+    applied = f16.metrics["inference_precision"]
+    # This CPU's plugin runs f16 natively or replaces it (bf16 or f32): the note says which.
+    assert (applied != "f16") == any("not the f16 asked" in note for note in f16.notes), (applied, f16.notes)
+    manifest = json.loads((tmp_path / "f16" / "openvino_model.json").read_text())
+    assert manifest["inference_precision"] == "f16" and manifest["precision"] == "f16"

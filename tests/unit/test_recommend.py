@@ -82,3 +82,106 @@ def test_a_few_bytes_are_no_smaller_and_a_few_percent_no_faster():
     assert rank([rtn, gptq], Constraints("edge"))[0].candidate is gptq  # same size: 11 % faster wins
     noisy = Candidate("gptq", size_mb=19.11, latency_p50_ms=256.0, quality_retention=0.968)
     assert rank([rtn, noisy], Constraints("edge"))[0].candidate is noisy  # 0.4 % slower is a tie: quality wins
+
+
+# ---- recommending for a machine: stored outcomes carry their ISA -------------------------------
+
+AVX2 = ["sse4_2", "avx", "avx2", "fma", "f16c"]
+AMX = AVX2 + ["avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16"]
+
+
+def _outcome(recipe: str, flags: list[str], latency_ms: float, size: int = 100) -> common_pb2.Job:
+    job = common_pb2.Job(job_id=f"j-{recipe}-{flags[-1]}", recipe=recipe, model=common_pb2.ModelRef(builtin="m"),
+                         state=common_pb2.JOB_STATE_SUCCEEDED)
+    result = job.result
+    result.original_model_size_bytes, result.compressed_model_size_bytes = 400, size
+    result.original_latency_ms, result.compressed_latency_ms = 100.0, latency_ms
+    result.compression_ratio, result.latency_improvement = 400 / size, 100.0 / latency_ms
+    for metrics in (result.original, result.compressed):
+        metrics.kind, metrics.perplexity, metrics.top1_accuracy = "causal-lm", 10.0, 0.5
+        metrics.machine.isa_features[:] = flags
+    result.original.size_on_disk_bytes = 400
+    job.evaluation.batch_size, job.evaluation.sequence_length, job.evaluation.threads = 1, 128, 2
+    return job
+
+
+class _Outcomes:
+    def __init__(self, jobs):
+        self._jobs = jobs
+
+    async def for_model(self, model, device=""):
+        return self._jobs
+
+
+class _StoredOnly:
+    """A runner with stored outcomes and nothing to run: submitting fails the test."""
+
+    def __init__(self, jobs):
+        self.outcomes = _Outcomes(jobs)
+
+    async def submit(self, **_):
+        raise AssertionError("nothing may be measured now in this test")
+
+
+def _hardware(flags) -> common_pb2.WorkerHardware:
+    from services.common.isa import isa_class
+
+    return common_pb2.WorkerHardware(worker="evaluator-1", isa_class=isa_class(flags),
+                                     machine=common_pb2.MachineInfo(isa_features=flags))
+
+
+def _recommend(jobs, evaluator_flags, **request):
+    import asyncio
+
+    from modelpress.v1 import gateway_pb2
+    from services.gateway.recommender import recommend
+
+    message = gateway_pb2.RecommendStrategyRequest(
+        model=common_pb2.ModelRef(builtin="m"), target="cloud",
+        evaluation=common_pb2.EvaluationSpec(batch_size=1, sequence_length=128), **request)
+
+    async def no_stages(recipe):
+        raise AssertionError("nothing may be measured now in this test")
+
+    return asyncio.run(recommend(message, _StoredOnly(jobs), no_stages, _hardware(evaluator_flags)))
+
+
+def test_on_an_avx2_cpu_a_bf16_path_is_never_picked_even_when_its_figures_are_the_fastest():
+    # Recorded on the AVX2-only EPYC: bf16 figures that would win the cloud ranking on latency.
+    jobs = [_outcome("openvino-bf16", AVX2, 40.0, size=200), _outcome("onnx-int8", AVX2, 60.0),
+            _outcome("bf16", AVX2, 30.0, size=200)]
+    response = _recommend(jobs, AVX2, candidate_recipes=["openvino-bf16", "onnx-int8", "bf16"], stored_only=True)
+    ranked = [r.strategy.recipe for r in response.recommendations]
+    assert ranked[0] == "onnx-int8" and response.isa_class == "avx2"
+    assert [s.recipe for s in response.strategies] == ["onnx-int8"]
+    for r in response.recommendations[1:]:
+        assert not r.feasible and "isa_class" in r.violated_constraints and "emulated" in r.reason
+        assert r.compute_precision == "bf16" and r.isa_class == "avx2"
+
+
+def test_on_an_amx_cpu_the_bf16_path_wins_and_avx2_outcomes_are_not_mixed_in():
+    jobs = [_outcome("openvino-bf16", AMX, 30.0, size=200), _outcome("onnx-int8", AMX, 60.0),
+            _outcome("onnx-int8", AVX2, 20.0)]  # a faster figure from another machine must not count
+    response = _recommend(jobs, AMX, candidate_recipes=["openvino-bf16", "onnx-int8"], stored_only=True)
+    assert [r.strategy.recipe for r in response.recommendations] == ["openvino-bf16", "onnx-int8"]
+    assert response.recommendations[1].latency_p50_ms == 60.0
+    assert "outcomes from other machines not used (1 on avx2)" in response.note
+
+
+def test_asking_for_a_class_with_no_outcomes_says_so_and_measures_nothing_on_the_wrong_cpu():
+    jobs = [_outcome("openvino-bf16", AMX, 30.0, size=200), _outcome("onnx-int8", AMX, 60.0)]
+    from services.gateway.recommender import NoCandidateMeasured
+
+    with pytest.raises(NoCandidateMeasured, match="this mesh's evaluator is amx"):
+        _recommend(jobs, AMX, candidate_recipes=["onnx-int8"], isa_class="avx2")
+    jobs.append(_outcome("onnx-int8", AVX2, 50.0))
+    response = _recommend(jobs, AMX, candidate_recipes=["onnx-int8", "openvino-bf16"], isa_class="avx2")
+    assert response.isa_class == "avx2" and response.recommendations[0].strategy.recipe == "onnx-int8"
+    assert not response.recommendations[1].feasible and "emulated" in response.recommendations[1].reason
+
+
+def test_an_unknown_isa_class_is_refused_naming_the_known_ones():
+    from services.gateway.validation import InvalidArgument
+
+    with pytest.raises(InvalidArgument, match="isa_class: 'sse9'.*avx512-bf16"):
+        _recommend([_outcome("onnx-int8", AVX2, 50.0)], AVX2, isa_class="sse9")

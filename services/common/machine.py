@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import socket
@@ -9,9 +10,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from services.common.isa import isa_class
+
 # CPU flags that decide which inference kernels run (int8 dot products, bf16, AMX tiles).
 INTERESTING_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
-                     "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16", "neon", "asimd",
+                     "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16", "amx_fp16", "neon", "asimd",
                      "sve")
 RAPL_ENERGY = Path("/sys/class/powercap/intel-rapl:0/energy_uj")
 
@@ -28,6 +31,7 @@ class Machine:
     torch_version: str = ""
     hostname: str = ""
     device_type: str = "cpu"
+    isa_class: str = ""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -59,6 +63,12 @@ def _cpuinfo(text: str) -> tuple[str, int, list[str]]:
     return model, len(cores), ordered
 
 
+@functools.lru_cache(maxsize=1)
+def this_cpu() -> Machine:
+    """This process's machine as a worker reports it (read once: the CPU does not change)."""
+    return describe_machine(use_gpu=False)
+
+
 def describe_machine(use_gpu: bool | None = None) -> Machine:
     cpuinfo = Path("/proc/cpuinfo")
     model, physical, flags = _cpuinfo(cpuinfo.read_text()) if cpuinfo.exists() else ("", 0, [])
@@ -71,7 +81,7 @@ def describe_machine(use_gpu: bool | None = None) -> Machine:
                 memory_mb = int(line.split()[1]) / 1024
     machine = Machine(cpu_model=model or platform.processor() or platform.machine(), logical_cores=logical,
                       physical_cores=physical or logical, isa_features=flags, memory_mb=round(memory_mb, 1),
-                      hostname=socket.gethostname())
+                      hostname=socket.gethostname(), isa_class=isa_class(flags))
     try:
         import torch
 

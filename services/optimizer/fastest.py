@@ -1,0 +1,48 @@
+"""`fastest-cpu`: the engine precision measured fastest, at kept quality, on CPUs of this
+worker's ISA class.
+
+Fastest means the encoder forward pass, and for causal LMs per-token decode (a generated reply
+is mostly decode steps). Each measured entry is the fastest quality-kept row of
+bench/results/optimizer.json for its class (tests/unit/test_fastest_cpu.py holds the table to the
+file); a class the bench has not run on borrows the nearest measured class's choice and says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from services.common.isa import CLASS_NAMES
+
+
+@dataclass(frozen=True)
+class Choice:
+    recipe: str  # the recipe a client would name for the same thing
+    method: str
+    config: dict = field(default_factory=dict)
+
+
+BEST: dict[tuple[str, str], Choice] = {
+    ("avx512-bf16", "encoder"): Choice("openvino-int8-bf16", "openvino-int8", {"inference_precision": "bf16"}),
+    # Its decode beats every bf16 path's on this class too (their prefill is faster).
+    ("avx512-bf16", "causal-lm"): Choice("onnx-int8", "onnx-int8"),
+    ("avx2", "encoder"): Choice("onnx-int8", "onnx-int8"),
+    ("avx2", "causal-lm"): Choice("onnx-int8", "onnx-int8"),
+}
+# Where a class has no bench rows: AMX runs the same bf16 kernels as AVX512-BF16 (with tiles);
+# a CPU without bf16 instructions is closest to the AVX2 machine.
+NEAREST_MEASURED = {"amx": "avx512-bf16", "avx512-vnni": "avx2", "avx2-vnni": "avx2", "baseline": "avx2"}
+
+
+def resolve(isa: str, kind: str) -> tuple[Choice, str]:
+    """The choice for a CPU of class `isa` and a model of `kind`, and a note that says why."""
+    if isa not in CLASS_NAMES:
+        raise ValueError(f"isa_class: {isa!r} is not one of {', '.join(CLASS_NAMES)}")
+    measured = isa if (isa, kind) in BEST else NEAREST_MEASURED.get(isa, "")
+    if (measured, kind) not in BEST:
+        raise ValueError(f"fastest-cpu has no choice for a {kind} on {isa}")
+    choice = BEST[(measured, kind)]
+    why = "decode" if kind == "causal-lm" else "forward pass"
+    note = f"fastest-cpu resolved to {choice.recipe} for a {kind} on an {isa} CPU (fastest {why} at kept quality"
+    note += (" in bench/results/optimizer.json)" if measured == isa
+             else f"; no bench run on {isa} yet, so the {measured} choice)")
+    return choice, note
