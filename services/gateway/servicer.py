@@ -199,9 +199,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
 
     @_maps_errors
     async def ListStrategies(self, request, context):
-        isa = request.isa_class or (await self._mesh.describe(common_pb2.TECHNIQUE_EVALUATOR)).hardware.isa_class
-        if isa not in CLASS_NAMES:
+        isa = request.isa_class
+        if isa and isa not in CLASS_NAMES:
             raise InvalidArgument(f"isa_class: {isa!r} is not one of {', '.join(CLASS_NAMES)}")
+        if not isa:
+            try:
+                isa = (await self._mesh.describe(common_pb2.TECHNIQUE_EVALUATOR)).hardware.isa_class
+            except ServiceUnavailable:
+                isa = ""  # templates are still worth listing: figures from every class, unpreferred
         outcomes = await self._runner.outcomes.list()
         return gateway_pb2.ListStrategiesResponse(strategies=all_strategies(outcomes, isa))
 

@@ -12,6 +12,7 @@ import pytest
 
 from modelpress.v1 import common_pb2
 from modelpress import Client
+from services.common.isa import support
 
 FAST = common_pb2.EvaluationSpec(batch_size=1, sequence_length=16, latency_iterations=3, quality_windows=1,
                                  decode_tokens=2, quality_sentences=60)
@@ -134,34 +135,51 @@ async def test_recommendation_measures_missing_candidates_then_reuses_them(gatew
     quick = common_pb2.EvaluationSpec(batch_size=1, sequence_length=16, latency_iterations=3, quality_windows=1,
                                       decode_tokens=2)
     constraints = dict(target="edge", max_size_mb=1000, min_quality_retention=0.9,
-                       candidate_recipes=["fp16", "int8-compact"], evaluation=quick)
+                       candidate_recipes=["fp16", "int8-weight-only", "int8-compact"], evaluation=quick)
+    # fp16 computes in f16, which most CPUs emulate: then it is never measured nor recommended.
+    (worker,) = (await call(client.engines)).workers
+    fp16_emulated = support("f16", worker.machine.isa_features).emulated
+    measured = {"int8-weight-only", "int8-compact"} | (set() if fp16_emulated else {"fp16"})
     with pytest.raises(grpc.RpcError) as info:
         await call(client.recommend, f"path:{model_dir}", stored_only=True, **constraints)
-    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "fp16" in info.value.details()
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "int8-compact" in info.value.details()
 
     first = await call(client.recommend, f"path:{model_dir}", **constraints)
+    assert first.isa_class == worker.isa_class and "measured now on this mesh's evaluator" in first.note
     by_recipe = {r.strategy.recipe: r for r in first.recommendations}
-    assert set(by_recipe) == {"fp16", "int8-compact"} and all(r.measured_now for r in by_recipe.values())
+    assert set(by_recipe) == measured | {"fp16"}
+    assert {name for name, r in by_recipe.items() if r.measured_now} == measured
+    if fp16_emulated:
+        assert not by_recipe["fp16"].feasible and "emulated" in by_recipe["fp16"].reason
     int8 = by_recipe["int8-compact"]
-    assert int8.rank == 1 and int8.feasible and "best for edge" in int8.reason  # smaller than fp16, quality kept
-    assert int8.size_mb < by_recipe["fp16"].size_mb and int8.quality_retention > 0.9
+    assert int8.rank == 1 and int8.feasible and "best for edge" in int8.reason  # the smallest, quality kept
+    assert int8.size_mb < by_recipe["int8-weight-only"].size_mb and int8.quality_retention > 0.9
+    assert int8.isa_class == worker.isa_class and int8.compute_precision == "fp32"
     job = await call(client.get_job, int8.job_id)
     assert job.state == common_pb2.JOB_STATE_SUCCEEDED and job.recipe == "int8-compact"
     assert int8.size_mb == pytest.approx(job.result.compressed_model_size_bytes / 1e6)
-    assert [s.recipe for s in first.strategies] == ["int8-compact", "fp16"]
+    assert first.strategies[0].recipe == "int8-compact"
     assert first.baseline_size_mb > int8.size_mb and first.device_name
 
     again = await call(client.recommend, f"path:{model_dir}", stored_only=True,
                        **{**constraints, "max_size_mb": int8.size_mb * 0.5})
     assert not any(r.measured_now for r in again.recommendations)
     assert {r.job_id for r in again.recommendations} == {r.job_id for r in first.recommendations}
-    assert not again.strategies and all("max_size_mb" in r.violated_constraints for r in again.recommendations)
+    assert not again.strategies and all("max_size_mb" in r.violated_constraints for r in again.recommendations
+                                        if r.job_id)
 
     strategies = {s.recipe: s for s in await call(client.list_strategies)}
     assert strategies["int8-compact"].expected_compression_ratio == pytest.approx(
         job.result.compression_ratio)
     assert int8.job_id in strategies["int8-compact"].evidence
+    assert strategies["int8-compact"].measured_isa_class == worker.isa_class
 
+    with pytest.raises(grpc.RpcError) as info:
+        await call(client.recommend, f"path:{model_dir}", isa_class="sse9")
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "isa_class" in info.value.details()
+    with pytest.raises(grpc.RpcError) as info:
+        await call(client.list_strategies, isa_class="sse9")
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "isa_class" in info.value.details()
     with pytest.raises(grpc.RpcError) as info:
         await call(client.recommend, f"path:{model_dir}", target="desktop")
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "target" in info.value.details()
