@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from services.common.engine_api import NotPossibleHere
 from services.common.isa import support
+from services.common.openvino_runtime import disable_telemetry
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,9 @@ def availability(engine: Engine) -> tuple[bool, str]:
     if not engine.methods:
         return False, (f"modelpress has no {engine.name} converter in this build yet (the optimizer issue, #5, "
                        "adds it)")
+    # `import openvino` sends usage telemetry at import time (forking from this thread): the
+    # sender is muted before the first import.
+    disable_telemetry()
     for module in engine.modules:
         try:
             importlib.import_module(module)

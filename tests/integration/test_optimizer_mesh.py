@@ -128,3 +128,20 @@ async def test_gguf_job_through_the_mesh_and_tensorrt_recipe_refused_on_a_cpu_wo
     trt = await call(client.get_job, trt.job_id)
     assert trt.state == common_pb2.JOB_STATE_FAILED and trt.error.startswith("FAILED_PRECONDITION")
     assert "tensorrt" in trt.error
+
+
+async def test_fastest_cpu_resolves_on_the_worker_for_its_isa_class(gateway, tiny_bert_dir, allowed_root):
+    from services.optimizer.fastest import resolve
+
+    folder = allowed_root / "bert-fastest"
+    shutil.copytree(tiny_bert_dir, folder)
+    client = Client(gateway)
+    (worker,) = (await call(client.engines)).workers
+    job = await call(client.create_job, f"path:{folder}", "fastest-cpu", evaluation=common_pb2.EvaluationSpec(skip=True))
+    await call(lambda: list(client.watch(job.job_id)))
+    job = await call(client.get_job, job.job_id)
+    assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job.error
+    choice, note = resolve(worker.isa_class, "encoder")
+    stage = job.stages[0]
+    assert stage.notes[0] == note and stage.worker == worker.worker
+    assert stage.metrics["compute_precision"]["isa_class"] == worker.isa_class
