@@ -32,7 +32,7 @@ from services.quantizer.mixed import allocate, sensitivity_step
 from services.quantizer.qat import qat_block_step
 from services.quantizer.sequential import BlockStep, quantize_sequential
 from services.quantizer.smoothquant import w8a8_block_step
-from services.quantizer.streaming import StreamingModel
+from services.common.calibration.streaming import StreamingModel
 from services.quantizer.targets import Target, fallback_report, weight_targets
 
 

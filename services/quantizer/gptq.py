@@ -17,10 +17,17 @@ from dataclasses import dataclass
 
 import torch
 
+from services.common.calibration.blocks import shared_input_groups, split_rows
 from services.quantizer.ct_format import QuantizedWeight
-from services.quantizer.sequential import BlockStep, BlockWork, shared_input_groups, split_rows
-
-from services.quantizer.qscheme import QuantParams, WeightScheme, compute_qparams, dequantize, fake_quantize, quantize
+from services.quantizer.qscheme import (
+    QuantParams,
+    WeightScheme,
+    compute_qparams,
+    dequantize,
+    fake_quantize,
+    quantize,
+)
+from services.quantizer.sequential import BlockStep, BlockWork
 
 
 @dataclass

@@ -21,7 +21,7 @@ from services.quantizer.qat import qat_block_step
 from services.quantizer.qscheme import dequantize
 from services.quantizer.sequential import quantize_sequential
 from services.quantizer.smoothquant import w8a8_block_step
-from services.quantizer.streaming import StreamingModel
+from services.common.calibration.streaming import StreamingModel
 from services.quantizer.targets import weight_targets
 
 CALIBRATION = {"calibration_samples": 4, "calibration_sequence_length": 64}

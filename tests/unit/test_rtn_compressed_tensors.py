@@ -14,7 +14,7 @@ from services.quantizer.ct_format import is_compressed_tensors, write_compressed
 from services.quantizer.engine import METHODS
 from services.quantizer.qscheme import WeightScheme, compute_qparams, dequantize, fake_quantize, quantize
 from services.quantizer.rtn import quantize_rtn
-from services.quantizer.streaming import StreamingModel
+from services.common.calibration.streaming import StreamingModel
 from services.quantizer.targets import fallback_report, weight_targets
 
 

@@ -5,7 +5,7 @@ services/common/calibration_data.py). Only the current block's inputs are ever h
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,3 +133,29 @@ def named_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     blocks = decoder_blocks(model)
     prefix = next(name for name, m in model.named_modules() if m is blocks)
     return [(f"{prefix}.{i}", block) for i, block in enumerate(blocks)]
+
+
+def shared_input_groups(hessians: dict[str, torch.Tensor], schemes: dict[str, object] | None = None
+                        ) -> list[list[str]]:
+    """Names grouped by identical Hessian (layers fed the same input) and, when given, the
+    same scheme, in block order."""
+    groups: list[list[str]] = []
+    for name, h in hessians.items():
+        for group in groups:
+            first = hessians[group[0]]
+            if schemes is not None and schemes[group[0]] != schemes[name]:
+                continue
+            if first.shape == h.shape and torch.equal(first, h):
+                group.append(name)
+                break
+        else:
+            groups.append([name])
+    return groups
+
+
+def split_rows(name_modules: list[tuple[str, nn.Linear]]) -> Iterator[tuple[str, slice]]:
+    """Row slices of a tensor stacked from these modules' weights, in order."""
+    row = 0
+    for name, module in name_modules:
+        yield name, slice(row, row + module.weight.shape[0])
+        row += module.weight.shape[0]

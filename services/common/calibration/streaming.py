@@ -1,7 +1,7 @@
 """A model whose weights stay on disk until a block needs them.
 
 The architecture is built on the meta device; tensors are read from the safetensors
-files one block at a time and dropped (back to meta) once the block is quantized, so
+files one block at a time and dropped (back to meta) once its step is done, so
 peak memory is the embeddings plus one block, not the whole FP32 model. Reading through
 `safe_open` copies just the asked tensors: the file is never left mapped and resident.
 """

@@ -1,0 +1,117 @@
+"""Walks a streamed model block by block over calibration inputs, handing each block to a
+technique's step.
+
+Only the non-block modules and one block's weights are in memory at a time (see
+streaming.StreamingModel). For each block a calibration pass collects its chosen Linears' input
+statistics (Hessian, |x| sums, row samples); the step turns them into per-layer results of its
+own kind (quantized codes, pruning masks ...) and may rewrite the block's float tensors in place
+(folding scales into a norm, zeroing pruned weights); the block's outputs as the step left it
+then feed the next block. What happens before the first block (quantizing the embedding, say)
+and after the last (layers outside the blocks) is the technique's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from services.common.calibration.blocks import (
+    BlockInputs,
+    InputStats,
+    InputStatsCollector,
+    linear_layers,
+    run_block,
+)
+from services.common.calibration.streaming import StreamingModel
+from services.common.memory import release_free_memory
+
+
+@dataclass
+class BlockWork:
+    """One block as a step sees it."""
+
+    index: int
+    name: str
+    block: nn.Module
+    layers: dict[str, nn.Linear]  # this block's chosen Linears, by full module name
+    targets: dict[str, Any]  # what the technique attached to each of them (e.g. a quantization target)
+    stats: dict[str, InputStats]
+    inputs: BlockInputs
+    float_outputs: list[torch.Tensor]
+    # Hooks a step installs for the propagation pass (e.g. simulated activation quantization);
+    # removed once the block's outputs are computed.
+    propagation_hooks: list = field(default_factory=list)
+    # Long steps (QAT's training loop) call this now and then: it raises when the stage was
+    # cancelled, so cancel need not wait for the block to finish.
+    check_cancelled: Callable[[], None] = lambda: None
+
+
+# Yields (module name, the technique's result for it, figures for the progress event).
+BlockStep = Callable[[BlockWork], Iterator[tuple[str, Any, dict]]]
+# (module name, result, figures) as each one arrives.
+OnResult = Callable[[str, Any, dict], None]
+
+
+@dataclass
+class BlocksResult:
+    results: dict[str, Any]
+    # Float tensors the steps changed besides the chosen Linears' weights (norms, biases;
+    # checkpoint names → new values). A chosen Linear's own outcome is its result.
+    rewritten: dict[str, torch.Tensor]
+
+
+@torch.no_grad()
+def run_blocks(source: StreamingModel, blocks: list[tuple[str, nn.Module]], inputs: BlockInputs,
+               targets: dict[str, Any], step: BlockStep, on_result: OnResult, *, propagate_updated: bool = True,
+               sample_every: int = 0, keep_float_outputs: bool = False,
+               check_cancelled: Callable[[], None] = lambda: None) -> BlocksResult:
+    """`inputs` are the first block's (blocks.capture_first_block_inputs); `targets` names the
+    Linears whose statistics are collected. The block's float outputs are kept for the step only
+    when it asks (`keep_float_outputs`) or when they feed the next block
+    (`propagate_updated=False`): they are as large as the inputs."""
+    results: dict[str, Any] = {}
+    rewritten: dict[str, torch.Tensor] = {}
+    for index, (block_name, block) in enumerate(blocks):
+        source.load([block_name])
+        layers = {f"{block_name}.{sub}": m for sub, m in linear_layers(block).items()
+                  if f"{block_name}.{sub}" in targets}
+        floats_before = _float_tensors(block, block_name, skip=set(layers))
+        collector = InputStatsCollector(layers, sample_every)
+        try:
+            float_outputs = run_block(block, inputs, keep=keep_float_outputs or not propagate_updated)
+        finally:
+            collector.close()
+        work = BlockWork(index, block_name, block, layers, {n: targets[n] for n in layers}, collector.stats,
+                         inputs, float_outputs, check_cancelled=check_cancelled)
+        for name, result, figures in step(work):
+            results[name] = result
+            on_result(name, result, {"block": index, **figures})
+        del collector, work.stats
+        for key, before in floats_before.items():
+            now = block.get_parameter(key.removeprefix(block_name + ".")).detach()
+            if not torch.equal(now, before):
+                rewritten[key] = now.clone()
+        try:
+            next_hidden = run_block(block, inputs) if propagate_updated else float_outputs
+        finally:
+            for handle in work.propagation_hooks:
+                handle.remove()
+        inputs = BlockInputs(hidden=next_hidden, kwargs=inputs.kwargs)
+        source.release(block_name)
+        release_free_memory()
+    return BlocksResult(results, rewritten)
+
+
+def _float_tensors(block: nn.Module, block_name: str, skip: set[str]) -> dict[str, torch.Tensor]:
+    """Copies of the block's float parameters other than the chosen Linears' weights (norms, biases)."""
+    out = {}
+    for sub, param in block.named_parameters():
+        key = f"{block_name}.{sub}"
+        if key.removesuffix(".weight") in skip and key.endswith(".weight"):
+            continue
+        out[key] = param.detach().clone()
+    return out
