@@ -412,7 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compress", help="submit a compression job")
     p.add_argument("model", help="builtin:NAME, artifact:ID or path:DIR")
     p.add_argument("--recipe", required=True)
-    p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a recipe config field")
+    p.add_argument("--set", action="append", metavar="[STAGE.]FIELD=VALUE",
+                   help="override a recipe config field; STAGE. picks one stage where several take the field")
     p.add_argument("--name", default="")
     p.add_argument("--wait", action="store_true", help="follow progress and print the result")
     p.add_argument("--json", action="store_true", help="print one JSON object (with --wait: the result)")

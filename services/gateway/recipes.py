@@ -18,6 +18,12 @@ class RecipeStage:
     technique: int
     method: str
     config: dict[str, Any] = field(default_factory=dict)
+    # What overrides call the stage (`--set NAME.field=value`); default: its method's name.
+    name: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.name or self.method
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ MAX_BENCHMARK_SHAPES = 8
 ENGINE_WORKER_CALLS = 4
 OPTIMIZER_ISSUE = "arrives with the optimizer issue (#5)"
 
+
 class NoOutput(RuntimeError):
     """The job exists but has no artifact to download (yet, or ever: it failed)."""
 

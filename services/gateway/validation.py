@@ -65,32 +65,56 @@ def resolve_evaluation(spec: common_pb2.EvaluationSpec) -> common_pb2.Evaluation
     return resolved
 
 
+def _addressed(overrides: dict[str, Any], labels: list[str], declares: list[set[str]]
+               ) -> tuple[list[dict[str, tuple[Any, str]]], list[str]]:
+    """Each stage's overrides (field -> (value, the key as given)), and the errors: `stage.field`
+    addresses one stage by label; a bare `field` must be declared by exactly one stage."""
+    per_stage: list[dict[str, tuple[Any, str]]] = [{} for _ in labels]
+    errors = []
+    for key, value in overrides.items():
+        label, dot, name = key.partition(".")
+        if dot:
+            if label not in labels:
+                errors.append(f"overrides.{key}: no stage named {label!r}; stages: {', '.join(labels)}")
+                continue
+            index = labels.index(label)
+            if name not in declares[index]:
+                errors.append(f"overrides.{key}: stage {label!r} takes no field {name!r}; allowed: "
+                              f"{', '.join(sorted(declares[index])) or '(none)'}")
+                continue
+            per_stage[index][name] = (value, key)
+            continue
+        owners = [i for i, fields in enumerate(declares) if key in fields]
+        if len(owners) > 1:
+            errors.append(f"overrides.{key}: stages {', '.join(labels[i] for i in owners)} all take this field; "
+                          f"address one: {', '.join(f'{labels[i]}.{key}' for i in owners)}")
+        elif owners:
+            per_stage[owners[0]][key] = (value, key)
+        else:
+            allowed = sorted({f for fields in declares for f in fields})
+            errors.append(f"overrides.{key}: no stage takes this field; allowed: {', '.join(allowed) or '(none)'}")
+    return per_stage, errors
+
+
 def resolve_stages(recipe: RecipeDef, overrides: dict[str, Any],
                    methods: dict[tuple[int, str], common_pb2.MethodDescription]) -> list[common_pb2.StageSpec]:
     """The recipe's stages with defaults and overrides applied; raises InvalidArgument on any bad field."""
-    stages: list[common_pb2.StageSpec] = []
-    claimed: set[str] = set()
-    errors: list[str] = []
+    described = []
     for stage in recipe.stages:
-        described = methods.get((stage.technique, stage.method))
-        if described is None:
+        method = methods.get((stage.technique, stage.method))
+        if method is None:
             raise InvalidArgument(f"recipe: {recipe.name} needs method {stage.method!r}, which no running service offers")
-        fields = {f.name: f for f in described.fields}
+        described.append({f.name: f for f in method.fields})
+    per_stage, errors = _addressed(overrides, [s.label for s in recipe.stages], [set(d) for d in described])
+    stages: list[common_pb2.StageSpec] = []
+    for stage, fields, given in zip(recipe.stages, described, per_stage):
         config = dict(stage.config)
-        for name, value in overrides.items():
-            if name in fields:
-                claimed.add(name)
-                problem = check_value(fields[name], value)
-                if problem:
-                    errors.append(f"overrides.{problem}")
-                config[name] = value
+        for name, (value, key) in given.items():
+            problem = check_value(fields[name], value)
+            if problem:
+                errors.append(f"overrides.{key.removesuffix(name)}{problem}")
+            config[name] = value
         stages.append(common_pb2.StageSpec(technique=stage.technique, method=stage.method, config=to_struct(config)))
-    unknown = sorted(set(overrides) - claimed)
-    if unknown:
-        allowed = sorted({f.name for s in recipe.stages for f in methods[(s.technique, s.method)].fields})
-        errors.append(
-            f"overrides.{unknown[0]}: no stage of recipe {recipe.name!r} takes this field; "
-            f"allowed: {', '.join(allowed) or '(none)'}")
     if errors:
         raise InvalidArgument("; ".join(errors))
     return stages

@@ -76,3 +76,24 @@ def test_every_recipe_resolves_against_the_services_methods():
     for name, recipe in RECIPES.items():
         _, stages = validate_recipe(name, to_struct({}), methods())
         assert [s.method for s in stages] == [s.method for s in recipe.stages]
+
+
+def test_overrides_address_one_stage_by_name_and_an_ambiguous_bare_field_is_refused():
+    from services.gateway.recipes import RecipeDef, RecipeStage
+    from services.gateway.validation import resolve_stages
+
+    two = RecipeDef("awq-then-int4", "test", (
+        RecipeStage(common_pb2.TECHNIQUE_QUANTIZER, "awq", {"bits": 4, "group_size": 64}, name="quantize"),
+        RecipeStage(common_pb2.TECHNIQUE_OPTIMIZER, "openvino-int4", name="export")))
+    stages = resolve_stages(two, {"quantize.group_size": 128, "export.group_size": 32, "bits": 8}, methods())
+    assert stages[0].config["group_size"] == 128 and stages[1].config["group_size"] == 32
+    assert stages[0].config["bits"] == 8 and "bits" not in stages[1].config  # declared by one stage: goes there
+    with pytest.raises(InvalidArgument, match=r"overrides\.group_size: stages quantize, export all take this field; "
+                                              r"address one: quantize\.group_size, export\.group_size"):
+        resolve_stages(two, {"group_size": 128}, methods())
+    with pytest.raises(InvalidArgument, match=r"overrides\.prune\.sparsity: no stage named 'prune'; stages: quantize"):
+        resolve_stages(two, {"prune.sparsity": 0.5}, methods())
+    with pytest.raises(InvalidArgument, match=r"overrides\.export\.damping: stage 'export' takes no field 'damping'"):
+        resolve_stages(two, {"export.damping": 0.1}, methods())
+    with pytest.raises(InvalidArgument, match=r"overrides\.quantize\.group_size: 100 is not allowed; allowed: .*128"):
+        resolve_stages(two, {"quantize.group_size": 100}, methods())
