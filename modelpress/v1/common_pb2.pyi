@@ -707,16 +707,20 @@ class ConfigField(_message.Message):
     def __init__(self, name: _Optional[str] = ..., type: _Optional[_Union[FieldType, str]] = ..., default_value: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., choices: _Optional[_Iterable[str]] = ..., minimum: _Optional[float] = ..., maximum: _Optional[float] = ..., help: _Optional[str] = ...) -> None: ...
 
 class MethodDescription(_message.Message):
-    __slots__ = ("technique", "name", "summary", "fields")
+    __slots__ = ("technique", "name", "summary", "fields", "accepts", "produces")
     TECHNIQUE_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
     FIELDS_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTS_FIELD_NUMBER: _ClassVar[int]
+    PRODUCES_FIELD_NUMBER: _ClassVar[int]
     technique: Technique
     name: str
     summary: str
     fields: _containers.RepeatedCompositeFieldContainer[ConfigField]
-    def __init__(self, technique: _Optional[_Union[Technique, str]] = ..., name: _Optional[str] = ..., summary: _Optional[str] = ..., fields: _Optional[_Iterable[_Union[ConfigField, _Mapping]]] = ...) -> None: ...
+    accepts: _containers.RepeatedScalarFieldContainer[ArtifactFormat]
+    produces: _containers.RepeatedScalarFieldContainer[ArtifactFormat]
+    def __init__(self, technique: _Optional[_Union[Technique, str]] = ..., name: _Optional[str] = ..., summary: _Optional[str] = ..., fields: _Optional[_Iterable[_Union[ConfigField, _Mapping]]] = ..., accepts: _Optional[_Iterable[_Union[ArtifactFormat, str]]] = ..., produces: _Optional[_Iterable[_Union[ArtifactFormat, str]]] = ...) -> None: ...
 
 class ServiceDescription(_message.Message):
     __slots__ = ("technique", "methods", "version", "hardware")

@@ -66,13 +66,15 @@ def _describe_field(name: str, info) -> common_pb2.ConfigField:
     return field
 
 
-def describe_method(technique: int, name: str, summary: str, config_cls: type[MethodConfig]
-                    ) -> common_pb2.MethodDescription:
+def describe_method(technique: int, name: str, summary: str, config_cls: type[MethodConfig],
+                    accepts: tuple[int, ...] = (), produces: tuple[int, ...] = ()) -> common_pb2.MethodDescription:
     return common_pb2.MethodDescription(
         technique=technique,
         name=name,
         summary=summary,
         fields=[_describe_field(n, info) for n, info in config_cls.model_fields.items()],
+        accepts=accepts,
+        produces=produces,
     )
 
 

@@ -11,6 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modelpress.v1 import common_pb2
+
+FLOAT_INPUT = common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS
+
 
 class StageCancelled(Exception):
     """Raised inside an engine at the next progress point after a cancel."""
@@ -70,3 +74,8 @@ class Method:
     summary: str
     config_cls: type
     run: Callable[[Any, Path, Path, ProgressReporter], StageResult]
+    # ArtifactFormat values of the inputs it takes (default: float HF safetensors; empty: any)
+    # and of what it may write (empty: the input's format). The gateway checks a chain against
+    # them before a job exists.
+    accepts: tuple[int, ...] = (FLOAT_INPUT,)
+    produces: tuple[int, ...] = ()

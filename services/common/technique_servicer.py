@@ -21,6 +21,8 @@ class EngineMethod(Protocol):
     name: str
     summary: str
     config_cls: type[MethodConfig]
+    accepts: tuple[int, ...]
+    produces: tuple[int, ...]
 
     def run(self, config: Any, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult: ...
 
@@ -38,7 +40,8 @@ class TechniqueServicer:
         return common_pb2.ServiceDescription(
             technique=self.technique,
             version=self.version,
-            methods=[describe_method(self.technique, m.name, m.summary, m.config_cls) for m in self.methods.values()],
+            methods=[describe_method(self.technique, m.name, m.summary, m.config_cls, m.accepts, m.produces)
+                     for m in self.methods.values()],
             hardware=worker_hardware(self.runtime.worker_id),
         )
 

@@ -24,6 +24,7 @@ from services.common.settings import DEFAULT_PORTS, default_home
 from services.gateway import cli_evaluation, launcher
 from modelpress import Client
 from services.gateway.results import result_fields
+from services.gateway.validation import format_name
 
 err = Console(stderr=True)
 out = Console()
@@ -383,7 +384,10 @@ def cmd_methods(args) -> int:
     for method in response.methods:
         technique = common_pb2.Technique.Name(method.technique).removeprefix("TECHNIQUE_").lower()
         fields = ", ".join(_field_text(f) for f in method.fields)
-        out.print(f"{technique}/{method.name}: {method.summary} [{fields}]", markup=False)
+        takes = ", ".join(format_name(f) for f in method.accepts) or "any"
+        writes = ", ".join(format_name(f) for f in method.produces) or "its input's format"
+        out.print(f"{technique}/{method.name}: {method.summary} [{fields}] (takes {takes}; writes {writes})",
+                  markup=False)
     for name, why in response.unavailable.items():
         err.print(f"{name} unavailable: {why}")
     return 0

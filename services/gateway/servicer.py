@@ -23,8 +23,8 @@ from services.gateway.jobs import JobRunner
 from services.gateway.recipes import RECIPES, UnknownRecipe
 from services.gateway.recommender import NoCandidateMeasured, NothingStored, recommend
 from services.gateway.strategies import all_strategies
-from services.gateway.validation import (GRID_BOUNDS, InvalidArgument, check_model_ref, resolve_evaluation,
-                                        validate_recipe)
+from services.gateway.validation import (GRID_BOUNDS, InvalidArgument, check_chain, check_model_ref,
+                                        resolve_evaluation, validate_recipe)
 
 log = logging.getLogger(__name__)
 
@@ -91,13 +91,16 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 found[(technique, method.name)] = method
         return found
 
-    async def _check_model(self, model: common_pb2.ModelRef, field: str = "model") -> None:
+    async def _check_model(self, model: common_pb2.ModelRef, field: str = "model") -> int | None:
+        """Checks the reference; returns the model's format where known up front (None: a path)."""
         check_model_ref(model, field)
-        if model.WhichOneof("source") == "artifact_id":
+        source = model.WhichOneof("source")
+        if source == "artifact_id":
             try:
-                await self._runtime.store.stat(model.artifact_id)
+                return (await self._runtime.store.stat(model.artifact_id)).ref.format
             except ArtifactNotFound:
                 raise ArtifactNotFound(f"{field}.artifact_id: artifact {model.artifact_id!r} not found") from None
+        return common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS if source == "builtin" else None
 
     async def _check_datasets(self, stages: list[common_pb2.StageSpec]) -> None:
         """Config fields named `*_dataset` hold artifact ids: they must exist and be datasets."""
@@ -118,9 +121,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
 
     @_maps_errors
     async def CreateJob(self, request, context):
-        await self._check_model(request.model)
+        model_format = await self._check_model(request.model)
         evaluation = resolve_evaluation(request.evaluation)
-        recipe, stages = validate_recipe(request.recipe, request.overrides, await self._methods())
+        methods = await self._methods()
+        recipe, stages = validate_recipe(request.recipe, request.overrides, methods)
+        check_chain(stages, methods, model_format)
         await self._check_datasets(stages)
         # Described methods are cached for a while: whether a replica is alive is asked now.
         needed = {s.technique for s in stages} | ({common_pb2.TECHNIQUE_EVALUATOR} if not evaluation.skip else set())
@@ -383,7 +388,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     @_maps_errors
     async def OptimizeModel(self, request, context):
         """A job whose one stage converts the model for the engine (recipe of that method)."""
-        await self._check_model(request.model)
+        model_format = await self._check_model(request.model)
         engines = await self._engines()
         engine = engines.get(request.engine)
         if engine is None:
@@ -395,7 +400,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         if not engine.available:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"engine {engine.name} is not available: {engine.reason}")
-        recipe, stages = validate_recipe(engine.methods[precision], request.options, await self._methods())
+        methods = await self._methods()
+        recipe, stages = validate_recipe(engine.methods[precision], request.options, methods)
+        check_chain(stages, methods, model_format)
         job = await self._runner.submit(
             name=request.name or f"{engine.name} {precision} of {request.model.WhichOneof('source')}",
             model=request.model, recipe=recipe.name, stages=stages,

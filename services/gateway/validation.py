@@ -128,3 +128,24 @@ def validate_recipe(name: str, overrides_struct, methods) -> tuple[RecipeDef, li
     except KeyError as exc:
         raise InvalidArgument(exc.args[0]) from None
     return recipe, resolve_stages(recipe, struct_to_dict(overrides_struct), methods)
+
+
+def format_name(fmt: int) -> str:
+    return common_pb2.ArtifactFormat.Name(fmt).removeprefix("ARTIFACT_FORMAT_").lower().replace("_", "-")
+
+
+def check_chain(stages: list[common_pb2.StageSpec], methods: dict[tuple[int, str], common_pb2.MethodDescription],
+                model_format: int | None) -> None:
+    """Each stage's input (the job's model, then what the stage before writes) against what its
+    method accepts, before a job exists. model_format None: not known up front (a path)."""
+    entering = {model_format} if model_format else None
+    for index, stage in enumerate(stages):
+        described = methods[(stage.technique, stage.method)]
+        accepts = set(described.accepts)
+        if entering is not None and accepts and not entering & accepts:
+            source = "the job's model" if index == 0 else f"what stages[{index - 1}] writes"
+            raise InvalidArgument(
+                f"stages[{index}] ({stage.method}): does not accept {' or '.join(sorted(map(format_name, entering)))}"
+                f" ({source}); it takes {', '.join(sorted(map(format_name, accepts)))}")
+        if described.produces:
+            entering = set(described.produces)

@@ -5,6 +5,7 @@ Engine code only: folders in, folder out, progress through a ProgressReporter.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -331,3 +332,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("tensorrt-fp16", "ONNX export built into a TensorRT FP16 engine (NVIDIA GPU workers only)",
            TensorRtConfig, run_tensorrt_fp16),
 )}
+
+# What each method writes, by engine (the gateway checks a chain against it before a job exists).
+_WRITES = {"onnx": (common_pb2.ARTIFACT_FORMAT_ONNX,), "openvino": (common_pb2.ARTIFACT_FORMAT_OPENVINO_IR,),
+           "gguf": (common_pb2.ARTIFACT_FORMAT_GGUF,), "tensorrt": (common_pb2.ARTIFACT_FORMAT_TENSORRT,),
+           "fastest": (common_pb2.ARTIFACT_FORMAT_ONNX, common_pb2.ARTIFACT_FORMAT_OPENVINO_IR)}
+METHODS = {name: dataclasses.replace(m, produces=_WRITES[name.split("-")[0]]) for name, m in METHODS.items()}

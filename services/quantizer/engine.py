@@ -276,3 +276,9 @@ METHODS: dict[str, Method] = {
                SmoothQuantConfig, _w8a8),
     )
 }
+
+# What each method writes (the gateway checks a chain against it before a job exists).
+_WRITES = {"fp16": common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS, "bf16": common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS,
+           "int8-weight-only": common_pb2.ARTIFACT_FORMAT_PACKED_SAFETENSORS}
+METHODS = {name: dataclasses.replace(m, produces=(_WRITES.get(name, common_pb2.ARTIFACT_FORMAT_COMPRESSED_TENSORS),))
+           for name, m in METHODS.items()}

@@ -145,3 +145,20 @@ async def test_fastest_cpu_resolves_on_the_worker_for_its_isa_class(gateway, tin
     stage = job.stages[0]
     assert stage.notes[0] == note and stage.worker == worker.worker
     assert stage.metrics["compute_precision"]["isa_class"] == worker.isa_class
+
+
+async def test_a_quantized_artifact_is_refused_by_an_engine_before_a_job_exists(gateway, model_dir):
+    client = Client(gateway)
+    skip = common_pb2.EvaluationSpec(skip=True)
+    job = await call(client.create_job, f"path:{model_dir}", "w4a16-rtn", evaluation=skip)
+    await call(lambda: list(client.watch(job.job_id)))
+    job = await call(client.get_job, job.job_id)
+    assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job.error
+    before = len(await call(client.list_jobs))
+    for call_it in (lambda: client.create_job(f"artifact:{job.output.id}", "onnx-int8", evaluation=skip),
+                    lambda: client.optimize(f"artifact:{job.output.id}", "openvino", precision="bf16")):
+        with pytest.raises(grpc.RpcError) as info:
+            await call(call_it)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "stages[0]" in info.value.details() and "does not accept compressed-tensors" in info.value.details()
+    assert len(await call(client.list_jobs)) == before

@@ -15,7 +15,8 @@ def methods():
     for technique, registry in ((common_pb2.TECHNIQUE_QUANTIZER, QUANT_METHODS),
                                 (common_pb2.TECHNIQUE_OPTIMIZER, OPT_METHODS)):
         for m in registry.values():
-            described[(technique, m.name)] = describe_method(technique, m.name, m.summary, m.config_cls)
+            described[(technique, m.name)] = describe_method(technique, m.name, m.summary, m.config_cls, m.accepts,
+                                                             m.produces)
     return described
 
 
@@ -97,3 +98,26 @@ def test_overrides_address_one_stage_by_name_and_an_ambiguous_bare_field_is_refu
         resolve_stages(two, {"export.damping": 0.1}, methods())
     with pytest.raises(InvalidArgument, match=r"overrides\.quantize\.group_size: 100 is not allowed; allowed: .*128"):
         resolve_stages(two, {"quantize.group_size": 100}, methods())
+
+
+def test_a_chain_is_checked_stage_by_stage_before_a_job_exists():
+    from services.gateway.recipes import RecipeDef, RecipeStage
+    from services.gateway.validation import check_chain, resolve_stages
+
+    Q, O = common_pb2.TECHNIQUE_QUANTIZER, common_pb2.TECHNIQUE_OPTIMIZER
+    hf, ct = common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS, common_pb2.ARTIFACT_FORMAT_COMPRESSED_TENSORS
+    described = methods()
+    export = resolve_stages(RECIPES["onnx-int8"], {}, described)
+    check_chain(export, described, hf)
+    check_chain(export, described, None)  # a path: its format is learnt when the stage reads it
+    with pytest.raises(InvalidArgument, match=r"stages\[0\] \(onnx-int8\): does not accept compressed-tensors "
+                                              r"\(the job's model\); it takes hf-safetensors"):
+        check_chain(export, described, ct)
+    quantize_then_export = resolve_stages(RecipeDef("gptq-onnx", "t", (RecipeStage(Q, "gptq"), RecipeStage(O, "onnx"))),
+                                          {}, described)
+    with pytest.raises(InvalidArgument, match=r"stages\[1\] \(onnx\): does not accept compressed-tensors "
+                                              r"\(what stages\[0\] writes\)"):
+        check_chain(quantize_then_export, described, hf)
+    cast_then_export = resolve_stages(RecipeDef("bf16-openvino", "t", (RecipeStage(Q, "bf16"),
+                                                                       RecipeStage(O, "openvino"))), {}, described)
+    check_chain(cast_then_export, described, hf)  # a bf16 checkpoint is still float safetensors
