@@ -23,9 +23,10 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 20_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.max_pings_without_data", 0),
-    # A restarted replica is found within seconds (gRPC's default backoff grows to 120 s); the
-    # largest backoff stays under HEALTH_TIMEOUT_S, or a health check made while the channel waits
-    # out its backoff misses a replica that is back (at 3 s a restarted quantizer was missed once).
+    # A restarted replica is found within seconds (gRPC's default backoff grows to 120 s). The
+    # largest backoff stays under HEALTH_TIMEOUT_S so a health check made while the channel waits
+    # out its backoff can still reach a replica that is back (at 3 s a restarted quantizer was
+    # missed once in the suite; our reading of why, not traced).
     ("grpc.initial_reconnect_backoff_ms", 500),
     ("grpc.min_reconnect_backoff_ms", 500),
     ("grpc.max_reconnect_backoff_ms", 1500),

@@ -11,6 +11,7 @@ from typing import Any
 
 from modelpress.v1 import common_pb2, gateway_pb2
 from services.common.events import to_struct
+from services.common.isa import isa_class, support
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,13 @@ class RecipeDef:
     # The arithmetic the result runs in (fp32, bf16, f16, int8; "auto": chosen on the worker for its
     # CPU): a recipe whose compute a CPU would emulate is never recommended for it.
     compute: str = "fp32"
+
+    def emulated_on(self, features) -> str:
+        """Why a CPU with these ISA features would emulate this recipe's compute ("" if it would not)."""
+        if self.compute == "auto":  # resolved on the worker to a precision its CPU accelerates
+            return ""
+        here = support(self.compute, features)
+        return f"{here.precision} compute on an {isa_class(features)} CPU: {here.note}" if here.emulated else ""
 
     def message(self) -> gateway_pb2.Recipe:
         return gateway_pb2.Recipe(
@@ -101,12 +109,12 @@ RECIPES: dict[str, RecipeDef] = {
         RecipeDef("openvino-int4", "OpenVINO IR with NNCF INT4 weights (group 128, shrunk where it does not "
                   "divide), AWQ and scale estimation on 32 calibration windows",
                   (RecipeStage(O, "openvino-int4", {"calibration_samples": 32}),)),
-        RecipeDef("openvino-bf16", "OpenVINO IR computing in bf16 (native with AVX512-BF16 or AMX-BF16; other CPUs "
-                  "run it in f32, and the stage says so)", (RecipeStage(O, "openvino", {"inference_precision": "bf16"}),), compute="bf16"),
+        RecipeDef("openvino-bf16", "OpenVINO IR computing in bf16 (native with AVX512-BF16 or AMX-BF16; on other CPUs "
+                  "the stage notes what the plugin ran instead)", (RecipeStage(O, "openvino", {"inference_precision": "bf16"}),), compute="bf16"),
         RecipeDef("openvino-int8-bf16", "OpenVINO IR with NNCF INT8 weights per channel, computing in bf16",
                   (RecipeStage(O, "openvino-int8", {"inference_precision": "bf16"}),), compute="bf16"),
-        RecipeDef("openvino-f16", "OpenVINO IR computing in f16 (native with AVX512-FP16 or AMX-FP16; the plugin runs "
-                  "bf16 or f32 elsewhere, and the stage says which)",
+        RecipeDef("openvino-f16", "OpenVINO IR computing in f16 (native with AVX512-FP16 or AMX-FP16; elsewhere the "
+                  "stage notes what the plugin ran: bf16 on an AVX512-BF16 CPU)",
                   (RecipeStage(O, "openvino", {"inference_precision": "f16"}),), compute="f16"),
         RecipeDef("fastest-cpu", "The engine precision measured fastest at kept quality on the optimizer worker's "
                   "CPU class: bf16 compute (OpenVINO) where the CPU has bf16 instructions, INT8 (ONNX Runtime) where "

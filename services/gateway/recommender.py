@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from modelpress.v1 import common_pb2, gateway_pb2
-from services.common.isa import class_flags, isa_class, support
+from services.common.isa import class_flags
 from services.common.quality_kept import quality_retention
 from services.common.recommend import Candidate, Constraints, rank
 from services.gateway.jobs import JobRunner
@@ -52,12 +52,7 @@ def _same_shape(job: common_pb2.Job, spec: common_pb2.EvaluationSpec) -> bool:
 
 
 def unsupported_on(recipe: str, features) -> str:
-    """Why a CPU with these features would emulate the recipe's compute ("" when it would not)."""
-    compute = RECIPES[recipe].compute if recipe in RECIPES else "fp32"
-    if compute == "auto":  # resolved on the worker to a precision its CPU accelerates
-        return ""
-    here = support(compute, features)
-    return f"{here.precision} compute on an {isa_class(features)} CPU: {here.note}" if here.emulated else ""
+    return RECIPES[recipe].emulated_on(features) if recipe in RECIPES else ""
 
 
 def candidate_of(job: common_pb2.Job, measured_now: bool, features=()) -> Candidate:
@@ -116,8 +111,7 @@ async def recommend(request: gateway_pb2.RecommendStrategyRequest, runner: JobRu
     for job in sorted(same, key=lambda j: j.finished_at.ToNanoseconds()):
         latest[job.recipe] = job
     missing = [n for n in names if n not in latest]
-    failed = {name: f"not measured: {unsupported_on(name, features)}" for name in missing
-              if unsupported_on(name, features)}
+    failed = {name: f"not measured: {why}" for name in missing if (why := unsupported_on(name, features))}
     missing = [n for n in missing if n not in failed]
     if missing and request.stored_only:
         raise NothingStored(f"stored_only: no stored measurement of {', '.join(missing)} for this model at "

@@ -7,7 +7,7 @@ import statistics
 from dataclasses import dataclass
 
 from modelpress.v1 import common_pb2, gateway_pb2
-from services.common.isa import class_flags, isa_class, support
+from services.common.isa import class_flags, isa_class
 from services.common.quality_kept import quality_retention
 from services.gateway.recipes import RECIPES
 
@@ -61,9 +61,8 @@ def strategy(recipe: str, outcomes: list[common_pb2.Job], isa: str = "") -> gate
         name=recipe, description=RECIPES[recipe].summary, target_scenario=template.target_scenario,
         techniques=techniques_of(recipe), hardware_compatibility=template.hardware, recipe=recipe,
         compute_precision=compute)
-    if isa and compute != "auto":
-        here = support(compute, class_flags(isa))
-        message.emulated_on_isa = f"{compute} on {isa}: {here.note}" if here.emulated else ""
+    if isa:
+        message.emulated_on_isa = RECIPES[recipe].emulated_on(class_flags(isa))
     mine = [j for j in outcomes if j.recipe == recipe and j.result.compressed_model_size_bytes]
     if not mine:
         message.evidence = ("no measurement yet: run a job with this recipe or `modelpress recommend` "

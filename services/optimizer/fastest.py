@@ -29,8 +29,8 @@ BEST: dict[tuple[str, str], Choice] = {
     ("avx2", "encoder"): Choice("onnx-int8", "onnx-int8"),
     ("avx2", "causal-lm"): Choice("onnx-int8", "onnx-int8"),
 }
-# Where a class has no bench rows: AMX runs the same bf16 kernels as AVX512-BF16 (with tiles);
-# a CPU without bf16 instructions is closest to the AVX2 machine.
+# Where a class has no bench rows: an AMX CPU also has AVX512-BF16, so it borrows that class's
+# choice until the bench runs on one; a CPU without bf16 instructions borrows the AVX2 machine's.
 NEAREST_MEASURED = {"amx": "avx512-bf16", "avx512-vnni": "avx2", "avx2-vnni": "avx2", "baseline": "avx2"}
 
 
