@@ -25,7 +25,7 @@ from services.common.registry import builtin_folder
 from services.common.settings import default_cache
 from services.evaluator.engine import EvaluationConfig, compare_folders
 from modelpress.v1 import common_pb2
-from services.gateway.recipes import RECIPES
+from services.common.pipeline.recipes import RECIPES
 from services.optimizer.engine import METHODS as OPTIMIZER_METHODS
 from services.quantizer.engine import METHODS as QUANTIZER_METHODS
 

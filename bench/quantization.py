@@ -28,7 +28,7 @@ from services.common.registry import builtin_folder
 from services.common.settings import default_cache
 from services.evaluator import quality
 from services.evaluator.engine import EvaluationConfig, compare_folders, evaluate_folder
-from services.gateway.recipes import RECIPES
+from services.common.pipeline.recipes import RECIPES
 
 RESULTS = Path(__file__).resolve().parent / "results"
 HERE = Path(__file__).resolve().parent

@@ -24,7 +24,7 @@ from services.common.settings import DEFAULT_PORTS, default_home
 from services.gateway import cli_evaluation, launcher
 from modelpress import Client
 from services.gateway.results import result_fields
-from services.gateway.validation import format_name
+from services.common.pipeline.chain import format_name
 
 err = Console(stderr=True)
 out = Console()

@@ -11,9 +11,10 @@ from services.common.isa import class_flags
 from services.common.quality_kept import quality_retention
 from services.common.recommend import Candidate, Constraints, rank
 from services.gateway.jobs import JobRunner
-from services.gateway.recipes import RECIPES, get_recipe
+from services.common.pipeline.recipes import RECIPES, get_recipe
 from services.gateway.strategies import measured_on, strategy
-from services.gateway.validation import InvalidArgument, resolve_evaluation
+from services.common.pipeline.chain import InvalidArgument
+from services.gateway.validation import resolve_evaluation
 
 # Cheap enough to measure while a client waits (minutes on 2 CPU cores for a 135M model).
 QUICK_CANDIDATES = ("fp16", "int8-weight-only", "w4a16-rtn", "w4a16-gptq")

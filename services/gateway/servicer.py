@@ -17,14 +17,14 @@ from services.common.events import TERMINAL_STATES
 from services.common.isa import CLASS_NAMES
 from services.common.job_store import JobNotFound
 from services.common.kv_records import RecordBucket
+from services.common.pipeline.chain import InvalidArgument, check_chain, validate_recipe
+from services.common.pipeline.recipes import RECIPES, UnknownRecipe
 from services.common.server import ServiceRuntime
 from services.gateway.catalog import Mesh, ServiceUnavailable
 from services.gateway.jobs import JobRunner
-from services.gateway.recipes import RECIPES, UnknownRecipe
 from services.gateway.recommender import NoCandidateMeasured, NothingStored, recommend
 from services.gateway.strategies import all_strategies
-from services.gateway.validation import (GRID_BOUNDS, InvalidArgument, check_chain, check_model_ref,
-                                        resolve_evaluation, validate_recipe)
+from services.gateway.validation import GRID_BOUNDS, check_model_ref, resolve_evaluation
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """8-bit activation quantization (the A8 of W8A8), simulated exactly as compressed-tensors runs it.
 
-Dynamic: one scale per token, computed at run time from the token's max |x|.
+Dynamic: one scale per token (or per tensor), computed at run time from the max |x|.
 Static: one scale per tensor, fixed from calibration (stored as `input_scale`).
 Both are symmetric int8 with compressed-tensors' convention (scale = max|x| / 127.5,
 codes clamped to [-128, 127]), so the in-memory model and a reloaded artifact agree.
@@ -22,6 +22,8 @@ HALF_RANGE = 127.5
 class ActivationScheme:
     dynamic: bool  # per-token at run time; else one static per-tensor scale from calibration
     bits: int = 8
+    # Dynamic with one scale for the whole tensor (ONNX Runtime's dynamic INT8), not one per token.
+    per_tensor: bool = False
 
 
 def static_scale(abs_max: torch.Tensor) -> torch.Tensor:
@@ -32,7 +34,8 @@ def static_scale(abs_max: torch.Tensor) -> torch.Tensor:
 def fake_quantize_activations(x: torch.Tensor, scheme: ActivationScheme, scale: torch.Tensor | None = None
                               ) -> torch.Tensor:
     if scheme.dynamic:
-        scale = (x.abs().amax(dim=-1, keepdim=True) / HALF_RANGE).clamp(min=1e-8)
+        extent = x.abs().amax() if scheme.per_tensor else x.abs().amax(dim=-1, keepdim=True)
+        scale = (extent / HALF_RANGE).clamp(min=1e-8)
     elif scale is None:
         raise ValueError("static activation quantization needs a calibrated scale")
     return torch.round(x / scale).clamp_(-128, 127) * scale

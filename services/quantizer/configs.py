@@ -56,7 +56,7 @@ class GptqConfig(WeightOnlyConfig, CalibrationConfig, GptqSettings):
         True, description="Feed each block the quantized previous block's outputs (one more forward per block)")
 
 
-class AwqConfig(WeightOnlyConfig, CalibrationConfig):
+class AwqSettings(MethodConfig):
     scale_grid: int = Field(20, ge=1, le=100, description="Exponents tried by the per-channel scale search")
     clip_search: bool = Field(True, description="Also search a per-group clipping of the weight range")
     clip_grid: int = Field(20, ge=1, le=100, description="Clipping ratios tried, from 1 down to max_shrink")
@@ -65,6 +65,27 @@ class AwqConfig(WeightOnlyConfig, CalibrationConfig):
         "layer", description="Score scale candidates by each Linear's own output error, or by the output of "
                              "the MLP they feed (through its nonlinearity; on SmolLM2 W4 g64: +15.8 % ppl "
                              "against +15.2 % for 'layer')")
+
+
+class AwqConfig(WeightOnlyConfig, CalibrationConfig, AwqSettings):
+    pass
+
+
+class EngineGrid(MethodConfig):
+    """The integer grid of the engine that will round the transformed float weights (its own
+    quantizer, in a later stage): the searches score candidates on it."""
+
+    bits: Literal[4, 8] = Field(4, description="Bits the engine's quantizer will use")
+    group_size: Literal[0, 32, 64, 128] = Field(
+        32, description="Input features per scale in the engine's quantizer (ONNX Runtime's block_size, "
+                        "GGUF's 32, NNCF's group_size); 0 = per output channel")
+    symmetric: bool = Field(True, description="Whether the engine's grid is symmetric (ONNX Runtime and NNCF "
+                                              "by default) or has a minimum per group (GGUF Q4_1)")
+
+
+class AwqTransformConfig(EngineGrid, CalibrationConfig, AwqSettings):
+    """AWQ's scales (and clipping, as a clamp of each group's range) folded into a float model;
+    nothing is rounded: a later stage's engine quantizer does that."""
 
 
 class QatConfig(AwqConfig):
@@ -96,3 +117,13 @@ class W8A8Config(CalibrationConfig, GptqSettings):
 
 class SmoothQuantConfig(W8A8Config):
     smoothing: bool = Field(True, description="SmoothQuant: move activation outliers into the weights first")
+
+
+class SmoothQuantTransformConfig(CalibrationConfig):
+    """SmoothQuant's scales folded into a float model for an engine that quantizes activations
+    itself (ONNX Runtime's dynamic INT8: one scale per tensor, computed at run time)."""
+
+    activations: Literal["dynamic-per-tensor", "dynamic-per-token", "static"] = Field(
+        "dynamic-per-tensor", description="How the engine will quantize activations; alpha is searched for it")
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="SmoothQuant migration strength (when not searched)")
+    alpha_search: bool = Field(True, description="Pick alpha per layer group from calibration (0, 0.1 … 1)")

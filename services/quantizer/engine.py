@@ -21,9 +21,9 @@ from services.common.memory import return_large_frees_to_os
 from services.common.tokenizer_files import copy_tokenizer
 from services.common.calibration_data import calibration_batches, calibration_text
 from services.quantizer.awq import awq_block_step
-from services.quantizer.configs import (AwqConfig, CalibrationConfig, CastConfig, GptqConfig, Int8WeightOnlyConfig,
-                                        MixedPrecisionConfig, QatConfig, SmoothQuantConfig, W8A8Config,
-                                        WeightOnlyConfig)
+from services.quantizer.configs import (AwqConfig, AwqTransformConfig, CalibrationConfig, CastConfig, GptqConfig,
+                                        Int8WeightOnlyConfig, MixedPrecisionConfig, QatConfig, SmoothQuantConfig,
+                                        SmoothQuantTransformConfig, W8A8Config, WeightOnlyConfig)
 from services.quantizer.ct_format import is_standard_layout, write_compressed_tensors
 from services.quantizer.int8 import quantize_int8_weight_only
 from services.quantizer.rtn import quantize_rtn
@@ -33,6 +33,8 @@ from services.quantizer.qat import qat_block_step
 from services.quantizer.sequential import BlockStep, quantize_sequential
 from services.quantizer.smoothquant import w8a8_block_step
 from services.common.calibration.streaming import StreamingModel
+from services.common.float_checkpoint import write_float_model
+from services.quantizer.transforms import awq_transform_step, smoothquant_transform_step, transform_sequential
 from services.quantizer.targets import Target, fallback_report, weight_targets
 
 
@@ -222,6 +224,45 @@ def _w8a8(config: W8A8Config, src: Path, dst: Path, reporter: ProgressReporter) 
                            w8a8_block_step(config), sample_every=sample_every)
 
 
+def _transform(config: CalibrationConfig, grid: WeightOnlyConfig, src: Path, dst: Path, reporter: ProgressReporter,
+               method: str, step, sample_every: int) -> StageResult:
+    """A float model out: the step's folded scales (and clamps) in, nothing rounded."""
+    source = _stream_float(src, reporter)
+    targets = {t.name: t for t in weight_targets(source.model, grid) if t.role == "linear"}
+    batches = _calibration(config, src)
+    figures: list[dict] = []
+
+    def on_layer(i: int, total: int, name: str, layer_figures: dict) -> None:
+        figures.append(layer_figures)
+        reporter.report(i, total + 1, f"{method} {name} ({i}/{total})", layer=name, **layer_figures)
+
+    changed = transform_sequential(source, targets, batches, step, on_layer, sample_every=sample_every,
+                                   check_cancelled=reporter.check_cancelled)
+    reporter.report(len(targets), len(targets) + 1, "writing the float model")
+    replaced = write_float_model(source, changed, dst)
+    copy_tokenizer(src, dst)
+    reporter.report(len(targets) + 1, len(targets) + 1, "saved float model")
+    scaled = sum(1 for f in figures if f.get("scale_form", "none") != "none" or f.get("alpha") is not None)
+    metrics = {"transformed_modules": len(figures), "scaled_modules": scaled, "rewritten_tensors": replaced,
+               "calibration_tokens": int(batches.numel())}
+    if any("clamped_share" in f for f in figures):
+        metrics["mean_clamped_share"] = sum(f.get("clamped_share", 0.0) for f in figures) / len(figures)
+    return StageResult(format=common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS, architecture=_architecture(source.model),
+                       compression={"method": method, "rounded": False, **config.model_dump()}, metrics=metrics)
+
+
+def _awq_transform(config: AwqTransformConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
+    grid = WeightOnlyConfig(bits=config.bits, group_size=config.group_size, symmetric=config.symmetric)
+    return _transform(config, grid, src, dst, reporter, "awq-transform", awq_transform_step(config),
+                      _awq_sampling(config))
+
+
+def _smoothquant_transform(config: SmoothQuantTransformConfig, src: Path, dst: Path, reporter: ProgressReporter
+                           ) -> StageResult:
+    return _transform(config, WeightOnlyConfig(bits=8, group_size=0), src, dst, reporter, "smoothquant-transform",
+                      smoothquant_transform_step(config), _every(config, SMOOTHING_SAMPLE_ROWS))
+
+
 # Searches whose loss is not quadratic score candidates on a sample of each layer's real
 # input rows: SmoothQuant's alpha (W8A8 error), AWQ's scales (the MLP's output).
 SMOOTHING_SAMPLE_ROWS = 2048
@@ -232,7 +273,7 @@ def _every(config: CalibrationConfig, rows: int) -> int:
     return max(1, config.calibration_samples * config.calibration_sequence_length // rows)
 
 
-def _awq_sampling(config: AwqConfig) -> int:
+def _awq_sampling(config: AwqConfig | AwqTransformConfig) -> int:
     return _every(config, AWQ_SAMPLE_ROWS) if config.loss == "module" else 0
 
 
@@ -274,11 +315,17 @@ METHODS: dict[str, Method] = {
                W8A8Config, _w8a8),
         Method("smoothquant", "SmoothQuant (alpha searched per layer group), then W8A8",
                SmoothQuantConfig, _w8a8),
+        Method("awq-transform", "AWQ scales (and clipping as a clamp) searched for an engine's grid and folded in; "
+                                "the float model out, for that engine's quantizer to round",
+               AwqTransformConfig, _awq_transform),
+        Method("smoothquant-transform", "SmoothQuant scales searched for an engine's INT8 activations and folded "
+                                        "in; the float model out", SmoothQuantTransformConfig, _smoothquant_transform),
     )
 }
 
 # What each method writes (the gateway checks a chain against it before a job exists).
-_WRITES = {"fp16": common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS, "bf16": common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS,
+_FLOAT = common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS
+_WRITES = {"fp16": _FLOAT, "bf16": _FLOAT, "awq-transform": _FLOAT, "smoothquant-transform": _FLOAT,
            "int8-weight-only": common_pb2.ARTIFACT_FORMAT_PACKED_SAFETENSORS}
 METHODS = {name: dataclasses.replace(m, produces=(_WRITES.get(name, common_pb2.ARTIFACT_FORMAT_COMPRESSED_TENSORS),))
            for name, m in METHODS.items()}

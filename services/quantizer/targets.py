@@ -54,13 +54,3 @@ def weight_targets(model: nn.Module, config: WeightOnlyConfig) -> list[Target]:
 
 def fallback_report(targets: list[Target]) -> dict[str, int]:
     return {t.name: t.scheme.group_size for t in targets if t.fallback_from}
-
-
-def tied_head(model: nn.Module) -> tuple[str, str] | None:
-    """(head name, embedding name) when the LM head shares the embedding's weight."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    if head is None or embedding is None or head.weight is not embedding.weight:
-        return None
-    names = {id(m): n for n, m in model.named_modules()}
-    return names[id(head)], names[id(embedding)]

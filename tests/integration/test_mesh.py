@@ -231,7 +231,7 @@ CALIBRATED_RECIPES = {"w8a8-dynamic", "w8a8-static", "w8a8-smoothquant", "w4a16-
 
 
 async def test_every_quantizer_recipe_runs_through_the_gateway(gateway, model_dir):
-    from services.gateway.recipes import RECIPES
+    from services.common.pipeline.recipes import RECIPES
 
     client = Client(gateway)
     jobs = {}

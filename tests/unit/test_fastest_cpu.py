@@ -9,7 +9,7 @@ from services.common.engine_api import ProgressReporter
 from services.common.isa import CLASS_NAMES
 from services.optimizer import engine, fastest
 from services.optimizer.engines import ENGINES
-from services.gateway.recipes import RECIPES
+from services.common.pipeline.recipes import RECIPES
 
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "optimizer.json"
 KIND = {"minilm-l6": "encoder", "smollm2-135m": "causal-lm"}

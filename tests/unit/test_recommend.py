@@ -181,7 +181,7 @@ def test_asking_for_a_class_with_no_outcomes_says_so_and_measures_nothing_on_the
 
 
 def test_an_unknown_isa_class_is_refused_naming_the_known_ones():
-    from services.gateway.validation import InvalidArgument
+    from services.common.pipeline.chain import InvalidArgument
 
     with pytest.raises(InvalidArgument, match="isa_class: 'sse9'.*avx512-bf16"):
         _recommend([_outcome("onnx-int8", AVX2, 50.0)], AVX2, isa_class="sse9")

@@ -3,8 +3,9 @@ import pytest
 from modelpress.v1 import common_pb2
 from services.common.configspec import describe_method
 from services.common.events import to_struct
-from services.gateway.recipes import RECIPES
-from services.gateway.validation import InvalidArgument, check_model_ref, resolve_evaluation, validate_recipe
+from services.common.pipeline.recipes import RECIPES
+from services.common.pipeline.chain import InvalidArgument, validate_recipe
+from services.gateway.validation import check_model_ref, resolve_evaluation
 from services.quantizer.engine import METHODS as QUANT_METHODS
 
 
@@ -80,8 +81,8 @@ def test_every_recipe_resolves_against_the_services_methods():
 
 
 def test_overrides_address_one_stage_by_name_and_an_ambiguous_bare_field_is_refused():
-    from services.gateway.recipes import RecipeDef, RecipeStage
-    from services.gateway.validation import resolve_stages
+    from services.common.pipeline.recipes import RecipeDef, RecipeStage
+    from services.common.pipeline.chain import resolve_stages
 
     two = RecipeDef("awq-then-int4", "test", (
         RecipeStage(common_pb2.TECHNIQUE_QUANTIZER, "awq", {"bits": 4, "group_size": 64}, name="quantize"),
@@ -101,8 +102,8 @@ def test_overrides_address_one_stage_by_name_and_an_ambiguous_bare_field_is_refu
 
 
 def test_a_chain_is_checked_stage_by_stage_before_a_job_exists():
-    from services.gateway.recipes import RecipeDef, RecipeStage
-    from services.gateway.validation import check_chain, resolve_stages
+    from services.common.pipeline.recipes import RecipeDef, RecipeStage
+    from services.common.pipeline.chain import check_chain, resolve_stages
 
     Q, O = common_pb2.TECHNIQUE_QUANTIZER, common_pb2.TECHNIQUE_OPTIMIZER
     hf, ct = common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS, common_pb2.ARTIFACT_FORMAT_COMPRESSED_TENSORS

@@ -76,8 +76,6 @@ class StreamingModel:
         with modelio.CONSTRUCTION_LOCK, torch.device("meta"):
             self.model = auto.from_config(config, dtype=torch.float32)
         self.model.eval()
-        from services.quantizer.targets import tied_head
-
         # Read while the skeleton is intact: swapping modules later breaks the identity check.
         self.tied_head = tied_head(self.model)
         # Checkpoints of bare encoders may carry a prefix (e.g. "bert.") the bare model lacks.
@@ -130,3 +128,13 @@ class StreamingModel:
             yield self.model.get_submodule(prefix)
         finally:
             self.release(prefix)
+
+
+def tied_head(model: nn.Module) -> tuple[str, str] | None:
+    """(head name, embedding name) when the LM head shares the embedding's weight."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if head is None or embedding is None or head.weight is not embedding.weight:
+        return None
+    names = {id(m): n for n, m in model.named_modules()}
+    return names[id(head)], names[id(embedding)]

@@ -1,0 +1,1 @@
+"""Pipelines as data: recipes (named stage lists), their validation and their gates."""

@@ -1,0 +1,115 @@
+"""Activation-aware transforms that leave the model in float for an engine's own quantizer.
+
+AWQ's scales and SmoothQuant's migration are exact rewrites of the float function (see
+smoothing.py); their value is in what a later rounding loses. Here the searches score
+candidates on the grid of the engine that will round (ONNX Runtime's MatMulNBits, GGUF's
+Q4_1, NNCF's INT4 or ONNX Runtime's dynamic INT8 activations), fold the scales, and the
+block's weights are written back in float: AWQ's clipping becomes a clamp of each group to
+the searched range, which the engine's min/max quantizer then spans.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+
+from services.common.calibration.blocks import capture_first_block_inputs, named_blocks
+from services.common.calibration.sequential import BlockStep, BlockWork, run_blocks
+from services.common.calibration.streaming import StreamingModel
+from services.quantizer import activations as acts
+from services.quantizer.awq import awq_prepare
+from services.quantizer.configs import AwqTransformConfig, SmoothQuantTransformConfig
+from services.quantizer.qscheme import QuantParams, WeightScheme
+from services.quantizer.smoothing import fold, smoothing_groups
+from services.quantizer.smoothquant import choose_scales
+
+ACTIVATION_SCHEMES = {
+    "dynamic-per-tensor": acts.ActivationScheme(dynamic=True, per_tensor=True),
+    "dynamic-per-token": acts.ActivationScheme(dynamic=True),
+    "static": acts.ActivationScheme(dynamic=False),
+}
+
+
+def grid_range(params: QuantParams, scheme: WeightScheme) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per (row, group) the float interval the grid spans: [lo, hi], shaped [out, groups]."""
+    if params.zero_point is None:
+        hi = params.scale * scheme.qmax
+        return -hi, hi
+    return (scheme.qmin - params.zero_point) * params.scale, (scheme.qmax - params.zero_point) * params.scale
+
+
+def clamp_to_grid(weight: torch.Tensor, params: QuantParams, scheme: WeightScheme) -> tuple[torch.Tensor, float]:
+    """The weight with each group clamped to its grid's range, and the share of weights clamped."""
+    lo, hi = grid_range(params, scheme)
+    out, inp = weight.shape
+    groups = weight.reshape(out, lo.shape[1], -1)
+    clamped = torch.maximum(torch.minimum(groups, hi[..., None]), lo[..., None])
+    share = float((clamped != groups).float().mean())
+    return clamped.reshape(out, inp), share
+
+
+def awq_transform_step(config: AwqTransformConfig) -> BlockStep:
+    def step(work: BlockWork) -> Iterator[tuple[str, torch.Tensor, dict]]:
+        prepared = awq_prepare(work, config)  # scales folded into the block, clipping searched
+        for name, module in work.layers.items():
+            layer = prepared[name]
+            weight = module.weight.detach().float()
+            if config.clip_search:
+                weight, share = clamp_to_grid(weight, layer.params, work.targets[name].scheme)
+            else:
+                share = 0.0
+            module.weight.data = weight
+            yield name, weight, {"method": "awq-transform", "clamped_share": share, **layer.figures}
+
+    return step
+
+
+def smoothquant_transform_step(config: SmoothQuantTransformConfig) -> BlockStep:
+    scheme = ACTIVATION_SCHEMES[config.activations]
+
+    def step(work: BlockWork) -> Iterator[tuple[str, torch.Tensor, dict]]:
+        chosen: dict[str, dict] = {}
+        for group in smoothing_groups(work.block):
+            names = [f"{work.name}.{c}" for c in group.consumers]
+            if not all(n in work.layers for n in names):
+                continue
+            stats = work.stats[names[0]]
+            weight = torch.cat([work.layers[n].weight for n in names], dim=0)
+            scales, alpha, error = choose_scales(stats.sample_rows(), stats.abs_max, weight, config, scheme)
+            if alpha is None:
+                continue
+            fold(work.block.get_submodule(group.producer), [work.layers[n] for n in names], scales)
+            chosen.update({n: {"alpha": alpha, "sample_error": error} for n in names})
+        for name, module in work.layers.items():
+            yield name, module.weight.detach().clone(), {"method": "smoothquant-transform",
+                                                         **chosen.get(name, {"alpha": None})}
+
+    return step
+
+
+@torch.no_grad()
+def transform_sequential(source: StreamingModel, targets: dict[str, object], batches: torch.Tensor,
+                         step: BlockStep, on_layer: Callable[[int, int, str, dict], None], *,
+                         sample_every: int = 0, check_cancelled: Callable[[], None] = lambda: None
+                         ) -> dict[str, torch.Tensor]:
+    """Walks the blocks with a transform step; returns every float tensor it changed (module
+    names → values): the Linears' new weights and the norms and Linears scales were folded into.
+    Each block's outputs as transformed feed the next (the same float function, up to clipping)."""
+    blocks = named_blocks(source.model)
+    source.load(exclude=[name for name, _ in blocks])
+    inputs = capture_first_block_inputs(source.model, batches)
+    changed: dict[str, torch.Tensor] = {}
+    done = 0
+
+    def record(name: str, weight: torch.Tensor, figures: dict) -> None:
+        nonlocal done
+        changed[f"{name}.weight"] = weight
+        done += 1
+        on_layer(done, len(targets), name, figures)
+
+    walked = run_blocks(source, blocks, inputs, targets, step, record, propagate_updated=True,
+                        sample_every=sample_every, check_cancelled=check_cancelled)
+    # Steps fold every scale before yielding, so a Linear that is also a producer (up_proj
+    # before down_proj) is yielded with its final weight; `rewritten` holds the rest (norms).
+    return {**walked.rewritten, **changed}
