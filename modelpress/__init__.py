@@ -3,7 +3,8 @@
     from modelpress import Client, errors
 
 `Client` speaks gRPC to the gateway and needs only grpcio and protobuf; the generated
-contract lives in `modelpress.v1`. The server side (`services`) is never imported from here.
+contract lives in `modelpress.v1`. `compress` runs a recipe or pipeline in this process on the
+server side's engines (`services`, imported only when it is called; see modelpress/local.py).
 """
 
 from modelpress import errors
@@ -12,5 +13,14 @@ from modelpress.errors import (DataLoss, DeadlineExceeded, FailedPrecondition, I
                                NotFound, Unavailable)
 
 __version__ = "0.1.0"
-__all__ = ["Client", "parse_model_ref", "errors", "ModelpressError", "InvalidArgument", "NotFound",
+
+
+def compress(model, recipe_or_pipeline, out_dir, **options):
+    """In-process compression (modelpress.local.compress); needs the server install."""
+    from modelpress.local import compress as run
+
+    return run(model, recipe_or_pipeline, out_dir, **options)
+
+
+__all__ = ["Client", "compress", "parse_model_ref", "errors", "ModelpressError", "InvalidArgument", "NotFound",
            "FailedPrecondition", "Unavailable", "DataLoss", "DeadlineExceeded", "__version__"]

@@ -27,6 +27,7 @@ from google.protobuf import struct_pb2
 
 from modelpress.errors import from_rpc_error
 from modelpress.folders import stamp_modification_times, tar_folder, untar_folder
+from modelpress.pipelines import pipeline_message
 from modelpress.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
 UPLOAD_CHUNK = 1024 * 1024
@@ -95,11 +96,17 @@ class Client:
 
     # ---- jobs ----------------------------------------------------------------
 
-    def create_job(self, model: str | common_pb2.ModelRef, recipe: str, *, overrides: dict[str, Any] | None = None,
-                   evaluation: common_pb2.EvaluationSpec | None = None, name: str = "") -> common_pb2.Job:
+    def create_job(self, model: str | common_pb2.ModelRef, recipe: str | dict | list | common_pb2.Pipeline, *,
+                   overrides: dict[str, Any] | None = None, evaluation: common_pb2.EvaluationSpec | None = None,
+                   name: str = "") -> common_pb2.Job:
+        """`recipe`: a recipe name, or a pipeline (its stages as data, or a Pipeline message)."""
         ref = parse_model_ref(model) if isinstance(model, str) else model
-        request = gateway_pb2.CreateJobRequest(name=name, model=ref, recipe=recipe,
-                                               overrides=to_struct(overrides or {}), evaluation=evaluation)
+        request = gateway_pb2.CreateJobRequest(name=name, model=ref, overrides=to_struct(overrides or {}),
+                                               evaluation=evaluation)
+        if isinstance(recipe, str):
+            request.recipe = recipe
+        else:
+            request.pipeline.CopyFrom(recipe if isinstance(recipe, common_pb2.Pipeline) else pipeline_message(recipe))
         return self._stub.CreateJob(request, timeout=self._timeout).job
 
     def get_job(self, job_id: str) -> common_pb2.Job:

@@ -115,14 +115,28 @@ class ModelRef(_message.Message):
     def __init__(self, artifact_id: _Optional[str] = ..., builtin: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
 
 class StageSpec(_message.Message):
-    __slots__ = ("technique", "method", "config")
+    __slots__ = ("technique", "method", "config", "name", "gate")
     TECHNIQUE_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    GATE_FIELD_NUMBER: _ClassVar[int]
     technique: Technique
     method: str
     config: _struct_pb2.Struct
-    def __init__(self, technique: _Optional[_Union[Technique, str]] = ..., method: _Optional[str] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    name: str
+    gate: str
+    def __init__(self, technique: _Optional[_Union[Technique, str]] = ..., method: _Optional[str] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., name: _Optional[str] = ..., gate: _Optional[str] = ...) -> None: ...
+
+class Pipeline(_message.Message):
+    __slots__ = ("name", "summary", "stages")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    STAGES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    summary: str
+    stages: _containers.RepeatedCompositeFieldContainer[StageSpec]
+    def __init__(self, name: _Optional[str] = ..., summary: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[StageSpec, _Mapping]]] = ...) -> None: ...
 
 class StageStatus(_message.Message):
     __slots__ = ("index", "spec", "state", "output", "error", "started_at", "finished_at", "metrics", "worker", "notes")

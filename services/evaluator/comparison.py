@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from modelpress.v1 import common_pb2
 from services.common.quality_kept import quality_retention
-from services.evaluator.thresholds import ThresholdSetDef
+from services.common.thresholds import ThresholdSetDef
 
 
 def _ratio(value: float, base: float) -> float:

@@ -22,7 +22,7 @@ from services.evaluator.benchmark_store import BenchmarkStore
 from services.evaluator.comparison import comparison_row, threshold_set_message
 from services.evaluator.engine import EvaluationConfig, compare_folders, evaluate_folder
 from services.evaluator.formats import check_measurable
-from services.evaluator.thresholds import THRESHOLD_SETS, UnknownThresholdSet, threshold_set
+from services.common.thresholds import THRESHOLD_SETS, UnknownThresholdSet, threshold_set
 
 EVALUATE_METHOD = "evaluate"
 MAX_COMPARED = 8

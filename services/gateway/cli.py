@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import grpc
+import yaml
 from google.protobuf import json_format
 from rich.console import Console
 from rich.markup import escape
@@ -23,6 +24,7 @@ from services.common.headline import job_headline
 from services.common.settings import DEFAULT_PORTS, default_home
 from services.gateway import cli_evaluation, launcher
 from modelpress import Client
+from modelpress.pipelines import load_pipeline_file, pipeline_data, pipeline_message, technique_name
 from services.gateway.results import result_fields
 from services.common.pipeline.chain import format_name
 
@@ -213,7 +215,12 @@ def print_result(job: common_pb2.Job) -> None:
 def cmd_compress(args) -> int:
     evaluation = cli_evaluation.spec_from(args, skip=args.no_eval)
     with Client(_gateway_target(args)) as client:
-        job = client.create_job(args.model, args.recipe, overrides=_parse_overrides(args.set), evaluation=evaluation,
+        try:
+            recipe = pipeline_message(load_pipeline_file(args.pipeline)) if args.pipeline else args.recipe
+        except (OSError, ValueError, yaml.YAMLError) as exc:
+            err.print(f"--pipeline {args.pipeline}: {escape(str(exc))}")
+            return 2
+        job = client.create_job(args.model, recipe, overrides=_parse_overrides(args.set), evaluation=evaluation,
                                 name=args.name)
         return _finish_job(client, job, args)
 
@@ -351,8 +358,20 @@ def cmd_upload(args) -> int:
 
 def cmd_recipes(args) -> int:
     with Client(_gateway_target(args)) as client:
-        for recipe in client.list_recipes():
-            out.print(f"[bold]{recipe.name}[/bold]: {recipe.summary}")
+        recipes = client.list_recipes()
+    if args.action == "list":
+        for recipe in recipes:
+            stages = " -> ".join(f"{technique_name(s.technique)}:{s.method}" for s in recipe.stages)
+            out.print(f"[bold]{recipe.name}[/bold] ({escape(stages)}): {escape(recipe.summary)}")
+        return 0
+    found = [r for r in recipes if r.name == args.name]
+    if not args.name or not found:
+        err.print(f"recipes show: {'name a recipe' if not args.name else f'no recipe {args.name!r}'}; known: "
+                  f"{', '.join(r.name for r in recipes)}")
+        return 2
+    data = pipeline_data(found[0])
+    # The same shape `compress --pipeline FILE` reads back (YAML, or JSON with --json).
+    print(json.dumps(data, indent=2) if args.json else yaml.safe_dump(data, sort_keys=False, width=100), end="")
     return 0
 
 
@@ -415,7 +434,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compress", help="submit a compression job")
     p.add_argument("model", help="builtin:NAME, artifact:ID or path:DIR")
-    p.add_argument("--recipe", required=True)
+    chosen = p.add_mutually_exclusive_group(required=True)
+    chosen.add_argument("--recipe", help="a recipe name (`modelpress recipes`)")
+    chosen.add_argument("--pipeline", metavar="FILE", help="a pipeline file (.yaml or .json): its stages, "
+                                                           "as `modelpress recipes show NAME` prints them")
     p.add_argument("--set", action="append", metavar="[STAGE.]FIELD=VALUE",
                    help="override a recipe config field; STAGE. picks one stage where several take the field")
     p.add_argument("--name", default="")
@@ -461,7 +483,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=sorted(UPLOAD_FORMATS), default="hf")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_upload)
-    sub.add_parser("recipes", help="list recipes").set_defaults(func=cmd_recipes)
+    p = sub.add_parser("recipes", help="list recipes, or show one as a pipeline file")
+    p.add_argument("action", nargs="?", choices=("list", "show"), default="list")
+    p.add_argument("name", nargs="?", default="")
+    p.add_argument("--json", action="store_true", help="show: JSON instead of YAML")
+    p.set_defaults(func=cmd_recipes)
     p = sub.add_parser("methods", help="list the services' methods and config fields")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_methods)

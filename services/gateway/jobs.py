@@ -25,6 +25,8 @@ from services.common.artifact_store import ArtifactStore
 from services.common.events import EventLog
 from services.common.job_store import JobStore
 from services.common.model_source import describe
+from services.common.pipeline.chain import label_of
+from services.common.pipeline.gates import failed_checks, gate_figures, parse_gate
 from services.common.settings import TECHNIQUE_SERVICES
 from services.gateway.catalog import Mesh, ServiceUnavailable
 from services.gateway.outcomes import OutcomeStore
@@ -39,6 +41,10 @@ SAVE_EVERY_S = 0.5
 # While no replica answers: how often the job says it is still waiting, and how often it looks.
 WAIT_EVENT_EVERY_S = 5.0
 WAIT_POLL_S = 1.0
+
+
+class GateFailed(RuntimeError):
+    """An evaluate stage's figures missed its gate; the message holds each figure and bound."""
 
 
 def new_job_id() -> str:
@@ -140,10 +146,15 @@ class JobRunner:
                 if stage.state == common_pb2.JOB_STATE_SUCCEEDED:  # resumed job: skip finished stages
                     input_ref = common_pb2.ModelRef(artifact_id=stage.output.id)
                     continue
-                output = await self._run_stage(job, stage, input_ref)
+                if stage.spec.technique == common_pb2.TECHNIQUE_EVALUATOR:
+                    output = await self._evaluate_stage(job, stage, input_ref)
+                else:
+                    output = await self._run_stage(job, stage, input_ref)
                 input_ref = common_pb2.ModelRef(artifact_id=output.id)
             job.output.CopyFrom(job.stages[-1].output)
-            if not job.evaluation.skip:
+            if job.stages[-1].spec.technique == common_pb2.TECHNIQUE_EVALUATOR:
+                pass  # the pipeline's own last stage measured the output
+            elif not job.evaluation.skip:
                 await self._evaluate(job)
             else:
                 job.result.CopyFrom(common_pb2.CompressionResult(
@@ -157,6 +168,8 @@ class JobRunner:
             if self._stopping:
                 raise
             await asyncio.shield(self._finish(job, common_pb2.JOB_STATE_CANCELLED, "cancelled by request"))
+        except GateFailed as exc:
+            await self._finish(job, common_pb2.JOB_STATE_FAILED, f"FAILED_PRECONDITION: {exc}")
         except grpc.aio.AioRpcError as exc:
             await self._finish(job, common_pb2.JOB_STATE_FAILED, f"{exc.code().name}: {exc.details()}")
         except ServiceUnavailable as exc:
@@ -172,7 +185,7 @@ class JobRunner:
         _now(stage.started_at)
         await self.jobs.put(job)
         await self._publish(job, common_pb2.EVENT_KIND_STAGE_STARTED, stage_index=stage.index,
-                            stage_name=stage.spec.method,
+                            stage_name=label_of(stage.spec),
                             message=f"{TECHNIQUE_SERVICES[technique]}: {stage.spec.method} on {describe(input_ref)}")
         request = self.mesh.run_request(technique, common_pb2.StageRequest(
             job_id=job.job_id, stage_index=stage.index, input=input_ref, method=stage.spec.method,
@@ -209,7 +222,7 @@ class JobRunner:
                     raise
                 log.warning("stage %s of %s: %s; retrying", stage.index, job.job_id, exc.details())
                 await self._publish(job, common_pb2.EVENT_KIND_LOG, stage_index=stage.index,
-                                    stage_name=stage.spec.method,
+                                    stage_name=label_of(stage.spec),
                                     message=f"{TECHNIQUE_SERVICES[technique]} replica lost ({exc.details()}); "
                                             f"retrying the stage (attempt {attempt + 1} of {STAGE_ATTEMPTS})")
         if not stage.output.id:
@@ -221,9 +234,9 @@ class JobRunner:
         await self.jobs.put(job)
         for note in stage.notes:
             await self._publish(job, common_pb2.EVENT_KIND_LOG, stage_index=stage.index,
-                                stage_name=stage.spec.method, message=f"{stage.worker}: {note}")
+                                stage_name=label_of(stage.spec), message=f"{stage.worker}: {note}")
         await self._publish(job, common_pb2.EVENT_KIND_STAGE_FINISHED, stage_index=stage.index,
-                            stage_name=stage.spec.method, stage_progress=1.0,
+                            stage_name=label_of(stage.spec), stage_progress=1.0,
                             message=f"artifact {stage.output.id} ({stage.output.size_bytes} bytes) by {stage.worker}")
         return stage.output
 
@@ -252,24 +265,62 @@ class JobRunner:
                             message=f"{service} is back after {time.monotonic() - since:.0f} s")
 
     async def _evaluate(self, job: common_pb2.Job) -> None:
-        """Both models measured by one evaluator call, as `Compare` does: size, quality and memory
-        each in its own probe, latency (prefill or forward, and decode) in one process in
-        interleaved rounds on the same inputs. A speed ratio never comes from two separate probes."""
-        index = len(job.stages)
-        await self._publish(job, common_pb2.EVENT_KIND_STAGE_STARTED, stage_index=index, stage_name="evaluate",
+        """The job's final before/after measurement (a pipeline without its own evaluate stage)."""
+        await self._compare(job, job.output.id, len(job.stages), "evaluate")
+
+    async def _compare(self, job: common_pb2.Job, artifact_id: str, index: int, label: str
+                       ) -> common_pb2.ComparisonRow:
+        """The job's model and `artifact_id` measured by one evaluator call, as `Compare` does: size,
+        quality and memory each in its own probe, latency (prefill or forward, and decode) in one
+        process in interleaved rounds on the same inputs. A speed ratio never comes from two
+        separate probes. Sets the job's result; returns the artifact's row."""
+        await self._publish(job, common_pb2.EVENT_KIND_STAGE_STARTED, stage_index=index, stage_name=label,
                             message="measuring the original and the compressed model (latency interleaved)",
                             step=0, total_steps=1)
-        await self.wait_for_replica(job, common_pb2.TECHNIQUE_EVALUATOR, index, "evaluate")
+        await self.wait_for_replica(job, common_pb2.TECHNIQUE_EVALUATOR, index, label)
         request = evaluator_pb2.EvaluatorServiceCompareRequest(
-            models=[job.model, common_pb2.ModelRef(artifact_id=job.output.id)], baseline_index=0,
+            models=[job.model, common_pb2.ModelRef(artifact_id=artifact_id)], baseline_index=0,
             spec=job.evaluation, skip_report=True)
         comparison = (await self.mesh.evaluator.Compare(request, wait_for_ready=False)).comparison
         original, compressed = comparison.rows
-        job.result.CopyFrom(compression_result(job.job_id, original.metrics, compressed.metrics, job.output.id,
+        job.result.CopyFrom(compression_result(job.job_id, original.metrics, compressed.metrics, artifact_id,
                                                speed=list(compressed.speed), load=comparison.load))
-        await self._publish(job, common_pb2.EVENT_KIND_STAGE_FINISHED, stage_index=index, stage_name="evaluate",
+        await self._publish(job, common_pb2.EVENT_KIND_STAGE_FINISHED, stage_index=index, stage_name=label,
                             message=f"measured both models in {comparison.interleaved_rounds} interleaved rounds",
                             stage_progress=1.0, step=1, total_steps=1)
+        return compressed
+
+    async def _evaluate_stage(self, job: common_pb2.Job, stage: common_pb2.StageStatus,
+                              input_ref: common_pb2.ModelRef) -> common_pb2.ArtifactRef:
+        """A pipeline's evaluate stage: measures its input against the job's model, checks its gate
+        on those figures and passes the input on. A failed gate raises GateFailed with the figures."""
+        label = label_of(stage.spec)
+        if not input_ref.artifact_id:
+            raise GateFailed(f"stages[{stage.index}] ({label}): nothing to evaluate before the first engine stage")
+        stage.state = common_pb2.JOB_STATE_RUNNING
+        _now(stage.started_at)
+        await self.jobs.put(job)
+        row = await self._compare(job, input_ref.artifact_id, stage.index, label)
+        figures = gate_figures(row, job.result)
+        stage.metrics.CopyFrom(ev.to_struct(figures))
+        stage.output.CopyFrom((await self.store.stat(input_ref.artifact_id)).ref)
+        gate = parse_gate(stage.spec.gate)
+        failures = failed_checks(gate, figures) if gate else []
+        _now(stage.finished_at)
+        if failures:
+            stage.state = common_pb2.JOB_STATE_FAILED
+            stage.error = f"gate {gate.text!r} failed: " + "; ".join(failures)
+            await self.jobs.put(job)
+            raise GateFailed(f"stages[{stage.index}] ({label}): {stage.error}")
+        stage.state = common_pb2.JOB_STATE_SUCCEEDED
+        job.progress = self._overall(job, stage.index, 1.0)
+        await self.jobs.put(job)
+        if gate:
+            await self._publish(job, common_pb2.EVENT_KIND_LOG, stage_index=stage.index, stage_name=label,
+                                message=f"gate {gate.text!r} passed: " + ", ".join(
+                                    f"{c.metric} = {figures[c.metric]:.4g} ({c.comparison} {c.threshold:g})"
+                                    for c in gate.checks), metrics=figures)
+        return stage.output
 
     async def _report(self, job: common_pb2.Job) -> None:
         """Renders the job's JSON and HTML report beside its artifact; a report that cannot be made

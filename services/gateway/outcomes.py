@@ -11,6 +11,7 @@ from google.protobuf import json_format
 from nats.js import JetStreamContext
 
 from modelpress.v1 import common_pb2
+from services.common.pipeline.recipes import RECIPES
 from services.common.kv_records import RecordBucket
 from services.common.model_source import describe
 
@@ -35,6 +36,8 @@ class OutcomeStore:
     async def record(self, job: common_pb2.Job) -> None:
         """Keeps a succeeded, measured job; anything else is not evidence."""
         if job.state != common_pb2.JOB_STATE_SUCCEEDED or not job.result.original.size_on_disk_bytes:
+            return
+        if job.recipe not in RECIPES:  # a user pipeline: strategies and recommendations are per built-in recipe
             return
         await self._records.put(outcome_key(job), job)
 

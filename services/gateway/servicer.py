@@ -20,6 +20,7 @@ from services.common.kv_records import RecordBucket
 from services.common.pipeline.chain import InvalidArgument, check_chain, validate_recipe
 from services.common.pipeline.recipes import RECIPES, UnknownRecipe
 from services.common.server import ServiceRuntime
+from services.common.settings import TECHNIQUE_SERVICES
 from services.gateway.catalog import Mesh, ServiceUnavailable
 from services.gateway.jobs import JobRunner
 from services.gateway.recommender import NoCandidateMeasured, NothingStored, recommend
@@ -83,8 +84,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self._mesh = mesh
         self._comparisons = comparisons
 
-    async def _methods(self) -> dict[tuple[int, str], common_pb2.MethodDescription]:
+    async def _methods(self, pipeline: common_pb2.Pipeline | None = None
+                       ) -> dict[tuple[int, str], common_pb2.MethodDescription]:
+        """Methods of every engine service a recipe or the given pipeline uses (not the evaluator:
+        its stage is the gateway's comparison, not a described method)."""
         techniques = {s.technique for r in RECIPES.values() for s in r.stages}
+        techniques |= {s.technique for s in (pipeline.stages if pipeline else ()) if s.technique in TECHNIQUE_SERVICES}
+        techniques.discard(common_pb2.TECHNIQUE_EVALUATOR)
         found = {}
         for technique in techniques:
             for method in (await self._mesh.describe(technique)).methods:
@@ -123,8 +129,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def CreateJob(self, request, context):
         model_format = await self._check_model(request.model)
         evaluation = resolve_evaluation(request.evaluation)
-        methods = await self._methods()
-        recipe, stages = validate_recipe(request.recipe, request.overrides, methods)
+        pipeline = request.pipeline if request.HasField("pipeline") else None
+        methods = await self._methods(pipeline)
+        recipe, stages = validate_recipe(request.recipe, request.overrides, methods, pipeline)
         check_chain(stages, methods, model_format)
         await self._check_datasets(stages)
         # Described methods are cached for a while: whether a replica is alive is asked now.

@@ -3,7 +3,7 @@ import pytest
 from modelpress.v1 import common_pb2
 from services.evaluator.comparison import comparison_row, quality_retention
 from services.common.recommend import Candidate, Constraints, rank
-from services.evaluator.thresholds import THRESHOLD_SETS, threshold_set, UnknownThresholdSet
+from services.common.thresholds import THRESHOLD_SETS, threshold_set, UnknownThresholdSet
 
 FP16 = Candidate("fp16", size_mb=269, latency_p50_ms=60, quality_retention=1.0, compression_ratio=2, speedup=0.8)
 INT8 = Candidate("int8", size_mb=140, latency_p50_ms=70, quality_retention=0.999, compression_ratio=3.9, speedup=0.7)

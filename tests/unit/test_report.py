@@ -3,7 +3,7 @@ import json
 from modelpress.v1 import common_pb2
 from services.evaluator import report
 from services.evaluator.comparison import comparison_row
-from services.evaluator.thresholds import THRESHOLD_SETS
+from services.common.thresholds import THRESHOLD_SETS
 
 
 def _metrics(size, ppl, samples):

@@ -11,7 +11,10 @@ from typing import Any
 from modelpress.v1 import common_pb2
 from services.common.configspec import check_value, struct_to_dict
 from services.common.events import to_struct
-from services.common.pipeline.recipes import RecipeDef, get_recipe
+from services.common.pipeline.gates import InvalidGate, parse_gate
+from services.common.pipeline.recipes import (EVALUATE, RECIPES, InvalidPipeline, RecipeDef, get_recipe,
+                                              pipeline_from_message)
+from services.common.settings import TECHNIQUE_SERVICES
 
 # (technique, method name) -> its description.
 Methods = dict[tuple[int, str], common_pb2.MethodDescription]
@@ -52,15 +55,41 @@ def _addressed(overrides: dict[str, Any], labels: list[str], declares: list[set[
     return per_stage, errors
 
 
-def resolve_stages(recipe: RecipeDef, overrides: dict[str, Any],
-                   methods: dict[tuple[int, str], common_pb2.MethodDescription]) -> list[common_pb2.StageSpec]:
-    """The recipe's stages with defaults and overrides applied; raises InvalidArgument on any bad field."""
-    described = []
-    for stage in recipe.stages:
+def resolve_stages(recipe: RecipeDef, overrides: dict[str, Any], methods: Methods) -> list[common_pb2.StageSpec]:
+    """The recipe's stages with defaults and overrides applied; raises InvalidArgument on any bad
+    field, naming the stage (`stages[1] (export): ...`)."""
+    described, errors = [], []
+    for index, stage in enumerate(recipe.stages):
+        where = f"stages[{index}] ({stage.label})"
+        if stage.evaluates:
+            if stage.method != EVALUATE:
+                errors.append(f"{where}: the evaluator's stage method is {EVALUATE!r}, not {stage.method!r}")
+            if stage.config:
+                errors.append(f"{where}: an evaluate stage takes no config (the job's evaluation spec applies)")
+            try:
+                parse_gate(stage.gate)
+            except InvalidGate as exc:
+                errors.append(f"{where}.gate: {exc}")
+            described.append({})
+            continue
+        if stage.gate:
+            errors.append(f"{where}.gate: only an evaluate stage carries a gate (it checks that stage's figures)")
         method = methods.get((stage.technique, stage.method))
         if method is None:
-            raise InvalidArgument(f"recipe: {recipe.name} needs method {stage.method!r}, which no running service offers")
-        described.append({f.name: f for f in method.fields})
+            offered = sorted(name for technique, name in methods if technique == stage.technique)
+            errors.append(f"{where}: no running {TECHNIQUE_SERVICES.get(stage.technique, 'service')} offers method "
+                          f"{stage.method!r}; offered: {', '.join(offered) or '(none reached)'}")
+            described.append({})
+            continue
+        fields = {f.name: f for f in method.fields}
+        for name, value in stage.config.items():
+            problem = check_value(fields[name], value) if name in fields else \
+                f"{name}: not a field of {stage.method}; allowed: {', '.join(fields) or '(none)'}"
+            if problem:
+                errors.append(f"{where}.config.{problem}")
+        described.append(fields)
+    if errors:
+        raise InvalidArgument("; ".join(errors))
     per_stage, errors = _addressed(overrides, [s.label for s in recipe.stages], [set(d) for d in described])
     stages: list[common_pb2.StageSpec] = []
     for stage, fields, given in zip(recipe.stages, described, per_stage):
@@ -70,19 +99,38 @@ def resolve_stages(recipe: RecipeDef, overrides: dict[str, Any],
             if problem:
                 errors.append(f"overrides.{key.removesuffix(name)}{problem}")
             config[name] = value
-        stages.append(common_pb2.StageSpec(technique=stage.technique, method=stage.method, config=to_struct(config)))
+        stages.append(common_pb2.StageSpec(technique=stage.technique, method=stage.method, config=to_struct(config),
+                                           name=stage.name, gate=stage.gate))
     if errors:
         raise InvalidArgument("; ".join(errors))
     return stages
 
 
-def validate_recipe(name: str, overrides_struct, methods) -> tuple[RecipeDef, list[common_pb2.StageSpec]]:
-    if not name:
-        raise InvalidArgument("recipe: required")
-    try:
-        recipe = get_recipe(name)
-    except KeyError as exc:
-        raise InvalidArgument(exc.args[0]) from None
+def label_of(stage: common_pb2.StageSpec) -> str:
+    return stage.name or stage.method
+
+
+def validate_recipe(name: str, overrides_struct, methods: Methods, pipeline: common_pb2.Pipeline | None = None
+                    ) -> tuple[RecipeDef, list[common_pb2.StageSpec]]:
+    """A request's recipe (by name) or explicit pipeline, resolved; exactly one must be given."""
+    given = pipeline is not None and len(pipeline.stages) > 0
+    if name and given:
+        raise InvalidArgument("recipe, pipeline: give a recipe name or a pipeline, not both")
+    if given:
+        try:
+            recipe = pipeline_from_message(pipeline)
+        except InvalidPipeline as exc:
+            raise InvalidArgument(str(exc)) from None
+        if recipe.name in RECIPES:
+            raise InvalidArgument(f"pipeline.name: {recipe.name!r} is a built-in recipe's name; name the pipeline "
+                                  f"otherwise (its outcomes must not pass for the built-in's)")
+    elif not name:
+        raise InvalidArgument("recipe: required (or give a pipeline)")
+    else:
+        try:
+            recipe = get_recipe(name)
+        except KeyError as exc:
+            raise InvalidArgument(exc.args[0]) from None
     return recipe, resolve_stages(recipe, struct_to_dict(overrides_struct), methods)
 
 
@@ -90,18 +138,21 @@ def format_name(fmt: int) -> str:
     return common_pb2.ArtifactFormat.Name(fmt).removeprefix("ARTIFACT_FORMAT_").lower().replace("_", "-")
 
 
-def check_chain(stages: list[common_pb2.StageSpec], methods: dict[tuple[int, str], common_pb2.MethodDescription],
-                model_format: int | None) -> None:
+def check_chain(stages: list[common_pb2.StageSpec], methods: Methods, model_format: int | None) -> None:
     """Each stage's input (the job's model, then what the stage before writes) against what its
-    method accepts, before a job exists. model_format None: not known up front (a path)."""
+    method accepts, before a job exists. model_format None: not known up front (a path). An
+    evaluate stage passes its input on."""
     entering = {model_format} if model_format else None
     for index, stage in enumerate(stages):
+        if stage.technique == common_pb2.TECHNIQUE_EVALUATOR:
+            continue
         described = methods[(stage.technique, stage.method)]
         accepts = set(described.accepts)
         if entering is not None and accepts and not entering & accepts:
             source = "the job's model" if index == 0 else f"what stages[{index - 1}] writes"
             raise InvalidArgument(
-                f"stages[{index}] ({stage.method}): does not accept {' or '.join(sorted(map(format_name, entering)))}"
-                f" ({source}); it takes {', '.join(sorted(map(format_name, accepts)))}")
+                f"stages[{index}] ({label_of(stage)}): {stage.method} does not accept "
+                f"{' or '.join(sorted(map(format_name, entering)))} ({source}); it takes "
+                f"{', '.join(sorted(map(format_name, accepts)))}")
         if described.produces:
             entering = set(described.produces)

@@ -1,7 +1,9 @@
-"""Named recipes: a recipe is data, a list of stages (technique, method, default config).
+"""Recipes: a pipeline as data, a list of named stages (technique, method, default config, gate).
 
-A client picks a name and may override config fields; an override applies to every
-stage whose method declares that field (validated against the services' Describe).
+A client picks a built-in by name or sends its own stages (CreateJob's `pipeline`, or YAML/JSON
+through the CLI); overrides address a stage by name (validated in chain.py against the services'
+Describe). An evaluate stage (technique evaluator, method "evaluate") measures the stage's input
+against the job's model and may carry a gate.
 """
 
 from __future__ import annotations
@@ -10,8 +12,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelpress.v1 import common_pb2, gateway_pb2
+from services.common.configspec import struct_to_dict
 from services.common.events import to_struct
 from services.common.isa import isa_class, support
+from services.common.settings import TECHNIQUE_SERVICES
+
+EVALUATE = "evaluate"
 
 
 @dataclass(frozen=True)
@@ -21,10 +27,28 @@ class RecipeStage:
     config: dict[str, Any] = field(default_factory=dict)
     # What overrides call the stage (`--set NAME.field=value`); default: its method's name.
     name: str = ""
+    gate: str = ""  # evaluate stages only (see gates.py)
 
     @property
     def label(self) -> str:
         return self.name or self.method
+
+    @property
+    def evaluates(self) -> bool:
+        return self.technique == common_pb2.TECHNIQUE_EVALUATOR
+
+    def message(self) -> common_pb2.StageSpec:
+        return common_pb2.StageSpec(technique=self.technique, method=self.method, config=to_struct(self.config),
+                                    name=self.name, gate=self.gate)
+
+    def data(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.label, "technique": TECHNIQUE_SERVICES[self.technique],
+                               "method": self.method}
+        if self.config:
+            out["config"] = dict(self.config)
+        if self.gate:
+            out["gate"] = self.gate
+        return out
 
 
 @dataclass(frozen=True)
@@ -44,12 +68,11 @@ class RecipeDef:
         return f"{here.precision} compute on an {isa_class(features)} CPU: {here.note}" if here.emulated else ""
 
     def message(self) -> gateway_pb2.Recipe:
-        return gateway_pb2.Recipe(
-            name=self.name,
-            summary=self.summary,
-            stages=[common_pb2.StageSpec(technique=s.technique, method=s.method, config=to_struct(s.config))
-                    for s in self.stages],
-        )
+        return gateway_pb2.Recipe(name=self.name, summary=self.summary, stages=[s.message() for s in self.stages])
+
+    def data(self) -> dict[str, Any]:
+        """The recipe as a pipeline file holds it (what `--pipeline FILE` reads back)."""
+        return {"name": self.name, "summary": self.summary, "stages": [s.data() for s in self.stages]}
 
 
 Q = common_pb2.TECHNIQUE_QUANTIZER
@@ -149,6 +172,85 @@ RECIPES: dict[str, RecipeDef] = {
 
 class UnknownRecipe(KeyError):
     pass
+
+
+class InvalidPipeline(ValueError):
+    """A pipeline given as data that is malformed; the message names the place."""
+
+
+TECHNIQUES_BY_NAME = {name: technique for technique, name in TECHNIQUE_SERVICES.items()}
+_STAGE_KEYS = {"name", "technique", "method", "config", "gate"}
+MAX_STAGES = 16
+
+
+def pipeline_from_data(data: Any, default_name: str = "pipeline") -> RecipeDef:
+    """A RecipeDef from a pipeline file's contents: {name?, summary?, stages: [{name?, technique,
+    method, config?, gate?}, ...]} (or the bare list of stages)."""
+    if isinstance(data, list):
+        data = {"stages": data}
+    if not isinstance(data, dict):
+        raise InvalidPipeline("pipeline: expected a mapping with 'stages' (or a list of stages)")
+    unknown = set(data) - {"name", "summary", "stages"}
+    if unknown:
+        raise InvalidPipeline(f"pipeline: unknown keys {', '.join(sorted(unknown))}; allowed: name, summary, stages")
+    stages_data = data.get("stages")
+    if not isinstance(stages_data, list) or not stages_data:
+        raise InvalidPipeline("pipeline.stages: a non-empty list of stages is required")
+    if len(stages_data) > MAX_STAGES:
+        raise InvalidPipeline(f"pipeline.stages: at most {MAX_STAGES} stages, got {len(stages_data)}")
+    stages = []
+    for i, raw in enumerate(stages_data):
+        where = f"stages[{i}]"
+        if not isinstance(raw, dict):
+            raise InvalidPipeline(f"{where}: expected a mapping with technique and method")
+        unknown = set(raw) - _STAGE_KEYS
+        if unknown:
+            raise InvalidPipeline(f"{where}: unknown keys {', '.join(sorted(unknown))}; allowed: "
+                                  f"{', '.join(sorted(_STAGE_KEYS))}")
+        technique = raw.get("technique")
+        if technique not in TECHNIQUES_BY_NAME:
+            raise InvalidPipeline(f"{where}.technique: {technique!r} is not one of {', '.join(TECHNIQUES_BY_NAME)}")
+        method = raw.get("method", EVALUATE if technique == "evaluator" else None)
+        if not isinstance(method, str) or not method:
+            raise InvalidPipeline(f"{where}.method: required (a method name from ListMethods)")
+        config = raw.get("config") or {}
+        if not isinstance(config, dict):
+            raise InvalidPipeline(f"{where}.config: expected a mapping of field: value")
+        name, gate = raw.get("name") or "", raw.get("gate") or ""
+        if not isinstance(name, str) or "." in name:
+            raise InvalidPipeline(f"{where}.name: {name!r} must be a string without '.' (overrides use NAME.field)")
+        if not isinstance(gate, str):
+            raise InvalidPipeline(f"{where}.gate: expected a threshold set name or bounds as a string")
+        # A name equal to the method's is the default one: stored empty, as built-ins hold it.
+        stages.append(RecipeStage(TECHNIQUES_BY_NAME[technique], method, dict(config), "" if name == method else name,
+                                  gate))
+    labels = [s.label for s in stages]
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:
+        raise InvalidPipeline(f"pipeline.stages: stage names must differ; {', '.join(repeated)} repeats (set 'name')")
+    name, summary = data.get("name") or default_name, data.get("summary") or ""
+    if not isinstance(name, str) or not isinstance(summary, str):
+        raise InvalidPipeline("pipeline: name and summary must be strings")
+    return RecipeDef(name, summary, tuple(stages), compute=_compute_of(stages))
+
+
+def pipeline_from_message(message: common_pb2.Pipeline) -> RecipeDef:
+    return pipeline_from_data({
+        "name": message.name, "summary": message.summary,
+        "stages": [{"name": s.name, "technique": TECHNIQUE_SERVICES.get(s.technique, str(s.technique)),
+                    "method": s.method, "config": struct_to_dict(s.config), "gate": s.gate} for s in message.stages]})
+
+
+def _compute_of(stages: list[RecipeStage]) -> str:
+    """A user pipeline computes as its last engine stage does: as the one-stage built-in with the
+    same method whose config it contains (the most specific such), else fp32."""
+    last = next((s for s in reversed(stages) if not s.evaluates), None)
+    if last is None:
+        return "fp32"
+    fitting = [r for r in RECIPES.values() if len(r.stages) == 1 and r.stages[0].method == last.method
+               and r.stages[0].technique == last.technique
+               and all(last.config.get(k) == v for k, v in r.stages[0].config.items())]
+    return max(fitting, key=lambda r: len(r.stages[0].config)).compute if fitting else "fp32"
 
 
 def get_recipe(name: str) -> RecipeDef:
