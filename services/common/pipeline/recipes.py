@@ -210,7 +210,7 @@ def pipeline_from_data(data: Any, default_name: str = "pipeline") -> RecipeDef:
         technique = raw.get("technique")
         if technique not in TECHNIQUES_BY_NAME:
             raise InvalidPipeline(f"{where}.technique: {technique!r} is not one of {', '.join(TECHNIQUES_BY_NAME)}")
-        method = raw.get("method", EVALUATE if technique == "evaluator" else None)
+        method = raw.get("method") or (EVALUATE if technique == "evaluator" else None)
         if not isinstance(method, str) or not method:
             raise InvalidPipeline(f"{where}.method: required (a method name from ListMethods)")
         config = raw.get("config") or {}

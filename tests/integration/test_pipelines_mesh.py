@@ -1,0 +1,122 @@
+"""Pipelines through the mesh: stages on two services chained by artifacts over JetStream, an
+evaluate stage with a gate, validation before a job exists, and resume after a gateway restart."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from modelpress import Client
+from modelpress.v1 import common_pb2
+
+FAST = common_pb2.EvaluationSpec(batch_size=1, sequence_length=16, latency_iterations=3, quality_windows=1,
+                                 decode_tokens=2)
+SMALL_CALIBRATION = {"transform.calibration_samples": 2, "transform.calibration_sequence_length": 32}
+
+
+def call(fn, *args, **kwargs):
+    return asyncio.to_thread(fn, *args, **kwargs)
+
+
+def pipeline(gate: str) -> dict:
+    return {"name": "awq-int4-checked", "stages": [
+        {"name": "transform", "technique": "quantizer", "method": "awq-transform", "config": {"group_size": 32}},
+        {"name": "export", "technique": "optimizer", "method": "onnx-int4"},
+        {"name": "check", "technique": "evaluator", "gate": gate}]}
+
+
+async def run_to_end(client: Client, job: common_pb2.Job) -> tuple[common_pb2.Job, list[common_pb2.JobEvent]]:
+    events = await call(lambda: list(client.watch(job.job_id)))
+    return await call(client.get_job, job.job_id), events
+
+
+async def test_a_three_stage_pipeline_runs_across_two_services_and_passes_its_gate(gateway, model_dir):
+    client = Client(gateway)
+    job = await call(client.create_job, f"path:{model_dir}", pipeline("size_ratio<=1.5"), overrides=SMALL_CALIBRATION,
+                     evaluation=FAST)
+    job, events = await run_to_end(client, job)
+    assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job.error
+    assert job.recipe == "awq-int4-checked"
+    transform, export, check = job.stages
+    assert [s.spec.name for s in job.stages] == ["transform", "export", "check"]
+    assert transform.output.format == common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS
+    assert export.output.format == common_pb2.ARTIFACT_FORMAT_ONNX
+    assert transform.worker != export.worker  # two services
+    # The evaluate stage measured the export against the job's model and handed it on.
+    assert check.output.id == export.output.id == job.output.id
+    assert check.metrics["size_ratio"] == pytest.approx(job.result.compressed_model_size_bytes
+                                                        / job.result.original_model_size_bytes)
+    assert job.result.compressed_artifact_id == export.output.id and job.result.compressed_perplexity > 0
+    assert any("gate 'size_ratio<=1.5' passed: size_ratio = " in e.message for e in events)
+    # The input of each stage was the previous stage's artifact.
+    started = [e.message for e in events if e.kind == common_pb2.EVENT_KIND_STAGE_STARTED]
+    assert any(f"onnx-int4 on artifact:{transform.output.id}" in m for m in started), started
+
+
+async def test_a_missed_gate_fails_the_job_with_the_figure_and_keeps_what_was_made(gateway, model_dir):
+    client = Client(gateway)
+    job = await call(client.create_job, f"path:{model_dir}", pipeline("speedup>=1000"), overrides=SMALL_CALIBRATION,
+                     evaluation=FAST)
+    job, _ = await run_to_end(client, job)
+    assert job.state == common_pb2.JOB_STATE_FAILED
+    assert job.error.startswith("FAILED_PRECONDITION: stages[2] (check): gate 'speedup>=1000' failed: speedup = ")
+    assert "bound >= 1000" in job.error
+    assert job.stages[2].state == common_pb2.JOB_STATE_FAILED and job.stages[2].metrics["speedup"] > 0
+    for stage in job.stages[:2]:
+        assert stage.state == common_pb2.JOB_STATE_SUCCEEDED and stage.output.id in job.artifact_ids
+
+
+async def test_a_bad_pipeline_is_refused_before_a_job_exists_naming_the_stage(gateway, model_dir):
+    client = Client(gateway)
+    before = len(await call(client.list_jobs))
+    bad_chain = {"name": "x", "stages": [{"name": "quantize", "technique": "quantizer", "method": "gptq"},
+                                         {"name": "export", "technique": "optimizer", "method": "onnx-int8"}]}
+    cases = [
+        (bad_chain, "stages[1] (export): onnx-int8 does not accept compressed-tensors"),
+        (pipeline("speed>=2"), "stages[2] (check).gate: 'speed' is not a gate metric"),
+        ({"name": "y", "stages": [{"technique": "optimizer", "method": "tflite"}]},
+         "stages[0] (tflite): no running optimizer offers method 'tflite'"),
+        ({"name": "onnx", "stages": [{"technique": "optimizer", "method": "onnx"}]}, "is a built-in recipe's name"),
+    ]
+    for data, message in cases:
+        with pytest.raises(grpc.RpcError) as info:
+            await call(client.create_job, f"path:{model_dir}", data, evaluation=FAST)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert message in info.value.details(), info.value.details()
+    # `symmetric` is a field of both the transform and the export: a bare override is ambiguous.
+    with pytest.raises(grpc.RpcError) as info:
+        await call(client.create_job, f"path:{model_dir}", pipeline("recovery-99"), overrides={"symmetric": False},
+                   evaluation=FAST)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "stages transform, export all take this field; address one: transform.symmetric, export.symmetric" \
+        in info.value.details()
+    assert len(await call(client.list_jobs)) == before
+
+
+async def test_a_restarted_gateway_resumes_a_pipeline_after_its_last_finished_stage(start_gateway, gateway, model_dir):
+    first = await start_gateway()
+    client = Client(f"127.0.0.1:{first.port}")
+    job = await call(client.create_job, f"path:{model_dir}", pipeline("size_ratio<=1.5"),
+                     overrides=SMALL_CALIBRATION, evaluation=FAST)
+    for _ in range(600):  # until the transform has finished and the export runs
+        seen = await call(client.get_job, job.job_id)
+        if seen.stages[0].state == common_pb2.JOB_STATE_SUCCEEDED and seen.stages[1].state == common_pb2.JOB_STATE_RUNNING:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        pytest.fail(f"the export never started: {seen}")
+    await first.stop(grace_s=0)
+    transform = seen.stages[0]
+    second = await start_gateway()
+    try:
+        resumed = Client(f"127.0.0.1:{second.port}")
+        done, _ = await run_to_end(resumed, job)
+        assert done.state == common_pb2.JOB_STATE_SUCCEEDED, done.error
+        # The transform was not run again: the same artifact, the same finish time.
+        assert done.stages[0].output.id == transform.output.id
+        assert done.stages[0].finished_at == transform.finished_at
+        assert done.stages[2].output.id == done.stages[1].output.id
+    finally:
+        await second.stop(grace_s=1)
