@@ -98,11 +98,12 @@ class Client:
 
     def create_job(self, model: str | common_pb2.ModelRef, recipe: str | dict | list | common_pb2.Pipeline, *,
                    overrides: dict[str, Any] | None = None, evaluation: common_pb2.EvaluationSpec | None = None,
-                   name: str = "") -> common_pb2.Job:
-        """`recipe`: a recipe name, or a pipeline (its stages as data, or a Pipeline message)."""
+                   name: str = "", recompute: bool = False) -> common_pb2.Job:
+        """`recipe`: a recipe name, or a pipeline (its stages as data, or a Pipeline message).
+        A stage whose key matches a stored artifact reuses it unless `recompute`."""
         ref = parse_model_ref(model) if isinstance(model, str) else model
         request = gateway_pb2.CreateJobRequest(name=name, model=ref, overrides=to_struct(overrides or {}),
-                                               evaluation=evaluation)
+                                               evaluation=evaluation, recompute=recompute)
         if isinstance(recipe, str):
             request.recipe = recipe
         else:

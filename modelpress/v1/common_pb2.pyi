@@ -139,7 +139,7 @@ class Pipeline(_message.Message):
     def __init__(self, name: _Optional[str] = ..., summary: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[StageSpec, _Mapping]]] = ...) -> None: ...
 
 class StageStatus(_message.Message):
-    __slots__ = ("index", "spec", "state", "output", "error", "started_at", "finished_at", "metrics", "worker", "notes")
+    __slots__ = ("index", "spec", "state", "output", "error", "started_at", "finished_at", "metrics", "worker", "notes", "reused", "key")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -150,6 +150,8 @@ class StageStatus(_message.Message):
     METRICS_FIELD_NUMBER: _ClassVar[int]
     WORKER_FIELD_NUMBER: _ClassVar[int]
     NOTES_FIELD_NUMBER: _ClassVar[int]
+    REUSED_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
     index: int
     spec: StageSpec
     state: JobState
@@ -160,7 +162,9 @@ class StageStatus(_message.Message):
     metrics: _struct_pb2.Struct
     worker: str
     notes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, index: _Optional[int] = ..., spec: _Optional[_Union[StageSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., output: _Optional[_Union[ArtifactRef, _Mapping]] = ..., error: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metrics: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., worker: _Optional[str] = ..., notes: _Optional[_Iterable[str]] = ...) -> None: ...
+    reused: bool
+    key: str
+    def __init__(self, index: _Optional[int] = ..., spec: _Optional[_Union[StageSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., output: _Optional[_Union[ArtifactRef, _Mapping]] = ..., error: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metrics: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., worker: _Optional[str] = ..., notes: _Optional[_Iterable[str]] = ..., reused: _Optional[bool] = ..., key: _Optional[str] = ...) -> None: ...
 
 class EvaluationSpec(_message.Message):
     __slots__ = ("skip", "batch_size", "sequence_length", "latency_iterations", "quality_windows", "threads", "batch_sizes", "sequence_lengths", "decode_tokens", "quality_sentences", "reference")
@@ -593,7 +597,7 @@ class CompressionResult(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., original_model_size_bytes: _Optional[int] = ..., compressed_model_size_bytes: _Optional[int] = ..., compression_ratio: _Optional[float] = ..., original_params: _Optional[int] = ..., compressed_params: _Optional[int] = ..., param_reduction_ratio: _Optional[float] = ..., original_latency_ms: _Optional[float] = ..., compressed_latency_ms: _Optional[float] = ..., latency_improvement: _Optional[float] = ..., original_memory_mb: _Optional[float] = ..., compressed_memory_mb: _Optional[float] = ..., memory_reduction: _Optional[float] = ..., original_accuracy: _Optional[float] = ..., compressed_accuracy: _Optional[float] = ..., accuracy_loss: _Optional[float] = ..., original_perplexity: _Optional[float] = ..., compressed_perplexity: _Optional[float] = ..., perplexity_increase: _Optional[float] = ..., compressed_artifact_id: _Optional[str] = ..., evaluation_report_path: _Optional[str] = ..., original: _Optional[_Union[ModelMetrics, _Mapping]] = ..., compressed: _Optional[_Union[ModelMetrics, _Mapping]] = ..., prefill_speedup: _Optional[_Union[SpeedRatio, _Mapping]] = ..., decode_speedup: _Optional[_Union[SpeedRatio, _Mapping]] = ..., original_decode_ms: _Optional[float] = ..., compressed_decode_ms: _Optional[float] = ..., timing_load: _Optional[_Union[MachineLoad, _Mapping]] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "name", "model", "recipe", "stages", "state", "progress", "output", "result", "error", "evaluation", "created_at", "started_at", "finished_at", "artifact_ids")
+    __slots__ = ("job_id", "name", "model", "recipe", "stages", "state", "progress", "output", "result", "error", "evaluation", "created_at", "started_at", "finished_at", "artifact_ids", "recompute")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -609,6 +613,7 @@ class Job(_message.Message):
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
     ARTIFACT_IDS_FIELD_NUMBER: _ClassVar[int]
+    RECOMPUTE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     name: str
     model: ModelRef
@@ -624,7 +629,8 @@ class Job(_message.Message):
     started_at: _timestamp_pb2.Timestamp
     finished_at: _timestamp_pb2.Timestamp
     artifact_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., recipe: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[StageStatus, _Mapping]]] = ..., state: _Optional[_Union[JobState, str]] = ..., progress: _Optional[float] = ..., output: _Optional[_Union[ArtifactRef, _Mapping]] = ..., result: _Optional[_Union[CompressionResult, _Mapping]] = ..., error: _Optional[str] = ..., evaluation: _Optional[_Union[EvaluationSpec, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., artifact_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    recompute: bool
+    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., recipe: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[StageStatus, _Mapping]]] = ..., state: _Optional[_Union[JobState, str]] = ..., progress: _Optional[float] = ..., output: _Optional[_Union[ArtifactRef, _Mapping]] = ..., result: _Optional[_Union[CompressionResult, _Mapping]] = ..., error: _Optional[str] = ..., evaluation: _Optional[_Union[EvaluationSpec, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., artifact_ids: _Optional[_Iterable[str]] = ..., recompute: _Optional[bool] = ...) -> None: ...
 
 class JobEvent(_message.Message):
     __slots__ = ("job_id", "sequence", "time", "kind", "job_state", "stage_index", "stage_name", "message", "stage_progress", "step", "total_steps", "metrics")
@@ -655,18 +661,20 @@ class JobEvent(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kind: _Optional[_Union[EventKind, str]] = ..., job_state: _Optional[_Union[JobState, str]] = ..., stage_index: _Optional[int] = ..., stage_name: _Optional[str] = ..., message: _Optional[str] = ..., stage_progress: _Optional[float] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., metrics: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class StageRequest(_message.Message):
-    __slots__ = ("job_id", "stage_index", "input", "method", "config")
+    __slots__ = ("job_id", "stage_index", "input", "method", "config", "recompute")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STAGE_INDEX_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
+    RECOMPUTE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     stage_index: int
     input: ModelRef
     method: str
     config: _struct_pb2.Struct
-    def __init__(self, job_id: _Optional[str] = ..., stage_index: _Optional[int] = ..., input: _Optional[_Union[ModelRef, _Mapping]] = ..., method: _Optional[str] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    recompute: bool
+    def __init__(self, job_id: _Optional[str] = ..., stage_index: _Optional[int] = ..., input: _Optional[_Union[ModelRef, _Mapping]] = ..., method: _Optional[str] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., recompute: _Optional[bool] = ...) -> None: ...
 
 class StageProgress(_message.Message):
     __slots__ = ("message", "progress", "step", "total_steps", "metrics")
@@ -683,16 +691,20 @@ class StageProgress(_message.Message):
     def __init__(self, message: _Optional[str] = ..., progress: _Optional[float] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., metrics: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class StageOutput(_message.Message):
-    __slots__ = ("artifact", "metrics", "worker", "notes")
+    __slots__ = ("artifact", "metrics", "worker", "notes", "reused", "key")
     ARTIFACT_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     WORKER_FIELD_NUMBER: _ClassVar[int]
     NOTES_FIELD_NUMBER: _ClassVar[int]
+    REUSED_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
     artifact: ArtifactRef
     metrics: _struct_pb2.Struct
     worker: str
     notes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, artifact: _Optional[_Union[ArtifactRef, _Mapping]] = ..., metrics: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., worker: _Optional[str] = ..., notes: _Optional[_Iterable[str]] = ...) -> None: ...
+    reused: bool
+    key: str
+    def __init__(self, artifact: _Optional[_Union[ArtifactRef, _Mapping]] = ..., metrics: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., worker: _Optional[str] = ..., notes: _Optional[_Iterable[str]] = ..., reused: _Optional[bool] = ..., key: _Optional[str] = ...) -> None: ...
 
 class StageUpdate(_message.Message):
     __slots__ = ("progress", "output")

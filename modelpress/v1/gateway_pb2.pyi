@@ -9,20 +9,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CreateJobRequest(_message.Message):
-    __slots__ = ("name", "model", "recipe", "overrides", "evaluation", "pipeline")
+    __slots__ = ("name", "model", "recipe", "overrides", "evaluation", "pipeline", "recompute")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     RECIPE_FIELD_NUMBER: _ClassVar[int]
     OVERRIDES_FIELD_NUMBER: _ClassVar[int]
     EVALUATION_FIELD_NUMBER: _ClassVar[int]
     PIPELINE_FIELD_NUMBER: _ClassVar[int]
+    RECOMPUTE_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: _common_pb2.ModelRef
     recipe: str
     overrides: _struct_pb2.Struct
     evaluation: _common_pb2.EvaluationSpec
     pipeline: _common_pb2.Pipeline
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., recipe: _Optional[str] = ..., overrides: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., evaluation: _Optional[_Union[_common_pb2.EvaluationSpec, _Mapping]] = ..., pipeline: _Optional[_Union[_common_pb2.Pipeline, _Mapping]] = ...) -> None: ...
+    recompute: bool
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., recipe: _Optional[str] = ..., overrides: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., evaluation: _Optional[_Union[_common_pb2.EvaluationSpec, _Mapping]] = ..., pipeline: _Optional[_Union[_common_pb2.Pipeline, _Mapping]] = ..., recompute: _Optional[bool] = ...) -> None: ...
 
 class CreateJobResponse(_message.Message):
     __slots__ = ("job",)

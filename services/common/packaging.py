@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 from modelpress.folders import tar_folder, untar_folder  # noqa: F401
 
 MANIFEST_NAME = "modelpress.json"
-MANIFEST_SCHEMA = 1
+MANIFEST_SCHEMA = 2
 
 
 class StageRecord(BaseModel):
@@ -26,6 +26,14 @@ class StageRecord(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict)
     job_id: str = ""
     stage_index: int = 0
+    input: str = Field(default="", description="The stage's input as given (builtin:NAME, artifact:ID, path:DIR)")
+    input_digest: str = Field(default="", description="Content digest of the input (see services/common/lineage.py)")
+    service_version: str = ""
+    versions: dict[str, str] = Field(default_factory=dict, description="Library versions on the worker")
+    key: str = Field(default="", description="The stage's reuse key")
+    worker: str = ""
+    format: str = Field(default="", description="ArtifactFormat name of what the stage wrote")
+    metrics: dict[str, Any] = Field(default_factory=dict)
 
 
 class Manifest(BaseModel):
@@ -35,6 +43,8 @@ class Manifest(BaseModel):
     base_model: str = Field(default="", description="The model the lineage started from")
     parent_artifact: str = ""
     stage: StageRecord | None = None
+    # Every stage from the base model to this artifact, this one last.
+    chain: list[StageRecord] = Field(default_factory=list)
     compression: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
     created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())

@@ -19,9 +19,12 @@ from nats.js import JetStreamContext
 from services.common import nats_conn
 from services.common.artifact_store import ArtifactStore
 from services.common.events import EventLog
+from services.common.kv_records import RecordBucket
 from services.common.model_source import ModelSource
+from modelpress.v1 import common_pb2
 from services.common.settings import ServiceSettings
 
+STAGE_CACHE_BUCKET = "modelpress_stage_cache"
 # Artifacts travel over NATS, not gRPC; messages stay small except download chunks.
 GRPC_OPTIONS = [
     ("grpc.max_send_message_length", 16 * 1024 * 1024),
@@ -43,6 +46,8 @@ class ServiceRuntime:
     store: ArtifactStore
     events: EventLog
     models: ModelSource
+    # Finished stages by content key (lineage.stage_key) -> their output, for reuse.
+    stage_cache: RecordBucket[common_pb2.StageOutput]
     # Coroutines run on graceful shutdown, before NATS is drained.
     on_shutdown: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
@@ -62,7 +67,8 @@ async def open_runtime(settings: ServiceSettings) -> ServiceRuntime:
     events = await EventLog(js).ensure()
     settings.work_dir.mkdir(parents=True, exist_ok=True)
     models = ModelSource(store, settings.cache_dir)
-    return ServiceRuntime(settings, nc, js, store, events, models)
+    stage_cache = await RecordBucket(js, STAGE_CACHE_BUCKET, common_pb2.StageOutput).ensure()
+    return ServiceRuntime(settings, nc, js, store, events, models, stage_cache)
 
 
 @dataclass

@@ -25,6 +25,8 @@ from services.common.configspec import ConfigError
 from services.common.model_source import PathNotAllowed, describe
 from services.common.modelio import UnsafeModelError, UnsupportedModelError
 from services.common.engine_api import NotPossibleHere, Progress, ProgressReporter, StageCancelled, StageResult
+from services.common.lineage import library_versions, ref_digest, stage_key
+from services.common.machine import this_cpu
 from services.common.registry import UnknownBuiltin
 from services.common.server import ServiceRuntime, to_jsonable
 
@@ -70,13 +72,23 @@ async def run_stage(
     context: grpc.aio.ServicerContext,
     work: StageWork,
     effective_config: dict,
+    service_version: str = "1",
 ) -> AsyncIterator[common_pb2.StageUpdate]:
-    """`effective_config` is the parsed config with defaults, recorded in the manifest."""
+    """`effective_config` is the parsed config with defaults, recorded in the manifest and keyed
+    for reuse: a stored output with the same key is handed back without running the engine."""
     what = f"{stage.method} on {describe(stage.input)}"
+    config = to_jsonable(effective_config)
     try:
         input_dir = await runtime.models.local_folder(stage.input)
+        input_digest = await _input_digest(runtime, stage.input, input_dir)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a status
         await abort_with(context, exc, what)
+        return
+    # The worker's ISA class is part of the key: a method may resolve per CPU (fastest-cpu).
+    versions = {**library_versions(), "isa_class": this_cpu().isa_class}
+    key = stage_key(runtime.settings.name, stage.method, config, input_digest, service_version, versions)
+    if not stage.recompute and (reused := await _stored_output(runtime, key)) is not None:
+        yield common_pb2.StageUpdate(output=reused)
         return
 
     loop = asyncio.get_running_loop()
@@ -97,25 +109,27 @@ async def run_stage(
             await _publish_progress(runtime, stage, progress)
             yield common_pb2.StageUpdate(progress=update)
         result: StageResult = task.result()
+        record = packaging.StageRecord(
+            technique=runtime.settings.name, method=stage.method, config=config, job_id=stage.job_id,
+            stage_index=stage.stage_index, input=describe(stage.input), input_digest=input_digest,
+            service_version=service_version, versions=versions, key=key, worker=runtime.worker_id,
+            format=common_pb2.ArtifactFormat.Name(result.format), metrics=to_jsonable(result.metrics))
+        parent = packaging.read_manifest(input_dir)
         manifest = packaging.Manifest(
             format=common_pb2.ArtifactFormat.Name(result.format),
             architecture=result.architecture,
             base_model=_base_model(input_dir, stage.input),
             parent_artifact=stage.input.artifact_id,
-            stage=packaging.StageRecord(
-                technique=runtime.settings.name,
-                method=stage.method,
-                config=to_jsonable(effective_config),
-                job_id=stage.job_id,
-                stage_index=stage.stage_index,
-            ),
+            stage=record,
+            chain=[*(parent.chain if parent else []), record],
             compression=to_jsonable(result.compression),
             metrics=to_jsonable(result.metrics),
         )
         packaging.write_manifest(output_dir, manifest)
         ref = await runtime.store.put_dir(output_dir, fmt=result.format)
-        output = common_pb2.StageOutput(artifact=ref, worker=runtime.worker_id, notes=result.notes)
+        output = common_pb2.StageOutput(artifact=ref, worker=runtime.worker_id, notes=result.notes, key=key)
         output.metrics.CopyFrom(ev.to_struct(to_jsonable(result.metrics)))
+        await runtime.stage_cache.put(key, output)
         yield common_pb2.StageUpdate(output=output)
     except asyncio.CancelledError:
         # The caller went away or cancelled: stop the engine at its next progress point.
@@ -127,6 +141,30 @@ async def run_stage(
         await abort_with(context, exc, what)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+async def _input_digest(runtime: ServiceRuntime, ref: common_pb2.ModelRef, folder: Path) -> str:
+    stored = (await runtime.store.stat(ref.artifact_id)).ref.sha256 if ref.WhichOneof("source") == "artifact_id" else ""
+    if ref.WhichOneof("source") == "path":
+        return await asyncio.to_thread(ref_digest, ref, stored, folder)
+    return ref_digest(ref, stored, folder)
+
+
+async def _stored_output(runtime: ServiceRuntime, key: str) -> common_pb2.StageOutput | None:
+    """The output an earlier stage stored under `key`, if its artifact still exists."""
+    cached = await runtime.stage_cache.get(key)
+    if cached is None:
+        return None
+    try:
+        await runtime.store.stat(cached.artifact.id)
+    except ArtifactNotFound:  # deleted with its job since: compute it again
+        return None
+    reused = common_pb2.StageOutput()
+    reused.CopyFrom(cached)
+    reused.reused = True
+    reused.notes.append(f"reused artifact {cached.artifact.id} made by {cached.worker} (same method, config, "
+                        f"input digest and versions; key {key[:12]})")
+    return reused
 
 
 def _base_model(input_dir: Path, ref: common_pb2.ModelRef) -> str:

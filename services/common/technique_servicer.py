@@ -70,5 +70,5 @@ class TechniqueServicer:
         def work(src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
             return method.run(config, src, dst, reporter)
 
-        async for update in run_stage(self.runtime, stage, context, work, config.model_dump()):
+        async for update in run_stage(self.runtime, stage, context, work, config.model_dump(), self.version):
             yield update

@@ -76,11 +76,12 @@ class JobRunner:
     # ---- lifecycle ---------------------------------------------------------
 
     async def submit(self, *, name: str, model: common_pb2.ModelRef, recipe: str,
-                     stages: list[common_pb2.StageSpec], evaluation: common_pb2.EvaluationSpec) -> common_pb2.Job:
+                     stages: list[common_pb2.StageSpec], evaluation: common_pb2.EvaluationSpec,
+                     recompute: bool = False) -> common_pb2.Job:
         """Records a new job (stages already validated) and starts it."""
         job = common_pb2.Job(
             job_id=new_job_id(), name=name, model=model, recipe=recipe, state=common_pb2.JOB_STATE_PENDING,
-            evaluation=evaluation,
+            evaluation=evaluation, recompute=recompute,
             stages=[common_pb2.StageStatus(index=i, spec=spec, state=common_pb2.JOB_STATE_PENDING)
                     for i, spec in enumerate(stages)])
         job.created_at.GetCurrentTime()
@@ -189,7 +190,7 @@ class JobRunner:
                             message=f"{TECHNIQUE_SERVICES[technique]}: {stage.spec.method} on {describe(input_ref)}")
         request = self.mesh.run_request(technique, common_pb2.StageRequest(
             job_id=job.job_id, stage_index=stage.index, input=input_ref, method=stage.spec.method,
-            config=stage.spec.config))
+            config=stage.spec.config, recompute=job.recompute))
         last_save = 0.0
         attempt = 0
         while True:
@@ -210,6 +211,8 @@ class JobRunner:
                         stage.metrics.CopyFrom(update.output.metrics)
                         stage.worker = update.output.worker
                         stage.notes[:] = update.output.notes
+                        stage.reused = update.output.reused
+                        stage.key = update.output.key
                 break
             except grpc.aio.AioRpcError as exc:
                 attempt += 1
@@ -235,9 +238,11 @@ class JobRunner:
         for note in stage.notes:
             await self._publish(job, common_pb2.EVENT_KIND_LOG, stage_index=stage.index,
                                 stage_name=label_of(stage.spec), message=f"{stage.worker}: {note}")
+        made = "reused, not recomputed" if stage.reused else f"by {stage.worker}"
         await self._publish(job, common_pb2.EVENT_KIND_STAGE_FINISHED, stage_index=stage.index,
                             stage_name=label_of(stage.spec), stage_progress=1.0,
-                            message=f"artifact {stage.output.id} ({stage.output.size_bytes} bytes) by {stage.worker}")
+                            message=f"artifact {stage.output.id} ({stage.output.size_bytes} bytes) {made}",
+                            metrics={"reused": stage.reused, "key": stage.key})
         return stage.output
 
     async def wait_for_replica(self, job: common_pb2.Job, technique: int, stage_index: int, stage_name: str) -> None:

@@ -139,7 +139,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         await self._mesh.require_live(needed)
         job = await self._runner.submit(
             name=request.name or f"{recipe.name} of {request.model.WhichOneof('source')}", model=request.model,
-            recipe=recipe.name, stages=stages, evaluation=evaluation)
+            recipe=recipe.name, stages=stages, evaluation=evaluation, recompute=request.recompute)
         return gateway_pb2.CreateJobResponse(job=job)
 
     @_maps_errors
@@ -168,9 +168,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         job = await self._runner.jobs.get(_job_id(request.job_id))
         if job.state not in TERMINAL_STATES:
             job = await self._runner.cancel(job.job_id)
+        # A reused artifact belongs to every job that used it: only those no other job uses go.
+        in_use = {a for other in await self._runner.jobs.list() if other.job_id != job.job_id
+                  for a in other.artifact_ids}
         deleted = 0
         for artifact_id in job.artifact_ids:
-            deleted += await self._runtime.store.delete(artifact_id)
+            if artifact_id not in in_use:
+                deleted += await self._runtime.store.delete(artifact_id)
         await self._runtime.events.purge(job.job_id)
         await self._runner.jobs.delete(job.job_id)
         return gateway_pb2.DeleteJobResponse(deleted_artifacts=deleted)

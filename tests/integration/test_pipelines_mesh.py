@@ -98,8 +98,9 @@ async def test_a_bad_pipeline_is_refused_before_a_job_exists_naming_the_stage(ga
 async def test_a_restarted_gateway_resumes_a_pipeline_after_its_last_finished_stage(start_gateway, gateway, model_dir):
     first = await start_gateway()
     client = Client(f"127.0.0.1:{first.port}")
+    # recompute: stages earlier tests made would otherwise be reused at once.
     job = await call(client.create_job, f"path:{model_dir}", pipeline("size_ratio<=1.5"),
-                     overrides=SMALL_CALIBRATION, evaluation=FAST)
+                     overrides=SMALL_CALIBRATION, evaluation=FAST, recompute=True)
     for _ in range(600):  # until the transform has finished and the export runs
         seen = await call(client.get_job, job.job_id)
         if seen.stages[0].state == common_pb2.JOB_STATE_SUCCEEDED and seen.stages[1].state == common_pb2.JOB_STATE_RUNNING:
@@ -120,3 +121,46 @@ async def test_a_restarted_gateway_resumes_a_pipeline_after_its_last_finished_st
         assert done.stages[2].output.id == done.stages[1].output.id
     finally:
         await second.stop(grace_s=1)
+
+
+async def test_the_same_pipeline_again_reuses_every_stage_by_content_and_records_the_chain(gateway, model_dir):
+    import json
+
+    client = Client(gateway)
+    first = await call(client.create_job, f"path:{model_dir}", pipeline("size_ratio<=1.5"),
+                       overrides=SMALL_CALIBRATION, evaluation=FAST)
+    first, _ = await run_to_end(client, first)
+    assert first.state == common_pb2.JOB_STATE_SUCCEEDED, first.error
+    again = await call(client.create_job, f"path:{model_dir}", pipeline("size_ratio<=1.5"),
+                       overrides=SMALL_CALIBRATION, evaluation=FAST)
+    again, events = await run_to_end(client, again)
+    assert again.state == common_pb2.JOB_STATE_SUCCEEDED, again.error
+    for before, now in zip(first.stages[:2], again.stages[:2]):
+        assert now.reused and now.output.id == before.output.id and now.key == before.key
+    assert sum("reused, not recomputed" in e.message for e in events) == 2
+    # recompute: the stages run again and write new artifacts; the transform's key is the same (same
+    # input bytes), the export's is not (its input is the new transform artifact).
+    fresh = await call(client.create_job, f"path:{model_dir}", pipeline("size_ratio<=1.5"),
+                       overrides=SMALL_CALIBRATION, evaluation=FAST, recompute=True)
+    fresh, _ = await run_to_end(client, fresh)
+    assert fresh.state == common_pb2.JOB_STATE_SUCCEEDED, fresh.error
+    for before, now in zip(first.stages[:2], fresh.stages[:2]):
+        assert not now.reused and now.output.id != before.output.id
+    assert fresh.stages[0].key == first.stages[0].key and fresh.stages[1].key != first.stages[1].key
+    # Deleting a job keeps the artifacts another job still uses.
+    await call(client.delete_job, again.job_id)
+    out = await call(client.download, model_dir.parent / "dl", artifact_id=first.output.id)
+    assert out.id == first.output.id
+    # The export's manifest holds the whole chain: the transform, then the export, each keyed by content.
+    manifest = json.loads((model_dir.parent / "dl" / "modelpress.json").read_text())
+    chain = manifest["chain"]
+    assert [link["method"] for link in chain] == ["awq-transform", "onnx-int4"]
+    # Keyed by content, not by path: an earlier test's job on a copy of the model in another
+    # folder may be the one that made it.
+    assert chain[0]["input"].startswith("path:") and chain[0]["input"].endswith("/tiny")
+    assert chain[0]["input_digest"].startswith("sha256:")
+    assert chain[1]["input"] == f"artifact:{first.stages[0].output.id}"
+    assert chain[1]["input_digest"] == "sha256:" + first.stages[0].output.sha256
+    assert chain[0]["config"]["calibration_samples"] == 2 and chain[0]["versions"]["torch"]
+    assert [link["key"] for link in chain] == [s.key for s in first.stages[:2]]
+    assert chain[1]["metrics"]["bits"] == 4
