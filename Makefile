@@ -21,14 +21,15 @@ $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/nats-server
 	touch $(STAMP)
 
-# Starts nats-server and the six services, compresses SmolLM2-135M to INT8 through the
-# gateway (the vLLM checkpoint), then to the engine precision measured fastest on this CPU's
-# ISA class, prints both before/after tables, and stops the mesh.
+# Starts nats-server and the six services, runs a composed pipeline on SmolLM2-135M through the
+# gateway (SmoothQuant on the quantizer -> ONNX Runtime INT8 on the optimizer -> a gated before/after
+# evaluation), then the engine precision measured fastest on this CPU's ISA class, prints both
+# before/after tables, and stops the mesh.
 demo: install
 	@export MODELPRESS_HOME="$(CURDIR)/.modelpress"; \
 	$(MP) up --detach --free-ports || exit 1; \
 	trap '$(MP) down' EXIT; \
-	$(MP) compress builtin:smollm2-135m --recipe int8-weight-only --wait && \
+	$(MP) compress builtin:smollm2-135m --pipeline examples/pipelines/smoothquant-onnx-int8-gated.yaml --wait && \
 	$(MP) compress builtin:smollm2-135m --recipe fastest-cpu --wait
 
 test: install

@@ -206,7 +206,10 @@ def print_result(job: common_pb2.Job) -> None:
                   f"(load average {load.load_average_1m:.2f})", markup=False)
     for stage in job.stages:
         for note in stage.notes:
-            out.print(f"[yellow]stage {stage.index} ({stage.spec.method}): {escape(note)}[/]")
+            out.print(f"[yellow]stage {stage.index} ({stage.spec.name or stage.spec.method}): {escape(note)}[/]")
+        if stage.spec.gate and stage.state == common_pb2.JOB_STATE_SUCCEEDED:
+            out.print(f"[green]gate {escape(stage.spec.gate)!s} passed at stage {stage.index} "
+                      f"({stage.spec.name or stage.spec.method})[/]")
     told = job_headline(job.recipe, result)
     out.print(f"[{HEADLINE_STYLE[told.colour]}]{escape(told.text)}[/]")
     out.print(f"artifact {result.compressed_artifact_id}", markup=False)

@@ -87,6 +87,14 @@ class AwqTransformConfig(EngineGrid, CalibrationConfig, AwqSettings):
     """AWQ's scales (and clipping, as a clamp of each group's range) folded into a float model;
     nothing is rounded: a later stage's engine quantizer does that."""
 
+    # Clipping pays only on the grid it was searched for: clamped in float and re-rounded by another
+    # quantizer it cost more than it saved on SmolLM2 (bench/results/pipelines.json), so it is opt-in.
+    clip_search: bool = Field(False, description="Also search a per-group clipping and clamp each group to it "
+                                                 "(pays only where the engine's grid is this one)")
+    propagate_rounded: bool = Field(
+        True, description="Feed each block the previous block's outputs as the engine will compute them "
+                          "(rounded on the grid), not in float")
+
 
 class QatConfig(AwqConfig):
     steps_per_block: int = Field(50, ge=0, le=10000, description="Optimizer steps per block (0 = AWQ only)")

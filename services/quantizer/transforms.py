@@ -20,7 +20,7 @@ from services.common.calibration.streaming import StreamingModel
 from services.quantizer import activations as acts
 from services.quantizer.awq import awq_prepare
 from services.quantizer.configs import AwqTransformConfig, SmoothQuantTransformConfig
-from services.quantizer.qscheme import QuantParams, WeightScheme
+from services.quantizer.qscheme import QuantParams, WeightScheme, dequantize, quantize
 from services.quantizer.smoothing import fold, smoothing_groups
 from services.quantizer.smoothquant import choose_scales
 
@@ -55,11 +55,15 @@ def awq_transform_step(config: AwqTransformConfig) -> BlockStep:
         for name, module in work.layers.items():
             layer = prepared[name]
             weight = module.weight.detach().float()
+            scheme = work.targets[name].scheme
             if config.clip_search:
-                weight, share = clamp_to_grid(weight, layer.params, work.targets[name].scheme)
+                weight, share = clamp_to_grid(weight, layer.params, scheme)
             else:
                 share = 0.0
-            module.weight.data = weight
+            # The next block sees this one as the engine will compute it (rounded on the grid), as
+            # the quantizer's AWQ does; the float weight is what is written.
+            module.weight.data = dequantize(quantize(weight, layer.params, scheme), layer.params) \
+                if config.propagate_rounded else weight
             yield name, weight, {"method": "awq-transform", "clamped_share": share, **layer.figures}
 
     return step
