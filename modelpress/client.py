@@ -195,6 +195,19 @@ class Client:
 
     # ---- artifacts ---------------------------------------------------------------
 
+    def lineage(self, artifact_id: str) -> gateway_pb2.GetLineageResponse:
+        """Every stage from the base model to the artifact (method, config, input digest, versions, metrics)."""
+        return self._stub.GetLineage(gateway_pb2.GetLineageRequest(artifact_id=artifact_id), timeout=self._timeout)
+
+    def tag(self, artifact_id: str, tag: str) -> gateway_pb2.TagArtifactResponse:
+        """Tags the artifact NAME:VERSION (NAME alone: the next version)."""
+        return self._stub.TagArtifact(gateway_pb2.TagArtifactRequest(artifact_id=artifact_id, tag=tag),
+                                      timeout=self._timeout)
+
+    def list_artifacts(self, *, tag: str = "", model: str = "", recipe: str = "") -> list[common_pb2.ArtifactSummary]:
+        request = gateway_pb2.ListArtifactsRequest(tag=tag, model=model, recipe=recipe)
+        return list(self._stub.ListArtifacts(request, timeout=self._timeout).artifacts)
+
     def download(self, out_dir: Path, *, job_id: str = "", artifact_id: str = "") -> common_pb2.ArtifactRef:
         """Streams the artifact into `out_dir` (created; must not exist), checking its sha256."""
         request = (gateway_pb2.DownloadArtifactRequest(job_id=job_id) if job_id

@@ -759,3 +759,54 @@ class ServiceDescription(_message.Message):
     version: str
     hardware: WorkerHardware
     def __init__(self, technique: _Optional[_Union[Technique, str]] = ..., methods: _Optional[_Iterable[_Union[MethodDescription, _Mapping]]] = ..., version: _Optional[str] = ..., hardware: _Optional[_Union[WorkerHardware, _Mapping]] = ...) -> None: ...
+
+class LineageStage(_message.Message):
+    __slots__ = ("technique", "method", "config", "input", "input_digest", "service_version", "versions", "key", "worker", "format", "metrics", "job_id", "stage_index")
+    class VersionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    TECHNIQUE_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    INPUT_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    STAGE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    technique: str
+    method: str
+    config: _struct_pb2.Struct
+    input: str
+    input_digest: str
+    service_version: str
+    versions: _containers.ScalarMap[str, str]
+    key: str
+    worker: str
+    format: str
+    metrics: _struct_pb2.Struct
+    job_id: str
+    stage_index: int
+    def __init__(self, technique: _Optional[str] = ..., method: _Optional[str] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., input: _Optional[str] = ..., input_digest: _Optional[str] = ..., service_version: _Optional[str] = ..., versions: _Optional[_Mapping[str, str]] = ..., key: _Optional[str] = ..., worker: _Optional[str] = ..., format: _Optional[str] = ..., metrics: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., job_id: _Optional[str] = ..., stage_index: _Optional[int] = ...) -> None: ...
+
+class ArtifactSummary(_message.Message):
+    __slots__ = ("artifact", "base_model", "methods", "tags", "recipe")
+    ARTIFACT_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    METHODS_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    RECIPE_FIELD_NUMBER: _ClassVar[int]
+    artifact: ArtifactRef
+    base_model: str
+    methods: _containers.RepeatedScalarFieldContainer[str]
+    tags: _containers.RepeatedScalarFieldContainer[str]
+    recipe: str
+    def __init__(self, artifact: _Optional[_Union[ArtifactRef, _Mapping]] = ..., base_model: _Optional[str] = ..., methods: _Optional[_Iterable[str]] = ..., tags: _Optional[_Iterable[str]] = ..., recipe: _Optional[str] = ...) -> None: ...

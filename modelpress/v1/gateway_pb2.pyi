@@ -468,3 +468,49 @@ class UploadModelResponse(_message.Message):
     ARTIFACT_FIELD_NUMBER: _ClassVar[int]
     artifact: _common_pb2.ArtifactRef
     def __init__(self, artifact: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ...) -> None: ...
+
+class GetLineageRequest(_message.Message):
+    __slots__ = ("artifact_id",)
+    ARTIFACT_ID_FIELD_NUMBER: _ClassVar[int]
+    artifact_id: str
+    def __init__(self, artifact_id: _Optional[str] = ...) -> None: ...
+
+class GetLineageResponse(_message.Message):
+    __slots__ = ("artifact", "stages")
+    ARTIFACT_FIELD_NUMBER: _ClassVar[int]
+    STAGES_FIELD_NUMBER: _ClassVar[int]
+    artifact: _common_pb2.ArtifactSummary
+    stages: _containers.RepeatedCompositeFieldContainer[_common_pb2.LineageStage]
+    def __init__(self, artifact: _Optional[_Union[_common_pb2.ArtifactSummary, _Mapping]] = ..., stages: _Optional[_Iterable[_Union[_common_pb2.LineageStage, _Mapping]]] = ...) -> None: ...
+
+class TagArtifactRequest(_message.Message):
+    __slots__ = ("artifact_id", "tag")
+    ARTIFACT_ID_FIELD_NUMBER: _ClassVar[int]
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    artifact_id: str
+    tag: str
+    def __init__(self, artifact_id: _Optional[str] = ..., tag: _Optional[str] = ...) -> None: ...
+
+class TagArtifactResponse(_message.Message):
+    __slots__ = ("artifact", "tag")
+    ARTIFACT_FIELD_NUMBER: _ClassVar[int]
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    artifact: _common_pb2.ArtifactSummary
+    tag: str
+    def __init__(self, artifact: _Optional[_Union[_common_pb2.ArtifactSummary, _Mapping]] = ..., tag: _Optional[str] = ...) -> None: ...
+
+class ListArtifactsRequest(_message.Message):
+    __slots__ = ("tag", "model", "recipe")
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    RECIPE_FIELD_NUMBER: _ClassVar[int]
+    tag: str
+    model: str
+    recipe: str
+    def __init__(self, tag: _Optional[str] = ..., model: _Optional[str] = ..., recipe: _Optional[str] = ...) -> None: ...
+
+class ListArtifactsResponse(_message.Message):
+    __slots__ = ("artifacts",)
+    ARTIFACTS_FIELD_NUMBER: _ClassVar[int]
+    artifacts: _containers.RepeatedCompositeFieldContainer[_common_pb2.ArtifactSummary]
+    def __init__(self, artifacts: _Optional[_Iterable[_Union[_common_pb2.ArtifactSummary, _Mapping]]] = ...) -> None: ...

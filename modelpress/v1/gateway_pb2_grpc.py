@@ -150,6 +150,21 @@ class GatewayServiceStub:
                 request_serializer=modelpress_dot_v1_dot_gateway__pb2.UploadModelRequest.SerializeToString,
                 response_deserializer=modelpress_dot_v1_dot_gateway__pb2.UploadModelResponse.FromString,
                 _registered_method=True)
+        self.GetLineage = channel.unary_unary(
+                '/modelpress.v1.GatewayService/GetLineage',
+                request_serializer=modelpress_dot_v1_dot_gateway__pb2.GetLineageRequest.SerializeToString,
+                response_deserializer=modelpress_dot_v1_dot_gateway__pb2.GetLineageResponse.FromString,
+                _registered_method=True)
+        self.TagArtifact = channel.unary_unary(
+                '/modelpress.v1.GatewayService/TagArtifact',
+                request_serializer=modelpress_dot_v1_dot_gateway__pb2.TagArtifactRequest.SerializeToString,
+                response_deserializer=modelpress_dot_v1_dot_gateway__pb2.TagArtifactResponse.FromString,
+                _registered_method=True)
+        self.ListArtifacts = channel.unary_unary(
+                '/modelpress.v1.GatewayService/ListArtifacts',
+                request_serializer=modelpress_dot_v1_dot_gateway__pb2.ListArtifactsRequest.SerializeToString,
+                response_deserializer=modelpress_dot_v1_dot_gateway__pb2.ListArtifactsResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -302,6 +317,25 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetLineage(self, request, context):
+        """Lineage and result versions.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TagArtifact(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListArtifacts(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -419,6 +453,21 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.UploadModel,
                     request_deserializer=modelpress_dot_v1_dot_gateway__pb2.UploadModelRequest.FromString,
                     response_serializer=modelpress_dot_v1_dot_gateway__pb2.UploadModelResponse.SerializeToString,
+            ),
+            'GetLineage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLineage,
+                    request_deserializer=modelpress_dot_v1_dot_gateway__pb2.GetLineageRequest.FromString,
+                    response_serializer=modelpress_dot_v1_dot_gateway__pb2.GetLineageResponse.SerializeToString,
+            ),
+            'TagArtifact': grpc.unary_unary_rpc_method_handler(
+                    servicer.TagArtifact,
+                    request_deserializer=modelpress_dot_v1_dot_gateway__pb2.TagArtifactRequest.FromString,
+                    response_serializer=modelpress_dot_v1_dot_gateway__pb2.TagArtifactResponse.SerializeToString,
+            ),
+            'ListArtifacts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListArtifacts,
+                    request_deserializer=modelpress_dot_v1_dot_gateway__pb2.ListArtifactsRequest.FromString,
+                    response_serializer=modelpress_dot_v1_dot_gateway__pb2.ListArtifactsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1043,6 +1092,87 @@ class GatewayService:
             '/modelpress.v1.GatewayService/UploadModel',
             modelpress_dot_v1_dot_gateway__pb2.UploadModelRequest.SerializeToString,
             modelpress_dot_v1_dot_gateway__pb2.UploadModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLineage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelpress.v1.GatewayService/GetLineage',
+            modelpress_dot_v1_dot_gateway__pb2.GetLineageRequest.SerializeToString,
+            modelpress_dot_v1_dot_gateway__pb2.GetLineageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TagArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelpress.v1.GatewayService/TagArtifact',
+            modelpress_dot_v1_dot_gateway__pb2.TagArtifactRequest.SerializeToString,
+            modelpress_dot_v1_dot_gateway__pb2.TagArtifactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListArtifacts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelpress.v1.GatewayService/ListArtifacts',
+            modelpress_dot_v1_dot_gateway__pb2.ListArtifactsRequest.SerializeToString,
+            modelpress_dot_v1_dot_gateway__pb2.ListArtifactsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -59,6 +59,9 @@ class StoredArtifact:
     ref: common_pb2.ArtifactRef
     nuid: str
     chunks: int
+    # What the writer recorded beside the bytes (a stage's lineage chain, tags): readable
+    # without fetching the artifact.
+    meta: dict = None  # type: ignore[assignment]
 
 
 class ChunkBudget:
@@ -128,8 +131,10 @@ class ArtifactStore:
         fmt: int,
         artifact_id: str | None = None,
         expected_sha256: str | None = None,
+        meta: dict | None = None,
     ) -> common_pb2.ArtifactRef:
-        """Stores the bytes yielded by `chunks` (any sizes) as one artifact."""
+        """Stores the bytes yielded by `chunks` (any sizes) as one artifact; `meta` (JSON) is kept in
+        its meta record."""
         artifact_id = artifact_id or new_artifact_id()
         nuid = self._js._nc._nuid.next().decode()
         subject = _chunk_subject(self._bucket, nuid)
@@ -168,7 +173,7 @@ class ArtifactStore:
                 "chunks": sent,
                 "mtime": datetime.now(timezone.utc).isoformat(),
                 "digest": "SHA-256=" + base64.urlsafe_b64encode(digest.digest()).decode(),
-                "description": json.dumps({"format": common_pb2.ArtifactFormat.Name(fmt)}),
+                "description": json.dumps({**(meta or {}), "format": common_pb2.ArtifactFormat.Name(fmt)}),
                 "options": {"max_chunk_size": CHUNK_SIZE},
             }
             await self._js.publish(
@@ -181,15 +186,17 @@ class ArtifactStore:
             raise
         return common_pb2.ArtifactRef(id=artifact_id, sha256=hex_digest, size_bytes=total, format=fmt)
 
-    async def put_file(self, path: Path, *, fmt: int, artifact_id: str | None = None) -> common_pb2.ArtifactRef:
-        return await self.put_stream(_read_file_chunks(path), fmt=fmt, artifact_id=artifact_id)
+    async def put_file(self, path: Path, *, fmt: int, artifact_id: str | None = None,
+                       meta: dict | None = None) -> common_pb2.ArtifactRef:
+        return await self.put_stream(_read_file_chunks(path), fmt=fmt, artifact_id=artifact_id, meta=meta)
 
-    async def put_dir(self, folder: Path, *, fmt: int, artifact_id: str | None = None) -> common_pb2.ArtifactRef:
+    async def put_dir(self, folder: Path, *, fmt: int, artifact_id: str | None = None,
+                      meta: dict | None = None) -> common_pb2.ArtifactRef:
         """Stores a model folder as a tar (the artifact's wire and storage form)."""
         with tempfile.TemporaryDirectory(prefix="mp-put-") as tmp:
             tar_path = Path(tmp) / "artifact.tar"
             await asyncio.to_thread(packaging.tar_folder, folder, tar_path)
-            return await self.put_file(tar_path, fmt=fmt, artifact_id=artifact_id)
+            return await self.put_file(tar_path, fmt=fmt, artifact_id=artifact_id, meta=meta)
 
     # ---- reads ----------------------------------------------------------
 
@@ -205,7 +212,38 @@ class ArtifactStore:
         fmt = common_pb2.ArtifactFormat.Value(description.get("format", "ARTIFACT_FORMAT_UNSPECIFIED"))
         sha = base64.urlsafe_b64decode(info["digest"].removeprefix("SHA-256=")).hex()
         ref = common_pb2.ArtifactRef(id=artifact_id, sha256=sha, size_bytes=info["size"], format=fmt)
-        return StoredArtifact(ref=ref, nuid=info["nuid"], chunks=info["chunks"])
+        meta = {k: v for k, v in description.items() if k != "format"}
+        return StoredArtifact(ref=ref, nuid=info["nuid"], chunks=info["chunks"], meta=meta)
+
+    async def update_meta(self, artifact_id: str, **fields) -> StoredArtifact:
+        """Sets fields of the artifact's meta record (its bytes never change)."""
+        try:
+            msg = await self._js.get_last_msg(self._stream, _meta_subject(self._bucket, artifact_id))
+        except NotFoundError as exc:
+            raise ArtifactNotFound(f"artifact {artifact_id!r} not found") from exc
+        info = json.loads(msg.data)
+        if info.get("deleted"):
+            raise ArtifactNotFound(f"artifact {artifact_id!r} was deleted")
+        description = {**json.loads(info.get("description") or "{}"), **fields}
+        info["description"] = json.dumps(description)
+        await self._js.publish(_meta_subject(self._bucket, artifact_id), json.dumps(info).encode(),
+                               headers={"Nats-Rollup": "sub"})
+        return await self.stat(artifact_id)
+
+    async def list_ids(self) -> list[str]:
+        """Ids of every stored artifact (deleted ones left out)."""
+        prefix = f"$O.{self._bucket}.M."
+        info = await self._js.stream_info(self._stream, subjects_filter=prefix + ">")
+        names = [base64.urlsafe_b64decode(subject.removeprefix(prefix)).decode()
+                 for subject in (info.state.subjects or {})]
+        found = []
+        for name in names:
+            try:
+                await self.stat(name)
+            except ArtifactNotFound:
+                continue
+            found.append(name)
+        return sorted(found)
 
     async def _fetch_batches(self, stored: StoredArtifact) -> AsyncIterator[list[bytes]]:
         """Yields the object's chunks in order, a fetched batch at a time."""

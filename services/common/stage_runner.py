@@ -126,7 +126,8 @@ async def run_stage(
             metrics=to_jsonable(result.metrics),
         )
         packaging.write_manifest(output_dir, manifest)
-        ref = await runtime.store.put_dir(output_dir, fmt=result.format)
+        ref = await runtime.store.put_dir(output_dir, fmt=result.format, meta={
+            "base_model": manifest.base_model, "chain": [link.model_dump() for link in manifest.chain]})
         output = common_pb2.StageOutput(artifact=ref, worker=runtime.worker_id, notes=result.notes, key=key)
         output.metrics.CopyFrom(ev.to_struct(to_jsonable(result.metrics)))
         await runtime.stage_cache.put(key, output)

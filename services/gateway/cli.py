@@ -397,6 +397,48 @@ def _field_text(field: common_pb2.ConfigField) -> str:
     return text
 
 
+def cmd_lineage(args) -> int:
+    with Client(_gateway_target(args)) as client:
+        response = client.lineage(args.artifact)
+    if args.json:
+        print(json_format.MessageToJson(response, preserving_proto_field_name=True))
+        return 0
+    a = response.artifact
+    out.print(f"artifact {a.artifact.id} ({format_name(a.artifact.format)}, {a.artifact.size_bytes} bytes) from "
+              f"{a.base_model or 'an upload'}" + (f"; tags {', '.join(a.tags)}" if a.tags else ""), markup=False)
+    if not response.stages:
+        out.print("no stages: uploaded as it is", markup=False)
+    for i, stage in enumerate(response.stages):
+        config = json_format.MessageToDict(stage.config)
+        versions = ", ".join(f"{k} {v}" for k, v in sorted(stage.versions.items()) if k != "isa_class")
+        out.print(f"[bold]{i}. {stage.technique}:{stage.method}[/bold] on {escape(stage.input)} "
+                  f"({stage.input_digest[:19]}…) -> {stage.format.removeprefix('ARTIFACT_FORMAT_').lower()}")
+        out.print(f"   config {json.dumps(config, sort_keys=True)}", markup=False)
+        out.print(f"   by {stage.worker} (service v{stage.service_version}, ISA {stage.versions.get('isa_class', '?')}; "
+                  f"{versions}); job {stage.job_id or '-'} stage {stage.stage_index}; key {stage.key[:16]}", markup=False)
+    return 0
+
+
+def cmd_tag(args) -> int:
+    with Client(_gateway_target(args)) as client:
+        response = client.tag(args.artifact, args.tag)
+    print(f"{response.artifact.artifact.id} tagged {response.tag}")
+    return 0
+
+
+def cmd_artifacts(args) -> int:
+    with Client(_gateway_target(args)) as client:
+        found = client.list_artifacts(tag=args.tag, model=args.model, recipe=args.recipe)
+    if args.json:
+        print(json.dumps([json_format.MessageToDict(a, preserving_proto_field_name=True) for a in found], indent=2))
+        return 0
+    for a in found:
+        out.print(f"{a.artifact.id}  {format_name(a.artifact.format):22} {a.artifact.size_bytes / 1e6:9.1f} MB  "
+                  f"{a.base_model or '(upload)'}  {' -> '.join(a.methods) or '-'}  {a.recipe or '-'}  "
+                  f"{' '.join(a.tags)}", markup=False)
+    return 0
+
+
 def cmd_methods(args) -> int:
     with Client(_gateway_target(args)) as client:
         response = client.list_methods()
@@ -491,6 +533,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", default="")
     p.add_argument("--json", action="store_true", help="show: JSON instead of YAML")
     p.set_defaults(func=cmd_recipes)
+    p = sub.add_parser("lineage", help="every stage that made an artifact (method, config, input digest, versions)")
+    p.add_argument("artifact")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_lineage)
+    p = sub.add_parser("tag", help="tag an artifact NAME[:VERSION] (NAME alone: its next version)")
+    p.add_argument("artifact")
+    p.add_argument("tag")
+    p.set_defaults(func=cmd_tag)
+    p = sub.add_parser("artifacts", help="list stored artifacts, filtered by tag, base model or recipe")
+    p.add_argument("--tag", default="", help="NAME (any version) or NAME:VERSION")
+    p.add_argument("--model", default="", help="base model as given, e.g. builtin:smollm2-135m")
+    p.add_argument("--recipe", default="")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_artifacts)
     p = sub.add_parser("methods", help="list the services' methods and config fields")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_methods)

@@ -21,6 +21,7 @@ from services.common.pipeline.chain import InvalidArgument, check_chain, validat
 from services.common.pipeline.recipes import RECIPES, UnknownRecipe
 from services.common.server import ServiceRuntime
 from services.common.settings import TECHNIQUE_SERVICES
+from services.gateway import artifacts
 from services.gateway.catalog import Mesh, ServiceUnavailable
 from services.gateway.jobs import JobRunner
 from services.gateway.recommender import NoCandidateMeasured, NothingStored, recommend
@@ -197,6 +198,41 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             yield gateway_pb2.WatchJobResponse(event=event)
 
     # ---- methods and recipes -----------------------------------------------------
+
+    # ---- artifacts: lineage, tags, listing --------------------------------------
+
+    @_maps_errors
+    async def GetLineage(self, request, context):
+        stored = await self._stat(request.artifact_id)
+        return gateway_pb2.GetLineageResponse(artifact=artifacts.summary(stored), stages=artifacts.lineage(stored))
+
+    @_maps_errors
+    async def TagArtifact(self, request, context):
+        await self._stat(request.artifact_id)
+        stored, tag = await artifacts.tag_artifact(self._runtime.store, request.artifact_id, request.tag)
+        return gateway_pb2.TagArtifactResponse(artifact=artifacts.summary(stored), tag=tag)
+
+    @_maps_errors
+    async def ListArtifacts(self, request, context):
+        if request.tag:
+            artifacts.parse_tag(request.tag)
+        found = []
+        for artifact_id in await self._runtime.store.list_ids():
+            try:
+                stored = await self._runtime.store.stat(artifact_id)
+            except ArtifactNotFound:  # deleted meanwhile
+                continue
+            if artifacts.matches(stored, request.tag, request.model, request.recipe):
+                found.append(artifacts.summary(stored))
+        return gateway_pb2.ListArtifactsResponse(artifacts=found)
+
+    async def _stat(self, artifact_id: str):
+        if not artifact_id.strip():
+            raise InvalidArgument("artifact_id: required")
+        try:
+            return await self._runtime.store.stat(artifact_id)
+        except ArtifactNotFound:
+            raise ArtifactNotFound(f"artifact_id: artifact {artifact_id!r} not found") from None
 
     @_maps_errors
     async def ListMethods(self, request, context):

@@ -164,3 +164,40 @@ async def test_the_same_pipeline_again_reuses_every_stage_by_content_and_records
     assert chain[0]["config"]["calibration_samples"] == 2 and chain[0]["versions"]["torch"]
     assert [link["key"] for link in chain] == [s.key for s in first.stages[:2]]
     assert chain[1]["metrics"]["bits"] == 4
+
+
+async def test_lineage_tags_and_listing_read_the_artifacts_records(gateway, model_dir):
+    client = Client(gateway)
+    job = await call(client.create_job, f"path:{model_dir}", pipeline("size_ratio<=1.5"), overrides=SMALL_CALIBRATION,
+                     evaluation=FAST)
+    job, _ = await run_to_end(client, job)
+    assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job.error
+    lineage = await call(client.lineage, job.output.id)
+    assert [s.method for s in lineage.stages] == ["awq-transform", "onnx-int4"]
+    assert [s.key for s in lineage.stages] == [s.key for s in job.stages[:2]]
+    assert lineage.stages[1].input_digest == "sha256:" + job.stages[0].output.sha256
+    assert lineage.stages[0].versions["torch"] and lineage.stages[0].config["group_size"] == 32
+    assert lineage.artifact.methods == ["awq-transform", "onnx-int4"]
+    assert lineage.artifact.base_model.startswith("path:")
+    assert (await call(client.lineage, job.stages[0].output.id)).artifact.methods == ["awq-transform"]
+
+    first = await call(client.tag, job.output.id, "smol-int4")
+    again = await call(client.tag, job.output.id, "smol-int4")  # the same artifact keeps its version
+    second = await call(client.tag, job.stages[0].output.id, "smol-int4")
+    assert (first.tag, again.tag, second.tag) == ("smol-int4:1", "smol-int4:1", "smol-int4:2")
+    with pytest.raises(grpc.RpcError) as info:
+        await call(client.tag, job.stages[0].output.id, "smol-int4:1")
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "already names artifact" in info.value.details()
+    with pytest.raises(grpc.RpcError) as info:
+        await call(client.tag, job.output.id, "bad tag!")
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "NAME:VERSION" in info.value.details()
+    with pytest.raises(grpc.RpcError) as info:
+        await call(client.lineage, "a-missing")
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+    tagged = {a.artifact.id for a in await call(client.list_artifacts, tag="smol-int4")}
+    assert tagged == {job.output.id, job.stages[0].output.id}
+    assert [a.artifact.id for a in await call(client.list_artifacts, tag="smol-int4:2")] == [job.stages[0].output.id]
+    by_recipe = await call(client.list_artifacts, recipe="awq-int4-checked")
+    assert job.output.id in {a.artifact.id for a in by_recipe}
+    assert all(a.recipe == "awq-int4-checked" for a in by_recipe)

@@ -1,0 +1,80 @@
+"""Stored artifacts as users ask about them: their lineage, tags (result versions) and listings,
+read from each artifact's meta record (never by fetching the artifact)."""
+
+from __future__ import annotations
+
+import re
+
+from modelpress.v1 import common_pb2
+from services.common.artifact_store import ArtifactStore, StoredArtifact
+from services.common.events import to_struct
+from services.common.pipeline.chain import InvalidArgument
+
+TAG = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]{0,63})(?::([1-9][0-9]{0,5}))?$")
+
+
+def summary(stored: StoredArtifact) -> common_pb2.ArtifactSummary:
+    meta = stored.meta or {}
+    return common_pb2.ArtifactSummary(
+        artifact=stored.ref, base_model=meta.get("base_model", ""),
+        methods=[link.get("method", "") for link in meta.get("chain", [])],
+        tags=meta.get("tags", []), recipe=meta.get("recipe", ""))
+
+
+def lineage(stored: StoredArtifact) -> list[common_pb2.LineageStage]:
+    stages = []
+    for link in (stored.meta or {}).get("chain", []):
+        stage = common_pb2.LineageStage(
+            technique=link.get("technique", ""), method=link.get("method", ""), input=link.get("input", ""),
+            input_digest=link.get("input_digest", ""), service_version=link.get("service_version", ""),
+            versions=link.get("versions", {}), key=link.get("key", ""), worker=link.get("worker", ""),
+            format=link.get("format", ""), job_id=link.get("job_id", ""), stage_index=link.get("stage_index", 0))
+        stage.config.CopyFrom(to_struct(link.get("config", {})))
+        stage.metrics.CopyFrom(to_struct(link.get("metrics", {})))
+        stages.append(stage)
+    return stages
+
+
+def parse_tag(tag: str) -> tuple[str, int | None]:
+    match = TAG.match(tag.strip())
+    if not match:
+        raise InvalidArgument(f"tag: {tag!r} is not NAME or NAME:VERSION (NAME: letters, digits, . _ -; "
+                              f"VERSION: a positive integer)")
+    name, version = match.groups()
+    return name, int(version) if version else None
+
+
+async def tag_artifact(store: ArtifactStore, artifact_id: str, tag: str) -> tuple[StoredArtifact, str]:
+    """Adds NAME:VERSION to the artifact (the next version of NAME when none is given). A version
+    names one artifact: giving NAME:V that another artifact holds is refused."""
+    name, version = parse_tag(tag)
+    target = await store.stat(artifact_id)
+    taken: dict[int, str] = {}
+    for other_id in await store.list_ids():
+        other = target if other_id == artifact_id else await store.stat(other_id)
+        for held in (other.meta or {}).get("tags", []):
+            held_name, _, held_version = held.partition(":")
+            if held_name == name:
+                taken[int(held_version)] = other_id
+    if version is None:
+        already = [v for v, holder in taken.items() if holder == artifact_id]
+        version = already[0] if already else max(taken, default=0) + 1
+    elif taken.get(version, artifact_id) != artifact_id:
+        raise InvalidArgument(f"tag: {name}:{version} already names artifact {taken[version]}; "
+                              f"tag {name} alone to get the next version ({max(taken) + 1})")
+    full = f"{name}:{version}"
+    tags = sorted(set((target.meta or {}).get("tags", [])) | {full})
+    return await store.update_meta(artifact_id, tags=tags), full
+
+
+def matches(stored: StoredArtifact, tag: str, model: str, recipe: str) -> bool:
+    meta = stored.meta or {}
+    if tag:
+        name, version = parse_tag(tag)
+        wanted = {f"{name}:{version}"} if version else None
+        held = meta.get("tags", [])
+        if not any((t in wanted) if wanted else t.partition(":")[0] == name for t in held):
+            return False
+    if model and meta.get("base_model", "") != model:
+        return False
+    return not recipe or meta.get("recipe", "") == recipe
