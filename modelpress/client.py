@@ -138,6 +138,20 @@ class Client:
     def list_recipes(self) -> list[gateway_pb2.Recipe]:
         return list(self._stub.ListRecipes(gateway_pb2.ListRecipesRequest(), timeout=self._timeout).recipes)
 
+    def create_recipe(self, pipeline: dict | list | common_pb2.Pipeline) -> gateway_pb2.Recipe:
+        """Stores a user recipe (validated like a job's pipeline); an existing name gets its next version."""
+        message = pipeline if isinstance(pipeline, common_pb2.Pipeline) else pipeline_message(pipeline)
+        return self._stub.CreateRecipe(gateway_pb2.CreateRecipeRequest(pipeline=message), timeout=self._timeout).recipe
+
+    def get_recipe(self, name: str) -> gateway_pb2.Recipe:
+        """A built-in, or a user recipe by NAME (latest) or NAME@VERSION."""
+        return self._stub.GetRecipe(gateway_pb2.GetRecipeRequest(name=name), timeout=self._timeout).recipe
+
+    def delete_recipe(self, name: str) -> int:
+        """NAME@VERSION deletes one version, NAME all; returns how many."""
+        return self._stub.DeleteRecipe(gateway_pb2.DeleteRecipeRequest(name=name),
+                                       timeout=self._timeout).deleted_versions
+
     def validate(self, recipe: str, overrides: dict[str, Any] | None = None) -> gateway_pb2.ValidateConfigResponse:
         request = gateway_pb2.ValidateConfigRequest(recipe=recipe, overrides=to_struct(overrides or {}))
         return self._stub.ValidateConfig(request, timeout=self._timeout)

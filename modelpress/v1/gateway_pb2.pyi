@@ -114,14 +114,18 @@ class ListMethodsResponse(_message.Message):
     def __init__(self, methods: _Optional[_Iterable[_Union[_common_pb2.MethodDescription, _Mapping]]] = ..., unavailable: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Recipe(_message.Message):
-    __slots__ = ("name", "summary", "stages")
+    __slots__ = ("name", "summary", "stages", "version", "builtin")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
     STAGES_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    BUILTIN_FIELD_NUMBER: _ClassVar[int]
     name: str
     summary: str
     stages: _containers.RepeatedCompositeFieldContainer[_common_pb2.StageSpec]
-    def __init__(self, name: _Optional[str] = ..., summary: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[_common_pb2.StageSpec, _Mapping]]] = ...) -> None: ...
+    version: int
+    builtin: bool
+    def __init__(self, name: _Optional[str] = ..., summary: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[_common_pb2.StageSpec, _Mapping]]] = ..., version: _Optional[int] = ..., builtin: _Optional[bool] = ...) -> None: ...
 
 class ListRecipesRequest(_message.Message):
     __slots__ = ()
@@ -514,3 +518,39 @@ class ListArtifactsResponse(_message.Message):
     ARTIFACTS_FIELD_NUMBER: _ClassVar[int]
     artifacts: _containers.RepeatedCompositeFieldContainer[_common_pb2.ArtifactSummary]
     def __init__(self, artifacts: _Optional[_Iterable[_Union[_common_pb2.ArtifactSummary, _Mapping]]] = ...) -> None: ...
+
+class CreateRecipeRequest(_message.Message):
+    __slots__ = ("pipeline",)
+    PIPELINE_FIELD_NUMBER: _ClassVar[int]
+    pipeline: _common_pb2.Pipeline
+    def __init__(self, pipeline: _Optional[_Union[_common_pb2.Pipeline, _Mapping]] = ...) -> None: ...
+
+class CreateRecipeResponse(_message.Message):
+    __slots__ = ("recipe",)
+    RECIPE_FIELD_NUMBER: _ClassVar[int]
+    recipe: Recipe
+    def __init__(self, recipe: _Optional[_Union[Recipe, _Mapping]] = ...) -> None: ...
+
+class GetRecipeRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class GetRecipeResponse(_message.Message):
+    __slots__ = ("recipe",)
+    RECIPE_FIELD_NUMBER: _ClassVar[int]
+    recipe: Recipe
+    def __init__(self, recipe: _Optional[_Union[Recipe, _Mapping]] = ...) -> None: ...
+
+class DeleteRecipeRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DeleteRecipeResponse(_message.Message):
+    __slots__ = ("deleted_versions",)
+    DELETED_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    deleted_versions: int
+    def __init__(self, deleted_versions: _Optional[int] = ...) -> None: ...

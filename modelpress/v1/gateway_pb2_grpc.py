@@ -75,6 +75,21 @@ class GatewayServiceStub:
                 request_serializer=modelpress_dot_v1_dot_gateway__pb2.ListRecipesRequest.SerializeToString,
                 response_deserializer=modelpress_dot_v1_dot_gateway__pb2.ListRecipesResponse.FromString,
                 _registered_method=True)
+        self.CreateRecipe = channel.unary_unary(
+                '/modelpress.v1.GatewayService/CreateRecipe',
+                request_serializer=modelpress_dot_v1_dot_gateway__pb2.CreateRecipeRequest.SerializeToString,
+                response_deserializer=modelpress_dot_v1_dot_gateway__pb2.CreateRecipeResponse.FromString,
+                _registered_method=True)
+        self.GetRecipe = channel.unary_unary(
+                '/modelpress.v1.GatewayService/GetRecipe',
+                request_serializer=modelpress_dot_v1_dot_gateway__pb2.GetRecipeRequest.SerializeToString,
+                response_deserializer=modelpress_dot_v1_dot_gateway__pb2.GetRecipeResponse.FromString,
+                _registered_method=True)
+        self.DeleteRecipe = channel.unary_unary(
+                '/modelpress.v1.GatewayService/DeleteRecipe',
+                request_serializer=modelpress_dot_v1_dot_gateway__pb2.DeleteRecipeRequest.SerializeToString,
+                response_deserializer=modelpress_dot_v1_dot_gateway__pb2.DeleteRecipeResponse.FromString,
+                _registered_method=True)
         self.ValidateConfig = channel.unary_unary(
                 '/modelpress.v1.GatewayService/ValidateConfig',
                 request_serializer=modelpress_dot_v1_dot_gateway__pb2.ValidateConfigRequest.SerializeToString,
@@ -217,6 +232,25 @@ class GatewayServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListRecipes(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateRecipe(self, request, context):
+        """User recipe templates, stored in JetStream KV with immutable versions.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRecipe(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteRecipe(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -378,6 +412,21 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.ListRecipes,
                     request_deserializer=modelpress_dot_v1_dot_gateway__pb2.ListRecipesRequest.FromString,
                     response_serializer=modelpress_dot_v1_dot_gateway__pb2.ListRecipesResponse.SerializeToString,
+            ),
+            'CreateRecipe': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateRecipe,
+                    request_deserializer=modelpress_dot_v1_dot_gateway__pb2.CreateRecipeRequest.FromString,
+                    response_serializer=modelpress_dot_v1_dot_gateway__pb2.CreateRecipeResponse.SerializeToString,
+            ),
+            'GetRecipe': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRecipe,
+                    request_deserializer=modelpress_dot_v1_dot_gateway__pb2.GetRecipeRequest.FromString,
+                    response_serializer=modelpress_dot_v1_dot_gateway__pb2.GetRecipeResponse.SerializeToString,
+            ),
+            'DeleteRecipe': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteRecipe,
+                    request_deserializer=modelpress_dot_v1_dot_gateway__pb2.DeleteRecipeRequest.FromString,
+                    response_serializer=modelpress_dot_v1_dot_gateway__pb2.DeleteRecipeResponse.SerializeToString,
             ),
             'ValidateConfig': grpc.unary_unary_rpc_method_handler(
                     servicer.ValidateConfig,
@@ -687,6 +736,87 @@ class GatewayService:
             '/modelpress.v1.GatewayService/ListRecipes',
             modelpress_dot_v1_dot_gateway__pb2.ListRecipesRequest.SerializeToString,
             modelpress_dot_v1_dot_gateway__pb2.ListRecipesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateRecipe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelpress.v1.GatewayService/CreateRecipe',
+            modelpress_dot_v1_dot_gateway__pb2.CreateRecipeRequest.SerializeToString,
+            modelpress_dot_v1_dot_gateway__pb2.CreateRecipeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRecipe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelpress.v1.GatewayService/GetRecipe',
+            modelpress_dot_v1_dot_gateway__pb2.GetRecipeRequest.SerializeToString,
+            modelpress_dot_v1_dot_gateway__pb2.GetRecipeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteRecipe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelpress.v1.GatewayService/DeleteRecipe',
+            modelpress_dot_v1_dot_gateway__pb2.DeleteRecipeRequest.SerializeToString,
+            modelpress_dot_v1_dot_gateway__pb2.DeleteRecipeResponse.FromString,
             options,
             channel_credentials,
             insecure,

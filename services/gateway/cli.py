@@ -360,20 +360,35 @@ def cmd_upload(args) -> int:
 
 
 def cmd_recipes(args) -> int:
-    with Client(_gateway_target(args)) as client:
-        recipes = client.list_recipes()
-    if args.action == "list":
-        for recipe in recipes:
-            stages = " -> ".join(f"{technique_name(s.technique)}:{s.method}" for s in recipe.stages)
-            out.print(f"[bold]{recipe.name}[/bold] ({escape(stages)}): {escape(recipe.summary)}")
-        return 0
-    found = [r for r in recipes if r.name == args.name]
-    if not args.name or not found:
-        err.print(f"recipes show: {'name a recipe' if not args.name else f'no recipe {args.name!r}'}; known: "
-                  f"{', '.join(r.name for r in recipes)}")
+    if args.action in ("show", "delete", "create") and not args.name:
+        err.print(f"recipes {args.action}: name {'a pipeline file' if args.action == 'create' else 'a recipe'}")
         return 2
-    data = pipeline_data(found[0])
-    # The same shape `compress --pipeline FILE` reads back (YAML, or JSON with --json).
+    with Client(_gateway_target(args)) as client:
+        if args.action == "list":
+            for recipe in client.list_recipes():
+                stages = " -> ".join(f"{technique_name(s.technique)}:{s.method}" for s in recipe.stages)
+                name = recipe.name if recipe.builtin else f"{recipe.name}@{recipe.version}"
+                out.print(f"[bold]{escape(name)}[/bold] ({escape(stages)}): {escape(recipe.summary)}")
+            return 0
+        if args.action == "create":
+            try:
+                data = load_pipeline_file(args.name)
+            except (OSError, ValueError, yaml.YAMLError) as exc:
+                err.print(f"recipes create {args.name}: {escape(str(exc))}")
+                return 2
+            if isinstance(data, dict) and not data.get("name"):
+                data["name"] = Path(args.name).stem
+            recipe = client.create_recipe(data)
+            print(f"created {recipe.name}@{recipe.version}")
+            return 0
+        if args.action == "delete":
+            print(f"deleted {client.delete_recipe(args.name)} version(s) of {args.name}")
+            return 0
+        recipe = client.get_recipe(args.name)
+    data = pipeline_data(recipe)
+    if not recipe.builtin:
+        data["version"] = recipe.version
+    # The same shape `compress --pipeline FILE` and `recipes create FILE` read back (YAML, or JSON with --json).
     print(json.dumps(data, indent=2) if args.json else yaml.safe_dump(data, sort_keys=False, width=100), end="")
     return 0
 
@@ -528,9 +543,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=sorted(UPLOAD_FORMATS), default="hf")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_upload)
-    p = sub.add_parser("recipes", help="list recipes, or show one as a pipeline file")
-    p.add_argument("action", nargs="?", choices=("list", "show"), default="list")
-    p.add_argument("name", nargs="?", default="")
+    p = sub.add_parser("recipes", help="list recipes; show NAME[@V] as a pipeline file; create FILE; delete NAME[@V]")
+    p.add_argument("action", nargs="?", choices=("list", "show", "create", "delete"), default="list")
+    p.add_argument("name", nargs="?", default="", help="show/delete: NAME or NAME@VERSION; create: a .yaml/.json file")
     p.add_argument("--json", action="store_true", help="show: JSON instead of YAML")
     p.set_defaults(func=cmd_recipes)
     p = sub.add_parser("lineage", help="every stage that made an artifact (method, config, input digest, versions)")

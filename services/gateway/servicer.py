@@ -26,6 +26,7 @@ from services.gateway.catalog import Mesh, ServiceUnavailable
 from services.gateway.jobs import JobRunner
 from services.gateway.recommender import NoCandidateMeasured, NothingStored, recommend
 from services.gateway.strategies import all_strategies
+from services.gateway.user_recipes import RecipeNotFound, RecipeStore
 from services.gateway.validation import GRID_BOUNDS, check_model_ref, resolve_evaluation
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ _ERRORS = [
     (ArtifactCorrupt, grpc.StatusCode.DATA_LOSS),
     (ServiceUnavailable, grpc.StatusCode.UNAVAILABLE),
     (NoOutput, grpc.StatusCode.FAILED_PRECONDITION),
+    (RecipeNotFound, grpc.StatusCode.NOT_FOUND),
 ]
 
 
@@ -79,11 +81,31 @@ def _maps_errors(handler):
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     def __init__(self, runtime: ServiceRuntime, runner: JobRunner, mesh: Mesh,
-                 comparisons: RecordBucket[common_pb2.Comparison]) -> None:
+                 comparisons: RecordBucket[common_pb2.Comparison], recipes: RecipeStore) -> None:
         self._runtime = runtime
         self._runner = runner
         self._mesh = mesh
         self._comparisons = comparisons
+        self._recipes = recipes
+
+    async def _pipeline_of(self, recipe: str, pipeline: common_pb2.Pipeline | None) -> common_pb2.Pipeline | None:
+        """A request's explicit pipeline, or the stored user recipe it names (NAME or NAME@V) as one;
+        None for a built-in name (or none at all)."""
+        if recipe and pipeline is not None and pipeline.stages:
+            raise InvalidArgument("recipe, pipeline: give a recipe name or a pipeline, not both")
+        if not recipe or recipe in RECIPES:
+            return pipeline
+        try:
+            stored = await self._recipes.get(recipe)
+        except RecipeNotFound as exc:  # in a job request the name is an argument like any other
+            raise InvalidArgument(str(exc)) from None
+        return common_pb2.Pipeline(name=f"{stored.name}@{stored.version}", summary=stored.summary, stages=stored.stages)
+
+    async def _resolve(self, recipe: str, pipeline: common_pb2.Pipeline | None, overrides, methods=None):
+        pipeline = await self._pipeline_of(recipe, pipeline)
+        methods = methods if methods is not None else await self._methods(pipeline)
+        name = recipe if pipeline is None else ""
+        return (*validate_recipe(name, overrides, methods, pipeline), methods)
 
     async def _methods(self, pipeline: common_pb2.Pipeline | None = None
                        ) -> dict[tuple[int, str], common_pb2.MethodDescription]:
@@ -130,9 +152,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def CreateJob(self, request, context):
         model_format = await self._check_model(request.model)
         evaluation = resolve_evaluation(request.evaluation)
-        pipeline = request.pipeline if request.HasField("pipeline") else None
-        methods = await self._methods(pipeline)
-        recipe, stages = validate_recipe(request.recipe, request.overrides, methods, pipeline)
+        recipe, stages, methods = await self._resolve(
+            request.recipe, request.pipeline if request.HasField("pipeline") else None, request.overrides)
         check_chain(stages, methods, model_format)
         await self._check_datasets(stages)
         # Described methods are cached for a while: whether a replica is alive is asked now.
@@ -240,13 +261,41 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         return gateway_pb2.ListMethodsResponse(methods=methods, unavailable=unavailable)
 
     async def ListRecipes(self, request, context):
-        return gateway_pb2.ListRecipesResponse(recipes=[r.message() for r in RECIPES.values()])
+        builtins = []
+        for recipe in RECIPES.values():
+            message = recipe.message()
+            message.builtin = True
+            builtins.append(message)
+        return gateway_pb2.ListRecipesResponse(recipes=builtins + await self._recipes.list())
+
+    @_maps_errors
+    async def CreateRecipe(self, request, context):
+        if not request.pipeline.stages:
+            raise InvalidArgument("pipeline.stages: a non-empty list of stages is required")
+        if not request.pipeline.name:
+            raise InvalidArgument("pipeline.name: required (the recipe's name)")
+        methods = await self._methods(request.pipeline)
+        recipe, stages = validate_recipe("", struct_pb2.Struct(), methods, request.pipeline)
+        check_chain(stages, methods, None)
+        return gateway_pb2.CreateRecipeResponse(recipe=await self._recipes.create(recipe.message()))
+
+    @_maps_errors
+    async def GetRecipe(self, request, context):
+        if request.name in RECIPES:
+            message = RECIPES[request.name].message()
+            message.builtin = True
+            return gateway_pb2.GetRecipeResponse(recipe=message)
+        return gateway_pb2.GetRecipeResponse(recipe=await self._recipes.get(request.name))
+
+    @_maps_errors
+    async def DeleteRecipe(self, request, context):
+        return gateway_pb2.DeleteRecipeResponse(deleted_versions=await self._recipes.delete(request.name))
 
     @_maps_errors
     async def ValidateConfig(self, request, context):
         try:
-            _, stages = validate_recipe(request.recipe, request.overrides, await self._methods())
-        except InvalidArgument as exc:
+            _, stages, _ = await self._resolve(request.recipe, None, request.overrides)
+        except (InvalidArgument, RecipeNotFound) as exc:
             return gateway_pb2.ValidateConfigResponse(valid=False, errors=str(exc).split("; "))
         return gateway_pb2.ValidateConfigResponse(valid=True, resolved_stages=stages)
 
@@ -502,6 +551,8 @@ async def register(server: grpc.aio.Server, runtime: ServiceRuntime) -> list[str
     if resumed:
         log.info("resumed %d unfinished job(s): %s", len(resumed), ", ".join(resumed))
     comparisons = await RecordBucket(runtime.js, COMPARISONS_BUCKET, common_pb2.Comparison).ensure()
-    gateway_pb2_grpc.add_GatewayServiceServicer_to_server(GatewayServicer(runtime, runner, mesh, comparisons), server)
+    recipes = await RecipeStore(runtime.js).ensure()
+    gateway_pb2_grpc.add_GatewayServiceServicer_to_server(
+        GatewayServicer(runtime, runner, mesh, comparisons, recipes), server)
     runtime.on_shutdown.append(runner.shutdown)
     return [gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name]

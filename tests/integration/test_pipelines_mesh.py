@@ -201,3 +201,40 @@ async def test_lineage_tags_and_listing_read_the_artifacts_records(gateway, mode
     by_recipe = await call(client.list_artifacts, recipe="awq-int4-checked")
     assert job.output.id in {a.artifact.id for a in by_recipe}
     assert all(a.recipe == "awq-int4-checked" for a in by_recipe)
+
+
+async def test_user_recipes_are_stored_with_immutable_versions_and_run_by_name(gateway, model_dir):
+    client = Client(gateway)
+    data = pipeline("size_ratio<=1.5") | {"name": "team-int4"}
+    first = await call(client.create_recipe, data)
+    second = await call(client.create_recipe, data | {"summary": "v2"})
+    assert (first.version, second.version, first.builtin) == (1, 2, False)
+    assert (await call(client.get_recipe, "team-int4")).version == 2
+    assert (await call(client.get_recipe, "team-int4@1")).summary == ""
+    listed = {(r.name, r.version, r.builtin) for r in await call(client.list_recipes)}
+    assert {("team-int4", 1, False), ("team-int4", 2, False), ("onnx-int4", 0, True)} <= listed
+    for bad, code, message in [
+        (data | {"name": "onnx-int4"}, grpc.StatusCode.INVALID_ARGUMENT, "built-in recipe"),
+        (pipeline("speed>=1") | {"name": "x-bad"}, grpc.StatusCode.INVALID_ARGUMENT, "'speed' is not a gate metric"),
+        (data | {"name": "Team Int4"}, grpc.StatusCode.INVALID_ARGUMENT, "is not NAME or NAME@VERSION"),
+    ]:
+        with pytest.raises(grpc.RpcError) as info:
+            await call(client.create_recipe, bad)
+        assert info.value.code() == code and message in info.value.details(), info.value.details()
+    job = await call(client.create_job, f"path:{model_dir}", "team-int4@1", overrides=SMALL_CALIBRATION,
+                     evaluation=FAST)
+    assert job.recipe == "team-int4@1" and [s.spec.name for s in job.stages] == ["transform", "export", "check"]
+    job, _ = await run_to_end(client, job)
+    assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job.error
+    assert await call(client.delete_recipe, "team-int4@1") == 1
+    with pytest.raises(grpc.RpcError) as info:
+        await call(client.get_recipe, "team-int4@1")
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND and "versions: 2" in info.value.details()
+    assert (await call(client.create_recipe, data)).version == 3  # a deleted version is never given again
+    with pytest.raises(grpc.RpcError) as info:
+        await call(client.delete_recipe, "onnx-int4")
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert await call(client.delete_recipe, "team-int4") == 2
+    with pytest.raises(grpc.RpcError) as info:
+        await call(client.create_job, f"path:{model_dir}", "team-int4", evaluation=FAST)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "unknown recipe 'team-int4'" in info.value.details()

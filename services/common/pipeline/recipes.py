@@ -190,7 +190,8 @@ def pipeline_from_data(data: Any, default_name: str = "pipeline") -> RecipeDef:
         data = {"stages": data}
     if not isinstance(data, dict):
         raise InvalidPipeline("pipeline: expected a mapping with 'stages' (or a list of stages)")
-    unknown = set(data) - {"name", "summary", "stages"}
+    # `version` is what `recipes show` prints of a stored recipe; reading the file back ignores it.
+    unknown = set(data) - {"name", "summary", "stages", "version"}
     if unknown:
         raise InvalidPipeline(f"pipeline: unknown keys {', '.join(sorted(unknown))}; allowed: name, summary, stages")
     stages_data = data.get("stages")
