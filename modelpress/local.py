@@ -127,15 +127,14 @@ def compress(model: str | Path, recipe_or_pipeline, out_dir: str | Path, *, over
     Every stage is validated before the first runs; errors are InvalidArgument naming the place.
     `progress(stage_index, stage_name, Progress)` is called at each engine progress point.
     Intermediate stage outputs go under out_dir/.stages and are removed unless `keep_stages`."""
-    from services.common.configspec import describe_method, parse_config, struct_to_dict
+    from services.common.configspec import describe_registry, parse_config, struct_to_dict
     from services.common.engine_api import ProgressReporter
     from services.common.pipeline.chain import check_chain, label_of, resolve_stages
 
     recipe = _recipe(recipe_or_pipeline)
     src = _model_folder(model)
     registries = _registries({s.technique for s in recipe.stages})
-    described = {(t, m.name): describe_method(t, m.name, m.summary, m.config_cls, m.accepts, m.produces)
-                 for t, methods in registries.items() for m in methods.values()}
+    described = {(t, d.name): d for t, methods in registries.items() for d in describe_registry(t, methods)}
     stages = resolve_stages(recipe, overrides or {}, described)
     check_chain(stages, described, _format_of(src))
     out = Path(out_dir)

@@ -733,20 +733,44 @@ class ConfigField(_message.Message):
     def __init__(self, name: _Optional[str] = ..., type: _Optional[_Union[FieldType, str]] = ..., default_value: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., choices: _Optional[_Iterable[str]] = ..., minimum: _Optional[float] = ..., maximum: _Optional[float] = ..., help: _Optional[str] = ...) -> None: ...
 
 class MethodDescription(_message.Message):
-    __slots__ = ("technique", "name", "summary", "fields", "accepts", "produces")
+    __slots__ = ("technique", "name", "summary", "fields", "accepts", "produces", "inputs", "progress_metrics")
     TECHNIQUE_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
     FIELDS_FIELD_NUMBER: _ClassVar[int]
     ACCEPTS_FIELD_NUMBER: _ClassVar[int]
     PRODUCES_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_METRICS_FIELD_NUMBER: _ClassVar[int]
     technique: Technique
     name: str
     summary: str
     fields: _containers.RepeatedCompositeFieldContainer[ConfigField]
     accepts: _containers.RepeatedScalarFieldContainer[ArtifactFormat]
     produces: _containers.RepeatedScalarFieldContainer[ArtifactFormat]
-    def __init__(self, technique: _Optional[_Union[Technique, str]] = ..., name: _Optional[str] = ..., summary: _Optional[str] = ..., fields: _Optional[_Iterable[_Union[ConfigField, _Mapping]]] = ..., accepts: _Optional[_Iterable[_Union[ArtifactFormat, str]]] = ..., produces: _Optional[_Iterable[_Union[ArtifactFormat, str]]] = ...) -> None: ...
+    inputs: _containers.RepeatedCompositeFieldContainer[ArtifactInput]
+    progress_metrics: _containers.RepeatedCompositeFieldContainer[ProgressMetric]
+    def __init__(self, technique: _Optional[_Union[Technique, str]] = ..., name: _Optional[str] = ..., summary: _Optional[str] = ..., fields: _Optional[_Iterable[_Union[ConfigField, _Mapping]]] = ..., accepts: _Optional[_Iterable[_Union[ArtifactFormat, str]]] = ..., produces: _Optional[_Iterable[_Union[ArtifactFormat, str]]] = ..., inputs: _Optional[_Iterable[_Union[ArtifactInput, _Mapping]]] = ..., progress_metrics: _Optional[_Iterable[_Union[ProgressMetric, _Mapping]]] = ...) -> None: ...
+
+class ArtifactInput(_message.Message):
+    __slots__ = ("field", "formats", "description")
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    FORMATS_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    field: str
+    formats: _containers.RepeatedScalarFieldContainer[ArtifactFormat]
+    description: str
+    def __init__(self, field: _Optional[str] = ..., formats: _Optional[_Iterable[_Union[ArtifactFormat, str]]] = ..., description: _Optional[str] = ...) -> None: ...
+
+class ProgressMetric(_message.Message):
+    __slots__ = ("name", "kind", "description")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    kind: str
+    description: str
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
 
 class ServiceDescription(_message.Message):
     __slots__ = ("technique", "methods", "version", "hardware")

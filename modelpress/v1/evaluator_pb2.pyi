@@ -108,12 +108,14 @@ class EvaluatorServiceListBenchmarksResponse(_message.Message):
     def __init__(self, benchmarks: _Optional[_Iterable[_Union[_common_pb2.HardwareBenchmark, _Mapping]]] = ...) -> None: ...
 
 class EvaluatorServiceRenderReportRequest(_message.Message):
-    __slots__ = ("job", "events")
+    __slots__ = ("job", "events", "methods")
     JOB_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    METHODS_FIELD_NUMBER: _ClassVar[int]
     job: _common_pb2.Job
     events: _containers.RepeatedCompositeFieldContainer[_common_pb2.JobEvent]
-    def __init__(self, job: _Optional[_Union[_common_pb2.Job, _Mapping]] = ..., events: _Optional[_Iterable[_Union[_common_pb2.JobEvent, _Mapping]]] = ...) -> None: ...
+    methods: _containers.RepeatedCompositeFieldContainer[_common_pb2.MethodDescription]
+    def __init__(self, job: _Optional[_Union[_common_pb2.Job, _Mapping]] = ..., events: _Optional[_Iterable[_Union[_common_pb2.JobEvent, _Mapping]]] = ..., methods: _Optional[_Iterable[_Union[_common_pb2.MethodDescription, _Mapping]]] = ...) -> None: ...
 
 class EvaluatorServiceRenderReportResponse(_message.Message):
     __slots__ = ("report",)

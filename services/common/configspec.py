@@ -22,9 +22,10 @@ class MethodConfig(BaseModel):
     """Base of every method config: unknown fields are errors, not silently ignored."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    # Fields naming an artifact (e.g. a calibration dataset) that the service fetches
-    # before the engine runs; the engine reads the local copy through `local_path`.
-    artifact_fields: ClassVar[tuple[str, ...]] = ()
+    # Fields naming an artifact (a calibration dataset, a teacher model) -> the ArtifactFormat values
+    # it may have. The gateway checks them before a job exists; the service fetches each before the
+    # engine runs, which reads the local copy through `local_path`.
+    artifact_fields: ClassVar[dict[str, tuple[int, ...]]] = {}
     _local_paths: dict[str, Path] = PrivateAttr(default_factory=dict)
 
     def bind_local(self, field: str, path: Path) -> None:
@@ -67,15 +68,28 @@ def _describe_field(name: str, info) -> common_pb2.ConfigField:
 
 
 def describe_method(technique: int, name: str, summary: str, config_cls: type[MethodConfig],
-                    accepts: tuple[int, ...] = (), produces: tuple[int, ...] = ()) -> common_pb2.MethodDescription:
+                    accepts: tuple[int, ...] = (), produces: tuple[int, ...] = (),
+                    metrics: tuple = ()) -> common_pb2.MethodDescription:
+    """`metrics`: engine_api.ProgressMetric declarations of what its progress events carry."""
+    fields = config_cls.model_fields
     return common_pb2.MethodDescription(
         technique=technique,
         name=name,
         summary=summary,
-        fields=[_describe_field(n, info) for n, info in config_cls.model_fields.items()],
+        fields=[_describe_field(n, info) for n, info in fields.items()],
         accepts=accepts,
         produces=produces,
+        inputs=[common_pb2.ArtifactInput(field=f, formats=formats, description=fields[f].description or "")
+                for f, formats in config_cls.artifact_fields.items()],
+        progress_metrics=[common_pb2.ProgressMetric(name=m.name, kind=m.kind, description=m.description)
+                          for m in metrics],
     )
+
+
+def describe_registry(technique: int, methods) -> list[common_pb2.MethodDescription]:
+    """Every method of an engine registry (name -> engine_api.Method) as Describe publishes it."""
+    return [describe_method(technique, m.name, m.summary, m.config_cls, m.accepts, m.produces, m.metrics)
+            for m in methods.values()]
 
 
 def parse_config(config_cls: type[MethodConfig], values: dict[str, Any]) -> MethodConfig:

@@ -66,6 +66,15 @@ class StageResult:
 
 
 @dataclass(frozen=True)
+class ProgressMetric:
+    """A figure a method's progress events carry, so reports plot it without knowing the method."""
+
+    name: str
+    kind: str  # "per-layer" (one value per `layer`) or "curve" (a series over the run)
+    description: str = ""
+
+
+@dataclass(frozen=True)
 class Method:
     """One entry of a service's method registry: a typed config and the function that runs it
     (config, input folder, output folder, reporter) -> result, in a worker thread."""
@@ -79,3 +88,4 @@ class Method:
     # them before a job exists.
     accepts: tuple[int, ...] = (FLOAT_INPUT,)
     produces: tuple[int, ...] = ()
+    metrics: tuple[ProgressMetric, ...] = ()

@@ -10,7 +10,7 @@ import grpc
 
 from modelpress.v1 import common_pb2
 from services.common import modelio
-from services.common.configspec import MethodConfig, describe_method, parse_config, struct_to_dict
+from services.common.configspec import MethodConfig, describe_registry, parse_config, struct_to_dict
 from services.common.engine_api import ProgressReporter, StageResult
 from services.common.server import ServiceRuntime
 from services.common.stage_runner import abort_with, run_stage
@@ -23,6 +23,7 @@ class EngineMethod(Protocol):
     config_cls: type[MethodConfig]
     accepts: tuple[int, ...]
     produces: tuple[int, ...]
+    metrics: tuple
 
     def run(self, config: Any, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult: ...
 
@@ -40,8 +41,7 @@ class TechniqueServicer:
         return common_pb2.ServiceDescription(
             technique=self.technique,
             version=self.version,
-            methods=[describe_method(self.technique, m.name, m.summary, m.config_cls, m.accepts, m.produces)
-                     for m in self.methods.values()],
+            methods=describe_registry(self.technique, self.methods),
             hardware=worker_hardware(self.runtime.worker_id),
         )
 

@@ -22,8 +22,6 @@ matplotlib.use("Agg")  # no display: render straight to PNG
 import matplotlib.pyplot as plt  # noqa: E402
 
 # Per-layer figures the quantizer reports in its progress events, best first.
-LAYER_ERROR_KEYS = ("loss", "relative_weight_error", "relative_output_error", "sample_error")
-LOSS_CURVE_KEYS = ("block_loss_before", "block_loss_after", "train_loss", "distill_loss")
 MB = 1e6  # sizes on disk in SI megabytes, as the CLI prints them
 
 
@@ -200,9 +198,19 @@ def loss_curve_plot(curves: dict[str, list[float]]) -> str:
 
 # ---- job reports ---------------------------------------------------------------------------
 
-def layer_errors(events: list[dict]) -> tuple[str, list[tuple[str, float]]]:
-    """Per-layer error of the first key the stage reported, in the order layers were done."""
-    for key in LAYER_ERROR_KEYS:
+def declared(methods: list[dict], kind: str) -> list[str]:
+    """Names of the progress metrics of `kind` the job's methods declare (Describe), in order."""
+    names: list[str] = []
+    for method in methods:
+        for metric in method.get("progressMetrics", []):
+            if metric.get("kind") == kind and metric.get("name") not in names:
+                names.append(metric["name"])
+    return names
+
+
+def layer_errors(events: list[dict], keys: list[str]) -> tuple[str, list[tuple[str, float]]]:
+    """Per-layer values of the first declared key the stages reported, in the order layers were done."""
+    for key in keys:
         layers = [(e["metrics"]["layer"], float(e["metrics"][key])) for e in events
                   if isinstance(e.get("metrics"), dict) and "layer" in e["metrics"]
                   and isinstance(e["metrics"].get(key), (int, float))]
@@ -226,7 +234,7 @@ def _ratio_cell(speed: dict | None) -> str:
     return cell + (" unreliable" if speed.get("unreliable") else "")
 
 
-def loss_curves(events: list[dict]) -> dict[str, list[float]]:
+def loss_curves(events: list[dict], keys: list[str]) -> dict[str, list[float]]:
     """Loss series from progress events, one point per distinct layer/block that reported it."""
     curves: dict[str, list[float]] = {}
     seen: dict[str, set] = {}
@@ -235,7 +243,7 @@ def loss_curves(events: list[dict]) -> dict[str, list[float]]:
         # QAT repeats its block loss on every Linear of the block: one point per block.
         block = re.match(r"(.*?\.(?:layers|layer|h)\.\d+)", str(metrics.get("layer", "")))
         marker = block.group(1) if block else (metrics.get("layer") or event.get("sequence"))
-        for key in LOSS_CURVE_KEYS:
+        for key in keys:
             if isinstance(metrics.get(key), (int, float)):
                 if marker in seen.setdefault(key, set()):
                     continue
@@ -278,7 +286,13 @@ def _model_name(job: dict) -> str:
     return f"artifact {model.get('artifactId', '?')}"
 
 
-def job_report(job: dict, events: list[dict]) -> Report:
+def _short_digest(digest: str) -> str:
+    return digest[:19] + "…" if digest.startswith("sha256:") else digest
+
+
+def job_report(job: dict, events: list[dict], methods: list[dict] = (), lineage: list[dict] = ()) -> Report:
+    """`methods`: the job's MethodDescriptions (as plain dicts): their declared progress metrics are
+    what gets plotted. `lineage`: the output artifact's chain (its manifest's), shown as a table."""
     from services.common.headline import job_headline
 
     result = job.get("result", {})
@@ -348,12 +362,20 @@ def job_report(job: dict, events: list[dict]) -> Report:
                            stage.get("state", "").replace("JOB_STATE_", "").lower(), stage.get("worker", ""),
                            shown])
     report.tables.append(("Stages", ["#", "method", "state", "worker", "figures"], stage_rows))
-    key, layers = layer_errors(events)
+    if lineage:
+        report.tables.append(("Lineage (every stage that made the output, by content)",
+                              ["#", "method", "input", "input digest", "config", "versions", "key"],
+                              [[str(i), f"{link.get('technique', '')}:{link.get('method', '')}", link.get("input", ""),
+                                _short_digest(link.get("input_digest", "")), json.dumps(link.get("config", {}), sort_keys=True),
+                                ", ".join(f"{k} {v}" for k, v in sorted(link.get("versions", {}).items())),
+                                link.get("key", "")[:16]] for i, link in enumerate(lineage)]))
+        report.data["lineage"] = list(lineage)
+    key, layers = layer_errors(events, declared(methods, "per-layer"))
     if layers:
         report.plots[f"per-layer {key}"] = layer_error_plot(layers, key)
         report.wide_plots.add(f"per-layer {key}")
         report.data["layers"] = [{"layer": n, key: v} for n, v in layers]
-    curves = loss_curves(events)
+    curves = loss_curves(events, declared(methods, "curve"))
     if curves:
         report.plots["training loss"] = loss_curve_plot(curves)
         report.data["loss_curves"] = curves

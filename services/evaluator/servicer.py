@@ -11,6 +11,7 @@ import grpc
 
 from modelpress.v1 import common_pb2, evaluator_pb2, evaluator_pb2_grpc
 from services.common import modelio, packaging
+from services.common.artifact_store import ArtifactNotFound
 from services.common.configspec import ConfigError, describe_method, parse_config, struct_to_dict
 from services.common.machine import describe_machine
 from services.common.model_source import describe
@@ -255,7 +256,14 @@ class EvaluatorServicer(evaluator_pb2_grpc.EvaluatorServiceServicer):
     async def RenderReport(self, request, context):
         try:
             events = [reports.to_plain(e) for e in request.events]
-            made = await asyncio.to_thread(reports.job_report, reports.to_plain(request.job), events)
+            methods = [reports.to_plain(m) for m in request.methods]
+            lineage = []
+            if request.job.output.id:
+                try:
+                    lineage = (await self._runtime.store.stat(request.job.output.id)).meta.get("chain", [])
+                except ArtifactNotFound:
+                    lineage = []
+            made = await asyncio.to_thread(reports.job_report, reports.to_plain(request.job), events, methods, lineage)
             ref = await self._store_report(made)
         except Exception as exc:  # noqa: BLE001
             await abort_with(context, exc, f"report of {request.job.job_id}")

@@ -336,14 +336,27 @@ class JobRunner:
         try:
             events = [e async for e in self.events.replay(job.job_id, follow=False, poll_s=0.2)]
             response = await self.mesh.evaluator.RenderReport(
-                evaluator_pb2.EvaluatorServiceRenderReportRequest(job=job, events=events), wait_for_ready=True,
-                timeout=120)
+                evaluator_pb2.EvaluatorServiceRenderReportRequest(job=job, events=events,
+                                                                  methods=await self._methods_of(job)),
+                wait_for_ready=True, timeout=120)
         except grpc.aio.AioRpcError as exc:
             await self._publish(job, common_pb2.EVENT_KIND_LOG,
                                 message=f"report not rendered: {exc.code().name}: {exc.details()}")
             return
         job.result.evaluation_report_path = response.report.id
         job.artifact_ids.append(response.report.id)
+
+    async def _methods_of(self, job: common_pb2.Job) -> list[common_pb2.MethodDescription]:
+        """The descriptions of the job's engine methods (what the report plots comes from them)."""
+        found = []
+        for technique in {s.spec.technique for s in job.stages} - {common_pb2.TECHNIQUE_EVALUATOR}:
+            try:
+                described = (await self.mesh.describe(technique)).methods
+            except ServiceUnavailable:
+                continue
+            wanted = {s.spec.method for s in job.stages if s.spec.technique == technique}
+            found += [m for m in described if m.name in wanted]
+        return found
 
     def _overall(self, job: common_pb2.Job, stage_index: int, fraction: float) -> float:
         evaluation = 0.0 if job.evaluation.skip else EVALUATION_WEIGHT

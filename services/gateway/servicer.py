@@ -35,7 +35,6 @@ DOWNLOAD_CHUNK = 1024 * 1024
 UPLOAD_FORMATS = (common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS, common_pb2.ARTIFACT_FORMAT_PACKED_SAFETENSORS,
                   common_pb2.ARTIFACT_FORMAT_COMPRESSED_TENSORS, common_pb2.ARTIFACT_FORMAT_DATASET_JSONL)
 
-DATASET_FIELD_SUFFIX = "_dataset"
 COMPARISONS_BUCKET = "modelpress_comparisons"
 REPORT_FORMATS = {"": ("report.json", "application/json"), "json": ("report.json", "application/json"),
                   "html": ("report.html", "text/html; charset=utf-8")}
@@ -131,20 +130,25 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 raise ArtifactNotFound(f"{field}.artifact_id: artifact {model.artifact_id!r} not found") from None
         return common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS if source == "builtin" else None
 
-    async def _check_datasets(self, stages: list[common_pb2.StageSpec]) -> None:
-        """Config fields named `*_dataset` hold artifact ids: they must exist and be datasets."""
+    async def _check_inputs(self, stages: list[common_pb2.StageSpec],
+                            methods: dict[tuple[int, str], common_pb2.MethodDescription]) -> None:
+        """Each artifact a stage's method declares as an input (a dataset, a teacher) must exist and
+        have one of its formats."""
         for spec in stages:
-            for field, value in struct_to_dict(spec.config).items():
-                if not field.endswith(DATASET_FIELD_SUFFIX) or not value:
+            described = methods.get((spec.technique, spec.method))
+            config = struct_to_dict(spec.config)
+            for declared in (described.inputs if described else ()):
+                value = config.get(declared.field)
+                if not value:
                     continue
                 try:
                     stored = await self._runtime.store.stat(str(value))
                 except ArtifactNotFound:
-                    raise ArtifactNotFound(f"overrides.{field}: artifact {value!r} not found") from None
-                if stored.ref.format != common_pb2.ARTIFACT_FORMAT_DATASET_JSONL:
-                    raise InvalidArgument(f"overrides.{field}: artifact {value!r} is "
-                                          f"{common_pb2.ArtifactFormat.Name(stored.ref.format)}, "
-                                          f"not ARTIFACT_FORMAT_DATASET_JSONL")
+                    raise ArtifactNotFound(f"overrides.{declared.field}: artifact {value!r} not found") from None
+                if declared.formats and stored.ref.format not in declared.formats:
+                    raise InvalidArgument(f"overrides.{declared.field}: artifact {value!r} is "
+                                          f"{common_pb2.ArtifactFormat.Name(stored.ref.format)}, not "
+                                          f"{' or '.join(map(common_pb2.ArtifactFormat.Name, declared.formats))}")
 
     # ---- jobs ----------------------------------------------------------------
 
@@ -155,7 +159,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         recipe, stages, methods = await self._resolve(
             request.recipe, request.pipeline if request.HasField("pipeline") else None, request.overrides)
         check_chain(stages, methods, model_format)
-        await self._check_datasets(stages)
+        await self._check_inputs(stages, methods)
         # Described methods are cached for a while: whether a replica is alive is asked now.
         needed = {s.technique for s in stages} | ({common_pb2.TECHNIQUE_EVALUATOR} if not evaluation.skip else set())
         await self._mesh.require_live(needed)

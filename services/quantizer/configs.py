@@ -6,6 +6,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
+from modelpress.v1 import common_pb2
 from services.common.configspec import MethodConfig
 
 
@@ -36,7 +37,8 @@ class WeightOnlyConfig(MethodConfig):
 
 
 class CalibrationConfig(MethodConfig):
-    artifact_fields: ClassVar[tuple[str, ...]] = ("calibration_dataset",)
+    artifact_fields: ClassVar[dict[str, tuple[int, ...]]] = {
+        "calibration_dataset": (common_pb2.ARTIFACT_FORMAT_DATASET_JSONL,)}
 
     calibration_samples: int = Field(16, ge=1, le=1024, description="Calibration windows")
     calibration_sequence_length: int = Field(512, ge=16, le=4096, description="Tokens per calibration window")

@@ -14,7 +14,7 @@ import torch
 from modelpress.v1 import common_pb2
 from services.common import modelio, packed
 from services.common.configspec import MethodConfig
-from services.common.engine_api import Method, ProgressReporter, StageResult
+from services.common.engine_api import Method, ProgressMetric, ProgressReporter, StageResult
 from services.common.isa import support
 from services.common.machine import this_cpu
 from services.common.memory import return_large_frees_to_os
@@ -293,6 +293,18 @@ def effective_bits(targets, roles: tuple[str, ...] = ("linear", "embedding", "he
     return bits / weights if weights else 0.0
 
 
+# What each method's progress events carry (the job report plots these by name).
+LOSS = ProgressMetric("loss", "per-layer", "Relative output error of the layer on its calibration inputs")
+WEIGHT_ERROR = ProgressMetric("relative_weight_error", "per-layer", "Relative error of the rounded weights")
+SAMPLE_ERROR = ProgressMetric("sample_error", "per-layer", "W8A8 relative output error on sampled input rows "
+                                                           "after smoothing")
+SCALE_GAIN = ProgressMetric("loss_vs_unscaled", "per-layer", "Output error with the chosen scales over without")
+QAT_CURVES = (ProgressMetric("block_loss_before", "curve", "Block output error before fine-tuning"),
+              ProgressMetric("block_loss_after", "curve", "Block output error after fine-tuning"))
+_METRICS = {"int8-weight-only": (WEIGHT_ERROR,), "rtn": (WEIGHT_ERROR,), "gptq": (LOSS,), "awq": (LOSS,),
+            "qat": (LOSS, *QAT_CURVES), "mixed-precision": (LOSS,), "w8a8": (LOSS,), "smoothquant": (LOSS, SAMPLE_ERROR),
+            "awq-transform": (SCALE_GAIN,), "smoothquant-transform": (SAMPLE_ERROR,)}
+
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
@@ -327,5 +339,6 @@ METHODS: dict[str, Method] = {
 _FLOAT = common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS
 _WRITES = {"fp16": _FLOAT, "bf16": _FLOAT, "awq-transform": _FLOAT, "smoothquant-transform": _FLOAT,
            "int8-weight-only": common_pb2.ARTIFACT_FORMAT_PACKED_SAFETENSORS}
-METHODS = {name: dataclasses.replace(m, produces=(_WRITES.get(name, common_pb2.ARTIFACT_FORMAT_COMPRESSED_TENSORS),))
+METHODS = {name: dataclasses.replace(m, produces=(_WRITES.get(name, common_pb2.ARTIFACT_FORMAT_COMPRESSED_TENSORS),),
+                                     metrics=_METRICS.get(name, ()))
            for name, m in METHODS.items()}

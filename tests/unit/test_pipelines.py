@@ -144,3 +144,16 @@ def test_in_process_compress_refuses_a_bad_chain_before_any_stage_runs(tiny_llam
     assert not (tmp_path / "out").exists()
     with pytest.raises(InvalidArgument, match="evaluate stages and their gates run on the mesh"):
         modelpress.compress(tiny_llama_dir, [{"technique": "evaluator", "gate": "recovery-99"}], tmp_path / "out")
+
+
+def test_describe_publishes_each_methods_artifact_inputs_and_progress_metrics():
+    described = methods()
+    gptq = described[(common_pb2.TECHNIQUE_QUANTIZER, "gptq")]
+    assert [(i.field, list(i.formats)) for i in gptq.inputs] == [
+        ("calibration_dataset", [common_pb2.ARTIFACT_FORMAT_DATASET_JSONL])]
+    assert [(m.name, m.kind) for m in gptq.progress_metrics] == [("loss", "per-layer")]
+    qat = described[(common_pb2.TECHNIQUE_QUANTIZER, "qat")]
+    assert {m.name for m in qat.progress_metrics if m.kind == "curve"} == {"block_loss_before", "block_loss_after"}
+    assert not described[(common_pb2.TECHNIQUE_OPTIMIZER, "onnx")].inputs
+    # Every progress metric a method declares is one of the two kinds the report draws.
+    assert {m.kind for d in described.values() for m in d.progress_metrics} <= {"per-layer", "curve"}

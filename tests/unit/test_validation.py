@@ -1,7 +1,7 @@
 import pytest
 
 from modelpress.v1 import common_pb2
-from services.common.configspec import describe_method
+from services.common.configspec import describe_registry
 from services.common.events import to_struct
 from services.common.pipeline.recipes import RECIPES
 from services.common.pipeline.chain import InvalidArgument, validate_recipe
@@ -12,13 +12,10 @@ from services.quantizer.engine import METHODS as QUANT_METHODS
 def methods():
     from services.optimizer.engine import METHODS as OPT_METHODS
 
-    described = {}
-    for technique, registry in ((common_pb2.TECHNIQUE_QUANTIZER, QUANT_METHODS),
-                                (common_pb2.TECHNIQUE_OPTIMIZER, OPT_METHODS)):
-        for m in registry.values():
-            described[(technique, m.name)] = describe_method(technique, m.name, m.summary, m.config_cls, m.accepts,
-                                                             m.produces)
-    return described
+    return {(technique, d.name): d
+            for technique, registry in ((common_pb2.TECHNIQUE_QUANTIZER, QUANT_METHODS),
+                                        (common_pb2.TECHNIQUE_OPTIMIZER, OPT_METHODS))
+            for d in describe_registry(technique, registry)}
 
 
 def test_unknown_recipe_lists_the_allowed_ones():
