@@ -124,6 +124,29 @@ def test_onnx_int8_of_the_real_encoder_keeps_its_embeddings(mesh):
     assert 0 < compressed.peak_rss_mb < 0.7 * original.peak_rss_mb
 
 
+def test_the_demo_pipeline_composes_two_services_and_passes_its_gate_on_the_real_model(mesh):
+    """`make demo`'s pipeline file (SmoothQuant on the quantizer, ONNX Runtime INT8 with dynamic
+    activations on the optimizer, a gated evaluation), with a shorter calibration and timing."""
+    env, gateway = mesh
+    pipeline = Path(__file__).resolve().parents[2] / "examples" / "pipelines" / "smoothquant-onnx-int8-gated.yaml"
+    run = cli(env, "compress", "builtin:smollm2-135m", "--pipeline", str(pipeline), "--wait", "--json",
+              "--set", "transform.calibration_samples=4", "--iterations", "3", "--quality-windows", "2")
+    assert run.returncode == 0, run.stderr + run.stdout
+    report = json.loads(run.stdout)
+    assert report["status"] == "succeeded", report
+    job = Client(gateway).get_job(report["job_id"])
+    transform, export, check = job.stages
+    assert (transform.spec.technique, export.spec.technique) == (common_pb2.TECHNIQUE_QUANTIZER,
+                                                                 common_pb2.TECHNIQUE_OPTIMIZER)
+    assert export.output.format == common_pb2.ARTIFACT_FORMAT_ONNX and check.output.id == export.output.id
+    result = report["result"]
+    # The gate's bounds held, measured against PyTorch FP32 on held-out text.
+    assert result["perplexity_increase"] <= 0.10 and check.metrics["memory_ratio"] <= 0.60, result
+    assert result["compressed_model_size_bytes"] <= 0.6 * result["original_model_size_bytes"]
+    lineage = Client(gateway).lineage(export.output.id)
+    assert [s.method for s in lineage.stages] == ["smoothquant-transform", "onnx-int8"]
+
+
 def test_bad_recipe_is_invalid_argument_naming_it(mesh):
     env, _ = mesh
     run = cli(env, "compress", "builtin:smollm2-135m", "--recipe", "int3-magic", "--wait", timeout=60)
