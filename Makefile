@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 MP := $(PY) -m services.gateway.cli
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-fast bench bench-quant bench-eval bench-opt bench-anchors anchors-venv bench-llamacpp \
+.PHONY: install demo test test-fast bench bench-quant bench-eval bench-opt bench-pipelines bench-anchors anchors-venv bench-llamacpp \
 	llamacpp-venv proto lint-proto clean
 
 install: $(STAMP)
@@ -55,6 +55,10 @@ bench-eval: install
 # -> bench/results/optimizer.json (long).
 bench-opt: install
 	$(PY) bench/optimizer.py
+
+# Composite recipes (a float transform, then the engine's quantizer) against the engine alone.
+bench-pipelines: install
+	$(PY) bench/pipelines.py
 
 # llm-compressor, the anchor of bench/anchors.py, in its own venv: it pins an older
 # transformers. torch is pinned to the CPU build so no install pulls CUDA wheels.

@@ -822,15 +822,15 @@ class LineageStage(_message.Message):
     def __init__(self, technique: _Optional[str] = ..., method: _Optional[str] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., input: _Optional[str] = ..., input_digest: _Optional[str] = ..., service_version: _Optional[str] = ..., versions: _Optional[_Mapping[str, str]] = ..., key: _Optional[str] = ..., worker: _Optional[str] = ..., format: _Optional[str] = ..., metrics: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., job_id: _Optional[str] = ..., stage_index: _Optional[int] = ...) -> None: ...
 
 class ArtifactSummary(_message.Message):
-    __slots__ = ("artifact", "base_model", "methods", "tags", "recipe")
+    __slots__ = ("artifact", "base_model", "methods", "tags", "recipes")
     ARTIFACT_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     METHODS_FIELD_NUMBER: _ClassVar[int]
     TAGS_FIELD_NUMBER: _ClassVar[int]
-    RECIPE_FIELD_NUMBER: _ClassVar[int]
+    RECIPES_FIELD_NUMBER: _ClassVar[int]
     artifact: ArtifactRef
     base_model: str
     methods: _containers.RepeatedScalarFieldContainer[str]
     tags: _containers.RepeatedScalarFieldContainer[str]
-    recipe: str
-    def __init__(self, artifact: _Optional[_Union[ArtifactRef, _Mapping]] = ..., base_model: _Optional[str] = ..., methods: _Optional[_Iterable[str]] = ..., tags: _Optional[_Iterable[str]] = ..., recipe: _Optional[str] = ...) -> None: ...
+    recipes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, artifact: _Optional[_Union[ArtifactRef, _Mapping]] = ..., base_model: _Optional[str] = ..., methods: _Optional[_Iterable[str]] = ..., tags: _Optional[_Iterable[str]] = ..., recipes: _Optional[_Iterable[str]] = ...) -> None: ...

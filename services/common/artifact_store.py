@@ -22,7 +22,7 @@ import tempfile
 import uuid
 import weakref
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -61,7 +61,7 @@ class StoredArtifact:
     chunks: int
     # What the writer recorded beside the bytes (a stage's lineage chain, tags): readable
     # without fetching the artifact.
-    meta: dict = None  # type: ignore[assignment]
+    meta: dict = field(default_factory=dict)
 
 
 class ChunkBudget:

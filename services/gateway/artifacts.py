@@ -18,7 +18,7 @@ def summary(stored: StoredArtifact) -> common_pb2.ArtifactSummary:
     return common_pb2.ArtifactSummary(
         artifact=stored.ref, base_model=meta.get("base_model", ""),
         methods=[link.get("method", "") for link in meta.get("chain", [])],
-        tags=meta.get("tags", []), recipe=meta.get("recipe", ""))
+        tags=meta.get("tags", []), recipes=meta.get("recipes", []))
 
 
 def lineage(stored: StoredArtifact) -> list[common_pb2.LineageStage]:
@@ -77,4 +77,4 @@ def matches(stored: StoredArtifact, tag: str, model: str, recipe: str) -> bool:
             return False
     if model and meta.get("base_model", "") != model:
         return False
-    return not recipe or meta.get("recipe", "") == recipe
+    return not recipe or recipe in meta.get("recipes", [])

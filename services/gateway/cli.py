@@ -224,7 +224,7 @@ def cmd_compress(args) -> int:
             err.print(f"--pipeline {args.pipeline}: {escape(str(exc))}")
             return 2
         job = client.create_job(args.model, recipe, overrides=_parse_overrides(args.set), evaluation=evaluation,
-                                name=args.name)
+                                name=args.name, recompute=args.recompute)
         return _finish_job(client, job, args)
 
 
@@ -449,7 +449,7 @@ def cmd_artifacts(args) -> int:
         return 0
     for a in found:
         out.print(f"{a.artifact.id}  {format_name(a.artifact.format):22} {a.artifact.size_bytes / 1e6:9.1f} MB  "
-                  f"{a.base_model or '(upload)'}  {' -> '.join(a.methods) or '-'}  {a.recipe or '-'}  "
+                  f"{a.base_model or '(upload)'}  {' -> '.join(a.methods) or '-'}  {','.join(a.recipes) or '-'}  "
                   f"{' '.join(a.tags)}", markup=False)
     return 0
 
@@ -504,6 +504,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="follow progress and print the result")
     p.add_argument("--json", action="store_true", help="print one JSON object (with --wait: the result)")
     p.add_argument("--no-eval", action="store_true", help="skip the before/after measurement")
+    p.add_argument("--recompute", action="store_true",
+                   help="run every stage even where a stored artifact has the same key (default: reuse it)")
     cli_evaluation.add_spec_arguments(p)
     p.set_defaults(func=cmd_compress)
 

@@ -162,9 +162,9 @@ class JobRunner:
                     job_id=job.job_id, compressed_model_size_bytes=job.output.size_bytes,
                     compressed_artifact_id=job.output.id))
             job.state = common_pb2.JOB_STATE_SUCCEEDED
-            stored = await self.store.stat(job.output.id)
-            if not (stored.meta or {}).get("recipe"):  # what ListArtifacts(recipe=) finds it by
-                await self.store.update_meta(job.output.id, recipe=job.recipe, job_id=job.job_id)
+            recipes = (await self.store.stat(job.output.id)).meta.get("recipes", [])
+            if job.recipe not in recipes:  # what ListArtifacts(recipe=) finds it by
+                await self.store.update_meta(job.output.id, recipes=[*recipes, job.recipe])
             await self._report(job)
             await self._finish(job, common_pb2.JOB_STATE_SUCCEEDED, "succeeded")
             await self.outcomes.record(job)

@@ -130,7 +130,8 @@ def test_the_demo_pipeline_composes_two_services_and_passes_its_gate_on_the_real
     env, gateway = mesh
     pipeline = Path(__file__).resolve().parents[2] / "examples" / "pipelines" / "smoothquant-onnx-int8-gated.yaml"
     run = cli(env, "compress", "builtin:smollm2-135m", "--pipeline", str(pipeline), "--wait", "--json",
-              "--set", "transform.calibration_samples=4", "--iterations", "3", "--quality-windows", "2")
+              "--set", "transform.calibration_samples=2", "--set", "transform.calibration_sequence_length=256",
+              "--iterations", "3", "--quality-windows", "1", "--decode-tokens", "4")
     assert run.returncode == 0, run.stderr + run.stdout
     report = json.loads(run.stdout)
     assert report["status"] == "succeeded", report
@@ -156,7 +157,9 @@ def test_bad_recipe_is_invalid_argument_naming_it(mesh):
 
 def test_cancelling_a_running_job_stops_its_stage(mesh):
     env, gateway = mesh
-    submit = cli(env, "compress", "builtin:smollm2-135m", "--recipe", "int8-weight-only", "--json", timeout=60)
+    # --recompute: the int8 test's artifact has this stage's key and would be reused, not run.
+    submit = cli(env, "compress", "builtin:smollm2-135m", "--recipe", "int8-weight-only", "--json", "--recompute",
+                 timeout=60)
     job_id = json.loads(submit.stdout)["job_id"]
     started = threading.Event()
 

@@ -88,7 +88,7 @@ async def test_a_killed_worker_without_replica_fails_the_job_visibly_within_the_
         gateway_of_process, quantizer, tiny_llama_dir):
     client = gateway_of_process
     model = await call(client.upload, tiny_llama_dir)
-    job = await call(client.create_job, f"artifact:{model.id}", "w4a16-qat", overrides=SLOW_STAGE,
+    job = await call(client.create_job, f"artifact:{model.id}", "w4a16-qat", overrides=SLOW_STAGE, recompute=True,
                      evaluation=NO_EVAL)
     await _kill_once_running(client, job.job_id, quantizer)
     killed_at = time.monotonic()
@@ -115,7 +115,7 @@ async def test_a_worker_restarted_within_the_bound_completes_the_job(gateway_of_
     if quantizer.proc.poll() is not None:
         await call(quantizer.start)
     model = await call(client.upload, tiny_llama_dir)
-    job = await call(client.create_job, f"artifact:{model.id}", "w4a16-qat", overrides=SLOW_STAGE,
+    job = await call(client.create_job, f"artifact:{model.id}", "w4a16-qat", overrides=SLOW_STAGE, recompute=True,
                      evaluation=NO_EVAL)
     await _kill_once_running(client, job.job_id, quantizer)
     await asyncio.sleep(6)
