@@ -327,8 +327,8 @@ METHODS: dict[str, Method] = {
                W8A8Config, _w8a8),
         Method("smoothquant", "SmoothQuant (alpha searched per layer group), then W8A8",
                SmoothQuantConfig, _w8a8),
-        Method("awq-transform", "AWQ scales (and clipping as a clamp) searched for an engine's grid and folded in; "
-                                "the float model out, for that engine's quantizer to round",
+        Method("awq-transform", "AWQ scales searched for an engine's grid and folded in (clipping, as a clamp, on "
+                                "request); the float model out, for that engine's quantizer to round",
                AwqTransformConfig, _awq_transform),
         Method("smoothquant-transform", "SmoothQuant scales searched for an engine's INT8 activations and folded "
                                         "in; the float model out", SmoothQuantTransformConfig, _smoothquant_transform),

@@ -146,15 +146,15 @@ RECIPES: dict[str, RecipeDef] = {
         RecipeDef("gguf-q8_0", "GGUF for llama.cpp with Q8_0 weights", (RecipeStage(O, "gguf-q8_0"),), compute="int8"),
         RecipeDef("gguf-q4", "GGUF for llama.cpp with Q4_1 weights", (RecipeStage(O, "gguf-q4"),), compute="int8"),
         # Composites: an activation-aware transform on the quantizer, the engine's own quantizer after it.
-        RecipeDef("awq-onnx-int4", "AWQ scales and clipping searched for ONNX Runtime's 4-bit blocks of 32 and "
+        RecipeDef("awq-onnx-int4", "AWQ scales searched for ONNX Runtime's 4-bit blocks of 32 and "
                   "folded into the float model (quantizer), then ONNX export with 4-bit MatMulNBits (optimizer)",
                   (RecipeStage(Q, "awq-transform", {"bits": 4, "group_size": 32, "symmetric": True}, "transform"),
                    RecipeStage(O, "onnx-int4", {"block_size": 32, "symmetric": True}, "export"))),
-        RecipeDef("awq-gguf-q4", "AWQ scales and clipping searched for GGUF Q4_1 (32 weights, scale and minimum) "
+        RecipeDef("awq-gguf-q4", "AWQ scales searched for GGUF Q4_1 (32 weights, scale and minimum) "
                   "and folded in (quantizer), then GGUF Q4_1 for llama.cpp (optimizer)",
                   (RecipeStage(Q, "awq-transform", {"bits": 4, "group_size": 32, "symmetric": False}, "transform"),
                    RecipeStage(O, "gguf-q4", {"type": "q4_1"}, "export")), compute="int8"),
-        RecipeDef("awq-openvino-int4", "AWQ scales and clipping searched for NNCF's symmetric INT4 groups of 128 "
+        RecipeDef("awq-openvino-int4", "AWQ scales searched for NNCF's symmetric INT4 groups of 128 "
                   "and folded in (quantizer), then OpenVINO IR with data-free NNCF INT4 (optimizer)",
                   (RecipeStage(Q, "awq-transform", {"bits": 4, "group_size": 128, "symmetric": True}, "transform"),
                    RecipeStage(O, "openvino-int4", {"group_size": 128, "symmetric": True, "calibration_samples": 0},
