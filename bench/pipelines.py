@@ -39,13 +39,12 @@ BASELINES = {
 
 
 def alone(name: str) -> dict:
-    """The baseline's pipeline: a built-in recipe, or the composite's last stage with its config."""
+    """A baseline's pipeline: a built-in recipe, or (NAME@variant) the composite's last stage alone,
+    config included."""
     if "@" not in name:
         return RECIPES[name].data()
-    base, variant = name.split("@")
     composite = next(c for c, bases in BASELINES.items() if name in bases)
-    last = RECIPES[composite].stages[-1]
-    return {"name": name, "stages": [{**last.data(), "name": "export"}]} if last.method == base else {}
+    return {"name": name, "stages": [{**RECIPES[composite].stages[-1].data(), "name": "export"}]}
 
 
 def main() -> None:
@@ -65,9 +64,8 @@ def main() -> None:
         for name in [composite, *BASELINES[composite]]:
             if name in folders:
                 continue
-            pipeline = RECIPES[name].data() if name in RECIPES else alone(name)
             start = time.perf_counter()
-            run = modelpress.compress(src, name if name in RECIPES else pipeline, work / name.replace("@", "-"))
+            run = modelpress.compress(src, name if name in RECIPES else alone(name), work / name.replace("@", "-"))
             runs[name] = {"seconds": round(time.perf_counter() - start, 1),
                           "stages": [{"name": s.name, "method": s.method, "config": s.config, "seconds": s.seconds,
                                       "metrics": s.result.metrics} for s in run.stages]}

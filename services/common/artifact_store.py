@@ -230,20 +230,17 @@ class ArtifactStore:
                                headers={"Nats-Rollup": "sub"})
         return await self.stat(artifact_id)
 
-    async def list_ids(self) -> list[str]:
-        """Ids of every stored artifact (deleted ones left out)."""
+    async def list_stored(self) -> list[StoredArtifact]:
+        """Every stored artifact's record (deleted ones left out), by id."""
         prefix = f"$O.{self._bucket}.M."
         info = await self._js.stream_info(self._stream, subjects_filter=prefix + ">")
-        names = [base64.urlsafe_b64decode(subject.removeprefix(prefix)).decode()
-                 for subject in (info.state.subjects or {})]
         found = []
-        for name in names:
+        for subject in info.state.subjects or {}:
             try:
-                await self.stat(name)
+                found.append(await self.stat(base64.urlsafe_b64decode(subject.removeprefix(prefix)).decode()))
             except ArtifactNotFound:
                 continue
-            found.append(name)
-        return sorted(found)
+        return sorted(found, key=lambda stored: stored.ref.id)
 
     async def _fetch_batches(self, stored: StoredArtifact) -> AsyncIterator[list[bytes]]:
         """Yields the object's chunks in order, a fetched batch at a time."""

@@ -50,12 +50,11 @@ async def tag_artifact(store: ArtifactStore, artifact_id: str, tag: str) -> tupl
     name, version = parse_tag(tag)
     target = await store.stat(artifact_id)
     taken: dict[int, str] = {}
-    for other_id in await store.list_ids():
-        other = target if other_id == artifact_id else await store.stat(other_id)
-        for held in (other.meta or {}).get("tags", []):
+    for other in await store.list_stored():
+        for held in other.meta.get("tags", []):
             held_name, _, held_version = held.partition(":")
             if held_name == name:
-                taken[int(held_version)] = other_id
+                taken[int(held_version)] = other.ref.id
     if version is None:
         already = [v for v, holder in taken.items() if holder == artifact_id]
         version = already[0] if already else max(taken, default=0) + 1

@@ -303,8 +303,6 @@ class JobRunner:
         """A pipeline's evaluate stage: measures its input against the job's model, checks its gate
         on those figures and passes the input on. A failed gate raises GateFailed with the figures."""
         label = label_of(stage.spec)
-        if not input_ref.artifact_id:
-            raise GateFailed(f"stages[{stage.index}] ({label}): nothing to evaluate before the first engine stage")
         stage.state = common_pb2.JOB_STATE_RUNNING
         _now(stage.started_at)
         await self.jobs.put(job)

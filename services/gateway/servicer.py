@@ -87,24 +87,21 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self._comparisons = comparisons
         self._recipes = recipes
 
-    async def _pipeline_of(self, recipe: str, pipeline: common_pb2.Pipeline | None) -> common_pb2.Pipeline | None:
-        """A request's explicit pipeline, or the stored user recipe it names (NAME or NAME@V) as one;
-        None for a built-in name (or none at all)."""
-        if recipe and pipeline is not None and pipeline.stages:
-            raise InvalidArgument("recipe, pipeline: give a recipe name or a pipeline, not both")
-        if not recipe or recipe in RECIPES:
-            return pipeline
-        try:
-            stored = await self._recipes.get(recipe)
-        except RecipeNotFound as exc:  # in a job request the name is an argument like any other
-            raise InvalidArgument(str(exc)) from None
-        return common_pb2.Pipeline(name=f"{stored.name}@{stored.version}", summary=stored.summary, stages=stored.stages)
-
-    async def _resolve(self, recipe: str, pipeline: common_pb2.Pipeline | None, overrides, methods=None):
-        pipeline = await self._pipeline_of(recipe, pipeline)
-        methods = methods if methods is not None else await self._methods(pipeline)
-        name = recipe if pipeline is None else ""
-        return (*validate_recipe(name, overrides, methods, pipeline), methods)
+    async def _resolve(self, recipe: str, pipeline: common_pb2.Pipeline | None, overrides):
+        """(recipe, resolved stages, methods) of a request: a built-in name, a stored user recipe
+        (NAME or NAME@V, run as its pipeline) or an explicit pipeline; validate_recipe refuses both."""
+        explicit = pipeline if pipeline is not None and pipeline.stages else None
+        name = recipe
+        if explicit is None and recipe and recipe not in RECIPES:
+            try:
+                stored = await self._recipes.get(recipe)
+            except RecipeNotFound as exc:  # in a job request the name is an argument like any other
+                raise InvalidArgument(str(exc)) from None
+            explicit = common_pb2.Pipeline(name=f"{stored.name}@{stored.version}", summary=stored.summary,
+                                           stages=stored.stages)
+            name = ""
+        methods = await self._methods(explicit)
+        return (*validate_recipe(name, overrides, methods, explicit), methods)
 
     async def _methods(self, pipeline: common_pb2.Pipeline | None = None
                        ) -> dict[tuple[int, str], common_pb2.MethodDescription]:
@@ -241,15 +238,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def ListArtifacts(self, request, context):
         if request.tag:
             artifacts.parse_tag(request.tag)
-        found = []
-        for artifact_id in await self._runtime.store.list_ids():
-            try:
-                stored = await self._runtime.store.stat(artifact_id)
-            except ArtifactNotFound:  # deleted meanwhile
-                continue
-            if artifacts.matches(stored, request.tag, request.model, request.recipe):
-                found.append(artifacts.summary(stored))
-        return gateway_pb2.ListArtifactsResponse(artifacts=found)
+        return gateway_pb2.ListArtifactsResponse(artifacts=[
+            artifacts.summary(stored) for stored in await self._runtime.store.list_stored()
+            if artifacts.matches(stored, request.tag, request.model, request.recipe)])
 
     async def _stat(self, artifact_id: str):
         if not artifact_id.strip():

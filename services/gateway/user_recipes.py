@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from modelpress.v1 import gateway_pb2
 from services.common.kv_records import RecordBucket
@@ -61,7 +62,7 @@ class RecipeStore:
             try:
                 entry = await self._records.kv.get(counter_key)
                 last, revision = gateway_pb2.Recipe.FromString(entry.value).version, entry.revision
-            except Exception:  # noqa: BLE001 - no counter yet
+            except KeyNotFoundError:  # the name's first version
                 last, revision = 0, None
             stored.version = last + 1
             counter = gateway_pb2.Recipe(name=name, version=stored.version).SerializeToString()
@@ -70,7 +71,7 @@ class RecipeStore:
                     await self._records.kv.create(counter_key, counter)
                 else:
                     await self._records.kv.update(counter_key, counter, last=revision)
-            except Exception:  # noqa: BLE001 - another create moved the counter first
+            except KeyWrongLastSequenceError:  # another create moved the counter first
                 continue
             await self._records.put(f"{name}.{stored.version}", stored)
             return stored

@@ -61,26 +61,33 @@ def choose_scales(sample: torch.Tensor, x_abs_max: torch.Tensor, weight: torch.T
     return best
 
 
+def smooth_block(work: BlockWork, config, scheme: acts.ActivationScheme
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+    """Chooses and folds SmoothQuant scales for every smoothing group of the block; returns each
+    smoothed layer's scales and its figures (alpha, sample error). `config` carries alpha/alpha_search."""
+    smoothed: dict[str, torch.Tensor] = {}
+    chosen: dict[str, dict] = {}
+    for group in smoothing_groups(work.block):
+        names = [f"{work.name}.{c}" for c in group.consumers]
+        if not all(n in work.layers for n in names):
+            continue
+        stats = work.stats[names[0]]
+        weight = torch.cat([work.layers[n].weight for n in names], dim=0)
+        scales, alpha, error = choose_scales(stats.sample_rows(), stats.abs_max, weight, config, scheme)
+        if alpha is None:
+            continue
+        fold(work.block.get_submodule(group.producer), [work.layers[n] for n in names], scales)
+        for n in names:
+            smoothed[n] = scales
+            chosen[n] = {"alpha": alpha, "sample_error": error}
+    return smoothed, chosen
+
+
 def w8a8_block_step(config: W8A8Config) -> BlockStep:
     scheme = acts.ActivationScheme(dynamic=config.activations == "dynamic")
 
     def step(work: BlockWork) -> Iterator[tuple[str, QuantizedWeight, dict]]:
-        smoothed: dict[str, torch.Tensor] = {}
-        chosen: dict[str, dict] = {}
-        if config.smoothing:
-            for group in smoothing_groups(work.block):
-                names = [f"{work.name}.{c}" for c in group.consumers]
-                if not all(n in work.layers for n in names):
-                    continue
-                stats = work.stats[names[0]]
-                weight = torch.cat([work.layers[n].weight for n in names], dim=0)
-                scales, alpha, error = choose_scales(stats.sample_rows(), stats.abs_max, weight, config, scheme)
-                if alpha is None:
-                    continue
-                fold(work.block.get_submodule(group.producer), [work.layers[n] for n in names], scales)
-                for n in names:
-                    smoothed[n] = scales
-                    chosen[n] = {"alpha": alpha, "sample_error": error}
+        smoothed, chosen = smooth_block(work, config, scheme) if config.smoothing else ({}, {})
 
         def hessian_of(w: BlockWork, name: str) -> torch.Tensor:
             h = w.stats[name].hessian

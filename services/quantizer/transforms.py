@@ -21,8 +21,7 @@ from services.quantizer import activations as acts
 from services.quantizer.awq import awq_prepare
 from services.quantizer.configs import AwqTransformConfig, SmoothQuantTransformConfig
 from services.quantizer.qscheme import QuantParams, WeightScheme, dequantize, quantize
-from services.quantizer.smoothing import fold, smoothing_groups
-from services.quantizer.smoothquant import choose_scales
+from services.quantizer.smoothquant import smooth_block
 
 ACTIVATION_SCHEMES = {
     "dynamic-per-tensor": acts.ActivationScheme(dynamic=True, per_tensor=True),
@@ -73,18 +72,7 @@ def smoothquant_transform_step(config: SmoothQuantTransformConfig) -> BlockStep:
     scheme = ACTIVATION_SCHEMES[config.activations]
 
     def step(work: BlockWork) -> Iterator[tuple[str, torch.Tensor, dict]]:
-        chosen: dict[str, dict] = {}
-        for group in smoothing_groups(work.block):
-            names = [f"{work.name}.{c}" for c in group.consumers]
-            if not all(n in work.layers for n in names):
-                continue
-            stats = work.stats[names[0]]
-            weight = torch.cat([work.layers[n].weight for n in names], dim=0)
-            scales, alpha, error = choose_scales(stats.sample_rows(), stats.abs_max, weight, config, scheme)
-            if alpha is None:
-                continue
-            fold(work.block.get_submodule(group.producer), [work.layers[n] for n in names], scales)
-            chosen.update({n: {"alpha": alpha, "sample_error": error} for n in names})
+        _, chosen = smooth_block(work, config, scheme)
         for name, module in work.layers.items():
             yield name, module.weight.detach().clone(), {"method": "smoothquant-transform",
                                                          **chosen.get(name, {"alpha": None})}

@@ -157,3 +157,9 @@ def test_describe_publishes_each_methods_artifact_inputs_and_progress_metrics():
     assert not described[(common_pb2.TECHNIQUE_OPTIMIZER, "onnx")].inputs
     # Every progress metric a method declares is one of the two kinds the report draws.
     assert {m.kind for d in described.values() for m in d.progress_metrics} <= {"per-layer", "curve"}
+
+
+def test_an_evaluate_stage_cannot_come_first():
+    with pytest.raises(InvalidArgument, match=r"stages\[0\] \(check\): an evaluate stage measures what a stage "
+                                              r"before it made; it cannot be first"):
+        resolve_stages(_pipeline({"name": "check", "technique": "evaluator", "gate": "recovery-99"}), {}, methods())

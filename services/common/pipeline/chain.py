@@ -62,6 +62,8 @@ def resolve_stages(recipe: RecipeDef, overrides: dict[str, Any], methods: Method
     for index, stage in enumerate(recipe.stages):
         where = f"stages[{index}] ({stage.label})"
         if stage.evaluates:
+            if index == 0:
+                errors.append(f"{where}: an evaluate stage measures what a stage before it made; it cannot be first")
             if stage.method != EVALUATE:
                 errors.append(f"{where}: the evaluator's stage method is {EVALUATE!r}, not {stage.method!r}")
             if stage.config:
