@@ -130,8 +130,9 @@ def test_the_demo_pipeline_composes_two_services_and_passes_its_gate_on_the_real
     env, gateway = mesh
     pipeline = Path(__file__).resolve().parents[2] / "examples" / "pipelines" / "smoothquant-onnx-int8-gated.yaml"
     run = cli(env, "compress", "builtin:smollm2-135m", "--pipeline", str(pipeline), "--wait", "--json",
-              "--set", "transform.calibration_samples=2", "--set", "transform.calibration_sequence_length=256",
-              "--iterations", "3", "--quality-windows", "1", "--decode-tokens", "4")
+              # 2 x 256 calibration tokens missed the gate (+13.9 % perplexity on one window): 4 x 512 is the least tried.
+              "--set", "transform.calibration_samples=4", "--iterations", "3", "--quality-windows", "2",
+              "--decode-tokens", "4")
     assert run.returncode == 0, run.stderr + run.stdout
     report = json.loads(run.stdout)
     assert report["status"] == "succeeded", report
