@@ -27,6 +27,7 @@ from modelpress.v1 import common_pb2
 
 # Engine registries by technique, imported when a pipeline uses them (each pulls its runtimes).
 ENGINE_MODULES = {common_pb2.TECHNIQUE_QUANTIZER: "services.quantizer.engine",
+                  common_pb2.TECHNIQUE_PRUNER: "services.pruner.engine",
                   common_pb2.TECHNIQUE_OPTIMIZER: "services.optimizer.engine"}
 LINEAGE_FILE = "modelpress_pipeline.json"
 

@@ -12,12 +12,19 @@ from pathlib import Path
 
 import torch
 
+from services.common import modelio, packed
 from services.common.calibration.streaming import StreamingModel
 from services.common.safetensors_writer import write_safetensors
 
 WEIGHTS_FILE = "model.safetensors"
 # Files of a HF model folder besides weights and tokenizer that loaders read.
 CONFIG_FILES = ("config.json", "generation_config.json")
+
+
+def refuse_quantized(src: Path) -> None:
+    """Transforms start from float weights; re-quantizing or pruning codes would compound errors silently."""
+    if packed.is_packed(src) or modelio.read_config(src).get("quantization_config"):
+        raise ValueError("the input is already quantized; start from a float model")
 
 
 def write_float_model(source: StreamingModel, changed: dict[str, torch.Tensor], folder: Path) -> int:

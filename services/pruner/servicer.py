@@ -1,5 +1,4 @@
-"""gRPC adapter of the pruner. Its engine has not landed yet: Describe lists no methods and
-Run answers UNIMPLEMENTED, so nothing pretends to succeed."""
+"""gRPC adapter of the pruner engine."""
 
 from __future__ import annotations
 
@@ -8,20 +7,19 @@ import grpc
 from modelpress.v1 import common_pb2, pruner_pb2, pruner_pb2_grpc
 from services.common.server import ServiceRuntime
 from services.common.technique_servicer import TechniqueServicer
-
-NOT_YET = "the pruner has no methods yet; they arrive with the pruner issue"
+from services.pruner.engine import METHODS
 
 
 class PrunerServicer(pruner_pb2_grpc.PrunerServiceServicer):
     def __init__(self, runtime: ServiceRuntime) -> None:
-        self._technique = TechniqueServicer(common_pb2.TECHNIQUE_PRUNER, {}, runtime)
+        self._technique = TechniqueServicer(common_pb2.TECHNIQUE_PRUNER, METHODS, runtime)
 
     async def Describe(self, request, context):
         return pruner_pb2.PrunerServiceDescribeResponse(description=self._technique.description())
 
     async def Run(self, request, context):
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, NOT_YET)
-        yield  # pragma: no cover - makes this an async generator
+        async for update in self._technique.run_stage(request.stage, context):
+            yield pruner_pb2.PrunerServiceRunResponse(update=update)
 
 
 async def register(server: grpc.aio.Server, runtime: ServiceRuntime) -> list[str]:

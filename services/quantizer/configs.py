@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Literal
 
 from pydantic import Field
 
-from modelpress.v1 import common_pb2
+from services.common.calibration.config import CalibrationConfig
 from services.common.configspec import MethodConfig
 
 
@@ -34,17 +34,6 @@ class WeightOnlyConfig(MethodConfig):
         0, description="Bits of the token embeddings (0 = keep float; 8 loads in transformers, not vLLM)")
     head_bits: Literal[0, 8] = Field(
         0, description="Bits of an untied LM head (0 = keep float; 8 loads in transformers, not vLLM)")
-
-
-class CalibrationConfig(MethodConfig):
-    artifact_fields: ClassVar[dict[str, tuple[int, ...]]] = {
-        "calibration_dataset": (common_pb2.ARTIFACT_FORMAT_DATASET_JSONL,)}
-
-    calibration_samples: int = Field(16, ge=1, le=1024, description="Calibration windows")
-    calibration_sequence_length: int = Field(512, ge=16, le=4096, description="Tokens per calibration window")
-    calibration_dataset: str = Field(
-        "", description="Artifact id of an uploaded DATASET_JSONL artifact ({\"text\": ...} per line); "
-                        "empty = the built-in pydoc calibration split")
 
 
 class GptqSettings(MethodConfig):

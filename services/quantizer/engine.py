@@ -19,9 +19,9 @@ from services.common.isa import support
 from services.common.machine import this_cpu
 from services.common.memory import return_large_frees_to_os
 from services.common.tokenizer_files import copy_tokenizer
-from services.common.calibration_data import calibration_batches, calibration_text
 from services.quantizer.awq import awq_block_step
-from services.quantizer.configs import (AwqConfig, AwqTransformConfig, CalibrationConfig, CastConfig, GptqConfig,
+from services.common.calibration.config import CalibrationConfig
+from services.quantizer.configs import (AwqConfig, AwqTransformConfig, CastConfig, GptqConfig,
                                         Int8WeightOnlyConfig, MixedPrecisionConfig, QatConfig, SmoothQuantConfig,
                                         SmoothQuantTransformConfig, W8A8Config, WeightOnlyConfig)
 from services.quantizer.ct_format import is_standard_layout, write_compressed_tensors
@@ -33,8 +33,9 @@ from services.quantizer.qat import qat_block_step
 from services.quantizer.sequential import BlockStep, quantize_sequential
 from services.quantizer.smoothquant import w8a8_block_step
 from services.common.calibration.streaming import StreamingModel
-from services.common.float_checkpoint import write_float_model
-from services.quantizer.transforms import awq_transform_step, smoothquant_transform_step, transform_sequential
+from services.common.float_checkpoint import refuse_quantized, write_float_model
+from services.common.calibration.sequential import rewrite_sequential
+from services.quantizer.transforms import awq_transform_step, smoothquant_transform_step
 from services.quantizer.targets import Target, fallback_report, weight_targets
 
 
@@ -42,16 +43,10 @@ def _architecture(model) -> str:
     return (model.config.architectures or [type(model).__name__])[0]
 
 
-def _refuse_quantized(src: Path) -> None:
-    """Every method starts from float weights; re-quantizing codes would compound errors silently."""
-    if packed.is_packed(src) or modelio.read_config(src).get("quantization_config"):
-        raise ValueError("the input is already quantized; start from a float model")
-
-
 def _cast(dtype: torch.dtype) -> Callable[[MethodConfig, Path, Path, ProgressReporter], StageResult]:
     def run(_config: MethodConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
         reporter.report(0, 2, "loading model")
-        _refuse_quantized(src)
+        refuse_quantized(src)
         model = modelio.load_model(src)
         reporter.report(1, 2, f"casting to {dtype}")
         model = model.to(dtype)
@@ -80,7 +75,7 @@ def _cast(dtype: torch.dtype) -> Callable[[MethodConfig, Path, Path, ProgressRep
 def _int8_weight_only(config: Int8WeightOnlyConfig, src: Path, dst: Path, reporter: ProgressReporter
                       ) -> StageResult:
     reporter.report(0, 1, "loading model")
-    _refuse_quantized(src)
+    refuse_quantized(src)
     model = modelio.load_model(src)
 
     def on_layer(i: int, n: int, name: str, error: float) -> None:
@@ -102,7 +97,7 @@ def _int8_weight_only(config: Int8WeightOnlyConfig, src: Path, dst: Path, report
 
 def _stream_float(src: Path, reporter: ProgressReporter) -> StreamingModel:
     reporter.report(0, 1, "reading model layout")
-    _refuse_quantized(src)
+    refuse_quantized(src)
     return_large_frees_to_os()
     return StreamingModel(src)
 
@@ -137,12 +132,6 @@ def _rtn(config: WeightOnlyConfig, src: Path, dst: Path, reporter: ProgressRepor
     return _save_weight_only(source, quantized, targets, config, dst, reporter, "rtn")
 
 
-def _calibration(config: CalibrationConfig, src: Path) -> torch.Tensor:
-    text = calibration_text(config.local_path("calibration_dataset"))
-    return calibration_batches(modelio.load_tokenizer(src), config.calibration_samples,
-                               config.calibration_sequence_length, text)
-
-
 def _layer_reporter(reporter: ProgressReporter, losses: list[float]) -> Callable[[int, int, str, dict], None]:
     def on_layer(i: int, total: int, name: str, figures: dict) -> None:
         if "loss" in figures:
@@ -156,7 +145,7 @@ def _run_calibrated(config: CalibrationConfig, source: StreamingModel, targets: 
                     reporter: ProgressReporter, method: str, step: BlockStep, *, propagate_quantized: bool = True,
                     sample_every: int = 0, keep_float_outputs: bool = False,
                     extra_metrics: dict | None = None, batches: torch.Tensor | None = None) -> StageResult:
-    batches = _calibration(config, source.reader.folder) if batches is None else batches
+    batches = config.batches(source.reader.folder) if batches is None else batches
     losses: list[float] = []
     result = quantize_sequential(source, targets, batches, step, _layer_reporter(reporter, losses),
                                  propagate_quantized=propagate_quantized, sample_every=sample_every,
@@ -196,7 +185,7 @@ def _mixed(config: MixedPrecisionConfig, src: Path, dst: Path, reporter: Progres
         reporter.report(0, 1, f"sensitivity pass: {name} ({i}/{total})", layer=name)
 
     # The sensitivity pass needs only the float model's Hessians: no propagation, no rounding.
-    batches = _calibration(config, src)
+    batches = config.batches(src)
     quantize_sequential(source, targets, batches, sensitivity_step(sensitivity), on_measured,
                         propagate_quantized=False, finish_rest=False)
     targets, promoted = allocate(targets, sensitivity, config.average_bits)
@@ -229,14 +218,14 @@ def _transform(config: CalibrationConfig, grid: WeightOnlyConfig, src: Path, dst
     """A float model out: the step's folded scales (and clamps) in, nothing rounded."""
     source = _stream_float(src, reporter)
     targets = {t.name: t for t in weight_targets(source.model, grid) if t.role == "linear"}
-    batches = _calibration(config, src)
+    batches = config.batches(src)
     figures: list[dict] = []
 
     def on_layer(i: int, total: int, name: str, layer_figures: dict) -> None:
         figures.append(layer_figures)
         reporter.report(i, total + 1, f"{method} {name} ({i}/{total})", layer=name, **layer_figures)
 
-    changed = transform_sequential(source, targets, batches, step, on_layer, sample_every=sample_every,
+    changed = rewrite_sequential(source, targets, batches, step, on_layer, sample_every=sample_every,
                                    check_cancelled=reporter.check_cancelled)
     reporter.report(len(targets), len(targets) + 1, "writing the float model")
     replaced = write_float_model(source, changed, dst)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from services.common.calibration.blocks import shared_input_groups, split_rows
+from services.common.calibration.hessian import inverse_cholesky, relative_output_error
 from services.quantizer.ct_format import QuantizedWeight
 from services.quantizer.qscheme import (
     QuantParams,
@@ -37,19 +38,6 @@ class GptqOutcome:
     loss: float  # tr(ΔW H ΔWᵀ) / tr(W H Wᵀ): relative output error on the calibration inputs
     damping: float
     fell_back_to_rtn: bool = False
-
-
-def _inverse_cholesky(hessian: torch.Tensor, damping: float, attempts: int = 6) -> tuple[torch.Tensor, float] | None:
-    mean_diag = float(torch.diag(hessian).mean())
-    eye = torch.eye(hessian.shape[0], dtype=hessian.dtype)
-    for _ in range(attempts):
-        try:
-            lower = torch.linalg.cholesky(hessian + damping * mean_diag * eye)
-            inverse = torch.cholesky_inverse(lower)
-            return torch.linalg.cholesky(inverse, upper=True), damping
-        except torch.linalg.LinAlgError:
-            damping *= 10
-    return None
 
 
 def _quantize_column(column: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None,
@@ -85,10 +73,10 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, scheme: WeightSch
     W, H = W[:, perm], H[perm][:, perm]
     group_of = perm // width  # stored group of each visited column
 
-    factored = _inverse_cholesky(H, damping)
+    factored = inverse_cholesky(H, damping)
     if factored is None:
         rtn_weight, rtn_params = fake_quantize(weight.detach().float(), scheme)
-        return GptqOutcome(rtn_weight, rtn_params, _loss(weight, rtn_weight, hessian), damping, True)
+        return GptqOutcome(rtn_weight, rtn_params, relative_output_error(weight, rtn_weight, hessian.float()), damping, True)
     Hinv, used_damping = factored
 
     # Dynamic groups must lie inside one lazy batch; static ones need no alignment (a
@@ -123,14 +111,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, scheme: WeightSch
     Q = Q[:, torch.argsort(perm)]
     # Snap to exactly what a reader reconstructs from the stored codes and scales.
     Q = dequantize(quantize(Q, params, scheme), params).to(weight.dtype)
-    return GptqOutcome(Q, params, _loss(weight, Q, hessian), used_damping)
-
-
-def _loss(weight: torch.Tensor, quantized: torch.Tensor, hessian: torch.Tensor) -> float:
-    delta = (quantized.float() - weight.float())
-    num = torch.einsum("ij,jk,ik->", delta, hessian.float(), delta)
-    den = torch.einsum("ij,jk,ik->", weight.float(), hessian.float(), weight.float())
-    return float(num / den.clamp(min=1e-12))
+    return GptqOutcome(Q, params, relative_output_error(weight, Q, hessian.float()), used_damping)
 
 
 def gptq_block_step(damping: float, block_size: int, act_order: bool,

@@ -14,9 +14,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from services.common.calibration.blocks import capture_first_block_inputs, named_blocks
-from services.common.calibration.sequential import BlockStep, BlockWork, run_blocks
-from services.common.calibration.streaming import StreamingModel
+from services.common.calibration.sequential import BlockStep, BlockWork
 from services.quantizer import activations as acts
 from services.quantizer.awq import awq_prepare
 from services.quantizer.configs import AwqTransformConfig, SmoothQuantTransformConfig
@@ -78,30 +76,3 @@ def smoothquant_transform_step(config: SmoothQuantTransformConfig) -> BlockStep:
                                                          **chosen.get(name, {"alpha": None})}
 
     return step
-
-
-@torch.no_grad()
-def transform_sequential(source: StreamingModel, targets: dict[str, object], batches: torch.Tensor,
-                         step: BlockStep, on_layer: Callable[[int, int, str, dict], None], *,
-                         sample_every: int = 0, check_cancelled: Callable[[], None] = lambda: None
-                         ) -> dict[str, torch.Tensor]:
-    """Walks the blocks with a transform step; returns every float tensor it changed (module
-    names → values): the Linears' new weights and the norms and Linears scales were folded into.
-    Each block's outputs as transformed feed the next (the same float function, up to clipping)."""
-    blocks = named_blocks(source.model)
-    source.load(exclude=[name for name, _ in blocks])
-    inputs = capture_first_block_inputs(source.model, batches)
-    changed: dict[str, torch.Tensor] = {}
-    done = 0
-
-    def record(name: str, weight: torch.Tensor, figures: dict) -> None:
-        nonlocal done
-        changed[f"{name}.weight"] = weight
-        done += 1
-        on_layer(done, len(targets), name, figures)
-
-    walked = run_blocks(source, blocks, inputs, targets, step, record, propagate_updated=True,
-                        sample_every=sample_every, check_cancelled=check_cancelled)
-    # Steps fold every scale before yielding, so a Linear that is also a producer (up_proj
-    # before down_proj) is yielded with its final weight; `rewritten` holds the rest (norms).
-    return {**walked.rewritten, **changed}

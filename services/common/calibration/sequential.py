@@ -21,6 +21,8 @@ from torch import nn
 
 from services.common.calibration.blocks import (
     BlockInputs,
+    capture_first_block_inputs,
+    named_blocks,
     InputStats,
     InputStatsCollector,
     linear_layers,
@@ -115,3 +117,31 @@ def _float_tensors(block: nn.Module, block_name: str, skip: set[str]) -> dict[st
             continue
         out[key] = param.detach().clone()
     return out
+
+
+@torch.no_grad()
+def rewrite_sequential(source: StreamingModel, targets: dict[str, object], batches: torch.Tensor,
+                         step: BlockStep, on_layer: Callable[[int, int, str, dict], None], *,
+                         sample_every: int = 0, check_cancelled: Callable[[], None] = lambda: None
+                         ) -> dict[str, torch.Tensor]:
+    """Walks the blocks with a step that rewrites float weights (a transform folding scales, a
+    pruning mask); returns every float tensor it changed (module names → values): the yielded
+    Linears' new weights and whatever else the step rewrote (norms scales were folded into).
+    Each block's outputs as rewritten feed the next."""
+    blocks = named_blocks(source.model)
+    source.load(exclude=[name for name, _ in blocks])
+    inputs = capture_first_block_inputs(source.model, batches)
+    changed: dict[str, torch.Tensor] = {}
+    done = 0
+
+    def record(name: str, weight: torch.Tensor, figures: dict) -> None:
+        nonlocal done
+        changed[f"{name}.weight"] = weight
+        done += 1
+        on_layer(done, len(targets), name, figures)
+
+    walked = run_blocks(source, blocks, inputs, targets, step, record, propagate_updated=True,
+                        sample_every=sample_every, check_cancelled=check_cancelled)
+    # Steps fold every scale before yielding, so a Linear that is also a producer (up_proj
+    # before down_proj) is yielded with its final weight; `rewritten` holds the rest (norms).
+    return {**walked.rewritten, **changed}

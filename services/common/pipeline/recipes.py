@@ -77,6 +77,9 @@ class RecipeDef:
 
 Q = common_pb2.TECHNIQUE_QUANTIZER
 O = common_pb2.TECHNIQUE_OPTIMIZER
+P = common_pb2.TECHNIQUE_PRUNER
+# Structured cuts heal with a short fine-tune against the unpruned input; the distiller is the longer one.
+RECOVERY = {"recovery_minutes": 3.0}
 
 RECIPES: dict[str, RecipeDef] = {
     r.name: r
@@ -164,6 +167,29 @@ RECIPES: dict[str, RecipeDef] = {
                   (RecipeStage(Q, "smoothquant-transform", {"activations": "dynamic-per-tensor"}, "transform"),
                    RecipeStage(O, "onnx-int8", {"causal_lm_activations": "dynamic-int8"}, "export")),
                   compute="int8"),
+        # Pruning: dense-zero outputs (unstructured, N:M) and smaller models (structured) in float,
+        # for any later stage.
+        RecipeDef("prune-magnitude-50", "Half of every block Linear's weights zeroed by |w|, per layer; no data",
+                  (RecipeStage(P, "magnitude", {"sparsity": 0.5}, "prune"),)),
+        RecipeDef("prune-wanda-50", "Half of every block Linear's weights zeroed by Wanda (|w|·‖x‖ per row)",
+                  (RecipeStage(P, "wanda", {"sparsity": 0.5}, "prune"),)),
+        RecipeDef("prune-sparsegpt-50", "Half of every block Linear's weights zeroed by SparseGPT (OBS masks "
+                  "and updates from the layer Hessian)", (RecipeStage(P, "sparsegpt", {"sparsity": 0.5}, "prune"),)),
+        RecipeDef("prune-2of4", "2:4 semi-structured sparsity by SparseGPT (2 of every 4 inputs of a row kept)",
+                  (RecipeStage(P, "sparsegpt", {"structure": "2:4"}, "prune"),)),
+        RecipeDef("prune-mlp", "A quarter of every block's MLP neurons removed (activation-aware), then a "
+                  "3-minute recovery against the original; a smaller model stock transformers reloads",
+                  (RecipeStage(P, "mlp-neurons", {"mlp_keep": 0.75, **RECOVERY}, "prune"),)),
+        RecipeDef("prune-layers", "A quarter of the blocks removed (those changing their input least), then a "
+                  "3-minute recovery", (RecipeStage(P, "layers", {"layers_keep_share": 0.75, **RECOVERY}, "prune"),)),
+        RecipeDef("prune-heads", "A third of the attention heads removed from every block (whole KV groups; "
+                  "Llama-style decoders), then a 3-minute recovery",
+                  (RecipeStage(P, "heads", {"heads_keep": 0.67, **RECOVERY}, "prune"),)),
+        RecipeDef("prune-structured-50", "FLOPs halved: layers for half the cut, MLP neurons for the rest, then a "
+                  "3-minute recovery", (RecipeStage(P, "structured", {"target_flops": 0.5, **RECOVERY}, "prune"),)),
+        RecipeDef("prune-structured-25", "FLOPs cut by a quarter: layers for half the cut, MLP neurons for the "
+                  "rest, then a 3-minute recovery",
+                  (RecipeStage(P, "structured", {"target_flops": 0.75, **RECOVERY}, "prune"),)),
         RecipeDef("tensorrt-fp16", "TensorRT FP16 engine from the ONNX export (NVIDIA GPU workers only)",
                   (RecipeStage(O, "tensorrt-fp16"),), compute="f16"),
     )

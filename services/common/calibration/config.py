@@ -1,0 +1,33 @@
+"""The calibration fields every data-aware method shares (quantizer, pruner, distiller)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from pydantic import Field
+
+from modelpress.v1 import common_pb2
+from services.common import modelio
+from services.common.calibration_data import calibration_batches, calibration_text
+from services.common.configspec import MethodConfig
+
+
+class CalibrationConfig(MethodConfig):
+    artifact_fields: ClassVar[dict[str, tuple[int, ...]]] = {
+        "calibration_dataset": (common_pb2.ARTIFACT_FORMAT_DATASET_JSONL,)}
+
+    calibration_samples: int = Field(16, ge=1, le=1024, description="Calibration windows")
+    calibration_sequence_length: int = Field(512, ge=16, le=4096, description="Tokens per calibration window")
+    calibration_dataset: str = Field(
+        "", description="Artifact id of an uploaded DATASET_JSONL artifact ({\"text\": ...} per line); "
+                        "empty = the built-in pydoc calibration split")
+
+    def text(self) -> str:
+        return calibration_text(self.local_path("calibration_dataset"))
+
+    def batches(self, model_folder: Path) -> torch.Tensor:
+        """[calibration_samples, calibration_sequence_length] token ids of the calibration text."""
+        return calibration_batches(modelio.load_tokenizer(model_folder), self.calibration_samples,
+                                   self.calibration_sequence_length, self.text())

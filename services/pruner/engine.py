@@ -1,0 +1,257 @@
+"""The pruner's methods: one registry entry per method, each a typed config and a function.
+
+Engine code only: folders in, folder out, progress through a ProgressReporter.
+
+Unstructured and N:M outputs are stored as dense zeros in a plain float checkpoint, not in a
+bitmask layout: every next stage (a quantizer, an engine exporter, a distiller) and every loader
+takes them unchanged, and no CPU engine here computes faster from a sparse layout (the metrics
+say what a bitmask layout would weigh). Structured outputs are smaller models of the same class.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from modelpress.v1 import common_pb2
+from services.common import modelio
+from services.common.calibration.streaming import StreamingModel
+from services.common.engine_api import Method, ProgressMetric, ProgressReporter, StageResult
+from services.common.float_checkpoint import refuse_quantized, write_float_model
+from services.common.flops import forward_flops, parameter_counts
+from services.common.memory import return_large_frees_to_os
+from services.common.tokenizer_files import copy_tokenizer
+from services.pruner.configs import (FlopsConfig, HeadsConfig, LayersConfig, MagnitudeConfig, MlpNeuronsConfig,
+                                     PruneBase, SparseGptConfig, SparsityConfig, StructuredConfig, WandaConfig)
+from services.pruner.importance import score_units
+from services.pruner.recovery import recover, zero_masks
+from services.pruner.structured import current_shape, cut_to, schedule_shapes, target_shape
+from services.pruner.unstructured import (block_linears, calibrated_step, check_nm, owl_block_sparsities,
+                                          prune_calibrated, prune_magnitude)
+
+FLOAT = common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS
+
+
+def _architecture(model) -> str:
+    return (model.config.architectures or [type(model).__name__])[0]
+
+
+def cubic_sparsities(final: float, steps: int) -> list[float]:
+    """Gradual pruning's targets (Zhu & Gupta, 2017): s_t = s·(1 − (1 − t/N)³), ending at s."""
+    return [final * (1.0 - (1.0 - t / steps) ** 3) for t in range(1, steps + 1)]
+
+
+def _recovery_reporter(reporter: ProgressReporter, label: str, curve: list[float]) -> Callable[[int, float, float], None]:
+    def on_step(step: int, loss: float, seconds: float) -> None:
+        curve.append(loss)
+        reporter.report(0, 1, f"{label}: recovery step {step} ({seconds:.0f} s)", recovery_loss=loss)
+
+    return on_step
+
+
+def _recover(student, src: Path, config: PruneBase, reporter: ProgressReporter, label: str, minutes: float,
+             masks: dict | None, curve: list[float]) -> dict:
+    teacher = modelio.load_model(src)
+    outcome = recover(student, teacher, modelio.load_tokenizer(src), config.text(), config,
+                      _recovery_reporter(reporter, label, curve), masks=masks, minutes=minutes)
+    return dataclasses.asdict(outcome)
+
+
+def _thin(curve: list[float], points: int = 50) -> list[float]:
+    """The recovery curve at most `points` long for the manifest (every step went out as progress)."""
+    every = max(1, -(-len(curve) // points))
+    return curve[::every]
+
+
+def _flops_figures(before: int, after: int, sequence_length: int) -> dict:
+    return {"flops_before": before, "flops_after": after, "flops_ratio": after / before if before else 1.0,
+            "flops_shape": f"1x{sequence_length}"}
+
+
+def _sparse_figures(model, names: list[str]) -> dict:
+    """Sparsity of the pruned Linears, and what their weights weigh dense against a bitmask layout
+    (the kept values plus one bit per weight)."""
+    total = zeros = dense_bytes = bitmask_bytes = 0
+    for name in names:
+        weight = model.get_submodule(name).weight.detach()
+        count, kept = weight.numel(), int(torch.count_nonzero(weight))
+        total += count
+        zeros += count - kept
+        dense_bytes += count * weight.element_size()
+        bitmask_bytes += kept * weight.element_size() + (count + 7) // 8
+    return {"sparsity": zeros / total if total else 0.0, "pruned_linears": len(names),
+            "pruned_linear_bytes_dense": dense_bytes, "pruned_linear_bytes_bitmask": bitmask_bytes}
+
+
+def _unstructured(method: str) -> Callable[[SparsityConfig, Path, Path, ProgressReporter], StageResult]:
+    def run(config: SparsityConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
+        reporter.report(0, 1, "reading model layout")
+        refuse_quantized(src)
+        return_large_frees_to_os()
+        check_nm(StreamingModel(src).model, config.nm)
+        steps = cubic_sparsities(config.target_sparsity, config.schedule_steps) if not config.nm \
+            else [config.target_sparsity] * config.schedule_steps
+        curve: list[float] = []
+        figures: dict = {"schedule": steps, "recovery": []}
+        with tempfile.TemporaryDirectory(dir=dst.parent) as scratch:
+            current = src
+            for t, sparsity in enumerate(steps, start=1):
+                out = dst if t == len(steps) else Path(scratch) / f"step{t}"
+                label = f"step {t}/{len(steps)}" if len(steps) > 1 else method
+                figures.update(_prune_once(method, config, sparsity, current, src, out, reporter, label))
+                if config.recovery_minutes > 0:
+                    student = modelio.load_model(out)
+                    masks = zero_masks(student, list(block_linears(student)))
+                    figures["recovery"].append(_recover(student, src, config, reporter, label,
+                                                        config.recovery_minutes / len(steps), masks, curve))
+                    student.save_pretrained(out, safe_serialization=True)
+                current = out
+        model = modelio.load_model(dst)
+        flops, _ = forward_flops(model, 128)
+        figures.update(_sparse_figures(model, list(block_linears(model))), **parameter_counts(model))
+        figures.update(_flops_figures(flops, flops, 128))
+        figures["recovery_curve"] = _thin(curve)
+        reporter.report(1, 1, "saved pruned model (dense zeros)")
+        compression = {"method": method, "storage": "dense-zeros", **config.model_dump()}
+        return StageResult(format=FLOAT, architecture=_architecture(model), compression=compression,
+                           metrics=figures)
+
+    return run
+
+
+def _prune_once(method: str, config: SparsityConfig, sparsity: float, current: Path, src: Path, out: Path,
+                reporter: ProgressReporter, label: str) -> dict:
+    source = StreamingModel(current)
+    layer_sparsity: dict[str, float] = {}
+    losses: list[float] = []
+
+    def on_layer(i: int, total: int, name: str, layer_figures: dict) -> None:
+        layer_sparsity[name] = layer_figures["sparsity"]
+        if "loss" in layer_figures:
+            losses.append(layer_figures["loss"])
+        reporter.report(i, total + 1, f"{label}: {layer_figures['method']} {name} ({i}/{total})", layer=name,
+                        **layer_figures)
+
+    figures: dict = {}
+    if method == "magnitude":
+        changed = prune_magnitude(source, sparsity, config.nm, config.scope, on_layer)
+    else:
+        batches = config.batches(src)
+        figures["calibration_tokens"] = int(batches.numel())
+        block_sparsity = None
+        if config.owl:
+            def on_block(i: int, n: int, ratio: float) -> None:
+                reporter.report(0, 1, f"{label}: OWL outlier ratio of block {i} = {ratio:.4f}", outlier_ratio=ratio)
+            block_sparsity = owl_block_sparsities(source, batches, sparsity, config.owl_lambda, config.owl_threshold,
+                                                  on_block)
+            figures["owl_block_sparsity"] = block_sparsity
+            source = StreamingModel(current)
+        step = calibrated_step(method, (lambda i: block_sparsity[i]) if block_sparsity else (lambda i: sparsity),
+                               config.nm, damping=getattr(config, "damping", 0.01),
+                               block_size=getattr(config, "block_size", 128))
+        changed = prune_calibrated(source, batches, step, on_layer, reporter.check_cancelled)
+        figures["mean_layer_loss"] = sum(losses) / len(losses) if losses else 0.0
+    write_float_model(source, changed, out)
+    copy_tokenizer(src, out)
+    figures["layer_sparsity"] = layer_sparsity
+    return figures
+
+
+def _structured(config: StructuredConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
+    reporter.report(0, 1, "loading model")
+    refuse_quantized(src)
+    model = modelio.load_model(src)
+    before_flops, _ = forward_flops(model, config.flops_sequence_length)
+    before_params = parameter_counts(model)["parameters"]
+    start, end = current_shape(model, config), target_shape(model, config)
+    if end == start:
+        raise ValueError(f"nothing to prune: the asked shape {end.data()} is the model's own")
+    shapes = schedule_shapes(start, end, config.schedule_steps)
+    batches = config.batches(src)
+    curve: list[float] = []
+    figures: dict = {"shape_before": start.data(), "shape_after": end.data(),
+                     "schedule": [s.data() for s in shapes], "recovery": [], "calibration_tokens": int(batches.numel())}
+    for t, shape in enumerate(shapes, start=1):
+        label = f"step {t}/{len(shapes)}" if len(shapes) > 1 else "structured"
+
+        def on_window(i: int, n: int) -> None:
+            reporter.report(i, n + 1, f"{label}: importance pass ({i}/{n} windows)")
+
+        scores = score_units(model, batches, config.importance, config.layer_importance, config.head_unit,
+                             want_heads=shape.head_units < current_shape(model, config).head_units,
+                             check_cancelled=reporter.check_cancelled, on_window=on_window)
+        cut = cut_to(model, shape, scores, config)
+        for block, layer in zip(_block_names(model), cut["per_layer"]):
+            if layer:
+                reporter.report(1, 1, f"{label}: cut {block}", layer=block, **{k: v for k, v in layer.items()
+                                                                               if not isinstance(v, list)})
+        figures.update({k: v for k, v in cut.items() if k != "per_layer"})
+        if config.recovery_minutes > 0:
+            figures["recovery"].append(_recover(model, src, config, reporter, label,
+                                                config.recovery_minutes / len(shapes), None, curve))
+    after_flops, _ = forward_flops(model, config.flops_sequence_length)
+    figures.update(_flops_figures(before_flops, after_flops, config.flops_sequence_length))
+    after_params = parameter_counts(model)["parameters"]
+    figures.update({"parameters_before": before_params, "parameters": after_params,
+                    "parameters_ratio": after_params / before_params, "recovery_curve": _thin(curve)})
+    reporter.report(1, 1, "saving the smaller model")
+    model.save_pretrained(dst, safe_serialization=True)
+    copy_tokenizer(src, dst)
+    figures["reload_max_abs_difference"] = _reload_difference(model, dst, batches[:1])
+    return StageResult(format=FLOAT, architecture=_architecture(model),
+                       compression={"method": "structured", **config.model_dump()}, metrics=figures)
+
+
+def _block_names(model) -> list[str]:
+    from services.common.calibration.blocks import named_blocks
+
+    return [name for name, _ in named_blocks(model)]
+
+
+@torch.no_grad()
+def _reload_difference(model, folder: Path, window: torch.Tensor) -> float:
+    """Reloads the written folder with stock transformers and compares its output with the cut model's:
+    a model that does not reload, or reloads differently, fails here, not in a later stage."""
+    reloaded = modelio.load_model(folder)
+    extra = {"use_cache": False} if type(model).__name__.endswith("ForCausalLM") else {}
+    out = lambda m: (m(input_ids=window, **extra).logits if extra else m(input_ids=window).last_hidden_state)  # noqa: E731
+    difference = float((out(model) - out(reloaded)).abs().max())
+    if difference > 1e-3:
+        raise RuntimeError(f"the pruned model reloads with different outputs (max |Δ| {difference:.3g})")
+    return difference
+
+
+SPARSITY = ProgressMetric("sparsity", "per-layer", "Share of the layer's weights that are zero")
+LOSS = ProgressMetric("loss", "per-layer", "Relative output error of the pruned layer on its calibration inputs")
+MLP_KEPT = ProgressMetric("mlp_importance_kept", "per-layer", "Share of the block's MLP-neuron importance kept")
+RECOVERY = ProgressMetric("recovery_loss", "curve", "Recovery fine-tune loss against the unpruned teacher")
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("magnitude", "Zero the smallest |w| of every Linear in the blocks (per layer or one global "
+                            "threshold); unstructured or N:M; no data", MagnitudeConfig, _unstructured("magnitude"),
+               produces=(FLOAT,), metrics=(SPARSITY, RECOVERY)),
+        Method("wanda", "Wanda: zero the lowest |w|·‖x‖ of every row, from calibration activations, block by "
+                        "block; unstructured (optionally OWL layer sparsities) or N:M", WandaConfig,
+               _unstructured("wanda"), produces=(FLOAT,), metrics=(SPARSITY, LOSS, RECOVERY)),
+        Method("sparsegpt", "SparseGPT: OBS masks from each layer's input Hessian with the remaining weights "
+                            "updated to compensate, block by block; unstructured or N:M", SparseGptConfig,
+               _unstructured("sparsegpt"), produces=(FLOAT,), metrics=(SPARSITY, LOSS, RECOVERY)),
+        Method("mlp-neurons", "Remove the least important MLP neurons of every block (the intermediate size "
+                              "shrinks uniformly); reloads with stock transformers", MlpNeuronsConfig, _structured,
+               produces=(FLOAT,), metrics=(MLP_KEPT, RECOVERY)),
+        Method("layers", "Remove whole blocks by block importance (1 − cos(input, output) by default)",
+               LayersConfig, _structured, produces=(FLOAT,), metrics=(RECOVERY,)),
+        Method("heads", "Remove attention heads uniformly (whole KV groups, or query heads per group); "
+                        "Llama-style decoders only", HeadsConfig, _structured, produces=(FLOAT,), metrics=(RECOVERY,)),
+        Method("structured", "Reach a FLOPs target by removing layers (half the cut) and MLP neurons (the rest), "
+                             "or remove explicit amounts of layers, neurons and heads", FlopsConfig, _structured,
+               produces=(FLOAT,), metrics=(MLP_KEPT, RECOVERY)),
+    )
+}
