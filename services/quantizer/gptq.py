@@ -51,6 +51,10 @@ def _quantize_column(column: torch.Tensor, scale: torch.Tensor, zero_point: torc
     return codes * scale
 
 
+# Share of exact zeros from which a weight is taken as pruned (dense float weights have none).
+SPARSE_INPUT_SHARE = 0.1
+
+
 def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, scheme: WeightScheme, *, damping: float = 0.01,
                   block_size: int = 128, act_order: bool = True) -> GptqOutcome:
     W = weight.detach().float().clone()
@@ -72,6 +76,11 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, scheme: WeightSch
     perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(cols)
     W, H = W[:, perm], H[perm][:, perm]
     group_of = perm // width  # stored group of each visited column
+
+    # A pruned input keeps its zeros (symmetric grids hold 0 exactly): GPTQ's updates would
+    # otherwise spread rounding error into them and undo the sparsity.
+    zeros = W == 0
+    keep = ~zeros if scheme.symmetric and float(zeros.float().mean()) >= SPARSE_INPUT_SHARE else None
 
     factored = inverse_cholesky(H, damping)
     if factored is None:
@@ -101,6 +110,8 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, scheme: WeightSch
                     params.zero_point[:, group] = fresh.zero_point[:, 0]
             zp = params.zero_point[:, group] if params.zero_point is not None else None
             q = _quantize_column(W1[:, i], params.scale[:, group], zp, scheme)
+            if keep is not None:
+                q = q * keep[:, col]
             Q1[:, i] = q
             err = (W1[:, i] - q) / Hinv1[i, i]
             W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)

@@ -85,3 +85,14 @@ def test_gptq_runs_on_an_encoder(tiny_bert_dir, tmp_path):
     assert result.metrics["quantized_modules"] >= 12  # 6 Linear per layer × 2 layers, + embeddings/pooler
     reloaded = modelio.load_model(tmp_path / "m")
     assert type(reloaded).__name__ == "BertModel"
+
+
+def test_gptq_keeps_the_zeros_of_a_pruned_weight():
+    torch.manual_seed(0)
+    weight = torch.randn(32, 128) * (torch.rand(32, 128) > 0.5)
+    x = torch.randn(512, 128) @ torch.randn(128, 128)
+    hessian = 2.0 / 512 * x.T @ x
+    outcome = gptq_quantize(weight, hessian, WeightScheme(4, 32, True))
+    assert (outcome.weight[weight == 0] == 0).all()
+    dense = gptq_quantize(torch.randn(32, 128), hessian, WeightScheme(4, 32, True))
+    assert float((dense.weight == 0).float().mean()) < 0.2  # dense weights are not forced anywhere
