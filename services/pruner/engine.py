@@ -11,7 +11,6 @@ say what a bitmask layout would weigh). Structured outputs are smaller models of
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path

@@ -10,7 +10,7 @@ the searched range, which the engine's min/max quantizer then spans.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import torch
 
