@@ -46,6 +46,9 @@ class SparsityConfig(PruneBase):
             if "sparsity" in self.model_fields_set and abs(self.sparsity - (1 - kept / group)) > 1e-9:
                 raise ValueError(f"sparsity: {self.sparsity} contradicts structure {self.structure} "
                                  f"(which means sparsity {1 - kept / group}); leave sparsity unset")
+            if self.schedule_steps > 1:
+                raise ValueError(f"schedule_steps: {self.structure} has one sparsity, so there is no schedule to "
+                                 "grow; gradual pruning is for structure 'unstructured'")
         return self
 
     @property
@@ -124,9 +127,16 @@ class StructuredConfig(PruneBase):
     calibration_samples: int = Field(32, ge=1, le=1024, description="Calibration windows")
     calibration_sequence_length: int = Field(128, ge=16, le=4096, description="Tokens per calibration window")
 
+    def kept_layers(self, total: int) -> int:
+        """Blocks the explicit amounts keep out of `total`."""
+        return self.layers_keep or total
+
+    def _removes_layers(self) -> bool:
+        return bool(self.layers_keep)
+
     @model_validator(mode="after")
     def _something_to_remove(self):
-        explicit = self.layers_keep or self.mlp_keep < 1.0 or self.heads_keep < 1.0
+        explicit = self._removes_layers() or self.mlp_keep < 1.0 or self.heads_keep < 1.0
         if self.target_flops and explicit:
             raise ValueError("target_flops: set either target_flops or layers_keep / mlp_keep / heads_keep, not both")
         if not self.target_flops and not explicit:
@@ -142,9 +152,11 @@ class LayersConfig(StructuredConfig):
     layers_keep: int = Field(0, ge=0, le=1024, description="Blocks kept (0 = layers_keep_share of them)")
     layers_keep_share: float = Field(0.75, gt=0.0, le=1.0, description="Share of blocks kept when layers_keep is 0")
 
-    @model_validator(mode="after")
-    def _something_to_remove(self):
-        return self
+    def kept_layers(self, total: int) -> int:
+        return self.layers_keep or max(1, round(total * self.layers_keep_share))
+
+    def _removes_layers(self) -> bool:
+        return bool(self.layers_keep) or self.layers_keep_share < 1.0
 
 
 class HeadsConfig(StructuredConfig):

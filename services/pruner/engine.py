@@ -19,6 +19,7 @@ import torch
 
 from modelpress.v1 import common_pb2
 from services.common import modelio
+from services.common.calibration.blocks import named_blocks
 from services.common.calibration.streaming import StreamingModel
 from services.common.engine_api import Method, ProgressMetric, ProgressReporter, StageResult
 from services.common.float_checkpoint import refuse_quantized, write_float_model
@@ -53,9 +54,13 @@ def _recovery_reporter(reporter: ProgressReporter, label: str, curve: list[float
     return on_step
 
 
-def _recover(student, src: Path, config: PruneBase, reporter: ProgressReporter, label: str, minutes: float,
-             masks: dict | None, curve: list[float]) -> dict:
-    teacher = modelio.load_model(src)
+def _teacher(src: Path, config: PruneBase):
+    """The unpruned input, loaded once per stage for every recovery it runs (None without recovery)."""
+    return modelio.load_model(src) if config.recovery_minutes > 0 else None
+
+
+def _recover(student, teacher, src: Path, config: PruneBase, reporter: ProgressReporter, label: str,
+             minutes: float, masks: dict | None, curve: list[float]) -> dict:
     outcome = recover(student, teacher, modelio.load_tokenizer(src), config.text(), config,
                       _recovery_reporter(reporter, label, curve), masks=masks, minutes=minutes)
     return dataclasses.asdict(outcome)
@@ -93,20 +98,20 @@ def _unstructured(method: str) -> Callable[[SparsityConfig, Path, Path, Progress
         refuse_quantized(src)
         return_large_frees_to_os()
         check_nm(StreamingModel(src).model, config.nm)
-        steps = cubic_sparsities(config.target_sparsity, config.schedule_steps) if not config.nm \
-            else [config.target_sparsity] * config.schedule_steps
+        steps = cubic_sparsities(config.target_sparsity, config.schedule_steps)
         curve: list[float] = []
         figures: dict = {"schedule": steps, "recovery": []}
+        teacher = _teacher(src, config)
         with tempfile.TemporaryDirectory(dir=dst.parent) as scratch:
             current = src
             for t, sparsity in enumerate(steps, start=1):
                 out = dst if t == len(steps) else Path(scratch) / f"step{t}"
                 label = f"step {t}/{len(steps)}" if len(steps) > 1 else method
                 figures.update(_prune_once(method, config, sparsity, current, src, out, reporter, label))
-                if config.recovery_minutes > 0:
+                if teacher is not None:
                     student = modelio.load_model(out)
                     masks = zero_masks(student, list(block_linears(student)))
-                    figures["recovery"].append(_recover(student, src, config, reporter, label,
+                    figures["recovery"].append(_recover(student, teacher, src, config, reporter, label,
                                                         config.recovery_minutes / len(steps), masks, curve))
                     student.save_pretrained(out, safe_serialization=True)
                 current = out
@@ -175,6 +180,7 @@ def _structured(config: StructuredConfig, src: Path, dst: Path, reporter: Progre
     curve: list[float] = []
     figures: dict = {"shape_before": start.data(), "shape_after": end.data(),
                      "schedule": [s.data() for s in shapes], "recovery": [], "calibration_tokens": int(batches.numel())}
+    teacher = _teacher(src, config)
     for t, shape in enumerate(shapes, start=1):
         label = f"step {t}/{len(shapes)}" if len(shapes) > 1 else "structured"
 
@@ -190,8 +196,8 @@ def _structured(config: StructuredConfig, src: Path, dst: Path, reporter: Progre
                 reporter.report(1, 1, f"{label}: cut {block}", layer=block, **{k: v for k, v in layer.items()
                                                                                if not isinstance(v, list)})
         figures.update({k: v for k, v in cut.items() if k != "per_layer"})
-        if config.recovery_minutes > 0:
-            figures["recovery"].append(_recover(model, src, config, reporter, label,
+        if teacher is not None:
+            figures["recovery"].append(_recover(model, teacher, src, config, reporter, label,
                                                 config.recovery_minutes / len(shapes), None, curve))
     after_flops, _ = forward_flops(model, config.flops_sequence_length)
     figures.update(_flops_figures(before_flops, after_flops, config.flops_sequence_length))
@@ -207,8 +213,6 @@ def _structured(config: StructuredConfig, src: Path, dst: Path, reporter: Progre
 
 
 def _block_names(model) -> list[str]:
-    from services.common.calibration.blocks import named_blocks
-
     return [name for name, _ in named_blocks(model)]
 
 

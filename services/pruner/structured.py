@@ -48,9 +48,7 @@ def target_shape(model: nn.Module, config: StructuredConfig) -> Shape:
         arch.check_heads(config.head_unit)
     units = max(1, round(now.head_units * config.heads_keep)) if config.heads_keep < 1.0 else now.head_units
     if not config.target_flops:
-        layers = config.layers_keep or now.layers
-        if getattr(config, "layers_keep_share", None) and not config.layers_keep:
-            layers = max(1, round(now.layers * config.layers_keep_share))
+        layers = config.kept_layers(now.layers)
         if layers > now.layers:
             raise ValueError(f"layers_keep: {layers} asked, the model has {now.layers} blocks")
         return Shape(layers, _round_width(now.mlp_width * config.mlp_keep, config.width_multiple, now.mlp_width),

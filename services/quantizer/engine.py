@@ -226,7 +226,7 @@ def _transform(config: CalibrationConfig, grid: WeightOnlyConfig, src: Path, dst
         reporter.report(i, total + 1, f"{method} {name} ({i}/{total})", layer=name, **layer_figures)
 
     changed = rewrite_sequential(source, targets, batches, step, on_layer, sample_every=sample_every,
-                                   check_cancelled=reporter.check_cancelled)
+                                 check_cancelled=reporter.check_cancelled)
     reporter.report(len(targets), len(targets) + 1, "writing the float model")
     replaced = write_float_model(source, changed, dst)
     copy_tokenizer(src, dst)

@@ -85,7 +85,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, scheme: WeightSch
     factored = inverse_cholesky(H, damping)
     if factored is None:
         rtn_weight, rtn_params = fake_quantize(weight.detach().float(), scheme)
-        return GptqOutcome(rtn_weight, rtn_params, relative_output_error(weight, rtn_weight, hessian.float()), damping, True)
+        return GptqOutcome(rtn_weight, rtn_params, relative_output_error(weight, rtn_weight, hessian), damping, True)
     Hinv, used_damping = factored
 
     # Dynamic groups must lie inside one lazy batch; static ones need no alignment (a
@@ -122,7 +122,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, scheme: WeightSch
     Q = Q[:, torch.argsort(perm)]
     # Snap to exactly what a reader reconstructs from the stored codes and scales.
     Q = dequantize(quantize(Q, params, scheme), params).to(weight.dtype)
-    return GptqOutcome(Q, params, relative_output_error(weight, Q, hessian.float()), used_damping)
+    return GptqOutcome(Q, params, relative_output_error(weight, Q, hessian), used_damping)
 
 
 def gptq_block_step(damping: float, block_size: int, act_order: bool,

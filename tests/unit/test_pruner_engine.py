@@ -99,7 +99,9 @@ def test_bad_combinations_are_config_errors():
                                   ("magnitude", {"scope": "global", "structure": "2:4"}, "scope"),
                                   ("wanda", {"owl": True, "structure": "4:8"}, "owl"),
                                   ("structured", {"target_flops": 0.5, "mlp_keep": 0.5}, "target_flops"),
-                                  ("mlp-neurons", {"mlp_keep": 1.0}, "nothing to prune")]:
+                                  ("mlp-neurons", {"mlp_keep": 1.0}, "nothing to prune"),
+                                  ("layers", {"layers_keep_share": 1.0}, "nothing to prune"),
+                                  ("sparsegpt", {"structure": "2:4", "schedule_steps": 3}, "schedule_steps")]:
         with pytest.raises(ConfigError, match=field):
             parse_config(METHODS[method].config_cls, values)
 

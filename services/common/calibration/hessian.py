@@ -24,5 +24,6 @@ def relative_output_error(before: torch.Tensor, after: torch.Tensor, hessian: to
     """tr(ΔW H ΔWᵀ) / tr(W H Wᵀ): the layer's output error on its calibration inputs, relative."""
     delta = (after - before).float()
     w = before.float()
+    hessian = hessian.float()
     denominator = float(torch.einsum("ij,jk,ik->", w, hessian, w))
     return float(torch.einsum("ij,jk,ik->", delta, hessian, delta)) / denominator if denominator > 0 else 0.0

@@ -121,9 +121,9 @@ def _float_tensors(block: nn.Module, block_name: str, skip: set[str]) -> dict[st
 
 @torch.no_grad()
 def rewrite_sequential(source: StreamingModel, targets: dict[str, object], batches: torch.Tensor,
-                         step: BlockStep, on_layer: Callable[[int, int, str, dict], None], *,
-                         sample_every: int = 0, check_cancelled: Callable[[], None] = lambda: None
-                         ) -> dict[str, torch.Tensor]:
+                       step: BlockStep, on_layer: Callable[[int, int, str, dict], None], *,
+                       sample_every: int = 0, check_cancelled: Callable[[], None] = lambda: None
+                       ) -> dict[str, torch.Tensor]:
     """Walks the blocks with a step that rewrites float weights (a transform folding scales, a
     pruning mask); returns every float tensor it changed (module names → values): the yielded
     Linears' new weights and whatever else the step rewrote (norms scales were folded into).
