@@ -45,6 +45,11 @@ class DistillerServiceStub:
                 request_serializer=modelpress_dot_v1_dot_distiller__pb2.DistillerServiceDescribeRequest.SerializeToString,
                 response_deserializer=modelpress_dot_v1_dot_distiller__pb2.DistillerServiceDescribeResponse.FromString,
                 _registered_method=True)
+        self.CheckConfig = channel.unary_unary(
+                '/modelpress.v1.DistillerService/CheckConfig',
+                request_serializer=modelpress_dot_v1_dot_distiller__pb2.DistillerServiceCheckConfigRequest.SerializeToString,
+                response_deserializer=modelpress_dot_v1_dot_distiller__pb2.DistillerServiceCheckConfigResponse.FromString,
+                _registered_method=True)
 
 
 class DistillerServiceServicer:
@@ -65,6 +70,14 @@ class DistillerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckConfig(self, request, context):
+        """Checks a stage's config against the method's whole declaration, rules across fields included
+        (Describe's fields carry each field's own bounds only). The gateway asks before a job exists.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DistillerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -77,6 +90,11 @@ def add_DistillerServiceServicer_to_server(servicer, server):
                     servicer.Describe,
                     request_deserializer=modelpress_dot_v1_dot_distiller__pb2.DistillerServiceDescribeRequest.FromString,
                     response_serializer=modelpress_dot_v1_dot_distiller__pb2.DistillerServiceDescribeResponse.SerializeToString,
+            ),
+            'CheckConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckConfig,
+                    request_deserializer=modelpress_dot_v1_dot_distiller__pb2.DistillerServiceCheckConfigRequest.FromString,
+                    response_serializer=modelpress_dot_v1_dot_distiller__pb2.DistillerServiceCheckConfigResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -134,6 +152,33 @@ class DistillerService:
             '/modelpress.v1.DistillerService/Describe',
             modelpress_dot_v1_dot_distiller__pb2.DistillerServiceDescribeRequest.SerializeToString,
             modelpress_dot_v1_dot_distiller__pb2.DistillerServiceDescribeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelpress.v1.DistillerService/CheckConfig',
+            modelpress_dot_v1_dot_distiller__pb2.DistillerServiceCheckConfigRequest.SerializeToString,
+            modelpress_dot_v1_dot_distiller__pb2.DistillerServiceCheckConfigResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,3 +40,15 @@ class OptimizerServiceListEnginesResponse(_message.Message):
     engines: _containers.RepeatedCompositeFieldContainer[_common_pb2.EngineInfo]
     hardware: _common_pb2.WorkerHardware
     def __init__(self, engines: _Optional[_Iterable[_Union[_common_pb2.EngineInfo, _Mapping]]] = ..., hardware: _Optional[_Union[_common_pb2.WorkerHardware, _Mapping]] = ...) -> None: ...
+
+class OptimizerServiceCheckConfigRequest(_message.Message):
+    __slots__ = ("stage",)
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    stage: _common_pb2.StageSpec
+    def __init__(self, stage: _Optional[_Union[_common_pb2.StageSpec, _Mapping]] = ...) -> None: ...
+
+class OptimizerServiceCheckConfigResponse(_message.Message):
+    __slots__ = ("errors",)
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    errors: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, errors: _Optional[_Iterable[str]] = ...) -> None: ...

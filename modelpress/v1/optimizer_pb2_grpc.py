@@ -45,6 +45,11 @@ class OptimizerServiceStub:
                 request_serializer=modelpress_dot_v1_dot_optimizer__pb2.OptimizerServiceDescribeRequest.SerializeToString,
                 response_deserializer=modelpress_dot_v1_dot_optimizer__pb2.OptimizerServiceDescribeResponse.FromString,
                 _registered_method=True)
+        self.CheckConfig = channel.unary_unary(
+                '/modelpress.v1.OptimizerService/CheckConfig',
+                request_serializer=modelpress_dot_v1_dot_optimizer__pb2.OptimizerServiceCheckConfigRequest.SerializeToString,
+                response_deserializer=modelpress_dot_v1_dot_optimizer__pb2.OptimizerServiceCheckConfigResponse.FromString,
+                _registered_method=True)
         self.ListEngines = channel.unary_unary(
                 '/modelpress.v1.OptimizerService/ListEngines',
                 request_serializer=modelpress_dot_v1_dot_optimizer__pb2.OptimizerServiceListEnginesRequest.SerializeToString,
@@ -70,6 +75,14 @@ class OptimizerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckConfig(self, request, context):
+        """Checks a stage's config against the method's whole declaration, rules across fields included
+        (Describe's fields carry each field's own bounds only). The gateway asks before a job exists.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListEngines(self, request, context):
         """The engines, their precisions and whether each works on this worker.
         """
@@ -89,6 +102,11 @@ def add_OptimizerServiceServicer_to_server(servicer, server):
                     servicer.Describe,
                     request_deserializer=modelpress_dot_v1_dot_optimizer__pb2.OptimizerServiceDescribeRequest.FromString,
                     response_serializer=modelpress_dot_v1_dot_optimizer__pb2.OptimizerServiceDescribeResponse.SerializeToString,
+            ),
+            'CheckConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckConfig,
+                    request_deserializer=modelpress_dot_v1_dot_optimizer__pb2.OptimizerServiceCheckConfigRequest.FromString,
+                    response_serializer=modelpress_dot_v1_dot_optimizer__pb2.OptimizerServiceCheckConfigResponse.SerializeToString,
             ),
             'ListEngines': grpc.unary_unary_rpc_method_handler(
                     servicer.ListEngines,
@@ -151,6 +169,33 @@ class OptimizerService:
             '/modelpress.v1.OptimizerService/Describe',
             modelpress_dot_v1_dot_optimizer__pb2.OptimizerServiceDescribeRequest.SerializeToString,
             modelpress_dot_v1_dot_optimizer__pb2.OptimizerServiceDescribeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelpress.v1.OptimizerService/CheckConfig',
+            modelpress_dot_v1_dot_optimizer__pb2.OptimizerServiceCheckConfigRequest.SerializeToString,
+            modelpress_dot_v1_dot_optimizer__pb2.OptimizerServiceCheckConfigResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,6 +45,11 @@ class PrunerServiceStub:
                 request_serializer=modelpress_dot_v1_dot_pruner__pb2.PrunerServiceDescribeRequest.SerializeToString,
                 response_deserializer=modelpress_dot_v1_dot_pruner__pb2.PrunerServiceDescribeResponse.FromString,
                 _registered_method=True)
+        self.CheckConfig = channel.unary_unary(
+                '/modelpress.v1.PrunerService/CheckConfig',
+                request_serializer=modelpress_dot_v1_dot_pruner__pb2.PrunerServiceCheckConfigRequest.SerializeToString,
+                response_deserializer=modelpress_dot_v1_dot_pruner__pb2.PrunerServiceCheckConfigResponse.FromString,
+                _registered_method=True)
 
 
 class PrunerServiceServicer:
@@ -65,6 +70,14 @@ class PrunerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckConfig(self, request, context):
+        """Checks a stage's config against the method's whole declaration, rules across fields included
+        (Describe's fields carry each field's own bounds only). The gateway asks before a job exists.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PrunerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -77,6 +90,11 @@ def add_PrunerServiceServicer_to_server(servicer, server):
                     servicer.Describe,
                     request_deserializer=modelpress_dot_v1_dot_pruner__pb2.PrunerServiceDescribeRequest.FromString,
                     response_serializer=modelpress_dot_v1_dot_pruner__pb2.PrunerServiceDescribeResponse.SerializeToString,
+            ),
+            'CheckConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckConfig,
+                    request_deserializer=modelpress_dot_v1_dot_pruner__pb2.PrunerServiceCheckConfigRequest.FromString,
+                    response_serializer=modelpress_dot_v1_dot_pruner__pb2.PrunerServiceCheckConfigResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -134,6 +152,33 @@ class PrunerService:
             '/modelpress.v1.PrunerService/Describe',
             modelpress_dot_v1_dot_pruner__pb2.PrunerServiceDescribeRequest.SerializeToString,
             modelpress_dot_v1_dot_pruner__pb2.PrunerServiceDescribeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelpress.v1.PrunerService/CheckConfig',
+            modelpress_dot_v1_dot_pruner__pb2.PrunerServiceCheckConfigRequest.SerializeToString,
+            modelpress_dot_v1_dot_pruner__pb2.PrunerServiceCheckConfigResponse.FromString,
             options,
             channel_credentials,
             insecure,

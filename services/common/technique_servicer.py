@@ -10,7 +10,7 @@ import grpc
 
 from modelpress.v1 import common_pb2
 from services.common import modelio
-from services.common.configspec import MethodConfig, describe_registry, parse_config, struct_to_dict
+from services.common.configspec import MethodConfig, config_problems, describe_registry, parse_config, struct_to_dict
 from services.common.engine_api import ProgressReporter, StageResult
 from services.common.server import ServiceRuntime
 from services.common.stage_runner import abort_with, run_stage
@@ -44,6 +44,14 @@ class TechniqueServicer:
             methods=describe_registry(self.technique, self.methods),
             hardware=worker_hardware(self.runtime.worker_id),
         )
+
+    def check_config(self, stage: common_pb2.StageSpec) -> list[str]:
+        """Every problem of the stage's config under its method's whole declaration (an unknown
+        method is one problem)."""
+        method = self.methods.get(stage.method)
+        if method is None:
+            return [f"method: unknown method {stage.method!r}; allowed: {', '.join(sorted(self.methods))}"]
+        return config_problems(method.config_cls, struct_to_dict(stage.config))
 
     async def run_stage(self, stage: common_pb2.StageRequest, context: grpc.aio.ServicerContext
                         ) -> AsyncIterator[common_pb2.StageUpdate]:

@@ -19,6 +19,9 @@ class DistillerServicer(distiller_pb2_grpc.DistillerServiceServicer):
     async def Describe(self, request, context):
         return distiller_pb2.DistillerServiceDescribeResponse(description=self._technique.description())
 
+    async def CheckConfig(self, request, context):
+        return distiller_pb2.DistillerServiceCheckConfigResponse(errors=self._technique.check_config(request.stage))
+
     async def Run(self, request, context):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, NOT_YET)
         yield  # pragma: no cover - makes this an async generator

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import io
 import logging
@@ -17,7 +18,7 @@ from services.common.events import TERMINAL_STATES
 from services.common.isa import CLASS_NAMES
 from services.common.job_store import JobNotFound
 from services.common.kv_records import RecordBucket
-from services.common.pipeline.chain import InvalidArgument, check_chain, validate_recipe
+from services.common.pipeline.chain import InvalidArgument, check_chain, label_of, validate_recipe
 from services.common.pipeline.recipes import RECIPES, UnknownRecipe
 from services.common.server import ServiceRuntime
 from services.common.settings import TECHNIQUE_SERVICES
@@ -101,7 +102,19 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                                            stages=stored.stages)
             name = ""
         methods = await self._methods(explicit)
-        return (*validate_recipe(name, overrides, methods, explicit), methods)
+        recipe_def, stages = validate_recipe(name, overrides, methods, explicit)
+        await self._check_configs(stages)
+        return recipe_def, stages, methods
+
+    async def _check_configs(self, stages: list[common_pb2.StageSpec]) -> None:
+        """Each engine stage's config as its service's typed declaration sees it, rules across fields
+        included, so a contradiction never becomes a job."""
+        engine = [(i, s) for i, s in enumerate(stages) if s.technique != common_pb2.TECHNIQUE_EVALUATOR]
+        found = await asyncio.gather(*(self._mesh.check_config(s.technique, s) for _, s in engine))
+        errors = [f"stages[{i}] ({label_of(s)}).config: {problem}" for (i, s), problems in zip(engine, found)
+                  for problem in problems]
+        if errors:
+            raise InvalidArgument("; ".join(errors))
 
     async def _methods(self, pipeline: common_pb2.Pipeline | None = None
                        ) -> dict[tuple[int, str], common_pb2.MethodDescription]:
@@ -271,6 +284,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             raise InvalidArgument("pipeline.name: required (the recipe's name)")
         methods = await self._methods(request.pipeline)
         recipe, stages = validate_recipe("", struct_pb2.Struct(), methods, request.pipeline)
+        await self._check_configs(stages)
         check_chain(stages, methods, None)
         return gateway_pb2.CreateRecipeResponse(recipe=await self._recipes.create(recipe.message()))
 
@@ -493,6 +507,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                                 f"engine {engine.name} is not available: {engine.reason}")
         methods = await self._methods()
         recipe, stages = validate_recipe(engine.methods[precision], request.options, methods)
+        await self._check_configs(stages)
         check_chain(stages, methods, model_format)
         job = await self._runner.submit(
             name=request.name or f"{engine.name} {precision} of {request.model.WhichOneof('source')}",

@@ -31,6 +31,9 @@ class OptimizerServicer(optimizer_pb2_grpc.OptimizerServiceServicer):
     async def Describe(self, request, context):
         return optimizer_pb2.OptimizerServiceDescribeResponse(description=self._technique.description())
 
+    async def CheckConfig(self, request, context):
+        return optimizer_pb2.OptimizerServiceCheckConfigResponse(errors=self._technique.check_config(request.stage))
+
     async def Run(self, request, context):
         async for update in self._technique.run_stage(request.stage, context):
             yield optimizer_pb2.OptimizerServiceRunResponse(update=update)

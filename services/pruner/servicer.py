@@ -17,6 +17,9 @@ class PrunerServicer(pruner_pb2_grpc.PrunerServiceServicer):
     async def Describe(self, request, context):
         return pruner_pb2.PrunerServiceDescribeResponse(description=self._technique.description())
 
+    async def CheckConfig(self, request, context):
+        return pruner_pb2.PrunerServiceCheckConfigResponse(errors=self._technique.check_config(request.stage))
+
     async def Run(self, request, context):
         async for update in self._technique.run_stage(request.stage, context):
             yield pruner_pb2.PrunerServiceRunResponse(update=update)

@@ -17,6 +17,9 @@ class QuantizerServicer(quantizer_pb2_grpc.QuantizerServiceServicer):
     async def Describe(self, request, context):
         return quantizer_pb2.QuantizerServiceDescribeResponse(description=self._technique.description())
 
+    async def CheckConfig(self, request, context):
+        return quantizer_pb2.QuantizerServiceCheckConfigResponse(errors=self._technique.check_config(request.stage))
+
     async def Run(self, request, context):
         async for update in self._technique.run_stage(request.stage, context):
             yield quantizer_pb2.QuantizerServiceRunResponse(update=update)
