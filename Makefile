@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 MP := $(PY) -m services.gateway.cli
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-fast bench bench-quant bench-eval bench-opt bench-pipelines bench-anchors anchors-venv bench-llamacpp \
+.PHONY: install demo test test-fast bench bench-quant bench-eval bench-opt bench-pipelines bench-prune bench-anchors anchors-venv bench-llamacpp \
 	llamacpp-venv proto lint-proto clean
 
 install: $(STAMP)
@@ -59,6 +59,12 @@ bench-opt: install
 # Composite recipes (a float transform, then the engine's quantizer) against the engine alone.
 bench-pipelines: install
 	$(PY) bench/pipelines.py
+
+# The pruner's bars: MiniLM prune-structured-50 (speed, k-NN accuracy, FLOPs, reload), SmolLM2
+# SparseGPT / Wanda / magnitude at 50 % and 2:4 beside llm-compressor, SmolLM2 prune-structured-25
+# (prefill and decode), OpenVINO sparse-weight decompression -> bench/results/pruning.json (long).
+bench-prune: install anchors-venv
+	$(PY) bench/pruning.py
 
 # llm-compressor, the anchor of bench/anchors.py, in its own venv: it pins an older
 # transformers. torch is pinned to the CPU build so no install pulls CUDA wheels.

@@ -1,9 +1,11 @@
 """modelpress against llm-compressor, side by side on the same model, tokens and machine.
 
-    python bench/anchors.py [--methods gptq,awq,smoothquant-w8a8] [--samples 16] [--anchor-python PATH]
+    python bench/anchors.py [--methods gptq,awq,smoothquant-w8a8,sparsegpt-50,...] [--samples 16]
+                            [--anchor-python PATH]
 
-For each method, llm-compressor (in its own venv, `make anchors-venv`) and the matching
-modelpress recipe run one after the other in fresh processes, calibrated on the same
+For each method (quantization: gptq, awq, smoothquant-w8a8; pruning: sparsegpt-50, wanda-50,
+sparsegpt-2of4, wanda-2of4), llm-compressor (in its own venv, `make anchors-venv`) and the
+matching modelpress recipe run one after the other in fresh processes, calibrated on the same
 token windows (the calibration split of pydoc). Both artifacts are then measured by the
 modelpress evaluator: perplexity on held-out pydoc windows of 512 tokens, size on disk.
 Writes bench/results/anchors.json and prints the table.
@@ -22,7 +24,7 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from machine_record import machine_record  # bench/ (this folder is on sys.path)
-from quantization import quantize
+from quantization import run_method
 from services.common import modelio, packaging
 from services.common.registry import builtin_folder
 from services.common.settings import default_cache
@@ -31,11 +33,17 @@ from services.common.calibration_data import calibration_batches, calibration_te
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-# llm-compressor's method → the modelpress quantizer method and config it is compared with.
+ANCHOR_PYTHON = ROOT / ".venv-anchors" / "bin" / "python"
+# llm-compressor's method -> the modelpress service, method and config it is compared with, and
+# the built-in recipe that is that config.
 OURS = {
-    "gptq": ("gptq", {"bits": 4, "group_size": 64}),
-    "awq": ("awq", {"bits": 4, "group_size": 64}),
-    "smoothquant-w8a8": ("smoothquant", {"activations": "dynamic"}),
+    "gptq": ("quantizer", "gptq", {"bits": 4, "group_size": 64}, "w4a16-gptq"),
+    "awq": ("quantizer", "awq", {"bits": 4, "group_size": 64}, "w4a16-awq"),
+    "smoothquant-w8a8": ("quantizer", "smoothquant", {"activations": "dynamic"}, "w8a8-smoothquant"),
+    "sparsegpt-50": ("pruner", "sparsegpt", {"sparsity": 0.5}, "prune-sparsegpt-50"),
+    "wanda-50": ("pruner", "wanda", {"sparsity": 0.5}, "prune-wanda-50"),
+    "sparsegpt-2of4": ("pruner", "sparsegpt", {"structure": "2:4"}, "prune-2of4"),
+    "wanda-2of4": ("pruner", "wanda", {"structure": "2:4"}, "prune-2of4 with method wanda"),
 }
 
 
@@ -47,44 +55,57 @@ def run_anchor(python: Path, method: str, src: Path, windows: Path, dst: Path) -
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
+def side_by_side(methods: list[str], samples: int, sequence_length: int, quality_windows: int, anchor_python: Path,
+                 work: Path) -> list[dict]:
+    """Each method by both tools on the same calibration windows, measured on the same held-out
+    windows; a row per (method, tool), saved into anchors.json as it is measured."""
+    src = builtin_folder("smollm2-135m", default_cache())
+    windows = calibration_batches(modelio.load_tokenizer(src), samples, sequence_length, calibration_text())
+    windows_path = work / f"windows-{samples}x{sequence_length}.safetensors"
+    save_file({"input_ids": windows.contiguous()}, str(windows_path))
+    evaluation = EvaluationConfig(latency_iterations=3, quality_windows=quality_windows)
+    base = evaluate_folder(src, evaluation)["perplexity"]
+    rows = []
+    for method in methods:
+        for tool in ("llm-compressor", "modelpress"):
+            out = work / f"{tool}-{method}"
+            shutil.rmtree(out, ignore_errors=True)
+            service, ours, config, recipe = OURS[method]
+            if tool == "llm-compressor":
+                run = run_anchor(anchor_python, method, src, windows_path, out)
+            else:
+                run = run_method(service, ours, {**config, "calibration_samples": samples,
+                                                 "calibration_sequence_length": sequence_length}, src, out)
+            ppl = evaluate_folder(out, evaluation)["perplexity"]
+            rows.append({"method": method, "tool": tool, "calibration": f"{samples}x{sequence_length}",
+                         "recipe": recipe if tool == "modelpress" else "", "ppl": round(ppl, 4),
+                         "base_ppl": round(base, 4), "delta": round((ppl - base) / base, 4),
+                         "size_bytes": packaging.folder_size_bytes(out), "wall_s": round(run["wall_s"], 1),
+                         "peak_rss_mb": round(run["peak_rss_mb"])})
+            print(" | ".join(str(v) for v in rows[-1].values()), flush=True)
+            save(rows)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--methods", default="gptq,awq,smoothquant-w8a8")
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--sequence-length", type=int, default=512)
     parser.add_argument("--quality-windows", type=int, default=16)
-    parser.add_argument("--anchor-python", type=Path, default=ROOT / ".venv-anchors" / "bin" / "python")
+    parser.add_argument("--anchor-python", type=Path, default=ANCHOR_PYTHON)
     parser.add_argument("--work", type=Path, default=None)
     args = parser.parse_args()
-    if not args.anchor_python.exists():
-        raise SystemExit(f"{args.anchor_python} not found: run `make anchors-venv` first")
+    check_anchor_python(args.anchor_python)
     work = args.work or Path(tempfile.mkdtemp(prefix="mp-anchors-"))
     work.mkdir(parents=True, exist_ok=True)
-    src = builtin_folder("smollm2-135m", default_cache())
-    windows = calibration_batches(modelio.load_tokenizer(src), args.samples, args.sequence_length,
-                                  calibration_text())
-    windows_path = work / "windows.safetensors"
-    save_file({"input_ids": windows.contiguous()}, str(windows_path))
-    evaluation = EvaluationConfig(latency_iterations=3, quality_windows=args.quality_windows)
-    base = evaluate_folder(src, evaluation)["perplexity"]
-    rows = []
-    for method in args.methods.split(","):
-        for tool in ("llm-compressor", "modelpress"):
-            out = work / f"{tool}-{method}"
-            shutil.rmtree(out, ignore_errors=True)
-            if tool == "llm-compressor":
-                run = run_anchor(args.anchor_python, method, src, windows_path, out)
-            else:
-                ours, config = OURS[method]
-                run = quantize(ours, {**config, "calibration_samples": args.samples,
-                                      "calibration_sequence_length": args.sequence_length}, src, out)
-            ppl = evaluate_folder(out, evaluation)["perplexity"]
-            rows.append({"method": method, "tool": tool, "calibration": f"{args.samples}x{args.sequence_length}",
-                         "ppl": round(ppl, 4), "base_ppl": round(base, 4), "delta": round((ppl - base) / base, 4),
-                         "size_bytes": packaging.folder_size_bytes(out), "wall_s": round(run["wall_s"], 1),
-                         "peak_rss_mb": round(run["peak_rss_mb"])})
-            print(" | ".join(str(v) for v in rows[-1].values()), flush=True)
-            save(rows)
+    side_by_side(args.methods.split(","), args.samples, args.sequence_length, args.quality_windows,
+                 args.anchor_python, work)
+
+
+def check_anchor_python(python: Path) -> None:
+    if not python.exists():
+        raise SystemExit(f"{python} not found: run `make anchors-venv` first")
 
 
 def save(rows: list[dict]) -> None:

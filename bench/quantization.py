@@ -61,12 +61,17 @@ def stage_of(recipe: str, model: str) -> tuple[str, dict]:
     return stage.method, config
 
 
-def quantize(method: str, config: dict, src: Path, dst: Path) -> dict:
-    run = subprocess.run([sys.executable, str(HERE / "quantize_once.py"), method, json.dumps(config), str(src),
-                          str(dst)], capture_output=True, text=True)
+def run_method(service: str, method: str, config: dict, src: Path, dst: Path) -> dict:
+    """One engine method in a fresh process (its wall time and peak RSS are its own)."""
+    run = subprocess.run([sys.executable, str(HERE / "method_once.py"), service, method, json.dumps(config),
+                          str(src), str(dst)], capture_output=True, text=True)
     if run.returncode != 0:
         raise RuntimeError(f"{method} failed: {run.stderr.strip().splitlines()[-1]}")
     return json.loads(run.stdout)
+
+
+def quantize(method: str, config: dict, src: Path, dst: Path) -> dict:
+    return run_method("quantizer", method, config, src, dst)
 
 
 def bits_of(recipe: str, config: dict) -> tuple[int, int]:

@@ -1,6 +1,9 @@
 """One llm-compressor run, in the anchors' own venv (it pins an older transformers).
 
-    .venv-anchors/bin/python bench/anchors/llmcompressor_once.py {gptq|awq|smoothquant-w8a8} SRC WINDOWS DST
+    .venv-anchors/bin/python bench/anchors/llmcompressor_once.py METHOD SRC WINDOWS DST
+
+METHOD: gptq, awq, smoothquant-w8a8 (quantization), or {sparsegpt|wanda}-{50|2of4} (pruning:
+half of every decoder Linear's weights, unstructured or 2:4; lm_head kept, as modelpress does).
 
 WINDOWS is a safetensors file holding `input_ids` [samples, length]: the very windows
 modelpress calibrates on, so both tools see the same tokens. Prints JSON: wall_s,
@@ -34,7 +37,23 @@ def recipe(method: str):
     if method == "smoothquant-w8a8":
         return [SmoothQuantModifier(smoothing_strength=0.5),
                 GPTQModifier(scheme="W8A8", targets=["Linear"], ignore=["lm_head"], dampening_frac=0.01)]
+    if method in PRUNING_METHODS:
+        return [pruning_modifier(method)]
     raise SystemExit(f"unknown method {method}")
+
+
+PRUNING_METHODS = ("sparsegpt-50", "sparsegpt-2of4", "wanda-50", "wanda-2of4")
+
+
+def pruning_modifier(method: str):
+    from llmcompressor.modifiers.pruning import SparseGPTModifier, WandaPruningModifier
+
+    algorithm, shape = method.split("-")
+    structure = "2:4" if shape == "2of4" else "0:0"
+    if algorithm == "sparsegpt":
+        return SparseGPTModifier(sparsity=0.5, mask_structure=structure, ignore=["lm_head"], dampening_frac=0.01,
+                                 block_size=128)
+    return WandaPruningModifier(sparsity=0.5, mask_structure=structure, ignore=["lm_head"])
 
 
 def main() -> None:
@@ -57,7 +76,8 @@ def main() -> None:
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
     oneshot(model=model, dataset=dataset, recipe=recipe(method), max_seq_length=ids.shape[1],
             num_calibration_samples=ids.shape[0])
-    model.save_pretrained(dst, save_compressed=True)
+    # Pruned weights are saved dense (compressed-tensors 0.15 has no sparse compressor left).
+    model.save_pretrained(dst, save_compressed=method not in PRUNING_METHODS)
     AutoTokenizer.from_pretrained(src).save_pretrained(dst)
     json.dump({"wall_s": time.perf_counter() - start,
                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}, sys.stdout)

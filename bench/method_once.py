@@ -1,10 +1,13 @@
-"""Runs one quantizer method in this (fresh) process and prints wall time, peak RSS and figures.
+"""Runs one engine method in this (fresh) process and prints wall time, peak RSS and figures.
 
-    python bench/quantize_once.py METHOD CONFIG_JSON SRC_DIR DST_DIR
+    python bench/method_once.py SERVICE METHOD CONFIG_JSON SRC_DIR DST_DIR
+
+SERVICE is the engine package (quantizer, pruner); its registry `METHODS` names the method.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import resource
 import sys
@@ -13,12 +16,11 @@ from pathlib import Path
 
 from services.common.configspec import parse_config
 from services.common.engine_api import ProgressReporter
-from services.quantizer.engine import METHODS
 
 
 def main() -> None:
-    method, config_json, src, dst = sys.argv[1:5]
-    chosen = METHODS[method]
+    service, method, config_json, src, dst = sys.argv[1:6]
+    chosen = importlib.import_module(f"services.{service}.engine").METHODS[method]
     config = parse_config(chosen.config_cls, json.loads(config_json))
     start = time.perf_counter()
     result = chosen.run(config, Path(src), Path(dst), ProgressReporter())
