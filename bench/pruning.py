@@ -1,7 +1,7 @@
 """The pruner's bars on both built-in models, each reached by a built-in recipe with its defaults.
 
-    python bench/pruning.py [--parts minilm,unstructured,smollm2-structured,openvino-sparse]
-                            [--iterations 20] [--work DIR]
+    python bench/pruning.py [--parts minilm,unstructured,smollm2-structured,openvino-sparse,methods]
+                            [--iterations 20] [--work DIR] [--print]
 
 - minilm: `prune-structured-50` on MiniLM-L6, then the original and the output in one interleaved
   comparison (PyTorch FP32 eager, 1x128): speed, k-NN topic accuracy on held-out sentences,
@@ -14,6 +14,8 @@
 - openvino-sparse: OpenVINO INT8 of SmolLM2 dense and 50 %-sparse (SparseGPT), each compiled with
   and without CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE, prefill timed in interleaved rounds. The
   plugin decompresses sparse weights only on CPUs with AMX; elsewhere the figure says so.
+- methods: every pruner method on both models with a short calibration and no recovery: that it
+  runs (or the reason it refuses), its wall time and what it removed.
 
 Writes bench/results/pruning.json (each part replaces its own rows) and prints the tables.
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import tempfile
 import time
@@ -70,8 +73,10 @@ def stage_figures(run) -> dict:
 
 def minilm(args, work: Path) -> dict:
     src = builtin_folder("minilm-l6", default_cache())
+    out = work / "minilm-structured-50"
+    shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
-    run = modelpress.compress(src, "prune-structured-50", work / "minilm-structured-50")
+    run = modelpress.compress(src, "prune-structured-50", out)
     seconds = time.perf_counter() - start
     config = EvaluationConfig(batch_size=1, sequence_length=128, latency_iterations=args.iterations,
                               quality_sentences=222)
@@ -107,9 +112,10 @@ def smollm2_structured(args, work: Path) -> dict:
     src = builtin_folder("smollm2-135m", default_cache())
     outputs, runs = {}, {}
     for label, overrides in (("recovered", {}), ("no-recovery", {"recovery_minutes": 0.0})):
+        out = work / f"smollm2-structured-25-{label}"
+        shutil.rmtree(out, ignore_errors=True)
         start = time.perf_counter()
-        run = modelpress.compress(src, "prune-structured-25", work / f"smollm2-structured-25-{label}",
-                                  overrides=overrides)
+        run = modelpress.compress(src, "prune-structured-25", out, overrides=overrides)
         runs[label] = {"seconds": round(time.perf_counter() - start, 1), **stage_figures(run)}
         outputs[label] = run.output
     config = EvaluationConfig(batch_size=1, sequence_length=128, latency_iterations=args.iterations,
@@ -190,8 +196,36 @@ def openvino_sparse(args, work: Path) -> dict:
                     "rate setting is expected to change nothing here"}
 
 
+# Each method with the config its recipe gives, short calibration, no recovery.
+EVERY_METHOD = {"magnitude": {"sparsity": 0.5}, "wanda": {"sparsity": 0.5}, "sparsegpt": {"structure": "2:4"},
+                "mlp-neurons": {}, "layers": {}, "heads": {}, "structured": {"target_flops": 0.5}}
+SHORT = {"calibration_samples": 8, "calibration_sequence_length": 128, "recovery_minutes": 0.0}
+
+
+def methods(args, work: Path) -> dict:
+    rows = []
+    for model in ("smollm2-135m", "minilm-l6"):
+        src = builtin_folder(model, default_cache())
+        for method, config in EVERY_METHOD.items():
+            out = work / f"every-{model}-{method}"
+            shutil.rmtree(out, ignore_errors=True)
+            try:
+                run = run_method("pruner", method, {**config, **SHORT}, src, out)
+            except RuntimeError as exc:
+                rows.append({"model": model, "method": method, "config": config, "outcome": "refused",
+                             "reason": str(exc).split("failed: ", 1)[-1]})
+            else:
+                m = run["metrics"]
+                rows.append({"model": model, "method": method, "config": config, "outcome": "ran",
+                             "wall_s": round(run["wall_s"], 1), "sparsity": m.get("sparsity"),
+                             "flops_ratio": m.get("flops_ratio"), "parameters_ratio": m.get("parameters_ratio"),
+                             "shape_after": m.get("shape_after")})
+            print(rows[-1], flush=True)
+    return {"rows": rows, "short": SHORT}
+
+
 PARTS = {"minilm": minilm, "unstructured": unstructured, "smollm2-structured": smollm2_structured,
-         "openvino-sparse": openvino_sparse}
+         "openvino-sparse": openvino_sparse, "methods": methods}
 
 
 def print_tables(results: dict) -> None:
@@ -230,6 +264,16 @@ def print_tables(results: dict) -> None:
                               str(r["speedup_vs_dense"])]))
         if o["note"]:
             print(o["note"])
+    if e := results.get("methods"):
+        print(f"\nEvery method on both models ({e['short']})")
+        print("model | method | outcome | wall s | sparsity | FLOPs × | params × | shape / reason")
+        for r in e["rows"]:
+            ran = r["outcome"] == "ran"
+            print(" | ".join([r["model"], r["method"], r["outcome"], str(r.get("wall_s", "-")),
+                              f"{r['sparsity']:.3f}" if ran and r["sparsity"] is not None else "-",
+                              f"{r['flops_ratio']:.3f}" if ran and r["flops_ratio"] is not None else "-",
+                              f"{r['parameters_ratio']:.3f}" if ran and r["parameters_ratio"] is not None else "-",
+                              str(r.get("shape_after") or r.get("reason", ""))[:120]]))
 
 
 def main() -> None:

@@ -67,7 +67,8 @@ def run_method(service: str, method: str, config: dict, src: Path, dst: Path) ->
                           str(src), str(dst)], capture_output=True, text=True)
     if run.returncode != 0:
         raise RuntimeError(f"{method} failed: {run.stderr.strip().splitlines()[-1]}")
-    return json.loads(run.stdout)
+    # Its figures are the last line: an engine's libraries (OpenVINO, NNCF) may print before it.
+    return json.loads(run.stdout.strip().splitlines()[-1])
 
 
 def quantize(method: str, config: dict, src: Path, dst: Path) -> dict:

@@ -208,15 +208,16 @@ def declared(methods: list[dict], kind: str) -> list[str]:
     return names
 
 
-def layer_errors(events: list[dict], keys: list[str]) -> tuple[str, list[tuple[str, float]]]:
-    """Per-layer values of the first declared key the stages reported, in the order layers were done."""
+def layer_series(events: list[dict], keys: list[str]) -> list[tuple[str, list[tuple[str, float]]]]:
+    """Per-layer values of each declared key the stages reported, in the order layers were done."""
+    found = []
     for key in keys:
         layers = [(e["metrics"]["layer"], float(e["metrics"][key])) for e in events
                   if isinstance(e.get("metrics"), dict) and "layer" in e["metrics"]
                   and isinstance(e["metrics"].get(key), (int, float))]
         if layers:
-            return key, layers
-    return "", []
+            found.append((key, layers))
+    return found
 
 
 def _latency_cell(figures: dict) -> str:
@@ -370,11 +371,16 @@ def job_report(job: dict, events: list[dict], methods: list[dict] = (), lineage:
                                 ", ".join(f"{k} {v}" for k, v in sorted(link.get("versions", {}).items())),
                                 link.get("key", "")[:16]] for i, link in enumerate(lineage)]))
         report.data["lineage"] = list(lineage)
-    key, layers = layer_errors(events, declared(methods, "per-layer"))
-    if layers:
+    # One plot per declared figure (the pruner's sparsity and layer loss, a quantizer's error); the
+    # data holds a row per layer with every figure it reported.
+    by_layer: dict[str, dict] = {}
+    for key, layers in layer_series(events, declared(methods, "per-layer")):
         report.plots[f"per-layer {key}"] = layer_error_plot(layers, key)
         report.wide_plots.add(f"per-layer {key}")
-        report.data["layers"] = [{"layer": n, key: v} for n, v in layers]
+        for name, value in layers:
+            by_layer.setdefault(name, {"layer": name})[key] = value
+    if by_layer:
+        report.data["layers"] = list(by_layer.values())
     curves = loss_curves(events, declared(methods, "curve"))
     if curves:
         report.plots["training loss"] = loss_curve_plot(curves)

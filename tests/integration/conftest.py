@@ -47,6 +47,13 @@ def model_dir(tiny_llama_dir, allowed_root):
 
 
 @pytest.fixture
+def bert_dir(tiny_bert_dir, allowed_root):
+    folder = allowed_root / "bert"
+    shutil.copytree(tiny_bert_dir, folder)
+    return folder
+
+
+@pytest.fixture
 def start_gateway(workers):
     """Starts one more gateway on the same mesh (the caller stops it)."""
 

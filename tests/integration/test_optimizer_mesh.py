@@ -51,11 +51,9 @@ async def test_engines_say_what_works_here_and_what_this_cpu_accelerates(gateway
     assert "fp32" not in openvino.emulated and not engines["tensorrt"].emulated
 
 
-async def test_an_onnx_int8_job_is_measured_against_its_pytorch_original(gateway, tiny_bert_dir, allowed_root):
-    folder = allowed_root / "bert"
-    shutil.copytree(tiny_bert_dir, folder)
+async def test_an_onnx_int8_job_is_measured_against_its_pytorch_original(gateway, bert_dir):
     client = Client(gateway)
-    job = await optimize_and_wait(client, f"path:{folder}", "onnxruntime", "int8", "onnx-int8", FAST)
+    job = await optimize_and_wait(client, f"path:{bert_dir}", "onnxruntime", "int8", "onnx-int8", FAST)
     assert job.stages[0].spec.technique == common_pb2.TECHNIQUE_OPTIMIZER
     assert job.output.format == common_pb2.ARTIFACT_FORMAT_ONNX
     assert job.stages[0].metrics["int8_ops"]["QAttention"] == 2

@@ -4,7 +4,6 @@ prune -> quantize and prune -> export pipelines as one job each, refusals, and a
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 
 import grpc
@@ -26,13 +25,6 @@ def call(fn, *args, **kwargs):
 async def run_to_end(client: Client, job: common_pb2.Job) -> tuple[common_pb2.Job, list[common_pb2.JobEvent]]:
     events = await call(lambda: list(client.watch(job.job_id)))
     return await call(client.get_job, job.job_id), events
-
-
-@pytest.fixture
-def bert_dir(tiny_bert_dir, allowed_root):
-    folder = allowed_root / "bert"
-    shutil.copytree(tiny_bert_dir, folder)
-    return folder
 
 
 @pytest.fixture

@@ -77,6 +77,24 @@ def test_only_declared_progress_metrics_are_plotted():
         "block_loss_after": [0.5, 0.5 / 3]}
 
 
+def test_every_declared_per_layer_figure_gets_its_plot():
+    """A pruner stage reports sparsity and loss per layer: both are plotted, one row per layer."""
+    from services.common.configspec import describe_registry
+    from services.pruner.engine import METHODS
+
+    wanda = [report.to_plain(d) for d in describe_registry(common_pb2.TECHNIQUE_PRUNER, METHODS) if d.name == "wanda"]
+    events = []
+    for i, name in enumerate(["model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj"]):
+        event = common_pb2.JobEvent(kind=common_pb2.EVENT_KIND_STAGE_PROGRESS, message="wanda")
+        event.metrics.update({"layer": name, "sparsity": 0.5, "loss": 0.02 * (i + 1)})
+        events.append(report.to_plain(event))
+    made = report.job_report(report.to_plain(_job()), events, wanda)
+    assert {"per-layer sparsity", "per-layer loss"} <= set(made.plots)
+    assert json.loads(made.json())["layers"] == [
+        {"layer": "model.layers.0.self_attn.q_proj", "sparsity": 0.5, "loss": 0.02},
+        {"layer": "model.layers.0.mlp.down_proj", "sparsity": 0.5, "loss": 0.04}]
+
+
 def _three_rows(threshold_set: str, int8_size: int) -> list:
     """fp32 (baseline), int8 of `int8_size` bytes at +0.1 % ppl, w4 at +13 % ppl."""
     base = _metrics(538_000_000, 13.487, [40.0, 41.0, 42.0])

@@ -121,3 +121,17 @@ def test_a_chain_is_checked_stage_by_stage_before_a_job_exists():
     cast_then_export = resolve_stages(RecipeDef("bf16-openvino", "t", (RecipeStage(Q, "bf16"),
                                                                        RecipeStage(O, "openvino"))), {}, described)
     check_chain(cast_then_export, described, hf)  # a bf16 checkpoint is still float safetensors
+
+
+def test_config_problems_names_each_field_and_the_rules_across_fields():
+    """What CheckConfig answers: Describe's per-field bounds miss a rule across fields."""
+    from services.common.configspec import config_problems
+    from services.pruner.configs import MagnitudeConfig, SparseGptConfig, StructuredConfig
+
+    assert config_problems(SparseGptConfig, {"structure": "2:4"}) == []
+    (problem,) = config_problems(SparseGptConfig, {"structure": "2:4", "sparsity": 0.3})
+    assert problem.startswith("sparsity: 0.3 contradicts structure 2:4")  # no pydantic "Value error, " prefix
+    assert config_problems(MagnitudeConfig, {"scope": "global", "structure": "4:8"})[0].startswith("scope:")
+    assert config_problems(StructuredConfig, {})[0].startswith("nothing to prune")
+    problems = config_problems(SparseGptConfig, {"damping": 0, "block_size": 8})
+    assert [p.split(":")[0] for p in problems] == ["damping", "block_size"]
