@@ -109,13 +109,18 @@ def check_anchor_python(python: Path) -> None:
 
 
 def save(rows: list[dict]) -> None:
-    """Merges into the existing table: a (method, tool, calibration) measured again replaces its row."""
+    """Merges into the existing table: a (method, tool, calibration) measured again replaces its row.
+    Each row carries the machine it was measured on (rows from earlier runs keep theirs)."""
     results = HERE / "results" / "anchors.json"
-    previous = json.loads(results.read_text())["rows"] if results.exists() else []
+    previous = json.loads(results.read_text()) if results.exists() else {"rows": []}
+    earlier = previous.get("machine", {})
+    kept = [r if "machine" in r else {**r, "machine": earlier} for r in previous["rows"]]
+    machine = machine_record()
     fresh = {(r["method"], r["tool"], r["calibration"]) for r in rows}
-    merged = [r for r in previous if (r["method"], r["tool"], r["calibration"]) not in fresh] + rows
-    results.write_text(json.dumps({"machine": machine_record(), "python": sys.version.split()[0], "rows": merged},
-                                       indent=2))
+    merged = [r for r in kept if (r["method"], r["tool"], r["calibration"]) not in fresh] + \
+             [{**r, "machine": {k: machine[k] for k in ("cpu_model", "isa_class", "threads", "recorded_at")}}
+              for r in rows]
+    results.write_text(json.dumps({"machine": machine, "python": sys.version.split()[0], "rows": merged}, indent=2))
 
 
 if __name__ == "__main__":

@@ -42,10 +42,16 @@ class RecordBucket(Generic[M]):
         return self._cls.FromString(entry.value) if entry.value else None
 
     async def keys(self) -> list[str]:
-        try:
-            return await self.kv.keys()
-        except NoKeysError:
-            return []
+        # nats-py raises NoKeysError when its listing watcher sees nothing before its timeout, which
+        # a loaded machine can make happen on a bucket that has keys: asked again while the
+        # bucket's status says it holds values, and [] only once it says none are left.
+        for _ in range(3):
+            try:
+                return await self.kv.keys()
+            except NoKeysError:
+                if not (await self.kv.status()).values:
+                    return []
+        return []
 
     async def values(self) -> list[M]:
         """Every record; one deleted between listing and reading is skipped."""
