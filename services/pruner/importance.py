@@ -129,7 +129,7 @@ def score_units(model: nn.Module, batches: torch.Tensor, importance: str, layer_
                 for i, block in enumerate(blocks):
                     gw = lambda m: (m.weight.grad * m.weight).detach().float()  # noqa: E731
                     mlp, heads = _unit_sums(arch, block, head_unit, gw, gw)
-                    s_block = sum(float((p.grad * p).sum()) for p in block.parameters() if p.grad is not None)
+                    s_block = sum(float((p.grad * p.detach()).sum()) for p in block.parameters() if p.grad is not None)
                     taylor[i] = (mlp, heads) if taylor[i] is None else (taylor[i][0] + mlp, _add(taylor[i][1], heads))
                     fisher[i] = (mlp ** 2, _sq(heads)) if fisher[i] is None else (
                         fisher[i][0] + mlp ** 2, _add(fisher[i][1], _sq(heads)))
