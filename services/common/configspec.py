@@ -92,27 +92,31 @@ def describe_registry(technique: int, methods) -> list[common_pb2.MethodDescript
             for m in methods.values()]
 
 
-def config_problems(config_cls: type[MethodConfig], values: dict[str, Any]) -> list[str]:
-    """Why `values` do not make a `config_cls`, one entry per problem naming its field; empty when
-    they do. Rules across fields (model validators) name their field in their own message."""
+def _validated(config_cls: type[MethodConfig], values: dict[str, Any]) -> tuple[MethodConfig | None, list[str]]:
+    """The config and no problems, or None and one entry per problem naming its field. Rules across
+    fields (model validators) name their field in their own message."""
     try:
-        config_cls.model_validate(values)
+        return config_cls.model_validate(values), []
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
             where = ".".join(str(p) for p in err["loc"])
             message = err["msg"].removeprefix("Value error, ")
             problems.append(f"{where}: {message}" if where else message)
-        return problems
-    return []
+        return None, problems
+
+
+def config_problems(config_cls: type[MethodConfig], values: dict[str, Any]) -> list[str]:
+    """Why `values` do not make a `config_cls`; empty when they do (what CheckConfig answers)."""
+    return _validated(config_cls, values)[1]
 
 
 def parse_config(config_cls: type[MethodConfig], values: dict[str, Any]) -> MethodConfig:
     """Builds the typed config on the service side; errors name each bad field."""
-    problems = config_problems(config_cls, values)
+    config, problems = _validated(config_cls, values)
     if problems:
         raise ConfigError("; ".join(problems))
-    return config_cls.model_validate(values)
+    return config
 
 
 def check_value(field: common_pb2.ConfigField, value: Any) -> str | None:

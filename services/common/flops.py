@@ -2,8 +2,9 @@
 
 FLOPs come from torch.utils.flop_counter running the model once: the dense matmul FLOPs PyTorch
 eager executes whatever the zeros (on CPU the attention-score products inside SDPA are not among
-them; at 128 tokens they are a few percent). Parameters are counted once per shared tensor (a tied
-LM head is the embedding); `nonzero` counts what is left after unstructured pruning.
+them; at 128 tokens, counted by hand, about 3 % of either built-in model's total). Parameters are
+counted once per shared tensor (a tied LM head is the embedding); `nonzero` counts what is left
+after unstructured pruning.
 """
 
 from __future__ import annotations

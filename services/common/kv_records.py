@@ -42,9 +42,10 @@ class RecordBucket(Generic[M]):
         return self._cls.FromString(entry.value) if entry.value else None
 
     async def keys(self) -> list[str]:
-        # nats-py raises NoKeysError when its listing watcher sees nothing before its timeout, which
-        # a loaded machine can make happen on a bucket that has keys: asked again while the
-        # bucket's status says it holds values, and [] only once it says none are left.
+        # nats-py's listing ends at its watcher's first "nothing pending" and raises NoKeysError when
+        # it saw no key by then; on a loaded machine a bucket holding records was listed empty (0 of
+        # 46 jobs). Asked again while the stream holds messages (tombstones count too, hence the
+        # bound), [] at once when it holds none.
         for _ in range(3):
             try:
                 return await self.kv.keys()

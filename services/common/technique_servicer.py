@@ -45,22 +45,22 @@ class TechniqueServicer:
             hardware=worker_hardware(self.runtime.worker_id),
         )
 
+    def _unknown_method(self, name: str) -> str:
+        return f"method: unknown method {name!r}; allowed: {', '.join(sorted(self.methods))}"
+
     def check_config(self, stage: common_pb2.StageSpec) -> list[str]:
         """Every problem of the stage's config under its method's whole declaration (an unknown
         method is one problem)."""
         method = self.methods.get(stage.method)
         if method is None:
-            return [f"method: unknown method {stage.method!r}; allowed: {', '.join(sorted(self.methods))}"]
+            return [self._unknown_method(stage.method)]
         return config_problems(method.config_cls, struct_to_dict(stage.config))
 
     async def run_stage(self, stage: common_pb2.StageRequest, context: grpc.aio.ServicerContext
                         ) -> AsyncIterator[common_pb2.StageUpdate]:
         method = self.methods.get(stage.method)
         if method is None:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"method: unknown method {stage.method!r}; allowed: {', '.join(sorted(self.methods))}",
-            )
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, self._unknown_method(stage.method))
         try:
             config = parse_config(method.config_cls, struct_to_dict(stage.config))
         except Exception as exc:  # noqa: BLE001
