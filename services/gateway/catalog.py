@@ -101,7 +101,9 @@ class Mesh:
         prefix = TECHNIQUE_SERVICES[technique].capitalize()
         request = getattr(module, f"{prefix}ServiceDescribeRequest")()
         try:
-            response = await self.stub(technique).Describe(request, timeout=5.0, wait_for_ready=False)
+            # wait_for_ready as in is_live: a channel in reconnect backoff after its replica restarted
+            # would otherwise fail this call at once although the replica is serving again.
+            response = await self.stub(technique).Describe(request, timeout=5.0, wait_for_ready=True)
         except grpc.aio.AioRpcError as exc:
             raise ServiceUnavailable(f"{TECHNIQUE_SERVICES[technique]}: {exc.code().name}: {exc.details()}") from exc
         self._described[technique] = (time.monotonic(), response.description)
@@ -114,7 +116,7 @@ class Mesh:
         prefix = TECHNIQUE_SERVICES[technique].capitalize()
         request = getattr(module, f"{prefix}ServiceCheckConfigRequest")(stage=stage)
         try:
-            response = await self.stub(technique).CheckConfig(request, timeout=5.0)
+            response = await self.stub(technique).CheckConfig(request, timeout=5.0, wait_for_ready=True)
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
                 return []
