@@ -19,10 +19,16 @@ class OnnxConfig(MethodConfig):
 
 
 class OnnxInt8Config(OnnxConfig):
-    reduce_range: bool = Field(False, description="7-bit weights: avoids u8*s8 saturation on CPUs without VNNI")
+    reduce_range: bool = Field(False, description="7-bit weights: another way around u8*s8 saturation on CPUs "
+                                                  "without VNNI, at a bit of weight precision")
+    weights: Literal["auto", "s8", "u8"] = Field(
+        "auto", description="INT8 weight type under dynamic INT8 activations: s8 (what VNNI and AMX multiply with u8 "
+                            "activations), u8 (the u8*u8 kernel does not saturate where products go through "
+                            "pmaddubsw), or auto: s8 where this worker's CPU has VNNI or AMX, else u8")
     causal_lm_activations: Literal["float", "dynamic-int8"] = Field(
         "float", description="Causal LMs: float activations with INT8 blockwise weights (MatMulNBits, 8 bits), or "
-                             "dynamic per-tensor INT8 activations (measured: SmolLM2 perplexity 13.5 -> millions)")
+                             "dynamic per-tensor INT8 activations (which need SmoothQuant first: an LLM's outlier "
+                             "channels do not fit one scale per tensor)")
 
 
 class OnnxInt4Config(OnnxConfig):

@@ -54,9 +54,9 @@ def fuse_transformer(src: Path, dst: Path, *, num_heads: int, hidden_size: int) 
     return {op: n for op, n in optimized.get_fused_operator_statistics().items() if n}
 
 
-def quantize_int8(src: Path, dst: Path, *, reduce_range: bool = False) -> dict:
+def quantize_int8(src: Path, dst: Path, *, reduce_range: bool = False, weights: str = "s8") -> dict:
     """Dynamic INT8: weights per output channel (per-tensor cost MiniLM 0.96 cosine here), activations
-    quantized per call at run time; MatMul and Gemm only."""
+    quantized per call at run time; MatMul and Gemm only. `weights` "s8" or "u8" (see OnnxInt8Config)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -64,17 +64,18 @@ def quantize_int8(src: Path, dst: Path, *, reduce_range: bool = False) -> dict:
     # probabilities times V in an unfused graph) quantized per tensor at run time wreck a causal
     # LM (SmolLM2 perplexity went from 13.5 to millions when they were included).
     model = onnx.load(str(src), load_external_data=False)
-    weights = {init.name for init in model.graph.initializer}
+    initializers = {init.name for init in model.graph.initializer}
     nodes = [n.name for n in model.graph.node
-             if n.op_type == "Attention" or (n.op_type in ("MatMul", "Gemm") and n.input[1] in weights)]
+             if n.op_type == "Attention" or (n.op_type in ("MatMul", "Gemm") and n.input[1] in initializers)]
     # Fused contrib ops (Attention, SkipLayerNormalization) defeat ONNX shape inference; their
     # outputs are float, which is what the quantizer needs to be told.
-    quantize_dynamic(str(src), str(dst), per_channel=True, reduce_range=reduce_range, weight_type=QuantType.QInt8,
+    weight_type = QuantType.QInt8 if weights == "s8" else QuantType.QUInt8
+    quantize_dynamic(str(src), str(dst), per_channel=True, reduce_range=reduce_range, weight_type=weight_type,
                      op_types_to_quantize=["MatMul", "Gemm", "Attention"], nodes_to_quantize=nodes,
                      extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     counts = op_counts(dst)
     return {"int8_ops": {op: counts[op] for op in ("MatMulInteger", "DynamicQuantizeMatMul", "QAttention")
-                         if counts.get(op)}}
+                         if counts.get(op)}, "weight_type": weights}
 
 
 def quantize_nbits(src: Path, dst: Path, *, bits: int = 4, block_size: int = 32, accuracy_level: int = 4,

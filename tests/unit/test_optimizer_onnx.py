@@ -176,3 +176,22 @@ def test_parameters_of_a_blockwise_graph_count_each_weight_once(tiny_bpe_llama_d
     _run(method, tiny_bpe_llama_dir, tmp_path)  # untied head: every weight stored once
     torch_params = sum(p.numel() for p in modelio.load_model(tiny_bpe_llama_dir).parameters())
     assert onnx_parameters(tmp_path) == pytest.approx(torch_params, rel=0.01)
+
+
+def test_int8_weights_follow_the_cpu_s8_with_vnni_u8_without(tiny_bert_dir, tmp_path):
+    import onnx
+
+    from services.common.isa import support
+    from services.common.machine import this_cpu
+
+    auto = _run("onnx-int8", tiny_bert_dir, tmp_path / "auto")
+    expected = "s8" if support("int8", this_cpu().isa_features).accelerated else "u8"
+    assert auto.metrics["weight_type"] == expected
+    u8 = _run("onnx-int8", tiny_bert_dir, tmp_path / "u8", weights="u8", fuse=False)
+    graph = onnx.load(str(tmp_path / "u8" / "model.onnx")).graph
+    quantized = [i for i in graph.initializer if i.name.endswith("_quantized")]
+    assert quantized and {i.data_type for i in quantized} == {onnx.TensorProto.UINT8}, u8.metrics
+    # fastest-cpu resolves the weight type of the class it builds for, not this worker's.
+    built = METHODS["fastest-cpu"].run(METHODS["fastest-cpu"].config_cls(isa_class="avx2"), tiny_bert_dir,
+                                       tmp_path / "avx2", ProgressReporter())
+    assert built.compression["resolved"]["config"]["weights"] == "u8" and built.metrics["weight_type"] == "u8"
