@@ -23,6 +23,7 @@ class ArtifactFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ARTIFACT_FORMAT_TENSORRT: _ClassVar[ArtifactFormat]
     ARTIFACT_FORMAT_DATASET_JSONL: _ClassVar[ArtifactFormat]
     ARTIFACT_FORMAT_REPORT: _ClassVar[ArtifactFormat]
+    ARTIFACT_FORMAT_TRAINING_CHECKPOINT: _ClassVar[ArtifactFormat]
 
 class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -68,6 +69,7 @@ ARTIFACT_FORMAT_GGUF: ArtifactFormat
 ARTIFACT_FORMAT_TENSORRT: ArtifactFormat
 ARTIFACT_FORMAT_DATASET_JSONL: ArtifactFormat
 ARTIFACT_FORMAT_REPORT: ArtifactFormat
+ARTIFACT_FORMAT_TRAINING_CHECKPOINT: ArtifactFormat
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_PENDING: JobState
 JOB_STATE_RUNNING: JobState
@@ -661,20 +663,22 @@ class JobEvent(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kind: _Optional[_Union[EventKind, str]] = ..., job_state: _Optional[_Union[JobState, str]] = ..., stage_index: _Optional[int] = ..., stage_name: _Optional[str] = ..., message: _Optional[str] = ..., stage_progress: _Optional[float] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., metrics: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class StageRequest(_message.Message):
-    __slots__ = ("job_id", "stage_index", "input", "method", "config", "recompute")
+    __slots__ = ("job_id", "stage_index", "input", "method", "config", "recompute", "original")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STAGE_INDEX_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     RECOMPUTE_FIELD_NUMBER: _ClassVar[int]
+    ORIGINAL_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     stage_index: int
     input: ModelRef
     method: str
     config: _struct_pb2.Struct
     recompute: bool
-    def __init__(self, job_id: _Optional[str] = ..., stage_index: _Optional[int] = ..., input: _Optional[_Union[ModelRef, _Mapping]] = ..., method: _Optional[str] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., recompute: _Optional[bool] = ...) -> None: ...
+    original: ModelRef
+    def __init__(self, job_id: _Optional[str] = ..., stage_index: _Optional[int] = ..., input: _Optional[_Union[ModelRef, _Mapping]] = ..., method: _Optional[str] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., recompute: _Optional[bool] = ..., original: _Optional[_Union[ModelRef, _Mapping]] = ...) -> None: ...
 
 class StageProgress(_message.Message):
     __slots__ = ("message", "progress", "step", "total_steps", "metrics")

@@ -198,6 +198,19 @@ class ArtifactStore:
             await asyncio.to_thread(packaging.tar_folder, folder, tar_path)
             return await self.put_file(tar_path, fmt=fmt, artifact_id=artifact_id, meta=meta)
 
+    async def replace_dir(self, folder: Path, *, fmt: int, artifact_id: str,
+                          meta: dict | None = None) -> common_pb2.ArtifactRef:
+        """Stores the folder under a fixed id, then frees the bytes the id held before (a reader of
+        the id sees the old or the new folder, never a mix)."""
+        try:
+            old_nuid = (await self.stat(artifact_id)).nuid
+        except ArtifactNotFound:
+            old_nuid = None
+        ref = await self.put_dir(folder, fmt=fmt, artifact_id=artifact_id, meta=meta)
+        if old_nuid is not None:
+            await self._purge(_chunk_subject(self._bucket, old_nuid))
+        return ref
+
     # ---- reads ----------------------------------------------------------
 
     async def stat(self, artifact_id: str) -> StoredArtifact:

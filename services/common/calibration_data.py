@@ -41,3 +41,13 @@ def calibration_batches(tokenizer, samples: int, sequence_length: int, text: str
     windows = ids[: available * sequence_length].view(available, sequence_length)
     picks = torch.linspace(0, available - 1, samples).round().long()
     return windows[picks]
+
+
+def text_pieces(text: str, min_chars: int = 30) -> list[str]:
+    """Paragraph-sized pieces of text for an encoder (sentence embedders are trained on short texts)."""
+    pieces = []
+    for paragraph in text.split("\n\n"):
+        paragraph = " ".join(paragraph.split())
+        if len(paragraph) >= min_chars:
+            pieces.append(paragraph)
+    return pieces

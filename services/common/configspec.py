@@ -26,14 +26,18 @@ class MethodConfig(BaseModel):
     # it may have. The gateway checks them before a job exists; the service fetches each before the
     # engine runs, which reads the local copy through `local_path`.
     artifact_fields: ClassVar[dict[str, tuple[int, ...]]] = {}
+    # Artifact fields that, left empty, mean the job's input model (a distiller's teacher): the
+    # service binds them to the request's `original`.
+    original_default_fields: ClassVar[tuple[str, ...]] = ()
     _local_paths: dict[str, Path] = PrivateAttr(default_factory=dict)
 
     def bind_local(self, field: str, path: Path) -> None:
         self._local_paths[field] = Path(path)
 
     def local_path(self, field: str) -> Path | None:
-        """The fetched copy of the artifact `field` names; None when the field is empty."""
-        if not getattr(self, field):
+        """The fetched copy of the artifact `field` names (or of the model it defaults to); None when
+        the field is empty and nothing was bound in its place."""
+        if not getattr(self, field) and field not in self._local_paths:
             return None
         if field not in self._local_paths:
             raise ValueError(f"{field}: artifact {getattr(self, field)!r} was not fetched for this run")

@@ -37,12 +37,26 @@ class Progress:
         return self.step / self.total_steps if self.total_steps else 0.0
 
 
+class Checkpoints:
+    """Where a long stage keeps its last checkpoint so that a retry of the same stage (another
+    replica, or this one after a restart) resumes from it; this base keeps nothing (a run outside
+    the mesh starts from zero every time)."""
+
+    def latest(self, into: Path) -> Path | None:
+        """Fetches the last saved checkpoint into the folder `into`; None when there is none."""
+        return None
+
+    def save(self, folder: Path, step: int) -> None:
+        """Replaces the stored checkpoint with the folder's contents (written at `step`)."""
+
+
 @dataclass
 class ProgressReporter:
     """Handed to an engine; `report` is the place a cancel takes effect."""
 
     sink: Callable[[Progress], None] = lambda _p: None
     cancelled: threading.Event = field(default_factory=threading.Event)
+    checkpoints: Checkpoints = field(default_factory=Checkpoints)
 
     def report(self, step: int, total_steps: int, message: str, **metrics: Any) -> None:
         self.check_cancelled()

@@ -29,6 +29,7 @@ from services.common.lineage import library_versions, ref_digest, stage_key
 from services.common.machine import this_cpu
 from services.common.registry import UnknownBuiltin
 from services.common.server import ServiceRuntime, to_jsonable
+from services.common.stage_checkpoints import StoredCheckpoints, checkpoint_id
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +74,12 @@ async def run_stage(
     work: StageWork,
     effective_config: dict,
     service_version: str = "1",
+    extra_key: dict[str, str] | None = None,
 ) -> AsyncIterator[common_pb2.StageUpdate]:
     """`effective_config` is the parsed config with defaults, recorded in the manifest and keyed
-    for reuse: a stored output with the same key is handed back without running the engine."""
+    for reuse: a stored output with the same key is handed back without running the engine.
+    `extra_key`: what else the output depends on (the model an empty teacher field stood for),
+    recorded with the versions."""
     what = f"{stage.method} on {describe(stage.input)}"
     config = to_jsonable(effective_config)
     try:
@@ -85,7 +89,7 @@ async def run_stage(
         await abort_with(context, exc, what)
         return
     # The worker's ISA class is part of the key: a method may resolve per CPU (fastest-cpu).
-    versions = {**library_versions(), "isa_class": this_cpu().isa_class}
+    versions = {**library_versions(), "isa_class": this_cpu().isa_class, **(extra_key or {})}
     key = stage_key(runtime.settings.name, stage.method, config, input_digest, service_version, versions)
     if not stage.recompute and (reused := await _stored_output(runtime, key)) is not None:
         yield common_pb2.StageUpdate(output=reused)
@@ -94,6 +98,9 @@ async def run_stage(
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Progress] = asyncio.Queue()
     reporter = ProgressReporter(sink=lambda p: loop.call_soon_threadsafe(queue.put_nowait, p))
+    checkpoint = checkpoint_id(stage.job_id, stage.stage_index, key) if stage.job_id else ""
+    if checkpoint:
+        reporter.checkpoints = StoredCheckpoints(runtime.store, loop, checkpoint)
     scratch = Path(tempfile.mkdtemp(prefix=f"{stage.method}-", dir=runtime.settings.work_dir))
     output_dir = scratch / "model"
     task = asyncio.ensure_future(asyncio.to_thread(work, input_dir, output_dir, reporter))
@@ -131,6 +138,8 @@ async def run_stage(
         output = common_pb2.StageOutput(artifact=ref, worker=runtime.worker_id, notes=result.notes, key=key)
         output.metrics.CopyFrom(ev.to_struct(to_jsonable(result.metrics)))
         await runtime.stage_cache.put(key, output)
+        if checkpoint:  # the output exists: a retry would reuse it, not resume
+            await runtime.store.delete(checkpoint)
         yield common_pb2.StageUpdate(output=output)
     except asyncio.CancelledError:
         # The caller went away or cancelled: stop the engine at its next progress point.

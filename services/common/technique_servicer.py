@@ -11,6 +11,7 @@ import grpc
 from modelpress.v1 import common_pb2
 from services.common import modelio
 from services.common.configspec import MethodConfig, config_problems, describe_registry, parse_config, struct_to_dict
+from services.common.model_source import describe
 from services.common.engine_api import ProgressReporter, StageResult
 from services.common.server import ServiceRuntime
 from services.common.stage_runner import abort_with, run_stage
@@ -74,9 +75,21 @@ class TechniqueServicer:
                     await abort_with(context, exc, f"{stage.method} config: {field}")
                     return
                 config.bind_local(field, local)
+        extra_key: dict[str, str] = {}
+        for field in config.original_default_fields:
+            if not getattr(config, field) and stage.HasField("original"):
+                try:
+                    local = await self.runtime.models.local_folder(stage.original)
+                except Exception as exc:  # noqa: BLE001
+                    await abort_with(context, exc, f"{stage.method} config: {field} (the job's input model)")
+                    return
+                config.bind_local(field, local)
+                # The output depends on which model stood in: part of the stage key and its record.
+                extra_key[field] = describe(stage.original)
 
         def work(src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
             return method.run(config, src, dst, reporter)
 
-        async for update in run_stage(self.runtime, stage, context, work, config.model_dump(), self.version):
+        async for update in run_stage(self.runtime, stage, context, work, config.model_dump(), self.version,
+                                      extra_key):
             yield update

@@ -193,7 +193,7 @@ class JobRunner:
                             message=f"{TECHNIQUE_SERVICES[technique]}: {stage.spec.method} on {describe(input_ref)}")
         request = self.mesh.run_request(technique, common_pb2.StageRequest(
             job_id=job.job_id, stage_index=stage.index, input=input_ref, method=stage.spec.method,
-            config=stage.spec.config, recompute=job.recompute))
+            config=stage.spec.config, recompute=job.recompute, original=job.model))
         last_save = 0.0
         attempt = 0
         while True:

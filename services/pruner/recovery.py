@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from services.common.calibration_data import text_pieces
 from services.pruner.configs import RecoveryConfig
 
 
@@ -25,16 +26,6 @@ class RecoveryOutcome:
     seconds: float
     first_loss: float
     last_loss: float  # mean of the last few steps
-
-
-def text_pieces(text: str, min_chars: int = 30) -> list[str]:
-    """Paragraph-sized pieces of text for an encoder (sentence embedders are trained on short texts)."""
-    pieces = []
-    for paragraph in text.split("\n\n"):
-        paragraph = " ".join(paragraph.split())
-        if len(paragraph) >= min_chars:
-            pieces.append(paragraph)
-    return pieces
 
 
 def _causal_batches(tokenizer, text: str, config: RecoveryConfig, generator: torch.Generator):

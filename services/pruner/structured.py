@@ -9,7 +9,7 @@ from torch import nn
 
 from services.common.calibration.blocks import decoder_blocks
 from services.common.flops import forward_flops
-from services.pruner.architecture import Architecture, keep_layers
+from services.common.architecture import Architecture, keep_layers
 from services.pruner.configs import StructuredConfig
 from services.pruner.importance import UnitScores
 

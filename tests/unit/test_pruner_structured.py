@@ -13,7 +13,7 @@ from services.common.configspec import parse_config
 from services.common.engine_api import ProgressReporter
 from services.common.flops import forward_flops
 from services.common.modelio import UnsupportedModelError
-from services.pruner.architecture import Architecture
+from services.common.architecture import Architecture
 from services.pruner.configs import StructuredConfig
 from services.pruner.engine import METHODS
 from services.pruner.importance import score_units

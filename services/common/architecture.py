@@ -65,9 +65,12 @@ class Architecture:
             self.mlp = Mlp(("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj")
             self.attention: Attention | None = Attention("self_attn.q_proj", "self_attn.k_proj",
                                                          "self_attn.v_proj", "self_attn.o_proj")
+            self.qkv = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
         elif self.model_type in BERT_LIKE:
             self.mlp = Mlp(("intermediate.dense",), "output.dense")
+            # Heads cannot be cut here (BERT_HEADS), but their projections can be read.
             self.attention = None
+            self.qkv = ("attention.self.query", "attention.self.key", "attention.self.value")
         else:
             raise UnsupportedModelError(
                 f"structured pruning knows Llama-style ({', '.join(LLAMA_LIKE)}) and BERT-style "

@@ -1,0 +1,152 @@
+"""Typed configs of the distiller's methods (one declaration serves validation, defaults, Describe and the CLI).
+
+The seed's DistillationConfig fields (temperature, alpha, feature_layers) keep their names.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from modelpress.v1 import common_pb2
+from services.common.calibration.config import CalibrationConfig
+
+FLOAT = common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS
+
+
+class TrainingConfig(CalibrationConfig):
+    """Bounded CPU training on the calibration split (or an uploaded dataset), never held-out text."""
+
+    calibration_samples: int = Field(256, ge=2, le=100000,
+                                     description="Training windows (causal LMs) or text pieces (encoders; capped at "
+                                                 "what the text holds)")
+    calibration_sequence_length: int = Field(128, ge=16, le=4096, description="Tokens per window or piece")
+    max_minutes: float = Field(10.0, gt=0.0, le=600.0, description="Wall-time budget of the training loop (resumed "
+                                                                    "runs count the time already spent)")
+    max_steps: int = Field(0, ge=0, le=1000000, description="Most optimizer steps (0 = bounded by time only)")
+    batch_size: int = Field(16, ge=1, le=512, description="Windows or pieces per optimizer step")
+    learning_rate: float = Field(1e-4, gt=0.0, le=0.1, description="AdamW peak learning rate")
+    warmup_steps: int = Field(10, ge=0, le=10000, description="Linear warm-up steps of the learning rate")
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="AdamW weight decay")
+    validation_share: float = Field(0.1, ge=0.0, lt=0.5, description="Share of the training data held back to "
+                                                                      "validate on (from the same calibration split)")
+    validate_every: int = Field(25, ge=1, le=100000, description="Steps between validations")
+    early_stopping_patience: int = Field(0, ge=0, le=1000, description="Stop after this many validations without "
+                                                                        "improvement (0 = never); the best "
+                                                                        "validated student is kept")
+    checkpoint_every: int = Field(50, ge=1, le=100000, description="Steps between checkpoints a retried stage "
+                                                                    "resumes from")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of batch order and new weights")
+
+
+class TeacherConfig(TrainingConfig):
+    artifact_fields: ClassVar[dict[str, tuple[int, ...]]] = {
+        **CalibrationConfig.artifact_fields, "teacher": (FLOAT,), "student": (FLOAT,)}
+    original_default_fields: ClassVar[tuple[str, ...]] = ("teacher",)
+
+    teacher: str = Field("", description="Artifact id of the teacher (float HF folder); empty = the job's input "
+                                         "model (in a pipeline: the model before its first stage)")
+    student: str = Field("", description="Artifact id of an uploaded student (float HF folder, same tokenizer and "
+                                         "kind as the teacher); empty = built from this stage's input")
+
+
+class StudentConfig(TeacherConfig):
+    """How the student is built from this stage's input (ignored for an uploaded student)."""
+
+    student_layers: int = Field(0, ge=0, le=1024, description="Blocks the student keeps (0 = all of its input's)")
+    layer_selection: Literal["uniform", "importance"] = Field(
+        "uniform", description="Which blocks: the last of every equal group (uniform), or the most important by "
+                               "1 - cos(block input, output) on calibration text")
+    student_mlp_width: int = Field(0, ge=0, le=65536, description="MLP width of every block (0 = its input's); "
+                                                                   "neurons kept by weight norm")
+    vocabulary: Literal["full", "corpus"] = Field(
+        "full", description="Encoders: keep the tokens the training text uses plus every single-character piece "
+                            "(words outside it tokenize into smaller pieces, never [UNK] for a known script)")
+    reinitialize: bool = Field(False, description="Born-again: start the student from new weights (same shape) "
+                                                  "instead of its input's")
+
+    @model_validator(mode="after")
+    def _student_is_built_or_uploaded(self):
+        built = self.student_layers or self.student_mlp_width or self.vocabulary != "full" or self.reinitialize
+        if self.student and built:
+            raise ValueError("student: an uploaded student is used as it is; leave student_layers, "
+                             "student_mlp_width, vocabulary and reinitialize at their defaults")
+        return self
+
+
+class TemperatureConfig(StudentConfig):
+    temperature: float = Field(2.0, ge=0.5, le=20.0, description="Softmax temperature of the distributions "
+                                                                  "matched (the KL is scaled by T²)")
+    temperature_schedule: Literal["constant", "annealed", "adaptive"] = Field(
+        "constant", description="constant; annealed linearly to final_temperature over the run; adaptive: per "
+                                "batch, the T at which the teacher's mean entropy is target_entropy of its maximum")
+    final_temperature: float = Field(1.0, ge=0.5, le=20.0, description="Annealed: the temperature at the end")
+    target_entropy: float = Field(0.3, gt=0.0, lt=1.0, description="Adaptive: teacher entropy as a share of "
+                                                                    "ln(classes)")
+
+
+class ResponseConfig(TemperatureConfig):
+    divergence: Literal["forward-kl", "reverse-kl", "jsd"] = Field(
+        "forward-kl", description="Causal LMs: KL(teacher ‖ student), KL(student ‖ teacher) or Jensen-Shannon, on "
+                                  "the teacher's top_k tokens")
+    alpha: float = Field(1.0, ge=0.0, le=1.0, description="Causal LMs: weight of the distillation term; 1 - alpha "
+                                                          "weighs the next-token cross-entropy on the text")
+    top_k: int = Field(64, ge=2, le=4096, description="Causal LMs: teacher logits cached per token")
+    embedding_loss: Literal["mse+cosine", "mse", "cosine"] = Field(
+        "mse+cosine", description="Encoders: match the mean-pooled sentence embedding by MSE (relative to the "
+                                  "teacher's mean square), 1 - cosine, or both")
+    learning_rate: float = Field(2e-4, gt=0.0, le=0.1, description="AdamW peak learning rate")
+
+
+class FeatureConfig(ResponseConfig):
+    feature_layers: str = Field("", description="Explicit layer map 'student:teacher,...' (1-based block outputs; "
+                                                "empty = layer_map)")
+    layer_map: Literal["uniform", "last-k"] = Field(
+        "uniform", description="Student block j matches teacher block j·(teacher / student) (uniform), or the "
+                               "last last_k blocks of each (last-k)")
+    last_k: int = Field(1, ge=1, le=1024, description="last-k: blocks matched")
+    feature_weight: float = Field(1.0, ge=0.0, le=100.0, description="Weight of the hidden-state MSE beside the "
+                                                                      "response term")
+
+    @model_validator(mode="after")
+    def _explicit_map_parses(self):
+        if self.feature_layers:
+            pairs(self.feature_layers)
+        return self
+
+
+class AttentionConfig(FeatureConfig):
+    attention_loss: Literal["auto", "distribution", "relations"] = Field(
+        "auto", description="distribution: KL of the attention probabilities (TinyBERT; equal head counts); "
+                            "relations: Q-Q, K-K and V-V self-attention relations (MiniLMv2; any widths); auto: "
+                            "distribution where head counts match, else relations")
+    relation_heads: int = Field(0, ge=0, le=256, description="Relations: heads the widths are split into "
+                                                             "(0 = the teacher's attention heads)")
+    attention_weight: float = Field(1.0, ge=0.0, le=100.0, description="Weight of the attention term")
+    feature_weight: float = Field(0.0, ge=0.0, le=100.0, description="Weight of the hidden-state MSE beside the "
+                                                                      "response and attention terms")
+    layer_map: Literal["uniform", "last-k"] = Field(
+        "last-k", description="Student block j matches teacher block j·(teacher / student) (uniform), or the "
+                              "last last_k blocks of each (last-k, MiniLM's choice)")
+
+
+class SelfConfig(ResponseConfig):
+    """The stage's input (pruned, or any compressed float model) as the student of its own original."""
+
+    learning_rate: float = Field(1e-4, gt=0.0, le=0.1, description="AdamW peak learning rate")
+
+
+def pairs(text: str) -> list[tuple[int, int]]:
+    """'1:2, 2:4' -> [(1, 2), (2, 4)]; a ValueError names the bad entry."""
+    found = []
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        student, sep, teacher = item.partition(":")
+        if not sep or not student.strip().isdigit() or not teacher.strip().isdigit():
+            raise ValueError(f"feature_layers: {item!r} is not 'student:teacher' (1-based block numbers)")
+        if int(student) < 1 or int(teacher) < 1:
+            raise ValueError(f"feature_layers: {item!r}: block numbers start at 1")
+        found.append((int(student), int(teacher)))
+    if not found:
+        raise ValueError("feature_layers: no 'student:teacher' pair")
+    return found

@@ -1,0 +1,192 @@
+"""The distiller's methods: one registry entry per loss family, each a typed config and a function.
+
+Engine code only: folders in, folder out, progress and checkpoints through a ProgressReporter.
+The student is this stage's input, reshaped by the config (students.py), or an uploaded one; the
+teacher is the `teacher` artifact or, left empty, the job's input model (so after a prune stage
+the pruned model learns from the unpruned original).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from modelpress.v1 import common_pb2
+from services.common import modelio
+from services.common.calibration.blocks import decoder_blocks
+from services.common.engine_api import Method, ProgressMetric, ProgressReporter, StageResult
+from services.common.float_checkpoint import refuse_quantized
+from services.common.flops import forward_flops, parameter_counts
+from services.common.tokenizer_files import copy_tokenizer
+from services.distiller.configs import AttentionConfig, FeatureConfig, ResponseConfig, SelfConfig
+from services.distiller.data import training_data
+from services.distiller.objectives import Objective
+from services.distiller.students import build_student
+from services.distiller.training import LoopState, train
+from services.distiller.vocabulary import kept_token_ids, rewrite_tokenizer, trim_embeddings
+
+FLOAT = common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS
+CURVE_POINTS = 100
+
+
+def _architecture(model) -> str:
+    return (model.config.architectures or [type(model).__name__])[0]
+
+
+def check_compatible(teacher_dir: Path, student_dir: Path) -> None:
+    """Same kind of model and the same tokenizer, or the losses compare different things."""
+    t_config, s_config = modelio.read_config(teacher_dir), modelio.read_config(student_dir)
+    t_kind, s_kind = modelio.model_kind(t_config), modelio.model_kind(s_config)
+    if t_kind != s_kind:
+        raise ValueError(f"teacher and student differ in kind: the teacher is a {t_kind}, the student a {s_kind}")
+    t_vocab = modelio.load_tokenizer(teacher_dir).get_vocab()
+    s_vocab = modelio.load_tokenizer(student_dir).get_vocab()
+    if t_vocab != s_vocab:
+        differing = len(set(t_vocab.items()) ^ set(s_vocab.items()))
+        raise ValueError(f"teacher and student use different tokenizers ({len(t_vocab)} and {len(s_vocab)} tokens, "
+                         f"{differing} entries differ); distill between models of one tokenizer")
+
+
+def _thin(values: list[float], points: int = CURVE_POINTS) -> list[float]:
+    every = max(1, -(-len(values) // points))
+    return values[::every]
+
+
+def _run(config: ResponseConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
+    reporter.report(0, 1, "loading teacher and student")
+    teacher_dir = config.local_path("teacher") or src
+    student_dir = config.local_path("student") or src
+    for folder in {teacher_dir, student_dir}:
+        refuse_quantized(folder)
+    check_compatible(teacher_dir, student_dir)
+    teacher = modelio.load_model(teacher_dir, dtype=torch.float32)
+    student_input = modelio.load_model(student_dir, dtype=torch.float32)
+    tokenizer = modelio.load_tokenizer(teacher_dir)
+    causal = type(teacher).__name__.endswith("ForCausalLM")
+    data = training_data(tokenizer, config.text(), causal, config.calibration_samples,
+                         config.calibration_sequence_length, config.validation_share)
+    importance = [data.batch(data.train_items[i:i + 8]) for i in range(0, min(len(data.train_items), 32), 8)]
+    built = build_student(student_input, config, importance if config.layer_selection == "importance" else None)
+    student = built.model
+    del student_input
+    keep = None
+    if config.vocabulary == "corpus":
+        if causal:
+            raise ValueError("vocabulary: 'corpus' is for encoders; a causal LM's output layer would lose the tokens "
+                             "its teacher predicts")
+        keep = kept_token_ids(tokenizer, _tokenizer_json(student_dir), data.texts())
+        new_of = {old: new for new, old in enumerate(keep)}
+        trim_embeddings(student, keep, new_of)
+        token_map = torch.zeros(len(tokenizer.get_vocab()), dtype=torch.long)
+        token_map[torch.tensor(keep)] = torch.arange(len(keep))
+        data.token_map = token_map
+    objective = Objective(config, student, teacher)
+
+    def prepare_teacher() -> None:
+        objective.cache_teacher(data, lambda i, n: reporter.report(0, 1, f"teacher outputs cached ({i}/{n} batches)"))
+
+    before = parameter_counts(teacher)["parameters"]
+    state = train(student, objective, data, config, reporter, prepare_teacher)
+    reporter.report(1, 1, "saving the student")
+    objective.restore(student, teacher)
+    student.save_pretrained(dst, safe_serialization=True)
+    copy_tokenizer(student_dir, dst)
+    if keep is not None:
+        rewrite_tokenizer(student_dir, dst, keep)
+    sample = data.batch(data.train_items[:1])
+    figures = _figures(teacher, student, state, before, config)
+    figures.update({"kept_layers": built.kept_layers, "vocabulary_size": len(keep) if keep else None,
+                    "train_items": len(data.train_items), "validation_items": len(data.validation_items),
+                    "reload_max_abs_difference": _reload_difference(student, dst, sample)})
+    figures["tokenizer_round_trip"] = _tokenizer_round_trip(dst, data) if keep is not None else None
+    compression = {"method": f"distill-{config_family(config)}", **config.model_dump()}
+    return StageResult(format=FLOAT, architecture=_architecture(student), compression=compression, metrics=figures)
+
+
+def _tokenizer_json(folder: Path) -> dict:
+    import json
+
+    path = folder / "tokenizer.json"
+    if not path.exists():
+        raise ValueError("vocabulary: 'corpus' needs the student's tokenizer.json (a fast tokenizer)")
+    return json.loads(path.read_text())
+
+
+def _figures(teacher, student, state: LoopState, teacher_params: int, config: ResponseConfig) -> dict:
+    flops_teacher, _ = forward_flops(teacher, 128)
+    flops_student, _ = forward_flops(student, 128)
+    params = parameter_counts(student)["parameters"]
+    return {
+        "steps": state.step, "seconds": round(state.seconds, 1), "stopped": state.stopped,
+        "resumed_from_step": state.resumed_from_step, "best_validation_loss": state.best_validation
+        if state.validation else None, "best_step": state.best_step,
+        "loss_curves": {name: _thin(values) for name, values in state.curves.items()},
+        "validation_curve": state.validation,
+        "parameters_teacher": teacher_params, "parameters": params, "parameters_ratio": params / teacher_params,
+        "flops_teacher": flops_teacher, "flops_after": flops_student, "flops_ratio": flops_student / flops_teacher,
+        "flops_shape": "1x128", "blocks_teacher": len(decoder_blocks(teacher)), "blocks": len(decoder_blocks(student)),
+    }
+
+
+@torch.no_grad()
+def _reload_difference(student, folder: Path, batch: dict) -> float:
+    """The written folder reloads with stock transformers and computes what the trained student does."""
+    reloaded = modelio.load_model(folder, dtype=torch.float32)
+    ids = batch.get("student_input_ids", batch["input_ids"])
+    extra = {"use_cache": False} if type(student).__name__.endswith("ForCausalLM") else {}
+    inputs = {"input_ids": ids, "attention_mask": batch["attention_mask"]}
+    out = (lambda m: m(**inputs, **extra).logits) if extra else (lambda m: m(**inputs).last_hidden_state)
+    difference = float((out(student) - out(reloaded)).abs().max())
+    if difference > 1e-3:
+        raise RuntimeError(f"the student reloads with different outputs (max |Δ| {difference:.3g})")
+    return difference
+
+
+def _tokenizer_round_trip(folder: Path, data) -> float:
+    """Share of training pieces the written tokenizer encodes to exactly the teacher's tokens."""
+    tokenizer = modelio.load_tokenizer(folder)
+    texts = data.texts()[:200]
+    same = 0
+    for text in texts:
+        teacher_ids = data.tokenizer(text, add_special_tokens=False).input_ids
+        student_ids = tokenizer(text, add_special_tokens=False).input_ids
+        same += data.token_map[torch.tensor(teacher_ids, dtype=torch.long)].tolist() == student_ids
+    return same / len(texts) if texts else 1.0
+
+
+def config_family(config: ResponseConfig) -> str:
+    if isinstance(config, AttentionConfig):
+        return "attention"
+    if isinstance(config, FeatureConfig):
+        return "feature"
+    if isinstance(config, SelfConfig):
+        return "self"
+    return "response"
+
+
+LOSS = ProgressMetric("loss", "curve", "Training loss (weighted sum of the terms)")
+RESPONSE = ProgressMetric("response", "curve", "Response term: logit divergence or pooled-embedding loss")
+FEATURE = ProgressMetric("feature", "curve", "Hidden-state MSE of the matched blocks")
+ATTENTION = ProgressMetric("attention", "curve", "Attention distribution or relation KL of the matched blocks")
+VALIDATION = ProgressMetric("validation_loss", "curve", "Response term at T = 1 on the validation items")
+LEARNING_RATE = ProgressMetric("learning_rate", "curve", "AdamW learning rate")
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("distill-response", "Response-based: KL on temperature-softened logits (forward, reverse, JSD; "
+                                   "hard-label mix) for causal LMs, pooled-embedding MSE/cosine for encoders; "
+                                   "student built from the input (layers, MLP width, vocabulary) or uploaded",
+               ResponseConfig, _run, produces=(FLOAT,), metrics=(LOSS, RESPONSE, VALIDATION, LEARNING_RATE)),
+        Method("distill-feature", "Feature-based: the response term plus hidden-state MSE of matched blocks "
+                                  "through learned projections where widths differ", FeatureConfig, _run,
+               produces=(FLOAT,), metrics=(LOSS, RESPONSE, FEATURE, VALIDATION, LEARNING_RATE)),
+        Method("distill-attention", "Attention-based: the response term plus attention-distribution KL (equal "
+                                    "heads, TinyBERT) or Q-Q/K-K/V-V relation KL (MiniLMv2)", AttentionConfig, _run,
+               produces=(FLOAT,), metrics=(LOSS, RESPONSE, ATTENTION, VALIDATION, LEARNING_RATE)),
+        Method("distill-self", "Self-distillation: the stage's input (pruned or otherwise compressed) learns "
+                               "from its own original; reinitialize=true trains a born-again copy",
+               SelfConfig, _run, produces=(FLOAT,), metrics=(LOSS, RESPONSE, VALIDATION, LEARNING_RATE)),
+    )
+}

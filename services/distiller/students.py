@@ -1,0 +1,90 @@
+"""Students built from a model: fewer blocks (uniform or by block importance), a narrower MLP,
+a trimmed vocabulary (vocabulary.py) or new weights of the same shape (born-again). Every student
+is a model of the teacher's own class that stock transformers reloads from its config."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from services.common.architecture import Architecture, keep_layers
+from services.common.calibration.blocks import decoder_blocks
+from services.distiller.configs import StudentConfig
+
+
+@dataclass
+class BuiltStudent:
+    model: nn.Module
+    kept_layers: list[int] = field(default_factory=list)  # 0-based blocks of the input kept
+    vocabulary: list[int] | None = None  # old token ids kept, ascending; None = the input's vocabulary
+    token_map: dict[int, int] | None = None
+
+
+def uniform_layers(total: int, keep: int) -> list[int]:
+    """The last block of each of `keep` equal groups, so the input's last block is always kept."""
+    return sorted({round((j + 1) * total / keep) - 1 for j in range(keep)})
+
+
+@torch.no_grad()
+def block_influence(model: nn.Module, batches: list[dict]) -> torch.Tensor:
+    """1 - mean cos(block input, block output) over the real tokens (ShortGPT's block influence):
+    a block that barely turns the residual stream matters least."""
+    blocks = len(decoder_blocks(model))
+    totals, count = torch.zeros(blocks), 0
+    extra = {"use_cache": False} if type(model).__name__.endswith("ForCausalLM") else {}
+    for batch in batches:
+        states = model(**batch, output_hidden_states=True, **extra).hidden_states
+        mask = batch.get("attention_mask", torch.ones_like(batch["input_ids"])).bool()
+        for i in range(blocks):
+            cos = nn.functional.cosine_similarity(states[i].float(), states[i + 1].float(), dim=-1)
+            totals[i] += float(cos[mask].sum())
+        count += int(mask.sum())
+    return 1.0 - totals / count
+
+
+def _mlp_keep(arch: Architecture, block: nn.Module, width: int) -> torch.Tensor:
+    """Neurons with the largest ‖input rows‖·‖output column‖, in their order."""
+    rows = sum(block.get_submodule(n).weight.detach().float().norm(dim=1) for n in arch.mlp.inputs)
+    cols = block.get_submodule(arch.mlp.output).weight.detach().float().norm(dim=0)
+    return (rows * cols).topk(width).indices.sort().values
+
+
+def build_student(model: nn.Module, config: StudentConfig, importance_batches: list[dict] | None = None
+                  ) -> BuiltStudent:
+    """A new model from `model` (left unchanged). Vocabulary trimming is applied by the caller,
+    which owns the tokenizer files."""
+    student = copy.deepcopy(model)
+    blocks = decoder_blocks(student)
+    total = len(blocks)
+    kept = list(range(total))
+    if config.student_layers:
+        if config.student_layers > total:
+            raise ValueError(f"student_layers: {config.student_layers} asked, the input has {total} blocks")
+        if config.layer_selection == "uniform":
+            kept = uniform_layers(total, config.student_layers)
+        else:
+            if not importance_batches:
+                raise ValueError("layer_selection: 'importance' needs calibration batches")
+            kept = sorted(block_influence(student, importance_batches).topk(config.student_layers).indices.tolist())
+        keep_layers(student, blocks, kept)
+    if config.student_mlp_width:
+        arch = Architecture(student)
+        for block in decoder_blocks(student):
+            width = block.get_submodule(arch.mlp.output).in_features
+            if config.student_mlp_width > width:
+                raise ValueError(f"student_mlp_width: {config.student_mlp_width} asked, the input's MLP is {width} wide")
+            arch.cut_mlp(block, _mlp_keep(arch, block, config.student_mlp_width))
+        student.config.intermediate_size = config.student_mlp_width
+    if config.reinitialize:
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(config.seed)
+        try:
+            student.apply(student._init_weights)
+            if hasattr(student, "tie_weights"):
+                student.tie_weights()
+        finally:
+            torch.random.set_rng_state(generator_state)
+    return BuiltStudent(student, kept)

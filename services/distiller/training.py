@@ -1,0 +1,153 @@
+"""The bounded training loop: AdamW with linear warm-up (then cosine decay when the step budget is
+known), validation and early stopping, progress per step (the cancel point), and checkpoints a
+retried stage resumes from.
+
+A checkpoint holds the student's and the objective's weights, the optimizer, the batch
+generator's state, the loop's figures and the cached teacher outputs, so a resumed run continues
+exactly where the stored one stopped: same batches, same updates (dropout is off while training,
+as the teacher's outputs are deterministic).
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from services.common.engine_api import ProgressReporter
+from services.distiller.configs import TrainingConfig
+from services.distiller.data import TrainingData
+from services.distiller.objectives import Objective
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+@dataclass
+class LoopState:
+    step: int = 0
+    seconds: float = 0.0
+    best_validation: float = math.inf
+    best_step: int = 0
+    validations_without_gain: int = 0
+    resumed_from_step: int = 0
+    stopped: str = ""
+    curves: dict[str, list[float]] = field(default_factory=dict)
+    validation: list[list[float]] = field(default_factory=list)  # [step, loss]
+
+
+def _learning_rate(config: TrainingConfig, step: int) -> float:
+    if config.warmup_steps and step <= config.warmup_steps:
+        return config.learning_rate * step / config.warmup_steps
+    if config.max_steps:
+        done = (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps)
+        return config.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, done))))
+    return config.learning_rate
+
+
+def _progress(config: TrainingConfig, state: LoopState) -> float:
+    """Share of the run done: by steps when they bound it (reproducible), else by time."""
+    if config.max_steps:
+        return state.step / config.max_steps
+    return state.seconds / (config.max_minutes * 60)
+
+
+def _trainable(student: nn.Module, objective: Objective) -> list[nn.Parameter]:
+    params = [p for p in student.parameters() if p.is_floating_point()]
+    return params + [p for p in objective.parameters() if p.is_floating_point()]
+
+
+def _save(folder: Path, student, objective, optimizer, generator, state: LoopState, best: dict | None) -> None:
+    torch.save({"student": student.state_dict(), "objective": objective.state_dict(),
+                "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "state": asdict(state),
+                "cache": objective.cache, "best": best}, folder / CHECKPOINT_FILE)
+
+
+def train(student: nn.Module, objective: Objective, data: TrainingData, config: TrainingConfig,
+          reporter: ProgressReporter, prepare_teacher: Callable[[], None]) -> LoopState:
+    """Trains `student` in place and leaves the best validated weights in it. `prepare_teacher`
+    fills the objective's teacher cache when no checkpoint brings one."""
+    params = _trainable(student, objective)
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    generator = torch.Generator().manual_seed(config.seed)
+    state, best = LoopState(), None
+    with tempfile.TemporaryDirectory(prefix="distill-ckpt-") as scratch:
+        stored = reporter.checkpoints.latest(Path(scratch) / "resume")
+        if stored is not None:
+            saved = torch.load(stored / CHECKPOINT_FILE, weights_only=True)
+            student.load_state_dict(saved["student"])
+            objective.load_state_dict(saved["objective"])
+            optimizer.load_state_dict(saved["optimizer"])
+            generator.set_state(saved["generator"])
+            objective.cache = saved["cache"]
+            state, best = LoopState(**saved["state"]), saved["best"]
+            state.resumed_from_step = state.step
+            reporter.report(state.step, config.max_steps, f"resumed from the checkpoint of step {state.step}")
+        else:
+            prepare_teacher()
+        validation = data.validation_batches(config.batch_size)
+        budget = config.max_minutes * 60
+        student.eval()  # no dropout: the same batch gives the same update (resume == uninterrupted)
+        for p in params:
+            p.requires_grad_(True)
+        started = time.monotonic() - state.seconds
+        try:
+            while True:
+                state.seconds = time.monotonic() - started
+                if config.max_steps and state.step >= config.max_steps:
+                    state.stopped = "max_steps"
+                    break
+                if state.seconds >= budget:
+                    state.stopped = "max_minutes"
+                    break
+                state.step += 1
+                lr = _learning_rate(config, state.step)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                with torch.enable_grad():
+                    terms = objective(student, data.draw(config.batch_size, generator), _progress(config, state))
+                    optimizer.zero_grad(set_to_none=True)
+                    terms["loss"].backward()
+                optimizer.step()
+                figures = {name: float(value) for name, value in terms.items()}
+                for name, value in figures.items():
+                    state.curves.setdefault(name, []).append(value)
+                if validation and (state.step % config.validate_every == 0):
+                    value = objective.validation_loss(student, validation)
+                    state.validation.append([state.step, value])
+                    figures["validation_loss"] = value
+                    if value < state.best_validation:
+                        state.best_validation, state.best_step, state.validations_without_gain = value, state.step, 0
+                        best = {k: v.detach().clone() for k, v in student.state_dict().items()}
+                    else:
+                        state.validations_without_gain += 1
+                state.seconds = time.monotonic() - started
+                reporter.report(state.step, config.max_steps, f"step {state.step}: loss {figures['loss']:.4f}",
+                                learning_rate=lr, **figures)
+                if config.early_stopping_patience and state.validations_without_gain >= config.early_stopping_patience:
+                    state.stopped = "early_stopping"
+                    break
+                if state.step % config.checkpoint_every == 0:
+                    folder = Path(scratch) / f"step{state.step}"
+                    folder.mkdir()
+                    _save(folder, student, objective, optimizer, generator, state, best)
+                    reporter.checkpoints.save(folder, state.step)
+        finally:
+            optimizer.zero_grad(set_to_none=True)
+            for p in params:
+                p.requires_grad_(False)
+    if validation:
+        # The last weights count as a candidate too: validated once more unless just validated.
+        if not state.validation or state.validation[-1][0] != state.step:
+            value = objective.validation_loss(student, validation)
+            state.validation.append([state.step, value])
+            if value < state.best_validation:
+                state.best_validation, state.best_step, best = value, state.step, None
+        if best is not None and state.best_step != state.step:
+            student.load_state_dict(best)
+    return state
