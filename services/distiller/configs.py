@@ -54,7 +54,10 @@ class TeacherConfig(TrainingConfig):
 class StudentConfig(TeacherConfig):
     """How the student is built from this stage's input (ignored for an uploaded student)."""
 
-    student_layers: int = Field(0, ge=0, le=1024, description="Blocks the student keeps (0 = all of its input's)")
+    student_layers: int = Field(0, ge=0, le=1024, description="Blocks the student keeps (0 = student_layers_share "
+                                                              "of its input's)")
+    student_layers_share: float = Field(1.0, gt=0.0, le=1.0, description="Share of the input's blocks kept when "
+                                                                         "student_layers is 0")
     layer_selection: Literal["uniform", "importance"] = Field(
         "uniform", description="Which blocks: the last of every equal group (uniform), or the most important by "
                                "1 - cos(block input, output) on calibration text")
@@ -68,11 +71,14 @@ class StudentConfig(TeacherConfig):
 
     @model_validator(mode="after")
     def _student_is_built_or_uploaded(self):
-        built = self.student_layers or self.student_mlp_width or self.vocabulary != "full" or self.reinitialize
+        built = self.student_layers or self.student_layers_share < 1.0 or self.student_mlp_width or self.vocabulary != "full" or self.reinitialize
         if self.student and built:
             raise ValueError("student: an uploaded student is used as it is; leave student_layers, "
                              "student_mlp_width, vocabulary and reinitialize at their defaults")
         return self
+
+    def kept_layers(self, total: int) -> int:
+        return self.student_layers or max(1, round(total * self.student_layers_share))
 
 
 class TemperatureConfig(StudentConfig):

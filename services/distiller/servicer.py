@@ -1,5 +1,4 @@
-"""gRPC adapter of the distiller. Its engine has not landed yet: Describe lists no methods and
-Run answers UNIMPLEMENTED, so nothing pretends to succeed."""
+"""gRPC adapter of the distiller engine."""
 
 from __future__ import annotations
 
@@ -8,13 +7,12 @@ import grpc
 from modelpress.v1 import common_pb2, distiller_pb2, distiller_pb2_grpc
 from services.common.server import ServiceRuntime
 from services.common.technique_servicer import TechniqueServicer
-
-NOT_YET = "the distiller has no methods yet; they arrive with the distiller issue"
+from services.distiller.engine import METHODS
 
 
 class DistillerServicer(distiller_pb2_grpc.DistillerServiceServicer):
     def __init__(self, runtime: ServiceRuntime) -> None:
-        self._technique = TechniqueServicer(common_pb2.TECHNIQUE_DISTILLER, {}, runtime)
+        self._technique = TechniqueServicer(common_pb2.TECHNIQUE_DISTILLER, METHODS, runtime)
 
     async def Describe(self, request, context):
         return distiller_pb2.DistillerServiceDescribeResponse(description=self._technique.description())
@@ -23,8 +21,8 @@ class DistillerServicer(distiller_pb2_grpc.DistillerServiceServicer):
         return distiller_pb2.DistillerServiceCheckConfigResponse(errors=self._technique.check_config(request.stage))
 
     async def Run(self, request, context):
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, NOT_YET)
-        yield  # pragma: no cover - makes this an async generator
+        async for update in self._technique.run_stage(request.stage, context):
+            yield distiller_pb2.DistillerServiceRunResponse(update=update)
 
 
 async def register(server: grpc.aio.Server, runtime: ServiceRuntime) -> list[str]:

@@ -60,15 +60,16 @@ def build_student(model: nn.Module, config: StudentConfig, importance_batches: l
     blocks = decoder_blocks(student)
     total = len(blocks)
     kept = list(range(total))
-    if config.student_layers:
-        if config.student_layers > total:
-            raise ValueError(f"student_layers: {config.student_layers} asked, the input has {total} blocks")
+    layers = config.kept_layers(total)
+    if layers != total:
+        if layers > total:
+            raise ValueError(f"student_layers: {layers} asked, the input has {total} blocks")
         if config.layer_selection == "uniform":
-            kept = uniform_layers(total, config.student_layers)
+            kept = uniform_layers(total, layers)
         else:
             if not importance_batches:
                 raise ValueError("layer_selection: 'importance' needs calibration batches")
-            kept = sorted(block_influence(student, importance_batches).topk(config.student_layers).indices.tolist())
+            kept = sorted(block_influence(student, importance_batches).topk(layers).indices.tolist())
         keep_layers(student, blocks, kept)
     if config.student_mlp_width:
         arch = Architecture(student)

@@ -11,11 +11,13 @@ from services.quantizer.engine import METHODS as QUANT_METHODS
 
 def methods():
     from services.optimizer.engine import METHODS as OPT_METHODS
+    from services.distiller.engine import METHODS as DISTILL_METHODS
     from services.pruner.engine import METHODS as PRUNE_METHODS
 
     return {(technique, d.name): d
             for technique, registry in ((common_pb2.TECHNIQUE_QUANTIZER, QUANT_METHODS),
                                         (common_pb2.TECHNIQUE_PRUNER, PRUNE_METHODS),
+                                        (common_pb2.TECHNIQUE_DISTILLER, DISTILL_METHODS),
                                         (common_pb2.TECHNIQUE_OPTIMIZER, OPT_METHODS))
             for d in describe_registry(technique, registry)}
 

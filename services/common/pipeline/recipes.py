@@ -78,6 +78,7 @@ class RecipeDef:
 Q = common_pb2.TECHNIQUE_QUANTIZER
 O = common_pb2.TECHNIQUE_OPTIMIZER
 P = common_pb2.TECHNIQUE_PRUNER
+D = common_pb2.TECHNIQUE_DISTILLER
 # Structured cuts heal with a short fine-tune against the unpruned input; the distiller is the longer one.
 RECOVERY = {"recovery_minutes": 3.0}
 
@@ -190,6 +191,34 @@ RECIPES: dict[str, RecipeDef] = {
         RecipeDef("prune-structured-25", "FLOPs cut by a quarter: layers for half the cut, MLP neurons for the "
                   "rest, then a 3-minute recovery",
                   (RecipeStage(P, "structured", {"target_flops": 0.75, **RECOVERY}, "prune"),)),
+        # Distillation: students built from their teachers, or a compressed model healed by its original.
+        RecipeDef("distill-response", "A student with half the teacher's blocks learns its outputs (logit KL on "
+                  "cached top-k logits, or the pooled sentence embedding), 10 minutes",
+                  (RecipeStage(D, "distill-response", {"student_layers_share": 0.5}, "distill"),)),
+        RecipeDef("distill-feature", "A student with half the blocks learns outputs and hidden states of the "
+                  "matched blocks, 10 minutes", (RecipeStage(D, "distill-feature", {"student_layers_share": 0.5},
+                                                               "distill"),)),
+        RecipeDef("distill-attention", "A student with half the blocks learns outputs and the last block's "
+                  "attention (distributions or MiniLMv2 relations), 10 minutes",
+                  (RecipeStage(D, "distill-attention", {"student_layers_share": 0.5}, "distill"),)),
+        RecipeDef("distill-self", "The input learns from the job's original model (after a compression: its "
+                  "recovery), 10 minutes", (RecipeStage(D, "distill-self", {}, "distill"),)),
+        RecipeDef("minilm-small", "An encoder student with half the blocks and the vocabulary its text uses "
+                  "(MiniLM: over 60 % fewer parameters), learning the pooled embedding for 25 minutes",
+                  (RecipeStage(D, "distill-response", {"student_layers_share": 0.5, "vocabulary": "corpus",
+                                                       "max_minutes": 25.0, "calibration_samples": 5000,
+                                                       "batch_size": 32, "learning_rate": 5e-4}, "distill"),)),
+        RecipeDef("minilm-edge", "FLOPs halved by structured pruning, healed by distillation from the original, "
+                  "then ONNX Runtime INT8", (
+                      RecipeStage(P, "structured", {"target_flops": 0.5}, "prune"),
+                      RecipeStage(D, "distill-self", {"max_minutes": 15.0, "calibration_samples": 5000,
+                                                      "batch_size": 32, "learning_rate": 2e-4}, "distill"),
+                      RecipeStage(O, "onnx-int8", {}, "export")), compute="int8"),
+        RecipeDef("smollm2-shallow", "A quarter of the blocks removed (those changing their input least), healed "
+                  "by logit distillation from the original on cached top-k logits for 25 minutes", (
+                      RecipeStage(P, "layers", {"layers_keep_share": 0.75}, "prune"),
+                      RecipeStage(D, "distill-self", {"max_minutes": 25.0, "calibration_sequence_length": 256,
+                                                      "batch_size": 8}, "distill"))),
         RecipeDef("tensorrt-fp16", "TensorRT FP16 engine from the ONNX export (NVIDIA GPU workers only)",
                   (RecipeStage(O, "tensorrt-fp16"),), compute="f16"),
     )
