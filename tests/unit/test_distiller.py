@@ -181,7 +181,7 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(deep_bert_dir, tmp_p
         entry.run(config, deep_bert_dir, tmp_path / "killed", ProgressReporter(checkpoints=checkpoints))
     checkpoints.stop_after = 0
     resumed = entry.run(config, deep_bert_dir, tmp_path / "resumed", ProgressReporter(checkpoints=checkpoints))
-    assert resumed.metrics["resumed_from_step"] == 2 and checkpoints.saves == [2, 2, 4, 6]
+    assert resumed.metrics["resumed_from_step"] == 2 and checkpoints.saves == [2, 4, 6]
     assert resumed.metrics["loss_curves"]["loss"] == pytest.approx(whole.metrics["loss_curves"]["loss"], rel=1e-5)
     a, b = modelio.load_model(tmp_path / "whole"), modelio.load_model(tmp_path / "resumed")
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
@@ -205,12 +205,14 @@ def test_a_teacher_with_another_tokenizer_or_kind_is_refused(deep_bert_dir, deep
         entry.run(config, deep_bert_dir, tmp_path / "b", ProgressReporter())
 
 
-def test_self_distillation_starts_at_zero_loss_and_born_again_does_not(deep_llama_dir, tmp_path):
+def test_self_distillation_starts_at_zero_loss_and_born_again_does_not(deep_bert_dir, tmp_path):
+    # An encoder: its pooled-embedding loss is exactly zero at the teacher (a causal LM's top-k
+    # KL is not, by design: mass outside the teacher's top-k still counts against the student).
     entry = METHODS["distill-self"]
-    same = entry.run(parse_config(entry.config_cls, {**SHORT, "max_steps": 1}), deep_llama_dir, tmp_path / "same",
+    original = copy.deepcopy(modelio.load_model(deep_bert_dir).state_dict())
+    same = entry.run(parse_config(entry.config_cls, {**SHORT, "max_steps": 1}), deep_bert_dir, tmp_path / "same",
                      ProgressReporter())
     born = entry.run(parse_config(entry.config_cls, {**SHORT, "max_steps": 1, "reinitialize": True}),
-                     deep_llama_dir, tmp_path / "born", ProgressReporter())
+                     deep_bert_dir, tmp_path / "born", ProgressReporter())
     assert same.metrics["loss_curves"]["response"][0] < 1e-4 < born.metrics["loss_curves"]["response"][0]
-    original = copy.deepcopy(modelio.load_model(deep_llama_dir).state_dict())
-    assert all(torch.equal(v, original[k]) for k, v in modelio.load_model(deep_llama_dir).state_dict().items())
+    assert all(torch.equal(v, original[k]) for k, v in modelio.load_model(deep_bert_dir).state_dict().items())
