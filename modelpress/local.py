@@ -28,6 +28,7 @@ from modelpress.v1 import common_pb2
 # Engine registries by technique, imported when a pipeline uses them (each pulls its runtimes).
 ENGINE_MODULES = {common_pb2.TECHNIQUE_QUANTIZER: "services.quantizer.engine",
                   common_pb2.TECHNIQUE_PRUNER: "services.pruner.engine",
+                  common_pb2.TECHNIQUE_DISTILLER: "services.distiller.engine",
                   common_pb2.TECHNIQUE_OPTIMIZER: "services.optimizer.engine"}
 LINEAGE_FILE = "modelpress_pipeline.json"
 
@@ -150,6 +151,10 @@ def compress(model: str | Path, recipe_or_pipeline, out_dir: str | Path, *, over
         method = registries[spec.technique][spec.method]
         config = parse_config(method.config_cls, struct_to_dict(spec.config))
         _bind_local_artifacts(config, f"stages[{index}] ({label_of(spec)})")
+        # As in the mesh: an empty teacher is the model before the first stage, not this stage's input.
+        for field in config.original_default_fields:
+            if not getattr(config, field):
+                config.bind_local(field, src)
         configs.append(config)
     for index, (spec, config) in enumerate(zip(stages, configs)):
         label = label_of(spec)

@@ -216,3 +216,18 @@ def test_self_distillation_starts_at_zero_loss_and_born_again_does_not(deep_bert
                      deep_bert_dir, tmp_path / "born", ProgressReporter())
     assert same.metrics["loss_curves"]["response"][0] < 1e-4 < born.metrics["loss_curves"]["response"][0]
     assert all(torch.equal(v, original[k]) for k, v in modelio.load_model(deep_bert_dir).state_dict().items())
+
+
+def test_in_process_a_pipelines_self_distillation_learns_from_the_model_before_its_first_stage(deep_bert_dir, tmp_path):
+    # prune -> distill-self: the teacher left empty is the unpruned original (as in the mesh), so
+    # the first loss is the pruning's damage, not zero (which the pruned model as its own teacher gives).
+    import modelpress
+
+    short = {k: v for k, v in SHORT.items() if k != "checkpoint_every"} | {"max_steps": 1}
+    run = modelpress.compress(deep_bert_dir, [
+        {"technique": "pruner", "method": "layers", "config": {"layers_keep": 2, "calibration_samples": 4,
+                                                                "calibration_sequence_length": 32}},
+        {"technique": "distiller", "method": "distill-self", "config": short}], tmp_path / "out")
+    first_loss = run.stages[1].result.metrics["loss_curves"]["response"][0]
+    assert first_loss > 1e-5, first_loss
+    assert run.stages[1].result.metrics["parameters_teacher"] > run.stages[1].result.metrics["parameters"]
