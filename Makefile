@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 MP := $(PY) -m services.gateway.cli
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-fast bench bench-quant bench-eval bench-opt bench-pipelines bench-prune bench-anchors anchors-venv bench-llamacpp \
+.PHONY: install demo test test-fast bench bench-quant bench-eval bench-opt bench-pipelines bench-prune bench-distill bench-anchors anchors-venv bench-llamacpp \
 	llamacpp-venv proto lint-proto clean
 
 install: $(STAMP)
@@ -65,6 +65,15 @@ bench-pipelines: install
 # (prefill and decode), OpenVINO sparse-weight decompression -> bench/results/pruning.json (long).
 bench-prune: install anchors-venv
 	$(PY) bench/pruning.py
+
+# The distiller's bars: MiniLM minilm-small beside model2vec's static distillation, the minilm-edge
+# composite (prune -> distill -> ONNX INT8) at 1x128 and 32x128, SmolLM2 smollm2-shallow (prune
+# layers -> logit distillation), and each loss family on one student -> bench/results/distillation.json
+# (long: about 100 minutes on 2 cores). model2vec without its dependencies: its [distill] extra's
+# resolver would move transformers off the pinned release, and everything it needs is here.
+bench-distill: install
+	$(PIP) install -q --no-deps model2vec==0.10.0 skeletoken==0.6.1
+	$(PY) bench/distillation.py
 
 # llm-compressor, the anchor of bench/anchors.py, in its own venv: it pins an older
 # transformers. torch is pinned to the CPU build so no install pulls CUDA wheels.

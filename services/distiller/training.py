@@ -114,7 +114,7 @@ def train(student: nn.Module, objective: Objective, data: TrainingData, config: 
                     optimizer.zero_grad(set_to_none=True)
                     terms["loss"].backward()
                 optimizer.step()
-                figures = {name: float(value) for name, value in terms.items()}
+                figures = {name: float(value.detach()) for name, value in terms.items()}
                 for name, value in figures.items():
                     state.curves.setdefault(name, []).append(value)
                 if validation and (state.step % config.validate_every == 0):

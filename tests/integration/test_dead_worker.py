@@ -7,21 +7,17 @@ a gateway with a short replica wait run in this process over the same nats-serve
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import time
 
 import grpc
 import pytest
 
 from modelpress.v1 import common_pb2
-from services.common.healthcheck import health_status
 from services.common.nats_server import free_port
 from services.common.server import start_service
 from modelpress import Client
 from tests.integration.conftest import _registrar
+from tests.integration.processes import ServiceProcess
 
 REPLICA_WAIT_S = 20.0
 # Long enough that the stage is still running when the kill lands.
@@ -33,35 +29,12 @@ def call(fn, *args, **kwargs):
     return asyncio.to_thread(fn, *args, **kwargs)
 
 
-class QuantizerProcess:
-    def __init__(self, nats_url: str, home, port: int) -> None:
-        self.listen = f"127.0.0.1:{port}"
-        self._cmd = [sys.executable, "-m", "services.quantizer", "--listen", self.listen, "--nats-url", nats_url,
-                     "--home", str(home)]
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout_s: float = 60) -> None:
-        self.proc = subprocess.Popen(self._cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout_s
-        while health_status(self.listen, timeout_s=0.5) != "SERVING":
-            assert self.proc.poll() is None, "the quantizer exited during start-up"
-            assert time.monotonic() < deadline, "the quantizer did not become healthy"
-            time.sleep(0.2)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-
-
 @pytest.fixture(scope="module")
 async def quantizer(nats_url, workers):
-    process = QuantizerProcess(nats_url, workers.home, free_port())
+    process = ServiceProcess("quantizer", nats_url, workers.home, free_port())
     await call(process.start)
     yield process
-    if process.proc and process.proc.poll() is None:
-        process.proc.terminate()
-        process.proc.wait(timeout=20)
+    process.stop()
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +46,7 @@ async def gateway_of_process(workers, quantizer):
     await service.stop(grace_s=1)
 
 
-async def _kill_once_running(client: Client, job_id: str, quantizer: QuantizerProcess) -> None:
+async def _kill_once_running(client: Client, job_id: str, quantizer: ServiceProcess) -> None:
     def first_progress():
         for event in client.watch(job_id):
             if event.kind == common_pb2.EVENT_KIND_STAGE_PROGRESS and event.stage_index == 0:
@@ -112,7 +85,7 @@ async def test_a_killed_worker_without_replica_fails_the_job_visibly_within_the_
 
 async def test_a_worker_restarted_within_the_bound_completes_the_job(gateway_of_process, quantizer, tiny_llama_dir):
     client = gateway_of_process
-    if quantizer.proc.poll() is not None:
+    if not quantizer.running():
         await call(quantizer.start)
     model = await call(client.upload, tiny_llama_dir)
     job = await call(client.create_job, f"artifact:{model.id}", "w4a16-qat", overrides=SLOW_STAGE, recompute=True,

@@ -1,0 +1,268 @@
+"""The distiller's bars on both built-in models, each reached by a built-in recipe with its defaults.
+
+    python bench/distillation.py [--parts minilm-small,minilm-edge,smollm2-shallow,families]
+                                 [--iterations 20] [--work DIR] [--print]
+
+- minilm-small: the `minilm-small` student of MiniLM-L6 (distill-response), against the teacher in one
+  interleaved comparison (PyTorch FP32 eager, 1x128 and 32x128): parameters, FLOPs, speed, k-NN
+  topic accuracy on the held-out sentences; model2vec's static distillation of the same teacher
+  (its default 256 PCA dimensions) scored on the same sentences beside it.
+- minilm-edge: the composite `minilm-edge` (structured prune to half the FLOPs -> distill-self from
+  the original -> ONNX Runtime INT8): the pruned-only, the healed float and the exported model
+  against the teacher, at 1x128 and 32x128 (speed, peak memory, k-NN accuracy).
+- smollm2-shallow: the composite `smollm2-shallow` (a quarter of the blocks removed -> logit
+  distillation from the original on cached top-k logits): pruned-only and healed against the
+  original: perplexity on held-out windows, the share of the pruning's gap closed, prefill and
+  decode speed.
+- families: response, feature and attention distillation of the same MiniLM student shape at the
+  same short budget, so every loss family has a figure on a real model (self: the two composites).
+
+Writes bench/results/distillation.json (each part replaces its own rows) and prints the tables.
+Training is time-bounded: a loaded machine trains fewer steps, and the step counts are recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import modelpress
+from machine_record import machine_record  # bench/ (this folder is on sys.path)
+from pruning import reloads, speed_of
+from quantization import run_method
+from services.common.registry import builtin_folder
+from services.common.settings import default_cache
+from services.evaluator.engine import EvaluationConfig, compare_folders, evaluate_folder
+
+RESULTS = Path(__file__).resolve().parent / "results" / "distillation.json"
+SENTENCES = 222  # every held-out topic sentence the evaluator has
+QUALITY_WINDOWS = 16
+SHAPES = ((1, 128), (32, 128))
+# The families part: the minilm-small student shape, each family for the same few minutes.
+FAMILY_STUDENT = {"student_layers_share": 0.5, "student_mlp_width": 1024, "vocabulary": "corpus",
+                  "calibration_samples": 5000, "batch_size": 32, "learning_rate": 5e-4, "max_minutes": 4.0}
+FAMILIES = {"distill-response": {}, "distill-feature": {"layer_map": "uniform"},
+            "distill-attention": {"attention_loss": "auto"}}
+
+
+def _compress(model: str, recipe: str, out: Path, overrides: dict):
+    """The recipe in-process, every stage's output kept beside (not inside) the final one, whose
+    size on disk is measured."""
+    stages = out.with_name(out.name + "-stages")
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(stages, ignore_errors=True)
+    start = time.perf_counter()
+    run = modelpress.compress(builtin_folder(model, default_cache()), recipe, out, overrides=overrides,
+                              keep_stages=True)
+    seconds = round(time.perf_counter() - start, 1)
+    if (out / ".stages").exists():
+        (out / ".stages").rename(stages)
+    for stage in run.stages:
+        if stage.folder != out:
+            stage.folder = stages / stage.folder.name
+    return run, seconds
+
+
+def training_figures(metrics: dict) -> dict:
+    keep = ("steps", "seconds", "stopped", "best_step", "best_validation_loss", "parameters_teacher", "parameters",
+            "parameters_ratio", "flops_ratio", "blocks_teacher", "blocks", "kept_layers", "vocabulary_size",
+            "train_items", "tokenizer_round_trip", "reload_max_abs_difference")
+    return {k: metrics[k] for k in keep if k in metrics}
+
+
+def _encoder_rows(labels: list[str], figures: list[dict]) -> list[dict]:
+    base = figures[0]["encoder"]["knn_topic_accuracy"]
+    return [{"model": label, "knn_topic_accuracy": f["encoder"]["knn_topic_accuracy"],
+             "accuracy_kept": f["encoder"]["knn_topic_accuracy"] / base,
+             "mean_teacher_cosine": f["encoder"].get("mean_reference_cosine"),
+             "peak_rss_mb": f["peak_rss_mb"], "memory_ratio": f["peak_rss_mb"] / figures[0]["peak_rss_mb"],
+             "size_mb": round(f["size_on_disk_bytes"] / 1e6, 1), "speed": speed_of(f)} for label, f in zip(labels, figures)]
+
+
+def _compare_encoders(labels: list[str], folders: list[Path], iterations: int) -> dict:
+    by_shape = {}
+    for batch, length in SHAPES:
+        config = EvaluationConfig(batch_size=batch, sequence_length=length, quality_sentences=SENTENCES,
+                                  latency_iterations=iterations if batch == 1 else max(5, iterations // 4))
+        figures, timing = compare_folders(folders, 0, config)
+        by_shape[f"{batch}x{length}"] = {"rows": _encoder_rows(labels, figures), "rounds": timing["rounds"],
+                                          "load": timing["load"]}
+    return by_shape
+
+
+def model2vec_row(teacher: Path) -> dict:
+    """model2vec's static distillation of the same teacher, scored on the same held-out sentences."""
+    import torch
+    from model2vec.distill import distill
+
+    from services.evaluator.quality import knn_topic_accuracy, topic_sentences
+
+    start = time.perf_counter()
+    static = distill(model_name=str(teacher), pca_dims=256)
+    seconds = time.perf_counter() - start
+    sentences, labels = topic_sentences(SENTENCES)
+    embeddings = torch.nn.functional.normalize(torch.tensor(static.encode(sentences)), dim=-1)
+    parameters = int(static.embedding.shape[0] * static.embedding.shape[1])
+    return {"tool": "model2vec", "method": "static distillation (pca_dims 256)", "seconds": round(seconds, 1),
+            "parameters": parameters, "knn_topic_accuracy": knn_topic_accuracy(embeddings, labels),
+            "sentences": len(sentences)}
+
+
+def minilm_small(args, work: Path) -> dict:
+    teacher = builtin_folder("minilm-l6", default_cache())
+    run, seconds = _compress("minilm-l6", "minilm-small", work / "minilm-small", args.overrides)
+    shapes = _compare_encoders(["teacher", "minilm-small"], [teacher, run.output], args.iterations)
+    anchor = model2vec_row(teacher)
+    anchor["accuracy_kept"] = anchor["knn_topic_accuracy"] / shapes["1x128"]["rows"][0]["knn_topic_accuracy"]
+    return {"model": "minilm-l6", "recipe": "minilm-small", "seconds": seconds, "reloads": reloads(run.output),
+            **training_figures(run.stages[0].result.metrics), "shapes": shapes, "model2vec": anchor}
+
+
+def minilm_edge(args, work: Path) -> dict:
+    teacher = builtin_folder("minilm-l6", default_cache())
+    run, seconds = _compress("minilm-l6", "minilm-edge", work / "minilm-edge", args.overrides)
+    prune, distill, export = run.stages
+    shapes = _compare_encoders(["teacher", "pruned", "pruned+distilled", "minilm-edge (onnx-int8)"],
+                               [teacher, prune.folder, distill.folder, export.folder], args.iterations)
+    return {"model": "minilm-l6", "recipe": "minilm-edge", "seconds": seconds,
+            "stage_seconds": {s.name: s.seconds for s in run.stages},
+            "prune": {k: prune.result.metrics.get(k) for k in ("flops_ratio", "parameters_ratio", "shape_after")},
+            "distill": training_figures(distill.result.metrics), "shapes": shapes}
+
+
+def smollm2_shallow(args, work: Path) -> dict:
+    teacher = builtin_folder("smollm2-135m", default_cache())
+    run, seconds = _compress("smollm2-135m", "smollm2-shallow", work / "smollm2-shallow", args.overrides)
+    prune, distill = run.stages
+    config = EvaluationConfig(batch_size=1, sequence_length=128, latency_iterations=args.iterations,
+                              quality_windows=QUALITY_WINDOWS, decode_tokens=16)
+    figures, timing = compare_folders([teacher, prune.folder, distill.folder], 0, config)
+    base = figures[0]["perplexity"]
+    gap = figures[1]["perplexity"] - base
+    rows = [{"model": label, "ppl": f["perplexity"], "delta_ppl": f["perplexity"] / base - 1,
+             "peak_rss_mb": f["peak_rss_mb"], "speed": speed_of(f)}
+            for label, f in zip(["teacher", "pruned", "pruned+distilled"], figures)]
+    return {"model": "smollm2-135m", "recipe": "smollm2-shallow", "seconds": seconds,
+            "stage_seconds": {s.name: s.seconds for s in run.stages},
+            "prune": {k: prune.result.metrics.get(k) for k in ("flops_ratio", "parameters_ratio", "shape_after")},
+            "distill": training_figures(distill.result.metrics), "reloads": reloads(distill.folder),
+            "gap_closed": (figures[1]["perplexity"] - figures[2]["perplexity"]) / gap if gap > 0 else None,
+            "quality_windows": QUALITY_WINDOWS, "rows": rows, "rounds": timing["rounds"], "load": timing["load"]}
+
+
+def families(args, work: Path) -> dict:
+    teacher = builtin_folder("minilm-l6", default_cache())
+    config = EvaluationConfig(quality_sentences=SENTENCES)
+    base = evaluate_folder(teacher, config, time_latency=False)["encoder"]["knn_topic_accuracy"]
+    rows = []
+    for method, extra in FAMILIES.items():
+        out = work / f"family-{method}"
+        shutil.rmtree(out, ignore_errors=True)
+        run = run_method("distiller", method, {**FAMILY_STUDENT, **extra, **args.family_overrides}, teacher, out)
+        accuracy = evaluate_folder(out, config, teacher, time_latency=False)["encoder"]
+        m = run["metrics"]
+        rows.append({"method": method, "config": extra, **training_figures(m),
+                     "last_terms": {k: v[-1] for k, v in m.get("loss_curves", {}).items() if v},
+                     "knn_topic_accuracy": accuracy["knn_topic_accuracy"],
+                     "accuracy_kept": accuracy["knn_topic_accuracy"] / base,
+                     "mean_teacher_cosine": accuracy.get("mean_reference_cosine"), "wall_s": round(run["wall_s"], 1),
+                     "peak_rss_mb": round(run["peak_rss_mb"])})
+        print(rows[-1], flush=True)
+    return {"model": "minilm-l6", "student": FAMILY_STUDENT, "teacher_knn_topic_accuracy": base, "rows": rows}
+
+
+PARTS = {"minilm-small": minilm_small, "minilm-edge": minilm_edge, "smollm2-shallow": smollm2_shallow,
+         "families": families}
+
+
+def _speed(row: dict, phase: str) -> str:
+    s = row["speed"].get(phase)
+    return f"{s['speedup']:.2f} {s['ci95']}" if s else "-"
+
+
+def _print_encoder_shapes(shapes: dict) -> None:
+    print("shape | model | k-NN acc | kept | cos to teacher | speedup [95% CI] | peak RSS MB | memory × | size MB")
+    for shape, block in shapes.items():
+        for r in block["rows"]:
+            print(" | ".join([shape, r["model"], f"{r['knn_topic_accuracy']:.3f}", f"{r['accuracy_kept']:.1%}",
+                              f"{r['mean_teacher_cosine']:.4f}" if r["mean_teacher_cosine"] else "-",
+                              _speed(r, "forward"), f"{r['peak_rss_mb']:.0f}", f"{r['memory_ratio']:.2f}",
+                              str(r["size_mb"])]))
+        print(f"  ({shape}: {block['rounds']} interleaved rounds, load {block['load']})")
+
+
+def print_tables(results: dict) -> None:
+    machine = results["machine"]
+    print(f"machine: {machine['cpu_model']} ({machine['isa_class']}), load at the end {machine['load_average_1_5_15m']}")
+    if m := results.get("minilm-small"):
+        print(f"\nMiniLM-L6 student, recipe minilm-small ({m['steps']} steps in {m['seconds']} s, stopped by "
+              f"{m['stopped']}): {m['parameters']:,} parameters ({m['parameters_ratio']:.3f} of "
+              f"{m['parameters_teacher']:,}), FLOPs {m['flops_ratio']:.3f}, blocks {m['blocks']}/{m['blocks_teacher']}, "
+              f"vocabulary {m['vocabulary_size']}, reloads {m['reloads']}")
+        _print_encoder_shapes(m["shapes"])
+        a = m["model2vec"]
+        print(f"model2vec {a['method']}: {a['parameters']:,} parameters, k-NN {a['knn_topic_accuracy']:.3f} "
+              f"({a['accuracy_kept']:.1%} of the teacher), {a['seconds']} s")
+    if e := results.get("minilm-edge"):
+        d = e["distill"]
+        print(f"\nMiniLM-L6, recipe minilm-edge (prune FLOPs {e['prune']['flops_ratio']:.3f}, shape "
+              f"{e['prune']['shape_after']}; distill-self {d['steps']} steps in {d['seconds']} s; stages "
+              f"{e['stage_seconds']})")
+        _print_encoder_shapes(e["shapes"])
+    if s := results.get("smollm2-shallow"):
+        d = s["distill"]
+        print(f"\nSmolLM2-135M, recipe smollm2-shallow (prune: {s['prune']['shape_after']}, FLOPs "
+              f"{s['prune']['flops_ratio']:.3f}; distill-self {d['steps']} steps in {d['seconds']} s, stopped by "
+              f"{d['stopped']}; perplexity on {s['quality_windows']} held-out windows; 1x128 prefill, 16-token decode)")
+        print("model | ppl | Δppl | prefill × | decode × | peak RSS MB")
+        for r in s["rows"]:
+            print(" | ".join([r["model"], f"{r['ppl']:.3f}", f"{r['delta_ppl']:+.1%}", _speed(r, "prefill"),
+                              _speed(r, "decode"), f"{r['peak_rss_mb']:.0f}"]))
+        if s["gap_closed"] is not None:
+            print(f"gap between pruned-only and teacher closed: {s['gap_closed']:.1%}; reloads {s['reloads']}; "
+                  f"{s['rounds']} rounds, load {s['load']}")
+    if f := results.get("families"):
+        print(f"\nLoss families on one MiniLM student shape ({f['student']}); teacher k-NN "
+              f"{f['teacher_knn_topic_accuracy']:.3f}")
+        print("method | steps | k-NN acc | kept | cos to teacher | last terms")
+        for r in f["rows"]:
+            print(" | ".join([r["method"], str(r["steps"]), f"{r['knn_topic_accuracy']:.3f}",
+                              f"{r['accuracy_kept']:.1%}", f"{r['mean_teacher_cosine']:.4f}",
+                              ", ".join(f"{k} {v:.4g}" for k, v in r["last_terms"].items())]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--parts", default=",".join(PARTS))
+    parser.add_argument("--iterations", type=int, default=20)
+    parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--print", action="store_true", help="print the stored tables and exit")
+    parser.add_argument("--smoke", action="store_true",
+                        help="check the plumbing in minutes: a few seconds of training, figures to a scratch file")
+    args = parser.parse_args()
+    args.overrides = {"distill.max_minutes": 0.1, "distill.calibration_samples": 64} if args.smoke else {}
+    args.family_overrides = {"max_minutes": 0.1, "calibration_samples": 64} if args.smoke else {}
+    results_file = Path(tempfile.gettempdir()) / "distillation-smoke.json" if args.smoke else RESULTS
+    results = json.loads(results_file.read_text()) if results_file.exists() else {}
+    if args.print:
+        print_tables(results)
+        return
+    work = args.work or Path(tempfile.mkdtemp(prefix="mp-bench-distill-"))
+    work.mkdir(parents=True, exist_ok=True)
+    for part in args.parts.split(","):
+        if part not in PARTS:
+            raise SystemExit(f"--parts: unknown part {part!r}; allowed: {', '.join(PARTS)}")
+        print(f"== {part}", flush=True)
+        results[part] = PARTS[part](args, work) | {"machine": machine_record()}
+        results["machine"] = results[part]["machine"]
+        results_file.write_text(json.dumps(results, indent=1, default=str))
+    print_tables(results)
+    print(f"wrote {results_file}")
+
+
+if __name__ == "__main__":
+    main()
