@@ -152,9 +152,9 @@ def compress(model: str | Path, recipe_or_pipeline, out_dir: str | Path, *, over
         config = parse_config(method.config_cls, struct_to_dict(spec.config))
         _bind_local_artifacts(config, f"stages[{index}] ({label_of(spec)})")
         # As in the mesh: an empty teacher is the model before the first stage, not this stage's input.
-        for field in config.original_default_fields:
-            if not getattr(config, field):
-                config.bind_local(field, src)
+        for name in config.original_default_fields:
+            if not getattr(config, name):
+                config.bind_local(name, src)
         configs.append(config)
     for index, (spec, config) in enumerate(zip(stages, configs)):
         label = label_of(spec)

@@ -15,9 +15,11 @@ import torch
 from modelpress.v1 import common_pb2
 from services.common import modelio
 from services.common.calibration.blocks import decoder_blocks
+from services.common.curves import thin
 from services.common.engine_api import Method, ProgressMetric, ProgressReporter, StageResult
 from services.common.float_checkpoint import refuse_quantized
 from services.common.flops import forward_flops, parameter_counts
+from services.common.reload import reload_difference
 from services.common.tokenizer_files import copy_tokenizer
 from services.distiller.configs import AttentionConfig, FeatureConfig, ResponseConfig, SelfConfig
 from services.distiller.data import training_data
@@ -46,11 +48,6 @@ def check_compatible(teacher_dir: Path, student_dir: Path) -> None:
         differing = len(set(t_vocab.items()) ^ set(s_vocab.items()))
         raise ValueError(f"teacher and student use different tokenizers ({len(t_vocab)} and {len(s_vocab)} tokens, "
                          f"{differing} entries differ); distill between models of one tokenizer")
-
-
-def _thin(values: list[float], points: int = CURVE_POINTS) -> list[float]:
-    every = max(1, -(-len(values) // points))
-    return values[::every]
 
 
 def _run(config: ResponseConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
@@ -98,7 +95,9 @@ def _run(config: ResponseConfig, src: Path, dst: Path, reporter: ProgressReporte
     figures = _figures(teacher, student, state, before, config)
     figures.update({"kept_layers": built.kept_layers, "vocabulary_size": len(keep) if keep else None,
                     "train_items": len(data.train_items), "validation_items": len(data.validation_items),
-                    "reload_max_abs_difference": _reload_difference(student, dst, sample)})
+                    "reload_max_abs_difference": reload_difference(
+                        student, dst, sample.get("student_input_ids", sample["input_ids"]), sample["attention_mask"],
+                        what="the student")})
     figures["tokenizer_round_trip"] = _tokenizer_round_trip(dst, data) if keep is not None else None
     compression = {"method": f"distill-{config_family(config)}", **config.model_dump()}
     return StageResult(format=FLOAT, architecture=_architecture(student), compression=compression, metrics=figures)
@@ -121,26 +120,12 @@ def _figures(teacher, student, state: LoopState, teacher_params: int, config: Re
         "steps": state.step, "seconds": round(state.seconds, 1), "stopped": state.stopped,
         "resumed_from_step": state.resumed_from_step, "best_validation_loss": state.best_validation
         if state.validation else None, "best_step": state.best_step,
-        "loss_curves": {name: _thin(values) for name, values in state.curves.items()},
+        "loss_curves": {name: thin(values, CURVE_POINTS) for name, values in state.curves.items()},
         "validation_curve": state.validation,
         "parameters_teacher": teacher_params, "parameters": params, "parameters_ratio": params / teacher_params,
         "flops_teacher": flops_teacher, "flops_after": flops_student, "flops_ratio": flops_student / flops_teacher,
         "flops_shape": "1x128", "blocks_teacher": len(decoder_blocks(teacher)), "blocks": len(decoder_blocks(student)),
     }
-
-
-@torch.no_grad()
-def _reload_difference(student, folder: Path, batch: dict) -> float:
-    """The written folder reloads with stock transformers and computes what the trained student does."""
-    reloaded = modelio.load_model(folder, dtype=torch.float32)
-    ids = batch.get("student_input_ids", batch["input_ids"])
-    extra = {"use_cache": False} if type(student).__name__.endswith("ForCausalLM") else {}
-    inputs = {"input_ids": ids, "attention_mask": batch["attention_mask"]}
-    out = (lambda m: m(**inputs, **extra).logits) if extra else (lambda m: m(**inputs).last_hidden_state)
-    difference = float((out(student) - out(reloaded)).abs().max())
-    if difference > 1e-3:
-        raise RuntimeError(f"the student reloads with different outputs (max |Δ| {difference:.3g})")
-    return difference
 
 
 def _tokenizer_round_trip(folder: Path, data) -> float:

@@ -21,10 +21,12 @@ from modelpress.v1 import common_pb2
 from services.common import modelio
 from services.common.calibration.blocks import named_blocks
 from services.common.calibration.streaming import StreamingModel
+from services.common.curves import thin
 from services.common.engine_api import Method, ProgressMetric, ProgressReporter, StageResult
 from services.common.float_checkpoint import refuse_quantized, write_float_model
 from services.common.flops import forward_flops, parameter_counts
 from services.common.memory import return_large_frees_to_os
+from services.common.reload import reload_difference
 from services.common.tokenizer_files import copy_tokenizer
 from services.pruner.configs import (FlopsConfig, HeadsConfig, LayersConfig, MagnitudeConfig, MlpNeuronsConfig,
                                      PruneBase, SparseGptConfig, SparsityConfig, StructuredConfig, WandaConfig)
@@ -35,6 +37,7 @@ from services.pruner.unstructured import (block_linears, calibrated_step, check_
                                           prune_calibrated, prune_magnitude)
 
 FLOAT = common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS
+RECOVERY_CURVE_POINTS = 50
 
 
 def _architecture(model) -> str:
@@ -64,12 +67,6 @@ def _recover(student, teacher, src: Path, config: PruneBase, reporter: ProgressR
     outcome = recover(student, teacher, modelio.load_tokenizer(src), config.text(), config,
                       _recovery_reporter(reporter, label, curve), masks=masks, minutes=minutes)
     return dataclasses.asdict(outcome)
-
-
-def _thin(curve: list[float], points: int = 50) -> list[float]:
-    """The recovery curve at most `points` long for the manifest (every step went out as progress)."""
-    every = max(1, -(-len(curve) // points))
-    return curve[::every]
 
 
 def _flops_figures(before: int, after: int, sequence_length: int) -> dict:
@@ -119,7 +116,7 @@ def _unstructured(method: str) -> Callable[[SparsityConfig, Path, Path, Progress
         flops, _ = forward_flops(model, 128)
         figures.update(_sparse_figures(model, list(block_linears(model))), **parameter_counts(model))
         figures.update(_flops_figures(flops, flops, 128))
-        figures["recovery_curve"] = _thin(curve)
+        figures["recovery_curve"] = thin(curve, RECOVERY_CURVE_POINTS)
         reporter.report(1, 1, "saved pruned model (dense zeros)")
         compression = {"method": method, "storage": "dense-zeros", **config.model_dump()}
         return StageResult(format=FLOAT, architecture=_architecture(model), compression=compression,
@@ -203,30 +200,17 @@ def _structured(config: StructuredConfig, src: Path, dst: Path, reporter: Progre
     figures.update(_flops_figures(before_flops, after_flops, config.flops_sequence_length))
     after_params = parameter_counts(model)["parameters"]
     figures.update({"parameters_before": before_params, "parameters": after_params,
-                    "parameters_ratio": after_params / before_params, "recovery_curve": _thin(curve)})
+                    "parameters_ratio": after_params / before_params, "recovery_curve": thin(curve, RECOVERY_CURVE_POINTS)})
     reporter.report(1, 1, "saving the smaller model")
     model.save_pretrained(dst, safe_serialization=True)
     copy_tokenizer(src, dst)
-    figures["reload_max_abs_difference"] = _reload_difference(model, dst, batches[:1])
+    figures["reload_max_abs_difference"] = reload_difference(model, dst, batches[:1], what="the pruned model")
     return StageResult(format=FLOAT, architecture=_architecture(model),
                        compression={"method": "structured", **config.model_dump()}, metrics=figures)
 
 
 def _block_names(model) -> list[str]:
     return [name for name, _ in named_blocks(model)]
-
-
-@torch.no_grad()
-def _reload_difference(model, folder: Path, window: torch.Tensor) -> float:
-    """Reloads the written folder with stock transformers and compares its output with the cut model's:
-    a model that does not reload, or reloads differently, fails here, not in a later stage."""
-    reloaded = modelio.load_model(folder)
-    extra = {"use_cache": False} if type(model).__name__.endswith("ForCausalLM") else {}
-    out = lambda m: (m(input_ids=window, **extra).logits if extra else m(input_ids=window).last_hidden_state)  # noqa: E731
-    difference = float((out(model) - out(reloaded)).abs().max())
-    if difference > 1e-3:
-        raise RuntimeError(f"the pruned model reloads with different outputs (max |Δ| {difference:.3g})")
-    return difference
 
 
 SPARSITY = ProgressMetric("sparsity", "per-layer", "Share of the layer's weights that are zero")

@@ -12,10 +12,10 @@ import time
 import grpc
 import pytest
 
+from modelpress import Client
 from modelpress.v1 import common_pb2
 from services.common.nats_server import free_port
 from services.common.server import start_service
-from modelpress import Client
 from tests.integration.conftest import _registrar
 from tests.integration.processes import ServiceProcess
 
