@@ -84,7 +84,9 @@ class ProgressMetric:
     """A figure a method's progress events carry, so reports plot it without knowing the method."""
 
     name: str
-    kind: str  # "per-layer" (one value per `layer`) or "curve" (a series over the run)
+    # "per-layer" (one value per `layer`), "curve" (a loss over the run) or "schedule" (a setting the
+    # run varies, such as a learning rate: plotted apart from the losses, on a linear scale)
+    kind: str
     description: str = ""
 
 

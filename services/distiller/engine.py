@@ -155,7 +155,8 @@ RESPONSE = ProgressMetric("response", "curve", "Response term: logit divergence 
 FEATURE = ProgressMetric("feature", "curve", "Hidden-state MSE of the matched blocks")
 ATTENTION = ProgressMetric("attention", "curve", "Attention distribution or relation KL of the matched blocks")
 VALIDATION = ProgressMetric("validation_loss", "curve", "Response term at T = 1 on the validation items")
-LEARNING_RATE = ProgressMetric("learning_rate", "curve", "AdamW learning rate")
+LEARNING_RATE = ProgressMetric("learning_rate", "schedule", "AdamW learning rate")
+TEMPERATURE = ProgressMetric("temperature", "schedule", "Softmax temperature of the matched distributions")
 
 METHODS: dict[str, Method] = {
     m.name: m
@@ -163,15 +164,15 @@ METHODS: dict[str, Method] = {
         Method("distill-response", "Response-based: KL on temperature-softened logits (forward, reverse, JSD; "
                                    "hard-label mix) for causal LMs, pooled-embedding MSE/cosine for encoders; "
                                    "student built from the input (layers, MLP width, vocabulary) or uploaded",
-               ResponseConfig, _run, produces=(FLOAT,), metrics=(LOSS, RESPONSE, VALIDATION, LEARNING_RATE)),
+               ResponseConfig, _run, produces=(FLOAT,), metrics=(LOSS, RESPONSE, VALIDATION, LEARNING_RATE, TEMPERATURE)),
         Method("distill-feature", "Feature-based: the response term plus hidden-state MSE of matched blocks "
                                   "through learned projections where widths differ", FeatureConfig, _run,
-               produces=(FLOAT,), metrics=(LOSS, RESPONSE, FEATURE, VALIDATION, LEARNING_RATE)),
+               produces=(FLOAT,), metrics=(LOSS, RESPONSE, FEATURE, VALIDATION, LEARNING_RATE, TEMPERATURE)),
         Method("distill-attention", "Attention-based: the response term plus attention-distribution KL (equal "
                                     "heads, TinyBERT) or Q-Q/K-K/V-V relation KL (MiniLMv2)", AttentionConfig, _run,
-               produces=(FLOAT,), metrics=(LOSS, RESPONSE, ATTENTION, VALIDATION, LEARNING_RATE)),
+               produces=(FLOAT,), metrics=(LOSS, RESPONSE, ATTENTION, VALIDATION, LEARNING_RATE, TEMPERATURE)),
         Method("distill-self", "Self-distillation: the stage's input (pruned or otherwise compressed) learns "
                                "from its own original; reinitialize=true trains a born-again copy",
-               SelfConfig, _run, produces=(FLOAT,), metrics=(LOSS, RESPONSE, VALIDATION, LEARNING_RATE)),
+               SelfConfig, _run, produces=(FLOAT,), metrics=(LOSS, RESPONSE, VALIDATION, LEARNING_RATE, TEMPERATURE)),
     )
 }

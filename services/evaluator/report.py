@@ -184,13 +184,18 @@ def layer_error_plot(layers: list[tuple[str, float]], key: str) -> str:
     return _png(fig)
 
 
-def loss_curve_plot(curves: dict[str, list[float]]) -> str:
+def loss_curve_plot(curves: dict[str, list[tuple[float, float]]], ylabel: str = "loss", log: bool = True) -> str:
+    """Each curve against its own x (a training step, or the order of blocks), so a validation
+    taken every N steps lines up with the training loss of those steps."""
     fig, ax = plt.subplots(figsize=(5.6, 4))
-    for name, values in curves.items():
-        ax.plot(range(1, len(values) + 1), values, marker="o", markersize=3, label=name)
+    for name, points in curves.items():
+        dense = len(points) > 60
+        ax.plot([x for x, _ in points], [v for _, v in points], marker="" if dense else "o", markersize=3,
+                label=name)
     ax.set_xlabel("block / step")
-    ax.set_ylabel("loss")
-    ax.set_yscale("log")
+    ax.set_ylabel(ylabel)
+    if log and all(v > 0 for points in curves.values() for _, v in points):
+        ax.set_yscale("log")
     ax.legend(fontsize=8)
     ax.grid(alpha=.3)
     return _png(fig)
@@ -235,21 +240,24 @@ def _ratio_cell(speed: dict | None) -> str:
     return cell + (" unreliable" if speed.get("unreliable") else "")
 
 
-def loss_curves(events: list[dict], keys: list[str]) -> dict[str, list[float]]:
-    """Loss series from progress events, one point per distinct layer/block that reported it."""
-    curves: dict[str, list[float]] = {}
+def loss_curves(events: list[dict], keys: list[str]) -> dict[str, list[tuple[float, float]]]:
+    """Series (x, value) from progress events, one point per distinct layer/block that reported it;
+    x is the event's training step where it has one and names no layer, else the point's rank."""
+    curves: dict[str, list[tuple[float, float]]] = {}
     seen: dict[str, set] = {}
     for event in events:
         metrics = event.get("metrics") or {}
         # QAT repeats its block loss on every Linear of the block: one point per block.
         block = re.match(r"(.*?\.(?:layers|layer|h)\.\d+)", str(metrics.get("layer", "")))
         marker = block.group(1) if block else (metrics.get("layer") or event.get("sequence"))
+        step = int(event.get("step") or 0) if "layer" not in metrics else 0
         for key in keys:
             if isinstance(metrics.get(key), (int, float)):
                 if marker in seen.setdefault(key, set()):
                     continue
                 seen[key].add(marker)
-                curves.setdefault(key, []).append(float(metrics[key]))
+                points = curves.setdefault(key, [])
+                points.append((step or len(points) + 1, float(metrics[key])))
     return curves
 
 
@@ -384,7 +392,12 @@ def job_report(job: dict, events: list[dict], methods: list[dict] = (), lineage:
     curves = loss_curves(events, declared(methods, "curve"))
     if curves:
         report.plots["training loss"] = loss_curve_plot(curves)
-        report.data["loss_curves"] = curves
+        report.data["loss_curves"] = {k: [v for _, v in points] for k, points in curves.items()}
+        report.data["loss_curve_steps"] = {k: [x for x, _ in points] for k, points in curves.items()}
+    schedules = loss_curves(events, declared(methods, "schedule"))
+    if schedules:
+        report.plots["training schedule"] = loss_curve_plot(schedules, ylabel="value", log=False)
+        report.data["schedules"] = {k: [[x, v] for x, v in points] for k, points in schedules.items()}
     return report
 
 

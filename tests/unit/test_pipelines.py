@@ -156,7 +156,7 @@ def test_describe_publishes_each_methods_artifact_inputs_and_progress_metrics():
     assert {m.name for m in qat.progress_metrics if m.kind == "curve"} == {"block_loss_before", "block_loss_after"}
     assert not described[(common_pb2.TECHNIQUE_OPTIMIZER, "onnx")].inputs
     # Every progress metric a method declares is one of the two kinds the report draws.
-    assert {m.kind for d in described.values() for m in d.progress_metrics} <= {"per-layer", "curve"}
+    assert {m.kind for d in described.values() for m in d.progress_metrics} <= {"per-layer", "curve", "schedule"}
 
 
 def test_an_evaluate_stage_cannot_come_first():

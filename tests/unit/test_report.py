@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from modelpress.v1 import common_pb2
 from services.evaluator import report
 from services.evaluator.comparison import comparison_row
@@ -93,6 +95,34 @@ def test_every_declared_per_layer_figure_gets_its_plot():
     assert json.loads(made.json())["layers"] == [
         {"layer": "model.layers.0.self_attn.q_proj", "sparsity": 0.5, "loss": 0.02},
         {"layer": "model.layers.0.mlp.down_proj", "sparsity": 0.5, "loss": 0.04}]
+
+
+def test_a_distill_stage_plots_its_loss_terms_against_steps_and_its_schedule_apart():
+    """Validation every 3 steps lines up with the training loss of those steps; the learning rate
+    and temperature are a schedule, not a loss."""
+    from services.common.configspec import describe_registry
+    from services.distiller.engine import METHODS
+
+    feature = [report.to_plain(d) for d in describe_registry(common_pb2.TECHNIQUE_DISTILLER, METHODS)
+               if d.name == "distill-feature"]
+    events = []
+    for step in range(1, 7):
+        event = common_pb2.JobEvent(kind=common_pb2.EVENT_KIND_STAGE_PROGRESS, message=f"step {step}", step=step,
+                                    sequence=10 + step,
+                                    total_steps=6)
+        figures = {"loss": 2.0 / step, "response": 1.5 / step, "feature": 0.5 / step, "learning_rate": 1e-4 * step,
+                   "temperature": 2.0}
+        if step % 3 == 0:
+            figures["validation_loss"] = 1.0 / step
+        event.metrics.update(figures)
+        events.append(report.to_plain(event))
+    made = report.job_report(report.to_plain(_job()), events, feature)
+    assert {"training loss", "training schedule"} <= set(made.plots)
+    data = json.loads(made.json())
+    assert set(data["loss_curves"]) == {"loss", "response", "feature", "validation_loss"}
+    assert data["loss_curve_steps"]["validation_loss"] == [3, 6] and data["loss_curve_steps"]["loss"] == [1, 2, 3, 4, 5, 6]
+    assert data["loss_curves"]["validation_loss"] == [1.0 / 3, 1.0 / 6]
+    assert data["schedules"]["learning_rate"][-1] == [6, pytest.approx(6e-4)] and data["schedules"]["temperature"][0] == [1, 2.0]
 
 
 def _three_rows(threshold_set: str, int8_size: int) -> list:
