@@ -63,6 +63,10 @@ class StudentConfig(TeacherConfig):
                                "1 - cos(block input, output) on calibration text")
     student_mlp_width: int = Field(0, ge=0, le=65536, description="MLP width of every block (0 = its input's); "
                                                                    "neurons kept by weight norm")
+    student_hidden_size: int = Field(0, ge=0, le=65536, description="Hidden (residual) width of the student (0 = "
+                                                                     "its input's); embeddings and projections start "
+                                                                     "on the principal directions of the input's "
+                                                                     "hidden states on the training text")
     vocabulary: Literal["full", "corpus"] = Field(
         "full", description="Encoders: keep the tokens the training text uses plus every single-character piece "
                             "(words outside it tokenize into smaller pieces, never [UNK] for a known script)")
@@ -71,10 +75,11 @@ class StudentConfig(TeacherConfig):
 
     @model_validator(mode="after")
     def _student_is_built_or_uploaded(self):
-        built = self.student_layers or self.student_layers_share < 1.0 or self.student_mlp_width or self.vocabulary != "full" or self.reinitialize
+        built = (self.student_layers or self.student_layers_share < 1.0 or self.student_mlp_width
+                 or self.student_hidden_size or self.vocabulary != "full" or self.reinitialize)
         if self.student and built:
             raise ValueError("student: an uploaded student is used as it is; leave student_layers, "
-                             "student_mlp_width, vocabulary and reinitialize at their defaults")
+                             "student_mlp_width, student_hidden_size, vocabulary and reinitialize at their defaults")
         return self
 
     def kept_layers(self, total: int) -> int:

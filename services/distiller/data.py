@@ -73,3 +73,11 @@ def training_data(tokenizer, text: str, causal: bool, samples: int, sequence_len
     validation = list(range(step - 1, count, step))[:held] if held else []
     train = [i for i in range(count) if i not in set(validation)]
     return TrainingData(causal, windows, pieces, train, validation, tokenizer, sequence_length)
+
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def model_inputs(batch: dict) -> dict:
+    """The part of a batch a model's forward takes (no item indices, no student-vocabulary ids)."""
+    return {k: v for k, v in batch.items() if k in MODEL_INPUTS}

@@ -64,7 +64,7 @@ def _run(config: ResponseConfig, src: Path, dst: Path, reporter: ProgressReporte
     data = training_data(tokenizer, config.text(), causal, config.calibration_samples,
                          config.calibration_sequence_length, config.validation_share)
     importance = [data.batch(data.train_items[i:i + 8]) for i in range(0, min(len(data.train_items), 32), 8)]
-    built = build_student(student_input, config, importance if config.layer_selection == "importance" else None)
+    built = build_student(student_input, config, importance)
     student = built.model
     del student_input
     keep = None
@@ -78,7 +78,7 @@ def _run(config: ResponseConfig, src: Path, dst: Path, reporter: ProgressReporte
         token_map = torch.zeros(len(tokenizer.get_vocab()), dtype=torch.long)
         token_map[torch.tensor(keep)] = torch.arange(len(keep))
         data.token_map = token_map
-    objective = Objective(config, student, teacher)
+    objective = Objective(config, student, teacher, built.hidden_basis)
 
     def prepare_teacher() -> None:
         objective.cache_teacher(data, lambda i, n: reporter.report(0, 1, f"teacher outputs cached ({i}/{n} batches)"))

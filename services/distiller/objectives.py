@@ -20,7 +20,7 @@ from services.distiller import temperature as temperatures
 from services.distiller.configs import AttentionConfig, FeatureConfig, ResponseConfig, pairs
 from services.distiller.data import TrainingData
 from services.distiller.losses.attention import distribution_loss, relation_loss
-from services.distiller.losses.feature import Projections, hidden_state_loss, layer_map
+from services.distiller.losses.feature import Projections, hidden_state_loss, layer_map, width_map
 from services.distiller.losses.response import embedding_loss, logit_divergence, mean_pool, next_token_cross_entropy
 
 CACHE_BATCH = 8
@@ -54,7 +54,10 @@ def _capture(model: nn.Module, names: list[str]):
 class Objective(nn.Module):
     """Its own parameters (feature projections) train with the student."""
 
-    def __init__(self, config: ResponseConfig, student: nn.Module, teacher: nn.Module) -> None:
+    def __init__(self, config: ResponseConfig, student: nn.Module, teacher: nn.Module,
+                 hidden_basis: torch.Tensor | None = None) -> None:
+        """`hidden_basis` [teacher width, student width]: where a narrower student's directions sit
+        in the teacher's space; projections back to the teacher's width start from it."""
         super().__init__()
         self.config = config
         self.causal = _causal(teacher)
@@ -67,8 +70,11 @@ class Objective(nn.Module):
         if self.feature_weight or self.attention_weight:
             explicit = pairs(config.feature_layers) if config.feature_layers else None
             self.pairs = layer_map(s_blocks, t_blocks, config.layer_map, config.last_k, explicit)
-        self.projections = Projections(self.pairs, student.config.hidden_size, teacher.config.hidden_size) \
-            if self.feature_weight else None
+        self.projections = Projections(self.pairs, student.config.hidden_size, teacher.config.hidden_size,
+                                       hidden_basis) if self.feature_weight else None
+        # An encoder's pooled embedding is matched in the teacher's width.
+        self.pooled_map = None if self.causal else width_map(student.config.hidden_size,
+                                                             teacher.config.hidden_size, hidden_basis)
         self.attention_kind = ""
         self.restore_attention: dict[int, str] = {}
         if self.attention_weight:
@@ -156,7 +162,7 @@ class Objective(nn.Module):
                 terms["cross_entropy"] = next_token_cross_entropy(out.logits, ids)
             total = c.alpha * kd + (1 - c.alpha) * terms.get("cross_entropy", 0.0)
         else:
-            pooled = mean_pool(out.last_hidden_state.float(), batch["attention_mask"])
+            pooled = self.pooled_map(mean_pool(out.last_hidden_state.float(), batch["attention_mask"]))
             terms["response"] = embedding_loss(pooled, self.cache["pooled"][rows], c.embedding_loss)
             total = terms["response"]
         if self.feature_weight or self.attention_weight:
@@ -201,7 +207,8 @@ class Objective(nn.Module):
                 value = logit_divergence(out.logits, self.cache["top_values"][rows], self.cache["top_ids"][rows],
                                          1.0, "forward-kl", batch["attention_mask"])
             else:
-                value = embedding_loss(mean_pool(out.last_hidden_state.float(), batch["attention_mask"]),
+                value = embedding_loss(self.pooled_map(mean_pool(out.last_hidden_state.float(),
+                                                                 batch["attention_mask"])),
                                        self.cache["pooled"][rows], self.config.embedding_loss)
             total += float(value) * len(batch["index"])
             count += len(batch["index"])

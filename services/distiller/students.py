@@ -13,6 +13,8 @@ from torch import nn
 from services.common.architecture import Architecture, keep_layers
 from services.common.calibration.blocks import decoder_blocks
 from services.distiller.configs import StudentConfig
+from services.distiller.data import model_inputs
+from services.distiller.width import hidden_basis, narrow_hidden
 
 
 @dataclass
@@ -21,6 +23,9 @@ class BuiltStudent:
     kept_layers: list[int] = field(default_factory=list)  # 0-based blocks of the input kept
     vocabulary: list[int] | None = None  # old token ids kept, ascending; None = the input's vocabulary
     token_map: dict[int, int] | None = None
+    # [input width, student width] when the hidden width was narrowed: maps the student's states
+    # back to the input's directions (the objective starts its projections from it).
+    hidden_basis: torch.Tensor | None = None
 
 
 def uniform_layers(total: int, keep: int) -> list[int]:
@@ -36,7 +41,7 @@ def block_influence(model: nn.Module, batches: list[dict]) -> torch.Tensor:
     totals, count = torch.zeros(blocks), 0
     extra = {"use_cache": False} if type(model).__name__.endswith("ForCausalLM") else {}
     for batch in batches:
-        states = model(**batch, output_hidden_states=True, **extra).hidden_states
+        states = model(**model_inputs(batch), output_hidden_states=True, **extra).hidden_states
         mask = batch.get("attention_mask", torch.ones_like(batch["input_ids"])).bool()
         for i in range(blocks):
             cos = nn.functional.cosine_similarity(states[i].float(), states[i + 1].float(), dim=-1)
@@ -52,10 +57,10 @@ def _mlp_keep(arch: Architecture, block: nn.Module, width: int) -> torch.Tensor:
     return (rows * cols).topk(width).indices.sort().values
 
 
-def build_student(model: nn.Module, config: StudentConfig, importance_batches: list[dict] | None = None
-                  ) -> BuiltStudent:
-    """A new model from `model` (left unchanged). Vocabulary trimming is applied by the caller,
-    which owns the tokenizer files."""
+def build_student(model: nn.Module, config: StudentConfig, batches: list[dict] | None = None) -> BuiltStudent:
+    """A new model from `model` (left unchanged). `batches` of calibration text: what block
+    importance and a narrower hidden width are measured on. Vocabulary trimming is applied by the
+    caller, which owns the tokenizer files."""
     student = copy.deepcopy(model)
     blocks = decoder_blocks(student)
     total = len(blocks)
@@ -67,9 +72,9 @@ def build_student(model: nn.Module, config: StudentConfig, importance_batches: l
         if config.layer_selection == "uniform":
             kept = uniform_layers(total, layers)
         else:
-            if not importance_batches:
+            if not batches:
                 raise ValueError("layer_selection: 'importance' needs calibration batches")
-            kept = sorted(block_influence(student, importance_batches).topk(layers).indices.tolist())
+            kept = sorted(block_influence(student, batches).topk(layers).indices.tolist())
         keep_layers(student, blocks, kept)
     if config.student_mlp_width:
         arch = Architecture(student)
@@ -79,6 +84,15 @@ def build_student(model: nn.Module, config: StudentConfig, importance_batches: l
                 raise ValueError(f"student_mlp_width: {config.student_mlp_width} asked, the input's MLP is {width} wide")
             arch.cut_mlp(block, _mlp_keep(arch, block, config.student_mlp_width))
         student.config.intermediate_size = config.student_mlp_width
+    basis = None
+    hidden = student.config.hidden_size
+    if config.student_hidden_size and config.student_hidden_size != hidden:
+        if config.student_hidden_size > hidden:
+            raise ValueError(f"student_hidden_size: {config.student_hidden_size} asked, the input is {hidden} wide")
+        if not batches:
+            raise ValueError("student_hidden_size: needs calibration batches")
+        basis = hidden_basis(student, batches, config.student_hidden_size)
+        narrow_hidden(student, decoder_blocks(student), basis)
     if config.reinitialize:
         generator_state = torch.random.get_rng_state()
         torch.manual_seed(config.seed)
@@ -88,4 +102,4 @@ def build_student(model: nn.Module, config: StudentConfig, importance_batches: l
                 student.tie_weights()
         finally:
             torch.random.set_rng_state(generator_state)
-    return BuiltStudent(student, kept)
+    return BuiltStudent(student, kept, hidden_basis=basis)

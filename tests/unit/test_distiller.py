@@ -119,6 +119,55 @@ def test_a_student_built_from_its_teacher_has_the_asked_shape_and_reloads(deep_l
         parse_config(StudentConfig, {"student_layers": 2, "student": "a-123"})
 
 
+def test_a_full_width_rotation_leaves_an_rmsnorm_model_unchanged_and_a_narrower_one_reloads(deep_llama_dir,
+                                                                                            tmp_path):
+    # With unit norm gains, any orthonormal basis of the full width is a rotation of the residual
+    # stream: every reader, writer, embedding and the tied head must follow it for the logits to stay.
+    from services.common.calibration.blocks import decoder_blocks
+    from services.distiller.width import hidden_basis, narrow_hidden
+
+    model = modelio.load_model(deep_llama_dir)
+    with torch.no_grad():
+        for module in model.modules():
+            if "RMSNorm" in type(module).__name__:
+                module.weight.fill_(1.0)
+    ids = torch.randint(0, 1000, (2, 12))
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+    rotated = copy.deepcopy(model)
+    torch.manual_seed(1)
+    basis = torch.linalg.qr(torch.randn(64, 64)).Q
+    narrow_hidden(rotated, decoder_blocks(rotated), basis)
+    with torch.no_grad():
+        assert torch.allclose(rotated(input_ids=ids).logits, before, atol=1e-4)
+    narrow = copy.deepcopy(model)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "index": torch.arange(2)}
+    narrow_hidden(narrow, decoder_blocks(narrow), hidden_basis(narrow, [batch], 32))
+    narrow.save_pretrained(tmp_path)
+    reloaded = modelio.load_model(tmp_path)
+    assert reloaded.config.hidden_size == 32 and reloaded.config.head_dim == model.config.head_dim
+    assert reloaded.lm_head.weight.data_ptr() == reloaded.model.embed_tokens.weight.data_ptr()  # still tied
+    with torch.no_grad():
+        assert torch.allclose(reloaded(input_ids=ids).logits, narrow(input_ids=ids).logits, atol=1e-5)
+
+
+def test_a_narrower_encoder_student_starts_closer_to_its_teacher_than_new_weights_of_its_shape(deep_bert_dir,
+                                                                                               tmp_path):
+    method = METHODS["distill-response"]
+    runs = {}
+    for label, extra in (("principal", {}), ("new", {"reinitialize": True})):
+        config = parse_config(method.config_cls, {**SHORT, "max_steps": 1, "student_hidden_size": 16, **extra})
+        runs[label] = method.run(config, deep_bert_dir, tmp_path / label, ProgressReporter()).metrics
+    narrow = modelio.load_model(tmp_path / "principal")
+    assert narrow.config.hidden_size == 16 and narrow.encoder.layer[0].attention.self.query.weight.shape == (16, 16)
+    assert runs["principal"]["parameters"] < 0.6 * runs["principal"]["parameters_teacher"]
+    assert runs["principal"]["reload_max_abs_difference"] < 1e-4
+    assert runs["principal"]["loss_curves"]["response"][0] < runs["new"]["loss_curves"]["response"][0]
+    with pytest.raises(ValueError, match="not a multiple of the 2 attention heads"):
+        method.run(parse_config(method.config_cls, {**SHORT, "student_hidden_size": 15}), deep_bert_dir,
+                   tmp_path / "odd", ProgressReporter())
+
+
 def test_a_trimmed_vocabulary_tokenizes_the_training_text_as_before_and_reloads(deep_bert_dir, tmp_path):
     method = METHODS["distill-response"]
     config = parse_config(method.config_cls, {**SHORT, "student_layers": 2, "vocabulary": "corpus"})

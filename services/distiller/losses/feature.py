@@ -24,15 +24,27 @@ def layer_map(student_blocks: int, teacher_blocks: int, how: str, last_k: int = 
     raise ValueError(f"layer_map: unknown {how!r}")
 
 
-class Projections(nn.Module):
-    """One Linear per matched pair where the widths differ (identity otherwise), trained with the student."""
+def width_map(student_width: int, teacher_width: int, basis: torch.Tensor | None = None) -> nn.Module:
+    """Identity at equal widths; else a Linear from the student's width to the teacher's, starting
+    from `basis` [teacher width, student width] (the directions the student was narrowed to) when
+    there is one."""
+    if student_width == teacher_width:
+        return nn.Identity()
+    linear = nn.Linear(student_width, teacher_width)
+    if basis is not None:
+        linear.weight.data = basis.detach().float().clone()
+        linear.bias.data.zero_()
+    return linear
 
-    def __init__(self, pairs: list[tuple[int, int]], student_width: int, teacher_width: int) -> None:
+
+class Projections(nn.Module):
+    """One map per matched pair where the widths differ (identity otherwise), trained with the student."""
+
+    def __init__(self, pairs: list[tuple[int, int]], student_width: int, teacher_width: int,
+                 basis: torch.Tensor | None = None) -> None:
         super().__init__()
         self.pairs = pairs
-        self.maps = nn.ModuleList(
-            [nn.Identity() if student_width == teacher_width else nn.Linear(student_width, teacher_width)
-             for _ in pairs])
+        self.maps = nn.ModuleList([width_map(student_width, teacher_width, basis) for _ in pairs])
 
     def forward(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
         return self.maps[index](hidden)
