@@ -24,14 +24,13 @@ Training is time-bounded: a loaded machine trains fewer steps, and the step coun
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import modelpress
-from machine_record import machine_record  # bench/ (this folder is on sys.path)
+from parts import run_parts  # bench/ (this folder is on sys.path)
 from pruning import reloads, speed_of
 from quantization import run_method
 from services.common.registry import builtin_folder
@@ -247,22 +246,7 @@ def main() -> None:
     args.overrides = {"distill.max_minutes": 0.1, "distill.calibration_samples": 64} if args.smoke else {}
     args.family_overrides = {"max_minutes": 0.1, "calibration_samples": 64} if args.smoke else {}
     results_file = Path(tempfile.gettempdir()) / "distillation-smoke.json" if args.smoke else RESULTS
-    results = json.loads(results_file.read_text()) if results_file.exists() else {}
-    if args.print:
-        print_tables(results)
-        return
-    work = args.work or Path(tempfile.mkdtemp(prefix="mp-bench-distill-"))
-    work.mkdir(parents=True, exist_ok=True)
-    for part in args.parts.split(","):
-        if part not in PARTS:
-            raise SystemExit(f"--parts: unknown part {part!r}; allowed: {', '.join(PARTS)}")
-        print(f"== {part}", flush=True)
-        results[part] = PARTS[part](args, work) | {"machine": machine_record()}
-        results["machine"] = results[part]["machine"]
-        results_file.write_text(json.dumps(results, indent=1, default=str))
-    print_tables(results)
-    print(f"wrote {results_file}")
-
+    run_parts(PARTS, args, results_file, print_tables, "mp-bench-distill-")
 
 if __name__ == "__main__":
     main()

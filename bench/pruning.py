@@ -23,16 +23,14 @@ Writes bench/results/pruning.json (each part replaces its own rows) and prints t
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 import modelpress
 from anchors import ANCHOR_PYTHON, check_anchor_python, side_by_side
-from machine_record import machine_record  # bench/ (this folder is on sys.path)
+from parts import run_parts  # bench/ (this folder is on sys.path)
 from quantization import run_method
 from services.common.registry import builtin_folder
 from services.common.settings import default_cache
@@ -284,22 +282,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--print", action="store_true", help="print the stored tables and exit")
     args = parser.parse_args()
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    if args.print:
-        print_tables(results)
-        return
-    work = args.work or Path(tempfile.mkdtemp(prefix="mp-bench-prune-"))
-    work.mkdir(parents=True, exist_ok=True)
-    for part in args.parts.split(","):
-        if part not in PARTS:
-            raise SystemExit(f"--parts: unknown part {part!r}; allowed: {', '.join(PARTS)}")
-        print(f"== {part}", flush=True)
-        results[part] = PARTS[part](args, work) | {"machine": machine_record()}
-        results["machine"] = results[part]["machine"]
-        RESULTS.write_text(json.dumps(results, indent=1, default=str))
-    print_tables(results)
-    print(f"wrote {RESULTS}")
-
+    run_parts(PARTS, args, RESULTS, print_tables, "mp-bench-prune-")
 
 if __name__ == "__main__":
     main()
