@@ -8,7 +8,10 @@ import subprocess
 import sys
 import time
 
+from modelpress import Client
 from services.common.healthcheck import health_status
+from services.common.server import start_service
+from services.common.settings import ServiceSettings
 
 
 class ServiceProcess:
@@ -39,3 +42,14 @@ class ServiceProcess:
         if self.running():
             self.proc.terminate()
             self.proc.wait(timeout=20)
+
+
+async def gateway_to(workers: ServiceSettings, process: ServiceProcess, replica_wait_s: float):
+    """A gateway on the module's mesh whose `process.service` target is the process, waiting up to
+    `replica_wait_s` for it to come back; returns (the running service, a Client of it)."""
+    from tests.integration.conftest import _registrar
+
+    settings = workers.model_copy(update={"targets": {**workers.targets, process.service: process.listen},
+                                          "replica_wait_s": replica_wait_s})
+    service = await start_service(settings, _registrar("gateway"))
+    return service, Client(f"127.0.0.1:{service.port}")

@@ -15,9 +15,7 @@ import pytest
 from modelpress import Client
 from modelpress.v1 import common_pb2
 from services.common.nats_server import free_port
-from services.common.server import start_service
-from tests.integration.conftest import _registrar
-from tests.integration.processes import ServiceProcess
+from tests.integration.processes import ServiceProcess, gateway_to
 
 REPLICA_WAIT_S = 20.0
 # Long enough that the stage is still running when the kill lands.
@@ -39,10 +37,8 @@ async def quantizer(nats_url, workers):
 
 @pytest.fixture(scope="module")
 async def gateway_of_process(workers, quantizer):
-    settings = workers.model_copy(update={"targets": {**workers.targets, "quantizer": quantizer.listen},
-                                          "replica_wait_s": REPLICA_WAIT_S})
-    service = await start_service(settings, _registrar("gateway"))
-    yield Client(f"127.0.0.1:{service.port}")
+    service, client = await gateway_to(workers, quantizer, REPLICA_WAIT_S)
+    yield client
     await service.stop(grace_s=1)
 
 
