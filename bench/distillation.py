@@ -1,7 +1,7 @@
 """The distiller's bars on both built-in models, each reached by a built-in recipe with its defaults.
 
     python bench/distillation.py [--parts minilm-small,minilm-edge,smollm2-shallow,families]
-                                 [--iterations 20] [--work DIR] [--print]
+                                 [--iterations 20] [--work DIR] [--reuse] [--print]
 
 - minilm-small: the `minilm-small` student of MiniLM-L6 (distill-response), against the teacher in one
   interleaved comparison (PyTorch FP32 eager, 1x128 and 32x128): parameters, FLOPs, speed, k-NN
@@ -24,12 +24,15 @@ Training is time-bounded: a loaded machine trains fewer steps, and the step coun
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import modelpress
+from modelpress.local import LINEAGE_FILE
 from parts import run_parts  # bench/ (this folder is on sys.path)
 from pruning import reloads, speed_of
 from quantization import run_method
@@ -48,22 +51,30 @@ FAMILIES = {"distill-response": {}, "distill-feature": {"layer_map": "uniform"},
             "distill-attention": {"attention_loss": "auto"}}
 
 
-def _compress(model: str, recipe: str, out: Path, overrides: dict):
+@dataclass
+class Stage:
+    name: str
+    folder: Path
+    metrics: dict
+    seconds: float
+
+
+def _compress(model: str, recipe: str, out: Path, args) -> tuple[list[Stage], float]:
     """The recipe in-process, every stage's output kept beside (not inside) the final one, whose
-    size on disk is measured."""
-    stages = out.with_name(out.name + "-stages")
-    shutil.rmtree(out, ignore_errors=True)
-    shutil.rmtree(stages, ignore_errors=True)
-    start = time.perf_counter()
-    run = modelpress.compress(builtin_folder(model, default_cache()), recipe, out, overrides=overrides,
-                              keep_stages=True)
-    seconds = round(time.perf_counter() - start, 1)
-    if (out / ".stages").exists():
-        (out / ".stages").rename(stages)
-    for stage in run.stages:
-        if stage.folder != out:
-            stage.folder = stages / stage.folder.name
-    return run, seconds
+    size on disk is measured. With --reuse, a finished earlier run in --work is measured again."""
+    stages_dir = out.with_name(out.name + "-stages")
+    lineage_file = out / LINEAGE_FILE
+    if not (args.reuse and lineage_file.exists()):
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(stages_dir, ignore_errors=True)
+        modelpress.compress(builtin_folder(model, default_cache()), recipe, out, overrides=args.overrides,
+                            keep_stages=True)
+        if (out / ".stages").exists():
+            (out / ".stages").rename(stages_dir)
+    lineage = json.loads(lineage_file.read_text())["stages"]
+    stages = [Stage(s["name"], out if i == len(lineage) - 1 else stages_dir / f"{s['index']}-{s['name']}",
+                    s["metrics"], s["seconds"]) for i, s in enumerate(lineage)]
+    return stages, round(sum(s.seconds for s in stages), 1)
 
 
 def training_figures(metrics: dict) -> dict:
@@ -113,30 +124,30 @@ def model2vec_row(teacher: Path) -> dict:
 
 def minilm_small(args, work: Path) -> dict:
     teacher = builtin_folder("minilm-l6", default_cache())
-    run, seconds = _compress("minilm-l6", "minilm-small", work / "minilm-small", args.overrides)
-    shapes = _compare_encoders(["teacher", "minilm-small"], [teacher, run.output], args.iterations)
+    (student,), seconds = _compress("minilm-l6", "minilm-small", work / "minilm-small", args)
+    shapes = _compare_encoders(["teacher", "minilm-small"], [teacher, student.folder], args.iterations)
     anchor = model2vec_row(teacher)
     anchor["accuracy_kept"] = anchor["knn_topic_accuracy"] / shapes["1x128"]["rows"][0]["knn_topic_accuracy"]
-    return {"model": "minilm-l6", "recipe": "minilm-small", "seconds": seconds, "reloads": reloads(run.output),
-            **training_figures(run.stages[0].result.metrics), "shapes": shapes, "model2vec": anchor}
+    return {"model": "minilm-l6", "recipe": "minilm-small", "seconds": seconds, "reloads": reloads(student.folder),
+            **training_figures(student.metrics), "shapes": shapes, "model2vec": anchor}
 
 
 def minilm_edge(args, work: Path) -> dict:
     teacher = builtin_folder("minilm-l6", default_cache())
-    run, seconds = _compress("minilm-l6", "minilm-edge", work / "minilm-edge", args.overrides)
-    prune, distill, export = run.stages
+    stages, seconds = _compress("minilm-l6", "minilm-edge", work / "minilm-edge", args)
+    prune, distill, export = stages
     shapes = _compare_encoders(["teacher", "pruned", "pruned+distilled", "minilm-edge (onnx-int8)"],
                                [teacher, prune.folder, distill.folder, export.folder], args.iterations)
     return {"model": "minilm-l6", "recipe": "minilm-edge", "seconds": seconds,
-            "stage_seconds": {s.name: s.seconds for s in run.stages},
-            "prune": {k: prune.result.metrics.get(k) for k in ("flops_ratio", "parameters_ratio", "shape_after")},
-            "distill": training_figures(distill.result.metrics), "shapes": shapes}
+            "stage_seconds": {s.name: s.seconds for s in stages},
+            "prune": {k: prune.metrics.get(k) for k in ("flops_ratio", "parameters_ratio", "shape_after")},
+            "distill": training_figures(distill.metrics), "shapes": shapes}
 
 
 def smollm2_shallow(args, work: Path) -> dict:
     teacher = builtin_folder("smollm2-135m", default_cache())
-    run, seconds = _compress("smollm2-135m", "smollm2-shallow", work / "smollm2-shallow", args.overrides)
-    prune, distill = run.stages
+    stages, seconds = _compress("smollm2-135m", "smollm2-shallow", work / "smollm2-shallow", args)
+    prune, distill = stages
     config = EvaluationConfig(batch_size=1, sequence_length=128, latency_iterations=args.iterations,
                               quality_windows=QUALITY_WINDOWS, decode_tokens=16)
     figures, timing = compare_folders([teacher, prune.folder, distill.folder], 0, config)
@@ -146,9 +157,9 @@ def smollm2_shallow(args, work: Path) -> dict:
              "peak_rss_mb": f["peak_rss_mb"], "speed": speed_of(f)}
             for label, f in zip(["teacher", "pruned", "pruned+distilled"], figures)]
     return {"model": "smollm2-135m", "recipe": "smollm2-shallow", "seconds": seconds,
-            "stage_seconds": {s.name: s.seconds for s in run.stages},
-            "prune": {k: prune.result.metrics.get(k) for k in ("flops_ratio", "parameters_ratio", "shape_after")},
-            "distill": training_figures(distill.result.metrics), "reloads": reloads(distill.folder),
+            "stage_seconds": {s.name: s.seconds for s in stages},
+            "prune": {k: prune.metrics.get(k) for k in ("flops_ratio", "parameters_ratio", "shape_after")},
+            "distill": training_figures(distill.metrics), "reloads": reloads(distill.folder),
             "gap_closed": (figures[1]["perplexity"] - figures[2]["perplexity"]) / gap if gap > 0 else None,
             "quality_windows": QUALITY_WINDOWS, "rows": rows, "rounds": timing["rounds"], "load": timing["load"]}
 
@@ -160,8 +171,13 @@ def families(args, work: Path) -> dict:
     rows = []
     for method, extra in FAMILIES.items():
         out = work / f"family-{method}"
-        shutil.rmtree(out, ignore_errors=True)
-        run = run_method("distiller", method, {**FAMILY_STUDENT, **extra, **args.family_overrides}, teacher, out)
+        figures_file = work / f"family-{method}.json"
+        if args.reuse and figures_file.exists():
+            run = json.loads(figures_file.read_text())
+        else:
+            shutil.rmtree(out, ignore_errors=True)
+            run = run_method("distiller", method, {**FAMILY_STUDENT, **extra, **args.family_overrides}, teacher, out)
+            figures_file.write_text(json.dumps(run, default=str))
         accuracy = evaluate_folder(out, config, teacher, time_latency=False)["encoder"]
         m = run["metrics"]
         rows.append({"method": method, "config": extra, **training_figures(m),
@@ -240,6 +256,8 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--print", action="store_true", help="print the stored tables and exit")
+    parser.add_argument("--reuse", action="store_true",
+                        help="measure again what an earlier run left in --work instead of training anew")
     parser.add_argument("--smoke", action="store_true",
                         help="check the plumbing in minutes: a few seconds of training, figures to a scratch file")
     args = parser.parse_args()
