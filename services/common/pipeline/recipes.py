@@ -204,13 +204,13 @@ RECIPES: dict[str, RecipeDef] = {
         RecipeDef("distill-self", "The input learns from the job's original model (after a compression: its "
                   "recovery), 10 minutes", (RecipeStage(D, "distill-self", {}, "distill"),)),
         # Half the blocks alone leave half the FLOPs, and the embedding lookup costs little: MLP 1024 of
-        # 1536 is what takes the student past 2x in PyTorch eager (bench/distillation.py).
+        # 1536 is what takes the student past 2x in PyTorch eager. 15 minutes: 30 core-minutes on 2 cores.
         RecipeDef("minilm-small", "An encoder student with half the blocks, two thirds of the MLP width and the "
                   "vocabulary its text uses (MiniLM: over 60 % fewer parameters), learning the pooled embedding "
-                  "for 25 minutes",
+                  "for 15 minutes",
                   (RecipeStage(D, "distill-response", {"student_layers_share": 0.5, "student_mlp_width": 1024,
                                                        "vocabulary": "corpus",
-                                                       "max_minutes": 25.0, "calibration_samples": 5000,
+                                                       "max_minutes": 15.0, "calibration_samples": 5000,
                                                        "batch_size": 32, "learning_rate": 5e-4}, "distill"),)),
         RecipeDef("minilm-edge", "FLOPs halved by structured pruning, healed by distillation from the original, "
                   "then ONNX Runtime INT8", (
