@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import grpc
 import pytest
@@ -94,6 +95,24 @@ async def test_prune_then_self_distillation_is_one_job_healing_against_the_origi
     assert config["intermediate_size"] == prune.metrics["shape_after"]["mlp_width"]
     AutoModelForCausalLM.from_pretrained(allowed_root / "dl")
     assert out.id == job.output.id
+
+
+async def test_a_cancel_lands_between_training_steps(gateway, model_dir):
+    client = Client(gateway)
+    job = await call(client.create_job, f"path:{model_dir}", "distill-response",
+                     overrides={**SHORT, "max_steps": 0, "max_minutes": 10.0}, evaluation=NO_EVAL, recompute=True)
+
+    def cancel_at_the_second_step() -> float:
+        for event in client.watch(job.job_id):
+            if "learning_rate" in event.metrics and event.step >= 2:
+                client.cancel_job(job.job_id)
+                return time.monotonic()
+        pytest.fail("the training never reported a step")
+
+    started = await call(cancel_at_the_second_step)
+    job, _ = await run_to_end(client, job)
+    assert job.state == common_pb2.JOB_STATE_CANCELLED
+    assert time.monotonic() - started < 30  # not the 10 minutes of its budget
 
 
 @pytest.fixture(scope="module")
