@@ -28,7 +28,8 @@ from services.gateway.jobs import JobRunner
 from services.gateway.recommender import NoCandidateMeasured, NothingStored, recommend
 from services.gateway.strategies import all_strategies
 from services.gateway.user_recipes import RecipeNotFound, RecipeStore
-from services.gateway.validation import GRID_BOUNDS, check_model_ref, resolve_evaluation
+from services.gateway.validation import (GRID_BOUNDS, check_model_ref, checked_id, checked_job_state,
+                                         resolve_evaluation)
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         source = model.WhichOneof("source")
         if source == "artifact_id":
             try:
-                return (await self._runtime.store.stat(model.artifact_id)).ref.format
+                return (await self._runtime.store.stat(model.artifact_id.strip())).ref.format
             except ArtifactNotFound:
                 raise ArtifactNotFound(f"{field}.artifact_id: artifact {model.artifact_id!r} not found") from None
         return common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS if source == "builtin" else None
@@ -151,8 +152,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 value = config.get(declared.field)
                 if not value:
                     continue
+                value = checked_id(str(value), f"overrides.{declared.field}", "artifact")
                 try:
-                    stored = await self._runtime.store.stat(str(value))
+                    stored = await self._runtime.store.stat(value)
                 except ArtifactNotFound:
                     raise ArtifactNotFound(f"overrides.{declared.field}: artifact {value!r} not found") from None
                 if declared.formats and stored.ref.format not in declared.formats:
@@ -182,7 +184,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def ListJobs(self, request, context):
         if request.page_size < 0:
             raise InvalidArgument("page_size: must be >= 0")
-        jobs = [j for j in await self._runner.jobs.list() if not request.state or j.state == request.state]
+        state = checked_job_state(request.state)
+        jobs = [j for j in await self._runner.jobs.list() if not state or j.state == state]
         if request.page_size:
             jobs = jobs[: request.page_size]
         return gateway_pb2.ListJobsResponse(jobs=jobs)
@@ -256,8 +259,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             if artifacts.matches(stored, request.tag, request.model, request.recipe)])
 
     async def _stat(self, artifact_id: str):
-        if not artifact_id.strip():
-            raise InvalidArgument("artifact_id: required")
+        artifact_id = checked_id(artifact_id, "artifact_id", "artifact")
         try:
             return await self._runtime.store.stat(artifact_id)
         except ArtifactNotFound:
@@ -432,7 +434,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def _artifact_of(self, request) -> str:
         target = request.WhichOneof("target")
         if target == "artifact_id" and request.artifact_id:
-            return request.artifact_id
+            return checked_id(request.artifact_id, "artifact_id", "artifact")
         if target == "job_id":
             job = await self._runner.jobs.get(_job_id(request.job_id))
             if not job.output.id:
@@ -454,7 +456,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         if request.job_id and request.comparison_id:
             raise InvalidArgument("job_id, comparison_id: set one, not both")
         if request.comparison_id:
-            comparison = await self._comparisons.get(request.comparison_id.strip())
+            comparison = await self._comparisons.get(checked_id(request.comparison_id, "comparison_id", "comparison"))
             if comparison is None:
                 raise ArtifactNotFound(f"comparison_id: comparison {request.comparison_id!r} not found")
             report_id = comparison.report.id
@@ -545,9 +547,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
 
 
 def _job_id(job_id: str) -> str:
-    if not job_id.strip():
-        raise InvalidArgument("job_id: required")
-    return job_id.strip()
+    return checked_id(job_id, "job_id", "job")
 
 
 async def register(server: grpc.aio.Server, runtime: ServiceRuntime) -> list[str]:

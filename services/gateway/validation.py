@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from modelpress.v1 import common_pb2
 from services.common import registry
 from services.common.model_source import check_allowed_path
@@ -17,6 +19,36 @@ GRID_BOUNDS = {"batch_sizes": (1, 256), "sequence_lengths": (1, 8192)}
 MAX_GRID_VALUES = 8
 
 
+# Ids the mesh hands out ("j-…", "a-…", "c-…", "ckpt-…"): letters, digits, '-' and '_'. Anything else
+# (a NATS wildcard, a dot, a NUL, a megabyte) is refused before it reaches a KV key or a subject.
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+SHOWN_CHARACTERS = 48
+
+
+def shown(value: str, limit: int = SHOWN_CHARACTERS) -> str:
+    """A caller's input as an error message cites it: quoted, cut to `limit` characters."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}… ({len(value)} characters)"
+
+
+def checked_id(value: str, field: str, kind: str) -> str:
+    """`value` stripped, or InvalidArgument naming `field` when it is empty or not shaped like an id."""
+    value = value.strip()
+    if not value:
+        raise InvalidArgument(f"{field}: required")
+    if not ID_PATTERN.fullmatch(value):
+        raise InvalidArgument(f"{field}: {shown(value)} is not a {kind} id (letters, digits, '-' and '_', "
+                              f"at most 128 characters)")
+    return value
+
+
+def checked_job_state(state: int) -> int:
+    if state not in common_pb2.JobState.values():
+        raise InvalidArgument(f"state: {state} is not a JobState ({', '.join(common_pb2.JobState.keys())})")
+    return state
+
+
 def check_model_ref(model: common_pb2.ModelRef, field: str = "model") -> None:
     """Checks the shape of a model reference (existence of artifacts is checked by the caller)."""
     source = model.WhichOneof("source")
@@ -26,8 +58,8 @@ def check_model_ref(model: common_pb2.ModelRef, field: str = "model") -> None:
         if model.builtin not in registry.BUILTINS:
             raise InvalidArgument(
                 f"{field}.builtin: unknown builtin model {model.builtin!r}; allowed: {', '.join(registry.BUILTINS)}")
-    elif source == "artifact_id" and not model.artifact_id.strip():
-        raise InvalidArgument(f"{field}.artifact_id: must not be empty")
+    elif source == "artifact_id":
+        checked_id(model.artifact_id, f"{field}.artifact_id", "artifact")
     elif source == "path":
         try:
             check_allowed_path(model.path)

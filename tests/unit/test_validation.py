@@ -5,7 +5,7 @@ from services.common.configspec import describe_registry
 from services.common.events import to_struct
 from services.common.pipeline.recipes import RECIPES
 from services.common.pipeline.chain import InvalidArgument, validate_recipe
-from services.gateway.validation import check_model_ref, resolve_evaluation
+from services.gateway.validation import check_model_ref, checked_id, checked_job_state, resolve_evaluation
 from services.quantizer.engine import METHODS as QUANT_METHODS
 
 
@@ -137,3 +137,26 @@ def test_config_problems_names_each_field_and_the_rules_across_fields():
     assert config_problems(StructuredConfig, {})[0].startswith("nothing to prune")
     problems = config_problems(SparseGptConfig, {"damping": 0, "block_size": 8})
     assert [p.split(":")[0] for p in problems] == ["damping", "block_size"]
+
+
+@pytest.mark.parametrize("bad", ["*", ">", "j.1", "jobs.>", "é-1", "a\x00b", "-leading", "x" * 129, "a b"])
+def test_an_id_of_another_shape_is_invalid_and_cited_short(bad):
+    with pytest.raises(InvalidArgument, match="job_id: .* is not a job id") as info:
+        checked_id(bad, "job_id", "job")
+    assert len(str(info.value)) < 200
+
+
+def test_ids_the_mesh_hands_out_pass_and_a_huge_one_is_cited_cut():
+    for good in ("j-0123456789abcdef", "a-0123456789abcdef0123", "c-00ff", "ckpt-j-1-0-abcdef", " j-1 "):
+        assert checked_id(good, "job_id", "job") == good.strip()
+    with pytest.raises(InvalidArgument, match="job_id: required"):
+        checked_id("  ", "job_id", "job")
+    with pytest.raises(InvalidArgument) as info:
+        checked_id("y" * 5_000_000, "artifact_id", "artifact")
+    assert "(5000000 characters)" in str(info.value) and len(str(info.value)) < 200
+
+
+def test_a_job_state_outside_the_enum_is_invalid():
+    assert checked_job_state(0) == 0 and checked_job_state(common_pb2.JOB_STATE_FAILED) == common_pb2.JOB_STATE_FAILED
+    with pytest.raises(InvalidArgument, match="state: 99 is not a JobState"):
+        checked_job_state(99)

@@ -1,0 +1,51 @@
+"""Ids that are not shaped like the mesh's own (NATS wildcards, dots, non-ASCII, megabytes) get
+INVALID_ARGUMENT naming the field, with the input cited short, from every RPC that takes one;
+never UNKNOWN or INTERNAL from a KV key or subject built out of them."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from modelpress import Client
+from modelpress.v1 import common_pb2
+
+HOSTILE = ["*", ">", "jobs.>", "é", "a\x00b", "z" * 5_000_000]
+
+
+def call(fn, *args, **kwargs):
+    return asyncio.to_thread(fn, *args, **kwargs)
+
+
+async def _refused(fn, field: str) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        await call(fn)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (field, info.value.code(), info.value.details())
+    assert info.value.details().startswith(field) and len(info.value.details()) < 300
+
+
+@pytest.mark.parametrize("bad", HOSTILE, ids=["star", "gt", "subject", "non-ascii", "nul", "5MB"])
+async def test_every_rpc_taking_an_id_refuses_one_of_another_shape(gateway, tmp_path, bad):
+    client = Client(gateway)
+    await _refused(lambda: client.get_job(bad), "job_id")
+    await _refused(lambda: client.get_result(bad), "job_id")
+    await _refused(lambda: client.cancel_job(bad), "job_id")
+    await _refused(lambda: client.delete_job(bad), "job_id")
+    await _refused(lambda: list(client.watch(bad)), "job_id")
+    await _refused(lambda: client.report(job_id=bad), "job_id")
+    await _refused(lambda: client.report(comparison_id=bad), "comparison_id")
+    await _refused(lambda: client.lineage(bad), "artifact_id")
+    await _refused(lambda: client.tag(bad, "mine"), "artifact_id")
+    await _refused(lambda: client.download(tmp_path / "out", artifact_id=bad), "artifact_id")
+    await _refused(lambda: client.create_job(f"artifact:{bad}", "int8-weight-only",
+                                             evaluation=common_pb2.EvaluationSpec(skip=True)), "model.artifact_id")
+
+
+async def test_a_job_state_outside_the_enum_is_refused_and_a_well_shaped_unknown_id_is_not_found(gateway):
+    client = Client(gateway)
+    await _refused(lambda: client.list_jobs(state=99), "state")
+    with pytest.raises(grpc.RpcError) as info:
+        await call(client.get_job, "j-0000000000000000")
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
