@@ -7,6 +7,8 @@ Engines declare `class Int8WeightOnlyConfig(MethodConfig)`; servicers publish it
 
 from __future__ import annotations
 
+import math
+
 import typing
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -21,7 +23,8 @@ from modelpress.v1 import common_pb2
 class MethodConfig(BaseModel):
     """Base of every method config: unknown fields are errors, not silently ignored."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and ±Infinity pass no bound check (every comparison with NaN is false): refused outright.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     # Fields naming an artifact (a calibration dataset, a teacher model) -> the ArtifactFormat values
     # it may have. The gateway checks them before a job exists; the service fetches each before the
     # engine runs, which reads the local copy through `local_path`.
@@ -144,7 +147,30 @@ def check_value(field: common_pb2.ConfigField, value: Any) -> str | None:
     return None
 
 
+MAX_STRUCT_DEPTH = 8
+
+
+def _plain(value: struct_pb2.Value, where: str, depth: int) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        number = value.number_value
+        if not math.isfinite(number):
+            raise ConfigError(f"{where}: {number} is not a finite number")
+        return int(number) if number.is_integer() else number
+    if kind in ("struct_value", "list_value") and depth >= MAX_STRUCT_DEPTH:
+        raise ConfigError(f"{where}: nested deeper than {MAX_STRUCT_DEPTH} levels")
+    if kind == "struct_value":
+        return {k: _plain(v, f"{where}.{k}", depth + 1) for k, v in value.struct_value.fields.items()}
+    if kind == "list_value":
+        return [_plain(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value.list_value.values)]
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    return None
+
+
 def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
-    """Struct numbers are doubles; whole numbers come back as ints so int fields validate."""
-    values = json_format.MessageToDict(struct)
-    return {k: (int(v) if isinstance(v, float) and v.is_integer() else v) for k, v in values.items()}
+    """Struct numbers are doubles; whole numbers come back as ints so int fields validate. NaN,
+    ±Infinity and nesting past MAX_STRUCT_DEPTH are ConfigErrors naming the key."""
+    return {k: _plain(v, k, 1) for k, v in struct.fields.items()}

@@ -24,8 +24,8 @@ class Constraints:
         if self.target not in TARGETS:
             raise ValueError(f"target: {self.target!r} is not one of {', '.join(TARGETS)}")
         for name in ("max_size_mb", "max_latency_ms"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}: must be >= 0 (0: no limit), got {getattr(self, name)}")
+            if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
+                raise ValueError(f"{name}: must be a finite number >= 0 (0: no limit), got {getattr(self, name)}")
         if not 0 <= self.min_quality_retention <= 1:
             raise ValueError(f"min_quality_retention: must be in [0, 1], got {self.min_quality_retention}")
 

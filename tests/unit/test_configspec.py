@@ -62,3 +62,22 @@ def test_parse_config_rejects_unknown_and_bad_fields_by_name():
         parse_config(Example, {"bogus": 1})
     with pytest.raises(ConfigError, match="bits"):
         parse_config(Example, {"bits": 99})
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_nan_and_infinity_are_refused_even_where_no_bound_would_catch_them(value):
+    from services.distiller.configs import ResponseConfig
+
+    # alpha has bounds (a NaN passes every comparison as false), temperature too; through a Struct as a client sends it.
+    for field in ("alpha", "temperature", "learning_rate"):
+        with pytest.raises(ConfigError, match=field):
+            parse_config(ResponseConfig, struct_to_dict(to_struct({field: value})))
+
+
+def test_struct_nesting_past_the_bound_is_a_config_error_naming_the_key():
+    nested: dict = {"leaf": 1}
+    for _ in range(20):
+        nested = {"deeper": nested}
+    with pytest.raises(ConfigError, match=r"bits\.deeper\.deeper.*nested deeper than"):
+        struct_to_dict(to_struct({"bits": nested}))
+    assert struct_to_dict(to_struct({"a": {"b": [1, 2.5, "x", True, None]}})) == {"a": {"b": [1, 2.5, "x", True, None]}}

@@ -185,3 +185,12 @@ def test_an_unknown_isa_class_is_refused_naming_the_known_ones():
 
     with pytest.raises(InvalidArgument, match="isa_class: 'sse9'.*avx512-bf16"):
         _recommend([_outcome("onnx-int8", AVX2, 50.0)], AVX2, isa_class="sse9")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_constraint_that_is_not_a_finite_number_is_refused_not_taken_as_no_limit(value):
+    for field in ("max_size_mb", "max_latency_ms"):
+        with pytest.raises(ValueError, match=f"{field}: must be a finite number"):
+            Constraints("edge", **{field: value})
+    with pytest.raises(ValueError, match="min_quality_retention"):
+        Constraints("edge", min_quality_retention=value)

@@ -160,3 +160,15 @@ def test_a_job_state_outside_the_enum_is_invalid():
     assert checked_job_state(0) == 0 and checked_job_state(common_pb2.JOB_STATE_FAILED) == common_pb2.JOB_STATE_FAILED
     with pytest.raises(InvalidArgument, match="state: 99 is not a JobState"):
         checked_job_state(99)
+
+
+def test_a_nan_override_or_pipeline_config_is_invalid_argument_naming_it():
+    with pytest.raises(InvalidArgument, match=r"overrides\.max_minutes: nan is not a finite number"):
+        validate_recipe("distill-response", to_struct({"max_minutes": float("nan")}), methods())
+    from modelpress.pipelines import pipeline_message
+
+    pipeline = pipeline_message({"name": "mine", "stages": [
+        {"technique": "quantizer", "method": "rtn", "config": {"bits": 4}},
+        {"technique": "optimizer", "method": "onnx", "config": {"opset": float("inf")}}]})
+    with pytest.raises(InvalidArgument, match=r"pipeline\.stages\[1\]\.config\.opset: inf is not a finite number"):
+        validate_recipe("", to_struct({}), methods(), pipeline)

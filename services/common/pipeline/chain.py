@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from modelpress.v1 import common_pb2
-from services.common.configspec import check_value, struct_to_dict
+from services.common.configspec import ConfigError, check_value, struct_to_dict
 from services.common.events import to_struct
 from services.common.pipeline.gates import InvalidGate, parse_gate
 from services.common.pipeline.recipes import (EVALUATE, RECIPES, InvalidPipeline, RecipeDef, get_recipe,
@@ -133,7 +133,11 @@ def validate_recipe(name: str, overrides_struct, methods: Methods, pipeline: com
             recipe = get_recipe(name)
         except KeyError as exc:
             raise InvalidArgument(exc.args[0]) from None
-    return recipe, resolve_stages(recipe, struct_to_dict(overrides_struct), methods)
+    try:
+        overrides = struct_to_dict(overrides_struct)
+    except ConfigError as exc:
+        raise InvalidArgument(f"overrides.{exc}") from None
+    return recipe, resolve_stages(recipe, overrides, methods)
 
 
 def format_name(fmt: int) -> str:

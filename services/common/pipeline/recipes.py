@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelpress.v1 import common_pb2, gateway_pb2
-from services.common.configspec import struct_to_dict
+from services.common.configspec import ConfigError, struct_to_dict
 from services.common.events import to_struct
 from services.common.isa import isa_class, support
 from services.common.settings import TECHNIQUE_SERVICES
@@ -295,10 +295,15 @@ def pipeline_from_data(data: Any, default_name: str = "pipeline") -> RecipeDef:
 
 
 def pipeline_from_message(message: common_pb2.Pipeline) -> RecipeDef:
-    return pipeline_from_data({
-        "name": message.name, "summary": message.summary,
-        "stages": [{"name": s.name, "technique": TECHNIQUE_SERVICES.get(s.technique, str(s.technique)),
-                    "method": s.method, "config": struct_to_dict(s.config), "gate": s.gate} for s in message.stages]})
+    stages = []
+    for index, s in enumerate(message.stages):
+        try:
+            config = struct_to_dict(s.config)
+        except ConfigError as exc:
+            raise InvalidPipeline(f"pipeline.stages[{index}].config.{exc}") from None
+        stages.append({"name": s.name, "technique": TECHNIQUE_SERVICES.get(s.technique, str(s.technique)),
+                       "method": s.method, "config": config, "gate": s.gate})
+    return pipeline_from_data({"name": message.name, "summary": message.summary, "stages": stages})
 
 
 def _compute_of(stages: list[RecipeStage]) -> str:
