@@ -66,15 +66,31 @@ class Architecture:
             self.attention: Attention | None = Attention("self_attn.q_proj", "self_attn.k_proj",
                                                          "self_attn.v_proj", "self_attn.o_proj")
             self.qkv = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+            self.attention_output = "self_attn.o_proj"
         elif self.model_type in BERT_LIKE:
             self.mlp = Mlp(("intermediate.dense",), "output.dense")
             # Heads cannot be cut here (BERT_HEADS), but their projections can be read.
             self.attention = None
             self.qkv = ("attention.self.query", "attention.self.key", "attention.self.value")
+            self.attention_output = "attention.output.dense"
         else:
             raise UnsupportedModelError(
                 f"structured pruning knows Llama-style ({', '.join(LLAMA_LIKE)}) and BERT-style "
                 f"({', '.join(BERT_LIKE)}) models, not model_type {self.model_type!r}")
+
+    @property
+    def bert_like(self) -> bool:
+        return self.model_type in BERT_LIKE
+
+    @property
+    def residual_readers(self) -> tuple[str, ...]:
+        """A block's Linears that read the residual stream (attention q/k/v, the MLP's inputs)."""
+        return self.qkv + self.mlp.inputs
+
+    @property
+    def residual_writers(self) -> tuple[str, ...]:
+        """A block's Linears that write the residual stream (attention output, MLP output)."""
+        return (self.attention_output, self.mlp.output)
 
     @property
     def heads(self) -> int:
@@ -100,8 +116,8 @@ class Architecture:
 
     def cut_mlp(self, block: nn.Module, keep: torch.Tensor) -> None:
         for name in self.mlp.inputs:
-            _replace(block, name, slice_linear(block.get_submodule(name), rows=keep))
-        _replace(block, self.mlp.output, slice_linear(block.get_submodule(self.mlp.output), cols=keep))
+            replace_module(block, name, slice_linear(block.get_submodule(name), rows=keep))
+        replace_module(block, self.mlp.output, slice_linear(block.get_submodule(self.mlp.output), cols=keep))
 
     def cut_heads(self, block: nn.Module, keep_units: torch.Tensor, head_unit: str) -> None:
         """Keeps the given KV groups (with their query heads), or the given query-head positions
@@ -116,10 +132,10 @@ class Architecture:
             q_heads = torch.cat([g * per_group + keep_units for g in range(self.kv_heads)])
         q_rows = _head_rows(q_heads, d)
         kv_rows = _head_rows(kv, d)
-        _replace(block, a.q, slice_linear(block.get_submodule(a.q), rows=q_rows))
-        _replace(block, a.k, slice_linear(block.get_submodule(a.k), rows=kv_rows))
-        _replace(block, a.v, slice_linear(block.get_submodule(a.v), rows=kv_rows))
-        _replace(block, a.o, slice_linear(block.get_submodule(a.o), cols=q_rows))
+        replace_module(block, a.q, slice_linear(block.get_submodule(a.q), rows=q_rows))
+        replace_module(block, a.k, slice_linear(block.get_submodule(a.k), rows=kv_rows))
+        replace_module(block, a.v, slice_linear(block.get_submodule(a.v), rows=kv_rows))
+        replace_module(block, a.o, slice_linear(block.get_submodule(a.o), cols=q_rows))
         attention = block.get_submodule(a.q.rsplit(".", 1)[0])
         attention.num_key_value_groups = len(q_heads) // len(kv)
         for attr, value in (("num_heads", len(q_heads)), ("num_key_value_heads", len(kv))):
@@ -136,7 +152,8 @@ def _head_rows(heads: torch.Tensor, head_dim: int) -> torch.Tensor:
     return (heads.unsqueeze(1) * head_dim + torch.arange(head_dim)).flatten()
 
 
-def _replace(block: nn.Module, name: str, module: nn.Module) -> None:
+def replace_module(block: nn.Module, name: str, module: nn.Module) -> None:
+    """Puts `module` at the dotted `name` under `block`."""
     parent, _, child = name.rpartition(".")
     setattr(block.get_submodule(parent) if parent else block, child, module)
 

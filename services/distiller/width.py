@@ -18,16 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from services.common.architecture import Architecture
+from services.common.architecture import Architecture, replace_module
 from services.distiller.data import model_inputs
-
-# Relative to a block: the Linears that read the residual stream and those that write it.
-LLAMA_READERS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj")
-LLAMA_WRITERS = ("self_attn.o_proj", "mlp.down_proj")
-BERT_QKV = ("attention.self.query", "attention.self.key", "attention.self.value")
-BERT_READERS = ("intermediate.dense",)
-BERT_WRITERS = ("attention.output.dense", "output.dense")
-
 
 @torch.no_grad()
 def hidden_basis(model: nn.Module, batches: list[dict], width: int) -> torch.Tensor:
@@ -53,11 +45,6 @@ def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
     if bias is not None:
         layer.bias.data = bias.contiguous().clone()
     return layer
-
-
-def _set(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, child, module)
 
 
 def _read(linear: nn.Linear, basis: torch.Tensor, rows: torch.Tensor | None = None) -> nn.Linear:
@@ -113,33 +100,30 @@ def narrow_hidden(model: nn.Module, blocks: nn.ModuleList, basis: torch.Tensor) 
     handled: set[str] = set()
     for block in blocks:
         prefix = names[id(block)] + "."
-        if arch.model_type in ("bert", "roberta", "xlm-roberta"):
+        readers, writers = {n: None for n in arch.residual_readers}, {n: None for n in arch.residual_writers}
+        if arch.bert_like:
+            # BERT's head size is hidden / heads: the attention's inner width narrows with the stream.
             heads = model.config.num_attention_heads
             if width % heads:
                 raise ValueError(f"student_hidden_size: {width} is not a multiple of the {heads} attention heads "
                                  "(BERT-style models derive the head size from the hidden width)")
-            q, k, v = (block.get_submodule(n) for n in BERT_QKV)
-            out = block.get_submodule(BERT_WRITERS[0])
+            q, k, v = (block.get_submodule(n) for n in arch.qkv)
+            out = block.get_submodule(arch.attention_output)
             qk = _per_head_dims(q.weight.float().norm(dim=1) * k.weight.float().norm(dim=1), heads, width // heads)
             vo = _per_head_dims(v.weight.float().norm(dim=1) * out.weight.float().norm(dim=0), heads, width // heads)
-            for name, rows in zip(BERT_QKV, (qk, qk, vo)):
-                _set(block, name, _read(block.get_submodule(name), basis, rows))
-            _set(block, BERT_WRITERS[0], _write(out, basis, vo))
-            _set(block, BERT_WRITERS[1], _write(block.get_submodule(BERT_WRITERS[1]), basis))
-            _set(block, BERT_READERS[0], _read(block.get_submodule(BERT_READERS[0]), basis))
-            attention = block.get_submodule("attention.self")
+            readers.update(zip(arch.qkv, (qk, qk, vo)))
+            writers[arch.attention_output] = vo
+            attention = block.get_submodule(arch.qkv[0].rsplit(".", 1)[0])
             attention.attention_head_size = width // heads
             attention.all_head_size = width
             attention.scaling = attention.attention_head_size ** -0.5
-            handled.update(prefix + n for n in BERT_QKV + BERT_WRITERS + BERT_READERS)
-        else:
-            for name in LLAMA_READERS:
-                _set(block, name, _read(block.get_submodule(name), basis))
-            for name in LLAMA_WRITERS:
-                _set(block, name, _write(block.get_submodule(name), basis))
-            handled.update(prefix + n for n in LLAMA_READERS + LLAMA_WRITERS)
+        for name, rows in readers.items():
+            replace_module(block, name, _read(block.get_submodule(name), basis, rows))
+        for name, cols in writers.items():
+            replace_module(block, name, _write(block.get_submodule(name), basis, cols))
+        handled.update(prefix + n for n in (*readers, *writers))
     for name in _norms(model):
-        _set(model, name, _norm(model.get_submodule(name), basis))
+        replace_module(model, name, _norm(model.get_submodule(name), basis))
         handled.add(name)
     embeddings = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Embedding)]
     for name, embedding in embeddings:
@@ -150,7 +134,7 @@ def narrow_hidden(model: nn.Module, blocks: nn.ModuleList, basis: torch.Tensor) 
     if head is not None:
         head_name = names[id(head)]
         if not any(head.weight is m.weight for _, m in embeddings):
-            _set(model, head_name, _read(head, basis))
+            replace_module(model, head_name, _read(head, basis))
         else:
             head.in_features = width
         handled.add(head_name)
@@ -165,6 +149,6 @@ def narrow_hidden(model: nn.Module, blocks: nn.ModuleList, basis: torch.Tensor) 
     if left:
         raise ValueError(f"student_hidden_size: the input has Linears of its hidden width this rewrite does not "
                          f"know ({', '.join(left[:4])}); narrow the MLP or the depth instead")
-    if arch.model_type not in ("bert", "roberta", "xlm-roberta"):
+    if not arch.bert_like:
         model.config.head_dim = arch.head_dim  # fixed: Llama derives it from the hidden width otherwise
     model.config.hidden_size = width
