@@ -10,7 +10,7 @@ server side's engines (`services`, imported only when it is called; see modelpre
 from modelpress import errors
 from modelpress.client import Client, parse_model_ref
 from modelpress.errors import (DataLoss, DeadlineExceeded, FailedPrecondition, InvalidArgument, ModelpressError,
-                               NotFound, Unavailable)
+                               NotFound, PermissionDenied, ResourceExhausted, Unauthenticated, Unavailable)
 
 __version__ = "0.1.0"
 
@@ -23,4 +23,5 @@ def compress(model, recipe_or_pipeline, out_dir, **options):
 
 
 __all__ = ["Client", "compress", "parse_model_ref", "errors", "ModelpressError", "InvalidArgument", "NotFound",
-           "FailedPrecondition", "Unavailable", "DataLoss", "DeadlineExceeded", "__version__"]
+           "FailedPrecondition", "Unavailable", "DataLoss", "DeadlineExceeded", "Unauthenticated", "PermissionDenied",
+           "ResourceExhausted", "__version__"]

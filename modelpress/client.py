@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import tempfile
 from collections.abc import Iterator
 from datetime import datetime
@@ -79,10 +80,65 @@ def parse_model_ref(text: str) -> common_pb2.ModelRef:
     raise ValueError(f"model: {text!r} is not builtin:NAME, artifact:ID, path:DIR or an absolute path")
 
 
+class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                   grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds `authorization: Bearer <token>` to every call (on plaintext channels too, which gRPC's
+    own call credentials refuse: the local mesh may check tokens without TLS)."""
+
+    def __init__(self, token: str) -> None:
+        self._metadata = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details):
+        metadata = [*(details.metadata or ()), self._metadata]
+        return details._replace(metadata=metadata) if hasattr(details, "_replace") else _CallDetails(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready,
+            details.compression)
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._with_token(details), request)
+
+    def intercept_stream_unary(self, continuation, details, requests):
+        return continuation(self._with_token(details), requests)
+
+    def intercept_stream_stream(self, continuation, details, requests):
+        return continuation(self._with_token(details), requests)
+
+
+class _CallDetails(grpc.ClientCallDetails):
+    def __init__(self, method, timeout, metadata, credentials, wait_for_ready, compression) -> None:
+        self.method, self.timeout, self.metadata = method, timeout, metadata
+        self.credentials, self.wait_for_ready, self.compression = credentials, wait_for_ready, compression
+
+
+def _read_pem(value: str | bytes | Path | None) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    return Path(value).read_bytes()
+
+
 class Client:
-    def __init__(self, target: str = "127.0.0.1:50051", *, timeout_s: float = 60.0) -> None:
-        self._channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 16 << 20)])
-        self._stub = gateway_pb2_grpc.GatewayServiceStub(self._channel)
+    """`token`: the API token the gateway checks (default $MODELPRESS_TOKEN; none on an open
+    mesh). `tls_ca`: the CA (PEM path or bytes) that signed the gateway's certificate, which turns
+    TLS on (default $MODELPRESS_TLS_CA); `tls_cert`/`tls_key` add a client certificate (mutual TLS)."""
+
+    def __init__(self, target: str = "127.0.0.1:50051", *, timeout_s: float = 60.0, token: str | None = None,
+                 tls_ca: str | bytes | Path | None = None, tls_cert: str | bytes | Path | None = None,
+                 tls_key: str | bytes | Path | None = None) -> None:
+        options = [("grpc.max_receive_message_length", 16 << 20)]
+        token = token if token is not None else os.environ.get("MODELPRESS_TOKEN") or None
+        tls_ca = tls_ca if tls_ca is not None else os.environ.get("MODELPRESS_TLS_CA") or None
+        if tls_ca is not None:
+            credentials = grpc.ssl_channel_credentials(root_certificates=_read_pem(tls_ca),
+                                                       private_key=_read_pem(tls_key),
+                                                       certificate_chain=_read_pem(tls_cert))
+            self._channel = grpc.secure_channel(target, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(target, options=options)
+        channel = grpc.intercept_channel(self._channel, _BearerToken(token)) if token else self._channel
+        self._stub = gateway_pb2_grpc.GatewayServiceStub(channel)
         self._timeout = timeout_s
 
     def __enter__(self) -> "Client":
@@ -113,8 +169,9 @@ class Client:
     def get_job(self, job_id: str) -> common_pb2.Job:
         return self._stub.GetJob(gateway_pb2.GetJobRequest(job_id=job_id), timeout=self._timeout).job
 
-    def list_jobs(self, state: int = 0, page_size: int = 0) -> list[common_pb2.Job]:
-        request = gateway_pb2.ListJobsRequest(state=state, page_size=page_size)
+    def list_jobs(self, state: int = 0, page_size: int = 0, tenant: str = "") -> list[common_pb2.Job]:
+        """This tenant's jobs; an operator's token sees every tenant's, or `tenant`'s."""
+        request = gateway_pb2.ListJobsRequest(state=state, page_size=page_size, tenant=tenant)
         return list(self._stub.ListJobs(request, timeout=self._timeout).jobs)
 
     def cancel_job(self, job_id: str) -> common_pb2.Job:
@@ -221,6 +278,11 @@ class Client:
     def list_artifacts(self, *, tag: str = "", model: str = "", recipe: str = "") -> list[common_pb2.ArtifactSummary]:
         request = gateway_pb2.ListArtifactsRequest(tag=tag, model=model, recipe=recipe)
         return list(self._stub.ListArtifacts(request, timeout=self._timeout).artifacts)
+
+    def delete_artifact(self, artifact_id: str) -> bool:
+        """Drops this tenant's hold; True when the bytes went (nobody else holds it, no job lists it)."""
+        request = gateway_pb2.DeleteArtifactRequest(artifact_id=artifact_id)
+        return self._stub.DeleteArtifact(request, timeout=self._timeout).deleted
 
     def download(self, out_dir: Path, *, job_id: str = "", artifact_id: str = "") -> common_pb2.ArtifactRef:
         """Streams the artifact into `out_dir` (created; must not exist), checking its sha256."""

@@ -47,6 +47,18 @@ class DataLoss(ModelpressError):
     """Bytes arrived corrupt (an upload or download whose sha256 differs)."""
 
 
+class Unauthenticated(ModelpressError):
+    """The gateway wants a token (none was sent, or it does not know the one sent)."""
+
+
+class PermissionDenied(ModelpressError):
+    """The token is known but its tenant may not touch what the call names."""
+
+
+class ResourceExhausted(ModelpressError):
+    """A bound was reached (a work budget, a quota, the store's size); the message names it."""
+
+
 class DeadlineExceeded(ModelpressError):
     """The call took longer than its timeout."""
 
@@ -58,6 +70,9 @@ _BY_CODE = {
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.DATA_LOSS: DataLoss,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
 }
 
 

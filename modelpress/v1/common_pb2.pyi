@@ -599,7 +599,7 @@ class CompressionResult(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., original_model_size_bytes: _Optional[int] = ..., compressed_model_size_bytes: _Optional[int] = ..., compression_ratio: _Optional[float] = ..., original_params: _Optional[int] = ..., compressed_params: _Optional[int] = ..., param_reduction_ratio: _Optional[float] = ..., original_latency_ms: _Optional[float] = ..., compressed_latency_ms: _Optional[float] = ..., latency_improvement: _Optional[float] = ..., original_memory_mb: _Optional[float] = ..., compressed_memory_mb: _Optional[float] = ..., memory_reduction: _Optional[float] = ..., original_accuracy: _Optional[float] = ..., compressed_accuracy: _Optional[float] = ..., accuracy_loss: _Optional[float] = ..., original_perplexity: _Optional[float] = ..., compressed_perplexity: _Optional[float] = ..., perplexity_increase: _Optional[float] = ..., compressed_artifact_id: _Optional[str] = ..., evaluation_report_path: _Optional[str] = ..., original: _Optional[_Union[ModelMetrics, _Mapping]] = ..., compressed: _Optional[_Union[ModelMetrics, _Mapping]] = ..., prefill_speedup: _Optional[_Union[SpeedRatio, _Mapping]] = ..., decode_speedup: _Optional[_Union[SpeedRatio, _Mapping]] = ..., original_decode_ms: _Optional[float] = ..., compressed_decode_ms: _Optional[float] = ..., timing_load: _Optional[_Union[MachineLoad, _Mapping]] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "name", "model", "recipe", "stages", "state", "progress", "output", "result", "error", "evaluation", "created_at", "started_at", "finished_at", "artifact_ids", "recompute")
+    __slots__ = ("job_id", "name", "model", "recipe", "stages", "state", "progress", "output", "result", "error", "evaluation", "created_at", "started_at", "finished_at", "artifact_ids", "recompute", "tenant")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -616,6 +616,7 @@ class Job(_message.Message):
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
     ARTIFACT_IDS_FIELD_NUMBER: _ClassVar[int]
     RECOMPUTE_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     name: str
     model: ModelRef
@@ -632,7 +633,8 @@ class Job(_message.Message):
     finished_at: _timestamp_pb2.Timestamp
     artifact_ids: _containers.RepeatedScalarFieldContainer[str]
     recompute: bool
-    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., recipe: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[StageStatus, _Mapping]]] = ..., state: _Optional[_Union[JobState, str]] = ..., progress: _Optional[float] = ..., output: _Optional[_Union[ArtifactRef, _Mapping]] = ..., result: _Optional[_Union[CompressionResult, _Mapping]] = ..., error: _Optional[str] = ..., evaluation: _Optional[_Union[EvaluationSpec, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., artifact_ids: _Optional[_Iterable[str]] = ..., recompute: _Optional[bool] = ...) -> None: ...
+    tenant: str
+    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., recipe: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[StageStatus, _Mapping]]] = ..., state: _Optional[_Union[JobState, str]] = ..., progress: _Optional[float] = ..., output: _Optional[_Union[ArtifactRef, _Mapping]] = ..., result: _Optional[_Union[CompressionResult, _Mapping]] = ..., error: _Optional[str] = ..., evaluation: _Optional[_Union[EvaluationSpec, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., artifact_ids: _Optional[_Iterable[str]] = ..., recompute: _Optional[bool] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class JobEvent(_message.Message):
     __slots__ = ("job_id", "sequence", "time", "kind", "job_state", "stage_index", "stage_name", "message", "stage_progress", "step", "total_steps", "metrics")

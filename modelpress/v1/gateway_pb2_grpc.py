@@ -180,6 +180,11 @@ class GatewayServiceStub:
                 request_serializer=modelpress_dot_v1_dot_gateway__pb2.ListArtifactsRequest.SerializeToString,
                 response_deserializer=modelpress_dot_v1_dot_gateway__pb2.ListArtifactsResponse.FromString,
                 _registered_method=True)
+        self.DeleteArtifact = channel.unary_unary(
+                '/modelpress.v1.GatewayService/DeleteArtifact',
+                request_serializer=modelpress_dot_v1_dot_gateway__pb2.DeleteArtifactRequest.SerializeToString,
+                response_deserializer=modelpress_dot_v1_dot_gateway__pb2.DeleteArtifactResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -370,6 +375,14 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteArtifact(self, request, context):
+        """Removes the caller's hold on an artifact; its bytes go once no tenant holds it and no job of
+        any tenant lists it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -517,6 +530,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.ListArtifacts,
                     request_deserializer=modelpress_dot_v1_dot_gateway__pb2.ListArtifactsRequest.FromString,
                     response_serializer=modelpress_dot_v1_dot_gateway__pb2.ListArtifactsResponse.SerializeToString,
+            ),
+            'DeleteArtifact': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteArtifact,
+                    request_deserializer=modelpress_dot_v1_dot_gateway__pb2.DeleteArtifactRequest.FromString,
+                    response_serializer=modelpress_dot_v1_dot_gateway__pb2.DeleteArtifactResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1303,6 +1321,33 @@ class GatewayService:
             '/modelpress.v1.GatewayService/ListArtifacts',
             modelpress_dot_v1_dot_gateway__pb2.ListArtifactsRequest.SerializeToString,
             modelpress_dot_v1_dot_gateway__pb2.ListArtifactsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelpress.v1.GatewayService/DeleteArtifact',
+            modelpress_dot_v1_dot_gateway__pb2.DeleteArtifactRequest.SerializeToString,
+            modelpress_dot_v1_dot_gateway__pb2.DeleteArtifactResponse.FromString,
             options,
             channel_credentials,
             insecure,

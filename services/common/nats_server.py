@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 
 def nats_server_binary() -> Path:
@@ -39,14 +41,24 @@ def wait_for_port(host: str, port: int, timeout_s: float) -> None:
 
 
 def start_nats_server(
-    data_dir: Path, *, port: int | None = None, host: str = "127.0.0.1", log_file: Path | None = None
+    data_dir: Path, *, port: int | None = None, host: str = "127.0.0.1", log_file: Path | None = None,
+    credentials: tuple[str, str] | None = None,
 ) -> tuple[subprocess.Popen, str]:
-    """Returns the process and its URL once it accepts connections."""
+    """Returns the process and its URL once it accepts connections. With `credentials` (user,
+    password) the server lets in only that user, and the URL carries them."""
     port = port or free_port(host)
     data_dir.mkdir(parents=True, exist_ok=True)
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL
+    auth_args: list[str] = []
+    if credentials is not None:
+        # A config file, not --user/--pass: flags would show the password to anyone running `ps`.
+        conf = data_dir / "auth.conf"
+        conf.touch(mode=0o600)
+        conf.write_text("authorization {\n  users = [ { user: %s, password: %s } ]\n}\n"
+                        % (json.dumps(credentials[0]), json.dumps(credentials[1])))
+        auth_args = ["-c", str(conf)]
     proc = subprocess.Popen(
-        [str(nats_server_binary()), "-js", "-sd", str(data_dir), "-a", host, "-p", str(port)],
+        [str(nats_server_binary()), *auth_args, "-js", "-sd", str(data_dir), "-a", host, "-p", str(port)],
         stdout=out,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -56,4 +68,5 @@ def start_nats_server(
     except TimeoutError:
         proc.kill()
         raise
-    return proc, f"nats://{host}:{port}"
+    userinfo = f"{quote(credentials[0], safe='')}:{quote(credentials[1], safe='')}@" if credentials else ""
+    return proc, f"nats://{userinfo}{host}:{port}"

@@ -16,7 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from services.common import nats_conn
+from services.common import auth, nats_conn
 from services.common.artifact_store import ArtifactStore
 from services.common.events import EventLog
 from services.common.kv_records import RecordBucket
@@ -60,8 +60,16 @@ class ServiceRuntime:
 Register = Callable[[grpc.aio.Server, ServiceRuntime], Awaitable[list[str]]]
 
 
+class InsecureNats(RuntimeError):
+    """Auth is required but the NATS server lets anyone in."""
+
+
 async def open_runtime(settings: ServiceSettings) -> ServiceRuntime:
     nc = await nats_conn.connect(settings.nats_url, name=f"modelpress-{settings.name}")
+    if settings.require_nats_auth and not nats_conn.requires_auth(nc):
+        await nc.close()
+        raise InsecureNats(f"{settings.name}: the NATS server at {nats_conn.without_secret(settings.nats_url)} "
+                           "accepts connections without credentials; refusing to start (require_nats_auth)")
     js = nats_conn.jetstream(nc)
     store = await ArtifactStore(js).ensure()
     events = await EventLog(js).ensure()
@@ -88,18 +96,31 @@ class RunningService:
 
 
 async def start_service(settings: ServiceSettings, register: Register) -> RunningService:
+    interceptors = [auth.TokenInterceptor(auth.TokenTable(settings.auth_tokens))] if settings.auth_tokens else []
     runtime = await open_runtime(settings)
-    server = grpc.aio.server(options=GRPC_OPTIONS)
+    server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=interceptors)
     names = await register(server, runtime)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    port = server.add_insecure_port(settings.listen)
+    if settings.tls_cert is not None:
+        port = server.add_secure_port(settings.listen, server_credentials(settings))
+    else:
+        port = server.add_insecure_port(settings.listen)
     await server.start()
     for name in ["", *names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    logging.getLogger(settings.name).info("%s listening on %s", settings.name, settings.listen)
+    logging.getLogger(settings.name).info(
+        "%s listening on %s (%s, %s)", settings.name, settings.listen,
+        "mutual TLS" if settings.tls_client_ca else "TLS" if settings.tls_cert else "plaintext",
+        "tokens required" if settings.auth_tokens else "no authentication")
     return RunningService(server, runtime, health_servicer, port)
+
+
+def server_credentials(settings: ServiceSettings) -> grpc.ServerCredentials:
+    client_ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
+    return grpc.ssl_server_credentials([(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
+                                       root_certificates=client_ca, require_client_auth=client_ca is not None)
 
 
 async def serve(settings: ServiceSettings, register: Register) -> None:

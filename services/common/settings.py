@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from modelpress.v1 import common_pb2
 
@@ -52,6 +52,16 @@ class ServiceSettings(BaseModel):
     # Gateway only: how long a job waits for a live replica of a stage's service before it
     # fails with UNAVAILABLE (it says every few seconds that it is waiting).
     replica_wait_s: float = Field(120.0, gt=0)
+    # A tokens file (services/common/auth.py): every RPC but health and reflection needs a token
+    # in it. None: the service is open to whoever reaches its port.
+    auth_tokens: Path | None = None
+    # PEM files of the server's TLS certificate and key; with a client CA, clients must present a
+    # certificate it signed (mutual TLS). None: plaintext gRPC.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    # Refuse to start against a NATS server that lets anyone in (set where auth is on).
+    require_nats_auth: bool = False
 
     @field_validator("listen")
     @classmethod
@@ -60,6 +70,14 @@ class ServiceSettings(BaseModel):
         if not sep or not port.isdigit():
             raise ValueError(f"listen must be host:port, got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> "ServiceSettings":
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: give both or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca needs tls_cert and tls_key (mutual TLS is TLS first)")
+        return self
 
     @property
     def work_dir(self) -> Path:
@@ -80,6 +98,12 @@ class ServiceSettings(BaseModel):
         parser.add_argument("--grace-s", type=float, default=float(env.get("MODELPRESS_GRACE_S", "10")))
         parser.add_argument("--replica-wait-s", type=float,
                             default=float(env.get("MODELPRESS_REPLICA_WAIT_S", "120")))
+        parser.add_argument("--auth-tokens", type=Path, default=_env_path("MODELPRESS_AUTH_TOKENS"))
+        parser.add_argument("--tls-cert", type=Path, default=_env_path("MODELPRESS_TLS_CERT"))
+        parser.add_argument("--tls-key", type=Path, default=_env_path("MODELPRESS_TLS_KEY"))
+        parser.add_argument("--tls-client-ca", type=Path, default=_env_path("MODELPRESS_TLS_CLIENT_CA"))
+        parser.add_argument("--require-nats-auth", action="store_true",
+                            default=env.get("MODELPRESS_REQUIRE_NATS_AUTH", "") not in ("", "0", "false"))
         args = parser.parse_args(argv)
         targets = {
             svc: env.get(f"MODELPRESS_{svc.upper()}_TARGET", f"127.0.0.1:{DEFAULT_PORTS[svc]}")
@@ -93,4 +117,14 @@ class ServiceSettings(BaseModel):
             grace_s=args.grace_s,
             targets=targets,
             replica_wait_s=args.replica_wait_s,
+            auth_tokens=args.auth_tokens,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            tls_client_ca=args.tls_client_ca,
+            require_nats_auth=args.require_nats_auth,
         )
+
+
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name, "")
+    return Path(value) if value else None

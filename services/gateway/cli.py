@@ -20,6 +20,7 @@ from rich.progress import (BarColumn, Progress, TaskProgressColumn, TextColumn, 
 from rich.table import Table
 
 from modelpress.v1 import common_pb2
+from services.common import auth
 from services.common.headline import job_headline
 from services.common.settings import DEFAULT_PORTS, default_home
 from services.gateway import cli_evaluation, launcher
@@ -41,6 +42,17 @@ def _gateway_target(args) -> str:
         return os.environ["MODELPRESS_GATEWAY"]
     state = launcher.read_state(default_home())
     return state.gateway if state else f"127.0.0.1:{DEFAULT_PORTS['gateway']}"
+
+
+def _client(args) -> Client:
+    """A client of the gateway with the caller's token: --token, $MODELPRESS_TOKEN, or the local
+    mesh's operator token when that mesh was started with --auth."""
+    token = args.token or os.environ.get("MODELPRESS_TOKEN") or None
+    if token is None and not args.gateway and not os.environ.get("MODELPRESS_GATEWAY"):
+        state = launcher.read_state(default_home())
+        if state is not None and state.auth:
+            token = launcher.operator_token_path(default_home()).read_text().strip()
+    return Client(_gateway_target(args), token=token, tls_ca=args.tls_ca)
 
 
 def _state_name(state: int) -> str:
@@ -66,8 +78,15 @@ def _parse_overrides(pairs: list[str]) -> dict:
 def cmd_up(args) -> int:
     home = default_home()
     err.print(f"starting nats-server and {len(launcher.SERVICES)} services (home {home}) ...")
-    state = launcher.up(home, free_ports=args.free_ports)
+    state = launcher.up(home, free_ports=args.free_ports, with_auth=args.auth)
     err.print(f"mesh up: gateway {state.gateway}, NATS {state.nats_url}")
+    if state.auth:
+        err.print(f"auth on: the gateway checks tokens ({launcher.tokens_path(home)}; this CLI uses the operator "
+                  f"token in {launcher.operator_token_path(home)}; add one with `modelpress token create`), NATS "
+                  "asks for a password only the services know")
+    else:
+        err.print("auth off: anyone who can reach 127.0.0.1 can use every job and artifact, and read NATS "
+                  "directly; start with --auth to require tokens")
     if args.detach:
         return 0
     stop = []
@@ -79,6 +98,21 @@ def cmd_up(args) -> int:
         pass
     err.print("stopping ...")
     launcher.down(home)
+    return 0
+
+
+def cmd_token(args) -> int:
+    path = args.tokens_file or (Path(os.environ["MODELPRESS_AUTH_TOKENS"]) if os.environ.get("MODELPRESS_AUTH_TOKENS")
+                                else launcher.tokens_path(default_home()))
+    taken = {entry.name for entry in auth.read_tokens(path).tokens} if path.exists() else set()
+    name = args.name or next(f"{args.tenant}-{i}" for i in range(1, len(taken) + 2) if f"{args.tenant}-{i}" not in taken)
+    try:
+        token = auth.add_token(path, name=name, tenant=args.tenant, role=args.role)
+    except auth.AuthConfigError as exc:
+        err.print(f"token create: {escape(str(exc))}")
+        return 2
+    err.print(f"token {name} ({args.role} of tenant {args.tenant}) added to {path}; it is shown once:")
+    print(token)
     return 0
 
 
@@ -217,7 +251,7 @@ def print_result(job: common_pb2.Job) -> None:
 
 def cmd_compress(args) -> int:
     evaluation = cli_evaluation.spec_from(args, skip=args.no_eval)
-    with Client(_gateway_target(args)) as client:
+    with _client(args) as client:
         try:
             recipe = pipeline_message(load_pipeline_file(args.pipeline)) if args.pipeline else args.recipe
         except (OSError, ValueError, yaml.YAMLError) as exc:
@@ -254,7 +288,7 @@ def _finish_job(client: Client, job: common_pb2.Job, args) -> int:
 
 
 def cmd_optimize(args) -> int:
-    with Client(_gateway_target(args)) as client:
+    with _client(args) as client:
         job = client.optimize(args.model, args.engine, precision=args.precision,
                               options=_parse_overrides(args.set),
                               evaluation=cli_evaluation.spec_from(args, skip=args.no_eval), name=args.name)
@@ -262,7 +296,7 @@ def cmd_optimize(args) -> int:
 
 
 def cmd_engines(args) -> int:
-    with Client(_gateway_target(args)) as client:
+    with _client(args) as client:
         response = client.engines()
     if args.json:
         print(json.dumps(json_format.MessageToDict(response, preserving_proto_field_name=True), indent=2))
@@ -282,7 +316,7 @@ def cmd_engines(args) -> int:
 
 
 def cmd_watch(args) -> int:
-    with Client(_gateway_target(args)) as client:
+    with _client(args) as client:
         if args.json:
             for event in client.watch(args.job_id):
                 print(json_format.MessageToJson(event, indent=None), flush=True)
@@ -308,7 +342,7 @@ def _middle(text: str, width: int) -> str:
 
 
 def cmd_jobs(args) -> int:
-    with Client(_gateway_target(args)) as client:
+    with _client(args) as client:
         if args.action == "list":
             rows = [_job_row(j) for j in client.list_jobs()]
             if args.json:
@@ -334,7 +368,7 @@ def cmd_jobs(args) -> int:
 
 
 def cmd_download(args) -> int:
-    with Client(_gateway_target(args)) as client:
+    with _client(args) as client:
         ref = client.download(Path(args.out), job_id=args.job_id)
     out.print(f"artifact {ref.id} ({ref.size_bytes} bytes, sha256 {ref.sha256[:12]}…) -> {args.out}")
     return 0
@@ -350,7 +384,7 @@ def cmd_upload(args) -> int:
     if not folder.is_dir():
         out.print(f"[red]{folder}: not a folder[/red]")
         return 2
-    with Client(_gateway_target(args)) as client:
+    with _client(args) as client:
         ref = client.upload(folder, fmt=UPLOAD_FORMATS[args.format])
     if args.json:
         print(json_format.MessageToJson(ref))
@@ -363,7 +397,7 @@ def cmd_recipes(args) -> int:
     if args.action in ("show", "delete", "create") and not args.name:
         err.print(f"recipes {args.action}: name {'a pipeline file' if args.action == 'create' else 'a recipe'}")
         return 2
-    with Client(_gateway_target(args)) as client:
+    with _client(args) as client:
         if args.action == "list":
             for recipe in client.list_recipes():
                 stages = " -> ".join(f"{technique_name(s.technique)}:{s.method}" for s in recipe.stages)
@@ -413,7 +447,7 @@ def _field_text(field: common_pb2.ConfigField) -> str:
 
 
 def cmd_lineage(args) -> int:
-    with Client(_gateway_target(args)) as client:
+    with _client(args) as client:
         response = client.lineage(args.artifact)
     if args.json:
         print(json_format.MessageToJson(response, preserving_proto_field_name=True))
@@ -435,14 +469,14 @@ def cmd_lineage(args) -> int:
 
 
 def cmd_tag(args) -> int:
-    with Client(_gateway_target(args)) as client:
+    with _client(args) as client:
         response = client.tag(args.artifact, args.tag)
     print(f"{response.artifact.artifact.id} tagged {response.tag}")
     return 0
 
 
 def cmd_artifacts(args) -> int:
-    with Client(_gateway_target(args)) as client:
+    with _client(args) as client:
         found = client.list_artifacts(tag=args.tag, model=args.model, recipe=args.recipe)
     if args.json:
         print(json.dumps([json_format.MessageToDict(a, preserving_proto_field_name=True) for a in found], indent=2))
@@ -455,7 +489,7 @@ def cmd_artifacts(args) -> int:
 
 
 def cmd_methods(args) -> int:
-    with Client(_gateway_target(args)) as client:
+    with _client(args) as client:
         response = client.list_methods()
     if args.json:
         print(json_format.MessageToJson(response))
@@ -474,7 +508,7 @@ def cmd_methods(args) -> int:
 
 def _with_client(command):
     def run(args) -> int:
-        with Client(_gateway_target(args)) as client:
+        with _client(args) as client:
             return command(args, client)
 
     return run
@@ -483,12 +517,27 @@ def _with_client(command):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modelpress", description=__doc__)
     parser.add_argument("--gateway", help="gateway host:port (default: the local mesh, or $MODELPRESS_GATEWAY)")
+    parser.add_argument("--token", help="API token (default $MODELPRESS_TOKEN, or the local --auth mesh's operator)")
+    parser.add_argument("--tls-ca", default=os.environ.get("MODELPRESS_TLS_CA") or None,
+                        help="CA certificate (PEM) of a TLS gateway (default $MODELPRESS_TLS_CA)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("up", help="start nats-server and every service locally")
     p.add_argument("--detach", action="store_true", help="return once healthy; stop later with `modelpress down`")
     p.add_argument("--free-ports", action="store_true", help="pick free ports instead of 4222/50051-50056")
+    p.add_argument("--auth", action="store_true",
+                   help="require API tokens at the gateway and a password at NATS (secrets under $MODELPRESS_HOME/auth)")
     p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("token", help="create an API token for a tenant (prints it once; the gateway keeps its hash)")
+    p.add_argument("action", choices=["create"])
+    p.add_argument("--tenant", required=True, help="the tenant whose jobs and artifacts the token reaches")
+    p.add_argument("--name", help="a name for the token (default: TENANT-N)")
+    p.add_argument("--role", choices=["user", "operator"], default="user",
+                   help="operator: every tenant's jobs and artifacts")
+    p.add_argument("--tokens-file", type=Path,
+                   help="the gateway's tokens file (default: $MODELPRESS_AUTH_TOKENS, else the local mesh's)")
+    p.set_defaults(func=cmd_token)
     sub.add_parser("down", help="stop the local mesh").set_defaults(func=cmd_down)
     sub.add_parser("status", help="health of the local mesh").set_defaults(func=cmd_status)
 

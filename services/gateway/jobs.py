@@ -28,6 +28,7 @@ from services.common.model_source import describe
 from services.common.pipeline.chain import label_of
 from services.common.pipeline.gates import failed_checks, gate_figures, parse_gate
 from services.common.settings import TECHNIQUE_SERVICES
+from services.gateway.access import Grants
 from services.gateway.catalog import Mesh, ServiceUnavailable
 from services.gateway.outcomes import OutcomeStore
 from services.gateway.results import compression_result
@@ -57,8 +58,9 @@ def _now(ts) -> None:
 
 class JobRunner:
     def __init__(self, js: JetStreamContext, jobs: JobStore, store: ArtifactStore, events: EventLog,
-                 mesh: Mesh, replica_wait_s: float = 120.0) -> None:
+                 mesh: Mesh, grants: Grants, replica_wait_s: float = 120.0) -> None:
         self._js = js
+        self.grants = grants
         self.jobs = jobs
         self.store = store
         self.events = events
@@ -77,11 +79,11 @@ class JobRunner:
 
     async def submit(self, *, name: str, model: common_pb2.ModelRef, recipe: str,
                      stages: list[common_pb2.StageSpec], evaluation: common_pb2.EvaluationSpec,
-                     recompute: bool = False) -> common_pb2.Job:
-        """Records a new job (stages already validated) and starts it."""
+                     recompute: bool = False, tenant: str = "") -> common_pb2.Job:
+        """Records a new job of `tenant` (stages already validated) and starts it."""
         job = common_pb2.Job(
             job_id=new_job_id(), name=name, model=model, recipe=recipe, state=common_pb2.JOB_STATE_PENDING,
-            evaluation=evaluation, recompute=recompute,
+            evaluation=evaluation, recompute=recompute, tenant=tenant,
             stages=[common_pb2.StageStatus(index=i, spec=spec, state=common_pb2.JOB_STATE_PENDING)
                     for i, spec in enumerate(stages)])
         job.created_at.GetCurrentTime()
@@ -235,7 +237,7 @@ class JobRunner:
             raise RuntimeError(f"{TECHNIQUE_SERVICES[technique]} ended stage {stage.index} without an output")
         stage.state = common_pb2.JOB_STATE_SUCCEEDED
         _now(stage.finished_at)
-        job.artifact_ids.append(stage.output.id)
+        await self._record_artifact(job, stage.output.id)
         job.progress = self._overall(job, stage.index, 1.0)
         await self.jobs.put(job)
         for note in stage.notes:
@@ -342,7 +344,13 @@ class JobRunner:
                                 message=f"report not rendered: {exc.code().name}: {exc.details()}")
             return
         job.result.evaluation_report_path = response.report.id
-        job.artifact_ids.append(response.report.id)
+        await self._record_artifact(job, response.report.id)
+
+    async def _record_artifact(self, job: common_pb2.Job, artifact_id: str) -> None:
+        """Lists the artifact on the job, held by the job's tenant (the grant first: a job record
+        never names an artifact its tenant cannot fetch)."""
+        await self.grants.grant(job.tenant, artifact_id)
+        job.artifact_ids.append(artifact_id)
 
     async def _methods_of(self, job: common_pb2.Job) -> list[common_pb2.MethodDescription]:
         """The descriptions of the job's engine methods (what the report plots comes from them)."""

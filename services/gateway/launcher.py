@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -14,7 +15,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from services.common import auth
 from services.common.healthcheck import health_status
+from services.common.nats_conn import without_secret
 from services.common.nats_server import free_port, start_nats_server
 from services.common.settings import DEFAULT_PORTS, TECHNIQUE_SERVICES
 
@@ -23,9 +26,12 @@ SERVICES = [*TECHNIQUE_SERVICES.values(), "gateway"]
 
 @dataclass
 class MeshState:
-    nats_url: str
+    nats_url: str  # without credentials: the services get those from the environment
     nats_pid: int
     services: dict[str, dict] = field(default_factory=dict)  # name -> {"pid", "listen"}
+    # Started with --auth: the gateway checks tokens (operator token in `operator_token_path`),
+    # NATS asks for a password only the services know.
+    auth: bool = False
 
     @property
     def gateway(self) -> str:
@@ -34,6 +40,38 @@ class MeshState:
 
 def state_path(home: Path) -> Path:
     return home / "run" / "mesh.json"
+
+
+def auth_dir(home: Path) -> Path:
+    return home / "auth"
+
+
+def tokens_path(home: Path) -> Path:
+    return auth_dir(home) / "tokens.json"
+
+
+def operator_token_path(home: Path) -> Path:
+    return auth_dir(home) / "operator.token"
+
+
+def ensure_auth(home: Path) -> tuple[str, str]:
+    """The local mesh's secrets, made once under `home/auth` (0600): a tokens file holding an
+    operator token, and the NATS password. Returns (NATS user, password)."""
+    folder = auth_dir(home)
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    if not operator_token_path(home).exists():
+        token = auth.add_token(tokens_path(home), name="local-operator", tenant="operator", role="operator")
+        _write_secret(operator_token_path(home), token)
+    nats_secret = folder / "nats.password"
+    if not nats_secret.exists():
+        _write_secret(nats_secret, secrets.token_urlsafe(24))
+    return "modelpress", nats_secret.read_text().strip()
+
+
+def _write_secret(path: Path, value: str) -> None:
+    path.touch(mode=0o600)
+    path.write_text(value + "\n")
 
 
 def read_state(home: Path) -> MeshState | None:
@@ -53,29 +91,40 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def up(home: Path, *, free_ports: bool = False, timeout_s: float = 120.0) -> MeshState:
+def up(home: Path, *, free_ports: bool = False, timeout_s: float = 120.0, with_auth: bool = False) -> MeshState:
+    """Starts NATS and every service on 127.0.0.1. `with_auth`: tokens at the gateway and a NATS
+    password (ensure_auth); otherwise the mesh is open to every local user."""
     existing = read_state(home)
     if existing and _alive(existing.nats_pid):
         raise RuntimeError(f"a mesh is already running from {home} (gateway {existing.gateway}); run `modelpress down`")
     logs = home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     nats_port = free_port() if free_ports else 4222
-    nats_proc, nats_url = start_nats_server(home / "nats", port=nats_port, log_file=logs / "nats.log")
-    state = MeshState(nats_url=nats_url, nats_pid=nats_proc.pid)
+    credentials = ensure_auth(home) if with_auth else None
+    nats_proc, nats_url = start_nats_server(home / "nats", port=nats_port, log_file=logs / "nats.log",
+                                            credentials=credentials)
+    state = MeshState(nats_url=without_secret(nats_url), nats_pid=nats_proc.pid, auth=with_auth)
     ports = {name: (free_port() if free_ports else DEFAULT_PORTS[name]) for name in SERVICES}
-    env = dict(os.environ, MODELPRESS_HOME=str(home), PYTHONUNBUFFERED="1")
+    # The NATS URL (with its password) reaches the services by environment, never argv.
+    env = dict(os.environ, MODELPRESS_HOME=str(home), PYTHONUNBUFFERED="1", MODELPRESS_NATS_URL=nats_url)
+    for name in ("MODELPRESS_AUTH_TOKENS", "MODELPRESS_REQUIRE_NATS_AUTH"):
+        env.pop(name, None)
+    if with_auth:
+        env["MODELPRESS_REQUIRE_NATS_AUTH"] = "1"
     for name in TECHNIQUE_SERVICES.values():
         env[f"MODELPRESS_{name.upper()}_TARGET"] = f"127.0.0.1:{ports[name]}"
     state_path(home).parent.mkdir(parents=True, exist_ok=True)
     try:
         for name in SERVICES:
             listen = f"127.0.0.1:{ports[name]}"
+            service_env = dict(env, MODELPRESS_AUTH_TOKENS=str(tokens_path(home))) if (
+                with_auth and name == "gateway") else env
             with open(logs / f"{name}.log", "ab") as log:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", f"services.{name}", "--listen", listen, "--nats-url", nats_url,
-                     "--home", str(home)],
-                    stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                    [sys.executable, "-m", f"services.{name}", "--listen", listen, "--home", str(home)],
+                    stdout=log, stderr=subprocess.STDOUT, env=service_env, start_new_session=True)
             state.services[name] = {"pid": proc.pid, "listen": listen}
+        state_path(home).touch(mode=0o600)
         state_path(home).write_text(json.dumps(asdict(state), indent=2))
         _wait_healthy(state, logs, timeout_s)
     except BaseException:

@@ -4,6 +4,7 @@ under the client's constraints."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 from modelpress.v1 import common_pb2, gateway_pb2
@@ -99,9 +100,10 @@ def _hardware_note(target: str, evaluator: str, stored: list[common_pb2.Job], sa
 
 
 async def recommend(request: gateway_pb2.RecommendStrategyRequest, runner: JobRunner, stages_of: StagesOf,
-                    evaluator: common_pb2.WorkerHardware) -> gateway_pb2.RecommendStrategyResponse:
+                    evaluator: common_pb2.WorkerHardware, tenant: str = "") -> gateway_pb2.RecommendStrategyResponse:
     """`stages_of(recipe)` gives the recipe's validated stages, as CreateJob would run them;
-    `evaluator` is the hardware of the evaluator replica that measures jobs run now."""
+    `evaluator` is the hardware of the evaluator replica that measures jobs run now; jobs run now
+    belong to `tenant`."""
     constraints = constraints_of(request)
     names = candidate_recipes(request)
     target, features = target_hardware(request, evaluator)
@@ -129,8 +131,13 @@ async def recommend(request: gateway_pb2.RecommendStrategyRequest, runner: JobRu
         missing = []
     for name in missing:
         submitted = await runner.submit(name=f"recommend: {name}", model=request.model, recipe=name,
-                                        stages=await stages_of(name), evaluation=spec)
-        job = await runner.wait(submitted.job_id)
+                                        stages=await stages_of(name), evaluation=spec, tenant=tenant)
+        try:
+            job = await runner.wait(submitted.job_id)
+        except asyncio.CancelledError:
+            # The caller gave up (deadline, cancel, gone): its measuring job stops with it.
+            await asyncio.shield(runner.cancel(submitted.job_id))
+            raise
         if job.state == common_pb2.JOB_STATE_SUCCEEDED:
             measured.append((job, True))
         else:

@@ -22,7 +22,9 @@ from services.common.pipeline.chain import InvalidArgument, check_chain, label_o
 from services.common.pipeline.recipes import RECIPES, UnknownRecipe
 from services.common.server import ServiceRuntime
 from services.common.settings import TECHNIQUE_SERVICES
+from services.common import auth
 from services.gateway import artifacts
+from services.gateway.access import Grants, PermissionDenied, check_artifact, check_job
 from services.gateway.catalog import Mesh, ServiceUnavailable
 from services.gateway.jobs import JobRunner
 from services.gateway.recommender import NoCandidateMeasured, NothingStored, recommend
@@ -50,6 +52,17 @@ class NoOutput(RuntimeError):
     """The job exists but has no artifact to download (yet, or ever: it failed)."""
 
 
+class FailedPrecondition(RuntimeError):
+    """The request is valid but the state of what it names forbids it now."""
+
+
+class _Everything:
+    """What an operator holds."""
+
+    def __contains__(self, item) -> bool:
+        return True
+
+
 _ERRORS = [
     (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
     (JobNotFound, grpc.StatusCode.NOT_FOUND),
@@ -57,7 +70,9 @@ _ERRORS = [
     (ArtifactCorrupt, grpc.StatusCode.DATA_LOSS),
     (ServiceUnavailable, grpc.StatusCode.UNAVAILABLE),
     (NoOutput, grpc.StatusCode.FAILED_PRECONDITION),
+    (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (RecipeNotFound, grpc.StatusCode.NOT_FOUND),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
 ]
 
 
@@ -82,8 +97,9 @@ def _maps_errors(handler):
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     def __init__(self, runtime: ServiceRuntime, runner: JobRunner, mesh: Mesh,
-                 comparisons: RecordBucket[common_pb2.Comparison], recipes: RecipeStore) -> None:
+                 comparisons: RecordBucket[common_pb2.Comparison], recipes: RecipeStore, grants: Grants) -> None:
         self._runtime = runtime
+        self._grants = grants
         self._runner = runner
         self._mesh = mesh
         self._comparisons = comparisons
@@ -135,10 +151,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         check_model_ref(model, field)
         source = model.WhichOneof("source")
         if source == "artifact_id":
+            artifact_id = checked_id(model.artifact_id, f"{field}.artifact_id", "artifact")
             try:
-                return (await self._runtime.store.stat(model.artifact_id.strip())).ref.format
+                stored = await self._runtime.store.stat(artifact_id)
             except ArtifactNotFound:
-                raise ArtifactNotFound(f"{field}.artifact_id: artifact {model.artifact_id!r} not found") from None
+                raise ArtifactNotFound(f"{field}.artifact_id: artifact {artifact_id!r} not found") from None
+            await check_artifact(self._grants, auth.current(), artifact_id, f"{field}.artifact_id")
+            return stored.ref.format
         return common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS if source == "builtin" else None
 
     async def _check_inputs(self, stages: list[common_pb2.StageSpec],
@@ -157,6 +176,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                     stored = await self._runtime.store.stat(value)
                 except ArtifactNotFound:
                     raise ArtifactNotFound(f"overrides.{declared.field}: artifact {value!r} not found") from None
+                await check_artifact(self._grants, auth.current(), value, f"overrides.{declared.field}")
                 if declared.formats and stored.ref.format not in declared.formats:
                     raise InvalidArgument(f"overrides.{declared.field}: artifact {value!r} is "
                                           f"{common_pb2.ArtifactFormat.Name(stored.ref.format)}, not "
@@ -177,7 +197,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         await self._mesh.require_live(needed)
         job = await self._runner.submit(
             name=request.name or f"{recipe.name} of {request.model.WhichOneof('source')}", model=request.model,
-            recipe=recipe.name, stages=stages, evaluation=evaluation, recompute=request.recompute)
+            recipe=recipe.name, stages=stages, evaluation=evaluation, recompute=request.recompute,
+            tenant=auth.current().tenant)
         return gateway_pb2.CreateJobResponse(job=job)
 
     @_maps_errors
@@ -185,18 +206,24 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         if request.page_size < 0:
             raise InvalidArgument("page_size: must be >= 0")
         state = checked_job_state(request.state)
-        jobs = [j for j in await self._runner.jobs.list() if not state or j.state == state]
+        principal = auth.current()
+        if request.tenant and not principal.operator:
+            raise PermissionDenied(f"tenant: only operators list other tenants' jobs; {principal.label} sees its own")
+        everyone = principal.operator and not request.tenant
+        tenant = request.tenant if principal.operator else principal.tenant
+        jobs = [j for j in await self._runner.jobs.list()
+                if (not state or j.state == state) and (everyone or j.tenant == tenant)]
         if request.page_size:
             jobs = jobs[: request.page_size]
         return gateway_pb2.ListJobsResponse(jobs=jobs)
 
     @_maps_errors
     async def GetJob(self, request, context):
-        return gateway_pb2.GetJobResponse(job=await self._runner.jobs.get(_job_id(request.job_id)))
+        return gateway_pb2.GetJobResponse(job=await self._job(request.job_id))
 
     @_maps_errors
     async def CancelJob(self, request, context):
-        job = await self._runner.jobs.get(_job_id(request.job_id))
+        job = await self._job(request.job_id)
         if job.state in TERMINAL_STATES:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"job {job.job_id} already ended ({common_pb2.JobState.Name(job.state)})")
@@ -204,7 +231,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
 
     @_maps_errors
     async def DeleteJob(self, request, context):
-        job = await self._runner.jobs.get(_job_id(request.job_id))
+        job = await self._job(request.job_id)
         if job.state not in TERMINAL_STATES:
             job = await self._runner.cancel(job.job_id)
         # A reused artifact belongs to every job that used it: only those no other job uses go.
@@ -213,16 +240,17 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         deleted = 0
         for artifact_id in job.artifact_ids:
             if artifact_id not in in_use:
-                deleted += await self._runtime.store.delete(artifact_id)
+                await self._grants.revoke(job.tenant, artifact_id)
+                if not await self._grants.holders(artifact_id):  # nobody uploaded or compared it
+                    deleted += await self._runtime.store.delete(artifact_id)
         await self._runtime.events.purge(job.job_id)
         await self._runner.jobs.delete(job.job_id)
         return gateway_pb2.DeleteJobResponse(deleted_artifacts=deleted)
 
     async def WatchJob(self, request, context):
         try:
-            job_id = _job_id(request.job_id)
-            await self._runner.jobs.get(job_id)
-        except (InvalidArgument, JobNotFound) as exc:
+            job_id = (await self._job(request.job_id)).job_id
+        except (InvalidArgument, JobNotFound, PermissionDenied) as exc:
             await context.abort(_code_for(exc), str(exc.args[0]))
             return
 
@@ -254,16 +282,47 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def ListArtifacts(self, request, context):
         if request.tag:
             artifacts.parse_tag(request.tag)
+        held = await self._held()
         return gateway_pb2.ListArtifactsResponse(artifacts=[
             artifacts.summary(stored) for stored in await self._runtime.store.list_stored()
-            if artifacts.matches(stored, request.tag, request.model, request.recipe)])
+            if artifacts.matches(stored, request.tag, request.model, request.recipe) and stored.ref.id in held])
 
     async def _stat(self, artifact_id: str):
         artifact_id = checked_id(artifact_id, "artifact_id", "artifact")
         try:
-            return await self._runtime.store.stat(artifact_id)
+            stored = await self._runtime.store.stat(artifact_id)
         except ArtifactNotFound:
             raise ArtifactNotFound(f"artifact_id: artifact {artifact_id!r} not found") from None
+        await check_artifact(self._grants, auth.current(), artifact_id, "artifact_id")
+        return stored
+
+    async def _held(self):
+        """Ids the caller may see: a container answering `in` for every id when it is an operator."""
+        principal = auth.current()
+        return _Everything() if principal.operator else await self._grants.held_by(principal.tenant)
+
+    async def _job(self, job_id: str) -> common_pb2.Job:
+        """The caller's job by id: INVALID_ARGUMENT, NOT_FOUND or PERMISSION_DENIED otherwise."""
+        return check_job(auth.current(), await self._runner.jobs.get(_job_id(job_id)))
+
+    @_maps_errors
+    async def DeleteArtifact(self, request, context):
+        """Drops the caller's hold (every hold, for an operator); the bytes go once nobody holds the
+        artifact and no job lists it. A job of the caller's that lists it must be deleted first."""
+        artifact_id = (await self._stat(request.artifact_id)).ref.id
+        principal = auth.current()
+        jobs = await self._runner.jobs.list()
+        users = [job for job in jobs if artifact_id in job.artifact_ids or job.model.artifact_id == artifact_id]
+        for job in users:
+            if principal.operator or job.tenant == principal.tenant:
+                raise FailedPrecondition(f"artifact_id: {artifact_id} is used by job {job.job_id}; "
+                                         "delete the job (DeleteJob) first")
+        holders = await self._grants.holders(artifact_id)
+        for tenant in holders if principal.operator else {principal.tenant} & holders:
+            await self._grants.revoke(tenant, artifact_id)
+        if users or await self._grants.holders(artifact_id):
+            return gateway_pb2.DeleteArtifactResponse(deleted=False)
+        return gateway_pb2.DeleteArtifactResponse(deleted=await self._runtime.store.delete(artifact_id))
 
     @_maps_errors
     async def ListMethods(self, request, context):
@@ -332,7 +391,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
 
         evaluator = await self._mesh.describe(common_pb2.TECHNIQUE_EVALUATOR)
         try:
-            return await recommend(request, self._runner, stages_of, evaluator.hardware)
+            return await recommend(request, self._runner, stages_of, evaluator.hardware,
+                                   tenant=auth.current().tenant)
         except UnknownRecipe as exc:
             raise InvalidArgument(f"candidate_recipes: {exc.args[0].removeprefix('recipe: ')}") from None
         except (NothingStored, NoCandidateMeasured) as exc:
@@ -371,6 +431,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                                                          threshold_set=request.threshold_set),
             wait_for_ready=False)
         comparison = response.comparison
+        tenant = auth.current().tenant
+        await self._grants.grant(tenant, comparison.report.id)
+        await self._grants.grant(tenant, comparison.comparison_id)
         await self._comparisons.put(comparison.comparison_id, comparison)
         return gateway_pb2.CompareResponse(metrics=[row.metrics for row in comparison.rows], comparison=comparison)
 
@@ -410,7 +473,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
 
     @_maps_errors
     async def GetResult(self, request, context):
-        job = await self._runner.jobs.get(_job_id(request.job_id))
+        job = await self._job(request.job_id)
         if job.state != common_pb2.JOB_STATE_SUCCEEDED:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"job {job.job_id} has no result: it is {common_pb2.JobState.Name(job.state)}")
@@ -420,7 +483,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         try:
             artifact_id = await self._artifact_of(request)
             stored = await self._runtime.store.stat(artifact_id)
-        except (InvalidArgument, JobNotFound, ArtifactNotFound, NoOutput) as exc:
+            if request.WhichOneof("target") == "artifact_id":
+                await check_artifact(self._grants, auth.current(), artifact_id, "artifact_id")
+        except (InvalidArgument, JobNotFound, ArtifactNotFound, NoOutput, PermissionDenied) as exc:
             await context.abort(_code_for(exc), str(exc.args[0]))
             return
         yield gateway_pb2.DownloadArtifactResponse(artifact=stored.ref)
@@ -436,7 +501,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         if target == "artifact_id" and request.artifact_id:
             return checked_id(request.artifact_id, "artifact_id", "artifact")
         if target == "job_id":
-            job = await self._runner.jobs.get(_job_id(request.job_id))
+            job = await self._job(request.job_id)
             if not job.output.id:
                 state = common_pb2.JobState.Name(job.state)
                 if job.state in TERMINAL_STATES:
@@ -459,9 +524,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             comparison = await self._comparisons.get(checked_id(request.comparison_id, "comparison_id", "comparison"))
             if comparison is None:
                 raise ArtifactNotFound(f"comparison_id: comparison {request.comparison_id!r} not found")
+            await check_artifact(self._grants, auth.current(), comparison.comparison_id, "comparison_id", "comparison")
             report_id = comparison.report.id
         else:
-            job = await self._runner.jobs.get(_job_id(request.job_id))
+            job = await self._job(request.job_id)
             report_id = job.result.evaluation_report_path
             if not report_id:
                 await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
@@ -514,7 +580,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         job = await self._runner.submit(
             name=request.name or f"{engine.name} {precision} of {request.model.WhichOneof('source')}",
             model=request.model, recipe=recipe.name, stages=stages,
-            evaluation=resolve_evaluation(request.evaluation))
+            evaluation=resolve_evaluation(request.evaluation), tenant=auth.current().tenant)
         return gateway_pb2.OptimizeModelResponse(job=job)
 
     # ---- uploads -----------------------------------------------------------------
@@ -543,6 +609,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except ArtifactCorrupt as exc:
             await context.abort(grpc.StatusCode.DATA_LOSS, str(exc))
+        await self._grants.grant(auth.current().tenant, ref.id)
         return gateway_pb2.UploadModelResponse(artifact=ref)
 
 
@@ -555,7 +622,8 @@ async def register(server: grpc.aio.Server, runtime: ServiceRuntime) -> list[str
 
     mesh = Mesh(runtime.settings.targets)
     jobs = await JobStore(runtime.js).ensure()
-    runner = await JobRunner(runtime.js, jobs, runtime.store, runtime.events, mesh,
+    grants = await Grants(runtime.js).ensure()
+    runner = await JobRunner(runtime.js, jobs, runtime.store, runtime.events, mesh, grants,
                              replica_wait_s=runtime.settings.replica_wait_s).ensure()
     resumed = await runner.resume_unfinished()
     if resumed:
@@ -563,6 +631,6 @@ async def register(server: grpc.aio.Server, runtime: ServiceRuntime) -> list[str
     comparisons = await RecordBucket(runtime.js, COMPARISONS_BUCKET, common_pb2.Comparison).ensure()
     recipes = await RecipeStore(runtime.js).ensure()
     gateway_pb2_grpc.add_GatewayServiceServicer_to_server(
-        GatewayServicer(runtime, runner, mesh, comparisons, recipes), server)
+        GatewayServicer(runtime, runner, mesh, comparisons, recipes, grants), server)
     runtime.on_shutdown.append(runner.shutdown)
     return [gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name]

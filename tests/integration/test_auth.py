@@ -1,0 +1,186 @@
+"""A gateway that checks API tokens: no token or an unknown one is UNAUTHENTICATED on every RPC,
+another tenant's job or artifact is PERMISSION_DENIED on every RPC that touches it, an operator
+sees every tenant; TLS at the gateway; NATS that asks for credentials."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from modelpress import Client
+from modelpress.v1 import common_pb2, gateway_pb2
+from services.common import auth, nats_conn
+from services.common.nats_conn import NatsRefused
+from services.common.nats_server import start_nats_server
+from services.common.server import InsecureNats, open_runtime, start_service
+from services.common.settings import ServiceSettings
+from tests.integration.conftest import _registrar
+
+SKIP_EVAL = common_pb2.EvaluationSpec(skip=True)
+GATEWAY = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"]
+
+
+def call(fn, *args, **kwargs):
+    return asyncio.to_thread(fn, *args, **kwargs)
+
+
+async def _code(fn) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as info:
+        await call(fn)
+    return info.value.code()
+
+
+@pytest.fixture(scope="module")
+def tokens(tmp_path_factory):
+    path = tmp_path_factory.mktemp("auth") / "tokens.json"
+    return path, {name: auth.add_token(path, name=name, tenant=tenant, role=role)
+                  for name, tenant, role in [("acme", "acme", "user"), ("globex", "globex", "user"),
+                                             ("ops", "ops", "operator")]}
+
+
+@pytest.fixture(scope="module")
+async def secured(workers, tokens):
+    service = await start_service(workers.model_copy(update={"auth_tokens": tokens[0]}), _registrar("gateway"))
+    yield f"127.0.0.1:{service.port}", tokens[1]
+    await service.stop(grace_s=1)
+
+
+def _raw_call(channel: grpc.Channel, method, metadata=()):
+    """Calls `method` of the gateway with an empty request, whatever its streaming shape."""
+    path = f"/{GATEWAY.full_name}/{method.name}"
+    request_cls = getattr(gateway_pb2, method.input_type.name)
+    response_cls = getattr(gateway_pb2, method.output_type.name)
+    kind = ("stream" if method.client_streaming else "unary") + "_" + ("stream" if method.server_streaming else "unary")
+    stub = getattr(channel, kind)(path, request_serializer=request_cls.SerializeToString,
+                                  response_deserializer=response_cls.FromString)
+    request = iter([request_cls()]) if method.client_streaming else request_cls()
+    answer = stub(request, metadata=metadata, timeout=20)
+    return list(answer) if method.server_streaming else answer
+
+
+@pytest.mark.parametrize("metadata", [(), (("authorization", "Bearer mp_not-a-token"),),
+                                      (("authorization", "Basic dXNlcjpwYXNz"),)], ids=["none", "unknown", "basic"])
+async def test_every_rpc_without_a_known_token_is_unauthenticated(secured, metadata):
+    target, _ = secured
+    with grpc.insecure_channel(target) as channel:
+        for method in GATEWAY.methods:
+            code = await _code(lambda: _raw_call(channel, method, metadata))
+            assert code == grpc.StatusCode.UNAUTHENTICATED, (method.name, code)
+        # Probes and balancers still see the gateway's health without a token.
+        health = await call(health_pb2_grpc.HealthStub(channel).Check, health_pb2.HealthCheckRequest(), timeout=5)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_a_tenant_cannot_touch_another_tenants_jobs_and_artifacts(secured, tiny_llama_dir, tmp_path):
+    target, keys = secured
+    acme, globex, ops = (Client(target, token=keys[name]) for name in ("acme", "globex", "ops"))
+    upload = await call(acme.upload, tiny_llama_dir)
+    job = await call(acme.create_job, f"artifact:{upload.id}", "fp16", evaluation=SKIP_EVAL)
+    assert job.tenant == "acme"
+    await call(lambda: list(acme.watch(job.job_id)))
+    job = await call(acme.get_job, job.job_id)
+    assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job.error
+    output = job.output.id
+
+    denied = {
+        "GetJob": lambda: globex.get_job(job.job_id),
+        "GetResult": lambda: globex.get_result(job.job_id),
+        "CancelJob": lambda: globex.cancel_job(job.job_id),
+        "DeleteJob": lambda: globex.delete_job(job.job_id),
+        "WatchJob": lambda: list(globex.watch(job.job_id)),
+        "DownloadArtifact(job)": lambda: globex.download(tmp_path / "a", job_id=job.job_id),
+        "DownloadArtifact(output)": lambda: globex.download(tmp_path / "b", artifact_id=output),
+        "DownloadArtifact(upload)": lambda: globex.download(tmp_path / "c", artifact_id=upload.id),
+        "GetLineage": lambda: globex.lineage(output),
+        "TagArtifact": lambda: globex.tag(output, "stolen"),
+        "DeleteArtifact": lambda: globex.delete_artifact(upload.id),
+        "CreateJob": lambda: globex.create_job(f"artifact:{upload.id}", "fp16", evaluation=SKIP_EVAL),
+        "OptimizeModel": lambda: globex.optimize(f"artifact:{upload.id}", "onnxruntime", evaluation=SKIP_EVAL),
+        "Evaluate": lambda: globex.evaluate(f"artifact:{output}"),
+        "ListJobs(tenant)": lambda: globex.list_jobs(tenant="acme"),
+    }
+    for name, fn in denied.items():
+        code = await _code(fn)
+        assert code == grpc.StatusCode.PERMISSION_DENIED, (name, code)
+
+    assert job.job_id not in {j.job_id for j in await call(globex.list_jobs)}
+    assert not {upload.id, output} & {a.artifact.id for a in await call(globex.list_artifacts)}
+    assert job.job_id in {j.job_id for j in await call(acme.list_jobs)}
+    assert {upload.id, output} <= {a.artifact.id for a in await call(acme.list_artifacts)}
+    # The operator sees every tenant, or one.
+    assert job.job_id in {j.job_id for j in await call(ops.list_jobs)}
+    assert job.job_id in {j.job_id for j in await call(ops.list_jobs, tenant="acme")}
+    assert not await call(ops.list_jobs, tenant="globex")
+    assert (await call(ops.lineage, output)).artifact.artifact.id == output
+
+    # The job lists the upload as its input: deleting the upload waits for the job.
+    assert await _code(lambda: acme.delete_artifact(upload.id)) == grpc.StatusCode.FAILED_PRECONDITION
+    assert await call(acme.delete_job, job.job_id) >= 1
+    assert await call(acme.delete_artifact, upload.id) is True
+    assert await _code(lambda: acme.lineage(upload.id)) == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_second_holder_keeps_the_bytes_until_it_lets_go(secured, tiny_llama_dir):
+    target, keys = secured
+    acme, ops = Client(target, token=keys["acme"]), Client(target, token=keys["ops"])
+    upload = await call(acme.upload, tiny_llama_dir)
+    # The operator uploads nothing, but holds everything: its delete drops every hold.
+    assert await call(ops.delete_artifact, upload.id) is True
+    assert await _code(lambda: acme.lineage(upload.id)) == grpc.StatusCode.NOT_FOUND
+
+
+def _self_signed(folder):
+    key, cert = folder / "gateway.key", folder / "gateway.crt"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return key, cert
+
+
+async def test_a_tls_gateway_answers_clients_that_trust_its_ca_only(workers, tokens, tmp_path):
+    key, cert = _self_signed(tmp_path)
+    settings = workers.model_copy(update={"auth_tokens": tokens[0], "tls_cert": cert, "tls_key": key})
+    service = await start_service(settings, _registrar("gateway"))
+    target = f"localhost:{service.port}"
+    try:
+        secure = Client(target, token=tokens[1]["acme"], tls_ca=cert, timeout_s=10)
+        assert await call(secure.list_jobs) is not None
+        plain = Client(target, token=tokens[1]["acme"], timeout_s=5)
+        assert await _code(plain.list_jobs) == grpc.StatusCode.UNAVAILABLE
+        (tmp_path / "other").mkdir()
+        untrusted = Client(target, token=tokens[1]["acme"], tls_ca=_self_signed(tmp_path / "other")[1], timeout_s=5)
+        assert await _code(untrusted.list_jobs) == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await service.stop(grace_s=1)
+
+
+def test_tls_settings_come_in_pairs(tmp_path):
+    with pytest.raises(ValueError, match="tls_cert and tls_key"):
+        ServiceSettings(name="gateway", listen="127.0.0.1:0", tls_cert=tmp_path / "c.pem")
+    with pytest.raises(ValueError, match="tls_client_ca needs"):
+        ServiceSettings(name="gateway", listen="127.0.0.1:0", tls_client_ca=tmp_path / "ca.pem")
+
+
+@pytest.mark.timeout(120)
+async def test_services_refuse_an_open_nats_when_auth_is_required_and_nats_refuses_strangers(nats_url, tmp_path):
+    open_settings = ServiceSettings(name="quantizer", listen="127.0.0.1:0", nats_url=nats_url, home=tmp_path,
+                                    require_nats_auth=True)
+    with pytest.raises(InsecureNats, match="without credentials"):
+        await open_runtime(open_settings)
+
+    proc, url = start_nats_server(tmp_path / "nats", credentials=("modelpress", "s3cret/+@"))
+    try:
+        assert "s3cret" in url
+        runtime = await open_runtime(open_settings.model_copy(update={"nats_url": url}))
+        await runtime.nc.drain()
+        # A stranger, and a wrong password, are refused at once (not retried forever).
+        for stranger in (url.replace("modelpress:s3cret%2F%2B%40@", ""), url.replace("s3cret", "guess")):
+            with pytest.raises(NatsRefused, match="Authorization Violation"):
+                await asyncio.wait_for(nats_conn.connect(stranger, name="stranger"), 30)
+    finally:
+        proc.kill()
+        proc.wait()
