@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 MP := $(PY) -m services.gateway.cli
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-fast bench bench-quant bench-eval bench-opt bench-pipelines bench-prune bench-distill bench-anchors anchors-venv bench-llamacpp \
+.PHONY: install demo test test-slow fuzz test-fast bench bench-quant bench-eval bench-opt bench-pipelines bench-prune bench-distill bench-anchors anchors-venv bench-llamacpp \
 	llamacpp-venv proto lint-proto clean
 
 install: $(STAMP)
@@ -33,10 +33,18 @@ demo: install
 	$(MP) compress builtin:smollm2-135m --recipe fastest-cpu --wait
 
 test: install
-	$(PY) -m pytest -q --timeout 1200
+	$(PY) -m pytest -q --timeout 1200 -m "not slow"
+
+# Real-model runs too long for the suite's budget: the demo pipeline with its gate, a real compare and report.
+test-slow: install
+	$(PY) -m pytest -q --timeout 1800 -m slow
+
+# The gateway fuzz test with many more examples per RPC than `make test` gives it.
+fuzz: install
+	MODELPRESS_FUZZ_EXAMPLES=$${MODELPRESS_FUZZ_EXAMPLES:-500} $(PY) -m pytest -q tests/integration/test_fuzz_gateway.py
 
 test-fast: install
-	$(PY) -m pytest -q -m "not e2e" --timeout 600
+	$(PY) -m pytest -q -m "not e2e and not slow" --timeout 600
 
 bench: install
 	$(PY) bench/artifact_throughput.py

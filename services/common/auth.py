@@ -23,6 +23,8 @@ from typing import Literal
 import grpc
 from pydantic import BaseModel, Field, ValidationError
 
+from services.common.rpc_guards import replace_behaviour
+
 TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 TOKEN_PREFIX = "mp_"
 # Reachable without a token: load balancers and probes ask for health, tools list the API.
@@ -159,38 +161,32 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
 
 
 def _refusal(handler, message: str):
-    async def refuse(request, context):
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+    def refusing(behaviour, requests_stream: bool, responses_stream: bool):
+        if responses_stream:
+            async def refuse_stream(request, context):
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+                yield  # pragma: no cover - makes this an async generator like the handler it replaces
+            return refuse_stream
 
-    async def refuse_stream(request, context):
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-        yield  # pragma: no cover - makes this an async generator like the handler it replaces
+        async def refuse(request, context):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        return refuse
 
-    return _replace_behaviour(handler, refuse, refuse_stream)
+    return replace_behaviour(handler, refusing)
 
 
 def _as_principal(handler, principal: Principal):
-    def unary(behaviour):
-        async def call(request, context):
-            _current.set(principal)  # each RPC runs in its own task: this stays with the call
-            return await behaviour(request, context)
-        return call
+    def serving(behaviour, requests_stream: bool, responses_stream: bool):
+        if responses_stream:
+            async def stream(request, context):
+                _current.set(principal)  # each RPC runs in its own task: this stays with the call
+                async for response in behaviour(request, context):
+                    yield response
+            return stream
 
-    def streaming(behaviour):
-        async def call(request, context):
+        async def unary(request, context):
             _current.set(principal)
-            async for response in behaviour(request, context):
-                yield response
-        return call
+            return await behaviour(request, context)
+        return unary
 
-    return _replace_behaviour(handler, unary, streaming, wrap=True)
-
-
-def _replace_behaviour(handler, unary, streaming, wrap: bool = False):
-    kinds = {"unary_unary": False, "stream_unary": False, "unary_stream": True, "stream_stream": True}
-    for kind, streams in kinds.items():
-        behaviour = getattr(handler, kind)
-        if behaviour is not None:
-            chosen = streaming if streams else unary
-            return handler._replace(**{kind: chosen(behaviour) if wrap else chosen})
-    return handler
+    return replace_behaviour(handler, serving)

@@ -9,6 +9,7 @@ from pathlib import Path
 from modelpress.v1 import common_pb2
 from services.common import registry
 from services.common.artifact_store import ArtifactStore
+from services.common.cite import shown
 
 
 class PathNotAllowed(PermissionError):
@@ -20,17 +21,43 @@ def allowed_roots() -> list[Path]:
     return [Path(p).resolve() for p in raw.split(os.pathsep) if p]
 
 
+MAX_PATH_CHARACTERS = 4096
+MAX_FOLDER_ENTRIES = 10_000
+
+
 def check_allowed_path(path: str) -> Path:
-    """The resolved folder if it lies under an operator-allowed root; otherwise PathNotAllowed."""
+    """The resolved folder if it and everything in it lie under one operator-allowed root (a
+    symlink inside that points out is refused, not followed); otherwise PathNotAllowed."""
     roots = allowed_roots()
     if not roots:
         raise PathNotAllowed("model.path: local paths are disabled (the operator sets MODELPRESS_ALLOWED_ROOTS)")
-    resolved = Path(path).resolve()
-    if not any(resolved.is_relative_to(root) for root in roots):
-        raise PathNotAllowed(f"model.path: {path!r} is outside the allowed roots {', '.join(map(str, roots))}")
+    if "\x00" in path or len(path) > MAX_PATH_CHARACTERS:
+        raise PathNotAllowed(f"model.path: {shown(path)} is not a usable path (NUL byte, or over "
+                             f"{MAX_PATH_CHARACTERS} characters)")
+    try:
+        resolved = Path(path).resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop, a name the OS refuses
+        raise PathNotAllowed(f"model.path: {shown(path)} cannot be resolved: {exc.__class__.__name__}") from None
+    root = next((root for root in roots if resolved.is_relative_to(root)), None)
+    if root is None:
+        raise PathNotAllowed(f"model.path: {shown(path)} is outside the allowed roots {', '.join(map(str, roots))}")
     if not resolved.is_dir():
-        raise FileNotFoundError(f"model.path: {path!r} is not a folder")
+        raise FileNotFoundError(f"model.path: {shown(path)} is not a folder")
+    _check_entries_stay_under(resolved, root, path)
     return resolved
+
+
+def _check_entries_stay_under(folder: Path, root: Path, given: str) -> None:
+    count = 0
+    for current, dirs, files in os.walk(folder, followlinks=False):
+        for name in [*dirs, *files]:
+            count += 1
+            if count > MAX_FOLDER_ENTRIES:
+                raise PathNotAllowed(f"model.path: {shown(given)} holds over {MAX_FOLDER_ENTRIES} entries")
+            entry = Path(current) / name
+            if entry.is_symlink() and not entry.resolve().is_relative_to(root):
+                raise PathNotAllowed(f"model.path: {shown(given)} holds a symlink leaving the allowed root {root}: "
+                                     f"{entry.relative_to(folder)}")
 
 
 # The scheme a person types for each source (`modelpress compress artifact:ID ...`).

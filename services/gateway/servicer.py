@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import io
 import logging
 import tarfile
+import tempfile
+from pathlib import Path
 
 import grpc
 from google.protobuf import struct_pb2
@@ -30,6 +33,9 @@ from services.gateway.jobs import JobRunner
 from services.gateway.recommender import NoCandidateMeasured, NothingStored, recommend
 from services.gateway.strategies import all_strategies
 from services.gateway.user_recipes import RecipeNotFound, RecipeStore
+from services.gateway.positions import check_positions, model_positions
+from services.gateway.upload_check import BadUpload, check_upload
+from services.common.cite import shown
 from services.gateway.validation import (GRID_BOUNDS, check_model_ref, checked_id, checked_job_state,
                                          resolve_evaluation)
 
@@ -160,6 +166,17 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             return stored.ref.format
         return common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS if source == "builtin" else None
 
+    async def _check_positions(self, model: common_pb2.ModelRef, spec: common_pb2.EvaluationSpec, field: str) -> None:
+        """Measured shapes within the model's positions (an 8192-token window on a 512-position
+        encoder is refused now, not an internal error minutes later)."""
+        if spec.skip:
+            return
+        try:
+            limit = await model_positions(model, self._runtime.store)
+        except (ArtifactCorrupt, OSError):
+            limit = None  # the fetch itself will say what is wrong
+        check_positions(spec, limit, field)
+
     async def _check_inputs(self, stages: list[common_pb2.StageSpec],
                             methods: dict[tuple[int, str], common_pb2.MethodDescription]) -> None:
         """Each artifact a stage's method declares as an input (a dataset, a teacher) must exist and
@@ -188,6 +205,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def CreateJob(self, request, context):
         model_format = await self._check_model(request.model)
         evaluation = resolve_evaluation(request.evaluation)
+        await self._check_positions(request.model, evaluation, "evaluation")
         recipe, stages, methods = await self._resolve(
             request.recipe, request.pipeline if request.HasField("pipeline") else None, request.overrides)
         check_chain(stages, methods, model_format)
@@ -410,10 +428,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         await self._check_model(request.model)
         if request.spec.HasField("reference"):
             await self._check_model(request.spec.reference, "spec.reference")
+        spec = resolve_evaluation(request.spec)
+        await self._check_positions(request.model, spec, "spec")
         response = await (await self._live_evaluator()).Evaluate(
-            evaluator_pb2.EvaluatorServiceEvaluateRequest(model=request.model,
-                                                          spec=resolve_evaluation(request.spec)),
-            wait_for_ready=False)
+            evaluator_pb2.EvaluatorServiceEvaluateRequest(model=request.model, spec=spec), wait_for_ready=False)
         return gateway_pb2.EvaluateResponse(metrics=response.metrics)
 
     @_maps_errors
@@ -423,11 +441,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         if not 0 <= request.baseline_index < len(request.models):
             raise InvalidArgument(f"baseline_index: {request.baseline_index} is not an index of the "
                                   f"{len(request.models)} models")
+        spec = resolve_evaluation(request.spec)
         for i, model in enumerate(request.models):
             await self._check_model(model, f"models[{i}]")
+            await self._check_positions(model, spec, "spec")
         response = await (await self._live_evaluator()).Compare(
             evaluator_pb2.EvaluatorServiceCompareRequest(models=request.models, baseline_index=request.baseline_index,
-                                                         spec=resolve_evaluation(request.spec),
+                                                         spec=spec,
                                                          threshold_set=request.threshold_set),
             wait_for_ready=False)
         comparison = response.comparison
@@ -456,6 +476,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             raise InvalidArgument(f"iterations: {request.iterations} is outside [1, 1000] (0: default 10)")
         if not 0 <= request.threads <= 256:
             raise InvalidArgument(f"threads: {request.threads} is outside [1, 256] (0: default 2)")
+        await self._check_positions(request.model, common_pb2.EvaluationSpec(
+            sequence_lengths=request.sequence_lengths), "")
         response = await (await self._live_evaluator()).Benchmark(
             evaluator_pb2.EvaluatorServiceBenchmarkRequest(
                 model=request.model, batch_sizes=request.batch_sizes, sequence_lengths=request.sequence_lengths,
@@ -577,10 +599,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         recipe, stages = validate_recipe(engine.methods[precision], request.options, methods)
         await self._check_configs(stages)
         check_chain(stages, methods, model_format)
+        evaluation = resolve_evaluation(request.evaluation)
+        await self._check_positions(request.model, evaluation, "evaluation")
         job = await self._runner.submit(
             name=request.name or f"{engine.name} {precision} of {request.model.WhichOneof('source')}",
-            model=request.model, recipe=recipe.name, stages=stages,
-            evaluation=resolve_evaluation(request.evaluation), tenant=auth.current().tenant)
+            model=request.model, recipe=recipe.name, stages=stages, evaluation=evaluation,
+            tenant=auth.current().tenant)
         return gateway_pb2.OptimizeModelResponse(job=job)
 
     # ---- uploads -----------------------------------------------------------------
@@ -592,23 +616,39 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         header = first.header
         if header.format not in UPLOAD_FORMATS:
             allowed = ", ".join(common_pb2.ArtifactFormat.Name(f) for f in UPLOAD_FORMATS)
+            given = (common_pb2.ArtifactFormat.Name(header.format) if header.format in common_pb2.ArtifactFormat.values()
+                     else header.format)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"header.format: {common_pb2.ArtifactFormat.Name(header.format)} cannot be uploaded; "
-                                f"allowed: {allowed}")
+                                f"header.format: {given} cannot be uploaded; allowed: {allowed}")
 
-        async def chunks():
-            async for message in request_iterator:
-                if message.WhichOneof("part") != "chunk":
-                    raise InvalidArgument("chunk: only byte chunks may follow the header")
-                yield message.chunk
-
-        try:
-            ref = await self._runtime.store.put_stream(chunks(), fmt=header.format,
-                                                       expected_sha256=header.sha256 or None)
-        except InvalidArgument as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except ArtifactCorrupt as exc:
-            await context.abort(grpc.StatusCode.DATA_LOSS, str(exc))
+        limit = self._runtime.settings.max_upload_bytes
+        # Spooled to disk and checked whole before anything is stored: a hostile file is refused
+        # now, with nothing left behind, instead of failing the first job that reads it.
+        with tempfile.TemporaryDirectory(prefix="upload-", dir=self._runtime.settings.work_dir) as scratch:
+            spool = Path(scratch) / "upload.tar"
+            digest = hashlib.sha256()
+            size = 0
+            with open(spool, "wb") as out:
+                async for message in request_iterator:
+                    if message.WhichOneof("part") != "chunk":
+                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                            "chunk: only byte chunks may follow the header")
+                    size += len(message.chunk)
+                    if size > limit:
+                        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                            f"upload: over the {limit} bytes an upload may take "
+                                            "(the operator's max_upload_bytes)")
+                    digest.update(message.chunk)
+                    out.write(message.chunk)
+            if header.sha256 and header.sha256.lower() != digest.hexdigest():
+                await context.abort(grpc.StatusCode.DATA_LOSS, f"sha256 mismatch: the header said "
+                                    f"{shown(header.sha256)}, received {digest.hexdigest()}")
+            try:
+                await asyncio.to_thread(check_upload, spool, header.format)
+            except BadUpload as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"upload ({common_pb2.ArtifactFormat.Name(header.format)}): {exc}")
+            ref = await self._runtime.store.put_file(spool, fmt=header.format)
         await self._grants.grant(auth.current().tenant, ref.id)
         return gateway_pb2.UploadModelResponse(artifact=ref)
 

@@ -6,6 +6,7 @@ import re
 
 from modelpress.v1 import common_pb2
 from services.common import registry
+from services.common.cite import shown
 from services.common.model_source import check_allowed_path
 from services.common.pipeline.chain import InvalidArgument
 
@@ -22,14 +23,6 @@ MAX_GRID_VALUES = 8
 # Ids the mesh hands out ("j-…", "a-…", "c-…", "ckpt-…"): letters, digits, '-' and '_'. Anything else
 # (a NATS wildcard, a dot, a NUL, a megabyte) is refused before it reaches a KV key or a subject.
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
-SHOWN_CHARACTERS = 48
-
-
-def shown(value: str, limit: int = SHOWN_CHARACTERS) -> str:
-    """A caller's input as an error message cites it: quoted, cut to `limit` characters."""
-    if len(value) <= limit:
-        return repr(value)
-    return f"{value[:limit]!r}… ({len(value)} characters)"
 
 
 def checked_id(value: str, field: str, kind: str) -> str:

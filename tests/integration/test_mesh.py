@@ -168,7 +168,7 @@ async def test_a_restarted_gateway_resumes_unfinished_jobs(start_gateway, gatewa
     first = await start_gateway()
     client = Client(f"127.0.0.1:{first.port}")
     # Still running 0.5 s in: each probe process alone takes seconds to start (torch import).
-    slow_eval = common_pb2.EvaluationSpec(sequence_length=16, latency_iterations=100, quality_windows=1)
+    slow_eval = common_pb2.EvaluationSpec(sequence_length=16, latency_iterations=30, quality_windows=1)
     job = await call(client.create_job, f"path:{model_dir}", "int8-weight-only", evaluation=slow_eval)
     await asyncio.sleep(0.5)
     await first.stop(grace_s=0)

@@ -172,3 +172,21 @@ def test_a_nan_override_or_pipeline_config_is_invalid_argument_naming_it():
         {"technique": "optimizer", "method": "onnx", "config": {"opset": float("inf")}}]})
     with pytest.raises(InvalidArgument, match=r"pipeline\.stages\[1\]\.config\.opset: inf is not a finite number"):
         validate_recipe("", to_struct({}), methods(), pipeline)
+
+
+def test_a_folder_holding_a_symlink_out_of_its_root_is_refused_and_one_inside_is_fine(allowed_root):
+    folder = allowed_root / "m"
+    folder.mkdir()
+    (allowed_root / "shared.json").write_text("{}")
+    (folder / "tokenizer.json").symlink_to(allowed_root / "shared.json")
+    check_model_ref(common_pb2.ModelRef(path=str(folder)))
+    (folder / "config.json").symlink_to("/etc/hostname")
+    with pytest.raises(InvalidArgument, match="symlink leaving the allowed root.*config.json"):
+        check_model_ref(common_pb2.ModelRef(path=str(folder)))
+
+
+@pytest.mark.parametrize("path", ["/tmp/a\x00b", "/tmp/" + "x" * 5000])
+def test_a_path_with_a_nul_or_thousands_of_characters_is_invalid_and_cited_short(allowed_root, path):
+    with pytest.raises(InvalidArgument) as info:
+        check_model_ref(common_pb2.ModelRef(path=path))
+    assert str(info.value).startswith("model.path") and len(str(info.value)) < 300
