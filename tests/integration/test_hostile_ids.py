@@ -49,3 +49,14 @@ async def test_a_job_state_outside_the_enum_is_refused_and_a_well_shaped_unknown
     with pytest.raises(grpc.RpcError) as info:
         await call(client.get_job, "j-0000000000000000")
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_window_past_the_models_positions_is_refused_before_any_work(gateway, tiny_bert_dir):
+    client = Client(gateway)
+    long_window = common_pb2.EvaluationSpec(sequence_length=8192)
+    await _refused(lambda: client.evaluate("builtin:minilm-l6", long_window), "spec.sequence_length")
+    upload = await call(client.upload, tiny_bert_dir)  # its config.json says 512 positions
+    await _refused(lambda: client.create_job(f"artifact:{upload.id}", "fp16", evaluation=long_window),
+                   "evaluation.sequence_length")
+    await _refused(lambda: client.run_benchmark(f"artifact:{upload.id}", sequence_lengths=[128, 1024]),
+                   "sequence_lengths")
