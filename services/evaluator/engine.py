@@ -3,10 +3,12 @@ process for interleaved latency when comparing, and the reference-based encoder 
 
 from __future__ import annotations
 
+import contextvars
 import json
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import asdict
 from pathlib import Path
 
@@ -81,18 +83,65 @@ class ProbeFailed(RuntimeError):
     pass
 
 
+class ProbeCancelled(RuntimeError):
+    """The measurement was cancelled (its caller went away); its probes were killed."""
+
+
+class ProbeScope:
+    """The probe processes one measurement starts, so a cancel can kill them: the measurement runs
+    in a worker thread, which cannot be interrupted, but its probes can."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: set[subprocess.Popen] = set()
+        self.cancelled = False
+
+    def start(self, cmd: list[str]) -> subprocess.Popen:
+        with self._lock:
+            if self.cancelled:
+                raise ProbeCancelled("measurement cancelled before its next probe")
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            self._running.add(proc)
+            return proc
+
+    def finished(self, proc: subprocess.Popen) -> None:
+        with self._lock:
+            self._running.discard(proc)
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            for proc in self._running:
+                proc.kill()
+
+
+# Set by whoever runs a measurement that may be cancelled (the servicer); None: nothing to cancel.
+probe_scope: contextvars.ContextVar[ProbeScope | None] = contextvars.ContextVar("probe_scope", default=None)
+
+
 def run_probe(mode: str, plan: ProbePlan, timeout_s: float = 3600) -> dict:
     """mode: `measure` / `interleave` (probe.py), or `serving` (serving_probe.py, engine formats)."""
     if mode == "serving":
         cmd = [sys.executable, "-m", "services.evaluator.serving_probe", plan.to_json()]
     else:
         cmd = [sys.executable, "-m", "services.evaluator.probe", mode, plan.to_json()]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    scope = probe_scope.get() or ProbeScope()
+    proc = scope.start(cmd)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    finally:
+        scope.finished(proc)
+    if scope.cancelled:
+        raise ProbeCancelled("measurement cancelled: its probe was killed")
     if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        last = (stderr.strip().splitlines() or ["no output"])[-1]
         names = ", ".join(Path(m).name for m in plan.models)
         raise ProbeFailed(f"measuring {names} failed: {last}")
-    return json.loads(proc.stdout)
+    return json.loads(stdout)
 
 
 def _load_embeddings(path: Path):

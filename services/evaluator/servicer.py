@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import tempfile
 import uuid
 from pathlib import Path
@@ -21,7 +23,8 @@ from services.common.worker_hardware import worker_hardware
 from services.evaluator import report as reports
 from services.evaluator.benchmark_store import BenchmarkStore
 from services.evaluator.comparison import comparison_row, threshold_set_message
-from services.evaluator.engine import EvaluationConfig, compare_folders, evaluate_folder
+from services.evaluator.engine import (EvaluationConfig, ProbeScope, compare_folders, evaluate_folder,
+                                       probe_scope)
 from services.evaluator.formats import check_measurable
 from services.common.thresholds import THRESHOLD_SETS, UnknownThresholdSet, threshold_set
 
@@ -148,8 +151,20 @@ class EvaluatorServicer(evaluator_pb2_grpc.EvaluatorServiceServicer):
         return folder
 
     async def _measure(self, fn, *args, **kwargs):
+        """Runs `fn` in a thread, one measurement at a time. A cancelled call (deadline, caller gone)
+        kills its probes and keeps the turn until its thread has ended, so no two measurements
+        ever share the CPU."""
         async with self._measuring:
-            return await asyncio.to_thread(fn, *args, **kwargs)
+            scope = ProbeScope()
+            context = contextvars.copy_context()
+            context.run(probe_scope.set, scope)
+            work = asyncio.get_running_loop().run_in_executor(None, functools.partial(context.run, fn, *args, **kwargs))
+            try:
+                return await asyncio.shield(work)
+            except asyncio.CancelledError:
+                scope.cancel()
+                await asyncio.wait({work})
+                raise
 
     async def Evaluate(self, request, context):
         try:

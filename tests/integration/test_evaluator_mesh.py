@@ -211,3 +211,51 @@ async def test_an_evaluation_stage_measures_its_input_and_passes_it_on(workers, 
         with pytest.raises(grpc.aio.AioRpcError) as info:
             [u async for u in stub.Run(evaluator_pb2.EvaluatorServiceRunRequest(stage=stage))]
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "batch_sizes" in info.value.details()
+
+
+def _probes() -> int:
+    """Measurement probes this process's evaluator is running now (each is a child process)."""
+    import os
+    import pathlib
+
+    count = 0
+    for proc in pathlib.Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            parent = int((proc / "stat").read_text().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        count += parent == os.getpid() and b"services.evaluator." in cmdline and b"probe" in cmdline
+    return count
+
+
+async def test_abandoned_evaluations_stop_their_probes_and_never_overlap(gateway, model_dir):
+    from modelpress.v1 import gateway_pb2, gateway_pb2_grpc
+
+    long_spec = common_pb2.EvaluationSpec(batch_size=8, sequence_length=256, latency_iterations=1000,
+                                          quality_windows=1)
+    request = gateway_pb2.EvaluateRequest(model=common_pb2.ModelRef(path=str(model_dir)), spec=long_spec)
+    most = 0
+    sampling = True
+
+    async def sample():
+        nonlocal most
+        while sampling:
+            most = max(most, await asyncio.to_thread(_probes))
+            await asyncio.sleep(0.1)
+
+    sampler = asyncio.create_task(sample())
+    with grpc.insecure_channel(gateway) as channel:
+        stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+        for _ in range(3):  # one after another, as a client retrying after its deadline would
+            with pytest.raises(grpc.RpcError) as info:
+                await call(stub.Evaluate, request, timeout=3)
+            assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    for _ in range(50):  # the last abandoned probe is killed, not left to run its 1000 iterations
+        if not await asyncio.to_thread(_probes):
+            break
+        await asyncio.sleep(0.2)
+    sampling = False
+    await sampler
+    assert await asyncio.to_thread(_probes) == 0
+    assert most == 1  # a probe ran for each call, never two at once
