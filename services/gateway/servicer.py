@@ -36,8 +36,8 @@ from services.gateway.user_recipes import RecipeNotFound, RecipeStore
 from services.gateway.positions import check_positions, model_positions
 from services.gateway.upload_check import BadUpload, check_upload
 from services.common.cite import shown
-from services.gateway.validation import (GRID_BOUNDS, check_model_ref, checked_id, checked_job_state,
-                                         resolve_evaluation)
+from services.gateway.validation import (GRID_BOUNDS, WorkBudgetExceeded, check_measurement_work, check_model_ref,
+                                         checked_id, checked_job_state, resolve_evaluation)
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,7 @@ _ERRORS = [
     (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (RecipeNotFound, grpc.StatusCode.NOT_FOUND),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (WorkBudgetExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
 ]
 
 
@@ -478,6 +479,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             raise InvalidArgument(f"threads: {request.threads} is outside [1, 256] (0: default 2)")
         await self._check_positions(request.model, common_pb2.EvaluationSpec(
             sequence_lengths=request.sequence_lengths), "")
+        check_measurement_work(list(request.batch_sizes) or [1], list(request.sequence_lengths) or [128],
+                               request.iterations or 10, "")
         response = await (await self._live_evaluator()).Benchmark(
             evaluator_pb2.EvaluatorServiceBenchmarkRequest(
                 model=request.model, batch_sizes=request.batch_sizes, sequence_lengths=request.sequence_lengths,

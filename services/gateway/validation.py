@@ -18,6 +18,30 @@ EVALUATION_BOUNDS = {"batch_size": (1, 256), "sequence_length": (1, 8192), "late
                      "quality_sentences": (0, 222)}
 GRID_BOUNDS = {"batch_sizes": (1, 256), "sequence_lengths": (1, 8192)}
 MAX_GRID_VALUES = 8
+# Work bounds of one measurement, past the per-field bounds: tokens in one forward pass (a causal
+# LM holds logits for each: 16384 x SmolLM2's 49152-word vocabulary is 3.2 GB in FP32), and tokens
+# timed over the whole grid and every iteration (about hours of one 2-core CPU for SmolLM2).
+MAX_TOKENS_PER_PASS = 16_384
+MAX_TIMED_TOKENS = 64_000_000
+
+
+class WorkBudgetExceeded(RuntimeError):
+    """A request within every field's bound asks for more work than one request may (RESOURCE_EXHAUSTED)."""
+
+
+def check_measurement_work(batch_sizes: list[int], sequence_lengths: list[int], iterations: int, field: str) -> None:
+    """WorkBudgetExceeded naming the budget when one shape, or the grid times its iterations, is too much."""
+    prefix = f"{field}." if field else ""
+    for batch in batch_sizes:
+        for length in sequence_lengths:
+            if batch * length > MAX_TOKENS_PER_PASS:
+                raise WorkBudgetExceeded(
+                    f"{prefix}batch_size x sequence_length: {batch} x {length} = {batch * length} tokens in one pass "
+                    f"is past the work budget of {MAX_TOKENS_PER_PASS} tokens per pass")
+    timed = sum(batch * length for batch in batch_sizes for length in sequence_lengths) * iterations
+    if timed > MAX_TIMED_TOKENS:
+        raise WorkBudgetExceeded(f"{prefix}grid x iterations: {timed} tokens timed is past the work budget of "
+                                 f"{MAX_TIMED_TOKENS} tokens per measurement")
 
 
 # Ids the mesh hands out ("j-…", "a-…", "c-…", "ckpt-…"): letters, digits, '-' and '_'. Anything else
@@ -79,4 +103,8 @@ def resolve_evaluation(spec: common_pb2.EvaluationSpec) -> common_pb2.Evaluation
     if spec.HasField("reference"):
         check_model_ref(spec.reference, "evaluation.reference")
         resolved.reference.CopyFrom(spec.reference)
+    if not resolved.skip:
+        check_measurement_work([resolved.batch_size, *resolved.batch_sizes],
+                               [resolved.sequence_length, *resolved.sequence_lengths],
+                               resolved.latency_iterations, "evaluation")
     return resolved

@@ -60,3 +60,13 @@ async def test_a_window_past_the_models_positions_is_refused_before_any_work(gat
                    "evaluation.sequence_length")
     await _refused(lambda: client.run_benchmark(f"artifact:{upload.id}", sequence_lengths=[128, 1024]),
                    "sequence_lengths")
+
+
+async def test_a_grid_point_past_the_work_budget_is_resource_exhausted(gateway):
+    client = Client(gateway)
+    huge = common_pb2.EvaluationSpec(batch_size=256, sequence_length=8192)
+    for fn in (lambda: client.evaluate("builtin:smollm2-135m", huge),
+               lambda: client.run_benchmark("builtin:smollm2-135m", batch_sizes=[256], sequence_lengths=[8192])):
+        with pytest.raises(grpc.RpcError) as info:
+            await call(fn)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "work budget" in info.value.details()

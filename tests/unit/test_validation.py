@@ -190,3 +190,17 @@ def test_a_path_with_a_nul_or_thousands_of_characters_is_invalid_and_cited_short
     with pytest.raises(InvalidArgument) as info:
         check_model_ref(common_pb2.ModelRef(path=path))
     assert str(info.value).startswith("model.path") and len(str(info.value)) < 300
+
+
+def test_a_measurement_past_the_work_budget_is_refused_naming_the_budget():
+    from services.gateway.validation import MAX_TOKENS_PER_PASS, WorkBudgetExceeded
+
+    with pytest.raises(WorkBudgetExceeded, match=r"256 x 8192 = 2097152 tokens in one pass.*work budget"):
+        resolve_evaluation(common_pb2.EvaluationSpec(batch_size=256, sequence_length=8192))
+    with pytest.raises(WorkBudgetExceeded, match="grid x iterations"):
+        resolve_evaluation(common_pb2.EvaluationSpec(batch_sizes=[8] * 8, sequence_lengths=[2048] * 8,
+                                                     latency_iterations=1000))
+    within = resolve_evaluation(common_pb2.EvaluationSpec(batch_size=8, sequence_length=MAX_TOKENS_PER_PASS // 8))
+    assert within.batch_size == 8
+    # A skipped evaluation measures nothing, so it costs nothing.
+    assert resolve_evaluation(common_pb2.EvaluationSpec(skip=True, batch_size=256, sequence_length=8192)).skip
