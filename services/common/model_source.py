@@ -10,6 +10,7 @@ from modelpress.v1 import common_pb2
 from services.common import registry
 from services.common.artifact_store import ArtifactStore
 from services.common.cite import shown
+from services.common.disk_bounds import evict_least_recent, touch
 
 
 class PathNotAllowed(PermissionError):
@@ -71,9 +72,10 @@ def describe(ref: common_pb2.ModelRef) -> str:
 
 
 class ModelSource:
-    def __init__(self, store: ArtifactStore, cache_root: Path) -> None:
+    def __init__(self, store: ArtifactStore, cache_root: Path, max_bytes: int | None = None) -> None:
         self._store = store
         self._cache_root = cache_root
+        self._max_bytes = max_bytes
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def local_folder(self, ref: common_pb2.ModelRef) -> Path:
@@ -94,4 +96,7 @@ class ModelSource:
             if not dest.exists():
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 await self._store.get_dir(artifact_id, dest)
+                if self._max_bytes is not None:
+                    await asyncio.to_thread(evict_least_recent, dest.parent, self._max_bytes, dest)
+            touch(dest)
         return dest

@@ -18,6 +18,7 @@ from nats.js import JetStreamContext
 
 from services.common import auth, nats_conn
 from services.common.artifact_store import ArtifactStore
+from services.common.disk_bounds import sweep_scratch
 from services.common.events import EventLog
 from services.common.kv_records import RecordBucket
 from services.common.model_source import ModelSource
@@ -74,8 +75,11 @@ async def open_runtime(settings: ServiceSettings) -> ServiceRuntime:
     js = nats_conn.jetstream(nc)
     store = await ArtifactStore(js).ensure()
     events = await EventLog(js).ensure()
+    swept = sweep_scratch(settings.work_dir.parent)
+    if swept:
+        logging.getLogger(settings.name).info("removed %d scratch folder(s) of ended processes", len(swept))
     settings.work_dir.mkdir(parents=True, exist_ok=True)
-    models = ModelSource(store, settings.cache_dir)
+    models = ModelSource(store, settings.cache_dir, max_bytes=settings.cache_max_bytes)
     stage_cache = await RecordBucket(js, STAGE_CACHE_BUCKET, common_pb2.StageOutput).ensure()
     return ServiceRuntime(settings, nc, js, store, events, models, stage_cache)
 

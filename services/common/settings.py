@@ -9,6 +9,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from modelpress.v1 import common_pb2
+from services.common.disk_bounds import process_tag
 
 # Where each technique service listens by default under `modelpress up`.
 DEFAULT_PORTS: dict[str, int] = {
@@ -62,6 +63,8 @@ class ServiceSettings(BaseModel):
     tls_client_ca: Path | None = None
     # Refuse to start against a NATS server that lets anyone in (set where auth is on).
     require_nats_auth: bool = False
+    # Fetched artifacts kept on disk (LRU by bytes; a folder used in the last 10 minutes stays).
+    cache_max_bytes: int = Field(20 * 1024**3, gt=0)
     # Gateway only: the largest upload taken (RESOURCE_EXHAUSTED past it); spooled under work_dir.
     max_upload_bytes: int = Field(8 * 1024**3, gt=0)
 
@@ -83,8 +86,9 @@ class ServiceSettings(BaseModel):
 
     @property
     def work_dir(self) -> Path:
-        """Scratch space for artifacts this process fetched or produced."""
-        return self.home / "work" / self.name
+        """Scratch space for artifacts this process fetched or produced: one folder per process,
+        so one that died is told apart and swept at the next start (disk_bounds.sweep_scratch)."""
+        return self.home / "work" / self.name / process_tag()
 
     @property
     def cache_dir(self) -> Path:
@@ -104,6 +108,8 @@ class ServiceSettings(BaseModel):
         parser.add_argument("--tls-cert", type=Path, default=_env_path("MODELPRESS_TLS_CERT"))
         parser.add_argument("--tls-key", type=Path, default=_env_path("MODELPRESS_TLS_KEY"))
         parser.add_argument("--tls-client-ca", type=Path, default=_env_path("MODELPRESS_TLS_CLIENT_CA"))
+        parser.add_argument("--cache-max-bytes", type=int,
+                            default=int(env.get("MODELPRESS_CACHE_MAX_BYTES", str(20 * 1024**3))))
         parser.add_argument("--max-upload-bytes", type=int,
                             default=int(env.get("MODELPRESS_MAX_UPLOAD_BYTES", str(8 * 1024**3))))
         parser.add_argument("--require-nats-auth", action="store_true",
@@ -127,6 +133,7 @@ class ServiceSettings(BaseModel):
             tls_client_ca=args.tls_client_ca,
             require_nats_auth=args.require_nats_auth,
             max_upload_bytes=args.max_upload_bytes,
+            cache_max_bytes=args.cache_max_bytes,
         )
 
 
