@@ -65,6 +65,8 @@ class ServiceSettings(BaseModel):
     require_nats_auth: bool = False
     # Fetched artifacts kept on disk (LRU by bytes; a folder used in the last 10 minutes stays).
     cache_max_bytes: int = Field(20 * 1024**3, gt=0)
+    # Gateway only: unfinished jobs one tenant may have at once (RESOURCE_EXHAUSTED past it).
+    max_jobs_per_tenant: int = Field(32, gt=0)
     # Gateway only: the largest upload taken (RESOURCE_EXHAUSTED past it); spooled under work_dir.
     max_upload_bytes: int = Field(8 * 1024**3, gt=0)
 
@@ -110,6 +112,8 @@ class ServiceSettings(BaseModel):
         parser.add_argument("--tls-client-ca", type=Path, default=_env_path("MODELPRESS_TLS_CLIENT_CA"))
         parser.add_argument("--cache-max-bytes", type=int,
                             default=int(env.get("MODELPRESS_CACHE_MAX_BYTES", str(20 * 1024**3))))
+        parser.add_argument("--max-jobs-per-tenant", type=int,
+                            default=int(env.get("MODELPRESS_MAX_JOBS_PER_TENANT", "32")))
         parser.add_argument("--max-upload-bytes", type=int,
                             default=int(env.get("MODELPRESS_MAX_UPLOAD_BYTES", str(8 * 1024**3))))
         parser.add_argument("--require-nats-auth", action="store_true",
@@ -134,6 +138,7 @@ class ServiceSettings(BaseModel):
             require_nats_auth=args.require_nats_auth,
             max_upload_bytes=args.max_upload_bytes,
             cache_max_bytes=args.cache_max_bytes,
+            max_jobs_per_tenant=args.max_jobs_per_tenant,
         )
 
 

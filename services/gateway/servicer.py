@@ -62,6 +62,10 @@ class FailedPrecondition(RuntimeError):
     """The request is valid but the state of what it names forbids it now."""
 
 
+class QuotaExceeded(RuntimeError):
+    """A tenant's limit is reached (RESOURCE_EXHAUSTED)."""
+
+
 class _Everything:
     """What an operator holds."""
 
@@ -80,6 +84,7 @@ _ERRORS = [
     (RecipeNotFound, grpc.StatusCode.NOT_FOUND),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (WorkBudgetExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (QuotaExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
 ]
 
 
@@ -167,6 +172,16 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             return stored.ref.format
         return common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS if source == "builtin" else None
 
+    async def _check_job_quota(self) -> None:
+        """RESOURCE_EXHAUSTED when the caller's tenant already has its most unfinished jobs."""
+        tenant = auth.current().tenant
+        limit = self._runtime.settings.max_jobs_per_tenant
+        unfinished = sum(1 for job in await self._runner.jobs.list()
+                         if job.tenant == tenant and job.state not in TERMINAL_STATES)
+        if unfinished >= limit:
+            raise QuotaExceeded(f"jobs: {auth.current().label} has {unfinished} unfinished jobs, the most it may "
+                                f"have at once (max_jobs_per_tenant {limit}); wait for one or cancel one")
+
     async def _check_positions(self, model: common_pb2.ModelRef, spec: common_pb2.EvaluationSpec, field: str) -> None:
         """Measured shapes within the model's positions (an 8192-token window on a 512-position
         encoder is refused now, not an internal error minutes later)."""
@@ -214,6 +229,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         # Described methods are cached for a while: whether a replica is alive is asked now.
         needed = {s.technique for s in stages} | ({common_pb2.TECHNIQUE_EVALUATOR} if not evaluation.skip else set())
         await self._mesh.require_live(needed)
+        await self._check_job_quota()
         job = await self._runner.submit(
             name=request.name or f"{recipe.name} of {request.model.WhichOneof('source')}", model=request.model,
             recipe=recipe.name, stages=stages, evaluation=evaluation, recompute=request.recompute,
@@ -604,6 +620,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         check_chain(stages, methods, model_format)
         evaluation = resolve_evaluation(request.evaluation)
         await self._check_positions(request.model, evaluation, "evaluation")
+        await self._check_job_quota()
         job = await self._runner.submit(
             name=request.name or f"{engine.name} {precision} of {request.model.WhichOneof('source')}",
             model=request.model, recipe=recipe.name, stages=stages, evaluation=evaluation,

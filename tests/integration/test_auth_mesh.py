@@ -184,3 +184,25 @@ async def test_services_refuse_an_open_nats_when_auth_is_required_and_nats_refus
     finally:
         proc.kill()
         proc.wait()
+
+
+async def test_a_tenant_at_its_job_limit_is_resource_exhausted_and_others_are_not(workers, tokens, model_dir):
+    settings = workers.model_copy(update={"auth_tokens": tokens[0], "max_jobs_per_tenant": 1})
+    service = await start_service(settings, _registrar("gateway"))
+    target = f"127.0.0.1:{service.port}"
+    acme, globex = Client(target, token=tokens[1]["acme"]), Client(target, token=tokens[1]["globex"])
+    # Still running when the second arrives: its evaluation's probe takes seconds to start.
+    slow = common_pb2.EvaluationSpec(sequence_length=16, latency_iterations=30, quality_windows=1)
+    try:
+        first = await call(acme.create_job, f"path:{model_dir}", "int8-weight-only", evaluation=slow)
+        with pytest.raises(grpc.RpcError) as info:
+            await call(acme.create_job, f"path:{model_dir}", "fp16", evaluation=SKIP_EVAL)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_jobs_per_tenant 1" in info.value.details()
+        other = await call(globex.create_job, f"path:{model_dir}", "fp16", evaluation=SKIP_EVAL)
+        for client, job in ((acme, first), (globex, other)):
+            try:
+                await call(client.cancel_job, job.job_id)
+            except grpc.RpcError as exc:  # it may have ended already
+                assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION
+    finally:
+        await service.stop(grace_s=1)
