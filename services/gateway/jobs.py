@@ -30,6 +30,7 @@ from services.common.pipeline.gates import failed_checks, gate_figures, parse_ga
 from services.common.settings import TECHNIQUE_SERVICES
 from services.gateway.access import Grants
 from services.gateway.catalog import Mesh, ServiceUnavailable
+from services.gateway.leases import JobLeases
 from services.gateway.outcomes import OutcomeStore
 from services.gateway.results import compression_result
 
@@ -58,9 +59,12 @@ def _now(ts) -> None:
 
 class JobRunner:
     def __init__(self, js: JetStreamContext, jobs: JobStore, store: ArtifactStore, events: EventLog,
-                 mesh: Mesh, grants: Grants, replica_wait_s: float = 120.0) -> None:
+                 mesh: Mesh, grants: Grants, leases: JobLeases, replica_wait_s: float = 120.0) -> None:
         self._js = js
         self.grants = grants
+        self.leases = leases
+        # Jobs whose lease another gateway took over: stopped here without a state change.
+        self._lost: set[str] = set()
         self.jobs = jobs
         self.store = store
         self.events = events
@@ -109,12 +113,38 @@ class JobRunner:
         return job_id in self._tasks
 
     async def resume_unfinished(self) -> list[str]:
+        """Starts every unfinished job not running here; each runs only if its lease is free (no
+        other gateway runs it, or that gateway's lease expired)."""
         resumed = []
         for job in await self.jobs.list():
-            if job.state in (common_pb2.JOB_STATE_PENDING, common_pb2.JOB_STATE_RUNNING):
+            if job.state in (common_pb2.JOB_STATE_PENDING, common_pb2.JOB_STATE_RUNNING) \
+                    and not self.is_running_here(job.job_id):
                 self.start(job.job_id)
                 resumed.append(job.job_id)
         return resumed
+
+    async def take_over_orphans(self) -> None:
+        """Runs until cancelled: every third of a lease, jobs whose gateway died are resumed here."""
+        while not self._stopping:
+            await asyncio.sleep(self.leases.lease_s / 3)
+            try:
+                await self.resume_unfinished()
+            except Exception as exc:  # noqa: BLE001 - NATS away for a moment: look again next time
+                log.warning("looking for orphaned jobs failed: %s", exc)
+
+    async def _keep_lease(self, job_id: str, task: asyncio.Task) -> None:
+        """Renews the job's lease while it runs here; stops the job when the lease is lost, or when
+        another gateway recorded a cancel."""
+        while True:
+            await asyncio.sleep(self.leases.lease_s / 3)
+            if not await self.leases.renew(job_id):
+                log.warning("job %s: lease lost to another gateway; stopping here", job_id)
+                self._lost.add(job_id)
+                task.cancel()
+                return
+            if (await self.jobs.get(job_id)).state == common_pb2.JOB_STATE_CANCELLED:
+                task.cancel()
+                return
 
     async def cancel(self, job_id: str) -> common_pb2.Job:
         task = self._tasks.get(job_id)
@@ -137,13 +167,33 @@ class JobRunner:
     # ---- one job -------------------------------------------------------------
 
     async def _run(self, job_id: str) -> None:
+        holder = await self.leases.acquire(job_id)
+        if holder is not None:
+            return  # another gateway runs it
+        keeper = asyncio.create_task(self._keep_lease(job_id, asyncio.current_task()))
+        try:
+            await self._run_leased(job_id)
+        finally:
+            keeper.cancel()
+            if job_id not in self._lost:
+                await asyncio.shield(self.leases.release(job_id))
+            self._lost.discard(job_id)
+
+    async def _run_leased(self, job_id: str) -> None:
         job = await self.jobs.get(job_id)
+        if job.state in ev.TERMINAL_STATES:
+            return  # it ended while this gateway waited for the lease
         try:
             if job.state != common_pb2.JOB_STATE_RUNNING:
                 job.state = common_pb2.JOB_STATE_RUNNING
                 _now(job.started_at)
                 await self.jobs.put(job)
-                await self._publish(job, common_pb2.EVENT_KIND_JOB_STATE, job_state=job.state, message="running")
+                await self._publish(job, common_pb2.EVENT_KIND_JOB_STATE, job_state=job.state,
+                                    message=f"running on gateway {self.leases.holder}")
+            else:
+                done = sum(stage.state == common_pb2.JOB_STATE_SUCCEEDED for stage in job.stages)
+                await self._publish(job, common_pb2.EVENT_KIND_LOG,
+                                    message=f"resumed by gateway {self.leases.holder} after {done} finished stage(s)")
             input_ref = job.model
             for stage in job.stages:
                 if stage.state == common_pb2.JOB_STATE_SUCCEEDED:  # resumed job: skip finished stages
@@ -171,7 +221,7 @@ class JobRunner:
             await self._finish(job, common_pb2.JOB_STATE_SUCCEEDED, "succeeded")
             await self.outcomes.record(job)
         except asyncio.CancelledError:
-            if self._stopping:
+            if self._stopping or job_id in self._lost:
                 raise
             await asyncio.shield(self._finish(job, common_pb2.JOB_STATE_CANCELLED, "cancelled by request"))
         except GateFailed as exc:

@@ -9,6 +9,7 @@ import io
 import logging
 import tarfile
 import tempfile
+import uuid
 from pathlib import Path
 
 import grpc
@@ -30,6 +31,7 @@ from services.gateway import artifacts
 from services.gateway.access import Grants, PermissionDenied, check_artifact, check_job
 from services.gateway.catalog import Mesh, ServiceUnavailable
 from services.gateway.jobs import JobRunner
+from services.gateway.leases import JobLeases
 from services.gateway.recommender import NoCandidateMeasured, NothingStored, recommend
 from services.gateway.strategies import all_strategies
 from services.gateway.user_recipes import RecipeNotFound, RecipeStore
@@ -683,7 +685,8 @@ async def register(server: grpc.aio.Server, runtime: ServiceRuntime) -> list[str
     mesh = Mesh(runtime.settings.targets)
     jobs = await JobStore(runtime.js).ensure()
     grants = await Grants(runtime.js).ensure()
-    runner = await JobRunner(runtime.js, jobs, runtime.store, runtime.events, mesh, grants,
+    leases = await JobLeases(runtime.js, holder=f"{runtime.worker_id}/{uuid.uuid4().hex[:8]}").ensure()
+    runner = await JobRunner(runtime.js, jobs, runtime.store, runtime.events, mesh, grants, leases,
                              replica_wait_s=runtime.settings.replica_wait_s).ensure()
     resumed = await runner.resume_unfinished()
     if resumed:
@@ -692,5 +695,11 @@ async def register(server: grpc.aio.Server, runtime: ServiceRuntime) -> list[str
     recipes = await RecipeStore(runtime.js).ensure()
     gateway_pb2_grpc.add_GatewayServiceServicer_to_server(
         GatewayServicer(runtime, runner, mesh, comparisons, recipes, grants), server)
-    runtime.on_shutdown.append(runner.shutdown)
+    orphans = asyncio.create_task(runner.take_over_orphans(), name="take-over-orphans")
+
+    async def stop() -> None:
+        orphans.cancel()
+        await runner.shutdown()
+
+    runtime.on_shutdown.append(stop)
     return [gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name]

@@ -1,0 +1,79 @@
+"""One gateway runs a job at a time, however many gateways share the mesh.
+
+A running job holds a lease: a KV key naming its gateway and an expiry, taken with create (no key
+yet) or compare-and-set over an expired holder, and renewed by compare-and-set while the job runs.
+A gateway that dies stops renewing; once the lease expires another gateway takes the job over
+from its last finished stage. Expiry is wall-clock time, so gateways need roughly synced clocks
+(seconds, against a lease of LEASE_S).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from nats.js import JetStreamContext, api
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+
+LEASES_BUCKET = "modelpress_job_leases"
+LEASE_S = 15.0
+
+
+class JobLeases:
+    def __init__(self, js: JetStreamContext, holder: str, lease_s: float = LEASE_S) -> None:
+        self._js = js
+        self.holder = holder
+        self.lease_s = lease_s
+        self._kv = None
+        self._revisions: dict[str, int] = {}
+
+    async def ensure(self) -> "JobLeases":
+        try:
+            self._kv = await self._js.key_value(LEASES_BUCKET)
+        except (BucketNotFoundError, NotFoundError):
+            self._kv = await self._js.create_key_value(
+                api.KeyValueConfig(bucket=LEASES_BUCKET, history=1, storage=api.StorageType.FILE))
+        return self
+
+    def _value(self) -> bytes:
+        return json.dumps({"holder": self.holder, "expires": time.time() + self.lease_s}).encode()
+
+    async def acquire(self, job_id: str) -> str | None:
+        """Takes the job's lease. Returns None when taken; otherwise the holder that keeps it
+        (another gateway whose lease has not expired)."""
+        try:
+            self._revisions[job_id] = await self._kv.create(job_id, self._value())
+            return None
+        except KeyWrongLastSequenceError:
+            pass
+        try:
+            entry = await self._kv.get(job_id)
+        except (KeyNotFoundError, NotFoundError):
+            return await self.acquire(job_id)  # released in between
+        held = json.loads(entry.value or b"{}")
+        if held.get("holder") != self.holder and held.get("expires", 0) > time.time():
+            return held.get("holder", "another gateway")
+        try:
+            self._revisions[job_id] = await self._kv.update(job_id, self._value(), last=entry.revision)
+            return None
+        except KeyWrongLastSequenceError:  # another gateway took it first
+            return "another gateway"
+
+    async def renew(self, job_id: str) -> bool:
+        """Extends the lease; False when it was lost (another gateway took the job over)."""
+        revision = self._revisions.get(job_id)
+        if revision is None:
+            return False
+        try:
+            self._revisions[job_id] = await self._kv.update(job_id, self._value(), last=revision)
+            return True
+        except (KeyWrongLastSequenceError, KeyNotFoundError, NotFoundError):
+            self._revisions.pop(job_id, None)
+            return False
+
+    async def release(self, job_id: str) -> None:
+        if self._revisions.pop(job_id, None) is not None:
+            try:
+                await self._kv.delete(job_id)
+            except (KeyNotFoundError, NotFoundError):
+                pass
