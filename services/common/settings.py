@@ -98,50 +98,35 @@ class ServiceSettings(BaseModel):
 
     @classmethod
     def from_args(cls, name: str, argv: list[str] | None = None) -> "ServiceSettings":
+        """Each field of FLAG_FIELDS from its flag, else from MODELPRESS_<FIELD>, else its declared
+        default (declared once, above); pydantic checks them as it checks any value."""
         env = os.environ
         parser = argparse.ArgumentParser(prog=f"modelpress-{name}")
         parser.add_argument("--listen", default=env.get("MODELPRESS_LISTEN", f"127.0.0.1:{DEFAULT_PORTS[name]}"))
-        parser.add_argument("--nats-url", default=env.get("MODELPRESS_NATS_URL", "nats://127.0.0.1:4222"))
-        parser.add_argument("--home", type=Path, default=default_home())
-        parser.add_argument("--grace-s", type=float, default=float(env.get("MODELPRESS_GRACE_S", "10")))
-        parser.add_argument("--replica-wait-s", type=float,
-                            default=float(env.get("MODELPRESS_REPLICA_WAIT_S", "120")))
-        parser.add_argument("--auth-tokens", type=Path, default=_env_path("MODELPRESS_AUTH_TOKENS"))
-        parser.add_argument("--tls-cert", type=Path, default=_env_path("MODELPRESS_TLS_CERT"))
-        parser.add_argument("--tls-key", type=Path, default=_env_path("MODELPRESS_TLS_KEY"))
-        parser.add_argument("--tls-client-ca", type=Path, default=_env_path("MODELPRESS_TLS_CLIENT_CA"))
-        parser.add_argument("--cache-max-bytes", type=int,
-                            default=int(env.get("MODELPRESS_CACHE_MAX_BYTES", str(20 * 1024**3))))
-        parser.add_argument("--max-jobs-per-tenant", type=int,
-                            default=int(env.get("MODELPRESS_MAX_JOBS_PER_TENANT", "32")))
-        parser.add_argument("--max-upload-bytes", type=int,
-                            default=int(env.get("MODELPRESS_MAX_UPLOAD_BYTES", str(8 * 1024**3))))
-        parser.add_argument("--require-nats-auth", action="store_true",
-                            default=env.get("MODELPRESS_REQUIRE_NATS_AUTH", "") not in ("", "0", "false"))
+        for field in FLAG_FIELDS:
+            info = cls.model_fields[field]
+            flag = "--" + field.replace("_", "-")
+            help_text = f"{info.description or field} (${ENV_PREFIX}{field.upper()})"
+            if info.annotation is bool:
+                parser.add_argument(flag, action="store_true", default=None, help=help_text)
+            else:
+                parser.add_argument(flag, default=None, help=help_text)
         args = parser.parse_args(argv)
+        given = {}
+        for field in FLAG_FIELDS:
+            value = getattr(args, field)
+            if value is None:
+                value = env.get(ENV_PREFIX + field.upper()) or None
+            if value is not None:
+                given[field] = value
         targets = {
             svc: env.get(f"MODELPRESS_{svc.upper()}_TARGET", f"127.0.0.1:{DEFAULT_PORTS[svc]}")
             for svc in TECHNIQUE_SERVICES.values()
         }
-        return cls(
-            name=name,
-            listen=args.listen,
-            nats_url=args.nats_url,
-            home=args.home,
-            grace_s=args.grace_s,
-            targets=targets,
-            replica_wait_s=args.replica_wait_s,
-            auth_tokens=args.auth_tokens,
-            tls_cert=args.tls_cert,
-            tls_key=args.tls_key,
-            tls_client_ca=args.tls_client_ca,
-            require_nats_auth=args.require_nats_auth,
-            max_upload_bytes=args.max_upload_bytes,
-            cache_max_bytes=args.cache_max_bytes,
-            max_jobs_per_tenant=args.max_jobs_per_tenant,
-        )
+        return cls(name=name, listen=args.listen, targets=targets, **given)
 
 
-def _env_path(name: str) -> Path | None:
-    value = os.environ.get(name, "")
-    return Path(value) if value else None
+ENV_PREFIX = "MODELPRESS_"
+# Settings a flag (--field-name) or MODELPRESS_FIELD_NAME sets; the flag wins.
+FLAG_FIELDS = ("nats_url", "home", "grace_s", "replica_wait_s", "auth_tokens", "tls_cert", "tls_key", "tls_client_ca",
+               "require_nats_auth", "cache_max_bytes", "max_jobs_per_tenant", "max_upload_bytes")
