@@ -65,6 +65,9 @@ class ServiceSettings(BaseModel):
     require_nats_auth: bool = False
     # Fetched artifacts kept on disk (LRU by bytes; a folder used in the last 10 minutes stays).
     cache_max_bytes: int = Field(20 * 1024**3, gt=0)
+    # Gateway only: how long a job's lease lasts unrenewed; a dead gateway's jobs are taken over
+    # by another within about this plus a third of the other's lease.
+    job_lease_s: float = Field(15.0, ge=1.0, le=600.0)
     # Gateway only: unfinished jobs one tenant may have at once (RESOURCE_EXHAUSTED past it).
     max_jobs_per_tenant: int = Field(32, gt=0)
     # Gateway only: the largest upload taken (RESOURCE_EXHAUSTED past it); spooled under work_dir.
@@ -129,4 +132,4 @@ class ServiceSettings(BaseModel):
 ENV_PREFIX = "MODELPRESS_"
 # Settings a flag (--field-name) or MODELPRESS_FIELD_NAME sets; the flag wins.
 FLAG_FIELDS = ("nats_url", "home", "grace_s", "replica_wait_s", "auth_tokens", "tls_cert", "tls_key", "tls_client_ca",
-               "require_nats_auth", "cache_max_bytes", "max_jobs_per_tenant", "max_upload_bytes")
+               "require_nats_auth", "cache_max_bytes", "max_jobs_per_tenant", "max_upload_bytes", "job_lease_s")

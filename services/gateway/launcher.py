@@ -154,11 +154,15 @@ def down(home: Path, timeout_s: float = 20.0) -> list[str]:
         return []
     pids = {name: info["pid"] for name, info in state.services.items()}
     stopped = []
-    # Gateway first (it stops jobs so they resume later), NATS last.
-    order = ["gateway", *[n for n in pids if n != "gateway"]]
-    for name in order:
-        if name in pids and _terminate(pids[name], timeout_s):
-            stopped.append(name)
+    # Gateway first (it stops jobs so they resume later), then the workers together, NATS last.
+    if "gateway" in pids and _terminate(pids.pop("gateway"), timeout_s):
+        stopped.append("gateway")
+    signalled = set()
+    for name, pid in pids.items():
+        if _alive(pid):
+            os.kill(pid, signal.SIGTERM)
+            signalled.add(name)
+    stopped += [name for name, pid in pids.items() if _terminate(pid, timeout_s) or name in signalled]
     if _terminate(state.nats_pid, timeout_s):
         stopped.append("nats")
     state_path(home).unlink(missing_ok=True)

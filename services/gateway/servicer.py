@@ -685,7 +685,8 @@ async def register(server: grpc.aio.Server, runtime: ServiceRuntime) -> list[str
     mesh = Mesh(runtime.settings.targets)
     jobs = await JobStore(runtime.js).ensure()
     grants = await Grants(runtime.js).ensure()
-    leases = await JobLeases(runtime.js, holder=f"{runtime.worker_id}/{uuid.uuid4().hex[:8]}").ensure()
+    leases = await JobLeases(runtime.js, holder=f"{runtime.worker_id}/{uuid.uuid4().hex[:8]}",
+                             lease_s=runtime.settings.job_lease_s).ensure()
     runner = await JobRunner(runtime.js, jobs, runtime.store, runtime.events, mesh, grants, leases,
                              replica_wait_s=runtime.settings.replica_wait_s).ensure()
     resumed = await runner.resume_unfinished()

@@ -20,6 +20,7 @@ async def test_a_killed_gateways_job_is_taken_over_by_the_other(gateway, workers
     for name, target in workers.targets.items():
         monkeypatch.setenv(f"MODELPRESS_{name.upper()}_TARGET", target)
     monkeypatch.setenv("MODELPRESS_ALLOWED_ROOTS", str(model_dir.parent))
+    monkeypatch.setenv("MODELPRESS_JOB_LEASE_S", "4")  # the doomed gateway's lease: expires soon after the kill
     doomed = ServiceProcess("gateway", nats_url, workers.home, free_port())
     await call(doomed.start)
     try:
