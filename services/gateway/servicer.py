@@ -68,13 +68,6 @@ class QuotaExceeded(RuntimeError):
     """A tenant's limit is reached (RESOURCE_EXHAUSTED)."""
 
 
-class _Everything:
-    """What an operator holds."""
-
-    def __contains__(self, item) -> bool:
-        return True
-
-
 _ERRORS = [
     (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
     (JobNotFound, grpc.StatusCode.NOT_FOUND),
@@ -322,7 +315,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         held = await self._held()
         return gateway_pb2.ListArtifactsResponse(artifacts=[
             artifacts.summary(stored) for stored in await self._runtime.store.list_stored()
-            if artifacts.matches(stored, request.tag, request.model, request.recipe) and stored.ref.id in held])
+            if artifacts.matches(stored, request.tag, request.model, request.recipe)
+            and (held is None or stored.ref.id in held)])
 
     async def _stat(self, artifact_id: str):
         artifact_id = checked_id(artifact_id, "artifact_id", "artifact")
@@ -333,10 +327,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         await check_artifact(self._grants, auth.current(), artifact_id, "artifact_id")
         return stored
 
-    async def _held(self):
-        """Ids the caller may see: a container answering `in` for every id when it is an operator."""
+    async def _held(self) -> set[str] | None:
+        """Ids the caller may see; None for an operator, who sees every one."""
         principal = auth.current()
-        return _Everything() if principal.operator else await self._grants.held_by(principal.tenant)
+        return None if principal.operator else await self._grants.held_by(principal.tenant)
 
     async def _job(self, job_id: str) -> common_pb2.Job:
         """The caller's job by id: INVALID_ARGUMENT, NOT_FOUND or PERMISSION_DENIED otherwise."""
