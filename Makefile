@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 MP := $(PY) -m services.gateway.cli
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-slow fuzz test-fast bench bench-quant bench-eval bench-opt bench-pipelines bench-prune bench-distill bench-anchors anchors-venv bench-llamacpp \
+.PHONY: install demo test test-slow fuzz chaos test-fast bench bench-quant bench-eval bench-opt bench-pipelines bench-prune bench-distill bench-anchors anchors-venv bench-llamacpp \
 	llamacpp-venv proto lint-proto clean
 
 install: $(STAMP)
@@ -42,6 +42,12 @@ test-slow: install
 # The gateway fuzz test with many more examples per RPC than `make test` gives it.
 fuzz: install
 	MODELPRESS_FUZZ_EXAMPLES=$${MODELPRESS_FUZZ_EXAMPLES:-500} $(PY) -m pytest -q tests/integration/test_fuzz_gateway.py
+
+# Faults injected into a real local mesh (quantizer x2, gateway x2, 3 NATS servers) on MiniLM: 50
+# concurrent jobs, then SIGKILL of a quantizer replica mid-stage, of the gateway running a job, of
+# the NATS server leading the job records; prints the fault table -> bench/results/chaos.json (long).
+chaos: install
+	$(PY) bench/chaos.py
 
 test-fast: install
 	$(PY) -m pytest -q -m "not e2e and not slow" --timeout 600

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from modelpress.v1 import common_pb2 as modelpress_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmodelpress/v1/distiller.proto\x12\rmodelpress.v1\x1a\x1amodelpress/v1/common.proto\"H\n\x1a\x44istillerServiceRunRequest\x12*\n\x05stage\x18\x01 \x01(\x0b\x32\x1b.modelpress.v1.StageRequest\"I\n\x1b\x44istillerServiceRunResponse\x12*\n\x06update\x18\x01 \x01(\x0b\x32\x1a.modelpress.v1.StageUpdate\"!\n\x1f\x44istillerServiceDescribeRequest\"Z\n DistillerServiceDescribeResponse\x12\x36\n\x0b\x64\x65scription\x18\x01 \x01(\x0b\x32!.modelpress.v1.ServiceDescription\"M\n\"DistillerServiceCheckConfigRequest\x12\'\n\x05stage\x18\x01 \x01(\x0b\x32\x18.modelpress.v1.StageSpec\"5\n#DistillerServiceCheckConfigResponse\x12\x0e\n\x06\x65rrors\x18\x01 \x03(\t2\xd5\x02\n\x10\x44istillerService\x12^\n\x03Run\x12).modelpress.v1.DistillerServiceRunRequest\x1a*.modelpress.v1.DistillerServiceRunResponse0\x01\x12k\n\x08\x44\x65scribe\x12..modelpress.v1.DistillerServiceDescribeRequest\x1a/.modelpress.v1.DistillerServiceDescribeResponse\x12t\n\x0b\x43heckConfig\x12\x31.modelpress.v1.DistillerServiceCheckConfigRequest\x1a\x32.modelpress.v1.DistillerServiceCheckConfigResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmodelpress/v1/distiller.proto\x12\rmodelpress.v1\x1a\x1amodelpress/v1/common.proto\"H\n\x1a\x44istillerServiceRunRequest\x12*\n\x05stage\x18\x01 \x01(\x0b\x32\x1b.modelpress.v1.StageRequest\"I\n\x1b\x44istillerServiceRunResponse\x12*\n\x06update\x18\x01 \x01(\x0b\x32\x1a.modelpress.v1.StageUpdate\"!\n\x1f\x44istillerServiceDescribeRequest\"Z\n DistillerServiceDescribeResponse\x12\x36\n\x0b\x64\x65scription\x18\x01 \x01(\x0b\x32!.modelpress.v1.ServiceDescription\"M\n\"DistillerServiceCheckConfigRequest\x12\'\n\x05stage\x18\x01 \x01(\x0b\x32\x18.modelpress.v1.StageSpec\"J\n#DistillerServiceCheckConfigResponse\x12\x0e\n\x06\x65rrors\x18\x01 \x03(\t\x12\x13\n\x0bover_budget\x18\x02 \x03(\t2\xd5\x02\n\x10\x44istillerService\x12^\n\x03Run\x12).modelpress.v1.DistillerServiceRunRequest\x1a*.modelpress.v1.DistillerServiceRunResponse0\x01\x12k\n\x08\x44\x65scribe\x12..modelpress.v1.DistillerServiceDescribeRequest\x1a/.modelpress.v1.DistillerServiceDescribeResponse\x12t\n\x0b\x43heckConfig\x12\x31.modelpress.v1.DistillerServiceCheckConfigRequest\x1a\x32.modelpress.v1.DistillerServiceCheckConfigResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,7 +43,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DISTILLERSERVICECHECKCONFIGREQUEST']._serialized_start=352
   _globals['_DISTILLERSERVICECHECKCONFIGREQUEST']._serialized_end=429
   _globals['_DISTILLERSERVICECHECKCONFIGRESPONSE']._serialized_start=431
-  _globals['_DISTILLERSERVICECHECKCONFIGRESPONSE']._serialized_end=484
-  _globals['_DISTILLERSERVICE']._serialized_start=487
-  _globals['_DISTILLERSERVICE']._serialized_end=828
+  _globals['_DISTILLERSERVICECHECKCONFIGRESPONSE']._serialized_end=505
+  _globals['_DISTILLERSERVICE']._serialized_start=508
+  _globals['_DISTILLERSERVICE']._serialized_end=849
 # @@protoc_insertion_point(module_scope)

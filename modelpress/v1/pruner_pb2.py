@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from modelpress.v1 import common_pb2 as modelpress_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amodelpress/v1/pruner.proto\x12\rmodelpress.v1\x1a\x1amodelpress/v1/common.proto\"E\n\x17PrunerServiceRunRequest\x12*\n\x05stage\x18\x01 \x01(\x0b\x32\x1b.modelpress.v1.StageRequest\"F\n\x18PrunerServiceRunResponse\x12*\n\x06update\x18\x01 \x01(\x0b\x32\x1a.modelpress.v1.StageUpdate\"\x1e\n\x1cPrunerServiceDescribeRequest\"W\n\x1dPrunerServiceDescribeResponse\x12\x36\n\x0b\x64\x65scription\x18\x01 \x01(\x0b\x32!.modelpress.v1.ServiceDescription\"J\n\x1fPrunerServiceCheckConfigRequest\x12\'\n\x05stage\x18\x01 \x01(\x0b\x32\x18.modelpress.v1.StageSpec\"2\n PrunerServiceCheckConfigResponse\x12\x0e\n\x06\x65rrors\x18\x01 \x03(\t2\xc0\x02\n\rPrunerService\x12X\n\x03Run\x12&.modelpress.v1.PrunerServiceRunRequest\x1a\'.modelpress.v1.PrunerServiceRunResponse0\x01\x12\x65\n\x08\x44\x65scribe\x12+.modelpress.v1.PrunerServiceDescribeRequest\x1a,.modelpress.v1.PrunerServiceDescribeResponse\x12n\n\x0b\x43heckConfig\x12..modelpress.v1.PrunerServiceCheckConfigRequest\x1a/.modelpress.v1.PrunerServiceCheckConfigResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amodelpress/v1/pruner.proto\x12\rmodelpress.v1\x1a\x1amodelpress/v1/common.proto\"E\n\x17PrunerServiceRunRequest\x12*\n\x05stage\x18\x01 \x01(\x0b\x32\x1b.modelpress.v1.StageRequest\"F\n\x18PrunerServiceRunResponse\x12*\n\x06update\x18\x01 \x01(\x0b\x32\x1a.modelpress.v1.StageUpdate\"\x1e\n\x1cPrunerServiceDescribeRequest\"W\n\x1dPrunerServiceDescribeResponse\x12\x36\n\x0b\x64\x65scription\x18\x01 \x01(\x0b\x32!.modelpress.v1.ServiceDescription\"J\n\x1fPrunerServiceCheckConfigRequest\x12\'\n\x05stage\x18\x01 \x01(\x0b\x32\x18.modelpress.v1.StageSpec\"G\n PrunerServiceCheckConfigResponse\x12\x0e\n\x06\x65rrors\x18\x01 \x03(\t\x12\x13\n\x0bover_budget\x18\x02 \x03(\t2\xc0\x02\n\rPrunerService\x12X\n\x03Run\x12&.modelpress.v1.PrunerServiceRunRequest\x1a\'.modelpress.v1.PrunerServiceRunResponse0\x01\x12\x65\n\x08\x44\x65scribe\x12+.modelpress.v1.PrunerServiceDescribeRequest\x1a,.modelpress.v1.PrunerServiceDescribeResponse\x12n\n\x0b\x43heckConfig\x12..modelpress.v1.PrunerServiceCheckConfigRequest\x1a/.modelpress.v1.PrunerServiceCheckConfigResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,7 +43,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PRUNERSERVICECHECKCONFIGREQUEST']._serialized_start=337
   _globals['_PRUNERSERVICECHECKCONFIGREQUEST']._serialized_end=411
   _globals['_PRUNERSERVICECHECKCONFIGRESPONSE']._serialized_start=413
-  _globals['_PRUNERSERVICECHECKCONFIGRESPONSE']._serialized_end=463
-  _globals['_PRUNERSERVICE']._serialized_start=466
-  _globals['_PRUNERSERVICE']._serialized_end=786
+  _globals['_PRUNERSERVICECHECKCONFIGRESPONSE']._serialized_end=484
+  _globals['_PRUNERSERVICE']._serialized_start=487
+  _globals['_PRUNERSERVICE']._serialized_end=807
 # @@protoc_insertion_point(module_scope)

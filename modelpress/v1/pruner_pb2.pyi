@@ -36,7 +36,9 @@ class PrunerServiceCheckConfigRequest(_message.Message):
     def __init__(self, stage: _Optional[_Union[_common_pb2.StageSpec, _Mapping]] = ...) -> None: ...
 
 class PrunerServiceCheckConfigResponse(_message.Message):
-    __slots__ = ("errors",)
+    __slots__ = ("errors", "over_budget")
     ERRORS_FIELD_NUMBER: _ClassVar[int]
+    OVER_BUDGET_FIELD_NUMBER: _ClassVar[int]
     errors: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, errors: _Optional[_Iterable[str]] = ...) -> None: ...
+    over_budget: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, errors: _Optional[_Iterable[str]] = ..., over_budget: _Optional[_Iterable[str]] = ...) -> None: ...

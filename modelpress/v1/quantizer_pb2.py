@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from modelpress.v1 import common_pb2 as modelpress_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmodelpress/v1/quantizer.proto\x12\rmodelpress.v1\x1a\x1amodelpress/v1/common.proto\"H\n\x1aQuantizerServiceRunRequest\x12*\n\x05stage\x18\x01 \x01(\x0b\x32\x1b.modelpress.v1.StageRequest\"I\n\x1bQuantizerServiceRunResponse\x12*\n\x06update\x18\x01 \x01(\x0b\x32\x1a.modelpress.v1.StageUpdate\"!\n\x1fQuantizerServiceDescribeRequest\"Z\n QuantizerServiceDescribeResponse\x12\x36\n\x0b\x64\x65scription\x18\x01 \x01(\x0b\x32!.modelpress.v1.ServiceDescription\"M\n\"QuantizerServiceCheckConfigRequest\x12\'\n\x05stage\x18\x01 \x01(\x0b\x32\x18.modelpress.v1.StageSpec\"5\n#QuantizerServiceCheckConfigResponse\x12\x0e\n\x06\x65rrors\x18\x01 \x03(\t2\xd5\x02\n\x10QuantizerService\x12^\n\x03Run\x12).modelpress.v1.QuantizerServiceRunRequest\x1a*.modelpress.v1.QuantizerServiceRunResponse0\x01\x12k\n\x08\x44\x65scribe\x12..modelpress.v1.QuantizerServiceDescribeRequest\x1a/.modelpress.v1.QuantizerServiceDescribeResponse\x12t\n\x0b\x43heckConfig\x12\x31.modelpress.v1.QuantizerServiceCheckConfigRequest\x1a\x32.modelpress.v1.QuantizerServiceCheckConfigResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmodelpress/v1/quantizer.proto\x12\rmodelpress.v1\x1a\x1amodelpress/v1/common.proto\"H\n\x1aQuantizerServiceRunRequest\x12*\n\x05stage\x18\x01 \x01(\x0b\x32\x1b.modelpress.v1.StageRequest\"I\n\x1bQuantizerServiceRunResponse\x12*\n\x06update\x18\x01 \x01(\x0b\x32\x1a.modelpress.v1.StageUpdate\"!\n\x1fQuantizerServiceDescribeRequest\"Z\n QuantizerServiceDescribeResponse\x12\x36\n\x0b\x64\x65scription\x18\x01 \x01(\x0b\x32!.modelpress.v1.ServiceDescription\"M\n\"QuantizerServiceCheckConfigRequest\x12\'\n\x05stage\x18\x01 \x01(\x0b\x32\x18.modelpress.v1.StageSpec\"J\n#QuantizerServiceCheckConfigResponse\x12\x0e\n\x06\x65rrors\x18\x01 \x03(\t\x12\x13\n\x0bover_budget\x18\x02 \x03(\t2\xd5\x02\n\x10QuantizerService\x12^\n\x03Run\x12).modelpress.v1.QuantizerServiceRunRequest\x1a*.modelpress.v1.QuantizerServiceRunResponse0\x01\x12k\n\x08\x44\x65scribe\x12..modelpress.v1.QuantizerServiceDescribeRequest\x1a/.modelpress.v1.QuantizerServiceDescribeResponse\x12t\n\x0b\x43heckConfig\x12\x31.modelpress.v1.QuantizerServiceCheckConfigRequest\x1a\x32.modelpress.v1.QuantizerServiceCheckConfigResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,7 +43,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_QUANTIZERSERVICECHECKCONFIGREQUEST']._serialized_start=352
   _globals['_QUANTIZERSERVICECHECKCONFIGREQUEST']._serialized_end=429
   _globals['_QUANTIZERSERVICECHECKCONFIGRESPONSE']._serialized_start=431
-  _globals['_QUANTIZERSERVICECHECKCONFIGRESPONSE']._serialized_end=484
-  _globals['_QUANTIZERSERVICE']._serialized_start=487
-  _globals['_QUANTIZERSERVICE']._serialized_end=828
+  _globals['_QUANTIZERSERVICECHECKCONFIGRESPONSE']._serialized_end=505
+  _globals['_QUANTIZERSERVICE']._serialized_start=508
+  _globals['_QUANTIZERSERVICE']._serialized_end=849
 # @@protoc_insertion_point(module_scope)

@@ -54,6 +54,19 @@ class ArtifactCorrupt(IOError):
     pass
 
 
+class StoreFull(RuntimeError):
+    """The object store is at its size bound (RESOURCE_EXHAUSTED); what was being written is gone."""
+
+
+# Core NATS subject on which every deletion is announced (the artifact id as payload), so each
+# service drops its cached copy at once instead of waiting for its LRU bound.
+DELETED_SUBJECT = "modelpress.artifacts.deleted"
+
+
+def _is_full(exc: BaseException) -> bool:
+    return "maximum bytes" in str(exc).lower() or "insufficient resources" in str(exc).lower()
+
+
 @dataclass(frozen=True)
 class StoredArtifact:
     ref: common_pb2.ArtifactRef
@@ -62,6 +75,7 @@ class StoredArtifact:
     # What the writer recorded beside the bytes (a stage's lineage chain, tags): readable
     # without fetching the artifact.
     meta: dict = field(default_factory=dict)
+    created: datetime | None = None
 
 
 class ChunkBudget:
@@ -113,14 +127,26 @@ class ArtifactStore:
         self._stream = f"OBJ_{bucket}"
         self._store: ObjectStore | None = None
 
-    async def ensure(self) -> "ArtifactStore":
+    async def ensure(self, max_bytes: int | None = None) -> "ArtifactStore":
+        """`max_bytes` (the owner of retention passes it; 0 = unbounded): the store's hard size
+        bound, set on a store that exists too. Past it a write fails whole (StoreFull): the stream
+        discards new chunks, never old ones."""
         try:
             self._store = await self._js.object_store(self._bucket)
         except NotFoundError:
             self._store = await self._js.create_object_store(
-                self._bucket, config=api.ObjectStoreConfig(storage=api.StorageType.FILE)
+                self._bucket, config=api.ObjectStoreConfig(storage=api.StorageType.FILE, max_bytes=max_bytes or -1)
             )
+        if max_bytes is not None:
+            info = await self._js.stream_info(self._stream)
+            if (info.config.max_bytes or -1) != (max_bytes or -1):
+                info.config.max_bytes = max_bytes or -1
+                await self._js.update_stream(info.config)
         return self
+
+    async def used_bytes(self) -> int:
+        """Bytes the store holds now (chunks and records)."""
+        return (await self._js.stream_info(self._stream)).state.bytes
 
     # ---- writes ---------------------------------------------------------
 
@@ -181,8 +207,12 @@ class ArtifactStore:
                 json.dumps(info).encode(),
                 headers={"Nats-Rollup": "sub"},
             )
-        except BaseException:
+        except BaseException as exc:
             await asyncio.shield(self._purge(subject))
+            if _is_full(exc):
+                raise StoreFull(f"the artifact store is full (its size bound was reached while writing "
+                                f"{total:,} bytes, which were discarded): delete jobs or artifacts, or raise "
+                                "the bound (store_max_bytes)") from exc
             raise
         return common_pb2.ArtifactRef(id=artifact_id, sha256=hex_digest, size_bytes=total, format=fmt)
 
@@ -226,7 +256,8 @@ class ArtifactStore:
         sha = base64.urlsafe_b64decode(info["digest"].removeprefix("SHA-256=")).hex()
         ref = common_pb2.ArtifactRef(id=artifact_id, sha256=sha, size_bytes=info["size"], format=fmt)
         meta = {k: v for k, v in description.items() if k != "format"}
-        return StoredArtifact(ref=ref, nuid=info["nuid"], chunks=info["chunks"], meta=meta)
+        created = datetime.fromisoformat(info["mtime"]) if info.get("mtime") else None
+        return StoredArtifact(ref=ref, nuid=info["nuid"], chunks=info["chunks"], meta=meta, created=created)
 
     async def update_meta(self, artifact_id: str, **fields) -> StoredArtifact:
         """Sets fields of the artifact's meta record (its bytes never change)."""
@@ -341,7 +372,17 @@ class ArtifactStore:
             await self._store.delete(artifact_id)
         except ObjectNotFoundError:
             return False
+        except Exception as exc:
+            if not _is_full(exc):
+                raise
+            # A full store has no room for the delete marker: free the bytes first, then mark.
+            await self._purge(_chunk_subject(self._bucket, stored.nuid))
+            await self._store.delete(artifact_id)
         await self._purge(_chunk_subject(self._bucket, stored.nuid))
+        try:
+            await self._js._nc.publish(DELETED_SUBJECT, artifact_id.encode())
+        except Exception:  # noqa: BLE001 - caches still drop it at their LRU bound
+            pass
         return True
 
     async def _purge(self, subject: str) -> None:
@@ -358,8 +399,12 @@ def _check_digest(stored: StoredArtifact, digest: "hashlib._Hash") -> None:
         )
 
 
-async def _await_acks(futures: list[asyncio.Future]) -> None:
-    for ack in await asyncio.gather(*futures):
+async def _await_acks(futures: list[asyncio.Future], timeout_s: float = 120.0) -> None:
+    try:
+        acks = await asyncio.wait_for(asyncio.gather(*futures), timeout_s)
+    except asyncio.TimeoutError:
+        raise IOError(f"JetStream acknowledged no artifact chunk for {timeout_s:.0f} s") from None
+    for ack in acks:
         if ack.stream is None:
             raise IOError("JetStream did not store an artifact chunk")
 

@@ -20,6 +20,24 @@ from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 from modelpress.v1 import common_pb2
 
 
+# Work one stage may ask for past each field's own bound (RESOURCE_EXHAUSTED, naming the budget):
+# calibration tokens held at once (their hidden states sit in memory block by block: 2 M tokens of
+# a 576-wide model are 4.7 GB in FP32), and tokens trained forward and backward over the whole run.
+MAX_CALIBRATION_TOKENS = 2_097_152
+MAX_TRAINED_TOKENS = 64_000_000
+
+
+class WorkBudgetExceeded(RuntimeError):
+    """A request within every field's bound asks for more work than one request may (RESOURCE_EXHAUSTED)."""
+
+
+def over_budget(what: str, formula: str, amount: int, budget: int) -> list[str]:
+    """One problem naming `what`, how it was counted and the budget when `amount` is past it."""
+    if amount <= budget:
+        return []
+    return [f"{what}: {formula} = {amount:,} tokens is past the work budget of {budget:,}"]
+
+
 class MethodConfig(BaseModel):
     """Base of every method config: unknown fields are errors, not silently ignored."""
 
@@ -33,6 +51,11 @@ class MethodConfig(BaseModel):
     # service binds them to the request's `original`.
     original_default_fields: ClassVar[tuple[str, ...]] = ()
     _local_paths: dict[str, Path] = PrivateAttr(default_factory=dict)
+
+    def work_problems(self) -> list[str]:
+        """Each budget (MAX_CALIBRATION_TOKENS, MAX_TRAINED_TOKENS) this config's work goes past;
+        configs that calibrate or train extend it (calling super())."""
+        return []
 
     def bind_local(self, field: str, path: Path) -> None:
         self._local_paths[field] = Path(path)

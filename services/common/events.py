@@ -6,6 +6,7 @@ history in order, then follows live events until the job reaches a terminal stat
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import nats.errors
@@ -68,7 +69,9 @@ class EventLog:
         return self
 
     async def publish(self, event: common_pb2.JobEvent) -> None:
-        await self._js.publish(subject(event.job_id), event.SerializeToString(), stream=STREAM)
+        # The id lets the stream drop a copy a retried publish stored twice (within 2 minutes).
+        await self._js.publish(subject(event.job_id), event.SerializeToString(), stream=STREAM,
+                               headers={"Nats-Msg-Id": uuid.uuid4().hex})
 
     async def replay(
         self,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 from pathlib import Path
 
 from modelpress.v1 import common_pb2
@@ -87,6 +88,19 @@ class ModelSource:
         if source == "artifact_id":
             return await self._fetch(ref.artifact_id)
         raise ValueError("model: one of artifact_id, builtin or path is required")
+
+    async def forget(self, artifact_id: str) -> bool:
+        """Drops the cached copy of a deleted artifact (a copy in use by a running stage stays
+        readable: its files are unlinked, not truncated). True when there was one."""
+        if not artifact_id or artifact_id.startswith(".") or Path(artifact_id).name != artifact_id:
+            return False  # the id arrives over NATS: never a path out of the cache
+        dest = self._cache_root / "artifacts" / artifact_id
+        async with self._locks.setdefault(artifact_id, asyncio.Lock()):
+            if not dest.exists():
+                return False
+            await asyncio.to_thread(shutil.rmtree, dest, True)
+        self._locks.pop(artifact_id, None)
+        return True
 
     async def _fetch(self, artifact_id: str) -> Path:
         """Artifacts are immutable, so a fetched copy is reused until the cache is cleared."""

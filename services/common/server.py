@@ -17,13 +17,13 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from services.common import auth, nats_conn
-from services.common.artifact_store import ArtifactStore
+from services.common.artifact_store import DELETED_SUBJECT, ArtifactStore
 from services.common.disk_bounds import sweep_scratch
 from services.common.events import EventLog
 from services.common.kv_records import RecordBucket
 from services.common.model_source import ModelSource
 from modelpress.v1 import common_pb2
-from services.common.rpc_guards import DecodeGuard
+from services.common.rpc_guards import DecodeGuard, NatsAwayGuard
 from services.common.settings import ServiceSettings
 
 STAGE_CACHE_BUCKET = "modelpress_stage_cache"
@@ -72,7 +72,7 @@ async def open_runtime(settings: ServiceSettings) -> ServiceRuntime:
         await nc.close()
         raise InsecureNats(f"{settings.name}: the NATS server at {nats_conn.without_secret(settings.nats_url)} "
                            "accepts connections without credentials; refusing to start (require_nats_auth)")
-    js = nats_conn.jetstream(nc)
+    js = nats_conn.jetstream(nc, settings.nats_replicas)
     store = await ArtifactStore(js).ensure()
     events = await EventLog(js).ensure()
     swept = sweep_scratch(settings.work_dir.parent)
@@ -80,6 +80,11 @@ async def open_runtime(settings: ServiceSettings) -> ServiceRuntime:
         logging.getLogger(settings.name).info("removed %d scratch folder(s) of ended processes", len(swept))
     settings.work_dir.mkdir(parents=True, exist_ok=True)
     models = ModelSource(store, settings.cache_dir, max_bytes=settings.cache_max_bytes)
+
+    async def forget_deleted(msg) -> None:
+        await models.forget(msg.data.decode(errors="replace"))
+
+    await nc.subscribe(DELETED_SUBJECT, cb=forget_deleted)
     stage_cache = await RecordBucket(js, STAGE_CACHE_BUCKET, common_pb2.StageOutput).ensure()
     return ServiceRuntime(settings, nc, js, store, events, models, stage_cache)
 
@@ -103,7 +108,7 @@ class RunningService:
 async def start_service(settings: ServiceSettings, register: Register) -> RunningService:
     # Tokens first: a caller without one learns nothing, not even that its request was malformed.
     interceptors = [auth.TokenInterceptor(auth.TokenTable(settings.auth_tokens))] if settings.auth_tokens else []
-    interceptors.append(DecodeGuard())
+    interceptors += [DecodeGuard(), NatsAwayGuard()]
     runtime = await open_runtime(settings)
     server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=interceptors)
     names = await register(server, runtime)

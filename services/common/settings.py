@@ -44,7 +44,9 @@ class ServiceSettings(BaseModel):
 
     name: str
     listen: str = Field(description="host:port the gRPC server binds")
-    nats_url: str = "nats://127.0.0.1:4222"
+    nats_url: str = Field("nats://127.0.0.1:4222", description="NATS URL; a cluster's servers joined by commas")
+    nats_replicas: int = Field(1, ge=1, le=5, description="Copies of each stream, KV bucket and object store this "
+                               "process creates (3 on a JetStream cluster of 3 or more)")
     home: Path = Field(default_factory=default_home)
     # Seconds a graceful shutdown waits for in-flight RPCs.
     grace_s: float = 10.0
@@ -70,8 +72,16 @@ class ServiceSettings(BaseModel):
     job_lease_s: float = Field(15.0, ge=1.0, le=600.0)
     # Gateway only: unfinished jobs one tenant may have at once (RESOURCE_EXHAUSTED past it).
     max_jobs_per_tenant: int = Field(32, gt=0)
+    max_running_jobs_per_tenant: int = Field(8, ge=0, description="Jobs of one tenant a gateway runs at once; the "
+                                                                 "others wait their turn, PENDING (0: no limit)")
     # Gateway only: the largest upload taken (RESOURCE_EXHAUSTED past it); spooled under work_dir.
     max_upload_bytes: int = Field(8 * 1024**3, gt=0)
+    # Gateway only: retention (services/gateway/retention.py); tagged artifacts and their jobs are kept.
+    job_ttl_s: float = Field(0.0, ge=0.0, description="Seconds a finished job is kept (0: until deleted)")
+    artifact_ttl_s: float = Field(0.0, ge=0.0, description="Seconds an upload no job uses is kept (0: until deleted)")
+    store_max_bytes: int = Field(0, ge=0, description="Size bound of the artifact store; uploads and jobs are refused "
+                                                      "once it is reached (0: unbounded)")
+    retention_sweep_s: float = Field(60.0, gt=0.0, description="Seconds between sweeps for what outlived its TTL")
 
     @field_validator("listen")
     @classmethod
@@ -131,5 +141,6 @@ class ServiceSettings(BaseModel):
 
 ENV_PREFIX = "MODELPRESS_"
 # Settings a flag (--field-name) or MODELPRESS_FIELD_NAME sets; the flag wins.
-FLAG_FIELDS = ("nats_url", "home", "grace_s", "replica_wait_s", "auth_tokens", "tls_cert", "tls_key", "tls_client_ca",
-               "require_nats_auth", "cache_max_bytes", "max_jobs_per_tenant", "max_upload_bytes", "job_lease_s")
+FLAG_FIELDS = ("nats_url", "nats_replicas", "home", "grace_s", "replica_wait_s", "auth_tokens", "tls_cert", "tls_key",
+               "tls_client_ca", "require_nats_auth", "cache_max_bytes", "max_jobs_per_tenant", "max_running_jobs_per_tenant", "max_upload_bytes", "job_lease_s",
+               "job_ttl_s", "artifact_ttl_s", "store_max_bytes", "retention_sweep_s")

@@ -20,8 +20,8 @@ import grpc
 from modelpress.v1 import common_pb2
 from services.common import events as ev
 from services.common import packaging
-from services.common.artifact_store import ArtifactCorrupt, ArtifactNotFound
-from services.common.configspec import ConfigError
+from services.common.artifact_store import ArtifactCorrupt, ArtifactNotFound, StoreFull
+from services.common.configspec import ConfigError, WorkBudgetExceeded
 from services.common.model_source import PathNotAllowed, describe
 from services.common.modelio import UnsafeModelError, UnsupportedModelError
 from services.common.engine_api import NotPossibleHere, Progress, ProgressReporter, StageCancelled, StageResult
@@ -39,6 +39,8 @@ StageWork = Callable[[Path, Path, ProgressReporter], StageResult]
 
 _STATUS_OF: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (ConfigError, grpc.StatusCode.INVALID_ARGUMENT),
+    (WorkBudgetExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (StoreFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (UnknownBuiltin, grpc.StatusCode.INVALID_ARGUMENT),
     (ArtifactNotFound, grpc.StatusCode.NOT_FOUND),
     (FileNotFoundError, grpc.StatusCode.NOT_FOUND),
@@ -101,6 +103,8 @@ async def run_stage(
     checkpoint = checkpoint_id(stage.job_id, stage.stage_index, key) if stage.job_id else ""
     if checkpoint:
         reporter.checkpoints = StoredCheckpoints(runtime.store, loop, checkpoint)
+    # The first event says which replica took the stage (a watcher, or an operator killing one, knows).
+    queue.put_nowait(Progress(0, 0, f"{stage.method} running on {runtime.worker_id}", {"worker": runtime.worker_id}))
     scratch = Path(tempfile.mkdtemp(prefix=f"{stage.method}-", dir=runtime.settings.work_dir))
     output_dir = scratch / "model"
     task = asyncio.ensure_future(asyncio.to_thread(work, input_dir, output_dir, reporter))

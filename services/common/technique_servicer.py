@@ -10,7 +10,8 @@ import grpc
 
 from modelpress.v1 import common_pb2
 from services.common import modelio
-from services.common.configspec import MethodConfig, config_problems, describe_registry, parse_config, struct_to_dict
+from services.common.configspec import (MethodConfig, WorkBudgetExceeded, config_problems, describe_registry,
+                                         parse_config, struct_to_dict)
 from services.common.model_source import describe
 from services.common.engine_api import ProgressReporter, StageResult
 from services.common.server import ServiceRuntime
@@ -49,13 +50,16 @@ class TechniqueServicer:
     def _unknown_method(self, name: str) -> str:
         return f"method: unknown method {name!r}; allowed: {', '.join(sorted(self.methods))}"
 
-    def check_config(self, stage: common_pb2.StageSpec) -> list[str]:
-        """Every problem of the stage's config under its method's whole declaration (an unknown
-        method is one problem)."""
+    def check_config(self, stage: common_pb2.StageSpec) -> tuple[list[str], list[str]]:
+        """(every problem of the stage's config under its method's whole declaration — an unknown
+        method is one —, every work budget a valid config goes past)."""
         method = self.methods.get(stage.method)
         if method is None:
-            return [self._unknown_method(stage.method)]
-        return config_problems(method.config_cls, struct_to_dict(stage.config))
+            return [self._unknown_method(stage.method)], []
+        values = struct_to_dict(stage.config)
+        if problems := config_problems(method.config_cls, values):
+            return problems, []
+        return [], parse_config(method.config_cls, values).work_problems()
 
     async def run_stage(self, stage: common_pb2.StageRequest, context: grpc.aio.ServicerContext
                         ) -> AsyncIterator[common_pb2.StageUpdate]:
@@ -64,6 +68,8 @@ class TechniqueServicer:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, self._unknown_method(stage.method))
         try:
             config = parse_config(method.config_cls, struct_to_dict(stage.config))
+            if over := config.work_problems():  # a caller of Run that skipped CheckConfig
+                raise WorkBudgetExceeded("; ".join(over))
         except Exception as exc:  # noqa: BLE001
             await abort_with(context, exc, f"{stage.method} config")
             return

@@ -11,6 +11,7 @@ from pydantic import Field, model_validator
 
 from modelpress.v1 import common_pb2
 from services.common.calibration.config import CalibrationConfig
+from services.common.configspec import MAX_TRAINED_TOKENS, over_budget
 
 FLOAT = common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS
 
@@ -38,6 +39,13 @@ class TrainingConfig(CalibrationConfig):
     checkpoint_every: int = Field(50, ge=1, le=100000, description="Steps between checkpoints a retried stage "
                                                                     "resumes from")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of batch order and new weights")
+
+    def work_problems(self) -> list[str]:
+        # max_steps 0 is bounded by max_minutes alone, which its own field bounds.
+        trained = self.max_steps * self.batch_size * self.calibration_sequence_length
+        return super().work_problems() + over_budget(
+            "training", f"max_steps x batch_size x calibration_sequence_length ({self.max_steps} x {self.batch_size} "
+                        f"x {self.calibration_sequence_length})", trained, MAX_TRAINED_TOKENS)
 
 
 class TeacherConfig(TrainingConfig):

@@ -18,7 +18,8 @@ class DistillerServicer(distiller_pb2_grpc.DistillerServiceServicer):
         return distiller_pb2.DistillerServiceDescribeResponse(description=self._technique.description())
 
     async def CheckConfig(self, request, context):
-        return distiller_pb2.DistillerServiceCheckConfigResponse(errors=self._technique.check_config(request.stage))
+        errors, over_budget = self._technique.check_config(request.stage)
+        return distiller_pb2.DistillerServiceCheckConfigResponse(errors=errors, over_budget=over_budget)
 
     async def Run(self, request, context):
         async for update in self._technique.run_stage(request.stage, context):

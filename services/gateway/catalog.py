@@ -109,9 +109,10 @@ class Mesh:
         self._described[technique] = (time.monotonic(), response.description)
         return response.description
 
-    async def check_config(self, technique: int, stage: common_pb2.StageSpec) -> list[str]:
-        """The service's own check of a stage config (rules across fields included); a replica from
-        before CheckConfig existed checks nothing here, and its Run still refuses a bad config."""
+    async def check_config(self, technique: int, stage: common_pb2.StageSpec) -> tuple[list[str], list[str]]:
+        """The service's own check of a stage config (rules across fields included): (problems,
+        work budgets it goes past). A replica from before CheckConfig existed checks nothing here,
+        and its Run still refuses a bad config."""
         _, module = _STUBS[technique]
         prefix = TECHNIQUE_SERVICES[technique].capitalize()
         request = getattr(module, f"{prefix}ServiceCheckConfigRequest")(stage=stage)
@@ -119,9 +120,9 @@ class Mesh:
             response = await self.stub(technique).CheckConfig(request, timeout=5.0, wait_for_ready=True)
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
-                return []
+                return [], []
             raise ServiceUnavailable(f"{TECHNIQUE_SERVICES[technique]}: {exc.code().name}: {exc.details()}") from exc
-        return list(response.errors)
+        return list(response.errors), list(response.over_budget)
 
     async def describe_all(self) -> tuple[list[common_pb2.MethodDescription], dict[str, str]]:
         techniques = list(TECHNIQUE_SERVICES)

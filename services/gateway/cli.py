@@ -77,9 +77,22 @@ def _parse_overrides(pairs: list[str]) -> dict:
 
 def cmd_up(args) -> int:
     home = default_home()
-    err.print(f"starting nats-server and {len(launcher.SERVICES)} services (home {home}) ...")
-    state = launcher.up(home, free_ports=args.free_ports, with_auth=args.auth)
+    try:
+        replicas = launcher.parse_replicas(args.replicas)
+    except launcher.LaunchError as exc:
+        err.print(f"up: {escape(str(exc))}")
+        return 2
+    servers = "nats-server" if args.nats_cluster == 1 else f"a {args.nats_cluster}-server NATS cluster"
+    err.print(f"starting {servers} and {len(launcher.SERVICES)} services (home {home}) ...")
+    try:
+        state = launcher.up(home, free_ports=args.free_ports, with_auth=args.auth, replicas=replicas,
+                            nats_cluster=args.nats_cluster)
+    except launcher.LaunchError as exc:
+        err.print(f"up: {escape(str(exc))}")
+        return 2
     err.print(f"mesh up: gateway {state.gateway}, NATS {state.nats_url}")
+    if replicas:
+        err.print("replicas: " + ", ".join(f"{name} x{count}" for name, count in replicas.items()))
     if state.auth:
         err.print(f"auth on: the gateway checks tokens ({launcher.tokens_path(home)}; this CLI uses the operator "
                   f"token in {launcher.operator_token_path(home)}; add one with `modelpress token create`), NATS "
@@ -527,6 +540,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--free-ports", action="store_true", help="pick free ports instead of 4222/50051-50056")
     p.add_argument("--auth", action="store_true",
                    help="require API tokens at the gateway and a password at NATS (secrets under $MODELPRESS_HOME/auth)")
+    p.add_argument("--replicas", default="", metavar="SERVICE=N,...",
+                   help="processes per service, e.g. quantizer=2,gateway=2: technique replicas sit behind one "
+                        "target the gateway balances stages across (a stage whose replica dies is retried on "
+                        "another); gateways share the jobs through leases (this CLI talks to the first)")
+    p.add_argument("--nats-cluster", type=int, default=1, metavar="N",
+                   help="run N NATS servers as one JetStream cluster (3 to 5; streams, KV and objects kept on 3)")
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("token", help="create an API token for a tenant (prints it once; the gateway keeps its hash)")

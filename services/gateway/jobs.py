@@ -12,6 +12,7 @@ which the service turns into a cancel of its engine at the next progress point.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -59,8 +60,12 @@ def _now(ts) -> None:
 
 class JobRunner:
     def __init__(self, js: JetStreamContext, jobs: JobStore, store: ArtifactStore, events: EventLog,
-                 mesh: Mesh, grants: Grants, leases: JobLeases, replica_wait_s: float = 120.0) -> None:
+                 mesh: Mesh, grants: Grants, leases: JobLeases, replica_wait_s: float = 120.0,
+                 running_per_tenant: int = 0) -> None:
         self._js = js
+        # Jobs of one tenant this gateway runs at once (0: no limit); the rest wait their turn.
+        self.running_per_tenant = running_per_tenant
+        self._turns: dict[str, asyncio.Semaphore] = {}
         self.grants = grants
         self.leases = leases
         # Jobs whose lease another gateway took over: stopped here without a state change.
@@ -142,7 +147,7 @@ class JobRunner:
                 self._lost.add(job_id)
                 task.cancel()
                 return
-            if (await self.jobs.get(job_id)).state == common_pb2.JOB_STATE_CANCELLED:
+            if await self.leases.cancel_requested(job_id):
                 task.cancel()
                 return
 
@@ -153,8 +158,20 @@ class JobRunner:
             await asyncio.wait({task}, timeout=90)
             return await self.jobs.get(job_id)
         job = await self.jobs.get(job_id)
-        if job.state not in ev.TERMINAL_STATES:
-            await self._finish(job, common_pb2.JOB_STATE_CANCELLED, "cancelled")
+        if job.state in ev.TERMINAL_STATES:
+            return job
+        if await self.leases.live_holder(job_id) is not None:
+            # Another gateway runs it: ask it to stop, and wait (a renewal and the stop) for its record.
+            await self.leases.request_cancel(job_id)
+            deadline = time.monotonic() + self.leases.lease_s * 2
+            while time.monotonic() < deadline:
+                job = await self.jobs.get(job_id)
+                if job.state in ev.TERMINAL_STATES:
+                    return job
+                await asyncio.sleep(0.2)
+            if await self.leases.live_holder(job_id) is not None:
+                return job  # still stopping; the request stays and the holder ends it
+        await self._finish(job, common_pb2.JOB_STATE_CANCELLED, "cancelled")
         return job
 
     async def shutdown(self) -> None:
@@ -172,17 +189,46 @@ class JobRunner:
             return  # another gateway runs it
         keeper = asyncio.create_task(self._keep_lease(job_id, asyncio.current_task()))
         try:
-            await self._run_leased(job_id)
+            async with self._turn(job_id):
+                await self._run_leased(job_id)
         finally:
             keeper.cancel()
             if job_id not in self._lost:
                 await asyncio.shield(self.leases.release(job_id))
             self._lost.discard(job_id)
 
+    @contextlib.asynccontextmanager
+    async def _turn(self, job_id: str):
+        """Holds one of the tenant's running slots on this gateway while the job runs; a job that
+        has to wait says so, and a cancel while it waits ends it CANCELLED."""
+        if not self.running_per_tenant:
+            yield
+            return
+        job = await self.jobs.get(job_id)
+        turn = self._turns.setdefault(job.tenant, asyncio.Semaphore(self.running_per_tenant))
+        if turn.locked() and job.state not in ev.TERMINAL_STATES:
+            await self._publish(job, common_pb2.EVENT_KIND_LOG,
+                                message=f"queued: {self.running_per_tenant} job(s) of this tenant are running on "
+                                        f"this gateway (max_running_jobs_per_tenant); it starts when one ends")
+        try:
+            await turn.acquire()
+        except asyncio.CancelledError:
+            if not self._stopping and job_id not in self._lost:
+                await asyncio.shield(self._finish(await self.jobs.get(job_id), common_pb2.JOB_STATE_CANCELLED,
+                                                  "cancelled by request while queued"))
+            raise
+        try:
+            yield
+        finally:
+            turn.release()
+
     async def _run_leased(self, job_id: str) -> None:
         job = await self.jobs.get(job_id)
         if job.state in ev.TERMINAL_STATES:
             return  # it ended while this gateway waited for the lease
+        if await self.leases.cancel_requested(job_id):  # asked while its last gateway died
+            await self._finish(job, common_pb2.JOB_STATE_CANCELLED, "cancelled by request")
+            return
         try:
             if job.state != common_pb2.JOB_STATE_RUNNING:
                 job.state = common_pb2.JOB_STATE_RUNNING

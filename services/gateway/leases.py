@@ -5,6 +5,10 @@ yet) or compare-and-set over an expired holder, and renewed by compare-and-set w
 A gateway that dies stops renewing; once the lease expires another gateway takes the job over
 from its last finished stage. Expiry is wall-clock time, so gateways need roughly synced clocks
 (seconds, against a lease of LEASE_S).
+
+A cancel sent to a gateway that does not run the job is a request beside the lease (key
+`cancel.<job_id>`): the holder sees it at its next renewal, stops the job and records CANCELLED
+itself — writing the record from outside would race the holder's own saves of it.
 """
 
 from __future__ import annotations
@@ -73,7 +77,30 @@ class JobLeases:
 
     async def release(self, job_id: str) -> None:
         if self._revisions.pop(job_id, None) is not None:
-            try:
-                await self._kv.delete(job_id)
-            except (KeyNotFoundError, NotFoundError):
-                pass
+            for key in (job_id, _cancel_key(job_id)):
+                try:
+                    await self._kv.delete(key)
+                except (KeyNotFoundError, NotFoundError):
+                    pass
+
+    async def live_holder(self, job_id: str) -> str | None:
+        """The gateway whose unexpired lease holds the job, or None."""
+        try:
+            entry = await self._kv.get(job_id)
+        except (KeyNotFoundError, NotFoundError):
+            return None
+        held = json.loads(entry.value or b"{}")
+        return held.get("holder") if held.get("expires", 0) > time.time() else None
+
+    async def request_cancel(self, job_id: str) -> None:
+        await self._kv.put(_cancel_key(job_id), b"1")
+
+    async def cancel_requested(self, job_id: str) -> bool:
+        try:
+            return bool((await self._kv.get(_cancel_key(job_id))).value)
+        except (KeyNotFoundError, NotFoundError):
+            return False
+
+
+def _cancel_key(job_id: str) -> str:
+    return f"cancel.{job_id}"

@@ -16,8 +16,8 @@ import grpc
 from google.protobuf import struct_pb2
 
 from modelpress.v1 import common_pb2, evaluator_pb2, gateway_pb2, gateway_pb2_grpc, optimizer_pb2
-from services.common.artifact_store import ArtifactCorrupt, ArtifactNotFound
-from services.common.configspec import struct_to_dict
+from services.common.artifact_store import ArtifactCorrupt, ArtifactNotFound, StoreFull
+from services.common.configspec import WorkBudgetExceeded, struct_to_dict
 from services.common.events import TERMINAL_STATES
 from services.common.isa import CLASS_NAMES
 from services.common.job_store import JobNotFound
@@ -35,10 +35,11 @@ from services.gateway.leases import JobLeases
 from services.gateway.recommender import NoCandidateMeasured, NothingStored, recommend
 from services.gateway.strategies import all_strategies
 from services.gateway.user_recipes import RecipeNotFound, RecipeStore
+from services.gateway.retention import Retention, RetentionPolicy
 from services.gateway.positions import check_positions, model_positions
 from services.gateway.upload_check import BadUpload, check_upload
 from services.common.cite import shown
-from services.gateway.validation import (GRID_BOUNDS, WorkBudgetExceeded, check_measurement_work, check_model_ref,
+from services.gateway.validation import (GRID_BOUNDS, check_measurement_work, check_model_ref,
                                          checked_id, checked_job_state, resolve_evaluation)
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ _ERRORS = [
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (WorkBudgetExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (QuotaExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (StoreFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
 ]
 
 
@@ -104,8 +106,10 @@ def _maps_errors(handler):
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     def __init__(self, runtime: ServiceRuntime, runner: JobRunner, mesh: Mesh,
-                 comparisons: RecordBucket[common_pb2.Comparison], recipes: RecipeStore, grants: Grants) -> None:
+                 comparisons: RecordBucket[common_pb2.Comparison], recipes: RecipeStore, grants: Grants,
+                 retention: Retention) -> None:
         self._runtime = runtime
+        self._retention = retention
         self._grants = grants
         self._runner = runner
         self._mesh = mesh
@@ -119,7 +123,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         name = recipe
         if explicit is None and recipe and recipe not in RECIPES:
             try:
-                stored = await self._recipes.get(recipe)
+                stored = await self._recipes.get(recipe, auth.current().tenant)
             except RecipeNotFound as exc:  # in a job request the name is an argument like any other
                 raise InvalidArgument(str(exc)) from None
             explicit = common_pb2.Pipeline(name=f"{stored.name}@{stored.version}", summary=stored.summary,
@@ -135,10 +139,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         included, so a contradiction never becomes a job."""
         engine = [(i, s) for i, s in enumerate(stages) if s.technique != common_pb2.TECHNIQUE_EVALUATOR]
         found = await asyncio.gather(*(self._mesh.check_config(s.technique, s) for _, s in engine))
-        errors = [f"stages[{i}] ({label_of(s)}).config: {problem}" for (i, s), problems in zip(engine, found)
+        errors = [f"stages[{i}] ({label_of(s)}).config: {problem}" for (i, s), (problems, _) in zip(engine, found)
                   for problem in problems]
         if errors:
             raise InvalidArgument("; ".join(errors))
+        over = [f"stages[{i}] ({label_of(s)}).config: {problem}" for (i, s), (_, budgets) in zip(engine, found)
+                for problem in budgets]
+        if over:
+            raise WorkBudgetExceeded("; ".join(over))
 
     async def _methods(self, pipeline: common_pb2.Pipeline | None = None
                        ) -> dict[tuple[int, str], common_pb2.MethodDescription]:
@@ -168,7 +176,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         return common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS if source == "builtin" else None
 
     async def _check_job_quota(self) -> None:
-        """RESOURCE_EXHAUSTED when the caller's tenant already has its most unfinished jobs."""
+        """RESOURCE_EXHAUSTED when the caller's tenant already has its most unfinished jobs, or the
+        store is full."""
+        await self._retention.check_room()
         tenant = auth.current().tenant
         limit = self._runtime.settings.max_jobs_per_tenant
         unfinished = sum(1 for job in await self._runner.jobs.list()
@@ -261,20 +271,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
 
     @_maps_errors
     async def DeleteJob(self, request, context):
-        job = await self._job(request.job_id)
-        if job.state not in TERMINAL_STATES:
-            job = await self._runner.cancel(job.job_id)
-        # A reused artifact belongs to every job that used it: only those no other job uses go.
-        in_use = {a for other in await self._runner.jobs.list() if other.job_id != job.job_id
-                  for a in other.artifact_ids}
-        deleted = 0
-        for artifact_id in job.artifact_ids:
-            if artifact_id not in in_use:
-                await self._grants.revoke(job.tenant, artifact_id)
-                if not await self._grants.holders(artifact_id):  # nobody uploaded or compared it
-                    deleted += await self._runtime.store.delete(artifact_id)
-        await self._runtime.events.purge(job.job_id)
-        await self._runner.jobs.delete(job.job_id)
+        deleted = await self._retention.delete_job(await self._job(request.job_id))
         return gateway_pb2.DeleteJobResponse(deleted_artifacts=deleted)
 
     async def WatchJob(self, request, context):
@@ -366,7 +363,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             message = recipe.message()
             message.builtin = True
             builtins.append(message)
-        return gateway_pb2.ListRecipesResponse(recipes=builtins + await self._recipes.list())
+        return gateway_pb2.ListRecipesResponse(recipes=builtins + await self._recipes.list(auth.current().tenant))
 
     @_maps_errors
     async def CreateRecipe(self, request, context):
@@ -378,7 +375,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         recipe, stages = validate_recipe("", struct_pb2.Struct(), methods, request.pipeline)
         await self._check_configs(stages)
         check_chain(stages, methods, None)
-        return gateway_pb2.CreateRecipeResponse(recipe=await self._recipes.create(recipe.message()))
+        return gateway_pb2.CreateRecipeResponse(recipe=await self._recipes.create(recipe.message(),
+                                                                                  auth.current().tenant))
 
     @_maps_errors
     async def GetRecipe(self, request, context):
@@ -386,11 +384,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             message = RECIPES[request.name].message()
             message.builtin = True
             return gateway_pb2.GetRecipeResponse(recipe=message)
-        return gateway_pb2.GetRecipeResponse(recipe=await self._recipes.get(request.name))
+        return gateway_pb2.GetRecipeResponse(recipe=await self._recipes.get(request.name, auth.current().tenant))
 
     @_maps_errors
     async def DeleteRecipe(self, request, context):
-        return gateway_pb2.DeleteRecipeResponse(deleted_versions=await self._recipes.delete(request.name))
+        return gateway_pb2.DeleteRecipeResponse(deleted_versions=await self._recipes.delete(request.name,
+                                                                                         auth.current().tenant))
 
     @_maps_errors
     async def ValidateConfig(self, request, context):
@@ -637,6 +636,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"header.format: {given} cannot be uploaded; allowed: {allowed}")
 
+        try:
+            await self._retention.check_room()
+        except StoreFull as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         limit = self._runtime.settings.max_upload_bytes
         # Spooled to disk and checked whole before anything is stored: a hostile file is refused
         # now, with nothing left behind, instead of failing the first job that reads it.
@@ -664,7 +667,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             except BadUpload as exc:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                     f"upload ({common_pb2.ArtifactFormat.Name(header.format)}): {exc}")
-            ref = await self._runtime.store.put_file(spool, fmt=header.format)
+            try:
+                ref = await self._runtime.store.put_file(spool, fmt=header.format)
+            except StoreFull as exc:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         await self._grants.grant(auth.current().tenant, ref.id)
         return gateway_pb2.UploadModelResponse(artifact=ref)
 
@@ -682,18 +688,25 @@ async def register(server: grpc.aio.Server, runtime: ServiceRuntime) -> list[str
     leases = await JobLeases(runtime.js, holder=f"{runtime.worker_id}/{uuid.uuid4().hex[:8]}",
                              lease_s=runtime.settings.job_lease_s).ensure()
     runner = await JobRunner(runtime.js, jobs, runtime.store, runtime.events, mesh, grants, leases,
-                             replica_wait_s=runtime.settings.replica_wait_s).ensure()
+                             replica_wait_s=runtime.settings.replica_wait_s,
+                             running_per_tenant=runtime.settings.max_running_jobs_per_tenant).ensure()
     resumed = await runner.resume_unfinished()
     if resumed:
         log.info("resumed %d unfinished job(s): %s", len(resumed), ", ".join(resumed))
     comparisons = await RecordBucket(runtime.js, COMPARISONS_BUCKET, common_pb2.Comparison).ensure()
     recipes = await RecipeStore(runtime.js).ensure()
+    settings = runtime.settings
+    await runtime.store.ensure(max_bytes=settings.store_max_bytes)  # the gateway owns the store's bound
+    retention = Retention(runner, grants, runtime.store, runtime.events, RetentionPolicy(
+        job_ttl_s=settings.job_ttl_s, artifact_ttl_s=settings.artifact_ttl_s, store_max_bytes=settings.store_max_bytes))
     gateway_pb2_grpc.add_GatewayServiceServicer_to_server(
-        GatewayServicer(runtime, runner, mesh, comparisons, recipes, grants), server)
+        GatewayServicer(runtime, runner, mesh, comparisons, recipes, grants, retention), server)
     orphans = asyncio.create_task(runner.take_over_orphans(), name="take-over-orphans")
+    sweeper = asyncio.create_task(retention.run(settings.retention_sweep_s), name="retention")
 
     async def stop() -> None:
         orphans.cancel()
+        sweeper.cancel()
         await runner.shutdown()
 
     runtime.on_shutdown.append(stop)

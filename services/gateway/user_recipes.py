@@ -1,7 +1,9 @@
 """User recipe templates in JetStream KV: one record per (name, version), versions immutable.
 
 A recipe is saved as the contract's Recipe message (the same schema ListRecipes shows built-ins
-in); `NAME` means its latest version, `NAME@3` one version. Built-in names are read-only.
+in); `NAME` means its latest version, `NAME@3` one version. Built-in names are read-only. Each
+tenant has its own names: another tenant's recipes are neither listed, read, run nor deleted (keys
+`<tenant>/<name>.<version>`; the open mesh's tenant "" keeps the unprefixed keys it always had).
 """
 
 from __future__ import annotations
@@ -43,10 +45,10 @@ class RecipeStore:
         await self._records.ensure()
         return self
 
-    async def _versions(self, name: str) -> list[int]:
-        return sorted(int(k.rpartition(".")[2]) for k in await self._records.keys() if k.rpartition(".")[0] == name)
+    async def _versions(self, scoped: str) -> list[int]:
+        return sorted(int(k.rpartition(".")[2]) for k in await self._records.keys() if k.rpartition(".")[0] == scoped)
 
-    async def create(self, recipe: gateway_pb2.Recipe) -> gateway_pb2.Recipe:
+    async def create(self, recipe: gateway_pb2.Recipe, tenant: str = "") -> gateway_pb2.Recipe:
         """Stores `recipe` (already validated) as its name's next version. A version number is
         never given twice, even after its recipe was deleted (a counter per name remembers)."""
         name, version = parse_reference(recipe.name)
@@ -57,7 +59,8 @@ class RecipeStore:
         stored = gateway_pb2.Recipe()
         stored.CopyFrom(recipe)
         stored.builtin = False
-        counter_key = f"{COUNTER}.{name}"
+        scoped = _scoped(tenant, name)
+        counter_key = f"{COUNTER}.{scoped}"
         for _ in range(10):  # compare-and-set on the counter: concurrent creates get distinct versions
             try:
                 entry = await self._records.kv.get(counter_key)
@@ -73,13 +76,13 @@ class RecipeStore:
                     await self._records.kv.update(counter_key, counter, last=revision)
             except KeyWrongLastSequenceError:  # another create moved the counter first
                 continue
-            await self._records.put(f"{name}.{stored.version}", stored)
+            await self._records.put(f"{scoped}.{stored.version}", stored)
             return stored
         raise InvalidArgument(f"pipeline.name: {name!r} is being created concurrently; try again")
 
-    async def get(self, reference: str) -> gateway_pb2.Recipe:
+    async def get(self, reference: str, tenant: str = "") -> gateway_pb2.Recipe:
         name, version = parse_reference(reference)
-        versions = await self._versions(name)
+        versions = await self._versions(_scoped(tenant, name))
         if not versions:
             raise RecipeNotFound(f"recipe: unknown recipe {name!r}; allowed: {', '.join(RECIPES)}, or a stored "
                                  f"recipe (`modelpress recipes`)")
@@ -87,23 +90,32 @@ class RecipeStore:
         if version not in versions:
             raise RecipeNotFound(f"recipe: {name} has no version {version}; versions: "
                                  f"{', '.join(map(str, versions))}")
-        found = await self._records.get(f"{name}.{version}")
+        found = await self._records.get(f"{_scoped(tenant, name)}.{version}")
         if found is None:
             raise RecipeNotFound(f"recipe: {name}@{version} was deleted")
         return found
 
-    async def list(self) -> list[gateway_pb2.Recipe]:
-        recipes = [await self._records.get(k) for k in await self._records.keys() if not k.startswith(COUNTER)]
+    async def list(self, tenant: str = "") -> list[gateway_pb2.Recipe]:
+        recipes = [await self._records.get(k) for k in await self._records.keys()
+                   if not k.startswith(COUNTER) and _tenant_of(k) == tenant]
         return sorted((r for r in recipes if r is not None), key=lambda r: (r.name, r.version))
 
-    async def delete(self, reference: str) -> int:
+    async def delete(self, reference: str, tenant: str = "") -> int:
         name, version = parse_reference(reference)
         if name in RECIPES:
             raise InvalidArgument(f"recipe: {name!r} is a built-in recipe (read-only)")
-        versions = await self._versions(name)
+        versions = await self._versions(_scoped(tenant, name))
         chosen = [v for v in versions if version is None or v == version]
         if not chosen:
             raise RecipeNotFound(f"recipe: no recipe {reference!r}")
         for v in chosen:
-            await self._records.purge(f"{name}.{v}")
+            await self._records.purge(f"{_scoped(tenant, name)}.{v}")
         return len(chosen)
+
+
+def _scoped(tenant: str, name: str) -> str:
+    return f"{tenant}/{name}" if tenant else name
+
+
+def _tenant_of(key: str) -> str:
+    return key.partition("/")[0] if "/" in key else ""

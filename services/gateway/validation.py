@@ -7,6 +7,7 @@ import re
 from modelpress.v1 import common_pb2
 from services.common import registry
 from services.common.cite import shown
+from services.common.configspec import WorkBudgetExceeded
 from services.common.model_source import check_allowed_path
 from services.common.pipeline.chain import InvalidArgument
 
@@ -23,10 +24,6 @@ MAX_GRID_VALUES = 8
 # timed over the whole grid and every iteration (about hours of one 2-core CPU for SmolLM2).
 MAX_TOKENS_PER_PASS = 16_384
 MAX_TIMED_TOKENS = 64_000_000
-
-
-class WorkBudgetExceeded(RuntimeError):
-    """A request within every field's bound asks for more work than one request may (RESOURCE_EXHAUSTED)."""
 
 
 def check_measurement_work(batch_sizes: list[int], sequence_lengths: list[int], iterations: int, field: str) -> None:

@@ -32,7 +32,8 @@ class OptimizerServicer(optimizer_pb2_grpc.OptimizerServiceServicer):
         return optimizer_pb2.OptimizerServiceDescribeResponse(description=self._technique.description())
 
     async def CheckConfig(self, request, context):
-        return optimizer_pb2.OptimizerServiceCheckConfigResponse(errors=self._technique.check_config(request.stage))
+        errors, over_budget = self._technique.check_config(request.stage)
+        return optimizer_pb2.OptimizerServiceCheckConfigResponse(errors=errors, over_budget=over_budget)
 
     async def Run(self, request, context):
         async for update in self._technique.run_stage(request.stage, context):

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from services.common.calibration.config import CalibrationConfig
-from services.common.configspec import MethodConfig
+from services.common.configspec import MAX_TRAINED_TOKENS, MethodConfig, over_budget
 
 
 class ScheduleConfig(MethodConfig):
@@ -26,6 +26,15 @@ class RecoveryConfig(MethodConfig):
     recovery_learning_rate: float = Field(1e-4, gt=0.0, le=0.01, description="AdamW learning rate")
     recovery_batch: int = Field(8, ge=1, le=64, description="Text pieces per optimizer step")
     recovery_sequence_length: int = Field(128, ge=16, le=2048, description="Tokens per text piece")
+
+    def work_problems(self) -> list[str]:
+        # A gradual schedule recovers after each of its steps; recovery_steps 0 is bounded by time alone.
+        rounds = getattr(self, "schedule_steps", 1)
+        trained = rounds * self.recovery_steps * self.recovery_batch * self.recovery_sequence_length
+        return super().work_problems() + over_budget(
+            "recovery", f"schedule_steps x recovery_steps x recovery_batch x recovery_sequence_length ({rounds} x "
+                        f"{self.recovery_steps} x {self.recovery_batch} x {self.recovery_sequence_length})",
+            trained, MAX_TRAINED_TOKENS)
 
 
 class PruneBase(CalibrationConfig, ScheduleConfig, RecoveryConfig):

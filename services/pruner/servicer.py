@@ -18,7 +18,8 @@ class PrunerServicer(pruner_pb2_grpc.PrunerServiceServicer):
         return pruner_pb2.PrunerServiceDescribeResponse(description=self._technique.description())
 
     async def CheckConfig(self, request, context):
-        return pruner_pb2.PrunerServiceCheckConfigResponse(errors=self._technique.check_config(request.stage))
+        errors, over_budget = self._technique.check_config(request.stage)
+        return pruner_pb2.PrunerServiceCheckConfigResponse(errors=errors, over_budget=over_budget)
 
     async def Run(self, request, context):
         async for update in self._technique.run_stage(request.stage, context):

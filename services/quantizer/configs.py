@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from services.common.calibration.config import CalibrationConfig
-from services.common.configspec import MethodConfig
+from services.common.configspec import MAX_TRAINED_TOKENS, MethodConfig, over_budget
 
 
 class CastConfig(MethodConfig):
@@ -91,6 +91,13 @@ class QatConfig(AwqConfig):
     steps_per_block: int = Field(50, ge=0, le=10000, description="Optimizer steps per block (0 = AWQ only)")
     learning_rate: float = Field(1e-4, gt=0.0, le=0.1, description="Adam learning rate of the float weights")
     batch_windows: int = Field(1, ge=1, le=64, description="Calibration windows per optimizer step")
+
+    def work_problems(self) -> list[str]:
+        # Each block trains on its own; summed over blocks that is one whole-model pass per window.
+        trained = self.steps_per_block * self.batch_windows * self.calibration_sequence_length
+        return super().work_problems() + over_budget(
+            "training", f"steps_per_block x batch_windows x calibration_sequence_length ({self.steps_per_block} x "
+                        f"{self.batch_windows} x {self.calibration_sequence_length})", trained, MAX_TRAINED_TOKENS)
 
 
 class MixedPrecisionConfig(GptqConfig):

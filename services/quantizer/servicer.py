@@ -18,7 +18,8 @@ class QuantizerServicer(quantizer_pb2_grpc.QuantizerServiceServicer):
         return quantizer_pb2.QuantizerServiceDescribeResponse(description=self._technique.description())
 
     async def CheckConfig(self, request, context):
-        return quantizer_pb2.QuantizerServiceCheckConfigResponse(errors=self._technique.check_config(request.stage))
+        errors, over_budget = self._technique.check_config(request.stage)
+        return quantizer_pb2.QuantizerServiceCheckConfigResponse(errors=errors, over_budget=over_budget)
 
     async def Run(self, request, context):
         async for update in self._technique.run_stage(request.stage, context):

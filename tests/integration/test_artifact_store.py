@@ -1,12 +1,13 @@
 """The artifact store against a real nats-server."""
 
+import asyncio
 import hashlib
 import os
 
 import pytest
 
 from modelpress.v1 import common_pb2
-from services.common.artifact_store import CHUNK_SIZE, ArtifactCorrupt, ArtifactNotFound, ArtifactStore
+from services.common.artifact_store import CHUNK_SIZE, ArtifactCorrupt, ArtifactNotFound, ArtifactStore, StoreFull
 
 FMT = common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS
 
@@ -94,3 +95,45 @@ async def test_concurrent_fetches_on_one_connection_all_succeed(store, tmp_path)
     assert [g.sha256 for g in got] == datas
     for i in range(8):
         assert hashlib.sha256((tmp_path / f"out{i}.bin").read_bytes()).hexdigest() == datas[i]
+
+
+async def test_a_full_store_refuses_a_write_whole_and_keeps_every_stored_artifact(js, tmp_path):
+    store = await ArtifactStore(js, bucket="test_full_store").ensure()
+    (tmp_path / "kept.bin").write_bytes(kept := os.urandom(CHUNK_SIZE + 5))
+    first = await store.put_file(tmp_path / "kept.bin", fmt=FMT)
+    # Room for about one more chunk: a three-chunk write cannot fit.
+    await store.ensure(max_bytes=await store.used_bytes() + CHUNK_SIZE + 64 * 1024)
+    before = await store.used_bytes()
+    (tmp_path / "big.bin").write_bytes(os.urandom(3 * CHUNK_SIZE))
+    with pytest.raises(StoreFull, match="store is full"):
+        await store.put_file(tmp_path / "big.bin", fmt=FMT)
+    assert await store.used_bytes() <= before  # the chunks that fitted were taken back
+    assert await store.get_file(first.id, tmp_path / "back.bin") == first
+    assert (tmp_path / "back.bin").read_bytes() == kept
+    # Deleting frees room for the write that did not fit before (the bound raised by its size).
+    assert await store.delete(first.id)
+    await store.ensure(max_bytes=await store.used_bytes() + 3 * CHUNK_SIZE + 64 * 1024)
+    assert (await store.put_file(tmp_path / "big.bin", fmt=FMT)).size_bytes == 3 * CHUNK_SIZE
+    await store.ensure(max_bytes=0)
+    assert (await js.stream_info("OBJ_test_full_store")).config.max_bytes == -1
+
+
+async def test_a_deletion_is_announced_for_caches(store, js, tmp_path):
+    from services.common.artifact_store import DELETED_SUBJECT
+
+    heard: list[str] = []
+
+    async def hear(msg) -> None:
+        heard.append(msg.data.decode())
+
+    subscription = await js._nc.subscribe(DELETED_SUBJECT, cb=hear)
+    (tmp_path / "x.bin").write_bytes(b"x")
+    ref = await store.put_file(tmp_path / "x.bin", fmt=FMT)
+    assert await store.delete(ref.id)
+    await js._nc.flush()
+    for _ in range(50):
+        if heard:
+            break
+        await asyncio.sleep(0.05)
+    await subscription.unsubscribe()
+    assert heard == [ref.id]

@@ -141,6 +141,23 @@ def _self_signed(folder):
     return key, cert
 
 
+async def test_each_tenant_has_its_own_recipe_names(secured, model_dir):
+    target, keys = secured
+    acme, globex = (Client(target, token=keys[name]) for name in ("acme", "globex"))
+    pipeline = {"name": "house-int8", "stages": [{"name": "q", "technique": "quantizer", "method": "rtn"}]}
+    mine = await call(acme.create_recipe, pipeline)
+    theirs = await call(globex.create_recipe, pipeline)
+    assert (mine.version, theirs.version) == (1, 1)  # the same name, one namespace each
+    await call(acme.create_recipe, pipeline)  # acme's version 2: never globex's to see
+    assert [r.version for r in await call(globex.list_recipes) if r.name == "house-int8"] == [1]
+    assert await _code(lambda: globex.get_recipe("house-int8@2")) == grpc.StatusCode.NOT_FOUND
+    assert await call(globex.delete_recipe, "house-int8") == 1  # its own, not acme's
+    assert (await call(acme.get_recipe, "house-int8")).version == 2
+    assert await _code(lambda: globex.create_job(f"path:{model_dir}", "house-int8", evaluation=SKIP_EVAL)) \
+        == grpc.StatusCode.INVALID_ARGUMENT
+    assert await call(acme.delete_recipe, "house-int8") == 2
+
+
 async def test_a_tls_gateway_answers_clients_that_trust_its_ca_only(workers, tokens, tmp_path):
     key, cert = _self_signed(tmp_path)
     settings = workers.model_copy(update={"auth_tokens": tokens[0], "tls_cert": cert, "tls_key": key})
@@ -204,5 +221,33 @@ async def test_a_tenant_at_its_job_limit_is_resource_exhausted_and_others_are_no
                 await call(client.cancel_job, job.job_id)
             except grpc.RpcError as exc:  # it may have ended already
                 assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION
+    finally:
+        await service.stop(grace_s=1)
+
+
+async def test_a_tenant_past_its_running_slots_queues_and_a_queued_job_can_be_cancelled(workers, tokens, model_dir):
+    settings = workers.model_copy(update={"auth_tokens": tokens[0], "max_running_jobs_per_tenant": 1})
+    service = await start_service(settings, _registrar("gateway"))
+    target = f"127.0.0.1:{service.port}"
+    acme, globex = Client(target, token=tokens[1]["acme"]), Client(target, token=tokens[1]["globex"])
+    slow = common_pb2.EvaluationSpec(sequence_length=16, latency_iterations=30, quality_windows=1)
+    try:
+        first = await call(acme.create_job, f"path:{model_dir}", "int8-weight-only", evaluation=slow)
+        while (await call(acme.get_job, first.job_id)).state == common_pb2.JOB_STATE_PENDING:
+            await asyncio.sleep(0.05)  # it holds acme's one slot from here
+        queued = await call(acme.create_job, f"path:{model_dir}", "fp16", evaluation=SKIP_EVAL)
+        doomed = await call(acme.create_job, f"path:{model_dir}", "fp16", evaluation=SKIP_EVAL)
+        other = await call(globex.create_job, f"path:{model_dir}", "fp16", evaluation=SKIP_EVAL)
+        assert (await call(acme.cancel_job, doomed.job_id)).state == common_pb2.JOB_STATE_CANCELLED
+        # Another tenant's job is not held back by acme's slot.
+        await call(lambda: list(globex.watch(other.job_id)))
+        assert (await call(globex.get_job, other.job_id)).state == common_pb2.JOB_STATE_SUCCEEDED
+        events = await call(lambda: list(acme.watch(queued.job_id)))
+        first, queued = [await call(acme.get_job, job.job_id) for job in (first, queued)]
+        assert first.state == queued.state == common_pb2.JOB_STATE_SUCCEEDED, (first.error, queued.error)
+        assert any("queued" in e.message and "max_running_jobs_per_tenant" in e.message for e in events)
+        assert queued.started_at.ToNanoseconds() >= first.finished_at.ToNanoseconds()
+        doomed = await call(acme.get_job, doomed.job_id)
+        assert doomed.state == common_pb2.JOB_STATE_CANCELLED and not doomed.started_at.seconds
     finally:
         await service.stop(grace_s=1)

@@ -81,3 +81,25 @@ def test_struct_nesting_past_the_bound_is_a_config_error_naming_the_key():
     with pytest.raises(ConfigError, match=r"bits\.deeper\.deeper.*nested deeper than"):
         struct_to_dict(to_struct({"bits": nested}))
     assert struct_to_dict(to_struct({"a": {"b": [1, 2.5, "x", True, None]}})) == {"a": {"b": [1, 2.5, "x", True, None]}}
+
+
+def test_work_budgets_refuse_training_and_calibration_past_them_naming_the_product():
+    from services.distiller.configs import ResponseConfig
+    from services.pruner.configs import WandaConfig
+    from services.quantizer.configs import GptqConfig, QatConfig
+
+    # The finding: QAT at 10 000 steps x 1024 samples x 4096 tokens passed every field bound.
+    qat = QatConfig(steps_per_block=10000, calibration_samples=1024, calibration_sequence_length=4096, batch_windows=64)
+    problems = qat.work_problems()
+    assert len(problems) == 2
+    assert problems[0].startswith("calibration: calibration_samples x calibration_sequence_length (1024 x 4096) = "
+                                  "4,194,304 tokens is past the work budget of 2,097,152")
+    assert problems[1].startswith("training: steps_per_block x batch_windows x calibration_sequence_length "
+                                  "(10000 x 64 x 4096)")
+    assert QatConfig().work_problems() == [] and GptqConfig().work_problems() == []
+    assert GptqConfig(calibration_samples=512, calibration_sequence_length=4096).work_problems() == []
+    assert ResponseConfig(max_steps=1_000_000, batch_size=512, calibration_sequence_length=128).work_problems()[0] \
+        .startswith("training: max_steps x batch_size")
+    assert ResponseConfig(max_steps=0).work_problems() == []  # bounded by max_minutes alone
+    wanda = WandaConfig(recovery_steps=100000, recovery_batch=64, recovery_sequence_length=2048, recovery_minutes=1)
+    assert wanda.work_problems()[0].startswith("recovery: schedule_steps x recovery_steps")

@@ -11,7 +11,7 @@ from pydantic import Field
 from modelpress.v1 import common_pb2
 from services.common import modelio
 from services.common.calibration_data import calibration_batches, calibration_text
-from services.common.configspec import MethodConfig
+from services.common.configspec import MAX_CALIBRATION_TOKENS, MethodConfig, over_budget
 
 
 class CalibrationConfig(MethodConfig):
@@ -23,6 +23,12 @@ class CalibrationConfig(MethodConfig):
     calibration_dataset: str = Field(
         "", description="Artifact id of an uploaded DATASET_JSONL artifact ({\"text\": ...} per line); "
                         "empty = the built-in pydoc calibration split")
+
+    def work_problems(self) -> list[str]:
+        tokens = self.calibration_samples * self.calibration_sequence_length
+        return super().work_problems() + over_budget(
+            "calibration", f"calibration_samples x calibration_sequence_length ({self.calibration_samples} x "
+                           f"{self.calibration_sequence_length})", tokens, MAX_CALIBRATION_TOKENS)
 
     def text(self) -> str:
         return calibration_text(self.local_path("calibration_dataset"))
