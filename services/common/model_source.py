@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import shutil
 from pathlib import Path
@@ -107,10 +108,17 @@ class ModelSource:
         dest = self._cache_root / "artifacts" / artifact_id
         lock = self._locks.setdefault(artifact_id, asyncio.Lock())
         async with lock:
-            if not dest.exists():
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                await self._store.get_dir(artifact_id, dest)
-                if self._max_bytes is not None:
-                    await asyncio.to_thread(evict_least_recent, dest.parent, self._max_bytes, dest)
-            touch(dest)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            # Replicas on one machine share the cache: one process fetches, the others wait for it
+            # (two unpacking into one folder at once left a half-written model behind).
+            with open(dest.parent / f".{artifact_id}.lock", "w") as held:
+                await asyncio.to_thread(fcntl.flock, held, fcntl.LOCK_EX)
+                try:
+                    if not dest.exists():
+                        await self._store.get_dir(artifact_id, dest)
+                        if self._max_bytes is not None:
+                            await asyncio.to_thread(evict_least_recent, dest.parent, self._max_bytes, dest)
+                    touch(dest)
+                finally:
+                    fcntl.flock(held, fcntl.LOCK_UN)
         return dest

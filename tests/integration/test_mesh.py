@@ -216,7 +216,7 @@ async def test_int4_recipes_write_compressed_tensors(gateway, model_dir, tmp_pat
 async def test_calibration_larger_than_the_text_is_a_clear_failure(gateway, model_dir, tmp_path):
     client = Client(gateway)
     job = await call(client.create_job, f"path:{model_dir}", "w4a16-gptq",
-                     overrides={"calibration_samples": 1024, "calibration_sequence_length": 4096},
+                     overrides={"calibration_samples": 512, "calibration_sequence_length": 4096},
                      evaluation=FAST_EVAL)
     await wait_for_end(client, job.job_id)
     job = await call(client.get_job, job.job_id)
