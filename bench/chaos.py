@@ -27,7 +27,6 @@ import signal
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -271,5 +270,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    threading.excepthook = lambda hook: print(f"thread failed: {hook.exc_value}", file=sys.stderr)
     sys.exit(main())

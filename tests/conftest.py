@@ -58,12 +58,17 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
-def nats_url(tmp_path_factory):
-    proc, url = start_nats_server(tmp_path_factory.mktemp("nats"))
+def served_nats(tmp_path_factory, name: str = "nats"):
+    """A nats-server for a fixture's scope: yields its URL, stops it after."""
+    proc, url = start_nats_server(tmp_path_factory.mktemp(name))
     yield url
     proc.terminate()
     proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def nats_url(tmp_path_factory):
+    yield from served_nats(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

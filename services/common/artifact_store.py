@@ -32,6 +32,7 @@ from nats.js.object_store import ObjectStore
 
 from modelpress.v1 import common_pb2
 from services.common import packaging
+from services.common.nats_conn import is_stream_full
 
 BUCKET = "modelpress_artifacts"
 # Under the server's default 1 MiB max_payload, with room for headers.
@@ -61,10 +62,6 @@ class StoreFull(RuntimeError):
 # Core NATS subject on which every deletion is announced (the artifact id as payload), so each
 # service drops its cached copy at once instead of waiting for its LRU bound.
 DELETED_SUBJECT = "modelpress.artifacts.deleted"
-
-
-def _is_full(exc: BaseException) -> bool:
-    return "maximum bytes" in str(exc).lower() or "insufficient resources" in str(exc).lower()
 
 
 @dataclass(frozen=True)
@@ -209,7 +206,7 @@ class ArtifactStore:
             )
         except BaseException as exc:
             await asyncio.shield(self._purge(subject))
-            if _is_full(exc):
+            if is_stream_full(exc):
                 raise StoreFull(f"the artifact store is full (its size bound was reached while writing "
                                 f"{total:,} bytes, which were discarded): delete jobs or artifacts, or raise "
                                 "the bound (store_max_bytes)") from exc
@@ -373,7 +370,7 @@ class ArtifactStore:
         except ObjectNotFoundError:
             return False
         except Exception as exc:
-            if not _is_full(exc):
+            if not is_stream_full(exc):
                 raise
             # A full store has no room for the delete marker: free the bytes first, then mark.
             await self._purge(_chunk_subject(self._bucket, stored.nuid))

@@ -20,6 +20,13 @@ log = logging.getLogger(__name__)
 FAILOVER_S = 60.0
 
 
+def is_stream_full(exc: BaseException) -> bool:
+    """Whether JetStream refused a write for want of room (the stream's or the server's bound):
+    an answer, never retried."""
+    text = str(exc).lower()
+    return "maximum bytes" in text or "insufficient resources" in text
+
+
 class NatsRefused(ConnectionError):
     """The NATS server refused this process's credentials (retrying would never succeed)."""
 
@@ -93,7 +100,7 @@ class ReplicatedJetStream(JetStreamContext):
                 return await call()
             except (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.errors.ConnectionReconnectingError,
                      ServiceUnavailableError, NoStreamResponseError) as exc:
-                if "maximum bytes" in str(exc).lower() or time.monotonic() + delay > deadline:
+                if is_stream_full(exc) or time.monotonic() + delay > deadline:
                     raise
                 log.info("JetStream did not answer (%s); retrying in %.1f s", type(exc).__name__, delay)
                 await asyncio.sleep(delay)

@@ -142,5 +142,6 @@ class ServiceSettings(BaseModel):
 ENV_PREFIX = "MODELPRESS_"
 # Settings a flag (--field-name) or MODELPRESS_FIELD_NAME sets; the flag wins.
 FLAG_FIELDS = ("nats_url", "nats_replicas", "home", "grace_s", "replica_wait_s", "auth_tokens", "tls_cert", "tls_key",
-               "tls_client_ca", "require_nats_auth", "cache_max_bytes", "max_jobs_per_tenant", "max_running_jobs_per_tenant", "max_upload_bytes", "job_lease_s",
-               "job_ttl_s", "artifact_ttl_s", "store_max_bytes", "retention_sweep_s")
+               "tls_client_ca", "require_nats_auth", "cache_max_bytes", "max_jobs_per_tenant",
+               "max_running_jobs_per_tenant", "max_upload_bytes", "job_lease_s", "job_ttl_s", "artifact_ttl_s",
+               "store_max_bytes", "retention_sweep_s")

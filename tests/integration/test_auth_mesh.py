@@ -5,6 +5,7 @@ sees every tenant; TLS at the gateway; NATS that asks for credentials."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 
 import grpc
@@ -203,14 +204,22 @@ async def test_services_refuse_an_open_nats_when_auth_is_required_and_nats_refus
         proc.wait()
 
 
-async def test_a_tenant_at_its_job_limit_is_resource_exhausted_and_others_are_not(workers, tokens, model_dir):
-    settings = workers.model_copy(update={"auth_tokens": tokens[0], "max_jobs_per_tenant": 1})
-    service = await start_service(settings, _registrar("gateway"))
+@contextlib.asynccontextmanager
+async def _limited_gateway(workers, tokens, **limits):
+    """A gateway checking `tokens` with `limits` set; yields the acme and globex clients of it."""
+    service = await start_service(workers.model_copy(update={"auth_tokens": tokens[0], **limits}),
+                                  _registrar("gateway"))
     target = f"127.0.0.1:{service.port}"
-    acme, globex = Client(target, token=tokens[1]["acme"]), Client(target, token=tokens[1]["globex"])
+    try:
+        yield Client(target, token=tokens[1]["acme"]), Client(target, token=tokens[1]["globex"])
+    finally:
+        await service.stop(grace_s=1)
+
+
+async def test_a_tenant_at_its_job_limit_is_resource_exhausted_and_others_are_not(workers, tokens, model_dir):
     # Still running when the second arrives: its evaluation's probe takes seconds to start.
     slow = common_pb2.EvaluationSpec(sequence_length=16, latency_iterations=30, quality_windows=1)
-    try:
+    async with _limited_gateway(workers, tokens, max_jobs_per_tenant=1) as (acme, globex):
         first = await call(acme.create_job, f"path:{model_dir}", "int8-weight-only", evaluation=slow)
         with pytest.raises(grpc.RpcError) as info:
             await call(acme.create_job, f"path:{model_dir}", "fp16", evaluation=SKIP_EVAL)
@@ -221,17 +230,11 @@ async def test_a_tenant_at_its_job_limit_is_resource_exhausted_and_others_are_no
                 await call(client.cancel_job, job.job_id)
             except grpc.RpcError as exc:  # it may have ended already
                 assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION
-    finally:
-        await service.stop(grace_s=1)
 
 
 async def test_a_tenant_past_its_running_slots_queues_and_a_queued_job_can_be_cancelled(workers, tokens, model_dir):
-    settings = workers.model_copy(update={"auth_tokens": tokens[0], "max_running_jobs_per_tenant": 1})
-    service = await start_service(settings, _registrar("gateway"))
-    target = f"127.0.0.1:{service.port}"
-    acme, globex = Client(target, token=tokens[1]["acme"]), Client(target, token=tokens[1]["globex"])
     slow = common_pb2.EvaluationSpec(sequence_length=16, latency_iterations=30, quality_windows=1)
-    try:
+    async with _limited_gateway(workers, tokens, max_running_jobs_per_tenant=1) as (acme, globex):
         first = await call(acme.create_job, f"path:{model_dir}", "int8-weight-only", evaluation=slow)
         while (await call(acme.get_job, first.job_id)).state == common_pb2.JOB_STATE_PENDING:
             await asyncio.sleep(0.05)  # it holds acme's one slot from here
@@ -249,5 +252,3 @@ async def test_a_tenant_past_its_running_slots_queues_and_a_queued_job_can_be_ca
         assert queued.started_at.ToNanoseconds() >= first.finished_at.ToNanoseconds()
         doomed = await call(acme.get_job, doomed.job_id)
         assert doomed.state == common_pb2.JOB_STATE_CANCELLED and not doomed.started_at.seconds
-    finally:
-        await service.stop(grace_s=1)

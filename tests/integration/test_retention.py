@@ -12,8 +12,8 @@ import pytest
 
 from modelpress import Client
 from modelpress.v1 import common_pb2
-from services.common.nats_server import start_nats_server
 from services.common.server import start_service
+from tests.conftest import served_nats
 from tests.integration.conftest import _registrar
 
 NO_EVAL = common_pb2.EvaluationSpec(skip=True)
@@ -26,10 +26,7 @@ def call(fn, *args, **kwargs):
 
 @pytest.fixture(scope="module")
 def nats_url(tmp_path_factory):
-    proc, url = start_nats_server(tmp_path_factory.mktemp("nats-retention"))
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
+    yield from served_nats(tmp_path_factory, "nats-retention")
 
 
 @pytest.fixture(scope="module")
