@@ -126,6 +126,7 @@ def test_onnx_int8_of_the_real_encoder_keeps_its_embeddings(mesh):
     assert 0 < compressed.peak_rss_mb < 0.7 * original.peak_rss_mb
 
 
+@pytest.mark.slow
 def test_structured_pruning_of_the_real_encoder_halves_flops_reloads_and_runs_faster(mesh, tmp_path):
     """prune-structured-50 on MiniLM through the mesh, with a short recovery and evaluation (the
     bench holds the bars: 1.5x and 90 % of the k-NN accuracy after the recipe's own recovery)."""
@@ -152,6 +153,7 @@ def test_structured_pruning_of_the_real_encoder_halves_flops_reloads_and_runs_fa
     assert speedup["speedup"] > 1.2, speedup
 
 
+@pytest.mark.slow
 def test_the_minilm_small_student_of_the_real_encoder_trains_reloads_and_runs_faster(mesh, tmp_path):
     """minilm-small through the CLI and mesh for a few steps (the bench trains it for its 25
     minutes and holds the bars: -60 % parameters, 90 % of the k-NN accuracy, 2x)."""
@@ -241,6 +243,7 @@ def test_cancelling_a_running_job_stops_its_stage(mesh):
     assert not job.output.id and not job.artifact_ids
 
 
+@pytest.mark.slow
 def test_gptq_calibrated_on_an_uploaded_dataset(mesh, tmp_path):
     env, _ = mesh
     data = tmp_path / "tickets"

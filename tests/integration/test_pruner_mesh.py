@@ -144,7 +144,7 @@ async def test_what_the_architecture_forbids_fails_the_stage_naming_why(gateway,
 async def test_a_cancel_lands_inside_the_recovery_fine_tune(gateway, model_dir):
     client = Client(gateway)
     job = await call(client.create_job, f"path:{model_dir}", "prune-mlp",
-                     overrides={**SMALL, "recovery_minutes": 5.0, "recovery_steps": 100000}, evaluation=NO_EVAL,
+                     overrides={**SMALL, "recovery_minutes": 5.0, "recovery_steps": 50000}, evaluation=NO_EVAL,
                      recompute=True)
 
     def cancel_at_first_recovery_step() -> float:
