@@ -42,6 +42,9 @@ class Checkpoints:
     replica, or this one after a restart) resumes from it; this base keeps nothing (a run outside
     the mesh starts from zero every time)."""
 
+    # The least time between two saves of a walk over blocks (set by the operator in the mesh).
+    every_s: float = 60.0
+
     def latest(self, into: Path) -> Path | None:
         """Fetches the last saved checkpoint into the folder `into`; None when there is none."""
         return None

@@ -65,6 +65,8 @@ class ServiceSettings(BaseModel):
     tls_client_ca: Path | None = None
     # Refuse to start against a NATS server that lets anyone in (set where auth is on).
     require_nats_auth: bool = False
+    checkpoint_every_s: float = Field(60.0, ge=0.0, description="Least seconds between two checkpoints of a "
+                                      "calibration walk (GPTQ, AWQ, SparseGPT ...) a retried stage goes on from")
     # Fetched artifacts kept on disk (LRU by bytes; a folder used in the last 10 minutes stays).
     cache_max_bytes: int = Field(20 * 1024**3, gt=0)
     # Gateway only: how long a job's lease lasts unrenewed; a dead gateway's jobs are taken over
@@ -144,4 +146,5 @@ ENV_PREFIX = "MODELPRESS_"
 FLAG_FIELDS = ("nats_url", "nats_replicas", "home", "grace_s", "replica_wait_s", "auth_tokens", "tls_cert", "tls_key",
                "tls_client_ca", "require_nats_auth", "cache_max_bytes", "max_jobs_per_tenant",
                "max_running_jobs_per_tenant", "max_upload_bytes", "job_lease_s", "job_ttl_s", "artifact_ttl_s",
-               "store_max_bytes", "retention_sweep_s")
+               "store_max_bytes", "retention_sweep_s",
+               "checkpoint_every_s")

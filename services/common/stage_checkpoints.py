@@ -21,7 +21,9 @@ def checkpoint_id(job_id: str, stage_index: int, stage_key: str) -> str:
 class StoredCheckpoints(Checkpoints):
     """Called from the engine's worker thread; each call runs on the service's event loop."""
 
-    def __init__(self, store: ArtifactStore, loop: asyncio.AbstractEventLoop, artifact_id: str) -> None:
+    def __init__(self, store: ArtifactStore, loop: asyncio.AbstractEventLoop, artifact_id: str,
+                 every_s: float = Checkpoints.every_s) -> None:
+        self.every_s = every_s
         self._store = store
         self._loop = loop
         self.artifact_id = artifact_id

@@ -102,7 +102,7 @@ async def run_stage(
     reporter = ProgressReporter(sink=lambda p: loop.call_soon_threadsafe(queue.put_nowait, p))
     checkpoint = checkpoint_id(stage.job_id, stage.stage_index, key) if stage.job_id else ""
     if checkpoint:
-        reporter.checkpoints = StoredCheckpoints(runtime.store, loop, checkpoint)
+        reporter.checkpoints = StoredCheckpoints(runtime.store, loop, checkpoint, runtime.settings.checkpoint_every_s)
     # The first event says which replica took the stage (a watcher, or an operator killing one, knows).
     queue.put_nowait(Progress(0, 0, f"{stage.method} running on {runtime.worker_id}", {"worker": runtime.worker_id}))
     scratch = Path(tempfile.mkdtemp(prefix=f"{stage.method}-", dir=runtime.settings.work_dir))

@@ -21,6 +21,7 @@ from modelpress.v1 import common_pb2
 from services.common import modelio
 from services.common.calibration.blocks import named_blocks
 from services.common.calibration.streaming import StreamingModel
+from services.common.calibration.walk_checkpoint import stage_walk_checkpoints
 from services.common.curves import thin
 from services.common.engine_api import Method, ProgressMetric, ProgressReporter, StageResult
 from services.common.float_checkpoint import refuse_quantized, write_float_model
@@ -155,8 +156,10 @@ def _prune_once(method: str, config: SparsityConfig, sparsity: float, current: P
         step = calibrated_step(method, (lambda i: block_sparsity[i]) if block_sparsity else (lambda i: sparsity),
                                config.nm, damping=getattr(config, "damping", 0.01),
                                block_size=getattr(config, "block_size", 128))
-        changed = prune_calibrated(source, batches, step, on_layer, reporter.check_cancelled)
+        walk = stage_walk_checkpoints(reporter, walk=label)
+        changed = prune_calibrated(source, batches, step, on_layer, reporter.check_cancelled, walk)
         figures["mean_layer_loss"] = sum(losses) / len(losses) if losses else 0.0
+        figures["resumed_from_block"] = walk.restored_block
     write_float_model(source, changed, out)
     copy_tokenizer(src, out)
     figures["layer_sparsity"] = layer_sparsity

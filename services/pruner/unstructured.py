@@ -16,6 +16,7 @@ import torch
 from services.common.calibration.blocks import capture_first_block_inputs, linear_layers, named_blocks
 from services.common.calibration.hessian import relative_output_error
 from services.common.calibration.sequential import BlockStep, BlockWork, rewrite_sequential, run_blocks
+from services.common.calibration.walk_checkpoint import WalkCheckpoints
 from services.common.calibration.streaming import StreamingModel
 from services.pruner.masks import (global_threshold, layer_mask, magnitude_scores, nm_mask, outlier_ratio,
                                    owl_sparsities, row_mask, wanda_scores)
@@ -116,6 +117,8 @@ def owl_block_sparsities(source: StreamingModel, batches: torch.Tensor, sparsity
 
 
 def prune_calibrated(source: StreamingModel, batches: torch.Tensor, step: BlockStep, on_layer: OnLayer,
-                     check_cancelled: Callable[[], None]) -> dict[str, torch.Tensor]:
+                     check_cancelled: Callable[[], None], checkpoints: WalkCheckpoints | None = None
+                     ) -> dict[str, torch.Tensor]:
     targets = block_linears(source.model)
-    return rewrite_sequential(source, targets, batches, step, on_layer, check_cancelled=check_cancelled)
+    return rewrite_sequential(source, targets, batches, step, on_layer, check_cancelled=check_cancelled,
+                              checkpoints=checkpoints)

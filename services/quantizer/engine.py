@@ -30,9 +30,10 @@ from services.quantizer.rtn import quantize_rtn
 from services.quantizer.gptq import gptq_block_step
 from services.quantizer.mixed import allocate, sensitivity_step
 from services.quantizer.qat import qat_block_step
-from services.quantizer.sequential import BlockStep, quantize_sequential
+from services.quantizer.sequential import QUANTIZED_WEIGHT_CODEC, BlockStep, quantize_sequential
 from services.quantizer.smoothquant import w8a8_block_step
 from services.common.calibration.streaming import StreamingModel
+from services.common.calibration.walk_checkpoint import stage_walk_checkpoints
 from services.common.float_checkpoint import refuse_quantized, write_float_model
 from services.common.calibration.sequential import rewrite_sequential
 from services.quantizer.transforms import awq_transform_step, smoothquant_transform_step
@@ -149,9 +150,11 @@ def _run_calibrated(config: CalibrationConfig, source: StreamingModel, targets: 
     losses: list[float] = []
     result = quantize_sequential(source, targets, batches, step, _layer_reporter(reporter, losses),
                                  propagate_quantized=propagate_quantized, sample_every=sample_every,
-                                 keep_float_outputs=keep_float_outputs, check_cancelled=reporter.check_cancelled)
+                                 keep_float_outputs=keep_float_outputs, check_cancelled=reporter.check_cancelled,
+                                 checkpoints=(walk := stage_walk_checkpoints(reporter, QUANTIZED_WEIGHT_CODEC)))
     extra = {"mean_layer_loss": sum(losses) / len(losses) if losses else 0.0,
-             "calibration_tokens": int(batches.numel()), **(extra_metrics or {})}
+             "calibration_tokens": int(batches.numel()), "resumed_from_block": walk.restored_block,
+             **(extra_metrics or {})}
     return _save_weight_only(source, result.quantized, targets, config, dst, reporter, method, extra,
                              result.rewritten)
 
@@ -226,14 +229,15 @@ def _transform(config: CalibrationConfig, grid: WeightOnlyConfig, src: Path, dst
         reporter.report(i, total + 1, f"{method} {name} ({i}/{total})", layer=name, **layer_figures)
 
     changed = rewrite_sequential(source, targets, batches, step, on_layer, sample_every=sample_every,
-                                 check_cancelled=reporter.check_cancelled)
+                                 check_cancelled=reporter.check_cancelled,
+                                 checkpoints=(walk := stage_walk_checkpoints(reporter)))
     reporter.report(len(targets), len(targets) + 1, "writing the float model")
     replaced = write_float_model(source, changed, dst)
     copy_tokenizer(src, dst)
     reporter.report(len(targets) + 1, len(targets) + 1, "saved float model")
     scaled = sum(1 for f in figures if f.get("scale_form", "none") != "none" or f.get("alpha") is not None)
     metrics = {"transformed_modules": len(figures), "scaled_modules": scaled, "rewritten_tensors": replaced,
-               "calibration_tokens": int(batches.numel())}
+               "calibration_tokens": int(batches.numel()), "resumed_from_block": walk.restored_block}
     if any("clamped_share" in f for f in figures):
         metrics["mean_clamped_share"] = sum(f.get("clamped_share", 0.0) for f in figures) / len(figures)
     return StageResult(format=common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS, architecture=_architecture(source.model),

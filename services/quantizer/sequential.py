@@ -17,19 +17,42 @@ import torch
 from services.common.calibration.blocks import capture_first_block_inputs, named_blocks
 from services.common.calibration.sequential import BlockWork, run_blocks
 from services.common.calibration.streaming import StreamingModel
+from services.common.calibration.walk_checkpoint import ResultCodec, WalkCheckpoints
 from services.common.memory import release_free_memory
 from services.common.packed import Int8Embedding
+from services.quantizer.activations import ActivationScheme
 from services.quantizer.ct_format import QuantizedWeight
-from services.quantizer.qscheme import SCALE_DTYPE
+from services.quantizer.qscheme import SCALE_DTYPE, QuantParams, WeightScheme
 from services.quantizer.rtn import quantize_rtn
 from services.quantizer.targets import Target
 
-__all__ = ["BlockStep", "BlockWork", "SequentialResult", "quantize_sequential"]
+__all__ = ["BlockStep", "BlockWork", "QUANTIZED_WEIGHT_CODEC", "SequentialResult", "quantize_sequential"]
 
 # (done, total, module name, figures) after each module.
 OnLayer = Callable[[int, int, str, dict], None]
 # Yields (module name, its codes, figures for the progress event) for every layer it quantizes.
 BlockStep = Callable[[BlockWork], Iterator[tuple[str, QuantizedWeight, dict]]]
+
+
+def _encode(qw: QuantizedWeight) -> dict:
+    acts = qw.activations
+    return {"codes": qw.codes, "scale": qw.params.scale, "zero_point": qw.params.zero_point,
+            "scheme": [qw.scheme.bits, qw.scheme.group_size, qw.scheme.symmetric], "kind": qw.kind,
+            "activations": None if acts is None else [acts.dynamic, acts.bits, acts.per_tensor],
+            "input_scale": qw.input_scale}
+
+
+def _decode(saved: dict) -> QuantizedWeight:
+    bits, group_size, symmetric = saved["scheme"]
+    acts = saved["activations"]
+    return QuantizedWeight(WeightScheme(bits, group_size, symmetric), QuantParams(saved["scale"], saved["zero_point"]),
+                           saved["codes"], kind=saved["kind"],
+                           activations=None if acts is None else ActivationScheme(*acts),
+                           input_scale=saved["input_scale"])
+
+
+# A walk checkpoint keeps the finished layers' codes through this (no pickled objects).
+QUANTIZED_WEIGHT_CODEC = ResultCodec(encode=_encode, decode=_decode)
 
 
 @dataclass
@@ -43,7 +66,8 @@ class SequentialResult:
 def quantize_sequential(source: StreamingModel, targets: list[Target], batches: torch.Tensor, step: BlockStep,
                         on_layer: OnLayer, *, propagate_quantized: bool = True, sample_every: int = 0,
                         finish_rest: bool = True, keep_float_outputs: bool = False,
-                        check_cancelled: Callable[[], None] = lambda: None) -> SequentialResult:
+                        check_cancelled: Callable[[], None] = lambda: None,
+                        checkpoints: WalkCheckpoints | None = None) -> SequentialResult:
     """`finish_rest` rounds the targets no block step quantized (head, pooler) at the end.
     The float block's outputs are kept for the step only when it asks (`keep_float_outputs`,
     QAT's targets) or when they feed the next block: they are as large as the inputs."""
@@ -80,7 +104,7 @@ def quantize_sequential(source: StreamingModel, targets: list[Target], batches: 
     release_free_memory()
     walked = run_blocks(source, blocks, inputs, by_name, step, record, propagate_updated=propagate_quantized,
                         sample_every=sample_every, keep_float_outputs=keep_float_outputs,
-                        check_cancelled=check_cancelled)
+                        check_cancelled=check_cancelled, checkpoints=checkpoints)
     if finish_rest:
         rounded([t for t in targets if t.name not in quantized])
     return SequentialResult(quantized, walked.rewritten)

@@ -29,6 +29,7 @@ from services.common.calibration.blocks import (
     run_block,
 )
 from services.common.calibration.streaming import StreamingModel
+from services.common.calibration.walk_checkpoint import WalkCheckpoints, WalkState
 from services.common.memory import release_free_memory
 
 
@@ -70,14 +71,28 @@ class BlocksResult:
 def run_blocks(source: StreamingModel, blocks: list[tuple[str, nn.Module]], inputs: BlockInputs,
                targets: dict[str, Any], step: BlockStep, on_result: OnResult, *, propagate_updated: bool = True,
                sample_every: int = 0, keep_float_outputs: bool = False,
-               check_cancelled: Callable[[], None] = lambda: None) -> BlocksResult:
+               check_cancelled: Callable[[], None] = lambda: None,
+               checkpoints: WalkCheckpoints | None = None) -> BlocksResult:
     """`inputs` are the first block's (blocks.capture_first_block_inputs); `targets` names the
     Linears whose statistics are collected. The block's float outputs are kept for the step only
     when it asks (`keep_float_outputs`) or when they feed the next block
-    (`propagate_updated=False`): they are as large as the inputs."""
+    (`propagate_updated=False`): they are as large as the inputs. With `checkpoints`, a stored
+    walk goes on from its next block (its finished results handed to `on_result` again, so
+    whoever counts them counts them all) and the walk is saved between blocks now and then."""
     results: dict[str, Any] = {}
+    figures: dict[str, dict] = {}
     rewritten: dict[str, torch.Tensor] = {}
+    start = 0
+    if checkpoints is not None and (stored := checkpoints.restore(len(blocks), inputs.hidden)) is not None:
+        start = stored.next_block
+        inputs = BlockInputs(hidden=stored.hidden, kwargs=inputs.kwargs)
+        rewritten.update(stored.rewritten)
+        for name, result in stored.results.items():
+            results[name], figures[name] = result, stored.figures.get(name, {})
+            on_result(name, result, figures[name])
     for index, (block_name, block) in enumerate(blocks):
+        if index < start:
+            continue
         source.load([block_name])
         layers = {f"{block_name}.{sub}": m for sub, m in linear_layers(block).items()
                   if f"{block_name}.{sub}" in targets}
@@ -89,9 +104,9 @@ def run_blocks(source: StreamingModel, blocks: list[tuple[str, nn.Module]], inpu
             collector.close()
         work = BlockWork(index, block_name, block, layers, {n: targets[n] for n in layers}, collector.stats,
                          inputs, float_outputs, check_cancelled=check_cancelled)
-        for name, result, figures in step(work):
-            results[name] = result
-            on_result(name, result, {"block": index, **figures})
+        for name, result, step_figures in step(work):
+            results[name], figures[name] = result, {"block": index, **step_figures}
+            on_result(name, result, figures[name])
         del collector, work.stats
         for key, before in floats_before.items():
             now = block.get_parameter(key.removeprefix(block_name + ".")).detach()
@@ -105,6 +120,8 @@ def run_blocks(source: StreamingModel, blocks: list[tuple[str, nn.Module]], inpu
         inputs = BlockInputs(hidden=next_hidden, kwargs=inputs.kwargs)
         source.release(block_name)
         release_free_memory()
+        if checkpoints is not None and index + 1 < len(blocks) and checkpoints.due():
+            checkpoints.save(WalkState(index + 1, inputs.hidden, results, figures, rewritten), len(blocks))
     return BlocksResult(results, rewritten)
 
 
@@ -122,8 +139,8 @@ def _float_tensors(block: nn.Module, block_name: str, skip: set[str]) -> dict[st
 @torch.no_grad()
 def rewrite_sequential(source: StreamingModel, targets: dict[str, object], batches: torch.Tensor,
                        step: BlockStep, on_layer: Callable[[int, int, str, dict], None], *,
-                       sample_every: int = 0, check_cancelled: Callable[[], None] = lambda: None
-                       ) -> dict[str, torch.Tensor]:
+                       sample_every: int = 0, check_cancelled: Callable[[], None] = lambda: None,
+                       checkpoints: WalkCheckpoints | None = None) -> dict[str, torch.Tensor]:
     """Walks the blocks with a step that rewrites float weights (a transform folding scales, a
     pruning mask); returns every float tensor it changed (module names → values): the yielded
     Linears' new weights and whatever else the step rewrote (norms scales were folded into).
@@ -141,7 +158,7 @@ def rewrite_sequential(source: StreamingModel, targets: dict[str, object], batch
         on_layer(done, len(targets), name, figures)
 
     walked = run_blocks(source, blocks, inputs, targets, step, record, propagate_updated=True,
-                        sample_every=sample_every, check_cancelled=check_cancelled)
+                        sample_every=sample_every, check_cancelled=check_cancelled, checkpoints=checkpoints)
     # Steps fold every scale before yielding, so a Linear that is also a producer (up_proj
     # before down_proj) is yielded with its final weight; `rewritten` holds the rest (norms).
     return {**walked.rewritten, **changed}
