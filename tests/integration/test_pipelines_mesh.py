@@ -103,6 +103,7 @@ async def test_a_bad_pipeline_is_refused_before_a_job_exists_naming_the_stage(ga
     assert len(await call(client.list_jobs)) == before
 
 
+@pytest.mark.slow  # the same takeover as test_gateway_leases and test_mesh, on a pipeline
 async def test_a_restarted_gateway_resumes_a_pipeline_after_its_last_finished_stage(start_gateway, gateway, model_dir):
     first = await start_gateway()
     client = Client(f"127.0.0.1:{first.port}")

@@ -95,6 +95,7 @@ while True:
 """
 
 
+@pytest.mark.slow
 def test_a_cpu_burning_neighbour_marks_the_ratio_unreliable_and_shows_in_the_load(tiny_llama_dir):
     """Two neighbours busy in random bursts on this 2-core machine: the rounds disagree, extra rounds
     do not settle them, and the figures say so instead of reporting a speedup."""
