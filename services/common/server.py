@@ -135,6 +135,17 @@ def server_credentials(settings: ServiceSettings) -> grpc.ServerCredentials:
                                        root_certificates=client_ca, require_client_auth=client_ca is not None)
 
 
+def targets_credentials(settings: ServiceSettings) -> grpc.ChannelCredentials | None:
+    """How the gateway reaches the technique services: TLS trusting `targets_tls_ca`, with its own
+    certificate as the client's when it has one; None: plaintext."""
+    if settings.targets_tls_ca is None:
+        return None
+    own = settings.tls_cert is not None
+    return grpc.ssl_channel_credentials(root_certificates=settings.targets_tls_ca.read_bytes(),
+                                        private_key=settings.tls_key.read_bytes() if own else None,
+                                        certificate_chain=settings.tls_cert.read_bytes() if own else None)
+
+
 async def serve(settings: ServiceSettings, register: Register) -> None:
     service = await start_service(settings, register)
     stop = asyncio.Event()

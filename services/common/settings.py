@@ -63,6 +63,10 @@ class ServiceSettings(BaseModel):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
+    # Gateway only: the CA that signed the technique services' certificates; given, the gateway
+    # reaches them over TLS and presents its own tls_cert/tls_key, so workers started with
+    # --tls-client-ca set to the gateway's CA answer the gateway alone. None: plaintext.
+    targets_tls_ca: Path | None = None
     # Refuse to start against a NATS server that lets anyone in (set where auth is on).
     require_nats_auth: bool = False
     checkpoint_every_s: float = Field(60.0, ge=0.0, description="Least seconds between two checkpoints of a "
@@ -144,7 +148,7 @@ class ServiceSettings(BaseModel):
 ENV_PREFIX = "MODELPRESS_"
 # Settings a flag (--field-name) or MODELPRESS_FIELD_NAME sets; the flag wins.
 FLAG_FIELDS = ("nats_url", "nats_replicas", "home", "grace_s", "replica_wait_s", "auth_tokens", "tls_cert", "tls_key",
-               "tls_client_ca", "require_nats_auth", "cache_max_bytes", "max_jobs_per_tenant",
+               "tls_client_ca", "targets_tls_ca", "require_nats_auth", "cache_max_bytes", "max_jobs_per_tenant",
                "max_running_jobs_per_tenant", "max_upload_bytes", "job_lease_s", "job_ttl_s", "artifact_ttl_s",
                "store_max_bytes", "retention_sweep_s",
                "checkpoint_every_s")

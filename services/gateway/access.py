@@ -21,6 +21,16 @@ GRANTS_BUCKET = "modelpress_grants"
 OPEN_SEGMENT = "_open"
 
 
+def scoped(tenant: str, name: str) -> str:
+    """A name of a tenant's own namespace (recipes, tags): `<tenant>/<name>`; the open mesh's
+    tenant "" keeps the bare name."""
+    return f"{tenant}/{name}" if tenant else name
+
+
+def tenant_of(scoped_name: str) -> str:
+    return scoped_name.partition("/")[0] if "/" in scoped_name else ""
+
+
 class PermissionDenied(PermissionError):
     """The caller's tenant does not hold what it asked for."""
 

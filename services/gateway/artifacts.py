@@ -1,5 +1,9 @@
 """Stored artifacts as users ask about them: their lineage, tags (result versions) and listings,
-read from each artifact's meta record (never by fetching the artifact)."""
+read from each artifact's meta record (never by fetching the artifact).
+
+Tags are a tenant's own names (stored `<tenant>/<name>:<version>`, like recipes): an artifact
+shared by two tenants (one output reused) carries both tenants' tags, each tenant sees and
+versions only its own; an operator sees them all, with their tenant."""
 
 from __future__ import annotations
 
@@ -7,18 +11,28 @@ import re
 
 from modelpress.v1 import common_pb2
 from services.common.artifact_store import ArtifactStore, StoredArtifact
+from services.common.auth import Principal
 from services.common.events import to_struct
 from services.common.pipeline.chain import InvalidArgument
+from services.gateway.access import scoped, tenant_of
 
 TAG = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]{0,63})(?::([1-9][0-9]{0,5}))?$")
 
 
-def summary(stored: StoredArtifact) -> common_pb2.ArtifactSummary:
+def visible_tags(stored: StoredArtifact, viewer: Principal) -> list[str]:
+    held = (stored.meta or {}).get("tags", [])
+    if viewer.operator:
+        return list(held)
+    own = viewer.tenant + "/" if viewer.tenant else ""
+    return [t.removeprefix(own) for t in held if tenant_of(t) == viewer.tenant]
+
+
+def summary(stored: StoredArtifact, viewer: Principal) -> common_pb2.ArtifactSummary:
     meta = stored.meta or {}
     return common_pb2.ArtifactSummary(
         artifact=stored.ref, base_model=meta.get("base_model", ""),
         methods=[link.get("method", "") for link in meta.get("chain", [])],
-        tags=meta.get("tags", []), recipes=meta.get("recipes", []))
+        tags=visible_tags(stored, viewer), recipes=meta.get("recipes", []))
 
 
 def lineage(stored: StoredArtifact) -> list[common_pb2.LineageStage]:
@@ -44,16 +58,18 @@ def parse_tag(tag: str) -> tuple[str, int | None]:
     return name, int(version) if version else None
 
 
-async def tag_artifact(store: ArtifactStore, artifact_id: str, tag: str) -> tuple[StoredArtifact, str]:
-    """Adds NAME:VERSION to the artifact (the next version of NAME when none is given). A version
-    names one artifact: giving NAME:V that another artifact holds is refused."""
+async def tag_artifact(store: ArtifactStore, artifact_id: str, tag: str, tenant: str = ""
+                       ) -> tuple[StoredArtifact, str]:
+    """Adds the tenant's NAME:VERSION to the artifact (the next version of NAME when none is
+    given). A version names one artifact: giving NAME:V that another artifact holds is refused."""
     name, version = parse_tag(tag)
+    own_name = scoped(tenant, name)
     target = await store.stat(artifact_id)
     taken: dict[int, str] = {}
     for other in await store.list_stored():
         for held in other.meta.get("tags", []):
             held_name, _, held_version = held.partition(":")
-            if held_name == name:
+            if held_name == own_name:
                 taken[int(held_version)] = other.ref.id
     if version is None:
         already = [v for v, holder in taken.items() if holder == artifact_id]
@@ -61,17 +77,16 @@ async def tag_artifact(store: ArtifactStore, artifact_id: str, tag: str) -> tupl
     elif taken.get(version, artifact_id) != artifact_id:
         raise InvalidArgument(f"tag: {name}:{version} already names artifact {taken[version]}; "
                               f"tag {name} alone to get the next version ({max(taken) + 1})")
-    full = f"{name}:{version}"
-    tags = sorted(set((target.meta or {}).get("tags", [])) | {full})
-    return await store.update_meta(artifact_id, tags=tags), full
+    tags = sorted(set((target.meta or {}).get("tags", [])) | {f"{own_name}:{version}"})
+    return await store.update_meta(artifact_id, tags=tags), f"{name}:{version}"
 
 
-def matches(stored: StoredArtifact, tag: str, model: str, recipe: str) -> bool:
+def matches(stored: StoredArtifact, viewer: Principal, tag: str, model: str, recipe: str) -> bool:
     meta = stored.meta or {}
     if tag:
         name, version = parse_tag(tag)
         wanted = {f"{name}:{version}"} if version else None
-        held = meta.get("tags", [])
+        held = visible_tags(stored, viewer)
         if not any((t in wanted) if wanted else t.partition(":")[0] == name for t in held):
             return False
     if model and meta.get("base_model", "") != model:

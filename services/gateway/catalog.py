@@ -49,9 +49,11 @@ class ServiceUnavailable(RuntimeError):
 class Mesh:
     """Channels to the technique services and typed access to their Run/Describe."""
 
-    def __init__(self, targets: dict[str, str], describe_ttl_s: float = 30.0) -> None:
+    def __init__(self, targets: dict[str, str], describe_ttl_s: float = 30.0,
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
         self._channels = {
-            technique: grpc.aio.insecure_channel(targets[name], options=CHANNEL_OPTIONS)
+            technique: (grpc.aio.secure_channel(targets[name], credentials, options=CHANNEL_OPTIONS) if credentials
+                        else grpc.aio.insecure_channel(targets[name], options=CHANNEL_OPTIONS))
             for technique, name in TECHNIQUE_SERVICES.items()
         }
         self._ttl = describe_ttl_s

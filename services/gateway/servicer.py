@@ -24,7 +24,7 @@ from services.common.job_store import JobNotFound
 from services.common.kv_records import RecordBucket
 from services.common.pipeline.chain import InvalidArgument, check_chain, label_of, validate_recipe
 from services.common.pipeline.recipes import RECIPES, UnknownRecipe
-from services.common.server import ServiceRuntime
+from services.common.server import ServiceRuntime, targets_credentials
 from services.common.settings import TECHNIQUE_SERVICES
 from services.common import auth
 from services.gateway import artifacts
@@ -297,22 +297,24 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     @_maps_errors
     async def GetLineage(self, request, context):
         stored = await self._stat(request.artifact_id)
-        return gateway_pb2.GetLineageResponse(artifact=artifacts.summary(stored), stages=artifacts.lineage(stored))
+        return gateway_pb2.GetLineageResponse(artifact=artifacts.summary(stored, auth.current()),
+                                              stages=artifacts.lineage(stored))
 
     @_maps_errors
     async def TagArtifact(self, request, context):
         await self._stat(request.artifact_id)
-        stored, tag = await artifacts.tag_artifact(self._runtime.store, request.artifact_id, request.tag)
-        return gateway_pb2.TagArtifactResponse(artifact=artifacts.summary(stored), tag=tag)
+        viewer = auth.current()
+        stored, tag = await artifacts.tag_artifact(self._runtime.store, request.artifact_id, request.tag, viewer.tenant)
+        return gateway_pb2.TagArtifactResponse(artifact=artifacts.summary(stored, viewer), tag=tag)
 
     @_maps_errors
     async def ListArtifacts(self, request, context):
         if request.tag:
             artifacts.parse_tag(request.tag)
-        held = await self._held()
+        viewer, held = auth.current(), await self._held()
         return gateway_pb2.ListArtifactsResponse(artifacts=[
-            artifacts.summary(stored) for stored in await self._runtime.store.list_stored()
-            if artifacts.matches(stored, request.tag, request.model, request.recipe)
+            artifacts.summary(stored, viewer) for stored in await self._runtime.store.list_stored()
+            if artifacts.matches(stored, viewer, request.tag, request.model, request.recipe)
             and (held is None or stored.ref.id in held)])
 
     async def _stat(self, artifact_id: str):
@@ -682,7 +684,7 @@ def _job_id(job_id: str) -> str:
 async def register(server: grpc.aio.Server, runtime: ServiceRuntime) -> list[str]:
     from services.common.job_store import JobStore
 
-    mesh = Mesh(runtime.settings.targets)
+    mesh = Mesh(runtime.settings.targets, credentials=targets_credentials(runtime.settings))
     jobs = await JobStore(runtime.js).ensure()
     grants = await Grants(runtime.js).ensure()
     leases = await JobLeases(runtime.js, holder=f"{runtime.worker_id}/{uuid.uuid4().hex[:8]}",

@@ -17,6 +17,7 @@ from modelpress.v1 import gateway_pb2
 from services.common.kv_records import RecordBucket
 from services.common.pipeline.chain import InvalidArgument
 from services.common.pipeline.recipes import RECIPES
+from services.gateway.access import scoped, tenant_of
 
 BUCKET = "modelpress_recipes"
 # Key prefix of the per-name version counters (no recipe name starts with "_").
@@ -45,8 +46,8 @@ class RecipeStore:
         await self._records.ensure()
         return self
 
-    async def _versions(self, scoped: str) -> list[int]:
-        return sorted(int(k.rpartition(".")[2]) for k in await self._records.keys() if k.rpartition(".")[0] == scoped)
+    async def _versions(self, own_name: str) -> list[int]:
+        return sorted(int(k.rpartition(".")[2]) for k in await self._records.keys() if k.rpartition(".")[0] == own_name)
 
     async def create(self, recipe: gateway_pb2.Recipe, tenant: str = "") -> gateway_pb2.Recipe:
         """Stores `recipe` (already validated) as its name's next version. A version number is
@@ -59,8 +60,8 @@ class RecipeStore:
         stored = gateway_pb2.Recipe()
         stored.CopyFrom(recipe)
         stored.builtin = False
-        scoped = _scoped(tenant, name)
-        counter_key = f"{COUNTER}.{scoped}"
+        own_name = scoped(tenant, name)
+        counter_key = f"{COUNTER}.{own_name}"
         for _ in range(10):  # compare-and-set on the counter: concurrent creates get distinct versions
             try:
                 entry = await self._records.kv.get(counter_key)
@@ -76,13 +77,13 @@ class RecipeStore:
                     await self._records.kv.update(counter_key, counter, last=revision)
             except KeyWrongLastSequenceError:  # another create moved the counter first
                 continue
-            await self._records.put(f"{scoped}.{stored.version}", stored)
+            await self._records.put(f"{own_name}.{stored.version}", stored)
             return stored
         raise InvalidArgument(f"pipeline.name: {name!r} is being created concurrently; try again")
 
     async def get(self, reference: str, tenant: str = "") -> gateway_pb2.Recipe:
         name, version = parse_reference(reference)
-        versions = await self._versions(_scoped(tenant, name))
+        versions = await self._versions(scoped(tenant, name))
         if not versions:
             raise RecipeNotFound(f"recipe: unknown recipe {name!r}; allowed: {', '.join(RECIPES)}, or a stored "
                                  f"recipe (`modelpress recipes`)")
@@ -90,32 +91,25 @@ class RecipeStore:
         if version not in versions:
             raise RecipeNotFound(f"recipe: {name} has no version {version}; versions: "
                                  f"{', '.join(map(str, versions))}")
-        found = await self._records.get(f"{_scoped(tenant, name)}.{version}")
+        found = await self._records.get(f"{scoped(tenant, name)}.{version}")
         if found is None:
             raise RecipeNotFound(f"recipe: {name}@{version} was deleted")
         return found
 
     async def list(self, tenant: str = "") -> list[gateway_pb2.Recipe]:
         recipes = [await self._records.get(k) for k in await self._records.keys()
-                   if not k.startswith(COUNTER) and _tenant_of(k) == tenant]
+                   if not k.startswith(COUNTER) and tenant_of(k) == tenant]
         return sorted((r for r in recipes if r is not None), key=lambda r: (r.name, r.version))
 
     async def delete(self, reference: str, tenant: str = "") -> int:
         name, version = parse_reference(reference)
         if name in RECIPES:
             raise InvalidArgument(f"recipe: {name!r} is a built-in recipe (read-only)")
-        versions = await self._versions(_scoped(tenant, name))
+        versions = await self._versions(scoped(tenant, name))
         chosen = [v for v in versions if version is None or v == version]
         if not chosen:
             raise RecipeNotFound(f"recipe: no recipe {reference!r}")
         for v in chosen:
-            await self._records.purge(f"{_scoped(tenant, name)}.{v}")
+            await self._records.purge(f"{scoped(tenant, name)}.{v}")
         return len(chosen)
 
-
-def _scoped(tenant: str, name: str) -> str:
-    return f"{tenant}/{name}" if tenant else name
-
-
-def _tenant_of(key: str) -> str:
-    return key.partition("/")[0] if "/" in key else ""

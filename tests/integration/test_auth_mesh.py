@@ -159,6 +159,28 @@ async def test_each_tenant_has_its_own_recipe_names(secured, model_dir):
     assert await call(acme.delete_recipe, "house-int8") == 2
 
 
+async def test_each_tenant_has_its_own_tags_on_a_shared_output(secured, tiny_llama_dir):
+    target, keys = secured
+    acme, globex, ops = (Client(target, token=keys[name]) for name in ("acme", "globex", "ops"))
+    outputs = []
+    for client in (acme, globex):
+        upload = await call(client.upload, tiny_llama_dir)
+        job = await call(client.create_job, f"artifact:{upload.id}", "fp16", evaluation=SKIP_EVAL)
+        await call(lambda: list(client.watch(job.job_id)))
+        outputs.append((await call(client.get_job, job.job_id)).output.id)
+    assert outputs[0] == outputs[1]  # the same stage on the same bytes: one output, held by both
+    shared = outputs[0]
+
+    assert (await call(acme.tag, shared, "prod")).tag == "prod:1"
+    assert (await call(acme.tag, shared, "stable")).tag == "stable:1"
+    tagged = await call(globex.tag, shared, "prod")
+    assert tagged.tag == "prod:1"  # its own name and versions, not acme's prod:2
+    assert list(tagged.artifact.tags) == ["prod:1"]  # acme's tags are not shown to it
+    assert not await call(globex.list_artifacts, tag="stable")
+    assert [list(a.tags) for a in await call(acme.list_artifacts, tag="prod")] == [["prod:1", "stable:1"]]
+    assert sorted((await call(ops.lineage, shared)).artifact.tags) == ["acme/prod:1", "acme/stable:1", "globex/prod:1"]
+
+
 async def test_a_tls_gateway_answers_clients_that_trust_its_ca_only(workers, tokens, tmp_path):
     key, cert = _self_signed(tmp_path)
     settings = workers.model_copy(update={"auth_tokens": tokens[0], "tls_cert": cert, "tls_key": key})
@@ -174,6 +196,45 @@ async def test_a_tls_gateway_answers_clients_that_trust_its_ca_only(workers, tok
         assert await _code(untrusted.list_jobs) == grpc.StatusCode.UNAVAILABLE
     finally:
         await service.stop(grace_s=1)
+
+
+async def test_the_gateway_reaches_tls_workers_that_answer_its_certificate_alone(nats_url, model_dir, tmp_path):
+    for side in ("worker", "gateway", "stranger"):
+        (tmp_path / side).mkdir()
+    (worker_key, worker_cert), (gateway_key, gateway_cert) = _self_signed(tmp_path / "worker"), \
+        _self_signed(tmp_path / "gateway")
+    common = {"listen": "127.0.0.1:0", "nats_url": nats_url, "home": tmp_path / "home", "grace_s": 1}
+    worker = await start_service(ServiceSettings(name="quantizer", tls_cert=worker_cert, tls_key=worker_key,
+                                                 tls_client_ca=gateway_cert, **common), _registrar("quantizer"))
+    targets = {name: "127.0.0.1:1" for name in ("pruner", "distiller", "evaluator", "optimizer")}
+    gateway = await start_service(ServiceSettings(
+        name="gateway", targets={**targets, "quantizer": f"127.0.0.1:{worker.port}"}, tls_cert=gateway_cert,
+        tls_key=gateway_key, targets_tls_ca=worker_cert, **common), _registrar("gateway"))
+    try:
+        client = Client(f"localhost:{gateway.port}", tls_ca=gateway_cert, timeout_s=30)
+        job = await call(client.create_job, f"path:{model_dir}", "fp16", evaluation=SKIP_EVAL, recompute=True)
+        await call(lambda: list(client.watch(job.job_id)))
+        job = await call(client.get_job, job.job_id)
+        assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job.error
+
+        # The worker answers no one else: not in plaintext, not over TLS without the gateway's certificate.
+        stranger_key, stranger_cert = _self_signed(tmp_path / "stranger")
+        attempts = {
+            "plaintext": grpc.insecure_channel(f"127.0.0.1:{worker.port}"),
+            "no client certificate": grpc.secure_channel(
+                f"127.0.0.1:{worker.port}", grpc.ssl_channel_credentials(root_certificates=worker_cert.read_bytes())),
+            "another certificate": grpc.secure_channel(f"127.0.0.1:{worker.port}", grpc.ssl_channel_credentials(
+                root_certificates=worker_cert.read_bytes(), private_key=stranger_key.read_bytes(),
+                certificate_chain=stranger_cert.read_bytes())),
+        }
+        for name, channel in attempts.items():
+            with channel:
+                probe = health_pb2_grpc.HealthStub(channel).Check
+                code = await _code(lambda: probe(health_pb2.HealthCheckRequest(), timeout=5))
+            assert code == grpc.StatusCode.UNAVAILABLE, (name, code)
+    finally:
+        await gateway.stop(grace_s=1)
+        await worker.stop(grace_s=1)
 
 
 def test_tls_settings_come_in_pairs(tmp_path):
