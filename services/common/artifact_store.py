@@ -17,7 +17,6 @@ import asyncio
 import base64
 import hashlib
 import json
-import logging
 import os
 import tempfile
 import time
@@ -28,7 +27,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-import nats.errors
 from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError, ObjectNotFoundError
 from nats.js.object_store import ObjectStore
@@ -37,16 +35,12 @@ from modelpress.v1 import common_pb2
 from services.common import packaging
 from services.common.nats_conn import FAILOVER_S, is_stream_full
 
-log = logging.getLogger(__name__)
-
 BUCKET = "modelpress_artifacts"
 # Under the server's default 1 MiB max_payload, with room for headers.
 CHUNK_SIZE = 1024 * 1024 - 16 * 1024
 # Chunks in flight before a writer waits for acks (bounds memory to ~64 MiB).
 WRITE_WINDOW = 64
 READ_BATCH = 16
-# Seconds a batch of chunks may take before the read goes on with a new consumer.
-CHUNK_FETCH_S = 15.0
 # Chunks in flight over one connection, summed over its concurrent reads. nats-server drops a
 # client whose unread bytes pass max_pending (64 MiB by default) as a slow consumer, and with it
 # every transfer on that connection. Measured with 8 concurrent 46 MB reads on a loaded 2-core
@@ -290,52 +284,41 @@ class ArtifactStore:
                 continue
         return sorted(found, key=lambda stored: stored.ref.id)
 
-    async def _chunk_reader(self, stored: StoredArtifact, after: int) -> JetStreamContext.PullSubscription:
-        """A pull consumer of the object's chunks past stream sequence `after` (0: from the first)."""
-        start = ({"deliver_policy": api.DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": after + 1} if after
-                 else {"deliver_policy": api.DeliverPolicy.ALL})
-        return await self._js.pull_subscribe(
-            _chunk_subject(self._bucket, stored.nuid),
-            stream=self._stream,
-            # A read may wait its turn for the connection's budget between batches.
-            config=api.ConsumerConfig(ack_policy=api.AckPolicy.NONE, inactive_threshold=300.0, **start),
-        )
-
     async def _fetch_batches(self, stored: StoredArtifact) -> AsyncIterator[list[bytes]]:
-        """Yields the object's chunks in order, a fetched batch at a time. An ephemeral consumer
-        lives on one server: when a batch does not come (that server of a cluster died), a new
-        consumer goes on after the last chunk received, for up to the failover time."""
+        """Yields the object's chunks in order, a batch at a time, by direct gets (each chunk the
+        next message of the object's subject after the last one read). Any replica of the stream
+        answers a direct get and no consumer is made: nothing to lose when a server of a cluster
+        dies or a read waits long for its turn (an ephemeral consumer did both)."""
         if not stored.chunks:
             return
-        sub = await self._chunk_reader(stored, after=0)
+        subject = _chunk_subject(self._bucket, stored.nuid)
         budget = read_budget(self._js._nc)
         received = last_sequence = 0
-        stalled_since: float | None = None
-        try:
-            while received < stored.chunks:
-                granted = await budget.take(min(READ_BATCH, stored.chunks - received))
-                try:
-                    try:
-                        msgs = await sub.fetch(batch=granted, timeout=CHUNK_FETCH_S)
-                    except nats.errors.TimeoutError:
-                        now = time.monotonic()
-                        stalled_since = stalled_since or now
-                        if now - stalled_since > FAILOVER_S:
-                            raise
-                        log.warning("no chunk of %s came in %.0f s; reading on with a new consumer after chunk %d",
-                                    stored.ref.id, CHUNK_FETCH_S, received)
-                        await _quietly(sub.unsubscribe())
-                        sub = await self._chunk_reader(stored, after=last_sequence)
-                        continue
-                    stalled_since = None
-                    received += len(msgs)
-                    last_sequence = msgs[-1].metadata.sequence.stream
-                    # The credit comes back once the consumer has taken the batch off our hands.
-                    yield [m.data for m in msgs]
-                finally:
-                    await budget.give(granted)
-        finally:
-            await _quietly(sub.unsubscribe())
+        while received < stored.chunks:
+            granted = await budget.take(min(READ_BATCH, stored.chunks - received))
+            try:
+                batch = []
+                for _ in range(granted):
+                    msg = await self._next_chunk(stored, subject, last_sequence)
+                    batch.append(msg.data)
+                    last_sequence = msg.seq
+                received += len(batch)
+                yield batch
+            finally:
+                await budget.give(granted)
+
+    async def _next_chunk(self, stored: StoredArtifact, subject: str, after: int) -> api.RawStreamMsg:
+        """The object's first chunk past stream sequence `after`. A replica that has not caught up
+        yet may not hold it: asked again (another replica may answer) for up to the failover time."""
+        deadline = time.monotonic() + FAILOVER_S
+        while True:
+            try:
+                return await self._js.get_msg(self._stream, seq=after + 1, subject=subject, next=True, direct=True)
+            except NotFoundError:
+                if time.monotonic() > deadline:
+                    raise ArtifactCorrupt(f"artifact {stored.ref.id}: chunk after stream sequence {after} is missing "
+                                          f"({stored.chunks} expected)") from None
+                await asyncio.sleep(0.2)
 
     async def iter_chunks(self, artifact_id: str) -> AsyncIterator[bytes]:
         """Yields the artifact's bytes; raises ArtifactCorrupt at the end if the hash differs."""
@@ -439,10 +422,3 @@ async def _read_file_chunks(path: Path, size: int = 8 * CHUNK_SIZE) -> AsyncIter
                 return
             yield data
 
-
-async def _quietly(awaitable) -> None:
-    """Unsubscribing from a consumer whose server is gone fails; the consumer expires anyway."""
-    try:
-        await awaitable
-    except Exception as exc:  # noqa: BLE001
-        log.debug("unsubscribe failed: %s", exc)

@@ -18,6 +18,10 @@ log = logging.getLogger(__name__)
 
 # How long a JetStream request is retried while the cluster elects a new leader for a stream.
 FAILOVER_S = 60.0
+# NATS failures that mean "the store did not answer now", not "the request was wrong".
+NATS_AWAY = (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.errors.ConnectionClosedError,
+             nats.errors.ConnectionReconnectingError, nats.errors.OutboundBufferLimitError,
+             ServiceUnavailableError, NoStreamResponseError)
 
 
 def is_stream_full(exc: BaseException) -> bool:

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import grpc
-import nats.errors
-import nats.js.errors
 from google.protobuf.message import DecodeError
+
+from services.common.nats_conn import NATS_AWAY
 
 KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
 # wrap(behaviour, requests_stream, responses_stream) -> the new behaviour
@@ -93,10 +93,6 @@ class DecodeGuard(grpc.aio.ServerInterceptor):
         return replace_behaviour(handler, _refusing_undecodable)
 
 
-# NATS failures that mean "the store did not answer now", not "the request was wrong".
-_NATS_AWAY = (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.errors.ConnectionClosedError,
-              nats.errors.ConnectionReconnectingError, nats.errors.OutboundBufferLimitError,
-              nats.js.errors.ServiceUnavailableError, nats.js.errors.NoStreamResponseError)
 
 
 def _nats_away_message(exc: BaseException) -> str:
@@ -109,14 +105,14 @@ def _unavailable_when_nats_is_away(behaviour, requests_stream: bool, responses_s
             try:
                 async for response in behaviour(request, context):
                     yield response
-            except _NATS_AWAY as exc:
+            except NATS_AWAY as exc:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, _nats_away_message(exc))
         return streaming
 
     async def single(request, context):
         try:
             return await behaviour(request, context)
-        except _NATS_AWAY as exc:
+        except NATS_AWAY as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, _nats_away_message(exc))
     return single
 

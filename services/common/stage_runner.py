@@ -23,6 +23,7 @@ from services.common import packaging
 from services.common.artifact_store import ArtifactCorrupt, ArtifactNotFound, StoreFull
 from services.common.configspec import ConfigError, WorkBudgetExceeded
 from services.common.model_source import PathNotAllowed, describe
+from services.common.nats_conn import NATS_AWAY
 from services.common.modelio import UnsafeModelError, UnsupportedModelError
 from services.common.engine_api import NotPossibleHere, Progress, ProgressReporter, StageCancelled, StageResult
 from services.common.lineage import library_versions, ref_digest, stage_key
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 # (input folder, output folder, reporter) -> result; runs in a worker thread.
 StageWork = Callable[[Path, Path, ProgressReporter], StageResult]
 
-_STATUS_OF: list[tuple[type[BaseException], grpc.StatusCode]] = [
+_STATUS_OF: list[tuple[type[BaseException] | tuple[type[BaseException], ...], grpc.StatusCode]] = [
     (ConfigError, grpc.StatusCode.INVALID_ARGUMENT),
     (WorkBudgetExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (StoreFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
@@ -52,6 +53,8 @@ _STATUS_OF: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (NotPossibleHere, grpc.StatusCode.FAILED_PRECONDITION),
     (NotImplementedError, grpc.StatusCode.UNIMPLEMENTED),
     (ValueError, grpc.StatusCode.FAILED_PRECONDITION),
+    # The store did not answer (past its retries): the gateway tries the stage again.
+    (NATS_AWAY, grpc.StatusCode.UNAVAILABLE),
 ]
 
 

@@ -317,8 +317,8 @@ class JobRunner:
                 break
             except grpc.aio.AioRpcError as exc:
                 attempt += 1
-                # A dead replica: the round-robin channel sends the retry to a live one, or the
-                # wait above holds it until one comes back.
+                # A dead replica (the round-robin channel sends the retry to a live one, or the
+                # wait above holds it until one comes back), or a worker whose store did not answer.
                 if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == STAGE_ATTEMPTS:
                     stage.state = common_pb2.JOB_STATE_FAILED
                     stage.error = f"{exc.code().name}: {exc.details()}"
@@ -327,7 +327,7 @@ class JobRunner:
                 log.warning("stage %s of %s: %s; retrying", stage.index, job.job_id, exc.details())
                 await self._publish(job, common_pb2.EVENT_KIND_LOG, stage_index=stage.index,
                                     stage_name=label_of(stage.spec),
-                                    message=f"{TECHNIQUE_SERVICES[technique]} replica lost ({exc.details()}); "
+                                    message=f"{TECHNIQUE_SERVICES[technique]} unavailable ({exc.details()}); "
                                             f"retrying the stage (attempt {attempt + 1} of {STAGE_ATTEMPTS})")
         if not stage.output.id:
             raise RuntimeError(f"{TECHNIQUE_SERVICES[technique]} ended stage {stage.index} without an output")

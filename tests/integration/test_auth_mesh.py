@@ -19,7 +19,7 @@ from services.common.nats_conn import NatsRefused
 from services.common.nats_server import start_nats_server
 from services.common.server import InsecureNats, open_runtime, start_service
 from services.common.settings import ServiceSettings
-from tests.integration.conftest import _registrar
+from tests.integration.conftest import SERVICES, _registrar
 
 SKIP_EVAL = common_pb2.EvaluationSpec(skip=True)
 GATEWAY = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"]
@@ -204,11 +204,12 @@ async def test_the_gateway_reaches_tls_workers_that_answer_its_certificate_alone
     (worker_key, worker_cert), (gateway_key, gateway_cert) = _self_signed(tmp_path / "worker"), \
         _self_signed(tmp_path / "gateway")
     common = {"listen": "127.0.0.1:0", "nats_url": nats_url, "home": tmp_path / "home", "grace_s": 1}
-    worker = await start_service(ServiceSettings(name="quantizer", tls_cert=worker_cert, tls_key=worker_key,
-                                                 tls_client_ca=gateway_cert, **common), _registrar("quantizer"))
-    targets = {name: "127.0.0.1:1" for name in ("pruner", "distiller", "evaluator", "optimizer")}
+    workers = {name: await start_service(ServiceSettings(name=name, tls_cert=worker_cert, tls_key=worker_key,
+                                                         tls_client_ca=gateway_cert, **common), _registrar(name))
+               for name in SERVICES}
+    worker = workers["quantizer"]
     gateway = await start_service(ServiceSettings(
-        name="gateway", targets={**targets, "quantizer": f"127.0.0.1:{worker.port}"}, tls_cert=gateway_cert,
+        name="gateway", targets={name: f"127.0.0.1:{w.port}" for name, w in workers.items()}, tls_cert=gateway_cert,
         tls_key=gateway_key, targets_tls_ca=worker_cert, **common), _registrar("gateway"))
     try:
         client = Client(f"localhost:{gateway.port}", tls_ca=gateway_cert, timeout_s=30)
@@ -234,7 +235,8 @@ async def test_the_gateway_reaches_tls_workers_that_answer_its_certificate_alone
             assert code == grpc.StatusCode.UNAVAILABLE, (name, code)
     finally:
         await gateway.stop(grace_s=1)
-        await worker.stop(grace_s=1)
+        for running in workers.values():
+            await running.stop(grace_s=1)
 
 
 def test_tls_settings_come_in_pairs(tmp_path):
