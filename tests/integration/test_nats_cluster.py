@@ -1,6 +1,7 @@
-"""The mesh over a 3-server NATS JetStream cluster (as `modelpress up --nats-cluster 3` runs it):
-streams, KV buckets and the object store at 3 replicas, and a server SIGKILLed mid-job — the one
-leading the job records — loses no job, record, event or artifact."""
+"""The mesh over a 3-server NATS JetStream cluster with a password (as `modelpress up --auth
+--nats-cluster 3` runs it): streams, KV buckets and the object store at 3 replicas, strangers
+refused by every server, and a server SIGKILLed mid-job — the one leading the job records — loses
+no job, record, event or artifact."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from services.common import nats_conn
 from services.common.artifact_store import BUCKET as ARTIFACTS
 from services.common.events import STREAM as EVENTS
 from services.common.job_store import BUCKET as JOBS
+from services.common.nats_conn import NatsRefused
 from services.common.nats_server import start_nats_cluster
 from services.common.server import start_service
 from services.common.settings import ServiceSettings
@@ -26,9 +28,12 @@ def call(fn, *args, **kwargs):
     return asyncio.to_thread(fn, *args, **kwargs)
 
 
+CREDENTIALS = ("modelpress", "cluster-s3cret")
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    procs, url = start_nats_cluster(tmp_path_factory.mktemp("cluster"), 3)
+    procs, url = start_nats_cluster(tmp_path_factory.mktemp("cluster"), 3, credentials=CREDENTIALS)
     yield procs, url
     for proc in procs:
         proc.kill()
@@ -42,11 +47,12 @@ async def cluster_gateway(cluster, tmp_path_factory):
     running = []
     targets = {}
     for name in SERVICES:
-        settings = ServiceSettings(name=name, listen="127.0.0.1:0", nats_url=url, nats_replicas=3, home=home, grace_s=1)
+        settings = ServiceSettings(name=name, listen="127.0.0.1:0", nats_url=url, nats_replicas=3, home=home, grace_s=1,
+                                   require_nats_auth=True)
         running.append(await start_service(settings, _registrar(name)))
         targets[name] = f"127.0.0.1:{running[-1].port}"
     gateway = ServiceSettings(name="gateway", listen="127.0.0.1:0", nats_url=url, nats_replicas=3, home=home,
-                              grace_s=1, targets=targets)
+                              grace_s=1, targets=targets, require_nats_auth=True)
     running.append(await start_service(gateway, _registrar("gateway")))
     yield f"127.0.0.1:{running[-1].port}"
     for service in reversed(running):
@@ -77,6 +83,10 @@ async def test_a_job_outlives_the_loss_of_the_nats_server_leading_its_records(cl
     client = Client(cluster_gateway)
     before = await call(client.upload, model_dir)
     assert await _replicas(url) == {stream: 3 for stream in REPLICATED}
+    for server in url.split(","):  # every server of the cluster refuses a stranger
+        with pytest.raises(NatsRefused, match="Authorization Violation"):
+            await asyncio.wait_for(nats_conn.connect(server.replace("modelpress:cluster-s3cret@", ""),
+                                                     name="stranger"), 30)
 
     pipeline = [{"name": "fp16", "technique": "quantizer", "method": "fp16"},
                 {"name": "int8", "technique": "quantizer", "method": "int8-weight-only"}]
