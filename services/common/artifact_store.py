@@ -272,17 +272,22 @@ class ArtifactStore:
                                headers={"Nats-Rollup": "sub"})
         return await self.stat(artifact_id)
 
-    async def list_stored(self) -> list[StoredArtifact]:
-        """Every stored artifact's record (deleted ones left out), by id."""
+    async def ids(self) -> list[str]:
+        """The id of every artifact with a record (deleted ones included), from one request."""
         prefix = f"$O.{self._bucket}.M."
         info = await self._js.stream_info(self._stream, subjects_filter=prefix + ">")
+        return sorted(base64.urlsafe_b64decode(subject.removeprefix(prefix)).decode()
+                      for subject in info.state.subjects or {})
+
+    async def list_stored(self) -> list[StoredArtifact]:
+        """Every stored artifact's record (deleted ones left out), by id."""
         found = []
-        for subject in info.state.subjects or {}:
+        for artifact_id in await self.ids():
             try:
-                found.append(await self.stat(base64.urlsafe_b64decode(subject.removeprefix(prefix)).decode()))
+                found.append(await self.stat(artifact_id))
             except ArtifactNotFound:
                 continue
-        return sorted(found, key=lambda stored: stored.ref.id)
+        return found
 
     async def _fetch_batches(self, stored: StoredArtifact) -> AsyncIterator[list[bytes]]:
         """Yields the object's chunks in order, a batch at a time, by direct gets (each chunk the

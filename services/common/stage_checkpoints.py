@@ -15,7 +15,18 @@ CHECKPOINT = common_pb2.ARTIFACT_FORMAT_TRAINING_CHECKPOINT
 
 
 def checkpoint_id(job_id: str, stage_index: int, stage_key: str) -> str:
-    return f"ckpt-{job_id}-{stage_index}-{stage_key[:16]}"
+    return f"{_job_prefix(job_id)}{stage_index}-{stage_key[:16]}"
+
+
+def _job_prefix(job_id: str) -> str:
+    return f"ckpt-{job_id}-"
+
+
+async def delete_job_checkpoints(store: ArtifactStore, job_id: str) -> int:
+    """Deletes what checkpoints the job's stages left (a job that ended cannot resume); returns
+    how many went."""
+    prefix = _job_prefix(job_id)
+    return sum([await store.delete(artifact_id) for artifact_id in await store.ids() if artifact_id.startswith(prefix)])
 
 
 class StoredCheckpoints(Checkpoints):

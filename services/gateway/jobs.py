@@ -29,6 +29,7 @@ from services.common.model_source import describe
 from services.common.pipeline.chain import label_of
 from services.common.pipeline.gates import failed_checks, gate_figures, parse_gate
 from services.common.settings import TECHNIQUE_SERVICES
+from services.common.stage_checkpoints import delete_job_checkpoints
 from services.gateway.access import Grants
 from services.gateway.catalog import Mesh, ServiceUnavailable
 from services.gateway.leases import JobLeases
@@ -483,6 +484,7 @@ class JobRunner:
         _now(job.finished_at)
         await self.jobs.put(job)
         await self._publish(job, common_pb2.EVENT_KIND_JOB_STATE, job_state=state, message=message)
+        await delete_job_checkpoints(self.store, job.job_id)
 
     async def _publish(self, job: common_pb2.Job, kind: int, **fields) -> None:
         await self.events.publish(ev.make_event(job.job_id, kind, **fields))

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from modelpress.v1 import common_pb2
 from services.common.artifact_store import ArtifactNotFound, ArtifactStore, StoreFull
 from services.common.events import TERMINAL_STATES, EventLog
+from services.common.stage_checkpoints import delete_job_checkpoints
 from services.gateway.access import Grants
 from services.gateway.jobs import JobRunner
 
@@ -52,6 +53,7 @@ class Retention:
                 await self._grants.revoke(job.tenant, artifact_id)
                 if not await self._grants.holders(artifact_id):  # nobody uploaded or compared it
                     deleted += await self._store.delete(artifact_id)
+        await delete_job_checkpoints(self._store, job.job_id)
         await self._events.purge(job.job_id)
         await self._runner.jobs.delete(job.job_id)
         return deleted

@@ -122,3 +122,18 @@ def test_saves_are_spaced_by_ten_times_their_own_duration(tmp_path):
     assert not walk.due()  # 20 s after a 2 s save, not 5
     now[0] += 1.0
     assert walk.due()
+
+
+def test_a_checkpoint_that_cannot_be_stored_does_not_stop_the_walk(tiny_llama_dir, tmp_path):
+    class FullStore(FolderCheckpoints):
+        def save(self, folder, step):
+            self.saves.append(step)
+            raise OSError("store full")
+
+    store = FullStore(tmp_path / "ckpt")
+    config = GptqConfig(group_size=32, **CALIBRATION)
+    QUANT_METHODS["gptq"].run(config, tiny_llama_dir, tmp_path / "whole", ProgressReporter())
+    QUANT_METHODS["gptq"].run(config, tiny_llama_dir, tmp_path / "unsaved", ProgressReporter(checkpoints=store))
+    assert store.saves == [1]  # tried after block 0; the walk went on
+    whole, unsaved = tensors(tmp_path / "whole"), tensors(tmp_path / "unsaved")
+    assert all(torch.equal(whole[k], unsaved[k]) for k in whole)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import tempfile
 import time
 from collections.abc import Callable
@@ -96,6 +97,16 @@ class WalkCheckpoints:
         return self.clock() - self._last >= self.interval
 
     def save(self, state: WalkState, blocks: int) -> None:
+        """Best effort: a checkpoint that cannot be stored (a full store, NATS away) is worth
+        less than the walk, which goes on without further saves."""
+        try:
+            self._save(state, blocks)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("walk checkpoint after block %d not stored (%s: %s); going on without checkpoints",
+                        state.next_block, type(exc).__name__, exc)
+            self.interval = math.inf
+
+    def _save(self, state: WalkState, blocks: int) -> None:
         payload = {
             "walk": self.walk, "blocks": blocks, "next_block": state.next_block, "hidden": [h.contiguous() for h in state.hidden],
             "results": {name: self.codec.encode(value) for name, value in state.results.items()},
