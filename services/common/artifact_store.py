@@ -4,10 +4,10 @@ Objects use the standard NATS object-store layout (chunks on `$O.<bucket>.C.<nui
 meta on `$O.<bucket>.M.<name>`) so the `nats` CLI and other clients can read them.
 The transfer loops are our own: nats-py's stock `put` waits for one ack per chunk and
 its `get` throttles its flow control, which capped them at ~160 / ~60 MB/s here.
-Writes pipeline chunks with `publish_async`; reads drain a pull consumer in large
-batches, every read on a connection drawing its batches from one budget of chunks in
-flight, so any number of concurrent reads stays under the server's per-connection
-pending limit. Both hash while streaming; a read whose sha256 differs from the one
+Writes pipeline chunks with `publish_async`; reads ask for one chunk at a time by direct get
+(any replica answers, no consumer to lose), every read on a connection drawing from one
+budget of chunks in flight, so any number of concurrent reads stays under the server's
+per-connection pending limit. Both hash while streaming; a read whose sha256 differs from the one
 recorded at write time fails and leaves no file behind.
 """
 
@@ -40,11 +40,13 @@ BUCKET = "modelpress_artifacts"
 CHUNK_SIZE = 1024 * 1024 - 16 * 1024
 # Chunks in flight before a writer waits for acks (bounds memory to ~64 MiB).
 WRITE_WINDOW = 64
+# Chunks handed on together (written to disk off the event loop as one batch).
 READ_BATCH = 16
-# Chunks in flight over one connection, summed over its concurrent reads. nats-server drops a
-# client whose unread bytes pass max_pending (64 MiB by default) as a slow consumer, and with it
-# every transfer on that connection. Measured with 8 concurrent 46 MB reads on a loaded 2-core
-# machine: 48 chunks in flight tripped it, 32 and 24 did not; one read still runs at disk speed.
+# Chunks asked for and not yet answered over one connection, summed over its concurrent reads
+# (each read asks for one at a time). nats-server drops a client whose unread bytes pass
+# max_pending (64 MiB by default) as a slow consumer, and with it every transfer on that
+# connection. Measured when reads pulled batches, 8 concurrent 46 MB reads on a loaded 2-core
+# machine: 48 chunks in flight tripped it, 32 and 24 did not.
 CONNECTION_READ_CHUNKS = 24
 
 
@@ -76,33 +78,13 @@ class StoredArtifact:
     created: datetime | None = None
 
 
-class ChunkBudget:
-    """Chunks a connection's reads may have in flight; each read takes what it can get, first come first served."""
-
-    def __init__(self, chunks: int) -> None:
-        self.free = chunks
-        self._changed = asyncio.Condition()
-
-    async def take(self, wanted: int) -> int:
-        async with self._changed:
-            await self._changed.wait_for(lambda: self.free > 0)
-            granted = min(wanted, self.free)
-            self.free -= granted
-            return granted
-
-    async def give(self, chunks: int) -> None:
-        async with self._changed:
-            self.free += chunks
-            self._changed.notify_all()
+_budgets: "weakref.WeakKeyDictionary[object, asyncio.Semaphore]" = weakref.WeakKeyDictionary()
 
 
-_budgets: "weakref.WeakKeyDictionary[object, ChunkBudget]" = weakref.WeakKeyDictionary()
-
-
-def read_budget(connection: object) -> ChunkBudget:
-    """The one budget of a NATS connection, shared by every store and read on it."""
+def read_budget(connection: object) -> asyncio.Semaphore:
+    """The one budget of chunks in flight of a NATS connection, shared by every store and read on it."""
     if connection not in _budgets:
-        _budgets[connection] = ChunkBudget(CONNECTION_READ_CHUNKS)
+        _budgets[connection] = asyncio.Semaphore(CONNECTION_READ_CHUNKS)
     return _budgets[connection]
 
 
@@ -292,25 +274,23 @@ class ArtifactStore:
     async def _fetch_batches(self, stored: StoredArtifact) -> AsyncIterator[list[bytes]]:
         """Yields the object's chunks in order, a batch at a time, by direct gets (each chunk the
         next message of the object's subject after the last one read). Any replica of the stream
-        answers a direct get and no consumer is made: nothing to lose when a server of a cluster
-        dies or a read waits long for its turn (an ephemeral consumer did both)."""
+        answers a direct get and no consumer is made: none to lose when a server of a cluster
+        dies or a read waits long for its turn (reads through ephemeral consumers failed both
+        ways in `make chaos`)."""
         if not stored.chunks:
             return
         subject = _chunk_subject(self._bucket, stored.nuid)
         budget = read_budget(self._js._nc)
         received = last_sequence = 0
         while received < stored.chunks:
-            granted = await budget.take(min(READ_BATCH, stored.chunks - received))
-            try:
-                batch = []
-                for _ in range(granted):
+            batch = []
+            for _ in range(min(READ_BATCH, stored.chunks - received)):
+                async with budget:
                     msg = await self._next_chunk(stored, subject, last_sequence)
-                    batch.append(msg.data)
-                    last_sequence = msg.seq
-                received += len(batch)
-                yield batch
-            finally:
-                await budget.give(granted)
+                batch.append(msg.data)
+                last_sequence = msg.seq
+            received += len(batch)
+            yield batch
 
     async def _next_chunk(self, stored: StoredArtifact, subject: str, after: int) -> api.RawStreamMsg:
         """The object's first chunk past stream sequence `after`. A replica that has not caught up

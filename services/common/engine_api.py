@@ -5,6 +5,8 @@ Nothing here knows about gRPC or NATS, so engines stay importable and testable a
 
 from __future__ import annotations
 
+import math
+
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,8 +44,9 @@ class Checkpoints:
     replica, or this one after a restart) resumes from it; this base keeps nothing (a run outside
     the mesh starts from zero every time)."""
 
-    # The least time between two saves of a walk over blocks (set by the operator in the mesh).
-    every_s: float = 60.0
+    # The least time between two saves of a walk over blocks (set by the operator in the mesh;
+    # never here, where a save would keep nothing).
+    every_s: float = math.inf
 
     def latest(self, into: Path) -> Path | None:
         """Fetches the last saved checkpoint into the folder `into`; None when there is none."""

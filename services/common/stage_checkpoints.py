@@ -22,18 +22,25 @@ def _job_prefix(job_id: str) -> str:
     return f"ckpt-{job_id}-"
 
 
+def checkpoint_job(artifact_id: str) -> str | None:
+    """The job a checkpoint id belongs to; None for an artifact that is not a checkpoint."""
+    if not artifact_id.startswith("ckpt-"):
+        return None
+    return artifact_id.removeprefix("ckpt-").rsplit("-", 2)[0]
+
+
 async def delete_job_checkpoints(store: ArtifactStore, job_id: str) -> int:
     """Deletes what checkpoints the job's stages left (a job that ended cannot resume); returns
     how many went."""
-    prefix = _job_prefix(job_id)
-    return sum([await store.delete(artifact_id) for artifact_id in await store.ids() if artifact_id.startswith(prefix)])
+    return sum([await store.delete(artifact_id) for artifact_id in await store.ids()
+                if checkpoint_job(artifact_id) == job_id])
 
 
 class StoredCheckpoints(Checkpoints):
     """Called from the engine's worker thread; each call runs on the service's event loop."""
 
     def __init__(self, store: ArtifactStore, loop: asyncio.AbstractEventLoop, artifact_id: str,
-                 every_s: float = Checkpoints.every_s) -> None:
+                 every_s: float) -> None:
         self.every_s = every_s
         self._store = store
         self._loop = loop

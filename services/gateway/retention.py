@@ -1,5 +1,6 @@
 """What the mesh keeps and for how long: deleting a job with what only it used, the operator's TTLs
-for finished jobs and for uploads, and the store's size bound.
+for finished jobs and for uploads, the store's size bound, and stage checkpoints no job can resume
+from (a worker's last save may land after its job was cancelled).
 
 A tagged artifact is pinned: a job whose output (or any artifact) carries a tag outlives its TTL,
 and so does a tagged upload. Deleting announces each removed artifact (ArtifactStore.delete), so
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from modelpress.v1 import common_pb2
 from services.common.artifact_store import ArtifactNotFound, ArtifactStore, StoreFull
 from services.common.events import TERMINAL_STATES, EventLog
-from services.common.stage_checkpoints import delete_job_checkpoints
+from services.common.stage_checkpoints import checkpoint_job, delete_job_checkpoints
 from services.gateway.access import Grants
 from services.gateway.jobs import JobRunner
 
@@ -72,11 +73,15 @@ class Retention:
         except ArtifactNotFound:
             return False
 
-    async def sweep(self, now: float | None = None) -> tuple[int, int]:
-        """Deletes what outlived its TTL; returns (jobs, uploads) deleted."""
+    async def sweep(self, now: float | None = None) -> tuple[int, int, int]:
+        """Deletes what outlived its TTL and checkpoints of jobs that ended or are gone; returns
+        (jobs, uploads, checkpoints) deleted."""
         now = time.time() if now is None else now
         jobs_deleted = uploads_deleted = 0
         jobs = await self._runner.jobs.list()
+        running = {job.job_id for job in jobs if job.state not in TERMINAL_STATES}
+        checkpoints_deleted = sum([await self._store.delete(artifact_id) for artifact_id in await self._store.ids()
+                                   if (owner := checkpoint_job(artifact_id)) is not None and owner not in running])
         if self.policy.job_ttl_s:
             for job in jobs:
                 ended = job.finished_at.seconds
@@ -90,7 +95,7 @@ class Retention:
         if self.policy.artifact_ttl_s:
             used = {a for job in jobs for a in (*job.artifact_ids, job.model.artifact_id) if a}
             for stored in await self._store.list_stored():
-                if stored.ref.id in used or stored.meta.get("tags") or stored.ref.id.startswith("ckpt-"):
+                if stored.ref.id in used or stored.meta.get("tags") or checkpoint_job(stored.ref.id) is not None:
                     continue
                 if stored.meta.get("chain") or stored.created is None:
                     continue  # a stage's output: it goes with its job
@@ -99,17 +104,16 @@ class Retention:
                 for tenant in await self._grants.holders(stored.ref.id):
                     await self._grants.revoke(tenant, stored.ref.id)
                 uploads_deleted += await self._store.delete(stored.ref.id)
-        return jobs_deleted, uploads_deleted
+        return jobs_deleted, uploads_deleted, checkpoints_deleted
 
     async def run(self, every_s: float) -> None:
         """Sweeps until cancelled (every gateway may: deleting what is already gone is a no-op)."""
-        if not (self.policy.job_ttl_s or self.policy.artifact_ttl_s):
-            return
         while True:
             await asyncio.sleep(every_s)
             try:
-                jobs, uploads = await self.sweep()
-                if jobs or uploads:
-                    log.info("retention: deleted %d job(s) and %d upload(s) past their TTL", jobs, uploads)
+                jobs, uploads, checkpoints = await self.sweep()
+                if jobs or uploads or checkpoints:
+                    log.info("retention: deleted %d job(s) and %d upload(s) past their TTL, %d leftover checkpoint(s)",
+                             jobs, uploads, checkpoints)
             except Exception as exc:  # noqa: BLE001 - NATS away for a moment: sweep again next time
                 log.warning("retention sweep failed: %s", exc)

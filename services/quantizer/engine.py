@@ -148,10 +148,11 @@ def _run_calibrated(config: CalibrationConfig, source: StreamingModel, targets: 
                     extra_metrics: dict | None = None, batches: torch.Tensor | None = None) -> StageResult:
     batches = config.batches(source.reader.folder) if batches is None else batches
     losses: list[float] = []
+    walk = stage_walk_checkpoints(reporter, QUANTIZED_WEIGHT_CODEC)
     result = quantize_sequential(source, targets, batches, step, _layer_reporter(reporter, losses),
                                  propagate_quantized=propagate_quantized, sample_every=sample_every,
                                  keep_float_outputs=keep_float_outputs, check_cancelled=reporter.check_cancelled,
-                                 checkpoints=(walk := stage_walk_checkpoints(reporter, QUANTIZED_WEIGHT_CODEC)))
+                                 checkpoints=walk)
     extra = {"mean_layer_loss": sum(losses) / len(losses) if losses else 0.0,
              "calibration_tokens": int(batches.numel()), "resumed_from_block": walk.restored_block,
              **(extra_metrics or {})}
@@ -228,9 +229,9 @@ def _transform(config: CalibrationConfig, grid: WeightOnlyConfig, src: Path, dst
         figures.append(layer_figures)
         reporter.report(i, total + 1, f"{method} {name} ({i}/{total})", layer=name, **layer_figures)
 
+    walk = stage_walk_checkpoints(reporter)
     changed = rewrite_sequential(source, targets, batches, step, on_layer, sample_every=sample_every,
-                                 check_cancelled=reporter.check_cancelled,
-                                 checkpoints=(walk := stage_walk_checkpoints(reporter)))
+                                 check_cancelled=reporter.check_cancelled, checkpoints=walk)
     reporter.report(len(targets), len(targets) + 1, "writing the float model")
     replaced = write_float_model(source, changed, dst)
     copy_tokenizer(src, dst)

@@ -140,9 +140,9 @@ async def test_a_deletion_is_announced_for_caches(store, js, tmp_path):
 
 
 async def test_reads_of_interleaved_writes_take_no_consumer_and_get_their_own_bytes(store, js, tmp_path):
-    """Chunks are read by direct gets, which any replica answers: no consumer is made (one lived
-    on a single server and died with it in a cluster), and two objects written at once, their
-    chunks interleaved in the stream, each read back whole."""
+    """Chunks are read by direct gets, which any replica answers: no consumer is made (reads
+    through ephemeral consumers failed in a cluster losing a server), and two objects written at
+    once, their chunks interleaved in the stream, each read back whole."""
     datas = [os.urandom(4 * CHUNK_SIZE + n) for n in (1, 2)]
     for n, data in enumerate(datas):
         (tmp_path / f"in{n}.bin").write_bytes(data)

@@ -100,15 +100,11 @@ async def test_prune_then_self_distillation_is_one_job_healing_against_the_origi
 async def test_a_cancel_lands_between_training_steps(gateway, model_dir):
     client = Client(gateway)
     job = await call(client.create_job, f"path:{model_dir}", "distill-response",
-                     overrides={**SHORT, "max_steps": 0, "max_minutes": 10.0, "checkpoint_every": 1},
-                     evaluation=NO_EVAL, recompute=True)
-
-    def checkpoints() -> list[str]:
-        return [a.artifact.id for a in client.list_artifacts() if a.artifact.id.startswith(f"ckpt-{job.job_id}-")]
+                     overrides={**SHORT, "max_steps": 0, "max_minutes": 10.0}, evaluation=NO_EVAL, recompute=True)
 
     def cancel_at_the_second_step() -> float:
         for event in client.watch(job.job_id):
-            if "learning_rate" in event.metrics and event.step >= 2 and checkpoints():
+            if "learning_rate" in event.metrics and event.step >= 2:
                 client.cancel_job(job.job_id)
                 return time.monotonic()
         pytest.fail("the training never reported a step")
@@ -117,9 +113,6 @@ async def test_a_cancel_lands_between_training_steps(gateway, model_dir):
     job, _ = await run_to_end(client, job)
     assert job.state == common_pb2.JOB_STATE_CANCELLED
     assert time.monotonic() - started < 30  # not the 10 minutes of its budget
-    # A job that ended cannot resume: deleting it leaves none of its checkpoints behind.
-    await call(client.delete_job, job.job_id)
-    assert not await call(checkpoints)
 
 
 @pytest.fixture(scope="module")

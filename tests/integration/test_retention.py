@@ -12,7 +12,10 @@ import pytest
 
 from modelpress import Client
 from modelpress.v1 import common_pb2
+from services.common import nats_conn
+from services.common.artifact_store import ArtifactNotFound, ArtifactStore
 from services.common.server import start_service
+from services.common.stage_checkpoints import CHECKPOINT, checkpoint_id
 from tests.conftest import served_nats
 from tests.integration.conftest import _registrar
 
@@ -71,6 +74,48 @@ async def test_ttls_delete_what_is_untagged_and_every_cached_copy(retaining_gate
     # The tagged result keeps its job, and the job its input.
     assert (await call(client.get_job, jobs[1].job_id)).state == common_pb2.JOB_STATE_SUCCEEDED
     assert (await call(client.lineage, pinned.id)).artifact.artifact.id == pinned.id
+
+
+async def test_a_checkpoint_is_kept_while_its_job_runs_and_no_longer(retaining_gateway, workers, model_dir, tmp_path):
+    """A worker's last checkpoint save can land after its job was cancelled (and its checkpoints
+    deleted): the sweep removes checkpoints of jobs that ended or are gone, never of a running one."""
+    client = retaining_gateway
+    training = {"max_steps": 0, "max_minutes": 10.0, "calibration_samples": 24, "calibration_sequence_length": 32,
+                "batch_size": 4, "validate_every": 1000, "warmup_steps": 1}
+    job = await call(client.create_job, f"path:{model_dir}", "distill-response", overrides=training,
+                     evaluation=NO_EVAL, recompute=True)
+    while (await call(client.get_job, job.job_id)).state != common_pb2.JOB_STATE_RUNNING:
+        await asyncio.sleep(0.2)
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "walk.pt").write_bytes(b"saved")
+    nc = await nats_conn.connect(workers.nats_url, name="tests-retention")
+    try:
+        store = ArtifactStore(nats_conn.jetstream(nc))
+        await store.ensure()
+        running, orphan = checkpoint_id(job.job_id, 0, "f" * 16), checkpoint_id("j-" + "0" * 16, 0, "e" * 16)
+        for artifact_id in (running, orphan):
+            await store.replace_dir(tmp_path / "ckpt", fmt=CHECKPOINT, artifact_id=artifact_id)
+        await asyncio.sleep(4 * 0.5)  # four sweeps
+        assert await _gone_from(store, orphan) and not await _gone_from(store, running)
+
+        await call(client.cancel_job, job.job_id)
+        await call(lambda: list(client.watch(job.job_id)))
+        await store.replace_dir(tmp_path / "ckpt", fmt=CHECKPOINT, artifact_id=running)  # a late save
+        for _ in range(20):
+            if await _gone_from(store, running):
+                break
+            await asyncio.sleep(0.5)
+        assert await _gone_from(store, running)
+    finally:
+        await nc.close()
+
+
+async def _gone_from(store: ArtifactStore, artifact_id: str) -> bool:
+    try:
+        await store.stat(artifact_id)
+    except ArtifactNotFound:
+        return True
+    return False
 
 
 async def test_a_full_store_refuses_uploads_and_jobs(workers, tiny_llama_dir, model_dir):

@@ -69,7 +69,6 @@ class WalkCheckpoints:
         self.clock = clock
         self._last = clock()
         self.restored_block = 0
-        self.saved_blocks: list[int] = []
 
     def restore(self, blocks: int, hidden_like: list[torch.Tensor]) -> WalkState | None:
         """The stored state when there is one made for this walk (same number of blocks, hidden
@@ -108,7 +107,8 @@ class WalkCheckpoints:
 
     def _save(self, state: WalkState, blocks: int) -> None:
         payload = {
-            "walk": self.walk, "blocks": blocks, "next_block": state.next_block, "hidden": [h.contiguous() for h in state.hidden],
+            "walk": self.walk, "blocks": blocks, "next_block": state.next_block,
+            "hidden": [h.contiguous() for h in state.hidden],
             "results": {name: self.codec.encode(value) for name, value in state.results.items()},
             "figures": json.dumps(state.figures, default=float), "rewritten": state.rewritten,
         }
@@ -116,7 +116,6 @@ class WalkCheckpoints:
         with tempfile.TemporaryDirectory(prefix="walk-") as scratch:
             torch.save(payload, Path(scratch) / WALK_FILE)
             self.store.save(Path(scratch), state.next_block)
-        self.saved_blocks.append(state.next_block)
         self._last = self.clock()
         self.interval = max(self.store.every_s, 10 * (self._last - began))
 
