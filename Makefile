@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-MP := $(PY) -m services.gateway.cli
+MP := $(PY) -m services.cli.main
 STAMP := $(VENV)/.installed-stamp
 
 .PHONY: install demo test test-slow fuzz chaos test-fast bench bench-quant bench-eval bench-opt bench-pipelines bench-prune bench-distill bench-anchors anchors-venv bench-llamacpp \

@@ -25,11 +25,12 @@ from safetensors.torch import save_file
 
 from machine_record import machine_record  # bench/ (this folder is on sys.path)
 from quantization import run_method
-from services.common import modelio, packaging
-from services.common.registry import builtin_folder
-from services.common.settings import default_cache
+from services.common.models import modelio
+from services.common.store import packaging
+from services.common.models.builtin_models import builtin_folder
+from services.common.runtime.settings import default_cache
 from services.evaluator.engine import EvaluationConfig, evaluate_folder
-from services.common.calibration_data import calibration_batches, calibration_text
+from services.common.datasets.calibration_text import calibration_batches, calibration_text
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

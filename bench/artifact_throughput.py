@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 from machine_record import machine_record  # bench/ (this folder is on sys.path)
-from services.common import nats_conn
-from services.common.artifact_store import ArtifactStore
-from services.common.nats_server import start_nats_server
+from services.common.store import nats_conn
+from services.common.store.artifact_store import ArtifactStore
+from services.common.store.nats_server import start_nats_server
 from modelpress.v1 import common_pb2
 
 SETTLE_S = 3.0

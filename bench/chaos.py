@@ -34,10 +34,11 @@ from pathlib import Path
 from machine_record import machine_record  # bench/ (this folder is on sys.path)
 from modelpress import Client
 from modelpress.v1 import common_pb2
-from services.common import nats_conn, registry
-from services.common.job_store import BUCKET as JOBS
-from services.common.settings import default_cache
-from services.gateway import launcher
+from services.common.store import nats_conn
+from services.common.models import builtin_models as registry
+from services.gateway.job_store import BUCKET as JOBS
+from services.common.runtime.settings import default_cache
+from services.cli import launcher
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "minilm-l6"

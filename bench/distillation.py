@@ -32,12 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import modelpress
-from modelpress.local import LINEAGE_FILE
+from services.in_process import LINEAGE_FILE
 from parts import run_parts  # bench/ (this folder is on sys.path)
 from pruning import reloads, speed_of
 from quantization import run_method
-from services.common.registry import builtin_folder
-from services.common.settings import default_cache
+from services.common.models.builtin_models import builtin_folder
+from services.common.runtime.settings import default_cache
 from services.evaluator.engine import EvaluationConfig, compare_folders, evaluate_folder
 
 RESULTS = Path(__file__).resolve().parent / "results" / "distillation.json"

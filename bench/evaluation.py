@@ -20,12 +20,12 @@ from google.protobuf import json_format
 
 from machine_record import machine_record  # bench/ (this folder is on sys.path)
 from modelpress.v1 import common_pb2
-from services.gateway import launcher
-from services.gateway.cli_evaluation import print_comparison
+from services.cli import launcher
+from services.cli.evaluation import print_comparison
 from modelpress import Client
 
 ROOT = Path(__file__).resolve().parent.parent
-MODELPRESS = [sys.executable, "-m", "services.gateway.cli"]
+MODELPRESS = [sys.executable, "-m", "services.cli.main"]
 # Encoders are timed at a serving batch; causal LMs at one prompt.
 SHAPES = {"smollm2-135m": (1, 128), "minilm-l6": (8, 128)}
 THRESHOLDS = {"smollm2-135m": "seed-int8", "minilm-l6": "recovery-99"}

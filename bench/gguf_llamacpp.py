@@ -18,10 +18,10 @@ import tempfile
 from pathlib import Path
 
 from machine_record import machine_record  # bench/ (this folder is on sys.path)
-from services.common import modelio
-from services.common.engine_api import ProgressReporter
-from services.common.registry import builtin_folder
-from services.common.settings import default_cache
+from services.common.models import modelio
+from services.common.contract.engine_api import ProgressReporter
+from services.common.models.builtin_models import builtin_folder
+from services.common.runtime.settings import default_cache
 from services.evaluator import quality
 from services.optimizer.engine import METHODS
 

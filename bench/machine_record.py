@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from datetime import datetime, timezone
 
-from services.common.machine import describe_machine
+from services.common.measure.machine import describe_machine
 
 
 def machine_record(threads: int | None = None) -> dict:

@@ -14,8 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from services.common.configspec import parse_config
-from services.common.engine_api import ProgressReporter
+from services.common.contract.config import parse_config
+from services.common.contract.engine_api import ProgressReporter
 
 
 def main() -> None:

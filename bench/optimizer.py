@@ -19,13 +19,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from services.common import modelio
-from services.common.engine_api import ProgressReporter
-from services.common.registry import builtin_folder
-from services.common.settings import default_cache
+from services.common.models import modelio
+from services.common.contract.engine_api import ProgressReporter
+from services.common.models.builtin_models import builtin_folder
+from services.common.runtime.settings import default_cache
 from services.evaluator.engine import EvaluationConfig, compare_folders
 from modelpress.v1 import common_pb2
-from services.common.pipeline.recipes import RECIPES
+from services.common.contract.recipes import RECIPES
 from services.optimizer.engine import METHODS as OPTIMIZER_METHODS
 from services.quantizer.engine import METHODS as QUANTIZER_METHODS
 

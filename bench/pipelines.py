@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 import modelpress
-from services.common.pipeline.recipes import RECIPES
-from services.common.registry import builtin_folder
-from services.common.settings import default_cache
+from services.common.contract.recipes import RECIPES
+from services.common.models.builtin_models import builtin_folder
+from services.common.runtime.settings import default_cache
 from services.evaluator.engine import EvaluationConfig, compare_folders
 
 from machine_record import machine_record  # bench/, beside this script

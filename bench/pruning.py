@@ -32,8 +32,8 @@ import modelpress
 from anchors import ANCHOR_PYTHON, check_anchor_python, side_by_side
 from parts import run_parts  # bench/ (this folder is on sys.path)
 from quantization import run_method
-from services.common.registry import builtin_folder
-from services.common.settings import default_cache
+from services.common.models.builtin_models import builtin_folder
+from services.common.runtime.settings import default_cache
 from services.evaluator.engine import EvaluationConfig, compare_folders, evaluate_folder
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pruning.json"
@@ -147,9 +147,9 @@ def _feeds(compiled, length: int) -> dict:
 
 
 def openvino_sparse(args, work: Path) -> dict:
-    from services.common.isa import isa_class
-    from services.common.machine import describe_machine
-    from services.common.openvino_runtime import compile_config, read_model
+    from services.common.measure.isa import isa_class
+    from services.common.measure.machine import describe_machine
+    from services.common.engines.openvino_runtime import compile_config, read_model
 
     flags = list(describe_machine().isa_features)
     src = builtin_folder("smollm2-135m", default_cache())

@@ -23,12 +23,13 @@ from pathlib import Path
 import torch
 
 from machine_record import machine_record  # bench/ (this folder is on sys.path)
-from services.common import modelio, packaging
-from services.common.registry import builtin_folder
-from services.common.settings import default_cache
+from services.common.models import modelio
+from services.common.store import packaging
+from services.common.models.builtin_models import builtin_folder
+from services.common.runtime.settings import default_cache
 from services.evaluator import quality
 from services.evaluator.engine import EvaluationConfig, compare_folders, evaluate_folder
-from services.common.pipeline.recipes import RECIPES
+from services.common.contract.recipes import RECIPES
 
 RESULTS = Path(__file__).resolve().parent / "results"
 HERE = Path(__file__).resolve().parent

@@ -21,8 +21,8 @@ def batching(onnx_folder: Path, *, requests: int = 128, clients: int = 16, max_b
              max_wait_ms: float = 5.0, threads: int = 2) -> list[dict]:
     """An ONNX Runtime encoder session behind the batcher; requests are held-out pydoc sentences
     (their real, varied lengths)."""
-    from services.common import modelio
-    from services.common.onnx_session import open_session
+    from services.common.models import modelio
+    from services.common.engines.onnx_session import open_session
     from services.evaluator import quality
     from services.optimizer.batching import BatchingConfig, compare_batching, serve_under_load
 
@@ -48,7 +48,7 @@ def batching(onnx_folder: Path, *, requests: int = 128, clients: int = 16, max_b
 def kv_caches(model_folder: Path, *, prompt: int = 128, new_tokens: int = 64, windows: int = 4) -> list[dict]:
     import torch
 
-    from services.common import modelio
+    from services.common.models import modelio
     from services.evaluator import quality
     from services.optimizer import kv_cache
 
@@ -93,8 +93,8 @@ def run(onnx_encoder: Path | None, causal_lm: Path | None) -> dict:
 
 
 def main() -> None:
-    from services.common.registry import builtin_folder
-    from services.common.settings import default_cache
+    from services.common.models.builtin_models import builtin_folder
+    from services.common.runtime.settings import default_cache
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--onnx-folder", type=Path, help="an `onnx-int8` artifact of MiniLM (skip batching if absent)")

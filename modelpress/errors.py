@@ -80,3 +80,8 @@ def from_rpc_error(exc: grpc.RpcError) -> ModelpressError:
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
     details = exc.details() if hasattr(exc, "details") else str(exc)
     return _BY_CODE.get(code, ModelpressError)(code, details or "")
+
+
+def for_status(code: grpc.StatusCode, details: str) -> ModelpressError:
+    """The error class of a status, for failures raised in this process (modelpress.compress)."""
+    return _BY_CODE.get(code, ModelpressError)(code, details)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from services.common.nats_server import start_nats_server
+from services.common.store.nats_server import start_nats_server
 
 # One cache of the dequantized built-in models for every test (unit and e2e): a fresh
 # machine builds SmolLM2's FP32 copy once, not once per test module.
@@ -15,14 +15,14 @@ os.environ.setdefault("MODELPRESS_CACHE", str(Path.home() / ".cache" / "modelpre
 
 
 def minilm_folder() -> Path:
-    from services.common.registry import get_builtin
+    from services.common.models.builtin_models import get_builtin
 
     model = get_builtin("minilm-l6")
     return model.package_dir() / model.relative_path
 
 
 def _copy_tokenizer(dst: Path) -> None:
-    from services.common.tokenizer_files import copy_tokenizer
+    from services.common.models.tokenizer_files import copy_tokenizer
 
     copy_tokenizer(minilm_folder(), dst)
 
@@ -73,7 +73,7 @@ def nats_url(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 async def js(nats_url):
-    from services.common import nats_conn
+    from services.common.store import nats_conn
 
     nc = await nats_conn.connect(nats_url, name="tests")
     yield nats_conn.jetstream(nc)
@@ -93,7 +93,7 @@ def noisy_bert_dir(tiny_bert_dir, tmp_path_factory) -> Path:
 
     import torch
 
-    from services.common import modelio
+    from services.common.models import modelio
 
     folder = tmp_path_factory.mktemp("tiny-bert-noisy")
     shutil.copytree(tiny_bert_dir, folder, dirs_exist_ok=True)
@@ -116,7 +116,7 @@ def tiny_bpe_llama_dir(tmp_path_factory) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from services.common import corpus
+    from services.common.datasets import corpus
 
     folder = tmp_path_factory.mktemp("tiny-bpe-llama")
     tokenizer = Tokenizer(models.BPE())

@@ -11,7 +11,7 @@ from pydantic import Field, model_validator
 
 from modelpress.v1 import common_pb2
 from services.common.calibration.config import CalibrationConfig
-from services.common.configspec import MAX_TRAINED_TOKENS, over_budget
+from services.common.contract.config import MAX_TRAINED_TOKENS, over_budget
 
 FLOAT = common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from services.common.calibration_data import text_pieces
+from services.common.datasets.calibration_text import text_pieces
 
 
 @dataclass

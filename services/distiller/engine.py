@@ -13,14 +13,14 @@ from pathlib import Path
 import torch
 
 from modelpress.v1 import common_pb2
-from services.common import modelio
+from services.common.models import modelio
 from services.common.calibration.blocks import decoder_blocks
-from services.common.curves import thin
-from services.common.engine_api import Method, ProgressMetric, ProgressReporter, StageResult
-from services.common.float_checkpoint import refuse_quantized
-from services.common.flops import forward_flops, parameter_counts
-from services.common.reload import reload_difference
-from services.common.tokenizer_files import copy_tokenizer
+from services.common.measure.curves import thin
+from services.common.contract.engine_api import Method, ProgressMetric, ProgressReporter, StageResult
+from services.common.models.float_checkpoint import refuse_quantized
+from services.common.measure.flops import forward_flops, parameter_counts
+from services.common.models.reload import reload_difference
+from services.common.models.tokenizer_files import copy_tokenizer
 from services.distiller.configs import AttentionConfig, FeatureConfig, ResponseConfig, SelfConfig
 from services.distiller.data import training_data
 from services.distiller.objectives import Objective

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from services.common.architecture import Architecture
+from services.common.models.architecture import Architecture
 from services.common.calibration.blocks import decoder_blocks
 from services.distiller import temperature as temperatures
 from services.distiller.configs import AttentionConfig, FeatureConfig, ResponseConfig, pairs

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from services.common.architecture import Architecture, keep_layers
+from services.common.models.architecture import Architecture, keep_layers
 from services.common.calibration.blocks import decoder_blocks
 from services.distiller.configs import StudentConfig
 from services.distiller.data import model_inputs

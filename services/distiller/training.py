@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from services.common.engine_api import ProgressReporter
+from services.common.contract.engine_api import ProgressReporter
 from services.distiller.configs import TrainingConfig
 from services.distiller.data import TrainingData
 from services.distiller.objectives import Objective

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from services.common.modelio import UnsupportedModelError
+from services.common.models.modelio import UnsupportedModelError
 
 
 def _wordpiece(tokenizer_json: dict) -> dict:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from services.common.architecture import Architecture, replace_module
+from services.common.models.architecture import Architecture, replace_module
 from services.distiller.data import model_inputs
 
 @torch.no_grad()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from nats.js import JetStreamContext
 
 from modelpress.v1 import common_pb2
-from services.common.kv_records import RecordBucket
+from services.common.store.kv_records import RecordBucket
 
 BUCKET = "modelpress_benchmarks"
 

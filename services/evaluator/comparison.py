@@ -6,8 +6,8 @@ Works on ModelMetrics messages (the evaluator's data model) and nothing else: no
 from __future__ import annotations
 
 from modelpress.v1 import common_pb2
-from services.common.quality_kept import quality_retention
-from services.common.thresholds import ThresholdSetDef
+from modelpress.quality_kept import quality_retention
+from services.common.contract.thresholds import ThresholdSetDef
 
 
 def _ratio(value: float, base: float) -> float:

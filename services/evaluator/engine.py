@@ -14,8 +14,8 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
-from services.common import packaging
-from services.common.configspec import MethodConfig
+from services.common.store import packaging
+from services.common.contract.config import MethodConfig
 from services.evaluator import quality
 from services.evaluator.measure import stored_parameter_bytes
 from services.evaluator.probe import ProbePlan

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.common import modelio, packed
+from services.common.models import modelio
+from services.common.models import packed
 
 
 @dataclass(frozen=True)

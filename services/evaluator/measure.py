@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from services.common.packed import Int8Embedding, Int8Linear
+from services.common.models.packed import Int8Embedding, Int8Linear
 
 # Quantization metadata that is not a model parameter (compressed-tensors names).
 _QUANT_METADATA = ("weight_scale", "weight_zero_point", "weight_shape", "weight_global_scale", "input_scale",

@@ -21,7 +21,7 @@ ONNX_FILE = "model.onnx"
 class OnnxModel(nn.Module):
     def __init__(self, folder: Path, kind: str, threads: int) -> None:
         super().__init__()
-        from services.common.onnx_session import open_session
+        from services.common.engines.onnx_session import open_session
 
         self.kind = kind
         self.session = open_session(Path(folder) / ONNX_FILE, threads=threads)
@@ -41,7 +41,7 @@ class OnnxModel(nn.Module):
                                                               if k in self.input_names})[0])
             return SimpleNamespace(logits=output) if self.kind == "causal-lm" else \
                 SimpleNamespace(last_hidden_state=output)
-        from services.common.causal_feeds import empty_past, step_inputs
+        from services.common.engines.causal_feeds import empty_past, step_inputs
 
         cache = empty_past(self.past, ids.shape[0]) if cache is None else cache
         feeds = {**step_inputs(ids, cache[0].shape[2]), **{p.name: past for p, past in zip(self.past, cache)}}

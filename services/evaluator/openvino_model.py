@@ -28,7 +28,7 @@ class _SequenceState:
 class OpenVinoModel(nn.Module):
     def __init__(self, folder: Path, kind: str, threads: int, precision: str = "f32") -> None:
         super().__init__()
-        from services.common.openvino_runtime import applied_precision, compile_model
+        from services.common.engines.openvino_runtime import applied_precision, compile_model
 
         self.kind = kind
         self.supports_decode = kind == "causal-lm"
@@ -44,7 +44,7 @@ class OpenVinoModel(nn.Module):
             mask = (torch.ones_like(input_ids) if attention_mask is None else attention_mask).numpy().astype(np.int64)
             hidden = self.request.infer({"input_ids": ids, "attention_mask": mask})[0]
             return SimpleNamespace(last_hidden_state=torch.from_numpy(hidden.copy()))
-        from services.common.causal_feeds import step_inputs
+        from services.common.engines.causal_feeds import step_inputs
 
         if cache is None:
             self.request.reset_state()
@@ -58,7 +58,7 @@ class OpenVinoModel(nn.Module):
 
 
 def openvino_parameters(folder: Path) -> int:
-    from services.common.openvino_runtime import read_model, weight_counts
+    from services.common.engines.openvino_runtime import read_model, weight_counts
 
     return sum(weight_counts(read_model(Path(folder) / IR_FILE)).values())
 

@@ -75,9 +75,9 @@ def _engine_parameters(folder: Path, fmt: str) -> int:
 def measure(plan: ProbePlan) -> dict:
     import torch
 
-    from services.common import modelio
+    from services.common.models import modelio
     from services.evaluator import latency, quality
-    from services.common.machine import PowerMeter, describe_machine
+    from services.common.measure.machine import PowerMeter, describe_machine
     from services.evaluator.machine_load import LoadWatch
     from services.evaluator.measure import count_flops, count_parameters
     from services.evaluator.formats import load_for_measurement

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from services.common import corpus
+from services.common.datasets import corpus
 
 # Perplexity windows are 512 tokens whatever the latency shape, so figures stay comparable.
 QUALITY_WINDOW = 512

@@ -302,7 +302,7 @@ def _short_digest(digest: str) -> str:
 def job_report(job: dict, events: list[dict], methods: list[dict] = (), lineage: list[dict] = ()) -> Report:
     """`methods`: the job's MethodDescriptions (as plain dicts): their declared progress metrics are
     what gets plotted. `lineage`: the output artifact's chain (its manifest's), shown as a table."""
-    from services.common.headline import job_headline
+    from modelpress.headline import job_headline
 
     result = job.get("result", {})
     original, compressed = result.get("original", {}), result.get("compressed", {})

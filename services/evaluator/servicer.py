@@ -12,21 +12,22 @@ from pathlib import Path
 import grpc
 
 from modelpress.v1 import common_pb2, evaluator_pb2, evaluator_pb2_grpc
-from services.common import modelio, packaging
-from services.common.artifact_store import ArtifactNotFound
-from services.common.configspec import ConfigError, describe_method, parse_config, struct_to_dict
-from services.common.machine import describe_machine
-from services.common.model_source import describe
-from services.common.server import ServiceRuntime
-from services.common.stage_runner import abort_with
-from services.common.worker_hardware import worker_hardware
+from services.common.models import modelio
+from services.common.store import packaging
+from services.common.store.artifact_store import ArtifactNotFound
+from services.common.contract.config import ConfigError, describe_method, parse_config, struct_to_dict
+from services.common.measure.machine import describe_machine
+from services.common.models.model_source import describe
+from services.common.runtime.server import ServiceRuntime
+from services.common.runtime.stage_runner import abort_with
+from services.common.runtime.worker_hardware import worker_hardware
 from services.evaluator import report as reports
 from services.evaluator.benchmark_store import BenchmarkStore
 from services.evaluator.comparison import comparison_row, threshold_set_message
 from services.evaluator.engine import (EvaluationConfig, ProbeScope, compare_folders, evaluate_folder,
                                        probe_scope)
 from services.evaluator.formats import check_measurable
-from services.common.thresholds import THRESHOLD_SETS, UnknownThresholdSet, threshold_set
+from services.common.contract.thresholds import THRESHOLD_SETS, UnknownThresholdSet, threshold_set
 
 EVALUATE_METHOD = "evaluate"
 MAX_COMPARED = 8

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from services.common.causal_feeds import empty_past, step_inputs
+from services.common.engines.causal_feeds import empty_past, step_inputs
 from services.evaluator.probe import ProbePlan, peak_rss_mb
 
 DECODE_STEPS = 8
 
 
 def _onnx_runner(folder: Path, threads: int):
-    from services.common.onnx_session import open_session
+    from services.common.engines.onnx_session import open_session
 
     session = open_session(folder / "model.onnx", threads=threads)
     names = {i.name for i in session.get_inputs()}
@@ -49,7 +49,7 @@ def _onnx_runner(folder: Path, threads: int):
 
 
 def _openvino_runner(folder: Path, threads: int, manifest: dict):
-    from services.common.openvino_runtime import compile_model
+    from services.common.engines.openvino_runtime import compile_model
 
     causal = manifest.get("kind") == "causal-lm"
     request = compile_model(folder / "openvino_model.xml", threads=threads,

@@ -12,9 +12,9 @@ from google.protobuf import timestamp_pb2
 from nats.js import JetStreamContext
 
 from modelpress.v1 import common_pb2
-from services.common.kv_records import RecordBucket
-from services.common.auth import Principal
-from services.common.cite import shown
+from services.common.store.kv_records import RecordBucket
+from services.common.runtime.auth import Principal
+from services.common.runtime.cite import shown
 
 GRANTS_BUCKET = "modelpress_grants"
 # The key segment of the open mesh's tenant (""); tenant names start with a letter or digit.

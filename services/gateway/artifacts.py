@@ -10,10 +10,10 @@ from __future__ import annotations
 import re
 
 from modelpress.v1 import common_pb2
-from services.common.artifact_store import ArtifactStore, StoredArtifact
-from services.common.auth import Principal
-from services.common.events import to_struct
-from services.common.pipeline.chain import InvalidArgument
+from services.common.store.artifact_store import ArtifactStore, StoredArtifact
+from services.common.runtime.auth import Principal
+from services.common.store.events import to_struct
+from services.common.contract.chain import InvalidArgument
 from services.gateway.access import scoped, tenant_of
 
 TAG = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]{0,63})(?::([1-9][0-9]{0,5}))?$")

@@ -11,7 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from modelpress.v1 import (common_pb2, distiller_pb2, distiller_pb2_grpc, evaluator_pb2, evaluator_pb2_grpc,
                            optimizer_pb2, optimizer_pb2_grpc, pruner_pb2, pruner_pb2_grpc, quantizer_pb2,
                            quantizer_pb2_grpc)
-from services.common.settings import TECHNIQUE_SERVICES
+from services.common.runtime.settings import TECHNIQUE_SERVICES
 
 # Round-robin over every address a target resolves to, so `--scale quantizer=3` spreads stages.
 CHANNEL_OPTIONS = [

@@ -21,20 +21,20 @@ import grpc
 from nats.js import JetStreamContext
 
 from modelpress.v1 import common_pb2, evaluator_pb2
-from services.common import events as ev
-from services.common.artifact_store import ArtifactStore
-from services.common.events import EventLog
-from services.common.job_store import JobStore
-from services.common.model_source import describe
-from services.common.pipeline.chain import label_of
-from services.common.pipeline.gates import failed_checks, gate_figures, parse_gate
-from services.common.settings import TECHNIQUE_SERVICES
-from services.common.stage_checkpoints import delete_job_checkpoints
+from services.common.store import events as ev
+from services.common.store.artifact_store import ArtifactStore
+from services.common.store.events import EventLog
+from services.gateway.job_store import JobStore
+from services.common.models.model_source import describe
+from services.common.contract.chain import label_of
+from services.common.contract.gates import failed_checks, gate_figures, parse_gate
+from services.common.runtime.settings import TECHNIQUE_SERVICES
+from services.common.store.stage_checkpoints import delete_job_checkpoints
 from services.gateway.access import Grants
 from services.gateway.catalog import Mesh, ServiceUnavailable
 from services.gateway.leases import JobLeases
 from services.gateway.outcomes import OutcomeStore
-from services.gateway.results import compression_result
+from modelpress.results import compression_result
 
 log = logging.getLogger(__name__)
 

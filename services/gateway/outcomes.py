@@ -11,9 +11,9 @@ from google.protobuf import json_format
 from nats.js import JetStreamContext
 
 from modelpress.v1 import common_pb2
-from services.common.pipeline.recipes import RECIPES
-from services.common.kv_records import RecordBucket
-from services.common.model_source import describe
+from services.common.contract.recipes import RECIPES
+from services.common.store.kv_records import RecordBucket
+from services.common.models.model_source import describe
 
 BUCKET = "modelpress_outcomes"
 

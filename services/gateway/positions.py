@@ -10,10 +10,10 @@ import tarfile
 from pathlib import Path
 
 from modelpress.v1 import common_pb2
-from services.common import registry
-from services.common.artifact_store import ArtifactStore
-from services.common.model_source import check_allowed_path
-from services.common.pipeline.chain import InvalidArgument
+from services.common.models import builtin_models as registry
+from services.common.store.artifact_store import ArtifactStore
+from services.common.models.model_source import check_allowed_path
+from services.common.contract.chain import InvalidArgument
 
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length")
 HEAD_BYTES = 4 * 1024 * 1024

@@ -8,13 +8,13 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 from modelpress.v1 import common_pb2, gateway_pb2
-from services.common.isa import class_flags
-from services.common.quality_kept import quality_retention
-from services.common.recommend import Candidate, Constraints, rank
+from services.common.measure.isa import class_flags
+from modelpress.quality_kept import quality_retention
+from services.gateway.ranking import Candidate, Constraints, rank
 from services.gateway.jobs import JobRunner
-from services.common.pipeline.recipes import RECIPES, get_recipe
+from services.common.contract.recipes import RECIPES, get_recipe
 from services.gateway.strategies import measured_on, strategy
-from services.common.pipeline.chain import InvalidArgument
+from services.common.contract.chain import InvalidArgument
 from services.gateway.validation import resolve_evaluation
 
 # Cheap enough to measure while a client waits (minutes on 2 CPU cores for a 135M model).

@@ -15,9 +15,9 @@ import time
 from dataclasses import dataclass
 
 from modelpress.v1 import common_pb2
-from services.common.artifact_store import ArtifactNotFound, ArtifactStore, StoreFull
-from services.common.events import TERMINAL_STATES, EventLog
-from services.common.stage_checkpoints import checkpoint_job, delete_job_checkpoints
+from services.common.store.artifact_store import ArtifactNotFound, ArtifactStore, StoreFull
+from services.common.store.events import TERMINAL_STATES, EventLog
+from services.common.store.stage_checkpoints import checkpoint_job, delete_job_checkpoints
 from services.gateway.access import Grants
 from services.gateway.jobs import JobRunner
 

@@ -16,17 +16,17 @@ import grpc
 from google.protobuf import struct_pb2
 
 from modelpress.v1 import common_pb2, evaluator_pb2, gateway_pb2, gateway_pb2_grpc, optimizer_pb2
-from services.common.artifact_store import ArtifactCorrupt, ArtifactNotFound, StoreFull
-from services.common.configspec import WorkBudgetExceeded, struct_to_dict
-from services.common.events import TERMINAL_STATES
-from services.common.isa import CLASS_NAMES
-from services.common.job_store import JobNotFound
-from services.common.kv_records import RecordBucket
-from services.common.pipeline.chain import InvalidArgument, check_chain, label_of, validate_recipe
-from services.common.pipeline.recipes import RECIPES, UnknownRecipe
-from services.common.server import ServiceRuntime, targets_credentials
-from services.common.settings import TECHNIQUE_SERVICES
-from services.common import auth
+from services.common.store.artifact_store import ArtifactCorrupt, ArtifactNotFound, StoreFull
+from services.common.contract.config import WorkBudgetExceeded, struct_to_dict
+from services.common.store.events import TERMINAL_STATES
+from services.common.measure.isa import CLASS_NAMES
+from services.gateway.job_store import JobNotFound
+from services.common.store.kv_records import RecordBucket
+from services.common.contract.chain import InvalidArgument, check_chain, label_of, validate_recipe
+from services.common.contract.recipes import RECIPES, UnknownRecipe
+from services.common.runtime.server import ServiceRuntime, targets_credentials
+from services.common.runtime.settings import TECHNIQUE_SERVICES
+from services.common.runtime import auth
 from services.gateway import artifacts
 from services.gateway.access import Grants, PermissionDenied, check_artifact, check_job
 from services.gateway.catalog import Mesh, ServiceUnavailable
@@ -38,7 +38,7 @@ from services.gateway.user_recipes import RecipeNotFound, RecipeStore
 from services.gateway.retention import Retention, RetentionPolicy
 from services.gateway.positions import check_positions, model_positions
 from services.gateway.upload_check import BadUpload, check_upload
-from services.common.cite import shown
+from services.common.runtime.cite import shown
 from services.gateway.validation import (GRID_BOUNDS, check_measurement_work, check_model_ref,
                                          checked_id, checked_job_state, resolve_evaluation)
 
@@ -682,7 +682,7 @@ def _job_id(job_id: str) -> str:
 
 
 async def register(server: grpc.aio.Server, runtime: ServiceRuntime) -> list[str]:
-    from services.common.job_store import JobStore
+    from services.gateway.job_store import JobStore
 
     mesh = Mesh(runtime.settings.targets, credentials=targets_credentials(runtime.settings))
     jobs = await JobStore(runtime.js).ensure()

@@ -7,9 +7,9 @@ import statistics
 from dataclasses import dataclass
 
 from modelpress.v1 import common_pb2, gateway_pb2
-from services.common.isa import class_flags, isa_class
-from services.common.quality_kept import quality_retention
-from services.common.pipeline.recipes import RECIPES
+from services.common.measure.isa import class_flags, isa_class
+from modelpress.quality_kept import quality_retention
+from services.common.contract.recipes import RECIPES
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import tarfile
 from pathlib import Path, PurePosixPath
 
 from modelpress.v1 import common_pb2
-from services.common.cite import shown
+from services.common.runtime.cite import shown
 
 MAX_ENTRIES = 10_000
 MAX_NAME_CHARACTERS = 1024

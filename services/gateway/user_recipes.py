@@ -14,9 +14,9 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from modelpress.v1 import gateway_pb2
-from services.common.kv_records import RecordBucket
-from services.common.pipeline.chain import InvalidArgument
-from services.common.pipeline.recipes import RECIPES
+from services.common.store.kv_records import RecordBucket
+from services.common.contract.chain import InvalidArgument
+from services.common.contract.recipes import RECIPES
 from services.gateway.access import scoped, tenant_of
 
 BUCKET = "modelpress_recipes"

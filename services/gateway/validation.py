@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 
 from modelpress.v1 import common_pb2
-from services.common import registry
-from services.common.cite import shown
-from services.common.configspec import WorkBudgetExceeded
-from services.common.model_source import check_allowed_path
-from services.common.pipeline.chain import InvalidArgument
+from services.common.models import builtin_models as registry
+from services.common.runtime.cite import shown
+from services.common.contract.config import WorkBudgetExceeded
+from services.common.models.model_source import check_allowed_path
+from services.common.contract.chain import InvalidArgument
 
 # Bounds of EvaluationSpec fields; zero means "use the default".
 EVALUATION_DEFAULTS = {"batch_size": 1, "sequence_length": 128, "latency_iterations": 10, "quality_windows": 8,

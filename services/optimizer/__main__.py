@@ -1,4 +1,4 @@
-from services.common.server import run_service
+from services.common.runtime.server import run_service
 from services.optimizer.servicer import register
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from services.common.configspec import MethodConfig
-from services.common.isa import CLASS_NAMES
+from services.common.contract.config import MethodConfig
+from services.common.measure.isa import CLASS_NAMES
 
 
 class OnnxConfig(MethodConfig):

@@ -11,11 +11,12 @@ import shutil
 from pathlib import Path
 
 from modelpress.v1 import common_pb2
-from services.common import modelio, packed
-from services.common.engine_api import Method, NotPossibleHere, ProgressReporter, StageResult
-from services.common.isa import ALIASES, class_flags, support
-from services.common.machine import this_cpu
-from services.common.tokenizer_files import copy_tokenizer
+from services.common.models import modelio
+from services.common.models import packed
+from services.common.contract.engine_api import Method, NotPossibleHere, ProgressReporter, StageResult
+from services.common.measure.isa import ALIASES, class_flags, support
+from services.common.measure.machine import this_cpu
+from services.common.models.tokenizer_files import copy_tokenizer
 from services.optimizer import fastest, gguf_export, onnx_export, onnx_runtime, openvino_convert
 from services.optimizer.configs import (FastestCpuConfig, GgufConfig, GgufQ4Config, OnnxConfig, OnnxInt4Config,
                                         OnnxInt8Config, OpenVinoConfig, OpenVinoInt4Config, OpenVinoInt8Config,
@@ -162,7 +163,7 @@ def _openvino(config: OpenVinoConfig, src: Path, dst: Path, reporter: ProgressRe
               calibration_samples: int = 0) -> StageResult:
     """IR conversion, optional NNCF weight compression, and (causal LMs) the stateful KV cache."""
     require("openvino")
-    from services.common.openvino_runtime import applied_precision, compile_model, weight_counts
+    from services.common.engines.openvino_runtime import applied_precision, compile_model, weight_counts
 
     steps = 4 if bits else 3
     reporter.report(0, steps, "loading the float model")
@@ -176,7 +177,7 @@ def _openvino(config: OpenVinoConfig, src: Path, dst: Path, reporter: ProgressRe
     if bits:
         calibration = None
         if calibration_samples:
-            from services.common.calibration_data import calibration_batches, calibration_text
+            from services.common.datasets.calibration_text import calibration_batches, calibration_text
 
             windows = calibration_batches(modelio.load_tokenizer(src), calibration_samples, 128, calibration_text())
             calibration = openvino_convert.calibration_inputs(windows.tolist(), kind, geometry)
@@ -237,7 +238,7 @@ def _reload_agreement(src: Path, dst: Path, gguf_file: str) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from services.common import corpus
+    from services.common.datasets import corpus
 
     tokenizer = modelio.load_tokenizer(src)
     ids = tokenizer(corpus.heldout_text()[:4000], return_tensors="pt").input_ids[:, :128]

@@ -10,9 +10,9 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 
-from services.common.engine_api import NotPossibleHere
-from services.common.isa import support
-from services.common.openvino_runtime import disable_telemetry
+from services.common.contract.engine_api import NotPossibleHere
+from services.common.measure.isa import support
+from services.common.engines.openvino_runtime import disable_telemetry
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@ worker's ISA class.
 
 Fastest means the encoder forward pass, and for causal LMs per-token decode (a generated reply
 is mostly decode steps). Each measured entry is the fastest quality-kept row of
-bench/results/optimizer.json for its class (tests/unit/test_fastest_cpu.py holds the table to the
+bench/results/optimizer.json for its class (tests/unit/optimizer/test_fastest.py holds the table to the
 file); a class the bench has not run on borrows the nearest measured class's choice and says so.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.common.isa import CLASS_NAMES
+from services.common.measure.isa import CLASS_NAMES
 
 
 @dataclass(frozen=True)

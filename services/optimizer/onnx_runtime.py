@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from services.common.onnx_session import session_options
+from services.common.engines.onnx_session import session_options
 
 
 def op_counts(path: Path) -> Counter:

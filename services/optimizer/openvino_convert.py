@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from services.optimizer.cache_graph import INPUTS as CAUSAL_INPUTS, CacheGeometry, LogitsWithCache, sample_inputs
-from services.common.openvino_runtime import disable_telemetry
+from services.common.engines.openvino_runtime import disable_telemetry
 from services.optimizer.onnx_export import EXPORT_LOCK, INPUT_NAMES as ENCODER_INPUTS, HiddenStates
 
 IR_FILE = "openvino_model.xml"

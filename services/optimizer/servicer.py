@@ -5,9 +5,9 @@ from __future__ import annotations
 import grpc
 
 from modelpress.v1 import common_pb2, optimizer_pb2, optimizer_pb2_grpc
-from services.common.server import ServiceRuntime
-from services.common.technique_servicer import TechniqueServicer
-from services.common.worker_hardware import worker_hardware
+from services.common.runtime.server import ServiceRuntime
+from services.common.runtime.technique_servicer import TechniqueServicer
+from services.common.runtime.worker_hardware import worker_hardware
 from services.optimizer.engine import METHODS
 from services.optimizer.engines import ENGINES, availability
 

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from services.common.calibration.config import CalibrationConfig
-from services.common.configspec import MAX_TRAINED_TOKENS, MethodConfig, over_budget
+from services.common.contract.config import MAX_TRAINED_TOKENS, MethodConfig, over_budget
 
 
 class ScheduleConfig(MethodConfig):

@@ -18,17 +18,17 @@ from pathlib import Path
 import torch
 
 from modelpress.v1 import common_pb2
-from services.common import modelio
+from services.common.models import modelio
 from services.common.calibration.blocks import named_blocks
 from services.common.calibration.streaming import StreamingModel
 from services.common.calibration.walk_checkpoint import stage_walk_checkpoints
-from services.common.curves import thin
-from services.common.engine_api import Method, ProgressMetric, ProgressReporter, StageResult
-from services.common.float_checkpoint import refuse_quantized, write_float_model
-from services.common.flops import forward_flops, parameter_counts
-from services.common.memory import return_large_frees_to_os
-from services.common.reload import reload_difference
-from services.common.tokenizer_files import copy_tokenizer
+from services.common.measure.curves import thin
+from services.common.contract.engine_api import Method, ProgressMetric, ProgressReporter, StageResult
+from services.common.models.float_checkpoint import refuse_quantized, write_float_model
+from services.common.measure.flops import forward_flops, parameter_counts
+from services.common.runtime.memory import return_large_frees_to_os
+from services.common.models.reload import reload_difference
+from services.common.models.tokenizer_files import copy_tokenizer
 from services.pruner.configs import (FlopsConfig, HeadsConfig, LayersConfig, MagnitudeConfig, MlpNeuronsConfig,
                                      PruneBase, SparseGptConfig, SparsityConfig, StructuredConfig, WandaConfig)
 from services.pruner.importance import score_units

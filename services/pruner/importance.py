@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from services.common.calibration.blocks import decoder_blocks
-from services.common.architecture import Architecture
+from services.common.models.architecture import Architecture
 
 GRADIENT_KINDS = ("taylor", "fisher")
 

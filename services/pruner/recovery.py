@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from services.common.calibration_data import text_pieces
+from services.common.datasets.calibration_text import text_pieces
 from services.pruner.configs import RecoveryConfig
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import grpc
 
 from modelpress.v1 import common_pb2, pruner_pb2, pruner_pb2_grpc
-from services.common.server import ServiceRuntime
-from services.common.technique_servicer import TechniqueServicer
+from services.common.runtime.server import ServiceRuntime
+from services.common.runtime.technique_servicer import TechniqueServicer
 from services.pruner.engine import METHODS
 
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from torch import nn
 
 from services.common.calibration.blocks import decoder_blocks
-from services.common.flops import forward_flops
-from services.common.architecture import Architecture, keep_layers
+from services.common.measure.flops import forward_flops
+from services.common.models.architecture import Architecture, keep_layers
 from services.pruner.configs import StructuredConfig
 from services.pruner.importance import UnitScores
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from services.common.safetensors_writer import write_safetensors
+from services.common.models.safetensors_writer import write_safetensors
 from services.quantizer.activations import ActivationScheme
 from services.quantizer.qscheme import SCALE_DTYPE, QuantParams, WeightScheme
 

@@ -12,13 +12,14 @@ from pathlib import Path
 import torch
 
 from modelpress.v1 import common_pb2
-from services.common import modelio, packed
-from services.common.configspec import MethodConfig
-from services.common.engine_api import Method, ProgressMetric, ProgressReporter, StageResult
-from services.common.isa import support
-from services.common.machine import this_cpu
-from services.common.memory import return_large_frees_to_os
-from services.common.tokenizer_files import copy_tokenizer
+from services.common.models import modelio
+from services.common.models import packed
+from services.common.contract.config import MethodConfig
+from services.common.contract.engine_api import Method, ProgressMetric, ProgressReporter, StageResult
+from services.common.measure.isa import support
+from services.common.measure.machine import this_cpu
+from services.common.runtime.memory import return_large_frees_to_os
+from services.common.models.tokenizer_files import copy_tokenizer
 from services.quantizer.awq import awq_block_step
 from services.common.calibration.config import CalibrationConfig
 from services.quantizer.configs import (AwqConfig, AwqTransformConfig, CastConfig, GptqConfig,
@@ -34,7 +35,7 @@ from services.quantizer.sequential import QUANTIZED_WEIGHT_CODEC, BlockStep, qua
 from services.quantizer.smoothquant import w8a8_block_step
 from services.common.calibration.streaming import StreamingModel
 from services.common.calibration.walk_checkpoint import stage_walk_checkpoints
-from services.common.float_checkpoint import refuse_quantized, write_float_model
+from services.common.models.float_checkpoint import refuse_quantized, write_float_model
 from services.common.calibration.sequential import rewrite_sequential
 from services.quantizer.transforms import awq_transform_step, smoothquant_transform_step
 from services.quantizer.targets import Target, fallback_report, weight_targets

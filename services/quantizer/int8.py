@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from services.common.packed import Int8Embedding, Int8Linear
+from services.common.models.packed import Int8Embedding, Int8Linear
 from services.quantizer.configs import Int8WeightOnlyConfig
 
 QMAX = 127

@@ -18,8 +18,8 @@ from services.common.calibration.blocks import capture_first_block_inputs, named
 from services.common.calibration.sequential import BlockWork, run_blocks
 from services.common.calibration.streaming import StreamingModel
 from services.common.calibration.walk_checkpoint import ResultCodec, WalkCheckpoints
-from services.common.memory import release_free_memory
-from services.common.packed import Int8Embedding
+from services.common.runtime.memory import release_free_memory
+from services.common.models.packed import Int8Embedding
 from services.quantizer.activations import ActivationScheme
 from services.quantizer.ct_format import QuantizedWeight
 from services.quantizer.qscheme import SCALE_DTYPE, QuantParams, WeightScheme

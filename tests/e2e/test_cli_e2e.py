@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 
 from modelpress.v1 import common_pb2
-from services.gateway import launcher
+from services.cli import launcher
 from modelpress import Client
 
 pytestmark = pytest.mark.e2e
 
-MODELPRESS = [sys.executable, "-m", "services.gateway.cli"]
+MODELPRESS = [sys.executable, "-m", "services.cli.main"]
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-from services.common.server import start_service
-from services.common.settings import ServiceSettings
+from services.common.runtime.server import start_service
+from services.common.runtime.settings import ServiceSettings
 
 SERVICES = ["quantizer", "pruner", "distiller", "evaluator", "optimizer"]
 

@@ -9,9 +9,9 @@ import sys
 import time
 
 from modelpress import Client
-from services.common.healthcheck import health_status
-from services.common.server import start_service
-from services.common.settings import ServiceSettings
+from services.common.runtime.healthcheck import health_status
+from services.common.runtime.server import start_service
+from services.common.runtime.settings import ServiceSettings
 
 
 class ServiceProcess:

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from modelpress.v1 import common_pb2
-from services.common.artifact_store import CHUNK_SIZE, ArtifactCorrupt, ArtifactNotFound, ArtifactStore, StoreFull
+from services.common.store.artifact_store import CHUNK_SIZE, ArtifactCorrupt, ArtifactNotFound, ArtifactStore, StoreFull
 
 FMT = common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS
 
@@ -119,7 +119,7 @@ async def test_a_full_store_refuses_a_write_whole_and_keeps_every_stored_artifac
 
 
 async def test_a_deletion_is_announced_for_caches(store, js, tmp_path):
-    from services.common.artifact_store import DELETED_SUBJECT
+    from services.common.store.artifact_store import DELETED_SUBJECT
 
     heard: list[str] = []
 

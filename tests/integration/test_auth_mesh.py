@@ -14,11 +14,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from modelpress import Client
 from modelpress.v1 import common_pb2, gateway_pb2
-from services.common import auth, nats_conn
-from services.common.nats_conn import NatsRefused
-from services.common.nats_server import start_nats_server
-from services.common.server import InsecureNats, open_runtime, start_service
-from services.common.settings import ServiceSettings
+from services.common.runtime import auth
+from services.common.store import nats_conn
+from services.common.store.nats_conn import NatsRefused
+from services.common.store.nats_server import start_nats_server
+from services.common.runtime.server import InsecureNats, open_runtime, start_service
+from services.common.runtime.settings import ServiceSettings
 from tests.integration.conftest import SERVICES, _registrar
 
 SKIP_EVAL = common_pb2.EvaluationSpec(skip=True)

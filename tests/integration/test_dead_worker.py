@@ -14,7 +14,7 @@ import pytest
 
 from modelpress import Client
 from modelpress.v1 import common_pb2
-from services.common.nats_server import free_port
+from services.common.store.nats_server import free_port
 from tests.integration.processes import ServiceProcess, gateway_to
 
 REPLICA_WAIT_S = 20.0

@@ -12,7 +12,7 @@ import pytest
 
 from modelpress.v1 import common_pb2
 from modelpress import Client
-from services.common.isa import support
+from services.common.measure.isa import support
 
 FAST = common_pb2.EvaluationSpec(batch_size=1, sequence_length=16, latency_iterations=3, quality_windows=1,
                                  decode_tokens=2, quality_sentences=60)

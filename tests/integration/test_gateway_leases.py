@@ -7,7 +7,7 @@ import asyncio
 
 from modelpress import Client
 from modelpress.v1 import common_pb2
-from services.common.nats_server import free_port
+from services.common.store.nats_server import free_port
 from services.gateway.leases import LEASE_S
 from tests.integration.processes import ServiceProcess
 

@@ -11,7 +11,7 @@ import pytest
 
 from modelpress import Client
 from modelpress.v1 import gateway_pb2, gateway_pb2_grpc
-from services.common.server import start_service
+from services.common.runtime.server import start_service
 from tests.integration.conftest import _registrar
 from tests.upload_corpus import HF, corpus
 

@@ -6,8 +6,8 @@ import uuid
 import pytest
 
 from modelpress.v1 import common_pb2
-from services.common import events as ev
-from services.common.job_store import JobNotFound, JobStore
+from services.common.store import events as ev
+from services.gateway.job_store import JobNotFound, JobStore
 
 
 @pytest.fixture

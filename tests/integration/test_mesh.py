@@ -15,7 +15,7 @@ import grpc
 import pytest
 
 from modelpress.v1 import common_pb2
-from services.common.headline import job_headline
+from modelpress.headline import job_headline
 from modelpress import Client
 
 FAST_EVAL = common_pb2.EvaluationSpec(batch_size=1, sequence_length=16, latency_iterations=2, quality_windows=1)
@@ -233,7 +233,7 @@ CALIBRATED_RECIPES = {"w8a8-dynamic", "w8a8-static", "w8a8-smoothquant", "w4a16-
 
 
 async def test_every_quantizer_recipe_runs_through_the_gateway(gateway, model_dir):
-    from services.common.pipeline.recipes import RECIPES
+    from services.common.contract.recipes import RECIPES
 
     client = Client(gateway)
     jobs = {}

@@ -11,14 +11,14 @@ import pytest
 
 from modelpress import Client
 from modelpress.v1 import common_pb2
-from services.common import nats_conn
-from services.common.artifact_store import BUCKET as ARTIFACTS
-from services.common.events import STREAM as EVENTS
-from services.common.job_store import BUCKET as JOBS
-from services.common.nats_conn import NatsRefused
-from services.common.nats_server import start_nats_cluster
-from services.common.server import start_service
-from services.common.settings import ServiceSettings
+from services.common.store import nats_conn
+from services.common.store.artifact_store import BUCKET as ARTIFACTS
+from services.common.store.events import STREAM as EVENTS
+from services.gateway.job_store import BUCKET as JOBS
+from services.common.store.nats_conn import NatsRefused
+from services.common.store.nats_server import start_nats_cluster
+from services.common.runtime.server import start_service
+from services.common.runtime.settings import ServiceSettings
 from tests.integration.conftest import SERVICES, _registrar
 
 REPLICATED = [f"KV_{JOBS}", EVENTS, f"OBJ_{ARTIFACTS}"]

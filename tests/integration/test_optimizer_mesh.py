@@ -10,7 +10,7 @@ import pytest
 
 from modelpress.v1 import common_pb2
 from modelpress import Client
-from services.common.isa import isa_class, support
+from services.common.measure.isa import isa_class, support
 
 FAST = common_pb2.EvaluationSpec(batch_size=2, sequence_length=16, latency_iterations=3, quality_sentences=60,
                                  quality_windows=1)

@@ -32,7 +32,7 @@ def odd_llama_dir(allowed_root, tiny_llama_dir):
     """A Llama whose hidden width (30) is not a multiple of 4: 2:4 cannot group its inputs."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from services.common.tokenizer_files import copy_tokenizer
+    from services.common.models.tokenizer_files import copy_tokenizer
 
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=30522, hidden_size=30, intermediate_size=64, num_hidden_layers=1,

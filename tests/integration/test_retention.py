@@ -12,10 +12,10 @@ import pytest
 
 from modelpress import Client
 from modelpress.v1 import common_pb2
-from services.common import nats_conn
-from services.common.artifact_store import ArtifactNotFound, ArtifactStore
-from services.common.server import start_service
-from services.common.stage_checkpoints import CHECKPOINT, checkpoint_id
+from services.common.store import nats_conn
+from services.common.store.artifact_store import ArtifactNotFound, ArtifactStore
+from services.common.runtime.server import start_service
+from services.common.store.stage_checkpoints import CHECKPOINT, checkpoint_id
 from tests.conftest import served_nats
 from tests.integration.conftest import _registrar
 

@@ -10,9 +10,9 @@ import pytest
 
 from modelpress import Client
 from modelpress.v1 import common_pb2
-from services.common.nats_server import free_port
-from services.common.server import start_service
-from services.gateway.launcher import replica_target
+from services.common.store.nats_server import free_port
+from services.common.runtime.server import start_service
+from services.cli.launcher import replica_target
 from tests.integration.conftest import _registrar
 from tests.integration.processes import ServiceProcess
 

@@ -1,6 +1,6 @@
 """The block-level pieces data-aware algorithms share: the inputs captured at the first
 block, running one block on them, and the per-Linear Hessians (the text windows are in
-services/common/calibration_data.py). Only the current block's inputs are ever held (see sequential.py).
+services/common/datasets/calibration_text.py). Only the current block's inputs are ever held (see sequential.py).
 """
 
 from __future__ import annotations

@@ -9,9 +9,9 @@ import torch
 from pydantic import Field
 
 from modelpress.v1 import common_pb2
-from services.common import modelio
-from services.common.calibration_data import calibration_batches, calibration_text
-from services.common.configspec import MAX_CALIBRATION_TOKENS, MethodConfig, over_budget
+from services.common.models import modelio
+from services.common.datasets.calibration_text import calibration_batches, calibration_text
+from services.common.contract.config import MAX_CALIBRATION_TOKENS, MethodConfig, over_budget
 
 
 class CalibrationConfig(MethodConfig):

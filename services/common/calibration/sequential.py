@@ -30,7 +30,7 @@ from services.common.calibration.blocks import (
 )
 from services.common.calibration.streaming import StreamingModel
 from services.common.calibration.walk_checkpoint import WalkCheckpoints, WalkState
-from services.common.memory import release_free_memory
+from services.common.runtime.memory import release_free_memory
 
 
 @dataclass

@@ -17,8 +17,8 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from services.common import modelio
-from services.common.packed import materialise_meta_buffers
+from services.common.models import modelio
+from services.common.models.packed import materialise_meta_buffers
 
 
 class CheckpointReader:

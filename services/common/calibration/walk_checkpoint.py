@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from services.common.engine_api import Checkpoints, ProgressReporter
+from services.common.contract.engine_api import Checkpoints, ProgressReporter
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,256 @@
+"""`modelpress up/down/status`: nats-server (one, or a JetStream cluster) and the six services as
+local processes on 127.0.0.1, technique services in as many replicas as asked.
+
+State lives in `$MODELPRESS_HOME/run/mesh.json` (pids, ports), logs in `$MODELPRESS_HOME/logs/`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from services.common.runtime import auth
+from services.common.runtime.healthcheck import health_status
+from services.common.store.nats_conn import without_secret
+from services.common.store.nats_server import free_port, start_nats_cluster, start_nats_server
+from services.common.runtime.settings import DEFAULT_PORTS, TECHNIQUE_SERVICES
+
+SERVICES = [*TECHNIQUE_SERVICES.values(), "gateway"]
+MAX_REPLICAS = 8
+# Replica i > 1 of a service listens at its default port + REPLICA_PORT_STEP * (i - 1).
+REPLICA_PORT_STEP = 100
+
+
+class LaunchError(ValueError):
+    """An `up` option that cannot be honoured; the message names it."""
+
+
+def parse_replicas(text: str) -> dict[str, int]:
+    """`quantizer=2,gateway=2` -> {"quantizer": 2, "gateway": 2}. Technique replicas sit behind one
+    target the gateway balances over; gateway replicas share the jobs through leases (the CLI talks
+    to the first)."""
+    counts: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, count = item.partition("=")
+        if not sep or name not in SERVICES:
+            raise LaunchError(f"--replicas takes SERVICE=N with SERVICE one of {', '.join(SERVICES)}; got {item!r}")
+        if not count.isdigit() or not 1 <= int(count) <= MAX_REPLICAS:
+            raise LaunchError(f"--replicas {name}: N must be 1 to {MAX_REPLICAS}, got {count!r}")
+        counts[name] = int(count)
+    return counts
+
+
+def replica_target(ports: list[int]) -> str:
+    """One gRPC target over every replica: the gateway's round-robin channel balances across them
+    and leaves out one that stops answering."""
+    if len(ports) == 1:
+        return f"127.0.0.1:{ports[0]}"
+    return "ipv4:" + ",".join(f"127.0.0.1:{port}" for port in ports)
+
+
+def process_name(service: str, replica: int) -> str:
+    return service if replica == 1 else f"{service}-{replica}"
+
+
+@dataclass
+class MeshState:
+    nats_url: str  # without credentials: the services get those from the environment
+    nats_pids: list[int]  # one per NATS server (three or more: a JetStream cluster)
+    # process name ("quantizer", "quantizer-2") -> {"pid", "listen", "service"}
+    services: dict[str, dict] = field(default_factory=dict)
+    # Started with --auth: the gateway checks tokens (operator token in `operator_token_path`),
+    # NATS asks for a password only the services know.
+    auth: bool = False
+
+    @property
+    def gateway(self) -> str:
+        return self.services["gateway"]["listen"]
+
+
+def state_path(home: Path) -> Path:
+    return home / "run" / "mesh.json"
+
+
+def auth_dir(home: Path) -> Path:
+    return home / "auth"
+
+
+def tokens_path(home: Path) -> Path:
+    return auth_dir(home) / "tokens.json"
+
+
+def operator_token_path(home: Path) -> Path:
+    return auth_dir(home) / "operator.token"
+
+
+def ensure_auth(home: Path) -> tuple[str, str]:
+    """The local mesh's secrets, made once under `home/auth` (0600): a tokens file holding an
+    operator token, and the NATS password. Returns (NATS user, password)."""
+    folder = auth_dir(home)
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    if not operator_token_path(home).exists():
+        token = auth.add_token(tokens_path(home), name="local-operator", tenant="operator", role="operator")
+        _write_secret(operator_token_path(home), token)
+    nats_secret = folder / "nats.password"
+    if not nats_secret.exists():
+        _write_secret(nats_secret, secrets.token_urlsafe(24))
+    return "modelpress", nats_secret.read_text().strip()
+
+
+def _write_secret(path: Path, value: str) -> None:
+    path.touch(mode=0o600)
+    path.write_text(value + "\n")
+
+
+def read_state(home: Path) -> MeshState | None:
+    path = state_path(home)
+    if not path.exists():
+        return None
+    return MeshState(**json.loads(path.read_text()))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def up(home: Path, *, free_ports: bool = False, timeout_s: float = 120.0, with_auth: bool = False,
+       replicas: dict[str, int] | None = None, nats_cluster: int = 1) -> MeshState:
+    """Starts NATS and every service on 127.0.0.1. `with_auth`: tokens at the gateway and a NATS
+    password (ensure_auth); otherwise the mesh is open to every local user. `replicas`: processes
+    per technique service behind one target. `nats_cluster`: NATS servers (3 or more: a JetStream
+    cluster keeping streams, KV and objects on 3 of them, so losing one loses nothing)."""
+    replicas = {name: 1 for name in SERVICES} | (replicas or {})
+    if nats_cluster not in (1, *range(3, 6)):
+        raise LaunchError(f"--nats-cluster takes 1 or 3 to 5 servers (a JetStream cluster of 2 has no majority "
+                          f"once one is lost), got {nats_cluster}")
+    existing = read_state(home)
+    if existing and any(_alive(pid) for pid in existing.nats_pids):
+        raise RuntimeError(f"a mesh is already running from {home} (gateway {existing.gateway}); run `modelpress down`")
+    logs = home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    credentials = ensure_auth(home) if with_auth else None
+    if nats_cluster == 1:
+        nats_procs, nats_url = start_nats_server(home / "nats", port=None if free_ports else 4222,
+                                                 log_file=logs / "nats.log", credentials=credentials)
+        nats_procs = [nats_procs]
+    else:
+        nats_procs, nats_url = start_nats_cluster(home / "nats-cluster", nats_cluster, log_dir=logs,
+                                                  credentials=credentials,
+                                                  first_port=None if free_ports else 4222)
+    state = MeshState(nats_url=without_secret(nats_url), nats_pids=[proc.pid for proc in nats_procs], auth=with_auth)
+    ports = {name: [free_port() if free_ports else DEFAULT_PORTS[name] + REPLICA_PORT_STEP * i
+                    for i in range(replicas[name])] for name in SERVICES}
+    # The NATS URL (with its password) reaches the services by environment, never argv.
+    env = dict(os.environ, MODELPRESS_HOME=str(home), PYTHONUNBUFFERED="1", MODELPRESS_NATS_URL=nats_url,
+               MODELPRESS_NATS_REPLICAS=str(min(nats_cluster, 3)))
+    for name in ("MODELPRESS_AUTH_TOKENS", "MODELPRESS_REQUIRE_NATS_AUTH"):
+        env.pop(name, None)
+    if with_auth:
+        env["MODELPRESS_REQUIRE_NATS_AUTH"] = "1"
+    for name in TECHNIQUE_SERVICES.values():
+        env[f"MODELPRESS_{name.upper()}_TARGET"] = replica_target(ports[name])
+    state_path(home).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        for name in SERVICES:
+            service_env = dict(env, MODELPRESS_AUTH_TOKENS=str(tokens_path(home))) if (
+                with_auth and name == "gateway") else env
+            for replica, port in enumerate(ports[name], start=1):
+                process = process_name(name, replica)
+                listen = f"127.0.0.1:{port}"
+                with open(logs / f"{process}.log", "ab") as log:
+                    proc = subprocess.Popen(
+                        [sys.executable, "-m", f"services.{name}", "--listen", listen, "--home", str(home)],
+                        stdout=log, stderr=subprocess.STDOUT, env=service_env, start_new_session=True)
+                state.services[process] = {"pid": proc.pid, "listen": listen, "service": name}
+        state_path(home).touch(mode=0o600)
+        state_path(home).write_text(json.dumps(asdict(state), indent=2))
+        _wait_healthy(state, logs, timeout_s)
+    except BaseException:
+        down(home)
+        for proc in nats_procs:  # down() had no state file to find them by when the failure came first
+            if proc.poll() is None:
+                proc.kill()
+        raise
+    return state
+
+
+def _wait_healthy(state: MeshState, logs: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    pending = dict(state.services)
+    while pending:
+        for name, info in list(pending.items()):
+            if not _alive(info["pid"]):
+                tail = (logs / f"{name}.log").read_text(errors="replace").splitlines()[-5:]
+                raise RuntimeError(f"{name} exited during start-up:\n" + "\n".join(tail))
+            if health_status(info["listen"], timeout_s=0.5) == "SERVING":
+                del pending[name]
+        if pending and time.monotonic() > deadline:
+            raise TimeoutError(f"not healthy after {timeout_s:.0f} s: {', '.join(pending)}")
+        time.sleep(0.2)
+
+
+def down(home: Path, timeout_s: float = 20.0) -> list[str]:
+    state = read_state(home)
+    if state is None:
+        return []
+    pids = {name: info["pid"] for name, info in state.services.items()}
+    stopped = []
+    # Gateway first (it stops jobs so they resume later), then the workers together, NATS last.
+    if "gateway" in pids and _terminate(pids.pop("gateway"), timeout_s):
+        stopped.append("gateway")
+    signalled = set()
+    for name, pid in pids.items():
+        if _alive(pid):
+            os.kill(pid, signal.SIGTERM)
+            signalled.add(name)
+    stopped += [name for name, pid in pids.items() if _terminate(pid, timeout_s) or name in signalled]
+    for index, pid in enumerate(state.nats_pids):
+        if _terminate(pid, timeout_s):
+            stopped.append("nats" if len(state.nats_pids) == 1 else f"nats-{index + 1}")
+    state_path(home).unlink(missing_ok=True)
+    return stopped
+
+
+def _terminate(pid: int, timeout_s: float) -> bool:
+    if not _alive(pid):
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return True
+        except ChildProcessError:  # not our child (started by an earlier `up --detach`)
+            if not _alive(pid):
+                return True
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+    return True
+
+
+def status(home: Path) -> dict[str, str]:
+    state = read_state(home)
+    if state is None:
+        return {}
+    report = {}
+    for index, (pid, url) in enumerate(zip(state.nats_pids, state.nats_url.split(","))):
+        name = "nats" if len(state.nats_pids) == 1 else f"nats-{index + 1}"
+        report[name] = f"{'running' if _alive(pid) else 'stopped'} ({url}, pid {pid})"
+    for name, info in state.services.items():
+        report[name] = f"{health_status(info['listen'])} ({info['listen']}, pid {info['pid']})"
+    return report

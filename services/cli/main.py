@@ -1,0 +1,655 @@
+"""The `modelpress` command line: run the local mesh, submit and follow jobs, fetch results."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import yaml
+from google.protobuf import json_format
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
+from rich.table import Table
+
+from modelpress.v1 import common_pb2
+from services.common.runtime import auth
+from modelpress.headline import job_headline
+from services.common.runtime.settings import DEFAULT_PORTS, default_home
+from services.cli import evaluation as cli_evaluation, launcher
+from modelpress import Client
+from modelpress.pipelines import load_pipeline_file, pipeline_data, pipeline_message, technique_name
+from modelpress.results import result_fields
+from services.common.contract.chain import format_name
+
+err = Console(stderr=True)
+out = Console()
+JOB_LINE = "{:<18}  {:<22}  {:<18}  {:<9}  {:>4}  {:<12}"
+HEADLINE_STYLE = {"green": "bold green", "amber": "bold yellow", "red": "bold red"}
+
+
+def _gateway_target(args) -> str:
+    if args.gateway:
+        return args.gateway
+    if os.environ.get("MODELPRESS_GATEWAY"):
+        return os.environ["MODELPRESS_GATEWAY"]
+    state = launcher.read_state(default_home())
+    return state.gateway if state else f"127.0.0.1:{DEFAULT_PORTS['gateway']}"
+
+
+def _client(args) -> Client:
+    """A client of the gateway with the caller's token: --token, $MODELPRESS_TOKEN, or the local
+    mesh's operator token when that mesh was started with --auth."""
+    token = args.token or os.environ.get("MODELPRESS_TOKEN") or None
+    if token is None and not args.gateway and not os.environ.get("MODELPRESS_GATEWAY"):
+        state = launcher.read_state(default_home())
+        if state is not None and state.auth:
+            token = launcher.operator_token_path(default_home()).read_text().strip()
+    return Client(_gateway_target(args), token=token, tls_ca=args.tls_ca)
+
+
+def _state_name(state: int) -> str:
+    return common_pb2.JobState.Name(state).removeprefix("JOB_STATE_").lower()
+
+
+def _parse_overrides(pairs: list[str]) -> dict:
+    overrides = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects key=value, got {pair!r}")
+        try:
+            overrides[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            overrides[key] = raw
+    return overrides
+
+
+# ---- mesh ------------------------------------------------------------------------
+
+
+def cmd_up(args) -> int:
+    home = default_home()
+    try:
+        replicas = launcher.parse_replicas(args.replicas)
+    except launcher.LaunchError as exc:
+        err.print(f"up: {escape(str(exc))}")
+        return 2
+    servers = "nats-server" if args.nats_cluster == 1 else f"a {args.nats_cluster}-server NATS cluster"
+    err.print(f"starting {servers} and {len(launcher.SERVICES)} services (home {home}) ...")
+    try:
+        state = launcher.up(home, free_ports=args.free_ports, with_auth=args.auth, replicas=replicas,
+                            nats_cluster=args.nats_cluster)
+    except launcher.LaunchError as exc:
+        err.print(f"up: {escape(str(exc))}")
+        return 2
+    err.print(f"mesh up: gateway {state.gateway}, NATS {state.nats_url}")
+    if replicas:
+        err.print("replicas: " + ", ".join(f"{name} x{count}" for name, count in replicas.items()))
+    if state.auth:
+        err.print(f"auth on: the gateway checks tokens ({launcher.tokens_path(home)}; this CLI uses the operator "
+                  f"token in {launcher.operator_token_path(home)}; add one with `modelpress token create`), NATS "
+                  "asks for a password only the services know")
+    else:
+        err.print("auth off: anyone who can reach 127.0.0.1 can use every job and artifact, and read NATS "
+                  "directly; start with --auth to require tokens")
+    if args.detach:
+        return 0
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    try:
+        while not stop:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    err.print("stopping ...")
+    launcher.down(home)
+    return 0
+
+
+def cmd_token(args) -> int:
+    path = args.tokens_file or (Path(os.environ["MODELPRESS_AUTH_TOKENS"]) if os.environ.get("MODELPRESS_AUTH_TOKENS")
+                                else launcher.tokens_path(default_home()))
+    taken = {entry.name for entry in auth.read_tokens(path).tokens} if path.exists() else set()
+    name = args.name or next(f"{args.tenant}-{i}" for i in range(1, len(taken) + 2) if f"{args.tenant}-{i}" not in taken)
+    try:
+        token = auth.add_token(path, name=name, tenant=args.tenant, role=args.role)
+    except auth.AuthConfigError as exc:
+        err.print(f"token create: {escape(str(exc))}")
+        return 2
+    err.print(f"token {name} ({args.role} of tenant {args.tenant}) added to {path}; it is shown once:")
+    print(token)
+    return 0
+
+
+def cmd_down(args) -> int:
+    stopped = launcher.down(default_home())
+    err.print(f"stopped: {', '.join(stopped)}" if stopped else "no mesh running")
+    return 0
+
+
+def cmd_status(args) -> int:
+    report = launcher.status(default_home())
+    if not report:
+        err.print("no mesh running (modelpress up)")
+        return 1
+    table = Table("component", "status")
+    for name, line in report.items():
+        table.add_row(name, line)
+    out.print(table)
+    return 0 if all(line.startswith(("SERVING", "running")) for line in report.values()) else 1
+
+
+# ---- jobs --------------------------------------------------------------------------
+
+
+def follow(client: Client, job_id: str, quiet: bool) -> None:
+    """Renders WatchJob until the job ends: progress bars with an ETA on a terminal, one line per
+    stage step otherwise (logs, CI, pipes)."""
+    if quiet:
+        for _ in client.watch(job_id):
+            pass
+        return
+    if not err.is_terminal:
+        _follow_lines(client, job_id)
+        return
+    columns = [TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
+               TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[note]}")]
+    with Progress(*columns, console=err, transient=False) as bars:
+        tasks: dict[int, int] = {}
+        for event in client.watch(job_id):
+            key = event.stage_index
+            if event.kind in (common_pb2.EVENT_KIND_STAGE_STARTED, common_pb2.EVENT_KIND_STAGE_PROGRESS,
+                              common_pb2.EVENT_KIND_STAGE_FINISHED):
+                if key not in tasks:
+                    tasks[key] = bars.add_task(f"stage {key}: {event.stage_name}", total=1.0, note="")
+                done = 1.0 if event.kind == common_pb2.EVENT_KIND_STAGE_FINISHED else event.stage_progress
+                bars.update(tasks[key], completed=done, note=event.message[:60])
+            elif event.kind == common_pb2.EVENT_KIND_LOG:
+                bars.console.print(event.message, markup=False)
+            elif event.kind == common_pb2.EVENT_KIND_JOB_STATE:
+                state = _state_name(event.job_state)
+                note = f" ({event.message})" if event.message and event.message != state else ""
+                bars.console.print(f"job {job_id}: {state}{note}")
+
+
+def _follow_lines(client: Client, job_id: str) -> None:
+    started: dict[int, float] = {}
+    for event in client.watch(job_id):
+        stage = f"stage {event.stage_index} {event.stage_name}"
+        if event.kind == common_pb2.EVENT_KIND_JOB_STATE:
+            err.print(f"job {job_id}: {_state_name(event.job_state)} ({event.message})", markup=False)
+            continue
+        if event.kind == common_pb2.EVENT_KIND_LOG:
+            err.print(f"{stage}: {event.message}", markup=False)
+            continue
+        started.setdefault(event.stage_index, time.monotonic())
+        elapsed = time.monotonic() - started[event.stage_index]
+        fraction = 1.0 if event.kind == common_pb2.EVENT_KIND_STAGE_FINISHED else event.stage_progress
+        eta = f", eta {elapsed * (1 - fraction) / fraction:.0f} s" if 0 < fraction < 1 else ""
+        step = f" {event.step}/{event.total_steps}" if event.total_steps else ""
+        err.print(f"{stage}{step} ({fraction:.0%}{eta}): {event.message}", markup=False)
+
+
+def _latency_cell(stats: common_pb2.LatencyStats) -> str:
+    return f"{stats.p50_ms:.1f} ± {stats.stdev_ms:.1f}" + (" (unreliable)" if stats.unreliable else "")
+
+
+def _speed_cell(ratio: common_pb2.SpeedRatio) -> str:
+    """compressed ÷ original time with its interval (the inverse of the speedup)."""
+    if not ratio.speedup:
+        return "-"
+    cell = f"{1 / ratio.speedup:.3f}"
+    if ratio.ci95_low and ratio.ci95_high:
+        cell += f" [{1 / ratio.ci95_high:.3f}–{1 / ratio.ci95_low:.3f}]"
+    return cell + (" unreliable" if ratio.unreliable else "")
+
+
+def print_result(job: common_pb2.Job) -> None:
+    """The before/after table (every ratio compressed ÷ original, with which way is better) and
+    the one-line outcome; a job measured without evaluation shows its size alone."""
+    result = job.result
+    o, c = result.original, result.compressed
+    if not o.size_on_disk_bytes:
+        out.print(f"job {job.job_id}: {result.compressed_model_size_bytes / 1e6:.1f} MB, artifact "
+                  f"{result.compressed_artifact_id} (not evaluated)")
+        return
+    table = Table("metric", "original", "compressed", "compressed ÷ original", "better",
+                  title=f"job {job.job_id} ({job.recipe})")
+
+    def row(name, before, after, fmt, better="lower"):
+        table.add_row(name, fmt.format(before), fmt.format(after), f"{after / before:.3f}" if before else "-", better)
+
+    row("size on disk (MB)", o.size_on_disk_bytes / 1e6, c.size_on_disk_bytes / 1e6, "{:.1f}")
+    row("parameters (M)", o.parameters / 1e6, c.parameters / 1e6, "{:.2f}")
+    shape = f"b{o.latency.batch_size}×s{o.latency.sequence_length}"
+    table.add_row(f"{o.latency.phase or 'forward'} p50 ± sd (ms, {shape})", _latency_cell(o.latency),
+                  _latency_cell(c.latency), _speed_cell(result.prefill_speedup), "lower")
+    if result.decode_speedup.phase:
+        table.add_row("decode p50 ± sd (ms/token)", _latency_cell(o.decode), _latency_cell(c.decode),
+                      _speed_cell(result.decode_speedup), "lower")
+    row("peak RSS (MB)", o.peak_rss_mb, c.peak_rss_mb, "{:.0f}")
+    if o.kind == "encoder":
+        row("topic k-NN accuracy", o.encoder.knn_topic_accuracy, c.encoder.knn_topic_accuracy, "{:.4f}", "higher")
+        if c.encoder.has_reference:
+            table.add_row("mean cosine to the original", "reference", f"{c.encoder.mean_reference_cosine:.4f}", "-",
+                          "higher")
+    elif o.perplexity:
+        row(f"perplexity (held-out, {o.quality_tokens} tokens)", o.perplexity, c.perplexity, "{:.3f}")
+        row("next-token top-1 accuracy", o.top1_accuracy, c.top1_accuracy, "{:.4f}", "higher")
+    out.print(table)
+    load = result.timing_load
+    if o.machine.cpu_model:
+        out.print(f"measured on {o.machine.cpu_model} ({o.machine.logical_cores} threads, ISA class "
+                  f"{o.machine.isa_class or 'not recorded'}), latency interleaved in "
+                  f"one process; other processes used {load.others_cpu_share:.0%} of the CPU meanwhile "
+                  f"(load average {load.load_average_1m:.2f})", markup=False)
+    for stage in job.stages:
+        for note in stage.notes:
+            out.print(f"[yellow]stage {stage.index} ({stage.spec.name or stage.spec.method}): {escape(note)}[/]")
+        if stage.spec.gate and stage.state == common_pb2.JOB_STATE_SUCCEEDED:
+            out.print(f"[green]gate {escape(stage.spec.gate)!s} passed at stage {stage.index} "
+                      f"({stage.spec.name or stage.spec.method})[/]")
+    told = job_headline(job.recipe, result)
+    out.print(f"[{HEADLINE_STYLE[told.colour]}]{escape(told.text)}[/]")
+    out.print(f"artifact {result.compressed_artifact_id}", markup=False)
+
+
+def cmd_compress(args) -> int:
+    evaluation = cli_evaluation.spec_from(args, skip=args.no_eval)
+    with _client(args) as client:
+        try:
+            recipe = pipeline_message(load_pipeline_file(args.pipeline)) if args.pipeline else args.recipe
+        except (OSError, ValueError, yaml.YAMLError) as exc:
+            err.print(f"--pipeline {args.pipeline}: {escape(str(exc))}")
+            return 2
+        job = client.create_job(args.model, recipe, overrides=_parse_overrides(args.set), evaluation=evaluation,
+                                name=args.name, recompute=args.recompute)
+        return _finish_job(client, job, args)
+
+
+def _finish_job(client: Client, job: common_pb2.Job, args) -> int:
+    """Follows a submitted job when asked (--wait) and prints its outcome; the exit code says it."""
+    if not args.wait:
+        if args.json:
+            print(json.dumps({"job_id": job.job_id, "status": _state_name(job.state)}))
+        else:
+            out.print(f"job {job.job_id} submitted ({job.recipe}); follow with `modelpress watch {job.job_id}`")
+        return 0
+    follow(client, job.job_id, quiet=args.json)
+    job = client.get_job(job.job_id)
+    if args.json:
+        print(json.dumps({
+            "job_id": job.job_id,
+            "status": _state_name(job.state),
+            "artifact_id": job.output.id,
+            "error": job.error,
+            "result": result_fields(job.result, job.recipe) if job.state == common_pb2.JOB_STATE_SUCCEEDED else None,
+        }, indent=2))
+    elif job.state == common_pb2.JOB_STATE_SUCCEEDED:
+        print_result(job)
+    else:
+        err.print(f"job {job.job_id} {_state_name(job.state)}: {job.error}")
+    return 0 if job.state == common_pb2.JOB_STATE_SUCCEEDED else 1
+
+
+def cmd_optimize(args) -> int:
+    with _client(args) as client:
+        job = client.optimize(args.model, args.engine, precision=args.precision,
+                              options=_parse_overrides(args.set),
+                              evaluation=cli_evaluation.spec_from(args, skip=args.no_eval), name=args.name)
+        return _finish_job(client, job, args)
+
+
+def cmd_engines(args) -> int:
+    with _client(args) as client:
+        response = client.engines()
+    if args.json:
+        print(json.dumps(json_format.MessageToDict(response, preserving_proto_field_name=True), indent=2))
+        return 0
+    table = Table("engine", "precisions (compute)", "available", "why not")
+    for e in response.engines:
+        precisions = [f"{p} ({e.compute[p]}{', emulated here' if p in e.emulated else ''})"
+                      if e.compute.get(p, "fp32") != "fp32" else p for p in e.precisions]
+        table.add_row(e.name, ", ".join(precisions), "yes" if e.available else "[red]no[/red]", e.reason)
+    out.print(table)
+    for worker in response.workers:
+        out.print(f"{worker.worker}: {worker.machine.cpu_model}, ISA class {worker.isa_class}")
+        for s in worker.compute:
+            state = "native" if s.accelerated else ("[red]emulated[/red]" if s.emulated else "not accelerated")
+            out.print(f"  {s.precision:<5} {state}: {s.note}")
+    return 0
+
+
+def cmd_watch(args) -> int:
+    with _client(args) as client:
+        if args.json:
+            for event in client.watch(args.job_id):
+                print(json_format.MessageToJson(event, indent=None), flush=True)
+        else:
+            follow(client, args.job_id, quiet=False)
+    return 0
+
+
+def _model_text(model: common_pb2.ModelRef) -> str:
+    source = model.WhichOneof("source")
+    return {"builtin": f"builtin:{model.builtin}", "artifact_id": f"artifact:{model.artifact_id}",
+            "path": f"path:{model.path}"}.get(source, "")
+
+
+def _job_row(job: common_pb2.Job) -> dict:
+    return {"job_id": job.job_id, "name": job.name, "model": _model_text(job.model), "recipe": job.recipe,
+            "status": _state_name(job.state), "progress": round(job.progress, 3), "artifact_id": job.output.id,
+            "error": job.error}
+
+
+def _middle(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width // 2 - 1] + "…" + text[-(width - width // 2):]
+
+
+def cmd_jobs(args) -> int:
+    with _client(args) as client:
+        if args.action == "list":
+            rows = [_job_row(j) for j in client.list_jobs()]
+            if args.json:
+                print(json.dumps(rows, indent=2))
+            else:
+                # Plain fixed-width lines, 93 columns: long model paths and ids are cut in the middle.
+                print(JOB_LINE.format("job", "model", "recipe", "status", "done", "artifact"))
+                for r in rows:
+                    print(JOB_LINE.format(r["job_id"], _middle(r["model"], 22), _middle(r["recipe"], 18),
+                                          r["status"], f"{r['progress']:.0%}", _middle(r["artifact_id"], 12)))
+            return 0
+        if not args.job_id:
+            raise SystemExit(f"jobs {args.action} needs a JOB id")
+        if args.action == "get":
+            print(json_format.MessageToJson(client.get_job(args.job_id)))
+        elif args.action == "cancel":
+            job = client.cancel_job(args.job_id)
+            out.print(f"job {job.job_id}: {_state_name(job.state)}")
+        elif args.action == "delete":
+            removed = client.delete_job(args.job_id)
+            out.print(f"deleted job {args.job_id} and {removed} artifact(s)")
+    return 0
+
+
+def cmd_download(args) -> int:
+    with _client(args) as client:
+        ref = client.download(Path(args.out), job_id=args.job_id)
+    out.print(f"artifact {ref.id} ({ref.size_bytes} bytes, sha256 {ref.sha256[:12]}…) -> {args.out}")
+    return 0
+
+
+UPLOAD_FORMATS = {"hf": common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS,
+                  "compressed-tensors": common_pb2.ARTIFACT_FORMAT_COMPRESSED_TENSORS,
+                  "dataset-jsonl": common_pb2.ARTIFACT_FORMAT_DATASET_JSONL}
+
+
+def cmd_upload(args) -> int:
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        out.print(f"[red]{folder}: not a folder[/red]")
+        return 2
+    with _client(args) as client:
+        ref = client.upload(folder, fmt=UPLOAD_FORMATS[args.format])
+    if args.json:
+        print(json_format.MessageToJson(ref))
+    else:
+        out.print(f"artifact {ref.id} ({ref.size_bytes} bytes, sha256 {ref.sha256[:12]}…)")
+    return 0
+
+
+def cmd_recipes(args) -> int:
+    if args.action in ("show", "delete", "create") and not args.name:
+        err.print(f"recipes {args.action}: name {'a pipeline file' if args.action == 'create' else 'a recipe'}")
+        return 2
+    with _client(args) as client:
+        if args.action == "list":
+            for recipe in client.list_recipes():
+                stages = " -> ".join(f"{technique_name(s.technique)}:{s.method}" for s in recipe.stages)
+                name = recipe.name if recipe.builtin else f"{recipe.name}@{recipe.version}"
+                out.print(f"[bold]{escape(name)}[/bold] ({escape(stages)}): {escape(recipe.summary)}")
+            return 0
+        if args.action == "create":
+            try:
+                data = load_pipeline_file(args.name)
+            except (OSError, ValueError, yaml.YAMLError) as exc:
+                err.print(f"recipes create {args.name}: {escape(str(exc))}")
+                return 2
+            if isinstance(data, dict) and not data.get("name"):
+                data["name"] = Path(args.name).stem
+            recipe = client.create_recipe(data)
+            print(f"created {recipe.name}@{recipe.version}")
+            return 0
+        if args.action == "delete":
+            print(f"deleted {client.delete_recipe(args.name)} version(s) of {args.name}")
+            return 0
+        recipe = client.get_recipe(args.name)
+    data = pipeline_data(recipe)
+    if not recipe.builtin:
+        data["version"] = recipe.version
+    # The same shape `compress --pipeline FILE` and `recipes create FILE` read back (YAML, or JSON with --json).
+    print(json.dumps(data, indent=2) if args.json else yaml.safe_dump(data, sort_keys=False, width=100), end="")
+    return 0
+
+
+def _value_text(value) -> str:
+    """A default as a person writes it: 16, not 16.0; true; "text"."""
+    plain = json_format.MessageToDict(value)
+    if isinstance(plain, float) and plain.is_integer():
+        return str(int(plain))
+    return json.dumps(plain)
+
+
+def _field_text(field: common_pb2.ConfigField) -> str:
+    text = f"{field.name}={_value_text(field.default_value)}"
+    if field.choices:
+        text += f" ({'|'.join(field.choices)})"
+    elif field.HasField("minimum") or field.HasField("maximum"):
+        bound = lambda v: str(int(v)) if float(v).is_integer() else f"{v:g}"  # noqa: E731
+        text += (f" [{bound(field.minimum) if field.HasField('minimum') else ''}.."
+                 f"{bound(field.maximum) if field.HasField('maximum') else ''}]")
+    return text
+
+
+def cmd_lineage(args) -> int:
+    with _client(args) as client:
+        response = client.lineage(args.artifact)
+    if args.json:
+        print(json_format.MessageToJson(response, preserving_proto_field_name=True))
+        return 0
+    a = response.artifact
+    out.print(f"artifact {a.artifact.id} ({format_name(a.artifact.format)}, {a.artifact.size_bytes} bytes) from "
+              f"{a.base_model or 'an upload'}" + (f"; tags {', '.join(a.tags)}" if a.tags else ""), markup=False)
+    if not response.stages:
+        out.print("no stages: uploaded as it is", markup=False)
+    for i, stage in enumerate(response.stages):
+        config = json_format.MessageToDict(stage.config)
+        versions = ", ".join(f"{k} {v}" for k, v in sorted(stage.versions.items()) if k != "isa_class")
+        out.print(f"[bold]{i}. {stage.technique}:{stage.method}[/bold] on {escape(stage.input)} "
+                  f"({stage.input_digest[:19]}…) -> {stage.format.removeprefix('ARTIFACT_FORMAT_').lower()}")
+        out.print(f"   config {json.dumps(config, sort_keys=True)}", markup=False)
+        out.print(f"   by {stage.worker} (service v{stage.service_version}, ISA {stage.versions.get('isa_class', '?')}; "
+                  f"{versions}); job {stage.job_id or '-'} stage {stage.stage_index}; key {stage.key[:16]}", markup=False)
+    return 0
+
+
+def cmd_tag(args) -> int:
+    with _client(args) as client:
+        response = client.tag(args.artifact, args.tag)
+    print(f"{response.artifact.artifact.id} tagged {response.tag}")
+    return 0
+
+
+def cmd_artifacts(args) -> int:
+    with _client(args) as client:
+        found = client.list_artifacts(tag=args.tag, model=args.model, recipe=args.recipe)
+    if args.json:
+        print(json.dumps([json_format.MessageToDict(a, preserving_proto_field_name=True) for a in found], indent=2))
+        return 0
+    for a in found:
+        out.print(f"{a.artifact.id}  {format_name(a.artifact.format):22} {a.artifact.size_bytes / 1e6:9.1f} MB  "
+                  f"{a.base_model or '(upload)'}  {' -> '.join(a.methods) or '-'}  {','.join(a.recipes) or '-'}  "
+                  f"{' '.join(a.tags)}", markup=False)
+    return 0
+
+
+def cmd_methods(args) -> int:
+    with _client(args) as client:
+        response = client.list_methods()
+    if args.json:
+        print(json_format.MessageToJson(response))
+        return 0
+    for method in response.methods:
+        technique = common_pb2.Technique.Name(method.technique).removeprefix("TECHNIQUE_").lower()
+        fields = ", ".join(_field_text(f) for f in method.fields)
+        takes = ", ".join(format_name(f) for f in method.accepts) or "any"
+        writes = ", ".join(format_name(f) for f in method.produces) or "its input's format"
+        out.print(f"{technique}/{method.name}: {method.summary} [{fields}] (takes {takes}; writes {writes})",
+                  markup=False)
+    for name, why in response.unavailable.items():
+        err.print(f"{name} unavailable: {why}")
+    return 0
+
+
+def _with_client(command):
+    def run(args) -> int:
+        with _client(args) as client:
+            return command(args, client)
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="modelpress", description=__doc__)
+    parser.add_argument("--gateway", help="gateway host:port (default: the local mesh, or $MODELPRESS_GATEWAY)")
+    parser.add_argument("--token", help="API token (default $MODELPRESS_TOKEN, or the local --auth mesh's operator)")
+    parser.add_argument("--tls-ca", default=os.environ.get("MODELPRESS_TLS_CA") or None,
+                        help="CA certificate (PEM) of a TLS gateway (default $MODELPRESS_TLS_CA)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("up", help="start nats-server and every service locally")
+    p.add_argument("--detach", action="store_true", help="return once healthy; stop later with `modelpress down`")
+    p.add_argument("--free-ports", action="store_true", help="pick free ports instead of 4222/50051-50056")
+    p.add_argument("--auth", action="store_true",
+                   help="require API tokens at the gateway and a password at NATS (secrets under $MODELPRESS_HOME/auth)")
+    p.add_argument("--replicas", default="", metavar="SERVICE=N,...",
+                   help="processes per service, e.g. quantizer=2,gateway=2: technique replicas sit behind one "
+                        "target the gateway balances stages across (a stage whose replica dies is retried on "
+                        "another); gateways share the jobs through leases (this CLI talks to the first)")
+    p.add_argument("--nats-cluster", type=int, default=1, metavar="N",
+                   help="run N NATS servers as one JetStream cluster (3 to 5; streams, KV and objects kept on 3)")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("token", help="create an API token for a tenant (prints it once; the gateway keeps its hash)")
+    p.add_argument("action", choices=["create"])
+    p.add_argument("--tenant", required=True, help="the tenant whose jobs and artifacts the token reaches")
+    p.add_argument("--name", help="a name for the token (default: TENANT-N)")
+    p.add_argument("--role", choices=["user", "operator"], default="user",
+                   help="operator: every tenant's jobs and artifacts")
+    p.add_argument("--tokens-file", type=Path,
+                   help="the gateway's tokens file (default: $MODELPRESS_AUTH_TOKENS, else the local mesh's)")
+    p.set_defaults(func=cmd_token)
+    sub.add_parser("down", help="stop the local mesh").set_defaults(func=cmd_down)
+    sub.add_parser("status", help="health of the local mesh").set_defaults(func=cmd_status)
+
+    p = sub.add_parser("compress", help="submit a compression job")
+    p.add_argument("model", help="builtin:NAME, artifact:ID or path:DIR")
+    chosen = p.add_mutually_exclusive_group(required=True)
+    chosen.add_argument("--recipe", help="a recipe name (`modelpress recipes`)")
+    chosen.add_argument("--pipeline", metavar="FILE", help="a pipeline file (.yaml or .json): its stages, "
+                                                           "as `modelpress recipes show NAME` prints them")
+    p.add_argument("--set", action="append", metavar="[STAGE.]FIELD=VALUE",
+                   help="override a recipe config field; STAGE. picks one stage where several take the field")
+    p.add_argument("--name", default="")
+    p.add_argument("--wait", action="store_true", help="follow progress and print the result")
+    p.add_argument("--json", action="store_true", help="print one JSON object (with --wait: the result)")
+    p.add_argument("--no-eval", action="store_true", help="skip the before/after measurement")
+    p.add_argument("--recompute", action="store_true",
+                   help="run every stage even where a stored artifact has the same key (default: reuse it)")
+    cli_evaluation.add_spec_arguments(p)
+    p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser("optimize", help="convert a model for an inference engine (a job)")
+    p.add_argument("model", help="builtin:NAME, artifact:ID or path:DIR")
+    p.add_argument("--engine", required=True, help="onnxruntime, openvino, gguf or tensorrt (see `engines`)")
+    p.add_argument("--precision", default="", help="one of the engine's precisions (default: its first)")
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="an option of the engine's method")
+    p.add_argument("--name", default="")
+    p.add_argument("--wait", action="store_true", help="follow progress and print the result")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--no-eval", action="store_true", help="skip the before/after measurement")
+    cli_evaluation.add_spec_arguments(p)
+    p.set_defaults(func=cmd_optimize)
+    p = sub.add_parser("engines", help="inference engines, precisions and availability on the optimizer")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_engines)
+
+    p = sub.add_parser("jobs", help="list, get, cancel or delete jobs")
+    p.add_argument("action", choices=["list", "get", "cancel", "delete"])
+    p.add_argument("job_id", nargs="?")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("watch", help="stream a job's events (history first)")
+    p.add_argument("job_id")
+    p.add_argument("--json", action="store_true", help="one JSON event per line")
+    p.set_defaults(func=cmd_watch)
+
+    p = sub.add_parser("download", help="download a job's compressed model")
+    p.add_argument("job_id")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("upload", help="upload a model folder or a JSON-lines dataset folder; prints its artifact id")
+    p.add_argument("folder")
+    p.add_argument("--format", choices=sorted(UPLOAD_FORMATS), default="hf")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_upload)
+    p = sub.add_parser("recipes", help="list recipes; show NAME[@V] as a pipeline file; create FILE; delete NAME[@V]")
+    p.add_argument("action", nargs="?", choices=("list", "show", "create", "delete"), default="list")
+    p.add_argument("name", nargs="?", default="", help="show/delete: NAME or NAME@VERSION; create: a .yaml/.json file")
+    p.add_argument("--json", action="store_true", help="show: JSON instead of YAML")
+    p.set_defaults(func=cmd_recipes)
+    p = sub.add_parser("lineage", help="every stage that made an artifact (method, config, input digest, versions)")
+    p.add_argument("artifact")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_lineage)
+    p = sub.add_parser("tag", help="tag an artifact NAME[:VERSION] (NAME alone: its next version)")
+    p.add_argument("artifact")
+    p.add_argument("tag")
+    p.set_defaults(func=cmd_tag)
+    p = sub.add_parser("artifacts", help="list stored artifacts, filtered by tag, base model or recipe")
+    p.add_argument("--tag", default="", help="NAME (any version) or NAME:VERSION")
+    p.add_argument("--model", default="", help="base model as given, e.g. builtin:smollm2-135m")
+    p.add_argument("--recipe", default="")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_artifacts)
+    p = sub.add_parser("methods", help="list the services' methods and config fields")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_methods)
+    cli_evaluation.add_parsers(sub, _with_client)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except grpc.RpcError as exc:
+        err.print(f"error: {exc.code().name}: {exc.details()}")
+        return 2
+    except (RuntimeError, TimeoutError, ValueError, FileExistsError) as exc:
+        err.print(f"error: {exc}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

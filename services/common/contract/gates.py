@@ -1,0 +1,86 @@
+"""Gates: bounds an evaluate stage's figures must meet for the pipeline to go on.
+
+A gate is a threshold set's name (recovery-99, seed-int4 ... as the evaluator's comparisons use)
+or metric bounds written `metric OP value`, comma-separated: `quality_retention>=0.99, speedup>=2`.
+Figures are ratios against the job's original model, from one interleaved measurement.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from modelpress.v1 import common_pb2
+from services.common.contract.thresholds import THRESHOLD_SETS, Threshold
+
+# What a bound may name: the comparison row's ratios and the result's relative changes.
+GATE_METRICS = {
+    "size_ratio": "size on disk / the original's",
+    "parameter_ratio": "parameters / the original's",
+    "flops_ratio": "FLOPs / the original's",
+    "memory_ratio": "peak RSS / the original's",
+    "speedup": "main-phase p50 speed-up (prefill or forward), interleaved",
+    "decode_speedup": "per-token decode speed-up (causal LMs), interleaved",
+    "quality_retention": "quality kept (perplexity or embedding metric), 1 = all",
+    "perplexity_increase": "(compressed - original) / original perplexity",
+    "accuracy_loss": "(original - compressed) / original task accuracy",
+}
+_BOUND = re.compile(r"^\s*([a-z_]+)\s*(>=|<=)\s*([-+0-9.eE]+)\s*$")
+
+
+@dataclass(frozen=True)
+class Gate:
+    text: str
+    checks: tuple[Threshold, ...]
+
+
+class InvalidGate(ValueError):
+    pass
+
+
+def parse_gate(text: str) -> Gate | None:
+    """The gate `text` names (None when empty); InvalidGate says what is wrong."""
+    text = text.strip()
+    if not text:
+        return None
+    if text in THRESHOLD_SETS:
+        return Gate(text, THRESHOLD_SETS[text].checks)
+    checks = []
+    for part in text.split(","):
+        match = _BOUND.match(part)
+        if not match:
+            raise InvalidGate(f"{part.strip()!r} is neither a threshold set ({', '.join(THRESHOLD_SETS)}) "
+                              f"nor a bound METRIC>=VALUE or METRIC<=VALUE")
+        metric, comparison, value = match.groups()
+        if metric not in GATE_METRICS:
+            raise InvalidGate(f"{metric!r} is not a gate metric; allowed: {', '.join(GATE_METRICS)}")
+        try:
+            threshold = float(value)
+        except ValueError:
+            raise InvalidGate(f"{value!r} in {part.strip()!r} is not a number") from None
+        checks.append(Threshold(metric, comparison, threshold, f"{metric} {comparison} {threshold:g}"))
+    return Gate(text, tuple(checks))
+
+
+def gate_figures(row: common_pb2.ComparisonRow, result: common_pb2.CompressionResult) -> dict[str, float]:
+    figures = {name: getattr(row, name) for name in
+               ("size_ratio", "parameter_ratio", "flops_ratio", "memory_ratio", "speedup", "quality_retention")}
+    figures["perplexity_increase"] = result.perplexity_increase
+    figures["accuracy_loss"] = result.accuracy_loss
+    if result.HasField("decode_speedup"):
+        figures["decode_speedup"] = result.decode_speedup.speedup
+    return figures
+
+
+def failed_checks(gate: Gate, figures: dict[str, float]) -> list[str]:
+    """One line per failed bound: the measured figure and the bound. A figure the evaluation
+    did not produce (decode speed of an encoder) fails: a gate is never passed by omission."""
+    failures = []
+    for check in gate.checks:
+        value = figures.get(check.metric)
+        if value is None:
+            failures.append(f"{check.metric} was not measured (bound {check.comparison} {check.threshold:g})")
+        elif not check.passes(value):
+            failures.append(f"{check.metric} = {value:.4g}, bound {check.comparison} {check.threshold:g} "
+                            f"({check.description})")
+    return failures

@@ -1,0 +1,325 @@
+"""Recipes: a pipeline as data, a list of named stages (technique, method, default config, gate).
+
+A client picks a built-in by name or sends its own stages (CreateJob's `pipeline`, or YAML/JSON
+through the CLI); overrides address a stage by name (validated in chain.py against the services'
+Describe). An evaluate stage (technique evaluator, method "evaluate") measures the stage's input
+against the job's model and may carry a gate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from modelpress.v1 import common_pb2, gateway_pb2
+from services.common.contract.config import ConfigError, struct_to_dict
+from services.common.store.events import to_struct
+from services.common.measure.isa import isa_class, support
+from services.common.runtime.settings import TECHNIQUE_SERVICES
+
+EVALUATE = "evaluate"
+
+
+@dataclass(frozen=True)
+class RecipeStage:
+    technique: int
+    method: str
+    config: dict[str, Any] = field(default_factory=dict)
+    # What overrides call the stage (`--set NAME.field=value`); default: its method's name.
+    name: str = ""
+    gate: str = ""  # evaluate stages only (see gates.py)
+
+    @property
+    def label(self) -> str:
+        return self.name or self.method
+
+    @property
+    def evaluates(self) -> bool:
+        return self.technique == common_pb2.TECHNIQUE_EVALUATOR
+
+    def message(self) -> common_pb2.StageSpec:
+        return common_pb2.StageSpec(technique=self.technique, method=self.method, config=to_struct(self.config),
+                                    name=self.name, gate=self.gate)
+
+    def data(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.label, "technique": TECHNIQUE_SERVICES[self.technique],
+                               "method": self.method}
+        if self.config:
+            out["config"] = dict(self.config)
+        if self.gate:
+            out["gate"] = self.gate
+        return out
+
+
+@dataclass(frozen=True)
+class RecipeDef:
+    name: str
+    summary: str
+    stages: tuple[RecipeStage, ...]
+    # The arithmetic the result runs in (fp32, bf16, f16, int8; "auto": chosen on the worker for its
+    # CPU): a recipe whose compute a CPU would emulate is never recommended for it.
+    compute: str = "fp32"
+
+    def emulated_on(self, features) -> str:
+        """Why a CPU with these ISA features would emulate this recipe's compute ("" if it would not)."""
+        if self.compute == "auto":  # resolved on the worker to a precision its CPU accelerates
+            return ""
+        here = support(self.compute, features)
+        return f"{here.precision} compute on an {isa_class(features)} CPU: {here.note}" if here.emulated else ""
+
+    def message(self) -> gateway_pb2.Recipe:
+        return gateway_pb2.Recipe(name=self.name, summary=self.summary, stages=[s.message() for s in self.stages])
+
+    def data(self) -> dict[str, Any]:
+        """The recipe as a pipeline file holds it (what `--pipeline FILE` reads back)."""
+        return {"name": self.name, "summary": self.summary, "stages": [s.data() for s in self.stages]}
+
+
+Q = common_pb2.TECHNIQUE_QUANTIZER
+O = common_pb2.TECHNIQUE_OPTIMIZER
+P = common_pb2.TECHNIQUE_PRUNER
+D = common_pb2.TECHNIQUE_DISTILLER
+# Structured cuts heal with a short fine-tune against the unpruned input; the distiller is the longer one.
+RECOVERY = {"recovery_minutes": 3.0}
+
+RECIPES: dict[str, RecipeDef] = {
+    r.name: r
+    for r in (
+        RecipeDef("fp16", "Half-precision weights (2x smaller than FP32)", (RecipeStage(Q, "fp16"),), compute="f16"),
+        RecipeDef("bf16", "bfloat16 weights (2x smaller than FP32, FP32's range)", (RecipeStage(Q, "bf16"),), compute="bf16"),
+        RecipeDef("int8-weight-only",
+                  "INT8 Linear weights per output channel; embeddings and LM head stay float "
+                  "(compressed-tensors as llm-compressor writes it: vLLM and transformers load it)",
+                  (RecipeStage(Q, "rtn", {"bits": 8, "group_size": 0}),)),
+        RecipeDef("int8-compact",
+                  "INT8 weights per output channel, embeddings and LM head included (smaller than "
+                  "int8-weight-only; per-module targets: loads in transformers, not vLLM)",
+                  (RecipeStage(Q, "rtn", {"bits": 8, "group_size": 0, "embedding_bits": 8, "head_bits": 8}),)),
+        RecipeDef("w8a8-dynamic", "INT8 weights (GPTQ) and INT8 activations with per-token scales at run time",
+                  (RecipeStage(Q, "w8a8", {"activations": "dynamic"}),), compute="int8"),
+        RecipeDef("w8a8-static", "SmoothQuant, then INT8 weights (GPTQ) and INT8 activations with per-tensor scales "
+                  "fixed from calibration (without smoothing, static scales cost +147 % ppl on SmolLM2)",
+                  (RecipeStage(Q, "smoothquant", {"activations": "static"}),), compute="int8"),
+        RecipeDef("w8a8-smoothquant",
+                  "SmoothQuant (alpha searched per layer group), then INT8 weights and per-token INT8 activations",
+                  (RecipeStage(Q, "smoothquant", {"activations": "dynamic"}),), compute="int8"),
+        RecipeDef("w4a16-rtn", "INT4 Linear weights, group 64, round-to-nearest; embeddings and head float "
+                  "(vLLM layout)", (RecipeStage(Q, "rtn", {"bits": 4, "group_size": 64}),)),
+        RecipeDef("w4a16-gptq",
+                  "INT4 Linear weights, group 64, GPTQ on calibration text; embeddings and head float (vLLM layout)",
+                  (RecipeStage(Q, "gptq", {"bits": 4, "group_size": 64}),)),
+        RecipeDef("w4a16-gptq-compact",
+                  "INT4 GPTQ Linear weights, group 64, with INT8 embeddings and head (smaller than w4a16-gptq; "
+                  "per-module targets: loads in transformers, not vLLM)",
+                  (RecipeStage(Q, "gptq", {"bits": 4, "group_size": 64, "embedding_bits": 8, "head_bits": 8}),)),
+        RecipeDef("w4a16-awq",
+                  "INT4 Linear weights, group 64, AWQ scale and clipping search; embeddings and head float "
+                  "(vLLM layout)", (RecipeStage(Q, "awq", {"bits": 4, "group_size": 64}),)),
+        RecipeDef("w4a16-qat",
+                  "INT4 Linear weights, group 64: AWQ grid, then quantization-aware fine-tuning of each block",
+                  (RecipeStage(Q, "qat", {"bits": 4, "group_size": 64}),)),
+        RecipeDef("w4a16-mixed",
+                  "INT4 GPTQ with the most sensitive Linears at INT8, 4.5 bits per Linear weight on average "
+                  "(per-module targets, one group per width)",
+                  (RecipeStage(Q, "mixed-precision", {"bits": 4, "group_size": 64, "average_bits": 4.5}),)),
+        RecipeDef("w8a16-gptq", "INT8 Linear weights per channel with GPTQ; embeddings and head float (vLLM layout)",
+                  (RecipeStage(Q, "gptq", {"bits": 8, "group_size": 0}),)),
+        RecipeDef("onnx", "ONNX export with ONNX Runtime's transformer fusions (FP32)", (RecipeStage(O, "onnx"),)),
+        RecipeDef("onnx-int8", "ONNX export, fusions, INT8 weights per channel and dynamic INT8 activations "
+                  "(ONNX Runtime)", (RecipeStage(O, "onnx-int8"),), compute="int8"),
+        RecipeDef("onnx-int4", "ONNX export, fusions, 4-bit blockwise weights (MatMulNBits, ONNX Runtime)",
+                  (RecipeStage(O, "onnx-int4"),)),
+        RecipeDef("openvino", "OpenVINO IR, FP32 with the precision hint pinned; causal LMs keep their KV cache "
+                  "in the request (stateful)", (RecipeStage(O, "openvino"),)),
+        RecipeDef("openvino-int8", "OpenVINO IR with NNCF INT8 weights per channel",
+                  (RecipeStage(O, "openvino-int8"),)),
+        RecipeDef("openvino-int4", "OpenVINO IR with NNCF INT4 weights (group 128, shrunk where it does not "
+                  "divide), AWQ and scale estimation on 32 calibration windows",
+                  (RecipeStage(O, "openvino-int4", {"calibration_samples": 32}),)),
+        RecipeDef("openvino-bf16", "OpenVINO IR computing in bf16 (native with AVX512-BF16 or AMX-BF16; on other CPUs "
+                  "the stage notes what the plugin ran instead)", (RecipeStage(O, "openvino", {"inference_precision": "bf16"}),), compute="bf16"),
+        RecipeDef("openvino-int8-bf16", "OpenVINO IR with NNCF INT8 weights per channel, computing in bf16",
+                  (RecipeStage(O, "openvino-int8", {"inference_precision": "bf16"}),), compute="bf16"),
+        RecipeDef("openvino-f16", "OpenVINO IR computing in f16 (native with AVX512-FP16 or AMX-FP16; elsewhere the "
+                  "stage notes what the plugin ran: bf16 on an AVX512-BF16 CPU)",
+                  (RecipeStage(O, "openvino", {"inference_precision": "f16"}),), compute="f16"),
+        RecipeDef("fastest-cpu", "The engine precision measured fastest at kept quality on the optimizer worker's "
+                  "CPU class: bf16 compute (OpenVINO) where the CPU has bf16 instructions, INT8 (ONNX Runtime) where "
+                  "not; the stage says what it chose", (RecipeStage(O, "fastest-cpu"),), compute="auto"),
+        RecipeDef("gguf-f16", "GGUF for llama.cpp with F16 weights", (RecipeStage(O, "gguf-f16"),)),
+        RecipeDef("gguf-q8_0", "GGUF for llama.cpp with Q8_0 weights", (RecipeStage(O, "gguf-q8_0"),), compute="int8"),
+        RecipeDef("gguf-q4", "GGUF for llama.cpp with Q4_1 weights", (RecipeStage(O, "gguf-q4"),), compute="int8"),
+        # Composites: an activation-aware transform on the quantizer, the engine's own quantizer after it.
+        RecipeDef("awq-onnx-int4", "AWQ scales searched for ONNX Runtime's 4-bit blocks of 32 and "
+                  "folded into the float model (quantizer), then ONNX export with 4-bit MatMulNBits (optimizer)",
+                  (RecipeStage(Q, "awq-transform", {"bits": 4, "group_size": 32, "symmetric": True}, "transform"),
+                   RecipeStage(O, "onnx-int4", {"block_size": 32, "symmetric": True}, "export"))),
+        RecipeDef("awq-gguf-q4", "AWQ scales searched for GGUF Q4_1 (32 weights, scale and minimum) "
+                  "and folded in (quantizer), then GGUF Q4_1 for llama.cpp (optimizer)",
+                  (RecipeStage(Q, "awq-transform", {"bits": 4, "group_size": 32, "symmetric": False}, "transform"),
+                   RecipeStage(O, "gguf-q4", {"type": "q4_1"}, "export")), compute="int8"),
+        RecipeDef("awq-openvino-int4", "AWQ scales searched for NNCF's symmetric INT4 groups of 128 "
+                  "and folded in (quantizer), then OpenVINO IR with data-free NNCF INT4 (optimizer)",
+                  (RecipeStage(Q, "awq-transform", {"bits": 4, "group_size": 128, "symmetric": True}, "transform"),
+                   RecipeStage(O, "openvino-int4", {"group_size": 128, "symmetric": True, "calibration_samples": 0},
+                               "export"))),
+        RecipeDef("smoothquant-onnx-int8", "SmoothQuant scales searched for per-tensor dynamic INT8 activations "
+                  "and folded in (quantizer), then ONNX Runtime INT8 weights and dynamic INT8 activations (optimizer)",
+                  (RecipeStage(Q, "smoothquant-transform", {"activations": "dynamic-per-tensor"}, "transform"),
+                   RecipeStage(O, "onnx-int8", {"causal_lm_activations": "dynamic-int8"}, "export")),
+                  compute="int8"),
+        # Pruning: dense-zero outputs (unstructured, N:M) and smaller models (structured) in float,
+        # for any later stage.
+        RecipeDef("prune-magnitude-50", "Half of every block Linear's weights zeroed by |w|, per layer; no data",
+                  (RecipeStage(P, "magnitude", {"sparsity": 0.5}, "prune"),)),
+        RecipeDef("prune-wanda-50", "Half of every block Linear's weights zeroed by Wanda (|w|·‖x‖ per row)",
+                  (RecipeStage(P, "wanda", {"sparsity": 0.5}, "prune"),)),
+        RecipeDef("prune-sparsegpt-50", "Half of every block Linear's weights zeroed by SparseGPT (OBS masks "
+                  "and updates from the layer Hessian)", (RecipeStage(P, "sparsegpt", {"sparsity": 0.5}, "prune"),)),
+        RecipeDef("prune-2of4", "2:4 semi-structured sparsity by SparseGPT (2 of every 4 inputs of a row kept)",
+                  (RecipeStage(P, "sparsegpt", {"structure": "2:4"}, "prune"),)),
+        RecipeDef("prune-mlp", "A quarter of every block's MLP neurons removed (activation-aware), then a "
+                  "3-minute recovery against the original; a smaller model stock transformers reloads",
+                  (RecipeStage(P, "mlp-neurons", {"mlp_keep": 0.75, **RECOVERY}, "prune"),)),
+        RecipeDef("prune-layers", "A quarter of the blocks removed (those changing their input least), then a "
+                  "3-minute recovery", (RecipeStage(P, "layers", {"layers_keep_share": 0.75, **RECOVERY}, "prune"),)),
+        RecipeDef("prune-heads", "A third of the attention heads removed from every block (whole KV groups; "
+                  "Llama-style decoders), then a 3-minute recovery",
+                  (RecipeStage(P, "heads", {"heads_keep": 0.67, **RECOVERY}, "prune"),)),
+        RecipeDef("prune-structured-50", "FLOPs halved: layers for half the cut, MLP neurons for the rest, then a "
+                  "3-minute recovery", (RecipeStage(P, "structured", {"target_flops": 0.5, **RECOVERY}, "prune"),)),
+        RecipeDef("prune-structured-25", "FLOPs cut by a quarter: layers for half the cut, MLP neurons for the "
+                  "rest, then a 3-minute recovery",
+                  (RecipeStage(P, "structured", {"target_flops": 0.75, **RECOVERY}, "prune"),)),
+        # Distillation: students built from their teachers, or a compressed model healed by its original.
+        RecipeDef("distill-response", "A student with half the teacher's blocks learns its outputs (logit KL on "
+                  "cached top-k logits, or the pooled sentence embedding), 10 minutes",
+                  (RecipeStage(D, "distill-response", {"student_layers_share": 0.5}, "distill"),)),
+        RecipeDef("distill-feature", "A student with half the blocks learns outputs and hidden states of the "
+                  "matched blocks, 10 minutes", (RecipeStage(D, "distill-feature", {"student_layers_share": 0.5},
+                                                               "distill"),)),
+        RecipeDef("distill-attention", "A student with half the blocks learns outputs and the last block's "
+                  "attention (distributions or MiniLMv2 relations), 10 minutes",
+                  (RecipeStage(D, "distill-attention", {"student_layers_share": 0.5}, "distill"),)),
+        RecipeDef("distill-self", "The input learns from the job's original model (after a compression: its "
+                  "recovery), 10 minutes", (RecipeStage(D, "distill-self", {}, "distill"),)),
+        # Half the blocks alone leave half the FLOPs, and the embedding lookup costs little: MLP 1024 of
+        # 1536 is what takes the student past 2x in PyTorch eager. 15 minutes: 30 core-minutes on 2 cores.
+        RecipeDef("minilm-small", "An encoder student with half the blocks, two thirds of the MLP width and the "
+                  "vocabulary its text uses (MiniLM: over 60 % fewer parameters), learning the pooled embedding "
+                  "for 15 minutes",
+                  (RecipeStage(D, "distill-response", {"student_layers_share": 0.5, "student_mlp_width": 1024,
+                                                       "vocabulary": "corpus",
+                                                       "max_minutes": 15.0, "calibration_samples": 5000,
+                                                       "batch_size": 32, "learning_rate": 5e-4}, "distill"),)),
+        RecipeDef("minilm-edge", "FLOPs halved by structured pruning, healed by distillation from the original, "
+                  "then ONNX Runtime INT8", (
+                      RecipeStage(P, "structured", {"target_flops": 0.5}, "prune"),
+                      RecipeStage(D, "distill-self", {"max_minutes": 15.0, "calibration_samples": 5000,
+                                                      "batch_size": 32, "learning_rate": 2e-4}, "distill"),
+                      RecipeStage(O, "onnx-int8", {}, "export")), compute="int8"),
+        RecipeDef("smollm2-shallow", "A quarter of the blocks removed (those changing their input least), healed "
+                  "by logit distillation from the original on cached top-k logits for 25 minutes", (
+                      RecipeStage(P, "layers", {"layers_keep_share": 0.75}, "prune"),
+                      RecipeStage(D, "distill-self", {"max_minutes": 25.0, "calibration_sequence_length": 256,
+                                                      "batch_size": 8}, "distill"))),
+        RecipeDef("tensorrt-fp16", "TensorRT FP16 engine from the ONNX export (NVIDIA GPU workers only)",
+                  (RecipeStage(O, "tensorrt-fp16"),), compute="f16"),
+    )
+}
+
+
+class UnknownRecipe(KeyError):
+    pass
+
+
+class InvalidPipeline(ValueError):
+    """A pipeline given as data that is malformed; the message names the place."""
+
+
+TECHNIQUES_BY_NAME = {name: technique for technique, name in TECHNIQUE_SERVICES.items()}
+_STAGE_KEYS = {"name", "technique", "method", "config", "gate"}
+MAX_STAGES = 16
+
+
+def pipeline_from_data(data: Any, default_name: str = "pipeline") -> RecipeDef:
+    """A RecipeDef from a pipeline file's contents: {name?, summary?, stages: [{name?, technique,
+    method, config?, gate?}, ...]} (or the bare list of stages)."""
+    if isinstance(data, list):
+        data = {"stages": data}
+    if not isinstance(data, dict):
+        raise InvalidPipeline("pipeline: expected a mapping with 'stages' (or a list of stages)")
+    # `version` is what `recipes show` prints of a stored recipe; reading the file back ignores it.
+    unknown = set(data) - {"name", "summary", "stages", "version"}
+    if unknown:
+        raise InvalidPipeline(f"pipeline: unknown keys {', '.join(sorted(unknown))}; allowed: name, summary, stages")
+    stages_data = data.get("stages")
+    if not isinstance(stages_data, list) or not stages_data:
+        raise InvalidPipeline("pipeline.stages: a non-empty list of stages is required")
+    if len(stages_data) > MAX_STAGES:
+        raise InvalidPipeline(f"pipeline.stages: at most {MAX_STAGES} stages, got {len(stages_data)}")
+    stages = []
+    for i, raw in enumerate(stages_data):
+        where = f"stages[{i}]"
+        if not isinstance(raw, dict):
+            raise InvalidPipeline(f"{where}: expected a mapping with technique and method")
+        unknown = set(raw) - _STAGE_KEYS
+        if unknown:
+            raise InvalidPipeline(f"{where}: unknown keys {', '.join(sorted(unknown))}; allowed: "
+                                  f"{', '.join(sorted(_STAGE_KEYS))}")
+        technique = raw.get("technique")
+        if technique not in TECHNIQUES_BY_NAME:
+            raise InvalidPipeline(f"{where}.technique: {technique!r} is not one of {', '.join(TECHNIQUES_BY_NAME)}")
+        method = raw.get("method") or (EVALUATE if technique == "evaluator" else None)
+        if not isinstance(method, str) or not method:
+            raise InvalidPipeline(f"{where}.method: required (a method name from ListMethods)")
+        config = raw.get("config") or {}
+        if not isinstance(config, dict):
+            raise InvalidPipeline(f"{where}.config: expected a mapping of field: value")
+        name, gate = raw.get("name") or "", raw.get("gate") or ""
+        if not isinstance(name, str) or "." in name:
+            raise InvalidPipeline(f"{where}.name: {name!r} must be a string without '.' (overrides use NAME.field)")
+        if not isinstance(gate, str):
+            raise InvalidPipeline(f"{where}.gate: expected a threshold set name or bounds as a string")
+        # A name equal to the method's is the default one: stored empty, as built-ins hold it.
+        stages.append(RecipeStage(TECHNIQUES_BY_NAME[technique], method, dict(config), "" if name == method else name,
+                                  gate))
+    labels = [s.label for s in stages]
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:
+        raise InvalidPipeline(f"pipeline.stages: stage names must differ; {', '.join(repeated)} repeats (set 'name')")
+    name, summary = data.get("name") or default_name, data.get("summary") or ""
+    if not isinstance(name, str) or not isinstance(summary, str):
+        raise InvalidPipeline("pipeline: name and summary must be strings")
+    return RecipeDef(name, summary, tuple(stages), compute=_compute_of(stages))
+
+
+def pipeline_from_message(message: common_pb2.Pipeline) -> RecipeDef:
+    stages = []
+    for index, s in enumerate(message.stages):
+        try:
+            config = struct_to_dict(s.config)
+        except ConfigError as exc:
+            raise InvalidPipeline(f"pipeline.stages[{index}].config.{exc}") from None
+        stages.append({"name": s.name, "technique": TECHNIQUE_SERVICES.get(s.technique, str(s.technique)),
+                       "method": s.method, "config": config, "gate": s.gate})
+    return pipeline_from_data({"name": message.name, "summary": message.summary, "stages": stages})
+
+
+def _compute_of(stages: list[RecipeStage]) -> str:
+    """A user pipeline computes as its last engine stage does: as the one-stage built-in with the
+    same method whose config it contains (the most specific such), else fp32."""
+    last = next((s for s in reversed(stages) if not s.evaluates), None)
+    if last is None:
+        return "fp32"
+    fitting = [r for r in RECIPES.values() if len(r.stages) == 1 and r.stages[0].method == last.method
+               and r.stages[0].technique == last.technique
+               and all(last.config.get(k) == v for k, v in r.stages[0].config.items())]
+    return max(fitting, key=lambda r: len(r.stages[0].config)).compute if fitting else "fp32"
+
+
+def get_recipe(name: str) -> RecipeDef:
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise UnknownRecipe(f"recipe: unknown recipe {name!r}; allowed: {', '.join(RECIPES)}") from None

@@ -1,1 +1,0 @@
-"""Pipelines as data: recipes (named stage lists), their validation and their gates."""

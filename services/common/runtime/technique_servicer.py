@@ -1,0 +1,101 @@
+"""The servicer shape every technique service shares: Describe from a method registry, Run via the stage runner."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import grpc
+
+from modelpress.v1 import common_pb2
+from services.common.models import modelio
+from services.common.contract.config import (MethodConfig, WorkBudgetExceeded, config_problems, describe_registry,
+                                         parse_config, struct_to_dict)
+from services.common.models.model_source import describe
+from services.common.contract.engine_api import ProgressReporter, StageResult
+from services.common.runtime.server import ServiceRuntime
+from services.common.runtime.stage_runner import abort_with, run_stage
+from services.common.runtime.worker_hardware import worker_hardware
+
+
+class EngineMethod(Protocol):
+    name: str
+    summary: str
+    config_cls: type[MethodConfig]
+    accepts: tuple[int, ...]
+    produces: tuple[int, ...]
+    metrics: tuple
+
+    def run(self, config: Any, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult: ...
+
+
+class TechniqueServicer:
+    def __init__(self, technique: int, methods: Mapping[str, EngineMethod], runtime: ServiceRuntime,
+                 version: str = "1") -> None:
+        modelio.preload_transformers()
+        self.technique = technique
+        self.methods = methods
+        self.runtime = runtime
+        self.version = version
+
+    def description(self) -> common_pb2.ServiceDescription:
+        return common_pb2.ServiceDescription(
+            technique=self.technique,
+            version=self.version,
+            methods=describe_registry(self.technique, self.methods),
+            hardware=worker_hardware(self.runtime.worker_id),
+        )
+
+    def _unknown_method(self, name: str) -> str:
+        return f"method: unknown method {name!r}; allowed: {', '.join(sorted(self.methods))}"
+
+    def check_config(self, stage: common_pb2.StageSpec) -> tuple[list[str], list[str]]:
+        """(every problem of the stage's config under its method's whole declaration — an unknown
+        method is one —, every work budget a valid config goes past)."""
+        method = self.methods.get(stage.method)
+        if method is None:
+            return [self._unknown_method(stage.method)], []
+        values = struct_to_dict(stage.config)
+        if problems := config_problems(method.config_cls, values):
+            return problems, []
+        return [], parse_config(method.config_cls, values).work_problems()
+
+    async def run_stage(self, stage: common_pb2.StageRequest, context: grpc.aio.ServicerContext
+                        ) -> AsyncIterator[common_pb2.StageUpdate]:
+        method = self.methods.get(stage.method)
+        if method is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, self._unknown_method(stage.method))
+        try:
+            config = parse_config(method.config_cls, struct_to_dict(stage.config))
+            if over := config.work_problems():  # a caller of Run that skipped CheckConfig
+                raise WorkBudgetExceeded("; ".join(over))
+        except Exception as exc:  # noqa: BLE001
+            await abort_with(context, exc, f"{stage.method} config")
+            return
+        for field in config.artifact_fields:
+            if artifact_id := getattr(config, field):
+                try:
+                    local = await self.runtime.models.local_folder(common_pb2.ModelRef(artifact_id=artifact_id))
+                except Exception as exc:  # noqa: BLE001
+                    await abort_with(context, exc, f"{stage.method} config: {field}")
+                    return
+                config.bind_local(field, local)
+        extra_key: dict[str, str] = {}
+        for field in config.original_default_fields:
+            if not getattr(config, field) and stage.HasField("original"):
+                try:
+                    local = await self.runtime.models.local_folder(stage.original)
+                except Exception as exc:  # noqa: BLE001
+                    await abort_with(context, exc, f"{stage.method} config: {field} (the job's input model)")
+                    return
+                config.bind_local(field, local)
+                # The output depends on which model stood in: part of the stage key and its record.
+                extra_key[field] = describe(stage.original)
+
+        def work(src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
+            return method.run(config, src, dst, reporter)
+
+        async for update in run_stage(self.runtime, stage, context, work, config.model_dump(), self.version,
+                                      extra_key):
+            yield update

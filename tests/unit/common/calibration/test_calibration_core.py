@@ -1,0 +1,60 @@
+"""The shared calibration core walks blocks for any technique: a step that is not quantization
+(a Wanda-style |W|·|x| mask, zeroing weights in place) gets each block's input statistics, its
+per-layer results come back as they are, and the next block is fed the outputs of the block as
+the step left it."""
+
+import torch
+
+from services.common.models import modelio
+from services.common.calibration.blocks import (InputStatsCollector, capture_first_block_inputs, named_blocks,
+                                                run_block)
+from services.common.calibration.sequential import run_blocks
+from services.common.calibration.streaming import StreamingModel
+
+
+def _prune_half(work):
+    for name, layer in work.layers.items():
+        salience = work.stats[name].abs_mean
+        score = layer.weight.abs() * salience[None]
+        mask = score >= score.median(dim=1, keepdim=True).values
+        layer.weight.mul_(mask)
+        yield name, (mask, salience.clone()), {"kept": float(mask.float().mean())}
+
+
+def _salience_entering(model, ids, layer: str, down_weight=None):
+    """|x| per input channel entering `layer` of block 1, block 0 run with `down_weight` if given."""
+    blocks = named_blocks(model)
+    with torch.no_grad():
+        if down_weight is not None:
+            model.get_parameter(f"{blocks[0][0]}.mlp.down_proj.weight").copy_(down_weight)
+        hidden = run_block(blocks[0][1], capture_first_block_inputs(model, ids))
+        inputs = capture_first_block_inputs(model, ids)
+        inputs.hidden = hidden
+        collector = InputStatsCollector({layer: model.get_submodule(layer)})
+        try:
+            run_block(blocks[1][1], inputs)
+        finally:
+            collector.close()
+    return collector.stats[layer].abs_mean
+
+
+def test_a_pruning_step_runs_on_the_core_and_the_next_block_sees_the_pruned_one(tiny_llama_dir):
+    source = StreamingModel(tiny_llama_dir)
+    blocks = named_blocks(source.model)
+    source.load(exclude=[name for name, _ in blocks])
+    ids = torch.randint(5, 1000, (2, 16), generator=torch.Generator().manual_seed(0))
+    down, q_proj = f"{blocks[0][0]}.mlp.down_proj", f"{blocks[1][0]}.self_attn.q_proj"
+    seen = []
+    result = run_blocks(source, blocks, capture_first_block_inputs(source.model, ids), {down: "prune", q_proj: "prune"},
+                        _prune_half, lambda name, value, figures: seen.append(figures))
+    assert set(result.results) == {down, q_proj} and [f["block"] for f in seen] == [0, 1]
+    assert all(0.45 < f["kept"] < 0.6 for f in seen)
+    assert not result.rewritten  # the chosen layers' own changes travel in their results
+
+    float_model = modelio.load_model(tiny_llama_dir, dtype=torch.float32).eval()
+    mask, _ = result.results[down]
+    pruned = float_model.get_parameter(f"{down}.weight").detach() * mask
+    got = result.results[q_proj][1]
+    assert torch.allclose(got, _salience_entering(float_model, ids, q_proj, pruned), atol=1e-6)
+    assert not torch.allclose(got, _salience_entering(modelio.load_model(tiny_llama_dir, dtype=torch.float32).eval(),
+                                                      ids, q_proj), atol=1e-6)

@@ -1,0 +1,98 @@
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from services.common.models import modelio
+from services.common.contract.engine_api import ProgressReporter, StageCancelled
+from services.quantizer.configs import GptqConfig
+from services.quantizer.engine import METHODS
+from services.quantizer.gptq import gptq_quantize
+from services.quantizer.qscheme import WeightScheme, fake_quantize
+
+
+def correlated_layer(rows=96, cols=128, samples=2048):
+    torch.manual_seed(0)
+    x = torch.randn(samples, cols) @ torch.randn(cols, cols) * 0.3
+    x[:, :4] *= 15  # a few outlier input channels, as in real LLM activations
+    return torch.randn(rows, cols), x, 2 * x.T @ x / samples
+
+
+@pytest.mark.parametrize("scheme", [WeightScheme(4, 32, True), WeightScheme(4, 64, False), WeightScheme(4, 0, True),
+                                    WeightScheme(8, 0, True)])
+@pytest.mark.parametrize("act_order", [False, True])
+def test_gptq_output_error_is_below_rtn_on_the_same_data(scheme, act_order):
+    w, x, h = correlated_layer()
+    rtn, _ = fake_quantize(w, scheme)
+    outcome = gptq_quantize(w, h, scheme, act_order=act_order)
+    y = x @ w.T
+    err_rtn = ((x @ rtn.T - y).norm() / y.norm()).item()
+    err_gptq = ((x @ outcome.weight.T - y).norm() / y.norm()).item()
+    assert err_gptq < 0.8 * err_rtn
+    # The result lies on the stored grid: re-quantizing with its own params changes nothing.
+    again, _ = fake_quantize(outcome.weight, scheme, outcome.params)
+    assert torch.equal(again, outcome.weight)
+
+
+def test_a_hessian_that_is_not_positive_definite_is_handled():
+    w, _, h = correlated_layer()
+    h[5, 5] = -1000.0  # what accumulated round-off or a broken calibration can produce
+    outcome = gptq_quantize(w, h, WeightScheme(4, 32, True))
+    assert outcome.damping > 0.01 or outcome.fell_back_to_rtn
+    assert torch.isfinite(outcome.weight).all()
+
+
+def test_dead_inputs_do_not_break_the_factorisation():
+    w, x, _ = correlated_layer()
+    x[:, 10:20] = 0
+    h = 2 * x.T @ x / x.shape[0]
+    outcome = gptq_quantize(w, h, WeightScheme(4, 32, True))
+    assert not outcome.fell_back_to_rtn and torch.isfinite(outcome.weight).all()
+
+
+def test_gptq_method_on_a_tiny_llama_reloads_through_transformers(tiny_llama_dir, tmp_path):
+    config = GptqConfig(calibration_samples=4, calibration_sequence_length=64, group_size=32)
+    seen = []
+    result = METHODS["gptq"].run(config, tiny_llama_dir, tmp_path / "m", ProgressReporter(sink=seen.append))
+    assert result.metrics["calibration_tokens"] == 4 * 64
+    assert 0 < result.metrics["mean_layer_loss"] < 1
+    gptq_steps = [p for p in seen if p.metrics.get("method") == "gptq"]
+    assert len(gptq_steps) == 14 and all(p.metrics["loss"] >= 0 for p in gptq_steps)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+    ids = torch.randint(0, 30522, (1, 16))
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+        base = modelio.load_model(tiny_llama_dir)(input_ids=ids).logits
+    assert torch.isfinite(logits).all() and not torch.equal(logits, base)
+
+
+def test_gptq_cancel_stops_between_layers(tiny_llama_dir, tmp_path):
+    reporter = ProgressReporter()
+
+    def sink(progress):
+        if progress.metrics.get("method") == "gptq":
+            reporter.cancelled.set()
+
+    reporter.sink = sink
+    with pytest.raises(StageCancelled):
+        METHODS["gptq"].run(GptqConfig(calibration_samples=2, calibration_sequence_length=32), tiny_llama_dir,
+                            tmp_path / "m", reporter)
+    assert not (tmp_path / "m").exists()
+
+
+def test_gptq_runs_on_an_encoder(tiny_bert_dir, tmp_path):
+    config = GptqConfig(calibration_samples=4, calibration_sequence_length=64, group_size=32)
+    result = METHODS["gptq"].run(config, tiny_bert_dir, tmp_path / "m", ProgressReporter())
+    assert result.metrics["quantized_modules"] >= 12  # 6 Linear per layer × 2 layers, + embeddings/pooler
+    reloaded = modelio.load_model(tmp_path / "m")
+    assert type(reloaded).__name__ == "BertModel"
+
+
+def test_gptq_keeps_the_zeros_of_a_pruned_weight():
+    torch.manual_seed(0)
+    weight = torch.randn(32, 128) * (torch.rand(32, 128) > 0.5)
+    x = torch.randn(512, 128) @ torch.randn(128, 128)
+    hessian = 2.0 / 512 * x.T @ x
+    outcome = gptq_quantize(weight, hessian, WeightScheme(4, 32, True))
+    assert (outcome.weight[weight == 0] == 0).all()
+    dense = gptq_quantize(torch.randn(32, 128), hessian, WeightScheme(4, 32, True))
+    assert float((dense.weight == 0).float().mean()) < 0.2  # dense weights are not forced anywhere
