@@ -91,3 +91,26 @@ def class_flags(name: str) -> tuple[str, ...]:
         raise ValueError(f"isa_class: {name!r} is not one of {', '.join(CLASS_NAMES)}")
     position = CLASS_NAMES.index(name)
     return tuple(flag for _, needed in ISA_CLASSES[position:] for flag in needed)
+
+
+# OpenVINO's CPU plugin decides what an inference-precision hint becomes from oneDNN's ISA levels
+# (intel_cpu's precision_support.cpp): bf16 runs on any `avx512_core` CPU (AVX-512 F, BW, VL, DQ)
+# or `avx2_vnni_2` CPU, with the products emulated where AVX512-BF16 is absent; f16 runs only with
+# AVX512-FP16 or avx2_vnni_2. So a Xeon with AVX-512 VNNI but no AVX512-BF16 really runs bf16,
+# slower than f32 (found when the suite expected f32 there). The engine reads back what it applied;
+# this says what to expect, so a test or a note holds on every class.
+_AVX512_CORE = ("avx512f", "avx512bw", "avx512vl", "avx512dq")
+_AVX2_VNNI_2 = ("avx_vnni", "avx_vnni_int8", "avx_ne_convert")
+
+
+def openvino_precision(requested: str, features: Iterable[str]) -> str:
+    """The inference precision OpenVINO's CPU plugin applies for a hint on a CPU with these flags."""
+    precision = canonical(requested)
+    flags = set(features)
+    runs_bf16 = all(f in flags for f in _AVX512_CORE) or all(f in flags for f in _AVX2_VNNI_2)
+    runs_f16 = "avx512_fp16" in flags or all(f in flags for f in _AVX2_VNNI_2)
+    if precision == "f16" and runs_f16:
+        return "f16"
+    if precision in ("bf16", "f16") and runs_bf16:
+        return "bf16"  # an f16 hint the CPU cannot run becomes bf16 where bf16 runs
+    return "f32"

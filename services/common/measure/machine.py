@@ -13,9 +13,9 @@ from pathlib import Path
 from services.common.measure.isa import isa_class
 
 # CPU flags that decide which inference kernels run (int8 dot products, bf16, AMX tiles).
-INTERESTING_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
-                     "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16", "amx_fp16", "neon", "asimd",
-                     "sve")
+INTERESTING_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq",
+                     "avx512_vnni", "avx_vnni", "avx_vnni_int8", "avx_ne_convert", "avx512_bf16", "avx512_fp16",
+                     "amx_tile", "amx_int8", "amx_bf16", "amx_fp16", "neon", "asimd", "sve")
 RAPL_ENERGY = Path("/sys/class/powercap/intel-rapl:0/energy_uj")
 
 
