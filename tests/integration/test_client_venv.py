@@ -30,9 +30,14 @@ with Client(gateway) as mp:
     events = [e.kind for e in mp.watch(job.job_id)]
     done = mp.get_job(job.job_id)
     result = mp.get_result(job.job_id).result
+try:
+    modelpress.compress(model_dir, "int8-compact", "out")
+    in_process = None
+except modelpress.FailedPrecondition as exc:
+    in_process = exc.details()
 heavy = sorted(m for m in ("torch", "transformers", "services", "nats", "pydantic", "openvino", "onnxruntime")
                if m in sys.modules)
-print(json.dumps({"file": modelpress.__file__, "heavy": heavy, "refused": refused, "events": len(events),
+print(json.dumps({"file": modelpress.__file__, "heavy": heavy, "refused": refused, "in_process": in_process, "events": len(events),
                   "state": common_pb2.JobState.Name(done.state), "error": done.error,
                   "size": result.compressed_model_size_bytes, "artifact": result.compressed_artifact_id}))
 """
@@ -62,5 +67,7 @@ async def test_the_client_alone_runs_a_job_without_torch_or_services(client_pyth
     found = json.loads(run.stdout.strip().splitlines()[-1])
     assert "site-packages" in found["file"] and found["heavy"] == []
     assert found["refused"] and found["refused"].startswith("recipe:")
+    # In-process runs need the server install: a clear refusal of the client's own family, no ModuleNotFoundError.
+    assert found["in_process"] and "server install" in found["in_process"]
     assert found["state"] == "JOB_STATE_SUCCEEDED", found["error"]
     assert found["size"] > 0 and found["artifact"].startswith("a-") and found["events"] >= 3
