@@ -119,6 +119,11 @@ bench-llamacpp: install llamacpp-venv
 proto: install
 	$(PY) proto/generate.py
 
+# The tables in docs/ that come from data: the recipe registry and bench/results/*.json.
+.PHONY: docs
+docs: install
+	$(PY) docs/generate.py
+
 lint-proto:
 	npx -y @bufbuild/buf@1.75.0 lint proto
 

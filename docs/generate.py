@@ -1,0 +1,795 @@
+#!/usr/bin/env python3
+"""Regenerates the parts of docs/ that come from data. A generated part sits between markers, each on a
+line of its own:
+
+    <!-- generated: NAME (docs/generate.py) -->
+    ...
+    <!-- end generated -->
+
+NAME picks a renderer in SECTIONS: `recipes` and `thresholds` read the registries in
+services/common/contract/; every `bench-*` reads one of bench/results/*.json and states the machine that
+file records beside its table. The prose around the markers is hand-written and left alone.
+
+    python docs/generate.py           # rewrite the pages whose generated parts are stale (`make docs`)
+    python docs/generate.py --check   # exit 1 naming each stale page (tests/unit/docs runs the same check)
+
+Nothing here imports torch: the registries and the ISA classifier are torch-free, so a run takes well
+under a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+RESULTS = ROOT / "bench" / "results"
+if str(ROOT) not in sys.path:  # run as `python docs/generate.py`: the project's packages sit one level up
+    sys.path.insert(0, str(ROOT))
+
+BEGIN = "<!-- generated: {name} (docs/generate.py) -->"
+END = "<!-- end generated -->"
+# A marker is a line of its own, so prose may quote one inside backticks.
+BLOCK = re.compile(r"^<!-- generated: (?P<name>\S+) \(docs/generate\.py\) -->\n.*?^<!-- end generated -->$",
+                   re.S | re.M)
+OPENINGS = re.compile(r"^<!-- generated:", re.M)
+CLOSINGS = re.compile(r"^<!-- end generated -->$", re.M)
+MINUS = "\u2212"
+DASH = "\u2013"  # an absent figure, and the separator inside an interval
+
+
+class GenerationError(Exception):
+    """A page's markers or a results file cannot be rendered; the message names the page or file."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Formatting: one place for how a figure is written, so every table reads alike.
+
+def percent_change(fraction: float | None) -> str:
+    """A relative change (Δppl, ...): two decimals under 1 %, one under 1000 %, none past."""
+    if fraction is None:
+        return DASH
+    value = fraction * 100
+    if abs(value) < 0.005:  # a float's noise (ONNX FP32 against PyTorch FP32), not a change
+        return "0.00 %"
+    digits = 2 if abs(value) < 1 else 1 if abs(value) < 1000 else 0
+    return f"{value:+.{digits}f} %".replace("-", MINUS)
+
+
+def percent(fraction: float | None, digits: int = 1) -> str:
+    return DASH if fraction is None else f"{fraction * 100:.{digits}f} %"
+
+
+def megabytes(size_bytes: float | int | str | None) -> str:
+    return DASH if size_bytes in (None, "") else f"{int(size_bytes) / 1e6:.1f}"
+
+
+def speed(ratio: float | None, ci: Iterable[float] | None = None) -> str:
+    """A speedup with its 95 % interval where one was measured (a baseline's [1, 1] is not)."""
+    if ratio is None:
+        return DASH
+    bounds = list(ci or [])[:2]
+    if len(bounds) < 2 or bounds == [1.0, 1.0]:
+        return f"{ratio:.2f}"
+    return f"{ratio:.2f} [{bounds[0]:.2f}{DASH}{bounds[1]:.2f}]"
+
+
+def ci_speed(entry: Mapping) -> str:
+    """{speedup, ci95} as the benches nest it per phase."""
+    return speed(entry["speedup"], entry.get("ci95"))
+
+
+def cell(value: Any) -> str:
+    text = DASH if value is None or value == "" else str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def table(headers: list[str], rows: Iterable[Iterable[Any]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def config_text(config: Mapping) -> str:
+    """A config as `--set` takes it: field=value, JSON spelling for numbers and booleans."""
+    return ", ".join(f"{key}={value if isinstance(value, str) else json.dumps(value)}"
+                     for key, value in config.items())
+
+
+def field(record: Mapping, snake: str) -> Any:
+    """A machine record's field in either spelling: the benches write snake_case, the gateway's JSON
+    (evaluation.json) camelCase."""
+    if snake in record:
+        return record[snake]
+    head, *rest = snake.split("_")
+    return record.get(head + "".join(part.title() for part in rest))
+
+
+def machine_line(machine: Mapping | None) -> str:
+    """The machine a results file records, in one italic line beside its table."""
+    if not machine:
+        return "*Machine: not recorded in the results file.*\n"
+    if machine.get("recorded") is False:
+        stated = machine.get("as_stated", "?")
+        return note(f"Machine: not recorded by the bench; as stated when it ran: {stated}.")
+    from services.common.measure.isa import isa_class
+
+    flags = field(machine, "isa_features") or []
+    klass = field(machine, "isa_class") or f"{isa_class(flags)} (classified from the recorded flags)"
+    parts = [str(field(machine, "cpu_model") or "CPU not named")]
+    if field(machine, "logical_cores"):
+        parts.append(f"{field(machine, 'logical_cores')} logical cores")
+    if machine.get("threads"):
+        parts.append(f"{machine['threads']} threads")
+    parts.append(f"ISA class {klass}")
+    if flags:
+        parts.append("flags " + " ".join(flags))
+    if field(machine, "torch_version"):
+        parts.append(f"torch {field(machine, 'torch_version')}")
+    if field(machine, "recorded_at"):
+        parts.append(f"recorded {str(field(machine, 'recorded_at'))[:10]}")
+    return f"*Machine: {', '.join(parts)}.*\n"
+
+
+def load_line(load: Mapping | None) -> str:
+    """What else the machine did while the rows were timed (the evaluator's load record)."""
+    if not load:
+        return ""
+    parts = []
+    if load.get("load_average_1m") is not None:
+        parts.append(f"load average {load['load_average_1m']:.2f}")
+    if load.get("others_cpu_share") is not None:
+        parts.append(f"other processes' CPU share {percent(load['others_cpu_share'])}")
+    if load.get("steal_share"):
+        parts.append(f"steal {percent(load['steal_share'])}")
+    return f"*While timing: {', '.join(parts)}.*\n" if parts else ""
+
+
+def note(text: str) -> str:
+    return f"*{text}*\n"
+
+
+def results(name: str) -> dict:
+    path = RESULTS / name
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise GenerationError(f"bench/results/{name}: missing; its bench writes it") from None
+    except json.JSONDecodeError as exc:
+        raise GenerationError(f"bench/results/{name}: not JSON ({exc})") from None
+
+
+def section(file: str, headers: list[str], rows: Iterable[Iterable[Any]], *footer: str) -> str:
+    """A bench table: where it comes from, the table, then its notes and machine lines."""
+    return f"*From `bench/results/{file}`.*\n\n" + table(headers, rows) + "\n" + "".join(footer)
+
+
+# ----------------------------------------------------------------------------------------------
+# The registries: recipes and threshold sets.
+
+TECHNIQUE_HEADINGS = {"quantizer": "Quantizer", "pruner": "Pruner", "distiller": "Distiller",
+                      "optimizer": "Optimizer (inference engines)",
+                      "composite": "Several services (composites)"}
+
+
+def technique_name(value: Any) -> str:
+    """A stage's technique as pipeline files spell it (quantizer, ...), from an enum number, an enum
+    member or a name."""
+    if isinstance(value, str):
+        return value.lower().removeprefix("technique_")
+    if isinstance(getattr(value, "name", None), str):
+        return value.name.lower().removeprefix("technique_")
+    from modelpress.v1 import common_pb2
+
+    try:
+        return common_pb2.Technique.Name(int(value)).lower().removeprefix("technique_")
+    except (ValueError, TypeError):
+        return str(value)
+
+
+def stage_text(stage: Any, several: bool) -> str:
+    method = getattr(stage, "method", "")
+    text = f"{technique_name(getattr(stage, 'technique', ''))}/{method}"
+    config = getattr(stage, "config", None) or {}
+    if config:
+        text += f" ({config_text(config)})"
+    if getattr(stage, "gate", ""):
+        text += f" gate `{stage.gate}`"
+    label = getattr(stage, "name", "") or method
+    return f"{label}: {text}" if several else text
+
+
+def recipes_section(_: str = "") -> str:
+    """The built-in recipes, grouped by the service(s) their stages run on. Reads only the public
+    fields of a RecipeDef (name -> stages, summary, compute) and of its stages."""
+    from services.common.contract import recipes as registry
+
+    groups: dict[str, list[list[str]]] = {}
+    for name, recipe in registry.RECIPES.items():
+        stages = tuple(getattr(recipe, "stages", ()) or ())
+        techniques = {technique_name(getattr(s, "technique", "")) for s in stages} - {"evaluator"}
+        group = techniques.pop() if len(techniques) == 1 else "composite"
+        summary = getattr(recipe, "summary", "") or getattr(recipe, "description", "")
+        stages_text = " → ".join(stage_text(s, len(stages) > 1) for s in stages)
+        compute = getattr(recipe, "compute", "")
+        groups.setdefault(group, []).append([f"`{name}`", stages_text, compute, summary])
+    order = list(TECHNIQUE_HEADINGS)
+    out = [f"{len(registry.RECIPES)} built-in recipes, read from `{registry.__name__}.RECIPES`.\n"]
+    for group in sorted(groups, key=lambda g: order.index(g) if g in order else len(order)):
+        out.append(f"\n### {TECHNIQUE_HEADINGS.get(group, group.title())}\n\n")
+        headers = ["recipe", "stages (service/method, config)", "compute", "what it does"]
+        out.append(table(headers, groups[group]))
+    return "".join(out)
+
+
+def thresholds_section(_: str = "") -> str:
+    from services.common.contract import thresholds as registry
+
+    rows = [[f"`{name}`", getattr(spec, "description", ""),
+             "; ".join(f"{check.metric} {check.comparison} {check.threshold:g}" for check in spec.checks)]
+            for name, spec in registry.THRESHOLD_SETS.items()]
+    return (f"{len(rows)} threshold sets, read from `{registry.__name__}.THRESHOLD_SETS`.\n\n"
+            + table(["set", "what it stands for", "checks"], rows))
+
+
+# ----------------------------------------------------------------------------------------------
+# bench/results/quantization.json and anchors.json
+
+MODEL_NAMES = {"smollm2-135m": "SmolLM2-135M", "minilm-l6": "MiniLM-L6"}
+
+
+def _quality(row: Mapping) -> str:
+    return f"Δppl {percent_change(row['delta'])}" if row["metric"] == "ppl" else f"cosine {row['value']:.5f}"
+
+
+def quantization_layouts(_: str = "") -> str:
+    data = results("quantization.json")
+    rows = [[r["model"], f"`{r['recipe']}`", r["layout"], f"{r['size_vs_fp16']:.3f}",
+             f"{r['size_vs_fp32']:.3f}", _quality(r), speed(r.get("speedup"), r.get("speedup_ci95")),
+             f"{r['wall_s']:.1f} s", r.get("peak_rss_mb")]
+            for r in data["rows"] if r.get("layout")]
+    headers = ["model", "recipe", "layout", "size × FP16", "size × FP32", "quality", "speedup vs FP32 [95 %]",
+               "wall", "peak RSS MB"]
+    return section("quantization.json", headers, rows, machine_line(data.get("machine")))
+
+
+def quantization_earlier(_: str = "") -> str:
+    data = results("quantization.json")
+    earlier = [r for r in data["rows"] if not r.get("layout")]
+    rows = [[r["model"], f"`{r['recipe']}`", f"{r['bits']} / {r['group_size'] or 'channel'}",
+             r.get("effective_bits"), f"{r['size_vs_fp16']:.3f}", f"{r['size_vs_fp32']:.3f}", _quality(r),
+             f"{r['wall_s']:.1f} s", r.get("peak_rss_mb"), r.get("note", "")] for r in earlier]
+    headers = ["model", "recipe", "bits / group", "effective bits", "size × FP16", "size × FP32", "quality",
+               "wall", "peak RSS MB", "note"]
+    machines = sorted({str(r["machine"]) for r in earlier if r.get("machine")})
+    notes = [note(f"Machine: {machine}.") for machine in machines]
+    return section("quantization.json", headers, rows, *notes)
+
+
+def anchors_quantization(_: str = "") -> str:
+    data = results("anchors.json")
+    anchors = [r for r in data["rows"] if r["method"] in ("gptq", "awq")]
+    rows = [[r["method"].upper(), r["tool"], r["calibration"], f"{r['ppl']:.3f} ({r['base_ppl']:.3f})",
+             percent_change(r["delta"]), megabytes(r["size_bytes"]), f"{r['wall_s']:.1f} s", r["peak_rss_mb"]]
+            for r in anchors]
+    machines = list(dict.fromkeys(machine_line(r.get("machine")) for r in anchors))
+    headers = ["method", "tool", "calibration", "ppl (FP32)", "Δppl", "size on disk MB", "wall",
+               "peak RSS MB"]
+    return section("anchors.json", headers, rows, *machines)
+
+
+# ----------------------------------------------------------------------------------------------
+# bench/results/evaluation.json (the gateway's JSON: camelCase)
+
+def _comparison_label(row: Mapping, recipes_by_artifact: Mapping[str, str]) -> str:
+    if row.get("baseline"):
+        return f"{row['model']} (baseline)"
+    artifact = row["model"].split()[0].removeprefix("artifact:")
+    return f"`{recipes_by_artifact[artifact]}`" if artifact in recipes_by_artifact else row["model"]
+
+
+def _verdict(row: Mapping) -> str:
+    if row.get("baseline"):
+        return DASH
+    failed = [c["metric"].replace("_retention", "").replace("_ratio", "")
+              for c in row.get("checks", []) if not c.get("passed")]
+    return "pass" if row.get("passed") and not failed else f"fail ({', '.join(failed)})"
+
+
+def _comparison_row(row: Mapping, by_artifact: Mapping[str, str]) -> list[str]:
+    metrics, latency = row["metrics"], row["metrics"]["latency"]
+    out = [_comparison_label(row, by_artifact), megabytes(metrics["sizeOnDiskBytes"]),
+           f"{row['sizeRatio']:.3f}",
+           f"{latency['p50Ms']:.1f} ± {latency['stdevMs']:.1f}", f"{row['speedup']:.2f}",
+           f"{row['memoryRatio']:.2f}"]
+    if metrics.get("kind") == "encoder":
+        encoder = metrics.get("encoder", {})
+        out += [f"{encoder.get('knnTopicAccuracy', 0):.3f}", f"{encoder.get('meanReferenceCosine', 0):.5f}",
+                f"{encoder.get('neighbourAgreement', 0):.2f}"]
+    else:
+        out.append(f"{metrics.get('perplexity', 0):.3f}")
+    return out + [percent(row["qualityRetention"], 2), _verdict(row)]
+
+
+def evaluation_comparison(model: str) -> str:
+    data = results("evaluation.json")
+    if model not in data["models"]:
+        raise GenerationError(f"bench/results/evaluation.json: no model {model!r}; it has "
+                              f"{', '.join(data['models'])}")
+    entry = data["models"][model]
+    comparison = entry["comparison"]
+    by_artifact = {artifact: recipe for recipe, artifact in entry.get("recipes", {}).items()}
+    latency = comparison["rows"][0]["metrics"]["latency"]
+    encoder = comparison["rows"][0]["metrics"].get("kind") == "encoder"
+    quality = ["topic k-NN acc.", "mean cosine", "NN agreement"] if encoder else ["perplexity"]
+    shape = f"{latency['batchSize']}×{latency['sequenceLength']}, {latency.get('phase', '')}"
+    verdict = comparison.get("thresholdSet") or "threshold set"
+    headers = (["model", "size MB", "size ×", f"p50 ms ± sd ({shape})", "speedup", "RSS ×"] + quality
+               + ["quality kept", verdict])
+    rows = [_comparison_row(row, by_artifact) for row in comparison["rows"]]
+    made = note(f"Comparison {comparison.get('comparisonId', '')}, {comparison.get('interleavedRounds')} "
+                f"interleaved rounds, {str(comparison.get('createdAt', ''))[:10]}.")
+    return section("evaluation.json", headers, rows, made, machine_line(comparison.get("machine")))
+
+
+def evaluation_recommendations(_: str = "") -> str:
+    data = results("evaluation.json")
+    rows = [[MODEL_NAMES.get(model, model), rec["rank"], f"`{rec['strategy']['name']}`",
+             "yes" if rec.get("feasible") else "no", rec.get("reason", "")]
+            for model, entry in data["models"].items()
+            for rec in entry.get("recommendation", {}).get("recommendations", [])]
+    headers = ["model", "rank", "strategy", "feasible", "why (the recommender's own words)"]
+    return section("evaluation.json", headers, rows, machine_line(data.get("machine")))
+
+
+def evaluation_hardware(_: str = "") -> str:
+    data = results("evaluation.json")
+    benches = [b for entry in data["models"].values() for b in entry.get("benchmarks", [])]
+    rows = [[b["model"], b.get("phase", ""), f"{b['batchSize']} × {b['sequenceLength']}",
+             f"{b['latencyP50Ms']:.1f}", f"{b['latencyP95Ms']:.1f}", f"{b['throughput']:.1f}",
+             f"{b['memoryUsageMb']:.0f}"] for b in benches]
+    headers = ["model", "phase", "batch × seq", "p50 ms", "p95 ms", "tokens/s", "memory MB"]
+    machine = benches[0].get("machine") if benches else None
+    return section("evaluation.json", headers, rows, machine_line(machine))
+
+
+# ----------------------------------------------------------------------------------------------
+# bench/results/optimizer.json
+
+def _engine_quality(row: Mapping) -> str:
+    metric = row.get("metric")
+    if metric in (None, "-"):
+        return DASH
+    mark = " ✓" if row.get("quality_ok") else " ✗"
+    if metric == "cosine":
+        knn = f", k-NN {row['knn_ratio']:.3f}" if row.get("knn_ratio") is not None else ""
+        return f"cosine {row['value']:.5f}{knn}{mark}"
+    if metric == "delta_ppl":
+        return f"Δppl {percent_change(row['value'])}{mark}"
+    return f"{metric} {row['value']}{mark}"
+
+
+def _ran_as(row: Mapping, exports: Mapping) -> str:
+    """The precision asked, and what the engine reported it ran where that differs (OpenVINO's f16
+    request runs bf16 on an AVX512-BF16 CPU). Read only from an export made on the row's ISA class."""
+    compute = exports.get(f"{row['model']}/{row.get('recipe')}", {}).get("compute_precision") or {}
+    if compute.get("isa_class") != row.get("isa_class") or not compute.get("applied"):
+        return row["precision"]
+    applied = {"f32": "fp32"}.get(compute["applied"], compute["applied"])
+    if applied == compute.get("precision", row["precision"]):
+        return row["precision"]
+    return f"{row['precision']} (ran {applied})"
+
+
+def _engine_row(row: Mapping, exports: Mapping) -> list[str]:
+    recipe = DASH if row.get("recipe") in (None, "-") else f"`{row['recipe']}`"
+    timing = speed(row["speedup"], row.get("speedup_ci95")) + (" unreliable" if row.get("unreliable") else "")
+    return [MODEL_NAMES.get(row["model"], row["model"]), recipe, row["engine"], _ran_as(row, exports),
+            row["phase"], f"{row['batch']} × {row['seq']}", megabytes(row["size_bytes"]),
+            f"{row['latency_p50_ms']:.1f} ± {row.get('latency_stdev_ms', 0):.1f}", timing,
+            f"{row['peak_rss_mb']:.0f}", f"{row['memory_ratio']:.2f}", _engine_quality(row)]
+
+
+def optimizer_classes() -> list[str]:
+    return list(results("optimizer.json").get("machines", {}))
+
+
+def optimizer_class(isa: str) -> str:
+    data = results("optimizer.json")
+    machines = data.get("machines", {})
+    if isa not in machines:
+        raise GenerationError(f"bench/results/optimizer.json: no machine of ISA class {isa!r}; it has "
+                              f"{', '.join(machines)}")
+    rows = [r for r in data["rows"] if r.get("isa_class") == isa]
+    headers = ["model", "recipe", "engine", "precision", "phase", "batch × seq", "size MB", "p50 ms ± sd",
+               "speedup [95 %]", "peak RSS MB", "memory ×", "quality"]
+    # The evaluator adds rounds (up to three times those asked) while a ratio's interval is too wide.
+    rounds = sorted({r["rounds"] for r in rows if r.get("rounds")})
+    counted = f"{rounds[0]} to {rounds[-1]}" if len(rounds) > 1 else f"{rounds[0]}" if rounds else "?"
+    shares = [r["load"]["others_cpu_share"] for r in rows
+              if (r.get("load") or {}).get("others_cpu_share") is not None]
+    busy = f"; other processes' CPU share while timing at most {percent(max(shares))}" if shares else ""
+    return section("optimizer.json", headers, [_engine_row(r, data.get("exports", {})) for r in rows],
+                   note(f"{counted} interleaved rounds per shape{busy}."), machine_line(machines[isa]))
+
+
+def _serving_machine(data: Mapping) -> str:
+    return note("Machine: not recorded with these rows (the file records machines per ISA class for the "
+                f"engine rows: {', '.join(data.get('machines', {}))}).")
+
+
+def optimizer_batching(_: str = "") -> str:
+    data = results("optimizer.json")
+    modes = data.get("batching", [])
+    base = modes[0]["requests_per_s"] if modes else 1.0
+    rows = [[r["mode"], f"{r['requests_per_s']:.1f}", f"{r['requests_per_s'] / base:.2f}",
+             f"{r['latency_p50_ms']:.1f}", f"{r['latency_p95_ms']:.1f}", f"{r['mean_batch_size']:.1f}",
+             f"{r['requests']} × {r['clients']}", f"{r['mean_tokens']:.1f}"] for r in modes]
+    headers = ["mode", "req/s", "×", "p50 ms", "p95 ms", "mean batch", "requests × clients", "mean tokens"]
+    return section("optimizer.json", headers, rows, _serving_machine(data))
+
+
+def optimizer_kv_cache(_: str = "") -> str:
+    data = results("optimizer.json")
+    rows = [[r["kind"], f"{r['decode_ms_p50']:.1f}", f"{r['decode_speedup']:.2f}",
+             f"{r['cache_bytes'] / 1024:.0f}", f"{r['cache_ratio']:.2f}", f"{r['perplexity']:.3f}",
+             DASH if r["kind"] == "dynamic" else percent_change(r["delta_ppl"]),
+             f"{r['same_tokens_as_default']} of {r['new_tokens']}"] for r in data.get("kv_cache", [])]
+    headers = ["cache", "decode ms/token", "×", "cache KB", "×", "ppl", "Δppl", "greedy tokens as default's"]
+    return section("optimizer.json", headers, rows, _serving_machine(data))
+
+
+# ----------------------------------------------------------------------------------------------
+# bench/results/gguf_llamacpp.json
+
+def gguf_llamacpp(_: str = "") -> str:
+    data = results("gguf_llamacpp.json")
+    rows = [[f"`{r['type']}`", f"{r['file_mb']:.1f}", "yes" if r.get("loaded") else "no", r.get("pre"),
+             r.get("quantization_version"), "yes" if r.get("tokens_match") else "no",
+             f"{r['tokens_per_s']:.0f}", r.get("chat_reply", "")] for r in data["rows"]]
+    headers = ["recipe", "file MB", "loads", "tokenizer.ggml.pre", "quantization version",
+               "token ids as transformers'", "tokens/s", "chat reply"]
+    prompt = note(f"Generation prompt: “{data['prompt']}”.") if data.get("prompt") else ""
+    return section("gguf_llamacpp.json", headers, rows, prompt, machine_line(data.get("machine")))
+
+
+# ----------------------------------------------------------------------------------------------
+# bench/results/pipelines.json, pipelines_awq_clipped.json
+
+def pipelines(file: str) -> str:
+    data = results(file)
+    rows = []
+    for r in data["rows"]:
+        beside = f" alone (beside `{r['composite_of']}`)" if r.get("composite_of") else ""
+        rows.append([f"`{r['pipeline']}`{beside}", megabytes(r["size_bytes"]), f"{r['size_ratio']:.3f}",
+                     percent_change(r["delta_ppl"]), f"{r['top1']:.3f}",
+                     speed(r["prefill_speedup"], r.get("prefill_ci95")), f"{r['decode_speedup']:.2f}",
+                     f"{r['memory_ratio']:.2f}", r.get("serving_runtime", "")])
+    headers = ["pipeline", "size MB", "size ×", "Δppl", "top-1", "prefill × [95 %]", "decode ×", "memory ×",
+               "served by"]
+    spec = data.get("evaluation", {})
+    shape = note(f"Batch {spec.get('batch')} × {spec.get('seq')}, {spec.get('decode_tokens')} decoded "
+                 f"tokens, perplexity on {spec.get('quality_windows')} held-out 512-token windows, "
+                 f"{data.get('rounds')} interleaved rounds.")
+    return section(file, headers, rows, shape, load_line(data.get("load")), machine_line(data.get("machine")))
+
+
+# ----------------------------------------------------------------------------------------------
+# bench/results/pruning.json
+
+def _shape(shape: Mapping | None) -> str:
+    if not shape:
+        return DASH
+    text = f"{shape['layers']} layers, MLP {shape['mlp_width']}"
+    return text + (f", {shape['head_units']} KV groups" if shape.get("head_units") else "")
+
+
+def _steps(recovery: Iterable[Mapping]) -> int:
+    return sum(r["steps"] for r in recovery)
+
+
+def pruning_minilm(_: str = "") -> str:
+    data = results("pruning.json")["minilm"]
+    reloads = f"yes (max |Δ| {data['reload_max_abs_difference']})" if data.get("reloads") else "no"
+    rows = [[f"`{data['recipe']}`", f"{data['flops_ratio']:.3f}", f"{data['parameters_ratio']:.3f}",
+             f"{_shape(data['shape_before'])} → {_shape(data['shape_after'])}",
+             _steps(data.get("recovery", [])),
+             ci_speed(data["speed"]["forward"]),
+             f"{data['knn_topic_accuracy']:.3f} ({data['base_knn_topic_accuracy']:.3f})",
+             percent(data["accuracy_kept"]), reloads]]
+    headers = ["recipe", "FLOPs ×", "params ×", "shape before → after", "recovery steps", "speedup [95 %]",
+               "k-NN accuracy (FP32)", "kept", "reloads in stock transformers"]
+    setting = note(f"{data.get('sentences')} held-out sentences; {data.get('rounds')} interleaved rounds; "
+                   f"FLOPs at {data.get('flops_shape')}.")
+    return section("pruning.json", headers, rows, setting, load_line(data.get("load")),
+                   machine_line(data.get("machine")))
+
+
+def pruning_unstructured(_: str = "") -> str:
+    data = results("pruning.json")["unstructured"]
+    rows = [[r["method"], r["tool"], f"`{r['recipe']}`" if r.get("recipe") else DASH, r["calibration"],
+             f"{r['ppl']:.2f}", percent_change(r["delta"]), f"{r['wall_s']:.0f} s", r["peak_rss_mb"]]
+            for r in data["rows"]]
+    base = f"{data['rows'][0]['base_ppl']:.3f}" if data["rows"] else DASH
+    setting = note(f"{data.get('model')}: perplexity on {data.get('quality_windows')} held-out 512-token "
+                   f"windows (FP32 {base}).")
+    headers = ["method", "tool", "recipe", "calibration", "ppl", "Δppl", "wall", "peak RSS MB"]
+    return section("pruning.json", headers, rows, setting, machine_line(data.get("machine")))
+
+
+def pruning_structured_smollm2(_: str = "") -> str:
+    data = results("pruning.json")["smollm2-structured"]
+    rows = [[r["variant"], _steps(r.get("recovery", [])), f"{r['flops_ratio']:.3f}",
+             f"{r['parameters_ratio']:.3f}",
+             f"{_shape(r['shape_before'])} → {_shape(r['shape_after'])}", ci_speed(r["speed"]["prefill"]),
+             ci_speed(r["speed"]["decode"]), f"{r['ppl']:.2f}", percent_change(r["delta_ppl"]),
+             "yes" if r.get("reloads") else "no"] for r in data["rows"]]
+    headers = ["variant", "recovery steps", "FLOPs ×", "params ×", "shape", "prefill × [95 %]",
+               "decode × [95 %]", "ppl", "Δppl", "reloads"]
+    setting = note(f"`{data.get('recipe')}`, {data.get('rounds')} interleaved rounds.")
+    return section("pruning.json", headers, rows, setting, load_line(data.get("load")),
+                   machine_line(data.get("machine")))
+
+
+def _method_row(r: Mapping) -> list[Any]:
+    if r.get("outcome") != "ran":
+        return [MODEL_NAMES.get(r["model"], r["model"]), f"`{r['method']}`", config_text(r.get("config", {})),
+                r.get("outcome"), DASH, DASH, DASH, r.get("reason", "")]
+    sparsity = f"{r['sparsity']:.3f}" if r.get("sparsity") is not None else DASH
+    return [MODEL_NAMES.get(r["model"], r["model"]), f"`{r['method']}`", config_text(r.get("config", {})),
+            r["outcome"], f"{r['wall_s']:.1f} s", sparsity, f"{r['flops_ratio']:.3f}",
+            _shape(r.get("shape_after"))]
+
+
+def pruning_methods(_: str = "") -> str:
+    data = results("pruning.json")["methods"]
+    headers = ["model", "method", "config", "outcome", "wall", "sparsity", "FLOPs ×", "shape after / reason"]
+    short = note(f"Short settings: {config_text(data.get('short', {}))}.")
+    return section("pruning.json", headers, [_method_row(r) for r in data["rows"]], short,
+                   machine_line(data.get("machine")))
+
+
+def pruning_openvino_sparse(_: str = "") -> str:
+    data = results("pruning.json")["openvino-sparse"]
+    rows = [[r["weights"], r.get("sparse_decompression_rate"), f"{r['prefill_p50_ms']:.1f}",
+             f"{r['speedup_vs_dense']:.3f}"] for r in data["rows"]]
+    setting = note(f"`{data.get('engine')}`, {data.get('shape')}, {data.get('rounds')} interleaved rounds, "
+                   f"medians; AMX: {'yes' if data.get('amx') else 'no'} ({data.get('note', '')}).")
+    headers = ["weights", "CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE", "prefill p50 ms", "× dense"]
+    return section("pruning.json", headers, rows, setting, machine_line(data.get("machine")))
+
+
+# ----------------------------------------------------------------------------------------------
+# bench/results/distillation.json
+
+def _by_model(shape: Mapping) -> dict[str, Mapping]:
+    return {r["model"]: r for r in shape["rows"]}
+
+
+def _memory_pair(one: Mapping, many: Mapping | None) -> str:
+    return f"{one['memory_ratio']:.2f} / {many['memory_ratio']:.2f}" if many else DASH
+
+
+def _run_setting(data: Mapping, what: str) -> str:
+    shapes = data.get("shapes", {})
+    rounds = ", ".join(f"{shape['rounds']} ({name})" for name, shape in shapes.items() if shape.get("rounds"))
+    return note(f"{what}; interleaved rounds {rounds or data.get('rounds')}.")
+
+
+def distillation_minilm_small(_: str = "") -> str:
+    data = results("distillation.json")["minilm-small"]
+    one_shape, many_shape = _by_model(data["shapes"]["1x128"]), _by_model(data["shapes"]["32x128"])
+    rows = []
+    for model, one in one_shape.items():
+        student = model != "teacher"
+        params = f"{data['parameters'] / 1e6:.2f} M ({data['parameters_ratio']:.3f})" if student else \
+            f"{data['parameters_teacher'] / 1e6:.2f} M"
+        many = many_shape.get(model)
+        rows.append([model, params, f"{data['flops_ratio']:.3f}" if student else "1",
+                     f"{one['knn_topic_accuracy']:.3f}", percent(one["accuracy_kept"]),
+                     f"{one['mean_teacher_cosine']:.3f}", one.get("size_mb"),
+                     ci_speed(one["speed"]["forward"]), ci_speed(many["speed"]["forward"]) if many else DASH,
+                     _memory_pair(one, many)])
+    m2v = data.get("model2vec")
+    if m2v:
+        rows.append([f"{m2v['tool']} ({m2v['method']})", f"{m2v['parameters'] / 1e6:.2f} M", None,
+                     f"{m2v['knn_topic_accuracy']:.3f}", percent(m2v["accuracy_kept"])] + [None] * 5)
+    headers = ["model", "parameters", "FLOPs ×", "k-NN acc.", "kept", "cosine to teacher", "size MB",
+               "1×128 × [95 %]", "32×128 × [95 %]", "peak RSS × (1×128 / 32×128)"]
+    what = (f"`{data['recipe']}`: {data['steps']} steps in {data['seconds']:.0f} s of training (stopped by "
+            f"{data.get('stopped')}), {data['blocks_teacher']} → {data['blocks']} blocks, vocabulary "
+            f"{data.get('vocabulary_size')}")
+    return section("distillation.json", headers, rows, _run_setting(data, what),
+                   load_line(data["shapes"]["1x128"].get("load")), machine_line(data.get("machine")))
+
+
+def _prune_then_distill(data: Mapping) -> str:
+    prune, distill = data.get("prune", {}), data.get("distill", {})
+    return (f"`{data['recipe']}`: pruned to FLOPs {prune.get('flops_ratio', 0):.3f} "
+            f"({_shape(prune.get('shape_after'))}), distilled {distill.get('steps')} steps in "
+            f"{distill.get('seconds', 0):.0f} s")
+
+
+def distillation_minilm_edge(_: str = "") -> str:
+    data = results("distillation.json")["minilm-edge"]
+    one_shape, many_shape = _by_model(data["shapes"]["1x128"]), _by_model(data["shapes"]["32x128"])
+    rows = [[model, f"{one['knn_topic_accuracy']:.3f}", percent(one["accuracy_kept"]),
+             f"{one['mean_teacher_cosine']:.3f}", ci_speed(one["speed"]["forward"]),
+             ci_speed(many_shape[model]["speed"]["forward"]) if model in many_shape else DASH,
+             _memory_pair(one, many_shape.get(model)), one.get("size_mb")]
+            for model, one in one_shape.items()]
+    headers = ["model", "k-NN acc.", "kept", "cosine to teacher", "1×128 × [95 %]", "32×128 × [95 %]",
+               "peak RSS × (1×128 / 32×128)", "size MB"]
+    stages = config_text(data.get("stage_seconds", {}))
+    what = f"{_prune_then_distill(data)}, then exported; stage seconds {stages}"
+    return section("distillation.json", headers, rows, _run_setting(data, what),
+                   load_line(data["shapes"]["1x128"].get("load")), machine_line(data.get("machine")))
+
+
+def distillation_smollm2_shallow(_: str = "") -> str:
+    data = results("distillation.json")["smollm2-shallow"]
+    rows = [[r["model"], f"{r['ppl']:.3f}",
+             DASH if r["model"] == "teacher" else percent_change(r["delta_ppl"]),
+             ci_speed(r["speed"]["prefill"]), ci_speed(r["speed"]["decode"]), f"{r['peak_rss_mb']:.0f}"]
+            for r in data["rows"]]
+    headers = ["model", "ppl", "Δppl", "prefill × [95 %]", "decode × [95 %]", "peak RSS MB"]
+    what = (f"{_prune_then_distill(data)}; gap closed {percent(data.get('gap_closed'))}; perplexity on "
+            f"{data.get('quality_windows')} held-out windows")
+    return section("distillation.json", headers, rows, _run_setting(data, what), load_line(data.get("load")),
+                   machine_line(data.get("machine")))
+
+
+def distillation_families(_: str = "") -> str:
+    data = results("distillation.json")["families"]
+    rows = [[f"`{r['method']}`", config_text(r.get("config", {})), r["steps"], f"{r['seconds']:.0f} s",
+             f"{r['knn_topic_accuracy']:.3f}", percent(r["accuracy_kept"]), f"{r['mean_teacher_cosine']:.3f}",
+             config_text({k: float(f"{v:.3g}") for k, v in r.get("last_terms", {}).items()})]
+            for r in data["rows"]]
+    headers = ["method", "config", "steps", "trained", "k-NN acc.", "kept", "cosine to teacher",
+               "last loss terms"]
+    student = note(f"Student: {config_text(data.get('student', {}))}; teacher k-NN accuracy "
+                   f"{data.get('teacher_knn_topic_accuracy', 0):.3f}.")
+    return section("distillation.json", headers, rows, student, machine_line(data.get("machine")))
+
+
+# ----------------------------------------------------------------------------------------------
+# bench/results/chaos.json, artifact_throughput.json
+
+def chaos(_: str = "") -> str:
+    data = results("chaos.json")
+    rows = [[r["fault"], r["jobs"], r["succeeded"], r["failed"], r["lost"], f"{r['p50_s']:.1f}",
+             f"{r['p95_s']:.1f}", r.get("recovery"), "; ".join(r.get("errors", [])) or "none"]
+            for r in data["rows"]]
+    headers = ["fault", "jobs", "succeeded", "failed", "lost", "p50 s", "p95 s", "recovery", "errors"]
+    return section("chaos.json", headers, rows, note(f"Model: {data.get('model')}."),
+                   machine_line(data.get("machine")))
+
+
+def artifact_throughput(_: str = "") -> str:
+    data = results("artifact_throughput.json")
+    rows = [[operation, f"{rate:.1f}"] for operation, rate in data["mb_per_s"].items()]
+    setting = note(f"{data.get('object_mib')} MiB object, median of {data.get('repeats')}.")
+    return section("artifact_throughput.json", ["operation", "MB/s"], rows, setting,
+                   machine_line(data.get("machine")))
+
+
+# ----------------------------------------------------------------------------------------------
+# The registry of generated sections, and the pages they live in.
+
+SECTIONS: dict[str, Callable[[str], str]] = {
+    "recipes": recipes_section,
+    "thresholds": thresholds_section,
+    "bench-quantization-layouts": quantization_layouts,
+    "bench-quantization-earlier": quantization_earlier,
+    "bench-anchors-quantization": anchors_quantization,
+    "bench-evaluation-comparison": evaluation_comparison,  # argument: the model (smollm2-135m, minilm-l6)
+    "bench-evaluation-recommendations": evaluation_recommendations,
+    "bench-evaluation-hardware": evaluation_hardware,
+    "bench-optimizer": optimizer_class,  # argument: the ISA class
+    "bench-optimizer-batching": optimizer_batching,
+    "bench-optimizer-kv-cache": optimizer_kv_cache,
+    "bench-gguf-llamacpp": gguf_llamacpp,
+    "bench-pipelines": pipelines,  # argument: the results file
+    "bench-pruning-minilm": pruning_minilm,
+    "bench-pruning-unstructured": pruning_unstructured,
+    "bench-pruning-smollm2-structured": pruning_structured_smollm2,
+    "bench-pruning-methods": pruning_methods,
+    "bench-pruning-openvino-sparse": pruning_openvino_sparse,
+    "bench-distillation-minilm-small": distillation_minilm_small,
+    "bench-distillation-minilm-edge": distillation_minilm_edge,
+    "bench-distillation-smollm2-shallow": distillation_smollm2_shallow,
+    "bench-distillation-families": distillation_families,
+    "bench-chaos": chaos,
+    "bench-artifact-throughput": artifact_throughput,
+}
+TAKES_ARGUMENT = {"bench-evaluation-comparison", "bench-optimizer", "bench-pipelines"}
+
+
+def required_sections() -> set[str]:
+    """Every section some page must hold: a table nobody placed would silently vanish from the docs. The
+    optimizer's file gains an ISA class when its bench runs on a new CPU: that class needs a table too."""
+    fixed = {name for name in SECTIONS if name not in TAKES_ARGUMENT}
+    per_class = {f"bench-optimizer:{isa}" for isa in optimizer_classes()}
+    per_model = {f"bench-evaluation-comparison:{model}" for model in results("evaluation.json")["models"]}
+    per_file = {f"bench-pipelines:{path.name}" for path in RESULTS.glob("pipelines*.json")}
+    return fixed | per_class | per_model | per_file
+
+
+def render_section(name: str, where: str) -> str:
+    base, _, argument = name.partition(":")
+    if base not in SECTIONS:
+        raise GenerationError(f"{where}: unknown generated section {name!r}; known: {', '.join(SECTIONS)}")
+    if (base in TAKES_ARGUMENT) != bool(argument):
+        wanted = "needs an argument (NAME:ARGUMENT)" if base in TAKES_ARGUMENT else "takes no argument"
+        raise GenerationError(f"{where}: generated section {name!r} {wanted}")
+    return SECTIONS[base](argument)
+
+
+def render_page(text: str, where: str) -> tuple[str, list[str]]:
+    """The page with every generated part rendered afresh, and the names of those parts."""
+    names: list[str] = []
+
+    def fill(match: re.Match) -> str:
+        names.append(match["name"])
+        # A blank line before the closing marker ends the table above it in every Markdown renderer.
+        return f"{BEGIN.format(name=match['name'])}\n{render_section(match['name'], where)}\n{END}"
+
+    rendered = BLOCK.sub(fill, text)
+    if len(OPENINGS.findall(text)) != len(names) or len(CLOSINGS.findall(text)) != len(names):
+        raise GenerationError(f"{where}: a '{BEGIN.format(name='NAME')}' line without its '{END}' line "
+                              "(or the reverse)")
+    return rendered, names
+
+
+def pages() -> list[Path]:
+    return sorted(DOCS.rglob("*.md"))
+
+
+def rendered_pages() -> dict[Path, tuple[str, str]]:
+    """page -> (its text on disk, its text as generated now), for every page under docs/. Raises
+    GenerationError when a required section is on no page."""
+    out, placed = {}, set()
+    for page in pages():
+        text = page.read_text()
+        rendered, names = render_page(text, str(page.relative_to(ROOT)))
+        placed.update(names)
+        out[page] = (text, rendered)
+    missing = sorted(required_sections() - placed)
+    if missing:
+        raise GenerationError(f"docs/: no page holds the generated section(s) {', '.join(missing)}; add "
+                              f"'{BEGIN.format(name=missing[0])}' ... '{END}' where the table belongs")
+    return out
+
+
+def stale_pages() -> list[Path]:
+    return [page for page, (text, rendered) in rendered_pages().items() if text != rendered]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Regenerate the tables in docs/ that come from data.")
+    parser.add_argument("--check", action="store_true", help="exit 1 naming the stale pages; write nothing")
+    args = parser.parse_args(argv)
+    try:
+        generated = rendered_pages()
+    except GenerationError as exc:
+        print(f"docs/generate.py: {exc}", file=sys.stderr)
+        return 2
+    stale = [page for page, (text, rendered) in generated.items() if text != rendered]
+    for page in stale:
+        name = page.relative_to(ROOT)
+        if args.check:
+            print(f"{name}: stale generated section(s); run `make docs`", file=sys.stderr)
+        else:
+            page.write_text(generated[page][1])
+            print(f"{name}: regenerated")
+    return 1 if args.check and stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
