@@ -5,10 +5,14 @@
         job = mp.create_job("builtin:smollm2-135m", "int8-weight-only")
         for event in mp.watch(job.job_id):
             print(event.message)
-        print(mp.get_result(job.job_id).result.compression_ratio)
+        result = mp.get_result(job.job_id).result
+        print(result.headline.text, result.compression_ratio)
+        print(mp.job_document(job.job_id)["result"]["perplexity_increase"])  # None: not measured
 
 It needs grpcio and protobuf only (never torch, never the `services` package). Every
 failed call raises a modelpress.errors type (InvalidArgument, NotFound, Unavailable ...).
+A figure that was not measured is unset in the messages (`result.HasField("perplexity_increase")`
+is False, and `result.not_measured` says why) and None in `job_document`, never 0.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from google.protobuf import struct_pb2
 from modelpress.errors import from_rpc_error
 from modelpress.folders import stamp_modification_times, tar_folder, untar_folder
 from modelpress.pipelines import pipeline_message
+from modelpress.results import job_document
 from modelpress.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
 UPLOAD_CHUNK = 1024 * 1024
@@ -185,7 +190,14 @@ class Client:
             yield response.event
 
     def get_result(self, job_id: str) -> gateway_pb2.GetResultResponse:
+        """A succeeded job's CompressionResult (`.result`, its one-line outcome in `.result.headline`)
+        and output artifact (`.artifact`); FailedPrecondition while the job has not succeeded."""
         return self._stub.GetResult(gateway_pb2.GetResultRequest(job_id=job_id), timeout=self._timeout)
+
+    def job_document(self, job_id: str) -> dict:
+        """The job as the one result schema every surface shares (modelpress.results.job_document):
+        what `modelpress jobs get --json` prints, the headline in `["result"]["headline"]`."""
+        return job_document(self.get_job(job_id))
 
     # ---- catalogue -------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 The CLI's summary line and the report's banner both come from here. Green only when nothing
 got worse beyond noise; amber when something did (named); red when the job failed or the
-quality floor was crossed. A speed ratio whose interval was too wide is said to be unreliable.
+quality floor was crossed. A speed ratio whose interval was too wide is said to be unreliable,
+unless the whole interval is below 1: then it is slower, and named among what got worse.
 Works on CompressionResult messages only.
 """
 
@@ -32,6 +33,11 @@ class Headline:
 def _speed_phrase(ratio: common_pb2.SpeedRatio, regressions: list[str], unreliable: list[str]) -> str:
     name = ratio.phase
     interval = f"{ratio.speedup:.2f}× [{ratio.ci95_low:.2f}–{ratio.ci95_high:.2f}]"
+    if ratio.unreliable and 0 < ratio.ci95_high < 1.0:
+        # Too wide to say by how much, but the whole interval is a slowdown: that is worse, not noise.
+        regressions.append(f"{name} {1 / ratio.speedup:.2f}× slower")
+        unreliable.append(f"{name} speed")
+        return f"{name} {interval} (slower; the interval is wide, the machine was noisy)"
     if ratio.unreliable:
         unreliable.append(f"{name} speed")
         return f"{name} speed unreliable ({interval}; the machine was too noisy)"

@@ -317,7 +317,14 @@ class MachineInfo(_message.Message):
     def __init__(self, cpu_model: _Optional[str] = ..., logical_cores: _Optional[int] = ..., physical_cores: _Optional[int] = ..., isa_features: _Optional[_Iterable[str]] = ..., memory_mb: _Optional[float] = ..., gpu_name: _Optional[str] = ..., gpu_memory_mb: _Optional[float] = ..., torch_version: _Optional[str] = ..., hostname: _Optional[str] = ..., device_type: _Optional[str] = ..., isa_class: _Optional[str] = ...) -> None: ...
 
 class ModelMetrics(_message.Message):
-    __slots__ = ("size_on_disk_bytes", "parameters", "latency", "peak_rss_mb", "perplexity", "top1_accuracy", "quality_tokens", "architecture", "device", "parameter_bytes", "flops", "kind", "latency_grid", "decode", "encoder", "cuda_max_memory_mb", "machine", "timing_load")
+    __slots__ = ("size_on_disk_bytes", "parameters", "latency", "peak_rss_mb", "perplexity", "top1_accuracy", "quality_tokens", "architecture", "device", "parameter_bytes", "flops", "kind", "latency_grid", "decode", "encoder", "cuda_max_memory_mb", "machine", "timing_load", "not_measured")
+    class NotMeasuredEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     SIZE_ON_DISK_BYTES_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     LATENCY_FIELD_NUMBER: _ClassVar[int]
@@ -336,6 +343,7 @@ class ModelMetrics(_message.Message):
     CUDA_MAX_MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
     MACHINE_FIELD_NUMBER: _ClassVar[int]
     TIMING_LOAD_FIELD_NUMBER: _ClassVar[int]
+    NOT_MEASURED_FIELD_NUMBER: _ClassVar[int]
     size_on_disk_bytes: int
     parameters: int
     latency: LatencyStats
@@ -354,7 +362,8 @@ class ModelMetrics(_message.Message):
     cuda_max_memory_mb: float
     machine: MachineInfo
     timing_load: MachineLoad
-    def __init__(self, size_on_disk_bytes: _Optional[int] = ..., parameters: _Optional[int] = ..., latency: _Optional[_Union[LatencyStats, _Mapping]] = ..., peak_rss_mb: _Optional[float] = ..., perplexity: _Optional[float] = ..., top1_accuracy: _Optional[float] = ..., quality_tokens: _Optional[int] = ..., architecture: _Optional[str] = ..., device: _Optional[str] = ..., parameter_bytes: _Optional[int] = ..., flops: _Optional[int] = ..., kind: _Optional[str] = ..., latency_grid: _Optional[_Iterable[_Union[LatencyStats, _Mapping]]] = ..., decode: _Optional[_Union[LatencyStats, _Mapping]] = ..., encoder: _Optional[_Union[EncoderQuality, _Mapping]] = ..., cuda_max_memory_mb: _Optional[float] = ..., machine: _Optional[_Union[MachineInfo, _Mapping]] = ..., timing_load: _Optional[_Union[MachineLoad, _Mapping]] = ...) -> None: ...
+    not_measured: _containers.ScalarMap[str, str]
+    def __init__(self, size_on_disk_bytes: _Optional[int] = ..., parameters: _Optional[int] = ..., latency: _Optional[_Union[LatencyStats, _Mapping]] = ..., peak_rss_mb: _Optional[float] = ..., perplexity: _Optional[float] = ..., top1_accuracy: _Optional[float] = ..., quality_tokens: _Optional[int] = ..., architecture: _Optional[str] = ..., device: _Optional[str] = ..., parameter_bytes: _Optional[int] = ..., flops: _Optional[int] = ..., kind: _Optional[str] = ..., latency_grid: _Optional[_Iterable[_Union[LatencyStats, _Mapping]]] = ..., decode: _Optional[_Union[LatencyStats, _Mapping]] = ..., encoder: _Optional[_Union[EncoderQuality, _Mapping]] = ..., cuda_max_memory_mb: _Optional[float] = ..., machine: _Optional[_Union[MachineInfo, _Mapping]] = ..., timing_load: _Optional[_Union[MachineLoad, _Mapping]] = ..., not_measured: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class HardwareBenchmark(_message.Message):
     __slots__ = ("device_name", "device_type", "batch_size", "sequence_length", "throughput", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "memory_usage_mb", "power_consumption_w", "model", "benchmark_id", "recorded_at", "machine", "threads", "phase", "samples_per_s", "latency_stdev_ms", "iterations")
@@ -399,20 +408,22 @@ class HardwareBenchmark(_message.Message):
     def __init__(self, device_name: _Optional[str] = ..., device_type: _Optional[str] = ..., batch_size: _Optional[int] = ..., sequence_length: _Optional[int] = ..., throughput: _Optional[float] = ..., latency_p50_ms: _Optional[float] = ..., latency_p95_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., memory_usage_mb: _Optional[float] = ..., power_consumption_w: _Optional[float] = ..., model: _Optional[str] = ..., benchmark_id: _Optional[str] = ..., recorded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., machine: _Optional[_Union[MachineInfo, _Mapping]] = ..., threads: _Optional[int] = ..., phase: _Optional[str] = ..., samples_per_s: _Optional[float] = ..., latency_stdev_ms: _Optional[float] = ..., iterations: _Optional[int] = ...) -> None: ...
 
 class ThresholdCheck(_message.Message):
-    __slots__ = ("metric", "description", "value", "threshold", "comparison", "passed")
+    __slots__ = ("metric", "description", "value", "threshold", "comparison", "passed", "not_measured")
     METRIC_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     COMPARISON_FIELD_NUMBER: _ClassVar[int]
     PASSED_FIELD_NUMBER: _ClassVar[int]
+    NOT_MEASURED_FIELD_NUMBER: _ClassVar[int]
     metric: str
     description: str
     value: float
     threshold: float
     comparison: str
     passed: bool
-    def __init__(self, metric: _Optional[str] = ..., description: _Optional[str] = ..., value: _Optional[float] = ..., threshold: _Optional[float] = ..., comparison: _Optional[str] = ..., passed: _Optional[bool] = ...) -> None: ...
+    not_measured: str
+    def __init__(self, metric: _Optional[str] = ..., description: _Optional[str] = ..., value: _Optional[float] = ..., threshold: _Optional[float] = ..., comparison: _Optional[str] = ..., passed: _Optional[bool] = ..., not_measured: _Optional[str] = ...) -> None: ...
 
 class ThresholdSet(_message.Message):
     __slots__ = ("name", "description", "checks")
@@ -425,7 +436,14 @@ class ThresholdSet(_message.Message):
     def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., checks: _Optional[_Iterable[_Union[ThresholdCheck, _Mapping]]] = ...) -> None: ...
 
 class ComparisonRow(_message.Message):
-    __slots__ = ("index", "model", "baseline", "metrics", "size_ratio", "parameter_ratio", "flops_ratio", "latency_ratio", "speedup", "memory_ratio", "quality_retention", "quality_metric", "checks", "passed", "speed")
+    __slots__ = ("index", "model", "baseline", "metrics", "size_ratio", "parameter_ratio", "flops_ratio", "latency_ratio", "speedup", "memory_ratio", "quality_retention", "quality_metric", "checks", "passed", "speed", "not_measured")
+    class NotMeasuredEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     INDEX_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BASELINE_FIELD_NUMBER: _ClassVar[int]
@@ -441,6 +459,7 @@ class ComparisonRow(_message.Message):
     CHECKS_FIELD_NUMBER: _ClassVar[int]
     PASSED_FIELD_NUMBER: _ClassVar[int]
     SPEED_FIELD_NUMBER: _ClassVar[int]
+    NOT_MEASURED_FIELD_NUMBER: _ClassVar[int]
     index: int
     model: str
     baseline: bool
@@ -456,7 +475,8 @@ class ComparisonRow(_message.Message):
     checks: _containers.RepeatedCompositeFieldContainer[ThresholdCheck]
     passed: bool
     speed: _containers.RepeatedCompositeFieldContainer[SpeedRatio]
-    def __init__(self, index: _Optional[int] = ..., model: _Optional[str] = ..., baseline: _Optional[bool] = ..., metrics: _Optional[_Union[ModelMetrics, _Mapping]] = ..., size_ratio: _Optional[float] = ..., parameter_ratio: _Optional[float] = ..., flops_ratio: _Optional[float] = ..., latency_ratio: _Optional[float] = ..., speedup: _Optional[float] = ..., memory_ratio: _Optional[float] = ..., quality_retention: _Optional[float] = ..., quality_metric: _Optional[str] = ..., checks: _Optional[_Iterable[_Union[ThresholdCheck, _Mapping]]] = ..., passed: _Optional[bool] = ..., speed: _Optional[_Iterable[_Union[SpeedRatio, _Mapping]]] = ...) -> None: ...
+    not_measured: _containers.ScalarMap[str, str]
+    def __init__(self, index: _Optional[int] = ..., model: _Optional[str] = ..., baseline: _Optional[bool] = ..., metrics: _Optional[_Union[ModelMetrics, _Mapping]] = ..., size_ratio: _Optional[float] = ..., parameter_ratio: _Optional[float] = ..., flops_ratio: _Optional[float] = ..., latency_ratio: _Optional[float] = ..., speedup: _Optional[float] = ..., memory_ratio: _Optional[float] = ..., quality_retention: _Optional[float] = ..., quality_metric: _Optional[str] = ..., checks: _Optional[_Iterable[_Union[ThresholdCheck, _Mapping]]] = ..., passed: _Optional[bool] = ..., speed: _Optional[_Iterable[_Union[SpeedRatio, _Mapping]]] = ..., not_measured: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Comparison(_message.Message):
     __slots__ = ("comparison_id", "baseline_index", "threshold_set", "rows", "interleaved_rounds", "machine", "report", "created_at", "load")
@@ -539,7 +559,14 @@ class WorkerHardware(_message.Message):
     def __init__(self, worker: _Optional[str] = ..., machine: _Optional[_Union[MachineInfo, _Mapping]] = ..., isa_class: _Optional[str] = ..., compute: _Optional[_Iterable[_Union[PrecisionSupport, _Mapping]]] = ...) -> None: ...
 
 class CompressionResult(_message.Message):
-    __slots__ = ("job_id", "original_model_size_bytes", "compressed_model_size_bytes", "compression_ratio", "original_params", "compressed_params", "param_reduction_ratio", "original_latency_ms", "compressed_latency_ms", "latency_improvement", "original_memory_mb", "compressed_memory_mb", "memory_reduction", "original_accuracy", "compressed_accuracy", "accuracy_loss", "original_perplexity", "compressed_perplexity", "perplexity_increase", "compressed_artifact_id", "evaluation_report_path", "original", "compressed", "prefill_speedup", "decode_speedup", "original_decode_ms", "compressed_decode_ms", "timing_load")
+    __slots__ = ("job_id", "original_model_size_bytes", "compressed_model_size_bytes", "compression_ratio", "original_params", "compressed_params", "param_reduction_ratio", "original_latency_ms", "compressed_latency_ms", "latency_improvement", "original_memory_mb", "compressed_memory_mb", "memory_reduction", "original_accuracy", "compressed_accuracy", "accuracy_loss", "original_perplexity", "compressed_perplexity", "perplexity_increase", "compressed_artifact_id", "evaluation_report_path", "original", "compressed", "prefill_speedup", "decode_speedup", "original_decode_ms", "compressed_decode_ms", "timing_load", "headline", "not_measured")
+    class NotMeasuredEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ORIGINAL_MODEL_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     COMPRESSED_MODEL_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -568,6 +595,8 @@ class CompressionResult(_message.Message):
     ORIGINAL_DECODE_MS_FIELD_NUMBER: _ClassVar[int]
     COMPRESSED_DECODE_MS_FIELD_NUMBER: _ClassVar[int]
     TIMING_LOAD_FIELD_NUMBER: _ClassVar[int]
+    HEADLINE_FIELD_NUMBER: _ClassVar[int]
+    NOT_MEASURED_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     original_model_size_bytes: int
     compressed_model_size_bytes: int
@@ -596,7 +625,21 @@ class CompressionResult(_message.Message):
     original_decode_ms: float
     compressed_decode_ms: float
     timing_load: MachineLoad
-    def __init__(self, job_id: _Optional[str] = ..., original_model_size_bytes: _Optional[int] = ..., compressed_model_size_bytes: _Optional[int] = ..., compression_ratio: _Optional[float] = ..., original_params: _Optional[int] = ..., compressed_params: _Optional[int] = ..., param_reduction_ratio: _Optional[float] = ..., original_latency_ms: _Optional[float] = ..., compressed_latency_ms: _Optional[float] = ..., latency_improvement: _Optional[float] = ..., original_memory_mb: _Optional[float] = ..., compressed_memory_mb: _Optional[float] = ..., memory_reduction: _Optional[float] = ..., original_accuracy: _Optional[float] = ..., compressed_accuracy: _Optional[float] = ..., accuracy_loss: _Optional[float] = ..., original_perplexity: _Optional[float] = ..., compressed_perplexity: _Optional[float] = ..., perplexity_increase: _Optional[float] = ..., compressed_artifact_id: _Optional[str] = ..., evaluation_report_path: _Optional[str] = ..., original: _Optional[_Union[ModelMetrics, _Mapping]] = ..., compressed: _Optional[_Union[ModelMetrics, _Mapping]] = ..., prefill_speedup: _Optional[_Union[SpeedRatio, _Mapping]] = ..., decode_speedup: _Optional[_Union[SpeedRatio, _Mapping]] = ..., original_decode_ms: _Optional[float] = ..., compressed_decode_ms: _Optional[float] = ..., timing_load: _Optional[_Union[MachineLoad, _Mapping]] = ...) -> None: ...
+    headline: Headline
+    not_measured: _containers.ScalarMap[str, str]
+    def __init__(self, job_id: _Optional[str] = ..., original_model_size_bytes: _Optional[int] = ..., compressed_model_size_bytes: _Optional[int] = ..., compression_ratio: _Optional[float] = ..., original_params: _Optional[int] = ..., compressed_params: _Optional[int] = ..., param_reduction_ratio: _Optional[float] = ..., original_latency_ms: _Optional[float] = ..., compressed_latency_ms: _Optional[float] = ..., latency_improvement: _Optional[float] = ..., original_memory_mb: _Optional[float] = ..., compressed_memory_mb: _Optional[float] = ..., memory_reduction: _Optional[float] = ..., original_accuracy: _Optional[float] = ..., compressed_accuracy: _Optional[float] = ..., accuracy_loss: _Optional[float] = ..., original_perplexity: _Optional[float] = ..., compressed_perplexity: _Optional[float] = ..., perplexity_increase: _Optional[float] = ..., compressed_artifact_id: _Optional[str] = ..., evaluation_report_path: _Optional[str] = ..., original: _Optional[_Union[ModelMetrics, _Mapping]] = ..., compressed: _Optional[_Union[ModelMetrics, _Mapping]] = ..., prefill_speedup: _Optional[_Union[SpeedRatio, _Mapping]] = ..., decode_speedup: _Optional[_Union[SpeedRatio, _Mapping]] = ..., original_decode_ms: _Optional[float] = ..., compressed_decode_ms: _Optional[float] = ..., timing_load: _Optional[_Union[MachineLoad, _Mapping]] = ..., headline: _Optional[_Union[Headline, _Mapping]] = ..., not_measured: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class Headline(_message.Message):
+    __slots__ = ("text", "colour", "regressions", "unreliable")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    COLOUR_FIELD_NUMBER: _ClassVar[int]
+    REGRESSIONS_FIELD_NUMBER: _ClassVar[int]
+    UNRELIABLE_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    colour: str
+    regressions: _containers.RepeatedScalarFieldContainer[str]
+    unreliable: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, text: _Optional[str] = ..., colour: _Optional[str] = ..., regressions: _Optional[_Iterable[str]] = ..., unreliable: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("job_id", "name", "model", "recipe", "stages", "state", "progress", "output", "result", "error", "evaluation", "created_at", "started_at", "finished_at", "artifact_ids", "recompute", "tenant")
@@ -739,7 +782,7 @@ class ConfigField(_message.Message):
     def __init__(self, name: _Optional[str] = ..., type: _Optional[_Union[FieldType, str]] = ..., default_value: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., choices: _Optional[_Iterable[str]] = ..., minimum: _Optional[float] = ..., maximum: _Optional[float] = ..., help: _Optional[str] = ...) -> None: ...
 
 class MethodDescription(_message.Message):
-    __slots__ = ("technique", "name", "summary", "fields", "accepts", "produces", "inputs", "progress_metrics")
+    __slots__ = ("technique", "name", "summary", "fields", "accepts", "produces", "inputs", "progress_metrics", "model_kinds")
     TECHNIQUE_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
@@ -748,6 +791,7 @@ class MethodDescription(_message.Message):
     PRODUCES_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_METRICS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_KINDS_FIELD_NUMBER: _ClassVar[int]
     technique: Technique
     name: str
     summary: str
@@ -756,7 +800,8 @@ class MethodDescription(_message.Message):
     produces: _containers.RepeatedScalarFieldContainer[ArtifactFormat]
     inputs: _containers.RepeatedCompositeFieldContainer[ArtifactInput]
     progress_metrics: _containers.RepeatedCompositeFieldContainer[ProgressMetric]
-    def __init__(self, technique: _Optional[_Union[Technique, str]] = ..., name: _Optional[str] = ..., summary: _Optional[str] = ..., fields: _Optional[_Iterable[_Union[ConfigField, _Mapping]]] = ..., accepts: _Optional[_Iterable[_Union[ArtifactFormat, str]]] = ..., produces: _Optional[_Iterable[_Union[ArtifactFormat, str]]] = ..., inputs: _Optional[_Iterable[_Union[ArtifactInput, _Mapping]]] = ..., progress_metrics: _Optional[_Iterable[_Union[ProgressMetric, _Mapping]]] = ...) -> None: ...
+    model_kinds: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, technique: _Optional[_Union[Technique, str]] = ..., name: _Optional[str] = ..., summary: _Optional[str] = ..., fields: _Optional[_Iterable[_Union[ConfigField, _Mapping]]] = ..., accepts: _Optional[_Iterable[_Union[ArtifactFormat, str]]] = ..., produces: _Optional[_Iterable[_Union[ArtifactFormat, str]]] = ..., inputs: _Optional[_Iterable[_Union[ArtifactInput, _Mapping]]] = ..., progress_metrics: _Optional[_Iterable[_Union[ProgressMetric, _Mapping]]] = ..., model_kinds: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ArtifactInput(_message.Message):
     __slots__ = ("field", "formats", "description")

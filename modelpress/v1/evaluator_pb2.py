@@ -25,45 +25,37 @@ _sym_db = _symbol_database.Default()
 from modelpress.v1 import common_pb2 as modelpress_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmodelpress/v1/evaluator.proto\x12\rmodelpress.v1\x1a\x1amodelpress/v1/common.proto\"H\n\x1a\x45valuatorServiceRunRequest\x12*\n\x05stage\x18\x01 \x01(\x0b\x32\x1b.modelpress.v1.StageRequest\"I\n\x1b\x45valuatorServiceRunResponse\x12*\n\x06update\x18\x01 \x01(\x0b\x32\x1a.modelpress.v1.StageUpdate\"!\n\x1f\x45valuatorServiceDescribeRequest\"Z\n EvaluatorServiceDescribeResponse\x12\x36\n\x0b\x64\x65scription\x18\x01 \x01(\x0b\x32!.modelpress.v1.ServiceDescription\"v\n\x1f\x45valuatorServiceEvaluateRequest\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.modelpress.v1.ModelRef\x12+\n\x04spec\x18\x02 \x01(\x0b\x32\x1d.modelpress.v1.EvaluationSpec\"P\n EvaluatorServiceEvaluateResponse\x12,\n\x07metrics\x18\x01 \x01(\x0b\x32\x1b.modelpress.v1.ModelMetrics\"\xba\x01\n\x1e\x45valuatorServiceCompareRequest\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.modelpress.v1.ModelRef\x12\x16\n\x0e\x62\x61seline_index\x18\x02 \x01(\x05\x12+\n\x04spec\x18\x03 \x01(\x0b\x32\x1d.modelpress.v1.EvaluationSpec\x12\x15\n\rthreshold_set\x18\x04 \x01(\t\x12\x13\n\x0bskip_report\x18\x05 \x01(\x08\"P\n\x1f\x45valuatorServiceCompareResponse\x12-\n\ncomparison\x18\x01 \x01(\x0b\x32\x19.modelpress.v1.Comparison\"*\n(EvaluatorServiceListThresholdSetsRequest\"`\n)EvaluatorServiceListThresholdSetsResponse\x12\x33\n\x0ethreshold_sets\x18\x01 \x03(\x0b\x32\x1b.modelpress.v1.ThresholdSet\"\x9e\x01\n EvaluatorServiceBenchmarkRequest\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.modelpress.v1.ModelRef\x12\x13\n\x0b\x62\x61tch_sizes\x18\x02 \x03(\x05\x12\x18\n\x10sequence_lengths\x18\x03 \x03(\x05\x12\x12\n\niterations\x18\x04 \x01(\x05\x12\x0f\n\x07threads\x18\x05 \x01(\x05\"Y\n!EvaluatorServiceBenchmarkResponse\x12\x34\n\nbenchmarks\x18\x01 \x03(\x0b\x32 .modelpress.v1.HardwareBenchmark\"F\n%EvaluatorServiceListBenchmarksRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\"^\n&EvaluatorServiceListBenchmarksResponse\x12\x34\n\nbenchmarks\x18\x01 \x03(\x0b\x32 .modelpress.v1.HardwareBenchmark\"\xa2\x01\n#EvaluatorServiceRenderReportRequest\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.modelpress.v1.Job\x12\'\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x17.modelpress.v1.JobEvent\x12\x31\n\x07methods\x18\x03 \x03(\x0b\x32 .modelpress.v1.MethodDescription\"R\n$EvaluatorServiceRenderReportResponse\x12*\n\x06report\x18\x01 \x01(\x0b\x32\x1a.modelpress.v1.ArtifactRef2\xa7\x07\n\x10\x45valuatorService\x12^\n\x03Run\x12).modelpress.v1.EvaluatorServiceRunRequest\x1a*.modelpress.v1.EvaluatorServiceRunResponse0\x01\x12k\n\x08\x44\x65scribe\x12..modelpress.v1.EvaluatorServiceDescribeRequest\x1a/.modelpress.v1.EvaluatorServiceDescribeResponse\x12k\n\x08\x45valuate\x12..modelpress.v1.EvaluatorServiceEvaluateRequest\x1a/.modelpress.v1.EvaluatorServiceEvaluateResponse\x12h\n\x07\x43ompare\x12-.modelpress.v1.EvaluatorServiceCompareRequest\x1a..modelpress.v1.EvaluatorServiceCompareResponse\x12\x86\x01\n\x11ListThresholdSets\x12\x37.modelpress.v1.EvaluatorServiceListThresholdSetsRequest\x1a\x38.modelpress.v1.EvaluatorServiceListThresholdSetsResponse\x12n\n\tBenchmark\x12/.modelpress.v1.EvaluatorServiceBenchmarkRequest\x1a\x30.modelpress.v1.EvaluatorServiceBenchmarkResponse\x12}\n\x0eListBenchmarks\x12\x34.modelpress.v1.EvaluatorServiceListBenchmarksRequest\x1a\x35.modelpress.v1.EvaluatorServiceListBenchmarksResponse\x12w\n\x0cRenderReport\x12\x32.modelpress.v1.EvaluatorServiceRenderReportRequest\x1a\x33.modelpress.v1.EvaluatorServiceRenderReportResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmodelpress/v1/evaluator.proto\x12\rmodelpress.v1\x1a\x1amodelpress/v1/common.proto\"v\n\x1f\x45valuatorServiceEvaluateRequest\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.modelpress.v1.ModelRef\x12+\n\x04spec\x18\x02 \x01(\x0b\x32\x1d.modelpress.v1.EvaluationSpec\"P\n EvaluatorServiceEvaluateResponse\x12,\n\x07metrics\x18\x01 \x01(\x0b\x32\x1b.modelpress.v1.ModelMetrics\"\xba\x01\n\x1e\x45valuatorServiceCompareRequest\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.modelpress.v1.ModelRef\x12\x16\n\x0e\x62\x61seline_index\x18\x02 \x01(\x05\x12+\n\x04spec\x18\x03 \x01(\x0b\x32\x1d.modelpress.v1.EvaluationSpec\x12\x15\n\rthreshold_set\x18\x04 \x01(\t\x12\x13\n\x0bskip_report\x18\x05 \x01(\x08\"P\n\x1f\x45valuatorServiceCompareResponse\x12-\n\ncomparison\x18\x01 \x01(\x0b\x32\x19.modelpress.v1.Comparison\"*\n(EvaluatorServiceListThresholdSetsRequest\"`\n)EvaluatorServiceListThresholdSetsResponse\x12\x33\n\x0ethreshold_sets\x18\x01 \x03(\x0b\x32\x1b.modelpress.v1.ThresholdSet\"\x9e\x01\n EvaluatorServiceBenchmarkRequest\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.modelpress.v1.ModelRef\x12\x13\n\x0b\x62\x61tch_sizes\x18\x02 \x03(\x05\x12\x18\n\x10sequence_lengths\x18\x03 \x03(\x05\x12\x12\n\niterations\x18\x04 \x01(\x05\x12\x0f\n\x07threads\x18\x05 \x01(\x05\"Y\n!EvaluatorServiceBenchmarkResponse\x12\x34\n\nbenchmarks\x18\x01 \x03(\x0b\x32 .modelpress.v1.HardwareBenchmark\"F\n%EvaluatorServiceListBenchmarksRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\"^\n&EvaluatorServiceListBenchmarksResponse\x12\x34\n\nbenchmarks\x18\x01 \x03(\x0b\x32 .modelpress.v1.HardwareBenchmark\"\xa2\x01\n#EvaluatorServiceRenderReportRequest\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.modelpress.v1.Job\x12\'\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x17.modelpress.v1.JobEvent\x12\x31\n\x07methods\x18\x03 \x03(\x0b\x32 .modelpress.v1.MethodDescription\"R\n$EvaluatorServiceRenderReportResponse\x12*\n\x06report\x18\x01 \x01(\x0b\x32\x1a.modelpress.v1.ArtifactRef2\xda\x05\n\x10\x45valuatorService\x12k\n\x08\x45valuate\x12..modelpress.v1.EvaluatorServiceEvaluateRequest\x1a/.modelpress.v1.EvaluatorServiceEvaluateResponse\x12h\n\x07\x43ompare\x12-.modelpress.v1.EvaluatorServiceCompareRequest\x1a..modelpress.v1.EvaluatorServiceCompareResponse\x12\x86\x01\n\x11ListThresholdSets\x12\x37.modelpress.v1.EvaluatorServiceListThresholdSetsRequest\x1a\x38.modelpress.v1.EvaluatorServiceListThresholdSetsResponse\x12n\n\tBenchmark\x12/.modelpress.v1.EvaluatorServiceBenchmarkRequest\x1a\x30.modelpress.v1.EvaluatorServiceBenchmarkResponse\x12}\n\x0eListBenchmarks\x12\x34.modelpress.v1.EvaluatorServiceListBenchmarksRequest\x1a\x35.modelpress.v1.EvaluatorServiceListBenchmarksResponse\x12w\n\x0cRenderReport\x12\x32.modelpress.v1.EvaluatorServiceRenderReportRequest\x1a\x33.modelpress.v1.EvaluatorServiceRenderReportResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'modelpress.v1.evaluator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EVALUATORSERVICERUNREQUEST']._serialized_start=76
-  _globals['_EVALUATORSERVICERUNREQUEST']._serialized_end=148
-  _globals['_EVALUATORSERVICERUNRESPONSE']._serialized_start=150
-  _globals['_EVALUATORSERVICERUNRESPONSE']._serialized_end=223
-  _globals['_EVALUATORSERVICEDESCRIBEREQUEST']._serialized_start=225
-  _globals['_EVALUATORSERVICEDESCRIBEREQUEST']._serialized_end=258
-  _globals['_EVALUATORSERVICEDESCRIBERESPONSE']._serialized_start=260
-  _globals['_EVALUATORSERVICEDESCRIBERESPONSE']._serialized_end=350
-  _globals['_EVALUATORSERVICEEVALUATEREQUEST']._serialized_start=352
-  _globals['_EVALUATORSERVICEEVALUATEREQUEST']._serialized_end=470
-  _globals['_EVALUATORSERVICEEVALUATERESPONSE']._serialized_start=472
-  _globals['_EVALUATORSERVICEEVALUATERESPONSE']._serialized_end=552
-  _globals['_EVALUATORSERVICECOMPAREREQUEST']._serialized_start=555
-  _globals['_EVALUATORSERVICECOMPAREREQUEST']._serialized_end=741
-  _globals['_EVALUATORSERVICECOMPARERESPONSE']._serialized_start=743
-  _globals['_EVALUATORSERVICECOMPARERESPONSE']._serialized_end=823
-  _globals['_EVALUATORSERVICELISTTHRESHOLDSETSREQUEST']._serialized_start=825
-  _globals['_EVALUATORSERVICELISTTHRESHOLDSETSREQUEST']._serialized_end=867
-  _globals['_EVALUATORSERVICELISTTHRESHOLDSETSRESPONSE']._serialized_start=869
-  _globals['_EVALUATORSERVICELISTTHRESHOLDSETSRESPONSE']._serialized_end=965
-  _globals['_EVALUATORSERVICEBENCHMARKREQUEST']._serialized_start=968
-  _globals['_EVALUATORSERVICEBENCHMARKREQUEST']._serialized_end=1126
-  _globals['_EVALUATORSERVICEBENCHMARKRESPONSE']._serialized_start=1128
-  _globals['_EVALUATORSERVICEBENCHMARKRESPONSE']._serialized_end=1217
-  _globals['_EVALUATORSERVICELISTBENCHMARKSREQUEST']._serialized_start=1219
-  _globals['_EVALUATORSERVICELISTBENCHMARKSREQUEST']._serialized_end=1289
-  _globals['_EVALUATORSERVICELISTBENCHMARKSRESPONSE']._serialized_start=1291
-  _globals['_EVALUATORSERVICELISTBENCHMARKSRESPONSE']._serialized_end=1385
-  _globals['_EVALUATORSERVICERENDERREPORTREQUEST']._serialized_start=1388
-  _globals['_EVALUATORSERVICERENDERREPORTREQUEST']._serialized_end=1550
-  _globals['_EVALUATORSERVICERENDERREPORTRESPONSE']._serialized_start=1552
-  _globals['_EVALUATORSERVICERENDERREPORTRESPONSE']._serialized_end=1634
-  _globals['_EVALUATORSERVICE']._serialized_start=1637
-  _globals['_EVALUATORSERVICE']._serialized_end=2572
+  _globals['_EVALUATORSERVICEEVALUATEREQUEST']._serialized_start=76
+  _globals['_EVALUATORSERVICEEVALUATEREQUEST']._serialized_end=194
+  _globals['_EVALUATORSERVICEEVALUATERESPONSE']._serialized_start=196
+  _globals['_EVALUATORSERVICEEVALUATERESPONSE']._serialized_end=276
+  _globals['_EVALUATORSERVICECOMPAREREQUEST']._serialized_start=279
+  _globals['_EVALUATORSERVICECOMPAREREQUEST']._serialized_end=465
+  _globals['_EVALUATORSERVICECOMPARERESPONSE']._serialized_start=467
+  _globals['_EVALUATORSERVICECOMPARERESPONSE']._serialized_end=547
+  _globals['_EVALUATORSERVICELISTTHRESHOLDSETSREQUEST']._serialized_start=549
+  _globals['_EVALUATORSERVICELISTTHRESHOLDSETSREQUEST']._serialized_end=591
+  _globals['_EVALUATORSERVICELISTTHRESHOLDSETSRESPONSE']._serialized_start=593
+  _globals['_EVALUATORSERVICELISTTHRESHOLDSETSRESPONSE']._serialized_end=689
+  _globals['_EVALUATORSERVICEBENCHMARKREQUEST']._serialized_start=692
+  _globals['_EVALUATORSERVICEBENCHMARKREQUEST']._serialized_end=850
+  _globals['_EVALUATORSERVICEBENCHMARKRESPONSE']._serialized_start=852
+  _globals['_EVALUATORSERVICEBENCHMARKRESPONSE']._serialized_end=941
+  _globals['_EVALUATORSERVICELISTBENCHMARKSREQUEST']._serialized_start=943
+  _globals['_EVALUATORSERVICELISTBENCHMARKSREQUEST']._serialized_end=1013
+  _globals['_EVALUATORSERVICELISTBENCHMARKSRESPONSE']._serialized_start=1015
+  _globals['_EVALUATORSERVICELISTBENCHMARKSRESPONSE']._serialized_end=1109
+  _globals['_EVALUATORSERVICERENDERREPORTREQUEST']._serialized_start=1112
+  _globals['_EVALUATORSERVICERENDERREPORTREQUEST']._serialized_end=1274
+  _globals['_EVALUATORSERVICERENDERREPORTRESPONSE']._serialized_start=1276
+  _globals['_EVALUATORSERVICERENDERREPORTRESPONSE']._serialized_end=1358
+  _globals['_EVALUATORSERVICE']._serialized_start=1361
+  _globals['_EVALUATORSERVICE']._serialized_end=2091
 # @@protoc_insertion_point(module_scope)

@@ -7,28 +7,6 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
-class EvaluatorServiceRunRequest(_message.Message):
-    __slots__ = ("stage",)
-    STAGE_FIELD_NUMBER: _ClassVar[int]
-    stage: _common_pb2.StageRequest
-    def __init__(self, stage: _Optional[_Union[_common_pb2.StageRequest, _Mapping]] = ...) -> None: ...
-
-class EvaluatorServiceRunResponse(_message.Message):
-    __slots__ = ("update",)
-    UPDATE_FIELD_NUMBER: _ClassVar[int]
-    update: _common_pb2.StageUpdate
-    def __init__(self, update: _Optional[_Union[_common_pb2.StageUpdate, _Mapping]] = ...) -> None: ...
-
-class EvaluatorServiceDescribeRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
-
-class EvaluatorServiceDescribeResponse(_message.Message):
-    __slots__ = ("description",)
-    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
-    description: _common_pb2.ServiceDescription
-    def __init__(self, description: _Optional[_Union[_common_pb2.ServiceDescription, _Mapping]] = ...) -> None: ...
-
 class EvaluatorServiceEvaluateRequest(_message.Message):
     __slots__ = ("model", "spec")
     MODEL_FIELD_NUMBER: _ClassVar[int]

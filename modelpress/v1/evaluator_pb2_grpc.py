@@ -26,7 +26,9 @@ if _version_not_supported:
 
 
 class EvaluatorServiceStub:
-    """The evaluator: measures models (size, parameters, latency, memory, quality).
+    """The evaluator: measures models (size, parameters, latency, memory, quality). Its recipe stage
+    ("evaluate": measures the model passing through and hands it on unchanged) is served through the
+    TechniqueService (technique.proto), like every technique's.
     """
 
     def __init__(self, channel):
@@ -35,16 +37,6 @@ class EvaluatorServiceStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.Run = channel.unary_stream(
-                '/modelpress.v1.EvaluatorService/Run',
-                request_serializer=modelpress_dot_v1_dot_evaluator__pb2.EvaluatorServiceRunRequest.SerializeToString,
-                response_deserializer=modelpress_dot_v1_dot_evaluator__pb2.EvaluatorServiceRunResponse.FromString,
-                _registered_method=True)
-        self.Describe = channel.unary_unary(
-                '/modelpress.v1.EvaluatorService/Describe',
-                request_serializer=modelpress_dot_v1_dot_evaluator__pb2.EvaluatorServiceDescribeRequest.SerializeToString,
-                response_deserializer=modelpress_dot_v1_dot_evaluator__pb2.EvaluatorServiceDescribeResponse.FromString,
-                _registered_method=True)
         self.Evaluate = channel.unary_unary(
                 '/modelpress.v1.EvaluatorService/Evaluate',
                 request_serializer=modelpress_dot_v1_dot_evaluator__pb2.EvaluatorServiceEvaluateRequest.SerializeToString,
@@ -78,21 +70,10 @@ class EvaluatorServiceStub:
 
 
 class EvaluatorServiceServicer:
-    """The evaluator: measures models (size, parameters, latency, memory, quality).
+    """The evaluator: measures models (size, parameters, latency, memory, quality). Its recipe stage
+    ("evaluate": measures the model passing through and hands it on unchanged) is served through the
+    TechniqueService (technique.proto), like every technique's.
     """
-
-    def Run(self, request, context):
-        """Runs an evaluation stage of a recipe.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def Describe(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
 
     def Evaluate(self, request, context):
         """Measures one model with the given spec.
@@ -137,16 +118,6 @@ class EvaluatorServiceServicer:
 
 def add_EvaluatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'Run': grpc.unary_stream_rpc_method_handler(
-                    servicer.Run,
-                    request_deserializer=modelpress_dot_v1_dot_evaluator__pb2.EvaluatorServiceRunRequest.FromString,
-                    response_serializer=modelpress_dot_v1_dot_evaluator__pb2.EvaluatorServiceRunResponse.SerializeToString,
-            ),
-            'Describe': grpc.unary_unary_rpc_method_handler(
-                    servicer.Describe,
-                    request_deserializer=modelpress_dot_v1_dot_evaluator__pb2.EvaluatorServiceDescribeRequest.FromString,
-                    response_serializer=modelpress_dot_v1_dot_evaluator__pb2.EvaluatorServiceDescribeResponse.SerializeToString,
-            ),
             'Evaluate': grpc.unary_unary_rpc_method_handler(
                     servicer.Evaluate,
                     request_deserializer=modelpress_dot_v1_dot_evaluator__pb2.EvaluatorServiceEvaluateRequest.FromString,
@@ -186,62 +157,10 @@ def add_EvaluatorServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class EvaluatorService:
-    """The evaluator: measures models (size, parameters, latency, memory, quality).
+    """The evaluator: measures models (size, parameters, latency, memory, quality). Its recipe stage
+    ("evaluate": measures the model passing through and hands it on unchanged) is served through the
+    TechniqueService (technique.proto), like every technique's.
     """
-
-    @staticmethod
-    def Run(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_stream(
-            request,
-            target,
-            '/modelpress.v1.EvaluatorService/Run',
-            modelpress_dot_v1_dot_evaluator__pb2.EvaluatorServiceRunRequest.SerializeToString,
-            modelpress_dot_v1_dot_evaluator__pb2.EvaluatorServiceRunResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Describe(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/modelpress.v1.EvaluatorService/Describe',
-            modelpress_dot_v1_dot_evaluator__pb2.EvaluatorServiceDescribeRequest.SerializeToString,
-            modelpress_dot_v1_dot_evaluator__pb2.EvaluatorServiceDescribeResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
 
     @staticmethod
     def Evaluate(request,

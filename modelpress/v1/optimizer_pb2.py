@@ -25,29 +25,17 @@ _sym_db = _symbol_database.Default()
 from modelpress.v1 import common_pb2 as modelpress_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmodelpress/v1/optimizer.proto\x12\rmodelpress.v1\x1a\x1amodelpress/v1/common.proto\"H\n\x1aOptimizerServiceRunRequest\x12*\n\x05stage\x18\x01 \x01(\x0b\x32\x1b.modelpress.v1.StageRequest\"I\n\x1bOptimizerServiceRunResponse\x12*\n\x06update\x18\x01 \x01(\x0b\x32\x1a.modelpress.v1.StageUpdate\"!\n\x1fOptimizerServiceDescribeRequest\"Z\n OptimizerServiceDescribeResponse\x12\x36\n\x0b\x64\x65scription\x18\x01 \x01(\x0b\x32!.modelpress.v1.ServiceDescription\"$\n\"OptimizerServiceListEnginesRequest\"\x82\x01\n#OptimizerServiceListEnginesResponse\x12*\n\x07\x65ngines\x18\x01 \x03(\x0b\x32\x19.modelpress.v1.EngineInfo\x12/\n\x08hardware\x18\x02 \x01(\x0b\x32\x1d.modelpress.v1.WorkerHardware\"M\n\"OptimizerServiceCheckConfigRequest\x12\'\n\x05stage\x18\x01 \x01(\x0b\x32\x18.modelpress.v1.StageSpec\"J\n#OptimizerServiceCheckConfigResponse\x12\x0e\n\x06\x65rrors\x18\x01 \x03(\t\x12\x13\n\x0bover_budget\x18\x02 \x03(\t2\xcb\x03\n\x10OptimizerService\x12^\n\x03Run\x12).modelpress.v1.OptimizerServiceRunRequest\x1a*.modelpress.v1.OptimizerServiceRunResponse0\x01\x12k\n\x08\x44\x65scribe\x12..modelpress.v1.OptimizerServiceDescribeRequest\x1a/.modelpress.v1.OptimizerServiceDescribeResponse\x12t\n\x0b\x43heckConfig\x12\x31.modelpress.v1.OptimizerServiceCheckConfigRequest\x1a\x32.modelpress.v1.OptimizerServiceCheckConfigResponse\x12t\n\x0bListEngines\x12\x31.modelpress.v1.OptimizerServiceListEnginesRequest\x1a\x32.modelpress.v1.OptimizerServiceListEnginesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmodelpress/v1/optimizer.proto\x12\rmodelpress.v1\x1a\x1amodelpress/v1/common.proto\"$\n\"OptimizerServiceListEnginesRequest\"\x82\x01\n#OptimizerServiceListEnginesResponse\x12*\n\x07\x65ngines\x18\x01 \x03(\x0b\x32\x19.modelpress.v1.EngineInfo\x12/\n\x08hardware\x18\x02 \x01(\x0b\x32\x1d.modelpress.v1.WorkerHardware2\x88\x01\n\x10OptimizerService\x12t\n\x0bListEngines\x12\x31.modelpress.v1.OptimizerServiceListEnginesRequest\x1a\x32.modelpress.v1.OptimizerServiceListEnginesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'modelpress.v1.optimizer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OPTIMIZERSERVICERUNREQUEST']._serialized_start=76
-  _globals['_OPTIMIZERSERVICERUNREQUEST']._serialized_end=148
-  _globals['_OPTIMIZERSERVICERUNRESPONSE']._serialized_start=150
-  _globals['_OPTIMIZERSERVICERUNRESPONSE']._serialized_end=223
-  _globals['_OPTIMIZERSERVICEDESCRIBEREQUEST']._serialized_start=225
-  _globals['_OPTIMIZERSERVICEDESCRIBEREQUEST']._serialized_end=258
-  _globals['_OPTIMIZERSERVICEDESCRIBERESPONSE']._serialized_start=260
-  _globals['_OPTIMIZERSERVICEDESCRIBERESPONSE']._serialized_end=350
-  _globals['_OPTIMIZERSERVICELISTENGINESREQUEST']._serialized_start=352
-  _globals['_OPTIMIZERSERVICELISTENGINESREQUEST']._serialized_end=388
-  _globals['_OPTIMIZERSERVICELISTENGINESRESPONSE']._serialized_start=391
-  _globals['_OPTIMIZERSERVICELISTENGINESRESPONSE']._serialized_end=521
-  _globals['_OPTIMIZERSERVICECHECKCONFIGREQUEST']._serialized_start=523
-  _globals['_OPTIMIZERSERVICECHECKCONFIGREQUEST']._serialized_end=600
-  _globals['_OPTIMIZERSERVICECHECKCONFIGRESPONSE']._serialized_start=602
-  _globals['_OPTIMIZERSERVICECHECKCONFIGRESPONSE']._serialized_end=676
-  _globals['_OPTIMIZERSERVICE']._serialized_start=679
-  _globals['_OPTIMIZERSERVICE']._serialized_end=1138
+  _globals['_OPTIMIZERSERVICELISTENGINESREQUEST']._serialized_start=76
+  _globals['_OPTIMIZERSERVICELISTENGINESREQUEST']._serialized_end=112
+  _globals['_OPTIMIZERSERVICELISTENGINESRESPONSE']._serialized_start=115
+  _globals['_OPTIMIZERSERVICELISTENGINESRESPONSE']._serialized_end=245
+  _globals['_OPTIMIZERSERVICE']._serialized_start=248
+  _globals['_OPTIMIZERSERVICE']._serialized_end=384
 # @@protoc_insertion_point(module_scope)

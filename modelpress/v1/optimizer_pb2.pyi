@@ -7,28 +7,6 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
-class OptimizerServiceRunRequest(_message.Message):
-    __slots__ = ("stage",)
-    STAGE_FIELD_NUMBER: _ClassVar[int]
-    stage: _common_pb2.StageRequest
-    def __init__(self, stage: _Optional[_Union[_common_pb2.StageRequest, _Mapping]] = ...) -> None: ...
-
-class OptimizerServiceRunResponse(_message.Message):
-    __slots__ = ("update",)
-    UPDATE_FIELD_NUMBER: _ClassVar[int]
-    update: _common_pb2.StageUpdate
-    def __init__(self, update: _Optional[_Union[_common_pb2.StageUpdate, _Mapping]] = ...) -> None: ...
-
-class OptimizerServiceDescribeRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
-
-class OptimizerServiceDescribeResponse(_message.Message):
-    __slots__ = ("description",)
-    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
-    description: _common_pb2.ServiceDescription
-    def __init__(self, description: _Optional[_Union[_common_pb2.ServiceDescription, _Mapping]] = ...) -> None: ...
-
 class OptimizerServiceListEnginesRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
@@ -40,17 +18,3 @@ class OptimizerServiceListEnginesResponse(_message.Message):
     engines: _containers.RepeatedCompositeFieldContainer[_common_pb2.EngineInfo]
     hardware: _common_pb2.WorkerHardware
     def __init__(self, engines: _Optional[_Iterable[_Union[_common_pb2.EngineInfo, _Mapping]]] = ..., hardware: _Optional[_Union[_common_pb2.WorkerHardware, _Mapping]] = ...) -> None: ...
-
-class OptimizerServiceCheckConfigRequest(_message.Message):
-    __slots__ = ("stage",)
-    STAGE_FIELD_NUMBER: _ClassVar[int]
-    stage: _common_pb2.StageSpec
-    def __init__(self, stage: _Optional[_Union[_common_pb2.StageSpec, _Mapping]] = ...) -> None: ...
-
-class OptimizerServiceCheckConfigResponse(_message.Message):
-    __slots__ = ("errors", "over_budget")
-    ERRORS_FIELD_NUMBER: _ClassVar[int]
-    OVER_BUDGET_FIELD_NUMBER: _ClassVar[int]
-    errors: _containers.RepeatedScalarFieldContainer[str]
-    over_budget: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, errors: _Optional[_Iterable[str]] = ..., over_budget: _Optional[_Iterable[str]] = ...) -> None: ...

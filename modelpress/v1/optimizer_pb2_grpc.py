@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class OptimizerServiceStub:
-    """The optimizer: runs optimizer stages of a recipe.
+    """What only the optimizer answers, beside the TechniqueService (technique.proto) it serves for
+    its stages: the inference engines of its worker.
     """
 
     def __init__(self, channel):
@@ -35,21 +36,6 @@ class OptimizerServiceStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.Run = channel.unary_stream(
-                '/modelpress.v1.OptimizerService/Run',
-                request_serializer=modelpress_dot_v1_dot_optimizer__pb2.OptimizerServiceRunRequest.SerializeToString,
-                response_deserializer=modelpress_dot_v1_dot_optimizer__pb2.OptimizerServiceRunResponse.FromString,
-                _registered_method=True)
-        self.Describe = channel.unary_unary(
-                '/modelpress.v1.OptimizerService/Describe',
-                request_serializer=modelpress_dot_v1_dot_optimizer__pb2.OptimizerServiceDescribeRequest.SerializeToString,
-                response_deserializer=modelpress_dot_v1_dot_optimizer__pb2.OptimizerServiceDescribeResponse.FromString,
-                _registered_method=True)
-        self.CheckConfig = channel.unary_unary(
-                '/modelpress.v1.OptimizerService/CheckConfig',
-                request_serializer=modelpress_dot_v1_dot_optimizer__pb2.OptimizerServiceCheckConfigRequest.SerializeToString,
-                response_deserializer=modelpress_dot_v1_dot_optimizer__pb2.OptimizerServiceCheckConfigResponse.FromString,
-                _registered_method=True)
         self.ListEngines = channel.unary_unary(
                 '/modelpress.v1.OptimizerService/ListEngines',
                 request_serializer=modelpress_dot_v1_dot_optimizer__pb2.OptimizerServiceListEnginesRequest.SerializeToString,
@@ -58,30 +44,9 @@ class OptimizerServiceStub:
 
 
 class OptimizerServiceServicer:
-    """The optimizer: runs optimizer stages of a recipe.
+    """What only the optimizer answers, beside the TechniqueService (technique.proto) it serves for
+    its stages: the inference engines of its worker.
     """
-
-    def Run(self, request, context):
-        """Runs one stage; streams progress, then the output artifact.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def Describe(self, request, context):
-        """Lists the methods this service implements and their config fields.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def CheckConfig(self, request, context):
-        """Checks a stage's config against the method's whole declaration, rules across fields included
-        (Describe's fields carry each field's own bounds only). The gateway asks before a job exists.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
 
     def ListEngines(self, request, context):
         """The engines, their precisions and whether each works on this worker.
@@ -93,21 +58,6 @@ class OptimizerServiceServicer:
 
 def add_OptimizerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'Run': grpc.unary_stream_rpc_method_handler(
-                    servicer.Run,
-                    request_deserializer=modelpress_dot_v1_dot_optimizer__pb2.OptimizerServiceRunRequest.FromString,
-                    response_serializer=modelpress_dot_v1_dot_optimizer__pb2.OptimizerServiceRunResponse.SerializeToString,
-            ),
-            'Describe': grpc.unary_unary_rpc_method_handler(
-                    servicer.Describe,
-                    request_deserializer=modelpress_dot_v1_dot_optimizer__pb2.OptimizerServiceDescribeRequest.FromString,
-                    response_serializer=modelpress_dot_v1_dot_optimizer__pb2.OptimizerServiceDescribeResponse.SerializeToString,
-            ),
-            'CheckConfig': grpc.unary_unary_rpc_method_handler(
-                    servicer.CheckConfig,
-                    request_deserializer=modelpress_dot_v1_dot_optimizer__pb2.OptimizerServiceCheckConfigRequest.FromString,
-                    response_serializer=modelpress_dot_v1_dot_optimizer__pb2.OptimizerServiceCheckConfigResponse.SerializeToString,
-            ),
             'ListEngines': grpc.unary_unary_rpc_method_handler(
                     servicer.ListEngines,
                     request_deserializer=modelpress_dot_v1_dot_optimizer__pb2.OptimizerServiceListEnginesRequest.FromString,
@@ -122,89 +72,9 @@ def add_OptimizerServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class OptimizerService:
-    """The optimizer: runs optimizer stages of a recipe.
+    """What only the optimizer answers, beside the TechniqueService (technique.proto) it serves for
+    its stages: the inference engines of its worker.
     """
-
-    @staticmethod
-    def Run(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_stream(
-            request,
-            target,
-            '/modelpress.v1.OptimizerService/Run',
-            modelpress_dot_v1_dot_optimizer__pb2.OptimizerServiceRunRequest.SerializeToString,
-            modelpress_dot_v1_dot_optimizer__pb2.OptimizerServiceRunResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Describe(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/modelpress.v1.OptimizerService/Describe',
-            modelpress_dot_v1_dot_optimizer__pb2.OptimizerServiceDescribeRequest.SerializeToString,
-            modelpress_dot_v1_dot_optimizer__pb2.OptimizerServiceDescribeResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def CheckConfig(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/modelpress.v1.OptimizerService/CheckConfig',
-            modelpress_dot_v1_dot_optimizer__pb2.OptimizerServiceCheckConfigRequest.SerializeToString,
-            modelpress_dot_v1_dot_optimizer__pb2.OptimizerServiceCheckConfigResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
 
     @staticmethod
     def ListEngines(request,

@@ -4,20 +4,16 @@ figures, printed as tables for people or JSON for programs."""
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import webbrowser
 from pathlib import Path
 
-from google.protobuf import json_format
-from rich.console import Console
 from rich.table import Table
 
-from modelpress.v1 import common_pb2
 from modelpress import Client
+from modelpress.v1 import common_pb2
+from services.cli.output import NOT_MEASURED, err, figure, id_column, json_text, out
 
-err = Console(stderr=True)
-out = Console()
 MB = 1e6
 
 
@@ -50,31 +46,36 @@ def spec_from(args, **extra) -> common_pb2.EvaluationSpec:
 
 
 def _latency_cell(stats: common_pb2.LatencyStats) -> str:
+    if not stats.p50_ms:
+        return NOT_MEASURED
     return f"{stats.p50_ms:.1f} / {stats.p95_ms:.1f} / {stats.p99_ms:.1f} ± {stats.stdev_ms:.1f}"
 
 
 def print_metrics(name: str, m: common_pb2.ModelMetrics) -> None:
     table = Table("figure", "value", title=f"{name} on {m.device}")
     table.add_row("kind / architecture", f"{m.kind} / {m.architecture}")
-    table.add_row("size on disk", f"{m.size_on_disk_bytes / MB:.1f} MB")
-    table.add_row("parameters (logical)", f"{m.parameters / 1e6:.2f} M")
-    table.add_row("parameter bytes (stored)", f"{m.parameter_bytes / MB:.1f} MB")
-    table.add_row(f"FLOPs per pass (b{m.latency.batch_size}×s{m.latency.sequence_length})", f"{m.flops / 1e9:.2f} G")
+    table.add_row("size on disk", figure(m.size_on_disk_bytes, "{:.1f} MB", MB))
+    table.add_row("parameters (logical)", figure(m.parameters, "{:.2f} M", 1e6))
+    table.add_row("parameter bytes (stored)", figure(m.parameter_bytes, "{:.1f} MB", MB))
+    table.add_row(f"FLOPs per pass (b{m.latency.batch_size}×s{m.latency.sequence_length})",
+                  figure(m.flops, "{:.2f} G", 1e9))
     for stats in [m.latency, *m.latency_grid, *([m.decode] if m.HasField("decode") else [])]:
+        throughput = f"  [{stats.tokens_per_s:,.0f} tok/s, {stats.threads} threads]" if stats.p50_ms else ""
         table.add_row(f"{stats.phase} b{stats.batch_size}×s{stats.sequence_length} p50/p95/p99 ± sd (ms)",
-                      f"{_latency_cell(stats)}  [{stats.tokens_per_s:,.0f} tok/s, {stats.threads} threads]")
-    table.add_row("peak RSS", f"{m.peak_rss_mb:.0f} MB")
+                      _latency_cell(stats) + throughput)
+    table.add_row("peak RSS", figure(m.peak_rss_mb, "{:.0f} MB"))
     if m.perplexity:
-        table.add_row(f"perplexity ({m.quality_tokens} held-out tokens)", f"{m.perplexity:.3f}")
-        table.add_row("next-token top-1", f"{m.top1_accuracy:.4f}")
+        table.add_row(f"perplexity ({m.quality_tokens} held-out tokens)", figure(m.perplexity, "{:.3f}"))
+        table.add_row("next-token top-1", figure(m.top1_accuracy, "{:.4f}"))
     if m.HasField("encoder"):
         e = m.encoder
         table.add_row(f"topic k-NN accuracy ({e.sentences} sentences, {e.topics} topics)",
-                      f"{e.knn_topic_accuracy:.4f}")
+                      figure(e.knn_topic_accuracy, "{:.4f}"))
         if e.has_reference:
-            table.add_row("cosine to reference (mean / min)", f"{e.mean_reference_cosine:.5f} / "
-                                                               f"{e.min_reference_cosine:.5f}")
-            table.add_row("nearest-neighbour agreement", f"{e.neighbour_agreement:.4f}")
+            cosines = " / ".join(figure(value, "{:.5f}")
+                                 for value in (e.mean_reference_cosine, e.min_reference_cosine))
+            table.add_row("cosine to reference (mean / min)", cosines)
+            table.add_row("nearest-neighbour agreement", figure(e.neighbour_agreement, "{:.4f}"))
     out.print(table)
 
 
@@ -82,7 +83,7 @@ def cmd_evaluate(args, client: Client) -> int:
     extra = {"reference": _ref(args.reference)} if args.reference else {}
     metrics = client.evaluate(args.model, spec_from(args, **extra))
     if args.json:
-        print(json_format.MessageToJson(metrics))
+        print(json_text(metrics))
     else:
         print_metrics(args.model, metrics)
     return 0
@@ -96,15 +97,16 @@ def _ref(text: str) -> common_pb2.ModelRef:
 
 def print_comparison(c: common_pb2.Comparison) -> None:
     checks = [k.metric for k in next((r.checks for r in c.rows if not r.baseline), [])]
-    table = Table("model", "size MB", "size ×", "FLOPs ×", "p50 ms", "speedup", "RSS ×", "quality kept",
-                  *checks, *(["verdict"] if checks else []),
+    table = Table(id_column("model"), "size MB", "size ×", "FLOPs ×", "p50 ms", "speedup", "RSS ×",
+                  "quality kept", *checks, *(["verdict"] if checks else []),
                   title=f"comparison {c.comparison_id} ({c.threshold_set or 'no threshold set'}; "
                         f"{c.interleaved_rounds} interleaved rounds)")
     for r in c.rows:
         m = r.metrics
-        cells = [r.model + (" (baseline)" if r.baseline else ""), f"{m.size_on_disk_bytes / MB:.1f}",
-                 f"{r.size_ratio:.3f}", f"{r.flops_ratio:.3f}", f"{m.latency.p50_ms:.1f} ± {m.latency.stdev_ms:.1f}",
-                 f"{r.speedup:.2f}", f"{r.memory_ratio:.3f}", f"{r.quality_retention:.2%}"]
+        latency = f"{m.latency.p50_ms:.1f} ± {m.latency.stdev_ms:.1f}" if m.latency.p50_ms else NOT_MEASURED
+        cells = [r.model + (" (baseline)" if r.baseline else ""), figure(m.size_on_disk_bytes, "{:.1f}", MB),
+                 figure(r.size_ratio), figure(r.flops_ratio), latency, figure(r.speedup, "{:.2f}"),
+                 figure(r.memory_ratio), figure(r.quality_retention, "{:.2%}")]
         if checks and r.baseline:
             cells += ["-"] * (len(checks) + 1)
         elif checks:
@@ -123,7 +125,7 @@ def cmd_compare(args, client: Client) -> int:
     comparison = client.compare(args.models, baseline_index=args.baseline, spec=spec_from(args),
                                 threshold_set=args.threshold_set)
     if args.json:
-        print(json_format.MessageToJson(comparison))
+        print(json_text(comparison))
     else:
         print_comparison(comparison)
     return 0 if all(r.passed for r in comparison.rows) else 1
@@ -137,15 +139,17 @@ def cmd_bench_hw(args, client: Client) -> int:
                                     sequence_lengths=args.sequence_lengths, iterations=args.iterations,
                                     threads=args.threads)
     if args.json:
-        print(json.dumps([json_format.MessageToDict(r) for r in rows], indent=2))
+        print(json_text(rows))
         return 0
     table = Table("model", "device", "phase", "batch", "seq", "tokens/s", "p50", "p95", "p99", "sd", "memory MB",
                   "power W")
     for r in rows:
         table.add_row(r.model, r.device_name, r.phase, str(r.batch_size), str(r.sequence_length),
-                      f"{r.throughput:,.0f}", f"{r.latency_p50_ms:.1f}", f"{r.latency_p95_ms:.1f}",
-                      f"{r.latency_p99_ms:.1f}", f"{r.latency_stdev_ms:.1f}", f"{r.memory_usage_mb:.0f}",
-                      f"{r.power_consumption_w:.1f}" if r.HasField("power_consumption_w") else "n/a")
+                      figure(r.throughput, "{:,.0f}"), figure(r.latency_p50_ms, "{:.1f}"),
+                      figure(r.latency_p95_ms, "{:.1f}"), figure(r.latency_p99_ms, "{:.1f}"),
+                      f"{r.latency_stdev_ms:.1f}" if r.latency_p50_ms else NOT_MEASURED,
+                      figure(r.memory_usage_mb, "{:.0f}"),
+                      f"{r.power_consumption_w:.1f}" if r.HasField("power_consumption_w") else NOT_MEASURED)
     out.print(table)
     if rows and not args.list:
         machine = rows[0].machine
@@ -164,15 +168,16 @@ def cmd_recommend(args, client: Client) -> int:
                                 candidate_recipes=args.candidates, stored_only=args.stored_only,
                                 isa_class=args.isa_class, **evaluation)
     if args.json:
-        print(json_format.MessageToJson(response))
+        print(json_text(response))
         return 0
-    table = Table("#", "recipe", "feasible", "size MB", "p50 ms", "quality kept", "Pareto", "job",
+    table = Table("#", "recipe", "feasible", "size MB", "p50 ms", "quality kept", "Pareto", id_column("job"),
                   title=f"{args.model} for {args.target} on {response.isa_class} CPUs (baseline "
                         f"{response.baseline_size_mb:.1f} MB, p50 {response.baseline_latency_p50_ms:.1f} ms on "
                         f"{response.device_name})")
     for r in response.recommendations:
-        table.add_row(str(r.rank), r.strategy.recipe, "yes" if r.feasible else "[red]no[/red]", f"{r.size_mb:.1f}",
-                      f"{r.latency_p50_ms:.1f}", f"{r.quality_retention:.2%}", "yes" if r.pareto_optimal else "",
+        table.add_row(str(r.rank), r.strategy.recipe, "yes" if r.feasible else "[red]no[/red]",
+                      figure(r.size_mb, "{:.1f}"), figure(r.latency_p50_ms, "{:.1f}"),
+                      figure(r.quality_retention, "{:.2%}"), "yes" if r.pareto_optimal else "",
                       r.job_id + (" (new)" if r.measured_now else ""))
     out.print(table)
     for r in response.recommendations:
@@ -201,7 +206,7 @@ def cmd_report(args, client: Client) -> int:
 def cmd_strategies(args, client: Client) -> int:
     strategies = client.list_strategies(isa_class=args.isa_class)
     if args.json:
-        print(json.dumps([json_format.MessageToDict(s) for s in strategies], indent=2))
+        print(json_text(strategies))
         return 0
     table = Table("strategy", "scenario", "compression ×", "speedup", "quality kept", "evidence")
     for s in strategies:

@@ -13,25 +13,23 @@ from pathlib import Path
 import grpc
 import yaml
 from google.protobuf import json_format
-from rich.console import Console
 from rich.markup import escape
-from rich.progress import (BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
 from rich.table import Table
 
-from modelpress.v1 import common_pb2
-from services.common.runtime import auth
+from modelpress import Client, NotFound, __version__
 from modelpress.headline import job_headline
-from services.common.runtime.settings import DEFAULT_PORTS, default_home
-from services.cli import evaluation as cli_evaluation, launcher
-from modelpress import Client
 from modelpress.pipelines import load_pipeline_file, pipeline_data, pipeline_message, technique_name
-from modelpress.results import result_fields
+from modelpress.results import job_document
+from modelpress.v1 import common_pb2
+from services.cli import evaluation as cli_evaluation, launcher, messages, progress
+from services.cli.output import closed_pipe, err, figure, json_text, out, stdout_is_terminal
 from services.common.contract.chain import format_name
+from services.common.runtime import auth
+from services.common.runtime.settings import DEFAULT_PORTS, default_home
 
-err = Console(stderr=True)
-out = Console()
-JOB_LINE = "{:<18}  {:<22}  {:<18}  {:<9}  {:>4}  {:<12}"
+# `jobs list`: ids whole (a job id is 18 characters, an artifact id 22); on a terminal the model and
+# recipe are cut in the middle so a row fits 100 columns, elsewhere nothing is cut.
+JOB_LINE = "{:<18}  {:<18}  {:<18}  {:<9}  {:>4}  {}"
 HEADLINE_STYLE = {"green": "bold green", "amber": "bold yellow", "red": "bold red"}
 
 
@@ -55,8 +53,7 @@ def _client(args) -> Client:
     return Client(_gateway_target(args), token=token, tls_ca=args.tls_ca)
 
 
-def _state_name(state: int) -> str:
-    return common_pb2.JobState.Name(state).removeprefix("JOB_STATE_").lower()
+_state_name = progress.state_name
 
 
 def _parse_overrides(pairs: list[str]) -> dict:
@@ -151,61 +148,32 @@ def cmd_status(args) -> int:
 
 
 def follow(client: Client, job_id: str, quiet: bool) -> None:
-    """Renders WatchJob until the job ends: progress bars with an ETA on a terminal, one line per
-    stage step otherwise (logs, CI, pipes)."""
-    if quiet:
-        for _ in client.watch(job_id):
-            pass
-        return
-    if not err.is_terminal:
-        _follow_lines(client, job_id)
-        return
-    columns = [TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
-               TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[note]}")]
-    with Progress(*columns, console=err, transient=False) as bars:
-        tasks: dict[int, int] = {}
-        for event in client.watch(job_id):
-            key = event.stage_index
-            if event.kind in (common_pb2.EVENT_KIND_STAGE_STARTED, common_pb2.EVENT_KIND_STAGE_PROGRESS,
-                              common_pb2.EVENT_KIND_STAGE_FINISHED):
-                if key not in tasks:
-                    tasks[key] = bars.add_task(f"stage {key}: {event.stage_name}", total=1.0, note="")
-                done = 1.0 if event.kind == common_pb2.EVENT_KIND_STAGE_FINISHED else event.stage_progress
-                bars.update(tasks[key], completed=done, note=event.message[:60])
-            elif event.kind == common_pb2.EVENT_KIND_LOG:
-                bars.console.print(event.message, markup=False)
-            elif event.kind == common_pb2.EVENT_KIND_JOB_STATE:
-                state = _state_name(event.job_state)
-                note = f" ({event.message})" if event.message and event.message != state else ""
-                bars.console.print(f"job {job_id}: {state}{note}")
+    """Renders WatchJob on stdout until the job ends: a progress bar per stage with an ETA on a
+    terminal, a bounded number of plain lines per stage otherwise (logs, CI, pipes)."""
+    progress.follow(client.watch(job_id), job_id, out, quiet=quiet, terminal=stdout_is_terminal())
 
 
-def _follow_lines(client: Client, job_id: str) -> None:
-    started: dict[int, float] = {}
-    for event in client.watch(job_id):
-        stage = f"stage {event.stage_index} {event.stage_name}"
-        if event.kind == common_pb2.EVENT_KIND_JOB_STATE:
-            err.print(f"job {job_id}: {_state_name(event.job_state)} ({event.message})", markup=False)
-            continue
-        if event.kind == common_pb2.EVENT_KIND_LOG:
-            err.print(f"{stage}: {event.message}", markup=False)
-            continue
-        started.setdefault(event.stage_index, time.monotonic())
-        elapsed = time.monotonic() - started[event.stage_index]
-        fraction = 1.0 if event.kind == common_pb2.EVENT_KIND_STAGE_FINISHED else event.stage_progress
-        eta = f", eta {elapsed * (1 - fraction) / fraction:.0f} s" if 0 < fraction < 1 else ""
-        step = f" {event.step}/{event.total_steps}" if event.total_steps else ""
-        err.print(f"{stage}{step} ({fraction:.0%}{eta}): {event.message}", markup=False)
+def _follow_or_detach(client: Client, job_id: str, args, quiet: bool) -> bool:
+    """Follows the job; Ctrl-C detaches (the job keeps running) and prints how to come back or
+    cancel it. False when detached."""
+    try:
+        follow(client, job_id, quiet)
+    except KeyboardInterrupt:
+        err.print(messages.detached(job_id, args.gateway), markup=False, highlight=False)
+        return False
+    return True
 
 
 def _latency_cell(stats: common_pb2.LatencyStats) -> str:
+    if not stats.p50_ms:
+        return figure(None)
     return f"{stats.p50_ms:.1f} ± {stats.stdev_ms:.1f}" + (" (unreliable)" if stats.unreliable else "")
 
 
 def _speed_cell(ratio: common_pb2.SpeedRatio) -> str:
     """compressed ÷ original time with its interval (the inverse of the speedup)."""
     if not ratio.speedup:
-        return "-"
+        return figure(None)
     cell = f"{1 / ratio.speedup:.3f}"
     if ratio.ci95_low and ratio.ci95_high:
         cell += f" [{1 / ratio.ci95_high:.3f}–{1 / ratio.ci95_low:.3f}]"
@@ -218,17 +186,19 @@ def print_result(job: common_pb2.Job) -> None:
     result = job.result
     o, c = result.original, result.compressed
     if not o.size_on_disk_bytes:
-        out.print(f"job {job.job_id}: {result.compressed_model_size_bytes / 1e6:.1f} MB, artifact "
-                  f"{result.compressed_artifact_id} (not evaluated)")
+        size = figure(result.compressed_model_size_bytes, "{:.1f} MB", 1e6)
+        out.print(f"job {job.job_id}: {size}, artifact {result.compressed_artifact_id or job.output.id} "
+                  "(not evaluated)", markup=False)
         return
     table = Table("metric", "original", "compressed", "compressed ÷ original", "better",
                   title=f"job {job.job_id} ({job.recipe})")
 
-    def row(name, before, after, fmt, better="lower"):
-        table.add_row(name, fmt.format(before), fmt.format(after), f"{after / before:.3f}" if before else "-", better)
+    def row(name, before, after, fmt, better="lower", scale=1.0):
+        ratio = figure(after / before if before and after else None)
+        table.add_row(name, figure(before, fmt, scale), figure(after, fmt, scale), ratio, better)
 
-    row("size on disk (MB)", o.size_on_disk_bytes / 1e6, c.size_on_disk_bytes / 1e6, "{:.1f}")
-    row("parameters (M)", o.parameters / 1e6, c.parameters / 1e6, "{:.2f}")
+    row("size on disk (MB)", o.size_on_disk_bytes, c.size_on_disk_bytes, "{:.1f}", scale=1e6)
+    row("parameters (M)", o.parameters, c.parameters, "{:.2f}", scale=1e6)
     shape = f"b{o.latency.batch_size}×s{o.latency.sequence_length}"
     table.add_row(f"{o.latency.phase or 'forward'} p50 ± sd (ms, {shape})", _latency_cell(o.latency),
                   _latency_cell(c.latency), _speed_cell(result.prefill_speedup), "lower")
@@ -239,8 +209,8 @@ def print_result(job: common_pb2.Job) -> None:
     if o.kind == "encoder":
         row("topic k-NN accuracy", o.encoder.knn_topic_accuracy, c.encoder.knn_topic_accuracy, "{:.4f}", "higher")
         if c.encoder.has_reference:
-            table.add_row("mean cosine to the original", "reference", f"{c.encoder.mean_reference_cosine:.4f}", "-",
-                          "higher")
+            table.add_row("mean cosine to the original", "reference",
+                          figure(c.encoder.mean_reference_cosine, "{:.4f}"), "-", "higher")
     elif o.perplexity:
         row(f"perplexity (held-out, {o.quality_tokens} tokens)", o.perplexity, c.perplexity, "{:.3f}")
         row("next-token top-1 accuracy", o.top1_accuracy, c.top1_accuracy, "{:.4f}", "higher")
@@ -279,24 +249,21 @@ def _finish_job(client: Client, job: common_pb2.Job, args) -> int:
     """Follows a submitted job when asked (--wait) and prints its outcome; the exit code says it."""
     if not args.wait:
         if args.json:
-            print(json.dumps({"job_id": job.job_id, "status": _state_name(job.state)}))
+            print(json.dumps(job_document(job), indent=2))
         else:
-            out.print(f"job {job.job_id} submitted ({job.recipe}); follow with `modelpress watch {job.job_id}`")
+            out.print(f"job {job.job_id} submitted ({job.recipe}); follow with "
+                      f"`{messages.command_prefix(args.gateway)} watch {job.job_id}`",
+                      markup=False, highlight=False)
         return 0
-    follow(client, job.job_id, quiet=args.json)
+    if not _follow_or_detach(client, job.job_id, args, quiet=args.json):
+        return messages.EXIT_INTERRUPTED
     job = client.get_job(job.job_id)
     if args.json:
-        print(json.dumps({
-            "job_id": job.job_id,
-            "status": _state_name(job.state),
-            "artifact_id": job.output.id,
-            "error": job.error,
-            "result": result_fields(job.result, job.recipe) if job.state == common_pb2.JOB_STATE_SUCCEEDED else None,
-        }, indent=2))
+        print(json.dumps(job_document(job), indent=2))
     elif job.state == common_pb2.JOB_STATE_SUCCEEDED:
         print_result(job)
     else:
-        err.print(f"job {job.job_id} {_state_name(job.state)}: {job.error}")
+        err.print(f"job {job.job_id} {_state_name(job.state)}: {job.error}", markup=False, highlight=False)
     return 0 if job.state == common_pb2.JOB_STATE_SUCCEEDED else 1
 
 
@@ -312,7 +279,7 @@ def cmd_engines(args) -> int:
     with _client(args) as client:
         response = client.engines()
     if args.json:
-        print(json.dumps(json_format.MessageToDict(response, preserving_proto_field_name=True), indent=2))
+        print(json_text(response))
         return 0
     table = Table("engine", "precisions (compute)", "available", "why not")
     for e in response.engines:
@@ -329,12 +296,17 @@ def cmd_engines(args) -> int:
 
 
 def cmd_watch(args) -> int:
+    """The job's events on stdout (history first) until it ends; Ctrl-C stops watching, not the job."""
     with _client(args) as client:
-        if args.json:
-            for event in client.watch(args.job_id):
-                print(json_format.MessageToJson(event, indent=None), flush=True)
-        else:
-            follow(client, args.job_id, quiet=False)
+        try:
+            if args.json:
+                for event in client.watch(args.job_id):
+                    print(json_text(event, indent=None), flush=True)
+            else:
+                follow(client, args.job_id, quiet=False)
+        except KeyboardInterrupt:
+            err.print(messages.detached(args.job_id, args.gateway), markup=False, highlight=False)
+            return messages.EXIT_INTERRUPTED
     return 0
 
 
@@ -354,23 +326,51 @@ def _middle(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width // 2 - 1] + "…" + text[-(width - width // 2):]
 
 
+def job_lines(rows: list[dict], terminal: bool) -> list[str]:
+    """`jobs list` as fixed-width lines. Ids are never cut; on a terminal a long model path or recipe
+    is cut in the middle (a row fits 100 columns), elsewhere nothing is."""
+    cut = (lambda text, width: _middle(text, width)) if terminal else (lambda text, width: text)
+    lines = [JOB_LINE.format("job", "model", "recipe", "status", "done", "artifact").rstrip()]
+    for r in rows:
+        lines.append(JOB_LINE.format(r["job_id"], cut(r["model"], 18), cut(r["recipe"], 18), r["status"],
+                                     f"{r['progress']:.0%}", r["artifact_id"] or "-"))
+    return lines
+
+
+def print_job(job: common_pb2.Job) -> None:
+    """`jobs get` for people: what ran, how each stage ended, and the result table when it succeeded."""
+    out.print(f"job {job.job_id}: {_state_name(job.state)}, {_model_text(job.model)} with {job.recipe}"
+              + (f" ({job.name})" if job.name else ""), markup=False, highlight=False)
+    for stage in job.stages:
+        label = stage.spec.name or stage.spec.method
+        output = f" -> {stage.output.id}" if stage.output.id else ""
+        method = f"{technique_name(stage.spec.technique)}:{stage.spec.method}"
+        out.print(f"  stage {stage.index} {label} ({method}): {_state_name(stage.state)}{output}",
+                  markup=False, highlight=False)
+    if job.error:
+        out.print(f"error: {job.error}", markup=False, highlight=False)
+    if job.state == common_pb2.JOB_STATE_SUCCEEDED:
+        print_result(job)
+
+
 def cmd_jobs(args) -> int:
     with _client(args) as client:
         if args.action == "list":
-            rows = [_job_row(j) for j in client.list_jobs()]
-            if args.json:
-                print(json.dumps(rows, indent=2))
+            jobs = client.list_jobs()
+            if args.json:  # the same document per job as `jobs get --json`
+                print(json.dumps([job_document(j) for j in jobs], indent=2))
             else:
-                # Plain fixed-width lines, 93 columns: long model paths and ids are cut in the middle.
-                print(JOB_LINE.format("job", "model", "recipe", "status", "done", "artifact"))
-                for r in rows:
-                    print(JOB_LINE.format(r["job_id"], _middle(r["model"], 22), _middle(r["recipe"], 18),
-                                          r["status"], f"{r['progress']:.0%}", _middle(r["artifact_id"], 12)))
+                for line in job_lines([_job_row(j) for j in jobs], terminal=stdout_is_terminal()):
+                    print(line)
             return 0
         if not args.job_id:
             raise SystemExit(f"jobs {args.action} needs a JOB id")
         if args.action == "get":
-            print(json_format.MessageToJson(client.get_job(args.job_id)))
+            job = client.get_job(args.job_id)
+            if args.json:
+                print(json.dumps(job_document(job), indent=2))
+            else:
+                print_job(job)
         elif args.action == "cancel":
             job = client.cancel_job(args.job_id)
             out.print(f"job {job.job_id}: {_state_name(job.state)}")
@@ -380,10 +380,30 @@ def cmd_jobs(args) -> int:
     return 0
 
 
+def download(client: Client, identifier: str, folder: Path) -> common_pb2.ArtifactRef:
+    """A job id downloads the job's output; anything else is tried as an artifact id. Which one it is
+    is looked up, not guessed from the id's shape; NOT_FOUND names both when neither exists."""
+    try:
+        client.get_job(identifier)
+    except NotFound:
+        pass
+    else:
+        return client.download(folder, job_id=identifier)
+    try:
+        return client.download(folder, artifact_id=identifier)
+    except NotFound:
+        raise LookupError(messages.neither_job_nor_artifact(identifier)) from None
+
+
 def cmd_download(args) -> int:
     with _client(args) as client:
-        ref = client.download(Path(args.out), job_id=args.job_id)
-    out.print(f"artifact {ref.id} ({ref.size_bytes} bytes, sha256 {ref.sha256[:12]}…) -> {args.out}")
+        try:
+            ref = download(client, args.id, Path(args.out))
+        except LookupError as exc:
+            err.print(str(exc.args[0]), markup=False, highlight=False)
+            return 2
+    out.print(f"artifact {ref.id} ({ref.size_bytes} bytes, sha256 {ref.sha256[:12]}…) -> {args.out}",
+              markup=False, highlight=False)
     return 0
 
 
@@ -400,7 +420,7 @@ def cmd_upload(args) -> int:
     with _client(args) as client:
         ref = client.upload(folder, fmt=UPLOAD_FORMATS[args.format])
     if args.json:
-        print(json_format.MessageToJson(ref))
+        print(json_text(ref))
     else:
         out.print(f"artifact {ref.id} ({ref.size_bytes} bytes, sha256 {ref.sha256[:12]}…)")
     return 0
@@ -463,7 +483,7 @@ def cmd_lineage(args) -> int:
     with _client(args) as client:
         response = client.lineage(args.artifact)
     if args.json:
-        print(json_format.MessageToJson(response, preserving_proto_field_name=True))
+        print(json_text(response))
         return 0
     a = response.artifact
     out.print(f"artifact {a.artifact.id} ({format_name(a.artifact.format)}, {a.artifact.size_bytes} bytes) from "
@@ -492,7 +512,7 @@ def cmd_artifacts(args) -> int:
     with _client(args) as client:
         found = client.list_artifacts(tag=args.tag, model=args.model, recipe=args.recipe)
     if args.json:
-        print(json.dumps([json_format.MessageToDict(a, preserving_proto_field_name=True) for a in found], indent=2))
+        print(json_text(found))
         return 0
     for a in found:
         out.print(f"{a.artifact.id}  {format_name(a.artifact.format):22} {a.artifact.size_bytes / 1e6:9.1f} MB  "
@@ -505,7 +525,7 @@ def cmd_methods(args) -> int:
     with _client(args) as client:
         response = client.list_methods()
     if args.json:
-        print(json_format.MessageToJson(response))
+        print(json_text(response))
         return 0
     for method in response.methods:
         technique = common_pb2.Technique.Name(method.technique).removeprefix("TECHNIQUE_").lower()
@@ -529,6 +549,7 @@ def _with_client(command):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modelpress", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"modelpress {__version__}")
     parser.add_argument("--gateway", help="gateway host:port (default: the local mesh, or $MODELPRESS_GATEWAY)")
     parser.add_argument("--token", help="API token (default $MODELPRESS_TOKEN, or the local --auth mesh's operator)")
     parser.add_argument("--tls-ca", default=os.environ.get("MODELPRESS_TLS_CA") or None,
@@ -570,7 +591,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a recipe config field; STAGE. picks one stage where several take the field")
     p.add_argument("--name", default="")
     p.add_argument("--wait", action="store_true", help="follow progress and print the result")
-    p.add_argument("--json", action="store_true", help="print one JSON object (with --wait: the result)")
+    p.add_argument("--json", action="store_true",
+                   help="print the job as one JSON document (with --wait: once it ended, its result "
+                        "included); the same document as `jobs get JOB --json`")
     p.add_argument("--no-eval", action="store_true", help="skip the before/after measurement")
     p.add_argument("--recompute", action="store_true",
                    help="run every stage even where a stored artifact has the same key (default: reuse it)")
@@ -603,8 +626,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON event per line")
     p.set_defaults(func=cmd_watch)
 
-    p = sub.add_parser("download", help="download a job's compressed model")
-    p.add_argument("job_id")
+    p = sub.add_parser("download", help="download a job's output, or an artifact by its id, into a folder")
+    p.add_argument("id", metavar="JOB_OR_ARTIFACT", help="a job id (its output) or an artifact id")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_download)
 
@@ -642,12 +665,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a reader that went away shows here, not in the interpreter's last flush
+        return code
+    except BrokenPipeError:
+        return closed_pipe()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return messages.EXIT_INTERRUPTED
     except grpc.RpcError as exc:
-        err.print(f"error: {exc.code().name}: {exc.details()}")
+        if messages.gateway_unreachable(exc):
+            err.print(messages.no_gateway(_gateway_target(args)), markup=False, highlight=False)
+            return messages.EXIT_NO_GATEWAY
+        err.print(f"error: {exc.code().name}: {exc.details()}", markup=False, highlight=False)
         return 2
     except (RuntimeError, TimeoutError, ValueError, FileExistsError) as exc:
-        err.print(f"error: {exc}")
+        err.print(f"error: {exc}", markup=False, highlight=False)
         return 2
 
 

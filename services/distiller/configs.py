@@ -12,6 +12,7 @@ from pydantic import Field, model_validator
 from modelpress.v1 import common_pb2
 from services.common.calibration.config import CalibrationConfig
 from services.common.contract.config import MAX_TRAINED_TOKENS, over_budget
+from services.distiller.losses.response import DIVERGENCES, EMBEDDING_LOSSES
 
 FLOAT = common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS
 
@@ -106,15 +107,14 @@ class TemperatureConfig(StudentConfig):
 
 
 class ResponseConfig(TemperatureConfig):
-    divergence: Literal["forward-kl", "reverse-kl", "jsd"] = Field(
-        "forward-kl", description="Causal LMs: KL(teacher ‖ student), KL(student ‖ teacher) or Jensen-Shannon, on "
-                                  "the teacher's top_k tokens")
+    # The allowed divergences and embedding losses are those registered in losses/response.py.
+    divergence: DIVERGENCES.choices() = Field(  # type: ignore[valid-type]
+        "forward-kl", description=DIVERGENCES.described("Causal LMs, on the teacher's top_k tokens"))
     alpha: float = Field(1.0, ge=0.0, le=1.0, description="Causal LMs: weight of the distillation term; 1 - alpha "
                                                           "weighs the next-token cross-entropy on the text")
     top_k: int = Field(64, ge=2, le=4096, description="Causal LMs: teacher logits cached per token")
-    embedding_loss: Literal["mse+cosine", "mse", "cosine"] = Field(
-        "mse+cosine", description="Encoders: match the mean-pooled sentence embedding by MSE (relative to the "
-                                  "teacher's mean square), 1 - cosine, or both")
+    embedding_loss: EMBEDDING_LOSSES.choices() = Field(  # type: ignore[valid-type]
+        "mse+cosine", description=EMBEDDING_LOSSES.described("Encoders, on the mean-pooled sentence embedding"))
     learning_rate: float = Field(2e-4, gt=0.0, le=0.1, description="AdamW peak learning rate")
 
 

@@ -1,4 +1,5 @@
-"""The distiller's methods: one registry entry per loss family, each a typed config and a function.
+"""The distiller's methods, one per loss family: each a typed config and the one training run,
+registered here (`@method`); METHODS is the registry the servicer and the in-process API read.
 
 Engine code only: folders in, folder out, progress and checkpoints through a ProgressReporter.
 The student is this stage's input, reshaped by the config (students.py), or an uploaded one; the
@@ -8,6 +9,7 @@ the pruned model learns from the unpruned original).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -16,7 +18,8 @@ from modelpress.v1 import common_pb2
 from services.common.models import modelio
 from services.common.calibration.blocks import decoder_blocks
 from services.common.measure.curves import thin
-from services.common.contract.engine_api import Method, ProgressMetric, ProgressReporter, StageResult
+from services.common.contract.engine_api import MODEL_KINDS, ProgressMetric, ProgressReporter, StageResult
+from services.common.contract.registry import method, registry
 from services.common.models.float_checkpoint import refuse_quantized
 from services.common.measure.flops import forward_flops, parameter_counts
 from services.common.models.reload import reload_difference
@@ -28,6 +31,7 @@ from services.distiller.students import build_student
 from services.distiller.training import LoopState, train
 from services.distiller.vocabulary import kept_token_ids, rewrite_tokenizer, trim_embeddings
 
+D = common_pb2.TECHNIQUE_DISTILLER
 FLOAT = common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS
 CURVE_POINTS = 100
 
@@ -50,7 +54,16 @@ def check_compatible(teacher_dir: Path, student_dir: Path) -> None:
                          f"{differing} entries differ); distill between models of one tokenizer")
 
 
-def _run(config: ResponseConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
+def _distill(name: str) -> Callable[[ResponseConfig, Path, Path, ProgressReporter], StageResult]:
+    """The training run as method `name` (its config's loss terms make the family)."""
+
+    def run(config: ResponseConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
+        return _run(name, config, src, dst, reporter)
+
+    return run
+
+
+def _run(name: str, config: ResponseConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
     reporter.report(0, 1, "loading teacher and student")
     teacher_dir = config.local_path("teacher") or src
     student_dir = config.local_path("student") or src
@@ -99,7 +112,7 @@ def _run(config: ResponseConfig, src: Path, dst: Path, reporter: ProgressReporte
                         student, dst, sample.get("student_input_ids", sample["input_ids"]), sample["attention_mask"],
                         what="the student")})
     figures["tokenizer_round_trip"] = _tokenizer_round_trip(dst, data) if keep is not None else None
-    compression = {"method": f"distill-{config_family(config)}", **config.model_dump()}
+    compression = {"method": name, **config.model_dump()}
     return StageResult(format=FLOAT, architecture=_architecture(student), compression=compression, metrics=figures)
 
 
@@ -140,16 +153,6 @@ def _tokenizer_round_trip(folder: Path, data) -> float:
     return same / len(texts) if texts else 1.0
 
 
-def config_family(config: ResponseConfig) -> str:
-    if isinstance(config, AttentionConfig):
-        return "attention"
-    if isinstance(config, FeatureConfig):
-        return "feature"
-    if isinstance(config, SelfConfig):
-        return "self"
-    return "response"
-
-
 LOSS = ProgressMetric("loss", "curve", "Training loss (weighted sum of the terms)")
 RESPONSE = ProgressMetric("response", "curve", "Response term: logit divergence or pooled-embedding loss")
 FEATURE = ProgressMetric("feature", "curve", "Hidden-state MSE of the matched blocks")
@@ -158,21 +161,23 @@ VALIDATION = ProgressMetric("validation_loss", "curve", "Response term at T = 1 
 LEARNING_RATE = ProgressMetric("learning_rate", "schedule", "AdamW learning rate")
 TEMPERATURE = ProgressMetric("temperature", "schedule", "Softmax temperature of the matched distributions")
 
-METHODS: dict[str, Method] = {
-    m.name: m
-    for m in (
-        Method("distill-response", "Response-based: KL on temperature-softened logits (forward, reverse, JSD; "
-                                   "hard-label mix) for causal LMs, pooled-embedding MSE/cosine for encoders; "
-                                   "student built from the input (layers, MLP width, vocabulary) or uploaded",
-               ResponseConfig, _run, produces=(FLOAT,), metrics=(LOSS, RESPONSE, VALIDATION, LEARNING_RATE, TEMPERATURE)),
-        Method("distill-feature", "Feature-based: the response term plus hidden-state MSE of matched blocks "
-                                  "through learned projections where widths differ", FeatureConfig, _run,
-               produces=(FLOAT,), metrics=(LOSS, RESPONSE, FEATURE, VALIDATION, LEARNING_RATE, TEMPERATURE)),
-        Method("distill-attention", "Attention-based: the response term plus attention-distribution KL (equal "
-                                    "heads, TinyBERT) or Q-Q/K-K/V-V relation KL (MiniLMv2)", AttentionConfig, _run,
-               produces=(FLOAT,), metrics=(LOSS, RESPONSE, ATTENTION, VALIDATION, LEARNING_RATE, TEMPERATURE)),
-        Method("distill-self", "Self-distillation: the stage's input (pruned or otherwise compressed) learns "
-                               "from its own original; reinitialize=true trains a born-again copy",
-               SelfConfig, _run, produces=(FLOAT,), metrics=(LOSS, RESPONSE, VALIDATION, LEARNING_RATE, TEMPERATURE)),
-    )
-}
+CURVES = (LOSS, RESPONSE, VALIDATION, LEARNING_RATE, TEMPERATURE)
+
+# Every loss family trains causal LMs (logit divergences) and encoders (pooled embeddings).
+method(D, "distill-response", config=ResponseConfig, produces=(FLOAT,), model_kinds=MODEL_KINDS, metrics=CURVES,
+       summary="Response-based: KL on temperature-softened logits (forward, reverse, JSD; hard-label mix) for causal "
+               "LMs, pooled-embedding MSE/cosine for encoders; student built from the input (layers, MLP width, "
+               "vocabulary) or uploaded")(_distill("distill-response"))
+method(D, "distill-feature", config=FeatureConfig, produces=(FLOAT,), model_kinds=MODEL_KINDS,
+       metrics=(LOSS, RESPONSE, FEATURE, VALIDATION, LEARNING_RATE, TEMPERATURE),
+       summary="Feature-based: the response term plus hidden-state MSE of matched blocks through learned projections "
+               "where widths differ")(_distill("distill-feature"))
+method(D, "distill-attention", config=AttentionConfig, produces=(FLOAT,), model_kinds=MODEL_KINDS,
+       metrics=(LOSS, RESPONSE, ATTENTION, VALIDATION, LEARNING_RATE, TEMPERATURE),
+       summary="Attention-based: the response term plus attention-distribution KL (equal heads, TinyBERT) or "
+               "Q-Q/K-K/V-V relation KL (MiniLMv2)")(_distill("distill-attention"))
+method(D, "distill-self", config=SelfConfig, produces=(FLOAT,), model_kinds=MODEL_KINDS, metrics=CURVES,
+       summary="Self-distillation: the stage's input (pruned or otherwise compressed) learns from its own original; "
+               "reinitialize=true trains a born-again copy")(_distill("distill-self"))
+
+METHODS = registry(D)

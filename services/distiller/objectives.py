@@ -64,7 +64,7 @@ class Objective(nn.Module):
         self.teacher = [teacher]  # a list: not a submodule, so not trained or checkpointed
         self.cache: dict[str, torch.Tensor] = {}
         s_blocks, t_blocks = len(decoder_blocks(student)), len(decoder_blocks(teacher))
-        self.feature_weight = getattr(config, "feature_weight", 0.0) if isinstance(config, FeatureConfig) else 0.0
+        self.feature_weight = config.feature_weight if isinstance(config, FeatureConfig) else 0.0
         self.attention_weight = config.attention_weight if isinstance(config, AttentionConfig) else 0.0
         self.pairs: list[tuple[int, int]] = []
         if self.feature_weight or self.attention_weight:

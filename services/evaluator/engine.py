@@ -213,7 +213,13 @@ def compare_folders(folders: list[Path], baseline_index: int, config: Evaluation
         figures["speed"] = speed
         figures["timing_load"] = timed["load"]
         figures.pop("decode", None)
+        reasons = figures.setdefault("not_measured", {})
+        reasons.pop("latency", None)
+        # The interleaved run times decode; a reason of the model's own (an encoder, no KV cache) stays.
+        if reasons.get("decode") == "latency was not timed in this probe":
+            reasons["decode"] = "no per-token decode was timed against the baseline (the baseline has none)"
     for figures, decode in zip(results, timed.get("decode") or []):
         if decode is not None:
             figures["decode"] = decode
+            figures["not_measured"].pop("decode", None)
     return results, {"rounds": timed["rounds"], "load": timed["load"]}

@@ -72,6 +72,37 @@ def _engine_parameters(folder: Path, fmt: str) -> int:
     return openvino_parameters(folder)
 
 
+def not_measured(plan: ProbePlan, kind: str, fmt: str, supports_decode: bool) -> dict[str, str]:
+    """What a measurement of this model under this plan leaves out, each with why."""
+    causal = kind == "causal-lm"
+    reasons: dict[str, str] = {}
+    if fmt in ("ONNX", "OpenVINO IR"):
+        reasons["flops"] = (f"torch's flop counter sees PyTorch ops only: the FLOPs of an {fmt} graph "
+                            f"are not counted")
+    if not causal:
+        reasons.update(perplexity="an encoder has no perplexity",
+                       top1_accuracy="an encoder has no next-token accuracy",
+                       quality_tokens="an encoder scores no token windows",
+                       decode="an encoder has no per-token decode")
+    elif not plan.quality_windows:
+        for name in ("perplexity", "top1_accuracy", "quality_tokens"):
+            reasons[name] = "quality_windows is 0: no held-out windows were scored"
+    if causal:
+        reasons["encoder"] = "a causal LM has no sentence embeddings to score"
+    elif not plan.quality_sentences:
+        reasons["encoder"] = "quality_sentences is 0: no held-out sentences were embedded"
+    if causal and not supports_decode:
+        reasons["decode"] = f"the {fmt} graph was exported without its KV cache: it has no per-token decode"
+    elif causal and not plan.decode_tokens:
+        reasons["decode"] = "decode_tokens is 0: no per-token decode was timed"
+    if not plan.time_latency:
+        reasons["latency"] = "latency was not timed in this probe"
+        reasons.setdefault("decode", "latency was not timed in this probe")
+    if not plan.device.startswith("cuda"):
+        reasons["cuda_max_memory_mb"] = "measured on the CPU"
+    return reasons
+
+
 def measure(plan: ProbePlan) -> dict:
     import torch
 
@@ -93,10 +124,12 @@ def measure(plan: ProbePlan) -> dict:
         "kind": kind,
         "format": loaded.format,
         "parameters": _engine_parameters(folder, loaded.format) if engine_format else count_parameters(model),
-        # torch's flop counter sees PyTorch ops only; an engine graph's FLOPs are not counted (0).
-        "flops": 0 if engine_format else count_flops(model, ids),
         "machine": describe_machine(use_gpu=plan.device != "cpu").as_dict(),
+        # Why each figure this probe leaves out was not measured (ModelMetrics.not_measured).
+        "not_measured": not_measured(plan, kind, loaded.format, getattr(model, "supports_decode", True)),
     }
+    if not engine_format:  # torch's flop counter sees PyTorch ops only
+        figures["flops"] = count_flops(model, ids)
     if plan.time_latency:
         watch = LoadWatch().start()
         power = PowerMeter()

@@ -1,8 +1,9 @@
 """JSON and self-contained HTML reports of a job or a comparison, plots embedded as PNG.
 
-Input is plain data (dicts made from the Job / Comparison messages and the job's events);
-output is two strings. A reader should get the outcome from the headline in ten seconds,
-then find the evidence below it: figures with their spread, the plots, every stage.
+Input is the Job / Comparison message (read through modelpress.results' one schema: snake_case
+names, None for what was not measured) and the job's events as plain data; output is two strings.
+A reader should get the outcome from the headline in ten seconds, then find the evidence below it:
+figures with their spread, the plots, every stage. A figure that was not measured reads "n/a".
 """
 
 from __future__ import annotations
@@ -21,8 +22,11 @@ import matplotlib
 matplotlib.use("Agg")  # no display: render straight to PNG
 import matplotlib.pyplot as plt  # noqa: E402
 
-# Per-layer figures the quantizer reports in its progress events, best first.
+from modelpress.results import job_document, message_document  # noqa: E402
+from modelpress.v1 import common_pb2  # noqa: E402
+
 MB = 1e6  # sizes on disk in SI megabytes, as the CLI prints them
+NOT_MEASURED = "n/a"
 
 
 @dataclass
@@ -84,7 +88,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     for row in rows:
         cells = []
         for cell in row:
-            css = ' class="ok"' if cell == "pass" else ' class="bad"' if cell == "FAIL" else ""
+            css = ' class="ok"' if cell == "pass" else ' class="bad"' if cell.startswith("FAIL") else ""
             cells.append(f"<td{css}>{html.escape(cell)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
@@ -98,17 +102,31 @@ def _png(fig) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def _num(value: float, digits: int = 3) -> str:
+def _num(value: float | None, digits: int = 3) -> str:
+    """A figure as a table shows it; "n/a" for one that was not measured (never a 0)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
+        return NOT_MEASURED
     return f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:,.0f}"
 
 
-def _quality_of(metrics: dict) -> tuple[str, float]:
+def _share(value: float | None) -> str:
+    return NOT_MEASURED if value is None else f"{value:.2%}"
+
+
+def _scaled(value: float | None, scale: float) -> float | None:
+    return None if value is None else value * scale
+
+
+def _part(data: dict | None, key: str) -> dict:
+    """A sub-message of a document, {} where it is None (not measured)."""
+    return (data or {}).get(key) or {}
+
+
+def _quality_of(metrics: dict) -> tuple[str, float | None]:
     """The headline quality number of one model: perplexity (LMs) or topic k-NN accuracy (encoders)."""
     if metrics.get("kind") == "encoder":
-        return "topic k-NN accuracy", metrics.get("encoder", {}).get("knnTopicAccuracy", 0.0)
-    return "perplexity", metrics.get("perplexity", 0.0)
+        return "topic k-NN accuracy", _part(metrics, "encoder").get("knn_topic_accuracy")
+    return "perplexity", metrics.get("perplexity")
 
 
 def to_plain(message) -> dict:
@@ -135,6 +153,7 @@ _INT64_KEYS = {"sizeOnDiskBytes", "parameters", "parameterBytes", "flops", "qual
 
 def size_quality_plot(points: list[tuple[str, float, float, bool]], quality_name: str, front: list[int]) -> str:
     """Size (MB) against quality, one point per model; the Pareto front joined by a line."""
+    points = [p for p in points if p[2] is not None]  # a model whose quality was not measured has no point
     fig, ax = plt.subplots(figsize=(5.6, 4))
     for label, size_mb, value, passed in points:
         ax.scatter(size_mb, value, s=60, color="#2e9d4f" if passed else "#c9372c", zorder=3)
@@ -148,11 +167,11 @@ def size_quality_plot(points: list[tuple[str, float, float, bool]], quality_name
     ax.set_ylabel(quality_name + (" (lower is better)" if quality_name == "perplexity" else ""))
     # Show the quality axis at a human scale: a band of at least ±2 % around the values, so
     # equal-looking models look equal instead of being stretched over the whole plot.
-    values = [p[2] for p in points]
+    values = [p[2] for p in points] or [0.0]
     centre, spread = (max(values) + min(values)) / 2, max(values) - min(values)
     half = max(spread * 0.6, abs(centre) * 0.02, 1e-6)
     ax.set_ylim(centre - half, centre + half)
-    ax.set_xlim(0, max(p[1] for p in points) * 1.15)
+    ax.set_xlim(0, max((p[1] for p in points), default=1.0) * 1.15)
     ax.ticklabel_format(axis="y", useOffset=False)
     ax.grid(alpha=.3)
     return _png(fig)
@@ -225,18 +244,20 @@ def layer_series(events: list[dict], keys: list[str]) -> list[tuple[str, list[tu
     return found
 
 
-def _latency_cell(figures: dict) -> str:
-    cell = (f"{_num(figures.get('p50Ms', 0))} / {_num(figures.get('p95Ms', 0))} / {_num(figures.get('p99Ms', 0))}"
-            f" ± {_num(figures.get('stdevMs', 0), 2)}")
+def _latency_cell(figures: dict | None) -> str:
+    if not figures:
+        return NOT_MEASURED
+    cell = (f"{_num(figures['p50_ms'])} / {_num(figures['p95_ms'])} / {_num(figures['p99_ms'])}"
+            f" ± {_num(figures['stdev_ms'], 2)}")
     return cell + (" (unreliable)" if figures.get("unreliable") else "")
 
 
 def _ratio_cell(speed: dict | None) -> str:
     """compressed ÷ original time, with the interval from the interleaved rounds (< 1 is faster)."""
     if not speed or not speed.get("speedup"):
-        return "-"
-    cell = (f"{1 / speed['speedup']:.3f} [{1 / speed['ci95High']:.3f}–{1 / speed['ci95Low']:.3f}]"
-            if speed.get("ci95Low") and speed.get("ci95High") else f"{1 / speed['speedup']:.3f}")
+        return NOT_MEASURED
+    cell = (f"{1 / speed['speedup']:.3f} [{1 / speed['ci95_high']:.3f}–{1 / speed['ci95_low']:.3f}]"
+            if speed.get("ci95_low") and speed.get("ci95_high") else f"{1 / speed['speedup']:.3f}")
     return cell + (" unreliable" if speed.get("unreliable") else "")
 
 
@@ -268,108 +289,114 @@ def machine_text(machine: dict, load: dict | None = None) -> str:
     """CPU model, ISA and threads (and the load while timing) as one line."""
     if not machine:
         return ""
-    isa = ", ".join(machine.get("isaFeatures", [])[-4:]) or "unknown ISA"
-    if machine.get("isaClass"):
-        isa = f"ISA class {machine['isaClass']}: {isa}"
-    text = f"{machine.get('cpuModel', '?')} ({machine.get('logicalCores', 0)} threads; {isa})"
+    isa = ", ".join(machine.get("isa_features", [])[-4:]) or "unknown ISA"
+    if machine.get("isa_class"):
+        isa = f"ISA class {machine['isa_class']}: {isa}"
+    text = f"{machine.get('cpu_model') or '?'} ({machine.get('logical_cores', 0)} threads; {isa})"
     if load:
-        text += (f", load while timing: other processes {load.get('othersCpuShare', 0.0):.0%} of the CPU, "
-                 f"load average {load.get('loadAverage1m', 0.0):.2f}")
+        text += (f", load while timing: other processes {load.get('others_cpu_share', 0.0):.0%} of the CPU, "
+                 f"load average {load.get('load_average_1m', 0.0):.2f}")
     return text
 
 
-def _result_message(result: dict):
-    from google.protobuf import json_format
-
-    from modelpress.v1 import common_pb2
-
-    return json_format.ParseDict(result, common_pb2.CompressionResult(), ignore_unknown_fields=True)
-
-
 def _model_name(job: dict) -> str:
-    model = job.get("model", {})
+    model = job.get("model") or {}
     if model.get("builtin"):
         return model["builtin"]
     if model.get("path"):
         return model["path"].rstrip("/").rsplit("/", 1)[-1]
-    return f"artifact {model.get('artifactId', '?')}"
+    return f"artifact {model.get('artifact_id') or '?'}"
 
 
 def _short_digest(digest: str) -> str:
     return digest[:19] + "…" if digest.startswith("sha256:") else digest
 
 
-def job_report(job: dict, events: list[dict], methods: list[dict] = (), lineage: list[dict] = ()) -> Report:
-    """`methods`: the job's MethodDescriptions (as plain dicts): their declared progress metrics are
-    what gets plotted. `lineage`: the output artifact's chain (its manifest's), shown as a table."""
-    from modelpress.headline import job_headline
+# (label, ModelMetrics field, scale, digits, better); the kind's own quality rows follow them.
+_FIGURE_ROWS = (("size on disk (MB)", "size_on_disk_bytes", 1 / MB, 4, "lower"),
+                ("parameters", "parameters", 1, 6, "lower"),
+                ("stored parameter bytes (MB)", "parameter_bytes", 1 / MB, 4, "lower"),
+                ("FLOPs per pass (G)", "flops", 1e-9, 4, "lower"),
+                ("peak RSS (MB)", "peak_rss_mb", 1, 4, "lower"))
+_CAUSAL_ROWS = (("perplexity", "perplexity", 1, 5, "lower"),
+                ("top-1 accuracy", "top1_accuracy", 1, 4, "higher"))
 
-    result = job.get("result", {})
-    original, compressed = result.get("original", {}), result.get("compressed", {})
-    model_name = _model_name(job)
+
+def _figure_row(label: str, a: float | None, b: float | None, digits: int, better: str) -> list[str]:
+    return [label, _num(a, digits), _num(b, digits), _num(b / a, 4) if a and b is not None else NOT_MEASURED,
+            better]
+
+
+def _before_after_rows(result: dict, original: dict, compressed: dict) -> list[list[str]]:
+    """Every figure that applies to the model's kind, "n/a" where it was not measured."""
+    encoder = original.get("kind") == "encoder"
+    rows = [_figure_row(label, _scaled(original.get(key), scale), _scaled(compressed.get(key), scale), digits,
+                        better)
+            for label, key, scale, digits, better in _FIGURE_ROWS + (() if encoder else _CAUSAL_ROWS)]
+    phase = _part(original, "latency").get("phase") or "forward"
+    for label, section, ratio_key in ((f"{phase} p50 / p95 / p99 (ms)", "latency", "prefill_speedup"),
+                                      ("decode p50 / p95 / p99 (ms)", "decode", "decode_speedup")):
+        a, b = original.get(section), compressed.get(section)
+        if a or b:
+            rows.append([label, _latency_cell(a), _latency_cell(b), _ratio_cell(result.get(ratio_key)),
+                         "lower"])
+    if encoder:
+        mine = _part(compressed, "encoder")
+        rows.append(_figure_row("topic k-NN accuracy", _part(original, "encoder").get("knn_topic_accuracy"),
+                                mine.get("knn_topic_accuracy"), 4, "higher"))
+        # The original is the reference of these two: shown as such, not as a zero.
+        for label, key in (("mean cosine to the original", "mean_reference_cosine"),
+                           ("nearest-neighbour agreement", "neighbour_agreement")):
+            rows.append([label, "reference", _num(mine.get(key), 4), "-", "higher"])
+    return rows
+
+
+def job_report(job: common_pb2.Job, events: list[dict], methods: list[dict] = (), lineage: list[dict] = ()
+               ) -> Report:
+    """`methods`: the job's MethodDescriptions (as plain dicts): their declared progress metrics are
+    what gets plotted. `lineage`: the output artifact's chain (its manifest's), shown as a table.
+    The report's data holds the job as modelpress.results.job_document writes it."""
+    document = job_document(job)
+    job_data = document
+    result = document["result"] or {}
+    original, compressed = result.get("original") or {}, result.get("compressed") or {}
+    model_name = _model_name(job_data)
     quality_name, before_q = _quality_of(original)
     _, after_q = _quality_of(compressed)
-    state = job.get("state", "")
+    state = job_data["state"]
     if not original:
-        headline = f"{job.get('recipe')}: {state}; no before/after measurement was made"
+        headline = f"{job_data['recipe']}: {state}; no before/after measurement was made"
         verdict = "info"
     else:
-        told = job_headline(job.get("recipe", ""), _result_message(result), state == "JOB_STATE_SUCCEEDED")
-        headline, verdict = told.text, VERDICT_OF_COLOUR[told.colour]
-    finished = job.get("finishedAt") or job.get("createdAt", "")
-    context = f"job {job.get('jobId', '')} on {model_name}"
+        told = result["headline"]
+        headline, verdict = told["text"], VERDICT_OF_COLOUR[told["colour"]]
+    finished = job_data["finished_at"] or job_data["created_at"] or ""
+    context = f"job {job_data['job_id']} on {model_name}"
     if finished:
         context += f", {str(finished)[:19].replace('T', ' ')} UTC"
     if original.get("machine"):
-        context += f"; measured on {machine_text(original['machine'], result.get('timingLoad'))}"
-    report = Report(title=f"modelpress report: {job.get('recipe', '')} of {model_name}", headline=headline,
-                    verdict=verdict, data={"kind": "job", "job": job}, context=context)
+        context += f"; measured on {machine_text(original['machine'], result.get('timing_load'))}"
+    report = Report(title=f"modelpress report: {job_data['recipe']} of {model_name}", headline=headline,
+                    verdict=verdict, data={"kind": "job", "job": job_data}, context=context)
     if original:
-        rows = []
-        for label, key, scale, digits, better in (("size on disk (MB)", "sizeOnDiskBytes", 1 / MB, 4, "lower"),
-                                                  ("parameters", "parameters", 1, 6, "lower"),
-                                                  ("stored parameter bytes (MB)", "parameterBytes", 1 / MB, 4, "lower"),
-                                                  ("FLOPs per pass (G)", "flops", 1e-9, 4, "lower"),
-                                                  ("peak RSS (MB)", "peakRssMb", 1, 4, "lower"),
-                                                  ("perplexity", "perplexity", 1, 5, "lower"),
-                                                  ("top-1 accuracy", "top1Accuracy", 1, 4, "higher")):
-            a, b = float(original.get(key, 0) or 0) * scale, float(compressed.get(key, 0) or 0) * scale
-            if a or b:
-                rows.append([label, _num(a, digits), _num(b, digits), _num(b / a, 4) if a else "-", better])
-        phase = original.get("latency", {}).get("phase", "forward")
-        for label, section, ratio_key in ((f"{phase} p50 / p95 / p99 (ms)", "latency", "prefillSpeedup"),
-                                          ("decode p50 / p95 / p99 (ms)", "decode", "decodeSpeedup")):
-            a, b = original.get(section), compressed.get(section)
-            if a and b:
-                rows.append([label] + [_latency_cell(x) for x in (a, b)] + [_ratio_cell(result.get(ratio_key)),
-                                                                            "lower"])
-        if original.get("encoder"):
-            a = original["encoder"].get("knnTopicAccuracy", 0.0)
-            b = compressed.get("encoder", {}).get("knnTopicAccuracy", 0.0)
-            rows.append(["topic k-NN accuracy", _num(a, 4), _num(b, 4), _num(b / a, 4) if a else "-", "higher"])
-            # The original is the reference of these two: shown as such, not as a zero.
-            for label, key in (("mean cosine to the original", "meanReferenceCosine"),
-                               ("nearest-neighbour agreement", "neighbourAgreement")):
-                rows.append([label, "reference", _num(compressed.get("encoder", {}).get(key, 0.0), 4), "-", "higher"])
-        report.tables.append(("Before and after", ["figure", "original", "compressed", "compressed ÷ original",
-                                                   "better"], rows))
+        header = ["figure", "original", "compressed", "compressed ÷ original", "better"]
+        report.tables.append(("Before and after", header, _before_after_rows(result, original, compressed)))
+        sizes = [m["size_on_disk_bytes"] / MB for m in (original, compressed)]
         report.plots["size against quality"] = size_quality_plot(
-            [("original", original.get("sizeOnDiskBytes", 0) / MB, before_q, True),
-             ("compressed", compressed.get("sizeOnDiskBytes", 0) / MB, after_q, verdict != "fail")],
+            [("original", sizes[0], before_q, True), ("compressed", sizes[1], after_q, verdict != "fail")],
             quality_name, front=[])
-        lat_a, lat_b = original.get("latency", {}), compressed.get("latency", {})
-        if lat_a.get("samplesMs") and lat_b.get("samplesMs"):
+        lat_a, lat_b = _part(original, "latency"), _part(compressed, "latency")
+        if lat_a.get("samples_ms") and lat_b.get("samples_ms"):
             report.plots["latency distribution (forward, same inputs)"] = latency_plot(
-                [("original", lat_a["samplesMs"]), ("compressed", lat_b["samplesMs"])],
-                f"batch {lat_a.get('batchSize', 1)} × {lat_a.get('sequenceLength', 0)} tokens, "
+                [("original", lat_a["samples_ms"]), ("compressed", lat_b["samples_ms"])],
+                f"batch {lat_a.get('batch_size', 1)} × {lat_a.get('sequence_length', 0)} tokens, "
                 f"{lat_a.get('threads', 0)} threads")
     stage_rows = []
-    for stage in job.get("stages", []):
-        metrics = stage.get("metrics", {})
+    for stage in job_data["stages"]:
+        metrics = {k: v for k, v in (stage.get("metrics") or {}).items() if k != "not_measured"}
         shown = ", ".join(f"{k}={_num(v) if isinstance(v, float) else v}" for k, v in list(metrics.items())[:6])
-        stage_rows.append([str(stage.get("index", 0)), stage.get("spec", {}).get("method", ""),
-                           stage.get("state", "").replace("JOB_STATE_", "").lower(), stage.get("worker", ""),
-                           shown])
+        stage_rows.append([str(stage["index"]), _part(stage, "spec").get("method", ""),
+                           stage["state"].replace("JOB_STATE_", "").lower(), stage["worker"], shown])
     report.tables.append(("Stages", ["#", "method", "state", "worker", "figures"], stage_rows))
     if lineage:
         report.tables.append(("Lineage (every stage that made the output, by content)",
@@ -419,68 +446,80 @@ def pareto_front(points: list[tuple[float, float]], lower_quality_is_better: boo
 def _speedup_cell(row: dict) -> str:
     """Speedup over the baseline with its interval; 'unreliable' when the rounds disagreed."""
     speed = (row.get("speed") or [{}])[0]
-    cell = _num(row.get("speedup", 0), 3)
-    if speed.get("ci95Low") and speed.get("ci95High") and not row.get("baseline"):
-        cell += f" [{speed['ci95Low']:.2f}–{speed['ci95High']:.2f}]"
+    cell = _num(row.get("speedup"), 3)
+    if speed.get("ci95_low") and speed.get("ci95_high") and not row.get("baseline"):
+        cell += f" [{speed['ci95_low']:.2f}–{speed['ci95_high']:.2f}]"
     return cell + (" unreliable" if speed.get("unreliable") else "")
 
 
-def comparison_report(comparison: dict) -> Report:
-    rows = comparison.get("rows", [])
-    baseline = next((r for r in rows if r.get("baseline")), rows[0] if rows else {})
-    threshold_set = comparison.get("thresholdSet", "")
-    others = [r for r in rows if not r.get("baseline")]
-    passing = [r for r in others if r.get("passed")]
+def _check_cell(check: dict) -> str:
+    if check.get("not_measured"):
+        return "FAIL (n/a)"
+    return "pass" if check.get("passed") else "FAIL"
+
+
+def _outline(row: dict) -> str:
+    """Size, quality kept and speed of a row, for a headline ("n/a" for what was not measured)."""
+    size, kept, speed = row.get("size_ratio"), row.get("quality_retention"), row.get("speedup")
+    return (f"{NOT_MEASURED if size is None else f'{size:.1%}'} of the size, "
+            f"quality kept {NOT_MEASURED if kept is None else f'{kept:.1%}'}, "
+            f"{NOT_MEASURED if speed is None else f'{speed:.2f}×'} speed")
+
+
+def comparison_report(comparison: common_pb2.Comparison) -> Report:
+    """The report's data holds the comparison under modelpress.results' schema."""
+    data = message_document(comparison)
+    rows = data["rows"]
+    baseline = next((r for r in rows if r["baseline"]), rows[0] if rows else {})
+    threshold_set = data["threshold_set"]
+    others = [r for r in rows if not r["baseline"]]
+    passing = [r for r in others if r["passed"]]
     if threshold_set:
         verdict = "pass" if others and len(passing) == len(others) else "fail"
-        best = max(passing, key=lambda r: r.get("qualityRetention", 0), default=None)
+        best = max(passing, key=lambda r: r.get("quality_retention") or 0, default=None)
         headline = (f"{len(passing)} of {len(others)} models pass {threshold_set} against {baseline.get('model')}"
-                    + (f"; best quality kept: {best['model']} ({best.get('qualityRetention', 0):.1%}, "
-                       f"{best.get('sizeRatio', 0):.1%} of the size, {best.get('speedup', 0):.2f}× speed)"
-                       if best else ""))
+                    + (f"; best quality kept: {best['model']} ({_outline(best)})" if best else ""))
     else:
         verdict = "info"
-        smallest = min(others, key=lambda r: r.get("sizeRatio", 1), default=None)
+        smallest = min(others, key=lambda r: r.get("size_ratio") or 1, default=None)
         headline = (f"{len(rows)} models against {baseline.get('model')}"
-                    + (f"; smallest: {smallest['model']} ({smallest.get('sizeRatio', 0):.1%} of the size, "
-                       f"quality kept {smallest.get('qualityRetention', 0):.1%}, "
-                       f"{smallest.get('speedup', 0):.2f}× speed)" if smallest else ""))
+                    + (f"; smallest: {smallest['model']} ({_outline(smallest)})" if smallest else ""))
     report = Report(title="modelpress comparison", headline=headline, verdict=verdict,
-                    data={"kind": "comparison", "comparison": comparison})
+                    data={"kind": "comparison", "comparison": data})
     header = ["model", "size (MB)", "size ratio", "params ratio", "FLOPs ratio", "p50 (ms)", "speedup",
               "RSS ratio", "quality kept"]
-    checks = [c.get("metric", "") for c in (others[0].get("checks", []) if others else [])]
+    checks = [c["metric"] for c in (others[0]["checks"] if others else [])]
     header += checks + (["verdict"] if checks else [])
     table = []
     for r in rows:
-        m = r.get("metrics", {})
-        line = [r.get("model", "") + (" (baseline)" if r.get("baseline") else ""),
-                _num(m.get("sizeOnDiskBytes", 0) / MB, 4), _num(r.get("sizeRatio", 0), 3),
-                _num(r.get("parameterRatio", 0), 3), _num(r.get("flopsRatio", 0), 3),
-                _num(m.get("latency", {}).get("p50Ms", 0), 4), _speedup_cell(r),
-                _num(r.get("memoryRatio", 0), 3), f"{r.get('qualityRetention', 0):.2%}"]
+        m = r.get("metrics") or {}
+        line = [r["model"] + (" (baseline)" if r["baseline"] else ""),
+                _num(_scaled(m.get("size_on_disk_bytes"), 1 / MB), 4), _num(r.get("size_ratio"), 3),
+                _num(r.get("parameter_ratio"), 3), _num(r.get("flops_ratio"), 3),
+                _num(_part(m, "latency").get("p50_ms"), 4), _speedup_cell(r),
+                _num(r.get("memory_ratio"), 3), _share(r.get("quality_retention"))]
         if checks:
-            by_metric = {c.get("metric"): c for c in r.get("checks", [])}
-            line += ["pass" if by_metric.get(c, {}).get("passed") else "FAIL" for c in checks]
-            line.append("-" if r.get("baseline") else ("pass" if r.get("passed") else "FAIL"))
+            by_metric = {c["metric"]: c for c in r["checks"]}
+            line += [_check_cell(by_metric.get(c, {})) for c in checks]
+            line.append("-" if r["baseline"] else ("pass" if r["passed"] else "FAIL"))
         table.append(line)
     report.tables.append(("Against the baseline", header, table))
     if rows:
         # The verdict's own measure (quality kept), and a front through models that passed only.
         quality_name = "quality kept"
-        points = [(r.get("model", ""), r.get("metrics", {}).get("sizeOnDiskBytes", 0) / MB,
-                   1.0 if r.get("baseline") else r.get("qualityRetention", 0.0),
-                   bool(r.get("passed") or r.get("baseline"))) for r in rows]
-        eligible = [i for i, p in enumerate(points) if p[3]]
+        points = [(r["model"], (r.get("metrics") or {}).get("size_on_disk_bytes", 0) / MB,
+                   1.0 if r["baseline"] else r.get("quality_retention"), bool(r["passed"] or r["baseline"]))
+                  for r in rows]
+        eligible = [i for i, p in enumerate(points) if p[3] and p[2] is not None]
         front = [eligible[k] for k in pareto_front([(points[i][1], points[i][2]) for i in eligible],
                                                    lower_quality_is_better=False)]
         report.plots["size against quality kept (Pareto front of passing models dashed)"] = size_quality_plot(
             points, quality_name, front)
         report.data["pareto_front"] = [rows[i].get("model") for i in front]
-        samples = [(r.get("model", ""), r.get("metrics", {}).get("latency", {}).get("samplesMs", [])) for r in rows]
+        samples = [(r["model"], _part(r.get("metrics"), "latency").get("samples_ms", [])) for r in rows]
         if all(s for _, s in samples):
-            lat = baseline.get("metrics", {}).get("latency", {})
+            lat = _part(baseline.get("metrics"), "latency")
             report.plots["latency distribution (interleaved rounds)"] = latency_plot(
-                samples, f"batch {lat.get('batchSize', 1)} × {lat.get('sequenceLength', 0)} tokens, "
+                samples, f"batch {lat.get('batch_size', 1)} × {lat.get('sequence_length', 0)} tokens, "
                          f"{lat.get('threads', 0)} threads")
     return report

@@ -1,4 +1,5 @@
-"""gRPC adapter of the evaluator: measurement, comparison, hardware benchmarks, reports."""
+"""gRPC adapter of the evaluator: its recipe stage through the TechniqueService, and the EvaluatorService
+(measurement, comparison, hardware benchmarks, reports)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import contextvars
 import functools
 import tempfile
 import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -15,15 +18,16 @@ from modelpress.v1 import common_pb2, evaluator_pb2, evaluator_pb2_grpc
 from services.common.models import modelio
 from services.common.store import packaging
 from services.common.store.artifact_store import ArtifactNotFound
-from services.common.contract.config import ConfigError, describe_method, parse_config, struct_to_dict
+from services.common.contract.config import ConfigError, MethodConfig, parse_config, struct_to_dict
 from services.common.measure.machine import describe_machine
 from services.common.models.model_source import describe
 from services.common.runtime.server import ServiceRuntime
 from services.common.runtime.stage_runner import abort_with
-from services.common.runtime.worker_hardware import worker_hardware
+from services.common.runtime.technique_servicer import TechniqueServicer, add_technique_service
 from services.evaluator import report as reports
 from services.evaluator.benchmark_store import BenchmarkStore
 from services.evaluator.comparison import comparison_row, threshold_set_message
+from services.evaluator.figures import metrics_message, stage_figures
 from services.evaluator.engine import (EvaluationConfig, ProbeScope, compare_folders, evaluate_folder,
                                        probe_scope)
 from services.evaluator.formats import check_measurable
@@ -31,6 +35,21 @@ from services.common.contract.thresholds import THRESHOLD_SETS, UnknownThreshold
 
 EVALUATE_METHOD = "evaluate"
 MAX_COMPARED = 8
+
+
+@dataclass(frozen=True)
+class EvaluateStage:
+    """The evaluator's one stage method, as Describe lists it and CheckConfig checks it. Not an engine
+    method: its Run (EvaluationStageServicer.run_stage) measures the input and hands it on unchanged."""
+
+    name: str = EVALUATE_METHOD
+    summary: str = ("Measures the model passing through (size, FLOPs, latency grid, peak RSS, quality) "
+                    "and hands it on unchanged")
+    config_cls: type[MethodConfig] = EvaluationConfig
+    accepts: tuple[int, ...] = ()  # any format the evaluator can load (checked when it runs)
+    model_kinds: tuple[str, ...] = ()  # it measures encoders and causal LMs alike
+    produces: tuple[int, ...] = ()  # its input's
+    metrics: tuple = ()
 
 
 def spec_to_config(spec: common_pb2.EvaluationSpec, **extra) -> EvaluationConfig:
@@ -47,48 +66,6 @@ def spec_to_config(spec: common_pb2.EvaluationSpec, **extra) -> EvaluationConfig
         "sequence_lengths": ",".join(str(s) for s in spec.sequence_lengths),
     }
     return parse_config(EvaluationConfig, {**{k: v for k, v in given.items() if v}, **extra})
-
-
-def latency_message(figures: dict) -> common_pb2.LatencyStats:
-    return common_pb2.LatencyStats(**{k: v for k, v in figures.items()
-                                      if k in common_pb2.LatencyStats.DESCRIPTOR.fields_by_name})
-
-
-def metrics_message(figures: dict) -> common_pb2.ModelMetrics:
-    machine = figures.get("machine", {})
-    metrics = common_pb2.ModelMetrics(
-        size_on_disk_bytes=figures["size_on_disk_bytes"],
-        parameters=figures.get("parameters", 0),
-        parameter_bytes=figures.get("parameter_bytes", 0),
-        flops=figures.get("flops", 0),
-        peak_rss_mb=figures.get("peak_rss_mb", 0.0),
-        perplexity=figures.get("perplexity", 0.0),
-        top1_accuracy=figures.get("top1_accuracy", 0.0),
-        quality_tokens=figures.get("quality_tokens", 0),
-        architecture=figures.get("architecture", ""),
-        kind=figures.get("kind", ""),
-        cuda_max_memory_mb=figures.get("cuda_max_memory_mb", 0.0),
-        machine=common_pb2.MachineInfo(**machine) if machine else None,
-        device=_device_name(machine),
-    )
-    if "latency" in figures:
-        metrics.latency.CopyFrom(latency_message(figures["latency"]))
-    metrics.latency_grid.extend(latency_message(f) for f in figures.get("latency_grid", []))
-    if "decode" in figures:
-        metrics.decode.CopyFrom(latency_message(figures["decode"]))
-    if "encoder" in figures:
-        metrics.encoder.CopyFrom(common_pb2.EncoderQuality(**figures["encoder"]))
-    if "timing_load" in figures:
-        metrics.timing_load.CopyFrom(common_pb2.MachineLoad(**figures["timing_load"]))
-    return metrics
-
-
-def _device_name(machine: dict) -> str:
-    if not machine:
-        return ""
-    if machine.get("device_type") == "gpu" and machine.get("gpu_name"):
-        return machine["gpu_name"]
-    return f"{machine.get('cpu_model', '')} ({machine.get('logical_cores', 0)} threads)"
 
 
 def benchmark_rows(model_label: str, metrics: common_pb2.ModelMetrics, power_w: float | None
@@ -130,32 +107,24 @@ def model_label(ref: common_pb2.ModelRef, folder: Path) -> str:
     return label
 
 
-class EvaluatorServicer(evaluator_pb2_grpc.EvaluatorServiceServicer):
-    def __init__(self, runtime: ServiceRuntime, benchmarks: BenchmarkStore) -> None:
+class Measurer:
+    """The replica's measurements, one at a time: concurrent probes would time each other. Shared by
+    the recipe stage and the EvaluatorService."""
+
+    def __init__(self, runtime: ServiceRuntime) -> None:
         self._runtime = runtime
-        self._benchmarks = benchmarks
-        # One measurement at a time per replica: concurrent probes would time each other.
-        self._measuring = asyncio.Lock()
+        self._turn = asyncio.Lock()
 
-    async def Describe(self, request, context):
-        method = describe_method(common_pb2.TECHNIQUE_EVALUATOR, EVALUATE_METHOD,
-                                 "Measures the model passing through (size, FLOPs, latency grid, peak RSS, quality) "
-                                 "and hands it on unchanged", EvaluationConfig)
-        return evaluator_pb2.EvaluatorServiceDescribeResponse(
-            description=common_pb2.ServiceDescription(technique=common_pb2.TECHNIQUE_EVALUATOR, methods=[method],
-                                                      version="2",
-                                                      hardware=worker_hardware(self._runtime.worker_id)))
-
-    async def _folder(self, ref: common_pb2.ModelRef) -> Path:
+    async def folder(self, ref: common_pb2.ModelRef) -> Path:
         folder = await self._runtime.models.local_folder(ref)
         check_measurable(folder)
         return folder
 
-    async def _measure(self, fn, *args, **kwargs):
+    async def measure(self, fn, *args, **kwargs):
         """Runs `fn` in a thread, one measurement at a time. A cancelled call (deadline, caller gone)
         kills its probes and keeps the turn until its thread has ended, so no two measurements
         ever share the CPU."""
-        async with self._measuring:
+        async with self._turn:
             scope = ProbeScope()
             context = contextvars.copy_context()
             context.run(probe_scope.set, scope)
@@ -167,42 +136,55 @@ class EvaluatorServicer(evaluator_pb2_grpc.EvaluatorServiceServicer):
                 await asyncio.wait({work})
                 raise
 
+
+class EvaluationStageServicer(TechniqueServicer):
+    """The TechniqueService of the evaluator: Describe and CheckConfig of its one stage method, and a Run
+    that measures its input and passes the same artifact on (no new artifact, no stage cache)."""
+
+    def __init__(self, runtime: ServiceRuntime, measurer: Measurer) -> None:
+        super().__init__(common_pb2.TECHNIQUE_EVALUATOR, {EVALUATE_METHOD: EvaluateStage()}, runtime,
+                         version="2")
+        self._measurer = measurer
+
+    async def run_stage(self, stage: common_pb2.StageRequest, context: grpc.aio.ServicerContext
+                        ) -> AsyncIterator[common_pb2.StageUpdate]:
+        if stage.method not in self.methods:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, self.unknown_method(stage.method))
+            return
+        try:
+            config = parse_config(EvaluationConfig, struct_to_dict(stage.config))
+            folder = await self._measurer.folder(stage.input)
+            figures = await self._measurer.measure(evaluate_folder, folder, config)
+            if stage.input.WhichOneof("source") == "artifact_id":
+                artifact = (await self.runtime.store.stat(stage.input.artifact_id)).ref
+            else:
+                fmt = common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS
+                artifact = await self.runtime.store.put_dir(folder, fmt=fmt)
+        except Exception as exc:  # noqa: BLE001
+            await abort_with(context, exc, f"evaluate {describe(stage.input)}")
+            return
+        output = common_pb2.StageOutput(artifact=artifact, worker=self.runtime.worker_id)
+        output.metrics.update(stage_figures(metrics_message(figures)))
+        yield common_pb2.StageUpdate(output=output)
+
+
+class EvaluatorServicer(evaluator_pb2_grpc.EvaluatorServiceServicer):
+    def __init__(self, runtime: ServiceRuntime, benchmarks: BenchmarkStore, measurer: Measurer) -> None:
+        self._runtime = runtime
+        self._benchmarks = benchmarks
+        self._measurer = measurer
+
     async def Evaluate(self, request, context):
         try:
             config = spec_to_config(request.spec)
-            folder = await self._folder(request.model)
-            reference = await self._folder(request.spec.reference) if request.spec.HasField("reference") else None
-            figures = await self._measure(evaluate_folder, folder, config, reference)
+            folder = await self._measurer.folder(request.model)
+            has_reference = request.spec.HasField("reference")
+            reference = await self._measurer.folder(request.spec.reference) if has_reference else None
+            figures = await self._measurer.measure(evaluate_folder, folder, config, reference)
         except Exception as exc:  # noqa: BLE001
             await abort_with(context, exc, "evaluate")
             return
         return evaluator_pb2.EvaluatorServiceEvaluateResponse(metrics=metrics_message(figures))
-
-    async def Run(self, request, context):
-        """An evaluation stage inside a recipe: measures its input and passes the same artifact on."""
-        stage = request.stage
-        try:
-            config = parse_config(EvaluationConfig, struct_to_dict(stage.config))
-            folder = await self._folder(stage.input)
-            figures = await self._measure(evaluate_folder, folder, config)
-            if stage.input.WhichOneof("source") == "artifact_id":
-                artifact = (await self._runtime.store.stat(stage.input.artifact_id)).ref
-            else:
-                fmt = common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS
-                artifact = await self._runtime.store.put_dir(folder, fmt=fmt)
-        except Exception as exc:  # noqa: BLE001
-            await abort_with(context, exc, f"evaluate {describe(stage.input)}")
-            return
-        metrics = metrics_message(figures)
-        flat = {"size_on_disk_bytes": metrics.size_on_disk_bytes, "parameters": metrics.parameters,
-                "flops": metrics.flops, "latency_p50_ms": metrics.latency.p50_ms,
-                "peak_rss_mb": metrics.peak_rss_mb, "perplexity": metrics.perplexity,
-                "top1_accuracy": metrics.top1_accuracy}
-        if metrics.HasField("encoder"):
-            flat["knn_topic_accuracy"] = metrics.encoder.knn_topic_accuracy
-        output = common_pb2.StageOutput(artifact=artifact, worker=self._runtime.worker_id)
-        output.metrics.update(flat)
-        yield evaluator_pb2.EvaluatorServiceRunResponse(update=common_pb2.StageUpdate(output=output))
 
     async def Compare(self, request, context):
         try:
@@ -213,13 +195,14 @@ class EvaluatorServicer(evaluator_pb2_grpc.EvaluatorServiceServicer):
                                   f"{len(request.models)} models")
             thresholds = threshold_set(request.threshold_set)
             config = spec_to_config(request.spec)
-            folders = [await self._folder(ref) for ref in request.models]
+            folders = [await self._measurer.folder(ref) for ref in request.models]
             kinds = {describe(ref): modelio.model_kind(modelio.read_config(f))
                      for ref, f in zip(request.models, folders)}
             if len(set(kinds.values())) > 1:
                 raise ConfigError("models: a comparison needs models of one kind, got "
                                   + ", ".join(f"{name} ({kind})" for name, kind in kinds.items()))
-            figures, run = await self._measure(compare_folders, folders, request.baseline_index, config)
+            figures, run = await self._measurer.measure(compare_folders, folders, request.baseline_index,
+                                                        config)
         except UnknownThresholdSet as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc.args[0]))
             return
@@ -238,7 +221,7 @@ class EvaluatorServicer(evaluator_pb2_grpc.EvaluatorServiceServicer):
         comparison.created_at.GetCurrentTime()
         if not request.skip_report:
             comparison.report.CopyFrom(
-                await self._store_report(reports.comparison_report(reports.to_plain(comparison))))
+                await self._store_report(reports.comparison_report(comparison)))
         return evaluator_pb2.EvaluatorServiceCompareResponse(comparison=comparison)
 
     async def ListThresholdSets(self, request, context):
@@ -255,8 +238,8 @@ class EvaluatorServicer(evaluator_pb2_grpc.EvaluatorServiceServicer):
                 "latency_iterations": request.iterations or 10, "decode_tokens": request.iterations or 10,
                 "threads": request.threads or 2,
                 "quality_windows": 0, "quality_sentences": 0, **_cuda_if_present()})
-            folder = await self._folder(request.model)
-            figures = await self._measure(evaluate_folder, folder, config)
+            folder = await self._measurer.folder(request.model)
+            figures = await self._measurer.measure(evaluate_folder, folder, config)
         except Exception as exc:  # noqa: BLE001
             await abort_with(context, exc, "benchmark")
             return
@@ -279,7 +262,7 @@ class EvaluatorServicer(evaluator_pb2_grpc.EvaluatorServiceServicer):
                     lineage = (await self._runtime.store.stat(request.job.output.id)).meta.get("chain", [])
                 except ArtifactNotFound:
                     lineage = []
-            made = await asyncio.to_thread(reports.job_report, reports.to_plain(request.job), events, methods, lineage)
+            made = await asyncio.to_thread(reports.job_report, request.job, events, methods, lineage)
             ref = await self._store_report(made)
         except Exception as exc:  # noqa: BLE001
             await abort_with(context, exc, f"report of {request.job.job_id}")
@@ -301,5 +284,8 @@ def _cuda_if_present() -> dict:
 
 async def register(server: grpc.aio.Server, runtime: ServiceRuntime) -> list[str]:
     benchmarks = await BenchmarkStore(runtime.js).ensure()
-    evaluator_pb2_grpc.add_EvaluatorServiceServicer_to_server(EvaluatorServicer(runtime, benchmarks), server)
-    return [evaluator_pb2.DESCRIPTOR.services_by_name["EvaluatorService"].full_name]
+    measurer = Measurer(runtime)
+    stage_name = add_technique_service(server, EvaluationStageServicer(runtime, measurer))
+    evaluator = EvaluatorServicer(runtime, benchmarks, measurer)
+    evaluator_pb2_grpc.add_EvaluatorServiceServicer_to_server(evaluator, server)
+    return [stage_name, evaluator_pb2.DESCRIPTOR.services_by_name["EvaluatorService"].full_name]

@@ -8,9 +8,8 @@ import time
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from modelpress.v1 import (common_pb2, distiller_pb2, distiller_pb2_grpc, evaluator_pb2, evaluator_pb2_grpc,
-                           optimizer_pb2, optimizer_pb2_grpc, pruner_pb2, pruner_pb2_grpc, quantizer_pb2,
-                           quantizer_pb2_grpc)
+from modelpress.v1 import (common_pb2, evaluator_pb2_grpc, optimizer_pb2_grpc, technique_pb2,
+                           technique_pb2_grpc)
 from services.common.runtime.settings import TECHNIQUE_SERVICES
 
 # Round-robin over every address a target resolves to, so `--scale quantizer=3` spreads stages.
@@ -33,21 +32,14 @@ CHANNEL_OPTIONS = [
 ]
 HEALTH_TIMEOUT_S = 2.0
 
-_STUBS = {
-    common_pb2.TECHNIQUE_QUANTIZER: (quantizer_pb2_grpc.QuantizerServiceStub, quantizer_pb2),
-    common_pb2.TECHNIQUE_PRUNER: (pruner_pb2_grpc.PrunerServiceStub, pruner_pb2),
-    common_pb2.TECHNIQUE_DISTILLER: (distiller_pb2_grpc.DistillerServiceStub, distiller_pb2),
-    common_pb2.TECHNIQUE_EVALUATOR: (evaluator_pb2_grpc.EvaluatorServiceStub, evaluator_pb2),
-    common_pb2.TECHNIQUE_OPTIMIZER: (optimizer_pb2_grpc.OptimizerServiceStub, optimizer_pb2),
-}
-
 
 class ServiceUnavailable(RuntimeError):
     pass
 
 
 class Mesh:
-    """Channels to the technique services and typed access to their Run/Describe."""
+    """Channels to the technique services: every one serves the TechniqueService (Run, Describe,
+    CheckConfig); the evaluator and the optimizer also serve their own service on the same channel."""
 
     def __init__(self, targets: dict[str, str], describe_ttl_s: float = 30.0,
                  credentials: grpc.ChannelCredentials | None = None) -> None:
@@ -59,14 +51,13 @@ class Mesh:
         self._ttl = describe_ttl_s
         self._described: dict[int, tuple[float, common_pb2.ServiceDescription]] = {}
 
-    def stub(self, technique: int):
-        stub_cls, _ = _STUBS[technique]
-        return stub_cls(self._channels[technique])
+    def stub(self, technique: int) -> technique_pb2_grpc.TechniqueServiceStub:
+        return technique_pb2_grpc.TechniqueServiceStub(self._channels[technique])
 
-    def run_request(self, technique: int, stage: common_pb2.StageRequest):
-        _, module = _STUBS[technique]
-        prefix = TECHNIQUE_SERVICES[technique].capitalize()
-        return getattr(module, f"{prefix}ServiceRunRequest")(stage=stage)
+    def run_request(self, technique: int,
+                    stage: common_pb2.StageRequest) -> technique_pb2.TechniqueServiceRunRequest:
+        """The same message for every technique: the stub's channel says which service runs it."""
+        return technique_pb2.TechniqueServiceRunRequest(stage=stage)
 
     async def is_live(self, technique: int) -> bool:
         """Whether some replica of the service answers its health check as SERVING now."""
@@ -89,19 +80,19 @@ class Mesh:
 
     @property
     def evaluator(self) -> evaluator_pb2_grpc.EvaluatorServiceStub:
-        return self.stub(common_pb2.TECHNIQUE_EVALUATOR)
+        """Measurement, comparison, benchmarks and reports (the evaluator's stage is `stub(...)`'s)."""
+        return evaluator_pb2_grpc.EvaluatorServiceStub(self._channels[common_pb2.TECHNIQUE_EVALUATOR])
 
     @property
     def optimizer(self) -> optimizer_pb2_grpc.OptimizerServiceStub:
-        return self.stub(common_pb2.TECHNIQUE_OPTIMIZER)
+        """ListEngines (the optimizer's stages are `stub(...)`'s)."""
+        return optimizer_pb2_grpc.OptimizerServiceStub(self._channels[common_pb2.TECHNIQUE_OPTIMIZER])
 
     async def describe(self, technique: int) -> common_pb2.ServiceDescription:
         cached = self._described.get(technique)
         if cached and time.monotonic() - cached[0] < self._ttl:
             return cached[1]
-        _, module = _STUBS[technique]
-        prefix = TECHNIQUE_SERVICES[technique].capitalize()
-        request = getattr(module, f"{prefix}ServiceDescribeRequest")()
+        request = technique_pb2.TechniqueServiceDescribeRequest()
         try:
             # wait_for_ready as in is_live: a channel in reconnect backoff after its replica restarted
             # would otherwise fail this call at once although the replica is serving again.
@@ -115,9 +106,7 @@ class Mesh:
         """The service's own check of a stage config (rules across fields included): (problems,
         work budgets it goes past). A replica from before CheckConfig existed checks nothing here,
         and its Run still refuses a bad config."""
-        _, module = _STUBS[technique]
-        prefix = TECHNIQUE_SERVICES[technique].capitalize()
-        request = getattr(module, f"{prefix}ServiceCheckConfigRequest")(stage=stage)
+        request = technique_pb2.TechniqueServiceCheckConfigRequest(stage=stage)
         try:
             response = await self.stub(technique).CheckConfig(request, timeout=5.0, wait_for_ready=True)
         except grpc.aio.AioRpcError as exc:

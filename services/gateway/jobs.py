@@ -27,14 +27,14 @@ from services.common.store.events import EventLog
 from services.gateway.job_store import JobStore
 from services.common.models.model_source import describe
 from services.common.contract.chain import label_of
-from services.common.contract.gates import failed_checks, gate_figures, parse_gate
+from services.common.contract.gates import failed_checks, gate_figures, gate_not_measured, parse_gate
 from services.common.runtime.settings import TECHNIQUE_SERVICES
 from services.common.store.stage_checkpoints import delete_job_checkpoints
 from services.gateway.access import Grants
 from services.gateway.catalog import Mesh, ServiceUnavailable
 from services.gateway.leases import JobLeases
 from services.gateway.outcomes import OutcomeStore
-from modelpress.results import compression_result
+from modelpress.results import compression_result, ended_without_result, result_headline, unevaluated_result
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,8 @@ SAVE_EVERY_S = 0.5
 # While no replica answers: how often the job says it is still waiting, and how often it looks.
 WAIT_EVENT_EVERY_S = 5.0
 WAIT_POLL_S = 1.0
+# Why a job's before/after figures are missing when its evaluation was skipped.
+EVALUATION_SKIPPED = "the job ran with its evaluation skipped (EvaluationSpec.skip, `--no-eval`)"
 
 
 class GateFailed(RuntimeError):
@@ -257,9 +259,8 @@ class JobRunner:
             elif not job.evaluation.skip:
                 await self._evaluate(job)
             else:
-                job.result.CopyFrom(common_pb2.CompressionResult(
-                    job_id=job.job_id, compressed_model_size_bytes=job.output.size_bytes,
-                    compressed_artifact_id=job.output.id))
+                job.result.CopyFrom(unevaluated_result(job.job_id, job.output.id, EVALUATION_SKIPPED,
+                                                       compressed_size_bytes=job.output.size_bytes))
             job.state = common_pb2.JOB_STATE_SUCCEEDED
             recipes = (await self.store.stat(job.output.id)).meta.get("recipes", [])
             if job.recipe not in recipes:  # what ListArtifacts(recipe=) finds it by
@@ -407,10 +408,13 @@ class JobRunner:
         await self.jobs.put(job)
         row = await self._compare(job, input_ref.artifact_id, stage.index, label)
         figures = gate_figures(row, job.result)
-        stage.metrics.CopyFrom(ev.to_struct(figures))
+        not_measured = gate_not_measured(row, job.result)
+        shown = {**figures, "not_measured": not_measured} if not_measured else figures
+        stage.metrics.CopyFrom(ev.to_struct(shown))
         stage.output.CopyFrom((await self.store.stat(input_ref.artifact_id)).ref)
         gate = parse_gate(stage.spec.gate)
-        failures = failed_checks(gate, figures) if gate else []
+        # A bound on a figure that was not measured fails, naming why: never passed by omission.
+        failures = failed_checks(gate, figures, not_measured) if gate else []
         _now(stage.finished_at)
         if failures:
             stage.state = common_pb2.JOB_STATE_FAILED
@@ -473,6 +477,11 @@ class JobRunner:
         if fresh.state in ev.TERMINAL_STATES:  # already finished (e.g. cancelled twice)
             return
         job.state = state
+        if not job.HasField("result"):
+            job.result.CopyFrom(ended_without_result(job))
+        # The outcome in one sentence on the record itself, so every reader of the result has it.
+        succeeded = state == common_pb2.JOB_STATE_SUCCEEDED
+        job.result.headline.CopyFrom(result_headline(job.recipe, job.result, succeeded))
         if state == common_pb2.JOB_STATE_SUCCEEDED:
             job.progress = 1.0
         else:

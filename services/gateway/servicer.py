@@ -22,7 +22,8 @@ from services.common.store.events import TERMINAL_STATES
 from services.common.measure.isa import CLASS_NAMES
 from services.gateway.job_store import JobNotFound
 from services.common.store.kv_records import RecordBucket
-from services.common.contract.chain import InvalidArgument, check_chain, label_of, validate_recipe
+from services.common.contract.chain import (InvalidArgument, MethodUnavailable, check_chain, label_of,
+                                            validate_recipe)
 from services.common.contract.recipes import RECIPES, UnknownRecipe
 from services.common.runtime.server import ServiceRuntime, targets_credentials
 from services.common.runtime.settings import TECHNIQUE_SERVICES
@@ -36,11 +37,12 @@ from services.gateway.recommender import NoCandidateMeasured, NothingStored, rec
 from services.gateway.strategies import all_strategies
 from services.gateway.user_recipes import RecipeNotFound, RecipeStore
 from services.gateway.retention import Retention, RetentionPolicy
-from services.gateway.positions import check_positions, model_positions
+from services.gateway.model_head import check_positions, model_positions
 from services.gateway.upload_check import BadUpload, check_upload
 from services.common.runtime.cite import shown
-from services.gateway.validation import (GRID_BOUNDS, check_measurement_work, check_model_ref,
-                                         checked_id, checked_job_state, resolve_evaluation)
+from services.gateway.validation import (GRID_BOUNDS, check_engines_available, check_measurement_work,
+                                         check_model_ref, checked_id, checked_job_state, model_kind,
+                                         resolve_evaluation)
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,6 @@ REPORT_FORMATS = {"": ("report.json", "application/json"), "json": ("report.json
 MAX_BENCHMARK_SHAPES = 8
 # ListEngines calls per request over the round-robin channel: every replica of a mesh of up to this many.
 ENGINE_WORKER_CALLS = 4
-OPTIMIZER_ISSUE = "arrives with the optimizer issue (#5)"
 
 
 class NoOutput(RuntimeError):
@@ -77,6 +78,7 @@ _ERRORS = [
     (ServiceUnavailable, grpc.StatusCode.UNAVAILABLE),
     (NoOutput, grpc.StatusCode.FAILED_PRECONDITION),
     (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (MethodUnavailable, grpc.StatusCode.FAILED_PRECONDITION),
     (RecipeNotFound, grpc.StatusCode.NOT_FOUND),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (WorkBudgetExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
@@ -229,11 +231,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         await self._check_positions(request.model, evaluation, "evaluation")
         recipe, stages, methods = await self._resolve(
             request.recipe, request.pipeline if request.HasField("pipeline") else None, request.overrides)
-        check_chain(stages, methods, model_format)
+        check_chain(stages, methods, model_format, await model_kind(request.model, self._runtime.store))
         await self._check_inputs(stages, methods)
         # Described methods are cached for a while: whether a replica is alive is asked now.
         needed = {s.technique for s in stages} | ({common_pb2.TECHNIQUE_EVALUATOR} if not evaluation.skip else set())
         await self._mesh.require_live(needed)
+        await check_engines_available(stages, self._list_engines, ENGINE_WORKER_CALLS)
         await self._check_job_quota()
         job = await self._runner.submit(
             name=request.name or f"{recipe.name} of {request.model.WhichOneof('source')}", model=request.model,
@@ -550,7 +553,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
 
     async def DeployResult(self, request, context):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                            f"deploying a result to a serving engine {OPTIMIZER_ISSUE}; download it with DownloadArtifact")
+                            "deploying a result to a serving engine is not built yet; download it with DownloadArtifact "
+                            "(modelpress download JOB_OR_ARTIFACT) and serve it with the engine of its format")
 
     @_maps_errors
     async def GetReport(self, request, context):
@@ -614,7 +618,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         methods = await self._methods()
         recipe, stages = validate_recipe(engine.methods[precision], request.options, methods)
         await self._check_configs(stages)
-        check_chain(stages, methods, model_format)
+        check_chain(stages, methods, model_format, await model_kind(request.model, self._runtime.store))
         evaluation = resolve_evaluation(request.evaluation)
         await self._check_positions(request.model, evaluation, "evaluation")
         await self._check_job_quota()

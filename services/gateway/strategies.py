@@ -1,45 +1,15 @@
-"""Strategy templates (the seed's CompressionStrategy): one per recipe, with what it suits and
-where it runs; the expected figures are filled in from measured job outcomes, never typed in."""
+"""Strategies (the seed's CompressionStrategy): one per built-in recipe, with what it suits and where
+it runs as the recipe declares them (recipes.builtin requires both); the expected figures are filled
+in from measured job outcomes, never typed in."""
 
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
 
 from modelpress.v1 import common_pb2, gateway_pb2
 from services.common.measure.isa import class_flags, isa_class
 from modelpress.quality_kept import quality_retention
 from services.common.contract.recipes import RECIPES
-
-
-@dataclass(frozen=True)
-class StrategyTemplate:
-    recipe: str
-    target_scenario: str
-    hardware: tuple[str, ...]
-
-
-TEMPLATES = {t.recipe: t for t in (
-    StrategyTemplate("fp16", "cloud", ("cuda", "cpu with avx512_fp16 or amx", "apple mps")),
-    StrategyTemplate("bf16", "cloud", ("cuda (ampere and newer)", "cpu with avx512_bf16 or amx")),
-    StrategyTemplate("int8-weight-only", "edge", ("cpu", "cuda", "vllm (compressed-tensors)")),
-    StrategyTemplate("int8-compact", "edge", ("cpu", "transformers (compressed-tensors)")),
-    StrategyTemplate("w4a16-gptq-compact", "mobile", ("transformers (compressed-tensors)", "cpu after export")),
-    StrategyTemplate("w8a8-dynamic", "cloud", ("cuda with int8 tensor cores (vllm)", "cpu with vnni via onnx/openvino")),
-    StrategyTemplate("w8a8-static", "edge", ("cuda with int8 tensor cores (vllm)", "npu / int8 accelerators")),
-    StrategyTemplate("w8a8-smoothquant", "cloud", ("cuda with int8 tensor cores (vllm)",)),
-    StrategyTemplate("w4a16-rtn", "mobile", ("cuda (marlin kernels in vllm)", "cpu after export (gguf, openvino)")),
-    StrategyTemplate("w4a16-gptq", "edge", ("cuda (marlin kernels in vllm)", "cpu after export (gguf, openvino)")),
-    StrategyTemplate("w4a16-awq", "edge", ("cuda (marlin kernels in vllm)", "cpu after export (gguf, openvino)")),
-    StrategyTemplate("w4a16-qat", "mobile", ("cuda (marlin kernels in vllm)", "cpu after export (gguf, openvino)")),
-    StrategyTemplate("w4a16-mixed", "edge", ("cuda (vllm)", "cpu after export")),
-    StrategyTemplate("w8a16-gptq", "cloud", ("cuda (vllm)", "cpu")),
-    StrategyTemplate("openvino-bf16", "cloud", ("cpu with amx_bf16 or avx512_bf16 (openvino)",)),
-    StrategyTemplate("openvino-int8-bf16", "edge", ("cpu with amx_bf16 or avx512_bf16 (openvino)",)),
-    StrategyTemplate("openvino-f16", "cloud", ("cpu with avx512_fp16 or amx_fp16 (openvino)",)),
-    StrategyTemplate("onnx-int8", "edge", ("cpu, fastest with vnni (onnxruntime)",)),
-    StrategyTemplate("openvino-int8", "edge", ("cpu (openvino)",)),
-)}
 
 
 def techniques_of(recipe: str) -> list[int]:
@@ -53,16 +23,15 @@ def measured_on(job: common_pb2.Job) -> str:
 
 
 def strategy(recipe: str, outcomes: list[common_pb2.Job], isa: str = "") -> gateway_pb2.CompressionStrategy:
-    """The template of `recipe` with expected figures as medians over its measured outcomes, those
+    """The strategy of built-in `recipe`, with expected figures as medians over its measured outcomes, those
     measured on an `isa`-class CPU where there are any."""
-    template = TEMPLATES.get(recipe, StrategyTemplate(recipe, "cloud", ()))
-    compute = RECIPES[recipe].compute
+    declared = RECIPES[recipe]
     message = gateway_pb2.CompressionStrategy(
-        name=recipe, description=RECIPES[recipe].summary, target_scenario=template.target_scenario,
-        techniques=techniques_of(recipe), hardware_compatibility=template.hardware, recipe=recipe,
-        compute_precision=compute)
+        name=recipe, description=declared.summary, target_scenario=declared.scenario,
+        techniques=techniques_of(recipe), hardware_compatibility=declared.hardware, recipe=recipe,
+        compute_precision=declared.compute)
     if isa:
-        message.emulated_on_isa = RECIPES[recipe].emulated_on(class_flags(isa))
+        message.emulated_on_isa = declared.emulated_on(class_flags(isa))
     mine = [j for j in outcomes if j.recipe == recipe and j.result.compressed_model_size_bytes]
     if not mine:
         message.evidence = ("no measurement yet: run a job with this recipe or `modelpress recommend` "

@@ -1,11 +1,11 @@
 """The optimizer's methods: convert a float model for an inference engine and optimize it there.
+Each is registered where it is defined (`@method`); METHODS is the registry the servicer reads.
 
 Engine code only: folders in, folder out, progress through a ProgressReporter.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -13,7 +13,9 @@ from pathlib import Path
 from modelpress.v1 import common_pb2
 from services.common.models import modelio
 from services.common.models import packed
-from services.common.contract.engine_api import Method, NotPossibleHere, ProgressReporter, StageResult
+from services.common.contract.engine_api import (CAUSAL_LM, MODEL_KINDS, NotPossibleHere, ProgressReporter,
+                                                 StageResult)
+from services.common.contract.registry import method, registry
 from services.common.measure.isa import ALIASES, class_flags, support
 from services.common.measure.machine import this_cpu
 from services.common.models.tokenizer_files import copy_tokenizer
@@ -23,6 +25,11 @@ from services.optimizer.configs import (FastestCpuConfig, GgufConfig, GgufQ4Conf
                                         TensorRtConfig)
 from services.optimizer.engines import require
 
+O = common_pb2.TECHNIQUE_OPTIMIZER
+ONNX = common_pb2.ARTIFACT_FORMAT_ONNX
+OPENVINO_IR = common_pb2.ARTIFACT_FORMAT_OPENVINO_IR
+GGUF = common_pb2.ARTIFACT_FORMAT_GGUF
+TENSORRT = common_pb2.ARTIFACT_FORMAT_TENSORRT
 
 def _float_config(src: Path) -> dict:
     """The input's config, refusing a model already quantized for PyTorch: engines take float
@@ -96,6 +103,8 @@ def _finish(model_path: Path, src: Path, dst: Path, figures: dict, precision: st
                    {**figures, "onnx_bytes": (dst / onnx_export.ONNX_FILE).stat().st_size})
 
 
+@method(O, "onnx", config=OnnxConfig, produces=(ONNX,), model_kinds=MODEL_KINDS,
+        summary="Export to ONNX (dynamic batch and sequence) and apply ONNX Runtime's fusions and graph optimizations")
 def run_onnx(config: OnnxConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
     current, figures = _export(config, src, dst, reporter, steps=3)
     reporter.report(3, 3, "saved")
@@ -111,6 +120,9 @@ def _int8_weight_type(asked: str) -> str:
     return "s8" if support("int8", this_cpu().isa_features).accelerated else "u8"
 
 
+@method(O, "onnx-int8", config=OnnxInt8Config, produces=(ONNX,), model_kinds=MODEL_KINDS,
+        summary="ONNX export, fusions, then INT8 weights per channel with dynamic INT8 activations (causal LMs: INT8 "
+                "blockwise weights, float activations)")
 def run_onnx_int8(config: OnnxInt8Config, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
     causal = modelio.model_kind(modelio.read_config(src)) == "causal-lm"
     current, figures = _export(config, src, dst, reporter, steps=4)
@@ -132,6 +144,8 @@ def run_onnx_int8(config: OnnxInt8Config, src: Path, dst: Path, reporter: Progre
     return _finish(quantized, src, dst, figures, "int8")
 
 
+@method(O, "onnx-int4", config=OnnxInt4Config, produces=(ONNX,), model_kinds=MODEL_KINDS,
+        summary="ONNX export, fusions, then 4-bit blockwise weights (MatMulNBits)")
 def run_onnx_int4(config: OnnxInt4Config, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
     current, figures = _export(config, src, dst, reporter, steps=4)
     reporter.report(3, 4, f"4-bit weights (MatMulNBits, block {config.block_size})")
@@ -209,14 +223,21 @@ def _openvino(config: OpenVinoConfig, src: Path, dst: Path, reporter: ProgressRe
     return result
 
 
+@method(O, "openvino", config=OpenVinoConfig, produces=(OPENVINO_IR,), model_kinds=MODEL_KINDS,
+        summary="OpenVINO IR (causal LMs stateful, KV cache in the request), FP32, precision hint pinned")
 def run_openvino(config: OpenVinoConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
     return _openvino(config, src, dst, reporter)
 
 
+@method(O, "openvino-int8", config=OpenVinoInt8Config, produces=(OPENVINO_IR,), model_kinds=MODEL_KINDS,
+        summary="OpenVINO IR with NNCF INT8 weights per channel")
 def run_openvino_int8(config: OpenVinoInt8Config, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
     return _openvino(config, src, dst, reporter, bits=8, symmetric=config.symmetric)
 
 
+@method(O, "openvino-int4", config=OpenVinoInt4Config, produces=(OPENVINO_IR,), model_kinds=MODEL_KINDS,
+        summary="OpenVINO IR with NNCF INT4 group weights (data-aware AWQ + scale estimation when "
+                "calibration_samples > 0)")
 def run_openvino_int4(config: OpenVinoInt4Config, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
     return _openvino(config, src, dst, reporter, bits=4, symmetric=config.symmetric, group_size=config.group_size,
                      ratio=config.ratio, calibration_samples=config.calibration_samples)
@@ -281,18 +302,27 @@ def _gguf(config: GgufConfig, src: Path, dst: Path, reporter: ProgressReporter, 
                    {**figures, "gguf_bytes": (dst / file_name).stat().st_size})
 
 
+# GGUF files hold decoder LLMs for llama.cpp (gguf_export writes Llama-architecture ones).
+@method(O, "gguf-f16", config=GgufConfig, produces=(GGUF,), model_kinds=(CAUSAL_LM,),
+        summary="GGUF for llama.cpp, F16 weights (norms F32)")
 def run_gguf_f16(config: GgufConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
     return _gguf(config, src, dst, reporter, "f16")
 
 
+@method(O, "gguf-q8_0", config=GgufConfig, produces=(GGUF,), model_kinds=(CAUSAL_LM,),
+        summary="GGUF for llama.cpp, Q8_0 weights (blocks of 32, f16 scale)")
 def run_gguf_q8_0(config: GgufConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
     return _gguf(config, src, dst, reporter, "q8_0")
 
 
+@method(O, "gguf-q4", config=GgufQ4Config, produces=(GGUF,), model_kinds=(CAUSAL_LM,),
+        summary="GGUF for llama.cpp, Q4_0 or Q4_1 weights (blocks of 32)")
 def run_gguf_q4(config: GgufQ4Config, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
     return _gguf(config, src, dst, reporter, config.type)
 
 
+@method(O, "tensorrt-fp16", config=TensorRtConfig, produces=(TENSORRT,), model_kinds=MODEL_KINDS,
+        summary="ONNX export built into a TensorRT FP16 engine (NVIDIA GPU workers only)")
 def run_tensorrt_fp16(config: TensorRtConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
     require("tensorrt")  # FAILED_PRECONDITION on a worker without an NVIDIA GPU and tensorrt
     from services.optimizer import tensorrt_build
@@ -311,6 +341,10 @@ def run_tensorrt_fp16(config: TensorRtConfig, src: Path, dst: Path, reporter: Pr
     return _result(src, dst, "tensorrt_model.json", manifest, common_pb2.ARTIFACT_FORMAT_TENSORRT, figures)
 
 
+# What it resolves to (fastest.BEST) is an ONNX Runtime or an OpenVINO method, for either kind.
+@method(O, "fastest-cpu", config=FastestCpuConfig, produces=(ONNX, OPENVINO_IR), model_kinds=MODEL_KINDS,
+        summary="The engine precision measured fastest at kept quality on this worker's ISA class (bf16 compute "
+                "where the CPU has it, INT8 where it does not)")
 def run_fastest_cpu(config: FastestCpuConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
     isa = this_cpu().isa_class if config.isa_class == "auto" else config.isa_class
     kind = modelio.model_kind(_float_config(src))
@@ -327,29 +361,4 @@ def run_fastest_cpu(config: FastestCpuConfig, src: Path, dst: Path, reporter: Pr
     return result
 
 
-METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("onnx", "Export to ONNX (dynamic batch and sequence) and apply ONNX Runtime's fusions and graph "
-           "optimizations", OnnxConfig, run_onnx),
-    Method("onnx-int8", "ONNX export, fusions, then INT8 weights per channel with dynamic INT8 activations "
-           "(causal LMs: INT8 blockwise weights, float activations)", OnnxInt8Config, run_onnx_int8),
-    Method("onnx-int4", "ONNX export, fusions, then 4-bit blockwise weights (MatMulNBits)", OnnxInt4Config,
-           run_onnx_int4),
-    Method("openvino", "OpenVINO IR (causal LMs stateful, KV cache in the request), FP32, precision hint pinned",
-           OpenVinoConfig, run_openvino),
-    Method("openvino-int8", "OpenVINO IR with NNCF INT8 weights per channel", OpenVinoInt8Config, run_openvino_int8),
-    Method("openvino-int4", "OpenVINO IR with NNCF INT4 group weights (data-aware AWQ + scale estimation when "
-           "calibration_samples > 0)", OpenVinoInt4Config, run_openvino_int4),
-    Method("gguf-f16", "GGUF for llama.cpp, F16 weights (norms F32)", GgufConfig, run_gguf_f16),
-    Method("gguf-q8_0", "GGUF for llama.cpp, Q8_0 weights (blocks of 32, f16 scale)", GgufConfig, run_gguf_q8_0),
-    Method("gguf-q4", "GGUF for llama.cpp, Q4_0 or Q4_1 weights (blocks of 32)", GgufQ4Config, run_gguf_q4),
-    Method("fastest-cpu", "The engine precision measured fastest at kept quality on this worker's ISA class "
-           "(bf16 compute where the CPU has it, INT8 where it does not)", FastestCpuConfig, run_fastest_cpu),
-    Method("tensorrt-fp16", "ONNX export built into a TensorRT FP16 engine (NVIDIA GPU workers only)",
-           TensorRtConfig, run_tensorrt_fp16),
-)}
-
-# What each method writes, by engine (the gateway checks a chain against it before a job exists).
-_WRITES = {"onnx": (common_pb2.ARTIFACT_FORMAT_ONNX,), "openvino": (common_pb2.ARTIFACT_FORMAT_OPENVINO_IR,),
-           "gguf": (common_pb2.ARTIFACT_FORMAT_GGUF,), "tensorrt": (common_pb2.ARTIFACT_FORMAT_TENSORRT,),
-           "fastest": (common_pb2.ARTIFACT_FORMAT_ONNX, common_pb2.ARTIFACT_FORMAT_OPENVINO_IR)}
-METHODS = {name: dataclasses.replace(m, produces=_WRITES[name.split("-")[0]]) for name, m in METHODS.items()}
+METHODS = registry(O)

@@ -1,4 +1,4 @@
-"""gRPC adapter of the optimizer engine."""
+"""gRPC adapter of the optimizer engine: the TechniqueService over its method registry, and ListEngines."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import grpc
 
 from modelpress.v1 import common_pb2, optimizer_pb2, optimizer_pb2_grpc
 from services.common.runtime.server import ServiceRuntime
-from services.common.runtime.technique_servicer import TechniqueServicer
+from services.common.runtime.technique_servicer import TechniqueServicer, add_technique_service
 from services.common.runtime.worker_hardware import worker_hardware
 from services.optimizer.engine import METHODS
 from services.optimizer.engines import ENGINES, availability
@@ -24,20 +24,10 @@ def engine_infos(features: list[str]) -> list[common_pb2.EngineInfo]:
 
 
 class OptimizerServicer(optimizer_pb2_grpc.OptimizerServiceServicer):
+    """What only the optimizer answers: its worker's engines. Its stages go through the TechniqueService."""
+
     def __init__(self, runtime: ServiceRuntime) -> None:
         self._worker = runtime.worker_id
-        self._technique = TechniqueServicer(common_pb2.TECHNIQUE_OPTIMIZER, METHODS, runtime)
-
-    async def Describe(self, request, context):
-        return optimizer_pb2.OptimizerServiceDescribeResponse(description=self._technique.description())
-
-    async def CheckConfig(self, request, context):
-        errors, over_budget = self._technique.check_config(request.stage)
-        return optimizer_pb2.OptimizerServiceCheckConfigResponse(errors=errors, over_budget=over_budget)
-
-    async def Run(self, request, context):
-        async for update in self._technique.run_stage(request.stage, context):
-            yield optimizer_pb2.OptimizerServiceRunResponse(update=update)
 
     async def ListEngines(self, request, context):
         hardware = worker_hardware(self._worker)
@@ -46,5 +36,7 @@ class OptimizerServicer(optimizer_pb2_grpc.OptimizerServiceServicer):
 
 
 async def register(server: grpc.aio.Server, runtime: ServiceRuntime) -> list[str]:
+    stages = TechniqueServicer(common_pb2.TECHNIQUE_OPTIMIZER, METHODS, runtime)
+    stages_name = add_technique_service(server, stages)
     optimizer_pb2_grpc.add_OptimizerServiceServicer_to_server(OptimizerServicer(runtime), server)
-    return [optimizer_pb2.DESCRIPTOR.services_by_name["OptimizerService"].full_name]
+    return [stages_name, optimizer_pb2.DESCRIPTOR.services_by_name["OptimizerService"].full_name]

@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 
 from services.common.calibration.config import CalibrationConfig
 from services.common.contract.config import MAX_TRAINED_TOKENS, MethodConfig, over_budget
+from services.pruner.importance import BLOCK_SCORES, UNIT_SCORES
 
 
 class ScheduleConfig(MethodConfig):
@@ -27,9 +28,13 @@ class RecoveryConfig(MethodConfig):
     recovery_batch: int = Field(8, ge=1, le=64, description="Text pieces per optimizer step")
     recovery_sequence_length: int = Field(128, ge=16, le=2048, description="Tokens per text piece")
 
+    def recovery_rounds(self) -> int:
+        """How many recoveries a run makes (a gradual schedule recovers after each of its steps)."""
+        return 1
+
     def work_problems(self) -> list[str]:
-        # A gradual schedule recovers after each of its steps; recovery_steps 0 is bounded by time alone.
-        rounds = getattr(self, "schedule_steps", 1)
+        # recovery_steps 0 is bounded by time alone.
+        rounds = self.recovery_rounds()
         trained = rounds * self.recovery_steps * self.recovery_batch * self.recovery_sequence_length
         return super().work_problems() + over_budget(
             "recovery", f"schedule_steps x recovery_steps x recovery_batch x recovery_sequence_length ({rounds} x "
@@ -40,6 +45,9 @@ class RecoveryConfig(MethodConfig):
 class PruneBase(CalibrationConfig, ScheduleConfig, RecoveryConfig):
     calibration_samples: int = Field(64, ge=1, le=1024, description="Calibration windows")
     calibration_sequence_length: int = Field(256, ge=16, le=4096, description="Tokens per calibration window")
+
+    def recovery_rounds(self) -> int:
+        return self.schedule_steps
 
 
 class SparsityConfig(PruneBase):
@@ -107,9 +115,6 @@ class SparseGptConfig(WandaConfig):
     block_size: int = Field(128, ge=16, le=4096, description="Columns whose mask is chosen together")
 
 
-UnitImportance = Literal["magnitude", "activation", "taylor", "fisher"]
-
-
 class StructuredConfig(PruneBase):
     """Physically removes whole units: layers (depth), MLP neurons and attention heads, uniformly
     across layers, so the output reloads with stock transformers."""
@@ -124,12 +129,11 @@ class StructuredConfig(PruneBase):
     head_unit: Literal["kv-group", "query-head"] = Field(
         "kv-group", description="Grouped-query attention: remove whole KV groups, or the same number of query "
                                 "heads from every group")
-    importance: UnitImportance = Field(
-        "activation", description="Neuron/head importance: weight norms, activation-aware (calibration RMS × "
-                                  "weight norm), first-order Taylor |Σ g·w| or Fisher Σ (g·w)² (causal LMs)")
-    layer_importance: Literal["cosine", "taylor", "fisher"] = Field(
-        "cosine", description="Block importance: 1 - cos(block input, output) on calibration text, or the "
-                              "Taylor / Fisher score of the whole block")
+    # The allowed scores are those registered in importance.py (one class each).
+    importance: UNIT_SCORES.choices() = Field(  # type: ignore[valid-type]
+        "activation", description=UNIT_SCORES.described("Neuron/head importance"))
+    layer_importance: BLOCK_SCORES.choices() = Field(  # type: ignore[valid-type]
+        "cosine", description=BLOCK_SCORES.described("Block importance"))
     width_multiple: int = Field(32, ge=1, le=256, description="MLP widths are rounded to a multiple of this")
     flops_sequence_length: int = Field(128, ge=1, le=8192, description="Tokens of the evaluation shape FLOPs are "
                                                                         "counted at (batch 1)")

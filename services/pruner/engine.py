@@ -1,4 +1,5 @@
-"""The pruner's methods: one registry entry per method, each a typed config and a function.
+"""The pruner's methods: each a typed config and a function, registered where it is defined
+(`@method`); METHODS is the registry the servicer and the in-process API read.
 
 Engine code only: folders in, folder out, progress through a ProgressReporter.
 
@@ -23,7 +24,9 @@ from services.common.calibration.blocks import named_blocks
 from services.common.calibration.streaming import StreamingModel
 from services.common.calibration.walk_checkpoint import stage_walk_checkpoints
 from services.common.measure.curves import thin
-from services.common.contract.engine_api import Method, ProgressMetric, ProgressReporter, StageResult
+from services.common.contract.engine_api import (CAUSAL_LM, MODEL_KINDS, ProgressMetric, ProgressReporter,
+                                                 StageResult)
+from services.common.contract.registry import method, registry
 from services.common.models.float_checkpoint import refuse_quantized, write_float_model
 from services.common.measure.flops import forward_flops, parameter_counts
 from services.common.runtime.memory import return_large_frees_to_os
@@ -34,11 +37,19 @@ from services.pruner.configs import (FlopsConfig, HeadsConfig, LayersConfig, Mag
 from services.pruner.importance import score_units
 from services.pruner.recovery import recover, zero_masks
 from services.pruner.structured import current_shape, cut_to, schedule_shapes, target_shape
-from services.pruner.unstructured import (block_linears, calibrated_step, check_nm, owl_block_sparsities,
-                                          prune_calibrated, prune_magnitude)
+from services.pruner.unstructured import (LayerPrune, block_linears, calibrated_step, check_nm,
+                                          owl_block_sparsities, prune_calibrated, prune_magnitude, sparsegpt_layer,
+                                          wanda_layer)
 
+P = common_pb2.TECHNIQUE_PRUNER
 FLOAT = common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS
 RECOVERY_CURVE_POINTS = 50
+
+# What each method's progress events carry (the job report plots these by name).
+SPARSITY = ProgressMetric("sparsity", "per-layer", "Share of the layer's weights that are zero")
+LOSS = ProgressMetric("loss", "per-layer", "Relative output error of the pruned layer on its calibration inputs")
+MLP_KEPT = ProgressMetric("mlp_importance_kept", "per-layer", "Share of the block's MLP-neuron importance kept")
+RECOVERY = ProgressMetric("recovery_loss", "curve", "Recovery fine-tune loss against the unpruned teacher")
 
 
 def _architecture(model) -> str:
@@ -90,7 +101,12 @@ def _sparse_figures(model, names: list[str]) -> dict:
             "pruned_linear_bytes_dense": dense_bytes, "pruned_linear_bytes_bitmask": bitmask_bytes}
 
 
-def _unstructured(method: str) -> Callable[[SparsityConfig, Path, Path, ProgressReporter], StageResult]:
+# How a calibrated method prunes one Linear, from its config; None: magnitude, which needs no data.
+LayerPruneOf = Callable[[SparsityConfig], LayerPrune] | None
+
+
+def _unstructured(method: str, layer_prune: LayerPruneOf
+                  ) -> Callable[[SparsityConfig, Path, Path, ProgressReporter], StageResult]:
     def run(config: SparsityConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
         reporter.report(0, 1, "reading model layout")
         refuse_quantized(src)
@@ -105,7 +121,8 @@ def _unstructured(method: str) -> Callable[[SparsityConfig, Path, Path, Progress
             for t, sparsity in enumerate(steps, start=1):
                 out = dst if t == len(steps) else Path(scratch) / f"step{t}"
                 label = f"step {t}/{len(steps)}" if len(steps) > 1 else method
-                figures.update(_prune_once(method, config, sparsity, current, src, out, reporter, label))
+                figures.update(_prune_once(method, layer_prune, config, sparsity, current, src, out, reporter,
+                                           label))
                 if teacher is not None:
                     student = modelio.load_model(out)
                     masks = zero_masks(student, list(block_linears(student)))
@@ -126,8 +143,8 @@ def _unstructured(method: str) -> Callable[[SparsityConfig, Path, Path, Progress
     return run
 
 
-def _prune_once(method: str, config: SparsityConfig, sparsity: float, current: Path, src: Path, out: Path,
-                reporter: ProgressReporter, label: str) -> dict:
+def _prune_once(method: str, layer_prune: LayerPruneOf, config: SparsityConfig, sparsity: float, current: Path,
+                src: Path, out: Path, reporter: ProgressReporter, label: str) -> dict:
     source = StreamingModel(current)
     layer_sparsity: dict[str, float] = {}
     losses: list[float] = []
@@ -140,7 +157,7 @@ def _prune_once(method: str, config: SparsityConfig, sparsity: float, current: P
                         **layer_figures)
 
     figures: dict = {}
-    if method == "magnitude":
+    if layer_prune is None:
         changed = prune_magnitude(source, sparsity, config.nm, config.scope, on_layer)
     else:
         batches = config.batches(src)
@@ -154,8 +171,7 @@ def _prune_once(method: str, config: SparsityConfig, sparsity: float, current: P
             figures["owl_block_sparsity"] = block_sparsity
             source = StreamingModel(current)
         step = calibrated_step(method, (lambda i: block_sparsity[i]) if block_sparsity else (lambda i: sparsity),
-                               config.nm, damping=getattr(config, "damping", 0.01),
-                               block_size=getattr(config, "block_size", 128))
+                               layer_prune(config))
         walk = stage_walk_checkpoints(reporter, walk=label)
         changed = prune_calibrated(source, batches, step, on_layer, reporter.check_cancelled, walk)
         figures["mean_layer_loss"] = sum(losses) / len(losses) if losses else 0.0
@@ -166,6 +182,42 @@ def _prune_once(method: str, config: SparsityConfig, sparsity: float, current: P
     return figures
 
 
+def _wanda(config: WandaConfig) -> LayerPrune:
+    return wanda_layer(config.nm)
+
+
+def _sparsegpt(config: SparseGptConfig) -> LayerPrune:
+    return sparsegpt_layer(config.nm, damping=config.damping, block_size=config.block_size)
+
+
+method(P, "magnitude", config=MagnitudeConfig, produces=(FLOAT,), model_kinds=MODEL_KINDS, metrics=(SPARSITY, RECOVERY),
+       summary="Zero the smallest |w| of every Linear in the blocks (per layer or one global threshold); "
+               "unstructured or N:M; no data")(_unstructured("magnitude", None))
+method(P, "wanda", config=WandaConfig, produces=(FLOAT,), model_kinds=MODEL_KINDS,
+       metrics=(SPARSITY, LOSS, RECOVERY),
+       summary="Wanda: zero the lowest |w|·‖x‖ of every row, from calibration activations, block by block; "
+               "unstructured (optionally OWL layer sparsities) or N:M")(_unstructured("wanda", _wanda))
+method(P, "sparsegpt", config=SparseGptConfig, produces=(FLOAT,), model_kinds=MODEL_KINDS,
+       metrics=(SPARSITY, LOSS, RECOVERY),
+       summary="SparseGPT: OBS masks from each layer's input Hessian with the remaining weights updated to "
+               "compensate, block by block; unstructured or N:M")(_unstructured("sparsegpt", _sparsegpt))
+
+
+# Stacked: the lowest registers first (the order Describe lists them in).
+@method(P, "structured", config=FlopsConfig, produces=(FLOAT,), model_kinds=MODEL_KINDS, metrics=(MLP_KEPT, RECOVERY),
+        summary="Reach a FLOPs target by removing layers (half the cut) and MLP neurons (the rest), or remove "
+                "explicit amounts of layers, neurons and heads")
+# BERT-style encoders derive the head size from hidden_size / num_attention_heads: fewer heads at the
+# same width do not reload in stock transformers (architecture.BERT_HEADS).
+@method(P, "heads", config=HeadsConfig, produces=(FLOAT,), model_kinds=(CAUSAL_LM,), metrics=(RECOVERY,),
+        summary="Remove attention heads uniformly (whole KV groups, or query heads per group); Llama-style "
+                "decoders only")
+@method(P, "layers", config=LayersConfig, produces=(FLOAT,), model_kinds=MODEL_KINDS, metrics=(RECOVERY,),
+        summary="Remove whole blocks by block importance (1 − cos(input, output) by default)")
+@method(P, "mlp-neurons", config=MlpNeuronsConfig, produces=(FLOAT,), model_kinds=MODEL_KINDS,
+        metrics=(MLP_KEPT, RECOVERY),
+        summary="Remove the least important MLP neurons of every block (the intermediate size shrinks uniformly); "
+                "reloads with stock transformers")
 def _structured(config: StructuredConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
     reporter.report(0, 1, "loading model")
     refuse_quantized(src)
@@ -216,32 +268,5 @@ def _block_names(model) -> list[str]:
     return [name for name, _ in named_blocks(model)]
 
 
-SPARSITY = ProgressMetric("sparsity", "per-layer", "Share of the layer's weights that are zero")
-LOSS = ProgressMetric("loss", "per-layer", "Relative output error of the pruned layer on its calibration inputs")
-MLP_KEPT = ProgressMetric("mlp_importance_kept", "per-layer", "Share of the block's MLP-neuron importance kept")
-RECOVERY = ProgressMetric("recovery_loss", "curve", "Recovery fine-tune loss against the unpruned teacher")
-
-METHODS: dict[str, Method] = {
-    m.name: m
-    for m in (
-        Method("magnitude", "Zero the smallest |w| of every Linear in the blocks (per layer or one global "
-                            "threshold); unstructured or N:M; no data", MagnitudeConfig, _unstructured("magnitude"),
-               produces=(FLOAT,), metrics=(SPARSITY, RECOVERY)),
-        Method("wanda", "Wanda: zero the lowest |w|·‖x‖ of every row, from calibration activations, block by "
-                        "block; unstructured (optionally OWL layer sparsities) or N:M", WandaConfig,
-               _unstructured("wanda"), produces=(FLOAT,), metrics=(SPARSITY, LOSS, RECOVERY)),
-        Method("sparsegpt", "SparseGPT: OBS masks from each layer's input Hessian with the remaining weights "
-                            "updated to compensate, block by block; unstructured or N:M", SparseGptConfig,
-               _unstructured("sparsegpt"), produces=(FLOAT,), metrics=(SPARSITY, LOSS, RECOVERY)),
-        Method("mlp-neurons", "Remove the least important MLP neurons of every block (the intermediate size "
-                              "shrinks uniformly); reloads with stock transformers", MlpNeuronsConfig, _structured,
-               produces=(FLOAT,), metrics=(MLP_KEPT, RECOVERY)),
-        Method("layers", "Remove whole blocks by block importance (1 − cos(input, output) by default)",
-               LayersConfig, _structured, produces=(FLOAT,), metrics=(RECOVERY,)),
-        Method("heads", "Remove attention heads uniformly (whole KV groups, or query heads per group); "
-                        "Llama-style decoders only", HeadsConfig, _structured, produces=(FLOAT,), metrics=(RECOVERY,)),
-        Method("structured", "Reach a FLOPs target by removing layers (half the cut) and MLP neurons (the rest), "
-                             "or remove explicit amounts of layers, neurons and heads", FlopsConfig, _structured,
-               produces=(FLOAT,), metrics=(MLP_KEPT, RECOVERY)),
-    )
-}
+# Every module that declares pruner methods is imported above; this is their registry.
+METHODS = registry(P)

@@ -1,6 +1,10 @@
 """How much each structural unit matters: MLP neurons and attention-head units per block, and whole
 blocks, from one calibration pass over the full model.
 
+Each score is one class in a registry (UNIT_SCORES for neurons and heads, BLOCK_SCORES for whole
+blocks) that names the statistics it needs from the pass; the pass gathers only those, and the
+config's `importance` / `layer_importance` allow exactly the registered names. The scores:
+
 - magnitude: the norms of the unit's weights (input rows × output columns), no data;
 - activation: the RMS of the unit's activation entering the output projection × that projection's
   column norms (Wanda's |W|·‖X‖ summed over a unit);
@@ -15,14 +19,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from services.common.calibration.blocks import decoder_blocks
+from services.common.contract.registry import NamedRegistry
 from services.common.models.architecture import Architecture
 
-GRADIENT_KINDS = ("taylor", "fisher")
+# Statistics a score may ask of the calibration pass.
+ACTIVATIONS = "activations"  # mean squares of the inputs of the MLP and attention output projections
+GRADIENTS = "gradients"  # per-window Σ g·w of every unit and block (needs the model's training loss)
+BLOCK_COSINES = "block-cosines"  # cos(block input, block output) per token
+FLUCTUATIONS = "fluctuations"  # Σx and Σx² of the inputs of the MLP and attention output projections
 
 
 @dataclass
@@ -73,11 +83,171 @@ def _norm_scores(arch: Architecture, block: nn.Module, head_unit: str, rms_mlp: 
     return mlp, _group_heads(arch, q, torch.zeros(arch.kv_heads), head_unit)
 
 
+@dataclass
+class PassStatistics:
+    """What one calibration pass gathered, per block, for the scores that asked for it."""
+
+    mlp_square: dict[int, tuple[torch.Tensor, int]] = field(default_factory=dict)  # (Σ x², rows)
+    head_square: dict[int, tuple[torch.Tensor, int]] = field(default_factory=dict)
+    cosines: list[list] = field(default_factory=list)  # [Σ cos, tokens]
+    taylor: list[tuple[torch.Tensor, torch.Tensor | None] | None] = field(default_factory=list)  # Σ s
+    fisher: list[tuple[torch.Tensor, torch.Tensor | None] | None] = field(default_factory=list)  # Σ s²
+    block_taylor: torch.Tensor | None = None
+    block_fisher: torch.Tensor | None = None
+    mlp_moments: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = field(default_factory=dict)  # (Σ x, Σ x², rows)
+    head_moments: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = field(default_factory=dict)
+
+
+class UnitScore:
+    """Importance of every MLP neuron and head unit of one block; a new score is one subclass
+    registered in UNIT_SCORES."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    needs: ClassVar[frozenset[str]] = frozenset()
+
+    def score(self, arch: Architecture, block: nn.Module, index: int, head_unit: str, stats: PassStatistics,
+              want_heads: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """([intermediate], [head units] or None) for block `index`."""
+        raise NotImplementedError
+
+
+class BlockScore:
+    """Importance of every block; a new score is one subclass registered in BLOCK_SCORES."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    needs: ClassVar[frozenset[str]] = frozenset()
+
+    def score(self, stats: PassStatistics) -> torch.Tensor:
+        """[blocks]"""
+        raise NotImplementedError
+
+
+UNIT_SCORES: NamedRegistry[UnitScore] = NamedRegistry("unit importance")
+BLOCK_SCORES: NamedRegistry[BlockScore] = NamedRegistry("block importance")
+
+
+@UNIT_SCORES.register
+class Magnitude(UnitScore):
+    name = "magnitude"
+    description = "weight norms (no data)"
+
+    def score(self, arch, block, index, head_unit, stats, want_heads):
+        return _norm_scores(arch, block, head_unit, None, None)
+
+
+@UNIT_SCORES.register
+class Activation(UnitScore):
+    name = "activation"
+    description = "activation-aware (calibration RMS × weight norm)"
+    needs = frozenset({ACTIVATIONS})
+
+    def score(self, arch, block, index, head_unit, stats, want_heads):
+        total, rows = stats.mlp_square[index]
+        rms_heads = None
+        if want_heads:
+            head_total, head_rows = stats.head_square[index]
+            rms_heads = (head_total / head_rows).sqrt()
+        return _norm_scores(arch, block, head_unit, (total / rows).sqrt(), rms_heads)
+
+
+@UNIT_SCORES.register
+class Taylor(UnitScore):
+    name = "taylor"
+    description = "first-order Taylor |Σ g·w| (causal LMs)"
+    needs = frozenset({GRADIENTS})
+
+    def score(self, arch, block, index, head_unit, stats, want_heads):
+        return _magnitudes(stats.taylor[index])
+
+
+@UNIT_SCORES.register
+class Fisher(UnitScore):
+    name = "fisher"
+    description = "Fisher Σ (g·w)² (causal LMs)"
+    needs = frozenset({GRADIENTS})
+
+    def score(self, arch, block, index, head_unit, stats, want_heads):
+        return _magnitudes(stats.fisher[index])
+
+
+@UNIT_SCORES.register
+class Fluctuation(UnitScore):
+    """FLAP (An et al., 2024): a unit whose activation barely varies over the calibration text can be
+    removed with little change (its mean could be folded into a bias), whatever its weights' size."""
+
+    name = "fluctuation"
+    description = "FLAP's fluctuation: variance of the unit's activation × its output weights' squared norm"
+    needs = frozenset({FLUCTUATIONS})
+
+    def score(self, arch, block, index, head_unit, stats, want_heads):
+        mlp = _fluctuation(stats.mlp_moments[index], block.get_submodule(arch.mlp.output))
+        heads = None
+        if want_heads:
+            columns = _fluctuation(stats.head_moments[index], block.get_submodule(arch.attention.o))
+            q = columns.view(arch.heads, arch.head_dim).sum(1)
+            heads = _group_heads(arch, q, torch.zeros(arch.kv_heads), head_unit)
+        return mlp, heads
+
+
+def _fluctuation(moments: tuple[torch.Tensor, torch.Tensor, int], output: nn.Linear) -> torch.Tensor:
+    """Per input column of `output`: the variance of that input over the calibration tokens × the
+    column's squared norm."""
+    total, squares, rows = moments
+    variance = (squares / rows - (total / rows) ** 2).clamp(min=0)
+    return variance * output.weight.detach().float().pow(2).sum(0)
+
+
+@BLOCK_SCORES.register
+class Cosine(BlockScore):
+    name = "cosine"
+    description = "1 - cos(block input, output) on calibration text"
+    needs = frozenset({BLOCK_COSINES})
+
+    def score(self, stats):
+        return torch.tensor([1.0 - total / count for total, count in stats.cosines])
+
+
+@BLOCK_SCORES.register
+class BlockTaylor(BlockScore):
+    name = "taylor"
+    description = "Taylor |Σ g·w| of the whole block (causal LMs)"
+    needs = frozenset({GRADIENTS})
+
+    def score(self, stats):
+        return stats.block_taylor.abs()
+
+
+@BLOCK_SCORES.register
+class BlockFisher(BlockScore):
+    name = "fisher"
+    description = "Fisher Σ (g·w)² of the whole block (causal LMs)"
+    needs = frozenset({GRADIENTS})
+
+    def score(self, stats):
+        return stats.block_fisher
+
+
+def _magnitudes(sums: tuple[torch.Tensor, torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    mlp, heads = sums
+    return mlp.abs(), heads.abs() if heads is not None else None
+
+
 def _mean_square_hook(store: dict, key: int):
     def hook(_module, args, _output):
         x = args[0].detach().float().reshape(-1, args[0].shape[-1])
         total, rows = store.get(key, (torch.zeros(x.shape[1]), 0))
         store[key] = (total + (x * x).sum(0), rows + x.shape[0])
+    return hook
+
+
+def _moments_hook(store: dict, key: int):
+    def hook(_module, args, _output):
+        x = args[0].detach().float().reshape(-1, args[0].shape[-1])
+        zeros = torch.zeros(x.shape[1])
+        total, squares, rows = store.get(key, (zeros, zeros, 0))
+        store[key] = (total + x.sum(0), squares + (x * x).sum(0), rows + x.shape[0])
     return hook
 
 
@@ -94,27 +264,54 @@ def _cosine_hook(store: list, key: int):
 def score_units(model: nn.Module, batches: torch.Tensor, importance: str, layer_importance: str, head_unit: str,
                 *, want_heads: bool, check_cancelled: Callable[[], None] = lambda: None,
                 on_window: Callable[[int, int], None] = lambda i, n: None) -> UnitScores:
+    """The `importance` score of every unit and the `layer_importance` score of every block, from one
+    pass over `batches` gathering what the two scores need."""
+    unit_score = UNIT_SCORES.pick(importance, "importance")
+    block_score = BLOCK_SCORES.pick(layer_importance, "layer_importance")
+    causal = type(model).__name__.endswith("ForCausalLM")
+    for field_name, chosen in (("importance", unit_score), ("layer_importance", block_score)):
+        if GRADIENTS in chosen.needs and not causal:
+            raise ValueError(f"{field_name}: {chosen.name} needs a training loss, which an encoder without a task "
+                             "head lacks here; use 'activation' or 'magnitude' (and layer_importance 'cosine')")
     arch = Architecture(model)
     blocks = decoder_blocks(model)
-    gradients = importance in GRADIENT_KINDS or layer_importance in GRADIENT_KINDS
-    if gradients and not type(model).__name__.endswith("ForCausalLM"):
-        raise ValueError(f"importance: {importance if importance in GRADIENT_KINDS else layer_importance} needs a "
-                         "training loss, which an encoder without a task head lacks here; use 'activation' or "
-                         "'magnitude' (and layer_importance 'cosine')")
     want_heads = want_heads and arch.attention is not None
-    mlp_sq: dict = {}
-    head_sq: dict = {}
-    cosines = [[0.0, 0] for _ in blocks]
+    stats = _calibration_pass(model, arch, blocks, batches, unit_score.needs | block_score.needs, head_unit,
+                              want_heads, check_cancelled, on_window)
+    scores = UnitScores()
+    for i, block in enumerate(blocks):
+        mlp, heads = unit_score.score(arch, block, i, head_unit, stats, want_heads)
+        scores.mlp.append(mlp)
+        scores.heads.append(heads if want_heads else None)
+    scores.blocks = block_score.score(stats)
+    return scores
+
+
+def _calibration_pass(model: nn.Module, arch: Architecture, blocks: list[nn.Module], batches: torch.Tensor,
+                      needs: frozenset[str], head_unit: str, want_heads: bool, check_cancelled: Callable[[], None],
+                      on_window: Callable[[int, int], None]) -> PassStatistics:
+    """Forward passes over the calibration windows (with the loss's backward when GRADIENTS is needed),
+    hooked for the statistics in `needs` only."""
+    stats = PassStatistics(cosines=[[0.0, 0] for _ in blocks], taylor=[None] * len(blocks),
+                           fisher=[None] * len(blocks), block_taylor=torch.zeros(len(blocks)),
+                           block_fisher=torch.zeros(len(blocks)))
+    gradients = GRADIENTS in needs
     handles = []
     for i, block in enumerate(blocks):
-        handles.append(block.get_submodule(arch.mlp.output).register_forward_hook(_mean_square_hook(mlp_sq, i)))
-        if want_heads:
-            handles.append(block.get_submodule(arch.attention.o).register_forward_hook(_mean_square_hook(head_sq, i)))
-        handles.append(block.register_forward_hook(_cosine_hook(cosines, i), with_kwargs=True))
-    taylor = [None] * len(blocks)
-    fisher = [None] * len(blocks)
-    block_taylor = torch.zeros(len(blocks))
-    block_fisher = torch.zeros(len(blocks))
+        if ACTIVATIONS in needs:
+            handles.append(block.get_submodule(arch.mlp.output).register_forward_hook(
+                _mean_square_hook(stats.mlp_square, i)))
+            if want_heads:
+                handles.append(block.get_submodule(arch.attention.o).register_forward_hook(
+                    _mean_square_hook(stats.head_square, i)))
+        if FLUCTUATIONS in needs:
+            handles.append(block.get_submodule(arch.mlp.output).register_forward_hook(
+                _moments_hook(stats.mlp_moments, i)))
+            if want_heads:
+                handles.append(block.get_submodule(arch.attention.o).register_forward_hook(
+                    _moments_hook(stats.head_moments, i)))
+        if BLOCK_COSINES in needs:
+            handles.append(block.register_forward_hook(_cosine_hook(stats.cosines, i), with_kwargs=True))
     extra = {"use_cache": False} if type(model).__name__.endswith("ForCausalLM") else {}
     try:
         for w, window in enumerate(batches):
@@ -126,41 +323,27 @@ def score_units(model: nn.Module, batches: torch.Tensor, importance: str, layer_
             else:
                 model.zero_grad(set_to_none=True)
                 model(input_ids=ids, labels=ids, **extra).loss.backward()
-                for i, block in enumerate(blocks):
-                    gw = lambda m: (m.weight.grad * m.weight).detach().float()  # noqa: E731
-                    mlp, heads = _unit_sums(arch, block, head_unit, gw, gw)
-                    s_block = sum(float((p.grad * p.detach()).sum()) for p in block.parameters() if p.grad is not None)
-                    taylor[i] = (mlp, heads) if taylor[i] is None else (taylor[i][0] + mlp, _add(taylor[i][1], heads))
-                    fisher[i] = (mlp ** 2, _sq(heads)) if fisher[i] is None else (
-                        fisher[i][0] + mlp ** 2, _add(fisher[i][1], _sq(heads)))
-                    block_taylor[i] += s_block
-                    block_fisher[i] += s_block ** 2
+                _add_gradient_sums(stats, arch, blocks, head_unit)
             on_window(w + 1, len(batches))
     finally:
         for h in handles:
             h.remove()
         model.zero_grad(set_to_none=True)
-    scores = UnitScores()
+    return stats
+
+
+def _add_gradient_sums(stats: PassStatistics, arch: Architecture, blocks: list[nn.Module], head_unit: str) -> None:
+    """One window's s = Σ g·w per unit and per block into the Taylor (Σ s) and Fisher (Σ s²) sums."""
+    taylor, fisher = stats.taylor, stats.fisher
     for i, block in enumerate(blocks):
-        if importance in GRADIENT_KINDS:
-            mlp, heads = taylor[i] if importance == "taylor" else fisher[i]
-            mlp, heads = (mlp.abs(), heads.abs() if heads is not None else None)
-        else:
-            rms_mlp = rms_heads = None
-            if importance == "activation":
-                total, rows = mlp_sq[i]
-                rms_mlp = (total / rows).sqrt()
-                if want_heads:
-                    total, rows = head_sq[i]
-                    rms_heads = (total / rows).sqrt()
-            mlp, heads = _norm_scores(arch, block, head_unit, rms_mlp, rms_heads)
-        scores.mlp.append(mlp)
-        scores.heads.append(heads if want_heads else None)
-    if layer_importance == "cosine":
-        scores.blocks = torch.tensor([1.0 - total / count for total, count in cosines])
-    else:
-        scores.blocks = block_taylor.abs() if layer_importance == "taylor" else block_fisher
-    return scores
+        gw = lambda m: (m.weight.grad * m.weight).detach().float()  # noqa: E731
+        mlp, heads = _unit_sums(arch, block, head_unit, gw, gw)
+        s_block = sum(float((p.grad * p.detach()).sum()) for p in block.parameters() if p.grad is not None)
+        taylor[i] = (mlp, heads) if taylor[i] is None else (taylor[i][0] + mlp, _add(taylor[i][1], heads))
+        fisher[i] = (mlp ** 2, _sq(heads)) if fisher[i] is None else (
+            fisher[i][0] + mlp ** 2, _add(fisher[i][1], _sq(heads)))
+        stats.block_taylor[i] += s_block
+        stats.block_fisher[i] += s_block ** 2
 
 
 def _add(a, b):

@@ -70,9 +70,32 @@ def prune_magnitude(source: StreamingModel, sparsity: float, nm: tuple[int, int]
     return changed
 
 
-def calibrated_step(method: str, sparsity_of: Callable[[int], float], nm: tuple[int, int] | None, *,
-                    damping: float = 0.01, block_size: int = 128) -> BlockStep:
-    """Wanda (per-row masks of |w|·‖x‖, no update) or SparseGPT (OBS masks and updates) on a block."""
+# One Linear's pruning from its weight, its input Hessian and the target sparsity: the pruned
+# weight and the figures the method adds.
+LayerPrune = Callable[[torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, dict]]
+
+
+def wanda_layer(nm: tuple[int, int] | None) -> LayerPrune:
+    """Wanda: per-row masks of |w|·‖x‖, no update."""
+
+    def prune(before: torch.Tensor, hessian: torch.Tensor, sparsity: float) -> tuple[torch.Tensor, dict]:
+        return before * _mask_of(wanda_scores(before, hessian), sparsity, nm, per_row=True), {}
+
+    return prune
+
+
+def sparsegpt_layer(nm: tuple[int, int] | None, *, damping: float, block_size: int) -> LayerPrune:
+    """SparseGPT: OBS masks with the kept weights updated to compensate."""
+
+    def prune(before: torch.Tensor, hessian: torch.Tensor, sparsity: float) -> tuple[torch.Tensor, dict]:
+        outcome = sparsegpt_prune(before, hessian, sparsity, nm=nm, block_size=block_size, damping=damping)
+        return outcome.weight, {"damping": outcome.damping, "fell_back": outcome.fell_back}
+
+    return prune
+
+
+def calibrated_step(method: str, sparsity_of: Callable[[int], float], prune_layer: LayerPrune) -> BlockStep:
+    """`prune_layer` on every Linear of a block, from the block's calibration Hessians."""
 
     def step(work: BlockWork) -> Iterator[tuple[str, torch.Tensor, dict]]:
         sparsity = sparsity_of(work.index)
@@ -80,11 +103,7 @@ def calibrated_step(method: str, sparsity_of: Callable[[int], float], nm: tuple[
             work.check_cancelled()
             hessian = work.stats[name].hessian
             before = module.weight.detach().float()
-            if method == "sparsegpt":
-                outcome = sparsegpt_prune(before, hessian, sparsity, nm=nm, block_size=block_size, damping=damping)
-                after, extra = outcome.weight, {"damping": outcome.damping, "fell_back": outcome.fell_back}
-            else:
-                after, extra = before * _mask_of(wanda_scores(before, hessian), sparsity, nm, per_row=True), {}
+            after, extra = prune_layer(before, hessian, sparsity)
             module.weight.data = after.to(module.weight.dtype)
             yield name, after, {"method": method, "loss": relative_output_error(before, after, hessian),
                                 "target_sparsity": sparsity, **density_figures(after), **extra}

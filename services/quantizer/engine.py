@@ -1,4 +1,5 @@
-"""The quantizer's methods: one registry entry per method, each a typed config and a function.
+"""The quantizer's methods: each a typed config and a function, registered where it is defined
+(`@method`); METHODS is the registry the servicer and the in-process API read.
 
 Engine code only: folders in, folder out, progress through a ProgressReporter.
 """
@@ -15,17 +16,16 @@ from modelpress.v1 import common_pb2
 from services.common.models import modelio
 from services.common.models import packed
 from services.common.contract.config import MethodConfig
-from services.common.contract.engine_api import Method, ProgressMetric, ProgressReporter, StageResult
+from services.common.contract.engine_api import MODEL_KINDS, ProgressMetric, ProgressReporter, StageResult
+from services.common.contract.registry import method, registry
 from services.common.measure.isa import support
 from services.common.measure.machine import this_cpu
-from services.common.runtime.memory import return_large_frees_to_os
 from services.common.models.tokenizer_files import copy_tokenizer
 from services.quantizer.awq import awq_block_step
 from services.common.calibration.config import CalibrationConfig
 from services.quantizer.configs import (AwqConfig, AwqTransformConfig, CastConfig, GptqConfig,
                                         Int8WeightOnlyConfig, MixedPrecisionConfig, QatConfig, SmoothQuantConfig,
                                         SmoothQuantTransformConfig, W8A8Config, WeightOnlyConfig)
-from services.quantizer.ct_format import is_standard_layout, write_compressed_tensors
 from services.quantizer.int8 import quantize_int8_weight_only
 from services.quantizer.rtn import quantize_rtn
 from services.quantizer.gptq import gptq_block_step
@@ -38,11 +38,22 @@ from services.common.calibration.walk_checkpoint import stage_walk_checkpoints
 from services.common.models.float_checkpoint import refuse_quantized, write_float_model
 from services.common.calibration.sequential import rewrite_sequential
 from services.quantizer.transforms import awq_transform_step, smoothquant_transform_step
-from services.quantizer.targets import Target, fallback_report, weight_targets
+from services.quantizer.weight_only import WEIGHT_ERROR, architecture_of, save_weight_only, stream_float
+from services.quantizer.targets import Target, weight_targets
 
 
-def _architecture(model) -> str:
-    return (model.config.architectures or [type(model).__name__])[0]
+Q = common_pb2.TECHNIQUE_QUANTIZER
+FLOAT = common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS
+COMPRESSED = common_pb2.ARTIFACT_FORMAT_COMPRESSED_TENSORS
+PACKED = common_pb2.ARTIFACT_FORMAT_PACKED_SAFETENSORS
+
+# What each method's progress events carry (the job report plots these by name).
+LOSS = ProgressMetric("loss", "per-layer", "Relative output error of the layer on its calibration inputs")
+SAMPLE_ERROR = ProgressMetric("sample_error", "per-layer", "W8A8 relative output error on sampled input rows "
+                                                           "after smoothing")
+SCALE_GAIN = ProgressMetric("loss_vs_unscaled", "per-layer", "Output error with the chosen scales over without")
+QAT_CURVES = (ProgressMetric("block_loss_before", "curve", "Block output error before fine-tuning"),
+              ProgressMetric("block_loss_after", "curve", "Block output error after fine-tuning"))
 
 
 def _cast(dtype: torch.dtype) -> Callable[[MethodConfig, Path, Path, ProgressReporter], StageResult]:
@@ -65,7 +76,7 @@ def _cast(dtype: torch.dtype) -> Callable[[MethodConfig, Path, Path, ProgressRep
         notes = [note] if here.emulated else []
         return StageResult(
             format=common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS,
-            architecture=_architecture(model),
+            architecture=architecture_of(model),
             compression={"method": "cast", "dtype": name},
             metrics={"compute_precision": {"isa_class": cpu.isa_class, **here.as_dict()}},
             notes=notes,
@@ -74,6 +85,15 @@ def _cast(dtype: torch.dtype) -> Callable[[MethodConfig, Path, Path, ProgressRep
     return run
 
 
+method(Q, "fp16", config=CastConfig, summary="Cast every floating tensor to float16", produces=(FLOAT,),
+       model_kinds=MODEL_KINDS)(_cast(torch.float16))
+method(Q, "bf16", config=CastConfig, summary="Cast every floating tensor to bfloat16", produces=(FLOAT,),
+       model_kinds=MODEL_KINDS)(_cast(torch.bfloat16))
+
+
+@method(Q, "int8-weight-only", config=Int8WeightOnlyConfig, produces=(PACKED,), model_kinds=MODEL_KINDS,
+        summary="INT8 weights (symmetric, per output channel) with FP32 activations; embeddings too",
+        metrics=(WEIGHT_ERROR,))
 def _int8_weight_only(config: Int8WeightOnlyConfig, src: Path, dst: Path, reporter: ProgressReporter
                       ) -> StageResult:
     reporter.report(0, 1, "loading model")
@@ -90,48 +110,25 @@ def _int8_weight_only(config: Int8WeightOnlyConfig, src: Path, dst: Path, report
     reporter.report(figures["quantized_modules"] + 1, figures["quantized_modules"] + 1, "saved packed int8 model")
     return StageResult(
         format=common_pb2.ARTIFACT_FORMAT_PACKED_SAFETENSORS,
-        architecture=_architecture(model),
+        architecture=architecture_of(model),
         compression={"method": "int8-weight-only", "bits": 8, "granularity": "per-output-channel",
                      "symmetric": True, **config.model_dump()},
         metrics=figures,
     )
 
 
-def _stream_float(src: Path, reporter: ProgressReporter) -> StreamingModel:
-    reporter.report(0, 1, "reading model layout")
-    refuse_quantized(src)
-    return_large_frees_to_os()
-    return StreamingModel(src)
-
-
-def _save_weight_only(source: StreamingModel, quantized, targets, config, dst: Path, reporter: ProgressReporter,
-                      method: str, extra_metrics: dict | None = None,
-                      rewritten: dict[str, torch.Tensor] | None = None) -> StageResult:
-    reporter.report(len(targets), len(targets) + 1, "writing compressed-tensors model")
-    write_compressed_tensors(source, quantized, dst, source.tied_head, rewritten)
-    copy_tokenizer(source.reader.folder, dst)
-    n = len(targets)
-    layout = "vllm" if is_standard_layout(dst) else "transformers-only"
-    reporter.report(n + 1, n + 1, "saved compressed-tensors model")
-    return StageResult(
-        format=common_pb2.ARTIFACT_FORMAT_COMPRESSED_TENSORS,
-        architecture=_architecture(source.model),
-        compression={"method": method, **config.model_dump(), "group_fallbacks": fallback_report(targets),
-                     "layout": layout},
-        metrics={"quantized_modules": n, "effective_bits": effective_bits(targets),
-                 "linear_effective_bits": effective_bits(targets, ("linear",)), **(extra_metrics or {})},
-    )
-
-
+@method(Q, "rtn", config=WeightOnlyConfig, produces=(COMPRESSED,), model_kinds=MODEL_KINDS,
+        summary="Round-to-nearest integer weights (per channel or group), compressed-tensors output",
+        metrics=(WEIGHT_ERROR,))
 def _rtn(config: WeightOnlyConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
-    source = _stream_float(src, reporter)
+    source = stream_float(src, reporter)
     targets = weight_targets(source.model, config)
 
     def on_layer(i: int, total: int, name: str, error: float) -> None:
         reporter.report(i, total + 1, f"quantized {name} ({i}/{total})", layer=name, relative_weight_error=error)
 
     quantized = quantize_rtn(lambda t: source.reader.get(source.key(f"{t.name}.weight")), targets, on_layer)
-    return _save_weight_only(source, quantized, targets, config, dst, reporter, "rtn")
+    return save_weight_only(source, quantized, targets, config, dst, reporter, "rtn")
 
 
 def _layer_reporter(reporter: ProgressReporter, losses: list[float]) -> Callable[[int, int, str, dict], None]:
@@ -157,32 +154,41 @@ def _run_calibrated(config: CalibrationConfig, source: StreamingModel, targets: 
     extra = {"mean_layer_loss": sum(losses) / len(losses) if losses else 0.0,
              "calibration_tokens": int(batches.numel()), "resumed_from_block": walk.restored_block,
              **(extra_metrics or {})}
-    return _save_weight_only(source, result.quantized, targets, config, dst, reporter, method, extra,
+    return save_weight_only(source, result.quantized, targets, config, dst, reporter, method, extra,
                              result.rewritten)
 
 
+@method(Q, "gptq", config=GptqConfig, produces=(COMPRESSED,), model_kinds=MODEL_KINDS,
+        summary="GPTQ: Hessian-aware rounding from calibration text, block by block", metrics=(LOSS,))
 def _gptq(config: GptqConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
-    source = _stream_float(src, reporter)
+    source = stream_float(src, reporter)
     step = gptq_block_step(config.damping, config.block_size, config.act_order)
     return _run_calibrated(config, source, weight_targets(source.model, config), dst, reporter, "gptq", step,
                            propagate_quantized=config.propagate_quantized)
 
 
+@method(Q, "awq", config=AwqConfig, produces=(COMPRESSED,), model_kinds=MODEL_KINDS,
+        summary="AWQ: activation-aware per-channel scales and clipping search, block by block", metrics=(LOSS,))
 def _awq(config: AwqConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
-    source = _stream_float(src, reporter)
+    source = stream_float(src, reporter)
     return _run_calibrated(config, source, weight_targets(source.model, config), dst, reporter, "awq",
                            awq_block_step(config), sample_every=_awq_sampling(config))
 
 
+@method(Q, "qat", config=QatConfig, produces=(COMPRESSED,), model_kinds=MODEL_KINDS,
+        summary="Quantization-aware training: AWQ grid, then STE fine-tuning of each block on calibration text",
+        metrics=(LOSS, *QAT_CURVES))
 def _qat(config: QatConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
-    source = _stream_float(src, reporter)
+    source = stream_float(src, reporter)
     return _run_calibrated(config, source, weight_targets(source.model, config), dst, reporter, "qat",
                            qat_block_step(config), sample_every=_awq_sampling(config),
                            keep_float_outputs=config.steps_per_block > 0)
 
 
+@method(Q, "mixed-precision", config=MixedPrecisionConfig, produces=(COMPRESSED,), model_kinds=MODEL_KINDS,
+        summary="GPTQ with the most sensitive Linears kept at 8 bits under an average-bits budget", metrics=(LOSS,))
 def _mixed(config: MixedPrecisionConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
-    source = _stream_float(src, reporter)
+    source = stream_float(src, reporter)
     targets = weight_targets(source.model, config)
     sensitivity: dict[str, float] = {}
 
@@ -209,8 +215,13 @@ def _retarget(targets: list[Target], model: torch.nn.Module) -> list[Target]:
     return [dataclasses.replace(t, module=model.get_submodule(t.name)) for t in targets]
 
 
+@method(Q, "smoothquant", config=SmoothQuantConfig, produces=(COMPRESSED,), model_kinds=MODEL_KINDS,
+        summary="SmoothQuant (alpha searched per layer group), then W8A8", metrics=(LOSS, SAMPLE_ERROR))
+@method(Q, "w8a8", config=W8A8Config, produces=(COMPRESSED,), model_kinds=MODEL_KINDS,
+        summary="INT8 weights (per channel) and INT8 activations, dynamic per token or static per tensor",
+        metrics=(LOSS,))
 def _w8a8(config: W8A8Config, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
-    source = _stream_float(src, reporter)
+    source = stream_float(src, reporter)
     targets = weight_targets(source.model, WeightOnlyConfig(bits=8, group_size=0, embedding_bits=config.embedding_bits,
                                                             head_bits=config.head_bits))
     sample_every = _every(config, SMOOTHING_SAMPLE_ROWS) if config.smoothing else 0
@@ -221,7 +232,7 @@ def _w8a8(config: W8A8Config, src: Path, dst: Path, reporter: ProgressReporter) 
 def _transform(config: CalibrationConfig, grid: WeightOnlyConfig, src: Path, dst: Path, reporter: ProgressReporter,
                method: str, step, sample_every: int) -> StageResult:
     """A float model out: the step's folded scales (and clamps) in, nothing rounded."""
-    source = _stream_float(src, reporter)
+    source = stream_float(src, reporter)
     targets = {t.name: t for t in weight_targets(source.model, grid) if t.role == "linear"}
     batches = config.batches(src)
     figures: list[dict] = []
@@ -242,16 +253,22 @@ def _transform(config: CalibrationConfig, grid: WeightOnlyConfig, src: Path, dst
                "calibration_tokens": int(batches.numel()), "resumed_from_block": walk.restored_block}
     if any("clamped_share" in f for f in figures):
         metrics["mean_clamped_share"] = sum(f.get("clamped_share", 0.0) for f in figures) / len(figures)
-    return StageResult(format=common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS, architecture=_architecture(source.model),
+    return StageResult(format=common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS, architecture=architecture_of(source.model),
                        compression={"method": method, "rounded": False, **config.model_dump()}, metrics=metrics)
 
 
+@method(Q, "awq-transform", config=AwqTransformConfig, produces=(FLOAT,), model_kinds=MODEL_KINDS,
+        summary="AWQ scales searched for an engine's grid and folded in (clipping, as a clamp, on request); the "
+                "float model out, for that engine's quantizer to round", metrics=(SCALE_GAIN,))
 def _awq_transform(config: AwqTransformConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
     grid = WeightOnlyConfig(bits=config.bits, group_size=config.group_size, symmetric=config.symmetric)
     return _transform(config, grid, src, dst, reporter, "awq-transform", awq_transform_step(config),
                       _awq_sampling(config))
 
 
+@method(Q, "smoothquant-transform", config=SmoothQuantTransformConfig, produces=(FLOAT,), model_kinds=MODEL_KINDS,
+        summary="SmoothQuant scales searched for an engine's INT8 activations and folded in; the float model out",
+        metrics=(SAMPLE_ERROR,))
 def _smoothquant_transform(config: SmoothQuantTransformConfig, src: Path, dst: Path, reporter: ProgressReporter
                            ) -> StageResult:
     return _transform(config, WeightOnlyConfig(bits=8, group_size=0), src, dst, reporter, "smoothquant-transform",
@@ -272,68 +289,6 @@ def _awq_sampling(config: AwqConfig | AwqTransformConfig) -> int:
     return _every(config, AWQ_SAMPLE_ROWS) if config.loss == "module" else 0
 
 
-def effective_bits(targets, roles: tuple[str, ...] = ("linear", "embedding", "head")) -> float:
-    """Average stored bits per quantized weight of `roles`, scales and zero-points included."""
-    bits = weights = 0.0
-    seen: set[int] = set()
-    for t in (t for t in targets if t.role in roles):
-        if id(t.module.weight) in seen:
-            continue
-        seen.add(id(t.module.weight))
-        count = t.module.weight.numel()
-        width = t.scheme.group_width(t.module.weight.shape[1])
-        per_group = 16 + (0 if t.scheme.symmetric else t.scheme.bits)
-        bits += count * (t.scheme.bits + per_group / width)
-        weights += count
-    return bits / weights if weights else 0.0
-
-
-# What each method's progress events carry (the job report plots these by name).
-LOSS = ProgressMetric("loss", "per-layer", "Relative output error of the layer on its calibration inputs")
-WEIGHT_ERROR = ProgressMetric("relative_weight_error", "per-layer", "Relative error of the rounded weights")
-SAMPLE_ERROR = ProgressMetric("sample_error", "per-layer", "W8A8 relative output error on sampled input rows "
-                                                           "after smoothing")
-SCALE_GAIN = ProgressMetric("loss_vs_unscaled", "per-layer", "Output error with the chosen scales over without")
-QAT_CURVES = (ProgressMetric("block_loss_before", "curve", "Block output error before fine-tuning"),
-              ProgressMetric("block_loss_after", "curve", "Block output error after fine-tuning"))
-_METRICS = {"int8-weight-only": (WEIGHT_ERROR,), "rtn": (WEIGHT_ERROR,), "gptq": (LOSS,), "awq": (LOSS,),
-            "qat": (LOSS, *QAT_CURVES), "mixed-precision": (LOSS,), "w8a8": (LOSS,), "smoothquant": (LOSS, SAMPLE_ERROR),
-            "awq-transform": (SCALE_GAIN,), "smoothquant-transform": (SAMPLE_ERROR,)}
-
-METHODS: dict[str, Method] = {
-    m.name: m
-    for m in (
-        Method("fp16", "Cast every floating tensor to float16", CastConfig, _cast(torch.float16)),
-        Method("bf16", "Cast every floating tensor to bfloat16", CastConfig, _cast(torch.bfloat16)),
-        Method("int8-weight-only",
-               "INT8 weights (symmetric, per output channel) with FP32 activations; embeddings too",
-               Int8WeightOnlyConfig, _int8_weight_only),
-        Method("rtn", "Round-to-nearest integer weights (per channel or group), compressed-tensors output",
-               WeightOnlyConfig, _rtn),
-        Method("gptq", "GPTQ: Hessian-aware rounding from calibration text, block by block",
-               GptqConfig, _gptq),
-        Method("awq", "AWQ: activation-aware per-channel scales and clipping search, block by block",
-               AwqConfig, _awq),
-        Method("qat", "Quantization-aware training: AWQ grid, then STE fine-tuning of each block on calibration text",
-               QatConfig, _qat),
-        Method("mixed-precision", "GPTQ with the most sensitive Linears kept at 8 bits under an average-bits budget",
-               MixedPrecisionConfig, _mixed),
-        Method("w8a8", "INT8 weights (per channel) and INT8 activations, dynamic per token or static per tensor",
-               W8A8Config, _w8a8),
-        Method("smoothquant", "SmoothQuant (alpha searched per layer group), then W8A8",
-               SmoothQuantConfig, _w8a8),
-        Method("awq-transform", "AWQ scales searched for an engine's grid and folded in (clipping, as a clamp, on "
-                                "request); the float model out, for that engine's quantizer to round",
-               AwqTransformConfig, _awq_transform),
-        Method("smoothquant-transform", "SmoothQuant scales searched for an engine's INT8 activations and folded "
-                                        "in; the float model out", SmoothQuantTransformConfig, _smoothquant_transform),
-    )
-}
-
-# What each method writes (the gateway checks a chain against it before a job exists).
-_FLOAT = common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS
-_WRITES = {"fp16": _FLOAT, "bf16": _FLOAT, "awq-transform": _FLOAT, "smoothquant-transform": _FLOAT,
-           "int8-weight-only": common_pb2.ARTIFACT_FORMAT_PACKED_SAFETENSORS}
-METHODS = {name: dataclasses.replace(m, produces=(_WRITES.get(name, common_pb2.ARTIFACT_FORMAT_COMPRESSED_TENSORS),),
-                                     metrics=_METRICS.get(name, ()))
-           for name, m in METHODS.items()}
+# Every quantizer method: those above, and those declared in modules of their own, which register
+# when imported here (one line each).
+METHODS = registry(Q)

@@ -49,7 +49,7 @@ def test_int8_compression_of_smollm2(mesh):
               "--iterations", "3", "--quality-windows", "4", "--decode-tokens", "4")
     assert run.returncode == 0, run.stderr
     report = json.loads(run.stdout)
-    assert report["status"] == "succeeded" and report["artifact_id"].startswith("a-")
+    assert report["state"] == "JOB_STATE_SUCCEEDED" and report["output"]["id"].startswith("a-")
     result = report["result"]
     # The original is the FP32 safetensors folder of the dequantized GGUF; the embedding (a fifth of the
     # parameters) stays float in the vLLM layout.
@@ -72,11 +72,11 @@ def test_int8_compression_of_smollm2(mesh):
     watch = cli(env, "watch", report["job_id"], "--json", timeout=120)
     assert watch.returncode == 0, watch.stderr
     events = [json.loads(line) for line in watch.stdout.splitlines()]
-    assert [int(e["sequence"]) for e in events] == list(range(1, len(events) + 1))
-    layer_steps = [e.get("step", 0) for e in events
-                   if e["kind"] == "EVENT_KIND_STAGE_PROGRESS" and e.get("stageIndex", 0) == 0]
+    assert [e["sequence"] for e in events] == list(range(1, len(events) + 1))
+    layer_steps = [e["step"] for e in events
+                   if e["kind"] == "EVENT_KIND_STAGE_PROGRESS" and e["stage_index"] == 0]
     assert len(layer_steps) >= 212 and layer_steps == sorted(layer_steps)  # one per quantized module
-    assert events[0]["kind"] == "EVENT_KIND_JOB_STATE" and events[-1]["jobState"] == "JOB_STATE_SUCCEEDED"
+    assert events[0]["kind"] == "EVENT_KIND_JOB_STATE" and events[-1]["job_state"] == "JOB_STATE_SUCCEEDED"
 
 
 @pytest.mark.slow
@@ -91,13 +91,14 @@ def test_compare_and_report_on_the_real_model(mesh, tmp_path):
     comparison = json.loads(run.stdout)
     base, quantized = comparison["rows"]
     # int8-weight-only keeps the embedding float (the vLLM layout): 0.41 of the FP32 folder.
-    assert quantized["sizeRatio"] < 0.45 and quantized["qualityRetention"] > 0.98, quantized
+    assert quantized["size_ratio"] < 0.45 and quantized["quality_retention"] > 0.98, quantized
     assert [c["passed"] for c in quantized["checks"]] == [True, True]
     assert base["metrics"]["flops"] == quantized["metrics"]["flops"]  # same matmuls, int8 storage
     assert int(base["metrics"]["flops"]) > 2 * 134_515_008 * 64 * 0.5
     # Three rounds asked; up to nine while the speedup's interval is too wide.
-    assert len(quantized["metrics"]["latency"]["samplesMs"]) == comparison["interleavedRounds"]
-    assert 3 <= comparison["interleavedRounds"] <= 9 and quantized["speed"][0]["rounds"] == comparison["interleavedRounds"]
+    rounds = comparison["interleaved_rounds"]
+    assert len(quantized["metrics"]["latency"]["samples_ms"]) == rounds
+    assert 3 <= rounds <= 9 and quantized["speed"][0]["rounds"] == rounds
 
     out = tmp_path / "job.html"
     report = cli(env, "report", int8.job_id, "--out", str(out), timeout=120)
@@ -114,7 +115,7 @@ def test_onnx_int8_of_the_real_encoder_keeps_its_embeddings(mesh):
               "--json", "--iterations", "3", "--sentences", "80", "--batch-size", "4")
     assert run.returncode == 0, run.stderr
     report = json.loads(run.stdout)
-    assert report["status"] == "succeeded", report
+    assert report["state"] == "JOB_STATE_SUCCEEDED", report
     with Client(gateway) as client:
         job = client.get_job(report["job_id"])
     fused = job.stages[0].metrics["fused_operators"]
@@ -136,7 +137,7 @@ def test_structured_pruning_of_the_real_encoder_halves_flops_reloads_and_runs_fa
               "--sentences", "80")
     assert run.returncode == 0, run.stderr
     report = json.loads(run.stdout)
-    assert report["status"] == "succeeded", report
+    assert report["state"] == "JOB_STATE_SUCCEEDED", report
     with Client(gateway) as client:
         job = client.get_job(report["job_id"])
         client.download(tmp_path / "pruned", job_id=job.job_id)
@@ -163,7 +164,7 @@ def test_the_minilm_small_student_of_the_real_encoder_trains_reloads_and_runs_fa
               "--sentences", "80")
     assert run.returncode == 0, run.stderr
     report = json.loads(run.stdout)
-    assert report["status"] == "succeeded", report
+    assert report["state"] == "JOB_STATE_SUCCEEDED", report
     with Client(gateway) as client:
         job = client.get_job(report["job_id"])
         client.download(tmp_path / "student", job_id=job.job_id)
@@ -194,7 +195,7 @@ def test_the_demo_pipeline_composes_two_services_and_passes_its_gate_on_the_real
               "--decode-tokens", "4")
     assert run.returncode == 0, run.stderr + run.stdout
     report = json.loads(run.stdout)
-    assert report["status"] == "succeeded", report
+    assert report["state"] == "JOB_STATE_SUCCEEDED", report
     job = Client(gateway).get_job(report["job_id"])
     transform, export, check = job.stages
     assert (transform.spec.technique, export.spec.technique) == (common_pb2.TECHNIQUE_QUANTIZER,
@@ -259,7 +260,7 @@ def test_gptq_calibrated_on_an_uploaded_dataset(mesh, tmp_path):
               "calibration_sequence_length=64", "--no-eval", "--wait", "--json")
     assert run.returncode == 0, run.stderr
     report = json.loads(run.stdout)
-    assert report["status"] == "succeeded", report
+    assert report["state"] == "JOB_STATE_SUCCEEDED", report
     with Client(mesh[1]) as client:
         job = client.get_job(report["job_id"])
     assert job.output.format == common_pb2.ARTIFACT_FORMAT_COMPRESSED_TENSORS

@@ -10,6 +10,7 @@ import subprocess
 
 import grpc
 import pytest
+from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from modelpress import Client
@@ -54,8 +55,8 @@ async def secured(workers, tokens):
 def _raw_call(channel: grpc.Channel, method, metadata=()):
     """Calls `method` of the gateway with an empty request, whatever its streaming shape."""
     path = f"/{GATEWAY.full_name}/{method.name}"
-    request_cls = getattr(gateway_pb2, method.input_type.name)
-    response_cls = getattr(gateway_pb2, method.output_type.name)
+    request_cls = GetMessageClass(method.input_type)
+    response_cls = GetMessageClass(method.output_type)
     kind = ("stream" if method.client_streaming else "unary") + "_" + ("stream" if method.server_streaming else "unary")
     stub = getattr(channel, kind)(path, request_serializer=request_cls.SerializeToString,
                                   response_deserializer=response_cls.FromString)

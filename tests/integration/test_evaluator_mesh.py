@@ -191,25 +191,25 @@ async def test_recommendation_measures_missing_candidates_then_reuses_them(gatew
 async def test_an_evaluation_stage_measures_its_input_and_passes_it_on(workers, model_dir):
     from google.protobuf import struct_pb2
 
-    from modelpress.v1 import evaluator_pb2, evaluator_pb2_grpc
+    from modelpress.v1 import technique_pb2, technique_pb2_grpc
 
     config = struct_pb2.Struct()
     config.update({"sequence_length": 16, "latency_iterations": 2, "quality_windows": 1, "decode_tokens": 0})
     stage = common_pb2.StageRequest(job_id="", stage_index=0, input=common_pb2.ModelRef(path=str(model_dir)),
                                     method="evaluate", config=config)
     async with grpc.aio.insecure_channel(workers.targets["evaluator"]) as channel:
-        stub = evaluator_pb2_grpc.EvaluatorServiceStub(channel)
-        updates = [u async for u in stub.Run(evaluator_pb2.EvaluatorServiceRunRequest(stage=stage))]
+        stub = technique_pb2_grpc.TechniqueServiceStub(channel)
+        updates = [u async for u in stub.Run(technique_pb2.TechniqueServiceRunRequest(stage=stage))]
         output = updates[-1].update.output
         assert output.artifact.id.startswith("a-") and output.artifact.format == common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS
         assert output.metrics["perplexity"] > 1 and output.metrics["flops"] > 0
         # An artifact input is handed on as the very same artifact.
         stage.input.CopyFrom(common_pb2.ModelRef(artifact_id=output.artifact.id))
-        again = [u async for u in stub.Run(evaluator_pb2.EvaluatorServiceRunRequest(stage=stage))]
+        again = [u async for u in stub.Run(technique_pb2.TechniqueServiceRunRequest(stage=stage))]
         assert again[-1].update.output.artifact.id == output.artifact.id
         stage.config.update({"batch_sizes": "1,x"})
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            [u async for u in stub.Run(evaluator_pb2.EvaluatorServiceRunRequest(stage=stage))]
+            [u async for u in stub.Run(technique_pb2.TechniqueServiceRunRequest(stage=stage))]
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "batch_sizes" in info.value.details()
 
 

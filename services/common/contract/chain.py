@@ -1,5 +1,6 @@
 """A pipeline's stages resolved and checked before anything runs: each stage's config
-(defaults, per-stage overrides), and its input's format against what its method accepts.
+(defaults, per-stage overrides), its input's format and the job's model kind against what its
+method accepts, and the engines its methods need against what the optimizer workers report.
 
 The gateway and the in-process API (`modelpress.compress`) both validate through here, from
 the methods' descriptions (Describe, or the engines' registries)."""
@@ -12,6 +13,7 @@ from modelpress.v1 import common_pb2
 from services.common.contract.config import ConfigError, check_value, struct_to_dict
 from services.common.store.events import to_struct
 from services.common.contract.gates import InvalidGate, parse_gate
+from services.common.contract.model_kinds import with_article
 from services.common.contract.recipes import (EVALUATE, RECIPES, InvalidPipeline, RecipeDef, get_recipe,
                                               pipeline_from_message)
 from services.common.runtime.settings import TECHNIQUE_SERVICES
@@ -22,6 +24,11 @@ Methods = dict[tuple[int, str], common_pb2.MethodDescription]
 
 class InvalidArgument(ValueError):
     """Bad client input; the message starts with the offending field."""
+
+
+class MethodUnavailable(RuntimeError):
+    """A well-formed stage that no worker can run now (its engine is missing everywhere asked):
+    FAILED_PRECONDITION, naming the stage, the method and what is missing."""
 
 
 def _addressed(overrides: dict[str, Any], labels: list[str], declares: list[set[str]]
@@ -144,15 +151,28 @@ def format_name(fmt: int) -> str:
     return common_pb2.ArtifactFormat.Name(fmt).removeprefix("ARTIFACT_FORMAT_").lower().replace("_", "-")
 
 
-def check_chain(stages: list[common_pb2.StageSpec], methods: Methods, model_format: int | None) -> None:
+def accepted_kinds(described: common_pb2.MethodDescription) -> tuple[str, ...]:
+    """The model kinds a described method takes (empty: any)."""
+    # Empty from a replica older than the field: it takes any, as such a replica did.
+    return tuple(described.model_kinds)
+
+
+def check_chain(stages: list[common_pb2.StageSpec], methods: Methods, model_format: int | None,
+                model_kind: str | None = None) -> None:
     """Each stage's input (the job's model, then what the stage before writes) against what its
     method accepts, before a job exists. model_format None: not known up front (a path). An
-    evaluate stage passes its input on."""
+    evaluate stage passes its input on. model_kind (model_kinds.MODEL_KINDS; None: not known up
+    front): every stage works on the job's model kind, which no stage changes."""
     entering = {model_format} if model_format else None
     for index, stage in enumerate(stages):
         if stage.technique == common_pb2.TECHNIQUE_EVALUATOR:
             continue
         described = methods[(stage.technique, stage.method)]
+        kinds = accepted_kinds(described)
+        if model_kind and kinds and model_kind not in kinds:
+            raise InvalidArgument(
+                f"stages[{index}] ({label_of(stage)}): {stage.method} takes {' or '.join(kinds)} models; the job's "
+                f"model is {with_article(model_kind)}")
         accepts = set(described.accepts)
         if entering is not None and accepts and not entering & accepts:
             source = "the job's model" if index == 0 else f"what stages[{index - 1}] writes"
@@ -162,3 +182,24 @@ def check_chain(stages: list[common_pb2.StageSpec], methods: Methods, model_form
                 f"{', '.join(sorted(map(format_name, accepts)))}")
         if described.produces:
             entering = set(described.produces)
+
+
+def check_engines(stages: list[common_pb2.StageSpec], engines: list[common_pb2.EngineInfo]) -> None:
+    """MethodUnavailable for the first optimizer stage whose method belongs to an engine that every
+    report in `engines` (ListEngines answers of one or more optimizer workers) says is unavailable.
+    An engine's methods are those of the one-stage recipes it lists per precision."""
+    available: dict[str, bool] = {}
+    why: dict[str, str] = {}
+    engine_of: dict[str, str] = {}
+    for engine in engines:
+        available[engine.name] = available.get(engine.name, False) or engine.available
+        why.setdefault(engine.name, engine.reason)
+        for recipe in engine.methods.values():
+            for step in RECIPES[recipe].stages if recipe in RECIPES else ():
+                if step.technique == common_pb2.TECHNIQUE_OPTIMIZER:
+                    engine_of[step.method] = engine.name
+    for index, stage in enumerate(stages):
+        engine = engine_of.get(stage.method) if stage.technique == common_pb2.TECHNIQUE_OPTIMIZER else None
+        if engine is not None and not available[engine]:
+            raise MethodUnavailable(f"stages[{index}] ({label_of(stage)}): {stage.method} needs the {engine} engine, "
+                                    f"which no optimizer worker can run: {why[engine]}")

@@ -99,8 +99,9 @@ def _describe_field(name: str, info) -> common_pb2.ConfigField:
 
 def describe_method(technique: int, name: str, summary: str, config_cls: type[MethodConfig],
                     accepts: tuple[int, ...] = (), produces: tuple[int, ...] = (),
-                    metrics: tuple = ()) -> common_pb2.MethodDescription:
-    """`metrics`: engine_api.ProgressMetric declarations of what its progress events carry."""
+                    metrics: tuple = (), model_kinds: tuple[str, ...] = ()) -> common_pb2.MethodDescription:
+    """`metrics`: engine_api.ProgressMetric declarations of what its progress events carry;
+    `model_kinds`: the model kinds it takes (empty: any)."""
     fields = config_cls.model_fields
     return common_pb2.MethodDescription(
         technique=technique,
@@ -113,13 +114,14 @@ def describe_method(technique: int, name: str, summary: str, config_cls: type[Me
                 for f, formats in config_cls.artifact_fields.items()],
         progress_metrics=[common_pb2.ProgressMetric(name=m.name, kind=m.kind, description=m.description)
                           for m in metrics],
+        model_kinds=model_kinds,
     )
 
 
 def describe_registry(technique: int, methods) -> list[common_pb2.MethodDescription]:
     """Every method of an engine registry (name -> engine_api.Method) as Describe publishes it."""
-    return [describe_method(technique, m.name, m.summary, m.config_cls, m.accepts, m.produces, m.metrics)
-            for m in methods.values()]
+    return [describe_method(technique, m.name, m.summary, m.config_cls, m.accepts, m.produces, m.metrics,
+                            m.model_kinds) for m in methods.values()]
 
 
 def _validated(config_cls: type[MethodConfig], values: dict[str, Any]) -> tuple[MethodConfig | None, list[str]]:

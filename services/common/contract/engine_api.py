@@ -6,7 +6,6 @@ Nothing here knows about gRPC or NATS, so engines stay importable and testable a
 from __future__ import annotations
 
 import math
-
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from modelpress.v1 import common_pb2
+from services.common.contract.model_kinds import CAUSAL_LM, ENCODER, MODEL_KINDS  # noqa: F401 - re-exported
 
 FLOAT_INPUT = common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS
 
@@ -111,3 +111,5 @@ class Method:
     accepts: tuple[int, ...] = (FLOAT_INPUT,)
     produces: tuple[int, ...] = ()
     metrics: tuple[ProgressMetric, ...] = ()
+    # The model kinds (MODEL_KINDS) it takes; the gateway refuses a job on another kind before it exists.
+    model_kinds: tuple[str, ...] = MODEL_KINDS

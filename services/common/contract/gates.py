@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from modelpress.results import NOT_PRODUCED, not_measured_reason
 from modelpress.v1 import common_pb2
 from services.common.contract.thresholds import THRESHOLD_SETS, Threshold
 
@@ -25,6 +26,10 @@ GATE_METRICS = {
     "perplexity_increase": "(compressed - original) / original perplexity",
     "accuracy_loss": "(original - compressed) / original task accuracy",
 }
+# Where each comes from: the comparison row's ratios, the result's relative changes.
+_ROW_METRICS = ("size_ratio", "parameter_ratio", "flops_ratio", "memory_ratio", "speedup",
+                "quality_retention")
+_RESULT_METRICS = ("perplexity_increase", "accuracy_loss")
 _BOUND = re.compile(r"^\s*([a-z_]+)\s*(>=|<=)\s*([-+0-9.eE]+)\s*$")
 
 
@@ -63,23 +68,40 @@ def parse_gate(text: str) -> Gate | None:
 
 
 def gate_figures(row: common_pb2.ComparisonRow, result: common_pb2.CompressionResult) -> dict[str, float]:
-    figures = {name: getattr(row, name) for name in
-               ("size_ratio", "parameter_ratio", "flops_ratio", "memory_ratio", "speedup", "quality_retention")}
-    figures["perplexity_increase"] = result.perplexity_increase
-    figures["accuracy_loss"] = result.accuracy_loss
+    """The gate metrics that were measured; a figure that was not is absent (never 0)."""
+    figures = {name: getattr(row, name) for name in _ROW_METRICS if row.HasField(name)}
+    for name in _RESULT_METRICS:
+        if result.HasField(name):
+            figures[name] = getattr(result, name)
     if result.HasField("decode_speedup"):
         figures["decode_speedup"] = result.decode_speedup.speedup
     return figures
 
 
-def failed_checks(gate: Gate, figures: dict[str, float]) -> list[str]:
-    """One line per failed bound: the measured figure and the bound. A figure the evaluation
-    did not produce (decode speed of an encoder) fails: a gate is never passed by omission."""
+def gate_not_measured(row: common_pb2.ComparisonRow, result: common_pb2.CompressionResult) -> dict[str, str]:
+    """Why each gate metric missing from gate_figures was not measured, as the evaluator said."""
+    reasons = {name: row.not_measured.get(name, NOT_PRODUCED)
+               for name in _ROW_METRICS if not row.HasField(name)}
+    for name in _RESULT_METRICS:
+        if not result.HasField(name):
+            reasons[name] = result.not_measured.get(name, NOT_PRODUCED)
+    if not result.HasField("decode_speedup"):
+        reasons["decode_speedup"] = not_measured_reason("decode", result.original, result.compressed)
+    return reasons
+
+
+def failed_checks(gate: Gate, figures: dict[str, float], not_measured: dict[str, str] | None = None
+                  ) -> list[str]:
+    """One line per failed bound: the measured figure and the bound. A figure the evaluation did
+    not produce (the perplexity of an encoder, the FLOPs of an ONNX graph) fails, saying why when
+    `not_measured` knows: a gate is never passed by omission."""
     failures = []
     for check in gate.checks:
         value = figures.get(check.metric)
         if value is None:
-            failures.append(f"{check.metric} was not measured (bound {check.comparison} {check.threshold:g})")
+            why = (not_measured or {}).get(check.metric)
+            failures.append(f"{check.metric} was not measured{': ' + why if why else ''} "
+                            f"(bound {check.comparison} {check.threshold:g})")
         elif not check.passes(value):
             failures.append(f"{check.metric} = {value:.4g}, bound {check.comparison} {check.threshold:g} "
                             f"({check.description})")

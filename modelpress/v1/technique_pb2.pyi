@@ -7,35 +7,35 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
-class QuantizerServiceRunRequest(_message.Message):
+class TechniqueServiceRunRequest(_message.Message):
     __slots__ = ("stage",)
     STAGE_FIELD_NUMBER: _ClassVar[int]
     stage: _common_pb2.StageRequest
     def __init__(self, stage: _Optional[_Union[_common_pb2.StageRequest, _Mapping]] = ...) -> None: ...
 
-class QuantizerServiceRunResponse(_message.Message):
+class TechniqueServiceRunResponse(_message.Message):
     __slots__ = ("update",)
     UPDATE_FIELD_NUMBER: _ClassVar[int]
     update: _common_pb2.StageUpdate
     def __init__(self, update: _Optional[_Union[_common_pb2.StageUpdate, _Mapping]] = ...) -> None: ...
 
-class QuantizerServiceDescribeRequest(_message.Message):
+class TechniqueServiceDescribeRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
-class QuantizerServiceDescribeResponse(_message.Message):
+class TechniqueServiceDescribeResponse(_message.Message):
     __slots__ = ("description",)
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     description: _common_pb2.ServiceDescription
     def __init__(self, description: _Optional[_Union[_common_pb2.ServiceDescription, _Mapping]] = ...) -> None: ...
 
-class QuantizerServiceCheckConfigRequest(_message.Message):
+class TechniqueServiceCheckConfigRequest(_message.Message):
     __slots__ = ("stage",)
     STAGE_FIELD_NUMBER: _ClassVar[int]
     stage: _common_pb2.StageSpec
     def __init__(self, stage: _Optional[_Union[_common_pb2.StageSpec, _Mapping]] = ...) -> None: ...
 
-class QuantizerServiceCheckConfigResponse(_message.Message):
+class TechniqueServiceCheckConfigResponse(_message.Message):
     __slots__ = ("errors", "over_budget")
     ERRORS_FIELD_NUMBER: _ClassVar[int]
     OVER_BUDGET_FIELD_NUMBER: _ClassVar[int]

@@ -1,9 +1,11 @@
-"""How many token positions a model takes, read without loading it: a built-in's known limit, a
-path's config.json, or the config.json at the head of a stored artifact's tar (folders are tarred
-in name order, so it comes before the weights)."""
+"""What the gateway reads of a job's model before the job exists, without loading it: the model's
+config.json from a path (off the event loop) or from the head of a stored artifact's tar (folders
+are tarred in name order, so it comes before the weights), and from it the token positions the
+model takes. A built-in's figures are declared."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import tarfile
@@ -11,7 +13,7 @@ from pathlib import Path
 
 from modelpress.v1 import common_pb2
 from services.common.models import builtin_models as registry
-from services.common.store.artifact_store import ArtifactStore
+from services.common.store.artifact_store import ArtifactCorrupt, ArtifactStore
 from services.common.models.model_source import check_allowed_path
 from services.common.contract.chain import InvalidArgument
 
@@ -28,7 +30,7 @@ def positions_in(config: dict) -> int | None:
     return positions_in(text) if isinstance(text, dict) else None
 
 
-def _config_in_head(head: bytes) -> dict | None:
+def config_in_head(head: bytes) -> dict | None:
     """config.json of a tar whose first bytes are `head`, if it lies whole within them."""
     try:
         with tarfile.open(fileobj=io.BytesIO(head), mode="r|") as tar:
@@ -41,26 +43,39 @@ def _config_in_head(head: bytes) -> dict | None:
     return None
 
 
-async def model_positions(ref: common_pb2.ModelRef, store: ArtifactStore) -> int | None:
-    """The model's position limit, or None where it cannot be told cheaply (the evaluator still checks)."""
+def _read_config(folder: Path) -> dict | None:
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+async def submitted_config(ref: common_pb2.ModelRef, store: ArtifactStore) -> dict | None:
+    """config.json of a path or stored artifact; None for a built-in or where it cannot be read
+    cheaply (the stage that loads the model says what is wrong)."""
     source = ref.WhichOneof("source")
-    if source == "builtin":
-        return registry.BUILTINS[ref.builtin].max_positions
     if source == "path":
-        config = Path(check_allowed_path(ref.path)) / "config.json"
-        try:
-            return positions_in(json.loads(config.read_text()))
-        except (OSError, ValueError):
-            return None
+        return await asyncio.to_thread(_read_config, Path(check_allowed_path(ref.path)))
     if source == "artifact_id":
         head = bytearray()
-        async for chunk in store.iter_chunks(ref.artifact_id):
-            head += chunk
-            if len(head) >= HEAD_BYTES:
-                break
-        config = _config_in_head(bytes(head))
-        return positions_in(config) if config else None
+        try:
+            async for chunk in store.iter_chunks(ref.artifact_id):
+                head += chunk
+                if len(head) >= HEAD_BYTES:
+                    break
+        except (ArtifactCorrupt, OSError):
+            return None
+        return config_in_head(bytes(head))
     return None
+
+
+async def model_positions(ref: common_pb2.ModelRef, store: ArtifactStore) -> int | None:
+    """The model's position limit, or None where it cannot be told cheaply (the evaluator still checks)."""
+    if ref.WhichOneof("source") == "builtin":
+        return registry.BUILTINS[ref.builtin].max_positions
+    config = await submitted_config(ref, store)
+    return positions_in(config) if config else None
 
 
 def check_positions(spec: common_pb2.EvaluationSpec, limit: int | None, field: str) -> None:

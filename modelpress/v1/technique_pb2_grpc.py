@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from modelpress.v1 import distiller_pb2 as modelpress_dot_v1_dot_distiller__pb2
+from modelpress.v1 import technique_pb2 as modelpress_dot_v1_dot_technique__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,15 +18,17 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in modelpress/v1/distiller_pb2_grpc.py depends on'
+        + ' but the generated code in modelpress/v1/technique_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class DistillerServiceStub:
-    """The distiller: runs distiller stages of a recipe.
+class TechniqueServiceStub:
+    """The contract every technique service serves: the quantizer, pruner, distiller, optimizer and the
+    evaluator (its recipe stage). Each process serves it for one technique: which technique answers is
+    the address the caller dialled, and Describe says it (ServiceDescription.technique).
     """
 
     def __init__(self, channel):
@@ -36,24 +38,26 @@ class DistillerServiceStub:
             channel: A grpc.Channel.
         """
         self.Run = channel.unary_stream(
-                '/modelpress.v1.DistillerService/Run',
-                request_serializer=modelpress_dot_v1_dot_distiller__pb2.DistillerServiceRunRequest.SerializeToString,
-                response_deserializer=modelpress_dot_v1_dot_distiller__pb2.DistillerServiceRunResponse.FromString,
+                '/modelpress.v1.TechniqueService/Run',
+                request_serializer=modelpress_dot_v1_dot_technique__pb2.TechniqueServiceRunRequest.SerializeToString,
+                response_deserializer=modelpress_dot_v1_dot_technique__pb2.TechniqueServiceRunResponse.FromString,
                 _registered_method=True)
         self.Describe = channel.unary_unary(
-                '/modelpress.v1.DistillerService/Describe',
-                request_serializer=modelpress_dot_v1_dot_distiller__pb2.DistillerServiceDescribeRequest.SerializeToString,
-                response_deserializer=modelpress_dot_v1_dot_distiller__pb2.DistillerServiceDescribeResponse.FromString,
+                '/modelpress.v1.TechniqueService/Describe',
+                request_serializer=modelpress_dot_v1_dot_technique__pb2.TechniqueServiceDescribeRequest.SerializeToString,
+                response_deserializer=modelpress_dot_v1_dot_technique__pb2.TechniqueServiceDescribeResponse.FromString,
                 _registered_method=True)
         self.CheckConfig = channel.unary_unary(
-                '/modelpress.v1.DistillerService/CheckConfig',
-                request_serializer=modelpress_dot_v1_dot_distiller__pb2.DistillerServiceCheckConfigRequest.SerializeToString,
-                response_deserializer=modelpress_dot_v1_dot_distiller__pb2.DistillerServiceCheckConfigResponse.FromString,
+                '/modelpress.v1.TechniqueService/CheckConfig',
+                request_serializer=modelpress_dot_v1_dot_technique__pb2.TechniqueServiceCheckConfigRequest.SerializeToString,
+                response_deserializer=modelpress_dot_v1_dot_technique__pb2.TechniqueServiceCheckConfigResponse.FromString,
                 _registered_method=True)
 
 
-class DistillerServiceServicer:
-    """The distiller: runs distiller stages of a recipe.
+class TechniqueServiceServicer:
+    """The contract every technique service serves: the quantizer, pruner, distiller, optimizer and the
+    evaluator (its recipe stage). Each process serves it for one technique: which technique answers is
+    the address the caller dialled, and Describe says it (ServiceDescription.technique).
     """
 
     def Run(self, request, context):
@@ -79,33 +83,35 @@ class DistillerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
 
-def add_DistillerServiceServicer_to_server(servicer, server):
+def add_TechniqueServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Run': grpc.unary_stream_rpc_method_handler(
                     servicer.Run,
-                    request_deserializer=modelpress_dot_v1_dot_distiller__pb2.DistillerServiceRunRequest.FromString,
-                    response_serializer=modelpress_dot_v1_dot_distiller__pb2.DistillerServiceRunResponse.SerializeToString,
+                    request_deserializer=modelpress_dot_v1_dot_technique__pb2.TechniqueServiceRunRequest.FromString,
+                    response_serializer=modelpress_dot_v1_dot_technique__pb2.TechniqueServiceRunResponse.SerializeToString,
             ),
             'Describe': grpc.unary_unary_rpc_method_handler(
                     servicer.Describe,
-                    request_deserializer=modelpress_dot_v1_dot_distiller__pb2.DistillerServiceDescribeRequest.FromString,
-                    response_serializer=modelpress_dot_v1_dot_distiller__pb2.DistillerServiceDescribeResponse.SerializeToString,
+                    request_deserializer=modelpress_dot_v1_dot_technique__pb2.TechniqueServiceDescribeRequest.FromString,
+                    response_serializer=modelpress_dot_v1_dot_technique__pb2.TechniqueServiceDescribeResponse.SerializeToString,
             ),
             'CheckConfig': grpc.unary_unary_rpc_method_handler(
                     servicer.CheckConfig,
-                    request_deserializer=modelpress_dot_v1_dot_distiller__pb2.DistillerServiceCheckConfigRequest.FromString,
-                    response_serializer=modelpress_dot_v1_dot_distiller__pb2.DistillerServiceCheckConfigResponse.SerializeToString,
+                    request_deserializer=modelpress_dot_v1_dot_technique__pb2.TechniqueServiceCheckConfigRequest.FromString,
+                    response_serializer=modelpress_dot_v1_dot_technique__pb2.TechniqueServiceCheckConfigResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'modelpress.v1.DistillerService', rpc_method_handlers)
+            'modelpress.v1.TechniqueService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('modelpress.v1.DistillerService', rpc_method_handlers)
+    server.add_registered_method_handlers('modelpress.v1.TechniqueService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class DistillerService:
-    """The distiller: runs distiller stages of a recipe.
+class TechniqueService:
+    """The contract every technique service serves: the quantizer, pruner, distiller, optimizer and the
+    evaluator (its recipe stage). Each process serves it for one technique: which technique answers is
+    the address the caller dialled, and Describe says it (ServiceDescription.technique).
     """
 
     @staticmethod
@@ -122,9 +128,9 @@ class DistillerService:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/modelpress.v1.DistillerService/Run',
-            modelpress_dot_v1_dot_distiller__pb2.DistillerServiceRunRequest.SerializeToString,
-            modelpress_dot_v1_dot_distiller__pb2.DistillerServiceRunResponse.FromString,
+            '/modelpress.v1.TechniqueService/Run',
+            modelpress_dot_v1_dot_technique__pb2.TechniqueServiceRunRequest.SerializeToString,
+            modelpress_dot_v1_dot_technique__pb2.TechniqueServiceRunResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -149,9 +155,9 @@ class DistillerService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/modelpress.v1.DistillerService/Describe',
-            modelpress_dot_v1_dot_distiller__pb2.DistillerServiceDescribeRequest.SerializeToString,
-            modelpress_dot_v1_dot_distiller__pb2.DistillerServiceDescribeResponse.FromString,
+            '/modelpress.v1.TechniqueService/Describe',
+            modelpress_dot_v1_dot_technique__pb2.TechniqueServiceDescribeRequest.SerializeToString,
+            modelpress_dot_v1_dot_technique__pb2.TechniqueServiceDescribeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -176,9 +182,9 @@ class DistillerService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/modelpress.v1.DistillerService/CheckConfig',
-            modelpress_dot_v1_dot_distiller__pb2.DistillerServiceCheckConfigRequest.SerializeToString,
-            modelpress_dot_v1_dot_distiller__pb2.DistillerServiceCheckConfigResponse.FromString,
+            '/modelpress.v1.TechniqueService/CheckConfig',
+            modelpress_dot_v1_dot_technique__pb2.TechniqueServiceCheckConfigRequest.SerializeToString,
+            modelpress_dot_v1_dot_technique__pb2.TechniqueServiceCheckConfigResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,70 @@
+"""What every weight-only quantizer method shares: the float input streamed in, the rounded weights
+written out as compressed-tensors with the stage's figures. A method module (engine.py, or one of its
+own) rounds the weights in between."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from modelpress.v1 import common_pb2
+from services.common.calibration.streaming import StreamingModel
+from services.common.contract.engine_api import ProgressMetric, ProgressReporter, StageResult
+from services.common.models.float_checkpoint import refuse_quantized
+from services.common.models.tokenizer_files import copy_tokenizer
+from services.common.runtime.memory import return_large_frees_to_os
+from services.quantizer.ct_format import is_standard_layout, write_compressed_tensors
+from services.quantizer.targets import fallback_report
+
+# The per-layer figure of every method that rounds weights without data (RTN and its kin).
+WEIGHT_ERROR = ProgressMetric("relative_weight_error", "per-layer", "Relative error of the rounded weights")
+
+
+def architecture_of(model) -> str:
+    return (model.config.architectures or [type(model).__name__])[0]
+
+
+def stream_float(src: Path, reporter: ProgressReporter) -> StreamingModel:
+    """The float input, streamed block by block (a quantized input is refused)."""
+    reporter.report(0, 1, "reading model layout")
+    refuse_quantized(src)
+    return_large_frees_to_os()
+    return StreamingModel(src)
+
+
+def save_weight_only(source: StreamingModel, quantized, targets, config, dst: Path, reporter: ProgressReporter,
+                     method: str, extra_metrics: dict | None = None,
+                     rewritten: dict[str, torch.Tensor] | None = None) -> StageResult:
+    """Writes the rounded weights as compressed-tensors (the tokenizer beside them) and the stage's
+    result: the config, group fallbacks, layout and effective bits."""
+    reporter.report(len(targets), len(targets) + 1, "writing compressed-tensors model")
+    write_compressed_tensors(source, quantized, dst, source.tied_head, rewritten)
+    copy_tokenizer(source.reader.folder, dst)
+    n = len(targets)
+    layout = "vllm" if is_standard_layout(dst) else "transformers-only"
+    reporter.report(n + 1, n + 1, "saved compressed-tensors model")
+    return StageResult(
+        format=common_pb2.ARTIFACT_FORMAT_COMPRESSED_TENSORS,
+        architecture=architecture_of(source.model),
+        compression={"method": method, **config.model_dump(), "group_fallbacks": fallback_report(targets),
+                     "layout": layout},
+        metrics={"quantized_modules": n, "effective_bits": effective_bits(targets),
+                 "linear_effective_bits": effective_bits(targets, ("linear",)), **(extra_metrics or {})},
+    )
+
+
+def effective_bits(targets, roles: tuple[str, ...] = ("linear", "embedding", "head")) -> float:
+    """Average stored bits per quantized weight of `roles`, scales and zero-points included."""
+    bits = weights = 0.0
+    seen: set[int] = set()
+    for t in (t for t in targets if t.role in roles):
+        if id(t.module.weight) in seen:
+            continue
+        seen.add(id(t.module.weight))
+        count = t.module.weight.numel()
+        width = t.scheme.group_width(t.module.weight.shape[1])
+        per_group = 16 + (0 if t.scheme.symmetric else t.scheme.bits)
+        bits += count * (t.scheme.bits + per_group / width)
+        weights += count
+    return bits / weights if weights else 0.0
