@@ -34,15 +34,12 @@ from modelpress.errors import from_rpc_error
 from modelpress.folders import stamp_modification_times, tar_folder, untar_folder
 from modelpress.pipelines import pipeline_message
 from modelpress.results import job_document
+from modelpress.structs import to_struct
 from modelpress.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
 UPLOAD_CHUNK = 1024 * 1024
-
-
-def to_struct(values: dict[str, Any]) -> struct_pb2.Struct:
-    struct = struct_pb2.Struct()
-    struct.update(values)
-    return struct
+# Overrides and options: field -> value, or the Struct itself (what the CLI builds from --set).
+Values = dict[str, Any] | struct_pb2.Struct
 
 
 def _typed_errors(method):
@@ -158,12 +155,12 @@ class Client:
     # ---- jobs ----------------------------------------------------------------
 
     def create_job(self, model: str | common_pb2.ModelRef, recipe: str | dict | list | common_pb2.Pipeline, *,
-                   overrides: dict[str, Any] | None = None, evaluation: common_pb2.EvaluationSpec | None = None,
+                   overrides: Values | None = None, evaluation: common_pb2.EvaluationSpec | None = None,
                    name: str = "", recompute: bool = False) -> common_pb2.Job:
         """`recipe`: a recipe name, or a pipeline (its stages as data, or a Pipeline message).
         A stage whose key matches a stored artifact reuses it unless `recompute`."""
         ref = parse_model_ref(model) if isinstance(model, str) else model
-        request = gateway_pb2.CreateJobRequest(name=name, model=ref, overrides=to_struct(overrides or {}),
+        request = gateway_pb2.CreateJobRequest(name=name, model=ref, overrides=to_struct(overrides),
                                                evaluation=evaluation, recompute=recompute)
         if isinstance(recipe, str):
             request.recipe = recipe
@@ -221,8 +218,8 @@ class Client:
         return self._stub.DeleteRecipe(gateway_pb2.DeleteRecipeRequest(name=name),
                                        timeout=self._timeout).deleted_versions
 
-    def validate(self, recipe: str, overrides: dict[str, Any] | None = None) -> gateway_pb2.ValidateConfigResponse:
-        request = gateway_pb2.ValidateConfigRequest(recipe=recipe, overrides=to_struct(overrides or {}))
+    def validate(self, recipe: str, overrides: Values | None = None) -> gateway_pb2.ValidateConfigResponse:
+        request = gateway_pb2.ValidateConfigRequest(recipe=recipe, overrides=to_struct(overrides))
         return self._stub.ValidateConfig(request, timeout=self._timeout)
 
     def evaluate(self, model: str, spec: common_pb2.EvaluationSpec | None = None) -> common_pb2.ModelMetrics:
@@ -254,10 +251,11 @@ class Client:
         request = gateway_pb2.GetReportRequest(job_id=job_id, comparison_id=comparison_id, format=fmt)
         return self._stub.GetReport(request, timeout=self._timeout).content
 
-    def optimize(self, model: str, engine: str, *, precision: str = "", options: dict[str, Any] | None = None,
+    def optimize(self, model: str, engine: str, *, precision: str = "", options: Values | None = None,
                  evaluation: common_pb2.EvaluationSpec | None = None, name: str = "") -> common_pb2.Job:
         request = gateway_pb2.OptimizeModelRequest(model=parse_model_ref(model), engine=engine, precision=precision,
-                                                   options=to_struct(options or {}), evaluation=evaluation, name=name)
+                                                   options=to_struct(options), evaluation=evaluation,
+                                                   name=name)
         return self._stub.OptimizeModel(request, timeout=self._timeout).job
 
     def list_engines(self) -> list[common_pb2.EngineInfo]:

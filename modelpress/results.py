@@ -22,10 +22,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from modelpress.headline import job_headline
+from modelpress.structs import from_struct, from_value
 from modelpress.v1 import common_pb2
 
 _TERMINAL = (common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED)
@@ -201,8 +201,12 @@ def _message_value(message: Message) -> Any:
     name = message.DESCRIPTOR.full_name
     if name == "google.protobuf.Timestamp":
         return message.ToJsonString()
-    if name in ("google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"):
-        return json_format.MessageToDict(message)
+    if name == "google.protobuf.Struct":
+        return from_struct(message)
+    if name == "google.protobuf.Value":
+        return from_value(message)
+    if name == "google.protobuf.ListValue":
+        return [from_value(item) for item in message.values]
     return message_document(message)
 
 
@@ -217,7 +221,7 @@ def message_document(message: Message) -> dict:
         elif field.is_repeated:
             out[field.name] = [_value(field, item) for item in value]
         elif field.message_type is not None and field.message_type.full_name == "google.protobuf.Struct":
-            out[field.name] = json_format.MessageToDict(value)  # an unset config is an empty one
+            out[field.name] = from_struct(value)  # an unset config is an empty one
         elif field.has_presence and not message.HasField(field.name):
             out[field.name] = None
         else:

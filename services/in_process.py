@@ -8,8 +8,10 @@
 
 What llm-compressor's `oneshot` gives a notebook or a CI job: no NATS, no services. Validation
 and chaining are the mesh's own (services/common/contract: the same stage resolution, overrides
-and format checks); only dispatch differs: each stage calls its engine's method here instead of
-over gRPC. Needs the server install (torch and the engines), unlike `modelpress.Client`.
+and format checks, against the engines' registries; each stage's values validated by its pydantic
+config, as its service does, with no protobuf in between); only dispatch differs: each stage calls
+its engine's method here instead of over gRPC. Needs the server install (torch and the engines),
+unlike `modelpress.Client`.
 
 The run is described as the mesh describes a job: `run.job` is a Job message (stages, formats,
 configs, metrics, a result whose before/after figures are unset: nothing is measured here) and
@@ -33,11 +35,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf import struct_pb2
 
 from modelpress import errors
-from modelpress.pipelines import load_pipeline_file
+from modelpress.pipelines import SUFFIXES, PipelineError, read_pipeline_file
 from modelpress.results import job_document, result_headline, unevaluated_result
+from modelpress.structs import to_struct
 from modelpress.v1 import common_pb2
 
 # Engine registries by technique, imported when a pipeline uses them (each pulls its runtimes).
@@ -101,8 +103,8 @@ def _status_of(exc: BaseException) -> grpc.StatusCode | None:
     from services.common.models.builtin_models import UnknownBuiltin
     from services.common.models.modelio import UnsafeModelError, UnsupportedModelError
 
-    for kinds, code in (((InvalidArgument, ConfigError, InvalidPipeline, InvalidGate, UnknownBuiltin),
-                         grpc.StatusCode.INVALID_ARGUMENT),
+    refusals = (InvalidArgument, ConfigError, InvalidPipeline, PipelineError, InvalidGate, UnknownBuiltin)
+    for kinds, code in ((refusals, grpc.StatusCode.INVALID_ARGUMENT),
                         ((WorkBudgetExceeded,), grpc.StatusCode.RESOURCE_EXHAUSTED),
                         ((FileNotFoundError,), grpc.StatusCode.NOT_FOUND),
                         ((UnsafeModelError, UnsupportedModelError, NotPossibleHere),
@@ -135,18 +137,21 @@ def _registries(techniques: set[int]) -> dict[int, Mapping]:
 
 
 def _recipe(recipe_or_pipeline):
-    from services.common.contract.recipes import RecipeDef, get_recipe, pipeline_from_data, InvalidPipeline
+    from services.common.contract.recipes import (InvalidPipeline, RecipeDef, get_recipe, pipeline_from_data,
+                                                  pipeline_from_message)
 
     if isinstance(recipe_or_pipeline, RecipeDef):
         return recipe_or_pipeline
     try:
+        if isinstance(recipe_or_pipeline, common_pb2.Pipeline):
+            return pipeline_from_message(recipe_or_pipeline)
         if isinstance(recipe_or_pipeline, (str, Path)):
             text = str(recipe_or_pipeline)
-            if text.endswith((".json", ".yaml", ".yml")):
-                return pipeline_from_data(load_pipeline_file(text), Path(text).stem)
+            if text.lower().endswith(SUFFIXES):
+                return pipeline_from_message(read_pipeline_file(text, Path(text).stem))
             return get_recipe(text)
         return pipeline_from_data(recipe_or_pipeline)
-    except (KeyError, InvalidPipeline) as exc:
+    except (KeyError, InvalidPipeline, PipelineError) as exc:
         raise _invalid(_message_of(exc)) from None
 
 
@@ -216,17 +221,19 @@ def compress(model: str | Path, recipe_or_pipeline, out_dir: str | Path, *, over
 
 def _compress(model, recipe_or_pipeline, out: Path, overrides: dict[str, Any],
               progress: Callable[[int, str, Any], None] | None, keep_stages: bool) -> CompressionRun:
-    from services.common.contract.config import describe_registry, parse_config, struct_to_dict
     from services.common.contract.engine_api import ProgressReporter
-    from services.common.contract.chain import check_chain, label_of, resolve_stages
+    from services.common.contract.chain import check_chain, label_of, resolve_configs
 
     created = _now()
     recipe = _recipe(recipe_or_pipeline)
     src = _model_folder(model)
     registries = _registries({s.technique for s in recipe.stages})
-    described = {(t, d.name): d for t, methods in registries.items() for d in describe_registry(t, methods)}
-    stages = resolve_stages(recipe, overrides, described)
-    check_chain(stages, described, _format_of(src), _kind_of(src))
+    # The engines' own registries: the chain is checked against them and each stage's values
+    # validated by its pydantic config directly, as the services would (no protobuf in between).
+    methods = {(t, name): method for t, registry in registries.items() for name, method in registry.items()}
+    resolved, configs = resolve_configs(recipe, overrides, methods)
+    stages = resolved.stages
+    check_chain(stages, methods, _format_of(src), _kind_of(src))
     if out.exists() and any(out.iterdir()):
         raise _invalid(f"out_dir: {out} is not empty")
     scratch = out / ".stages"
@@ -234,16 +241,12 @@ def _compress(model, recipe_or_pipeline, out: Path, overrides: dict[str, Any],
     run.job.CopyFrom(common_pb2.Job(model=_model_ref(model), recipe=recipe.name,
                                     state=common_pb2.JOB_STATE_RUNNING,
                                     evaluation=common_pb2.EvaluationSpec(skip=True), created_at=created))
-    configs = []
-    for index, spec in enumerate(stages):
-        method = registries[spec.technique][spec.method]
-        config = parse_config(method.config_cls, struct_to_dict(spec.config))
+    for index, (spec, config) in enumerate(zip(stages, configs)):
         _bind_local_artifacts(config, f"stages[{index}] ({label_of(spec)})")
         # As in the mesh: an empty teacher is the model before the first stage, not this stage's input.
         for name in config.original_default_fields:
             if not getattr(config, name):
                 config.bind_local(name, src)
-        configs.append(config)
     run.job.started_at.GetCurrentTime()
     for index, (spec, config) in enumerate(zip(stages, configs)):
         label = label_of(spec)
@@ -308,11 +311,9 @@ def _folder_ref(folder: Path, fmt: int) -> common_pb2.ArtifactRef:
 
 def _stage_status(index: int, spec: common_pb2.StageSpec, folder: Path, fmt: int, outcome: StageOutcome,
                   started) -> common_pb2.StageStatus:
-    metrics = struct_pb2.Struct()
-    metrics.update(outcome.metrics)
     status = common_pb2.StageStatus(index=index, spec=spec, state=common_pb2.JOB_STATE_SUCCEEDED,
-                                    output=_folder_ref(folder, fmt), metrics=metrics, worker=WORKER,
-                                    notes=outcome.notes, started_at=started)
+                                    output=_folder_ref(folder, fmt), metrics=to_struct(outcome.metrics),
+                                    worker=WORKER, notes=outcome.notes, started_at=started)
     status.finished_at.GetCurrentTime()
     return status
 

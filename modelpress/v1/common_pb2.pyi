@@ -117,18 +117,20 @@ class ModelRef(_message.Message):
     def __init__(self, artifact_id: _Optional[str] = ..., builtin: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
 
 class StageSpec(_message.Message):
-    __slots__ = ("technique", "method", "config", "name", "gate")
+    __slots__ = ("technique", "method", "config", "name", "gate", "gate_checks")
     TECHNIQUE_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     GATE_FIELD_NUMBER: _ClassVar[int]
+    GATE_CHECKS_FIELD_NUMBER: _ClassVar[int]
     technique: Technique
     method: str
     config: _struct_pb2.Struct
     name: str
     gate: str
-    def __init__(self, technique: _Optional[_Union[Technique, str]] = ..., method: _Optional[str] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., name: _Optional[str] = ..., gate: _Optional[str] = ...) -> None: ...
+    gate_checks: _containers.RepeatedCompositeFieldContainer[ThresholdCheck]
+    def __init__(self, technique: _Optional[_Union[Technique, str]] = ..., method: _Optional[str] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., name: _Optional[str] = ..., gate: _Optional[str] = ..., gate_checks: _Optional[_Iterable[_Union[ThresholdCheck, _Mapping]]] = ...) -> None: ...
 
 class Pipeline(_message.Message):
     __slots__ = ("name", "summary", "stages")

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import grpc
 import yaml
-from google.protobuf import json_format
 from rich.markup import escape
 from rich.table import Table
 
 from modelpress import Client, NotFound, __version__
 from modelpress.headline import job_headline
-from modelpress.pipelines import load_pipeline_file, pipeline_data, pipeline_message, technique_name
+from modelpress.pipelines import pipeline_text, read_pipeline_file, technique_name
 from modelpress.results import job_document
+from modelpress.structs import from_struct, from_value, to_struct
 from modelpress.v1 import common_pb2
 from services.cli import evaluation as cli_evaluation, launcher, messages, progress
 from services.cli.output import closed_pipe, err, figure, json_text, out, stdout_is_terminal
@@ -56,7 +56,10 @@ def _client(args) -> Client:
 _state_name = progress.state_name
 
 
-def _parse_overrides(pairs: list[str]) -> dict:
+def _parse_overrides(pairs: list[str]):
+    """`--set KEY=VALUE ...` as the override Struct the request carries: VALUE read as a JSON scalar
+    (16, 0.5, true, "text"), else taken as text. Its values reach the service as written here; the
+    service's config validates them."""
     overrides = {}
     for pair in pairs or []:
         key, sep, raw = pair.partition("=")
@@ -66,7 +69,7 @@ def _parse_overrides(pairs: list[str]) -> dict:
             overrides[key] = json.loads(raw)
         except json.JSONDecodeError:
             overrides[key] = raw
-    return overrides
+    return to_struct(overrides)
 
 
 # ---- mesh ------------------------------------------------------------------------
@@ -236,7 +239,7 @@ def cmd_compress(args) -> int:
     evaluation = cli_evaluation.spec_from(args, skip=args.no_eval)
     with _client(args) as client:
         try:
-            recipe = pipeline_message(load_pipeline_file(args.pipeline)) if args.pipeline else args.recipe
+            recipe = read_pipeline_file(args.pipeline) if args.pipeline else args.recipe
         except (OSError, ValueError, yaml.YAMLError) as exc:
             err.print(f"--pipeline {args.pipeline}: {escape(str(exc))}")
             return 2
@@ -439,33 +442,26 @@ def cmd_recipes(args) -> int:
             return 0
         if args.action == "create":
             try:
-                data = load_pipeline_file(args.name)
+                pipeline = read_pipeline_file(args.name, default_name=Path(args.name).stem)
             except (OSError, ValueError, yaml.YAMLError) as exc:
                 err.print(f"recipes create {args.name}: {escape(str(exc))}")
                 return 2
-            if isinstance(data, dict) and not data.get("name"):
-                data["name"] = Path(args.name).stem
-            recipe = client.create_recipe(data)
+            recipe = client.create_recipe(pipeline)
             print(f"created {recipe.name}@{recipe.version}")
             return 0
         if args.action == "delete":
             print(f"deleted {client.delete_recipe(args.name)} version(s) of {args.name}")
             return 0
         recipe = client.get_recipe(args.name)
-    data = pipeline_data(recipe)
-    if not recipe.builtin:
-        data["version"] = recipe.version
     # The same shape `compress --pipeline FILE` and `recipes create FILE` read back (YAML, or JSON with --json).
-    print(json.dumps(data, indent=2) if args.json else yaml.safe_dump(data, sort_keys=False, width=100), end="")
+    version = None if recipe.builtin else recipe.version
+    print(pipeline_text(recipe, "json" if args.json else "yaml", version), end="")
     return 0
 
 
 def _value_text(value) -> str:
     """A default as a person writes it: 16, not 16.0; true; "text"."""
-    plain = json_format.MessageToDict(value)
-    if isinstance(plain, float) and plain.is_integer():
-        return str(int(plain))
-    return json.dumps(plain)
+    return json.dumps(from_value(value))
 
 
 def _field_text(field: common_pb2.ConfigField) -> str:
@@ -491,7 +487,7 @@ def cmd_lineage(args) -> int:
     if not response.stages:
         out.print("no stages: uploaded as it is", markup=False)
     for i, stage in enumerate(response.stages):
-        config = json_format.MessageToDict(stage.config)
+        config = from_struct(stage.config)
         versions = ", ".join(f"{k} {v}" for k, v in sorted(stage.versions.items()) if k != "isa_class")
         out.print(f"[bold]{i}. {stage.technique}:{stage.method}[/bold] on {escape(stage.input)} "
                   f"({stage.input_digest[:19]}…) -> {stage.format.removeprefix('ARTIFACT_FORMAT_').lower()}")

@@ -12,6 +12,8 @@ from pydantic import Field, model_validator
 from modelpress.v1 import common_pb2
 from services.common.calibration.config import CalibrationConfig
 from services.common.contract.config import MAX_TRAINED_TOKENS, over_budget
+from services.common.contract.fields import (CALIBRATION_SAMPLES, CALIBRATION_SEQUENCE_LENGTH, CalibrationSamples,
+                                             CalibrationSequenceLength)
 from services.distiller.losses.response import DIVERGENCES, EMBEDDING_LOSSES
 
 FLOAT = common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS
@@ -20,10 +22,9 @@ FLOAT = common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS
 class TrainingConfig(CalibrationConfig):
     """Bounded CPU training on the calibration split (or an uploaded dataset), never held-out text."""
 
-    calibration_samples: int = Field(256, ge=2, le=100000,
-                                     description="Training windows (causal LMs) or text pieces (encoders; capped at "
-                                                 "what the text holds)")
-    calibration_sequence_length: int = Field(128, ge=16, le=4096, description="Tokens per window or piece")
+    # The distiller trains on its calibration windows (encoders: text pieces, capped at what the text holds).
+    calibration_samples: CalibrationSamples = Field(256, description=CALIBRATION_SAMPLES)
+    calibration_sequence_length: CalibrationSequenceLength = Field(128, description=CALIBRATION_SEQUENCE_LENGTH)
     max_minutes: float = Field(10.0, gt=0.0, le=600.0, description="Wall-time budget of the training loop (resumed "
                                                                     "runs count the time already spent)")
     max_steps: int = Field(0, ge=0, le=1000000, description="Most optimizer steps (0 = bounded by time only)")
@@ -40,6 +41,13 @@ class TrainingConfig(CalibrationConfig):
     checkpoint_every: int = Field(50, ge=1, le=100000, description="Steps between checkpoints a retried stage "
                                                                     "resumes from")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of batch order and new weights")
+
+    @model_validator(mode="after")
+    def _something_to_train_on(self):
+        if self.calibration_samples < 2:
+            raise ValueError(f"calibration_samples: training needs at least 2 windows (one batch to train on "
+                             f"and one to hold back), got {self.calibration_samples}")
+        return self
 
     def work_problems(self) -> list[str]:
         # max_steps 0 is bounded by max_minutes alone, which its own field bounds.

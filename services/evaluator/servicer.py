@@ -18,7 +18,7 @@ from modelpress.v1 import common_pb2, evaluator_pb2, evaluator_pb2_grpc
 from services.common.models import modelio
 from services.common.store import packaging
 from services.common.store.artifact_store import ArtifactNotFound
-from services.common.contract.config import ConfigError, MethodConfig, parse_config, struct_to_dict
+from services.common.contract.config import ConfigError, MethodConfig, parse_config
 from services.common.measure.machine import describe_machine
 from services.common.models.model_source import describe
 from services.common.runtime.server import ServiceRuntime
@@ -152,7 +152,7 @@ class EvaluationStageServicer(TechniqueServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, self.unknown_method(stage.method))
             return
         try:
-            config = parse_config(EvaluationConfig, struct_to_dict(stage.config))
+            config = parse_config(EvaluationConfig, stage.config)
             folder = await self._measurer.folder(stage.input)
             figures = await self._measurer.measure(evaluate_folder, folder, config)
             if stage.input.WhichOneof("source") == "artifact_id":

@@ -12,7 +12,7 @@ import re
 from modelpress.v1 import common_pb2
 from services.common.store.artifact_store import ArtifactStore, StoredArtifact
 from services.common.runtime.auth import Principal
-from services.common.store.events import to_struct
+from modelpress.structs import to_struct
 from services.common.contract.chain import InvalidArgument
 from services.gateway.access import scoped, tenant_of
 

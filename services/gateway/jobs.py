@@ -20,6 +20,7 @@ import uuid
 import grpc
 from nats.js import JetStreamContext
 
+from modelpress.structs import to_struct
 from modelpress.v1 import common_pb2, evaluator_pb2
 from services.common.store import events as ev
 from services.common.store.artifact_store import ArtifactStore
@@ -27,7 +28,7 @@ from services.common.store.events import EventLog
 from services.gateway.job_store import JobStore
 from services.common.models.model_source import describe
 from services.common.contract.chain import label_of
-from services.common.contract.gates import failed_checks, gate_figures, gate_not_measured, parse_gate
+from services.common.contract.gates import failed_checks, gate_figures, gate_not_measured, stage_gate
 from services.common.runtime.settings import TECHNIQUE_SERVICES
 from services.common.store.stage_checkpoints import delete_job_checkpoints
 from services.gateway.access import Grants
@@ -410,9 +411,9 @@ class JobRunner:
         figures = gate_figures(row, job.result)
         not_measured = gate_not_measured(row, job.result)
         shown = {**figures, "not_measured": not_measured} if not_measured else figures
-        stage.metrics.CopyFrom(ev.to_struct(shown))
+        stage.metrics.CopyFrom(to_struct(shown))
         stage.output.CopyFrom((await self.store.stat(input_ref.artifact_id)).ref)
-        gate = parse_gate(stage.spec.gate)
+        gate = stage_gate(stage.spec)  # as the gateway parsed it when it resolved the stage
         # A bound on a figure that was not measured fails, naming why: never passed by omission.
         failures = failed_checks(gate, figures, not_measured) if gate else []
         _now(stage.finished_at)

@@ -19,6 +19,7 @@ BUCKET = "modelpress_outcomes"
 
 
 def outcome_key(job: common_pb2.Job) -> str:
+    # protobuf's canonical JSON, not the codec: the key must stay what outcomes were stored under.
     configs = [json_format.MessageToDict(s.spec.config) for s in job.stages]
     shape = (job.evaluation.batch_size, job.evaluation.sequence_length, job.evaluation.threads)
     text = json.dumps([describe(job.model), job.recipe, configs, job.result.compressed.device, shape], sort_keys=True)

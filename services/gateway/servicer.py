@@ -17,13 +17,13 @@ from google.protobuf import struct_pb2
 
 from modelpress.v1 import common_pb2, evaluator_pb2, gateway_pb2, gateway_pb2_grpc, optimizer_pb2
 from services.common.store.artifact_store import ArtifactCorrupt, ArtifactNotFound, StoreFull
-from services.common.contract.config import WorkBudgetExceeded, struct_to_dict
+from services.common.contract.config import WorkBudgetExceeded
 from services.common.store.events import TERMINAL_STATES
 from services.common.measure.isa import CLASS_NAMES
 from services.gateway.job_store import JobNotFound
 from services.common.store.kv_records import RecordBucket
-from services.common.contract.chain import (InvalidArgument, MethodUnavailable, check_chain, label_of,
-                                            validate_recipe)
+from services.common.contract.chain import (InvalidArgument, MethodUnavailable, Resolved, check_chain,
+                                            label_of, validate_recipe)
 from services.common.contract.recipes import RECIPES, UnknownRecipe
 from services.common.runtime.server import ServiceRuntime, targets_credentials
 from services.common.runtime.settings import TECHNIQUE_SERVICES
@@ -132,19 +132,18 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                                            stages=stored.stages)
             name = ""
         methods = await self._methods(explicit)
-        recipe_def, stages = validate_recipe(name, overrides, methods, explicit)
-        await self._check_configs(stages)
-        return recipe_def, stages, methods
+        resolved = validate_recipe(name, overrides, methods, explicit)
+        await self._check_configs(resolved)
+        return resolved.recipe, resolved.stages, methods
 
-    async def _check_configs(self, stages: list[common_pb2.StageSpec]) -> None:
-        """Each engine stage's config as its service's typed declaration sees it, rules across fields
-        included, so a contradiction never becomes a job."""
-        engine = [(i, s) for i, s in enumerate(stages) if s.technique != common_pb2.TECHNIQUE_EVALUATOR]
+    async def _check_configs(self, resolved: Resolved) -> None:
+        """Each engine stage's config validated by its service (CheckConfig: the method's typed
+        declaration, rules across fields included), so a bad value or a contradiction never becomes
+        a job; each problem named where the user wrote it (an override, or the stage's config)."""
+        engine = [(i, s) for i, s in enumerate(resolved.stages)
+                  if s.technique != common_pb2.TECHNIQUE_EVALUATOR]
         found = await asyncio.gather(*(self._mesh.check_config(s.technique, s) for _, s in engine))
-        errors = [f"stages[{i}] ({label_of(s)}).config: {problem}" for (i, s), (problems, _) in zip(engine, found)
-                  for problem in problems]
-        if errors:
-            raise InvalidArgument("; ".join(errors))
+        resolved.refuse({i: problems for (i, _), (problems, _) in zip(engine, found)})
         over = [f"stages[{i}] ({label_of(s)}).config: {problem}" for (i, s), (_, budgets) in zip(engine, found)
                 for problem in budgets]
         if over:
@@ -206,9 +205,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         have one of its formats."""
         for spec in stages:
             described = methods.get((spec.technique, spec.method))
-            config = struct_to_dict(spec.config)
             for declared in (described.inputs if described else ()):
-                value = config.get(declared.field)
+                value = spec.config[declared.field] if declared.field in spec.config else ""
                 if not value:
                     continue
                 value = checked_id(str(value), f"overrides.{declared.field}", "artifact")
@@ -377,10 +375,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         if not request.pipeline.name:
             raise InvalidArgument("pipeline.name: required (the recipe's name)")
         methods = await self._methods(request.pipeline)
-        recipe, stages = validate_recipe("", struct_pb2.Struct(), methods, request.pipeline)
-        await self._check_configs(stages)
-        check_chain(stages, methods, None)
-        return gateway_pb2.CreateRecipeResponse(recipe=await self._recipes.create(recipe.message(),
+        resolved = validate_recipe("", struct_pb2.Struct(), methods, request.pipeline)
+        await self._check_configs(resolved)
+        check_chain(resolved.stages, methods, None)
+        return gateway_pb2.CreateRecipeResponse(recipe=await self._recipes.create(resolved.recipe.message(),
                                                                                   auth.current().tenant))
 
     @_maps_errors
@@ -422,7 +420,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         await self._check_model(request.model)
 
         async def stages_of(recipe: str) -> list[common_pb2.StageSpec]:
-            return validate_recipe(recipe, struct_pb2.Struct(), await self._methods())[1]
+            return validate_recipe(recipe, struct_pb2.Struct(), await self._methods()).stages
 
         evaluator = await self._mesh.describe(common_pb2.TECHNIQUE_EVALUATOR)
         try:
@@ -616,8 +614,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"engine {engine.name} is not available: {engine.reason}")
         methods = await self._methods()
-        recipe, stages = validate_recipe(engine.methods[precision], request.options, methods)
-        await self._check_configs(stages)
+        resolved = validate_recipe(engine.methods[precision], request.options, methods)
+        recipe, stages = resolved.recipe, resolved.stages
+        await self._check_configs(resolved)
         check_chain(stages, methods, model_format, await model_kind(request.model, self._runtime.store))
         evaluation = resolve_evaluation(request.evaluation)
         await self._check_positions(request.model, evaluation, "evaluation")

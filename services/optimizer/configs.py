@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from services.common.contract.config import MethodConfig
+from services.common.contract.fields import CALIBRATION_SAMPLES, GROUP_SIZE, CalibrationSamples, GroupSize
 from services.common.measure.isa import CLASS_NAMES
 
 
@@ -32,9 +33,17 @@ class OnnxInt8Config(OnnxConfig):
 
 
 class OnnxInt4Config(OnnxConfig):
-    block_size: int = Field(32, ge=16, le=256, description="Weights per 4-bit block (a power of two)")
+    group_size: GroupSize = Field(32, description=f"{GROUP_SIZE}. MatMulNBits calls it block_size and needs one: "
+                                                  f"0 is refused")
     symmetric: bool = Field(True, description="Symmetric blocks (no zero-point)")
     accuracy_level: Literal[0, 1, 2, 3, 4] = Field(4, description="MatMulNBits compute type: 4 = int8 activations")
+
+    @model_validator(mode="after")
+    def _blockwise(self):
+        if self.group_size == 0:
+            raise ValueError("group_size: ONNX Runtime's MatMulNBits quantizes in blocks; 0 (one scale per output "
+                             "channel) is not available here: give 16 to 1024")
+        return self
 
 
 class OpenVinoConfig(MethodConfig):
@@ -49,12 +58,12 @@ class OpenVinoInt8Config(OpenVinoConfig):
 
 
 class OpenVinoInt4Config(OpenVinoConfig):
-    group_size: int = Field(128, ge=16, le=1024, description="Weights per 4-bit group; where it does not divide a "
-                                                              "layer's input size the group shrinks to one that does")
+    group_size: GroupSize = Field(128, description=GROUP_SIZE)
     symmetric: bool = Field(True, description="Symmetric INT4 weights")
     ratio: float = Field(1.0, ge=0.0, le=1.0, description="Share of weights in 4 bits; the rest stays INT8")
-    calibration_samples: int = Field(0, ge=0, le=256, description="128-token windows of calibration text; > 0 makes "
-                                                                   "it data-aware (AWQ and scale estimation)")
+    data_aware: bool = Field(False, description="NNCF's AWQ and scale estimation on calibration text (128-token "
+                                                "windows); data-free otherwise")
+    calibration_samples: CalibrationSamples = Field(32, description=f"{CALIBRATION_SAMPLES} (when data_aware)")
 
 
 class GgufConfig(MethodConfig):

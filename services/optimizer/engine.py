@@ -148,10 +148,10 @@ def run_onnx_int8(config: OnnxInt8Config, src: Path, dst: Path, reporter: Progre
         summary="ONNX export, fusions, then 4-bit blockwise weights (MatMulNBits)")
 def run_onnx_int4(config: OnnxInt4Config, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
     current, figures = _export(config, src, dst, reporter, steps=4)
-    reporter.report(3, 4, f"4-bit weights (MatMulNBits, block {config.block_size})")
+    reporter.report(3, 4, f"4-bit weights (MatMulNBits, block {config.group_size})")
     folded = onnx_runtime.fold_constants(current, current.parent / "folded.onnx", threads=config.threads)
     quantized = current.parent / "int4.onnx"
-    figures.update(onnx_runtime.quantize_nbits(folded, quantized, bits=4, block_size=config.block_size,
+    figures.update(onnx_runtime.quantize_nbits(folded, quantized, bits=4, block_size=config.group_size,
                                                accuracy_level=config.accuracy_level, symmetric=config.symmetric))
     reporter.report(4, 4, "saved")
     return _finish(quantized, src, dst, figures, "int4")
@@ -237,10 +237,11 @@ def run_openvino_int8(config: OpenVinoInt8Config, src: Path, dst: Path, reporter
 
 @method(O, "openvino-int4", config=OpenVinoInt4Config, produces=(OPENVINO_IR,), model_kinds=MODEL_KINDS,
         summary="OpenVINO IR with NNCF INT4 group weights (data-aware AWQ + scale estimation when "
-                "calibration_samples > 0)")
+                "data_aware)")
 def run_openvino_int4(config: OpenVinoInt4Config, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
-    return _openvino(config, src, dst, reporter, bits=4, symmetric=config.symmetric, group_size=config.group_size,
-                     ratio=config.ratio, calibration_samples=config.calibration_samples)
+    # NNCF spells one scale per output channel -1.
+    return _openvino(config, src, dst, reporter, bits=4, symmetric=config.symmetric, group_size=config.group_size or -1,
+                     ratio=config.ratio, calibration_samples=config.calibration_samples if config.data_aware else 0)
 
 
 def _float_state(src: Path) -> tuple[dict, dict]:

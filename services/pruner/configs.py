@@ -8,6 +8,9 @@ from pydantic import Field, model_validator
 
 from services.common.calibration.config import CalibrationConfig
 from services.common.contract.config import MAX_TRAINED_TOKENS, MethodConfig, over_budget
+from services.common.contract.fields import (CALIBRATION_SAMPLES, CALIBRATION_SEQUENCE_LENGTH, DAMPING,
+                                             LAZY_BATCH_COLUMNS, CalibrationSamples, CalibrationSequenceLength,
+                                             Damping, LazyBatchColumns)
 from services.pruner.importance import BLOCK_SCORES, UNIT_SCORES
 
 
@@ -43,8 +46,8 @@ class RecoveryConfig(MethodConfig):
 
 
 class PruneBase(CalibrationConfig, ScheduleConfig, RecoveryConfig):
-    calibration_samples: int = Field(64, ge=1, le=1024, description="Calibration windows")
-    calibration_sequence_length: int = Field(256, ge=16, le=4096, description="Tokens per calibration window")
+    calibration_samples: CalibrationSamples = Field(64, description=CALIBRATION_SAMPLES)
+    calibration_sequence_length: CalibrationSequenceLength = Field(256, description=CALIBRATION_SEQUENCE_LENGTH)
 
     def recovery_rounds(self) -> int:
         return self.schedule_steps
@@ -111,8 +114,8 @@ class WandaConfig(SparsityConfig):
 
 
 class SparseGptConfig(WandaConfig):
-    damping: float = Field(0.01, gt=0.0, le=1.0, description="Added to the Hessian diagonal, as a share of its mean")
-    block_size: int = Field(128, ge=16, le=4096, description="Columns whose mask is chosen together")
+    damping: Damping = Field(0.01, description=DAMPING)
+    lazy_batch_columns: LazyBatchColumns = Field(128, description=LAZY_BATCH_COLUMNS)
 
 
 class StructuredConfig(PruneBase):
@@ -137,8 +140,8 @@ class StructuredConfig(PruneBase):
     width_multiple: int = Field(32, ge=1, le=256, description="MLP widths are rounded to a multiple of this")
     flops_sequence_length: int = Field(128, ge=1, le=8192, description="Tokens of the evaluation shape FLOPs are "
                                                                         "counted at (batch 1)")
-    calibration_samples: int = Field(32, ge=1, le=1024, description="Calibration windows")
-    calibration_sequence_length: int = Field(128, ge=16, le=4096, description="Tokens per calibration window")
+    calibration_samples: CalibrationSamples = Field(32, description=CALIBRATION_SAMPLES)
+    calibration_sequence_length: CalibrationSequenceLength = Field(128, description=CALIBRATION_SEQUENCE_LENGTH)
 
     def kept_layers(self, total: int) -> int:
         """Blocks the explicit amounts keep out of `total`."""

@@ -187,7 +187,7 @@ def _wanda(config: WandaConfig) -> LayerPrune:
 
 
 def _sparsegpt(config: SparseGptConfig) -> LayerPrune:
-    return sparsegpt_layer(config.nm, damping=config.damping, block_size=config.block_size)
+    return sparsegpt_layer(config.nm, damping=config.damping, block_size=config.lazy_batch_columns)
 
 
 method(P, "magnitude", config=MagnitudeConfig, produces=(FLOAT,), model_kinds=MODEL_KINDS, metrics=(SPARSITY, RECOVERY),

@@ -8,6 +8,8 @@ from pydantic import Field
 
 from services.common.calibration.config import CalibrationConfig
 from services.common.contract.config import MAX_TRAINED_TOKENS, MethodConfig, over_budget
+from services.common.contract.fields import (DAMPING, GROUP_SIZE, LAZY_BATCH_COLUMNS, WEIGHT_BITS, Damping, GroupSize,
+                                             LazyBatchColumns, WeightBits)
 
 
 class CastConfig(MethodConfig):
@@ -25,10 +27,8 @@ class WeightOnlyConfig(MethodConfig):
     """Integer weights with float activations (W4A16, W8A16). Embeddings and head stay float by
     default, as vLLM loads them; 8 bits there make the smaller, transformers-only variant."""
 
-    bits: Literal[4, 8] = Field(4, description="Bits of Linear weights")
-    group_size: Literal[0, 32, 64, 128] = Field(
-        64, description="Input features sharing one scale (0 = one per output channel); a layer it "
-                        "does not divide falls back to a smaller group and is reported")
+    bits: WeightBits = Field(4, description=WEIGHT_BITS)
+    group_size: GroupSize = Field(64, description=GROUP_SIZE)
     symmetric: bool = Field(True, description="Symmetric grid (no zero-point)")
     embedding_bits: Literal[0, 8] = Field(
         0, description="Bits of the token embeddings (0 = keep float; 8 loads in transformers, not vLLM)")
@@ -37,9 +37,9 @@ class WeightOnlyConfig(MethodConfig):
 
 
 class GptqSettings(MethodConfig):
-    damping: float = Field(0.01, gt=0.0, le=1.0, description="Added to the Hessian diagonal, as a share of its mean")
+    damping: Damping = Field(0.01, description=DAMPING)
     act_order: bool = Field(True, description="Visit columns by decreasing activation energy (static groups)")
-    block_size: int = Field(128, ge=16, le=4096, description="Columns per lazy batch update")
+    lazy_batch_columns: LazyBatchColumns = Field(128, description=LAZY_BATCH_COLUMNS)
 
 
 class GptqConfig(WeightOnlyConfig, CalibrationConfig, GptqSettings):
@@ -66,10 +66,8 @@ class EngineGrid(MethodConfig):
     """The integer grid of the engine that will round the transformed float weights (its own
     quantizer, in a later stage): the searches score candidates on it."""
 
-    bits: Literal[4, 8] = Field(4, description="Bits the engine's quantizer will use")
-    group_size: Literal[0, 32, 64, 128] = Field(
-        32, description="Input features per scale in the engine's quantizer (ONNX Runtime's block_size, "
-                        "GGUF's 32, NNCF's group_size); 0 = per output channel")
+    bits: WeightBits = Field(4, description="Bits the engine's quantizer will use")
+    group_size: GroupSize = Field(32, description=f"The engine quantizer's group (GGUF's is 32). {GROUP_SIZE}")
     symmetric: bool = Field(True, description="Whether the engine's grid is symmetric (ONNX Runtime and NNCF "
                                               "by default) or has a minimum per group (GGUF Q4_1)")
 

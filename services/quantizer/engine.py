@@ -56,6 +56,12 @@ QAT_CURVES = (ProgressMetric("block_loss_before", "curve", "Block output error b
               ProgressMetric("block_loss_after", "curve", "Block output error after fine-tuning"))
 
 
+def _grid(**fields) -> WeightOnlyConfig:
+    """The weight grid a method derives from its own config, already validated: built without a
+    second validation (one validation site per request)."""
+    return WeightOnlyConfig.model_construct(**fields)
+
+
 def _cast(dtype: torch.dtype) -> Callable[[MethodConfig, Path, Path, ProgressReporter], StageResult]:
     def run(_config: MethodConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
         reporter.report(0, 2, "loading model")
@@ -162,7 +168,7 @@ def _run_calibrated(config: CalibrationConfig, source: StreamingModel, targets: 
         summary="GPTQ: Hessian-aware rounding from calibration text, block by block", metrics=(LOSS,))
 def _gptq(config: GptqConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
     source = stream_float(src, reporter)
-    step = gptq_block_step(config.damping, config.block_size, config.act_order)
+    step = gptq_block_step(config.damping, config.lazy_batch_columns, config.act_order)
     return _run_calibrated(config, source, weight_targets(source.model, config), dst, reporter, "gptq", step,
                            propagate_quantized=config.propagate_quantized)
 
@@ -203,7 +209,7 @@ def _mixed(config: MixedPrecisionConfig, src: Path, dst: Path, reporter: Progres
     reporter.report(0, 1, f"kept {len(promoted)} layers at 8 bits: {', '.join(promoted)}")
     source = StreamingModel(src)
     targets = _retarget(targets, source.model)
-    step = gptq_block_step(config.damping, config.block_size, config.act_order)
+    step = gptq_block_step(config.damping, config.lazy_batch_columns, config.act_order)
     return _run_calibrated(config, source, targets, dst, reporter, "mixed-precision", step,
                            propagate_quantized=config.propagate_quantized, batches=batches,
                            extra_metrics={"layers_at_8_bits": promoted,
@@ -222,8 +228,8 @@ def _retarget(targets: list[Target], model: torch.nn.Module) -> list[Target]:
         metrics=(LOSS,))
 def _w8a8(config: W8A8Config, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
     source = stream_float(src, reporter)
-    targets = weight_targets(source.model, WeightOnlyConfig(bits=8, group_size=0, embedding_bits=config.embedding_bits,
-                                                            head_bits=config.head_bits))
+    targets = weight_targets(source.model, _grid(bits=8, group_size=0, embedding_bits=config.embedding_bits,
+                                                 head_bits=config.head_bits))
     sample_every = _every(config, SMOOTHING_SAMPLE_ROWS) if config.smoothing else 0
     return _run_calibrated(config, source, targets, dst, reporter, "smoothquant" if config.smoothing else "w8a8",
                            w8a8_block_step(config), sample_every=sample_every)
@@ -261,7 +267,7 @@ def _transform(config: CalibrationConfig, grid: WeightOnlyConfig, src: Path, dst
         summary="AWQ scales searched for an engine's grid and folded in (clipping, as a clamp, on request); the "
                 "float model out, for that engine's quantizer to round", metrics=(SCALE_GAIN,))
 def _awq_transform(config: AwqTransformConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
-    grid = WeightOnlyConfig(bits=config.bits, group_size=config.group_size, symmetric=config.symmetric)
+    grid = _grid(bits=config.bits, group_size=config.group_size, symmetric=config.symmetric)
     return _transform(config, grid, src, dst, reporter, "awq-transform", awq_transform_step(config),
                       _awq_sampling(config))
 
@@ -271,7 +277,7 @@ def _awq_transform(config: AwqTransformConfig, src: Path, dst: Path, reporter: P
         metrics=(SAMPLE_ERROR,))
 def _smoothquant_transform(config: SmoothQuantTransformConfig, src: Path, dst: Path, reporter: ProgressReporter
                            ) -> StageResult:
-    return _transform(config, WeightOnlyConfig(bits=8, group_size=0), src, dst, reporter, "smoothquant-transform",
+    return _transform(config, _grid(bits=8, group_size=0), src, dst, reporter, "smoothquant-transform",
                       smoothquant_transform_step(config), _every(config, SMOOTHING_SAMPLE_ROWS))
 
 

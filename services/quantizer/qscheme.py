@@ -17,16 +17,15 @@ SCALE_DTYPE = torch.float16
 
 @dataclass(frozen=True)
 class WeightScheme:
+    """The grid of one weight. Built from a config pydantic has validated (bits, group_size: the
+    method's declaration, services/common/contract/fields.py) or from the engine's own constants and
+    checkpoints; it checks nothing again. A group that does not divide a row is refused where the
+    weight is grouped (`_grouped`), since that depends on the layer, not on the config."""
+
     bits: int
     # 0 means one scale per output channel (the whole input row).
     group_size: int = 0
     symmetric: bool = True
-
-    def __post_init__(self) -> None:
-        if self.bits not in (2, 3, 4, 8):
-            raise ValueError(f"bits: {self.bits} is not supported; allowed: 2, 3, 4, 8")
-        if self.group_size < 0:
-            raise ValueError("group_size: must be >= 0 (0 = per output channel)")
 
     @property
     def qmin(self) -> int:

@@ -100,7 +100,7 @@ def w8a8_block_step(config: W8A8Config) -> BlockStep:
                 x_max = work.stats[name].abs_max
                 input_scales[name] = acts.static_scale(x_max / smoothed[name] if name in smoothed else x_max)
         if config.weight_algorithm == "gptq":
-            weights = gptq_block_step(config.damping, config.block_size, config.act_order, hessian_of)(work)
+            weights = gptq_block_step(config.damping, config.lazy_batch_columns, config.act_order, hessian_of)(work)
         else:
             weights = _rtn_in_place(work)
         for name, qw, figures in weights:

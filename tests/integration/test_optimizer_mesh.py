@@ -68,7 +68,7 @@ async def test_unavailable_or_unknown_engines_are_refused_up_front(gateway, mode
     cases = [(dict(engine="tensorrt"), grpc.StatusCode.FAILED_PRECONDITION, "tensorrt is not available"),
              (dict(engine="tvm"), grpc.StatusCode.INVALID_ARGUMENT, "engine: unknown engine 'tvm'"),
              (dict(engine="onnxruntime", precision="int3"), grpc.StatusCode.INVALID_ARGUMENT, "precision"),
-             (dict(engine="onnxruntime", options={"block_size": 7}), grpc.StatusCode.INVALID_ARGUMENT, "block_size")]
+             (dict(engine="onnxruntime", options={"group_size": 7}), grpc.StatusCode.INVALID_ARGUMENT, "group_size")]
     for kwargs, code, needle in cases:
         with pytest.raises(grpc.RpcError) as info:
             await call(client.optimize, f"path:{model_dir}", **kwargs)
@@ -122,12 +122,14 @@ async def test_gguf_job_through_the_mesh_and_tensorrt_recipe_refused_on_a_cpu_wo
     assert job.output.format == common_pb2.ARTIFACT_FORMAT_GGUF
     assert job.stages[0].metrics["read_back"]["types"]["Q4_1"] == 2 * 7 + 2  # projections, embedding, head
     assert job.result.compressed.perplexity > 0
-    trt = await call(client.create_job, f"path:{model_dir}", "tensorrt-fp16",
-                     evaluation=common_pb2.EvaluationSpec(skip=True))
-    await call(lambda: list(client.watch(trt.job_id)))
-    trt = await call(client.get_job, trt.job_id)
-    assert trt.state == common_pb2.JOB_STATE_FAILED and trt.error.startswith("FAILED_PRECONDITION")
-    assert "tensorrt" in trt.error
+    # No worker here has TensorRT (ListEngines says so): refused before a job exists, naming the engine.
+    before = len(await call(client.list_jobs))
+    with pytest.raises(grpc.RpcError) as info:
+        await call(client.create_job, f"path:{model_dir}", "tensorrt-fp16",
+                   evaluation=common_pb2.EvaluationSpec(skip=True))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "needs the tensorrt engine, which no optimizer worker can run" in info.value.details()
+    assert len(await call(client.list_jobs)) == before
 
 
 async def test_fastest_cpu_resolves_on_the_worker_for_its_isa_class(gateway, tiny_bert_dir, allowed_root):

@@ -125,8 +125,9 @@ async def test_prune_then_onnx_int8_runs_as_one_job_on_an_encoder(gateway, bert_
 
 async def test_what_the_architecture_forbids_fails_the_stage_naming_why(gateway, bert_dir, odd_llama_dir):
     client = Client(gateway)
-    cases = [(f"path:{bert_dir}", "prune-heads", {}, "head"),
-             (f"path:{odd_llama_dir}", "prune-2of4", SMALL, "2:4 needs input widths that are multiples of 4")]
+    # What only the weights tell (an input width 2:4 cannot split) fails the stage; what the model's kind
+    # tells (BERT cannot reload fewer heads) never becomes a job (below).
+    cases = [(f"path:{odd_llama_dir}", "prune-2of4", SMALL, "2:4 needs input widths that are multiples of 4")]
     for model, recipe, overrides, needle in cases:
         job = await call(client.create_job, model, recipe, overrides=overrides, evaluation=NO_EVAL, recompute=True)
         job, _ = await run_to_end(client, job)
@@ -138,6 +139,10 @@ async def test_what_the_architecture_forbids_fails_the_stage_naming_why(gateway,
         await call(client.create_job, f"path:{bert_dir}", "prune-2of4", overrides={"sparsity": 0.3},
                    evaluation=NO_EVAL)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "sparsity" in info.value.details()
+    with pytest.raises(grpc.RpcError) as info:
+        await call(client.create_job, f"path:{bert_dir}", "prune-heads", evaluation=NO_EVAL)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "heads takes causal-lm models; the job's model is an encoder" in info.value.details()
     assert len(await call(client.list_jobs)) == before
 
 

@@ -12,14 +12,16 @@ from modelpress.v1 import common_pb2
 from services.common.models import modelio
 from services.common.datasets.calibration_text import calibration_batches, calibration_text
 from services.common.contract.config import MAX_CALIBRATION_TOKENS, MethodConfig, over_budget
+from services.common.contract.fields import (CALIBRATION_SAMPLES, CALIBRATION_SEQUENCE_LENGTH, CalibrationSamples,
+                                             CalibrationSequenceLength)
 
 
 class CalibrationConfig(MethodConfig):
     artifact_fields: ClassVar[dict[str, tuple[int, ...]]] = {
         "calibration_dataset": (common_pb2.ARTIFACT_FORMAT_DATASET_JSONL,)}
 
-    calibration_samples: int = Field(16, ge=1, le=1024, description="Calibration windows")
-    calibration_sequence_length: int = Field(512, ge=16, le=4096, description="Tokens per calibration window")
+    calibration_samples: CalibrationSamples = Field(16, description=CALIBRATION_SAMPLES)
+    calibration_sequence_length: CalibrationSequenceLength = Field(512, description=CALIBRATION_SEQUENCE_LENGTH)
     calibration_dataset: str = Field(
         "", description="Artifact id of an uploaded DATASET_JSONL artifact ({\"text\": ...} per line); "
                         "empty = the built-in pydoc calibration split")

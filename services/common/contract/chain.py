@@ -1,25 +1,44 @@
-"""A pipeline's stages resolved and checked before anything runs: each stage's config
-(defaults, per-stage overrides), its input's format and the job's model kind against what its
-method accepts, and the engines its methods need against what the optimizer workers report.
+"""A pipeline's stages resolved and checked before anything runs: each stage's method and the
+fields its config and the overrides address, its input's format and the job's model kind against
+what its method accepts, and the engines its methods need against what the optimizer workers report.
 
-The gateway and the in-process API (`modelpress.compress`) both validate through here, from
-the methods' descriptions (Describe, or the engines' registries)."""
+Only structure is checked here. Values are validated once, by pydantic (config.validated): on the
+service, whose CheckConfig the gateway asks before a job exists, or directly for an in-process run
+(`resolve_configs`); `Resolved.refuse` words each problem where the user wrote the value.
+
+The gateway checks against the services' descriptions (Describe's MethodDescription), the
+in-process API against the engines' registries (engine_api.Method): both carry `accepts`,
+`produces` and `model_kinds`, and `declared_fields` reads the fields of either."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
+from google.protobuf import struct_pb2
+
+from modelpress.structs import to_struct
 from modelpress.v1 import common_pb2
-from services.common.contract.config import ConfigError, check_value, struct_to_dict
-from services.common.store.events import to_struct
-from services.common.contract.gates import InvalidGate, parse_gate
+from services.common.contract.config import MethodConfig, validated
+from services.common.contract.gates import Gate, InvalidGate, gate_checks, parse_gate
 from services.common.contract.model_kinds import with_article
 from services.common.contract.recipes import (EVALUATE, RECIPES, InvalidPipeline, RecipeDef, get_recipe,
                                               pipeline_from_message)
 from services.common.runtime.settings import TECHNIQUE_SERVICES
 
-# (technique, method name) -> its description.
-Methods = dict[tuple[int, str], common_pb2.MethodDescription]
+
+class DeclaredMethod(Protocol):
+    """What the chain reads of a method, which a MethodDescription (Describe) and an engine_api.Method
+    (a registry entry) both carry; `declared_fields` reads the fields of either."""
+
+    accepts: Sequence[int]
+    produces: Sequence[int]
+    model_kinds: Sequence[str]
+
+
+# (technique, method name) -> its description or registry entry.
+Methods = Mapping[tuple[int, str], DeclaredMethod]
 
 
 class InvalidArgument(ValueError):
@@ -31,13 +50,93 @@ class MethodUnavailable(RuntimeError):
     FAILED_PRECONDITION, naming the stage, the method and what is missing."""
 
 
-def _addressed(overrides: dict[str, Any], labels: list[str], declares: list[set[str]]
-               ) -> tuple[list[dict[str, tuple[Any, str]]], list[str]]:
-    """Each stage's overrides (field -> (value, the key as given)), and the errors: `stage.field`
-    addresses one stage by label; a bare `field` must be declared by exactly one stage."""
-    per_stage: list[dict[str, tuple[Any, str]]] = [{} for _ in labels]
+def declared_fields(method: DeclaredMethod) -> tuple[str, ...]:
+    """The config fields a method declares: a registry entry's config class, or a description's fields."""
+    config_cls = getattr(method, "config_cls", None)
+    if config_cls is not None:
+        return tuple(config_cls.model_fields)
+    return tuple(f.name for f in method.fields)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A recipe's stages as a job runs them, and where each value came from."""
+
+    recipe: RecipeDef
+    stages: list[common_pb2.StageSpec]
+    # Per stage: field -> the override key that set it, as given ("quantize.group_size" or "group_size").
+    overridden: list[dict[str, str]]
+    # Per stage: the fields its method declares (none for an evaluate stage).
+    fields: list[tuple[str, ...]]
+
+    def placed(self, index: int, problem: str) -> str:
+        """A problem of stage `index`'s config (`group_size: ...`, as config.validated words it) where
+        the user wrote the value: `overrides.KEY: ...` for a field an override set, else
+        `stages[i] (label).config.FIELD: ...`; a rule across fields that names no field of the
+        method: `stages[i] (label).config: ...`."""
+        where = f"stages[{index}] ({label_of(self.stages[index])}).config"
+        field, sep, rest = problem.partition(": ")
+        name = field.split(".")[0].split("[")[0]
+        if not sep or name not in self.fields[index]:
+            return f"{where}: {problem}"
+        if name in self.overridden[index]:
+            return f"overrides.{self.overridden[index][name]}{field[len(name):]}: {rest}"
+        return f"{where}.{problem}"
+
+    def refuse(self, problems: Mapping[int, Sequence[str]]) -> None:
+        """InvalidArgument listing every problem (stage index -> its config's problems), each placed."""
+        errors = [self.placed(index, problem) for index in sorted(problems) for problem in problems[index]]
+        if errors:
+            raise InvalidArgument("; ".join(errors))
+
+
+def _check_stages(recipe: RecipeDef, methods: Methods) -> tuple[list[tuple[str, ...]], list[Gate | None]]:
+    """Each stage's declared fields and parsed gate; InvalidArgument naming every stage whose method
+    is not offered, whose config names a field its method does not declare, or whose gate is wrong."""
+    declares: list[tuple[str, ...]] = []
+    gates: list[Gate | None] = []
     errors = []
-    for key, value in overrides.items():
+    for index, stage in enumerate(recipe.stages):
+        where = f"stages[{index}] ({stage.label})"
+        declares.append(())
+        gates.append(None)
+        if stage.evaluates:
+            if index == 0:
+                errors.append(f"{where}: an evaluate stage measures what a stage before it made; it cannot be first")
+            if stage.method != EVALUATE:
+                errors.append(f"{where}: the evaluator's stage method is {EVALUATE!r}, not {stage.method!r}")
+            if stage.config:
+                errors.append(f"{where}: an evaluate stage takes no config (the job's evaluation spec applies)")
+            try:
+                gates[index] = parse_gate(stage.gate)
+            except InvalidGate as exc:
+                errors.append(f"{where}.gate: {exc}")
+            continue
+        if stage.gate:
+            errors.append(f"{where}.gate: only an evaluate stage carries a gate (it checks that stage's figures)")
+        method = methods.get((stage.technique, stage.method))
+        if method is None:
+            offered = sorted(name for technique, name in methods if technique == stage.technique)
+            errors.append(f"{where}: no running {TECHNIQUE_SERVICES.get(stage.technique, 'service')} offers method "
+                          f"{stage.method!r}; offered: {', '.join(offered) or '(none reached)'}")
+            continue
+        declares[index] = fields = declared_fields(method)
+        allowed = ", ".join(fields) or "(none)"
+        errors += [f"{where}.config.{name}: not a field of {stage.method}; allowed: {allowed}"
+                   for name in stage.config if name not in fields]
+    if errors:
+        raise InvalidArgument("; ".join(errors))
+    return declares, gates
+
+
+def _addressed(keys: Iterable[str], labels: list[str], declares: list[tuple[str, ...]]
+               ) -> list[dict[str, str]]:
+    """Each stage's overridden fields (field -> the key as given); InvalidArgument naming every key
+    that addresses nothing: `stage.field` addresses one stage by label; a bare `field` must be
+    declared by exactly one stage."""
+    per_stage: list[dict[str, str]] = [{} for _ in labels]
+    errors = []
+    for key in keys:
         label, dot, name = key.partition(".")
         if dot:
             if label not in labels:
@@ -48,79 +147,72 @@ def _addressed(overrides: dict[str, Any], labels: list[str], declares: list[set[
                 errors.append(f"overrides.{key}: stage {label!r} takes no field {name!r}; allowed: "
                               f"{', '.join(sorted(declares[index])) or '(none)'}")
                 continue
-            per_stage[index][name] = (value, key)
+            per_stage[index][name] = key
             continue
         owners = [i for i, fields in enumerate(declares) if key in fields]
         if len(owners) > 1:
             errors.append(f"overrides.{key}: stages {', '.join(labels[i] for i in owners)} all take this field; "
                           f"address one: {', '.join(f'{labels[i]}.{key}' for i in owners)}")
         elif owners:
-            per_stage[owners[0]][key] = (value, key)
+            per_stage[owners[0]][key] = key
         else:
             allowed = sorted({f for fields in declares for f in fields})
             errors.append(f"overrides.{key}: no stage takes this field; allowed: {', '.join(allowed) or '(none)'}")
-    return per_stage, errors
-
-
-def resolve_stages(recipe: RecipeDef, overrides: dict[str, Any], methods: Methods) -> list[common_pb2.StageSpec]:
-    """The recipe's stages with defaults and overrides applied; raises InvalidArgument on any bad
-    field, naming the stage (`stages[1] (export): ...`)."""
-    described, errors = [], []
-    for index, stage in enumerate(recipe.stages):
-        where = f"stages[{index}] ({stage.label})"
-        if stage.evaluates:
-            if index == 0:
-                errors.append(f"{where}: an evaluate stage measures what a stage before it made; it cannot be first")
-            if stage.method != EVALUATE:
-                errors.append(f"{where}: the evaluator's stage method is {EVALUATE!r}, not {stage.method!r}")
-            if stage.config:
-                errors.append(f"{where}: an evaluate stage takes no config (the job's evaluation spec applies)")
-            try:
-                parse_gate(stage.gate)
-            except InvalidGate as exc:
-                errors.append(f"{where}.gate: {exc}")
-            described.append({})
-            continue
-        if stage.gate:
-            errors.append(f"{where}.gate: only an evaluate stage carries a gate (it checks that stage's figures)")
-        method = methods.get((stage.technique, stage.method))
-        if method is None:
-            offered = sorted(name for technique, name in methods if technique == stage.technique)
-            errors.append(f"{where}: no running {TECHNIQUE_SERVICES.get(stage.technique, 'service')} offers method "
-                          f"{stage.method!r}; offered: {', '.join(offered) or '(none reached)'}")
-            described.append({})
-            continue
-        fields = {f.name: f for f in method.fields}
-        for name, value in stage.config.items():
-            problem = check_value(fields[name], value) if name in fields else \
-                f"{name}: not a field of {stage.method}; allowed: {', '.join(fields) or '(none)'}"
-            if problem:
-                errors.append(f"{where}.config.{problem}")
-        described.append(fields)
     if errors:
         raise InvalidArgument("; ".join(errors))
-    per_stage, errors = _addressed(overrides, [s.label for s in recipe.stages], [set(d) for d in described])
-    stages: list[common_pb2.StageSpec] = []
-    for stage, fields, given in zip(recipe.stages, described, per_stage):
-        config = dict(stage.config)
-        for name, (value, key) in given.items():
-            problem = check_value(fields[name], value)
-            if problem:
-                errors.append(f"overrides.{key.removesuffix(name)}{problem}")
-            config[name] = value
-        stages.append(common_pb2.StageSpec(technique=stage.technique, method=stage.method, config=to_struct(config),
-                                           name=stage.name, gate=stage.gate))
-    if errors:
-        raise InvalidArgument("; ".join(errors))
-    return stages
+    return per_stage
+
+
+def resolve_stages(recipe: RecipeDef, overrides: struct_pb2.Struct, methods: Methods) -> Resolved:
+    """The recipe's stages with the overrides merged into each stage's config (the override's Value
+    as sent: no other form in between) and each gate parsed once (StageSpec.gate_checks); raises
+    InvalidArgument naming the stage (`stages[1] (export): ...`) or the override at fault. Values
+    are not checked here: see config.validated and Resolved.refuse."""
+    declares, gates = _check_stages(recipe, methods)
+    overridden = _addressed(overrides.fields.keys(), [s.label for s in recipe.stages], declares)
+    stages = []
+    for stage, given, gate in zip(recipe.stages, overridden, gates):
+        spec = stage.message()
+        for field, key in given.items():
+            spec.config.fields[field].CopyFrom(overrides.fields[key])
+        spec.gate_checks.extend(gate_checks(gate))
+        stages.append(spec)
+    return Resolved(recipe, stages, overridden, declares)
+
+
+def resolve_configs(recipe: RecipeDef, overrides: Mapping[str, Any], methods: Methods
+                    ) -> tuple[Resolved, list[MethodConfig | None]]:
+    """In-process: the same structure checks as resolve_stages against the engines' registries,
+    then each stage's values (the recipe's, the overrides') validated by pydantic directly into its
+    typed config (None for an evaluate stage); InvalidArgument placing each bad value as the gateway
+    does. The StageSpecs are the run's record of what was asked."""
+    declares, gates = _check_stages(recipe, methods)
+    overridden = _addressed(overrides, [s.label for s in recipe.stages], declares)
+    configs: list[MethodConfig | None] = []
+    problems: dict[int, list[str]] = {}
+    stages = []
+    for index, (stage, given, gate) in enumerate(zip(recipe.stages, overridden, gates)):
+        values = {**stage.config, **{field: overrides[key] for field, key in given.items()}}
+        config = None
+        if not stage.evaluates:
+            config, problems[index] = validated(methods[(stage.technique, stage.method)].config_cls, values)
+        configs.append(config)
+        spec = stage.message()
+        if config is not None:
+            spec.config.CopyFrom(to_struct(values))
+        spec.gate_checks.extend(gate_checks(gate))
+        stages.append(spec)
+    resolved = Resolved(recipe, stages, overridden, declares)
+    resolved.refuse(problems)
+    return resolved, configs
 
 
 def label_of(stage: common_pb2.StageSpec) -> str:
     return stage.name or stage.method
 
 
-def validate_recipe(name: str, overrides_struct, methods: Methods, pipeline: common_pb2.Pipeline | None = None
-                    ) -> tuple[RecipeDef, list[common_pb2.StageSpec]]:
+def validate_recipe(name: str, overrides: struct_pb2.Struct, methods: Methods,
+                    pipeline: common_pb2.Pipeline | None = None) -> Resolved:
     """A request's recipe (by name) or explicit pipeline, resolved; exactly one must be given."""
     given = pipeline is not None and len(pipeline.stages) > 0
     if name and given:
@@ -140,11 +232,7 @@ def validate_recipe(name: str, overrides_struct, methods: Methods, pipeline: com
             recipe = get_recipe(name)
         except KeyError as exc:
             raise InvalidArgument(exc.args[0]) from None
-    try:
-        overrides = struct_to_dict(overrides_struct)
-    except ConfigError as exc:
-        raise InvalidArgument(f"overrides.{exc}") from None
-    return recipe, resolve_stages(recipe, overrides, methods)
+    return resolve_stages(recipe, overrides, methods)
 
 
 def format_name(fmt: int) -> str:

@@ -1,22 +1,24 @@
 """One declaration per method config (a pydantic model) serves validation, defaults and Describe.
 
 Engines declare `class Int8WeightOnlyConfig(MethodConfig)`; servicers publish it through
-`describe_method`; the gateway validates a client's overrides against the published
-`MethodDescription` alone, so it needs neither the engine code nor torch.
+`describe_method`. Values are validated in one place, `validated`: the service's CheckConfig calls
+it for the gateway before a job exists, its Run on what it receives, an in-process run on the
+recipe's values directly. The gateway itself checks only structure (chain.py): which method, which
+fields.
 """
 
 from __future__ import annotations
 
-import math
-
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import annotated_types
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 
+from modelpress.structs import StructError, from_struct, to_value
 from modelpress.v1 import common_pb2
 
 
@@ -42,7 +44,9 @@ class MethodConfig(BaseModel):
     """Base of every method config: unknown fields are errors, not silently ignored."""
 
     # NaN and ±Infinity pass no bound check (every comparison with NaN is false): refused outright.
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    # Strict: a value of another type is refused, never coerced (`1` is no bool, `True` no int, "4"
+    # no int); an int is still a float, as JSON and the Struct codec give whole numbers.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
     # Fields naming an artifact (a calibration dataset, a teacher model) -> the ArtifactFormat values
     # it may have. The gateway checks them before a job exists; the service fetches each before the
     # engine runs, which reads the local copy through `local_path`.
@@ -93,7 +97,7 @@ def _describe_field(name: str, info) -> common_pb2.ConfigField:
             field.minimum = float(getattr(meta, "ge", getattr(meta, "gt", 0)))
         if isinstance(meta, (annotated_types.Le, annotated_types.Lt)):
             field.maximum = float(getattr(meta, "le", getattr(meta, "lt", 0)))
-    field.default_value.CopyFrom(json_format.ParseDict(info.default, struct_pb2.Value()))
+    field.default_value.CopyFrom(to_value(info.default))
     return field
 
 
@@ -124,78 +128,46 @@ def describe_registry(technique: int, methods) -> list[common_pb2.MethodDescript
                             m.model_kinds) for m in methods.values()]
 
 
-def _validated(config_cls: type[MethodConfig], values: dict[str, Any]) -> tuple[MethodConfig | None, list[str]]:
-    """The config and no problems, or None and one entry per problem naming its field. Rules across
+def validated(config_cls: type[MethodConfig], values: struct_pb2.Struct | Mapping[str, Any]
+              ) -> tuple[MethodConfig | None, list[str]]:
+    """The one place a stage's config values are checked, by pydantic against the method's
+    declaration: (the config, no problems), or (None, one problem per bad field, each starting with
+    the field: `group_size: Input should be ..., got 100`). A Struct (how a stage travels) is read
+    through the codec; what it cannot hold as a config (NaN, nesting) is a problem too. Rules across
     fields (model validators) name their field in their own message."""
+    if isinstance(values, struct_pb2.Struct):
+        try:
+            values = from_struct(values)
+        except StructError as exc:
+            return None, [str(exc)]
     try:
         return config_cls.model_validate(values), []
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"])
-            message = err["msg"].removeprefix("Value error, ")
-            problems.append(f"{where}: {message}" if where else message)
-        return None, problems
+        return None, [_problem(config_cls, err) for err in exc.errors()]
 
 
-def config_problems(config_cls: type[MethodConfig], values: dict[str, Any]) -> list[str]:
-    """Why `values` do not make a `config_cls`; empty when they do (what CheckConfig answers)."""
-    return _validated(config_cls, values)[1]
+def _problem(config_cls: type[MethodConfig], err) -> str:
+    where = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        allowed = ", ".join(config_cls.model_fields) or "(none)"
+        return f"{where}: not a field of this method; allowed: {allowed}"
+    message = err["msg"].removeprefix("Value error, ")
+    if not where:  # a rule across fields: its message names the field
+        return message
+    if err["type"] == "value_error" or isinstance(err["input"], Mapping):  # its message says what it got
+        return f"{where}: {message}"
+    return f"{where}: {message}, got {_cited(err['input'])}"
 
 
-def parse_config(config_cls: type[MethodConfig], values: dict[str, Any]) -> MethodConfig:
-    """Builds the typed config on the service side; errors name each bad field."""
-    config, problems = _validated(config_cls, values)
+def _cited(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:50]}… ({len(text)} characters)"
+
+
+def parse_config(config_cls: type[MethodConfig], values: struct_pb2.Struct | Mapping[str, Any]
+                 ) -> MethodConfig:
+    """`validated`, for a caller with nowhere to put problems: ConfigError naming each bad field."""
+    config, problems = validated(config_cls, values)
     if problems:
         raise ConfigError("; ".join(problems))
     return config
-
-
-def check_value(field: common_pb2.ConfigField, value: Any) -> str | None:
-    """Why `value` does not fit `field`, or None. Mirrors what pydantic enforces in parse_config."""
-    ftype = field.type
-    if ftype == common_pb2.FIELD_TYPE_BOOL and not isinstance(value, bool):
-        return f"{field.name}: expected true or false, got {value!r}"
-    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if ftype == common_pb2.FIELD_TYPE_INT and not (is_number and float(value).is_integer()):
-        return f"{field.name}: expected an integer, got {value!r}"
-    if ftype == common_pb2.FIELD_TYPE_FLOAT and not is_number:
-        return f"{field.name}: expected a number, got {value!r}"
-    if ftype == common_pb2.FIELD_TYPE_STRING and not isinstance(value, str):
-        return f"{field.name}: expected a string, got {value!r}"
-    if field.choices and str(value) not in field.choices:
-        return f"{field.name}: {value!r} is not allowed; allowed: {', '.join(field.choices)}"
-    if field.HasField("minimum") and value < field.minimum:
-        return f"{field.name}: {value!r} is below the minimum {field.minimum:g}"
-    if field.HasField("maximum") and value > field.maximum:
-        return f"{field.name}: {value!r} is above the maximum {field.maximum:g}"
-    return None
-
-
-MAX_STRUCT_DEPTH = 8
-
-
-def _plain(value: struct_pb2.Value, where: str, depth: int) -> Any:
-    kind = value.WhichOneof("kind")
-    if kind == "number_value":
-        number = value.number_value
-        if not math.isfinite(number):
-            raise ConfigError(f"{where}: {number} is not a finite number")
-        return int(number) if number.is_integer() else number
-    if kind in ("struct_value", "list_value") and depth >= MAX_STRUCT_DEPTH:
-        raise ConfigError(f"{where}: nested deeper than {MAX_STRUCT_DEPTH} levels")
-    if kind == "struct_value":
-        return {k: _plain(v, f"{where}.{k}", depth + 1) for k, v in value.struct_value.fields.items()}
-    if kind == "list_value":
-        return [_plain(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value.list_value.values)]
-    if kind == "string_value":
-        return value.string_value
-    if kind == "bool_value":
-        return value.bool_value
-    return None
-
-
-def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
-    """Struct numbers are doubles; whole numbers come back as ints so int fields validate. NaN,
-    ±Infinity and nesting past MAX_STRUCT_DEPTH are ConfigErrors naming the key."""
-    return {k: _plain(v, k, 1) for k, v in struct.fields.items()}

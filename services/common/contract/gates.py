@@ -3,6 +3,9 @@
 A gate is a threshold set's name (recovery-99, seed-int4 ... as the evaluator's comparisons use)
 or metric bounds written `metric OP value`, comma-separated: `quality_retention>=0.99, speedup>=2`.
 Figures are ratios against the job's original model, from one interleaved measurement.
+
+A gate is parsed once, when the gateway resolves the stage (chain.resolve_stages): its checks travel
+in the StageSpec (`gate_checks`) and the job checks those (`stage_gate`).
 """
 
 from __future__ import annotations
@@ -65,6 +68,21 @@ def parse_gate(text: str) -> Gate | None:
             raise InvalidGate(f"{value!r} in {part.strip()!r} is not a number") from None
         checks.append(Threshold(metric, comparison, threshold, f"{metric} {comparison} {threshold:g}"))
     return Gate(text, tuple(checks))
+
+
+def gate_checks(gate: Gate | None) -> list[common_pb2.ThresholdCheck]:
+    """The parsed gate as a StageSpec carries it (value, passed and not_measured unset)."""
+    return [common_pb2.ThresholdCheck(metric=c.metric, comparison=c.comparison, threshold=c.threshold,
+                                      description=c.description) for c in (gate.checks if gate else ())]
+
+
+def stage_gate(spec: common_pb2.StageSpec) -> Gate | None:
+    """The gate the gateway parsed when it resolved the stage; for a job stored before StageSpec
+    carried it, the stage's text parsed here (once per check)."""
+    if not spec.gate_checks:
+        return parse_gate(spec.gate)
+    return Gate(spec.gate.strip(), tuple(Threshold(c.metric, c.comparison, c.threshold, c.description)
+                                         for c in spec.gate_checks))
 
 
 def gate_figures(row: common_pb2.ComparisonRow, result: common_pb2.CompressionResult) -> dict[str, float]:

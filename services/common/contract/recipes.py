@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelpress.pipelines import PipelineError, pipeline_data, pipeline_message, stage_data
+from modelpress.structs import StructError, from_struct, to_struct
 from modelpress.v1 import common_pb2, gateway_pb2
-from services.common.contract.config import ConfigError, struct_to_dict
-from services.common.store.events import to_struct
 from services.common.measure.isa import isa_class, support
 from services.common.runtime.settings import TECHNIQUE_SERVICES
 
@@ -42,13 +42,8 @@ class RecipeStage:
                                     name=self.name, gate=self.gate)
 
     def data(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": self.label, "technique": TECHNIQUE_SERVICES[self.technique],
-                               "method": self.method}
-        if self.config:
-            out["config"] = dict(self.config)
-        if self.gate:
-            out["gate"] = self.gate
-        return out
+        """The stage as a pipeline file holds it (modelpress.pipelines writes every pipeline file)."""
+        return stage_data(self.message())
 
 
 @dataclass(frozen=True)
@@ -75,7 +70,7 @@ class RecipeDef:
 
     def data(self) -> dict[str, Any]:
         """The recipe as a pipeline file holds it (what `--pipeline FILE` reads back)."""
-        return {"name": self.name, "summary": self.summary, "stages": [s.data() for s in self.stages]}
+        return pipeline_data(self.message())
 
 
 SCENARIOS = ("cloud", "edge", "mobile")
@@ -185,7 +180,7 @@ RECIPES: dict[str, RecipeDef] = {
                 scenario="edge", hardware=("cpu (openvino)",), compute="fp32"),
         builtin("openvino-int4", "OpenVINO IR with NNCF INT4 weights (group 128, shrunk where it does not "
                 "divide), AWQ and scale estimation on 32 calibration windows",
-                (RecipeStage(O, "openvino-int4", {"calibration_samples": 32}),),
+                (RecipeStage(O, "openvino-int4", {"data_aware": True, "calibration_samples": 32}),),
                 scenario="edge", hardware=("cpu (openvino)",), compute="fp32"),
         builtin("openvino-bf16", "OpenVINO IR computing in bf16 (native with AVX512-BF16 or AMX-BF16; on other CPUs "
                 "the stage notes what the plugin ran instead)", (RecipeStage(O, "openvino", {"inference_precision": "bf16"}),),
@@ -211,7 +206,7 @@ RECIPES: dict[str, RecipeDef] = {
         builtin("awq-onnx-int4", "AWQ scales searched for ONNX Runtime's 4-bit blocks of 32 and "
                 "folded into the float model (quantizer), then ONNX export with 4-bit MatMulNBits (optimizer)",
                 (RecipeStage(Q, "awq-transform", {"bits": 4, "group_size": 32, "symmetric": True}, "transform"),
-                 RecipeStage(O, "onnx-int4", {"block_size": 32, "symmetric": True}, "export")),
+                 RecipeStage(O, "onnx-int4", {"group_size": 32, "symmetric": True}, "export")),
                 scenario="edge", hardware=("cpu (onnxruntime, MatMulNBits)",), compute="fp32"),
         builtin("awq-gguf-q4", "AWQ scales searched for GGUF Q4_1 (32 weights, scale and minimum) "
                 "and folded in (quantizer), then GGUF Q4_1 for llama.cpp (optimizer)",
@@ -221,7 +216,7 @@ RECIPES: dict[str, RecipeDef] = {
         builtin("awq-openvino-int4", "AWQ scales searched for NNCF's symmetric INT4 groups of 128 "
                 "and folded in (quantizer), then OpenVINO IR with data-free NNCF INT4 (optimizer)",
                 (RecipeStage(Q, "awq-transform", {"bits": 4, "group_size": 128, "symmetric": True}, "transform"),
-                 RecipeStage(O, "openvino-int4", {"group_size": 128, "symmetric": True, "calibration_samples": 0},
+                 RecipeStage(O, "openvino-int4", {"group_size": 128, "symmetric": True, "data_aware": False},
                              "export")),
                 scenario="edge", hardware=("cpu (openvino)",), compute="fp32"),
         builtin("smoothquant-onnx-int8", "SmoothQuant scales searched for per-tensor dynamic INT8 activations "
@@ -312,76 +307,57 @@ class UnknownRecipe(KeyError):
 
 
 class InvalidPipeline(ValueError):
-    """A pipeline given as data that is malformed; the message names the place."""
+    """A pipeline given as data or as a message that is malformed; the message names the place."""
 
 
-TECHNIQUES_BY_NAME = {name: technique for technique, name in TECHNIQUE_SERVICES.items()}
-_STAGE_KEYS = {"name", "technique", "method", "config", "gate"}
 MAX_STAGES = 16
 
 
 def pipeline_from_data(data: Any, default_name: str = "pipeline") -> RecipeDef:
     """A RecipeDef from a pipeline file's contents: {name?, summary?, stages: [{name?, technique,
-    method, config?, gate?}, ...]} (or the bare list of stages)."""
-    if isinstance(data, list):
-        data = {"stages": data}
-    if not isinstance(data, dict):
-        raise InvalidPipeline("pipeline: expected a mapping with 'stages' (or a list of stages)")
-    # `version` is what `recipes show` prints of a stored recipe; reading the file back ignores it.
-    unknown = set(data) - {"name", "summary", "stages", "version"}
-    if unknown:
-        raise InvalidPipeline(f"pipeline: unknown keys {', '.join(sorted(unknown))}; allowed: name, summary, stages")
-    stages_data = data.get("stages")
-    if not isinstance(stages_data, list) or not stages_data:
+    method, config?, gate?}, ...]} (or the bare list of stages). The shape is read as every pipeline
+    file is (modelpress.pipelines.pipeline_message), then checked as a request's pipeline is."""
+    try:
+        message = pipeline_message(data)
+    except PipelineError as exc:
+        raise InvalidPipeline(str(exc)) from None
+    return pipeline_from_message(message, default_name)
+
+
+def pipeline_from_message(message: common_pb2.Pipeline, default_name: str = "pipeline") -> RecipeDef:
+    """A RecipeDef from a Pipeline message (a request's, or a file's as modelpress.pipelines reads
+    it): every stage names a technique and a method, has a name of its own without '.', and a config
+    the codec can read. Methods, config values and gates are checked against the services by chain.py."""
+    if not message.stages:
         raise InvalidPipeline("pipeline.stages: a non-empty list of stages is required")
-    if len(stages_data) > MAX_STAGES:
-        raise InvalidPipeline(f"pipeline.stages: at most {MAX_STAGES} stages, got {len(stages_data)}")
-    stages = []
-    for i, raw in enumerate(stages_data):
-        where = f"stages[{i}]"
-        if not isinstance(raw, dict):
-            raise InvalidPipeline(f"{where}: expected a mapping with technique and method")
-        unknown = set(raw) - _STAGE_KEYS
-        if unknown:
-            raise InvalidPipeline(f"{where}: unknown keys {', '.join(sorted(unknown))}; allowed: "
-                                  f"{', '.join(sorted(_STAGE_KEYS))}")
-        technique = raw.get("technique")
-        if technique not in TECHNIQUES_BY_NAME:
-            raise InvalidPipeline(f"{where}.technique: {technique!r} is not one of {', '.join(TECHNIQUES_BY_NAME)}")
-        method = raw.get("method") or (EVALUATE if technique == "evaluator" else None)
-        if not isinstance(method, str) or not method:
-            raise InvalidPipeline(f"{where}.method: required (a method name from ListMethods)")
-        config = raw.get("config") or {}
-        if not isinstance(config, dict):
-            raise InvalidPipeline(f"{where}.config: expected a mapping of field: value")
-        name, gate = raw.get("name") or "", raw.get("gate") or ""
-        if not isinstance(name, str) or "." in name:
-            raise InvalidPipeline(f"{where}.name: {name!r} must be a string without '.' (overrides use NAME.field)")
-        if not isinstance(gate, str):
-            raise InvalidPipeline(f"{where}.gate: expected a threshold set name or bounds as a string")
-        # A name equal to the method's is the default one: stored empty, as built-ins hold it.
-        stages.append(RecipeStage(TECHNIQUES_BY_NAME[technique], method, dict(config), "" if name == method else name,
-                                  gate))
+    if len(message.stages) > MAX_STAGES:
+        raise InvalidPipeline(f"pipeline.stages: at most {MAX_STAGES} stages, got {len(message.stages)}")
+    stages = [_stage_from_message(index, spec) for index, spec in enumerate(message.stages)]
     labels = [s.label for s in stages]
     repeated = sorted({label for label in labels if labels.count(label) > 1})
     if repeated:
         raise InvalidPipeline(f"pipeline.stages: stage names must differ; {', '.join(repeated)} repeats (set 'name')")
-    name, summary = data.get("name") or default_name, data.get("summary") or ""
-    if not isinstance(name, str) or not isinstance(summary, str):
-        raise InvalidPipeline("pipeline: name and summary must be strings")
-    return RecipeDef(name, summary, tuple(stages), compute=_compute_of(stages))
+    return RecipeDef(message.name or default_name, message.summary, tuple(stages),
+                     compute=_compute_of(stages))
 
 
-def pipeline_from_message(message: common_pb2.Pipeline) -> RecipeDef:
-    stages = []
-    for index, s in enumerate(message.stages):
-        try:
-            config = struct_to_dict(s.config)
-        except ConfigError as exc:
-            raise InvalidPipeline(f"pipeline.stages[{index}].config.{exc}") from None
-        stages.append({"name": s.name, "technique": TECHNIQUE_SERVICES.get(s.technique, str(s.technique)),
-                       "method": s.method, "config": config, "gate": s.gate})
-    return pipeline_from_data({"name": message.name, "summary": message.summary, "stages": stages})
+def _stage_from_message(index: int, spec: common_pb2.StageSpec) -> RecipeStage:
+    where = f"stages[{index}]"
+    if spec.technique not in TECHNIQUE_SERVICES:
+        raise InvalidPipeline(f"{where}.technique: {spec.technique} is not one of "
+                              f"{', '.join(f'{v} ({n})' for v, n in TECHNIQUE_SERVICES.items())}")
+    method = spec.method or (EVALUATE if spec.technique == common_pb2.TECHNIQUE_EVALUATOR else "")
+    if not method:
+        raise InvalidPipeline(f"{where}.method: required (a method name from ListMethods)")
+    if "." in spec.name:
+        raise InvalidPipeline(f"{where}.name: {spec.name!r} must be a string without '.' "
+                              f"(overrides use NAME.field)")
+    try:
+        config = from_struct(spec.config)
+    except StructError as exc:
+        raise InvalidPipeline(f"pipeline.{where}.config.{exc}") from None
+    # A name equal to the method's is the default one: stored empty, as built-ins hold it.
+    return RecipeStage(spec.technique, method, config, "" if spec.name == method else spec.name, spec.gate)
 
 
 def _compute_of(stages: list[RecipeStage]) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 import grpc
 
 from modelpress.v1 import common_pb2
+from modelpress.structs import to_struct
 from services.common.store import events as ev
 from services.common.store import packaging
 from services.common.store.artifact_store import ArtifactCorrupt, ArtifactNotFound, StoreFull
@@ -143,7 +144,7 @@ async def run_stage(
         ref = await runtime.store.put_dir(output_dir, fmt=result.format, meta={
             "base_model": manifest.base_model, "chain": [link.model_dump() for link in manifest.chain]})
         output = common_pb2.StageOutput(artifact=ref, worker=runtime.worker_id, notes=result.notes, key=key)
-        output.metrics.CopyFrom(ev.to_struct(to_jsonable(result.metrics)))
+        output.metrics.CopyFrom(to_struct(to_jsonable(result.metrics)))
         await runtime.stage_cache.put(key, output)
         if checkpoint:  # the output exists: a retry would reuse it, not resume
             await runtime.store.delete(checkpoint)
@@ -196,7 +197,7 @@ def _progress_message(progress: Progress) -> common_pb2.StageProgress:
         message=progress.message, progress=progress.fraction, step=progress.step, total_steps=progress.total_steps
     )
     if progress.metrics:
-        message.metrics.CopyFrom(ev.to_struct(to_jsonable(progress.metrics)))
+        message.metrics.CopyFrom(to_struct(to_jsonable(progress.metrics)))
     return message
 
 

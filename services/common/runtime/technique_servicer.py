@@ -12,8 +12,8 @@ import grpc
 
 from modelpress.v1 import common_pb2, technique_pb2, technique_pb2_grpc
 from services.common.models import modelio
-from services.common.contract.config import (MethodConfig, WorkBudgetExceeded, config_problems,
-                                             describe_registry, parse_config, struct_to_dict)
+from services.common.contract.config import (MethodConfig, WorkBudgetExceeded, describe_registry,
+                                             parse_config, validated)
 from services.common.models.model_source import describe
 from services.common.contract.engine_api import ProgressReporter, StageResult
 from services.common.runtime.server import ServiceRuntime
@@ -81,14 +81,13 @@ class TechniqueServicer(technique_pb2_grpc.TechniqueServiceServicer):
 
     def check_config(self, stage: common_pb2.StageSpec) -> tuple[list[str], list[str]]:
         """(every problem of the stage's config under its method's whole declaration — an unknown
-        method is one —, every work budget a valid config goes past)."""
+        method is one —, every work budget a valid config goes past). The gateway asks this for every
+        stage before a job exists: the one validation of its values (config.validated), run once."""
         method = self.methods.get(stage.method)
         if method is None:
             return [self.unknown_method(stage.method)], []
-        values = struct_to_dict(stage.config)
-        if problems := config_problems(method.config_cls, values):
-            return problems, []
-        return [], parse_config(method.config_cls, values).work_problems()
+        config, problems = validated(method.config_cls, stage.config)
+        return (problems, []) if problems else ([], config.work_problems())
 
     async def run_stage(self, stage: common_pb2.StageRequest, context: grpc.aio.ServicerContext
                         ) -> AsyncIterator[common_pb2.StageUpdate]:
@@ -97,7 +96,7 @@ class TechniqueServicer(technique_pb2_grpc.TechniqueServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, self.unknown_method(stage.method))
             return
         try:
-            config = parse_config(method.config_cls, struct_to_dict(stage.config))
+            config = parse_config(method.config_cls, stage.config)  # what Run receives: config.validated
             if over := config.work_problems():  # a caller of Run that skipped CheckConfig
                 raise WorkBudgetExceeded("; ".join(over))
         except Exception as exc:  # noqa: BLE001

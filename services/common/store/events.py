@@ -11,10 +11,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import nats.errors
 
-from google.protobuf import struct_pb2, timestamp_pb2
+from google.protobuf import timestamp_pb2
 from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
 
+from modelpress.structs import to_struct
 from modelpress.v1 import common_pb2
 
 STREAM = "MODELPRESS_EVENTS"
@@ -40,12 +41,6 @@ def make_event(job_id: str, kind: int, **fields) -> common_pb2.JobEvent:
     if metrics:
         event.metrics.CopyFrom(to_struct(metrics))
     return event
-
-
-def to_struct(values: dict) -> struct_pb2.Struct:
-    struct = struct_pb2.Struct()
-    struct.update(values)
-    return struct
 
 
 class EventLog:

@@ -1,25 +1,45 @@
+import functools
+from types import SimpleNamespace
+
 import pytest
 
+from modelpress.structs import to_struct
 from modelpress.v1 import common_pb2
 from services.common.contract.config import describe_registry
-from services.common.store.events import to_struct
 from services.common.contract.recipes import RECIPES
-from services.common.contract.chain import InvalidArgument, validate_recipe
+from services.common.contract.chain import InvalidArgument, Resolved, validate_recipe
 from services.gateway.validation import check_model_ref, checked_id, checked_job_state, resolve_evaluation
 from services.quantizer.engine import METHODS as QUANT_METHODS
 
 
-def methods():
+def registries():
     from services.optimizer.engine import METHODS as OPT_METHODS
     from services.distiller.engine import METHODS as DISTILL_METHODS
     from services.pruner.engine import METHODS as PRUNE_METHODS
 
-    return {(technique, d.name): d
-            for technique, registry in ((common_pb2.TECHNIQUE_QUANTIZER, QUANT_METHODS),
-                                        (common_pb2.TECHNIQUE_PRUNER, PRUNE_METHODS),
-                                        (common_pb2.TECHNIQUE_DISTILLER, DISTILL_METHODS),
-                                        (common_pb2.TECHNIQUE_OPTIMIZER, OPT_METHODS))
+    return {common_pb2.TECHNIQUE_QUANTIZER: QUANT_METHODS, common_pb2.TECHNIQUE_PRUNER: PRUNE_METHODS,
+            common_pb2.TECHNIQUE_DISTILLER: DISTILL_METHODS, common_pb2.TECHNIQUE_OPTIMIZER: OPT_METHODS}
+
+
+def methods():
+    """The services' methods as the gateway knows them: their Describe."""
+    return {(technique, d.name): d for technique, registry in registries().items()
             for d in describe_registry(technique, registry)}
+
+
+@functools.cache
+def _servicers():
+    from services.common.runtime.technique_servicer import TechniqueServicer
+
+    return {technique: TechniqueServicer(technique, registry, SimpleNamespace(worker_id="unit"))
+            for technique, registry in registries().items()}
+
+
+def services_check(resolved: Resolved) -> None:
+    """What the gateway does with resolved stages before a job exists: each engine stage's
+    CheckConfig (the services' own check_config, here without the channel), placed by Resolved.refuse."""
+    resolved.refuse({i: _servicers()[s.technique].check_config(s)[0] for i, s in enumerate(resolved.stages)
+                     if s.technique != common_pb2.TECHNIQUE_EVALUATOR})
 
 
 def test_unknown_recipe_lists_the_allowed_ones():
@@ -32,17 +52,31 @@ def test_unknown_recipe_lists_the_allowed_ones():
 
 
 def test_overrides_are_applied_and_checked():
-    _, stages = validate_recipe("int8-weight-only", to_struct({"embedding_bits": 0}), methods())
-    assert stages[0].method == "rtn"
+    resolved = validate_recipe("int8-weight-only", to_struct({"embedding_bits": 0}), methods())
+    stages = resolved.stages
+    assert stages[0].method == "rtn" and resolved.overridden == [{"embedding_bits": "embedding_bits"}]
     assert stages[0].config["embedding_bits"] == 0 and stages[0].config["bits"] == 8
+    services_check(resolved)
+    # Structure is the gateway's own check: a key that addresses no field.
     with pytest.raises(InvalidArgument, match=r"overrides\.damping: no stage .* allowed: .*embedding_bits"):
         validate_recipe("int8-weight-only", to_struct({"damping": 0.1}), methods())
-    with pytest.raises(InvalidArgument, match=r"overrides\.symmetric: expected true or false"):
-        validate_recipe("int8-weight-only", to_struct({"symmetric": "yes"}), methods())
-    with pytest.raises(InvalidArgument, match=r"overrides\.alpha: .*1"):
-        validate_recipe("w8a8-smoothquant", to_struct({"alpha": 1.5}), methods())
-    with pytest.raises(InvalidArgument, match=r"overrides\.activations: .*dynamic"):
-        validate_recipe("w8a8-static", to_struct({"activations": "per-channel"}), methods())
+
+
+@pytest.mark.parametrize("recipe,overrides,wording", [
+    ("int8-weight-only", {"symmetric": "yes"}, "overrides.symmetric: Input should be a valid boolean, got 'yes'"),
+    ("int8-weight-only", {"symmetric": 1}, "overrides.symmetric: Input should be a valid boolean, got 1"),
+    ("int8-weight-only", {"bits": True}, "overrides.bits: Input should be 4 or 8, got True"),
+    ("w8a8-smoothquant", {"alpha": 1.5}, "overrides.alpha: Input should be less than or equal to 1, got 1.5"),
+    ("w8a8-static", {"activations": "per-channel"},
+     "overrides.activations: Input should be 'dynamic' or 'static', got 'per-channel'"),
+])
+def test_a_bad_override_value_is_refused_by_the_services_check_naming_the_override(recipe, overrides, wording):
+    """Values are validated once, by pydantic on the service (CheckConfig); the gateway names the
+    override that set the bad value, with the problem and what is allowed."""
+    resolved = validate_recipe(recipe, to_struct(overrides), methods())  # the structure is sound
+    with pytest.raises(InvalidArgument) as refused:
+        services_check(resolved)
+    assert str(refused.value) == wording
 
 
 def test_a_recipe_whose_service_is_missing_is_refused():
@@ -75,10 +109,11 @@ def test_evaluation_defaults_and_bounds():
         resolve_evaluation(common_pb2.EvaluationSpec(quality_windows=99))
 
 
-def test_every_recipe_resolves_against_the_services_methods():
+def test_every_recipe_resolves_against_the_services_methods_and_its_config_is_valid():
     for name, recipe in RECIPES.items():
-        _, stages = validate_recipe(name, to_struct({}), methods())
-        assert [s.method for s in stages] == [s.method for s in recipe.stages]
+        resolved = validate_recipe(name, to_struct({}), methods())
+        assert [s.method for s in resolved.stages] == [s.method for s in recipe.stages]
+        services_check(resolved)
 
 
 def test_overrides_address_one_stage_by_name_and_an_ambiguous_bare_field_is_refused():
@@ -88,18 +123,33 @@ def test_overrides_address_one_stage_by_name_and_an_ambiguous_bare_field_is_refu
     two = RecipeDef("awq-then-int4", "test", (
         RecipeStage(common_pb2.TECHNIQUE_QUANTIZER, "awq", {"bits": 4, "group_size": 64}, name="quantize"),
         RecipeStage(common_pb2.TECHNIQUE_OPTIMIZER, "openvino-int4", name="export")))
-    stages = resolve_stages(two, {"quantize.group_size": 128, "export.group_size": 32, "bits": 8}, methods())
+    overrides = to_struct({"quantize.group_size": 128, "export.group_size": 32, "bits": 8})
+    resolved = resolve_stages(two, overrides, methods())
+    stages = resolved.stages
     assert stages[0].config["group_size"] == 128 and stages[1].config["group_size"] == 32
     assert stages[0].config["bits"] == 8 and "bits" not in stages[1].config  # declared by one stage: goes there
+    # The override's Value, as sent, is the stage's: no other form in between.
+    assert stages[0].config.fields["group_size"] == overrides.fields["quantize.group_size"]
+    assert resolved.overridden == [{"group_size": "quantize.group_size", "bits": "bits"},
+                                   {"group_size": "export.group_size"}]
+    services_check(resolved)
     with pytest.raises(InvalidArgument, match=r"overrides\.group_size: stages quantize, export all take this field; "
                                               r"address one: quantize\.group_size, export\.group_size"):
-        resolve_stages(two, {"group_size": 128}, methods())
+        resolve_stages(two, to_struct({"group_size": 128}), methods())
     with pytest.raises(InvalidArgument, match=r"overrides\.prune\.sparsity: no stage named 'prune'; stages: quantize"):
-        resolve_stages(two, {"prune.sparsity": 0.5}, methods())
+        resolve_stages(two, to_struct({"prune.sparsity": 0.5}), methods())
     with pytest.raises(InvalidArgument, match=r"overrides\.export\.damping: stage 'export' takes no field 'damping'"):
-        resolve_stages(two, {"export.damping": 0.1}, methods())
-    with pytest.raises(InvalidArgument, match=r"overrides\.quantize\.group_size: 100 is not allowed; allowed: .*128"):
-        resolve_stages(two, {"quantize.group_size": 100}, methods())
+        resolve_stages(two, to_struct({"export.damping": 0.1}), methods())
+    # A bad value: the services' check, named by the override that set it (the recipe's own config
+    # by its stage), with what is allowed.
+    with pytest.raises(InvalidArgument) as refused:
+        services_check(resolve_stages(two, to_struct({"quantize.group_size": 100}), methods()))
+    assert str(refused.value).startswith("overrides.quantize.group_size: 100 is neither 0")
+    assert "a power of two from 16 to 1024" in str(refused.value)
+    bad_default = RecipeDef("awq-g100", "test", (
+        RecipeStage(common_pb2.TECHNIQUE_QUANTIZER, "awq", {"group_size": 100}, name="quantize"),))
+    with pytest.raises(InvalidArgument, match=r"^stages\[0\] \(quantize\)\.config\.group_size: 100 is neither 0"):
+        services_check(resolve_stages(bad_default, to_struct({}), methods()))
 
 
 def test_a_chain_is_checked_stage_by_stage_before_a_job_exists():
@@ -109,34 +159,38 @@ def test_a_chain_is_checked_stage_by_stage_before_a_job_exists():
     Q, O = common_pb2.TECHNIQUE_QUANTIZER, common_pb2.TECHNIQUE_OPTIMIZER
     hf, ct = common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS, common_pb2.ARTIFACT_FORMAT_COMPRESSED_TENSORS
     described = methods()
-    export = resolve_stages(RECIPES["onnx-int8"], {}, described)
+    export = resolve_stages(RECIPES["onnx-int8"], to_struct({}), described).stages
     check_chain(export, described, hf)
     check_chain(export, described, None)  # a path: its format is learnt when the stage reads it
     with pytest.raises(InvalidArgument, match=r"stages\[0\] \(onnx-int8\): onnx-int8 does not accept compressed-tensors "
                                               r"\(the job's model\); it takes hf-safetensors"):
         check_chain(export, described, ct)
     quantize_then_export = resolve_stages(RecipeDef("gptq-onnx", "t", (RecipeStage(Q, "gptq"), RecipeStage(O, "onnx"))),
-                                          {}, described)
+                                          to_struct({}), described).stages
     with pytest.raises(InvalidArgument, match=r"stages\[1\] \(onnx\): onnx does not accept compressed-tensors "
                                               r"\(what stages\[0\] writes\)"):
         check_chain(quantize_then_export, described, hf)
     cast_then_export = resolve_stages(RecipeDef("bf16-openvino", "t", (RecipeStage(Q, "bf16"),
-                                                                       RecipeStage(O, "openvino"))), {}, described)
+                                                                       RecipeStage(O, "openvino"))), to_struct({}),
+                                      described).stages
     check_chain(cast_then_export, described, hf)  # a bf16 checkpoint is still float safetensors
 
 
 def test_config_problems_names_each_field_and_the_rules_across_fields():
     """What CheckConfig answers: Describe's per-field bounds miss a rule across fields."""
-    from services.common.contract.config import config_problems
+    from services.common.contract.config import validated
     from services.pruner.configs import MagnitudeConfig, SparseGptConfig, StructuredConfig
+
+    def config_problems(config_cls, values):
+        return validated(config_cls, values)[1]
 
     assert config_problems(SparseGptConfig, {"structure": "2:4"}) == []
     (problem,) = config_problems(SparseGptConfig, {"structure": "2:4", "sparsity": 0.3})
     assert problem.startswith("sparsity: 0.3 contradicts structure 2:4")  # no pydantic "Value error, " prefix
     assert config_problems(MagnitudeConfig, {"scope": "global", "structure": "4:8"})[0].startswith("scope:")
     assert config_problems(StructuredConfig, {})[0].startswith("nothing to prune")
-    problems = config_problems(SparseGptConfig, {"damping": 0, "block_size": 8})
-    assert [p.split(":")[0] for p in problems] == ["damping", "block_size"]
+    problems = config_problems(SparseGptConfig, {"damping": 0, "lazy_batch_columns": 8})
+    assert [p.split(":")[0] for p in problems] == ["damping", "lazy_batch_columns"]
 
 
 @pytest.mark.parametrize("bad", ["*", ">", "j.1", "jobs.>", "é-1", "a\x00b", "-leading", "x" * 129, "a b"])
@@ -163,8 +217,10 @@ def test_a_job_state_outside_the_enum_is_invalid():
 
 
 def test_a_nan_override_or_pipeline_config_is_invalid_argument_naming_it():
-    with pytest.raises(InvalidArgument, match=r"overrides\.max_minutes: nan is not a finite number"):
-        validate_recipe("distill-response", to_struct({"max_minutes": float("nan")}), methods())
+    # The override travels as sent; the service's codec refuses it, and the gateway names the override.
+    resolved = validate_recipe("distill-response", to_struct({"max_minutes": float("nan")}), methods())
+    with pytest.raises(InvalidArgument, match=r"^overrides\.max_minutes: nan is not a finite number$"):
+        services_check(resolved)
     from modelpress.pipelines import pipeline_message
 
     pipeline = pipeline_message({"name": "mine", "stages": [

@@ -96,7 +96,7 @@ def test_causal_lm_export_without_kv_cache(tiny_llama_dir, tmp_path):
 def test_int8_and_int4_graphs_quantize_every_matmul_and_stay_close(tiny_bert_dir, tmp_path):
     int8 = _run("onnx-int8", tiny_bert_dir, tmp_path / "int8")
     assert int8.metrics["int8_ops"].get("QAttention") == 2 and int8.metrics["int8_ops"].get("MatMulInteger", 0) >= 4
-    int4 = _run("onnx-int4", tiny_bert_dir, tmp_path / "int4", block_size=32)
+    int4 = _run("onnx-int4", tiny_bert_dir, tmp_path / "int4", group_size=32)
     assert int4.metrics["matmul_nbits"] >= 4
     model = modelio.load_model(tiny_bert_dir)
     ids, mask = _feeds(1000, 4, 24)

@@ -84,7 +84,7 @@ def test_causal_lm_ir_decodes_through_its_own_kv_cache_like_pytorch(tiny_llama_d
     ("openvino-int8", "u8", {}),
     # group 128 does not divide the tiny model's 64 inputs: the group shrinks instead of failing.
     ("openvino-int4", "i4", {"group_size": 128}),
-    ("openvino-int4", "i4", {"group_size": 32, "calibration_samples": 2}),  # AWQ + scale estimation
+    ("openvino-int4", "i4", {"group_size": 32, "data_aware": True, "calibration_samples": 2}),  # AWQ + scale est.
 ])
 def test_nncf_weights_are_stored_low_bit_and_keep_the_predictions(tiny_llama_dir, tmp_path, method, projections,
                                                                    extra):

@@ -31,7 +31,7 @@ INT8 = WeightOnlyConfig(bits=8, group_size=0)
 def steps():
     return {
         "gptq": (GptqConfig(group_size=32, **CALIBRATION), None,
-                 lambda c: gptq_block_step(c.damping, c.block_size, c.act_order)),
+                 lambda c: gptq_block_step(c.damping, c.lazy_batch_columns, c.act_order)),
         "awq": (AwqConfig(group_size=32, **CALIBRATION), None, awq_block_step),
         "awq-mlp-scored": (AwqConfig(group_size=32, loss="module", **CALIBRATION), None, awq_block_step),
         "qat": (QatConfig(group_size=32, steps_per_block=3, **CALIBRATION), None, qat_block_step),

@@ -3,32 +3,71 @@ and a method whose engine no optimizer worker reports available."""
 
 import pytest
 
+from modelpress.structs import to_struct
 from modelpress.v1 import common_pb2
 from services.common.contract.chain import (InvalidArgument, MethodUnavailable, check_chain, check_engines,
-                                            resolve_stages)
+                                            declared_fields, resolve_configs, resolve_stages)
 from services.common.contract.config import describe_registry
 from services.common.contract.recipes import RECIPES
 
 HF = common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS
 
 
-@pytest.fixture(scope="module")
-def described():
+def _registries():
     from services.distiller.engine import METHODS as distiller
     from services.optimizer.engine import METHODS as optimizer
     from services.pruner.engine import METHODS as pruner
     from services.quantizer.engine import METHODS as quantizer
 
-    return {(technique, d.name): d
-            for technique, registry in ((common_pb2.TECHNIQUE_QUANTIZER, quantizer),
-                                        (common_pb2.TECHNIQUE_PRUNER, pruner),
-                                        (common_pb2.TECHNIQUE_DISTILLER, distiller),
-                                        (common_pb2.TECHNIQUE_OPTIMIZER, optimizer))
+    return ((common_pb2.TECHNIQUE_QUANTIZER, quantizer), (common_pb2.TECHNIQUE_PRUNER, pruner),
+            (common_pb2.TECHNIQUE_DISTILLER, distiller), (common_pb2.TECHNIQUE_OPTIMIZER, optimizer))
+
+
+@pytest.fixture(scope="module")
+def described():
+    """The methods as the gateway knows them: the services' Describe."""
+    return {(technique, d.name): d for technique, registry in _registries()
             for d in describe_registry(technique, registry)}
 
 
+@pytest.fixture(scope="module")
+def registered():
+    """The methods as an in-process run knows them: the engines' registries."""
+    return {(technique, name): m for technique, registry in _registries() for name, m in registry.items()}
+
+
 def stages_of(recipe: str, described) -> list[common_pb2.StageSpec]:
-    return resolve_stages(RECIPES[recipe], {}, described)
+    return resolve_stages(RECIPES[recipe], to_struct({}), described).stages
+
+
+def test_descriptions_and_registry_entries_answer_the_chain_alike(described, registered):
+    """The gateway checks against Describe, an in-process run against the registries: the same
+    fields, and the same refusals."""
+    assert described.keys() == registered.keys()
+    for key, method in registered.items():
+        assert declared_fields(method) == declared_fields(described[key])
+    for recipe in RECIPES.values():
+        resolved, configs = resolve_configs(recipe, {}, registered)
+        assert resolved.stages == resolve_stages(recipe, to_struct({}), described).stages
+        assert [type(c) for c in configs] == [registered[(s.technique, s.method)].config_cls
+                                              for s in recipe.stages]
+    for source in (described, registered):
+        stages = stages_of("gguf-q8_0", source)
+        with pytest.raises(InvalidArgument, match=r"stages\[0\] \(gguf-q8_0\): gguf-q8_0 takes causal-lm"):
+            check_chain(stages, source, HF, "encoder")
+
+
+def test_in_process_values_are_validated_by_pydantic_and_placed_as_the_gateway_places_them(registered):
+    recipe = RECIPES["w4a16-gptq"]
+    resolved, (config,) = resolve_configs(recipe, {"group_size": 128, "calibration_samples": 4}, registered)
+    assert (config.group_size, config.bits, config.calibration_samples) == (128, 4, 4)
+    assert resolved.overridden == [{"group_size": "group_size", "calibration_samples": "calibration_samples"}]
+    with pytest.raises(InvalidArgument) as refused:
+        resolve_configs(recipe, {"gptq.bits": 3, "symmetric": 1}, registered)
+    assert str(refused.value) == ("overrides.gptq.bits: Input should be 4 or 8, got 3; "
+                                  "overrides.symmetric: Input should be a valid boolean, got 1")
+    with pytest.raises(InvalidArgument, match=r"^overrides\.nonsense: no stage takes this field"):
+        resolve_configs(recipe, {"nonsense": 1}, registered)
 
 
 def test_describe_publishes_the_kinds_each_method_declares(described):

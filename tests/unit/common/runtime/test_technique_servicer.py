@@ -152,9 +152,36 @@ async def test_check_config_names_each_problem_and_passes_a_good_config(served):
     assert list(big.errors) == [] and len(big.over_budget) == 1 and big.over_budget[0].startswith("rows:")
 
 
+async def test_check_config_validates_the_struct_once_and_refuses_what_no_config_means(served, monkeypatch):
+    """The one validation of a stage's values before a job exists: config.validated, called once on
+    the Struct as it came (no dict in between), problems naming the field and the value."""
+    calls = []
+    real = technique_servicer.validated
+
+    def counted(config_cls, values):
+        calls.append(values)
+        return real(config_cls, values)
+
+    monkeypatch.setattr(technique_servicer, "validated", counted)
+
+    async def check(spec):
+        return await served.stub.CheckConfig(technique_pb2.TechniqueServiceCheckConfigRequest(stage=spec))
+
+    spec = _spec("trim", rows=64)
+    big = await check(spec)  # valid, past the budget: the budget is read off the one validated config
+    assert list(big.errors) == [] and len(big.over_budget) == 1 and calls == [spec.config]
+    nan = await check(_spec("scale", factor=float("nan")))
+    assert list(nan.errors) == ["factor: nan is not a finite number"]
+    assert list((await check(_spec("scale", factor=True))).errors) == [
+        "factor: Input should be a valid number, got True"]
+    assert len(calls) == 3
+
+
 @pytest.mark.parametrize(("stage", "code", "names"), [
     (_stage("slice"), grpc.StatusCode.INVALID_ARGUMENT, "unknown method 'slice'; allowed: scale, trim"),
     (_stage("trim", rows=0), grpc.StatusCode.INVALID_ARGUMENT, "trim config: "),
+    (_stage("scale", factor=float("inf")), grpc.StatusCode.INVALID_ARGUMENT,
+     "scale config: factor: inf is not a finite number"),
     (_stage("trim", rows=64), grpc.StatusCode.RESOURCE_EXHAUSTED, "rows: rows × 1,000 = 64,000 tokens"),
     (_stage("trim", reference="a-missing"), grpc.StatusCode.NOT_FOUND, "trim config: reference"),
 ])
