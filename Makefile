@@ -35,7 +35,8 @@ demo: install
 test: install
 	$(PY) -m pytest -q --timeout 1200 -m "not slow"
 
-# Real-model runs too long for the suite's budget: the demo pipeline with its gate, a real compare and report.
+# Runs too long for the suite's budget: the demo pipeline with its gate, a real compare and report, a NATS
+# cluster losing its leader (docs/architecture.md lists them all).
 test-slow: install
 	$(PY) -m pytest -q --timeout 1800 -m slow
 

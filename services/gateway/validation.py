@@ -58,7 +58,7 @@ def checked_id(value: str, field: str, kind: str) -> str:
     if not value:
         raise InvalidArgument(f"{field}: required")
     if not ID_PATTERN.fullmatch(value):
-        raise InvalidArgument(f"{field}: {shown(value)} is not a {kind} id (letters, digits, '-' and '_', "
+        raise InvalidArgument(f"{field}: {shown(value)} is not {'an' if kind[:1] in 'aeiou' else 'a'} {kind} id (letters, digits, '-' and '_', "
                               f"at most 128 characters)")
     return value
 

@@ -74,8 +74,11 @@ async def test_encoders_are_scored_on_task_quality_against_the_baseline(gateway,
     base, twin, drifted = comparison.rows
     assert base.metrics.kind == "encoder" and base.metrics.encoder.sentences == 60
     assert twin.metrics.encoder.mean_reference_cosine == pytest.approx(1.0, abs=1e-5)
+    assert twin.metrics.encoder.has_reference and twin.metrics.encoder.neighbour_agreement == 1.0
     assert twin.quality_retention == pytest.approx(1.0, abs=1e-5) and twin.passed
+    assert not twin.metrics.HasField("decode") and not twin.metrics.HasField("perplexity")
     assert drifted.metrics.encoder.mean_reference_cosine < 0.99 and not drifted.passed
+    assert drifted.metrics.encoder.neighbour_agreement < 1.0
     assert drifted.quality_retention == pytest.approx(min(
         drifted.metrics.encoder.knn_topic_accuracy / base.metrics.encoder.knn_topic_accuracy,
         drifted.metrics.encoder.mean_reference_cosine))

@@ -77,6 +77,9 @@ async def _replicas(url: str) -> dict[str, int]:
         await nc.close()
 
 
+# 40 s of failover waits on a fast CPU, past the suite's budget on slow ones: make test-slow runs it, and
+# make chaos kills the leading NATS server under 50 jobs.
+@pytest.mark.slow
 async def test_a_job_outlives_the_loss_of_the_nats_server_leading_its_records(cluster, cluster_gateway, model_dir,
                                                                              tmp_path):
     procs, url = cluster

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import signal
 import socket
 from collections.abc import Awaitable, Callable
@@ -169,6 +170,8 @@ def to_jsonable(value: Any) -> Any:
         return {str(k): to_jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [to_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # a figure that came out NaN or infinite was not measured (every reader refuses NaN)
     if isinstance(value, (bool, int, float, str)) or value is None:
         return value
     return str(value)

@@ -29,16 +29,8 @@ def test_causal_lm_figures_cover_the_grid_decode_and_quality(tiny_llama_dir):
     assert 0 <= figures["timing_load"]["others_cpu_share"] <= 1
 
 
-def test_encoder_against_itself_and_a_perturbed_copy(tiny_bert_dir, noisy_bert_dir):
-    config = EvaluationConfig(**FAST)
-    same = evaluate_folder(tiny_bert_dir, config, reference=tiny_bert_dir)
-    assert same["kind"] == "encoder" and "decode" not in same
-    assert same["encoder"]["has_reference"] and same["encoder"]["mean_reference_cosine"] == pytest.approx(1.0, abs=1e-5)
-    assert same["encoder"]["neighbour_agreement"] == 1.0 and same["encoder"]["sentences"] == 60
-
-    drifted = evaluate_folder(noisy_bert_dir, config, reference=tiny_bert_dir)
-    assert drifted["encoder"]["mean_reference_cosine"] < 0.99
-    assert drifted["encoder"]["neighbour_agreement"] < 1.0
+# An encoder against itself and a perturbed copy: through the mesh's Compare in
+# tests/integration/test_evaluator_mesh.py (the same probes, one run instead of two).
 
 
 def test_compare_times_every_model_in_the_same_rounds(tiny_llama_dir):
