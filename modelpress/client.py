@@ -183,8 +183,14 @@ class Client:
         return self._stub.DeleteJob(gateway_pb2.DeleteJobRequest(job_id=job_id), timeout=120).deleted_artifacts
 
     def watch(self, job_id: str) -> Iterator[common_pb2.JobEvent]:
-        for response in self._stub.WatchJob(gateway_pb2.WatchJobRequest(job_id=job_id)):
-            yield response.event
+        stream = self._stub.WatchJob(gateway_pb2.WatchJobRequest(job_id=job_id))
+        try:
+            for response in stream:
+                yield response.event
+        finally:
+            # A reader that stops early (Ctrl-C in the CLI, a break) ends the stream here, not when the
+            # channel closes with the call still open.
+            stream.cancel()
 
     def get_result(self, job_id: str) -> gateway_pb2.GetResultResponse:
         """A succeeded job's CompressionResult (`.result`, its one-line outcome in `.result.headline`)
