@@ -35,7 +35,7 @@ from machine_record import machine_record  # bench/ (this folder is on sys.path)
 from modelpress import Client
 from modelpress.v1 import common_pb2
 from services.common.store import nats_conn
-from services.common.models import builtin_models as registry
+from services.common.models import builtin_models
 from services.gateway.job_store import BUCKET as JOBS
 from services.common.runtime.settings import default_cache
 from services.cli import launcher
@@ -250,7 +250,7 @@ def main() -> int:
     rows = []
     try:
         client = Client(state.gateway, timeout_s=120)
-        folder = registry.builtin_folder(MODEL, default_cache())
+        folder = builtin_models.builtin_folder(MODEL, default_cache())
         upload = client.upload(folder)
         models = [f"builtin:{MODEL}", f"artifact:{upload.id}"]
         if "load" in only:

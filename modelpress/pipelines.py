@@ -36,13 +36,22 @@ def read_pipeline_file(path: str | Path, default_name: str = "") -> common_pb2.P
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise PipelineError(f"{path.name}: a pipeline file ends in .json, .yaml or .yml")
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise PipelineError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     if suffix == ".json":
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise PipelineError(f"{path.name}: not JSON (line {exc.lineno}: {exc.msg})") from None
     else:
         import yaml
 
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise PipelineError(f"{path.name}: not YAML ({str(exc).splitlines()[0]})") from None
     message = pipeline_message(data)
     message.name = message.name or default_name
     return message

@@ -32,6 +32,20 @@ def to_struct(values: Mapping[str, Any] | struct_pb2.Struct | None) -> struct_pb
     return struct
 
 
+def jsonable(value: Any) -> Any:
+    """Engine figures as a Struct keeps them: JSON types, other objects as text, and a float that came
+    out NaN or infinite as None (it was not measured; every reader refuses NaN)."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    return str(value)
+
+
 def to_value(value: Any) -> struct_pb2.Value:
     """One JSON-like value as a Struct Value (a config field's default, as Describe publishes it)."""
     return to_struct({"value": value}).fields["value"]

@@ -1,6 +1,6 @@
 """Regenerates the Python stubs of the contract into modelpress/v1/.
 
-Run `python proto/generate.py` after editing a .proto; tests/unit/test_proto_stubs.py
+Run `python proto/generate.py` after editing a .proto; tests/unit/modelpress/v1/test_proto_stubs.py
 fails when the committed stubs differ from what this produces.
 """
 

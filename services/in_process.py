@@ -39,14 +39,9 @@ import grpc
 from modelpress import errors
 from modelpress.pipelines import SUFFIXES, PipelineError, read_pipeline_file
 from modelpress.results import job_document, result_headline, unevaluated_result
-from modelpress.structs import to_struct
+from modelpress.structs import jsonable, to_struct
 from modelpress.v1 import common_pb2
 
-# Engine registries by technique, imported when a pipeline uses them (each pulls its runtimes).
-ENGINE_MODULES = {common_pb2.TECHNIQUE_QUANTIZER: "services.quantizer.engine",
-                  common_pb2.TECHNIQUE_PRUNER: "services.pruner.engine",
-                  common_pb2.TECHNIQUE_DISTILLER: "services.distiller.engine",
-                  common_pb2.TECHNIQUE_OPTIMIZER: "services.optimizer.engine"}
 LINEAGE_FILE = "modelpress_pipeline.json"
 # Why an in-process run's result has no before/after figures.
 NOT_EVALUATED = "in-process runs do not evaluate: measure with `modelpress compare` or a job on the mesh"
@@ -123,16 +118,16 @@ def _message_of(exc: BaseException) -> str:
 
 
 def _registries(techniques: set[int]) -> dict[int, Mapping]:
-    from services.common.runtime.settings import TECHNIQUE_SERVICES
+    from services.common.contract.techniques import ENGINE_TECHNIQUES, TECHNIQUE_SERVICES, engine_module
 
     found = {}
     for technique in techniques:
         if technique == common_pb2.TECHNIQUE_EVALUATOR:
             raise _invalid("evaluate stages and their gates run on the mesh (the evaluator's probes); "
                            "in-process, leave them out and measure with `modelpress compare`")
-        if technique not in ENGINE_MODULES:
+        if technique not in ENGINE_TECHNIQUES:
             raise _invalid(f"no in-process engine for the {TECHNIQUE_SERVICES.get(technique, technique)}")
-        found[technique] = importlib.import_module(ENGINE_MODULES[technique]).METHODS
+        found[technique] = importlib.import_module(engine_module(technique)).METHODS
     return found
 
 
@@ -288,8 +283,8 @@ def _now():
 
 
 def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
-    """Engine figures as a Struct keeps them (what the mesh records): JSON types, the rest as text."""
-    return json.loads(json.dumps(values, default=str))
+    """Engine figures as a Struct keeps them (what the mesh records): modelpress.structs.jsonable."""
+    return jsonable(values)
 
 
 def _model_ref(model: str | Path) -> common_pb2.ModelRef:

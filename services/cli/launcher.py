@@ -20,7 +20,8 @@ from services.common.runtime import auth
 from services.common.runtime.healthcheck import health_status
 from services.common.store.nats_conn import without_secret
 from services.common.store.nats_server import free_port, start_nats_cluster, start_nats_server
-from services.common.runtime.settings import DEFAULT_PORTS, TECHNIQUE_SERVICES
+from services.common.runtime.settings import DEFAULT_PORTS
+from services.common.contract.techniques import TECHNIQUE_SERVICES
 
 SERVICES = [*TECHNIQUE_SERVICES.values(), "gateway"]
 MAX_REPLICAS = 8

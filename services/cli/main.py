@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from modelpress import Client, NotFound, __version__
 from modelpress.headline import job_headline
 from modelpress.pipelines import pipeline_text, read_pipeline_file, technique_name
 from modelpress.results import job_document
-from modelpress.structs import from_struct, from_value, to_struct
+from modelpress.structs import from_struct, from_value, to_struct, to_value
 from modelpress.v1 import common_pb2
 from services.cli import evaluation as cli_evaluation, launcher, messages, progress
 from services.cli.output import closed_pipe, err, figure, json_text, out, stdout_is_terminal
@@ -60,16 +61,17 @@ def _parse_overrides(pairs: list[str]):
     """`--set KEY=VALUE ...` as the override Struct the request carries: VALUE read as a JSON scalar
     (16, 0.5, true, "text"), else taken as text. Its values reach the service as written here; the
     service's config validates them."""
-    overrides = {}
+    overrides = to_struct({})
     for pair in pairs or []:
         key, sep, raw = pair.partition("=")
         if not sep:
             raise SystemExit(f"--set expects key=value, got {pair!r}")
         try:
-            overrides[key] = json.loads(raw)
+            value = json.loads(raw)
         except json.JSONDecodeError:
-            overrides[key] = raw
-    return to_struct(overrides)
+            value = raw
+        overrides.fields[key].CopyFrom(to_value(value))
+    return overrides
 
 
 # ---- mesh ------------------------------------------------------------------------
@@ -156,11 +158,44 @@ def follow(client: Client, job_id: str, quiet: bool) -> None:
     progress.follow(client.watch(job_id), job_id, out, quiet=quiet, terminal=stdout_is_terminal())
 
 
+class _DetachOnInterrupt:
+    """While following a job, Ctrl-C detaches at once: the job lives on the mesh, so nothing here
+    needs undoing. The handler prints how to come back or cancel, then ends the process without
+    unwinding through the open gRPC stream and the channel's shutdown (a KeyboardInterrupt raised
+    inside them left the process hanging once in the suite)."""
+
+    def __init__(self, job_id: str, gateway: str | None) -> None:
+        self.message = messages.detached(job_id, gateway)
+
+    def __enter__(self):
+        # Only the main thread may set a handler (the CLI run inside a test's thread keeps the default),
+        # and a process started with SIGINT ignored (a background job of a script) keeps ignoring it.
+        self._previous = None
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            self._previous = signal.signal(signal.SIGINT, self._detach)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _detach(self, *_) -> None:
+        try:
+            sys.stdout.flush()
+        except (BrokenPipeError, ValueError):
+            pass
+        err.print(self.message, markup=False, highlight=False)
+        sys.stderr.flush()
+        os._exit(messages.EXIT_INTERRUPTED)
+
+
 def _follow_or_detach(client: Client, job_id: str, args, quiet: bool) -> bool:
-    """Follows the job; Ctrl-C detaches (the job keeps running) and prints how to come back or
-    cancel it. False when detached."""
+    """Follows the job until it ends; Ctrl-C detaches (the job keeps running), printing how to come
+    back or cancel it (exit 130). False when detached by a KeyboardInterrupt raised otherwise."""
     try:
-        follow(client, job_id, quiet)
+        with _DetachOnInterrupt(job_id, args.gateway):
+            follow(client, job_id, quiet)
     except KeyboardInterrupt:
         err.print(messages.detached(job_id, args.gateway), markup=False, highlight=False)
         return False
@@ -302,11 +337,12 @@ def cmd_watch(args) -> int:
     """The job's events on stdout (history first) until it ends; Ctrl-C stops watching, not the job."""
     with _client(args) as client:
         try:
-            if args.json:
-                for event in client.watch(args.job_id):
-                    print(json_text(event, indent=None), flush=True)
-            else:
-                follow(client, args.job_id, quiet=False)
+            with _DetachOnInterrupt(args.job_id, args.gateway):
+                if args.json:
+                    for event in client.watch(args.job_id):
+                        print(json_text(event, indent=None), flush=True)
+                else:
+                    follow(client, args.job_id, quiet=False)
         except KeyboardInterrupt:
             err.print(messages.detached(args.job_id, args.gateway), markup=False, highlight=False)
             return messages.EXIT_INTERRUPTED

@@ -10,7 +10,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from modelpress.v1 import (common_pb2, evaluator_pb2_grpc, optimizer_pb2_grpc, technique_pb2,
                            technique_pb2_grpc)
-from services.common.runtime.settings import TECHNIQUE_SERVICES
+from services.common.contract.techniques import TECHNIQUE_SERVICES
 
 # Round-robin over every address a target resolves to, so `--scale quantizer=3` spreads stages.
 CHANNEL_OPTIONS = [
@@ -53,11 +53,6 @@ class Mesh:
 
     def stub(self, technique: int) -> technique_pb2_grpc.TechniqueServiceStub:
         return technique_pb2_grpc.TechniqueServiceStub(self._channels[technique])
-
-    def run_request(self, technique: int,
-                    stage: common_pb2.StageRequest) -> technique_pb2.TechniqueServiceRunRequest:
-        """The same message for every technique: the stub's channel says which service runs it."""
-        return technique_pb2.TechniqueServiceRunRequest(stage=stage)
 
     async def is_live(self, technique: int) -> bool:
         """Whether some replica of the service answers its health check as SERVING now."""
@@ -103,15 +98,12 @@ class Mesh:
         return response.description
 
     async def check_config(self, technique: int, stage: common_pb2.StageSpec) -> tuple[list[str], list[str]]:
-        """The service's own check of a stage config (rules across fields included): (problems,
-        work budgets it goes past). A replica from before CheckConfig existed checks nothing here,
-        and its Run still refuses a bad config."""
+        """The service's own check of a stage config, the one place its values are validated (rules
+        across fields included): (problems, work budgets it goes past)."""
         request = technique_pb2.TechniqueServiceCheckConfigRequest(stage=stage)
         try:
             response = await self.stub(technique).CheckConfig(request, timeout=5.0, wait_for_ready=True)
         except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
-                return [], []
             raise ServiceUnavailable(f"{TECHNIQUE_SERVICES[technique]}: {exc.code().name}: {exc.details()}") from exc
         return list(response.errors), list(response.over_budget)
 

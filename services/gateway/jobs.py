@@ -21,7 +21,7 @@ import grpc
 from nats.js import JetStreamContext
 
 from modelpress.structs import to_struct
-from modelpress.v1 import common_pb2, evaluator_pb2
+from modelpress.v1 import common_pb2, evaluator_pb2, technique_pb2
 from services.common.store import events as ev
 from services.common.store.artifact_store import ArtifactStore
 from services.common.store.events import EventLog
@@ -29,7 +29,7 @@ from services.gateway.job_store import JobStore
 from services.common.models.model_source import describe
 from services.common.contract.chain import label_of
 from services.common.contract.gates import failed_checks, gate_figures, gate_not_measured, stage_gate
-from services.common.runtime.settings import TECHNIQUE_SERVICES
+from services.common.contract.techniques import TECHNIQUE_SERVICES
 from services.common.store.stage_checkpoints import delete_job_checkpoints
 from services.gateway.access import Grants
 from services.gateway.catalog import Mesh, ServiceUnavailable
@@ -292,7 +292,8 @@ class JobRunner:
         await self._publish(job, common_pb2.EVENT_KIND_STAGE_STARTED, stage_index=stage.index,
                             stage_name=label_of(stage.spec),
                             message=f"{TECHNIQUE_SERVICES[technique]}: {stage.spec.method} on {describe(input_ref)}")
-        request = self.mesh.run_request(technique, common_pb2.StageRequest(
+        # One request message for every technique: the stub's channel says which service runs it.
+        request = technique_pb2.TechniqueServiceRunRequest(stage=common_pb2.StageRequest(
             job_id=job.job_id, stage_index=stage.index, input=input_ref, method=stage.spec.method,
             config=stage.spec.config, recompute=job.recompute, original=job.model))
         last_save = 0.0

@@ -12,7 +12,7 @@ import tarfile
 from pathlib import Path
 
 from modelpress.v1 import common_pb2
-from services.common.models import builtin_models as registry
+from services.common.models import builtin_models
 from services.common.store.artifact_store import ArtifactCorrupt, ArtifactStore
 from services.common.models.model_source import check_allowed_path
 from services.common.contract.chain import InvalidArgument
@@ -73,7 +73,7 @@ async def submitted_config(ref: common_pb2.ModelRef, store: ArtifactStore) -> di
 async def model_positions(ref: common_pb2.ModelRef, store: ArtifactStore) -> int | None:
     """The model's position limit, or None where it cannot be told cheaply (the evaluator still checks)."""
     if ref.WhichOneof("source") == "builtin":
-        return registry.BUILTINS[ref.builtin].max_positions
+        return builtin_models.BUILTINS[ref.builtin].max_positions
     config = await submitted_config(ref, store)
     return positions_in(config) if config else None
 

@@ -26,7 +26,7 @@ from services.common.contract.chain import (InvalidArgument, MethodUnavailable, 
                                             label_of, validate_recipe)
 from services.common.contract.recipes import RECIPES, UnknownRecipe
 from services.common.runtime.server import ServiceRuntime, targets_credentials
-from services.common.runtime.settings import TECHNIQUE_SERVICES
+from services.common.contract.techniques import TECHNIQUE_SERVICES
 from services.common.runtime import auth
 from services.gateway import artifacts
 from services.gateway.access import Grants, PermissionDenied, check_artifact, check_job
@@ -41,7 +41,7 @@ from services.gateway.model_head import check_positions, model_positions
 from services.gateway.upload_check import BadUpload, check_upload
 from services.common.runtime.cite import shown
 from services.gateway.validation import (GRID_BOUNDS, check_engines_available, check_measurement_work,
-                                         check_model_ref, checked_id, checked_job_state, model_kind,
+                                         check_model_ref, checked_id, checked_job_state, job_model_kind,
                                          resolve_evaluation)
 
 log = logging.getLogger(__name__)
@@ -229,7 +229,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         await self._check_positions(request.model, evaluation, "evaluation")
         recipe, stages, methods = await self._resolve(
             request.recipe, request.pipeline if request.HasField("pipeline") else None, request.overrides)
-        check_chain(stages, methods, model_format, await model_kind(request.model, self._runtime.store))
+        check_chain(stages, methods, model_format, await job_model_kind(request.model, self._runtime.store))
         await self._check_inputs(stages, methods)
         # Described methods are cached for a while: whether a replica is alive is asked now.
         needed = {s.technique for s in stages} | ({common_pb2.TECHNIQUE_EVALUATOR} if not evaluation.skip else set())
@@ -617,7 +617,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         resolved = validate_recipe(engine.methods[precision], request.options, methods)
         recipe, stages = resolved.recipe, resolved.stages
         await self._check_configs(resolved)
-        check_chain(stages, methods, model_format, await model_kind(request.model, self._runtime.store))
+        check_chain(stages, methods, model_format, await job_model_kind(request.model, self._runtime.store))
         evaluation = resolve_evaluation(request.evaluation)
         await self._check_positions(request.model, evaluation, "evaluation")
         await self._check_job_quota()

@@ -8,7 +8,7 @@ import statistics
 
 from modelpress.v1 import common_pb2, gateway_pb2
 from services.common.measure.isa import class_flags, isa_class
-from modelpress.quality_kept import quality_retention
+from modelpress.quality_kept import measured_retention
 from services.common.contract.recipes import RECIPES
 
 
@@ -51,10 +51,14 @@ def strategy(recipe: str, outcomes: list[common_pb2.Job], isa: str = "") -> gate
     # A median across model kinds (an LM's speedup with an encoder's) describes neither: the
     # expected figures are the most-measured kind's, the others are named in the evidence.
     kind, chosen = max(by_kind.items(), key=lambda item: (len(item[1]), item[0]))
-    message.expected_compression_ratio = statistics.median(j.result.compression_ratio for j in chosen)
-    message.expected_speedup = statistics.median(j.result.latency_improvement for j in chosen)
-    message.expected_accuracy_retention = statistics.median(
-        quality_retention(j.result.compressed, j.result.original)[0] for j in chosen)
+    # Medians of what was measured: a job that did not measure a figure does not count as a 0 in it.
+    for name, values in (("expected_compression_ratio", _measured(chosen, "compression_ratio")),
+                         ("expected_speedup", _measured(chosen, "latency_improvement")),
+                         ("expected_accuracy_retention",
+                          [kept for j in chosen
+                           if (kept := measured_retention(j.result.compressed, j.result.original)[0]) is not None])):
+        if values:
+            setattr(message, name, statistics.median(values))
     models = sorted({j.result.original.architecture or j.model.WhichOneof("source") for j in chosen})
     devices = sorted({j.result.compressed.device for j in chosen})
     message.evidence = preface + (f"{kind}: median of {len(chosen)} measured job(s) ({', '.join(j.job_id for j in chosen[:5])}"
@@ -62,9 +66,17 @@ def strategy(recipe: str, outcomes: list[common_pb2.Job], isa: str = "") -> gate
     for other, jobs in sorted(by_kind.items()):
         if other != kind:
             message.evidence += (f"; {other} ({len(jobs)} job(s), not in these figures): compression "
-                                 f"{statistics.median(j.result.compression_ratio for j in jobs):.2f}x, speedup "
-                                 f"{statistics.median(j.result.latency_improvement for j in jobs):.2f}x")
+                                 f"{_median_text(_measured(jobs, 'compression_ratio'))}, speedup "
+                                 f"{_median_text(_measured(jobs, 'latency_improvement'))}")
     return message
+
+
+def _measured(jobs: list[common_pb2.Job], figure: str) -> list[float]:
+    return [getattr(j.result, figure) for j in jobs if j.result.HasField(figure)]
+
+
+def _median_text(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f}x" if values else "n/a"
 
 
 def all_strategies(outcomes: list[common_pb2.Job], isa: str = "") -> list[gateway_pb2.CompressionStrategy]:

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 import grpc
 
 from modelpress.v1 import common_pb2
-from services.common.models import builtin_models as registry
+from services.common.models import builtin_models
 from services.common.runtime.cite import shown
 from services.common.contract.config import WorkBudgetExceeded
 from services.common.models.model_source import check_allowed_path
@@ -75,9 +75,9 @@ def check_model_ref(model: common_pb2.ModelRef, field: str = "model") -> None:
     if source is None:
         raise InvalidArgument(f"{field}: set one of artifact_id, builtin or path")
     if source == "builtin":
-        if model.builtin not in registry.BUILTINS:
+        if model.builtin not in builtin_models.BUILTINS:
             raise InvalidArgument(
-                f"{field}.builtin: unknown builtin model {model.builtin!r}; allowed: {', '.join(registry.BUILTINS)}")
+                f"{field}.builtin: unknown builtin model {model.builtin!r}; allowed: {', '.join(builtin_models.BUILTINS)}")
     elif source == "artifact_id":
         checked_id(model.artifact_id, f"{field}.artifact_id", "artifact")
     elif source == "path":
@@ -113,14 +113,14 @@ def resolve_evaluation(spec: common_pb2.EvaluationSpec) -> common_pb2.Evaluation
     return resolved
 
 
-async def model_kind(ref: common_pb2.ModelRef, store: ArtifactStore) -> str | None:
+async def job_model_kind(ref: common_pb2.ModelRef, store: ArtifactStore) -> str | None:
     """The kind of a job's model (model_kinds.MODEL_KINDS), told before the job exists: a built-in's
     is declared; a path's or an artifact's config.json says it (read off the event loop, or from
     the head of the artifact's tar). None where it cannot be told so: the stage itself says what
     it cannot take."""
     source = ref.WhichOneof("source")
     if source == "builtin":
-        return registry.BUILTINS[ref.builtin].kind
+        return builtin_models.BUILTINS[ref.builtin].kind
     config = await submitted_config(ref, store)
     return kind_of(config) if config else None
 

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from services.common.contract.config import MethodConfig
+from services.common.contract.config import MAX_CALIBRATION_TOKENS, MethodConfig, over_budget
 from services.common.contract.fields import CALIBRATION_SAMPLES, GROUP_SIZE, CalibrationSamples, GroupSize
 from services.common.measure.isa import CLASS_NAMES
 
@@ -57,6 +57,10 @@ class OpenVinoInt8Config(OpenVinoConfig):
     symmetric: bool = Field(False, description="Symmetric INT8 weights (no zero-point); asymmetric keeps more range")
 
 
+# Tokens per calibration window NNCF's data-aware INT4 reads (services/optimizer/engine.py).
+NNCF_WINDOW = 128
+
+
 class OpenVinoInt4Config(OpenVinoConfig):
     group_size: GroupSize = Field(128, description=GROUP_SIZE)
     symmetric: bool = Field(True, description="Symmetric INT4 weights")
@@ -64,6 +68,13 @@ class OpenVinoInt4Config(OpenVinoConfig):
     data_aware: bool = Field(False, description="NNCF's AWQ and scale estimation on calibration text (128-token "
                                                 "windows); data-free otherwise")
     calibration_samples: CalibrationSamples = Field(32, description=f"{CALIBRATION_SAMPLES} (when data_aware)")
+
+    def work_problems(self) -> list[str]:
+        if not self.data_aware:
+            return super().work_problems()
+        return super().work_problems() + over_budget(
+            "calibration", f"calibration_samples x {NNCF_WINDOW} tokens ({self.calibration_samples} x {NNCF_WINDOW})",
+            self.calibration_samples * NNCF_WINDOW, MAX_CALIBRATION_TOKENS)
 
 
 class GgufConfig(MethodConfig):

@@ -22,7 +22,7 @@ from services.common.models.tokenizer_files import copy_tokenizer
 from services.optimizer import fastest, gguf_export, onnx_export, onnx_runtime, openvino_convert
 from services.optimizer.configs import (FastestCpuConfig, GgufConfig, GgufQ4Config, OnnxConfig, OnnxInt4Config,
                                         OnnxInt8Config, OpenVinoConfig, OpenVinoInt4Config, OpenVinoInt8Config,
-                                        TensorRtConfig)
+                                        TensorRtConfig, NNCF_WINDOW)
 from services.optimizer.engines import require
 
 O = common_pb2.TECHNIQUE_OPTIMIZER
@@ -193,7 +193,7 @@ def _openvino(config: OpenVinoConfig, src: Path, dst: Path, reporter: ProgressRe
         if calibration_samples:
             from services.common.datasets.calibration_text import calibration_batches, calibration_text
 
-            windows = calibration_batches(modelio.load_tokenizer(src), calibration_samples, 128, calibration_text())
+            windows = calibration_batches(modelio.load_tokenizer(src), calibration_samples, NNCF_WINDOW, calibration_text())
             calibration = openvino_convert.calibration_inputs(windows.tolist(), kind, geometry)
         reporter.report(2, steps, f"NNCF INT{bits} weights" + (" (data-aware)" if calibration else ""))
         ov_model, figures["compression"] = openvino_convert.compress_weights(

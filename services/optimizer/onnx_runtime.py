@@ -90,5 +90,5 @@ def quantize_nbits(src: Path, dst: Path, *, bits: int = 4, block_size: int = 32,
                                      accuracy_level=accuracy_level, bits=bits)
     quantizer.process()
     quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)
-    return {"matmul_nbits": op_counts(dst).get("MatMulNBits", 0), "bits": bits, "block_size": block_size,
+    return {"matmul_nbits": op_counts(dst).get("MatMulNBits", 0), "bits": bits, "group_size": block_size,
             "accuracy_level": accuracy_level, "symmetric": symmetric}

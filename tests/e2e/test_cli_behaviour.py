@@ -158,7 +158,10 @@ def test_ctrl_c_during_wait_detaches_and_prints_how_to_come_back(mesh):
     env, model = mesh
     command = [*MODELPRESS, "compress", model, "--recipe", "distill-response", *LONG_TRAINING, "--no-eval",
                "--recompute", "--wait"]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # As from a terminal: a suite started as a background job of a script (`make test &`) hands its
+    # children SIGINT ignored, and a process that ignores Ctrl-C rightly keeps ignoring it.
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = []
     for line in process.stdout:  # events on stdout, one line as it happens
         seen.append(line)

@@ -25,7 +25,7 @@ from services.common.contract.gates import Gate, InvalidGate, gate_checks, parse
 from services.common.contract.model_kinds import with_article
 from services.common.contract.recipes import (EVALUATE, RECIPES, InvalidPipeline, RecipeDef, get_recipe,
                                               pipeline_from_message)
-from services.common.runtime.settings import TECHNIQUE_SERVICES
+from services.common.contract.techniques import TECHNIQUE_SERVICES
 
 
 class DeclaredMethod(Protocol):

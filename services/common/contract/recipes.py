@@ -15,7 +15,7 @@ from modelpress.pipelines import PipelineError, pipeline_data, pipeline_message,
 from modelpress.structs import StructError, from_struct, to_struct
 from modelpress.v1 import common_pb2, gateway_pb2
 from services.common.measure.isa import isa_class, support
-from services.common.runtime.settings import TECHNIQUE_SERVICES
+from services.common.contract.techniques import TECHNIQUE_SERVICES
 
 EVALUATE = "evaluate"
 

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 from modelpress.v1 import common_pb2
-from services.common.models import builtin_models as registry
+from services.common.models import builtin_models
 from services.common.store.artifact_store import ArtifactStore
 from services.common.runtime.cite import shown
 from services.common.store.disk_bounds import evict_least_recent, touch
@@ -83,7 +83,7 @@ class ModelSource:
     async def local_folder(self, ref: common_pb2.ModelRef) -> Path:
         source = ref.WhichOneof("source")
         if source == "builtin":
-            return await asyncio.to_thread(registry.builtin_folder, ref.builtin, self._cache_root)
+            return await asyncio.to_thread(builtin_models.builtin_folder, ref.builtin, self._cache_root)
         if source == "path":
             return check_allowed_path(ref.path)
         if source == "artifact_id":

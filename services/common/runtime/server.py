@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import signal
 import socket
 from collections.abc import Awaitable, Callable
@@ -24,6 +23,7 @@ from services.common.store.disk_bounds import sweep_scratch
 from services.common.store.events import EventLog
 from services.common.store.kv_records import RecordBucket
 from services.common.models.model_source import ModelSource
+from modelpress.structs import jsonable
 from modelpress.v1 import common_pb2
 from services.common.runtime.rpc_guards import DecodeGuard, NatsAwayGuard
 from services.common.runtime.settings import ServiceSettings
@@ -165,13 +165,5 @@ def run_service(name: str, register: Register, argv: list[str] | None = None) ->
 
 
 def to_jsonable(value: Any) -> Any:
-    """Struct-safe copy of engine metrics (numbers, strings, bools, lists, dicts)."""
-    if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None  # a figure that came out NaN or infinite was not measured (every reader refuses NaN)
-    if isinstance(value, (bool, int, float, str)) or value is None:
-        return value
-    return str(value)
+    """Struct-safe copy of engine metrics (modelpress.structs.jsonable: NaN and infinities as None)."""
+    return jsonable(value)

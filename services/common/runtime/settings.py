@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from modelpress.v1 import common_pb2
+from services.common.contract.techniques import TECHNIQUE_SERVICES
 from services.common.store.disk_bounds import process_tag
 
 # Where each technique service listens by default under `modelpress up`.
@@ -21,13 +21,6 @@ DEFAULT_PORTS: dict[str, int] = {
     "optimizer": 50056,
 }
 
-TECHNIQUE_SERVICES: dict[int, str] = {
-    common_pb2.TECHNIQUE_QUANTIZER: "quantizer",
-    common_pb2.TECHNIQUE_PRUNER: "pruner",
-    common_pb2.TECHNIQUE_DISTILLER: "distiller",
-    common_pb2.TECHNIQUE_EVALUATOR: "evaluator",
-    common_pb2.TECHNIQUE_OPTIMIZER: "optimizer",
-}
 
 
 def default_home() -> Path:

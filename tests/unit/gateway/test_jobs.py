@@ -74,9 +74,6 @@ class FakeMesh:
         self.live: dict[int, bool] = {}
         self.evaluator = FakeEvaluator()
 
-    def run_request(self, technique, stage):
-        return technique_pb2.TechniqueServiceRunRequest(stage=stage)
-
     def stub(self, technique: int) -> FakeStub:
         return FakeStub(self, technique)
 

@@ -18,7 +18,8 @@ from google.protobuf import struct_pb2
 from modelpress.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, optimizer_pb2
 from services.common.runtime.cite import shown
 from services.common.runtime.server import open_runtime
-from services.common.runtime.settings import TECHNIQUE_SERVICES, ServiceSettings
+from services.common.runtime.settings import ServiceSettings
+from services.common.contract.techniques import TECHNIQUE_SERVICES
 from services.common.runtime.technique_servicer import TechniqueServicer
 from services.common.store.kv_records import RecordBucket
 from services.gateway.access import Grants
