@@ -20,7 +20,7 @@ from services.common.store import packaging
 from services.common.store.artifact_store import ArtifactNotFound
 from services.common.contract.config import ConfigError, MethodConfig, parse_config
 from services.common.measure.machine import describe_machine
-from services.common.models.model_source import describe
+from services.common.store.model_source import describe
 from services.common.runtime.server import ServiceRuntime
 from services.common.runtime.stage_runner import abort_with
 from services.common.runtime.technique_servicer import TechniqueServicer, add_technique_service

@@ -26,7 +26,7 @@ from services.common.store import events as ev
 from services.common.store.artifact_store import ArtifactStore
 from services.common.store.events import EventLog
 from services.gateway.job_store import JobStore
-from services.common.models.model_source import describe
+from services.common.store.model_source import describe
 from services.common.contract.chain import label_of
 from services.common.contract.gates import failed_checks, gate_figures, gate_not_measured, stage_gate
 from services.common.contract.techniques import TECHNIQUE_SERVICES

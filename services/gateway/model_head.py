@@ -14,7 +14,7 @@ from pathlib import Path
 from modelpress.v1 import common_pb2
 from services.common.models import builtin_models
 from services.common.store.artifact_store import ArtifactCorrupt, ArtifactStore
-from services.common.models.model_source import check_allowed_path
+from services.common.store.model_source import check_allowed_path
 from services.common.contract.chain import InvalidArgument
 
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length")

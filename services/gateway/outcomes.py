@@ -13,7 +13,7 @@ from nats.js import JetStreamContext
 from modelpress.v1 import common_pb2
 from services.common.contract.recipes import RECIPES
 from services.common.store.kv_records import RecordBucket
-from services.common.models.model_source import describe
+from services.common.store.model_source import describe
 
 BUCKET = "modelpress_outcomes"
 

@@ -11,7 +11,7 @@ from modelpress.v1 import common_pb2
 from services.common.models import builtin_models
 from services.common.runtime.cite import shown
 from services.common.contract.config import WorkBudgetExceeded
-from services.common.models.model_source import check_allowed_path
+from services.common.store.model_source import check_allowed_path
 from services.common.contract.chain import InvalidArgument, check_engines
 from services.common.contract.model_kinds import kind_of
 from services.common.store.artifact_store import ArtifactStore

@@ -22,7 +22,7 @@ from services.common.store.artifact_store import DELETED_SUBJECT, ArtifactStore
 from services.common.store.disk_bounds import sweep_scratch
 from services.common.store.events import EventLog
 from services.common.store.kv_records import RecordBucket
-from services.common.models.model_source import ModelSource
+from services.common.store.model_source import ModelSource
 from modelpress.structs import jsonable
 from modelpress.v1 import common_pb2
 from services.common.runtime.rpc_guards import DecodeGuard, NatsAwayGuard

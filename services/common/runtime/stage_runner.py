@@ -23,7 +23,7 @@ from services.common.store import events as ev
 from services.common.store import packaging
 from services.common.store.artifact_store import ArtifactCorrupt, ArtifactNotFound, StoreFull
 from services.common.contract.config import ConfigError, WorkBudgetExceeded
-from services.common.models.model_source import PathNotAllowed, describe
+from services.common.store.model_source import PathNotAllowed, describe
 from services.common.store.nats_conn import NATS_AWAY
 from services.common.models.modelio import UnsafeModelError, UnsupportedModelError
 from services.common.contract.engine_api import NotPossibleHere, Progress, ProgressReporter, StageCancelled, StageResult

@@ -14,7 +14,7 @@ from modelpress.v1 import common_pb2, technique_pb2, technique_pb2_grpc
 from services.common.models import modelio
 from services.common.contract.config import (MethodConfig, WorkBudgetExceeded, describe_registry,
                                              parse_config, validated)
-from services.common.models.model_source import describe
+from services.common.store.model_source import describe
 from services.common.contract.engine_api import ProgressReporter, StageResult
 from services.common.runtime.server import ServiceRuntime
 from services.common.runtime.stage_runner import abort_with, run_stage

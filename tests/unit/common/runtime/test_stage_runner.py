@@ -24,7 +24,7 @@ from modelpress.v1 import common_pb2, technique_pb2, technique_pb2_grpc
 from services.common.contract.config import ConfigError, WorkBudgetExceeded
 from services.common.contract.engine_api import NotPossibleHere, StageCancelled, StageResult
 from services.common.measure.machine import this_cpu
-from services.common.models.model_source import describe
+from services.common.store.model_source import describe
 from services.common.models.modelio import UnsafeModelError, UnsupportedModelError
 from services.common.runtime.server import open_runtime
 from services.common.runtime.settings import ServiceSettings

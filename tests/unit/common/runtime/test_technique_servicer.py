@@ -16,7 +16,7 @@ from pydantic import Field, model_validator
 from modelpress.v1 import common_pb2, technique_pb2, technique_pb2_grpc
 from services.common.contract.config import MethodConfig, over_budget
 from services.common.contract.engine_api import Method, StageResult
-from services.common.models.model_source import describe
+from services.common.store.model_source import describe
 from services.common.runtime import technique_servicer
 from services.common.runtime.technique_servicer import SERVICE_NAME, TechniqueServicer, add_technique_service
 from services.common.store.artifact_store import ArtifactNotFound

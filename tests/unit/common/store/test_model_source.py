@@ -1,4 +1,4 @@
-"""The model source (services/common/models/model_source.py): a ModelRef becomes a local folder, a
+"""The model source (services/common/store/model_source.py): a ModelRef becomes a local folder, a
 built-in's package folder, a stored artifact fetched once into the cache over the session's real
 nats-server, or a path under an operator-allowed root. Every refusal names the reference."""
 
@@ -14,7 +14,7 @@ import pytest
 
 from modelpress.v1 import common_pb2
 from services.common.models.builtin_models import UnknownBuiltin, get_builtin
-from services.common.models.model_source import ModelSource, PathNotAllowed, check_allowed_path, describe
+from services.common.store.model_source import ModelSource, PathNotAllowed, check_allowed_path, describe
 from services.common.runtime.cite import shown
 from services.common.store.artifact_store import ArtifactNotFound, ArtifactStore
 from services.common.store.disk_bounds import IN_USE_GRACE_S
