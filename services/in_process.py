@@ -89,28 +89,17 @@ def _invalid(message: str) -> errors.ModelpressError:
 
 def _status_of(exc: BaseException) -> grpc.StatusCode | None:
     """The status the mesh would answer for a failure, so in-process errors are the client's types;
-    None for what is not a refusal (a bug stays what it is)."""
+    None for what is not a refusal (a bug stays what it is). The stage runner's table decides, after
+    the refusals only the gateway meets (a bad recipe, pipeline or gate)."""
     from services.common.contract.chain import InvalidArgument
-    from services.common.contract.config import ConfigError, WorkBudgetExceeded
-    from services.common.contract.engine_api import NotPossibleHere, StageCancelled
     from services.common.contract.gates import InvalidGate
     from services.common.contract.recipes import InvalidPipeline
-    from services.common.models.builtin_models import UnknownBuiltin
-    from services.common.models.modelio import UnsafeModelError, UnsupportedModelError
+    from services.common.runtime.stage_runner import status_for
 
-    refusals = (InvalidArgument, ConfigError, InvalidPipeline, PipelineError, InvalidGate, UnknownBuiltin)
-    for kinds, code in ((refusals, grpc.StatusCode.INVALID_ARGUMENT),
-                        ((WorkBudgetExceeded,), grpc.StatusCode.RESOURCE_EXHAUSTED),
-                        ((FileNotFoundError,), grpc.StatusCode.NOT_FOUND),
-                        ((UnsafeModelError, UnsupportedModelError, NotPossibleHere),
-                         grpc.StatusCode.FAILED_PRECONDITION),
-                        ((StageCancelled,), grpc.StatusCode.CANCELLED),
-                        ((NotImplementedError,), grpc.StatusCode.UNIMPLEMENTED),
-                        # As on the mesh: an engine refusing what it was given.
-                        ((ValueError,), grpc.StatusCode.FAILED_PRECONDITION)):
-        if isinstance(exc, kinds):
-            return code
-    return None
+    if isinstance(exc, (InvalidArgument, InvalidPipeline, PipelineError, InvalidGate)):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    code = status_for(exc)
+    return None if code == grpc.StatusCode.INTERNAL else code
 
 
 def _message_of(exc: BaseException) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+from dataclasses import dataclass
 import tarfile
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from services.common.models import builtin_models
 from services.common.store.artifact_store import ArtifactCorrupt, ArtifactStore
 from services.common.store.model_source import check_allowed_path
 from services.common.contract.chain import InvalidArgument
+from services.common.contract.model_kinds import kind_of
 
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length")
 HEAD_BYTES = 4 * 1024 * 1024
@@ -70,12 +72,25 @@ async def submitted_config(ref: common_pb2.ModelRef, store: ArtifactStore) -> di
     return None
 
 
-async def model_positions(ref: common_pb2.ModelRef, store: ArtifactStore) -> int | None:
-    """The model's position limit, or None where it cannot be told cheaply (the evaluator still checks)."""
+@dataclass(frozen=True)
+class ModelHead:
+    """What a request's checks need of its model, read once: its kind (model_kinds.MODEL_KINDS) and its
+    position limit; None where it cannot be told cheaply (the stage itself says what it cannot take)."""
+
+    kind: str | None = None
+    positions: int | None = None
+
+
+async def read_model_head(ref: common_pb2.ModelRef, store: ArtifactStore) -> ModelHead:
+    """A built-in's declared figures, else its config.json's (one read of the path or the tar head)."""
     if ref.WhichOneof("source") == "builtin":
-        return builtin_models.BUILTINS[ref.builtin].max_positions
-    config = await submitted_config(ref, store)
-    return positions_in(config) if config else None
+        builtin = builtin_models.BUILTINS[ref.builtin]
+        return ModelHead(builtin.kind, builtin.max_positions)
+    try:
+        config = await submitted_config(ref, store)
+    except (ArtifactCorrupt, OSError):
+        config = None  # the stage's fetch says what is wrong
+    return ModelHead(kind_of(config), positions_in(config)) if config else ModelHead()
 
 
 def check_positions(spec: common_pb2.EvaluationSpec, limit: int | None, field: str) -> None:

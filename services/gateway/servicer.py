@@ -37,11 +37,11 @@ from services.gateway.recommender import NoCandidateMeasured, NothingStored, rec
 from services.gateway.strategies import all_strategies
 from services.gateway.user_recipes import RecipeNotFound, RecipeStore
 from services.gateway.retention import Retention, RetentionPolicy
-from services.gateway.model_head import check_positions, model_positions
+from services.gateway.model_head import ModelHead, check_positions, read_model_head
 from services.gateway.upload_check import BadUpload, check_upload
 from services.common.runtime.cite import shown
 from services.gateway.validation import (GRID_BOUNDS, check_engines_available, check_measurement_work,
-                                         check_model_ref, checked_id, checked_job_state, job_model_kind,
+                                         check_model_ref, checked_id, checked_job_state,
                                          resolve_evaluation)
 
 log = logging.getLogger(__name__)
@@ -188,16 +188,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             raise QuotaExceeded(f"jobs: {auth.current().label} has {unfinished} unfinished jobs, the most it may "
                                 f"have at once (max_jobs_per_tenant {limit}); wait for one or cancel one")
 
-    async def _check_positions(self, model: common_pb2.ModelRef, spec: common_pb2.EvaluationSpec, field: str) -> None:
+    async def _check_positions(self, model: common_pb2.ModelRef, spec: common_pb2.EvaluationSpec, field: str,
+                               head: ModelHead | None = None) -> None:
         """Measured shapes within the model's positions (an 8192-token window on a 512-position
         encoder is refused now, not an internal error minutes later)."""
         if spec.skip:
             return
-        try:
-            limit = await model_positions(model, self._runtime.store)
-        except (ArtifactCorrupt, OSError):
-            limit = None  # the fetch itself will say what is wrong
-        check_positions(spec, limit, field)
+        head = head or await read_model_head(model, self._runtime.store)
+        check_positions(spec, head.positions, field)
 
     async def _check_inputs(self, stages: list[common_pb2.StageSpec],
                             methods: dict[tuple[int, str], common_pb2.MethodDescription]) -> None:
@@ -226,10 +224,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def CreateJob(self, request, context):
         model_format = await self._check_model(request.model)
         evaluation = resolve_evaluation(request.evaluation)
-        await self._check_positions(request.model, evaluation, "evaluation")
+        head = await read_model_head(request.model, self._runtime.store)
+        await self._check_positions(request.model, evaluation, "evaluation", head)
         recipe, stages, methods = await self._resolve(
             request.recipe, request.pipeline if request.HasField("pipeline") else None, request.overrides)
-        check_chain(stages, methods, model_format, await job_model_kind(request.model, self._runtime.store))
+        check_chain(stages, methods, model_format, head.kind)
         await self._check_inputs(stages, methods)
         # Described methods are cached for a while: whether a replica is alive is asked now.
         needed = {s.technique for s in stages} | ({common_pb2.TECHNIQUE_EVALUATOR} if not evaluation.skip else set())
@@ -617,9 +616,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         resolved = validate_recipe(engine.methods[precision], request.options, methods)
         recipe, stages = resolved.recipe, resolved.stages
         await self._check_configs(resolved)
-        check_chain(stages, methods, model_format, await job_model_kind(request.model, self._runtime.store))
+        head = await read_model_head(request.model, self._runtime.store)
+        check_chain(stages, methods, model_format, head.kind)
         evaluation = resolve_evaluation(request.evaluation)
-        await self._check_positions(request.model, evaluation, "evaluation")
+        await self._check_positions(request.model, evaluation, "evaluation", head)
         await self._check_job_quota()
         job = await self._runner.submit(
             name=request.name or f"{engine.name} {precision} of {request.model.WhichOneof('source')}",

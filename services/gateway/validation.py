@@ -13,9 +13,6 @@ from services.common.runtime.cite import shown
 from services.common.contract.config import WorkBudgetExceeded
 from services.common.store.model_source import check_allowed_path
 from services.common.contract.chain import InvalidArgument, check_engines
-from services.common.contract.model_kinds import kind_of
-from services.common.store.artifact_store import ArtifactStore
-from services.gateway.model_head import submitted_config
 
 # Bounds of EvaluationSpec fields; zero means "use the default".
 EVALUATION_DEFAULTS = {"batch_size": 1, "sequence_length": 128, "latency_iterations": 10, "quality_windows": 8,
@@ -111,18 +108,6 @@ def resolve_evaluation(spec: common_pb2.EvaluationSpec) -> common_pb2.Evaluation
                                [resolved.sequence_length, *resolved.sequence_lengths],
                                resolved.latency_iterations, "evaluation")
     return resolved
-
-
-async def job_model_kind(ref: common_pb2.ModelRef, store: ArtifactStore) -> str | None:
-    """The kind of a job's model (model_kinds.MODEL_KINDS), told before the job exists: a built-in's
-    is declared; a path's or an artifact's config.json says it (read off the event loop, or from
-    the head of the artifact's tar). None where it cannot be told so: the stage itself says what
-    it cannot take."""
-    source = ref.WhichOneof("source")
-    if source == "builtin":
-        return builtin_models.BUILTINS[ref.builtin].kind
-    config = await submitted_config(ref, store)
-    return kind_of(config) if config else None
 
 
 async def check_engines_available(stages: list[common_pb2.StageSpec],

@@ -10,7 +10,8 @@ import pytest
 
 from modelpress.v1 import common_pb2, optimizer_pb2
 from services.common.contract.chain import MethodUnavailable
-from services.gateway.validation import check_engines_available, job_model_kind
+from services.gateway.model_head import read_model_head
+from services.gateway.validation import check_engines_available
 
 LLAMA = {"architectures": ["LlamaForCausalLM"], "model_type": "llama"}
 BERT = {"architectures": ["BertModel"], "model_type": "bert"}
@@ -37,19 +38,19 @@ class TarStore:
 
 
 async def test_the_kind_comes_from_the_builtin_the_paths_config_or_the_artifacts_config(allowed_root):
-    assert await job_model_kind(common_pb2.ModelRef(builtin="minilm-l6"), None) == "encoder"
-    assert await job_model_kind(common_pb2.ModelRef(builtin="smollm2-135m"), None) == "causal-lm"
+    assert (await read_model_head(common_pb2.ModelRef(builtin="minilm-l6"), None)).kind == "encoder"
+    assert (await read_model_head(common_pb2.ModelRef(builtin="smollm2-135m"), None)).kind == "causal-lm"
     for name, config, kind in (("llama", LLAMA, "causal-lm"), ("bert", BERT, "encoder"),
                                ("t5", {"architectures": ["T5ForConditionalGeneration"]}, None)):
         (allowed_root / name).mkdir()
         (allowed_root / name / "config.json").write_text(json.dumps(config))
-        assert await job_model_kind(common_pb2.ModelRef(path=str(allowed_root / name)), None) == kind
+        assert (await read_model_head(common_pb2.ModelRef(path=str(allowed_root / name)), None)).kind == kind
     (allowed_root / "bare").mkdir()
-    assert await job_model_kind(common_pb2.ModelRef(path=str(allowed_root / "bare")), None) is None
+    assert (await read_model_head(common_pb2.ModelRef(path=str(allowed_root / "bare")), None)).kind is None
     artifact = common_pb2.ModelRef(artifact_id="a-1")
-    assert await job_model_kind(artifact, TarStore(BERT)) == "encoder"
-    assert await job_model_kind(artifact, TarStore(LLAMA)) == "causal-lm"
-    assert await job_model_kind(artifact, TarStore(None)) is None  # a dataset, or a folder without a config
+    assert (await read_model_head(artifact, TarStore(BERT))).kind == "encoder"
+    assert (await read_model_head(artifact, TarStore(LLAMA))).kind == "causal-lm"
+    assert (await read_model_head(artifact, TarStore(None))).kind is None  # a dataset, or a folder without a config
 
 
 def engines(*available: bool):
