@@ -98,7 +98,8 @@ def cmd_up(args) -> int:
     if state.auth:
         err.print(f"auth on: the gateway checks tokens ({launcher.tokens_path(home)}; this CLI uses the operator "
                   f"token in {launcher.operator_token_path(home)}; add one with `modelpress token create`), NATS "
-                  "asks for a password only the services know")
+                  "asks for a password only the services know, and the technique services answer the gateway "
+                  f"alone (mutual TLS and signed calls; {launcher.auth_dir(home)})")
     else:
         err.print("auth off: anyone who can reach 127.0.0.1 can use every job and artifact, and read NATS "
                   "directly; start with --auth to require tokens")
@@ -128,6 +129,17 @@ def cmd_token(args) -> int:
         return 2
     err.print(f"token {name} ({args.role} of tenant {args.tenant}) added to {path}; it is shown once:")
     print(token)
+    return 0
+
+
+def cmd_mesh_certs(args) -> int:
+    folder = args.out.resolve()
+    tls = launcher.ensure_mesh_credentials(folder, renew=True, hostnames=args.hostname or ())
+    err.print(f"wrote a new CA, the gateway's client certificate and each technique service's server certificate "
+              f"to {tls.folder} (the CA's key is not kept), and the mesh secret {folder / 'mesh.secret'} "
+              "(kept if it was there). For Kubernetes:")
+    print(f"kubectl create secret generic modelpress-mesh-tls --from-file={tls.folder}")
+    print(f"kubectl create secret generic modelpress-mesh-secret --from-file=mesh.secret={folder / 'mesh.secret'}")
     return 0
 
 
@@ -610,6 +622,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens-file", type=Path,
                    help="the gateway's tokens file (default: $MODELPRESS_AUTH_TOKENS, else the local mesh's)")
     p.set_defaults(func=cmd_token)
+    p = sub.add_parser("mesh-certs", help="write the mesh's CA, certificates and ticket secret for Compose or "
+                                          "Kubernetes Secrets (what `up --auth` makes under $MODELPRESS_HOME/auth)")
+    p.add_argument("out", type=Path, help="folder to write tls/ and mesh.secret into (made 0700)")
+    p.add_argument("--hostname", action="append", metavar="NAME",
+                   help="one more name each worker certificate answers to, beside the service's name, localhost "
+                        "and 127.0.0.1 (e.g. a cluster domain's quantizer.modelpress.svc.cluster.local); repeatable")
+    p.set_defaults(func=cmd_mesh_certs)
     sub.add_parser("down", help="stop the local mesh").set_defaults(func=cmd_down)
     sub.add_parser("status", help="health of the local mesh").set_defaults(func=cmd_status)
 

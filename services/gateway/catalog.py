@@ -11,6 +11,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from modelpress.v1 import (common_pb2, evaluator_pb2_grpc, optimizer_pb2_grpc, technique_pb2,
                            technique_pb2_grpc)
 from services.common.contract.techniques import TECHNIQUE_SERVICES
+from services.common.runtime import mesh_tickets
+from services.common.runtime.server import TargetsCredentials
 
 # Round-robin over every address a target resolves to, so `--scale quantizer=3` spreads stages.
 CHANNEL_OPTIONS = [
@@ -37,17 +39,35 @@ class ServiceUnavailable(RuntimeError):
     pass
 
 
+def _tls_name(target: str) -> list[tuple[str, str]]:
+    """The name TLS checks a replica's certificate against. gRPC checks a target's authority, which
+    for a list of replicas (`ipv4:127.0.0.1:50052,127.0.0.1:50152`, from `modelpress up --replicas`)
+    is the whole list and matches no certificate: its first host stands for all of them."""
+    scheme, _, addresses = target.partition(":")
+    if scheme not in ("ipv4", "ipv6") or "," not in addresses:
+        return []
+    host = addresses.split(",")[0].rpartition(":")[0].strip("[]")
+    return [("grpc.ssl_target_name_override", host)]
+
+
 class Mesh:
     """Channels to the technique services: every one serves the TechniqueService (Run, Describe,
-    CheckConfig); the evaluator and the optimizer also serve their own service on the same channel."""
+    CheckConfig); the evaluator and the optimizer also serve their own service on the same channel.
+    With a mesh secret every call carries a fresh ticket (mesh_tickets), which workers that have the
+    secret ask for."""
 
     def __init__(self, targets: dict[str, str], describe_ttl_s: float = 30.0,
-                 credentials: grpc.ChannelCredentials | None = None) -> None:
-        self._channels = {
-            technique: (grpc.aio.secure_channel(targets[name], credentials, options=CHANNEL_OPTIONS) if credentials
-                        else grpc.aio.insecure_channel(targets[name], options=CHANNEL_OPTIONS))
-            for technique, name in TECHNIQUE_SERVICES.items()
-        }
+                 credentials: TargetsCredentials | None = None) -> None:
+        credentials = credentials or TargetsCredentials()
+        signers = mesh_tickets.signers(credentials.mesh_secret) if credentials.mesh_secret else None
+
+        def channel(target: str) -> grpc.aio.Channel:
+            if credentials.tls is not None:
+                return grpc.aio.secure_channel(target, credentials.tls, options=CHANNEL_OPTIONS + _tls_name(target),
+                                               interceptors=signers)
+            return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS, interceptors=signers)
+
+        self._channels = {technique: channel(targets[name]) for technique, name in TECHNIQUE_SERVICES.items()}
         self._ttl = describe_ttl_s
         self._described: dict[int, tuple[float, common_pb2.ServiceDescription]] = {}
 

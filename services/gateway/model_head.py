@@ -1,26 +1,76 @@
-"""What the gateway reads of a job's model before the job exists, without loading it: the model's
-config.json from a path (off the event loop) or from the head of a stored artifact's tar (folders
-are tarred in name order, so it comes before the weights), and from it the token positions the
-model takes. A built-in's figures are declared."""
+"""What the gateway reads of a job's model before the job exists, without loading it: a path
+model checked against the caller's roots and its config.json (path_models: through descriptors,
+regular files only), or the head of a stored artifact's tar (folders are tarred in name order, so
+config.json comes before the weights), and from it the token positions the model takes. A
+built-in's figures are declared.
+
+Model files are read on a small pool of threads of their own with a deadline, never on the event
+loop: a folder on a stalled filesystem costs its caller FAILED_PRECONDITION after
+MODEL_FILE_DEADLINE_S, not every tenant's RPCs (and at most MODEL_FILE_THREADS threads).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import io
 import json
-from dataclasses import dataclass
 import tarfile
-from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from modelpress.v1 import common_pb2
-from services.common.models import builtin_models
-from services.common.store.artifact_store import ArtifactCorrupt, ArtifactStore
-from services.common.store.model_source import check_allowed_path
 from services.common.contract.chain import InvalidArgument
 from services.common.contract.model_kinds import kind_of
+from services.common.models import builtin_models
+from services.common.runtime import auth
+from services.common.runtime.cite import shown
+from services.common.store import path_models
+from services.common.store.artifact_store import ArtifactCorrupt, ArtifactStore
+from services.common.store.path_models import PathNotAllowed, RootOfOtherTenants, UnsafeEntry
+from services.gateway.access import PermissionDenied
 
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length")
 HEAD_BYTES = 4 * 1024 * 1024
+MODEL_FILE_THREADS = 4
+MODEL_FILE_DEADLINE_S = 5.0
+
+_model_files = ThreadPoolExecutor(MODEL_FILE_THREADS, thread_name_prefix="model-files")
+
+
+class ModelFilesTimeout(TimeoutError):
+    """The filesystem did not answer a read of a path model within MODEL_FILE_DEADLINE_S."""
+
+
+async def _off_the_loop(what: str, fn, *args):
+    """`fn(*args)` on the model-file threads; ModelFilesTimeout naming `what` past the deadline
+    (the thread may stay stuck, the event loop does not)."""
+    future = asyncio.get_running_loop().run_in_executor(_model_files, fn, *args)
+    try:
+        return await asyncio.wait_for(future, MODEL_FILE_DEADLINE_S)
+    except TimeoutError:
+        raise ModelFilesTimeout(f"{what}: the filesystem did not answer within {MODEL_FILE_DEADLINE_S:g} s; "
+                                "try again, or upload the model") from None
+
+
+async def check_path_model(path: str, principal: auth.Principal, field: str = "model") -> None:
+    """A path model's admission: under a root open to the caller's tenant, and every entry one a
+    worker will copy (regular files of one link, links staying in the root). PERMISSION_DENIED for
+    another tenant's root or an unsafe entry, INVALID_ARGUMENT for a path that is no model folder,
+    ModelFilesTimeout where the filesystem does not answer."""
+    try:
+        await _off_the_loop(f"{field}.path", path_models.check_folder, path, principal)
+    except (RootOfOtherTenants, UnsafeEntry) as exc:
+        raise PermissionDenied(_field_named(str(exc), field)) from None
+    except (PathNotAllowed, FileNotFoundError, ValueError) as exc:
+        raise InvalidArgument(_field_named(str(exc), field)) from None
+    except ModelFilesTimeout:
+        raise
+    except OSError as exc:  # the gateway's own user cannot read it, an I/O error
+        raise InvalidArgument(f"{field}.path: {shown(path)} cannot be read: {exc.strerror or exc}") from None
+
+
+def _field_named(message: str, field: str) -> str:
+    return f"{field}.path{message.removeprefix('model.path')}" if message.startswith("model.path") else message
 
 
 def positions_in(config: dict) -> int | None:
@@ -45,20 +95,24 @@ def config_in_head(head: bytes) -> dict | None:
     return None
 
 
-def _read_config(folder: Path) -> dict | None:
+def _read_config(path: str, principal: auth.Principal) -> dict | None:
     try:
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
+        data = path_models.read_config(path, principal)
+        config = json.loads(data) if data is not None else None
+    except (OSError, ValueError, RecursionError):  # unreadable, not JSON, nested past the stack
         return None
     return config if isinstance(config, dict) else None
 
 
 async def submitted_config(ref: common_pb2.ModelRef, store: ArtifactStore) -> dict | None:
-    """config.json of a path or stored artifact; None for a built-in or where it cannot be read
-    cheaply (the stage that loads the model says what is wrong)."""
+    """config.json of a path (as the caller may read it) or stored artifact; None for a built-in or
+    where it cannot be read cheaply (the stage that loads the model says what is wrong)."""
     source = ref.WhichOneof("source")
     if source == "path":
-        return await asyncio.to_thread(_read_config, Path(check_allowed_path(ref.path)))
+        try:
+            return await _off_the_loop("model.path: config.json", _read_config, ref.path, auth.current())
+        except ModelFilesTimeout:
+            return None
     if source == "artifact_id":
         head = bytearray()
         try:

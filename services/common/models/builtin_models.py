@@ -16,6 +16,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.common.store.disk_bounds import make_owner_only, private_folder
+
 
 @dataclass(frozen=True)
 class BuiltinModel:
@@ -68,9 +70,9 @@ def builtin_folder(name: str, cache_root: Path) -> Path:
     target = cache_root / "builtin" / name
     if (target / "config.json").exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    private_folder(target.parent)
     # Several services may ask at once: one dequantizes, the others wait and reuse it.
-    with open(target.parent / f".{name}.lock", "w") as lock:
+    with open(os.open(target.parent / f".{name}.lock", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (target / "config.json").exists():
             _dequantize_gguf(source, target)
@@ -99,4 +101,5 @@ def _dequantize_gguf(gguf_path: Path, target: Path) -> None:
     write_manifest(work, Manifest(format="ARTIFACT_FORMAT_HF_SAFETENSORS", architecture=config.architectures[0]
                                   if config.architectures else "", base_model=f"builtin:{target.name}",
                                   compression={"source": "GGUF Q4_1 dequantized to FP32"}))
+    make_owner_only(work)  # as the rest of the cache, whatever the umask
     os.replace(work, target)

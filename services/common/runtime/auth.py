@@ -23,7 +23,7 @@ from typing import Literal
 import grpc
 from pydantic import BaseModel, Field, ValidationError
 
-from services.common.runtime.rpc_guards import replace_behaviour
+from services.common.runtime.rpc_guards import replace_behaviour, responses_of
 
 TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 TOKEN_PREFIX = "mp_"
@@ -180,7 +180,7 @@ def _as_principal(handler, principal: Principal):
         if responses_stream:
             async def stream(request, context):
                 _current.set(principal)  # each RPC runs in its own task: this stays with the call
-                async for response in behaviour(request, context):
+                async for response in responses_of(behaviour, request, context):
                     yield response
             return stream
 

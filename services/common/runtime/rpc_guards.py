@@ -8,7 +8,7 @@ answers UNAVAILABLE when NATS did not answer in time.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -18,6 +18,19 @@ from services.common.store.nats_conn import NATS_AWAY
 KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
 # wrap(behaviour, requests_stream, responses_stream) -> the new behaviour
 Wrap = Callable[[Callable, bool, bool], Callable]
+
+
+async def responses_of(behaviour: Callable, request, context) -> AsyncIterator:
+    """What a response-streaming behaviour sends, for a wrapper to pass on, whichever shape the
+    behaviour has: an async generator yields its responses; a coroutine (grpc's aio
+    HealthServicer.Watch) sends them itself with context.write and yields nothing here. Iterating
+    the coroutine instead failed every Health/Watch with UNKNOWN."""
+    outcome = behaviour(request, context)
+    if hasattr(outcome, "__aiter__"):
+        async for response in outcome:
+            yield response
+    else:
+        await outcome
 
 
 def replace_behaviour(handler: grpc.RpcMethodHandler, wrap: Wrap) -> grpc.RpcMethodHandler:
@@ -50,28 +63,26 @@ def _lenient(deserializer):
 
 def _refusing_undecodable(behaviour, requests_stream: bool, responses_stream: bool):
     if requests_stream:
-        def checked(request_iterator, context):
-            async def requests():
-                async for request in request_iterator:
-                    if isinstance(request, _Undecodable):
-                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _message_of(request))
-                    yield request
-            return behaviour(requests(), context)
+        async def checked(request_iterator, context):
+            async for request in request_iterator:
+                if isinstance(request, _Undecodable):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _message_of(request))
+                yield request
         if responses_stream:
             async def stream_stream(request_iterator, context):
-                async for response in checked(request_iterator, context):
+                async for response in responses_of(behaviour, checked(request_iterator, context), context):
                     yield response
             return stream_stream
 
         async def stream_unary(request_iterator, context):
-            return await checked(request_iterator, context)
+            return await behaviour(checked(request_iterator, context), context)
         return stream_unary
 
     if responses_stream:
         async def unary_stream(request, context):
             if isinstance(request, _Undecodable):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _message_of(request))
-            async for response in behaviour(request, context):
+            async for response in responses_of(behaviour, request, context):
                 yield response
         return unary_stream
 
@@ -103,7 +114,7 @@ def _unavailable_when_nats_is_away(behaviour, requests_stream: bool, responses_s
     if responses_stream:
         async def streaming(request, context):
             try:
-                async for response in behaviour(request, context):
+                async for response in responses_of(behaviour, request, context):
                     yield response
             except NATS_AWAY as exc:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, _nats_away_message(exc))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 from collections.abc import Awaitable, Callable
@@ -16,7 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from services.common.runtime import auth
+from services.common.runtime import auth, mesh_tickets
 from services.common.store import nats_conn
 from services.common.store.artifact_store import DELETED_SUBJECT, ArtifactStore
 from services.common.store.disk_bounds import sweep_scratch
@@ -108,8 +109,11 @@ class RunningService:
 
 
 async def start_service(settings: ServiceSettings, register: Register) -> RunningService:
-    # Tokens first: a caller without one learns nothing, not even that its request was malformed.
+    # Tokens (the gateway) or mesh tickets (a technique service) first: a caller without one learns
+    # nothing, not even that its request was malformed.
     interceptors = [auth.TokenInterceptor(auth.TokenTable(settings.auth_tokens))] if settings.auth_tokens else []
+    if settings.checks_mesh_tickets:
+        interceptors.append(mesh_tickets.TicketInterceptor(mesh_tickets.read_secret(settings.mesh_secret)))
     interceptors += [DecodeGuard(), NatsAwayGuard()]
     runtime = await open_runtime(settings)
     server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=interceptors)
@@ -122,12 +126,17 @@ async def start_service(settings: ServiceSettings, register: Register) -> Runnin
     else:
         port = server.add_insecure_port(settings.listen)
     await server.start()
+    if settings.checks_mesh_tickets and settings.tls_client_ca is None:
+        logging.getLogger(settings.name).warning(
+            "%s checks mesh tickets without mutual TLS: whoever reads the traffic to it can replay a ticket "
+            "for %d s; give it --tls-cert, --tls-key and --tls-client-ca", settings.name, mesh_tickets.FRESH_FOR_S)
     for name in ["", *names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     logging.getLogger(settings.name).info(
         "%s listening on %s (%s, %s)", settings.name, settings.listen,
         "mutual TLS" if settings.tls_client_ca else "TLS" if settings.tls_cert else "plaintext",
-        "tokens required" if settings.auth_tokens else "no authentication")
+        "tokens required" if settings.auth_tokens else "the gateway's mesh tickets required"
+        if settings.checks_mesh_tickets else "no authentication")
     return RunningService(server, runtime, health_servicer, port)
 
 
@@ -137,15 +146,27 @@ def server_credentials(settings: ServiceSettings) -> grpc.ServerCredentials:
                                        root_certificates=client_ca, require_client_auth=client_ca is not None)
 
 
-def targets_credentials(settings: ServiceSettings) -> grpc.ChannelCredentials | None:
-    """How the gateway reaches the technique services: TLS trusting `targets_tls_ca`, with its own
-    certificate as the client's when it has one; None: plaintext."""
+@dataclass(frozen=True)
+class TargetsCredentials:
+    """What the gateway presents to the technique services (services/gateway/catalog.py's Mesh)."""
+
+    tls: grpc.ChannelCredentials | None = None  # None: plaintext
+    mesh_secret: bytes | None = None  # signs every call (mesh_tickets); None: calls go unsigned
+
+
+def targets_credentials(settings: ServiceSettings) -> TargetsCredentials:
+    """How the gateway reaches the technique services: TLS trusting `targets_tls_ca`, presenting
+    targets_tls_cert/key (else its own tls_cert/key) as the client's certificate when it has one,
+    and the mesh secret its calls are signed with."""
+    secret = mesh_tickets.read_secret(settings.mesh_secret) if settings.mesh_secret else None
     if settings.targets_tls_ca is None:
-        return None
-    own = settings.tls_cert is not None
-    return grpc.ssl_channel_credentials(root_certificates=settings.targets_tls_ca.read_bytes(),
-                                        private_key=settings.tls_key.read_bytes() if own else None,
-                                        certificate_chain=settings.tls_cert.read_bytes() if own else None)
+        return TargetsCredentials(mesh_secret=secret)
+    cert, key = ((settings.targets_tls_cert, settings.targets_tls_key) if settings.targets_tls_cert
+                 else (settings.tls_cert, settings.tls_key))
+    tls = grpc.ssl_channel_credentials(root_certificates=settings.targets_tls_ca.read_bytes(),
+                                       private_key=key.read_bytes() if key else None,
+                                       certificate_chain=cert.read_bytes() if cert else None)
+    return TargetsCredentials(tls=tls, mesh_secret=secret)
 
 
 async def serve(settings: ServiceSettings, register: Register) -> None:
@@ -159,6 +180,9 @@ async def serve(settings: ServiceSettings, register: Register) -> None:
 
 
 def run_service(name: str, register: Register, argv: list[str] | None = None) -> None:
+    # Whatever the service writes (scratch models, caches, spooled uploads) is its owner's alone:
+    # other local users of a shared machine read none of another tenant's bytes.
+    os.umask(0o077)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(message)s")
     settings = ServiceSettings.from_args(name, argv)
     asyncio.run(serve(settings, register))

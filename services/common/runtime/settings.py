@@ -22,7 +22,6 @@ DEFAULT_PORTS: dict[str, int] = {
 }
 
 
-
 def default_home() -> Path:
     return Path(os.environ.get("MODELPRESS_HOME", Path.home() / ".modelpress"))
 
@@ -57,9 +56,19 @@ class ServiceSettings(BaseModel):
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
     # Gateway only: the CA that signed the technique services' certificates; given, the gateway
-    # reaches them over TLS and presents its own tls_cert/tls_key, so workers started with
-    # --tls-client-ca set to the gateway's CA answer the gateway alone. None: plaintext.
+    # reaches them over TLS and presents targets_tls_cert/targets_tls_key (else its tls_cert/tls_key),
+    # so workers started with --tls-client-ca set to that identity's CA answer the gateway alone.
+    # None: plaintext.
     targets_tls_ca: Path | None = None
+    # Gateway only: its client certificate and key toward the technique services, apart from the
+    # certificate its own clients see (under `modelpress up --auth` those stay plaintext on 127.0.0.1
+    # while the workers ask for mutual TLS). None: tls_cert/tls_key, if any.
+    targets_tls_cert: Path | None = None
+    targets_tls_key: Path | None = None
+    # A file holding the mesh's shared secret (services/common/runtime/mesh_tickets.py): the gateway
+    # signs every call to a technique service with it, and a technique service given one serves
+    # signed calls alone (health and reflection stay public). None: unsigned calls, served to anyone.
+    mesh_secret: Path | None = None
     # Refuse to start against a NATS server that lets anyone in (set where auth is on).
     require_nats_auth: bool = False
     checkpoint_every_s: float = Field(60.0, ge=0.0, description="Least seconds between two checkpoints of a "
@@ -96,7 +105,17 @@ class ServiceSettings(BaseModel):
             raise ValueError("tls_cert and tls_key go together: give both or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("tls_client_ca needs tls_cert and tls_key (mutual TLS is TLS first)")
+        if (self.targets_tls_cert is None) != (self.targets_tls_key is None):
+            raise ValueError("targets_tls_cert and targets_tls_key go together: give both or neither")
+        if self.targets_tls_cert is not None and self.targets_tls_ca is None:
+            raise ValueError("targets_tls_cert needs targets_tls_ca (a client certificate is sent over TLS only)")
         return self
+
+    @property
+    def checks_mesh_tickets(self) -> bool:
+        """A technique service with a mesh secret serves the gateway's signed calls alone; the gateway
+        uses the same secret to sign, and answers its own clients by their tokens."""
+        return self.mesh_secret is not None and self.name in TECHNIQUE_SERVICES.values()
 
     @property
     def work_dir(self) -> Path:
@@ -141,7 +160,7 @@ class ServiceSettings(BaseModel):
 ENV_PREFIX = "MODELPRESS_"
 # Settings a flag (--field-name) or MODELPRESS_FIELD_NAME sets; the flag wins.
 FLAG_FIELDS = ("nats_url", "nats_replicas", "home", "grace_s", "replica_wait_s", "auth_tokens", "tls_cert", "tls_key",
-               "tls_client_ca", "targets_tls_ca", "require_nats_auth", "cache_max_bytes", "max_jobs_per_tenant",
-               "max_running_jobs_per_tenant", "max_upload_bytes", "job_lease_s", "job_ttl_s", "artifact_ttl_s",
-               "store_max_bytes", "retention_sweep_s",
-               "checkpoint_every_s")
+               "tls_client_ca", "targets_tls_ca", "targets_tls_cert", "targets_tls_key", "mesh_secret",
+               "require_nats_auth", "cache_max_bytes", "max_jobs_per_tenant", "max_running_jobs_per_tenant",
+               "max_upload_bytes", "job_lease_s", "job_ttl_s", "artifact_ttl_s", "store_max_bytes",
+               "retention_sweep_s", "checkpoint_every_s")

@@ -33,6 +33,7 @@ from nats.js.object_store import ObjectStore
 
 from modelpress.v1 import common_pb2
 from services.common.store import packaging
+from services.common.store.disk_bounds import make_owner_only
 from services.common.store.nats_conn import FAILOVER_S, is_stream_full
 
 BUCKET = "modelpress_artifacts"
@@ -328,7 +329,9 @@ class ArtifactStore:
             out.writelines(batch)
 
         try:
-            with open(partial, "wb") as out:
+            # Owner-only whatever the umask: a tenant's model passes through here.
+            with open(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600), "wb") as out:
+                os.fchmod(out.fileno(), 0o600)
                 writing: asyncio.Future | None = None
                 async for batch in self._fetch_batches(stored):
                     if writing is not None:
@@ -343,11 +346,14 @@ class ArtifactStore:
         return stored.ref
 
     async def get_dir(self, artifact_id: str, dest: Path) -> common_pb2.ArtifactRef:
-        """Fetches and unpacks an artifact folder into `dest` (which must not exist)."""
-        with tempfile.TemporaryDirectory(prefix="mp-get-", dir=dest.parent if dest.parent.exists() else None) as tmp:
+        """Fetches and unpacks an artifact folder into `dest` (which must not exist), owner-only:
+        unpacked within a 0700 scratch folder beside it, narrowed, then renamed into place."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="mp-get-", dir=dest.parent) as tmp:
             tar_path = Path(tmp) / "artifact.tar"
             ref = await self.get_file(artifact_id, tar_path)
-            await asyncio.to_thread(packaging.untar_folder, tar_path, dest)
+            await asyncio.to_thread(_unpack_owner_only, tar_path, Path(tmp) / "model")
+            os.replace(Path(tmp) / "model", dest)
         return ref
 
     # ---- housekeeping -----------------------------------------------------
@@ -380,6 +386,11 @@ class ArtifactStore:
             await self._js.purge_stream(self._stream, subject=subject)
         except Exception:  # best effort: a failed purge only leaks space
             pass
+
+
+def _unpack_owner_only(tar_path: Path, dest: Path) -> None:
+    packaging.untar_folder(tar_path, dest)
+    make_owner_only(dest)
 
 
 def _check_digest(stored: StoredArtifact, digest: "hashlib._Hash") -> None:

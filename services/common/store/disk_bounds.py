@@ -1,5 +1,6 @@
-"""Keeping a worker's disk bounded: fetched artifacts evicted least-recently-used past a byte
-limit, and scratch folders of processes that died (SIGKILL leaves them) removed at start."""
+"""Keeping a worker's disk bounded and private: fetched artifacts evicted least-recently-used past
+a byte limit, scratch folders of processes that died (SIGKILL leaves them) removed at start, and
+what it caches readable by its own user only (tenants' models pass through it)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,29 @@ from pathlib import Path
 
 # A folder used this recently may be in a stage's hands still: never evicted.
 IN_USE_GRACE_S = 600.0
+
+
+def private_folder(folder: Path) -> Path:
+    """`folder` (and missing parents) made, itself owner-only (0700) whatever the umask; an existing
+    one is narrowed to that. Another local user cannot list or open anything below it."""
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        os.chmod(folder, 0o700)
+    except PermissionError:  # someone else's folder (a shared cache set up by hand): left as made
+        pass
+    return folder
+
+
+def make_owner_only(folder: Path) -> None:
+    """Folders 0700 and files 0600 under `folder` (itself included), links left alone."""
+    os.chmod(folder, 0o700)
+    for current, dirs, files in os.walk(folder):
+        for name in dirs:
+            if not os.path.islink(path := os.path.join(current, name)):
+                os.chmod(path, 0o700)
+        for name in files:
+            if not os.path.islink(path := os.path.join(current, name)):
+                os.chmod(path, 0o600)
 
 
 def folder_bytes(folder: Path) -> int:

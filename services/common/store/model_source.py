@@ -1,4 +1,6 @@
-"""Turns a ModelRef (builtin, stored artifact, or allowed local path) into a local folder."""
+"""Turns a ModelRef (builtin, stored artifact, or allowed local path) into a local folder: a
+built-in's, or an owner-only copy in the cache (a stored artifact fetched, a path model copied
+through path_models' checks), kept until the cache's byte bound evicts it."""
 
 from __future__ import annotations
 
@@ -6,61 +8,29 @@ import asyncio
 import fcntl
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from modelpress.v1 import common_pb2
 from services.common.models import builtin_models
+from services.common.store import path_models
 from services.common.store.artifact_store import ArtifactStore
-from services.common.runtime.cite import shown
-from services.common.store.disk_bounds import evict_least_recent, touch
+from services.common.store.disk_bounds import evict_least_recent, private_folder, touch
+from services.common.store.path_models import PathNotAllowed
 
-
-class PathNotAllowed(PermissionError):
-    pass
-
-
-def allowed_roots() -> list[Path]:
-    raw = os.environ.get("MODELPRESS_ALLOWED_ROOTS", "")
-    return [Path(p).resolve() for p in raw.split(os.pathsep) if p]
-
-
-MAX_PATH_CHARACTERS = 4096
-MAX_FOLDER_ENTRIES = 10_000
+__all__ = ["ModelSource", "PathNotAllowed", "check_allowed_path", "describe"]
 
 
 def check_allowed_path(path: str) -> Path:
-    """The resolved folder if it and everything in it lie under one operator-allowed root (a
-    symlink inside that points out is refused, not followed); otherwise PathNotAllowed."""
-    roots = allowed_roots()
-    if not roots:
-        raise PathNotAllowed("model.path: local paths are disabled (the operator sets MODELPRESS_ALLOWED_ROOTS)")
-    if "\x00" in path or len(path) > MAX_PATH_CHARACTERS:
-        raise PathNotAllowed(f"model.path: {shown(path)} is not a usable path (NUL byte, or over "
-                             f"{MAX_PATH_CHARACTERS} characters)")
-    try:
-        resolved = Path(path).resolve()
-    except (OSError, RuntimeError) as exc:  # a symlink loop, a name the OS refuses
-        raise PathNotAllowed(f"model.path: {shown(path)} cannot be resolved: {exc.__class__.__name__}") from None
-    root = next((root for root in roots if resolved.is_relative_to(root)), None)
-    if root is None:
-        raise PathNotAllowed(f"model.path: {shown(path)} is outside the allowed roots {', '.join(map(str, roots))}")
-    if not resolved.is_dir():
-        raise FileNotFoundError(f"model.path: {shown(path)} is not a folder")
-    _check_entries_stay_under(resolved, root, path)
-    return resolved
+    """The folder if it lies under an operator-allowed root and every link in it stays in that root
+    (a link that points out is refused, not followed); otherwise PathNotAllowed or
+    FileNotFoundError. Names only, through descriptors (path_models): it never opens a file, so a
+    FIFO cannot block it; what a worker copies is checked again, file by file, as it is copied."""
+    return path_models.check_folder(path, strict=False).folder
 
 
-def _check_entries_stay_under(folder: Path, root: Path, given: str) -> None:
-    count = 0
-    for current, dirs, files in os.walk(folder, followlinks=False):
-        for name in [*dirs, *files]:
-            count += 1
-            if count > MAX_FOLDER_ENTRIES:
-                raise PathNotAllowed(f"model.path: {shown(given)} holds over {MAX_FOLDER_ENTRIES} entries")
-            entry = Path(current) / name
-            if entry.is_symlink() and not entry.resolve().is_relative_to(root):
-                raise PathNotAllowed(f"model.path: {shown(given)} holds a symlink leaving the allowed root {root}: "
-                                     f"{entry.relative_to(folder)}")
+def _lock_file(path: Path):
+    return open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600), "w")
 
 
 # The scheme a person types for each source (`modelpress compress artifact:ID ...`).
@@ -85,7 +55,7 @@ class ModelSource:
         if source == "builtin":
             return await asyncio.to_thread(builtin_models.builtin_folder, ref.builtin, self._cache_root)
         if source == "path":
-            return check_allowed_path(ref.path)
+            return await self._copy_path(ref.path)
         if source == "artifact_id":
             return await self._fetch(ref.artifact_id)
         raise ValueError("model: one of artifact_id, builtin or path is required")
@@ -103,15 +73,19 @@ class ModelSource:
         self._locks.pop(artifact_id, None)
         return True
 
+    def _cached(self) -> Path:
+        """The cache's folder of copies (artifacts and path models share its byte bound), owner-only."""
+        return private_folder(self._cache_root / "artifacts")
+
     async def _fetch(self, artifact_id: str) -> Path:
         """Artifacts are immutable, so a fetched copy is reused until the cache is cleared."""
         dest = self._cache_root / "artifacts" / artifact_id
         lock = self._locks.setdefault(artifact_id, asyncio.Lock())
         async with lock:
-            dest.parent.mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(self._cached)
             # Replicas on one machine share the cache: one process fetches, the others wait for it
             # (two unpacking into one folder at once left a half-written model behind).
-            with open(dest.parent / f".{artifact_id}.lock", "w") as held:
+            with await asyncio.to_thread(_lock_file, dest.parent / f".{artifact_id}.lock") as held:
                 await asyncio.to_thread(fcntl.flock, held, fcntl.LOCK_EX)
                 try:
                     if not dest.exists():
@@ -121,4 +95,29 @@ class ModelSource:
                     touch(dest)
                 finally:
                     fcntl.flock(held, fcntl.LOCK_UN)
+        return dest
+
+    async def _copy_path(self, path: str) -> Path:
+        """The path model's files as a copy of this process's own (`p-KEY` in the cache), made
+        through path_models' checks: the engine reads what was checked, whatever the folder holds
+        later. The key changes whenever a file does, so an unchanged folder is copied once."""
+        cached = await asyncio.to_thread(self._cached)
+        checked = await asyncio.to_thread(path_models.check_folder, path)
+        dest = cached / f"p-{checked.key}"
+        if not dest.is_dir():
+            # Made aside (the LRU passes over `.unpacking`), then renamed whole: never seen half-copied.
+            work = Path(await asyncio.to_thread(tempfile.mkdtemp, ".unpacking", ".p-", cached))
+            try:
+                copied = await asyncio.to_thread(path_models.copy_folder, path, work / "model")
+                dest = cached / f"p-{copied.key}"
+                try:
+                    os.rename(work / "model", dest)
+                except OSError:
+                    if not dest.is_dir():  # else another replica copied the same files first
+                        raise
+            finally:
+                await asyncio.to_thread(shutil.rmtree, work, True)
+            if self._max_bytes is not None:
+                await asyncio.to_thread(evict_least_recent, cached, self._max_bytes, dest)
+        touch(dest)
         return dest

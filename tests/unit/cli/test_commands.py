@@ -1,6 +1,6 @@
 """The CLI's commands against a fake gateway client: Ctrl-C detaches, a closed pipe ends quietly,
-events and results on stdout, download by job or artifact id, one JSON document, --version, and
-the message when nothing listens (against a real refused connection)."""
+events and results on stdout, download by job or artifact id, one JSON document, --version, the
+message when nothing listens (against a real refused connection), and mesh-certs' files."""
 
 from __future__ import annotations
 
@@ -173,3 +173,14 @@ def test_with_nothing_listening_it_says_to_start_the_mesh(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err == (f"no modelpress gateway answers at 127.0.0.1:{port}: start it with `modelpress up` "
                    "(or pass --gateway HOST:PORT)\n")
+
+
+def test_mesh_certs_writes_what_up_auth_makes_and_prints_the_kubectl_commands(tmp_path, capsys):
+    assert cli.main(["mesh-certs", str(tmp_path / "mesh"), "--hostname", "quantizer.modelpress.svc"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    tls = tmp_path / "mesh" / "tls"
+    assert printed == [f"kubectl create secret generic modelpress-mesh-tls --from-file={tls}",
+                       "kubectl create secret generic modelpress-mesh-secret "
+                       f"--from-file=mesh.secret={tmp_path / 'mesh' / 'mesh.secret'}"]
+    assert {p.name for p in tls.iterdir()} >= {"ca.crt", "gateway.crt", "gateway.key", "quantizer.crt", "quantizer.key"}
+    assert not list(tls.glob("ca.key"))  # the CA's key is never written

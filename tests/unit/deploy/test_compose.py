@@ -1,4 +1,5 @@
-"""docker-compose.yml is valid compose and its workers can be scaled."""
+"""docker-compose.yml is valid compose, its workers can be scaled, and they answer the gateway alone
+(mutual TLS and mesh tickets from secrets)."""
 
 import shutil
 import subprocess
@@ -44,5 +45,36 @@ def test_auth_is_on_nats_asks_for_a_password_and_the_gateway_for_tokens():
         assert env["MODELPRESS_NATS_URL"].startswith("nats://modelpress:${MODELPRESS_NATS_PASSWORD"), name
     gateway = services["gateway"]
     assert gateway["environment"]["MODELPRESS_AUTH_TOKENS"] == "/run/secrets/modelpress_tokens"
-    assert gateway["secrets"] == ["modelpress_tokens"] and "modelpress_tokens" in compose["secrets"]
+    assert "modelpress_tokens" in gateway["secrets"] and "modelpress_tokens" in compose["secrets"]
     assert all(port.startswith("127.0.0.1:") for port in gateway["ports"])
+
+
+def _mounted(service: dict) -> dict[str, str]:
+    """target file under /run/secrets -> the compose secret it is."""
+    return {item["target"]: item["source"] for item in service["secrets"] if isinstance(item, dict)}
+
+
+def test_workers_ask_for_mutual_tls_and_tickets_and_the_gateway_presents_both_from_secrets():
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    services, secrets = compose["services"], compose["secrets"]
+    for name in WORKERS:
+        env, mounted = services[name]["environment"], _mounted(services[name])
+        assert mounted == {"mesh-ca.crt": "mesh_ca", "tls.crt": f"{name}_tls_crt", "tls.key": f"{name}_tls_key",
+                           "mesh.secret": "mesh_secret"}, name
+        assert (env["MODELPRESS_TLS_CERT"], env["MODELPRESS_TLS_KEY"], env["MODELPRESS_TLS_CLIENT_CA"],
+                env["MODELPRESS_MESH_SECRET"]) == ("/run/secrets/tls.crt", "/run/secrets/tls.key",
+                                                   "/run/secrets/mesh-ca.crt", "/run/secrets/mesh.secret"), name
+        assert secrets[f"{name}_tls_key"]["file"] == f"./secrets/mesh/tls/{name}.key"
+        # The health probe cannot present a client certificate: it checks the port instead.
+        assert "healthcheck" not in " ".join(services[name]["healthcheck"]["test"])
+    gateway = services["gateway"]
+    env, mounted = gateway["environment"], _mounted(gateway)
+    assert mounted == {"mesh-ca.crt": "mesh_ca", "mesh-gateway.crt": "gateway_tls_crt",
+                       "mesh-gateway.key": "gateway_tls_key", "mesh.secret": "mesh_secret"}
+    assert env["MODELPRESS_TARGETS_TLS_CA"] == "/run/secrets/mesh-ca.crt"
+    assert env["MODELPRESS_TARGETS_TLS_CERT"] == "/run/secrets/mesh-gateway.crt"
+    assert env["MODELPRESS_MESH_SECRET"] == "/run/secrets/mesh.secret"
+    assert "MODELPRESS_TLS_CERT" not in env  # its own listener stays as it was, behind 127.0.0.1
+    # Key material comes from files `modelpress mesh-certs secrets/mesh` writes, never from the repo.
+    assert all(secret["file"].startswith("./secrets/") for secret in secrets.values())
+    assert "secrets/" in (REPO / ".gitignore").read_text().splitlines()

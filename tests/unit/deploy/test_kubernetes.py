@@ -1,5 +1,6 @@
 """deploy/kubernetes validates offline against the Kubernetes 1.37 schemas (strict) and wires the
-mesh as compose does: one Deployment and headless Service per worker, secrets for every credential."""
+mesh as compose does: one Deployment and headless Service per worker, secrets for every credential,
+workers that answer the gateway alone (mutual TLS, mesh tickets, NetworkPolicies)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def _resources(name: str) -> dict[str, dict]:
 
 def test_every_manifest_passes_strict_schema_validation():
     exe = shutil.which("kubernetes-validate") or str(Path(sys.executable).parent / "kubernetes-validate")
-    files = [str(FOLDER / f"{name}.yaml") for name in ["gateway", *WORKERS]]
+    files = [str(FOLDER / f"{name}.yaml") for name in ["gateway", *WORKERS, "network-policies"]]
     run = subprocess.run([exe, "--strict", "--no-warn", *files], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
     listed = yaml.safe_load((FOLDER / "kustomization.yaml").read_text())["resources"]
@@ -54,3 +55,61 @@ def test_workers_scale_behind_headless_services_and_every_credential_is_a_secret
     assert values["config"]["cluster"]["replicas"] == 3 and values["config"]["jetstream"]["enabled"]
     assert values["container"]["env"]["MODELPRESS_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == \
         "modelpress-nats"
+
+
+def _pod(deployment: dict) -> tuple[dict, dict[str, dict], dict[str, str]]:
+    """(the container, its pod's volumes by name, its mounts: volume name -> mount path)."""
+    spec = deployment["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    return (container, {v["name"]: v for v in spec["volumes"]},
+            {m["name"]: m["mountPath"] for m in container["volumeMounts"]})
+
+
+def _items(volume: dict) -> dict[str, str]:
+    return {item["key"]: item["path"] for item in volume["secret"]["items"]}
+
+
+def test_workers_ask_for_the_gateways_certificate_and_tickets_and_the_gateway_presents_both():
+    for name in WORKERS:
+        container, volumes, mounts = _pod(_resources(name)["Deployment"])
+        env = {item["name"]: item.get("value") for item in container["env"]}
+        assert volumes["mesh-tls"]["secret"]["secretName"] == "modelpress-mesh-tls"
+        # Its own key only, not the gateway's or another worker's.
+        assert _items(volumes["mesh-tls"]) == {"ca.crt": "ca.crt", f"{name}.crt": "tls.crt", f"{name}.key": "tls.key"}
+        assert volumes["mesh-secret"]["secret"]["secretName"] == "modelpress-mesh-secret"
+        tls, secret = mounts["mesh-tls"], mounts["mesh-secret"]
+        assert (env["MODELPRESS_TLS_CERT"], env["MODELPRESS_TLS_KEY"], env["MODELPRESS_TLS_CLIENT_CA"]) == (
+            f"{tls}/tls.crt", f"{tls}/tls.key", f"{tls}/ca.crt"), name
+        assert env["MODELPRESS_MESH_SECRET"] == f"{secret}/mesh.secret"
+        # The kubelet's gRPC probe presents no client certificate.
+        assert "tcpSocket" in container["readinessProbe"] and "tcpSocket" in container["livenessProbe"]
+    container, volumes, mounts = _pod(_resources("gateway")["Deployment"])
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    assert _items(volumes["mesh-tls"]) == {"ca.crt": "ca.crt", "gateway.crt": "tls.crt", "gateway.key": "tls.key"}
+    tls = mounts["mesh-tls"]
+    assert (env["MODELPRESS_TARGETS_TLS_CA"], env["MODELPRESS_TARGETS_TLS_CERT"], env["MODELPRESS_TARGETS_TLS_KEY"]) \
+        == (f"{tls}/ca.crt", f"{tls}/tls.crt", f"{tls}/tls.key")
+    assert env["MODELPRESS_MESH_SECRET"] == f"{mounts['mesh-secret']}/mesh.secret"
+
+
+def test_network_policies_let_only_gateways_reach_workers_and_only_modelpress_reach_nats():
+    policies = {doc["metadata"]["name"]: doc["spec"]
+                for doc in yaml.safe_load_all((FOLDER / "network-policies.yaml").read_text()) if doc}
+    workers = policies["modelpress-workers-from-gateway"]
+    (components,) = workers["podSelector"]["matchExpressions"]
+    assert components["key"] == "app.kubernetes.io/component" and sorted(components["values"]) == sorted(WORKERS)
+    assert workers["policyTypes"] == ["Ingress"]
+    (rule,) = workers["ingress"]
+    assert rule["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "modelpress",
+                                                             "app.kubernetes.io/component": "gateway"}}}]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 50051}]
+    # The selector picks every worker Deployment's pods and no gateway pod.
+    for name in WORKERS:
+        labels = _resources(name)["Deployment"]["spec"]["template"]["metadata"]["labels"]
+        assert labels["app.kubernetes.io/component"] in components["values"]
+    nats = policies["modelpress-nats-from-modelpress"]
+    assert nats["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "nats"}}
+    clients, routes = nats["ingress"]
+    assert clients == {"from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "modelpress"}}}],
+                       "ports": [{"protocol": "TCP", "port": 4222}]}
+    assert routes == {"from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "nats"}}}]}

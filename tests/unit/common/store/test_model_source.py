@@ -14,10 +14,10 @@ import pytest
 
 from modelpress.v1 import common_pb2
 from services.common.models.builtin_models import UnknownBuiltin, get_builtin
-from services.common.store.model_source import ModelSource, PathNotAllowed, check_allowed_path, describe
 from services.common.runtime.cite import shown
 from services.common.store.artifact_store import ArtifactNotFound, ArtifactStore
 from services.common.store.disk_bounds import IN_USE_GRACE_S
+from services.common.store.model_source import ModelSource, PathNotAllowed, check_allowed_path, describe
 
 FLOAT = common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS
 
@@ -118,6 +118,20 @@ async def test_a_stored_artifact_is_fetched_once_and_its_cached_copy_reused(coun
     assert len(set(folders)) == 1 and counted.fetched == [artifact_id, artifact_id]
 
 
+async def test_a_fetched_copy_is_its_users_alone_whatever_the_umask(counting, stored):
+    source, _, cache = counting
+    (artifact_id, _), _ = stored
+    (cache / "artifacts").mkdir(parents=True, mode=0o755)  # made wide by an older version: narrowed
+    old = os.umask(0)
+    try:
+        folder = await source.local_folder(common_pb2.ModelRef(artifact_id=artifact_id))
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (cache / "artifacts", folder, *folder.rglob("*"))}
+    assert modes == {"artifacts": 0o700, artifact_id: 0o700, "config.json": 0o600, "model.safetensors": 0o600}
+    assert (cache / "artifacts" / f".{artifact_id}.lock").stat().st_mode & 0o777 == 0o600
+
+
 async def test_forgetting_a_deleted_artifact_drops_its_copy_and_never_leaves_the_cache(counting, stored):
     source, counted, cache = counting
     (artifact_id, _), _ = stored
@@ -154,15 +168,28 @@ async def test_past_its_byte_bound_the_cache_evicts_the_least_recently_used_copy
     assert (await tiny.local_folder(common_pb2.ModelRef(artifact_id=first))).is_dir()
 
 
-async def test_an_allowed_path_is_its_resolved_folder(counting, roots):
-    source, counted, _ = counting
+async def test_an_allowed_path_is_an_owner_only_copy_made_once_while_its_files_are_unchanged(counting, roots):
+    source, counted, cache = counting
     root, _ = roots
     folder = _model_folder(root, "models/bert")
-    (folder / "same-root-link").symlink_to(root / "models")  # a link that stays under the root is fine
+    (root / "models" / "shared.json").write_text("{}")
+    (folder / "tokenizer.json").symlink_to("../shared.json")  # a link to a file of the same root is copied
     ref = common_pb2.ModelRef(path=str(root / "models" / ".." / "models" / "bert"))
-    assert await source.local_folder(ref) == folder.resolve()
+    copy = await source.local_folder(ref)
+    assert copy.parent == cache / "artifacts" and copy.name.startswith("p-")
+    assert sorted(p.name for p in copy.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert (copy / "tokenizer.json").read_text() == "{}" and not (copy / "tokenizer.json").is_symlink()
+    assert oct((cache / "artifacts").stat().st_mode & 0o777) == oct(0o700)
+    assert all(p.stat().st_mode & 0o077 == 0 for p in copy.rglob("*"))
+    assert await source.local_folder(common_pb2.ModelRef(path=str(folder))) == copy  # unchanged: the same copy
+    (folder / "model.safetensors").write_bytes(b"\1" * 1024)
+    again = await source.local_folder(ref)
+    assert again != copy and (again / "model.safetensors").read_bytes() == b"\1" * 1024
+    assert (copy / "model.safetensors").read_bytes() == b"\0" * 1024  # a copy never changes under its reader
+    assert not [p for p in (cache / "artifacts").iterdir() if p.name.endswith(".unpacking")]
     (root / "alias").symlink_to(folder)
-    assert await source.local_folder(common_pb2.ModelRef(path=str(root / "alias"))) == folder.resolve()
+    with pytest.raises(PathNotAllowed, match="'alias' under the root is a symlink"):
+        await source.local_folder(common_pb2.ModelRef(path=str(root / "alias")))
     assert counted.fetched == []
 
 
@@ -178,7 +205,7 @@ def test_a_link_under_the_root_that_points_out_is_refused(roots):
     root, outside = roots
     _model_folder(outside, "secret")
     (root / "door").symlink_to(outside / "secret")
-    with pytest.raises(PathNotAllowed, match="is outside the allowed roots"):  # the path itself leads out
+    with pytest.raises(PathNotAllowed, match="'door' under the root is a symlink"):  # the path itself leads out
         check_allowed_path(str(root / "door"))
     folder = _model_folder(root, "model")
     (folder / "weights").mkdir()
@@ -186,7 +213,7 @@ def test_a_link_under_the_root_that_points_out_is_refused(roots):
     with pytest.raises(PathNotAllowed) as info:  # a file inside leads out: refused, not followed
         check_allowed_path(str(folder))
     assert str(info.value) == (f"model.path: {shown(str(folder))} holds a symlink leaving the allowed root "
-                               f"{root.resolve()}: weights/shard.safetensors")
+                               f"{root.resolve()}: 'weights/shard.safetensors'")
 
 
 def test_a_missing_folder_or_a_file_is_not_found_naming_it(roots):
