@@ -36,16 +36,23 @@ def tar_folder(folder: Path, tar_path: Path) -> None:
 
 
 def untar_folder(tar_path: Path, dest: Path) -> None:
-    """Unpacks into `dest`, refusing absolute paths, `..`, links and devices (tar's "data" filter)."""
+    """Unpacks into `dest`, refusing absolute paths, `..`, links, devices (tar's "data" filter) and
+    sparse members (which the data filter lets through: a few KB of tar could claim gigabytes)."""
     tmp = dest.with_name(dest.name + ".unpacking")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         with tarfile.open(tar_path, "r:") as tar:
-            tar.extractall(tmp, filter="data")
+            tar.extractall(tmp, filter=_plain_only)
         os.replace(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _plain_only(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
+    if member.issparse() or not (member.isdir() or member.type in (tarfile.REGTYPE, tarfile.AREGTYPE)):
+        raise tarfile.FilterError(f"{member.name}: a sparse or special tar entry; artifacts hold plain files")
+    return tarfile.data_filter(member, dest)
 
 
 def stamp_modification_times(folder: Path, when: float) -> None:

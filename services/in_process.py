@@ -103,7 +103,9 @@ def _status_of(exc: BaseException) -> grpc.StatusCode | None:
 
 
 def _message_of(exc: BaseException) -> str:
-    return str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    from services.common.runtime.stage_runner import message_for
+
+    return str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else message_for(exc)
 
 
 def _registries(techniques: set[int]) -> dict[int, Mapping]:

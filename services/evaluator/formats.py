@@ -69,7 +69,10 @@ def _load_gguf(folder: Path):
     if len(files) != 1:
         raise FormatNotMeasurable(f"{Path(folder).name}: expected one .gguf file, found {len(files)}")
     with modelio.CONSTRUCTION_LOCK:
-        return AutoModelForCausalLM.from_pretrained(folder, gguf_file=files[0].name, dtype=torch.float32).eval()
+        model, info = AutoModelForCausalLM.from_pretrained(folder, gguf_file=files[0].name, dtype=torch.float32,
+                                                           trust_remote_code=False, output_loading_info=True)
+    modelio.check_complete(info, files[0].name)  # a tensor the GGUF lacks is never measured at random
+    return model.eval()
 
 
 def load_for_measurement(folder: Path, device: str = "cpu", threads: int = 2) -> LoadedModel:

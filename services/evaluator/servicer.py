@@ -16,7 +16,6 @@ import grpc
 
 from modelpress.v1 import common_pb2, evaluator_pb2, evaluator_pb2_grpc
 from services.common.models import modelio
-from services.common.store import packaging
 from services.common.store.artifact_store import ArtifactNotFound
 from services.common.contract.config import ConfigError, MethodConfig, parse_config
 from services.common.measure.machine import describe_machine
@@ -89,14 +88,14 @@ def benchmark_rows(model_label: str, metrics: common_pb2.ModelMetrics, power_w: 
     return rows
 
 
-def model_label(ref: common_pb2.ModelRef, folder: Path) -> str:
-    """How a person recognises the model in a table: where it came from and, for an artifact,
-    which method made it (read from its manifest)."""
+def model_label(ref: common_pb2.ModelRef, chain: list[dict]) -> str:
+    """How a person recognises the model in a table: where it came from and, for an artifact the mesh
+    made, which method made it (the last link of its stored lineage `chain`; a folder's own
+    modelpress.json is never read: an upload could claim any method)."""
     label = describe(ref)
-    manifest = packaging.read_manifest(folder)
-    if manifest and manifest.stage:
-        config = manifest.stage.config
-        detail = [manifest.stage.method]
+    if chain:
+        config = chain[-1].get("config") or {}
+        detail = [str(chain[-1].get("method", ""))]
         if "bits" in config:
             detail.append(f"w{config['bits']}")
         if config.get("group_size"):
@@ -105,6 +104,14 @@ def model_label(ref: common_pb2.ModelRef, folder: Path) -> str:
             detail.append(f"a8 {config['activations']}")
         label += f" ({' '.join(detail)})"
     return label
+
+
+async def stored_chain(store, ref: common_pb2.ModelRef) -> list[dict]:
+    """The lineage the stage runner stored with an artifact (none for an upload, a path or a built-in)."""
+    if ref.WhichOneof("source") != "artifact_id":
+        return []
+    chain = (await store.stat(ref.artifact_id)).meta.get("chain", [])
+    return chain if isinstance(chain, list) and all(isinstance(link, dict) for link in chain) else []
 
 
 class Measurer:
@@ -196,6 +203,7 @@ class EvaluatorServicer(evaluator_pb2_grpc.EvaluatorServiceServicer):
             thresholds = threshold_set(request.threshold_set)
             config = spec_to_config(request.spec)
             folders = [await self._measurer.folder(ref) for ref in request.models]
+            chains = [await stored_chain(self._runtime.store, ref) for ref in request.models]
             kinds = {describe(ref): modelio.model_kind(modelio.read_config(f))
                      for ref, f in zip(request.models, folders)}
             if len(set(kinds.values())) > 1:
@@ -215,9 +223,9 @@ class EvaluatorServicer(evaluator_pb2_grpc.EvaluatorServiceServicer):
             comparison_id="c-" + uuid.uuid4().hex[:16], baseline_index=request.baseline_index,
             threshold_set=request.threshold_set, interleaved_rounds=run["rounds"], machine=baseline.machine,
             load=common_pb2.MachineLoad(**run["load"]),
-            rows=[comparison_row(i, model_label(ref, folder), m, baseline, i == request.baseline_index, thresholds,
+            rows=[comparison_row(i, model_label(ref, chain), m, baseline, i == request.baseline_index, thresholds,
                                  [common_pb2.SpeedRatio(**r) for r in f["speed"]])
-                  for i, (ref, folder, m, f) in enumerate(zip(request.models, folders, measured, figures))])
+                  for i, (ref, chain, m, f) in enumerate(zip(request.models, chains, measured, figures))])
         comparison.created_at.GetCurrentTime()
         if not request.skip_report:
             comparison.report.CopyFrom(

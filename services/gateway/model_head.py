@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from modelpress.v1 import common_pb2
 from services.common.contract.chain import InvalidArgument
 from services.common.contract.model_kinds import kind_of
 from services.common.models import builtin_models
+from services.common.models.bounded_json import loads_bounded
 from services.common.runtime import auth
 from services.common.runtime.cite import shown
 from services.common.store import path_models
@@ -89,7 +89,7 @@ def config_in_head(head: bytes) -> dict | None:
             for member in tar:
                 if member.name.removeprefix("./") == "config.json" and member.isreg():
                     data = tar.extractfile(member).read()
-                    return json.loads(data) if len(data) == member.size else None
+                    return loads_bounded(data, "config.json") if len(data) == member.size else None
     except (tarfile.TarError, ValueError, UnicodeDecodeError, EOFError):
         return None
     return None
@@ -98,7 +98,7 @@ def config_in_head(head: bytes) -> dict | None:
 def _read_config(path: str, principal: auth.Principal) -> dict | None:
     try:
         data = path_models.read_config(path, principal)
-        config = json.loads(data) if data is not None else None
+        config = loads_bounded(data, "config.json") if data is not None else None
     except (OSError, ValueError, RecursionError):  # unreadable, not JSON, nested past the stack
         return None
     return config if isinstance(config, dict) else None

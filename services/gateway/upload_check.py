@@ -1,26 +1,31 @@
 """What an upload must be before it is stored: a plain tar of regular files confined to the folder,
-holding what its declared format needs, with safetensors headers that describe their own bytes.
+no bigger unpacked than the upload bound, holding what its declared format needs, with JSON of bounded
+nesting, safetensors headers that describe their own bytes, and no pickles.
 
 Checked at upload so a hostile or broken file is INVALID_ARGUMENT then, never INTERNAL when a job
-reads it later. Only headers and names are read; tensor bytes are not.
+reads it later. Only headers, names and small JSON files are read; tensor bytes are not. A
+modelpress.json inside an upload is kept as a file but never read as lineage (the stage runner reads
+lineage from the store's records of what the mesh made).
 """
 
 from __future__ import annotations
 
 import json
-import struct
 import tarfile
 from pathlib import Path, PurePosixPath
 
 from modelpress.v1 import common_pb2
+from services.common.models import pickles
+from services.common.models.bounded_json import JsonTooDeep, loads_bounded
+from services.common.models.safetensors_header import BadSafetensors, read_header
 from services.common.runtime.cite import shown
 
 MAX_ENTRIES = 10_000
 MAX_NAME_CHARACTERS = 1024
-# A safetensors header is JSON of names, dtypes, shapes and offsets: megabytes at most.
-MAX_SAFETENSORS_HEADER_BYTES = 100 * 1024 * 1024
-DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-               "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+# A file name (one path component) the workers' filesystems take, in bytes (Linux NAME_MAX).
+MAX_COMPONENT_BYTES = 255
+# Plain files and folders: no sparse maps (a 10 KB tar unpacking to gigabytes), links, devices or fifos.
+PLAIN_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE)
 MODEL_FORMATS = (common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS, common_pb2.ARTIFACT_FORMAT_PACKED_SAFETENSORS,
                  common_pb2.ARTIFACT_FORMAT_COMPRESSED_TENSORS)
 MAX_JSONL_LINES_CHECKED = 1000
@@ -30,15 +35,20 @@ class BadUpload(ValueError):
     """The upload is not what its header declares; the message names the entry and the fault."""
 
 
-def check_upload(tar_path: Path, fmt: int) -> None:
-    """BadUpload unless `tar_path` is a well-formed upload of format `fmt`."""
+class UnpackedTooLarge(BadUpload):
+    """The files would unpack to more than the upload bound (RESOURCE_EXHAUSTED, like a tar past it)."""
+
+
+def check_upload(tar_path: Path, fmt: int, max_unpacked_bytes: int | None = None) -> None:
+    """BadUpload unless `tar_path` is a well-formed upload of format `fmt` whose files add up to at most
+    `max_unpacked_bytes` (the operator's max_upload_bytes; None: unbounded)."""
     try:
         tar = tarfile.open(tar_path, "r:")
     except tarfile.TarError as exc:
         raise BadUpload(f"the bytes are not a tar of a folder ({exc})") from None
     with tar:
         try:
-            members = _checked_members(tar)
+            members = _checked_members(tar, max_unpacked_bytes)
         except tarfile.TarError as exc:  # truncated or corrupt past the first header
             raise BadUpload(f"the tar is damaged: {exc}") from None
         if fmt in MODEL_FORMATS:
@@ -47,8 +57,9 @@ def check_upload(tar_path: Path, fmt: int) -> None:
             _check_dataset(tar, members)
 
 
-def _checked_members(tar: tarfile.TarFile) -> dict[str, tarfile.TarInfo]:
+def _checked_members(tar: tarfile.TarFile, max_unpacked_bytes: int | None) -> dict[str, tarfile.TarInfo]:
     files: dict[str, tarfile.TarInfo] = {}
+    unpacked = 0
     for count, member in enumerate(tar, start=1):
         if count > MAX_ENTRIES:
             raise BadUpload(f"the tar holds over {MAX_ENTRIES} entries")
@@ -58,11 +69,21 @@ def _checked_members(tar: tarfile.TarFile) -> dict[str, tarfile.TarInfo]:
         path = PurePosixPath(name)
         if path.is_absolute() or ".." in path.parts:
             raise BadUpload(f"entry {shown(name)}: leaves the folder (absolute, or through '..')")
+        if too_long := next((part for part in path.parts if len(part.encode()) > MAX_COMPONENT_BYTES), None):
+            raise BadUpload(f"entry {shown(name)}: path component {shown(too_long)} is {len(too_long.encode())} "
+                            f"bytes, past the {MAX_COMPONENT_BYTES} a file name may take")
         if member.isdir():
             continue
-        if not member.isreg():
+        if member.issparse():
+            raise BadUpload(f"entry {shown(name)}: is a sparse file ({member.size} bytes unpacked from a few "
+                            "stored); uploads hold plain regular files only")
+        if member.type not in PLAIN_TYPES:
             kind = "a symlink" if member.issym() else "a hard link" if member.islnk() else "not a regular file"
             raise BadUpload(f"entry {shown(name)}: is {kind}; uploads hold regular files only")
+        unpacked += member.size
+        if max_unpacked_bytes is not None and unpacked > max_unpacked_bytes:
+            raise UnpackedTooLarge(f"entry {shown(name)}: the files unpack to over the {max_unpacked_bytes} bytes "
+                                   "an upload may take (the operator's max_upload_bytes)")
         files[path.as_posix().removeprefix("./")] = member
     if not files:
         raise BadUpload("the tar holds no files")
@@ -72,53 +93,44 @@ def _checked_members(tar: tarfile.TarFile) -> dict[str, tarfile.TarInfo]:
 def _check_model(tar: tarfile.TarFile, files: dict[str, tarfile.TarInfo]) -> None:
     if "config.json" not in files:
         raise BadUpload("config.json: missing (an HF-style model folder has it at its top)")
-    try:
-        json.loads(tar.extractfile(files["config.json"]).read())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadUpload(f"config.json: not JSON ({exc})") from None
+    for name in ("config.json", "tokenizer_config.json", "generation_config.json"):
+        if name in files:
+            _check_json(tar, files[name], name)
     weights = [name for name in files if name.endswith(".safetensors")]
     if not weights:
         raise BadUpload("no *.safetensors file: weights are uploaded as safetensors (never pickles)")
+    _check_no_pickles(tar, files)
     for name in weights:
-        _check_safetensors(tar.extractfile(files[name]), files[name].size, name)
-
-
-def _check_safetensors(stream, size: int, name: str) -> None:
-    """The header's length, JSON and every tensor's offsets against the file's real size."""
-    prefix = stream.read(8)
-    if len(prefix) < 8:
-        raise BadUpload(f"{name}: {size} bytes, shorter than a safetensors header")
-    (header_bytes,) = struct.unpack("<Q", prefix)
-    if header_bytes > min(MAX_SAFETENSORS_HEADER_BYTES, size - 8):
-        raise BadUpload(f"{name}: its header claims {header_bytes} bytes, past the file's {size} bytes "
-                        f"(or the {MAX_SAFETENSORS_HEADER_BYTES} a header may take)")
-    try:
-        header = json.loads(stream.read(header_bytes))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadUpload(f"{name}: the header is not JSON ({exc})") from None
-    if not isinstance(header, dict):
-        raise BadUpload(f"{name}: the header is not a JSON object")
-    data_bytes = size - 8 - header_bytes
-    for tensor, entry in header.items():
-        if tensor == "__metadata__":
-            continue
         try:
-            dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
-            elements = 1
-            for dim in shape:
-                if not isinstance(dim, int) or dim < 0:
-                    raise TypeError
-                elements *= dim
-        except (KeyError, TypeError, ValueError):
-            raise BadUpload(f"{name}: tensor {shown(str(tensor))} has no dtype, shape and data_offsets") from None
-        if dtype not in DTYPE_BYTES:
-            raise BadUpload(f"{name}: tensor {shown(str(tensor))} has dtype {shown(str(dtype))}, not a safetensors dtype")
-        if not (isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end <= data_bytes):
-            raise BadUpload(f"{name}: tensor {shown(str(tensor))} claims bytes [{begin}, {end}) of the "
-                            f"{data_bytes} the file holds (truncated, or a lying header)")
-        if elements * DTYPE_BYTES[dtype] != end - begin:
-            raise BadUpload(f"{name}: tensor {shown(str(tensor))} is {dtype} {shape} ({elements * DTYPE_BYTES[dtype]} "
-                            f"bytes) but its offsets span {end - begin}")
+            read_header(tar.extractfile(files[name]), files[name].size, name)
+        except (BadSafetensors, JsonTooDeep) as exc:
+            raise BadUpload(str(exc)) from None
+
+
+def _check_json(tar: tarfile.TarFile, member: tarfile.TarInfo, name: str) -> None:
+    try:
+        value = loads_bounded(tar.extractfile(member).read(), name)
+    except JsonTooDeep as exc:
+        raise BadUpload(str(exc)) from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadUpload(f"{name}: not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise BadUpload(f"{name}: not a JSON object")
+
+
+def _check_no_pickles(tar: tarfile.TarFile, files: dict[str, tarfile.TarInfo]) -> None:
+    """Each file judged by its own bytes (pickles.py): a pickle suffix is refused unless the file is the
+    raw weights its same-stem OpenVINO IR indexes."""
+    for name, member in files.items():
+        path = PurePosixPath(name)
+        if path.suffix.lower() not in pickles.PICKLE_SUFFIXES:
+            continue
+        xml = files.get(path.with_suffix(".xml").as_posix())
+        readable = xml is not None and xml.size <= pickles.MAX_IR_XML_BYTES
+        if not pickles.is_openvino_weights(member.size, tar.extractfile(member).read(2),
+                                           tar.extractfile(xml).read() if readable else None):
+            raise BadUpload(f"{name}: a pickle (loading it runs whatever code it holds); weights are uploaded as "
+                            "safetensors, never pickles")
 
 
 def _check_dataset(tar: tarfile.TarFile, files: dict[str, tarfile.TarInfo]) -> None:

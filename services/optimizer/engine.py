@@ -39,6 +39,7 @@ def _float_config(src: Path) -> dict:
         raise ValueError("the input is already quantized for PyTorch; convert the float model and let the engine "
                          "quantize (onnx-int8, openvino-int4, gguf-q8_0 ...)")
     modelio.check_safe(src)
+    modelio.check_loadable(src, config)
     return config
 
 
@@ -63,7 +64,7 @@ def _load_float(src: Path, attention: str = "eager"):
     kind = modelio.model_kind(config)
     auto = AutoModelForCausalLM if kind == "causal-lm" else AutoModel
     with modelio.CONSTRUCTION_LOCK:
-        model = auto.from_pretrained(src, use_safetensors=True, dtype="float32", attn_implementation=attention)
+        model = modelio.from_pretrained(auto, src, dtype="float32", attn_implementation=attention)
     return model.eval(), kind, config
 
 

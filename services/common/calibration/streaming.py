@@ -69,9 +69,11 @@ class StreamingModel:
         from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
         modelio.check_safe(folder)
-        kind = modelio.model_kind(modelio.read_config(folder))
+        config_json = modelio.read_config(folder)
+        kind = modelio.model_kind(config_json)
+        modelio.check_loadable(folder, config_json)
         self.reader = CheckpointReader(folder)
-        config = AutoConfig.from_pretrained(folder)
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
         auto = AutoModelForCausalLM if kind == "causal-lm" else AutoModel
         with modelio.CONSTRUCTION_LOCK, torch.device("meta"):
             self.model = auto.from_config(config, dtype=torch.float32)
@@ -80,6 +82,8 @@ class StreamingModel:
         self.tied_head = tied_head(self.model)
         # Checkpoints of bare encoders may carry a prefix (e.g. "bert.") the bare model lacks.
         self.checkpoint_prefix = self._find_checkpoint_prefix()
+        # A tensor the checkpoint lacks would stay on meta (or be invented): refused here, by name.
+        modelio.check_covers(self.model, set(self.reader.keys()), Path(folder).name, self.checkpoint_prefix)
 
     def _find_checkpoint_prefix(self) -> str:
         own = {n for n, _ in self.model.named_parameters()}

@@ -1,12 +1,15 @@
-"""Safe model loading: safetensors only, never pickle; one entry point for every format."""
+"""Safe model loading: safetensors only, never pickle, never a model's own code, never a weight initialised
+at random; one entry point for every format."""
 
 from __future__ import annotations
 
-import json
+import re
 import threading
 from pathlib import Path
 
-from services.common.models import packed
+from services.common.models import custom_code, packed, pickles, safetensors_header
+from services.common.models.bounded_json import JsonTooDeep, loads_bounded
+from services.common.models.model_errors import IncompleteCheckpoint, UnsafeModelError, UnsupportedModelError
 from services.common.contract.model_kinds import kind_of
 
 # transformers builds models under process-wide patches (weight init disabled, parameters
@@ -14,8 +17,8 @@ from services.common.contract.model_kinds import kind_of
 # a tied head left uninitialised, meta tensors in a cast). Every build in a worker holds this.
 CONSTRUCTION_LOCK = threading.RLock()
 
-# Files that are unpickled on load: loading one runs whatever code it carries.
-PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"})
+# How many missing tensor names an IncompleteCheckpoint lists (then the count says the rest).
+MISSING_NAMES_SHOWN = 10
 
 
 def preload_transformers() -> None:
@@ -28,27 +31,8 @@ def preload_transformers() -> None:
         getattr(transformers, name)
 
 
-class UnsafeModelError(ValueError):
-    """The folder holds pickled weights."""
-
-
-class UnsupportedModelError(ValueError):
-    """The folder is not a model modelpress can load (no config, unknown architecture ...)."""
-
-
-def _is_openvino_weights(path: Path) -> bool:
-    """An OpenVINO IR's .bin is raw constant data the .xml beside it indexes. One that starts like
-    a pickle (protocol byte 0x80) or a torch.save zip ("PK") is still refused."""
-    if path.suffix.lower() != ".bin" or not path.with_suffix(".xml").is_file():
-        return False
-    with path.open("rb") as handle:
-        head = handle.read(2)
-    return not (head[:1] == b"\x80" or head == b"PK")
-
-
 def check_safe(folder: Path) -> None:
-    pickled = sorted(p.name for p in Path(folder).rglob("*")
-                     if p.suffix.lower() in PICKLE_SUFFIXES and not _is_openvino_weights(p))
+    pickled = pickles.pickled_files(folder)
     if pickled:
         raise UnsafeModelError(
             f"refusing pickled weights {', '.join(pickled)}: modelpress loads safetensors only "
@@ -60,7 +44,81 @@ def read_config(folder: Path) -> dict:
     path = folder / "config.json"
     if not path.exists():
         raise UnsupportedModelError(f"{folder.name}: no config.json (an HF-style model folder is expected)")
-    return json.loads(path.read_text())
+    try:
+        config = loads_bounded(path.read_bytes(), "config.json")
+    except JsonTooDeep:
+        raise
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UnsupportedModelError(f"config.json: not JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise UnsupportedModelError("config.json: not a JSON object")
+    return config
+
+
+def check_weight_headers(folder: Path) -> None:
+    """Every *.safetensors header read and checked against its file (BadSafetensors / JsonTooDeep), so a
+    truncated or hostile file is named before the weights loader meets it."""
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        safetensors_header.read_file_header(path)
+
+
+def check_loadable(folder: Path, config: dict) -> None:
+    """What loading `folder` (whose config.json holds `config`) needs beyond its kind: no custom code,
+    weight headers that describe their files."""
+    custom_code.check_no_custom_code(config)
+    check_weight_headers(folder)
+
+
+def from_pretrained(auto, folder: Path, **kwargs):
+    """`auto.from_pretrained` of a safetensors folder for an engine that builds its own model (the
+    optimizer's float export): the checks of load_model, then a complete load."""
+    check_loadable(Path(folder), read_config(Path(folder)))
+    return _complete_load(auto, folder, **kwargs)
+
+
+def _complete_load(auto, folder: Path, **kwargs):
+    """`auto.from_pretrained` that never initialises a missing weight at random: IncompleteCheckpoint
+    naming the parameters the checkpoint lacks or gives another shape. Tied weights (a head tied to the
+    embedding) and buffers transformers rebuilds itself are not reported missing by transformers."""
+    model, info = auto.from_pretrained(folder, use_safetensors=True, trust_remote_code=False,
+                                       output_loading_info=True, ignore_mismatched_sizes=True, **kwargs)
+    check_complete(info, Path(folder).name)
+    return model
+
+
+def check_complete(info: dict, what: str) -> None:
+    missing = sorted(info.get("missing_keys") or ())
+    mismatched = sorted(info.get("mismatched_keys") or ())
+    if missing:
+        raise IncompleteCheckpoint(
+            f"{what}: the checkpoint lacks {len(missing)} of the model's tensors "
+            f"({_listed(missing)}); transformers would initialise them at random")
+    if mismatched:
+        shapes = [f"{name} {tuple(stored)} != {tuple(wanted)}" for name, stored, wanted in mismatched]
+        raise IncompleteCheckpoint(
+            f"{what}: {len(mismatched)} checkpoint tensors have another shape than config.json gives "
+            f"({_listed(shapes)}); transformers would initialise them at random")
+
+
+def check_covers(model, stored: set[str], what: str, prefix: str = "") -> None:
+    """IncompleteCheckpoint unless `stored` (a checkpoint's tensor names, each `prefix` + the model's
+    name) holds every tensor of `model`'s state dict, for a loader that builds the model itself (on
+    meta, then tensor by tensor). Names sharing one tensor (a head tied to the embedding) need one
+    of them stored; non-persistent buffers are not in a state dict; what the architecture declares
+    optional (_keys_to_ignore_on_load_missing) may be absent."""
+    sharing: dict[int, list[str]] = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        sharing.setdefault(id(tensor), []).append(name)
+    optional = [re.compile(p) for p in getattr(model, "_keys_to_ignore_on_load_missing", None) or ()]
+    missing = sorted(names[0] for names in sharing.values()
+                     if not any(prefix + n in stored for n in names)
+                     and not any(p.search(n) for p in optional for n in names))
+    check_complete({"missing_keys": missing}, what)
+
+
+def _listed(names: list[str]) -> str:
+    shown_names = ", ".join(names[:MISSING_NAMES_SHOWN])
+    return shown_names + (f" and {len(names) - MISSING_NAMES_SHOWN} more" if len(names) > MISSING_NAMES_SHOWN else "")
 
 
 def model_kind(config: dict) -> str:
@@ -86,6 +144,7 @@ def load_model(folder: Path, *, dtype=None):
     check_safe(folder)
     config = read_config(folder)
     kind = model_kind(config)
+    check_loadable(folder, config)
     if packed.is_packed(folder):
         with CONSTRUCTION_LOCK:
             return packed.load_packed(folder, kind)
@@ -93,11 +152,11 @@ def load_model(folder: Path, *, dtype=None):
         raise UnsupportedModelError(f"{folder.name}: no *.safetensors weights")
     auto = AutoModelForCausalLM if kind == "causal-lm" else AutoModel
     with CONSTRUCTION_LOCK:
-        model = auto.from_pretrained(folder, use_safetensors=True, dtype=dtype or "auto")
+        model = _complete_load(auto, folder, dtype=dtype or "auto")
     return model.eval()
 
 
 def load_tokenizer(folder: Path):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(folder)
+    return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)

@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from services.common.models.bounded_json import loads_bounded
+from services.common.models.model_errors import IncompleteCheckpoint
 from services.common.models.safetensors_writer import write_safetensors
 
 QUANT_FILE = "quantization.json"
@@ -103,8 +105,8 @@ def load_packed(folder: Path, kind: str) -> nn.Module:
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
     folder = Path(folder)
-    layout = json.loads((folder / QUANT_FILE).read_text())
-    config = AutoConfig.from_pretrained(folder)
+    layout = loads_bounded((folder / QUANT_FILE).read_bytes(), QUANT_FILE)
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
     auto = AutoModelForCausalLM if kind == "causal-lm" else AutoModel
     with torch.device("meta"):
         model = auto.from_config(config)
@@ -123,7 +125,8 @@ def load_packed(folder: Path, kind: str) -> nn.Module:
     materialise_meta_buffers(model)
     leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if leftover:
-        raise ValueError(f"{folder.name}: tensors missing from the checkpoint: {', '.join(leftover[:5])}")
+        raise IncompleteCheckpoint(f"{folder.name}: the checkpoint lacks {len(leftover)} of the model's tensors "
+                                   f"({', '.join(leftover[:10])}{' ...' if len(leftover) > 10 else ''})")
     return model.eval()
 
 

@@ -9,6 +9,7 @@ gRPC status codes with a message a user can act on.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import shutil
 import tempfile
@@ -16,6 +17,8 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import grpc
+import nats.errors
+from pydantic import ValidationError
 
 from modelpress.v1 import common_pb2
 from modelpress.structs import to_struct
@@ -25,11 +28,14 @@ from services.common.store.artifact_store import ArtifactCorrupt, ArtifactNotFou
 from services.common.contract.config import ConfigError, WorkBudgetExceeded
 from services.common.store.model_source import PathNotAllowed, describe
 from services.common.store.nats_conn import NATS_AWAY
-from services.common.models.modelio import UnsafeModelError, UnsupportedModelError
+from services.common.models import custom_code
+from services.common.models.bounded_json import JsonTooDeep
+from services.common.models.model_errors import UnsafeModelError, UnsupportedModelError
 from services.common.contract.engine_api import NotPossibleHere, Progress, ProgressReporter, StageCancelled, StageResult
 from services.common.store.lineage import library_versions, ref_digest, stage_key
 from services.common.measure.machine import this_cpu
 from services.common.models.builtin_models import UnknownBuiltin
+from services.common.runtime.cite import shown
 from services.common.runtime.server import ServiceRuntime, to_jsonable
 from services.common.store.stage_checkpoints import StoredCheckpoints, checkpoint_id
 
@@ -41,6 +47,11 @@ StageWork = Callable[[Path, Path, ProgressReporter], StageResult]
 
 _STATUS_OF: list[tuple[type[BaseException] | tuple[type[BaseException], ...], grpc.StatusCode]] = [
     (ConfigError, grpc.StatusCode.INVALID_ARGUMENT),
+    # A model file nested past what any real one does (checked), or past Python's stack (not checked).
+    (JsonTooDeep, grpc.StatusCode.INVALID_ARGUMENT),
+    (RecursionError, grpc.StatusCode.INVALID_ARGUMENT),
+    # An artifact, record or event past the NATS server's max_payload.
+    (nats.errors.MaxPayloadError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (WorkBudgetExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (StoreFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (UnknownBuiltin, grpc.StatusCode.INVALID_ARGUMENT),
@@ -59,18 +70,45 @@ _STATUS_OF: list[tuple[type[BaseException] | tuple[type[BaseException], ...], gr
 ]
 
 
+# The longest file name (one path component) and path Linux takes, in bytes.
+NAME_MAX, PATH_MAX = 255, 4096
+
+
+def name_too_long(exc: BaseException) -> bool:
+    """An OSError for a path with a component past NAME_MAX (a caller's path, or a name inside a model)."""
+    return isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG
+
+
 def status_for(exc: BaseException) -> grpc.StatusCode:
+    if name_too_long(exc):
+        return grpc.StatusCode.INVALID_ARGUMENT
     for kind, code in _STATUS_OF:
         if isinstance(exc, kind):
             return code
     return grpc.StatusCode.INTERNAL
 
 
+def message_for(exc: BaseException) -> str:
+    """The failure in a user's words: what the errors without a message of their own mean."""
+    if name_too_long(exc):
+        path = str(exc.filename or "")
+        component = max(path.split("/"), key=lambda part: len(part.encode()))
+        if len(component.encode()) <= NAME_MAX:
+            return f"path {shown(path)} is {len(path.encode())} bytes, past the {PATH_MAX} a path may take"
+        return (f"path component {shown(component)} is {len(component.encode())} bytes, past the {NAME_MAX} a "
+                "file name may take")
+    if isinstance(exc, RecursionError):
+        return f"nested too deeply to read ({exc})"
+    if isinstance(exc, nats.errors.MaxPayloadError):
+        return "a message past the NATS server's max_payload (a record or event too large to store)"
+    return str(exc)
+
+
 async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException, what: str) -> None:
     code = status_for(exc)
     if code == grpc.StatusCode.INTERNAL:
         log.exception("%s failed", what)
-    await context.abort(code, f"{what}: {exc}")
+    await context.abort(code, f"{what}: {message_for(exc)}")
 
 
 async def run_stage(
@@ -129,21 +167,23 @@ async def run_stage(
             stage_index=stage.stage_index, input=describe(stage.input), input_digest=input_digest,
             service_version=service_version, versions=versions, key=key, worker=runtime.worker_id,
             format=common_pb2.ArtifactFormat.Name(result.format), metrics=to_jsonable(result.metrics))
-        parent = packaging.read_manifest(input_dir)
+        base_model, parent_chain = await _parent_lineage(runtime, stage.input)
         manifest = packaging.Manifest(
             format=common_pb2.ArtifactFormat.Name(result.format),
             architecture=result.architecture,
-            base_model=_base_model(input_dir, stage.input),
+            base_model=base_model,
             parent_artifact=stage.input.artifact_id,
             stage=record,
-            chain=[*(parent.chain if parent else []), record],
+            chain=[*parent_chain, record],
             compression=to_jsonable(result.compression),
             metrics=to_jsonable(result.metrics),
         )
+        notes = [*result.notes, *(f"{name}: removed {', '.join(keys)} (modelpress never runs a model's own code)"
+                                  for name, keys in custom_code.strip_custom_code(output_dir).items())]
         packaging.write_manifest(output_dir, manifest)
         ref = await runtime.store.put_dir(output_dir, fmt=result.format, meta={
             "base_model": manifest.base_model, "chain": [link.model_dump() for link in manifest.chain]})
-        output = common_pb2.StageOutput(artifact=ref, worker=runtime.worker_id, notes=result.notes, key=key)
+        output = common_pb2.StageOutput(artifact=ref, worker=runtime.worker_id, notes=notes, key=key)
         output.metrics.CopyFrom(to_struct(to_jsonable(result.metrics)))
         await runtime.stage_cache.put(key, output)
         if checkpoint:  # the output exists: a retry would reuse it, not resume
@@ -185,11 +225,21 @@ async def _stored_output(runtime: ServiceRuntime, key: str) -> common_pb2.StageO
     return reused
 
 
-def _base_model(input_dir: Path, ref: common_pb2.ModelRef) -> str:
-    parent = packaging.read_manifest(input_dir)
-    if parent and parent.base_model:
-        return parent.base_model
-    return describe(ref)
+async def _parent_lineage(runtime: ServiceRuntime, ref: common_pb2.ModelRef
+                          ) -> tuple[str, list[packaging.StageRecord]]:
+    """The model the input's lineage started from and the stages that made it, from the store's record of
+    an artifact this runner stored (put_dir's meta). A folder's own modelpress.json is never read: an
+    upload or a path can hold any file, so an input the mesh did not make starts a lineage of its own."""
+    if ref.WhichOneof("source") != "artifact_id":
+        return describe(ref), []
+    meta = (await runtime.store.stat(ref.artifact_id)).meta or {}
+    try:
+        chain = [packaging.StageRecord.model_validate(link) for link in meta.get("chain", [])]
+    except (ValidationError, TypeError) as exc:  # a record from an older layout: start afresh, say so
+        log.warning("artifact %s: its stored lineage is unreadable (%s); its output's lineage starts at it",
+                    ref.artifact_id, exc)
+        return describe(ref), []
+    return (meta.get("base_model") or describe(ref)) if chain else describe(ref), chain
 
 
 def _progress_message(progress: Progress) -> common_pb2.StageProgress:

@@ -1,7 +1,9 @@
 """Artifact packaging: an HF-style folder plus a `modelpress.json` manifest, stored as a tar.
 
 The manifest records lineage (parent artifact, the stage that made it), what compression
-was applied and the figures measured, so an artifact explains itself without the job.
+was applied and the figures measured, so an artifact explains itself without the job. It is written by
+the stage runner only and never read back as lineage: the store's meta record of an output holds the
+lineage the mesh trusts, and a modelpress.json inside an uploaded or local folder is just a file.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ function the test picks by method name (the technique servicer's own checks are 
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import threading
 import time
@@ -25,7 +26,8 @@ from services.common.contract.config import ConfigError, WorkBudgetExceeded
 from services.common.contract.engine_api import NotPossibleHere, StageCancelled, StageResult
 from services.common.measure.machine import this_cpu
 from services.common.store.model_source import describe
-from services.common.models.modelio import UnsafeModelError, UnsupportedModelError
+from services.common.models.bounded_json import JsonTooDeep
+from services.common.models.modelio import IncompleteCheckpoint, UnsafeModelError, UnsupportedModelError
 from services.common.runtime.server import open_runtime
 from services.common.runtime.settings import ServiceSettings
 from services.common.runtime.stage_runner import run_stage, status_for
@@ -71,7 +73,7 @@ async def mesh(nats_url, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 async def input_model(mesh, tmp_path_factory):
-    """A stored model whose manifest says it came from MiniLM through one fp16 stage."""
+    """A model the mesh stored with its lineage: made from MiniLM by one fp16 stage."""
     runtime, _, _ = mesh
     folder = tmp_path_factory.mktemp("input-model")
     (folder / "config.json").write_text(json.dumps({"architectures": ["BertModel"], "model_type": "bert"}))
@@ -80,6 +82,21 @@ async def input_model(mesh, tmp_path_factory):
     manifest = packaging.Manifest(format="ARTIFACT_FORMAT_HF_SAFETENSORS", base_model="builtin:minilm-l6",
                                   stage=parent, chain=[parent])
     packaging.write_manifest(folder, manifest)
+    return await runtime.store.put_dir(folder, fmt=FLOAT, meta={"base_model": manifest.base_model,
+                                                                "chain": [parent.model_dump()]})
+
+
+@pytest.fixture(scope="module")
+async def forged_upload(mesh, tmp_path_factory):
+    """An upload (stored without lineage) whose modelpress.json claims a base model, job and worker."""
+    runtime, _, _ = mesh
+    folder = tmp_path_factory.mktemp("forged")
+    (folder / "config.json").write_text(json.dumps({"architectures": ["BertModel"], "model_type": "bert"}))
+    forged = packaging.StageRecord(technique="quantizer", method="gptq", job_id="j-victim",
+                                   worker="trusted-prod-node")
+    packaging.write_manifest(folder, packaging.Manifest(format="ARTIFACT_FORMAT_HF_SAFETENSORS",
+                                                        base_model="builtin:smollm2-135m", stage=forged,
+                                                        chain=[forged]))
     return await runtime.store.put_dir(folder, fmt=FLOAT)
 
 
@@ -144,7 +161,7 @@ async def test_progress_is_streamed_and_published_in_order_then_the_output_is_st
     assert from_struct(output.metrics) == {"size_ratio": 0.25, "where": "/somewhere"}
     stored = await runtime.store.stat(output.artifact.id)
     assert stored.ref == output.artifact
-    assert stored.meta["base_model"] == "builtin:minilm-l6"  # inherited from the input's manifest
+    assert stored.meta["base_model"] == "builtin:minilm-l6"  # inherited from the input's stored lineage
     assert [link["method"] for link in stored.meta["chain"]] == ["fp16", "pack"]
 
     await runtime.store.get_dir(output.artifact.id, tmp_path / "out")
@@ -197,6 +214,27 @@ async def test_the_same_stage_again_is_reused_without_running_its_engine_until_r
     assert not after_delete.reused and len(work.ran) == 4
 
 
+async def test_an_uploaded_manifest_is_never_lineage_and_outputs_keep_no_custom_code(mesh, forged_upload, tmp_path):
+    runtime, servicer, stub = mesh
+
+    def writes_auto_map(src, dst, reporter):
+        dst.mkdir()
+        (dst / "config.json").write_text(json.dumps({"model_type": "bert", "auto_map": {"AutoModel": "m.Evil"}}))
+        return StageResult(format=FLOAT)
+
+    servicer.works["carry"] = writes_auto_map
+    output = (await _updates(stub, _stage("carry", forged_upload)))[-1].output
+    stored = await runtime.store.stat(output.artifact.id)
+    assert stored.meta["base_model"] == f"artifact:{forged_upload.id}"  # a fresh lineage, starting at the upload
+    assert [link["method"] for link in stored.meta["chain"]] == ["carry"]
+    await runtime.store.get_dir(output.artifact.id, tmp_path / "out")
+    manifest = packaging.read_manifest(tmp_path / "out")
+    assert manifest.base_model == f"artifact:{forged_upload.id}" and [s.method for s in manifest.chain] == ["carry"]
+    assert "trusted-prod-node" not in (tmp_path / "out" / "modelpress.json").read_text()
+    assert json.loads((tmp_path / "out" / "config.json").read_text()) == {"model_type": "bert"}
+    assert any("config.json: removed auto_map" in note for note in output.notes)
+
+
 def _raises(exc: BaseException):
     def work(src, dst, reporter):
         reporter.report(1, 2, "about to fail")
@@ -220,6 +258,9 @@ def _raises(exc: BaseException):
     (NotImplementedError("int3 is not built yet"), grpc.StatusCode.UNIMPLEMENTED),
     (StageCancelled("stage cancelled"), grpc.StatusCode.CANCELLED),
     (nats.errors.TimeoutError(), grpc.StatusCode.UNAVAILABLE),  # the store did not answer: retried
+    (JsonTooDeep("config.json: JSON nested 40 levels deep"), grpc.StatusCode.INVALID_ARGUMENT),
+    (IncompleteCheckpoint("m: the checkpoint lacks 1 of the model's tensors (lm_head.weight)"),
+     grpc.StatusCode.FAILED_PRECONDITION),
 ])
 async def test_an_engine_failure_becomes_the_status_that_says_what_to_do(mesh, input_model, exc, code):
     runtime, servicer, stub = mesh
@@ -230,6 +271,23 @@ async def test_an_engine_failure_becomes_the_status_that_says_what_to_do(mesh, i
     # The message names the method and its input, then the engine's own words.
     assert info.value.details() == f"fails on artifact:{input_model.id}: {exc}"
     assert list(runtime.settings.work_dir.glob("fails-*")) == []
+
+
+@pytest.mark.parametrize(("exc", "code", "message"), [
+    (RecursionError("maximum recursion depth exceeded"), grpc.StatusCode.INVALID_ARGUMENT,
+     "nested too deeply to read (maximum recursion depth exceeded)"),
+    (OSError(errno.ENAMETOOLONG, "File name too long", "/models/" + "x" * 300 + "/config.json"),
+     grpc.StatusCode.INVALID_ARGUMENT, f"path component {'x' * 48!r}… (300 characters) is 300 bytes, past the 255"),
+    (nats.errors.MaxPayloadError(), grpc.StatusCode.RESOURCE_EXHAUSTED, "past the NATS server's max_payload"),
+])
+async def test_errors_without_a_domain_type_are_typed_with_words_of_their_own(mesh, input_model, exc, code, message):
+    _, servicer, stub = mesh
+    servicer.works["untyped"] = _raises(exc)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await _updates(stub, _stage("untyped", input_model))
+    assert info.value.code() == code == status_for(exc)
+    assert info.value.details().startswith(f"untyped on artifact:{input_model.id}: ")
+    assert message in info.value.details()
 
 
 async def test_only_an_unforeseen_error_is_internal_and_a_failed_stage_is_never_reused(mesh, input_model,
