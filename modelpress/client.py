@@ -67,14 +67,16 @@ def _typed_stream_errors(method):
 
 
 def parse_model_ref(text: str) -> common_pb2.ModelRef:
-    """`builtin:NAME`, `artifact:ID` (or a bare `a-…` id), `path:DIR` or an absolute folder path."""
+    """`builtin:NAME`, `artifact:ID` (or a bare `a-…` id), `path:DIR` or an absolute folder path.
+    A relative `path:DIR` is made absolute here: the mesh takes absolute paths only (it would
+    otherwise resolve against the gateway's own working folder)."""
     scheme, sep, rest = text.partition(":")
     if sep and scheme == "builtin":
         return common_pb2.ModelRef(builtin=rest)
     if sep and scheme == "artifact":
         return common_pb2.ModelRef(artifact_id=rest)
     if sep and scheme == "path":
-        return common_pb2.ModelRef(path=rest)
+        return common_pb2.ModelRef(path=os.path.abspath(rest) if rest else rest)
     if text.startswith("a-"):
         return common_pb2.ModelRef(artifact_id=text)
     if text.startswith("/"):
@@ -172,9 +174,21 @@ class Client:
         return self._stub.GetJob(gateway_pb2.GetJobRequest(job_id=job_id), timeout=self._timeout).job
 
     def list_jobs(self, state: int = 0, page_size: int = 0, tenant: str = "") -> list[common_pb2.Job]:
-        """This tenant's jobs; an operator's token sees every tenant's, or `tenant`'s."""
-        request = gateway_pb2.ListJobsRequest(state=state, page_size=page_size, tenant=tenant)
-        return list(self._stub.ListJobs(request, timeout=self._timeout).jobs)
+        """This tenant's jobs, newest first; an operator's token sees every tenant's, or `tenant`'s.
+        `page_size` 0: every job (the gateway's pages, followed); otherwise the newest `page_size`."""
+        if page_size:
+            return list(self._jobs_page(state, page_size, tenant, "").jobs)
+        return _every_page(lambda token: self._jobs_page(state, 0, tenant, token), "jobs")
+
+    def jobs_page(self, *, state: int = 0, page_size: int = 0, tenant: str = "",
+                  page_token: str = "") -> gateway_pb2.ListJobsResponse:
+        """One page of list_jobs: `.jobs`, and `.next_page_token` to pass as `page_token` for the
+        next ("" after the last)."""
+        return self._jobs_page(state, page_size, tenant, page_token)
+
+    def _jobs_page(self, state: int, page_size: int, tenant: str, page_token: str) -> gateway_pb2.ListJobsResponse:
+        request = gateway_pb2.ListJobsRequest(state=state, page_size=page_size, tenant=tenant, page_token=page_token)
+        return self._stub.ListJobs(request, timeout=self._timeout)
 
     def cancel_job(self, job_id: str) -> common_pb2.Job:
         return self._stub.CancelJob(gateway_pb2.CancelJobRequest(job_id=job_id), timeout=120).job
@@ -250,8 +264,13 @@ class Client:
         return list(self._stub.RunBenchmark(request, timeout=3600).benchmarks)
 
     def list_benchmarks(self, model: str = "", device: str = "") -> list[common_pb2.HardwareBenchmark]:
-        request = gateway_pb2.ListBenchmarksRequest(model=model, device=device)
-        return list(self._stub.ListBenchmarks(request, timeout=self._timeout).benchmarks)
+        """Every stored benchmark row whose model and device contain the given text, newest first."""
+
+        def page(token: str) -> gateway_pb2.ListBenchmarksResponse:
+            request = gateway_pb2.ListBenchmarksRequest(model=model, device=device, page_token=token)
+            return self._stub.ListBenchmarks(request, timeout=self._timeout)
+
+        return _every_page(page, "benchmarks")
 
     def report(self, *, job_id: str = "", comparison_id: str = "", fmt: str = "html") -> bytes:
         request = gateway_pb2.GetReportRequest(job_id=job_id, comparison_id=comparison_id, format=fmt)
@@ -292,8 +311,13 @@ class Client:
                                       timeout=self._timeout)
 
     def list_artifacts(self, *, tag: str = "", model: str = "", recipe: str = "") -> list[common_pb2.ArtifactSummary]:
-        request = gateway_pb2.ListArtifactsRequest(tag=tag, model=model, recipe=recipe)
-        return list(self._stub.ListArtifacts(request, timeout=self._timeout).artifacts)
+        """Every artifact this tenant holds that passes the filters (the gateway's pages, followed)."""
+
+        def page(token: str) -> gateway_pb2.ListArtifactsResponse:
+            request = gateway_pb2.ListArtifactsRequest(tag=tag, model=model, recipe=recipe, page_token=token)
+            return self._stub.ListArtifacts(request, timeout=self._timeout)
+
+        return _every_page(page, "artifacts")
 
     def delete_artifact(self, artifact_id: str) -> bool:
         """Drops this tenant's hold; True when the bytes went (nobody else holds it, no job lists it)."""
@@ -342,6 +366,17 @@ class Client:
                         yield gateway_pb2.UploadModelRequest(chunk=chunk)
 
             return self._stub.UploadModel(messages(), timeout=3600).artifact
+
+
+def _every_page(fetch, field: str) -> list:
+    """Every item of a paginated listing: `fetch(page_token)` answers one page."""
+    items, token = [], ""
+    while True:
+        response = fetch(token)
+        items += getattr(response, field)
+        token = response.next_page_token
+        if not token:
+            return items
 
 
 def _made_at(folder: Path) -> float:
