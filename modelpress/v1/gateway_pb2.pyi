@@ -33,20 +33,24 @@ class CreateJobResponse(_message.Message):
     def __init__(self, job: _Optional[_Union[_common_pb2.Job, _Mapping]] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
-    __slots__ = ("state", "page_size", "tenant")
+    __slots__ = ("state", "page_size", "tenant", "page_token")
     STATE_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     state: _common_pb2.JobState
     page_size: int
     tenant: str
-    def __init__(self, state: _Optional[_Union[_common_pb2.JobState, str]] = ..., page_size: _Optional[int] = ..., tenant: _Optional[str] = ...) -> None: ...
+    page_token: str
+    def __init__(self, state: _Optional[_Union[_common_pb2.JobState, str]] = ..., page_size: _Optional[int] = ..., tenant: _Optional[str] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListJobsResponse(_message.Message):
-    __slots__ = ("jobs",)
+    __slots__ = ("jobs", "next_page_token")
     JOBS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     jobs: _containers.RepeatedCompositeFieldContainer[_common_pb2.Job]
-    def __init__(self, jobs: _Optional[_Iterable[_Union[_common_pb2.Job, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, jobs: _Optional[_Iterable[_Union[_common_pb2.Job, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("job_id",)
@@ -322,18 +326,24 @@ class ListThresholdSetsResponse(_message.Message):
     def __init__(self, threshold_sets: _Optional[_Iterable[_Union[_common_pb2.ThresholdSet, _Mapping]]] = ...) -> None: ...
 
 class ListBenchmarksRequest(_message.Message):
-    __slots__ = ("model", "device")
+    __slots__ = ("model", "device", "page_size", "page_token")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     model: str
     device: str
-    def __init__(self, model: _Optional[str] = ..., device: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, model: _Optional[str] = ..., device: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListBenchmarksResponse(_message.Message):
-    __slots__ = ("benchmarks",)
+    __slots__ = ("benchmarks", "next_page_token")
     BENCHMARKS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     benchmarks: _containers.RepeatedCompositeFieldContainer[_common_pb2.HardwareBenchmark]
-    def __init__(self, benchmarks: _Optional[_Iterable[_Union[_common_pb2.HardwareBenchmark, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, benchmarks: _Optional[_Iterable[_Union[_common_pb2.HardwareBenchmark, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class RunBenchmarkRequest(_message.Message):
     __slots__ = ("model", "batch_sizes", "sequence_lengths", "iterations", "threads")
@@ -506,20 +516,26 @@ class TagArtifactResponse(_message.Message):
     def __init__(self, artifact: _Optional[_Union[_common_pb2.ArtifactSummary, _Mapping]] = ..., tag: _Optional[str] = ...) -> None: ...
 
 class ListArtifactsRequest(_message.Message):
-    __slots__ = ("tag", "model", "recipe")
+    __slots__ = ("tag", "model", "recipe", "page_size", "page_token")
     TAG_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     RECIPE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     tag: str
     model: str
     recipe: str
-    def __init__(self, tag: _Optional[str] = ..., model: _Optional[str] = ..., recipe: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, tag: _Optional[str] = ..., model: _Optional[str] = ..., recipe: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListArtifactsResponse(_message.Message):
-    __slots__ = ("artifacts",)
+    __slots__ = ("artifacts", "next_page_token")
     ARTIFACTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     artifacts: _containers.RepeatedCompositeFieldContainer[_common_pb2.ArtifactSummary]
-    def __init__(self, artifacts: _Optional[_Iterable[_Union[_common_pb2.ArtifactSummary, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, artifacts: _Optional[_Iterable[_Union[_common_pb2.ArtifactSummary, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class DeleteArtifactRequest(_message.Message):
     __slots__ = ("artifact_id",)

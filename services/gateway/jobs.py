@@ -32,6 +32,7 @@ from services.common.contract.gates import failed_checks, gate_figures, gate_not
 from services.common.contract.techniques import TECHNIQUE_SERVICES
 from services.common.store.stage_checkpoints import delete_job_checkpoints
 from services.gateway.access import Grants
+from services.gateway.artifacts import recipe_record
 from services.gateway.catalog import Mesh, ServiceUnavailable
 from services.gateway.leases import JobLeases
 from services.gateway.outcomes import OutcomeStore
@@ -92,10 +93,11 @@ class JobRunner:
 
     async def submit(self, *, name: str, model: common_pb2.ModelRef, recipe: str,
                      stages: list[common_pb2.StageSpec], evaluation: common_pb2.EvaluationSpec,
-                     recompute: bool = False, tenant: str = "") -> common_pb2.Job:
-        """Records a new job of `tenant` (stages already validated) and starts it."""
+                     recompute: bool = False, tenant: str = "", job_id: str = "") -> common_pb2.Job:
+        """Records a new job of `tenant` (stages already validated) and starts it; `job_id`: the id
+        its admission gave it (services/gateway/admission.py), a new one otherwise."""
         job = common_pb2.Job(
-            job_id=new_job_id(), name=name, model=model, recipe=recipe, state=common_pb2.JOB_STATE_PENDING,
+            job_id=job_id or new_job_id(), name=name, model=model, recipe=recipe, state=common_pb2.JOB_STATE_PENDING,
             evaluation=evaluation, recompute=recompute, tenant=tenant,
             stages=[common_pb2.StageStatus(index=i, spec=spec, state=common_pb2.JOB_STATE_PENDING)
                     for i, spec in enumerate(stages)])
@@ -264,8 +266,10 @@ class JobRunner:
                                                        compressed_size_bytes=job.output.size_bytes))
             job.state = common_pb2.JOB_STATE_SUCCEEDED
             recipes = (await self.store.stat(job.output.id)).meta.get("recipes", [])
-            if job.recipe not in recipes:  # what ListArtifacts(recipe=) finds it by
-                await self.store.update_meta(job.output.id, recipes=[*recipes, job.recipe])
+            # What ListArtifacts(recipe=) finds it by; a user recipe's name as its tenant's own.
+            recorded = recipe_record(job.tenant, job.recipe)
+            if recorded not in recipes:
+                await self.store.update_meta(job.output.id, recipes=[*recipes, recorded])
             await self._report(job)
             await self._finish(job, common_pb2.JOB_STATE_SUCCEEDED, "succeeded")
             await self.outcomes.record(job)

@@ -1,6 +1,6 @@
 """Measured outcomes of finished jobs (JetStream KV), so recommendations and strategy templates
-rest on measurements: one entry per (model, recipe, overrides, device, evaluation shape), the
-latest job wins."""
+rest on measurements: one entry per (model, recipe, overrides, device, evaluation shape, tenant),
+the latest job wins."""
 
 from __future__ import annotations
 
@@ -22,7 +22,10 @@ def outcome_key(job: common_pb2.Job) -> str:
     # protobuf's canonical JSON, not the codec: the key must stay what outcomes were stored under.
     configs = [json_format.MessageToDict(s.spec.config) for s in job.stages]
     shape = (job.evaluation.batch_size, job.evaluation.sequence_length, job.evaluation.threads)
-    text = json.dumps([describe(job.model), job.recipe, configs, job.result.compressed.device, shape], sort_keys=True)
+    parts = [describe(job.model), job.recipe, configs, job.result.compressed.device, shape]
+    # One entry per tenant too (each sees only its own outcomes: another's latest job must not
+    # replace them); the open mesh's tenant "" keeps the keys outcomes were stored under before.
+    text = json.dumps([*parts, job.tenant] if job.tenant else parts, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 

@@ -5,7 +5,8 @@ under the client's constraints."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from modelpress.v1 import common_pb2, gateway_pb2
 from services.common.measure.isa import class_flags
@@ -15,6 +16,8 @@ from services.gateway.jobs import JobRunner
 from services.common.contract.recipes import RECIPES, get_recipe
 from services.gateway.strategies import measured_on, strategy
 from services.common.contract.chain import InvalidArgument
+from services.common.runtime.auth import OPEN, Principal
+from services.gateway.jobs import new_job_id
 from services.gateway.validation import resolve_evaluation
 
 # Cheap enough to measure while a client waits (minutes on 2 CPU cores for a 135M model).
@@ -79,6 +82,13 @@ def target_hardware(request: gateway_pb2.RecommendStrategyRequest, evaluator: co
 
 
 StagesOf = Callable[[str], Awaitable[list[common_pb2.StageSpec]]]
+# Admits one measuring job and yields its id (services/gateway/admission.py's Admission.job).
+Admit = Callable[[], contextlib.AbstractAsyncContextManager[str]]
+
+
+@contextlib.asynccontextmanager
+async def _unbounded() -> AsyncIterator[str]:
+    yield new_job_id()
 
 
 def _hardware_note(target: str, evaluator: str, stored: list[common_pb2.Job], same: list[common_pb2.Job],
@@ -100,15 +110,18 @@ def _hardware_note(target: str, evaluator: str, stored: list[common_pb2.Job], sa
 
 
 async def recommend(request: gateway_pb2.RecommendStrategyRequest, runner: JobRunner, stages_of: StagesOf,
-                    evaluator: common_pb2.WorkerHardware, tenant: str = "") -> gateway_pb2.RecommendStrategyResponse:
+                    evaluator: common_pb2.WorkerHardware, viewer: Principal = OPEN,
+                    admit: Admit = _unbounded) -> gateway_pb2.RecommendStrategyResponse:
     """`stages_of(recipe)` gives the recipe's validated stages, as CreateJob would run them;
-    `evaluator` is the hardware of the evaluator replica that measures jobs run now; jobs run now
-    belong to `tenant`."""
+    `evaluator` is the hardware of the evaluator replica that measures jobs run now. Stored
+    outcomes are `viewer`'s tenant's own (every tenant's for an operator); jobs run now belong to
+    its tenant, each admitted by `admit` first (a refusal, QuotaExceeded, ends the request)."""
     constraints = constraints_of(request)
     names = candidate_recipes(request)
     target, features = target_hardware(request, evaluator)
     spec = resolve_evaluation(request.evaluation if request.HasField("evaluation") else QUICK_EVALUATION)
-    stored = [j for j in await runner.outcomes.for_model(request.model, request.hardware) if _same_shape(j, spec)]
+    stored = [j for j in await runner.outcomes.for_model(request.model, request.hardware)
+              if _same_shape(j, spec) and (viewer.operator or j.tenant == viewer.tenant)]
     same = [j for j in stored if measured_on(j) == target]
     latest: dict[str, common_pb2.Job] = {}
     for job in sorted(same, key=lambda j: j.finished_at.ToNanoseconds()):
@@ -130,8 +143,10 @@ async def recommend(request: gateway_pb2.RecommendStrategyRequest, runner: JobRu
                        for name in missing})
         missing = []
     for name in missing:
-        submitted = await runner.submit(name=f"recommend: {name}", model=request.model, recipe=name,
-                                        stages=await stages_of(name), evaluation=spec, tenant=tenant)
+        stages = await stages_of(name)
+        async with admit() as job_id:
+            submitted = await runner.submit(name=f"recommend: {name}", model=request.model, recipe=name,
+                                            stages=stages, evaluation=spec, tenant=viewer.tenant, job_id=job_id)
         try:
             job = await runner.wait(submitted.job_id)
         except asyncio.CancelledError:

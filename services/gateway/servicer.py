@@ -14,6 +14,7 @@ from pathlib import Path
 
 import grpc
 from google.protobuf import struct_pb2
+from nats.errors import MaxPayloadError
 
 from modelpress.v1 import common_pb2, evaluator_pb2, gateway_pb2, gateway_pb2_grpc, optimizer_pb2
 from services.common.store.artifact_store import ArtifactCorrupt, ArtifactNotFound, StoreFull
@@ -29,6 +30,7 @@ from services.common.runtime.server import ServiceRuntime, targets_credentials
 from services.common.contract.techniques import TECHNIQUE_SERVICES
 from services.common.runtime import auth
 from services.gateway import artifacts
+from services.gateway.admission import Admission, AdmissionBusy, QuotaExceeded
 from services.gateway.access import Grants, PermissionDenied, check_artifact, check_job
 from services.gateway.catalog import Mesh, ServiceUnavailable
 from services.gateway.jobs import JobRunner
@@ -37,11 +39,13 @@ from services.gateway.recommender import NoCandidateMeasured, NothingStored, rec
 from services.gateway.strategies import all_strategies
 from services.gateway.user_recipes import RecipeNotFound, RecipeStore
 from services.gateway.retention import Retention, RetentionPolicy
-from services.gateway.model_head import ModelHead, check_positions, read_model_head
-from services.gateway.upload_check import BadUpload, check_upload
+from services.gateway.model_head import (ModelFilesTimeout, ModelHead, check_path_model, check_positions,
+                                         read_model_head)
+from services.gateway.upload_check import BadUpload, UnpackedTooLarge, check_upload
 from services.common.runtime.cite import shown
+from services.gateway.pages import page
 from services.gateway.validation import (GRID_BOUNDS, check_engines_available, check_measurement_work,
-                                         check_model_ref, checked_id, checked_job_state,
+                                         check_model_ref, check_request_text, checked_id, checked_job_state,
                                          resolve_evaluation)
 
 log = logging.getLogger(__name__)
@@ -66,10 +70,6 @@ class FailedPrecondition(RuntimeError):
     """The request is valid but the state of what it names forbids it now."""
 
 
-class QuotaExceeded(RuntimeError):
-    """A tenant's limit is reached (RESOURCE_EXHAUSTED)."""
-
-
 _ERRORS = [
     (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
     (JobNotFound, grpc.StatusCode.NOT_FOUND),
@@ -84,6 +84,11 @@ _ERRORS = [
     (WorkBudgetExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (QuotaExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (StoreFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (AdmissionBusy, grpc.StatusCode.UNAVAILABLE),
+    # A record past the message bus's payload (1 MB): the request's bounds should have caught it.
+    (MaxPayloadError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    # JSON a request names (a model's config.json) nested past Python's stack: malformed, not a bug here.
+    (RecursionError, grpc.StatusCode.INVALID_ARGUMENT),
 ]
 
 
@@ -91,17 +96,28 @@ def _code_for(exc: BaseException) -> grpc.StatusCode:
     return next(code for kind, code in _ERRORS if isinstance(exc, kind))
 
 
+def _message_for(exc: BaseException) -> str:
+    if isinstance(exc, MaxPayloadError):
+        return ("request: what it asks the mesh to store is over the message bus's maximum payload "
+                f"({exc}); shorten its free text or its configs")
+    if isinstance(exc, RecursionError):
+        return f"request: a file it names is nested too deeply to read ({exc})"
+    return str(exc.args[0] if exc.args else exc)
+
+
 def _maps_errors(handler):
-    """Turns the domain errors above into their status codes with the error's own message."""
+    """Checks the request's free text against the one table of limits (validation.TEXT_LIMITS),
+    then turns the domain errors above into their status codes with the error's own message."""
 
     @functools.wraps(handler)
     async def wrapper(self, request, context):
         try:
+            check_request_text(request)
             return await handler(self, request, context)
         except grpc.aio.AioRpcError as exc:  # a downstream service's status passes through
             await context.abort(exc.code(), exc.details())
         except tuple(kind for kind, _ in _ERRORS) as exc:
-            await context.abort(_code_for(exc), str(exc.args[0] if exc.args else exc))
+            await context.abort(_code_for(exc), _message_for(exc))
 
     return wrapper
 
@@ -109,8 +125,10 @@ def _maps_errors(handler):
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     def __init__(self, runtime: ServiceRuntime, runner: JobRunner, mesh: Mesh,
                  comparisons: RecordBucket[common_pb2.Comparison], recipes: RecipeStore, grants: Grants,
-                 retention: Retention) -> None:
+                 retention: Retention, admission: Admission) -> None:
         self._runtime = runtime
+        # The one door of every new job and every measurement: per-tenant bounds held across replicas.
+        self._admission = admission
         self._retention = retention
         self._grants = grants
         self._runner = runner
@@ -174,19 +192,20 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 raise ArtifactNotFound(f"{field}.artifact_id: artifact {artifact_id!r} not found") from None
             await check_artifact(self._grants, auth.current(), artifact_id, f"{field}.artifact_id")
             return stored.ref.format
+        if source == "path":  # the caller's roots, every entry one a worker copies; off the event loop
+            try:
+                await check_path_model(model.path, auth.current(), field)
+            except ModelFilesTimeout as exc:
+                raise FailedPrecondition(str(exc)) from None
         return common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS if source == "builtin" else None
 
-    async def _check_job_quota(self) -> None:
-        """RESOURCE_EXHAUSTED when the caller's tenant already has its most unfinished jobs, or the
-        store is full."""
-        await self._retention.check_room()
-        tenant = auth.current().tenant
-        limit = self._runtime.settings.max_jobs_per_tenant
-        unfinished = sum(1 for job in await self._runner.jobs.list()
-                         if job.tenant == tenant and job.state not in TERMINAL_STATES)
-        if unfinished >= limit:
-            raise QuotaExceeded(f"jobs: {auth.current().label} has {unfinished} unfinished jobs, the most it may "
-                                f"have at once (max_jobs_per_tenant {limit}); wait for one or cancel one")
+    async def _submit(self, **job) -> common_pb2.Job:
+        """Admits and records a new job of the caller's tenant: RESOURCE_EXHAUSTED when the tenant
+        has its most unfinished jobs or the store is full (checked and taken atomically, across
+        gateway replicas: services/gateway/admission.py)."""
+        principal = auth.current()
+        async with self._admission.job(principal) as job_id:
+            return await self._runner.submit(job_id=job_id, tenant=principal.tenant, **job)
 
     async def _check_positions(self, model: common_pb2.ModelRef, spec: common_pb2.EvaluationSpec, field: str,
                                head: ModelHead | None = None) -> None:
@@ -224,6 +243,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def CreateJob(self, request, context):
         model_format = await self._check_model(request.model)
         evaluation = resolve_evaluation(request.evaluation)
+        if evaluation.HasField("reference"):  # read by the job like its input: the same grants and roots
+            await self._check_model(evaluation.reference, "evaluation.reference")
         head = await read_model_head(request.model, self._runtime.store)
         await self._check_positions(request.model, evaluation, "evaluation", head)
         recipe, stages, methods = await self._resolve(
@@ -234,17 +255,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         needed = {s.technique for s in stages} | ({common_pb2.TECHNIQUE_EVALUATOR} if not evaluation.skip else set())
         await self._mesh.require_live(needed)
         await check_engines_available(stages, self._list_engines, ENGINE_WORKER_CALLS)
-        await self._check_job_quota()
-        job = await self._runner.submit(
+        job = await self._submit(
             name=request.name or f"{recipe.name} of {request.model.WhichOneof('source')}", model=request.model,
-            recipe=recipe.name, stages=stages, evaluation=evaluation, recompute=request.recompute,
-            tenant=auth.current().tenant)
+            recipe=recipe.name, stages=stages, evaluation=evaluation, recompute=request.recompute)
         return gateway_pb2.CreateJobResponse(job=job)
 
     @_maps_errors
     async def ListJobs(self, request, context):
-        if request.page_size < 0:
-            raise InvalidArgument("page_size: must be >= 0")
         state = checked_job_state(request.state)
         principal = auth.current()
         if request.tenant and not principal.operator:
@@ -253,9 +270,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         tenant = request.tenant if principal.operator else principal.tenant
         jobs = [j for j in await self._runner.jobs.list()
                 if (not state or j.state == state) and (everyone or j.tenant == tenant)]
-        if request.page_size:
-            jobs = jobs[: request.page_size]
-        return gateway_pb2.ListJobsResponse(jobs=jobs)
+        # Newest first, as JobStore.list orders them; the id breaks ties of one nanosecond.
+        jobs.sort(key=_job_order)
+        shown_jobs, next_token = page("ListJobs", jobs, _job_order, _bytes, request.page_size,
+                                      request.page_token)
+        return gateway_pb2.ListJobsResponse(jobs=shown_jobs, next_page_token=next_token)
 
     @_maps_errors
     async def GetJob(self, request, context):
@@ -271,7 +290,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
 
     @_maps_errors
     async def DeleteJob(self, request, context):
-        deleted = await self._retention.delete_job(await self._job(request.job_id))
+        job = await self._job(request.job_id)
+        deleted = await self._retention.delete_job(job)
+        await self._admission.release_job(job.tenant, job.job_id)  # its place at once, not at the next pruning
         return gateway_pb2.DeleteJobResponse(deleted_artifacts=deleted)
 
     async def WatchJob(self, request, context):
@@ -297,25 +318,36 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     @_maps_errors
     async def GetLineage(self, request, context):
         stored = await self._stat(request.artifact_id)
-        return gateway_pb2.GetLineageResponse(artifact=artifacts.summary(stored, auth.current()),
-                                              stages=artifacts.lineage(stored))
+        viewer, held = auth.current(), await self._held()
+        stages = await artifacts.private_lineage(artifacts.lineage(stored), viewer, held, self._tenant_of_job)
+        return gateway_pb2.GetLineageResponse(artifact=artifacts.summary(stored, viewer, held), stages=stages)
+
+    async def _tenant_of_job(self, job_id: str) -> str | None:
+        """The job's tenant; None once the job is gone."""
+        try:
+            return (await self._runner.jobs.get(job_id)).tenant
+        except JobNotFound:
+            return None
 
     @_maps_errors
     async def TagArtifact(self, request, context):
         await self._stat(request.artifact_id)
         viewer = auth.current()
         stored, tag = await artifacts.tag_artifact(self._runtime.store, request.artifact_id, request.tag, viewer.tenant)
-        return gateway_pb2.TagArtifactResponse(artifact=artifacts.summary(stored, viewer), tag=tag)
+        return gateway_pb2.TagArtifactResponse(artifact=artifacts.summary(stored, viewer, await self._held()), tag=tag)
 
     @_maps_errors
     async def ListArtifacts(self, request, context):
         if request.tag:
             artifacts.parse_tag(request.tag)
         viewer, held = auth.current(), await self._held()
-        return gateway_pb2.ListArtifactsResponse(artifacts=[
-            artifacts.summary(stored, viewer) for stored in await self._runtime.store.list_stored()
-            if artifacts.matches(stored, viewer, request.tag, request.model, request.recipe)
-            and (held is None or stored.ref.id in held)])
+        summaries = [artifacts.summary(stored, viewer, held) for stored in await self._runtime.store.list_stored()
+                     if held is None or stored.ref.id in held]
+        found = sorted((visible for visible in summaries
+                        if artifacts.matches(visible, request.tag, request.model, request.recipe)), key=_artifact_order)
+        shown_artifacts, next_token = page("ListArtifacts", found, _artifact_order, _bytes, request.page_size,
+                                           request.page_token)
+        return gateway_pb2.ListArtifactsResponse(artifacts=shown_artifacts, next_page_token=next_token)
 
     async def _stat(self, artifact_id: str):
         artifact_id = checked_id(artifact_id, "artifact_id", "artifact")
@@ -411,7 +443,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 isa = (await self._mesh.describe(common_pb2.TECHNIQUE_EVALUATOR)).hardware.isa_class
             except ServiceUnavailable:
                 isa = ""  # templates are still worth listing: figures from every class, unpreferred
-        outcomes = await self._runner.outcomes.list()
+        # A tenant's expected figures rest on its own jobs only: another tenant's job ids and figures
+        # are its own business. An operator's on every tenant's.
+        viewer = auth.current()
+        outcomes = [job for job in await self._runner.outcomes.list() if viewer.operator or job.tenant == viewer.tenant]
         return gateway_pb2.ListStrategiesResponse(strategies=all_strategies(outcomes, isa))
 
     @_maps_errors
@@ -422,9 +457,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             return validate_recipe(recipe, struct_pb2.Struct(), await self._methods()).stages
 
         evaluator = await self._mesh.describe(common_pb2.TECHNIQUE_EVALUATOR)
+        viewer = auth.current()
         try:
-            return await recommend(request, self._runner, stages_of, evaluator.hardware,
-                                   tenant=auth.current().tenant)
+            # Its measuring jobs pass the same admission as CreateJob's (quota and store bound).
+            return await recommend(request, self._runner, stages_of, evaluator.hardware, viewer=viewer,
+                                   admit=lambda: self._admission.job(viewer))
         except UnknownRecipe as exc:
             raise InvalidArgument(f"candidate_recipes: {exc.args[0].removeprefix('recipe: ')}") from None
         except (NothingStored, NoCandidateMeasured) as exc:
@@ -444,8 +481,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             await self._check_model(request.spec.reference, "spec.reference")
         spec = resolve_evaluation(request.spec)
         await self._check_positions(request.model, spec, "spec")
-        response = await (await self._live_evaluator()).Evaluate(
-            evaluator_pb2.EvaluatorServiceEvaluateRequest(model=request.model, spec=spec), wait_for_ready=False)
+        evaluator = await self._live_evaluator()
+        async with self._admission.measurement(auth.current(), "Evaluate"):
+            response = await evaluator.Evaluate(
+                evaluator_pb2.EvaluatorServiceEvaluateRequest(model=request.model, spec=spec), wait_for_ready=False)
         return gateway_pb2.EvaluateResponse(metrics=response.metrics)
 
     @_maps_errors
@@ -459,11 +498,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         for i, model in enumerate(request.models):
             await self._check_model(model, f"models[{i}]")
             await self._check_positions(model, spec, "spec")
-        response = await (await self._live_evaluator()).Compare(
-            evaluator_pb2.EvaluatorServiceCompareRequest(models=request.models, baseline_index=request.baseline_index,
-                                                         spec=spec,
-                                                         threshold_set=request.threshold_set),
-            wait_for_ready=False)
+        evaluator = await self._live_evaluator()
+        async with self._admission.measurement(auth.current(), "Compare"):
+            response = await evaluator.Compare(
+                evaluator_pb2.EvaluatorServiceCompareRequest(models=request.models,
+                                                             baseline_index=request.baseline_index, spec=spec,
+                                                             threshold_set=request.threshold_set),
+                wait_for_ready=False)
         comparison = response.comparison
         tenant = auth.current().tenant
         await self._grants.grant(tenant, comparison.report.id)
@@ -494,10 +535,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             sequence_lengths=request.sequence_lengths), "")
         check_measurement_work(list(request.batch_sizes) or [1], list(request.sequence_lengths) or [128],
                                request.iterations or 10, "")
-        response = await (await self._live_evaluator()).Benchmark(
-            evaluator_pb2.EvaluatorServiceBenchmarkRequest(
-                model=request.model, batch_sizes=request.batch_sizes, sequence_lengths=request.sequence_lengths,
-                iterations=request.iterations, threads=request.threads), wait_for_ready=False)
+        evaluator = await self._live_evaluator()
+        async with self._admission.measurement(auth.current(), "RunBenchmark"):
+            response = await evaluator.Benchmark(
+                evaluator_pb2.EvaluatorServiceBenchmarkRequest(
+                    model=request.model, batch_sizes=request.batch_sizes, sequence_lengths=request.sequence_lengths,
+                    iterations=request.iterations, threads=request.threads), wait_for_ready=False)
         return gateway_pb2.RunBenchmarkResponse(benchmarks=response.benchmarks)
 
     @_maps_errors
@@ -505,7 +548,15 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         response = await (await self._live_evaluator()).ListBenchmarks(
             evaluator_pb2.EvaluatorServiceListBenchmarksRequest(model=request.model, device=request.device),
             wait_for_ready=False)
-        return gateway_pb2.ListBenchmarksResponse(benchmarks=response.benchmarks)
+        # Rows of an artifact the caller does not hold (another tenant's upload or output) are not
+        # shown: its id and figures are that tenant's. Built-ins and allowed paths are everyone's.
+        held = await self._held()
+        rows = sorted((row for row in response.benchmarks
+                       if held is None or not row.model.startswith("artifact:")
+                       or row.model.removeprefix("artifact:") in held), key=_benchmark_order)
+        shown_rows, next_token = page("ListBenchmarks", rows, _benchmark_order, _bytes, request.page_size,
+                                      request.page_token)
+        return gateway_pb2.ListBenchmarksResponse(benchmarks=shown_rows, next_page_token=next_token)
 
     # ---- results -----------------------------------------------------------------
 
@@ -619,12 +670,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         head = await read_model_head(request.model, self._runtime.store)
         check_chain(stages, methods, model_format, head.kind)
         evaluation = resolve_evaluation(request.evaluation)
+        if evaluation.HasField("reference"):  # read by the job like its input: the same grants and roots
+            await self._check_model(evaluation.reference, "evaluation.reference")
         await self._check_positions(request.model, evaluation, "evaluation", head)
-        await self._check_job_quota()
-        job = await self._runner.submit(
+        job = await self._submit(
             name=request.name or f"{engine.name} {precision} of {request.model.WhichOneof('source')}",
-            model=request.model, recipe=recipe.name, stages=stages, evaluation=evaluation,
-            tenant=auth.current().tenant)
+            model=request.model, recipe=recipe.name, stages=stages, evaluation=evaluation)
         return gateway_pb2.OptimizeModelResponse(job=job)
 
     # ---- uploads -----------------------------------------------------------------
@@ -668,7 +719,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 await context.abort(grpc.StatusCode.DATA_LOSS, f"sha256 mismatch: the header said "
                                     f"{shown(header.sha256)}, received {digest.hexdigest()}")
             try:
-                await asyncio.to_thread(check_upload, spool, header.format)
+                await asyncio.to_thread(check_upload, spool, header.format, limit)
+            except UnpackedTooLarge as exc:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                    f"upload ({common_pb2.ArtifactFormat.Name(header.format)}): {exc}")
             except BadUpload as exc:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                     f"upload ({common_pb2.ArtifactFormat.Name(header.format)}): {exc}")
@@ -682,6 +736,23 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
 
 def _job_id(job_id: str) -> str:
     return checked_id(job_id, "job_id", "job")
+
+
+def _job_order(job: common_pb2.Job) -> tuple[int, str]:
+    return -job.created_at.ToNanoseconds(), job.job_id
+
+
+def _benchmark_order(row: common_pb2.HardwareBenchmark) -> tuple[int, int, int, str]:
+    """Newest first, as the evaluator lists them; the id makes each row's place unique."""
+    return -row.recorded_at.ToNanoseconds(), -row.batch_size, -row.sequence_length, row.benchmark_id
+
+
+def _artifact_order(summary: common_pb2.ArtifactSummary) -> tuple[str]:
+    return (summary.artifact.id,)
+
+
+def _bytes(message) -> int:
+    return message.ByteSize()
 
 
 async def register(server: grpc.aio.Server, runtime: ServiceRuntime) -> list[str]:
@@ -704,8 +775,11 @@ async def register(server: grpc.aio.Server, runtime: ServiceRuntime) -> list[str
     await runtime.store.ensure(max_bytes=settings.store_max_bytes)  # the gateway owns the store's bound
     retention = Retention(runner, grants, runtime.store, runtime.events, RetentionPolicy(
         job_ttl_s=settings.job_ttl_s, artifact_ttl_s=settings.artifact_ttl_s, store_max_bytes=settings.store_max_bytes))
+    admission = await Admission(
+        runtime.js, jobs, retention.check_room, max_jobs=settings.max_jobs_per_tenant,
+        max_measurements=settings.max_measurements_per_tenant).ensure()
     gateway_pb2_grpc.add_GatewayServiceServicer_to_server(
-        GatewayServicer(runtime, runner, mesh, comparisons, recipes, grants, retention), server)
+        GatewayServicer(runtime, runner, mesh, comparisons, recipes, grants, retention, admission), server)
     orphans = asyncio.create_task(runner.take_over_orphans(), name="take-over-orphans")
     sweeper = asyncio.create_task(retention.run(settings.retention_sweep_s), name="retention")
 

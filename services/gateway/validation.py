@@ -6,12 +6,15 @@ import re
 from collections.abc import Awaitable, Callable
 
 import grpc
+from google.protobuf import struct_pb2
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 
 from modelpress.v1 import common_pb2
 from services.common.models import builtin_models
 from services.common.runtime.cite import shown
 from services.common.contract.config import WorkBudgetExceeded
-from services.common.store.model_source import check_allowed_path
+from services.common.store.path_models import PathNotAllowed, locate
 from services.common.contract.chain import InvalidArgument, check_engines
 
 # Bounds of EvaluationSpec fields; zero means "use the default".
@@ -42,6 +45,62 @@ def check_measurement_work(batch_sizes: list[int], sequence_lengths: list[int], 
     if timed > MAX_TIMED_TOKENS:
         raise WorkBudgetExceeded(f"{prefix}grid x iterations: {timed} tokens timed is past the work budget of "
                                  f"{MAX_TIMED_TOKENS} tokens per measurement")
+
+
+# Every string a request carries, by field name wherever it sits (a job's `name`, a pipeline's
+# `pipeline.stages[2].gate`), in characters: what the gateway stores stays far from NATS's 1 MB
+# payload and a listing's page from the 16 MB message limit, and no error quotes a megabyte back.
+# A field not named here gets DEFAULT_TEXT_LIMIT.
+TEXT_LIMITS = {
+    "name": 256,  # a job's, a pipeline's, a stage's, a recipe's NAME@VERSION
+    "recipe": 256,
+    "summary": 2048,  # a pipeline's (a stored recipe's) description
+    "gate": 1024,
+    "method": 128,
+    "tag": 128,
+    "path": 4096,  # a model folder (the operator's roots)
+    "job_id": 128, "artifact_id": 128, "comparison_id": 128,  # checked_id says what an id looks like
+    "tenant": 64,
+}
+DEFAULT_TEXT_LIMIT = 1024
+# google.protobuf.Struct fields (overrides, options, a stage's config): serialized bytes.
+STRUCT_LIMIT_BYTES = 16 * 1024
+# Repeated fields by name: how many entries (the grids and compared models have their own bounds).
+REPEATED_LIMITS = {"stages": 16, "candidate_recipes": 32, "models": 16}
+DEFAULT_REPEATED_LIMIT = 64
+
+
+def check_request_text(message: Message, prefix: str = "") -> None:
+    """InvalidArgument naming the field and its limit for the first string, Struct or list of the
+    request past TEXT_LIMITS, STRUCT_LIMIT_BYTES or REPEATED_LIMITS (one table for every RPC)."""
+    for field, value in message.ListFields():
+        path = f"{prefix}{field.name}"
+        if not field.is_repeated:
+            _check_value(field, value, path)
+            continue
+        limit = REPEATED_LIMITS.get(field.name, DEFAULT_REPEATED_LIMIT)
+        if len(value) > limit:
+            raise InvalidArgument(f"{path}: at most {limit} entries, got {len(value)}")
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            key_field, value_field = field.message_type.fields_by_name["key"], field.message_type.fields_by_name["value"]
+            for key in value:
+                _check_value(key_field, key, f"{path} key")
+                _check_value(value_field, value[key], f"{path}[{key!r}]")
+        else:
+            for index, item in enumerate(value):
+                _check_value(field, item, f"{path}[{index}]")
+
+
+def _check_value(field: FieldDescriptor, value, path: str) -> None:
+    if field.type == FieldDescriptor.TYPE_STRING:
+        limit = TEXT_LIMITS.get(field.name, DEFAULT_TEXT_LIMIT)
+        if len(value) > limit:
+            raise InvalidArgument(f"{path}: at most {limit} characters, got {len(value)}")
+    elif isinstance(value, struct_pb2.Struct):
+        if (size := value.ByteSize()) > STRUCT_LIMIT_BYTES:
+            raise InvalidArgument(f"{path}: at most {STRUCT_LIMIT_BYTES} bytes, got {size}")
+    elif isinstance(value, Message):
+        check_request_text(value, f"{path}.")
 
 
 # Ids the mesh hands out ("j-…", "a-…", "c-…", "ckpt-…"): letters, digits, '-' and '_'. Anything else
@@ -78,9 +137,9 @@ def check_model_ref(model: common_pb2.ModelRef, field: str = "model") -> None:
     elif source == "artifact_id":
         checked_id(model.artifact_id, f"{field}.artifact_id", "artifact")
     elif source == "path":
-        try:
-            check_allowed_path(model.path)
-        except (PermissionError, FileNotFoundError) as exc:
+        try:  # by its name alone: what lies in the folder is checked off the event loop (_check_model)
+            locate(model.path, field_name=f"{field}.path")
+        except PathNotAllowed as exc:
             raise InvalidArgument(str(exc)) from None
 
 

@@ -80,6 +80,9 @@ class ServiceSettings(BaseModel):
     job_lease_s: float = Field(15.0, ge=1.0, le=600.0)
     # Gateway only: unfinished jobs one tenant may have at once (RESOURCE_EXHAUSTED past it).
     max_jobs_per_tenant: int = Field(32, gt=0)
+    max_measurements_per_tenant: int = Field(2, gt=0, description="Evaluate, Compare and RunBenchmark calls one "
+                                             "tenant may have running at once across the mesh (RESOURCE_EXHAUSTED "
+                                             "past it)")
     max_running_jobs_per_tenant: int = Field(8, ge=0, description="Jobs of one tenant a gateway runs at once; the "
                                                                  "others wait their turn, PENDING (0: no limit)")
     # Gateway only: the largest upload taken (RESOURCE_EXHAUSTED past it); spooled under work_dir.
@@ -161,6 +164,6 @@ ENV_PREFIX = "MODELPRESS_"
 # Settings a flag (--field-name) or MODELPRESS_FIELD_NAME sets; the flag wins.
 FLAG_FIELDS = ("nats_url", "nats_replicas", "home", "grace_s", "replica_wait_s", "auth_tokens", "tls_cert", "tls_key",
                "tls_client_ca", "targets_tls_ca", "targets_tls_cert", "targets_tls_key", "mesh_secret",
-               "require_nats_auth", "cache_max_bytes", "max_jobs_per_tenant", "max_running_jobs_per_tenant",
+               "require_nats_auth", "cache_max_bytes", "max_jobs_per_tenant", "max_measurements_per_tenant", "max_running_jobs_per_tenant",
                "max_upload_bytes", "job_lease_s", "job_ttl_s", "artifact_ttl_s", "store_max_bytes",
                "retention_sweep_s", "checkpoint_every_s")

@@ -23,6 +23,7 @@ from services.common.contract.techniques import TECHNIQUE_SERVICES
 from services.common.runtime.technique_servicer import TechniqueServicer
 from services.common.store.kv_records import RecordBucket
 from services.gateway.access import Grants
+from services.gateway.admission import Admission
 from services.gateway.catalog import ServiceUnavailable
 from services.gateway.job_store import JobStore
 from services.gateway.jobs import JobRunner
@@ -96,7 +97,9 @@ async def gateway(nats_url, tmp_path_factory):
     retention = Retention(runner, grants, runtime.store, runtime.events, RetentionPolicy())
     server = grpc.aio.server()
     recipes = await RecipeStore(js).ensure()
-    servicer = GatewayServicer(runtime, runner, mesh, comparisons, recipes, grants, retention)
+    admission = await Admission(js, jobs, retention.check_room, max_jobs=runtime.settings.max_jobs_per_tenant,
+                                bucket="unit_gateway_admission").ensure()
+    servicer = GatewayServicer(runtime, runner, mesh, comparisons, recipes, grants, retention, admission)
     gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -301,3 +304,22 @@ async def test_deploy_result_is_unimplemented_and_says_what_to_do_instead(served
     assert error.code() == grpc.StatusCode.UNIMPLEMENTED
     assert "not built yet" in error.details() and "DownloadArtifact" in error.details()
     assert "modelpress download" in error.details()
+
+
+async def test_free_text_past_its_bound_is_refused_before_anything_and_a_payload_error_is_resource_exhausted(served):
+    from nats.errors import MaxPayloadError
+
+    from services.gateway.servicer import _code_for, _message_for
+
+    stub, runner, mesh = served
+    before = len(await runner.jobs.list())
+    request = create()
+    request.name = "n" * 1_000_000
+    error = await refused(stub.CreateJob, request)
+    assert (error.code(), error.details()) == (grpc.StatusCode.INVALID_ARGUMENT,
+                                               "name: at most 256 characters, got 1000000")
+    assert not mesh.checked and len(await runner.jobs.list()) == before  # refused before any service was asked
+    # Whatever still outgrows the message bus's payload is a typed refusal, never UNKNOWN.
+    assert _code_for(MaxPayloadError()) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert _message_for(MaxPayloadError()).startswith("request: what it asks the mesh to store is over the message "
+                                                      "bus's maximum payload")

@@ -230,15 +230,11 @@ def test_a_nan_override_or_pipeline_config_is_invalid_argument_naming_it():
         validate_recipe("", to_struct({}), methods(), pipeline)
 
 
-def test_a_folder_holding_a_symlink_out_of_its_root_is_refused_and_one_inside_is_fine(allowed_root):
-    folder = allowed_root / "m"
-    folder.mkdir()
-    (allowed_root / "shared.json").write_text("{}")
-    (folder / "tokenizer.json").symlink_to(allowed_root / "shared.json")
-    check_model_ref(common_pb2.ModelRef(path=str(folder)))
-    (folder / "config.json").symlink_to("/etc/hostname")
-    with pytest.raises(InvalidArgument, match="symlink leaving the allowed root.*config.json"):
-        check_model_ref(common_pb2.ModelRef(path=str(folder)))
+def test_a_path_is_checked_by_its_name_alone_without_opening_anything(allowed_root):
+    """What lies in the folder (links, FIFOs, hard links) is checked off the event loop, later."""
+    check_model_ref(common_pb2.ModelRef(path=str(allowed_root / "not-yet-there")))
+    with pytest.raises(InvalidArgument, match="not an absolute path"):
+        check_model_ref(common_pb2.ModelRef(path="relative/m"))
 
 
 @pytest.mark.parametrize("path", ["/tmp/a\x00b", "/tmp/" + "x" * 5000])
@@ -260,3 +256,39 @@ def test_a_measurement_past_the_work_budget_is_refused_naming_the_budget():
     assert within.batch_size == 8
     # A skipped evaluation measures nothing, so it costs nothing.
     assert resolve_evaluation(common_pb2.EvaluationSpec(skip=True, batch_size=256, sequence_length=8192)).skip
+
+
+def test_free_text_of_any_request_is_bounded_by_one_table_naming_the_field_and_the_limit():
+    from modelpress.v1 import gateway_pb2
+    from services.gateway import validation
+    from services.gateway.validation import check_request_text
+
+    limits = validation.TEXT_LIMITS
+
+    def refused(request) -> str:
+        with pytest.raises(InvalidArgument) as info:
+            check_request_text(request)
+        return str(info.value)
+
+    assert refused(gateway_pb2.CreateJobRequest(name="n" * 1_000_000)) == \
+        f"name: at most {limits['name']} characters, got 1000000"
+    pipeline = common_pb2.Pipeline(name="p", summary="s" * 5000)
+    assert refused(gateway_pb2.CreateRecipeRequest(pipeline=pipeline)) == \
+        f"pipeline.summary: at most {limits['summary']} characters, got 5000"
+    stages = [common_pb2.StageSpec(method="rtn"), common_pb2.StageSpec(method="evaluate", gate="g" * 2000)]
+    assert refused(gateway_pb2.CreateJobRequest(pipeline=common_pb2.Pipeline(stages=stages))) == \
+        f"pipeline.stages[1].gate: at most {limits['gate']} characters, got 2000"
+    assert refused(gateway_pb2.CreateJobRequest(overrides=to_struct({"group_size": "x" * 20_000}))).startswith(
+        f"overrides: at most {validation.STRUCT_LIMIT_BYTES} bytes, got ")
+    assert refused(gateway_pb2.TagArtifactRequest(artifact_id="a-1", tag="t" * 129)) == \
+        f"tag: at most {limits['tag']} characters, got 129"
+    assert refused(gateway_pb2.CompareRequest(threshold_set="x" * 2000)) == \
+        f"threshold_set: at most {validation.DEFAULT_TEXT_LIMIT} characters, got 2000"
+    assert refused(gateway_pb2.RecommendStrategyRequest(candidate_recipes=["fp16"] * 33)) == \
+        "candidate_recipes: at most 32 entries, got 33"
+    assert refused(gateway_pb2.CreateJobRequest(
+        evaluation=common_pb2.EvaluationSpec(reference=common_pb2.ModelRef(path="/" + "d" * 5000)))) == \
+        f"evaluation.reference.path: at most {limits['path']} characters, got 5001"
+    # Requests within every bound pass untouched.
+    check_request_text(gateway_pb2.CreateJobRequest(name="n" * 256, recipe="fp16", overrides=to_struct({"bits": 4}),
+                                                    pipeline=common_pb2.Pipeline(stages=stages[:1])))
