@@ -28,10 +28,11 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from nats.js import JetStreamContext, api
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 
 from services.common.runtime.auth import Principal
+from services.common.store.kv_records import key_value_bucket
 from services.common.store.events import TERMINAL_STATES
 from services.gateway.access import OPEN_SEGMENT
 from services.gateway.job_store import JobNotFound, JobStore
@@ -77,11 +78,7 @@ class TenantRecords:
         self._kv = None
 
     async def ensure(self) -> TenantRecords:
-        try:
-            self._kv = await self._js.key_value(self._bucket)
-        except (BucketNotFoundError, NotFoundError):
-            self._kv = await self._js.create_key_value(
-                api.KeyValueConfig(bucket=self._bucket, history=1, storage=api.StorageType.FILE))
+        self._kv = await key_value_bucket(self._js, self._bucket)
         return self
 
     async def read(self, key: str) -> Held:

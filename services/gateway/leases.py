@@ -16,8 +16,10 @@ from __future__ import annotations
 import json
 import time
 
-from nats.js import JetStreamContext, api
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+
+from services.common.store.kv_records import key_value_bucket
 
 LEASES_BUCKET = "modelpress_job_leases"
 LEASE_S = 15.0
@@ -32,11 +34,7 @@ class JobLeases:
         self._revisions: dict[str, int] = {}
 
     async def ensure(self) -> "JobLeases":
-        try:
-            self._kv = await self._js.key_value(LEASES_BUCKET)
-        except (BucketNotFoundError, NotFoundError):
-            self._kv = await self._js.create_key_value(
-                api.KeyValueConfig(bucket=LEASES_BUCKET, history=1, storage=api.StorageType.FILE))
+        self._kv = await key_value_bucket(self._js, LEASES_BUCKET)
         return self
 
     def _value(self) -> bytes:

@@ -11,6 +11,14 @@ from nats.js.kv import KeyValue
 M = TypeVar("M")
 
 
+async def key_value_bucket(js: JetStreamContext, bucket: str) -> KeyValue:
+    """The bucket, created (one value per key, on disk) the first time a process asks for it."""
+    try:
+        return await js.key_value(bucket)
+    except (BucketNotFoundError, NotFoundError):
+        return await js.create_key_value(api.KeyValueConfig(bucket=bucket, history=1, storage=api.StorageType.FILE))
+
+
 class RecordBucket(Generic[M]):
     def __init__(self, js: JetStreamContext, bucket: str, message_cls: type[M]) -> None:
         self._js = js
@@ -19,11 +27,7 @@ class RecordBucket(Generic[M]):
         self._kv: KeyValue | None = None
 
     async def ensure(self) -> "RecordBucket[M]":
-        try:
-            self._kv = await self._js.key_value(self._bucket)
-        except (BucketNotFoundError, NotFoundError):
-            self._kv = await self._js.create_key_value(
-                api.KeyValueConfig(bucket=self._bucket, history=1, storage=api.StorageType.FILE))
+        self._kv = await key_value_bucket(self._js, self._bucket)
         return self
 
     @property
