@@ -25,6 +25,7 @@ import grpc
 from services.cli.local_pki import CLIENT_ROLE, MeshTls, ensure_mesh_tls, issue_mesh_tls
 from services.common.runtime import auth, mesh_tickets
 from services.common.runtime.healthcheck import health_status
+from services.common.store.disk_bounds import private_folder
 from services.common.store.nats_conn import without_secret
 from services.common.store.nats_server import (NatsUser, free_port, kv_writes, private_log, start_nats_cluster,
                                                start_nats_server, with_credentials)
@@ -119,7 +120,7 @@ def ensure_mesh_credentials(folder: Path, *, renew: bool = False, hostnames: Ite
     0600): `tls/`, the mesh's certificates (local_pki), made once (`renew`: anew), each worker's
     naming it, localhost, 127.0.0.1 and `hostnames`; and `mesh.secret`, which tickets are signed
     with, made once. `up --auth` keeps them in `home/auth`; `modelpress mesh-certs` anywhere."""
-    _private_dir(folder)
+    private_folder(folder)
     secret = folder / "mesh.secret"
     if not secret.exists():
         _write_secret(secret, mesh_tickets.new_secret())
@@ -130,7 +131,7 @@ def ensure_mesh_credentials(folder: Path, *, renew: bool = False, hostnames: Ite
 def ensure_auth(home: Path) -> tuple[str, str]:
     """The local mesh's secrets, made once under `home/auth` (0600): a tokens file holding an
     operator token, and the NATS password. Returns (NATS user, password)."""
-    folder = _private_dir(auth_dir(home))
+    folder = private_folder(auth_dir(home))
     if not operator_token_path(home).exists():
         token = auth.add_token(tokens_path(home), name="local-operator", tenant="operator", role="operator")
         _write_secret(operator_token_path(home), token)
@@ -143,7 +144,7 @@ def ensure_auth(home: Path) -> tuple[str, str]:
 def worker_nats_user(home: Path) -> NatsUser:
     """The technique services' NATS user under --auth (its password made once beside the gateway's),
     denied writing GATEWAY_BUCKETS."""
-    password = _private_dir(auth_dir(home)) / "nats-worker.password"
+    password = private_folder(auth_dir(home)) / "nats-worker.password"
     if not password.exists():
         _write_secret(password, secrets.token_urlsafe(24))
     return NatsUser(WORKER_NATS_USER, password.read_text().strip(),
@@ -153,13 +154,6 @@ def worker_nats_user(home: Path) -> NatsUser:
 def _write_secret(path: Path, value: str) -> None:
     path.touch(mode=0o600)
     path.write_text(value + "\n")
-
-
-def _private_dir(path: Path) -> Path:
-    """A folder only its owner reads: logs and run state say which models and jobs ran."""
-    path.mkdir(parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
-    return path
 
 
 def transport_args(service: str, home: Path) -> list[str]:
@@ -220,7 +214,7 @@ def up(home: Path, *, free_ports: bool = False, timeout_s: float = 120.0, with_a
     existing = read_state(home)
     if existing and any(_alive(pid) for pid in existing.nats_pids):
         raise RuntimeError(f"a mesh is already running from {home} (gateway {existing.gateway}); run `modelpress down`")
-    logs = _private_dir(home / "logs")
+    logs = private_folder(home / "logs")
     credentials, worker_user = (ensure_auth(home), worker_nats_user(home)) if with_auth else (None, None)
     more_users = [worker_user] if worker_user else []
     if with_auth:
@@ -250,7 +244,7 @@ def up(home: Path, *, free_ports: bool = False, timeout_s: float = 120.0, with_a
         env["MODELPRESS_REQUIRE_NATS_AUTH"] = "1"
     for name in TECHNIQUE_SERVICES.values():
         env[f"MODELPRESS_{name.upper()}_TARGET"] = replica_target(ports[name])
-    _private_dir(state_path(home).parent)
+    private_folder(state_path(home).parent)
     try:
         for name in SERVICES:
             service_env = env

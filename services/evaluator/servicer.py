@@ -267,7 +267,8 @@ class EvaluatorServicer(evaluator_pb2_grpc.EvaluatorServiceServicer):
             lineage = []
             if request.job.output.id:
                 try:
-                    lineage = (await self._runtime.store.stat(request.job.output.id)).meta.get("chain", [])
+                    chain = (await self._runtime.store.stat(request.job.output.id)).meta.get("chain", [])
+                    lineage = own_links(chain, request.job)
                 except ArtifactNotFound:
                     lineage = []
             made = await asyncio.to_thread(reports.job_report, request.job, events, methods, lineage)
@@ -283,6 +284,28 @@ class EvaluatorServicer(evaluator_pb2_grpc.EvaluatorServiceServicer):
             (folder / "report.json").write_text(made.json())
             (folder / "report.html").write_text(made.html())
             return await self._runtime.store.put_dir(folder, fmt=common_pb2.ARTIFACT_FORMAT_REPORT)
+
+
+def own_links(chain: list[dict], job: common_pb2.Job) -> list[dict]:
+    """The output's chain as this job's report shows it. A stage reused from another job (maybe
+    another tenant's: reuse is keyed by content) keeps how it made the output, not that job's id
+    nor the ids of its input and config artifacts, which this job's tenant may not hold."""
+    own_input = {f"artifact:{job.model.artifact_id}"} if job.model.artifact_id else set()
+    shown = []
+    for link in chain:
+        if link.get("job_id") == job.job_id:
+            shown.append(link)
+            continue
+        foreign = {**link, "job_id": "", "stage_index": 0,
+                   "config": {k: v for k, v in link.get("config", {}).items() if not _names_artifact(v)}}
+        if str(link.get("input", "")).startswith("artifact:") and link.get("input") not in own_input:
+            foreign["input"] = "(an artifact of another job)"
+        shown.append(foreign)
+    return shown
+
+
+def _names_artifact(value) -> bool:
+    return isinstance(value, str) and value.startswith("a-")
 
 
 def _cuda_if_present() -> dict:

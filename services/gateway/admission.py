@@ -157,7 +157,10 @@ class Admission:
         try:
             yield job_id
         except BaseException:
-            await asyncio.shield(self._release_unrecorded(tenant, job_id))
+            # The block's own error is what the caller must see, not a failure to give the place back
+            # (pruning frees that place later anyway).
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._release_unrecorded(tenant, job_id))
             raise
 
     async def _release_unrecorded(self, tenant: str, job_id: str) -> None:

@@ -26,7 +26,7 @@ from services.common.runtime import auth
 from services.common.runtime.cite import shown
 from services.common.store import path_models
 from services.common.store.artifact_store import ArtifactCorrupt, ArtifactStore
-from services.common.store.path_models import PathNotAllowed, RootOfOtherTenants, UnsafeEntry
+from services.common.store.path_models import FolderChanged, PathNotAllowed, RootOfOtherTenants, UnsafeEntry
 from services.gateway.access import PermissionDenied
 
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length")
@@ -56,9 +56,11 @@ async def check_path_model(path: str, principal: auth.Principal, field: str = "m
     """A path model's admission: under a root open to the caller's tenant, and every entry one a
     worker will copy (regular files of one link, links staying in the root). PERMISSION_DENIED for
     another tenant's root or an unsafe entry, INVALID_ARGUMENT for a path that is no model folder,
-    ModelFilesTimeout where the filesystem does not answer."""
+    ModelFilesTimeout where the filesystem does not answer, FolderChanged while it is being written."""
     try:
         await _off_the_loop(f"{field}.path", path_models.check_folder, path, principal)
+    except FolderChanged:  # being written now: FAILED_PRECONDITION, as the worker's copy says
+        raise
     except (RootOfOtherTenants, UnsafeEntry) as exc:
         raise PermissionDenied(_field_named(str(exc), field)) from None
     except (PathNotAllowed, FileNotFoundError, ValueError) as exc:

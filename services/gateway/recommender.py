@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from modelpress.v1 import common_pb2, gateway_pb2
 from services.common.measure.isa import class_flags
@@ -16,8 +16,7 @@ from services.gateway.jobs import JobRunner
 from services.common.contract.recipes import RECIPES, get_recipe
 from services.gateway.strategies import measured_on, strategy
 from services.common.contract.chain import InvalidArgument
-from services.common.runtime.auth import OPEN, Principal
-from services.gateway.jobs import new_job_id
+from services.common.runtime.auth import Principal
 from services.gateway.validation import resolve_evaluation
 
 # Cheap enough to measure while a client waits (minutes on 2 CPU cores for a 135M model).
@@ -86,11 +85,6 @@ StagesOf = Callable[[str], Awaitable[list[common_pb2.StageSpec]]]
 Admit = Callable[[], contextlib.AbstractAsyncContextManager[str]]
 
 
-@contextlib.asynccontextmanager
-async def _unbounded() -> AsyncIterator[str]:
-    yield new_job_id()
-
-
 def _hardware_note(target: str, evaluator: str, stored: list[common_pb2.Job], same: list[common_pb2.Job],
                    missing: list[str]) -> str:
     others: dict[str, int] = {}
@@ -110,8 +104,8 @@ def _hardware_note(target: str, evaluator: str, stored: list[common_pb2.Job], sa
 
 
 async def recommend(request: gateway_pb2.RecommendStrategyRequest, runner: JobRunner, stages_of: StagesOf,
-                    evaluator: common_pb2.WorkerHardware, viewer: Principal = OPEN,
-                    admit: Admit = _unbounded) -> gateway_pb2.RecommendStrategyResponse:
+                    evaluator: common_pb2.WorkerHardware, *, viewer: Principal,
+                    admit: Admit) -> gateway_pb2.RecommendStrategyResponse:
     """`stages_of(recipe)` gives the recipe's validated stages, as CreateJob would run them;
     `evaluator` is the hardware of the evaluator replica that measures jobs run now. Stored
     outcomes are `viewer`'s tenant's own (every tenant's for an operator); jobs run now belong to

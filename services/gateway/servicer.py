@@ -39,6 +39,7 @@ from services.gateway.recommender import NoCandidateMeasured, NothingStored, rec
 from services.gateway.strategies import all_strategies
 from services.gateway.user_recipes import RecipeNotFound, RecipeStore
 from services.gateway.retention import Retention, RetentionPolicy
+from services.common.store.path_models import FolderChanged
 from services.gateway.model_head import (ModelFilesTimeout, ModelHead, check_path_model, check_positions,
                                          read_model_head)
 from services.gateway.upload_check import BadUpload, UnpackedTooLarge, check_upload
@@ -195,7 +196,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         if source == "path":  # the caller's roots, every entry one a worker copies; off the event loop
             try:
                 await check_path_model(model.path, auth.current(), field)
-            except ModelFilesTimeout as exc:
+            except (ModelFilesTimeout, FolderChanged) as exc:
                 raise FailedPrecondition(str(exc)) from None
         return common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS if source == "builtin" else None
 

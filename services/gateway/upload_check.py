@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 
 from modelpress.v1 import common_pb2
 from services.common.models import pickles
-from services.common.models.bounded_json import JsonTooDeep, loads_bounded
+from services.common.models.bounded_json import JsonTooDeep, JsonTooLarge, loads_bounded, read_capped
 from services.common.models.safetensors_header import BadSafetensors, read_header
 from services.common.runtime.cite import shown
 
@@ -29,6 +29,7 @@ PLAIN_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE)
 MODEL_FORMATS = (common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS, common_pb2.ARTIFACT_FORMAT_PACKED_SAFETENSORS,
                  common_pb2.ARTIFACT_FORMAT_COMPRESSED_TENSORS)
 MAX_JSONL_LINES_CHECKED = 1000
+MAX_JSONL_LINE_BYTES = 16 * 1024 * 1024
 
 
 class BadUpload(ValueError):
@@ -109,8 +110,8 @@ def _check_model(tar: tarfile.TarFile, files: dict[str, tarfile.TarInfo]) -> Non
 
 def _check_json(tar: tarfile.TarFile, member: tarfile.TarInfo, name: str) -> None:
     try:
-        value = loads_bounded(tar.extractfile(member).read(), name)
-    except JsonTooDeep as exc:
+        value = loads_bounded(read_capped(tar.extractfile(member), name), name)
+    except (JsonTooDeep, JsonTooLarge) as exc:
         raise BadUpload(str(exc)) from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadUpload(f"{name}: not JSON ({exc})") from None
@@ -138,9 +139,12 @@ def _check_dataset(tar: tarfile.TarFile, files: dict[str, tarfile.TarInfo]) -> N
     if not shards:
         raise BadUpload("no *.jsonl file: a dataset holds JSON lines of {\"text\": ...}")
     stream = tar.extractfile(files[shards[0]])
-    for number, line in enumerate(stream, start=1):
-        if number > MAX_JSONL_LINES_CHECKED:
+    for number in range(1, MAX_JSONL_LINES_CHECKED + 1):
+        line = stream.readline(MAX_JSONL_LINE_BYTES + 1)  # bounded: one line without a newline is not read whole
+        if not line:
             break
+        if len(line) > MAX_JSONL_LINE_BYTES:
+            raise BadUpload(f"{shards[0]} line {number}: over {MAX_JSONL_LINE_BYTES:,} bytes")
         if not line.strip():
             continue
         try:

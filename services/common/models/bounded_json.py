@@ -12,10 +12,25 @@ import json
 from typing import Any
 
 MAX_JSON_DEPTH = 32
+# config.json, generation_config.json, tokenizer_config.json: kilobytes. Read at most this much, so a
+# huge member is refused without being held in memory (tokenizer.json is left to its own library).
+MAX_JSON_BYTES = 4 * 1024 * 1024
 
 
 class JsonTooDeep(ValueError):
     """A model file's JSON nests past MAX_JSON_DEPTH (INVALID_ARGUMENT: the file is malformed)."""
+
+
+class JsonTooLarge(ValueError):
+    """A model file's JSON is past MAX_JSON_BYTES (INVALID_ARGUMENT: no config is that large)."""
+
+
+def read_capped(stream, what: str, limit: int = MAX_JSON_BYTES) -> bytes:
+    """At most `limit` bytes of `stream` (a file object), or JsonTooLarge naming `what`."""
+    data = stream.read(limit + 1)
+    if len(data) > limit:
+        raise JsonTooLarge(f"{what}: over {limit:,} bytes, past what a model's JSON file may hold")
+    return data
 
 
 def nesting_depth(value: Any) -> int:

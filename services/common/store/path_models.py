@@ -22,6 +22,7 @@ the innermost root holding a path decides who may use it, and an operator reache
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -88,7 +89,13 @@ class AllowedRoot:
 def allowed_roots(raw: str | None = None) -> list[AllowedRoot]:
     """MODELPRESS_ALLOWED_ROOTS: entries split by os.pathsep, each `/folder` (every tenant) or
     `tenant=/folder` (that tenant only; one folder may be named for several)."""
-    raw = os.environ.get("MODELPRESS_ALLOWED_ROOTS", "") if raw is None else raw
+    return list(_parsed_roots(os.environ.get("MODELPRESS_ALLOWED_ROOTS", "") if raw is None else raw))
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed_roots(raw: str) -> tuple[AllowedRoot, ...]:
+    # Parsed (and each root resolved) once per setting, not on every request: the gateway asks on
+    # its event loop, where a root on a stalled mount must not be touched again and again.
     merged: dict[Path, tuple[set[str], set[str] | None]] = {}
     for entry in filter(None, raw.split(os.pathsep)):
         tenant, sep, folder = entry.partition("=")
@@ -102,9 +109,9 @@ def allowed_roots(raw: str | None = None) -> list[AllowedRoot]:
             merged[resolved] = (spellings, None)
         elif tenants is not None:
             tenants.add(tenant)
-    return [AllowedRoot(path, tuple(sorted(spellings, key=len, reverse=True)),
-                        None if tenants is None else frozenset(tenants))
-            for path, (spellings, tenants) in merged.items()]
+    return tuple(AllowedRoot(path, tuple(sorted(spellings, key=len, reverse=True)),
+                             None if tenants is None else frozenset(tenants))
+                 for path, (spellings, tenants) in merged.items())
 
 
 @dataclass(frozen=True)
@@ -183,10 +190,8 @@ class _Tally:
 class _OpenFolder:
     """A located path model held open: its root's and its folder's descriptors."""
 
-    def __init__(self, located: Located, strict: bool = True) -> None:
+    def __init__(self, located: Located) -> None:
         self.located = located
-        # Not strict: only where names lead is checked (no file is opened or judged by kind).
-        self.strict = strict
         self.roots = allowed_roots()  # once per walk: where each link leads is judged against them
         try:
             self.root_fd = os.open(located.spelling, _ROOT_FLAGS)
@@ -271,6 +276,7 @@ class _OpenFolder:
             except FileNotFoundError:
                 raise self._changed(path) from None
             if stat.S_ISDIR(st.st_mode):
+                self._check_same_root(rel, name, path)
                 child = self._open_subfolder(fd, name, st, path)
                 try:
                     tally.identity.append([path, "dir"])
@@ -278,11 +284,6 @@ class _OpenFolder:
                     yield from self._walk(child, (*rel, name), tally)
                 finally:
                     os.close(child)
-                continue
-            if not self.strict:
-                if stat.S_ISLNK(st.st_mode):
-                    self._link_parts(fd, name, rel, path)
-                yield _Entry(path, False)
                 continue
             target_fd, target_name = fd, name
             if stat.S_ISLNK(st.st_mode):
@@ -344,6 +345,15 @@ class _OpenFolder:
             raise UnsafeEntry(f"model.path: {located.name()} holds a symlink leaving the allowed root "
                               f"{located.root}: {shown(path, 120)}")
         return parts
+
+    def _check_same_root(self, rel: tuple[str, ...], name: str, path: str) -> None:
+        """A subfolder that is (or lies in) another root nested in this one belongs to that root's
+        tenants: a walk from the outer root does not go in (acme=/d/acme under /d stays acme's)."""
+        located = self.located
+        inner = _innermost(os.path.join(located.spelling, *located.parts, *rel, name), self.roots)
+        if inner is not None and inner[0].path != located.root.path:
+            raise RootOfOtherTenants(f"model.path: {located.name(path)} is another allowed root "
+                                     f"({inner[0]}), nested in {located.root}: give that folder's own path")
 
     def _link_target(self, fd: int, name: str, rel: tuple[str, ...], path: str) -> tuple[int, str, os.stat_result]:
         """(folder descriptor, name, lstat) of the regular file a symlink names, if it lies in the
@@ -432,14 +442,13 @@ class FolderCheck:
     key: str
 
 
-def check_folder(path: str, caller: Caller | None = None, strict: bool = True) -> FolderCheck:
+def check_folder(path: str, caller: Caller | None = None) -> FolderCheck:
     """Checks a path model without reading a byte of it (each entry is lstat-ed through its
     folder's descriptor: no file is opened, nothing can block). Raises PathNotAllowed (or
-    FileNotFoundError) naming what is wrong. Not `strict`: where names lead only (every link stays
-    in the root), not what kind of file each entry is."""
+    FileNotFoundError) naming what is wrong."""
     located = locate(path, caller)
     tally = _Tally()
-    with _OpenFolder(located, strict) as folder:
+    with _OpenFolder(located) as folder:
         for _entry in folder.walk(tally):
             pass
     return FolderCheck(Path(located.spelling, *located.parts), tally.entries, tally.bytes, _key(located, tally))

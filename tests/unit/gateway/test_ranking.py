@@ -134,6 +134,7 @@ def _recommend(jobs, evaluator_flags, **request):
     import asyncio
 
     from modelpress.v1 import gateway_pb2
+    from services.common.runtime.auth import OPEN
     from services.gateway.recommender import recommend
 
     message = gateway_pb2.RecommendStrategyRequest(
@@ -143,7 +144,11 @@ def _recommend(jobs, evaluator_flags, **request):
     async def no_stages(recipe):
         raise AssertionError("nothing may be measured now in this test")
 
-    return asyncio.run(recommend(message, _StoredOnly(jobs), no_stages, _hardware(evaluator_flags)))
+    def no_admission():
+        raise AssertionError("no job may be admitted in this test")
+
+    return asyncio.run(recommend(message, _StoredOnly(jobs), no_stages, _hardware(evaluator_flags), viewer=OPEN,
+                                 admit=no_admission))
 
 
 def test_on_an_avx2_cpu_a_bf16_path_is_never_picked_even_when_its_figures_are_the_fastest():

@@ -60,3 +60,19 @@ def test_openvino_weights_pass_only_with_the_ir_that_indexes_them(tiny_llama_dir
     path.write_bytes(_tar([*good, _file("openvino_model.xml", ir), _file("openvino_model.bin", pickle_sized)]))
     with pytest.raises(BadUpload, match="openvino_model.bin: a pickle"):
         check_upload(path, HF)
+
+
+def test_a_config_past_the_json_bound_and_a_dataset_line_past_its_bound_are_refused(tiny_llama_dir, tmp_path,
+                                                                                     monkeypatch):
+    from services.common.models.bounded_json import MAX_JSON_BYTES
+    from services.gateway import upload_check
+
+    entries = [entry for entry in model_entries(tiny_llama_dir) if entry[0].name != "config.json"]
+    path = tmp_path / "model.tar"
+    path.write_bytes(_tar([_file("config.json", b"{" + b" " * MAX_JSON_BYTES + b"}"), *entries]))
+    with pytest.raises(BadUpload, match=f"config.json: over {MAX_JSON_BYTES:,} bytes"):
+        check_upload(path, HF)
+    monkeypatch.setattr(upload_check, "MAX_JSONL_LINE_BYTES", 64)
+    path.write_bytes(_tar([_file("train.jsonl", b'{"text": "one"}\n{"text": "' + b"x" * 100 + b'"}\n')]))
+    with pytest.raises(BadUpload, match="train.jsonl line 2: over 64 bytes"):
+        check_upload(path, DATASET)

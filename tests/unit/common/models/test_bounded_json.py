@@ -15,3 +15,15 @@ def test_json_past_the_bound_or_the_stack_is_too_deep_by_name():
         loads_bounded("[" * 100_000 + "]" * 100_000, "x.json")
     with pytest.raises(ValueError):
         loads_bounded("not json", "x.json")
+
+
+def test_a_json_file_past_the_byte_bound_is_refused_without_reading_it_whole():
+    import io
+
+    from services.common.models.bounded_json import JsonTooLarge, read_capped
+
+    stream = io.BytesIO(b" " * 5000 + b"{}")
+    with pytest.raises(JsonTooLarge, match="config.json: over 4,096 bytes"):
+        read_capped(stream, "config.json", limit=4096)
+    assert stream.tell() == 4097  # one byte past the bound read, not the whole stream
+    assert read_capped(io.BytesIO(b"{}"), "config.json", limit=4096) == b"{}"

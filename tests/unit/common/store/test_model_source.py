@@ -17,7 +17,8 @@ from services.common.models.builtin_models import UnknownBuiltin, get_builtin
 from services.common.runtime.cite import shown
 from services.common.store.artifact_store import ArtifactNotFound, ArtifactStore
 from services.common.store.disk_bounds import IN_USE_GRACE_S
-from services.common.store.model_source import ModelSource, PathNotAllowed, check_allowed_path, describe
+from services.common.store.model_source import ModelSource, PathNotAllowed, describe
+from services.common.store.path_models import check_folder
 
 FLOAT = common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS
 
@@ -197,7 +198,7 @@ def test_a_path_outside_every_root_is_refused_naming_it_and_the_roots(roots):
     root, outside = roots
     for given in (str(outside), str(root / ".." / "outside"), "/etc"):
         with pytest.raises(PathNotAllowed) as info:
-            check_allowed_path(given)
+            check_folder(given)
         assert str(info.value) == f"model.path: {shown(given)} is outside the allowed roots {root.resolve()}"
 
 
@@ -206,12 +207,12 @@ def test_a_link_under_the_root_that_points_out_is_refused(roots):
     _model_folder(outside, "secret")
     (root / "door").symlink_to(outside / "secret")
     with pytest.raises(PathNotAllowed, match="'door' under the root is a symlink"):  # the path itself leads out
-        check_allowed_path(str(root / "door"))
+        check_folder(str(root / "door"))
     folder = _model_folder(root, "model")
     (folder / "weights").mkdir()
     (folder / "weights" / "shard.safetensors").symlink_to(outside / "secret" / "model.safetensors")
     with pytest.raises(PathNotAllowed) as info:  # a file inside leads out: refused, not followed
-        check_allowed_path(str(folder))
+        check_folder(str(folder))
     assert str(info.value) == (f"model.path: {shown(str(folder))} holds a symlink leaving the allowed root "
                                f"{root.resolve()}: 'weights/shard.safetensors'")
 
@@ -221,17 +222,17 @@ def test_a_missing_folder_or_a_file_is_not_found_naming_it(roots):
     (root / "model.safetensors").write_bytes(b"\0")
     for given in (root / "absent", root / "model.safetensors"):
         with pytest.raises(FileNotFoundError) as info:
-            check_allowed_path(str(given))
+            check_folder(str(given))
         assert str(info.value) == f"model.path: {shown(str(given))} is not a folder"
 
 
 def test_paths_are_refused_when_no_root_is_allowed_or_the_path_is_unusable(roots, monkeypatch):
     root, _ = roots
     with pytest.raises(PathNotAllowed, match="NUL byte"):
-        check_allowed_path(str(root) + "\x00/x")
+        check_folder(str(root) + "\x00/x")
     with pytest.raises(PathNotAllowed, match="over 4096 characters"):
-        check_allowed_path(str(root) + "/x" * 3000)
+        check_folder(str(root) + "/x" * 3000)
     monkeypatch.setenv("MODELPRESS_ALLOWED_ROOTS", "")
     with pytest.raises(PathNotAllowed, match=r"^model.path: local paths are disabled \(the operator sets "
                                              r"MODELPRESS_ALLOWED_ROOTS\)$"):
-        check_allowed_path(str(root))
+        check_folder(str(root))
