@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 MP := $(PY) -m services.cli.main
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-slow fuzz chaos test-fast bench bench-quant bench-eval bench-opt bench-pipelines bench-prune bench-distill bench-anchors anchors-venv bench-llamacpp \
+.PHONY: install demo test test-slow test-compat fuzz chaos test-fast bench bench-quant bench-eval bench-opt bench-pipelines bench-prune bench-distill bench-anchors anchors-venv bench-llamacpp \
 	llamacpp-venv proto lint-proto clean
 
 install: $(STAMP)
@@ -33,7 +33,7 @@ demo: install
 	$(MP) compress builtin:smollm2-135m --recipe fastest-cpu --wait
 
 test: install
-	$(PY) -m pytest -q --timeout 1200 -m "not slow"
+	$(PY) -m pytest -q --timeout 1200 -m "not slow and not compat"
 
 # Runs too long for the suite's budget: the demo pipeline with its gate, a real compare and report, a NATS
 # cluster losing its leader (docs/architecture.md lists them all).
@@ -51,7 +51,12 @@ chaos: install
 	$(PY) bench/chaos.py
 
 test-fast: install
-	$(PY) -m pytest -q -m "not e2e and not slow" --timeout 600
+	$(PY) -m pytest -q -m "not e2e and not slow and not compat" --timeout 600
+
+# Every declared model family's tiny random model through each matrix recipe (tests/compat); records
+# bench/results/compat.json, which `make docs` renders in docs/contributing.md.
+test-compat: install
+	MODELPRESS_COMPAT_RESULTS=bench/results/compat.json $(PY) -m pytest -q --timeout 600 tests/compat
 
 bench: install
 	$(PY) bench/artifact_throughput.py

@@ -680,6 +680,34 @@ def artifact_throughput(_: str = "") -> str:
 
 
 # ----------------------------------------------------------------------------------------------
+# bench/results/compat.json: the family × recipe compatibility matrix (tests/compat, make test-compat)
+
+COMPAT_MARKS = {"works": "works", "refused": "refused", "n/a": DASH, "error": "**error**"}
+
+
+def compat_matrix(_: str = "") -> str:
+    data = results("compat.json")
+    cells = {(c["family"], c["recipe"]): c for c in data["cells"]}
+    recipes = data["recipes"]
+    rows = [[f"`{family}`", *(COMPAT_MARKS[cells[(family, r)]["outcome"]] if (family, r) in cells else "not run"
+                              for r in recipes)]
+            for family in data["families"]]
+    counts = ", ".join(f"{n} {outcome}" for outcome, n in sorted(data["counts"].items()))
+    # One line per reason, with the cells it covers: the same refusal of twelve families reads once.
+    reasons: dict[tuple[str, str], list[str]] = {}
+    for c in data["cells"]:
+        if c["outcome"] in ("refused", "error"):
+            text = c["detail"].replace(f"'{c['family']}'", "'FAMILY'")
+            reasons.setdefault((c["outcome"], text), []).append(f"{c['family']} × {c['recipe']}")
+    why = "".join(f"- {outcome} ({', '.join(where)}): {cell(text)}\n"
+                  for (outcome, text), where in sorted(reasons.items()))
+    setting = note(f"Tiny random-weight models built from each family's config; overrides "
+                   f"{config_text(data.get('overrides', {}))}; recorded {str(data.get('recorded_at'))[:10]}; "
+                   f"{counts}.")
+    return section("compat.json", ["family", *(f"`{r}`" for r in recipes)], rows, setting) + "\n" + why
+
+
+# ----------------------------------------------------------------------------------------------
 # The registry of generated sections, and the pages they live in.
 
 SECTIONS: dict[str, Callable[[str], str]] = {
@@ -707,6 +735,7 @@ SECTIONS: dict[str, Callable[[str], str]] = {
     "bench-distillation-families": distillation_families,
     "bench-chaos": chaos,
     "bench-artifact-throughput": artifact_throughput,
+    "bench-compat": compat_matrix,
 }
 TAKES_ARGUMENT = {"bench-evaluation-comparison", "bench-optimizer", "bench-pipelines"}
 

@@ -17,12 +17,13 @@ is False, and `result.not_measured` says why) and None in `job_document`, never 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,8 @@ from typing import Any
 import grpc
 from google.protobuf import struct_pb2
 
-from modelpress.errors import from_rpc_error
-from modelpress.folders import stamp_modification_times, tar_folder, untar_folder
+from modelpress.errors import DataLoss, from_rpc_error
+from modelpress.folders import FolderTar, stamp_modification_times, untar_folder
 from modelpress.pipelines import pipeline_message
 from modelpress.results import job_document
 from modelpress.structs import to_struct
@@ -82,6 +83,22 @@ def parse_model_ref(text: str) -> common_pb2.ModelRef:
     if text.startswith("/"):
         return common_pb2.ModelRef(path=text)
     raise ValueError(f"model: {text!r} is not builtin:NAME, artifact:ID, path:DIR or an absolute path")
+
+
+MODEL_SCHEMES = ("builtin", "artifact", "path")
+
+
+def local_model_folder(text: str) -> Path | None:
+    """The folder on this machine a model argument names, for the CLI to upload before its job: an
+    existing folder here, written without a scheme (`./my-model`, `my-model`, `/data/my-model`).
+    None for `builtin:`, `artifact:` and `path:` (a folder the mesh reads itself, under the operator's
+    allowed roots), for a bare `a-…` artifact id, and for a path that is no folder here (an absolute one
+    then stays `path:` for the mesh, as parse_model_ref reads it)."""
+    scheme, sep, _ = text.partition(":")
+    if (sep and scheme in MODEL_SCHEMES) or text.startswith("a-"):
+        return None
+    folder = Path(text).expanduser()
+    return folder if folder.is_dir() else None
 
 
 class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
@@ -351,21 +368,46 @@ class Client:
         stamp_modification_times(out_dir, _made_at(out_dir))
         return ref
 
-    def upload(self, folder: Path, *, fmt: int = common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS, name: str = ""
-               ) -> common_pb2.ArtifactRef:
-        with tempfile.TemporaryDirectory() as tmp:
-            tar_path = Path(tmp) / "upload.tar"
-            tar_folder(Path(folder), tar_path)
-            sha = hashlib.sha256(tar_path.read_bytes()).hexdigest()
+    def upload(self, folder: Path, *, fmt: int = common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS, name: str = "",
+               progress: Callable[[int, int], None] | None = None) -> common_pb2.ArtifactRef:
+        """Streams `folder` to the gateway as a tar, chunk by chunk, hashing as it goes: the client holds
+        a chunk or two, never the whole tar (a multi-GB model uploads in constant memory, with no copy
+        on disk). The sha256 the gateway stored is checked against what was sent; on a mismatch the
+        artifact is deleted and DataLoss raised. `progress(sent_bytes, total_bytes)` follows each chunk
+        (called on gRPC's sending thread)."""
+        tar = FolderTar(Path(folder))
+        digest = hashlib.sha256()
+        # gRPC reports an exception raised while iterating the requests as CANCELLED, losing it: the
+        # iterator keeps it here, and the caller gets the real one (a file that changed while read).
+        failure: list[BaseException] = []
 
-            def messages():
-                yield gateway_pb2.UploadModelRequest(
-                    header=gateway_pb2.UploadHeader(name=name or Path(folder).name, format=fmt, sha256=sha))
-                with open(tar_path, "rb") as src:
-                    while chunk := src.read(UPLOAD_CHUNK):
-                        yield gateway_pb2.UploadModelRequest(chunk=chunk)
+        def messages() -> Iterator[gateway_pb2.UploadModelRequest]:
+            yield gateway_pb2.UploadModelRequest(
+                header=gateway_pb2.UploadHeader(name=name or Path(folder).name, format=fmt))
+            sent = 0
+            try:
+                for chunk in tar.chunks(UPLOAD_CHUNK):
+                    digest.update(chunk)
+                    yield gateway_pb2.UploadModelRequest(chunk=chunk)
+                    sent += len(chunk)
+                    if progress is not None:
+                        progress(sent, tar.size)
+            except Exception as exc:
+                failure.append(exc)
+                raise
 
-            return self._stub.UploadModel(messages(), timeout=3600).artifact
+        try:
+            ref = self._stub.UploadModel(messages(), timeout=3600).artifact
+        except grpc.RpcError:
+            if failure:
+                raise failure[0] from None
+            raise
+        if ref.sha256 != digest.hexdigest():
+            with contextlib.suppress(grpc.RpcError):  # DataLoss is the news; a failed clean-up is not
+                self._stub.DeleteArtifact(gateway_pb2.DeleteArtifactRequest(artifact_id=ref.id), timeout=self._timeout)
+            raise DataLoss(grpc.StatusCode.DATA_LOSS, f"upload of {folder}: the gateway stored sha256 "
+                           f"{ref.sha256}, the client sent {digest.hexdigest()}; the artifact was deleted")
+        return ref
 
 
 def _every_page(fetch, field: str) -> list:

@@ -209,6 +209,7 @@ def _compress(model, recipe_or_pipeline, out: Path, overrides: dict[str, Any],
               progress: Callable[[int, str, Any], None] | None, keep_stages: bool) -> CompressionRun:
     from services.common.contract.engine_api import ProgressReporter
     from services.common.contract.chain import check_chain, label_of, resolve_configs
+    from services.common.store.load_guide import write_load_guide
 
     created = _now()
     recipe = _recipe(recipe_or_pipeline)
@@ -241,6 +242,7 @@ def _compress(model, recipe_or_pipeline, out: Path, overrides: dict[str, Any],
         sink = (lambda p, i=index, n=label: progress(i, n, p)) if progress else (lambda _p: None)
         started, start = _now(), time.perf_counter()
         result = registries[spec.technique][spec.method].run(config, src, dst, ProgressReporter(sink=sink))
+        write_load_guide(dst, result.format)
         outcome = StageOutcome(format=common_pb2.ArtifactFormat.Name(result.format),
                                architecture=result.architecture, compression=_jsonable(result.compression),
                                metrics=_jsonable(result.metrics), notes=list(result.notes))

@@ -22,7 +22,7 @@ from modelpress.pipelines import pipeline_text, read_pipeline_file, technique_na
 from modelpress.results import job_document
 from modelpress.structs import from_struct, from_value, to_struct, to_value
 from modelpress.v1 import common_pb2
-from services.cli import evaluation as cli_evaluation, launcher, messages, progress
+from services.cli import evaluation as cli_evaluation, launcher, messages, progress, uploads
 from services.cli.output import closed_pipe, err, figure, json_text, out, stdout_is_terminal
 from services.common.contract.chain import format_name
 from services.common.runtime import auth
@@ -31,6 +31,10 @@ from services.common.runtime.settings import DEFAULT_PORTS, default_home
 # `jobs list`: ids whole (a job id is 18 characters, an artifact id 22); on a terminal the model and
 # recipe are cut in the middle so a row fits 100 columns, elsewhere nothing is cut.
 JOB_LINE = "{:<18}  {:<18}  {:<18}  {:<9}  {:>4}  {}"
+# The model of a job: where it is read decides whether the CLI uploads it (modelpress.client.local_model_folder).
+MODEL_HELP = ("builtin:NAME, artifact:ID (or a bare a-… id), path:DIR (a folder the mesh reads itself, under the "
+              "operator's allowed roots), or a folder on this machine (./my-model: uploaded first, then the job "
+              "runs on the uploaded artifact)")
 HEADLINE_STYLE = {"green": "bold green", "amber": "bold yellow", "red": "bold red"}
 
 
@@ -290,7 +294,8 @@ def cmd_compress(args) -> int:
         except (OSError, ValueError, yaml.YAMLError) as exc:
             err.print(f"--pipeline {args.pipeline}: {escape(str(exc))}")
             return 2
-        job = client.create_job(args.model, recipe, overrides=_parse_overrides(args.set), evaluation=evaluation,
+        model = uploads.model_argument(client, args.model, err)
+        job = client.create_job(model, recipe, overrides=_parse_overrides(args.set), evaluation=evaluation,
                                 name=args.name, recompute=args.recompute)
         return _finish_job(client, job, args)
 
@@ -319,8 +324,8 @@ def _finish_job(client: Client, job: common_pb2.Job, args) -> int:
 
 def cmd_optimize(args) -> int:
     with _client(args) as client:
-        job = client.optimize(args.model, args.engine, precision=args.precision,
-                              options=_parse_overrides(args.set),
+        model = uploads.model_argument(client, args.model, err)
+        job = client.optimize(model, args.engine, precision=args.precision, options=_parse_overrides(args.set),
                               evaluation=cli_evaluation.spec_from(args, skip=args.no_eval), name=args.name)
         return _finish_job(client, job, args)
 
@@ -469,7 +474,7 @@ def cmd_upload(args) -> int:
         out.print(f"[red]{folder}: not a folder[/red]")
         return 2
     with _client(args) as client:
-        ref = client.upload(folder, fmt=UPLOAD_FORMATS[args.format])
+        ref = uploads.upload_folder(client, folder, err, fmt=UPLOAD_FORMATS[args.format])
     if args.json:
         print(json_text(ref))
     else:
@@ -633,7 +638,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("status", help="health of the local mesh").set_defaults(func=cmd_status)
 
     p = sub.add_parser("compress", help="submit a compression job")
-    p.add_argument("model", help="builtin:NAME, artifact:ID or path:DIR")
+    p.add_argument("model", help=MODEL_HELP)
     chosen = p.add_mutually_exclusive_group(required=True)
     chosen.add_argument("--recipe", help="a recipe name (`modelpress recipes`)")
     chosen.add_argument("--pipeline", metavar="FILE", help="a pipeline file (.yaml or .json): its stages, "
@@ -652,7 +657,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("optimize", help="convert a model for an inference engine (a job)")
-    p.add_argument("model", help="builtin:NAME, artifact:ID or path:DIR")
+    p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--engine", required=True, help="onnxruntime, openvino, gguf or tensorrt (see `engines`)")
     p.add_argument("--precision", default="", help="one of the engine's precisions (default: its first)")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="an option of the engine's method")
@@ -729,8 +734,10 @@ def main(argv: list[str] | None = None) -> int:
             err.print(messages.no_gateway(_gateway_target(args)), markup=False, highlight=False)
             return messages.EXIT_NO_GATEWAY
         err.print(f"error: {exc.code().name}: {exc.details()}", markup=False, highlight=False)
+        if hint := messages.refused_path_hint(exc.details() or ""):
+            err.print(hint, markup=False, highlight=False)
         return 2
-    except (RuntimeError, TimeoutError, ValueError, FileExistsError) as exc:
+    except (RuntimeError, TimeoutError, ValueError, OSError) as exc:  # OSError: a file that changed mid-upload
         err.print(f"error: {exc}", markup=False, highlight=False)
         return 2
 

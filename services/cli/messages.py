@@ -44,3 +44,17 @@ def no_gateway(target: str) -> str:
 def neither_job_nor_artifact(identifier: str) -> str:
     return (f"NOT_FOUND: {identifier!r} is neither a job (whose output would be downloaded) nor an artifact "
             f"(`modelpress jobs list`, `modelpress artifacts`)")
+
+
+# How the mesh refuses a path: it reads no folder of the caller's unless the operator allows its root
+# (services/common/store/path_models.py words both).
+_REFUSED_PATHS = ("local paths are disabled", "is outside the allowed roots")
+
+
+def refused_path_hint(details: str) -> str | None:
+    """After the mesh refused a `path:` model: how to bring the folder instead (None for other errors)."""
+    if not any(refusal in details for refusal in _REFUSED_PATHS):
+        return None
+    return ("hint: path:DIR names a folder the mesh reads on its own machines, under the roots its operator "
+            "allows. Pass the folder itself, without path: (`modelpress compress ./my-model --recipe ...` "
+            "uploads it first), or upload it once with `modelpress upload DIR` and use the artifact id it prints.")

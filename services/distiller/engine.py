@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from modelpress.v1 import common_pb2
+from services.common.models.families import is_causal_lm
 from services.common.models import modelio
 from services.common.calibration.blocks import decoder_blocks
 from services.common.measure.curves import thin
@@ -23,7 +24,7 @@ from services.common.contract.registry import method, registry
 from services.common.models.float_checkpoint import refuse_quantized
 from services.common.measure.flops import forward_flops, parameter_counts
 from services.common.models.reload import reload_difference
-from services.common.models.tokenizer_files import copy_tokenizer
+from services.common.models.carried_files import carry_beside_weights
 from services.distiller.configs import AttentionConfig, FeatureConfig, ResponseConfig, SelfConfig
 from services.distiller.data import training_data
 from services.distiller.objectives import Objective
@@ -73,7 +74,7 @@ def _run(name: str, config: ResponseConfig, src: Path, dst: Path, reporter: Prog
     teacher = modelio.load_model(teacher_dir, dtype=torch.float32)
     student_input = modelio.load_model(student_dir, dtype=torch.float32)
     tokenizer = modelio.load_tokenizer(teacher_dir)
-    causal = type(teacher).__name__.endswith("ForCausalLM")
+    causal = is_causal_lm(teacher)
     data = training_data(tokenizer, config.text(), causal, config.calibration_samples,
                          config.calibration_sequence_length, config.validation_share)
     importance = [data.batch(data.train_items[i:i + 8]) for i in range(0, min(len(data.train_items), 32), 8)]
@@ -101,7 +102,7 @@ def _run(name: str, config: ResponseConfig, src: Path, dst: Path, reporter: Prog
     reporter.report(1, 1, "saving the student")
     objective.restore(student, teacher)
     student.save_pretrained(dst, safe_serialization=True)
-    copy_tokenizer(student_dir, dst)
+    carry_beside_weights(student_dir, dst)
     if keep is not None:
         rewrite_tokenizer(student_dir, dst, keep)
     sample = data.batch(data.train_items[:1])

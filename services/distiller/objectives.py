@@ -14,6 +14,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from services.common.models.families import is_causal_lm
 from services.common.models.architecture import Architecture
 from services.common.calibration.blocks import decoder_blocks
 from services.distiller import temperature as temperatures
@@ -27,7 +28,7 @@ CACHE_BATCH = 8
 
 
 def _causal(model: nn.Module) -> bool:
-    return type(model).__name__.endswith("ForCausalLM")
+    return is_causal_lm(model)
 
 
 def _forward(model: nn.Module, batch: dict, ids: torch.Tensor, **flags):
@@ -145,7 +146,8 @@ class Objective(nn.Module):
         """The loss terms of one batch, 'loss' their weighted sum; `progress` in [0, 1] drives annealing."""
         c = self.config
         ids = batch.get("student_input_ids", batch["input_ids"])
-        arch = Architecture(student) if self.attention_kind == "relations" else None
+        relations = self.attention_kind == "relations"
+        arch = Architecture(student, "attention relations (distillation)") if relations else None
         names = [f"{self._block_name(student, s)}.{n}" for s, _ in self.pairs for n in arch.qkv] if arch else []
         flags = {"output_hidden_states": bool(self.feature_weight),
                  "output_attentions": self.attention_kind == "distribution"}
@@ -167,7 +169,7 @@ class Objective(nn.Module):
             total = terms["response"]
         if self.feature_weight or self.attention_weight:
             teacher = self.teacher[0]
-            t_arch = Architecture(teacher) if arch else None
+            t_arch = Architecture(teacher, "attention relations (distillation)") if arch else None
             t_names = [f"{self._block_name(teacher, t)}.{n}" for _, t in self.pairs for n in t_arch.qkv] if t_arch else []
             with torch.no_grad(), _capture(teacher, t_names) as teacher_qkv:
                 t_out = _forward(teacher, batch, batch["input_ids"], **{k: v for k, v in flags.items() if v})

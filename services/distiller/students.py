@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from services.common.models.families import is_causal_lm
 from services.common.models.architecture import Architecture, keep_layers
 from services.common.calibration.blocks import decoder_blocks
 from services.distiller.configs import StudentConfig
@@ -39,7 +40,7 @@ def block_influence(model: nn.Module, batches: list[dict]) -> torch.Tensor:
     a block that barely turns the residual stream matters least."""
     blocks = len(decoder_blocks(model))
     totals, count = torch.zeros(blocks), 0
-    extra = {"use_cache": False} if type(model).__name__.endswith("ForCausalLM") else {}
+    extra = {"use_cache": False} if is_causal_lm(model) else {}
     for batch in batches:
         states = model(**model_inputs(batch), output_hidden_states=True, **extra).hidden_states
         mask = batch.get("attention_mask", torch.ones_like(batch["input_ids"])).bool()
@@ -77,7 +78,7 @@ def build_student(model: nn.Module, config: StudentConfig, batches: list[dict] |
             kept = sorted(block_influence(student, batches).topk(layers).indices.tolist())
         keep_layers(student, blocks, kept)
     if config.student_mlp_width:
-        arch = Architecture(student)
+        arch = Architecture(student, "a student (distillation)")
         for block in decoder_blocks(student):
             width = block.get_submodule(arch.mlp.output).in_features
             if config.student_mlp_width > width:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from services.common.models.families import is_causal_lm
 from services.common.models.architecture import Architecture, replace_module
 from services.distiller.data import model_inputs
 
@@ -27,7 +28,7 @@ def hidden_basis(model: nn.Module, batches: list[dict], width: int) -> torch.Ten
     block's output) of the real tokens in `batches`."""
     hidden = model.config.hidden_size
     moment = torch.zeros(hidden, hidden, dtype=torch.float64)
-    extra = {"use_cache": False} if type(model).__name__.endswith("ForCausalLM") else {}
+    extra = {"use_cache": False} if is_causal_lm(model) else {}
     for batch in batches:
         states = model(**model_inputs(batch), output_hidden_states=True, **extra).hidden_states
         mask = batch.get("attention_mask", torch.ones_like(batch["input_ids"])).bool()
@@ -94,7 +95,7 @@ def _norms(model: nn.Module) -> list[str]:
 @torch.no_grad()
 def narrow_hidden(model: nn.Module, blocks: nn.ModuleList, basis: torch.Tensor) -> None:
     """Rewrites `model` in place to the width of `basis` ([hidden, new width], orthonormal columns)."""
-    arch = Architecture(model)
+    arch = Architecture(model, "a narrower student (distillation)")
     hidden, width = basis.shape
     names = {id(m): n for n, m in model.named_modules()}
     handled: set[str] = set()

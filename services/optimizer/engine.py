@@ -11,14 +11,14 @@ import shutil
 from pathlib import Path
 
 from modelpress.v1 import common_pb2
-from services.common.models import modelio
+from services.common.models import families, modelio
 from services.common.models import packed
 from services.common.contract.engine_api import (CAUSAL_LM, MODEL_KINDS, NotPossibleHere, ProgressReporter,
                                                  StageResult)
 from services.common.contract.registry import method, registry
 from services.common.measure.isa import ALIASES, class_flags, support
 from services.common.measure.machine import this_cpu
-from services.common.models.tokenizer_files import copy_tokenizer
+from services.common.models.carried_files import carry_beside_weights
 from services.optimizer import fastest, gguf_export, onnx_export, onnx_runtime, openvino_convert
 from services.optimizer.configs import (FastestCpuConfig, GgufConfig, GgufQ4Config, OnnxConfig, OnnxInt4Config,
                                         OnnxInt8Config, OpenVinoConfig, OpenVinoInt4Config, OpenVinoInt8Config,
@@ -48,7 +48,7 @@ def _result(src: Path, dst: Path, manifest_file: str, manifest: dict, fmt: int, 
     the engine's manifest) and the stage's result."""
     config = modelio.read_config(src)
     (dst / "config.json").write_text(json.dumps(config, indent=2))
-    copy_tokenizer(src, dst)
+    carry_beside_weights(src, dst)
     (dst / manifest_file).write_text(json.dumps(manifest, indent=2))
     architecture = (config.get("architectures") or [config.get("model_type", "")])[0]
     return StageResult(format=fmt, architecture=architecture,
@@ -56,23 +56,34 @@ def _result(src: Path, dst: Path, manifest_file: str, manifest: dict, fmt: int, 
                        metrics=metrics)
 
 
-def _load_float(src: Path, attention: str = "eager"):
-    """The model as PyTorch float weights, with the attention the exporter's fusions expect."""
+def _load_float(src: Path, engine: str, attention: str = "eager"):
+    """The model as PyTorch float weights, with the attention the exporter's fusions expect; a refusal
+    naming the family where its declaration leaves `engine` out (families.check_export)."""
     from transformers import AutoModel, AutoModelForCausalLM
 
     config = _float_config(src)
     kind = modelio.model_kind(config)
+    families.check_export(config, engine)
     auto = AutoModelForCausalLM if kind == "causal-lm" else AutoModel
+    if attention == "sdpa" and not _supports_sdpa(auto, config):
+        attention = "eager"  # DeBERTa-v2, MPNet, Gemma2: transformers gives them no SDPA attention
     with modelio.CONSTRUCTION_LOCK:
         model = modelio.from_pretrained(auto, src, dtype="float32", attn_implementation=attention)
     return model.eval(), kind, config
+
+
+def _supports_sdpa(auto, config: dict) -> bool:
+    from transformers import AutoConfig
+
+    model_class = auto._model_mapping.get(type(AutoConfig.for_model(config["model_type"])), None)
+    return bool(getattr(model_class, "_supports_sdpa", False))
 
 
 def _export(config: OnnxConfig, src: Path, dst: Path, reporter: ProgressReporter, steps: int) -> tuple[Path, dict]:
     """Exports and (optionally) optimizes into dst/model.onnx; returns the path and the figures."""
     require("onnxruntime")
     reporter.report(0, steps, "loading the float model")
-    model, kind, model_config = _load_float(src)
+    model, kind, model_config = _load_float(src, families.ONNX)
     work = dst / "_work"
     reporter.report(1, steps, f"exporting {kind} to ONNX (opset {config.opset})")
     exported = onnx_export.export(model, kind, work, opset=config.opset, with_past=config.kv_cache)
@@ -83,9 +94,10 @@ def _export(config: OnnxConfig, src: Path, dst: Path, reporter: ProgressReporter
         reporter.report(2, steps, "optimizing the graph")
         if kind == "encoder":
             fused = work / "fused.onnx"
+            # Read through the config object: DistilBERT names them n_heads and dim in config.json.
             figures["fused_operators"] = onnx_runtime.fuse_transformer(
-                current, fused, num_heads=int(model_config["num_attention_heads"]),
-                hidden_size=int(model_config["hidden_size"]))
+                current, fused, num_heads=int(model.config.num_attention_heads),
+                hidden_size=int(model.config.hidden_size))
             current = fused
         # ONNX Runtime redoes its own graph optimizations at every load; they are reported, not
         # stored (stored, the folded transposes would duplicate tied weights on disk).
@@ -182,7 +194,7 @@ def _openvino(config: OpenVinoConfig, src: Path, dst: Path, reporter: ProgressRe
 
     steps = 4 if bits else 3
     reporter.report(0, steps, "loading the float model")
-    model, kind, model_config = _load_float(src, attention="sdpa")
+    model, kind, model_config = _load_float(src, families.OPENVINO, attention="sdpa")
     reporter.report(1, steps, f"converting {kind} to OpenVINO IR")
     ov_model = openvino_convert.convert(model, kind)
     geometry = openvino_convert.CacheGeometry.of(model.config) if kind == "causal-lm" else None

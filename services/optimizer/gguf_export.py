@@ -15,7 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-ARCHITECTURES = {"LlamaForCausalLM": "llama"}
+from services.common.models import families
+
+# The llama.cpp architectures this writer lays out (families.Family.gguf names each family's).
+WRITES = ("llama",)
 TYPES = ("f16", "q8_0", "q4_0", "q4_1")
 # tokenizer.ggml.token_type values (llama.cpp's llama_token_type).
 NORMAL, CONTROL = 1, 3
@@ -33,6 +36,18 @@ _TOP_NAMES = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weig
 
 class NotConvertible(ValueError):
     pass
+
+
+def _gguf_architecture(config: dict) -> str:
+    """llama.cpp's name for the model's family, where this writer lays that architecture out."""
+    family = families.family_of(config)
+    if family is None or family.gguf not in WRITES or family.experts:
+        writes = [f.model_type for f in families.FAMILIES.values() if f.gguf in WRITES and not f.experts]
+        why = ("has no llama.cpp architecture declared" if family is None or not family.gguf
+               else "has routed experts, which modelpress's GGUF writer does not lay out" if family.experts
+               else f"has llama.cpp architecture {family.gguf!r}, which modelpress's GGUF writer does not lay out")
+        raise NotConvertible(str(families.refuse(config, "GGUF export", f"{why}; it writes {', '.join(writes)}")))
+    return family.gguf
 
 
 def gguf_name(hf_name: str) -> str:
@@ -140,13 +155,11 @@ def write(state: dict, config: dict, tokenizer: Tokenizer, path: Path, kind: str
 
     if kind not in TYPES:
         raise NotConvertible(f"type: {kind!r} is not one of {', '.join(TYPES)}")
-    architecture = (config.get("architectures") or [""])[0]
-    if architecture not in ARCHITECTURES:
-        raise NotConvertible(f"GGUF export knows {', '.join(ARCHITECTURES)}; this model is {architecture or 'unknown'}")
+    architecture = _gguf_architecture(config)
     heads = int(config["num_attention_heads"])
     kv_heads = int(config.get("num_key_value_heads") or heads)
     head_dim = int(config.get("head_dim") or config["hidden_size"] // heads)
-    writer = gguf.GGUFWriter(str(path), ARCHITECTURES[architecture])
+    writer = gguf.GGUFWriter(str(path), architecture)
     writer.add_name(name)
     writer.add_file_type({"f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
                           "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0, "q4_1": gguf.LlamaFileType.MOSTLY_Q4_1}[kind])

@@ -31,7 +31,7 @@ from services.common.models.float_checkpoint import refuse_quantized, write_floa
 from services.common.measure.flops import forward_flops, parameter_counts
 from services.common.runtime.memory import return_large_frees_to_os
 from services.common.models.reload import reload_difference
-from services.common.models.tokenizer_files import copy_tokenizer
+from services.common.models.carried_files import carry_beside_weights
 from services.pruner.configs import (FlopsConfig, HeadsConfig, LayersConfig, MagnitudeConfig, MlpNeuronsConfig,
                                      PruneBase, SparseGptConfig, SparsityConfig, StructuredConfig, WandaConfig)
 from services.pruner.importance import score_units
@@ -177,7 +177,7 @@ def _prune_once(method: str, layer_prune: LayerPruneOf, config: SparsityConfig, 
         figures["mean_layer_loss"] = sum(losses) / len(losses) if losses else 0.0
         figures["resumed_from_block"] = walk.restored_block
     write_float_model(source, changed, out)
-    copy_tokenizer(src, out)
+    carry_beside_weights(src, out)
     figures["layer_sparsity"] = layer_sparsity
     return figures
 
@@ -258,7 +258,7 @@ def _structured(config: StructuredConfig, src: Path, dst: Path, reporter: Progre
                     "parameters_ratio": after_params / before_params, "recovery_curve": thin(curve, RECOVERY_CURVE_POINTS)})
     reporter.report(1, 1, "saving the smaller model")
     model.save_pretrained(dst, safe_serialization=True)
-    copy_tokenizer(src, dst)
+    carry_beside_weights(src, dst)
     figures["reload_max_abs_difference"] = reload_difference(model, dst, batches[:1], what="the pruned model")
     return StageResult(format=FLOAT, architecture=_architecture(model),
                        compression={"method": "structured", **config.model_dump()}, metrics=figures)

@@ -24,6 +24,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from services.common.models.families import is_causal_lm
 from services.common.calibration.blocks import decoder_blocks
 from services.common.contract.registry import NamedRegistry
 from services.common.models.architecture import Architecture
@@ -268,12 +269,12 @@ def score_units(model: nn.Module, batches: torch.Tensor, importance: str, layer_
     pass over `batches` gathering what the two scores need."""
     unit_score = UNIT_SCORES.pick(importance, "importance")
     block_score = BLOCK_SCORES.pick(layer_importance, "layer_importance")
-    causal = type(model).__name__.endswith("ForCausalLM")
+    causal = is_causal_lm(model)
     for field_name, chosen in (("importance", unit_score), ("layer_importance", block_score)):
         if GRADIENTS in chosen.needs and not causal:
             raise ValueError(f"{field_name}: {chosen.name} needs a training loss, which an encoder without a task "
                              "head lacks here; use 'activation' or 'magnitude' (and layer_importance 'cosine')")
-    arch = Architecture(model)
+    arch = Architecture(model, "structured pruning")
     blocks = decoder_blocks(model)
     want_heads = want_heads and arch.attention is not None
     stats = _calibration_pass(model, arch, blocks, batches, unit_score.needs | block_score.needs, head_unit,
@@ -312,7 +313,7 @@ def _calibration_pass(model: nn.Module, arch: Architecture, blocks: list[nn.Modu
                     _moments_hook(stats.head_moments, i)))
         if BLOCK_COSINES in needs:
             handles.append(block.register_forward_hook(_cosine_hook(stats.cosines, i), with_kwargs=True))
-    extra = {"use_cache": False} if type(model).__name__.endswith("ForCausalLM") else {}
+    extra = {"use_cache": False} if is_causal_lm(model) else {}
     try:
         for w, window in enumerate(batches):
             check_cancelled()

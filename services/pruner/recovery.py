@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from services.common.models.families import is_causal_lm
 from services.common.datasets.calibration_text import text_pieces
 from services.pruner.configs import RecoveryConfig
 
@@ -78,7 +79,7 @@ def recover(student: nn.Module, teacher: nn.Module, tokenizer, text: str, config
     """Fine-tunes `student` in place; `on_step(step, loss, seconds)` after every step (the caller's
     reporter raises there on cancel)."""
     budget = (config.recovery_minutes if minutes is None else minutes) * 60.0
-    causal = type(student).__name__.endswith("ForCausalLM")
+    causal = is_causal_lm(student)
     generator = torch.Generator().manual_seed(seed)
     batches = (_causal_batches if causal else _encoder_batches)(tokenizer, text, config, generator)
     loss_of = _causal_loss if causal else _encoder_loss

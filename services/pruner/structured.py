@@ -31,7 +31,7 @@ def _round_width(width: float, multiple: int, full: int) -> int:
 
 
 def current_shape(model: nn.Module, config: StructuredConfig) -> Shape:
-    arch = Architecture(model)
+    arch = Architecture(model, "structured pruning")
     block = decoder_blocks(model)[0]
     width = block.get_submodule(arch.mlp.output).in_features
     units = arch.head_units(config.head_unit) if arch.attention is not None else 0
@@ -42,7 +42,7 @@ def target_shape(model: nn.Module, config: StructuredConfig) -> Shape:
     """The shape the config asks for. A FLOPs target removes layers for half the cut (rounded to
     whole layers) and MLP width for the rest, from this model's FLOPs per module at the evaluation
     shape; the result is counted again after the cut."""
-    arch = Architecture(model)
+    arch = Architecture(model, "structured pruning")
     now = current_shape(model, config)
     if config.heads_keep < 1.0:
         arch.check_heads(config.head_unit)
@@ -92,7 +92,7 @@ def schedule_shapes(start: Shape, end: Shape, steps: int) -> list[Shape]:
 def cut_to(model: nn.Module, shape: Shape, scores: UnitScores, config: StructuredConfig) -> dict:
     """Removes the lowest-scoring blocks, then in every kept block the lowest-scoring MLP neurons
     and head units; returns what was kept."""
-    arch = Architecture(model)
+    arch = Architecture(model, "structured pruning")
     blocks = decoder_blocks(model)
     figures: dict = {}
     if shape.layers < len(blocks):

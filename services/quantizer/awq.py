@@ -125,7 +125,7 @@ def awq_prepare(work: BlockWork, config: AwqConfig) -> dict[str, AwqLayer]:
     figures: dict[str, dict] = {n: {} for n in work.layers}
     # Scales first, for every group, on the float block: folding keeps the float function,
     # so each later search sees the same inputs (in its own scaled basis).
-    for group in smoothing_groups(work.block):
+    for group in smoothing_groups(work.block, work.norm_readers):
         names = [f"{work.name}.{c}" for c in group.consumers]
         if not all(n in work.layers for n in names):
             continue

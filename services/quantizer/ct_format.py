@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from services.common.models import families
 from services.common.models.safetensors_writer import write_safetensors
 from services.quantizer.activations import ActivationScheme
 from services.quantizer.qscheme import SCALE_DTYPE, QuantParams, WeightScheme
@@ -112,12 +113,23 @@ def module_tensors(name: str, qw: QuantizedWeight, *, codes: bool = True) -> dic
     return out
 
 
+def _check_reloads_packed(model_config, quantized: dict[str, QuantizedWeight]) -> None:
+    """A refusal naming the family where stock transformers cannot reload pack-quantized Linears of it."""
+    family = families.family_of(model_config)
+    if family is None or family.reloads_packed:
+        return
+    if any(_format(qw.scheme, qw.activations, qw.kind) == "pack-quantized" for qw in quantized.values()):
+        raise families.refuse(model_config, "weight-only quantization (compressed-tensors pack-quantized)",
+                              "does not reload in stock transformers with packed Linears (its weight init reads "
+                              "each Linear's .weight, which a packed one no longer has); W8A8 keeps .weight")
+
+
 def write_compressed_tensors(source, quantized: dict[str, QuantizedWeight], folder: Path,
                              tied_head: tuple[str, str] | None = None,
                              rewritten: dict[str, torch.Tensor] | None = None) -> None:
     """`source` is a StreamingModel of the float model the codes were computed from;
     `rewritten` holds float tensors the algorithm changed (e.g. norms smoothing folded into)."""
-
+    _check_reloads_packed(source.model.config, quantized)
     folder.mkdir(parents=True, exist_ok=True)
     quantized_keys = {source.key(f"{n}.weight") for n in quantized}
     tensors: dict[str, torch.Tensor] = {}

@@ -20,7 +20,7 @@ from services.common.contract.engine_api import MODEL_KINDS, ProgressMetric, Pro
 from services.common.contract.registry import method, registry
 from services.common.measure.isa import support
 from services.common.measure.machine import this_cpu
-from services.common.models.tokenizer_files import copy_tokenizer
+from services.common.models.carried_files import carry_beside_weights
 from services.quantizer.awq import awq_block_step
 from services.common.calibration.config import CalibrationConfig
 from services.quantizer.configs import (AwqConfig, AwqTransformConfig, CastConfig, GptqConfig,
@@ -71,7 +71,7 @@ def _cast(dtype: torch.dtype) -> Callable[[MethodConfig, Path, Path, ProgressRep
         model = model.to(dtype)
         model.config.dtype = dtype
         model.save_pretrained(dst, safe_serialization=True)
-        copy_tokenizer(src, dst)
+        carry_beside_weights(src, dst)
         reporter.report(2, 2, "saved")
         name = str(dtype).removeprefix("torch.")
         # PyTorch computes in the weights' dtype on the CPU that loads them: say so where this
@@ -112,7 +112,7 @@ def _int8_weight_only(config: Int8WeightOnlyConfig, src: Path, dst: Path, report
     with torch.no_grad():
         figures = quantize_int8_weight_only(model, config, on_layer)
     packed.save_packed(model, dst, scheme="int8-weight-only")
-    copy_tokenizer(src, dst)
+    carry_beside_weights(src, dst)
     reporter.report(figures["quantized_modules"] + 1, figures["quantized_modules"] + 1, "saved packed int8 model")
     return StageResult(
         format=common_pb2.ARTIFACT_FORMAT_PACKED_SAFETENSORS,
@@ -252,7 +252,7 @@ def _transform(config: CalibrationConfig, grid: WeightOnlyConfig, src: Path, dst
                                  check_cancelled=reporter.check_cancelled, checkpoints=walk)
     reporter.report(len(targets), len(targets) + 1, "writing the float model")
     replaced = write_float_model(source, changed, dst)
-    copy_tokenizer(src, dst)
+    carry_beside_weights(src, dst)
     reporter.report(len(targets) + 1, len(targets) + 1, "saved float model")
     scaled = sum(1 for f in figures if f.get("scale_form", "none") != "none" or f.get("alpha") is not None)
     metrics = {"transformed_modules": len(figures), "scaled_modules": scaled, "rewritten_tensors": replaced,

@@ -14,18 +14,27 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-# (producer, consumers) relative to a block. Llama-like decoders (Llama, SmolLM2, Mistral,
-# Qwen2) and BERT-like encoders. v → o holds only without grouped-query attention; the
-# shape check below drops it otherwise.
+from services.common.models import families
+
+# (producer, consumers, scoring) relative to a block: a Linear feeding Linears with nothing
+# nonlinear between, wherever these names mean what they do in Llama and BERT. v → o holds only
+# without grouped-query attention; the shape check below drops it otherwise. A norm's readers come
+# from the family table (families.Family.norm_readers): a name alone cannot say whether a norm feeds
+# a Linear or normalises an output (OLMo2's post_attention_layernorm does the latter).
 # The third item names a token-wise module whose output scores the consumers' candidate
 # weights through its nonlinearity (AWQ); empty means the consumers' own outputs.
-PAIRS: tuple[tuple[str, tuple[str, ...], str], ...] = (
-    ("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ""),
-    ("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj"), "mlp"),
+LINEAR_PAIRS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("mlp.up_proj", ("mlp.down_proj",), ""),
     ("self_attn.v_proj", ("self_attn.o_proj",), ""),
     ("attention.self.value", ("attention.output.dense",), ""),
 )
+NormReaders = tuple[tuple[str, tuple[str, ...]], ...]
+
+
+def _norm_pairs(norm_readers: NormReaders) -> list[tuple[str, tuple[str, ...], str]]:
+    """A norm's readers scored through the MLP module when they are its inputs (AWQ), else by themselves."""
+    return [(norm, readers, "mlp" if all(r.startswith("mlp.") for r in readers) else "")
+            for norm, readers in norm_readers]
 
 
 @dataclass(frozen=True)
@@ -43,11 +52,15 @@ def _is_scalable_norm(module: nn.Module, width: int) -> bool:
             and isinstance(weight, torch.Tensor) and weight.shape == (width,))
 
 
-def smoothing_groups(block: nn.Module) -> list[SmoothingGroup]:
+def smoothing_groups(block: nn.Module, norm_readers: NormReaders | None = None) -> list[SmoothingGroup]:
+    """The block's exact producer → consumers pairs. `norm_readers`: the family's (families.py); None
+    means Llama's names, for a caller holding a bare Llama or BERT block."""
+    if norm_readers is None:
+        norm_readers = families.FAMILIES["llama"].norm_readers
     groups = []
     modules = dict(block.named_modules())
-    for producer, consumers, scoring in PAIRS:
-        if producer not in modules or not all(c in modules for c in consumers):
+    for producer, consumers, scoring in (*_norm_pairs(norm_readers), *LINEAR_PAIRS):
+        if producer not in modules or not all(isinstance(modules.get(c), nn.Linear) for c in consumers):
             continue
         width = modules[consumers[0]].in_features
         if any(modules[c].in_features != width for c in consumers):

@@ -67,7 +67,7 @@ def smooth_block(work: BlockWork, config, scheme: acts.ActivationScheme
     smoothed layer's scales and its figures (alpha, sample error). `config` carries alpha/alpha_search."""
     smoothed: dict[str, torch.Tensor] = {}
     chosen: dict[str, dict] = {}
-    for group in smoothing_groups(work.block):
+    for group in smoothing_groups(work.block, work.norm_readers):
         names = [f"{work.name}.{c}" for c in group.consumers]
         if not all(n in work.layers for n in names):
             continue

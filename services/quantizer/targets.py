@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from services.common.models import families
 from services.quantizer.configs import WeightOnlyConfig
 from services.quantizer.qscheme import WeightScheme
 
@@ -47,9 +48,18 @@ def weight_targets(model: nn.Module, config: WeightOnlyConfig) -> list[Target]:
             fallback = config.group_size if scheme.group_size != config.group_size else 0
             targets.append(Target(name, module, scheme, "linear", fallback))
     if not any(t.role == "linear" for t in targets):
-        raise ValueError("the model has no Linear layers to quantize")
+        raise _no_linears(model)
     # Embedding before a tied head, so the head finds the shared weight already on its grid.
     return sorted(targets, key=lambda t: {"embedding": 0, "linear": 1, "head": 2}[t.role])
+
+
+def _no_linears(model: nn.Module) -> Exception:
+    """The refusal of a model without nn.Linear layers, naming its family (GPT-2 keeps its block
+    projections in transformers' Conv1D, which the compressed-tensors layout does not quantize)."""
+    family = families.family_of(model.config)
+    why = ("keeps its block projections in transformers' Conv1D, not nn.Linear; the compressed-tensors "
+           "layout quantizes Linears only" if family and family.conv1d else "has no nn.Linear layers to quantize")
+    return families.refuse(model.config, "weight quantization", why)
 
 
 def fallback_report(targets: list[Target]) -> dict[str, int]:

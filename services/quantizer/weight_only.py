@@ -11,8 +11,8 @@ import torch
 from modelpress.v1 import common_pb2
 from services.common.calibration.streaming import StreamingModel
 from services.common.contract.engine_api import ProgressMetric, ProgressReporter, StageResult
+from services.common.models.carried_files import carry_beside_weights
 from services.common.models.float_checkpoint import refuse_quantized
-from services.common.models.tokenizer_files import copy_tokenizer
 from services.common.runtime.memory import return_large_frees_to_os
 from services.quantizer.ct_format import is_standard_layout, write_compressed_tensors
 from services.quantizer.targets import fallback_report
@@ -40,7 +40,7 @@ def save_weight_only(source: StreamingModel, quantized, targets, config, dst: Pa
     result: the config, group fallbacks, layout and effective bits."""
     reporter.report(len(targets), len(targets) + 1, "writing compressed-tensors model")
     write_compressed_tensors(source, quantized, dst, source.tied_head, rewritten)
-    copy_tokenizer(source.reader.folder, dst)
+    carry_beside_weights(source.reader.folder, dst)
     n = len(targets)
     layout = "vllm" if is_standard_layout(dst) else "transformers-only"
     reporter.report(n + 1, n + 1, "saved compressed-tensors model")

@@ -5,12 +5,15 @@ services/common/datasets/calibration_text.py). Only the current block's inputs a
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+
+from services.common.models.families import is_causal_lm
 
 
 class _StopForward(Exception):
@@ -42,15 +45,19 @@ def capture_first_block_inputs(model: nn.Module, batches: torch.Tensor) -> Block
     blocks = decoder_blocks(model)
     captured = BlockInputs(hidden=[])
 
-    def grab(_module, args, kwargs):
-        hidden = args[0] if args else kwargs.pop("hidden_states")
+    def grab(module, args, kwargs):
+        # Every argument by name, so a block given more than its hidden states positionally (DeBERTa's
+        # attention mask) gets them again when run_block calls it with keywords.
+        parameters = list(inspect.signature(module.forward).parameters)
+        named = dict(zip(parameters, args)) | kwargs
+        hidden = named.pop(parameters[0] if parameters[0] in named else "hidden_states")
         captured.hidden.append(hidden.detach())
         if not captured.kwargs:
-            captured.kwargs = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+            captured.kwargs = named
         raise _StopForward
 
     # A decoder must not build a KV cache here; encoders take no such argument.
-    extra = {"use_cache": False} if type(model).__name__.endswith("ForCausalLM") else {}
+    extra = {"use_cache": False} if is_causal_lm(model) else {}
     handle = blocks[0].register_forward_pre_hook(grab, with_kwargs=True)
     try:
         for sample in batches:

@@ -30,6 +30,7 @@ from services.common.calibration.blocks import (
 )
 from services.common.calibration.streaming import StreamingModel
 from services.common.calibration.walk_checkpoint import WalkCheckpoints, WalkState
+from services.common.models import families
 from services.common.runtime.memory import release_free_memory
 
 
@@ -48,6 +49,9 @@ class BlockWork:
     # Hooks a step installs for the propagation pass (e.g. simulated activation quantization);
     # removed once the block's outputs are computed.
     propagation_hooks: list = field(default_factory=list)
+    # The model family's (norm, Linears reading it) pairs (families.py): where scales may fold; empty for
+    # an undeclared family (no norm is folded into by its name alone), None for Llama's names.
+    norm_readers: tuple | None = None
     # Long steps (QAT's training loop) call this now and then: it raises when the stage was
     # cancelled, so cancel need not wait for the block to finish.
     check_cancelled: Callable[[], None] = lambda: None
@@ -82,6 +86,8 @@ def run_blocks(source: StreamingModel, blocks: list[tuple[str, nn.Module]], inpu
     results: dict[str, Any] = {}
     figures: dict[str, dict] = {}
     rewritten: dict[str, torch.Tensor] = {}
+    family = families.family_of(source.model.config)
+    norm_readers = family.norm_readers if family else ()
     start = 0
     if checkpoints is not None and (stored := checkpoints.restore(len(blocks), inputs.hidden)) is not None:
         start = stored.next_block
@@ -103,7 +109,7 @@ def run_blocks(source: StreamingModel, blocks: list[tuple[str, nn.Module]], inpu
         finally:
             collector.close()
         work = BlockWork(index, block_name, block, layers, {n: targets[n] for n in layers}, collector.stats,
-                         inputs, float_outputs, check_cancelled=check_cancelled)
+                         inputs, float_outputs, check_cancelled=check_cancelled, norm_readers=norm_readers)
         for name, result, step_figures in step(work):
             results[name], figures[name] = result, {"block": index, **step_figures}
             on_result(name, result, figures[name])

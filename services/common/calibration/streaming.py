@@ -17,6 +17,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from services.common.models import families
 from services.common.models import modelio
 from services.common.models.packed import materialise_meta_buffers
 
@@ -72,6 +73,7 @@ class StreamingModel:
         config_json = modelio.read_config(folder)
         kind = modelio.model_kind(config_json)
         modelio.check_loadable(folder, config_json)
+        families.check_streamable(config_json)
         self.reader = CheckpointReader(folder)
         config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
         auto = AutoModelForCausalLM if kind == "causal-lm" else AutoModel
@@ -83,7 +85,8 @@ class StreamingModel:
         # Checkpoints of bare encoders may carry a prefix (e.g. "bert.") the bare model lacks.
         self.checkpoint_prefix = self._find_checkpoint_prefix()
         # A tensor the checkpoint lacks would stay on meta (or be invented): refused here, by name.
-        modelio.check_covers(self.model, set(self.reader.keys()), Path(folder).name, self.checkpoint_prefix)
+        what = f"{Path(folder).name} (model family {families.model_type_of(config_json)!r})"
+        modelio.check_covers(self.model, set(self.reader.keys()), what, self.checkpoint_prefix)
 
     def _find_checkpoint_prefix(self) -> str:
         own = {n for n, _ in self.model.named_parameters()}

@@ -13,12 +13,14 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from services.common.models.families import is_causal_lm
+
 
 def forward_flops(model: nn.Module, sequence_length: int, batch: int = 1) -> tuple[int, dict[str, int]]:
     """FLOPs of one forward on [batch, sequence_length] tokens (a causal LM's logits for every
     position, as the evaluator's prefill computes them), and per module (FlopCounterMode's
     hierarchical names, e.g. "BertModel.encoder.layer.0")."""
-    causal = type(model).__name__.endswith("ForCausalLM")
+    causal = is_causal_lm(model)
     ids = torch.zeros(batch, sequence_length, dtype=torch.long)
     extra = {"use_cache": False} if causal else {}
     with FlopCounterMode(display=False) as counter, torch.no_grad():

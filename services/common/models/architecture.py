@@ -1,26 +1,27 @@
-"""Where an architecture keeps the units structured pruning removes, and how to cut them out so the
-result is a smaller model of the same class that stock transformers reloads from its config.
+"""How to cut a block's units out so the result is a smaller model of the same class that stock
+transformers reloads from its config. Which families allow which cuts, and where their units are, is
+declared once in families.py (`Family.structured`).
 
-Llama-style decoders (Llama, Mistral, Qwen2: `model.layers`, gate/up/down MLP, q/k/v/o attention
-with `head_dim` in the config) support layers, MLP neurons and heads: the same count removed from
-every layer, whole KV groups or the same number of query heads per group under GQA. BERT-style
-encoders support layers and MLP neurons; heads are refused, because BERT derives the head size from
-hidden_size / num_attention_heads, so fewer heads with the same hidden size do not reload.
+Llama-style decoders (Llama, Mistral, Qwen2/3: `head_dim` in the config) support layers, MLP neurons and
+heads: the same count removed from every layer, whole KV groups or the same number of query heads per
+group under GQA. BERT-style encoders support layers and MLP neurons; heads are refused, because BERT
+derives the head size from hidden_size / num_attention_heads, so fewer heads with the same hidden size
+do not reload.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
+from services.common.models import families
+from services.common.models.families import Attention, Mlp
 from services.common.models.modelio import UnsupportedModelError
 
-LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "smollm3")
-BERT_LIKE = ("bert", "roberta", "xlm-roberta")
 BERT_HEADS = ("heads_keep: BERT-style encoders derive the head size from hidden_size / num_attention_heads, so "
               "a BERT with fewer heads does not reload in stock transformers; prune layers or MLP neurons instead")
+# What a refusal names when the caller does not say which method it runs.
+STRUCTURED = "structured pruning"
 
 
 def slice_linear(linear: nn.Linear, *, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None
@@ -41,46 +42,29 @@ def slice_linear(linear: nn.Linear, *, rows: torch.Tensor | None = None, cols: t
     return out
 
 
-@dataclass(frozen=True)
-class Mlp:
-    inputs: tuple[str, ...]  # Linears whose output rows are the neurons (gate, up / intermediate)
-    output: str  # the Linear whose input columns are the neurons (down / output)
-
-
-@dataclass(frozen=True)
-class Attention:
-    q: str
-    k: str
-    v: str
-    o: str
-
-
 class Architecture:
     """Names of one block's units, relative to the block, and the config fields they set."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, method: str = STRUCTURED) -> None:
         self.config = model.config
         self.model_type = getattr(model.config, "model_type", "")
-        if self.model_type in LLAMA_LIKE:
-            self.mlp = Mlp(("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj")
-            self.attention: Attention | None = Attention("self_attn.q_proj", "self_attn.k_proj",
-                                                         "self_attn.v_proj", "self_attn.o_proj")
-            self.qkv = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
-            self.attention_output = "self_attn.o_proj"
-        elif self.model_type in BERT_LIKE:
-            self.mlp = Mlp(("intermediate.dense",), "output.dense")
-            # Heads cannot be cut here (BERT_HEADS), but their projections can be read.
-            self.attention = None
-            self.qkv = ("attention.self.query", "attention.self.key", "attention.self.value")
-            self.attention_output = "attention.output.dense"
-        else:
-            raise UnsupportedModelError(
-                f"structured pruning knows Llama-style ({', '.join(LLAMA_LIKE)}) and BERT-style "
-                f"({', '.join(BERT_LIKE)}) models, not model_type {self.model_type!r}")
+        family = families.family_of(model.config)
+        if family is None or not family.structured or family.mlp is None:
+            declared = [f.model_type for f in families.FAMILIES.values() if f.structured]
+            raise families.refuse(model.config, method,
+                                  f"declares no structured cuts stock transformers would reload; declared for "
+                                  f"{', '.join(declared)}")
+        self.family = family
+        self.mlp: Mlp = family.mlp
+        # Heads are cut only where the config keeps head_dim (BERT_HEADS); their projections are read anyway.
+        self.attention: Attention | None = family.attention if "heads" in family.structured else None
+        self.qkv = family.attention.inputs
+        self.attention_output = family.attention.o
 
     @property
     def bert_like(self) -> bool:
-        return self.model_type in BERT_LIKE
+        """The head size is derived from hidden_size / num_attention_heads (no head cuts)."""
+        return "heads" not in self.family.structured
 
     @property
     def residual_readers(self) -> tuple[str, ...]:

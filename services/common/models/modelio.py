@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 
 from services.common.models import custom_code, packed, pickles, safetensors_header
-from services.common.models.bounded_json import JsonTooDeep, loads_bounded
+from services.common.models.bounded_json import JsonTooDeep, JsonTooLarge, loads_bounded, read_capped
 from services.common.models.model_errors import IncompleteCheckpoint, UnsafeModelError, UnsupportedModelError
 from services.common.contract.model_kinds import kind_of
 
@@ -45,8 +45,9 @@ def read_config(folder: Path) -> dict:
     if not path.exists():
         raise UnsupportedModelError(f"{folder.name}: no config.json (an HF-style model folder is expected)")
     try:
-        config = loads_bounded(path.read_bytes(), "config.json")
-    except JsonTooDeep:
+        with open(path, "rb") as stream:
+            config = loads_bounded(read_capped(stream, "config.json"), "config.json")
+    except (JsonTooDeep, JsonTooLarge):
         raise
     except (ValueError, UnicodeDecodeError) as exc:
         raise UnsupportedModelError(f"config.json: not JSON ({exc})") from None
@@ -122,12 +123,14 @@ def _listed(names: list[str]) -> str:
 
 
 def model_kind(config: dict) -> str:
-    """"causal-lm" for decoder LMs, "encoder" for everything AutoModel loads bare (model_kinds.kind_of)."""
+    """"causal-lm" for what AutoModelForCausalLM maps, "encoder" for masked-LM families AutoModel loads
+    bare (model_kinds.kind_of: transformers' auto-mappings)."""
     kind = kind_of(config)
     if kind is None:
         raise UnsupportedModelError(
-            f"unsupported architecture {config.get('architectures') or config.get('model_type')!r}: "
-            "modelpress handles *ForCausalLM models and BERT-style encoders"
+            f"unsupported architecture {config.get('architectures') or config.get('model_type')!r} "
+            f"(model_type {config.get('model_type')!r}): modelpress handles causal LMs (what "
+            "AutoModelForCausalLM maps) and masked-LM encoders (BERT, DeBERTa, ModernBERT ...)"
         )
     return kind
 
@@ -143,8 +146,8 @@ def load_model(folder: Path, *, dtype=None):
     folder = Path(folder)
     check_safe(folder)
     config = read_config(folder)
+    check_loadable(folder, config)  # before the kind: a folder's own code is refused as such, whatever it names
     kind = model_kind(config)
-    check_loadable(folder, config)
     if packed.is_packed(folder):
         with CONSTRUCTION_LOCK:
             return packed.load_packed(folder, kind)

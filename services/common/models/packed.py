@@ -158,5 +158,8 @@ def materialise_meta_buffers(model: nn.Module) -> None:
                 module._buffers[buf] = torch.arange(shape[-1]).expand(shape).contiguous()
             elif buf == "token_type_ids":
                 module._buffers[buf] = torch.zeros(shape, dtype=torch.long)
+            elif hasattr(module, f"scalar_{buf}"):
+                # transformers keeps the number a scalar buffer is built from (Gemma's embed_scale, sqrt(hidden)).
+                module._buffers[buf] = torch.tensor(getattr(module, f"scalar_{buf}"))
             else:
                 raise ValueError(f"cannot rebuild buffer {name}.{buf} of a packed model")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from services.common.models.families import is_causal_lm
 from services.common.models import modelio
 
 TOLERANCE = 1e-3
@@ -21,7 +22,7 @@ def reload_difference(model, folder: Path, input_ids: torch.Tensor, attention_ma
     a RuntimeError naming `what` past the tolerance."""
     reloaded = modelio.load_model(folder, dtype=torch.float32)
     inputs = {"input_ids": input_ids} | ({"attention_mask": attention_mask} if attention_mask is not None else {})
-    causal = type(model).__name__.endswith("ForCausalLM")
+    causal = is_causal_lm(model)
 
     def out(m) -> torch.Tensor:
         return m(**inputs, use_cache=False).logits if causal else m(**inputs).last_hidden_state

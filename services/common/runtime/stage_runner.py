@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import logging
 import shutil
 import tempfile
@@ -24,12 +25,13 @@ from modelpress.v1 import common_pb2
 from modelpress.structs import to_struct
 from services.common.store import events as ev
 from services.common.store import packaging
+from services.common.store.load_guide import write_load_guide
 from services.common.store.artifact_store import ArtifactCorrupt, ArtifactNotFound, StoreFull
 from services.common.contract.config import ConfigError, WorkBudgetExceeded
-from services.common.store.model_source import PathNotAllowed, describe
+from services.common.store.model_source import CacheTooSmall, PathNotAllowed, describe
 from services.common.store.nats_conn import NATS_AWAY
 from services.common.models import custom_code
-from services.common.models.bounded_json import JsonTooDeep
+from services.common.models.bounded_json import JsonTooDeep, JsonTooLarge
 from services.common.models.model_errors import UnsafeModelError, UnsupportedModelError
 from services.common.contract.engine_api import NotPossibleHere, Progress, ProgressReporter, StageCancelled, StageResult
 from services.common.store.lineage import library_versions, ref_digest, stage_key
@@ -48,12 +50,13 @@ StageWork = Callable[[Path, Path, ProgressReporter], StageResult]
 _STATUS_OF: list[tuple[type[BaseException] | tuple[type[BaseException], ...], grpc.StatusCode]] = [
     (ConfigError, grpc.StatusCode.INVALID_ARGUMENT),
     # A model file nested past what any real one does (checked), or past Python's stack (not checked).
-    (JsonTooDeep, grpc.StatusCode.INVALID_ARGUMENT),
+    ((JsonTooDeep, JsonTooLarge), grpc.StatusCode.INVALID_ARGUMENT),
     (RecursionError, grpc.StatusCode.INVALID_ARGUMENT),
     # An artifact, record or event past the NATS server's max_payload.
     (nats.errors.MaxPayloadError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (WorkBudgetExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (StoreFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (CacheTooSmall, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (UnknownBuiltin, grpc.StatusCode.INVALID_ARGUMENT),
     (ArtifactNotFound, grpc.StatusCode.NOT_FOUND),
     (FileNotFoundError, grpc.StatusCode.NOT_FOUND),
@@ -74,14 +77,26 @@ _STATUS_OF: list[tuple[type[BaseException] | tuple[type[BaseException], ...], gr
 NAME_MAX, PATH_MAX = 255, 4096
 
 
+# What an output folder holds beside the weights; a change makes stored outputs miss the reuse key
+# (2: the input's non-weight files carried, HOW_TO_LOAD.md).
+OUTPUT_LAYOUT = "2"
+
+
 def name_too_long(exc: BaseException) -> bool:
     """An OSError for a path with a component past NAME_MAX (a caller's path, or a name inside a model)."""
     return isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG
 
 
+def disk_full(exc: BaseException) -> bool:
+    """This worker's disk (or quota) ran out: RESOURCE_EXHAUSTED, not a bug of the stage."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 def status_for(exc: BaseException) -> grpc.StatusCode:
     if name_too_long(exc):
         return grpc.StatusCode.INVALID_ARGUMENT
+    if disk_full(exc):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
     for kind, code in _STATUS_OF:
         if isinstance(exc, kind):
             return code
@@ -97,6 +112,8 @@ def message_for(exc: BaseException) -> str:
             return f"path {shown(path)} is {len(path.encode())} bytes, past the {PATH_MAX} a path may take"
         return (f"path component {shown(component)} is {len(component.encode())} bytes, past the {NAME_MAX} a "
                 "file name may take")
+    if disk_full(exc):
+        return f"the worker's disk is full ({os.strerror(exc.errno)}): free space or raise its cache bound"
     if isinstance(exc, RecursionError):
         return f"nested too deeply to read ({exc})"
     if isinstance(exc, nats.errors.MaxPayloadError):
@@ -133,7 +150,8 @@ async def run_stage(
         await abort_with(context, exc, what)
         return
     # The worker's ISA class is part of the key: a method may resolve per CPU (fastest-cpu).
-    versions = {**library_versions(), "isa_class": this_cpu().isa_class, **(extra_key or {})}
+    versions = {**library_versions(), "isa_class": this_cpu().isa_class, "output_layout": OUTPUT_LAYOUT,
+                **(extra_key or {})}
     key = stage_key(runtime.settings.name, stage.method, config, input_digest, service_version, versions)
     if not stage.recompute and (reused := await _stored_output(runtime, key)) is not None:
         yield common_pb2.StageUpdate(output=reused)
@@ -181,6 +199,7 @@ async def run_stage(
         notes = [*result.notes, *(f"{name}: removed {', '.join(keys)} (modelpress never runs a model's own code)"
                                   for name, keys in custom_code.strip_custom_code(output_dir).items())]
         packaging.write_manifest(output_dir, manifest)
+        write_load_guide(output_dir, result.format)
         ref = await runtime.store.put_dir(output_dir, fmt=result.format, meta={
             "base_model": manifest.base_model, "chain": [link.model_dump() for link in manifest.chain]})
         output = common_pb2.StageOutput(artifact=ref, worker=runtime.worker_id, notes=notes, key=key)

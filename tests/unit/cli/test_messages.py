@@ -43,3 +43,11 @@ def test_a_gateway_reporting_a_dead_service_is_not_mistaken_for_no_gateway():
 def test_not_found_for_download_names_both_kinds_of_id():
     text = messages.neither_job_nor_artifact("a-0000")
     assert text.startswith("NOT_FOUND: 'a-0000'") and "job" in text and "artifact" in text
+
+
+def test_a_refused_path_says_how_to_bring_the_folder_and_other_errors_say_nothing_more():
+    for refusal in ("model.path: local paths are disabled (the operator sets MODELPRESS_ALLOWED_ROOTS)",
+                    "model.path: '/home/me/m' is outside the allowed roots /srv/models"):
+        hint = messages.refused_path_hint(refusal)
+        assert "modelpress compress ./my-model --recipe" in hint and "modelpress upload DIR" in hint
+    assert messages.refused_path_hint("recipe: unknown recipe 'x'") is None

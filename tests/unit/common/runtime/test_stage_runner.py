@@ -25,12 +25,12 @@ from modelpress.v1 import common_pb2, technique_pb2, technique_pb2_grpc
 from services.common.contract.config import ConfigError, WorkBudgetExceeded
 from services.common.contract.engine_api import NotPossibleHere, StageCancelled, StageResult
 from services.common.measure.machine import this_cpu
-from services.common.store.model_source import describe
+from services.common.store.model_source import CacheTooSmall, describe
 from services.common.models.bounded_json import JsonTooDeep
 from services.common.models.modelio import IncompleteCheckpoint, UnsafeModelError, UnsupportedModelError
 from services.common.runtime.server import open_runtime
 from services.common.runtime.settings import ServiceSettings
-from services.common.runtime.stage_runner import run_stage, status_for
+from services.common.runtime.stage_runner import OUTPUT_LAYOUT, run_stage, status_for
 from services.common.store import packaging
 from services.common.store.artifact_store import ArtifactCorrupt, ArtifactNotFound, StoreFull
 from services.common.store.lineage import library_versions
@@ -177,7 +177,7 @@ async def test_progress_is_streamed_and_published_in_order_then_the_output_is_st
     assert record.input == f"artifact:{input_model.id}"
     assert record.input_digest == f"sha256:{input_model.sha256}"
     # The key holds the versions and the worker's ISA class (a method may resolve per CPU).
-    assert record.versions == {**library_versions(), "isa_class": this_cpu().isa_class}
+    assert record.versions == {**library_versions(), "isa_class": this_cpu().isa_class, "output_layout": OUTPUT_LAYOUT}
     assert [link.method for link in manifest.chain] == ["fp16", "pack"] and manifest.chain[-1] == record
     # The scratch folder went with the stage.
     assert list(runtime.settings.work_dir.glob("pack-*")) == []
@@ -261,6 +261,8 @@ def _raises(exc: BaseException):
     (JsonTooDeep("config.json: JSON nested 40 levels deep"), grpc.StatusCode.INVALID_ARGUMENT),
     (IncompleteCheckpoint("m: the checkpoint lacks 1 of the model's tensors (lm_head.weight)"),
      grpc.StatusCode.FAILED_PRECONDITION),
+    (CacheTooSmall("model.path: '/m' holds 30 GB, past this worker's cache bound"),
+     grpc.StatusCode.RESOURCE_EXHAUSTED),
 ])
 async def test_an_engine_failure_becomes_the_status_that_says_what_to_do(mesh, input_model, exc, code):
     runtime, servicer, stub = mesh
@@ -279,6 +281,8 @@ async def test_an_engine_failure_becomes_the_status_that_says_what_to_do(mesh, i
     (OSError(errno.ENAMETOOLONG, "File name too long", "/models/" + "x" * 300 + "/config.json"),
      grpc.StatusCode.INVALID_ARGUMENT, f"path component {'x' * 48!r}… (300 characters) is 300 bytes, past the 255"),
     (nats.errors.MaxPayloadError(), grpc.StatusCode.RESOURCE_EXHAUSTED, "past the NATS server's max_payload"),
+    (OSError(errno.ENOSPC, "No space left on device"), grpc.StatusCode.RESOURCE_EXHAUSTED,
+     "the worker's disk is full (No space left on device)"),
 ])
 async def test_errors_without_a_domain_type_are_typed_with_words_of_their_own(mesh, input_model, exc, code, message):
     _, servicer, stub = mesh
