@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 MP := $(PY) -m services.cli.main
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-slow test-compat fuzz chaos test-fast bench bench-quant bench-eval bench-opt bench-pipelines bench-prune bench-distill bench-anchors anchors-venv bench-llamacpp \
+.PHONY: install demo test test-slow test-compat fuzz chaos test-fast bench bench-upload bench-quant bench-eval bench-opt bench-pipelines bench-prune bench-distill bench-anchors anchors-venv bench-llamacpp \
 	llamacpp-venv proto lint-proto clean
 
 install: $(STAMP)
@@ -60,6 +60,11 @@ test-compat: install
 
 bench: install
 	$(PY) bench/artifact_throughput.py
+
+# The client's peak memory while it uploads a 256 MiB and a 1 GiB folder through a local mesh, beside
+# the old whole-tar client -> bench/results/upload_memory.json.
+bench-upload: install
+	$(PY) bench/upload_memory.py --sizes-mb 256,1024 --before
 
 # Every quantizer recipe on SmolLM2-135M and MiniLM-L6 -> bench/results/quantization.json (long).
 bench-quant: install
