@@ -68,6 +68,14 @@ async def _finished(client: Client, job_id: str) -> common_pb2.Job:
     return await asyncio.to_thread(client.get_job, job_id)
 
 
+async def _fp16_of_upload(client: Client, folder):
+    """(the upload's ref, its finished fp16 job without evaluation)."""
+    ref = await asyncio.to_thread(client.upload, folder)
+    job = await asyncio.to_thread(client.create_job, f"artifact:{ref.id}", "fp16",
+                                  evaluation=common_pb2.EvaluationSpec(skip=True))
+    return ref, await _finished(client, job.job_id)
+
+
 async def test_a_model_missing_a_tensor_fails_its_job_naming_it(gateway, tiny_llama_dir, tmp_path):
     """Never a job that SUCCEEDS on weights transformers invented: the missing tensors are named."""
     from safetensors.torch import load_file, save_file
@@ -77,10 +85,7 @@ async def test_a_model_missing_a_tensor_fails_its_job_naming_it(gateway, tiny_ll
     del state["model.layers.0.self_attn.q_proj.weight"]
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
     client = Client(gateway)
-    ref = await asyncio.to_thread(client.upload, folder)
-    job = await asyncio.to_thread(client.create_job, f"artifact:{ref.id}", "fp16",
-                                  evaluation=common_pb2.EvaluationSpec(skip=True))
-    job = await _finished(client, job.job_id)
+    ref, job = await _fp16_of_upload(client, folder)
     assert job.state == common_pb2.JOB_STATE_FAILED, job.error
     assert job.error.startswith("FAILED_PRECONDITION")
     assert "lacks 1 of the model's tensors (model.layers.0.self_attn.q_proj.weight)" in job.error
@@ -99,10 +104,7 @@ async def test_an_uploaded_manifest_is_never_lineage_and_outputs_keep_no_auto_ma
     (folder / "config.json").write_text(json.dumps(config))
 
     client = Client(gateway)
-    ref = await asyncio.to_thread(client.upload, folder)
-    job = await asyncio.to_thread(client.create_job, f"artifact:{ref.id}", "fp16",
-                                  evaluation=common_pb2.EvaluationSpec(skip=True))
-    job = await _finished(client, job.job_id)
+    ref, job = await _fp16_of_upload(client, folder)
     assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job.error
 
     lineage = await asyncio.to_thread(client.lineage, job.output.id)
