@@ -141,9 +141,12 @@ def write_results(cells: list[Cell], path: Path, families: list[str]) -> None:
     counts: dict[str, int] = {}
     for c in cells:
         counts[c.outcome] = counts.get(c.outcome, 0) + 1
+    from services.common.measure.machine import describe_machine
+
     document = {
         "what": "every declared family's tiny random model through each recipe with modelpress.compress "
                 "(tests/compat; make test-compat)",
+        "machine": describe_machine().as_dict(),  # outcomes may differ by ISA (an engine's kernels)
         "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "families": families, "recipes": list(RECIPES), "overrides": OVERRIDES, "counts": counts,
         "cells": [asdict(c) for c in sorted(cells, key=lambda c: (families.index(c.family), RECIPES.index(c.recipe)))],
