@@ -114,8 +114,13 @@ def untar_folder(tar_path: Path, dest: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+# The tar entries a model folder may hold besides folders: regular files, never sparse (the gateway's
+# upload check and the worker's unpack apply the same rule).
+PLAIN_FILE_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE)
+
+
 def _plain_only(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
-    if member.issparse() or not (member.isdir() or member.type in (tarfile.REGTYPE, tarfile.AREGTYPE)):
+    if member.issparse() or not (member.isdir() or member.type in PLAIN_FILE_TYPES):
         raise tarfile.FilterError(f"{member.name}: a sparse or special tar entry; artifacts hold plain files")
     return tarfile.data_filter(member, dest)
 

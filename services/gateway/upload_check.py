@@ -14,18 +14,17 @@ import json
 import tarfile
 from pathlib import Path, PurePosixPath
 
+from modelpress.folders import PLAIN_FILE_TYPES
 from modelpress.v1 import common_pb2
 from services.common.models import pickles
 from services.common.models.bounded_json import JsonTooDeep, JsonTooLarge, loads_bounded, read_capped
 from services.common.models.safetensors_header import BadSafetensors, read_header
 from services.common.runtime.cite import shown
+from services.common.store.path_models import NAME_MAX_BYTES
 
 MAX_ENTRIES = 10_000
 MAX_NAME_CHARACTERS = 1024
-# A file name (one path component) the workers' filesystems take, in bytes (Linux NAME_MAX).
-MAX_COMPONENT_BYTES = 255
 # Plain files and folders: no sparse maps (a 10 KB tar unpacking to gigabytes), links, devices or fifos.
-PLAIN_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE)
 MODEL_FORMATS = (common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS, common_pb2.ARTIFACT_FORMAT_PACKED_SAFETENSORS,
                  common_pb2.ARTIFACT_FORMAT_COMPRESSED_TENSORS)
 MAX_JSONL_LINES_CHECKED = 1000
@@ -70,15 +69,15 @@ def _checked_members(tar: tarfile.TarFile, max_unpacked_bytes: int | None) -> di
         path = PurePosixPath(name)
         if path.is_absolute() or ".." in path.parts:
             raise BadUpload(f"entry {shown(name)}: leaves the folder (absolute, or through '..')")
-        if too_long := next((part for part in path.parts if len(part.encode()) > MAX_COMPONENT_BYTES), None):
+        if too_long := next((part for part in path.parts if len(part.encode()) > NAME_MAX_BYTES), None):
             raise BadUpload(f"entry {shown(name)}: path component {shown(too_long)} is {len(too_long.encode())} "
-                            f"bytes, past the {MAX_COMPONENT_BYTES} a file name may take")
+                            f"bytes, past the {NAME_MAX_BYTES} a file name may take")
         if member.isdir():
             continue
         if member.issparse():
             raise BadUpload(f"entry {shown(name)}: is a sparse file ({member.size} bytes unpacked from a few "
                             "stored); uploads hold plain regular files only")
-        if member.type not in PLAIN_TYPES:
+        if member.type not in PLAIN_FILE_TYPES:
             kind = "a symlink" if member.issym() else "a hard link" if member.islnk() else "not a regular file"
             raise BadUpload(f"entry {shown(name)}: is {kind}; uploads hold regular files only")
         unpacked += member.size

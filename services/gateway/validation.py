@@ -14,8 +14,9 @@ from modelpress.v1 import common_pb2
 from services.common.models import builtin_models
 from services.common.runtime.cite import shown
 from services.common.contract.config import WorkBudgetExceeded
-from services.common.store.path_models import PathNotAllowed, locate
+from services.common.store.path_models import MAX_PATH_CHARACTERS, PathNotAllowed, locate
 from services.common.contract.chain import InvalidArgument, check_engines
+from services.common.contract.recipes import MAX_STAGES
 
 # Bounds of EvaluationSpec fields; zero means "use the default".
 EVALUATION_DEFAULTS = {"batch_size": 1, "sequence_length": 128, "latency_iterations": 10, "quality_windows": 8,
@@ -58,7 +59,7 @@ TEXT_LIMITS = {
     "gate": 1024,
     "method": 128,
     "tag": 128,
-    "path": 4096,  # a model folder (the operator's roots)
+    "path": MAX_PATH_CHARACTERS,  # a model folder (the operator's roots)
     "job_id": 128, "artifact_id": 128, "comparison_id": 128,  # checked_id says what an id looks like
     "tenant": 64,
 }
@@ -66,7 +67,7 @@ DEFAULT_TEXT_LIMIT = 1024
 # google.protobuf.Struct fields (overrides, options, a stage's config): serialized bytes.
 STRUCT_LIMIT_BYTES = 16 * 1024
 # Repeated fields by name: how many entries (the grids and compared models have their own bounds).
-REPEATED_LIMITS = {"stages": 16, "candidate_recipes": 32, "models": 16}
+REPEATED_LIMITS = {"stages": MAX_STAGES, "candidate_recipes": 32, "models": 16}
 DEFAULT_REPEATED_LIMIT = 64
 
 

@@ -29,6 +29,7 @@ from services.common.store.load_guide import write_load_guide
 from services.common.store.artifact_store import ArtifactCorrupt, ArtifactNotFound, StoreFull
 from services.common.contract.config import ConfigError, WorkBudgetExceeded
 from services.common.store.model_source import CacheTooSmall, PathNotAllowed, describe
+from services.common.store.path_models import MAX_PATH_CHARACTERS, NAME_MAX_BYTES
 from services.common.store.nats_conn import NATS_AWAY
 from services.common.models import custom_code
 from services.common.models.bounded_json import JsonTooDeep, JsonTooLarge
@@ -74,7 +75,6 @@ _STATUS_OF: list[tuple[type[BaseException] | tuple[type[BaseException], ...], gr
 
 
 # The longest file name (one path component) and path Linux takes, in bytes.
-NAME_MAX, PATH_MAX = 255, 4096
 
 
 # What an output folder holds beside the weights; a change makes stored outputs miss the reuse key
@@ -108,9 +108,9 @@ def message_for(exc: BaseException) -> str:
     if name_too_long(exc):
         path = str(exc.filename or "")
         component = max(path.split("/"), key=lambda part: len(part.encode()))
-        if len(component.encode()) <= NAME_MAX:
-            return f"path {shown(path)} is {len(path.encode())} bytes, past the {PATH_MAX} a path may take"
-        return (f"path component {shown(component)} is {len(component.encode())} bytes, past the {NAME_MAX} a "
+        if len(component.encode()) <= NAME_MAX_BYTES:
+            return f"path {shown(path)} is {len(path.encode())} bytes, past the {MAX_PATH_CHARACTERS} a path may take"
+        return (f"path component {shown(component)} is {len(component.encode())} bytes, past the {NAME_MAX_BYTES} a "
                 "file name may take")
     if disk_full(exc):
         return f"the worker's disk is full ({os.strerror(exc.errno)}): free space or raise its cache bound"

@@ -35,7 +35,9 @@ from typing import Protocol, Self
 
 from services.common.runtime.cite import shown
 
-MAX_PATH_CHARACTERS = 4096
+MAX_PATH_CHARACTERS = 4096  # Linux PATH_MAX
+# A file name (one path component) the workers' filesystems take, in bytes (Linux NAME_MAX).
+NAME_MAX_BYTES = 255
 # What one path model may hold: bounds the walk (and its descriptors) and the copy a worker makes.
 MAX_FOLDER_ENTRIES = 10_000
 MAX_FOLDER_DEPTH = 32
