@@ -53,8 +53,9 @@ def block_influence(model: nn.Module, batches: list[dict]) -> torch.Tensor:
 
 def _mlp_keep(arch: Architecture, block: nn.Module, width: int) -> torch.Tensor:
     """Neurons with the largest ‖input rows‖·‖output column‖, in their order."""
-    rows = sum(block.get_submodule(n).weight.detach().float().norm(dim=1) for n in arch.mlp.inputs)
-    cols = block.get_submodule(arch.mlp.output).weight.detach().float().norm(dim=0)
+    weight = lambda w: w.detach().float()
+    norm = lambda t: t.norm(dim=-1)
+    rows, cols = arch.mlp_rows(block, weight, norm), arch.mlp_columns(block, weight, norm)
     return (rows * cols).topk(width).indices.sort().values
 
 
@@ -80,11 +81,11 @@ def build_student(model: nn.Module, config: StudentConfig, batches: list[dict] |
     if config.student_mlp_width:
         arch = Architecture(student, "a student (distillation)")
         for block in decoder_blocks(student):
-            width = block.get_submodule(arch.mlp.output).in_features
+            width = arch.mlp_width(block)
             if config.student_mlp_width > width:
                 raise ValueError(f"student_mlp_width: {config.student_mlp_width} asked, the input's MLP is {width} wide")
             arch.cut_mlp(block, _mlp_keep(arch, block, config.student_mlp_width))
-        student.config.intermediate_size = config.student_mlp_width
+        arch.set_mlp_width(config.student_mlp_width)  # the family's field (intermediate_size, n_inner ...)
     basis = None
     hidden = student.config.hidden_size
     if config.student_hidden_size and config.student_hidden_size != hidden:

@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from services.optimizer.cache_graph import traceable
+
 ONNX_FILE = "model.onnx"
 INPUT_NAMES = ["input_ids", "attention_mask"]
 # torch.export and the TorchScript tracer keep process-wide state: two exports in two stage
@@ -75,6 +77,52 @@ def _export_with_past(model: nn.Module, path: Path, opset: int) -> None:
     program.save(str(path), external_data=False)
 
 
+def _gemms_as_matmuls(path: Path) -> int:
+    """Rewrites each Gemm whose weight is a 2-D initializer as MatMul (+ Add for its bias); returns
+    how many. The dynamo exporter writes a Linear over a 2-D input as Gemm (MoE blocks flatten the
+    tokens before their router and shared expert), and ONNX Runtime's blockwise weight quantizer
+    (MatMulNBits) only takes MatMul: those weights would stay float in an INT8 / INT4 graph. (Where
+    a bias follows, ORT's basic-level folding fuses MatMul + Add back into Gemm: GPT-2's Conv1D.)"""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    initializers = {i.name: i for i in graph.initializer}
+    uses: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    nodes, rewritten = [], 0
+    for node in graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        weight = initializers.get(node.input[1]) if node.op_type == "Gemm" else None
+        if (weight is None or len(weight.dims) != 2 or attrs.get("transA", 0)
+                or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0):
+            nodes.append(node)
+            continue
+        b = node.input[1]
+        if attrs.get("transB", 0):
+            if uses[b] == 1:  # stored transposed in place: nothing else reads it
+                weight.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(numpy_helper.to_array(weight).T), b))
+            else:
+                nodes.append(helper.make_node("Transpose", [b], [f"{node.name}_weight_t"], perm=[1, 0],
+                                              name=f"{node.name}_transpose"))
+                b = f"{node.name}_weight_t"
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] else ""
+        product = f"{node.name}_matmul" if bias else node.output[0]
+        nodes.append(helper.make_node("MatMul", [node.input[0], b], [product], name=f"{node.name}_as_matmul"))
+        if bias:
+            nodes.append(helper.make_node("Add", [product, bias], [node.output[0]], name=f"{node.name}_bias"))
+        rewritten += 1
+    if rewritten:
+        del graph.node[:]
+        graph.node.extend(nodes)
+        onnx.save(model, str(path))
+    return rewritten
+
+
 def export(model: nn.Module, kind: str, out_dir: Path, *, opset: int = 17, sample_length: int = 16,
            with_past: bool = True) -> Path:
     """Writes out_dir/model.onnx; returns its path. An encoder should be loaded with
@@ -83,7 +131,7 @@ def export(model: nn.Module, kind: str, out_dir: Path, *, opset: int = 17, sampl
     path = out_dir / ONNX_FILE
     ids, mask = _sample_inputs(model, sample_length)
     output = output_name(kind)
-    with EXPORT_LOCK, torch.no_grad(), warnings.catch_warnings():
+    with EXPORT_LOCK, torch.no_grad(), warnings.catch_warnings(), traceable(model):
         warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes
         if kind == "causal-lm" and with_past:
             _export_with_past(model, path, opset)
@@ -100,4 +148,6 @@ def export(model: nn.Module, kind: str, out_dir: Path, *, opset: int = 17, sampl
             torch.onnx.export(HiddenStates(model).eval(), (ids, mask), str(path), dynamo=False, opset_version=opset,
                               input_names=INPUT_NAMES, output_names=[output],
                               dynamic_axes={"input_ids": axes, "attention_mask": axes, output: axes})
+    if kind == "causal-lm":
+        _gemms_as_matmuls(path)
     return path

@@ -15,9 +15,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from services.optimizer.cache_graph import INPUTS as CAUSAL_INPUTS, CacheGeometry, LogitsWithCache, sample_inputs
 from services.common.engines.openvino_runtime import disable_telemetry
-from services.optimizer.onnx_export import EXPORT_LOCK, INPUT_NAMES as ENCODER_INPUTS, HiddenStates
+from services.optimizer.cache_graph import INPUTS as CAUSAL_INPUTS
+from services.optimizer.cache_graph import CacheGeometry, LogitsWithCache, sample_inputs, traceable
+from services.optimizer.onnx_export import EXPORT_LOCK, HiddenStates
+from services.optimizer.onnx_export import INPUT_NAMES as ENCODER_INPUTS
 
 IR_FILE = "openvino_model.xml"
 
@@ -54,7 +56,7 @@ def convert(model: nn.Module, kind: str, sample_length: int = 8):
 
     vocab = int(getattr(model.config, "vocab_size", 1000))
     ids = torch.randint(5, max(6, min(vocab, 32000)), (1, sample_length), generator=torch.Generator().manual_seed(0))
-    with EXPORT_LOCK, torch.no_grad(), warnings.catch_warnings():
+    with EXPORT_LOCK, torch.no_grad(), warnings.catch_warnings(), traceable(model):
         warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes
         if kind != "causal-lm":
             ov_model = ov.convert_model(HiddenStates(model).eval(),

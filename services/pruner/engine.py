@@ -148,9 +148,12 @@ def _prune_once(method: str, layer_prune: LayerPruneOf, config: SparsityConfig, 
     source = StreamingModel(current)
     layer_sparsity: dict[str, float] = {}
     losses: list[float] = []
+    uncalibrated: list[str] = []  # Linears no calibration token reached (experts the router never chose)
 
     def on_layer(i: int, total: int, name: str, layer_figures: dict) -> None:
         layer_sparsity[name] = layer_figures["sparsity"]
+        if layer_figures.get("no_calibration_tokens"):
+            uncalibrated.append(name)
         if "loss" in layer_figures:
             losses.append(layer_figures["loss"])
         reporter.report(i, total + 1, f"{label}: {layer_figures['method']} {name} ({i}/{total})", layer=name,
@@ -176,6 +179,8 @@ def _prune_once(method: str, layer_prune: LayerPruneOf, config: SparsityConfig, 
         changed = prune_calibrated(source, batches, step, on_layer, reporter.check_cancelled, walk)
         figures["mean_layer_loss"] = sum(losses) / len(losses) if losses else 0.0
         figures["resumed_from_block"] = walk.restored_block
+        if uncalibrated:
+            figures["uncalibrated_layers"] = uncalibrated
     write_float_model(source, changed, out)
     carry_beside_weights(src, out)
     figures["layer_sparsity"] = layer_sparsity
@@ -207,11 +212,11 @@ method(P, "sparsegpt", config=SparseGptConfig, produces=(FLOAT,), model_kinds=MO
 @method(P, "structured", config=FlopsConfig, produces=(FLOAT,), model_kinds=MODEL_KINDS, metrics=(MLP_KEPT, RECOVERY),
         summary="Reach a FLOPs target by removing layers (half the cut) and MLP neurons (the rest), or remove "
                 "explicit amounts of layers, neurons and heads")
-# BERT-style encoders derive the head size from hidden_size / num_attention_heads: fewer heads at the
-# same width do not reload in stock transformers (architecture.BERT_HEADS).
+# Families that derive the head size from hidden_size / num_attention_heads (BERT, GPT-2, OPT ...):
+# fewer heads at the same width do not reload in stock transformers (families.Family.structured_note).
 @method(P, "heads", config=HeadsConfig, produces=(FLOAT,), model_kinds=(CAUSAL_LM,), metrics=(RECOVERY,),
-        summary="Remove attention heads uniformly (whole KV groups, or query heads per group); Llama-style "
-                "decoders only")
+        summary="Remove attention heads uniformly (whole KV groups, or query heads per group); decoders whose "
+                "config carries head_dim (Llama, Qwen, Gemma, Phi-3 ...)")
 @method(P, "layers", config=LayersConfig, produces=(FLOAT,), model_kinds=MODEL_KINDS, metrics=(RECOVERY,),
         summary="Remove whole blocks by block importance (1 − cos(input, output) by default)")
 @method(P, "mlp-neurons", config=MlpNeuronsConfig, produces=(FLOAT,), model_kinds=MODEL_KINDS,
@@ -226,7 +231,9 @@ def _structured(config: StructuredConfig, src: Path, dst: Path, reporter: Progre
     before_params = parameter_counts(model)["parameters"]
     start, end = current_shape(model, config), target_shape(model, config)
     if end == start:
-        raise ValueError(f"nothing to prune: the asked shape {end.data()} is the model's own")
+        raise ValueError(f"nothing to prune: the asked shape {end.data()} is the model's own (model family "
+                         f"{model.config.model_type!r}; MLP widths round to multiples of width_multiple="
+                         f"{config.width_multiple})")
     shapes = schedule_shapes(start, end, config.schedule_steps)
     batches = config.batches(src)
     curve: list[float] = []

@@ -43,18 +43,29 @@ class UnitScores:
     blocks: torch.Tensor | None = None  # [blocks]
 
 
-def _unit_sums(arch: Architecture, block: nn.Module, head_unit: str, values: Callable[[nn.Linear], torch.Tensor],
-               columns: Callable[[nn.Linear], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _sum1(t: torch.Tensor) -> torch.Tensor:
+    return t.sum(-1)
+
+
+def _norm1(t: torch.Tensor) -> torch.Tensor:
+    return t.norm(dim=-1)
+
+
+def _weight(weight: nn.Parameter) -> torch.Tensor:
+    return weight.detach().float()
+
+
+def _unit_sums(arch: Architecture, block: nn.Module, head_unit: str, values: Callable[[nn.Parameter], torch.Tensor],
+               columns: Callable[[nn.Parameter], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-neuron and per-head-unit sums of a per-element quantity: `values` of the unit's input-side
-    rows, `columns` of its output projection's columns."""
-    mlp = sum(values(block.get_submodule(n)).sum(1) for n in arch.mlp.inputs) + \
-        columns(block.get_submodule(arch.mlp.output)).sum(0)
+    rows, `columns` of its output projection's columns (weight-shaped; the architecture orients them)."""
+    mlp = arch.mlp_rows(block, values, _sum1) + arch.mlp_columns(block, columns, _sum1)
     if arch.attention is None:
         return mlp, None
-    a, d = arch.attention, arch.head_dim
-    q = values(block.get_submodule(a.q)).sum(1).view(arch.heads, d).sum(1)
-    kv = (values(block.get_submodule(a.k)).sum(1) + values(block.get_submodule(a.v)).sum(1)).view(arch.kv_heads, d).sum(1)
-    q = q + columns(block.get_submodule(a.o)).sum(0).view(arch.heads, d).sum(1)
+    d = arch.head_dim
+    q, k, v = arch.qkv_rows(block, values, _sum1)
+    kv = (k + v).view(arch.kv_heads, d).sum(1)
+    q = q.view(arch.heads, d).sum(1) + arch.o_columns(block, columns, _sum1).view(arch.heads, d).sum(1)
     return mlp, _group_heads(arch, q, kv, head_unit)
 
 
@@ -69,18 +80,16 @@ def _group_heads(arch: Architecture, q: torch.Tensor, kv: torch.Tensor, head_uni
 def _norm_scores(arch: Architecture, block: nn.Module, head_unit: str, rms_mlp: torch.Tensor | None,
                  rms_heads: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """magnitude (rms None) or activation-aware scores."""
-    down = block.get_submodule(arch.mlp.output).weight.detach().float()
-    rows = sum(block.get_submodule(n).weight.detach().float().norm(dim=1) for n in arch.mlp.inputs)
-    mlp = down.norm(dim=0) * (rms_mlp if rms_mlp is not None else rows)
+    down = arch.mlp_columns(block, _weight, _norm1)
+    mlp = down * (rms_mlp if rms_mlp is not None else arch.mlp_rows(block, _weight, _norm1))
     if arch.attention is None:
         return mlp, None
-    a, d = arch.attention, arch.head_dim
-    o = block.get_submodule(a.o).weight.detach().float()
+    o = arch.o_columns(block, _weight, _norm1)
     if rms_heads is not None:
-        per_column = o.norm(dim=0) * rms_heads
+        per_column = o * rms_heads
     else:
-        per_column = o.norm(dim=0) * block.get_submodule(a.q).weight.detach().float().norm(dim=1)
-    q = per_column.view(arch.heads, d).sum(1)
+        per_column = o * arch.qkv_rows(block, _weight, _norm1)[0]
+    q = per_column.view(arch.heads, arch.head_dim).sum(1)
     return mlp, _group_heads(arch, q, torch.zeros(arch.kv_heads), head_unit)
 
 
@@ -183,21 +192,25 @@ class Fluctuation(UnitScore):
     needs = frozenset({FLUCTUATIONS})
 
     def score(self, arch, block, index, head_unit, stats, want_heads):
-        mlp = _fluctuation(stats.mlp_moments[index], block.get_submodule(arch.mlp.output))
+        mlp = _fluctuation(stats.mlp_moments[index], arch.mlp_columns(block, _weight, _square1))
         heads = None
         if want_heads:
-            columns = _fluctuation(stats.head_moments[index], block.get_submodule(arch.attention.o))
+            columns = _fluctuation(stats.head_moments[index], arch.o_columns(block, _weight, _square1))
             q = columns.view(arch.heads, arch.head_dim).sum(1)
             heads = _group_heads(arch, q, torch.zeros(arch.kv_heads), head_unit)
         return mlp, heads
 
 
-def _fluctuation(moments: tuple[torch.Tensor, torch.Tensor, int], output: nn.Linear) -> torch.Tensor:
-    """Per input column of `output`: the variance of that input over the calibration tokens × the
-    column's squared norm."""
+def _square1(t: torch.Tensor) -> torch.Tensor:
+    return t.pow(2).sum(-1)
+
+
+def _fluctuation(moments: tuple[torch.Tensor, torch.Tensor, int], column_squares: torch.Tensor) -> torch.Tensor:
+    """Per input column of an output projection: the variance of that input over the calibration
+    tokens × the column's squared norm (`column_squares`)."""
     total, squares, rows = moments
     variance = (squares / rows - (total / rows) ** 2).clamp(min=0)
-    return variance * output.weight.detach().float().pow(2).sum(0)
+    return variance * column_squares
 
 
 @BLOCK_SCORES.register
@@ -235,21 +248,29 @@ def _magnitudes(sums: tuple[torch.Tensor, torch.Tensor | None]) -> tuple[torch.T
     return mlp.abs(), heads.abs() if heads is not None else None
 
 
+def _mean_square(store: dict, key: int):
+    """Adds Σ x² over the tokens of x [..., tokens, width] (routed experts: a leading experts axis)."""
+    def record(x: torch.Tensor) -> None:
+        total, rows = store.get(key, (0, 0))
+        store[key] = (total + (x * x).sum(-2), rows + x.shape[-2])
+    return record
+
+
+def _moments(store: dict, key: int):
+    def record(x: torch.Tensor) -> None:
+        total, squares, rows = store.get(key, (0, 0, 0))
+        store[key] = (total + x.sum(-2), squares + (x * x).sum(-2), rows + x.shape[-2])
+    return record
+
+
 def _mean_square_hook(store: dict, key: int):
-    def hook(_module, args, _output):
-        x = args[0].detach().float().reshape(-1, args[0].shape[-1])
-        total, rows = store.get(key, (torch.zeros(x.shape[1]), 0))
-        store[key] = (total + (x * x).sum(0), rows + x.shape[0])
-    return hook
+    record = _mean_square(store, key)
+    return lambda _module, args, _output: record(args[0].detach().float().reshape(-1, args[0].shape[-1]))
 
 
 def _moments_hook(store: dict, key: int):
-    def hook(_module, args, _output):
-        x = args[0].detach().float().reshape(-1, args[0].shape[-1])
-        zeros = torch.zeros(x.shape[1])
-        total, squares, rows = store.get(key, (zeros, zeros, 0))
-        store[key] = (total + x.sum(0), squares + (x * x).sum(0), rows + x.shape[0])
-    return hook
+    record = _moments(store, key)
+    return lambda _module, args, _output: record(args[0].detach().float().reshape(-1, args[0].shape[-1]))
 
 
 def _cosine_hook(store: list, key: int):
@@ -300,14 +321,12 @@ def _calibration_pass(model: nn.Module, arch: Architecture, blocks: list[nn.Modu
     handles = []
     for i, block in enumerate(blocks):
         if ACTIVATIONS in needs:
-            handles.append(block.get_submodule(arch.mlp.output).register_forward_hook(
-                _mean_square_hook(stats.mlp_square, i)))
+            handles.append(arch.mlp_activation_hook(block, _mean_square(stats.mlp_square, i)))
             if want_heads:
                 handles.append(block.get_submodule(arch.attention.o).register_forward_hook(
                     _mean_square_hook(stats.head_square, i)))
         if FLUCTUATIONS in needs:
-            handles.append(block.get_submodule(arch.mlp.output).register_forward_hook(
-                _moments_hook(stats.mlp_moments, i)))
+            handles.append(arch.mlp_activation_hook(block, _moments(stats.mlp_moments, i)))
             if want_heads:
                 handles.append(block.get_submodule(arch.attention.o).register_forward_hook(
                     _moments_hook(stats.head_moments, i)))
@@ -337,7 +356,7 @@ def _add_gradient_sums(stats: PassStatistics, arch: Architecture, blocks: list[n
     """One window's s = Σ g·w per unit and per block into the Taylor (Σ s) and Fisher (Σ s²) sums."""
     taylor, fisher = stats.taylor, stats.fisher
     for i, block in enumerate(blocks):
-        gw = lambda m: (m.weight.grad * m.weight).detach().float()  # noqa: E731
+        gw = lambda w: (w.grad * w).detach().float() if w.grad is not None else torch.zeros(w.shape)  # noqa: E731
         mlp, heads = _unit_sums(arch, block, head_unit, gw, gw)
         s_block = sum(float((p.grad * p.detach()).sum()) for p in block.parameters() if p.grad is not None)
         taylor[i] = (mlp, heads) if taylor[i] is None else (taylor[i][0] + mlp, _add(taylor[i][1], heads))

@@ -9,6 +9,7 @@ from torch import nn
 
 from services.common.calibration.blocks import decoder_blocks
 from services.common.measure.flops import forward_flops
+from services.common.models import families
 from services.common.models.architecture import Architecture, keep_layers
 from services.pruner.configs import StructuredConfig
 from services.pruner.importance import UnitScores
@@ -32,8 +33,7 @@ def _round_width(width: float, multiple: int, full: int) -> int:
 
 def current_shape(model: nn.Module, config: StructuredConfig) -> Shape:
     arch = Architecture(model, "structured pruning")
-    block = decoder_blocks(model)[0]
-    width = block.get_submodule(arch.mlp.output).in_features
+    width = arch.mlp_width(decoder_blocks(model)[0])
     units = arch.head_units(config.head_unit) if arch.attention is not None else 0
     return Shape(len(decoder_blocks(model)), width, units)
 
@@ -63,7 +63,10 @@ def target_shape(model: nn.Module, config: StructuredConfig) -> Shape:
 
     first = block_names[id(blocks[0])]
     block_flops = flops_of(first)
-    mlp_flops = sum(flops_of(f"{first}.{n}") for n in (*arch.mlp.inputs, arch.mlp.output))
+    mlp_flops = sum(flops_of(f"{first}.{n}") for n in arch.mlp_modules)
+    if not mlp_flops:
+        raise families.refuse(model.config, "target_flops", "computes its MLP where the FLOPs counter sees none "
+                              "(routed experts indexing fused 3-D parameters); ask for mlp_keep / layers_keep instead")
     cut = (1.0 - config.target_flops) * total
     removed = min(now.layers - 1, int(round(cut / 2 / block_flops)))
     rest = cut - removed * block_flops
@@ -94,6 +97,7 @@ def cut_to(model: nn.Module, shape: Shape, scores: UnitScores, config: Structure
     and head units; returns what was kept."""
     arch = Architecture(model, "structured pruning")
     blocks = decoder_blocks(model)
+    width_before = arch.mlp_width(blocks[0])
     figures: dict = {}
     if shape.layers < len(blocks):
         keep = sorted(scores.blocks.topk(shape.layers).indices.tolist())
@@ -108,18 +112,19 @@ def cut_to(model: nn.Module, shape: Shape, scores: UnitScores, config: Structure
     per_layer = []
     for i, block in enumerate(blocks):
         layer: dict = {}
-        if shape.mlp_width < mlp_scores[i].numel():
+        if shape.mlp_width < mlp_scores[i].shape[-1]:
+            # [width], or [experts, width] where the MLP is routed experts: each expert keeps its own best
             kept = mlp_scores[i].topk(shape.mlp_width).indices.sort().values
             arch.cut_mlp(block, kept)
-            layer["mlp_importance_kept"] = float(mlp_scores[i][kept].sum() / mlp_scores[i].sum().clamp(min=1e-12))
+            layer["mlp_importance_kept"] = float(mlp_scores[i].gather(-1, kept).sum()
+                                                 / mlp_scores[i].sum().clamp(min=1e-12))
         if arch.attention is not None and head_scores[i] is not None and shape.head_units < head_scores[i].numel():
             kept = head_scores[i].topk(shape.head_units).indices.sort().values
             arch.cut_heads(block, kept, config.head_unit)
             layer["kept_head_units"] = kept.tolist()
         per_layer.append(layer)
-    config_of = model.config
-    if shape.mlp_width < config_of.intermediate_size:
-        config_of.intermediate_size = shape.mlp_width
+    if shape.mlp_width < width_before:
+        arch.set_mlp_width(shape.mlp_width)  # the family's own field: intermediate_size, n_inner, ffn_dim ...
     if arch.attention is not None and shape.head_units < arch.head_units(config.head_unit):
         per_group = arch.heads // arch.kv_heads
         if config.head_unit == "kv-group":

@@ -18,6 +18,7 @@ from services.common.calibration.hessian import relative_output_error
 from services.common.calibration.sequential import BlockStep, BlockWork, rewrite_sequential, run_blocks
 from services.common.calibration.walk_checkpoint import WalkCheckpoints
 from services.common.calibration.streaming import StreamingModel
+from services.common.models import families
 from services.pruner.masks import (global_threshold, layer_mask, magnitude_scores, nm_mask, outlier_ratio,
                                    owl_sparsities, row_mask, wanda_scores)
 from services.pruner.sparsegpt import sparsegpt_prune
@@ -26,9 +27,11 @@ OnLayer = Callable[[int, int, str, dict], None]
 
 
 def block_linears(model: torch.nn.Module) -> dict[str, torch.nn.Linear]:
-    """Every Linear inside the repeated blocks, by full module name, in block order."""
+    """Every Linear inside the repeated blocks, by full module name, in block order (MoE routers and
+    expert gates left dense: families.expert_gates)."""
+    gates = families.expert_gates(model)
     return {f"{block_name}.{sub}": m for block_name, block in named_blocks(model)
-            for sub, m in linear_layers(block).items()}
+            for sub, m in linear_layers(block).items() if f"{block_name}.{sub}" not in gates}
 
 
 def check_nm(model: torch.nn.Module, nm: tuple[int, int] | None) -> None:
@@ -103,6 +106,16 @@ def calibrated_step(method: str, sparsity_of: Callable[[int], float], prune_laye
             work.check_cancelled()
             hessian = work.stats[name].hessian
             before = module.weight.detach().float()
+            if work.stats[name].rows == 0:
+                # No calibration token reached it (an expert the router never chose): its Hessian is
+                # empty, so the method runs on the identity instead (its masks by magnitude, no update
+                # across columns), and says so.
+                after, extra = prune_layer(before, torch.eye(before.shape[1]), sparsity)
+                module.weight.data = after.to(module.weight.dtype)
+                yield name, after, {"method": f"{method} (magnitude: no calibration tokens)",
+                                    "no_calibration_tokens": True, "target_sparsity": sparsity,
+                                    **density_figures(after), **extra}
+                continue
             after, extra = prune_layer(before, hessian, sparsity)
             module.weight.data = after.to(module.weight.dtype)
             yield name, after, {"method": method, "loss": relative_output_error(before, after, hessian),

@@ -33,13 +33,14 @@ from services.quantizer.mixed import allocate, sensitivity_step
 from services.quantizer.qat import qat_block_step
 from services.quantizer.sequential import QUANTIZED_WEIGHT_CODEC, BlockStep, quantize_sequential
 from services.quantizer.smoothquant import w8a8_block_step
+from services.quantizer.spilled_codes import CodeSpill
 from services.common.calibration.streaming import StreamingModel
 from services.common.calibration.walk_checkpoint import stage_walk_checkpoints
 from services.common.models.float_checkpoint import refuse_quantized, write_float_model
 from services.common.calibration.sequential import rewrite_sequential
 from services.quantizer.transforms import awq_transform_step, smoothquant_transform_step
 from services.quantizer.weight_only import WEIGHT_ERROR, architecture_of, save_weight_only, stream_float
-from services.quantizer.targets import Target, weight_targets
+from services.quantizer.targets import Target, linear_weight, weight_targets
 
 
 Q = common_pb2.TECHNIQUE_QUANTIZER
@@ -128,12 +129,13 @@ def _int8_weight_only(config: Int8WeightOnlyConfig, src: Path, dst: Path, report
         metrics=(WEIGHT_ERROR,))
 def _rtn(config: WeightOnlyConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
     source = stream_float(src, reporter)
-    targets = weight_targets(source.model, config)
+    targets = weight_targets(source.model, config, conv1d=True)
 
     def on_layer(i: int, total: int, name: str, error: float) -> None:
         reporter.report(i, total + 1, f"quantized {name} ({i}/{total})", layer=name, relative_weight_error=error)
 
-    quantized = quantize_rtn(lambda t: source.reader.get(source.key(f"{t.name}.weight")), targets, on_layer)
+    quantized = quantize_rtn(lambda t: linear_weight(t, source.reader.get(source.key(f"{t.name}.weight"))), targets,
+                             on_layer)
     return save_weight_only(source, quantized, targets, config, dst, reporter, "rtn")
 
 
@@ -153,15 +155,24 @@ def _run_calibrated(config: CalibrationConfig, source: StreamingModel, targets: 
     batches = config.batches(source.reader.folder) if batches is None else batches
     losses: list[float] = []
     walk = stage_walk_checkpoints(reporter, QUANTIZED_WEIGHT_CODEC)
-    result = quantize_sequential(source, targets, batches, step, _layer_reporter(reporter, losses),
-                                 propagate_quantized=propagate_quantized, sample_every=sample_every,
-                                 keep_float_outputs=keep_float_outputs, check_cancelled=reporter.check_cancelled,
-                                 checkpoints=walk)
+    # Finished codes wait beside the output (same disk, same work budget) until it is written.
+    spill = CodeSpill(dst.parent)
+    try:
+        result = quantize_sequential(source, targets, batches, step, _layer_reporter(reporter, losses),
+                                     propagate_quantized=propagate_quantized, sample_every=sample_every,
+                                     keep_float_outputs=keep_float_outputs, check_cancelled=reporter.check_cancelled,
+                                     checkpoints=walk, spill=spill)
+    except BaseException:
+        spill.close()
+        raise
     extra = {"mean_layer_loss": sum(losses) / len(losses) if losses else 0.0,
              "calibration_tokens": int(batches.numel()), "resumed_from_block": walk.restored_block,
              **(extra_metrics or {})}
-    return save_weight_only(source, result.quantized, targets, config, dst, reporter, method, extra,
-                             result.rewritten)
+    try:
+        return save_weight_only(source, result.quantized, targets, config, dst, reporter, method, extra,
+                                result.rewritten, result.uncalibrated, spill=spill)
+    finally:
+        spill.close()
 
 
 @method(Q, "gptq", config=GptqConfig, produces=(COMPRESSED,), model_kinds=MODEL_KINDS,
@@ -169,7 +180,8 @@ def _run_calibrated(config: CalibrationConfig, source: StreamingModel, targets: 
 def _gptq(config: GptqConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
     source = stream_float(src, reporter)
     step = gptq_block_step(config.damping, config.lazy_batch_columns, config.act_order)
-    return _run_calibrated(config, source, weight_targets(source.model, config), dst, reporter, "gptq", step,
+    targets = weight_targets(source.model, config, conv1d=True)
+    return _run_calibrated(config, source, targets, dst, reporter, "gptq", step,
                            propagate_quantized=config.propagate_quantized)
 
 
@@ -177,7 +189,7 @@ def _gptq(config: GptqConfig, src: Path, dst: Path, reporter: ProgressReporter) 
         summary="AWQ: activation-aware per-channel scales and clipping search, block by block", metrics=(LOSS,))
 def _awq(config: AwqConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
     source = stream_float(src, reporter)
-    return _run_calibrated(config, source, weight_targets(source.model, config), dst, reporter, "awq",
+    return _run_calibrated(config, source, weight_targets(source.model, config, conv1d=True), dst, reporter, "awq",
                            awq_block_step(config), sample_every=_awq_sampling(config))
 
 
@@ -186,7 +198,7 @@ def _awq(config: AwqConfig, src: Path, dst: Path, reporter: ProgressReporter) ->
         metrics=(LOSS, *QAT_CURVES))
 def _qat(config: QatConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
     source = stream_float(src, reporter)
-    return _run_calibrated(config, source, weight_targets(source.model, config), dst, reporter, "qat",
+    return _run_calibrated(config, source, weight_targets(source.model, config, conv1d=True), dst, reporter, "qat",
                            qat_block_step(config), sample_every=_awq_sampling(config),
                            keep_float_outputs=config.steps_per_block > 0)
 
@@ -229,7 +241,7 @@ def _retarget(targets: list[Target], model: torch.nn.Module) -> list[Target]:
 def _w8a8(config: W8A8Config, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
     source = stream_float(src, reporter)
     targets = weight_targets(source.model, _grid(bits=8, group_size=0, embedding_bits=config.embedding_bits,
-                                                 head_bits=config.head_bits))
+                                                 head_bits=config.head_bits), conv1d=True)
     sample_every = _every(config, SMOOTHING_SAMPLE_ROWS) if config.smoothing else 0
     return _run_calibrated(config, source, targets, dst, reporter, "smoothquant" if config.smoothing else "w8a8",
                            w8a8_block_step(config), sample_every=sample_every)

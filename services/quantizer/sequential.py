@@ -9,8 +9,9 @@ outside the blocks (an untied LM head, a pooler) are rounded to nearest at the e
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -22,8 +23,9 @@ from services.common.runtime.memory import release_free_memory
 from services.common.models.packed import Int8Embedding
 from services.quantizer.activations import ActivationScheme
 from services.quantizer.ct_format import QuantizedWeight
-from services.quantizer.qscheme import SCALE_DTYPE, QuantParams, WeightScheme
-from services.quantizer.rtn import quantize_rtn
+from services.quantizer.qscheme import SCALE_DTYPE, QuantParams, WeightScheme, dequantize
+from services.quantizer.rtn import quantize_rtn, round_weight
+from services.quantizer.spilled_codes import CodeSpill
 from services.quantizer.targets import Target
 
 __all__ = ["BlockStep", "BlockWork", "QUANTIZED_WEIGHT_CODEC", "SequentialResult", "quantize_sequential"]
@@ -60,6 +62,53 @@ class SequentialResult:
     quantized: dict[str, QuantizedWeight]
     # Float tensors the algorithm changed (checkpoint names without prefix → new values).
     rewritten: dict[str, torch.Tensor]
+    # Linears no calibration token reached (experts the router never chose): rounded to nearest.
+    uncalibrated: list[str] = field(default_factory=list)
+    # Where the block Linears' codes live until they are written (None: in memory).
+    spill: CodeSpill | None = None
+
+
+def uncalibrated_first(step: BlockStep) -> BlockStep:
+    """A Linear no calibration token reached (an expert the router never chose for these samples) has
+    no statistics to calibrate from: it is rounded to nearest, said in its figures
+    (`no_calibration_tokens`); the step gets the block's other Linears."""
+
+    def wrapped(work: BlockWork) -> Iterator[tuple[str, QuantizedWeight, dict]]:
+        idle = [n for n in work.layers if work.stats[n].rows == 0]
+        for name in idle:
+            target, module = work.targets[name], work.layers[name]
+            qw, error = round_weight(module.weight.data, target.scheme, target.kind)
+            module.weight.data = dequantize(qw.codes, qw.params).to(module.weight.dtype)
+            yield name, qw, {"method": "rtn", "no_calibration_tokens": True, "relative_weight_error": error}
+        if not idle:
+            yield from step(work)
+            return
+        busy = [n for n in work.layers if n not in idle]
+        yield from step(dataclasses.replace(work, layers={n: work.layers[n] for n in busy},
+                                            targets={n: work.targets[n] for n in busy},
+                                            stats={n: work.stats[n] for n in busy}))
+
+    return wrapped
+
+
+def describe_uncalibrated(names: list[str]) -> str:
+    """'model.layers.0.mlp.experts: experts 1, 3 (w1, w2, w3)': which experts got no calibration tokens."""
+    by_module: dict[str, dict[str, set[str]]] = {}
+    for name in names:
+        module, _, rest = name.rpartition(".")
+        parent, _, index = module.rpartition(".")
+        if index.isdigit():
+            by_module.setdefault(parent, {}).setdefault(index, set()).add(rest)
+        else:
+            by_module.setdefault(name, {})
+    parts = []
+    for module, experts in by_module.items():
+        if not experts:
+            parts.append(module)
+            continue
+        leaves = sorted(set().union(*experts.values()))
+        parts.append(f"{module}: experts {', '.join(sorted(experts, key=int))} ({', '.join(leaves)})")
+    return "; ".join(parts)
 
 
 @torch.no_grad()
@@ -67,10 +116,13 @@ def quantize_sequential(source: StreamingModel, targets: list[Target], batches: 
                         on_layer: OnLayer, *, propagate_quantized: bool = True, sample_every: int = 0,
                         finish_rest: bool = True, keep_float_outputs: bool = False,
                         check_cancelled: Callable[[], None] = lambda: None,
-                        checkpoints: WalkCheckpoints | None = None) -> SequentialResult:
+                        checkpoints: WalkCheckpoints | None = None, spill: CodeSpill | None = None) -> SequentialResult:
     """`finish_rest` rounds the targets no block step quantized (head, pooler) at the end.
     The float block's outputs are kept for the step only when it asks (`keep_float_outputs`,
-    QAT's targets) or when they feed the next block: they are as large as the inputs."""
+    QAT's targets) or when they feed the next block: they are as large as the inputs. With `spill`,
+    each block Linear's codes go to a file as soon as they are done (spilled_codes): the walk then
+    holds one block, the modules outside the blocks (embedding, head) are let go once the first
+    block's inputs are computed, and read again only for targets left to round at the end."""
     model = source.model
     blocks = named_blocks(model)
     source.load(exclude=[name for name, _ in blocks])
@@ -80,9 +132,13 @@ def quantize_sequential(source: StreamingModel, targets: list[Target], batches: 
     quantized: dict[str, QuantizedWeight] = {}
     by_parameter: dict[int, QuantizedWeight] = {}
 
+    uncalibrated: list[str] = []
+
     def record(name: str, qw: QuantizedWeight, figures: dict) -> None:
         nonlocal done
-        quantized[name] = qw
+        quantized[name] = spill.keep(name, qw) if spill is not None and qw.kind != "Embedding" else qw
+        if figures.get("no_calibration_tokens"):
+            uncalibrated.append(name)
         done += 1
         on_layer(done, total, name, figures)
 
@@ -101,13 +157,18 @@ def quantize_sequential(source: StreamingModel, targets: list[Target], batches: 
     # A tied head needs no weights later: it reuses the embedding's codes (same parameter).
     for target in embedding_targets:
         source.model.set_submodule(target.name, target.module.to_empty(device="meta"))
+    if spill is not None:
+        model.to_empty(device="meta")  # the blocks are on meta already; this lets go of the rest
     release_free_memory()
-    walked = run_blocks(source, blocks, inputs, by_name, step, record, propagate_updated=propagate_quantized,
+    walked = run_blocks(source, blocks, inputs, by_name, uncalibrated_first(step), record,
+                        propagate_updated=propagate_quantized,
                         sample_every=sample_every, keep_float_outputs=keep_float_outputs,
                         check_cancelled=check_cancelled, checkpoints=checkpoints)
-    if finish_rest:
-        rounded([t for t in targets if t.name not in quantized])
-    return SequentialResult(quantized, walked.rewritten)
+    rest = [t for t in targets if t.name not in quantized] if finish_rest else []
+    if rest and spill is not None:
+        source.load(exclude=[name for name, _ in blocks])
+    rounded(rest)
+    return SequentialResult(quantized, walked.rewritten, uncalibrated, spill)
 
 
 def int8_embedding(original: torch.nn.Embedding, qw: QuantizedWeight) -> Int8Embedding:

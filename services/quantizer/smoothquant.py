@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import torch
 
+from services.common.calibration.streaming import ExpertLinear
 from services.quantizer import activations as acts
 from services.quantizer.configs import W8A8Config
 from services.quantizer.ct_format import QuantizedWeight
@@ -94,9 +95,13 @@ def w8a8_block_step(config: W8A8Config) -> BlockStep:
             s = smoothed.get(name)
             return h if s is None else h / torch.outer(s, s)
 
+        # A routed expert's weights reload only as packed weight-only codes (transformers dequantizes
+        # them into its fused expert tensors; it has no INT8-activation path for them): INT8 weights,
+        # float inputs (families.Experts.reload).
+        routed = {n for n, m in work.layers.items() if isinstance(m, ExpertLinear)}
         input_scales: dict[str, torch.Tensor] = {}
         if not scheme.dynamic:
-            for name in work.layers:
+            for name in set(work.layers) - routed:
                 x_max = work.stats[name].abs_max
                 input_scales[name] = acts.static_scale(x_max / smoothed[name] if name in smoothed else x_max)
         if config.weight_algorithm == "gptq":
@@ -104,9 +109,13 @@ def w8a8_block_step(config: W8A8Config) -> BlockStep:
         else:
             weights = _rtn_in_place(work)
         for name, qw, figures in weights:
+            if name in routed:
+                yield name, qw, {**figures, "activations": "float (routed expert)", **chosen.get(name, {})}
+                continue
             yield name, dataclasses.replace(qw, activations=scheme, input_scale=input_scales.get(name)), \
                 {**figures, "activations": config.activations, **chosen.get(name, {})}
-        work.propagation_hooks.extend(acts.install(work.layers, scheme, input_scales))
+        work.propagation_hooks.extend(acts.install({n: m for n, m in work.layers.items() if n not in routed},
+                                                   scheme, input_scales))
 
     return step
 

@@ -9,12 +9,14 @@ from pathlib import Path
 import torch
 
 from modelpress.v1 import common_pb2
-from services.common.calibration.streaming import StreamingModel
+from services.common.calibration.streaming import ExpertLinear, StreamingModel
+from services.common.models import families
 from services.common.contract.engine_api import ProgressMetric, ProgressReporter, StageResult
 from services.common.models.carried_files import carry_beside_weights
 from services.common.models.float_checkpoint import refuse_quantized
 from services.common.runtime.memory import return_large_frees_to_os
 from services.quantizer.ct_format import is_standard_layout, write_compressed_tensors
+from services.quantizer.sequential import describe_uncalibrated
 from services.quantizer.targets import fallback_report
 
 # The per-layer figure of every method that rounds weights without data (RTN and its kin).
@@ -33,13 +35,54 @@ def stream_float(src: Path, reporter: ProgressReporter) -> StreamingModel:
     return StreamingModel(src)
 
 
+def check_experts_reload(source: StreamingModel, quantized) -> None:
+    """Refuses, naming the family, routed experts in a layout stock transformers does not reload: its
+    conversion mapping dequantizes packed per-expert codes (symmetric, weight-only), all with one
+    scheme, while merging them into its fused expert tensors, and fails on unpacked ones (asymmetric
+    codes, W8A8's int8 `weight`) and on float experts beside quantized Linears."""
+    routed = {name: qw for name, qw in quantized.items()
+              if isinstance(source.model.get_submodule(name), ExpertLinear)}
+    schemes = {qw.scheme for qw in routed.values()}
+    if len(schemes) > 1:
+        # Its expert converter decompresses every expert with one config group's scheme.
+        raise families.refuse(source.model.config, "quantization of routed experts",
+                              f"reloads its experts with one scheme for all of them; this run gives them "
+                              f"{len(schemes)} ({', '.join(sorted(str(s) for s in schemes))})")
+    for name, qw in routed.items():
+        if not qw.scheme.symmetric or qw.activations is not None:
+            kind = "asymmetric" if not qw.scheme.symmetric else "activation-quantized"
+            raise families.refuse(source.model.config, "quantization of routed experts",
+                                  f"reloads its experts only from packed symmetric weight-only codes ({name} "
+                                  f"has {kind} ones): transformers dequantizes packed per-expert codes while "
+                                  "merging them into its fused expert tensors; use a symmetric grid")
+
+
+def experts_report(source: StreamingModel, uncalibrated: list[str] | None) -> tuple[dict, list[str]]:
+    """What a run over routed experts says in its result: how they reload, and which got no tokens."""
+    family = families.family_of(source.model.config)
+    if not source.split_experts:
+        return {}, []
+    compression = {"experts": family.experts.reload if family and family.experts else "per-expert Linears"}
+    notes = []
+    if uncalibrated:
+        notes.append(f"{len(uncalibrated)} expert Linears got no calibration tokens (the router sent them none "
+                     "of the calibration samples' tokens) and were rounded to nearest instead: "
+                     f"{describe_uncalibrated(uncalibrated)}")
+    return compression, notes
+
+
 def save_weight_only(source: StreamingModel, quantized, targets, config, dst: Path, reporter: ProgressReporter,
                      method: str, extra_metrics: dict | None = None,
-                     rewritten: dict[str, torch.Tensor] | None = None) -> StageResult:
+                     rewritten: dict[str, torch.Tensor] | None = None,
+                     uncalibrated: list[str] | None = None, spill=None) -> StageResult:
     """Writes the rounded weights as compressed-tensors (the tokenizer beside them) and the stage's
-    result: the config, group fallbacks, layout and effective bits."""
+    result: the config, group fallbacks, layout and effective bits; for routed experts, how they
+    reload and which got no calibration tokens (`uncalibrated`, rounded to nearest). `spill` holds the
+    codes on disk where the walk put them there (spilled_codes)."""
+    check_experts_reload(source, quantized)
+    experts, notes = experts_report(source, uncalibrated)
     reporter.report(len(targets), len(targets) + 1, "writing compressed-tensors model")
-    write_compressed_tensors(source, quantized, dst, source.tied_head, rewritten)
+    write_compressed_tensors(source, quantized, dst, source.tied_head, rewritten, spill)
     carry_beside_weights(source.reader.folder, dst)
     n = len(targets)
     layout = "vllm" if is_standard_layout(dst) else "transformers-only"
@@ -48,9 +91,11 @@ def save_weight_only(source: StreamingModel, quantized, targets, config, dst: Pa
         format=common_pb2.ARTIFACT_FORMAT_COMPRESSED_TENSORS,
         architecture=architecture_of(source.model),
         compression={"method": method, **config.model_dump(), "group_fallbacks": fallback_report(targets),
-                     "layout": layout},
+                     "layout": layout, **experts},
         metrics={"quantized_modules": n, "effective_bits": effective_bits(targets),
-                 "linear_effective_bits": effective_bits(targets, ("linear",)), **(extra_metrics or {})},
+                 "linear_effective_bits": effective_bits(targets, ("linear",)), **(extra_metrics or {}),
+                 **({"uncalibrated_layers": list(uncalibrated)} if uncalibrated else {})},
+        notes=notes,
     )
 
 

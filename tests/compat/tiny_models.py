@@ -21,9 +21,10 @@ EXTRA: dict[str, dict] = {
     "distilbert": {"dim": 64, "hidden_dim": 128, "n_layers": 2, "n_heads": 4},
     "electra": {"embedding_size": 64},
     "mixtral": {"num_local_experts": 4, "num_experts_per_tok": 2},
-    "qwen2_moe": {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 64,
+    # Experts 128 wide: a quarter cut stays a multiple of the pruner's width_multiple (32).
+    "qwen2_moe": {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 128,
                   "shared_expert_intermediate_size": 64},
-    "qwen3_moe": {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 64},
+    "qwen3_moe": {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 128},
     "modernbert": {"global_attn_every_n_layers": 2, "local_attention": 32, "pad_token_id": 0,
                    "bos_token_id": 101, "cls_token_id": 101, "eos_token_id": 102, "sep_token_id": 102},
     "gemma2": {"query_pre_attn_scalar": 16},

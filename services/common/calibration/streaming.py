@@ -4,11 +4,19 @@ The architecture is built on the meta device; tensors are read from the safetens
 files one block at a time and dropped (back to meta) once its step is done, so
 peak memory is the embeddings plus one block, not the whole FP32 model. Reading through
 `safe_open` copies just the asked tensors: the file is never left mapped and resident.
+
+Checkpoint names are read through transformers' own conversion mapping (CheckpointConversion):
+its renamings (GPT-NeoX's embed_out is the model's lm_head), and its merges of per-expert tensors
+into fused 3-D expert tensors (Mixtral, Qwen MoE), which the streamed model keeps split instead: one
+Linear per expert projection, named as the checkpoint names it (SplitExperts), computing what the
+fused module computes. Writers map a model name back to its checkpoint key (`key`, `name_of`), so
+outputs keep the checkpoint's own names, which transformers converts again on reload.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +27,7 @@ from torch import nn
 
 from services.common.models import families
 from services.common.models import modelio
+from services.common.models.model_errors import UnsupportedModelError
 from services.common.models.packed import materialise_meta_buffers
 
 
@@ -82,15 +91,18 @@ class StreamingModel:
         self.model.eval()
         # Read while the skeleton is intact: swapping modules later breaks the identity check.
         self.tied_head = tied_head(self.model)
+        what = f"{Path(folder).name} (model family {families.model_type_of(config_json)!r})"
+        self.conversion = CheckpointConversion(self.model, self.reader.keys(), what)
+        # The fused experts modules now split into per-expert Linears (empty for a dense model).
+        self.split_experts = self.conversion.split(self.model, what)
         # Checkpoints of bare encoders may carry a prefix (e.g. "bert.") the bare model lacks.
         self.checkpoint_prefix = self._find_checkpoint_prefix()
         # A tensor the checkpoint lacks would stay on meta (or be invented): refused here, by name.
-        what = f"{Path(folder).name} (model family {families.model_type_of(config_json)!r})"
-        modelio.check_covers(self.model, set(self.reader.keys()), what, self.checkpoint_prefix)
+        modelio.check_covers(self.model, set(self.conversion.key_of), what, self.checkpoint_prefix)
 
     def _find_checkpoint_prefix(self) -> str:
         own = {n for n, _ in self.model.named_parameters()}
-        for key in self.reader.keys():
+        for key in self.conversion.key_of:
             if key in own:
                 return ""
             head, _, rest = key.partition(".")
@@ -99,7 +111,13 @@ class StreamingModel:
         return ""
 
     def key(self, name: str) -> str:
-        return self.checkpoint_prefix + name
+        """The checkpoint key of the model's tensor `name`."""
+        converted = self.checkpoint_prefix + name
+        return self.conversion.key_of.get(converted, converted)
+
+    def name_of(self, key: str) -> str:
+        """The model's name (no checkpoint prefix) of the checkpoint tensor `key`."""
+        return self.conversion.name_of.get(key, key).removeprefix(self.checkpoint_prefix)
 
     def load(self, prefixes: list[str] | None = None, *, exclude: list[str] | None = None) -> None:
         """Reads the tensors under `prefixes` (all when None), skipping those under `exclude`."""
@@ -135,6 +153,114 @@ class StreamingModel:
             yield self.model.get_submodule(prefix)
         finally:
             self.release(prefix)
+
+
+class ExpertLinear(nn.Linear):
+    """One expert's projection: a 2-D slice of transformers' fused 3-D expert tensor, as a Linear so
+    every technique calibrates, quantizes and prunes it like any other (plain PyTorch; marked so the
+    writers know it reloads through transformers' expert merge, not as a module of its own)."""
+
+
+class SplitExperts(nn.Module):
+    """transformers' fused experts module (gate_up_proj [E, 2I, H], down_proj [E, H, I]) as one
+    submodule per expert holding the checkpoint's own per-expert Linears, e.g. `3.w1`, `3.w3`, `3.w2`
+    (Mixtral) or `3.gate_proj`, `3.up_proj`, `3.down_proj` (Qwen MoE). Its forward computes what the
+    fused module's eager forward does: each expert runs on the tokens the router sent it only, so a
+    Linear's forward hook sees exactly its expert's routed tokens."""
+
+    def __init__(self, fused: nn.Module, gate_up: tuple[str, str], down: str) -> None:
+        super().__init__()
+        self.num_experts, hidden, inner = fused.down_proj.shape
+        self.act_fn = fused.act_fn
+        self.gate_up, self.down = gate_up, down
+        for e in range(self.num_experts):
+            expert = nn.Module()
+            for leaf in gate_up:
+                expert.add_module(leaf, ExpertLinear(hidden, inner, bias=False, device="meta"))
+            expert.add_module(down, ExpertLinear(inner, hidden, bias=False, device="meta"))
+            self.add_module(str(e), expert)
+
+    def expert(self, e: int) -> nn.Module:
+        return getattr(self, str(e))
+
+    def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
+                ) -> torch.Tensor:
+        out = torch.zeros_like(hidden_states)
+        for e in range(self.num_experts):
+            token, slot = torch.where(top_k_index == e)
+            if token.numel() == 0:
+                continue
+            expert = self.expert(e)
+            x = hidden_states[token]
+            gate, up = (getattr(expert, leaf)(x) for leaf in self.gate_up)
+            y = getattr(expert, self.down)(self.act_fn(gate) * up)
+            out.index_add_(0, token, (y * top_k_weights[token, slot, None]).to(out.dtype))
+        return out
+
+    def fused(self) -> dict[str, torch.Tensor]:
+        """The tensors transformers builds from this checkpoint: gate_up_proj and down_proj, stacked."""
+        experts = [self.expert(e) for e in range(self.num_experts)]
+        return {"gate_up_proj": torch.stack([torch.cat([getattr(x, leaf).weight for leaf in self.gate_up])
+                                             for x in experts]),
+                "down_proj": torch.stack([getattr(x, self.down).weight for x in experts])}
+
+
+# The fused experts layout SplitExperts computes: [gate; up] concatenated, [out, in] per expert, no bias.
+SPLIT_LAYOUT = {"is_transposed": False, "has_bias": False, "is_concatenated": True, "has_gate": True}
+
+
+class CheckpointConversion:
+    """transformers' own conversion mapping (conversion_mapping.py) for one model, as the streamed loader
+    follows it: its renamings applied to every checkpoint key (GPT-NeoX's embed_out → lm_head), and its
+    per-expert merges (MergeModulelist, then Concatenate for gate with up) followed by splitting the fused
+    experts module into the checkpoint's per-expert Linears (SplitExperts) instead of stacking, so each
+    expert stays a Linear named as the checkpoint names it, read one block at a time."""
+
+    def __init__(self, model: nn.Module, keys: list[str], what: str) -> None:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import (Concatenate, MergeModulelist, WeightConverter,
+                                                     apply_converters, apply_renamings)
+
+        transforms = get_model_conversion_mapping(model)
+        renamings = [t for t in transforms if not isinstance(t, WeightConverter)]
+        converters = [t for t in transforms if isinstance(t, WeightConverter)]
+        self.name_of: dict[str, str] = {}  # checkpoint key → the streamed model's name
+        self.fused: dict[str, dict[str, list[str]]] = {}  # experts module → fused param → source leaves
+        for key in keys:
+            renamed = apply_renamings(key, renamings)
+            target, pattern = apply_converters(renamed, converters)
+            if pattern is None:
+                self.name_of[key] = renamed
+                continue
+            converter = next(c for c in converters if pattern in c.source_patterns)
+            ops = [type(op) for op in converter.operations]
+            module, _, param = target.rpartition(".")
+            leaf = re.match(rf"^{re.escape(module)}\.\d+\.(\w+)\.weight$", renamed)
+            if ops not in ([MergeModulelist], [MergeModulelist, Concatenate]) or leaf is None:
+                raise UnsupportedModelError(
+                    f"{what}: transformers converts its checkpoint tensor {key} to {target} by "
+                    f"{', '.join(op.__name__ for op in ops)}, which the streamed loader does not follow "
+                    "(it splits merged per-expert tensors only)")
+            leaves = self.fused.setdefault(module, {}).setdefault(param, [])
+            order = [re.search(r"\.\*\.(\w+)\.weight$", p) for p in converter.source_patterns]
+            if not leaves:
+                leaves.extend(m.group(1) for m in order if m)
+            self.name_of[key] = renamed
+        self.key_of = {name: key for key, name in self.name_of.items()}
+
+    def split(self, model: nn.Module, what: str) -> list[str]:
+        """Replaces every fused experts module by its SplitExperts; returns their names."""
+        for name, params in self.fused.items():
+            fused = model.get_submodule(name)
+            gate_up, down = params.get("gate_up_proj", []), params.get("down_proj", [])
+            # The layout transformers' experts implementations declare (integrations/moe.py).
+            layout = {a: getattr(fused, a, None) for a in SPLIT_LAYOUT}
+            if len(gate_up) != 2 or len(down) != 1 or layout != SPLIT_LAYOUT:
+                raise UnsupportedModelError(
+                    f"{what}: its experts {name} ({type(fused).__name__}: {sorted(params)}, {layout}) are "
+                    "not the concatenated gate_up_proj / down_proj layout the streamed loader splits per expert")
+            model.set_submodule(name, SplitExperts(fused, tuple(gate_up), down[0]))
+        return list(self.fused)
 
 
 def tied_head(model: nn.Module) -> tuple[str, str] | None:

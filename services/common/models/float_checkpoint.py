@@ -32,14 +32,14 @@ def write_float_model(source: StreamingModel, changed: dict[str, torch.Tensor], 
     """Writes the source's tensors with `changed` (module-path names, no checkpoint prefix) in
     their place; returns how many stored tensors differ from the source."""
     folder.mkdir(parents=True, exist_ok=True)
-    unknown = sorted(set(changed) - {k.removeprefix(source.checkpoint_prefix) for k in source.reader.keys()})
+    unknown = sorted(set(changed) - {source.name_of(k) for k in source.reader.keys()})
     if unknown:
         raise KeyError(f"not in the source checkpoint: {', '.join(unknown[:5])}")
     tensors: dict[str, torch.Tensor] = {}
     replaced = 0
     for key in source.reader.keys():
         stored = source.reader.get(key)
-        new = changed.get(key.removeprefix(source.checkpoint_prefix))
+        new = changed.get(source.name_of(key))  # model names: a renamed tensor is written under its own key
         if new is not None:
             if new.shape != stored.shape:
                 raise ValueError(f"{key}: new shape {tuple(new.shape)} differs from the stored {tuple(stored.shape)}")

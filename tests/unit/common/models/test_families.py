@@ -51,33 +51,49 @@ def test_a_method_needing_a_declaration_refuses_an_undeclared_family_by_name():
         families.require({"model_type": "xglm"}, "AWQ")
 
 
-def test_structured_pruning_refuses_families_that_declare_no_cuts():
-    from transformers import GPT2Config, GPT2LMHeadModel
+def test_structured_pruning_refuses_undeclared_families_and_heads_a_family_cannot_reload():
+    from transformers import BloomConfig, BloomForCausalLM, GPT2Config, GPT2LMHeadModel
 
     from services.common.models.architecture import Architecture
 
+    bloom = BloomForCausalLM(BloomConfig(hidden_size=32, n_layer=1, n_head=2, vocab_size=64))
+    with pytest.raises(UnsupportedModelError, match=r"pruning: model family 'bloom' is not declared"):
+        Architecture(bloom, "structured pruning")
     model = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=64, n_positions=32))
     assert families.is_causal_lm(model)
-    with pytest.raises(UnsupportedModelError, match=r"pruning: model family 'gpt2' declares no structured cuts"):
-        Architecture(model, "structured pruning")
+    arch = Architecture(model, "structured pruning")  # layers and MLP neurons
+    with pytest.raises(UnsupportedModelError, match=r"heads_keep: model family 'gpt2' derives the head size from "
+                                                    r"n_embd / n_head"):
+        arch.check_heads("kv-group")
 
 
 def test_gguf_export_refuses_a_family_its_writer_does_not_lay_out_by_name():
     from services.optimizer import gguf_export
 
     assert gguf_export._gguf_architecture({"model_type": "llama"}) == "llama"
-    with pytest.raises(gguf_export.NotConvertible, match=r"GGUF export: model family 'qwen2' has llama.cpp "
-                                                         r"architecture 'qwen2'"):
-        gguf_export._gguf_architecture({"model_type": "qwen2"})
-    with pytest.raises(gguf_export.NotConvertible, match="'mixtral' has routed experts"):
-        gguf_export._gguf_architecture({"model_type": "mixtral"})
+    assert gguf_export._gguf_architecture({"model_type": "mistral"}) == "llama"  # as llama.cpp converts it
+    assert gguf_export._gguf_architecture({"model_type": "mixtral"}) == "llama"  # llama with routed experts
+    assert gguf_export._gguf_architecture({"model_type": "gpt_neox"}) == "gptneox"
+    with pytest.raises(gguf_export.NotConvertible, match=r"GGUF export: model family 'opt' has no architecture "
+                                                         r"in llama.cpp"):
+        gguf_export._gguf_architecture({"model_type": "opt"})
+    with pytest.raises(gguf_export.NotConvertible, match="model family 'bert' has no llama.cpp architecture"):
+        gguf_export._gguf_architecture({"model_type": "bert"})
 
 
-def test_an_export_the_family_leaves_out_is_refused_by_name_and_an_undeclared_family_is_tried():
+def test_an_export_the_family_leaves_out_is_refused_by_name_and_an_undeclared_family_is_tried(monkeypatch):
+    import dataclasses
+
     families.check_export({"model_type": "llama"}, families.ONNX)
+    families.check_export({"model_type": "mixtral"}, families.OPENVINO)
     families.check_export({"model_type": "xglm"}, families.OPENVINO)  # not declared: the export is tried
-    with pytest.raises(UnsupportedModelError, match=r"OpenVINO export: model family 'mixtral' does not convert"):
+    # Every declared family exports today; one declared without OpenVINO is refused by name, and why.
+    monkeypatch.setitem(families.FAMILIES, "mixtral", dataclasses.replace(
+        families.FAMILIES["mixtral"], exports=frozenset({families.ONNX}), export_note="a reason"))
+    with pytest.raises(UnsupportedModelError,
+                       match=r"OpenVINO export: model family 'mixtral' does not convert to OpenVINO here \(a reason\)"):
         families.check_export({"model_type": "mixtral"}, families.OPENVINO)
+    families.check_export({"model_type": "mixtral"}, families.ONNX)
 
 
 def test_scales_fold_only_into_norms_the_family_declares_as_feeding_linears():
