@@ -271,14 +271,13 @@ def _float_state(src: Path) -> tuple[dict, dict]:
 def _reload_agreement(src: Path, dst: Path, gguf_file: str) -> dict:
     """The GGUF as transformers loads it against the float model, on one held-out window."""
     import torch
-    from transformers import AutoModelForCausalLM
 
     from services.common.datasets import corpus
 
     tokenizer = modelio.load_tokenizer(src)
     ids = tokenizer(corpus.heldout_text()[:4000], return_tensors="pt").input_ids[:, :128]
     with modelio.CONSTRUCTION_LOCK:
-        reloaded = AutoModelForCausalLM.from_pretrained(dst, gguf_file=gguf_file, dtype=torch.float32).eval()
+        reloaded = gguf_export.load_in_transformers(dst, gguf_file, src)
     original = modelio.load_model(src).eval()
     with torch.inference_mode():
         got, want = reloaded(input_ids=ids).logits, original(input_ids=ids).logits
@@ -307,16 +306,19 @@ def _gguf(config: GgufConfig, src: Path, dst: Path, reporter: ProgressReporter, 
     del state
     figures: dict = {"kind": "causal-lm", "gguf_type": kind, "written_types": written,
                      "read_back": gguf_export.read_back(dst / file_name)}
-    if config.verify_reload:
+    if config.verify_reload and gguf_export.reads_in_transformers(model_config):
         reporter.report(2, steps, "loading the file in transformers and comparing logits")
         figures["transformers_reload"] = _reload_agreement(src, dst, file_name)
+    elif config.verify_reload:  # an architecture transformers' GGUF loader does not read
+        reporter.report(2, steps, "checking the file against llama.cpp's layout for its architecture")
+        figures["layout_check"] = gguf_export.check_file(dst / file_name, model_config)  # raises on a mismatch
     reporter.report(steps, steps, "saved")
     manifest = {"engine": "gguf", "precision": kind, "kind": "causal-lm", "file": file_name}
     return _result(src, dst, "gguf_model.json", manifest, common_pb2.ARTIFACT_FORMAT_GGUF,
                    {**figures, "gguf_bytes": (dst / file_name).stat().st_size})
 
 
-# GGUF files hold decoder LLMs for llama.cpp (gguf_export writes Llama-architecture ones).
+# GGUF files hold decoder LLMs for llama.cpp (gguf_layouts: the architectures gguf_export lays out).
 @method(O, "gguf-f16", config=GgufConfig, produces=(GGUF,), model_kinds=(CAUSAL_LM,),
         summary="GGUF for llama.cpp, F16 weights (norms F32)")
 def run_gguf_f16(config: GgufConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:

@@ -107,11 +107,62 @@ def check_output(model_dir: Path, out: Path, fmt: str, kind: str) -> float | Non
 
         openvino.Core().compile_model(str(next(out.rglob("*.xml"))), "CPU")
     elif fmt == "ARTIFACT_FORMAT_GGUF":
-        from transformers import AutoModelForCausalLM
+        from services.optimizer import gguf_export
 
         gguf = next(out.glob("*.gguf"))
-        return _agreement(_stock(model_dir, kind), AutoModelForCausalLM.from_pretrained(out, gguf_file=gguf.name), kind)
+        config = json.loads((model_dir / "config.json").read_text())
+        _gguf_layout(gguf, config)
+        if gguf_export.reads_in_transformers(config):
+            return _agreement(_stock(model_dir, kind), gguf_export.load_in_transformers(out, gguf.name, model_dir), kind)
     return None
+
+
+def _gguf_layout(path: Path, config: dict) -> None:
+    """The GGUF read with gguf's own reader against llama.cpp's tables, for every family (the only
+    check where transformers' GGUF loader does not read the architecture): the declared architecture,
+    every tensor name one llama.cpp's converter writes for it (gguf.constants.MODEL_TENSORS), the
+    metadata llama.cpp needs, and the shapes of the embedding, attention and MLP tensors."""
+    import gguf
+
+    from services.common.models.families import FAMILIES
+
+    reader = gguf.GGUFReader(str(path))
+    field = lambda key: reader.fields[key].contents() if key in reader.fields else None
+    arch = field("general.architecture")
+    assert arch == FAMILIES[config["model_type"]].gguf, (arch, config["model_type"])
+    arch_id = next(a for a, name in gguf.MODEL_ARCH_NAMES.items() if name == arch)
+    layers = field(f"{arch}.block_count")
+    known = {gguf.TENSOR_NAMES[t].format(bid=b) for t in gguf.MODEL_TENSORS[arch_id] for b in range(layers)}
+    shapes = {t.name: tuple(int(d) for d in reversed(list(t.shape))) for t in reader.tensors}
+    stray = [n for n in shapes if n.rsplit(".", 1)[0] not in known or n.rsplit(".", 1)[1] not in ("weight", "bias")]
+    assert not stray, f"tensors llama.cpp's {arch!r} does not name: {stray}"
+    keys = ["block_count", "context_length", "embedding_length", "feed_forward_length", "attention.head_count"]
+    missing = [k for k in keys if field(f"{arch}.{k}") is None]
+    missing += [] if field(f"{arch}.attention.layer_norm_rms_epsilon") or field(f"{arch}.attention.layer_norm_epsilon") \
+        else ["attention.layer_norm_(rms_)epsilon"]
+    missing += [] if arch == "gpt2" or any(k.startswith(f"{arch}.rope.") for k in reader.fields) else ["rope.*"]
+    missing += [] if "num_key_value_heads" not in config or field(f"{arch}.attention.head_count_kv") else ["head_count_kv"]
+    missing += [k for k in ("tokenizer.ggml.model", "tokenizer.ggml.tokens", "tokenizer.ggml.token_type",
+                            "tokenizer.ggml.merges") if k not in reader.fields]
+    assert not missing, f"metadata llama.cpp needs is missing: {missing}"
+    hidden, heads = field(f"{arch}.embedding_length"), field(f"{arch}.attention.head_count")
+    kv, ff = field(f"{arch}.attention.head_count_kv") or heads, field(f"{arch}.feed_forward_length")
+    assert (layers, hidden, heads) == tuple(config.get(k) or config.get(o) for k, o in (
+        ("num_hidden_layers", "n_layer"), ("hidden_size", "n_embd"), ("num_attention_heads", "n_head")))
+    head_dim = field(f"{arch}.attention.key_length") or hidden // heads
+    experts, ffe = field(f"{arch}.expert_count"), field(f"{arch}.expert_feed_forward_length") or ff
+    want = {"token_embd.weight": (config["vocab_size"], hidden), "output.weight": (config["vocab_size"], hidden),
+            "attn_q.weight": (heads * head_dim, hidden), "attn_k.weight": (kv * head_dim, hidden),
+            "attn_v.weight": (kv * head_dim, hidden), "attn_qkv.weight": ((heads + 2 * kv) * head_dim, hidden),
+            "attn_output.weight": (hidden, heads * head_dim), "ffn_gate.weight": (ff, hidden),
+            "ffn_down.weight": (hidden, ff), "ffn_gate_exps.weight": (experts, ffe, hidden),
+            "ffn_up_exps.weight": (experts, ffe, hidden), "ffn_down_exps.weight": (experts, hidden, ffe),
+            "ffn_gate_inp.weight": (experts, hidden), "attn_norm.weight": (hidden,), "output_norm.weight": (hidden,)}
+    ups = {(ff, hidden), (2 * ff, hidden)}  # Phi-3 fuses gate and up into ffn_up
+    wrong = {n: s for n, s in shapes.items() if (n.split(".", 2)[-1] == "ffn_up.weight" and s not in ups)
+             or want.get(n.split(".", 2)[-1] if n.startswith("blk.") else n, s) != s}
+    assert not wrong, f"tensors of the wrong shape for {arch!r}: {wrong}"
+    assert any(n.endswith(("ffn_down.weight", "ffn_down_exps.weight")) for n in shapes)
 
 
 def _stock(folder: Path, kind: str):

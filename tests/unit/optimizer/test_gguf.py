@@ -3,6 +3,8 @@ gives the float model's logits (exactly at F16 tolerance, closely at Q8_0, rough
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -100,3 +102,165 @@ def test_the_chat_template_travels_into_the_gguf(tiny_bpe_llama_dir, tmp_path):
 ])
 def test_pre_tokenizer_names_follow_llama_cpp(pre_tokenizer, name):
     assert gguf_export.pre_tokenizer_name(pre_tokenizer) == name
+
+
+# ---- every declared family's layout, against llama.cpp's own tables (gguf.constants) ----
+
+GGUF_FAMILIES = [f.model_type for f in __import__("services.common.models.families", fromlist=["FAMILIES"])
+                 .FAMILIES.values() if f.gguf]
+
+
+def _tiny(model_type: str, vocab: int = 128):
+    """A tiny random model of the family (the compat matrix's dimensions) and its config.json dict."""
+    from transformers import AutoModelForCausalLM
+
+    from tests.compat.tiny_models import tiny_config
+
+    torch.manual_seed(0)
+    config = tiny_config(model_type, vocab)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    return model, json.loads(config.to_json_string())
+
+
+@pytest.mark.parametrize("model_type", GGUF_FAMILIES)
+def test_every_tensor_gets_a_name_llama_cpp_lists_for_the_architecture(model_type):
+    import gguf
+
+    model, config = _tiny(model_type)
+    arch = gguf_export.layout_of(config).arch
+    arch_id = next(a for a, name in gguf.MODEL_ARCH_NAMES.items() if name == arch)
+    known = {gguf.TENSOR_NAMES[t].format(bid=b) for t in gguf.MODEL_TENSORS[arch_id] for b in range(2)}
+    tensors = gguf_export.transformed(model.state_dict(), config)
+    assert {n.rsplit(".", 1)[0] for n in tensors} <= known
+    assert {"token_embd.weight", "output_norm.weight"} <= set(tensors)
+    # Every block carries the same tensors; MoE experts arrive as one 3-D tensor per projection.
+    assert {n[6:] for n in tensors if n.startswith("blk.0.")} == {n[6:] for n in tensors if n.startswith("blk.1.")}
+    if gguf_export.families.family_of(config).experts:
+        assert tensors["blk.0.ffn_gate_exps.weight"].ndim == 3 and "blk.0.ffn_gate_inp.weight" in tensors
+
+
+def test_opt_is_refused_naming_why():
+    with pytest.raises(gguf_export.NotConvertible, match=r"'opt' has no architecture in llama.cpp"):
+        gguf_export.layout_of({"model_type": "opt"})
+
+
+def test_gemma_norms_are_stored_plus_one_and_llama_q_k_permuted():
+    model, config = _tiny("gemma2")
+    state = model.state_dict()
+    tensors = gguf_export.transformed(state, config)
+    for hf, name in (("model.layers.0.input_layernorm.weight", "blk.0.attn_norm.weight"),
+                     ("model.layers.1.post_feedforward_layernorm.weight", "blk.1.post_ffw_norm.weight"),
+                     ("model.norm.weight", "output_norm.weight")):
+        assert np.allclose(tensors[name], state[hf].numpy() + 1)
+    assert np.array_equal(tensors["blk.0.attn_q.weight"], state["model.layers.0.self_attn.q_proj.weight"].numpy())
+    model, config = _tiny("granite")  # llama.cpp's rotary reads Llama-style Q/K rows interleaved
+    state = model.state_dict()
+    tensors = gguf_export.transformed(state, config)
+    q, k = (state[f"model.layers.0.self_attn.{p}_proj.weight"].numpy() for p in "qk")
+    head = 16  # row r of a head (r < 8) and its rotary partner r + 8 become rows 2r and 2r + 1
+    assert np.array_equal(tensors["blk.0.attn_q.weight"][2 * 3 + 1], q[3 + head // 2])
+    assert np.array_equal(tensors["blk.0.attn_k.weight"][head + 2 * 5], k[head + 5])
+
+
+def test_gpt_neox_qkv_is_regrouped_as_transformers_bloom_reader_undoes():
+    from transformers.modeling_gguf_pytorch_utils import BloomTensorProcessor
+
+    model, config = _tiny("gpt_neox")
+    state = {name: torch.randn_like(tensor) for name, tensor in model.state_dict().items()}  # biases start at 0
+    tensors = gguf_export.transformed(state, config)
+    undo = BloomTensorProcessor(config={"n_head": 4, "hidden_size": 64})
+    for part in ("weight", "bias"):
+        original = state[f"gpt_neox.layers.0.attention.query_key_value.{part}"].numpy()
+        written = tensors[f"blk.0.attn_qkv.{part}"]
+        back = undo._reverse_reshape_weights(written, 4, 64) if part == "weight" else \
+            undo._reverse_reshape_bias(written, 4, 64)
+        assert np.array_equal(back, original) and not np.array_equal(written, original)
+
+
+def test_falcon_kv_groups_become_all_queries_then_keys_then_values():
+    from services.optimizer import gguf_layouts
+
+    heads, kv, head_dim, hidden = 8, 2, 4, 32
+    config = {"hidden_size": hidden, "num_attention_heads": heads, "num_kv_heads": kv,
+              "new_decoder_architecture": True}
+    weight = np.random.default_rng(0).standard_normal(((heads + 2 * kv) * head_dim, hidden)).astype(np.float32)
+    written = gguf_layouts.falcon_qkv(weight, gguf_layouts.Hparams(config))
+    per_group = heads // kv
+    row = lambda group, slot: weight[(group * (per_group + 2) + slot) * head_dim:][:head_dim]
+    for h in range(heads):
+        assert np.array_equal(written[h * head_dim:][:head_dim], row(h // per_group, h % per_group))
+    for g in range(kv):
+        assert np.array_equal(written[(heads + g) * head_dim:][:head_dim], row(g, per_group))
+        assert np.array_equal(written[(heads + kv + g) * head_dim:][:head_dim], row(g, per_group + 1))
+    assert not gguf_export.reads_in_transformers({"model_type": "falcon", **config})
+
+
+@pytest.mark.parametrize("model_type", ["qwen3", "gemma3_text", "gpt2", "phi3", "falcon", "qwen2_moe", "mistral"])
+def test_families_transformers_reads_come_back_with_the_float_logits(model_type, tiny_bpe_llama_dir, tmp_path):
+    """transformers' GGUF loader undoes each transform its own way (Gemma's norms - 1, GPT-2's
+    transpose, the fused experts): the logits come back where the layout is llama.cpp's."""
+    import shutil
+
+    model, _ = _tiny(model_type, vocab=512)  # the tokenizer's
+    src = tmp_path / "src"
+    model.save_pretrained(src, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_bpe_llama_dir / name, src / name)
+    result = _run("gguf-f16", src, tmp_path / "out")
+    assert "layout_check" not in result.metrics and result.metrics["transformers_reload"]["top1_agreement"] >= 0.98
+    assert result.metrics["transformers_reload"]["max_abs_logit_diff"] < 0.02
+
+
+@pytest.mark.parametrize("model_type", ["smollm3", "olmo2", "gpt_neox", "mixtral"])
+def test_families_transformers_cannot_read_are_checked_against_llama_cpp_tables(model_type, tiny_bpe_llama_dir,
+                                                                                 tmp_path):
+    import shutil
+
+    model, config = _tiny(model_type, vocab=512)  # the tokenizer's
+    src = tmp_path / "src"
+    model.save_pretrained(src, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_bpe_llama_dir / name, src / name)
+    result = _run("gguf-q8_0", src, tmp_path / "out")
+    check = result.metrics["layout_check"]
+    assert "transformers_reload" not in result.metrics
+    assert check["architecture"] == gguf_export.families.family_of(config).gguf and check["layer_tensors"] >= 6
+
+
+def test_a_tied_head_is_written_out_where_llama_cpp_requires_output():
+    model, config = _tiny("olmo2")
+    state = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    tensors = gguf_export.transformed(state, {**config, "tie_word_embeddings": True})
+    assert np.array_equal(tensors["output.weight"], tensors["token_embd.weight"])
+    model, config = _tiny("qwen2")  # llama.cpp's qwen2 falls back to token_embd: nothing added
+    state = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    assert "output.weight" not in gguf_export.transformed(state, {**config, "tie_word_embeddings": True})
+
+
+def test_llama3_rope_scaling_travels_as_rope_freqs_as_transformers_scales_inv_freq():
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from services.optimizer import gguf_layouts
+
+    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    config = LlamaConfig(hidden_size=512, num_attention_heads=4, max_position_embeddings=131072, rope_parameters=rope)
+    scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")
+    plain = 1.0 / (500000.0 ** (torch.arange(0, 128, 2, dtype=torch.float64) / 128))
+    factors = gguf_layouts.llama3_rope_freqs(gguf_layouts.Hparams(json.loads(config.to_json_string())))
+    assert np.allclose(factors["rope_freqs.weight"], (plain / scaled.double()).numpy(), rtol=1e-4)
+    assert factors["rope_freqs.weight"].min() == 1.0 and factors["rope_freqs.weight"].max() == 32.0
+    assert gguf_layouts.llama3_rope_freqs(gguf_layouts.Hparams({"rope_parameters": {"rope_type": "default"}})) == {}
+
+
+def test_sentencepiece_style_bpe_is_refused_not_written_as_byte_level(tiny_bpe_llama_dir, tmp_path):
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(tiny_bpe_llama_dir, src)
+    spec = json.loads((src / "tokenizer.json").read_text())
+    spec["model"]["byte_fallback"] = True
+    (src / "tokenizer.json").write_text(json.dumps(spec))
+    with pytest.raises(gguf_export.NotConvertible, match="SentencePiece-style BPE"):
+        gguf_export.read_tokenizer(src)
