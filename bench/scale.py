@@ -43,8 +43,8 @@ RESULTS = ROOT / "bench" / "results" / "scale.json"
 
 
 def build(shape: str, folder: Path) -> Path:
-    """A random-weight bf16 checkpoint of `shape`, sharded by block, with SmolLM2's tokenizer (its
-    ids are within every shape's vocabulary). Built in a loop over the skeleton's parameters, so
+    """A random-weight bf16 checkpoint of `shape`, sharded by block, with MiniLM's WordPiece tokenizer
+    (its 30,522 ids are within every shape's vocabulary). Built in a loop over the skeleton's parameters, so
     building holds one shard, not the model."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -81,7 +81,7 @@ def build(shape: str, folder: Path) -> Path:
     (folder / "model.safetensors.index.json").write_text(json.dumps(
         {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
     config.save_pretrained(folder)
-    copy_tokenizer(builtin_folder("smollm2-135m", default_cache()), folder)
+    copy_tokenizer(builtin_folder("minilm-l6", default_cache()), folder)
     return folder
 
 
@@ -101,7 +101,8 @@ def sizes(folder: Path, samples: int, sequence: int) -> dict:
         params += count
     block = max(count for file, count in per_file.items() if "block" in file)
     hidden = samples * sequence * config["hidden_size"] * 4
-    return {"parameters": params, "checkpoint_mb": round(index["metadata"]["total_size"] / 2**20),
+    widest_input = max(config["hidden_size"], config["intermediate_size"])
+    return {"hessian_mb": round(widest_input ** 2 * 4 / 2**20, 1),"parameters": params, "checkpoint_mb": round(index["metadata"]["total_size"] / 2**20),
             "checkpoint_dtype": "bfloat16", "largest_block_fp32_mb": round(block * 4 / 2**20, 1),
             "hidden_states_mb": round(2 * hidden / 2**20, 1)}
 
@@ -116,6 +117,24 @@ def run(method: str, src: Path, dst: Path, samples: int, sequence: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def write(rows: dict) -> None:
+    """scale.json with every run so far (a run of one shape keeps the others' rows)."""
+    from services.common.measure.machine import describe_machine
+
+    document = {
+        "what": "GPTQ / AWQ (4 bit, group 64) on random-weight bf16 checkpoints of real shapes, each in a fresh "
+                "process (bench/scale.py). walk_growth_mb: peak RSS while the blocks are walked minus RSS "
+                "before the call; bound_mb: 1.5 x (largest block in FP32 + a block's input and output "
+                "hidden states in FP32); hessian_mb: the widest Linear's input Hessian (GPTQ keeps one per "
+                "input width, in FP32); load_average_1m: the machine's load when the run ended (shared machine)",
+        "machine": describe_machine().as_dict(),
+        "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "runs": sorted(rows.values(), key=lambda r: (list(SHAPES).index(r["shape"]) if r["shape"] in SHAPES else 99,
+                                                     r["method"])),
+    }
+    RESULTS.write_text(json.dumps(document, indent=1) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", default=",".join(SHAPES))
@@ -124,8 +143,6 @@ def main() -> None:
     parser.add_argument("--sequence", type=int, default=512)
     parser.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "modelpress-scale")
     args = parser.parse_args()
-    from services.common.measure.machine import describe_machine
-
     previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     rows = {(r["shape"], r["method"]): r for r in previous.get("runs", [])}
     for shape in args.shapes.split(","):
@@ -143,25 +160,18 @@ def main() -> None:
                    "wall_s_per_billion": round(measured["wall_s"] / (figures["parameters"] / 1e9), 1),
                    "rss_before_mb": round(measured["rss_before_mb"]),
                    "walk_peak_rss_mb": round(measured["walk_peak_rss_mb"]),
+                   "walk_rss_by_block_mb": measured["walk_rss_by_block_mb"],
                    "peak_rss_mb": round(measured["peak_rss_mb"]),
                    "walk_growth_mb": round(walk), "bound_mb": round(bound),
                    "within_bound": walk <= bound,
                    "peak_over_checkpoint": round(measured["peak_rss_mb"] / figures["checkpoint_mb"], 2),
-                   "output_mb": round(sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 2**20)}
+                   "output_mb": round(sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 2**20),
+                   "load_average_1m": round(os.getloadavg()[0], 1)}
             rows[(shape, method)] = row
-            print(json.dumps(row))
+            print(json.dumps(row), flush=True)
             subprocess.run(["rm", "-rf", str(out)], check=True)
-    document = {
-        "what": "GPTQ / AWQ (4 bit, group 64) on random-weight bf16 checkpoints of real shapes, each in a fresh "
-                "process (bench/scale.py). walk_growth_mb: peak RSS while the blocks are walked minus RSS "
-                "before the call; bound_mb: 1.5 x (largest block in FP32 + a block's input and output "
-                "hidden states in FP32)",
-        "machine": describe_machine().as_dict(),
-        "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "runs": sorted(rows.values(), key=lambda r: (list(SHAPES).index(r["shape"]) if r["shape"] in SHAPES else 99,
-                                                     r["method"])),
-    }
-    RESULTS.write_text(json.dumps(document, indent=1) + "\n")
+            write(rows)
+    document = json.loads(RESULTS.read_text())
     header = ("shape", "method", "parameters", "checkpoint_mb", "wall_s", "wall_s_per_billion", "rss_before_mb",
               "walk_peak_rss_mb", "peak_rss_mb", "walk_growth_mb", "bound_mb")
     print(" | ".join(header))

@@ -459,6 +459,16 @@ def gguf_llamacpp(_: str = "") -> str:
     return section("gguf_llamacpp.json", headers, rows, prompt, machine_line(data.get("machine")))
 
 
+def gguf_llamacpp_families(_: str = "") -> str:
+    data = results("gguf_llamacpp.json")
+    rows = [[f"`{r['family']}`", f"`{r['type']}`", r.get("architecture"), "yes" if r.get("loaded") else "no",
+             "yes" if r.get("tokens_match") else "no", r.get("generated_tokens"), f"{r['logits_cosine']:.4f}"]
+            for r in data.get("families", [])]
+    headers = ["family", "recipe", "llama.cpp architecture", "loads", "token ids as transformers'",
+               "tokens generated", "logits cosine vs float"]
+    return section("gguf_llamacpp.json", headers, rows, machine_line(data.get("machine")))
+
+
 # ----------------------------------------------------------------------------------------------
 # bench/results/pipelines.json, pipelines_awq_clipped.json
 
@@ -707,6 +717,22 @@ def compat_matrix(_: str = "") -> str:
     return section("compat.json", ["family", *(f"`{r}`" for r in recipes)], rows, setting) + "\n" + why
 
 
+def scale(_: str = "") -> str:
+    data = results("scale.json")
+    headers = ["shape", "method", "parameters", "checkpoint (bf16)", "calibration", "wall", "s per B params",
+               "RSS before", "walk peak (per block: first … last)", "walk growth", "bound", "whole-call peak",
+               "load (1 min)"]
+    rows = [[r["shape"], r["method"], f"{r['parameters'] / 1e9:.2f} B", f"{r['checkpoint_mb']:,} MB", r["calibration"],
+             f"{r['wall_s']:.0f} s", f"{r['wall_s_per_billion']:.0f}", f"{r['rss_before_mb']:,} MB",
+             f"{r['walk_peak_rss_mb']:,} MB ({r['walk_rss_by_block_mb'][0]:,} … {r['walk_rss_by_block_mb'][-1]:,})",
+             f"{r['walk_growth_mb']:,} MB", f"{r['bound_mb']:,} MB", f"{r['peak_rss_mb']:,} MB",
+             r.get("load_average_1m", "")] for r in data["runs"]]
+    formula = note("bound = 1.5 × (largest block in FP32 + one block's input and output hidden states in FP32); "
+                   "walk growth = peak RSS while the blocks are walked − RSS before the call (libraries loaded). "
+                   "GPTQ also keeps one input Hessian per input width (the widest: `hessian_mb` in the file).")
+    return section("scale.json", headers, rows, formula, machine_line(data.get("machine")))
+
+
 # ----------------------------------------------------------------------------------------------
 # The registry of generated sections, and the pages they live in.
 
@@ -723,6 +749,7 @@ SECTIONS: dict[str, Callable[[str], str]] = {
     "bench-optimizer-batching": optimizer_batching,
     "bench-optimizer-kv-cache": optimizer_kv_cache,
     "bench-gguf-llamacpp": gguf_llamacpp,
+    "bench-gguf-llamacpp-families": gguf_llamacpp_families,
     "bench-pipelines": pipelines,  # argument: the results file
     "bench-pruning-minilm": pruning_minilm,
     "bench-pruning-unstructured": pruning_unstructured,
@@ -736,6 +763,7 @@ SECTIONS: dict[str, Callable[[str], str]] = {
     "bench-chaos": chaos,
     "bench-artifact-throughput": artifact_throughput,
     "bench-compat": compat_matrix,
+    "bench-scale": scale,
 }
 TAKES_ARGUMENT = {"bench-evaluation-comparison", "bench-optimizer", "bench-pipelines"}
 

@@ -58,11 +58,11 @@ SPARSE_INPUT_SHARE = 0.1
 def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, scheme: WeightScheme, *, damping: float = 0.01,
                   block_size: int = 128, act_order: bool = True) -> GptqOutcome:
     W = weight.detach().float().clone()
-    H = hessian.detach().float().clone()
     rows, cols = W.shape
     width = scheme.group_width(cols)
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1.0
+    diagonal = torch.diagonal(hessian).float().clone()
+    dead = diagonal == 0
+    diagonal[dead] = 1.0
     W[:, dead] = 0.0
 
     # Static scales: from the original weights, fixed before any column moves. Needed with
@@ -73,8 +73,10 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, scheme: WeightSch
     else:
         params = QuantParams(scale=torch.zeros(rows, cols // width),
                              zero_point=None if scheme.symmetric else torch.zeros(rows, cols // width))
-    perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(cols)
-    W, H = W[:, perm], H[perm][:, perm]
+    perm = torch.argsort(diagonal, descending=True) if act_order else torch.arange(cols)
+    # One permuted copy of the Hessian (the caller's stays as it was; inverse_cholesky damps this one).
+    W, H = W[:, perm], hessian.detach().float()[perm[:, None], perm]
+    H.diagonal()[dead[perm]] = 1.0
     group_of = perm // width  # stored group of each visited column
 
     # A pruned input keeps its zeros (symmetric grids hold 0 exactly): GPTQ's updates would
@@ -83,6 +85,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, scheme: WeightSch
     keep = ~zeros if scheme.symmetric and float(zeros.float().mean()) >= SPARSE_INPUT_SHARE else None
 
     factored = inverse_cholesky(H, damping)
+    del H
     if factored is None:
         rtn_weight, rtn_params = fake_quantize(weight.detach().float(), scheme)
         return GptqOutcome(rtn_weight, rtn_params, relative_output_error(weight, rtn_weight, hessian), damping, True)

@@ -96,3 +96,23 @@ def test_gptq_keeps_the_zeros_of_a_pruned_weight():
     assert (outcome.weight[weight == 0] == 0).all()
     dense = gptq_quantize(torch.randn(32, 128), hessian, WeightScheme(4, 32, True))
     assert float((dense.weight == 0).float().mean()) < 0.2  # dense weights are not forced anywhere
+
+
+def test_the_callers_hessian_is_left_as_it_was_and_the_factor_is_the_damped_inverses():
+    """inverse_cholesky damps its argument in place (no identity, no damped copy of a matrix as large as
+    the widest input squared): GPTQ hands it a permuted copy, so a Hessian shared by q/k/v stays whole."""
+    from services.common.calibration.hessian import inverse_cholesky
+
+    torch.manual_seed(0)
+    x = torch.randn(300, 96)
+    x[:, 5] = 0  # a dead input
+    hessian = 2 * x.T @ x / 300
+    before = hessian.clone()
+    gptq_quantize(torch.randn(32, 96), hessian, WeightScheme(4, 32, True))
+    assert torch.equal(hessian, before)
+
+    live = hessian[1:, 1:].double().clone() + 0.0
+    live_before = live.clone()
+    upper, damping = inverse_cholesky(live, 0.01)
+    damped = live_before + damping * float(torch.diagonal(live_before).mean()) * torch.eye(95, dtype=torch.float64)
+    assert torch.allclose(upper.T @ upper, torch.linalg.inv(damped), rtol=1e-8, atol=1e-10)

@@ -96,35 +96,20 @@ def test_a_large_output_is_written_in_shards_of_whole_blocks(tiny_llama_dir, tmp
     assert torch.equal(got, want)
 
 
-@pytest.fixture(scope="module")
-def untied_llama_dir(tmp_path_factory, tiny_llama_dir):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from services.common.models.tokenizer_files import copy_tokenizer
-
-    torch.manual_seed(1)
-    config = LlamaConfig(vocab_size=30522, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
-    folder = tmp_path_factory.mktemp("untied-llama")
-    LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
-    copy_tokenizer(tiny_llama_dir, folder)
-    return folder
-
-
 @pytest.mark.parametrize("spilled", [False, True])
-def test_the_head_left_to_round_at_the_end_is_read_again(untied_llama_dir, tmp_path, spilled):
+def test_the_head_left_to_round_at_the_end_is_read_again(tiny_bpe_llama_dir, tmp_path, spilled):
     """A quantized untied head is rounded after the walk: with the walk's embedding and head let go,
     it is read from the checkpoint again and comes out as the in-memory path's."""
     config = GptqConfig(group_size=32, head_bits=8, calibration_samples=2, calibration_sequence_length=16)
-    source = StreamingModel(untied_llama_dir)
+    source = StreamingModel(tiny_bpe_llama_dir)
     targets = weight_targets(source.model, config)
     assert any(t.role == "head" for t in targets)
-    batches = calibration_batches(modelio.load_tokenizer(untied_llama_dir), 2, 16, calibration_text())
+    batches = calibration_batches(modelio.load_tokenizer(tiny_bpe_llama_dir), 2, 16, calibration_text())
     step = gptq_block_step(config.damping, config.lazy_batch_columns, config.act_order)
     result = quantize_sequential(source, targets, batches, step, lambda *_: None,
                                  spill=CodeSpill(tmp_path) if spilled else None)
     head = next(t.name for t in targets if t.role == "head")
-    float_head = modelio.load_model(untied_llama_dir).get_submodule(head).weight.detach()
+    float_head = modelio.load_model(tiny_bpe_llama_dir).get_submodule(head).weight.detach()
     from services.quantizer.qscheme import dequantize
 
     error = (dequantize(result.quantized[head].codes, result.quantized[head].params) - float_head).norm()
