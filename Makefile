@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 MP := $(PY) -m services.cli.main
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-slow test-compat fuzz chaos test-fast bench bench-upload bench-quant bench-eval bench-opt bench-pipelines bench-prune bench-distill bench-anchors anchors-venv bench-llamacpp \
+.PHONY: install demo test test-slow test-compat fuzz chaos test-fast bench bench-upload bench-scale bench-quant bench-eval bench-opt bench-pipelines bench-prune bench-distill bench-anchors anchors-venv bench-llamacpp \
 	llamacpp-venv proto lint-proto clean
 
 install: $(STAMP)
@@ -124,6 +124,13 @@ $(LLAMACPP)/.stamp:
 llamacpp-venv: $(LLAMACPP)/.stamp
 
 # The GGUF exports loaded, tokenized and run by llama.cpp itself -> bench/results/gguf_llamacpp.json.
+# GPTQ on random-weight checkpoints of real shapes (0.5 B, 1.1 B, an 8 B shape's first blocks): wall
+# time and peak RSS -> bench/results/scale.json; then a 1.1 B shape through a local mesh.
+bench-scale: install
+	$(PY) bench/scale.py --methods gptq
+	$(PY) bench/scale.py --shapes qwen2.5-0.5b --methods awq
+	$(PY) bench/scale_mesh.py
+
 bench-llamacpp: install llamacpp-venv
 	$(PY) bench/gguf_llamacpp.py
 

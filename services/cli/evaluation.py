@@ -13,6 +13,7 @@ from rich.table import Table
 from modelpress import Client
 from modelpress.v1 import common_pb2
 from services.cli.output import NOT_MEASURED, err, figure, id_column, json_text, out
+from services.cli.uploads import model_argument
 
 MB = 1e6
 
@@ -80,8 +81,8 @@ def print_metrics(name: str, m: common_pb2.ModelMetrics) -> None:
 
 
 def cmd_evaluate(args, client: Client) -> int:
-    extra = {"reference": _ref(args.reference)} if args.reference else {}
-    metrics = client.evaluate(args.model, spec_from(args, **extra))
+    extra = {"reference": _ref(model_argument(client, args.reference, err))} if args.reference else {}
+    metrics = client.evaluate(model_argument(client, args.model, err), spec_from(args, **extra))
     if args.json:
         print(json_text(metrics))
     else:
@@ -122,7 +123,8 @@ def _verdict(passed: bool) -> str:
 
 
 def cmd_compare(args, client: Client) -> int:
-    comparison = client.compare(args.models, baseline_index=args.baseline, spec=spec_from(args),
+    models = [model_argument(client, model, err) for model in args.models]
+    comparison = client.compare(models, baseline_index=args.baseline, spec=spec_from(args),
                                 threshold_set=args.threshold_set)
     if args.json:
         print(json_text(comparison))
@@ -135,7 +137,8 @@ def cmd_bench_hw(args, client: Client) -> int:
     if args.list:
         rows = client.list_benchmarks(model=args.model or "", device=args.device)
     else:
-        rows = client.run_benchmark(args.model or "builtin:smollm2-135m", batch_sizes=args.batch_sizes,
+        rows = client.run_benchmark(model_argument(client, args.model or "builtin:smollm2-135m", err),
+                                    batch_sizes=args.batch_sizes,
                                     sequence_lengths=args.sequence_lengths, iterations=args.iterations,
                                     threads=args.threads)
     if args.json:
@@ -163,7 +166,8 @@ def cmd_recommend(args, client: Client) -> int:
     spec = spec_from(args)
     # No measurement flag given: the gateway's quick spec, which stored results are matched against.
     evaluation = {"evaluation": spec} if spec != common_pb2.EvaluationSpec() else {}
-    response = client.recommend(args.model, target=args.target, max_size_mb=args.max_size_mb,
+    response = client.recommend(model_argument(client, args.model, err), target=args.target,
+                                max_size_mb=args.max_size_mb,
                                 max_latency_ms=args.max_latency_ms, min_quality_retention=args.min_quality,
                                 candidate_recipes=args.candidates, stored_only=args.stored_only,
                                 isa_class=args.isa_class, **evaluation)

@@ -68,3 +68,15 @@ async def test_a_relative_path_that_is_no_folder_here_is_refused_before_the_mesh
     code = await call(cli.main, ["--gateway", gateway, "compress", "./not-here", "--recipe", "fp16", "--no-eval"])
     assert code == 2
     assert "model: './not-here' is no folder here, nor builtin:NAME, artifact:ID or path:DIR" in capsys.readouterr().err
+
+
+async def test_evaluate_of_a_local_folder_uploads_it_first(gateway, tiny_bert_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("MODELPRESS_ALLOWED_ROOTS", raising=False)
+    _sentence_model(tiny_bert_dir, tmp_path / "my-model")
+    monkeypatch.chdir(tmp_path)
+    quick = ["--iterations", "1", "--sentences", "8", "--json"]
+    code = await call(cli.main, ["--gateway", gateway, "evaluate", "./my-model", *quick])
+    run = capsys.readouterr()
+    assert code == 0, run.err
+    assert re.search(r"uploaded \./my-model as artifact a-\S+ \(", run.err)
+    assert json.loads(run.out)["size_on_disk_bytes"] > 0  # measured, on the uploaded copy
