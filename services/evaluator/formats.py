@@ -57,22 +57,41 @@ def check_measurable(folder: Path) -> str:
         raise FormatNotMeasurable(f"{Path(folder).name}: {fmt} models run only on an NVIDIA GPU worker with the "
                                   "tensorrt package, and this evaluator has no TensorRT runtime; measure the ONNX "
                                   "artifact it was built from instead")
+    if fmt == "GGUF":
+        _readable_gguf(folder)
     modelio.model_kind(modelio.read_config(folder))
     return fmt
 
 
-def _load_gguf(folder: Path):
-    import torch
-    from transformers import AutoModelForCausalLM
+def _readable_gguf(folder: Path) -> Path:
+    """The folder's one .gguf file, where transformers' GGUF loader rebuilds its model (gguf_transformers:
+    by the file's llama.cpp architecture and the folder's config.json); FormatNotMeasurable naming the
+    architecture where it does not. Reads the file's header only."""
+    from services.common.engines import gguf_transformers
 
-    files = sorted(Path(folder).glob("*.gguf"))
+    folder = Path(folder)
+    files = sorted(folder.glob("*.gguf"))
     if len(files) != 1:
-        raise FormatNotMeasurable(f"{Path(folder).name}: expected one .gguf file, found {len(files)}")
+        raise FormatNotMeasurable(f"{folder.name}: expected one .gguf file, found {len(files)}")
+    try:
+        gguf_transformers.reading(gguf_transformers.architecture(files[0]), modelio.read_config(folder))
+    except gguf_transformers.NotReadable as exc:
+        raise FormatNotMeasurable(f"{folder.name}: {exc}. The evaluator measures a GGUF as transformers loads it "
+                                  "(modelpress ships no llama.cpp runtime): measure the float model it was "
+                                  "exported from, or run the file in llama.cpp") from None
+    return files[0]
+
+
+def _load_gguf(folder: Path):
+    """The GGUF as transformers' GGUF loader rebuilds it, with the folder's config.json (the source
+    model's, which every GGUF artifact carries) where the architecture needs it."""
+    from services.common.engines import gguf_transformers
+
+    path = _readable_gguf(folder)
     with modelio.CONSTRUCTION_LOCK:
-        model, info = AutoModelForCausalLM.from_pretrained(folder, gguf_file=files[0].name, dtype=torch.float32,
-                                                           trust_remote_code=False, output_loading_info=True)
-    modelio.check_complete(info, files[0].name)  # a tensor the GGUF lacks is never measured at random
-    return model.eval()
+        model, info = gguf_transformers.load(path.parent, path.name, path.parent, output_loading_info=True)
+    modelio.check_complete(info, path.name)  # a tensor the GGUF lacks is never measured at random
+    return model
 
 
 def load_for_measurement(folder: Path, device: str = "cpu", threads: int = 2) -> LoadedModel:

@@ -279,7 +279,9 @@ def _reload_agreement(src: Path, dst: Path, gguf_file: str) -> dict:
     with modelio.CONSTRUCTION_LOCK:
         reloaded = gguf_export.load_in_transformers(dst, gguf_file, src)
     original = modelio.load_model(src).eval()
-    with torch.inference_mode():
+    # Not while another stage thread exports (onnx_export.EXPORT_LOCK): a routed-experts forward during
+    # torch.export failed with KeyError 'custom' (the export's process-wide state, read by the experts' op).
+    with onnx_export.EXPORT_LOCK, torch.inference_mode():
         got, want = reloaded(input_ids=ids).logits, original(input_ids=ids).logits
     targets = ids[:, 1:]
     nll = lambda logits: torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten())  # noqa: E731

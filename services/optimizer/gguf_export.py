@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from services.common.engines import gguf_transformers
 from services.common.models import families
 from services.optimizer import gguf_layouts
 
@@ -68,22 +69,15 @@ def _gguf_architecture(config: dict) -> str:
 
 
 def reads_in_transformers(config: dict) -> bool:
-    """Whether transformers' GGUF loader rebuilds this model from the file written for it."""
-    layout = layout_of(config)
-    return (families.model_type_of(config) in layout.transformers_reads
-            and layout.transformers_reads_if(gguf_layouts.Hparams(config)))
+    """Whether transformers' GGUF loader rebuilds this model from the file written for it
+    (services/common/engines/gguf_transformers.py says which architectures and families it reads)."""
+    return gguf_transformers.reads(layout_of(config).arch, config)
 
 
 def load_in_transformers(folder: Path, gguf_file: str, src: Path):
     """The GGUF as transformers' loader rebuilds it (float32, eval), with the source config.json where
-    the layout says the loader needs it (it reads only some config keys from a GGUF file)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = json.loads((Path(src) / "config.json").read_text())
-    how = layout_of(config).transformers_reads.get(families.model_type_of(config))
-    extra = {"config": AutoConfig.from_pretrained(src)} if how == "config" else {}
-    return AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32, **extra).eval()
+    the architecture needs it (it reads only some config keys from a GGUF file)."""
+    return gguf_transformers.load(folder, gguf_file, src)
 
 
 def gguf_name(hf_name: str, arch: str = "llama", layers: int = 1000) -> str | None:

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from services.common.engines import gguf_transformers
+
 # Families whose GGUF llama.cpp's converter does not write, and why (the refusal names it).
 NOT_CONVERTED = {
     "opt": "has no architecture in llama.cpp: its converter (convert_hf_to_gguf.py) takes no OPT model",
@@ -221,11 +223,8 @@ def gptneox(h: Hparams) -> Metadata:
 
 
 def falcon_kv_heads(h: Hparams) -> int:
-    """The KV heads Falcon's attention really has: num_kv_heads only with the new decoder
-    architecture or without multi-query; multi-query shares one (transformers' FalconAttention)."""
-    if h.get("new_decoder_architecture", default=False) or not h.get("multi_query", default=True):
-        return int(h.get("num_kv_heads", "n_head_kv", default=h.heads))
-    return 1
+    """The KV heads Falcon's attention really has (gguf_transformers.falcon_kv_heads)."""
+    return gguf_transformers.falcon_kv_heads(h.config)
 
 
 def falcon(h: Hparams) -> Metadata:
@@ -332,13 +331,6 @@ class Layout:
     metadata: Callable[[Hparams], Metadata]
     transforms: tuple[tuple[str, Transform], ...] = ()
     experts: bool = False  # whether llama.cpp's model for the arch takes routed experts
-    # The families whose file of this arch transformers' GGUF loader (from_pretrained(gguf_file=...))
-    # reads back, and how: "config" with the source config.json passed (the loader maps the tensors,
-    # undoing the transforms, but reads only some config keys from the file: Qwen3's head_dim, Gemma's
-    # query_pre_attn_scalar, GPT-2's n_positions are assumed), "file" from the file alone (Mistral:
-    # the loader knows no "mistral" tensor map, and reads the llama file as Llama).
-    transformers_reads: Mapping[str, str] = field(default_factory=dict)
-    transformers_reads_if: Callable[[Hparams], bool] = lambda h: True  # where its reading holds
     # llama.cpp's model requires output.weight (no fallback to token_embd): a tied head is written out.
     output_required: bool = False
     extra_tensors: Callable[[Hparams], dict[str, np.ndarray]] = lambda h: {}  # tensors the converter adds
@@ -353,30 +345,27 @@ def _smollm3_nope(h: Hparams) -> bool:
 
 
 LAYOUTS: Mapping[str, Layout] = {layout.arch: layout for layout in (
-    # Llama, Mistral (llama.cpp converts it as llama) and Mixtral (llama with routed experts, which
-    # transformers' loader would read back as a dense Llama: not read there).
-    Layout("llama", llama, LLAMA_ROTARY, experts=True, transformers_reads={"llama": "config", "mistral": "file"},
-           extra_tensors=llama3_rope_freqs),
+    # Llama, Mistral (llama.cpp converts it as llama) and Mixtral (llama with routed experts). Which of
+    # these files transformers' GGUF loader reads back: services/common/engines/gguf_transformers.py.
+    Layout("llama", llama, LLAMA_ROTARY, experts=True, extra_tensors=llama3_rope_freqs),
     Layout("smollm3", llama, LLAMA_ROTARY, extra_tensors=llama3_rope_freqs,
            requires=((_smollm3_nope, "its rope-less layers are not every 4th, the step llama.cpp hard-codes"),)),
     Layout("granite", granite, LLAMA_ROTARY),
-    Layout("qwen2", text_model, transformers_reads={"qwen2": "config"}),
-    Layout("qwen3", text_model, transformers_reads={"qwen3": "config"}),
+    Layout("qwen2", text_model),
+    Layout("qwen3", text_model),
     # The shared expert's gate is one row: written 1-D, as llama.cpp loads it ({n_embd}).
     Layout("qwen2moe", qwen_moe, ((r"shared_expert_gate\.weight$", squeeze),), experts=True,
-           transformers_reads={"qwen2_moe": "config"}, output_required=True),
-    Layout("qwen3moe", qwen_moe, experts=True, transformers_reads={"qwen3_moe": "config"}),
-    Layout("stablelm", stablelm, transformers_reads={"stablelm": "config"}, output_required=True),
+           output_required=True),
+    Layout("qwen3moe", qwen_moe, experts=True),
+    Layout("stablelm", stablelm, output_required=True),
     Layout("olmo2", olmo2, output_required=True),
-    Layout("gemma2", gemma2, GEMMA_NORMS, transformers_reads={"gemma2": "config"}),
-    Layout("gemma3", gemma3, GEMMA_NORMS, transformers_reads={"gemma3_text": "config"}),
-    Layout("phi3", phi3, transformers_reads={"phi3": "config"},
+    Layout("gemma2", gemma2, GEMMA_NORMS),
+    Layout("gemma3", gemma3, GEMMA_NORMS),
+    Layout("phi3", phi3,
            requires=((lambda h: not h.rope("long_factor"), "its LongRoPE factors are not written here"),)),
-    Layout("gpt2", gpt2, ((r"\.(c_attn|c_proj|c_fc)\.weight$", transpose),), transformers_reads={"gpt2": "config"}),
+    Layout("gpt2", gpt2, ((r"\.(c_attn|c_proj|c_fc)\.weight$", transpose),)),
     Layout("gptneox", gptneox, ((r"attention\.query_key_value\.(weight|bias)$", neox_qkv),), output_required=True),
-    # transformers' loader keeps Falcon's qkv as stored, its own layout only with one KV group.
-    Layout("falcon", falcon, ((r"query_key_value\.(weight|bias)$", falcon_qkv),),
-           transformers_reads={"falcon": "config"}, transformers_reads_if=lambda h: falcon_kv_heads(h) == 1),
+    Layout("falcon", falcon, ((r"query_key_value\.(weight|bias)$", falcon_qkv),)),
 )}
 
 

@@ -25,7 +25,10 @@ from services.optimizer.cache_graph import traceable
 ONNX_FILE = "model.onnx"
 INPUT_NAMES = ["input_ids", "attention_mask"]
 # torch.export and the TorchScript tracer keep process-wide state: two exports in two stage
-# threads of one worker failed (KeyError sym_numel_default). One export at a time per process.
+# threads of one worker failed (KeyError sym_numel_default). One export at a time per process; an eager
+# forward of a routed-experts model in another stage thread (the GGUF reload check) takes it too:
+# transformers' grouped_mm op reads torch.compiler.is_exporting() and fx traceback's current_meta,
+# both process-wide, and failed with KeyError 'custom' during an export.
 EXPORT_LOCK = threading.Lock()
 
 

@@ -26,11 +26,18 @@ def family_model(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def matrix_cells():
+def mesh_cells():
+    """The cells of test_mesh_families (recipes run as jobs through a mesh), recorded beside the matrix's."""
+    return []
+
+
+@pytest.fixture(scope="session")
+def matrix_cells(mesh_cells):
     cells: list[matrix.Cell] = []
     yield cells
     target = os.environ.get("MODELPRESS_COMPAT_RESULTS")
     if target and cells:
         from services.common.models.families import FAMILIES
 
-        matrix.write_results(cells, Path(target), [f for f in FAMILIES if any(c.family == f for c in cells)])
+        matrix.write_results(cells, Path(target), [f for f in FAMILIES if any(c.family == f for c in cells)],
+                             mesh=mesh_cells)

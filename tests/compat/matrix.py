@@ -187,11 +187,17 @@ def _agreement(want, got, kind: str) -> float:
     return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
 
 
-def write_results(cells: list[Cell], path: Path, families: list[str]) -> None:
-    """bench/results/compat.json: family × recipe → outcome, with the counts."""
+def _counts(cells: list[Cell]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for c in cells:
         counts[c.outcome] = counts.get(c.outcome, 0) + 1
+    return counts
+
+
+def write_results(cells: list[Cell], path: Path, families: list[str], mesh: list[Cell] = ()) -> None:
+    """bench/results/compat.json: family × recipe → outcome, with the counts; `mesh`: the cells run as
+    jobs through a mesh (test_mesh_families), recorded where that test ran."""
+    counts = _counts(cells)
     from services.common.measure.machine import describe_machine
 
     document = {
@@ -202,4 +208,13 @@ def write_results(cells: list[Cell], path: Path, families: list[str]) -> None:
         "families": families, "recipes": list(RECIPES), "overrides": OVERRIDES, "counts": counts,
         "cells": [asdict(c) for c in sorted(cells, key=lambda c: (families.index(c.family), RECIPES.index(c.recipe)))],
     }
+    if mesh:
+        from services.common.models.families import FAMILIES
+
+        order = list(FAMILIES)
+        document["mesh"] = {
+            "what": "each family's tiny model uploaded through the gateway with modelpress.Client, one calibrated "
+                    "recipe and its exports run on the upload as jobs (tests/compat/test_mesh_families.py)",
+            "counts": _counts(mesh),
+            "cells": [asdict(c) for c in sorted(mesh, key=lambda c: (order.index(c.family), c.recipe))]}
     path.write_text(json.dumps(document, indent=1) + "\n")

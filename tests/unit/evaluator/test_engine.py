@@ -64,6 +64,59 @@ def test_formats_are_recognised_and_engine_formats_refused_with_the_reason(tiny_
         check_measurable(trt)
 
 
+def _gguf_artifact(model_type: str, tiny_bpe_llama_dir, tmp_path):
+    """A tiny random model of the family (the compat matrix's) and its F16 GGUF artifact as the
+    optimizer writes it: the .gguf file beside the source config.json and tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from services.common.contract.engine_api import ProgressReporter
+    from services.optimizer.engine import METHODS
+    from tests.compat.tiny_models import tiny_config
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config(model_type, 512), dtype=torch.float32).eval()
+    src = tmp_path / "src"
+    model.save_pretrained(src, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_bpe_llama_dir / name, src / name)
+    entry = METHODS["gguf-f16"]
+    entry.run(entry.config_cls(verify_reload=False), src, tmp_path / "gguf", ProgressReporter())
+    return model, tmp_path / "gguf"
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "qwen3", "gemma3_text"])
+def test_a_gguf_is_measured_with_the_float_models_logits(model_type, tiny_bpe_llama_dir, tmp_path):
+    """transformers' GGUF loader reads only some config keys from the file: from the file alone a tiny
+    GPT-2 or Qwen3 does not load, and a Gemma 3 computes other logits (query_pre_attn_scalar assumed).
+    The evaluator loads it with the artifact's config.json."""
+    import torch
+
+    from services.evaluator.formats import load_for_measurement
+
+    model, folder = _gguf_artifact(model_type, tiny_bpe_llama_dir, tmp_path)
+    loaded = load_for_measurement(folder)
+    assert loaded.format == "GGUF" and loaded.kind == "causal-lm"
+    ids = torch.tensor([[5, 17, 42, 99, 7, 64, 201, 33]])
+    with torch.no_grad():
+        diff = float((loaded.model(input_ids=ids).logits - model(input_ids=ids).logits).abs().max())
+    assert diff < 0.02, diff
+
+
+@pytest.mark.parametrize(("model_type", "arch"), [("gpt_neox", "gptneox"), ("olmo2", "olmo2"), ("mixtral", "llama")])
+def test_a_gguf_transformers_does_not_read_is_not_measurable_naming_its_architecture(model_type, arch,
+                                                                                      tiny_bpe_llama_dir, tmp_path):
+    """GPT-NeoX and OLMo2: transformers' loader has no tensor map for them; Mixtral's llama file it would
+    read as a dense Llama. Refused by name (FAILED_PRECONDITION), never measured as something else."""
+    from services.evaluator.formats import FormatNotMeasurable, check_measurable, load_for_measurement
+
+    _, folder = _gguf_artifact(model_type, tiny_bpe_llama_dir, tmp_path)
+    named = f"llama.cpp architecture '{arch}' \\(model family '{model_type}'\\)"
+    for measure in (check_measurable, load_for_measurement):  # refused up front, before any probe starts
+        with pytest.raises(FormatNotMeasurable, match=named):
+            measure(folder)
+
+
 def test_peak_rss_is_the_probe_own_not_its_parent(tiny_llama_dir):
     # Linux carries the high-water mark of a big parent across exec into ru_maxrss.
     ballast = bytearray(1200 * 2**20)
