@@ -39,11 +39,15 @@ class RssSampler(threading.Thread):
         self.stop = threading.Event()
         self.walk_peak = 0.0
         self.by_block: dict[int, float] = {}  # the highest RSS seen at each block's layer events
+        self.phase = "before the first event"
+        self.by_phase: dict[str, float] = {}  # the highest RSS sampled after each kind of progress message
 
     def run(self) -> None:
         while not self.stop.wait(0.02):
+            now = rss_mb()
+            self.by_phase[self.phase] = max(self.by_phase.get(self.phase, 0.0), now)
             if self.walking.is_set():
-                self.walk_peak = max(self.walk_peak, rss_mb())
+                self.walk_peak = max(self.walk_peak, now)
 
 
 def main() -> None:
@@ -54,6 +58,7 @@ def main() -> None:
     sampler.start()
 
     def sink(progress: Progress) -> None:
+        sampler.phase = " ".join(w for w in progress.message.split()[:2] if not any(c.isdigit() for c in w))
         if "layer" not in progress.metrics:
             return
         sampler.walking.set()
@@ -79,6 +84,7 @@ def main() -> None:
         "rss_before_mb": before,
         "walk_peak_rss_mb": sampler.walk_peak,
         "walk_rss_by_block_mb": [round(sampler.by_block[b]) for b in sorted(sampler.by_block)],
+        "rss_by_phase_mb": {phase: round(mb) for phase, mb in sampler.by_phase.items()},
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "metrics": result.metrics,
         "compression": result.compression,

@@ -38,6 +38,8 @@ SHAPES: dict[str, dict] = {
                     "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
                     "tie_word_embeddings": False, "max_position_embeddings": 8192, "rope_theta": 500000.0},
 }
+# Qwen2.5-0.5B's shape cut to 6 blocks: a quick look at where memory goes (not in scale.json's table).
+SHAPES["qwen2.5-0.5b-6"] = {**SHAPES["qwen2.5-0.5b"], "num_hidden_layers": 6}
 METHODS = {"gptq": {"bits": 4, "group_size": 64}, "awq": {"bits": 4, "group_size": 64}}
 RESULTS = ROOT / "bench" / "results" / "scale.json"
 

@@ -209,16 +209,13 @@ def write_compressed_tensors(source, quantized: dict[str, QuantizedWeight], fold
             # transformers' conversion mapping renames and merges it again on reload.
             stored = source.key(f"{name}.weight").removeprefix(source.checkpoint_prefix).removesuffix(".weight")
             tensors.update(module_tensors(stored, quantized[name], codes=name != head))
+            if spill is not None:  # packed now: the pages reading the codes mapped in are let go
+                spill.forget(name, quantized[name])
+                spill.forget(name, given[name])
         tensors.pop(f"{head}.weight", None)
         return tensors
 
-    def written(index: int) -> None:
-        if spill is not None:
-            for name in modules[index]:
-                spill.forget(name, quantized[name])
-                spill.forget(name, given[name])
-
-    write_shards(folder, (block_tensors(i) for i in range(len(blocks) + 1)), after=written)
+    write_shards(folder, (block_tensors(i) for i in range(len(blocks) + 1)))
 
     float_linears = [n for n, m in source.model.named_modules() if isinstance(m, torch.nn.Linear) and n not in quantized]
     config = json.loads((source.reader.folder / "config.json").read_text())

@@ -125,7 +125,10 @@ def quantize_sequential(source: StreamingModel, targets: list[Target], batches: 
     block's inputs are computed, and read again only for targets left to round at the end."""
     model = source.model
     blocks = named_blocks(model)
-    source.load(exclude=[name for name, _ in blocks])
+    outside = [name for name, _ in blocks]
+    if spill is not None and source.tied_head is None and (head := _head_name(model)):
+        outside.append(head)  # not needed to compute the first block's inputs; read again if it is a target
+    source.load(exclude=outside)
     by_name = {t.name: t for t in targets}
     total = len(targets)
     done = 0
@@ -160,6 +163,8 @@ def quantize_sequential(source: StreamingModel, targets: list[Target], batches: 
     if spill is not None:
         model.to_empty(device="meta")  # the blocks are on meta already; this lets go of the rest
     release_free_memory()
+    if spill is not None and checkpoints is not None:
+        checkpoints = _LettingGoAfterSaves(checkpoints, lambda: [spill.forget(n, qw) for n, qw in quantized.items()])
     walked = run_blocks(source, blocks, inputs, by_name, uncalibrated_first(step), record,
                         propagate_updated=propagate_quantized,
                         sample_every=sample_every, keep_float_outputs=keep_float_outputs,
@@ -169,6 +174,26 @@ def quantize_sequential(source: StreamingModel, targets: list[Target], batches: 
         source.load(exclude=[name for name, _ in blocks])
     rounded(rest)
     return SequentialResult(quantized, walked.rewritten, uncalibrated, spill)
+
+
+def _head_name(model: torch.nn.Module) -> str | None:
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return next((n for n, m in model.named_modules() if m is head), None) if head is not None else None
+
+
+class _LettingGoAfterSaves:
+    """A walk's checkpoints that, after each save, let go of the spilled codes' pages the save read
+    (saving serialises every finished layer's codes, which maps them all in)."""
+
+    def __init__(self, checkpoints: WalkCheckpoints, let_go: Callable[[], object]) -> None:
+        self._checkpoints, self._let_go = checkpoints, let_go
+
+    def __getattr__(self, name: str):
+        return getattr(self._checkpoints, name)
+
+    def save(self, state, blocks: int) -> None:
+        self._checkpoints.save(state, blocks)
+        self._let_go()
 
 
 def int8_embedding(original: torch.nn.Embedding, qw: QuantizedWeight) -> Int8Embedding:
