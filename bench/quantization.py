@@ -1,11 +1,11 @@
-"""Every quantizer recipe on both built-in models: size on disk, quality, wall time, peak RSS.
+"""Every quantizer recipe on the built-in models: size on disk, quality, wall time, peak RSS.
 
-    python bench/quantization.py [--models smollm2-135m,minilm-l6] [--recipes w4a16-gptq,...]
+    python bench/quantization.py [--models smollm2-135m,minilm-l6,mpnet-base] [--recipes w4a16-gptq,...]
                                  [--quality-windows 16] [--work DIR]
 
 Writes bench/results/quantization.json and prints the table. Quality is perplexity on
 held-out pydoc text (512-token windows) for SmolLM2 and mean cosine of sentence
-embeddings to the FP32 model on held-out pydoc sentences for MiniLM. Each quantization
+embeddings to the FP32 model on held-out pydoc sentences for the encoders (MiniLM, MPNet). Each quantization
 runs in a fresh process so its wall time and peak RSS are its own; latency is the
 evaluator's p50 of a 1×128 forward pass, measured in the same run as the FP32 baseline.
 """
@@ -25,7 +25,7 @@ import torch
 from machine_record import machine_record  # bench/ (this folder is on sys.path)
 from services.common.models import modelio
 from services.common.store import packaging
-from services.common.models.builtin_models import builtin_folder
+from services.common.models.builtin_models import builtin_folder, get_builtin
 from services.common.runtime.settings import default_cache
 from services.evaluator import quality
 from services.evaluator.engine import EvaluationConfig, compare_folders, evaluate_folder
@@ -39,6 +39,7 @@ DEFAULT_RECIPES = {
                      "w4a16-mixed"],
     "minilm-l6": ["int8-weight-only", "w8a8-dynamic", "w8a8-smoothquant", "w4a16-rtn", "w4a16-gptq", "w4a16-awq",
                   "w4a16-qat", "w4a16-mixed"],
+    "mpnet-base": ["fp16", "int8-weight-only", "w8a8-dynamic", "w4a16-rtn", "w4a16-gptq"],
 }
 CALIBRATED = ("gptq", "awq", "qat", "mixed-precision", "w8a8", "smoothquant")
 # Recipe variants: "name@N" runs the recipe with N calibration windows; "name+compact" with INT8
@@ -55,7 +56,7 @@ def stage_of(recipe: str, model: str) -> tuple[str, dict]:
     (stage,) = RECIPES[name].stages
     config = {**stage.config, **(COMPACT if compact else {})}
     if stage.method in CALIBRATED:
-        if model == "minilm-l6":
+        if get_builtin(model).kind == "encoder":
             config.update(ENCODER_CALIBRATION)
         if samples:
             config["calibration_samples"] = int(samples)
@@ -86,7 +87,7 @@ def bits_of(recipe: str, config: dict) -> tuple[int, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--models", default="smollm2-135m,minilm-l6")
+    parser.add_argument("--models", default="smollm2-135m,minilm-l6,mpnet-base")
     parser.add_argument("--recipes", default="", help="comma-separated; default: every recipe for the model")
     parser.add_argument("--quality-windows", type=int, default=16)
     parser.add_argument("--sentences", type=int, default=300)
@@ -154,9 +155,13 @@ def save(rows: list[dict]) -> None:
     path = RESULTS / "quantization.json"
     previous = json.loads(path.read_text())["rows"] if path.exists() else []
     fresh = {(r["model"], r["recipe"]) for r in rows}
-    merged = [r for r in previous if (r["model"], r["recipe"]) not in fresh] + rows
-    path.write_text(json.dumps({"machine": machine_record(), "threads": torch.get_num_threads(), "rows": merged},
-                                     indent=2))
+    machine = machine_record()
+    # Each row keeps the machine of its own run: older rows without one take the file's, before it is replaced.
+    earlier_machine = json.loads(path.read_text()).get("machine") if path.exists() else None
+    kept = [r if "machine" in r or earlier_machine is None else {**r, "machine": earlier_machine}
+            for r in previous if (r["model"], r["recipe"]) not in fresh]
+    merged = kept + [{**r, "machine": r.get("machine") or machine} for r in rows]
+    path.write_text(json.dumps({"machine": machine, "threads": torch.get_num_threads(), "rows": merged}, indent=2))
 
 
 def print_row(row: dict, header: bool) -> None:

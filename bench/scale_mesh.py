@@ -95,17 +95,19 @@ def main() -> None:
                 row["upload_s"] = round(time.perf_counter() - started, 1)
                 row["upload_mb"] = round(uploaded.size_bytes / 2**20)
                 started = time.perf_counter()
-                job = client.create_job(f"artifact:{uploaded.id}", args.recipe)
-                for event in client.watch(job.id):
+                # The compression alone (its evaluation is the evaluator's bench, not this one's).
+                job = client.create_job(f"artifact:{uploaded.id}", args.recipe,
+                                        evaluation=common_pb2.EvaluationSpec(skip=True))
+                for event in client.watch(job.job_id):
                     pass
-                finished = client.get_job(job.id)
+                finished = client.get_job(job.job_id)
                 row["job_s"] = round(time.perf_counter() - started, 1)
                 row["job_state"] = common_pb2.JobState.Name(finished.state)
                 if finished.state != common_pb2.JOB_STATE_SUCCEEDED:
-                    raise RuntimeError(f"job {job.id} {row['job_state']}: {finished.error}")
+                    raise RuntimeError(f"job {job.job_id} {row['job_state']}: {finished.error}")
                 out = Path(tmp) / "download"
                 started = time.perf_counter()
-                downloaded = client.download(out, job_id=job.id)
+                downloaded = client.download(out, job_id=job.job_id)
                 row["download_s"] = round(time.perf_counter() - started, 1)
                 row["download_mb"] = round(downloaded.size_bytes / 2**20)
             row["check"] = _check(out)

@@ -241,7 +241,12 @@ def thresholds_section(_: str = "") -> str:
 # ----------------------------------------------------------------------------------------------
 # bench/results/quantization.json and anchors.json
 
-MODEL_NAMES = {"smollm2-135m": "SmolLM2-135M", "minilm-l6": "MiniLM-L6"}
+MODEL_NAMES = {"smollm2-135m": "SmolLM2-135M", "minilm-l6": "MiniLM-L6", "mpnet-base": "MPNet-base"}
+
+
+# Models whose quantization rows get a table of their own (bench-quantization-model:NAME); the layouts and
+# earlier tables keep SmolLM2's and MiniLM's.
+QUANTIZATION_OWN_TABLES = ("mpnet-base",)
 
 
 def _quality(row: Mapping) -> str:
@@ -250,18 +255,20 @@ def _quality(row: Mapping) -> str:
 
 def quantization_layouts(_: str = "") -> str:
     data = results("quantization.json")
+    picked = [r for r in data["rows"] if r.get("layout") and r["model"] not in QUANTIZATION_OWN_TABLES]
     rows = [[r["model"], f"`{r['recipe']}`", r["layout"], f"{r['size_vs_fp16']:.3f}",
              f"{r['size_vs_fp32']:.3f}", _quality(r), speed(r.get("speedup"), r.get("speedup_ci95")),
-             f"{r['wall_s']:.1f} s", r.get("peak_rss_mb")]
-            for r in data["rows"] if r.get("layout")]
+             f"{r['wall_s']:.1f} s", r.get("peak_rss_mb")] for r in picked]
     headers = ["model", "recipe", "layout", "size × FP16", "size × FP32", "quality", "speedup vs FP32 [95 %]",
                "wall", "peak RSS MB"]
-    return section("quantization.json", headers, rows, machine_line(data.get("machine")))
+    # A row records its run's machine; rows from before rows did use the file's.
+    machines = dict.fromkeys(machine_line(r.get("machine") or data.get("machine")) for r in picked)
+    return section("quantization.json", headers, rows, *machines)
 
 
 def quantization_earlier(_: str = "") -> str:
     data = results("quantization.json")
-    earlier = [r for r in data["rows"] if not r.get("layout")]
+    earlier = [r for r in data["rows"] if not r.get("layout") and r["model"] not in QUANTIZATION_OWN_TABLES]
     rows = [[r["model"], f"`{r['recipe']}`", f"{r['bits']} / {r['group_size'] or 'channel'}",
              r.get("effective_bits"), f"{r['size_vs_fp16']:.3f}", f"{r['size_vs_fp32']:.3f}", _quality(r),
              f"{r['wall_s']:.1f} s", r.get("peak_rss_mb"), r.get("note", "")] for r in earlier]
@@ -270,6 +277,23 @@ def quantization_earlier(_: str = "") -> str:
     machines = sorted({str(r["machine"]) for r in earlier if r.get("machine")})
     notes = [note(f"Machine: {machine}.") for machine in machines]
     return section("quantization.json", headers, rows, *notes)
+
+
+def quantization_model(model: str) -> str:
+    """One model's rows, each run's machine below (a row records its own; older rows the file's)."""
+    data = results("quantization.json")
+    picked = [r for r in data["rows"] if r["model"] == model]
+    if not picked:
+        raise GenerationError(f"bench/results/quantization.json: no rows for {model!r}")
+    rows = [[f"`{r['recipe']}`", r.get("layout") or DASH,
+             f"{r['bits']} / {r['group_size'] or ('channel' if r['bits'] < 16 else DASH)}",
+             r.get("effective_bits"), f"{r['size_vs_fp16']:.3f}", f"{r['size_vs_fp32']:.3f}", _quality(r),
+             speed(r.get("speedup"), r.get("speedup_ci95")), f"{r['wall_s']:.1f} s", r.get("peak_rss_mb")]
+            for r in picked]
+    headers = ["recipe", "layout", "bits / group", "effective bits", "size × FP16", "size × FP32", "quality",
+               "speedup vs FP32 [95 %]", "wall", "peak RSS MB"]
+    machines = dict.fromkeys(machine_line(r.get("machine") or data.get("machine")) for r in picked)
+    return section("quantization.json", headers, rows, *machines)
 
 
 def anchors_quantization(_: str = "") -> str:
@@ -741,6 +765,7 @@ SECTIONS: dict[str, Callable[[str], str]] = {
     "thresholds": thresholds_section,
     "bench-quantization-layouts": quantization_layouts,
     "bench-quantization-earlier": quantization_earlier,
+    "bench-quantization-model": quantization_model,  # argument: the model (QUANTIZATION_OWN_TABLES)
     "bench-anchors-quantization": anchors_quantization,
     "bench-evaluation-comparison": evaluation_comparison,  # argument: the model (smollm2-135m, minilm-l6)
     "bench-evaluation-recommendations": evaluation_recommendations,
@@ -765,7 +790,7 @@ SECTIONS: dict[str, Callable[[str], str]] = {
     "bench-compat": compat_matrix,
     "bench-scale": scale,
 }
-TAKES_ARGUMENT = {"bench-evaluation-comparison", "bench-optimizer", "bench-pipelines"}
+TAKES_ARGUMENT = {"bench-evaluation-comparison", "bench-optimizer", "bench-pipelines", "bench-quantization-model"}
 
 
 def required_sections() -> set[str]:
@@ -775,7 +800,9 @@ def required_sections() -> set[str]:
     per_class = {f"bench-optimizer:{isa}" for isa in optimizer_classes()}
     per_model = {f"bench-evaluation-comparison:{model}" for model in results("evaluation.json")["models"]}
     per_file = {f"bench-pipelines:{path.name}" for path in RESULTS.glob("pipelines*.json")}
-    return fixed | per_class | per_model | per_file
+    quantized = {r["model"] for r in results("quantization.json")["rows"]}
+    per_quantized = {f"bench-quantization-model:{model}" for model in QUANTIZATION_OWN_TABLES if model in quantized}
+    return fixed | per_class | per_model | per_file | per_quantized
 
 
 def render_section(name: str, where: str) -> str:

@@ -25,6 +25,7 @@ from modelpress.v1 import common_pb2
 from services.cli import evaluation as cli_evaluation, launcher, messages, progress, uploads
 from services.cli.output import closed_pipe, err, figure, json_text, out, stdout_is_terminal
 from services.common.contract.chain import format_name
+from services.common.models.builtin_models import BUILTINS
 from services.common.runtime import auth
 from services.common.runtime.settings import DEFAULT_PORTS, default_home
 
@@ -32,7 +33,7 @@ from services.common.runtime.settings import DEFAULT_PORTS, default_home
 # recipe are cut in the middle so a row fits 100 columns, elsewhere nothing is cut.
 JOB_LINE = "{:<18}  {:<18}  {:<18}  {:<9}  {:>4}  {}"
 # The model of a job: where it is read decides whether the CLI uploads it (modelpress.client.local_model_folder).
-MODEL_HELP = ("builtin:NAME, artifact:ID (or a bare a-… id), path:DIR (a folder the mesh reads itself, under the "
+MODEL_HELP = (f"builtin:NAME ({', '.join(BUILTINS)}), artifact:ID (or a bare a-… id), path:DIR (a folder the mesh reads itself, under the "
               "operator's allowed roots), or a folder on this machine (./my-model: uploaded first, then the job "
               "runs on the uploaded artifact)")
 HEADLINE_STYLE = {"green": "bold green", "amber": "bold yellow", "red": "bold red"}

@@ -246,7 +246,7 @@ RECIPES: dict[str, RecipeDef] = {
                 "3-minute recovery", (RecipeStage(P, "layers", {"layers_keep_share": 0.75, **RECOVERY}, "prune"),),
                 scenario="edge", hardware=("any: a smaller model of the same class (transformers)",), compute="fp32"),
         builtin("prune-heads", "A third of the attention heads removed from every block (whole KV groups; "
-                "Llama-style decoders), then a 3-minute recovery",
+                "decoders whose config carries the head size), then a 3-minute recovery",
                 (RecipeStage(P, "heads", {"heads_keep": 0.67, **RECOVERY}, "prune"),),
                 scenario="edge", hardware=("any: a smaller model of the same class (transformers)",), compute="fp32"),
         builtin("prune-structured-50", "FLOPs halved: layers for half the cut, MLP neurons for the rest, then a "

@@ -51,6 +51,8 @@ def folder_digest(folder: Path) -> str:
 def builtin_digest(name: str) -> str:
     """A builtin is its wheel: name and version identify the bytes."""
     model = BUILTINS[name]
+    if model.split is not None:  # every part's wheel
+        return f"builtin:{name}:" + ",".join(f"{d}=={importlib.metadata.version(d)}" for d in model.split.distributions)
     version = importlib.metadata.version(model.package.replace("_", "-"))
     return f"builtin:{name}:{model.package}=={version}"
 
