@@ -754,7 +754,18 @@ def scale(_: str = "") -> str:
     formula = note("bound = 1.5 × (largest block in FP32 + one block's input and output hidden states in FP32); "
                    "walk growth = peak RSS while the blocks are walked − RSS before the call (libraries loaded). "
                    "GPTQ also keeps one input Hessian per input width (the widest: `hessian_mb` in the file).")
-    return section("scale.json", headers, rows, formula, machine_line(data.get("machine")))
+    footer = [formula, machine_line(data.get("machine"))]
+    if (RESULTS / "scale_mesh.json").exists():
+        mesh = results("scale_mesh.json")
+        for r in mesh["runs"]:
+            footer.append(note(
+                f"Through a local mesh (`bench/scale_mesh.py`, recorded {str(mesh.get('recorded_at'))[:10]}): "
+                f"{r['shape']} ({r['checkpoint_mb']:,} MB bf16) uploaded in {r['upload_s']:.0f} s, `{r['recipe']}` "
+                f"job {r['job_s']:.0f} s ({r['job_state']}), {r['download_mb']:,} MB downloaded in {r['download_s']:.0f} s, "
+                f"{r['check']['packed_linears']} packed Linears in {r['check']['files']} file(s); client peak RSS "
+                f"{r['client_peak_rss_mb']:,} MB, quantizer worker peak RSS {r['quantizer_peak_rss_mb']:,} MB; "
+                f"load {r['load_average_1m']}."))
+    return section("scale.json", headers, rows, *footer)
 
 
 # ----------------------------------------------------------------------------------------------
