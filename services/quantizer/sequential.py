@@ -161,6 +161,9 @@ def quantize_sequential(source: StreamingModel, targets: list[Target], batches: 
     for target in embedding_targets:
         source.model.set_submodule(target.name, target.module.to_empty(device="meta"))
     if spill is not None:
+        # A target sharing a rounded parameter (a head tied to a quantized embedding) takes its codes now:
+        # letting go of the modules makes new parameters, which the lookup by parameter would miss.
+        rounded([t for t in targets if t.name not in quantized and id(t.module.weight) in by_parameter])
         model.to_empty(device="meta")  # the blocks are on meta already; this lets go of the rest
     release_free_memory()
     if spill is not None and checkpoints is not None:

@@ -114,3 +114,16 @@ def test_the_head_left_to_round_at_the_end_is_read_again(tiny_bpe_llama_dir, tmp
 
     error = (dequantize(result.quantized[head].codes, result.quantized[head].params) - float_head).norm()
     assert float(error / float_head.norm()) < 0.02
+
+
+def test_a_head_tied_to_a_quantized_embedding_reuses_its_codes(tiny_llama_dir, tmp_path):
+    """The walk lets go of the embedding and head: a tied head must take the embedding's codes before,
+    or the checkpoint names codes for a head transformers re-ties and cannot load."""
+    from services.common.contract.engine_api import ProgressReporter
+    from services.quantizer.engine import METHODS
+
+    config = GptqConfig(group_size=32, embedding_bits=8, head_bits=8, calibration_samples=2,
+                        calibration_sequence_length=16)
+    METHODS["gptq"].run(config, tiny_llama_dir, tmp_path / "m", ProgressReporter())
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+    assert torch.equal(model.get_output_embeddings().weight, model.get_input_embeddings().weight)
