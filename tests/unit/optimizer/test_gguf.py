@@ -195,17 +195,22 @@ def test_falcon_kv_groups_become_all_queries_then_keys_then_values():
     assert not gguf_export.reads_in_transformers({"model_type": "falcon", **config})
 
 
+def _saved_tiny(model_type: str, tokenizer_dir, src):
+    """A tiny model of the family saved with the BPE tokenizer (its vocabulary is the model's); its config."""
+    import shutil
+
+    model, config = _tiny(model_type, vocab=512)
+    model.save_pretrained(src, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tokenizer_dir / name, src / name)
+    return src, config
+
+
 @pytest.mark.parametrize("model_type", ["qwen3", "gemma3_text", "gpt2", "phi3", "falcon", "qwen2_moe", "mistral"])
 def test_families_transformers_reads_come_back_with_the_float_logits(model_type, tiny_bpe_llama_dir, tmp_path):
     """transformers' GGUF loader undoes each transform its own way (Gemma's norms - 1, GPT-2's
     transpose, the fused experts): the logits come back where the layout is llama.cpp's."""
-    import shutil
-
-    model, _ = _tiny(model_type, vocab=512)  # the tokenizer's
-    src = tmp_path / "src"
-    model.save_pretrained(src, safe_serialization=True)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(tiny_bpe_llama_dir / name, src / name)
+    src, _ = _saved_tiny(model_type, tiny_bpe_llama_dir, tmp_path / "src")
     result = _run("gguf-f16", src, tmp_path / "out")
     assert "layout_check" not in result.metrics and result.metrics["transformers_reload"]["top1_agreement"] >= 0.98
     assert result.metrics["transformers_reload"]["max_abs_logit_diff"] < 0.02
@@ -214,13 +219,7 @@ def test_families_transformers_reads_come_back_with_the_float_logits(model_type,
 @pytest.mark.parametrize("model_type", ["smollm3", "olmo2", "gpt_neox", "mixtral"])
 def test_families_transformers_cannot_read_are_checked_against_llama_cpp_tables(model_type, tiny_bpe_llama_dir,
                                                                                  tmp_path):
-    import shutil
-
-    model, config = _tiny(model_type, vocab=512)  # the tokenizer's
-    src = tmp_path / "src"
-    model.save_pretrained(src, safe_serialization=True)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(tiny_bpe_llama_dir / name, src / name)
+    src, config = _saved_tiny(model_type, tiny_bpe_llama_dir, tmp_path / "src")
     result = _run("gguf-q8_0", src, tmp_path / "out")
     check = result.metrics["layout_check"]
     assert "transformers_reload" not in result.metrics
