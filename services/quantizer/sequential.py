@@ -160,10 +160,12 @@ def quantize_sequential(source: StreamingModel, targets: list[Target], batches: 
     # A tied head needs no weights later: it reuses the embedding's codes (same parameter).
     for target in embedding_targets:
         source.model.set_submodule(target.name, target.module.to_empty(device="meta"))
+    shared: dict[str, QuantizedWeight] = {}
     if spill is not None:
-        # A target sharing a rounded parameter (a head tied to a quantized embedding) takes its codes now:
-        # letting go of the modules makes new parameters, which the lookup by parameter would miss.
-        rounded([t for t in targets if t.name not in quantized and id(t.module.weight) in by_parameter])
+        # A target sharing a rounded parameter (a head tied to a quantized embedding) keeps its codes: letting
+        # go of the modules makes new parameters, which the lookup by parameter would miss at the end.
+        shared = {t.name: by_parameter[id(t.module.weight)] for t in targets
+                  if t.name not in quantized and id(t.module.weight) in by_parameter}
         model.to_empty(device="meta")  # the blocks are on meta already; this lets go of the rest
     release_free_memory()
     if spill is not None and checkpoints is not None:
@@ -173,6 +175,9 @@ def quantize_sequential(source: StreamingModel, targets: list[Target], batches: 
                         sample_every=sample_every, keep_float_outputs=keep_float_outputs,
                         check_cancelled=check_cancelled, checkpoints=checkpoints)
     rest = [t for t in targets if t.name not in quantized] if finish_rest else []
+    for target in [t for t in rest if t.name in shared]:
+        record(target.name, shared[target.name], {"method": "rtn"})
+    rest = [t for t in rest if t.name not in shared]
     if rest and spill is not None:
         source.load(exclude=[name for name, _ in blocks])
     rounded(rest)
