@@ -75,9 +75,9 @@ class Hparams:
 Metadata = list[tuple[str, object]]
 
 
-def text_model(h: Hparams) -> Metadata:
-    """TextModel.set_gguf_parameters: the keys every architecture class starts from."""
-    pairs: Metadata = [
+def dimensions(h: Hparams) -> Metadata:
+    """The model's dimensions, as every converter class writes them (those writing their own list too)."""
+    return [
         ("add_block_count", h.layers),
         ("add_context_length", h.get("max_position_embeddings", "n_ctx", "n_positions")),
         ("add_embedding_length", h.get("hidden_size", "n_embd", "dim")),
@@ -85,6 +85,11 @@ def text_model(h: Hparams) -> Metadata:
         ("add_head_count", h.get("num_attention_heads", "n_head", "n_heads")),
         ("add_head_count_kv", h.get("num_key_value_heads", "n_kv_heads")),
     ]
+
+
+def text_model(h: Hparams) -> Metadata:
+    """TextModel.set_gguf_parameters: the keys every architecture class starts from."""
+    pairs = dimensions(h)
     rope_type, factor = h.rope("rope_type"), h.rope("factor")
     if rope_type == "linear" and factor is not None:
         pairs += [("add_rope_scaling_type", _rope_scaling("LINEAR")), ("add_rope_scaling_factor", float(factor))]
@@ -134,27 +139,15 @@ def olmo2(h: Hparams) -> Metadata:
 
 def stablelm(h: Hparams) -> Metadata:
     """StableLMModel writes its own list: partial rotary width, parallel residual, LayerNorm eps."""
-    return [
-        ("add_context_length", h.get("max_position_embeddings")),
-        ("add_embedding_length", h.hidden),
-        ("add_block_count", h.layers),
-        ("add_feed_forward_length", h.get("intermediate_size")),
+    return dimensions(h) + [
         ("add_rope_dimension_count", int(float(h.rope("partial_rotary_factor", 0.25)) * (h.hidden // h.heads))),
-        ("add_head_count", h.heads),
-        ("add_head_count_kv", h.kv_heads),
         ("add_parallel_residual", bool(h.get("use_parallel_residual", default=True))),
         ("add_layer_norm_eps", float(h.get("layer_norm_eps", "norm_eps"))),
     ]
 
 
 def gemma2(h: Hparams) -> Metadata:
-    return [
-        ("add_context_length", h.get("max_position_embeddings")),
-        ("add_embedding_length", h.hidden),
-        ("add_block_count", h.layers),
-        ("add_feed_forward_length", h.get("intermediate_size")),
-        ("add_head_count", h.heads),
-        ("add_head_count_kv", h.kv_heads),
+    return dimensions(h) + [
         ("add_layer_norm_rms_eps", float(h.get("rms_norm_eps"))),
         ("add_key_length", h.head_dim),
         ("add_value_length", h.head_dim),
