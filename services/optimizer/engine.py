@@ -67,7 +67,7 @@ def _load_float(src: Path, engine: str, attention: str = "eager"):
     auto = AutoModelForCausalLM if kind == "causal-lm" else AutoModel
     if attention == "sdpa" and not _supports_sdpa(auto, config):
         attention = "eager"  # DeBERTa-v2, MPNet, Gemma2: transformers gives them no SDPA attention
-    with modelio.CONSTRUCTION_LOCK:
+    with onnx_export.EXPORT_LOCK, modelio.CONSTRUCTION_LOCK:
         model = modelio.from_pretrained(auto, src, dtype="float32", attn_implementation=attention)
     return model.eval(), kind, config
 
@@ -276,13 +276,14 @@ def _reload_agreement(src: Path, dst: Path, gguf_file: str) -> dict:
 
     tokenizer = modelio.load_tokenizer(src)
     ids = tokenizer(corpus.heldout_text()[:4000], return_tensors="pt").input_ids[:, :128]
-    with modelio.CONSTRUCTION_LOCK:
-        reloaded = gguf_export.load_in_transformers(dst, gguf_file, src)
-    original = modelio.load_model(src).eval()
-    # Not while another stage thread exports (onnx_export.EXPORT_LOCK): a routed-experts forward during
-    # torch.export failed with KeyError 'custom' (the export's process-wide state, read by the experts' op).
-    with onnx_export.EXPORT_LOCK, torch.inference_mode():
-        got, want = reloaded(input_ids=ids).logits, original(input_ids=ids).logits
+    # Not while another stage thread exports (onnx_export.EXPORT_LOCK): loading and running models during
+    # torch.export failed with KeyError 'custom' (the export's process-wide state).
+    with onnx_export.EXPORT_LOCK:
+        with modelio.CONSTRUCTION_LOCK:
+            reloaded = gguf_export.load_in_transformers(dst, gguf_file, src)
+        original = modelio.load_model(src).eval()
+        with torch.inference_mode():
+            got, want = reloaded(input_ids=ids).logits, original(input_ids=ids).logits
     targets = ids[:, 1:]
     nll = lambda logits: torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten())  # noqa: E731
     return {"tokens": int(ids.numel()), "top1_agreement": float((got.argmax(-1) == want.argmax(-1)).float().mean()),

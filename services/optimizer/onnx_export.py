@@ -25,11 +25,12 @@ from services.optimizer.cache_graph import traceable
 ONNX_FILE = "model.onnx"
 INPUT_NAMES = ["input_ids", "attention_mask"]
 # torch.export and the TorchScript tracer keep process-wide state: two exports in two stage
-# threads of one worker failed (KeyError sym_numel_default). One export at a time per process; an eager
-# forward of a routed-experts model in another stage thread (the GGUF reload check) takes it too:
-# transformers' grouped_mm op reads torch.compiler.is_exporting() and fx traceback's current_meta,
-# both process-wide, and failed with KeyError 'custom' during an export.
-EXPORT_LOCK = threading.Lock()
+# threads of one worker failed (KeyError sym_numel_default). One export at a time per process; building
+# or running a model in another stage thread (loading the float model, the GGUF reload check) takes it
+# too: every torch._dynamo.disable'd function reads torch.compiler.is_exporting() and writes fx
+# traceback's current_meta, both process-wide, and failed with KeyError 'custom' during an export.
+# Re-entrant: a stage that holds it may load a model.
+EXPORT_LOCK = threading.RLock()
 
 
 class _Logits(nn.Module):
