@@ -30,12 +30,19 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
                     nm: tuple[int, int] | None = None, block_size: int = 128,
                     damping: float = 0.01) -> SparseGptOutcome:
     W = weight.detach().float().clone()
-    H = hessian.detach().float().clone()
     rows, cols = W.shape
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1.0
+    dead = torch.diag(hessian) == 0
+
+    def own_hessian(into: torch.Tensor | None = None) -> torch.Tensor:
+        # The caller's Hessian stays as it was; inverse_cholesky factors this copy.
+        H = hessian.detach().float().clone() if into is None else into.copy_(hessian)
+        H[dead, dead] = 1.0
+        return H
+
+    H = own_hessian()
     W[:, dead] = 0.0
-    factored = inverse_cholesky(H, damping)
+    factored = inverse_cholesky(H, damping, own_hessian)
+    del H
     if factored is None:
         scores = wanda_scores(weight, hessian)
         mask = nm_mask(scores, *nm) if nm else row_mask(scores, sparsity)

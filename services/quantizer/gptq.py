@@ -74,9 +74,14 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, scheme: WeightSch
         params = QuantParams(scale=torch.zeros(rows, cols // width),
                              zero_point=None if scheme.symmetric else torch.zeros(rows, cols // width))
     perm = torch.argsort(diagonal, descending=True) if act_order else torch.arange(cols)
-    # One permuted copy of the Hessian (the caller's stays as it was; inverse_cholesky damps this one).
-    W, H = W[:, perm], hessian.detach().float()[perm[:, None], perm]
-    H.diagonal()[dead[perm]] = 1.0
+
+    def permuted_hessian(into: torch.Tensor | None = None) -> torch.Tensor:
+        # One permuted copy of the Hessian: the caller's stays as it was; inverse_cholesky factors this one.
+        H = hessian.detach().float()[perm[:, None], perm]
+        H.diagonal()[dead[perm]] = 1.0
+        return H if into is None else into.copy_(H)
+
+    W, H = W[:, perm], permuted_hessian()
     group_of = perm // width  # stored group of each visited column
 
     # A pruned input keeps its zeros (symmetric grids hold 0 exactly): GPTQ's updates would
@@ -84,7 +89,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, scheme: WeightSch
     zeros = W == 0
     keep = ~zeros if scheme.symmetric and float(zeros.float().mean()) >= SPARSE_INPUT_SHARE else None
 
-    factored = inverse_cholesky(H, damping)
+    factored = inverse_cholesky(H, damping, permuted_hessian)
     del H
     if factored is None:
         rtn_weight, rtn_params = fake_quantize(weight.detach().float(), scheme)
@@ -142,6 +147,10 @@ def gptq_block_step(damping: float, block_size: int, act_order: bool,
             outcome = gptq_quantize(stacked, hessians[names[0]], scheme, damping=damping, block_size=block_size,
                                     act_order=act_order)
             codes = quantize(outcome.weight, outcome.params, scheme)
+            # Done with this input's Hessian: the widest (down_proj's) is factored without the others beside it.
+            for name in names:
+                hessians.pop(name)
+                work.stats.pop(name, None)
             for name, rows in split_rows(modules):
                 # Own copies: row slices would keep the whole stacked tensor alive (and share storage).
                 work.layers[name].weight.data = outcome.weight[rows].clone()

@@ -128,8 +128,9 @@ def quantize_sequential(source: StreamingModel, targets: list[Target], batches: 
     outside = [name for name, _ in blocks]
     if spill is not None and source.tied_head is None and (head := _head_name(model)):
         outside.append(head)  # not needed to compute the first block's inputs; read again if it is a target
-    source.load(exclude=outside)
     by_name = {t.name: t for t in targets}
+    # An embedding that is not rounded here only computes the first block's inputs: kept as stored.
+    source.load(exclude=outside, embedding_as_stored=not any(t.role == "embedding" for t in targets))
     total = len(targets)
     done = 0
     quantized: dict[str, QuantizedWeight] = {}

@@ -2,29 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 
-def inverse_cholesky(hessian: torch.Tensor, damping: float, attempts: int = 6) -> tuple[torch.Tensor, float] | None:
+def inverse_cholesky(hessian: torch.Tensor, damping: float, refill: Callable[[torch.Tensor], object], *,
+                     attempts: int = 6) -> tuple[torch.Tensor, float] | None:
     """Upper Cholesky factor of (H + damping·mean(diag H)·I)⁻¹ and the damping that made it
     positive definite (raised tenfold per failed attempt); None when none did.
 
-    The damping is added to `hessian`'s diagonal in place (callers pass their own copy): an input
-    Hessian is as large as the widest Linear's input squared (822 MB in FP32 for an 8 B model's
-    down projection), so neither an identity nor a damped copy is made beside it."""
+    Factored in place: the returned factor is `hessian`'s own storage (callers pass their own
+    copy), and a failed attempt has `refill` write H into it again. An input Hessian is as large as
+    the widest Linear's input squared (822 MB in FP32 for an 8 B model's down projection): a
+    factor, an inverse and a damped copy beside it would hold it four times over."""
     mean_diag = float(torch.diagonal(hessian).mean())
-    diagonal = torch.diagonal(hessian)
-    added = 0.0
-    for _ in range(attempts):
-        diagonal.add_(damping * mean_diag - added)
-        added = damping * mean_diag
-        try:
-            lower = torch.linalg.cholesky(hessian)
-            inverse = torch.cholesky_inverse(lower)
-            del lower
-            return torch.linalg.cholesky(inverse, upper=True), damping
-        except torch.linalg.LinAlgError:
-            damping *= 10
+    info = torch.empty((), dtype=torch.int32)
+    for attempt in range(attempts):
+        if attempt:
+            refill(hessian)
+        torch.diagonal(hessian).add_(damping * mean_diag)
+        torch.linalg.cholesky_ex(hessian, out=(hessian, info))
+        if int(info) == 0:
+            torch.cholesky_inverse(hessian, out=hessian)
+            torch.linalg.cholesky_ex(hessian, upper=True, out=(hessian, info))
+            if int(info) == 0:
+                return hessian, damping
+        damping *= 10
     return None
 
 

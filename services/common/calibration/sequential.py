@@ -152,8 +152,12 @@ def rewrite_sequential(source: StreamingModel, targets: dict[str, object], batch
     Linears' new weights and whatever else the step rewrote (norms scales were folded into).
     Each block's outputs as rewritten feed the next."""
     blocks = named_blocks(source.model)
-    source.load(exclude=[name for name, _ in blocks])
+    source.load(exclude=[name for name, _ in blocks], embedding_as_stored=True)
     inputs = capture_first_block_inputs(source.model, batches)
+    # The walk needs none of the modules outside the blocks (embedding, head): let go of them; the blocks are
+    # on meta already. Tensors nothing changed are copied from the checkpoint by the writers.
+    source.model.to_empty(device="meta")
+    release_free_memory()
     changed: dict[str, torch.Tensor] = {}
     done = 0
 

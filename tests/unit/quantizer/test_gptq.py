@@ -113,6 +113,27 @@ def test_the_callers_hessian_is_left_as_it_was_and_the_factor_is_the_damped_inve
 
     live = hessian[1:, 1:].double().clone() + 0.0
     live_before = live.clone()
-    upper, damping = inverse_cholesky(live, 0.01)
+    upper, damping = inverse_cholesky(live, 0.01, lambda into: into.copy_(live_before))
+    assert upper.data_ptr() == live.data_ptr()  # factored in the caller's copy, no second matrix
     damped = live_before + damping * float(torch.diagonal(live_before).mean()) * torch.eye(95, dtype=torch.float64)
+    assert torch.allclose(upper.T @ upper, torch.linalg.inv(damped), rtol=1e-8, atol=1e-10)
+
+
+def test_a_failed_factorisation_refills_the_hessian_and_the_factor_is_that_of_the_raised_damping():
+    """The factor is computed in the caller's buffer; an attempt that fails overwrote it, so the next one
+    starts from a refilled H, and the factor returned is that of H damped by what is returned."""
+    from services.common.calibration.hessian import inverse_cholesky
+
+    torch.manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(64, 64, dtype=torch.float64))[0]
+    eigenvalues = torch.linspace(0.5, 2.0, 64, dtype=torch.float64)
+    eigenvalues[0] = -0.3  # not positive definite until the damping exceeds 0.3 / mean(diag)
+    hessian = basis @ torch.diag(eigenvalues) @ basis.T
+    refills = []
+    buffer = hessian.clone()
+    factored = inverse_cholesky(buffer, 0.01, lambda into: refills.append(1) or into.copy_(hessian))
+    assert factored is not None and refills
+    upper, damping = factored
+    assert damping > 0.01 and upper.data_ptr() == buffer.data_ptr()
+    damped = hessian + damping * float(torch.diagonal(hessian).mean()) * torch.eye(64, dtype=torch.float64)
     assert torch.allclose(upper.T @ upper, torch.linalg.inv(damped), rtol=1e-8, atol=1e-10)

@@ -58,3 +58,21 @@ def test_a_pruning_step_runs_on_the_core_and_the_next_block_sees_the_pruned_one(
     assert torch.allclose(got, _salience_entering(float_model, ids, q_proj, pruned), atol=1e-6)
     assert not torch.allclose(got, _salience_entering(modelio.load_model(tiny_llama_dir, dtype=torch.float32).eval(),
                                                       ids, q_proj), atol=1e-6)
+
+
+def test_an_embedding_kept_as_stored_gives_the_first_block_the_fp32_inputs_at_half_the_memory(tiny_llama_dir, tmp_path):
+    """A bf16 checkpoint's embedding read as stored (no FP32 copy of the vocabulary) computes the same
+    first-block inputs, in FP32, as the FP32 upcast does."""
+    modelio.load_model(tiny_llama_dir, dtype=torch.bfloat16).save_pretrained(tmp_path, safe_serialization=True)
+    ids = torch.randint(5, 1000, (2, 16), generator=torch.Generator().manual_seed(0))
+    captured = {}
+    for as_stored in (False, True):
+        source = StreamingModel(tmp_path)
+        source.load(exclude=[name for name, _ in named_blocks(source.model)], embedding_as_stored=as_stored)
+        weight = source.model.get_input_embeddings().weight
+        assert weight.dtype == (torch.bfloat16 if as_stored else torch.float32)
+        captured[as_stored] = capture_first_block_inputs(source.model, ids)
+    for fp32, stored in zip(captured[False].hidden, captured[True].hidden):
+        assert stored.dtype == torch.float32 and torch.equal(fp32, stored)
+    cos, sin = captured[True].kwargs["position_embeddings"]
+    assert cos.dtype == torch.float32 and torch.equal(cos, captured[False].kwargs["position_embeddings"][0])
