@@ -163,6 +163,7 @@ def main() -> None:
                    "rss_before_mb": round(measured["rss_before_mb"]),
                    "walk_peak_rss_mb": round(measured["walk_peak_rss_mb"]),
                    "walk_rss_by_block_mb": measured["walk_rss_by_block_mb"],
+                   "rss_by_phase_mb": measured.get("rss_by_phase_mb", {}),
                    "peak_rss_mb": round(measured["peak_rss_mb"]),
                    "walk_growth_mb": round(walk), "bound_mb": round(bound),
                    "within_bound": walk <= bound,

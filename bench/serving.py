@@ -24,7 +24,7 @@ def batching(onnx_folder: Path, *, requests: int = 128, clients: int = 16, max_b
     from services.common.models import modelio
     from services.common.engines.onnx_session import open_session
     from services.evaluator import quality
-    from services.optimizer.batching import BatchingConfig, compare_batching, serve_under_load
+    from services.serving.batching import BatchingConfig, compare_batching, serve_under_load
 
     session = open_session(onnx_folder / "model.onnx", threads=threads)
     tokenizer = modelio.load_tokenizer(onnx_folder)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.models import modelio
-from services.common.models import packed
+from services.common.models.artifact_format import ENGINE_FILES, detect_format
 
 
 @dataclass(frozen=True)
@@ -26,26 +26,10 @@ class FormatNotMeasurable(modelio.UnsupportedModelError):
     pass
 
 
-# Engine formats the optimizer produces; each needs its own runtime to be measured.
-_ENGINE_FILES = {"*.onnx": "ONNX", "openvino_model.xml": "OpenVINO IR", "*.gguf": "GGUF", "*.engine": "TensorRT",
-                 "*.plan": "TensorRT"}
 # Those the evaluator has a runner for.
 # GGUF is measured as transformers loads it (weights dequantized to FP32): its quality is the
 # file's, its latency is PyTorch's, not llama.cpp's (modelpress ships no llama.cpp runtime).
 MEASURABLE_ENGINES = {"ONNX", "OpenVINO IR", "GGUF"}
-
-
-def detect_format(folder: Path) -> str:
-    folder = Path(folder)
-    for pattern, name in _ENGINE_FILES.items():
-        if any(folder.glob(pattern)):
-            return name
-    if packed.is_packed(folder):
-        return "packed-safetensors"
-    config = modelio.read_config(folder)
-    if (config.get("quantization_config") or {}).get("quant_method") == "compressed-tensors":
-        return "compressed-tensors"
-    return "hf-safetensors"
 
 
 def check_measurable(folder: Path) -> str:
@@ -53,7 +37,7 @@ def check_measurable(folder: Path) -> str:
     why it cannot be measured; cheap (no weights are read)."""
     modelio.check_safe(folder)
     fmt = detect_format(folder)
-    if fmt in _ENGINE_FILES.values() and fmt not in MEASURABLE_ENGINES:
+    if fmt in ENGINE_FILES.values() and fmt not in MEASURABLE_ENGINES:
         raise FormatNotMeasurable(f"{Path(folder).name}: {fmt} models run only on an NVIDIA GPU worker with the "
                                   "tensorrt package, and this evaluator has no TensorRT runtime; measure the ONNX "
                                   "artifact it was built from instead")

@@ -7,7 +7,7 @@ import re
 import threading
 from pathlib import Path
 
-from services.common.models import custom_code, packed, pickles, safetensors_header
+from services.common.models import custom_code, pickles, safetensors_header
 from services.common.models.bounded_json import JsonTooDeep, JsonTooLarge, loads_bounded, read_capped
 from services.common.models.model_errors import IncompleteCheckpoint, UnsafeModelError, UnsupportedModelError
 from services.common.contract.model_kinds import kind_of
@@ -148,6 +148,8 @@ def load_model(folder: Path, *, dtype=None):
     config = read_config(folder)
     check_loadable(folder, config)  # before the kind: a folder's own code is refused as such, whatever it names
     kind = model_kind(config)
+    from services.common.models import packed  # torch: not for processes that only read configs
+
     if packed.is_packed(folder):
         with CONSTRUCTION_LOCK:
             return packed.load_packed(folder, kind)

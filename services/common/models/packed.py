@@ -18,11 +18,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from services.common.models.artifact_format import QUANT_FILE, is_packed  # noqa: F401 - their home is torch-free
 from services.common.models.bounded_json import loads_bounded
 from services.common.models.model_errors import IncompleteCheckpoint
 from services.common.models.safetensors_writer import write_safetensors
 
-QUANT_FILE = "quantization.json"
 WEIGHTS_FILE = "model.safetensors"
 
 
@@ -59,10 +59,6 @@ class Int8Embedding(nn.Module):
 
     def dequantize(self) -> torch.Tensor:
         return self.weight.float() * self.weight_scale[:, None]
-
-
-def is_packed(folder: Path) -> bool:
-    return (Path(folder) / QUANT_FILE).exists()
 
 
 def packed_modules(model: nn.Module) -> dict[str, dict]:

@@ -49,7 +49,8 @@ def test_compare_times_every_model_in_the_same_rounds(tiny_llama_dir):
 
 
 def test_formats_are_recognised_and_engine_formats_refused_with_the_reason(tiny_llama_dir, tmp_path):
-    from services.evaluator.formats import FormatNotMeasurable, check_measurable, detect_format
+    from services.common.models.artifact_format import detect_format
+    from services.evaluator.formats import FormatNotMeasurable, check_measurable
 
     assert check_measurable(tiny_llama_dir) == "hf-safetensors"
     onnx = tmp_path / "onnx"

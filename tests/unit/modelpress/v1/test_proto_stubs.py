@@ -1,19 +1,50 @@
-"""The committed stubs in modelpress/v1 must be exactly what proto/generate.py produces now."""
+"""The committed stubs in modelpress/v1 and modelpress/inference/v2 must be exactly what
+proto/generate.py produces now."""
 
 import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[4]
+# The stub folders proto/generate.py writes: modelpress's contract and the Open Inference Protocol's.
+STUB_PACKAGES = ("modelpress/v1", "modelpress/inference/v2")
+
+
+def _stub_files(root: Path, package: str) -> list[Path]:
+    return sorted(p.relative_to(root) for p in (root / package).glob("*_pb2*.py*"))
 
 
 def test_generated_stubs_are_current(tmp_path):
     subprocess.run([sys.executable, str(REPO / "proto" / "generate.py"), "--out", str(tmp_path)], check=True)
-    fresh = sorted(p.relative_to(tmp_path) for p in (tmp_path / "modelpress" / "v1").glob("*.py*"))
-    committed = sorted(p.relative_to(REPO) for p in (REPO / "modelpress" / "v1").glob("*_pb2*.py*"))
-    assert fresh == committed, "stub files differ: run `python proto/generate.py`"
-    stale = [str(rel) for rel in fresh if (tmp_path / rel).read_bytes() != (REPO / rel).read_bytes()]
-    assert not stale, f"stale generated stubs (run `python proto/generate.py`): {stale}"
+    for package in STUB_PACKAGES:
+        # Every file generated into the package folder (stubs and __init__.py) must be committed.
+        fresh = sorted(p.relative_to(tmp_path) for p in (tmp_path / package).glob("*.py*"))
+        committed = _stub_files(REPO, package) + [Path(package) / "__init__.py"]
+        assert fresh == sorted(committed), f"{package}: stub files differ: run `python proto/generate.py`"
+        stale = [
+            str(rel)
+            for rel in _stub_files(tmp_path, package)
+            if (tmp_path / rel).read_bytes() != (REPO / rel).read_bytes()
+        ]
+        assert not stale, f"stale generated stubs (run `python proto/generate.py`): {stale}"
+    # The parent of a nested stub package is a package too, or the stubs cannot be imported.
+    assert (tmp_path / "modelpress" / "inference" / "__init__.py").is_file()
+    assert (REPO / "modelpress" / "inference" / "__init__.py").is_file()
+
+
+def test_inference_v2_stubs_import_as_a_package():
+    """The gRPC module imports its messages by package path (include root proto/), and the service is
+    the one the Open Inference Protocol's RPC paths name."""
+    from modelpress.inference.v2 import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
+
+    source = (REPO / "modelpress" / "inference" / "v2" / "grpc_predict_v2_pb2_grpc.py").read_text()
+    assert "from modelpress.inference.v2 import grpc_predict_v2_pb2 as " in source
+    service = grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    assert service.full_name == "inference.GRPCInferenceService"
+    rpcs = {"ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer"}
+    assert set(service.methods_by_name) == rpcs
+    assert not any(m.client_streaming or m.server_streaming for m in service.methods)
+    assert hasattr(grpc_predict_v2_pb2_grpc, "add_GRPCInferenceServiceServicer_to_server")
 
 
 def test_every_technique_service_has_run_and_describe():

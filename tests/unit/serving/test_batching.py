@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from services.optimizer.batching import BatchingConfig, DynamicBatcher, compare_batching, length_groups
+from services.serving.batching import BatchingConfig, DynamicBatcher, compare_batching, length_groups
 
 
 def _echo_engine(calls: list):

@@ -1,0 +1,42 @@
+"""A serving replica on its own: `python -m services.serving --model NAME=FOLDER [...]`.
+
+Serves each artifact folder under its name through OIP gRPC (`--grpc`), and OIP REST, OpenAI's API
+and Prometheus metrics over HTTP (`--http`). `--config` takes a JSON object of DeploymentConfig
+fields (services/serving/configs.py), applied to every model."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+from pathlib import Path
+
+from services.common.contract.config import parse_config
+from services.serving.configs import DeploymentConfig
+from services.serving.server import run
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m services.serving", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", action="append", required=True, metavar="NAME=FOLDER")
+    parser.add_argument("--config", default="{}", help="JSON object of DeploymentConfig fields")
+    parser.add_argument("--grpc", default="127.0.0.1:8001", help="OIP gRPC listen address (port 0: any free)")
+    parser.add_argument("--http", default="127.0.0.1:8000", help="HTTP listen address (port 0: any free)")
+    parser.add_argument("--ready-file", type=Path, help="written with the bound ports once every model is loaded")
+    args = parser.parse_args(argv)
+    models = {}
+    for spec in args.model:
+        name, sep, folder = spec.partition("=")
+        if not sep or not name or not Path(folder).is_dir():
+            parser.error(f"--model {spec!r}: NAME=FOLDER with an existing folder is expected")
+        models[name] = Path(folder)
+    config = parse_config(DeploymentConfig, json.loads(args.config))
+    host, _, port = args.http.rpartition(":")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    asyncio.run(run(models, config, args.grpc, host or "127.0.0.1", int(port), args.ready_file))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""The Open Inference Protocol (v2) over gRPC: `inference.GRPCInferenceService`, as KServe specifies
+it and Triton, OpenVINO Model Server and `tritonclient.grpc` speak it. Status codes are the
+protocol's: NOT_FOUND for an unknown model, INVALID_ARGUMENT for a malformed request (naming the
+tensor and what is wrong), UNAVAILABLE when the deployment's queue is full (retryable)."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+
+from modelpress.inference.v2 import grpc_predict_v2_pb2 as pb
+from modelpress.inference.v2 import grpc_predict_v2_pb2_grpc as pb_grpc
+from services.serving import oip_models
+from services.serving.deployment import QueueFull
+from services.serving.encoders import ServingError
+from services.serving.oip_tensors import TensorError, fill_grpc_response, inputs_from_grpc, requested_outputs_grpc
+from services.serving.replica import SERVER_NAME, SERVER_VERSION, DeploymentNotFound, Replica
+
+SERVICE_NAME = "inference.GRPCInferenceService"
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, replica: Replica) -> None:
+        self.replica = replica
+
+    async def ServerLive(self, request, context):
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request, context):
+        return pb.ServerReadyResponse(ready=self.replica.ready)
+
+    async def ModelReady(self, request, context):
+        return pb.ModelReadyResponse(ready=request.name in self.replica.deployments)
+
+    async def ServerMetadata(self, request, context):
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=["binary_tensor_data"])
+
+    async def ModelMetadata(self, request, context):
+        deployment = await self._deployment(request.name, context)
+        tensors = lambda specs: [pb.ModelMetadataResponse.TensorMetadata(  # noqa: E731
+            name=s.name, datatype=s.datatype, shape=list(s.shape)) for s in specs]
+        return pb.ModelMetadataResponse(name=deployment.name, versions=["1"], platform=oip_models.PLATFORM,
+                                        inputs=tensors(oip_models.inputs_of(deployment)),
+                                        outputs=tensors(oip_models.outputs_of(deployment)))
+
+    async def ModelInfer(self, request, context):
+        deployment = await self._deployment(request.model_name, context)
+        start, outcome = time.perf_counter(), "error"
+        try:
+            inputs = inputs_from_grpc(request, max_bytes=deployment.config.max_request_bytes)
+            parameters = {k: _parameter(v) for k, v in request.parameters.items()}
+            outputs = await oip_models.infer(deployment, inputs, parameters)
+            response = pb.ModelInferResponse(model_name=deployment.name, model_version="1", id=request.id)
+            fill_grpc_response(response, outputs, requested_outputs_grpc(request))
+            outcome = "ok"
+            return response
+        except (ServingError, TensorError, ValueError) as exc:
+            outcome = "invalid"
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except QueueFull as exc:
+            outcome = "unavailable"
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        finally:
+            deployment.metrics.request("oip-grpc", outcome, time.perf_counter() - start)
+
+    async def _deployment(self, name: str, context):
+        try:
+            return self.replica.get(name)
+        except DeploymentNotFound as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+
+
+def _parameter(value: pb.InferParameter):
+    choice = value.WhichOneof("parameter_choice")
+    return getattr(value, choice) if choice else None
+
+
+def register(server: grpc.aio.Server, replica: Replica) -> str:
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(replica), server)
+    return SERVICE_NAME

@@ -1,0 +1,65 @@
+"""The deployments one serving replica hosts, by name, and the replica's metrics. The protocol front
+ends (oip_grpc, http_api) look deployments up here."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from services.serving.configs import DeploymentConfig
+from services.serving.deployment import load_deployment
+from services.serving.serving_metrics import ServingMetrics
+
+SERVER_NAME = "modelpress-serving"
+SERVER_VERSION = "1"
+
+
+class DeploymentNotFound(KeyError):
+    """No deployment of that name on this replica (NOT_FOUND / HTTP 404)."""
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class Replica:
+    def __init__(self) -> None:
+        self.deployments: dict[str, object] = {}
+        self.metrics = ServingMetrics()
+        self.started_at = time.time()
+        self.loading: set[str] = set()
+
+    def get(self, name: str):
+        deployment = self.deployments.get(name)
+        if deployment is None:
+            hosted = ", ".join(sorted(self.deployments)) or "none"
+            raise DeploymentNotFound(f"no model {name!r} is served here (serving: {hosted})")
+        return deployment
+
+    async def add(self, name: str, folder: Path, config: DeploymentConfig | None = None):
+        """Loads the folder (off the event loop) and serves it under `name`."""
+        config = config or DeploymentConfig()
+        self.loading.add(name)
+        try:
+            deployment = await asyncio.to_thread(load_deployment, name, Path(folder), config,
+                                                 self.metrics.deployment(name))
+        finally:
+            self.loading.discard(name)
+        previous = self.deployments.pop(name, None)
+        self.deployments[name] = deployment
+        if previous is not None:
+            previous.close()
+        return deployment
+
+    def remove(self, name: str) -> None:
+        self.get(name)
+        self.deployments.pop(name).close()
+
+    @property
+    def ready(self) -> bool:
+        return not self.loading and bool(self.deployments)
+
+    def close(self) -> None:
+        for deployment in self.deployments.values():
+            deployment.close()
+        self.deployments.clear()
