@@ -341,6 +341,53 @@ class Client:
         request = gateway_pb2.DeleteArtifactRequest(artifact_id=artifact_id)
         return self._stub.DeleteArtifact(request, timeout=self._timeout).deleted
 
+    # ---- deployments -----------------------------------------------------------
+
+    def deploy(self, *, job_id: str = "", artifact_id: str = "", name: str = "", replicas: int = 1,
+               config: Values | None = None) -> common_pb2.Deployment:
+        """Serves a job's result (or an artifact) on the mesh's serving replicas under `name`, through
+        the Open Inference Protocol (gRPC and REST) and, for causal LMs, OpenAI's API. `config` takes
+        DeploymentConfig fields (batching, KV budget, limits). Returns the record (PENDING until a
+        replica loads it: `wait_deployment`)."""
+        request = gateway_pb2.DeployResultRequest(job_id=job_id, artifact_id=artifact_id, name=name,
+                                                  replicas=replicas, config=to_struct(config))
+        return self._stub.DeployResult(request, timeout=self._timeout).deployment
+
+    def list_deployments(self) -> list[common_pb2.Deployment]:
+        return list(self._stub.ListDeployments(gateway_pb2.ListDeploymentsRequest(), timeout=self._timeout).deployments)
+
+    def get_deployment(self, deployment_id: str) -> common_pb2.Deployment:
+        """The deployment with its live state, endpoints and figures."""
+        request = gateway_pb2.GetDeploymentRequest(deployment_id=deployment_id)
+        return self._stub.GetDeployment(request, timeout=self._timeout).deployment
+
+    def update_deployment(self, deployment_id: str, *, replicas: int = 0,
+                          config: Values | None = None) -> common_pb2.Deployment:
+        request = gateway_pb2.UpdateDeploymentRequest(deployment_id=deployment_id, replicas=replicas,
+                                                      config=to_struct(config))
+        return self._stub.UpdateDeployment(request, timeout=self._timeout).deployment
+
+    def delete_deployment(self, deployment_id: str) -> None:
+        self._stub.DeleteDeployment(gateway_pb2.DeleteDeploymentRequest(deployment_id=deployment_id),
+                                    timeout=self._timeout)
+
+    def wait_deployment(self, deployment_id: str, *, replicas: int = 1, timeout_s: float = 300.0,
+                        poll_s: float = 1.0) -> common_pb2.Deployment:
+        """Polls until `replicas` replicas serve it; raises RuntimeError when it failed or the time ran out."""
+        import time
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            deployment = self.get_deployment(deployment_id)
+            if deployment.ready_replicas >= replicas:
+                return deployment
+            if deployment.state == common_pb2.DEPLOYMENT_STATE_FAILED:
+                raise RuntimeError(f"deployment {deployment_id} failed: {deployment.message}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"deployment {deployment_id} is not served by {replicas} replica(s) after "
+                                   f"{timeout_s:g} s: {deployment.message or 'pending'}")
+            time.sleep(poll_s)
+
     def download(self, out_dir: Path, *, job_id: str = "", artifact_id: str = "") -> common_pb2.ArtifactRef:
         """Streams the artifact into `out_dir` (created; must not exist), checking its sha256."""
         request = (gateway_pb2.DownloadArtifactRequest(job_id=job_id) if job_id

@@ -59,6 +59,13 @@ class FieldType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FIELD_TYPE_INT: _ClassVar[FieldType]
     FIELD_TYPE_FLOAT: _ClassVar[FieldType]
     FIELD_TYPE_STRING: _ClassVar[FieldType]
+
+class DeploymentState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DEPLOYMENT_STATE_UNSPECIFIED: _ClassVar[DeploymentState]
+    DEPLOYMENT_STATE_PENDING: _ClassVar[DeploymentState]
+    DEPLOYMENT_STATE_SERVING: _ClassVar[DeploymentState]
+    DEPLOYMENT_STATE_FAILED: _ClassVar[DeploymentState]
 ARTIFACT_FORMAT_UNSPECIFIED: ArtifactFormat
 ARTIFACT_FORMAT_HF_SAFETENSORS: ArtifactFormat
 ARTIFACT_FORMAT_PACKED_SAFETENSORS: ArtifactFormat
@@ -93,6 +100,10 @@ FIELD_TYPE_BOOL: FieldType
 FIELD_TYPE_INT: FieldType
 FIELD_TYPE_FLOAT: FieldType
 FIELD_TYPE_STRING: FieldType
+DEPLOYMENT_STATE_UNSPECIFIED: DeploymentState
+DEPLOYMENT_STATE_PENDING: DeploymentState
+DEPLOYMENT_STATE_SERVING: DeploymentState
+DEPLOYMENT_STATE_FAILED: DeploymentState
 
 class ArtifactRef(_message.Message):
     __slots__ = ("id", "sha256", "size_bytes", "format")
@@ -887,3 +898,47 @@ class ArtifactSummary(_message.Message):
     tags: _containers.RepeatedScalarFieldContainer[str]
     recipes: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, artifact: _Optional[_Union[ArtifactRef, _Mapping]] = ..., base_model: _Optional[str] = ..., methods: _Optional[_Iterable[str]] = ..., tags: _Optional[_Iterable[str]] = ..., recipes: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DeploymentEndpoint(_message.Message):
+    __slots__ = ("protocol", "address", "replica")
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
+    protocol: str
+    address: str
+    replica: str
+    def __init__(self, protocol: _Optional[str] = ..., address: _Optional[str] = ..., replica: _Optional[str] = ...) -> None: ...
+
+class Deployment(_message.Message):
+    __slots__ = ("deployment_id", "name", "tenant", "artifact_id", "job_id", "state", "replicas", "ready_replicas", "config", "endpoints", "status", "message", "model_kind", "format", "created_at")
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_ID_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    READY_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_KIND_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    deployment_id: str
+    name: str
+    tenant: str
+    artifact_id: str
+    job_id: str
+    state: DeploymentState
+    replicas: int
+    ready_replicas: int
+    config: _struct_pb2.Struct
+    endpoints: _containers.RepeatedCompositeFieldContainer[DeploymentEndpoint]
+    status: _struct_pb2.Struct
+    message: str
+    model_kind: str
+    format: ArtifactFormat
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, deployment_id: _Optional[str] = ..., name: _Optional[str] = ..., tenant: _Optional[str] = ..., artifact_id: _Optional[str] = ..., job_id: _Optional[str] = ..., state: _Optional[_Union[DeploymentState, str]] = ..., replicas: _Optional[int] = ..., ready_replicas: _Optional[int] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., endpoints: _Optional[_Iterable[_Union[DeploymentEndpoint, _Mapping]]] = ..., status: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., message: _Optional[str] = ..., model_kind: _Optional[str] = ..., format: _Optional[_Union[ArtifactFormat, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

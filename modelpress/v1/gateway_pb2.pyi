@@ -396,18 +396,76 @@ class DownloadArtifactResponse(_message.Message):
     def __init__(self, artifact: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
 
 class DeployResultRequest(_message.Message):
-    __slots__ = ("job_id", "target")
+    __slots__ = ("job_id", "target", "artifact_id", "name", "replicas", "config")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     target: str
-    def __init__(self, job_id: _Optional[str] = ..., target: _Optional[str] = ...) -> None: ...
+    artifact_id: str
+    name: str
+    replicas: int
+    config: _struct_pb2.Struct
+    def __init__(self, job_id: _Optional[str] = ..., target: _Optional[str] = ..., artifact_id: _Optional[str] = ..., name: _Optional[str] = ..., replicas: _Optional[int] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class DeployResultResponse(_message.Message):
-    __slots__ = ("endpoint",)
+    __slots__ = ("endpoint", "deployment")
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     endpoint: str
-    def __init__(self, endpoint: _Optional[str] = ...) -> None: ...
+    deployment: _common_pb2.Deployment
+    def __init__(self, endpoint: _Optional[str] = ..., deployment: _Optional[_Union[_common_pb2.Deployment, _Mapping]] = ...) -> None: ...
+
+class ListDeploymentsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListDeploymentsResponse(_message.Message):
+    __slots__ = ("deployments",)
+    DEPLOYMENTS_FIELD_NUMBER: _ClassVar[int]
+    deployments: _containers.RepeatedCompositeFieldContainer[_common_pb2.Deployment]
+    def __init__(self, deployments: _Optional[_Iterable[_Union[_common_pb2.Deployment, _Mapping]]] = ...) -> None: ...
+
+class GetDeploymentRequest(_message.Message):
+    __slots__ = ("deployment_id",)
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    deployment_id: str
+    def __init__(self, deployment_id: _Optional[str] = ...) -> None: ...
+
+class GetDeploymentResponse(_message.Message):
+    __slots__ = ("deployment",)
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    deployment: _common_pb2.Deployment
+    def __init__(self, deployment: _Optional[_Union[_common_pb2.Deployment, _Mapping]] = ...) -> None: ...
+
+class UpdateDeploymentRequest(_message.Message):
+    __slots__ = ("deployment_id", "replicas", "config")
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    deployment_id: str
+    replicas: int
+    config: _struct_pb2.Struct
+    def __init__(self, deployment_id: _Optional[str] = ..., replicas: _Optional[int] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class UpdateDeploymentResponse(_message.Message):
+    __slots__ = ("deployment",)
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    deployment: _common_pb2.Deployment
+    def __init__(self, deployment: _Optional[_Union[_common_pb2.Deployment, _Mapping]] = ...) -> None: ...
+
+class DeleteDeploymentRequest(_message.Message):
+    __slots__ = ("deployment_id",)
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    deployment_id: str
+    def __init__(self, deployment_id: _Optional[str] = ...) -> None: ...
+
+class DeleteDeploymentResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class GetReportRequest(_message.Message):
     __slots__ = ("job_id", "format", "comparison_id")

@@ -145,6 +145,26 @@ class GatewayServiceStub:
                 request_serializer=modelpress_dot_v1_dot_gateway__pb2.DeployResultRequest.SerializeToString,
                 response_deserializer=modelpress_dot_v1_dot_gateway__pb2.DeployResultResponse.FromString,
                 _registered_method=True)
+        self.ListDeployments = channel.unary_unary(
+                '/modelpress.v1.GatewayService/ListDeployments',
+                request_serializer=modelpress_dot_v1_dot_gateway__pb2.ListDeploymentsRequest.SerializeToString,
+                response_deserializer=modelpress_dot_v1_dot_gateway__pb2.ListDeploymentsResponse.FromString,
+                _registered_method=True)
+        self.GetDeployment = channel.unary_unary(
+                '/modelpress.v1.GatewayService/GetDeployment',
+                request_serializer=modelpress_dot_v1_dot_gateway__pb2.GetDeploymentRequest.SerializeToString,
+                response_deserializer=modelpress_dot_v1_dot_gateway__pb2.GetDeploymentResponse.FromString,
+                _registered_method=True)
+        self.UpdateDeployment = channel.unary_unary(
+                '/modelpress.v1.GatewayService/UpdateDeployment',
+                request_serializer=modelpress_dot_v1_dot_gateway__pb2.UpdateDeploymentRequest.SerializeToString,
+                response_deserializer=modelpress_dot_v1_dot_gateway__pb2.UpdateDeploymentResponse.FromString,
+                _registered_method=True)
+        self.DeleteDeployment = channel.unary_unary(
+                '/modelpress.v1.GatewayService/DeleteDeployment',
+                request_serializer=modelpress_dot_v1_dot_gateway__pb2.DeleteDeploymentRequest.SerializeToString,
+                response_deserializer=modelpress_dot_v1_dot_gateway__pb2.DeleteDeploymentResponse.FromString,
+                _registered_method=True)
         self.GetReport = channel.unary_unary(
                 '/modelpress.v1.GatewayService/GetReport',
                 request_serializer=modelpress_dot_v1_dot_gateway__pb2.GetReportRequest.SerializeToString,
@@ -325,6 +345,33 @@ class GatewayServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeployResult(self, request, context):
+        """Serves a job's result (or an artifact) on the mesh's serving replicas, or (target set) writes a
+        deployment bundle for another engine (Triton, KServe, OVMS, vLLM, llama.cpp) as an artifact.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDeployments(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDeployment(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateDeployment(self, request, context):
+        """Replicas and config; replicas pick the change up within seconds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteDeployment(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -495,6 +542,26 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.DeployResult,
                     request_deserializer=modelpress_dot_v1_dot_gateway__pb2.DeployResultRequest.FromString,
                     response_serializer=modelpress_dot_v1_dot_gateway__pb2.DeployResultResponse.SerializeToString,
+            ),
+            'ListDeployments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeployments,
+                    request_deserializer=modelpress_dot_v1_dot_gateway__pb2.ListDeploymentsRequest.FromString,
+                    response_serializer=modelpress_dot_v1_dot_gateway__pb2.ListDeploymentsResponse.SerializeToString,
+            ),
+            'GetDeployment': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDeployment,
+                    request_deserializer=modelpress_dot_v1_dot_gateway__pb2.GetDeploymentRequest.FromString,
+                    response_serializer=modelpress_dot_v1_dot_gateway__pb2.GetDeploymentResponse.SerializeToString,
+            ),
+            'UpdateDeployment': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateDeployment,
+                    request_deserializer=modelpress_dot_v1_dot_gateway__pb2.UpdateDeploymentRequest.FromString,
+                    response_serializer=modelpress_dot_v1_dot_gateway__pb2.UpdateDeploymentResponse.SerializeToString,
+            ),
+            'DeleteDeployment': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteDeployment,
+                    request_deserializer=modelpress_dot_v1_dot_gateway__pb2.DeleteDeploymentRequest.FromString,
+                    response_serializer=modelpress_dot_v1_dot_gateway__pb2.DeleteDeploymentResponse.SerializeToString,
             ),
             'GetReport': grpc.unary_unary_rpc_method_handler(
                     servicer.GetReport,
@@ -1132,6 +1199,114 @@ class GatewayService:
             '/modelpress.v1.GatewayService/DeployResult',
             modelpress_dot_v1_dot_gateway__pb2.DeployResultRequest.SerializeToString,
             modelpress_dot_v1_dot_gateway__pb2.DeployResultResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeployments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelpress.v1.GatewayService/ListDeployments',
+            modelpress_dot_v1_dot_gateway__pb2.ListDeploymentsRequest.SerializeToString,
+            modelpress_dot_v1_dot_gateway__pb2.ListDeploymentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDeployment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelpress.v1.GatewayService/GetDeployment',
+            modelpress_dot_v1_dot_gateway__pb2.GetDeploymentRequest.SerializeToString,
+            modelpress_dot_v1_dot_gateway__pb2.GetDeploymentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateDeployment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelpress.v1.GatewayService/UpdateDeployment',
+            modelpress_dot_v1_dot_gateway__pb2.UpdateDeploymentRequest.SerializeToString,
+            modelpress_dot_v1_dot_gateway__pb2.UpdateDeploymentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteDeployment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelpress.v1.GatewayService/DeleteDeployment',
+            modelpress_dot_v1_dot_gateway__pb2.DeleteDeploymentRequest.SerializeToString,
+            modelpress_dot_v1_dot_gateway__pb2.DeleteDeploymentResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -33,6 +33,8 @@ from services.gateway import artifacts
 from services.gateway.admission import Admission, AdmissionBusy, QuotaExceeded
 from services.gateway.access import Grants, PermissionDenied, check_artifact, check_job
 from services.gateway.catalog import Mesh, ServiceUnavailable
+from services.gateway.deployments import (DeploymentNotFound, Deployments, NameTaken, checked_config, checked_name,
+                                          checked_replicas)
 from services.gateway.jobs import JobRunner
 from services.gateway.leases import JobLeases
 from services.gateway.recommender import NoCandidateMeasured, NothingStored, recommend
@@ -74,6 +76,8 @@ class FailedPrecondition(RuntimeError):
 _ERRORS = [
     (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
     (JobNotFound, grpc.StatusCode.NOT_FOUND),
+    (DeploymentNotFound, grpc.StatusCode.NOT_FOUND),
+    (NameTaken, grpc.StatusCode.ALREADY_EXISTS),
     (ArtifactNotFound, grpc.StatusCode.NOT_FOUND),
     (ArtifactCorrupt, grpc.StatusCode.DATA_LOSS),
     (ServiceUnavailable, grpc.StatusCode.UNAVAILABLE),
@@ -126,8 +130,9 @@ def _maps_errors(handler):
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     def __init__(self, runtime: ServiceRuntime, runner: JobRunner, mesh: Mesh,
                  comparisons: RecordBucket[common_pb2.Comparison], recipes: RecipeStore, grants: Grants,
-                 retention: Retention, admission: Admission) -> None:
+                 retention: Retention, admission: Admission, deployments: Deployments | None = None) -> None:
         self._runtime = runtime
+        self._deployment_records = deployments
         # The one door of every new job and every measurement: per-tenant bounds held across replicas.
         self._admission = admission
         self._retention = retention
@@ -600,10 +605,61 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             return job.output.id
         raise InvalidArgument("target: set artifact_id or job_id")
 
+    async def _deployments(self) -> Deployments:
+        if self._deployment_records is None:
+            self._deployment_records = await Deployments(self._runtime.js).ensure()
+        return self._deployment_records
+
+    @_maps_errors
     async def DeployResult(self, request, context):
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                            "deploying a result to a serving engine is not built yet; download it with DownloadArtifact "
-                            "(modelpress download JOB_OR_ARTIFACT) and serve it with the engine of its format")
+        if request.target not in ("", "modelpress"):
+            raise FailedPrecondition(f"target: {request.target!r} bundles are written by `modelpress bundle` from a "
+                                     "downloaded artifact; DeployResult serves on the mesh's own serving replicas "
+                                     "(leave target empty)")
+        if request.job_id and request.artifact_id:
+            raise InvalidArgument("job_id, artifact_id: set one, not both")
+        job_id = ""
+        if request.job_id:
+            job = await self._job(request.job_id)
+            if not job.output.id:
+                raise NoOutput(f"job_id: job {job.job_id} has no output artifact "
+                               f"({common_pb2.JobState.Name(job.state)})")
+            artifact_id, job_id = job.output.id, job.job_id
+        else:
+            artifact_id = checked_id(request.artifact_id, "artifact_id", "artifact")
+        stored = await self._stat(artifact_id)
+        name = checked_name(request.name or job_id or artifact_id)
+        replicas = checked_replicas(request.replicas or 1)
+        config = checked_config(request.config)
+        head = await read_model_head(common_pb2.ModelRef(artifact_id=artifact_id), self._runtime.store)
+        deployment = await (await self._deployments()).create(auth.current(), name, stored.ref, job_id, replicas,
+                                                              config, head.kind)
+        return gateway_pb2.DeployResultResponse(deployment=deployment)
+
+    @_maps_errors
+    async def ListDeployments(self, request, context):
+        return gateway_pb2.ListDeploymentsResponse(deployments=await (await self._deployments()).list(auth.current()))
+
+    @_maps_errors
+    async def GetDeployment(self, request, context):
+        deployment_id = checked_id(request.deployment_id, "deployment_id", "deployment")
+        return gateway_pb2.GetDeploymentResponse(
+            deployment=await (await self._deployments()).get(auth.current(), deployment_id))
+
+    @_maps_errors
+    async def UpdateDeployment(self, request, context):
+        deployment_id = checked_id(request.deployment_id, "deployment_id", "deployment")
+        if request.replicas < 0:
+            raise InvalidArgument(f"replicas: {request.replicas} is negative")
+        config = checked_config(request.config) if request.config.fields else None
+        return gateway_pb2.UpdateDeploymentResponse(deployment=await (await self._deployments()).update(
+            auth.current(), deployment_id, request.replicas, config))
+
+    @_maps_errors
+    async def DeleteDeployment(self, request, context):
+        deployment_id = checked_id(request.deployment_id, "deployment_id", "deployment")
+        await (await self._deployments()).delete(auth.current(), deployment_id)
+        return gateway_pb2.DeleteDeploymentResponse()
 
     @_maps_errors
     async def GetReport(self, request, context):
@@ -779,8 +835,9 @@ async def register(server: grpc.aio.Server, runtime: ServiceRuntime) -> list[str
     admission = await Admission(
         runtime.js, jobs, retention.check_room, max_jobs=settings.max_jobs_per_tenant,
         max_measurements=settings.max_measurements_per_tenant).ensure()
+    deployments = await Deployments(runtime.js).ensure()
     gateway_pb2_grpc.add_GatewayServiceServicer_to_server(
-        GatewayServicer(runtime, runner, mesh, comparisons, recipes, grants, retention, admission), server)
+        GatewayServicer(runtime, runner, mesh, comparisons, recipes, grants, retention, admission, deployments), server)
     orphans = asyncio.create_task(runner.take_over_orphans(), name="take-over-orphans")
     sweeper = asyncio.create_task(retention.run(settings.retention_sweep_s), name="retention")
 

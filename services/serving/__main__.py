@@ -1,8 +1,13 @@
-"""A serving replica on its own: `python -m services.serving --model NAME=FOLDER [...]`.
+"""The serving service.
+
+In the mesh (`python -m services.serving --listen HOST:PORT --nats-url ... [--http-listen HOST:PORT]`,
+as `modelpress up` starts it): serves the gateway's deployments (services/serving/mesh_worker.py).
+
+On its own, without NATS: `python -m services.serving --model NAME=FOLDER [...]`.
 
 Serves each artifact folder under its name through OIP gRPC (`--grpc`), and OIP REST, OpenAI's API
 and Prometheus metrics over HTTP (`--http`). `--config` takes a JSON object of DeploymentConfig
-fields (services/serving/configs.py), applied to every model."""
+fields (services/common/contract/deployment_config.py), applied to every model."""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ import logging
 from pathlib import Path
 
 from services.common.contract.config import parse_config
-from services.serving.configs import DeploymentConfig
+from services.common.contract.deployment_config import DeploymentConfig
 from services.serving.server import run
 
 
@@ -39,4 +44,12 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if "--model" in sys.argv:
+        main()
+    else:
+        from services.common.runtime.server import run_service
+        from services.serving.mesh_worker import register
+
+        run_service("serving", register)

@@ -19,7 +19,7 @@ import numpy as np
 from services.common.contract.model_kinds import kind_of
 from services.common.models.artifact_format import detect_format
 from services.serving.batching import BatchingConfig, DynamicBatcher
-from services.serving.configs import DeploymentConfig
+from services.common.contract.deployment_config import DeploymentConfig
 from services.serving.encoders import Pooling, ServingError, TextTokenizer, encoder_runner
 from services.serving.serving_metrics import DeploymentMetrics
 

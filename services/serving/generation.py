@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.models.artifact_format import detect_format
-from services.serving.configs import DeploymentConfig
+from services.common.contract.deployment_config import DeploymentConfig
 from services.serving.continuous import ContinuousBatcher, ContinuousConfig, QueueFull as EngineQueueFull, \
     SamplingParams
 from services.serving.deployment import QueueFull

@@ -7,7 +7,7 @@ import asyncio
 import time
 from pathlib import Path
 
-from services.serving.configs import DeploymentConfig
+from services.common.contract.deployment_config import DeploymentConfig
 from services.serving.deployment import load_deployment
 from services.serving.serving_metrics import ServingMetrics
 

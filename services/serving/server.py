@@ -15,13 +15,27 @@ from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from services.serving import http_api, oip_grpc
-from services.serving.configs import DeploymentConfig
+from services.common.contract.deployment_config import DeploymentConfig
 from services.serving.replica import Replica
 
 # Requests carry tensors: up to this many bytes per gRPC message (each deployment checks its own,
 # smaller, max_request_bytes and answers INVALID_ARGUMENT naming it).
 MAX_MESSAGE = http_api.MAX_BODY
 log = logging.getLogger("modelpress.serving")
+
+
+@dataclass
+class HttpServer:
+    runner: web.AppRunner
+    port: int
+
+
+async def start_http(replica: Replica, host: str, port: int) -> HttpServer:
+    runner = web.AppRunner(http_api.build_app(replica), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    return HttpServer(runner, site._server.sockets[0].getsockname()[1])  # the port chosen when 0 was asked
 
 
 @dataclass
@@ -45,12 +59,8 @@ async def listen(replica: Replica, grpc_address: str, http_host: str, http_port:
     grpc_port = server.add_insecure_port(grpc_address)
     await server.start()
     await checker.set(name, health_pb2.HealthCheckResponse.SERVING)
-    runner = web.AppRunner(http_api.build_app(replica), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, http_host, http_port)
-    await site.start()
-    bound = site._server.sockets[0].getsockname()[1]  # the port chosen when 0 was asked
-    return Listening(server, runner, grpc_port, bound)
+    http = await start_http(replica, http_host, http_port)
+    return Listening(server, http.runner, grpc_port, http.port)
 
 
 async def run(models: dict[str, Path], config: DeploymentConfig, grpc_address: str, http_host: str,

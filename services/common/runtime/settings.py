@@ -19,7 +19,10 @@ DEFAULT_PORTS: dict[str, int] = {
     "distiller": 50054,
     "evaluator": 50055,
     "optimizer": 50056,
+    "serving": 50057,
 }
+# The serving service's HTTP server (OIP REST, OpenAI API, metrics), beside its gRPC port.
+DEFAULT_SERVING_HTTP_PORT = 8000
 
 
 def default_home() -> Path:
@@ -93,6 +96,11 @@ class ServiceSettings(BaseModel):
     store_max_bytes: int = Field(0, ge=0, description="Size bound of the artifact store; uploads and jobs are refused "
                                                       "once it is reached (0: unbounded)")
     retention_sweep_s: float = Field(60.0, gt=0.0, description="Seconds between sweeps for what outlived its TTL")
+    # Serving only: where its HTTP server binds, and the host its endpoints are published under (the
+    # listen host by default; a pod's IP or a Service's DNS name behind 0.0.0.0).
+    http_listen: str = Field(f"127.0.0.1:{DEFAULT_SERVING_HTTP_PORT}",
+                             description="Serving: host:port of the HTTP server (OIP REST, OpenAI API, metrics)")
+    advertise_host: str = Field("", description="Serving: the host its endpoints name (default: the listen host)")
 
     @field_validator("listen")
     @classmethod
@@ -166,4 +174,4 @@ FLAG_FIELDS = ("nats_url", "nats_replicas", "home", "grace_s", "replica_wait_s",
                "tls_client_ca", "targets_tls_ca", "targets_tls_cert", "targets_tls_key", "mesh_secret",
                "require_nats_auth", "cache_max_bytes", "max_jobs_per_tenant", "max_measurements_per_tenant", "max_running_jobs_per_tenant",
                "max_upload_bytes", "job_lease_s", "job_ttl_s", "artifact_ttl_s", "store_max_bytes",
-               "retention_sweep_s", "checkpoint_every_s")
+               "retention_sweep_s", "checkpoint_every_s", "http_listen", "advertise_host")

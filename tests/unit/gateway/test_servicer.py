@@ -298,12 +298,25 @@ async def test_validate_config_lists_each_problem_instead_of_failing(served):
     assert answer.valid and answer.resolved_stages[0].config["group_size"] == 128
 
 
-async def test_deploy_result_is_unimplemented_and_says_what_to_do_instead(served):
+async def test_deploy_refusals_name_the_field_and_the_reason(served):
     stub, _, _ = served
-    error = await refused(stub.DeployResult, gateway_pb2.DeployResultRequest(job_id="j-0000000000000000"))
-    assert error.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "not built yet" in error.details() and "DownloadArtifact" in error.details()
-    assert "modelpress download" in error.details()
+    cases = [
+        (gateway_pb2.DeployResultRequest(job_id="j-0000000000000000"), grpc.StatusCode.NOT_FOUND, "j-0000000000000000"),
+        (gateway_pb2.DeployResultRequest(job_id="j-1", artifact_id="a-1"), grpc.StatusCode.INVALID_ARGUMENT,
+         "set one, not both"),
+        (gateway_pb2.DeployResultRequest(artifact_id="a-1", target="triton"), grpc.StatusCode.FAILED_PRECONDITION,
+         "modelpress bundle"),
+        (gateway_pb2.DeployResultRequest(), grpc.StatusCode.INVALID_ARGUMENT, "artifact_id: required"),
+        (gateway_pb2.DeployResultRequest(artifact_id="a-missing"), grpc.StatusCode.NOT_FOUND, "a-missing"),
+    ]
+    for request, code, words in cases:
+        error = await refused(stub.DeployResult, request)
+        assert error.code() == code and words in error.details(), (request, error.details())
+    error = await refused(stub.GetDeployment, gateway_pb2.GetDeploymentRequest(deployment_id="dep-nothing"))
+    assert error.code() == grpc.StatusCode.NOT_FOUND and "dep-nothing" in error.details()
+    error = await refused(stub.UpdateDeployment, gateway_pb2.UpdateDeploymentRequest(deployment_id="dep-x",
+                                                                                    replicas=-1))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "replicas" in error.details()
 
 
 async def test_free_text_past_its_bound_is_refused_before_anything_and_a_payload_error_is_resource_exhausted(served):

@@ -1,5 +1,6 @@
-"""A deployment's settings, declared once: validation, defaults and their descriptions (the gateway's
-DeployResult and the CLI read them from here)."""
+"""A deployment's settings, declared once: validation, defaults and their descriptions. The gateway
+validates DeployResult's config with it before a deployment exists, the serving replicas run with it,
+the CLI and docs describe it from here."""
 
 from __future__ import annotations
 
