@@ -390,7 +390,7 @@ def to_yaml(value, indent: int = 0) -> str:
             return f"{pad}{{}}\n"
         out = []
         for key, item in value.items():
-            head = f"{pad}{json.dumps(str(key)) if not re.fullmatch(r'[A-Za-z_][-A-Za-z0-9_./]*', str(key)) else key}:"
+            head = f"{pad}{_yaml_key(str(key))}:"
             if isinstance(item, (dict, list)) and item:
                 out.append(f"{head}\n{to_yaml(item, indent + 1)}")
             else:
@@ -408,6 +408,15 @@ def to_yaml(value, indent: int = 0) -> str:
                 out.append(f"{pad}- {_yaml_scalar(item)}\n")
         return "".join(out)
     return f"{pad}{_yaml_scalar(value)}\n"
+
+
+# Plain words YAML 1.1 readers take for booleans or null.
+_YAML_WORDS = {"y", "n", "yes", "no", "true", "false", "on", "off", "null", "~"}
+
+
+def _yaml_key(key: str) -> str:
+    bare = re.fullmatch(r"[A-Za-z_][-A-Za-z0-9_./]*", key) and key.lower() not in _YAML_WORDS
+    return key if bare else json.dumps(key)
 
 
 def _yaml_scalar(value) -> str:
@@ -457,9 +466,9 @@ def _parameters(values: dict[str, object]) -> list[dict]:
 
 
 def triton_repository(artifact: Artifact, repo: Path, *, name: str, config: DeploymentConfig,
-                      instances: int) -> list[str]:
-    """`repo/<name>/config.pbtxt` and `repo/<name>/1/...` for the artifact; returns README lines on
-    what it serves and how a client calls it."""
+                      instances: int, tokenizer: bool = True) -> list[str]:
+    """`repo/<name>/config.pbtxt` and `repo/<name>/1/...` for the artifact (with its tokenizer files in
+    `1/tokenizer/` unless told not to); returns README lines on what it serves and how a client calls it."""
     model_dir, version = repo / name, repo / name / "1"
     fields: dict = {"name": name}
     notes: list[str] = []
@@ -517,12 +526,12 @@ def triton_repository(artifact: Artifact, repo: Path, *, name: str, config: Depl
                       input=[{"name": "text_input", "data_type": PbEnum("TYPE_STRING"), "dims": [1]}],
                       output=[{"name": "text_output", "data_type": PbEnum("TYPE_STRING"), "dims": [-1]}],
                       instance_group=[{"count": 1, "kind": PbEnum("KIND_MODEL")}])
-        notes.append(f"vLLM backend ({name}/1/model.json: engine args; weights in {name}/1/weights). "
-                     f"Generate: POST /v2/models/{name}/generate {{\"text_input\": ..., \"parameters\": {{...}}}}.")
+        notes.append(f"vLLM backend ({name}/1/model.json: engine args; weights in {name}/1/weights), one engine "
+                     f"per server. Generate: POST /v2/models/{name}/generate "
+                     '{"text_input": ..., "parameters": {...}}.')
         _write(model_dir / "config.pbtxt", pbtxt(fields))
         return notes
-    tokenizer = _copy_tokenizer(artifact, version / "tokenizer")
-    if tokenizer:
+    if tokenizer and _copy_tokenizer(artifact, version / "tokenizer"):
         notes.append(f"Clients tokenize with {name}/1/tokenizer/ (transformers.AutoTokenizer.from_pretrained) "
                      "and send the ids as the inputs config.pbtxt names.")
     _write(model_dir / "config.pbtxt", pbtxt(fields))
@@ -559,7 +568,7 @@ def write_kserve(artifact: Artifact, out: Path, *, name: str, config: Deployment
     resources = {"requests": {"cpu": str(config.threads), "memory": _memory(_weights_bytes(artifact.folder))}}
     if artifact.format in (ONNX, TENSORRT):
         # kserve-tritonserver runs `tritonserver --model-store=/mnt/models`: the store is a Triton repository.
-        triton_repository(artifact, store, name=name, config=config, instances=1)
+        triton_repository(artifact, store, name=name, config=config, instances=1, tokenizer=False)
         model = {"modelFormat": {"name": "onnx" if artifact.format == ONNX else "tensorrt"},
                  "runtime": "kserve-tritonserver", "protocolVersion": "v2"}
         if artifact.format == TENSORRT:
@@ -669,18 +678,19 @@ def _kubernetes(name: str, *, image: str, command: list[str] | None, args: list[
     return [deployment, service]
 
 
-def _serve_script(comment: str, program: str, model_arg: list[str], flags: list[str]) -> str:
-    """A POSIX sh script running `program` on a path under the script's own folder."""
+def _serve_script(comment: str, program: list[str], model: str, flags: list[str]) -> str:
+    """A POSIX sh script running `program <the script's folder>/<model> <flags>`."""
     return ("#!/bin/sh\n" f"# {comment}\n" 'HERE="$(cd "$(dirname "$0")" && pwd)"\n'
-            f"exec {program} {' '.join(model_arg)} {shlex.join(flags)}\n")
+            f'exec {shlex.join(program)} "$HERE"/{shlex.quote(model)} {shlex.join(flags)}\n')
 
 
 def write_vllm(artifact: Artifact, out: Path, *, name: str, config: DeploymentConfig, replicas: int) -> str:
     _copy_tree(artifact.folder, out / "model")
     flags = ["--served-model-name", name, "--max-num-seqs", str(config.max_batch_size),
              "--max-model-len", str(max_model_len(artifact, config))]
-    _write(out / "serve.sh", _serve_script("vLLM's OpenAI-compatible server on the weights in model/.", "vllm serve",
-                                           ['"$HERE/model"'], [*flags, "--host", "0.0.0.0", "--port", str(VLLM_PORT)]),
+    _write(out / "serve.sh", _serve_script("vLLM's OpenAI-compatible server on the weights in model/.",
+                                           ["vllm", "serve"], "model",
+                                           [*flags, "--host", "0.0.0.0", "--port", str(VLLM_PORT)]),
            executable=True)
     mount = f"/models/{name}"
     objects = _kubernetes(name, image=VLLM_IMAGE, command=["vllm", "serve"],
@@ -708,7 +718,7 @@ def write_llamacpp(artifact: Artifact, out: Path, *, name: str, config: Deployme
     flags = ["--alias", name, "--parallel", str(parallel), "--ctx-size", str(ctx), "--cont-batching",
              "--threads", str(config.threads), "--host", "0.0.0.0", "--port", str(LLAMACPP_PORT)]
     _write(out / "serve.sh", _serve_script("llama.cpp's OpenAI-compatible server on the GGUF in model/.",
-                                           "llama-server", ["-m", f'"$HERE/model/{gguf.name}"'], flags),
+                                           ["llama-server", "-m"], f"model/{gguf.name}", flags),
            executable=True)
     mount = f"/models/{name}"
     # The image's entrypoint is llama-server: the container takes its arguments only.

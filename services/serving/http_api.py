@@ -20,6 +20,7 @@ import numpy as np
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from services.common.runtime import auth
 from services.serving import oip_models
 from services.serving.deployment import QueueFull
 from services.serving.encoders import ServingError
@@ -34,9 +35,16 @@ UNSUPPORTED_OPENAI = {"n": 1, "best_of": 1, "echo": False, "logprobs": None, "to
                       "functions": None, "response_format": None}
 
 
-def build_app(replica: Replica) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY)
-    app["replica"] = replica
+PUBLIC_PATHS = ("/v2/health/live", "/v2/health/ready", "/metrics")
+REPLICA = web.AppKey("replica", Replica)
+PRINCIPAL = web.RequestKey("principal", auth.Principal)
+
+
+def build_app(replica: Replica, tokens=None) -> web.Application:
+    """`tokens` (auth.TokenTable): every route but health and metrics needs a known bearer token, and a
+    tenant's token reaches only its tenant's deployments (the openai client sends its api_key so)."""
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[_authenticated(tokens)])
+    app[REPLICA] = replica
     app.add_routes([
         web.get("/v2/health/live", _live), web.get("/v2/health/ready", _ready), web.get("/v2", _server_metadata),
         web.get("/v2/models/{name}", _model_metadata), web.get("/v2/models/{name}/versions/{version}", _model_metadata),
@@ -50,6 +58,28 @@ def build_app(replica: Replica) -> web.Application:
     return app
 
 
+def _authenticated(tokens):
+    @web.middleware
+    async def middleware(request: web.Request, handler):
+        request[PRINCIPAL] = auth.OPEN
+        if tokens is not None and request.path not in PUBLIC_PATHS:
+            scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+            principal = tokens.principal(token.strip()) if scheme.lower() == "bearer" and token.strip() else None
+            if principal is None:
+                message = "no credentials: send 'Authorization: Bearer <token>'" if not token.strip() else \
+                    "the bearer token is not known to this mesh"
+                body = {"error": {"message": message, "type": "authentication_error", "param": None,
+                                  "code": "invalid_api_key"}} if request.path.startswith("/v1/") else {"error": message}
+                return web.json_response(body, status=401)
+            request[PRINCIPAL] = principal
+        return await handler(request)
+    return middleware
+
+
+def _deployment(request: web.Request, name: str):
+    return request.app[REPLICA].get(name, request[PRINCIPAL])
+
+
 # --- Open Inference Protocol, REST -------------------------------------------------------------
 
 def _oip_error(status: int, message: str) -> web.Response:
@@ -61,7 +91,7 @@ async def _live(request: web.Request) -> web.Response:
 
 
 async def _ready(request: web.Request) -> web.Response:
-    ready = request.app["replica"].ready
+    ready = request.app[REPLICA].ready
     return web.json_response({"ready": ready}, status=200 if ready else 503)
 
 
@@ -71,7 +101,7 @@ async def _server_metadata(request: web.Request) -> web.Response:
 
 async def _model_metadata(request: web.Request) -> web.Response:
     try:
-        deployment = request.app["replica"].get(request.match_info["name"])
+        deployment = _deployment(request, request.match_info["name"])
     except DeploymentNotFound as exc:
         return _oip_error(404, str(exc))
     tensors = lambda specs: [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in specs]  # noqa: E731
@@ -81,14 +111,17 @@ async def _model_metadata(request: web.Request) -> web.Response:
 
 
 async def _model_ready(request: web.Request) -> web.Response:
-    ready = request.match_info["name"] in request.app["replica"].deployments
+    try:
+        ready = bool(_deployment(request, request.match_info["name"]))
+    except DeploymentNotFound:
+        ready = False
     return web.json_response({"name": request.match_info["name"], "ready": ready}, status=200 if ready else 404)
 
 
 async def _oip_infer(request: web.Request) -> web.Response:
     start = time.perf_counter()
     try:
-        deployment = request.app["replica"].get(request.match_info["name"])
+        deployment = _deployment(request, request.match_info["name"])
     except DeploymentNotFound as exc:
         return _oip_error(404, str(exc))
     outcome = "error"
@@ -149,7 +182,7 @@ def _openai(protocol: str, kind: str | None) -> Callable:
             deployment, outcome = None, "error"
             try:
                 body = await _json_body(request)
-                deployment = _openai_model(request.app["replica"], body, kind)
+                deployment = _openai_model(request, body, kind)
                 _check_size(request.content_length or 0, deployment)
                 response = await handler(request, deployment, body)
                 outcome = "ok"
@@ -180,12 +213,12 @@ async def _json_body(request: web.Request) -> dict:
     return body
 
 
-def _openai_model(replica: Replica, body: dict, kind: str | None):
+def _openai_model(request: web.Request, body: dict, kind: str | None):
     name = body.get("model")
     if not isinstance(name, str) or not name:
         raise OpenAiError(400, "model: required (a name from /v1/models)", param="model")
     try:
-        deployment = replica.get(name)
+        deployment = _deployment(request, name)
     except DeploymentNotFound as exc:
         raise OpenAiError(404, str(exc), "not_found_error", "model", "model_not_found") from None
     if kind is not None and deployment.kind != kind:
@@ -196,10 +229,11 @@ def _openai_model(replica: Replica, body: dict, kind: str | None):
 
 
 async def _openai_models(request: web.Request) -> web.Response:
-    replica = request.app["replica"]
+    replica, caller = request.app[REPLICA], request[PRINCIPAL]
+    visible = [n for n in sorted(replica.deployments) if caller.operator or replica.tenants.get(n, "") == caller.tenant]
     return web.json_response({"object": "list", "data": [
         {"id": name, "object": "model", "created": int(replica.started_at), "owned_by": "modelpress"}
-        for name in sorted(replica.deployments)]})
+        for name in visible]})
 
 
 def _generation_request(deployment, body: dict, prompt: list[int], chat: bool):
@@ -322,7 +356,7 @@ async def _embeddings(request: web.Request, deployment, body: dict) -> web.Respo
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    replica = request.app["replica"]
+    replica = request.app[REPLICA]
     for deployment in replica.deployments.values():
         if deployment.kind == "causal-lm":
             stats = deployment.batcher.stats()

@@ -19,6 +19,7 @@ import grpc
 from modelpress.v1 import common_pb2
 from services.common.contract.config import parse_config
 from services.common.contract.deployment_config import DeploymentConfig
+from services.common.runtime import auth
 from services.common.runtime.server import ServiceRuntime
 from services.common.store.kv_records import RecordBucket
 from services.common.store.serving_slots import (DEPLOYMENTS_BUCKET, FAILED, HEARTBEAT_S, LOADING, SERVING, Slot,
@@ -87,7 +88,7 @@ class MeshWorker:
         try:
             config = parse_config(DeploymentConfig, record.config)
             folder = await self.runtime.models.local_folder(common_pb2.ModelRef(artifact_id=record.artifact_id))
-            await self.replica.add(record.name, folder, config)
+            await self.replica.add(record.name, folder, config, tenant=record.tenant)
             hosted.slot.state, hosted.slot.endpoints = SERVING, dict(self.endpoints)
             log.info("serving %s (%s) from artifact %s", record.name, record.deployment_id, record.artifact_id)
         except asyncio.CancelledError:
@@ -133,7 +134,8 @@ async def register(server: grpc.aio.Server, runtime: ServiceRuntime) -> list[str
     settings = runtime.settings
     host = settings.advertise_host or settings.listen.rpartition(":")[0]
     http_host, _, http_port = settings.http_listen.rpartition(":")
-    http = await start_http(replica, http_host, int(http_port))
+    tokens = auth.TokenTable(settings.auth_tokens) if settings.auth_tokens else None
+    http = await start_http(replica, http_host, int(http_port), tokens)
     endpoints = {"oip-grpc": f"{host}:{settings.listen.rpartition(':')[2]}",
                  "http": f"{settings.advertise_host or http_host}:{http.port}"}
     worker = MeshWorker(runtime, replica, endpoints)

@@ -11,6 +11,7 @@ import grpc
 
 from modelpress.inference.v2 import grpc_predict_v2_pb2 as pb
 from modelpress.inference.v2 import grpc_predict_v2_pb2_grpc as pb_grpc
+from services.common.runtime import auth
 from services.serving import oip_models
 from services.serving.deployment import QueueFull
 from services.serving.encoders import ServingError
@@ -31,7 +32,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerReadyResponse(ready=self.replica.ready)
 
     async def ModelReady(self, request, context):
-        return pb.ModelReadyResponse(ready=request.name in self.replica.deployments)
+        try:
+            self.replica.get(request.name, auth.current())
+        except DeploymentNotFound:
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=True)
 
     async def ServerMetadata(self, request, context):
         return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=["binary_tensor_data"])
@@ -66,7 +71,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _deployment(self, name: str, context):
         try:
-            return self.replica.get(name)
+            return self.replica.get(name, auth.current())
         except DeploymentNotFound as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
 

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from services.common.contract.deployment_config import DeploymentConfig
+from services.common.runtime.auth import OPEN, Principal
 from services.serving.deployment import load_deployment
 from services.serving.serving_metrics import ServingMetrics
 
@@ -28,16 +29,21 @@ class Replica:
         self.metrics = ServingMetrics()
         self.started_at = time.time()
         self.loading: set[str] = set()
+        self.tenants: dict[str, str] = {}  # deployment name → its tenant ("" on an open mesh)
 
-    def get(self, name: str):
+    def get(self, name: str, caller: Principal = OPEN):
+        """The deployment `name`; DeploymentNotFound when there is none or the caller's tenant may not
+        use it (another tenant's deployment is not found, as if it did not exist)."""
         deployment = self.deployments.get(name)
+        if deployment is not None and not caller.operator and self.tenants.get(name, "") != caller.tenant:
+            deployment = None
         if deployment is None:
             hosted = ", ".join(sorted(self.deployments)) or "none"
             raise DeploymentNotFound(f"no model {name!r} is served here (serving: {hosted})")
         return deployment
 
-    async def add(self, name: str, folder: Path, config: DeploymentConfig | None = None):
-        """Loads the folder (off the event loop) and serves it under `name`."""
+    async def add(self, name: str, folder: Path, config: DeploymentConfig | None = None, tenant: str = ""):
+        """Loads the folder (off the event loop) and serves it under `name`, to `tenant`'s callers."""
         config = config or DeploymentConfig()
         self.loading.add(name)
         try:
@@ -47,12 +53,14 @@ class Replica:
             self.loading.discard(name)
         previous = self.deployments.pop(name, None)
         self.deployments[name] = deployment
+        self.tenants[name] = tenant
         if previous is not None:
             previous.close()
         return deployment
 
     def remove(self, name: str) -> None:
         self.get(name)
+        self.tenants.pop(name, None)
         self.deployments.pop(name).close()
 
     @property

@@ -30,8 +30,9 @@ class HttpServer:
     port: int
 
 
-async def start_http(replica: Replica, host: str, port: int) -> HttpServer:
-    runner = web.AppRunner(http_api.build_app(replica), access_log=None)
+async def start_http(replica: Replica, host: str, port: int, tokens=None) -> HttpServer:
+    """`tokens` (auth.TokenTable): every route but health and metrics needs a known bearer token."""
+    runner = web.AppRunner(http_api.build_app(replica, tokens), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
