@@ -910,7 +910,7 @@ class DeploymentEndpoint(_message.Message):
     def __init__(self, protocol: _Optional[str] = ..., address: _Optional[str] = ..., replica: _Optional[str] = ...) -> None: ...
 
 class Deployment(_message.Message):
-    __slots__ = ("deployment_id", "name", "tenant", "artifact_id", "job_id", "state", "replicas", "ready_replicas", "config", "endpoints", "status", "message", "model_kind", "format", "created_at")
+    __slots__ = ("deployment_id", "name", "tenant", "artifact_id", "job_id", "state", "replicas", "ready_replicas", "config", "endpoints", "status", "message", "model_kind", "format", "created_at", "shadow", "shadow_share")
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
@@ -926,6 +926,8 @@ class Deployment(_message.Message):
     MODEL_KIND_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_SHARE_FIELD_NUMBER: _ClassVar[int]
     deployment_id: str
     name: str
     tenant: str
@@ -941,4 +943,6 @@ class Deployment(_message.Message):
     model_kind: str
     format: ArtifactFormat
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, deployment_id: _Optional[str] = ..., name: _Optional[str] = ..., tenant: _Optional[str] = ..., artifact_id: _Optional[str] = ..., job_id: _Optional[str] = ..., state: _Optional[_Union[DeploymentState, str]] = ..., replicas: _Optional[int] = ..., ready_replicas: _Optional[int] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., endpoints: _Optional[_Iterable[_Union[DeploymentEndpoint, _Mapping]]] = ..., status: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., message: _Optional[str] = ..., model_kind: _Optional[str] = ..., format: _Optional[_Union[ArtifactFormat, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    shadow: ModelRef
+    shadow_share: float
+    def __init__(self, deployment_id: _Optional[str] = ..., name: _Optional[str] = ..., tenant: _Optional[str] = ..., artifact_id: _Optional[str] = ..., job_id: _Optional[str] = ..., state: _Optional[_Union[DeploymentState, str]] = ..., replicas: _Optional[int] = ..., ready_replicas: _Optional[int] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., endpoints: _Optional[_Iterable[_Union[DeploymentEndpoint, _Mapping]]] = ..., status: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., message: _Optional[str] = ..., model_kind: _Optional[str] = ..., format: _Optional[_Union[ArtifactFormat, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., shadow: _Optional[_Union[ModelRef, _Mapping]] = ..., shadow_share: _Optional[float] = ...) -> None: ...

@@ -396,20 +396,22 @@ class DownloadArtifactResponse(_message.Message):
     def __init__(self, artifact: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
 
 class DeployResultRequest(_message.Message):
-    __slots__ = ("job_id", "target", "artifact_id", "name", "replicas", "config")
+    __slots__ = ("job_id", "target", "artifact_id", "name", "replicas", "config", "shadow_share")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     ARTIFACT_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_SHARE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     target: str
     artifact_id: str
     name: str
     replicas: int
     config: _struct_pb2.Struct
-    def __init__(self, job_id: _Optional[str] = ..., target: _Optional[str] = ..., artifact_id: _Optional[str] = ..., name: _Optional[str] = ..., replicas: _Optional[int] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    shadow_share: float
+    def __init__(self, job_id: _Optional[str] = ..., target: _Optional[str] = ..., artifact_id: _Optional[str] = ..., name: _Optional[str] = ..., replicas: _Optional[int] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., shadow_share: _Optional[float] = ...) -> None: ...
 
 class DeployResultResponse(_message.Message):
     __slots__ = ("endpoint", "deployment")

@@ -77,7 +77,8 @@ class Deployments:
         return self
 
     async def create(self, principal: Principal, name: str, artifact: common_pb2.ArtifactRef, job_id: str,
-                     replicas: int, config: struct_pb2.Struct, kind: str | None) -> common_pb2.Deployment:
+                     replicas: int, config: struct_pb2.Struct, kind: str | None,
+                     shadow: common_pb2.ModelRef | None = None, shadow_share: float = 0.0) -> common_pb2.Deployment:
         if artifact.format not in SERVABLE_FORMATS:
             raise InvalidArgument(f"artifact {artifact.id} is {common_pb2.ArtifactFormat.Name(artifact.format)}, "
                                   "which the serving replicas do not load (they serve ONNX, OpenVINO IR and "
@@ -92,6 +93,9 @@ class Deployments:
                                        artifact_id=artifact.id, job_id=job_id, replicas=replicas, config=config,
                                        state=common_pb2.DEPLOYMENT_STATE_PENDING, model_kind=kind or "",
                                        format=artifact.format)
+        if shadow is not None:
+            record.shadow.CopyFrom(shadow)
+            record.shadow_share = shadow_share
         record.created_at.GetCurrentTime()
         await self._records.put(deployment_id, record)
         return record

@@ -618,14 +618,19 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                                      "(leave target empty)")
         if request.job_id and request.artifact_id:
             raise InvalidArgument("job_id, artifact_id: set one, not both")
-        job_id = ""
+        job_id, shadow = "", None
+        if not 0.0 <= request.shadow_share <= 1.0:
+            raise InvalidArgument(f"shadow_share: {request.shadow_share} is not between 0 and 1")
         if request.job_id:
             job = await self._job(request.job_id)
             if not job.output.id:
                 raise NoOutput(f"job_id: job {job.job_id} has no output artifact "
                                f"({common_pb2.JobState.Name(job.state)})")
             artifact_id, job_id = job.output.id, job.job_id
+            shadow = job.model if request.shadow_share > 0 else None
         else:
+            if request.shadow_share > 0:
+                raise InvalidArgument("shadow_share: a shadow is the job's original model; deploy a job_id")
             artifact_id = checked_id(request.artifact_id, "artifact_id", "artifact")
         stored = await self._stat(artifact_id)
         name = checked_name(request.name or job_id or artifact_id)
@@ -633,7 +638,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         config = checked_config(request.config)
         head = await read_model_head(common_pb2.ModelRef(artifact_id=artifact_id), self._runtime.store)
         deployment = await (await self._deployments()).create(auth.current(), name, stored.ref, job_id, replicas,
-                                                              config, head.kind)
+                                                              config, head.kind, shadow, request.shadow_share)
         return gateway_pb2.DeployResultResponse(deployment=deployment)
 
     @_maps_errors

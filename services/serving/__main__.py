@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", action="append", required=True, metavar="NAME=FOLDER")
     parser.add_argument("--config", default="{}", help="JSON object of DeploymentConfig fields")
+    parser.add_argument("--shadow", action="append", default=[], metavar="NAME=FOLDER",
+                        help="the original of model NAME, run beside it on --shadow-share of its requests")
+    parser.add_argument("--shadow-share", type=float, default=1.0)
     parser.add_argument("--grpc", default="127.0.0.1:8001", help="OIP gRPC listen address (port 0: any free)")
     parser.add_argument("--http", default="127.0.0.1:8000", help="HTTP listen address (port 0: any free)")
     parser.add_argument("--ready-file", type=Path, help="written with the bound ports once every model is loaded")
@@ -37,10 +40,16 @@ def main(argv: list[str] | None = None) -> None:
         if not sep or not name or not Path(folder).is_dir():
             parser.error(f"--model {spec!r}: NAME=FOLDER with an existing folder is expected")
         models[name] = Path(folder)
+    shadows = {}
+    for spec in args.shadow:
+        name, sep, folder = spec.partition("=")
+        if not sep or name not in models or not Path(folder).is_dir():
+            parser.error(f"--shadow {spec!r}: NAME=FOLDER naming a --model and an existing folder is expected")
+        shadows[name] = (Path(folder), args.shadow_share)
     config = parse_config(DeploymentConfig, json.loads(args.config))
     host, _, port = args.http.rpartition(":")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    asyncio.run(run(models, config, args.grpc, host or "127.0.0.1", int(port), args.ready_file))
+    asyncio.run(run(models, config, args.grpc, host or "127.0.0.1", int(port), args.ready_file, shadows))
 
 
 if __name__ == "__main__":

@@ -24,10 +24,10 @@ import math
 import re
 import shlex
 import shutil
-import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from xml.etree import ElementTree
 
 from services.common.contract.deployment_config import DeploymentConfig
 from services.common.contract.model_kinds import CAUSAL_LM, ENCODER, kind_of, with_article
@@ -80,7 +80,7 @@ class Artifact:
     config: dict
 
     def describe(self) -> str:
-        return f"{self.format} ({with_article(self.kind) if self.kind else 'a model of no kind modelpress serves'})"
+        return f"{self.format} ({with_article(self.kind) if self.kind else 'neither a causal LM nor an encoder'})"
 
 
 @dataclass(frozen=True)
@@ -100,12 +100,15 @@ class Target:
         return artifact.kind in self.accepts.get(artifact.format, ())
 
     def describe(self) -> str:
-        parts = [f"{fmt} ({' or '.join(_plural(k) for k in sorted(kinds))})" for fmt, kinds in self.accepts.items()]
-        return ", ".join(parts)
+        """E.g. "causal LMs or encoders in ONNX or TensorRT, encoders in OpenVINO IR"."""
+        by_kinds: dict[frozenset[str], list[str]] = {}
+        for fmt, kinds in self.accepts.items():
+            by_kinds.setdefault(kinds, []).append(fmt)
+        return ", ".join(f"{_either([_PLURAL[k] for k in sorted(kinds)])} in {_either(formats)}"
+                         for kinds, formats in by_kinds.items())
 
 
-def _plural(kind: str) -> str:
-    return {CAUSAL_LM: "causal LMs", ENCODER: "encoders"}.get(kind, kind)
+_PLURAL = {CAUSAL_LM: "causal LMs", ENCODER: "encoders"}
 
 
 # ---------------------------------------------------------------------------------------------- public API
@@ -138,7 +141,10 @@ def inspect_artifact(folder: Path) -> Artifact:
     folder = Path(folder)
     if not folder.is_dir():
         raise BundleError(f"{folder}: not a folder")
-    fmt = detect_format(folder)
+    try:
+        fmt = detect_format(folder)
+    except ValueError as exc:  # a safetensors folder without a readable config.json
+        raise BundleError(f"{folder.name}: {exc}") from None
     config = _read_json(folder / "config.json")
     kind = kind_of(config) if config else None
     if kind is None:  # an engine's manifest states the kind it exported
@@ -157,9 +163,9 @@ def check_fits(target: str, artifact: Artifact) -> None:
         return
     others = [t for t, s in TARGETS.items() if t != target and s.takes(artifact)]
     reason = spec.why_not.get((artifact.format, artifact.kind), "")
-    advice = f"use {_either(others)}" if others else (
-        f"no bundle target serves it{'' if artifact.kind else ' (modelpress tells causal LMs and encoders apart only)'}"
-        f"{'; ' + FORMAT_ADVICE[artifact.format] if artifact.format in FORMAT_ADVICE else ''}")
+    advice = f"use {_either(others)}" if others else "no bundle target serves it" + (
+        f"; {FORMAT_ADVICE[artifact.format]}" if artifact.format in FORMAT_ADVICE else
+        "" if artifact.kind else "; bundles hold causal LMs and encoders")
     raise BundleError(f"{target} serves {spec.describe()}; this artifact is {artifact.describe()}"
                       f"{': ' + reason if reason else ''}: {advice}")
 
@@ -292,9 +298,10 @@ def openvino_io(xml_path: Path) -> tuple[list[Tensor], list[Tensor]]:
     """Inputs (Parameter layers) and outputs (what feeds each Result layer) of an OpenVINO IR, by their
     tensor names, read from the XML."""
     root = ElementTree.parse(xml_path).getroot()
-    layers = {layer.get("id"): layer for layer in root.iter("layer")}
+    # The top-level graph only: a Loop or TensorIterator layer holds a body graph of its own.
+    layers = {layer.get("id"): layer for layer in root.findall("./layers/layer")}
     feeds = {(edge.get("to-layer"), edge.get("to-port")): (edge.get("from-layer"), edge.get("from-port"))
-             for edge in root.iter("edge")}
+             for edge in root.findall("./edges/edge")}
 
     def port(layer, port_id: str | None = None):
         ports = layer.find("output")
@@ -458,7 +465,7 @@ def _tensors(tensors: list[Tensor], batched: bool) -> list[dict]:
 
 def _dynamic_batching(config: DeploymentConfig, batch: int | None = None) -> dict:
     return {"preferred_batch_size": [batch or config.max_batch_size],
-            "max_queue_delay_microseconds": int(round(config.max_wait_ms * 1000))}
+            "max_queue_delay_microseconds": round(config.max_wait_ms * 1000)}
 
 
 def _parameters(values: dict[str, object]) -> list[dict]:
@@ -472,37 +479,33 @@ def triton_repository(artifact: Artifact, repo: Path, *, name: str, config: Depl
     model_dir, version = repo / name, repo / name / "1"
     fields: dict = {"name": name}
     notes: list[str] = []
-    if artifact.format == ONNX:
-        graph = onnx_model_file(artifact.folder)
-        inputs, outputs, external = onnx_io(graph)
-        if external:  # Triton: a multi-file ONNX model is a folder named model.onnx holding model.onnx
-            _copy(graph, version / "model.onnx" / "model.onnx")
+    if artifact.format in (ONNX, OPENVINO):
+        if artifact.format == ONNX:
+            graph = onnx_model_file(artifact.folder)
+            inputs, outputs, external = onnx_io(graph)
+            # Triton: a multi-file ONNX model is a folder named model.onnx holding model.onnx.
+            target = version / "model.onnx" / "model.onnx" if external else version / "model.onnx"
+            _copy(graph, target)
             for location in external:
-                _copy(graph.parent / location, version / "model.onnx" / location)
+                _copy(graph.parent / location, target.parent / location)
+            engine = {"platform": "onnxruntime_onnx", "backend": "onnxruntime"}
+            threads, what = {"intra_op_thread_count": config.threads}, "ONNX Runtime backend"
         else:
-            _copy(graph, version / "model.onnx")
+            xml = artifact.folder / "openvino_model.xml"
+            inputs, outputs = openvino_io(xml)
+            _copy(xml, version / "model.xml")  # the OpenVINO backend's default file names
+            _copy(xml.with_suffix(".bin"), version / "model.bin")
+            engine = {"backend": "openvino"}
+            threads, what = {"INFERENCE_NUM_THREADS": config.threads}, "OpenVINO backend (model.xml / model.bin)"
         batched = _batched(inputs, outputs)
-        fields.update(platform="onnxruntime_onnx", backend="onnxruntime",
-                      max_batch_size=config.max_batch_size if batched else 0,
+        fields.update(engine, max_batch_size=config.max_batch_size if batched else 0,
                       input=_tensors(inputs, batched), output=_tensors(outputs, batched))
         if batched:
             fields["dynamic_batching"] = _dynamic_batching(config)
         fields["instance_group"] = [{"count": instances, "kind": PbEnum("KIND_CPU")}]
-        fields["parameters"] = _parameters({"intra_op_thread_count": config.threads})
-        notes.append(f"ONNX Runtime backend; {'dynamic batching up to ' + str(config.max_batch_size) if batched else 'no batching (the graph has a fixed leading dimension)'}.")
-    elif artifact.format == OPENVINO:
-        xml = artifact.folder / "openvino_model.xml"
-        inputs, outputs = openvino_io(xml)
-        _copy(xml, version / "model.xml")
-        _copy(xml.with_suffix(".bin"), version / "model.bin")
-        batched = _batched(inputs, outputs)
-        fields.update(backend="openvino", max_batch_size=config.max_batch_size if batched else 0,
-                      input=_tensors(inputs, batched), output=_tensors(outputs, batched))
-        if batched:
-            fields["dynamic_batching"] = _dynamic_batching(config)
-        fields["instance_group"] = [{"count": instances, "kind": PbEnum("KIND_CPU")}]
-        fields["parameters"] = _parameters({"INFERENCE_NUM_THREADS": config.threads})
-        notes.append("OpenVINO backend (model.xml / model.bin).")
+        fields["parameters"] = _parameters(threads)
+        notes.append(f"{what}; " + (f"dynamic batching up to {config.max_batch_size}." if batched
+                                    else "no batching (the graph has a fixed leading dimension)."))
     elif artifact.format == TENSORRT:
         plan = _one(artifact.folder, ("*.plan", "*.engine"), "TensorRT engine")
         _copy(plan, version / "model.plan")
@@ -593,12 +596,13 @@ def write_kserve(artifact: Artifact, out: Path, *, name: str, config: Deployment
     service = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
                "metadata": {"name": name},
                "spec": {"predictor": {"minReplicas": replicas, "maxReplicas": replicas, "model": model}}}
+    uri = f"{STORAGE_PLACEHOLDER}/{name}"
     _write(out / "inferenceservice.yaml", yaml_documents(
-        [service], f"Upload model/ to your storage and replace storageUri ({STORAGE_PLACEHOLDER}/{name}) with its URI."))
+        [service], f"Upload model/ to your storage and replace storageUri ({uri}) with its URI."))
     run = "kubectl apply -f inferenceservice.yaml"
     _readme(out, [f"# {name}: KServe InferenceService", "",
-                  f"Serves with {how}. Upload `model/` to your storage (S3, GCS, a PVC ...) and set "
-                  f"`storageUri` in inferenceservice.yaml to it (now the placeholder `{STORAGE_PLACEHOLDER}/{name}`).",
+                  (f"Serves with {how}. Upload `model/` to your storage (S3, GCS, a PVC ...) and set "
+                   f"`storageUri` in inferenceservice.yaml to it (now the placeholder `{uri}`)."),
                   *(["Clients tokenize with `tokenizer/` (transformers.AutoTokenizer.from_pretrained)."]
                     if (out / "tokenizer").is_dir() else []),
                   "", f"Then: `{run}`"])
@@ -703,8 +707,8 @@ def write_vllm(artifact: Artifact, out: Path, *, name: str, config: DeploymentCo
         objects, f"The weights (model/) are read from the PersistentVolumeClaim {name}-model."))
     _readme(out, [f"# {name}: vLLM server ({artifact.format})", "",
                   f"Local: `sh serve.sh` (OpenAI-compatible API on :{VLLM_PORT}, model name `{name}`).",
-                  f"Kubernetes: copy `model/` into a PersistentVolumeClaim named `{name}-model`, then "
-                  "`kubectl apply -f kubernetes.yaml`."])
+                  (f"Kubernetes: copy `model/` into a PersistentVolumeClaim named `{name}-model`, then "
+                   "`kubectl apply -f kubernetes.yaml`.")])
     return "sh serve.sh"
 
 
@@ -729,10 +733,10 @@ def write_llamacpp(artifact: Artifact, out: Path, *, name: str, config: Deployme
     _write(out / "kubernetes.yaml", yaml_documents(
         objects, f"The GGUF (model/{gguf.name}) is read from the PersistentVolumeClaim {name}-model."))
     _readme(out, [f"# {name}: llama.cpp server (GGUF)", "",
-                  f"Local: `sh serve.sh` (OpenAI-compatible API on :{LLAMACPP_PORT}, model name `{name}`, "
-                  f"{parallel} parallel slots).",
-                  f"Kubernetes: copy `model/` into a PersistentVolumeClaim named `{name}-model`, then "
-                  "`kubectl apply -f kubernetes.yaml`."])
+                  (f"Local: `sh serve.sh` (OpenAI-compatible API on :{LLAMACPP_PORT}, model name `{name}`, "
+                   f"{parallel} parallel slots)."),
+                  (f"Kubernetes: copy `model/` into a PersistentVolumeClaim named `{name}-model`, then "
+                   "`kubectl apply -f kubernetes.yaml`.")])
     return "sh serve.sh"
 
 

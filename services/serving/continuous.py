@@ -158,8 +158,12 @@ class _Request:
 class ContinuousBatcher:
     """Continuous batching over a transformers *ForCausalLM (eval mode); see the module docstring."""
 
-    def __init__(self, model, config: ContinuousConfig, *, eos_token_ids: Sequence[int]) -> None:
+    def __init__(self, model, config: ContinuousConfig, *, eos_token_ids: Sequence[int],
+                 on_step: Callable[[int, float], None] | None = None) -> None:
+        """`on_step(batch size, seconds)` is called from the engine thread after each decode step
+        (the replica's metrics)."""
         self._model = model
+        self._on_step = on_step
         self._config = config
         self._eos = frozenset(int(t) for t in eos_token_ids)
         self._device = next(model.parameters()).device
@@ -344,6 +348,7 @@ class ContinuousBatcher:
         ids = torch.tensor([[r.last_token] for r in rows], device=self._device)
         positions = torch.tensor([[r.cached] for r in rows], device=self._device)
         mask = torch.cat([self._mask, self._mask.new_ones(len(rows), 1)], dim=1)
+        started = time.perf_counter()
         try:
             out = self._model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=self._cache,
                               use_cache=True)
@@ -357,6 +362,8 @@ class ContinuousBatcher:
             self._padded = mask.numel()
             self._steps += 1
             self._histogram[len(rows)] += 1
+        if self._on_step is not None:
+            self._on_step(len(rows), time.perf_counter() - started)
         logits = out.logits[:, -1]
         greedy = logits.argmax(dim=-1).tolist()  # one batched argmax serves every greedy row
         leaving, failed = [], []

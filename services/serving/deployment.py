@@ -40,6 +40,7 @@ class EncoderDeployment:
     batcher: DynamicBatcher
     metrics: DeploymentMetrics
     kind: str = "encoder"
+    shadow: object | None = None  # shadow.Shadow: the original, run on a sampled share of requests
     _waiting: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -62,7 +63,10 @@ class EncoderDeployment:
         finally:
             with self._lock:
                 self._waiting -= len(rows)
-        return np.stack([self.pooling(h[None], np.ones((1, h.shape[0]), np.int64))[0] for h in hidden])
+        embeddings = np.stack([self.pooling(h[None], np.ones((1, h.shape[0]), np.int64))[0] for h in hidden])
+        if self.shadow is not None:
+            self.shadow.after_embeddings(rows, embeddings)
+        return embeddings
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         if self.tokenizer is None:
@@ -71,6 +75,8 @@ class EncoderDeployment:
 
     def close(self) -> None:
         self.batcher.close()
+        if self.shadow is not None:
+            self.shadow.close()
 
 
 def load_encoder(name: str, folder: Path, config: DeploymentConfig, model_config: dict,

@@ -44,7 +44,9 @@ class CausalDeployment:
     batcher: ContinuousBatcher
     metrics: DeploymentMetrics
     context_length: int
+    model: object = None  # the torch model the batcher runs (the shadow compares its logits)
     kind: str = "causal-lm"
+    shadow: object | None = None  # shadow.Shadow: the original, run on a sampled share of prompts
 
     def encode(self, text: str) -> list[int]:
         ids = self.tokenizer(text, add_special_tokens=True).input_ids
@@ -85,6 +87,8 @@ class CausalDeployment:
         """Text deltas as tokens arrive; the last one carries the finish reason. Leaving the iteration
         early (a client that went away) cancels the generation."""
         self.check_room(prompt, params.max_tokens)
+        if self.shadow is not None:
+            self.shadow.after_prompt(self.model, prompt)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         arrived = time.perf_counter()
@@ -138,6 +142,8 @@ class CausalDeployment:
 
     def close(self) -> None:
         self.batcher.close()
+        if self.shadow is not None:
+            self.shadow.close()
 
 
 def _first_stop(text: str, stop: Sequence[str], searched_to: int) -> int | None:
@@ -174,10 +180,11 @@ def load_causal_lm(name: str, folder: Path, config: DeploymentConfig, model_conf
     eos = _eos_ids(folder, model_config, tokenizer)
     batcher = ContinuousBatcher(model, ContinuousConfig(max_batch_size=config.max_batch_size,
                                                         max_kv_tokens=config.max_kv_tokens,
-                                                        max_queued=config.max_queued), eos_token_ids=eos)
+                                                        max_queued=config.max_queued), eos_token_ids=eos,
+                                on_step=metrics.batch)
     context = int(model_config.get("max_position_embeddings") or model_config.get("n_positions") or 2048)
     return CausalDeployment(name=name, folder=folder, config=config, format=fmt, tokenizer=tokenizer,
-                            batcher=batcher, metrics=metrics, context_length=context)
+                            batcher=batcher, metrics=metrics, context_length=context, model=model)
 
 
 def _eos_ids(folder: Path, model_config: dict, tokenizer) -> list[int]:

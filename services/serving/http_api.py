@@ -48,7 +48,7 @@ def build_app(replica: Replica, tokens=None) -> web.Application:
     app.add_routes([
         web.get("/v2/health/live", _live), web.get("/v2/health/ready", _ready), web.get("/v2", _server_metadata),
         web.get("/v2/models/{name}", _model_metadata), web.get("/v2/models/{name}/versions/{version}", _model_metadata),
-        web.get("/v2/models/{name}/ready", _model_ready),
+        web.get("/v2/models/{name}/ready", _model_ready), web.get("/v2/models/{name}/stats", _model_stats),
         web.get("/v2/models/{name}/versions/{version}/ready", _model_ready),
         web.post("/v2/models/{name}/infer", _oip_infer), web.post("/v2/models/{name}/versions/{version}/infer", _oip_infer),
         web.get("/v1/models", _openai_models), web.post("/v1/completions", _completions),
@@ -116,6 +116,26 @@ async def _model_ready(request: web.Request) -> web.Response:
     except DeploymentNotFound:
         ready = False
     return web.json_response({"name": request.match_info["name"], "ready": ready}, status=200 if ready else 404)
+
+
+async def _model_stats(request: web.Request) -> web.Response:
+    """The deployment's figures (Triton's statistics path, modelpress's content): requests by outcome,
+    latency percentiles, batch sizes, KV occupancy, and the shadow's agreement with the original."""
+    try:
+        deployment = _deployment(request, request.match_info["name"])
+    except DeploymentNotFound as exc:
+        return _oip_error(404, str(exc))
+    return web.json_response(deployment_figures(deployment))
+
+
+def deployment_figures(deployment) -> dict:
+    figures = deployment.metrics.snapshot()
+    if deployment.kind == "causal-lm":
+        stats = deployment.batcher.stats()
+        figures.update(kv_tokens_in_use=stats.get("kv_tokens_in_use", 0), queued=stats.get("queued", 0))
+    if deployment.shadow is not None:
+        figures["shadow"] = deployment.shadow.snapshot()
+    return figures
 
 
 async def _oip_infer(request: web.Request) -> web.Response:

@@ -25,6 +25,7 @@ from services.common.store.kv_records import RecordBucket
 from services.common.store.serving_slots import (DEPLOYMENTS_BUCKET, FAILED, HEARTBEAT_S, LOADING, SERVING, Slot,
                                                  ServingSlots)
 from services.serving import oip_grpc
+from services.serving.http_api import deployment_figures
 from services.serving.replica import Replica
 from services.serving.server import start_http
 
@@ -88,7 +89,10 @@ class MeshWorker:
         try:
             config = parse_config(DeploymentConfig, record.config)
             folder = await self.runtime.models.local_folder(common_pb2.ModelRef(artifact_id=record.artifact_id))
-            await self.replica.add(record.name, folder, config, tenant=record.tenant)
+            shadow = None
+            if record.HasField("shadow") and record.shadow_share > 0:
+                shadow = (await self.runtime.models.local_folder(record.shadow), record.shadow_share)
+            await self.replica.add(record.name, folder, config, tenant=record.tenant, shadow=shadow)
             hosted.slot.state, hosted.slot.endpoints = SERVING, dict(self.endpoints)
             log.info("serving %s (%s) from artifact %s", record.name, record.deployment_id, record.artifact_id)
         except asyncio.CancelledError:
@@ -99,15 +103,7 @@ class MeshWorker:
 
     async def beat(self, deployment_id: str, hosted: Hosted) -> None:
         if hosted.slot.state == SERVING and hosted.record.name in self.replica.deployments:
-            deployment = self.replica.deployments[hosted.record.name]
-            figures = deployment.metrics.snapshot()
-            if deployment.kind == "causal-lm":
-                stats = deployment.batcher.stats()
-                figures["kv_tokens_in_use"] = stats.get("kv_tokens_in_use", 0)
-                figures["queued"] = stats.get("queued", 0)
-                for size, steps in (stats.get("batch_size_histogram") or {}).items():
-                    figures["batch_sizes"][str(size)] = steps
-            hosted.slot.figures = figures
+            hosted.slot.figures = deployment_figures(self.replica.deployments[hosted.record.name])
         revision = await self.slots.beat(deployment_id, hosted.index, hosted.revision, hosted.slot)
         if revision is None:  # the slot went to another replica (ours looked dead): stop serving it
             await self.let_go(deployment_id, release=False)

@@ -11,6 +11,7 @@ from services.common.contract.deployment_config import DeploymentConfig
 from services.common.runtime.auth import OPEN, Principal
 from services.serving.deployment import load_deployment
 from services.serving.serving_metrics import ServingMetrics
+from services.serving.shadow import Shadow
 
 SERVER_NAME = "modelpress-serving"
 SERVER_VERSION = "1"
@@ -42,13 +43,19 @@ class Replica:
             raise DeploymentNotFound(f"no model {name!r} is served here (serving: {hosted})")
         return deployment
 
-    async def add(self, name: str, folder: Path, config: DeploymentConfig | None = None, tenant: str = ""):
-        """Loads the folder (off the event loop) and serves it under `name`, to `tenant`'s callers."""
+    async def add(self, name: str, folder: Path, config: DeploymentConfig | None = None, tenant: str = "",
+                  shadow: tuple[Path, float] | None = None):
+        """Loads the folder (off the event loop) and serves it under `name`, to `tenant`'s callers; with
+        `shadow` (the original's folder, the share of requests it also runs), beside its original."""
         config = config or DeploymentConfig()
         self.loading.add(name)
         try:
             deployment = await asyncio.to_thread(load_deployment, name, Path(folder), config,
                                                  self.metrics.deployment(name))
+            if shadow is not None:
+                original = await asyncio.to_thread(load_deployment, f"{name}~original", Path(shadow[0]), config,
+                                                   self.metrics.deployment(f"{name}~original"))
+                deployment.shadow = Shadow(original, shadow[1])
         finally:
             self.loading.discard(name)
         previous = self.deployments.pop(name, None)

@@ -65,13 +65,14 @@ async def listen(replica: Replica, grpc_address: str, http_host: str, http_port:
 
 
 async def run(models: dict[str, Path], config: DeploymentConfig, grpc_address: str, http_host: str,
-              http_port: int, ready_file: Path | None = None) -> None:
+              http_port: int, ready_file: Path | None = None,
+              shadows: dict[str, tuple[Path, float]] | None = None) -> None:
     """Serves `models` until SIGTERM/SIGINT; writes the bound ports to `ready_file` once every model
     is loaded (tests and benches wait for it)."""
     replica = Replica()
     listening = await listen(replica, grpc_address, http_host, http_port)
     for name, folder in models.items():
-        await replica.add(name, folder, config)
+        await replica.add(name, folder, config, shadow=(shadows or {}).get(name))
         log.info("serving %s from %s", name, folder)
     if ready_file is not None:
         ready_file.write_text(json.dumps({"grpc_port": listening.grpc_port, "http_port": listening.http_port}))

@@ -46,12 +46,29 @@ def chat_llama(tiny_bpe_llama_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(encoder_onnx, chat_llama, tmp_path_factory):
+def noised_llama(chat_llama, tmp_path_factory) -> Path:
+    """The chat model with noise on its weights: an "original" the served model disagrees with."""
+    from transformers import AutoModelForCausalLM
+
+    folder = tmp_path_factory.mktemp("noised-llama") / "model"
+    shutil.copytree(chat_llama, folder)
+    model = AutoModelForCausalLM.from_pretrained(chat_llama)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.05)
+    model.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(encoder_onnx, chat_llama, noised_llama, tiny_bert_dir, tmp_path_factory):
     ready = tmp_path_factory.mktemp("serving") / "ready.json"
     config = {"max_batch_size": 8, "max_wait_ms": 20, "max_kv_tokens": 2048, "max_input_tokens": 256,
               "max_request_bytes": 1_000_000}
     proc = subprocess.Popen([sys.executable, "-m", "services.serving", "--model", f"encoder={encoder_onnx}",
-                             "--model", f"lm={chat_llama}", "--config", json.dumps(config), "--grpc",
+                             "--model", f"lm={chat_llama}", "--shadow", f"encoder={tiny_bert_dir}",
+                             "--shadow", f"lm={noised_llama}", "--config", json.dumps(config), "--grpc",
                              "127.0.0.1:0", "--http", "127.0.0.1:0", "--ready-file", str(ready)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
@@ -188,3 +205,26 @@ def test_metrics_count_what_was_served(server):
     text = urllib.request.urlopen(f"http://{server['http']}/metrics", timeout=10).read().decode()
     assert 'modelpress_serving_requests_total{deployment="encoder",outcome="ok",protocol="oip-grpc"}' in text
     assert "modelpress_serving_batch_size_bucket" in text
+
+
+def test_the_shadow_reports_agreement_with_the_original_on_live_traffic(server):
+    """The encoder's shadow is its own float original (the ONNX export agrees with it); the LM's is a
+    noised copy (it disagrees): both measured on the requests the tests above sent."""
+    import urllib.request
+
+    def stats(name: str) -> dict:
+        deadline = time.monotonic() + 30
+        while True:
+            figures = json.loads(urllib.request.urlopen(f"http://{server['http']}/v2/models/{name}/stats",
+                                                        timeout=10).read())
+            if figures["shadow"]["compared"] or time.monotonic() > deadline:
+                return figures
+            time.sleep(0.5)
+
+    encoder = stats("encoder")
+    assert encoder["shadow"]["compared"] >= 3 and encoder["shadow"]["failed"] == 0
+    assert encoder["shadow"]["mean_cosine"] > 0.9999 and encoder["shadow"]["min_cosine"] > 0.999
+    lm = stats("lm")
+    assert lm["shadow"]["compared"] >= 1 and lm["shadow"]["positions"] >= 3
+    assert lm["shadow"]["mean_kl"] > 1e-4 and 0.0 <= lm["shadow"]["next_token_agreement"] < 1.0
+    assert lm["requests"]["ok"] >= 4 and lm["batch_sizes"]
