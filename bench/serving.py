@@ -98,7 +98,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--onnx-folder", type=Path, help="an `onnx-int8` artifact of MiniLM (skip batching if absent)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serving.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "batching.json")
     args = parser.parse_args()
     figures = run(args.onnx_folder, builtin_folder("smollm2-135m", default_cache()))
     from machine_record import machine_record
