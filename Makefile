@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 MP := $(PY) -m services.cli.main
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-slow test-compat fuzz chaos test-fast bench bench-upload bench-scale bench-quant bench-eval bench-opt bench-pipelines bench-prune bench-distill bench-anchors anchors-venv bench-llamacpp \
+.PHONY: install demo test test-slow test-compat fuzz chaos test-fast bench bench-upload bench-scale bench-quant bench-eval bench-opt bench-pipelines bench-prune bench-distill bench-anchors anchors-venv bench-llamacpp bench-serve \
 	llamacpp-venv proto lint-proto clean
 
 install: $(STAMP)
@@ -137,6 +137,13 @@ bench-scale: install
 
 bench-llamacpp: install llamacpp-venv
 	$(PY) bench/gguf_llamacpp.py
+
+# Serving replicas (python -m services.serving) under a local closed-loop load, one replica at a time:
+# MiniLM-L6 through OIP gRPC (32 clients; onnx-int8 vs the FP32 original, dynamic batching vs batch-1)
+# and SmolLM2-135M through the OpenAI API (8 streams of 128 tokens; int8 weights vs FP32, continuous
+# batching vs one at a time), with peak RSS per replica -> bench/results/serving.json (long).
+bench-serve: install
+	$(PY) bench/serve.py
 
 proto: install
 	$(PY) proto/generate.py
