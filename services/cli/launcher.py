@@ -1,10 +1,13 @@
-"""`modelpress up/down/status`: nats-server (one, or a JetStream cluster) and the six services as
-local processes on 127.0.0.1, technique services in as many replicas as asked.
+"""`modelpress up/down/status`: nats-server (one, or a JetStream cluster) and the seven services as
+local processes on 127.0.0.1 (the five technique services, the serving service and the gateway), each in
+as many replicas as asked.
 
 State lives in `$MODELPRESS_HOME/run/mesh.json` (pids, ports), logs in `$MODELPRESS_HOME/logs/`.
 
 With --auth the technique services answer the gateway alone: mutual TLS with the mesh's own
 certificates (local_pki) and a signed ticket on every call (services/common/runtime/mesh_tickets.py).
+The serving service answers inference callers, not the gateway (it learns its deployments from NATS):
+under --auth its gRPC and HTTP ports ask for the gateway's tokens, plaintext on 127.0.0.1 as the gateway's.
 """
 
 from __future__ import annotations
@@ -29,10 +32,14 @@ from services.common.store.disk_bounds import private_folder
 from services.common.store.nats_conn import without_secret
 from services.common.store.nats_server import (NatsUser, free_port, kv_writes, private_log, start_nats_cluster,
                                                start_nats_server, with_credentials)
-from services.common.runtime.settings import DEFAULT_PORTS
+from services.common.runtime.settings import DEFAULT_PORTS, DEFAULT_SERVING_HTTP_PORT
 from services.common.contract.techniques import TECHNIQUE_SERVICES
 
-SERVICES = [*TECHNIQUE_SERVICES.values(), "gateway"]
+SERVING = "serving"
+SERVICES = [*TECHNIQUE_SERVICES.values(), SERVING, "gateway"]
+# Processes whose own port stays plaintext on 127.0.0.1 (tokens under --auth); the technique services'
+# ports ask for the gateway's certificate instead.
+PLAINTEXT_SERVICES = ("gateway", SERVING)
 # KV buckets the gateway alone writes: job records and their leases, tenants' grants on artifacts,
 # admission (quotas), recipes, comparisons, outcomes. Under --auth the technique services' NATS user
 # may not change them, so a worker that is broken into cannot rewrite who owns a job or grant itself
@@ -80,7 +87,8 @@ def process_name(service: str, replica: int) -> str:
 class MeshState:
     nats_url: str  # without credentials: the services get those from the environment
     nats_pids: list[int]  # one per NATS server (three or more: a JetStream cluster)
-    # process name ("quantizer", "quantizer-2") -> {"pid", "listen", "service"}
+    # process name ("quantizer", "quantizer-2") -> {"pid", "listen", "service"}; a serving process
+    # has "http" too (host:port of its OIP REST, OpenAI API and /metrics)
     services: dict[str, dict] = field(default_factory=dict)
     # Started with --auth: the gateway checks tokens (operator token in `operator_token_path`),
     # NATS asks for a password only the services know.
@@ -89,6 +97,11 @@ class MeshState:
     @property
     def gateway(self) -> str:
         return self.services["gateway"]["listen"]
+
+    @property
+    def serving(self) -> list[dict]:
+        """Each serving process's {"listen" (OIP gRPC), "http"}, first replica first."""
+        return [info for info in self.services.values() if info.get("service") == SERVING]
 
 
 def state_path(home: Path) -> Path:
@@ -159,13 +172,30 @@ def _write_secret(path: Path, value: str) -> None:
 def transport_args(service: str, home: Path) -> list[str]:
     """A process's flags under --auth: a worker asks for mutual TLS with the mesh's CA and for the
     gateway's tickets; the gateway presents its client certificate to the workers and signs its
-    calls, while its own listener stays as it was (tokens; plaintext on 127.0.0.1)."""
+    calls, while its own listener stays as it was (tokens; plaintext on 127.0.0.1). The serving
+    service takes none: the gateway never calls it, its callers bring tokens (service_env)."""
     tls, secret = MeshTls(mesh_tls_dir(home)), str(mesh_secret_path(home))
+    if service == SERVING:
+        return []
     if service == "gateway":
         return ["--targets-tls-ca", str(tls.ca), "--targets-tls-cert", str(tls.cert(CLIENT_ROLE)),
                 "--targets-tls-key", str(tls.key(CLIENT_ROLE)), "--mesh-secret", secret]
     return ["--tls-cert", str(tls.cert(service)), "--tls-key", str(tls.key(service)), "--tls-client-ca", str(tls.ca),
             "--mesh-secret", secret]
+
+
+def service_environment(service: str, env: dict[str, str], home: Path, nats_url: str,
+                        worker_user: NatsUser) -> dict[str, str]:
+    """A process's environment under --auth: the gateway checks tokens and has NATS whole; the other
+    services reach NATS as the workers' user (no writes to the gateway's buckets), and the serving
+    service checks the same tokens as the gateway on its gRPC and HTTP ports (inference callers reach it
+    directly)."""
+    if service == "gateway":
+        return dict(env, MODELPRESS_AUTH_TOKENS=str(tokens_path(home)))
+    service_env = dict(env, MODELPRESS_NATS_URL=with_credentials(nats_url, (worker_user.name, worker_user.password)))
+    if service == SERVING:
+        service_env["MODELPRESS_AUTH_TOKENS"] = str(tokens_path(home))
+    return service_env
 
 
 def _probe_credentials(state: MeshState, home: Path) -> grpc.ChannelCredentials | None:
@@ -179,8 +209,9 @@ def _probe_credentials(state: MeshState, home: Path) -> grpc.ChannelCredentials 
 
 
 def _health(listen: str, service: str, tls: grpc.ChannelCredentials | None, timeout_s: float = 1.0) -> str:
-    """health_status, over mutual TLS for a worker of an --auth mesh (the gateway stays plaintext)."""
-    return health_status(listen, timeout_s=timeout_s, credentials=None if service == "gateway" else tls)
+    """health_status, over mutual TLS for a technique service of an --auth mesh (the gateway and the
+    serving service stay plaintext)."""
+    return health_status(listen, timeout_s=timeout_s, credentials=None if service in PLAINTEXT_SERVICES else tls)
 
 
 def read_state(home: Path) -> MeshState | None:
@@ -231,6 +262,8 @@ def up(home: Path, *, free_ports: bool = False, timeout_s: float = 120.0, with_a
     state = MeshState(nats_url=without_secret(nats_url), nats_pids=[proc.pid for proc in nats_procs], auth=with_auth)
     ports = {name: [free_port() if free_ports else DEFAULT_PORTS[name] + REPLICA_PORT_STEP * i
                     for i in range(replicas[name])] for name in SERVICES}
+    http_ports = [free_port() if free_ports else DEFAULT_SERVING_HTTP_PORT + REPLICA_PORT_STEP * i
+                  for i in range(replicas[SERVING])]
     # The NATS URL (with its password) reaches the services by environment, never argv; under --auth
     # the gateway's user has every permission, the workers' user not the gateway's buckets.
     env = dict(os.environ, MODELPRESS_HOME=str(home), PYTHONUNBUFFERED="1", MODELPRESS_NATS_URL=nats_url,
@@ -238,7 +271,8 @@ def up(home: Path, *, free_ports: bool = False, timeout_s: float = 120.0, with_a
     # `up` decides who checks what and how processes reach each other: nothing inherited overrides it.
     for name in ("MODELPRESS_AUTH_TOKENS", "MODELPRESS_REQUIRE_NATS_AUTH", "MODELPRESS_MESH_SECRET",
                  "MODELPRESS_TLS_CERT", "MODELPRESS_TLS_KEY", "MODELPRESS_TLS_CLIENT_CA", "MODELPRESS_TARGETS_TLS_CA",
-                 "MODELPRESS_TARGETS_TLS_CERT", "MODELPRESS_TARGETS_TLS_KEY"):
+                 "MODELPRESS_TARGETS_TLS_CERT", "MODELPRESS_TARGETS_TLS_KEY", "MODELPRESS_HTTP_LISTEN",
+                 "MODELPRESS_ADVERTISE_HOST"):
         env.pop(name, None)
     if with_auth:
         env["MODELPRESS_REQUIRE_NATS_AUTH"] = "1"
@@ -247,22 +281,21 @@ def up(home: Path, *, free_ports: bool = False, timeout_s: float = 120.0, with_a
     private_folder(state_path(home).parent)
     try:
         for name in SERVICES:
-            service_env = env
-            if with_auth and name == "gateway":
-                service_env = dict(env, MODELPRESS_AUTH_TOKENS=str(tokens_path(home)))
-            elif worker_user:
-                service_env = dict(env, MODELPRESS_NATS_URL=with_credentials(
-                    state.nats_url, (worker_user.name, worker_user.password)))
+            service_env = service_environment(name, env, home, state.nats_url, worker_user) if with_auth else env
             for replica, port in enumerate(ports[name], start=1):
                 process = process_name(name, replica)
                 listen = f"127.0.0.1:{port}"
+                info = {"listen": listen, "service": name}
+                extra = transport_args(name, home) if with_auth else []
+                if name == SERVING:
+                    info["http"] = f"127.0.0.1:{http_ports[replica - 1]}"
+                    extra = [*extra, "--http-listen", info["http"]]
                 with private_log(logs / f"{process}.log") as log:
                     proc = subprocess.Popen(
-                        [sys.executable, "-m", f"services.{name}", "--listen", listen, "--home", str(home),
-                         *(transport_args(name, home) if with_auth else [])],
+                        [sys.executable, "-m", f"services.{name}", "--listen", listen, "--home", str(home), *extra],
                         stdout=log, stderr=subprocess.STDOUT, env=service_env, start_new_session=True,
                         umask=0o077)  # run_service sets it too; this covers the interpreter's start-up
-                state.services[process] = {"pid": proc.pid, "listen": listen, "service": name}
+                state.services[process] = {"pid": proc.pid, **info}
         state_path(home).touch(mode=0o600)
         state_path(home).write_text(json.dumps(asdict(state), indent=2))
         _wait_healthy(state, logs, timeout_s, _probe_credentials(state, home))
@@ -340,5 +373,6 @@ def status(home: Path) -> dict[str, str]:
         name = "nats" if len(state.nats_pids) == 1 else f"nats-{index + 1}"
         report[name] = f"{'running' if _alive(pid) else 'stopped'} ({url}, pid {pid})"
     for name, info in state.services.items():
-        report[name] = f"{_health(info['listen'], info['service'], tls)} ({info['listen']}, pid {info['pid']})"
+        http = f", HTTP {info['http']}" if info.get("http") else ""
+        report[name] = f"{_health(info['listen'], info['service'], tls)} ({info['listen']}{http}, pid {info['pid']})"
     return report

@@ -22,6 +22,7 @@ from modelpress.pipelines import pipeline_text, read_pipeline_file, technique_na
 from modelpress.results import job_document
 from modelpress.structs import from_struct, from_value, to_struct, to_value
 from modelpress.v1 import common_pb2
+from services.cli import deployments as cli_deployments
 from services.cli import evaluation as cli_evaluation, launcher, messages, progress, uploads
 from services.cli.output import closed_pipe, err, figure, json_text, out, stdout_is_terminal
 from services.common.contract.chain import format_name
@@ -98,6 +99,10 @@ def cmd_up(args) -> int:
         err.print(f"up: {escape(str(exc))}")
         return 2
     err.print(f"mesh up: gateway {state.gateway}, NATS {state.nats_url}")
+    for serving in state.serving:
+        err.print(f"serving: OIP gRPC {serving['listen']}, HTTP http://{serving['http']} (OIP REST /v2, OpenAI "
+                  "API /v1, Prometheus /metrics); deploy with `modelpress deploy JOB_OR_ARTIFACT`",
+                  markup=False, highlight=False)
     if replicas:
         err.print("replicas: " + ", ".join(f"{name} x{count}" for name, count in replicas.items()))
     if state.auth:
@@ -608,13 +613,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("up", help="start nats-server and every service locally")
     p.add_argument("--detach", action="store_true", help="return once healthy; stop later with `modelpress down`")
-    p.add_argument("--free-ports", action="store_true", help="pick free ports instead of 4222/50051-50056")
+    p.add_argument("--free-ports", action="store_true", help="pick free ports instead of 4222/50051-50057/8000")
     p.add_argument("--auth", action="store_true",
                    help="require API tokens at the gateway and a password at NATS (secrets under $MODELPRESS_HOME/auth)")
     p.add_argument("--replicas", default="", metavar="SERVICE=N,...",
                    help="processes per service, e.g. quantizer=2,gateway=2: technique replicas sit behind one "
                         "target the gateway balances stages across (a stage whose replica dies is retried on "
-                        "another); gateways share the jobs through leases (this CLI talks to the first)")
+                        "another); gateways share the jobs through leases (this CLI talks to the first); serving "
+                        "replicas (gRPC and HTTP ports +100 each) take deployment replicas (`deploy --replicas`)")
     p.add_argument("--nats-cluster", type=int, default=1, metavar="N",
                    help="run N NATS servers as one JetStream cluster (3 to 5; streams, KV and objects kept on 3)")
     p.set_defaults(func=cmd_up)
@@ -716,6 +722,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_methods)
     cli_evaluation.add_parsers(sub, _with_client)
+    cli_deployments.add_parsers(sub, _with_client, _parse_overrides)
     return parser
 
 

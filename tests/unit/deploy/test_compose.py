@@ -1,5 +1,6 @@
 """docker-compose.yml is valid compose, its workers can be scaled, and they answer the gateway alone
-(mutual TLS and mesh tickets from secrets)."""
+(mutual TLS and mesh tickets from secrets); the serving service publishes its gRPC and HTTP ports on
+127.0.0.1 and asks its callers for the gateway's tokens."""
 
 import shutil
 import subprocess
@@ -22,7 +23,7 @@ def test_compose_file_matches_the_compose_spec():
 def test_every_service_has_a_container_and_workers_scale():
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert set(services) == {"nats", "gateway", *WORKERS}
+    assert set(services) == {"nats", "gateway", "serving", *WORKERS}
     for name in WORKERS:
         service = services[name]
         assert "ports" not in service and "container_name" not in service, name
@@ -39,7 +40,7 @@ def test_auth_is_on_nats_asks_for_a_password_and_the_gateway_for_tokens():
     services = compose["services"]
     conf = (REPO / "deploy" / "nats.conf").read_text()
     assert "jetstream" in conf and "password: $MODELPRESS_NATS_PASSWORD" in conf
-    for name in [*WORKERS, "gateway"]:
+    for name in [*WORKERS, "gateway", "serving"]:
         env = services[name]["environment"]
         assert env["MODELPRESS_REQUIRE_NATS_AUTH"] == "1", name
         assert env["MODELPRESS_NATS_URL"].startswith("nats://modelpress:${MODELPRESS_NATS_PASSWORD"), name
@@ -78,3 +79,20 @@ def test_workers_ask_for_mutual_tls_and_tickets_and_the_gateway_presents_both_fr
     # Key material comes from files `modelpress mesh-certs secrets/mesh` writes, never from the repo.
     assert all(secret["file"].startswith("./secrets/") for secret in secrets.values())
     assert "secrets/" in (REPO / ".gitignore").read_text().splitlines()
+
+
+def test_serving_listens_on_50057_and_8000_published_on_loopback_with_the_gateways_tokens():
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    serving = compose["services"]["serving"]
+    env = serving["environment"]
+    assert serving["command"] == ["python", "-m", "services.serving"]
+    assert (env["MODELPRESS_LISTEN"], env["MODELPRESS_HTTP_LISTEN"]) == ("0.0.0.0:50057", "0.0.0.0:8000")
+    assert env["MODELPRESS_ADVERTISE_HOST"] == "serving"  # endpoints other containers resolve
+    assert env["MODELPRESS_AUTH_TOKENS"] == "/run/secrets/modelpress_tokens" and serving["secrets"] == ["modelpress_tokens"]
+    # The gateway never calls it: no mesh certificate, no mesh secret (it could sign tickets with it).
+    assert not env["MODELPRESS_MESH_SECRET"] and "MODELPRESS_TLS_CERT" not in env
+    assert serving["healthcheck"]["test"][-1] == "127.0.0.1:50057"
+    published = {port.rpartition(":")[2]: port for port in serving["ports"]}
+    assert set(published) == {"8000", "50057"} and all(p.startswith("127.0.0.1:") for p in published.values())
+    assert "container_name" not in serving  # it scales: each container takes the next host port of a range
+    assert all("-" in port.split(":")[1] for port in serving["ports"])

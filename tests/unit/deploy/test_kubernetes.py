@@ -1,6 +1,7 @@
 """deploy/kubernetes validates offline against the Kubernetes 1.37 schemas (strict) and wires the
 mesh as compose does: one Deployment and headless Service per worker, secrets for every credential,
-workers that answer the gateway alone (mutual TLS, mesh tickets, NetworkPolicies)."""
+workers that answer the gateway alone (mutual TLS, mesh tickets, NetworkPolicies), and the serving
+service on 50057 and 8000 with a CPU autoscaler, its callers asked for the gateway's tokens."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def _resources(name: str) -> dict[str, dict]:
 
 def test_every_manifest_passes_strict_schema_validation():
     exe = shutil.which("kubernetes-validate") or str(Path(sys.executable).parent / "kubernetes-validate")
-    files = [str(FOLDER / f"{name}.yaml") for name in ["gateway", *WORKERS, "network-policies"]]
+    files = [str(FOLDER / f"{name}.yaml") for name in ["gateway", *WORKERS, "serving", "network-policies"]]
     run = subprocess.run([exe, "--strict", "--no-warn", *files], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
     listed = yaml.safe_load((FOLDER / "kustomization.yaml").read_text())["resources"]
@@ -113,3 +114,37 @@ def test_network_policies_let_only_gateways_reach_workers_and_only_modelpress_re
     assert clients == {"from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "modelpress"}}}],
                        "ports": [{"protocol": "TCP", "port": 4222}]}
     assert routes == {"from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "nats"}}}]}
+
+
+def test_serving_exposes_grpc_and_http_autoscales_on_cpu_and_asks_for_tokens():
+    found = _resources("serving")
+    assert set(found) == {"Deployment", "Service", "HorizontalPodAutoscaler"}
+    container, volumes, mounts = _pod(found["Deployment"])
+    assert container["command"] == ["python", "-m", "services.serving"]
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"grpc": 50057, "http": 8000}
+    env = _env(found["Deployment"])
+    assert env["MODELPRESS_LISTEN"]["value"] == "0.0.0.0:50057" and env["MODELPRESS_HTTP_LISTEN"]["value"] == "0.0.0.0:8000"
+    # Each pod names itself in the endpoints: a deployment's replica lives on one pod.
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    assert env["MODELPRESS_ADVERTISE_HOST"]["value"] == "$(POD_IP)"
+    assert list(env).index("POD_IP") < list(env).index("MODELPRESS_ADVERTISE_HOST")  # $(VAR) sees earlier ones
+    assert env["MODELPRESS_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "modelpress-nats"
+    assert "$(MODELPRESS_NATS_PASSWORD)" in env["MODELPRESS_NATS_URL"]["value"]
+    assert env["MODELPRESS_REQUIRE_NATS_AUTH"]["value"] == "1"
+    assert env["MODELPRESS_AUTH_TOKENS"]["value"] == f"{mounts['tokens']}/tokens.json"
+    assert volumes["tokens"]["secret"]["secretName"] == "modelpress-tokens"
+    # The gateway never calls it: no mesh certificate or secret mounted, none named in its env.
+    assert not {"mesh-tls", "mesh-secret"} & set(volumes) and not [k for k in env if "TLS" in k or "MESH" in k]
+    assert container["readinessProbe"]["grpc"]["port"] == 50057
+    annotations = found["Deployment"]["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == "8000" and annotations["prometheus.io/path"] == "/metrics"
+    service = found["Service"]
+    assert service["metadata"]["name"] == "serving" and service["spec"]["clusterIP"] == "None"
+    assert {p["port"]: p["targetPort"] for p in service["spec"]["ports"]} == {50057: "grpc", 8000: "http"}
+    assert service["spec"]["selector"] == found["Deployment"]["spec"]["selector"]["matchLabels"]
+    hpa = found["HorizontalPodAutoscaler"]["spec"]
+    assert found["HorizontalPodAutoscaler"]["apiVersion"] == "autoscaling/v2"
+    assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "modelpress-serving"}
+    (metric,) = hpa["metrics"]
+    assert metric["resource"]["name"] == "cpu" and metric["resource"]["target"]["type"] == "Utilization"
+    assert 1 <= hpa["minReplicas"] < hpa["maxReplicas"]
