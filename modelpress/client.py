@@ -344,13 +344,15 @@ class Client:
     # ---- deployments -----------------------------------------------------------
 
     def deploy(self, *, job_id: str = "", artifact_id: str = "", name: str = "", replicas: int = 1,
-               config: Values | None = None) -> common_pb2.Deployment:
+               config: Values | None = None, shadow_share: float = 0.0) -> common_pb2.Deployment:
         """Serves a job's result (or an artifact) on the mesh's serving replicas under `name`, through
         the Open Inference Protocol (gRPC and REST) and, for causal LMs, OpenAI's API. `config` takes
         DeploymentConfig fields (batching, KV budget, limits). Returns the record (PENDING until a
-        replica loads it: `wait_deployment`)."""
+        replica loads it: `wait_deployment`). `shadow_share` (job deployments): the share of live
+        requests also run on the job's original model, to report how often they agree."""
         request = gateway_pb2.DeployResultRequest(job_id=job_id, artifact_id=artifact_id, name=name,
-                                                  replicas=replicas, config=to_struct(config))
+                                                  replicas=replicas, config=to_struct(config),
+                                                  shadow_share=shadow_share)
         return self._stub.DeployResult(request, timeout=self._timeout).deployment
 
     def list_deployments(self) -> list[common_pb2.Deployment]:

@@ -9,6 +9,7 @@ import functools
 import json
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 from google.protobuf import struct_pb2
 
@@ -17,6 +18,8 @@ from modelpress.structs import from_struct
 from modelpress.v1 import common_pb2
 from services.cli import messages
 from services.cli.output import err, figure, json_text, out
+from services.common import bundles
+from services.common.contract.config import ConfigError, parse_config
 from services.common.contract.deployment_config import DeploymentConfig
 
 # The gateway's deployment ids (services/gateway/deployments.py); anything else is taken as a name.
@@ -221,7 +224,8 @@ def cmd_deploy(args, client: Client, parse_overrides: ParseOverrides) -> int:
     config = config_values(args, parse_overrides)
     source = deploy_source(client, args.source)
     try:
-        deployment = client.deploy(name=args.name, replicas=args.replicas, config=config, **source)
+        deployment = client.deploy(name=args.name, replicas=args.replicas, config=config,
+                                   shadow_share=args.shadow_share, **source)
     except NotFound:
         if "job_id" in source:
             raise
@@ -241,6 +245,20 @@ def cmd_deploy(args, client: Client, parse_overrides: ParseOverrides) -> int:
                   f"{_source(deployment)} on {deployment.replicas} replica(s); follow with "
                   f"`{messages.command_prefix(args.gateway)} deployments get {deployment.deployment_id}`",
                   markup=False, highlight=False)
+    return 0
+
+
+def cmd_bundle(args, parse_overrides: ParseOverrides) -> int:
+    """Writes the bundle locally (no mesh needed): the artifact's files where the engine expects them,
+    its config, the manifests and a README with the command to run it."""
+    try:
+        config = parse_config(DeploymentConfig, config_values(args, parse_overrides))
+        written = bundles.write_bundle(args.target, args.folder, args.out, name=args.name, config=config,
+                                       replicas=args.replicas)
+    except (bundles.BundleError, ConfigError) as exc:
+        err.print(f"bundle: {exc}", markup=False, highlight=False)
+        return 2
+    out.print(f"{args.target} bundle of {args.folder} in {args.out}: {written['run']}", markup=False, highlight=False)
     return 0
 
 
@@ -339,10 +357,25 @@ def add_parsers(sub, with_client, parse_overrides: ParseOverrides) -> None:
     p.add_argument("source", metavar="JOB_OR_ARTIFACT", help="a job id (its output is served) or an artifact id")
     p.add_argument("--name", default="", help="the model name callers give (default: the job or artifact id)")
     p.add_argument("--replicas", type=_positive, default=1, metavar="N", help="serving replicas (default 1)")
+    p.add_argument("--shadow-share", type=float, default=0.0, metavar="SHARE",
+                   help="a job's result: the share (0-1) of live requests also run on the job's original model, "
+                        "to report how often they agree (deployments get)")
     _config_arguments(p)
     _wait_arguments(p)
     p.add_argument("--json", action="store_true", help="print the deployment as one JSON document")
     p.set_defaults(func=with_client(functools.partial(cmd_deploy, parse_overrides=parse_overrides)))
+
+    p = sub.add_parser("bundle", help="write a deployment bundle for another engine (Triton, KServe, OVMS, vLLM, "
+                                      "llama.cpp) from an artifact folder on this machine",
+                       epilog=fields, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("folder", type=Path, metavar="ARTIFACT_FOLDER",
+                   help="a downloaded artifact (modelpress download JOB_OR_ARTIFACT DIR)")
+    p.add_argument("--target", required=True, choices=sorted(bundles.TARGETS))
+    p.add_argument("--out", type=Path, required=True, help="the bundle's folder (new or empty)")
+    p.add_argument("--name", required=True, help="the model's name in the bundle (a Kubernetes name)")
+    p.add_argument("--replicas", type=_positive, default=1, metavar="N")
+    _config_arguments(p)
+    p.set_defaults(func=functools.partial(cmd_bundle, parse_overrides=parse_overrides))
 
     p = sub.add_parser("deployments", help="list, get, scale, update or delete deployments")
     actions = p.add_subparsers(dest="action", required=True, metavar="{list,get,scale,update,delete}")

@@ -59,9 +59,10 @@ class FakeClient:
             raise NotFound(grpc.StatusCode.NOT_FOUND, f"job {job_id!r} not found")
         return common_pb2.Job(job_id=job_id, output=common_pb2.ArtifactRef(id=ARTIFACT_ID))
 
-    def deploy(self, *, job_id="", artifact_id="", name="", replicas=1, config=None):
+    def deploy(self, *, job_id="", artifact_id="", name="", replicas=1, config=None, shadow_share=0.0):
         self.calls.append(("deploy", {"job_id": job_id, "artifact_id": artifact_id, "name": name,
-                                      "replicas": replicas, "config": dict(config or {})}))
+                                      "replicas": replicas, "config": dict(config or {}),
+                                      **({"shadow_share": shadow_share} if shadow_share else {})}))
         if artifact_id and artifact_id not in self.artifacts:
             raise NotFound(grpc.StatusCode.NOT_FOUND, f"artifact_id: artifact {artifact_id!r} not found")
         return common_pb2.Deployment(deployment_id=DEP_ID, name=name or job_id or artifact_id, job_id=job_id,
@@ -121,10 +122,12 @@ def test_deploy_serves_a_jobs_output_or_an_artifact_told_apart_by_looking(gatewa
     assert cli.main(["deploy", JOB_ID]) == 0
     assert cli.main(["deploy", ARTIFACT_ID, "--name", "bert-tiny", "--replicas", "3"]) == 0
     assert cli.main(["deploy", f"artifact:{ARTIFACT_ID}"]) == 0
+    assert cli.main(["deploy", JOB_ID, "--shadow-share", "0.25"]) == 0
     assert _deployed(gateway) == [
         {"job_id": JOB_ID, "artifact_id": "", "name": "", "replicas": 1, "config": {}},
         {"job_id": "", "artifact_id": ARTIFACT_ID, "name": "bert-tiny", "replicas": 3, "config": {}},
-        {"job_id": "", "artifact_id": ARTIFACT_ID, "name": "", "replicas": 1, "config": {}}]
+        {"job_id": "", "artifact_id": ARTIFACT_ID, "name": "", "replicas": 1, "config": {}},
+        {"job_id": JOB_ID, "artifact_id": "", "name": "", "replicas": 1, "config": {}, "shadow_share": 0.25}]
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == (f"deployment {DEP_ID} ({JOB_ID}) pending: job {JOB_ID} (artifact {ARTIFACT_ID}) on "
                         f"1 replica(s); follow with `modelpress deployments get {DEP_ID}`")
@@ -306,3 +309,20 @@ def test_the_help_lists_every_config_field_from_its_declaration():
     text = cli_deployments.config_fields_text()
     for name, info in DeploymentConfig.model_fields.items():
         assert f"  {name}={json.dumps(info.default)}: {info.description}" in text
+
+
+def test_bundle_writes_a_triton_repository_from_a_local_artifact_and_refuses_a_mismatch(tmp_path, capsys):
+    """`modelpress bundle` needs no mesh: the folder's engine format picks the layout; a target that
+    cannot serve it is refused with the reason, and nothing is written."""
+    from tests.unit.common.test_bundles import onnx_artifact
+
+    artifact = onnx_artifact(tmp_path / "artifact")
+    assert cli.main(["bundle", str(artifact), "--target", "triton", "--name", "bert-tiny", "--out",
+                     str(tmp_path / "repo"), "--set", "max_batch_size=8"]) == 0
+    config = (tmp_path / "repo" / "bert-tiny" / "config.pbtxt").read_text()
+    assert "max_batch_size: 8" in config and "onnxruntime" in config
+    assert "triton bundle" in capsys.readouterr().out
+    assert cli.main(["bundle", str(artifact), "--target", "vllm", "--name", "bert-tiny", "--out",
+                     str(tmp_path / "vllm")]) == 2
+    assert "vllm" in capsys.readouterr().err and not (tmp_path / "vllm").exists() or \
+        not any((tmp_path / "vllm").iterdir())

@@ -1,4 +1,4 @@
-"""Deployment bundles (services/serving/bundles.py), checked offline against the servers' own schemas:
+"""Deployment bundles (services/common/bundles.py), checked offline against the servers' own schemas:
 config.pbtxt parsed into Triton's ModelConfig message (tritonclient's model_config.proto), Kubernetes
 objects validated by kubernetes-validate (strict, the API's JSON schemas), ONNX graphs and OpenVINO IRs
 read back with onnx / openvino, and every (target, format, kind) refusal.
@@ -25,8 +25,8 @@ from google.protobuf import text_format
 from onnx import TensorProto, helper, numpy_helper
 
 from services.common.contract.deployment_config import DeploymentConfig
-from services.serving import bundles
-from services.serving.bundles import BundleError, write_bundle
+from services.common import bundles
+from services.common.bundles import BundleError, write_bundle
 from tests.protocol_clients import tritonclient_grpc_apart
 
 KUBERNETES_VERSION = "1.37"
