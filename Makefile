@@ -24,16 +24,18 @@ $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/nats-server
 	touch $(STAMP)
 
-# Starts nats-server and the six services, runs a composed pipeline on SmolLM2-135M through the
+# Starts nats-server and the seven services, runs a composed pipeline on SmolLM2-135M through the
 # gateway (SmoothQuant on the quantizer -> ONNX Runtime INT8 on the optimizer -> a gated before/after
 # evaluation), then the engine precision measured fastest on this CPU's ISA class, prints both
-# before/after tables, and stops the mesh.
+# before/after tables; then deploys MiniLM and SmolLM2 results beside their originals and calls them
+# through tritonclient and the openai client (examples/serve_demo.py), and stops the mesh.
 demo: install
 	@export MODELPRESS_HOME="$(CURDIR)/.modelpress"; \
 	$(MP) up --detach --free-ports || exit 1; \
 	trap '$(MP) down' EXIT; \
 	$(MP) compress builtin:smollm2-135m --pipeline examples/pipelines/smoothquant-onnx-int8-gated.yaml --wait && \
-	$(MP) compress builtin:smollm2-135m --recipe fastest-cpu --wait
+	$(MP) compress builtin:smollm2-135m --recipe fastest-cpu --wait && \
+	$(PY) examples/serve_demo.py
 
 test: install
 	$(PY) -m pytest -q --timeout 1200 -m "not slow and not compat"

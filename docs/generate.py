@@ -771,6 +771,31 @@ def scale(_: str = "") -> str:
 # ----------------------------------------------------------------------------------------------
 # The registry of generated sections, and the pages they live in.
 
+def serving(_: str = "") -> str:
+    data = results("serving.json")
+    headers = ["part", "mode", "format", "req/s", "tokens/s", "p50 ms", "p95 ms", "TTFT p50 ms", "TTFT p95 ms",
+               "mean batch", "peak RSS", "load (1 min)"]
+
+    def cell(value, fmt: str = "{:.1f}") -> str:
+        return DASH if value is None else fmt.format(value)
+
+    rows = []
+    for part in ("encoder", "lm"):
+        for r in (data.get(part) or {}).get("modes", []):
+            rows.append([part, r["mode"], r["format"], cell(r.get("requests_per_s")), cell(r.get("tokens_per_s")),
+                         cell(r.get("latency_p50_ms")), cell(r.get("latency_p95_ms")), cell(r.get("ttft_p50_ms")),
+                         cell(r.get("ttft_p95_ms")), cell((r.get("batching") or {}).get("mean_batch_size"), "{:.2f}"),
+                         f"{r['peak_rss_mb']:,.0f} MB", cell(r.get("load_average_1m"))])
+    footer = []
+    for part in ("encoder", "lm"):
+        if data.get(part):
+            bars = ", ".join(f"{k} {v}" for k, v in data[part]["bars"].items())
+            footer.append(note(f"{part} bars: {bars}."))
+            footer.append(note(f"{part} quality: {json.dumps(data[part]['quality'], sort_keys=True)}."))
+    footer.append(machine_line(data.get("machine")))
+    return section("serving.json", headers, rows, *footer)
+
+
 SECTIONS: dict[str, Callable[[str], str]] = {
     "recipes": recipes_section,
     "thresholds": thresholds_section,
@@ -800,6 +825,7 @@ SECTIONS: dict[str, Callable[[str], str]] = {
     "bench-artifact-throughput": artifact_throughput,
     "bench-compat": compat_matrix,
     "bench-scale": scale,
+    "bench-serving": serving,
 }
 TAKES_ARGUMENT = {"bench-evaluation-comparison", "bench-optimizer", "bench-pipelines", "bench-quantization-model"}
 
