@@ -30,7 +30,7 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
                     nm: tuple[int, int] | None = None, block_size: int = 128,
                     damping: float = 0.01) -> SparseGptOutcome:
     W = weight.detach().float().clone()
-    rows, cols = W.shape
+    _, cols = W.shape
     dead = torch.diag(hessian) == 0
 
     def own_hessian(into: torch.Tensor | None = None) -> torch.Tensor:

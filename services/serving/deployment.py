@@ -16,10 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from services.common.contract.model_kinds import kind_of
-from services.common.models.artifact_format import detect_format
-from services.serving.batching import BatchingConfig, DynamicBatcher
 from services.common.contract.deployment_config import DeploymentConfig
+from services.common.contract.model_kinds import kind_of
+from services.serving.batching import BatchingConfig, DynamicBatcher
 from services.serving.encoders import Pooling, ServingError, TextTokenizer, encoder_runner
 from services.serving.serving_metrics import DeploymentMetrics
 
@@ -115,6 +114,3 @@ def load_deployment(name: str, folder: Path, config: DeploymentConfig, metrics: 
         raise ServingError(f"{folder.name}: {kind} models are not served")
     return load_encoder(name, folder, config, model_config, metrics)
 
-
-def artifact_format(folder: Path) -> str:
-    return detect_format(folder)

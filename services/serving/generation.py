@@ -15,10 +15,10 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.common.models.artifact_format import detect_format
 from services.common.contract.deployment_config import DeploymentConfig
-from services.serving.continuous import ContinuousBatcher, ContinuousConfig, QueueFull as EngineQueueFull, \
-    SamplingParams
+from services.common.models.artifact_format import detect_format
+from services.serving.continuous import ContinuousBatcher, ContinuousConfig, SamplingParams
+from services.serving.continuous import QueueFull as EngineQueueFull
 from services.serving.deployment import QueueFull
 from services.serving.encoders import ServingError
 from services.serving.serving_metrics import DeploymentMetrics

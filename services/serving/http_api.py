@@ -104,7 +104,7 @@ async def _model_metadata(request: web.Request) -> web.Response:
         deployment = _deployment(request, request.match_info["name"])
     except DeploymentNotFound as exc:
         return _oip_error(404, str(exc))
-    tensors = lambda specs: [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in specs]  # noqa: E731
+    tensors = lambda specs: [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in specs]
     return web.json_response({"name": deployment.name, "versions": ["1"], "platform": oip_models.PLATFORM,
                               "inputs": tensors(oip_models.inputs_of(deployment)),
                               "outputs": tensors(oip_models.outputs_of(deployment))})

@@ -22,8 +22,15 @@ from services.common.contract.deployment_config import DeploymentConfig
 from services.common.runtime import auth
 from services.common.runtime.server import ServiceRuntime
 from services.common.store.kv_records import RecordBucket
-from services.common.store.serving_slots import (DEPLOYMENTS_BUCKET, FAILED, HEARTBEAT_S, LOADING, SERVING, Slot,
-                                                 ServingSlots)
+from services.common.store.serving_slots import (
+    DEPLOYMENTS_BUCKET,
+    FAILED,
+    HEARTBEAT_S,
+    LOADING,
+    SERVING,
+    ServingSlots,
+    Slot,
+)
 from services.serving import oip_grpc
 from services.serving.http_api import deployment_figures
 from services.serving.replica import Replica
@@ -57,7 +64,7 @@ class MeshWorker:
                 await self.tick()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - a bad round (NATS away) must not end the worker
+            except Exception:
                 log.exception("serving: a round over the deployments failed; trying again")
             await asyncio.sleep(HEARTBEAT_S)
 

@@ -15,7 +15,12 @@ from services.common.runtime import auth
 from services.serving import oip_models
 from services.serving.deployment import QueueFull
 from services.serving.encoders import ServingError
-from services.serving.oip_tensors import TensorError, fill_grpc_response, inputs_from_grpc, requested_outputs_grpc
+from services.serving.oip_tensors import (
+    TensorError,
+    fill_grpc_response,
+    inputs_from_grpc,
+    requested_outputs_grpc,
+)
 from services.serving.replica import SERVER_NAME, SERVER_VERSION, DeploymentNotFound, Replica
 
 SERVICE_NAME = "inference.GRPCInferenceService"
@@ -43,7 +48,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelMetadata(self, request, context):
         deployment = await self._deployment(request.name, context)
-        tensors = lambda specs: [pb.ModelMetadataResponse.TensorMetadata(  # noqa: E731
+        tensors = lambda specs: [pb.ModelMetadataResponse.TensorMetadata(
             name=s.name, datatype=s.datatype, shape=list(s.shape)) for s in specs]
         return pb.ModelMetadataResponse(name=deployment.name, versions=["1"], platform=oip_models.PLATFORM,
                                         inputs=tensors(oip_models.inputs_of(deployment)),

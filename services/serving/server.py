@@ -14,8 +14,8 @@ import grpc
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from services.serving import http_api, oip_grpc
 from services.common.contract.deployment_config import DeploymentConfig
+from services.serving import http_api, oip_grpc
 from services.serving.replica import Replica
 
 # Requests carry tensors: up to this many bytes per gRPC message (each deployment checks its own,

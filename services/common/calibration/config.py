@@ -9,11 +9,15 @@ import torch
 from pydantic import Field
 
 from modelpress.v1 import common_pb2
-from services.common.models import modelio
-from services.common.datasets.calibration_text import calibration_batches, calibration_text
 from services.common.contract.config import MAX_CALIBRATION_TOKENS, MethodConfig, over_budget
-from services.common.contract.fields import (CALIBRATION_SAMPLES, CALIBRATION_SEQUENCE_LENGTH, CalibrationSamples,
-                                             CalibrationSequenceLength)
+from services.common.contract.fields import (
+    CALIBRATION_SAMPLES,
+    CALIBRATION_SEQUENCE_LENGTH,
+    CalibrationSamples,
+    CalibrationSequenceLength,
+)
+from services.common.datasets.calibration_text import calibration_batches, calibration_text
+from services.common.models import modelio
 
 
 class CalibrationConfig(MethodConfig):

@@ -21,11 +21,11 @@ from torch import nn
 
 from services.common.calibration.blocks import (
     BlockInputs,
-    capture_first_block_inputs,
-    named_blocks,
     InputStats,
     InputStatsCollector,
+    capture_first_block_inputs,
     linear_layers,
+    named_blocks,
     run_block,
 )
 from services.common.calibration.streaming import StreamingModel

@@ -25,8 +25,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from services.common.models import families
-from services.common.models import modelio
+from services.common.models import families, modelio
 from services.common.models.model_errors import UnsupportedModelError
 from services.common.models.packed import materialise_meta_buffers
 
@@ -229,8 +228,13 @@ class CheckpointConversion:
 
     def __init__(self, model: nn.Module, keys: list[str], what: str) -> None:
         from transformers.conversion_mapping import get_model_conversion_mapping
-        from transformers.core_model_loading import (Concatenate, MergeModulelist, WeightConverter,
-                                                     apply_converters, apply_renamings)
+        from transformers.core_model_loading import (
+            Concatenate,
+            MergeModulelist,
+            WeightConverter,
+            apply_converters,
+            apply_renamings,
+        )
 
         transforms = get_model_conversion_mapping(model)
         renamings = [t for t in transforms if not isinstance(t, WeightConverter)]

@@ -6,9 +6,7 @@ from __future__ import annotations
 import importlib
 import math
 import struct
-import sys
 from collections.abc import Callable
-from unittest import mock
 
 # Imported before tritonclient.grpc is loaded apart (below), so they bind protobuf's real default pool.
 import google.protobuf.json_format  # noqa: F401
@@ -17,14 +15,13 @@ import numpy as np
 import pytest
 import rapidjson
 import tritonclient.http as tc_http
-from google.protobuf import descriptor_pool, symbol_database
+from google.protobuf import descriptor_pool
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from tritonclient.utils import np_to_triton_dtype
 
 from modelpress.inference.v2 import grpc_predict_v2_pb2 as oip
-from tests.protocol_clients import tritonclient_grpc_apart
 from services.serving.oip_tensors import (
     DATATYPES,
     HEADER_LENGTH_HEADER,
@@ -35,7 +32,7 @@ from services.serving.oip_tensors import (
     parse_http_request,
     requested_outputs_grpc,
 )
-
+from tests.protocol_clients import tritonclient_grpc_apart
 
 tc_grpc = tritonclient_grpc_apart()
 triton_pb2 = importlib.import_module("tritonclient.grpc.service_pb2")
