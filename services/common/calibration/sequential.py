@@ -163,7 +163,10 @@ def rewrite_sequential(source: StreamingModel, targets: dict[str, object], batch
 
     def record(name: str, weight: torch.Tensor, figures: dict) -> None:
         nonlocal done
-        changed[f"{name}.weight"] = weight
+        # Kept until the writer runs, so in the checkpoint's own dtype (what it writes anyway): a bf16
+        # model's rewritten weights take half the memory of FP32 copies.
+        key = f"{name}.weight"
+        changed[key] = weight.to(source.reader.dtype(source.key(key)))
         done += 1
         on_layer(done, len(targets), name, figures)
 

@@ -30,6 +30,12 @@ from services.common.models.model_errors import UnsupportedModelError
 from services.common.models.packed import materialise_meta_buffers
 
 
+# safetensors' dtype names → torch's.
+SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+                      "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
+                      "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
+
+
 class CheckpointReader:
     """The tensors of a (possibly sharded) safetensors model folder, read on demand."""
 
@@ -66,6 +72,11 @@ class CheckpointReader:
 
     def get(self, key: str) -> torch.Tensor:
         return self.read([key])[key]
+
+    def dtype(self, key: str) -> torch.dtype:
+        """The stored dtype of `key`, from the file's header (no tensor is read)."""
+        with safe_open(str(self._file_of[key]), "pt") as f:
+            return getattr(torch, SAFETENSORS_DTYPES[f.get_slice(key).get_dtype()])
 
     def under(self, prefix: str) -> list[str]:
         return [k for k in self._file_of if k.startswith(prefix + ".")]

@@ -76,3 +76,25 @@ def test_an_embedding_kept_as_stored_gives_the_first_block_the_fp32_inputs_at_ha
         assert stored.dtype == torch.float32 and torch.equal(fp32, stored)
     cos, sin = captured[True].kwargs["position_embeddings"]
     assert cos.dtype == torch.float32 and torch.equal(cos, captured[False].kwargs["position_embeddings"][0])
+
+
+def test_rewritten_weights_are_kept_in_the_checkpoints_dtype_until_written(tiny_llama_dir, tmp_path):
+    """A rewrite walk holds every rewritten weight until the writer runs: in a bf16 checkpoint's own dtype
+    (what the writer stores anyway), not as FP32 copies twice that size."""
+    from services.common.calibration.sequential import rewrite_sequential
+
+    modelio.load_model(tiny_llama_dir, dtype=torch.bfloat16).save_pretrained(tmp_path, safe_serialization=True)
+    source = StreamingModel(tmp_path)
+    targets = {n: "zero" for n, m in source.model.named_modules() if n.endswith("mlp.down_proj")}
+
+    def halve(work):
+        for name, layer in work.layers.items():
+            layer.weight.mul_(0.5)
+            yield name, layer.weight.detach().clone(), {}
+
+    ids = torch.randint(5, 1000, (1, 8), generator=torch.Generator().manual_seed(0))
+    changed = rewrite_sequential(source, targets, ids, halve, lambda *_: None)
+    stored = modelio.load_model(tmp_path, dtype=torch.bfloat16)
+    for name in targets:
+        assert changed[f"{name}.weight"].dtype == torch.bfloat16
+        assert torch.equal(changed[f"{name}.weight"], stored.get_parameter(f"{name}.weight") * 0.5)
