@@ -64,7 +64,7 @@ async def _call(fn, *args, **kwargs):
     return await asyncio.to_thread(fn, *args, **kwargs)
 
 
-async def test_an_uploaded_encoder_is_deployed_served_scaled_and_deleted(gateway, serving, bert_dir, tiny_bert_dir):
+async def test_an_uploaded_encoder_is_deployed_served_scaled_and_deleted(gateway, serving, bert_dir, start_gateway):
     client = Client(gateway, timeout_s=60)
     try:
         ref = await _call(client.upload, bert_dir)
@@ -86,6 +86,13 @@ async def test_an_uploaded_encoder_is_deployed_served_scaled_and_deleted(gateway
         await asyncio.sleep(4)  # one heartbeat carries the request into the figures
         counted = await _call(client.get_deployment, deployment.deployment_id)
         assert counted.status["requests"]["ok"] >= 1
+        # The record lives in the mesh's KV, not in a gateway: another gateway (a restarted one) knows it.
+        other = await start_gateway()
+        try:
+            seen = await _call(Client(f"127.0.0.1:{other.port}").get_deployment, deployment.deployment_id)
+            assert seen.state == common_pb2.DEPLOYMENT_STATE_SERVING and seen.name == "bert-tiny"
+        finally:
+            await other.stop(grace_s=1)
 
         # The name is the model's on every protocol: a second deployment may not take it.
         with pytest.raises(grpc.RpcError) as taken:
