@@ -142,7 +142,7 @@ bench-llamacpp: install llamacpp-venv
 
 # Serving replicas (python -m services.serving) under a local closed-loop load, one replica at a time:
 # MiniLM-L6 through OIP gRPC (32 clients; onnx-int8 vs the FP32 original, dynamic batching vs batch-1)
-# and SmolLM2-135M through the OpenAI API (8 streams of 128 tokens; int8 weights vs FP32, continuous
+# and SmolLM2-135M through the OpenAI API (8 streams of 128 tokens; bf16 vs FP32, continuous
 # batching vs one at a time), with peak RSS per replica -> bench/results/serving.json (long).
 bench-serve: install
 	$(PY) bench/serve.py
