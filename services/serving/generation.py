@@ -9,6 +9,7 @@ text that could still become a stop string is held back until it cannot.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -135,9 +136,10 @@ class CausalDeployment:
                        ) -> tuple[str, str, int]:
         """(text, finish reason, completion tokens) once the generation ends."""
         parts, reason, count = [], "stop", 0
-        async for delta in self.stream(prompt, params, stop):
-            parts.append(delta.text)
-            reason, count = delta.finish_reason or reason, delta.completion_tokens
+        async with contextlib.aclosing(self.stream(prompt, params, stop)) as deltas:
+            async for delta in deltas:
+                parts.append(delta.text)
+                reason, count = delta.finish_reason or reason, delta.completion_tokens
         return "".join(parts), reason, count
 
     def close(self) -> None:

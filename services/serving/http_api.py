@@ -11,6 +11,7 @@ type (openai.BadRequestError, NotFoundError; tritonclient's InferenceServerExcep
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import time
 import uuid
@@ -336,9 +337,12 @@ async def _sse(request: web.Request, deployment, ids: list[int], params, stop, c
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
     completion = 0
-    async for delta in deployment.stream(ids, params, stop):
-        completion = delta.completion_tokens
-        await response.write(f"data: {json.dumps(chunk(delta.text, delta.finish_reason))}\n\n".encode())
+    # Closed at once when the client goes away (a write fails): the generation is cancelled then, not
+    # whenever the abandoned generator is collected.
+    async with contextlib.aclosing(deployment.stream(ids, params, stop)) as deltas:
+        async for delta in deltas:
+            completion = delta.completion_tokens
+            await response.write(f"data: {json.dumps(chunk(delta.text, delta.finish_reason))}\n\n".encode())
     if (body.get("stream_options") or {}).get("include_usage"):
         usage = {**chunk("", None), "choices": [], "usage": _usage(ids, completion)}
         await response.write(f"data: {json.dumps(usage)}\n\n".encode())

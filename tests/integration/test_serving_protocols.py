@@ -228,3 +228,28 @@ def test_the_shadow_reports_agreement_with_the_original_on_live_traffic(server):
     assert lm["shadow"]["compared"] >= 1 and lm["shadow"]["positions"] >= 3
     assert lm["shadow"]["mean_kl"] > 1e-4 and 0.0 <= lm["shadow"]["next_token_agreement"] < 1.0
     assert lm["requests"]["ok"] >= 4 and lm["batch_sizes"]
+
+
+def test_a_client_that_goes_away_mid_stream_frees_its_sequence(server):
+    """A streamed completion whose client disconnects is cancelled at once: its KV reservation is back
+    before the generation would have ended on its own."""
+    import http.client
+    import urllib.request
+
+    connection = http.client.HTTPConnection(server["http"], timeout=30)
+    body = json.dumps({"model": "lm", "prompt": "The interpreter reads", "max_tokens": 400, "temperature": 0.7, "seed": 1,
+                       "stream": True})
+    connection.request("POST", "/v1/completions", body=body, headers={"Content-Type": "application/json"})
+    response = connection.getresponse()
+    assert response.status == 200 and response.readline().startswith(b"data: ")
+
+    def reserved() -> int:
+        stats = json.loads(urllib.request.urlopen(f"http://{server['http']}/v2/models/lm/stats", timeout=10).read())
+        return stats["kv_tokens_in_use"]
+
+    assert reserved() > 400  # prompt + max_tokens held while it streams
+    connection.close()
+    deadline = time.monotonic() + 20
+    while reserved():
+        assert time.monotonic() < deadline, "the abandoned stream kept its KV reservation"
+        time.sleep(0.2)
