@@ -24,9 +24,9 @@ import yaml
 from google.protobuf import text_format
 from onnx import TensorProto, helper, numpy_helper
 
-from services.common.contract.deployment_config import DeploymentConfig
 from services.common import bundles
 from services.common.bundles import BundleError, write_bundle
+from services.common.contract.deployment_config import DeploymentConfig
 from tests.protocol_clients import tritonclient_grpc_apart
 
 KUBERNETES_VERSION = "1.37"

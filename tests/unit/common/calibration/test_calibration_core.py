@@ -5,11 +5,15 @@ the step left it."""
 
 import torch
 
-from services.common.models import modelio
-from services.common.calibration.blocks import (InputStatsCollector, capture_first_block_inputs, named_blocks,
-                                                run_block)
+from services.common.calibration.blocks import (
+    InputStatsCollector,
+    capture_first_block_inputs,
+    named_blocks,
+    run_block,
+)
 from services.common.calibration.sequential import run_blocks
 from services.common.calibration.streaming import StreamingModel
+from services.common.models import modelio
 
 
 def _prune_half(work):
@@ -74,7 +78,7 @@ def test_an_embedding_kept_as_stored_gives_the_first_block_the_fp32_inputs_at_ha
         captured[as_stored] = capture_first_block_inputs(source.model, ids)
     for fp32, stored in zip(captured[False].hidden, captured[True].hidden):
         assert stored.dtype == torch.float32 and torch.equal(fp32, stored)
-    cos, sin = captured[True].kwargs["position_embeddings"]
+    cos, _ = captured[True].kwargs["position_embeddings"]
     assert cos.dtype == torch.float32 and torch.equal(cos, captured[False].kwargs["position_embeddings"][0])
 
 
