@@ -57,8 +57,17 @@ class MeshWorker:
         self.hosted: dict[str, Hosted] = {}
 
     async def run(self) -> None:
-        await self.records.ensure()
-        await self.slots.ensure()
+        # Under --auth the workers' NATS user may not create the gateway's deployments bucket: wait for it.
+        while True:
+            try:
+                await self.records.ensure()
+                await self.slots.ensure()
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - NATS refusing for now; the gateway creates the bucket
+                log.info("serving: waiting for the deployments bucket (%s)", exc)
+                await asyncio.sleep(HEARTBEAT_S)
         while True:
             try:
                 await self.tick()
