@@ -130,7 +130,7 @@ async def test_a_pickled_model_fails_the_job_with_a_clear_reason(gateway, allowe
     assert job.error.startswith("FAILED_PRECONDITION") and "pytorch_model.bin" in job.error
 
 
-async def test_methods_come_from_the_services_and_unlanded_rpcs_say_so(gateway):
+async def test_methods_come_from_the_services_and_a_deploy_of_an_unknown_job_is_not_found(gateway):
     client = Client(gateway)
     response = await call(client.list_methods)
     names = {(m.technique, m.name) for m in response.methods}
@@ -141,11 +141,9 @@ async def test_methods_come_from_the_services_and_unlanded_rpcs_say_so(gateway):
     assert not validation.valid and "embedding_bits" in validation.errors[0]
     from modelpress.v1 import gateway_pb2
 
-    stub = client._stub
-    for rpc, request in [(stub.DeployResult, gateway_pb2.DeployResultRequest(job_id="x"))]:
-        with pytest.raises(grpc.RpcError) as info:
-            await call(rpc, request)
-        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED and "DownloadArtifact" in info.value.details()
+    with pytest.raises(grpc.RpcError) as info:
+        await call(client._stub.DeployResult, gateway_pb2.DeployResultRequest(job_id="j-0123456789abcdef"))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND and "j-0123456789abcdef" in info.value.details()
 
 
 async def test_upload_with_a_wrong_digest_is_refused(gateway, tiny_llama_dir):
