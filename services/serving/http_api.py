@@ -26,7 +26,7 @@ from services.serving import oip_models
 from services.serving.deployment import QueueFull
 from services.serving.encoders import ServingError
 from services.serving.oip_tensors import TensorError, http_response, parse_http_request
-from services.serving.replica import SERVER_NAME, SERVER_VERSION, DeploymentNotFound, Replica
+from services.serving.replica import SERVER_NAME, SERVER_VERSION, DeploymentNotFound, Replica, figures_of
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 # The largest body aiohttp reads at all; each deployment's max_request_bytes is checked below it.
@@ -126,17 +126,7 @@ async def _model_stats(request: web.Request) -> web.Response:
         deployment = _deployment(request, request.match_info["name"])
     except DeploymentNotFound as exc:
         return _oip_error(404, str(exc))
-    return web.json_response(deployment_figures(deployment))
-
-
-def deployment_figures(deployment) -> dict:
-    figures = deployment.metrics.snapshot()
-    if deployment.kind == "causal-lm":
-        stats = deployment.batcher.stats()
-        figures.update(kv_tokens_in_use=stats.get("kv_tokens_in_use", 0), queued=stats.get("queued", 0))
-    if deployment.shadow is not None:
-        figures["shadow"] = deployment.shadow.snapshot()
-    return figures
+    return web.json_response(figures_of(deployment))
 
 
 async def _oip_infer(request: web.Request) -> web.Response:
@@ -153,11 +143,7 @@ async def _oip_infer(request: web.Request) -> web.Response:
         parsed = parse_http_request(body, int(header) if header else None,
                                     max_bytes=deployment.config.max_request_bytes)
         outputs = await oip_models.infer(deployment, parsed.inputs, parsed.parameters)
-        wanted = {name: binary for name, binary in parsed.outputs} or {
-            name: bool(parsed.parameters.get("binary_data_output", False)) for name in outputs}
-        missing = sorted(set(wanted) - set(outputs))
-        if missing:
-            raise ServingError(f"{deployment.name} has no output {', '.join(map(repr, missing))}")
+        wanted = parsed.output_binary_flags(outputs)  # TensorError naming an output the model lacks
         content, header_length = http_response(deployment.name, "1", parsed.id,
                                                {k: outputs[k] for k in wanted}, wanted)
         outcome = "ok"
@@ -382,8 +368,7 @@ async def _embeddings(request: web.Request, deployment, body: dict) -> web.Respo
 async def _metrics(request: web.Request) -> web.Response:
     replica = request.app[REPLICA]
     for deployment in replica.deployments.values():
-        if deployment.kind == "causal-lm":
-            stats = deployment.batcher.stats()
-            deployment.metrics.occupancy(stats.get("kv_tokens_in_use", 0), stats.get("queued", 0))
+        figures = figures_of(deployment)  # the gauges read at scrape time
+        deployment.metrics.occupancy(figures.get("kv_tokens_in_use", 0), figures.get("queued", 0))
     return web.Response(body=generate_latest(replica.metrics.registry),
                         headers={"Content-Type": CONTENT_TYPE_LATEST})

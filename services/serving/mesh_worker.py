@@ -32,8 +32,7 @@ from services.common.store.serving_slots import (
     Slot,
 )
 from services.serving import oip_grpc
-from services.serving.http_api import deployment_figures
-from services.serving.replica import Replica
+from services.serving.replica import Replica, figures_of
 from services.serving.server import start_http
 
 log = logging.getLogger("modelpress.serving")
@@ -119,7 +118,7 @@ class MeshWorker:
 
     async def beat(self, deployment_id: str, hosted: Hosted) -> None:
         if hosted.slot.state == SERVING and hosted.record.name in self.replica.deployments:
-            hosted.slot.figures = deployment_figures(self.replica.deployments[hosted.record.name])
+            hosted.slot.figures = figures_of(self.replica.deployments[hosted.record.name])
         revision = await self.slots.beat(deployment_id, hosted.index, hosted.revision, hosted.slot)
         if revision is None:  # the slot went to another replica (ours looked dead): stop serving it
             await self.let_go(deployment_id, release=False)

@@ -78,3 +78,15 @@ class Replica:
         for deployment in self.deployments.values():
             deployment.close()
         self.deployments.clear()
+
+
+def figures_of(deployment) -> dict:
+    """A deployment's live figures: requests by outcome, latency percentiles, batch sizes, KV occupancy
+    (causal LMs), the shadow's agreement — what /v2/models/NAME/stats answers and a slot carries."""
+    figures = deployment.metrics.snapshot()
+    if deployment.kind == "causal-lm":
+        stats = deployment.batcher.stats()
+        figures.update(kv_tokens_in_use=stats.get("kv_tokens_in_use", 0), queued=stats.get("queued", 0))
+    if deployment.shadow is not None:
+        figures["shadow"] = deployment.shadow.snapshot()
+    return figures
