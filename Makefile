@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 MP := $(PY) -m services.cli.main
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-slow test-compat fuzz chaos test-fast bench bench-upload bench-scale bench-quant bench-eval bench-opt bench-pipelines bench-prune bench-distill bench-anchors anchors-venv bench-llamacpp bench-serve \
+.PHONY: install demo test test-slow test-compat fuzz chaos test-fast bench bench-upload bench-scale bench-quant bench-eval bench-opt bench-pipelines bench-prune bench-distill bench-anchors anchors-venv bench-llamacpp bench-serve test-llamacpp \
 	llamacpp-venv proto lint-proto clean
 
 install: $(STAMP)
@@ -139,6 +139,11 @@ bench-scale: install
 
 bench-llamacpp: install llamacpp-venv
 	$(PY) bench/gguf_llamacpp.py
+
+# GGUF deployments served by llama.cpp: the serving tests that `make test` skips without the extra.
+test-llamacpp: install
+	$(PIP) install -q -e '.[llamacpp]'
+	$(PY) -m pytest -q tests/unit/serving/test_llamacpp_engine.py
 
 # Serving replicas (python -m services.serving) under a local closed-loop load, one replica at a time:
 # MiniLM-L6 through OIP gRPC (32 clients; onnx-int8 vs the FP32 original, dynamic batching vs batch-1)

@@ -28,10 +28,11 @@ from services.common.store.serving_slots import DEPLOYMENTS_BUCKET, FAILED, SERV
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 NAME_PREFIX = "name."
 MAX_REPLICAS = 64
-# Formats a serving replica loads (services/serving/deployment.py): engine graphs and safetensors.
+# Formats a serving replica loads (services/serving/deployment.py): engine graphs, safetensors and GGUF
+# (the latter where the replica has the llamacpp extra; one without it reports the deployment FAILED naming it).
 SERVABLE_FORMATS = (common_pb2.ARTIFACT_FORMAT_ONNX, common_pb2.ARTIFACT_FORMAT_OPENVINO_IR,
                     common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS, common_pb2.ARTIFACT_FORMAT_COMPRESSED_TENSORS,
-                    common_pb2.ARTIFACT_FORMAT_PACKED_SAFETENSORS)
+                    common_pb2.ARTIFACT_FORMAT_PACKED_SAFETENSORS, common_pb2.ARTIFACT_FORMAT_GGUF)
 
 
 class DeploymentNotFound(LookupError):
@@ -81,8 +82,8 @@ class Deployments:
                      shadow: common_pb2.ModelRef | None = None, shadow_share: float = 0.0) -> common_pb2.Deployment:
         if artifact.format not in SERVABLE_FORMATS:
             raise InvalidArgument(f"artifact {artifact.id} is {common_pb2.ArtifactFormat.Name(artifact.format)}, "
-                                  "which the serving replicas do not load (they serve ONNX, OpenVINO IR and "
-                                  "safetensors artifacts)")
+                                  "which the serving replicas do not load (they serve ONNX, OpenVINO IR, "
+                                  "safetensors and GGUF artifacts)")
         deployment_id = f"dep-{uuid.uuid4().hex[:16]}"
         try:
             await self._records.kv.create(NAME_PREFIX + name, deployment_id.encode())

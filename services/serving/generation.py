@@ -24,7 +24,7 @@ from services.serving.deployment import QueueFull
 from services.serving.encoders import ServingError
 from services.serving.serving_metrics import DeploymentMetrics
 
-SERVED_FORMATS = ("hf-safetensors", "compressed-tensors", "packed-safetensors")
+SERVED_FORMATS = ("hf-safetensors", "compressed-tensors", "packed-safetensors", "GGUF")
 CHAT_DEFAULT_MAX_TOKENS = 1024
 
 
@@ -42,10 +42,10 @@ class CausalDeployment:
     config: DeploymentConfig
     format: str
     tokenizer: object  # transformers' tokenizer: the chat template and decoding
-    batcher: ContinuousBatcher
+    batcher: object  # continuous.ContinuousBatcher, or llamacpp_engine.LlamaCppEngine for GGUF
     metrics: DeploymentMetrics
     context_length: int
-    model: object = None  # the torch model the batcher runs (the shadow compares its logits)
+    model: object = None  # the torch model the batcher runs (the shadow compares its logits); None for GGUF
     kind: str = "causal-lm"
     shadow: object | None = None  # shadow.Shadow: the original, run on a sampled share of prompts
 
@@ -171,22 +171,41 @@ def load_causal_lm(name: str, folder: Path, config: DeploymentConfig, model_conf
     fmt = detect_format(folder)
     if fmt not in SERVED_FORMATS:
         raise ServingError(f"{Path(folder).name}: causal LMs in {fmt} are not served by this replica yet (serve the "
-                           "compressed-tensors or safetensors artifact)")
-    import torch
-
+                           "compressed-tensors, safetensors or GGUF artifact)")
     from services.common.models import modelio
 
-    torch.set_num_threads(config.threads)
-    model = modelio.load_model(folder).eval()
+    # The tokenizer files travel beside every artifact's weights (GGUF too): text and chat templates are
+    # turned into ids here, whichever engine runs them.
     tokenizer = modelio.load_tokenizer(folder)
     eos = _eos_ids(folder, model_config, tokenizer)
-    batcher = ContinuousBatcher(model, ContinuousConfig(max_batch_size=config.max_batch_size,
-                                                        max_kv_tokens=config.max_kv_tokens,
-                                                        max_queued=config.max_queued), eos_token_ids=eos,
-                                on_step=metrics.batch)
     context = int(model_config.get("max_position_embeddings") or model_config.get("n_positions") or 2048)
+    engine_config = ContinuousConfig(max_batch_size=config.max_batch_size, max_kv_tokens=config.max_kv_tokens,
+                                     max_queued=config.max_queued)
+    model = None
+    if fmt == "GGUF":
+        from services.serving.llamacpp_engine import LlamaCppEngine
+
+        engine = LlamaCppEngine(_gguf_file(folder), engine_config, eos_token_ids=eos, threads=config.threads,
+                                context_length=context, on_step=metrics.batch)
+    else:
+        import torch
+
+        torch.set_num_threads(config.threads)
+        model = modelio.load_model(folder).eval()
+        engine = ContinuousBatcher(model, engine_config, eos_token_ids=eos, on_step=metrics.batch)
     return CausalDeployment(name=name, folder=folder, config=config, format=fmt, tokenizer=tokenizer,
-                            batcher=batcher, metrics=metrics, context_length=context, model=model)
+                            batcher=engine, metrics=metrics, context_length=context, model=model)
+
+
+def _gguf_file(folder: Path) -> Path:
+    """The GGUF file the optimizer's manifest names (gguf_model.json), else the folder's only one."""
+    manifest = Path(folder) / "gguf_model.json"
+    if manifest.exists():
+        return Path(folder) / json.loads(manifest.read_text())["file"]
+    files = sorted(Path(folder).glob("*.gguf"))
+    if len(files) != 1:
+        raise ServingError(f"{Path(folder).name}: {len(files)} .gguf files and no gguf_model.json naming one")
+    return files[0]
 
 
 def _eos_ids(folder: Path, model_config: dict, tokenizer) -> list[int]:

@@ -10,6 +10,7 @@ from pathlib import Path
 from services.common.contract.deployment_config import DeploymentConfig
 from services.common.runtime.auth import OPEN, Principal
 from services.serving.deployment import load_deployment
+from services.serving.encoders import ServingError
 from services.serving.serving_metrics import ServingMetrics
 from services.serving.shadow import Shadow
 
@@ -55,6 +56,11 @@ class Replica:
             if shadow is not None:
                 original = await asyncio.to_thread(load_deployment, f"{name}~original", Path(shadow[0]), config,
                                                    self.metrics.deployment(f"{name}~original"))
+                if deployment.kind == "causal-lm" and (deployment.model is None or original.model is None):
+                    original.close()
+                    deployment.close()
+                    raise ServingError(f"{name}: a shadow compares PyTorch logits, and a GGUF side has none (llama.cpp"
+                                       " runs it); deploy without a shadow or shadow a safetensors artifact")
                 deployment.shadow = Shadow(original, shadow[1])
         finally:
             self.loading.discard(name)
