@@ -1,10 +1,16 @@
 """The Open Inference Protocol (v2) over gRPC: `inference.GRPCInferenceService`, as KServe specifies
 it and Triton, OpenVINO Model Server and `tritonclient.grpc` speak it. Status codes are the
 protocol's: NOT_FOUND for an unknown model, INVALID_ARGUMENT for a malformed request (naming the
-tensor and what is wrong), UNAVAILABLE when the deployment's queue is full (retryable)."""
+tensor and what is wrong), UNAVAILABLE when the deployment's queue is full (retryable).
+
+ModelStreamInfer is Triton's streaming extension (tritonclient.grpc's start_stream): requests on one
+stream are served concurrently, a causal LM answering each with a response per piece of generated
+text; a request that fails gets an error message on the stream, which stays open for the others."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 
 import grpc
@@ -74,6 +80,58 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         finally:
             deployment.metrics.request("oip-grpc", outcome, time.perf_counter() - start)
 
+    async def ModelStreamInfer(self, request_iterator, context):
+        responses: asyncio.Queue = asyncio.Queue()
+        running: set[asyncio.Task] = set()
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    task = asyncio.create_task(self._stream_one(request, responses.put_nowait))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                await asyncio.gather(*running, return_exceptions=True)
+            finally:
+                responses.put_nowait(None)  # the caller closed its side and every request was answered
+
+        reader = asyncio.create_task(read())
+        try:
+            while (response := await responses.get()) is not None:
+                yield response
+        finally:  # the caller went away: its generations stop (their streams close and cancel them)
+            reader.cancel()
+            for task in list(running):
+                task.cancel()
+
+    async def _stream_one(self, request, send) -> None:
+        try:
+            deployment = self.replica.get(request.model_name, auth.current())
+        except DeploymentNotFound as exc:
+            send(pb.ModelStreamInferResponse(error_message=f"NOT_FOUND: {exc}"))
+            return
+        start, outcome = time.perf_counter(), "error"
+        try:
+            inputs = inputs_from_grpc(request, max_bytes=deployment.config.max_request_bytes)
+            parameters = {k: _parameter(v) for k, v in request.parameters.items()}
+            requested = requested_outputs_grpc(request)
+            async with contextlib.aclosing(oip_models.stream(deployment, inputs, parameters)) as parts:
+                async for outputs, final in parts:
+                    response = pb.ModelInferResponse(model_name=deployment.name, model_version="1", id=request.id)
+                    fill_grpc_response(response, outputs, requested)
+                    response.parameters["triton_final_response"].bool_param = final is not None
+                    for key, value in (final or {}).items():
+                        _set_parameter(response.parameters[key], value)
+                    send(pb.ModelStreamInferResponse(infer_response=response))
+            outcome = "ok"
+        except (ServingError, TensorError, ValueError) as exc:
+            outcome = "invalid"
+            send(pb.ModelStreamInferResponse(error_message=f"INVALID_ARGUMENT: {exc}"))
+        except (QueueFull, RuntimeError) as exc:  # RuntimeError: the deployment closed (replaced or deleted)
+            outcome = "unavailable"
+            send(pb.ModelStreamInferResponse(error_message=f"UNAVAILABLE: {exc}"))
+        finally:
+            deployment.metrics.request("oip-grpc-stream", outcome, time.perf_counter() - start)
+
     async def _deployment(self, name: str, context):
         try:
             return self.replica.get(name, auth.current())
@@ -84,6 +142,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 def _parameter(value: pb.InferParameter):
     choice = value.WhichOneof("parameter_choice")
     return getattr(value, choice) if choice else None
+
+
+def _set_parameter(parameter: pb.InferParameter, value) -> None:
+    if isinstance(value, bool):
+        parameter.bool_param = value
+    elif isinstance(value, int):
+        parameter.int64_param = value
+    else:
+        parameter.string_param = str(value)
 
 
 def register(server: grpc.aio.Server, replica: Replica) -> str:

@@ -5,13 +5,15 @@ the REST front ends, which only translate the wire.
 Encoders take a BYTES `text` tensor ([batch], UTF-8; the server tokenizes, so a caller needs no
 tokenizer) or `input_ids` (+ `attention_mask`) and answer `embedding` [batch, hidden] FP32, pooled as
 the model's sentence-transformers modules say. Causal LMs take `text` and answer `text_output`
-(BYTES), with the request's parameters max_tokens, temperature, top_p, seed and stop.
+(BYTES), with the request's parameters max_tokens, temperature, top_p, seed and stop; streamed
+(`stream`), a causal LM answers one prompt with a response per piece of text as it is generated.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import contextlib
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,11 +45,7 @@ def outputs_of(deployment) -> list[TensorSpec]:
 
 async def infer(deployment, inputs: Mapping[str, np.ndarray], parameters: Mapping[str, object]
                 ) -> dict[str, np.ndarray]:
-    known = {spec.name for spec in inputs_of(deployment)}
-    unknown = sorted(set(inputs) - known)
-    if unknown:
-        raise ServingError(f"{deployment.name} has no input {', '.join(map(repr, unknown))} "
-                           f"(it takes {', '.join(sorted(known))})")
+    _check_inputs(deployment, inputs)
     if deployment.kind == "encoder":
         return {"embedding": await deployment.embed(_encoder_rows(deployment, inputs))}
     texts = _texts(inputs)
@@ -55,6 +53,36 @@ async def infer(deployment, inputs: Mapping[str, np.ndarray], parameters: Mappin
     prompts = [deployment.encode(t) for t in texts]
     done = await asyncio.gather(*(deployment.complete(p, params, stop) for p in prompts))
     return {"text_output": np.array([text.encode() for text, _, _ in done], dtype=object)}
+
+
+async def stream(deployment, inputs: Mapping[str, np.ndarray], parameters: Mapping[str, object]
+                 ) -> AsyncIterator[tuple[dict[str, np.ndarray], dict | None]]:
+    """A streamed request's responses as (outputs, final): `final` is None while more follow, and on
+    the last one the figures that end it (a causal LM's finish_reason and completion_tokens). A causal
+    LM takes one prompt and answers each new piece of text; other models answer once."""
+    if deployment.kind != "causal-lm":
+        yield await infer(deployment, inputs, parameters), {}
+        return
+    _check_inputs(deployment, inputs)
+    texts = _texts(inputs)
+    if len(texts) != 1:
+        raise ServingError(f"text: a streamed generation takes one prompt (shape [1]), got {len(texts)}; send one "
+                           "request per prompt on the stream")
+    params, stop = sampling(parameters)
+    prompt = deployment.encode(texts[0])
+    async with contextlib.aclosing(deployment.stream(prompt, params, stop)) as deltas:
+        async for delta in deltas:
+            final = None if delta.finish_reason is None else {"finish_reason": delta.finish_reason,
+                                                              "completion_tokens": delta.completion_tokens}
+            yield {"text_output": np.array([delta.text.encode()], dtype=object)}, final
+
+
+def _check_inputs(deployment, inputs: Mapping[str, np.ndarray]) -> None:
+    known = {spec.name for spec in inputs_of(deployment)}
+    unknown = sorted(set(inputs) - known)
+    if unknown:
+        raise ServingError(f"{deployment.name} has no input {', '.join(map(repr, unknown))} "
+                           f"(it takes {', '.join(sorted(known))})")
 
 
 def _encoder_rows(deployment, inputs: Mapping[str, np.ndarray]) -> list[list[int]]:

@@ -128,6 +128,51 @@ def test_tritonclient_grpc_embeds_text_and_gets_the_protocols_errors(server, tin
     assert large.value.status() == "StatusCode.INVALID_ARGUMENT"
 
 
+def test_tritonclient_grpc_streams_generated_text_request_by_request(server):
+    """Triton's streaming extension: two prompts on one stream are generated together, each answered
+    piece by piece under its id, the last piece flagged final with its finish reason; the pieces add up
+    to the unary answer; a failing request gets its error on the stream and the others go on."""
+    import queue
+
+    from tritonclient.utils import InferenceServerException
+
+    grpcclient = tritonclient_grpc_apart()
+    client = grpcclient.InferenceServerClient(server["grpc"])
+    prompts = {"a": b"The interpreter reads", "b": b"A module is"}
+    parameters = {"max_tokens": 12, "temperature": 0}
+
+    def text_input(prompt: bytes):
+        text = grpcclient.InferInput("text", [1], "BYTES")
+        text.set_data_from_numpy(np.array([prompt], dtype=object))
+        return text
+
+    unary = {rid: client.infer("lm", [text_input(p)], parameters=parameters).as_numpy("text_output")[0].decode()
+             for rid, p in prompts.items()}
+    events: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: events.put((result, error)))
+    try:
+        for rid, prompt in prompts.items():
+            client.async_stream_infer("lm", [text_input(prompt)], request_id=rid, parameters=parameters,
+                                      enable_empty_final_response=True)
+        client.async_stream_infer("no-such-model", [text_input(b"x")], request_id="c")
+        pieces: dict[str, list[str]] = {"a": [], "b": []}
+        finals, errors = {}, []
+        while len(finals) < 2 or not errors:
+            result, error = events.get(timeout=60)
+            if error is not None:
+                errors.append(error)
+                continue
+            response = result.get_response()
+            pieces[response.id].append(result.as_numpy("text_output")[0].decode())
+            if response.parameters["triton_final_response"].bool_param:
+                finals[response.id] = response.parameters["finish_reason"].string_param
+    finally:
+        client.stop_stream()
+    assert {rid: "".join(parts) for rid, parts in pieces.items()} == unary
+    assert len(pieces["a"]) > 2 and set(finals.values()) <= {"length", "stop"}
+    assert isinstance(errors[0], InferenceServerException) and "NOT_FOUND" in errors[0].message()
+
+
 def test_tritonclient_http_takes_token_ids_in_binary_and_json(server, tiny_bert_dir):
     import tritonclient.http as httpclient
     from transformers import AutoTokenizer
