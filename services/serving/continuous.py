@@ -46,7 +46,6 @@ the token that ends the sequence, as (token, "stop" | "length"). "cancelled" and
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import logging
 import threading
@@ -58,8 +57,8 @@ from typing import Self
 
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
+
+from services.serving.decoders import as_decoder
 
 logger = logging.getLogger(__name__)
 
@@ -156,23 +155,20 @@ class _Request:
 
 
 class ContinuousBatcher:
-    """Continuous batching over a transformers *ForCausalLM (eval mode); see the module docstring."""
+    """Continuous batching over a causal LM: a transformers *ForCausalLM (eval mode) or a decoder of
+    services/serving/decoders.py (an ONNX graph with its KV cache); see the module docstring."""
 
     def __init__(self, model, config: ContinuousConfig, *, eos_token_ids: Sequence[int],
                  on_step: Callable[[int, float], None] | None = None) -> None:
         """`on_step(batch size, seconds)` is called from the engine thread after each decode step
         (the replica's metrics)."""
-        self._model = model
+        self._decoder = as_decoder(model)
         self._on_step = on_step
         self._config = config
         self._eos = frozenset(int(t) for t in eos_token_ids)
-        self._device = next(model.parameters()).device
-        self._vocab = model.get_input_embeddings().weight.shape[0]
-        self._max_positions = getattr(model.config.get_text_config(decoder=True), "max_position_embeddings", None)
-        _check_cache_layout(model, self._device)
-        # A prefill needs only the last position's logits; skip the [prompt, vocab] projection where the model can.
-        accepts = inspect.signature(model.forward).parameters
-        self._last_logits_only = {"logits_to_keep": 1} if "logits_to_keep" in accepts else {}
+        self._device = self._decoder.device
+        self._vocab = self._decoder.vocab_size
+        self._max_positions = self._decoder.max_positions
 
         self._lock = threading.Lock()
         self._wakeup = threading.Condition(self._lock)
@@ -189,7 +185,7 @@ class ContinuousBatcher:
 
         # Engine-thread-only state: the running rows, in cache order, their joint cache and mask.
         self._rows: list[_Request] = []
-        self._cache: DynamicCache | None = None
+        self._cache = None  # the decoder's cache: .layers of keys/values [batch, heads, T, dim]
         self._mask: torch.Tensor | None = None  # [batch, T] bool, True on real tokens
 
         self._thread = threading.Thread(target=self._run, name="continuous-batcher", daemon=True)
@@ -327,11 +323,10 @@ class ContinuousBatcher:
             self._finish(req, "cancelled")
             return
         try:
-            cache = DynamicCache()
-            ids = torch.tensor([req.prompt], device=self._device)
-            out = self._model(input_ids=ids, cache=cache, use_cache=True, **self._last_logits_only)
+            cache = self._decoder.new_cache()
+            logits = self._decoder.prefill(torch.tensor([req.prompt], device=self._device), cache)
             req.generator = _generator(req.params.seed, self._device)
-            token = _sample(out.logits[0, -1], req.params, req.generator)
+            token = _sample(logits, req.params, req.generator)
         except Exception:
             logger.exception("prefill failed for generation %s", req.gen.id)
             self._finish(req, "error")
@@ -339,8 +334,10 @@ class ContinuousBatcher:
         with self._lock:
             self._prefills += 1
         req.cached = len(req.prompt)
-        if self._take_token(req, token):
+        if (reason := self._take_token(req, token)) is None:
             self._join(req, cache)
+        else:
+            self._finish(req, reason, token)
 
     def _decode_step(self) -> None:
         """One forward over every running row's last token, then per-row sampling; finished rows leave."""
@@ -350,8 +347,7 @@ class ContinuousBatcher:
         mask = torch.cat([self._mask, self._mask.new_ones(len(rows), 1)], dim=1)
         started = time.perf_counter()
         try:
-            out = self._model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=self._cache,
-                              use_cache=True)
+            logits = self._decoder.decode(ids, mask, positions, self._cache)
         except Exception:
             # The joint cache may be half-updated (some layers appended, some not): nothing in it can be trusted.
             logger.exception("decode step failed; ending its %d generations", len(rows))
@@ -364,7 +360,6 @@ class ContinuousBatcher:
             self._histogram[len(rows)] += 1
         if self._on_step is not None:
             self._on_step(len(rows), time.perf_counter() - started)
-        logits = out.logits[:, -1]
         greedy = logits.argmax(dim=-1).tolist()  # one batched argmax serves every greedy row
         leaving, failed = [], []
         for i, req in enumerate(rows):
@@ -375,13 +370,17 @@ class ContinuousBatcher:
                 logger.exception("sampling failed for generation %s", req.gen.id)
                 failed.append(req)
                 continue
-            if not self._take_token(req, token):
-                leaving.append(req)
+            if (reason := self._take_token(req, token)) is not None:
+                leaving.append((req, reason, token))
         self._drop_rows(failed, "error")
-        self._drop_rows(leaving, None)
+        # Rows leave before their final event: a caller woken by it sees their cache gone from the stats.
+        self._drop_rows([req for req, _, _ in leaving], None)
+        for req, reason, token in leaving:
+            self._finish(req, reason, token)
 
-    def _take_token(self, req: _Request, token: int) -> bool:
-        """Delivers a new token; True while the sequence goes on, False once it finished with it."""
+    def _take_token(self, req: _Request, token: int) -> str | None:
+        """Counts a new token and delivers it while the sequence goes on (None); the finish reason when
+        the token ends it, which the caller delivers with _finish once the row is out of the batch."""
         gen = req.gen
         gen.completion_tokens += 1
         if gen.first_token_at is None:
@@ -389,16 +388,14 @@ class ContinuousBatcher:
         with self._lock:
             self._tokens += 1
         if token in req.stop_ids:
-            self._finish(req, "stop", token)
-            return False
+            return "stop"
         if gen.completion_tokens >= req.params.max_tokens:
-            self._finish(req, "length", token)
-            return False
+            return "length"
         req.last_token = token
         self._call(req, token, None)
-        return True
+        return None
 
-    def _join(self, req: _Request, cache: DynamicCache) -> None:
+    def _join(self, req: _Request, cache) -> None:
         """Adds a prefilled row to the batch: both sides left-padded to the longer length, then stacked."""
         if not self._rows:
             self._rows, self._cache = [req], cache
@@ -485,20 +482,6 @@ class ContinuousBatcher:
         for req in queued:
             self._finish(req, "cancelled")
         self._drop_rows(list(self._rows), "cancelled")
-
-
-def _check_cache_layout(model, device: torch.device) -> None:
-    """Refuses models whose cache is not plain per-layer keys/values, which the row stacking relies on."""
-    if getattr(model.config, "is_encoder_decoder", False):
-        raise TypeError("continuous batching needs a decoder-only model")
-    cache = DynamicCache()
-    try:
-        with torch.inference_mode():
-            model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=device), cache=cache, use_cache=True)
-    except Exception as exc:
-        raise TypeError(f"{type(model).__name__}: its cache does not fit continuous batching ({exc})") from exc
-    if not cache.layers or any(type(layer) is not DynamicLayer or not layer.is_initialized for layer in cache.layers):
-        raise TypeError(f"{type(model).__name__}: continuous batching needs plain key/value cache layers")
 
 
 def _generator(seed: int | None, device: torch.device) -> torch.Generator:

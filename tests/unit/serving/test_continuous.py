@@ -262,8 +262,10 @@ def test_padding_is_trimmed_when_the_longest_sequence_leaves(llama, make_batcher
     assert rec_short.tokens == _greedy_no_eos(llama, short, 15)
     # While both ran, the short row was left-padded to the long one's length...
     assert max(s["kv_tokens_padded"] for s in rec_short.stats) >= 2 * 41
-    # ...and once the long one left, the cache shrank to the short row alone: its prompt + tokens fed so far.
-    assert rec_short.stats[-1]["kv_tokens_padded"] == len(short) + 15 - 1
+    # ...and once the long one left, the cache shrank to the short row alone: its prompt + tokens fed so far
+    # (13 when its 14th token arrives); its last token comes after the row left the batch.
+    assert rec_short.stats[-2]["kv_tokens_padded"] == len(short) + 15 - 2
+    assert rec_short.stats[-1]["kv_tokens_padded"] == 0
 
 
 # ---- admission ----
