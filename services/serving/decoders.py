@@ -91,7 +91,11 @@ class OnnxDecoder:
         self.names = {i.name for i in inputs}
         self.dtype = np.float16 if self.past[0].type == "tensor(float16)" else np.float32
         self.device = torch.device("cpu")
-        self.vocab_size, self.max_positions = vocab_size, max_positions
+        logits_vocab = self.session.get_outputs()[0].shape[-1]
+        self.vocab_size = vocab_size or (logits_vocab if isinstance(logits_vocab, int) else 0)
+        if not self.vocab_size:
+            raise TypeError(f"{Path(folder).name}: no vocab_size in config.json and none in the graph's logits")
+        self.max_positions = max_positions
 
     def new_cache(self) -> KVCache:
         return KVCache()

@@ -24,7 +24,11 @@ from services.serving.deployment import QueueFull
 from services.serving.encoders import ServingError
 from services.serving.serving_metrics import DeploymentMetrics
 
-SERVED_FORMATS = ("hf-safetensors", "compressed-tensors", "packed-safetensors", "GGUF")
+SERVED_FORMATS = ("hf-safetensors", "compressed-tensors", "packed-safetensors", "GGUF", "ONNX")
+# OpenVINO's causal-LM IR is stateful (make_stateful: the KV cache lives inside the infer request), so rows
+# of a shared batch cannot be stacked and dropped as the batcher does.
+REFUSED = {"OpenVINO IR": "its KV cache lives inside OpenVINO's infer request (a stateful model), which continuous "
+                          "batching cannot share between sequences; serve the ONNX, GGUF or safetensors artifact"}
 CHAT_DEFAULT_MAX_TOKENS = 1024
 
 
@@ -42,10 +46,10 @@ class CausalDeployment:
     config: DeploymentConfig
     format: str
     tokenizer: object  # transformers' tokenizer: the chat template and decoding
-    batcher: object  # continuous.ContinuousBatcher, or llamacpp_engine.LlamaCppEngine for GGUF
+    batcher: object  # continuous.ContinuousBatcher (PyTorch, ONNX), or llamacpp_engine.LlamaCppEngine for GGUF
     metrics: DeploymentMetrics
     context_length: int
-    model: object = None  # the torch model the batcher runs (the shadow compares its logits); None for GGUF
+    model: object = None  # the torch model the batcher runs (the shadow compares its logits); None for engines
     kind: str = "causal-lm"
     shadow: object | None = None  # shadow.Shadow: the original, run on a sampled share of prompts
 
@@ -170,8 +174,8 @@ def load_causal_lm(name: str, folder: Path, config: DeploymentConfig, model_conf
                    metrics: DeploymentMetrics) -> CausalDeployment:
     fmt = detect_format(folder)
     if fmt not in SERVED_FORMATS:
-        raise ServingError(f"{Path(folder).name}: causal LMs in {fmt} are not served by this replica yet (serve the "
-                           "compressed-tensors, safetensors or GGUF artifact)")
+        why = REFUSED.get(fmt, "this replica has no engine for it")
+        raise ServingError(f"{Path(folder).name}: a causal LM in {fmt} is not served: {why}")
     from services.common.models import modelio
 
     # The tokenizer files travel beside every artifact's weights (GGUF too): text and chat templates are
@@ -187,6 +191,14 @@ def load_causal_lm(name: str, folder: Path, config: DeploymentConfig, model_conf
 
         engine = LlamaCppEngine(_gguf_file(folder), engine_config, eos_token_ids=eos, threads=config.threads,
                                 context_length=context, on_step=metrics.batch)
+    elif fmt == "ONNX":
+        from services.serving.decoders import OnnxDecoder
+
+        try:
+            decoder = OnnxDecoder(folder, config.threads, int(model_config.get("vocab_size") or 0), context)
+        except TypeError as exc:
+            raise ServingError(str(exc)) from None
+        engine = ContinuousBatcher(decoder, engine_config, eos_token_ids=eos, on_step=metrics.batch)
     else:
         import torch
 

@@ -59,8 +59,8 @@ class Replica:
                 if deployment.kind == "causal-lm" and (deployment.model is None or original.model is None):
                     original.close()
                     deployment.close()
-                    raise ServingError(f"{name}: a shadow compares PyTorch logits, and a GGUF side has none (llama.cpp"
-                                       " runs it); deploy without a shadow or shadow a safetensors artifact")
+                    raise ServingError(f"{name}: a shadow compares PyTorch logits, which an engine-run side (GGUF, "
+                                       "ONNX) does not give; deploy without a shadow or shadow safetensors artifacts")
                 deployment.shadow = Shadow(original, shadow[1])
         finally:
             self.loading.discard(name)
