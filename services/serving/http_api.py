@@ -26,7 +26,14 @@ from services.serving import oip_models
 from services.serving.deployment import QueueFull
 from services.serving.encoders import ServingError
 from services.serving.oip_tensors import TensorError, http_response, parse_http_request
-from services.serving.replica import SERVER_NAME, SERVER_VERSION, DeploymentNotFound, Replica, figures_of
+from services.serving.replica import (
+    SERVER_NAME,
+    SERVER_VERSION,
+    DeploymentLoading,
+    DeploymentNotFound,
+    Replica,
+    figures_of,
+)
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 # The largest body aiohttp reads at all; each deployment's max_request_bytes is checked below it.
@@ -105,6 +112,8 @@ async def _model_metadata(request: web.Request) -> web.Response:
         deployment = _deployment(request, request.match_info["name"])
     except DeploymentNotFound as exc:
         return _oip_error(404, str(exc))
+    except DeploymentLoading as exc:
+        return _oip_error(503, str(exc))
     tensors = lambda specs: [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in specs]
     return web.json_response({"name": deployment.name, "versions": ["1"], "platform": oip_models.PLATFORM,
                               "inputs": tensors(oip_models.inputs_of(deployment)),
@@ -114,7 +123,7 @@ async def _model_metadata(request: web.Request) -> web.Response:
 async def _model_ready(request: web.Request) -> web.Response:
     try:
         ready = bool(_deployment(request, request.match_info["name"]))
-    except DeploymentNotFound:
+    except (DeploymentNotFound, DeploymentLoading):
         ready = False
     return web.json_response({"name": request.match_info["name"], "ready": ready}, status=200 if ready else 404)
 
@@ -126,6 +135,8 @@ async def _model_stats(request: web.Request) -> web.Response:
         deployment = _deployment(request, request.match_info["name"])
     except DeploymentNotFound as exc:
         return _oip_error(404, str(exc))
+    except DeploymentLoading as exc:
+        return _oip_error(503, str(exc))
     return web.json_response(figures_of(deployment))
 
 
@@ -135,6 +146,8 @@ async def _oip_infer(request: web.Request) -> web.Response:
         deployment = _deployment(request, request.match_info["name"])
     except DeploymentNotFound as exc:
         return _oip_error(404, str(exc))
+    except DeploymentLoading as exc:
+        return _oip_error(503, str(exc))
     outcome = "error"
     try:
         body = await request.read()
@@ -228,6 +241,8 @@ def _openai_model(request: web.Request, body: dict, kind: str | None):
         deployment = _deployment(request, name)
     except DeploymentNotFound as exc:
         raise OpenAiError(404, str(exc), "not_found_error", "model", "model_not_found") from None
+    except DeploymentLoading as exc:  # the openai client retries a 503 by itself
+        raise OpenAiError(503, str(exc), "service_unavailable", "model", "model_loading") from None
     if kind is not None and deployment.kind != kind:
         route = "/v1/embeddings" if deployment.kind == "encoder" else "/v1/completions or /v1/chat/completions"
         what = "an encoder" if deployment.kind == "encoder" else "a causal LM"

@@ -70,6 +70,7 @@ class MeshWorker:
         while True:
             try:
                 await self.tick()
+                self.replica.starting = False  # what this replica claimed is known: other names are not found
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -97,6 +98,7 @@ class MeshWorker:
     def take(self, record: common_pb2.Deployment, index: int, revision: int) -> None:
         hosted = Hosted(record, index, revision, Slot(self.runtime.worker_id, LOADING))
         self.hosted[record.deployment_id] = hosted
+        self.replica.expect(record.name, record.tenant)
         hosted.loading = asyncio.create_task(self.load(hosted), name=f"load-{record.name}")
 
     async def load(self, hosted: Hosted) -> None:
@@ -129,6 +131,7 @@ class MeshWorker:
         hosted = self.hosted.pop(deployment_id)
         if hosted.loading is not None and not hosted.loading.done():
             hosted.loading.cancel()
+        self.replica.forget(hosted.record.name)
         if hosted.record.name in self.replica.deployments:
             self.replica.remove(hosted.record.name)
         if release:
@@ -140,7 +143,7 @@ class MeshWorker:
 
 
 async def register(server: grpc.aio.Server, runtime: ServiceRuntime) -> list[str]:
-    replica = Replica()
+    replica = Replica(starting=True)
     name = oip_grpc.register(server, replica)
     settings = runtime.settings
     host = settings.advertise_host or settings.listen.rpartition(":")[0]

@@ -27,7 +27,13 @@ from services.serving.oip_tensors import (
     inputs_from_grpc,
     requested_outputs_grpc,
 )
-from services.serving.replica import SERVER_NAME, SERVER_VERSION, DeploymentNotFound, Replica
+from services.serving.replica import (
+    SERVER_NAME,
+    SERVER_VERSION,
+    DeploymentLoading,
+    DeploymentNotFound,
+    Replica,
+)
 
 SERVICE_NAME = "inference.GRPCInferenceService"
 
@@ -45,7 +51,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelReady(self, request, context):
         try:
             self.replica.get(request.name, auth.current())
-        except DeploymentNotFound:
+        except (DeploymentNotFound, DeploymentLoading):
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=True)
 
@@ -109,6 +115,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         except DeploymentNotFound as exc:
             send(pb.ModelStreamInferResponse(error_message=f"NOT_FOUND: {exc}"))
             return
+        except DeploymentLoading as exc:
+            send(pb.ModelStreamInferResponse(error_message=f"UNAVAILABLE: {exc}"))
+            return
         start, outcome = time.perf_counter(), "error"
         try:
             inputs = inputs_from_grpc(request, max_bytes=deployment.config.max_request_bytes)
@@ -137,6 +146,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return self.replica.get(name, auth.current())
         except DeploymentNotFound as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except DeploymentLoading as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
 
 
 def _parameter(value: pb.InferParameter):

@@ -25,31 +25,58 @@ class DeploymentNotFound(KeyError):
         return self.args[0]
 
 
+class DeploymentLoading(RuntimeError):
+    """This replica is loading that deployment, or has only just started and does not know its
+    deployments yet: retry shortly (UNAVAILABLE / HTTP 503), unlike NOT_FOUND, which a client takes
+    as final — a replacement replica must not tell the callers of a model it is about to serve that
+    the model does not exist."""
+
+
 class Replica:
-    def __init__(self) -> None:
+    def __init__(self, starting: bool = False) -> None:
         self.deployments: dict[str, object] = {}
         self.metrics = ServingMetrics()
         self.started_at = time.time()
-        self.loading: set[str] = set()
+        self.loading: dict[str, str] = {}  # deployment name → its tenant, from the claim until it serves
         self.tenants: dict[str, str] = {}  # deployment name → its tenant ("" on an open mesh)
+        # True until a mesh replica's first round over the deployment records has claimed its share.
+        self.starting = starting
 
     def get(self, name: str, caller: Principal = OPEN):
         """The deployment `name`; DeploymentNotFound when there is none or the caller's tenant may not
-        use it (another tenant's deployment is not found, as if it did not exist)."""
+        use it (another tenant's deployment is not found, as if it did not exist); DeploymentLoading
+        while it loads here or the replica is starting."""
         deployment = self.deployments.get(name)
-        if deployment is not None and not caller.operator and self.tenants.get(name, "") != caller.tenant:
+        if deployment is not None and not self._visible(name, self.tenants, caller):
             deployment = None
         if deployment is None:
+            if self._visible(name, self.loading, caller) and name in self.loading:
+                raise DeploymentLoading(f"model {name!r} is loading on this replica; retry shortly")
+            if self.starting:
+                raise DeploymentLoading(f"this replica is starting and has not taken its deployments yet (asked for "
+                                        f"{name!r}); retry shortly")
             hosted = ", ".join(sorted(self.deployments)) or "none"
             raise DeploymentNotFound(f"no model {name!r} is served here (serving: {hosted})")
         return deployment
+
+    @staticmethod
+    def _visible(name: str, tenants: dict[str, str], caller: Principal) -> bool:
+        return caller.operator or tenants.get(name, "") == caller.tenant
+
+    def expect(self, name: str, tenant: str = "") -> None:
+        """`name` is claimed here and will load: until it serves (or is let go), callers hear UNAVAILABLE."""
+        self.loading[name] = tenant
+
+    def forget(self, name: str) -> None:
+        """A claim let go before it loaded."""
+        self.loading.pop(name, None)
 
     async def add(self, name: str, folder: Path, config: DeploymentConfig | None = None, tenant: str = "",
                   shadow: tuple[Path, float] | None = None):
         """Loads the folder (off the event loop) and serves it under `name`, to `tenant`'s callers; with
         `shadow` (the original's folder, the share of requests it also runs), beside its original."""
         config = config or DeploymentConfig()
-        self.loading.add(name)
+        self.expect(name, tenant)
         try:
             deployment = await asyncio.to_thread(load_deployment, name, Path(folder), config,
                                                  self.metrics.deployment(name))
@@ -63,7 +90,7 @@ class Replica:
                                        "ONNX) does not give; deploy without a shadow or shadow safetensors artifacts")
                 deployment.shadow = Shadow(original, shadow[1])
         finally:
-            self.loading.discard(name)
+            self.forget(name)
         previous = self.deployments.pop(name, None)
         self.deployments[name] = deployment
         self.tenants[name] = tenant
