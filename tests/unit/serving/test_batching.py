@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from services.serving.batching import BatchingConfig, DynamicBatcher, compare_batching, length_groups
+from services.serving.batching import BatchingConfig, DynamicBatcher, compare_batching, group_around
 
 
 def _echo_engine(calls: list):
@@ -77,14 +77,61 @@ def test_dynamic_batching_beats_batch_1_when_each_call_has_a_fixed_cost():
     assert dynamic.latency_p95_ms < batch1.latency_p95_ms
 
 
-def test_a_window_is_cut_into_calls_that_bound_padding():
-    lengths = [40, 3, 5, 42, 4, 38, 90]
-    groups = length_groups(lengths, max_padding=0.25)
-    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
-    assert [[lengths[i] for i in g] for g in groups] == [[3, 4, 5], [38, 40, 42], [90]]
-    for group in groups:
+def test_a_call_is_cut_around_the_oldest_request_from_neighbouring_lengths_within_the_padding_bound():
+    lengths = [40, 3, 5, 42, 4, 38, 90, 41, 39]
+    # The oldest (40) goes with its neighbours in length, not with what arrived beside it.
+    chosen = group_around(lengths, 0, max_batch_size=8, max_padding=0.25)
+    assert sorted(lengths[i] for i in chosen) == [38, 39, 40, 41, 42]
+    assert group_around(lengths, 0, max_batch_size=3, max_padding=0.25) in ([0, 3, 7], [8, 0, 7], [5, 8, 0])
+    assert sorted(lengths[i] for i in group_around(lengths, 0, 3, 0.25)) in ([39, 40, 41], [40, 41, 42],
+                                                                               [38, 39, 40])
+    assert sorted(lengths[i] for i in group_around(lengths, 1, max_batch_size=8, max_padding=0.25)) == [3, 4, 5]
+    assert group_around(lengths, 6, max_batch_size=8, max_padding=0.25) == [6]  # 90 alone would pad too much
+    assert len(group_around(lengths, 6, max_batch_size=8, max_padding=float("inf"))) == 8
+    for anchor in range(len(lengths)):
+        group = group_around(lengths, anchor, 4, 0.25)
         real = sum(lengths[i] for i in group)
+        assert anchor in group and len(group) <= 4
         assert len(group) * max(lengths[i] for i in group) <= 1.25 * real
-    assert length_groups(lengths, max_padding=float("inf")) == [sorted(range(7), key=lambda i: lengths[i])]
     with pytest.raises(ValueError, match="max_padding"):
         BatchingConfig(max_padding=-1)
+
+
+def test_under_load_calls_fill_with_requests_of_like_length():
+    """While the engine runs, requests pool; the next calls take them by length, not by arrival: two very
+    different lengths arriving interleaved go out in calls of one length each, as full as allowed."""
+    calls: list = []
+    release = threading.Event()
+
+    def engine(ids, mask):
+        release.wait(10)  # the first call holds the engine while the others arrive
+        calls.append(ids.shape)
+        return ids * mask
+
+    batcher = DynamicBatcher(engine, BatchingConfig(max_batch_size=4, max_wait_ms=1))
+    futures = [batcher.submit([1] * 30)]
+    time.sleep(0.1)  # the first call has started
+    futures += [batcher.submit([1] * (3 if i % 2 else 30)) for i in range(1, 16)]
+    release.set()
+    for i, future in enumerate(futures):
+        assert len(future.result(timeout=10)) == (3 if i % 2 else 30)
+    batcher.close()
+    assert calls[0] == (1, 30) and sorted(calls[1:]) == [(3, 30), (4, 3), (4, 3), (4, 30)]
+
+
+def test_close_serves_what_is_pending_first():
+    release = threading.Event()
+    calls: list = []
+
+    def slow(ids, mask):
+        release.wait(5)
+        calls.append(ids.shape)
+        return ids
+
+    batcher = DynamicBatcher(slow, BatchingConfig(max_batch_size=1, max_wait_ms=0))
+    futures = [batcher.submit([i + 1]) for i in range(3)]
+    closing = threading.Thread(target=batcher.close)
+    closing.start()
+    release.set()
+    closing.join(10)
+    assert [f.result(timeout=1).tolist() for f in futures] == [[1], [2], [3]] and len(calls) == 3
