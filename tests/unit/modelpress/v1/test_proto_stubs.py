@@ -41,9 +41,14 @@ def test_inference_v2_stubs_import_as_a_package():
     assert "from modelpress.inference.v2 import grpc_predict_v2_pb2 as " in source
     service = grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     assert service.full_name == "inference.GRPCInferenceService"
-    rpcs = {"ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer"}
+    rpcs = {"ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer",
+            "ModelStreamInfer"}
     assert set(service.methods_by_name) == rpcs
-    assert not any(m.client_streaming or m.server_streaming for m in service.methods)
+    # Only Triton's streaming extension streams, both ways (requests in, responses out as they come).
+    streaming = {m.name for m in service.methods if m.client_streaming or m.server_streaming}
+    assert streaming == {"ModelStreamInfer"}
+    stream = service.methods_by_name["ModelStreamInfer"]
+    assert stream.client_streaming and stream.server_streaming
     assert hasattr(grpc_predict_v2_pb2_grpc, "add_GRPCInferenceServiceServicer_to_server")
 
 
