@@ -120,18 +120,28 @@ class ListMethodsResponse(_message.Message):
     def __init__(self, methods: _Optional[_Iterable[_Union[_common_pb2.MethodDescription, _Mapping]]] = ..., unavailable: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Recipe(_message.Message):
-    __slots__ = ("name", "summary", "stages", "version", "builtin")
+    __slots__ = ("name", "summary", "stages", "version", "builtin", "model_kinds", "runtimes", "data", "cost", "compute")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
     STAGES_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     BUILTIN_FIELD_NUMBER: _ClassVar[int]
+    MODEL_KINDS_FIELD_NUMBER: _ClassVar[int]
+    RUNTIMES_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    COST_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_FIELD_NUMBER: _ClassVar[int]
     name: str
     summary: str
     stages: _containers.RepeatedCompositeFieldContainer[_common_pb2.StageSpec]
     version: int
     builtin: bool
-    def __init__(self, name: _Optional[str] = ..., summary: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[_common_pb2.StageSpec, _Mapping]]] = ..., version: _Optional[int] = ..., builtin: _Optional[bool] = ...) -> None: ...
+    model_kinds: _containers.RepeatedScalarFieldContainer[str]
+    runtimes: _containers.RepeatedScalarFieldContainer[str]
+    data: str
+    cost: str
+    compute: str
+    def __init__(self, name: _Optional[str] = ..., summary: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[_common_pb2.StageSpec, _Mapping]]] = ..., version: _Optional[int] = ..., builtin: _Optional[bool] = ..., model_kinds: _Optional[_Iterable[str]] = ..., runtimes: _Optional[_Iterable[str]] = ..., data: _Optional[str] = ..., cost: _Optional[str] = ..., compute: _Optional[str] = ...) -> None: ...
 
 class ListRecipesRequest(_message.Message):
     __slots__ = ()

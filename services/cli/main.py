@@ -498,6 +498,11 @@ def cmd_recipes(args) -> int:
                 stages = " -> ".join(f"{technique_name(s.technique)}:{s.method}" for s in recipe.stages)
                 name = recipe.name if recipe.builtin else f"{recipe.name}@{recipe.version}"
                 out.print(f"[bold]{escape(name)}[/bold] ({escape(stages)}): {escape(recipe.summary)}")
+                facts = [f"kinds: {', '.join(recipe.model_kinds) or 'any'}"]
+                if recipe.runtimes:
+                    facts += [f"runs in: {', '.join(recipe.runtimes)}", f"compute: {recipe.compute}",
+                              f"data: {recipe.data}", f"cost: {recipe.cost}"]
+                out.print(f"    [dim]{escape('; '.join(facts))}[/dim]")
             return 0
         if args.action == "create":
             try:

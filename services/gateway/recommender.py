@@ -13,14 +13,12 @@ from services.common.measure.isa import class_flags
 from modelpress.quality_kept import quality_retention
 from services.gateway.ranking import Candidate, Constraints, rank
 from services.gateway.jobs import JobRunner
-from services.common.contract.recipes import RECIPES, get_recipe
+from services.common.contract.recipes import CPU_ENGINES, RECIPES, get_recipe
 from services.gateway.strategies import measured_on, strategy
-from services.common.contract.chain import InvalidArgument
+from services.common.contract.chain import InvalidArgument, Methods, model_kinds_of
 from services.common.runtime.auth import Principal
 from services.gateway.validation import resolve_evaluation
 
-# Cheap enough to measure while a client waits (minutes on 2 CPU cores for a 135M model).
-QUICK_CANDIDATES = ("fp16", "int8-weight-only", "w4a16-rtn", "w4a16-gptq")
 QUICK_EVALUATION = common_pb2.EvaluationSpec(batch_size=1, sequence_length=128, latency_iterations=10,
                                              quality_windows=4, decode_tokens=8, quality_sentences=120)
 MB = 1e6
@@ -43,8 +41,30 @@ def constraints_of(request: gateway_pb2.RecommendStrategyRequest) -> Constraints
         raise InvalidArgument(str(exc)) from None
 
 
-def candidate_recipes(request: gateway_pb2.RecommendStrategyRequest) -> list[str]:
-    names = list(dict.fromkeys(request.candidate_recipes)) or list(QUICK_CANDIDATES)
+def default_candidates(model_kind: str | None, features, methods: Methods) -> list[str]:
+    """The built-ins measured when the client names none: what makes serving on this CPU faster for this
+    model kind — CPU engine runtimes (ONNX Runtime, OpenVINO) and casts whose compute the CPU runs natively
+    (bf16 where it has bf16 instructions) — data-free, so each is made in seconds, never a compute the CPU
+    would emulate. Weight-only quantizers compute in FP32 on a CPU: smaller, not faster; name them to
+    measure them."""
+    names = []
+    for recipe in RECIPES.values():
+        if recipe.uses_data != "none" or recipe.compute == "auto":  # fastest-cpu picks among these very candidates
+            continue
+        if recipe.runtimes[0] not in CPU_ENGINES and not (recipe.runtimes[0] == "transformers"
+                                                          and recipe.compute != "fp32"):
+            continue
+        if recipe.emulated_on(features):
+            continue
+        kinds = model_kinds_of([s.message() for s in recipe.stages], methods)
+        if kinds is None or (model_kind and kinds and model_kind not in kinds):
+            continue
+        names.append(recipe.name)
+    return names
+
+
+def candidate_recipes(request: gateway_pb2.RecommendStrategyRequest, defaults: list[str]) -> list[str]:
+    names = list(dict.fromkeys(request.candidate_recipes)) or defaults
     for name in names:
         get_recipe(name)  # UnknownRecipe names the allowed ones
     return names
@@ -104,15 +124,18 @@ def _hardware_note(target: str, evaluator: str, stored: list[common_pb2.Job], sa
 
 
 async def recommend(request: gateway_pb2.RecommendStrategyRequest, runner: JobRunner, stages_of: StagesOf,
-                    evaluator: common_pb2.WorkerHardware, *, viewer: Principal,
-                    admit: Admit) -> gateway_pb2.RecommendStrategyResponse:
+                    evaluator: common_pb2.WorkerHardware, *, viewer: Principal, admit: Admit,
+                    model_kind: str | None = None, methods: Methods | None = None
+                    ) -> gateway_pb2.RecommendStrategyResponse:
     """`stages_of(recipe)` gives the recipe's validated stages, as CreateJob would run them;
     `evaluator` is the hardware of the evaluator replica that measures jobs run now. Stored
     outcomes are `viewer`'s tenant's own (every tenant's for an operator); jobs run now belong to
-    its tenant, each admitted by `admit` first (a refusal, QuotaExceeded, ends the request)."""
+    its tenant, each admitted by `admit` first (a refusal, QuotaExceeded, ends the request).
+    Without named candidates, `default_candidates` for `model_kind` on the target CPU (`methods`:
+    the services' described methods, which say the kinds each takes)."""
     constraints = constraints_of(request)
-    names = candidate_recipes(request)
     target, features = target_hardware(request, evaluator)
+    names = candidate_recipes(request, default_candidates(model_kind, features, methods or {}))
     spec = resolve_evaluation(request.evaluation if request.HasField("evaluation") else QUICK_EVALUATION)
     stored = [j for j in await runner.outcomes.for_model(request.model, request.hardware)
               if _same_shape(j, spec) and (viewer.operator or j.tenant == viewer.tenant)]
@@ -123,13 +146,17 @@ async def recommend(request: gateway_pb2.RecommendStrategyRequest, runner: JobRu
     missing = [n for n in names if n not in latest]
     failed = {name: f"not measured: {why}" for name in missing if (why := unsupported_on(name, features))}
     missing = [n for n in missing if n not in failed]
-    if missing and request.stored_only:
-        raise NothingStored(f"stored_only: no stored measurement of {', '.join(missing)} for this model at "
-                            f"batch {spec.batch_size} x {spec.sequence_length} tokens on an {target} CPU; run "
-                            "without stored_only to measure them now")
     measured: list[tuple[common_pb2.Job, bool]] = [(latest[n], False) for n in names if n in latest]
-    # Stored outcomes of recipes the client did not list still inform the ranking.
-    measured += [(job, False) for recipe, job in latest.items() if recipe not in names]
+    if not request.candidate_recipes:
+        # No list named: every stored outcome of this model informs the ranking. A named list is what is ranked.
+        measured += [(job, False) for recipe, job in latest.items() if recipe not in names]
+    if request.stored_only:
+        if not measured:
+            raise NothingStored(f"stored_only: no stored measurement of this model at batch {spec.batch_size} x "
+                                f"{spec.sequence_length} tokens on an {target} CPU ({', '.join(names)} asked); run "
+                                "without stored_only to measure them now")
+        failed.update({name: "not measured: stored_only, and no stored outcome" for name in missing})
+        missing = []
     note = _hardware_note(target, evaluator.isa_class, stored, same, missing)
     if target != evaluator.isa_class:
         # Measuring here would time this mesh's CPU, not the one asked about.

@@ -24,7 +24,7 @@ from services.common.measure.isa import CLASS_NAMES
 from services.gateway.job_store import JobNotFound
 from services.common.store.kv_records import RecordBucket
 from services.common.contract.chain import (InvalidArgument, MethodUnavailable, Resolved, check_chain,
-                                            label_of, validate_recipe)
+                                            label_of, model_kinds_of, validate_recipe)
 from services.common.contract.recipes import RECIPES, UnknownRecipe
 from services.common.runtime.server import ServiceRuntime, targets_credentials
 from services.common.contract.techniques import TECHNIQUE_SERVICES
@@ -403,7 +403,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             message = recipe.message()
             message.builtin = True
             builtins.append(message)
-        return gateway_pb2.ListRecipesResponse(recipes=builtins + await self._recipes.list(auth.current().tenant))
+        recipes = builtins + await self._recipes.list(auth.current().tenant)
+        try:
+            methods = await self._methods()
+        except ServiceUnavailable:
+            methods = None  # the listing still stands; which kinds fit needs the services' Describe
+        for recipe in recipes if methods is not None else ():
+            recipe.model_kinds.extend(model_kinds_of(list(recipe.stages), methods) or ())
+        return gateway_pb2.ListRecipesResponse(recipes=recipes)
 
     @_maps_errors
     async def CreateRecipe(self, request, context):
@@ -458,16 +465,18 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     @_maps_errors
     async def RecommendStrategy(self, request, context):
         await self._check_model(request.model)
+        head = await read_model_head(request.model, self._runtime.store)
+        methods = await self._methods()
 
         async def stages_of(recipe: str) -> list[common_pb2.StageSpec]:
-            return validate_recipe(recipe, struct_pb2.Struct(), await self._methods()).stages
+            return validate_recipe(recipe, struct_pb2.Struct(), methods).stages
 
         evaluator = await self._mesh.describe(common_pb2.TECHNIQUE_EVALUATOR)
         viewer = auth.current()
         try:
             # Its measuring jobs pass the same admission as CreateJob's (quota and store bound).
             return await recommend(request, self._runner, stages_of, evaluator.hardware, viewer=viewer,
-                                   admit=lambda: self._admission.job(viewer))
+                                   admit=lambda: self._admission.job(viewer), model_kind=head.kind, methods=methods)
         except UnknownRecipe as exc:
             raise InvalidArgument(f"candidate_recipes: {exc.args[0].removeprefix('recipe: ')}") from None
         except (NothingStored, NoCandidateMeasured) as exc:

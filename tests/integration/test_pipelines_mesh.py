@@ -220,8 +220,18 @@ async def test_user_recipes_are_stored_with_immutable_versions_and_run_by_name(g
     assert (first.version, second.version, first.builtin) == (1, 2, False)
     assert (await call(client.get_recipe, "team-int4")).version == 2
     assert (await call(client.get_recipe, "team-int4@1")).summary == ""
-    listed = {(r.name, r.version, r.builtin) for r in await call(client.list_recipes)}
+    recipes = await call(client.list_recipes)
+    listed = {(r.name, r.version, r.builtin) for r in recipes}
     assert {("team-int4", 1, False), ("team-int4", 2, False), ("onnx-int4", 0, True)} <= listed
+    # Each recipe says which model kinds its methods take (from the services' Describe) and, for a built-in,
+    # what runs its output, what data it uses and its rough cost.
+    by_name = {r.name: r for r in recipes if r.builtin}
+    assert set(by_name["onnx-int8"].model_kinds) == {"causal-lm", "encoder"}
+    assert set(by_name["gguf-q4"].model_kinds) == {"causal-lm"} and list(by_name["gguf-q4"].runtimes) == ["llama.cpp"]
+    assert list(by_name["prune-heads"].model_kinds) == ["causal-lm"]
+    assert (by_name["onnx-int8"].data, by_name["onnx-int8"].cost, by_name["onnx-int8"].compute) == ("none", "seconds",
+                                                                                                    "int8")
+    assert by_name["minilm-edge"].data == "training"
     for bad, code, message in [
         (data | {"name": "onnx-int4"}, grpc.StatusCode.INVALID_ARGUMENT, "built-in recipe"),
         (pipeline("speed>=1") | {"name": "x-bad"}, grpc.StatusCode.INVALID_ARGUMENT, "'speed' is not a gate metric"),

@@ -245,6 +245,24 @@ def accepted_kinds(described: common_pb2.MethodDescription) -> tuple[str, ...]:
     return tuple(described.model_kinds)
 
 
+def model_kinds_of(stages: list[common_pb2.StageSpec], methods: Methods) -> tuple[str, ...] | None:
+    """The model kinds every engine stage's method takes (() : any kind); None when no kind fits them all
+    or a stage's method is not described."""
+    kinds: set[str] | None = None
+    for stage in stages:
+        if stage.technique == common_pb2.TECHNIQUE_EVALUATOR:
+            continue
+        described = methods.get((stage.technique, stage.method))
+        if described is None:
+            return None
+        taken = set(accepted_kinds(described))
+        if taken:
+            kinds = taken if kinds is None else kinds & taken
+            if not kinds:
+                return None
+    return tuple(sorted(kinds)) if kinds else ()
+
+
 def check_chain(stages: list[common_pb2.StageSpec], methods: Methods, model_format: int | None,
                 model_kind: str | None = None) -> None:
     """Each stage's input (the job's model, then what the stage before writes) against what its

@@ -130,7 +130,7 @@ def _hardware(flags) -> common_pb2.WorkerHardware:
                                      machine=common_pb2.MachineInfo(isa_features=flags))
 
 
-def _recommend(jobs, evaluator_flags, **request):
+def _recommend(jobs, evaluator_flags, model_kind=None, methods=None, **request):
     import asyncio
 
     from modelpress.v1 import gateway_pb2
@@ -148,7 +148,50 @@ def _recommend(jobs, evaluator_flags, **request):
         raise AssertionError("no job may be admitted in this test")
 
     return asyncio.run(recommend(message, _StoredOnly(jobs), no_stages, _hardware(evaluator_flags), viewer=OPEN,
-                                 admit=no_admission))
+                                 admit=no_admission, model_kind=model_kind, methods=methods))
+
+
+def _described_methods():
+    """What the four engine services' Describe answers: every registered method with the kinds it takes."""
+    from services.common.contract.config import describe_registry
+    from services.distiller.engine import METHODS as DISTILLER
+    from services.optimizer.engine import METHODS as OPTIMIZER
+    from services.pruner.engine import METHODS as PRUNER
+    from services.quantizer.engine import METHODS as QUANTIZER
+
+    return {(d.technique, d.name): d for technique, registry in (
+        (common_pb2.TECHNIQUE_QUANTIZER, QUANTIZER), (common_pb2.TECHNIQUE_OPTIMIZER, OPTIMIZER),
+        (common_pb2.TECHNIQUE_PRUNER, PRUNER), (common_pb2.TECHNIQUE_DISTILLER, DISTILLER))
+        for d in describe_registry(technique, registry)}
+
+
+def test_default_candidates_are_cpu_serving_paths_for_the_kind_never_an_emulated_compute():
+    from services.gateway.recommender import default_candidates
+
+    methods = _described_methods()
+    avx2 = default_candidates("causal-lm", AVX2, methods)
+    assert {"onnx-int8", "openvino-int8", "onnx"} <= set(avx2)
+    # Emulated compute on an AVX2 CPU, weight-only quantizers computing in FP32, calibration or training: not defaults.
+    assert not {"bf16", "fp16", "openvino-bf16", "int8-weight-only", "w4a16-rtn", "w4a16-gptq",
+                "smoothquant-onnx-int8", "minilm-edge", "fastest-cpu", "gguf-q8_0"} & set(avx2)
+    amx = default_candidates("causal-lm", AMX, methods)
+    assert {"bf16", "openvino-bf16", "openvino-int8-bf16"} <= set(amx) and set(avx2) < set(amx)
+    encoder = default_candidates("encoder", AVX2, methods)
+    assert "onnx-int8" in encoder and "openvino-int8" in encoder
+
+
+def test_without_named_candidates_the_defaults_are_ranked_and_stored_only_ranks_what_it_has():
+    jobs = [_outcome("onnx-int8", AVX2, 60.0), _outcome("int8-weight-only", AVX2, 90.0, size=150)]
+    response = _recommend(jobs, AVX2, model_kind="causal-lm", methods=_described_methods(), stored_only=True)
+    ranked = [r.strategy.recipe for r in response.recommendations]
+    # The stored outcomes are ranked (int8-weight-only too: stored for this model); defaults with nothing stored
+    # are listed as not measured rather than failing the request.
+    assert ranked[:2] == ["onnx-int8", "int8-weight-only"]
+    unmeasured = {r.strategy.recipe: r.reason for r in response.recommendations[2:]}
+    assert "openvino-int8" in unmeasured and all("no stored outcome" in why for why in unmeasured.values())
+    # A named list is what is ranked: a stored outcome of an unnamed recipe stays out.
+    named = _recommend(jobs, AVX2, candidate_recipes=["onnx-int8"], stored_only=True)
+    assert [r.strategy.recipe for r in named.recommendations] == ["onnx-int8"]
 
 
 def test_on_an_avx2_cpu_a_bf16_path_is_never_picked_even_when_its_figures_are_the_fastest():
