@@ -54,7 +54,7 @@ def kv_caches(model_folder: Path, *, prompt: int = 128, new_tokens: int = 64, wi
 
     torch.set_num_threads(2)
     model = modelio.load_model(model_folder).eval()
-    held_out = quality.heldout_windows(modelio.load_tokenizer(model_folder), windows)
+    held_out = quality.text_windows(modelio.load_tokenizer(model_folder), windows)
     rows = []
     reference_tokens = None
     for kind in kv_cache.KINDS:

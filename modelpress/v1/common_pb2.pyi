@@ -182,7 +182,7 @@ class StageStatus(_message.Message):
     def __init__(self, index: _Optional[int] = ..., spec: _Optional[_Union[StageSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., output: _Optional[_Union[ArtifactRef, _Mapping]] = ..., error: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metrics: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., worker: _Optional[str] = ..., notes: _Optional[_Iterable[str]] = ..., reused: _Optional[bool] = ..., key: _Optional[str] = ...) -> None: ...
 
 class EvaluationSpec(_message.Message):
-    __slots__ = ("skip", "batch_size", "sequence_length", "latency_iterations", "quality_windows", "threads", "batch_sizes", "sequence_lengths", "decode_tokens", "quality_sentences", "reference")
+    __slots__ = ("skip", "batch_size", "sequence_length", "latency_iterations", "quality_windows", "threads", "batch_sizes", "sequence_lengths", "decode_tokens", "quality_sentences", "reference", "quality_split")
     SKIP_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_LENGTH_FIELD_NUMBER: _ClassVar[int]
@@ -194,6 +194,7 @@ class EvaluationSpec(_message.Message):
     DECODE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     QUALITY_SENTENCES_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_SPLIT_FIELD_NUMBER: _ClassVar[int]
     skip: bool
     batch_size: int
     sequence_length: int
@@ -205,7 +206,8 @@ class EvaluationSpec(_message.Message):
     decode_tokens: int
     quality_sentences: int
     reference: ModelRef
-    def __init__(self, skip: _Optional[bool] = ..., batch_size: _Optional[int] = ..., sequence_length: _Optional[int] = ..., latency_iterations: _Optional[int] = ..., quality_windows: _Optional[int] = ..., threads: _Optional[int] = ..., batch_sizes: _Optional[_Iterable[int]] = ..., sequence_lengths: _Optional[_Iterable[int]] = ..., decode_tokens: _Optional[int] = ..., quality_sentences: _Optional[int] = ..., reference: _Optional[_Union[ModelRef, _Mapping]] = ...) -> None: ...
+    quality_split: str
+    def __init__(self, skip: _Optional[bool] = ..., batch_size: _Optional[int] = ..., sequence_length: _Optional[int] = ..., latency_iterations: _Optional[int] = ..., quality_windows: _Optional[int] = ..., threads: _Optional[int] = ..., batch_sizes: _Optional[_Iterable[int]] = ..., sequence_lengths: _Optional[_Iterable[int]] = ..., decode_tokens: _Optional[int] = ..., quality_sentences: _Optional[int] = ..., reference: _Optional[_Union[ModelRef, _Mapping]] = ..., quality_split: _Optional[str] = ...) -> None: ...
 
 class LatencyStats(_message.Message):
     __slots__ = ("p50_ms", "p95_ms", "p99_ms", "mean_ms", "iterations", "batch_size", "sequence_length", "threads", "stdev_ms", "min_ms", "max_ms", "tokens_per_s", "samples_per_s", "phase", "warmup", "samples_ms", "p50_ci95_low_ms", "p50_ci95_high_ms", "unreliable", "unreliable_reason")

@@ -11,6 +11,7 @@ import tempfile
 import threading
 from dataclasses import asdict
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 
@@ -39,6 +40,8 @@ class EvaluationConfig(MethodConfig):
     quality_sentences: int = Field(200, ge=0, le=222,
                                    description="Encoders: held-out topic sentences for k-NN and cosine (0: skip)")
     decode_tokens: int = Field(16, ge=0, le=512, description="Causal LMs: timed per-token decode steps (0: skip)")
+    quality_split: Literal["heldout", "validation"] = Field(
+        "heldout", description="Text quality is scored on: heldout (reported figures) or validation (a search's choices)")
     threads: int = Field(2, ge=1, le=256, description="torch intra-op threads (fixed for every pass)")
     batch_sizes: str = Field("", description="Extra latency grid: comma-separated batch sizes")
     sequence_lengths: str = Field("", description="Extra latency grid: comma-separated sequence lengths")
@@ -69,7 +72,7 @@ class EvaluationConfig(MethodConfig):
                          sequence_length=self.sequence_length, iterations=self.latency_iterations, warmup=self.warmup,
                          threads=self.threads, grid=self.grid(), decode_tokens=self.decode_tokens,
                          quality_windows=self.quality_windows, quality_sentences=self.quality_sentences,
-                         device=self.device)
+                         quality_split=self.quality_split, device=self.device)
         for name, value in changes.items():
             setattr(plan, name, value)
         return plan

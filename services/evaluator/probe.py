@@ -30,8 +30,9 @@ class ProbePlan:
     # Causal LMs: decode steps timed after a prefill of sequence_length (0: none).
     decode_tokens: int = 0
     quality_windows: int = 0
-    # Encoders: held-out topic sentences; their embeddings go to embeddings_out when set.
+    # Encoders: topic sentences; their embeddings go to embeddings_out when set.
     quality_sentences: int = 0
+    quality_split: str = "heldout"  # or "validation" (corpus.SPLITS)
     embeddings_out: str = ""
     # False: one untimed pass at the main shape (FLOPs and RSS still measured), no timing.
     time_latency: bool = True
@@ -159,10 +160,11 @@ def measure(plan: ProbePlan) -> dict:
         figures["cuda_max_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
     if causal and plan.quality_windows:
         tokenizer = modelio.load_tokenizer(folder)
-        found = quality.causal_lm_quality(model, quality.heldout_windows(tokenizer, plan.quality_windows))
+        windows = quality.text_windows(tokenizer, plan.quality_windows, split=plan.quality_split)
+        found = quality.causal_lm_quality(model, windows)
         figures.update(perplexity=found.perplexity, top1_accuracy=found.top1_accuracy, quality_tokens=found.tokens)
     if kind == "encoder" and plan.quality_sentences:
-        sentences, labels = quality.topic_sentences(plan.quality_sentences)
+        sentences, labels = quality.topic_sentences(plan.quality_sentences, split=plan.quality_split)
         embeddings = quality.sentence_embeddings(model, modelio.load_tokenizer(folder), sentences)
         figures["encoder"] = asdict(quality.encoder_quality(embeddings, labels))
         if plan.embeddings_out:

@@ -1,7 +1,8 @@
-"""Held-out quality: perplexity and top-1 for causal LMs; sentence-embedding task quality for encoders.
+"""Quality: perplexity and top-1 for causal LMs; sentence-embedding task quality for encoders.
 
-The text is CPython's pydoc topics, split by topic so nothing held out was ever used for
-calibration or training. Plain PyTorch.
+The text is CPython's pydoc topics, split by topic (services/common/datasets/corpus.py) so nothing
+scored here was ever used for calibration or training: the held-out split by default, the
+validation split for a search's choices. Plain PyTorch.
 """
 
 from __future__ import annotations
@@ -39,12 +40,13 @@ class EncoderQualityFigures:
     has_reference: bool = False
 
 
-def heldout_windows(tokenizer, windows: int, length: int = QUALITY_WINDOW) -> torch.Tensor:
-    """The first `windows` non-overlapping windows of the held-out pydoc text, [windows, length]."""
-    ids = tokenizer(corpus.heldout_text(), return_tensors="pt", add_special_tokens=False).input_ids[0]
+def text_windows(tokenizer, windows: int, length: int = QUALITY_WINDOW, split: str = "heldout") -> torch.Tensor:
+    """The first `windows` non-overlapping windows of the split's pydoc text (held-out by default), [windows,
+    length]."""
+    ids = tokenizer(corpus.text_of(split), return_tensors="pt", add_special_tokens=False).input_ids[0]
     available = ids.numel() // length
     if windows > available:
-        raise ValueError(f"quality_windows: {windows} asked, the held-out text has {available} of {length} tokens")
+        raise ValueError(f"quality_windows: {windows} asked, the {split} text has {available} of {length} tokens")
     return ids[: windows * length].view(windows, length)
 
 
@@ -79,11 +81,12 @@ def heldout_sentences(count: int, min_chars: int = 30, max_chars: int = 400) -> 
     return _prose_sentences(corpus.heldout_text(), min_chars, max_chars)[:count]
 
 
-def topic_sentences(count: int, min_per_topic: int = 8, max_per_topic: int = 40) -> tuple[list[str], list[str]]:
-    """Up to `count` held-out sentences labelled by their pydoc topic name, taken round-robin over
-    the topics with at least `min_per_topic` sentences, none giving more than `max_per_topic`, so no
-    topic dominates the k-NN vote."""
-    by_topic = [(name, _prose_sentences(text, 30, 400)[:max_per_topic]) for name, text in corpus.heldout_topics()]
+def topic_sentences(count: int, min_per_topic: int = 8, max_per_topic: int = 40,
+                    split: str = "heldout") -> tuple[list[str], list[str]]:
+    """Up to `count` sentences of the split (held-out by default) labelled by their pydoc topic name,
+    taken round-robin over the topics with at least `min_per_topic` sentences, none giving more than
+    `max_per_topic`, so no topic dominates the k-NN vote."""
+    by_topic = [(name, _prose_sentences(text, 30, 400)[:max_per_topic]) for name, text in corpus.topics_of(split)]
     by_topic = [(name, s) for name, s in by_topic if len(s) >= min_per_topic]
     sentences, labels = [], []
     depth = 0

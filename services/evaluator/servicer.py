@@ -61,6 +61,7 @@ def spec_to_config(spec: common_pb2.EvaluationSpec, **extra) -> EvaluationConfig
         "threads": spec.threads,
         "decode_tokens": spec.decode_tokens,
         "quality_sentences": spec.quality_sentences,
+        "quality_split": spec.quality_split,
         "batch_sizes": ",".join(str(b) for b in spec.batch_sizes),
         "sequence_lengths": ",".join(str(s) for s in spec.sequence_lengths),
     }

@@ -11,6 +11,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from modelpress.v1 import common_pb2
+from services.common.datasets import corpus
 from services.common.models import builtin_models
 from services.common.runtime.cite import shown
 from services.common.contract.config import WorkBudgetExceeded
@@ -163,6 +164,9 @@ def resolve_evaluation(spec: common_pb2.EvaluationSpec) -> common_pb2.Evaluation
     if spec.HasField("reference"):
         check_model_ref(spec.reference, "evaluation.reference")
         resolved.reference.CopyFrom(spec.reference)
+    if spec.quality_split not in ("", *corpus.SPLITS):
+        raise InvalidArgument(f"evaluation.quality_split: {spec.quality_split!r} is not one of {', '.join(corpus.SPLITS)}")
+    resolved.quality_split = spec.quality_split or "heldout"
     if not resolved.skip:
         check_measurement_work([resolved.batch_size, *resolved.batch_sizes],
                                [resolved.sequence_length, *resolved.sequence_lengths],

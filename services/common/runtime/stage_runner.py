@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from modelpress.v1 import common_pb2
 from modelpress.structs import to_struct
+from services.common.datasets import corpus
 from services.common.store import events as ev
 from services.common.store import packaging
 from services.common.store.load_guide import write_load_guide
@@ -150,7 +151,9 @@ async def run_stage(
         await abort_with(context, exc, what)
         return
     # The worker's ISA class is part of the key: a method may resolve per CPU (fastest-cpu).
+    # The corpus split too: an output calibrated on another calibration split is not this one.
     versions = {**library_versions(), "isa_class": this_cpu().isa_class, "output_layout": OUTPUT_LAYOUT,
+                "corpus_split": corpus.SPLIT_VERSION,
                 **(extra_key or {})}
     key = stage_key(runtime.settings.name, stage.method, config, input_digest, service_version, versions)
     if not stage.recompute and (reused := await _stored_output(runtime, key)) is not None:

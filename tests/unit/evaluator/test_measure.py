@@ -29,7 +29,7 @@ def test_packed_parameters_count_as_their_logical_size(tiny_llama_dir):
 
 def test_perplexity_is_exp_of_mean_token_nll(tiny_llama_dir):
     model = modelio.load_model(tiny_llama_dir)
-    windows = quality.heldout_windows(modelio.load_tokenizer(tiny_llama_dir), 2, length=64)
+    windows = quality.text_windows(modelio.load_tokenizer(tiny_llama_dir), 2, length=64)
     figures = quality.causal_lm_quality(model, windows)
     with torch.no_grad():
         logits = model(input_ids=windows).logits[:, :-1]
@@ -39,10 +39,23 @@ def test_perplexity_is_exp_of_mean_token_nll(tiny_llama_dir):
     assert 0 <= figures.top1_accuracy <= 1
 
 
-def test_heldout_text_never_overlaps_calibration():
+def test_the_three_splits_are_disjoint_and_cover_every_topic():
     held = {name for name, _ in corpus.heldout_topics()}
+    valid = {name for name, _ in corpus.validation_topics()}
     calib = {name for name, _ in corpus.calibration_topics()}
-    assert held and calib and not held & calib
+    assert held and valid and calib and not held & calib and not valid & calib and not valid & held
+    assert held | valid | calib == {name for name, _ in corpus._topics()}
+    assert corpus.text_of("validation") == corpus.validation_text() and corpus.text_of("heldout") == corpus.heldout_text()
+    with pytest.raises(ValueError, match="split"):
+        corpus.topics_of("calibration")  # quality is never scored on what was calibrated on
+
+
+def test_validation_windows_and_sentences_come_from_the_validation_topics(tiny_llama_dir):
+    tokenizer = modelio.load_tokenizer(tiny_llama_dir)
+    held, valid = (quality.text_windows(tokenizer, 2, length=64, split=s) for s in ("heldout", "validation"))
+    assert held.shape == valid.shape == (2, 64) and not torch.equal(held, valid)
+    _, labels = quality.topic_sentences(100, split="validation")
+    assert labels and set(labels) <= {name for name, _ in corpus.validation_topics()}
 
 
 def test_latency_figures_are_ordered(tiny_llama_dir):
@@ -169,3 +182,11 @@ def test_encoder_accuracy_in_the_result_is_topic_knn_accuracy():
     result = compression_result("j-2", encoder(0.8), encoder(0.76), "a-2")
     assert (result.original_accuracy, result.compressed_accuracy) == (0.8, 0.76)
     assert result.accuracy_loss == pytest.approx(0.05)
+
+
+def test_the_quality_split_flows_from_the_spec_to_the_probe():
+    from services.evaluator.servicer import spec_to_config
+
+    config = spec_to_config(common_pb2.EvaluationSpec(quality_split="validation"))
+    assert config.quality_split == "validation" and config.plan([]).quality_split == "validation"
+    assert spec_to_config(common_pb2.EvaluationSpec()).plan([]).quality_split == "heldout"

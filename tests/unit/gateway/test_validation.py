@@ -107,6 +107,12 @@ def test_evaluation_defaults_and_bounds():
     assert (resolved.batch_size, resolved.sequence_length, resolved.quality_windows) == (4, 128, 8)
     with pytest.raises(InvalidArgument, match=r"evaluation.quality_windows: 99 is outside \[0, 32\]"):
         resolve_evaluation(common_pb2.EvaluationSpec(quality_windows=99))
+    # Quality is scored on the held-out split unless a search asks for validation; calibration never.
+    assert resolved.quality_split == "heldout"
+    assert resolve_evaluation(common_pb2.EvaluationSpec(quality_split="validation")).quality_split == "validation"
+    with pytest.raises(InvalidArgument, match="evaluation.quality_split: 'calibration' is not one of heldout, "
+                                              "validation"):
+        resolve_evaluation(common_pb2.EvaluationSpec(quality_split="calibration"))
 
 
 def test_every_recipe_resolves_against_the_services_methods_and_its_config_is_valid():

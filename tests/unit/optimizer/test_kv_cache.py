@@ -14,7 +14,7 @@ from services.optimizer import kv_cache
 @pytest.fixture(scope="module")
 def model_and_windows(tiny_llama_dir):
     model = modelio.load_model(tiny_llama_dir).eval()
-    windows = quality.heldout_windows(modelio.load_tokenizer(tiny_llama_dir), 2)[:, :144]
+    windows = quality.text_windows(modelio.load_tokenizer(tiny_llama_dir), 2)[:, :144]
     return model, windows
 
 

@@ -33,6 +33,7 @@ from services.common.runtime.settings import ServiceSettings
 from services.common.runtime.stage_runner import OUTPUT_LAYOUT, run_stage, status_for
 from services.common.store import packaging
 from services.common.store.artifact_store import ArtifactCorrupt, ArtifactNotFound, StoreFull
+from services.common.datasets import corpus
 from services.common.store.lineage import library_versions
 
 TECHNIQUE = "stagetester"
@@ -176,8 +177,10 @@ async def test_progress_is_streamed_and_published_in_order_then_the_output_is_st
     assert record.config == from_struct(request.stage.config)
     assert record.input == f"artifact:{input_model.id}"
     assert record.input_digest == f"sha256:{input_model.sha256}"
-    # The key holds the versions and the worker's ISA class (a method may resolve per CPU).
-    assert record.versions == {**library_versions(), "isa_class": this_cpu().isa_class, "output_layout": OUTPUT_LAYOUT}
+    # The key holds the versions, the worker's ISA class (a method may resolve per CPU) and the corpus split
+    # (an output calibrated on another calibration split is another output).
+    assert record.versions == {**library_versions(), "isa_class": this_cpu().isa_class, "output_layout": OUTPUT_LAYOUT,
+                               "corpus_split": corpus.SPLIT_VERSION}
     assert [link.method for link in manifest.chain] == ["fp16", "pack"] and manifest.chain[-1] == record
     # The scratch folder went with the stage.
     assert list(runtime.settings.work_dir.glob("pack-*")) == []
