@@ -316,6 +316,16 @@ class Client:
         request = gateway_pb2.RecommendStrategyRequest(model=parse_model_ref(model), **constraints)
         return self._stub.RecommendStrategy(request, timeout=7200)
 
+    def search(self, model: str | common_pb2.ModelRef, *, name: str = "",
+               evaluation: common_pb2.EvaluationSpec | None = None, **spec) -> common_pb2.Job:
+        """Starts a search job for the best pipeline under constraints (`spec`: SearchSpec's fields —
+        min_quality_kept, min_speedup, max_size_ratio, max_memory_ratio, objective, phase,
+        budget_minutes, techniques, no_training, no_calibration); wait for it with wait_job."""
+        ref = parse_model_ref(model) if isinstance(model, str) else model
+        request = gateway_pb2.SearchRequest(name=name, model=ref, spec=common_pb2.SearchSpec(**spec),
+                                            evaluation=evaluation)
+        return self._stub.Search(request, timeout=self._timeout).job
+
     # ---- artifacts ---------------------------------------------------------------
 
     def lineage(self, artifact_id: str) -> gateway_pb2.GetLineageResponse:

@@ -657,7 +657,7 @@ class Headline(_message.Message):
     def __init__(self, text: _Optional[str] = ..., colour: _Optional[str] = ..., regressions: _Optional[_Iterable[str]] = ..., unreliable: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "name", "model", "recipe", "stages", "state", "progress", "output", "result", "error", "evaluation", "created_at", "started_at", "finished_at", "artifact_ids", "recompute", "tenant")
+    __slots__ = ("job_id", "name", "model", "recipe", "stages", "state", "progress", "output", "result", "error", "evaluation", "created_at", "started_at", "finished_at", "artifact_ids", "recompute", "tenant", "search", "search_result")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -675,6 +675,8 @@ class Job(_message.Message):
     ARTIFACT_IDS_FIELD_NUMBER: _ClassVar[int]
     RECOMPUTE_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_RESULT_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     name: str
     model: ModelRef
@@ -692,7 +694,96 @@ class Job(_message.Message):
     artifact_ids: _containers.RepeatedScalarFieldContainer[str]
     recompute: bool
     tenant: str
-    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., recipe: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[StageStatus, _Mapping]]] = ..., state: _Optional[_Union[JobState, str]] = ..., progress: _Optional[float] = ..., output: _Optional[_Union[ArtifactRef, _Mapping]] = ..., result: _Optional[_Union[CompressionResult, _Mapping]] = ..., error: _Optional[str] = ..., evaluation: _Optional[_Union[EvaluationSpec, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., artifact_ids: _Optional[_Iterable[str]] = ..., recompute: _Optional[bool] = ..., tenant: _Optional[str] = ...) -> None: ...
+    search: SearchSpec
+    search_result: SearchResult
+    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., recipe: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[StageStatus, _Mapping]]] = ..., state: _Optional[_Union[JobState, str]] = ..., progress: _Optional[float] = ..., output: _Optional[_Union[ArtifactRef, _Mapping]] = ..., result: _Optional[_Union[CompressionResult, _Mapping]] = ..., error: _Optional[str] = ..., evaluation: _Optional[_Union[EvaluationSpec, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., artifact_ids: _Optional[_Iterable[str]] = ..., recompute: _Optional[bool] = ..., tenant: _Optional[str] = ..., search: _Optional[_Union[SearchSpec, _Mapping]] = ..., search_result: _Optional[_Union[SearchResult, _Mapping]] = ...) -> None: ...
+
+class SearchSpec(_message.Message):
+    __slots__ = ("min_quality_kept", "min_speedup", "max_size_ratio", "max_memory_ratio", "objective", "phase", "budget_minutes", "techniques", "no_training", "no_calibration", "finishes")
+    MIN_QUALITY_KEPT_FIELD_NUMBER: _ClassVar[int]
+    MIN_SPEEDUP_FIELD_NUMBER: _ClassVar[int]
+    MAX_SIZE_RATIO_FIELD_NUMBER: _ClassVar[int]
+    MAX_MEMORY_RATIO_FIELD_NUMBER: _ClassVar[int]
+    OBJECTIVE_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_MINUTES_FIELD_NUMBER: _ClassVar[int]
+    TECHNIQUES_FIELD_NUMBER: _ClassVar[int]
+    NO_TRAINING_FIELD_NUMBER: _ClassVar[int]
+    NO_CALIBRATION_FIELD_NUMBER: _ClassVar[int]
+    FINISHES_FIELD_NUMBER: _ClassVar[int]
+    min_quality_kept: float
+    min_speedup: float
+    max_size_ratio: float
+    max_memory_ratio: float
+    objective: str
+    phase: str
+    budget_minutes: float
+    techniques: _containers.RepeatedScalarFieldContainer[Technique]
+    no_training: bool
+    no_calibration: bool
+    finishes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, min_quality_kept: _Optional[float] = ..., min_speedup: _Optional[float] = ..., max_size_ratio: _Optional[float] = ..., max_memory_ratio: _Optional[float] = ..., objective: _Optional[str] = ..., phase: _Optional[str] = ..., budget_minutes: _Optional[float] = ..., techniques: _Optional[_Iterable[_Union[Technique, str]]] = ..., no_training: _Optional[bool] = ..., no_calibration: _Optional[bool] = ..., finishes: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SearchTrial(_message.Message):
+    __slots__ = ("candidate", "fidelity", "job_id", "quality_kept", "speedup", "size_ratio", "memory_ratio", "error", "reused", "pending")
+    CANDIDATE_FIELD_NUMBER: _ClassVar[int]
+    FIDELITY_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_KEPT_FIELD_NUMBER: _ClassVar[int]
+    SPEEDUP_FIELD_NUMBER: _ClassVar[int]
+    SIZE_RATIO_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_RATIO_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    REUSED_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    candidate: str
+    fidelity: str
+    job_id: str
+    quality_kept: float
+    speedup: SpeedRatio
+    size_ratio: float
+    memory_ratio: float
+    error: str
+    reused: bool
+    pending: bool
+    def __init__(self, candidate: _Optional[str] = ..., fidelity: _Optional[str] = ..., job_id: _Optional[str] = ..., quality_kept: _Optional[float] = ..., speedup: _Optional[_Union[SpeedRatio, _Mapping]] = ..., size_ratio: _Optional[float] = ..., memory_ratio: _Optional[float] = ..., error: _Optional[str] = ..., reused: _Optional[bool] = ..., pending: _Optional[bool] = ...) -> None: ...
+
+class SearchCandidate(_message.Message):
+    __slots__ = ("name", "stages", "dropped")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STAGES_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    stages: _containers.RepeatedCompositeFieldContainer[StageSpec]
+    dropped: str
+    def __init__(self, name: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[StageSpec, _Mapping]]] = ..., dropped: _Optional[str] = ...) -> None: ...
+
+class SearchResult(_message.Message):
+    __slots__ = ("candidates", "trials", "left_out", "winner", "recipe", "best_builtin", "stopped_early", "isa_class")
+    class LeftOutEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    TRIALS_FIELD_NUMBER: _ClassVar[int]
+    LEFT_OUT_FIELD_NUMBER: _ClassVar[int]
+    WINNER_FIELD_NUMBER: _ClassVar[int]
+    RECIPE_FIELD_NUMBER: _ClassVar[int]
+    BEST_BUILTIN_FIELD_NUMBER: _ClassVar[int]
+    STOPPED_EARLY_FIELD_NUMBER: _ClassVar[int]
+    ISA_CLASS_FIELD_NUMBER: _ClassVar[int]
+    candidates: _containers.RepeatedCompositeFieldContainer[SearchCandidate]
+    trials: _containers.RepeatedCompositeFieldContainer[SearchTrial]
+    left_out: _containers.ScalarMap[str, str]
+    winner: str
+    recipe: str
+    best_builtin: str
+    stopped_early: str
+    isa_class: str
+    def __init__(self, candidates: _Optional[_Iterable[_Union[SearchCandidate, _Mapping]]] = ..., trials: _Optional[_Iterable[_Union[SearchTrial, _Mapping]]] = ..., left_out: _Optional[_Mapping[str, str]] = ..., winner: _Optional[str] = ..., recipe: _Optional[str] = ..., best_builtin: _Optional[str] = ..., stopped_early: _Optional[str] = ..., isa_class: _Optional[str] = ...) -> None: ...
 
 class JobEvent(_message.Message):
     __slots__ = ("job_id", "sequence", "time", "kind", "job_state", "stage_index", "stage_name", "message", "stage_progress", "step", "total_steps", "metrics")

@@ -32,6 +32,24 @@ class CreateJobResponse(_message.Message):
     job: _common_pb2.Job
     def __init__(self, job: _Optional[_Union[_common_pb2.Job, _Mapping]] = ...) -> None: ...
 
+class SearchRequest(_message.Message):
+    __slots__ = ("name", "model", "spec", "evaluation")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    EVALUATION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    model: _common_pb2.ModelRef
+    spec: _common_pb2.SearchSpec
+    evaluation: _common_pb2.EvaluationSpec
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., spec: _Optional[_Union[_common_pb2.SearchSpec, _Mapping]] = ..., evaluation: _Optional[_Union[_common_pb2.EvaluationSpec, _Mapping]] = ...) -> None: ...
+
+class SearchResponse(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: _common_pb2.Job
+    def __init__(self, job: _Optional[_Union[_common_pb2.Job, _Mapping]] = ...) -> None: ...
+
 class ListJobsRequest(_message.Message):
     __slots__ = ("state", "page_size", "tenant", "page_token")
     STATE_FIELD_NUMBER: _ClassVar[int]

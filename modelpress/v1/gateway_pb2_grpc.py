@@ -105,6 +105,11 @@ class GatewayServiceStub:
                 request_serializer=modelpress_dot_v1_dot_gateway__pb2.RecommendStrategyRequest.SerializeToString,
                 response_deserializer=modelpress_dot_v1_dot_gateway__pb2.RecommendStrategyResponse.FromString,
                 _registered_method=True)
+        self.Search = channel.unary_unary(
+                '/modelpress.v1.GatewayService/Search',
+                request_serializer=modelpress_dot_v1_dot_gateway__pb2.SearchRequest.SerializeToString,
+                response_deserializer=modelpress_dot_v1_dot_gateway__pb2.SearchResponse.FromString,
+                _registered_method=True)
         self.Evaluate = channel.unary_unary(
                 '/modelpress.v1.GatewayService/Evaluate',
                 request_serializer=modelpress_dot_v1_dot_gateway__pb2.EvaluateRequest.SerializeToString,
@@ -295,6 +300,14 @@ class GatewayServiceServicer:
 
     def RecommendStrategy(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Search(self, request, context):
+        """Finds the best pipeline for a model on the evaluator's CPU by measuring (a job: watch, cancel
+        and GetJob it like any other; it resumes after a gateway restart).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -502,6 +515,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.RecommendStrategy,
                     request_deserializer=modelpress_dot_v1_dot_gateway__pb2.RecommendStrategyRequest.FromString,
                     response_serializer=modelpress_dot_v1_dot_gateway__pb2.RecommendStrategyResponse.SerializeToString,
+            ),
+            'Search': grpc.unary_unary_rpc_method_handler(
+                    servicer.Search,
+                    request_deserializer=modelpress_dot_v1_dot_gateway__pb2.SearchRequest.FromString,
+                    response_serializer=modelpress_dot_v1_dot_gateway__pb2.SearchResponse.SerializeToString,
             ),
             'Evaluate': grpc.unary_unary_rpc_method_handler(
                     servicer.Evaluate,
@@ -983,6 +1001,33 @@ class GatewayService:
             '/modelpress.v1.GatewayService/RecommendStrategy',
             modelpress_dot_v1_dot_gateway__pb2.RecommendStrategyRequest.SerializeToString,
             modelpress_dot_v1_dot_gateway__pb2.RecommendStrategyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Search(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelpress.v1.GatewayService/Search',
+            modelpress_dot_v1_dot_gateway__pb2.SearchRequest.SerializeToString,
+            modelpress_dot_v1_dot_gateway__pb2.SearchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -23,6 +23,7 @@ from modelpress.results import job_document
 from modelpress.structs import from_struct, from_value, to_struct, to_value
 from modelpress.v1 import common_pb2
 from services.cli import deployments as cli_deployments
+from services.cli import search as cli_search
 from services.cli import evaluation as cli_evaluation, launcher, messages, progress, uploads
 from services.cli.output import closed_pipe, err, figure, json_text, out, stdout_is_terminal
 from services.common.contract.chain import format_name
@@ -728,6 +729,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_methods)
     cli_evaluation.add_parsers(sub, _with_client)
     cli_deployments.add_parsers(sub, _with_client, _parse_overrides)
+    cli_search.add_parsers(sub, _finish_job, _client)
     return parser
 
 

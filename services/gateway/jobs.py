@@ -20,23 +20,24 @@ import uuid
 import grpc
 from nats.js import JetStreamContext
 
+from modelpress.results import compression_result, ended_without_result, result_headline, unevaluated_result
 from modelpress.structs import to_struct
 from modelpress.v1 import common_pb2, evaluator_pb2, technique_pb2
-from services.common.store import events as ev
-from services.common.store.artifact_store import ArtifactStore
-from services.common.store.events import EventLog
-from services.gateway.job_store import JobStore
-from services.common.store.model_source import describe
 from services.common.contract.chain import label_of
 from services.common.contract.gates import failed_checks, gate_figures, gate_not_measured, stage_gate
 from services.common.contract.techniques import TECHNIQUE_SERVICES
+from services.common.store import events as ev
+from services.common.store.artifact_store import ArtifactStore
+from services.common.store.events import EventLog
+from services.common.store.model_source import describe
 from services.common.store.stage_checkpoints import delete_job_checkpoints
 from services.gateway.access import Grants
 from services.gateway.artifacts import recipe_record
 from services.gateway.catalog import Mesh, ServiceUnavailable
+from services.gateway.job_store import JobStore
 from services.gateway.leases import JobLeases
 from services.gateway.outcomes import OutcomeStore
-from modelpress.results import compression_result, ended_without_result, result_headline, unevaluated_result
+from services.gateway.search import run as search_run
 
 log = logging.getLogger(__name__)
 
@@ -81,24 +82,30 @@ class JobRunner:
         self.mesh = mesh
         self.replica_wait_s = replica_wait_s
         self.outcomes = OutcomeStore(js)
+        self.search_trials = search_run.TrialStore(js)
+        # Stores a search's winner as its tenant's user recipe (set by the servicer: the recipe store is its).
+        self.save_recipe = None
         self._tasks: dict[str, asyncio.Task] = {}
         # Set on gateway shutdown: interrupted jobs stay RUNNING so the next gateway resumes them.
         self._stopping = False
 
-    async def ensure(self) -> "JobRunner":
+    async def ensure(self) -> JobRunner:
         await self.outcomes.ensure()
+        await self.search_trials.ensure()
         return self
 
     # ---- lifecycle ---------------------------------------------------------
 
     async def submit(self, *, name: str, model: common_pb2.ModelRef, recipe: str,
                      stages: list[common_pb2.StageSpec], evaluation: common_pb2.EvaluationSpec,
-                     recompute: bool = False, tenant: str = "", job_id: str = "") -> common_pb2.Job:
+                     recompute: bool = False, tenant: str = "", job_id: str = "",
+                     search: common_pb2.SearchSpec | None = None) -> common_pb2.Job:
         """Records a new job of `tenant` (stages already validated) and starts it; `job_id`: the id
-        its admission gave it (services/gateway/admission.py), a new one otherwise."""
+        its admission gave it (services/gateway/admission.py), a new one otherwise. With `search`
+        (and no stages), a search job (services/gateway/search/run.py)."""
         job = common_pb2.Job(
             job_id=job_id or new_job_id(), name=name, model=model, recipe=recipe, state=common_pb2.JOB_STATE_PENDING,
-            evaluation=evaluation, recompute=recompute, tenant=tenant,
+            evaluation=evaluation, recompute=recompute, tenant=tenant, search=search,
             stages=[common_pb2.StageStatus(index=i, spec=spec, state=common_pb2.JOB_STATE_PENDING)
                     for i, spec in enumerate(stages)])
         job.created_at.GetCurrentTime()
@@ -195,7 +202,10 @@ class JobRunner:
             return  # another gateway runs it
         keeper = asyncio.create_task(self._keep_lease(job_id, asyncio.current_task()))
         try:
-            async with self._turn(job_id):
+            # A search only coordinates: its candidates are jobs that take the tenant's turns themselves, so
+            # it holding one while it waits on them could leave none for them.
+            coordinating = (await self.jobs.get(job_id)).HasField("search")
+            async with contextlib.nullcontext() if coordinating else self._turn(job_id):
                 await self._run_leased(job_id)
         finally:
             keeper.cancel()
@@ -246,6 +256,13 @@ class JobRunner:
                 done = sum(stage.state == common_pb2.JOB_STATE_SUCCEEDED for stage in job.stages)
                 await self._publish(job, common_pb2.EVENT_KIND_LOG,
                                     message=f"resumed by gateway {self.leases.holder} after {done} finished stage(s)")
+            if job.HasField("search"):
+                await self._search(job)
+                job.state = common_pb2.JOB_STATE_SUCCEEDED
+                await self._report(job)
+                await self._finish(job, common_pb2.JOB_STATE_SUCCEEDED,
+                                   f"succeeded: {job.search_result.winner}, stored as {job.search_result.recipe}")
+                return
             input_ref = job.model
             for stage in job.stages:
                 if stage.state == common_pb2.JOB_STATE_SUCCEEDED:  # resumed job: skip finished stages
@@ -277,13 +294,13 @@ class JobRunner:
             if self._stopping or job_id in self._lost:
                 raise
             await asyncio.shield(self._finish(job, common_pb2.JOB_STATE_CANCELLED, "cancelled by request"))
-        except GateFailed as exc:
+        except (GateFailed, search_run.SearchFailed) as exc:
             await self._finish(job, common_pb2.JOB_STATE_FAILED, f"FAILED_PRECONDITION: {exc}")
         except grpc.aio.AioRpcError as exc:
             await self._finish(job, common_pb2.JOB_STATE_FAILED, f"{exc.code().name}: {exc.details()}")
         except ServiceUnavailable as exc:
             await self._finish(job, common_pb2.JOB_STATE_FAILED, f"UNAVAILABLE: {exc}")
-        except Exception as exc:  # noqa: BLE001 - a job failure is recorded, never raised into the loop
+        except Exception as exc:
             log.exception("job %s failed", job_id)
             await self._finish(job, common_pb2.JOB_STATE_FAILED, f"{type(exc).__name__}: {exc}")
 
@@ -500,6 +517,43 @@ class JobRunner:
         await self.jobs.put(job)
         await self._publish(job, common_pb2.EVENT_KIND_JOB_STATE, job_state=state, message=message)
         await delete_job_checkpoints(self.store, job.job_id)
+
+    async def _search(self, job: common_pb2.Job) -> None:
+        """Runs a search job (services/gateway/search/run.py): its candidates are this runner's jobs."""
+        from services.gateway.model_head import read_model_head
+
+        evaluator = (await self.mesh.describe(common_pb2.TECHNIQUE_EVALUATOR)).hardware
+        methods = {}
+        for technique in TECHNIQUE_SERVICES:
+            if technique == common_pb2.TECHNIQUE_EVALUATOR:
+                continue
+            try:
+                described = await self.mesh.describe(technique)
+            except ServiceUnavailable:
+                continue  # its candidates are left out, saying no live replica offers them
+            methods.update({(technique, m.name): m for m in described.methods})
+        head = await read_model_head(job.model, self.store)
+        context = search_run.Context(head.kind, evaluator.isa_class, tuple(evaluator.machine.isa_features), methods)
+
+        async def submit(name, candidate, evaluation):
+            return await self.submit(name=name, model=job.model, recipe=candidate.name, stages=candidate.messages(),
+                                     evaluation=evaluation, tenant=job.tenant)
+
+        async def wait(child_id: str) -> common_pb2.Job:
+            try:
+                return await self.wait(child_id)
+            except asyncio.CancelledError:  # the search was cancelled: so is the candidate it waits on
+                await asyncio.shield(self.cancel(child_id))
+                raise
+
+        async def publish(message: str) -> None:
+            await self._publish(job, common_pb2.EVENT_KIND_LOG, message=message)
+
+        async def save_recipe(recipe):
+            return await self.save_recipe(recipe, job.tenant)
+
+        await search_run.run_search(job, context, submit=submit, wait=wait, save=self.jobs.put, publish=publish,
+                                    trials=self.search_trials, save_recipe=save_recipe)
 
     async def _publish(self, job: common_pb2.Job, kind: int, **fields) -> None:
         await self.events.publish(ev.make_event(job.job_id, kind, **fields))

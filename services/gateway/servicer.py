@@ -38,6 +38,7 @@ from services.gateway.deployments import (DeploymentNotFound, Deployments, NameT
 from services.gateway.jobs import JobRunner
 from services.gateway.leases import JobLeases
 from services.gateway.recommender import NoCandidateMeasured, NothingStored, recommend
+from services.gateway.search.run import goal_of
 from services.gateway.strategies import all_strategies
 from services.gateway.user_recipes import RecipeNotFound, RecipeStore
 from services.gateway.retention import Retention, RetentionPolicy
@@ -63,6 +64,8 @@ REPORT_FORMATS = {"": ("report.json", "application/json"), "json": ("report.json
 MAX_BENCHMARK_SHAPES = 8
 # ListEngines calls per request over the round-robin channel: every replica of a mesh of up to this many.
 ENGINE_WORKER_CALLS = 4
+# A search longer than a working day is a mistake in the request, not a search.
+MAX_SEARCH_MINUTES = 24 * 60
 
 
 class NoOutput(RuntimeError):
@@ -482,6 +485,38 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         except (NothingStored, NoCandidateMeasured) as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
 
+    @_maps_errors
+    async def Search(self, request, context):
+        await self._check_model(request.model)
+        spec = request.spec
+        try:
+            goal_of(spec)
+        except ValueError as exc:
+            raise InvalidArgument(f"spec.{exc}") from None
+        if spec.phase not in ("", "prefill", "decode"):
+            raise InvalidArgument(f"spec.phase: {spec.phase!r} is not one of prefill, decode")
+        if not 0 <= spec.budget_minutes <= MAX_SEARCH_MINUTES or spec.budget_minutes != spec.budget_minutes:
+            raise InvalidArgument(f"spec.budget_minutes: {spec.budget_minutes:g} is outside [0, {MAX_SEARCH_MINUTES}] "
+                                  "(0: the default, 30)")
+        unknown = [t for t in spec.techniques if t not in TECHNIQUE_SERVICES or t == common_pb2.TECHNIQUE_EVALUATOR]
+        if unknown:
+            raise InvalidArgument(f"spec.techniques: {unknown[0]} is not an engine technique (quantizer, pruner, "
+                                  "distiller, optimizer)")
+        unknown = [name for name in spec.finishes if name not in RECIPES]
+        if unknown:
+            raise InvalidArgument(f"spec.finishes: {unknown[0]!r} is not a built-in recipe (see ListRecipes)")
+        head = await read_model_head(request.model, self._runtime.store)
+        if spec.phase == "decode" and head.kind != "causal-lm":
+            raise InvalidArgument(f"spec.phase: decode is a causal LM's; this model is {head.kind or 'unknown'}")
+        shape = resolve_evaluation(common_pb2.EvaluationSpec(
+            batch_size=request.evaluation.batch_size, sequence_length=request.evaluation.sequence_length,
+            threads=request.evaluation.threads))
+        await self._check_positions(request.model, shape, "evaluation", head)
+        await self._mesh.require_live({common_pb2.TECHNIQUE_EVALUATOR})
+        job = await self._submit(name=request.name or f"search of {request.model.WhichOneof('source')}",
+                                 model=request.model, recipe="search", stages=[], evaluation=shape, search=spec)
+        return gateway_pb2.SearchResponse(job=job)
+
     # ---- evaluation ------------------------------------------------------------
 
     async def _live_evaluator(self):
@@ -837,11 +872,12 @@ async def register(server: grpc.aio.Server, runtime: ServiceRuntime) -> list[str
     runner = await JobRunner(runtime.js, jobs, runtime.store, runtime.events, mesh, grants, leases,
                              replica_wait_s=runtime.settings.replica_wait_s,
                              running_per_tenant=runtime.settings.max_running_jobs_per_tenant).ensure()
+    recipes = await RecipeStore(runtime.js).ensure()
+    runner.save_recipe = recipes.create  # a search's winner becomes its tenant's recipe (before any search resumes)
     resumed = await runner.resume_unfinished()
     if resumed:
         log.info("resumed %d unfinished job(s): %s", len(resumed), ", ".join(resumed))
     comparisons = await RecordBucket(runtime.js, COMPARISONS_BUCKET, common_pb2.Comparison).ensure()
-    recipes = await RecipeStore(runtime.js).ensure()
     settings = runtime.settings
     await runtime.store.ensure(max_bytes=settings.store_max_bytes)  # the gateway owns the store's bound
     retention = Retention(runner, grants, runtime.store, runtime.events, RetentionPolicy(

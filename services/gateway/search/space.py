@@ -31,6 +31,7 @@ class Restrictions:
     techniques: frozenset[int] = frozenset()
     training: bool = True
     calibration: bool = True
+    finishes: frozenset[str] = frozenset()  # only candidates ending in these built-ins (empty: all)
 
     def allows(self, stages: tuple[RecipeStage, ...], uses: str) -> str:
         """Why the stages are not allowed ("" when they are)."""
@@ -95,6 +96,9 @@ def search_space(model_kind: str | None, features, methods: Methods, restriction
         if why := recipe.emulated_on(features):
             space.left_out[recipe.name] = why
             continue
+        if restrictions.finishes and recipe.name not in restrictions.finishes:
+            space.left_out[recipe.name] = "not among the finishes asked for"
+            continue
         finishes.append(recipe)
     fronts = [("", ())] + [_front(keep) for keep in PRUNE_KEEP]
     for front_name, front in fronts:
@@ -105,9 +109,14 @@ def search_space(model_kind: str | None, features, methods: Methods, restriction
             if why := restrictions.allows(stages, uses):
                 space.left_out[name] = why
                 continue
+            undescribed = [s for s in stages if (s.technique, s.method) not in methods]
+            if undescribed:
+                space.left_out[name] = (f"{undescribed[0].method} is not offered by a live "
+                                        f"{common_pb2.Technique.Name(undescribed[0].technique)} service")
+                continue
             try:
                 check_chain([s.message() for s in stages], methods, FLOAT, model_kind)
-            except (InvalidArgument, KeyError) as exc:
+            except InvalidArgument as exc:
                 space.left_out[name] = str(exc)
                 continue
             cost = "tens of minutes" if front else recipe.cost

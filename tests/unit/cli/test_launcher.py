@@ -61,7 +61,7 @@ def test_mesh_credentials_are_private_and_a_renewal_keeps_the_secret(tmp_path):
 
 
 def test_every_kv_bucket_the_gateway_declares_is_closed_to_the_workers_nats_user(tmp_path):
-    declared = {name for path in (Path(__file__).resolve().parents[3] / "services" / "gateway").glob("*.py")
+    declared = {name for path in (Path(__file__).resolve().parents[3] / "services" / "gateway").rglob("*.py")
                 for name in re.findall(r'^\w*BUCKET = "(\w+)"', path.read_text(), re.MULTILINE)}
     # The deployment records: written by the gateway alone, declared beside the slots the serving replicas write.
     from services.common.store.serving_slots import DEPLOYMENTS_BUCKET, SLOTS_BUCKET
