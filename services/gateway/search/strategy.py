@@ -28,6 +28,7 @@ FIDELITIES = (SCREEN, FULL)
 OBJECTIVES = ("fastest", "smallest")
 SIZE_TIE = 0.01  # size ratios within 1 % are the same size
 SCREEN_SLACK = 0.01  # a screen may read quality this much under the floor and still go on
+SCREEN_SHARE = 0.6  # of the budget, for the screen; the full round has the rest
 
 
 @dataclass(frozen=True)
@@ -123,11 +124,15 @@ Measure = Callable[[Candidate, str], Awaitable[Trial]]
 
 async def successive_halving(candidates: list[Candidate], measure: Measure, goal: Goal, *, deadline: float,
                              now: Callable[[], float] = time.monotonic, keep: float = 0.5,
+                             screen_share: float = SCREEN_SHARE,
                              on_trial: Callable[[Trial], None] | None = None) -> Outcome:
+    """`screen_share` of the time left is the screen's, the rest the full round's: a space larger than
+    the budget leaves its most expensive candidates unscreened, never the finalists unmeasured."""
     outcome = Outcome()
+    screen_until = now() + max(0.0, deadline - now()) * screen_share
 
     async def run(candidate: Candidate, fidelity: str) -> Trial | None:
-        if now() >= deadline:
+        if now() >= (screen_until if fidelity == SCREEN else deadline):
             outcome.dropped[candidate.name] = f"not measured at {fidelity}: the search's budget ran out"
             return None
         trial = await measure(candidate, fidelity)
