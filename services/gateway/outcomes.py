@@ -43,6 +43,8 @@ class OutcomeStore:
             return
         if job.recipe not in RECIPES:  # a user pipeline: strategies and recommendations are per built-in recipe
             return
+        if job.evaluation.quality_split == "validation":
+            return  # a search's candidate, scored on its validation split: not a reported figure
         await self._records.put(outcome_key(job), job)
 
     async def list(self) -> list[common_pb2.Job]:

@@ -45,6 +45,10 @@ async def test_a_search_finds_measures_and_stores_its_winner_and_a_second_one_re
         if trial.job_id in children:
             split = children[trial.job_id].evaluation.quality_split
             assert split == ("heldout" if trial.fidelity == "heldout" else "validation"), (trial.fidelity, split)
+    # Candidates scored on the validation split are not reported figures: no strategy's evidence cites them.
+    evidence = " ".join(s.evidence for s in await call(client.list_strategies))
+    assert not any(job_id in evidence for job_id, child in children.items()
+                   if child.evaluation.quality_split == "validation")
     # The search job carries the winner's output and its held-out figures.
     assert job.output.id == children[by_fidelity["heldout"][-1].job_id].output.id
     assert job.result.compressed_model_size_bytes and job.result.headline.text

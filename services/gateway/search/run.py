@@ -12,6 +12,7 @@ stages, effort, CPU class, tenant), so an identical search later reuses the meas
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from dataclasses import dataclass
 
@@ -186,6 +187,9 @@ async def run_search(job: common_pb2.Job, context: Context, *, submit, wait, sav
         else:
             trial = trial_from(stored, reused=True)
         _replace_trial(found, trial_message(trial))
+        # Screens, about half again at full effort, and the closing one: what GetJob's progress counts toward.
+        planned = len(found.candidates) + math.ceil(len(found.candidates) / 2) + 1
+        job.progress = min(0.99, sum(not t.pending for t in found.trials) / planned)
         await save(job)
         await publish(_trial_text(trial))
         return trial

@@ -90,6 +90,7 @@ def test_the_search_picks_the_fastest_on_validation_and_reports_it_on_held_out_t
     fidelities = [(t.candidate, t.fidelity) for t in found.trials]
     assert ("onnx-int8", "screen") in fidelities and ("onnx-int8", "full") in fidelities and fidelities[-1][1] == "heldout"
     assert not any(t.pending for t in found.trials)
+    assert 0 < mesh.saved.progress < 1  # counted toward screens, full rounds and the closing one
     # Everything the space left out is said, with why (trains, uses calibration, another technique).
     assert "TECHNIQUE_QUANTIZER" in found.left_out["smoothquant-onnx-int8"]
     assert "calibration" in found.left_out["openvino-int4"]
