@@ -58,7 +58,8 @@ class StepLines:
             return job_state_line(self.job_id, event)
         stage = f"stage {event.stage_index} {event.stage_name}".rstrip()
         if event.kind == common_pb2.EVENT_KIND_LOG:
-            return f"{stage}: {event.message}"
+            # A log of the job itself (queued, resumed, a search's trials) names no stage.
+            return f"{stage if event.stage_name else f'job {self.job_id}'}: {event.message}"
         if event.kind not in STAGE_EVENTS:
             return None
         now = self.clock()

@@ -78,6 +78,8 @@ def test_logs_and_job_states_always_print_and_progress_never_goes_backwards():
         "job j-9: failed (stage 0: boom)"
     assert lines.line(_event(K.EVENT_KIND_LOG, message="reusing a-1", stage=1, name="export")) == \
         "stage 1 export: reusing a-1"
+    # A log of the job itself (a search's trials, a resume) names no stage.
+    assert lines.line(_event(K.EVENT_KIND_LOG, message="screen onnx: 2.1×", name="")) == "job j-9: screen onnx: 2.1×"
     lines.line(_event(K.EVENT_KIND_STAGE_STARTED))
     assert lines.line(_event(K.EVENT_KIND_STAGE_PROGRESS, progress_=0.5)) is not None
     assert lines.line(_event(K.EVENT_KIND_STAGE_PROGRESS, progress_=0.3)) is None
