@@ -91,6 +91,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     from modelpress import Client
+    from modelpress.v1 import common_pb2
     from services.cli import launcher
 
     args.work.mkdir(parents=True, exist_ok=True)
@@ -124,7 +125,7 @@ def main() -> None:
                               candidates=len(found.candidates), headline=first.result.headline.text)
                 print(json.dumps({k: record[k] for k in ("first_search_s", "winner", "best_builtin", "headline")},
                                  indent=1), flush=True)
-                if first.state != 2 or not found.winner:  # JOB_STATE_SUCCEEDED
+                if first.state != common_pb2.JOB_STATE_SUCCEEDED or not found.winner:
                     return
                 started = time.perf_counter()
                 second = _until_done(client, client.search(args.model, name="bench search again", **spec).job_id,
