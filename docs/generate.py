@@ -796,6 +796,29 @@ def serving(_: str = "") -> str:
     return section("serving.json", headers, rows, *footer)
 
 
+def search(_: str = "") -> str:
+    """A search's trials (bench/search.py): screen and full on the validation split, the winner's closing
+    measurement on the held-out split, and why each screened candidate was not the winner."""
+    data = results("search.json")
+    dropped = data.get("dropped", {})
+    rows = []
+    for t in data.get("trials", []):
+        outcome = "winner" if t["candidate"] == data.get("winner") else (t["error"] or dropped.get(t["candidate"], ""))
+        rows.append([t["candidate"], t["fidelity"], speed(t["speedup"], t["speedup_ci95"]) if not t["error"] else DASH,
+                     percent(t["quality_kept"], 2) if t["quality_kept"] is not None else DASH,
+                     f"{t['size_ratio']:.2f}×", f"{t['memory_ratio']:.2f}×" if t["memory_ratio"] is not None else DASH,
+                     outcome])
+    unscreened = sum("budget ran out" in why for why in dropped.values())
+    footer = [note(f"{data['model']}, quality kept ≥ {percent(data['spec']['min_quality_kept'], 0)}, objective "
+                   f"{data['spec']['objective']}, budget {data['spec']['budget_minutes']:g} min: {data['candidates']} "
+                   f"candidates, {unscreened} not screened within the budget; the search took "
+                   f"{data['first_search_s']:,.0f} s. {data.get('stopped_early', '')}."),
+              note(f"Closing figures (held-out): {data.get('headline', '')}"),
+              machine_line(data.get("machine"))]
+    return section("search.json", ["candidate", "effort", "speed-up (prefill)", "quality kept", "size", "peak memory",
+                                   "outcome"], rows, *footer)
+
+
 SECTIONS: dict[str, Callable[[str], str]] = {
     "recipes": recipes_section,
     "thresholds": thresholds_section,
@@ -826,6 +849,7 @@ SECTIONS: dict[str, Callable[[str], str]] = {
     "bench-compat": compat_matrix,
     "bench-scale": scale,
     "bench-serving": serving,
+    "bench-search": search,
 }
 TAKES_ARGUMENT = {"bench-evaluation-comparison", "bench-optimizer", "bench-pipelines", "bench-quantization-model"}
 
