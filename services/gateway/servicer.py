@@ -17,7 +17,7 @@ from google.protobuf import struct_pb2
 from nats.errors import MaxPayloadError
 
 from modelpress.v1 import common_pb2, evaluator_pb2, gateway_pb2, gateway_pb2_grpc, optimizer_pb2
-from services.common.store.artifact_store import ArtifactCorrupt, ArtifactNotFound, StoreFull
+from services.common.store.artifact_store import ArtifactCorrupt, ArtifactNotFound, StoreFull, StoreUnresponsive
 from services.common.contract.config import WorkBudgetExceeded
 from services.common.store.events import TERMINAL_STATES
 from services.common.measure.isa import CLASS_NAMES
@@ -92,6 +92,7 @@ _ERRORS = [
     (WorkBudgetExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (QuotaExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (StoreFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (StoreUnresponsive, grpc.StatusCode.UNAVAILABLE),
     (AdmissionBusy, grpc.StatusCode.UNAVAILABLE),
     # A record past the message bus's payload (1 MB): the request's bounds should have caught it.
     (MaxPayloadError, grpc.StatusCode.RESOURCE_EXHAUSTED),

@@ -27,7 +27,7 @@ from services.common.datasets import corpus
 from services.common.store import events as ev
 from services.common.store import packaging
 from services.common.store.load_guide import write_load_guide
-from services.common.store.artifact_store import ArtifactCorrupt, ArtifactNotFound, StoreFull
+from services.common.store.artifact_store import ArtifactCorrupt, ArtifactNotFound, StoreFull, StoreUnresponsive
 from services.common.contract.config import ConfigError, WorkBudgetExceeded
 from services.common.store.model_source import CacheTooSmall, PathNotAllowed, describe
 from services.common.store.path_models import MAX_PATH_CHARACTERS, NAME_MAX_BYTES
@@ -70,8 +70,8 @@ _STATUS_OF: list[tuple[type[BaseException] | tuple[type[BaseException], ...], gr
     (NotPossibleHere, grpc.StatusCode.FAILED_PRECONDITION),
     (NotImplementedError, grpc.StatusCode.UNIMPLEMENTED),
     (ValueError, grpc.StatusCode.FAILED_PRECONDITION),
-    # The store did not answer (past its retries): the gateway tries the stage again.
-    (NATS_AWAY, grpc.StatusCode.UNAVAILABLE),
+    # The store did not answer (past its retries), or took no chunk of an output: the gateway tries the stage again.
+    ((*NATS_AWAY, StoreUnresponsive), grpc.StatusCode.UNAVAILABLE),
 ]
 
 

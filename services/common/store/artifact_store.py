@@ -63,6 +63,11 @@ class StoreFull(RuntimeError):
     """The object store is at its size bound (RESOURCE_EXHAUSTED); what was being written is gone."""
 
 
+class StoreUnresponsive(IOError):
+    """JetStream took no chunk of an artifact being written (its server busy, away or out of disk):
+    UNAVAILABLE, so the stage is tried again; what was being written is gone."""
+
+
 # Core NATS subject on which every deletion is announced (the artifact id as payload), so each
 # service drops its cached copy at once instead of waiting for its LRU bound.
 DELETED_SUBJECT = "modelpress.artifacts.deleted"
@@ -404,10 +409,11 @@ async def _await_acks(futures: list[asyncio.Future], timeout_s: float = 120.0) -
     try:
         acks = await asyncio.wait_for(asyncio.gather(*futures), timeout_s)
     except asyncio.TimeoutError:
-        raise IOError(f"JetStream acknowledged no artifact chunk for {timeout_s:.0f} s") from None
+        raise StoreUnresponsive(f"JetStream acknowledged no artifact chunk for {timeout_s:.0f} s (is the NATS "
+                                "server's disk full?)") from None
     for ack in acks:
         if ack.stream is None:
-            raise IOError("JetStream did not store an artifact chunk")
+            raise StoreUnresponsive("JetStream did not store an artifact chunk")
 
 
 async def _read_file_chunks(path: Path, size: int = 8 * CHUNK_SIZE) -> AsyncIterator[bytes]:

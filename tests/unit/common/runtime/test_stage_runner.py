@@ -32,7 +32,7 @@ from services.common.runtime.server import open_runtime
 from services.common.runtime.settings import ServiceSettings
 from services.common.runtime.stage_runner import OUTPUT_LAYOUT, run_stage, status_for
 from services.common.store import packaging
-from services.common.store.artifact_store import ArtifactCorrupt, ArtifactNotFound, StoreFull
+from services.common.store.artifact_store import ArtifactCorrupt, ArtifactNotFound, StoreFull, StoreUnresponsive
 from services.common.datasets import corpus
 from services.common.store.lineage import library_versions
 
@@ -261,6 +261,7 @@ def _raises(exc: BaseException):
     (NotImplementedError("int3 is not built yet"), grpc.StatusCode.UNIMPLEMENTED),
     (StageCancelled("stage cancelled"), grpc.StatusCode.CANCELLED),
     (nats.errors.TimeoutError(), grpc.StatusCode.UNAVAILABLE),  # the store did not answer: retried
+    (StoreUnresponsive("JetStream acknowledged no artifact chunk for 120 s"), grpc.StatusCode.UNAVAILABLE),
     (JsonTooDeep("config.json: JSON nested 40 levels deep"), grpc.StatusCode.INVALID_ARGUMENT),
     (IncompleteCheckpoint("m: the checkpoint lacks 1 of the model's tensors (lm_head.weight)"),
      grpc.StatusCode.FAILED_PRECONDITION),
