@@ -13,7 +13,7 @@ from services.common.measure.isa import class_flags
 from modelpress.quality_kept import quality_retention
 from services.gateway.ranking import Candidate, Constraints, rank
 from services.gateway.jobs import JobRunner
-from services.common.contract.recipes import CPU_ENGINES, RECIPES, get_recipe
+from services.common.contract.recipes import RECIPES, get_recipe
 from services.gateway.strategies import measured_on, strategy
 from services.common.contract.chain import InvalidArgument, Methods, model_kinds_of
 from services.common.runtime.auth import Principal
@@ -51,8 +51,7 @@ def default_candidates(model_kind: str | None, features, methods: Methods) -> li
     for recipe in RECIPES.values():
         if recipe.uses_data != "none" or recipe.compute == "auto":  # fastest-cpu picks among these very candidates
             continue
-        if recipe.runtimes[0] not in CPU_ENGINES and not (recipe.runtimes[0] == "transformers"
-                                                          and recipe.compute != "fp32"):
+        if not recipe.faster_on_cpu:
             continue
         if recipe.emulated_on(features):
             continue

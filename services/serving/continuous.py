@@ -136,6 +136,24 @@ class Generation:
         """Blocks until the final event was delivered; False on timeout."""
         return self._done.wait(timeout)
 
+    # ---- engine side (every engine behind this contract: the batcher, llamacpp_engine) ----
+
+    def deliver(self, on_event: OnEvent, token: int | None, reason: str | None) -> None:
+        """A consumer's callback that raises must not stop the engine: its generation is cancelled instead."""
+        try:
+            on_event(token, reason)
+        except Exception:
+            logger.exception("on_event of generation %s raised; cancelling it", self.id)
+            self._cancelled = True
+
+    def end(self, on_event: OnEvent, reason: str, token: int | None = None) -> None:
+        """Records the finish and delivers the final event (once the caller has released what it held)."""
+        self.finish_reason, self.finished_at = reason, time.monotonic()
+        try:
+            self.deliver(on_event, token, reason)
+        finally:
+            self._done.set()
+
 
 @dataclass(eq=False)
 class _Request:
@@ -392,7 +410,7 @@ class ContinuousBatcher:
         if gen.completion_tokens >= req.params.max_tokens:
             return "length"
         req.last_token = token
-        self._call(req, token, None)
+        req.gen.deliver(req.on_event, token, None)
         return None
 
     def _join(self, req: _Request, cache) -> None:
@@ -459,21 +477,7 @@ class ContinuousBatcher:
             if req.admitted:
                 self._active -= 1
                 self._reserved -= req.reserve
-        gen = req.gen
-        gen.finish_reason = reason
-        gen.finished_at = time.monotonic()
-        try:
-            self._call(req, token, reason)
-        finally:
-            gen._done.set()
-
-    def _call(self, req: _Request, token: int | None, reason: str | None) -> None:
-        """A consumer's callback that raises must not stop the engine: its generation is cancelled instead."""
-        try:
-            req.on_event(token, reason)
-        except Exception:
-            logger.exception("on_event of generation %s raised; cancelling it", req.gen.id)
-            req.gen._cancelled = True
+        req.gen.end(req.on_event, reason, token)
 
     def _shutdown(self) -> None:
         with self._lock:

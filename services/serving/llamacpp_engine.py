@@ -174,7 +174,7 @@ class LlamaCppEngine:
                 if gen.completion_tokens >= params.max_tokens:
                     self._finish(req, "length", token)
                     return
-                self._call(req, token, None)
+                req.gen.deliver(req.on_event, token, None)
                 if gen._cancelled or self._closed:
                     self._finish(req, "cancelled")
                     return
@@ -182,18 +182,5 @@ class LlamaCppEngine:
             tokens.close()
 
     def _finish(self, req: _Request, reason: str, token: int | None = None) -> None:
-        gen = req.gen
-        if gen.done:
-            return
-        gen.finish_reason, gen.finished_at = reason, time.monotonic()
-        try:
-            self._call(req, token, reason)
-        finally:
-            gen._done.set()
-
-    def _call(self, req: _Request, token: int | None, reason: str | None) -> None:
-        try:
-            req.on_event(token, reason)
-        except Exception:
-            logger.exception("on_event of generation %s raised; cancelling it", req.gen.id)
-            req.gen._cancelled = True
+        if not req.gen.done:
+            req.gen.end(req.on_event, reason, token)

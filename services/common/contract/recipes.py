@@ -71,6 +71,14 @@ class RecipeDef:
         here = support(self.compute, features)
         return f"{here.precision} compute on an {isa_class(features)} CPU: {here.note}" if here.emulated else ""
 
+    @property
+    def faster_on_cpu(self) -> bool:
+        """Its result serves faster on a CPU: a CPU engine's, or a cast whose compute is not FP32 (whether this
+        CPU runs that compute natively is emulated_on's question). Weight-only quantizers compute in FP32
+        there: smaller, not faster."""
+        return bool(self.runtimes) and (self.runtimes[0] in CPU_ENGINES or (
+            self.runtimes[0] == "transformers" and self.compute != "fp32"))
+
     def message(self) -> gateway_pb2.Recipe:
         return gateway_pb2.Recipe(name=self.name, summary=self.summary, stages=[s.message() for s in self.stages],
                                   runtimes=self.runtimes, data=self.uses_data, cost=self.cost,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from modelpress.v1 import common_pb2
 from services.common.contract.chain import InvalidArgument, Methods, check_chain
-from services.common.contract.recipes import CPU_ENGINES, RECIPES, RecipeDef, RecipeStage
+from services.common.contract.recipes import RECIPES, RecipeStage
 
 P, D = common_pb2.TECHNIQUE_PRUNER, common_pb2.TECHNIQUE_DISTILLER
 FLOAT = common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS
@@ -74,11 +74,6 @@ def _front(keep: float) -> tuple[str, tuple[RecipeStage, ...]]:
                   RecipeStage(D, "distill-self", dict(RECOVERY), "recover"))
 
 
-def is_cpu_finish(recipe: RecipeDef) -> bool:
-    """A recipe whose result serves faster on a CPU: a CPU engine's, or a cast computed natively there."""
-    return recipe.runtimes[0] in CPU_ENGINES or (recipe.runtimes[0] == "transformers" and recipe.compute != "fp32")
-
-
 def _more(a: str, b: str) -> str:
     order = ("none", "calibration", "training")
     return max(a, b, key=order.index)
@@ -89,7 +84,7 @@ def search_space(model_kind: str | None, features, methods: Methods, restriction
     space = Space([])
     finishes = []
     for recipe in RECIPES.values():
-        if not recipe.runtimes or recipe.compute == "auto" or not is_cpu_finish(recipe):
+        if recipe.compute == "auto" or not recipe.faster_on_cpu:
             continue  # fastest-cpu picks among these very finishes on the worker
         if {s.technique for s in recipe.stages} & {P, D}:
             continue  # a composition of its own (minilm-edge): the fronts below make those
