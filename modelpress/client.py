@@ -320,7 +320,8 @@ class Client:
                evaluation: common_pb2.EvaluationSpec | None = None, **spec) -> common_pb2.Job:
         """Starts a search job for the best pipeline under constraints (`spec`: SearchSpec's fields —
         min_quality_kept, min_speedup, max_size_ratio, max_memory_ratio, objective, phase,
-        budget_minutes, techniques, no_training, no_calibration); wait for it with wait_job."""
+        budget_minutes, techniques, no_training, no_calibration, finishes, deploy_as); wait for it with
+        wait_job."""
         ref = parse_model_ref(model) if isinstance(model, str) else model
         request = gateway_pb2.SearchRequest(name=name, model=ref, spec=common_pb2.SearchSpec(**spec),
                                             evaluation=evaluation)

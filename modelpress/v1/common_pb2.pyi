@@ -699,7 +699,7 @@ class Job(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., recipe: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[StageStatus, _Mapping]]] = ..., state: _Optional[_Union[JobState, str]] = ..., progress: _Optional[float] = ..., output: _Optional[_Union[ArtifactRef, _Mapping]] = ..., result: _Optional[_Union[CompressionResult, _Mapping]] = ..., error: _Optional[str] = ..., evaluation: _Optional[_Union[EvaluationSpec, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., artifact_ids: _Optional[_Iterable[str]] = ..., recompute: _Optional[bool] = ..., tenant: _Optional[str] = ..., search: _Optional[_Union[SearchSpec, _Mapping]] = ..., search_result: _Optional[_Union[SearchResult, _Mapping]] = ...) -> None: ...
 
 class SearchSpec(_message.Message):
-    __slots__ = ("min_quality_kept", "min_speedup", "max_size_ratio", "max_memory_ratio", "objective", "phase", "budget_minutes", "techniques", "no_training", "no_calibration", "finishes")
+    __slots__ = ("min_quality_kept", "min_speedup", "max_size_ratio", "max_memory_ratio", "objective", "phase", "budget_minutes", "techniques", "no_training", "no_calibration", "finishes", "deploy_as")
     MIN_QUALITY_KEPT_FIELD_NUMBER: _ClassVar[int]
     MIN_SPEEDUP_FIELD_NUMBER: _ClassVar[int]
     MAX_SIZE_RATIO_FIELD_NUMBER: _ClassVar[int]
@@ -711,6 +711,7 @@ class SearchSpec(_message.Message):
     NO_TRAINING_FIELD_NUMBER: _ClassVar[int]
     NO_CALIBRATION_FIELD_NUMBER: _ClassVar[int]
     FINISHES_FIELD_NUMBER: _ClassVar[int]
+    DEPLOY_AS_FIELD_NUMBER: _ClassVar[int]
     min_quality_kept: float
     min_speedup: float
     max_size_ratio: float
@@ -722,7 +723,8 @@ class SearchSpec(_message.Message):
     no_training: bool
     no_calibration: bool
     finishes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, min_quality_kept: _Optional[float] = ..., min_speedup: _Optional[float] = ..., max_size_ratio: _Optional[float] = ..., max_memory_ratio: _Optional[float] = ..., objective: _Optional[str] = ..., phase: _Optional[str] = ..., budget_minutes: _Optional[float] = ..., techniques: _Optional[_Iterable[_Union[Technique, str]]] = ..., no_training: _Optional[bool] = ..., no_calibration: _Optional[bool] = ..., finishes: _Optional[_Iterable[str]] = ...) -> None: ...
+    deploy_as: str
+    def __init__(self, min_quality_kept: _Optional[float] = ..., min_speedup: _Optional[float] = ..., max_size_ratio: _Optional[float] = ..., max_memory_ratio: _Optional[float] = ..., objective: _Optional[str] = ..., phase: _Optional[str] = ..., budget_minutes: _Optional[float] = ..., techniques: _Optional[_Iterable[_Union[Technique, str]]] = ..., no_training: _Optional[bool] = ..., no_calibration: _Optional[bool] = ..., finishes: _Optional[_Iterable[str]] = ..., deploy_as: _Optional[str] = ...) -> None: ...
 
 class SearchTrial(_message.Message):
     __slots__ = ("candidate", "fidelity", "job_id", "quality_kept", "speedup", "size_ratio", "memory_ratio", "error", "reused", "pending")
@@ -759,7 +761,7 @@ class SearchCandidate(_message.Message):
     def __init__(self, name: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[StageSpec, _Mapping]]] = ..., dropped: _Optional[str] = ...) -> None: ...
 
 class SearchResult(_message.Message):
-    __slots__ = ("candidates", "trials", "left_out", "winner", "recipe", "best_builtin", "stopped_early", "isa_class")
+    __slots__ = ("candidates", "trials", "left_out", "winner", "recipe", "best_builtin", "stopped_early", "isa_class", "deployment_id", "deploy_error")
     class LeftOutEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -775,6 +777,8 @@ class SearchResult(_message.Message):
     BEST_BUILTIN_FIELD_NUMBER: _ClassVar[int]
     STOPPED_EARLY_FIELD_NUMBER: _ClassVar[int]
     ISA_CLASS_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    DEPLOY_ERROR_FIELD_NUMBER: _ClassVar[int]
     candidates: _containers.RepeatedCompositeFieldContainer[SearchCandidate]
     trials: _containers.RepeatedCompositeFieldContainer[SearchTrial]
     left_out: _containers.ScalarMap[str, str]
@@ -783,7 +787,27 @@ class SearchResult(_message.Message):
     best_builtin: str
     stopped_early: str
     isa_class: str
-    def __init__(self, candidates: _Optional[_Iterable[_Union[SearchCandidate, _Mapping]]] = ..., trials: _Optional[_Iterable[_Union[SearchTrial, _Mapping]]] = ..., left_out: _Optional[_Mapping[str, str]] = ..., winner: _Optional[str] = ..., recipe: _Optional[str] = ..., best_builtin: _Optional[str] = ..., stopped_early: _Optional[str] = ..., isa_class: _Optional[str] = ...) -> None: ...
+    deployment_id: str
+    deploy_error: str
+    def __init__(self, candidates: _Optional[_Iterable[_Union[SearchCandidate, _Mapping]]] = ..., trials: _Optional[_Iterable[_Union[SearchTrial, _Mapping]]] = ..., left_out: _Optional[_Mapping[str, str]] = ..., winner: _Optional[str] = ..., recipe: _Optional[str] = ..., best_builtin: _Optional[str] = ..., stopped_early: _Optional[str] = ..., isa_class: _Optional[str] = ..., deployment_id: _Optional[str] = ..., deploy_error: _Optional[str] = ...) -> None: ...
+
+class FastestCpuChoice(_message.Message):
+    __slots__ = ("model_kind", "isa_class", "recipe", "search_job_id", "measured", "phase", "measured_at")
+    MODEL_KIND_FIELD_NUMBER: _ClassVar[int]
+    ISA_CLASS_FIELD_NUMBER: _ClassVar[int]
+    RECIPE_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_AT_FIELD_NUMBER: _ClassVar[int]
+    model_kind: str
+    isa_class: str
+    recipe: str
+    search_job_id: str
+    measured: SearchTrial
+    phase: str
+    measured_at: _timestamp_pb2.Timestamp
+    def __init__(self, model_kind: _Optional[str] = ..., isa_class: _Optional[str] = ..., recipe: _Optional[str] = ..., search_job_id: _Optional[str] = ..., measured: _Optional[_Union[SearchTrial, _Mapping]] = ..., phase: _Optional[str] = ..., measured_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class JobEvent(_message.Message):
     __slots__ = ("job_id", "sequence", "time", "kind", "job_state", "stage_index", "stage_name", "message", "stage_progress", "step", "total_steps", "metrics")

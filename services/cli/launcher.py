@@ -46,7 +46,7 @@ PLAINTEXT_SERVICES = ("gateway", SERVING)
 # an artifact (tests/unit/cli/test_launcher.py finds a bucket a gateway module adds).
 GATEWAY_BUCKETS = ("modelpress_jobs", "modelpress_job_leases", "modelpress_grants", "modelpress_admission",
                    "modelpress_recipes", "modelpress_comparisons", "modelpress_outcomes", "modelpress_deployments",
-                   "modelpress_search_trials")
+                   "modelpress_search_trials", "modelpress_fastest_cpu")
 WORKER_NATS_USER = "modelpress-worker"
 MAX_REPLICAS = 8
 # Replica i > 1 of a service listens at its default port + REPLICA_PORT_STEP * (i - 1).

@@ -1,4 +1,4 @@
-"""`modelpress search MODEL [constraints] [--budget 30m]`: a search job for the best pipeline on the
+"""`modelpress search MODEL [constraints] [--budget 30m] [--deploy NAME]`: a search job for the best pipeline on the
 evaluator's CPU, and the front it measured (each candidate's figures, or why it was dropped)."""
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ def spec_of(args) -> dict:
             "max_size_ratio": args.max_size_ratio, "max_memory_ratio": args.max_memory_ratio,
             "objective": args.objective, "phase": args.phase, "budget_minutes": minutes(args.budget),
             "techniques": techniques, "no_training": args.no_training, "no_calibration": args.no_calibration,
-            "finishes": [f.strip() for f in (args.finishes or "").split(",") if f.strip()]}
+            "finishes": [f.strip() for f in (args.finishes or "").split(",") if f.strip()],
+            "deploy_as": args.deploy or ""}
 
 
 def front_table(job: common_pb2.Job) -> Table:
@@ -72,6 +73,11 @@ def print_search(job: common_pb2.Job) -> None:
                    and found.best_builtin != found.winner else "")
         out.print(f"[bold]winner: {escape(found.winner)}[/bold], stored as recipe {escape(found.recipe)} "
                   f"(modelpress compress MODEL --recipe {escape(found.recipe)}){escape(builtin)}")
+    if found.deployment_id:
+        out.print(f"deployed as {escape(job.search.deploy_as)} ({found.deployment_id}): modelpress deployments get "
+                  f"{found.deployment_id}")
+    elif found.deploy_error:
+        out.print(f"not deployed: {escape(found.deploy_error)}")
 
 
 def add_parsers(sub, finish_job: Callable, client_of: Callable) -> None:
@@ -91,6 +97,8 @@ def add_parsers(sub, finish_job: Callable, client_of: Callable) -> None:
     p.add_argument("--no-calibration", action="store_true", help="only data-free candidates")
     p.add_argument("--finishes", default="", help="comma-separated built-ins the candidates may end in "
                                                   "(default: every one this CPU serves faster)")
+    p.add_argument("--deploy", metavar="NAME", default="",
+                   help="deploy the winner on the mesh's serving replicas under NAME (only candidates they serve)")
     p.add_argument("--name", default="")
     p.add_argument("--wait", action="store_true", help="follow progress and print the front")
     p.add_argument("--json", action="store_true", help="print the job as one JSON document")

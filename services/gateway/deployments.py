@@ -101,6 +101,14 @@ class Deployments:
         await self._records.put(deployment_id, record)
         return record
 
+    async def taken(self, name: str) -> bool:
+        """Whether a deployment (of any tenant) answers to `name`."""
+        try:
+            await self._records.kv.get(NAME_PREFIX + name)
+        except (KeyNotFoundError, NotFoundError):
+            return False
+        return True
+
     async def _record(self, principal: Principal, deployment_id: str) -> common_pb2.Deployment:
         record = await self._records.get(deployment_id) if not deployment_id.startswith(NAME_PREFIX) else None
         # Another tenant's deployment is not found, as if it did not exist (its name says nothing either).

@@ -37,6 +37,7 @@ from services.gateway.catalog import Mesh, ServiceUnavailable
 from services.gateway.job_store import JobStore
 from services.gateway.leases import JobLeases
 from services.gateway.outcomes import OutcomeStore
+from services.gateway.search import fastest
 from services.gateway.search import run as search_run
 
 log = logging.getLogger(__name__)
@@ -83,8 +84,11 @@ class JobRunner:
         self.replica_wait_s = replica_wait_s
         self.outcomes = OutcomeStore(js)
         self.search_trials = search_run.TrialStore(js)
-        # Stores a search's winner as its tenant's user recipe (set by the servicer: the recipe store is its).
+        self.fastest_choices = fastest.ChoiceStore(js)
+        # Stores a search's winner as its tenant's user recipe, and deploys it (with deploy_as): set by the
+        # servicer, whose the recipe and deployment stores are.
         self.save_recipe = None
+        self.deploy = None
         self._tasks: dict[str, asyncio.Task] = {}
         # Set on gateway shutdown: interrupted jobs stay RUNNING so the next gateway resumes them.
         self._stopping = False
@@ -92,6 +96,7 @@ class JobRunner:
     async def ensure(self) -> JobRunner:
         await self.outcomes.ensure()
         await self.search_trials.ensure()
+        await self.fastest_choices.ensure()
         return self
 
     # ---- lifecycle ---------------------------------------------------------
@@ -204,7 +209,11 @@ class JobRunner:
         try:
             # A search only coordinates: its candidates are jobs that take the tenant's turns themselves, so
             # it holding one while it waits on them could leave none for them.
-            coordinating = (await self.jobs.get(job_id)).HasField("search")
+            job = await self.jobs.get(job_id)
+            coordinating = job.HasField("search")
+            # Before its turn, for the same reason: the search that measures fastest-cpu is such jobs.
+            if not coordinating and fastest.unresolved(job) and not await self._resolve_fastest(job):
+                return
             async with contextlib.nullcontext() if coordinating else self._turn(job_id):
                 await self._run_leased(job_id)
         finally:
@@ -518,6 +527,42 @@ class JobRunner:
         await self._publish(job, common_pb2.EVENT_KIND_JOB_STATE, job_state=state, message=message)
         await delete_job_checkpoints(self.store, job.job_id)
 
+    async def _resolve_fastest(self, job: common_pb2.Job) -> bool:
+        """Gives the job's fastest-cpu stages the choice measured on the evaluator's CPU class, running the
+        search that measures it the first time (search/fastest.py); False when the job ended instead."""
+        from services.gateway.model_head import read_model_head
+
+        if job.state in ev.TERMINAL_STATES:
+            return True  # _run_leased returns at once
+        try:
+            here = (await self.mesh.describe(common_pb2.TECHNIQUE_EVALUATOR)).hardware.isa_class
+        except ServiceUnavailable:
+            here = ""
+        kind = (await read_model_head(job.model, self.store)).kind or ""
+
+        async def submit_search(spec, name):
+            return await self.submit(name=name, model=job.model, recipe="search", stages=[],
+                                     evaluation=common_pb2.EvaluationSpec(
+                                         batch_size=job.evaluation.batch_size, threads=job.evaluation.threads,
+                                         sequence_length=job.evaluation.sequence_length),
+                                     tenant=job.tenant, search=spec)
+
+        async def publish(message: str) -> None:
+            await self._publish(job, common_pb2.EVENT_KIND_LOG, message=message)
+
+        try:
+            if await fastest.resolve(job, kind, here, self.fastest_choices, submit_search=submit_search,
+                                     wait=self.wait, publish=publish):
+                await self.jobs.put(job)
+            return True
+        except asyncio.CancelledError:
+            if self._stopping or job.job_id in self._lost:
+                raise
+            await asyncio.shield(self._finish(job, common_pb2.JOB_STATE_CANCELLED, "cancelled by request"))
+        except fastest.NoFastest as exc:
+            await self._finish(job, common_pb2.JOB_STATE_FAILED, f"FAILED_PRECONDITION: {exc}")
+        return False
+
     async def _search(self, job: common_pb2.Job) -> None:
         """Runs a search job (services/gateway/search/run.py): its candidates are this runner's jobs."""
         from services.gateway.model_head import read_model_head
@@ -553,7 +598,7 @@ class JobRunner:
             return await self.save_recipe(recipe, job.tenant)
 
         await search_run.run_search(job, context, submit=submit, wait=wait, save=self.jobs.put, publish=publish,
-                                    trials=self.search_trials, save_recipe=save_recipe)
+                                    trials=self.search_trials, save_recipe=save_recipe, deploy=self.deploy)
 
     async def _publish(self, job: common_pb2.Job, kind: int, **fields) -> None:
         await self.events.publish(ev.make_event(job.job_id, kind, **fields))

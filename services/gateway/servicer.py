@@ -38,7 +38,7 @@ from services.gateway.deployments import (DeploymentNotFound, Deployments, NameT
 from services.gateway.jobs import JobRunner
 from services.gateway.leases import JobLeases
 from services.gateway.recommender import NoCandidateMeasured, NothingStored, recommend
-from services.gateway.search.run import goal_of
+from services.gateway.search.run import NotDeployed, goal_of
 from services.gateway.strategies import all_strategies
 from services.gateway.user_recipes import RecipeNotFound, RecipeStore
 from services.gateway.retention import Retention, RetentionPolicy
@@ -506,6 +506,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         unknown = [name for name in spec.finishes if name not in RECIPES]
         if unknown:
             raise InvalidArgument(f"spec.finishes: {unknown[0]!r} is not a built-in recipe (see ListRecipes)")
+        if spec.deploy_as:
+            checked_name(spec.deploy_as)
+            if await (await self._deployments()).taken(spec.deploy_as):
+                raise NameTaken(f"spec.deploy_as: another deployment answers to {spec.deploy_as!r}; choose another "
+                                "name or delete that deployment")
         head = await read_model_head(request.model, self._runtime.store)
         if spec.phase == "decode" and head.kind != "causal-lm":
             raise InvalidArgument(f"spec.phase: decode is a causal LM's; this model is {head.kind or 'unknown'}")
@@ -874,7 +879,20 @@ async def register(server: grpc.aio.Server, runtime: ServiceRuntime) -> list[str
                              replica_wait_s=runtime.settings.replica_wait_s,
                              running_per_tenant=runtime.settings.max_running_jobs_per_tenant).ensure()
     recipes = await RecipeStore(runtime.js).ensure()
-    runner.save_recipe = recipes.create  # a search's winner becomes its tenant's recipe (before any search resumes)
+    deployments = await Deployments(runtime.js).ensure()
+    # A search's winner becomes its tenant's recipe, and its deployment (before any search resumes).
+    runner.save_recipe = recipes.create
+
+    async def deploy_winner(job: common_pb2.Job) -> common_pb2.Deployment:
+        head = await read_model_head(common_pb2.ModelRef(artifact_id=job.output.id), runtime.store)
+        try:
+            return await deployments.create(auth.Principal(tenant=job.tenant, operator=False),
+                                            checked_name(job.search.deploy_as), job.output, job.job_id, 1,
+                                            struct_pb2.Struct(), head.kind)
+        except (NameTaken, InvalidArgument) as exc:
+            raise NotDeployed(str(exc)) from None
+
+    runner.deploy = deploy_winner
     resumed = await runner.resume_unfinished()
     if resumed:
         log.info("resumed %d unfinished job(s): %s", len(resumed), ", ".join(resumed))
@@ -886,7 +904,6 @@ async def register(server: grpc.aio.Server, runtime: ServiceRuntime) -> list[str
     admission = await Admission(
         runtime.js, jobs, retention.check_room, max_jobs=settings.max_jobs_per_tenant,
         max_measurements=settings.max_measurements_per_tenant).ensure()
-    deployments = await Deployments(runtime.js).ensure()
     gateway_pb2_grpc.add_GatewayServiceServicer_to_server(
         GatewayServicer(runtime, runner, mesh, comparisons, recipes, grants, retention, admission, deployments), server)
     orphans = asyncio.create_task(runner.take_over_orphans(), name="take-over-orphans")

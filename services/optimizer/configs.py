@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 
 from services.common.contract.config import MAX_CALIBRATION_TOKENS, MethodConfig, over_budget
 from services.common.contract.fields import CALIBRATION_SAMPLES, GROUP_SIZE, CalibrationSamples, GroupSize
+from services.common.contract.recipes import ENGINE_CHOICES
 from services.common.measure.isa import CLASS_NAMES
 
 
@@ -100,3 +101,6 @@ class FastestCpuConfig(MethodConfig):
     isa_class: Literal[("auto",) + CLASS_NAMES] = Field(  # type: ignore[valid-type]
         "auto", description="Resolve for CPUs of this ISA class instead of this worker's (auto): a build worker "
                             "preparing a model for other machines")
+    choice: Literal[("",) + ENGINE_CHOICES] = Field(  # type: ignore[valid-type]
+        "", description="The engine recipe to run: the gateway sets the one a search measured fastest at kept "
+                        "quality for the model's kind on the class's CPU; empty: the bench table's prior")

@@ -15,6 +15,7 @@ from services.common.models import families, modelio
 from services.common.models import packed
 from services.common.contract.engine_api import (CAUSAL_LM, MODEL_KINDS, NotPossibleHere, ProgressReporter,
                                                  StageResult)
+from services.common.contract.recipes import RECIPES
 from services.common.contract.registry import method, registry
 from services.common.measure.isa import ALIASES, class_flags, support
 from services.common.measure.machine import this_cpu
@@ -360,14 +361,21 @@ def run_tensorrt_fp16(config: TensorRtConfig, src: Path, dst: Path, reporter: Pr
     return _result(src, dst, "tensorrt_model.json", manifest, common_pb2.ARTIFACT_FORMAT_TENSORRT, figures)
 
 
-# What it resolves to (fastest.BEST) is an ONNX Runtime or an OpenVINO method, for either kind.
+# What it runs is one ONNX Runtime or OpenVINO recipe (ENGINE_CHOICES): the gateway passes the one its search
+# measured fastest on the worker's CPU class; called without one, the bench table's prior (fastest.py).
 @method(O, "fastest-cpu", config=FastestCpuConfig, produces=(ONNX, OPENVINO_IR), model_kinds=MODEL_KINDS,
-        summary="The engine precision measured fastest at kept quality on this worker's ISA class (bf16 compute "
-                "where the CPU has it, INT8 where it does not)")
+        summary="The engine precision measured fastest at kept quality for the model's kind on this worker's CPU "
+                "class (the gateway measures it by a short search the first time; else the bench table's prior)")
 def run_fastest_cpu(config: FastestCpuConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
     isa = this_cpu().isa_class if config.isa_class == "auto" else config.isa_class
     kind = modelio.model_kind(_float_config(src))
-    choice, note = fastest.resolve(isa, kind)
+    if config.choice:
+        stage = RECIPES[config.choice].stages[0]
+        choice = fastest.Choice(config.choice, stage.method, dict(stage.config))
+        note = (f"fastest-cpu ran {choice.recipe}: measured fastest at kept quality for a {kind} on an {isa} CPU "
+                "(the gateway's search)")
+    else:
+        choice, note = fastest.resolve(isa, kind)
     method = METHODS[choice.method]
     reporter.report(0, 1, note)
     chosen = dict(choice.config)
@@ -375,7 +383,7 @@ def run_fastest_cpu(config: FastestCpuConfig, src: Path, dst: Path, reporter: Pr
         chosen.setdefault("weights", "s8" if support("int8", class_flags(isa)).accelerated else "u8")
     result = method.run(method.config_cls(**chosen), src, dst, reporter)
     result.compression["resolved"] = {"from": "fastest-cpu", "recipe": choice.recipe, "method": choice.method,
-                                      "config": chosen, "isa_class": isa}
+                                      "config": chosen, "isa_class": isa, "measured": bool(config.choice)}
     result.notes.insert(0, note)
     return result
 

@@ -1,10 +1,11 @@
-"""`fastest-cpu`: the engine precision measured fastest, at kept quality, on CPUs of this
-worker's ISA class.
+"""`fastest-cpu`'s prior: the engine precision the bench measured fastest, at kept quality, on CPUs of an
+ISA class — what the stage runs when no search measured this worker's class (the gateway's search,
+services/gateway/search/fastest.py, passes the measured choice as the stage's `choice`).
 
 Fastest means the encoder forward pass, and for causal LMs per-token decode (a generated reply
 is mostly decode steps). Each measured entry is the fastest quality-kept row of
 bench/results/optimizer.json for its class (tests/unit/optimizer/test_fastest.py holds the table to the
-file); a class the bench has not run on borrows the nearest measured class's choice and says so.
+file); a class the bench has not run on borrows the nearest measured class's, and says it is unmeasured.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def resolve(isa: str, kind: str) -> tuple[Choice, str]:
         raise ValueError(f"fastest-cpu has no choice for a {kind} on {isa}")
     choice = BEST[(measured, kind)]
     why = "decode" if kind == "causal-lm" else "forward pass"
-    note = f"fastest-cpu resolved to {choice.recipe} for a {kind} on an {isa} CPU (fastest {why} at kept quality"
-    note += (" in bench/results/optimizer.json)" if measured == isa
-             else f"; no bench run on {isa} yet, so the {measured} choice)")
+    note = (f"fastest-cpu ran its prior {choice.recipe} for a {kind} on an {isa} CPU, not measured on this worker: "
+            f"the bench's fastest {why} at kept quality on ")
+    note += (f"{isa} (bench/results/optimizer.json)" if measured == isa
+             else f"{measured}, borrowed (no bench run on {isa})")
     return choice, note

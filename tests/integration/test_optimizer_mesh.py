@@ -132,24 +132,33 @@ async def test_gguf_job_through_the_mesh_and_tensorrt_recipe_refused_on_a_cpu_wo
     assert len(await call(client.list_jobs)) == before
 
 
-async def test_fastest_cpu_resolves_on_the_worker_for_its_isa_class(gateway, tiny_bert_dir, allowed_root):
-    from services.optimizer.fastest import resolve
+async def test_fastest_cpu_runs_the_choice_measured_for_the_evaluators_class_without_searching_again(
+        gateway, tiny_bert_dir, allowed_root, js):
+    # The search that measures a choice the first time runs in tests/integration/test_search_mesh.py (slow);
+    # here a choice stored for this CPU class is what the job runs, and no search starts.
+    from modelpress.structs import from_struct
+    from services.gateway.search.fastest import ChoiceStore
 
     folder = allowed_root / "bert-fastest"
     shutil.copytree(tiny_bert_dir, folder)
     client = Client(gateway)
     (worker,) = (await call(client.engines)).workers
-    job = await call(client.create_job, f"path:{folder}", "fastest-cpu", evaluation=common_pb2.EvaluationSpec(skip=True))
-    await call(lambda: list(client.watch(job.job_id)))
-    job = await call(client.get_job, job.job_id)
+    store = await ChoiceStore(js).ensure()
+    await store.put(common_pb2.FastestCpuChoice(model_kind="encoder", isa_class=worker.isa_class, recipe="onnx-int8",
+                                                search_job_id="j-earlier", phase="prefill"))
+    try:
+        job = await call(client.create_job, f"path:{folder}", "fastest-cpu",
+                         evaluation=common_pb2.EvaluationSpec(skip=True))
+        await call(lambda: list(client.watch(job.job_id)))
+        job = await call(client.get_job, job.job_id)
+    finally:
+        await store.clear("encoder", worker.isa_class)
     assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job.error
-    choice, note = resolve(worker.isa_class, "encoder")
     stage = job.stages[0]
-    assert stage.notes[0] == note and stage.worker == worker.worker
-    if choice.method.startswith("openvino"):  # bf16 where the ISA computes it: the precision it ran
-        assert stage.metrics["compute_precision"]["isa_class"] == worker.isa_class
-    else:  # INT8 elsewhere (AVX2): ONNX Runtime's integer operators
-        assert choice.method == "onnx-int8" and stage.metrics["int8_ops"]["QAttention"] == 2
+    assert from_struct(stage.spec.config)["choice"] == "onnx-int8" and stage.worker == worker.worker
+    assert "ran onnx-int8" in stage.notes[0] and "the gateway's search" in stage.notes[0]
+    assert stage.metrics["int8_ops"]["QAttention"] == 2  # ONNX Runtime's integer operators
+    assert not [j for j in await call(client.list_jobs) if j.recipe == "search"]
 
 
 async def test_a_quantized_artifact_is_refused_by_an_engine_before_a_job_exists(gateway, model_dir):

@@ -75,6 +75,34 @@ async def test_a_search_finds_measures_and_stores_its_winner_and_a_second_one_re
     with pytest.raises(grpc.RpcError) as bad:
         await call(client.search, model, finishes=["onnx-int9"])
     assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "onnx-int9" in bad.value.details()
+    with pytest.raises(grpc.RpcError) as bad:
+        await call(client.search, model, deploy_as="no spaces")
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "name" in bad.value.details()
+    client.close()
+
+
+@pytest.mark.slow  # about 150 s on 2 cores: seven engine recipes screened (a stored choice: test_optimizer_mesh.py)
+async def test_fastest_cpu_is_measured_by_a_search_on_the_evaluator_the_first_time_and_read_after(gateway, bert_dir):
+    from modelpress.structs import from_struct
+    from services.common.contract.recipes import ENGINE_CHOICES
+
+    client = Client(gateway, timeout_s=60)
+    model = f"path:{bert_dir}"
+    first = await _until_done(client, (await call(client.create_job, model, "fastest-cpu")).job_id)
+    assert first.state == common_pb2.JOB_STATE_SUCCEEDED, first.error
+    stage = first.stages[0]
+    choice = from_struct(stage.spec.config)["choice"]
+    assert choice in ENGINE_CHOICES and "the gateway's search" in stage.notes[0] and choice in stage.notes[0]
+    searches = [j for j in await call(client.list_jobs) if j.recipe == "search"]
+    search, = [j for j in searches if j.name.startswith("fastest-cpu: an encoder on")]
+    assert search.state == common_pb2.JOB_STATE_SUCCEEDED and search.search_result.winner == choice
+    assert search.search.phase == "prefill" and list(search.search.techniques) == [common_pb2.TECHNIQUE_OPTIMIZER]
+    assert {c.name for c in search.search_result.candidates} <= set(ENGINE_CHOICES)
+    # The next job reads the stored choice: no second search.
+    second = await _until_done(client, (await call(client.create_job, model, "fastest-cpu")).job_id)
+    assert second.state == common_pb2.JOB_STATE_SUCCEEDED, second.error
+    assert from_struct(second.stages[0].spec.config)["choice"] == choice
+    assert len([j for j in await call(client.list_jobs) if j.recipe == "search"]) == len(searches)
     client.close()
 
 

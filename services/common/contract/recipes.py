@@ -14,6 +14,7 @@ from typing import Any
 from modelpress.pipelines import PipelineError, pipeline_data, pipeline_message, stage_data
 from modelpress.structs import StructError, from_struct, to_struct
 from modelpress.v1 import common_pb2, gateway_pb2
+from services.common.contract.model_kinds import CAUSAL_LM, ENCODER
 from services.common.measure.isa import isa_class, support
 from services.common.contract.techniques import TECHNIQUE_SERVICES
 
@@ -94,6 +95,11 @@ COMPUTES = ("fp32", "bf16", "f16", "int8", "auto")
 RUNTIMES = ("transformers", "vllm", "onnxruntime", "openvino", "llama.cpp", "tensorrt")
 # Runtimes that serve on a CPU with their own kernels (fusions, INT8/bf16 compute): what CPU serving picks from.
 CPU_ENGINES = ("onnxruntime", "openvino")
+# The runtimes whose results the mesh's serving replicas serve, by model kind (services/serving): causal LMs
+# through the continuous batcher's PyTorch and ONNX decoders or llama.cpp, not OpenVINO (its causal IR keeps
+# the KV cache inside the infer request, which a shared batch cannot split; serving/generation.py's REFUSED).
+SERVED_RUNTIMES = {ENCODER: ("transformers", "onnxruntime", "openvino"),
+                   CAUSAL_LM: ("transformers", "onnxruntime", "llama.cpp")}
 DATA = ("none", "calibration", "training")
 COSTS = ("seconds", "minutes", "tens of minutes")
 
@@ -376,6 +382,13 @@ RECIPES: dict[str, RecipeDef] = {
                 runtimes=("tensorrt",), uses_data="none", cost="minutes"),
     )
 }
+
+
+# What fastest-cpu chooses among: built-ins of one optimizer stage that a CPU engine serves, data-free, with a
+# compute fixed in advance. The gateway's search measures them on the worker's CPU (search/fastest.py).
+ENGINE_CHOICES = tuple(name for name, r in RECIPES.items()
+                       if len(r.stages) == 1 and r.stages[0].technique == O and r.faster_on_cpu
+                       and r.uses_data == "none" and r.compute != "auto")
 
 
 class UnknownRecipe(KeyError):

@@ -40,6 +40,10 @@ DEFAULT_BUDGET_MINUTES = 30.0
 DEFAULT_QUALITY = 0.99
 
 
+class NotDeployed(RuntimeError):
+    """The winner could not be deployed (the message says why); the search itself succeeded."""
+
+
 class SearchFailed(RuntimeError):
     """The search ended without a winner (FAILED_PRECONDITION on the job): the message says why."""
 
@@ -53,7 +57,8 @@ def goal_of(spec: common_pb2.SearchSpec) -> Goal:
 
 def restrictions_of(spec: common_pb2.SearchSpec) -> Restrictions:
     return Restrictions(techniques=frozenset(spec.techniques), training=not spec.no_training,
-                        calibration=not spec.no_calibration, finishes=frozenset(spec.finishes))
+                        calibration=not spec.no_calibration, finishes=frozenset(spec.finishes),
+                        served=bool(spec.deploy_as))
 
 
 def evaluation_for(shape: common_pb2.EvaluationSpec, fidelity: str) -> common_pb2.EvaluationSpec:
@@ -140,11 +145,12 @@ def recipe_name(job: common_pb2.Job) -> str:
 
 
 async def run_search(job: common_pb2.Job, context: Context, *, submit, wait, save, publish, trials: TrialStore,
-                     save_recipe) -> None:
+                     save_recipe, deploy=None) -> None:
     """Runs the search `job` to its winner (job.result / job.output set) or raises SearchFailed naming
     why none was found. `submit(name, stages, evaluation) -> Job`, `wait(job_id) -> Job` run child jobs;
     `save(job)` persists the search job; `publish(message)` sends a log event; `save_recipe(recipe) ->
-    Recipe` stores the winner as the tenant's user recipe."""
+    Recipe` stores the winner as the tenant's user recipe; `deploy(job) -> Deployment` (with
+    spec.deploy_as) deploys its output, raising with the reason where it cannot."""
     spec = job.search
     goal = goal_of(spec)
     phase = spec.phase or "prefill"
@@ -225,6 +231,25 @@ async def run_search(job: common_pb2.Job, context: Context, *, submit, wait, sav
     job.output.CopyFrom(closing.output)
     job.result.CopyFrom(closing.result)
     job.artifact_ids.extend(a for a in closing.artifact_ids if a not in job.artifact_ids)
+    await save(job)
+    if spec.deploy_as and not found.deployment_id:
+        await _deploy(job, deploy, save, publish)
+
+
+async def _deploy(job: common_pb2.Job, deploy, save, publish) -> None:
+    """The winner deployed; a deployment that cannot be made is said on the result (the search stands)."""
+    found = job.search_result
+    try:
+        if deploy is None:
+            raise NotDeployed("this gateway has no deployment store")
+        deployment = await deploy(job)
+    except NotDeployed as exc:  # the name taken meanwhile, ...: the search's figures stand
+        found.deploy_error = str(exc)
+        await publish(f"the winner was not deployed as {job.search.deploy_as!r}: {exc}")
+    else:
+        found.deployment_id = deployment.deployment_id
+        await publish(f"the winner is deployed as {deployment.name!r} ({deployment.deployment_id}); "
+                      "it answers once a serving replica has loaded it")
     await save(job)
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from modelpress.v1 import common_pb2
 from services.common.contract.chain import InvalidArgument, Methods, check_chain
-from services.common.contract.recipes import RECIPES, RecipeStage
+from services.common.contract.recipes import RECIPES, SERVED_RUNTIMES, RecipeStage
 
 P, D = common_pb2.TECHNIQUE_PRUNER, common_pb2.TECHNIQUE_DISTILLER
 FLOAT = common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS
@@ -32,6 +32,7 @@ class Restrictions:
     training: bool = True
     calibration: bool = True
     finishes: frozenset[str] = frozenset()  # only candidates ending in these built-ins (empty: all)
+    served: bool = False  # only finishes the serving replicas serve for the model's kind (a search that deploys)
 
     def allows(self, stages: tuple[RecipeStage, ...], uses: str) -> str:
         """Why the stages are not allowed ("" when they are)."""
@@ -93,6 +94,10 @@ def search_space(model_kind: str | None, features, methods: Methods, restriction
             continue
         if restrictions.finishes and recipe.name not in restrictions.finishes:
             space.left_out[recipe.name] = "not among the finishes asked for"
+            continue
+        if restrictions.served and recipe.runtimes[0] not in SERVED_RUNTIMES.get(model_kind or "", ()):
+            space.left_out[recipe.name] = (f"the serving replicas do not serve a {model_kind or 'model'} through "
+                                           f"{recipe.runtimes[0]}, and the winner is to be deployed")
             continue
         finishes.append(recipe)
     fronts = [("", ())] + [_front(keep) for keep in PRUNE_KEEP]

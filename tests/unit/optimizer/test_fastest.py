@@ -71,3 +71,29 @@ def test_the_choice_runs_the_recipe_it_names(tiny_bert_dir, tmp_path):
     assert "no bench run on amx" in result.notes[0]
     assert (tmp_path / "out" / "openvino_model.xml").exists()
     assert result.metrics["compute_precision"]["requested"] == "bf16"
+
+
+def test_the_prior_never_calls_itself_measured_here():
+    for isa in CLASS_NAMES:
+        for kind in ("encoder", "causal-lm"):
+            _, note = fastest.resolve(isa, kind)
+            assert "prior" in note and "not measured on this worker" in note, note
+
+
+def test_a_measured_choice_runs_that_recipe_instead_of_the_prior(tiny_bert_dir, tmp_path):
+    prior, _ = fastest.resolve("amx", "encoder")
+    assert prior.recipe != "onnx-int8"
+    result = engine.METHODS["fastest-cpu"].run(engine.FastestCpuConfig(isa_class="amx", choice="onnx-int8"),
+                                               tiny_bert_dir, tmp_path / "out", ProgressReporter())
+    resolved = result.compression["resolved"]
+    assert (resolved["recipe"], resolved["method"], resolved["measured"]) == ("onnx-int8", "onnx-int8", True)
+    assert "prior" not in result.notes[0] and "search" in result.notes[0]
+    assert list((tmp_path / "out").glob("*.onnx"))
+
+
+@pytest.mark.parametrize("choice", ["w4a16-gptq", "fastest-cpu", "minilm-edge", "no-such-recipe"])
+def test_a_choice_must_be_one_engine_recipe_of_one_stage(choice):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="choice"):
+        engine.FastestCpuConfig(choice=choice)

@@ -71,10 +71,10 @@ def _job(**spec) -> common_pb2.Job:
     return job
 
 
-def _search(job, mesh, trials):
+def _search(job, mesh, trials, deploy=None):
     context = run.Context("causal-lm", "avx2", tuple(AVX2), _described_methods())
     asyncio.run(run.run_search(job, context, submit=mesh.submit, wait=mesh.wait, save=mesh.save, publish=mesh.publish,
-                               trials=trials, save_recipe=mesh.save_recipe))
+                               trials=trials, save_recipe=mesh.save_recipe, deploy=deploy))
 
 
 def test_the_search_picks_the_fastest_on_validation_and_reports_it_on_held_out_text():
@@ -137,3 +137,33 @@ def test_nothing_within_the_constraints_fails_naming_why():
         _search(job, mesh, trials)
     dropped = {c.name: c.dropped for c in job.search_result.candidates}
     assert "speed-up" in dropped["onnx-int8"]
+
+
+def test_a_search_that_deploys_measures_only_what_the_replicas_serve_and_deploys_the_winner():
+    job, mesh, trials = _job(deploy_as="smol"), _Mesh(), _Trials()
+    deployed = []
+
+    async def deploy(searched):
+        deployed.append((searched.search.deploy_as, searched.output.id))
+        return common_pb2.Deployment(deployment_id="dep-1", name=searched.search.deploy_as)
+
+    _search(job, mesh, trials, deploy)
+    found = job.search_result
+    # A causal LM's OpenVINO IR is not served (its KV cache lives in the request): never a candidate here.
+    assert not any(c.name.startswith("openvino") for c in found.candidates)
+    assert "serving replicas do not serve a causal-lm through openvino" in found.left_out["openvino-int8"]
+    assert deployed == [("smol", job.output.id)] and found.deployment_id == "dep-1" and not found.deploy_error
+    assert mesh.saved.search_result.deployment_id == "dep-1"
+
+
+def test_a_winner_that_cannot_be_deployed_keeps_the_search_and_says_why():
+    job, mesh, trials = _job(deploy_as="smol"), _Mesh(), _Trials()
+
+    async def deploy(searched):
+        raise run.NotDeployed("name: another deployment answers to 'smol'")
+
+    _search(job, mesh, trials, deploy)
+    found = job.search_result
+    assert found.winner and found.recipe and not found.deployment_id
+    assert "another deployment answers to 'smol'" in found.deploy_error
+    assert any("not deployed" in e for e in mesh.events)
