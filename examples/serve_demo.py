@@ -1,9 +1,10 @@
-"""The demo's last step (`make demo`): compressed results deployed on the running local mesh, beside
-their originals, and called the way users call them — MiniLM through the Open Inference Protocol
-(`tritonclient.grpc`), SmolLM2 through OpenAI's API (the `openai` client) — printing the answers and
-the served latency before and after.
+"""The demo's last step (`make demo`): compressed results served on the running local mesh beside their
+originals, and called the way users call them — MiniLM through the Open Inference Protocol
+(`tritonclient.grpc`), SmolLM2 through OpenAI's API (the `openai` client) — printing the answers and the
+served latency before and after. SmolLM2's compressed deployment is the one the demo's search made
+(`modelpress search ... --deploy NAME`); MiniLM's is made here.
 
-    python examples/serve_demo.py [--gateway HOST:PORT]   (default: the mesh `modelpress up` started)
+    python examples/serve_demo.py --chat NAME [--gateway HOST:PORT]   (default: the mesh `modelpress up` started)
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ def chat(address: str, name: str) -> tuple[str, float, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gateway", help="the gateway (default: the local mesh's)")
+    parser.add_argument("--chat", required=True, metavar="NAME", help="the SmolLM2 deployment to chat with")
     args = parser.parse_args()
     from services.cli import launcher
     from services.common.runtime.settings import default_home
@@ -95,14 +97,17 @@ def main() -> None:
     cosines = (vectors["minilm-fp32"] * vectors["minilm-int8"]).sum(1)
     print(f"  cosine int8 vs fp32 per sentence: {', '.join(f'{c:.4f}' for c in cosines)}")
 
-    print("SmolLM2-135M: bf16 beside the FP32 original, through OpenAI's chat API (openai)")
-    bf16 = finished(client, client.create_job("builtin:smollm2-135m", "bf16"))
+    searched = next((d for d in client.list_deployments() if d.name == args.chat), None)
+    if searched is None:
+        raise SystemExit(f"no deployment named {args.chat!r}: run the search with --deploy {args.chat} first")
+    searched = client.wait_deployment(searched.deployment_id, timeout_s=600)
+    print(f"SmolLM2-135M: the search's winner ({args.chat}, job {searched.job_id}) beside the FP32 original, "
+          "through OpenAI's chat API (openai)")
     from services.common.models.builtin_models import builtin_folder
     from services.common.runtime.settings import default_cache
 
     fp32 = client.upload(builtin_folder("smollm2-135m", default_cache()))  # the original, as the mesh reads it
-    lm = {"smollm2-fp32": deployed(client, "smollm2-fp32", artifact_id=fp32.id),
-          "smollm2-bf16": deployed(client, "smollm2-bf16", job_id=bf16.job_id)}
+    lm = {"smollm2-fp32": deployed(client, "smollm2-fp32", artifact_id=fp32.id), args.chat: searched}
     for name, deployment in lm.items():
         text, seconds, tokens = chat(endpoint(deployment, "http"), name)
         print(f"  {name}: {tokens} tokens in {seconds:.2f} s ({tokens / seconds:.1f} tokens/s)\n    {text!r}")

@@ -177,6 +177,29 @@ def size_quality_plot(points: list[tuple[str, float, float, bool]], quality_name
     return _png(fig)
 
 
+def search_front_plot(points: list[tuple[str, float, float, float | None, bool]], front: list[int], phase: str,
+                      floor: float) -> str:
+    """A search's candidates: size ratio against speed-up, coloured by whether quality kept met the floor;
+    the Pareto front of those that met it (smaller and faster) joined by a line."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for label, size, speed, kept, met in points:
+        ax.scatter(size, speed, s=60, color="#2e9d4f" if met else "#c9372c", zorder=3)
+        kept_text = "" if kept is None else f" ({kept:.1%})"
+        ax.annotate(label + kept_text, (size, speed), textcoords="offset points", xytext=(6, 4), fontsize=7)
+    if len(front) > 1:
+        ordered = sorted(front, key=lambda i: points[i][1])
+        ax.plot([points[i][1] for i in ordered], [points[i][2] for i in ordered], "--", color="#888", zorder=2,
+                label=f"Pareto front (quality kept ≥ {floor:.0%})")
+        ax.legend(fontsize=8)
+    ax.axhline(1.0, color="#bbb", linewidth=1, zorder=1)
+    ax.set_xlabel("size on disk (compressed ÷ original)")
+    ax.set_ylabel(f"{phase} speed-up (×, higher is better)")
+    ax.set_xlim(0, max((p[1] for p in points), default=1.0) * 1.2)
+    ax.set_ylim(0, max((p[2] for p in points), default=1.0) * 1.15)
+    ax.grid(alpha=.3)
+    return _png(fig)
+
+
 def latency_plot(samples: list[tuple[str, list[float]]], shape: str) -> str:
     fig, ax = plt.subplots(figsize=(5.6, 4))
     ax.boxplot([s for _, s in samples], showfliers=True)
@@ -391,6 +414,8 @@ def job_report(job: common_pb2.Job, events: list[dict], methods: list[dict] = ()
                 [("original", lat_a["samples_ms"]), ("compressed", lat_b["samples_ms"])],
                 f"batch {lat_a.get('batch_size', 1)} × {lat_a.get('sequence_length', 0)} tokens, "
                 f"{lat_a.get('threads', 0)} threads")
+    if (job_data.get("search_result") or {}).get("candidates"):
+        _search_sections(report, job_data)
     stage_rows = []
     for stage in job_data["stages"]:
         metrics = {k: v for k, v in (stage.get("metrics") or {}).items() if k != "not_measured"}
@@ -426,6 +451,51 @@ def job_report(job: common_pb2.Job, events: list[dict], methods: list[dict] = ()
         report.plots["training schedule"] = loss_curve_plot(schedules, ylabel="value", log=False)
         report.data["schedules"] = {k: [[x, v] for x, v in points] for k, points in schedules.items()}
     return report
+
+
+FIDELITY_ORDER = ("screen", "full", "heldout")
+
+
+def _search_sections(report: Report, job_data: dict) -> None:
+    """A search job's front: every trial as a row with why its candidate lost, and each candidate's most
+    thorough measurement as a point (size × speed-up, coloured by quality kept against the floor)."""
+    found, spec = job_data["search_result"], job_data.get("search") or {}
+    floor = spec.get("min_quality_kept") or 0.99
+    phase = spec.get("phase") or "prefill"
+    dropped = {c["name"]: c.get("dropped", "") for c in found["candidates"]}
+    rows, best = [], {}
+    for trial in found["trials"]:
+        if trial.get("pending"):
+            continue
+        speed = trial.get("speedup") or {}
+        kept = trial.get("quality_kept")
+        outcome = "winner" if trial["candidate"] == found.get("winner") else trial.get("error") or dropped.get(
+            trial["candidate"], "")
+        rows.append([trial["candidate"], trial["fidelity"] + (" (stored)" if trial.get("reused") else ""),
+                     "-" if trial.get("error") else f"{speed.get('speedup', 0):.2f} [{speed.get('ci95_low', 0):.2f}–"
+                                                    f"{speed.get('ci95_high', 0):.2f}]",
+                     "-" if kept is None else f"{kept:.2%}", _num(trial.get("size_ratio"), 3),
+                     _num(trial.get("memory_ratio"), 3), outcome])
+        if not trial.get("error"):
+            earlier = best.get(trial["candidate"])
+            rank = FIDELITY_ORDER.index(trial["fidelity"]) if trial["fidelity"] in FIDELITY_ORDER else 0
+            if earlier is None or rank >= earlier[0]:
+                best[trial["candidate"]] = (rank, trial)
+    report.tables.append((f"Search on {_a_class(found.get('isa_class', ''))}: validation split for choices, "
+                          "held-out for the winner",
+                          ["candidate", "effort", f"{phase} speed-up [95 %]", "quality kept", "size ×", "memory ×",
+                           "outcome"], rows))
+    points = [(name, t["size_ratio"], (t.get("speedup") or {}).get("speedup", 0.0), t.get("quality_kept"),
+               t.get("quality_kept") is not None and t["quality_kept"] >= floor) for name, (_, t) in best.items()]
+    met = [i for i, p in enumerate(points) if p[4]]
+    front = [met[i] for i in pareto_front([(points[i][1], -points[i][2]) for i in met], lower_quality_is_better=True)]
+    if points:
+        report.plots["search: size against speed-up"] = search_front_plot(points, front, phase, floor)
+    report.data["search_front"] = [points[i][0] for i in front]
+
+
+def _a_class(isa: str) -> str:
+    return f"an {isa} CPU" if isa[:1] in "aeiou" else f"a {isa or 'measuring'} CPU"
 
 
 # ---- comparison reports ------------------------------------------------------------------------

@@ -185,7 +185,7 @@ def test_the_minilm_small_student_of_the_real_encoder_trains_reloads_and_runs_fa
 
 @pytest.mark.slow
 def test_the_demo_pipeline_composes_two_services_and_passes_its_gate_on_the_real_model(mesh):
-    """`make demo`'s pipeline file (SmoothQuant on the quantizer, ONNX Runtime INT8 with dynamic
+    """The composed pipeline file (SmoothQuant on the quantizer, ONNX Runtime INT8 with dynamic
     activations on the optimizer, a gated evaluation), with a shorter calibration and timing."""
     env, gateway = mesh
     pipeline = Path(__file__).resolve().parents[2] / "examples" / "pipelines" / "smoothquant-onnx-int8-gated.yaml"

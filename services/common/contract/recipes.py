@@ -249,9 +249,9 @@ RECIPES: dict[str, RecipeDef] = {
                 (RecipeStage(O, "openvino", {"inference_precision": "f16"}),),
                 scenario="cloud", hardware=("cpu with avx512_fp16 or amx_fp16 (openvino)",), compute="f16",
                 runtimes=("openvino",), uses_data="none", cost="seconds"),
-        builtin("fastest-cpu", "The engine precision measured fastest at kept quality on the optimizer worker's "
-                "CPU class: bf16 compute (OpenVINO) where the CPU has bf16 instructions, INT8 (ONNX Runtime) where "
-                "not; the stage says what it chose", (RecipeStage(O, "fastest-cpu"),),
+        builtin("fastest-cpu", "The engine recipe measured fastest at kept quality for the model's kind on the "
+                "evaluator's CPU class (a short search the first time a class is asked for, stored for the next "
+                "jobs); the stage says what it ran", (RecipeStage(O, "fastest-cpu"),),
                 scenario="edge", hardware=("cpu of the optimizer worker's isa class (onnxruntime or openvino)",), compute="auto",
                 runtimes=("onnxruntime", "openvino"), uses_data="none", cost="seconds"),
         builtin("gguf-f16", "GGUF for llama.cpp with F16 weights", (RecipeStage(O, "gguf-f16"),),

@@ -29,6 +29,9 @@ OBJECTIVES = ("fastest", "smallest")
 SIZE_TIE = 0.01  # size ratios within 1 % are the same size
 SCREEN_SLACK = 0.01  # a screen may read quality this much under the floor and still go on
 SCREEN_SHARE = 0.6  # of the budget, for the screen; the full round has the rest
+# The least a screen of each declared cost takes (space.COST_ORDER's names): one that cannot fit in the
+# screen's time left is not started, so a short budget is not overrun by one long composition.
+COST_FLOOR_S = {"seconds": 0.0, "minutes": 60.0, "tens of minutes": 600.0}
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,10 @@ async def successive_halving(candidates: list[Candidate], measure: Measure, goal
     async def run(candidate: Candidate, fidelity: str) -> Trial | None:
         if now() >= (screen_until if fidelity == SCREEN else deadline):
             outcome.dropped[candidate.name] = f"not measured at {fidelity}: the search's budget ran out"
+            return None
+        if fidelity == SCREEN and now() + COST_FLOOR_S.get(candidate.cost, 0.0) > screen_until:
+            outcome.dropped[candidate.name] = (f"not measured at {fidelity}: it takes {candidate.cost}, more than "
+                                               "the search's budget has left for screening")
             return None
         trial = await measure(candidate, fidelity)
         outcome.trials.append(trial)

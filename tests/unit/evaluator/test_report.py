@@ -168,3 +168,27 @@ def test_encoder_job_report_states_task_accuracy_and_drift_from_the_original():
     assert "topic k-NN accuracy 0.845 → 0.840, mean cosine to the original 0.9996" in made.headline
     page = made.html()
     assert "<td>reference</td><td>0.9996</td>" in page and "<td>0.98</td>" in page
+
+
+def test_a_search_jobs_report_has_its_front_as_a_table_and_a_plot():
+    job = _job()
+    job.recipe = "search"
+    job.search.CopyFrom(common_pb2.SearchSpec(min_quality_kept=0.99, phase="decode"))
+    found = job.search_result
+    found.isa_class, found.winner = "avx2", "onnx-int8"
+    figures = {"onnx": (1.02, 2.0, 1.0), "onnx-int8": (0.49, 3.3, 0.994), "onnx-int4": (0.37, 4.1, 0.73),
+               "openvino-int8": (0.26, 3.0, 0.992), "openvino": (1.0, 1.9, 1.0)}
+    for name, (size, speed, kept) in figures.items():
+        found.candidates.add(name=name, dropped="" if name == "onnx-int8" else "screen: outranked")
+        found.trials.add(candidate=name, fidelity="screen", size_ratio=size, quality_kept=kept,
+                         speedup=common_pb2.SpeedRatio(speedup=speed, ci95_low=speed - .1, ci95_high=speed + .1))
+    found.trials.add(candidate="onnx-int8", fidelity="heldout", size_ratio=0.49, quality_kept=0.995,
+                     speedup=common_pb2.SpeedRatio(speedup=3.4, ci95_low=3.3, ci95_high=3.5))
+    made = report.job_report(job, [])
+    title, header, rows = next(t for t in made.tables if t[0].startswith("Search on an avx2 CPU"))
+    assert header[2] == "decode speed-up [95 %]" and len(rows) == 6
+    assert ["onnx-int8", "heldout", "3.40 [3.30–3.50]", "99.50%"] == rows[-1][:4] and rows[-1][-1] == "winner"
+    assert rows[2][-1] == "screen: outranked"
+    assert "search: size against speed-up" in made.plots
+    # The front of those keeping 99 %: smaller and faster wins; int4 lost quality, fp32 ONNX is beaten on both.
+    assert set(made.data["search_front"]) == {"onnx-int8", "openvino-int8"}

@@ -95,6 +95,21 @@ def test_a_spent_budget_leaves_candidates_unmeasured_and_says_so():
     assert set(unmeasured) >= {"d", "e", "f"}
 
 
+def test_a_screen_that_cannot_fit_in_the_time_left_is_not_started():
+    import dataclasses
+
+    clock = [0.0]
+    measure = _Measurer({"quick": {"speedup": 2.0}, "composed": {"speedup": 3.0}, "later": {"speedup": 1.5}},
+                        clock, seconds_each=30.0)
+    candidates = [_candidate("quick"), dataclasses.replace(_candidate("composed"), cost="tens of minutes"),
+                  _candidate("later")]
+    # 8 minutes: 4.8 for the screen, so a composition that takes tens of minutes is never begun.
+    outcome = asyncio.run(successive_halving(candidates, measure, Goal(), deadline=480.0, now=lambda: clock[0]))
+    assert ("composed", SCREEN) not in measure.calls and ("later", SCREEN) in measure.calls
+    assert "takes tens of minutes, more than the search's budget has left" in outcome.dropped["composed"]
+    assert outcome.winner.candidate == "quick"
+
+
 def test_speed_and_memory_constraints_read_intervals_and_unmeasured_figures():
     goal = Goal(min_speedup=2.0, max_memory_ratio=0.5)
     assert violations(_trial("x", speedup=1.95, spread=0.1), goal) == []  # its interval reaches 2.0
