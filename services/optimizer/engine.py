@@ -145,8 +145,9 @@ def run_onnx_int8(config: OnnxInt8Config, src: Path, dst: Path, reporter: Progre
     if causal and config.causal_lm_activations == "float":
         # Per-tensor dynamic INT8 activations cannot hold an LLM's outlier channels (SmolLM2
         # perplexity 13.5 -> over 10^6 measured here): weights only, 8-bit blocks of 32.
-        reporter.report(3, 4, "INT8 blockwise weights (MatMulNBits, 8 bits), float activations")
-        figures.update(onnx_runtime.quantize_nbits(folded, quantized, bits=8, block_size=32))
+        reporter.report(3, 4, "INT8 blockwise weights (MatMulNBits and the embedding's Gather, 8 bits), float "
+                              "activations")
+        figures.update(onnx_runtime.quantize_nbits(folded, quantized, bits=8, block_size=32, embeddings=True))
         figures["scheme"] = "weight-only int8 (MatMulNBits)"
     else:
         weights = _int8_weight_type(config.weights)

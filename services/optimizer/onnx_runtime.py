@@ -79,9 +79,10 @@ def quantize_int8(src: Path, dst: Path, *, reduce_range: bool = False, weights: 
 
 
 def quantize_nbits(src: Path, dst: Path, *, bits: int = 4, block_size: int = 32, accuracy_level: int = 4,
-                   symmetric: bool = True) -> dict:
+                   symmetric: bool = True, embeddings: bool = False) -> dict:
     """4- or 8-bit blockwise weights in MatMulNBits, activations float; accuracy_level 4 lets the CPU
-    kernel compute in int8 after quantizing activations per block."""
+    kernel compute in int8 after quantizing activations per block. With `embeddings`, the token
+    embedding tables too (8-bit blocks, quantize_embedding_gathers)."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
@@ -90,5 +91,52 @@ def quantize_nbits(src: Path, dst: Path, *, bits: int = 4, block_size: int = 32,
                                      accuracy_level=accuracy_level, bits=bits)
     quantizer.process()
     quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)
-    return {"matmul_nbits": op_counts(dst).get("MatMulNBits", 0), "bits": bits, "group_size": block_size,
-            "accuracy_level": accuracy_level, "symmetric": symmetric}
+    figures = {"matmul_nbits": op_counts(dst).get("MatMulNBits", 0), "bits": bits, "group_size": block_size,
+               "accuracy_level": accuracy_level, "symmetric": symmetric}
+    if embeddings:
+        figures["embedding_gathers_8bit"] = quantize_embedding_gathers(dst, block_size=block_size)
+    return figures
+
+
+def quantize_embedding_gathers(path: Path, *, block_size: int = 32) -> int:
+    """Rewrites, in place, each Gather of rows of a 2-D float initializer (a token embedding table) as ONNX
+    Runtime's GatherBlockQuantized: 8-bit symmetric blocks along the hidden axis (zero point 128, one
+    scale per block). MatMulNBits leaves the table float, and a causal LM with a tied head keeps it
+    beside the head's quantized copy: a sixth of SmolLM2's weights, 113 MB of its INT8 graph's 265 MB.
+    The float table is dropped where nothing else reads it. Returns how many Gathers it rewrote."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    tables = {i.name: i for i in graph.initializer}
+    readers = Counter(name for node in graph.node for name in node.input)
+    rewritten = 0
+    for node in graph.node:
+        table = tables.get(node.input[0]) if node.op_type == "Gather" else None
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        if table is None or axis != 0 or len(table.dims) != 2 or table.data_type != onnx.TensorProto.FLOAT \
+                or table.dims[1] % block_size:
+            continue
+        weights = numpy_helper.to_array(table)
+        blocks = weights.reshape(weights.shape[0], -1, block_size)
+        scales = np.abs(blocks).max(-1) / 127.0
+        scales[scales == 0] = 1.0
+        codes = (np.clip(np.rint(blocks / scales[..., None]), -127, 127) + 128).astype(np.uint8)
+        name = f"{table.name}_q8_{rewritten}"
+        graph.initializer.extend([numpy_helper.from_array(codes.reshape(weights.shape), name),
+                                  numpy_helper.from_array(scales.astype(np.float32), name + "_scales")])
+        node.CopyFrom(helper.make_node("GatherBlockQuantized", [name, node.input[1], name + "_scales"],
+                                       list(node.output), name=node.name, domain="com.microsoft", gather_axis=0,
+                                       quantize_axis=1, block_size=block_size, bits=8))
+        readers[table.name] -= 1
+        if not readers[table.name]:
+            graph.initializer.remove(table)
+            tables.pop(table.name)
+        rewritten += 1
+    if rewritten:
+        if not any(o.domain == "com.microsoft" for o in model.opset_import):
+            model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+        onnx.save(model, str(path))
+    return rewritten

@@ -197,3 +197,23 @@ def test_int8_weights_follow_the_cpu_s8_with_vnni_u8_without(tiny_bert_dir, tmp_
     built = METHODS["fastest-cpu"].run(METHODS["fastest-cpu"].config_cls(isa_class="avx2"), tiny_bert_dir,
                                        tmp_path / "avx2", ProgressReporter())
     assert built.compression["resolved"]["config"]["weights"] == "u8" and built.metrics["weight_type"] == "u8"
+
+
+def test_a_causal_lms_int8_graph_quantizes_its_embedding_table_too_and_stays_close(tiny_llama_dir, tmp_path):
+    import onnx
+
+    result = _run("onnx-int8", tiny_llama_dir, tmp_path)
+    assert result.metrics["embedding_gathers_8bit"] == 1 and result.metrics["matmul_nbits"] >= 4
+    graph = onnx.load(str(tmp_path / "model.onnx")).graph
+    # No float vocabulary-sized table is left: the Gather reads 8-bit blocks, the head its MatMulNBits copy.
+    hidden = modelio.read_config(tiny_llama_dir)["hidden_size"]
+    assert not [i.name for i in graph.initializer
+                if list(i.dims) == [30522, hidden] and i.data_type == onnx.TensorProto.FLOAT]
+    assert [n.op_type for n in graph.node].count("GatherBlockQuantized") == 1
+    session = open_session(tmp_path / "model.onnx")
+    ids, _ = _feeds(30522, 2, 19)
+    logits, *_ = session.run(None, _causal_feeds(session, ids))
+    with torch.no_grad():
+        want = modelio.load_model(tiny_llama_dir)(input_ids=ids).logits.numpy()
+    assert np.abs(logits - want).max() < 0.05 * np.abs(want).max()
+    assert (logits.argmax(-1) == want.argmax(-1)).mean() > 0.9
