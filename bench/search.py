@@ -58,6 +58,26 @@ def _trials(job) -> list[dict]:
     return rows
 
 
+def _best_other_builtin(job, min_quality: float):
+    """The built-in to set beside the winner: the best single built-in among the finalists, or, where that is
+    the winner itself, the fastest other built-in whose most thorough trial kept the quality."""
+    from services.common.contract.recipes import RECIPES
+
+    found = job.search_result
+    order = {"screen": 0, "full": 1}
+    latest = {}
+    for t in found.trials:
+        if t.candidate in RECIPES and t.fidelity in order and not t.error and t.job_id:
+            if t.candidate not in latest or order[t.fidelity] >= order[latest[t.candidate].fidelity]:
+                latest[t.candidate] = t
+    wanted = found.best_builtin if found.best_builtin != found.winner else ""
+    if wanted and wanted in latest:
+        return latest[wanted]
+    kept = [t for name, t in latest.items() if name != found.winner and t.HasField("quality_kept")
+            and t.quality_kept >= min_quality]
+    return max(kept, key=lambda t: t.speedup.speedup, default=None)
+
+
 def _comparison(client, model: str, artifacts: dict[str, str]) -> dict:
     from modelpress.v1 import common_pb2
 
@@ -134,10 +154,10 @@ def main() -> None:
                 record["second_reused_all"] = all(t.reused for t in second.search_result.trials
                                                   if t.fidelity != "heldout")
                 artifacts = {found.winner: first.output.id}
-                builtin = next((t for t in reversed(first.search_result.trials)
-                                if t.candidate == found.best_builtin and t.fidelity == "full"), None)
-                if builtin is not None and found.best_builtin != found.winner:
-                    artifacts[found.best_builtin] = client.get_job(builtin.job_id).output.id
+                rival = _best_other_builtin(first, args.min_quality)
+                if rival is not None:
+                    artifacts[rival.candidate] = client.get_job(rival.job_id).output.id
+                    record["compared_builtin"] = rival.candidate
                 record["comparison"] = _comparison(client, args.model, artifacts)
         finally:
             subprocess.run([*MODELPRESS, "down"], env=env, capture_output=True, timeout=120, check=False)

@@ -815,8 +815,49 @@ def search(_: str = "") -> str:
                    f"{data['first_search_s']:,.0f} s. {data.get('stopped_early', '')}."),
               note(f"Closing figures (held-out): {data.get('headline', '')}"),
               machine_line(data.get("machine"))]
-    return section("search.json", ["candidate", "effort", "speed-up (prefill)", "quality kept", "size", "peak memory",
+    phase = data["spec"].get("phase") or "prefill"
+    return section("search.json", ["candidate", "effort", f"speed-up ({phase})", "quality kept", "size", "peak memory",
                                    "outcome"], rows, *footer)
+
+
+MODEL_KIND = {"smollm2-135m": "causal-lm", "minilm-l6": "encoder", "mpnet-base": "encoder"}
+DECISIVE_PHASE = {"causal-lm": "decode", "encoder": "forward"}
+
+
+def recipe_matrix(_: str = "") -> str:
+    """Model kind × CPU class × runtime → the recipe measured fastest at kept quality (bench/results/
+    optimizer.json's engine rows at batch 1; decode for causal LMs, the forward pass for encoders)."""
+    from services.common.contract.recipes import RECIPES
+    from services.common.measure.isa import class_flags
+
+    data = results("optimizer.json")
+    runtimes = ("onnxruntime", "openvino", "transformers")
+    best: dict[tuple[str, str, str], Mapping] = {}
+    for row in data["rows"]:
+        kind = MODEL_KIND.get(row["model"])
+        recipe = RECIPES.get(row.get("recipe") or "")
+        if kind is None or recipe is None or not row.get("quality_ok") or row["batch"] != 1 \
+                or row["phase"] != DECISIVE_PHASE[kind] or recipe.emulated_on(class_flags(row["isa_class"])):
+            continue  # a compute the class emulates is never its choice (the engine ran another one)
+        key = (kind, row["isa_class"], recipe.runtimes[0])
+        if key not in best or row["speedup"] > best[key]["speedup"]:
+            best[key] = row
+    rows = []
+    for kind, isa in sorted({(k, i) for k, i, _ in best}):
+        cells = []
+        for runtime in runtimes:
+            row = best.get((kind, isa, runtime))
+            cells.append(DASH if row is None else f"`{row['recipe']}` {speed(row['speedup'], row.get('speedup_ci95'))}"
+                         f" ({MODEL_NAMES.get(row['model'], row['model'])})")
+        overall = max((r for (k, i, _), r in best.items() if (k, i) == (kind, isa)), key=lambda r: r["speedup"])
+        rows.append([kind, isa, DECISIVE_PHASE[kind], *cells, f"`{overall['recipe']}`"])
+    return section("optimizer.json", ["model kind", "CPU class", "speed that counts", *runtimes, "fastest"], rows,
+                   note("Each cell: the recipe of that runtime with the highest speed-up over PyTorch FP32 eager at "
+                        "batch 1 among those that kept quality (cosine ≥ 0.99 to the original for encoders, "
+                        "perplexity within +1 % for causal LMs) in a compute the class runs natively, with its 95 % interval and the model it was measured on. A class or "
+                        "runtime with no row was not benched. `fastest-cpu` measures this on the worker itself "
+                        "(search.md); this table is its prior."),
+                   *(machine_line(m) for m in data.get("machines", {}).values()))
 
 
 SECTIONS: dict[str, Callable[[str], str]] = {
@@ -850,6 +891,7 @@ SECTIONS: dict[str, Callable[[str], str]] = {
     "bench-scale": scale,
     "bench-serving": serving,
     "bench-search": search,
+    "recipe-matrix": recipe_matrix,
 }
 TAKES_ARGUMENT = {"bench-evaluation-comparison", "bench-optimizer", "bench-pipelines", "bench-quantization-model"}
 
