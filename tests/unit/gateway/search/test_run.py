@@ -167,3 +167,24 @@ def test_a_winner_that_cannot_be_deployed_keeps_the_search_and_says_why():
     assert found.winner and found.recipe and not found.deployment_id
     assert "another deployment answers to 'smol'" in found.deploy_error
     assert any("not deployed" in e for e in mesh.events)
+
+
+def test_a_cancelled_search_keeps_what_it_measured_for_the_next_identical_one():
+    job, trials = _job(), _Trials()
+
+    class _Cancelled(_Mesh):
+        async def wait(self, job_id):
+            if len(self.submitted) > 2:  # cancelled while its third candidate runs
+                raise asyncio.CancelledError
+            return self.jobs[job_id]
+
+    first = _Cancelled()
+    with pytest.raises(asyncio.CancelledError):
+        _search(job, first, trials)
+    assert len(trials.stored) == 2
+    again, repeat = _job(), _Mesh()
+    again.job_id = "search-2"
+    _search(again, repeat, trials)
+    reused = {t.candidate for t in again.search_result.trials if t.reused}
+    assert reused == {name for name, _, _ in first.submitted[:2]}
+    assert not {(name, "validation", 2) for name, _, _ in first.submitted[:2]} & set(repeat.submitted)
