@@ -47,6 +47,30 @@ class OnnxInt4Config(OnnxConfig):
         return self
 
 
+MIXED_WINDOW = 128  # tokens per calibration window of onnx-mixed's sensitivity measurement
+
+
+class OnnxMixedConfig(OnnxConfig):
+    average_bits: float = Field(6.0, ge=4.0, le=8.0, description="Average bits per MatMul weight: the least "
+                                                                  "sensitive layers go to 4 bits until it is met, the "
+                                                                  "rest keep 8")
+    group_size: GroupSize = Field(32, description=f"{GROUP_SIZE} (MatMulNBits' block_size; 0 is refused)")
+    accuracy_level: Literal[0, 1, 2, 3, 4] = Field(4, description="MatMulNBits compute type: 4 = int8 activations")
+    calibration_samples: CalibrationSamples = Field(
+        8, description=f"{CALIBRATION_SAMPLES} ({MIXED_WINDOW}-token windows the sensitivity is measured on)")
+
+    @model_validator(mode="after")
+    def _blockwise(self):
+        if self.group_size == 0:
+            raise ValueError("group_size: MatMulNBits quantizes in blocks; give 16 to 1024")
+        return self
+
+    def work_problems(self) -> list[str]:
+        return super().work_problems() + over_budget(
+            "calibration", f"calibration_samples x {MIXED_WINDOW} tokens ({self.calibration_samples} x {MIXED_WINDOW})",
+            self.calibration_samples * MIXED_WINDOW, MAX_CALIBRATION_TOKENS)
+
+
 class OpenVinoConfig(MethodConfig):
     inference_precision: Literal["f32", "bf16", "f16"] = Field(
         "f32", description="Compute precision every runtime of this IR is compiled with (INFERENCE_PRECISION_HINT, "

@@ -11,19 +11,18 @@ import shutil
 from pathlib import Path
 
 from modelpress.v1 import common_pb2
-from services.common.models import families, modelio
-from services.common.models import packed
 from services.common.contract.engine_api import (CAUSAL_LM, MODEL_KINDS, NotPossibleHere, ProgressReporter,
                                                  StageResult)
 from services.common.contract.recipes import RECIPES
 from services.common.contract.registry import method, registry
 from services.common.measure.isa import ALIASES, class_flags, support
 from services.common.measure.machine import this_cpu
+from services.common.models import families, modelio, packed
 from services.common.models.carried_files import carry_beside_weights
 from services.optimizer import fastest, gguf_export, onnx_export, onnx_runtime, openvino_convert
-from services.optimizer.configs import (FastestCpuConfig, GgufConfig, GgufQ4Config, OnnxConfig, OnnxInt4Config,
-                                        OnnxInt8Config, OpenVinoConfig, OpenVinoInt4Config, OpenVinoInt8Config,
-                                        TensorRtConfig, NNCF_WINDOW)
+from services.optimizer.configs import (NNCF_WINDOW, FastestCpuConfig, GgufConfig, GgufQ4Config, OnnxConfig,
+                                        OnnxInt4Config, OnnxInt8Config, OnnxMixedConfig, OpenVinoConfig,
+                                        OpenVinoInt4Config, OpenVinoInt8Config, TensorRtConfig)
 from services.optimizer.engines import require
 
 O = common_pb2.TECHNIQUE_OPTIMIZER
@@ -170,6 +169,46 @@ def run_onnx_int4(config: OnnxInt4Config, src: Path, dst: Path, reporter: Progre
                                                accuracy_level=config.accuracy_level, symmetric=config.symmetric))
     reporter.report(4, 4, "saved")
     return _finish(quantized, src, dst, figures, "int4")
+
+
+@method(O, "onnx-mixed", config=OnnxMixedConfig, produces=(ONNX,), model_kinds=(CAUSAL_LM,),
+        summary="ONNX export, then 4- or 8-bit blockwise weights per layer (MatMulNBits) by sensitivity measured on "
+                "calibration text, under an average-bits budget; the embedding in 8 bits")
+def run_onnx_mixed(config: OnnxMixedConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
+    import onnx
+
+    from services.common.datasets.calibration_text import calibration_batches, calibration_text
+    from services.common.engines.causal_feeds import step_inputs
+    from services.optimizer import mixed_bits
+    from services.optimizer.configs import MIXED_WINDOW
+
+    current, figures = _export(config, src, dst, reporter, steps=5)
+    folded = onnx_runtime.fold_constants(current, current.parent / "folded.onnx", threads=config.threads)
+    reporter.report(3, 5, f"measuring each layer's sensitivity on {config.calibration_samples} calibration windows")
+    windows = calibration_batches(modelio.load_tokenizer(src), config.calibration_samples, MIXED_WINDOW,
+                                  calibration_text()).numpy()
+    model = onnx.load(str(folded))
+    past = mixed_bits.empty_past(model)
+    feeds = ({**step_inputs(row[None, :], 0), **past} for row in windows)
+    matmuls = mixed_bits.weight_matmuls(model)
+    moments = mixed_bits.activation_moments(folded, matmuls, feeds, threads=config.threads)
+    sensitivity = mixed_bits.sensitivities(model, matmuls, moments, config.group_size)
+    del model
+    four = mixed_bits.plan(matmuls, sensitivity, config.average_bits)
+    achieved = mixed_bits.average_bits(matmuls, four)
+    reporter.report(4, 5, f"{len(four)} of {len(matmuls)} layers in 4 bits, {achieved:.2f} bits on average")
+    quantized = current.parent / "mixed.onnx"
+    mixed_bits.quantize_mixed(folded, quantized, four, block_size=config.group_size,
+                              accuracy_level=config.accuracy_level)
+    ranked = sorted(matmuls, key=lambda m: sensitivity[m.node] / m.params, reverse=True)
+    figures.update({"average_bits": round(achieved, 3), "layers_4bit": len(four), "layers": len(matmuls),
+                    "group_size": config.group_size, "calibration_windows": int(windows.shape[0]),
+                    "most_sensitive": [m.node for m in ranked[:5]],
+                    "embedding_gathers_8bit": onnx_runtime.quantize_embedding_gathers(
+                        quantized, block_size=config.group_size),
+                    "scheme": "mixed 4/8-bit weights (MatMulNBits) by measured sensitivity"})
+    reporter.report(5, 5, "saved")
+    return _finish(quantized, src, dst, figures, "mixed")
 
 
 def compute_here(requested: str, applied: str) -> tuple[dict, list[str]]:

@@ -223,6 +223,11 @@ RECIPES: dict[str, RecipeDef] = {
                 (RecipeStage(O, "onnx-int4"),),
                 scenario="edge", hardware=("cpu (onnxruntime, MatMulNBits)",), compute="fp32",
                 runtimes=("onnxruntime",), uses_data="none", cost="seconds"),
+        builtin("onnx-mixed-6", "ONNX export, then 4- or 8-bit blockwise weights per layer by sensitivity measured "
+                "on calibration text, 6 bits on average (MatMulNBits, ONNX Runtime)",
+                (RecipeStage(O, "onnx-mixed", {"average_bits": 6.0}),),
+                scenario="edge", hardware=("cpu (onnxruntime, MatMulNBits)",), compute="int8",
+                runtimes=("onnxruntime",), uses_data="calibration", cost="minutes"),
         builtin("openvino", "OpenVINO IR, FP32 with the precision hint pinned; causal LMs keep their KV cache "
                 "in the request (stateful)", (RecipeStage(O, "openvino"),),
                 scenario="edge", hardware=("cpu (openvino)",), compute="fp32",

@@ -78,8 +78,9 @@ def test_every_engine_method_declares_its_model_kinds_and_outputs_where_it_is_de
     # The kinds that differ from "any", each for a reason the engine states at run time.
     only_causal = {(technique, e.name) for technique, m in (("pruner", pruner), ("optimizer", optimizer))
                    for e in m.METHODS.values() if e.model_kinds == (CAUSAL_LM,)}
+    # onnx-mixed measures sensitivity on calibration windows fed as a causal LM's prefill.
     assert only_causal == {("pruner", "heads"), ("optimizer", "gguf-f16"), ("optimizer", "gguf-q8_0"),
-                           ("optimizer", "gguf-q4")}
+                           ("optimizer", "gguf-q4"), ("optimizer", "onnx-mixed")}
     assert optimizer.METHODS["fastest-cpu"].produces == (ONNX, common_pb2.ARTIFACT_FORMAT_OPENVINO_IR)
 
 
