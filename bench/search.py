@@ -4,6 +4,7 @@ and the winner beside the best single built-in and the original in one interleav
 held-out text.
 
     python bench/search.py [--model builtin:smollm2-135m] [--min-quality 0.99] [--budget 30] [--phase decode]
+                           [--also-batch 32] [--out bench/results/search_minilm.json]
 
 Starts its own mesh (`modelpress up --detach --free-ports` in a temporary MODELPRESS_HOME) and writes
 bench/results/search.json: the machine, the constraints, every trial (screen and full on the
@@ -78,13 +79,13 @@ def _best_other_builtin(job, min_quality: float):
     return max(kept, key=lambda t: t.speedup.speedup, default=None)
 
 
-def _comparison(client, model: str, artifacts: dict[str, str]) -> dict:
+def _comparison(client, model: str, artifacts: dict[str, str], batch_size: int = 1) -> dict:
     from modelpress.v1 import common_pb2
 
     names = ["original", *artifacts]
     comparison = client.compare([model, *(f"artifact:{a}" for a in artifacts.values())],
                                 spec=common_pb2.EvaluationSpec(latency_iterations=20, quality_windows=8,
-                                                               decode_tokens=16))
+                                                               decode_tokens=16, batch_size=batch_size))
     rows = {}
     for name, row in zip(names, comparison.rows):
         speeds = {s.phase or f"phase{i}": {"speedup": round(s.speedup, 3), "ci95": [round(s.ci95_low, 3),
@@ -96,7 +97,7 @@ def _comparison(client, model: str, artifacts: dict[str, str]) -> dict:
                       "perplexity": row.metrics.perplexity if row.metrics.HasField("perplexity") else None,
                       "speed": speeds}
     return {"comparison_id": comparison.comparison_id, "interleaved_rounds": comparison.interleaved_rounds,
-            "rows": rows}
+            "batch_size": batch_size, "rows": rows}
 
 
 def main() -> None:
@@ -107,6 +108,8 @@ def main() -> None:
     parser.add_argument("--phase", default="", choices=("", "prefill", "decode"))
     parser.add_argument("--objective", default="fastest", choices=("fastest", "smallest"))
     parser.add_argument("--no-training", action="store_true")
+    parser.add_argument("--also-batch", type=int, action="append", default=[],
+                        help="compare the winner again at this batch size (repeatable; e.g. 32 for an encoder)")
     parser.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "modelpress-search")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -159,6 +162,8 @@ def main() -> None:
                     artifacts[rival.candidate] = client.get_job(rival.job_id).output.id
                     record["compared_builtin"] = rival.candidate
                 record["comparison"] = _comparison(client, args.model, artifacts)
+                record["comparisons_at"] = {str(b): _comparison(client, args.model, artifacts, b)
+                                            for b in args.also_batch}
         finally:
             subprocess.run([*MODELPRESS, "down"], env=env, capture_output=True, timeout=120, check=False)
             record["recorded_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

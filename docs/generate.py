@@ -796,10 +796,11 @@ def serving(_: str = "") -> str:
     return section("serving.json", headers, rows, *footer)
 
 
-def search(_: str = "") -> str:
+def search(file: str) -> str:
     """A search's trials (bench/search.py): screen and full on the validation split, the winner's closing
-    measurement on the held-out split, and why each screened candidate was not the winner."""
-    data = results("search.json")
+    measurement on the held-out split, and why each screened candidate was not the winner; then the
+    winner beside the original and another built-in in one interleaved comparison per batch size."""
+    data = results(file)
     dropped = data.get("dropped", {})
     rows = []
     for t in data.get("trials", []):
@@ -816,8 +817,23 @@ def search(_: str = "") -> str:
               note(f"Closing figures (held-out): {data.get('headline', '')}"),
               machine_line(data.get("machine"))]
     phase = data["spec"].get("phase") or "prefill"
-    return section("search.json", ["candidate", "effort", f"speed-up ({phase})", "quality kept", "size", "peak memory",
-                                   "outcome"], rows, *footer)
+    trials = section(file, ["candidate", "effort", f"speed-up ({phase})", "quality kept", "size", "peak memory",
+                            "outcome"], rows, *footer)
+    comparisons = [c for c in [data.get("comparison"), *(data.get("comparisons_at") or {}).values()] if c]
+    if not comparisons:
+        return trials
+    compared = []
+    for comparison in comparisons:
+        for name, row in comparison["rows"].items():
+            speeds = ", ".join(f"{p} {speed(v['speedup'], v['ci95'])}" for p, v in row["speed"].items())
+            compared.append([name, comparison.get("batch_size", 1), speeds,
+                             percent(row["quality_kept"], 2) if row["quality_kept"] is not None else DASH,
+                             f"{row['size_ratio']:.2f}×" if row["size_ratio"] is not None else DASH,
+                             f"{row['memory_ratio']:.2f}×" if row["memory_ratio"] is not None else DASH])
+    return trials + "\n" + table(["model", "batch", "speed-up [95 %]", "quality kept", "size", "peak memory"],
+                                  compared) + "\n" + note(
+        "The winner beside the original and another built-in in one interleaved comparison per batch size "
+        "(held-out split).")
 
 
 MODEL_KIND = {"smollm2-135m": "causal-lm", "minilm-l6": "encoder", "mpnet-base": "encoder"}
@@ -890,10 +906,11 @@ SECTIONS: dict[str, Callable[[str], str]] = {
     "bench-compat": compat_matrix,
     "bench-scale": scale,
     "bench-serving": serving,
-    "bench-search": search,
+    "bench-search": search,  # argument: the results file
     "recipe-matrix": recipe_matrix,
 }
-TAKES_ARGUMENT = {"bench-evaluation-comparison", "bench-optimizer", "bench-pipelines", "bench-quantization-model"}
+TAKES_ARGUMENT = {"bench-evaluation-comparison", "bench-optimizer", "bench-pipelines", "bench-quantization-model",
+                  "bench-search"}
 
 
 def required_sections() -> set[str]:
@@ -903,6 +920,7 @@ def required_sections() -> set[str]:
     per_class = {f"bench-optimizer:{isa}" for isa in optimizer_classes()}
     per_model = {f"bench-evaluation-comparison:{model}" for model in results("evaluation.json")["models"]}
     per_file = {f"bench-pipelines:{path.name}" for path in RESULTS.glob("pipelines*.json")}
+    per_file |= {f"bench-search:{path.name}" for path in RESULTS.glob("search*.json")}
     quantized = {r["model"] for r in results("quantization.json")["rows"]}
     per_quantized = {f"bench-quantization-model:{model}" for model in QUANTIZATION_OWN_TABLES if model in quantized}
     return fixed | per_class | per_model | per_file | per_quantized
