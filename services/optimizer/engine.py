@@ -19,7 +19,8 @@ from services.common.measure.isa import ALIASES, class_flags, support
 from services.common.measure.machine import this_cpu
 from services.common.models import families, modelio, packed
 from services.common.models.carried_files import carry_beside_weights
-from services.optimizer import fastest, gguf_export, onnx_export, onnx_runtime, openvino_convert
+from services.common.contract import fastest_prior
+from services.optimizer import gguf_export, onnx_export, onnx_runtime, openvino_convert
 from services.optimizer.configs import (NNCF_WINDOW, FastestCpuConfig, GgufConfig, GgufQ4Config, OnnxConfig,
                                         OnnxInt4Config, OnnxInt8Config, OnnxMixedConfig, OpenVinoConfig,
                                         OpenVinoInt4Config, OpenVinoInt8Config, TensorRtConfig)
@@ -402,7 +403,7 @@ def run_tensorrt_fp16(config: TensorRtConfig, src: Path, dst: Path, reporter: Pr
 
 
 # What it runs is one ONNX Runtime or OpenVINO recipe (ENGINE_CHOICES): the gateway passes the one its search
-# measured fastest on the worker's CPU class; called without one, the bench table's prior (fastest.py).
+# measured fastest on the worker's CPU class; called without one, the bench table's prior (fastest_prior.py).
 @method(O, "fastest-cpu", config=FastestCpuConfig, produces=(ONNX, OPENVINO_IR), model_kinds=MODEL_KINDS,
         summary="The engine precision measured fastest at kept quality for the model's kind on this worker's CPU "
                 "class (the gateway measures it by a short search the first time; else the bench table's prior)")
@@ -411,11 +412,11 @@ def run_fastest_cpu(config: FastestCpuConfig, src: Path, dst: Path, reporter: Pr
     kind = modelio.model_kind(_float_config(src))
     if config.choice:
         stage = RECIPES[config.choice].stages[0]
-        choice = fastest.Choice(config.choice, stage.method, dict(stage.config))
+        choice = fastest_prior.Choice(config.choice, stage.method, dict(stage.config))
         note = (f"fastest-cpu ran {choice.recipe}: measured fastest at kept quality for a {kind} on an {isa} CPU "
                 "(the gateway's search)")
     else:
-        choice, note = fastest.resolve(isa, kind)
+        choice, note = fastest_prior.resolve(isa, kind)
     method = METHODS[choice.method]
     reporter.report(0, 1, note)
     chosen = dict(choice.config)

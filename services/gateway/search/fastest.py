@@ -2,7 +2,7 @@
 runs a short search on the evaluator of that class — the data-free engine recipes of one optimizer stage
 (ENGINE_CHOICES), quality kept ≥ 99 % on the validation split, fastest at the speed that counts for the
 kind (decode for causal LMs, the forward pass for encoders), not significantly slower than the original —
-and stores the winner; later jobs read it. The bench table (services/optimizer/fastest.py) is only the
+and stores the winner; later jobs read it. The bench table (services/common/contract/fastest_prior.py) is only the
 prior the optimizer runs when nothing was measured (no evaluator of the class is live).
 
 While the search runs its id is stored, so a second job (or a gateway resuming one) waits for the same
@@ -17,8 +17,10 @@ from collections.abc import Awaitable, Callable
 
 from modelpress.structs import from_struct, to_struct
 from modelpress.v1 import common_pb2
-from services.common.contract.engine_api import CAUSAL_LM
+from services.common.contract import fastest_prior
+from services.common.contract.engine_api import CAUSAL_LM, MODEL_KINDS
 from services.common.contract.recipes import ENGINE_CHOICES
+from services.common.measure.isa import CLASS_NAMES
 from services.common.store.kv_records import RecordBucket
 
 BUCKET = "modelpress_fastest_cpu"
@@ -38,11 +40,17 @@ def phase_for(kind: str | None) -> str:
     return "decode" if kind == CAUSAL_LM else "prefill"
 
 
-def search_spec(kind: str | None) -> common_pb2.SearchSpec:
+def search_spec(kind: str | None, isa: str) -> common_pb2.SearchSpec:
+    """The engine recipes, the bench prior's choice for the class screened first: a short budget measures
+    the likeliest winner before the rest, and stops early once nothing left can beat it."""
+    prior = ""
+    if kind in MODEL_KINDS and isa in CLASS_NAMES:
+        prior = fastest_prior.resolve(isa, kind)[0].recipe
+    finishes = sorted(ENGINE_CHOICES, key=lambda name: name != prior)
     return common_pb2.SearchSpec(
         min_quality_kept=MIN_QUALITY_KEPT, min_speedup=MIN_SPEEDUP, objective="fastest", phase=phase_for(kind),
         budget_minutes=BUDGET_MINUTES, techniques=[common_pb2.TECHNIQUE_OPTIMIZER], no_training=True,
-        no_calibration=True, finishes=ENGINE_CHOICES)
+        no_calibration=True, finishes=finishes)
 
 
 def unresolved(job: common_pb2.Job) -> list[common_pb2.StageStatus]:
@@ -134,7 +142,7 @@ async def _measured(job, kind, isa, store, submit_search, wait, publish) -> comm
         await publish(f"fastest-cpu: waiting for search {search_id}, which measures the engine recipes for {_a(kind)} "
                       f"on {_a(isa)} CPU")
     else:
-        search = await submit_search(search_spec(kind), f"fastest-cpu: {_a(kind)} on {_a(isa)} CPU")
+        search = await submit_search(search_spec(kind, isa), f"fastest-cpu: {_a(kind)} on {_a(isa)} CPU")
         search_id = search.job_id
         await store.put(common_pb2.FastestCpuChoice(model_kind=kind, isa_class=isa, search_job_id=search_id))
         await publish(f"fastest-cpu: nothing measured yet for {_a(kind)} on {_a(isa)} CPU: search {search_id} measures "

@@ -57,7 +57,7 @@ def goal_of(spec: common_pb2.SearchSpec) -> Goal:
 
 def restrictions_of(spec: common_pb2.SearchSpec) -> Restrictions:
     return Restrictions(techniques=frozenset(spec.techniques), training=not spec.no_training,
-                        calibration=not spec.no_calibration, finishes=frozenset(spec.finishes),
+                        calibration=not spec.no_calibration, finishes=tuple(spec.finishes),
                         served=bool(spec.deploy_as))
 
 

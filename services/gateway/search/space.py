@@ -31,7 +31,8 @@ class Restrictions:
     techniques: frozenset[int] = frozenset()
     training: bool = True
     calibration: bool = True
-    finishes: frozenset[str] = frozenset()  # only candidates ending in these built-ins (empty: all)
+    # Only candidates ending in these built-ins (empty: all), screened in this order within a cost.
+    finishes: tuple[str, ...] = ()
     served: bool = False  # only finishes the serving replicas serve for the model's kind (a search that deploys)
 
     def allows(self, stages: tuple[RecipeStage, ...], uses: str) -> str:
@@ -123,5 +124,7 @@ def search_space(model_kind: str | None, features, methods: Methods, restriction
             space.candidates.append(Candidate(name=name, stages=stages, uses_data=uses, cost=cost,
                                               compute=recipe.compute, finish=recipe.name, front=front_name))
     # Cheapest first: a budget that runs out leaves the expensive compositions, not the quick screens.
-    space.candidates.sort(key=lambda c: (COST_ORDER[c.cost], bool(c.front), c.name))
+    # Within a cost, the caller's order of finishes (a prior's guess first), then by name.
+    order = {name: index for index, name in enumerate(restrictions.finishes)}
+    space.candidates.sort(key=lambda c: (COST_ORDER[c.cost], bool(c.front), order.get(c.finish, 0), c.name))
     return space

@@ -7,7 +7,8 @@ import pytest
 
 from services.common.contract.engine_api import ProgressReporter
 from services.common.measure.isa import CLASS_NAMES
-from services.optimizer import engine, fastest
+from services.common.contract import fastest_prior as fastest
+from services.optimizer import engine
 from services.optimizer.engines import ENGINES
 from services.common.contract.recipes import RECIPES
 

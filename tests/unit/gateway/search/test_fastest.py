@@ -11,6 +11,7 @@ import pytest
 
 from modelpress.structs import from_struct, to_struct
 from modelpress.v1 import common_pb2
+from services.common.contract import fastest_prior
 from services.common.contract.recipes import ENGINE_CHOICES
 from services.gateway.search import fastest
 
@@ -91,6 +92,8 @@ async def test_the_first_job_searches_the_engine_recipes_and_later_ones_reuse_th
     assert (spec.phase, spec.objective, list(spec.techniques)) == ("decode", "fastest", [O])
     assert spec.no_calibration and spec.no_training and set(spec.finishes) == set(ENGINE_CHOICES)
     assert spec.min_quality_kept == fastest.MIN_QUALITY_KEPT and spec.min_speedup == 1.0
+    # The bench prior's choice for the class is screened first.
+    assert spec.finishes[0] == fastest_prior.resolve("avx2", "causal-lm")[0].recipe
     stored = await store.get("causal-lm", "avx2")
     assert (stored.recipe, stored.search_job_id, stored.measured.fidelity) == ("openvino-int8", "search-1", "heldout")
     assert any("search-1" in e and "decode 2.10×" in e and "held-out" in e for e in searches.events)
@@ -119,7 +122,7 @@ async def test_jobs_asking_while_the_search_runs_wait_for_that_one_search():
 
 async def test_a_gateway_resuming_waits_for_the_stored_running_search_instead_of_starting_another():
     store, searches = _Store(), _Searches()
-    running = await searches.submit(fastest.search_spec("causal-lm"), "earlier")
+    running = await searches.submit(fastest.search_spec("causal-lm", "avx2"), "earlier")
     await store.put(common_pb2.FastestCpuChoice(model_kind="causal-lm", isa_class="avx2",
                                                 search_job_id=running.job_id))
     job = _job()

@@ -47,3 +47,10 @@ def test_restrictions_and_the_model_kind_narrow_the_space_naming_why():
     # An encoder space holds no recipe whose methods take causal LMs only.
     encoder = search_space("encoder", AVX2, methods)
     assert "onnx-int8" in {c.name for c in encoder.candidates}
+
+
+def test_the_callers_order_of_finishes_is_the_screens_order_within_a_cost():
+    methods = _described_methods()
+    names = ("openvino-int8", "onnx", "onnx-int8")
+    space = search_space("causal-lm", AVX2, methods, Restrictions(finishes=names, training=False))
+    assert [c.name for c in space.candidates] == list(names)

@@ -1,6 +1,7 @@
 """`fastest-cpu`'s prior: the engine precision the bench measured fastest, at kept quality, on CPUs of an
 ISA class — what the stage runs when no search measured this worker's class (the gateway's search,
-services/gateway/search/fastest.py, passes the measured choice as the stage's `choice`).
+services/gateway/search/fastest.py, passes the measured choice as the stage's `choice`, and screens the
+prior first).
 
 Fastest means the encoder forward pass, and for causal LMs per-token decode (a generated reply
 is mostly decode steps). Each measured entry is the fastest quality-kept row of
