@@ -80,13 +80,19 @@ def trial_of(job: common_pb2.Job, candidate: str, fidelity: str, phase: str) -> 
               if result.HasField("original_memory_mb") and result.original_memory_mb else None)
     return Trial(candidate, fidelity, job_id=job.job_id, quality_kept=kept, speedup=ratio.speedup,
                  speedup_low=ratio.ci95_low or ratio.speedup, speedup_high=ratio.ci95_high or ratio.speedup,
-                 size_ratio=size, memory_ratio=memory)
+                 size_ratio=size, memory_ratio=memory, seconds=_took(job))
+
+
+def _took(job: common_pb2.Job) -> float:
+    if not (job.HasField("created_at") and job.HasField("finished_at")):
+        return 0.0
+    return max(0.0, job.finished_at.ToNanoseconds() / 1e9 - job.created_at.ToNanoseconds() / 1e9)
 
 
 def trial_message(trial: Trial) -> common_pb2.SearchTrial:
     message = common_pb2.SearchTrial(
         candidate=trial.candidate, fidelity=trial.fidelity, job_id=trial.job_id, size_ratio=trial.size_ratio,
-        error=trial.error, reused=trial.reused,
+        error=trial.error, reused=trial.reused, seconds=trial.seconds,
         speedup=common_pb2.SpeedRatio(speedup=trial.speedup, ci95_low=trial.speedup_low, ci95_high=trial.speedup_high))
     if trial.quality_kept is not None:
         message.quality_kept = trial.quality_kept
@@ -101,7 +107,7 @@ def trial_from(message: common_pb2.SearchTrial, reused: bool = False) -> Trial:
                  speedup=message.speedup.speedup, speedup_low=message.speedup.ci95_low,
                  speedup_high=message.speedup.ci95_high, size_ratio=message.size_ratio,
                  memory_ratio=message.memory_ratio if message.HasField("memory_ratio") else None,
-                 error=message.error, reused=reused or message.reused)
+                 error=message.error, reused=reused or message.reused, seconds=message.seconds)
 
 
 def trial_key(job: common_pb2.Job, candidate: Candidate, evaluation: common_pb2.EvaluationSpec, isa: str,
@@ -169,6 +175,9 @@ async def run_search(job: common_pb2.Job, context: Context, *, submit, wait, sav
         raise SearchFailed("the search space is empty: " + "; ".join(f"{k}: {v}" for k, v in space.left_out.items()))
     measured = {(t.candidate, t.fidelity): t for t in found.trials}
     by_name = {c.name: c for c in space.candidates}
+    # A stored measurement reused costs no time now, but the budget is charged what it took when it was
+    # made: an identical search then makes the first's choices (no more, no fewer), only sooner.
+    charged = [sum(t.seconds for t in found.trials if t.reused and t.fidelity != HELDOUT)]
 
     async def measure(candidate: Candidate, fidelity: str) -> Trial:
         earlier = measured.get((candidate.name, fidelity))
@@ -193,6 +202,7 @@ async def run_search(job: common_pb2.Job, context: Context, *, submit, wait, sav
                 await trials.put(key, trial_message(trial))
         else:
             trial = trial_from(stored, reused=True)
+            charged[0] += trial.seconds
         _replace_trial(found, trial_message(trial))
         # Screens, about half again at full effort, and the closing one: what GetJob's progress counts toward.
         planned = len(found.candidates) + math.ceil(len(found.candidates) / 2) + 1
@@ -203,7 +213,8 @@ async def run_search(job: common_pb2.Job, context: Context, *, submit, wait, sav
 
     started = job.started_at.ToSeconds() if job.HasField("started_at") else time.time()
     deadline = started + 60 * (spec.budget_minutes or DEFAULT_BUDGET_MINUTES)
-    outcome = await successive_halving(space.candidates, measure, goal, deadline=deadline, now=time.time)
+    outcome = await successive_halving(space.candidates, measure, goal, deadline=deadline,
+                                       now=lambda: time.time() + charged[0])
     for candidate in found.candidates:
         candidate.dropped = outcome.dropped.get(candidate.name, "")
     found.stopped_early = outcome.stopped_early

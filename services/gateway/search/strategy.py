@@ -71,6 +71,7 @@ class Trial:
     memory_ratio: float | None = None
     error: str = ""
     reused: bool = False  # a stored measurement of the same content, not measured now
+    seconds: float = 0.0  # what its job took when it was measured
 
 
 def violations(trial: Trial, goal: Goal, slack: float = 0.0) -> list[str]:

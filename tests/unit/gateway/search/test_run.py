@@ -188,3 +188,34 @@ def test_a_cancelled_search_keeps_what_it_measured_for_the_next_identical_one():
     reused = {t.candidate for t in again.search_result.trials if t.reused}
     assert reused == {name for name, _, _ in first.submitted[:2]}
     assert not {(name, "validation", 2) for name, _, _ in first.submitted[:2]} & set(repeat.submitted)
+
+
+def test_an_identical_search_is_charged_what_the_stored_measurements_took_and_makes_the_same_choices(monkeypatch):
+    clock = [1_000_000.0]
+    monkeypatch.setattr(run.time, "time", lambda: clock[0])
+
+    class _Timed(_Mesh):
+        async def submit(self, name, candidate, evaluation):
+            job = await super().submit(name, candidate, evaluation)
+            job.created_at.FromNanoseconds(int(clock[0] * 1e9))
+            clock[0] += 60.0  # every measurement takes a minute
+            job.finished_at.FromNanoseconds(int(clock[0] * 1e9))
+            return job
+
+    def timed_job(job_id):
+        job = _job(budget_minutes=5)
+        job.job_id = job_id
+        job.started_at.FromNanoseconds(int(clock[0] * 1e9))
+        return job
+
+    trials = _Trials()
+    first, mesh = timed_job("search-1"), _Timed()
+    _search(first, mesh, trials)
+    unmeasured = {c.name for c in first.search_result.candidates if "budget ran out" in c.dropped}
+    assert unmeasured and all(t.seconds == 60.0 for t in first.search_result.trials)
+    second, repeat = timed_job("search-2"), _Timed()
+    _search(second, repeat, trials)
+    # Only the closing measurement ran; the budget ran out where it did the first time.
+    assert [split for _, split, _ in repeat.submitted] == ["heldout"]
+    assert {c.name for c in second.search_result.candidates if "budget ran out" in c.dropped} == unmeasured
+    assert second.search_result.winner == first.search_result.winner
