@@ -545,7 +545,7 @@ class JobRunner:
                                      evaluation=common_pb2.EvaluationSpec(
                                          batch_size=job.evaluation.batch_size, threads=job.evaluation.threads,
                                          sequence_length=job.evaluation.sequence_length),
-                                     tenant=job.tenant, search=spec)
+                                     tenant=job.tenant, search=spec, recompute=job.recompute)
 
         async def publish(message: str) -> None:
             await self._publish(job, common_pb2.EVENT_KIND_LOG, message=message)
@@ -582,7 +582,7 @@ class JobRunner:
 
         async def submit(name, candidate, evaluation):
             return await self.submit(name=name, model=job.model, recipe=candidate.name, stages=candidate.messages(),
-                                     evaluation=evaluation, tenant=job.tenant)
+                                     evaluation=evaluation, tenant=job.tenant, recompute=job.recompute)
 
         async def wait(child_id: str) -> common_pb2.Job:
             try:

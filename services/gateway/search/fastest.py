@@ -2,8 +2,9 @@
 runs a short search on the evaluator of that class — the data-free engine recipes of one optimizer stage
 (ENGINE_CHOICES), quality kept ≥ 99 % on the validation split, fastest at the speed that counts for the
 kind (decode for causal LMs, the forward pass for encoders), not significantly slower than the original —
-and stores the winner; later jobs read it. The bench table (services/common/contract/fastest_prior.py) is only the
-prior the optimizer runs when nothing was measured (no evaluator of the class is live).
+and stores the winner; later jobs read it. The bench table (services/common/contract/fastest_prior.py) is
+only the prior: screened first, and what the optimizer runs when nothing was measured (no evaluator of the
+class is live). A job with `recompute` measures again, nothing reused, and stores the new winner.
 
 While the search runs its id is stored, so a second job (or a gateway resuming one) waits for the same
 search instead of starting another; a search that finds nothing clears the record and fails the job
@@ -116,7 +117,8 @@ async def resolve(job: common_pb2.Job, kind: str, here: str, store: ChoiceStore,
     changed = False
     for stage in unresolved(job):
         isa = asked_class(stage, here)
-        choice = await store.get(kind, isa) if isa else None
+        # A job asked to recompute measures again (a changed worker, a new engine version).
+        choice = await store.get(kind, isa) if isa and not job.recompute else None
         if choice is None or not choice.recipe:
             if not isa or isa != here:
                 where = f"{_a(isa)} CPU" if isa else "this mesh's CPU"
@@ -124,7 +126,7 @@ async def resolve(job: common_pb2.Job, kind: str, here: str, store: ChoiceStore,
                               "class to measure it: the optimizer runs its bench prior")
                 continue
             async with store.locks.setdefault(store.key(kind, isa), asyncio.Lock()):
-                choice = await _measured(job, kind, isa, store, submit_search, wait, publish)
+                choice = await _measured(job, kind, isa, store, submit_search, wait, publish, job.recompute)
         config = from_struct(stage.spec.config)
         config["choice"] = choice.recipe
         stage.spec.config.CopyFrom(to_struct(config))
@@ -133,11 +135,12 @@ async def resolve(job: common_pb2.Job, kind: str, here: str, store: ChoiceStore,
     return changed
 
 
-async def _measured(job, kind, isa, store, submit_search, wait, publish) -> common_pb2.FastestCpuChoice:
+async def _measured(job, kind, isa, store, submit_search, wait, publish, again: bool
+                    ) -> common_pb2.FastestCpuChoice:
     stored = await store.get(kind, isa)
-    if stored is not None and stored.recipe:
+    if stored is not None and stored.recipe and not again:
         return stored  # measured while this job waited for the lock
-    if stored is not None and stored.search_job_id:
+    if stored is not None and stored.search_job_id and not stored.recipe:
         search_id = stored.search_job_id
         await publish(f"fastest-cpu: waiting for search {search_id}, which measures the engine recipes for {_a(kind)} "
                       f"on {_a(isa)} CPU")

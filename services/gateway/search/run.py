@@ -185,7 +185,7 @@ async def run_search(job: common_pb2.Job, context: Context, *, submit, wait, sav
             return trial_from(earlier)
         evaluation = evaluation_for(job.evaluation, fidelity)
         key = trial_key(job, candidate, evaluation, context.isa_class, phase)
-        stored = await trials.get(key)
+        stored = None if job.recompute else await trials.get(key)  # recompute: measured again, then stored
         if earlier is not None:  # submitted before a restart: its job goes on, and is waited for
             child_id = earlier.job_id
         elif stored is not None and not stored.error:

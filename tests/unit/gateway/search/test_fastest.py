@@ -165,3 +165,14 @@ async def test_stages_already_run_or_already_given_a_choice_are_left_as_they_are
     assert not fastest.unresolved(given) and not fastest.unresolved(done)
     assert not await _resolve(given, store, searches) and not await _resolve(done, store, searches)
     assert _choice(given) == "onnx" and not searches.specs
+
+
+async def test_a_job_asked_to_recompute_measures_again_and_stores_the_new_winner():
+    store, searches = _Store(), _Searches()
+    await _resolve(_job(), store, searches)
+    searches.winner = "onnx-int8"
+    again = _job()
+    again.recompute = True
+    await _resolve(again, store, searches)
+    assert len(searches.specs) == 2 and _choice(again) == "onnx-int8"
+    assert (await store.get("causal-lm", "avx2")).recipe == "onnx-int8"

@@ -219,3 +219,13 @@ def test_an_identical_search_is_charged_what_the_stored_measurements_took_and_ma
     assert [split for _, split, _ in repeat.submitted] == ["heldout"]
     assert {c.name for c in second.search_result.candidates if "budget ran out" in c.dropped} == unmeasured
     assert second.search_result.winner == first.search_result.winner
+
+
+def test_a_search_asked_to_recompute_measures_again_instead_of_reusing():
+    trials = _Trials()
+    _search(_job(), _Mesh(), trials)
+    again, mesh = _job(), _Mesh()
+    again.job_id, again.recompute = "search-2", True
+    _search(again, mesh, trials)
+    assert not any(t.reused for t in again.search_result.trials)
+    assert len(mesh.submitted) > 1
