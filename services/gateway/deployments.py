@@ -103,11 +103,15 @@ class Deployments:
 
     async def taken(self, name: str) -> bool:
         """Whether a deployment (of any tenant) answers to `name`."""
+        return await self.named(name) is not None
+
+    async def named(self, name: str) -> common_pb2.Deployment | None:
+        """The deployment (of any tenant) that answers to `name`, if one does."""
         try:
-            await self._records.kv.get(NAME_PREFIX + name)
+            entry = await self._records.kv.get(NAME_PREFIX + name)
         except (KeyNotFoundError, NotFoundError):
-            return False
-        return True
+            return None
+        return await self._records.get(entry.value.decode()) if entry.value else None
 
     async def _record(self, principal: Principal, deployment_id: str) -> common_pb2.Deployment:
         record = await self._records.get(deployment_id) if not deployment_id.startswith(NAME_PREFIX) else None

@@ -39,6 +39,7 @@ from services.gateway.leases import JobLeases
 from services.gateway.outcomes import OutcomeStore
 from services.gateway.search import fastest
 from services.gateway.search import run as search_run
+from services.gateway.validation import resolve_evaluation
 
 log = logging.getLogger(__name__)
 
@@ -541,11 +542,10 @@ class JobRunner:
         kind = (await read_model_head(job.model, self.store)).kind or ""
 
         async def submit_search(spec, name):
+            # The default shape (batch 1 × 128 tokens): the stored choice serves every later job of the tenant.
             return await self.submit(name=name, model=job.model, recipe="search", stages=[],
-                                     evaluation=common_pb2.EvaluationSpec(
-                                         batch_size=job.evaluation.batch_size, threads=job.evaluation.threads,
-                                         sequence_length=job.evaluation.sequence_length),
-                                     tenant=job.tenant, search=spec, recompute=job.recompute)
+                                     evaluation=resolve_evaluation(common_pb2.EvaluationSpec()), tenant=job.tenant,
+                                     search=spec, recompute=job.recompute)
 
         async def publish(message: str) -> None:
             await self._publish(job, common_pb2.EVENT_KIND_LOG, message=message)
@@ -561,6 +561,11 @@ class JobRunner:
             await asyncio.shield(self._finish(job, common_pb2.JOB_STATE_CANCELLED, "cancelled by request"))
         except fastest.NoFastest as exc:
             await self._finish(job, common_pb2.JOB_STATE_FAILED, f"FAILED_PRECONDITION: {exc}")
+        except ServiceUnavailable as exc:
+            await self._finish(job, common_pb2.JOB_STATE_FAILED, f"UNAVAILABLE: {exc}")
+        except Exception as exc:  # as _run_leased: the job ends saying what failed, never hangs
+            log.exception("job %s: resolving fastest-cpu failed", job.job_id)
+            await self._finish(job, common_pb2.JOB_STATE_FAILED, f"{type(exc).__name__}: {exc}")
         return False
 
     async def _search(self, job: common_pb2.Job) -> None:

@@ -884,12 +884,18 @@ async def register(server: grpc.aio.Server, runtime: ServiceRuntime) -> list[str
     runner.save_recipe = recipes.create
 
     async def deploy_winner(job: common_pb2.Job) -> common_pb2.Deployment:
-        head = await read_model_head(common_pb2.ModelRef(artifact_id=job.output.id), runtime.store)
         try:
+            head = await read_model_head(common_pb2.ModelRef(artifact_id=job.output.id), runtime.store)
             return await deployments.create(auth.Principal(tenant=job.tenant, operator=False),
                                             checked_name(job.search.deploy_as), job.output, job.job_id, 1,
                                             struct_pb2.Struct(), head.kind)
-        except (NameTaken, InvalidArgument) as exc:
+        except NameTaken as exc:
+            # Deployed before a restart cut the search short of saving it: that deployment is the one.
+            existing = await deployments.named(job.search.deploy_as)
+            if existing is not None and existing.job_id == job.job_id:
+                return existing
+            raise NotDeployed(str(exc)) from None
+        except (InvalidArgument, LookupError) as exc:  # an unservable format, the artifact gone
             raise NotDeployed(str(exc)) from None
 
     runner.deploy = deploy_winner

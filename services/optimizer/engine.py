@@ -413,8 +413,8 @@ def run_fastest_cpu(config: FastestCpuConfig, src: Path, dst: Path, reporter: Pr
     if config.choice:
         stage = RECIPES[config.choice].stages[0]
         choice = fastest_prior.Choice(config.choice, stage.method, dict(stage.config))
-        note = (f"fastest-cpu ran {choice.recipe}: measured fastest at kept quality for a {kind} on an {isa} CPU "
-                "(the gateway's search)")
+        note = (f"fastest-cpu ran {choice.recipe} for a {kind} on an {isa} CPU: the choice given to the stage (the "
+                "gateway gives the one the gateway's search measured fastest at kept quality on that class)")
     else:
         choice, note = fastest_prior.resolve(isa, kind)
     method = METHODS[choice.method]
@@ -424,7 +424,7 @@ def run_fastest_cpu(config: FastestCpuConfig, src: Path, dst: Path, reporter: Pr
         chosen.setdefault("weights", "s8" if support("int8", class_flags(isa)).accelerated else "u8")
     result = method.run(method.config_cls(**chosen), src, dst, reporter)
     result.compression["resolved"] = {"from": "fastest-cpu", "recipe": choice.recipe, "method": choice.method,
-                                      "config": chosen, "isa_class": isa, "measured": bool(config.choice)}
+                                      "config": chosen, "isa_class": isa, "given": bool(config.choice)}
     result.notes.insert(0, note)
     return result
 

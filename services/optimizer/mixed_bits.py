@@ -26,14 +26,16 @@ class WeightMatMul:
 
 
 def weight_matmuls(model) -> list[WeightMatMul]:
-    """The MatMuls whose B is a 2-D float initializer: what MatMulNBits quantizes."""
+    """The MatMuls whose B is a 2-D float initializer: what MatMulNBits quantizes. An unnamed one is named by
+    its place in the graph (the same on every load of the file), so each can be planned and excluded."""
     import onnx
 
     initializers = {i.name: i for i in model.graph.initializer}
     found = []
-    for node in model.graph.node:
+    for index, node in enumerate(model.graph.node):
         weight = initializers.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
-        if weight is not None and len(weight.dims) == 2 and weight.data_type == onnx.TensorProto.FLOAT and node.name:
+        if weight is not None and len(weight.dims) == 2 and weight.data_type == onnx.TensorProto.FLOAT:
+            node.name = node.name or f"mixed_bits_matmul_{index}"
             found.append(WeightMatMul(node.name, node.input[0], weight.name, int(weight.dims[0] * weight.dims[1])))
     return found
 

@@ -144,15 +144,15 @@ async def test_fastest_cpu_runs_the_choice_measured_for_the_evaluators_class_wit
     client = Client(gateway)
     (worker,) = (await call(client.engines)).workers
     store = await ChoiceStore(js).ensure()
-    await store.put(common_pb2.FastestCpuChoice(model_kind="encoder", isa_class=worker.isa_class, recipe="onnx-int8",
-                                                search_job_id="j-earlier", phase="prefill"))
+    await store.put("", common_pb2.FastestCpuChoice(model_kind="encoder", isa_class=worker.isa_class,
+                                                    recipe="onnx-int8", search_job_id="j-earlier", phase="prefill"))
     try:
         job = await call(client.create_job, f"path:{folder}", "fastest-cpu",
                          evaluation=common_pb2.EvaluationSpec(skip=True))
         await call(lambda: list(client.watch(job.job_id)))
         job = await call(client.get_job, job.job_id)
     finally:
-        await store.clear("encoder", worker.isa_class)
+        await store.clear("", "encoder", worker.isa_class)
     assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job.error
     stage = job.stages[0]
     assert from_struct(stage.spec.config)["choice"] == "onnx-int8" and stage.worker == worker.worker

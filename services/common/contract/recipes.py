@@ -257,7 +257,7 @@ RECIPES: dict[str, RecipeDef] = {
         builtin("fastest-cpu", "The engine recipe measured fastest at kept quality for the model's kind on the "
                 "evaluator's CPU class (a short search the first time a class is asked for, stored for the next "
                 "jobs); the stage says what it ran", (RecipeStage(O, "fastest-cpu"),),
-                scenario="edge", hardware=("cpu of the optimizer worker's isa class (onnxruntime or openvino)",), compute="auto",
+                scenario="edge", hardware=("cpu of the evaluator's isa class (onnxruntime or openvino)",), compute="auto",
                 runtimes=("onnxruntime", "openvino"), uses_data="none", cost="seconds"),
         builtin("gguf-f16", "GGUF for llama.cpp with F16 weights", (RecipeStage(O, "gguf-f16"),),
                 scenario="edge", hardware=("cpu or gpu (llama.cpp)",), compute="fp32",

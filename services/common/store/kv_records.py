@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Generic, TypeVar
 
 from nats.js import JetStreamContext, api
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError, NotFoundError
+from nats.js.errors import (BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError,
+                            NotFoundError)
 from nats.js.kv import KeyValue
 
 M = TypeVar("M")
@@ -37,6 +38,14 @@ class RecordBucket(Generic[M]):
 
     async def put(self, key: str, record: M) -> None:
         await self.kv.put(key, record.SerializeToString())
+
+    async def create(self, key: str, record: M) -> bool:
+        """Puts `record` only where `key` holds nothing (or was deleted); False when it holds a record."""
+        try:
+            await self.kv.create(key, record.SerializeToString())
+        except KeyWrongLastSequenceError:
+            return False
+        return True
 
     async def get(self, key: str) -> M | None:
         try:

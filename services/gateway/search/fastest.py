@@ -14,6 +14,7 @@ saying why, and the next job tries again.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Awaitable, Callable
 
 from modelpress.structs import from_struct, to_struct
@@ -42,8 +43,8 @@ def phase_for(kind: str | None) -> str:
 
 
 def search_spec(kind: str | None, isa: str) -> common_pb2.SearchSpec:
-    """The engine recipes, the bench prior's choice for the class screened first: a short budget measures
-    the likeliest winner before the rest, and stops early once nothing left can beat it."""
+    """The engine recipes, the bench prior's choice for the class screened first, so a budget that runs out
+    leaves the least likely winners unmeasured rather than the likeliest."""
     prior = ""
     if kind in MODEL_KINDS and isa in CLASS_NAMES:
         prior = fastest_prior.resolve(isa, kind)[0].recipe
@@ -81,9 +82,11 @@ class NoFastest(RuntimeError):
 
 
 class ChoiceStore:
+    """Choices per tenant (a tenant's search runs on its own model, and only it may cancel it), kind and class."""
+
     def __init__(self, js) -> None:
         self._bucket = RecordBucket(js, BUCKET, common_pb2.FastestCpuChoice)
-        # One search per (kind, class) from this gateway at a time; the stored search id covers the others.
+        # One search per key from this gateway at a time; create() claims the key across gateways.
         self.locks: dict[str, asyncio.Lock] = {}
 
     async def ensure(self) -> ChoiceStore:
@@ -91,77 +94,102 @@ class ChoiceStore:
         return self
 
     @staticmethod
-    def key(kind: str, isa: str) -> str:
-        return f"{kind}.{isa}"
+    def key(tenant: str, kind: str, isa: str) -> str:
+        # A tenant name may hold characters a KV key may not: its digest stands for it.
+        return f"{hashlib.sha256(tenant.encode()).hexdigest()[:16]}.{kind}.{isa}"
 
-    async def get(self, kind: str, isa: str) -> common_pb2.FastestCpuChoice | None:
-        return await self._bucket.get(self.key(kind, isa))
+    async def get(self, tenant: str, kind: str, isa: str) -> common_pb2.FastestCpuChoice | None:
+        return await self._bucket.get(self.key(tenant, kind, isa))
 
-    async def put(self, choice: common_pb2.FastestCpuChoice) -> None:
-        await self._bucket.put(self.key(choice.model_kind, choice.isa_class), choice)
+    async def put(self, tenant: str, choice: common_pb2.FastestCpuChoice) -> None:
+        await self._bucket.put(self.key(tenant, choice.model_kind, choice.isa_class), choice)
 
-    async def clear(self, kind: str, isa: str) -> None:
-        await self._bucket.purge(self.key(kind, isa))
+    async def create(self, tenant: str, choice: common_pb2.FastestCpuChoice) -> bool:
+        """Stores `choice` only where the key holds nothing; False when another gateway was first."""
+        return await self._bucket.create(self.key(tenant, choice.model_kind, choice.isa_class), choice)
 
-    async def all(self) -> list[common_pb2.FastestCpuChoice]:
-        return await self._bucket.values()
+    async def clear(self, tenant: str, kind: str, isa: str) -> None:
+        await self._bucket.purge(self.key(tenant, kind, isa))
 
 
 async def resolve(job: common_pb2.Job, kind: str, here: str, store: ChoiceStore, *,
                   submit_search: Callable[[common_pb2.SearchSpec, str], Awaitable[common_pb2.Job]],
                   wait: Callable[[str], Awaitable[common_pb2.Job]],
                   publish: Callable[[str], Awaitable[None]]) -> bool:
-    """Sets the choice of each of `job`'s unresolved fastest-cpu stages, searching first where nothing
-    is stored for the kind on the evaluator's class `here` ("" when no evaluator is live); True when a
-    stage changed. A stage for another class, or with no evaluator to measure on, is left to the prior."""
+    """Sets the choice (and the class it was measured for) of each of `job`'s unresolved fastest-cpu stages,
+    searching first where the job's tenant has nothing stored for the kind on the evaluator's class `here`
+    ("" when no evaluator is live); True when a stage changed. A stage for another class with nothing
+    stored, or with no evaluator to measure on, is left to the prior. NoFastest when the search ended
+    without a winner."""
     changed = False
     for stage in unresolved(job):
         isa = asked_class(stage, here)
-        # A job asked to recompute measures again (a changed worker, a new engine version).
-        choice = await store.get(kind, isa) if isa and not job.recompute else None
-        if choice is None or not choice.recipe:
+        stored = await store.get(job.tenant, kind, isa) if isa else None
+        measured = stored if stored is not None and stored.recipe else None
+        # A job asked to recompute measures again where it can (a changed worker, a new engine version).
+        if measured is None or (job.recompute and isa == here):
             if not isa or isa != here:
                 where = f"{_a(isa)} CPU" if isa else "this mesh's CPU"
                 await publish(f"fastest-cpu: nothing measured for {_a(kind)} on {where} and no live evaluator of that "
                               "class to measure it: the optimizer runs its bench prior")
                 continue
-            async with store.locks.setdefault(store.key(kind, isa), asyncio.Lock()):
-                choice = await _measured(job, kind, isa, store, submit_search, wait, publish, job.recompute)
+            async with store.locks.setdefault(store.key(job.tenant, kind, isa), asyncio.Lock()):
+                measured = await _measured(job, kind, isa, store, submit_search, wait, publish)
         config = from_struct(stage.spec.config)
-        config["choice"] = choice.recipe
+        config.update(choice=measured.recipe, isa_class=isa)
         stage.spec.config.CopyFrom(to_struct(config))
-        await publish(describe(choice))
+        await publish(describe(measured))
         changed = True
     return changed
 
 
-async def _measured(job, kind, isa, store, submit_search, wait, publish, again: bool
-                    ) -> common_pb2.FastestCpuChoice:
-    stored = await store.get(kind, isa)
-    if stored is not None and stored.recipe and not again:
-        return stored  # measured while this job waited for the lock
-    if stored is not None and stored.search_job_id and not stored.recipe:
-        search_id = stored.search_job_id
-        await publish(f"fastest-cpu: waiting for search {search_id}, which measures the engine recipes for {_a(kind)} "
-                      f"on {_a(isa)} CPU")
-    else:
-        search = await submit_search(search_spec(kind, isa), f"fastest-cpu: {_a(kind)} on {_a(isa)} CPU")
-        search_id = search.job_id
-        await store.put(common_pb2.FastestCpuChoice(model_kind=kind, isa_class=isa, search_job_id=search_id))
-        await publish(f"fastest-cpu: nothing measured yet for {_a(kind)} on {_a(isa)} CPU: search {search_id} measures "
-                      f"the engine recipes on the evaluator ({BUDGET_MINUTES:g}-minute budget)")
-    ended = await wait(search_id)
+async def _measured(job, kind, isa, store, submit_search, wait, publish) -> common_pb2.FastestCpuChoice:
+    """The winner of the search for (the job's tenant, kind, isa): one already stored while this job waited,
+    the one a running search finds, or a new search's. A recompute searches anew and replaces the stored
+    choice only once it has a winner."""
+    tenant = job.tenant
+    for _ in range(3):  # a claimed search that vanished (deleted, expired) is claimed again
+        stored = await store.get(tenant, kind, isa)
+        if stored is not None and stored.recipe and not job.recompute:
+            return stored  # measured while this job waited for the lock
+        search_id = ""
+        if stored is not None and stored.search_job_id and not stored.recipe:
+            search_id = stored.search_job_id
+            await publish(f"fastest-cpu: waiting for search {search_id}, which measures the engine recipes for "
+                          f"{_a(kind)} on {_a(isa)} CPU")
+        else:
+            search = await submit_search(search_spec(kind, isa), f"fastest-cpu: {_a(kind)} on {_a(isa)} CPU")
+            pending = common_pb2.FastestCpuChoice(model_kind=kind, isa_class=isa, search_job_id=search.job_id)
+            if job.recompute or await store.create(tenant, pending):
+                search_id = search.job_id
+                await publish(f"fastest-cpu: measuring the engine recipes for {_a(kind)} on {_a(isa)} CPU: search "
+                              f"{search_id} on the evaluator ({BUDGET_MINUTES:g}-minute budget)")
+            else:  # another gateway claimed it first: its search is the one, this one is not waited for
+                continue
+        try:
+            ended = await wait(search_id)
+        except LookupError:  # the search job is gone: nobody will write its winner
+            current = await store.get(tenant, kind, isa)
+            if current is not None and current.search_job_id == search_id and not current.recipe:
+                await store.clear(tenant, kind, isa)
+            continue
+        return await _record(ended, tenant, kind, isa, store)
+    raise NoFastest(f"fastest-cpu: no search for {_a(kind)} on {_a(isa)} CPU could be started and waited for")
+
+
+async def _record(ended: common_pb2.Job, tenant: str, kind: str, isa: str,
+                  store: ChoiceStore) -> common_pb2.FastestCpuChoice:
     found = ended.search_result
     closing = [t for t in found.trials if t.fidelity == HELDOUT and t.candidate == found.winner]
     if ended.state != common_pb2.JOB_STATE_SUCCEEDED or not closing:
-        current = await store.get(kind, isa)
-        if current is not None and current.search_job_id == search_id and not current.recipe:
-            await store.clear(kind, isa)  # the next job searches again
-        raise NoFastest(f"fastest-cpu: search {search_id} found no engine recipe for {_a(kind)} on {_a(isa)} CPU "
-                        f"that keeps {MIN_QUALITY_KEPT:.0%} of its quality and is not slower: "
+        current = await store.get(tenant, kind, isa)
+        if current is not None and current.search_job_id == ended.job_id and not current.recipe:
+            await store.clear(tenant, kind, isa)  # the next job searches again
+        raise NoFastest(f"fastest-cpu: search {ended.job_id} for {_a(kind)} on {_a(isa)} CPU ended without a winner "
+                        f"(quality kept ≥ {MIN_QUALITY_KEPT:.0%}, not slower than the original): "
                         f"{ended.error or common_pb2.JobState.Name(ended.state)}")
-    choice = common_pb2.FastestCpuChoice(model_kind=kind, isa_class=isa, recipe=found.winner, search_job_id=search_id,
-                                         measured=closing[-1], phase=ended.search.phase)
+    choice = common_pb2.FastestCpuChoice(model_kind=kind, isa_class=isa, recipe=found.winner,
+                                         search_job_id=ended.job_id, measured=closing[-1], phase=ended.search.phase)
     choice.measured_at.GetCurrentTime()
-    await store.put(choice)
+    await store.put(tenant, choice)
     return choice

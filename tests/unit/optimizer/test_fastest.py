@@ -87,7 +87,7 @@ def test_a_measured_choice_runs_that_recipe_instead_of_the_prior(tiny_bert_dir, 
     result = engine.METHODS["fastest-cpu"].run(engine.FastestCpuConfig(isa_class="amx", choice="onnx-int8"),
                                                tiny_bert_dir, tmp_path / "out", ProgressReporter())
     resolved = result.compression["resolved"]
-    assert (resolved["recipe"], resolved["method"], resolved["measured"]) == ("onnx-int8", "onnx-int8", True)
+    assert (resolved["recipe"], resolved["method"], resolved["given"]) == ("onnx-int8", "onnx-int8", True)
     assert "prior" not in result.notes[0] and "search" in result.notes[0]
     assert list((tmp_path / "out").glob("*.onnx"))
 

@@ -24,15 +24,21 @@ class _Store:
 
     key = staticmethod(fastest.ChoiceStore.key)
 
-    async def get(self, kind, isa):
-        record = self.records.get(self.key(kind, isa))
+    async def get(self, tenant, kind, isa):
+        record = self.records.get(self.key(tenant, kind, isa))
         return None if record is None else common_pb2.FastestCpuChoice.FromString(record.SerializeToString())
 
-    async def put(self, choice):
-        self.records[self.key(choice.model_kind, choice.isa_class)] = choice
+    async def put(self, tenant, choice):
+        self.records[self.key(tenant, choice.model_kind, choice.isa_class)] = choice
 
-    async def clear(self, kind, isa):
-        self.records.pop(self.key(kind, isa), None)
+    async def create(self, tenant, choice):
+        if self.key(tenant, choice.model_kind, choice.isa_class) in self.records:
+            return False
+        await self.put(tenant, choice)
+        return True
+
+    async def clear(self, tenant, kind, isa):
+        self.records.pop(self.key(tenant, kind, isa), None)
 
 
 class _Searches:
@@ -52,6 +58,8 @@ class _Searches:
 
     async def wait(self, job_id):
         await self.release.wait()
+        if job_id not in self.jobs:
+            raise LookupError(f"job {job_id!r} not found")  # as JobStore.get: deleted, or expired
         job = self.jobs[job_id]
         if not self.winner:
             job.state, job.error = common_pb2.JOB_STATE_FAILED, "FAILED_PRECONDITION: no candidate met the constraints"
@@ -68,8 +76,8 @@ class _Searches:
         self.events.append(message)
 
 
-def _job(config=None):
-    job = common_pb2.Job(job_id="j-1")
+def _job(config=None, tenant=""):
+    job = common_pb2.Job(job_id="j-1", tenant=tenant)
     job.stages.add(index=0, spec=common_pb2.StageSpec(technique=O, method="fastest-cpu", config=to_struct(config or {})))
     return job
 
@@ -94,8 +102,10 @@ async def test_the_first_job_searches_the_engine_recipes_and_later_ones_reuse_th
     assert spec.min_quality_kept == fastest.MIN_QUALITY_KEPT and spec.min_speedup == 1.0
     # The bench prior's choice for the class is screened first.
     assert spec.finishes[0] == fastest_prior.resolve("avx2", "causal-lm")[0].recipe
-    stored = await store.get("causal-lm", "avx2")
+    stored = await store.get("", "causal-lm", "avx2")
     assert (stored.recipe, stored.search_job_id, stored.measured.fidelity) == ("openvino-int8", "search-1", "heldout")
+    # The stage is given the class it was measured for too.
+    assert from_struct(job.stages[0].spec.config)["isa_class"] == "avx2"
     assert any("search-1" in e and "decode 2.10×" in e and "held-out" in e for e in searches.events)
 
     later = _job()
@@ -113,7 +123,7 @@ async def test_jobs_asking_while_the_search_runs_wait_for_that_one_search():
     first, second = _job(), _job()
     tasks = [asyncio.create_task(_resolve(j, store, searches)) for j in (first, second)]
     await asyncio.sleep(0.05)
-    pending = await store.get("causal-lm", "avx2")
+    pending = await store.get("", "causal-lm", "avx2")
     assert pending.search_job_id == "search-1" and not pending.recipe
     searches.release.set()
     await asyncio.gather(*tasks)
@@ -123,8 +133,8 @@ async def test_jobs_asking_while_the_search_runs_wait_for_that_one_search():
 async def test_a_gateway_resuming_waits_for_the_stored_running_search_instead_of_starting_another():
     store, searches = _Store(), _Searches()
     running = await searches.submit(fastest.search_spec("causal-lm", "avx2"), "earlier")
-    await store.put(common_pb2.FastestCpuChoice(model_kind="causal-lm", isa_class="avx2",
-                                                search_job_id=running.job_id))
+    await store.put("", common_pb2.FastestCpuChoice(model_kind="causal-lm", isa_class="avx2",
+                                                    search_job_id=running.job_id))
     job = _job()
     await _resolve(job, store, searches)
     assert len(searches.specs) == 1 and _choice(job) == "openvino-int8"
@@ -133,9 +143,9 @@ async def test_a_gateway_resuming_waits_for_the_stored_running_search_instead_of
 
 async def test_a_search_that_finds_nothing_fails_the_job_saying_why_and_the_next_job_searches_again():
     store, searches = _Store(), _Searches(winner="")
-    with pytest.raises(fastest.NoFastest, match="search-1 found no engine recipe for a causal-lm on an avx2 CPU"):
+    with pytest.raises(fastest.NoFastest, match="search search-1 for a causal-lm on an avx2 CPU ended without a winner"):
         await _resolve(_job(), store, searches)
-    assert await store.get("causal-lm", "avx2") is None
+    assert await store.get("", "causal-lm", "avx2") is None
     searches.winner = "onnx-int8"
     job = _job()
     await _resolve(job, store, searches)
@@ -151,8 +161,8 @@ async def test_a_class_without_a_live_evaluator_is_left_to_the_prior_unless_it_w
     nobody = _job()
     assert not await _resolve(nobody, store, searches, here="")
     assert _choice(nobody) is None and not searches.specs
-    await store.put(common_pb2.FastestCpuChoice(model_kind="causal-lm", isa_class="amx", recipe="openvino-bf16",
-                                                search_job_id="search-9"))
+    await store.put("", common_pb2.FastestCpuChoice(model_kind="causal-lm", isa_class="amx", recipe="openvino-bf16",
+                                                    search_job_id="search-9"))
     assert await _resolve(other, store, searches)
     assert _choice(other) == "openvino-bf16" and not searches.specs
 
@@ -167,12 +177,31 @@ async def test_stages_already_run_or_already_given_a_choice_are_left_as_they_are
     assert _choice(given) == "onnx" and not searches.specs
 
 
-async def test_a_job_asked_to_recompute_measures_again_and_stores_the_new_winner():
+async def test_a_job_asked_to_recompute_measures_again_and_stores_the_new_winner_only_once_it_has_one():
     store, searches = _Store(), _Searches()
     await _resolve(_job(), store, searches)
-    searches.winner = "onnx-int8"
+    searches.winner = ""  # the new search finds nothing: the measured choice stays
     again = _job()
     again.recompute = True
+    with pytest.raises(fastest.NoFastest):
+        await _resolve(again, store, searches)
+    assert (await store.get("", "causal-lm", "avx2")).recipe == "openvino-int8"
+    searches.winner = "onnx-int8"
     await _resolve(again, store, searches)
-    assert len(searches.specs) == 2 and _choice(again) == "onnx-int8"
-    assert (await store.get("causal-lm", "avx2")).recipe == "onnx-int8"
+    assert len(searches.specs) == 3 and _choice(again) == "onnx-int8"
+    assert (await store.get("", "causal-lm", "avx2")).recipe == "onnx-int8"
+
+
+async def test_each_tenant_measures_its_own_and_a_vanished_search_is_replaced_not_waited_for_forever():
+    store, searches = _Store(), _Searches()
+    await _resolve(_job(tenant="acme"), store, searches)
+    other = _job(tenant="globex")
+    await _resolve(other, store, searches)
+    assert len(searches.specs) == 2 and _choice(other) == "openvino-int8"
+    # A claimed search that was deleted (or expired) before it wrote its winner: searched again.
+    await store.put("initech", common_pb2.FastestCpuChoice(model_kind="causal-lm", isa_class="avx2",
+                                                           search_job_id="j-deleted"))
+    job = _job(tenant="initech")
+    await _resolve(job, store, searches)
+    assert len(searches.specs) == 3 and _choice(job) == "openvino-int8"
+    assert (await store.get("initech", "causal-lm", "avx2")).search_job_id == "search-3"
