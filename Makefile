@@ -153,10 +153,12 @@ test-llamacpp: install
 bench-serve: install
 	$(PY) bench/serve.py
 
-# A search on SmolLM2 under quality kept >= 99 % (fastest per-token decode) through a local mesh, twice (the second reuses the first's
-# measurements), and the winner beside the best single built-in -> bench/results/search.json.
+# A search on SmolLM2 under quality kept >= 99 % (fastest per-token decode), then on MiniLM (fastest forward,
+# compared again at batch 32), each through a local mesh, twice (the second reuses the first's
+# measurements), and the winner beside the best other built-in -> bench/results/search.json, search_minilm.json.
 bench-search: install
 	$(PY) bench/search.py --phase decode
+	$(PY) bench/search.py --model builtin:minilm-l6 --budget 15 --also-batch 32 --out bench/results/search_minilm.json
 
 proto: install
 	$(PY) proto/generate.py

@@ -763,7 +763,7 @@ class SearchCandidate(_message.Message):
     def __init__(self, name: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[StageSpec, _Mapping]]] = ..., dropped: _Optional[str] = ...) -> None: ...
 
 class SearchResult(_message.Message):
-    __slots__ = ("candidates", "trials", "left_out", "winner", "recipe", "best_builtin", "stopped_early", "isa_class", "deployment_id", "deploy_error")
+    __slots__ = ("candidates", "trials", "left_out", "winner", "recipe", "best_builtin", "stopped_early", "isa_class", "deployment_id", "deploy_error", "tag")
     class LeftOutEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -781,6 +781,7 @@ class SearchResult(_message.Message):
     ISA_CLASS_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     DEPLOY_ERROR_FIELD_NUMBER: _ClassVar[int]
+    TAG_FIELD_NUMBER: _ClassVar[int]
     candidates: _containers.RepeatedCompositeFieldContainer[SearchCandidate]
     trials: _containers.RepeatedCompositeFieldContainer[SearchTrial]
     left_out: _containers.ScalarMap[str, str]
@@ -791,7 +792,8 @@ class SearchResult(_message.Message):
     isa_class: str
     deployment_id: str
     deploy_error: str
-    def __init__(self, candidates: _Optional[_Iterable[_Union[SearchCandidate, _Mapping]]] = ..., trials: _Optional[_Iterable[_Union[SearchTrial, _Mapping]]] = ..., left_out: _Optional[_Mapping[str, str]] = ..., winner: _Optional[str] = ..., recipe: _Optional[str] = ..., best_builtin: _Optional[str] = ..., stopped_early: _Optional[str] = ..., isa_class: _Optional[str] = ..., deployment_id: _Optional[str] = ..., deploy_error: _Optional[str] = ...) -> None: ...
+    tag: str
+    def __init__(self, candidates: _Optional[_Iterable[_Union[SearchCandidate, _Mapping]]] = ..., trials: _Optional[_Iterable[_Union[SearchTrial, _Mapping]]] = ..., left_out: _Optional[_Mapping[str, str]] = ..., winner: _Optional[str] = ..., recipe: _Optional[str] = ..., best_builtin: _Optional[str] = ..., stopped_early: _Optional[str] = ..., isa_class: _Optional[str] = ..., deployment_id: _Optional[str] = ..., deploy_error: _Optional[str] = ..., tag: _Optional[str] = ...) -> None: ...
 
 class FastestCpuChoice(_message.Message):
     __slots__ = ("model_kind", "isa_class", "recipe", "search_job_id", "measured", "phase", "measured_at")

@@ -71,8 +71,9 @@ def print_search(job: common_pb2.Job) -> None:
     if found.winner:
         builtin = (f"; the best single built-in among the finalists: {found.best_builtin}" if found.best_builtin
                    and found.best_builtin != found.winner else "")
+        tagged = f", its artifact tagged {escape(found.tag)}" if found.tag else ""
         out.print(f"[bold]winner: {escape(found.winner)}[/bold], stored as recipe {escape(found.recipe)} "
-                  f"(modelpress compress MODEL --recipe {escape(found.recipe)}){escape(builtin)}")
+                  f"(modelpress compress MODEL --recipe {escape(found.recipe)}){tagged}{escape(builtin)}")
     if found.deployment_id:
         out.print(f"deployed as {escape(job.search.deploy_as)} ({found.deployment_id}): modelpress deployments get "
                   f"{found.deployment_id}")

@@ -23,7 +23,7 @@ from nats.js import JetStreamContext
 from modelpress.results import compression_result, ended_without_result, result_headline, unevaluated_result
 from modelpress.structs import to_struct
 from modelpress.v1 import common_pb2, evaluator_pb2, technique_pb2
-from services.common.contract.chain import label_of
+from services.common.contract.chain import InvalidArgument, label_of
 from services.common.contract.gates import failed_checks, gate_figures, gate_not_measured, stage_gate
 from services.common.contract.techniques import TECHNIQUE_SERVICES
 from services.common.store import events as ev
@@ -32,7 +32,7 @@ from services.common.store.events import EventLog
 from services.common.store.model_source import describe
 from services.common.store.stage_checkpoints import delete_job_checkpoints
 from services.gateway.access import Grants
-from services.gateway.artifacts import recipe_record
+from services.gateway.artifacts import recipe_record, tag_artifact
 from services.gateway.catalog import Mesh, ServiceUnavailable
 from services.gateway.job_store import JobStore
 from services.gateway.leases import JobLeases
@@ -268,6 +268,7 @@ class JobRunner:
                                     message=f"resumed by gateway {self.leases.holder} after {done} finished stage(s)")
             if job.HasField("search"):
                 await self._search(job)
+                await self._tag_winner(job)
                 job.state = common_pb2.JOB_STATE_SUCCEEDED
                 await self._report(job)
                 await self._finish(job, common_pb2.JOB_STATE_SUCCEEDED,
@@ -527,6 +528,18 @@ class JobRunner:
         await self.jobs.put(job)
         await self._publish(job, common_pb2.EVENT_KIND_JOB_STATE, job_state=state, message=message)
         await delete_job_checkpoints(self.store, job.job_id)
+
+    async def _tag_winner(self, job: common_pb2.Job) -> None:
+        """The winner's artifact tagged with its recipe's name, so ListArtifacts(tag=) finds each search's."""
+        found = job.search_result
+        if not job.output.id or not found.recipe or found.tag:
+            return
+        try:
+            _, found.tag = await tag_artifact(self.store, job.output.id, found.recipe.partition("@")[0], job.tenant)
+        except (InvalidArgument, LookupError) as exc:
+            await self._publish(job, common_pb2.EVENT_KIND_LOG, message=f"the winner's artifact was not tagged: {exc}")
+            return
+        await self.jobs.put(job)
 
     async def _resolve_fastest(self, job: common_pb2.Job) -> bool:
         """Gives the job's fastest-cpu stages the choice measured on the evaluator's CPU class, running the
