@@ -816,7 +816,7 @@ def search(file: str) -> str:
                    f"{data['first_search_s']:,.0f} s. {data.get('stopped_early', '')}."),
               note(f"Closing figures (held-out): {data.get('headline', '')}"),
               machine_line(data.get("machine"))]
-    phase = data["spec"].get("phase") or "prefill"
+    phase = data["spec"].get("phase") or "prefill or forward"
     trials = section(file, ["candidate", "effort", f"speed-up ({phase})", "quality kept", "size", "peak memory",
                             "outcome"], rows, *footer)
     comparisons = [c for c in [data.get("comparison"), *(data.get("comparisons_at") or {}).values()] if c]
