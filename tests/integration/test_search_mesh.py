@@ -55,7 +55,7 @@ async def test_a_search_finds_measures_and_stores_its_winner_and_a_second_one_re
     assert found.left_out and all(why for why in found.left_out.values())
     # Its artifact is tagged with the recipe's name: ListArtifacts finds each search's winner by it.
     assert found.tag.startswith("search-bert:")
-    assert [a.id for a in await call(client.list_artifacts, tag=found.tag)] == [job.output.id]
+    assert [a.artifact.id for a in await call(client.list_artifacts, tag=found.tag)] == [job.output.id]
     # The winner is a recipe the tenant runs by name.
     recipe = await call(client.get_recipe, found.recipe)
     assert [s.method for s in recipe.stages] == [s.method for s in next(
