@@ -727,7 +727,7 @@ class SearchSpec(_message.Message):
     def __init__(self, min_quality_kept: _Optional[float] = ..., min_speedup: _Optional[float] = ..., max_size_ratio: _Optional[float] = ..., max_memory_ratio: _Optional[float] = ..., objective: _Optional[str] = ..., phase: _Optional[str] = ..., budget_minutes: _Optional[float] = ..., techniques: _Optional[_Iterable[_Union[Technique, str]]] = ..., no_training: _Optional[bool] = ..., no_calibration: _Optional[bool] = ..., finishes: _Optional[_Iterable[str]] = ..., deploy_as: _Optional[str] = ...) -> None: ...
 
 class SearchTrial(_message.Message):
-    __slots__ = ("candidate", "fidelity", "job_id", "quality_kept", "speedup", "size_ratio", "memory_ratio", "error", "reused", "pending", "seconds", "comparison_id")
+    __slots__ = ("candidate", "fidelity", "job_id", "quality_kept", "speedup", "size_ratio", "memory_ratio", "error", "reused", "pending", "seconds")
     CANDIDATE_FIELD_NUMBER: _ClassVar[int]
     FIDELITY_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
@@ -739,7 +739,6 @@ class SearchTrial(_message.Message):
     REUSED_FIELD_NUMBER: _ClassVar[int]
     PENDING_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
-    COMPARISON_ID_FIELD_NUMBER: _ClassVar[int]
     candidate: str
     fidelity: str
     job_id: str
@@ -751,8 +750,7 @@ class SearchTrial(_message.Message):
     reused: bool
     pending: bool
     seconds: float
-    comparison_id: str
-    def __init__(self, candidate: _Optional[str] = ..., fidelity: _Optional[str] = ..., job_id: _Optional[str] = ..., quality_kept: _Optional[float] = ..., speedup: _Optional[_Union[SpeedRatio, _Mapping]] = ..., size_ratio: _Optional[float] = ..., memory_ratio: _Optional[float] = ..., error: _Optional[str] = ..., reused: _Optional[bool] = ..., pending: _Optional[bool] = ..., seconds: _Optional[float] = ..., comparison_id: _Optional[str] = ...) -> None: ...
+    def __init__(self, candidate: _Optional[str] = ..., fidelity: _Optional[str] = ..., job_id: _Optional[str] = ..., quality_kept: _Optional[float] = ..., speedup: _Optional[_Union[SpeedRatio, _Mapping]] = ..., size_ratio: _Optional[float] = ..., memory_ratio: _Optional[float] = ..., error: _Optional[str] = ..., reused: _Optional[bool] = ..., pending: _Optional[bool] = ..., seconds: _Optional[float] = ...) -> None: ...
 
 class SearchCandidate(_message.Message):
     __slots__ = ("name", "stages", "dropped")

@@ -615,15 +615,8 @@ class JobRunner:
         async def save_recipe(recipe):
             return await self.save_recipe(recipe, job.tenant)
 
-        async def compare(models, evaluation):
-            await self.wait_for_replica(job, common_pb2.TECHNIQUE_EVALUATOR, 0, "full round")
-            response = await self.mesh.evaluator.Compare(evaluator_pb2.EvaluatorServiceCompareRequest(
-                models=models, spec=evaluation, skip_report=True), wait_for_ready=False)
-            return response.comparison
-
         await search_run.run_search(job, context, submit=submit, wait=wait, save=self.jobs.put, publish=publish,
-                                    trials=self.search_trials, save_recipe=save_recipe, deploy=self.deploy,
-                                    compare=compare)
+                                    trials=self.search_trials, save_recipe=save_recipe, deploy=self.deploy)
 
     async def _publish(self, job: common_pb2.Job, kind: int, **fields) -> None:
         await self.events.publish(ev.make_event(job.job_id, kind, **fields))

@@ -92,7 +92,7 @@ def _took(job: common_pb2.Job) -> float:
 def trial_message(trial: Trial) -> common_pb2.SearchTrial:
     message = common_pb2.SearchTrial(
         candidate=trial.candidate, fidelity=trial.fidelity, job_id=trial.job_id, size_ratio=trial.size_ratio,
-        error=trial.error, reused=trial.reused, seconds=trial.seconds, comparison_id=trial.comparison_id,
+        error=trial.error, reused=trial.reused, seconds=trial.seconds,
         speedup=common_pb2.SpeedRatio(speedup=trial.speedup, ci95_low=trial.speedup_low, ci95_high=trial.speedup_high))
     if trial.quality_kept is not None:
         message.quality_kept = trial.quality_kept
@@ -107,8 +107,7 @@ def trial_from(message: common_pb2.SearchTrial, reused: bool = False) -> Trial:
                  speedup=message.speedup.speedup, speedup_low=message.speedup.ci95_low,
                  speedup_high=message.speedup.ci95_high, size_ratio=message.size_ratio,
                  memory_ratio=message.memory_ratio if message.HasField("memory_ratio") else None,
-                 error=message.error, reused=reused or message.reused, seconds=message.seconds,
-                 comparison_id=message.comparison_id)
+                 error=message.error, reused=reused or message.reused, seconds=message.seconds)
 
 
 def trial_key(job: common_pb2.Job, candidate: Candidate, evaluation: common_pb2.EvaluationSpec, isa: str,
@@ -151,30 +150,13 @@ def recipe_name(job: common_pb2.Job) -> str:
     return f"search-{cleaned}"[:64]
 
 
-def trial_of_row(row: common_pb2.ComparisonRow, candidate: str, fidelity: str, phase: str, comparison_id: str,
-                 seconds: float) -> Trial:
-    """A candidate's trial from its row of an interleaved comparison against the original."""
-    speeds = {s.phase: s for s in row.speed}
-    ratio = speeds.get("decode") if phase == "decode" else (row.speed[0] if row.speed else None)
-    if ratio is None:
-        return Trial(candidate, fidelity, comparison_id=comparison_id, error=f"no {phase} speed-up was measured",
-                     seconds=seconds)
-    return Trial(candidate, fidelity, comparison_id=comparison_id,
-                 quality_kept=row.quality_retention if row.HasField("quality_retention") else None,
-                 speedup=ratio.speedup, speedup_low=ratio.ci95_low or ratio.speedup,
-                 speedup_high=ratio.ci95_high or ratio.speedup, size_ratio=row.size_ratio,
-                 memory_ratio=row.memory_ratio if row.HasField("memory_ratio") else None, seconds=seconds)
-
-
 async def run_search(job: common_pb2.Job, context: Context, *, submit, wait, save, publish, trials: TrialStore,
-                     save_recipe, deploy=None, compare=None) -> None:
+                     save_recipe, deploy=None) -> None:
     """Runs the search `job` to its winner (job.result / job.output set) or raises SearchFailed naming
     why none was found. `submit(name, stages, evaluation) -> Job`, `wait(job_id) -> Job` run child jobs;
     `save(job)` persists the search job; `publish(message)` sends a log event; `save_recipe(recipe) ->
     Recipe` stores the winner as the tenant's user recipe; `deploy(job) -> Deployment` (with
-    spec.deploy_as) deploys its output, raising with the reason where it cannot; `compare(models,
-    evaluation) -> Comparison` measures the survivors' full round in one interleaved comparison (without
-    it, each in a job of its own)."""
+    spec.deploy_as) deploys its output, raising with the reason where it cannot."""
     spec = job.search
     goal = goal_of(spec)
     phase = spec.phase or "prefill"
@@ -229,51 +211,10 @@ async def run_search(job: common_pb2.Job, context: Context, *, submit, wait, sav
         await publish(_trial_text(trial))
         return trial
 
-    async def measure_together(candidates: list[Candidate], fidelity: str) -> list[Trial]:
-        earlier = [measured.get((c.name, fidelity)) for c in candidates]
-        if all(e is not None and not e.pending for e in earlier):  # measured before a restart
-            return [trial_from(e) for e in earlier]
-        evaluation = evaluation_for(job.evaluation, fidelity)
-        names = ",".join(sorted(c.name for c in candidates))
-        keys = [hashlib.sha256(f"{trial_key(job, c, evaluation, context.isa_class, phase)}|with:{names}".encode())
-                .hexdigest()[:40] for c in candidates]
-        stored = [None if job.recompute else await trials.get(key) for key in keys]
-        if all(t is not None and not t.error for t in stored):
-            together = [trial_from(t, reused=True) for t in stored]
-            charged[0] += sum(t.seconds for t in together)
-        else:
-            artifacts = []
-            for candidate in candidates:
-                screen = next((t for t in found.trials if (t.candidate, t.fidelity) == (candidate.name, "screen")),
-                              None)
-                try:
-                    made = await wait(screen.job_id) if screen is not None and screen.job_id else None
-                except LookupError:  # its job is gone (retention): measured one by one instead
-                    made = None
-                if made is None or not made.output.id:
-                    return [await measure(c, fidelity) for c in candidates]
-                artifacts.append(common_pb2.ModelRef(artifact_id=made.output.id))
-            await publish(f"{fidelity}: {len(candidates)} survivors measured together in one interleaved comparison")
-            began = time.time()
-            comparison = await compare([job.model, *artifacts], evaluation)
-            share = (time.time() - began) / len(candidates)
-            rows = list(comparison.rows)[1:]
-            together = [trial_of_row(row, c.name, fidelity, phase, comparison.comparison_id, share)
-                        for row, c in zip(rows, candidates)]
-            for key, trial in zip(keys, together):
-                if not trial.error:
-                    await trials.put(key, trial_message(trial))
-        for trial in together:
-            _replace_trial(found, trial_message(trial))
-            await publish(_trial_text(trial))
-        await save(job)
-        return together
-
     started = job.started_at.ToSeconds() if job.HasField("started_at") else time.time()
     deadline = started + 60 * (spec.budget_minutes or DEFAULT_BUDGET_MINUTES)
     outcome = await successive_halving(space.candidates, measure, goal, deadline=deadline,
-                                       now=lambda: time.time() + charged[0],
-                                       measure_together=measure_together if compare is not None else None)
+                                       now=lambda: time.time() + charged[0])
     for candidate in found.candidates:
         candidate.dropped = outcome.dropped.get(candidate.name, "")
     found.stopped_early = outcome.stopped_early

@@ -3,10 +3,9 @@
 1. Screen: every candidate is made and measured cheaply (few validation windows, a short latency
    probe), cheapest first; those that break a constraint (with a little slack for the screen's
    noise) are dropped, and the better half by the objective go on.
-2. Full: the survivors are measured again with the full effort — together, in one interleaved
-   comparison, where the caller can (measure_together); otherwise one by one, best first, stopping
-   early once a finalist meets every constraint with margin and no remaining survivor could beat it
-   even at the top of its screen interval.
+2. Full: the survivors are measured again with the full effort, best first. The search stops early
+   once a finalist meets every constraint with margin and no remaining survivor could beat it even
+   at the top of its screen interval.
 
 A candidate is preferred over another only when their intervals say so: for the fastest, when its
 speed-up's lower bound is above the other's upper bound; within overlapping intervals, the smaller
@@ -73,7 +72,6 @@ class Trial:
     error: str = ""
     reused: bool = False  # a stored measurement of the same content, not measured now
     seconds: float = 0.0  # what its job took when it was measured
-    comparison_id: str = ""  # measured in this interleaved comparison with the other survivors (no job of its own)
 
 
 def violations(trial: Trial, goal: Goal, slack: float = 0.0) -> list[str]:
@@ -126,33 +124,16 @@ class Outcome:
 
 
 Measure = Callable[[Candidate, str], Awaitable[Trial]]
-MeasureTogether = Callable[[list[Candidate], str], Awaitable[list[Trial]]]
 
 
 async def successive_halving(candidates: list[Candidate], measure: Measure, goal: Goal, *, deadline: float,
                              now: Callable[[], float] = time.monotonic, keep: float = 0.5,
                              screen_share: float = SCREEN_SHARE,
-                             on_trial: Callable[[Trial], None] | None = None,
-                             measure_together: MeasureTogether | None = None) -> Outcome:
+                             on_trial: Callable[[Trial], None] | None = None) -> Outcome:
     """`screen_share` of the time left is the screen's, the rest the full round's: a space larger than
-    the budget leaves its most expensive candidates unscreened, never the finalists unmeasured. With
-    `measure_together`, the survivors' full round is one measurement of them all (an interleaved
-    comparison), so the choice between finalists rests on figures taken together, not at different
-    moments of a shared machine."""
+    the budget leaves its most expensive candidates unscreened, never the finalists unmeasured."""
     outcome = Outcome()
     screen_until = now() + max(0.0, deadline - now()) * screen_share
-
-    def judged(trial: Trial, fidelity: str) -> Trial | None:
-        outcome.trials.append(trial)
-        if on_trial is not None:
-            on_trial(trial)
-        if trial.error:
-            outcome.dropped[trial.candidate] = f"{fidelity}: failed: {trial.error}"
-            return None
-        if broken := violations(trial, goal, SCREEN_SLACK if fidelity == SCREEN else 0.0):
-            outcome.dropped[trial.candidate] = f"{fidelity}: " + "; ".join(broken)
-            return None
-        return trial
 
     async def run(candidate: Candidate, fidelity: str) -> Trial | None:
         if now() >= (screen_until if fidelity == SCREEN else deadline):
@@ -162,7 +143,17 @@ async def successive_halving(candidates: list[Candidate], measure: Measure, goal
             outcome.dropped[candidate.name] = (f"not measured at {fidelity}: it takes {candidate.cost}, more than "
                                                "the search's budget has left for screening")
             return None
-        return judged(await measure(candidate, fidelity), fidelity)
+        trial = await measure(candidate, fidelity)
+        outcome.trials.append(trial)
+        if on_trial is not None:
+            on_trial(trial)
+        if trial.error:
+            outcome.dropped[candidate.name] = f"{fidelity}: failed: {trial.error}"
+            return None
+        if broken := violations(trial, goal, SCREEN_SLACK if fidelity == SCREEN else 0.0):
+            outcome.dropped[candidate.name] = f"{fidelity}: " + "; ".join(broken)
+            return None
+        return trial
 
     screened = [t for c in candidates if (t := await run(c, SCREEN)) is not None]
     order = ranked(screened, goal)
@@ -172,14 +163,6 @@ async def successive_halving(candidates: list[Candidate], measure: Measure, goal
                                             f"({trial.speedup:.2f}× at {trial.size_ratio:.2f}× the size)")
     by_name = {c.name: c for c in candidates}
     finals: list[Trial] = []
-    if measure_together is not None and survivors:
-        if now() >= deadline:
-            for screen in survivors:
-                outcome.dropped[screen.candidate] = f"not measured at {FULL}: the search's budget ran out"
-        else:
-            together = await measure_together([by_name[s.candidate] for s in survivors], FULL)
-            finals = [t for t in (judged(trial, FULL) for trial in together) if t is not None]
-        survivors = []
     for index, screen in enumerate(survivors):
         trial = await run(by_name[screen.candidate], FULL)
         if trial is not None:

@@ -19,11 +19,9 @@ SPEED = {"onnx-int8": 2.6, "openvino-int8": 2.2, "onnx": 1.4, "openvino": 1.5, "
 class _Mesh:
     """Child jobs that succeed at once with figures by candidate; records what was submitted."""
 
-    def __init__(self, together: dict | None = None):
-        self.submitted, self.jobs, self.events, self.recipes, self.compared = [], {}, [], [], []
+    def __init__(self):
+        self.submitted, self.jobs, self.events, self.recipes = [], {}, [], []
         self._ids = itertools.count(1)
-        self.made = {}  # artifact id -> candidate
-        self.together = together or {}  # speed-ups the interleaved comparison measures, by finish
 
     async def submit(self, name, candidate, evaluation):
         job_id = f"child-{next(self._ids)}"
@@ -37,24 +35,10 @@ class _Mesh:
         for m, ppl in ((r.original, 10.0), (r.compressed, 10.02)):
             m.kind, m.perplexity, m.top1_accuracy = "causal-lm", ppl, 0.5
         self.jobs[job_id] = job
-        self.made[job.output.id] = candidate
         return job
 
     async def wait(self, job_id):
         return self.jobs[job_id]
-
-    async def compare(self, models, evaluation):
-        """One interleaved comparison: the original, then each artifact, as the evaluator's rows."""
-        self.compared.append(([self.made[m.artifact_id].name for m in models[1:]], evaluation.quality_split))
-        comparison = common_pb2.Comparison(comparison_id=f"c-{len(self.compared)}")
-        comparison.rows.add(index=0, baseline=True)
-        for index, model in enumerate(models[1:], 1):
-            candidate = self.made[model.artifact_id]
-            speed = self.together.get(candidate.finish, SPEED.get(candidate.finish, 1.0))
-            comparison.rows.add(index=index, size_ratio=0.25 if "int8" in candidate.name else 0.9,
-                                quality_retention=0.998, memory_ratio=0.5, speed=[common_pb2.SpeedRatio(
-                                    phase="prefill", speedup=speed, ci95_low=speed - .05, ci95_high=speed + .05)])
-        return comparison
 
     async def save(self, job):
         self.saved = common_pb2.Job.FromString(job.SerializeToString())
@@ -87,11 +71,10 @@ def _job(**spec) -> common_pb2.Job:
     return job
 
 
-def _search(job, mesh, trials, deploy=None, together=True):
+def _search(job, mesh, trials, deploy=None):
     context = run.Context("causal-lm", "avx2", tuple(AVX2), _described_methods())
     asyncio.run(run.run_search(job, context, submit=mesh.submit, wait=mesh.wait, save=mesh.save, publish=mesh.publish,
-                               trials=trials, save_recipe=mesh.save_recipe, deploy=deploy,
-                               compare=mesh.compare if together else None))
+                               trials=trials, save_recipe=mesh.save_recipe, deploy=deploy))
 
 
 def test_the_search_picks_the_fastest_on_validation_and_reports_it_on_held_out_text():
@@ -219,10 +202,6 @@ def test_an_identical_search_is_charged_what_the_stored_measurements_took_and_ma
             job.finished_at.FromNanoseconds(int(clock[0] * 1e9))
             return job
 
-        async def compare(self, models, evaluation):
-            clock[0] += 60.0
-            return await super().compare(models, evaluation)
-
     def timed_job(job_id):
         job = _job(budget_minutes=5)
         job.job_id = job_id
@@ -233,9 +212,7 @@ def test_an_identical_search_is_charged_what_the_stored_measurements_took_and_ma
     first, mesh = timed_job("search-1"), _Timed()
     _search(first, mesh, trials)
     unmeasured = {c.name for c in first.search_result.candidates if "budget ran out" in c.dropped}
-    assert unmeasured and all(t.seconds == 60.0 for t in first.search_result.trials if t.fidelity != "full")
-    # The survivors' one comparison took a minute: each is charged its share.
-    assert sum(t.seconds for t in first.search_result.trials if t.fidelity == "full") == pytest.approx(60.0)
+    assert unmeasured and all(t.seconds == 60.0 for t in first.search_result.trials)
     second, repeat = timed_job("search-2"), _Timed()
     _search(second, repeat, trials)
     # Only the closing measurement ran; the budget ran out where it did the first time.
@@ -252,28 +229,3 @@ def test_a_search_asked_to_recompute_measures_again_instead_of_reusing():
     _search(again, mesh, trials)
     assert not any(t.reused for t in again.search_result.trials)
     assert len(mesh.submitted) > 1
-
-
-def test_the_survivors_full_round_is_one_interleaved_comparison_and_its_figures_choose():
-    # Measured alone, onnx-int8 screens fastest; measured together with the other survivors, openvino-int8 is.
-    job, mesh, trials = _job(), _Mesh(together={"openvino-int8": 3.0, "onnx-int8": 2.0}), _Trials()
-    _search(job, mesh, trials)
-    found = job.search_result
-    (survivors, split), = mesh.compared
-    assert split == "validation" and {"onnx-int8", "openvino-int8"} <= set(survivors)
-    assert not [s for s in mesh.submitted if s[1] == "validation" and s[2] == 8]  # no full-effort job of its own
-    full = {t.candidate: t for t in found.trials if t.fidelity == "full"}
-    assert set(full) == set(survivors) and {(t.comparison_id, t.job_id) for t in full.values()} == {("c-1", "")}
-    assert found.winner == "openvino-int8" and mesh.submitted[-1][:2] == ("openvino-int8", "heldout")
-    # An identical search reuses the comparison's figures: no comparison, only the closing job.
-    again, repeat = _job(), _Mesh(together={"openvino-int8": 3.0, "onnx-int8": 2.0})
-    again.job_id = "search-2"
-    _search(again, repeat, trials)
-    assert not repeat.compared and [s[1] for s in repeat.submitted] == ["heldout"]
-    assert again.search_result.winner == "openvino-int8"
-
-
-def test_without_a_comparison_the_full_round_measures_each_survivor_in_its_own_job():
-    job, mesh, trials = _job(), _Mesh(), _Trials()
-    _search(job, mesh, trials, together=False)
-    assert not mesh.compared and [s for s in mesh.submitted if s[1] == "validation" and s[2] == 8]
