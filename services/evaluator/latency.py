@@ -9,6 +9,7 @@ times the asked number, and is marked unreliable if it stays too wide.
 from __future__ import annotations
 
 import math
+import random
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -177,8 +178,8 @@ def interleaved_decode(models: Sequence[nn.Module], *, batch_size: int, prompt_l
 def _interleaved_decode_samples(models: Sequence[nn.Module], *, batch_size: int, prompt_length: int, tokens: int,
                                 warmup: int = 2, vocab_size: int = 1000) -> list[list[float]]:
     """Per-token decode of N models in rounds: each holds its own KV cache after one untimed
-    prefill of the same prompt, then every round each decodes one greedy token, the order
-    rotating, so machine drift falls on every model alike."""
+    prefill of the same prompt, then every round each decodes one greedy token, in an order drawn per
+    round (round_order), so machine drift and the previous model's after-effects fall on every model alike."""
     ids = fixed_token_ids(batch_size, prompt_length, vocab_size)
     states = []
     with torch.inference_mode():
@@ -187,8 +188,7 @@ def _interleaved_decode_samples(models: Sequence[nn.Module], *, batch_size: int,
             states.append((out.cache, out.logits[:, -1:].argmax(-1)))
         samples: list[list[float]] = [[] for _ in models]
         for step in range(warmup + tokens):
-            for k in range(len(models)):
-                i = (step + k) % len(models)
+            for i in round_order(step, len(models)):
                 cache, next_ids = states[i]
                 _synchronize()
                 start = time.perf_counter()
@@ -203,19 +203,29 @@ def _interleaved_decode_samples(models: Sequence[nn.Module], *, batch_size: int,
 
 def interleaved_forward(models: Sequence[nn.Module], *, batch_size: int, sequence_length: int, rounds: int,
                         warmup: int = 3, vocab_size: int = 1000, causal: bool = False) -> list[LatencyFigures]:
-    """Times N models on the same ids in rounds of one pass each, the order rotating every round,
-    so slow drift of the machine (other load, thermals) falls on every model alike."""
+    """Times N models on the same ids in rounds of one pass each, in an order drawn per round (round_order),
+    so slow drift of the machine (other load, thermals) and the previous model's after-effects fall on every
+    model alike."""
     figures, _ = steady_interleaved_forward(models, baseline_index=0, batch_size=batch_size,
                                             sequence_length=sequence_length, rounds=rounds, max_rounds=rounds,
                                             warmup=warmup, vocab_size=vocab_size, causal=causal)
     return figures
 
 
+def round_order(r: int, n: int) -> list[int]:
+    """The order of round `r` among `n` models: a permutation drawn per round (seeded by the round, so runs
+    repeat). A cyclic rotation kept who follows whom fixed — model 1 always ran right after the baseline,
+    whose PyTorch threads still spin when it returns, and an OpenVINO graph there timed ~2.5x where the one
+    after it timed ~3.5x (MiniLM, batch 1): drawn orders give every model every predecessor alike."""
+    order = list(range(n))
+    random.Random(r).shuffle(order)
+    return order
+
+
 def _rounds(runs: list[Callable[[], None]], samples: list[list[float]], count: int) -> None:
     first = len(samples[0])
     for r in range(first, first + count):
-        for k in range(len(runs)):
-            i = (r + k) % len(runs)
+        for i in round_order(r, len(runs)):
             _synchronize()
             start = time.perf_counter()
             runs[i]()
