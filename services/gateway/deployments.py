@@ -101,6 +101,20 @@ class Deployments:
         await self._records.put(deployment_id, record)
         return record
 
+    async def deploy_winner(self, job: common_pb2.Job, kind: str | None) -> common_pb2.Deployment:
+        """A search's output deployed under its spec's deploy_as, one replica; the deployment an earlier run of
+        the same search made (a gateway restarted before it saved the id) is returned again. NameTaken when
+        another deployment answers to the name."""
+        name = checked_name(job.search.deploy_as)
+        try:
+            return await self.create(Principal(tenant=job.tenant, operator=False), name, job.output, job.job_id, 1,
+                                     struct_pb2.Struct(), kind)
+        except NameTaken:
+            existing = await self.named(name)
+            if existing is not None and existing.job_id == job.job_id:
+                return existing
+            raise
+
     async def taken(self, name: str) -> bool:
         """Whether a deployment (of any tenant) answers to `name`."""
         return await self.named(name) is not None

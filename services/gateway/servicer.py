@@ -886,16 +886,8 @@ async def register(server: grpc.aio.Server, runtime: ServiceRuntime) -> list[str
     async def deploy_winner(job: common_pb2.Job) -> common_pb2.Deployment:
         try:
             head = await read_model_head(common_pb2.ModelRef(artifact_id=job.output.id), runtime.store)
-            return await deployments.create(auth.Principal(tenant=job.tenant, operator=False),
-                                            checked_name(job.search.deploy_as), job.output, job.job_id, 1,
-                                            struct_pb2.Struct(), head.kind)
-        except NameTaken as exc:
-            # Deployed before a restart cut the search short of saving it: that deployment is the one.
-            existing = await deployments.named(job.search.deploy_as)
-            if existing is not None and existing.job_id == job.job_id:
-                return existing
-            raise NotDeployed(str(exc)) from None
-        except (InvalidArgument, LookupError) as exc:  # an unservable format, the artifact gone
+            return await deployments.deploy_winner(job, head.kind)
+        except (NameTaken, InvalidArgument, LookupError) as exc:  # the name taken, an unservable format, ...
             raise NotDeployed(str(exc)) from None
 
     runner.deploy = deploy_winner

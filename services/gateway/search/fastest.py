@@ -24,9 +24,9 @@ from services.common.contract.engine_api import CAUSAL_LM, MODEL_KINDS
 from services.common.contract.recipes import ENGINE_CHOICES
 from services.common.measure.isa import CLASS_NAMES
 from services.common.store.kv_records import RecordBucket
+from services.gateway.search.run import HELDOUT
 
 BUCKET = "modelpress_fastest_cpu"
-HELDOUT = "heldout"
 METHOD = (common_pb2.TECHNIQUE_OPTIMIZER, "fastest-cpu")
 BUDGET_MINUTES = 10.0
 MIN_QUALITY_KEPT = 0.99

@@ -34,3 +34,13 @@ async def test_an_empty_bucket_lists_nothing_without_asking_again(js):
 
     bucket.kv.keys = counted
     assert await bucket.keys() == [] and len(calls) == 1
+
+
+async def test_create_stores_only_where_the_key_holds_nothing_and_again_once_it_was_purged(js):
+    bucket = await RecordBucket(js, "test-kv-create", common_pb2.Job).ensure()
+    assert await bucket.create("claim", common_pb2.Job(job_id="first"))
+    assert not await bucket.create("claim", common_pb2.Job(job_id="second"))
+    assert (await bucket.get("claim")).job_id == "first"
+    await bucket.purge("claim")
+    assert await bucket.create("claim", common_pb2.Job(job_id="third"))
+    assert (await bucket.get("claim")).job_id == "third"
