@@ -22,6 +22,11 @@ from services.evaluator.noise import Ratio, bootstrap_median_interval, interval_
 
 # A noisy figure is timed again, up to this many times the passes asked for in all.
 EXTRA_ROUNDS = 3
+# Untimed passes a model runs each time it takes the CPU over from another in interleaved rounds, before its
+# timed one. The previous model's threads go on spinning for a few ms after its pass returns (PyTorch's OpenMP
+# pool): measured on MiniLM 1x128, 2 cores, an OpenVINO pass took 8.1 ms right after a PyTorch one and 4.6 ms
+# after one of its own, and PyTorch 17.9 / 17.5 ms. A server runs one model back to back: so is each timed here.
+HANDOVER_PASSES = 1
 
 
 @dataclass(frozen=True)
@@ -178,8 +183,9 @@ def interleaved_decode(models: Sequence[nn.Module], *, batch_size: int, prompt_l
 def _interleaved_decode_samples(models: Sequence[nn.Module], *, batch_size: int, prompt_length: int, tokens: int,
                                 warmup: int = 2, vocab_size: int = 1000) -> list[list[float]]:
     """Per-token decode of N models in rounds: each holds its own KV cache after one untimed
-    prefill of the same prompt, then every round each decodes one greedy token, in an order drawn per
-    round (round_order), so machine drift and the previous model's after-effects fall on every model alike."""
+    prefill of the same prompt, then every round each decodes greedy tokens, in an order drawn per round
+    (round_order) so machine drift falls on every model alike: HANDOVER_PASSES untimed, then one timed, so no
+    model is timed in the wake of another's threads."""
     ids = fixed_token_ids(batch_size, prompt_length, vocab_size)
     states = []
     with torch.inference_mode():
@@ -189,22 +195,27 @@ def _interleaved_decode_samples(models: Sequence[nn.Module], *, batch_size: int,
         samples: list[list[float]] = [[] for _ in models]
         for step in range(warmup + tokens):
             for i in round_order(step, len(models)):
-                cache, next_ids = states[i]
+                for _ in range(HANDOVER_PASSES):
+                    states[i] = _decode_step(models[i], *states[i])
                 _synchronize()
                 start = time.perf_counter()
-                out = models[i](input_ids=next_ids, cache=cache, use_cache=True)
+                states[i] = _decode_step(models[i], *states[i])
                 _synchronize()
-                elapsed = (time.perf_counter() - start) * 1000
-                states[i] = (out.cache, out.logits[:, -1:].argmax(-1))
                 if step >= warmup:
-                    samples[i].append(elapsed)
+                    samples[i].append((time.perf_counter() - start) * 1000)
     return samples
+
+
+def _decode_step(model: nn.Module, cache, next_ids: torch.Tensor) -> tuple:
+    """One greedy token through the cache: the new cache and the token fed next."""
+    out = model(input_ids=next_ids, cache=cache, use_cache=True)
+    return out.cache, out.logits[:, -1:].argmax(-1)
 
 
 def interleaved_forward(models: Sequence[nn.Module], *, batch_size: int, sequence_length: int, rounds: int,
                         warmup: int = 3, vocab_size: int = 1000, causal: bool = False) -> list[LatencyFigures]:
-    """Times N models on the same ids in rounds of one pass each, in an order drawn per round (round_order),
-    so slow drift of the machine (other load, thermals) and the previous model's after-effects fall on every
+    """Times N models on the same ids in rounds of one timed pass each (after HANDOVER_PASSES untimed ones), in
+    an order drawn per round (round_order), so slow drift of the machine (other load, thermals) falls on every
     model alike."""
     figures, _ = steady_interleaved_forward(models, baseline_index=0, batch_size=batch_size,
                                             sequence_length=sequence_length, rounds=rounds, max_rounds=rounds,
@@ -216,7 +227,8 @@ def round_order(r: int, n: int) -> list[int]:
     """The order of round `r` among `n` models: a permutation drawn per round (seeded by the round, so runs
     repeat). A cyclic rotation kept who follows whom fixed — model 1 always ran right after the baseline,
     whose PyTorch threads still spin when it returns, and an OpenVINO graph there timed ~2.5x where the one
-    after it timed ~3.5x (MiniLM, batch 1): drawn orders give every model every predecessor alike."""
+    after it timed ~3.5x (MiniLM, batch 1): drawn orders give every model every predecessor alike, and
+    HANDOVER_PASSES keep any predecessor's after-effects out of the timed pass."""
     order = list(range(n))
     random.Random(r).shuffle(order)
     return order
@@ -226,6 +238,8 @@ def _rounds(runs: list[Callable[[], None]], samples: list[list[float]], count: i
     first = len(samples[0])
     for r in range(first, first + count):
         for i in round_order(r, len(runs)):
+            for _ in range(HANDOVER_PASSES):
+                runs[i]()
             _synchronize()
             start = time.perf_counter()
             runs[i]()

@@ -91,13 +91,14 @@ def test_decode_times_one_token_per_pass_through_the_cache(tiny_llama_dir):
     assert figures.tokens_per_s == pytest.approx(figures.samples_per_s)  # one token per sequence per pass
 
 
-def test_interleaved_rounds_run_each_model_once_per_round_in_the_order_drawn_for_it(tiny_llama_dir):
+def test_interleaved_rounds_give_each_model_one_turn_per_round_in_the_order_drawn_for_it(tiny_llama_dir):
     models = [modelio.load_model(tiny_llama_dir) for _ in range(3)]
     order = []
     for i, model in enumerate(models):
         model.register_forward_pre_hook(lambda _m, _a, i=i: order.append(i))
     figures = latency.interleaved_forward(models, batch_size=1, sequence_length=8, rounds=3, warmup=0, causal=True)
-    assert order == [i for r in range(3) for i in latency.round_order(r, 3)]
+    turns = [i for r in range(3) for i in latency.round_order(r, 3)]
+    assert order == [i for i in turns for _ in range(1 + latency.HANDOVER_PASSES)]
     assert [f.iterations for f in figures] == [3, 3, 3]
 
 
