@@ -168,7 +168,7 @@ def evaluate_folder(folder: Path, config: EvaluationConfig, reference: Path | No
             run_probe("measure", config.plan([reference], embeddings_out=str(reference_embeddings),
                                              time_latency=False, quality_windows=0))
             figures["encoder"] = add_reference(figures, _load_embeddings(embeddings),
-                                               _load_embeddings(reference_embeddings))
+                                               _load_embeddings(reference_embeddings), config.quality_split)
     return _with_file_figures(_with_serving_memory(figures, folder, config), folder)
 
 
@@ -190,8 +190,11 @@ def _with_file_figures(figures: dict, folder: Path) -> dict:
     return figures
 
 
-def add_reference(figures: dict, embeddings, reference) -> dict:
-    _, labels = quality.topic_sentences(figures["encoder"]["sentences"])
+def add_reference(figures: dict, embeddings, reference, split: str) -> dict:
+    """The encoder figures again, with cosine and neighbour agreement against the reference's embeddings
+    of the same sentences: those of `split`, whose topics label them (another split's labels would score
+    the k-NN vote against the wrong topics)."""
+    _, labels = quality.topic_sentences(figures["encoder"]["sentences"], split=split)
     return asdict(quality.encoder_quality(embeddings, labels, reference))
 
 
@@ -209,7 +212,7 @@ def compare_folders(folders: list[Path], baseline_index: int, config: Evaluation
         if results[baseline_index]["kind"] == "encoder" and config.quality_sentences:
             reference = _load_embeddings(paths[baseline_index])
             for figures, path in zip(results, paths):
-                figures["encoder"] = add_reference(figures, _load_embeddings(path), reference)
+                figures["encoder"] = add_reference(figures, _load_embeddings(path), reference, config.quality_split)
     timed = run_probe("interleave", config.plan(folders, baseline_index=baseline_index))
     for figures, latency, speed in zip(results, timed["latency"], timed["speed"]):
         figures["latency"] = latency

@@ -33,6 +33,16 @@ def test_causal_lm_figures_cover_the_grid_decode_and_quality(tiny_llama_dir):
 # tests/integration/test_evaluator_mesh.py (the same probes, one run instead of two).
 
 
+def test_an_encoder_scored_against_a_reference_keeps_its_split_topic_labels(tiny_bert_dir):
+    # The search decides on the validation split: its sentences must be voted on with their own topics,
+    # not the held-out split's (which left MiniLM's k-NN accuracy at 0.05 where it is 0.95).
+    config = EvaluationConfig(batch_size=1, sequence_length=16, quality_split="validation", **FAST)
+    alone = evaluate_folder(tiny_bert_dir, config, time_latency=False)["encoder"]
+    scored = evaluate_folder(tiny_bert_dir, config, tiny_bert_dir, time_latency=False)["encoder"]
+    assert scored["has_reference"] and scored["mean_reference_cosine"] == pytest.approx(1.0, abs=1e-5)
+    assert (scored["topics"], scored["knn_topic_accuracy"]) == (alone["topics"], alone["knn_topic_accuracy"])
+
+
 def test_compare_times_every_model_in_the_same_rounds(tiny_llama_dir):
     config = EvaluationConfig(batch_size=1, sequence_length=16, **FAST)
     figures, run = compare_folders([tiny_llama_dir, tiny_llama_dir], 0, config)
