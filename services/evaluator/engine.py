@@ -15,6 +15,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
+from services.common.datasets import corpus
+from services.common.datasets.heldout_sets import HELDOUT_SETS
 from services.common.store import packaging
 from services.common.contract.config import MethodConfig
 from services.evaluator import quality
@@ -40,8 +42,9 @@ class EvaluationConfig(MethodConfig):
     quality_sentences: int = Field(200, ge=0, le=222,
                                    description="Encoders: held-out topic sentences for k-NN and cosine (0: skip)")
     decode_tokens: int = Field(16, ge=0, le=512, description="Causal LMs: timed per-token decode steps (0: skip)")
-    quality_split: Literal["heldout", "validation"] = Field(
-        "heldout", description="Text quality is scored on: heldout (reported figures) or validation (a search's choices)")
+    quality_split: Literal[corpus.SPLITS] = Field(  # type: ignore[valid-type]
+        "heldout", description="Text quality is scored on: heldout (reported figures), validation (a search's "
+                               "choices), or a held-out set from another source: " + ", ".join(HELDOUT_SETS))
     threads: int = Field(2, ge=1, le=256, description="torch intra-op threads (fixed for every pass)")
     batch_sizes: str = Field("", description="Extra latency grid: comma-separated batch sizes")
     sequence_lengths: str = Field("", description="Extra latency grid: comma-separated sequence lengths")

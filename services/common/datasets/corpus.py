@@ -14,11 +14,16 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from services.common.datasets import heldout_sets
+from services.common.datasets.heldout_sets import HELDOUT_SETS
+
 HOLDOUT_EVERY = 5
 VALIDATION_EVERY = 8  # of the topics not held out, offset so the validation topics spread over the alphabet
 VALIDATION_OFFSET = 4
 SPLIT_VERSION = "3-way:5/8"
-SPLITS = ("heldout", "validation")  # what quality may be measured on
+# What quality may be measured on: the held-out split (reported figures), the validation split (a search's
+# choices), and held-out sets from other sources than the calibration text (heldout_sets.py).
+SPLITS = ("heldout", "validation", *HELDOUT_SETS)
 
 
 @lru_cache(maxsize=1)
@@ -45,11 +50,14 @@ def calibration_topics() -> list[tuple[str, str]]:
 
 
 def topics_of(split: str) -> list[tuple[str, str]]:
-    """The topics quality is measured on: "heldout" (reported figures) or "validation" (a search's choices)."""
+    """The topics quality is measured on: "heldout" (reported figures), "validation" (a search's choices), or
+    one of the held-out sets from other sources (heldout_sets.HELDOUT_SETS)."""
     if split == "heldout":
         return heldout_topics()
     if split == "validation":
         return validation_topics()
+    if split in HELDOUT_SETS:
+        return list(heldout_sets.topics_of(split))
     raise ValueError(f"split: {split!r} is not one of {', '.join(SPLITS)}")
 
 
