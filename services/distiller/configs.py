@@ -84,9 +84,13 @@ class StudentConfig(TeacherConfig):
                                                                      "its input's); embeddings and projections start "
                                                                      "on the principal directions of the input's "
                                                                      "hidden states on the training text")
-    vocabulary: Literal["full", "corpus"] = Field(
-        "full", description="Encoders: keep the tokens the training text uses plus every single-character piece "
-                            "(words outside it tokenize into smaller pieces, never [UNK] for a known script)")
+    vocabulary: Literal["full", "corpus", "factorized"] = Field(
+        "full", description="Encoders: full (the input's table); factorized (every token kept, the table as a rank "
+                            "embedding_rank product, ALBERT's layout: the tokenizer is unchanged); corpus (only the "
+                            "tokens the training text uses plus every single-character piece: other text tokenizes "
+                            "into smaller pieces than the teacher's)")
+    embedding_rank: int = Field(128, ge=8, le=4096, description="vocabulary factorized: rank of the token table "
+                                                                 "(below the hidden size)")
     reinitialize: bool = Field(False, description="Born-again: start the student from new weights (same shape) "
                                                   "instead of its input's")
 

@@ -28,6 +28,7 @@ from services.common.models.carried_files import carry_beside_weights
 from services.distiller.configs import AttentionConfig, FeatureConfig, ResponseConfig, SelfConfig
 from services.distiller.data import training_data
 from services.distiller.objectives import Objective
+from services.distiller.factorized import factorize
 from services.distiller.students import build_student
 from services.distiller.training import LoopState, train
 from services.distiller.vocabulary import kept_token_ids, rewrite_tokenizer, trim_embeddings
@@ -92,6 +93,10 @@ def _run(name: str, config: ResponseConfig, src: Path, dst: Path, reporter: Prog
         token_map = torch.zeros(len(tokenizer.get_vocab()), dtype=torch.long)
         token_map[torch.tensor(keep)] = torch.arange(len(keep))
         data.token_map = token_map
+    if config.vocabulary == "factorized":
+        if causal:
+            raise ValueError("vocabulary: 'factorized' is for encoders; a causal LM ties its table to its output layer")
+        student = factorize(student, config.embedding_rank, config.calibration_sequence_length)
     objective = Objective(config, student, teacher, built.hidden_basis)
 
     def prepare_teacher() -> None:
@@ -108,6 +113,7 @@ def _run(name: str, config: ResponseConfig, src: Path, dst: Path, reporter: Prog
     sample = data.batch(data.train_items[:1])
     figures = _figures(teacher, student, state, before, config)
     figures.update({"kept_layers": built.kept_layers, "vocabulary_size": len(keep) if keep else None,
+                    "embedding_rank": config.embedding_rank if config.vocabulary == "factorized" else None,
                     "train_items": len(data.train_items), "validation_items": len(data.validation_items),
                     "reload_max_abs_difference": reload_difference(
                         student, dst, sample.get("student_input_ids", sample["input_ids"]), sample["attention_mask"],

@@ -280,3 +280,27 @@ def test_in_process_a_pipelines_self_distillation_learns_from_the_model_before_i
     first_loss = run.stages[1].result.metrics["loss_curves"]["response"][0]
     assert first_loss > 1e-5, first_loss
     assert run.stages[1].result.metrics["parameters_teacher"] > run.stages[1].result.metrics["parameters"]
+
+
+def test_a_factorized_vocabulary_keeps_the_teacher_tokenizer_and_loads_in_sentence_transformers(deep_bert_dir,
+                                                                                                   tmp_path):
+    method = METHODS["distill-response"]
+    config = parse_config(method.config_cls, {**SHORT, "student_layers": 2, "vocabulary": "factorized",
+                                              "embedding_rank": 8})
+    result = method.run(config, deep_bert_dir, tmp_path / "out", ProgressReporter())
+    figures = result.metrics
+    assert result.architecture == "AlbertModel" and figures["embedding_rank"] == 8 and figures["blocks"] == 2
+    assert figures["parameters_ratio"] < 0.5 and figures["reload_max_abs_difference"] < 1e-4
+    teacher, student = (modelio.load_tokenizer(f) for f in (deep_bert_dir, tmp_path / "out"))
+    assert student.get_vocab() == teacher.get_vocab()
+    from sentence_transformers import SentenceTransformer
+
+    embedding = SentenceTransformer(str(tmp_path / "out"), device="cpu").encode(["a word: zyxwvut"])
+    assert embedding.shape == (1, 32)
+
+
+def test_a_causal_lm_keeps_its_table_whole(deep_llama_dir, tmp_path):
+    method = METHODS["distill-response"]
+    with pytest.raises(ValueError, match="'factorized' is for encoders"):
+        method.run(parse_config(method.config_cls, {**SHORT, "vocabulary": "factorized", "embedding_rank": 8}),
+                   deep_llama_dir, tmp_path, ProgressReporter())
