@@ -19,6 +19,8 @@ QUALITY_FLOOR = 0.95
 # Quality within 1 % of the original's, and peak memory within 5 %, count as unchanged.
 QUALITY_TOLERANCE = 0.01
 MEMORY_TOLERANCE = 0.05
+# Sentences a student may tokenize otherwise than its original before the headline warns.
+TOKENIZATION_TOLERANCE = 0.01
 GREEN, AMBER, RED = "green", "amber", "red"
 
 
@@ -69,6 +71,12 @@ def job_headline(recipe: str, result: common_pb2.CompressionResult, succeeded: b
                   f"{compressed.encoder.knn_topic_accuracy:.3f}")
         if compressed.encoder.has_reference:
             detail += f", mean cosine to the original {compressed.encoder.mean_reference_cosine:.4f}"
+        if compressed.encoder.HasField("same_tokenization") \
+                and compressed.encoder.same_tokenization < 1 - TOKENIZATION_TOLERANCE:
+            # A vocabulary trimmed to the training text: other text reaches the model in other pieces.
+            regressions.append(f"{1 - compressed.encoder.same_tokenization:.0%} of the evaluated sentences tokenize "
+                               f"differently from the original (a trimmed vocabulary: text unlike its training "
+                               f"text may score lower)")
     else:
         detail = f"perplexity {original.perplexity:.3f} → {compressed.perplexity:.3f}"
     if kept:

@@ -286,7 +286,7 @@ class SpeedRatio(_message.Message):
     def __init__(self, phase: _Optional[str] = ..., speedup: _Optional[float] = ..., ci95_low: _Optional[float] = ..., ci95_high: _Optional[float] = ..., rounds: _Optional[int] = ..., unreliable: _Optional[bool] = ..., unreliable_reason: _Optional[str] = ...) -> None: ...
 
 class EncoderQuality(_message.Message):
-    __slots__ = ("sentences", "topics", "knn_topic_accuracy", "knn_k", "mean_reference_cosine", "min_reference_cosine", "neighbour_agreement", "has_reference")
+    __slots__ = ("sentences", "topics", "knn_topic_accuracy", "knn_k", "mean_reference_cosine", "min_reference_cosine", "neighbour_agreement", "has_reference", "same_tokenization")
     SENTENCES_FIELD_NUMBER: _ClassVar[int]
     TOPICS_FIELD_NUMBER: _ClassVar[int]
     KNN_TOPIC_ACCURACY_FIELD_NUMBER: _ClassVar[int]
@@ -295,6 +295,7 @@ class EncoderQuality(_message.Message):
     MIN_REFERENCE_COSINE_FIELD_NUMBER: _ClassVar[int]
     NEIGHBOUR_AGREEMENT_FIELD_NUMBER: _ClassVar[int]
     HAS_REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    SAME_TOKENIZATION_FIELD_NUMBER: _ClassVar[int]
     sentences: int
     topics: int
     knn_topic_accuracy: float
@@ -303,7 +304,8 @@ class EncoderQuality(_message.Message):
     min_reference_cosine: float
     neighbour_agreement: float
     has_reference: bool
-    def __init__(self, sentences: _Optional[int] = ..., topics: _Optional[int] = ..., knn_topic_accuracy: _Optional[float] = ..., knn_k: _Optional[int] = ..., mean_reference_cosine: _Optional[float] = ..., min_reference_cosine: _Optional[float] = ..., neighbour_agreement: _Optional[float] = ..., has_reference: _Optional[bool] = ...) -> None: ...
+    same_tokenization: float
+    def __init__(self, sentences: _Optional[int] = ..., topics: _Optional[int] = ..., knn_topic_accuracy: _Optional[float] = ..., knn_k: _Optional[int] = ..., mean_reference_cosine: _Optional[float] = ..., min_reference_cosine: _Optional[float] = ..., neighbour_agreement: _Optional[float] = ..., has_reference: _Optional[bool] = ..., same_tokenization: _Optional[float] = ...) -> None: ...
 
 class MachineInfo(_message.Message):
     __slots__ = ("cpu_model", "logical_cores", "physical_cores", "isa_features", "memory_mb", "gpu_name", "gpu_memory_mb", "torch_version", "hostname", "device_type", "isa_class")

@@ -17,6 +17,7 @@ from pydantic import Field, field_validator
 
 from services.common.datasets import corpus
 from services.common.datasets.heldout_sets import HELDOUT_SETS
+from services.common.models import modelio
 from services.common.store import packaging
 from services.common.contract.config import MethodConfig
 from services.evaluator import quality
@@ -171,7 +172,8 @@ def evaluate_folder(folder: Path, config: EvaluationConfig, reference: Path | No
             run_probe("measure", config.plan([reference], embeddings_out=str(reference_embeddings),
                                              time_latency=False, quality_windows=0))
             figures["encoder"] = add_reference(figures, _load_embeddings(embeddings),
-                                               _load_embeddings(reference_embeddings), config.quality_split)
+                                               _load_embeddings(reference_embeddings), config.quality_split,
+                                               folder, reference)
     return _with_file_figures(_with_serving_memory(figures, folder, config), folder)
 
 
@@ -193,12 +195,16 @@ def _with_file_figures(figures: dict, folder: Path) -> dict:
     return figures
 
 
-def add_reference(figures: dict, embeddings, reference, split: str) -> dict:
+def add_reference(figures: dict, embeddings, reference, split: str, folder: Path, reference_folder: Path) -> dict:
     """The encoder figures again, with cosine and neighbour agreement against the reference's embeddings
     of the same sentences: those of `split`, whose topics label them (another split's labels would score
-    the k-NN vote against the wrong topics)."""
-    _, labels = quality.topic_sentences(figures["encoder"]["sentences"], split=split)
-    return asdict(quality.encoder_quality(embeddings, labels, reference))
+    the k-NN vote against the wrong topics); and how many of them the two tokenizers split alike."""
+    sentences, labels = quality.topic_sentences(figures["encoder"]["sentences"], split=split)
+    found = asdict(quality.encoder_quality(embeddings, labels, reference))
+    if folder != reference_folder:
+        found["same_tokenization"] = quality.same_tokenization(
+            modelio.load_tokenizer(folder), modelio.load_tokenizer(reference_folder), sentences)
+    return found
 
 
 def compare_folders(folders: list[Path], baseline_index: int, config: EvaluationConfig) -> tuple[list[dict], dict]:
@@ -214,8 +220,9 @@ def compare_folders(folders: list[Path], baseline_index: int, config: Evaluation
             results.append(_with_file_figures(_with_serving_memory(figures, folder, config), folder))
         if results[baseline_index]["kind"] == "encoder" and config.quality_sentences:
             reference = _load_embeddings(paths[baseline_index])
-            for figures, path in zip(results, paths):
-                figures["encoder"] = add_reference(figures, _load_embeddings(path), reference, config.quality_split)
+            for figures, path, folder in zip(results, paths, folders):
+                figures["encoder"] = add_reference(figures, _load_embeddings(path), reference, config.quality_split,
+                                                   folder, folders[baseline_index])
     timed = run_probe("interleave", config.plan(folders, baseline_index=baseline_index))
     for figures, latency, speed in zip(results, timed["latency"], timed["speed"]):
         figures["latency"] = latency

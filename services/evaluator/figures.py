@@ -9,7 +9,7 @@ from modelpress.v1 import common_pb2
 # Figures a measurement may leave out (proto3 `optional` scalars and sub-messages of ModelMetrics).
 OPTIONAL_SCALARS = ("flops", "perplexity", "top1_accuracy", "quality_tokens", "cuda_max_memory_mb")
 OPTIONAL_MESSAGES = ("latency", "decode", "encoder")
-_REFERENCE_FIGURES = ("mean_reference_cosine", "min_reference_cosine", "neighbour_agreement")
+_REFERENCE_FIGURES = ("mean_reference_cosine", "min_reference_cosine", "neighbour_agreement", "same_tokenization")
 
 
 def latency_message(figures: dict) -> common_pb2.LatencyStats:

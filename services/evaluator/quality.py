@@ -132,6 +132,19 @@ def knn_topic_accuracy(embeddings: torch.Tensor, labels: list[str], k: int = KNN
     return correct / len(labels)
 
 
+def same_tokenization(tokenizer, reference_tokenizer, sentences: list[str]) -> float:
+    """Share of the sentences both tokenizers split into the same pieces (compared as strings: a trimmed vocabulary
+    numbers its pieces anew)."""
+    if not sentences:
+        return 1.0
+
+    def pieces(of, sentence: str) -> list[str]:
+        return of.convert_ids_to_tokens(of(sentence, add_special_tokens=False).input_ids)
+
+    same = sum(pieces(tokenizer, s) == pieces(reference_tokenizer, s) for s in sentences)
+    return same / len(sentences)
+
+
 def encoder_quality(embeddings: torch.Tensor, labels: list[str], reference: torch.Tensor | None = None,
                     k: int = KNN_K) -> EncoderQualityFigures:
     figures = EncoderQualityFigures(sentences=len(labels), topics=len(set(labels)),

@@ -1,3 +1,4 @@
+import json
 import math
 
 import numpy as np
@@ -191,3 +192,16 @@ def test_the_quality_split_flows_from_the_spec_to_the_probe():
     config = spec_to_config(common_pb2.EvaluationSpec(quality_split="validation"))
     assert config.quality_split == "validation" and config.plan([]).quality_split == "validation"
     assert spec_to_config(common_pb2.EvaluationSpec()).plan([]).quality_split == "heldout"
+
+
+def test_same_tokenization_counts_the_sentences_a_trimmed_vocabulary_splits_otherwise(tiny_bert_dir, tmp_path):
+    from services.distiller.vocabulary import kept_token_ids, rewrite_tokenizer
+
+    teacher = modelio.load_tokenizer(tiny_bert_dir)
+    trained_on = ["the cat sat on the mat", "a dog ran in the park"]
+    tokenizer_json = json.loads((tiny_bert_dir / "tokenizer.json").read_text())
+    rewrite_tokenizer(tiny_bert_dir, tmp_path, kept_token_ids(teacher, tokenizer_json, trained_on))
+    trimmed = modelio.load_tokenizer(tmp_path)
+    assert quality.same_tokenization(trimmed, teacher, trained_on) == 1.0
+    assert quality.same_tokenization(trimmed, teacher, trained_on + ["quantization calibrates kernels"]) == 2 / 3
+    assert quality.same_tokenization(teacher, teacher, ["quantization calibrates kernels"]) == 1.0

@@ -61,3 +61,22 @@ def test_an_unreliable_interval_reaching_one_stays_only_unreliable():
     told = job_headline("int8", _result(decode=(0.5, 0.2, 1.4), unreliable_decode=True))
     assert told.colour == AMBER and not told.regressions
     assert "decode speed unreliable (0.50× [0.20–1.40]" in told.text
+
+
+def _encoder_result(same_tokenization=None):
+    result = common_pb2.CompressionResult(compressed_model_size_bytes=30, original_model_size_bytes=90)
+    quality = {"sentences": 222, "topics": 12, "knn_topic_accuracy": 0.85, "knn_k": 5}
+    result.original.CopyFrom(common_pb2.ModelMetrics(kind="encoder", size_on_disk_bytes=90,
+                                                     encoder=common_pb2.EncoderQuality(**quality)))
+    student = common_pb2.EncoderQuality(**quality, has_reference=True, mean_reference_cosine=0.999)
+    if same_tokenization is not None:
+        student.same_tokenization = same_tokenization
+    result.compressed.CopyFrom(common_pb2.ModelMetrics(kind="encoder", size_on_disk_bytes=30, encoder=student))
+    return result
+
+
+def test_a_student_that_tokenizes_other_text_differently_is_named():
+    assert job_headline("minilm-small", _encoder_result()).colour == GREEN
+    assert job_headline("minilm-small", _encoder_result(1.0)).colour == GREEN
+    told = job_headline("minilm-small", _encoder_result(0.43))
+    assert told.colour == AMBER and "57% of the evaluated sentences tokenize differently" in told.text
