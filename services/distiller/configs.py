@@ -28,6 +28,9 @@ class TrainingConfig(CalibrationConfig):
     max_minutes: float = Field(10.0, gt=0.0, le=600.0, description="Wall-time budget of the training loop (resumed "
                                                                     "runs count the time already spent)")
     max_steps: int = Field(0, ge=0, le=1000000, description="Most optimizer steps (0 = bounded by time only)")
+    max_tokens: int = Field(0, ge=0, le=MAX_TRAINED_TOKENS, description="Most training tokens seen, the real "
+                                                                        "tokens of every batch drawn (0 = bounded "
+                                                                        "by time and steps only)")
     batch_size: int = Field(16, ge=1, le=512, description="Windows or pieces per optimizer step")
     learning_rate: float = Field(1e-4, gt=0.0, le=0.1, description="AdamW peak learning rate")
     warmup_steps: int = Field(10, ge=0, le=10000, description="Linear warm-up steps of the learning rate")

@@ -37,8 +37,16 @@ class LoopState:
     validations_without_gain: int = 0
     resumed_from_step: int = 0
     stopped: str = ""
+    tokens: int = 0  # real tokens of the batches trained on
     curves: dict[str, list[float]] = field(default_factory=dict)
-    validation: list[list[float]] = field(default_factory=list)  # [step, loss]
+    # [step, loss, tokens seen]: what more training buys, read against the budget.
+    validation: list[list[float]] = field(default_factory=list)
+
+
+def batch_tokens(batch: dict) -> int:
+    """The real tokens of a batch: padding is not training."""
+    mask = batch.get("attention_mask")
+    return int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
 
 
 def _learning_rate(config: TrainingConfig, step: int) -> float:
@@ -105,12 +113,17 @@ def train(student: nn.Module, objective: Objective, data: TrainingData, config: 
                 if state.seconds >= budget:
                     state.stopped = "max_minutes"
                     break
+                if config.max_tokens and state.tokens >= config.max_tokens:
+                    state.stopped = "max_tokens"
+                    break
                 state.step += 1
                 lr = _learning_rate(config, state.step)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
+                batch = data.draw(config.batch_size, generator)
+                state.tokens += batch_tokens(batch)
                 with torch.enable_grad():
-                    terms = objective(student, data.draw(config.batch_size, generator), _progress(config, state))
+                    terms = objective(student, batch, _progress(config, state))
                     optimizer.zero_grad(set_to_none=True)
                     terms["loss"].backward()
                 optimizer.step()
@@ -119,7 +132,7 @@ def train(student: nn.Module, objective: Objective, data: TrainingData, config: 
                     state.curves.setdefault(name, []).append(value)
                 if validation and (state.step % config.validate_every == 0):
                     value = objective.validation_loss(student, validation)
-                    state.validation.append([state.step, value])
+                    state.validation.append([state.step, value, state.tokens])
                     figures["validation_loss"] = value
                     if value < state.best_validation:
                         state.best_validation, state.best_step, state.validations_without_gain = value, state.step, 0
@@ -145,7 +158,7 @@ def train(student: nn.Module, objective: Objective, data: TrainingData, config: 
         # The last weights count as a candidate too: validated once more unless just validated.
         if not state.validation or state.validation[-1][0] != state.step:
             value = objective.validation_loss(student, validation)
-            state.validation.append([state.step, value])
+            state.validation.append([state.step, value, state.tokens])
             if value < state.best_validation:
                 state.best_validation, state.best_step, best = value, state.step, None
         if best is not None and state.best_step != state.step:

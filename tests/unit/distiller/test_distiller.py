@@ -304,3 +304,13 @@ def test_a_causal_lm_keeps_its_table_whole(deep_llama_dir, tmp_path):
     with pytest.raises(ValueError, match="'factorized' is for encoders"):
         method.run(parse_config(method.config_cls, {**SHORT, "vocabulary": "factorized", "embedding_rank": 8}),
                    deep_llama_dir, tmp_path, ProgressReporter())
+
+
+def test_a_token_budget_stops_training_and_the_validation_curve_counts_tokens_seen(deep_llama_dir, tmp_path):
+    method = METHODS["distill-response"]
+    per_step = SHORT["batch_size"] * SHORT["calibration_sequence_length"]  # causal windows: no padding
+    config = parse_config(method.config_cls, {**SHORT, "max_steps": 0, "max_tokens": 3 * per_step,
+                                              "student_layers": 2})
+    figures = method.run(config, deep_llama_dir, tmp_path, ProgressReporter()).metrics
+    assert figures["stopped"] == "max_tokens" and figures["steps"] == 3 and figures["tokens"] == 3 * per_step
+    assert [row[2] for row in figures["validation_curve"]] == [2 * per_step, 3 * per_step]
