@@ -1,12 +1,18 @@
 """The distiller's bars on both built-in models, each reached by a built-in recipe with its defaults.
 
-    python bench/distillation.py [--parts minilm-small,minilm-edge,smollm2-shallow,families]
+    python bench/distillation.py [--parts minilm-small,minilm-small-corpus,minilm-edge,smollm2-shallow,families]
                                  [--iterations 20] [--work DIR] [--reuse] [--print]
+
+Every MiniLM student is also scored on each held-out set (QUALITY_SETS: the pydoc held-out split, then three
+sets from other sources than the calibration text, services/common/datasets/heldout_sets.py): its k-NN topic
+accuracy kept against the teacher's on the same sentences, and the worst of them — a recipe's figure.
 
 - minilm-small: the `minilm-small` student of MiniLM-L6 (distill-response), against the teacher in one
   interleaved comparison (PyTorch FP32 eager, 1x128 and 32x128): parameters, FLOPs, speed, k-NN
   topic accuracy on the held-out sentences; model2vec's static distillation of the same teacher
   (its default 256 PCA dimensions) scored on the same sentences beside it.
+- minilm-small-corpus: the same recipe with the vocabulary trimmed to the training text instead of
+  factorized (`vocabulary: corpus`), so the two choices are measured side by side.
 - minilm-edge: the composite `minilm-edge` (structured prune to half the FLOPs -> distill-self from
   the original -> ONNX Runtime INT8): the pruned-only, the healed float and the exported model
   against the teacher, at 1x128 and 32x128 (speed, peak memory, k-NN accuracy).
@@ -36,12 +42,14 @@ from services.in_process import LINEAGE_FILE
 from parts import run_parts  # bench/ (this folder is on sys.path)
 from pruning import reloads, speed_of
 from quantization import run_method
+from services.common.datasets.heldout_sets import HELDOUT_SETS
 from services.common.models.builtin_models import builtin_folder
 from services.common.runtime.settings import default_cache
 from services.evaluator.engine import EvaluationConfig, compare_folders, evaluate_folder
 
 RESULTS = Path(__file__).resolve().parent / "results" / "distillation.json"
 SENTENCES = 222  # every held-out topic sentence the evaluator has
+QUALITY_SETS = ("heldout", *HELDOUT_SETS)
 QUALITY_WINDOWS = 16
 SHAPES = ((1, 128), (32, 128))
 # The families part: the minilm-small student shape, each family for the same few minutes.
@@ -59,7 +67,7 @@ class Stage:
     seconds: float
 
 
-def _compress(model: str, recipe: str, out: Path, args) -> tuple[list[Stage], float]:
+def _compress(model: str, recipe: str, out: Path, args, overrides: dict | None = None) -> tuple[list[Stage], float]:
     """The recipe in-process, every stage's output kept beside (not inside) the final one, whose
     size on disk is measured. With --reuse, a finished earlier run in --work is measured again."""
     stages_dir = out.with_name(out.name + "-stages")
@@ -67,8 +75,8 @@ def _compress(model: str, recipe: str, out: Path, args) -> tuple[list[Stage], fl
     if not (args.reuse and lineage_file.exists()):
         shutil.rmtree(out, ignore_errors=True)
         shutil.rmtree(stages_dir, ignore_errors=True)
-        modelpress.compress(builtin_folder(model, default_cache()), recipe, out, overrides=args.overrides,
-                            keep_stages=True)
+        modelpress.compress(builtin_folder(model, default_cache()), recipe, out,
+                            overrides={**(overrides or {}), **args.overrides}, keep_stages=True)
         if (out / ".stages").exists():
             (out / ".stages").rename(stages_dir)
     lineage = json.loads(lineage_file.read_text())["stages"]
@@ -80,7 +88,7 @@ def _compress(model: str, recipe: str, out: Path, args) -> tuple[list[Stage], fl
 def training_figures(metrics: dict) -> dict:
     keep = ("steps", "seconds", "stopped", "best_step", "best_validation_loss", "parameters_teacher", "parameters",
             "parameters_ratio", "flops_ratio", "blocks_teacher", "blocks", "kept_layers", "vocabulary_size",
-            "train_items", "tokenizer_round_trip", "reload_max_abs_difference")
+            "embedding_rank", "train_items", "tokenizer_round_trip", "reload_max_abs_difference")
     return {k: metrics[k] for k in keep if k in metrics}
 
 
@@ -104,6 +112,43 @@ def _compare_encoders(labels: list[str], folders: list[Path], iterations: int) -
     return by_shape
 
 
+def encoder_sets(teacher: Path, labels: list[str], folders: list[Path]) -> dict:
+    """Each model's k-NN topic accuracy on every held-out set, kept against the teacher's on the same sentences
+    (cosine to the teacher's embeddings beside it), and each model's worst set."""
+    by_set = {}
+    for name in QUALITY_SETS:
+        config = EvaluationConfig(quality_sentences=SENTENCES, quality_split=name)
+        base = evaluate_folder(teacher, config, time_latency=False)["encoder"]
+        rows = {}
+        for label, folder in zip(labels, folders):
+            found = evaluate_folder(folder, config, teacher, time_latency=False)["encoder"]
+            rows[label] = {"knn_topic_accuracy": found["knn_topic_accuracy"],
+                           "accuracy_kept": found["knn_topic_accuracy"] / base["knn_topic_accuracy"],
+                           "mean_teacher_cosine": found["mean_reference_cosine"]}
+        by_set[name] = {"sentences": base["sentences"], "topics": base["topics"],
+                        "teacher_knn_topic_accuracy": base["knn_topic_accuracy"], "rows": rows}
+    worst = {label: min(QUALITY_SETS, key=lambda n: by_set[n]["rows"][label]["accuracy_kept"]) for label in labels}
+    return {"sets": by_set, "worst": {label: {"set": name, "accuracy_kept": by_set[name]["rows"][label]["accuracy_kept"]}
+                                      for label, name in worst.items()}}
+
+
+def causal_sets(teacher: Path, labels: list[str], folders: list[Path]) -> dict:
+    """Each model's perplexity on QUALITY_WINDOWS windows of every held-out set, its change against the teacher's
+    on the same windows, and each model's worst set."""
+    by_set = {}
+    for name in QUALITY_SETS:
+        config = EvaluationConfig(quality_windows=QUALITY_WINDOWS, quality_split=name)
+        base = evaluate_folder(teacher, config, time_latency=False)["perplexity"]
+        rows = {}
+        for label, folder in zip(labels, folders):
+            ppl = evaluate_folder(folder, config, time_latency=False)["perplexity"]
+            rows[label] = {"ppl": ppl, "delta_ppl": ppl / base - 1}
+        by_set[name] = {"teacher_ppl": base, "rows": rows}
+    worst = {label: max(QUALITY_SETS, key=lambda n: by_set[n]["rows"][label]["delta_ppl"]) for label in labels}
+    return {"sets": by_set, "worst": {label: {"set": name, "delta_ppl": by_set[name]["rows"][label]["delta_ppl"]}
+                                      for label, name in worst.items()}}
+
+
 def model2vec_row(teacher: Path) -> dict:
     """model2vec's static distillation of the same teacher, scored on the same held-out sentences."""
     import torch
@@ -122,14 +167,24 @@ def model2vec_row(teacher: Path) -> dict:
             "sentences": len(sentences)}
 
 
-def minilm_small(args, work: Path) -> dict:
+def _minilm_small(args, work: Path, label: str, overrides: dict) -> dict:
     teacher = builtin_folder("minilm-l6", default_cache())
-    (student,), seconds = _compress("minilm-l6", "minilm-small", work / "minilm-small", args)
-    shapes = _compare_encoders(["teacher", "minilm-small"], [teacher, student.folder], args.iterations)
-    anchor = model2vec_row(teacher)
-    anchor["accuracy_kept"] = anchor["knn_topic_accuracy"] / shapes["1x128"]["rows"][0]["knn_topic_accuracy"]
-    return {"model": "minilm-l6", "recipe": "minilm-small", "seconds": seconds, "reloads": reloads(student.folder),
-            **training_figures(student.metrics), "shapes": shapes, "model2vec": anchor}
+    (student,), seconds = _compress("minilm-l6", "minilm-small", work / label, args, overrides)
+    shapes = _compare_encoders(["teacher", label], [teacher, student.folder], args.iterations)
+    return {"model": "minilm-l6", "recipe": "minilm-small", "overrides": overrides, "seconds": seconds,
+            "reloads": reloads(student.folder), **training_figures(student.metrics), "shapes": shapes,
+            "quality_sets": encoder_sets(teacher, [label], [student.folder])}
+
+
+def minilm_small(args, work: Path) -> dict:
+    found = _minilm_small(args, work, "minilm-small", {})
+    anchor = model2vec_row(builtin_folder("minilm-l6", default_cache()))
+    anchor["accuracy_kept"] = anchor["knn_topic_accuracy"] / found["shapes"]["1x128"]["rows"][0]["knn_topic_accuracy"]
+    return {**found, "model2vec": anchor}
+
+
+def minilm_small_corpus(args, work: Path) -> dict:
+    return _minilm_small(args, work, "minilm-small (vocabulary corpus)", {"distill.vocabulary": "corpus"})
 
 
 def minilm_edge(args, work: Path) -> dict:
@@ -139,6 +194,8 @@ def minilm_edge(args, work: Path) -> dict:
     shapes = _compare_encoders(["teacher", "pruned", "pruned+distilled", "minilm-edge (onnx-int8)"],
                                [teacher, prune.folder, distill.folder, export.folder], args.iterations)
     return {"model": "minilm-l6", "recipe": "minilm-edge", "seconds": seconds,
+            "quality_sets": encoder_sets(teacher, ["pruned+distilled", "minilm-edge (onnx-int8)"],
+                                         [distill.folder, export.folder]),
             "stage_seconds": {s.name: s.seconds for s in stages},
             "prune": {k: prune.metrics.get(k) for k in ("flops_ratio", "parameters_ratio", "shape_after")},
             "distill": training_figures(distill.metrics), "shapes": shapes}
@@ -161,6 +218,7 @@ def smollm2_shallow(args, work: Path) -> dict:
             "prune": {k: prune.metrics.get(k) for k in ("flops_ratio", "parameters_ratio", "shape_after")},
             "distill": training_figures(distill.metrics), "reloads": reloads(distill.folder),
             "gap_closed": (figures[1]["perplexity"] - figures[2]["perplexity"]) / gap if gap > 0 else None,
+            "quality_sets": causal_sets(teacher, ["pruned", "pruned+distilled"], [prune.folder, distill.folder]),
             "quality_windows": QUALITY_WINDOWS, "rows": rows, "rounds": timing["rounds"], "load": timing["load"]}
 
 
@@ -190,8 +248,8 @@ def families(args, work: Path) -> dict:
     return {"model": "minilm-l6", "student": FAMILY_STUDENT, "teacher_knn_topic_accuracy": base, "rows": rows}
 
 
-PARTS = {"minilm-small": minilm_small, "minilm-edge": minilm_edge, "smollm2-shallow": smollm2_shallow,
-         "families": families}
+PARTS = {"minilm-small": minilm_small, "minilm-small-corpus": minilm_small_corpus, "minilm-edge": minilm_edge,
+         "smollm2-shallow": smollm2_shallow, "families": families}
 
 
 def _speed(row: dict, phase: str) -> str:
@@ -210,6 +268,18 @@ def _print_encoder_shapes(shapes: dict) -> None:
         print(f"  ({shape}: {block['rounds']} interleaved rounds, load {block['load']})")
 
 
+def _print_sets(found: dict | None) -> None:
+    if not found:  # a run from before the held-out sets
+        return
+    print("held-out set | sentences / topics | teacher k-NN | " + " | ".join(
+        f"{label} k-NN (kept, cos)" for label in found["worst"]))
+    for name, block in found["sets"].items():
+        print(" | ".join([name, f"{block['sentences']} / {block['topics']}", f"{block['teacher_knn_topic_accuracy']:.3f}"]
+                         + [f"{r['knn_topic_accuracy']:.3f} ({r['accuracy_kept']:.1%}, {r['mean_teacher_cosine']:.3f})"
+                            for r in block["rows"].values()]))
+    print("worst: " + ", ".join(f"{label} {w['accuracy_kept']:.1%} on {w['set']}" for label, w in found["worst"].items()))
+
+
 def print_tables(results: dict) -> None:
     machine = results["machine"]
     print(f"machine: {machine['cpu_model']} ({machine['isa_class']}), load at the end {machine['load_average_1_5_15m']}")
@@ -219,15 +289,22 @@ def print_tables(results: dict) -> None:
               f"{m['parameters_teacher']:,}), FLOPs {m['flops_ratio']:.3f}, blocks {m['blocks']}/{m['blocks_teacher']}, "
               f"vocabulary {m['vocabulary_size']}, reloads {m['reloads']}")
         _print_encoder_shapes(m["shapes"])
+        _print_sets(m.get("quality_sets"))
         a = m["model2vec"]
         print(f"model2vec {a['method']}: {a['parameters']:,} parameters, k-NN {a['knn_topic_accuracy']:.3f} "
               f"({a['accuracy_kept']:.1%} of the teacher), {a['seconds']} s")
+    if c := results.get("minilm-small-corpus"):
+        print(f"\nThe same recipe with {c['overrides']} ({c['steps']} steps in {c['seconds']} s): {c['parameters']:,} "
+              f"parameters ({c['parameters_ratio']:.3f}), vocabulary {c['vocabulary_size']}")
+        _print_encoder_shapes(c["shapes"])
+        _print_sets(c.get("quality_sets"))
     if e := results.get("minilm-edge"):
         d = e["distill"]
         print(f"\nMiniLM-L6, recipe minilm-edge (prune FLOPs {e['prune']['flops_ratio']:.3f}, shape "
               f"{e['prune']['shape_after']}; distill-self {d['steps']} steps in {d['seconds']} s; stages "
               f"{e['stage_seconds']})")
         _print_encoder_shapes(e["shapes"])
+        _print_sets(e.get("quality_sets"))
     if s := results.get("smollm2-shallow"):
         d = s["distill"]
         print(f"\nSmolLM2-135M, recipe smollm2-shallow (prune: {s['prune']['shape_after']}, FLOPs "
@@ -237,6 +314,11 @@ def print_tables(results: dict) -> None:
         for r in s["rows"]:
             print(" | ".join([r["model"], f"{r['ppl']:.3f}", f"{r['delta_ppl']:+.1%}", _speed(r, "prefill"),
                               _speed(r, "decode"), f"{r['peak_rss_mb']:.0f}"]))
+        sets = s.get("quality_sets", {"worst": {}, "sets": {}})  # runs before the held-out sets have none
+        print("held-out set | teacher ppl | " + " | ".join(f"{label} ppl (Δ)" for label in sets["worst"]))
+        for name, block in sets["sets"].items():
+            print(" | ".join([name, f"{block['teacher_ppl']:.3f}"] + [f"{r['ppl']:.3f} ({r['delta_ppl']:+.1%})"
+                                                                      for r in block["rows"].values()]))
         if s["gap_closed"] is not None:
             print(f"gap between pruned-only and teacher closed: {s['gap_closed']:.1%}; reloads {s['reloads']}; "
                   f"{s['rounds']} rounds, load {s['load']}")

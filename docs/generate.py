@@ -636,9 +636,10 @@ def distillation_minilm_small(_: str = "") -> str:
                      f"{m2v['knn_topic_accuracy']:.3f}", percent(m2v["accuracy_kept"])] + [None] * 5)
     headers = ["model", "parameters", "FLOPs ×", "k-NN acc.", "kept", "cosine to teacher", "size MB",
                "1×128 × [95 %]", "32×128 × [95 %]", "peak RSS × (1×128 / 32×128)"]
+    vocabulary = (f"every token, the table factorized to rank {data['embedding_rank']}" if data.get("embedding_rank")
+                  else f"vocabulary {data.get('vocabulary_size')}")
     what = (f"`{data['recipe']}`: {data['steps']} steps in {data['seconds']:.0f} s of training (stopped by "
-            f"{data.get('stopped')}), {data['blocks_teacher']} → {data['blocks']} blocks, vocabulary "
-            f"{data.get('vocabulary_size')}")
+            f"{data.get('stopped')}), {data['blocks_teacher']} → {data['blocks']} blocks, {vocabulary}")
     return section("distillation.json", headers, rows, _run_setting(data, what),
                    load_line(data["shapes"]["1x128"].get("load")), machine_line(data.get("machine")))
 
@@ -677,6 +678,26 @@ def distillation_smollm2_shallow(_: str = "") -> str:
             f"{data.get('quality_windows')} held-out windows")
     return section("distillation.json", headers, rows, _run_setting(data, what), load_line(data.get("load")),
                    machine_line(data.get("machine")))
+
+
+def distillation_sets(_: str = "") -> str:
+    """Each MiniLM student's k-NN topic accuracy kept on every held-out set (bench/distillation.py QUALITY_SETS)
+    and its worst set: a recipe's figure."""
+    data = results("distillation.json")
+    found = [data[part]["quality_sets"] for part in ("minilm-small", "minilm-small-corpus", "minilm-edge")
+             if "quality_sets" in data.get(part, {})]
+    names = list(found[0]["sets"])
+    rows = []
+    for sets in found:
+        for label, worst in sets["worst"].items():
+            cells = [f"{percent(sets['sets'][name]['rows'][label]['accuracy_kept'])} "
+                     f"({sets['sets'][name]['rows'][label]['mean_teacher_cosine']:.3f})" for name in names]
+            rows.append([label, *cells, f"**{percent(worst['accuracy_kept'])}** ({worst['set']})"])
+    teacher = "; ".join(f"{name}: {block['teacher_knn_topic_accuracy']:.3f} on {block['sentences']} sentences of "
+                        f"{block['topics']} topics" for name, block in found[0]["sets"].items())
+    return section("distillation.json", ["model", *(f"{name} kept (cosine)" for name in names), "worst (set)"],
+                   rows, note(f"Teacher k-NN topic accuracy (k = 5) — {teacher}."),
+                   machine_line(data.get("minilm-small", {}).get("machine")))
 
 
 def distillation_families(_: str = "") -> str:
@@ -900,6 +921,7 @@ SECTIONS: dict[str, Callable[[str], str]] = {
     "bench-distillation-minilm-small": distillation_minilm_small,
     "bench-distillation-minilm-edge": distillation_minilm_edge,
     "bench-distillation-smollm2-shallow": distillation_smollm2_shallow,
+    "bench-distillation-sets": distillation_sets,
     "bench-distillation-families": distillation_families,
     "bench-chaos": chaos,
     "bench-artifact-throughput": artifact_throughput,

@@ -293,6 +293,25 @@ async def test_calibration_from_an_uploaded_jsonl_dataset(gateway, model_dir, tm
         assert info.value.code() == code and "overrides.calibration_dataset" in info.value.details()
 
 
+async def test_a_student_distils_on_an_uploaded_dataset(gateway, tiny_bert_dir, tmp_path):
+    # The user's own text, end to end: the 40 pieces of the upload, not the thousands of pydoc's.
+    client = Client(gateway)
+    texts = [{"text": f"Ticket {i}: the parcel arrived damaged and the customer asks for a replacement."}
+             for i in range(40)]
+    dataset = await call(client.upload, _dataset_folder(tmp_path, texts), fmt=common_pb2.ARTIFACT_FORMAT_DATASET_JSONL)
+    stage = {"technique": "distiller", "method": "distill-response",
+             "config": {"student_layers": 1, "vocabulary": "factorized", "embedding_rank": 8, "max_steps": 2,
+                        "batch_size": 4, "calibration_dataset": dataset.id}}
+    encoder = await call(client.upload, tiny_bert_dir)
+    job = await call(client.create_job, f"artifact:{encoder.id}", [stage],
+                     evaluation=common_pb2.EvaluationSpec(skip=True))
+    await wait_for_end(client, job.job_id)
+    job = await call(client.get_job, job.job_id)
+    assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job.error
+    metrics = job.stages[0].metrics
+    assert metrics["train_items"] + metrics["validation_items"] == 40 and metrics["embedding_rank"] == 8
+
+
 @pytest.fixture(scope="module")
 def wide_llama_dir(tmp_path_factory):
     """A 1-layer Llama whose embedding makes it ~47 MB on disk, the size that once tripped NATS."""
