@@ -127,9 +127,7 @@ def encoder_sets(teacher: Path, labels: list[str], folders: list[Path]) -> dict:
                            "mean_teacher_cosine": found["mean_reference_cosine"]}
         by_set[name] = {"sentences": base["sentences"], "topics": base["topics"],
                         "teacher_knn_topic_accuracy": base["knn_topic_accuracy"], "rows": rows}
-    worst = {label: min(QUALITY_SETS, key=lambda n: by_set[n]["rows"][label]["accuracy_kept"]) for label in labels}
-    return {"sets": by_set, "worst": {label: {"set": name, "accuracy_kept": by_set[name]["rows"][label]["accuracy_kept"]}
-                                      for label, name in worst.items()}}
+    return {"sets": by_set, "worst": _worst(by_set, labels, "accuracy_kept", min)}
 
 
 def causal_sets(teacher: Path, labels: list[str], folders: list[Path]) -> dict:
@@ -144,9 +142,13 @@ def causal_sets(teacher: Path, labels: list[str], folders: list[Path]) -> dict:
             ppl = evaluate_folder(folder, config, time_latency=False)["perplexity"]
             rows[label] = {"ppl": ppl, "delta_ppl": ppl / base - 1}
         by_set[name] = {"teacher_ppl": base, "rows": rows}
-    worst = {label: max(QUALITY_SETS, key=lambda n: by_set[n]["rows"][label]["delta_ppl"]) for label in labels}
-    return {"sets": by_set, "worst": {label: {"set": name, "delta_ppl": by_set[name]["rows"][label]["delta_ppl"]}
-                                      for label, name in worst.items()}}
+    return {"sets": by_set, "worst": _worst(by_set, labels, "delta_ppl", max)}
+
+
+def _worst(by_set: dict, labels: list[str], figure: str, pick) -> dict:
+    """Each model's worst set by `figure` (`pick`: min for a share kept, max for a change in perplexity)."""
+    chosen = {label: pick(by_set, key=lambda n: by_set[n]["rows"][label][figure]) for label in labels}
+    return {label: {"set": name, figure: by_set[name]["rows"][label][figure]} for label, name in chosen.items()}
 
 
 def model2vec_row(teacher: Path) -> dict:

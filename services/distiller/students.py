@@ -1,6 +1,7 @@
 """Students built from a model: fewer blocks (uniform or by block importance), a narrower MLP,
 a trimmed vocabulary (vocabulary.py) or new weights of the same shape (born-again). Every student
-is a model of the teacher's own class that stock transformers reloads from its config."""
+is a model of the teacher's own class that stock transformers reloads from its config; a factorized
+table (factorized.py, applied by the caller) makes an encoder an AlbertModel, which it reloads too."""
 
 from __future__ import annotations
 
