@@ -30,10 +30,12 @@ class WeightOnlyConfig(MethodConfig):
     bits: WeightBits = Field(4, description=WEIGHT_BITS)
     group_size: GroupSize = Field(64, description=GROUP_SIZE)
     symmetric: bool = Field(True, description="Symmetric grid (no zero-point)")
-    embedding_bits: Literal[0, 8] = Field(
-        0, description="Bits of the token embeddings (0 = keep float; 8 loads in transformers, not vLLM)")
-    head_bits: Literal[0, 8] = Field(
-        0, description="Bits of an untied LM head (0 = keep float; 8 loads in transformers, not vLLM)")
+    embedding_bits: Literal[0, 4, 8] = Field(
+        0, description="Bits of the token embeddings and a tied head (0 = keep float; 8 per row, 4 in the body's "
+                       "groups; quantized, the model loads in transformers, not vLLM)")
+    head_bits: Literal[0, 4, 8] = Field(
+        0, description="Bits of an untied LM head (0 = keep float; 8 per row, 4 in the body's groups; loads in "
+                       "transformers, not vLLM)")
 
 
 class GptqSettings(MethodConfig):

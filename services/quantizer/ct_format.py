@@ -136,21 +136,23 @@ def module_tensors(name: str, qw: QuantizedWeight, *, codes: bool = True) -> dic
     return out
 
 
-def dequantized_on_load(model_config, quantized: dict[str, QuantizedWeight]) -> bool:
+def dequantized_on_load(model_config, quantized: dict[str, QuantizedWeight], packed_tie: bool = False) -> bool:
     """Whether stock transformers reloads this checkpoint only dequantized at load (module docstring):
-    Conv1D modules, or packed Linears of a family whose init reads `.weight`. Such a checkpoint with
-    more than one scheme is refused, naming the family: transformers would dequantize every module
-    with the first group's scheme."""
+    Conv1D modules, packed Linears of a family whose init reads `.weight`, or a packed embedding its
+    LM head is tied to (`packed_tie`). Such a checkpoint with more than one grid is refused, naming
+    the family: transformers would dequantize every module with the first group's scheme."""
     family = families.family_of(model_config)
     conv1d = any(qw.kind == CONV1D for qw in quantized.values())
     packed = family is not None and not family.reloads_packed and any(
         _format(qw.scheme, qw.activations, qw.kind) == "pack-quantized" for qw in quantized.values())
-    if not (conv1d or packed):
+    if not (conv1d or packed or packed_tie):
         return False
-    schemes = {(qw.scheme, qw.kind, qw.activations) for qw in quantized.values()}
+    # An embedding's rows are grouped as a Linear's: the same grid.
+    schemes = {(qw.scheme, qw.kind if qw.kind == CONV1D else "Linear", qw.activations) for qw in quantized.values()}
     if len(schemes) > 1:
         why = ("keeps its block projections in transformers' Conv1D, which compressed-tensors does not quantize"
-               if conv1d else "has a weight init that reads each Linear's .weight, which a packed Linear no longer has")
+               if conv1d else "has a weight init that reads each Linear's .weight, which a packed Linear no longer has"
+               if packed else "ties its LM head to a packed embedding, which transformers ties only once dequantized")
         recipes = "w4a16-rtn, int8-weight-only" + ("" if conv1d else ", w4a16-gptq, w4a16-awq")
         raise families.refuse(model_config, "weight quantization with more than one scheme (quantized embeddings or "
                               "LM head, mixed precision)",
@@ -176,12 +178,17 @@ def write_compressed_tensors(source, quantized: dict[str, QuantizedWeight], fold
     `rewritten` holds float tensors the algorithm changed (e.g. norms smoothing folded into).
     Written block by block (`_shards`); with `spill` (spilled_codes.CodeSpill), each module's codes
     are let go once its shard is written, so writing holds a shard, not the model."""
+    head = tied_head[0] if tied_head else None
+    packed_tie = head in quantized and _format(quantized[head].scheme, kind=quantized[head].kind) == "pack-quantized"
+    if packed_tie:
+        # A packed module has no `.weight` for transformers to tie: the head is left out of the config
+        # and ties to the embedding once the load has dequantized it.
+        quantized = {n: qw for n, qw in quantized.items() if n != head}
     given = quantized
     quantized = _conv1d_kinds(source.model, quantized)
-    dequantize = dequantized_on_load(source.model.config, quantized)
+    dequantize = dequantized_on_load(source.model.config, quantized, packed_tie=packed_tie)
     folder.mkdir(parents=True, exist_ok=True)
     quantized_keys = {source.key(f"{n}.weight") for n in quantized}
-    head = tied_head[0] if tied_head else None
     try:
         blocks = [name for name, _ in named_blocks(source.model)]
     except ValueError:  # no repeated blocks: one group

@@ -23,15 +23,15 @@ from services.common.measure.machine import this_cpu
 from services.common.models.carried_files import carry_beside_weights
 from services.quantizer.awq import awq_block_step
 from services.common.calibration.config import CalibrationConfig
-from services.quantizer.configs import (AwqConfig, AwqTransformConfig, CastConfig, GptqConfig,
+from services.quantizer.configs import (AwqConfig, AwqTransformConfig, CastConfig, GptqConfig, GptqSettings,
                                         Int8WeightOnlyConfig, MixedPrecisionConfig, QatConfig, SmoothQuantConfig,
                                         SmoothQuantTransformConfig, W8A8Config, WeightOnlyConfig)
 from services.quantizer.int8 import quantize_int8_weight_only
 from services.quantizer.rtn import quantize_rtn
-from services.quantizer.gptq import gptq_block_step
+from services.quantizer.gptq import gptq_block_step, gptq_head_rounding
 from services.quantizer.mixed import allocate, sensitivity_step
 from services.quantizer.qat import qat_block_step
-from services.quantizer.sequential import QUANTIZED_WEIGHT_CODEC, BlockStep, quantize_sequential
+from services.quantizer.sequential import QUANTIZED_WEIGHT_CODEC, BlockStep, HeadRounding, quantize_sequential
 from services.quantizer.smoothquant import w8a8_block_step
 from services.quantizer.spilled_codes import CodeSpill
 from services.common.calibration.streaming import StreamingModel
@@ -151,7 +151,8 @@ def _layer_reporter(reporter: ProgressReporter, losses: list[float]) -> Callable
 def _run_calibrated(config: CalibrationConfig, source: StreamingModel, targets: list[Target], dst: Path,
                     reporter: ProgressReporter, method: str, step: BlockStep, *, propagate_quantized: bool = True,
                     sample_every: int = 0, keep_float_outputs: bool = False,
-                    extra_metrics: dict | None = None, batches: torch.Tensor | None = None) -> StageResult:
+                    extra_metrics: dict | None = None, batches: torch.Tensor | None = None,
+                    head_rounding: HeadRounding | None = None) -> StageResult:
     batches = config.batches(source.reader.folder) if batches is None else batches
     losses: list[float] = []
     walk = stage_walk_checkpoints(reporter, QUANTIZED_WEIGHT_CODEC)
@@ -161,7 +162,7 @@ def _run_calibrated(config: CalibrationConfig, source: StreamingModel, targets: 
         result = quantize_sequential(source, targets, batches, step, _layer_reporter(reporter, losses),
                                      propagate_quantized=propagate_quantized, sample_every=sample_every,
                                      keep_float_outputs=keep_float_outputs, check_cancelled=reporter.check_cancelled,
-                                     checkpoints=walk, spill=spill)
+                                     checkpoints=walk, spill=spill, head_rounding=head_rounding)
     except BaseException:
         spill.close()
         raise
@@ -175,6 +176,12 @@ def _run_calibrated(config: CalibrationConfig, source: StreamingModel, targets: 
         spill.close()
 
 
+def _head_gptq(config: GptqSettings):
+    """A quantized LM head (or tied embedding) is rounded by GPTQ on its inputs in every calibrated
+    weight-only method: AWQ's scales have no Linear before the head to fold into."""
+    return gptq_head_rounding(config.damping, config.lazy_batch_columns, config.act_order)
+
+
 @method(Q, "gptq", config=GptqConfig, produces=(COMPRESSED,), model_kinds=MODEL_KINDS,
         summary="GPTQ: Hessian-aware rounding from calibration text, block by block", metrics=(LOSS,))
 def _gptq(config: GptqConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
@@ -182,7 +189,7 @@ def _gptq(config: GptqConfig, src: Path, dst: Path, reporter: ProgressReporter) 
     step = gptq_block_step(config.damping, config.lazy_batch_columns, config.act_order)
     targets = weight_targets(source.model, config, conv1d=True)
     return _run_calibrated(config, source, targets, dst, reporter, "gptq", step,
-                           propagate_quantized=config.propagate_quantized)
+                           propagate_quantized=config.propagate_quantized, head_rounding=_head_gptq(config))
 
 
 @method(Q, "awq", config=AwqConfig, produces=(COMPRESSED,), model_kinds=MODEL_KINDS,
@@ -190,7 +197,8 @@ def _gptq(config: GptqConfig, src: Path, dst: Path, reporter: ProgressReporter) 
 def _awq(config: AwqConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
     source = stream_float(src, reporter)
     return _run_calibrated(config, source, weight_targets(source.model, config, conv1d=True), dst, reporter, "awq",
-                           awq_block_step(config), sample_every=_awq_sampling(config))
+                           awq_block_step(config), sample_every=_awq_sampling(config),
+                           head_rounding=gptq_head_rounding())
 
 
 @method(Q, "qat", config=QatConfig, produces=(COMPRESSED,), model_kinds=MODEL_KINDS,
@@ -200,7 +208,7 @@ def _qat(config: QatConfig, src: Path, dst: Path, reporter: ProgressReporter) ->
     source = stream_float(src, reporter)
     return _run_calibrated(config, source, weight_targets(source.model, config, conv1d=True), dst, reporter, "qat",
                            qat_block_step(config), sample_every=_awq_sampling(config),
-                           keep_float_outputs=config.steps_per_block > 0)
+                           keep_float_outputs=config.steps_per_block > 0, head_rounding=gptq_head_rounding())
 
 
 @method(Q, "mixed-precision", config=MixedPrecisionConfig, produces=(COMPRESSED,), model_kinds=MODEL_KINDS,
@@ -224,6 +232,7 @@ def _mixed(config: MixedPrecisionConfig, src: Path, dst: Path, reporter: Progres
     step = gptq_block_step(config.damping, config.lazy_batch_columns, config.act_order)
     return _run_calibrated(config, source, targets, dst, reporter, "mixed-precision", step,
                            propagate_quantized=config.propagate_quantized, batches=batches,
+                           head_rounding=_head_gptq(config),
                            extra_metrics={"layers_at_8_bits": promoted,
                                           "sensitivity": {n: sensitivity[n] for n in promoted}})
 

@@ -133,6 +133,20 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, scheme: WeightSch
     return GptqOutcome(Q, params, relative_output_error(weight, Q, hessian), used_damping)
 
 
+def gptq_head_rounding(damping: float = 0.01, block_size: int = 128, act_order: bool = True):
+    """An LM head (or the embedding tied to it) rounded by GPTQ on its own inputs
+    (sequential.HeadRounding): rounded to nearest, SmolLM2's tied 4-bit head costs most of the
+    model's INT4 loss (bench/results/quantization.json)."""
+    def rounding(weight: torch.Tensor, hessian: torch.Tensor, scheme: WeightScheme, kind: str
+                 ) -> tuple[QuantizedWeight, dict]:
+        outcome = gptq_quantize(weight, hessian, scheme, damping=damping, block_size=block_size, act_order=act_order)
+        codes = quantize(outcome.weight, outcome.params, scheme)
+        return QuantizedWeight(scheme, outcome.params, codes, kind), \
+            {"method": "gptq", "loss": outcome.loss, "damping": outcome.damping,
+             "fell_back_to_rtn": outcome.fell_back_to_rtn}
+    return rounding
+
+
 def gptq_block_step(damping: float, block_size: int, act_order: bool,
                     hessian_of: Callable[[BlockWork, str], torch.Tensor] | None = None) -> BlockStep:
     """GPTQ over one block. Layers reading the same input (q/k/v, gate/up) share H; GPTQ

@@ -4,7 +4,11 @@ The embedding is rounded first, so calibration sees it as the quantized model wi
 services/common/calibration/sequential.py walks the blocks, an algorithm's `BlockStep` turning
 each block's input statistics into codes (and possibly rewriting float tensors, e.g. folding
 smoothing scales into a norm), the quantized block's outputs feeding the next block. Linears
-outside the blocks (an untied LM head, a pooler) are rounded to nearest at the end.
+outside the blocks (an untied LM head, a pooler) are rounded to nearest at the end, except an LM
+head given a `head_rounding`: that one is rounded last on its own inputs (the final norm of the
+quantized last block's outputs), and when it is tied to the embedding, the embedding takes its
+codes (the embedding then feeds the first block in float: its error there costs far less than in
+the head, whose every logit it moves).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from services.common.calibration.blocks import capture_first_block_inputs, named_blocks
+from services.common.calibration.blocks import capture_first_block_inputs, final_norm, named_blocks
 from services.common.calibration.sequential import BlockWork, run_blocks
 from services.common.calibration.streaming import StreamingModel
 from services.common.calibration.walk_checkpoint import ResultCodec, WalkCheckpoints
@@ -34,6 +38,9 @@ __all__ = ["BlockStep", "BlockWork", "QUANTIZED_WEIGHT_CODEC", "SequentialResult
 OnLayer = Callable[[int, int, str, dict], None]
 # Yields (module name, its codes, figures for the progress event) for every layer it quantizes.
 BlockStep = Callable[[BlockWork], Iterator[tuple[str, QuantizedWeight, dict]]]
+# (float weight, Hessian of its inputs, scheme, kind) -> its codes and figures: how an LM head is
+# rounded on its calibration inputs (gptq.gptq_head_rounding).
+HeadRounding = Callable[[torch.Tensor, torch.Tensor, WeightScheme, str], tuple[QuantizedWeight, dict]]
 
 
 def _encode(qw: QuantizedWeight) -> dict:
@@ -116,8 +123,10 @@ def quantize_sequential(source: StreamingModel, targets: list[Target], batches: 
                         on_layer: OnLayer, *, propagate_quantized: bool = True, sample_every: int = 0,
                         finish_rest: bool = True, keep_float_outputs: bool = False,
                         check_cancelled: Callable[[], None] = lambda: None,
-                        checkpoints: WalkCheckpoints | None = None, spill: CodeSpill | None = None) -> SequentialResult:
-    """`finish_rest` rounds the targets no block step quantized (head, pooler) at the end.
+                        checkpoints: WalkCheckpoints | None = None, spill: CodeSpill | None = None,
+                        head_rounding: HeadRounding | None = None) -> SequentialResult:
+    """`finish_rest` rounds the targets no block step quantized (head, pooler) at the end; an LM head
+    with `head_rounding` (and a final norm to read through) is rounded on its inputs instead.
     The float block's outputs are kept for the step only when it asks (`keep_float_outputs`,
     QAT's targets) or when they feed the next block: they are as large as the inputs. With `spill`,
     each block Linear's codes go to a file as soon as they are done (spilled_codes): the walk then
@@ -129,8 +138,14 @@ def quantize_sequential(source: StreamingModel, targets: list[Target], batches: 
     if spill is not None and source.tied_head is None and (head := _head_name(model)):
         outside.append(head)  # not needed to compute the first block's inputs; read again if it is a target
     by_name = {t.name: t for t in targets}
+    head = next((t for t in targets if t.role == "head"), None) if head_rounding and finish_rest else None
+    if head is not None and final_norm(model) is None:
+        head = None  # no norm found to read the head's inputs through: rounded to nearest with the rest
+    calibrated_embedding = [t for t in targets if t.role == "embedding" and head is not None
+                            and t.module.weight is head.module.weight]
     # An embedding that is not rounded here only computes the first block's inputs: kept as stored.
-    source.load(exclude=outside, embedding_as_stored=not any(t.role == "embedding" for t in targets))
+    source.load(exclude=outside, embedding_as_stored=not any(t.role == "embedding" and t not in calibrated_embedding
+                                                             for t in targets))
     total = len(targets)
     done = 0
     quantized: dict[str, QuantizedWeight] = {}
@@ -152,7 +167,7 @@ def quantize_sequential(source: StreamingModel, targets: list[Target], batches: 
 
     # The embedding is quantized first; the first block's inputs are computed from its int8
     # codes (an Int8Embedding computes exactly the dequantized rows), never a float copy.
-    embedding_targets = [t for t in targets if t.role == "embedding"]
+    embedding_targets = [t for t in targets if t.role == "embedding" and t not in calibrated_embedding]
     rounded(embedding_targets)
     for target in embedding_targets:
         source.model.set_submodule(target.name, int8_embedding(target.module, quantized[target.name]))
@@ -175,6 +190,13 @@ def quantize_sequential(source: StreamingModel, targets: list[Target], batches: 
                         propagate_updated=propagate_quantized,
                         sample_every=sample_every, keep_float_outputs=keep_float_outputs,
                         check_cancelled=check_cancelled, checkpoints=checkpoints)
+    if head is not None:
+        source.load(exclude=[name for name, _ in blocks])
+        qw, figures = head_rounding(head.module.weight.detach(), head_hessian(model, walked.hidden), head.scheme,
+                                    "Embedding" if calibrated_embedding else head.kind)
+        for target in calibrated_embedding:
+            record(target.name, qw, {**figures, "tied_to": head.name})
+        record(head.name, qw, figures)
     rest = [t for t in targets if t.name not in quantized] if finish_rest else []
     for target in [t for t in rest if t.name in shared]:
         record(target.name, shared[target.name], {"method": "rtn"})
@@ -183,6 +205,17 @@ def quantize_sequential(source: StreamingModel, targets: list[Target], batches: 
         source.load(exclude=[name for name, _ in blocks])
     rounded(rest)
     return SequentialResult(quantized, walked.rewritten, uncalibrated, spill)
+
+
+def head_hessian(model: torch.nn.Module, hidden: list[torch.Tensor]) -> torch.Tensor:
+    """H = 2/n · Σ xᵀx of the LM head's inputs: the final norm of the last block's outputs."""
+    norm = final_norm(model)
+    hessian, rows = None, 0
+    for h in hidden:
+        x = norm(h).reshape(-1, h.shape[-1]).float()
+        hessian = 2.0 * x.T @ x if hessian is None else hessian.addmm_(x.T, x, alpha=2.0)
+        rows += x.shape[0]
+    return hessian / max(rows, 1)
 
 
 def _head_name(model: torch.nn.Module) -> str | None:
@@ -206,7 +239,9 @@ class _LettingGoAfterSaves:
 
 
 def int8_embedding(original: torch.nn.Embedding, qw: QuantizedWeight) -> Int8Embedding:
-    module = Int8Embedding(original.num_embeddings, original.embedding_dim, original.padding_idx)
+    groups = qw.params.scale.shape[1] if qw.params.scale.dim() == 2 else 1
+    module = Int8Embedding(original.num_embeddings, original.embedding_dim, original.padding_idx, groups)
     module.weight = qw.codes.to(torch.int8)
-    module.weight_scale = qw.params.scale.to(SCALE_DTYPE).float().reshape(-1)
+    scale = qw.params.scale.to(SCALE_DTYPE).float()
+    module.weight_scale = scale.reshape(-1) if groups == 1 else scale
     return module

@@ -83,11 +83,12 @@ def weight_targets(model: nn.Module, config: WeightOnlyConfig, *, conv1d: bool =
     for name, module in model.named_modules():
         if module is embedding and isinstance(module, nn.Embedding):
             if config.embedding_bits:
-                targets.append(Target(name, module, WeightScheme(config.embedding_bits, 0, True), "embedding"))
+                targets.append(Target(name, module, _table_scheme(config, config.embedding_bits, module.embedding_dim),
+                                      "embedding"))
         elif module is head:
             bits = config.embedding_bits if tied else config.head_bits
             if bits:
-                targets.append(Target(name, module, WeightScheme(bits, 0, True), "head"))
+                targets.append(Target(name, module, _table_scheme(config, bits, module.weight.shape[1]), "head"))
         elif isinstance(module, nn.Linear) and name not in gates:
             scheme = body.for_layer(module.in_features)
             fallback = config.group_size if scheme.group_size != config.group_size else 0
@@ -98,6 +99,13 @@ def weight_targets(model: nn.Module, config: WeightOnlyConfig, *, conv1d: bool =
         raise _no_linears(model)
     # Embedding before a tied head, so the head finds the shared weight already on its grid.
     return sorted(targets, key=lambda t: {"embedding": 0, "linear": 1, "head": 2}[t.role])
+
+
+def _table_scheme(config: WeightOnlyConfig, bits: int, width: int) -> WeightScheme:
+    """An embedding's or head's grid: 8 bits one scale per row; fewer, the body's groups."""
+    if bits >= 8:
+        return WeightScheme(bits, 0, True)
+    return WeightScheme(bits, config.group_size, True).for_layer(width)
 
 
 def _no_linears(model: nn.Module) -> Exception:

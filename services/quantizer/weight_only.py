@@ -14,6 +14,7 @@ from services.common.models import families
 from services.common.contract.engine_api import ProgressMetric, ProgressReporter, StageResult
 from services.common.models.carried_files import carry_beside_weights
 from services.common.models.float_checkpoint import refuse_quantized
+from services.common.models.stored_bits import stored_bits_per_weight
 from services.common.runtime.memory import return_large_frees_to_os
 from services.quantizer.ct_format import is_standard_layout, write_compressed_tensors
 from services.quantizer.sequential import describe_uncalibrated
@@ -93,6 +94,7 @@ def save_weight_only(source: StreamingModel, quantized, targets, config, dst: Pa
         compression={"method": method, **config.model_dump(), "group_fallbacks": fallback_report(targets),
                      "layout": layout, **experts},
         metrics={"quantized_modules": n, "effective_bits": effective_bits(targets),
+                 "stored_bits_per_weight": stored_bits_per_weight(dst),
                  "linear_effective_bits": effective_bits(targets, ("linear",)), **(extra_metrics or {}),
                  **({"uncalibrated_layers": list(uncalibrated)} if uncalibrated else {})},
         notes=notes,
@@ -100,7 +102,8 @@ def save_weight_only(source: StreamingModel, quantized, targets, config, dst: Pa
 
 
 def effective_bits(targets, roles: tuple[str, ...] = ("linear", "embedding", "head")) -> float:
-    """Average stored bits per quantized weight of `roles`, scales and zero-points included."""
+    """Average stored bits per quantized weight of `roles`, scales and zero-points included (the
+    float tensors left out: stored_bits_per_weight counts those too)."""
     bits = weights = 0.0
     seen: set[int] = set()
     for t in (t for t in targets if t.role in roles):

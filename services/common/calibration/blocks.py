@@ -136,6 +136,16 @@ class InputStatsCollector:
             handle.remove()
 
 
+def final_norm(model: nn.Module) -> nn.Module | None:
+    """The norm between the last block and the LM head (Llama's `model.norm`, GPT-2's `ln_f`,
+    GPT-NeoX's `final_layer_norm`): the one norm among the base model's own children; None when
+    there is not exactly one."""
+    blocks = decoder_blocks(model)
+    base = getattr(model, "base_model", model)
+    norms = [m for m in base.children() if m is not blocks and "norm" in type(m).__name__.lower()]
+    return norms[0] if len(norms) == 1 else None
+
+
 def named_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     blocks = decoder_blocks(model)
     prefix = next(name for name, m in model.named_modules() if m is blocks)

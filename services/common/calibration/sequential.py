@@ -69,6 +69,8 @@ class BlocksResult:
     # Float tensors the steps changed besides the chosen Linears' weights (norms, biases;
     # checkpoint names → new values). A chosen Linear's own outcome is its result.
     rewritten: dict[str, torch.Tensor]
+    # The last block's outputs, as the steps left the model (what an LM head's norm reads).
+    hidden: list[torch.Tensor] = field(default_factory=list)
 
 
 @torch.no_grad()
@@ -128,7 +130,7 @@ def run_blocks(source: StreamingModel, blocks: list[tuple[str, nn.Module]], inpu
         release_free_memory()
         if checkpoints is not None and index + 1 < len(blocks) and checkpoints.due():
             checkpoints.save(WalkState(index + 1, inputs.hidden, results, figures, rewritten), len(blocks))
-    return BlocksResult(results, rewritten)
+    return BlocksResult(results, rewritten, inputs.hidden)
 
 
 def _float_tensors(block: nn.Module, block_name: str, skip: set[str]) -> dict[str, torch.Tensor]:

@@ -47,18 +47,27 @@ class Int8Linear(nn.Module):
 
 
 class Int8Embedding(nn.Module):
-    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None) -> None:
+    """Integer rows with one scale per row, or per group of columns (a [rows, groups] scale)."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None,
+                 groups: int = 1) -> None:
         super().__init__()
         self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
         self.register_buffer("weight", torch.empty(num_embeddings, embedding_dim, dtype=torch.int8))
-        self.register_buffer("weight_scale", torch.empty(num_embeddings, dtype=torch.float32))
+        shape = (num_embeddings,) if groups == 1 else (num_embeddings, groups)
+        self.register_buffer("weight_scale", torch.empty(shape, dtype=torch.float32))
+
+    def _row_scales(self, scales: torch.Tensor) -> torch.Tensor:
+        if self.weight_scale.dim() == 1:
+            return scales.unsqueeze(-1)
+        return scales.repeat_interleave(self.embedding_dim // self.weight_scale.shape[1], dim=-1)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         rows = F.embedding(ids, self.weight)
-        return rows.to(self.weight_scale.dtype) * self.weight_scale[ids].unsqueeze(-1)
+        return rows.to(self.weight_scale.dtype) * self._row_scales(self.weight_scale[ids])
 
     def dequantize(self) -> torch.Tensor:
-        return self.weight.float() * self.weight_scale[:, None]
+        return self.weight.float() * self._row_scales(self.weight_scale)
 
 
 def packed_modules(model: nn.Module) -> dict[str, dict]:
