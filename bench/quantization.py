@@ -24,6 +24,7 @@ import torch
 
 from machine_record import machine_record  # bench/ (this folder is on sys.path)
 from services.common.models import modelio
+from services.common.models.stored_bits import stored_bits_per_weight
 from services.common.store import packaging
 from services.common.models.builtin_models import builtin_folder, get_builtin
 from services.common.runtime.settings import default_cache
@@ -43,8 +44,10 @@ DEFAULT_RECIPES = {
 }
 CALIBRATED = ("gptq", "awq", "qat", "mixed-precision", "w8a8", "smoothquant")
 # Recipe variants: "name@N" runs the recipe with N calibration windows; "name+compact" with INT8
-# embeddings and head (the smaller layout transformers loads and vLLM does not).
+# embeddings and head (the smaller layout transformers loads and vLLM does not); "name+compact4" with
+# them at 4 bits in the body's groups (the head rounded on its inputs by the calibrated methods).
 COMPACT = {"embedding_bits": 8, "head_bits": 8}
+COMPACT4 = {"embedding_bits": 4, "head_bits": 4}
 # Sentence encoders see short inputs: many short windows calibrate them best (measured:
 # MiniLM INT4 cosine 0.972 with 16 x 128 tokens, 0.981 with 256 x 128).
 ENCODER_CALIBRATION = {"calibration_sequence_length": 128, "calibration_samples": 256}
@@ -52,9 +55,9 @@ ENCODER_CALIBRATION = {"calibration_sequence_length": 128, "calibration_samples"
 
 def stage_of(recipe: str, model: str) -> tuple[str, dict]:
     name, _, samples = recipe.partition("@")
-    name, compact, _ = name.partition("+compact")
+    name, compact, width = name.partition("+compact")
     (stage,) = RECIPES[name].stages
-    config = {**stage.config, **(COMPACT if compact else {})}
+    config = {**stage.config, **({"4": COMPACT4, "": COMPACT}[width] if compact else {})}
     if stage.method in CALIBRATED:
         if get_builtin(model).kind == "encoder":
             config.update(ENCODER_CALIBRATION)
@@ -130,6 +133,8 @@ def main() -> None:
             rows.append({
                 "model": model, "recipe": recipe, "bits": bits, "group_size": group,
                 "effective_bits": round(run["metrics"].get("linear_effective_bits", bits), 3),
+                # Every bit stored over every weight (embedding, head, norms and scales included).
+                "stored_bits_per_weight": round(stored_bits_per_weight(out), 3),
                 "size_bytes": size, "fp16_size_bytes": fp16_size, "fp32_size_bytes": fp32_size,
                 "size_vs_fp16": round(size / fp16_size, 4), "size_vs_fp32": round(size / fp32_size, 4),
                 "metric": metric, "value": round(value, 5), "base_value": round(base_value, 5),
@@ -165,8 +170,9 @@ def save(rows: list[dict]) -> None:
 
 
 def print_row(row: dict, header: bool) -> None:
-    columns = ["model", "recipe", "layout", "effective_bits", "size_vs_fp16", "size_vs_fp32", "metric", "value",
-               "base_value", "delta", "wall_s", "peak_rss_mb", "latency_p50_ms", "fp32_latency_p50_ms", "speedup"]
+    columns = ["model", "recipe", "layout", "effective_bits", "stored_bits_per_weight", "size_vs_fp16", "size_vs_fp32",
+               "metric", "value", "base_value", "delta", "wall_s", "peak_rss_mb", "latency_p50_ms", "fp32_latency_p50_ms",
+               "speedup"]
     if header:
         print(" | ".join(columns))
     print(" | ".join(str(row[c]) for c in columns), flush=True)

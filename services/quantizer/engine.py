@@ -14,7 +14,7 @@ import torch
 
 from modelpress.v1 import common_pb2
 from services.common.models import modelio
-from services.common.models import packed
+from services.common.models import families, packed
 from services.common.contract.config import MethodConfig
 from services.common.contract.engine_api import MODEL_KINDS, ProgressMetric, ProgressReporter, StageResult
 from services.common.contract.registry import method, registry
@@ -215,6 +215,12 @@ def _qat(config: QatConfig, src: Path, dst: Path, reporter: ProgressReporter) ->
         summary="GPTQ with the most sensitive Linears kept at 8 bits under an average-bits budget", metrics=(LOSS,))
 def _mixed(config: MixedPrecisionConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
     source = stream_float(src, reporter)
+    if source.tied_head and 0 < config.embedding_bits < 8:
+        # Found before the calibration, not when the checkpoint is written (ct_format.dequantized_on_load).
+        raise families.refuse(source.model.config, "mixed precision with a 4-bit tied embedding/head",
+                              "ties its LM head to the embedding: stored packed, transformers reloads that table only "
+                              "by dequantizing the whole checkpoint at load, with one scheme for every module, and "
+                              "mixed precision has two; use embedding_bits 8 or 0 with it, or 4 with gptq, awq or qat")
     targets = weight_targets(source.model, config)
     sensitivity: dict[str, float] = {}
 

@@ -1,6 +1,7 @@
 """A 4-bit tied embedding/head: rounded by GPTQ on the head's own inputs, stored once, reloaded by
 stock transformers with the head tied to the rounded table."""
 
+import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
@@ -10,9 +11,10 @@ from services.common.calibration.hessian import relative_output_error
 from services.common.contract.engine_api import ProgressReporter
 from services.common.datasets.calibration_text import calibration_batches, calibration_text
 from services.common.models import modelio
+from services.common.models.model_errors import UnsupportedModelError
 from services.common.models.packed import Int8Embedding
 from services.common.models.stored_bits import stored_bits_per_weight
-from services.quantizer.configs import GptqConfig
+from services.quantizer.configs import GptqConfig, MixedPrecisionConfig
 from services.quantizer.engine import METHODS
 from services.quantizer.qscheme import WeightScheme, fake_quantize
 from services.quantizer.sequential import head_hessian
@@ -62,3 +64,11 @@ def test_a_4_bit_tied_table_is_gptq_rounded_on_the_head_inputs_and_reloads_tied(
     assert relative_output_error(original, table, hessian) < 0.8 * relative_output_error(original, nearest, hessian)
     # Every stored bit over every weight: the table once, at 4 bits and its scales.
     assert result.metrics["stored_bits_per_weight"] == stored_bits_per_weight(tmp_path / "m") < 5.0
+
+
+def test_mixed_precision_refuses_a_4_bit_tied_table_before_calibrating(tiny_llama_dir, tmp_path):
+    seen = []
+    config = MixedPrecisionConfig(group_size=32, embedding_bits=4, **CALIBRATION)
+    with pytest.raises(UnsupportedModelError, match="mixed precision with a 4-bit tied embedding"):
+        METHODS["mixed-precision"].run(config, tiny_llama_dir, tmp_path / "m", ProgressReporter(sink=seen.append))
+    assert not any("sensitivity" in p.message for p in seen)
