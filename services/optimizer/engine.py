@@ -11,8 +11,8 @@ import shutil
 from pathlib import Path
 
 from modelpress.v1 import common_pb2
-from services.common.contract.engine_api import (CAUSAL_LM, MODEL_KINDS, NotPossibleHere, ProgressReporter,
-                                                 StageResult)
+from services.common.contract.engine_api import (CAUSAL_LM, FLOAT_INPUT, MODEL_KINDS, NotPossibleHere,
+                                                 ProgressReporter, StageResult)
 from services.common.contract.recipes import RECIPES
 from services.common.contract.registry import method, registry
 from services.common.measure.isa import ALIASES, class_flags, support
@@ -20,7 +20,7 @@ from services.common.measure.machine import this_cpu
 from services.common.models import families, modelio, packed
 from services.common.models.carried_files import carry_beside_weights
 from services.common.contract import fastest_prior
-from services.optimizer import gguf_export, onnx_export, onnx_runtime, openvino_convert
+from services.optimizer import gguf_export, nbits_codes, onnx_export, onnx_runtime, openvino_convert
 from services.optimizer.configs import (NNCF_WINDOW, FastestCpuConfig, GgufConfig, GgufQ4Config, OnnxConfig,
                                         OnnxInt4Config, OnnxInt8Config, OnnxMixedConfig, OpenVinoConfig,
                                         OpenVinoInt4Config, OpenVinoInt8Config, TensorRtConfig)
@@ -31,6 +31,7 @@ ONNX = common_pb2.ARTIFACT_FORMAT_ONNX
 OPENVINO_IR = common_pb2.ARTIFACT_FORMAT_OPENVINO_IR
 GGUF = common_pb2.ARTIFACT_FORMAT_GGUF
 TENSORRT = common_pb2.ARTIFACT_FORMAT_TENSORRT
+COMPRESSED = common_pb2.ARTIFACT_FORMAT_COMPRESSED_TENSORS
 
 def _float_config(src: Path) -> dict:
     """The input's config, refusing a model already quantized for PyTorch: engines take float
@@ -57,19 +58,30 @@ def _result(src: Path, dst: Path, manifest_file: str, manifest: dict, fmt: int, 
                        metrics=metrics)
 
 
-def _load_float(src: Path, engine: str, attention: str = "eager"):
-    """The model as PyTorch float weights, with the attention the exporter's fusions expect; a refusal
-    naming the family where its declaration leaves `engine` out (families.check_export)."""
-    from transformers import AutoModel, AutoModelForCausalLM
+def _codes_config(src: Path) -> dict:
+    """The config of a compressed-tensors checkpoint whose codes an engine keeps (onnx-int4)."""
+    config = modelio.read_config(src)
+    if (config.get("quantization_config") or {}).get("quant_method") != "compressed-tensors":
+        raise ValueError("the input is not a compressed-tensors checkpoint")
+    modelio.check_safe(src)
+    return config
 
-    config = _float_config(src)
+
+def _load_float(src: Path, engine: str, attention: str = "eager", *, dequantize: bool = False):
+    """The model as PyTorch float weights, with the attention the exporter's fusions expect; a refusal
+    naming the family where its declaration leaves `engine` out (families.check_export). `dequantize`:
+    the input is a compressed-tensors checkpoint, loaded with its weights dequantized (exactly its grid)."""
+    from transformers import AutoModel, AutoModelForCausalLM, CompressedTensorsConfig
+
+    config = _codes_config(src) if dequantize else _float_config(src)
     kind = modelio.model_kind(config)
     families.check_export(config, engine)
     auto = AutoModelForCausalLM if kind == "causal-lm" else AutoModel
     if attention == "sdpa" and not _supports_sdpa(auto, config):
         attention = "eager"  # DeBERTa-v2, MPNet, Gemma2: transformers gives them no SDPA attention
+    extra = {"quantization_config": CompressedTensorsConfig(dequantize=True)} if dequantize else {}
     with onnx_export.EXPORT_LOCK, modelio.CONSTRUCTION_LOCK:
-        model = modelio.from_pretrained(auto, src, dtype="float32", attn_implementation=attention)
+        model = modelio.from_pretrained(auto, src, dtype="float32", attn_implementation=attention, **extra)
     return model.eval(), kind, config
 
 
@@ -80,11 +92,12 @@ def _supports_sdpa(auto, config: dict) -> bool:
     return bool(getattr(model_class, "_supports_sdpa", False))
 
 
-def _export(config: OnnxConfig, src: Path, dst: Path, reporter: ProgressReporter, steps: int) -> tuple[Path, dict]:
+def _export(config: OnnxConfig, src: Path, dst: Path, reporter: ProgressReporter, steps: int,
+            dequantize: bool = False) -> tuple[Path, dict]:
     """Exports and (optionally) optimizes into dst/model.onnx; returns the path and the figures."""
     require("onnxruntime")
-    reporter.report(0, steps, "loading the float model")
-    model, kind, model_config = _load_float(src, families.ONNX)
+    reporter.report(0, steps, "loading the dequantized model" if dequantize else "loading the float model")
+    model, kind, model_config = _load_float(src, families.ONNX, dequantize=dequantize)
     work = dst / "_work"
     reporter.report(1, steps, f"exporting {kind} to ONNX (opset {config.opset})")
     exported = onnx_export.export(model, kind, work, opset=config.opset, with_past=config.kv_cache)
@@ -160,14 +173,23 @@ def run_onnx_int8(config: OnnxInt8Config, src: Path, dst: Path, reporter: Progre
 
 
 @method(O, "onnx-int4", config=OnnxInt4Config, produces=(ONNX,), model_kinds=MODEL_KINDS,
-        summary="ONNX export, fusions, then 4-bit blockwise weights (MatMulNBits)")
+        accepts=(FLOAT_INPUT, COMPRESSED),
+        summary="ONNX export, fusions, then 4-bit blockwise weights (MatMulNBits); a compressed-tensors INT4 input "
+                "keeps its own codes and scales (GPTQ, AWQ, QAT), not rounded again")
 def run_onnx_int4(config: OnnxInt4Config, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
-    current, figures = _export(config, src, dst, reporter, steps=4)
-    reporter.report(3, 4, f"4-bit weights (MatMulNBits, block {config.group_size})")
+    codes = (modelio.read_config(src).get("quantization_config") or {}).get("quant_method") == "compressed-tensors"
+    current, figures = _export(config, src, dst, reporter, steps=4, dequantize=codes)
     folded = onnx_runtime.fold_constants(current, current.parent / "folded.onnx", threads=config.threads)
     quantized = current.parent / "int4.onnx"
-    figures.update(onnx_runtime.quantize_nbits(folded, quantized, bits=4, block_size=config.group_size,
-                                               accuracy_level=config.accuracy_level, symmetric=config.symmetric))
+    if codes:
+        reporter.report(3, 4, "the checkpoint's 4-bit codes into MatMulNBits and GatherBlockQuantized")
+        figures.update(nbits_codes.write_from_codes(folded, nbits_codes.read_grids(src), quantized,
+                                                    accuracy_level=config.accuracy_level))
+        figures.update({"bits": 4, "accuracy_level": config.accuracy_level, "codes": "the checkpoint's"})
+    else:
+        reporter.report(3, 4, f"4-bit weights (MatMulNBits, block {config.group_size})")
+        figures.update(onnx_runtime.quantize_nbits(folded, quantized, bits=4, block_size=config.group_size,
+                                                   accuracy_level=config.accuracy_level, symmetric=config.symmetric))
     reporter.report(4, 4, "saved")
     return _finish(quantized, src, dst, figures, "int4")
 
