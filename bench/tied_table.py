@@ -2,9 +2,12 @@
 rounded to nearest or by GPTQ on the head's inputs, with every other weight left float.
 
     python bench/tied_table.py [--model smollm2-135m] [--group-size 64] [--quality-windows 16]
+                               [--dampings 0.01,0.1,0.3,1]
 
 Held-out perplexity (the evaluator's 512-token pydoc windows) of the float model with only the
-table rounded; GPTQ's Hessian comes from the calibration split (16 windows of 512 tokens). Writes
+table rounded; GPTQ's Hessian comes from the calibration split (16 windows of 512 tokens), and each
+damping is tried (relative to the Hessian's mean diagonal: more damping weighs every column's own
+error more, which is what the lookup sees). Writes
 bench/results/tied_table.json and prints the table.
 """
 
@@ -35,6 +38,7 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--group-size", type=int, default=64)
     parser.add_argument("--quality-windows", type=int, default=16)
+    parser.add_argument("--dampings", default="0.01,0.1,0.3,1")
     args = parser.parse_args()
     folder = builtin_folder(args.model, default_cache())
     tokenizer = modelio.load_tokenizer(folder)
@@ -49,13 +53,17 @@ def main() -> None:
     model.lm_head = head  # untied: each side can be rounded alone
 
     scheme = WeightScheme(4, args.group_size, True)
-    started = time.perf_counter()
     with torch.no_grad():
         hidden = [model.model(input_ids=b[None]).last_hidden_state
                   for b in calibration_batches(tokenizer, 16, 512, calibration_text())]
-        qw, _ = gptq_head_rounding()(original, inputs_hessian(hidden), scheme, "Linear")
-    gptq_seconds = time.perf_counter() - started
-    rounded = {"nearest": fake_quantize(original, scheme)[0], "gptq": dequantize(qw.codes, qw.params)}
+    hessian = inputs_hessian(hidden)
+    rounded = {"nearest": fake_quantize(original, scheme)[0]}
+    seconds = {}
+    for damping in (float(d) for d in args.dampings.split(",")):
+        started = time.perf_counter()
+        qw, _ = gptq_head_rounding(damping=damping)(original, hessian, scheme, "Linear")
+        seconds[f"gptq damping {damping}"] = round(time.perf_counter() - started, 1)
+        rounded[f"gptq damping {damping}"] = dequantize(qw.codes, qw.params)
 
     base = causal_lm_quality(model, windows).perplexity
     rows = []
@@ -67,12 +75,12 @@ def main() -> None:
             ppl = causal_lm_quality(model, windows).perplexity
             rows.append({"rounding": rounding, "rounded_side": side, "perplexity": round(ppl, 4),
                          "delta": round(ppl / base - 1, 5)})
-            print(f"{rounding:8s} {side:7s} ppl {ppl:.3f}  {100 * (ppl / base - 1):+.2f} %", flush=True)
+            print(f"{rounding:20s} {side:7s} ppl {ppl:.3f}  {100 * (ppl / base - 1):+.2f} %", flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "tied_table.json").write_text(json.dumps({
         "machine": machine_record(), "model": args.model, "bits": 4, "group_size": args.group_size,
         "base_perplexity": round(base, 4), "quality_windows": args.quality_windows,
-        "gptq_seconds": round(gptq_seconds, 1), "rows": rows}, indent=2))
+        "gptq_seconds": seconds, "rows": rows}, indent=2))
 
 
 def inputs_hessian(hidden: list[torch.Tensor]) -> torch.Tensor:

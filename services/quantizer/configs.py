@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from services.common.calibration.config import CalibrationConfig
 from services.common.contract.config import MAX_TRAINED_TOKENS, MethodConfig, over_budget
@@ -90,7 +90,17 @@ class AwqTransformConfig(EngineGrid, CalibrationConfig, AwqSettings):
 class QatConfig(AwqConfig):
     steps_per_block: int = Field(50, ge=0, le=10000, description="Optimizer steps per block (0 = AWQ only)")
     learning_rate: float = Field(1e-4, gt=0.0, le=0.1, description="Adam learning rate of the float weights")
+    scale_learning_rate: float = Field(
+        0.0, ge=0.0, le=0.1, description="Adam learning rate of the grid's log-scales (0 = the AWQ grid stays fixed; "
+                                         "symmetric grids only)")
     batch_windows: int = Field(1, ge=1, le=64, description="Calibration windows per optimizer step")
+
+    @model_validator(mode="after")
+    def _learned_scales_are_symmetric(self):
+        if self.scale_learning_rate and not self.symmetric:
+            raise ValueError("scale_learning_rate: learned scales are for symmetric grids; set symmetric=true or "
+                             "scale_learning_rate=0")
+        return self
 
     def work_problems(self) -> list[str]:
         # Each block trains on its own; summed over blocks that is one whole-model pass per window.

@@ -20,7 +20,7 @@ from torch.nn.utils import parametrize
 from services.quantizer.awq import awq_prepare, round_in_place
 from services.quantizer.configs import QatConfig
 from services.quantizer.ct_format import QuantizedWeight
-from services.quantizer.qscheme import QuantParams, WeightScheme, dequantize, quantize
+from services.quantizer.qscheme import SCALE_DTYPE, QuantParams, WeightScheme, dequantize, quantize
 from services.quantizer.sequential import BlockStep, BlockWork
 
 
@@ -35,6 +35,33 @@ class StraightThroughQuantizer(nn.Module):
         rounded = dequantize(quantize(weight.detach(), self.params, self.scheme), self.params)
         return weight + (rounded - weight).detach()
 
+    def learned_params(self) -> QuantParams:
+        return self.params
+
+
+class LearnedScaleQuantizer(nn.Module):
+    """weight ↦ clamp(round(w / s)) · s on a symmetric grid whose group scales train too, in the log
+    domain (a learning rate is then a relative step, whatever a layer's scale), the rounding passed
+    straight through: the gradient reaches both the weight and its group's scale (LSQ)."""
+
+    def __init__(self, params: QuantParams, scheme: WeightScheme) -> None:
+        super().__init__()
+        if params.zero_point is not None:
+            raise ValueError("learned scales are for symmetric grids")
+        self.scheme = scheme
+        self.log_scale = nn.Parameter(params.scale.detach().float().log())
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        out, inp = weight.shape
+        scale = self.log_scale.exp()[..., None]
+        groups = weight.reshape(out, self.log_scale.shape[1], -1) / scale
+        codes = groups + (torch.round(groups) - groups).detach()
+        return (codes.clamp(self.scheme.qmin, self.scheme.qmax) * scale).reshape(out, inp)
+
+    def learned_params(self) -> QuantParams:
+        # Stored in float16: rounded now, so the codes are computed on the grid the checkpoint keeps.
+        return QuantParams(self.log_scale.detach().exp().to(SCALE_DTYPE).float(), None)
+
 
 def block_loss(block: nn.Module, work: BlockWork, windows: list[int]) -> torch.Tensor:
     loss = torch.zeros(())
@@ -46,18 +73,25 @@ def block_loss(block: nn.Module, work: BlockWork, windows: list[int]) -> torch.T
 
 
 def finetune_block(work: BlockWork, grids: dict[str, tuple[QuantParams, WeightScheme]], config: QatConfig,
-                   seed: int = 0) -> tuple[float, float]:
-    """Trains the block's Linear weights through their grids; (first, last) loss."""
+                   seed: int = 0, learned: dict[str, QuantParams] | None = None) -> tuple[float, float]:
+    """Trains the block's Linear weights (and with `scale_learning_rate`, their grids' scales) through
+    their grids; (first, last) loss. `learned` receives each layer's grid as training left it."""
+    learned = {} if learned is None else learned
     if len(work.float_outputs) != len(work.inputs.hidden):
         raise ValueError("QAT trains towards the float block's outputs: walk with keep_float_outputs=True")
     generator = torch.Generator().manual_seed(seed + work.index)
     work.block.requires_grad_(False)
+    quantizer = LearnedScaleQuantizer if config.scale_learning_rate else StraightThroughQuantizer
     for name, module in work.layers.items():
-        parametrize.register_parametrization(module, "weight", StraightThroughQuantizer(*grids[name]))
+        parametrize.register_parametrization(module, "weight", quantizer(*grids[name]))
     trainable = [m.parametrizations.weight.original for m in work.layers.values()]
-    for p in trainable:
+    scales = [m.parametrizations.weight[0].log_scale for m in work.layers.values()] if config.scale_learning_rate else []
+    for p in trainable + scales:
         p.requires_grad_(True)
-    optimizer = torch.optim.Adam(trainable, lr=config.learning_rate)
+    groups = [{"params": trainable, "lr": config.learning_rate}]
+    if scales:
+        groups.append({"params": scales, "lr": config.scale_learning_rate})
+    optimizer = torch.optim.Adam(groups)
     first = last = 0.0
     n = len(work.inputs.hidden)
     try:
@@ -74,7 +108,8 @@ def finetune_block(work: BlockWork, grids: dict[str, tuple[QuantParams, WeightSc
                 if step == 0:
                     first = last
     finally:
-        for module in work.layers.values():
+        for name, module in work.layers.items():
+            learned[name] = module.parametrizations.weight[0].learned_params()
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
         work.block.requires_grad_(False)
     return first, last
@@ -86,7 +121,10 @@ def qat_block_step(config: QatConfig, on_progress: Callable[[str], None] = lambd
         figures = {}
         if config.steps_per_block:
             grids = {name: (layer.params, work.targets[name].scheme) for name, layer in prepared.items()}
-            first, last = finetune_block(work, grids, config)
+            learned: dict[str, QuantParams] = {}
+            first, last = finetune_block(work, grids, config, learned=learned)
+            for name, params in learned.items():
+                prepared[name].params = params
             figures = {"block_loss_before": first, "block_loss_after": last}
             on_progress(f"{work.name}: block output MSE {first:.3g} -> {last:.3g} "
                         f"after {config.steps_per_block} steps")

@@ -35,6 +35,8 @@ def steps():
         "awq": (AwqConfig(group_size=32, **CALIBRATION), None, awq_block_step),
         "awq-mlp-scored": (AwqConfig(group_size=32, loss="module", **CALIBRATION), None, awq_block_step),
         "qat": (QatConfig(group_size=32, steps_per_block=3, **CALIBRATION), None, qat_block_step),
+        "qat-learned-scales": (QatConfig(group_size=32, steps_per_block=3, scale_learning_rate=0.01, **CALIBRATION),
+                               None, qat_block_step),
         "w8a8-static": (W8A8Config(activations="static", **CALIBRATION), INT8, w8a8_block_step),
         "smoothquant-dynamic": (SmoothQuantConfig(**CALIBRATION), INT8, w8a8_block_step),
         "smoothquant-static-rtn": (SmoothQuantConfig(activations="static", weight_algorithm="rtn", **CALIBRATION),
@@ -67,10 +69,18 @@ def test_saved_model_reloads_and_matches_the_in_memory_quantized_model(which, ti
     batches = calibration_batches(modelio.load_tokenizer(tiny_llama_dir), config.calibration_samples,
                                   config.calibration_sequence_length, calibration_text())
     kwargs = {"sample_every": 4} if which.startswith(("smoothquant", "awq", "qat")) else {}
-    if which == "qat":
+    if which.startswith("qat"):
         kwargs["keep_float_outputs"] = True
     result = quantize_sequential(source, targets, batches, make_step(config), lambda *_: None, **kwargs)
     write_compressed_tensors(source, result.quantized, tmp_path / "m", source.tied_head, result.rewritten)
+    if which == "qat-learned-scales":
+        # The grid trained: its scales are no longer AWQ's (the plain QAT run's, same seed and windows).
+        again = StreamingModel(tiny_llama_dir)
+        fixed = quantize_sequential(again, weight_targets(again.model, config), batches,
+                                    make_step(config.model_copy(update={"scale_learning_rate": 0.0})),
+                                    lambda *_: None, **kwargs)
+        name = "model.layers.0.mlp.down_proj"
+        assert not torch.equal(result.quantized[name].params.scale, fixed.quantized[name].params.scale)
 
     if which.startswith(("smoothquant", "awq", "qat")):
         # Scales were folded into norms: the saved norms differ from the float model's.
