@@ -1,7 +1,7 @@
 """Every quantizer recipe on the built-in models: size on disk, quality, wall time, peak RSS.
 
     python bench/quantization.py [--models smollm2-135m,minilm-l6,mpnet-base] [--recipes w4a16-gptq,...]
-                                 [--quality-windows 16] [--work DIR]
+                                 [--quality-windows 16] [--work DIR] [--set FIELD=VALUE ...]
 
 Writes bench/results/quantization.json and prints the table. Quality is perplexity on
 held-out pydoc text (512-token windows) for SmolLM2 and mean cosine of sentence
@@ -95,7 +95,11 @@ def main() -> None:
     parser.add_argument("--quality-windows", type=int, default=16)
     parser.add_argument("--sentences", type=int, default=300)
     parser.add_argument("--work", type=Path, default=None, help="keep artifacts here (default: a temp dir)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a field of every recipe run (a JSON value); the row's recipe names it")
     args = parser.parse_args()
+    overrides = {k: json.loads(v) for k, _, v in (item.partition("=") for item in args.set)}
+    suffix = "".join(f"[{item}]" for item in args.set)
     work = args.work or Path(tempfile.mkdtemp(prefix="mp-bench-quant-"))
     cache = default_cache()
     rows = []
@@ -114,8 +118,10 @@ def main() -> None:
             sentences = quality.heldout_sentences(args.sentences)
             reference = quality.sentence_embeddings(modelio.load_model(src), tokenizer, sentences)
         recipes = args.recipes.split(",") if args.recipes else DEFAULT_RECIPES[model]
-        for recipe in recipes:
-            method, config = stage_of(recipe, model)
+        for named in recipes:
+            method, config = stage_of(named, model)
+            config.update(overrides)
+            recipe = named + suffix
             out = work / model / recipe
             shutil.rmtree(out, ignore_errors=True)
             run = quantize(method, config, src, out)
@@ -128,7 +134,7 @@ def main() -> None:
                 value, base_value, metric = float((got * reference).sum(-1).mean()), 1.0, "cosine"
             else:
                 value, base_value, metric = figures["perplexity"], base["perplexity"], "ppl"
-            bits, group = bits_of(recipe, config)
+            bits, group = bits_of(named, config)
             size = packaging.folder_size_bytes(out)
             rows.append({
                 "model": model, "recipe": recipe, "bits": bits, "group_size": group,
