@@ -255,13 +255,27 @@ def _quality(row: Mapping) -> str:
 
 def quantization_layouts(_: str = "") -> str:
     data = results("quantization.json")
-    picked = [r for r in data["rows"] if r.get("layout") and r["model"] not in QUANTIZATION_OWN_TABLES]
+    # Rows that count every stored bit are the INT4 table's (quantization_int4).
+    picked = [r for r in data["rows"] if r.get("layout") and r["model"] not in QUANTIZATION_OWN_TABLES
+              and "stored_bits_per_weight" not in r]
     rows = [[r["model"], f"`{r['recipe']}`", r["layout"], f"{r['size_vs_fp16']:.3f}",
              f"{r['size_vs_fp32']:.3f}", _quality(r), speed(r.get("speedup"), r.get("speedup_ci95")),
              f"{r['wall_s']:.1f} s", r.get("peak_rss_mb")] for r in picked]
     headers = ["model", "recipe", "layout", "size × FP16", "size × FP32", "quality", "speedup vs FP32 [95 %]",
                "wall", "peak RSS MB"]
     # A row records its run's machine; rows from before rows did use the file's.
+    machines = dict.fromkeys(machine_line(r.get("machine") or data.get("machine")) for r in picked)
+    return section("quantization.json", headers, rows, *machines)
+
+
+def quantization_int4(_: str = "") -> str:
+    """The rows that give bits per weight over everything stored (embedding, head, norms, scales)."""
+    data = results("quantization.json")
+    picked = [r for r in data["rows"] if "stored_bits_per_weight" in r]
+    rows = [[r["model"], f"`{r['recipe']}`", r["layout"], r.get("effective_bits"), r["stored_bits_per_weight"],
+             f"{r['size_vs_fp32']:.3f}", _quality(r), f"{r['wall_s']:.1f} s", r.get("peak_rss_mb")] for r in picked]
+    headers = ["model", "recipe", "layout", "bits per rounded weight", "bits per weight, all stored", "size × FP32",
+               "quality", "wall", "peak RSS MB"]
     machines = dict.fromkeys(machine_line(r.get("machine") or data.get("machine")) for r in picked)
     return section("quantization.json", headers, rows, *machines)
 
@@ -901,6 +915,7 @@ SECTIONS: dict[str, Callable[[str], str]] = {
     "recipes": recipes_section,
     "thresholds": thresholds_section,
     "bench-quantization-layouts": quantization_layouts,
+    "bench-quantization-int4": quantization_int4,
     "bench-quantization-earlier": quantization_earlier,
     "bench-quantization-model": quantization_model,  # argument: the model (QUANTIZATION_OWN_TABLES)
     "bench-anchors-quantization": anchors_quantization,

@@ -133,17 +133,32 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, scheme: WeightSch
     return GptqOutcome(Q, params, relative_output_error(weight, Q, hessian), used_damping)
 
 
+# Rows of an LM head rounded at a time: GPTQ treats rows independently given H (and its static group
+# scales are per row), so slices are exact and a 150k-token head's float copies stay a slice's.
+HEAD_ROWS_PER_SLICE = 8192
+
+
 def gptq_head_rounding(damping: float = 0.01, block_size: int = 128, act_order: bool = True):
     """An LM head (or the embedding tied to it) rounded by GPTQ on its own inputs
     (sequential.HeadRounding): rounded to nearest, SmolLM2's tied 4-bit head costs most of the
-    model's INT4 loss (bench/results/quantization.json)."""
+    model's INT4 loss (bench/results/tied_table.json)."""
     def rounding(weight: torch.Tensor, hessian: torch.Tensor, scheme: WeightScheme, kind: str
                  ) -> tuple[QuantizedWeight, dict]:
-        outcome = gptq_quantize(weight, hessian, scheme, damping=damping, block_size=block_size, act_order=act_order)
-        codes = quantize(outcome.weight, outcome.params, scheme)
-        return QuantizedWeight(scheme, outcome.params, codes, kind), \
-            {"method": "gptq", "loss": outcome.loss, "damping": outcome.damping,
-             "fell_back_to_rtn": outcome.fell_back_to_rtn}
+        codes, scales, zero_points, losses, dampings, fell_back = [], [], [], [], [], False
+        for start in range(0, weight.shape[0], HEAD_ROWS_PER_SLICE):
+            rows = weight[start:start + HEAD_ROWS_PER_SLICE]
+            outcome = gptq_quantize(rows, hessian, scheme, damping=damping, block_size=block_size,
+                                    act_order=act_order)
+            codes.append(quantize(outcome.weight, outcome.params, scheme))
+            scales.append(outcome.params.scale)
+            zero_points.append(outcome.params.zero_point)
+            losses.append(outcome.loss * rows.shape[0])
+            dampings.append(outcome.damping)
+            fell_back |= outcome.fell_back_to_rtn
+        params = QuantParams(torch.cat(scales), None if zero_points[0] is None else torch.cat(zero_points))
+        return QuantizedWeight(scheme, params, torch.cat(codes), kind), \
+            {"method": "gptq", "loss": sum(losses) / weight.shape[0], "damping": max(dampings),
+             "fell_back_to_rtn": fell_back}
     return rounding
 
 

@@ -72,3 +72,16 @@ def test_mixed_precision_refuses_a_4_bit_tied_table_before_calibrating(tiny_llam
     with pytest.raises(UnsupportedModelError, match="mixed precision with a 4-bit tied embedding"):
         METHODS["mixed-precision"].run(config, tiny_llama_dir, tmp_path / "m", ProgressReporter(sink=seen.append))
     assert not any("sensitivity" in p.message for p in seen)
+
+
+def test_a_head_rounded_in_row_slices_is_the_head_rounded_whole(monkeypatch):
+    from services.quantizer import gptq
+
+    torch.manual_seed(0)
+    weight, x = torch.randn(100, 64), torch.randn(500, 64)
+    hessian = 2 * x.T @ x / x.shape[0]
+    scheme = WeightScheme(4, 32, True)
+    whole, _ = gptq.gptq_head_rounding()(weight, hessian, scheme, "Linear")
+    monkeypatch.setattr(gptq, "HEAD_ROWS_PER_SLICE", 7)
+    sliced, _ = gptq.gptq_head_rounding()(weight, hessian, scheme, "Linear")
+    assert torch.equal(whole.codes, sliced.codes) and torch.equal(whole.params.scale, sliced.params.scale)
