@@ -28,7 +28,7 @@ from services.quantizer.configs import (AwqConfig, AwqTransformConfig, CastConfi
                                         SmoothQuantTransformConfig, W8A8Config, WeightOnlyConfig)
 from services.quantizer.int8 import quantize_int8_weight_only
 from services.quantizer.rtn import quantize_rtn
-from services.quantizer.gptq import gptq_block_step, gptq_head_rounding
+from services.quantizer.gptq import HEAD_DAMPING, gptq_block_step, gptq_head_rounding
 from services.quantizer.mixed import allocate, sensitivity_step
 from services.quantizer.qat import qat_block_step
 from services.quantizer.sequential import QUANTIZED_WEIGHT_CODEC, BlockStep, HeadRounding, quantize_sequential
@@ -178,8 +178,9 @@ def _run_calibrated(config: CalibrationConfig, source: StreamingModel, targets: 
 
 def _head_gptq(config: GptqSettings):
     """A quantized LM head (or tied embedding) is rounded by GPTQ on its inputs in every calibrated
-    weight-only method: AWQ's scales have no Linear before the head to fold into."""
-    return gptq_head_rounding(config.damping, config.lazy_batch_columns, config.act_order)
+    weight-only method (AWQ's scales have no Linear before the head to fold into), with the head's own
+    damping (gptq.HEAD_DAMPING) unless the job asks for more."""
+    return gptq_head_rounding(max(config.damping, HEAD_DAMPING), config.lazy_batch_columns, config.act_order)
 
 
 @method(Q, "gptq", config=GptqConfig, produces=(COMPRESSED,), model_kinds=MODEL_KINDS,
