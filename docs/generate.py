@@ -280,6 +280,21 @@ def quantization_int4(_: str = "") -> str:
     return section("quantization.json", headers, rows, *machines)
 
 
+def int4_engine(_: str = "") -> str:
+    """An INT4 checkpoint against FP32 eager before and after onnx-int4 (bench/int4_engine.py)."""
+    data = results("int4_engine.json")
+    rows = [[r["model"], f"{r['perplexity']:.3f}", f"Δppl {percent_change(r['delta'])}",
+             speed(r.get("decode_speedup"), r.get("decode_ci95")), speed(r.get("prefill_speedup"), r.get("prefill_ci95")),
+             r["peak_rss_mb"], f"{r['memory_ratio']:.3f}", f"{r['size_bytes'] / 1e6:.1f}", r["serving_runtime"]]
+            for r in data["rows"]]
+    headers = ["model", "perplexity", "quality", "decode × FP32 [95 %]", "prefill × FP32 [95 %]", "peak RSS MB",
+               "memory × FP32", "size MB", "runtime"]
+    source = f"`{data['recipe']}`" if data.get("recipe") else f"`{Path(data['rows'][1]['folder']).name}`"
+    return section("int4_engine.json", headers, rows,
+                   note(f"Checkpoint: {source}, {data['stored_bits_per_weight']} bits per weight, everything stored "
+                        f"counted; MatMulNBits accuracy level {data['accuracy_level']}."), machine_line(data["machine"]))
+
+
 def quantization_earlier(_: str = "") -> str:
     data = results("quantization.json")
     earlier = [r for r in data["rows"] if not r.get("layout") and r["model"] not in QUANTIZATION_OWN_TABLES]
@@ -916,6 +931,7 @@ SECTIONS: dict[str, Callable[[str], str]] = {
     "thresholds": thresholds_section,
     "bench-quantization-layouts": quantization_layouts,
     "bench-quantization-int4": quantization_int4,
+    "bench-int4-engine": int4_engine,
     "bench-quantization-earlier": quantization_earlier,
     "bench-quantization-model": quantization_model,  # argument: the model (QUANTIZATION_OWN_TABLES)
     "bench-anchors-quantization": anchors_quantization,
