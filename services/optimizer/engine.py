@@ -183,8 +183,9 @@ def run_onnx_int4(config: OnnxInt4Config, src: Path, dst: Path, reporter: Progre
     quantized = current.parent / "int4.onnx"
     if codes:
         reporter.report(3, 4, "the checkpoint's 4-bit codes into MatMulNBits and GatherBlockQuantized")
-        figures.update(nbits_codes.write_from_codes(folded, nbits_codes.read_grids(src), quantized,
-                                                    accuracy_level=config.accuracy_level))
+        grids = nbits_codes.read_grids(src)
+        _check_codes_grid(config, grids)
+        figures.update(nbits_codes.write_from_codes(folded, grids, quantized, accuracy_level=config.accuracy_level))
         figures.update({"bits": 4, "accuracy_level": config.accuracy_level, "codes": "the checkpoint's"})
     else:
         reporter.report(3, 4, f"4-bit weights (MatMulNBits, block {config.group_size})")
@@ -192,6 +193,18 @@ def run_onnx_int4(config: OnnxInt4Config, src: Path, dst: Path, reporter: Progre
                                                    accuracy_level=config.accuracy_level, symmetric=config.symmetric))
     reporter.report(4, 4, "saved")
     return _finish(quantized, src, dst, figures, "int4")
+
+
+def _check_codes_grid(config: OnnxInt4Config, grids: dict) -> None:
+    """A grid asked for explicitly must be the checkpoint's: its codes are kept, not rounded again."""
+    groups = sorted({g.block_size for g in grids.values()})
+    if "group_size" in config.model_fields_set and groups and groups != [config.group_size]:
+        raise ValueError(f"group_size: {config.group_size} asked, but the input is a compressed-tensors checkpoint "
+                         f"with groups of {', '.join(map(str, groups))}, whose codes onnx-int4 keeps; leave "
+                         "group_size unset (or quantize the float model again with that group)")
+    if "symmetric" in config.model_fields_set and not config.symmetric:
+        raise ValueError("symmetric: false asked, but the input's codes are on a symmetric grid, which onnx-int4 "
+                         "keeps; leave symmetric unset")
 
 
 @method(O, "onnx-mixed", config=OnnxMixedConfig, produces=(ONNX,), model_kinds=(CAUSAL_LM,),

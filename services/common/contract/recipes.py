@@ -202,6 +202,13 @@ RECIPES: dict[str, RecipeDef] = {
                 (RecipeStage(Q, "qat", {"bits": 4, "group_size": 64}),),
                 scenario="mobile", hardware=("cuda (marlin kernels in vllm)", "cpu after export (gguf, openvino)"), compute="fp32",
                 runtimes=("vllm", "transformers"), uses_data="training", cost="tens of minutes"),
+        builtin("w4a16-qat-compact4",
+                "INT4 everywhere: block-wise QAT on AWQ's grid for the Linears, and the tied embedding/head at 4 bits "
+                "rounded by GPTQ on the head's inputs (about 4.26 bits per weight, everything stored counted; "
+                "transformers dequantizes it at load)",
+                (RecipeStage(Q, "qat", {"bits": 4, "group_size": 64, "embedding_bits": 4, "head_bits": 4}),),
+                scenario="mobile", hardware=("cpu after export (onnx-int4 keeps its codes)", "transformers"),
+                compute="fp32", runtimes=("transformers",), uses_data="training", cost="tens of minutes"),
         builtin("w4a16-mixed",
                 "INT4 GPTQ with the most sensitive Linears at INT8, 4.5 bits per Linear weight on average "
                 "(per-module targets, one group per width)",
@@ -275,6 +282,12 @@ RECIPES: dict[str, RecipeDef] = {
                  RecipeStage(O, "onnx-int4", {"group_size": 32, "symmetric": True}, "export")),
                 scenario="edge", hardware=("cpu (onnxruntime, MatMulNBits)",), compute="fp32",
                 runtimes=("onnxruntime",), uses_data="calibration", cost="minutes"),
+        builtin("qat-onnx-int4", "INT4 everywhere by block-wise QAT (w4a16-qat-compact4, quantizer), then ONNX "
+                "export keeping those codes in MatMulNBits and a 4-bit GatherBlockQuantized (optimizer)",
+                (RecipeStage(Q, "qat", {"bits": 4, "group_size": 64, "embedding_bits": 4, "head_bits": 4}, "quantize"),
+                 RecipeStage(O, "onnx-int4", {}, "export")),
+                scenario="edge", hardware=("cpu (onnxruntime, MatMulNBits)",), compute="fp32",
+                runtimes=("onnxruntime",), uses_data="training", cost="tens of minutes"),
         builtin("awq-gguf-q4", "AWQ scales searched for GGUF Q4_1 (32 weights, scale and minimum) "
                 "and folded in (quantizer), then GGUF Q4_1 for llama.cpp (optimizer)",
                 (RecipeStage(Q, "awq-transform", {"bits": 4, "group_size": 32, "symmetric": False}, "transform"),

@@ -58,3 +58,21 @@ def test_the_grids_are_read_back_as_written(gptq_int4):
     assert table.bits == 4 and table.block_size == 32 and table.codes.min() >= -8 and table.codes.max() <= 7
     reference = AutoModelForCausalLM.from_pretrained(gptq_int4).eval()
     assert np.allclose(table.dequantized(), reference.get_input_embeddings().weight.detach().numpy(), atol=1e-3)
+
+
+def test_a_grid_asked_for_that_is_not_the_checkpoints_is_refused_naming_it(gptq_int4, tmp_path):
+    entry = METHODS["onnx-int4"]
+    with pytest.raises(ValueError, match=r"group_size: 64 asked, but the input is a compressed-tensors checkpoint "
+                                         r"with groups of 32"):
+        entry.run(entry.config_cls(group_size=64), gptq_int4, tmp_path, ProgressReporter())
+
+
+def test_the_qat_onnx_int4_recipe_runs_in_process_and_keeps_the_codes(tiny_llama_dir, tmp_path):
+    import modelpress
+
+    run = modelpress.compress(tiny_llama_dir, "qat-onnx-int4", tmp_path / "out",
+                              overrides={"calibration_samples": 2, "calibration_sequence_length": 32,
+                                         "steps_per_block": 2})
+    assert [s.method for s in run.stages] == ["qat", "onnx-int4"]
+    counts = op_counts(tmp_path / "out" / "model.onnx")
+    assert counts.get("MatMulNBits") == 15 and counts.get("GatherBlockQuantized") == 1, counts
