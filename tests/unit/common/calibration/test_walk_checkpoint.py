@@ -12,7 +12,7 @@ from services.common.calibration.walk_checkpoint import WalkCheckpoints, WalkSta
 from services.common.contract.engine_api import Checkpoints, ProgressReporter, StageCancelled
 from services.pruner.configs import SparseGptConfig
 from services.pruner.engine import METHODS as PRUNE_METHODS
-from services.quantizer.configs import AwqConfig, GptqConfig, W8A8Config
+from services.quantizer.configs import AwqConfig, GptqConfig, QatConfig, W8A8Config
 from services.quantizer.engine import METHODS as QUANT_METHODS
 
 CALIBRATION = {"calibration_samples": 4, "calibration_sequence_length": 64}
@@ -47,17 +47,22 @@ def tensors(folder: Path) -> dict[str, torch.Tensor]:
 
 
 CASES = {
-    "gptq": (QUANT_METHODS, GptqConfig(group_size=32, **CALIBRATION)),
-    "awq": (QUANT_METHODS, AwqConfig(group_size=32, **CALIBRATION)),  # rewrites norms (scales folded)
-    "w8a8": (QUANT_METHODS, W8A8Config(activations="static", **CALIBRATION)),  # activation scales
-    "sparsegpt": (PRUNE_METHODS, SparseGptConfig(sparsity=0.5, **CALIBRATION)),  # float weights out
+    "gptq": (QUANT_METHODS, "gptq", GptqConfig(group_size=32, **CALIBRATION)),
+    "awq": (QUANT_METHODS, "awq", AwqConfig(group_size=32, **CALIBRATION)),  # rewrites norms (scales folded)
+    "w8a8": (QUANT_METHODS, "w8a8", W8A8Config(activations="static", **CALIBRATION)),  # activation scales
+    # The 4-bit tied table, rounded on the head's inputs after the (resumed) walk's last block.
+    "gptq-table4": (QUANT_METHODS, "gptq", GptqConfig(group_size=32, embedding_bits=4, **CALIBRATION)),
+    # Training each block, its grid's scales too.
+    "qat-learned-scales": (QUANT_METHODS, "qat", QatConfig(group_size=32, steps_per_block=3, scale_learning_rate=0.01,
+                                                            embedding_bits=4, **CALIBRATION)),
+    "sparsegpt": (PRUNE_METHODS, "sparsegpt", SparseGptConfig(sparsity=0.5, **CALIBRATION)),  # float weights out
 }
 
 
-@pytest.mark.parametrize("method", sorted(CASES))
+@pytest.mark.parametrize("case", sorted(CASES))
 def test_a_walk_stopped_after_a_block_resumes_there_and_saves_what_an_uninterrupted_walk_saves(
-        method, tiny_llama_dir, tmp_path):
-    methods, config = CASES[method]
+        case, tiny_llama_dir, tmp_path):
+    methods, method, config = CASES[case]
     methods[method].run(config, tiny_llama_dir, tmp_path / "whole", ProgressReporter())
 
     store = FolderCheckpoints(tmp_path / "ckpt")
