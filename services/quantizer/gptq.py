@@ -141,7 +141,8 @@ HEAD_ROWS_PER_SLICE = 8192
 # GPTQ's damping for an LM head: more than a block Linear's, because a tied table is also read row by
 # row by the lookup, where each row's own error counts (damping weighs it in). SmolLM2's 4-bit tied
 # table alone (bench/results/tied_table.json): +4.9 % ppl at 0.01, +3.2 % at 0.1, +3.5 % at 0.3, +4.6 % at 1;
-# whole models at 4.26 bits (quantization.json, +compact4): GPTQ +20.1 % -> +19.2 %, block QAT +11.2 % -> +11.5 %.
+# whole models at 4.26 bits (+compact4, AMD EPYC, 2026-12-07; quantization.json keeps the 0.1 rows): GPTQ
+# +20.1 % -> +19.2 %, block QAT +11.2 % -> +11.5 %.
 HEAD_DAMPING = 0.1
 
 
