@@ -22,6 +22,7 @@ import torch
 from machine_record import machine_record  # bench/ (this folder is on sys.path)
 from torch import nn
 
+from services.common.calibration.hessian import inputs_hessian
 from services.common.datasets.calibration_text import calibration_batches, calibration_text
 from services.common.models import modelio
 from services.common.models.builtin_models import builtin_folder
@@ -81,12 +82,6 @@ def main() -> None:
         "machine": machine_record(), "model": args.model, "bits": 4, "group_size": args.group_size,
         "base_perplexity": round(base, 4), "quality_windows": args.quality_windows,
         "gptq_seconds": seconds, "rows": rows}, indent=2))
-
-
-def inputs_hessian(hidden: list[torch.Tensor]) -> torch.Tensor:
-    """H = 2/n Σ xᵀx of the head's inputs (last_hidden_state has the final norm applied)."""
-    x = torch.cat([h.reshape(-1, h.shape[-1]) for h in hidden]).float()
-    return 2.0 * x.T @ x / x.shape[0]
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from services.common.contract.registry import method, registry
 from services.common.measure.isa import ALIASES, class_flags, support
 from services.common.measure.machine import this_cpu
 from services.common.models import families, modelio, packed
+from services.common.models.artifact_format import detect_format
 from services.common.models.carried_files import carry_beside_weights
 from services.common.contract import fastest_prior
 from services.optimizer import gguf_export, nbits_codes, onnx_export, onnx_runtime, openvino_convert
@@ -58,22 +59,17 @@ def _result(src: Path, dst: Path, manifest_file: str, manifest: dict, fmt: int, 
                        metrics=metrics)
 
 
-def _codes_config(src: Path) -> dict:
-    """The config of a compressed-tensors checkpoint whose codes an engine keeps (onnx-int4)."""
-    config = modelio.read_config(src)
-    if (config.get("quantization_config") or {}).get("quant_method") != "compressed-tensors":
-        raise ValueError("the input is not a compressed-tensors checkpoint")
-    modelio.check_safe(src)
-    return config
-
-
 def _load_float(src: Path, engine: str, attention: str = "eager", *, dequantize: bool = False):
     """The model as PyTorch float weights, with the attention the exporter's fusions expect; a refusal
     naming the family where its declaration leaves `engine` out (families.check_export). `dequantize`:
     the input is a compressed-tensors checkpoint, loaded with its weights dequantized (exactly its grid)."""
     from transformers import AutoModel, AutoModelForCausalLM, CompressedTensorsConfig
 
-    config = _codes_config(src) if dequantize else _float_config(src)
+    if dequantize:  # a compressed-tensors checkpoint whose codes the engine keeps (onnx-int4)
+        config = modelio.read_config(src)
+        modelio.check_safe(src)
+    else:
+        config = _float_config(src)
     kind = modelio.model_kind(config)
     families.check_export(config, engine)
     auto = AutoModelForCausalLM if kind == "causal-lm" else AutoModel
@@ -177,7 +173,7 @@ def run_onnx_int8(config: OnnxInt8Config, src: Path, dst: Path, reporter: Progre
         summary="ONNX export, fusions, then 4-bit blockwise weights (MatMulNBits); a compressed-tensors INT4 input "
                 "keeps its own codes and scales (GPTQ, AWQ, QAT), not rounded again")
 def run_onnx_int4(config: OnnxInt4Config, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
-    codes = (modelio.read_config(src).get("quantization_config") or {}).get("quant_method") == "compressed-tensors"
+    codes = detect_format(src) == "compressed-tensors"
     current, figures = _export(config, src, dst, reporter, steps=4, dequantize=codes)
     folded = onnx_runtime.fold_constants(current, current.parent / "folded.onnx", threads=config.threads)
     quantized = current.parent / "int4.onnx"

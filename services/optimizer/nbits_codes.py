@@ -13,6 +13,7 @@ Plain ONNX and numpy; the caller exports the graph.
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,8 +72,6 @@ def read_grids(folder: Path) -> dict[str, Grid]:
 
 
 def _bits(name: str, bits_of: dict[str, int]) -> int:
-    import re
-
     for target, bits in bits_of.items():
         if target == "Linear" or (target.startswith("re:") and re.match(target[3:], name)) or target == name:
             return bits

@@ -73,10 +73,10 @@ def block_loss(block: nn.Module, work: BlockWork, windows: list[int]) -> torch.T
 
 
 def finetune_block(work: BlockWork, grids: dict[str, tuple[QuantParams, WeightScheme]], config: QatConfig,
-                   seed: int = 0, learned: dict[str, QuantParams] | None = None) -> tuple[float, float]:
+                   seed: int = 0) -> tuple[float, float, dict[str, QuantParams]]:
     """Trains the block's Linear weights (and with `scale_learning_rate`, their grids' scales) through
-    their grids; (first, last) loss. `learned` receives each layer's grid as training left it."""
-    learned = {} if learned is None else learned
+    their grids; (first, last) loss and each layer's grid as training left it."""
+    learned: dict[str, QuantParams] = {}
     if len(work.float_outputs) != len(work.inputs.hidden):
         raise ValueError("QAT trains towards the float block's outputs: walk with keep_float_outputs=True")
     generator = torch.Generator().manual_seed(seed + work.index)
@@ -112,7 +112,7 @@ def finetune_block(work: BlockWork, grids: dict[str, tuple[QuantParams, WeightSc
             learned[name] = module.parametrizations.weight[0].learned_params()
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
         work.block.requires_grad_(False)
-    return first, last
+    return first, last, learned
 
 
 def qat_block_step(config: QatConfig, on_progress: Callable[[str], None] = lambda _m: None) -> BlockStep:
@@ -121,8 +121,7 @@ def qat_block_step(config: QatConfig, on_progress: Callable[[str], None] = lambd
         figures = {}
         if config.steps_per_block:
             grids = {name: (layer.params, work.targets[name].scheme) for name, layer in prepared.items()}
-            learned: dict[str, QuantParams] = {}
-            first, last = finetune_block(work, grids, config, learned=learned)
+            first, last, learned = finetune_block(work, grids, config)
             for name, params in learned.items():
                 prepared[name].params = params
             figures = {"block_loss_before": first, "block_loss_after": last}

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from services.common.calibration.blocks import capture_first_block_inputs, final_norm, named_blocks
+from services.common.calibration.hessian import inputs_hessian
 from services.common.calibration.sequential import BlockWork, run_blocks
 from services.common.calibration.streaming import StreamingModel
 from services.common.calibration.walk_checkpoint import ResultCodec, WalkCheckpoints
@@ -210,12 +211,7 @@ def quantize_sequential(source: StreamingModel, targets: list[Target], batches: 
 def head_hessian(model: torch.nn.Module, hidden: list[torch.Tensor]) -> torch.Tensor:
     """H = 2/n · Σ xᵀx of the LM head's inputs: the final norm of the last block's outputs."""
     norm = final_norm(model)
-    hessian, rows = None, 0
-    for h in hidden:
-        x = norm(h).reshape(-1, h.shape[-1]).float()
-        hessian = 2.0 * x.T @ x if hessian is None else hessian.addmm_(x.T, x, alpha=2.0)
-        rows += x.shape[0]
-    return hessian / max(rows, 1)
+    return inputs_hessian(norm(h) for h in hidden)
 
 
 def _head_name(model: torch.nn.Module) -> str | None:

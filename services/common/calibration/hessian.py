@@ -1,4 +1,4 @@
-"""The inverse-Hessian factor GPTQ and SparseGPT both walk columns with."""
+"""Hessians of a Linear's inputs, and the inverse-Hessian factor GPTQ and SparseGPT both walk columns with."""
 
 from __future__ import annotations
 
@@ -39,3 +39,16 @@ def relative_output_error(before: torch.Tensor, after: torch.Tensor, hessian: to
     hessian = hessian.float()
     denominator = float(torch.einsum("ij,jk,ik->", w, hessian, w))
     return float(torch.einsum("ij,jk,ik->", delta, hessian, delta)) / denominator if denominator > 0 else 0.0
+
+
+def inputs_hessian(inputs) -> torch.Tensor:
+    """H = 2/n · Σ xᵀx over the rows of the given activation tensors (each [..., features]): what a
+    Linear reading them is rounded against (blocks.InputStatsCollector gathers the same from hooks)."""
+    hessian, rows = None, 0
+    for tensor in inputs:
+        x = tensor.reshape(-1, tensor.shape[-1]).float()
+        hessian = 2.0 * x.T @ x if hessian is None else hessian.addmm_(x.T, x, alpha=2.0)
+        rows += x.shape[0]
+    if hessian is None:
+        raise ValueError("no inputs to compute a Hessian from")
+    return hessian / rows
