@@ -219,8 +219,9 @@ def test_bad_recipe_is_invalid_argument_naming_it(mesh):
 
 def test_cancelling_a_running_job_stops_its_stage(mesh):
     env, gateway = mesh
-    # --recompute: the int8 test's artifact has this stage's key and would be reused, not run.
-    submit = cli(env, "compress", "builtin:smollm2-135m", "--recipe", "int8-weight-only", "--json", "--recompute",
+    # A calibrated walk (minutes here) so the cancel lands mid-stage on any CPU: int8-weight-only finished
+    # before the cancelling CLI had started on a faster CI machine. --recompute: never reuse a stored stage.
+    submit = cli(env, "compress", "builtin:smollm2-135m", "--recipe", "w4a16-gptq", "--json", "--recompute",
                  timeout=60)
     job_id = json.loads(submit.stdout)["job_id"]
     started = threading.Event()
