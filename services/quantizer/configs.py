@@ -94,6 +94,10 @@ class QatConfig(AwqConfig):
         0.0, ge=0.0, le=0.1, description="Adam learning rate of the grid's log-scales (0 = the AWQ grid stays fixed; "
                                          "symmetric grids only)")
     batch_windows: int = Field(1, ge=1, le=64, description="Calibration windows per optimizer step")
+    targets: Literal["block", "model"] = Field(
+        "block", description="What each block trains towards: the float block's outputs on the quantized "
+                             "inputs (repairs its own rounding), or the float model's hidden states (also "
+                             "makes up for the blocks before it)")
 
     @model_validator(mode="after")
     def _learned_scales_are_symmetric(self):

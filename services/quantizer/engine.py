@@ -37,7 +37,7 @@ from services.quantizer.spilled_codes import CodeSpill
 from services.common.calibration.streaming import StreamingModel
 from services.common.calibration.walk_checkpoint import stage_walk_checkpoints
 from services.common.models.float_checkpoint import refuse_quantized, write_float_model
-from services.common.calibration.sequential import rewrite_sequential
+from services.common.calibration.sequential import FloatTargets, rewrite_sequential
 from services.quantizer.transforms import awq_transform_step, smoothquant_transform_step
 from services.quantizer.weight_only import WEIGHT_ERROR, architecture_of, save_weight_only, stream_float
 from services.quantizer.targets import Target, linear_weight, weight_targets
@@ -150,7 +150,7 @@ def _layer_reporter(reporter: ProgressReporter, losses: list[float]) -> Callable
 
 def _run_calibrated(config: CalibrationConfig, source: StreamingModel, targets: list[Target], dst: Path,
                     reporter: ProgressReporter, method: str, step: BlockStep, *, propagate_quantized: bool = True,
-                    sample_every: int = 0, keep_float_outputs: bool = False,
+                    sample_every: int = 0, float_targets: FloatTargets = "none",
                     extra_metrics: dict | None = None, batches: torch.Tensor | None = None,
                     head_rounding: HeadRounding | None = None) -> StageResult:
     batches = config.batches(source.reader.folder) if batches is None else batches
@@ -161,7 +161,7 @@ def _run_calibrated(config: CalibrationConfig, source: StreamingModel, targets: 
     try:
         result = quantize_sequential(source, targets, batches, step, _layer_reporter(reporter, losses),
                                      propagate_quantized=propagate_quantized, sample_every=sample_every,
-                                     keep_float_outputs=keep_float_outputs, check_cancelled=reporter.check_cancelled,
+                                     float_targets=float_targets, check_cancelled=reporter.check_cancelled,
                                      checkpoints=walk, spill=spill, head_rounding=head_rounding)
     except BaseException:
         spill.close()
@@ -209,7 +209,8 @@ def _qat(config: QatConfig, src: Path, dst: Path, reporter: ProgressReporter) ->
     source = stream_float(src, reporter)
     return _run_calibrated(config, source, weight_targets(source.model, config, conv1d=True), dst, reporter, "qat",
                            qat_block_step(config), sample_every=_awq_sampling(config),
-                           keep_float_outputs=config.steps_per_block > 0, head_rounding=gptq_head_rounding())
+                           float_targets=config.targets if config.steps_per_block else "none",
+                           head_rounding=gptq_head_rounding())
 
 
 @method(Q, "mixed-precision", config=MixedPrecisionConfig, produces=(COMPRESSED,), model_kinds=MODEL_KINDS,

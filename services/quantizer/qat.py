@@ -78,7 +78,7 @@ def finetune_block(work: BlockWork, grids: dict[str, tuple[QuantParams, WeightSc
     their grids; (first, last) loss and each layer's grid as training left it."""
     learned: dict[str, QuantParams] = {}
     if len(work.float_outputs) != len(work.inputs.hidden):
-        raise ValueError("QAT trains towards the float block's outputs: walk with keep_float_outputs=True")
+        raise ValueError("QAT trains towards float outputs: walk with float_targets='block' or 'model'")
     generator = torch.Generator().manual_seed(seed + work.index)
     work.block.requires_grad_(False)
     quantizer = LearnedScaleQuantizer if config.scale_learning_rate else StraightThroughQuantizer

@@ -21,7 +21,7 @@ import torch
 
 from services.common.calibration.blocks import capture_first_block_inputs, final_norm, named_blocks
 from services.common.calibration.hessian import inputs_hessian
-from services.common.calibration.sequential import BlockWork, run_blocks
+from services.common.calibration.sequential import BlockWork, FloatTargets, run_blocks
 from services.common.calibration.streaming import StreamingModel
 from services.common.calibration.walk_checkpoint import ResultCodec, WalkCheckpoints
 from services.common.runtime.memory import release_free_memory
@@ -122,14 +122,14 @@ def describe_uncalibrated(names: list[str]) -> str:
 @torch.no_grad()
 def quantize_sequential(source: StreamingModel, targets: list[Target], batches: torch.Tensor, step: BlockStep,
                         on_layer: OnLayer, *, propagate_quantized: bool = True, sample_every: int = 0,
-                        finish_rest: bool = True, keep_float_outputs: bool = False,
+                        finish_rest: bool = True, float_targets: FloatTargets = "none",
                         check_cancelled: Callable[[], None] = lambda: None,
                         checkpoints: WalkCheckpoints | None = None, spill: CodeSpill | None = None,
                         head_rounding: HeadRounding | None = None) -> SequentialResult:
     """`finish_rest` rounds the targets no block step quantized (head, pooler) at the end; an LM head
     with `head_rounding` (and a final norm to read through) is rounded on its inputs instead.
-    The float block's outputs are kept for the step only when it asks (`keep_float_outputs`,
-    QAT's targets) or when they feed the next block: they are as large as the inputs. With `spill`,
+    The float outputs are kept for the step only when it asks (`float_targets`, QAT's targets) or
+    when they feed the next block: they are as large as the inputs. With `spill`,
     each block Linear's codes go to a file as soon as they are done (spilled_codes): the walk then
     holds one block, the modules outside the blocks (embedding, head) are let go once the first
     block's inputs are computed, and read again only for targets left to round at the end."""
@@ -189,7 +189,7 @@ def quantize_sequential(source: StreamingModel, targets: list[Target], batches: 
         checkpoints = _LettingGoAfterSaves(checkpoints, lambda: [spill.forget(n, qw) for n, qw in quantized.items()])
     walked = run_blocks(source, blocks, inputs, by_name, uncalibrated_first(step), record,
                         propagate_updated=propagate_quantized,
-                        sample_every=sample_every, keep_float_outputs=keep_float_outputs,
+                        sample_every=sample_every, float_targets=float_targets,
                         check_cancelled=check_cancelled, checkpoints=checkpoints)
     if head is not None:
         source.load(exclude=[name for name, _ in blocks])

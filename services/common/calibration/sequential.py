@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -57,6 +57,12 @@ class BlockWork:
     check_cancelled: Callable[[], None] = lambda: None
 
 
+# What a step that trains towards float outputs is given as its targets (BlockWork.float_outputs): none,
+# the float block's outputs on the walked inputs ("block": each block repairs only its own rounding), or
+# the float model's own hidden states, run through each float block in a second stream ("model": a block
+# may also make up for what the blocks before it lost, as AutoRound's targets do).
+FloatTargets = Literal["none", "block", "model"]
+
 # Yields (module name, the technique's result for it, figures for the progress event).
 BlockStep = Callable[[BlockWork], Iterator[tuple[str, Any, dict]]]
 # (module name, result, figures) as each one arrives.
@@ -76,13 +82,13 @@ class BlocksResult:
 @torch.no_grad()
 def run_blocks(source: StreamingModel, blocks: list[tuple[str, nn.Module]], inputs: BlockInputs,
                targets: dict[str, Any], step: BlockStep, on_result: OnResult, *, propagate_updated: bool = True,
-               sample_every: int = 0, keep_float_outputs: bool = False,
+               sample_every: int = 0, float_targets: FloatTargets = "none",
                check_cancelled: Callable[[], None] = lambda: None,
                checkpoints: WalkCheckpoints | None = None) -> BlocksResult:
     """`inputs` are the first block's (blocks.capture_first_block_inputs); `targets` names the
     Linears whose statistics are collected. The block's float outputs are kept for the step only
-    when it asks (`keep_float_outputs`) or when they feed the next block
-    (`propagate_updated=False`): they are as large as the inputs. With `checkpoints`, a stored
+    when it asks (`float_targets`) or when they feed the next block (`propagate_updated=False`):
+    they are as large as the inputs, and "model" targets keep a second stream of them. With `checkpoints`, a stored
     walk goes on from its next block (its finished results handed to `on_result` again, so
     whoever counts them counts them all) and the walk is saved between blocks now and then."""
     results: dict[str, Any] = {}
@@ -91,9 +97,13 @@ def run_blocks(source: StreamingModel, blocks: list[tuple[str, nn.Module]], inpu
     family = families.family_of(source.model.config)
     norm_readers = family.norm_readers if family else ()
     start = 0
-    if checkpoints is not None and (stored := checkpoints.restore(len(blocks), inputs.hidden)) is not None:
+    # The float model's inputs to the next block, when they are the targets (a stream of their own).
+    float_stream = list(inputs.hidden) if float_targets == "model" else []
+    if checkpoints is not None and (stored := checkpoints.restore(len(blocks), inputs.hidden,
+                                                                   with_float_stream=bool(float_stream))) is not None:
         start = stored.next_block
         inputs = BlockInputs(hidden=stored.hidden, kwargs=inputs.kwargs)
+        float_stream = stored.float_hidden
         rewritten.update(stored.rewritten)
         for name, result in stored.results.items():
             results[name], figures[name] = result, stored.figures.get(name, {})
@@ -107,9 +117,12 @@ def run_blocks(source: StreamingModel, blocks: list[tuple[str, nn.Module]], inpu
         floats_before = _float_tensors(block, block_name, skip=set(layers))
         collector = InputStatsCollector(layers, sample_every)
         try:
-            float_outputs = run_block(block, inputs, keep=keep_float_outputs or not propagate_updated)
+            float_outputs = run_block(block, inputs, keep=float_targets == "block" or not propagate_updated)
         finally:
             collector.close()
+        if float_stream:  # before the step: a step may rewrite the block (folded scales, trained weights)
+            float_stream = run_block(block, BlockInputs(hidden=float_stream, kwargs=inputs.kwargs))
+            float_outputs = float_stream
         work = BlockWork(index, block_name, block, layers, {n: targets[n] for n in layers}, collector.stats,
                          inputs, float_outputs, check_cancelled=check_cancelled, norm_readers=norm_readers)
         for name, result, step_figures in step(work):
@@ -129,7 +142,8 @@ def run_blocks(source: StreamingModel, blocks: list[tuple[str, nn.Module]], inpu
         source.release(block_name)
         release_free_memory()
         if checkpoints is not None and index + 1 < len(blocks) and checkpoints.due():
-            checkpoints.save(WalkState(index + 1, inputs.hidden, results, figures, rewritten), len(blocks))
+            checkpoints.save(WalkState(index + 1, inputs.hidden, results, figures, rewritten, float_stream),
+                             len(blocks))
     return BlocksResult(results, rewritten, inputs.hidden)
 
 

@@ -52,6 +52,8 @@ class WalkState:
     results: dict[str, Any] = field(default_factory=dict)
     figures: dict[str, dict] = field(default_factory=dict)  # progress figures of each result, by name
     rewritten: dict[str, torch.Tensor] = field(default_factory=dict)
+    # The float model's own inputs to block `next_block`, for a walk whose targets are them (else empty).
+    float_hidden: list[torch.Tensor] = field(default_factory=list)
 
 
 class WalkCheckpoints:
@@ -70,9 +72,10 @@ class WalkCheckpoints:
         self._last = clock()
         self.restored_block = 0
 
-    def restore(self, blocks: int, hidden_like: list[torch.Tensor]) -> WalkState | None:
+    def restore(self, blocks: int, hidden_like: list[torch.Tensor], with_float_stream: bool = False
+                ) -> WalkState | None:
         """The stored state when there is one made for this walk (same number of blocks, hidden
-        states of the same shapes and dtype); None otherwise."""
+        states of the same shapes and dtype, a float stream when the walk keeps one); None otherwise."""
         with tempfile.TemporaryDirectory(prefix="walk-") as scratch:
             folder = self.store.latest(Path(scratch) / "resume")
             if folder is None or not (folder / WALK_FILE).is_file():  # none, or another kind's (training)
@@ -81,7 +84,9 @@ class WalkCheckpoints:
         hidden = saved["hidden"]
         if saved["walk"] != self.walk:
             return None
-        if saved["blocks"] != blocks or [(h.shape, h.dtype) for h in hidden] != [(h.shape, h.dtype) for h in hidden_like]:
+        float_hidden = saved.get("float_hidden", [])
+        if saved["blocks"] != blocks or [(h.shape, h.dtype) for h in hidden] != [(h.shape, h.dtype) for h in hidden_like] \
+                or bool(float_hidden) != with_float_stream:
             log.warning("a stored walk checkpoint does not fit this walk (%s blocks, %d hidden batches); starting over",
                         saved["blocks"], len(hidden))
             return None
@@ -90,7 +95,7 @@ class WalkCheckpoints:
         self.on_restored(self.restored_block, blocks)
         return WalkState(next_block=saved["next_block"], hidden=hidden,
                          results={name: self.codec.decode(value) for name, value in saved["results"].items()},
-                         figures=json.loads(saved["figures"]), rewritten=saved["rewritten"])
+                         figures=json.loads(saved["figures"]), rewritten=saved["rewritten"], float_hidden=float_hidden)
 
     def due(self) -> bool:
         return self.clock() - self._last >= self.interval
@@ -111,6 +116,7 @@ class WalkCheckpoints:
             "hidden": [h.contiguous() for h in state.hidden],
             "results": {name: self.codec.encode(value) for name, value in state.results.items()},
             "figures": json.dumps(state.figures, default=float), "rewritten": state.rewritten,
+            "float_hidden": [h.contiguous() for h in state.float_hidden],
         }
         began = self.clock()
         with tempfile.TemporaryDirectory(prefix="walk-") as scratch:

@@ -37,6 +37,8 @@ def steps():
         "qat": (QatConfig(group_size=32, steps_per_block=3, **CALIBRATION), None, qat_block_step),
         "qat-learned-scales": (QatConfig(group_size=32, steps_per_block=3, scale_learning_rate=0.01, **CALIBRATION),
                                None, qat_block_step),
+        "qat-model-targets": (QatConfig(group_size=32, steps_per_block=3, targets="model", **CALIBRATION), None,
+                              qat_block_step),
         "w8a8-static": (W8A8Config(activations="static", **CALIBRATION), INT8, w8a8_block_step),
         "smoothquant-dynamic": (SmoothQuantConfig(**CALIBRATION), INT8, w8a8_block_step),
         "smoothquant-static-rtn": (SmoothQuantConfig(activations="static", weight_algorithm="rtn", **CALIBRATION),
@@ -70,7 +72,7 @@ def test_saved_model_reloads_and_matches_the_in_memory_quantized_model(which, ti
                                   config.calibration_sequence_length, calibration_text())
     kwargs = {"sample_every": 4} if which.startswith(("smoothquant", "awq", "qat")) else {}
     if which.startswith("qat"):
-        kwargs["keep_float_outputs"] = True
+        kwargs["float_targets"] = config.targets
     result = quantize_sequential(source, targets, batches, make_step(config), lambda *_: None, **kwargs)
     write_compressed_tensors(source, result.quantized, tmp_path / "m", source.tied_head, result.rewritten)
     if which == "qat-learned-scales":

@@ -102,3 +102,38 @@ def test_rewritten_weights_are_kept_in_the_checkpoints_dtype_until_written(tiny_
     for name in targets:
         assert changed[f"{name}.weight"].dtype == torch.bfloat16
         assert torch.equal(changed[f"{name}.weight"], stored.get_parameter(f"{name}.weight") * 0.5)
+
+
+def test_model_targets_are_the_float_models_hidden_states_and_block_targets_the_float_block_on_the_walked_inputs(
+        tiny_llama_dir):
+    ids = torch.randint(5, 1000, (2, 16), generator=torch.Generator().manual_seed(0))
+    float_model = modelio.load_model(tiny_llama_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        states = float_model(ids, output_hidden_states=True).hidden_states  # embeddings, then each block's output
+    seen = {}
+    for targets in ("block", "model"):
+        source = StreamingModel(tiny_llama_dir)
+        blocks = named_blocks(source.model)
+        source.load(exclude=[name for name, _ in blocks])
+
+        def step(work, targets=targets):
+            seen[targets, work.index] = torch.cat(work.float_outputs)
+            yield from _prune_half(work)
+
+        chosen = {f"{name}.mlp.down_proj": "prune" for name, _ in blocks}
+        run_blocks(source, blocks, capture_first_block_inputs(source.model, ids), chosen, step, lambda *_: None,
+                   float_targets=targets)
+    # Block 0 sees the float model's inputs either way; after a pruned block 0 only "model" keeps to the float model.
+    assert torch.allclose(seen["block", 0], seen["model", 0]) and torch.allclose(seen["model", 0], states[1], atol=1e-5)
+    # The last block's output in hidden_states is after the final norm: compare block 1 of a 2-block model by hand.
+    last_input = states[1]
+    with torch.no_grad():
+        expected = run_block(named_blocks(float_model)[1][1],
+                             _with_hidden(capture_first_block_inputs(float_model, ids), last_input))[0]
+    assert torch.allclose(seen["model", 1], expected, atol=1e-5)
+    assert not torch.allclose(seen["block", 1], expected, atol=1e-3)
+
+
+def _with_hidden(inputs, hidden):
+    inputs.hidden = [hidden]
+    return inputs

@@ -55,6 +55,9 @@ CASES = {
     # Training each block, its grid's scales too.
     "qat-learned-scales": (QUANT_METHODS, "qat", QatConfig(group_size=32, steps_per_block=3, scale_learning_rate=0.01,
                                                             embedding_bits=4, **CALIBRATION)),
+    # Training towards the float model's hidden states: their stream resumes with the walk.
+    "qat-model-targets": (QUANT_METHODS, "qat", QatConfig(group_size=32, steps_per_block=3, targets="model",
+                                                           **CALIBRATION)),
     "sparsegpt": (PRUNE_METHODS, "sparsegpt", SparseGptConfig(sparsity=0.5, **CALIBRATION)),  # float weights out
 }
 
@@ -101,6 +104,11 @@ def test_a_checkpoint_of_another_walk_is_not_taken(tmp_path):
     assert WalkCheckpoints(store, walk="step 2/2").restore(3, [torch.zeros(2, 8, 4)]) is None
     assert WalkCheckpoints(store).restore(3, [torch.zeros(2, 16, 4)]) is None
     assert WalkCheckpoints(store).restore(4, [torch.zeros(2, 8, 4)]) is None
+    # A walk that keeps the float model's stream cannot go on from one that did not, nor the reverse.
+    assert WalkCheckpoints(store).restore(3, [torch.zeros(2, 8, 4)], with_float_stream=True) is None
+    WalkCheckpoints(store).save(WalkState(1, hidden, float_hidden=[hidden[0] + 1]), blocks=3)
+    assert WalkCheckpoints(store).restore(3, [torch.zeros(2, 8, 4)]) is None
+    assert torch.equal(WalkCheckpoints(store).restore(3, [torch.zeros(2, 8, 4)], True).float_hidden[0], hidden[0] + 1)
     # A training checkpoint under the same id is not a walk's.
     shutil.rmtree(store.folder)
     store.folder.mkdir()
