@@ -141,7 +141,7 @@ def _figures(teacher, student, state: LoopState, teacher_params: int, config: Re
         "resumed_from_step": state.resumed_from_step, "best_validation_loss": state.best_validation
         if state.validation else None, "best_step": state.best_step,
         "loss_curves": {name: thin(values, CURVE_POINTS) for name, values in state.curves.items()},
-        "validation_curve": state.validation,
+        "validation_curve": state.validation, "validation_perplexity_curve": state.validation_perplexity,
         "parameters_teacher": teacher_params, "parameters": params, "parameters_ratio": params / teacher_params,
         "flops_teacher": flops_teacher, "flops_after": flops_student, "flops_ratio": flops_student / flops_teacher,
         "flops_shape": "1x128", "blocks_teacher": len(decoder_blocks(teacher)), "blocks": len(decoder_blocks(student)),
@@ -165,10 +165,12 @@ RESPONSE = ProgressMetric("response", "curve", "Response term: logit divergence 
 FEATURE = ProgressMetric("feature", "curve", "Hidden-state MSE of the matched blocks")
 ATTENTION = ProgressMetric("attention", "curve", "Attention distribution or relation KL of the matched blocks")
 VALIDATION = ProgressMetric("validation_loss", "curve", "Response term at T = 1 on the validation items")
+VALIDATION_PERPLEXITY = ProgressMetric("validation_perplexity", "curve",
+                                       "Causal LMs: perplexity of the validation items' next tokens")
 LEARNING_RATE = ProgressMetric("learning_rate", "schedule", "AdamW learning rate")
 TEMPERATURE = ProgressMetric("temperature", "schedule", "Softmax temperature of the matched distributions")
 
-CURVES = (LOSS, RESPONSE, VALIDATION, LEARNING_RATE, TEMPERATURE)
+CURVES = (LOSS, RESPONSE, VALIDATION, VALIDATION_PERPLEXITY, LEARNING_RATE, TEMPERATURE)
 
 # Every loss family trains causal LMs (logit divergences) and encoders (pooled embeddings).
 method(D, "distill-response", config=ResponseConfig, produces=(FLOAT,), model_kinds=MODEL_KINDS, metrics=CURVES,

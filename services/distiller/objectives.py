@@ -8,6 +8,8 @@ checkpoints, so neither a step nor a resumed run pays the teacher again for them
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable
 from contextlib import contextmanager
 
@@ -197,10 +199,11 @@ class Objective(nn.Module):
         return names[id(blocks[one_based - 1])]
 
     @torch.no_grad()
-    def validation_loss(self, student: nn.Module, batches: list[dict]) -> float:
-        """The response term at temperature 1 on the validation items: comparable across steps
-        whatever the temperature schedule."""
-        total, count = 0.0, 0
+    def validate(self, student: nn.Module, batches: list[dict]) -> dict[str, float]:
+        """The response term at temperature 1 on the validation items (`validation_loss`: comparable
+        across steps whatever the temperature schedule) and, for a causal LM, its perplexity on their
+        next tokens (`validation_perplexity`: what a user reads against the tokens trained on)."""
+        total, nll, count = 0.0, 0.0, 0
         for batch in batches:
             ids = batch.get("student_input_ids", batch["input_ids"])
             out = _forward(student, batch, ids)
@@ -208,10 +211,14 @@ class Objective(nn.Module):
             if self.causal:
                 value = logit_divergence(out.logits, self.cache["top_values"][rows], self.cache["top_ids"][rows],
                                          1.0, "forward-kl", batch["attention_mask"])
+                nll += float(next_token_cross_entropy(out.logits, ids)) * len(batch["index"])
             else:
                 value = embedding_loss(self.pooled_map(mean_pool(out.last_hidden_state.float(),
                                                                  batch["attention_mask"])),
                                        self.cache["pooled"][rows], self.config.embedding_loss)
             total += float(value) * len(batch["index"])
             count += len(batch["index"])
-        return total / count if count else 0.0
+        figures = {"validation_loss": total / count if count else 0.0}
+        if self.causal and count:
+            figures["validation_perplexity"] = math.exp(nll / count)
+        return figures

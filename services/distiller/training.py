@@ -41,6 +41,8 @@ class LoopState:
     curves: dict[str, list[float]] = field(default_factory=dict)
     # [step, loss, tokens seen]: what more training buys, read against the budget.
     validation: list[list[float]] = field(default_factory=list)
+    # [step, perplexity, tokens seen] on the same items, for a causal LM.
+    validation_perplexity: list[list[float]] = field(default_factory=list)
 
 
 def batch_tokens(batch: dict) -> int:
@@ -74,6 +76,14 @@ def _save(folder: Path, student, objective, optimizer, generator, state: LoopSta
     torch.save({"student": student.state_dict(), "objective": objective.state_dict(),
                 "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "state": asdict(state),
                 "cache": objective.cache, "best": best}, folder / CHECKPOINT_FILE)
+
+
+def _validate(objective: Objective, student: nn.Module, validation: list[dict], state: LoopState) -> dict[str, float]:
+    figures = objective.validate(student, validation)
+    state.validation.append([state.step, figures["validation_loss"], state.tokens])
+    if "validation_perplexity" in figures:
+        state.validation_perplexity.append([state.step, figures["validation_perplexity"], state.tokens])
+    return figures
 
 
 def train(student: nn.Module, objective: Objective, data: TrainingData, config: TrainingConfig,
@@ -131,9 +141,9 @@ def train(student: nn.Module, objective: Objective, data: TrainingData, config: 
                 for name, value in figures.items():
                     state.curves.setdefault(name, []).append(value)
                 if validation and (state.step % config.validate_every == 0):
-                    value = objective.validation_loss(student, validation)
-                    state.validation.append([state.step, value, state.tokens])
-                    figures["validation_loss"] = value
+                    validated = _validate(objective, student, validation, state)
+                    figures.update(validated)
+                    value = validated["validation_loss"]
                     if value < state.best_validation:
                         state.best_validation, state.best_step, state.validations_without_gain = value, state.step, 0
                         best = {k: v.detach().clone() for k, v in student.state_dict().items()}
@@ -157,8 +167,7 @@ def train(student: nn.Module, objective: Objective, data: TrainingData, config: 
     if validation:
         # The last weights count as a candidate too: validated once more unless just validated.
         if not state.validation or state.validation[-1][0] != state.step:
-            value = objective.validation_loss(student, validation)
-            state.validation.append([state.step, value, state.tokens])
+            value = _validate(objective, student, validation, state)["validation_loss"]
             if value < state.best_validation:
                 state.best_validation, state.best_step, best = value, state.step, None
         if best is not None and state.best_step != state.step:

@@ -314,3 +314,7 @@ def test_a_token_budget_stops_training_and_the_validation_curve_counts_tokens_se
     figures = method.run(config, deep_llama_dir, tmp_path, ProgressReporter()).metrics
     assert figures["stopped"] == "max_tokens" and figures["steps"] == 3 and figures["tokens"] == 3 * per_step
     assert [row[2] for row in figures["validation_curve"]] == [2 * per_step, 3 * per_step]
+    # Perplexity beside it, of the same validations: a random model's is about its vocabulary (30,522).
+    assert [(row[0], row[2]) for row in figures["validation_perplexity_curve"]] == [(2, 2 * per_step),
+                                                                                   (3, 3 * per_step)]
+    assert all(15_000 < row[1] < 60_000 for row in figures["validation_perplexity_curve"])
