@@ -137,6 +137,9 @@ class StructuredConfig(PruneBase):
         "activation", description=UNIT_SCORES.described("Neuron/head importance"))
     layer_importance: BLOCK_SCORES.choices() = Field(  # type: ignore[valid-type]
         "cosine", description=BLOCK_SCORES.described("Block importance"))
+    reconstruct: bool = Field(False, description="Refit each cut output projection's kept columns by least squares "
+                                                 "on the calibration activations (the removed neurons' and heads' "
+                                                 "share carried by the kept ones), before any recovery")
     width_multiple: int = Field(32, ge=1, le=256, description="MLP widths are rounded to a multiple of this")
     flops_sequence_length: int = Field(128, ge=1, le=8192, description="Tokens of the evaluation shape FLOPs are "
                                                                         "counted at (batch 1)")

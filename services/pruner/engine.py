@@ -248,6 +248,7 @@ def _structured(config: StructuredConfig, src: Path, dst: Path, reporter: Progre
 
         scores = score_units(model, batches, config.importance, config.layer_importance, config.head_unit,
                              want_heads=shape.head_units < current_shape(model, config).head_units,
+                             grams=config.reconstruct,
                              check_cancelled=reporter.check_cancelled, on_window=on_window)
         cut = cut_to(model, shape, scores, config)
         for block, layer in zip(_block_names(model), cut["per_layer"]):

@@ -24,6 +24,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from services.common.models import families
 from services.common.models.families import is_causal_lm
 from services.common.calibration.blocks import decoder_blocks
 from services.common.contract.registry import NamedRegistry
@@ -34,6 +35,7 @@ ACTIVATIONS = "activations"  # mean squares of the inputs of the MLP and attenti
 GRADIENTS = "gradients"  # per-window Σ g·w of every unit and block (needs the model's training loss)
 BLOCK_COSINES = "block-cosines"  # cos(block input, block output) per token
 FLUCTUATIONS = "fluctuations"  # Σx and Σx² of the inputs of the MLP and attention output projections
+GRAMS = "grams"  # Σ xᵀx of the same inputs: what refitting the output projections after a cut solves with
 
 
 @dataclass
@@ -41,6 +43,10 @@ class UnitScores:
     mlp: list[torch.Tensor] = field(default_factory=list)  # per block: [intermediate]
     heads: list[torch.Tensor] = field(default_factory=list)  # per block: [head units]
     blocks: torch.Tensor | None = None  # [blocks]
+    # With GRAMS asked for: per block, Σ xᵀx of the MLP output projection's inputs [width, width] and of the
+    # attention output projection's [heads·d, heads·d] (None without head cuts), for the cut's refit.
+    mlp_grams: list[torch.Tensor] = field(default_factory=list)
+    head_grams: list[torch.Tensor | None] = field(default_factory=list)
 
 
 def _sum1(t: torch.Tensor) -> torch.Tensor:
@@ -106,6 +112,8 @@ class PassStatistics:
     block_fisher: torch.Tensor | None = None
     mlp_moments: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = field(default_factory=dict)  # (Σ x, Σ x², rows)
     head_moments: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = field(default_factory=dict)
+    mlp_gram: dict[int, torch.Tensor] = field(default_factory=dict)  # Σ xᵀx
+    head_gram: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
 class UnitScore:
@@ -273,6 +281,18 @@ def _moments_hook(store: dict, key: int):
     return lambda _module, args, _output: record(args[0].detach().float().reshape(-1, args[0].shape[-1]))
 
 
+def _gram(store: dict, key: int):
+    def record(x: torch.Tensor) -> None:
+        x = x.double()
+        store[key] = store.get(key, 0) + x.t() @ x
+    return record
+
+
+def _gram_hook(store: dict, key: int):
+    record = _gram(store, key)
+    return lambda _module, args, _output: record(args[0].detach().float().reshape(-1, args[0].shape[-1]))
+
+
 def _cosine_hook(store: list, key: int):
     def hook(_module, args, kwargs, output):
         hidden = args[0] if args else kwargs["hidden_states"]
@@ -284,10 +304,11 @@ def _cosine_hook(store: list, key: int):
 
 
 def score_units(model: nn.Module, batches: torch.Tensor, importance: str, layer_importance: str, head_unit: str,
-                *, want_heads: bool, check_cancelled: Callable[[], None] = lambda: None,
+                *, want_heads: bool, grams: bool = False, check_cancelled: Callable[[], None] = lambda: None,
                 on_window: Callable[[int, int], None] = lambda i, n: None) -> UnitScores:
     """The `importance` score of every unit and the `layer_importance` score of every block, from one
-    pass over `batches` gathering what the two scores need."""
+    pass over `batches` gathering what the two scores need (and with `grams`, what a refit of the cut
+    output projections needs)."""
     unit_score = UNIT_SCORES.pick(importance, "importance")
     block_score = BLOCK_SCORES.pick(layer_importance, "layer_importance")
     causal = is_causal_lm(model)
@@ -298,14 +319,20 @@ def score_units(model: nn.Module, batches: torch.Tensor, importance: str, layer_
     arch = Architecture(model, "structured pruning")
     blocks = decoder_blocks(model)
     want_heads = want_heads and arch.attention is not None
-    stats = _calibration_pass(model, arch, blocks, batches, unit_score.needs | block_score.needs, head_unit,
-                              want_heads, check_cancelled, on_window)
+    if grams and arch.routed:
+        raise families.refuse(model.config, "reconstruct", "routes its MLPs to experts; the least-squares refit "
+                                                           "is for dense MLPs (set reconstruct=false)")
+    needs = unit_score.needs | block_score.needs | ({GRAMS} if grams else frozenset())
+    stats = _calibration_pass(model, arch, blocks, batches, needs, head_unit, want_heads, check_cancelled, on_window)
     scores = UnitScores()
     for i, block in enumerate(blocks):
         mlp, heads = unit_score.score(arch, block, i, head_unit, stats, want_heads)
         scores.mlp.append(mlp)
         scores.heads.append(heads if want_heads else None)
     scores.blocks = block_score.score(stats)
+    if grams:
+        scores.mlp_grams = [stats.mlp_gram[i] for i in range(len(blocks))]
+        scores.head_grams = [stats.head_gram.get(i) for i in range(len(blocks))]
     return scores
 
 
@@ -330,6 +357,11 @@ def _calibration_pass(model: nn.Module, arch: Architecture, blocks: list[nn.Modu
             if want_heads:
                 handles.append(block.get_submodule(arch.attention.o).register_forward_hook(
                     _moments_hook(stats.head_moments, i)))
+        if GRAMS in needs:
+            handles.append(arch.mlp_activation_hook(block, _gram(stats.mlp_gram, i)))
+            if want_heads:
+                handles.append(block.get_submodule(arch.attention.o).register_forward_hook(
+                    _gram_hook(stats.head_gram, i)))
         if BLOCK_COSINES in needs:
             handles.append(block.register_forward_hook(_cosine_hook(stats.cosines, i), with_kwargs=True))
     extra = {"use_cache": False} if is_causal_lm(model) else {}

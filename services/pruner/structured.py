@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from services.common.calibration.blocks import decoder_blocks
@@ -92,9 +93,49 @@ def schedule_shapes(start: Shape, end: Shape, steps: int) -> list[Shape]:
     return shapes
 
 
+# Ridge on the kept inputs' Gram matrix, relative to its mean diagonal (GPTQ's damping): keeps the solve
+# well-posed where kept neurons are nearly collinear or never fire on the calibration text.
+REFIT_DAMPING = 0.01
+
+
+def refit_columns(weight: torch.Tensor, gram: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """The kept input columns of an output projection `weight` [out, in] refitted so that, on inputs
+    whose Gram matrix is `gram` = Σ xᵀx [in, in], W' x_keep reproduces W x as closely as possible:
+    W' = W G[:, K] (G[K, K] + λI)⁻¹ (the least-squares solution; the removed inputs' share of the
+    output is carried by the kept ones they correlate with). Returns W' [out, kept] and the relative
+    output error before (columns only sliced) and after the refit."""
+    w, g = weight.double(), gram.double()
+    g_kk = g[keep][:, keep]
+    ridge = REFIT_DAMPING * g_kk.diagonal().mean().clamp(min=1e-12)
+    fitted = torch.linalg.solve(g_kk + ridge * torch.eye(len(keep), dtype=g.dtype), (w @ g[:, keep]).t()).t()
+    total = torch.einsum("oi,ij,oj->", w, g, w).clamp(min=1e-30)
+
+    def error(w_kept: torch.Tensor) -> float:
+        # ‖W X − W' X_K‖² = tr(W G Wᵀ) − 2 tr(W G[:, K] W'ᵀ) + tr(W' G_KK W'ᵀ)
+        cross = torch.einsum("oi,ij,oj->", w, g[:, keep], w_kept)
+        kept = torch.einsum("oi,ij,oj->", w_kept, g_kk, w_kept)
+        return float(((total - 2 * cross + kept) / total).clamp(min=0.0))
+
+    return fitted.to(weight.dtype), {"sliced": error(w[:, keep]), "refit": error(fitted)}
+
+
+def _refit_output(arch: Architecture, block: nn.Module, name: str, gram: torch.Tensor, keep: torch.Tensor) -> dict:
+    """Refits the kept columns of the block's output projection `name` in place (before the cut slices them)."""
+    weight = arch.weight(block, name)
+    oriented = weight.detach().t() if arch.conv1d else weight.detach()
+    fitted, errors = refit_columns(oriented, gram, keep)
+    with torch.no_grad():
+        if arch.conv1d:
+            weight[keep, :] = fitted.t()
+        else:
+            weight[:, keep] = fitted
+    return errors
+
+
 def cut_to(model: nn.Module, shape: Shape, scores: UnitScores, config: StructuredConfig) -> dict:
     """Removes the lowest-scoring blocks, then in every kept block the lowest-scoring MLP neurons
-    and head units; returns what was kept."""
+    and head units, the output projections' kept columns refitted first where the scores carry the
+    Gram matrices (`reconstruct`); returns what was kept."""
     arch = Architecture(model, "structured pruning")
     blocks = decoder_blocks(model)
     width_before = arch.mlp_width(blocks[0])
@@ -105,21 +146,31 @@ def cut_to(model: nn.Module, shape: Shape, scores: UnitScores, config: Structure
         figures["block_importance"] = [float(x) for x in scores.blocks]
         mlp_scores = [scores.mlp[i] for i in keep]
         head_scores = [scores.heads[i] for i in keep]
+        mlp_grams = [scores.mlp_grams[i] for i in keep] if scores.mlp_grams else []
+        head_grams = [scores.head_grams[i] for i in keep] if scores.head_grams else []
         keep_layers(model, blocks, keep)
         blocks = decoder_blocks(model)
     else:
         mlp_scores, head_scores = scores.mlp, scores.heads
+        mlp_grams, head_grams = scores.mlp_grams, scores.head_grams
     per_layer = []
     for i, block in enumerate(blocks):
         layer: dict = {}
         if shape.mlp_width < mlp_scores[i].shape[-1]:
             # [width], or [experts, width] where the MLP is routed experts: each expert keeps its own best
             kept = mlp_scores[i].topk(shape.mlp_width).indices.sort().values
+            if mlp_grams:
+                errors = _refit_output(arch, block, arch.mlp.output, mlp_grams[i], kept)
+                layer.update(mlp_error_sliced=errors["sliced"], mlp_error_refit=errors["refit"])
             arch.cut_mlp(block, kept)
             layer["mlp_importance_kept"] = float(mlp_scores[i].gather(-1, kept).sum()
                                                  / mlp_scores[i].sum().clamp(min=1e-12))
         if arch.attention is not None and head_scores[i] is not None and shape.head_units < head_scores[i].numel():
             kept = head_scores[i].topk(shape.head_units).indices.sort().values
+            if head_grams and head_grams[i] is not None:
+                errors = _refit_output(arch, block, arch.attention.o, head_grams[i],
+                                       arch.kept_o_columns(kept, config.head_unit))
+                layer.update(attention_error_sliced=errors["sliced"], attention_error_refit=errors["refit"])
             arch.cut_heads(block, kept, config.head_unit)
             layer["kept_head_units"] = kept.tolist()
         per_layer.append(layer)

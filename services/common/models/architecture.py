@@ -270,17 +270,22 @@ class Architecture:
     def set_mlp_width(self, width: int) -> None:
         setattr(self.config, self.mlp.width_key, width)
 
+    def kept_heads(self, keep_units: torch.Tensor, head_unit: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(query heads, KV heads) that keeping `keep_units` keeps."""
+        per_group = self.heads // self.kv_heads
+        if head_unit == "kv-group":
+            return torch.cat([g * per_group + torch.arange(per_group) for g in keep_units.tolist()]), keep_units
+        return torch.cat([g * per_group + keep_units for g in range(self.kv_heads)]), torch.arange(self.kv_heads)
+
+    def kept_o_columns(self, keep_units: torch.Tensor, head_unit: str) -> torch.Tensor:
+        """The attention output projection's input columns that keeping `keep_units` keeps."""
+        return _head_rows(self.kept_heads(keep_units, head_unit)[0], self.head_dim)
+
     def cut_heads(self, block: nn.Module, keep_units: torch.Tensor, head_unit: str) -> None:
         """Keeps the given KV groups (with their query heads), or the given query-head positions
         within every group."""
         a, d = self.attention, self.head_dim
-        per_group = self.heads // self.kv_heads
-        if head_unit == "kv-group":
-            kv = keep_units
-            q_heads = torch.cat([g * per_group + torch.arange(per_group) for g in kv.tolist()])
-        else:
-            kv = torch.arange(self.kv_heads)
-            q_heads = torch.cat([g * per_group + keep_units for g in range(self.kv_heads)])
+        q_heads, kv = self.kept_heads(keep_units, head_unit)
         q_rows = _head_rows(q_heads, d)
         kv_rows = _head_rows(kv, d)
         if not a.qkv:
