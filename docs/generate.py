@@ -696,8 +696,9 @@ def distillation_minilm_edge(_: str = "") -> str:
                    load_line(data["shapes"]["1x128"].get("load")), machine_line(data.get("machine")))
 
 
-def distillation_smollm2_shallow(_: str = "") -> str:
-    data = results("distillation.json")["smollm2-shallow"]
+def distillation_smollm2(recipe: str = "smollm2-shallow") -> str:
+    """A SmolLM2 prune -> distill recipe against its original (argument: the recipe)."""
+    data = results("distillation.json")[recipe or "smollm2-shallow"]
     rows = [[r["model"], f"{r['ppl']:.3f}",
              DASH if r["model"] == "teacher" else percent_change(r["delta_ppl"]),
              ci_speed(r["speed"]["prefill"]), ci_speed(r["speed"]["decode"]), f"{r['peak_rss_mb']:.0f}"]
@@ -705,7 +706,21 @@ def distillation_smollm2_shallow(_: str = "") -> str:
     headers = ["model", "ppl", "Δppl", "prefill × [95 %]", "decode × [95 %]", "peak RSS MB"]
     what = (f"{_prune_then_distill(data)}; gap closed {percent(data.get('gap_closed'))}; perplexity on "
             f"{data.get('quality_windows')} held-out windows")
-    return section("distillation.json", headers, rows, _run_setting(data, what), load_line(data.get("load")),
+    sets = data.get("quality_sets", {}).get("sets", {})
+    set_line = note("Other held-out sets, Δppl of " + ", ".join(data["quality_sets"]["worst"]) + ": " + "; ".join(
+        f"{name} " + ", ".join(percent_change(r["delta_ppl"]) for r in block["rows"].values())
+        for name, block in sets.items()) + ".") if sets else ""
+    return section("distillation.json", headers, rows, _run_setting(data, what), set_line,
+                   load_line(data.get("load")), machine_line(data.get("machine")))
+
+
+def distillation_curve(recipe: str = "smollm2-small") -> str:
+    """Validation perplexity against the tokens a recipe's distillation trained on (argument: the recipe)."""
+    data = results("distillation.json")[recipe or "smollm2-small"]
+    rows = [[f"{int(tokens):,}", int(step), f"{ppl:.3f}"] for step, ppl, tokens in data["validation_perplexity_curve"]]
+    return section("distillation.json", ["tokens trained on", "step", "validation ppl"], rows,
+                   note(f"`{recipe}`: perplexity of the calibration split's held-back share (not the evaluator's "
+                        f"held-out text), after the steps shown; the last row is the weights kept."),
                    machine_line(data.get("machine")))
 
 
@@ -951,7 +966,8 @@ SECTIONS: dict[str, Callable[[str], str]] = {
     "bench-pruning-openvino-sparse": pruning_openvino_sparse,
     "bench-distillation-minilm-small": distillation_minilm_small,
     "bench-distillation-minilm-edge": distillation_minilm_edge,
-    "bench-distillation-smollm2-shallow": distillation_smollm2_shallow,
+    "bench-distillation-smollm2": distillation_smollm2,  # argument: the recipe (smollm2-shallow, smollm2-small)
+    "bench-distillation-curve": distillation_curve,  # argument: the recipe
     "bench-distillation-sets": distillation_sets,
     "bench-distillation-families": distillation_families,
     "bench-chaos": chaos,
@@ -963,7 +979,9 @@ SECTIONS: dict[str, Callable[[str], str]] = {
     "recipe-matrix": recipe_matrix,
 }
 TAKES_ARGUMENT = {"bench-evaluation-comparison", "bench-optimizer", "bench-pipelines", "bench-quantization-model",
-                  "bench-search"}
+                  "bench-search", "bench-distillation-smollm2", "bench-distillation-curve"}
+# The SmolLM2 distillation recipes the bench measures, each with its table (and, where recorded, its curve).
+SMOLLM2_STUDENTS = ("smollm2-shallow", "smollm2-small")
 
 
 def required_sections() -> set[str]:
@@ -976,7 +994,11 @@ def required_sections() -> set[str]:
     per_file |= {f"bench-search:{path.name}" for path in RESULTS.glob("search*.json")}
     quantized = {r["model"] for r in results("quantization.json")["rows"]}
     per_quantized = {f"bench-quantization-model:{model}" for model in QUANTIZATION_OWN_TABLES if model in quantized}
-    return fixed | per_class | per_model | per_file | per_quantized
+    distilled = results("distillation.json")
+    per_student = {f"bench-distillation-smollm2:{r}" for r in SMOLLM2_STUDENTS if r in distilled}
+    per_student |= {f"bench-distillation-curve:{r}" for r in SMOLLM2_STUDENTS
+                    if distilled.get(r, {}).get("validation_perplexity_curve")}
+    return fixed | per_class | per_model | per_file | per_quantized | per_student
 
 
 def render_section(name: str, where: str) -> str:

@@ -95,9 +95,9 @@ class QatConfig(AwqConfig):
                                          "symmetric grids only)")
     batch_windows: int = Field(1, ge=1, le=64, description="Calibration windows per optimizer step")
     targets: Literal["block", "model"] = Field(
-        "block", description="What each block trains towards: the float block's outputs on the quantized "
-                             "inputs (repairs its own rounding), or the float model's hidden states (also "
-                             "makes up for the blocks before it)")
+        "model", description="What each block trains towards: the float model's hidden states (also makes up "
+                             "for the blocks before it), or the float block's outputs on the quantized inputs "
+                             "(repairs its own rounding only)")
 
     @model_validator(mode="after")
     def _learned_scales_are_symmetric(self):

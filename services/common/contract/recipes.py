@@ -206,7 +206,8 @@ RECIPES: dict[str, RecipeDef] = {
                 "INT4 everywhere: block-wise QAT on AWQ's grid for the Linears, and the tied embedding/head at 4 bits "
                 "rounded by GPTQ on the head's inputs (about 4.26 bits per weight, everything stored counted; "
                 "transformers dequantizes it at load)",
-                (RecipeStage(Q, "qat", {"bits": 4, "group_size": 64, "embedding_bits": 4, "head_bits": 4}),),
+                (RecipeStage(Q, "qat", {"bits": 4, "group_size": 64, "embedding_bits": 4, "head_bits": 4,
+                                        "steps_per_block": 150}),),
                 scenario="mobile", hardware=("cpu after export (onnx-int4 keeps its codes)", "transformers"),
                 compute="fp32", runtimes=("transformers",), uses_data="training", cost="tens of minutes"),
         builtin("w4a16-mixed",
@@ -284,7 +285,8 @@ RECIPES: dict[str, RecipeDef] = {
                 runtimes=("onnxruntime",), uses_data="calibration", cost="minutes"),
         builtin("qat-onnx-int4", "INT4 everywhere by block-wise QAT (w4a16-qat-compact4, quantizer), then ONNX "
                 "export keeping those codes in MatMulNBits and a 4-bit GatherBlockQuantized (optimizer)",
-                (RecipeStage(Q, "qat", {"bits": 4, "group_size": 64, "embedding_bits": 4, "head_bits": 4}, "quantize"),
+                (RecipeStage(Q, "qat", {"bits": 4, "group_size": 64, "embedding_bits": 4, "head_bits": 4,
+                                        "steps_per_block": 150}, "quantize"),
                  RecipeStage(O, "onnx-int4", {}, "export")),
                 scenario="edge", hardware=("cpu (onnxruntime, MatMulNBits)",), compute="fp32",
                 runtimes=("onnxruntime",), uses_data="training", cost="tens of minutes"),
@@ -391,6 +393,17 @@ RECIPES: dict[str, RecipeDef] = {
                 "by logit distillation from the original on cached top-k logits for 25 minutes", (
                     RecipeStage(P, "layers", {"layers_keep_share": 0.75}, "prune"),
                     RecipeStage(D, "distill-self", {"max_minutes": 25.0, "calibration_sequence_length": 256,
+                                                    "batch_size": 8}, "distill")),
+                scenario="edge", hardware=("any: a smaller model of the same class (transformers)",), compute="fp32",
+                runtimes=("transformers",), uses_data="training", cost="tens of minutes"),
+        builtin("smollm2-small", "A quarter of the FLOPs removed from every MLP's width (each down projection "
+                "refitted by least squares on calibration activations), healed by logit distillation from the "
+                "original on cached top-k logits, up to 200k tokens or 30 minutes", (
+                    RecipeStage(P, "structured", {"target_flops": 0.0, "mlp_keep": 0.5625, "reconstruct": True,
+                                                  "calibration_samples": 128, "calibration_sequence_length": 256},
+                                "prune"),
+                    RecipeStage(D, "distill-self", {"max_minutes": 30.0, "max_tokens": 200_000,
+                                                    "calibration_samples": 1024, "calibration_sequence_length": 256,
                                                     "batch_size": 8}, "distill")),
                 scenario="edge", hardware=("any: a smaller model of the same class (transformers)",), compute="fp32",
                 runtimes=("transformers",), uses_data="training", cost="tens of minutes"),
