@@ -111,6 +111,11 @@ def train(student: nn.Module, objective: Objective, data: TrainingData, config: 
         validation = data.validation_batches(config.batch_size)
         budget = config.max_minutes * 60
         student.eval()  # no dropout: the same batch gives the same update (resume == uninterrupted)
+        if validation and stored is None:
+            # The curve starts where training does, and the input itself is a candidate: a stage whose
+            # training only loses on the validation items hands back what it was given.
+            state.best_validation = _validate(objective, student, validation, state)["validation_loss"]
+            best = {k: v.detach().clone() for k, v in student.state_dict().items()}
         for p in params:
             p.requires_grad_(True)
         started = time.monotonic() - state.seconds

@@ -87,7 +87,7 @@ async def test_prune_then_self_distillation_is_one_job_healing_against_the_origi
     steps = [e for e in events if e.stage_index == 1 and e.metrics and "learning_rate" in e.metrics]
     assert [e.step for e in steps] == list(range(1, SHORT["max_steps"] + 1))
     assert all(e.metrics["loss"] > 0 for e in steps)
-    assert [v[0] for v in metrics["validation_curve"]] == [3, 6]
+    assert [v[0] for v in metrics["validation_curve"]] == [0, 3, 6]  # the input, then every 3 steps
     out = await call(client.download, allowed_root / "dl", job_id=job.job_id)
     from transformers import AutoModelForCausalLM
 

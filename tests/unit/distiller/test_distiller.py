@@ -267,6 +267,18 @@ def test_self_distillation_starts_at_zero_loss_and_born_again_does_not(deep_bert
     assert all(torch.equal(v, original[k]) for k, v in modelio.load_model(deep_bert_dir).state_dict().items())
 
 
+def test_training_that_only_loses_on_the_validation_items_hands_back_its_input(deep_bert_dir, tmp_path):
+    # The student is its own teacher: zero loss before the first step, so no step can beat the input.
+    entry = METHODS["distill-self"]
+    result = entry.run(parse_config(entry.config_cls, {**SHORT, "learning_rate": 0.05}), deep_bert_dir,
+                       tmp_path / "out", ProgressReporter())
+    assert result.metrics["best_step"] == 0 and result.metrics["steps"] == SHORT["max_steps"]
+    assert [row[0] for row in result.metrics["validation_curve"]] == [0, 2, 4]
+    assert result.metrics["validation_curve"][0][1] < 1e-6 < result.metrics["validation_curve"][-1][1]
+    given, out = modelio.load_model(deep_bert_dir).state_dict(), modelio.load_model(tmp_path / "out").state_dict()
+    assert all(torch.equal(v, given[k]) for k, v in out.items())
+
+
 def test_in_process_a_pipelines_self_distillation_learns_from_the_model_before_its_first_stage(deep_bert_dir, tmp_path):
     # prune -> distill-self: the teacher left empty is the unpruned original (as in the mesh), so
     # the first loss is the pruning's damage, not zero (which the pruned model as its own teacher gives).
@@ -313,8 +325,9 @@ def test_a_token_budget_stops_training_and_the_validation_curve_counts_tokens_se
                                               "student_layers": 2})
     figures = method.run(config, deep_llama_dir, tmp_path, ProgressReporter()).metrics
     assert figures["stopped"] == "max_tokens" and figures["steps"] == 3 and figures["tokens"] == 3 * per_step
-    assert [row[2] for row in figures["validation_curve"]] == [2 * per_step, 3 * per_step]
+    # The curve starts with the input itself, before any token.
+    assert [row[2] for row in figures["validation_curve"]] == [0, 2 * per_step, 3 * per_step]
     # Perplexity beside it, of the same validations: a random model's is about its vocabulary (30,522).
-    assert [(row[0], row[2]) for row in figures["validation_perplexity_curve"]] == [(2, 2 * per_step),
+    assert [(row[0], row[2]) for row in figures["validation_perplexity_curve"]] == [(0, 0), (2, 2 * per_step),
                                                                                    (3, 3 * per_step)]
     assert all(15_000 < row[1] < 60_000 for row in figures["validation_perplexity_curve"])
