@@ -1,6 +1,6 @@
 """The distiller's bars on both built-in models, each reached by a built-in recipe with its defaults.
 
-    python bench/distillation.py [--parts minilm-small,minilm-small-corpus,minilm-edge,smollm2-shallow,families]
+    python bench/distillation.py [--parts minilm-small,minilm-small-corpus,minilm-edge,smollm2-shallow,smollm2-small,families]
                                  [--iterations 20] [--work DIR] [--reuse] [--print]
 
 Every MiniLM student is also scored on each held-out set (QUALITY_SETS: the pydoc held-out split, then three
@@ -203,9 +203,11 @@ def minilm_edge(args, work: Path) -> dict:
             "distill": training_figures(distill.metrics), "shapes": shapes}
 
 
-def smollm2_shallow(args, work: Path) -> dict:
+def _smollm2_student(args, work: Path, recipe: str) -> dict:
+    """A SmolLM2 recipe of prune -> distill-self against the original: perplexity on held-out windows
+    (and the held-out sets), speed, and the validation perplexity against tokens trained on."""
     teacher = builtin_folder("smollm2-135m", default_cache())
-    stages, seconds = _compress("smollm2-135m", "smollm2-shallow", work / "smollm2-shallow", args)
+    stages, seconds = _compress("smollm2-135m", recipe, work / recipe, args)
     prune, distill = stages
     config = EvaluationConfig(batch_size=1, sequence_length=128, latency_iterations=args.iterations,
                               quality_windows=QUALITY_WINDOWS, decode_tokens=16)
@@ -215,13 +217,22 @@ def smollm2_shallow(args, work: Path) -> dict:
     rows = [{"model": label, "ppl": f["perplexity"], "delta_ppl": f["perplexity"] / base - 1,
              "peak_rss_mb": f["peak_rss_mb"], "speed": speed_of(f)}
             for label, f in zip(["teacher", "pruned", "pruned+distilled"], figures)]
-    return {"model": "smollm2-135m", "recipe": "smollm2-shallow", "seconds": seconds,
+    return {"model": "smollm2-135m", "recipe": recipe, "seconds": seconds,
             "stage_seconds": {s.name: s.seconds for s in stages},
             "prune": {k: prune.metrics.get(k) for k in ("flops_ratio", "parameters_ratio", "shape_after")},
             "distill": training_figures(distill.metrics), "reloads": reloads(distill.folder),
+            "validation_perplexity_curve": distill.metrics.get("validation_perplexity_curve", []),
             "gap_closed": (figures[1]["perplexity"] - figures[2]["perplexity"]) / gap if gap > 0 else None,
             "quality_sets": causal_sets(teacher, ["pruned", "pruned+distilled"], [prune.folder, distill.folder]),
             "quality_windows": QUALITY_WINDOWS, "rows": rows, "rounds": timing["rounds"], "load": timing["load"]}
+
+
+def smollm2_shallow(args, work: Path) -> dict:
+    return _smollm2_student(args, work, "smollm2-shallow")
+
+
+def smollm2_small(args, work: Path) -> dict:
+    return _smollm2_student(args, work, "smollm2-small")
 
 
 def families(args, work: Path) -> dict:
@@ -251,7 +262,7 @@ def families(args, work: Path) -> dict:
 
 
 PARTS = {"minilm-small": minilm_small, "minilm-small-corpus": minilm_small_corpus, "minilm-edge": minilm_edge,
-         "smollm2-shallow": smollm2_shallow, "families": families}
+         "smollm2-shallow": smollm2_shallow, "smollm2-small": smollm2_small, "families": families}
 
 
 def _speed(row: dict, phase: str) -> str:
@@ -282,6 +293,29 @@ def _print_sets(found: dict | None) -> None:
     print("worst: " + ", ".join(f"{label} {w['accuracy_kept']:.1%} on {w['set']}" for label, w in found["worst"].items()))
 
 
+def _print_smollm2(s: dict) -> None:
+    d = s["distill"]
+    print(f"\nSmolLM2-135M, recipe {s['recipe']} (prune: {s['prune']['shape_after']}, FLOPs "
+          f"{s['prune']['flops_ratio']:.3f}; distill-self {d['steps']} steps in {d['seconds']} s, stopped by "
+          f"{d['stopped']}; perplexity on {s['quality_windows']} held-out windows; 1x128 prefill, 16-token decode)")
+    print("model | ppl | Δppl | prefill × | decode × | peak RSS MB")
+    for r in s["rows"]:
+        print(" | ".join([r["model"], f"{r['ppl']:.3f}", f"{r['delta_ppl']:+.1%}", _speed(r, "prefill"),
+                          _speed(r, "decode"), f"{r['peak_rss_mb']:.0f}"]))
+    sets = s.get("quality_sets", {"worst": {}, "sets": {}})  # runs before the held-out sets have none
+    print("held-out set | teacher ppl | " + " | ".join(f"{label} ppl (Δ)" for label in sets["worst"]))
+    for name, block in sets["sets"].items():
+        print(" | ".join([name, f"{block['teacher_ppl']:.3f}"] + [f"{r['ppl']:.3f} ({r['delta_ppl']:+.1%})"
+                                                                  for r in block["rows"].values()]))
+    if s["gap_closed"] is not None:
+        print(f"gap between pruned-only and teacher closed: {s['gap_closed']:.1%}; reloads {s['reloads']}; "
+              f"{s['rounds']} rounds, load {s['load']}")
+    if curve := s.get("validation_perplexity_curve"):
+        print("tokens trained on | validation ppl (calibration split's held-back share)")
+        for step, ppl, tokens in curve:
+            print(f"{int(tokens):,} | {ppl:.3f}  (step {int(step)})")
+
+
 def print_tables(results: dict) -> None:
     machine = results["machine"]
     print(f"machine: {machine['cpu_model']} ({machine['isa_class']}), load at the end {machine['load_average_1_5_15m']}")
@@ -307,23 +341,9 @@ def print_tables(results: dict) -> None:
               f"{e['stage_seconds']})")
         _print_encoder_shapes(e["shapes"])
         _print_sets(e.get("quality_sets"))
-    if s := results.get("smollm2-shallow"):
-        d = s["distill"]
-        print(f"\nSmolLM2-135M, recipe smollm2-shallow (prune: {s['prune']['shape_after']}, FLOPs "
-              f"{s['prune']['flops_ratio']:.3f}; distill-self {d['steps']} steps in {d['seconds']} s, stopped by "
-              f"{d['stopped']}; perplexity on {s['quality_windows']} held-out windows; 1x128 prefill, 16-token decode)")
-        print("model | ppl | Δppl | prefill × | decode × | peak RSS MB")
-        for r in s["rows"]:
-            print(" | ".join([r["model"], f"{r['ppl']:.3f}", f"{r['delta_ppl']:+.1%}", _speed(r, "prefill"),
-                              _speed(r, "decode"), f"{r['peak_rss_mb']:.0f}"]))
-        sets = s.get("quality_sets", {"worst": {}, "sets": {}})  # runs before the held-out sets have none
-        print("held-out set | teacher ppl | " + " | ".join(f"{label} ppl (Δ)" for label in sets["worst"]))
-        for name, block in sets["sets"].items():
-            print(" | ".join([name, f"{block['teacher_ppl']:.3f}"] + [f"{r['ppl']:.3f} ({r['delta_ppl']:+.1%})"
-                                                                      for r in block["rows"].values()]))
-        if s["gap_closed"] is not None:
-            print(f"gap between pruned-only and teacher closed: {s['gap_closed']:.1%}; reloads {s['reloads']}; "
-                  f"{s['rounds']} rounds, load {s['load']}")
+    for recipe in ("smollm2-shallow", "smollm2-small"):
+        if s := results.get(recipe):
+            _print_smollm2(s)
     if f := results.get("families"):
         print(f"\nLoss families on one MiniLM student shape ({f['student']}); teacher k-NN "
               f"{f['teacher_knn_topic_accuracy']:.3f}")
