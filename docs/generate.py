@@ -720,7 +720,8 @@ def distillation_curve(recipe: str = "smollm2-small") -> str:
     rows = [[f"{int(tokens):,}", int(step), f"{ppl:.3f}"] for step, ppl, tokens in data["validation_perplexity_curve"]]
     return section("distillation.json", ["tokens trained on", "step", "validation ppl"], rows,
                    note(f"`{recipe}`: perplexity of the calibration split's held-back share (not the evaluator's "
-                        f"held-out text), after the steps shown; the last row is the weights kept."),
+                        f"held-out text) after the steps shown; the stage keeps the weights of the lowest "
+                        f"validation loss."),
                    machine_line(data.get("machine")))
 
 
