@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from services.common.calibration.blocks import decoder_blocks
+from services.common.calibration.hessian import relative_output_error
 from services.common.measure.flops import forward_flops
 from services.common.models import families
 from services.common.models.architecture import Architecture, keep_layers
@@ -108,13 +109,12 @@ def refit_columns(weight: torch.Tensor, gram: torch.Tensor, keep: torch.Tensor) 
     g_kk = g[keep][:, keep]
     ridge = REFIT_DAMPING * g_kk.diagonal().mean().clamp(min=1e-12)
     fitted = torch.linalg.solve(g_kk + ridge * torch.eye(len(keep), dtype=g.dtype), (w @ g[:, keep]).t()).t()
-    total = torch.einsum("oi,ij,oj->", w, g, w).clamp(min=1e-30)
 
     def error(w_kept: torch.Tensor) -> float:
-        # ‖W X − W' X_K‖² = tr(W G Wᵀ) − 2 tr(W G[:, K] W'ᵀ) + tr(W' G_KK W'ᵀ)
-        cross = torch.einsum("oi,ij,oj->", w, g[:, keep], w_kept)
-        kept = torch.einsum("oi,ij,oj->", w_kept, g_kk, w_kept)
-        return float(((total - 2 * cross + kept) / total).clamp(min=0.0))
+        # The cut layer as a full-width one whose removed columns are zero.
+        widened = torch.zeros_like(w)
+        widened[:, keep] = w_kept
+        return relative_output_error(w, widened, g)
 
     return fitted.to(weight.dtype), {"sliced": error(w[:, keep]), "refit": error(fitted)}
 
