@@ -283,8 +283,8 @@ def _moments_hook(store: dict, key: int):
 
 def _gram(store: dict, key: int):
     def record(x: torch.Tensor) -> None:
-        x = x.double()
-        store[key] = store.get(key, 0) + x.t() @ x
+        # One window's product in FP32 (a few times faster than FP64 on a CPU), the sum over windows in FP64.
+        store[key] = store.get(key, 0) + (x.float().t() @ x.float()).double()
     return record
 
 
