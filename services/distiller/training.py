@@ -1,5 +1,5 @@
-"""The bounded training loop: AdamW with linear warm-up (then cosine decay when the step budget is
-known), validation and early stopping, progress per step (the cancel point), and checkpoints a
+"""The bounded training loop: AdamW with linear warm-up (then cosine decay when a step or token budget
+is known), validation and early stopping, progress per step (the cancel point), and checkpoints a
 retried stage resumes from.
 
 A checkpoint holds the student's and the objective's weights, the optimizer, the batch
@@ -51,20 +51,30 @@ def batch_tokens(batch: dict) -> int:
     return int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
 
 
-def _learning_rate(config: TrainingConfig, step: int) -> float:
-    if config.warmup_steps and step <= config.warmup_steps:
-        return config.learning_rate * step / config.warmup_steps
-    if config.max_steps:
-        done = (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps)
-        return config.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, done))))
-    return config.learning_rate
+def _bounded_share(config: TrainingConfig, state: LoopState) -> float | None:
+    """Share of the run done by the bound that ends it first among steps and tokens (both known in
+    advance and reproducible on resume); None when only time bounds the run."""
+    shares = ([state.step / config.max_steps] if config.max_steps else []) + (
+        [state.tokens / config.max_tokens] if config.max_tokens else [])
+    return max(shares) if shares else None
+
+
+def _learning_rate(config: TrainingConfig, state: LoopState) -> float:
+    """Linear warm-up, then a cosine decay to a tenth of the peak over the step or token budget,
+    whichever ends the run first (a budget of time alone keeps the peak: where it ends is not known)."""
+    if config.warmup_steps and state.step <= config.warmup_steps:
+        return config.learning_rate * state.step / config.warmup_steps
+    shares = ([(state.step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps)]
+              if config.max_steps else []) + ([state.tokens / config.max_tokens] if config.max_tokens else [])
+    if not shares:
+        return config.learning_rate
+    return config.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, max(shares)))))
 
 
 def _progress(config: TrainingConfig, state: LoopState) -> float:
-    """Share of the run done: by steps when they bound it (reproducible), else by time."""
-    if config.max_steps:
-        return state.step / config.max_steps
-    return state.seconds / (config.max_minutes * 60)
+    """Share of the run done: by steps or tokens when they bound it (reproducible), else by time."""
+    done = _bounded_share(config, state)
+    return done if done is not None else state.seconds / (config.max_minutes * 60)
 
 
 def _trainable(student: nn.Module, objective: Objective) -> list[nn.Parameter]:
@@ -132,7 +142,7 @@ def train(student: nn.Module, objective: Objective, data: TrainingData, config: 
                     state.stopped = "max_tokens"
                     break
                 state.step += 1
-                lr = _learning_rate(config, state.step)
+                lr = _learning_rate(config, state)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 batch = data.draw(config.batch_size, generator)

@@ -318,6 +318,23 @@ def test_a_causal_lm_keeps_its_table_whole(deep_llama_dir, tmp_path):
                    deep_llama_dir, tmp_path, ProgressReporter())
 
 
+def test_the_learning_rate_decays_over_whichever_budget_ends_the_run_first():
+    from services.distiller.training import LoopState, _learning_rate
+
+    def lr(step: int, tokens: int, **bounds) -> float:
+        config = parse_config(ResponseConfig, {"learning_rate": 1e-3, "warmup_steps": 2, **bounds})
+        return _learning_rate(config, LoopState(step=step, tokens=tokens))
+
+    assert lr(1, 0, max_tokens=1000) == pytest.approx(5e-4)  # warm-up
+    assert lr(3, 0, max_tokens=1000) == pytest.approx(1e-3)
+    assert lr(9, 500, max_tokens=1000) == pytest.approx(0.55e-3)  # half the tokens: half-way down the cosine
+    assert lr(50, 1000, max_tokens=1000) == pytest.approx(1e-4)  # to a tenth at the end
+    assert lr(50, 1000) == pytest.approx(1e-3)  # time alone: the end is not known, the peak is kept
+    # Steps net of the warm-up, and the tighter of the two bounds.
+    assert lr(12, 100, max_steps=22, max_tokens=1000) == pytest.approx(0.55e-3)
+    assert lr(12, 1000, max_steps=22, max_tokens=1000) == pytest.approx(1e-4)
+
+
 def test_a_token_budget_stops_training_and_the_validation_curve_counts_tokens_seen(deep_llama_dir, tmp_path):
     method = METHODS["distill-response"]
     per_step = SHORT["batch_size"] * SHORT["calibration_sequence_length"]  # causal windows: no padding
