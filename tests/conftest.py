@@ -12,8 +12,6 @@ from services.common.store.nats_server import start_nats_server
 # One cache of the dequantized built-in models for every test (unit and e2e): a fresh
 # machine builds SmolLM2's FP32 copy once, not once per test module.
 os.environ.setdefault("MODELPRESS_CACHE", str(Path.home() / ".cache" / "modelpress"))
-# The evaluator's next probe loads while the suite does other things, in-process measurements too.
-os.environ.setdefault("MODELPRESS_SPARE_PROBE", "1")
 
 
 def minilm_folder() -> Path:

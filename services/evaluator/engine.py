@@ -3,26 +3,23 @@ process for interleaved latency when comparing, and the reference-based encoder 
 
 from __future__ import annotations
 
-import atexit
 import contextvars
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator
 
-from services.common.contract.config import MethodConfig
 from services.common.datasets import corpus
 from services.common.datasets.heldout_sets import HELDOUT_SETS
 from services.common.models import modelio
 from services.common.store import packaging
+from services.common.contract.config import MethodConfig
 from services.evaluator import quality
 from services.evaluator.measure import stored_parameter_bytes
 from services.evaluator.probe import ProbePlan
@@ -106,11 +103,11 @@ class ProbeScope:
         self._running: set[subprocess.Popen] = set()
         self.cancelled = False
 
-    def start(self, launch: Callable[[], subprocess.Popen]) -> subprocess.Popen:
+    def start(self, cmd: list[str]) -> subprocess.Popen:
         with self._lock:
             if self.cancelled:
                 raise ProbeCancelled("measurement cancelled before its next probe")
-            proc = launch()
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             self._running.add(proc)
             return proc
 
@@ -129,105 +126,22 @@ class ProbeScope:
 probe_scope: contextvars.ContextVar[ProbeScope | None] = contextvars.ContextVar("probe_scope", default=None)
 
 
-def _popen(cmd: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-class SpareProbe:
-    """The next torch probe, started when the last running one ended (probe.py `ahead`): by the time
-    a measurement asks for it, its interpreter and torch are loaded (seconds per probe on a small
-    CPU). It is started only while no probe runs, so none measures beside one loading; each serves
-    one plan; one started under another environment than the evaluator's now is not used.
-
-    On in the evaluator service; off where a library caller measures in its own process (it may
-    time something right after a probe, beside a spare loading). MODELPRESS_SPARE_PROBE=1 or 0
-    decides for both."""
-
-    COMMAND = (sys.executable, "-m", "services.evaluator.probe", "ahead")
-
-    def __init__(self, enabled: bool = False) -> None:
-        self.enabled = enabled
-        self._lock = threading.Lock()
-        self._spare: subprocess.Popen | None = None
-        self._env: dict[str, str] = {}
-        self._running = 0
-
-    def enable(self, default: bool) -> None:
-        self.enabled = {"1": True, "0": False}.get(os.environ.get("MODELPRESS_SPARE_PROBE", ""), default)
-
-    def take(self) -> subprocess.Popen:
-        with self._lock:
-            spare, env, self._spare = self._spare, self._env, None
-        if spare is not None and (spare.poll() is not None or env != _import_time_env()):
-            _discard(spare)
-            spare = None
-        proc = spare or _popen(list(self.COMMAND))
-        with self._lock:
-            self._running += 1
-        return proc
-
-    def done(self) -> None:
-        with self._lock:
-            self._running -= 1
-            if self.enabled and self._running == 0 and self._spare is None:
-                self._spare, self._env = _popen(list(self.COMMAND)), _import_time_env()
-
-    @property
-    def waiting_pid(self) -> int | None:
-        """The process id of the spare no measurement has taken yet, if any."""
-        spare = self._spare
-        return spare.pid if spare is not None else None
-
-    def close(self) -> None:
-        with self._lock:
-            spare, self._spare = self._spare, None
-        if spare is not None:
-            _discard(spare)
-
-
-# Environment variables read while torch, transformers and their thread pools load: a spare loaded under
-# other values is replaced. The rest of the environment travels with the plan (probe.py applies it).
-IMPORT_TIME_ENV = ("OMP_", "MKL_", "KMP_", "OPENBLAS_", "TORCH", "PYTORCH", "LD_", "PYTHON", "CUDA", "HF_",
-                   "TRANSFORMERS_", "TOKENIZERS_")
-
-
-def _import_time_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k.startswith(IMPORT_TIME_ENV)}
-
-
-def _discard(proc: subprocess.Popen) -> None:
-    """A spare not used is killed at once (it may still be loading: no CPU spent on it)."""
-    proc.kill()
-    proc.communicate()
-
-
-SPARE = SpareProbe()
-SPARE.enable(default=False)
-atexit.register(SPARE.close)
-
-
 def run_probe(mode: str, plan: ProbePlan, timeout_s: float = 3600) -> dict:
     """mode: `measure` / `interleave` (probe.py), or `serving` (serving_probe.py, engine formats)."""
-    scope = probe_scope.get() or ProbeScope()
     if mode == "serving":
-        # No torch in this one (what it measures is a runtime's memory without it): started when asked.
-        proc = scope.start(lambda: _popen([sys.executable, "-m", "services.evaluator.serving_probe",
-                                           plan.to_json()]))
-        request, spare = "", False
+        cmd = [sys.executable, "-m", "services.evaluator.serving_probe", plan.to_json()]
     else:
-        proc = scope.start(SPARE.take)
-        request, spare = json.dumps({"mode": mode, "plan": plan.to_json(), "env": dict(os.environ),
-                                       "cwd": os.getcwd()}) + "\n", True
+        cmd = [sys.executable, "-m", "services.evaluator.probe", mode, plan.to_json()]
+    scope = probe_scope.get() or ProbeScope()
+    proc = scope.start(cmd)
     try:
-        stdout, stderr = proc.communicate(input=request, timeout=timeout_s)
+        stdout, stderr = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.communicate()
         raise
     finally:
         scope.finished(proc)
-        if spare:
-            SPARE.done()
     if scope.cancelled:
         raise ProbeCancelled("measurement cancelled: its probe was killed")
     if proc.returncode != 0:

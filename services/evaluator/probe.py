@@ -6,18 +6,11 @@ code cannot take the service down:
 
     python -m services.evaluator.probe measure PLAN_JSON      one model, every figure
     python -m services.evaluator.probe interleave PLAN_JSON   N models, latency interleaved
-    python -m services.evaluator.probe ahead                  loads what every probe needs, then
-                                                              reads {"mode", "plan", "env", "cwd"} from stdin
-
-`ahead` is how the evaluator starts its probes: one is started when the previous one ends, so the
-next measurement does not wait for the interpreter and torch (engine.SpareProbe). Each serves
-one measurement, so its peak RSS is still that of one fresh process measuring one plan.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import resource
 import sys
 from dataclasses import asdict, dataclass, field
@@ -114,12 +107,12 @@ def not_measured(plan: ProbePlan, kind: str, fmt: str, supports_decode: bool) ->
 def measure(plan: ProbePlan) -> dict:
     import torch
 
-    from services.common.measure.machine import PowerMeter, describe_machine
     from services.common.models import modelio
     from services.evaluator import latency, quality
-    from services.evaluator.formats import load_for_measurement
+    from services.common.measure.machine import PowerMeter, describe_machine
     from services.evaluator.machine_load import LoadWatch
     from services.evaluator.measure import count_flops, count_parameters
+    from services.evaluator.formats import load_for_measurement
 
     folder = Path(plan.models[0])
     loaded = load_for_measurement(folder, plan.device, plan.threads)
@@ -216,34 +209,8 @@ def interleave(plan: ProbePlan) -> dict:
     return result
 
 
-def _wait_for_work() -> list[str] | None:
-    """Imports what both modes load models with, then reads the mode and plan from stdin; None when
-    stdin closes first (the evaluator that started it went away or discarded it)."""
-    # Most of a small model's probe is these imports (the transformers ones scan every model family).
-    import torch  # noqa: F401
-    import transformers.modeling_utils  # noqa: F401
-    from transformers import AutoConfig, AutoModel, AutoTokenizer  # noqa: F401
-
-    from services.evaluator import formats, latency, quality  # noqa: F401
-
-    line = sys.stdin.readline()
-    if not line.strip():
-        return None
-    request = json.loads(line)
-    # The evaluator's environment now (what a probe started now would inherit); the variables read
-    # while loading were checked equal before it was sent here.
-    os.environ.clear()
-    os.environ.update(request["env"])
-    os.chdir(request["cwd"])
-    return [request["mode"], request["plan"]]
-
-
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if argv == ["ahead"]:
-        argv = _wait_for_work()
-        if argv is None:
-            return
     if len(argv) != 2 or argv[0] not in ("measure", "interleave"):
         raise SystemExit(__doc__)
     plan = ProbePlan.from_json(argv[1])

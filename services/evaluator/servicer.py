@@ -27,7 +27,7 @@ from services.evaluator import report as reports
 from services.evaluator.benchmark_store import BenchmarkStore
 from services.evaluator.comparison import comparison_row, threshold_set_message
 from services.evaluator.figures import metrics_message, stage_figures
-from services.evaluator.engine import (SPARE, EvaluationConfig, ProbeScope, compare_folders, evaluate_folder,
+from services.evaluator.engine import (EvaluationConfig, ProbeScope, compare_folders, evaluate_folder,
                                        probe_scope)
 from services.evaluator.formats import check_measurable
 from services.common.contract.thresholds import THRESHOLD_SETS, UnknownThresholdSet, threshold_set
@@ -122,8 +122,6 @@ class Measurer:
     def __init__(self, runtime: ServiceRuntime) -> None:
         self._runtime = runtime
         self._turn = asyncio.Lock()
-        # Measurements one at a time, so the next probe may load while none is measuring.
-        SPARE.enable(default=True)
 
     async def folder(self, ref: common_pb2.ModelRef) -> Path:
         folder = await self._runtime.models.local_folder(ref)

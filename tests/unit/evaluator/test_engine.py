@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import time
 
 import pytest
 
@@ -139,32 +138,6 @@ def test_peak_rss_is_the_probe_own_not_its_parent(tiny_llama_dir):
     figures = evaluate_folder(tiny_llama_dir, config)
     assert 50 < figures["peak_rss_mb"] < 1000, figures["peak_rss_mb"]
     del ballast
-
-
-def test_the_next_probe_waits_loaded_and_serves_one_plan_under_the_callers_environment(tiny_llama_dir,
-                                                                                       monkeypatch):
-    from services.evaluator import engine
-
-    spare = engine.SpareProbe(enabled=True)
-    monkeypatch.setattr(engine, "SPARE", spare)
-    config = EvaluationConfig(batch_size=1, sequence_length=8, latency_iterations=1, warmup=0, quality_windows=0,
-                              decode_tokens=0)
-    first = evaluate_folder(tiny_llama_dir, config)
-    waiting = spare._spare
-    assert waiting is not None and waiting.poll() is None  # started when the probe ended
-    assert spare.waiting_pid == waiting.pid
-    time.sleep(1.0)
-    assert waiting.poll() is None  # it waits for its plan
-    second = evaluate_folder(tiny_llama_dir, config)
-    assert waiting.poll() == 0  # it measured the second plan and exited, as a fresh probe does
-    assert second["parameters"] == first["parameters"] and second.get("flops") == first.get("flops")
-    # One loaded under other thread settings than the caller's now is not used: killed, a fresh one measures.
-    stale = spare._spare
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert evaluate_folder(tiny_llama_dir, config)["parameters"] == first["parameters"]
-    assert stale.returncode is not None and stale.returncode < 0
-    spare.close()
-    assert spare._spare is None
 
 
 BURNER = """
