@@ -1,9 +1,11 @@
 """Evaluation of model folders: one fresh probe process per model (figures, peak RSS), one shared
-process for interleaved latency when comparing, and the reference-based encoder figures here."""
+process for interleaved latency when comparing, and the reference-based encoder figures here. A probe that
+times nothing is run once per model content and plan (figure_cache.py)."""
 
 from __future__ import annotations
 
 import contextvars
+import copy
 import json
 import subprocess
 import sys
@@ -21,6 +23,7 @@ from services.common.models import modelio
 from services.common.store import packaging
 from services.common.contract.config import MethodConfig
 from services.evaluator import quality
+from services.evaluator.figure_cache import UntimedFigureCache
 from services.evaluator.measure import stored_parameter_bytes
 from services.evaluator.probe import ProbePlan
 
@@ -151,6 +154,25 @@ def run_probe(mode: str, plan: ProbePlan, timeout_s: float = 3600) -> dict:
     return json.loads(stdout)
 
 
+untimed_figures = UntimedFigureCache()
+
+
+def measure_untimed(folder: Path, plan: ProbePlan) -> dict:
+    """A `measure` probe of `folder` that times nothing, or the figures (and embeddings file) of the
+    same probe on the same content before."""
+    key = untimed_figures.key(folder, plan)
+    found = untimed_figures.get(key)
+    if found is not None:
+        figures, embeddings = found
+        if embeddings is not None:
+            Path(plan.embeddings_out).write_bytes(embeddings)
+        return copy.deepcopy(figures)
+    figures = run_probe("measure", plan)
+    out = Path(plan.embeddings_out) if plan.embeddings_out else None
+    untimed_figures.put(key, copy.deepcopy(figures), out.read_bytes() if out is not None and out.exists() else None)
+    return figures
+
+
 def _load_embeddings(path: Path):
     from safetensors.torch import load_file
 
@@ -169,8 +191,8 @@ def evaluate_folder(folder: Path, config: EvaluationConfig, reference: Path | No
                                                    time_latency=time_latency))
         if reference is not None and figures["kind"] == "encoder" and config.quality_sentences:
             reference_embeddings = Path(tmp) / "reference.safetensors"
-            run_probe("measure", config.plan([reference], embeddings_out=str(reference_embeddings),
-                                             time_latency=False, quality_windows=0))
+            measure_untimed(reference, config.plan([reference], embeddings_out=str(reference_embeddings),
+                                                   time_latency=False, quality_windows=0))
             figures["encoder"] = add_reference(figures, _load_embeddings(embeddings),
                                                _load_embeddings(reference_embeddings), config.quality_split,
                                                folder, reference)
@@ -216,7 +238,7 @@ def compare_folders(folders: list[Path], baseline_index: int, config: Evaluation
     with tempfile.TemporaryDirectory(prefix="mp-compare-") as tmp:
         paths = [Path(tmp) / f"embeddings-{i}.safetensors" for i in range(len(folders))]
         for folder, path in zip(folders, paths):
-            figures = run_probe("measure", config.plan([folder], embeddings_out=str(path), time_latency=False))
+            figures = measure_untimed(folder, config.plan([folder], embeddings_out=str(path), time_latency=False))
             results.append(_with_file_figures(_with_serving_memory(figures, folder, config), folder))
         if results[baseline_index]["kind"] == "encoder" and config.quality_sentences:
             reference = _load_embeddings(paths[baseline_index])
