@@ -37,6 +37,11 @@ class TrainingConfig(CalibrationConfig):
     weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="AdamW weight decay")
     validation_share: float = Field(0.1, ge=0.0, lt=0.5, description="Share of the training data held back to "
                                                                       "validate on (from the same calibration split)")
+    augment_copies: int = Field(0, ge=0, le=64, description="Augmented copies of each training item, "
+                                                             "augment_share of its tokens swapped for whole words "
+                                                             "drawn from the whole vocabulary (the teacher's outputs "
+                                                             "on them are the targets; validation stays as written)")
+    augment_share: float = Field(0.15, gt=0.0, le=1.0, description="Share of an augmented copy's tokens swapped")
     validate_every: int = Field(25, ge=1, le=100000, description="Steps between validations")
     early_stopping_patience: int = Field(0, ge=0, le=1000, description="Stop after this many validations without "
                                                                         "improvement (0 = never); the best "

@@ -22,9 +22,12 @@ class TrainingData:
     sequence_length: int
     # Old -> new token ids of a student with a trimmed vocabulary (None: the same ids).
     token_map: torch.Tensor | None = None
+    # Items past this one are augmented copies (augment); None: none.
+    written_items: int | None = None
 
     def texts(self) -> list[str]:
-        return self.pieces or []
+        """The training text's pieces as written (no augmented copies)."""
+        return (self.pieces or [])[:self.written_items]
 
     def batch(self, items: list[int]) -> dict:
         """Teacher inputs, plus `student_input_ids` where the student's vocabulary differs; `index`
@@ -73,6 +76,48 @@ def training_data(tokenizer, text: str, causal: bool, samples: int, sequence_len
     validation = list(range(step - 1, count, step))[:held] if held else []
     train = [i for i in range(count) if i not in set(validation)]
     return TrainingData(causal, windows, pieces, train, validation, tokenizer, sequence_length)
+
+
+def replacement_ids(tokenizer) -> torch.Tensor:
+    """Token ids that stand for a whole word of two letters or more: what a swapped-in token may be
+    (WordPiece continuations would glue onto the word before; special tokens are not text)."""
+    special = set(tokenizer.all_special_ids)
+    ids = [i for token, i in tokenizer.get_vocab().items()
+           if i not in special and not token.startswith("##")
+           and len(word := token.lstrip("\u0120\u2581")) >= 2 and word.isalpha()]
+    if not ids:
+        raise ValueError("augment_copies: the tokenizer's vocabulary has no whole-word tokens to swap in")
+    return torch.tensor(sorted(ids))
+
+
+def augment(data: TrainingData, copies: int, share: float, seed: int) -> None:
+    """TinyBERT's augmentation without its masked-LM proposals (a sentence encoder has none): `copies`
+    more of each training item, `share` of its tokens swapped for whole-word tokens drawn uniformly from
+    the vocabulary, appended to the training items. The calibration text uses a few thousand of a
+    tokenizer's tokens; the copies train every row of the token table and the blocks on words the text
+    never has, with the teacher's outputs on them as targets. Validation items stay as written."""
+    if copies <= 0:
+        return
+    generator = torch.Generator().manual_seed(seed + 1)
+    swap_in = replacement_ids(data.tokenizer)
+    originals = list(data.train_items)
+    count = len(data.windows) if data.causal else len(data.pieces)
+    data.written_items = count
+
+    def swapped(ids: torch.Tensor) -> torch.Tensor:
+        chosen = torch.rand(ids.shape, generator=generator) < share
+        picks = swap_in[torch.randint(len(swap_in), ids.shape, generator=generator)]
+        return torch.where(chosen, picks, ids)
+
+    if data.causal:
+        extra = [swapped(data.windows[i]) for _ in range(copies) for i in originals]
+        data.windows = torch.cat([data.windows, torch.stack(extra)])
+    else:
+        encoded = data.tokenizer([data.pieces[i] for i in originals], add_special_tokens=False,
+                                 truncation=True, max_length=data.sequence_length).input_ids
+        data.pieces = data.pieces + [data.tokenizer.decode(swapped(torch.tensor(ids)).tolist())
+                                     for _ in range(copies) for ids in encoded]
+    data.train_items = originals + list(range(count, count + copies * len(originals)))
 
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
