@@ -38,8 +38,10 @@ demo: install
 	$(MP) search builtin:smollm2-135m $(DEMO_SEARCH) --name "demo search" --wait && \
 	$(PY) examples/serve_demo.py --chat smollm2-searched
 
+# Two workers, each test file on one of them (its module-scoped mesh starts once): one worker keeps
+# about one core busy, the rest of its time waiting on process start-ups, kills and NATS.
 test: install
-	$(PY) -m pytest -q --timeout 1200 -m "not slow and not compat"
+	$(PY) -m pytest -q --timeout 1200 -m "not slow and not compat" -n 2 --dist loadfile
 
 # Runs too long for the suite's budget: the demo pipeline with its gate, a real compare and report, a NATS
 # cluster losing its leader (docs/architecture.md lists them all).
@@ -57,7 +59,7 @@ chaos: install
 	$(PY) bench/chaos.py
 
 test-fast: install
-	$(PY) -m pytest -q -m "not e2e and not slow and not compat" --timeout 600
+	$(PY) -m pytest -q -m "not e2e and not slow and not compat" --timeout 600 -n 2 --dist loadfile
 
 # Every declared model family's tiny random model through each matrix recipe (tests/compat); records
 # bench/results/compat.json, which `make docs` renders in docs/contributing.md.
