@@ -14,6 +14,7 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
+from services.common.store.path_models import file_identity
 from services.evaluator.probe import ProbePlan
 
 # A job's original and its output per entry; a search's candidates share one original.
@@ -21,15 +22,12 @@ MAX_ENTRIES = 64
 
 
 def content_stamp(folder: Path) -> tuple:
-    """What changes whenever a file of the folder is added, removed or rewritten (ctime cannot be
-    set back by the file's owner), without reading the bytes."""
+    """What changes whenever a file of the folder is added, removed or rewritten, without reading the bytes."""
     stamp = []
     for root, _, files in os.walk(folder):
         for name in files:
             path = Path(root) / name
-            st = path.stat()
-            stamp.append((str(path.relative_to(folder)), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
-                          st.st_ctime_ns))
+            stamp.append((str(path.relative_to(folder)), *file_identity(path.stat())))
     return tuple(sorted(stamp))
 
 
@@ -71,7 +69,3 @@ class UntimedFigureCache:
             self._entries.move_to_end(key)
             while len(self._entries) > self._max:
                 self._entries.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()

@@ -296,7 +296,7 @@ class _OpenFolder:
                 if tally.bytes > MAX_FOLDER_BYTES:
                     raise UnsafeEntry(f"model.path: {self.located.name()} holds over {MAX_FOLDER_BYTES:,} bytes "
                                       "(the most a path model may hold)")
-                tally.identity.append([path, *_identity(st)])
+                tally.identity.append([path, *file_identity(st)])
                 yield _Entry(path, False, target_fd, target_name, st)
             finally:
                 if target_fd != fd:
@@ -415,7 +415,7 @@ def _below_root(parts: tuple[str, ...]) -> tuple[str, ...] | None:
     return tuple(kept)
 
 
-def _identity(st: os.stat_result) -> tuple[int, ...]:
+def file_identity(st: os.stat_result) -> tuple[int, ...]:
     """What changes whenever a file's bytes do (ctime cannot be set back by its owner)."""
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
@@ -483,12 +483,12 @@ def _copy_walk(located: Located, dest: Path, tally: _Tally) -> None:
             source_fd = folder.open_file(entry)
             try:
                 before = entry.stat
-                tally.identity[-1] = [entry.rel, *_identity(before)]
+                tally.identity[-1] = [entry.rel, *file_identity(before)]
                 copied = _copy_bytes(source_fd, target, before.st_size)
                 after = os.fstat(source_fd)
             finally:
                 os.close(source_fd)
-            if copied != before.st_size or _identity(after) != _identity(before):
+            if copied != before.st_size or file_identity(after) != file_identity(before):
                 raise FolderChanged(f"model.path: {located.name(entry.rel)} changed while it was being copied; "
                                     "try again once it is written")
 
