@@ -51,10 +51,10 @@ def batch_tokens(batch: dict) -> int:
     return int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
 
 
-def _bounded_share(config: TrainingConfig, state: LoopState) -> float | None:
-    """Share of the run done by the bound that ends it first among steps and tokens (both known in
-    advance and reproducible on resume); None when only time bounds the run."""
-    shares = ([state.step / config.max_steps] if config.max_steps else []) + (
+def _bounded_share(config: TrainingConfig, state: LoopState, after_step: int = 0) -> float | None:
+    """Share of the run done by the bound that ends it first among steps (counted from `after_step`)
+    and tokens (both known in advance and reproducible on resume); None when only time bounds the run."""
+    shares = ([(state.step - after_step) / max(1, config.max_steps - after_step)] if config.max_steps else []) + (
         [state.tokens / config.max_tokens] if config.max_tokens else [])
     return max(shares) if shares else None
 
@@ -64,11 +64,10 @@ def _learning_rate(config: TrainingConfig, state: LoopState) -> float:
     whichever ends the run first (a budget of time alone keeps the peak: where it ends is not known)."""
     if config.warmup_steps and state.step <= config.warmup_steps:
         return config.learning_rate * state.step / config.warmup_steps
-    shares = ([(state.step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps)]
-              if config.max_steps else []) + ([state.tokens / config.max_tokens] if config.max_tokens else [])
-    if not shares:
+    done = _bounded_share(config, state, after_step=config.warmup_steps)
+    if done is None:
         return config.learning_rate
-    return config.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, max(shares)))))
+    return config.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, done))))
 
 
 def _progress(config: TrainingConfig, state: LoopState) -> float:
