@@ -14,7 +14,7 @@ from services.common.measure.flops import forward_flops
 from services.common.models import families
 from services.common.models.architecture import Architecture, keep_layers
 from services.pruner.configs import StructuredConfig
-from services.pruner.importance import UnitScores
+from services.pruner.importance import GRAM_DAMPING, UnitScores
 
 
 @dataclass(frozen=True)
@@ -94,9 +94,6 @@ def schedule_shapes(start: Shape, end: Shape, steps: int) -> list[Shape]:
     return shapes
 
 
-# Ridge on the kept inputs' Gram matrix, relative to its mean diagonal (GPTQ's damping): keeps the solve
-# well-posed where kept neurons are nearly collinear or never fire on the calibration text.
-REFIT_DAMPING = 0.01
 
 
 def refit_columns(weight: torch.Tensor, gram: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -107,7 +104,7 @@ def refit_columns(weight: torch.Tensor, gram: torch.Tensor, keep: torch.Tensor) 
     output error before (columns only sliced) and after the refit."""
     w, g = weight.double(), gram.double()
     g_kk = g[keep][:, keep]
-    ridge = REFIT_DAMPING * g_kk.diagonal().mean().clamp(min=1e-12)
+    ridge = GRAM_DAMPING * g_kk.diagonal().mean().clamp(min=1e-12)
     fitted = torch.linalg.solve(g_kk + ridge * torch.eye(len(keep), dtype=g.dtype), (w @ g[:, keep]).t()).t()
 
     def error(w_kept: torch.Tensor) -> float:

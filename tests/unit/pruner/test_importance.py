@@ -106,3 +106,51 @@ def test_a_structured_cut_by_fluctuation_reloads(tiny_llama_dir, tmp_path):
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     assert (reloaded.config.intermediate_size, reloaded.config.num_key_value_heads) == (64, 1)
     assert result.metrics["reload_max_abs_difference"] <= 1e-5
+
+
+def _refit_errors(weight, gram, groups):
+    """Brute force: the output error of removing each group with the rest refitted by least squares."""
+    from services.pruner.structured import refit_columns
+
+    errors = []
+    for c in groups:
+        keep = torch.tensor([j for j in range(weight.shape[1]) if j not in set(c.tolist())])
+        errors.append(refit_columns(weight, gram, keep)[1]["refit"])
+    return torch.tensor(errors)
+
+
+def test_obs_removes_first_what_the_refit_carries_and_agrees_with_brute_force():
+    from services.pruner.importance import obs_order
+
+    torch.manual_seed(0)
+    x = torch.randn(500, 8)
+    x[:, 5] = x[:, 0] + 0.01 * torch.randn(500)  # input 5 nearly repeats input 0: the refit carries either
+    weight = torch.randn(4, 8)
+    weight[:, 0] *= 10  # the largest output weights: a size-based score keeps neuron 0 first
+    gram = (x.t() @ x).double()
+    columns = [torch.tensor([j]) for j in range(8)]
+    order = obs_order(weight, gram, columns)
+    assert sorted(order.tolist()) == list(range(8))
+    assert int(order.argmin()) in (0, 5)
+    assert int(order.argmin()) == int(_refit_errors(weight, gram, columns).argmin())
+    # Groups of columns (head units): the first group removed is the one brute force picks.
+    groups = [torch.tensor([0, 1]), torch.tensor([2, 3]), torch.tensor([4, 6]), torch.tensor([5, 7])]
+    grouped = obs_order(weight, gram, groups)
+    assert sorted(grouped.tolist()) == [0, 1, 2, 3]
+    assert int(grouped.argmin()) == int(_refit_errors(weight, gram, groups).argmin())
+
+
+def test_obs_then_refit_leaves_less_output_error_than_activation(tiny_llama_dir):
+    import copy
+
+    from services.pruner.structured import Shape, cut_to
+
+    uncut = modelio.load_model(tiny_llama_dir)
+    calibration = windows(8, 32)
+    errors = {}
+    for importance in ("activation", "obs"):
+        model = copy.deepcopy(uncut)
+        scores = score_units(model, calibration, importance, "cosine", "kv-group", want_heads=False, grams=True)
+        figures = cut_to(model, Shape(2, 48, 2), scores, StructuredConfig(mlp_keep=0.375))
+        errors[importance] = [layer["mlp_error_refit"] for layer in figures["per_layer"]]
+    assert all(o < a for o, a in zip(errors["obs"], errors["activation"])), errors

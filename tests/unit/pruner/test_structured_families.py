@@ -223,6 +223,10 @@ def test_moe_refusals_name_the_family_and_say_why():
     with pytest.raises(UnsupportedModelError, match=r"target_flops: model family 'mixtral' computes its MLP where "
                                                     r"the FLOPs counter sees none"):
         target_shape(model, StructuredConfig(target_flops=0.5))
+    ids = torch.randint(0, VOCAB, (1, 8))
+    for importance, grams, named in (("activation", True, "reconstruct"), ("obs", False, "importance")):
+        with pytest.raises(UnsupportedModelError, match=rf"{named}: model family 'mixtral' routes its MLPs to experts"):
+            score_units(model, ids, importance, "cosine", "kv-group", want_heads=False, grams=grams)
     torch.manual_seed(0)
     config = tiny_config("qwen2_moe", VOCAB)
     config.mlp_only_layers = [0]
