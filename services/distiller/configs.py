@@ -35,6 +35,10 @@ class TrainingConfig(CalibrationConfig):
     learning_rate: float = Field(1e-4, gt=0.0, le=0.1, description="AdamW peak learning rate")
     warmup_steps: int = Field(10, ge=0, le=10000, description="Linear warm-up steps of the learning rate")
     weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="AdamW weight decay")
+    precision: Literal["fp32", "bf16", "auto"] = Field(
+        "fp32", description="The student's forward and backward while training: fp32, bf16 (autocast: matmuls in "
+                            "bf16, weights, optimizer, losses and validation in fp32), or auto: bf16 where this "
+                            "worker's CPU has bf16 dot products (avx512_bf16 or amx_bf16), else fp32")
     validation_share: float = Field(0.1, ge=0.0, lt=0.5, description="Share of the training data held back to "
                                                                       "validate on (from the same calibration split)")
     augment_copies: int = Field(0, ge=0, le=64, description="Augmented copies of each training item, "

@@ -139,6 +139,7 @@ def _figures(teacher, student, state: LoopState, teacher_params: int, config: Re
     params = parameter_counts(student)["parameters"]
     return {
         "steps": state.step, "seconds": round(state.seconds, 1), "stopped": state.stopped, "tokens": state.tokens,
+        "precision": state.precision,
         "resumed_from_step": state.resumed_from_step, "best_validation_loss": state.best_validation
         if state.validation else None, "best_step": state.best_step,
         "loss_curves": {name: thin(values, CURVE_POINTS) for name, values in state.curves.items()},

@@ -348,3 +348,36 @@ def test_a_token_budget_stops_training_and_the_validation_curve_counts_tokens_se
     assert [(row[0], row[2]) for row in figures["validation_perplexity_curve"]] == [(0, 0), (2, 2 * per_step),
                                                                                    (3, 3 * per_step)]
     assert all(15_000 < row[1] < 60_000 for row in figures["validation_perplexity_curve"])
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_has_bf16_dot_products(monkeypatch):
+    from services.common.measure.machine import Machine
+    from services.distiller import training
+
+    for flags, expected in ((["avx2", "avx512_vnni"], "fp32"), (["avx512_vnni", "avx512_bf16"], "bf16"),
+                            (["amx_bf16", "amx_int8"], "bf16")):
+        monkeypatch.setattr(training, "this_cpu", lambda flags=flags: Machine("cpu", 2, 2, isa_features=flags))
+        assert training.training_precision("auto") == expected
+    assert training.training_precision("fp32") == "fp32" and training.training_precision("bf16") == "bf16"
+
+
+def test_a_bf16_run_multiplies_in_bf16_while_training_and_validates_in_fp32(deep_llama_dir, tmp_path):
+    method = METHODS["distill-response"]
+    config = parse_config(method.config_cls, {**SHORT, "student_layers": 2, "precision": "bf16"})
+    dtypes: list[tuple[bool, torch.dtype]] = []
+    original = torch.nn.Linear.forward
+
+    def recording(self, x):
+        out = original(self, x)
+        dtypes.append((torch.is_grad_enabled(), out.dtype))
+        return out
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.nn.Linear, "forward", recording)
+        figures = method.run(config, deep_llama_dir, tmp_path, ProgressReporter()).metrics
+    assert figures["precision"] == "bf16" and figures["steps"] == 4
+    assert {d for grad, d in dtypes if grad} == {torch.bfloat16}  # every training step's matmuls
+    assert {d for grad, d in dtypes if not grad} == {torch.float32}  # teacher cache and validation
+    assert all(math.isfinite(v) for v in figures["loss_curves"]["loss"])
+    reloaded = modelio.load_model(tmp_path)
+    assert all(p.dtype == torch.float32 for p in reloaded.parameters())
