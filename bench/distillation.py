@@ -1,6 +1,6 @@
 """The distiller's bars on both built-in models, each reached by a built-in recipe with its defaults.
 
-    python bench/distillation.py [--parts minilm-small,minilm-small-corpus,minilm-edge,smollm2-shallow,smollm2-small,families]
+    python bench/distillation.py [--parts minilm-small,minilm-small-corpus,minilm-edge,smollm2-shallow,smollm2-small,smollm2-small-half,families]
                                  [--iterations 20] [--work DIR] [--reuse] [--print]
 
 Every MiniLM student is also scored on each held-out set (QUALITY_SETS: the pydoc held-out split, then three
@@ -20,6 +20,9 @@ accuracy kept against the teacher's on the same sentences, and the worst of them
   distillation from the original on cached top-k logits): pruned-only and healed against the
   original: perplexity on held-out windows, the share of the pruning's gap closed, prefill and
   decode speed.
+- smollm2-small: the width variant (every MLP narrowed, down projections refitted) healed the same way;
+  smollm2-small-half: the same recipe with half of every MLP chosen by OBS, healed in bf16 where the CPU
+  has it on up to 900 k tokens (HALF_MLP), to show what a narrower student and a larger budget buy.
 - families: response, feature and attention distillation of the same MiniLM student shape at the
   same short budget, so every loss family has a figure on a real model (self: the two composites).
 
@@ -86,9 +89,9 @@ def _compress(model: str, recipe: str, out: Path, args, overrides: dict | None =
 
 
 def training_figures(metrics: dict) -> dict:
-    keep = ("steps", "seconds", "stopped", "best_step", "best_validation_loss", "parameters_teacher", "parameters",
-            "parameters_ratio", "flops_ratio", "blocks_teacher", "blocks", "kept_layers", "vocabulary_size",
-            "embedding_rank", "train_items", "tokenizer_round_trip", "reload_max_abs_difference")
+    keep = ("steps", "seconds", "stopped", "tokens", "precision", "best_step", "best_validation_loss",
+            "parameters_teacher", "parameters", "parameters_ratio", "flops_ratio", "blocks_teacher", "blocks",
+            "kept_layers", "vocabulary_size", "embedding_rank", "train_items", "tokenizer_round_trip", "reload_max_abs_difference")
     return {k: metrics[k] for k in keep if k in metrics}
 
 
@@ -203,11 +206,11 @@ def minilm_edge(args, work: Path) -> dict:
             "distill": training_figures(distill.metrics), "shapes": shapes}
 
 
-def _smollm2_student(args, work: Path, recipe: str) -> dict:
+def _smollm2_student(args, work: Path, recipe: str, label: str = "", overrides: dict | None = None) -> dict:
     """A SmolLM2 recipe of prune -> distill-self against the original: perplexity on held-out windows
     (and the held-out sets), speed, and the validation perplexity against tokens trained on."""
     teacher = builtin_folder("smollm2-135m", default_cache())
-    stages, seconds = _compress("smollm2-135m", recipe, work / recipe, args)
+    stages, seconds = _compress("smollm2-135m", recipe, work / (label or recipe), args, overrides)
     prune, distill = stages
     config = EvaluationConfig(batch_size=1, sequence_length=128, latency_iterations=args.iterations,
                               quality_windows=QUALITY_WINDOWS, decode_tokens=16)
@@ -217,7 +220,7 @@ def _smollm2_student(args, work: Path, recipe: str) -> dict:
     rows = [{"model": label, "ppl": f["perplexity"], "delta_ppl": f["perplexity"] / base - 1,
              "peak_rss_mb": f["peak_rss_mb"], "speed": speed_of(f)}
             for label, f in zip(["teacher", "pruned", "pruned+distilled"], figures)]
-    return {"model": "smollm2-135m", "recipe": recipe, "seconds": seconds,
+    return {"model": "smollm2-135m", "recipe": recipe, "overrides": overrides or {}, "seconds": seconds,
             "stage_seconds": {s.name: s.seconds for s in stages},
             "prune": {k: prune.metrics.get(k) for k in ("flops_ratio", "parameters_ratio", "shape_after")},
             "distill": training_figures(distill.metrics), "reloads": reloads(distill.folder),
@@ -233,6 +236,16 @@ def smollm2_shallow(args, work: Path) -> dict:
 
 def smollm2_small(args, work: Path) -> dict:
     return _smollm2_student(args, work, "smollm2-small")
+
+
+# Half of every MLP (decode past 1.25x in eager), chosen by OBS, healed in bf16 where the CPU has it, on
+# three times the tokens: what a narrower student and a larger budget buy on the same calibration text.
+HALF_MLP = {"prune.mlp_keep": 0.5, "prune.importance": "obs", "distill.precision": "auto",
+            "distill.max_tokens": 900_000, "distill.max_minutes": 60.0}
+
+
+def smollm2_small_half(args, work: Path) -> dict:
+    return _smollm2_student(args, work, "smollm2-small", "smollm2-small (half MLP)", HALF_MLP)
 
 
 def families(args, work: Path) -> dict:
@@ -262,7 +275,8 @@ def families(args, work: Path) -> dict:
 
 
 PARTS = {"minilm-small": minilm_small, "minilm-small-corpus": minilm_small_corpus, "minilm-edge": minilm_edge,
-         "smollm2-shallow": smollm2_shallow, "smollm2-small": smollm2_small, "families": families}
+         "smollm2-shallow": smollm2_shallow, "smollm2-small": smollm2_small,
+         "smollm2-small-half": smollm2_small_half, "families": families}
 
 
 def _speed(row: dict, phase: str) -> str:
@@ -295,7 +309,7 @@ def _print_sets(found: dict | None) -> None:
 
 def _print_smollm2(s: dict) -> None:
     d = s["distill"]
-    print(f"\nSmolLM2-135M, recipe {s['recipe']} (prune: {s['prune']['shape_after']}, FLOPs "
+    print(f"\nSmolLM2-135M, recipe {s['recipe']}{' with ' + str(s['overrides']) if s.get('overrides') else ''} (prune: {s['prune']['shape_after']}, FLOPs "
           f"{s['prune']['flops_ratio']:.3f}; distill-self {d['steps']} steps in {d['seconds']} s, stopped by "
           f"{d['stopped']}; perplexity on {s['quality_windows']} held-out windows; 1x128 prefill, 16-token decode)")
     print("model | ppl | Δppl | prefill × | decode × | peak RSS MB")
@@ -341,8 +355,8 @@ def print_tables(results: dict) -> None:
               f"{e['stage_seconds']})")
         _print_encoder_shapes(e["shapes"])
         _print_sets(e.get("quality_sets"))
-    for recipe in ("smollm2-shallow", "smollm2-small"):
-        if s := results.get(recipe):
+    for part in ("smollm2-shallow", "smollm2-small", "smollm2-small-half"):
+        if s := results.get(part):
             _print_smollm2(s)
     if f := results.get("families"):
         print(f"\nLoss families on one MiniLM student shape ({f['student']}); teacher k-NN "

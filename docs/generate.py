@@ -675,9 +675,11 @@ def distillation_minilm_small(_: str = "") -> str:
 
 def _prune_then_distill(data: Mapping) -> str:
     prune, distill = data.get("prune", {}), data.get("distill", {})
-    return (f"`{data['recipe']}`: pruned to FLOPs {prune.get('flops_ratio', 0):.3f} "
-            f"({_shape(prune.get('shape_after'))}), distilled {distill.get('steps')} steps in "
-            f"{distill.get('seconds', 0):.0f} s")
+    overrides = ", ".join(f"{k}={v}" for k, v in data.get("overrides", {}).items())
+    precision = f" ({distill['precision']})" if distill.get("precision") else ""
+    return (f"`{data['recipe']}`{' with ' + overrides if overrides else ''}: pruned to FLOPs "
+            f"{prune.get('flops_ratio', 0):.3f} ({_shape(prune.get('shape_after'))}), distilled "
+            f"{distill.get('steps')} steps{precision} in {distill.get('seconds', 0):.0f} s")
 
 
 def distillation_minilm_edge(_: str = "") -> str:
@@ -982,7 +984,7 @@ SECTIONS: dict[str, Callable[[str], str]] = {
 TAKES_ARGUMENT = {"bench-evaluation-comparison", "bench-optimizer", "bench-pipelines", "bench-quantization-model",
                   "bench-search", "bench-distillation-smollm2", "bench-distillation-curve"}
 # The SmolLM2 distillation recipes the bench measures, each with its table (and, where recorded, its curve).
-SMOLLM2_STUDENTS = ("smollm2-shallow", "smollm2-small")
+SMOLLM2_STUDENTS = ("smollm2-shallow", "smollm2-small", "smollm2-small-half")
 
 
 def required_sections() -> set[str]:
