@@ -225,7 +225,8 @@ def obs_order(weight: torch.Tensor, gram: torch.Tensor, groups: list[torch.Tenso
     left gets the highest), so keeping the top k keeps what the greedy keeps at k."""
     w = weight.double().clone()
     g = gram.double()
-    inverse = torch.linalg.inv(g + GRAM_DAMPING * g.diagonal().mean().clamp(min=1e-12) * torch.eye(len(g), dtype=g.dtype))
+    ridge = GRAM_DAMPING * g.diagonal().mean().clamp(min=1e-12)
+    inverse = torch.linalg.inv(g + ridge * torch.eye(len(g), dtype=g.dtype))
     order = torch.full((len(groups),), float(len(groups) - 1))
     if all(len(c) == 1 for c in groups):
         # Float32 updates: three times faster, and the kept sets matched float64's on the cuts tried.
@@ -252,8 +253,8 @@ def _obs_order_columns(w: torch.Tensor, inverse: torch.Tensor, columns: torch.Te
     """obs_order with one column per group: every saliency at once, rank-one updates in place."""
     unit_of = torch.empty(len(columns), dtype=torch.long)
     unit_of[columns] = torch.arange(len(columns))
-    gone = torch.zeros(w.shape[1], dtype=torch.bool)
-    gone[torch.ones(w.shape[1], dtype=torch.bool).index_put_((columns,), torch.tensor(False))] = True
+    gone = torch.ones(w.shape[1], dtype=torch.bool)  # columns in no group never compete
+    gone[columns] = False
     norms = (w * w).sum(0)
     for step in range(len(columns) - 1):
         saliency = norms / inverse.diagonal().clamp(min=1e-30)
