@@ -160,6 +160,9 @@ class StructuredConfig(PruneBase):
             raise ValueError("target_flops: set either target_flops or layers_keep / mlp_keep / heads_keep, not both")
         if not self.target_flops and not explicit:
             raise ValueError("nothing to prune: set target_flops, layers_keep, mlp_keep < 1 or heads_keep < 1")
+        if self.importance == "obs" and not self.reconstruct:
+            # OBS ranks units by what the refit cannot carry: a cut without the refit is not what it chose.
+            raise ValueError("importance: 'obs' orders units for a refitted cut; set reconstruct=true")
         return self
 
 

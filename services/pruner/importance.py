@@ -247,7 +247,6 @@ def obs_order(weight: torch.Tensor, gram: torch.Tensor, groups: list[torch.Tenso
     return order
 
 
-
 def _obs_order_columns(w: torch.Tensor, inverse: torch.Tensor, columns: torch.Tensor, order: torch.Tensor
                        ) -> torch.Tensor:
     """obs_order with one column per group: every saliency at once, rank-one updates in place."""
@@ -255,9 +254,8 @@ def _obs_order_columns(w: torch.Tensor, inverse: torch.Tensor, columns: torch.Te
     unit_of[columns] = torch.arange(len(columns))
     gone = torch.ones(w.shape[1], dtype=torch.bool)  # columns in no group never compete
     gone[columns] = False
-    norms = (w * w).sum(0)
     for step in range(len(columns) - 1):
-        saliency = norms / inverse.diagonal().clamp(min=1e-30)
+        saliency = (w * w).sum(0) / inverse.diagonal().clamp(min=1e-30)
         saliency[gone] = float("inf")
         j = int(saliency.argmin())
         order[unit_of[j]] = step
@@ -265,8 +263,8 @@ def _obs_order_columns(w: torch.Tensor, inverse: torch.Tensor, columns: torch.Te
         w.addr_(w[:, j].clone(), row, alpha=-1)
         inverse.addr_(inverse[:, j].clone(), row, alpha=-1)
         gone[j] = True
-        norms = (w * w).sum(0)
     return order
+
 
 @UNIT_SCORES.register
 class Fluctuation(UnitScore):
@@ -399,7 +397,8 @@ def score_units(model: nn.Module, batches: torch.Tensor, importance: str, layer_
     want_heads = want_heads and arch.attention is not None
     needs = unit_score.needs | block_score.needs | ({GRAMS} if grams else frozenset())
     if GRAMS in needs and arch.routed:
-        field_name, ask = ("reconstruct", "set reconstruct=false") if grams else ("importance", "use 'activation'")
+        field_name, ask = (("importance", "use 'activation'") if GRAMS in unit_score.needs
+                           else ("reconstruct", "set reconstruct=false"))
         raise families.refuse(model.config, field_name, "routes its MLPs to experts; the least-squares refit and OBS "
                                                         f"order are for dense MLPs ({ask})")
     stats = _calibration_pass(model, arch, blocks, batches, needs, head_unit, want_heads, check_cancelled, on_window)

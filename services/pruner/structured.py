@@ -94,8 +94,6 @@ def schedule_shapes(start: Shape, end: Shape, steps: int) -> list[Shape]:
     return shapes
 
 
-
-
 def refit_columns(weight: torch.Tensor, gram: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, dict]:
     """The kept input columns of an output projection `weight` [out, in] refitted so that, on inputs
     whose Gram matrix is `gram` = Σ xᵀx [in, in], W' x_keep reproduces W x as closely as possible:

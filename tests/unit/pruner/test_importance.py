@@ -140,6 +140,12 @@ def test_obs_removes_first_what_the_refit_carries_and_agrees_with_brute_force():
     assert int(grouped.argmin()) == int(_refit_errors(weight, gram, groups).argmin())
 
 
+def test_obs_without_the_refit_it_orders_for_is_refused_naming_the_field():
+    with pytest.raises(ValueError, match="importance: 'obs' orders units for a refitted cut; set reconstruct=true"):
+        StructuredConfig(mlp_keep=0.5, importance="obs")
+    assert StructuredConfig(mlp_keep=0.5, importance="obs", reconstruct=True).importance == "obs"
+
+
 def test_obs_then_refit_leaves_less_output_error_than_activation(tiny_llama_dir):
     import copy
 
