@@ -46,6 +46,11 @@ class TrainingConfig(CalibrationConfig):
                                                              "drawn from the whole vocabulary (the teacher's outputs "
                                                              "on them are the targets; validation stays as written)")
     augment_share: float = Field(0.15, gt=0.0, le=1.0, description="Share of an augmented copy's tokens swapped")
+    augment_source: Literal["vocabulary", "teacher"] = Field(
+        "vocabulary", description="Where a swapped-in token comes from: vocabulary (a whole word drawn uniformly) or "
+                                  "teacher (causal LMs: drawn from the teacher's next-token distribution at that "
+                                  "place, among its top augment_top_k, never the token written there)")
+    augment_top_k: int = Field(20, ge=2, le=1000, description="augment_source teacher: candidates per place")
     validate_every: int = Field(25, ge=1, le=100000, description="Steps between validations")
     early_stopping_patience: int = Field(0, ge=0, le=1000, description="Stop after this many validations without "
                                                                         "improvement (0 = never); the best "

@@ -26,7 +26,7 @@ from services.common.measure.flops import forward_flops, parameter_counts
 from services.common.models.reload import reload_difference
 from services.common.models.carried_files import carry_beside_weights
 from services.distiller.configs import AttentionConfig, FeatureConfig, ResponseConfig, SelfConfig
-from services.distiller.data import augment, training_data
+from services.distiller.data import augment, next_token_proposals, training_data
 from services.distiller.objectives import Objective
 from services.distiller.factorized import factorize
 from services.distiller.students import build_student
@@ -78,7 +78,11 @@ def _run(name: str, config: ResponseConfig, src: Path, dst: Path, reporter: Prog
     causal = is_causal_lm(teacher)
     data = training_data(tokenizer, config.text(), causal, config.calibration_samples,
                          config.calibration_sequence_length, config.validation_share)
-    augment(data, config.augment_copies, config.augment_share, config.seed)
+    proposals = None
+    if config.augment_copies and config.augment_source == "teacher":
+        reporter.report(0, 1, "the teacher proposes the tokens augmented copies swap in")
+        proposals = next_token_proposals(teacher, data, config.augment_top_k)
+    augment(data, config.augment_copies, config.augment_share, config.seed, proposals)
     importance = [data.batch(data.train_items[i:i + 8]) for i in range(0, min(len(data.train_items), 32), 8)]
     built = build_student(student_input, config, importance)
     student = built.model

@@ -92,10 +92,13 @@ def _trainable(student: nn.Module, objective: Objective) -> list[nn.Parameter]:
     return params + [p for p in objective.parameters() if p.is_floating_point()]
 
 
-def _save(folder: Path, student, objective, optimizer, generator, state: LoopState, best: dict | None) -> None:
+def _save(folder: Path, student, objective, optimizer, generator, state: LoopState, best: dict | None,
+          data: TrainingData) -> None:
+    # A causal run's windows travel with the teacher outputs cached on them: copies drawn from the
+    # teacher's proposals depend on its float arithmetic, which another worker's CPU may round otherwise.
     torch.save({"student": student.state_dict(), "objective": objective.state_dict(),
                 "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "state": asdict(state),
-                "cache": objective.cache, "best": best}, folder / CHECKPOINT_FILE)
+                "cache": objective.cache, "best": best, "windows": data.windows}, folder / CHECKPOINT_FILE)
 
 
 def _validate(objective: Objective, student: nn.Module, validation: list[dict], state: LoopState) -> dict[str, float]:
@@ -123,6 +126,8 @@ def train(student: nn.Module, objective: Objective, data: TrainingData, config: 
             optimizer.load_state_dict(saved["optimizer"])
             generator.set_state(saved["generator"])
             objective.cache = saved["cache"]
+            if saved.get("windows") is not None:
+                data.windows = saved["windows"]
             state, best = LoopState(**saved["state"]), saved["best"]
             state.resumed_from_step = state.step
             reporter.report(state.step, config.max_steps, f"resumed from the checkpoint of step {state.step}")
@@ -184,7 +189,7 @@ def train(student: nn.Module, objective: Objective, data: TrainingData, config: 
                 if state.step % config.checkpoint_every == 0:
                     folder = Path(scratch) / f"step{state.step}"
                     folder.mkdir()
-                    _save(folder, student, objective, optimizer, generator, state, best)
+                    _save(folder, student, objective, optimizer, generator, state, best, data)
                     reporter.checkpoints.save(folder, state.step)
         finally:
             optimizer.zero_grad(set_to_none=True)

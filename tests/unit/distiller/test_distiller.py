@@ -381,3 +381,44 @@ def test_a_bf16_run_multiplies_in_bf16_while_training_and_validates_in_fp32(deep
     assert all(math.isfinite(v) for v in figures["loss_curves"]["loss"])
     reloaded = modelio.load_model(tmp_path)
     assert all(p.dtype == torch.float32 for p in reloaded.parameters())
+
+
+def test_teacher_proposed_copies_train_a_causal_student_and_an_encoder_is_refused_naming_the_field(
+        deep_llama_dir, deep_bert_dir, tmp_path):
+    method = METHODS["distill-response"]
+    plain = method.run(parse_config(method.config_cls, {**SHORT, "student_layers": 2}), deep_llama_dir,
+                       tmp_path / "plain", ProgressReporter()).metrics
+    teacher = {"augment_copies": 2, "augment_source": "teacher", "augment_top_k": 4}
+    copied = method.run(parse_config(method.config_cls, {**SHORT, "student_layers": 2, **teacher}), deep_llama_dir,
+                        tmp_path / "copied", ProgressReporter()).metrics
+    assert copied["train_items"] == 3 * plain["train_items"]
+    assert copied["validation_items"] == plain["validation_items"]  # validation stays on the text as written
+    with pytest.raises(ValueError, match="augment_source"):
+        method.run(parse_config(method.config_cls, {**SHORT, **teacher}), deep_bert_dir, tmp_path / "bert",
+                   ProgressReporter())
+
+
+def test_a_resumed_run_trains_on_the_windows_its_cached_targets_were_computed_on(deep_llama_dir, tmp_path,
+                                                                                  monkeypatch):
+    from services.distiller import engine
+
+    entry = METHODS["distill-response"]
+    config = parse_config(ResponseConfig, {**SHORT, "max_steps": 6, "student_layers": 2, "augment_copies": 2,
+                                           "augment_source": "teacher", "augment_top_k": 4})
+    whole = entry.run(config, deep_llama_dir, tmp_path / "whole", ProgressReporter())
+    checkpoints = MemoryCheckpoints(tmp_path, stop_after=2)
+    with pytest.raises(KeyboardInterrupt):
+        entry.run(config, deep_llama_dir, tmp_path / "killed", ProgressReporter(checkpoints=checkpoints))
+    # The retry's worker proposes other tokens (another CPU may round the teacher's logits otherwise).
+    proposals = engine.next_token_proposals
+
+    def elsewhere(teacher, data, top_k):
+        found = proposals(teacher, data, top_k)
+        found.ids = found.ids.roll(1, dims=-1)
+        return found
+
+    monkeypatch.setattr(engine, "next_token_proposals", elsewhere)
+    checkpoints.stop_after = 0
+    resumed = entry.run(config, deep_llama_dir, tmp_path / "resumed", ProgressReporter(checkpoints=checkpoints))
+    assert resumed.metrics["resumed_from_step"] == 2
+    assert resumed.metrics["loss_curves"]["loss"] == pytest.approx(whole.metrics["loss_curves"]["loss"], rel=1e-5)
