@@ -1,6 +1,6 @@
 """The distiller's bars on both built-in models, each reached by a built-in recipe with its defaults.
 
-    python bench/distillation.py [--parts minilm-small,minilm-small-corpus,minilm-edge,smollm2-shallow,smollm2-small,smollm2-small-half,families]
+    python bench/distillation.py [--parts minilm-small,minilm-small-corpus,minilm-edge,smollm2-shallow,smollm2-small,smollm2-small-half,smollm2-small-augmented,families]
                                  [--iterations 20] [--work DIR] [--reuse] [--print]
 
 Every MiniLM student is also scored on each held-out set (QUALITY_SETS: the pydoc held-out split, then three
@@ -22,7 +22,9 @@ accuracy kept against the teacher's on the same sentences, and the worst of them
   decode speed.
 - smollm2-small: the width variant (every MLP narrowed, down projections refitted) healed the same way;
   smollm2-small-half: the same recipe with half of every MLP chosen by OBS, healed in bf16 where the CPU
-  has it on up to 900 k tokens (HALF_MLP), to show what a narrower student and a larger budget buy.
+  has it on up to 900 k tokens (HALF_MLP), to show what a narrower student and a larger budget buy;
+  smollm2-small-augmented: that student on three teacher-proposed copies of every training window
+  (AUGMENTED), to show what new contexts buy once the calibration text is learned.
 - families: response, feature and attention distillation of the same MiniLM student shape at the
   same short budget, so every loss family has a figure on a real model (self: the two composites).
 
@@ -248,6 +250,16 @@ def smollm2_small_half(args, work: Path) -> dict:
     return _smollm2_student(args, work, "smollm2-small", "smollm2-small (half MLP)", HALF_MLP)
 
 
+# The half-MLP student on three more copies of every training window, 15 % of their tokens swapped for
+# one the teacher proposes there: new contexts for a student that has exhausted the calibration text.
+AUGMENTED = {**HALF_MLP, "distill.augment_copies": 3, "distill.augment_source": "teacher",
+             "distill.augment_share": 0.15, "distill.max_tokens": 600_000}
+
+
+def smollm2_small_augmented(args, work: Path) -> dict:
+    return _smollm2_student(args, work, "smollm2-small", "smollm2-small (half MLP, augmented)", AUGMENTED)
+
+
 def families(args, work: Path) -> dict:
     teacher = builtin_folder("minilm-l6", default_cache())
     config = EvaluationConfig(quality_sentences=SENTENCES)
@@ -276,7 +288,8 @@ def families(args, work: Path) -> dict:
 
 PARTS = {"minilm-small": minilm_small, "minilm-small-corpus": minilm_small_corpus, "minilm-edge": minilm_edge,
          "smollm2-shallow": smollm2_shallow, "smollm2-small": smollm2_small,
-         "smollm2-small-half": smollm2_small_half, "families": families}
+         "smollm2-small-half": smollm2_small_half,
+         "smollm2-small-augmented": smollm2_small_augmented, "families": families}
 
 
 def _speed(row: dict, phase: str) -> str:
@@ -355,7 +368,7 @@ def print_tables(results: dict) -> None:
               f"{e['stage_seconds']})")
         _print_encoder_shapes(e["shapes"])
         _print_sets(e.get("quality_sets"))
-    for part in ("smollm2-shallow", "smollm2-small", "smollm2-small-half"):
+    for part in ("smollm2-shallow", "smollm2-small", "smollm2-small-half", "smollm2-small-augmented"):
         if s := results.get(part):
             _print_smollm2(s)
     if f := results.get("families"):

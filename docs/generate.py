@@ -984,7 +984,7 @@ SECTIONS: dict[str, Callable[[str], str]] = {
 TAKES_ARGUMENT = {"bench-evaluation-comparison", "bench-optimizer", "bench-pipelines", "bench-quantization-model",
                   "bench-search", "bench-distillation-smollm2", "bench-distillation-curve"}
 # The SmolLM2 distillation recipes the bench measures, each with its table (and, where recorded, its curve).
-SMOLLM2_STUDENTS = ("smollm2-shallow", "smollm2-small", "smollm2-small-half")
+SMOLLM2_STUDENTS = ("smollm2-shallow", "smollm2-small", "smollm2-small-half", "smollm2-small-augmented")
 
 
 def required_sections() -> set[str]:
