@@ -15,20 +15,21 @@ from pathlib import Path
 import torch
 
 from modelpress.v1 import common_pb2
-from services.common.models.families import is_causal_lm
-from services.common.models import modelio
 from services.common.calibration.blocks import decoder_blocks
-from services.common.measure.curves import thin
 from services.common.contract.engine_api import MODEL_KINDS, ProgressMetric, ProgressReporter, StageResult
 from services.common.contract.registry import method, registry
-from services.common.models.float_checkpoint import refuse_quantized
+from services.common.datasets.training_data import training_data
+from services.common.measure.curves import thin
 from services.common.measure.flops import forward_flops, parameter_counts
-from services.common.models.reload import reload_difference
+from services.common.models import modelio
 from services.common.models.carried_files import carry_beside_weights
+from services.common.models.families import is_causal_lm
+from services.common.models.float_checkpoint import refuse_quantized
+from services.common.models.reload import reload_difference
 from services.distiller.configs import AttentionConfig, FeatureConfig, ResponseConfig, SelfConfig
-from services.distiller.data import augment, next_token_proposals, training_data
-from services.distiller.objectives import Objective
+from services.distiller.data import augment, next_token_proposals
 from services.distiller.factorized import factorize
+from services.distiller.objectives import Objective
 from services.distiller.students import build_student
 from services.distiller.training import LoopState, train
 from services.distiller.vocabulary import kept_token_ids, rewrite_tokenizer, trim_embeddings

@@ -9,22 +9,26 @@ checkpoints, so neither a step nor a resumed run pays the teacher again for them
 from __future__ import annotations
 
 import math
-
 from collections.abc import Callable
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 
-from services.common.models.families import is_causal_lm
-from services.common.models.architecture import Architecture
 from services.common.calibration.blocks import decoder_blocks
+from services.common.datasets.training_data import TrainingData
+from services.common.models.architecture import Architecture
+from services.common.models.families import is_causal_lm
 from services.distiller import temperature as temperatures
 from services.distiller.configs import AttentionConfig, FeatureConfig, ResponseConfig, pairs
-from services.distiller.data import TrainingData
 from services.distiller.losses.attention import distribution_loss, relation_loss
 from services.distiller.losses.feature import Projections, hidden_state_loss, layer_map, width_map
-from services.distiller.losses.response import embedding_loss, logit_divergence, mean_pool, next_token_cross_entropy
+from services.distiller.losses.response import (
+    embedding_loss,
+    logit_divergence,
+    mean_pool,
+    next_token_cross_entropy,
+)
 
 CACHE_BATCH = 8
 

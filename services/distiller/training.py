@@ -21,10 +21,10 @@ import torch
 from torch import nn
 
 from services.common.contract.engine_api import ProgressReporter
+from services.common.datasets.training_data import TrainingData
 from services.common.measure.isa import support
 from services.common.measure.machine import this_cpu
 from services.distiller.configs import TrainingConfig
-from services.distiller.data import TrainingData
 from services.distiller.objectives import Objective
 
 CHECKPOINT_FILE = "checkpoint.pt"

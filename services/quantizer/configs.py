@@ -8,8 +8,17 @@ from pydantic import Field, model_validator
 
 from services.common.calibration.config import CalibrationConfig
 from services.common.contract.config import MAX_TRAINED_TOKENS, MethodConfig, over_budget
-from services.common.contract.fields import (DAMPING, GROUP_SIZE, LAZY_BATCH_COLUMNS, WEIGHT_BITS, Damping, GroupSize,
-                                             LazyBatchColumns, WeightBits)
+from services.common.contract.fields import (
+    DAMPING,
+    GROUP_SIZE,
+    LAZY_BATCH_COLUMNS,
+    WEIGHT_BITS,
+    CalibrationSequenceLength,
+    Damping,
+    GroupSize,
+    LazyBatchColumns,
+    WeightBits,
+)
 
 
 class CastConfig(MethodConfig):
@@ -87,7 +96,23 @@ class AwqTransformConfig(EngineGrid, CalibrationConfig, AwqSettings):
                           "(rounded on the grid), not in float")
 
 
-class QatConfig(AwqConfig):
+class EndToEndSettings(MethodConfig):
+    end_to_end_tokens: int = Field(
+        0, ge=0, le=MAX_TRAINED_TOKENS,
+        description="After the block walk, tune every quantized module's group scales (codes fixed) on this many "
+                    "calibration tokens against the float model's next-token distribution (0 = no end-to-end phase)")
+    end_to_end_learning_rate: float = Field(1e-3, gt=0.0, le=0.1,
+                                            description="Adam learning rate of the scales' log gains (cosine decay)")
+    end_to_end_batch_windows: int = Field(8, ge=1, le=64, description="Windows per end-to-end step")
+    end_to_end_sequence_length: CalibrationSequenceLength = Field(256, description="Tokens per end-to-end window")
+    end_to_end_validation_share: float = Field(
+        0.1, gt=0.0, lt=0.5, description="Share of the calibration windows held back to keep the best scales by")
+    end_to_end_validate_every: int = Field(10, ge=1, le=10000, description="End-to-end steps between validations")
+    end_to_end_minutes: float = Field(0.0, ge=0.0, le=10080.0,
+                                      description="Wall-time bound of the end-to-end phase (0 = the token budget alone)")
+
+
+class QatConfig(AwqConfig, EndToEndSettings):
     steps_per_block: int = Field(50, ge=0, le=10000, description="Optimizer steps per block (0 = AWQ only)")
     learning_rate: float = Field(1e-4, gt=0.0, le=0.1, description="Adam learning rate of the float weights")
     scale_learning_rate: float = Field(
@@ -111,7 +136,8 @@ class QatConfig(AwqConfig):
         trained = self.steps_per_block * self.batch_windows * self.calibration_sequence_length
         return super().work_problems() + over_budget(
             "training", f"steps_per_block x batch_windows x calibration_sequence_length ({self.steps_per_block} x "
-                        f"{self.batch_windows} x {self.calibration_sequence_length})", trained, MAX_TRAINED_TOKENS)
+                        f"{self.batch_windows} x {self.calibration_sequence_length}) + end_to_end_tokens "
+                        f"({self.end_to_end_tokens})", trained + self.end_to_end_tokens, MAX_TRAINED_TOKENS)
 
 
 class MixedPrecisionConfig(GptqConfig):

@@ -13,35 +13,45 @@ from pathlib import Path
 import torch
 
 from modelpress.v1 import common_pb2
-from services.common.models import modelio
-from services.common.models import families, packed
+from services.common.calibration.config import CalibrationConfig
+from services.common.calibration.sequential import FloatTargets, rewrite_sequential
+from services.common.calibration.streaming import StreamingModel
+from services.common.calibration.walk_checkpoint import stage_walk_checkpoints
 from services.common.contract.config import MethodConfig
 from services.common.contract.engine_api import MODEL_KINDS, ProgressMetric, ProgressReporter, StageResult
 from services.common.contract.registry import method, registry
 from services.common.measure.isa import support
 from services.common.measure.machine import this_cpu
+from services.common.models import families, modelio, packed
 from services.common.models.carried_files import carry_beside_weights
+from services.common.models.float_checkpoint import refuse_quantized, write_float_model
 from services.quantizer.awq import awq_block_step
-from services.common.calibration.config import CalibrationConfig
-from services.quantizer.configs import (AwqConfig, AwqTransformConfig, CastConfig, GptqConfig, GptqSettings,
-                                        Int8WeightOnlyConfig, MixedPrecisionConfig, QatConfig, SmoothQuantConfig,
-                                        SmoothQuantTransformConfig, W8A8Config, WeightOnlyConfig)
-from services.quantizer.int8 import quantize_int8_weight_only
-from services.quantizer.rtn import quantize_rtn
+from services.quantizer.configs import (
+    AwqConfig,
+    AwqTransformConfig,
+    CastConfig,
+    GptqConfig,
+    GptqSettings,
+    Int8WeightOnlyConfig,
+    MixedPrecisionConfig,
+    QatConfig,
+    SmoothQuantConfig,
+    SmoothQuantTransformConfig,
+    W8A8Config,
+    WeightOnlyConfig,
+)
+from services.quantizer.end_to_end import EndToEndPhase
 from services.quantizer.gptq import HEAD_DAMPING, gptq_block_step, gptq_head_rounding
+from services.quantizer.int8 import quantize_int8_weight_only
 from services.quantizer.mixed import allocate, sensitivity_step
 from services.quantizer.qat import qat_block_step
+from services.quantizer.rtn import quantize_rtn
 from services.quantizer.sequential import QUANTIZED_WEIGHT_CODEC, BlockStep, HeadRounding, quantize_sequential
 from services.quantizer.smoothquant import w8a8_block_step
 from services.quantizer.spilled_codes import CodeSpill
-from services.common.calibration.streaming import StreamingModel
-from services.common.calibration.walk_checkpoint import stage_walk_checkpoints
-from services.common.models.float_checkpoint import refuse_quantized, write_float_model
-from services.common.calibration.sequential import FloatTargets, rewrite_sequential
+from services.quantizer.targets import Target, linear_weight, weight_targets
 from services.quantizer.transforms import awq_transform_step, smoothquant_transform_step
 from services.quantizer.weight_only import WEIGHT_ERROR, architecture_of, save_weight_only, stream_float
-from services.quantizer.targets import Target, linear_weight, weight_targets
-
 
 Q = common_pb2.TECHNIQUE_QUANTIZER
 FLOAT = common_pb2.ARTIFACT_FORMAT_HF_SAFETENSORS
@@ -54,7 +64,10 @@ SAMPLE_ERROR = ProgressMetric("sample_error", "per-layer", "W8A8 relative output
                                                            "after smoothing")
 SCALE_GAIN = ProgressMetric("loss_vs_unscaled", "per-layer", "Output error with the chosen scales over without")
 QAT_CURVES = (ProgressMetric("block_loss_before", "curve", "Block output error before fine-tuning"),
-              ProgressMetric("block_loss_after", "curve", "Block output error after fine-tuning"))
+              ProgressMetric("block_loss_after", "curve", "Block output error after fine-tuning"),
+              ProgressMetric("end_to_end_kl", "curve", "End-to-end phase: KL to the float model on a training batch"),
+              ProgressMetric("end_to_end_validation_kl", "curve",
+                             "End-to-end phase: KL to the float model on the held-back calibration windows"))
 
 
 def _grid(**fields) -> WeightOnlyConfig:
@@ -152,23 +165,30 @@ def _run_calibrated(config: CalibrationConfig, source: StreamingModel, targets: 
                     reporter: ProgressReporter, method: str, step: BlockStep, *, propagate_quantized: bool = True,
                     sample_every: int = 0, float_targets: FloatTargets = "none",
                     extra_metrics: dict | None = None, batches: torch.Tensor | None = None,
-                    head_rounding: HeadRounding | None = None) -> StageResult:
+                    head_rounding: HeadRounding | None = None, end_to_end: EndToEndPhase | None = None
+                    ) -> StageResult:
     batches = config.batches(source.reader.folder) if batches is None else batches
     losses: list[float] = []
     walk = stage_walk_checkpoints(reporter, QUANTIZED_WEIGHT_CODEC)
     # Finished codes wait beside the output (same disk, same work budget) until it is written.
     spill = CodeSpill(dst.parent)
+    tuned: dict = {}
     try:
-        result = quantize_sequential(source, targets, batches, step, _layer_reporter(reporter, losses),
-                                     propagate_quantized=propagate_quantized, sample_every=sample_every,
-                                     float_targets=float_targets, check_cancelled=reporter.check_cancelled,
-                                     checkpoints=walk, spill=spill, head_rounding=head_rounding)
+        # A stage stopped in its end-to-end phase goes on from that phase's checkpoint, without the walk.
+        result = end_to_end.restore() if end_to_end is not None else None
+        if result is None:
+            result = quantize_sequential(source, targets, batches, step, _layer_reporter(reporter, losses),
+                                         propagate_quantized=propagate_quantized, sample_every=sample_every,
+                                         float_targets=float_targets, check_cancelled=reporter.check_cancelled,
+                                         checkpoints=walk, spill=spill, head_rounding=head_rounding)
+        if end_to_end is not None:
+            result, tuned = end_to_end.run(result)
     except BaseException:
         spill.close()
         raise
     extra = {"mean_layer_loss": sum(losses) / len(losses) if losses else 0.0,
              "calibration_tokens": int(batches.numel()), "resumed_from_block": walk.restored_block,
-             **(extra_metrics or {})}
+             **tuned, **(extra_metrics or {})}
     try:
         return save_weight_only(source, result.quantized, targets, config, dst, reporter, method, extra,
                                 result.rewritten, result.uncalibrated, spill=spill)
@@ -203,14 +223,16 @@ def _awq(config: AwqConfig, src: Path, dst: Path, reporter: ProgressReporter) ->
 
 
 @method(Q, "qat", config=QatConfig, produces=(COMPRESSED,), model_kinds=MODEL_KINDS,
-        summary="Quantization-aware training: AWQ grid, then STE fine-tuning of each block on calibration text",
+        summary="Quantization-aware training: AWQ grid, then STE fine-tuning of each block on calibration text "
+                "(and with end_to_end_tokens, the whole model's scales tuned against the float model)",
         metrics=(LOSS, *QAT_CURVES))
 def _qat(config: QatConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
     source = stream_float(src, reporter)
     return _run_calibrated(config, source, weight_targets(source.model, config, conv1d=True), dst, reporter, "qat",
                            qat_block_step(config), sample_every=_awq_sampling(config),
                            float_targets=config.targets if config.steps_per_block else "none",
-                           head_rounding=gptq_head_rounding())
+                           head_rounding=gptq_head_rounding(),
+                           end_to_end=EndToEndPhase(config, src, reporter, source.model) if config.end_to_end_tokens else None)
 
 
 @method(Q, "mixed-precision", config=MixedPrecisionConfig, produces=(COMPRESSED,), model_kinds=MODEL_KINDS,

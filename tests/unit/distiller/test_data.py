@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from services.common.datasets import corpus
+from services.common.datasets.training_data import training_data
 from services.common.models import modelio
-from services.distiller.data import augment, next_token_proposals, replacement_ids, training_data
+from services.distiller.data import augment, next_token_proposals, replacement_ids
 
 
 def _words(tokenizer, text: str) -> list[str]:

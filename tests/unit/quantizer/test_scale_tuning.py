@@ -1,0 +1,135 @@
+"""End-to-end scale tuning: the codes stay, the scales move towards the float model's next-token
+distribution, the stage reports the phase and resumes it from its own checkpoint without walking again."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from services.common.contract.config import parse_config
+from services.common.contract.engine_api import Checkpoints, ProgressReporter
+from services.common.datasets.calibration_text import calibration_text
+from services.common.datasets.training_data import training_data
+from services.common.models import modelio
+from services.quantizer.configs import QatConfig, WeightOnlyConfig
+from services.quantizer.engine import METHODS
+from services.quantizer.qscheme import dequantize
+from services.quantizer.rtn import quantize_rtn
+from services.quantizer.scale_tuning import (TuningPlan, parametrize_quantized, tune_scales, tuned_weights,
+                                             validation_kl)
+from services.quantizer.targets import weight_targets
+
+SHORT = {"group_size": 32, "calibration_samples": 4, "calibration_sequence_length": 64, "steps_per_block": 2}
+TUNING = {"end_to_end_tokens": 6 * 4 * 64, "end_to_end_batch_windows": 4, "end_to_end_sequence_length": 64,
+          "end_to_end_validate_every": 2, "end_to_end_learning_rate": 0.01}
+
+
+def _rounded(folder: Path):
+    model = modelio.load_model(folder, dtype=torch.float32)
+    config = WeightOnlyConfig(bits=4, group_size=32, embedding_bits=4, head_bits=4)
+    targets = weight_targets(model, config)
+    return quantize_rtn(lambda t: t.module.weight.data, targets)
+
+
+def test_scales_at_their_start_compute_the_checkpoint_and_a_tied_head_shares_the_tables(tiny_llama_dir):
+    quantized = _rounded(tiny_llama_dir)
+    student = modelio.load_model(tiny_llama_dir, dtype=torch.float32)
+    scales = parametrize_quantized(student, quantized)
+    assert scales["lm_head"] is scales["model.embed_tokens"]
+    for name, qw in quantized.items():
+        assert torch.equal(student.get_submodule(name).weight, dequantize(qw.codes, qw.params))
+    assert [p for p in student.parameters() if p.requires_grad] == [s.log_gain for s in
+                                                                    {id(s): s for s in scales.values()}.values()]
+
+
+def test_tuning_moves_only_the_scales_and_brings_the_model_closer_to_the_float_one(tiny_llama_dir):
+    quantized = _rounded(tiny_llama_dir)
+    teacher = modelio.load_model(tiny_llama_dir, dtype=torch.float32)
+    student = modelio.load_model(tiny_llama_dir, dtype=torch.float32)
+    scales = parametrize_quantized(student, quantized)
+    data = training_data(modelio.load_tokenizer(tiny_llama_dir), calibration_text(), True, 1000, 64, 0.1)
+    before = validation_kl(teacher, student, data, 8)
+    state = tune_scales(teacher, student, scales, data, TuningPlan(steps=8, batch_windows=4, learning_rate=0.01,
+                                                                   validate_every=4))
+    assert state.best_kl == pytest.approx(validation_kl(teacher, student, data, 8), rel=1e-5)  # the best is kept
+    assert state.best_kl < 0.95 * before and state.best_step > 0
+    tuned = tuned_weights(quantized, scales)
+    for name, qw in tuned.items():
+        assert qw.codes is quantized[name].codes  # codes as the walk left them
+        assert qw.params.scale.shape == quantized[name].params.scale.shape
+        assert torch.equal(qw.params.scale, qw.params.scale.half().float())  # what the checkpoint stores
+    assert tuned["lm_head"] is tuned["model.embed_tokens"]
+    assert any(not torch.equal(tuned[n].params.scale, quantized[n].params.scale) for n in tuned)
+
+
+class MemoryCheckpoints(Checkpoints):
+    """Keeps the last checkpoint in a folder and can stop the run after a given save."""
+
+    def __init__(self, root: Path, stop_after_phase_step: int = 0) -> None:
+        self.root, self.stop_after, self.saves = root, stop_after_phase_step, []
+        self.every_s = 0.0  # the walk saves after every block too
+
+    def latest(self, into: Path):
+        if not (self.root / "last").exists():
+            return None
+        shutil.copytree(self.root / "last", into)
+        return into
+
+    def save(self, folder: Path, step: int) -> None:
+        shutil.rmtree(self.root / "last", ignore_errors=True)
+        shutil.copytree(folder, self.root / "last")
+        phase = (folder / "tuning.pt").is_file()
+        self.saves.append(("tuning" if phase else "walk", step))
+        if phase and step == self.stop_after:
+            raise KeyboardInterrupt  # the replica dies right after its checkpoint is stored
+
+
+def _scales(folder: Path) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in load_file(str(folder / "model.safetensors")).items() if k.endswith("weight_scale")}
+
+
+def test_the_qat_stage_tunes_its_scales_end_to_end_and_resumes_the_phase_without_walking_again(tiny_llama_dir,
+                                                                                                tmp_path):
+    entry = METHODS["qat"]
+    compact = {**SHORT, "embedding_bits": 4, "head_bits": 4}
+    walked = entry.run(parse_config(QatConfig, compact), tiny_llama_dir, tmp_path / "walked", ProgressReporter())
+    config = parse_config(QatConfig, {**compact, **TUNING})
+    whole = entry.run(config, tiny_llama_dir, tmp_path / "whole", ProgressReporter())
+    figures = whole.metrics["end_to_end"]
+    assert figures["steps"] == 6 and figures["tokens"] == 6 * 4 * 64
+    assert figures["validation_kl_best"] < figures["validation_kl_before"]
+    assert [t for t, _ in figures["validation_kl"]] == [0, 512, 1024, 1536]
+    packed = {k: v for k, v in load_file(str(tmp_path / "whole" / "model.safetensors")).items()
+              if k.endswith("weight_packed")}
+    assert packed and all(torch.equal(v, load_file(str(tmp_path / "walked" / "model.safetensors"))[k])
+                          for k, v in packed.items())  # the same codes: only the scales moved
+    assert any(not torch.equal(v, _scales(tmp_path / "walked")[k]) for k, v in _scales(tmp_path / "whole").items())
+    assert whole.metrics["stored_bits_per_weight"] == walked.metrics["stored_bits_per_weight"]
+
+    checkpoints = MemoryCheckpoints(tmp_path / "store", stop_after_phase_step=2)
+    with pytest.raises(KeyboardInterrupt):
+        entry.run(config, tiny_llama_dir, tmp_path / "killed", ProgressReporter(checkpoints=checkpoints))
+    assert ("tuning", 2) in checkpoints.saves and any(kind == "walk" for kind, _ in checkpoints.saves)
+    checkpoints.saves.clear()
+    events = []
+    resumed = entry.run(config, tiny_llama_dir, tmp_path / "resumed",
+                        ProgressReporter(sink=events.append, checkpoints=checkpoints))
+    assert not any(p.metrics.get("layer") for p in events)  # no block walked again
+    assert checkpoints.saves == [("tuning", 4), ("tuning", 6)]
+    assert resumed.metrics["end_to_end"]["resumed_from_step"] == 2
+    curve = [kl for _, kl in resumed.metrics["end_to_end"]["validation_kl"]]
+    assert curve == pytest.approx([kl for _, kl in figures["validation_kl"]], rel=1e-5)
+    ends = _scales(tmp_path / "resumed"), _scales(tmp_path / "whole")
+    assert all(torch.equal(v, ends[1][k]) for k, v in ends[0].items())
+
+
+def test_an_encoder_is_refused_naming_the_field_before_any_block_is_walked(tiny_bert_dir, tmp_path):
+    events = []
+    with pytest.raises(ValueError, match="end_to_end_tokens"):
+        METHODS["qat"].run(parse_config(QatConfig, {**SHORT, **TUNING}), tiny_bert_dir, tmp_path / "out",
+                           ProgressReporter(sink=events.append))
+    assert not any(p.metrics.get("layer") for p in events)
