@@ -241,6 +241,9 @@ async def test_every_quantizer_recipe_runs_through_the_gateway(gateway, model_di
         overrides = {"calibration_samples": 2, "calibration_sequence_length": 32} if name in CALIBRATED_RECIPES else {}
         if name == "w4a16-qat":
             overrides["steps_per_block"] = 2
+        if name.startswith("w4a16-kd-qat"):  # the walk and the end-to-end phase, both short
+            overrides.update(calibration_samples=2, calibration_sequence_length=32, steps_per_block=2,
+                             end_to_end_tokens=256, end_to_end_sequence_length=32)
         job = await call(client.create_job, f"path:{model_dir}", name, overrides=overrides,
                          evaluation=common_pb2.EvaluationSpec(skip=True))
         jobs[name] = job.job_id

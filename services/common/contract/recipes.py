@@ -141,6 +141,9 @@ P = common_pb2.TECHNIQUE_PRUNER
 D = common_pb2.TECHNIQUE_DISTILLER
 # Structured cuts heal with a short fine-tune against the unpruned input; the distiller is the longer one.
 RECOVERY = {"recovery_minutes": 3.0}
+# Block-wise QAT, then the end-to-end scale phase on 30 steps of 8 x 256 calibration tokens (most of the
+# built-in calibration split once).
+KD_QAT = {"steps_per_block": 150, "end_to_end_tokens": 61_440}
 
 RECIPES: dict[str, RecipeDef] = {
     r.name: r
@@ -208,6 +211,21 @@ RECIPES: dict[str, RecipeDef] = {
                 "transformers dequantizes it at load)",
                 (RecipeStage(Q, "qat", {"bits": 4, "group_size": 64, "embedding_bits": 4, "head_bits": 4,
                                         "steps_per_block": 150}),),
+                scenario="mobile", hardware=("cpu after export (onnx-int4 keeps its codes)", "transformers"),
+                compute="fp32", runtimes=("transformers",), uses_data="training", cost="tens of minutes"),
+        builtin("w4a16-kd-qat",
+                "INT4 Linear weights, group 64: block-wise QAT on AWQ's grid, then every group scale tuned end to end "
+                "against the float model's next-token distribution, codes fixed; embeddings and head float "
+                "(vLLM layout)",
+                (RecipeStage(Q, "qat", {"bits": 4, "group_size": 64, **KD_QAT}),),
+                scenario="edge", hardware=("cuda (marlin kernels in vllm)", "cpu after export (gguf, openvino)"),
+                compute="fp32", runtimes=("vllm", "transformers"), uses_data="training", cost="tens of minutes"),
+        builtin("w4a16-kd-qat-compact4",
+                "INT4 everywhere: w4a16-kd-qat with the tied embedding/head at 4 bits, its scales tuned end to end "
+                "with the rest (about 4.26 bits per weight, everything stored counted; transformers dequantizes it "
+                "at load)",
+                (RecipeStage(Q, "qat", {"bits": 4, "group_size": 64, "embedding_bits": 4, "head_bits": 4,
+                                        **KD_QAT}),),
                 scenario="mobile", hardware=("cpu after export (onnx-int4 keeps its codes)", "transformers"),
                 compute="fp32", runtimes=("transformers",), uses_data="training", cost="tens of minutes"),
         builtin("w4a16-mixed",
