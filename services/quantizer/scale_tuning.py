@@ -122,13 +122,14 @@ def _inputs(batch: dict) -> dict:
 
 @torch.no_grad()
 def validation_kl(teacher: nn.Module, student: nn.Module, data: TrainingData, batch_windows: int) -> float:
+    # No parametrize.cached() here: its switch is global to the process, and a worker may train another
+    # stage's scales in another thread at the same time (its forward would read weights cached without grad).
     total, count = 0.0, 0
-    with parametrize.cached():
-        for batch in data.validation_batches(batch_windows):
-            inputs = _inputs(batch)
-            kl = next_token_kl(teacher(**inputs).logits, student(**inputs).logits)
-            total += float(kl) * len(batch["input_ids"])
-            count += len(batch["input_ids"])
+    for batch in data.validation_batches(batch_windows):
+        inputs = _inputs(batch)
+        kl = next_token_kl(teacher(**inputs).logits, student(**inputs).logits)
+        total += float(kl) * len(batch["input_ids"])
+        count += len(batch["input_ids"])
     return total / count
 
 

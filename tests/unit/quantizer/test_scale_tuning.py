@@ -133,3 +133,19 @@ def test_an_encoder_is_refused_naming_the_field_before_any_block_is_walked(tiny_
         METHODS["qat"].run(parse_config(QatConfig, {**SHORT, **TUNING}), tiny_bert_dir, tmp_path / "out",
                            ProgressReporter(sink=events.append))
     assert not any(p.metrics.get("layer") for p in events)
+
+
+def test_validation_never_switches_on_the_process_wide_weight_cache(tiny_llama_dir):
+    # parametrize.cached() is one switch for the whole process: a stage training in another thread of the
+    # worker would then read weights cached without their graph ("does not require grad").
+    from torch.nn.utils import parametrize
+
+    quantized = _rounded(tiny_llama_dir)
+    teacher = modelio.load_model(tiny_llama_dir, dtype=torch.float32)
+    student = modelio.load_model(tiny_llama_dir, dtype=torch.float32)
+    parametrize_quantized(student, quantized)
+    seen = []
+    student.register_forward_pre_hook(lambda *_: seen.append(parametrize._cache_enabled))
+    data = training_data(modelio.load_tokenizer(tiny_llama_dir), calibration_text(), True, 20, 64, 0.2)
+    validation_kl(teacher, student, data, 8)
+    assert seen and not any(seen)

@@ -213,7 +213,8 @@ def test_describe_publishes_each_methods_artifact_inputs_and_progress_metrics():
         ("calibration_dataset", [common_pb2.ARTIFACT_FORMAT_DATASET_JSONL])]
     assert [(m.name, m.kind) for m in gptq.progress_metrics] == [("loss", "per-layer")]
     qat = described[(common_pb2.TECHNIQUE_QUANTIZER, "qat")]
-    assert {m.name for m in qat.progress_metrics if m.kind == "curve"} == {"block_loss_before", "block_loss_after"}
+    assert {m.name for m in qat.progress_metrics if m.kind == "curve"} == {
+        "block_loss_before", "block_loss_after", "end_to_end_kl", "end_to_end_validation_kl"}
     assert not described[(common_pb2.TECHNIQUE_OPTIMIZER, "onnx")].inputs
     # Every progress metric a method declares is one of the two kinds the report draws.
     assert {m.kind for d in described.values() for m in d.progress_metrics} <= {"per-layer", "curve", "schedule"}
