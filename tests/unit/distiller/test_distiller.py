@@ -12,7 +12,7 @@ import torch
 
 from services.common.models import modelio
 from services.common.contract.config import parse_config
-from services.common.contract.engine_api import Checkpoints, ProgressReporter
+from services.common.contract.engine_api import ProgressReporter
 from services.distiller import temperature
 from services.distiller.configs import FeatureConfig, ResponseConfig, StudentConfig
 from services.distiller.engine import METHODS
@@ -20,6 +20,7 @@ from services.distiller.losses.attention import relation, relation_loss
 from services.distiller.losses.feature import Projections, hidden_state_loss, layer_map
 from services.distiller.losses.response import embedding_loss, logit_divergence
 from services.distiller.students import build_student, uniform_layers
+from tests.memory_checkpoints import MemoryCheckpoints
 
 SHORT = {"max_steps": 4, "calibration_samples": 24, "calibration_sequence_length": 32, "batch_size": 4,
          "validate_every": 2, "checkpoint_every": 2, "warmup_steps": 1}
@@ -199,26 +200,6 @@ def test_every_family_trains_a_causal_student_whose_loss_terms_are_reported(deep
     assert expected in curves and all(v > 0 for v in curves[expected])
     assert [e.step for e in events if "loss" in e.metrics] == [1, 2, 3, 4]
     assert len(result.metrics["validation_curve"]) >= 2
-
-
-class MemoryCheckpoints(Checkpoints):
-    """Keeps the last checkpoint in a folder and can stop the run after a given save."""
-
-    def __init__(self, root: Path, stop_after: int = 0) -> None:
-        self.root, self.stop_after, self.saves = root, stop_after, []
-
-    def latest(self, into: Path):
-        if not (self.root / "last").exists():
-            return None
-        shutil.copytree(self.root / "last", into)
-        return into
-
-    def save(self, folder: Path, step: int) -> None:
-        shutil.rmtree(self.root / "last", ignore_errors=True)
-        shutil.copytree(folder, self.root / "last")
-        self.saves.append(step)
-        if step == self.stop_after:
-            raise KeyboardInterrupt  # the replica dies right after its checkpoint is stored
 
 
 def test_a_resumed_run_ends_where_an_uninterrupted_one_does(deep_bert_dir, tmp_path):

@@ -3,7 +3,6 @@ distribution, the stage reports the phase and resumes it from its own checkpoint
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from services.common.contract.config import parse_config
-from services.common.contract.engine_api import Checkpoints, ProgressReporter
+from services.common.contract.engine_api import ProgressReporter
 from services.common.datasets.calibration_text import calibration_text
 from services.common.datasets.training_data import training_data
 from services.common.models import modelio
@@ -22,6 +21,7 @@ from services.quantizer.rtn import quantize_rtn
 from services.quantizer.scale_tuning import (TuningPlan, parametrize_quantized, tune_scales, tuned_weights,
                                              validation_kl)
 from services.quantizer.targets import weight_targets
+from tests.memory_checkpoints import MemoryCheckpoints
 
 SHORT = {"group_size": 32, "calibration_samples": 4, "calibration_sequence_length": 64, "steps_per_block": 2}
 TUNING = {"end_to_end_tokens": 6 * 4 * 64, "end_to_end_batch_windows": 4, "end_to_end_sequence_length": 64,
@@ -66,26 +66,16 @@ def test_tuning_moves_only_the_scales_and_brings_the_model_closer_to_the_float_o
     assert any(not torch.equal(tuned[n].params.scale, quantized[n].params.scale) for n in tuned)
 
 
-class MemoryCheckpoints(Checkpoints):
-    """Keeps the last checkpoint in a folder and can stop the run after a given save."""
+class PhaseCheckpoints(MemoryCheckpoints):
+    """Records which kind of checkpoint each save is; stops only after the end-to-end phase's save."""
 
-    def __init__(self, root: Path, stop_after_phase_step: int = 0) -> None:
-        self.root, self.stop_after, self.saves = root, stop_after_phase_step, []
-        self.every_s = 0.0  # the walk saves after every block too
+    every_s = 0.0  # the walk saves after every block too
 
-    def latest(self, into: Path):
-        if not (self.root / "last").exists():
-            return None
-        shutil.copytree(self.root / "last", into)
-        return into
+    def entry(self, folder: Path, step: int):
+        return ("tuning" if (folder / "tuning.pt").is_file() else "walk", step)
 
-    def save(self, folder: Path, step: int) -> None:
-        shutil.rmtree(self.root / "last", ignore_errors=True)
-        shutil.copytree(folder, self.root / "last")
-        phase = (folder / "tuning.pt").is_file()
-        self.saves.append(("tuning" if phase else "walk", step))
-        if phase and step == self.stop_after:
-            raise KeyboardInterrupt  # the replica dies right after its checkpoint is stored
+    def stops(self, folder: Path, step: int) -> bool:
+        return (folder / "tuning.pt").is_file() and step == self.stop_after
 
 
 def _scales(folder: Path) -> dict[str, torch.Tensor]:
@@ -110,7 +100,7 @@ def test_the_qat_stage_tunes_its_scales_end_to_end_and_resumes_the_phase_without
     assert any(not torch.equal(v, _scales(tmp_path / "walked")[k]) for k, v in _scales(tmp_path / "whole").items())
     assert whole.metrics["stored_bits_per_weight"] == walked.metrics["stored_bits_per_weight"]
 
-    checkpoints = MemoryCheckpoints(tmp_path / "store", stop_after_phase_step=2)
+    checkpoints = PhaseCheckpoints(tmp_path / "store", stop_after=2)
     with pytest.raises(KeyboardInterrupt):
         entry.run(config, tiny_llama_dir, tmp_path / "killed", ProgressReporter(checkpoints=checkpoints))
     assert ("tuning", 2) in checkpoints.saves and any(kind == "walk" for kind, _ in checkpoints.saves)
