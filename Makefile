@@ -114,7 +114,7 @@ bench-distill: install
 ANCHORS := .venv-anchors
 $(ANCHORS)/.stamp:
 	python3 -m venv $(ANCHORS)
-	$(ANCHORS)/bin/pip install -q torch==2.13.0 llmcompressor==0.14.0.1 transformers==5.17.0
+	$(ANCHORS)/bin/pip install -q torch==2.13.0 llmcompressor==0.14.0.1 auto-round==0.15.1 transformers==5.17.0
 	touch $@
 
 anchors-venv: $(ANCHORS)/.stamp

@@ -1,9 +1,9 @@
 """modelpress against llm-compressor, side by side on the same model, tokens and machine.
 
-    python bench/anchors.py [--methods gptq,awq,smoothquant-w8a8,sparsegpt-50,...] [--samples 16]
+    python bench/anchors.py [--methods gptq,awq,autoround,smoothquant-w8a8,sparsegpt-50,...] [--samples 16]
                             [--anchor-python PATH]
 
-For each method (quantization: gptq, awq, smoothquant-w8a8; pruning: sparsegpt-50, wanda-50,
+For each method (quantization: gptq, awq, autoround (llm-compressor's AutoRoundModifier), smoothquant-w8a8; pruning: sparsegpt-50, wanda-50,
 sparsegpt-2of4, wanda-2of4), llm-compressor (in its own venv, `make anchors-venv`) and the
 matching modelpress recipe run one after the other in fresh processes, calibrated on the same
 token windows (the calibration split of pydoc). Both artifacts are then measured by the
@@ -40,6 +40,7 @@ ANCHOR_PYTHON = ROOT / ".venv-anchors" / "bin" / "python"
 OURS = {
     "gptq": ("quantizer", "gptq", {"bits": 4, "group_size": 64}, "w4a16-gptq"),
     "awq": ("quantizer", "awq", {"bits": 4, "group_size": 64}, "w4a16-awq"),
+    "autoround": ("quantizer", "autoround", {"bits": 4, "group_size": 64}, "w4a16-autoround"),
     "smoothquant-w8a8": ("quantizer", "smoothquant", {"activations": "dynamic"}, "w8a8-smoothquant"),
     "sparsegpt-50": ("pruner", "sparsegpt", {"sparsity": 0.5}, "prune-sparsegpt-50"),
     "wanda-50": ("pruner", "wanda", {"sparsity": 0.5}, "prune-wanda-50"),

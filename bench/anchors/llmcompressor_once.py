@@ -2,7 +2,7 @@
 
     .venv-anchors/bin/python bench/anchors/llmcompressor_once.py METHOD SRC WINDOWS DST
 
-METHOD: gptq, awq, smoothquant-w8a8 (quantization), or {sparsegpt|wanda}-{50|2of4} (pruning:
+METHOD: gptq, awq, autoround, smoothquant-w8a8 (quantization), or {sparsegpt|wanda}-{50|2of4} (pruning:
 half of every decoder Linear's weights, unstructured or 2:4; lm_head kept, as modelpress does).
 
 WINDOWS is a safetensors file holding `input_ids` [samples, length]: the very windows
@@ -25,7 +25,14 @@ def group64_w4a16():
         num_bits=4, type="int", symmetric=True, strategy="group", group_size=64))}
 
 
+# AutoRound's tuning as modelpress's `autoround` defaults run it (steps_per_block, batch_windows; the step
+# size is 1 / iterations in both), so the two differ in their code, not in their budget.
+AUTOROUND_ITERATIONS = 100
+AUTOROUND_BATCH = 2
+
+
 def recipe(method: str):
+    from llmcompressor.modifiers.autoround import AutoRoundModifier
     from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
     from llmcompressor.modifiers.smoothquant import SmoothQuantModifier
     from llmcompressor.modifiers.transform.awq import AWQModifier
@@ -34,6 +41,10 @@ def recipe(method: str):
         return [GPTQModifier(config_groups=group64_w4a16(), ignore=["lm_head"], dampening_frac=0.01)]
     if method == "awq":
         return [AWQModifier(duo_scaling=True), QuantizationModifier(config_groups=group64_w4a16(), ignore=["lm_head"])]
+    if method == "autoround":
+        # torch.compile off: on a CPU it compiles every block anew and adds minutes, not speed.
+        return [AutoRoundModifier(config_groups=group64_w4a16(), ignore=["lm_head"], iters=AUTOROUND_ITERATIONS,
+                                  batch_size=AUTOROUND_BATCH, enable_torch_compile=False)]
     if method == "smoothquant-w8a8":
         return [SmoothQuantModifier(smoothing_strength=0.5),
                 GPTQModifier(scheme="W8A8", targets=["Linear"], ignore=["lm_head"], dampening_frac=0.01)]

@@ -112,17 +112,33 @@ class EndToEndSettings(MethodConfig):
                                       description="Wall-time bound of the end-to-end phase (0 = the token budget alone)")
 
 
-class QatConfig(AwqConfig, EndToEndSettings):
+BATCH_WINDOWS = "Calibration windows per optimizer step"
+
+
+class BlockTrainingSettings(MethodConfig):
+    """What the methods that train each block towards float outputs share (QAT, learned rounding)."""
+
+    batch_windows: int = Field(1, ge=1, le=64, description=BATCH_WINDOWS)
+    targets: Literal["block", "model"] = Field(
+        "model", description="What each block trains towards: the float model's hidden states (also makes up "
+                             "for the blocks before it), or the float block's outputs on the quantized inputs "
+                             "(repairs its own rounding only)")
+
+    def training_problems(self, extra: str = "", extra_tokens: int = 0) -> list[str]:
+        # Each block trains on its own; summed over blocks that is one whole-model pass per window.
+        trained = self.steps_per_block * self.batch_windows * self.calibration_sequence_length
+        return over_budget(
+            "training", f"steps_per_block x batch_windows x calibration_sequence_length ({self.steps_per_block} x "
+                        f"{self.batch_windows} x {self.calibration_sequence_length}){extra}",
+            trained + extra_tokens, MAX_TRAINED_TOKENS)
+
+
+class QatConfig(AwqConfig, BlockTrainingSettings, EndToEndSettings):
     steps_per_block: int = Field(50, ge=0, le=10000, description="Optimizer steps per block (0 = AWQ only)")
     learning_rate: float = Field(1e-4, gt=0.0, le=0.1, description="Adam learning rate of the float weights")
     scale_learning_rate: float = Field(
         0.0, ge=0.0, le=0.1, description="Adam learning rate of the grid's log-scales (0 = the AWQ grid stays fixed; "
                                          "symmetric grids only)")
-    batch_windows: int = Field(1, ge=1, le=64, description="Calibration windows per optimizer step")
-    targets: Literal["block", "model"] = Field(
-        "model", description="What each block trains towards: the float model's hidden states (also makes up "
-                             "for the blocks before it), or the float block's outputs on the quantized inputs "
-                             "(repairs its own rounding only)")
 
     @model_validator(mode="after")
     def _learned_scales_are_symmetric(self):
@@ -132,12 +148,27 @@ class QatConfig(AwqConfig, EndToEndSettings):
         return self
 
     def work_problems(self) -> list[str]:
-        # Each block trains on its own; summed over blocks that is one whole-model pass per window.
-        trained = self.steps_per_block * self.batch_windows * self.calibration_sequence_length
-        return super().work_problems() + over_budget(
-            "training", f"steps_per_block x batch_windows x calibration_sequence_length ({self.steps_per_block} x "
-                        f"{self.batch_windows} x {self.calibration_sequence_length}) + end_to_end_tokens "
-                        f"({self.end_to_end_tokens})", trained + self.end_to_end_tokens, MAX_TRAINED_TOKENS)
+        return super().work_problems() + self.training_problems(
+            f" + end_to_end_tokens ({self.end_to_end_tokens})", self.end_to_end_tokens)
+
+
+class AutoRoundConfig(AwqConfig, BlockTrainingSettings):
+    """Learned rounding (AutoRound): per-weight rounding offsets and per-group scale gains trained by
+    signed gradient descent, block by block, on AWQ's grid (scale_grid=1 and clip_search=false start
+    from round-to-nearest, as AutoRound does)."""
+
+    steps_per_block: int = Field(100, ge=1, le=10000, description="Signed-gradient steps per block")
+    learning_rate: float = Field(
+        0.0, ge=0.0, le=1.0, description="First step size of the offsets and gains, decaying linearly to 0 "
+                                         "(0 = 1 / steps_per_block: an offset can cross half a code over the walk)")
+    batch_windows: int = Field(2, ge=1, le=64, description=BATCH_WINDOWS)
+
+    @property
+    def step_size(self) -> float:
+        return self.learning_rate or 1.0 / self.steps_per_block
+
+    def work_problems(self) -> list[str]:
+        return super().work_problems() + self.training_problems()
 
 
 class MixedPrecisionConfig(GptqConfig):

@@ -25,8 +25,10 @@ from services.common.measure.machine import this_cpu
 from services.common.models import families, modelio, packed
 from services.common.models.carried_files import carry_beside_weights
 from services.common.models.float_checkpoint import refuse_quantized, write_float_model
+from services.quantizer.autoround import autoround_block_step
 from services.quantizer.awq import awq_block_step
 from services.quantizer.configs import (
+    AutoRoundConfig,
     AwqConfig,
     AwqTransformConfig,
     CastConfig,
@@ -63,8 +65,9 @@ LOSS = ProgressMetric("loss", "per-layer", "Relative output error of the layer o
 SAMPLE_ERROR = ProgressMetric("sample_error", "per-layer", "W8A8 relative output error on sampled input rows "
                                                            "after smoothing")
 SCALE_GAIN = ProgressMetric("loss_vs_unscaled", "per-layer", "Output error with the chosen scales over without")
-QAT_CURVES = (ProgressMetric("block_loss_before", "curve", "Block output error before fine-tuning"),
-              ProgressMetric("block_loss_after", "curve", "Block output error after fine-tuning"),
+BLOCK_CURVES = (ProgressMetric("block_loss_before", "curve", "Block output error before training"),
+                ProgressMetric("block_loss_after", "curve", "Block output error after training"))
+QAT_CURVES = (*BLOCK_CURVES,
               ProgressMetric("end_to_end_kl", "curve", "End-to-end phase: KL to the float model on a training batch"),
               ProgressMetric("end_to_end_validation_kl", "curve",
                              "End-to-end phase: KL to the float model on the held-back calibration windows"))
@@ -233,6 +236,16 @@ def _qat(config: QatConfig, src: Path, dst: Path, reporter: ProgressReporter) ->
                            float_targets=config.targets if config.steps_per_block else "none",
                            head_rounding=gptq_head_rounding(),
                            end_to_end=EndToEndPhase(config, src, reporter, source.model) if config.end_to_end_tokens else None)
+
+
+@method(Q, "autoround", config=AutoRoundConfig, produces=(COMPRESSED,), model_kinds=MODEL_KINDS,
+        summary="Learned rounding (AutoRound): rounding offsets and scale gains trained by signed gradient descent "
+                "towards the float outputs, block by block, on AWQ's grid", metrics=(LOSS, *BLOCK_CURVES))
+def _autoround(config: AutoRoundConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
+    source = stream_float(src, reporter)
+    return _run_calibrated(config, source, weight_targets(source.model, config, conv1d=True), dst, reporter,
+                           "autoround", autoround_block_step(config), sample_every=_awq_sampling(config),
+                           float_targets=config.targets, head_rounding=gptq_head_rounding())
 
 
 @method(Q, "mixed-precision", config=MixedPrecisionConfig, produces=(COMPRESSED,), model_kinds=MODEL_KINDS,

@@ -12,6 +12,7 @@ keeps memory to a block's weights, their Adam state and its calibration activati
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -72,46 +73,60 @@ def block_loss(block: nn.Module, work: BlockWork, windows: list[int]) -> torch.T
     return loss / len(windows)
 
 
+@contextmanager
+def quantizers_on(work: BlockWork, make: Callable[[str], nn.Module]) -> Iterator[dict[str, nn.Module]]:
+    """Each of the block's Linears computes with `make(name)` applied to its weight (a parametrization)
+    while the block trains; the block's own parameters are frozen. On leaving, the parametrizations are
+    removed and each weight is its own float tensor again (trained, where the caller trained it)."""
+    work.block.requires_grad_(False)
+    quantizers = {}
+    for name, module in work.layers.items():
+        parametrize.register_parametrization(module, "weight", make(name))
+        quantizers[name] = module.parametrizations.weight[0]
+    try:
+        with torch.enable_grad():
+            yield quantizers
+    finally:
+        for module in work.layers.values():
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
+        work.block.requires_grad_(False)
+
+
+def training_windows(work: BlockWork, generator: torch.Generator, batch: int) -> list[int]:
+    return torch.randperm(len(work.inputs.hidden), generator=generator)[:batch].tolist()
+
+
 def finetune_block(work: BlockWork, grids: dict[str, tuple[QuantParams, WeightScheme]], config: QatConfig,
                    seed: int = 0) -> tuple[float, float, dict[str, QuantParams]]:
     """Trains the block's Linear weights (and with `scale_learning_rate`, their grids' scales) through
     their grids; (first, last) loss and each layer's grid as training left it."""
-    learned: dict[str, QuantParams] = {}
     if len(work.float_outputs) != len(work.inputs.hidden):
         raise ValueError("QAT trains towards float outputs: walk with float_targets='block' or 'model'")
     generator = torch.Generator().manual_seed(seed + work.index)
-    work.block.requires_grad_(False)
     quantizer = LearnedScaleQuantizer if config.scale_learning_rate else StraightThroughQuantizer
-    for name, module in work.layers.items():
-        parametrize.register_parametrization(module, "weight", quantizer(*grids[name]))
-    trainable = [m.parametrizations.weight.original for m in work.layers.values()]
-    scales = [m.parametrizations.weight[0].log_scale for m in work.layers.values()] if config.scale_learning_rate else []
-    for p in trainable + scales:
-        p.requires_grad_(True)
-    groups = [{"params": trainable, "lr": config.learning_rate}]
-    if scales:
-        groups.append({"params": scales, "lr": config.scale_learning_rate})
-    optimizer = torch.optim.Adam(groups)
     first = last = 0.0
-    n = len(work.inputs.hidden)
-    try:
-        with torch.enable_grad():
+    with quantizers_on(work, lambda name: quantizer(*grids[name])) as quantizers:
+        trainable = [m.parametrizations.weight.original for m in work.layers.values()]
+        scales = [q.log_scale for q in quantizers.values()] if config.scale_learning_rate else []
+        for p in trainable + scales:
+            p.requires_grad_(True)
+        groups = [{"params": trainable, "lr": config.learning_rate}]
+        if scales:
+            groups.append({"params": scales, "lr": config.scale_learning_rate})
+        optimizer = torch.optim.Adam(groups)
+        try:
             for step in range(config.steps_per_block):
                 if step % 10 == 0:
                     work.check_cancelled()
-                windows = torch.randperm(n, generator=generator)[:config.batch_windows].tolist()
-                loss = block_loss(work.block, work, windows)
+                loss = block_loss(work.block, work, training_windows(work, generator, config.batch_windows))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 last = loss.item()
                 if step == 0:
                     first = last
-    finally:
-        for name, module in work.layers.items():
-            learned[name] = module.parametrizations.weight[0].learned_params()
-            parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
-        work.block.requires_grad_(False)
+        finally:
+            learned = {name: q.learned_params() for name, q in quantizers.items()}
     return first, last, learned
 
 

@@ -227,7 +227,7 @@ async def test_calibration_larger_than_the_text_is_a_clear_failure(gateway, mode
 
 
 CALIBRATED_RECIPES = {"w8a8-dynamic", "w8a8-static", "w8a8-smoothquant", "w4a16-gptq", "w4a16-awq", "w4a16-qat",
-                      "w4a16-mixed", "w8a16-gptq"}
+                      "w4a16-mixed", "w8a16-gptq", "w4a16-autoround"}
 
 
 async def test_every_quantizer_recipe_runs_through_the_gateway(gateway, model_dir):
@@ -239,7 +239,7 @@ async def test_every_quantizer_recipe_runs_through_the_gateway(gateway, model_di
                          if all(s.technique == common_pb2.TECHNIQUE_QUANTIZER for s in r.stages)]
     for name in quantizer_recipes:
         overrides = {"calibration_samples": 2, "calibration_sequence_length": 32} if name in CALIBRATED_RECIPES else {}
-        if name == "w4a16-qat":
+        if name in ("w4a16-qat", "w4a16-autoround"):
             overrides["steps_per_block"] = 2
         if name.startswith("w4a16-kd-qat"):  # the walk and the end-to-end phase, both short
             overrides.update(calibration_samples=2, calibration_sequence_length=32, steps_per_block=2,

@@ -228,6 +228,12 @@ RECIPES: dict[str, RecipeDef] = {
                                         **KD_QAT}),),
                 scenario="mobile", hardware=("cpu after export (onnx-int4 keeps its codes)", "transformers"),
                 compute="fp32", runtimes=("transformers",), uses_data="training", cost="tens of minutes"),
+        builtin("w4a16-autoround",
+                "INT4 Linear weights, group 64: learned rounding (AutoRound's signed-gradient offsets and scale gains) "
+                "on AWQ's grid, block by block; embeddings and head float (vLLM layout)",
+                (RecipeStage(Q, "autoround", {"bits": 4, "group_size": 64}),),
+                scenario="edge", hardware=("cuda (marlin kernels in vllm)", "cpu after export (gguf, openvino)"),
+                compute="fp32", runtimes=("vllm", "transformers"), uses_data="calibration", cost="tens of minutes"),
         builtin("w4a16-mixed",
                 "INT4 GPTQ with the most sensitive Linears at INT8, 4.5 bits per Linear weight on average "
                 "(per-module targets, one group per width)",

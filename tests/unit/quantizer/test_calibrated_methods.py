@@ -10,9 +10,10 @@ from transformers import AutoModelForCausalLM
 from services.common.models import modelio
 from services.common.contract.engine_api import ProgressReporter
 from services.quantizer import activations as acts
+from services.quantizer.autoround import autoround_block_step
 from services.quantizer.awq import awq_block_step
 from services.common.datasets.calibration_text import calibration_batches, calibration_text
-from services.quantizer.configs import (AwqConfig, GptqConfig, MixedPrecisionConfig, QatConfig, SmoothQuantConfig,
+from services.quantizer.configs import (AutoRoundConfig, AwqConfig, GptqConfig, MixedPrecisionConfig, QatConfig, SmoothQuantConfig,
                                         W8A8Config, WeightOnlyConfig)
 from services.quantizer.ct_format import write_compressed_tensors
 from services.quantizer.engine import METHODS
@@ -39,6 +40,7 @@ def steps():
                                None, qat_block_step),
         "qat-model-targets": (QatConfig(group_size=32, steps_per_block=3, targets="model", **CALIBRATION), None,
                               qat_block_step),
+        "autoround": (AutoRoundConfig(group_size=32, steps_per_block=3, **CALIBRATION), None, autoround_block_step),
         "w8a8-static": (W8A8Config(activations="static", **CALIBRATION), INT8, w8a8_block_step),
         "smoothquant-dynamic": (SmoothQuantConfig(**CALIBRATION), INT8, w8a8_block_step),
         "smoothquant-static-rtn": (SmoothQuantConfig(activations="static", weight_algorithm="rtn", **CALIBRATION),
@@ -70,8 +72,8 @@ def test_saved_model_reloads_and_matches_the_in_memory_quantized_model(which, ti
     targets = weight_targets(source.model, targets_config or config)
     batches = calibration_batches(modelio.load_tokenizer(tiny_llama_dir), config.calibration_samples,
                                   config.calibration_sequence_length, calibration_text())
-    kwargs = {"sample_every": 4} if which.startswith(("smoothquant", "awq", "qat")) else {}
-    if which.startswith("qat"):
+    kwargs = {"sample_every": 4} if which.startswith(("smoothquant", "awq", "qat", "autoround")) else {}
+    if which.startswith(("qat", "autoround")):
         kwargs["float_targets"] = config.targets
     result = quantize_sequential(source, targets, batches, make_step(config), lambda *_: None, **kwargs)
     write_compressed_tensors(source, result.quantized, tmp_path / "m", source.tied_head, result.rewritten)
@@ -84,7 +86,7 @@ def test_saved_model_reloads_and_matches_the_in_memory_quantized_model(which, ti
         name = "model.layers.0.mlp.down_proj"
         assert not torch.equal(result.quantized[name].params.scale, fixed.quantized[name].params.scale)
 
-    if which.startswith(("smoothquant", "awq", "qat")):
+    if which.startswith(("smoothquant", "awq", "qat", "autoround")):
         # Scales were folded into norms: the saved norms differ from the float model's.
         assert any("layernorm" in name for name in result.rewritten)
     ids = torch.randint(0, 30522, (2, 24), generator=torch.Generator().manual_seed(1))
@@ -104,6 +106,7 @@ def test_saved_model_reloads_and_matches_the_in_memory_quantized_model(which, ti
 @pytest.mark.parametrize("method,config", [
     ("awq", AwqConfig(**CALIBRATION)),
     ("qat", QatConfig(steps_per_block=2, **CALIBRATION)),
+    ("autoround", AutoRoundConfig(steps_per_block=2, **CALIBRATION)),
     ("mixed-precision", MixedPrecisionConfig(average_bits=4.6, **CALIBRATION)),
     ("w8a8", W8A8Config(**CALIBRATION)),
     ("smoothquant", SmoothQuantConfig(**CALIBRATION)),

@@ -12,7 +12,7 @@ from services.common.calibration.walk_checkpoint import WalkCheckpoints, WalkSta
 from services.common.contract.engine_api import Checkpoints, ProgressReporter, StageCancelled
 from services.pruner.configs import SparseGptConfig
 from services.pruner.engine import METHODS as PRUNE_METHODS
-from services.quantizer.configs import AwqConfig, GptqConfig, QatConfig, W8A8Config
+from services.quantizer.configs import AutoRoundConfig, AwqConfig, GptqConfig, QatConfig, W8A8Config
 from services.quantizer.engine import METHODS as QUANT_METHODS
 
 CALIBRATION = {"calibration_samples": 4, "calibration_sequence_length": 64}
@@ -58,6 +58,8 @@ CASES = {
     # Training towards the float model's hidden states: their stream resumes with the walk.
     "qat-model-targets": (QUANT_METHODS, "qat", QatConfig(group_size=32, steps_per_block=3, targets="model",
                                                            **CALIBRATION)),
+    # Learned rounding: its offsets and gains train per block on the resumed walk's inputs and targets.
+    "autoround": (QUANT_METHODS, "autoround", AutoRoundConfig(group_size=32, steps_per_block=3, **CALIBRATION)),
     "sparsegpt": (PRUNE_METHODS, "sparsegpt", SparseGptConfig(sparsity=0.5, **CALIBRATION)),  # float weights out
 }
 
