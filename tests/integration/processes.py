@@ -15,11 +15,11 @@ from services.common.runtime.settings import ServiceSettings
 
 
 class ServiceProcess:
-    def __init__(self, service: str, nats_url: str, home, port: int) -> None:
+    def __init__(self, service: str, nats_url: str, home, port: int, *flags: str) -> None:
         self.service = service
         self.listen = f"127.0.0.1:{port}"
         self._cmd = [sys.executable, "-m", f"services.{service}", "--listen", self.listen, "--nats-url", nats_url,
-                     "--home", str(home)]
+                     "--home", str(home), *flags]
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = 60) -> None:
