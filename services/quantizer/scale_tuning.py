@@ -89,8 +89,83 @@ def parametrize_quantized(model: nn.Module, quantized: dict[str, QuantizedWeight
 
 def next_token_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
     """Mean over tokens of KL(teacher ‖ student) of the next-token distributions."""
-    target = teacher_logits.float().log_softmax(-1)
-    return (target.exp() * (target - student_logits.float().log_softmax(-1))).sum(-1).mean()
+    return _kl_sum(teacher_logits.float().log_softmax(-1), student_logits) / teacher_logits.shape[:-1].numel()
+
+
+def _kl_sum(target: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
+    return (target.exp() * (target - student_logits.float().log_softmax(-1))).sum()
+
+
+# Tokens whose whole-vocabulary logits are held at once (SmolLM2: 256 x 49,152 floats, 50 MB).
+CHUNK_TOKENS = 256
+
+
+class NextTokenKL:
+    """KL(teacher ‖ student) on a batch, token chunk by token chunk when each model's logits are its
+    output embedding applied to its base model's last hidden states: the whole-vocabulary logits of a
+    batch and their gradients (gigabytes on a 49k vocabulary) are then never held at once. Whether they
+    are is checked once, on the models themselves (a family may scale or cap its logits after the head);
+    where they are not, the logits are computed whole."""
+
+    def __init__(self, teacher: nn.Module, student: nn.Module, probe: dict, chunk_tokens: int = CHUNK_TOKENS) -> None:
+        self.teacher, self.student, self.chunk_tokens = teacher, student, chunk_tokens
+        self.chunked = _logits_are_the_head_of_hidden(teacher, probe) and _logits_are_the_head_of_hidden(student, probe)
+
+    def backward(self, inputs: dict) -> float:
+        """The batch's mean KL; its gradient accumulated into the student's trainable tensors."""
+        if not self.chunked:
+            with torch.no_grad():
+                target = self.teacher(**inputs).logits
+            with torch.enable_grad():
+                loss = next_token_kl(target, self.student(**inputs).logits)
+                loss.backward()
+            return float(loss)
+        with torch.no_grad():
+            teacher_hidden = _last_hidden(self.teacher, inputs).flatten(0, -2)
+        with torch.enable_grad():
+            student_hidden = _last_hidden(self.student, inputs)
+            # The head's part in chunks, each backward as soon as computed; the body's once, at the end.
+            hidden = student_hidden.detach().requires_grad_(True)
+            total = self._chunks(teacher_hidden, hidden.flatten(0, -2), backward=True)
+            student_hidden.backward(hidden.grad)
+        return total
+
+    @torch.no_grad()
+    def value(self, inputs: dict) -> float:
+        if not self.chunked:
+            return float(next_token_kl(self.teacher(**inputs).logits, self.student(**inputs).logits))
+        return self._chunks(_last_hidden(self.teacher, inputs).flatten(0, -2),
+                            _last_hidden(self.student, inputs).flatten(0, -2), backward=False)
+
+    def _chunks(self, teacher_hidden: torch.Tensor, student_hidden: torch.Tensor, backward: bool) -> float:
+        teacher_head, student_head = self.teacher.get_output_embeddings(), self.student.get_output_embeddings()
+        tokens, total = student_hidden.shape[0], 0.0
+        for start in range(0, tokens, self.chunk_tokens):
+            rows = slice(start, start + self.chunk_tokens)
+            with torch.no_grad():
+                target = teacher_head(teacher_hidden[rows]).float().log_softmax(-1)
+            part = _kl_sum(target, student_head(student_hidden[rows])) / tokens
+            if backward:
+                part.backward()
+            total += float(part.detach())
+        return total
+
+
+def _last_hidden(model: nn.Module, inputs: dict) -> torch.Tensor:
+    return model.base_model(**inputs).last_hidden_state
+
+
+@torch.no_grad()
+def _logits_are_the_head_of_hidden(model: nn.Module, probe: dict) -> bool:
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None or getattr(model, "base_model", model) is model:
+        return False
+    try:
+        hidden = _last_hidden(model, probe)
+    except (AttributeError, TypeError):
+        return False
+    logits = model(**probe).logits
+    return logits.shape[:-1] == hidden.shape[:-1] and torch.allclose(head(hidden), logits, atol=1e-4, rtol=1e-4)
 
 
 @dataclass
@@ -121,14 +196,12 @@ def _inputs(batch: dict) -> dict:
 
 
 @torch.no_grad()
-def validation_kl(teacher: nn.Module, student: nn.Module, data: TrainingData, batch_windows: int) -> float:
+def validation_kl(kl: NextTokenKL, data: TrainingData, batch_windows: int) -> float:
     # No parametrize.cached() here: its switch is global to the process, and a worker may train another
     # stage's scales in another thread at the same time (its forward would read weights cached without grad).
     total, count = 0.0, 0
     for batch in data.validation_batches(batch_windows):
-        inputs = _inputs(batch)
-        kl = next_token_kl(teacher(**inputs).logits, student(**inputs).logits)
-        total += float(kl) * len(batch["input_ids"])
+        total += kl.value(_inputs(batch)) * len(batch["input_ids"])
         count += len(batch["input_ids"])
     return total / count
 
@@ -158,8 +231,11 @@ def tune_scales(teacher: nn.Module, student: nn.Module, scales: dict[str, GroupS
         state = TuningState(**saved["state"])
     teacher.eval()
     student.eval()  # dropout off: the student is trained to compute as it will be served
+    window = _inputs(data.batch(data.validation_items[:1]))
+    kl = NextTokenKL(teacher, student, {**window, "input_ids": window["input_ids"][:, :16],
+                                         "attention_mask": window["attention_mask"][:, :16]})
     if state.step == 0:
-        state.best_kl = validation_kl(teacher, student, data, plan.batch_windows)
+        state.best_kl = validation_kl(kl, data, plan.batch_windows)
         state.validation_kl.append([0, state.best_kl])
         on_step(state, f"validation KL to the float model {state.best_kl:.4f} as rounded",
                 end_to_end_validation_kl=state.best_kl)
@@ -167,29 +243,24 @@ def tune_scales(teacher: nn.Module, student: nn.Module, scales: dict[str, GroupS
     while state.step < plan.steps and time.monotonic() - began < plan.max_seconds:
         batch = data.draw(plan.batch_windows, generator)
         inputs = _inputs(batch)
-        with torch.no_grad():
-            target = teacher(**inputs).logits
-        with torch.enable_grad():
-            loss = next_token_kl(target, student(**inputs).logits)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+        optimizer.zero_grad(set_to_none=True)
+        loss = kl.backward(inputs)
         optimizer.step()
         schedule.step()
         state.step += 1
         state.tokens += int(inputs["input_ids"].numel())
         state.seconds = time.monotonic() - began
-        loss = loss.detach()
-        state.train_kl.append([state.tokens, float(loss)])
-        on_step(state, f"step {state.step}/{plan.steps}: KL {float(loss):.4f}", end_to_end_kl=float(loss))
+        state.train_kl.append([state.tokens, loss])
+        on_step(state, f"step {state.step}/{plan.steps}: KL {loss:.4f}", end_to_end_kl=loss)
         last = state.step == plan.steps or time.monotonic() - began >= plan.max_seconds
         if state.step % plan.validate_every == 0 or last:
-            kl = validation_kl(teacher, student, data, plan.batch_windows)
-            state.validation_kl.append([state.tokens, kl])
-            if kl < state.best_kl:
-                state.best_kl, state.best_step = kl, state.step
+            validated = validation_kl(kl, data, plan.batch_windows)
+            state.validation_kl.append([state.tokens, validated])
+            if validated < state.best_kl:
+                state.best_kl, state.best_step = validated, state.step
                 best = [g.detach().clone() for g in gains]
-            on_step(state, f"validation KL {kl:.4f} after {state.tokens} tokens (best {state.best_kl:.4f})",
-                    end_to_end_validation_kl=kl)
+            on_step(state, f"validation KL {validated:.4f} after {state.tokens} tokens (best {state.best_kl:.4f})",
+                    end_to_end_validation_kl=validated)
             save({"gains": [g.detach().clone() for g in gains], "best": best, "optimizer": optimizer.state_dict(),
                   "schedule": schedule.state_dict(), "generator": generator.get_state(), "state": asdict(state)})
     with torch.no_grad():

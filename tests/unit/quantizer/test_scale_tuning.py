@@ -18,8 +18,8 @@ from services.quantizer.configs import QatConfig, WeightOnlyConfig
 from services.quantizer.engine import METHODS
 from services.quantizer.qscheme import dequantize
 from services.quantizer.rtn import quantize_rtn
-from services.quantizer.scale_tuning import (TuningPlan, parametrize_quantized, tune_scales, tuned_weights,
-                                             validation_kl)
+from services.quantizer.scale_tuning import (NextTokenKL, TuningPlan, next_token_kl, parametrize_quantized,
+                                             tune_scales, tuned_weights, validation_kl)
 from services.quantizer.targets import weight_targets
 from tests.memory_checkpoints import MemoryCheckpoints
 
@@ -33,6 +33,11 @@ def _rounded(folder: Path):
     config = WeightOnlyConfig(bits=4, group_size=32, embedding_bits=4, head_bits=4)
     targets = weight_targets(model, config)
     return quantize_rtn(lambda t: t.module.weight.data, targets)
+
+
+def _kl(teacher, student, data) -> NextTokenKL:
+    probe = data.batch(data.validation_items[:1])
+    return NextTokenKL(teacher, student, {"input_ids": probe["input_ids"][:, :8], "use_cache": False})
 
 
 def test_scales_at_their_start_compute_the_checkpoint_and_a_tied_head_shares_the_tables(tiny_llama_dir):
@@ -52,10 +57,10 @@ def test_tuning_moves_only_the_scales_and_brings_the_model_closer_to_the_float_o
     student = modelio.load_model(tiny_llama_dir, dtype=torch.float32)
     scales = parametrize_quantized(student, quantized)
     data = training_data(modelio.load_tokenizer(tiny_llama_dir), calibration_text(), True, 1000, 64, 0.1)
-    before = validation_kl(teacher, student, data, 8)
+    before = validation_kl(_kl(teacher, student, data), data, 8)
     state = tune_scales(teacher, student, scales, data, TuningPlan(steps=8, batch_windows=4, learning_rate=0.01,
                                                                    validate_every=4))
-    assert state.best_kl == pytest.approx(validation_kl(teacher, student, data, 8), rel=1e-5)  # the best is kept
+    assert state.best_kl == pytest.approx(validation_kl(_kl(teacher, student, data), data, 8), rel=1e-5)  # the best is kept
     assert state.best_kl < 0.95 * before and state.best_step > 0
     tuned = tuned_weights(quantized, scales)
     for name, qw in tuned.items():
@@ -135,7 +140,45 @@ def test_validation_never_switches_on_the_process_wide_weight_cache(tiny_llama_d
     student = modelio.load_model(tiny_llama_dir, dtype=torch.float32)
     parametrize_quantized(student, quantized)
     seen = []
-    student.register_forward_pre_hook(lambda *_: seen.append(parametrize._cache_enabled))
     data = training_data(modelio.load_tokenizer(tiny_llama_dir), calibration_text(), True, 20, 64, 0.2)
-    validation_kl(teacher, student, data, 8)
+    kl = _kl(teacher, student, data)
+    student.get_output_embeddings().register_forward_pre_hook(lambda *_: seen.append(parametrize._cache_enabled))
+    validation_kl(kl, data, 8)
     assert seen and not any(seen)
+
+
+def test_the_kl_in_token_chunks_is_the_kl_of_the_whole_logits_and_has_its_gradients(tiny_llama_dir):
+    quantized = _rounded(tiny_llama_dir)
+    teacher = modelio.load_model(tiny_llama_dir, dtype=torch.float32)
+    student = modelio.load_model(tiny_llama_dir, dtype=torch.float32)
+    scales = parametrize_quantized(student, quantized)
+    data = training_data(modelio.load_tokenizer(tiny_llama_dir), calibration_text(), True, 20, 64, 0.2)
+    inputs = {"input_ids": data.batch(data.train_items[:3])["input_ids"], "use_cache": False}
+    chunked = NextTokenKL(teacher, student, inputs, chunk_tokens=50)  # 192 tokens: 4 chunks, the last one short
+    assert chunked.chunked
+    value = chunked.backward(inputs)
+    grads = [s.log_gain.grad.clone() for s in scales.values()]
+    for s in scales.values():
+        s.log_gain.grad = None
+    with torch.no_grad():
+        target = teacher(**inputs).logits
+    whole = next_token_kl(target, student(**inputs).logits)
+    whole.backward()
+    assert value == pytest.approx(float(whole), rel=1e-5) and chunked.value(inputs) == pytest.approx(value, rel=1e-5)
+    for grad, s in zip(grads, scales.values()):
+        assert torch.allclose(grad, s.log_gain.grad, rtol=1e-4, atol=1e-9)
+
+
+def test_a_model_that_transforms_its_logits_after_the_head_is_not_chunked(tmp_path):
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Gemma2Config(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                          num_attention_heads=2, num_key_value_heads=1, head_dim=16, final_logit_softcapping=2.0)
+    teacher, student = Gemma2ForCausalLM(config).eval(), Gemma2ForCausalLM(config).eval()
+    inputs = {"input_ids": torch.randint(0, 256, (2, 12)), "use_cache": False}
+    kl = NextTokenKL(teacher, student, inputs)
+    assert not kl.chunked  # its logits are capped after the head: chunks of head outputs would differ
+    with torch.no_grad():
+        expected = next_token_kl(teacher(**inputs).logits, student(**inputs).logits)
+    assert kl.value(inputs) == pytest.approx(float(expected), rel=1e-6)
