@@ -18,8 +18,15 @@ from services.quantizer.configs import QatConfig, WeightOnlyConfig
 from services.quantizer.engine import METHODS
 from services.quantizer.qscheme import dequantize
 from services.quantizer.rtn import quantize_rtn
-from services.quantizer.scale_tuning import (NextTokenKL, TuningPlan, next_token_kl, parametrize_quantized,
-                                             tune_scales, tuned_weights, validation_kl)
+from services.quantizer.scale_tuning import (
+    NextTokenKL,
+    TuningPlan,
+    next_token_kl,
+    parametrize_quantized,
+    tune_scales,
+    tuned_weights,
+    validation_kl,
+)
 from services.quantizer.targets import weight_targets
 from tests.memory_checkpoints import MemoryCheckpoints
 
