@@ -18,25 +18,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from services.quantizer.clipping import NO_CLIP, fake_clipped, output_error, search_clipping
 from services.quantizer.configs import AwqConfig
 from services.quantizer.ct_format import QuantizedWeight
 from services.quantizer.qscheme import QuantParams, WeightScheme, compute_qparams, dequantize, quantize
 from services.quantizer.sequential import BlockStep, BlockWork
 from services.quantizer.smoothing import fold, normalise, smoothing_groups
-
-# Query and key errors are reshaped by softmax; clipping them by output error misleads
-# (the AWQ authors skip them too).
-NO_CLIP = ("q_proj", "k_proj", "query", "key")
-
-
-def output_error(delta: torch.Tensor, hessian: torch.Tensor) -> torch.Tensor:
-    """tr(Δ H Δᵀ): squared output error summed over calibration rows (up to the factor 2/n)."""
-    return ((delta @ hessian) * delta).sum()
-
-
-def _fake(weight: torch.Tensor, scheme: WeightScheme, clip: torch.Tensor | float = 1.0) -> torch.Tensor:
-    params = compute_qparams(weight, scheme, clip)
-    return dequantize(quantize(weight, params, scheme), params)
 
 
 def search_scales(weight: torch.Tensor, x_abs_mean: torch.Tensor, scheme: WeightScheme, grid: int,
@@ -50,14 +37,14 @@ def search_scales(weight: torch.Tensor, x_abs_mean: torch.Tensor, scheme: Weight
     width = scheme.group_width(weight.shape[1])
     grouped = weight.abs().reshape(weight.shape[0], -1, width)
     w_mean = (grouped / grouped.amax(dim=-1, keepdim=True).clamp(min=1e-8)).reshape(weight.shape).mean(dim=0)
-    unscaled = loss(_fake(weight, scheme))
+    unscaled = loss(fake_clipped(weight, scheme))
     best = (torch.ones_like(x_abs_mean), "none", 0.0, unscaled)
     for step in range(1, grid):
         ratio = step / grid
         for form, raw in (("activation", x_abs_mean.pow(ratio)),
                           ("duo", x_abs_mean.pow(ratio) / w_mean.clamp(min=1e-8).pow(1 - ratio))):
             scales = normalise(raw)
-            error = loss(_fake(weight * scales, scheme) / scales)
+            error = loss(fake_clipped(weight * scales, scheme) / scales)
             if error < best[3]:
                 best = (scales, form, ratio, error)
     return best[0], best[1], best[2], best[3] / max(unscaled, 1e-30)
@@ -88,26 +75,6 @@ def module_loss(module: nn.Module, layers: list[nn.Linear], sample: torch.Tensor
                 layer.weight.data = original
 
     return loss
-
-
-def search_clipping(weight: torch.Tensor, hessian: torch.Tensor, scheme: WeightScheme, grid: int,
-                    max_shrink: float) -> torch.Tensor:
-    """Per (row, group) ratio of the range to keep, minimising that group's output error
-    (cross-group terms of H ignored, as in AWQ)."""
-    rows, cols = weight.shape
-    width = scheme.group_width(cols)
-    groups = cols // width
-    blocks = torch.stack([hessian[g * width:(g + 1) * width, g * width:(g + 1) * width] for g in range(groups)])
-    best_error = torch.full((rows, groups), float("inf"))
-    best_ratio = torch.ones(rows, groups)
-    for step in range(grid):
-        ratio = 1.0 - max_shrink * step / grid
-        delta = (_fake(weight, scheme, ratio) - weight).reshape(rows, groups, width)
-        error = torch.einsum("rgi,gij,rgj->rg", delta, blocks, delta)
-        better = error < best_error
-        best_error = torch.where(better, error, best_error)
-        best_ratio = torch.where(better, torch.full_like(best_ratio, ratio), best_ratio)
-    return best_ratio
 
 
 @dataclass

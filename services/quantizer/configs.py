@@ -47,22 +47,32 @@ class WeightOnlyConfig(MethodConfig):
                        "transformers, not vLLM)")
 
 
+CLIP_SEARCH = "Search a clipping of each group's weight range (its ratio kept, per row and group, by the output error)"
+
+
+class ClipSettings(MethodConfig):
+    clip_grid: int = Field(20, ge=1, le=100, description="Clipping ratios tried, from 1 down to 1 - max_shrink")
+    max_shrink: float = Field(0.5, gt=0.0, lt=1.0, description="Largest share of a group's range clipping may cut")
+
+
+class GptqClipping(ClipSettings):
+    clip_search: bool = Field(False, description=f"{CLIP_SEARCH}, before GPTQ rounds onto that grid")
+
+
 class GptqSettings(MethodConfig):
     damping: Damping = Field(0.01, description=DAMPING)
     act_order: bool = Field(True, description="Visit columns by decreasing activation energy (static groups)")
     lazy_batch_columns: LazyBatchColumns = Field(128, description=LAZY_BATCH_COLUMNS)
 
 
-class GptqConfig(WeightOnlyConfig, CalibrationConfig, GptqSettings):
+class GptqConfig(WeightOnlyConfig, CalibrationConfig, GptqSettings, GptqClipping):
     propagate_quantized: bool = Field(
         True, description="Feed each block the quantized previous block's outputs (one more forward per block)")
 
 
-class AwqSettings(MethodConfig):
+class AwqSettings(ClipSettings):
     scale_grid: int = Field(20, ge=1, le=100, description="Exponents tried by the per-channel scale search")
-    clip_search: bool = Field(True, description="Also search a per-group clipping of the weight range")
-    clip_grid: int = Field(20, ge=1, le=100, description="Clipping ratios tried, from 1 down to max_shrink")
-    max_shrink: float = Field(0.5, gt=0.0, lt=1.0, description="Smallest clipping ratio tried")
+    clip_search: bool = Field(True, description=f"{CLIP_SEARCH}, after the scale search")
     loss: Literal["layer", "module"] = Field(
         "layer", description="Score scale candidates by each Linear's own output error, or by the output of "
                              "the MLP they feed (through its nonlinearity; on SmolLM2 W4 g64: +15.8 % ppl "

@@ -210,7 +210,7 @@ def _head_gptq(config: GptqSettings):
         summary="GPTQ: Hessian-aware rounding from calibration text, block by block", metrics=(LOSS,))
 def _gptq(config: GptqConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
     source = stream_float(src, reporter)
-    step = gptq_block_step(config.damping, config.lazy_batch_columns, config.act_order)
+    step = gptq_block_step(config.damping, config.lazy_batch_columns, config.act_order, clip=config)
     targets = weight_targets(source.model, config, conv1d=True)
     return _run_calibrated(config, source, targets, dst, reporter, "gptq", step,
                            propagate_quantized=config.propagate_quantized, head_rounding=_head_gptq(config))
@@ -272,7 +272,7 @@ def _mixed(config: MixedPrecisionConfig, src: Path, dst: Path, reporter: Progres
     reporter.report(0, 1, f"kept {len(promoted)} layers at 8 bits: {', '.join(promoted)}")
     source = StreamingModel(src)
     targets = _retarget(targets, source.model)
-    step = gptq_block_step(config.damping, config.lazy_batch_columns, config.act_order)
+    step = gptq_block_step(config.damping, config.lazy_batch_columns, config.act_order, clip=config)
     return _run_calibrated(config, source, targets, dst, reporter, "mixed-precision", step,
                            propagate_quantized=config.propagate_quantized, batches=batches,
                            head_rounding=_head_gptq(config),

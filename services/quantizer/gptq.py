@@ -19,6 +19,8 @@ import torch
 
 from services.common.calibration.blocks import shared_input_groups, split_rows
 from services.common.calibration.hessian import inverse_cholesky, relative_output_error
+from services.quantizer.clipping import NO_CLIP, search_clipping
+from services.quantizer.configs import GptqClipping
 from services.quantizer.ct_format import QuantizedWeight
 from services.quantizer.qscheme import (
     QuantParams,
@@ -56,7 +58,10 @@ SPARSE_INPUT_SHARE = 0.1
 
 
 def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, scheme: WeightScheme, *, damping: float = 0.01,
-                  block_size: int = 128, act_order: bool = True) -> GptqOutcome:
+                  block_size: int = 128, act_order: bool = True, clip: GptqClipping | None = None,
+                  clipped_rows: torch.Tensor | None = None) -> GptqOutcome:
+    """`clip` (with clip_search) shrinks each group's range first, by the output error of rounding it
+    (clipping.search_clipping), for the rows `clipped_rows` marks (all when None)."""
     W = weight.detach().float().clone()
     rows, cols = W.shape
     width = scheme.group_width(cols)
@@ -68,8 +73,18 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, scheme: WeightSch
     # Static scales: from the original weights, fixed before any column moves. Needed with
     # act_order (groups are visited out of order); per-channel grids are always static.
     static = act_order or width == cols
+
+    def clipped_params(columns: torch.Tensor, first: int, grid: WeightScheme) -> QuantParams:
+        if clip is None or not clip.clip_search:
+            return compute_qparams(columns, grid)
+        block = hessian.detach().float()[first:first + columns.shape[1], first:first + columns.shape[1]]
+        ratio = search_clipping(columns, block, grid, clip.clip_grid, clip.max_shrink)
+        if clipped_rows is not None:
+            ratio = torch.where(clipped_rows[:, None], ratio, torch.ones_like(ratio))
+        return compute_qparams(columns, grid, ratio)
+
     if static:
-        params = compute_qparams(W, scheme)
+        params = clipped_params(W, 0, scheme)
     else:
         params = QuantParams(scale=torch.zeros(rows, cols // width),
                              zero_point=None if scheme.symmetric else torch.zeros(rows, cols // width))
@@ -112,7 +127,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, scheme: WeightSch
             group = int(group_of[col])
             if not static and col % width == 0:
                 # Dynamic groups: scales from the weights as GPTQ has updated them so far.
-                fresh = compute_qparams(W1[:, i:i + width], WeightScheme(scheme.bits, 0, scheme.symmetric))
+                fresh = clipped_params(W1[:, i:i + width], col, WeightScheme(scheme.bits, 0, scheme.symmetric))
                 params.scale[:, group] = fresh.scale[:, 0]
                 if params.zero_point is not None:
                     params.zero_point[:, group] = fresh.zero_point[:, 0]
@@ -171,18 +186,21 @@ def gptq_head_rounding(damping: float = HEAD_DAMPING, block_size: int = 128, act
 
 
 def gptq_block_step(damping: float, block_size: int, act_order: bool,
-                    hessian_of: Callable[[BlockWork, str], torch.Tensor] | None = None) -> BlockStep:
+                    hessian_of: Callable[[BlockWork, str], torch.Tensor] | None = None,
+                    clip: GptqClipping | None = None) -> BlockStep:
     """GPTQ over one block. Layers reading the same input (q/k/v, gate/up) share H; GPTQ
     treats rows independently given H, so stacking their rows is exact and runs the column
-    loop once. `hessian_of` lets a caller supply H in a transformed basis (SmoothQuant)."""
+    loop once. `hessian_of` lets a caller supply H in a transformed basis (SmoothQuant); `clip`
+    searches each group's clipping first (never a query's or key's, as AWQ)."""
     def step(work: BlockWork) -> Iterator[tuple[str, QuantizedWeight, dict]]:
         hessians = {n: (hessian_of(work, n) if hessian_of else work.stats[n].hessian) for n in work.layers}
         for names in shared_input_groups(hessians, {n: work.targets[n].scheme for n in work.layers}):
             modules = [(n, work.layers[n]) for n in names]
             scheme = work.targets[names[0]].scheme
             stacked = torch.cat([m.weight for _, m in modules], dim=0)
+            clipped_rows = torch.cat([torch.full((m.weight.shape[0],), not n.endswith(NO_CLIP)) for n, m in modules])
             outcome = gptq_quantize(stacked, hessians[names[0]], scheme, damping=damping, block_size=block_size,
-                                    act_order=act_order)
+                                    act_order=act_order, clip=clip, clipped_rows=clipped_rows)
             codes = quantize(outcome.weight, outcome.params, scheme)
             # Done with this input's Hessian: the widest (down_proj's) is factored without the others beside it.
             for name in names:

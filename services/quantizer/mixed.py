@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import torch
 
-from services.quantizer.awq import output_error
+from services.quantizer.clipping import output_error
 from services.quantizer.ct_format import QuantizedWeight
 from services.quantizer.qscheme import WeightScheme, fake_quantize
 from services.quantizer.sequential import BlockStep, BlockWork

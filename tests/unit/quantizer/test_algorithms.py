@@ -6,7 +6,8 @@ from transformers import BertModel
 
 from services.common.models import modelio
 from services.quantizer import activations as acts
-from services.quantizer.awq import hessian_loss, module_loss, output_error, search_clipping, search_scales
+from services.quantizer.awq import hessian_loss, module_loss, search_scales
+from services.quantizer.clipping import output_error, search_clipping
 from services.quantizer.configs import W8A8Config, WeightOnlyConfig
 from services.quantizer.mixed import allocate, stored_bits
 from services.quantizer.qat import StraightThroughQuantizer

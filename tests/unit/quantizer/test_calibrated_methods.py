@@ -33,6 +33,8 @@ def steps():
     return {
         "gptq": (GptqConfig(group_size=32, **CALIBRATION), None,
                  lambda c: gptq_block_step(c.damping, c.lazy_batch_columns, c.act_order)),
+        "gptq-clipped": (GptqConfig(group_size=32, clip_search=True, **CALIBRATION), None,
+                         lambda c: gptq_block_step(c.damping, c.lazy_batch_columns, c.act_order, clip=c)),
         "awq": (AwqConfig(group_size=32, **CALIBRATION), None, awq_block_step),
         "awq-mlp-scored": (AwqConfig(group_size=32, loss="module", **CALIBRATION), None, awq_block_step),
         "qat": (QatConfig(group_size=32, steps_per_block=3, **CALIBRATION), None, qat_block_step),

@@ -33,6 +33,22 @@ def test_gptq_output_error_is_below_rtn_on_the_same_data(scheme, act_order):
     assert torch.equal(again, outcome.weight)
 
 
+@pytest.mark.parametrize("act_order", [False, True])  # dynamic groups, searched as GPTQ reaches them; static ones
+def test_clipping_shrinks_ranges_lowers_the_output_error_and_spares_the_rows_it_is_told_to(act_order):
+    w, x, h = correlated_layer()
+    w[::7, ::9] *= 6  # heavy-tailed weights: a few per group set its range
+    scheme = WeightScheme(4, 32, True)
+    plain = gptq_quantize(w, h, scheme, act_order=act_order)
+    clip = GptqConfig(clip_search=True)
+    spared = torch.arange(w.shape[0]) >= 48
+    clipped = gptq_quantize(w, h, scheme, act_order=act_order, clip=clip, clipped_rows=~spared)
+    assert clipped.loss < plain.loss
+    if act_order:  # static groups, from the weights as given: clipped rows only shrink, spared ones stay min-max
+        assert (clipped.params.scale[~spared] <= plain.params.scale[~spared] + 1e-6).all()
+        assert (clipped.params.scale[~spared] < plain.params.scale[~spared] - 1e-6).any()
+        assert torch.equal(clipped.params.scale[spared], plain.params.scale[spared])
+
+
 def test_a_hessian_that_is_not_positive_definite_is_handled():
     w, _, h = correlated_layer()
     h[5, 5] = -1000.0  # what accumulated round-off or a broken calibration can produce
