@@ -3,7 +3,7 @@
     python bench/anchors.py [--methods gptq,awq,autoround,smoothquant-w8a8,sparsegpt-50,...] [--samples 16]
                             [--anchor-python PATH]
 
-For each method (quantization: gptq, awq, autoround (llm-compressor's AutoRoundModifier), smoothquant-w8a8; pruning: sparsegpt-50, wanda-50,
+For each method (quantization: gptq, awq, autoround (llm-compressor's AutoRoundModifier and auto-round's own API), smoothquant-w8a8; pruning: sparsegpt-50, wanda-50,
 sparsegpt-2of4, wanda-2of4), llm-compressor (in its own venv, `make anchors-venv`) and the
 matching modelpress recipe run one after the other in fresh processes, calibrated on the same
 token windows (the calibration split of pydoc). Both artifacts are then measured by the
@@ -48,12 +48,16 @@ OURS = {
     "wanda-2of4": ("pruner", "wanda", {"structure": "2:4"}, "prune-2of4 with method wanda"),
 }
 
+# Methods with more than one anchor: learned rounding also by Intel's auto-round itself.
+TOOLS = {"autoround": ("llm-compressor", "auto-round", "modelpress")}
 
-def run_anchor(python: Path, method: str, src: Path, windows: Path, dst: Path) -> dict:
-    run = subprocess.run([str(python), str(HERE / "anchors" / "llmcompressor_once.py"), method, str(src),
-                          str(windows), str(dst)], capture_output=True, text=True)
+
+def run_anchor(python: Path, tool: str, method: str, src: Path, windows: Path, dst: Path) -> dict:
+    command = ([str(HERE / "anchors" / "autoround_once.py")] if tool == "auto-round" else
+               [str(HERE / "anchors" / "llmcompressor_once.py"), method])
+    run = subprocess.run([str(python), *command, str(src), str(windows), str(dst)], capture_output=True, text=True)
     if run.returncode != 0:
-        raise RuntimeError(f"llm-compressor {method} failed:\n{run.stderr[-3000:]}")
+        raise RuntimeError(f"{tool} {method} failed:\n{run.stderr[-3000:]}")
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
@@ -69,12 +73,12 @@ def side_by_side(methods: list[str], samples: int, sequence_length: int, quality
     base = evaluate_folder(src, evaluation)["perplexity"]
     rows = []
     for method in methods:
-        for tool in ("llm-compressor", "modelpress"):
+        for tool in TOOLS.get(method, ("llm-compressor", "modelpress")):
             out = work / f"{tool}-{method}"
             shutil.rmtree(out, ignore_errors=True)
             service, ours, config, recipe = OURS[method]
-            if tool == "llm-compressor":
-                run = run_anchor(anchor_python, method, src, windows_path, out)
+            if tool != "modelpress":
+                run = run_anchor(anchor_python, tool, method, src, windows_path, out)
             else:
                 run = run_method(service, ours, {**config, "calibration_samples": samples,
                                                  "calibration_sequence_length": sequence_length}, src, out)
