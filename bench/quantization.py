@@ -37,12 +37,12 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_RECIPES = {
     "smollm2-135m": ["fp16", "bf16", "int8-weight-only", "w8a8-dynamic", "w8a8-static", "w8a8-smoothquant",
                      "w4a16-rtn", "w4a16-gptq", "w4a16-gptq@128", "w4a16-awq", "w4a16-awq@128", "w4a16-qat",
-                     "w4a16-mixed"],
+                     "w4a16-autoround", "w4a16-kd-qat", "w4a16-kd-qat+compact4", "w4a16-mixed"],
     "minilm-l6": ["int8-weight-only", "w8a8-dynamic", "w8a8-smoothquant", "w4a16-rtn", "w4a16-gptq", "w4a16-awq",
                   "w4a16-qat", "w4a16-mixed"],
     "mpnet-base": ["fp16", "int8-weight-only", "w8a8-dynamic", "w4a16-rtn", "w4a16-gptq"],
 }
-CALIBRATED = ("gptq", "awq", "qat", "mixed-precision", "w8a8", "smoothquant")
+CALIBRATED = ("gptq", "awq", "qat", "autoround", "mixed-precision", "w8a8", "smoothquant")
 # Recipe variants: "name@N" runs the recipe with N calibration windows; "name+compact" with INT8
 # embeddings and head (the smaller layout transformers loads and vLLM does not); "name+compact4" with
 # them at 4 bits in the body's groups (the head rounded on its inputs by the calibrated methods).
