@@ -42,6 +42,16 @@ def _rounded(folder: Path):
     return quantize_rtn(lambda t: t.module.weight.data, targets)
 
 
+def _tuning_setup(folder: Path, windows: int = 20, validation_share: float = 0.2):
+    """(rounded codes, float teacher, student computing with them, its scales, calibration windows)."""
+    quantized = _rounded(folder)
+    teacher = modelio.load_model(folder, dtype=torch.float32)
+    student = modelio.load_model(folder, dtype=torch.float32)
+    scales = parametrize_quantized(student, quantized)
+    data = training_data(modelio.load_tokenizer(folder), calibration_text(), True, windows, 64, validation_share)
+    return quantized, teacher, student, scales, data
+
+
 def _kl(teacher, student, data) -> NextTokenKL:
     probe = data.batch(data.validation_items[:1])
     return NextTokenKL(teacher, student, {"input_ids": probe["input_ids"][:, :8], "use_cache": False})
@@ -59,11 +69,7 @@ def test_scales_at_their_start_compute_the_checkpoint_and_a_tied_head_shares_the
 
 
 def test_tuning_moves_only_the_scales_and_brings_the_model_closer_to_the_float_one(tiny_llama_dir):
-    quantized = _rounded(tiny_llama_dir)
-    teacher = modelio.load_model(tiny_llama_dir, dtype=torch.float32)
-    student = modelio.load_model(tiny_llama_dir, dtype=torch.float32)
-    scales = parametrize_quantized(student, quantized)
-    data = training_data(modelio.load_tokenizer(tiny_llama_dir), calibration_text(), True, 1000, 64, 0.1)
+    quantized, teacher, student, scales, data = _tuning_setup(tiny_llama_dir, 1000, 0.1)
     before = validation_kl(_kl(teacher, student, data), data, 8)
     state = tune_scales(teacher, student, scales, data, TuningPlan(steps=8, batch_windows=4, learning_rate=0.01,
                                                                    validate_every=4))
@@ -142,12 +148,8 @@ def test_validation_never_switches_on_the_process_wide_weight_cache(tiny_llama_d
     # worker would then read weights cached without their graph ("does not require grad").
     from torch.nn.utils import parametrize
 
-    quantized = _rounded(tiny_llama_dir)
-    teacher = modelio.load_model(tiny_llama_dir, dtype=torch.float32)
-    student = modelio.load_model(tiny_llama_dir, dtype=torch.float32)
-    parametrize_quantized(student, quantized)
+    _, teacher, student, _, data = _tuning_setup(tiny_llama_dir)
     seen = []
-    data = training_data(modelio.load_tokenizer(tiny_llama_dir), calibration_text(), True, 20, 64, 0.2)
     kl = _kl(teacher, student, data)
     student.get_output_embeddings().register_forward_pre_hook(lambda *_: seen.append(parametrize._cache_enabled))
     validation_kl(kl, data, 8)
@@ -155,11 +157,7 @@ def test_validation_never_switches_on_the_process_wide_weight_cache(tiny_llama_d
 
 
 def test_the_kl_in_token_chunks_is_the_kl_of_the_whole_logits_and_has_its_gradients(tiny_llama_dir):
-    quantized = _rounded(tiny_llama_dir)
-    teacher = modelio.load_model(tiny_llama_dir, dtype=torch.float32)
-    student = modelio.load_model(tiny_llama_dir, dtype=torch.float32)
-    scales = parametrize_quantized(student, quantized)
-    data = training_data(modelio.load_tokenizer(tiny_llama_dir), calibration_text(), True, 20, 64, 0.2)
+    _, teacher, student, scales, data = _tuning_setup(tiny_llama_dir)
     inputs = {"input_ids": data.batch(data.train_items[:3])["input_ids"], "use_cache": False}
     chunked = NextTokenKL(teacher, student, inputs, chunk_tokens=50)  # 192 tokens: 4 chunks, the last one short
     assert chunked.chunked
