@@ -1,12 +1,13 @@
-"""modelpress against llm-compressor, side by side on the same model, tokens and machine.
+"""modelpress against its anchors, side by side on the same model, tokens and machine.
 
-    python bench/anchors.py [--methods gptq,awq,autoround,smoothquant-w8a8,sparsegpt-50,...] [--samples 16]
-                            [--anchor-python PATH]
+    python bench/anchors.py [--methods gptq,awq,autoround,kd-qat,smoothquant-w8a8,sparsegpt-50,...]
+                            [--samples 16] [--anchor-python PATH]
 
-For each method (quantization: gptq, awq, autoround (llm-compressor's AutoRoundModifier and auto-round's own API), smoothquant-w8a8; pruning: sparsegpt-50, wanda-50,
-sparsegpt-2of4, wanda-2of4), llm-compressor (in its own venv, `make anchors-venv`) and the
-matching modelpress recipe run one after the other in fresh processes, calibrated on the same
-token windows (the calibration split of pydoc). Both artifacts are then measured by the
+For each method (quantization: gptq, awq, autoround, kd-qat, smoothquant-w8a8; pruning: sparsegpt-50,
+wanda-50, sparsegpt-2of4, wanda-2of4) the anchors and the matching modelpress recipe run one after the
+other in fresh processes, calibrated on the same token windows (the calibration split of pydoc): llm-compressor
+(in its own venv, `make anchors-venv`) for each; for autoround also Intel's auto-round itself (same venv); for
+kd-qat NNCF's QAT with absorbable LoRA adapters (in this venv). Every artifact is then measured by the
 modelpress evaluator: perplexity on held-out pydoc windows of 512 tokens, size on disk.
 Writes bench/results/anchors.json and prints the table.
 """
@@ -31,6 +32,7 @@ from services.common.models.builtin_models import builtin_folder
 from services.common.runtime.settings import default_cache
 from services.evaluator.engine import EvaluationConfig, evaluate_folder
 from services.common.datasets.calibration_text import calibration_batches, calibration_text
+from services.common.contract.recipes import KD_QAT
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -41,6 +43,7 @@ OURS = {
     "gptq": ("quantizer", "gptq", {"bits": 4, "group_size": 64}, "w4a16-gptq"),
     "awq": ("quantizer", "awq", {"bits": 4, "group_size": 64}, "w4a16-awq"),
     "autoround": ("quantizer", "autoround", {"bits": 4, "group_size": 64}, "w4a16-autoround"),
+    "kd-qat": ("quantizer", "qat", {"bits": 4, "group_size": 64, **KD_QAT}, "w4a16-kd-qat"),
     "smoothquant-w8a8": ("quantizer", "smoothquant", {"activations": "dynamic"}, "w8a8-smoothquant"),
     "sparsegpt-50": ("pruner", "sparsegpt", {"sparsity": 0.5}, "prune-sparsegpt-50"),
     "wanda-50": ("pruner", "wanda", {"sparsity": 0.5}, "prune-wanda-50"),
@@ -48,13 +51,16 @@ OURS = {
     "wanda-2of4": ("pruner", "wanda", {"structure": "2:4"}, "prune-2of4 with method wanda"),
 }
 
-# Methods with more than one anchor: learned rounding also by Intel's auto-round itself.
-TOOLS = {"autoround": ("llm-compressor", "auto-round", "modelpress")}
+# Methods whose anchors are not llm-compressor alone: learned rounding also by Intel's auto-round itself;
+# distillation QAT by NNCF's QAT with absorbable LoRA (in this venv: NNCF is a modelpress dependency).
+TOOLS = {"autoround": ("llm-compressor", "auto-round", "modelpress"), "kd-qat": ("nncf", "modelpress")}
+ANCHOR_SCRIPTS = {"auto-round": "autoround_once.py", "nncf": "nncf_qat_once.py"}
 
 
 def run_anchor(python: Path, tool: str, method: str, src: Path, windows: Path, dst: Path) -> dict:
-    command = ([str(HERE / "anchors" / "autoround_once.py")] if tool == "auto-round" else
+    command = ([str(HERE / "anchors" / ANCHOR_SCRIPTS[tool])] if tool in ANCHOR_SCRIPTS else
                [str(HERE / "anchors" / "llmcompressor_once.py"), method])
+    python = Path(sys.executable) if tool == "nncf" else python
     run = subprocess.run([str(python), *command, str(src), str(windows), str(dst)], capture_output=True, text=True)
     if run.returncode != 0:
         raise RuntimeError(f"{tool} {method} failed:\n{run.stderr[-3000:]}")
