@@ -53,7 +53,7 @@ OURS = {
 
 # Methods whose anchors are not llm-compressor alone: learned rounding also by Intel's auto-round itself;
 # distillation QAT by NNCF's QAT with absorbable LoRA (in this venv: NNCF is a modelpress dependency).
-TOOLS = {"autoround": ("llm-compressor", "auto-round", "modelpress"), "kd-qat": ("nncf", "modelpress")}
+TOOLS = {"autoround": ("modelpress", "llm-compressor", "auto-round"), "kd-qat": ("modelpress", "nncf")}
 ANCHOR_SCRIPTS = {"auto-round": "autoround_once.py", "nncf": "nncf_qat_once.py"}
 
 
