@@ -93,7 +93,9 @@ def side_by_side(methods: list[str], samples: int, sequence_length: int, quality
                          "recipe": recipe if tool == "modelpress" else "", "ppl": round(ppl, 4),
                          "base_ppl": round(base, 4), "delta": round((ppl - base) / base, 4),
                          "size_bytes": packaging.folder_size_bytes(out), "wall_s": round(run["wall_s"], 1),
-                         "peak_rss_mb": round(run["peak_rss_mb"])})
+                         "peak_rss_mb": round(run["peak_rss_mb"]),
+                         # NNCF's INT4 form is OpenVINO's; what it leaves for transformers is float.
+                         **({"stored": "float, weights on the INT4 grid"} if tool == "nncf" else {})})
             print(" | ".join(str(v) for v in rows[-1].values()), flush=True)
             save(rows)
     return rows

@@ -327,10 +327,11 @@ def quantization_model(model: str) -> str:
 
 def anchors_quantization(_: str = "") -> str:
     data = results("anchors.json")
-    anchors = [r for r in data["rows"] if r["method"] in ("gptq", "awq", "autoround")]
-    names = {"autoround": "AutoRound"}
+    anchors = [r for r in data["rows"] if r["method"] in ("gptq", "awq", "autoround", "kd-qat")]
+    names = {"autoround": "AutoRound", "kd-qat": "distillation QAT"}
     rows = [[names.get(r["method"], r["method"].upper()), r["tool"], r["calibration"],
-             f"{r['ppl']:.3f} ({r['base_ppl']:.3f})", percent_change(r["delta"]), megabytes(r["size_bytes"]), f"{r['wall_s']:.1f} s", r["peak_rss_mb"]]
+             f"{r['ppl']:.3f} ({r['base_ppl']:.3f})", percent_change(r["delta"]),
+             f"{megabytes(r['size_bytes'])} ({r['stored']})" if r.get("stored") else megabytes(r["size_bytes"]), f"{r['wall_s']:.1f} s", r["peak_rss_mb"]]
             for r in anchors]
     machines = list(dict.fromkeys(machine_line(r.get("machine")) for r in anchors))
     headers = ["method", "tool", "calibration", "ppl (FP32)", "Δppl", "size on disk MB", "wall",
