@@ -65,9 +65,32 @@ class GptqSettings(MethodConfig):
     lazy_batch_columns: LazyBatchColumns = Field(128, description=LAZY_BATCH_COLUMNS)
 
 
-class GptqConfig(WeightOnlyConfig, CalibrationConfig, GptqSettings, GptqClipping):
+class EndToEndSettings(MethodConfig):
+    end_to_end_tokens: int = Field(
+        0, ge=0, le=MAX_TRAINED_TOKENS,
+        description="After the block walk, tune every quantized module's group scales (codes fixed) on this many "
+                    "calibration tokens against the float model's next-token distribution (0 = no end-to-end phase)")
+    end_to_end_learning_rate: float = Field(1e-3, gt=0.0, le=0.1,
+                                            description="Adam learning rate of the scales' log gains (cosine decay)")
+    end_to_end_batch_windows: int = Field(8, ge=1, le=64, description="Windows per end-to-end step")
+    end_to_end_sequence_length: CalibrationSequenceLength = Field(256, description="Tokens per end-to-end window")
+    end_to_end_validation_share: float = Field(
+        0.1, gt=0.0, lt=0.5, description="Share of the calibration windows held back to keep the best scales by")
+    end_to_end_validate_every: int = Field(10, ge=1, le=10000, description="End-to-end steps between validations")
+    end_to_end_minutes: float = Field(0.0, ge=0.0, le=10080.0,
+                                      description="Wall-time bound of the end-to-end phase (0 = the token budget alone)")
+
+    def end_to_end_problems(self) -> list[str]:
+        return over_budget("training", f"end_to_end_tokens ({self.end_to_end_tokens})", self.end_to_end_tokens,
+                           MAX_TRAINED_TOKENS)
+
+
+class GptqConfig(WeightOnlyConfig, CalibrationConfig, GptqSettings, GptqClipping, EndToEndSettings):
     propagate_quantized: bool = Field(
         True, description="Feed each block the quantized previous block's outputs (one more forward per block)")
+
+    def work_problems(self) -> list[str]:
+        return super().work_problems() + self.end_to_end_problems()
 
 
 class AwqSettings(ClipSettings):
@@ -104,22 +127,6 @@ class AwqTransformConfig(EngineGrid, CalibrationConfig, AwqSettings):
     propagate_rounded: bool = Field(
         True, description="Feed each block the previous block's outputs as the engine will compute them "
                           "(rounded on the grid), not in float")
-
-
-class EndToEndSettings(MethodConfig):
-    end_to_end_tokens: int = Field(
-        0, ge=0, le=MAX_TRAINED_TOKENS,
-        description="After the block walk, tune every quantized module's group scales (codes fixed) on this many "
-                    "calibration tokens against the float model's next-token distribution (0 = no end-to-end phase)")
-    end_to_end_learning_rate: float = Field(1e-3, gt=0.0, le=0.1,
-                                            description="Adam learning rate of the scales' log gains (cosine decay)")
-    end_to_end_batch_windows: int = Field(8, ge=1, le=64, description="Windows per end-to-end step")
-    end_to_end_sequence_length: CalibrationSequenceLength = Field(256, description="Tokens per end-to-end window")
-    end_to_end_validation_share: float = Field(
-        0.1, gt=0.0, lt=0.5, description="Share of the calibration windows held back to keep the best scales by")
-    end_to_end_validate_every: int = Field(10, ge=1, le=10000, description="End-to-end steps between validations")
-    end_to_end_minutes: float = Field(0.0, ge=0.0, le=10080.0,
-                                      description="Wall-time bound of the end-to-end phase (0 = the token budget alone)")
 
 
 BATCH_WINDOWS = "Calibration windows per optimizer step"

@@ -16,7 +16,7 @@ from services.common.datasets.training_data import training_data
 from services.common.measure.curves import thin
 from services.common.models import modelio
 from services.common.models.families import is_causal_lm
-from services.quantizer.configs import QatConfig
+from services.quantizer.configs import GptqConfig, QatConfig
 from services.quantizer.scale_tuning import (
     TuningPlan,
     TuningState,
@@ -35,7 +35,7 @@ CURVE_POINTS = 200  # of the training KL kept in the figures (each step went out
 class EndToEndPhase:
     """One stage's end-to-end phase: `restore` before the walk, `run` after it."""
 
-    def __init__(self, config: QatConfig, src: Path, reporter: ProgressReporter, model: torch.nn.Module) -> None:
+    def __init__(self, config: QatConfig | GptqConfig, src: Path, reporter: ProgressReporter, model: torch.nn.Module) -> None:
         """`model`: the stage's model (a skeleton will do), refused before any walk when not a causal LM."""
         if not is_causal_lm(model):
             raise ValueError("end_to_end_tokens: the end-to-end phase matches next-token distributions, which only a "

@@ -67,10 +67,11 @@ SAMPLE_ERROR = ProgressMetric("sample_error", "per-layer", "W8A8 relative output
 SCALE_GAIN = ProgressMetric("loss_vs_unscaled", "per-layer", "Output error with the chosen scales over without")
 BLOCK_CURVES = (ProgressMetric("block_loss_before", "curve", "Block output error before training"),
                 ProgressMetric("block_loss_after", "curve", "Block output error after training"))
-QAT_CURVES = (*BLOCK_CURVES,
-              ProgressMetric("end_to_end_kl", "curve", "End-to-end phase: KL to the float model on a training batch"),
-              ProgressMetric("end_to_end_validation_kl", "curve",
-                             "End-to-end phase: KL to the float model on the held-back calibration windows"))
+END_TO_END_CURVES = (
+    ProgressMetric("end_to_end_kl", "curve", "End-to-end phase: KL to the float model on a training batch"),
+    ProgressMetric("end_to_end_validation_kl", "curve",
+                   "End-to-end phase: KL to the float model on the held-back calibration windows"))
+QAT_CURVES = (*BLOCK_CURVES, *END_TO_END_CURVES)
 
 
 def _grid(**fields) -> WeightOnlyConfig:
@@ -199,6 +200,12 @@ def _run_calibrated(config: CalibrationConfig, source: StreamingModel, targets: 
         spill.close()
 
 
+def _end_to_end(config: QatConfig | GptqConfig, src: Path, reporter: ProgressReporter, source: StreamingModel
+                ) -> EndToEndPhase | None:
+    """The stage's end-to-end phase when it asks for one (refused before any walk for a model it cannot train)."""
+    return EndToEndPhase(config, src, reporter, source.model) if config.end_to_end_tokens else None
+
+
 def _head_gptq(config: GptqSettings):
     """A quantized LM head (or tied embedding) is rounded by GPTQ on its inputs in every calibrated
     weight-only method (AWQ's scales have no Linear before the head to fold into), with the head's own
@@ -207,13 +214,15 @@ def _head_gptq(config: GptqSettings):
 
 
 @method(Q, "gptq", config=GptqConfig, produces=(COMPRESSED,), model_kinds=MODEL_KINDS,
-        summary="GPTQ: Hessian-aware rounding from calibration text, block by block", metrics=(LOSS,))
+        summary="GPTQ: Hessian-aware rounding from calibration text, block by block (and with end_to_end_tokens, "
+                "the whole model's scales tuned against the float model)", metrics=(LOSS, *END_TO_END_CURVES))
 def _gptq(config: GptqConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
     source = stream_float(src, reporter)
     step = gptq_block_step(config.damping, config.lazy_batch_columns, config.act_order, clip=config)
     targets = weight_targets(source.model, config, conv1d=True)
     return _run_calibrated(config, source, targets, dst, reporter, "gptq", step,
-                           propagate_quantized=config.propagate_quantized, head_rounding=_head_gptq(config))
+                           propagate_quantized=config.propagate_quantized, head_rounding=_head_gptq(config),
+                           end_to_end=_end_to_end(config, src, reporter, source))
 
 
 @method(Q, "awq", config=AwqConfig, produces=(COMPRESSED,), model_kinds=MODEL_KINDS,
@@ -235,7 +244,7 @@ def _qat(config: QatConfig, src: Path, dst: Path, reporter: ProgressReporter) ->
                            qat_block_step(config), sample_every=_awq_sampling(config),
                            float_targets=config.targets if config.steps_per_block else "none",
                            head_rounding=gptq_head_rounding(),
-                           end_to_end=EndToEndPhase(config, src, reporter, source.model) if config.end_to_end_tokens else None)
+                           end_to_end=_end_to_end(config, src, reporter, source))
 
 
 @method(Q, "autoround", config=AutoRoundConfig, produces=(COMPRESSED,), model_kinds=MODEL_KINDS,
@@ -249,7 +258,8 @@ def _autoround(config: AutoRoundConfig, src: Path, dst: Path, reporter: Progress
 
 
 @method(Q, "mixed-precision", config=MixedPrecisionConfig, produces=(COMPRESSED,), model_kinds=MODEL_KINDS,
-        summary="GPTQ with the most sensitive Linears kept at 8 bits under an average-bits budget", metrics=(LOSS,))
+        summary="GPTQ with the most sensitive Linears kept at 8 bits under an average-bits budget",
+        metrics=(LOSS, *END_TO_END_CURVES))
 def _mixed(config: MixedPrecisionConfig, src: Path, dst: Path, reporter: ProgressReporter) -> StageResult:
     source = stream_float(src, reporter)
     if source.tied_head and 0 < config.embedding_bits < 8:
@@ -258,6 +268,7 @@ def _mixed(config: MixedPrecisionConfig, src: Path, dst: Path, reporter: Progres
                               "ties its LM head to the embedding: stored packed, transformers reloads that table only "
                               "by dequantizing the whole checkpoint at load, with one scheme for every module, and "
                               "mixed precision has two; use embedding_bits 8 or 0 with it, or 4 with gptq, awq or qat")
+    end_to_end = _end_to_end(config, src, reporter, source)
     targets = weight_targets(source.model, config)
     sensitivity: dict[str, float] = {}
 
@@ -275,7 +286,7 @@ def _mixed(config: MixedPrecisionConfig, src: Path, dst: Path, reporter: Progres
     step = gptq_block_step(config.damping, config.lazy_batch_columns, config.act_order, clip=config)
     return _run_calibrated(config, source, targets, dst, reporter, "mixed-precision", step,
                            propagate_quantized=config.propagate_quantized, batches=batches,
-                           head_rounding=_head_gptq(config),
+                           head_rounding=_head_gptq(config), end_to_end=end_to_end,
                            extra_metrics={"layers_at_8_bits": promoted,
                                           "sensitivity": {n: sensitivity[n] for n in promoted}})
 

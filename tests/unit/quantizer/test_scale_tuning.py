@@ -14,7 +14,7 @@ from services.common.contract.engine_api import ProgressReporter
 from services.common.datasets.calibration_text import calibration_text
 from services.common.datasets.training_data import training_data
 from services.common.models import modelio
-from services.quantizer.configs import QatConfig, WeightOnlyConfig
+from services.quantizer.configs import GptqConfig, QatConfig, WeightOnlyConfig
 from services.quantizer.engine import METHODS
 from services.quantizer.qscheme import dequantize
 from services.quantizer.rtn import quantize_rtn
@@ -133,6 +133,19 @@ def test_the_qat_stage_tunes_its_scales_end_to_end_and_resumes_the_phase_without
     assert curve == pytest.approx([kl for _, kl in figures["validation_kl"]], rel=1e-5)
     ends = _scales(tmp_path / "resumed"), _scales(tmp_path / "whole")
     assert all(torch.equal(v, ends[1][k]) for k, v in ends[0].items())
+
+
+def test_gptq_tunes_its_scales_end_to_end_over_its_own_codes(tiny_llama_dir, tmp_path):
+    gptq = {"group_size": 32, "calibration_samples": 4, "calibration_sequence_length": 64, "clip_search": True}
+    METHODS["gptq"].run(parse_config(GptqConfig, gptq), tiny_llama_dir, tmp_path / "rounded", ProgressReporter())
+    tuned = METHODS["gptq"].run(parse_config(GptqConfig, {**gptq, **TUNING}), tiny_llama_dir, tmp_path / "tuned",
+                                ProgressReporter())
+    figures = tuned.metrics["end_to_end"]
+    assert figures["steps"] == 6 and figures["validation_kl_best"] < figures["validation_kl_before"]
+    rounded, kept = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("rounded", "tuned"))
+    packed = [k for k in rounded if k.endswith("weight_packed")]
+    assert packed and all(torch.equal(rounded[k], kept[k]) for k in packed)  # GPTQ's codes, other scales
+    assert any(not torch.equal(v, _scales(tmp_path / "rounded")[k]) for k, v in _scales(tmp_path / "tuned").items())
 
 
 def test_an_encoder_is_refused_naming_the_field_before_any_block_is_walked(tiny_bert_dir, tmp_path):

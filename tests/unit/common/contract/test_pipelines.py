@@ -211,7 +211,8 @@ def test_describe_publishes_each_methods_artifact_inputs_and_progress_metrics():
     gptq = described[(common_pb2.TECHNIQUE_QUANTIZER, "gptq")]
     assert [(i.field, list(i.formats)) for i in gptq.inputs] == [
         ("calibration_dataset", [common_pb2.ARTIFACT_FORMAT_DATASET_JSONL])]
-    assert [(m.name, m.kind) for m in gptq.progress_metrics] == [("loss", "per-layer")]
+    assert [(m.name, m.kind) for m in gptq.progress_metrics] == [
+        ("loss", "per-layer"), ("end_to_end_kl", "curve"), ("end_to_end_validation_kl", "curve")]
     qat = described[(common_pb2.TECHNIQUE_QUANTIZER, "qat")]
     assert {m.name for m in qat.progress_metrics if m.kind == "curve"} == {
         "block_loss_before", "block_loss_after", "end_to_end_kl", "end_to_end_validation_kl"}
