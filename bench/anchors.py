@@ -68,7 +68,7 @@ def run_anchor(python: Path, tool: str, method: str, src: Path, windows: Path, d
 
 
 def side_by_side(methods: list[str], samples: int, sequence_length: int, quality_windows: int, anchor_python: Path,
-                 work: Path) -> list[dict]:
+                 work: Path, tools: set[str] | None = None) -> list[dict]:
     """Each method by both tools on the same calibration windows, measured on the same held-out
     windows; a row per (method, tool), saved into anchors.json as it is measured."""
     src = builtin_folder("smollm2-135m", default_cache())
@@ -79,7 +79,7 @@ def side_by_side(methods: list[str], samples: int, sequence_length: int, quality
     base = evaluate_folder(src, evaluation)["perplexity"]
     rows = []
     for method in methods:
-        for tool in TOOLS.get(method, ("llm-compressor", "modelpress")):
+        for tool in [t for t in TOOLS.get(method, ("llm-compressor", "modelpress")) if tools is None or t in tools]:
             out = work / f"{tool}-{method}"
             shutil.rmtree(out, ignore_errors=True)
             service, ours, config, recipe = OURS[method]
@@ -109,12 +109,13 @@ def main() -> None:
     parser.add_argument("--quality-windows", type=int, default=16)
     parser.add_argument("--anchor-python", type=Path, default=ANCHOR_PYTHON)
     parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--tools", default="", help="comma-separated: run only these tools' rows (the others' stay)")
     args = parser.parse_args()
     check_anchor_python(args.anchor_python)
     work = args.work or Path(tempfile.mkdtemp(prefix="mp-anchors-"))
     work.mkdir(parents=True, exist_ok=True)
     side_by_side(args.methods.split(","), args.samples, args.sequence_length, args.quality_windows,
-                 args.anchor_python, work)
+                 args.anchor_python, work, set(args.tools.split(",")) if args.tools else None)
 
 
 def check_anchor_python(python: Path) -> None:
