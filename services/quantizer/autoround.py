@@ -71,8 +71,7 @@ class LearnedRoundingQuantizer(nn.Module):
         computed on the scales a reloaded model multiplies by)."""
         scale = (self.scale * self.gain).to(SCALE_DTYPE).float()
         codes = torch.round(self.codes(weight.float(), scale)).reshape(weight.shape)
-        dtype = torch.int8 if self.scheme.qmax <= 127 else torch.int16
-        return codes.to(dtype), QuantParams(scale, self.zero_point)
+        return codes.to(self.scheme.code_dtype), QuantParams(scale, self.zero_point)
 
     def state(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.offset.detach().clone(), self.gain.detach().clone()

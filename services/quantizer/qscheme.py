@@ -35,6 +35,11 @@ class WeightScheme:
     def qmax(self) -> int:
         return 2 ** (self.bits - 1) - 1 if self.symmetric else 2**self.bits - 1
 
+    @property
+    def code_dtype(self) -> torch.dtype:
+        """int8 whenever the grid fits (all but unsigned 8-bit), else int16."""
+        return torch.int8 if self.qmax <= 127 else torch.int16
+
     def for_layer(self, in_features: int) -> "WeightScheme":
         """This scheme with a group size that divides `in_features`.
 
@@ -98,8 +103,7 @@ def quantize(weight: torch.Tensor, params: QuantParams, scheme: WeightScheme) ->
     codes = groups / params.scale[..., None]
     if params.zero_point is not None:
         codes = codes + params.zero_point[..., None]
-    dtype = torch.int8 if scheme.qmax <= 127 else torch.int16
-    return torch.round(codes).clamp_(scheme.qmin, scheme.qmax).reshape(weight.shape).to(dtype)
+    return torch.round(codes).clamp_(scheme.qmin, scheme.qmax).reshape(weight.shape).to(scheme.code_dtype)
 
 
 def dequantize(codes: torch.Tensor, params: QuantParams) -> torch.Tensor:
